@@ -10,7 +10,9 @@ func SwiGLU(h, a, b []float32) { RefSwiGLU(h, a, b) }
 func SwiGLUBackward(da, db, dh, a, b []float32) { RefSwiGLUBackward(da, db, dh, a, b) }
 
 // RMSNorm normalises rows x d values; see RefRMSNorm.
-func RMSNorm(y, rstd, x, g []float32, rows, d int, eps float32) { RefRMSNorm(y, rstd, x, g, rows, d, eps) }
+func RMSNorm(y, rstd, x, g []float32, rows, d int, eps float32) {
+	RefRMSNorm(y, rstd, x, g, rows, d, eps)
+}
 
 // RMSNormBackward overwrites dx and accumulates dg; see RefRMSNormBackward.
 func RMSNormBackward(dx, dg, dy, x, g, rstd []float32, rows, d int) {

@@ -1,0 +1,53 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+
+	"github.com/switchyard-ml/switchyard/pkg/train"
+)
+
+func printJSON(v any) error {
+	enc := json.NewEncoder(os.Stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func cmdBench(ctx context.Context, args []string) error {
+	if len(args) == 0 {
+		return usageError{errors.New("bench: say what to measure: engine")}
+	}
+	switch args[0] {
+	case "engine":
+		fs := flag.NewFlagSet("bench engine", flag.ContinueOnError)
+		preset := fs.String("preset", "tiny", "model preset: tiny or small")
+		steps := fs.Int("steps", 10, "measured steps")
+		warmup := fs.Int("warmup", 3, "warm-up steps")
+		asJSON := fs.Bool("json", false, "print JSON")
+		if err := fs.Parse(args[1:]); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return nil
+			}
+			return usageError{err}
+		}
+		if *steps < 1 || *warmup < 0 {
+			return usageError{fmt.Errorf("bench engine: --steps must be >= 1 and --warmup >= 0")}
+		}
+		b, err := train.BenchEngine(ctx, *preset, *warmup, *steps)
+		if err != nil {
+			return err
+		}
+		if *asJSON {
+			return printJSON(b)
+		}
+		fmt.Printf("%s: %.0f tokens/s, %.1f GFLOP/s, median step %.3f s, peak RSS %.0f MiB, %.0f allocs/step (%s kernels, %d threads)\n",
+			b.Preset, b.TokensPerS, b.GFlops, b.MedianStepS, b.PeakRSSMiB, b.AllocsPerStep, b.Kernels, b.Threads)
+		return nil
+	default:
+		return usageError{fmt.Errorf("bench: unknown benchmark %q (have: engine)", args[0])}
+	}
+}

@@ -1,0 +1,123 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+
+	"github.com/switchyard-ml/switchyard/pkg/train"
+)
+
+func cmdTrain(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("train", flag.ContinueOnError)
+	var (
+		config  = fs.String("config", "", "YAML run config (see README); flags below override it")
+		preset  = fs.String("preset", "", "model preset: tiny or small")
+		steps   = fs.Int("steps", 0, "optimizer steps")
+		corpus  = fs.String("corpus", "", `JSON Lines corpus {"domain","text"} (default: built-in demo corpus)`)
+		out     = fs.String("out", "", "directory for metrics.jsonl and report.json")
+		mode    = fs.String("lbl", "", "load-balancing loss: global or micro")
+		accum   = fs.Int("accum", 0, "micro-batches per optimizer step")
+		micro   = fs.Int("micro-batch", 0, "sequences per micro-batch")
+		seed    = fs.Int64("seed", 0, "random seed")
+		evalEv  = fs.Int("eval-every", -1, "steps between evaluations (0: only at the end)")
+		lr      = fs.Float64("lr", 0, "peak learning rate")
+		warmup  = fs.Int("warmup", -1, "warmup steps")
+		evalN   = fs.Int("eval-seqs", -1, "validation sequences per domain per evaluation (0: all)")
+		demoMB  = fs.Float64("demo-mb", 0, "demo corpus size per domain in MiB")
+		jsonOut = fs.Bool("json", false, "print the final report as JSON instead of tables")
+	)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return usageError{err}
+	}
+	var cfg train.Config
+	var err error
+	switch {
+	case *config != "":
+		if cfg, err = train.Load(*config); err != nil {
+			return usageError{err}
+		}
+	default:
+		name := *preset
+		if name == "" {
+			name = "tiny"
+		}
+		if cfg, err = train.PresetConfig(name); err != nil {
+			return usageError{err}
+		}
+		cfg.Optim.WarmupSteps = 10
+		cfg.Data.EvalSeqs = 64
+	}
+	if *preset != "" && *config != "" {
+		p, err := train.PresetConfig(*preset)
+		if err != nil {
+			return usageError{err}
+		}
+		cfg.Preset, cfg.MicroBatch = p.Preset, p.MicroBatch
+	}
+	setInt := func(dst *int, v, unset int) {
+		if v != unset {
+			*dst = v
+		}
+	}
+	setInt(&cfg.Steps, *steps, 0)
+	setInt(&cfg.Accumulation, *accum, 0)
+	setInt(&cfg.MicroBatch, *micro, 0)
+	setInt(&cfg.EvalEvery, *evalEv, -1)
+	setInt(&cfg.Optim.WarmupSteps, *warmup, -1)
+	setInt(&cfg.Data.EvalSeqs, *evalN, -1)
+	if *corpus != "" {
+		cfg.Data.Corpus = *corpus
+	}
+	if *out != "" {
+		cfg.OutDir = *out
+	}
+	if *mode != "" {
+		cfg.LBL.Mode = *mode
+	}
+	if *seed != 0 {
+		cfg.Seed = *seed
+	}
+	if *lr != 0 {
+		cfg.Optim.LR = *lr
+	}
+	if *demoMB != 0 {
+		cfg.Data.DemoBytes = int(*demoMB * (1 << 20))
+	}
+	cfg.Defaults()
+	if err := cfg.Validate(); err != nil {
+		return usageError{err}
+	}
+	tr, err := train.New(cfg, os.Stderr)
+	if err != nil {
+		var ce interface{ Unwrap() error }
+		_ = ce
+		if errors.Is(err, train.ErrConfig) {
+			return usageError{err}
+		}
+		return err
+	}
+	defer tr.Close()
+	mc := tr.MCfg
+	total, active := mc.ParamCount()
+	fmt.Fprintf(os.Stderr, "training %s: d%d L%d H%d E%d k%d h%d seq %d, %.1fM params (%.1fM active); %d steps x %d micro-batches x %d seqs; LBL %s coef %g; %d domains %v\n",
+		cfg.Preset, mc.Dim, mc.Layers, mc.Heads, mc.Experts, mc.TopK, mc.Hidden, mc.SeqLen, float64(total)/1e6, float64(active)/1e6,
+		cfg.Steps, cfg.Accumulation, cfg.MicroBatch, cfg.LBL.Mode, cfg.LBL.Coef, len(tr.Corpus.Domains), tr.Corpus.Domains)
+	rep, err := tr.Run(ctx)
+	if err != nil {
+		return err
+	}
+	if *jsonOut {
+		return printJSON(rep)
+	}
+	rep.Print(os.Stdout)
+	if cfg.OutDir != "" {
+		fmt.Printf("\nmetrics: %s/metrics.jsonl  report: %s/report.json\n", cfg.OutDir, cfg.OutDir)
+	}
+	return nil
+}

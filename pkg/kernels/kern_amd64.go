@@ -1,0 +1,64 @@
+//go:build amd64 && !purego
+
+package kernels
+
+const hasAsm = true
+
+// sgemmKern12x32AVX512 is the AVX-512 12x32 micro-kernel (see microKernel).
+//
+//go:noescape
+func sgemmKern12x32AVX512(k int, a, b, c *float32, ldc int, alpha, beta float32)
+
+// sgemmKern6x16AVX2 is the AVX2+FMA 6x16 micro-kernel (see microKernel).
+//
+//go:noescape
+func sgemmKern6x16AVX2(k int, a, b, c *float32, ldc int, alpha, beta float32)
+
+var (
+	kernAVX512 microKernel = sgemmKern12x32AVX512
+	kernAVX2   microKernel = sgemmKern6x16AVX2
+)
+
+// packGatherAVX512: for p in [0, k), dst[p*w+r] = src[idx[r]+p] for rows r
+// in rowMask (zero for the others); w lanes are stored as given by the low
+// run of bits in storeMask. Callers check the bounds.
+//
+//go:noescape
+func packGatherAVX512(dst, src *float32, idx *[32]int32, k int, rowMask, storeMask uint32)
+
+// packStrided packs rows strided rows of src (row stride ld, kb values
+// each) transposed into dst: dst[p*w + r] = src[r*ld + p], zero-padding
+// rows..w-1. It reports false when it cannot (the caller falls back).
+func packStrided(dst, src []float32, ld, kb, rows, w int) bool {
+	if path != pathAVX512 || w > 32 || 31*ld >= 1<<31-1 || kb == 0 {
+		return false
+	}
+	// Bounds: the last row read ends at (rows-1)*ld + kb.
+	_ = src[(rows-1)*ld+kb-1]
+	_ = dst[kb*w-1]
+	var idx [32]int32
+	for r := 0; r < rows; r++ {
+		idx[r] = int32(r * ld)
+	}
+	packGatherAVX512(&dst[0], &src[0], &idx, kb, uint32(1)<<rows-1, uint32(uint64(1)<<w-1))
+	return true
+}
+
+// packRowsAVX512: dst[p*w+c] = src[p*ld+c] for columns in mask, zero for
+// the others below w (w <= 16 or w == 32). Callers check the bounds.
+//
+//go:noescape
+func packRowsAVX512(dst, src *float32, ld, k int, mask uint32, w int)
+
+// packContig packs kb rows of cols contiguous values (row stride ld) into
+// dst with row width w, zero-padding columns cols..w-1. It reports false
+// when it cannot (the caller falls back).
+func packContig(dst, src []float32, ld, kb, cols, w int) bool {
+	if path != pathAVX512 || !(w <= 16 || w == 32) || kb == 0 {
+		return false
+	}
+	_ = src[(kb-1)*ld+cols-1]
+	_ = dst[kb*w-1]
+	packRowsAVX512(&dst[0], &src[0], ld, kb, uint32(uint64(1)<<cols-1), w)
+	return true
+}

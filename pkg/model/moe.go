@@ -1,0 +1,270 @@
+package model
+
+// The MoE feed-forward as one gorgonia op: x [T,d] -> y [T,d]. Its inside is
+// hand-written: router matmul and softmax, top-k (pkg/router), the
+// load-balancing statistics (pkg/lbl), tokens sorted by expert and one GEMM
+// per expert with no padding, weighted combine, optional shared experts.
+// The router and expert parameters live in the model's flat Params and the
+// backward op accumulates their gradients there directly.
+//
+//	xTD [T,d] input (normalised)      logitsTE, probsTE [T,E]
+//	idxTK, wTK [T,k] selected experts and combine weights
+//	xeSD, yeSD [Tk,d] inputs/outputs of every kept slot, grouped by expert
+//	act (a, b, hh) [Tk,h] expert activations, slot order
+
+import (
+	"context"
+
+	G "gorgonia.org/gorgonia"
+	"gorgonia.org/tensor"
+
+	"github.com/switchyard-ml/switchyard/pkg/kernels"
+	"github.com/switchyard-ml/switchyard/pkg/lbl"
+	"github.com/switchyard-ml/switchyard/pkg/router"
+)
+
+type moeOp struct {
+	opBase
+	layer, moeIdx int // transformer layer and index among MoE layers
+	cfg           Config
+	batch         *Batch
+	p             *Params
+	bal           *lbl.Balancer // nil in evaluation graphs
+	stats         *ExpertStats  // non-nil: record selections per domain
+	scale         *float32
+	T, d, h, E, k int
+	capacity      int
+
+	wr, w1, w3, w2     []float32
+	gwr, gw1, gw3, gw2 []float32
+	sw1, sw3, sw2      []float32
+	gsw1, gsw3, gsw2   []float32
+
+	logitsTE, probsTE []float32
+	idxTK             []int32
+	wTK               []float32
+	plan              router.Plan
+	xeSD, yeSD        []float32
+	act               ffnAct
+	sharedAct         []ffnAct
+	outTD             []float32
+	outVal            *tensor.Dense
+
+	// backward
+	dxTD, dyeSD, dxeSD  []float32
+	dwTK                []float32
+	dProbsTE, dLogitsTE []float32
+	scratch             ffnAct
+	sharedScratch       ffnAct
+	dVal                *tensor.Dense
+}
+
+func newMoEOp(tag string, l, moeIdx int, cfg Config, b *Batch, p *Params, bal *lbl.Balancer, stats *ExpertStats, scale *float32) *moeOp {
+	T, d, h, E, k := b.T(), cfg.Dim, cfg.Hidden, cfg.Experts, cfg.TopK
+	o := &moeOp{opBase: opBase{tag: tag, inDims: []int{2}, out: tensor.Shape{T, d}},
+		layer: l, moeIdx: moeIdx, cfg: cfg, batch: b, p: p, bal: bal, stats: stats, scale: scale,
+		T: T, d: d, h: h, E: E, k: k}
+	if cfg.CapacityFactor > 0 {
+		o.capacity = router.Capacity(T, E, k, cfg.CapacityFactor)
+	}
+	o.wr, o.gwr = p.W(pname(l, "router")), p.G(pname(l, "router"))
+	o.w1, o.gw1 = p.W(pname(l, "w1")), p.G(pname(l, "w1"))
+	o.w3, o.gw3 = p.W(pname(l, "w3")), p.G(pname(l, "w3"))
+	o.w2, o.gw2 = p.W(pname(l, "w2")), p.G(pname(l, "w2"))
+	if cfg.Shared > 0 {
+		o.sw1, o.gsw1 = p.W(pname(l, "shared_w1")), p.G(pname(l, "shared_w1"))
+		o.sw3, o.gsw3 = p.W(pname(l, "shared_w3")), p.G(pname(l, "shared_w3"))
+		o.sw2, o.gsw2 = p.W(pname(l, "shared_w2")), p.G(pname(l, "shared_w2"))
+		for s := 0; s < cfg.Shared; s++ {
+			o.sharedAct = append(o.sharedAct, newFFNAct(T, h))
+		}
+	}
+	o.logitsTE = make([]float32, T*E)
+	o.probsTE = make([]float32, T*E)
+	o.idxTK = make([]int32, T*k)
+	o.wTK = make([]float32, T*k)
+	o.xeSD = make([]float32, T*k*d)
+	o.yeSD = make([]float32, T*k*d)
+	o.act = newFFNAct(T*k, h)
+	o.outTD = make([]float32, T*d)
+	o.outVal = dense(o.outTD, T, d)
+	return o
+}
+
+func (o *moeOp) Do(in ...G.Value) (G.Value, error) {
+	x := f32(in[0])
+	T, d, h, E, k := o.T, o.d, o.h, o.E, o.k
+	blas := kernels.Default()
+	// router: logits = x Wr, probs = softmax(logits)
+	blas.Sgemm(false, false, T, E, d, 1, x, d, o.wr, E, 0, o.logitsTE, E)
+	copy(o.probsTE, o.logitsTE)
+	for t := 0; t < T; t++ {
+		kernels.Softmax(o.probsTE[t*E : (t+1)*E])
+	}
+	var bias []float32
+	if o.bal != nil {
+		bias = o.bal.Bias(o.moeIdx)
+	}
+	router.TopK(o.probsTE, T, E, k, bias, o.idxTK)
+	router.Weights(o.probsTE, T, E, k, o.idxTK, o.cfg.Renormalize, o.wTK)
+	if err := o.plan.Build(o.idxTK, T, E, k, o.capacity); err != nil {
+		return nil, err
+	}
+	if o.bal != nil {
+		o.bal.Record(o.moeIdx, o.logitsTE, o.probsTE, o.idxTK, T, o.batch.S, o.batch.Valid)
+	}
+	if o.stats != nil {
+		o.stats.record(o.moeIdx, o.batch, o.idxTK, k)
+	}
+	// dispatch: gather kept slots grouped by expert
+	S := o.plan.Slots()
+	for s := 0; s < S; s++ {
+		t := int(o.plan.Token[s])
+		copy(o.xeSD[s*d:(s+1)*d], x[t*d:(t+1)*d])
+	}
+	for e := 0; e < E; e++ {
+		lo, hi := int(o.plan.Offsets[e]), int(o.plan.Offsets[e+1])
+		act := ffnAct{a: o.act.a[lo*h:], b: o.act.b[lo*h:], hh: o.act.hh[lo*h:]}
+		ffnForward(o.xeSD[lo*d:], hi-lo, d, h, o.w1[e*d*h:(e+1)*d*h], o.w3[e*d*h:(e+1)*d*h], o.w2[e*h*d:(e+1)*h*d], act, o.yeSD[lo*d:], 0)
+	}
+	// combine: y[t] = sum over kept choices of w[t,c] * ye[slot]
+	clear(o.outTD)
+	for s := 0; s < S; s++ {
+		t, c := int(o.plan.Token[s]), int(o.plan.Choice[s])
+		kernels.Axpy(o.wTK[t*k+c], o.yeSD[s*d:(s+1)*d], o.outTD[t*d:(t+1)*d])
+	}
+	for s := 0; s < o.cfg.Shared; s++ {
+		ffnForward(x, T, d, h, o.sw1[s*d*h:(s+1)*d*h], o.sw3[s*d*h:(s+1)*d*h], o.sw2[s*h*d:(s+1)*h*d], o.sharedAct[s], o.outTD, 1)
+	}
+	return o.outVal, nil
+}
+
+func (o *moeOp) DiffWRT(int) []bool { return []bool{true} }
+
+func (o *moeOp) SymDiff(in G.Nodes, out, grad *G.Node) (G.Nodes, error) {
+	T, d, h, E, k := o.T, o.d, o.h, o.E, o.k
+	o.dxTD = make([]float32, T*d)
+	o.dyeSD = make([]float32, T*k*d)
+	o.dxeSD = make([]float32, T*k*d)
+	o.dwTK = make([]float32, T*k)
+	o.dProbsTE = make([]float32, T*E)
+	o.dLogitsTE = make([]float32, T*E)
+	o.scratch = newFFNAct(T*k, h)
+	if o.cfg.Shared > 0 {
+		o.sharedScratch = newFFNAct(T, h)
+	}
+	o.dVal = dense(o.dxTD, T, d)
+	g := &moeGradOp{opBase: opBase{tag: o.tag + "/grad", inDims: []int{2, 2}, out: tensor.Shape{T, d}}, fwd: o}
+	n, err := G.ApplyOp(g, in[0], grad)
+	return G.Nodes{n}, err
+}
+
+type moeGradOp struct {
+	opBase
+	fwd *moeOp
+}
+
+func (g *moeGradOp) Do(in ...G.Value) (G.Value, error) {
+	o := g.fwd
+	x, dy := f32(in[0]), f32(in[1])
+	T, d, h, E, k := o.T, o.d, o.h, o.E, o.k
+	blas := kernels.Default()
+	S := o.plan.Slots()
+	// combine backward: dye[slot] = w * dy[t]; dw[t,c] = <dy[t], ye[slot]>
+	clear(o.dwTK)
+	for s := 0; s < S; s++ {
+		t, c := int(o.plan.Token[s]), int(o.plan.Choice[s])
+		dyt := dy[t*d : (t+1)*d]
+		o.dwTK[t*k+c] = kernels.Dot(dyt, o.yeSD[s*d:(s+1)*d])
+		dst := o.dyeSD[s*d : (s+1)*d]
+		w := o.wTK[t*k+c]
+		for i, v := range dyt {
+			dst[i] = w * v
+		}
+	}
+	for e := 0; e < E; e++ {
+		lo, hi := int(o.plan.Offsets[e]), int(o.plan.Offsets[e+1])
+		act := ffnAct{a: o.act.a[lo*h:], b: o.act.b[lo*h:], hh: o.act.hh[lo*h:]}
+		ffnBackward(o.xeSD[lo*d:], hi-lo, d, h, o.w1[e*d*h:(e+1)*d*h], o.w3[e*d*h:(e+1)*d*h], o.w2[e*h*d:(e+1)*h*d], act,
+			o.dyeSD[lo*d:], o.gw1[e*d*h:(e+1)*d*h], o.gw3[e*d*h:(e+1)*d*h], o.gw2[e*h*d:(e+1)*h*d], o.scratch, o.dxeSD[lo*d:], 0)
+	}
+	// scatter slot input gradients back to tokens
+	clear(o.dxTD)
+	for s := 0; s < S; s++ {
+		t := int(o.plan.Token[s])
+		kernels.Axpy(1, o.dxeSD[s*d:(s+1)*d], o.dxTD[t*d:(t+1)*d])
+	}
+	// router backward: weights -> probs -> logits, plus the auxiliary losses
+	clear(o.dProbsTE)
+	router.WeightsBackward(o.probsTE, T, E, k, o.idxTK, o.wTK, o.dwTK, o.cfg.Renormalize, o.dProbsTE)
+	for t := 0; t < T; t++ {
+		p, dp, dz := o.probsTE[t*E:(t+1)*E], o.dProbsTE[t*E:(t+1)*E], o.dLogitsTE[t*E:(t+1)*E]
+		dot := kernels.Dot(p, dp)
+		for j := range p {
+			dz[j] = p[j] * (dp[j] - dot)
+		}
+	}
+	if o.bal != nil {
+		if err := o.bal.Backward(context.Background(), o.moeIdx, float64(*o.scale), o.dLogitsTE); err != nil {
+			return nil, err
+		}
+	}
+	blas.Sgemm(true, false, d, E, T, 1, x, d, o.dLogitsTE, E, 1, o.gwr, E)
+	blas.Sgemm(false, true, T, d, E, 1, o.dLogitsTE, E, o.wr, E, 1, o.dxTD, d)
+	for s := 0; s < o.cfg.Shared; s++ {
+		ffnBackward(x, T, d, h, o.sw1[s*d*h:(s+1)*d*h], o.sw3[s*d*h:(s+1)*d*h], o.sw2[s*h*d:(s+1)*h*d], o.sharedAct[s], dy,
+			o.gsw1[s*d*h:(s+1)*d*h], o.gsw3[s*d*h:(s+1)*d*h], o.gsw2[s*h*d:(s+1)*h*d], o.sharedScratch, o.dxTD, 1)
+	}
+	return o.dVal, nil
+}
+
+// ---- dense SwiGLU layer: x [T,d] -> y [T,d] ----
+
+type denseFFNOp struct {
+	opBase
+	T, d, h       int
+	w1, w3, w2    []float32
+	gw1, gw3, gw2 []float32
+	act, scratch  ffnAct
+	outTD, dxTD   []float32
+	outVal, dVal  *tensor.Dense
+}
+
+func newDenseFFNOp(tag string, l int, cfg Config, T int, p *Params) *denseFFNOp {
+	d, h := cfg.Dim, cfg.DenseHidden
+	o := &denseFFNOp{opBase: opBase{tag: tag, inDims: []int{2}, out: tensor.Shape{T, d}}, T: T, d: d, h: h}
+	o.w1, o.gw1 = p.W(pname(l, "w1")), p.G(pname(l, "w1"))
+	o.w3, o.gw3 = p.W(pname(l, "w3")), p.G(pname(l, "w3"))
+	o.w2, o.gw2 = p.W(pname(l, "w2")), p.G(pname(l, "w2"))
+	o.act = newFFNAct(T, h)
+	o.outTD = make([]float32, T*d)
+	o.outVal = dense(o.outTD, T, d)
+	return o
+}
+
+func (o *denseFFNOp) Do(in ...G.Value) (G.Value, error) {
+	ffnForward(f32(in[0]), o.T, o.d, o.h, o.w1, o.w3, o.w2, o.act, o.outTD, 0)
+	return o.outVal, nil
+}
+
+func (o *denseFFNOp) DiffWRT(int) []bool { return []bool{true} }
+
+func (o *denseFFNOp) SymDiff(in G.Nodes, out, grad *G.Node) (G.Nodes, error) {
+	o.scratch = newFFNAct(o.T, o.h)
+	o.dxTD = make([]float32, o.T*o.d)
+	o.dVal = dense(o.dxTD, o.T, o.d)
+	g := &denseFFNGradOp{opBase: opBase{tag: o.tag + "/grad", inDims: []int{2, 2}, out: tensor.Shape{o.T, o.d}}, fwd: o}
+	n, err := G.ApplyOp(g, in[0], grad)
+	return G.Nodes{n}, err
+}
+
+type denseFFNGradOp struct {
+	opBase
+	fwd *denseFFNOp
+}
+
+func (g *denseFFNGradOp) Do(in ...G.Value) (G.Value, error) {
+	o := g.fwd
+	ffnBackward(f32(in[0]), o.T, o.d, o.h, o.w1, o.w3, o.w2, o.act, f32(in[1]), o.gw1, o.gw3, o.gw2, o.scratch, o.dxTD, 0)
+	return o.dVal, nil
+}

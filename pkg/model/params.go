@@ -1,0 +1,153 @@
+package model
+
+import (
+	"fmt"
+	"math"
+	"math/rand/v2"
+)
+
+// Param is one named parameter tensor: a view of Shape at Offset into the
+// flat Params.Data / Params.Grad buffers.
+type Param struct {
+	Name   string
+	Shape  []int
+	Offset int
+	Size   int
+	Decay  bool // weight decay applies (matrices); norms' gains are exempt
+}
+
+// Params owns every parameter and gradient of a model in two flat float32
+// buffers. Tensors (gorgonia or hand-written kernels) are views of them, so
+// the optimizer, the gradient all-reduce and checkpoints see one buffer.
+type Params struct {
+	List  []Param
+	Data  []float32
+	Grad  []float32
+	index map[string]int
+}
+
+func newParams() *Params { return &Params{index: map[string]int{}} }
+
+func (p *Params) add(name string, decay bool, shape ...int) {
+	if _, dup := p.index[name]; dup {
+		panic("model: duplicate parameter " + name)
+	}
+	size := 1
+	for _, s := range shape {
+		size *= s
+	}
+	off := 0
+	if n := len(p.List); n > 0 {
+		off = p.List[n-1].Offset + p.List[n-1].Size
+	}
+	p.index[name] = len(p.List)
+	p.List = append(p.List, Param{Name: name, Shape: shape, Offset: off, Size: size, Decay: decay})
+}
+
+func (p *Params) alloc() {
+	n := 0
+	if len(p.List) > 0 {
+		last := p.List[len(p.List)-1]
+		n = last.Offset + last.Size
+	}
+	p.Data = make([]float32, n)
+	p.Grad = make([]float32, n)
+}
+
+// Lookup returns the parameter called name.
+func (p *Params) Lookup(name string) (Param, bool) {
+	i, ok := p.index[name]
+	if !ok {
+		return Param{}, false
+	}
+	return p.List[i], true
+}
+
+func (p *Params) must(name string) Param {
+	q, ok := p.Lookup(name)
+	if !ok {
+		panic(fmt.Sprintf("model: no parameter %q", name))
+	}
+	return q
+}
+
+// W returns the data view of a parameter.
+func (p *Params) W(name string) []float32 {
+	q := p.must(name)
+	return p.Data[q.Offset : q.Offset+q.Size : q.Offset+q.Size]
+}
+
+// G returns the gradient view of a parameter.
+func (p *Params) G(name string) []float32 {
+	q := p.must(name)
+	return p.Grad[q.Offset : q.Offset+q.Size : q.Offset+q.Size]
+}
+
+// Len is the total number of parameters.
+func (p *Params) Len() int { return len(p.Data) }
+
+// ZeroGrad clears every gradient.
+func (p *Params) ZeroGrad() { clear(p.Grad) }
+
+// layer parameter names
+func pname(l int, what string) string { return fmt.Sprintf("layers.%d.%s", l, what) }
+
+func buildParams(c Config) *Params {
+	p := newParams()
+	d, h, E, V := c.Dim, c.Hidden, c.Experts, c.Vocab
+	p.add("embed", true, V, d)
+	for l := 0; l < c.Layers; l++ {
+		p.add(pname(l, "attn_norm"), false, d)
+		p.add(pname(l, "wqkv"), true, d, 3*d)
+		p.add(pname(l, "wo"), true, d, d)
+		p.add(pname(l, "ffn_norm"), false, d)
+		if c.IsMoE(l) {
+			p.add(pname(l, "router"), true, d, E)
+			p.add(pname(l, "w1"), true, E, d, h)
+			p.add(pname(l, "w3"), true, E, d, h)
+			p.add(pname(l, "w2"), true, E, h, d)
+			if c.Shared > 0 {
+				p.add(pname(l, "shared_w1"), true, c.Shared, d, h)
+				p.add(pname(l, "shared_w3"), true, c.Shared, d, h)
+				p.add(pname(l, "shared_w2"), true, c.Shared, h, d)
+			}
+		} else {
+			hd := c.DenseHidden
+			p.add(pname(l, "w1"), true, 1, d, hd)
+			p.add(pname(l, "w3"), true, 1, d, hd)
+			p.add(pname(l, "w2"), true, 1, hd, d)
+		}
+	}
+	p.add("final_norm", false, d)
+	p.add("head", true, d, V)
+	p.alloc()
+	return p
+}
+
+// Init fills the parameters deterministically from seed: N(0, InitStd) for
+// matrices, 1 for norm gains.
+func (p *Params) Init(c Config, seed uint64) {
+	rng := rand.New(rand.NewPCG(seed, 0x5eed))
+	for _, q := range p.List {
+		w := p.Data[q.Offset : q.Offset+q.Size]
+		if !q.Decay {
+			for i := range w {
+				w[i] = 1
+			}
+			continue
+		}
+		for i := range w {
+			w[i] = float32(rng.NormFloat64() * c.InitStd)
+		}
+	}
+	clear(p.Grad)
+}
+
+// GradNorm returns the L2 norm of all gradients (float64 accumulation).
+func (p *Params) GradNorm() float64 {
+	var s float64
+	for _, g := range p.Grad {
+		s += float64(g) * float64(g)
+	}
+	return math.Sqrt(s)
+}

@@ -1,0 +1,105 @@
+package train
+
+import (
+	"context"
+	"os"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/switchyard-ml/switchyard/pkg/data"
+	"github.com/switchyard-ml/switchyard/pkg/kernels"
+)
+
+// EngineBench is the result of `switchyard bench engine`: one optimizer
+// step per micro-batch (forward, backward, AdamW), median over Steps after
+// Warmup, the protocol of ../shared/bench/moe_bench.py.
+type EngineBench struct {
+	Preset        string  `json:"preset"`
+	Kernels       string  `json:"kernels"`
+	Threads       int     `json:"threads"`
+	TokensPerStep int     `json:"tokens_per_step"`
+	Steps         int     `json:"steps"`
+	MedianStepS   float64 `json:"median_step_s"`
+	TokensPerS    float64 `json:"tokens_per_s"`
+	FlopsPerToken float64 `json:"flops_per_token"` // 6*(active params - embedding) + 12*layers*d*seq
+	GFlops        float64 `json:"gflops"`
+	PeakRSSMiB    float64 `json:"peak_rss_mib"`
+	AllocsPerStep float64 `json:"allocs_per_step"`
+	BytesPerStep  float64 `json:"alloc_bytes_per_step"`
+	Params        int64   `json:"params_total"`
+	ActiveParams  int64   `json:"params_active"`
+}
+
+// BenchEngine trains preset on a small demo corpus and measures steps.
+func BenchEngine(ctx context.Context, preset string, warmup, steps int) (*EngineBench, error) {
+	cfg, err := PresetConfig(preset)
+	if err != nil {
+		return nil, err
+	}
+	cfg.Steps = warmup + steps
+	cfg.Optim.WarmupSteps = 0
+	mc, err := cfg.ModelConfig()
+	if err != nil {
+		return nil, err
+	}
+	docs, err := data.Demo(data.DemoOptions{Seed: 1, BytesPerDomain: 256 << 10})
+	if err != nil {
+		return nil, err
+	}
+	corpus, err := data.Build(docs, data.BuildConfig{SeqLen: mc.SeqLen, ValFraction: 0.05, Seed: 1})
+	if err != nil {
+		return nil, err
+	}
+	tr, err := NewWithCorpus(cfg, corpus, nil)
+	if err != nil {
+		return nil, err
+	}
+	defer tr.Close()
+	for i := 0; i < warmup; i++ {
+		if _, err := tr.TrainStep(ctx); err != nil {
+			return nil, err
+		}
+	}
+	var ms0, ms1 runtime.MemStats
+	runtime.ReadMemStats(&ms0)
+	times := make([]float64, 0, steps)
+	for i := 0; i < steps; i++ {
+		st := time.Now()
+		if _, err := tr.TrainStep(ctx); err != nil {
+			return nil, err
+		}
+		times = append(times, time.Since(st).Seconds())
+	}
+	runtime.ReadMemStats(&ms1)
+	sort.Float64s(times)
+	med := times[len(times)/2]
+	tokens := cfg.MicroBatch * mc.SeqLen
+	total, active := mc.ParamCount()
+	b := &EngineBench{Preset: preset, Kernels: kernels.Name(), Threads: runtime.GOMAXPROCS(0), TokensPerStep: tokens, Steps: steps,
+		MedianStepS: med, TokensPerS: float64(tokens) / med, FlopsPerToken: mc.FlopsPerToken(),
+		AllocsPerStep: float64(ms1.Mallocs-ms0.Mallocs) / float64(steps), BytesPerStep: float64(ms1.TotalAlloc-ms0.TotalAlloc) / float64(steps),
+		Params: total, ActiveParams: active, PeakRSSMiB: peakRSSMiB()}
+	b.GFlops = b.TokensPerS * b.FlopsPerToken / 1e9
+	return b, nil
+}
+
+// peakRSSMiB reads VmHWM from /proc/self/status (0 where unavailable).
+func peakRSSMiB() float64 {
+	raw, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(raw), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			f := strings.Fields(rest)
+			if len(f) > 0 {
+				kb, _ := strconv.ParseFloat(f[0], 64)
+				return kb / 1024
+			}
+		}
+	}
+	return 0
+}

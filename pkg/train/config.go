@@ -1,0 +1,232 @@
+package train
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/switchyard-ml/switchyard/pkg/model"
+	"github.com/switchyard-ml/switchyard/pkg/optim"
+)
+
+// ErrConfig is wrapped by every run-configuration error.
+var ErrConfig = errors.New("train: invalid config")
+
+// LBLConfig selects the load-balancing loss.
+type LBLConfig struct {
+	// Mode is "global" (global-batch LBL: f from the synchronised counts of
+	// every micro-batch of the optimizer step so far, on every rank — the
+	// accumulation buffer) or "micro" (f from each micro-batch alone).
+	Mode      string    `yaml:"mode" json:"mode"`
+	Coef      float64   `yaml:"coef" json:"coef"`             // coefficient of the mode's loss, per MoE layer
+	MicroCoef float64   `yaml:"micro_coef" json:"micro_coef"` // extra micro-batch LBL mixed in (e.g. 1% of coef)
+	SeqCoef   float64   `yaml:"seq_coef" json:"seq_coef"`     // sequence-level LBL
+	ZCoef     float64   `yaml:"z_coef" json:"z_coef"`         // router z-loss
+	LayerCoef []float64 `yaml:"layer_coef" json:"layer_coef"` // per-MoE-layer multipliers
+	BiasRate  float64   `yaml:"bias_rate" json:"bias_rate"`   // aux-loss-free expert bias update rate (0: off)
+}
+
+// DataConfig says where the corpus comes from.
+type DataConfig struct {
+	Corpus      string  `yaml:"corpus" json:"corpus"`             // JSON Lines file; empty: the built-in demo corpus
+	DemoBytes   int     `yaml:"demo_bytes" json:"demo_bytes"`     // demo corpus bytes per domain
+	ValFraction float64 `yaml:"val_fraction" json:"val_fraction"` // per-domain share held out
+	EvalSeqs    int     `yaml:"eval_seqs" json:"eval_seqs"`       // validation sequences per domain per evaluation (0: all)
+}
+
+// Config is a training run.
+type Config struct {
+	Preset       string        `yaml:"preset" json:"preset"`
+	Model        *model.Config `yaml:"model" json:"model"` // overrides the preset's fields that are set
+	LBL          LBLConfig     `yaml:"lbl" json:"lbl"`
+	Data         DataConfig    `yaml:"data" json:"data"`
+	MicroBatch   int           `yaml:"micro_batch" json:"micro_batch"`   // sequences per micro-batch
+	Accumulation int           `yaml:"accumulation" json:"accumulation"` // micro-batches per optimizer step
+	Steps        int           `yaml:"steps" json:"steps"`               // optimizer steps
+	Seed         int64         `yaml:"seed" json:"seed"`
+	Optim        optim.Config  `yaml:"optim" json:"optim"`
+	EvalEvery    int           `yaml:"eval_every" json:"eval_every"` // steps between evaluations (0: only at the end)
+	OutDir       string        `yaml:"out_dir" json:"out_dir"`       // metrics.jsonl and report.json go here ("" : none)
+}
+
+// Defaults fills unset fields.
+func (c *Config) Defaults() {
+	if c.Preset == "" && c.Model == nil {
+		c.Preset = "tiny"
+	}
+	if c.LBL.Mode == "" {
+		c.LBL.Mode = "global"
+	}
+	if c.LBL.Coef == 0 {
+		c.LBL.Coef = 0.01
+	}
+	if c.Data.DemoBytes == 0 {
+		c.Data.DemoBytes = 1 << 20
+	}
+	if c.Data.ValFraction == 0 {
+		c.Data.ValFraction = 0.05
+	}
+	if c.Accumulation == 0 {
+		c.Accumulation = 1
+	}
+	if c.Steps == 0 {
+		c.Steps = 100
+	}
+	if c.Seed == 0 {
+		c.Seed = 1
+	}
+	c.Optim.Defaults()
+}
+
+// ModelConfig resolves the preset and overrides into a model config.
+func (c Config) ModelConfig() (model.Config, error) {
+	var m model.Config
+	if c.Preset != "" {
+		p, err := model.Preset(c.Preset)
+		if err != nil {
+			return m, fmt.Errorf("%w: preset: %v", ErrConfig, err)
+		}
+		m = p
+	}
+	if o := c.Model; o != nil {
+		overlay(&m, *o)
+	}
+	m.Defaults()
+	if err := m.Validate(); err != nil {
+		return m, fmt.Errorf("%w: model: %w", ErrConfig, err)
+	}
+	return m, nil
+}
+
+// overlay copies the non-zero fields of o onto m.
+func overlay(m *model.Config, o model.Config) {
+	set := func(dst *int, v int) {
+		if v != 0 {
+			*dst = v
+		}
+	}
+	set(&m.Vocab, o.Vocab)
+	set(&m.Dim, o.Dim)
+	set(&m.Layers, o.Layers)
+	set(&m.Heads, o.Heads)
+	set(&m.SeqLen, o.SeqLen)
+	set(&m.Experts, o.Experts)
+	set(&m.TopK, o.TopK)
+	set(&m.Hidden, o.Hidden)
+	set(&m.Shared, o.Shared)
+	set(&m.MoEEvery, o.MoEEvery)
+	set(&m.DenseHidden, o.DenseHidden)
+	if o.Renormalize {
+		m.Renormalize = true
+	}
+	if o.CapacityFactor != 0 {
+		m.CapacityFactor = o.CapacityFactor
+	}
+	if o.NormEps != 0 {
+		m.NormEps = o.NormEps
+	}
+	if o.RopeBase != 0 {
+		m.RopeBase = o.RopeBase
+	}
+	if o.InitStd != 0 {
+		m.InitStd = o.InitStd
+	}
+}
+
+// Validate names the first broken rule by its YAML path.
+func (c Config) Validate() error {
+	bad := func(path string, v any, rule string) error {
+		return fmt.Errorf("%w: %s = %v: %s", ErrConfig, path, v, rule)
+	}
+	if _, err := c.ModelConfig(); err != nil {
+		return err
+	}
+	switch {
+	case c.LBL.Mode != "global" && c.LBL.Mode != "micro":
+		return bad("lbl.mode", c.LBL.Mode, `must be "global" or "micro"`)
+	case c.LBL.Coef < 0:
+		return bad("lbl.coef", c.LBL.Coef, "must be >= 0")
+	case c.LBL.MicroCoef < 0:
+		return bad("lbl.micro_coef", c.LBL.MicroCoef, "must be >= 0")
+	case c.LBL.SeqCoef < 0:
+		return bad("lbl.seq_coef", c.LBL.SeqCoef, "must be >= 0")
+	case c.LBL.ZCoef < 0:
+		return bad("lbl.z_coef", c.LBL.ZCoef, "must be >= 0")
+	case c.LBL.BiasRate < 0:
+		return bad("lbl.bias_rate", c.LBL.BiasRate, "must be >= 0")
+	case c.MicroBatch < 1:
+		return bad("micro_batch", c.MicroBatch, "must be >= 1")
+	case c.Accumulation < 1:
+		return bad("accumulation", c.Accumulation, "must be >= 1")
+	case c.Steps < 1:
+		return bad("steps", c.Steps, "must be >= 1")
+	case c.EvalEvery < 0:
+		return bad("eval_every", c.EvalEvery, "must be >= 0")
+	case c.Data.DemoBytes < 0:
+		return bad("data.demo_bytes", c.Data.DemoBytes, "must be >= 0")
+	case c.Data.ValFraction <= 0 || c.Data.ValFraction > 0.5:
+		return bad("data.val_fraction", c.Data.ValFraction, "must be in (0, 0.5]")
+	case c.Data.EvalSeqs < 0:
+		return bad("data.eval_seqs", c.Data.EvalSeqs, "must be >= 0")
+	}
+	m, _ := c.ModelConfig()
+	if n := len(c.LBL.LayerCoef); n != 0 && n != m.MoELayers() {
+		return bad("lbl.layer_coef", c.LBL.LayerCoef, fmt.Sprintf("needs one value per MoE layer (%d)", m.MoELayers()))
+	}
+	if err := c.Optim.Validate(); err != nil {
+		return fmt.Errorf("%w: optim: %w", ErrConfig, err)
+	}
+	return nil
+}
+
+// PresetConfig returns the run defaults of a named preset: the model, its
+// micro-batch (tiny 8, small 4) and a short schedule.
+func PresetConfig(name string) (Config, error) {
+	c := Config{Preset: name}
+	switch name {
+	case "tiny":
+		c.MicroBatch = 8
+	case "small":
+		c.MicroBatch = 4
+	default:
+		return c, fmt.Errorf("%w: preset = %q: unknown (have tiny, small)", ErrConfig, name)
+	}
+	c.Defaults()
+	return c, nil
+}
+
+// Load reads a YAML run config; unknown fields are errors.
+func Load(path string) (Config, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("train: read config: %w", err)
+	}
+	return Parse(raw)
+}
+
+// Parse decodes a YAML run config, applies defaults and validates it.
+func Parse(raw []byte) (Config, error) {
+	var c Config
+	dec := yaml.NewDecoder(bytes.NewReader(raw))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
+		return Config{}, fmt.Errorf("%w: %v", ErrConfig, err)
+	}
+	if c.Preset == "" && c.Model == nil {
+		c.Preset = "tiny"
+	}
+	if c.MicroBatch == 0 {
+		if p, err := PresetConfig(c.Preset); err == nil {
+			c.MicroBatch = p.MicroBatch
+		}
+	}
+	c.Defaults()
+	if err := c.Validate(); err != nil {
+		return Config{}, err
+	}
+	return c, nil
+}

@@ -1,0 +1,73 @@
+package train
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+)
+
+// progress prints live training progress: a redrawn bar on a terminal,
+// one plain line every few steps otherwise.
+type progress struct {
+	w     io.Writer
+	tty   bool
+	total int
+	start time.Time
+	last  time.Time
+	toks  float64 // smoothed tokens/s
+}
+
+func newProgress(w io.Writer, total int) *progress {
+	tty := false
+	if f, ok := w.(*os.File); ok {
+		if st, err := f.Stat(); err == nil && st.Mode()&os.ModeCharDevice != 0 {
+			tty = true
+		}
+	}
+	return &progress{w: w, tty: tty, total: total, start: time.Now()}
+}
+
+func (p *progress) update(sm StepMetrics) {
+	if p.toks == 0 {
+		p.toks = sm.TokensPerS
+	} else {
+		p.toks = 0.8*p.toks + 0.2*sm.TokensPerS
+	}
+	el := time.Since(p.start)
+	eta := time.Duration(float64(el) / float64(sm.Step) * float64(p.total-sm.Step)).Round(time.Second)
+	lbl := 0.0
+	for _, v := range sm.LBL {
+		lbl += v / float64(max(len(sm.LBL), 1))
+	}
+	msg := fmt.Sprintf("step %d/%d  loss %.4f  lbl %.4f  %.0f tok/s  eta %s", sm.Step, p.total, sm.Loss, lbl, p.toks, eta)
+	if p.tty {
+		const width = 24
+		n := width * sm.Step / p.total
+		fmt.Fprintf(p.w, "\r[%s%s] %s\x1b[K", strings.Repeat("#", n), strings.Repeat(".", width-n), msg)
+		return
+	}
+	every := max(1, p.total/20)
+	if sm.Step == 1 || sm.Step%every == 0 || sm.Step == p.total || time.Since(p.last) > 30*time.Second {
+		p.last = time.Now()
+		fmt.Fprintln(p.w, msg)
+	}
+}
+
+func (p *progress) eval(step int, ev *Eval) {
+	if p.tty {
+		fmt.Fprintln(p.w)
+	}
+	var parts []string
+	for dom, b := range ev.BitsPerByte {
+		parts = append(parts, fmt.Sprintf("%d:%.3f", dom, b))
+	}
+	fmt.Fprintf(p.w, "eval at step %d: val bits/byte by domain %s\n", step, strings.Join(parts, " "))
+}
+
+func (p *progress) done() {
+	if p.tty {
+		fmt.Fprintln(p.w)
+	}
+}

@@ -1,0 +1,154 @@
+package train
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// DomainReport is the validation result of one domain.
+type DomainReport struct {
+	Domain      string  `json:"domain"`
+	BitsPerByte float64 `json:"val_bits_per_byte"`
+	UnigramBits float64 `json:"unigram_bits_per_byte"` // entropy of the domain's byte distribution (a no-context baseline)
+	Tokens      int64   `json:"tokens"`
+}
+
+// Specialisation summarises one MoE layer on one domain's validation tokens.
+type Specialisation struct {
+	Layer       int       `json:"layer"` // MoE layer index
+	Domain      string    `json:"domain"`
+	Frequency   []float64 `json:"frequency"` // selection frequency per expert (sums to 1)
+	TopExpert   int       `json:"top_expert"`
+	TopShare    float64   `json:"top_share"`    // frequency of the most selected expert
+	EntropyBits float64   `json:"entropy_bits"` // of Frequency; log2(E) is uniform
+}
+
+// Report is the final summary of a run.
+type Report struct {
+	Preset       string           `json:"preset,omitempty"`
+	LBLMode      string           `json:"lbl_mode"`
+	Steps        int              `json:"steps"`
+	Tokens       int64            `json:"tokens"`
+	Seconds      float64          `json:"seconds"`
+	TokensPerS   float64          `json:"tokens_per_s"`
+	FinalLoss    float64          `json:"final_train_loss"`
+	Domains      []DomainReport   `json:"domains"`
+	Experts      []Specialisation `json:"experts"`
+	GlobalLoad   [][]float64      `json:"global_load"`    // per MoE layer, share of validation selections per expert (all domains)
+	MeanTopShare float64          `json:"mean_top_share"` // mean over layers and domains of TopShare
+	MaxLoad      float64          `json:"max_load"`       // largest GlobalLoad share (1/E is perfectly balanced)
+}
+
+func entropyBits(p []float64) float64 {
+	var h float64
+	for _, v := range p {
+		if v > 0 {
+			h -= v * math.Log2(v)
+		}
+	}
+	return h
+}
+
+func (t *Trainer) report(ev *Eval, last StepMetrics, el time.Duration) *Report {
+	k := t.MCfg.TopK
+	tokens := int64(t.step) * int64(t.Cfg.Accumulation*t.Cfg.MicroBatch*t.MCfg.SeqLen)
+	r := &Report{Preset: t.Cfg.Preset, LBLMode: t.Cfg.LBL.Mode, Steps: t.step, Tokens: tokens, Seconds: el.Seconds(),
+		TokensPerS: float64(tokens) / el.Seconds(), FinalLoss: last.Loss}
+	for dom, name := range t.Corpus.Domains {
+		r.Domains = append(r.Domains, DomainReport{Domain: name, BitsPerByte: ev.BitsPerByte[dom], UnigramBits: t.Corpus.Entropy(dom), Tokens: ev.Tokens[dom]})
+	}
+	st := ev.Stats
+	var shares []float64
+	for l := range st.Counts {
+		load := make([]float64, st.Experts)
+		var n float64
+		for dom, name := range t.Corpus.Domains {
+			f := st.Frequency(l, dom, k)
+			top := 0
+			for e := range f {
+				if f[e] > f[top] {
+					top = e
+				}
+				load[e] += st.Counts[l][dom][e]
+				n += st.Counts[l][dom][e]
+			}
+			r.Experts = append(r.Experts, Specialisation{Layer: l, Domain: name, Frequency: f, TopExpert: top, TopShare: f[top], EntropyBits: entropyBits(f)})
+			shares = append(shares, f[top])
+		}
+		for e := range load {
+			if n > 0 {
+				load[e] /= n
+			}
+			r.MaxLoad = max(r.MaxLoad, load[e])
+		}
+		r.GlobalLoad = append(r.GlobalLoad, load)
+	}
+	for _, s := range shares {
+		r.MeanTopShare += s / float64(len(shares))
+	}
+	return r
+}
+
+// WriteJSON writes the report to path.
+func (r *Report) WriteJSON(path string) error {
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(path, append(b, '\n'), 0o644); err != nil {
+		return fmt.Errorf("train: write report: %w", err)
+	}
+	return nil
+}
+
+// Print writes the report as tables: per-domain validation loss, then per
+// layer x domain x expert selection frequencies with the specialisation
+// summary, then the global expert load.
+func (r *Report) Print(w io.Writer) {
+	fmt.Fprintf(w, "\n== report: %d steps, %d tokens, %.1f s, %.0f tokens/s, LBL mode %s, final train loss %.4f nats\n",
+		r.Steps, r.Tokens, r.Seconds, r.TokensPerS, r.LBLMode, r.FinalLoss)
+	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "domain\tval bits/byte\tunigram bits/byte\tgain\ttokens\t")
+	for _, d := range r.Domains {
+		fmt.Fprintf(tw, "%s\t%.3f\t%.3f\t%.3f\t%d\t\n", d.Domain, d.BitsPerByte, d.UnigramBits, d.UnigramBits-d.BitsPerByte, d.Tokens)
+	}
+	tw.Flush()
+	if len(r.Experts) == 0 {
+		return
+	}
+	E := len(r.Experts[0].Frequency)
+	fmt.Fprintf(w, "\nexpert selection frequency per MoE layer and domain (validation tokens; uniform = %.3f)\n", 1/float64(E))
+	tw = tabwriter.NewWriter(w, 2, 4, 1, ' ', tabwriter.AlignRight)
+	hdr := []string{"layer", "domain"}
+	for e := 0; e < E; e++ {
+		hdr = append(hdr, fmt.Sprintf("e%d", e))
+	}
+	hdr = append(hdr, "top", "share", "H bits")
+	fmt.Fprintln(tw, strings.Join(hdr, "\t")+"\t")
+	sorted := append([]Specialisation(nil), r.Experts...)
+	sort.SliceStable(sorted, func(i, j int) bool { return sorted[i].Layer < sorted[j].Layer })
+	for _, s := range sorted {
+		row := []string{fmt.Sprint(s.Layer), s.Domain}
+		for _, f := range s.Frequency {
+			row = append(row, fmt.Sprintf("%.2f", f))
+		}
+		row = append(row, fmt.Sprintf("e%d", s.TopExpert), fmt.Sprintf("%.3f", s.TopShare), fmt.Sprintf("%.2f", s.EntropyBits))
+		fmt.Fprintln(tw, strings.Join(row, "\t")+"\t")
+	}
+	tw.Flush()
+	fmt.Fprintf(w, "\nspecialisation: mean top-expert share %.3f (uniform %.3f); global load per layer (max %.3f):\n", r.MeanTopShare, 1/float64(E), r.MaxLoad)
+	for l, load := range r.GlobalLoad {
+		parts := make([]string, len(load))
+		for e, v := range load {
+			parts[e] = fmt.Sprintf("%.3f", v)
+		}
+		fmt.Fprintf(w, "  layer %d: %s\n", l, strings.Join(parts, " "))
+	}
+}

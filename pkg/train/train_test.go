@@ -1,0 +1,151 @@
+package train
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/switchyard-ml/switchyard/pkg/data"
+	"github.com/switchyard-ml/switchyard/pkg/model"
+)
+
+// smallRun is a run small enough for a unit test: a 2-layer model on a
+// 3-domain generated corpus.
+func smallRun(t *testing.T, mode string, steps int) (Config, *data.Corpus) {
+	t.Helper()
+	cfg := Config{
+		Model:        &model.Config{Vocab: 256, Dim: 32, Layers: 2, Heads: 2, SeqLen: 32, Experts: 4, TopK: 2, Hidden: 32},
+		LBL:          LBLConfig{Mode: mode, Coef: 0.01},
+		MicroBatch:   4,
+		Accumulation: 2,
+		Steps:        steps,
+		Seed:         7,
+	}
+	cfg.Optim.LR = 3e-3
+	cfg.Optim.WarmupSteps = 2
+	cfg.Data.EvalSeqs = 8
+	cfg.Defaults()
+	docs, err := data.Demo(data.DemoOptions{Seed: 1, BytesPerDomain: 16 << 10, Domains: []string{"arith", "records", "logs"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	corpus, err := data.Build(docs, data.BuildConfig{SeqLen: 32, ValFraction: 0.1, Seed: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg, corpus
+}
+
+func TestTrainingLearnsAndReports(t *testing.T) {
+	cfg, corpus := smallRun(t, "global", 30)
+	cfg.OutDir = t.TempDir()
+	var progress bytes.Buffer
+	tr, err := NewWithCorpus(cfg, corpus, &progress)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	first, err := tr.TrainStep(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := tr.Run(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Steps != 30 || rep.FinalLoss >= first.Loss-0.5 {
+		t.Fatalf("loss did not fall: first %.3f final %.3f after %d steps", first.Loss, rep.FinalLoss, rep.Steps)
+	}
+	for _, d := range rep.Domains {
+		if d.Tokens == 0 || d.BitsPerByte <= 0 || d.BitsPerByte > 8.5 || d.UnigramBits <= 0 {
+			t.Errorf("domain report %+v", d)
+		}
+	}
+	if len(rep.Experts) != 2*3 || len(rep.GlobalLoad) != 2 {
+		t.Fatalf("expert report: %d rows, %d layers", len(rep.Experts), len(rep.GlobalLoad))
+	}
+	for _, s := range rep.Experts {
+		var sum float64
+		for _, f := range s.Frequency {
+			sum += f
+		}
+		if sum < 0.999 || sum > 1.001 {
+			t.Errorf("layer %d %s: frequencies sum to %v", s.Layer, s.Domain, sum)
+		}
+	}
+	var out bytes.Buffer
+	rep.Print(&out)
+	if !strings.Contains(out.String(), "val bits/byte") || !strings.Contains(out.String(), "top-expert share") {
+		t.Fatalf("printed report lacks its tables:\n%s", out.String())
+	}
+	if !strings.Contains(progress.String(), "step 30/30") {
+		t.Fatalf("progress lacks the last step:\n%s", progress.String())
+	}
+	lines, err := os.ReadFile(filepath.Join(cfg.OutDir, "metrics.jsonl"))
+	// Run wrote one line per step it took (the first step was taken by hand)
+	if err != nil || strings.Count(string(lines), "\n") != 29 {
+		t.Fatalf("metrics.jsonl: %v, %d lines", err, strings.Count(string(lines), "\n"))
+	}
+	if _, err := os.Stat(filepath.Join(cfg.OutDir, "report.json")); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestSameSeedSameLossCurve(t *testing.T) {
+	curve := func(mode string) []float64 {
+		cfg, corpus := smallRun(t, mode, 4)
+		tr, err := NewWithCorpus(cfg, corpus, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tr.Close()
+		var out []float64
+		for i := 0; i < 4; i++ {
+			sm, err := tr.TrainStep(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, sm.Loss, sm.Aux)
+		}
+		return out
+	}
+	a, b := curve("global"), curve("global")
+	for i := range a {
+		if a[i] != b[i] {
+			t.Fatalf("run 1 %v\nrun 2 %v", a, b)
+		}
+	}
+	if m := curve("micro"); m[1] == a[1] {
+		t.Fatalf("micro and global LBL gave the same auxiliary loss %v", m[1])
+	}
+}
+
+func TestConfigErrorsNameTheField(t *testing.T) {
+	for _, tc := range []struct{ yaml, want string }{
+		{"preset: huge", "preset"},
+		{"preset: tiny\nlbl: {mode: sideways}", "lbl.mode"},
+		{"preset: tiny\nsteps: -3", "steps"},
+		{"preset: tiny\nmicro_batch: -1", "micro_batch"},
+		{"preset: tiny\nmodel: {heads: 3}", "heads"},
+		{"preset: tiny\nstepz: 3", "stepz"},
+		{"preset: tiny\noptim: {lr: -1}", "lr"},
+		{"preset: tiny\nlbl: {layer_coef: [1, 2]}", "lbl.layer_coef"},
+		{"preset: tiny\ndata: {val_fraction: 0.9}", "data.val_fraction"},
+	} {
+		_, err := Parse([]byte(tc.yaml))
+		if err == nil || !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: got %v, want an error naming %q", tc.yaml, err, tc.want)
+		}
+	}
+	c, err := Parse([]byte("preset: small\nsteps: 5\nlbl: {mode: micro}"))
+	if err != nil || c.MicroBatch != 4 || c.Steps != 5 || c.LBL.Mode != "micro" {
+		t.Fatalf("valid config: %+v %v", c, err)
+	}
+	if _, err := Parse(nil); err != nil {
+		t.Fatalf("empty config should mean defaults: %v", err)
+	}
+}

@@ -1,0 +1,276 @@
+package train
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/switchyard-ml/switchyard/pkg/data"
+	"github.com/switchyard-ml/switchyard/pkg/lbl"
+	"github.com/switchyard-ml/switchyard/pkg/model"
+	"github.com/switchyard-ml/switchyard/pkg/optim"
+)
+
+// Trainer runs one configured training job in this process.
+type Trainer struct {
+	Cfg    Config
+	MCfg   model.Config
+	Corpus *data.Corpus
+	Model  *model.Model
+	Opt    *optim.AdamW
+	Bal    *lbl.Balancer
+	Loader *data.Loader
+
+	progress *progress
+	metrics  io.WriteCloser
+	step     int
+	seqIdx   []int
+}
+
+// StepMetrics is one line of metrics.jsonl.
+type StepMetrics struct {
+	Step       int         `json:"step"`
+	Loss       float64     `json:"loss"`      // mean cross-entropy (nats/token) over the step's micro-batches
+	Aux        float64     `json:"aux"`       // weighted auxiliary loss (all LBL terms, z-loss) summed over layers
+	LBL        []float64   `json:"lbl"`       // per MoE layer: LBL of the configured mode (unweighted)
+	LR         float64     `json:"lr"`        // learning rate used
+	GradNorm   float64     `json:"grad_norm"` // before clipping
+	TokensPerS float64     `json:"tokens_per_s"`
+	ElapsedS   float64     `json:"elapsed_s"`
+	ExpertLoad [][]float64 `json:"expert_load"` // per MoE layer, share of the step's (global) selections per expert
+}
+
+// New prepares a run: corpus, model, optimizer, balancer, loader. Progress
+// goes to w (a progress bar if w is a terminal, plain lines otherwise).
+func New(cfg Config, w io.Writer) (*Trainer, error) {
+	cfg.Defaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	mc, err := cfg.ModelConfig()
+	if err != nil {
+		return nil, err
+	}
+	docs, err := loadDocs(cfg)
+	if err != nil {
+		return nil, err
+	}
+	corpus, err := data.Build(docs, data.BuildConfig{SeqLen: mc.SeqLen, ValFraction: cfg.Data.ValFraction, Seed: cfg.Seed})
+	if err != nil {
+		return nil, fmt.Errorf("train: corpus: %w", err)
+	}
+	return NewWithCorpus(cfg, corpus, w)
+}
+
+func loadDocs(cfg Config) ([]data.Document, error) {
+	if cfg.Data.Corpus != "" {
+		return data.ReadFile(cfg.Data.Corpus)
+	}
+	return data.Demo(data.DemoOptions{Seed: cfg.Seed, BytesPerDomain: cfg.Data.DemoBytes})
+}
+
+// BalancerConfig maps the run's LBL settings onto pkg/lbl.
+func (c Config) BalancerConfig() lbl.Config {
+	bc := lbl.Config{MicroCoef: c.LBL.MicroCoef, SeqCoef: c.LBL.SeqCoef, ZCoef: c.LBL.ZCoef, LayerCoef: c.LBL.LayerCoef, BiasRate: c.LBL.BiasRate}
+	if c.LBL.Mode == "micro" {
+		bc.MicroCoef += c.LBL.Coef
+	} else {
+		bc.GlobalCoef = c.LBL.Coef
+	}
+	return bc
+}
+
+// NewWithCorpus is New over an already built corpus (tests, benchmarks).
+func NewWithCorpus(cfg Config, corpus *data.Corpus, w io.Writer) (*Trainer, error) {
+	cfg.Defaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	mc, _ := cfg.ModelConfig()
+	if corpus.SeqLen != mc.SeqLen {
+		return nil, fmt.Errorf("%w: corpus packed for seq_len %d, model has %d", ErrConfig, corpus.SeqLen, mc.SeqLen)
+	}
+	bal, err := lbl.NewBalancer(cfg.BalancerConfig(), mc.MoELayers(), mc.Experts, mc.TopK, lbl.Identity{})
+	if err != nil {
+		return nil, fmt.Errorf("%w: lbl: %w", ErrConfig, err)
+	}
+	m, err := model.New(mc, cfg.MicroBatch, bal, len(corpus.Domains))
+	if err != nil {
+		return nil, err
+	}
+	m.P.Init(mc, uint64(cfg.Seed))
+	m.SetGradScale(1 / float32(cfg.Accumulation))
+	var ranges []optim.Range
+	for _, q := range m.P.List {
+		ranges = append(ranges, optim.Range{Off: q.Offset, Len: q.Size, Decay: q.Decay})
+	}
+	opt, err := optim.NewAdamW(cfg.Optim, m.P.Len(), ranges)
+	if err != nil {
+		m.Close()
+		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	loader, err := data.NewLoader(corpus.NumSeqs(data.Train), cfg.Seed)
+	if err != nil {
+		m.Close()
+		return nil, fmt.Errorf("train: loader: %w", err)
+	}
+	t := &Trainer{Cfg: cfg, MCfg: mc, Corpus: corpus, Model: m, Opt: opt, Bal: bal, Loader: loader}
+	if w != nil {
+		t.progress = newProgress(w, cfg.Steps)
+	}
+	if cfg.OutDir != "" {
+		if err := os.MkdirAll(cfg.OutDir, 0o755); err != nil {
+			m.Close()
+			return nil, fmt.Errorf("train: out dir: %w", err)
+		}
+		f, err := os.Create(filepath.Join(cfg.OutDir, "metrics.jsonl"))
+		if err != nil {
+			m.Close()
+			return nil, fmt.Errorf("train: metrics: %w", err)
+		}
+		t.metrics = f
+	}
+	return t, nil
+}
+
+// Close releases the model and the metrics file.
+func (t *Trainer) Close() error {
+	var err error
+	if t.metrics != nil {
+		err = t.metrics.Close()
+		t.metrics = nil
+	}
+	t.Model.Close()
+	return err
+}
+
+// fillTrain loads the next micro-batch of the global stream into the
+// training batch.
+func (t *Trainer) fillTrain() {
+	b := t.Model.Train.Batch
+	t.seqIdx = t.Loader.Next(b.B, t.seqIdx[:0])
+	S := b.S
+	for i, s := range t.seqIdx {
+		_, dom := t.Corpus.Fill(data.Train, s, b.Tokens[i*S:(i+1)*S], b.Targets[i*S:(i+1)*S])
+		b.Domain[i] = dom
+	}
+}
+
+// TrainStep runs one optimizer step (Accumulation micro-batches) and
+// returns its metrics.
+func (t *Trainer) TrainStep(ctx context.Context) (StepMetrics, error) {
+	start := time.Now()
+	M := t.Cfg.Accumulation
+	var loss, aux float64
+	lblL := make([]float64, t.MCfg.MoELayers())
+	for m := 0; m < M; m++ {
+		if err := ctx.Err(); err != nil {
+			return StepMetrics{}, err
+		}
+		t.fillTrain()
+		l, err := t.Model.Step()
+		if err != nil {
+			return StepMetrics{}, err
+		}
+		loss += l / float64(M)
+		ls := t.Bal.Losses()
+		aux += ls.Total / float64(M)
+		for i, ll := range ls.Layers {
+			v := ll.Global
+			if t.Cfg.LBL.Mode == "micro" {
+				v = ll.Micro
+			}
+			lblL[i] += v / float64(M)
+		}
+	}
+	gnorm := t.Model.P.GradNorm()
+	if s := t.Opt.ClipScale(gnorm); s < 1 {
+		for i := range t.Model.P.Grad {
+			t.Model.P.Grad[i] *= float32(s)
+		}
+	}
+	lr := t.Cfg.Optim.LRAt(t.step, t.Cfg.Steps)
+	t.Opt.Step(t.Model.P.Data, t.Model.P.Grad, lr)
+	t.Model.P.ZeroGrad()
+	load := make([][]float64, t.MCfg.MoELayers())
+	for l := range load {
+		c := t.Bal.StepCounts(l)
+		var n float64
+		for _, v := range c {
+			n += v
+		}
+		load[l] = make([]float64, len(c))
+		for e, v := range c {
+			if n > 0 {
+				load[l][e] = v / n
+			}
+		}
+	}
+	t.Bal.StepDone()
+	t.step++
+	el := time.Since(start).Seconds()
+	tokens := float64(M * t.Cfg.MicroBatch * t.MCfg.SeqLen)
+	sm := StepMetrics{Step: t.step, Loss: loss, Aux: aux, LBL: lblL, LR: lr, GradNorm: gnorm, TokensPerS: tokens / el, ElapsedS: el, ExpertLoad: load}
+	if math.IsNaN(loss) || math.IsInf(loss, 0) {
+		return sm, fmt.Errorf("train: step %d: loss is %v", t.step, loss)
+	}
+	return sm, nil
+}
+
+// Run trains for Cfg.Steps steps, evaluating every EvalEvery steps and at
+// the end, and returns the final report.
+func (t *Trainer) Run(ctx context.Context) (*Report, error) {
+	start := time.Now()
+	var last StepMetrics
+	var lastEval *Eval
+	for t.step < t.Cfg.Steps {
+		sm, err := t.TrainStep(ctx)
+		if err != nil {
+			return nil, err
+		}
+		sm.ElapsedS = time.Since(start).Seconds()
+		last = sm
+		if t.metrics != nil {
+			line, _ := json.Marshal(sm)
+			if _, err := t.metrics.Write(append(line, '\n')); err != nil {
+				return nil, fmt.Errorf("train: write metrics: %w", err)
+			}
+		}
+		if t.progress != nil {
+			t.progress.update(sm)
+		}
+		if t.Cfg.EvalEvery > 0 && t.step%t.Cfg.EvalEvery == 0 && t.step < t.Cfg.Steps {
+			ev, err := t.Evaluate(ctx)
+			if err != nil {
+				return nil, err
+			}
+			lastEval = ev
+			if t.progress != nil {
+				t.progress.eval(t.step, ev)
+			}
+		}
+	}
+	if t.progress != nil {
+		t.progress.done()
+	}
+	ev, err := t.Evaluate(ctx)
+	if err != nil {
+		return nil, err
+	}
+	_ = lastEval
+	rep := t.report(ev, last, time.Since(start))
+	if t.Cfg.OutDir != "" {
+		if err := rep.WriteJSON(filepath.Join(t.Cfg.OutDir, "report.json")); err != nil {
+			return rep, err
+		}
+	}
+	return rep, nil
+}
+
+// Step is the number of optimizer steps taken.
+func (t *Trainer) Step() int { return t.step }

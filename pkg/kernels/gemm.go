@@ -122,7 +122,10 @@ func (f *Fast) threads(m, n, k int) int {
 func (f *Fast) parallel(g gemmArgs, p int) {
 	var buf [maxWorkers + 1]gemmArgs
 	parts := buf[:0]
-	if g.m >= 2*f.t.mr*p {
+	// Each part packs all of the other operand: split the larger of m and n
+	// so that the duplicated packing is the smaller one.
+	splitM := g.m >= 2*f.t.mr*p && (g.m >= g.n || g.n < 2*f.t.nr*p)
+	if splitM {
 		step := roundUp((g.m+p-1)/p, f.t.mr)
 		for i0 := 0; i0 < g.m; i0 += step {
 			s := g

@@ -19,7 +19,7 @@ func BenchmarkTune(b *testing.B) {
 	f.t.mc = envInt("MC", f.t.mc)
 	f.t.nc = envInt("NC", f.t.nc)
 	n := envInt("N", 1024)
-	runSgemmBench(b, f, benchShape{m: n, n: n, k: n})
+	runSgemmBench(b, f, benchShape{m: envInt("M", n), n: n, k: envInt("K", n), tA: envInt("TA", 0) == 1, tB: envInt("TB", 0) == 1})
 }
 
 func BenchmarkKernelOnly(b *testing.B) {

@@ -231,3 +231,34 @@ func TestPresetSizes(t *testing.T) {
 		}
 	}
 }
+
+// Keeping gorgonia's registers across runs (rewind) must compute exactly
+// what re-allocating them (Reset) computes, step after step, and must
+// actually be in effect (else the allocation figures would be wrong).
+func TestRewoundMachineMatchesReset(t *testing.T) {
+	run := func(keep bool) ([]float64, []float32) {
+		h := newHarness(t, testConfig(), lbl.Config{GlobalCoef: 0.1, ZCoef: 0.01}, 2, 9)
+		h.m.Train.KeepRegisters = keep
+		var losses []float64
+		for i := 0; i < 4; i++ {
+			l, _ := h.loss()
+			losses = append(losses, l)
+			for j := range h.m.P.Data {
+				h.m.P.Data[j] -= 0.05 * h.m.P.Grad[j]
+			}
+			if i < 3 {
+				h.m.P.ZeroGrad()
+			}
+		}
+		return losses, slices.Clone(h.m.P.Grad)
+	}
+	lk, gk := run(true)
+	lr, gr := run(false)
+	if !slices.Equal(lk, lr) || !slices.Equal(gk, gr) {
+		t.Fatalf("rewound machine differs from reset one: losses %v vs %v", lk, lr)
+	}
+	h := newHarness(t, testConfig(), lbl.Config{GlobalCoef: 0.1}, 2, 9)
+	if !rewind(h.m.Train.vm) {
+		t.Fatal("rewind is not in effect for this gorgonia version")
+	}
+}

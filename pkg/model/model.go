@@ -34,6 +34,9 @@ type Program struct {
 	grads  []*G.Node
 	moes   []*moeOp
 	Stats  *ExpertStats // evaluation graphs only
+	// KeepRegisters reuses gorgonia's intermediate tensors across runs
+	// (default); off, every run re-allocates them (TapeMachine.Reset).
+	KeepRegisters bool
 }
 
 // New builds a model for micro-batches of microBatch sequences. bal receives
@@ -68,7 +71,7 @@ func (m *Model) build(B int, bal *lbl.Balancer, stats *ExpertStats, train bool) 
 	c := m.Cfg
 	S, d, V := c.SeqLen, c.Dim, c.Vocab
 	T := B * S
-	pr := &Program{Batch: NewBatch(B, S), g: G.NewGraph(), Stats: stats}
+	pr := &Program{Batch: NewBatch(B, S), g: G.NewGraph(), Stats: stats, KeepRegisters: true}
 	g := pr.g
 	kind := "eval"
 	if train {
@@ -153,7 +156,7 @@ func (m *Model) Step() (float64, error) {
 		kernels.Axpy(1, f32(gn.Value()), m.P.Grad[q.Offset:q.Offset+q.Size])
 	}
 	loss := pr.xent.loss
-	pr.vm.Reset()
+	pr.reset()
 	return loss, nil
 }
 
@@ -166,8 +169,17 @@ func (m *Model) Forward() ([]float32, error) {
 	if err := pr.vm.RunAll(); err != nil {
 		return nil, fmt.Errorf("model: forward: %w", err)
 	}
-	pr.vm.Reset()
+	pr.reset()
 	return pr.xent.nllT, nil
+}
+
+// reset readies the program's machine for the next run, keeping its
+// registers unless KeepRegisters is off.
+func (pr *Program) reset() {
+	if pr.KeepRegisters && rewind(pr.vm) {
+		return
+	}
+	pr.vm.Reset()
 }
 
 // Close releases the compiled programs.

@@ -12,6 +12,7 @@ package kernels
 import (
 	"runtime"
 	"sync"
+	"sync/atomic"
 )
 
 // microKernel computes the mr x nr tile t = sum_p Apanel[:,p] * Bpanel[p,:]
@@ -38,15 +39,15 @@ type Fast struct {
 
 // NewFast returns the SGEMM for the active code path (see Name).
 func NewFast() *Fast {
-	return &Fast{t: tuningFor(path), minParallel: 48 * 48 * 48}
+	return &Fast{t: tuningFor(path), minParallel: 160 * 160 * 160}
 }
 
 func tuningFor(p int) tuning {
 	switch p {
 	case pathAVX512:
-		return tuning{mr: 12, nr: 32, kc: 256, mc: 288, nc: 4096, kern: kernAVX512}
+		return tuning{mr: 12, nr: 32, kc: 1024, mc: 96, nc: 2048, kern: kernAVX512}
 	case pathAVX2:
-		return tuning{mr: 6, nr: 16, kc: 256, mc: 144, nc: 4096, kern: kernAVX2}
+		return tuning{mr: 6, nr: 16, kc: 512, mc: 96, nc: 2048, kern: kernAVX2}
 	}
 	return tuning{mr: 4, nr: 4, kc: 256, mc: 128, nc: 1024, kern: kernGeneric}
 }
@@ -59,9 +60,11 @@ type workspace struct {
 
 var wsPool = sync.Pool{New: func() any { return new(workspace) }}
 
-func (w *workspace) grow(t *tuning) {
-	na := roundUp(t.mc, t.mr) * t.kc
-	nb := roundUp(t.nc, t.nr) * t.kc
+// grow sizes the buffers for an m x n x k problem (at most one block).
+func (w *workspace) grow(t *tuning, m, n, k int) {
+	kc := min(t.kc, k)
+	na := roundUp(min(t.mc, m), t.mr) * kc
+	nb := roundUp(min(t.nc, n), t.nr) * kc
 	if cap(w.a) < na {
 		w.a = make([]float32, na)
 	}
@@ -117,53 +120,107 @@ func (f *Fast) threads(m, n, k int) int {
 	return p
 }
 
-// parallel splits C into p blocks of rows (or columns when m is small) and
-// runs one on the calling goroutine and the rest on the worker pool.
+// parallel runs one problem on p goroutines (the caller and p-1 pool
+// workers). For each (nc, kc) block of B the participants pack B's panels
+// into one shared buffer, then take (row block x column chunk) units of C
+// from a shared counter, each packing its own A block. Taking units
+// dynamically keeps both cores busy when one of them is slowed down (these
+// VMs share their cores), and B is packed once, not once per core.
 func (f *Fast) parallel(g gemmArgs, p int) {
-	var buf [maxWorkers + 1]gemmArgs
-	parts := buf[:0]
-	// Each part packs all of the other operand: split the larger of m and n
-	// so that the duplicated packing is the smaller one.
-	splitM := g.m >= 2*f.t.mr*p && (g.m >= g.n || g.n < 2*f.t.nr*p)
-	if splitM {
-		step := roundUp((g.m+p-1)/p, f.t.mr)
-		for i0 := 0; i0 < g.m; i0 += step {
-			s := g
-			s.m = min(step, g.m-i0)
-			if g.k > 0 && g.alpha != 0 {
-				if g.transA {
-					s.a = g.a[i0:]
-				} else {
-					s.a = g.a[i0*g.lda:]
-				}
+	t := &f.t
+	w := wsPool.Get().(*workspace)
+	w.grow(t, g.m, g.n, g.k)
+	sh := parPool.Get().(*parShared)
+	sh.f, sh.g = f, g
+	// Row blocks: at most mc, at least ~4 units per participant.
+	sh.mb = max(t.mr, min(t.mc, roundUp((g.m+4*p-1)/(4*p), t.mr)))
+	rowBlocks := (g.m + sh.mb - 1) / sh.mb
+	for jc := 0; jc < g.n; jc += t.nc {
+		nb := min(t.nc, g.n-jc)
+		panels := (nb + t.nr - 1) / t.nr
+		// Column chunks (in panels) when there are too few row blocks.
+		chunks := min(panels, max(1, (4*p+rowBlocks-1)/rowBlocks))
+		for pc := 0; pc < g.k; pc += t.kc {
+			sh.jc, sh.pc, sh.nb, sh.kb = jc, pc, nb, min(t.kc, g.k-pc)
+			sh.beta = g.beta
+			if pc > 0 {
+				sh.beta = 1
 			}
-			s.c = g.c[i0*g.ldc:]
-			parts = append(parts, s)
-		}
-	} else {
-		step := roundUp((g.n+p-1)/p, f.t.nr)
-		for j0 := 0; j0 < g.n; j0 += step {
-			s := g
-			s.n = min(step, g.n-j0)
-			if g.k > 0 && g.alpha != 0 {
-				if g.transB {
-					s.b = g.b[j0*g.ldb:]
-				} else {
-					s.b = g.b[j0:]
-				}
+			sh.b = w.b
+			sh.panels, sh.rowBlocks, sh.chunks = int32(panels), int32(rowBlocks), int32(chunks)
+			sh.panelsPerChunk = (panels + chunks - 1) / chunks
+			sh.nextB.Store(0)
+			sh.doneB.Store(0)
+			sh.nextU.Store(0)
+			j := getJob()
+			j.begin(p - 1)
+			for i := 1; i < p; i++ {
+				submit(task{f: f, sh: sh, job: j})
 			}
-			s.c = g.c[j0:]
-			parts = append(parts, s)
+			sh.work(w)
+			j.wait()
+			putJob(j)
 		}
 	}
-	j := getJob()
-	for _, s := range parts[1:] {
-		j.wg.Add(1)
-		submit(task{f: f, g: s, job: j})
+	sh.f, sh.g, sh.b = nil, gemmArgs{}, nil
+	parPool.Put(sh)
+	wsPool.Put(w)
+}
+
+// parShared is the state of one parallel block, shared by its participants.
+type parShared struct {
+	f                   *Fast
+	g                   gemmArgs
+	b                   []float32 // packed B of the block
+	jc, pc, nb, kb, mb  int
+	beta                float32
+	panels, rowBlocks   int32
+	chunks              int32
+	panelsPerChunk      int
+	nextB, doneB, nextU atomic.Int32
+}
+
+var parPool = sync.Pool{New: func() any { return new(parShared) }}
+
+// work is one participant's share: pack B panels until none is left, wait
+// for the others' panels, then compute units until none is left. w must
+// have A and tile buffers for this problem.
+func (sh *parShared) work(w *workspace) {
+	t, g := &sh.f.t, &sh.g
+	kb := sh.kb
+	for {
+		i := sh.nextB.Add(1) - 1
+		if i >= sh.panels {
+			break
+		}
+		c0 := int(i) * t.nr
+		packBPanel(sh.b[c0*kb:c0*kb+t.nr*kb], g.transB, g.b, g.ldb, sh.pc, sh.jc+c0, kb, min(t.nr, sh.nb-c0), t.nr)
+		sh.doneB.Add(1)
 	}
-	f.run(parts[0])
-	j.wg.Wait()
-	putJob(j)
+	for sh.doneB.Load() < sh.panels {
+		runtime.Gosched()
+	}
+	lastRow := -1
+	for {
+		u := sh.nextU.Add(1) - 1
+		if u >= sh.rowBlocks*sh.chunks {
+			return
+		}
+		rb, ch := int(u/sh.chunks), int(u%sh.chunks)
+		ic := rb * sh.mb
+		mb := min(sh.mb, g.m-ic)
+		if rb != lastRow {
+			packA(w.a, g.transA, g.a, g.lda, ic, sh.pc, mb, kb, t.mr)
+			lastRow = rb
+		}
+		p0 := ch * sh.panelsPerChunk
+		if p0 >= int(sh.panels) {
+			continue
+		}
+		j0 := p0 * t.nr
+		nb := min(sh.panelsPerChunk*t.nr, sh.nb-j0)
+		sh.f.macro(w, sh.b[j0*kb:], mb, nb, kb, g.alpha, sh.beta, g.c[ic*g.ldc+sh.jc+j0:], g.ldc)
+	}
 }
 
 // run computes one problem single-threaded.
@@ -176,7 +233,7 @@ func (f *Fast) run(g gemmArgs) {
 		return
 	}
 	w := wsPool.Get().(*workspace)
-	w.grow(&f.t)
+	w.grow(&f.t, g.m, g.n, g.k)
 	f.blocked(w, g)
 	wsPool.Put(w)
 }
@@ -207,18 +264,19 @@ func (f *Fast) blocked(w *workspace, g gemmArgs) {
 			for ic := 0; ic < g.m; ic += t.mc {
 				mb := min(t.mc, g.m-ic)
 				packA(w.a, g.transA, g.a, g.lda, ic, pc, mb, kb, t.mr)
-				f.macro(w, mb, nb, kb, g.alpha, beta, g.c[ic*g.ldc+jc:], g.ldc)
+				f.macro(w, w.b, mb, nb, kb, g.alpha, beta, g.c[ic*g.ldc+jc:], g.ldc)
 			}
 		}
 	}
 }
 
 // macro runs the micro-kernel over an mb x nb block of C from packed panels.
-func (f *Fast) macro(w *workspace, mb, nb, kb int, alpha, beta float32, c []float32, ldc int) {
+// pb holds the packed panels of the nb columns, w.a the packed A block.
+func (f *Fast) macro(w *workspace, pb []float32, mb, nb, kb int, alpha, beta float32, c []float32, ldc int) {
 	t := &f.t
 	mr, nr := t.mr, t.nr
 	for jr := 0; jr < nb; jr += nr {
-		pb := &w.b[jr*kb]
+		pb := &pb[jr*kb]
 		nn := min(nr, nb-jr)
 		for ir := 0; ir < mb; ir += mr {
 			pa := &w.a[ir*kb]
@@ -287,29 +345,34 @@ func packA(dst []float32, trans bool, a []float32, lda, ic, pc, mb, kb, mr int) 
 // packB packs op(B)[pc:pc+kb, jc:jc+nb] into panels of nr columns.
 func packB(dst []float32, trans bool, b []float32, ldb, pc, jc, kb, nb, nr int) {
 	for c0 := 0; c0 < nb; c0 += nr {
-		d := dst[c0*kb : c0*kb+nr*kb]
-		cols := min(nr, nb-c0)
+		packBPanel(dst[c0*kb:c0*kb+nr*kb], trans, b, ldb, pc, jc+c0, kb, min(nr, nb-c0), nr)
+	}
+}
+
+// packBPanel packs op(B)[pc:pc+kb, j0:j0+cols] as one panel of nr columns.
+func packBPanel(d []float32, trans bool, b []float32, ldb, pc, j0, kb, cols, nr int) {
+	{
 		if !trans {
-			if packContig(d, b[pc*ldb+jc+c0:], ldb, kb, cols, nr) {
-				continue
+			if packContig(d, b[pc*ldb+j0:], ldb, kb, cols, nr) {
+				return
 			}
 			for p := 0; p < kb; p++ {
-				src := b[(pc+p)*ldb+jc+c0:]
+				src := b[(pc+p)*ldb+j0:]
 				dp := d[p*nr : p*nr+nr]
 				copy(dp, src[:cols])
 				clear(dp[cols:])
 			}
-			continue
+			return
 		}
 		// op(B)(p, j) = b[j*ldb + p].
-		if packStrided(d, b[(jc+c0)*ldb+pc:], ldb, kb, cols, nr) {
-			continue
+		if packStrided(d, b[j0*ldb+pc:], ldb, kb, cols, nr) {
+			return
 		}
 		if cols < nr {
 			clear(d)
 		}
 		for cc := 0; cc < cols; cc++ {
-			src := b[(jc+c0+cc)*ldb+pc:]
+			src := b[(j0+cc)*ldb+pc:]
 			src = src[:kb]
 			for p, v := range src {
 				d[p*nr+cc] = v

@@ -124,7 +124,7 @@ func TestSgemmBlocked(t *testing.T) {
 	// Shapes crossing every blocking boundary (kc, mc, nc, parallel split).
 	f := NewFast()
 	r := rand.New(rand.NewPCG(3, 4))
-	shapes := [][3]int{{193, 77, 300}, {400, 130, 513}, {37, 600, 260}, {256, 256, 256}, {130, 4200, 20}}
+	shapes := [][3]int{{193, 77, 300}, {400, 130, 513}, {37, 600, 260}, {256, 256, 256}, {130, 4200, 20}, {40, 50, 2100}}
 	if raceEnabled {
 		shapes = [][3]int{{100, 70, 270}, {30, 200, 40}}
 	}

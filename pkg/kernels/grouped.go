@@ -65,12 +65,12 @@ func (f *Fast) GroupedSgemm(groups []Gemm) {
 		return
 	}
 	j := getJob()
+	j.begin(int(p - 1))
 	for i := int64(1); i < p; i++ {
-		j.wg.Add(1)
 		submit(task{f: f, groups: groups, lo: total * i / p, hi: total * (i + 1) / p, job: j})
 	}
 	f.groupRange(groups, 0, total/p)
-	j.wg.Wait()
+	j.wait()
 	putJob(j)
 }
 

@@ -13,6 +13,7 @@ package model
 import (
 	"math"
 	"runtime"
+	"time"
 
 	G "gorgonia.org/gorgonia"
 	"gorgonia.org/tensor"
@@ -67,6 +68,7 @@ func (o *attentionOp) rope(row []float32, pos int, inverse bool) {
 }
 
 func (o *attentionOp) Do(in ...G.Value) (G.Value, error) {
+	defer since(&prof.Attention, time.Now())
 	qkv := f32(in[0])
 	B, S, H, hd, d := o.B, o.S, o.H, o.hd, o.d
 	T := B * S
@@ -112,6 +114,7 @@ type attentionGradOp struct {
 }
 
 func (g *attentionGradOp) Do(in ...G.Value) (G.Value, error) {
+	defer since(&prof.Attention, time.Now())
 	o := g.fwd
 	qkv, dout := f32(in[0]), f32(in[1])
 	B, S, H, hd, d := o.B, o.S, o.H, o.hd, o.d

@@ -7,6 +7,7 @@ package model
 
 import (
 	"math"
+	"time"
 
 	G "gorgonia.org/gorgonia"
 	"gorgonia.org/tensor"
@@ -33,6 +34,7 @@ func newEmbedOp(tag string, b *Batch, V, d int) *embedOp {
 }
 
 func (o *embedOp) Do(in ...G.Value) (G.Value, error) {
+	defer since(&prof.NormsLoss, time.Now())
 	w := f32(in[0])
 	d := o.d
 	for t, tok := range o.batch.Tokens {
@@ -59,6 +61,7 @@ type embedGradOp struct {
 }
 
 func (o *embedGradOp) Do(in ...G.Value) (G.Value, error) {
+	defer since(&prof.NormsLoss, time.Now())
 	dy := f32(in[1])
 	d := o.fwd.d
 	clear(o.dwVD)
@@ -93,6 +96,7 @@ func newRMSNormOp(tag string, T, d int, eps float32) *rmsNormOp {
 }
 
 func (o *rmsNormOp) Do(in ...G.Value) (G.Value, error) {
+	defer since(&prof.NormsLoss, time.Now())
 	kernels.RMSNorm(o.yTD, o.rstdT, f32(in[0]), f32(in[1]), o.T, o.d, o.eps)
 	return o.yVal, nil
 }
@@ -129,6 +133,7 @@ type rmsNormGradX struct {
 }
 
 func (o *rmsNormGradX) Do(in ...G.Value) (G.Value, error) {
+	defer since(&prof.NormsLoss, time.Now())
 	f := o.fwd
 	clear(f.dgD)
 	kernels.RMSNormBackward(f.dxTD, f.dgD, f32(in[2]), f32(in[0]), f32(in[1]), f.rstdT, f.T, f.d)
@@ -166,6 +171,7 @@ func newXentOp(tag string, b *Batch, V int, scale *float32) *xentOp {
 }
 
 func (o *xentOp) Do(in ...G.Value) (G.Value, error) {
+	defer since(&prof.NormsLoss, time.Now())
 	logits := f32(in[0])
 	V := o.V
 	copy(o.probTV, logits)
@@ -218,6 +224,7 @@ type xentGradOp struct {
 }
 
 func (o *xentGradOp) Do(in ...G.Value) (G.Value, error) {
+	defer since(&prof.NormsLoss, time.Now())
 	f := o.fwd
 	V := f.V
 	upstream := f32(in[1])[0]

@@ -14,6 +14,7 @@ package model
 
 import (
 	"context"
+	"time"
 
 	G "gorgonia.org/gorgonia"
 	"gorgonia.org/tensor"
@@ -95,6 +96,7 @@ func (o *moeOp) Do(in ...G.Value) (G.Value, error) {
 	x := f32(in[0])
 	T, d, h, E, k := o.T, o.d, o.h, o.E, o.k
 	blas := kernels.Default()
+	start := time.Now()
 	// router: logits = x Wr, probs = softmax(logits)
 	blas.Sgemm(false, false, T, E, d, 1, x, d, o.wr, E, 0, o.logitsTE, E)
 	copy(o.probsTE, o.logitsTE)
@@ -116,6 +118,8 @@ func (o *moeOp) Do(in ...G.Value) (G.Value, error) {
 	if o.stats != nil {
 		o.stats.record(o.moeIdx, o.batch, o.idxTK, k)
 	}
+	since(&prof.Router, start)
+	defer since(&prof.Experts, time.Now())
 	// dispatch: gather kept slots grouped by expert
 	S := o.plan.Slots()
 	for s := 0; s < S; s++ {
@@ -170,6 +174,7 @@ func (g *moeGradOp) Do(in ...G.Value) (G.Value, error) {
 	T, d, h, E, k := o.T, o.d, o.h, o.E, o.k
 	blas := kernels.Default()
 	S := o.plan.Slots()
+	start := time.Now()
 	// combine backward: dye[slot] = w * dy[t]; dw[t,c] = <dy[t], ye[slot]>
 	clear(o.dwTK)
 	for s := 0; s < S; s++ {
@@ -194,6 +199,8 @@ func (g *moeGradOp) Do(in ...G.Value) (G.Value, error) {
 		t := int(o.plan.Token[s])
 		kernels.Axpy(1, o.dxeSD[s*d:(s+1)*d], o.dxTD[t*d:(t+1)*d])
 	}
+	since(&prof.Experts, start)
+	start = time.Now()
 	// router backward: weights -> probs -> logits, plus the auxiliary losses
 	clear(o.dProbsTE)
 	router.WeightsBackward(o.probsTE, T, E, k, o.idxTK, o.wTK, o.dwTK, o.cfg.Renormalize, o.dProbsTE)
@@ -211,6 +218,8 @@ func (g *moeGradOp) Do(in ...G.Value) (G.Value, error) {
 	}
 	blas.Sgemm(true, false, d, E, T, 1, x, d, o.dLogitsTE, E, 1, o.gwr, E)
 	blas.Sgemm(false, true, T, d, E, 1, o.dLogitsTE, E, o.wr, E, 1, o.dxTD, d)
+	since(&prof.Router, start)
+	defer since(&prof.Experts, time.Now())
 	for s := 0; s < o.cfg.Shared; s++ {
 		ffnBackward(x, T, d, h, o.sw1[s*d*h:(s+1)*d*h], o.sw3[s*d*h:(s+1)*d*h], o.sw2[s*h*d:(s+1)*h*d], o.sharedAct[s], dy,
 			o.gsw1[s*d*h:(s+1)*d*h], o.gsw3[s*d*h:(s+1)*d*h], o.gsw2[s*h*d:(s+1)*h*d], o.sharedScratch, o.dxTD, 1)
@@ -243,6 +252,7 @@ func newDenseFFNOp(tag string, l int, cfg Config, T int, p *Params) *denseFFNOp 
 }
 
 func (o *denseFFNOp) Do(in ...G.Value) (G.Value, error) {
+	defer since(&prof.Experts, time.Now())
 	ffnForward(f32(in[0]), o.T, o.d, o.h, o.w1, o.w3, o.w2, o.act, o.outTD, 0)
 	return o.outVal, nil
 }
@@ -264,6 +274,7 @@ type denseFFNGradOp struct {
 }
 
 func (g *denseFFNGradOp) Do(in ...G.Value) (G.Value, error) {
+	defer since(&prof.Experts, time.Now())
 	o := g.fwd
 	ffnBackward(f32(in[0]), o.T, o.d, o.h, o.w1, o.w3, o.w2, o.act, f32(in[1]), o.gw1, o.gw3, o.gw2, o.scratch, o.dxTD, 0)
 	return o.dVal, nil

@@ -11,6 +11,7 @@ import (
 
 	"github.com/switchyard-ml/switchyard/pkg/data"
 	"github.com/switchyard-ml/switchyard/pkg/kernels"
+	"github.com/switchyard-ml/switchyard/pkg/model"
 )
 
 // EngineBench is the result of `switchyard bench engine`: one optimizer
@@ -31,6 +32,12 @@ type EngineBench struct {
 	BytesPerStep  float64 `json:"alloc_bytes_per_step"`
 	Params        int64   `json:"params_total"`
 	ActiveParams  int64   `json:"params_active"`
+	// SplitS is the mean wall time per step of each part (seconds).
+	SplitS map[string]float64 `json:"split_s"`
+	// SgemmGFlops is this machine's SGEMM ceiling measured in the same run
+	// (n = 1024, the kernels in use); FractionOfSgemm = GFlops / SgemmGFlops.
+	SgemmGFlops     float64 `json:"sgemm_ceiling_gflops"`
+	FractionOfSgemm float64 `json:"fraction_of_sgemm"`
 }
 
 // BenchEngine trains preset on a small demo corpus and measures steps.
@@ -64,6 +71,9 @@ func BenchEngine(ctx context.Context, preset string, warmup, steps int) (*Engine
 		}
 	}
 	var ms0, ms1 runtime.MemStats
+	model.EnableProfile(true)
+	defer model.EnableProfile(false)
+	opt0 := tr.optTime
 	runtime.ReadMemStats(&ms0)
 	times := make([]float64, 0, steps)
 	for i := 0; i < steps; i++ {
@@ -74,6 +84,25 @@ func BenchEngine(ctx context.Context, preset string, warmup, steps int) (*Engine
 		times = append(times, time.Since(st).Seconds())
 	}
 	runtime.ReadMemStats(&ms1)
+	pf := model.ReadProfile()
+	var sum float64
+	for _, v := range times {
+		sum += v
+	}
+	per := func(d time.Duration) float64 { return d.Seconds() / float64(steps) }
+	split := map[string]float64{
+		"attention":        per(pf.Attention),
+		"experts":          per(pf.Experts),
+		"router_lbl":       per(pf.Router),
+		"projections_head": per(pf.GraphGEMM),
+		"norms_embed_loss": per(pf.NormsLoss),
+		"optimizer":        per(tr.optTime - opt0),
+	}
+	other := sum / float64(steps)
+	for _, v := range split {
+		other -= v
+	}
+	split["other"] = other
 	sort.Float64s(times)
 	med := times[len(times)/2]
 	tokens := cfg.MicroBatch * mc.SeqLen
@@ -83,7 +112,29 @@ func BenchEngine(ctx context.Context, preset string, warmup, steps int) (*Engine
 		AllocsPerStep: float64(ms1.Mallocs-ms0.Mallocs) / float64(steps), BytesPerStep: float64(ms1.TotalAlloc-ms0.TotalAlloc) / float64(steps),
 		Params: total, ActiveParams: active, PeakRSSMiB: peakRSSMiB()}
 	b.GFlops = b.TokensPerS * b.FlopsPerToken / 1e9
+	b.SplitS = split
+	b.SgemmGFlops = sgemmCeiling(1024)
+	b.FractionOfSgemm = b.GFlops / b.SgemmGFlops
 	return b, nil
+}
+
+// sgemmCeiling measures the active SGEMM at n x n x n (best of a few runs).
+func sgemmCeiling(n int) float64 {
+	a := make([]float32, n*n)
+	for i := range a {
+		a[i] = float32(i%7) * 0.1
+	}
+	c := make([]float32, n*n)
+	blas := kernels.Default()
+	best := 0.0
+	for i := 0; i < 5; i++ {
+		st := time.Now()
+		blas.Sgemm(false, false, n, n, n, 1, a, n, a, n, 0, c, n)
+		if g := 2 * float64(n) * float64(n) * float64(n) / time.Since(st).Seconds() / 1e9; g > best {
+			best = g
+		}
+	}
+	return best
 }
 
 // peakRSSMiB reads VmHWM from /proc/self/status (0 where unavailable).

@@ -30,6 +30,7 @@ type Trainer struct {
 	metrics  io.WriteCloser
 	step     int
 	seqIdx   []int
+	optTime  time.Duration // clipping, AdamW and zeroing, summed over steps
 }
 
 // StepMetrics is one line of metrics.jsonl.
@@ -188,6 +189,7 @@ func (t *Trainer) TrainStep(ctx context.Context) (StepMetrics, error) {
 			lblL[i] += v / float64(M)
 		}
 	}
+	optStart := time.Now()
 	gnorm := t.Model.P.GradNorm()
 	if s := t.Opt.ClipScale(gnorm); s < 1 {
 		for i := range t.Model.P.Grad {
@@ -197,6 +199,7 @@ func (t *Trainer) TrainStep(ctx context.Context) (StepMetrics, error) {
 	lr := t.Cfg.Optim.LRAt(t.step, t.Cfg.Steps)
 	t.Opt.Step(t.Model.P.Data, t.Model.P.Grad, lr)
 	t.Model.P.ZeroGrad()
+	t.optTime += time.Since(optStart)
 	load := make([][]float64, t.MCfg.MoELayers())
 	for l := range load {
 		c := t.Bal.StepCounts(l)

@@ -9,11 +9,7 @@ package kernels
 // Panels past the matrix edge are zero-padded; edge tiles of C are computed
 // into a scratch tile and merged with alpha/beta in Go.
 
-import (
-	"runtime"
-	"sync"
-	"sync/atomic"
-)
+import "runtime"
 
 // microKernel computes the mr x nr tile t = sum_p Apanel[:,p] * Bpanel[p,:]
 // over k steps and stores c = alpha*t (beta == 0, C not read) or
@@ -32,8 +28,10 @@ type tuning struct {
 // worker goroutines are shared.
 type Fast struct {
 	t tuning
-	// minParallel is the flop count (m*n*k) under which a call stays on the
-	// calling goroutine.
+	// minParallel is the multiply-add count (m*n*k) under which a call
+	// stays on the calling goroutine: 160^3 takes ~50 us on one core, and
+	// handing half of it to a parked worker costs ~4-20 us here
+	// (BenchmarkHandoff).
 	minParallel int
 }
 
@@ -58,23 +56,49 @@ type workspace struct {
 	tile []float32
 }
 
-var wsPool = sync.Pool{New: func() any { return new(workspace) }}
+// Workspaces are kept on a free list that the GC does not empty (a
+// sync.Pool would drop the multi-megabyte panels at every collection and
+// the next step would fault them in again).
+var wsFree = make(chan *workspace, 4*(maxWorkers+1))
+
+func getWorkspace() *workspace {
+	select {
+	case w := <-wsFree:
+		return w
+	default:
+		return new(workspace)
+	}
+}
+
+func putWorkspace(w *workspace) {
+	select {
+	case wsFree <- w:
+	default:
+	}
+}
 
 // grow sizes the buffers for an m x n x k problem (at most one block).
 func (w *workspace) grow(t *tuning, m, n, k int) {
 	kc := min(t.kc, k)
-	na := roundUp(min(t.mc, m), t.mr) * kc
+	w.growA(t, m, k)
 	nb := roundUp(min(t.nc, n), t.nr) * kc
-	if cap(w.a) < na {
-		w.a = make([]float32, na)
-	}
 	if cap(w.b) < nb {
 		w.b = make([]float32, nb)
+	}
+	w.b = w.b[:nb]
+}
+
+// growA sizes the A block and the edge tile only.
+func (w *workspace) growA(t *tuning, m, k int) {
+	kc := min(t.kc, k)
+	na := roundUp(min(t.mc, m), t.mr) * kc
+	if cap(w.a) < na {
+		w.a = make([]float32, na)
 	}
 	if cap(w.tile) < t.mr*t.nr {
 		w.tile = make([]float32, t.mr*t.nr)
 	}
-	w.a, w.b, w.tile = w.a[:na], w.b[:nb], w.tile[:t.mr*t.nr]
+	w.a, w.tile = w.a[:na], w.tile[:t.mr*t.nr]
 }
 
 func roundUp(x, m int) int { return (x + m - 1) / m * m }
@@ -120,107 +144,58 @@ func (f *Fast) threads(m, n, k int) int {
 	return p
 }
 
-// parallel runs one problem on p goroutines (the caller and p-1 pool
-// workers). For each (nc, kc) block of B the participants pack B's panels
-// into one shared buffer, then take (row block x column chunk) units of C
-// from a shared counter, each packing its own A block. Taking units
-// dynamically keeps both cores busy when one of them is slowed down (these
-// VMs share their cores), and B is packed once, not once per core.
+// parallel splits C into p blocks of rows (or of columns) and runs one on
+// the calling goroutine and the rest on the worker pool. Each block packs
+// all of the other operand, so the split is along the larger of m and n:
+// the duplicated packing is then the smaller operand's.
+//
+// A dynamic split (shared packed B, row blocks taken from a counter) was
+// measured slower here: its barrier after packing B spins, and on these
+// shared 2-vCPU machines a spinning participant takes the CPU time its
+// partner needs.
 func (f *Fast) parallel(g gemmArgs, p int) {
-	t := &f.t
-	w := wsPool.Get().(*workspace)
-	w.grow(t, g.m, g.n, g.k)
-	sh := parPool.Get().(*parShared)
-	sh.f, sh.g = f, g
-	// Row blocks: at most mc, at least ~4 units per participant.
-	sh.mb = max(t.mr, min(t.mc, roundUp((g.m+4*p-1)/(4*p), t.mr)))
-	rowBlocks := (g.m + sh.mb - 1) / sh.mb
-	for jc := 0; jc < g.n; jc += t.nc {
-		nb := min(t.nc, g.n-jc)
-		panels := (nb + t.nr - 1) / t.nr
-		// Column chunks (in panels) when there are too few row blocks.
-		chunks := min(panels, max(1, (4*p+rowBlocks-1)/rowBlocks))
-		for pc := 0; pc < g.k; pc += t.kc {
-			sh.jc, sh.pc, sh.nb, sh.kb = jc, pc, nb, min(t.kc, g.k-pc)
-			sh.beta = g.beta
-			if pc > 0 {
-				sh.beta = 1
+	var buf [maxWorkers + 1]gemmArgs
+	parts := buf[:0]
+	splitM := g.m >= 2*f.t.mr*p && (g.m >= g.n || g.n < 2*f.t.nr*p)
+	if splitM {
+		step := roundUp((g.m+p-1)/p, f.t.mr)
+		for i0 := 0; i0 < g.m; i0 += step {
+			s := g
+			s.m = min(step, g.m-i0)
+			if g.k > 0 && g.alpha != 0 {
+				if g.transA {
+					s.a = g.a[i0:]
+				} else {
+					s.a = g.a[i0*g.lda:]
+				}
 			}
-			sh.b = w.b
-			sh.panels, sh.rowBlocks, sh.chunks = int32(panels), int32(rowBlocks), int32(chunks)
-			sh.panelsPerChunk = (panels + chunks - 1) / chunks
-			sh.nextB.Store(0)
-			sh.doneB.Store(0)
-			sh.nextU.Store(0)
-			j := getJob()
-			j.begin(p - 1)
-			for i := 1; i < p; i++ {
-				submit(task{f: f, sh: sh, job: j})
+			s.c = g.c[i0*g.ldc:]
+			parts = append(parts, s)
+		}
+	} else {
+		step := roundUp((g.n+p-1)/p, f.t.nr)
+		for j0 := 0; j0 < g.n; j0 += step {
+			s := g
+			s.n = min(step, g.n-j0)
+			if g.k > 0 && g.alpha != 0 {
+				if g.transB {
+					s.b = g.b[j0*g.ldb:]
+				} else {
+					s.b = g.b[j0:]
+				}
 			}
-			sh.work(w)
-			j.wait()
-			putJob(j)
+			s.c = g.c[j0:]
+			parts = append(parts, s)
 		}
 	}
-	sh.f, sh.g, sh.b = nil, gemmArgs{}, nil
-	parPool.Put(sh)
-	wsPool.Put(w)
-}
-
-// parShared is the state of one parallel block, shared by its participants.
-type parShared struct {
-	f                   *Fast
-	g                   gemmArgs
-	b                   []float32 // packed B of the block
-	jc, pc, nb, kb, mb  int
-	beta                float32
-	panels, rowBlocks   int32
-	chunks              int32
-	panelsPerChunk      int
-	nextB, doneB, nextU atomic.Int32
-}
-
-var parPool = sync.Pool{New: func() any { return new(parShared) }}
-
-// work is one participant's share: pack B panels until none is left, wait
-// for the others' panels, then compute units until none is left. w must
-// have A and tile buffers for this problem.
-func (sh *parShared) work(w *workspace) {
-	t, g := &sh.f.t, &sh.g
-	kb := sh.kb
-	for {
-		i := sh.nextB.Add(1) - 1
-		if i >= sh.panels {
-			break
-		}
-		c0 := int(i) * t.nr
-		packBPanel(sh.b[c0*kb:c0*kb+t.nr*kb], g.transB, g.b, g.ldb, sh.pc, sh.jc+c0, kb, min(t.nr, sh.nb-c0), t.nr)
-		sh.doneB.Add(1)
+	j := getJob()
+	j.begin(len(parts) - 1)
+	for _, s := range parts[1:] {
+		submit(task{f: f, g: s, job: j})
 	}
-	for sh.doneB.Load() < sh.panels {
-		runtime.Gosched()
-	}
-	lastRow := -1
-	for {
-		u := sh.nextU.Add(1) - 1
-		if u >= sh.rowBlocks*sh.chunks {
-			return
-		}
-		rb, ch := int(u/sh.chunks), int(u%sh.chunks)
-		ic := rb * sh.mb
-		mb := min(sh.mb, g.m-ic)
-		if rb != lastRow {
-			packA(w.a, g.transA, g.a, g.lda, ic, sh.pc, mb, kb, t.mr)
-			lastRow = rb
-		}
-		p0 := ch * sh.panelsPerChunk
-		if p0 >= int(sh.panels) {
-			continue
-		}
-		j0 := p0 * t.nr
-		nb := min(sh.panelsPerChunk*t.nr, sh.nb-j0)
-		sh.f.macro(w, sh.b[j0*kb:], mb, nb, kb, g.alpha, sh.beta, g.c[ic*g.ldc+sh.jc+j0:], g.ldc)
-	}
+	f.run(parts[0])
+	j.wait()
+	putJob(j)
 }
 
 // run computes one problem single-threaded.
@@ -232,10 +207,10 @@ func (f *Fast) run(g gemmArgs) {
 		scaleC(g.m, g.n, g.beta, g.c, g.ldc)
 		return
 	}
-	w := wsPool.Get().(*workspace)
+	w := getWorkspace()
 	w.grow(&f.t, g.m, g.n, g.k)
 	f.blocked(w, g)
-	wsPool.Put(w)
+	putWorkspace(w)
 }
 
 // scaleC sets C = beta*C (C = 0 without reading it when beta == 0).
@@ -310,7 +285,12 @@ func mergeTile(tile []float32, ldt, mm, nn int, alpha, beta float32, c []float32
 
 // packA packs op(A)[ic:ic+mb, pc:pc+kb] into panels of mr rows.
 func packA(dst []float32, trans bool, a []float32, lda, ic, pc, mb, kb, mr int) {
-	for r0 := 0; r0 < mb; r0 += mr {
+	start := 0
+	if trans && packContigPanels(dst, a[pc*lda+ic:], lda, kb, mr, mb/mr) {
+		// All full panels at once, reading A's rows in order.
+		start = mb / mr * mr
+	}
+	for r0 := start; r0 < mb; r0 += mr {
 		d := dst[r0*kb : r0*kb+mr*kb]
 		rows := min(mr, mb-r0)
 		if trans {
@@ -344,7 +324,11 @@ func packA(dst []float32, trans bool, a []float32, lda, ic, pc, mb, kb, mr int) 
 
 // packB packs op(B)[pc:pc+kb, jc:jc+nb] into panels of nr columns.
 func packB(dst []float32, trans bool, b []float32, ldb, pc, jc, kb, nb, nr int) {
-	for c0 := 0; c0 < nb; c0 += nr {
+	start := 0
+	if !trans && packContigPanels(dst, b[pc*ldb+jc:], ldb, kb, nr, nb/nr) {
+		start = nb / nr * nr
+	}
+	for c0 := start; c0 < nb; c0 += nr {
 		packBPanel(dst[c0*kb:c0*kb+nr*kb], trans, b, ldb, pc, jc+c0, kb, min(nr, nb-c0), nr)
 	}
 }

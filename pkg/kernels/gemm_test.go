@@ -6,6 +6,8 @@ import (
 	"math/rand/v2"
 	"sync"
 	"testing"
+
+	"github.com/switchyard-ml/switchyard/pkg/kernels/openblas"
 )
 
 // Tolerance of every SGEMM comparison: the worst-case float32 summation
@@ -179,7 +181,8 @@ func TestSgemmZeroK(t *testing.T) {
 }
 
 func TestSgemmConcurrent(t *testing.T) {
-	f := NewFast()
+	// Concurrent callers, each call itself split over the pool.
+	f := &Fast{t: tuningFor(path), minParallel: 1}
 	var wg sync.WaitGroup
 	for g := 0; g < 4; g++ {
 		wg.Add(1)
@@ -287,4 +290,26 @@ func FuzzSgemm(f *testing.F) {
 		tc.lda, tc.ldb, tc.ldc = max(tc.m, tc.k)+p, max(tc.n, tc.k)+p, tc.n+p
 		checkGemm(t, fast, r, tc)
 	})
+}
+
+// TestBLASContract runs the same cases against every BLAS implementation
+// in this build (OpenBLAS too with -tags openblas).
+func TestBLASContract(t *testing.T) {
+	impls := map[string]BLAS{"reference": Reference{}, "fast": NewFast(), "default": Default()}
+	if openblas.Available {
+		impls["openblas"] = openblas.New()
+	}
+	for name, b := range impls {
+		t.Run(name, func(t *testing.T) {
+			r := rand.New(rand.NewPCG(13, 14))
+			for _, s := range [][3]int{{1, 1, 1}, {7, 5, 3}, {33, 65, 17}, {100, 40, 130}} {
+				for _, tA := range []bool{false, true} {
+					for _, tB := range []bool{false, true} {
+						checkGemm(t, b, r, gemmCase{tA: tA, tB: tB, m: s[0], n: s[1], k: s[2], alpha: 1, beta: 0, nanC: true})
+						checkGemm(t, b, r, gemmCase{tA: tA, tB: tB, m: s[0], n: s[1], k: s[2], lda: s[0] + s[2], ldb: s[1] + s[2], ldc: s[1] + 3, alpha: -2, beta: 0.5})
+					}
+				}
+			}
+		})
+	}
 }

@@ -62,3 +62,22 @@ func packContig(dst, src []float32, ld, kb, cols, w int) bool {
 	packRowsAVX512(&dst[0], &src[0], ld, kb, uint32(uint64(1)<<cols-1), w)
 	return true
 }
+
+// packRowsMultiAVX512: np full panels of w columns at once, reading the
+// source rows in order. Callers check the bounds.
+//
+//go:noescape
+func packRowsMultiAVX512(dst, src *float32, ld, k, w, np, pstride int)
+
+// packContigPanels packs np full panels of w contiguous columns each (row
+// stride ld, kb rows) into dst, panel q at q*kb*w. It reports false when
+// it cannot (the caller falls back to one panel at a time).
+func packContigPanels(dst, src []float32, ld, kb, w, np int) bool {
+	if path != pathAVX512 || !(w <= 16 || w == 32) || kb == 0 || np == 0 {
+		return false
+	}
+	_ = src[(kb-1)*ld+np*w-1]
+	_ = dst[np*kb*w-1]
+	packRowsMultiAVX512(&dst[0], &src[0], ld, kb, w, np, kb*w)
+	return true
+}

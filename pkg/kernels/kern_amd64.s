@@ -3,6 +3,7 @@
 #include "textflag.h"
 
 // Micro-kernels of the packed SGEMM (see gemm.go for the panel layout).
+// Produced by asmgen/kern.py.
 // func sgemmKern12x32AVX512(k int, a, b, c *float32, ldc int, alpha, beta float32)
 // Accumulators: Z0..Z23 (row r in Z(2r), Z(2r+1)); B row in Z24, Z25;
 // broadcasts of A in Z26..Z31.

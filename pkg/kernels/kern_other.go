@@ -12,3 +12,5 @@ var (
 func packStrided(dst, src []float32, ld, kb, rows, w int) bool { return false }
 
 func packContig(dst, src []float32, ld, kb, cols, w int) bool { return false }
+
+func packContigPanels(dst, src []float32, ld, kb, w, np int) bool { return false }

@@ -117,3 +117,72 @@ rwideloop:
 rdone:
 	VZEROUPPER
 	RET
+
+// func packRowsMultiAVX512(dst, src *float32, ld, k, w, np, pstride int)
+// Packs np full panels of w columns (w <= 16 or w == 32) at once, walking
+// the source rows in order: for p in [0, k), q in [0, np), c in [0, w):
+// dst[q*pstride + p*w + c] = src[p*ld + q*w + c]. Strides in elements.
+TEXT ·packRowsMultiAVX512(SB), NOSPLIT, $0-56
+	MOVQ    dst+0(FP), DI
+	MOVQ    src+8(FP), SI
+	MOVQ    ld+16(FP), DX
+	SHLQ    $2, DX
+	MOVQ    k+24(FP), R12
+	MOVQ    w+32(FP), R8
+	MOVQ    np+40(FP), R13
+	MOVQ    pstride+48(FP), R10
+	SHLQ    $2, R10
+	MOVQ    R8, R9
+	SHLQ    $2, R9            // R9 = w*4: source step between panels, dest step between rows
+	TESTQ   R12, R12
+	JEQ     mdone
+	TESTQ   R13, R13
+	JEQ     mdone
+	CMPQ    R8, $16
+	JGT     mwide
+	MOVL    $1, R11
+	MOVQ    R8, CX
+	SHLL    CX, R11
+	DECL    R11
+	KMOVW   R11, K1
+
+mnarrow:
+	MOVQ    SI, AX
+	MOVQ    DI, BX
+	MOVQ    R13, CX
+
+mnarrowq:
+	VMOVUPS.Z (AX), K1, Z0
+	VMOVUPS Z0, K1, (BX)
+	ADDQ    R9, AX
+	ADDQ    R10, BX
+	DECQ    CX
+	JNE     mnarrowq
+	ADDQ    DX, SI
+	ADDQ    R9, DI
+	DECQ    R12
+	JNE     mnarrow
+	JMP     mdone
+
+mwide:
+	MOVQ    SI, AX
+	MOVQ    DI, BX
+	MOVQ    R13, CX
+
+mwideq:
+	VMOVUPS (AX), Z0
+	VMOVUPS 64(AX), Z1
+	VMOVUPS Z0, (BX)
+	VMOVUPS Z1, 64(BX)
+	ADDQ    R9, AX
+	ADDQ    R10, BX
+	DECQ    CX
+	JNE     mwideq
+	ADDQ    DX, SI
+	ADDQ    R9, DI
+	DECQ    R12
+	JNE     mwide
+
+mdone:
+	VZEROUPPER
+	RET

@@ -62,17 +62,11 @@ type task struct {
 	g      gemmArgs
 	groups []Gemm
 	lo, hi int64
-	sh     *parShared
 	job    *job
 }
 
 func (t *task) do() {
-	if t.sh != nil {
-		w := wsPool.Get().(*workspace)
-		w.grow(&t.f.t, t.sh.g.m, t.sh.g.n, t.sh.g.k)
-		t.sh.work(w)
-		wsPool.Put(w)
-	} else if t.groups != nil {
+	if t.groups != nil {
 		t.f.groupRange(t.groups, t.lo, t.hi)
 	} else {
 		t.f.run(t.g)

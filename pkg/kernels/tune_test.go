@@ -6,6 +6,10 @@ import (
 	"testing"
 )
 
+// Tuning helpers, not part of the regular benchmark set:
+//
+//	N=1024 M=.. K=.. TA=1 TB=1 KC=.. MC=.. NC=.. go test -bench Tune -cpu 1
+//	KC=256 go test -bench KernelOnly -cpu 1   # micro-kernel from cache
 func envInt(k string, d int) int {
 	if v, err := strconv.Atoi(os.Getenv(k)); err == nil {
 		return v

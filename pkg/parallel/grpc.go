@@ -1,0 +1,658 @@
+package parallel
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/bits"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/grpc/status"
+
+	parallelv1 "github.com/switchyard-ml/switchyard/proto/parallel/v1"
+)
+
+// GRPCTransport is the Transport between processes: every rank serves the
+// Transport gRPC service and shares one bidirectional stream with each peer
+// (the lower rank dials). Messages travel as chunks of Options.ChunkSize;
+// HTTP/2 flow control plus Options.MaxPending bound the memory a fast sender
+// can make a slow receiver hold.
+//
+// Use: ListenGRPC on every rank, exchange the Addr()s out of band, then
+// Connect on every rank with the full address list.
+type GRPCTransport struct {
+	parallelv1.UnimplementedTransportServer
+
+	rank, world int
+	opts        Options
+	lis         net.Listener
+	srv         *grpc.Server
+
+	boxes []*mailbox // boxes[from]; boxes[rank] holds self-sends
+
+	mu    sync.Mutex
+	links []*link         // by peer rank, set once
+	ready []chan struct{} // closed when links[r] is set
+	conns []*grpc.ClientConn
+
+	closed    chan struct{}
+	closeOnce sync.Once
+	wg        sync.WaitGroup // receive loops
+	pool      bufPool
+}
+
+// msgStream is the part of a gRPC client or server stream a link uses.
+type msgStream interface {
+	SendMsg(m any) error
+	RecvMsg(m any) error
+}
+
+// link is the stream shared with one peer.
+type link struct {
+	t      *GRPCTransport
+	peer   int
+	stream msgStream
+	sendMu chan struct{} // one message at a time; a channel so waiting honours ctx
+	box    *mailbox
+
+	dead    chan struct{} // closed by fail
+	errMu   sync.Mutex
+	err     error
+	cancel  context.CancelFunc // client stream's context
+	finish  chan struct{}      // server role: closed to end the handler
+	closing atomic.Bool        // our side began an orderly close
+	loopEnd chan struct{}      // closed when the receive loop returns
+
+	inflight atomic.Int64  // zero-copy chunks gRPC has not yet released
+	released chan struct{} // signalled when inflight drops to 0
+}
+
+// ListenGRPC starts rank's gRPC server on addr (e.g. "127.0.0.1:0").
+func ListenGRPC(rank, world int, addr string, opts Options) (*GRPCTransport, error) {
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	opts = opts.withDefaults()
+	if world < 1 || rank < 0 || rank >= world {
+		return nil, fmt.Errorf("%w: rank %d of world %d", ErrBadRank, rank, world)
+	}
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("parallel: listen: %w", err)
+	}
+	t := &GRPCTransport{
+		rank: rank, world: world, opts: opts, lis: lis,
+		boxes:  make([]*mailbox, world),
+		links:  make([]*link, world),
+		ready:  make([]chan struct{}, world),
+		closed: make(chan struct{}),
+	}
+	for r := range t.boxes {
+		t.boxes[r] = newMailbox()
+		t.ready[r] = make(chan struct{})
+	}
+	t.srv = grpc.NewServer(
+		grpc.ForceServerCodecV2(frameCodec{}),
+		grpc.InitialWindowSize(int32(opts.Window)),
+		grpc.InitialConnWindowSize(int32(2*opts.Window)),
+		grpc.ReadBufferSize(ioBufferSize),
+		grpc.WriteBufferSize(ioBufferSize),
+		grpc.MaxRecvMsgSize(opts.ChunkSize+64<<10),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 20 * time.Second}),
+	)
+	parallelv1.RegisterTransportServer(t.srv, t)
+	go t.srv.Serve(lis) //nolint:errcheck // returns when Close stops the server
+	return t, nil
+}
+
+// ioBufferSize is gRPC's socket read and write buffer: big writes and reads
+// on loopback cut syscalls per byte.
+const ioBufferSize = 1 << 20
+
+// Addr is the address the server listens on.
+func (t *GRPCTransport) Addr() string { return t.lis.Addr().String() }
+
+func (t *GRPCTransport) Rank() int { return t.rank }
+func (t *GRPCTransport) Size() int { return t.world }
+
+// Connect links this rank with every peer: it dials the ranks above it and
+// waits for the ranks below it to dial. addrs[r] is rank r's Addr. It returns
+// once every link has completed its handshake, or fails when ctx is done or
+// Options.DialTimeout has passed.
+func (t *GRPCTransport) Connect(ctx context.Context, addrs []string) error {
+	if len(addrs) != t.world {
+		return fmt.Errorf("parallel: connect: %d addresses for world %d", len(addrs), t.world)
+	}
+	ctx, cancel := context.WithTimeout(ctx, t.opts.DialTimeout)
+	defer cancel()
+	errc := make(chan error, t.world)
+	for p := t.rank + 1; p < t.world; p++ {
+		go func() { errc <- t.dial(ctx, p, addrs[p]) }()
+	}
+	for p := t.rank + 1; p < t.world; p++ {
+		if err := <-errc; err != nil {
+			return err
+		}
+	}
+	for p := 0; p < t.rank; p++ {
+		select {
+		case <-t.ready[p]:
+		case <-ctx.Done():
+			return fmt.Errorf("parallel: connect: rank %d never dialled rank %d: %w", p, t.rank, context.Cause(ctx))
+		case <-t.closed:
+			return ErrClosed
+		}
+	}
+	return nil
+}
+
+func (t *GRPCTransport) dial(ctx context.Context, peer int, addr string) error {
+	conn, err := grpc.NewClient("passthrough:///"+addr,
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithInitialWindowSize(int32(t.opts.Window)),
+		grpc.WithInitialConnWindowSize(int32(2*t.opts.Window)),
+		grpc.WithReadBufferSize(ioBufferSize),
+		grpc.WithWriteBufferSize(ioBufferSize),
+		grpc.WithDisableRetry(),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(t.opts.ChunkSize+64<<10)),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 20 * time.Second, PermitWithoutStream: true}),
+	)
+	if err != nil {
+		return fmt.Errorf("parallel: dial rank %d at %s: %w", peer, addr, err)
+	}
+	t.mu.Lock()
+	t.conns = append(t.conns, conn)
+	t.mu.Unlock()
+
+	// The stream lives as long as the link; ctx only bounds the set-up.
+	sctx, scancel := context.WithCancel(context.Background())
+	stop := context.AfterFunc(ctx, scancel)
+	defer stop()
+	fail := func(err error) error {
+		scancel()
+		return fmt.Errorf("parallel: connect to rank %d at %s: %w", peer, addr, err)
+	}
+	st, err := parallelv1.NewTransportClient(conn).Stream(sctx, grpc.WaitForReady(true), grpc.ForceCodecV2(frameCodec{}))
+	if err != nil {
+		return fail(err)
+	}
+	if err := st.SendMsg(&outFrame{hello: t.hello()}); err != nil {
+		_, rerr := st.Header() // the status explains an early end
+		return fail(errors.Join(err, rerr))
+	}
+	var f inFrame
+	if err := st.RecvMsg(&f); err != nil {
+		return fail(err)
+	}
+	if err := t.checkHello(f.hello, peer); err != nil {
+		return fail(err)
+	}
+	if !stop() {
+		return fail(context.Cause(ctx))
+	}
+	return t.addLink(peer, st, scancel, nil)
+}
+
+func (t *GRPCTransport) hello() *parallelv1.Hello {
+	return &parallelv1.Hello{Rank: uint32(t.rank), World: uint32(t.world), Session: t.opts.Session}
+}
+
+func (t *GRPCTransport) checkHello(h *parallelv1.Hello, want int) error {
+	switch {
+	case h == nil:
+		return errors.New("parallel: handshake: first frame has no hello")
+	case int(h.World) != t.world:
+		return fmt.Errorf("parallel: handshake: peer world %d != %d", h.World, t.world)
+	case h.Session != t.opts.Session:
+		return fmt.Errorf("parallel: handshake: peer session %q != %q", h.Session, t.opts.Session)
+	case want >= 0 && int(h.Rank) != want:
+		return fmt.Errorf("parallel: handshake: peer says rank %d, expected %d", h.Rank, want)
+	}
+	return nil
+}
+
+// Stream is the gRPC handler: a lower rank dialled us.
+func (t *GRPCTransport) Stream(ss grpc.BidiStreamingServer[parallelv1.Frame, parallelv1.Frame]) error {
+	var f inFrame
+	if err := ss.RecvMsg(&f); err != nil {
+		return err
+	}
+	if err := t.checkHello(f.hello, -1); err != nil {
+		return status.Error(codes.FailedPrecondition, err.Error())
+	}
+	peer := int(f.hello.Rank)
+	if peer >= t.rank {
+		return status.Errorf(codes.FailedPrecondition, "parallel: handshake: rank %d dialled rank %d (only lower ranks dial)", peer, t.rank)
+	}
+	if err := ss.SendMsg(&outFrame{hello: t.hello()}); err != nil {
+		return err
+	}
+	finish := make(chan struct{})
+	if err := t.addLink(peer, ss, nil, finish); err != nil {
+		return status.Error(codes.AlreadyExists, err.Error())
+	}
+	l := t.linkOf(peer)
+	select {
+	case <-finish: // orderly close: returning ends the stream after queued data
+		return nil
+	case <-l.dead:
+	case <-l.loopEnd:
+	}
+	if err := l.failure(); err != nil && !errors.Is(err, ErrPeerClosed) {
+		return status.Error(codes.Aborted, err.Error())
+	}
+	return nil
+}
+
+func (t *GRPCTransport) addLink(peer int, st msgStream, cancel context.CancelFunc, finish chan struct{}) error {
+	l := &link{
+		t: t, peer: peer, stream: st, sendMu: make(chan struct{}, 1), box: t.boxes[peer],
+		dead: make(chan struct{}), cancel: cancel, finish: finish,
+		loopEnd: make(chan struct{}), released: make(chan struct{}, 1),
+	}
+	t.mu.Lock()
+	select {
+	case <-t.closed:
+		t.mu.Unlock()
+		if cancel != nil {
+			cancel()
+		}
+		return ErrClosed
+	default:
+	}
+	if t.links[peer] != nil {
+		t.mu.Unlock()
+		if cancel != nil {
+			cancel()
+		}
+		return fmt.Errorf("parallel: rank %d already linked", peer)
+	}
+	t.links[peer] = l
+	close(t.ready[peer])
+	t.wg.Add(1)
+	t.mu.Unlock()
+	go l.recvLoop()
+	return nil
+}
+
+func (t *GRPCTransport) linkOf(peer int) *link {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.links[peer]
+}
+
+// fail ends the link: pending and later sends fail, receivers get err once
+// the messages already received are consumed.
+func (l *link) fail(err error) {
+	l.errMu.Lock()
+	if l.err != nil {
+		l.errMu.Unlock()
+		return
+	}
+	l.err = err
+	close(l.dead)
+	l.errMu.Unlock()
+	l.box.fail(err)
+	if l.cancel != nil {
+		l.cancel()
+	}
+}
+
+func (l *link) failure() error {
+	l.errMu.Lock()
+	defer l.errMu.Unlock()
+	return l.err
+}
+
+// recvLoop reassembles the peer's messages into the mailbox.
+func (l *link) recvLoop() {
+	defer l.t.wg.Done()
+	defer close(l.loopEnd)
+	var (
+		active    bool
+		tag, size uint64
+		buf       []byte
+		filled    int
+	)
+	start := func(ftag, fsize uint64) error {
+		if fsize > uint64(l.t.opts.MaxMessage) {
+			return fmt.Errorf("%w: peer announced %d bytes > %d", ErrTooLarge, fsize, l.t.opts.MaxMessage)
+		}
+		if err := l.box.waitRoom(context.Background(), l.t.opts.MaxPending, l.dead, nil); err != nil {
+			return err
+		}
+		active, tag, size, filled = true, ftag, fsize, 0
+		buf = l.t.pool.get(int(fsize))
+		return nil
+	}
+	f := &inFrame{}
+	f.dest = func(f *inFrame, n int) ([]byte, error) {
+		if !active {
+			if err := start(f.tag, f.size); err != nil {
+				return nil, err
+			}
+		}
+		if f.tag != tag || f.size != size || filled+n > int(size) {
+			return nil, fmt.Errorf("%w: chunk (tag %#x, size %d, %d bytes) does not continue message (tag %#x, size %d, %d filled)", errBadFrame, f.tag, f.size, n, tag, size, filled)
+		}
+		return buf[filled : filled+n], nil
+	}
+	for {
+		err := l.stream.RecvMsg(f)
+		if err == nil && f.hello != nil {
+			err = fmt.Errorf("%w: hello inside a stream", errBadFrame)
+		}
+		if err == nil && !active {
+			err = start(f.tag, f.size)
+		}
+		if err == nil && f.data != nil { // chunk decoded without dest
+			if f.tag != tag || f.size != size || filled+len(f.data) > int(size) {
+				err = fmt.Errorf("%w: chunk does not continue its message", errBadFrame)
+			} else {
+				copy(buf[filled:], f.data)
+			}
+		}
+		if err != nil {
+			switch {
+			case err == io.EOF || l.closing.Load() || status.Code(err) == codes.Canceled && isClosed(l.t.closed):
+				l.fail(fmt.Errorf("%w: rank %d", ErrPeerClosed, l.peer))
+			default:
+				l.fail(fmt.Errorf("%w: rank %d: %w", ErrPeerLost, l.peer, err))
+			}
+			return
+		}
+		filled += f.n
+		if filled == int(size) {
+			l.box.put(tag, buf[:size:size])
+			active, buf = false, nil
+		}
+	}
+}
+
+func isClosed(c chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
+}
+
+func (t *GRPCTransport) Send(ctx context.Context, to int, tag uint64, payload []byte) error {
+	if to < 0 || to >= t.world {
+		return fmt.Errorf("%w: send to %d of %d", ErrBadRank, to, t.world)
+	}
+	if isClosed(t.closed) {
+		return ErrClosed
+	}
+	if len(payload) > t.opts.MaxMessage {
+		return fmt.Errorf("%w: %d bytes > %d", ErrTooLarge, len(payload), t.opts.MaxMessage)
+	}
+	if ctx.Err() != nil {
+		return ctxErr(ctx, "send")
+	}
+	if to == t.rank {
+		timer, stop := opDeadline(ctx, t.opts.Timeout)
+		defer stop()
+		if err := t.boxes[to].waitRoom(ctx, t.opts.MaxPending, t.closed, timer); err != nil {
+			return fmt.Errorf("parallel: send to self: %w", err)
+		}
+		t.boxes[to].put(tag, append(make([]byte, 0, len(payload)), payload...))
+		return nil
+	}
+	l := t.linkOf(to)
+	if l == nil {
+		return fmt.Errorf("parallel: send to rank %d: not connected", to)
+	}
+	if err := l.send(ctx, tag, payload); err != nil {
+		return fmt.Errorf("parallel: send to rank %d tag %#x: %w", to, tag, err)
+	}
+	return nil
+}
+
+// zeroCopyMin is the smallest chunk handed to gRPC without a copy; smaller
+// ones are copied, which is cheaper than tracking their release.
+const zeroCopyMin = 32 << 10
+
+// send writes one message. Once a chunk is out, a deadline or cancellation
+// can only be honoured by ending the link (the peer would otherwise see half
+// a message), so it does that.
+func (l *link) send(ctx context.Context, tag uint64, payload []byte) error {
+	timeout := l.t.opts.Timeout
+	timer, stopTimer := opDeadline(ctx, timeout)
+	defer stopTimer()
+	select {
+	case l.sendMu <- struct{}{}:
+	case <-ctx.Done():
+		return ctxErr(ctx, "send")
+	case <-timer:
+		return fmt.Errorf("%w: another send to this peer is stuck", ErrTimeout)
+	case <-l.dead:
+		return l.failure()
+	case <-l.t.closed:
+		return ErrClosed
+	}
+	defer func() { <-l.sendMu }()
+	if err := l.failure(); err != nil {
+		return err
+	}
+	// Watchdog: ctx, the transport timeout or Close end the link, which
+	// unblocks a SendMsg stuck on flow control.
+	var why atomic.Value
+	abort := func(err error) {
+		why.CompareAndSwap(nil, err)
+		l.fail(err)
+	}
+	stopCtx := context.AfterFunc(ctx, func() { abort(ctxErr(ctx, "send")) })
+	defer stopCtx()
+	wd := time.AfterFunc(timeout, func() {
+		abort(fmt.Errorf("%w: send to rank %d stalled for %v", ErrTimeout, l.peer, timeout))
+	})
+	defer wd.Stop()
+	result := func(err error) error {
+		if w := why.Load(); w != nil {
+			return w.(error)
+		}
+		if f := l.failure(); f != nil {
+			return f
+		}
+		return err
+	}
+
+	chunk := l.t.opts.ChunkSize
+	size := uint64(len(payload))
+	for off := 0; off == 0 || off < len(payload); off += chunk {
+		piece := payload[off:min(off+chunk, len(payload))]
+		var data mem.Buffer
+		if len(piece) >= zeroCopyMin {
+			l.inflight.Add(1)
+			p := piece[:len(piece):len(piece)]
+			data = mem.NewBuffer(&p, (*releaseNotifier)(l))
+		} else if len(piece) > 0 {
+			data = mem.SliceBuffer(append([]byte(nil), piece...))
+		}
+		if err := l.stream.SendMsg(&outFrame{tag: tag, size: size, data: data}); err != nil {
+			return result(fmt.Errorf("%w: rank %d: %w", ErrPeerLost, l.peer, err))
+		}
+	}
+	// Send may not return while gRPC still reads the caller's payload.
+	for l.inflight.Load() != 0 {
+		select {
+		case <-l.released:
+		case <-l.dead:
+			return result(l.failure())
+		}
+	}
+	return nil
+}
+
+// releaseNotifier is the mem.BufferPool of zero-copy chunks: gRPC "returns"
+// a chunk once it has copied it to the socket buffer.
+type releaseNotifier link
+
+func (n *releaseNotifier) Get(int) *[]byte { panic("parallel: releaseNotifier.Get") }
+func (n *releaseNotifier) Put(*[]byte) {
+	if n.inflight.Add(-1) == 0 {
+		select {
+		case n.released <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func (t *GRPCTransport) Recv(ctx context.Context, from int, tag uint64) ([]byte, error) {
+	if from < 0 || from >= t.world {
+		return nil, fmt.Errorf("%w: recv from %d of %d", ErrBadRank, from, t.world)
+	}
+	if isClosed(t.closed) {
+		return nil, ErrClosed
+	}
+	msg, err := t.boxes[from].get(ctx, tag, t.opts.Timeout, t.closed)
+	if err != nil {
+		return nil, fmt.Errorf("parallel: recv from rank %d tag %#x: %w", from, tag, err)
+	}
+	return msg, nil
+}
+
+// Release recycles a buffer returned by Recv.
+func (t *GRPCTransport) Release(buf []byte) { t.pool.put(buf) }
+
+// closeGrace bounds how long Close waits for peers to acknowledge.
+const closeGrace = 2 * time.Second
+
+// Close ends every link in order (messages already sent still arrive), stops
+// the server and fails pending calls with ErrClosed.
+func (t *GRPCTransport) Close() error {
+	t.closeOnce.Do(func() {
+		t.mu.Lock()
+		close(t.closed)
+		links := append([]*link(nil), t.links...)
+		conns := t.conns
+		t.mu.Unlock()
+		deadline := time.After(closeGrace)
+		for _, l := range links {
+			if l == nil {
+				continue
+			}
+			l.closing.Store(true)
+			if l.finish != nil {
+				close(l.finish)
+				continue
+			}
+			select { // CloseSend must not race a SendMsg
+			case l.sendMu <- struct{}{}:
+				if cs, ok := l.stream.(grpc.ClientStream); ok {
+					cs.CloseSend() //nolint:errcheck // the receive loop reports the outcome
+				}
+				<-l.sendMu
+			case <-deadline:
+				l.fail(ErrClosed)
+			}
+		}
+		for _, l := range links {
+			if l == nil {
+				continue
+			}
+			select {
+			case <-l.loopEnd:
+			case <-deadline:
+				l.fail(ErrClosed)
+			}
+		}
+		for _, b := range t.boxes {
+			b.fail(ErrClosed)
+		}
+		t.srv.Stop()
+		for _, c := range conns {
+			c.Close()
+		}
+		for _, l := range links {
+			if l != nil {
+				l.fail(ErrClosed)
+			}
+		}
+		t.wg.Wait()
+	})
+	return nil
+}
+
+// bufPool recycles receive buffers in power-of-two size classes.
+type bufPool struct {
+	classes [48]sync.Pool
+}
+
+const poolMin = 64 << 10
+
+func (p *bufPool) get(n int) []byte {
+	if n < poolMin {
+		return make([]byte, n)
+	}
+	c := bits.Len(uint(n - 1))
+	if c >= len(p.classes) {
+		return make([]byte, n)
+	}
+	if b, ok := p.classes[c].Get().(*[]byte); ok {
+		return (*b)[:n]
+	}
+	return make([]byte, n, 1<<c)
+}
+
+func (p *bufPool) put(b []byte) {
+	c := cap(b)
+	if c < poolMin || c&(c-1) != 0 {
+		return
+	}
+	k := bits.Len(uint(c - 1))
+	if k >= len(p.classes) {
+		return
+	}
+	b = b[:c]
+	p.classes[k].Put(&b)
+}
+
+// newLoopbackGRPC starts n connected gRPC transports on 127.0.0.1 in this
+// process (tests and the in-process benchmark).
+func newLoopbackGRPC(ctx context.Context, n int, opts Options) ([]Transport, error) {
+	gs := make([]*GRPCTransport, n)
+	addrs := make([]string, n)
+	ts := make([]Transport, n)
+	for r := range gs {
+		g, err := ListenGRPC(r, n, "127.0.0.1:0", opts)
+		if err != nil {
+			closeTransports(ts[:r])
+			return nil, err
+		}
+		gs[r], ts[r], addrs[r] = g, g, g.Addr()
+	}
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for r, g := range gs {
+		wg.Add(1)
+		go func() { defer wg.Done(); errs[r] = g.Connect(ctx, addrs) }()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		closeTransports(ts)
+		return nil, err
+	}
+	return ts, nil
+}
+
+func closeTransports(ts []Transport) {
+	var wg sync.WaitGroup
+	for _, t := range ts {
+		wg.Add(1)
+		go func() { defer wg.Done(); t.Close() }()
+	}
+	wg.Wait()
+}

@@ -48,6 +48,8 @@ type moeOp struct {
 	xeSD, yeSD        []float32
 	act               ffnAct
 	sharedAct         []ffnAct
+	experts           ffnGroup   // one block per routed expert, rows = its slots
+	shared            []ffnGroup // one group per shared expert (they write the same output)
 	outTD             []float32
 	outVal            *tensor.Dense
 
@@ -77,7 +79,11 @@ func newMoEOp(tag string, l, moeIdx int, cfg Config, b *Batch, p *Params, bal *l
 		o.sw3, o.gsw3 = p.W(pname(l, "shared_w3")), p.G(pname(l, "shared_w3"))
 		o.sw2, o.gsw2 = p.W(pname(l, "shared_w2")), p.G(pname(l, "shared_w2"))
 		for s := 0; s < cfg.Shared; s++ {
-			o.sharedAct = append(o.sharedAct, newFFNAct(T, h))
+			act := newFFNAct(T, h)
+			o.sharedAct = append(o.sharedAct, act)
+			o.shared = append(o.shared, ffnGroup{d: d, h: h, blocks: []ffnBlock{{n: T,
+				w1: o.sw1[s*d*h : (s+1)*d*h], w3: o.sw3[s*d*h : (s+1)*d*h], w2: o.sw2[s*h*d : (s+1)*h*d],
+				gw1: o.gsw1[s*d*h : (s+1)*d*h], gw3: o.gsw3[s*d*h : (s+1)*d*h], gw2: o.gsw2[s*h*d : (s+1)*h*d], act: act}}})
 		}
 	}
 	o.logitsTE = make([]float32, T*E)
@@ -89,12 +95,33 @@ func newMoEOp(tag string, l, moeIdx int, cfg Config, b *Batch, p *Params, bal *l
 	o.act = newFFNAct(T*k, h)
 	o.outTD = make([]float32, T*d)
 	o.outVal = dense(o.outTD, T, d)
+	o.experts = ffnGroup{d: d, h: h, blocks: make([]ffnBlock, E)}
+	for e := range o.experts.blocks {
+		o.experts.blocks[e] = ffnBlock{w1: o.w1[e*d*h : (e+1)*d*h], w3: o.w3[e*d*h : (e+1)*d*h], w2: o.w2[e*h*d : (e+1)*h*d],
+			gw1: o.gw1[e*d*h : (e+1)*d*h], gw3: o.gw3[e*d*h : (e+1)*d*h], gw2: o.gw2[e*h*d : (e+1)*h*d]}
+	}
 	return o
+}
+
+// bindExperts points every expert block at its slot rows of this run's plan.
+func (o *moeOp) bindExperts(backward bool) {
+	d, h := o.d, o.h
+	for e := range o.experts.blocks {
+		b := &o.experts.blocks[e]
+		lo, hi := int(o.plan.Offsets[e]), int(o.plan.Offsets[e+1])
+		b.n = hi - lo
+		b.x, b.y = o.xeSD[lo*d:hi*d], o.yeSD[lo*d:hi*d]
+		b.act = o.act.rows(lo, hi, h)
+		if backward {
+			b.dy, b.dx = o.dyeSD[lo*d:hi*d], o.dxeSD[lo*d:hi*d]
+			b.scratch = o.scratch.rows(lo, hi, h)
+		}
+	}
 }
 
 func (o *moeOp) Do(in ...G.Value) (G.Value, error) {
 	x := f32(in[0])
-	T, d, h, E, k := o.T, o.d, o.h, o.E, o.k
+	T, d, E, k := o.T, o.d, o.E, o.k
 	blas := kernels.Default()
 	start := time.Now()
 	// router: logits = x Wr, probs = softmax(logits)
@@ -126,19 +153,18 @@ func (o *moeOp) Do(in ...G.Value) (G.Value, error) {
 		t := int(o.plan.Token[s])
 		copy(o.xeSD[s*d:(s+1)*d], x[t*d:(t+1)*d])
 	}
-	for e := 0; e < E; e++ {
-		lo, hi := int(o.plan.Offsets[e]), int(o.plan.Offsets[e+1])
-		act := ffnAct{a: o.act.a[lo*h:], b: o.act.b[lo*h:], hh: o.act.hh[lo*h:]}
-		ffnForward(o.xeSD[lo*d:], hi-lo, d, h, o.w1[e*d*h:(e+1)*d*h], o.w3[e*d*h:(e+1)*d*h], o.w2[e*h*d:(e+1)*h*d], act, o.yeSD[lo*d:], 0)
-	}
+	o.bindExperts(false)
+	o.experts.forward(0)
 	// combine: y[t] = sum over kept choices of w[t,c] * ye[slot]
 	clear(o.outTD)
 	for s := 0; s < S; s++ {
 		t, c := int(o.plan.Token[s]), int(o.plan.Choice[s])
 		kernels.Axpy(o.wTK[t*k+c], o.yeSD[s*d:(s+1)*d], o.outTD[t*d:(t+1)*d])
 	}
-	for s := 0; s < o.cfg.Shared; s++ {
-		ffnForward(x, T, d, h, o.sw1[s*d*h:(s+1)*d*h], o.sw3[s*d*h:(s+1)*d*h], o.sw2[s*h*d:(s+1)*h*d], o.sharedAct[s], o.outTD, 1)
+	for s := range o.shared {
+		b := &o.shared[s].blocks[0]
+		b.x, b.y = x, o.outTD
+		o.shared[s].forward(1)
 	}
 	return o.outVal, nil
 }
@@ -171,7 +197,7 @@ type moeGradOp struct {
 func (g *moeGradOp) Do(in ...G.Value) (G.Value, error) {
 	o := g.fwd
 	x, dy := f32(in[0]), f32(in[1])
-	T, d, h, E, k := o.T, o.d, o.h, o.E, o.k
+	T, d, E, k := o.T, o.d, o.E, o.k
 	blas := kernels.Default()
 	S := o.plan.Slots()
 	start := time.Now()
@@ -187,12 +213,8 @@ func (g *moeGradOp) Do(in ...G.Value) (G.Value, error) {
 			dst[i] = w * v
 		}
 	}
-	for e := 0; e < E; e++ {
-		lo, hi := int(o.plan.Offsets[e]), int(o.plan.Offsets[e+1])
-		act := ffnAct{a: o.act.a[lo*h:], b: o.act.b[lo*h:], hh: o.act.hh[lo*h:]}
-		ffnBackward(o.xeSD[lo*d:], hi-lo, d, h, o.w1[e*d*h:(e+1)*d*h], o.w3[e*d*h:(e+1)*d*h], o.w2[e*h*d:(e+1)*h*d], act,
-			o.dyeSD[lo*d:], o.gw1[e*d*h:(e+1)*d*h], o.gw3[e*d*h:(e+1)*d*h], o.gw2[e*h*d:(e+1)*h*d], o.scratch, o.dxeSD[lo*d:], 0)
-	}
+	o.bindExperts(true)
+	o.experts.backward(0)
 	// scatter slot input gradients back to tokens
 	clear(o.dxTD)
 	for s := 0; s < S; s++ {
@@ -220,9 +242,10 @@ func (g *moeGradOp) Do(in ...G.Value) (G.Value, error) {
 	blas.Sgemm(false, true, T, d, E, 1, o.dLogitsTE, E, o.wr, E, 1, o.dxTD, d)
 	since(&prof.Router, start)
 	defer since(&prof.Experts, time.Now())
-	for s := 0; s < o.cfg.Shared; s++ {
-		ffnBackward(x, T, d, h, o.sw1[s*d*h:(s+1)*d*h], o.sw3[s*d*h:(s+1)*d*h], o.sw2[s*h*d:(s+1)*h*d], o.sharedAct[s], dy,
-			o.gsw1[s*d*h:(s+1)*d*h], o.gsw3[s*d*h:(s+1)*d*h], o.gsw2[s*h*d:(s+1)*h*d], o.sharedScratch, o.dxTD, 1)
+	for s := range o.shared {
+		b := &o.shared[s].blocks[0]
+		b.x, b.dy, b.dx, b.scratch = x, dy, o.dxTD, o.sharedScratch
+		o.shared[s].backward(1)
 	}
 	return o.dVal, nil
 }
@@ -231,37 +254,36 @@ func (g *moeGradOp) Do(in ...G.Value) (G.Value, error) {
 
 type denseFFNOp struct {
 	opBase
-	T, d, h       int
-	w1, w3, w2    []float32
-	gw1, gw3, gw2 []float32
-	act, scratch  ffnAct
-	outTD, dxTD   []float32
-	outVal, dVal  *tensor.Dense
+	T, d, h      int
+	ffn          ffnGroup
+	outTD, dxTD  []float32
+	outVal, dVal *tensor.Dense
 }
 
 func newDenseFFNOp(tag string, l int, cfg Config, T int, p *Params) *denseFFNOp {
 	d, h := cfg.Dim, cfg.DenseHidden
 	o := &denseFFNOp{opBase: opBase{tag: tag, inDims: []int{2}, out: tensor.Shape{T, d}}, T: T, d: d, h: h}
-	o.w1, o.gw1 = p.W(pname(l, "w1")), p.G(pname(l, "w1"))
-	o.w3, o.gw3 = p.W(pname(l, "w3")), p.G(pname(l, "w3"))
-	o.w2, o.gw2 = p.W(pname(l, "w2")), p.G(pname(l, "w2"))
-	o.act = newFFNAct(T, h)
 	o.outTD = make([]float32, T*d)
 	o.outVal = dense(o.outTD, T, d)
+	o.ffn = ffnGroup{d: d, h: h, blocks: []ffnBlock{{n: T, y: o.outTD,
+		w1: p.W(pname(l, "w1")), w3: p.W(pname(l, "w3")), w2: p.W(pname(l, "w2")),
+		gw1: p.G(pname(l, "w1")), gw3: p.G(pname(l, "w3")), gw2: p.G(pname(l, "w2")), act: newFFNAct(T, h)}}}
 	return o
 }
 
 func (o *denseFFNOp) Do(in ...G.Value) (G.Value, error) {
 	defer since(&prof.Experts, time.Now())
-	ffnForward(f32(in[0]), o.T, o.d, o.h, o.w1, o.w3, o.w2, o.act, o.outTD, 0)
+	o.ffn.blocks[0].x = f32(in[0])
+	o.ffn.forward(0)
 	return o.outVal, nil
 }
 
 func (o *denseFFNOp) DiffWRT(int) []bool { return []bool{true} }
 
 func (o *denseFFNOp) SymDiff(in G.Nodes, out, grad *G.Node) (G.Nodes, error) {
-	o.scratch = newFFNAct(o.T, o.h)
+	o.ffn.blocks[0].scratch = newFFNAct(o.T, o.h)
 	o.dxTD = make([]float32, o.T*o.d)
+	o.ffn.blocks[0].dx = o.dxTD
 	o.dVal = dense(o.dxTD, o.T, o.d)
 	g := &denseFFNGradOp{opBase: opBase{tag: o.tag + "/grad", inDims: []int{2, 2}, out: tensor.Shape{o.T, o.d}}, fwd: o}
 	n, err := G.ApplyOp(g, in[0], grad)
@@ -276,6 +298,8 @@ type denseFFNGradOp struct {
 func (g *denseFFNGradOp) Do(in ...G.Value) (G.Value, error) {
 	defer since(&prof.Experts, time.Now())
 	o := g.fwd
-	ffnBackward(f32(in[0]), o.T, o.d, o.h, o.w1, o.w3, o.w2, o.act, f32(in[1]), o.gw1, o.gw3, o.gw2, o.scratch, o.dxTD, 0)
+	b := &o.ffn.blocks[0]
+	b.x, b.dy = f32(in[0]), f32(in[1])
+	o.ffn.backward(0)
 	return o.dVal, nil
 }

@@ -65,6 +65,8 @@ type link struct {
 	box    *mailbox
 
 	dead    chan struct{} // closed by fail
+	ctx     context.Context // cancelled by fail
+	stopCtx context.CancelFunc
 	errMu   sync.Mutex
 	err     error
 	cancel  context.CancelFunc // client stream's context
@@ -260,6 +262,7 @@ func (t *GRPCTransport) addLink(peer int, st msgStream, cancel context.CancelFun
 		dead: make(chan struct{}), cancel: cancel, finish: finish,
 		loopEnd: make(chan struct{}), released: make(chan struct{}, 1),
 	}
+	l.ctx, l.stopCtx = context.WithCancel(context.Background())
 	t.mu.Lock()
 	select {
 	case <-t.closed:
@@ -301,6 +304,7 @@ func (l *link) fail(err error) {
 	}
 	l.err = err
 	close(l.dead)
+	l.stopCtx()
 	l.errMu.Unlock()
 	l.box.fail(err)
 	if l.cancel != nil {
@@ -328,7 +332,7 @@ func (l *link) recvLoop() {
 		if fsize > uint64(l.t.opts.MaxMessage) {
 			return fmt.Errorf("%w: peer announced %d bytes > %d", ErrTooLarge, fsize, l.t.opts.MaxMessage)
 		}
-		if err := l.box.waitRoom(context.Background(), l.t.opts.MaxPending, l.dead, nil); err != nil {
+		if err := l.box.waitRoom(l.ctx, l.t.opts.MaxPending, l.t.closed, nil); err != nil {
 			return err
 		}
 		active, tag, size, filled = true, ftag, fsize, 0

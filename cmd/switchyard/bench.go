@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/switchyard-ml/switchyard/pkg/kernels"
 	"github.com/switchyard-ml/switchyard/pkg/train"
 )
 
@@ -28,10 +29,14 @@ func cmdBench(ctx context.Context, args []string) error {
 		steps := fs.Int("steps", 10, "measured steps")
 		warmup := fs.Int("warmup", 3, "warm-up steps")
 		asJSON := fs.Bool("json", false, "print JSON")
+		kern := fs.String("kernels", "auto", "compute kernels: auto, generic or reference")
 		if err := fs.Parse(args[1:]); err != nil {
 			if errors.Is(err, flag.ErrHelp) {
 				return nil
 			}
+			return usageError{err}
+		}
+		if err := kernels.Use(*kern); err != nil {
 			return usageError{err}
 		}
 		if *steps < 1 || *warmup < 0 {

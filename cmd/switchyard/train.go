@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/switchyard-ml/switchyard/pkg/kernels"
 	"github.com/switchyard-ml/switchyard/pkg/train"
 )
 
@@ -28,11 +29,15 @@ func cmdTrain(ctx context.Context, args []string) error {
 		evalN   = fs.Int("eval-seqs", -1, "validation sequences per domain per evaluation (0: all)")
 		demoMB  = fs.Float64("demo-mb", 0, "demo corpus size per domain in MiB")
 		jsonOut = fs.Bool("json", false, "print the final report as JSON instead of tables")
+		kern    = fs.String("kernels", "auto", "compute kernels: auto (fastest for this CPU), generic (portable Go) or reference (slow oracle)")
 	)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
 		}
+		return usageError{err}
+	}
+	if err := kernels.Use(*kern); err != nil {
 		return usageError{err}
 	}
 	var cfg train.Config
@@ -95,8 +100,6 @@ func cmdTrain(ctx context.Context, args []string) error {
 	}
 	tr, err := train.New(cfg, os.Stderr)
 	if err != nil {
-		var ce interface{ Unwrap() error }
-		_ = ce
 		if errors.Is(err, train.ErrConfig) {
 			return usageError{err}
 		}

@@ -4,6 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"runtime"
+	"sync"
+	"sync/atomic"
 
 	"github.com/switchyard-ml/switchyard/pkg/kernels"
 )
@@ -90,6 +93,7 @@ type AdamW struct {
 	Ranges []Range
 	M, V   []float32
 	T      int // optimizer steps taken
+	chunks []Range
 }
 
 // NewAdamW makes an optimizer for n parameters split into ranges.
@@ -116,13 +120,46 @@ func (o *AdamW) Step(params, grads []float32, lr float64) {
 	b1, b2 := o.Cfg.Beta1, o.Cfg.Beta2
 	bc1 := float32(1 - math.Pow(b1, float64(o.T)))
 	bc2 := float32(1 - math.Pow(b2, float64(o.T)))
-	for _, r := range o.Ranges {
-		wd := float32(0)
-		if r.Decay {
-			wd = float32(o.Cfg.WeightDecay)
-		}
-		s := r.Off
-		e := r.Off + r.Len
-		kernels.AdamW(params[s:e], grads[s:e], o.M[s:e], o.V[s:e], float32(lr), float32(b1), float32(b2), float32(o.Cfg.Eps), wd, bc1, bc2)
+	if o.chunks == nil {
+		o.chunks = splitRanges(o.Ranges, chunkLen)
 	}
+	// The update is element-wise, so chunks run on all cores with a result
+	// independent of the split.
+	workers := min(runtime.GOMAXPROCS(0), len(o.chunks))
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= len(o.chunks) {
+					return
+				}
+				r := o.chunks[i]
+				wd := float32(0)
+				if r.Decay {
+					wd = float32(o.Cfg.WeightDecay)
+				}
+				s, e := r.Off, r.Off+r.Len
+				kernels.AdamW(params[s:e], grads[s:e], o.M[s:e], o.V[s:e], float32(lr), float32(b1), float32(b2), float32(o.Cfg.Eps), wd, bc1, bc2)
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// chunkLen is the largest piece of work one AdamW call gets (elements).
+const chunkLen = 1 << 18
+
+// splitRanges cuts ranges into pieces of at most n elements.
+func splitRanges(rs []Range, n int) []Range {
+	var out []Range
+	for _, r := range rs {
+		for off := 0; off < r.Len; off += n {
+			out = append(out, Range{Off: r.Off + off, Len: min(n, r.Len-off), Decay: r.Decay})
+		}
+	}
+	return out
 }

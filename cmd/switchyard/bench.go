@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"runtime/pprof"
 
 	"github.com/switchyard-ml/switchyard/pkg/kernels"
 	"github.com/switchyard-ml/switchyard/pkg/train"
@@ -30,6 +31,7 @@ func cmdBench(ctx context.Context, args []string) error {
 		warmup := fs.Int("warmup", 3, "warm-up steps")
 		asJSON := fs.Bool("json", false, "print JSON")
 		kern := fs.String("kernels", "auto", "compute kernels: auto, generic or reference")
+		cpuProf := fs.String("cpuprofile", "", "write a CPU profile of the measured steps to this file")
 		if err := fs.Parse(args[1:]); err != nil {
 			if errors.Is(err, flag.ErrHelp) {
 				return nil
@@ -41,6 +43,17 @@ func cmdBench(ctx context.Context, args []string) error {
 		}
 		if *steps < 1 || *warmup < 0 {
 			return usageError{fmt.Errorf("bench engine: --steps must be >= 1 and --warmup >= 0")}
+		}
+		if *cpuProf != "" {
+			f, err := os.Create(*cpuProf)
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			if err := pprof.StartCPUProfile(f); err != nil {
+				return err
+			}
+			defer pprof.StopCPUProfile()
 		}
 		b, err := train.BenchEngine(ctx, *preset, *warmup, *steps)
 		if err != nil {

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+
+	"github.com/switchyard-ml/switchyard/pkg/kernels"
 )
 
 // Param is one named parameter tensor: a view of Shape at Offset into the
@@ -143,11 +145,15 @@ func (p *Params) Init(c Config, seed uint64) {
 	clear(p.Grad)
 }
 
-// GradNorm returns the L2 norm of all gradients (float64 accumulation).
+// GradNorm returns the L2 norm of all gradients: vectorised float32 dot
+// products over blocks of 1024, summed in float64.
 func (p *Params) GradNorm() float64 {
+	const block = 1024
+	g := p.Grad
 	var s float64
-	for _, g := range p.Grad {
-		s += float64(g) * float64(g)
+	for i := 0; i < len(g); i += block {
+		b := g[i:min(i+block, len(g))]
+		s += float64(kernels.Dot(b, b))
 	}
 	return math.Sqrt(s)
 }

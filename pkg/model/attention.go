@@ -21,6 +21,11 @@ import (
 	"github.com/switchyard-ml/switchyard/pkg/kernels"
 )
 
+// attnBlock is the causal block size: score rows of a block of queries are
+// computed only up to the block's last key, which skips most of the upper
+// triangle (half the attention FLOPs at long sequences).
+var attnBlock = 64
+
 type attentionOp struct {
 	opBase
 	B, S, H, hd, d int
@@ -86,13 +91,18 @@ func (o *attentionOp) Do(in ...G.Value) (G.Value, error) {
 		k := o.krTD[b*S*d+h*hd:]
 		v := qkv[b*S*3*d+2*d+h*hd:]
 		p := o.probBHSS[bh*S*S : (bh+1)*S*S]
-		blas.Sgemm(false, true, S, S, hd, scale, q, d, k, d, 0, p, S)
-		for i := 0; i < S; i++ {
-			row := p[i*S : (i+1)*S]
-			kernels.Softmax(row[:i+1])
-			clear(row[i+1:])
+		out := o.outTD[b*S*d+h*hd:]
+		// causal blocks: query rows [i0,i1) only need keys [0,i1)
+		for i0 := 0; i0 < S; i0 += attnBlock {
+			i1 := min(i0+attnBlock, S)
+			blas.Sgemm(false, true, i1-i0, i1, hd, scale, q[i0*d:], d, k, d, 0, p[i0*S:], S)
+			for i := i0; i < i1; i++ {
+				row := p[i*S : i*S+i1]
+				kernels.Softmax(row[:i+1])
+				clear(row[i+1:])
+			}
+			blas.Sgemm(false, false, i1-i0, hd, i1, 1, p[i0*S:], S, v, 3*d, 0, out[i0*d:], d)
 		}
-		blas.Sgemm(false, false, S, hd, S, 1, p, S, v, 3*d, 0, o.outTD[b*S*d+h*hd:], d)
 	})
 	return o.outVal, nil
 }
@@ -135,21 +145,31 @@ func (g *attentionGradOp) Do(in ...G.Value) (G.Value, error) {
 		v := qkv[b*S*3*d+2*d+h*hd:]
 		do := dout[b*S*d+h*hd:]
 		base := b * S * 3 * d
-		// dv = P^T dout ; dP = dout v^T
-		blas.Sgemm(true, false, S, hd, S, 1, p, S, do, d, 0, dq[base+2*d+h*hd:], 3*d)
-		blas.Sgemm(false, true, S, S, hd, 1, do, d, v, 3*d, 0, dp, S)
-		// dS = P * (dP - rowsum(P*dP)) on the causal triangle
-		for i := 0; i < S; i++ {
-			pr, dr := p[i*S:i*S+i+1], dp[i*S:(i+1)*S]
-			dot := kernels.Dot(pr, dr[:i+1])
-			for j := range pr {
-				dr[j] = pr[j] * (dr[j] - dot)
+		kr, qr := o.krTD[b*S*d+h*hd:], o.qrTD[b*S*d+h*hd:]
+		// Causal blocks of attnBlock rows. Within query block [i0,i1) only
+		// keys [0,i1) are computed; entries above the diagonal inside the
+		// diagonal block are zero, and nothing outside is ever read.
+		for i0 := 0; i0 < S; i0 += attnBlock {
+			i1 := min(i0+attnBlock, S)
+			// dP = dout v^T ; dS = P * (dP - rowsum(P*dP)) ; dq = dS k * scale
+			blas.Sgemm(false, true, i1-i0, i1, hd, 1, do[i0*d:], d, v, 3*d, 0, dp[i0*S:], S)
+			for i := i0; i < i1; i++ {
+				pr, dr := p[i*S:i*S+i+1], dp[i*S:i*S+i1]
+				dot := kernels.Dot(pr, dr[:i+1])
+				for j := range pr {
+					dr[j] = pr[j] * (dr[j] - dot)
+				}
+				clear(dr[i+1:])
 			}
-			clear(dr[i+1:])
+			blas.Sgemm(false, false, i1-i0, hd, i1, scale, dp[i0*S:], S, kr, d, 0, dq[base+i0*3*d+h*hd:], 3*d)
 		}
-		// dq = dS k * scale ; dk = dS^T q * scale
-		blas.Sgemm(false, false, S, hd, S, scale, dp, S, o.krTD[b*S*d+h*hd:], d, 0, dq[base+h*hd:], 3*d)
-		blas.Sgemm(true, false, S, hd, S, scale, dp, S, o.qrTD[b*S*d+h*hd:], d, 0, dq[base+d+h*hd:], 3*d)
+		// per key block [j0,j1): only queries [j0,S) see it
+		// dv = P^T dout ; dk = dS^T q * scale
+		for j0 := 0; j0 < S; j0 += attnBlock {
+			j1 := min(j0+attnBlock, S)
+			blas.Sgemm(true, false, j1-j0, hd, S-j0, 1, p[j0*S+j0:], S, do[j0*d:], d, 0, dq[base+j0*3*d+2*d+h*hd:], 3*d)
+			blas.Sgemm(true, false, j1-j0, hd, S-j0, scale, dp[j0*S+j0:], S, qr[j0*d:], d, 0, dq[base+j0*3*d+d+h*hd:], 3*d)
+		}
 	})
 	for t := 0; t < T; t++ {
 		o.rope(dq[t*3*d:t*3*d+d], t%S, true)

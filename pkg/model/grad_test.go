@@ -155,6 +155,22 @@ func TestGradFiniteDifferences(t *testing.T) {
 	}
 }
 
+// Causal attention in blocks smaller than the sequence (5 = 2+2+1) must
+// give exactly the gradients finite differences say, and the same loss as
+// one block.
+func TestAttentionBlocks(t *testing.T) {
+	one := newHarness(t, testConfig(), lbl.Config{GlobalCoef: 0.1}, 2, 13)
+	l1, _ := one.loss()
+	defer func(b int) { attnBlock = b }(attnBlock)
+	attnBlock = 2
+	h := newHarness(t, testConfig(), lbl.Config{GlobalCoef: 0.1}, 2, 13)
+	l2, _ := h.loss()
+	if math.Abs(l1-l2) > 1e-6*math.Abs(l1) {
+		t.Fatalf("blocked attention loss %v, unblocked %v", l2, l1)
+	}
+	h.checkGrads(6)
+}
+
 // A capacity below demand must actually drop pairs in the capacity case,
 // or the test above would not cover dropping.
 func TestCapacityDrops(t *testing.T) {

@@ -13,7 +13,7 @@ test:
 	$(GO) test -race -count=1 ./...
 
 demo: build
-	./bin/switchyard train --preset tiny --steps 60 --out runs/demo
+	./bin/switchyard train --preset tiny --steps 120 --lr 2e-3 --warmup 10 --out runs/demo
 
 bench-engine: build
 	./bin/switchyard bench engine --preset tiny --json

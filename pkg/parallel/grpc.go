@@ -64,7 +64,7 @@ type link struct {
 	sendMu chan struct{} // one message at a time; a channel so waiting honours ctx
 	box    *mailbox
 
-	dead    chan struct{} // closed by fail
+	dead    chan struct{}   // closed by fail
 	ctx     context.Context // cancelled by fail
 	stopCtx context.CancelFunc
 	errMu   sync.Mutex
@@ -543,7 +543,9 @@ func (t *GRPCTransport) Close() error {
 		links := append([]*link(nil), t.links...)
 		conns := t.conns
 		t.mu.Unlock()
-		deadline := time.After(closeGrace)
+		grace, cancelGrace := context.WithTimeout(context.Background(), closeGrace)
+		defer cancelGrace()
+		deadline := grace.Done()
 		for _, l := range links {
 			if l == nil {
 				continue
@@ -576,7 +578,17 @@ func (t *GRPCTransport) Close() error {
 		for _, b := range t.boxes {
 			b.fail(ErrClosed)
 		}
-		t.srv.Stop()
+		// GracefulStop returns once peers have read everything this side
+		// wrote (they close the connections after the streams' trailers);
+		// Stop cuts off peers that do not.
+		stopped := make(chan struct{})
+		go func() { t.srv.GracefulStop(); close(stopped) }()
+		select {
+		case <-stopped:
+		case <-deadline:
+			t.srv.Stop()
+			<-stopped
+		}
 		for _, c := range conns {
 			c.Close()
 		}

@@ -92,7 +92,7 @@ func (t *MemTransport) Close() error {
 		close(t.closed)
 		for r, ep := range t.hub.eps {
 			ep.boxes[t.rank].fail(fmt.Errorf("%w: rank %d", ErrPeerClosed, t.rank))
-			t.boxes[r].fail(ErrClosed) // unblocks peers waiting for room in our boxes
+			t.boxes[r].fail(fmt.Errorf("%w: rank %d", ErrPeerClosed, t.rank)) // unblocks peers waiting for room
 		}
 	})
 	return nil

@@ -1,0 +1,433 @@
+package parallel
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"time"
+)
+
+// BenchResult is one measurement of BenchCollectives.
+type BenchResult struct {
+	Op        string  `json:"op"` // all_reduce, all_to_all, tcp_loopback
+	World     int     `json:"world"`
+	Bytes     int     `json:"bytes"` // per rank (tcp_loopback: bytes moved)
+	Iters     int     `json:"iters"`
+	LatencyMS float64 `json:"latency_ms"` // mean per operation, slowest rank
+	AlgBWGBs  float64 `json:"algbw_gbs"`  // bytes / time
+	BusBWGBs  float64 `json:"busbw_gbs"`  // all_reduce: algbw*2(W-1)/W; all_to_all: algbw*(W-1)/W
+	Transport string  `json:"transport"`  // grpc-processes, grpc-goroutines, tcp
+}
+
+// BenchOption changes how BenchCollectives runs.
+type BenchOption func(*benchConfig)
+
+type benchConfig struct {
+	inProcess bool
+	opts      Options
+	comm      CommOptions
+}
+
+// BenchInProcess runs the ranks as goroutines of this process (still over
+// gRPC on loopback) instead of as separate processes.
+func BenchInProcess() BenchOption { return func(c *benchConfig) { c.inProcess = true } }
+
+// BenchTransport sets the transport and communicator options of the ranks.
+func BenchTransport(o Options, co CommOptions) BenchOption {
+	return func(c *benchConfig) { c.opts, c.comm = o, co }
+}
+
+// BenchCollectives measures all-reduce and all-to-all over the gRPC transport
+// on loopback with world ranks, for every size in sizes (bytes per rank),
+// plus the loopback TCP ceiling (one stream, 1 MiB writes). Sizes of 1 MiB
+// and more run iters times; smaller ones 10*iters times.
+//
+// By default every rank is a separate OS process: the current executable
+// re-executed with SWITCHYARD_BENCH_RANK set, which must call
+// BenchChildMain first thing in main (TestMain in tests) so that it runs the
+// rank instead of the program.
+func BenchCollectives(ctx context.Context, world int, sizes []int, iters int, opts ...BenchOption) ([]BenchResult, error) {
+	cfg := benchConfig{opts: Options{Timeout: time.Minute}}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	if world < 1 || iters < 1 {
+		return nil, fmt.Errorf("parallel: bench: world %d, iters %d", world, iters)
+	}
+	tcp, err := MeasureLoopbackTCP(ctx, 1<<30, 1<<20)
+	if err != nil {
+		return nil, err
+	}
+	var res []BenchResult
+	if cfg.inProcess {
+		ts, err := newLoopbackGRPC(ctx, world, cfg.opts)
+		if err != nil {
+			return nil, err
+		}
+		defer closeTransports(ts)
+		out := make([][]BenchResult, world)
+		errs := onAllRanks(world, func(r int) error {
+			var err error
+			out[r], err = RunBenchRank(ctx, ts[r], sizes, iters, cfg.comm)
+			return err
+		})
+		if err := errors.Join(errs...); err != nil {
+			return nil, err
+		}
+		res = out[0]
+		for i := range res {
+			res[i].Transport = "grpc-goroutines"
+		}
+	} else {
+		ranks, err := startRanks(ctx, world, childConfig{Mode: "bench", Sizes: sizes, Iters: iters, Opts: cfg.opts, Comm: cfg.comm})
+		if err != nil {
+			return nil, err
+		}
+		lines, err := ranks.wait()
+		if err != nil {
+			return nil, err
+		}
+		for _, l := range lines[0] {
+			if j, ok := strings.CutPrefix(l, "result "); ok {
+				var r BenchResult
+				if err := json.Unmarshal([]byte(j), &r); err != nil {
+					return nil, fmt.Errorf("parallel: bench: rank 0 output %q: %w", l, err)
+				}
+				r.Transport = "grpc-processes"
+				res = append(res, r)
+			}
+		}
+	}
+	return append(res, tcp), nil
+}
+
+func onAllRanks(n int, f func(r int) error) []error {
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for r := 0; r < n; r++ {
+		wg.Add(1)
+		go func() { defer wg.Done(); errs[r] = f(r) }()
+	}
+	wg.Wait()
+	return errs
+}
+
+// RunBenchRank is one rank of BenchCollectives over an already connected
+// transport (every rank of the world calls it with the same arguments). All
+// ranks return the same results.
+func RunBenchRank(ctx context.Context, t Transport, sizes []int, iters int, co CommOptions) ([]BenchResult, error) {
+	w := t.Size()
+	all := make([]int, w)
+	for i := range all {
+		all[i] = i
+	}
+	co.Name = "bench"
+	c, err := NewComm(t, all, co)
+	if err != nil {
+		return nil, err
+	}
+	var res []BenchResult
+	timeIt := func(n int, op func() error) (float64, error) {
+		for i := 0; i < 2; i++ { // warm-up
+			if err := op(); err != nil {
+				return 0, err
+			}
+		}
+		if err := c.Barrier(ctx); err != nil {
+			return 0, err
+		}
+		start := time.Now()
+		for i := 0; i < n; i++ {
+			if err := op(); err != nil {
+				return 0, err
+			}
+		}
+		sec := []float64{time.Since(start).Seconds() / float64(n)}
+		if err := c.AllReduceF64(ctx, sec, Max); err != nil {
+			return 0, err
+		}
+		return sec[0], nil
+	}
+	for _, size := range sizes {
+		n := iters
+		if size < 1<<20 {
+			n = 10 * iters
+		}
+		elems := size / 4
+		buf := make([]float32, elems)
+		for i := range buf {
+			buf[i] = float32(i%7) * 0.5
+		}
+		sec, err := timeIt(n, func() error { return c.AllReduce(ctx, buf, Sum) })
+		if err != nil {
+			return nil, fmt.Errorf("parallel: bench all-reduce %d bytes: %w", size, err)
+		}
+		alg := float64(elems*4) / sec / 1e9
+		res = append(res, BenchResult{Op: "all_reduce", World: w, Bytes: elems * 4, Iters: n, LatencyMS: sec * 1e3,
+			AlgBWGBs: alg, BusBWGBs: alg * 2 * float64(w-1) / float64(w)})
+
+		per := elems / w
+		counts := make([]int, w)
+		for i := range counts {
+			counts[i] = per
+		}
+		send, recv := buf[:per*w], make([]float32, per*w)
+		sec, err = timeIt(n, func() error { return c.AllToAllVF32(ctx, send, counts, recv, counts) })
+		if err != nil {
+			return nil, fmt.Errorf("parallel: bench all-to-all %d bytes: %w", size, err)
+		}
+		alg = float64(per*w*4) / sec / 1e9
+		res = append(res, BenchResult{Op: "all_to_all", World: w, Bytes: per * w * 4, Iters: n, LatencyMS: sec * 1e3,
+			AlgBWGBs: alg, BusBWGBs: alg * float64(w-1) / float64(w)})
+	}
+	return res, nil
+}
+
+// MeasureLoopbackTCP moves total bytes through one loopback TCP connection
+// in writes of write bytes and reports the throughput: the ceiling any
+// transport on this machine works under.
+func MeasureLoopbackTCP(ctx context.Context, total, write int) (BenchResult, error) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return BenchResult{}, err
+	}
+	defer lis.Close()
+	done := make(chan error, 1)
+	go func() {
+		c, err := lis.Accept()
+		if err != nil {
+			done <- err
+			return
+		}
+		defer c.Close()
+		buf := make([]byte, write)
+		got := 0
+		for got < total {
+			n, err := c.Read(buf)
+			got += n
+			if err != nil {
+				done <- err
+				return
+			}
+		}
+		done <- nil
+	}()
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", lis.Addr().String())
+	if err != nil {
+		return BenchResult{}, err
+	}
+	defer c.Close()
+	buf := make([]byte, write)
+	start := time.Now()
+	for sent := 0; sent < total; sent += write {
+		if _, err := c.Write(buf[:min(write, total-sent)]); err != nil {
+			return BenchResult{}, err
+		}
+	}
+	if err := <-done; err != nil {
+		return BenchResult{}, err
+	}
+	sec := time.Since(start).Seconds()
+	gb := float64(total) / sec / 1e9
+	return BenchResult{Op: "tcp_loopback", World: 2, Bytes: total, Iters: 1, LatencyMS: sec * 1e3,
+		AlgBWGBs: gb, BusBWGBs: gb, Transport: "tcp"}, nil
+}
+
+// Child processes. The parent starts the current executable once per rank
+// with benchRankEnv set and talks to it over stdin/stdout, one line at a
+// time: the child prints "addr HOST:PORT", the parent answers with the JSON
+// list of every rank's address, the child connects, runs, prints "result
+// JSON" lines (bench) and exits 0, or prints "error TEXT" and exits 1.
+
+const benchRankEnv = "SWITCHYARD_BENCH_RANK"
+
+type childConfig struct {
+	Mode  string      `json:"mode"` // bench | loop (all-reduce until failure, for fault tests)
+	Rank  int         `json:"rank"`
+	World int         `json:"world"`
+	Sizes []int       `json:"sizes,omitempty"`
+	Iters int         `json:"iters,omitempty"`
+	Opts  Options     `json:"opts"`
+	Comm  CommOptions `json:"comm"`
+}
+
+// BenchChildMain runs this process as a rank of BenchCollectives and exits,
+// if it was started as one (SWITCHYARD_BENCH_RANK is set); otherwise it
+// returns at once. Call it first thing in main.
+func BenchChildMain() {
+	if os.Getenv(benchRankEnv) == "" {
+		return
+	}
+	if err := runChild(os.Stdin, os.Stdout); err != nil {
+		fmt.Fprintf(os.Stdout, "error %s\n", strings.ReplaceAll(err.Error(), "\n", " "))
+		os.Exit(1)
+	}
+	os.Exit(0)
+}
+
+func runChild(stdin io.Reader, stdout io.Writer) error {
+	in := bufio.NewReader(stdin)
+	var cfg childConfig
+	line, err := in.ReadBytes('\n')
+	if err != nil {
+		return fmt.Errorf("read config: %w", err)
+	}
+	if err := json.Unmarshal(line, &cfg); err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	t, err := ListenGRPC(cfg.Rank, cfg.World, "127.0.0.1:0", cfg.Opts)
+	if err != nil {
+		return err
+	}
+	defer t.Close()
+	fmt.Fprintf(stdout, "addr %s\n", t.Addr())
+	var addrs []string
+	if line, err = in.ReadBytes('\n'); err != nil {
+		return fmt.Errorf("read addresses: %w", err)
+	}
+	if err := json.Unmarshal(line, &addrs); err != nil {
+		return fmt.Errorf("addresses: %w", err)
+	}
+	ctx := context.Background()
+	if err := t.Connect(ctx, addrs); err != nil {
+		return err
+	}
+	switch cfg.Mode {
+	case "bench":
+		res, err := RunBenchRank(ctx, t, cfg.Sizes, cfg.Iters, cfg.Comm)
+		if err != nil {
+			return err
+		}
+		for _, r := range res {
+			j, _ := json.Marshal(r)
+			fmt.Fprintf(stdout, "result %s\n", j)
+		}
+		return nil
+	case "loop":
+		all := make([]int, cfg.World)
+		for i := range all {
+			all[i] = i
+		}
+		c, err := NewComm(t, all, cfg.Comm)
+		if err != nil {
+			return err
+		}
+		buf := make([]float32, 1<<18)
+		for i := 0; ; i++ {
+			if err := c.AllReduce(ctx, buf, Sum); err != nil {
+				return err
+			}
+			if i == 2 {
+				fmt.Fprintln(stdout, "running")
+			}
+		}
+	}
+	return fmt.Errorf("unknown mode %q", cfg.Mode)
+}
+
+// rankProcs are the child processes of one run.
+type rankProcs struct {
+	cmds  []*exec.Cmd
+	lines []chan string // stdout lines after "addr", closed at EOF
+}
+
+func startRanks(ctx context.Context, world int, cfg childConfig) (*rankProcs, error) {
+	if os.Getenv(benchRankEnv) != "" {
+		return nil, errors.New("parallel: bench: a bench rank cannot start ranks (does main call BenchChildMain?)")
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	p := &rankProcs{}
+	stdins := make([]io.WriteCloser, world)
+	addrs := make([]string, world)
+	for r := 0; r < world; r++ {
+		cmd := exec.CommandContext(ctx, exe)
+		cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%d", benchRankEnv, r))
+		cmd.Stderr = os.Stderr
+		stdin, err := cmd.StdinPipe()
+		if err != nil {
+			p.kill()
+			return nil, err
+		}
+		stdout, err := cmd.StdoutPipe()
+		if err != nil {
+			p.kill()
+			return nil, err
+		}
+		if err := cmd.Start(); err != nil {
+			p.kill()
+			return nil, err
+		}
+		p.cmds = append(p.cmds, cmd)
+		stdins[r] = stdin
+		c := cfg
+		c.Rank, c.World = r, world
+		j, _ := json.Marshal(c)
+		if _, err := fmt.Fprintf(stdin, "%s\n", j); err != nil {
+			p.kill()
+			return nil, err
+		}
+		lines := make(chan string, 1024)
+		p.lines = append(p.lines, lines)
+		go func() {
+			sc := bufio.NewScanner(stdout)
+			for sc.Scan() {
+				lines <- sc.Text()
+			}
+			close(lines)
+		}()
+	}
+	for r := 0; r < world; r++ {
+		select {
+		case l, ok := <-p.lines[r]:
+			a, isAddr := strings.CutPrefix(l, "addr ")
+			if !ok || !isAddr {
+				p.kill()
+				return nil, fmt.Errorf("parallel: rank %d did not report its address (got %q)", r, l)
+			}
+			addrs[r] = a
+		case <-time.After(30 * time.Second):
+			p.kill()
+			return nil, fmt.Errorf("parallel: rank %d did not start", r)
+		}
+	}
+	j, _ := json.Marshal(addrs)
+	for _, in := range stdins {
+		fmt.Fprintf(in, "%s\n", j)
+		in.Close()
+	}
+	return p, nil
+}
+
+func (p *rankProcs) kill() {
+	for _, c := range p.cmds {
+		c.Process.Kill()
+		c.Wait()
+	}
+}
+
+// wait collects every rank's output lines and fails if any rank failed.
+func (p *rankProcs) wait() ([][]string, error) {
+	out := make([][]string, len(p.cmds))
+	var errs []error
+	for r, c := range p.cmds {
+		for l := range p.lines[r] {
+			out[r] = append(out[r], l)
+		}
+		if err := c.Wait(); err != nil {
+			errs = append(errs, fmt.Errorf("parallel: rank %d: %w: %s", r, err, strings.Join(out[r], "; ")))
+		}
+	}
+	return out, errors.Join(errs...)
+}

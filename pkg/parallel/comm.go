@@ -1,0 +1,746 @@
+package parallel
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"slices"
+	"sync"
+	"unsafe"
+)
+
+// Op is a reduction.
+type Op int
+
+const (
+	Sum Op = iota
+	Max
+	Min
+)
+
+func (o Op) String() string {
+	switch o {
+	case Sum:
+		return "sum"
+	case Max:
+		return "max"
+	case Min:
+		return "min"
+	}
+	return fmt.Sprintf("Op(%d)", int(o))
+}
+
+// ErrMismatch reports that group members called a collective with
+// incompatible arguments (lengths or counts).
+var ErrMismatch = errors.New("parallel: collective arguments differ between ranks")
+
+// CommOptions configures a Comm. Zero fields take the defaults.
+type CommOptions struct {
+	// Name separates the tag spaces of several Comms over the same ranks
+	// (e.g. "grad" and "lbl"); members of one Comm must use the same Name.
+	Name string
+	// SmallBytes: all-reduces and broadcasts of at most this many bytes use
+	// the one-round direct algorithm, larger ones the pipelined ring or
+	// chain (default 64 KiB).
+	SmallBytes int
+	// Segment is the pipelining unit of ring and chain algorithms in bytes
+	// (default 1 MiB).
+	Segment int
+}
+
+func (o CommOptions) withDefaults() CommOptions {
+	if o.SmallBytes <= 0 {
+		o.SmallBytes = 64 << 10
+	}
+	if o.Segment <= 0 {
+		o.Segment = 1 << 20
+	}
+	return o
+}
+
+// Comm runs collectives among a group of ranks over a Transport.
+//
+// Every member must issue the same collectives in the same order, one at a
+// time (a Comm is not for concurrent use; use one Comm per goroutine, with
+// distinct Names, to run collectives concurrently). Results are
+// deterministic: the same inputs give bitwise-identical outputs on every
+// member and every run, whatever order messages arrive in. After a
+// collective fails (peer lost, timeout, cancellation) the Comm must not be
+// used again: peers may be half-way through it.
+type Comm struct {
+	t     Transport
+	ranks []int // global ranks, sorted
+	me    int   // index of t.Rank() in ranks
+	id    uint64
+	seq   uint32
+	opts  CommOptions
+}
+
+// NewComm makes a communicator over the group ranks (global ranks of t; the
+// group must contain t.Rank()). Group index i is the i-th smallest rank.
+func NewComm(t Transport, ranks []int, opts CommOptions) (*Comm, error) {
+	rs := slices.Clone(ranks)
+	slices.Sort(rs)
+	me := -1
+	for i, r := range rs {
+		if r < 0 || r >= t.Size() {
+			return nil, fmt.Errorf("%w: group member %d of world %d", ErrBadRank, r, t.Size())
+		}
+		if i > 0 && rs[i-1] == r {
+			return nil, fmt.Errorf("parallel: group lists rank %d twice", r)
+		}
+		if r == t.Rank() {
+			me = i
+		}
+	}
+	if me < 0 {
+		return nil, fmt.Errorf("parallel: group %v does not contain rank %d", rs, t.Rank())
+	}
+	h := fnv.New64a()
+	fmt.Fprintf(h, "%s|%v", opts.Name, rs)
+	return &Comm{t: t, ranks: rs, me: me, id: h.Sum64() >> 32, opts: opts.withDefaults()}, nil
+}
+
+// Sub makes a communicator over a subgroup (global ranks) with its own tag
+// space; name distinguishes several subgroups over the same ranks.
+func (c *Comm) Sub(name string, ranks []int) (*Comm, error) {
+	o := c.opts
+	o.Name = c.opts.Name + "/" + name
+	return NewComm(c.t, ranks, o)
+}
+
+// Rank is this member's index in the group; Size the group size.
+func (c *Comm) Rank() int { return c.me }
+func (c *Comm) Size() int { return len(c.ranks) }
+
+// Ranks returns the group's global ranks in group order.
+func (c *Comm) Ranks() []int { return slices.Clone(c.ranks) }
+
+func (c *Comm) nextTag() uint64 {
+	c.seq++
+	return c.id<<32 | uint64(c.seq)
+}
+
+func (c *Comm) peer(i int) int { return c.ranks[((i%len(c.ranks))+len(c.ranks))%len(c.ranks)] }
+
+func (c *Comm) release(b []byte) {
+	if r, ok := c.t.(Releaser); ok {
+		r.Release(b)
+	}
+}
+
+func (c *Comm) fail(what string, err error) error {
+	return fmt.Errorf("parallel: %s (group %v, rank %d): %w", what, c.ranks, c.t.Rank(), err)
+}
+
+// reducer combines src into dst element-wise (both hold whole elements).
+type reducer func(dst, src []byte)
+
+func asF32(b []byte) []float32 {
+	if len(b) == 0 {
+		return nil
+	}
+	return unsafe.Slice((*float32)(unsafe.Pointer(&b[0])), len(b)/4)
+}
+
+func asF64(b []byte) []float64 {
+	if len(b) == 0 {
+		return nil
+	}
+	return unsafe.Slice((*float64)(unsafe.Pointer(&b[0])), len(b)/8)
+}
+
+func f32Bytes(x []float32) []byte {
+	if len(x) == 0 {
+		return nil
+	}
+	return unsafe.Slice((*byte)(unsafe.Pointer(&x[0])), len(x)*4)
+}
+
+func f64Bytes(x []float64) []byte {
+	if len(x) == 0 {
+		return nil
+	}
+	return unsafe.Slice((*byte)(unsafe.Pointer(&x[0])), len(x)*8)
+}
+
+// aligned returns b, copied if its start is not aligned to n bytes.
+func aligned(b []byte, n uintptr) []byte {
+	if len(b) > 0 && uintptr(unsafe.Pointer(&b[0]))%n != 0 {
+		return append(make([]byte, 0, len(b)+8), b...)
+	}
+	return b
+}
+
+func reducerF32(op Op) (reducer, error) {
+	switch op {
+	case Sum:
+		return func(d, s []byte) {
+			dst, src := asF32(d), asF32(aligned(s, 4))
+			src = src[:len(dst)]
+			for i := range dst {
+				dst[i] += src[i]
+			}
+		}, nil
+	case Max:
+		return func(d, s []byte) {
+			dst, src := asF32(d), asF32(aligned(s, 4))
+			src = src[:len(dst)]
+			for i := range dst {
+				dst[i] = max(dst[i], src[i])
+			}
+		}, nil
+	case Min:
+		return func(d, s []byte) {
+			dst, src := asF32(d), asF32(aligned(s, 4))
+			src = src[:len(dst)]
+			for i := range dst {
+				dst[i] = min(dst[i], src[i])
+			}
+		}, nil
+	}
+	return nil, fmt.Errorf("parallel: unknown reduction %v", op)
+}
+
+func reducerF64(op Op) (reducer, error) {
+	switch op {
+	case Sum:
+		return func(d, s []byte) {
+			dst, src := asF64(d), asF64(aligned(s, 8))
+			src = src[:len(dst)]
+			for i := range dst {
+				dst[i] += src[i]
+			}
+		}, nil
+	case Max:
+		return func(d, s []byte) {
+			dst, src := asF64(d), asF64(aligned(s, 8))
+			src = src[:len(dst)]
+			for i := range dst {
+				dst[i] = max(dst[i], src[i])
+			}
+		}, nil
+	case Min:
+		return func(d, s []byte) {
+			dst, src := asF64(d), asF64(aligned(s, 8))
+			src = src[:len(dst)]
+			for i := range dst {
+				dst[i] = min(dst[i], src[i])
+			}
+		}, nil
+	}
+	return nil, fmt.Errorf("parallel: unknown reduction %v", op)
+}
+
+// AllReduce reduces buf element-wise over the group, in place. Buffers of at
+// most SmallBytes use one round of direct exchange, reduced in group order
+// (x0 op x1 op ...); larger ones use a pipelined ring (reduce-scatter then
+// all-gather), where chunk i is reduced in ring order starting at member
+// i+1. Either way every member gets the same bits.
+func (c *Comm) AllReduce(ctx context.Context, buf []float32, op Op) error {
+	red, err := reducerF32(op)
+	if err != nil {
+		return err
+	}
+	return c.allReduce(ctx, f32Bytes(buf), 4, red)
+}
+
+// AllReduceF64 is AllReduce for float64 (e.g. expert token counts).
+func (c *Comm) AllReduceF64(ctx context.Context, buf []float64, op Op) error {
+	red, err := reducerF64(op)
+	if err != nil {
+		return err
+	}
+	return c.allReduce(ctx, f64Bytes(buf), 8, red)
+}
+
+func (c *Comm) allReduce(ctx context.Context, data []byte, elem int, red reducer) error {
+	tag := c.nextTag()
+	w := c.Size()
+	if w == 1 || len(data) == 0 {
+		return nil
+	}
+	if len(data) <= c.opts.SmallBytes {
+		if err := c.directAllReduce(ctx, tag, data, red); err != nil {
+			return c.fail("all-reduce", err)
+		}
+		return nil
+	}
+	offs := blockOffsets(len(data)/elem, w, elem)
+	if err := c.ring(ctx, tag, data, offs, elem, 0, 2*w-2, 0, red); err != nil {
+		return c.fail("all-reduce", err)
+	}
+	return nil
+}
+
+// blockOffsets splits n elements into w near-equal chunks; byte offsets.
+func blockOffsets(n, w, elem int) []int {
+	offs := make([]int, w+1)
+	for i := 0; i <= w; i++ {
+		offs[i] = (n * i / w) * elem
+	}
+	return offs
+}
+
+func countOffsets(counts []int, elem int) ([]int, error) {
+	offs := make([]int, len(counts)+1)
+	for i, n := range counts {
+		if n < 0 {
+			return nil, fmt.Errorf("parallel: negative count %d", n)
+		}
+		offs[i+1] = offs[i] + n*elem
+	}
+	return offs, nil
+}
+
+// directAllReduce: every member sends its buffer to every other and reduces
+// all of them in group order.
+func (c *Comm) directAllReduce(ctx context.Context, tag uint64, data []byte, red reducer) error {
+	w := c.Size()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	sendErr := make(chan error, 1)
+	go func() {
+		for k := 1; k < w; k++ {
+			if err := c.t.Send(ctx, c.peer(c.me+k), tag, data); err != nil {
+				cancel()
+				sendErr <- err
+				return
+			}
+		}
+		sendErr <- nil
+	}()
+	msgs := make([][]byte, w)
+	var rerr error
+	for k := 1; k < w && rerr == nil; k++ {
+		i := (c.me - k + w) % w
+		m, err := c.t.Recv(ctx, c.ranks[i], tag)
+		switch {
+		case err != nil:
+			rerr = err
+		case len(m) != len(data):
+			rerr = fmt.Errorf("%w: rank %d sent %d bytes, want %d", ErrMismatch, c.ranks[i], len(m), len(data))
+		}
+		msgs[i] = m
+	}
+	if rerr != nil {
+		cancel()
+	}
+	if serr := <-sendErr; rerr == nil && serr != nil {
+		rerr = serr
+	}
+	if rerr != nil {
+		return rerr
+	}
+	// Sends are done: data may now be overwritten. Reduce in group order.
+	acc := msgs[0]
+	if c.me == 0 {
+		acc = append(make([]byte, 0, len(data)), data...)
+	}
+	for i := 1; i < w; i++ {
+		if i == c.me {
+			red(acc, data)
+		} else {
+			red(acc, msgs[i])
+		}
+	}
+	copy(data, acc)
+	for _, m := range msgs {
+		if m != nil {
+			c.release(m)
+		}
+	}
+	return nil
+}
+
+// ringOp is one segment moved in a ring step.
+type ringOp struct {
+	lo, hi int // byte range in the buffer
+	after  int // send: recv ops that must be done first; recv: send ops that must be done first
+	reduce bool
+}
+
+// ring runs steps [t0, t1) of a ring over data, split into w chunks at byte
+// offsets offs and pipelined in segments. At step t member r sends chunk
+// (r-t+k) mod w to member r+1 and receives chunk (r-t-1+k) mod w from member
+// r-1, reducing it into place for t < w-1 and copying it for t >= w-1. The
+// chunk sent at step t > t0 is the one received at step t-1.
+//
+// All-reduce is steps [0, 2w-2) with k = 0 (member r ends the reduce-scatter
+// half holding chunk r+1); reduce-scatter is [0, w-1) with k = -1 (member r
+// ends with chunk r); all-gather is [w-1, 2w-2) with k = -1.
+func (c *Comm) ring(ctx context.Context, tag uint64, data []byte, offs []int, elem, t0, t1, k int, red reducer) error {
+	w, r := c.Size(), c.me
+	seg := max(elem, c.opts.Segment/elem*elem)
+	mod := func(x int) int { return ((x % w) + w) % w }
+	segments := func(chunk int) [][2]int {
+		var s [][2]int
+		for lo := offs[chunk]; lo < offs[chunk+1]; lo += seg {
+			s = append(s, [2]int{lo, min(lo+seg, offs[chunk+1])})
+		}
+		return s
+	}
+	var sends, recvs []ringOp
+	lastSend := map[int]int{} // segment start -> index of its latest send op
+	for t := t0; t < t1; t++ {
+		base := len(recvs) // recv ops of step t-1 start at base - len(segments of that step)
+		sc := mod(r - t + k)
+		for j, s := range segments(sc) {
+			after := 0
+			if t > t0 {
+				after = base - len(segments(sc)) + j + 1
+			}
+			lastSend[s[0]] = len(sends)
+			sends = append(sends, ringOp{lo: s[0], hi: s[1], after: after})
+		}
+		for _, s := range segments(mod(r - t - 1 + k)) {
+			after := 0
+			if i, ok := lastSend[s[0]]; ok {
+				after = i + 1 // the old contents must be out before we overwrite
+			}
+			recvs = append(recvs, ringOp{lo: s[0], hi: s[1], after: after, reduce: t < w-1})
+		}
+	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		mu       sync.Mutex
+		cond     = sync.NewCond(&mu)
+		recvDone int
+		sendDone int
+		failed   error
+	)
+	setFailed := func(err error) {
+		mu.Lock()
+		if failed == nil {
+			failed = err
+		}
+		cond.Broadcast()
+		mu.Unlock()
+		cancel()
+	}
+	next, prev := c.peer(r+1), c.peer(r-1)
+	sendFinished := make(chan struct{})
+	go func() {
+		defer close(sendFinished)
+		for _, op := range sends {
+			mu.Lock()
+			for recvDone < op.after && failed == nil {
+				cond.Wait()
+			}
+			stop := failed != nil
+			mu.Unlock()
+			if stop {
+				return
+			}
+			if err := c.t.Send(ctx, next, tag, data[op.lo:op.hi]); err != nil {
+				setFailed(err)
+				return
+			}
+			mu.Lock()
+			sendDone++
+			cond.Broadcast()
+			mu.Unlock()
+		}
+	}()
+	for _, op := range recvs {
+		mu.Lock()
+		for sendDone < op.after && failed == nil {
+			cond.Wait()
+		}
+		stop := failed != nil
+		mu.Unlock()
+		if stop {
+			break
+		}
+		m, err := c.t.Recv(ctx, prev, tag)
+		if err == nil && len(m) != op.hi-op.lo {
+			err = fmt.Errorf("%w: rank %d sent a %d-byte segment, want %d", ErrMismatch, prev, len(m), op.hi-op.lo)
+		}
+		if err != nil {
+			setFailed(err)
+			break
+		}
+		if op.reduce {
+			red(data[op.lo:op.hi], m)
+		} else {
+			copy(data[op.lo:op.hi], m)
+		}
+		c.release(m)
+		mu.Lock()
+		recvDone++
+		cond.Broadcast()
+		mu.Unlock()
+	}
+	<-sendFinished
+	return failed
+}
+
+// ReduceScatter reduces buf element-wise over the group and leaves member i
+// with the reduced block i: buf is split in group order into blocks of
+// counts[i] elements (sum(counts) == len(buf)). It returns this member's
+// block, a subslice of buf; the rest of buf is clobbered.
+func (c *Comm) ReduceScatter(ctx context.Context, buf []float32, counts []int, op Op) ([]float32, error) {
+	red, err := reducerF32(op)
+	if err != nil {
+		return nil, err
+	}
+	tag := c.nextTag()
+	offs, err := c.checkCounts(counts, len(buf), 4)
+	if err != nil {
+		return nil, err
+	}
+	if c.Size() > 1 {
+		if err := c.ring(ctx, tag, f32Bytes(buf), offs, 4, 0, c.Size()-1, -1, red); err != nil {
+			return nil, c.fail("reduce-scatter", err)
+		}
+	}
+	return buf[offs[c.me]/4 : offs[c.me+1]/4], nil
+}
+
+// AllGather fills buf, split in group order into blocks of counts[i]
+// elements, with every member's block: on entry member i's block holds its
+// contribution.
+func (c *Comm) AllGather(ctx context.Context, buf []float32, counts []int) error {
+	tag := c.nextTag()
+	offs, err := c.checkCounts(counts, len(buf), 4)
+	if err != nil {
+		return err
+	}
+	if c.Size() > 1 {
+		w := c.Size()
+		if err := c.ring(ctx, tag, f32Bytes(buf), offs, 4, w-1, 2*w-2, -1, nil); err != nil {
+			return c.fail("all-gather", err)
+		}
+	}
+	return nil
+}
+
+func (c *Comm) checkCounts(counts []int, n, elem int) ([]int, error) {
+	if len(counts) != c.Size() {
+		return nil, fmt.Errorf("parallel: %d counts for a group of %d", len(counts), c.Size())
+	}
+	offs, err := countOffsets(counts, elem)
+	if err != nil {
+		return nil, err
+	}
+	if offs[len(counts)] != n*elem {
+		return nil, fmt.Errorf("parallel: counts sum to %d, buffer holds %d", offs[len(counts)]/elem, n)
+	}
+	return offs, nil
+}
+
+// AllGatherBytes returns every member's bytes (of any lengths), in group order.
+func (c *Comm) AllGatherBytes(ctx context.Context, mine []byte) ([][]byte, error) {
+	send := make([][]byte, c.Size())
+	for i := range send {
+		send[i] = mine
+	}
+	out, err := c.allToAll(ctx, c.nextTag(), send)
+	if err != nil {
+		return nil, c.fail("all-gather", err)
+	}
+	return out, nil
+}
+
+// AllToAllV sends send[i] to member i and returns what each member sent to
+// this one, in group order (send[Rank()] is copied to the result).
+func (c *Comm) AllToAllV(ctx context.Context, send [][]byte) ([][]byte, error) {
+	if len(send) != c.Size() {
+		return nil, fmt.Errorf("parallel: all-to-all: %d buffers for a group of %d", len(send), c.Size())
+	}
+	out, err := c.allToAll(ctx, c.nextTag(), send)
+	if err != nil {
+		return nil, c.fail("all-to-all", err)
+	}
+	return out, nil
+}
+
+// AllToAllVF32 sends send's block i (sendCounts[i] elements, in group order)
+// to member i and writes member i's block for us into recv's block i
+// (recvCounts[i] elements). Counts must agree pairwise across members.
+func (c *Comm) AllToAllVF32(ctx context.Context, send []float32, sendCounts []int, recv []float32, recvCounts []int) error {
+	tag := c.nextTag()
+	soffs, err := c.checkCounts(sendCounts, len(send), 4)
+	if err != nil {
+		return err
+	}
+	roffs, err := c.checkCounts(recvCounts, len(recv), 4)
+	if err != nil {
+		return err
+	}
+	sb, rb := f32Bytes(send), f32Bytes(recv)
+	parts := make([][]byte, c.Size())
+	for i := range parts {
+		parts[i] = sb[soffs[i]:soffs[i+1]]
+	}
+	err = c.exchange(ctx, tag, parts, func(i int, m []byte) error {
+		if len(m) != roffs[i+1]-roffs[i] {
+			return fmt.Errorf("%w: rank %d sent %d bytes, want %d", ErrMismatch, c.ranks[i], len(m), roffs[i+1]-roffs[i])
+		}
+		copy(rb[roffs[i]:], m)
+		return nil
+	})
+	if err != nil {
+		return c.fail("all-to-all", err)
+	}
+	return nil
+}
+
+func (c *Comm) allToAll(ctx context.Context, tag uint64, send [][]byte) ([][]byte, error) {
+	out := make([][]byte, c.Size())
+	err := c.exchange(ctx, tag, send, func(i int, m []byte) error {
+		out[i] = m
+		return nil
+	})
+	return out, err
+}
+
+// exchange sends send[i] to every member i concurrently and hands each
+// received message to got (called for our own part too, with a copy).
+func (c *Comm) exchange(ctx context.Context, tag uint64, send [][]byte, got func(i int, m []byte) error) error {
+	w := c.Size()
+	if err := got(c.me, append([]byte(nil), send[c.me]...)); err != nil {
+		return err
+	}
+	if w == 1 {
+		return nil
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errs := make(chan error, w)
+	for k := 1; k < w; k++ {
+		i := (c.me + k) % w
+		go func() {
+			err := c.t.Send(ctx, c.ranks[i], tag, send[i])
+			if err != nil {
+				cancel()
+			}
+			errs <- err
+		}()
+	}
+	var rerr error
+	for k := 1; k < w && rerr == nil; k++ {
+		i := (c.me - k + w) % w
+		m, err := c.t.Recv(ctx, c.ranks[i], tag)
+		if err == nil {
+			err = got(i, m)
+		}
+		if err != nil {
+			rerr = err
+			cancel()
+		}
+	}
+	for k := 1; k < w; k++ {
+		if err := <-errs; err != nil && rerr == nil {
+			rerr = err
+		}
+	}
+	return rerr
+}
+
+// Broadcast copies member root's buf into every member's buf (all members
+// pass buffers of the same length). Large buffers travel down a pipelined
+// chain root, root+1, ...; small ones directly from the root.
+func (c *Comm) Broadcast(ctx context.Context, buf []byte, root int) error {
+	tag := c.nextTag()
+	w := c.Size()
+	if root < 0 || root >= w {
+		return fmt.Errorf("%w: broadcast root %d of group size %d", ErrBadRank, root, w)
+	}
+	if w == 1 {
+		return nil
+	}
+	var err error
+	if len(buf) <= c.opts.SmallBytes || w == 2 {
+		if c.me == root {
+			parts := make([][]byte, w)
+			for i := range parts {
+				parts[i] = buf
+			}
+			err = c.exchangeFrom(ctx, tag, parts)
+		} else {
+			var m []byte
+			if m, err = c.t.Recv(ctx, c.ranks[root], tag); err == nil {
+				if len(m) != len(buf) {
+					err = fmt.Errorf("%w: broadcast of %d bytes into %d", ErrMismatch, len(m), len(buf))
+				} else {
+					copy(buf, m)
+					c.release(m)
+				}
+			}
+		}
+	} else {
+		err = c.chain(ctx, tag, buf, root)
+	}
+	if err != nil {
+		return c.fail("broadcast", err)
+	}
+	return nil
+}
+
+// BroadcastF32 is Broadcast for float32.
+func (c *Comm) BroadcastF32(ctx context.Context, buf []float32, root int) error {
+	return c.Broadcast(ctx, f32Bytes(buf), root)
+}
+
+// exchangeFrom sends parts[i] to every other member and receives nothing.
+func (c *Comm) exchangeFrom(ctx context.Context, tag uint64, parts [][]byte) error {
+	var wg sync.WaitGroup
+	errs := make([]error, c.Size())
+	for i := range parts {
+		if i == c.me {
+			continue
+		}
+		wg.Add(1)
+		go func() { defer wg.Done(); errs[i] = c.t.Send(ctx, c.ranks[i], tag, parts[i]) }()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+func (c *Comm) chain(ctx context.Context, tag uint64, buf []byte, root int) error {
+	w := c.Size()
+	pos := (c.me - root + w) % w
+	prev, next := c.peer(c.me-1), c.peer(c.me+1)
+	seg := c.opts.Segment
+	for lo := 0; lo == 0 || lo < len(buf); lo += seg {
+		s := buf[lo:min(lo+seg, len(buf))]
+		if pos > 0 {
+			m, err := c.t.Recv(ctx, prev, tag)
+			if err != nil {
+				return err
+			}
+			if len(m) != len(s) {
+				return fmt.Errorf("%w: broadcast segment of %d bytes, want %d", ErrMismatch, len(m), len(s))
+			}
+			copy(s, m)
+			c.release(m)
+		}
+		if pos < w-1 {
+			if err := c.t.Send(ctx, next, tag, s); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// Barrier returns once every member has entered it (dissemination barrier:
+// ceil(log2 size) rounds of one message).
+func (c *Comm) Barrier(ctx context.Context) error {
+	tag := c.nextTag()
+	w := c.Size()
+	for d := 1; d < w; d *= 2 {
+		errc := make(chan error, 1)
+		go func() { errc <- c.t.Send(ctx, c.peer(c.me+d), tag, nil) }()
+		_, rerr := c.t.Recv(ctx, c.peer(c.me-d), tag)
+		serr := <-errc
+		if err := errors.Join(rerr, serr); err != nil {
+			return c.fail("barrier", err)
+		}
+	}
+	return nil
+}

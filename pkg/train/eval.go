@@ -2,11 +2,46 @@ package train
 
 import (
 	"context"
+	"fmt"
 	"math"
 
 	"github.com/switchyard-ml/switchyard/pkg/data"
 	"github.com/switchyard-ml/switchyard/pkg/model"
+	"github.com/switchyard-ml/switchyard/pkg/parallel"
 )
+
+// reduceEval sums the per-rank NLL, token counts and expert selections over
+// the data-parallel group (one message).
+func (t *Trainer) reduceEval(ctx context.Context, nll []float64, ev *Eval, st *model.ExpertStats) error {
+	if t.Dist.dpSize() == 1 {
+		return nil
+	}
+	v := append([]float64(nil), nll...)
+	for _, n := range ev.Tokens {
+		v = append(v, float64(n))
+	}
+	for l := range st.Counts {
+		v = append(v, st.Tokens[l]...)
+		for d := range st.Counts[l] {
+			v = append(v, st.Counts[l][d]...)
+		}
+	}
+	if err := t.Dist.sumDP(ctx, v); err != nil {
+		return err
+	}
+	i := copy(nll, v)
+	for d := range ev.Tokens {
+		ev.Tokens[d] = int64(v[i])
+		i++
+	}
+	for l := range st.Counts {
+		i += copy(st.Tokens[l], v[i:])
+		for d := range st.Counts[l] {
+			i += copy(st.Counts[l][d], v[i:])
+		}
+	}
+	return nil
+}
 
 // Eval is one pass over the validation split.
 type Eval struct {
@@ -32,8 +67,25 @@ func (t *Trainer) Evaluate(ctx context.Context) (*Eval, error) {
 		}
 		queue = append(queue, seqs...)
 	}
+	// data-parallel ranks score disjoint shares and sum the results
+	if dp := t.Dist.dpSize(); dp > 1 {
+		mine := queue[:0:0]
+		for i := t.Dist.dpRank; i < len(queue); i += dp {
+			mine = append(mine, queue[i])
+		}
+		queue = mine
+	}
+	// every rank runs the same number of forward passes
+	passes := (len(queue) + b.B - 1) / b.B
 	nll := make([]float64, nd)
-	for i := 0; i < len(queue); i += b.B {
+	if dp := t.Dist.dpSize(); dp > 1 {
+		v := []float64{float64(passes)}
+		if err := t.Dist.dp.AllReduceF64(ctx, v, parallel.Max); err != nil {
+			return nil, fmt.Errorf("train: eval: %w", err)
+		}
+		passes = int(v[0])
+	}
+	for i := 0; i < passes*b.B; i += b.B {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
@@ -64,6 +116,9 @@ func (t *Trainer) Evaluate(ctx context.Context) (*Eval, error) {
 				}
 			}
 		}
+	}
+	if err := t.reduceEval(ctx, nll, ev, pr.Stats); err != nil {
+		return nil, err
 	}
 	for dom := range nll {
 		if ev.Tokens[dom] > 0 {

@@ -58,7 +58,7 @@ func entropyBits(p []float64) float64 {
 
 func (t *Trainer) report(ev *Eval, last StepMetrics, el time.Duration) *Report {
 	k := t.MCfg.TopK
-	tokens := int64(t.step) * int64(t.Cfg.Accumulation*t.Cfg.MicroBatch*t.MCfg.SeqLen)
+	tokens := int64(t.step) * int64(t.Cfg.Accumulation*t.Cfg.MicroBatch*t.Dist.dpSize()*t.MCfg.SeqLen)
 	r := &Report{Preset: t.Cfg.Preset, LBLMode: t.Cfg.LBL.Mode, Steps: t.step, Tokens: tokens, Seconds: el.Seconds(),
 		TokensPerS: float64(tokens) / el.Seconds(), FinalLoss: last.Loss}
 	for dom, name := range t.Corpus.Domains {

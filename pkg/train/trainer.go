@@ -26,8 +26,11 @@ type Trainer struct {
 	Bal    *lbl.Balancer
 	Loader *data.Loader
 
+	Dist *Dist // nil: one process
+
 	progress *progress
 	metrics  io.WriteCloser
+	global   []int // scratch: the global micro-batch's sequence indices
 	step     int
 	seqIdx   []int
 	optTime  time.Duration // clipping, AdamW and zeroing, summed over steps
@@ -88,6 +91,14 @@ func (c Config) BalancerConfig() lbl.Config {
 
 // NewWithCorpus is New over an already built corpus (tests, benchmarks).
 func NewWithCorpus(cfg Config, corpus *data.Corpus, w io.Writer) (*Trainer, error) {
+	return NewParallel(cfg, corpus, w, nil)
+}
+
+// NewParallel is NewWithCorpus for one rank of a parallel run (dist nil:
+// one process). MicroBatch is per rank: a global micro-batch holds
+// MicroBatch x DP sequences. Only the leader rank writes progress, metrics
+// and the report.
+func NewParallel(cfg Config, corpus *data.Corpus, w io.Writer, dist *Dist) (*Trainer, error) {
 	cfg.Defaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -96,7 +107,7 @@ func NewWithCorpus(cfg Config, corpus *data.Corpus, w io.Writer) (*Trainer, erro
 	if corpus.SeqLen != mc.SeqLen {
 		return nil, fmt.Errorf("%w: corpus packed for seq_len %d, model has %d", ErrConfig, corpus.SeqLen, mc.SeqLen)
 	}
-	bal, err := lbl.NewBalancer(cfg.BalancerConfig(), mc.MoELayers(), mc.Experts, mc.TopK, lbl.Identity{})
+	bal, err := lbl.NewBalancer(cfg.BalancerConfig(), mc.MoELayers(), mc.Experts, mc.TopK, dist.reducer())
 	if err != nil {
 		return nil, fmt.Errorf("%w: lbl: %w", ErrConfig, err)
 	}
@@ -120,11 +131,11 @@ func NewWithCorpus(cfg Config, corpus *data.Corpus, w io.Writer) (*Trainer, erro
 		m.Close()
 		return nil, fmt.Errorf("train: loader: %w", err)
 	}
-	t := &Trainer{Cfg: cfg, MCfg: mc, Corpus: corpus, Model: m, Opt: opt, Bal: bal, Loader: loader}
-	if w != nil {
+	t := &Trainer{Cfg: cfg, MCfg: mc, Corpus: corpus, Model: m, Opt: opt, Bal: bal, Loader: loader, Dist: dist}
+	if w != nil && dist.Leader() {
 		t.progress = newProgress(w, cfg.Steps)
 	}
-	if cfg.OutDir != "" {
+	if cfg.OutDir != "" && dist.Leader() {
 		if err := os.MkdirAll(cfg.OutDir, 0o755); err != nil {
 			m.Close()
 			return nil, fmt.Errorf("train: out dir: %w", err)
@@ -154,7 +165,12 @@ func (t *Trainer) Close() error {
 // training batch.
 func (t *Trainer) fillTrain() {
 	b := t.Model.Train.Batch
-	t.seqIdx = t.Loader.Next(b.B, t.seqIdx[:0])
+	dp := t.Dist.dpSize()
+	t.global = t.Loader.Next(b.B*dp, t.global[:0])
+	t.seqIdx = t.global
+	if dp > 1 {
+		t.seqIdx = data.Shard(t.global, t.Dist.dpRank, dp)
+	}
 	S := b.S
 	for i, s := range t.seqIdx {
 		_, dom := t.Corpus.Fill(data.Train, s, b.Tokens[i*S:(i+1)*S], b.Targets[i*S:(i+1)*S])
@@ -190,6 +206,9 @@ func (t *Trainer) TrainStep(ctx context.Context) (StepMetrics, error) {
 		}
 	}
 	optStart := time.Now()
+	if err := t.Dist.reduceGrads(ctx, t.Model.P.Grad); err != nil {
+		return StepMetrics{}, err
+	}
 	gnorm := t.Model.P.GradNorm()
 	if s := t.Opt.ClipScale(gnorm); s < 1 {
 		for i := range t.Model.P.Grad {
@@ -216,8 +235,15 @@ func (t *Trainer) TrainStep(ctx context.Context) (StepMetrics, error) {
 	}
 	t.Bal.StepDone()
 	t.step++
+	// the step's loss and LBL are means over the data-parallel ranks
+	vals := append([]float64{loss, aux}, lblL...)
+	if err := t.Dist.meanDP(ctx, vals); err != nil {
+		return StepMetrics{}, err
+	}
+	loss, aux = vals[0], vals[1]
+	copy(lblL, vals[2:])
 	el := time.Since(start).Seconds()
-	tokens := float64(M * t.Cfg.MicroBatch * t.MCfg.SeqLen)
+	tokens := float64(M * t.Cfg.MicroBatch * t.Dist.dpSize() * t.MCfg.SeqLen)
 	sm := StepMetrics{Step: t.step, Loss: loss, Aux: aux, LBL: lblL, LR: lr, GradNorm: gnorm, TokensPerS: tokens / el, ElapsedS: el, ExpertLoad: load}
 	if math.IsNaN(loss) || math.IsInf(loss, 0) {
 		return sm, fmt.Errorf("train: step %d: loss is %v", t.step, loss)
@@ -267,7 +293,7 @@ func (t *Trainer) Run(ctx context.Context) (*Report, error) {
 	}
 	_ = lastEval
 	rep := t.report(ev, last, time.Since(start))
-	if t.Cfg.OutDir != "" {
+	if t.Cfg.OutDir != "" && t.Dist.Leader() {
 		if err := rep.WriteJSON(filepath.Join(t.Cfg.OutDir, "report.json")); err != nil {
 			return rep, err
 		}

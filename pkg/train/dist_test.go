@@ -1,0 +1,141 @@
+package train
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"sync"
+	"testing"
+
+	"github.com/switchyard-ml/switchyard/pkg/parallel"
+)
+
+// curveOf trains `steps` steps on `dp` in-process data-parallel ranks
+// (in-memory transport) and returns rank 0's per-step loss and LBL, and
+// every rank's final parameters.
+func curveOf(t *testing.T, dp int, balance parallel.Balance, mode string, micro, accum, steps int) (loss, lblv []float64, params [][]float32) {
+	t.Helper()
+	cfg, corpus := smallRun(t, mode, steps)
+	cfg.MicroBatch, cfg.Accumulation = micro, accum
+	layout, err := parallel.NewLayout(dp, 1, dp, 1, parallel.WithBalance(balance))
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := parallel.DefaultOptions()
+	trs := parallel.NewMemTransports(dp, opts)
+	trainers := make([]*Trainer, dp)
+	for r := 0; r < dp; r++ {
+		world, err := parallel.NewComm(trs[r], layout.DPGroup(r), parallel.CommOptions{Name: "world"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		dist, err := NewDist(layout, r, world)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if trainers[r], err = NewParallel(cfg, corpus, nil, dist); err != nil {
+			t.Fatal(err)
+		}
+	}
+	defer func() {
+		for r := range trainers {
+			trainers[r].Close()
+			trs[r].Close()
+		}
+	}()
+	for s := 0; s < steps; s++ {
+		var wg sync.WaitGroup
+		errs := make([]error, dp)
+		sms := make([]StepMetrics, dp)
+		for r := 0; r < dp; r++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				sms[r], errs[r] = trainers[r].TrainStep(context.Background())
+			}()
+		}
+		wg.Wait()
+		for r, err := range errs {
+			if err != nil {
+				t.Fatalf("rank %d step %d: %v", r, s, err)
+			}
+		}
+		var l float64
+		for _, v := range sms[0].LBL {
+			l += v
+		}
+		loss = append(loss, sms[0].Loss)
+		lblv = append(lblv, l)
+	}
+	for _, tr := range trainers {
+		params = append(params, append([]float32(nil), tr.Model.P.Data...))
+	}
+	return loss, lblv, params
+}
+
+func closeCurves(t *testing.T, what string, a, b []float64, rel float64) {
+	t.Helper()
+	worst := 0.0
+	for i := range a {
+		worst = max(worst, math.Abs(a[i]-b[i])/math.Abs(b[i]))
+	}
+	t.Logf("%s: worst relative difference %.2e over %d steps", what, worst, len(a))
+	if worst > rel {
+		t.Errorf("%s differ by %.2e relative (limit %.0e):\n%v\n%v", what, worst, rel, a, b)
+	}
+}
+
+// Data parallelism is the single-process run of the same global batch:
+// DP ranks each taking MicroBatch sequences of a global micro-batch of
+// MicroBatch x DP equal one process with micro-batch MicroBatch x DP and
+// the same accumulation — loss and global-batch LBL per step within 1e-5
+// over 20 steps, and every rank ends with the same parameters.
+func TestDataParallelMatchesOneProcess(t *testing.T) {
+	const steps = 20
+	refLoss, refLBL, _ := curveOf(t, 1, parallel.BalanceDP, "global", 8, 2, steps)
+	for _, dp := range []int{2, 4} {
+		t.Run(fmt.Sprintf("dp%d", dp), func(t *testing.T) {
+			loss, lblv, params := curveOf(t, dp, parallel.BalanceDP, "global", 8/dp, 2, steps)
+			closeCurves(t, "loss", loss, refLoss, 1e-5)
+			closeCurves(t, "global-batch LBL", lblv, refLBL, 1e-5)
+			for r := 1; r < dp; r++ {
+				for i := range params[0] {
+					if params[r][i] != params[0][i] {
+						t.Fatalf("rank %d parameter %d differs from rank 0: %v vs %v", r, i, params[r][i], params[0][i])
+					}
+				}
+			}
+		})
+	}
+}
+
+// With balance group "none" every rank balances only its own micro-batch:
+// DP=2 x accumulation 1 reproduces one process with micro-batch LBL over
+// the same micro-batches (accumulation 2).
+func TestBalanceNoneIsMicroBatchLBL(t *testing.T) {
+	const steps = 10
+	refLoss, refLBL, _ := curveOf(t, 1, parallel.BalanceDP, "micro", 4, 2, steps)
+	loss, lblv, _ := curveOf(t, 2, parallel.BalanceNone, "global", 4, 1, steps)
+	closeCurves(t, "loss", loss, refLoss, 1e-5)
+	closeCurves(t, "LBL", lblv, refLBL, 1e-5)
+}
+
+// Balance group dp and none must actually differ (else the tests above
+// could not tell them apart).
+func TestBalanceGroupMatters(t *testing.T) {
+	_, a, _ := curveOf(t, 2, parallel.BalanceDP, "global", 4, 1, 2)
+	_, b, _ := curveOf(t, 2, parallel.BalanceNone, "global", 4, 1, 2)
+	if a[0] == b[0] {
+		t.Fatalf("balance dp and none gave the same LBL %v", a[0])
+	}
+}
+
+// Micro-batch LBL does not depend on the balance group: DP=4 without
+// accumulation matches one process accumulating the same 4 micro-batches.
+func TestDataParallelMatchesAccumulation(t *testing.T) {
+	const steps = 10
+	refLoss, refLBL, _ := curveOf(t, 1, parallel.BalanceDP, "micro", 2, 4, steps)
+	loss, lblv, _ := curveOf(t, 4, parallel.BalanceDP, "micro", 2, 1, steps)
+	closeCurves(t, "loss", loss, refLoss, 1e-5)
+	closeCurves(t, "micro LBL", lblv, refLBL, 1e-5)
+}

@@ -16,6 +16,7 @@ const usage = `switchyard — train Mixture-of-Experts language models
 
 usage:
   switchyard train [--preset tiny|small] [--config run.yaml] [flags]   train in this process
+  switchyard launch --nproc N [--tp a --ep b --dp c] -- <train flags>   train with N local processes
   switchyard bench engine --preset tiny|small [--json]                 measure a training step
   switchyard help
 
@@ -47,6 +48,8 @@ func run(ctx context.Context, args []string) int {
 		err = cmdTrain(ctx, args[1:])
 	case "bench":
 		err = cmdBench(ctx, args[1:])
+	case "launch":
+		err = cmdLaunch(ctx, args[1:])
 	case "help", "-h", "--help":
 		fmt.Print(usage)
 		return exitOK

@@ -30,7 +30,9 @@ func cmdTrain(ctx context.Context, args []string) error {
 		demoMB  = fs.Float64("demo-mb", 0, "demo corpus size per domain in MiB")
 		jsonOut = fs.Bool("json", false, "print the final report as JSON instead of tables")
 		kern    = fs.String("kernels", "auto", "compute kernels: auto (fastest for this CPU), generic (portable Go) or reference (slow oracle)")
+		df      distFlags
 	)
+	df.register(fs)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
@@ -98,7 +100,12 @@ func cmdTrain(ctx context.Context, args []string) error {
 	if err := cfg.Validate(); err != nil {
 		return usageError{err}
 	}
-	tr, err := train.New(cfg, os.Stderr)
+	dist, closeDist, err := df.connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer closeDist()
+	tr, err := train.NewRun(cfg, os.Stderr, dist)
 	if err != nil {
 		if errors.Is(err, train.ErrConfig) {
 			return usageError{err}
@@ -106,6 +113,10 @@ func cmdTrain(ctx context.Context, args []string) error {
 		return err
 	}
 	defer tr.Close()
+	if !dist.Leader() {
+		_, err := tr.Run(ctx)
+		return err
+	}
 	mc := tr.MCfg
 	total, active := mc.ParamCount()
 	fmt.Fprintf(os.Stderr, "training %s: d%d L%d H%d E%d k%d h%d seq %d, %.1fM params (%.1fM active); %d steps x %d micro-batches x %d seqs; LBL %s coef %g; %d domains %v\n",

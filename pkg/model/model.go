@@ -20,6 +20,7 @@ type Model struct {
 	Train *Program
 	Eval  *Program
 	scale float32 // gradient scale of one micro-batch (1 / accumulation steps)
+	fail  error   // set by an op whose own error gorgonia would wrap
 }
 
 // Program is one compiled graph with its input batch.
@@ -115,6 +116,7 @@ func (m *Model) build(B int, bal *lbl.Balancer, stats *ExpertStats, train bool) 
 			var f *G.Node
 			if c.IsMoE(l) {
 				op := newMoEOp(tag(pname(l, "moe")), l, moeIdx, c, pr.Batch, m.P, bal, stats, &m.scale)
+				op.fail = &m.fail
 				pr.moes = append(pr.moes, op)
 				moeIdx++
 				f = must(G.ApplyOp(op, h2))
@@ -148,7 +150,12 @@ func (m *Model) build(B int, bal *lbl.Balancer, stats *ExpertStats, train bool) 
 func (m *Model) Step() (float64, error) {
 	pr := m.Train
 	pr.Batch.SetValid()
+	m.fail = nil
 	if err := pr.vm.RunAll(); err != nil {
+		pr.vm.Reset()
+		if m.fail != nil {
+			err = m.fail
+		}
 		return 0, fmt.Errorf("model: train step: %w", err)
 	}
 	for i, gn := range pr.grads {
@@ -166,7 +173,12 @@ func (m *Model) Step() (float64, error) {
 func (m *Model) Forward() ([]float32, error) {
 	pr := m.Eval
 	pr.Batch.SetValid()
+	m.fail = nil
 	if err := pr.vm.RunAll(); err != nil {
+		pr.vm.Reset()
+		if m.fail != nil {
+			err = m.fail
+		}
 		return nil, fmt.Errorf("model: forward: %w", err)
 	}
 	pr.reset()

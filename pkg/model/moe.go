@@ -33,6 +33,7 @@ type moeOp struct {
 	bal           *lbl.Balancer // nil in evaluation graphs
 	stats         *ExpertStats  // non-nil: record selections per domain
 	scale         *float32
+	fail          *error // the op's own error, reported instead of gorgonia's wrapping of it
 	T, d, h, E, k int
 	capacity      int
 
@@ -137,6 +138,7 @@ func (o *moeOp) Do(in ...G.Value) (G.Value, error) {
 	router.TopK(o.probsTE, T, E, k, bias, o.idxTK)
 	router.Weights(o.probsTE, T, E, k, o.idxTK, o.cfg.Renormalize, o.wTK)
 	if err := o.plan.Build(o.idxTK, T, E, k, o.capacity); err != nil {
+		*o.fail = err
 		return nil, err
 	}
 	if o.bal != nil {
@@ -235,6 +237,7 @@ func (g *moeGradOp) Do(in ...G.Value) (G.Value, error) {
 	}
 	if o.bal != nil {
 		if err := o.bal.Backward(context.Background(), o.moeIdx, float64(*o.scale), o.dLogitsTE); err != nil {
+			*o.fail = err
 			return nil, err
 		}
 	}

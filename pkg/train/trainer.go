@@ -51,7 +51,10 @@ type StepMetrics struct {
 
 // New prepares a run: corpus, model, optimizer, balancer, loader. Progress
 // goes to w (a progress bar if w is a terminal, plain lines otherwise).
-func New(cfg Config, w io.Writer) (*Trainer, error) {
+func New(cfg Config, w io.Writer) (*Trainer, error) { return NewRun(cfg, w, nil) }
+
+// NewRun is New for one rank of a parallel run (dist nil: one process).
+func NewRun(cfg Config, w io.Writer, dist *Dist) (*Trainer, error) {
 	cfg.Defaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -68,7 +71,7 @@ func New(cfg Config, w io.Writer) (*Trainer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("train: corpus: %w", err)
 	}
-	return NewWithCorpus(cfg, corpus, w)
+	return NewParallel(cfg, corpus, w, dist)
 }
 
 func loadDocs(cfg Config) ([]data.Document, error) {

@@ -1,0 +1,89 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/switchyard-ml/switchyard/pkg/parallel"
+	"github.com/switchyard-ml/switchyard/pkg/train"
+)
+
+// distFlags are the per-rank settings `switchyard launch` (and later the
+// worker) passes to `switchyard train`.
+type distFlags struct {
+	rank, world  int
+	tp, dp, ep   int
+	balance      string
+	peers        string
+	commTimeout  time.Duration
+	connectLimit time.Duration
+}
+
+func (f *distFlags) register(fs *flag.FlagSet) {
+	fs.IntVar(&f.rank, "rank", 0, "this process's rank (set by launch)")
+	fs.IntVar(&f.world, "world", 1, "number of processes (set by launch)")
+	fs.IntVar(&f.tp, "tp", 1, "tensor-parallel degree")
+	fs.IntVar(&f.dp, "dp", 0, "data-parallel degree (default world/tp)")
+	fs.IntVar(&f.ep, "ep", 1, "expert-parallel degree (divides dp)")
+	fs.StringVar(&f.balance, "balance", "dp", "LBL balance group: dp, node or none")
+	fs.StringVar(&f.peers, "peers", "", "comma-separated host:port of every rank, in rank order (set by launch)")
+	fs.DurationVar(&f.commTimeout, "comm-timeout", 60*time.Second, "a peer silent this long in a collective is an error")
+	fs.DurationVar(&f.connectLimit, "connect-timeout", 60*time.Second, "how long to wait for every peer at start")
+}
+
+func (f *distFlags) layout() (parallel.Layout, error) {
+	dp := f.dp
+	if dp == 0 && f.tp > 0 {
+		dp = f.world / f.tp
+	}
+	return parallel.NewLayout(f.world, f.tp, dp, f.ep, parallel.WithBalance(parallel.Balance(f.balance)))
+}
+
+// connect joins the other ranks over gRPC and returns the trainer's view of
+// the run, or nil for a one-process run. The returned close function shuts
+// the transport down.
+func (f *distFlags) connect(ctx context.Context) (*train.Dist, func(), error) {
+	if f.world <= 1 {
+		return nil, func() {}, nil
+	}
+	layout, err := f.layout()
+	if err != nil {
+		return nil, nil, usageError{err}
+	}
+	peers := strings.Split(f.peers, ",")
+	if len(peers) != f.world {
+		return nil, nil, usageError{fmt.Errorf("train: --peers has %d addresses for --world %d", len(peers), f.world)}
+	}
+	if f.rank < 0 || f.rank >= f.world {
+		return nil, nil, usageError{fmt.Errorf("train: --rank %d not in [0, %d)", f.rank, f.world)}
+	}
+	opts := parallel.DefaultOptions()
+	opts.Timeout = f.commTimeout
+	opts.DialTimeout = f.connectLimit
+	tr, err := parallel.ListenGRPC(f.rank, f.world, peers[f.rank], opts)
+	if err != nil {
+		return nil, nil, fmt.Errorf("train: listen on %s: %w", peers[f.rank], err)
+	}
+	if err := tr.Connect(ctx, peers); err != nil {
+		tr.Close()
+		return nil, nil, fmt.Errorf("train: connect to peers: %w", err)
+	}
+	all := make([]int, f.world)
+	for i := range all {
+		all[i] = i
+	}
+	world, err := parallel.NewComm(tr, all, parallel.CommOptions{Name: "world"})
+	if err != nil {
+		tr.Close()
+		return nil, nil, err
+	}
+	dist, err := train.NewDist(layout, f.rank, world)
+	if err != nil {
+		tr.Close()
+		return nil, nil, usageError{err}
+	}
+	return dist, func() { tr.Close() }, nil
+}

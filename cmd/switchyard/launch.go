@@ -1,0 +1,181 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// cmdLaunch starts nproc `switchyard train` processes on this machine that
+// find each other over loopback gRPC (torchrun's standalone mode), streams
+// their output with a rank prefix, and fails fast if any of them fails.
+func cmdLaunch(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("launch", flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "usage: switchyard launch --nproc N [--tp a] [--ep b] [--dp c] [--balance dp|node|none] -- <train flags>")
+		fs.PrintDefaults()
+	}
+	nproc := fs.Int("nproc", 2, "processes to start")
+	tp := fs.Int("tp", 1, "tensor-parallel degree")
+	ep := fs.Int("ep", 1, "expert-parallel degree")
+	dp := fs.Int("dp", 0, "data-parallel degree (default nproc/tp)")
+	balance := fs.String("balance", "dp", "LBL balance group: dp, node or none")
+	commTimeout := fs.Duration("comm-timeout", 30*time.Second, "a peer silent this long in a collective is an error on every rank")
+	grace := fs.Duration("grace", 0, "after a rank fails, how long the others get to exit on their own before they are killed (default comm-timeout + 10s)")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return usageError{err}
+	}
+	if *grace == 0 {
+		*grace = *commTimeout + 10*time.Second
+	}
+	df := distFlags{world: *nproc, tp: *tp, dp: *dp, ep: *ep, balance: *balance}
+	if _, err := df.layout(); err != nil {
+		return usageError{err}
+	}
+	peers, err := freeLoopbackAddrs(*nproc)
+	if err != nil {
+		return fmt.Errorf("launch: %w", err)
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("launch: %w", err)
+	}
+	type exit struct {
+		rank int
+		err  error
+	}
+	exits := make(chan exit, *nproc)
+	cmds := make([]*exec.Cmd, *nproc)
+	var outMu sync.Mutex
+	var pipes sync.WaitGroup
+	for r := 0; r < *nproc; r++ {
+		argv := append([]string{"train"}, fs.Args()...)
+		argv = append(argv, "--rank", fmt.Sprint(r), "--world", fmt.Sprint(*nproc), "--tp", fmt.Sprint(*tp), "--ep", fmt.Sprint(*ep),
+			"--dp", fmt.Sprint(*dp), "--balance", *balance, "--peers", strings.Join(peers, ","), "--comm-timeout", commTimeout.String())
+		c := exec.Command(self, argv...)
+		stdout, _ := c.StdoutPipe()
+		stderr, _ := c.StderrPipe()
+		if err := c.Start(); err != nil {
+			for _, started := range cmds[:r] {
+				started.Process.Kill()
+			}
+			return fmt.Errorf("launch: start rank %d: %w", r, err)
+		}
+		cmds[r] = c
+		fmt.Fprintf(os.Stderr, "launch: rank %d pid %d on %s\n", r, c.Process.Pid, peers[r])
+		for _, p := range []struct {
+			src io.Reader
+			dst *os.File
+		}{{stdout, os.Stdout}, {stderr, os.Stderr}} {
+			pipes.Add(1)
+			go func(r int) {
+				defer pipes.Done()
+				prefixLines(p.src, p.dst, r, *nproc, &outMu)
+			}(r)
+		}
+	}
+	go func() {
+		for r, c := range cmds {
+			go func() { exits <- exit{r, c.Wait()} }()
+		}
+	}()
+	var first *exit
+	var failed []exit
+	remaining := *nproc
+	var deadline <-chan time.Time
+	for remaining > 0 {
+		select {
+		case e := <-exits:
+			remaining--
+			if e.err != nil {
+				failed = append(failed, e)
+			}
+			if e.err != nil && first == nil {
+				first = &e
+				fmt.Fprintf(os.Stderr, "launch: rank %d failed: %v; waiting up to %s for the other ranks to stop\n", e.rank, e.err, *grace)
+				deadline = time.After(*grace)
+			}
+		case <-ctx.Done():
+			for _, c := range cmds {
+				c.Process.Signal(syscall.SIGTERM)
+			}
+			ctx = context.Background()
+			deadline = time.After(*grace)
+		case <-deadline:
+			fmt.Fprintf(os.Stderr, "launch: killing %d rank(s) still running\n", remaining)
+			for _, c := range cmds {
+				if c.ProcessState == nil {
+					c.Process.Kill()
+				}
+			}
+			deadline = nil
+		}
+	}
+	pipes.Wait()
+	if first == nil {
+		return nil
+	}
+	// Name the cause: a rank that died from a signal (killed, crashed)
+	// rather than the first survivor that noticed it and exited.
+	cause := *first
+	for _, e := range failed {
+		var ee *exec.ExitError
+		if errors.As(e.err, &ee) {
+			if st, ok := ee.Sys().(syscall.WaitStatus); ok && st.Signaled() {
+				cause = e
+				break
+			}
+		}
+	}
+	parts := make([]string, 0, len(failed))
+	for _, e := range failed {
+		parts = append(parts, fmt.Sprintf("rank %d: %v", e.rank, e.err))
+	}
+	return fmt.Errorf("launch: rank %d failed (%v); ranks that failed: %s", cause.rank, cause.err, strings.Join(parts, ", "))
+}
+
+// prefixLines copies lines from src to dst, prefixed with the rank.
+func prefixLines(src io.Reader, dst *os.File, rank, world int, mu *sync.Mutex) {
+	sc := bufio.NewScanner(src)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	w := len(fmt.Sprint(world - 1))
+	for sc.Scan() {
+		mu.Lock()
+		fmt.Fprintf(dst, "[rank %*d] %s\n", w, rank, sc.Text())
+		mu.Unlock()
+	}
+}
+
+// freeLoopbackAddrs reserves n distinct free loopback ports. The ports are
+// released before the ranks bind them; on loopback the window is tiny.
+func freeLoopbackAddrs(n int) ([]string, error) {
+	var ls []net.Listener
+	defer func() {
+		for _, l := range ls {
+			l.Close()
+		}
+	}()
+	out := make([]string, n)
+	for i := range out {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		ls = append(ls, l)
+		out[i] = l.Addr().String()
+	}
+	return out, nil
+}

@@ -1,0 +1,153 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// buildCLI compiles this command into a temporary directory.
+func buildCLI(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "switchyard")
+	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+const smallRunYAML = `
+model: {vocab: 256, dim: 32, layers: 2, heads: 2, seq_len: 32, experts: 4, top_k: 2, hidden: 32}
+micro_batch: 2
+accumulation: 1
+steps: 100000
+data: {demo_bytes: 16384, eval_seqs: 4}
+`
+
+// Kill -9 one rank of a 3-process run mid-training: every other rank must
+// notice on its own and exit with an error that names the lost peer, within
+// the collective timeout, and the launcher must report the failed rank —
+// no hang.
+func TestLaunchKill9OneRank(t *testing.T) { launchAndHurt(t, syscall.SIGKILL) }
+
+// A rank that stalls (SIGSTOP) is the same failure after the collective
+// timeout: the others time out with an error, the launcher kills the
+// stalled one after its grace period.
+func TestLaunchStalledRank(t *testing.T) { launchAndHurt(t, syscall.SIGSTOP) }
+
+func launchAndHurt(t *testing.T, sig syscall.Signal) {
+	if testing.Short() {
+		t.Skip("starts processes")
+	}
+	bin := buildCLI(t)
+	cfg := filepath.Join(t.TempDir(), "run.yaml")
+	if err := os.WriteFile(cfg, []byte(smallRunYAML), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	const commTimeout = 5 * time.Second
+	grace := 60 * time.Second
+	if sig == syscall.SIGSTOP {
+		grace = 5 * time.Second
+	}
+	cmd := exec.Command(bin, "launch", "--nproc", "3", "--comm-timeout", commTimeout.String(), "--grace", grace.String(), "--", "--config", cfg)
+	stderr, _ := cmd.StderrPipe()
+	var stdout bytes.Buffer
+	cmd.Stdout = &stdout
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	pidRe := regexp.MustCompile(`launch: rank (\d+) pid (\d+)`)
+	pids := map[int]int{}
+	var all strings.Builder
+	var mu sync.Mutex
+	training := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		sc := bufio.NewScanner(stderr)
+		once := sync.Once{}
+		for sc.Scan() {
+			line := sc.Text()
+			mu.Lock()
+			all.WriteString(line + "\n")
+			if m := pidRe.FindStringSubmatch(line); m != nil {
+				r, _ := strconv.Atoi(m[1])
+				p, _ := strconv.Atoi(m[2])
+				pids[r] = p
+			}
+			mu.Unlock()
+			if strings.Contains(line, "step 1/") {
+				once.Do(func() { close(training) })
+			}
+		}
+	}()
+	select {
+	case <-training:
+	case <-time.After(90 * time.Second):
+		mu.Lock()
+		defer mu.Unlock()
+		t.Fatalf("no training step within 90 s:\n%s", all.String())
+	}
+	time.Sleep(500 * time.Millisecond) // mid-run, not at the first step's edge
+	mu.Lock()
+	victim := pids[1]
+	mu.Unlock()
+	if err := syscall.Kill(victim, sig); err != nil {
+		t.Fatal(err)
+	}
+	killed := time.Now()
+	waitErr := make(chan error, 1)
+	go func() { <-done; waitErr <- cmd.Wait() }()
+	var err error
+	select {
+	case err = <-waitErr:
+	case <-time.After(commTimeout + grace + 30*time.Second):
+		t.Fatal("launcher still running long after the fault: a rank hangs")
+	}
+	took := time.Since(killed)
+	mu.Lock()
+	out := all.String()
+	mu.Unlock()
+	t.Logf("launcher exited %v after the kill: %v\n%s", took.Round(time.Millisecond), err, lastLines(out, 8))
+	if err == nil {
+		t.Fatalf("launcher exited 0 after a rank was killed:\n%s", out)
+	}
+	if !strings.Contains(out, "switchyard: launch: rank 1 failed (signal: killed)") {
+		t.Errorf("launcher does not name the failed rank:\n%s", out)
+	}
+	want := "(peer|closed|lost)"
+	if sig == syscall.SIGSTOP {
+		want = "timed out"
+	} else if strings.Contains(out, "killing") {
+		t.Errorf("surviving ranks had to be killed instead of failing on their own:\n%s", out)
+	}
+	for _, r := range []string{"0", "2"} {
+		re := regexp.MustCompile(`\[rank ` + r + `\] switchyard: .*` + want)
+		if !re.MatchString(out) {
+			t.Errorf("rank %s printed no clear error about the lost peer:\n%s", r, out)
+		}
+	}
+	limit := commTimeout + 10*time.Second
+	if sig == syscall.SIGSTOP {
+		limit += grace
+	}
+	if took > limit {
+		t.Errorf("ranks took %v to fail (timeout %v)", took, commTimeout)
+	}
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}

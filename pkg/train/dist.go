@@ -3,6 +3,7 @@ package train
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/switchyard-ml/switchyard/pkg/lbl"
 	"github.com/switchyard-ml/switchyard/pkg/parallel"
@@ -67,6 +68,19 @@ type commReducer struct{ c *parallel.Comm }
 
 func (r commReducer) AllReduceSum(ctx context.Context, v []float64) error {
 	return r.c.AllReduceF64(ctx, v, parallel.Sum)
+}
+
+// timedReducer measures the time the LBL count synchronisation takes.
+type timedReducer struct {
+	r     lbl.Reducer
+	spent *time.Duration
+}
+
+func (t timedReducer) AllReduceSum(ctx context.Context, v []float64) error {
+	start := time.Now()
+	err := t.r.AllReduceSum(ctx, v)
+	*t.spent += time.Since(start)
+	return err
 }
 
 // gradBucket is the all-reduce granularity of the flat gradient (floats):

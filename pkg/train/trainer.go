@@ -33,7 +33,8 @@ type Trainer struct {
 	global   []int // scratch: the global micro-batch's sequence indices
 	step     int
 	seqIdx   []int
-	optTime  time.Duration // clipping, AdamW and zeroing, summed over steps
+	optTime  time.Duration  // clipping, AdamW and zeroing, summed over steps
+	syncTime *time.Duration // LBL count synchronisation, summed over steps
 }
 
 // StepMetrics is one line of metrics.jsonl.
@@ -47,6 +48,8 @@ type StepMetrics struct {
 	TokensPerS float64     `json:"tokens_per_s"`
 	ElapsedS   float64     `json:"elapsed_s"`
 	ExpertLoad [][]float64 `json:"expert_load"` // per MoE layer, share of the step's (global) selections per expert
+	LBLSyncS   float64     `json:"lbl_sync_s"`  // time this rank spent synchronising expert counts in the step
+	StepS      float64     `json:"step_s"`      // wall time of the step
 }
 
 // New prepares a run: corpus, model, optimizer, balancer, loader. Progress
@@ -110,7 +113,8 @@ func NewParallel(cfg Config, corpus *data.Corpus, w io.Writer, dist *Dist) (*Tra
 	if corpus.SeqLen != mc.SeqLen {
 		return nil, fmt.Errorf("%w: corpus packed for seq_len %d, model has %d", ErrConfig, corpus.SeqLen, mc.SeqLen)
 	}
-	bal, err := lbl.NewBalancer(cfg.BalancerConfig(), mc.MoELayers(), mc.Experts, mc.TopK, dist.reducer())
+	syncTime := new(time.Duration)
+	bal, err := lbl.NewBalancer(cfg.BalancerConfig(), mc.MoELayers(), mc.Experts, mc.TopK, timedReducer{dist.reducer(), syncTime})
 	if err != nil {
 		return nil, fmt.Errorf("%w: lbl: %w", ErrConfig, err)
 	}
@@ -134,7 +138,7 @@ func NewParallel(cfg Config, corpus *data.Corpus, w io.Writer, dist *Dist) (*Tra
 		m.Close()
 		return nil, fmt.Errorf("train: loader: %w", err)
 	}
-	t := &Trainer{Cfg: cfg, MCfg: mc, Corpus: corpus, Model: m, Opt: opt, Bal: bal, Loader: loader, Dist: dist}
+	t := &Trainer{Cfg: cfg, MCfg: mc, Corpus: corpus, Model: m, Opt: opt, Bal: bal, Loader: loader, Dist: dist, syncTime: syncTime}
 	if w != nil && dist.Leader() {
 		t.progress = newProgress(w, cfg.Steps)
 	}
@@ -185,6 +189,7 @@ func (t *Trainer) fillTrain() {
 // returns its metrics.
 func (t *Trainer) TrainStep(ctx context.Context) (StepMetrics, error) {
 	start := time.Now()
+	sync0 := *t.syncTime
 	M := t.Cfg.Accumulation
 	var loss, aux float64
 	lblL := make([]float64, t.MCfg.MoELayers())
@@ -247,7 +252,8 @@ func (t *Trainer) TrainStep(ctx context.Context) (StepMetrics, error) {
 	copy(lblL, vals[2:])
 	el := time.Since(start).Seconds()
 	tokens := float64(M * t.Cfg.MicroBatch * t.Dist.dpSize() * t.MCfg.SeqLen)
-	sm := StepMetrics{Step: t.step, Loss: loss, Aux: aux, LBL: lblL, LR: lr, GradNorm: gnorm, TokensPerS: tokens / el, ElapsedS: el, ExpertLoad: load}
+	sm := StepMetrics{Step: t.step, Loss: loss, Aux: aux, LBL: lblL, LR: lr, GradNorm: gnorm, TokensPerS: tokens / el, ElapsedS: el, ExpertLoad: load,
+		LBLSyncS: (*t.syncTime - sync0).Seconds(), StepS: el}
 	if math.IsNaN(loss) || math.IsInf(loss, 0) {
 		return sm, fmt.Errorf("train: step %d: loss is %v", t.step, loss)
 	}

@@ -1,6 +1,7 @@
 package model
 
 import (
+	"context"
 	"fmt"
 
 	G "gorgonia.org/gorgonia"
@@ -21,7 +22,29 @@ type Model struct {
 	Eval  *Program
 	scale float32 // gradient scale of one micro-batch (1 / accumulation steps)
 	fail  error   // set by an op whose own error gorgonia would wrap
+	// exchange moves tokens between expert-parallel ranks (nil: this model
+	// holds every expert)
+	exchange ExpertExchange
 }
+
+// ExpertExchange is what expert parallelism needs from the parallel
+// runtime: an all-to-all with variable counts over the expert-parallel
+// group. Expert e lives on rank e*Size()/E.
+type ExpertExchange interface {
+	Rank() int
+	Size() int
+	AllToAllVF32(ctx context.Context, send []float32, sendCounts []int, recv []float32, recvCounts []int) error
+}
+
+// Option configures New.
+type Option func(*options)
+
+type options struct{ exchange ExpertExchange }
+
+// WithExpertParallel makes the model hold only its share of every MoE
+// layer's routed experts and exchange tokens with the other expert-parallel
+// ranks through ex.
+func WithExpertParallel(ex ExpertExchange) Option { return func(o *options) { o.exchange = ex } }
 
 // Program is one compiled graph with its input batch.
 type Program struct {
@@ -43,7 +66,11 @@ type Program struct {
 // New builds a model for micro-batches of microBatch sequences. bal receives
 // the router statistics of training steps (it must cover cfg.MoELayers()
 // layers); domains sizes the evaluation statistics.
-func New(cfg Config, microBatch int, bal *lbl.Balancer, domains int) (*Model, error) {
+func New(cfg Config, microBatch int, bal *lbl.Balancer, domains int, opts ...Option) (*Model, error) {
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
 	cfg.Defaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -52,7 +79,15 @@ func New(cfg Config, microBatch int, bal *lbl.Balancer, domains int) (*Model, er
 		return nil, fmt.Errorf("%w: micro-batch = %d: must be >= 1", ErrConfig, microBatch)
 	}
 	useEngineBLAS()
-	m := &Model{Cfg: cfg, P: buildParams(cfg), scale: 1}
+	lo, hi := 0, cfg.Experts
+	if o.exchange != nil {
+		n, r := o.exchange.Size(), o.exchange.Rank()
+		if cfg.Experts%n != 0 {
+			return nil, fmt.Errorf("%w: experts = %d: expert parallelism over %d ranks needs a multiple of %d", ErrConfig, cfg.Experts, n, n)
+		}
+		lo, hi = r*cfg.Experts/n, (r+1)*cfg.Experts/n
+	}
+	m := &Model{Cfg: cfg, P: buildParams(cfg, lo, hi), scale: 1, exchange: o.exchange}
 	var err error
 	if m.Train, err = m.build(microBatch, bal, nil, true); err != nil {
 		return nil, err
@@ -117,6 +152,9 @@ func (m *Model) build(B int, bal *lbl.Balancer, stats *ExpertStats, train bool) 
 			if c.IsMoE(l) {
 				op := newMoEOp(tag(pname(l, "moe")), l, moeIdx, c, pr.Batch, m.P, bal, stats, &m.scale)
 				op.fail = &m.fail
+				if m.exchange != nil {
+					op.ep = newEPState(m.exchange, T, c.Experts, c.TopK, d, c.Hidden)
+				}
 				pr.moes = append(pr.moes, op)
 				moeIdx++
 				f = must(G.ApplyOp(op, h2))

@@ -33,7 +33,8 @@ type moeOp struct {
 	bal           *lbl.Balancer // nil in evaluation graphs
 	stats         *ExpertStats  // non-nil: record selections per domain
 	scale         *float32
-	fail          *error // the op's own error, reported instead of gorgonia's wrapping of it
+	fail          *error   // the op's own error, reported instead of gorgonia's wrapping of it
+	ep            *epState // nil: every expert is local
 	T, d, h, E, k int
 	capacity      int
 
@@ -96,7 +97,8 @@ func newMoEOp(tag string, l, moeIdx int, cfg Config, b *Batch, p *Params, bal *l
 	o.act = newFFNAct(T*k, h)
 	o.outTD = make([]float32, T*d)
 	o.outVal = dense(o.outTD, T, d)
-	o.experts = ffnGroup{d: d, h: h, blocks: make([]ffnBlock, E)}
+	El := len(o.w1) / (d * h)
+	o.experts = ffnGroup{d: d, h: h, blocks: make([]ffnBlock, El)}
 	for e := range o.experts.blocks {
 		o.experts.blocks[e] = ffnBlock{w1: o.w1[e*d*h : (e+1)*d*h], w3: o.w3[e*d*h : (e+1)*d*h], w2: o.w2[e*h*d : (e+1)*h*d],
 			gw1: o.gw1[e*d*h : (e+1)*d*h], gw3: o.gw3[e*d*h : (e+1)*d*h], gw2: o.gw2[e*h*d : (e+1)*h*d]}
@@ -155,8 +157,15 @@ func (o *moeOp) Do(in ...G.Value) (G.Value, error) {
 		t := int(o.plan.Token[s])
 		copy(o.xeSD[s*d:(s+1)*d], x[t*d:(t+1)*d])
 	}
-	o.bindExperts(false)
-	o.experts.forward(0)
+	if o.ep != nil {
+		if err := o.forwardRemote(context.Background(), S); err != nil {
+			*o.fail = err
+			return nil, err
+		}
+	} else {
+		o.bindExperts(false)
+		o.experts.forward(0)
+	}
 	// combine: y[t] = sum over kept choices of w[t,c] * ye[slot]
 	clear(o.outTD)
 	for s := 0; s < S; s++ {
@@ -182,6 +191,9 @@ func (o *moeOp) SymDiff(in G.Nodes, out, grad *G.Node) (G.Nodes, error) {
 	o.dProbsTE = make([]float32, T*E)
 	o.dLogitsTE = make([]float32, T*E)
 	o.scratch = newFFNAct(T*k, h)
+	if o.ep != nil {
+		o.ep.allocBackward(T, k, d, h)
+	}
 	if o.cfg.Shared > 0 {
 		o.sharedScratch = newFFNAct(T, h)
 	}
@@ -215,8 +227,15 @@ func (g *moeGradOp) Do(in ...G.Value) (G.Value, error) {
 			dst[i] = w * v
 		}
 	}
-	o.bindExperts(true)
-	o.experts.backward(0)
+	if o.ep != nil {
+		if err := o.backwardRemote(context.Background(), S); err != nil {
+			*o.fail = err
+			return nil, err
+		}
+	} else {
+		o.bindExperts(true)
+		o.experts.backward(0)
+	}
 	// scatter slot input gradients back to tokens
 	clear(o.dxTD)
 	for s := 0; s < S; s++ {

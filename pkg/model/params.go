@@ -2,6 +2,7 @@ package model
 
 import (
 	"fmt"
+	"hash/fnv"
 	"math"
 	"math/rand/v2"
 
@@ -16,19 +17,31 @@ type Param struct {
 	Offset int
 	Size   int
 	Decay  bool // weight decay applies (matrices); norms' gains are exempt
+	// Expert marks routed-expert weights: with expert parallelism a rank
+	// holds only its experts' slices, and their gradients are reduced over
+	// the expert-data-parallel group instead of the data-parallel one.
+	Expert bool
 }
 
 // Params owns every parameter and gradient of a model in two flat float32
 // buffers. Tensors (gorgonia or hand-written kernels) are views of them, so
 // the optimizer, the gradient all-reduce and checkpoints see one buffer.
 type Params struct {
-	List  []Param
-	Data  []float32
-	Grad  []float32
-	index map[string]int
+	// ExpertLo is the global index of the first routed expert this model
+	// holds (0 without expert parallelism).
+	ExpertLo int
+	List     []Param
+	Data     []float32
+	Grad     []float32
+	index    map[string]int
 }
 
 func newParams() *Params { return &Params{index: map[string]int{}} }
+
+func (p *Params) addExpert(name string, shape ...int) {
+	p.add(name, true, shape...)
+	p.List[len(p.List)-1].Expert = true
+}
 
 func (p *Params) add(name string, decay bool, shape ...int) {
 	if _, dup := p.index[name]; dup {
@@ -94,9 +107,13 @@ func (p *Params) ZeroGrad() { clear(p.Grad) }
 // layer parameter names
 func pname(l int, what string) string { return fmt.Sprintf("layers.%d.%s", l, what) }
 
-func buildParams(c Config) *Params {
+// buildParams lays out the parameters of a model that holds routed experts
+// [lo, hi) of every MoE layer (all of them: 0, E).
+func buildParams(c Config, lo, hi int) *Params {
 	p := newParams()
+	p.ExpertLo = lo
 	d, h, E, V := c.Dim, c.Hidden, c.Experts, c.Vocab
+	El := hi - lo
 	p.add("embed", true, V, d)
 	for l := 0; l < c.Layers; l++ {
 		p.add(pname(l, "attn_norm"), false, d)
@@ -105,9 +122,9 @@ func buildParams(c Config) *Params {
 		p.add(pname(l, "ffn_norm"), false, d)
 		if c.IsMoE(l) {
 			p.add(pname(l, "router"), true, d, E)
-			p.add(pname(l, "w1"), true, E, d, h)
-			p.add(pname(l, "w3"), true, E, d, h)
-			p.add(pname(l, "w2"), true, E, h, d)
+			p.addExpert(pname(l, "w1"), El, d, h)
+			p.addExpert(pname(l, "w3"), El, d, h)
+			p.addExpert(pname(l, "w2"), El, h, d)
 			if c.Shared > 0 {
 				p.add(pname(l, "shared_w1"), true, c.Shared, d, h)
 				p.add(pname(l, "shared_w3"), true, c.Shared, d, h)
@@ -127,9 +144,11 @@ func buildParams(c Config) *Params {
 }
 
 // Init fills the parameters deterministically from seed: N(0, InitStd) for
-// matrices, 1 for norm gains.
+// matrices, 1 for norm gains. Every tensor, and every expert of a routed
+// expert tensor, draws from its own stream keyed by (seed, name, global
+// expert index), so a model holding a subset of the experts gets exactly
+// the values the whole model has for them.
 func (p *Params) Init(c Config, seed uint64) {
-	rng := rand.New(rand.NewPCG(seed, 0x5eed))
 	for _, q := range p.List {
 		w := p.Data[q.Offset : q.Offset+q.Size]
 		if !q.Decay {
@@ -138,8 +157,22 @@ func (p *Params) Init(c Config, seed uint64) {
 			}
 			continue
 		}
-		for i := range w {
-			w[i] = float32(rng.NormFloat64() * c.InitStd)
+		h := fnv.New64a()
+		h.Write([]byte(q.Name))
+		key := h.Sum64()
+		parts, per := 1, q.Size
+		if q.Expert {
+			parts, per = q.Shape[0], q.Size/q.Shape[0]
+		}
+		for e := 0; e < parts; e++ {
+			stream := key
+			if q.Expert {
+				stream = key ^ uint64(p.ExpertLo+e+1)*0x9e3779b97f4a7c15
+			}
+			rng := rand.New(rand.NewPCG(seed, stream))
+			for i := range w[e*per : (e+1)*per] {
+				w[e*per+i] = float32(rng.NormFloat64() * c.InitStd)
+			}
 		}
 	}
 	clear(p.Grad)

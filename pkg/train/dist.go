@@ -3,9 +3,12 @@ package train
 import (
 	"context"
 	"fmt"
+	"math"
 	"time"
 
+	"github.com/switchyard-ml/switchyard/pkg/kernels"
 	"github.com/switchyard-ml/switchyard/pkg/lbl"
+	"github.com/switchyard-ml/switchyard/pkg/model"
 	"github.com/switchyard-ml/switchyard/pkg/parallel"
 )
 
@@ -17,22 +20,34 @@ import (
 // message), the gradient all-reduce over the DP group after the last
 // micro-batch, and metric/evaluation reductions.
 //
-// Supported today: data parallelism (TP = 1, EP = 1). Expert and tensor
-// parallelism are refused with an error naming them.
+// Supported today: data and expert parallelism (TP = 1). With EP > 1 the
+// model holds only its EP rank's experts and exchanges tokens over the EP
+// group (pkg/model's ExpertExchange); expert gradients are reduced over
+// the expert-data-parallel group (ranks holding the same experts), every
+// other gradient over the DP group. Tensor parallelism is refused with an
+// error naming it.
 type Dist struct {
 	Layout parallel.Layout
 	Rank   int
 	// World is a communicator over every rank of the layout.
 	World *parallel.Comm
 
-	dp, balance *parallel.Comm
-	dpRank      int
+	dp, balance  *parallel.Comm
+	ep, expertDP *parallel.Comm // nil without expert parallelism
+	dpRank       int
+	runs         []gradRun
+}
+
+// gradRun is a contiguous run of the flat gradient reduced over one group.
+type gradRun struct {
+	off, len int
+	expert   bool
 }
 
 // NewDist derives the trainer's groups from the layout.
 func NewDist(layout parallel.Layout, rank int, world *parallel.Comm) (*Dist, error) {
-	if layout.TP() != 1 || layout.EP() != 1 {
-		return nil, fmt.Errorf("%w: layout %s: tensor and expert parallelism are not supported yet (tp and ep must be 1)", ErrConfig, layout)
+	if layout.TP() != 1 {
+		return nil, fmt.Errorf("%w: layout %s: tensor parallelism is not supported yet (tp must be 1)", ErrConfig, layout)
 	}
 	d := &Dist{Layout: layout, Rank: rank, World: world}
 	var err error
@@ -43,7 +58,35 @@ func NewDist(layout parallel.Layout, rank int, world *parallel.Comm) (*Dist, err
 		return nil, fmt.Errorf("train: balance group: %w", err)
 	}
 	d.dpRank = layout.Coord(rank).DP
+	if layout.EP() > 1 {
+		if d.ep, err = world.Sub("ep", layout.EPGroup(rank)); err != nil {
+			return nil, fmt.Errorf("train: ep group: %w", err)
+		}
+		if d.expertDP, err = world.Sub("expert-dp", layout.ExpertDPGroup(rank)); err != nil {
+			return nil, fmt.Errorf("train: expert-dp group: %w", err)
+		}
+	}
 	return d, nil
+}
+
+// modelOptions are the model options this rank's place in the layout needs.
+func (d *Dist) modelOptions() []model.Option {
+	if d == nil || d.ep == nil {
+		return nil
+	}
+	return []model.Option{model.WithExpertParallel(d.ep)}
+}
+
+func (d *Dist) planRuns(p *model.Params) {
+	d.runs = d.runs[:0]
+	for _, q := range p.List {
+		ex := q.Expert && d.ep != nil
+		if n := len(d.runs); n > 0 && d.runs[n-1].expert == ex && d.runs[n-1].off+d.runs[n-1].len == q.Offset {
+			d.runs[n-1].len += q.Size
+			continue
+		}
+		d.runs = append(d.runs, gradRun{off: q.Offset, len: q.Size, expert: ex})
+	}
 }
 
 // Leader reports whether this rank prints progress and writes files.
@@ -87,16 +130,30 @@ func (t timedReducer) AllReduceSum(ctx context.Context, v []float64) error {
 // 4 Mi floats, 16 MiB, bounds the transport's buffers.
 const gradBucket = 4 << 20
 
-// reduceGrads sums the gradients over the DP group and divides by its size
-// (every rank's loss is a mean over its own tokens).
-func (d *Dist) reduceGrads(ctx context.Context, g []float32) error {
+// reduceGrads sums the gradients over the DP group (expert gradients over
+// the expert-DP group: the owner already summed every DP rank's tokens) and
+// divides by the DP size (every rank's loss is a mean over its own tokens).
+func (d *Dist) reduceGrads(ctx context.Context, p *model.Params) error {
 	if d == nil || d.dp.Size() == 1 {
 		return nil
 	}
-	for off := 0; off < len(g); off += gradBucket {
-		b := g[off:min(off+gradBucket, len(g))]
-		if err := d.dp.AllReduce(ctx, b, parallel.Sum); err != nil {
-			return fmt.Errorf("train: gradient all-reduce: %w", err)
+	if d.runs == nil {
+		d.planRuns(p)
+	}
+	g := p.Grad
+	for _, r := range d.runs {
+		c := d.dp
+		if r.expert {
+			c = d.expertDP
+		}
+		if c.Size() == 1 {
+			continue
+		}
+		for off := r.off; off < r.off+r.len; off += gradBucket {
+			b := g[off:min(off+gradBucket, r.off+r.len)]
+			if err := c.AllReduce(ctx, b, parallel.Sum); err != nil {
+				return fmt.Errorf("train: gradient all-reduce: %w", err)
+			}
 		}
 	}
 	inv := 1 / float32(d.dp.Size())
@@ -126,4 +183,34 @@ func (d *Dist) sumDP(ctx context.Context, v []float64) error {
 		return fmt.Errorf("train: metrics all-reduce: %w", err)
 	}
 	return nil
+}
+
+// gradNorm is the L2 norm of the whole model's gradient after reduction:
+// with expert parallelism each rank holds only its experts' part, so those
+// squares are summed over the EP group.
+func (d *Dist) gradNorm(ctx context.Context, p *model.Params) (float64, error) {
+	if d == nil || d.ep == nil {
+		return p.GradNorm(), nil
+	}
+	if d.runs == nil {
+		d.planRuns(p)
+	}
+	var sq [2]float64 // dense, expert
+	for _, r := range d.runs {
+		b := p.Grad[r.off : r.off+r.len]
+		for i := 0; i < len(b); i += 1024 {
+			c := b[i:min(i+1024, len(b))]
+			v := float64(kernels.Dot(c, c))
+			if r.expert {
+				sq[1] += v
+			} else {
+				sq[0] += v
+			}
+		}
+	}
+	e := sq[1:]
+	if err := d.ep.AllReduceF64(ctx, e, parallel.Sum); err != nil {
+		return 0, fmt.Errorf("train: gradient norm: %w", err)
+	}
+	return math.Sqrt(sq[0] + e[0]), nil
 }

@@ -118,7 +118,7 @@ func NewParallel(cfg Config, corpus *data.Corpus, w io.Writer, dist *Dist) (*Tra
 	if err != nil {
 		return nil, fmt.Errorf("%w: lbl: %w", ErrConfig, err)
 	}
-	m, err := model.New(mc, cfg.MicroBatch, bal, len(corpus.Domains))
+	m, err := model.New(mc, cfg.MicroBatch, bal, len(corpus.Domains), dist.modelOptions()...)
 	if err != nil {
 		return nil, err
 	}
@@ -214,10 +214,13 @@ func (t *Trainer) TrainStep(ctx context.Context) (StepMetrics, error) {
 		}
 	}
 	optStart := time.Now()
-	if err := t.Dist.reduceGrads(ctx, t.Model.P.Grad); err != nil {
+	if err := t.Dist.reduceGrads(ctx, t.Model.P); err != nil {
 		return StepMetrics{}, err
 	}
-	gnorm := t.Model.P.GradNorm()
+	gnorm, err := t.Dist.gradNorm(ctx, t.Model.P)
+	if err != nil {
+		return StepMetrics{}, err
+	}
 	if s := t.Opt.ClipScale(gnorm); s < 1 {
 		for i := range t.Model.P.Grad {
 			t.Model.P.Grad[i] *= float32(s)

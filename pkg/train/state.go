@@ -1,0 +1,70 @@
+package train
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/switchyard-ml/switchyard/pkg/data"
+	"github.com/switchyard-ml/switchyard/pkg/lbl"
+)
+
+// ErrState is wrapped by every error restoring a trainer state.
+var ErrState = errors.New("train: state does not fit this run")
+
+// State is everything that determines the rest of a run after an optimizer
+// step: with it restored, the following steps are bitwise those of the
+// uninterrupted run (same kernels, same layout). It holds this rank's
+// parameters (with expert parallelism: its experts only) and optimizer
+// moments; the balancer and loader states are the same on every rank.
+type State struct {
+	Step     int           // optimizer steps taken
+	Params   []float32     // model.Params.Data
+	AdamM    []float32     // optimizer first moments
+	AdamV    []float32     // optimizer second moments
+	AdamT    int           // optimizer step count (bias correction)
+	Balancer lbl.State     // expert bias and LBL accumulation buffer
+	Loader   data.Position // next training sequence of the global stream
+}
+
+// Snapshot copies the trainer's state at a step boundary. The copy is the
+// caller's: training may go on while it is written out.
+func (t *Trainer) Snapshot() State {
+	return State{
+		Step:     t.step,
+		Params:   append([]float32(nil), t.Model.P.Data...),
+		AdamM:    append([]float32(nil), t.Opt.M...),
+		AdamV:    append([]float32(nil), t.Opt.V...),
+		AdamT:    t.Opt.T,
+		Balancer: t.Bal.State(),
+		Loader:   t.Loader.Pos(),
+	}
+}
+
+// Restore makes the trainer continue from s. It checks every size first and
+// changes nothing if one does not fit.
+func (t *Trainer) Restore(s State) error {
+	n := len(t.Model.P.Data)
+	switch {
+	case len(s.Params) != n:
+		return fmt.Errorf("%w: %d parameters, the model has %d", ErrState, len(s.Params), n)
+	case len(s.AdamM) != n || len(s.AdamV) != n:
+		return fmt.Errorf("%w: optimizer moments of %d and %d values, the model has %d", ErrState, len(s.AdamM), len(s.AdamV), n)
+	case s.Step < 0 || s.Step > t.Cfg.Steps:
+		return fmt.Errorf("%w: step %d outside the run's %d steps", ErrState, s.Step, t.Cfg.Steps)
+	case s.AdamT < 0:
+		return fmt.Errorf("%w: optimizer step %d", ErrState, s.AdamT)
+	}
+	if err := t.Bal.SetState(s.Balancer); err != nil {
+		return fmt.Errorf("%w: %w", ErrState, err)
+	}
+	if err := t.Loader.Seek(s.Loader); err != nil {
+		return fmt.Errorf("%w: %w", ErrState, err)
+	}
+	copy(t.Model.P.Data, s.Params)
+	copy(t.Opt.M, s.AdamM)
+	copy(t.Opt.V, s.AdamV)
+	t.Opt.T = s.AdamT
+	t.Model.P.ZeroGrad()
+	t.step = s.Step
+	return nil
+}

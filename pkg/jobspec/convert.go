@@ -1,0 +1,89 @@
+package jobspec
+
+import (
+	"fmt"
+
+	"github.com/switchyard-ml/switchyard/pkg/model"
+	"github.com/switchyard-ml/switchyard/pkg/optim"
+	"github.com/switchyard-ml/switchyard/pkg/scheduler"
+	"github.com/switchyard-ml/switchyard/pkg/train"
+)
+
+// TrainConfig maps the spec onto the per-process training config every rank
+// runs (the parallel layout, resources and policies are not part of it: the
+// worker gets its rank and layout from the coordinator). OutDir is left
+// empty for the worker to set. The result is validated by pkg/train.
+func (s *Spec) TrainConfig() (train.Config, error) {
+	corpus := s.Data.Corpus
+	if corpus == DemoCorpus {
+		corpus = ""
+	}
+	var overrides *model.Config
+	if s.Model.Config != (model.Config{}) {
+		o := s.Model.Config
+		overrides = &o
+	}
+	c := train.Config{
+		Preset: s.Model.Preset,
+		Model:  overrides,
+		LBL: train.LBLConfig{
+			Mode:      s.LBL.Mode,
+			Coef:      s.LBL.Coef,
+			MicroCoef: s.LBL.MicroCoef,
+			SeqCoef:   s.LBL.SeqCoef,
+			ZCoef:     s.LBL.ZCoef,
+			LayerCoef: append([]float64(nil), s.LBL.LayerCoef...),
+			BiasRate:  s.LBL.BiasRate,
+		},
+		Data: train.DataConfig{
+			Corpus:      corpus,
+			DemoBytes:   s.Data.DemoBytes,
+			ValFraction: s.Data.ValFraction,
+			EvalSeqs:    s.Data.EvalSeqs,
+		},
+		MicroBatch:   s.MicroBatch,
+		Accumulation: s.Accumulation,
+		Steps:        s.Steps,
+		Seed:         s.Seed,
+		Optim: optim.Config{
+			LR:          s.Optim.LR,
+			MinLR:       s.Optim.MinLR,
+			Beta1:       s.Optim.Beta1,
+			Beta2:       s.Optim.Beta2,
+			Eps:         s.Optim.Eps,
+			WeightDecay: s.Optim.WeightDecay,
+			WarmupSteps: s.Optim.WarmupSteps,
+			ClipNorm:    s.Optim.ClipNorm,
+		},
+		EvalEvery: s.EvalEvery,
+	}
+	if len(c.LBL.LayerCoef) == 0 {
+		c.LBL.LayerCoef = nil
+	}
+	if err := c.Validate(); err != nil {
+		return train.Config{}, fmt.Errorf("%w: training config: %w", ErrInvalid, err)
+	}
+	return c, nil
+}
+
+// SchedulerJob is the scheduler's view of the spec: the layout, per-rank
+// resources and label constraints, under the coordinator's job id and
+// submit sequence number.
+func (s *Spec) SchedulerJob(id string, seq uint64) scheduler.Job {
+	labels := make(map[string]string, len(s.Placement.HostLabels))
+	for k, v := range s.Placement.HostLabels {
+		labels[k] = v
+	}
+	return scheduler.Job{
+		ID:       id,
+		Priority: s.Priority,
+		Seq:      seq,
+		Layout:   scheduler.Layout{TP: s.Parallel.TP, DP: s.Parallel.DP, EP: s.Parallel.EP},
+		PerRank: scheduler.Resources{
+			CPUCores:  s.Resources.CPUCores,
+			MemoryMiB: s.Resources.MemoryMiB,
+			GPUs:      s.Resources.GPUs,
+		},
+		Labels: labels,
+	}
+}

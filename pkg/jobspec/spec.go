@@ -1,0 +1,276 @@
+package jobspec
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/switchyard-ml/switchyard/pkg/model"
+)
+
+var (
+	// ErrInvalid is wrapped by every validation error (see FieldError).
+	ErrInvalid = errors.New("jobspec: invalid spec")
+	// ErrSyntax is wrapped by errors decoding the YAML document.
+	ErrSyntax = errors.New("jobspec: malformed spec")
+)
+
+// MaxSize is the largest spec Parse accepts, in bytes.
+const MaxSize = 1 << 20
+
+// Spec is a job as the user submits it.
+type Spec struct {
+	Name         string     `yaml:"name" json:"name"`
+	Priority     int        `yaml:"priority" json:"priority"`
+	Model        Model      `yaml:"model" json:"model"`
+	Parallel     Parallel   `yaml:"parallel" json:"parallel"`
+	LBL          LBL        `yaml:"lbl" json:"lbl"`
+	Data         Data       `yaml:"data" json:"data"`
+	Optim        Optim      `yaml:"optim" json:"optim"`
+	MicroBatch   int        `yaml:"micro_batch" json:"micro_batch"`   // sequences per micro-batch per DP rank
+	Accumulation int        `yaml:"accumulation" json:"accumulation"` // micro-batches per optimizer step
+	Steps        int        `yaml:"steps" json:"steps"`               // optimizer steps
+	Seed         int64      `yaml:"seed" json:"seed"`
+	EvalEvery    int        `yaml:"eval_every" json:"eval_every"` // steps between evaluations (0: only at the end)
+	Resources    Resources  `yaml:"resources" json:"resources"`
+	Placement    Placement  `yaml:"placement" json:"placement"`
+	Checkpoint   Checkpoint `yaml:"checkpoint" json:"checkpoint"`
+	Restart      Restart    `yaml:"restart" json:"restart"`
+	Elastic      Elastic    `yaml:"elastic" json:"elastic"`
+}
+
+// Model is a preset, explicit model fields, or a preset with overrides.
+type Model struct {
+	Preset       string `yaml:"preset,omitempty" json:"preset,omitempty"`
+	model.Config `yaml:",inline"`
+}
+
+// Parallel is the parallel layout and the LBL balance group.
+type Parallel struct {
+	TP      int    `yaml:"tp" json:"tp"`
+	DP      int    `yaml:"dp" json:"dp"`
+	EP      int    `yaml:"ep" json:"ep"`
+	Balance string `yaml:"balance" json:"balance"` // "dp", "node" or "none"
+}
+
+// LBL selects the load-balancing losses.
+type LBL struct {
+	Mode      string    `yaml:"mode" json:"mode"` // "global" or "micro"
+	Coef      float64   `yaml:"coef" json:"coef"`
+	MicroCoef float64   `yaml:"micro_coef" json:"micro_coef"`
+	SeqCoef   float64   `yaml:"seq_coef" json:"seq_coef"`
+	ZCoef     float64   `yaml:"z_coef" json:"z_coef"`
+	LayerCoef []float64 `yaml:"layer_coef,omitempty" json:"layer_coef,omitempty"`
+	BiasRate  float64   `yaml:"bias_rate" json:"bias_rate"`
+}
+
+// DemoCorpus is the data.corpus value naming the built-in corpus.
+const DemoCorpus = "demo"
+
+// Data says where the corpus comes from.
+type Data struct {
+	Corpus      string  `yaml:"corpus" json:"corpus"` // "demo" or an absolute path
+	DemoBytes   int     `yaml:"demo_bytes" json:"demo_bytes"`
+	ValFraction float64 `yaml:"val_fraction" json:"val_fraction"`
+	EvalSeqs    int     `yaml:"eval_seqs" json:"eval_seqs"`
+}
+
+// Optim is the AdamW optimizer and its schedule.
+type Optim struct {
+	LR          float64 `yaml:"lr" json:"lr"`
+	MinLR       float64 `yaml:"min_lr" json:"min_lr"`
+	WarmupSteps int     `yaml:"warmup_steps" json:"warmup_steps"`
+	WeightDecay float64 `yaml:"weight_decay" json:"weight_decay"`
+	ClipNorm    float64 `yaml:"clip_norm" json:"clip_norm"`
+	Beta1       float64 `yaml:"beta1" json:"beta1"`
+	Beta2       float64 `yaml:"beta2" json:"beta2"`
+	Eps         float64 `yaml:"eps" json:"eps"`
+}
+
+// Resources is what each rank needs from its worker.
+type Resources struct {
+	CPUCores  int   `yaml:"cpu_cores" json:"cpu_cores"`
+	MemoryMiB int64 `yaml:"memory_mib" json:"memory_mib"`
+	GPUs      int   `yaml:"gpus" json:"gpus"`
+}
+
+// Placement constrains which workers may run the job.
+type Placement struct {
+	HostLabels map[string]string `yaml:"host_labels,omitempty" json:"host_labels,omitempty"`
+}
+
+// Storage backends for checkpoints.
+const (
+	StorageDir = "dir"
+	StorageS3  = "s3"
+)
+
+// Checkpoint is the checkpoint and retention policy.
+type Checkpoint struct {
+	IntervalSteps   int    `yaml:"interval_steps" json:"interval_steps"`     // 0: not by steps
+	IntervalMinutes int    `yaml:"interval_minutes" json:"interval_minutes"` // 0: not by time
+	KeepLast        int    `yaml:"keep_last" json:"keep_last"`
+	KeepBest        int    `yaml:"keep_best" json:"keep_best"` // by validation loss; needs eval_every > 0
+	Storage         string `yaml:"storage" json:"storage"`     // "dir" or "s3"
+	Path            string `yaml:"path" json:"path"`           // dir: "" or absolute; s3: s3://bucket[/prefix]
+}
+
+// Restart is the restart policy after a rank or worker fails.
+type Restart struct {
+	MaxRestarts    *int `yaml:"max_restarts" json:"max_restarts"`       // nil: 3
+	BackoffSeconds *int `yaml:"backoff_seconds" json:"backoff_seconds"` // nil: 10
+}
+
+// Elastic is the data-parallel range a restarted job may shrink or grow to.
+type Elastic struct {
+	MinDP int `yaml:"min_dp" json:"min_dp"`
+	MaxDP int `yaml:"max_dp" json:"max_dp"`
+}
+
+// Load reads and parses a spec file.
+func Load(path string) (*Spec, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("jobspec: read spec: %w", err)
+	}
+	return Parse(raw)
+}
+
+// Parse decodes a YAML spec strictly, applies the defaults and validates
+// it. Errors wrap ErrSyntax or ErrInvalid.
+func Parse(raw []byte) (*Spec, error) {
+	if len(raw) > MaxSize {
+		return nil, fmt.Errorf("%w: spec is %d bytes, the limit is %d", ErrSyntax, len(raw), MaxSize)
+	}
+	var s Spec
+	dec := yaml.NewDecoder(bytes.NewReader(raw))
+	dec.KnownFields(true)
+	if err := dec.Decode(&s); err != nil && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("%w: %v", ErrSyntax, err)
+	}
+	var extra yaml.Node
+	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("%w: a spec is one YAML document", ErrSyntax)
+	}
+	s.Defaults()
+	if err := s.Validate(); err != nil {
+		return nil, err
+	}
+	return &s, nil
+}
+
+// Marshal encodes the spec as YAML that Parse accepts.
+func (s *Spec) Marshal() ([]byte, error) {
+	var b bytes.Buffer
+	enc := yaml.NewEncoder(&b)
+	enc.SetIndent(2)
+	if err := enc.Encode(s); err != nil {
+		return nil, fmt.Errorf("jobspec: encode: %w", err)
+	}
+	if err := enc.Close(); err != nil {
+		return nil, fmt.Errorf("jobspec: encode: %w", err)
+	}
+	return b.Bytes(), nil
+}
+
+// presetMicroBatch is each preset's default micro-batch (pkg/train's).
+var presetMicroBatch = map[string]int{"tiny": 8, "small": 4}
+
+// Defaults fills the unset fields with the documented defaults.
+func (s *Spec) Defaults() {
+	if s.Model.Preset == "" && s.Model.Config == (model.Config{}) {
+		s.Model.Preset = "tiny"
+	}
+	p := &s.Parallel
+	for _, d := range []*int{&p.TP, &p.DP, &p.EP} {
+		if *d == 0 {
+			*d = 1
+		}
+	}
+	if p.Balance == "" {
+		p.Balance = "dp"
+	}
+	if len(s.LBL.LayerCoef) == 0 {
+		s.LBL.LayerCoef = nil
+	}
+	if len(s.Placement.HostLabels) == 0 {
+		s.Placement.HostLabels = nil
+	}
+	if s.LBL.Mode == "" {
+		s.LBL.Mode = "global"
+	}
+	if s.LBL.Coef == 0 {
+		s.LBL.Coef = 0.01
+	}
+	if s.Data.Corpus == "" {
+		s.Data.Corpus = DemoCorpus
+	}
+	if s.Data.DemoBytes == 0 {
+		s.Data.DemoBytes = 1 << 20
+	}
+	if s.Data.ValFraction == 0 {
+		s.Data.ValFraction = 0.05
+	}
+	o := &s.Optim
+	if o.LR == 0 {
+		o.LR = 3e-4
+	}
+	if o.Beta1 == 0 {
+		o.Beta1 = 0.9
+	}
+	if o.Beta2 == 0 {
+		o.Beta2 = 0.999
+	}
+	if o.Eps == 0 {
+		o.Eps = 1e-8
+	}
+	if s.MicroBatch == 0 {
+		s.MicroBatch = presetMicroBatch[s.Model.Preset]
+	}
+	if s.Accumulation == 0 {
+		s.Accumulation = 1
+	}
+	if s.Steps == 0 {
+		s.Steps = 100
+	}
+	if s.Seed == 0 {
+		s.Seed = 1
+	}
+	if s.Resources == (Resources{}) {
+		s.Resources = Resources{CPUCores: 1, MemoryMiB: 1024}
+	}
+	c := &s.Checkpoint
+	if c.KeepLast == 0 {
+		c.KeepLast = 3
+	}
+	if c.Storage == "" {
+		c.Storage = StorageDir
+	}
+	if s.Restart.MaxRestarts == nil {
+		s.Restart.MaxRestarts = ptr(3)
+	}
+	if s.Restart.BackoffSeconds == nil {
+		s.Restart.BackoffSeconds = ptr(10)
+	}
+	if s.Elastic.MinDP == 0 {
+		s.Elastic.MinDP = p.DP
+	}
+	if s.Elastic.MaxDP == 0 {
+		s.Elastic.MaxDP = p.DP
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// World is the number of ranks, parallel.tp * parallel.dp.
+func (s *Spec) World() int { return s.Parallel.TP * s.Parallel.DP }
+
+// GlobalBatch is the sequences per optimizer step: micro_batch *
+// accumulation * parallel.dp.
+func (s *Spec) GlobalBatch() int64 {
+	return int64(s.MicroBatch) * int64(s.Accumulation) * int64(s.Parallel.DP)
+}

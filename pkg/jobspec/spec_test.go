@@ -1,0 +1,268 @@
+package jobspec
+
+import (
+	"errors"
+	"os"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/switchyard-ml/switchyard/pkg/model"
+	"github.com/switchyard-ml/switchyard/pkg/scheduler"
+	"github.com/switchyard-ml/switchyard/pkg/train"
+)
+
+func TestParseMinimalDefaults(t *testing.T) {
+	s, err := Parse([]byte("name: demo\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Spec{
+		Name:         "demo",
+		Model:        Model{Preset: "tiny"},
+		Parallel:     Parallel{TP: 1, DP: 1, EP: 1, Balance: "dp"},
+		LBL:          LBL{Mode: "global", Coef: 0.01},
+		Data:         Data{Corpus: "demo", DemoBytes: 1 << 20, ValFraction: 0.05},
+		Optim:        Optim{LR: 3e-4, Beta1: 0.9, Beta2: 0.999, Eps: 1e-8},
+		MicroBatch:   8,
+		Accumulation: 1,
+		Steps:        100,
+		Seed:         1,
+		Resources:    Resources{CPUCores: 1, MemoryMiB: 1024},
+		Checkpoint:   Checkpoint{KeepLast: 3, Storage: "dir"},
+		Restart:      Restart{MaxRestarts: ptr(3), BackoffSeconds: ptr(10)},
+		Elastic:      Elastic{MinDP: 1, MaxDP: 1},
+	}
+	if !reflect.DeepEqual(*s, want) {
+		t.Fatalf("got  %+v\nwant %+v", *s, want)
+	}
+	if s.World() != 1 || s.GlobalBatch() != 8 {
+		t.Fatalf("world %d, global batch %d", s.World(), s.GlobalBatch())
+	}
+	tc, err := s.TrainConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The spec's defaults are pkg/train's: defaulting again changes nothing.
+	again := tc
+	again.Defaults()
+	if !reflect.DeepEqual(tc, again) {
+		t.Fatalf("train defaults differ:\n%+v\n%+v", tc, again)
+	}
+	if tc.Data.Corpus != "" || tc.Preset != "tiny" || tc.Model != nil {
+		t.Fatalf("%+v", tc)
+	}
+	p, err := train.PresetConfig("tiny")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tc.MicroBatch != p.MicroBatch {
+		t.Fatalf("micro_batch %d, train's tiny preset %d", tc.MicroBatch, p.MicroBatch)
+	}
+}
+
+func TestParseFull(t *testing.T) {
+	s, err := Load("testdata/full.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.World() != 8 || s.GlobalBatch() != 4*8*4 || *s.Restart.BackoffSeconds != 0 || s.Checkpoint.Storage != StorageS3 {
+		t.Fatalf("%+v", s)
+	}
+	m, err := s.ModelConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Dim != 512 || m.Experts != 8 || m.Shared != 1 || !m.Renormalize || m.CapacityFactor != 1.25 {
+		t.Fatalf("model %+v", m)
+	}
+	tc, err := s.TrainConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tm, err := tc.ModelConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The worker resolves the same model as the spec validated.
+	if tm != m {
+		t.Fatalf("train resolves %+v, spec %+v", tm, m)
+	}
+	if tc.Data.Corpus != "/srv/corpus/multi.jsonl" || tc.Optim.LR != 0.002 || tc.Optim.WarmupSteps != 20 ||
+		tc.LBL.ZCoef != 0.001 || len(tc.LBL.LayerCoef) != 8 || tc.Accumulation != 8 || tc.EvalEvery != 100 || tc.Seed != 7 {
+		t.Fatalf("%+v", tc)
+	}
+	j := s.SchedulerJob("job-1", 42)
+	want := scheduler.Job{ID: "job-1", Priority: 5, Seq: 42, Layout: scheduler.Layout{TP: 2, DP: 4, EP: 2},
+		PerRank: scheduler.Resources{CPUCores: 8, MemoryMiB: 32768, GPUs: 1}, Labels: map[string]string{"zone": "eu-1", "gpu": "h100"}}
+	if !reflect.DeepEqual(j, want) {
+		t.Fatalf("%+v", j)
+	}
+	if err := j.Validate(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestExplicitModelWithoutPreset(t *testing.T) {
+	s, err := Parse([]byte(`
+name: custom
+model: {dim: 64, layers: 2, heads: 2, seq_len: 32, experts: 4, top_k: 1, hidden: 128}
+micro_batch: 2
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Model.Preset != "" {
+		t.Fatalf("preset %q", s.Model.Preset)
+	}
+	tc, err := s.TrainConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, _ := tc.ModelConfig()
+	want := model.Config{Vocab: 256, Dim: 64, Layers: 2, Heads: 2, SeqLen: 32, Experts: 4, TopK: 1, Hidden: 128}
+	want.Defaults()
+	if m != want {
+		t.Fatalf("%+v", m)
+	}
+}
+
+func TestExamplesInRepoParse(t *testing.T) {
+	raw, err := os.ReadFile("testdata/full.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := Parse(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := s.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s2, err := Parse(out)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if !reflect.DeepEqual(s, s2) {
+		t.Fatalf("round trip changed the spec:\n%+v\n%+v", s, s2)
+	}
+}
+
+func TestSyntaxErrors(t *testing.T) {
+	tests := []struct{ name, in, msg string }{
+		{"unknown field", "name: a\nparallel: {tp: 1, pp: 2}\n", "field pp not found"},
+		{"unknown top-level field", "name: a\nsteps_total: 3\n", "field steps_total not found"},
+		{"duplicate key", "name: a\nname: b\n", `mapping key "name" already defined`},
+		{"two documents", "name: a\n---\nname: b\n", "one YAML document"},
+		{"wrong type", "name: a\nsteps: many\n", "cannot unmarshal"},
+		{"scalar document", "hello\n", "cannot unmarshal"},
+		{"too large", "name: a\n#" + strings.Repeat("x", MaxSize), "limit"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse([]byte(tt.in))
+			if !errors.Is(err, ErrSyntax) || !strings.Contains(err.Error(), tt.msg) {
+				t.Fatalf("err = %v, want ErrSyntax containing %q", err, tt.msg)
+			}
+		})
+	}
+}
+
+func TestValidationErrors(t *testing.T) {
+	tests := []struct{ in, msg string }{
+		{"", `jobspec: name = "": must be 1-63 of a-z, 0-9 and '-', starting and ending with a letter or digit`},
+		{"name: Bad_Name", `jobspec: name = "Bad_Name": must be 1-63`},
+		{"priority: 5000", "jobspec: priority = 5000: must be in [-1000, 1000]"},
+		{"parallel: {dp: 4, ep: 3}", "jobspec: parallel.ep = 3: must divide parallel.dp = 4"},
+		{"parallel: {dp: 6, ep: 3}", "jobspec: parallel.ep = 3: must divide model.experts = 8 (each EP rank holds experts/ep experts)"},
+		{"parallel: {tp: 3}", "jobspec: parallel.tp = 3: must divide model.heads = 4"},
+		{"parallel: {tp: -1}", "jobspec: parallel.tp = -1: must be in [1, 65536]"},
+		{"parallel: {tp: 4, dp: 65536}", "jobspec: parallel.dp = 65536: world size parallel.tp*parallel.dp = 262144 must be <= 65536"},
+		{"model: {preset: tiny, heads: 2, hidden: 511}\nparallel: {tp: 2}", "jobspec: parallel.tp = 2: must divide model.hidden = 511 (expert weights are split by tensor parallelism)"},
+		{"parallel: {balance: rack}", `jobspec: parallel.balance = "rack": must be "dp", "node" or "none"`},
+		{"model: {preset: huge}", `jobspec: model.preset = "huge": must be "tiny" or "small"`},
+		{"model: {dim: 64, layers: 2, heads: 3, seq_len: 8, experts: 4, top_k: 1, hidden: 8}\nmicro_batch: 1", "jobspec: model.heads = 3: must be >= 1 and divide model.dim = 64"},
+		{"model: {preset: tiny, top_k: 9}", "jobspec: model.top_k = 9: must be in [1, model.experts = 8]"},
+		{"model: {preset: tiny, capacity_factor: .nan}", "jobspec: model.capacity_factor = NaN: must be a finite number >= 0 (0 = dropless)"},
+		{"model: {dim: 64, layers: 2, heads: 2, seq_len: 8, experts: 4, top_k: 1, hidden: 8}", "jobspec: micro_batch = 0: must be >= 1 (required when the model has no preset)"},
+		{"lbl: {mode: local}", `jobspec: lbl.mode = "local": must be "global" or "micro"`},
+		{"lbl: {z_coef: -1}", "jobspec: lbl.z_coef = -1: must be a finite number >= 0"},
+		{"lbl: {coef: .inf}", "jobspec: lbl.coef = +Inf: must be a finite number >= 0"},
+		{"lbl: {layer_coef: [1, 2]}", "jobspec: lbl.layer_coef = [1 2]: needs one value per MoE layer (4)"},
+		{"data: {corpus: corpus.jsonl}", `jobspec: data.corpus = "corpus.jsonl": must be "demo" or an absolute path (workers read it on their own machines)`},
+		{"data: {val_fraction: 0.9}", "jobspec: data.val_fraction = 0.9: must be in (0, 0.5]"},
+		{"optim: {lr: -1}", "jobspec: optim.lr = -1: must be a finite number > 0"},
+		{"optim: {lr: 0.001, min_lr: 0.01}", "jobspec: optim.min_lr = 0.01: must be in [0, optim.lr = 0.001]"},
+		{"steps: 10\noptim: {warmup_steps: 20}", "jobspec: optim.warmup_steps = 20: must be in [0, steps = 10]"},
+		{"micro_batch: -2", "jobspec: micro_batch = -2: must be >= 1"},
+		{"accumulation: -1", "jobspec: accumulation = -1: must be >= 1"},
+		{"steps: -5", "jobspec: steps = -5: must be >= 1"},
+		{"eval_every: -1", "jobspec: eval_every = -1: must be >= 0 (0 = only at the end)"},
+		{"resources: {gpus: -1}", "jobspec: resources.gpus = -1: must be >= 0"},
+		{"resources: {memory_mib: -1}", "jobspec: resources.memory_mib = -1: must be >= 0"},
+		{"placement: {host_labels: {'-x': a}}", `jobspec: placement.host_labels = "-x": label keys must be`},
+		{"placement: {host_labels: {zone: 'a b'}}", `jobspec: placement.host_labels.zone = "a b": label values must be`},
+		{"checkpoint: {keep_last: -1}", "jobspec: checkpoint.keep_last = -1: must be >= 1"},
+		{"checkpoint: {keep_best: 1}", "jobspec: checkpoint.keep_best = 1: needs eval_every > 0 (the best checkpoints are chosen by validation loss)"},
+		{"checkpoint: {interval_steps: -1}", "jobspec: checkpoint.interval_steps = -1: must be >= 0 (0 = not by steps)"},
+		{"checkpoint: {storage: gcs}", `jobspec: checkpoint.storage = "gcs": must be "dir" or "s3"`},
+		{"checkpoint: {storage: s3}", `jobspec: checkpoint.path = "": must be s3://bucket[/prefix] for storage "s3"`},
+		{"checkpoint: {path: ckpt}", `jobspec: checkpoint.path = "ckpt": must be empty (the worker's storage path) or an absolute path for storage "dir"`},
+		{"restart: {max_restarts: -1}", "jobspec: restart.max_restarts = -1: must be in [0, 1000]"},
+		{"restart: {backoff_seconds: 100000}", "jobspec: restart.backoff_seconds = 100000: must be in [0, 86400]"},
+		{"parallel: {dp: 4, ep: 2}\nelastic: {min_dp: 3}", "jobspec: elastic.min_dp = 3: must be a multiple of parallel.ep = 2"},
+		{"parallel: {dp: 4}\nelastic: {min_dp: 5}", "jobspec: elastic.min_dp = 5: must be in [1, parallel.dp = 4]"},
+		{"parallel: {dp: 4}\nelastic: {max_dp: 2}", "jobspec: elastic.max_dp = 2: must be in [parallel.dp = 4, 65536]"},
+		{"parallel: {dp: 4, ep: 2}\nelastic: {max_dp: 6, min_dp: 2}", ""}, // fine
+		{"parallel: {dp: 4, ep: 4}\nelastic: {max_dp: 6}", "jobspec: elastic.max_dp = 6: must be a multiple of parallel.ep = 4"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.in, func(t *testing.T) {
+			in := tt.in
+			if !strings.HasPrefix(in, "name:") && in != "" {
+				in = "name: job\n" + in
+			}
+			_, err := Parse([]byte(in))
+			if tt.msg == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if !errors.Is(err, ErrInvalid) {
+				t.Fatalf("err = %v, want ErrInvalid", err)
+			}
+			var fe *FieldError
+			if !errors.As(err, &fe) {
+				t.Fatalf("err = %v, not a FieldError", err)
+			}
+			found := false
+			for _, line := range strings.Split(err.Error(), "\n") {
+				if strings.HasPrefix(line, tt.msg) {
+					found = true
+				}
+			}
+			if !found {
+				t.Fatalf("err = %v\nwant a line starting %q", err, tt.msg)
+			}
+		})
+	}
+}
+
+func TestValidateReportsEveryRule(t *testing.T) {
+	_, err := Parse([]byte("name: x\nsteps: -1\nmicro_batch: -1\nresources: {gpus: -1}\n"))
+	if got := strings.Count(err.Error(), "\n") + 1; got != 3 {
+		t.Fatalf("%d errors:\n%v", got, err)
+	}
+}
+
+func TestTrainConfigRejectsWhatTrainRejects(t *testing.T) {
+	// A spec built in Go without Parse still goes through pkg/train's checks.
+	s := &Spec{Name: "x"}
+	s.Defaults()
+	s.Data.ValFraction = 0.9
+	if _, err := s.TrainConfig(); !errors.Is(err, ErrInvalid) || !errors.Is(err, train.ErrConfig) {
+		t.Fatalf("err = %v", err)
+	}
+}

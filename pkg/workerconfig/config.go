@@ -1,0 +1,188 @@
+package workerconfig
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strconv"
+
+	"gopkg.in/yaml.v3"
+)
+
+var (
+	// ErrInvalid is wrapped by every validation error (see FieldError).
+	ErrInvalid = errors.New("workerconfig: invalid config")
+	// ErrSyntax is wrapped by errors decoding the file, a flag or an
+	// environment variable.
+	ErrSyntax = errors.New("workerconfig: malformed config")
+)
+
+// Config is a worker's configuration.
+type Config struct {
+	ID               string            `yaml:"id" json:"id"`
+	Host             string            `yaml:"host" json:"host"` // the machine; tensor-parallel groups stay on one host
+	Coordinators     []string          `yaml:"coordinators" json:"coordinators"`
+	EtcdEndpoints    []string          `yaml:"etcd_endpoints" json:"etcd_endpoints"`
+	NATSURL          string            `yaml:"nats_url" json:"nats_url"`
+	AdvertiseAddress string            `yaml:"advertise_address" json:"advertise_address"` // host:port peers dial
+	ListenAddress    string            `yaml:"listen_address" json:"listen_address"`
+	Resources        Resources         `yaml:"resources" json:"resources"`
+	Labels           map[string]string `yaml:"labels" json:"labels"`
+	StoragePath      string            `yaml:"storage_path" json:"storage_path"`
+	TLS              TLS               `yaml:"tls" json:"tls"`
+	LeaseTTLSeconds  int               `yaml:"lease_ttl_seconds" json:"lease_ttl_seconds"`
+	Insecure         bool              `yaml:"insecure" json:"insecure"`
+}
+
+// Resources is what the worker offers.
+type Resources struct {
+	CPUCores  int   `yaml:"cpu_cores" json:"cpu_cores"`   // 0: detect
+	MemoryMiB int64 `yaml:"memory_mib" json:"memory_mib"` // 0: detect
+	GPUs      int   `yaml:"gpus" json:"gpus"`             // -1: detect
+	// GPUDevices are the detected GPUs (empty when gpus was set by hand).
+	GPUDevices []GPU `yaml:"-" json:"gpu_devices,omitempty"`
+}
+
+// TLS names the PEM files for mutual TLS.
+type TLS struct {
+	CA   string `yaml:"ca" json:"ca"`
+	Cert string `yaml:"cert" json:"cert"`
+	Key  string `yaml:"key" json:"key"`
+}
+
+// Enabled reports whether any TLS file is given.
+func (t TLS) Enabled() bool { return t.CA != "" || t.Cert != "" || t.Key != "" }
+
+// Defaults is the configuration before the file, flags, environment and
+// detection.
+func Defaults() Config {
+	return Config{
+		ListenAddress:   "127.0.0.1:7070",
+		LeaseTTLSeconds: 10,
+		Resources:       Resources{GPUs: -1},
+	}
+}
+
+// MaxFileSize is the largest config file accepted.
+const MaxFileSize = 1 << 20
+
+// Parse decodes a config file strictly (unknown fields, repeated keys and
+// several documents are errors) on top of Defaults. It neither detects nor
+// validates.
+func Parse(raw []byte) (Config, error) {
+	c := Defaults()
+	if err := decodeInto(&c, raw); err != nil {
+		return Config{}, err
+	}
+	return c, nil
+}
+
+func decodeInto(c *Config, raw []byte) error {
+	if len(raw) > MaxFileSize {
+		return fmt.Errorf("%w: file is %d bytes, the limit is %d", ErrSyntax, len(raw), MaxFileSize)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(raw))
+	dec.KnownFields(true)
+	if err := dec.Decode(c); err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("%w: %v", ErrSyntax, err)
+	}
+	var extra yaml.Node
+	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
+		return fmt.Errorf("%w: the config is one YAML document", ErrSyntax)
+	}
+	return nil
+}
+
+// Load builds the configuration: Defaults, then the file at path (skipped
+// when path is ""), then flags (by flag name, without dashes: "nats-url"),
+// then the environment (env may be nil; os.Getenv in production), then
+// detection with det for what is still unset; and validates the result.
+func Load(path string, flags map[string]string, env func(string) string, det Detector) (Config, error) {
+	c := Defaults()
+	if path != "" {
+		raw, err := os.ReadFile(path)
+		if err != nil {
+			return Config{}, fmt.Errorf("workerconfig: read config: %w", err)
+		}
+		if err := decodeInto(&c, raw); err != nil {
+			return Config{}, fmt.Errorf("%s: %w", path, err)
+		}
+	}
+	if err := applyFlags(&c, flags); err != nil {
+		return Config{}, err
+	}
+	if err := applyEnv(&c, env); err != nil {
+		return Config{}, err
+	}
+	if err := c.complete(det); err != nil {
+		return Config{}, err
+	}
+	if err := c.Validate(); err != nil {
+		return Config{}, err
+	}
+	return c, nil
+}
+
+// complete fills what is still unset: detected values, then the values
+// derived from others (advertise address, id).
+func (c *Config) complete(det Detector) error {
+	if c.Host == "" && det.Hostname != nil {
+		h, err := det.Hostname()
+		if err != nil {
+			return fmt.Errorf("%w: host: detect the host name: %v (set host)", ErrInvalid, err)
+		}
+		c.Host = h
+	}
+	if c.Resources.CPUCores == 0 && det.CPUCores != nil {
+		c.Resources.CPUCores = det.CPUCores()
+	}
+	if c.Resources.MemoryMiB == 0 && det.MemoryMiB != nil {
+		m, err := det.MemoryMiB()
+		if err != nil {
+			return fmt.Errorf("%w: resources.memory_mib: detect memory: %v (set resources.memory_mib)", ErrInvalid, err)
+		}
+		c.Resources.MemoryMiB = m
+	}
+	if c.Resources.GPUs == -1 {
+		c.Resources.GPUs = 0
+		if det.GPUs != nil {
+			gpus, err := det.GPUs()
+			if err != nil {
+				return fmt.Errorf("%w: resources.gpus: detect GPUs: %v (set resources.gpus to skip detection)", ErrInvalid, err)
+			}
+			c.Resources.GPUs = len(gpus)
+			c.Resources.GPUDevices = gpus
+		}
+	}
+	if c.AdvertiseAddress == "" {
+		if host, port, err := net.SplitHostPort(c.ListenAddress); err == nil && !unspecifiedHost(host) && port != "0" {
+			c.AdvertiseAddress = c.ListenAddress
+		}
+	}
+	if c.ID == "" && c.Host != "" {
+		if _, port, err := net.SplitHostPort(c.AdvertiseAddress); err == nil {
+			c.ID = c.Host + "-" + port
+		}
+	}
+	return nil
+}
+
+func unspecifiedHost(h string) bool {
+	if h == "" {
+		return true
+	}
+	ip := net.ParseIP(h)
+	return ip != nil && ip.IsUnspecified()
+}
+
+// parseInt is strconv.Atoi with a sentence for errors.
+func parseInt(v string) (int64, error) {
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil {
+		return 0, errors.New("not an integer")
+	}
+	return n, nil
+}

@@ -1,0 +1,402 @@
+// Package state is the coordinator's replicated job state: the in-memory
+// store that the raft FSM mutates, one method per command, plus deep-copy
+// reads and whole-state snapshots. Every method is deterministic: the time it
+// records comes from its caller (the command), never from a clock.
+//
+// The package knows nothing about raft, the network or the scheduler.
+package state
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+
+	"google.golang.org/protobuf/proto"
+
+	pb "github.com/switchyard-ml/switchyard/proto/switchyard/coordinator/v1"
+)
+
+// SnapshotFormat is the Snapshot.format_version this package writes and reads.
+const SnapshotFormat = 1
+
+// DefaultMaxEvents is the default cap on the events kept per job.
+const DefaultMaxEvents = 256
+
+var (
+	// ErrJobNotFound: the command names a job the state does not hold.
+	ErrJobNotFound = errors.New("coordinator: job not found")
+	// ErrJobConflict: a submit reuses a job ID with a different spec.
+	ErrJobConflict = errors.New("coordinator: job id already used with a different spec")
+	// ErrJobFinished: the job is succeeded, failed or cancelled.
+	ErrJobFinished = errors.New("coordinator: job already finished")
+	// ErrInvalidTransition: the job's state does not allow the command.
+	ErrInvalidTransition = errors.New("coordinator: invalid job state transition")
+	// ErrInvalidCommand: the command is malformed.
+	ErrInvalidCommand = errors.New("coordinator: invalid command")
+)
+
+// Store holds every job. Its zero value is not usable; call New.
+// Reads may run concurrently with one writer.
+type Store struct {
+	mu        sync.RWMutex
+	jobs      map[string]*pb.Job
+	submitSeq uint64
+	maxEvents int
+}
+
+// New returns an empty store that keeps at most maxEvents events per job
+// (DefaultMaxEvents when maxEvents <= 0). All replicas must use the same cap.
+func New(maxEvents int) *Store {
+	if maxEvents <= 0 {
+		maxEvents = DefaultMaxEvents
+	}
+	return &Store{jobs: map[string]*pb.Job{}, maxEvents: maxEvents}
+}
+
+// Final reports whether a job in state st will never change state again.
+func Final(st pb.JobState) bool {
+	switch st {
+	case pb.JobState_JOB_STATE_SUCCEEDED, pb.JobState_JOB_STATE_FAILED, pb.JobState_JOB_STATE_CANCELLED:
+		return true
+	}
+	return false
+}
+
+// StateName is the lower-case name of a job state ("pending", "running", ...).
+func StateName(st pb.JobState) string {
+	return strings.ToLower(strings.TrimPrefix(st.String(), "JOB_STATE_"))
+}
+
+func invalid(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrInvalidCommand, fmt.Sprintf(format, args...))
+}
+
+// Submit adds a pending job. It is idempotent on the job ID: resubmitting
+// the same spec returns the existing job with created == false.
+func (s *Store) Submit(now int64, c *pb.SubmitJob) (job *pb.Job, created bool, err error) {
+	if c.GetJobId() == "" {
+		return nil, false, invalid("submit: empty job id")
+	}
+	if c.GetWorldSize() < 0 || c.GetTotalSteps() < 0 {
+		return nil, false, invalid("submit %s: negative world size or total steps", c.GetJobId())
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if j, ok := s.jobs[c.JobId]; ok {
+		same := string(j.Spec) == string(c.Spec) && j.Name == c.Name && j.Priority == c.Priority &&
+			j.WorldSize == c.WorldSize && j.GetProgress().GetTotalSteps() == c.TotalSteps
+		if !same {
+			return nil, false, fmt.Errorf("%w: %s", ErrJobConflict, c.JobId)
+		}
+		return clone(j), false, nil
+	}
+	s.submitSeq++
+	j := &pb.Job{
+		Id:                c.JobId,
+		Name:              c.Name,
+		Spec:              slices.Clone(c.Spec),
+		Priority:          c.Priority,
+		WorldSize:         c.WorldSize,
+		State:             pb.JobState_JOB_STATE_PENDING,
+		Reason:            "Submitted",
+		Progress:          &pb.Progress{TotalSteps: c.TotalSteps},
+		SubmitSeq:         s.submitSeq,
+		SubmittedUnixNano: now,
+		UpdatedUnixNano:   now,
+	}
+	s.jobs[j.Id] = j
+	s.event(j, now, "Submitted", fmt.Sprintf("job submitted (world size %d)", c.WorldSize), "")
+	return clone(j), true, nil
+}
+
+// SetState moves a job to RUNNING, SUCCEEDED or FAILED (see the proto for
+// the allowed moves). Setting the state a job is already in updates only
+// the condition and is not an error.
+func (s *Store) SetState(now int64, c *pb.SetJobState) (*pb.Job, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	j, err := s.get(c.GetJobId())
+	if err != nil {
+		return nil, err
+	}
+	from, to := j.State, c.GetState()
+	if from != to {
+		ok := false
+		switch to {
+		case pb.JobState_JOB_STATE_RUNNING:
+			ok = from == pb.JobState_JOB_STATE_PLACED
+		case pb.JobState_JOB_STATE_SUCCEEDED:
+			ok = from == pb.JobState_JOB_STATE_PLACED || from == pb.JobState_JOB_STATE_RUNNING
+		case pb.JobState_JOB_STATE_FAILED:
+			ok = !Final(from)
+		}
+		if !ok {
+			if Final(from) {
+				return nil, fmt.Errorf("%w: %s is %s", ErrJobFinished, j.Id, StateName(from))
+			}
+			return nil, fmt.Errorf("%w: %s: %s -> %s", ErrInvalidTransition, j.Id, StateName(from), StateName(to))
+		}
+		s.transition(j, now, to, c.GetReason(), c.GetMessage())
+	}
+	if c.GetCondition() != nil {
+		if c.Condition.GetType() == "" {
+			return nil, invalid("set state %s: condition without type", j.Id)
+		}
+		setCondition(j, now, c.Condition)
+	}
+	j.UpdatedUnixNano = now
+	return clone(j), nil
+}
+
+// Place records the placement of a pending job and moves it to PLACED.
+func (s *Store) Place(now int64, c *pb.PlaceJob) (*pb.Job, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	j, err := s.get(c.GetJobId())
+	if err != nil {
+		return nil, err
+	}
+	if j.State != pb.JobState_JOB_STATE_PENDING {
+		if Final(j.State) {
+			return nil, fmt.Errorf("%w: %s is %s", ErrJobFinished, j.Id, StateName(j.State))
+		}
+		return nil, fmt.Errorf("%w: %s: place while %s", ErrInvalidTransition, j.Id, StateName(j.State))
+	}
+	n := len(c.GetPlacement())
+	if n == 0 || (j.WorldSize > 0 && n != int(j.WorldSize)) {
+		return nil, invalid("place %s: %d ranks for world size %d", j.Id, n, j.WorldSize)
+	}
+	placement := make([]*pb.RankAssignment, n)
+	for _, a := range c.Placement {
+		if a.GetRank() < 0 || int(a.GetRank()) >= n || placement[a.Rank] != nil {
+			return nil, invalid("place %s: rank %d out of range or repeated", j.Id, a.GetRank())
+		}
+		if a.GetWorkerId() == "" {
+			return nil, invalid("place %s: rank %d has no worker", j.Id, a.Rank)
+		}
+		placement[a.Rank] = &pb.RankAssignment{Rank: a.Rank, WorkerId: a.WorkerId}
+	}
+	j.Placement = placement
+	s.transition(j, now, pb.JobState_JOB_STATE_PLACED, "Placed", fmt.Sprintf("%d ranks placed", n))
+	return clone(j), nil
+}
+
+// RecordEvent appends an event to a job's history; the store assigns its
+// sequence number and, when the event has none, the command's time.
+func (s *Store) RecordEvent(now int64, c *pb.RecordEvent) (*pb.Job, error) {
+	if c.GetEvent().GetType() == "" {
+		return nil, invalid("record event %s: event without type", c.GetJobId())
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	j, err := s.get(c.GetJobId())
+	if err != nil {
+		return nil, err
+	}
+	t := c.Event.UnixNano
+	if t == 0 {
+		t = now
+	}
+	s.event(j, t, c.Event.Type, c.Event.Message, c.Event.WorkerId)
+	j.UpdatedUnixNano = now
+	return clone(j), nil
+}
+
+// Progress records training progress. The first report of a PLACED job
+// moves it to RUNNING.
+func (s *Store) Progress(now int64, c *pb.JobProgress) (*pb.Job, error) {
+	if c.GetStep() < 0 {
+		return nil, invalid("progress %s: negative step", c.GetJobId())
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	j, err := s.get(c.GetJobId())
+	if err != nil {
+		return nil, err
+	}
+	switch j.State {
+	case pb.JobState_JOB_STATE_PLACED:
+		s.transition(j, now, pb.JobState_JOB_STATE_RUNNING, "FirstStep", fmt.Sprintf("step %d reported", c.Step))
+	case pb.JobState_JOB_STATE_RUNNING:
+	default:
+		if Final(j.State) {
+			return nil, fmt.Errorf("%w: %s is %s", ErrJobFinished, j.Id, StateName(j.State))
+		}
+		return nil, fmt.Errorf("%w: %s: progress while %s", ErrInvalidTransition, j.Id, StateName(j.State))
+	}
+	if j.Progress == nil {
+		j.Progress = &pb.Progress{}
+	}
+	j.Progress.Step = c.Step
+	j.Progress.Loss = c.Loss
+	j.Progress.TokensPerSecond = c.TokensPerSecond
+	j.Progress.UpdatedUnixNano = now
+	j.UpdatedUnixNano = now
+	return clone(j), nil
+}
+
+// Cancel moves a job that has not finished to CANCELLED; cancelling a
+// cancelled job is a no-op.
+func (s *Store) Cancel(now int64, c *pb.CancelJob) (*pb.Job, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	j, err := s.get(c.GetJobId())
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case j.State == pb.JobState_JOB_STATE_CANCELLED:
+		return clone(j), nil
+	case Final(j.State):
+		return nil, fmt.Errorf("%w: %s is %s", ErrJobFinished, j.Id, StateName(j.State))
+	}
+	reason := c.GetReason()
+	if reason == "" {
+		reason = "Cancelled"
+	}
+	s.transition(j, now, pb.JobState_JOB_STATE_CANCELLED, reason, c.GetMessage())
+	return clone(j), nil
+}
+
+// Requeue moves a placed or running job back to PENDING, clears its
+// placement and counts a restart.
+func (s *Store) Requeue(now int64, c *pb.RequeueJob) (*pb.Job, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	j, err := s.get(c.GetJobId())
+	if err != nil {
+		return nil, err
+	}
+	if j.State != pb.JobState_JOB_STATE_PLACED && j.State != pb.JobState_JOB_STATE_RUNNING {
+		if Final(j.State) {
+			return nil, fmt.Errorf("%w: %s is %s", ErrJobFinished, j.Id, StateName(j.State))
+		}
+		return nil, fmt.Errorf("%w: %s: requeue while %s", ErrInvalidTransition, j.Id, StateName(j.State))
+	}
+	j.Placement = nil
+	j.Restarts++
+	reason := c.GetReason()
+	if reason == "" {
+		reason = "Requeued"
+	}
+	s.transition(j, now, pb.JobState_JOB_STATE_PENDING, reason, c.GetMessage())
+	return clone(j), nil
+}
+
+// Job returns a copy of one job.
+func (s *Store) Job(id string) (*pb.Job, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	j, err := s.get(id)
+	if err != nil {
+		return nil, err
+	}
+	return clone(j), nil
+}
+
+// Jobs returns copies of every job in submit order.
+func (s *Store) Jobs() []*pb.Job {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make([]*pb.Job, 0, len(s.jobs))
+	for _, j := range s.jobs {
+		out = append(out, clone(j))
+	}
+	sort.Slice(out, func(a, b int) bool { return out[a].SubmitSeq < out[b].SubmitSeq })
+	return out
+}
+
+// Len is the number of jobs.
+func (s *Store) Len() int {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return len(s.jobs)
+}
+
+// Snapshot returns a deep copy of the whole state, jobs sorted by ID.
+func (s *Store) Snapshot() *pb.Snapshot {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	snap := &pb.Snapshot{FormatVersion: SnapshotFormat, SubmitSeq: s.submitSeq, Jobs: make([]*pb.Job, 0, len(s.jobs))}
+	for _, j := range s.jobs {
+		snap.Jobs = append(snap.Jobs, clone(j))
+	}
+	sort.Slice(snap.Jobs, func(a, b int) bool { return snap.Jobs[a].Id < snap.Jobs[b].Id })
+	return snap
+}
+
+// Restore replaces the whole state with a snapshot.
+func (s *Store) Restore(snap *pb.Snapshot) error {
+	if snap.GetFormatVersion() != SnapshotFormat {
+		return fmt.Errorf("%w: snapshot format %d, want %d", ErrInvalidCommand, snap.GetFormatVersion(), SnapshotFormat)
+	}
+	jobs := make(map[string]*pb.Job, len(snap.Jobs))
+	for _, j := range snap.Jobs {
+		if j.GetId() == "" || jobs[j.Id] != nil {
+			return invalid("snapshot: empty or repeated job id %q", j.GetId())
+		}
+		jobs[j.Id] = clone(j)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.jobs, s.submitSeq = jobs, snap.SubmitSeq
+	return nil
+}
+
+func (s *Store) get(id string) (*pb.Job, error) {
+	if id == "" {
+		return nil, invalid("empty job id")
+	}
+	j, ok := s.jobs[id]
+	if !ok {
+		return nil, fmt.Errorf("%w: %s", ErrJobNotFound, id)
+	}
+	return j, nil
+}
+
+func (s *Store) transition(j *pb.Job, now int64, to pb.JobState, reason, msg string) {
+	j.State, j.Reason, j.Message = to, reason, msg
+	j.UpdatedUnixNano = now
+	if Final(to) {
+		j.FinishedUnixNano = now
+	}
+	text := reason
+	if msg != "" {
+		text += ": " + msg
+	}
+	s.event(j, now, strings.ToUpper(StateName(to)[:1])+StateName(to)[1:], text, "")
+}
+
+func (s *Store) event(j *pb.Job, now int64, typ, msg, worker string) {
+	var seq uint64 = 1
+	if n := len(j.Events); n > 0 {
+		seq = j.Events[n-1].Seq + 1
+	} else {
+		seq += j.EventsDropped
+	}
+	j.Events = append(j.Events, &pb.JobEvent{Seq: seq, UnixNano: now, Type: typ, Message: msg, WorkerId: worker})
+	if over := len(j.Events) - s.maxEvents; over > 0 {
+		j.Events = slices.Delete(j.Events, 0, over)
+		j.EventsDropped += uint64(over)
+	}
+}
+
+func setCondition(j *pb.Job, now int64, c *pb.Condition) {
+	for _, old := range j.Conditions {
+		if old.Type == c.Type {
+			if old.Status != c.Status {
+				old.LastTransitionUnixNano = now
+			}
+			old.Status, old.Reason, old.Message = c.Status, c.Reason, c.Message
+			return
+		}
+	}
+	j.Conditions = append(j.Conditions, &pb.Condition{
+		Type: c.Type, Status: c.Status, Reason: c.Reason, Message: c.Message, LastTransitionUnixNano: now,
+	})
+}
+
+func clone(j *pb.Job) *pb.Job { return proto.Clone(j).(*pb.Job) }

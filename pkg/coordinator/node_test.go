@@ -1,0 +1,315 @@
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	pb "github.com/switchyard-ml/switchyard/proto/switchyard/coordinator/v1"
+)
+
+// checkFor polls fn until it returns nil or the timeout passes.
+func checkFor(t *testing.T, timeout time.Duration, fn func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := fn()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after %v: %v", timeout, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func testLogger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+}
+
+type tWriter struct{ t *testing.T }
+
+func (w tWriter) Write(p []byte) (int, error) { w.t.Log(string(p)); return len(p), nil }
+
+// freeAddrs reserves n loopback ports and releases them for the nodes.
+func freeAddrs(t *testing.T, n int) []string {
+	t.Helper()
+	var out []string
+	var ls []net.Listener
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ls = append(ls, l)
+		out = append(out, l.Addr().String())
+	}
+	for _, l := range ls {
+		l.Close()
+	}
+	return out
+}
+
+func startNode(t *testing.T, cfg Config) *Node {
+	t.Helper()
+	cfg.Logger = testLogger(t)
+	n, err := NewNode(cfg)
+	if err != nil {
+		t.Fatalf("start %s: %v", cfg.ID, err)
+	}
+	t.Cleanup(func() { n.Shutdown() })
+	return n
+}
+
+func jobIDs(n *Node) string {
+	var ids []string
+	for _, j := range n.Jobs() {
+		ids = append(ids, j.Id)
+	}
+	return fmt.Sprint(ids)
+}
+
+func sameState(nodes ...*Node) error {
+	want := nodes[0].FSM().State()
+	for _, n := range nodes[1:] {
+		if got := n.FSM().State(); !proto.Equal(got, want) {
+			return fmt.Errorf("%s has %s, %s has %s", n.ID(), jobIDs(n), nodes[0].ID(), jobIDs(nodes[0]))
+		}
+	}
+	return nil
+}
+
+func leaderOf(t *testing.T, nodes []*Node, timeout time.Duration) *Node {
+	t.Helper()
+	var leader *Node
+	checkFor(t, timeout, func() error {
+		leader = nil
+		for _, n := range nodes {
+			if n.IsLeader() {
+				leader = n
+			}
+		}
+		if leader == nil {
+			return errors.New("no leader")
+		}
+		for _, n := range nodes {
+			if id, _ := n.Leader(); id != leader.ID() {
+				return fmt.Errorf("%s thinks the leader is %q, not %s", n.ID(), id, leader.ID())
+			}
+		}
+		return nil
+	})
+	return leader
+}
+
+// TestClusterFailover runs three replicas bootstrapped together with the
+// default (production) raft timings, kills the leader and measures how long
+// the survivors take to elect a new one.
+func TestClusterFailover(t *testing.T) {
+	ctx := context.Background()
+	addrs := freeAddrs(t, 3)
+	servers := []Server{{"c1", addrs[0]}, {"c2", addrs[1]}, {"c3", addrs[2]}}
+	cfgs := make([]Config, 3)
+	nodes := make([]*Node, 3)
+	for i, s := range servers {
+		cfgs[i] = DefaultConfig()
+		cfgs[i].ID, cfgs[i].BindAddr, cfgs[i].DataDir = s.ID, s.Address, filepath.Join(t.TempDir(), s.ID)
+		cfgs[i].Bootstrap, cfgs[i].Servers = true, servers
+		nodes[i] = startNode(t, cfgs[i])
+	}
+	leader := leaderOf(t, nodes, 10*time.Second)
+
+	// A follower refuses writes and names the leader.
+	for _, n := range nodes {
+		if n == leader {
+			continue
+		}
+		_, err := n.Apply(ctx, submitCmd(0, "job-1", 2))
+		var nle *NotLeaderError
+		if !errors.Is(err, ErrNotLeader) || !errors.As(err, &nle) || nle.LeaderAddr != leader.Addr() || nle.LeaderID != leader.ID() {
+			t.Fatalf("follower %s: err %v, want not-leader naming %s at %s", n.ID(), err, leader.ID(), leader.Addr())
+		}
+	}
+	r, err := leader.Apply(ctx, submitCmd(0, "job-1", 2))
+	if err != nil || !r.Created || r.Job.SubmittedUnixNano == 0 {
+		t.Fatalf("submit on leader: %+v %v", r, err)
+	}
+	if _, err := leader.Apply(ctx, placeCmd(0, "job-1", "w1", "w2")); err != nil {
+		t.Fatal(err)
+	}
+	checkFor(t, 20*time.Second, func() error { return sameState(nodes...) })
+
+	// Kill the leader.
+	var old int
+	for i, n := range nodes {
+		if n == leader {
+			old = i
+		}
+	}
+	start := time.Now()
+	if err := leader.Shutdown(); err != nil {
+		t.Fatal(err)
+	}
+	var rest []*Node
+	for i, n := range nodes {
+		if i != old {
+			rest = append(rest, n)
+		}
+	}
+	newLeader := leaderOf(t, rest, 15*time.Second)
+	failover := time.Since(start)
+	t.Logf("leader fail-over: %v (heartbeat %v, election %v); new leader %s",
+		failover.Round(time.Millisecond), cfgs[0].HeartbeatTimeout, cfgs[0].ElectionTimeout, newLeader.ID())
+
+	// The client retries its submit on the new leader (it could not know
+	// whether the first one committed): no duplicate.
+	r, err = newLeader.Apply(ctx, submitCmd(0, "job-1", 2))
+	if err != nil || r.Created || r.Job.State != pb.JobState_JOB_STATE_PLACED {
+		t.Fatalf("retried submit: %+v %v", r, err)
+	}
+	if _, err := newLeader.Apply(ctx, submitCmd(0, "job-2", 1)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := newLeader.Apply(ctx, progressCmd(0, "job-1", 3, 4.5)); err != nil {
+		t.Fatal(err)
+	}
+	checkFor(t, 20*time.Second, func() error { return sameState(rest...) })
+
+	// The old leader restarts from its data dir (Bootstrap is set again and
+	// must be a no-op) and catches up.
+	restarted := startNode(t, cfgs[old])
+	all := append(rest, restarted)
+	checkFor(t, 20*time.Second, func() error { return sameState(all...) })
+	if got := jobIDs(restarted); got != "[job-1 job-2]" {
+		t.Fatalf("restarted replica has %s", got)
+	}
+	j, _ := restarted.Job("job-1")
+	if j.State != pb.JobState_JOB_STATE_RUNNING || j.Progress.Step != 3 || j.SubmitSeq != 1 {
+		t.Fatalf("job-1 on the restarted replica: %v", j)
+	}
+}
+
+func fastConfig(t *testing.T, id string) Config {
+	c := DefaultConfig()
+	c.ID, c.BindAddr, c.DataDir = id, "127.0.0.1:0", filepath.Join(t.TempDir(), id)
+	c.HeartbeatTimeout, c.ElectionTimeout, c.LeaderLeaseTimeout = 500*time.Millisecond, 500*time.Millisecond, 250*time.Millisecond
+	c.SnapshotThreshold, c.TrailingLogs, c.SnapshotInterval = 16, 8, time.Hour
+	return c
+}
+
+// TestJoinLeaveCatchUp grows a one-node cluster to three by AddVoter,
+// restarts a replica that missed compacted log entries (it restores its own
+// snapshot, then installs the leader's), and removes a replica.
+func TestJoinLeaveCatchUp(t *testing.T) {
+	ctx := context.Background()
+	c1 := fastConfig(t, "c1")
+	c1.Bootstrap = true
+	n1 := startNode(t, c1)
+	if _, _, err := n1.WaitForLeader(ctxTimeout(t, 10*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	c2, c3 := fastConfig(t, "c2"), fastConfig(t, "c3")
+	n2, n3 := startNode(t, c2), startNode(t, c3)
+	for _, n := range []*Node{n2, n3} {
+		if err := n1.AddVoter(ctx, n.ID(), n.Addr()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := n2.AddVoter(ctx, "x", "127.0.0.1:1"); !errors.Is(err, ErrNotLeader) {
+		t.Fatalf("AddVoter on a follower: %v", err)
+	}
+	servers, err := n1.Servers()
+	if err != nil || len(servers) != 3 || !servers[0].Leader {
+		t.Fatalf("servers %+v %v", servers, err)
+	}
+	for i := range 10 {
+		if _, err := n1.Apply(ctx, submitCmd(0, fmt.Sprintf("j%02d", i), 1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	checkFor(t, 20*time.Second, func() error { return sameState(n1, n2, n3) })
+
+	// n3 snapshots and stops; the cluster moves on and compacts past it.
+	if err := n3.Snapshot(); err != nil {
+		t.Fatal(err)
+	}
+	if err := n3.Shutdown(); err != nil {
+		t.Fatal(err)
+	}
+	for i := 10; i < 50; i++ {
+		id := fmt.Sprintf("j%02d", i)
+		if _, err := n1.Apply(ctx, submitCmd(0, id, 1)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := n1.Apply(ctx, placeCmd(0, id, "w1")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := n1.Snapshot(); err != nil {
+		t.Fatal(err)
+	}
+	c3.BindAddr = n3.Addr()
+	n3 = startNode(t, c3)
+	if got := len(n3.Jobs()); got != 10 {
+		t.Fatalf("restarted replica restored %d jobs from its own snapshot, want 10", got)
+	}
+	checkFor(t, 20*time.Second, func() error { return sameState(n1, n2, n3) })
+	if n := len(n3.Jobs()); n != 50 {
+		t.Fatalf("caught-up replica has %d jobs", n)
+	}
+	// The leader had compacted the entries n3 missed, so n3 caught up by
+	// installing the leader's snapshot.
+	if got, want := n3.Stats()["last_snapshot_index"], n1.Stats()["last_snapshot_index"]; got != want {
+		t.Fatalf("n3 last snapshot index %s, leader's %s: caught up without the snapshot?", got, want)
+	}
+
+	// n2 leaves.
+	if err := n1.RemoveServer(ctx, "c2"); err != nil {
+		t.Fatal(err)
+	}
+	n2.Shutdown()
+	if servers, _ := n1.Servers(); len(servers) != 2 {
+		t.Fatalf("servers after leave: %+v", servers)
+	}
+	if _, err := n1.Apply(ctx, submitCmd(0, "after-leave", 1)); err != nil {
+		t.Fatal(err)
+	}
+	checkFor(t, 20*time.Second, func() error { return sameState(n1, n3) })
+}
+
+func ctxTimeout(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func TestConfigValidate(t *testing.T) {
+	ok := DefaultConfig()
+	ok.ID, ok.DataDir = "c1", t.TempDir()
+	if err := ok.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	for name, mut := range map[string]func(*Config){
+		"no id":          func(c *Config) { c.ID = "" },
+		"no data dir":    func(c *Config) { c.DataDir = "" },
+		"bad bind":       func(c *Config) { c.BindAddr = "nope" },
+		"bad level":      func(c *Config) { c.RaftLogLevel = "loud" },
+		"lease":          func(c *Config) { c.LeaderLeaseTimeout = 2 * c.HeartbeatTimeout },
+		"servers w/o me": func(c *Config) { c.Servers = []Server{{"c2", "127.0.0.1:1"}} },
+		"repeated":       func(c *Config) { c.Servers = []Server{{"c1", "a:1"}, {"c1", "a:2"}} },
+	} {
+		c := ok
+		mut(&c)
+		if err := c.Validate(); !errors.Is(err, ErrInvalidConfig) {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+}

@@ -1,0 +1,106 @@
+package events_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/switchyard-ml/switchyard/pkg/events"
+)
+
+// TestNATSOutage stops NATS under a publisher and a `logs -f` follower:
+// Publish stays non-blocking and counts drops once the buffer is full;
+// after NATS restarts (same port and store) the buffered messages are sent
+// and the follower resumes without losing or repeating a stored message.
+func TestNATSOutage(t *testing.T) {
+	dir := t.TempDir()
+	srv := startNATS(t, dir, 0)
+	port := srv.Port
+	const buffer = 64
+	pub := newNATSBus(t, srv.URL, buffer)
+	sub := newNATSBus(t, srv.URL, 0)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	follow, err := sub.Subscribe(ctx, events.Filter{Kind: events.KindLog, JobID: "out-1", Replay: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := 0
+	for ; next < 10; next++ {
+		if err := pub.Publish(logMsg("out-1", next)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 10 {
+		if m := recv(t, follow, 5*time.Second); m.Log.Line != fmt.Sprintf("line %d", i) {
+			t.Fatalf("before outage %d: %+v", i, m)
+		}
+	}
+
+	srv.Close()
+	const burst = 10_000
+	start := time.Now()
+	var dropped int
+	var kept []int
+	for i := range burst {
+		err := pub.Publish(logMsg("out-1", next+i))
+		switch {
+		case errors.Is(err, events.ErrDropped):
+			dropped++
+		case err != nil:
+			t.Fatal(err)
+		default:
+			kept = append(kept, next+i)
+		}
+	}
+	took := time.Since(start)
+	t.Logf("nats down: %d publishes in %v (%.2f µs each), %d dropped, %d buffered",
+		burst, took, float64(took.Microseconds())/burst, dropped, len(kept))
+	if took > 5*time.Second {
+		t.Fatalf("publishing while NATS is down took %v: Publish blocks", took)
+	}
+	if s := pub.Stats(); dropped == 0 || s.Dropped != uint64(dropped) {
+		t.Fatalf("dropped %d, stats %+v", dropped, s)
+	}
+
+	restart := time.Now()
+	srv2 := startNATS(t, dir, port)
+	t.Cleanup(srv2.Close)
+	// Everything accepted before the outage and into the buffer arrives once,
+	// in order.
+	for _, want := range kept {
+		m := recv(t, follow, 20*time.Second)
+		if m.Log.Line != fmt.Sprintf("line %d", want) {
+			t.Fatalf("after restart: got %q, want line %d", m.Log.Line, want)
+		}
+	}
+	t.Logf("follower received the %d buffered messages %v after NATS restarted", len(kept), time.Since(restart).Round(time.Millisecond))
+	if err := pub.Publish(logMsg("out-1", 99_999)); err != nil {
+		t.Fatal(err)
+	}
+	if m := recv(t, follow, 10*time.Second); m.Log.Line != "line 99999" {
+		t.Fatalf("live after restart: %+v", m)
+	}
+	hist, err := sub.History(ctx, events.Filter{Kind: events.KindLog, JobID: "out-1"})
+	if err != nil || len(hist) != 10+len(kept)+1 {
+		t.Fatalf("history after outage: %d messages (want %d), %v", len(hist), 10+len(kept)+1, err)
+	}
+}
+
+// TestNATSStartsWithoutServer: a worker whose NATS is unreachable starts
+// and trains; its publishes are buffered, then dropped, never blocking.
+func TestNATSStartsWithoutServer(t *testing.T) {
+	b := newNATSBus(t, "nats://127.0.0.1:1", 8)
+	start := time.Now()
+	for i := range 100 {
+		b.Publish(logMsg("nowhere", i))
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("publishing took %v", d)
+	}
+	if s := b.Stats(); s.Dropped < 90 || s.Sent != 0 {
+		t.Fatalf("stats %+v", s)
+	}
+}

@@ -1,0 +1,131 @@
+package membership
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// DefaultPrefix is the etcd key prefix under which workers register.
+const DefaultPrefix = "/switchyard/workers/"
+
+var (
+	// ErrInvalidWorker: the worker info is incomplete.
+	ErrInvalidWorker = errors.New("membership: invalid worker info")
+	// ErrClosed: the registry or registration was closed.
+	ErrClosed = errors.New("membership: closed")
+	// ErrLeaseLost: the registration's lease expired or was revoked.
+	ErrLeaseLost = errors.New("membership: lease lost")
+)
+
+// Resources are what a worker offers.
+type Resources struct {
+	CPUCores    int   `json:"cpu_cores"`
+	MemoryBytes int64 `json:"memory_bytes"`
+	GPUs        int   `json:"gpus"`
+}
+
+// WorkerInfo is what a worker registers about itself.
+type WorkerInfo struct {
+	// ID is unique in the cluster (e.g. the host name plus an index).
+	ID string `json:"id"`
+	// Address is where peers and the coordinator reach it (host:port).
+	Address   string            `json:"address"`
+	Resources Resources         `json:"resources"`
+	Labels    map[string]string `json:"labels,omitempty"`
+	// Version of the worker binary, for `cluster status`.
+	Version string `json:"version,omitempty"`
+}
+
+// Validate checks the fields every registration needs.
+func (w WorkerInfo) Validate() error {
+	switch {
+	case w.ID == "":
+		return fmt.Errorf("%w: id: required", ErrInvalidWorker)
+	case w.Address == "":
+		return fmt.Errorf("%w: %s: address: required", ErrInvalidWorker, w.ID)
+	case w.Resources.CPUCores < 0 || w.Resources.MemoryBytes < 0 || w.Resources.GPUs < 0:
+		return fmt.Errorf("%w: %s: resources: must not be negative", ErrInvalidWorker, w.ID)
+	}
+	for i := 0; i < len(w.ID); i++ {
+		if c := w.ID[i]; c == '/' || c < ' ' || c == 0x7f {
+			return fmt.Errorf("%w: id %q: no '/' or control characters", ErrInvalidWorker, w.ID)
+		}
+	}
+	return nil
+}
+
+func encode(w WorkerInfo) ([]byte, error) { return json.Marshal(w) }
+
+func decode(b []byte) (WorkerInfo, error) {
+	var w WorkerInfo
+	err := json.Unmarshal(b, &w)
+	return w, err
+}
+
+// EventType says what happened to a worker.
+type EventType int
+
+const (
+	// Join: a worker registered (or was present when the watch started).
+	Join EventType = iota + 1
+	// Update: a registered worker changed its info.
+	Update
+	// Leave: a worker deregistered or its lease expired.
+	Leave
+)
+
+func (t EventType) String() string {
+	switch t {
+	case Join:
+		return "join"
+	case Update:
+		return "update"
+	case Leave:
+		return "leave"
+	}
+	return fmt.Sprintf("EventType(%d)", int(t))
+}
+
+// Event is one change of membership. For Leave, Worker is the last info
+// the worker registered.
+type Event struct {
+	Type   EventType
+	Worker WorkerInfo
+}
+
+// Registry is the membership boundary between workers and the coordinator.
+type Registry interface {
+	// Register publishes info under a lease of ttl (rounded up to whole
+	// seconds, at least 1s) and keeps the lease alive until the registration
+	// is closed or ctx ends. Registering an ID that is already live replaces
+	// its info (the previous lease keeps running until it ends).
+	Register(ctx context.Context, info WorkerInfo, ttl time.Duration) (Registration, error)
+	// List returns the live workers sorted by ID.
+	List(ctx context.Context) ([]WorkerInfo, error)
+	// Watch first sends a Join for every live worker, then every change, in
+	// order, until ctx ends; then it closes the channel. A slow reader
+	// delays the watch but loses no events.
+	Watch(ctx context.Context) (<-chan Event, error)
+	// Close stops the registry's background work and revokes the leases of
+	// its open registrations.
+	Close() error
+}
+
+// Registration is one worker's live entry.
+type Registration interface {
+	// Update replaces the registered info (same ID) under the same lease.
+	Update(ctx context.Context, info WorkerInfo) error
+	// Lost is closed when the lease can no longer be kept alive (expired,
+	// revoked, or the registry closed).
+	Lost() <-chan struct{}
+	// Close deregisters: it revokes the lease so watchers see Leave at once.
+	Close(ctx context.Context) error
+}
+
+func ttlSeconds(ttl time.Duration) int64 {
+	s := int64((ttl + time.Second - 1) / time.Second)
+	return max(s, 1)
+}

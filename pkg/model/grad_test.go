@@ -241,7 +241,7 @@ func TestPresetSizes(t *testing.T) {
 			math.Abs(f-tc.flops) > 0.005*tc.flops {
 			t.Errorf("%s: total %d active %d flops %.4g", tc.name, total, active, f)
 		}
-		p := buildParams(c, 0, c.Experts)
+		p := buildParams(c, 0, c.Experts, 0, 1)
 		if int64(p.Len()) != total {
 			t.Errorf("%s: Params holds %d, ParamCount says %d", tc.name, p.Len(), total)
 		}

@@ -25,6 +25,7 @@ type Model struct {
 	// exchange moves tokens between expert-parallel ranks (nil: this model
 	// holds every expert)
 	exchange ExpertExchange
+	tp       TensorGroup // nil: no tensor parallelism
 }
 
 // ExpertExchange is what expert parallelism needs from the parallel
@@ -39,7 +40,10 @@ type ExpertExchange interface {
 // Option configures New.
 type Option func(*options)
 
-type options struct{ exchange ExpertExchange }
+type options struct {
+	exchange ExpertExchange
+	tp       TensorGroup
+}
 
 // WithExpertParallel makes the model hold only its share of every MoE
 // layer's routed experts and exchange tokens with the other expert-parallel
@@ -87,7 +91,19 @@ func New(cfg Config, microBatch int, bal *lbl.Balancer, domains int, opts ...Opt
 		}
 		lo, hi = r*cfg.Experts/n, (r+1)*cfg.Experts/n
 	}
-	m := &Model{Cfg: cfg, P: buildParams(cfg, lo, hi), scale: 1, exchange: o.exchange}
+	tpRank, tp := 0, 1
+	if o.tp != nil && o.tp.Size() > 1 {
+		tpRank, tp = o.tp.Rank(), o.tp.Size()
+		switch {
+		case cfg.Heads%tp != 0:
+			return nil, fmt.Errorf("%w: heads = %d: tensor parallelism over %d ranks needs a multiple of %d", ErrConfig, cfg.Heads, tp, tp)
+		case microBatch%tp != 0:
+			return nil, fmt.Errorf("%w: micro-batch = %d: tensor parallelism over %d ranks splits the MoE tokens by whole sequences and needs a multiple of %d", ErrConfig, microBatch, tp, tp)
+		}
+	} else {
+		o.tp = nil
+	}
+	m := &Model{Cfg: cfg, P: buildParams(cfg, lo, hi, tpRank, tp), scale: 1, exchange: o.exchange, tp: o.tp}
 	var err error
 	if m.Train, err = m.build(microBatch, bal, nil, true); err != nil {
 		return nil, err
@@ -107,6 +123,11 @@ func (m *Model) build(B int, bal *lbl.Balancer, stats *ExpertStats, train bool) 
 	c := m.Cfg
 	S, d, V := c.SeqLen, c.Dim, c.Vocab
 	T := B * S
+	tp := 1
+	if m.tp != nil {
+		tp = m.tp.Size()
+	}
+	dl := d / tp
 	pr := &Program{Batch: NewBatch(B, S), g: G.NewGraph(), Stats: stats, KeepRegisters: true}
 	g := pr.g
 	kind := "eval"
@@ -144,16 +165,23 @@ func (m *Model) build(B int, bal *lbl.Balancer, stats *ExpertStats, train bool) 
 		moeIdx := 0
 		for l := 0; l < c.Layers; l++ {
 			h := must(G.ApplyOp(newRMSNormOp(tag(pname(l, "attn_norm")), T, d, c.NormEps), x, param(pname(l, "attn_norm"), d)))
-			qkv := must(G.Mul(h, param(pname(l, "wqkv"), d, 3*d)))
-			a := must(G.ApplyOp(newAttentionOp(tag(pname(l, "attn")), B, S, c.Heads, d, c.RopeBase), qkv))
-			x = must(G.Add(x, must(G.Mul(a, param(pname(l, "wo"), d, d)))))
+			if m.tp != nil {
+				h = must(G.ApplyOp(newTPCommOp(tag(pname(l, "tp_copy")), m.tp, false, T, d, &m.fail), h))
+			}
+			qkv := must(G.Mul(h, param(pname(l, "wqkv"), d, 3*dl)))
+			a := must(G.ApplyOp(newAttentionOp(tag(pname(l, "attn")), B, S, c.Heads/tp, dl, c.RopeBase), qkv))
+			o := must(G.Mul(a, param(pname(l, "wo"), dl, d)))
+			if m.tp != nil {
+				o = must(G.ApplyOp(newTPCommOp(tag(pname(l, "tp_reduce")), m.tp, true, T, d, &m.fail), o))
+			}
+			x = must(G.Add(x, o))
 			h2 := must(G.ApplyOp(newRMSNormOp(tag(pname(l, "ffn_norm")), T, d, c.NormEps), x, param(pname(l, "ffn_norm"), d)))
 			var f *G.Node
 			if c.IsMoE(l) {
-				op := newMoEOp(tag(pname(l, "moe")), l, moeIdx, c, pr.Batch, m.P, bal, stats, &m.scale)
+				op := newMoEOp(tag(pname(l, "moe")), l, moeIdx, c, pr.Batch, m.P, bal, stats, &m.scale, m.tp)
 				op.fail = &m.fail
 				if m.exchange != nil {
-					op.ep = newEPState(m.exchange, T, c.Experts, c.TopK, d, c.Hidden)
+					op.ep = newEPState(m.exchange, op.T, c.Experts, c.TopK, d, c.Hidden)
 				}
 				pr.moes = append(pr.moes, op)
 				moeIdx++

@@ -14,6 +14,7 @@ package model
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	G "gorgonia.org/gorgonia"
@@ -33,8 +34,10 @@ type moeOp struct {
 	bal           *lbl.Balancer // nil in evaluation graphs
 	stats         *ExpertStats  // non-nil: record selections per domain
 	scale         *float32
-	fail          *error   // the op's own error, reported instead of gorgonia's wrapping of it
-	ep            *epState // nil: every expert is local
+	fail          *error      // the op's own error, reported instead of gorgonia's wrapping of it
+	ep            *epState    // nil: every expert is local
+	tg            TensorGroup // nil: no tensor parallelism; else this rank handles tokens [off, off+T)
+	off, tFull    int
 	T, d, h, E, k int
 	capacity      int
 
@@ -64,11 +67,16 @@ type moeOp struct {
 	dVal                *tensor.Dense
 }
 
-func newMoEOp(tag string, l, moeIdx int, cfg Config, b *Batch, p *Params, bal *lbl.Balancer, stats *ExpertStats, scale *float32) *moeOp {
-	T, d, h, E, k := b.T(), cfg.Dim, cfg.Hidden, cfg.Experts, cfg.TopK
-	o := &moeOp{opBase: opBase{tag: tag, inDims: []int{2}, out: tensor.Shape{T, d}},
+func newMoEOp(tag string, l, moeIdx int, cfg Config, b *Batch, p *Params, bal *lbl.Balancer, stats *ExpertStats, scale *float32, tg TensorGroup) *moeOp {
+	tFull, d, h, E, k := b.T(), cfg.Dim, cfg.Hidden, cfg.Experts, cfg.TopK
+	T, off := tFull, 0
+	if tg != nil {
+		T = tFull / tg.Size()
+		off = tg.Rank() * T
+	}
+	o := &moeOp{opBase: opBase{tag: tag, inDims: []int{2}, out: tensor.Shape{tFull, d}},
 		layer: l, moeIdx: moeIdx, cfg: cfg, batch: b, p: p, bal: bal, stats: stats, scale: scale,
-		T: T, d: d, h: h, E: E, k: k}
+		T: T, d: d, h: h, E: E, k: k, tg: tg, off: off, tFull: tFull}
 	if cfg.CapacityFactor > 0 {
 		o.capacity = router.Capacity(T, E, k, cfg.CapacityFactor)
 	}
@@ -95,8 +103,8 @@ func newMoEOp(tag string, l, moeIdx int, cfg Config, b *Batch, p *Params, bal *l
 	o.xeSD = make([]float32, T*k*d)
 	o.yeSD = make([]float32, T*k*d)
 	o.act = newFFNAct(T*k, h)
-	o.outTD = make([]float32, T*d)
-	o.outVal = dense(o.outTD, T, d)
+	o.outTD = make([]float32, tFull*d)
+	o.outVal = dense(o.outTD, tFull, d)
 	El := len(o.w1) / (d * h)
 	o.experts = ffnGroup{d: d, h: h, blocks: make([]ffnBlock, El)}
 	for e := range o.experts.blocks {
@@ -123,8 +131,9 @@ func (o *moeOp) bindExperts(backward bool) {
 }
 
 func (o *moeOp) Do(in ...G.Value) (G.Value, error) {
-	x := f32(in[0])
 	T, d, E, k := o.T, o.d, o.E, o.k
+	x := f32(in[0])[o.off*d : (o.off+T)*d]
+	out := o.outTD[o.off*d : (o.off+T)*d]
 	blas := kernels.Default()
 	start := time.Now()
 	// router: logits = x Wr, probs = softmax(logits)
@@ -144,10 +153,10 @@ func (o *moeOp) Do(in ...G.Value) (G.Value, error) {
 		return nil, err
 	}
 	if o.bal != nil {
-		o.bal.Record(o.moeIdx, o.logitsTE, o.probsTE, o.idxTK, T, o.batch.S, o.batch.Valid)
+		o.bal.Record(o.moeIdx, o.logitsTE, o.probsTE, o.idxTK, T, o.batch.S, o.batch.Valid[o.off:o.off+T])
 	}
 	if o.stats != nil {
-		o.stats.record(o.moeIdx, o.batch, o.idxTK, k)
+		o.stats.record(o.moeIdx, o.batch, o.off, T, o.idxTK, k)
 	}
 	since(&prof.Router, start)
 	defer since(&prof.Experts, time.Now())
@@ -167,24 +176,41 @@ func (o *moeOp) Do(in ...G.Value) (G.Value, error) {
 		o.experts.forward(0)
 	}
 	// combine: y[t] = sum over kept choices of w[t,c] * ye[slot]
-	clear(o.outTD)
+	clear(out)
 	for s := 0; s < S; s++ {
 		t, c := int(o.plan.Token[s]), int(o.plan.Choice[s])
-		kernels.Axpy(o.wTK[t*k+c], o.yeSD[s*d:(s+1)*d], o.outTD[t*d:(t+1)*d])
+		kernels.Axpy(o.wTK[t*k+c], o.yeSD[s*d:(s+1)*d], out[t*d:(t+1)*d])
 	}
 	for s := range o.shared {
 		b := &o.shared[s].blocks[0]
-		b.x, b.y = x, o.outTD
+		b.x, b.y = x, out
 		o.shared[s].forward(1)
+	}
+	if o.tg != nil {
+		if err := o.tg.AllGatherEqual(context.Background(), o.outTD); err != nil {
+			*o.fail = fmt.Errorf("model: gather MoE outputs over the tensor-parallel group: %w", err)
+			return nil, *o.fail
+		}
 	}
 	return o.outVal, nil
 }
 
 func (o *moeOp) DiffWRT(int) []bool { return []bool{true} }
 
+// lblScale is the auxiliary losses' gradient scale: 1/micro-batches, and
+// 1/tp with tensor parallelism, whose ranks each balance a 1/tp token slice
+// (the slices' losses average to the whole micro-batch's).
+func (o *moeOp) lblScale() float64 {
+	s := float64(*o.scale)
+	if o.tg != nil {
+		s /= float64(o.tg.Size())
+	}
+	return s
+}
+
 func (o *moeOp) SymDiff(in G.Nodes, out, grad *G.Node) (G.Nodes, error) {
 	T, d, h, E, k := o.T, o.d, o.h, o.E, o.k
-	o.dxTD = make([]float32, T*d)
+	o.dxTD = make([]float32, o.tFull*d)
 	o.dyeSD = make([]float32, T*k*d)
 	o.dxeSD = make([]float32, T*k*d)
 	o.dwTK = make([]float32, T*k)
@@ -197,7 +223,7 @@ func (o *moeOp) SymDiff(in G.Nodes, out, grad *G.Node) (G.Nodes, error) {
 	if o.cfg.Shared > 0 {
 		o.sharedScratch = newFFNAct(T, h)
 	}
-	o.dVal = dense(o.dxTD, T, d)
+	o.dVal = dense(o.dxTD, o.tFull, d)
 	g := &moeGradOp{opBase: opBase{tag: o.tag + "/grad", inDims: []int{2, 2}, out: tensor.Shape{T, d}}, fwd: o}
 	n, err := G.ApplyOp(g, in[0], grad)
 	return G.Nodes{n}, err
@@ -210,8 +236,9 @@ type moeGradOp struct {
 
 func (g *moeGradOp) Do(in ...G.Value) (G.Value, error) {
 	o := g.fwd
-	x, dy := f32(in[0]), f32(in[1])
 	T, d, E, k := o.T, o.d, o.E, o.k
+	x, dy := f32(in[0])[o.off*d:(o.off+T)*d], f32(in[1])[o.off*d:(o.off+T)*d]
+	dxTD := o.dxTD[o.off*d : (o.off+T)*d]
 	blas := kernels.Default()
 	S := o.plan.Slots()
 	start := time.Now()
@@ -237,10 +264,10 @@ func (g *moeGradOp) Do(in ...G.Value) (G.Value, error) {
 		o.experts.backward(0)
 	}
 	// scatter slot input gradients back to tokens
-	clear(o.dxTD)
+	clear(dxTD)
 	for s := 0; s < S; s++ {
 		t := int(o.plan.Token[s])
-		kernels.Axpy(1, o.dxeSD[s*d:(s+1)*d], o.dxTD[t*d:(t+1)*d])
+		kernels.Axpy(1, o.dxeSD[s*d:(s+1)*d], dxTD[t*d:(t+1)*d])
 	}
 	since(&prof.Experts, start)
 	start = time.Now()
@@ -255,19 +282,25 @@ func (g *moeGradOp) Do(in ...G.Value) (G.Value, error) {
 		}
 	}
 	if o.bal != nil {
-		if err := o.bal.Backward(context.Background(), o.moeIdx, float64(*o.scale), o.dLogitsTE); err != nil {
+		if err := o.bal.Backward(context.Background(), o.moeIdx, o.lblScale(), o.dLogitsTE); err != nil {
 			*o.fail = err
 			return nil, err
 		}
 	}
 	blas.Sgemm(true, false, d, E, T, 1, x, d, o.dLogitsTE, E, 1, o.gwr, E)
-	blas.Sgemm(false, true, T, d, E, 1, o.dLogitsTE, E, o.wr, E, 1, o.dxTD, d)
+	blas.Sgemm(false, true, T, d, E, 1, o.dLogitsTE, E, o.wr, E, 1, dxTD, d)
 	since(&prof.Router, start)
 	defer since(&prof.Experts, time.Now())
 	for s := range o.shared {
 		b := &o.shared[s].blocks[0]
-		b.x, b.dy, b.dx, b.scratch = x, dy, o.dxTD, o.sharedScratch
+		b.x, b.dy, b.dx, b.scratch = x, dy, dxTD, o.sharedScratch
 		o.shared[s].backward(1)
+	}
+	if o.tg != nil {
+		if err := o.tg.AllGatherEqual(context.Background(), o.dxTD); err != nil {
+			*o.fail = fmt.Errorf("model: gather MoE input gradients over the tensor-parallel group: %w", err)
+			return nil, *o.fail
+		}
 	}
 	return o.dVal, nil
 }

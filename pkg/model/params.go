@@ -21,7 +21,26 @@ type Param struct {
 	// holds only its experts' slices, and their gradients are reduced over
 	// the expert-data-parallel group instead of the data-parallel one.
 	Expert bool
+	// TP says how tensor parallelism treats the tensor: TPReplicated (the
+	// same on every tensor-parallel rank, with the same gradient),
+	// TPSharded (each rank holds a slice: full is the whole shape and
+	// slice picks this rank's values from it) or TPPartial (replicated
+	// values whose gradients are partial sums over the ranks' token
+	// slices: summed over the tensor-parallel group).
+	TP    TPKind
+	full  []int
+	slice func(fullW, w []float32)
 }
+
+// TPKind is how tensor parallelism splits a parameter.
+type TPKind int
+
+// The ways a parameter lives under tensor parallelism.
+const (
+	TPReplicated TPKind = iota
+	TPSharded
+	TPPartial
+)
 
 // Params owns every parameter and gradient of a model in two flat float32
 // buffers. Tensors (gorgonia or hand-written kernels) are views of them, so
@@ -37,6 +56,21 @@ type Params struct {
 }
 
 func newParams() *Params { return &Params{index: map[string]int{}} }
+
+// shard marks the last parameter as a tensor-parallel slice of full.
+func (p *Params) shard(full []int, slice func(fullW, w []float32)) {
+	q := &p.List[len(p.List)-1]
+	q.TP, q.full, q.slice = TPSharded, full, slice
+}
+
+// partial marks the last parameter's gradient as a partial sum over the
+// tensor-parallel ranks' token slices (the MoE layer's parameters, whose
+// tokens are split over the tensor-parallel group).
+func (p *Params) partial(tp int) {
+	if tp > 1 {
+		p.List[len(p.List)-1].TP = TPPartial
+	}
+}
 
 func (p *Params) addExpert(name string, shape ...int) {
 	p.add(name, true, shape...)
@@ -109,26 +143,50 @@ func pname(l int, what string) string { return fmt.Sprintf("layers.%d.%s", l, wh
 
 // buildParams lays out the parameters of a model that holds routed experts
 // [lo, hi) of every MoE layer (all of them: 0, E).
-func buildParams(c Config, lo, hi int) *Params {
+//
+// With tensor parallelism over tp ranks (this one tpRank) the attention
+// projections are Megatron-split: wqkv column-parallel (this rank's heads
+// of q, k and v: [d, 3*d/tp]) and wo row-parallel ([d/tp, d]).
+func buildParams(c Config, lo, hi, tpRank, tp int) *Params {
 	p := newParams()
 	p.ExpertLo = lo
 	d, h, E, V := c.Dim, c.Hidden, c.Experts, c.Vocab
 	El := hi - lo
+	dl := d / tp
 	p.add("embed", true, V, d)
 	for l := 0; l < c.Layers; l++ {
 		p.add(pname(l, "attn_norm"), false, d)
-		p.add(pname(l, "wqkv"), true, d, 3*d)
-		p.add(pname(l, "wo"), true, d, d)
+		p.add(pname(l, "wqkv"), true, d, 3*dl)
+		if tp > 1 {
+			p.shard([]int{d, 3 * d}, func(full, w []float32) {
+				for i := 0; i < d; i++ {
+					for part := 0; part < 3; part++ {
+						copy(w[i*3*dl+part*dl:i*3*dl+(part+1)*dl], full[i*3*d+part*d+tpRank*dl:])
+					}
+				}
+			})
+		}
+		p.add(pname(l, "wo"), true, dl, d)
+		if tp > 1 {
+			p.shard([]int{d, d}, func(full, w []float32) { copy(w, full[tpRank*dl*d:(tpRank+1)*dl*d]) })
+		}
 		p.add(pname(l, "ffn_norm"), false, d)
 		if c.IsMoE(l) {
 			p.add(pname(l, "router"), true, d, E)
+			p.partial(tp)
 			p.addExpert(pname(l, "w1"), El, d, h)
+			p.partial(tp)
 			p.addExpert(pname(l, "w3"), El, d, h)
+			p.partial(tp)
 			p.addExpert(pname(l, "w2"), El, h, d)
+			p.partial(tp)
 			if c.Shared > 0 {
 				p.add(pname(l, "shared_w1"), true, c.Shared, d, h)
+				p.partial(tp)
 				p.add(pname(l, "shared_w3"), true, c.Shared, d, h)
+				p.partial(tp)
 				p.add(pname(l, "shared_w2"), true, c.Shared, h, d)
+				p.partial(tp)
 			}
 		} else {
 			hd := c.DenseHidden
@@ -160,6 +218,19 @@ func (p *Params) Init(c Config, seed uint64) {
 		h := fnv.New64a()
 		h.Write([]byte(q.Name))
 		key := h.Sum64()
+		if q.TP == TPSharded {
+			n := 1
+			for _, s := range q.full {
+				n *= s
+			}
+			full := make([]float32, n)
+			rng := rand.New(rand.NewPCG(seed, key))
+			for i := range full {
+				full[i] = float32(rng.NormFloat64() * c.InitStd)
+			}
+			q.slice(full, w)
+			continue
+		}
 		parts, per := 1, q.Size
 		if q.Expert {
 			parts, per = q.Shape[0], q.Size/q.Shape[0]

@@ -36,14 +36,17 @@ func (s *ExpertStats) Reset() {
 	}
 }
 
-func (s *ExpertStats) record(l int, b *Batch, idxTK []int32, k int) {
-	for t := 0; t < b.T(); t++ {
+// record counts the selections of tokens [off, off+n) of the batch (idxTK
+// holds their k choices each).
+func (s *ExpertStats) record(l int, b *Batch, off, n int, idxTK []int32, k int) {
+	for i := 0; i < n; i++ {
+		t := off + i
 		dom := b.Domain[t/b.S]
 		if !b.Valid[t] || dom < 0 || dom >= len(s.Tokens[l]) {
 			continue
 		}
 		s.Tokens[l][dom]++
-		for _, e := range idxTK[t*k : (t+1)*k] {
+		for _, e := range idxTK[i*k : (i+1)*k] {
 			s.Counts[l][dom][e]++
 		}
 	}

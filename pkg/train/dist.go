@@ -15,17 +15,24 @@ import (
 // Dist places a Trainer in a parallel run. The model definition knows
 // nothing about it; parallelism is applied by the trainer in this order:
 // data sharding (each DP rank takes a disjoint contiguous slice of every
-// global micro-batch), the LBL count reducer (an all-reduce over the
-// balance group, once per micro-batch with every MoE layer's counts in one
-// message), the gradient all-reduce over the DP group after the last
+// global micro-batch; tensor-parallel peers take the same one), the model's
+// tensor- and expert-parallel options, the LBL count reducer (an
+// all-reduce over the balance group, once per micro-batch with every MoE
+// layer's counts in one message), the gradient all-reduces after the last
 // micro-batch, and metric/evaluation reductions.
 //
-// Supported today: data and expert parallelism (TP = 1). With EP > 1 the
-// model holds only its EP rank's experts and exchanges tokens over the EP
-// group (pkg/model's ExpertExchange); expert gradients are reduced over
-// the expert-data-parallel group (ranks holding the same experts), every
-// other gradient over the DP group. Tensor parallelism is refused with an
-// error naming it.
+//   - TP > 1: attention is Megatron-split over the TP group and the MoE
+//     layer's tokens are split over it (DeepSpeed-TED); the MoE parameters'
+//     gradients are partial sums over the TP ranks' token slices and are
+//     summed over the TP group first. The balance group then spans the TP
+//     peers too (each holds a distinct token slice): "dp" balances over
+//     every rank, "none" over the TP group (one DP rank's micro-batch).
+//     Micro-batch and sequence-level LBL need a micro-batch's counts on one
+//     rank and are refused with TP > 1.
+//   - EP > 1: the model holds only its EP rank's experts and exchanges
+//     tokens over the EP group; expert gradients are reduced over the
+//     expert-data-parallel group (ranks holding the same experts), every
+//     other gradient over the DP group.
 type Dist struct {
 	Layout parallel.Layout
 	Rank   int
@@ -33,28 +40,41 @@ type Dist struct {
 	World *parallel.Comm
 
 	dp, balance  *parallel.Comm
+	tp           *parallel.Comm // nil without tensor parallelism
 	ep, expertDP *parallel.Comm // nil without expert parallelism
 	dpRank       int
 	runs         []gradRun
 }
 
-// gradRun is a contiguous run of the flat gradient reduced over one group.
+// gradRun is a contiguous run of the flat gradient with one treatment.
 type gradRun struct {
 	off, len int
-	expert   bool
+	expert   bool         // reduced over the expert-DP group, not DP
+	tp       model.TPKind // TPPartial: summed over the TP group first
 }
 
 // NewDist derives the trainer's groups from the layout.
 func NewDist(layout parallel.Layout, rank int, world *parallel.Comm) (*Dist, error) {
-	if layout.TP() != 1 {
-		return nil, fmt.Errorf("%w: layout %s: tensor parallelism is not supported yet (tp must be 1)", ErrConfig, layout)
-	}
 	d := &Dist{Layout: layout, Rank: rank, World: world}
 	var err error
 	if d.dp, err = world.Sub("dp", layout.DPGroup(rank)); err != nil {
 		return nil, fmt.Errorf("train: dp group: %w", err)
 	}
-	if d.balance, err = world.Sub("balance", layout.BalanceGroup(rank)); err != nil {
+	balance := layout.BalanceGroup(rank)
+	if layout.TP() > 1 {
+		if d.tp, err = world.Sub("tp", layout.TPGroup(rank)); err != nil {
+			return nil, fmt.Errorf("train: tp group: %w", err)
+		}
+		switch layout.Balance() {
+		case parallel.BalanceDP:
+			balance = world.Ranks()
+		case parallel.BalanceNone:
+			balance = layout.TPGroup(rank)
+		default:
+			return nil, fmt.Errorf("%w: balance group %q with tensor parallelism is not supported (use dp or none)", ErrConfig, layout.Balance())
+		}
+	}
+	if d.balance, err = world.Sub("balance", balance); err != nil {
 		return nil, fmt.Errorf("train: balance group: %w", err)
 	}
 	d.dpRank = layout.Coord(rank).DP
@@ -69,23 +89,60 @@ func NewDist(layout parallel.Layout, rank int, world *parallel.Comm) (*Dist, err
 	return d, nil
 }
 
-// modelOptions are the model options this rank's place in the layout needs.
-func (d *Dist) modelOptions() []model.Option {
-	if d == nil || d.ep == nil {
+// check refuses run settings this layout cannot honour.
+func (d *Dist) check(cfg Config) error {
+	if d == nil || d.tp == nil {
 		return nil
 	}
-	return []model.Option{model.WithExpertParallel(d.ep)}
+	bc := cfg.BalancerConfig()
+	if bc.MicroCoef != 0 || bc.SeqCoef != 0 {
+		return fmt.Errorf("%w: lbl: micro-batch and sequence-level LBL need a whole micro-batch on one rank; with tensor parallelism (tp = %d) use lbl.mode global without micro_coef/seq_coef", ErrConfig, d.Layout.TP())
+	}
+	return nil
+}
+
+// tensorGroup adapts a communicator to the model's TensorGroup.
+type tensorGroup struct{ c *parallel.Comm }
+
+func (g tensorGroup) Rank() int { return g.c.Rank() }
+func (g tensorGroup) Size() int { return g.c.Size() }
+func (g tensorGroup) AllReduceSum(ctx context.Context, buf []float32) error {
+	return g.c.AllReduce(ctx, buf, parallel.Sum)
+}
+func (g tensorGroup) AllGatherEqual(ctx context.Context, buf []float32) error {
+	n := g.c.Size()
+	counts := make([]int, n)
+	for i := range counts {
+		counts[i] = len(buf) / n
+	}
+	return g.c.AllGather(ctx, buf, counts)
+}
+
+// modelOptions are the model options this rank's place in the layout needs.
+func (d *Dist) modelOptions() []model.Option {
+	if d == nil {
+		return nil
+	}
+	var o []model.Option
+	if d.ep != nil {
+		o = append(o, model.WithExpertParallel(d.ep))
+	}
+	if d.tp != nil {
+		o = append(o, model.WithTensorParallel(tensorGroup{d.tp}))
+	}
+	return o
 }
 
 func (d *Dist) planRuns(p *model.Params) {
 	d.runs = d.runs[:0]
 	for _, q := range p.List {
 		ex := q.Expert && d.ep != nil
-		if n := len(d.runs); n > 0 && d.runs[n-1].expert == ex && d.runs[n-1].off+d.runs[n-1].len == q.Offset {
+		kind := q.TP
+		if n := len(d.runs); n > 0 && d.runs[n-1].expert == ex && d.runs[n-1].tp == kind && d.runs[n-1].off+d.runs[n-1].len == q.Offset {
 			d.runs[n-1].len += q.Size
 			continue
 		}
-		d.runs = append(d.runs, gradRun{off: q.Offset, len: q.Size, expert: ex})
+		d.runs = append(d.runs, gradRun{off: q.Offset, len: q.Size, expert: ex, tp: kind})
 	}
 }
 
@@ -134,13 +191,23 @@ const gradBucket = 4 << 20
 // the expert-DP group: the owner already summed every DP rank's tokens) and
 // divides by the DP size (every rank's loss is a mean over its own tokens).
 func (d *Dist) reduceGrads(ctx context.Context, p *model.Params) error {
-	if d == nil || d.dp.Size() == 1 {
+	if d == nil || (d.dp.Size() == 1 && d.tp == nil) {
 		return nil
 	}
 	if d.runs == nil {
 		d.planRuns(p)
 	}
 	g := p.Grad
+	for _, r := range d.runs {
+		if r.tp != model.TPPartial || d.tp == nil {
+			continue
+		}
+		for off := r.off; off < r.off+r.len; off += gradBucket {
+			if err := d.tp.AllReduce(ctx, g[off:min(off+gradBucket, r.off+r.len)], parallel.Sum); err != nil {
+				return fmt.Errorf("train: tensor-parallel gradient all-reduce: %w", err)
+			}
+		}
+	}
 	for _, r := range d.runs {
 		c := d.dp
 		if r.expert {
@@ -163,13 +230,28 @@ func (d *Dist) reduceGrads(ctx context.Context, p *model.Params) error {
 	return nil
 }
 
-// meanDP averages float64 values over the DP group in place.
-func (d *Dist) meanDP(ctx context.Context, v []float64) error {
-	if err := d.sumDP(ctx, v); err != nil {
-		return err
+// meanAll averages float64 values over every rank in place (tensor-
+// parallel peers hold the same loss and complementary LBL slices).
+func (d *Dist) meanAll(ctx context.Context, v []float64) error {
+	if d == nil || d.World.Size() == 1 {
+		return nil
+	}
+	if err := d.World.AllReduceF64(ctx, v, parallel.Sum); err != nil {
+		return fmt.Errorf("train: metrics all-reduce: %w", err)
 	}
 	for i := range v {
-		v[i] /= float64(d.dpSize())
+		v[i] /= float64(d.World.Size())
+	}
+	return nil
+}
+
+// sumAll sums float64 values over every rank in place.
+func (d *Dist) sumAll(ctx context.Context, v []float64) error {
+	if d == nil || d.World.Size() == 1 {
+		return nil
+	}
+	if err := d.World.AllReduceF64(ctx, v, parallel.Sum); err != nil {
+		return fmt.Errorf("train: metrics all-reduce: %w", err)
 	}
 	return nil
 }
@@ -189,28 +271,41 @@ func (d *Dist) sumDP(ctx context.Context, v []float64) error {
 // with expert parallelism each rank holds only its experts' part, so those
 // squares are summed over the EP group.
 func (d *Dist) gradNorm(ctx context.Context, p *model.Params) (float64, error) {
-	if d == nil || d.ep == nil {
+	if d == nil || (d.ep == nil && d.tp == nil) {
 		return p.GradNorm(), nil
 	}
 	if d.runs == nil {
 		d.planRuns(p)
 	}
-	var sq [2]float64 // dense, expert
+	// replicated (counted once), expert slices (summed over EP), TP slices
+	// (summed over TP)
+	var rep float64
+	var exp, shard [1]float64
 	for _, r := range d.runs {
 		b := p.Grad[r.off : r.off+r.len]
+		var v float64
 		for i := 0; i < len(b); i += 1024 {
 			c := b[i:min(i+1024, len(b))]
-			v := float64(kernels.Dot(c, c))
-			if r.expert {
-				sq[1] += v
-			} else {
-				sq[0] += v
-			}
+			v += float64(kernels.Dot(c, c))
+		}
+		switch {
+		case r.expert:
+			exp[0] += v
+		case r.tp == model.TPSharded:
+			shard[0] += v
+		default:
+			rep += v
 		}
 	}
-	e := sq[1:]
-	if err := d.ep.AllReduceF64(ctx, e, parallel.Sum); err != nil {
-		return 0, fmt.Errorf("train: gradient norm: %w", err)
+	if d.ep != nil {
+		if err := d.ep.AllReduceF64(ctx, exp[:], parallel.Sum); err != nil {
+			return 0, fmt.Errorf("train: gradient norm: %w", err)
+		}
 	}
-	return math.Sqrt(sq[0] + e[0]), nil
+	if d.tp != nil {
+		if err := d.tp.AllReduceF64(ctx, shard[:], parallel.Sum); err != nil {
+			return 0, fmt.Errorf("train: gradient norm: %w", err)
+		}
+	}
+	return math.Sqrt(rep + exp[0] + shard[0]), nil
 }

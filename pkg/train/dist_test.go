@@ -2,6 +2,7 @@ package train
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"sync"
@@ -18,19 +19,31 @@ func curveOf(t *testing.T, dp int, balance parallel.Balance, mode string, micro,
 }
 
 func curveOfEP(t *testing.T, dp, ep int, balance parallel.Balance, mode string, micro, accum, steps int) (loss, lblv []float64, params [][]float32) {
+	return curveOfLayout(t, 1, dp, ep, balance, mode, micro, accum, steps)
+}
+
+// curveOfLayout runs tp x dp in-process ranks; micro is per DP rank (its
+// TP peers share it).
+func curveOfLayout(t *testing.T, tp, dp, ep int, balance parallel.Balance, mode string, micro, accum, steps int) (loss, lblv []float64, params [][]float32) {
 	t.Helper()
 	cfg, corpus := smallRun(t, mode, steps)
 	cfg.MicroBatch, cfg.Accumulation = micro, accum
 	cfg.Optim.ClipNorm = 0.5 // clipping needs the global gradient norm
-	layout, err := parallel.NewLayout(dp, 1, dp, ep, parallel.WithBalance(balance))
+	world := tp * dp
+	layout, err := parallel.NewLayout(world, tp, dp, ep, parallel.WithBalance(balance))
 	if err != nil {
 		t.Fatal(err)
 	}
+	all := make([]int, world)
+	for i := range all {
+		all[i] = i
+	}
+	dp = world // from here on: the number of ranks
 	opts := parallel.DefaultOptions()
 	trs := parallel.NewMemTransports(dp, opts)
 	trainers := make([]*Trainer, dp)
 	for r := 0; r < dp; r++ {
-		world, err := parallel.NewComm(trs[r], layout.DPGroup(r), parallel.CommOptions{Name: "world"})
+		world, err := parallel.NewComm(trs[r], all, parallel.CommOptions{Name: "world"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -167,5 +180,46 @@ func TestExpertParallelMatchesOneProcess(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// Tensor parallelism: Megatron-split attention and TED-split MoE tokens over
+// TP=2 match one process; so does the combined layout TP=2 x DP=2 with
+// EP=2 (4 ranks) — loss and global-batch LBL within 1e-5 over 20 steps.
+func TestTensorParallelMatchesOneProcess(t *testing.T) {
+	const steps = 20
+	refLoss, refLBL, refParams := curveOf(t, 1, parallel.BalanceDP, "global", 8, 2, steps)
+	for _, tc := range []struct{ tp, dp, ep int }{{2, 1, 1}, {2, 2, 2}} {
+		t.Run(fmt.Sprintf("tp%d-dp%d-ep%d", tc.tp, tc.dp, tc.ep), func(t *testing.T) {
+			loss, lblv, params := curveOfLayout(t, tc.tp, tc.dp, tc.ep, parallel.BalanceDP, "global", 8/tc.dp, 2, steps)
+			closeCurves(t, "loss", loss, refLoss, 1e-5)
+			closeCurves(t, "global-batch LBL", lblv, refLBL, 1e-5)
+			// d = 32, 2 layers: each TP rank holds half of wqkv (32x96)
+			// and wo (32x32); each EP rank half of the 4 experts
+			const d, layers, perExpert = 32, 2, 3 * 32 * 32
+			want := len(refParams[0]) - layers*(3*d*d+d*d)*(tc.tp-1)/tc.tp - (4-4/tc.ep)*layers*perExpert
+			for r := range params {
+				if len(params[r]) != want {
+					t.Fatalf("rank %d holds %d parameters, want %d", r, len(params[r]), want)
+				}
+			}
+		})
+	}
+}
+
+// Micro-batch LBL needs a micro-batch's counts on one rank: refused with TP.
+func TestTensorParallelRefusesMicroLBL(t *testing.T) {
+	cfg, corpus := smallRun(t, "micro", 1)
+	layout, _ := parallel.NewLayout(2, 2, 1, 1)
+	trs := parallel.NewMemTransports(2, parallel.DefaultOptions())
+	defer trs[0].Close()
+	defer trs[1].Close()
+	world, _ := parallel.NewComm(trs[0], []int{0, 1}, parallel.CommOptions{Name: "world"})
+	dist, err := NewDist(layout, 0, world)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := NewParallel(cfg, corpus, nil, dist); err == nil || !errors.Is(err, ErrConfig) {
+		t.Fatalf("micro LBL with tp=2: %v", err)
 	}
 }

@@ -13,18 +13,15 @@ import (
 // reduceEval sums the per-rank NLL, token counts and expert selections over
 // the data-parallel group (one message).
 func (t *Trainer) reduceEval(ctx context.Context, nll []float64, ev *Eval, st *model.ExpertStats) error {
-	if t.Dist.dpSize() == 1 {
+	if t.Dist == nil || t.Dist.World.Size() == 1 {
 		return nil
 	}
+	// NLL and token counts: tensor-parallel peers scored the same tokens,
+	// so they are summed over DP; expert selections: each TP peer saw its
+	// own token slice, so they are summed over every rank.
 	v := append([]float64(nil), nll...)
 	for _, n := range ev.Tokens {
 		v = append(v, float64(n))
-	}
-	for l := range st.Counts {
-		v = append(v, st.Tokens[l]...)
-		for d := range st.Counts[l] {
-			v = append(v, st.Counts[l][d]...)
-		}
 	}
 	if err := t.Dist.sumDP(ctx, v); err != nil {
 		return err
@@ -34,6 +31,17 @@ func (t *Trainer) reduceEval(ctx context.Context, nll []float64, ev *Eval, st *m
 		ev.Tokens[d] = int64(v[i])
 		i++
 	}
+	v = v[:0]
+	for l := range st.Counts {
+		v = append(v, st.Tokens[l]...)
+		for d := range st.Counts[l] {
+			v = append(v, st.Counts[l][d]...)
+		}
+	}
+	if err := t.Dist.sumAll(ctx, v); err != nil {
+		return err
+	}
+	i = 0
 	for l := range st.Counts {
 		i += copy(st.Tokens[l], v[i:])
 		for d := range st.Counts[l] {

@@ -110,6 +110,9 @@ func NewParallel(cfg Config, corpus *data.Corpus, w io.Writer, dist *Dist) (*Tra
 		return nil, err
 	}
 	mc, _ := cfg.ModelConfig()
+	if err := dist.check(cfg); err != nil {
+		return nil, err
+	}
 	if corpus.SeqLen != mc.SeqLen {
 		return nil, fmt.Errorf("%w: corpus packed for seq_len %d, model has %d", ErrConfig, corpus.SeqLen, mc.SeqLen)
 	}
@@ -248,7 +251,7 @@ func (t *Trainer) TrainStep(ctx context.Context) (StepMetrics, error) {
 	t.step++
 	// the step's loss and LBL are means over the data-parallel ranks
 	vals := append([]float64{loss, aux}, lblL...)
-	if err := t.Dist.meanDP(ctx, vals); err != nil {
+	if err := t.Dist.meanAll(ctx, vals); err != nil {
 		return StepMetrics{}, err
 	}
 	loss, aux = vals[0], vals[1]

@@ -49,6 +49,7 @@ type StepMetrics struct {
 	ElapsedS   float64     `json:"elapsed_s"`
 	ExpertLoad [][]float64 `json:"expert_load"` // per MoE layer, share of the step's (global) selections per expert
 	LBLSyncS   float64     `json:"lbl_sync_s"`  // time this rank spent synchronising expert counts in the step
+	GradSyncS  float64     `json:"grad_sync_s"` // time of the gradient all-reduces after backward
 	StepS      float64     `json:"step_s"`      // wall time of the step
 }
 
@@ -217,9 +218,11 @@ func (t *Trainer) TrainStep(ctx context.Context) (StepMetrics, error) {
 		}
 	}
 	optStart := time.Now()
+	gradSync := time.Now()
 	if err := t.Dist.reduceGrads(ctx, t.Model.P); err != nil {
 		return StepMetrics{}, err
 	}
+	gradSyncS := time.Since(gradSync).Seconds()
 	gnorm, err := t.Dist.gradNorm(ctx, t.Model.P)
 	if err != nil {
 		return StepMetrics{}, err
@@ -259,7 +262,7 @@ func (t *Trainer) TrainStep(ctx context.Context) (StepMetrics, error) {
 	el := time.Since(start).Seconds()
 	tokens := float64(M * t.Cfg.MicroBatch * t.Dist.dpSize() * t.MCfg.SeqLen)
 	sm := StepMetrics{Step: t.step, Loss: loss, Aux: aux, LBL: lblL, LR: lr, GradNorm: gnorm, TokensPerS: tokens / el, ElapsedS: el, ExpertLoad: load,
-		LBLSyncS: (*t.syncTime - sync0).Seconds(), StepS: el}
+		LBLSyncS: (*t.syncTime - sync0).Seconds(), GradSyncS: gradSyncS, StepS: el}
 	if math.IsNaN(loss) || math.IsInf(loss, 0) {
 		return sm, fmt.Errorf("train: step %d: loss is %v", t.step, loss)
 	}

@@ -1,0 +1,223 @@
+package checkpoint
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"sync"
+)
+
+var (
+	// ErrStale is wrapped by Catalogue.Commit when the step is not newer
+	// than every checkpoint the catalogue holds for the job.
+	ErrStale = errors.New("checkpoint: step not newer than the latest checkpoint")
+	// ErrNoCheckpoint is wrapped when a job has no committed checkpoint.
+	ErrNoCheckpoint = errors.New("checkpoint: no committed checkpoint")
+	// ErrNotDeleting is wrapped by Catalogue.Remove when the checkpoint
+	// was not marked deleting first.
+	ErrNotDeleting = errors.New("checkpoint: checkpoint not marked deleting")
+)
+
+// Catalogue records which checkpoints are committed. A checkpoint is
+// committed once its manifest is in the catalogue; it is then either live
+// or deleting. The production implementation keeps it in etcd (one
+// transaction per call); MemCatalogue and StorageCatalogue are the
+// in-memory and single-writer file-backed ones. Implementations must be
+// safe for concurrent use, and each method must be atomic.
+//
+// The rules every implementation follows (the contract tests in package
+// checkpointtest check them):
+//   - Commit stores a valid manifest only if its step is greater than the
+//     step of every entry of the job, live or deleting; otherwise it
+//     returns an error wrapping ErrStale and changes nothing.
+//   - Latest and List see live entries only. Latest of a job without one
+//     wraps ErrNoCheckpoint. List is newest first.
+//   - Get returns an entry in either state; a missing one wraps ErrNotFound.
+//   - MarkDeleting moves a live entry to deleting (idempotent; missing
+//     wraps ErrNotFound). It cannot be undone.
+//   - Remove drops a deleting entry (a missing one is not an error; a live
+//     one wraps ErrNotDeleting), so an entry disappears only after the
+//     deletion that removes its files was recorded.
+//   - Deleting lists the deleting steps of a job, oldest first.
+type Catalogue interface {
+	Commit(ctx context.Context, m Manifest) error
+	Latest(ctx context.Context, job string) (Manifest, error)
+	List(ctx context.Context, job string) ([]Manifest, error)
+	Get(ctx context.Context, job string, step int64) (Manifest, error)
+	MarkDeleting(ctx context.Context, job string, step int64) error
+	Remove(ctx context.Context, job string, step int64) error
+	Deleting(ctx context.Context, job string) ([]int64, error)
+}
+
+// catalogueState is the data of a catalogue: what MemCatalogue holds and
+// StorageCatalogue persists.
+type catalogueState struct {
+	Entries map[int64]*catalogueEntry `json:"entries"`
+}
+
+type catalogueEntry struct {
+	Manifest Manifest `json:"manifest"`
+	Deleting bool     `json:"deleting,omitempty"`
+}
+
+func newCatalogueState() *catalogueState {
+	return &catalogueState{Entries: map[int64]*catalogueEntry{}}
+}
+
+func (s *catalogueState) commit(m Manifest) error {
+	if err := m.Validate(); err != nil {
+		return err
+	}
+	for step := range s.Entries {
+		if step >= m.Step {
+			return fmt.Errorf("%w: job %s step %d, catalogue holds step %d", ErrStale, m.Job, m.Step, step)
+		}
+	}
+	s.Entries[m.Step] = &catalogueEntry{Manifest: m.Clone()}
+	return nil
+}
+
+// live returns the live manifests, newest first.
+func (s *catalogueState) live() []Manifest {
+	out := []Manifest{}
+	for _, e := range s.Entries {
+		if !e.Deleting {
+			out = append(out, e.Manifest.Clone())
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Step > out[j].Step })
+	return out
+}
+
+func (s *catalogueState) get(job string, step int64) (Manifest, error) {
+	e, ok := s.Entries[step]
+	if !ok {
+		return Manifest{}, fmt.Errorf("%w: job %s step %d", ErrNotFound, job, step)
+	}
+	return e.Manifest.Clone(), nil
+}
+
+func (s *catalogueState) markDeleting(job string, step int64) error {
+	e, ok := s.Entries[step]
+	if !ok {
+		return fmt.Errorf("%w: job %s step %d", ErrNotFound, job, step)
+	}
+	e.Deleting = true
+	return nil
+}
+
+func (s *catalogueState) remove(job string, step int64) error {
+	e, ok := s.Entries[step]
+	if !ok {
+		return nil
+	}
+	if !e.Deleting {
+		return fmt.Errorf("%w: job %s step %d", ErrNotDeleting, job, step)
+	}
+	delete(s.Entries, step)
+	return nil
+}
+
+func (s *catalogueState) deleting() []int64 {
+	out := []int64{}
+	for step, e := range s.Entries {
+		if e.Deleting {
+			out = append(out, step)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
+	return out
+}
+
+// MemCatalogue is a Catalogue in memory.
+type MemCatalogue struct {
+	mu   sync.Mutex
+	jobs map[string]*catalogueState
+}
+
+var _ Catalogue = (*MemCatalogue)(nil)
+
+// NewMemCatalogue returns an empty MemCatalogue.
+func NewMemCatalogue() *MemCatalogue { return &MemCatalogue{jobs: map[string]*catalogueState{}} }
+
+func (c *MemCatalogue) job(job string) *catalogueState {
+	s, ok := c.jobs[job]
+	if !ok {
+		s = newCatalogueState()
+		c.jobs[job] = s
+	}
+	return s
+}
+
+// Commit implements Catalogue.
+func (c *MemCatalogue) Commit(ctx context.Context, m Manifest) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.job(m.Job).commit(m)
+}
+
+// Latest implements Catalogue.
+func (c *MemCatalogue) Latest(ctx context.Context, job string) (Manifest, error) {
+	ms, err := c.List(ctx, job)
+	if err != nil {
+		return Manifest{}, err
+	}
+	if len(ms) == 0 {
+		return Manifest{}, fmt.Errorf("%w: job %s", ErrNoCheckpoint, job)
+	}
+	return ms[0], nil
+}
+
+// List implements Catalogue.
+func (c *MemCatalogue) List(ctx context.Context, job string) ([]Manifest, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.job(job).live(), nil
+}
+
+// Get implements Catalogue.
+func (c *MemCatalogue) Get(ctx context.Context, job string, step int64) (Manifest, error) {
+	if err := ctx.Err(); err != nil {
+		return Manifest{}, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.job(job).get(job, step)
+}
+
+// MarkDeleting implements Catalogue.
+func (c *MemCatalogue) MarkDeleting(ctx context.Context, job string, step int64) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.job(job).markDeleting(job, step)
+}
+
+// Remove implements Catalogue.
+func (c *MemCatalogue) Remove(ctx context.Context, job string, step int64) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.job(job).remove(job, step)
+}
+
+// Deleting implements Catalogue.
+func (c *MemCatalogue) Deleting(ctx context.Context, job string) ([]int64, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.job(job).deleting(), nil
+}

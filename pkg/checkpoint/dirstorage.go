@@ -1,0 +1,310 @@
+package checkpoint
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+)
+
+// tempPrefix starts the names of DirStorage's temporary files. Keys cannot
+// have segments starting with ".", so List never sees them.
+const tempPrefix = ".tmp-"
+
+// DirStorage is a Storage in a directory of a local or shared filesystem.
+// A key maps to the file root/key. Put writes a temporary file in the
+// destination directory, fsyncs it, renames it over the key and fsyncs the
+// directory (and every directory it had to create, and their parents), so
+// a blob is either absent, the old one, or complete and durable.
+//
+// A crash during Put can leave a temporary file (named ".tmp-*"); List
+// ignores them and CleanTemp removes them.
+type DirStorage struct {
+	root string
+}
+
+var _ Storage = (*DirStorage)(nil)
+
+// NewDirStorage returns a DirStorage rooted at root, creating the directory
+// if needed.
+func NewDirStorage(root string) (*DirStorage, error) {
+	if root == "" {
+		return nil, errors.New("checkpoint: dir storage: empty root")
+	}
+	abs, err := filepath.Abs(root)
+	if err != nil {
+		return nil, fmt.Errorf("checkpoint: dir storage: %w", err)
+	}
+	if err := os.MkdirAll(abs, 0o755); err != nil {
+		return nil, fmt.Errorf("checkpoint: dir storage: %w", err)
+	}
+	return &DirStorage{root: abs}, nil
+}
+
+// Root returns the absolute root directory.
+func (d *DirStorage) Root() string { return d.root }
+
+func (d *DirStorage) path(key string) string {
+	return filepath.Join(d.root, filepath.FromSlash(key))
+}
+
+// Put implements Storage.
+func (d *DirStorage) Put(ctx context.Context, key string, r io.Reader) (int64, string, error) {
+	if err := ValidateKey(key); err != nil {
+		return 0, "", err
+	}
+	if err := ctx.Err(); err != nil {
+		return 0, "", err
+	}
+	dst := d.path(key)
+	dir := filepath.Dir(dst)
+	// A concurrent Delete may remove an empty parent between mkdir and
+	// create; retry a few times.
+	var f *os.File
+	var err error
+	for try := 0; ; try++ {
+		if err = d.mkdirAllSync(dir); err == nil {
+			f, err = os.CreateTemp(dir, tempPrefix+"*")
+		}
+		if err == nil || !errors.Is(err, fs.ErrNotExist) || try == 10 {
+			break
+		}
+	}
+	if err != nil {
+		return 0, "", fmt.Errorf("checkpoint: put %s: %w", key, err)
+	}
+	tmp := f.Name()
+	ok := false
+	defer func() {
+		if !ok {
+			_ = f.Close()
+			_ = os.Remove(tmp)
+		}
+	}()
+	h := sha256.New()
+	n, err := io.Copy(io.MultiWriter(f, h), ctxReader{ctx, r})
+	if err != nil {
+		return 0, "", fmt.Errorf("checkpoint: put %s: %w", key, err)
+	}
+	if err := f.Sync(); err != nil {
+		return 0, "", fmt.Errorf("checkpoint: put %s: fsync: %w", key, err)
+	}
+	if err := f.Close(); err != nil {
+		return 0, "", fmt.Errorf("checkpoint: put %s: %w", key, err)
+	}
+	if err := os.Rename(tmp, dst); err != nil {
+		return 0, "", fmt.Errorf("checkpoint: put %s: %w", key, err)
+	}
+	ok = true
+	if err := syncDir(dir); err != nil {
+		return 0, "", fmt.Errorf("checkpoint: put %s: fsync dir: %w", key, err)
+	}
+	return n, hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// mkdirAllSync creates dir and its missing parents below root, fsyncing the
+// parent of every directory it creates so the new entries are durable.
+func (d *DirStorage) mkdirAllSync(dir string) error {
+	if fi, err := os.Stat(dir); err == nil && fi.IsDir() {
+		return nil
+	}
+	if dir == d.root || len(dir) <= len(d.root) {
+		return os.MkdirAll(dir, 0o755)
+	}
+	parent := filepath.Dir(dir)
+	if err := d.mkdirAllSync(parent); err != nil {
+		return err
+	}
+	if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+		return err
+	}
+	return syncDir(parent)
+}
+
+func syncDir(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Sync()
+}
+
+// Get implements Storage.
+func (d *DirStorage) Get(ctx context.Context, key string) (io.ReadCloser, error) {
+	if err := ValidateKey(key); err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	f, err := os.Open(d.path(key))
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("%w: %s", ErrNotFound, key)
+		}
+		return nil, fmt.Errorf("checkpoint: get %s: %w", key, err)
+	}
+	if fi, err := f.Stat(); err == nil && fi.IsDir() {
+		f.Close()
+		return nil, fmt.Errorf("%w: %s", ErrNotFound, key)
+	}
+	return f, nil
+}
+
+// Delete implements Storage. Directories left empty are removed, up to
+// (not including) the root.
+func (d *DirStorage) Delete(ctx context.Context, key string) error {
+	if err := ValidateKey(key); err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	p := d.path(key)
+	if fi, err := os.Lstat(p); err == nil && fi.IsDir() {
+		return nil // a directory is not a blob
+	}
+	if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("checkpoint: delete %s: %w", key, err)
+	}
+	dir := filepath.Dir(p)
+	if err := syncDir(dir); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("checkpoint: delete %s: fsync dir: %w", key, err)
+	}
+	for dir != d.root && strings.HasPrefix(dir, d.root) {
+		if os.Remove(dir) != nil { // not empty (or gone): stop
+			break
+		}
+		dir = filepath.Dir(dir)
+	}
+	return nil
+}
+
+// List implements Storage.
+func (d *DirStorage) List(ctx context.Context, prefix string) ([]string, error) {
+	if err := validatePrefix(prefix); err != nil {
+		return nil, err
+	}
+	// Walk only the deepest directory the prefix names completely.
+	start := d.root
+	if i := strings.LastIndex(prefix, "/"); i >= 0 {
+		start = d.path(prefix[:i])
+	}
+	var keys []string
+	err := filepath.WalkDir(start, func(p string, e fs.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil // removed while walking, or the prefix names nothing
+			}
+			return err
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if p == d.root {
+			return nil
+		}
+		if strings.HasPrefix(e.Name(), ".") {
+			if e.IsDir() {
+				return fs.SkipDir
+			}
+			return nil
+		}
+		rel, err := filepath.Rel(d.root, p)
+		if err != nil {
+			return err
+		}
+		key := filepath.ToSlash(rel)
+		if e.IsDir() {
+			// Prune directories that cannot contain a match.
+			if !strings.HasPrefix(key+"/", prefix) && !strings.HasPrefix(prefix, key+"/") {
+				return fs.SkipDir
+			}
+			return nil
+		}
+		if e.Type().IsRegular() && strings.HasPrefix(key, prefix) {
+			keys = append(keys, key)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("checkpoint: list %q: %w", prefix, err)
+	}
+	sort.Strings(keys)
+	return keys, nil
+}
+
+// Stat implements Storage.
+func (d *DirStorage) Stat(ctx context.Context, key string) (ObjectInfo, error) {
+	if err := ValidateKey(key); err != nil {
+		return ObjectInfo{}, err
+	}
+	if err := ctx.Err(); err != nil {
+		return ObjectInfo{}, err
+	}
+	fi, err := os.Stat(d.path(key))
+	if err != nil || !fi.Mode().IsRegular() {
+		if err == nil || errors.Is(err, fs.ErrNotExist) {
+			return ObjectInfo{}, fmt.Errorf("%w: %s", ErrNotFound, key)
+		}
+		return ObjectInfo{}, fmt.Errorf("checkpoint: stat %s: %w", key, err)
+	}
+	return ObjectInfo{Key: key, Size: fi.Size()}, nil
+}
+
+// CleanTemp removes temporary files left by Puts that crashed, if they were
+// last modified more than olderThan ago (a Put in progress keeps writing to
+// its file, so pick olderThan well above the longest expected Put). It
+// returns how many it removed.
+func (d *DirStorage) CleanTemp(ctx context.Context, olderThan time.Duration) (int, error) {
+	cutoff := time.Now().Add(-olderThan)
+	n := 0
+	err := filepath.WalkDir(d.root, func(p string, e fs.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if e.IsDir() || !strings.HasPrefix(e.Name(), tempPrefix) {
+			return nil
+		}
+		fi, err := e.Info()
+		if err != nil || fi.ModTime().After(cutoff) {
+			return nil
+		}
+		if err := os.Remove(p); err == nil {
+			n++
+		}
+		return nil
+	})
+	if err != nil {
+		return n, fmt.Errorf("checkpoint: clean temp: %w", err)
+	}
+	return n, nil
+}
+
+// ctxReader stops a copy when its context is cancelled.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}

@@ -65,7 +65,9 @@ func cmdBench(ctx context.Context, args []string) error {
 		fmt.Printf("%s: %.0f tokens/s, %.1f GFLOP/s, median step %.3f s, peak RSS %.0f MiB, %.0f allocs/step (%s kernels, %d threads)\n",
 			b.Preset, b.TokensPerS, b.GFlops, b.MedianStepS, b.PeakRSSMiB, b.AllocsPerStep, b.Kernels, b.Threads)
 		return nil
+	case "collectives":
+		return cmdBenchCollectives(ctx, args[1:])
 	default:
-		return usageError{fmt.Errorf("bench: unknown benchmark %q (have: engine)", args[0])}
+		return usageError{fmt.Errorf("bench: unknown benchmark %q (have: engine, collectives)", args[0])}
 	}
 }

@@ -10,6 +10,8 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/switchyard-ml/switchyard/pkg/parallel"
 )
 
 const usage = `switchyard — train Mixture-of-Experts language models
@@ -31,6 +33,7 @@ const (
 )
 
 func main() {
+	parallel.BenchChildMain() // a rank of "bench collectives" runs here and exits
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := run(ctx, os.Args[1:])
 	stop()

@@ -30,6 +30,9 @@ func cmdTrain(ctx context.Context, args []string) error {
 		demoMB  = fs.Float64("demo-mb", 0, "demo corpus size per domain in MiB")
 		jsonOut = fs.Bool("json", false, "print the final report as JSON instead of tables")
 		kern    = fs.String("kernels", "auto", "compute kernels: auto (fastest for this CPU), generic (portable Go) or reference (slow oracle)")
+		ckDir   = fs.String("checkpoint-dir", "", "save checkpoints under this directory")
+		ckEvery = fs.Int("checkpoint-every", -1, "save after every N steps (0: only at the end)")
+		resume  = fs.Bool("resume", false, "continue from the newest committed checkpoint in --checkpoint-dir")
 		df      distFlags
 	)
 	df.register(fs)
@@ -83,6 +86,13 @@ func cmdTrain(ctx context.Context, args []string) error {
 	}
 	if *out != "" {
 		cfg.OutDir = *out
+	}
+	if *ckDir != "" {
+		cfg.Checkpoint.Dir = *ckDir
+	}
+	setInt(&cfg.Checkpoint.Every, *ckEvery, -1)
+	if *resume {
+		cfg.Resume = true
 	}
 	if *mode != "" {
 		cfg.LBL.Mode = *mode

@@ -40,17 +40,21 @@ type DataConfig struct {
 
 // Config is a training run.
 type Config struct {
-	Preset       string        `yaml:"preset" json:"preset"`
-	Model        *model.Config `yaml:"model" json:"model"` // overrides the preset's fields that are set
-	LBL          LBLConfig     `yaml:"lbl" json:"lbl"`
-	Data         DataConfig    `yaml:"data" json:"data"`
-	MicroBatch   int           `yaml:"micro_batch" json:"micro_batch"`   // sequences per micro-batch
-	Accumulation int           `yaml:"accumulation" json:"accumulation"` // micro-batches per optimizer step
-	Steps        int           `yaml:"steps" json:"steps"`               // optimizer steps
-	Seed         int64         `yaml:"seed" json:"seed"`
-	Optim        optim.Config  `yaml:"optim" json:"optim"`
-	EvalEvery    int           `yaml:"eval_every" json:"eval_every"` // steps between evaluations (0: only at the end)
-	OutDir       string        `yaml:"out_dir" json:"out_dir"`       // metrics.jsonl and report.json go here ("" : none)
+	Preset       string           `yaml:"preset" json:"preset"`
+	Model        *model.Config    `yaml:"model" json:"model"` // overrides the preset's fields that are set
+	LBL          LBLConfig        `yaml:"lbl" json:"lbl"`
+	Data         DataConfig       `yaml:"data" json:"data"`
+	MicroBatch   int              `yaml:"micro_batch" json:"micro_batch"`   // sequences per micro-batch
+	Accumulation int              `yaml:"accumulation" json:"accumulation"` // micro-batches per optimizer step
+	Steps        int              `yaml:"steps" json:"steps"`               // optimizer steps
+	Seed         int64            `yaml:"seed" json:"seed"`
+	Optim        optim.Config     `yaml:"optim" json:"optim"`
+	EvalEvery    int              `yaml:"eval_every" json:"eval_every"` // steps between evaluations (0: only at the end)
+	OutDir       string           `yaml:"out_dir" json:"out_dir"`       // metrics.jsonl and report.json go here ("" : none)
+	Checkpoint   CheckpointConfig `yaml:"checkpoint" json:"checkpoint"`
+	// Resume continues from the newest committed checkpoint in
+	// Checkpoint.Dir, if there is one.
+	Resume bool `yaml:"resume" json:"resume"`
 }
 
 // Defaults fills unset fields.
@@ -170,6 +174,12 @@ func (c Config) Validate() error {
 		return bad("data.demo_bytes", c.Data.DemoBytes, "must be >= 0")
 	case c.Data.ValFraction <= 0 || c.Data.ValFraction > 0.5:
 		return bad("data.val_fraction", c.Data.ValFraction, "must be in (0, 0.5]")
+	case c.Checkpoint.Every < 0:
+		return bad("checkpoint.every", c.Checkpoint.Every, "must be >= 0")
+	case c.Checkpoint.KeepLast < 0:
+		return bad("checkpoint.keep_last", c.Checkpoint.KeepLast, "must be >= 0")
+	case c.Resume && c.Checkpoint.Dir == "":
+		return bad("resume", c.Resume, "needs checkpoint.dir")
 	case c.Data.EvalSeqs < 0:
 		return bad("data.eval_seqs", c.Data.EvalSeqs, "must be >= 0")
 	}

@@ -66,6 +66,10 @@ func (p *progress) eval(step int, ev *Eval) {
 	fmt.Fprintf(p.w, "eval at step %d: val bits/byte by domain %s\n", step, strings.Join(parts, " "))
 }
 
+func (p *progress) resumed(step int) {
+	fmt.Fprintf(p.w, "resumed from the checkpoint of step %d\n", step)
+}
+
 func (p *progress) done() {
 	if p.tty {
 		fmt.Fprintln(p.w)

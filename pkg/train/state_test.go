@@ -3,6 +3,8 @@ package train
 import (
 	"context"
 	"errors"
+	"os"
+	"path/filepath"
 	"testing"
 )
 
@@ -70,5 +72,82 @@ func TestRestoreRefusesMismatch(t *testing.T) {
 	s.Step = 99
 	if err := tr.Restore(s); !errors.Is(err, ErrState) {
 		t.Fatalf("step past the run: %v", err)
+	}
+}
+
+// Through real checkpoint files: a run that dies after step 5 (its save of
+// step 4 committed, nothing after) resumes from step 4 and reproduces the
+// uninterrupted run bitwise. Corrupting the newest checkpoint makes resume
+// fall back to the previous one.
+func TestCheckpointResumeFromFiles(t *testing.T) {
+	cfg, corpus := smallRun(t, "global", 8)
+	whole, err := NewWithCorpus(cfg, corpus, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []float64
+	for i := 0; i < 8; i++ {
+		sm, err := whole.TrainStep(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, sm.Loss)
+	}
+	whole.Close()
+
+	cfg.Checkpoint = CheckpointConfig{Dir: t.TempDir(), Every: 2, KeepLast: 5}
+	crashed, err := NewWithCorpus(cfg, corpus, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 5; i++ {
+		if _, err := crashed.TrainStep(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		if err := crashed.checkpointAfterStep(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := crashed.ckpt.Saved; len(got) != 2 || got[1] != 4 {
+		t.Fatalf("committed checkpoints %v, want [2 4]", got)
+	}
+	crashed.Close() // dies after step 5: no save of step 5 exists
+
+	cfg.Resume = true
+	resumed, err := NewWithCorpus(cfg, corpus, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resumed.Step() != 4 {
+		t.Fatalf("resumed at step %d, want 4", resumed.Step())
+	}
+	for i := 4; i < 8; i++ {
+		sm, err := resumed.TrainStep(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sm.Loss != want[i] {
+			t.Fatalf("step %d after resume: loss %v, uninterrupted %v", i+1, sm.Loss, want[i])
+		}
+	}
+	resumed.Close()
+
+	// flip a byte in the newest checkpoint's state shard
+	path := filepath.Join(cfg.Checkpoint.Dir, "run", "step-000000000004", "rank-0000", "state.bin")
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw[len(raw)/2] ^= 0x40
+	if err := os.WriteFile(path, raw, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fallback, err := NewWithCorpus(cfg, corpus, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fallback.Close()
+	if fallback.Step() != 2 {
+		t.Fatalf("with step 4 corrupt, resumed at step %d, want 2", fallback.Step())
 	}
 }

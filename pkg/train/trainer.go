@@ -34,6 +34,7 @@ type Trainer struct {
 	step     int
 	seqIdx   []int
 	optTime  time.Duration  // clipping, AdamW and zeroing, summed over steps
+	ckpt     *checkpointer  // nil: no checkpoints
 	syncTime *time.Duration // LBL count synchronisation, summed over steps
 }
 
@@ -145,6 +146,22 @@ func NewParallel(cfg Config, corpus *data.Corpus, w io.Writer, dist *Dist) (*Tra
 	t := &Trainer{Cfg: cfg, MCfg: mc, Corpus: corpus, Model: m, Opt: opt, Bal: bal, Loader: loader, Dist: dist, syncTime: syncTime}
 	if w != nil && dist.Leader() {
 		t.progress = newProgress(w, cfg.Steps)
+	}
+	if cfg.Checkpoint.Dir != "" {
+		if t.ckpt, err = newCheckpointer(cfg.Checkpoint, dist); err != nil {
+			m.Close()
+			return nil, err
+		}
+		if cfg.Resume {
+			found, err := t.ckpt.load(context.Background(), t)
+			if err != nil {
+				m.Close()
+				return nil, err
+			}
+			if found && t.progress != nil {
+				t.progress.resumed(t.step)
+			}
+		}
 	}
 	if cfg.OutDir != "" && dist.Leader() {
 		if err := os.MkdirAll(cfg.OutDir, 0o755); err != nil {
@@ -291,6 +308,9 @@ func (t *Trainer) Run(ctx context.Context) (*Report, error) {
 		if t.progress != nil {
 			t.progress.update(sm)
 		}
+		if err := t.checkpointAfterStep(ctx); err != nil {
+			return nil, err
+		}
 		if t.Cfg.EvalEvery > 0 && t.step%t.Cfg.EvalEvery == 0 && t.step < t.Cfg.Steps {
 			ev, err := t.Evaluate(ctx)
 			if err != nil {
@@ -301,6 +321,9 @@ func (t *Trainer) Run(ctx context.Context) (*Report, error) {
 				t.progress.eval(t.step, ev)
 			}
 		}
+	}
+	if err := t.checkpointAtEnd(ctx); err != nil {
+		return nil, err
 	}
 	if t.progress != nil {
 		t.progress.done()
@@ -317,6 +340,47 @@ func (t *Trainer) Run(ctx context.Context) (*Report, error) {
 		}
 	}
 	return rep, nil
+}
+
+// checkpointAfterStep commits the save started at the previous boundary
+// and starts a new one when the interval says so.
+func (t *Trainer) checkpointAfterStep(ctx context.Context) error {
+	if t.ckpt == nil {
+		return nil
+	}
+	if err := t.ckpt.finish(ctx); err != nil {
+		return err
+	}
+	if every := t.Cfg.Checkpoint.Every; every > 0 && t.step%every == 0 {
+		t.ckpt.start(t.Snapshot())
+	}
+	return nil
+}
+
+// checkpointAtEnd commits what is in flight and saves the final state if
+// it is not saved yet.
+func (t *Trainer) checkpointAtEnd(ctx context.Context) error {
+	if t.ckpt == nil {
+		return nil
+	}
+	inflight := t.ckpt.pending != nil && t.ckpt.pending.step == int64(t.step)
+	if err := t.ckpt.finish(ctx); err != nil {
+		return err
+	}
+	saved := inflight || (len(t.ckpt.Saved) > 0 && t.ckpt.Saved[len(t.ckpt.Saved)-1] == int64(t.step))
+	if !saved {
+		t.ckpt.start(t.Snapshot())
+		return t.ckpt.finish(ctx)
+	}
+	return nil
+}
+
+// CheckpointStall is the training time spent waiting for checkpoint writes.
+func (t *Trainer) CheckpointStall() time.Duration {
+	if t.ckpt == nil {
+		return 0
+	}
+	return t.ckpt.Stall
 }
 
 // Step is the number of optimizer steps taken.

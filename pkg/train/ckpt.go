@@ -1,0 +1,195 @@
+package train
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/switchyard-ml/switchyard/pkg/checkpoint"
+	"github.com/switchyard-ml/switchyard/pkg/data"
+	"github.com/switchyard-ml/switchyard/pkg/lbl"
+)
+
+// CheckpointConfig says where and how often the run saves itself.
+type CheckpointConfig struct {
+	Dir      string `yaml:"dir" json:"dir"`             // directory storage root ("" : no checkpoints)
+	Job      string `yaml:"job" json:"job"`             // catalogue name of the run (default "run")
+	Every    int    `yaml:"every" json:"every"`         // save after every N optimizer steps (0: only at the end)
+	KeepLast int    `yaml:"keep_last" json:"keep_last"` // retention: the newest N committed checkpoints (default 3)
+}
+
+// ckptMeta is the small, non-tensor part of a rank's state.
+type ckptMeta struct {
+	Step     int           `json:"step"`
+	AdamT    int           `json:"adam_t"`
+	Balancer lbl.State     `json:"balancer"`
+	Loader   data.Position `json:"loader"`
+}
+
+// checkpointer saves snapshots in the background (at most one in flight)
+// and commits them at the next step boundary, when every rank has written
+// its shards: rank 0 gathers the shard lists and commits the manifest.
+type checkpointer struct {
+	cfg     CheckpointConfig
+	mgr     *checkpoint.Manager
+	dist    *Dist
+	layout  checkpoint.Layout
+	pending *pendingSave
+	// Stall is the training time spent waiting for saves.
+	Stall time.Duration
+	Saved []int64 // committed steps
+}
+
+type pendingSave struct {
+	step  int64
+	done  chan struct{}
+	infos []checkpoint.ShardInfo
+	err   error
+}
+
+func newCheckpointer(cfg CheckpointConfig, dist *Dist) (*checkpointer, error) {
+	if cfg.Job == "" {
+		cfg.Job = "run"
+	}
+	if cfg.KeepLast == 0 {
+		cfg.KeepLast = 3
+	}
+	st, err := checkpoint.NewDirStorage(cfg.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("train: checkpoint storage: %w", err)
+	}
+	cat := checkpoint.NewStorageCatalogue(st)
+	c := &checkpointer{cfg: cfg, mgr: checkpoint.NewManager(st, cat, slog.Default()), dist: dist, layout: checkpoint.Layout{TP: 1, DP: 1, EP: 1}}
+	if dist != nil {
+		l := dist.Layout
+		c.layout = checkpoint.Layout{TP: l.TP(), DP: l.DP(), EP: l.EP()}
+	}
+	return c, nil
+}
+
+func (c *checkpointer) rank() int {
+	if c.dist == nil {
+		return 0
+	}
+	return c.dist.Rank
+}
+
+// start writes this rank's shards of s in the background.
+func (c *checkpointer) start(s State) {
+	p := &pendingSave{step: int64(s.Step), done: make(chan struct{})}
+	c.pending = p
+	r := c.rank()
+	meta, _ := json.Marshal(ckptMeta{Step: s.Step, AdamT: s.AdamT, Balancer: s.Balancer, Loader: s.Loader})
+	shards := []checkpoint.ShardSource{
+		checkpoint.TensorShard(fmt.Sprintf("rank-%04d/state.bin", r), r, checkpoint.KindParams, []checkpoint.Tensor{
+			{Name: "params", Shape: []int{len(s.Params)}, Data: s.Params},
+			{Name: "adam_m", Shape: []int{len(s.AdamM)}, Data: s.AdamM},
+			{Name: "adam_v", Shape: []int{len(s.AdamV)}, Data: s.AdamV},
+		}),
+		checkpoint.BytesShard(fmt.Sprintf("rank-%04d/meta.json", r), r, checkpoint.KindData, meta),
+	}
+	go func() {
+		defer close(p.done)
+		p.infos, p.err = checkpoint.SaveShards(context.Background(), c.mgr.Storage(), checkpoint.StepPrefix(c.cfg.Job, p.step), shards)
+	}()
+}
+
+// finish waits for the pending save and commits it (collective: every rank
+// calls it at the same step boundary).
+func (c *checkpointer) finish(ctx context.Context) error {
+	p := c.pending
+	if p == nil {
+		return nil
+	}
+	c.pending = nil
+	start := time.Now()
+	<-p.done
+	c.Stall += time.Since(start)
+	mine, _ := json.Marshal(p.infos)
+	if p.err != nil {
+		mine = nil // tells rank 0 not to commit
+	}
+	all := [][]byte{mine}
+	if c.dist != nil && c.dist.World.Size() > 1 {
+		var err error
+		if all, err = c.dist.World.AllGatherBytes(ctx, mine); err != nil {
+			return fmt.Errorf("train: checkpoint step %d: %w", p.step, err)
+		}
+	}
+	if p.err != nil {
+		return fmt.Errorf("train: checkpoint step %d not saved: %w", p.step, p.err)
+	}
+	if c.rank() != 0 {
+		return nil
+	}
+	m := checkpoint.Manifest{Job: c.cfg.Job, Step: p.step, CreatedUnixNano: time.Now().UnixNano(), Layout: c.layout}
+	for r, b := range all {
+		var infos []checkpoint.ShardInfo
+		if len(b) == 0 || json.Unmarshal(b, &infos) != nil {
+			return fmt.Errorf("train: checkpoint step %d: rank %d did not save its shards; not committed", p.step, r)
+		}
+		m.Shards = append(m.Shards, infos...)
+	}
+	if err := c.mgr.Commit(ctx, m); err != nil {
+		return fmt.Errorf("train: checkpoint step %d: %w", p.step, err)
+	}
+	c.Saved = append(c.Saved, p.step)
+	if _, err := c.mgr.Retain(ctx, c.cfg.Job, c.cfg.KeepLast, 0, nil); err != nil {
+		return fmt.Errorf("train: checkpoint retention: %w", err)
+	}
+	return nil
+}
+
+// load restores the newest committed checkpoint that verifies (falling back
+// past corrupt ones, which are reported) into t; it reports whether one was
+// found.
+func (c *checkpointer) load(ctx context.Context, t *Trainer) (bool, error) {
+	m, err := c.mgr.LoadLatestVerified(ctx, c.cfg.Job, func(step int64, err error) {
+		slog.Warn("checkpoint unusable, falling back", "job-id", c.cfg.Job, "step", step, "err", err)
+	})
+	if errors.Is(err, checkpoint.ErrNoCheckpoint) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("train: resume: %w", err)
+	}
+	if m.Layout != c.layout {
+		return false, fmt.Errorf("train: resume: checkpoint step %d was saved under layout %+v, this run is %+v (resharding is not supported yet)", m.Step, m.Layout, c.layout)
+	}
+	r := c.rank()
+	prefix := checkpoint.StepPrefix(m.Job, m.Step)
+	raw, err := checkpoint.ReadShardVerified(ctx, c.mgr.Storage(), prefix, m, fmt.Sprintf("rank-%04d/state.bin", r))
+	if err != nil {
+		return false, fmt.Errorf("train: resume: %w", err)
+	}
+	tensors, err := checkpoint.DecodeShard(raw)
+	if err != nil {
+		return false, fmt.Errorf("train: resume: %w", err)
+	}
+	metaRaw, err := checkpoint.ReadShardVerified(ctx, c.mgr.Storage(), prefix, m, fmt.Sprintf("rank-%04d/meta.json", r))
+	if err != nil {
+		return false, fmt.Errorf("train: resume: %w", err)
+	}
+	var meta ckptMeta
+	if err := json.Unmarshal(metaRaw, &meta); err != nil {
+		return false, fmt.Errorf("train: resume: meta of step %d: %w", m.Step, err)
+	}
+	s := State{Step: meta.Step, AdamT: meta.AdamT, Balancer: meta.Balancer, Loader: meta.Loader}
+	for _, tn := range tensors {
+		switch tn.Name {
+		case "params":
+			s.Params = tn.Data
+		case "adam_m":
+			s.AdamM = tn.Data
+		case "adam_v":
+			s.AdamV = tn.Data
+		}
+	}
+	if err := t.Restore(s); err != nil {
+		return false, fmt.Errorf("train: resume from step %d: %w", m.Step, err)
+	}
+	return true, nil
+}

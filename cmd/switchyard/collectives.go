@@ -34,8 +34,9 @@ type collectivesReport struct {
 type collectivesRun struct {
 	DataPlane      string                 `json:"data_plane"`
 	World          int                    `json:"world"`
-	ForeignCPUFrac float64                `json:"foreign_cpu_frac"` // other processes' share of all cores during the run
-	TCP            parallel.BenchResult   `json:"tcp_loopback"`
+	ForeignCPUFrac float64                `json:"foreign_cpu_frac"`   // other processes' share of all cores during the run
+	TCP            parallel.BenchResult   `json:"tcp_loopback"`       // one stream, one way
+	TCPBidir       parallel.BenchResult   `json:"tcp_loopback_bidir"` // one connection, both ways at once (per direction)
 	Results        []parallel.BenchResult `json:"results"`
 }
 
@@ -47,8 +48,10 @@ type collectivesRow struct {
 	LatencyMS float64 `json:"latency_ms"`
 	AlgBWGBs  float64 `json:"algbw_gbs"`
 	BusBWGBs  float64 `json:"busbw_gbs"`
-	TCPGBs    float64 `json:"tcp_gbs"`        // loopback TCP ceiling measured in the same run
+	TCPGBs    float64 `json:"tcp_gbs"`        // loopback TCP ceiling (one way) measured in the same run
 	OverTCP   float64 `json:"busbw_over_tcp"` // busbw / TCP ceiling
+	TCPBidir  float64 `json:"tcp_bidir_gbs"`  // per-direction TCP throughput with both directions busy
+	OverBidir float64 `json:"busbw_over_tcp_bidir"`
 	GlooMS    float64 `json:"gloo_latency_ms,omitempty"`
 	GlooBusBW float64 `json:"gloo_busbw_gbs,omitempty"`
 	OverGloo  float64 `json:"busbw_over_gloo,omitempty"` // ours / gloo (> 1: faster)
@@ -62,20 +65,24 @@ type collectivesTarget struct {
 
 // glooReport is the RESULT_JSON of shared/bench/allreduce_bench.py.
 type glooReport struct {
-	Bench   string `json:"bench"`
-	Torch   string `json:"torch"`
-	Results []struct {
-		World          int            `json:"world"`
-		Support        map[string]any `json:"support"`
-		ForeignCPUFrac float64        `json:"foreign_cpu_frac"`
-		Rows           []struct {
-			Op        string  `json:"op"`
-			World     int     `json:"world"`
-			Bytes     int     `json:"bytes"`
-			TimeS     float64 `json:"time_s_median"`
-			BusBWGBps float64 `json:"busbw_GBps"`
-		} `json:"rows"`
-	} `json:"results"`
+	Bench   string      `json:"bench"`
+	Torch   string      `json:"torch"`
+	Results []glooWorld `json:"results"`
+}
+
+type glooWorld struct {
+	World          int            `json:"world"`
+	Support        map[string]any `json:"support"`
+	ForeignCPUFrac float64        `json:"foreign_cpu_frac"` // other processes' share of the CPUs during the run
+	Rows           []glooRow      `json:"rows"`
+}
+
+type glooRow struct {
+	Op        string  `json:"op"` // all_reduce | all_to_all_single
+	World     int     `json:"world"`
+	Bytes     int     `json:"bytes"`
+	TimeS     float64 `json:"time_s_median"`
+	BusBWGBps float64 `json:"busbw_GBps"`
 }
 
 const collectivesUsage = `usage: switchyard bench collectives [flags]
@@ -97,8 +104,8 @@ func cmdBenchCollectives(ctx context.Context, args []string) error {
 	worlds := fs.String("world", "2,4", "world sizes (ranks), comma-separated")
 	sizesFlag := fs.String("sizes", "4KiB,1MiB,16MiB,64MiB", "message sizes per rank, comma-separated (B, KiB, MiB, GiB)")
 	iters := fs.Int("iters", 10, "timed iterations per size (sizes under 1 MiB run 10x as many)")
-	planes := fs.String("data-plane", "tcp,grpc", "transport data planes to measure: grpc (messages on the gRPC streams), tcp (raw TCP beside them)")
-	segment := fs.String("segment", "4MiB", "ring pipelining segment")
+	planes := fs.String("data-plane", "tcp,grpc", "transport data planes to measure: grpc (messages on the gRPC streams), tcp (a plain socket beside them)")
+	segment := fs.String("segment", "0", "ring pipelining segment (0: the library default, what training uses)")
 	asJSON := fs.Bool("json", false, "print JSON")
 	glooScript := fs.String("gloo-script", "", "run this PyTorch/gloo reference (allreduce_bench.py) with /usr/bin/python3 and compare")
 	glooWait := fs.Bool("gloo-wait-idle", false, "let the gloo script wait for an idle machine first")
@@ -148,16 +155,16 @@ func cmdBenchCollectives(ctx context.Context, args []string) error {
 			}
 			run := collectivesRun{DataPlane: plane, World: w, ForeignCPUFrac: foreignCPU(before, cpuSnapshot(), time.Since(start))}
 			for _, r := range res {
-				if r.Op == "tcp_loopback" {
+				switch r.Op {
+				case "tcp_loopback":
 					run.TCP = r
-				} else {
+				case "tcp_loopback_bidir":
+					run.TCPBidir = r
+				default:
 					run.Results = append(run.Results, r)
 				}
 			}
 			rep.Runs = append(rep.Runs, run)
-			if !*asJSON {
-				fmt.Fprintf(os.Stderr, "measured world %d over %s (%.0f%% of the CPUs busy elsewhere)\n", w, plane, 100*run.ForeignCPUFrac)
-			}
 		}
 	}
 	if *glooScript != "" {
@@ -170,8 +177,8 @@ func cmdBenchCollectives(ctx context.Context, args []string) error {
 	rep.Rows, rep.Summary = collectivesRows(rep.Runs, rep.Gloo)
 	rep.Notes = append(rep.Notes,
 		"latency: median over iterations of the slowest rank; busbw = bytes*2(W-1)/W/t (all-reduce), bytes*(W-1)/W/t (all-to-all)",
-		"tcp_gbs: one loopback TCP stream, 1 MiB writes, measured before each world's run; a ring all-reduce moves data both ways at once",
-		"data_plane grpc: messages as gRPC stream frames; tcp: raw TCP connection per rank pair set up beside the gRPC stream")
+		"tcp_gbs: one loopback TCP stream, 1 MiB writes, measured before each world's run; tcp_bidir_gbs: per direction with both directions of one connection busy, the traffic of a ring (every rank sends and receives at once)",
+		"data_plane grpc: messages as gRPC stream frames; tcp: a plain stream socket per rank pair beside the gRPC stream (a Unix socket here, all ranks being on one host)")
 	if *asJSON {
 		return printJSON(rep)
 	}
@@ -203,6 +210,9 @@ func collectivesRows(runs []collectivesRun, g *glooReport) ([]collectivesRow, []
 			if row.TCPGBs > 0 {
 				row.OverTCP = r.BusBWGBs / row.TCPGBs
 			}
+			if row.TCPBidir = run.TCPBidir.BusBWGBs; row.TCPBidir > 0 {
+				row.OverBidir = r.BusBWGBs / row.TCPBidir
+			}
 			if gv, ok := gloo[key{r.Op, r.World, r.Bytes}]; ok {
 				row.GlooMS, row.GlooBusBW = gv[0], gv[1]
 				if gv[1] > 0 {
@@ -229,16 +239,22 @@ func collectivesRows(runs []collectivesRun, g *glooReport) ([]collectivesRow, []
 }
 
 func printCollectives(rep collectivesReport) {
-	fmt.Printf("%-10s %2s %8s %5s %10s %8s %8s %8s %8s %8s\n", "op", "W", "size", "plane", "latency", "busbw", "/tcp", "gloo", "gloo-bw", "/gloo")
+	fmt.Printf("%-10s %2s %6s %5s %10s %7s %5s %6s %10s %7s %6s\n", "op", "W", "size", "plane", "latency", "busbw", "/tcp", "/bidir", "gloo", "gloo-bw", "/gloo")
 	for _, r := range rep.Rows {
-		fmt.Printf("%-10s %2d %8s %5s %8.3fms %8.3f %8.2f", r.Op, r.World, fmtSize(r.Bytes), r.DataPlane, r.LatencyMS, r.BusBWGBs, r.OverTCP)
+		fmt.Printf("%-10s %2d %6s %5s %8.3fms %7.3f %5.2f %6.2f", r.Op, r.World, fmtSize(r.Bytes), r.DataPlane, r.LatencyMS, r.BusBWGBs, r.OverTCP, r.OverBidir)
 		if r.GlooMS > 0 {
-			fmt.Printf(" %6.3fms %8.3f %8.2f", r.GlooMS, r.GlooBusBW, r.OverGloo)
+			fmt.Printf(" %8.3fms %7.3f %6.2f", r.GlooMS, r.GlooBusBW, r.OverGloo)
 		}
 		fmt.Println()
 	}
 	for _, run := range rep.Runs {
-		fmt.Printf("tcp loopback before W=%d %s: %.2f GB/s\n", run.World, run.DataPlane, run.TCP.BusBWGBs)
+		fmt.Printf("before W=%d over %s: loopback TCP %.2f GB/s one way, %.2f GB/s each way both ways; %.0f%% of the CPUs busy elsewhere\n",
+			run.World, run.DataPlane, run.TCP.BusBWGBs, run.TCPBidir.BusBWGBs, 100*run.ForeignCPUFrac)
+	}
+	if rep.Gloo != nil {
+		for _, g := range rep.Gloo.Results {
+			fmt.Printf("gloo W=%d (torch %s): %.0f%% of the CPUs busy elsewhere\n", g.World, rep.Gloo.Torch, 100*g.ForeignCPUFrac)
+		}
 	}
 	for _, t := range rep.Summary {
 		fmt.Printf("target %-60s %v\n", t.What, t.Met)

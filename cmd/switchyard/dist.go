@@ -19,6 +19,7 @@ type distFlags struct {
 	balance      string
 	peers        string
 	commTimeout  time.Duration
+	dataPlane    string
 	connectLimit time.Duration
 }
 
@@ -32,6 +33,7 @@ func (f *distFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.peers, "peers", "", "comma-separated host:port of every rank, in rank order (set by launch)")
 	fs.DurationVar(&f.commTimeout, "comm-timeout", 60*time.Second, "a peer silent this long in a collective is an error")
 	fs.DurationVar(&f.connectLimit, "connect-timeout", 60*time.Second, "how long to wait for every peer at start")
+	fs.StringVar(&f.dataPlane, "data-plane", parallel.DataPlaneTCP, "how collective payloads travel: tcp (a plain socket per rank pair beside the gRPC control stream; faster for large tensors) or grpc (everything on the gRPC streams)")
 }
 
 func (f *distFlags) layout() (parallel.Layout, error) {
@@ -63,6 +65,7 @@ func (f *distFlags) connect(ctx context.Context) (*train.Dist, func(), error) {
 	opts := parallel.DefaultOptions()
 	opts.Timeout = f.commTimeout
 	opts.DialTimeout = f.connectLimit
+	opts.DataPlane = f.dataPlane
 	tr, err := parallel.ListenGRPC(f.rank, f.world, peers[f.rank], opts)
 	if err != nil {
 		return nil, nil, fmt.Errorf("train: listen on %s: %w", peers[f.rank], err)

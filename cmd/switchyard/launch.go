@@ -31,6 +31,7 @@ func cmdLaunch(ctx context.Context, args []string) error {
 	dp := fs.Int("dp", 0, "data-parallel degree (default nproc/tp)")
 	balance := fs.String("balance", "dp", "LBL balance group: dp, node or none")
 	commTimeout := fs.Duration("comm-timeout", 30*time.Second, "a peer silent this long in a collective is an error on every rank")
+	dataPlane := fs.String("data-plane", "tcp", "collective payload transport for every rank: tcp or grpc")
 	grace := fs.Duration("grace", 0, "after a rank fails, how long the others get to exit on their own before they are killed (default comm-timeout + 10s)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -64,7 +65,7 @@ func cmdLaunch(ctx context.Context, args []string) error {
 	for r := 0; r < *nproc; r++ {
 		argv := append([]string{"train"}, fs.Args()...)
 		argv = append(argv, "--rank", fmt.Sprint(r), "--world", fmt.Sprint(*nproc), "--tp", fmt.Sprint(*tp), "--ep", fmt.Sprint(*ep),
-			"--dp", fmt.Sprint(*dp), "--balance", *balance, "--peers", strings.Join(peers, ","), "--comm-timeout", commTimeout.String())
+			"--dp", fmt.Sprint(*dp), "--balance", *balance, "--peers", strings.Join(peers, ","), "--comm-timeout", commTimeout.String(), "--data-plane", *dataPlane)
 		c := exec.Command(self, argv...)
 		stdout, _ := c.StdoutPipe()
 		stderr, _ := c.StderrPipe()

@@ -12,7 +12,10 @@
 // kernels) and "generic" (portable Go; also forced by the purego build tag).
 // Fast is the default BLAS; it packs A and B into pooled panels, blocks for
 // the caches and splits large problems over GOMAXPROCS cores with a small
-// persistent worker pool. GroupedSgemm splits a list of problems as a whole.
+// persistent worker pool. GroupedSgemm splits a list of problems as a whole
+// (units of whole problems, or of row or column blocks of large ones, taken
+// dynamically so that a late or busy core does not hold the call up), and
+// GroupedSwiGLU does the same for the element-wise SwiGLU of many experts.
 //
 // The assembly is produced by the scripts in asmgen/ (Python, not needed to
 // build). The openblas subpackage wraps OpenBLAS behind the openblas build

@@ -313,3 +313,180 @@ func TestBLASContract(t *testing.T) {
 		})
 	}
 }
+
+// TestGroupedSgemmUnits covers the unit cuts of the grouped scheduler: one
+// dominant problem split by rows (m >= n) or by columns (m < n), every
+// transpose, beta != 0, k == 0, and concurrent grouped callers.
+func TestGroupedSgemmUnits(t *testing.T) {
+	f := &Fast{t: tuningFor(path), minParallel: 1}
+	type shape struct{ m, n, k int }
+	cases := [][]shape{
+		{{300, 40, 33}},
+		{{20, 300, 33}},
+		{{7, 300, 0}, {100, 37, 12}},
+		{{130, 130, 40}, {1, 1, 1}, {0, 5, 5}, {13, 260, 9}},
+	}
+	if raceEnabled {
+		cases = cases[:3]
+	}
+	check := func(t *testing.T, r *rand.Rand, ss []shape, tA, tB bool) {
+		gs := make([]Gemm, len(ss))
+		want := make([][]float32, len(ss))
+		for i, s := range ss {
+			g := Gemm{TransA: tA, TransB: tB, M: s.m, N: s.n, K: s.k, Alpha: 1.5, Lda: s.k, Ldb: s.n, Beta: float32(i%2) * 0.5, Ldc: s.n + 3}
+			if tA {
+				g.Lda = s.m + 1
+			}
+			if tB {
+				g.Ldb = s.k + 2
+			}
+			rowsA, rowsB := s.m, s.k
+			if tA {
+				rowsA = s.k
+			}
+			if tB {
+				rowsB = s.n
+			}
+			g.A, g.B, g.C = randSlice(r, rowsA*g.Lda+1), randSlice(r, rowsB*g.Ldb+1), randSlice(r, s.m*g.Ldc)
+			want[i] = append([]float32(nil), g.C...)
+			RefSgemm(tA, tB, g.M, g.N, g.K, g.Alpha, g.A, g.Lda, g.B, g.Ldb, g.Beta, want[i], g.Ldc)
+			if i%2 == 0 {
+				// A second product into the same C.
+				g.K2 = s.k/2 + 3
+				g.Lda2, g.Ldb2 = g.K2, s.n+1
+				rowsA, rowsB := s.m, g.K2
+				if tA {
+					g.Lda2, rowsA = s.m, g.K2
+				}
+				if tB {
+					g.Ldb2, rowsB = g.K2, s.n
+				}
+				g.A2, g.B2 = randSlice(r, rowsA*g.Lda2), randSlice(r, rowsB*g.Ldb2)
+				RefSgemm(tA, tB, g.M, g.N, g.K2, g.Alpha, g.A2, g.Lda2, g.B2, g.Ldb2, 1, want[i], g.Ldc)
+			}
+			gs[i] = g
+		}
+		f.GroupedSgemm(gs)
+		for i := range gs {
+			for e := range want[i] {
+				if d := math.Abs(float64(gs[i].C[e] - want[i][e])); d > 1e-4 {
+					t.Errorf("%v tA %v tB %v group %d elem %d: %g want %g", ss, tA, tB, i, e, gs[i].C[e], want[i][e])
+					return
+				}
+			}
+		}
+	}
+	r := rand.New(rand.NewPCG(3, 4))
+	for _, ss := range cases {
+		for _, tr := range [][2]bool{{false, false}, {true, false}, {false, true}, {true, true}} {
+			check(t, r, ss, tr[0], tr[1])
+		}
+	}
+	// The same small cases on the caller alone (under minParallel).
+	f = NewFast()
+	for _, ss := range cases {
+		check(t, r, ss, true, false)
+	}
+	f = &Fast{t: tuningFor(path), minParallel: 1}
+	var wg sync.WaitGroup
+	for c := 0; c < 3; c++ {
+		wg.Add(1)
+		go func(seed uint64) {
+			defer wg.Done()
+			r := rand.New(rand.NewPCG(seed, 5))
+			for _, ss := range cases[:2] {
+				check(t, r, ss, seed%2 == 0, false)
+			}
+		}(uint64(c))
+	}
+	wg.Wait()
+}
+
+// TestGroupedSwiGLU checks the parallel grouped SwiGLU (both directions,
+// several ops of uneven length, chunk edges) against the one-call kernels.
+func TestGroupedSwiGLU(t *testing.T) {
+	r := rand.New(rand.NewPCG(5, 6))
+	lens := []int{0, 3, swigluChunk + 17, 2*swigluChunk + 5, 1000}
+	ops := make([]SwiGLUOp, 0, 2*len(lens))
+	type want struct{ h, da, db []float32 }
+	var wants []want
+	for _, bwd := range []bool{false, true} {
+		for _, n := range lens {
+			o := SwiGLUOp{Backward: bwd, A: randSlice(r, n), B: randSlice(r, n)}
+			var w want
+			if bwd {
+				o.DH, o.DA, o.DB = randSlice(r, n), make([]float32, n), make([]float32, n)
+				w.da, w.db = make([]float32, n), make([]float32, n)
+				SwiGLUBackward(w.da, w.db, o.DH, o.A, o.B)
+			} else {
+				o.H = make([]float32, n)
+				w.h = make([]float32, n)
+				SwiGLU(w.h, o.A, o.B)
+			}
+			ops = append(ops, o)
+			wants = append(wants, w)
+		}
+	}
+	GroupedSwiGLU(ops)
+	eq := func(what string, i int, got, want []float32) {
+		for e := range want {
+			if got[e] != want[e] {
+				t.Fatalf("op %d %s[%d] = %g want %g", i, what, e, got[e], want[e])
+			}
+		}
+	}
+	for i, o := range ops {
+		if o.Backward {
+			eq("da", i, o.DA, wants[i].da)
+			eq("db", i, o.DB, wants[i].db)
+		} else {
+			eq("h", i, o.H, wants[i].h)
+		}
+	}
+	if !raceEnabled {
+		if a := testing.AllocsPerRun(10, func() { GroupedSwiGLU(ops) }); a != 0 {
+			t.Fatalf("GroupedSwiGLU allocates %v times per call", a)
+		}
+	}
+}
+
+// TestGroupedSgemmPrePost checks the per-block SwiGLUs of a grouped call:
+// Pre produces the rows of A (H = silu(a)*b, width K) before each block,
+// Post consumes the rows of C (DH = C, width N) after it. Problems large
+// enough to be cut into several row blocks, and one under minParallel.
+func TestGroupedSgemmPrePost(t *testing.T) {
+	r := rand.New(rand.NewPCG(11, 12))
+	for _, f := range []*Fast{{t: tuningFor(path), minParallel: 1}, NewFast()} {
+		ms := []int{300, 7, 130}
+		n, k := 40, 24
+		gs := make([]Gemm, len(ms))
+		pre, post := make([]SwiGLUOp, len(ms)), make([]SwiGLUOp, len(ms))
+		type want struct{ h, c, da, db []float32 }
+		ws := make([]want, len(ms))
+		for i, m := range ms {
+			pre[i] = SwiGLUOp{H: randSlice(r, m*k), A: randSlice(r, m*k), B: randSlice(r, m*k), Row: k}
+			post[i] = SwiGLUOp{Backward: true, A: randSlice(r, m*n), B: randSlice(r, m*n), DA: make([]float32, m*n), DB: make([]float32, m*n), Row: n}
+			g := Gemm{M: m, N: n, K: k, Alpha: 1, A: pre[i].H, Lda: k, B: randSlice(r, k*n), Ldb: n, Beta: 0.5, C: randSlice(r, m*n), Ldc: n, Pre: &pre[i], Post: &post[i]}
+			post[i].DH = g.C
+			w := want{h: make([]float32, m*k), c: append([]float32(nil), g.C...), da: make([]float32, m*n), db: make([]float32, m*n)}
+			SwiGLU(w.h, pre[i].A, pre[i].B)
+			RefSgemm(false, false, m, n, k, 1, w.h, k, g.B, n, 0.5, w.c, n)
+			SwiGLUBackward(w.da, w.db, w.c, post[i].A, post[i].B)
+			gs[i], ws[i] = g, w
+		}
+		f.GroupedSgemm(gs)
+		for i := range gs {
+			for _, c := range []struct {
+				name      string
+				got, want []float32
+				tol       float64
+			}{{"h", pre[i].H, ws[i].h, 0}, {"c", gs[i].C, ws[i].c, 1e-4}, {"da", post[i].DA, ws[i].da, 1e-4}, {"db", post[i].DB, ws[i].db, 1e-4}} {
+				for e := range c.want {
+					if d := math.Abs(float64(c.got[e] - c.want[e])); d > c.tol {
+						t.Fatalf("minParallel %d group %d %s[%d] = %g want %g", f.minParallel, i, c.name, e, c.got[e], c.want[e])
+					}
+				}
+			}
+		}
+	}
+}

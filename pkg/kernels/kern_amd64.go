@@ -36,13 +36,34 @@ func packStrided(dst, src []float32, ld, kb, rows, w int) bool {
 	// Bounds: the last row read ends at (rows-1)*ld + kb.
 	_ = src[(rows-1)*ld+kb-1]
 	_ = dst[kb*w-1]
+	p0 := 0
+	if rows == w && (w == 12 || w == 16 || w == 32) && kb >= 16 {
+		// Full panels: 16x16 in-register transposes for whole blocks
+		// of 16 p, the gather below for the rest.
+		nb := kb / 16
+		for r0 := 0; r0 < rows; r0 += 16 {
+			rr := min(16, rows-r0)
+			packT16AVX512(&dst[r0], &src[r0*ld], ld, nb, w, rr, uint32(1)<<rr-1)
+		}
+		p0 = nb * 16
+		if p0 == kb {
+			return true
+		}
+	}
 	var idx [32]int32
 	for r := 0; r < rows; r++ {
 		idx[r] = int32(r * ld)
 	}
-	packGatherAVX512(&dst[0], &src[0], &idx, kb, uint32(1)<<rows-1, uint32(uint64(1)<<w-1))
+	packGatherAVX512(&dst[p0*w], &src[p0], &idx, kb-p0, uint32(1)<<rows-1, uint32(uint64(1)<<w-1))
 	return true
 }
+
+// packT16AVX512: for p in [0, 16*nblk), dst[p*w+r] = src[r*ld+p] for r
+// below rows (12 or 16), zero up to 16, storing the lanes in mask.
+// Callers check the bounds.
+//
+//go:noescape
+func packT16AVX512(dst, src *float32, ld, nblk, w, rows int, mask uint32)
 
 // packRowsAVX512: dst[p*w+c] = src[p*ld+c] for columns in mask, zero for
 // the others below w (w <= 16 or w == 32). Callers check the bounds.

@@ -56,21 +56,25 @@ func (j *job) wait() {
 	<-j.done
 }
 
-// task is one unit of work: a plain SGEMM, or a row range of a grouped one.
+// task is one unit of work: a plain SGEMM, or participant part of a
+// grouped call.
 type task struct {
-	f      *Fast
-	g      gemmArgs
-	groups []Gemm
-	lo, hi int64
-	job    *job
+	f    *Fast
+	g    gemmArgs
+	job  *job
+	gj   *gjob
+	part int
 }
 
 func (t *task) do() {
-	if t.groups != nil {
-		t.f.groupRange(t.groups, t.lo, t.hi)
-	} else {
-		t.f.run(t.g)
+	if t.gj != nil {
+		if t.gj.work(t.part) {
+			t.gj.done <- struct{}{}
+		}
+		t.gj.release()
+		return
 	}
+	t.f.run(t.g)
 	t.job.finish()
 }
 

@@ -10,6 +10,8 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"runtime/pprof"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -17,11 +19,11 @@ import (
 
 // BenchResult is one measurement of BenchCollectives.
 type BenchResult struct {
-	Op        string  `json:"op"` // all_reduce, all_to_all, tcp_loopback
+	Op        string  `json:"op"` // all_reduce, all_to_all, tcp_loopback, tcp_loopback_bidir
 	World     int     `json:"world"`
-	Bytes     int     `json:"bytes"` // per rank (tcp_loopback: bytes moved)
+	Bytes     int     `json:"bytes"` // per rank (tcp_loopback: bytes moved, each way for bidir)
 	Iters     int     `json:"iters"`
-	LatencyMS float64 `json:"latency_ms"` // mean per operation, slowest rank
+	LatencyMS float64 `json:"latency_ms"` // median per operation of the slowest rank
 	AlgBWGBs  float64 `json:"algbw_gbs"`  // bytes / time
 	BusBWGBs  float64 `json:"busbw_gbs"`  // all_reduce: algbw*2(W-1)/W; all_to_all: algbw*(W-1)/W
 	Transport string  `json:"transport"`  // grpc-processes, grpc-goroutines, tcp
@@ -66,6 +68,10 @@ func BenchCollectives(ctx context.Context, world int, sizes []int, iters int, op
 	if err != nil {
 		return nil, err
 	}
+	bidir, err := MeasureLoopbackTCPBidir(ctx, 512<<20, 1<<20)
+	if err != nil {
+		return nil, err
+	}
 	var res []BenchResult
 	if cfg.inProcess {
 		ts, err := newLoopbackGRPC(ctx, world, cfg.opts)
@@ -106,7 +112,7 @@ func BenchCollectives(ctx context.Context, world int, sizes []int, iters int, op
 			}
 		}
 	}
-	return append(res, tcp), nil
+	return append(res, tcp, bidir), nil
 }
 
 func onAllRanks(n int, f func(r int) error) []error {
@@ -135,6 +141,11 @@ func RunBenchRank(ctx context.Context, t Transport, sizes []int, iters int, co C
 		return nil, err
 	}
 	var res []BenchResult
+	// timeIt runs op twice to warm up, then n times, and returns the median
+	// over iterations of the slowest rank's time (every iteration starts
+	// when the previous one's collective has synchronised the ranks). A
+	// median, not a mean: other load on a shared machine shows up as a few
+	// slow iterations.
 	timeIt := func(n int, op func() error) (float64, error) {
 		for i := 0; i < 2; i++ { // warm-up
 			if err := op(); err != nil {
@@ -144,17 +155,19 @@ func RunBenchRank(ctx context.Context, t Transport, sizes []int, iters int, co C
 		if err := c.Barrier(ctx); err != nil {
 			return 0, err
 		}
-		start := time.Now()
+		secs := make([]float64, n)
 		for i := 0; i < n; i++ {
+			start := time.Now()
 			if err := op(); err != nil {
 				return 0, err
 			}
+			secs[i] = time.Since(start).Seconds()
 		}
-		sec := []float64{time.Since(start).Seconds() / float64(n)}
-		if err := c.AllReduceF64(ctx, sec, Max); err != nil {
+		if err := c.AllReduceF64(ctx, secs, Max); err != nil {
 			return 0, err
 		}
-		return sec[0], nil
+		slices.Sort(secs)
+		return secs[n/2], nil
 	}
 	for _, size := range sizes {
 		n := iters
@@ -242,6 +255,66 @@ func MeasureLoopbackTCP(ctx context.Context, total, write int) (BenchResult, err
 		AlgBWGBs: gb, BusBWGBs: gb, Transport: "tcp"}, nil
 }
 
+// MeasureLoopbackTCPBidir moves total bytes each way at once through one
+// loopback TCP connection (both ends write and read concurrently, write
+// bytes at a time) and reports the throughput per direction: the ceiling
+// for the traffic of a ring, where every rank sends and receives at once.
+func MeasureLoopbackTCPBidir(ctx context.Context, total, write int) (BenchResult, error) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return BenchResult{}, err
+	}
+	defer lis.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := lis.Accept()
+		if err != nil {
+			close(accepted)
+			return
+		}
+		accepted <- c
+	}()
+	var d net.Dialer
+	a, err := d.DialContext(ctx, "tcp", lis.Addr().String())
+	if err != nil {
+		return BenchResult{}, err
+	}
+	defer a.Close()
+	b, ok := <-accepted
+	if !ok {
+		return BenchResult{}, errors.New("parallel: loopback accept failed")
+	}
+	defer b.Close()
+	start := time.Now()
+	errs := onAllRanks(4, func(g int) error {
+		c := []net.Conn{a, b}[g/2]
+		buf := make([]byte, write)
+		if g%2 == 0 {
+			for sent := 0; sent < total; sent += write {
+				if _, err := c.Write(buf[:min(write, total-sent)]); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+		for got := 0; got < total; {
+			n, err := c.Read(buf)
+			got += n
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err := errors.Join(errs...); err != nil {
+		return BenchResult{}, err
+	}
+	sec := time.Since(start).Seconds()
+	gb := float64(total) / sec / 1e9
+	return BenchResult{Op: "tcp_loopback_bidir", World: 2, Bytes: total, Iters: 1, LatencyMS: sec * 1e3,
+		AlgBWGBs: gb, BusBWGBs: gb, Transport: "tcp"}, nil
+}
+
 // Child processes. The parent starts the current executable once per rank
 // with benchRankEnv set and talks to it over stdin/stdout, one line at a
 // time: the child prints "addr HOST:PORT", the parent answers with the JSON
@@ -249,6 +322,10 @@ func MeasureLoopbackTCP(ctx context.Context, total, write int) (BenchResult, err
 // JSON" lines (bench) and exits 0, or prints "error TEXT" and exits 1.
 
 const benchRankEnv = "SWITCHYARD_BENCH_RANK"
+
+// benchProfileEnv, if set to a directory, makes every rank write a CPU
+// profile there (rank-N.pprof).
+const benchProfileEnv = "SWITCHYARD_BENCH_CPUPROFILE"
 
 type childConfig struct {
 	Mode  string      `json:"mode"` // bench | loop (all-reduce until failure, for fault tests)
@@ -267,10 +344,19 @@ func BenchChildMain() {
 	if os.Getenv(benchRankEnv) == "" {
 		return
 	}
+	if dir := os.Getenv(benchProfileEnv); dir != "" { // profiling aid: one CPU profile per rank
+		if f, err := os.Create(fmt.Sprintf("%s/rank-%s.pprof", dir, os.Getenv(benchRankEnv))); err == nil {
+			if pprof.StartCPUProfile(f) == nil {
+				defer pprof.StopCPUProfile()
+			}
+		}
+	}
 	if err := runChild(os.Stdin, os.Stdout); err != nil {
 		fmt.Fprintf(os.Stdout, "error %s\n", strings.ReplaceAll(err.Error(), "\n", " "))
+		pprof.StopCPUProfile()
 		os.Exit(1)
 	}
+	pprof.StopCPUProfile()
 	os.Exit(0)
 }
 

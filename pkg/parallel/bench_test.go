@@ -18,11 +18,11 @@ func TestMain(m *testing.M) {
 
 func checkBench(t *testing.T, res []BenchResult, world int, sizes []int) {
 	t.Helper()
-	if len(res) != 2*len(sizes)+1 {
-		t.Fatalf("%d results, want %d: %+v", len(res), 2*len(sizes)+1, res)
+	if len(res) != 2*len(sizes)+2 {
+		t.Fatalf("%d results, want %d: %+v", len(res), 2*len(sizes)+2, res)
 	}
 	for _, r := range res {
-		if r.LatencyMS <= 0 || r.BusBWGBs <= 0 || (r.Op != "tcp_loopback" && r.World != world) {
+		if r.LatencyMS <= 0 || r.BusBWGBs <= 0 || (r.Transport != "tcp" && r.World != world) {
 			t.Fatalf("bad result %+v", r)
 		}
 		t.Logf("%+v", r)
@@ -50,11 +50,17 @@ func TestBenchProcesses(t *testing.T) {
 // kill -9 one rank process mid all-reduce: every other rank fails with an
 // error (and exits) within the transport timeout, never hangs.
 func TestKill9MidAllReduce(t *testing.T) {
+	for _, plane := range []string{DataPlaneGRPC, DataPlaneTCP} {
+		t.Run(plane, func(t *testing.T) { testKill9(t, plane) })
+	}
+}
+
+func testKill9(t *testing.T, plane string) {
 	const world, victim = 3, 1
 	timeout := 2 * time.Second
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	p, err := startRanks(ctx, world, childConfig{Mode: "loop", Opts: Options{Timeout: timeout}, Comm: CommOptions{Segment: 64 << 10}})
+	p, err := startRanks(ctx, world, childConfig{Mode: "loop", Opts: Options{Timeout: timeout, DataPlane: plane}, Comm: CommOptions{Segment: 64 << 10}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,7 +106,9 @@ func TestBenchReport(t *testing.T) {
 	for _, ws := range strings.Split(worlds, ",") {
 		var w int
 		fmt.Sscan(ws, &w)
-		res, err := BenchCollectives(context.Background(), w, []int{4 << 10, 1 << 20, 16 << 20, 64 << 20}, 5)
+		o := Options{Timeout: time.Minute, DataPlane: os.Getenv("SWITCHYARD_BENCH_PLANE")}
+		res, err := BenchCollectives(context.Background(), w, []int{4 << 10, 1 << 20, 16 << 20, 64 << 20}, 5,
+			BenchTransport(o, CommOptions{Segment: envInt("SWITCHYARD_BENCH_SEGMENT")}))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -109,4 +117,10 @@ func TestBenchReport(t *testing.T) {
 			fmt.Println(string(j))
 		}
 	}
+}
+
+func envInt(name string) int {
+	var n int
+	fmt.Sscan(os.Getenv(name), &n)
+	return n
 }

@@ -7,7 +7,10 @@ import (
 	"hash/fnv"
 	"slices"
 	"sync"
+	"time"
 	"unsafe"
+
+	"github.com/switchyard-ml/switchyard/pkg/kernels"
 )
 
 // Op is a reduction.
@@ -99,7 +102,11 @@ func NewComm(t Transport, ranks []int, opts CommOptions) (*Comm, error) {
 	}
 	h := fnv.New64a()
 	fmt.Fprintf(h, "%s|%v", opts.Name, rs)
-	return &Comm{t: t, ranks: rs, me: me, id: h.Sum64() >> 32, opts: opts.withDefaults()}, nil
+	id := h.Sum64() >> 32
+	if id == abortSpace {
+		id--
+	}
+	return &Comm{t: t, ranks: rs, me: me, id: id, opts: opts.withDefaults()}, nil
 }
 
 // Sub makes a communicator over a subgroup (global ranks) with its own tag
@@ -130,8 +137,54 @@ func (c *Comm) release(b []byte) {
 	}
 }
 
+// fail wraps the error of the current collective and, unless a peer's abort
+// notice caused it, sends one to every other member (see abortSpace), so
+// that none of them waits out the timeout for a collective that cannot
+// complete. It waits at most abortWait for the notices to go out.
+// recvInto receives the next message from global rank from into dst, which
+// it must fill exactly: straight from the wire where the transport can.
+func (c *Comm) recvInto(ctx context.Context, from int, tag uint64, dst []byte) error {
+	if ri, ok := c.t.(RecvIntoer); ok {
+		return ri.RecvInto(ctx, from, tag, dst)
+	}
+	m, err := c.t.Recv(ctx, from, tag)
+	if err != nil {
+		return err
+	}
+	defer c.release(m)
+	if len(m) != len(dst) {
+		return fmt.Errorf("%w: rank %d sent %d bytes, want %d", ErrMismatch, from, len(m), len(dst))
+	}
+	copy(dst, m)
+	return nil
+}
+
 func (c *Comm) fail(what string, err error) error {
-	return fmt.Errorf("parallel: %s (group %v, rank %d): %w", what, c.ranks, c.t.Rank(), err)
+	err = fmt.Errorf("parallel: %s (group %v, rank %d): %w", what, c.ranks, c.t.Rank(), err)
+	if !errors.Is(err, ErrAborted) && c.Size() > 1 {
+		c.abort(err)
+	}
+	return err
+}
+
+const abortWait = time.Second
+
+func (c *Comm) abort(err error) {
+	msg := encodeAbort(c.id<<32|uint64(c.seq), err.Error())
+	ctx, cancel := context.WithTimeout(context.Background(), abortWait)
+	var wg sync.WaitGroup
+	for i, r := range c.ranks {
+		if i == c.me {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.t.Send(ctx, r, abortTag, msg) //nolint:errcheck // best effort: a dead peer needs no notice
+		}()
+	}
+	wg.Wait() // each send gives up by abortWait
+	cancel()
 }
 
 // reducer combines src into dst element-wise (both hold whole elements).
@@ -176,13 +229,7 @@ func aligned(b []byte, n uintptr) []byte {
 func reducerF32(op Op) (reducer, error) {
 	switch op {
 	case Sum:
-		return func(d, s []byte) {
-			dst, src := asF32(d), asF32(aligned(s, 4))
-			src = src[:len(dst)]
-			for i := range dst {
-				dst[i] += src[i]
-			}
-		}, nil
+		return addF32, nil
 	case Max:
 		return func(d, s []byte) {
 			dst, src := asF32(d), asF32(aligned(s, 4))
@@ -201,6 +248,23 @@ func reducerF32(op Op) (reducer, error) {
 		}, nil
 	}
 	return nil, fmt.Errorf("parallel: unknown reduction %v", op)
+}
+
+// addF32 is the float32 sum: dst += src with one vectorised add per element
+// (kernels.Axpy with alpha 1 is a fused multiply-add 1*src+dst, which rounds
+// exactly like src+dst, so the result is bitwise that of addF32Ref).
+func addF32(d, s []byte) {
+	dst, src := asF32(d), asF32(aligned(s, 4))
+	kernels.Axpy(1, src[:len(dst)], dst)
+}
+
+// addF32Ref is the plain reference of addF32.
+func addF32Ref(d, s []byte) {
+	dst, src := asF32(d), asF32(aligned(s, 4))
+	src = src[:len(dst)]
+	for i := range dst {
+		dst[i] += src[i]
+	}
 }
 
 func reducerF64(op Op) (reducer, error) {
@@ -455,20 +519,25 @@ func (c *Comm) ring(ctx context.Context, tag uint64, data []byte, offs []int, el
 		if stop {
 			break
 		}
-		m, err := c.t.Recv(ctx, prev, tag)
-		if err == nil && len(m) != op.hi-op.lo {
-			err = fmt.Errorf("%w: rank %d sent a %d-byte segment, want %d", ErrMismatch, prev, len(m), op.hi-op.lo)
+		var err error
+		if op.reduce {
+			var m []byte
+			m, err = c.t.Recv(ctx, prev, tag)
+			if err == nil && len(m) != op.hi-op.lo {
+				err = fmt.Errorf("%w: rank %d sent a %d-byte segment, want %d", ErrMismatch, prev, len(m), op.hi-op.lo)
+			}
+			if err == nil {
+				red(data[op.lo:op.hi], m)
+				c.release(m)
+			}
+		} else {
+			// The segment's old contents are out (op.after): receive in place.
+			err = c.recvInto(ctx, prev, tag, data[op.lo:op.hi])
 		}
 		if err != nil {
 			setFailed(err)
 			break
 		}
-		if op.reduce {
-			red(data[op.lo:op.hi], m)
-		} else {
-			copy(data[op.lo:op.hi], m)
-		}
-		c.release(m)
 		mu.Lock()
 		recvDone++
 		cond.Broadcast()
@@ -561,84 +630,111 @@ func (c *Comm) AllToAllV(ctx context.Context, send [][]byte) ([][]byte, error) {
 // AllToAllVF32 sends send's block i (sendCounts[i] elements, in group order)
 // to member i and writes member i's block for us into recv's block i
 // (recvCounts[i] elements). Counts must agree pairwise across members.
+//
+// Blocks go to and come from all peers concurrently (see exchange), and a
+// received block lands straight in recv where the transport can place it
+// (RecvIntoer), so the call allocates nothing in proportion to the data.
 func (c *Comm) AllToAllVF32(ctx context.Context, send []float32, sendCounts []int, recv []float32, recvCounts []int) error {
 	tag := c.nextTag()
-	soffs, err := c.checkCounts(sendCounts, len(send), 4)
-	if err != nil {
+	w := c.Size()
+	if len(sendCounts) != w || len(recvCounts) != w {
+		return fmt.Errorf("parallel: %d send and %d receive counts for a group of %d", len(sendCounts), len(recvCounts), w)
+	}
+	var offBuf [2 * 17]int
+	var soffs, roffs []int
+	if w <= 16 {
+		soffs, roffs = offBuf[:w+1], offBuf[17:17+w+1]
+	} else {
+		soffs, roffs = make([]int, w+1), make([]int, w+1)
+	}
+	if err := fillOffsets(soffs, sendCounts, len(send)); err != nil {
 		return err
 	}
-	roffs, err := c.checkCounts(recvCounts, len(recv), 4)
-	if err != nil {
+	if err := fillOffsets(roffs, recvCounts, len(recv)); err != nil {
 		return err
 	}
 	sb, rb := f32Bytes(send), f32Bytes(recv)
-	parts := make([][]byte, c.Size())
-	for i := range parts {
-		parts[i] = sb[soffs[i]:soffs[i+1]]
+	if n, m := soffs[c.me+1]-soffs[c.me], roffs[c.me+1]-roffs[c.me]; n != m {
+		return fmt.Errorf("%w: all-to-all: %d elements to self, %d expected", ErrMismatch, n, m)
 	}
-	err = c.exchange(ctx, tag, parts, func(i int, m []byte) error {
-		if len(m) != roffs[i+1]-roffs[i] {
-			return fmt.Errorf("%w: rank %d sent %d bytes, want %d", ErrMismatch, c.ranks[i], len(m), roffs[i+1]-roffs[i])
-		}
-		copy(rb[roffs[i]:], m)
-		return nil
-	})
+	copy(rb[roffs[c.me]*4:roffs[c.me+1]*4], sb[soffs[c.me]*4:soffs[c.me+1]*4])
+	err := c.exchange(ctx, tag,
+		func(i int) []byte { return sb[soffs[i]*4 : soffs[i+1]*4] },
+		func(ctx context.Context, i int) error {
+			return c.recvInto(ctx, c.ranks[i], tag, rb[roffs[i]*4:roffs[i+1]*4])
+		})
 	if err != nil {
 		return c.fail("all-to-all", err)
 	}
 	return nil
 }
 
+// fillOffsets sets offs (len(counts)+1) to the element offsets of counts and
+// checks that they sum to n.
+func fillOffsets(offs, counts []int, n int) error {
+	offs[0] = 0
+	for i, k := range counts {
+		if k < 0 {
+			return fmt.Errorf("parallel: negative count %d", k)
+		}
+		offs[i+1] = offs[i] + k
+	}
+	if offs[len(counts)] != n {
+		return fmt.Errorf("parallel: counts sum to %d, buffer holds %d", offs[len(counts)], n)
+	}
+	return nil
+}
+
 func (c *Comm) allToAll(ctx context.Context, tag uint64, send [][]byte) ([][]byte, error) {
 	out := make([][]byte, c.Size())
-	err := c.exchange(ctx, tag, send, func(i int, m []byte) error {
+	out[c.me] = append([]byte(nil), send[c.me]...)
+	err := c.exchange(ctx, tag, func(i int) []byte { return send[i] }, func(ctx context.Context, i int) error {
+		m, err := c.t.Recv(ctx, c.ranks[i], tag)
 		out[i] = m
-		return nil
+		return err
 	})
 	return out, err
 }
 
-// exchange sends send[i] to every member i concurrently and hands each
-// received message to got (called for our own part too, with a copy).
-func (c *Comm) exchange(ctx context.Context, tag uint64, send [][]byte, got func(i int, m []byte) error) error {
+// exchange sends part(i) to every other member i and runs recv(i) for
+// every other member i; the first error cancels the rest. Our own part is
+// the caller's. Small exchanges post everything at once (one round trip);
+// large ones go in w-1 pairwise stages (stage k: send to member me+k while
+// receiving from me-k), so that each rank drives one outgoing and one
+// incoming stream at a time instead of 2(w-1) competing for the cores and
+// the cache.
+func (c *Comm) exchange(ctx context.Context, tag uint64, part func(i int) []byte, recv func(ctx context.Context, i int) error) error {
 	w := c.Size()
-	if err := got(c.me, append([]byte(nil), send[c.me]...)); err != nil {
-		return err
-	}
 	if w == 1 {
 		return nil
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	errs := make(chan error, w)
-	for k := 1; k < w; k++ {
-		i := (c.me + k) % w
-		go func() {
-			err := c.t.Send(ctx, c.ranks[i], tag, send[i])
-			if err != nil {
+	big := false
+	for i := range w {
+		big = big || (i != c.me && len(part(i)) > c.opts.SmallBytes)
+	}
+	stages, per := 1, w-1 // stages of per peers each
+	if big {
+		stages, per = w-1, 1
+	}
+	errs := make(chan error, 2*per)
+	var first error
+	for st := 0; st < stages && first == nil; st++ {
+		for k := 1 + st; k < 1+st+per; k++ {
+			i := (c.me + k) % w
+			go func() { errs <- c.t.Send(ctx, c.ranks[i], tag, part(i)) }()
+			j := (c.me - k + w) % w
+			go func() { errs <- recv(ctx, j) }()
+		}
+		for n := 0; n < 2*per; n++ {
+			if err := <-errs; err != nil && first == nil {
+				first = err
 				cancel()
 			}
-			errs <- err
-		}()
-	}
-	var rerr error
-	for k := 1; k < w && rerr == nil; k++ {
-		i := (c.me - k + w) % w
-		m, err := c.t.Recv(ctx, c.ranks[i], tag)
-		if err == nil {
-			err = got(i, m)
-		}
-		if err != nil {
-			rerr = err
-			cancel()
 		}
 	}
-	for k := 1; k < w; k++ {
-		if err := <-errs; err != nil && rerr == nil {
-			rerr = err
-		}
-	}
-	return rerr
+	return first
 }
 
 // Broadcast copies member root's buf into every member's buf (all members
@@ -662,15 +758,7 @@ func (c *Comm) Broadcast(ctx context.Context, buf []byte, root int) error {
 			}
 			err = c.exchangeFrom(ctx, tag, parts)
 		} else {
-			var m []byte
-			if m, err = c.t.Recv(ctx, c.ranks[root], tag); err == nil {
-				if len(m) != len(buf) {
-					err = fmt.Errorf("%w: broadcast of %d bytes into %d", ErrMismatch, len(m), len(buf))
-				} else {
-					copy(buf, m)
-					c.release(m)
-				}
-			}
+			err = c.recvInto(ctx, c.ranks[root], tag, buf)
 		}
 	} else {
 		err = c.chain(ctx, tag, buf, root)
@@ -709,15 +797,9 @@ func (c *Comm) chain(ctx context.Context, tag uint64, buf []byte, root int) erro
 	for lo := 0; lo == 0 || lo < len(buf); lo += seg {
 		s := buf[lo:min(lo+seg, len(buf))]
 		if pos > 0 {
-			m, err := c.t.Recv(ctx, prev, tag)
-			if err != nil {
+			if err := c.recvInto(ctx, prev, tag, s); err != nil {
 				return err
 			}
-			if len(m) != len(s) {
-				return fmt.Errorf("%w: broadcast segment of %d bytes, want %d", ErrMismatch, len(m), len(s))
-			}
-			copy(s, m)
-			c.release(m)
 		}
 		if pos < w-1 {
 			if err := c.t.Send(ctx, next, tag, s); err != nil {

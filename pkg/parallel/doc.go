@@ -8,21 +8,40 @@
 //     placement (contiguous ranges per EP rank).
 //   - Transport (transport.go): ordered, tagged, context-aware point-to-point
 //     messages with a timeout (Options.Timeout) after which a dead or stalled
-//     peer is an error, never a hang. MemTransport is the in-process
+//     peer is an error, never a hang. Optional extensions: Releaser (hand a
+//     received buffer back to the transport's pool) and RecvIntoer (post a
+//     receive with its destination; a message that arrives after the post
+//     is written straight into it). MemTransport is the in-process
 //     implementation for tests; GRPCTransport (grpc.go) is the one between
 //     processes: one bidirectional gRPC stream per pair of ranks
 //     (proto/parallel/v1), messages chunked, memory bounded by HTTP/2 flow
 //     control plus Options.MaxPending, frames encoded by a hand-written codec
 //     that is wire-compatible with the proto (codec.go) and avoids copies.
-//     One contract test suite runs against both.
+//     With Options.DataPlane "tcp" (rawtcp.go) the gRPC stream still does
+//     discovery and the handshake, but the messages travel over one plain
+//     stream socket per pair (a Unix socket between ranks on one host, else
+//     TCP to the same port), written from and read into the callers'
+//     buffers: gRPC-Go's 16 KiB HTTP/2 frames and its copies
+//     cap a stream at about half of what the socket moves (see
+//     BenchmarkTransportStream). Receive buffers come from bounded pools
+//     that survive garbage collection (pool.go). One contract test suite
+//     runs against mem, grpc and grpc with the tcp data plane.
 //   - Comm (comm.go): all-reduce (direct exchange for small buffers, a
-//     pipelined ring for large ones; deterministic summation order),
-//     reduce-scatter, all-gather, all-to-all with variable counts,
+//     pipelined ring for large ones, received segments reduced with the
+//     vectorised kernels.Axpy and copied segments received in place;
+//     deterministic summation order), reduce-scatter, all-gather,
+//     all-to-all with variable counts (all peers at once for small
+//     messages, pairwise stages for large ones, received in place),
 //     broadcast and barrier over a group of ranks, with a tag space per
-//     group so communicators of different groups share one transport.
+//     group so communicators of different groups share one transport. A
+//     member that fails a collective sends the others an abort notice, so
+//     ranks not linked to a dead peer fail at once with ErrAborted instead
+//     of waiting out the timeout.
 //   - BenchCollectives (bench.go): latency and bus bandwidth of the
 //     collectives over gRPC on loopback with ranks as separate processes,
-//     plus the loopback TCP ceiling. A program that calls it must call
+//     plus the loopback TCP ceilings (one way, and both ways at once as a
+//     ring loads a link); `switchyard bench collectives` prints them next
+//     to the PyTorch/gloo reference. A program that calls it must call
 //     BenchChildMain first thing in main: the ranks are that program
 //     re-executed with SWITCHYARD_BENCH_RANK set.
 //

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/bits"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -14,8 +13,10 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/experimental"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/mem"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	parallelv1 "github.com/switchyard-ml/switchyard/proto/parallel/v1"
@@ -35,9 +36,11 @@ type GRPCTransport struct {
 	rank, world int
 	opts        Options
 	lis         net.Listener
+	ulis        net.Listener // Unix socket for same-host data connections, or nil
 	srv         *grpc.Server
 
-	boxes []*mailbox // boxes[from]; boxes[rank] holds self-sends
+	boxes []*mailbox      // boxes[from]; boxes[rank] holds self-sends
+	rawIn []chan net.Conn // data connections of lower ranks, until their handshake
 
 	mu    sync.Mutex
 	links []*link         // by peer rank, set once
@@ -47,7 +50,8 @@ type GRPCTransport struct {
 	closed    chan struct{}
 	closeOnce sync.Once
 	wg        sync.WaitGroup // receive loops
-	pool      bufPool
+	pool      bufPool        // received messages
+	frames    framePool      // gRPC's frame and socket buffers
 }
 
 // msgStream is the part of a gRPC client or server stream a link uses.
@@ -70,6 +74,8 @@ type link struct {
 	errMu   sync.Mutex
 	err     error
 	cancel  context.CancelFunc // client stream's context
+	raw     net.Conn           // data connection (DataPlane "tcp"), else nil
+	rawEnd  chan struct{}      // closed when rawRecvLoop returns
 	finish  chan struct{}      // server role: closed to end the handler
 	closing atomic.Bool        // our side began an orderly close
 	loopEnd chan struct{}      // closed when the receive loop returns
@@ -93,17 +99,19 @@ func ListenGRPC(rank, world int, addr string, opts Options) (*GRPCTransport, err
 	}
 	t := &GRPCTransport{
 		rank: rank, world: world, opts: opts, lis: lis,
-		boxes:  make([]*mailbox, world),
+		boxes:  newMailboxes(world),
 		links:  make([]*link, world),
 		ready:  make([]chan struct{}, world),
+		rawIn:  make([]chan net.Conn, world),
 		closed: make(chan struct{}),
 	}
 	for r := range t.boxes {
-		t.boxes[r] = newMailbox()
 		t.ready[r] = make(chan struct{})
+		t.rawIn[r] = make(chan net.Conn, 1)
 	}
 	t.srv = grpc.NewServer(
 		grpc.ForceServerCodecV2(frameCodec{}),
+		experimental.BufferPool(&t.frames),
 		grpc.InitialWindowSize(int32(opts.Window)),
 		grpc.InitialConnWindowSize(int32(2*opts.Window)),
 		grpc.ReadBufferSize(ioBufferSize),
@@ -113,7 +121,13 @@ func ListenGRPC(rank, world int, addr string, opts Options) (*GRPCTransport, err
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 20 * time.Second}),
 	)
 	parallelv1.RegisterTransportServer(t.srv, t)
-	go t.srv.Serve(lis) //nolint:errcheck // returns when Close stops the server
+	go t.srv.Serve(newMuxListener(lis, t)) //nolint:errcheck // returns when Close stops the server
+	if opts.DataPlane == DataPlaneTCP && isLoopbackAddr(t.Addr()) {
+		if ul, err := net.Listen("unix", udsName(t.Addr())); err == nil {
+			t.ulis = ul
+			go t.serveUDS(ul)
+		}
+	}
 	return t, nil
 }
 
@@ -161,6 +175,7 @@ func (t *GRPCTransport) Connect(ctx context.Context, addrs []string) error {
 func (t *GRPCTransport) dial(ctx context.Context, peer int, addr string) error {
 	conn, err := grpc.NewClient("passthrough:///"+addr,
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		experimental.WithBufferPool(&t.frames),
 		grpc.WithInitialWindowSize(int32(t.opts.Window)),
 		grpc.WithInitialConnWindowSize(int32(2*t.opts.Window)),
 		grpc.WithReadBufferSize(ioBufferSize),
@@ -184,7 +199,8 @@ func (t *GRPCTransport) dial(ctx context.Context, peer int, addr string) error {
 		scancel()
 		return fmt.Errorf("parallel: connect to rank %d at %s: %w", peer, addr, err)
 	}
-	st, err := parallelv1.NewTransportClient(conn).Stream(sctx, grpc.WaitForReady(true), grpc.ForceCodecV2(frameCodec{}))
+	mdctx := metadata.AppendToOutgoingContext(sctx, dataPlaneKey, t.opts.DataPlane)
+	st, err := parallelv1.NewTransportClient(conn).Stream(mdctx, grpc.WaitForReady(true), grpc.ForceCodecV2(frameCodec{}))
 	if err != nil {
 		return fail(err)
 	}
@@ -199,10 +215,19 @@ func (t *GRPCTransport) dial(ctx context.Context, peer int, addr string) error {
 	if err := t.checkHello(f.hello, peer); err != nil {
 		return fail(err)
 	}
+	var raw net.Conn
+	if t.opts.DataPlane == DataPlaneTCP {
+		if raw, err = t.dialRaw(ctx, peer, addr); err != nil {
+			return fail(fmt.Errorf("data connection: %w", err))
+		}
+	}
 	if !stop() {
+		if raw != nil {
+			raw.Close()
+		}
 		return fail(context.Cause(ctx))
 	}
-	return t.addLink(peer, st, scancel, nil)
+	return t.addLink(peer, st, scancel, nil, raw)
 }
 
 func (t *GRPCTransport) hello() *parallelv1.Hello {
@@ -236,11 +261,35 @@ func (t *GRPCTransport) Stream(ss grpc.BidiStreamingServer[parallelv1.Frame, par
 	if peer >= t.rank {
 		return status.Errorf(codes.FailedPrecondition, "parallel: handshake: rank %d dialled rank %d (only lower ranks dial)", peer, t.rank)
 	}
+	plane := DataPlaneGRPC
+	if md, ok := metadata.FromIncomingContext(ss.Context()); ok && len(md.Get(dataPlaneKey)) > 0 {
+		plane = md.Get(dataPlaneKey)[0]
+	}
+	if plane != t.opts.DataPlane {
+		return status.Errorf(codes.FailedPrecondition, "parallel: handshake: rank %d uses data plane %q, rank %d %q", peer, plane, t.rank, t.opts.DataPlane)
+	}
 	if err := ss.SendMsg(&outFrame{hello: t.hello()}); err != nil {
 		return err
 	}
+	var raw net.Conn
+	if plane == DataPlaneTCP {
+		timer := time.NewTimer(t.opts.DialTimeout)
+		select {
+		case raw = <-t.rawIn[peer]:
+			timer.Stop()
+			t.tuneRaw(raw)
+		case <-timer.C:
+			return status.Errorf(codes.DeadlineExceeded, "parallel: handshake: rank %d opened no data connection", peer)
+		case <-ss.Context().Done():
+			timer.Stop()
+			return ss.Context().Err()
+		case <-t.closed:
+			timer.Stop()
+			return status.Error(codes.Unavailable, ErrClosed.Error())
+		}
+	}
 	finish := make(chan struct{})
-	if err := t.addLink(peer, ss, nil, finish); err != nil {
+	if err := t.addLink(peer, ss, nil, finish, raw); err != nil {
 		return status.Error(codes.AlreadyExists, err.Error())
 	}
 	l := t.linkOf(peer)
@@ -256,35 +305,50 @@ func (t *GRPCTransport) Stream(ss grpc.BidiStreamingServer[parallelv1.Frame, par
 	return nil
 }
 
-func (t *GRPCTransport) addLink(peer int, st msgStream, cancel context.CancelFunc, finish chan struct{}) error {
+func (t *GRPCTransport) addLink(peer int, st msgStream, cancel context.CancelFunc, finish chan struct{}, raw net.Conn) error {
 	l := &link{
 		t: t, peer: peer, stream: st, sendMu: make(chan struct{}, 1), box: t.boxes[peer],
-		dead: make(chan struct{}), cancel: cancel, finish: finish,
+		dead: make(chan struct{}), cancel: cancel, finish: finish, raw: raw, rawEnd: make(chan struct{}),
 		loopEnd: make(chan struct{}), released: make(chan struct{}, 1),
+	}
+	abandon := func() {
+		if cancel != nil {
+			cancel()
+		}
+		if raw != nil {
+			raw.Close()
+		}
 	}
 	l.ctx, l.stopCtx = context.WithCancel(context.Background())
 	t.mu.Lock()
 	select {
 	case <-t.closed:
 		t.mu.Unlock()
-		if cancel != nil {
-			cancel()
-		}
+		abandon()
 		return ErrClosed
 	default:
 	}
 	if t.links[peer] != nil {
 		t.mu.Unlock()
-		if cancel != nil {
-			cancel()
-		}
+		abandon()
 		return fmt.Errorf("parallel: rank %d already linked", peer)
 	}
 	t.links[peer] = l
+	l.box.setAbandon(func() {
+		l.fail(fmt.Errorf("%w: rank %d: a receive gave up half-way through a message", ErrPeerLost, l.peer))
+	})
 	close(t.ready[peer])
 	t.wg.Add(1)
+	if raw != nil {
+		t.wg.Add(1)
+	}
 	t.mu.Unlock()
 	go l.recvLoop()
+	if raw != nil {
+		go l.rawRecvLoop()
+	} else {
+		close(l.rawEnd)
+	}
 	return nil
 }
 
@@ -310,6 +374,9 @@ func (l *link) fail(err error) {
 	if l.cancel != nil {
 		l.cancel()
 	}
+	if l.raw != nil {
+		l.raw.Close()
+	}
 }
 
 func (l *link) failure() error {
@@ -327,10 +394,21 @@ func (l *link) recvLoop() {
 		tag, size uint64
 		buf       []byte
 		filled    int
+		claim     *posted // a posted receive the message goes straight into
 	)
+	defer func() {
+		if claim != nil {
+			claim.complete(fmt.Errorf("%w: rank %d: link ended mid-message", ErrPeerLost, l.peer))
+		}
+	}()
 	start := func(ftag, fsize uint64) error {
 		if fsize > uint64(l.t.opts.MaxMessage) {
 			return fmt.Errorf("%w: peer announced %d bytes > %d", ErrTooLarge, fsize, l.t.opts.MaxMessage)
+		}
+		if claim = l.box.claim(ftag, int(fsize)); claim != nil {
+			active, tag, size, filled = true, ftag, fsize, 0
+			buf = claim.dst
+			return nil
 		}
 		if err := l.box.waitRoom(l.ctx, l.t.opts.MaxPending, l.t.closed, nil); err != nil {
 			return err
@@ -366,6 +444,14 @@ func (l *link) recvLoop() {
 				copy(buf[filled:], f.data)
 			}
 		}
+		if err == nil && l.raw != nil {
+			err = fmt.Errorf("%w: message on the gRPC stream of a tcp data plane", errBadFrame)
+		}
+		if err != nil && l.raw != nil && !errors.Is(err, errBadFrame) {
+			// The data connection decides how the link ends: this stream
+			// may end before the last messages have been read from it.
+			return
+		}
 		if err != nil {
 			switch {
 			case err == io.EOF || l.closing.Load() || status.Code(err) == codes.Canceled && isClosed(l.t.closed):
@@ -377,7 +463,12 @@ func (l *link) recvLoop() {
 		}
 		filled += f.n
 		if filled == int(size) {
-			l.box.put(tag, buf[:size:size])
+			if claim != nil {
+				claim.complete(nil)
+				claim = nil
+			} else {
+				l.box.put(tag, buf[:size:size])
+			}
 			active, buf = false, nil
 		}
 	}
@@ -411,7 +502,7 @@ func (t *GRPCTransport) Send(ctx context.Context, to int, tag uint64, payload []
 		if err := t.boxes[to].waitRoom(ctx, t.opts.MaxPending, t.closed, timer); err != nil {
 			return fmt.Errorf("parallel: send to self: %w", err)
 		}
-		t.boxes[to].put(tag, append(make([]byte, 0, len(payload)), payload...))
+		t.boxes[to].deliver(tag, payload, &t.pool)
 		return nil
 	}
 	l := t.linkOf(to)
@@ -450,6 +541,7 @@ func (l *link) send(ctx context.Context, tag uint64, payload []byte) error {
 	if err := l.failure(); err != nil {
 		return err
 	}
+
 	// Watchdog: ctx, the transport timeout or Close end the link, which
 	// unblocks a SendMsg stuck on flow control.
 	var why atomic.Value
@@ -473,6 +565,12 @@ func (l *link) send(ctx context.Context, tag uint64, payload []byte) error {
 		return err
 	}
 
+	if l.raw != nil {
+		if err := l.rawSend(tag, payload); err != nil {
+			return result(err)
+		}
+		return nil // written whole: a failure noticed since is the next send's
+	}
 	chunk := l.t.opts.ChunkSize
 	size := uint64(len(payload))
 	for off := 0; off == 0 || off < len(payload); off += chunk {
@@ -528,6 +626,22 @@ func (t *GRPCTransport) Recv(ctx context.Context, from int, tag uint64) ([]byte,
 	return msg, nil
 }
 
+// RecvInto receives the next message from rank from with tag into dst (see
+// RecvIntoer): posted in time, the payload goes from the wire straight into
+// dst.
+func (t *GRPCTransport) RecvInto(ctx context.Context, from int, tag uint64, dst []byte) error {
+	if from < 0 || from >= t.world {
+		return fmt.Errorf("%w: recv from %d of %d", ErrBadRank, from, t.world)
+	}
+	if isClosed(t.closed) {
+		return ErrClosed
+	}
+	if err := t.boxes[from].recvInto(ctx, tag, dst, t.opts.Timeout, t.closed, t.Release); err != nil {
+		return fmt.Errorf("parallel: recv from rank %d tag %#x: %w", from, tag, err)
+	}
+	return nil
+}
+
 // Release recycles a buffer returned by Recv.
 func (t *GRPCTransport) Release(buf []byte) { t.pool.put(buf) }
 
@@ -551,6 +665,15 @@ func (t *GRPCTransport) Close() error {
 				continue
 			}
 			l.closing.Store(true)
+			if l.raw != nil {
+				select { // the goodbye must not cut into a message
+				case l.sendMu <- struct{}{}:
+					l.rawBye()
+					<-l.sendMu
+				case <-deadline:
+					l.fail(ErrClosed)
+				}
+			}
 			if l.finish != nil {
 				close(l.finish)
 				continue
@@ -574,6 +697,18 @@ func (t *GRPCTransport) Close() error {
 			case <-deadline:
 				l.fail(ErrClosed)
 			}
+			select {
+			case <-l.rawEnd:
+			case <-deadline:
+				l.fail(ErrClosed)
+			}
+		}
+		for _, in := range t.rawIn { // data connections whose handshake never came
+			select {
+			case c := <-in:
+				c.Close()
+			default:
+			}
 		}
 		for _, b := range t.boxes {
 			b.fail(ErrClosed)
@@ -592,6 +727,9 @@ func (t *GRPCTransport) Close() error {
 		for _, c := range conns {
 			c.Close()
 		}
+		if t.ulis != nil {
+			t.ulis.Close()
+		}
 		for _, l := range links {
 			if l != nil {
 				l.fail(ErrClosed)
@@ -600,40 +738,6 @@ func (t *GRPCTransport) Close() error {
 		t.wg.Wait()
 	})
 	return nil
-}
-
-// bufPool recycles receive buffers in power-of-two size classes.
-type bufPool struct {
-	classes [48]sync.Pool
-}
-
-const poolMin = 64 << 10
-
-func (p *bufPool) get(n int) []byte {
-	if n < poolMin {
-		return make([]byte, n)
-	}
-	c := bits.Len(uint(n - 1))
-	if c >= len(p.classes) {
-		return make([]byte, n)
-	}
-	if b, ok := p.classes[c].Get().(*[]byte); ok {
-		return (*b)[:n]
-	}
-	return make([]byte, n, 1<<c)
-}
-
-func (p *bufPool) put(b []byte) {
-	c := cap(b)
-	if c < poolMin || c&(c-1) != 0 {
-		return
-	}
-	k := bits.Len(uint(c - 1))
-	if k >= len(p.classes) {
-		return
-	}
-	b = b[:c]
-	p.classes[k].Put(&b)
 }
 
 // newLoopbackGRPC starts n connected gRPC transports on 127.0.0.1 in this

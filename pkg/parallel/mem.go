@@ -7,7 +7,8 @@ import (
 )
 
 // MemTransport is an in-process Transport for tests: NewMemTransports
-// returns one connected endpoint per rank. Send copies the payload.
+// returns one connected endpoint per rank. Send copies the payload into a
+// pooled buffer; Release hands it back.
 type MemTransport struct {
 	rank   int
 	hub    *memHub
@@ -18,18 +19,19 @@ type MemTransport struct {
 }
 
 type memHub struct {
-	eps []*MemTransport
+	eps  []*MemTransport
+	pool bufPool // message copies, shared by all endpoints
 }
+
+// Release recycles a buffer returned by Recv.
+func (t *MemTransport) Release(buf []byte) { t.hub.pool.put(buf) }
 
 // NewMemTransports returns n connected in-process endpoints; endpoint i has rank i.
 func NewMemTransports(n int, opts Options) []*MemTransport {
 	opts = opts.withDefaults()
 	hub := &memHub{eps: make([]*MemTransport, n)}
 	for r := range hub.eps {
-		t := &MemTransport{rank: r, hub: hub, opts: opts, boxes: make([]*mailbox, n), closed: make(chan struct{})}
-		for f := range t.boxes {
-			t.boxes[f] = newMailbox()
-		}
+		t := &MemTransport{rank: r, hub: hub, opts: opts, boxes: newMailboxes(n), closed: make(chan struct{})}
 		hub.eps[r] = t
 	}
 	return hub.eps
@@ -61,13 +63,18 @@ func (t *MemTransport) Send(ctx context.Context, to int, tag uint64, payload []b
 		return ctxErr(ctx, "send")
 	}
 	box := t.hub.eps[to].boxes[t.rank]
+	if p := box.claim(tag, len(payload)); p != nil { // a posted receive: copy straight in
+		copy(p.dst, payload)
+		p.complete(nil)
+		return nil
+	}
 	timer, stop := opDeadline(ctx, t.opts.Timeout)
 	defer stop()
 	err := box.waitRoom(ctx, t.opts.MaxPending, t.closed, timer)
 	if err != nil {
 		return fmt.Errorf("parallel: send to rank %d: %w", to, err)
 	}
-	box.put(tag, append(make([]byte, 0, len(payload)), payload...))
+	box.deliver(tag, payload, &t.hub.pool)
 	return nil
 }
 
@@ -83,6 +90,21 @@ func (t *MemTransport) Recv(ctx context.Context, from int, tag uint64) ([]byte, 
 		return nil, fmt.Errorf("parallel: recv from rank %d tag %#x: %w", from, tag, err)
 	}
 	return msg, nil
+}
+
+// RecvInto receives the next message from rank from with tag into dst (see
+// RecvIntoer): a posted receive gets the sender's copy directly.
+func (t *MemTransport) RecvInto(ctx context.Context, from int, tag uint64, dst []byte) error {
+	if from < 0 || from >= len(t.hub.eps) {
+		return fmt.Errorf("%w: recv from %d of %d", ErrBadRank, from, len(t.hub.eps))
+	}
+	if t.isClosed() {
+		return ErrClosed
+	}
+	if err := t.boxes[from].recvInto(ctx, tag, dst, t.opts.Timeout, t.closed, t.Release); err != nil {
+		return fmt.Errorf("parallel: recv from rank %d tag %#x: %w", from, tag, err)
+	}
+	return nil
 }
 
 // Close fails this endpoint's pending calls and tells every peer that no more

@@ -2,6 +2,7 @@ package parallel
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"sync"
@@ -33,6 +34,18 @@ type Transport interface {
 	Close() error
 }
 
+// RecvIntoer is implemented by transports that can place a message straight
+// into the caller's buffer: RecvInto receives the next message from rank
+// from with tag, which must be exactly len(dst) bytes (else ErrMismatch),
+// into dst. If the receive is posted before the message arrives, the
+// transport writes the payload there as it comes off the wire, saving a copy
+// and a buffer. Timeouts, cancellation and close behave as for Recv; when
+// RecvInto returns, nothing writes to dst any more (a receive abandoned
+// half-way through a message ends the link, as a half-sent message does).
+type RecvIntoer interface {
+	RecvInto(ctx context.Context, from int, tag uint64, dst []byte) error
+}
+
 // Releaser is implemented by transports that recycle receive buffers: a
 // caller done with a slice returned by Recv may hand it back. Optional.
 type Releaser interface {
@@ -47,7 +60,86 @@ var (
 	ErrTimeout    = errors.New("parallel: timed out waiting for peer")
 	ErrBadRank    = errors.New("parallel: rank out of range")
 	ErrTooLarge   = errors.New("parallel: message too large")
+	// ErrAborted: a group member failed the collective and told the others
+	// (see Comm); the error names the member and its reason.
+	ErrAborted = errors.New("parallel: collective aborted by a peer")
 )
+
+// Abort notices. A message whose tag has abortSpace as its top 32 bits is
+// not delivered: it carries a tag (8 bytes, little-endian) and a reason, and
+// makes every Recv on the receiving transport whose tag has the same top 32
+// bits (the communicator) and a low 32 bits (the sequence number) at least
+// as large fail with ErrAborted. Comm sends them when a collective fails, so
+// that members not linked to a dead peer fail at once instead of waiting out
+// the timeout. NewComm never gives a communicator the id abortSpace.
+const abortSpace = 0xFFFFFFFF
+
+// abortTag is the tag abort notices travel with.
+const abortTag = uint64(abortSpace) << 32
+
+func encodeAbort(tag uint64, reason string) []byte {
+	if len(reason) > 1024 {
+		reason = reason[:1024]
+	}
+	b := binary.LittleEndian.AppendUint64(make([]byte, 0, 8+len(reason)), tag)
+	return append(b, reason...)
+}
+
+type abortNotice struct {
+	tag    uint64
+	from   int
+	reason string
+}
+
+// abortSet holds the abort notices a transport received; its mailboxes
+// share it.
+type abortSet struct {
+	mu      sync.Mutex
+	notices []abortNotice
+	boxes   []*mailbox // woken on every new notice
+}
+
+func newMailboxes(n int) []*mailbox {
+	a := &abortSet{boxes: make([]*mailbox, n)}
+	for i := range a.boxes {
+		a.boxes[i] = newMailbox()
+		a.boxes[i].from, a.boxes[i].aborts = i, a
+	}
+	return a.boxes
+}
+
+func (a *abortSet) add(from int, msg []byte) {
+	if len(msg) < 8 {
+		return
+	}
+	n := abortNotice{tag: binary.LittleEndian.Uint64(msg), from: from, reason: string(msg[8:])}
+	a.mu.Lock()
+	if len(a.notices) < 1024 {
+		a.notices = append(a.notices, n)
+	}
+	boxes := a.boxes
+	a.mu.Unlock()
+	for _, m := range boxes {
+		m.mu.Lock()
+		m.notifyLocked()
+		m.mu.Unlock()
+	}
+}
+
+// check returns the abort error for tag, if any.
+func (a *abortSet) check(tag uint64) error {
+	if a == nil {
+		return nil
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, n := range a.notices {
+		if n.tag>>32 == tag>>32 && uint32(tag) >= uint32(n.tag) {
+			return fmt.Errorf("%w: rank %d: %s", ErrAborted, n.from, n.reason)
+		}
+	}
+	return nil
+}
 
 // Options configures a transport. Zero fields take the defaults.
 type Options struct {
@@ -70,6 +162,12 @@ type Options struct {
 	Session string
 	// DialTimeout bounds Connect (default 1m).
 	DialTimeout time.Duration
+	// DataPlane chooses what carries the messages of a GRPCTransport:
+	// "grpc" (the default) sends them as frames of the gRPC streams; "tcp"
+	// sends them over one plain TCP connection per pair of ranks, set up
+	// beside the gRPC stream, which then carries only the handshake (see
+	// rawtcp.go for why). All ranks of a job must agree.
+	DataPlane string
 }
 
 // DefaultOptions returns the defaults.
@@ -81,6 +179,7 @@ func DefaultOptions() Options {
 		ChunkSize:   1 << 20,
 		Window:      16 << 20,
 		DialTimeout: time.Minute,
+		DataPlane:   DataPlaneGRPC,
 	}
 }
 
@@ -104,6 +203,9 @@ func (o Options) withDefaults() Options {
 	if o.DialTimeout <= 0 {
 		o.DialTimeout = d.DialTimeout
 	}
+	if o.DataPlane == "" {
+		o.DataPlane = d.DataPlane
+	}
 	return o
 }
 
@@ -118,6 +220,9 @@ func (o Options) Validate() error {
 	}
 	if o.Window > 1<<30 {
 		return fmt.Errorf("parallel: options: window %d > 1 GiB", o.Window)
+	}
+	if o.DataPlane != DataPlaneGRPC && o.DataPlane != DataPlaneTCP {
+		return fmt.Errorf("parallel: options: data plane %q is neither %q nor %q", o.DataPlane, DataPlaneGRPC, DataPlaneTCP)
 	}
 	return nil
 }
@@ -138,11 +243,128 @@ func ctxErr(ctx context.Context, what string) error {
 
 // mailbox holds the messages received from one sender until Recv takes them.
 type mailbox struct {
+	from    int       // sender rank
+	aborts  *abortSet // shared by the transport's mailboxes; may be nil
 	mu      sync.Mutex
 	queues  map[uint64][][]byte
 	pending int           // bytes queued
 	changed chan struct{} // closed and replaced on every change
 	err     error         // set when no more messages will arrive
+
+	posted  map[uint64]*posted // receives waiting for their message, by tag
+	abandon func()             // makes a claimed fill fail soon; nil if fills never block
+}
+
+// posted is a receive waiting, with its destination, for a message. A filler
+// that claims it writes the message into dst and then calls complete.
+type posted struct {
+	dst     []byte
+	claimed bool
+	done    chan error // the fill's outcome, once claimed
+}
+
+func (p *posted) complete(err error) { p.done <- err }
+
+// claim hands the filler the receive posted for tag, if there is one for a
+// message of n bytes and no message with tag is queued ahead of it.
+func (m *mailbox) claim(tag uint64, n int) *posted {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	p := m.posted[tag]
+	if p == nil || len(p.dst) != n || len(m.queues[tag]) > 0 {
+		return nil
+	}
+	delete(m.posted, tag)
+	p.claimed = true
+	return p
+}
+
+// setAbandon installs the hook recvInto calls when it gives up on a claimed fill.
+func (m *mailbox) setAbandon(f func()) {
+	m.mu.Lock()
+	m.abandon = f
+	m.mu.Unlock()
+}
+
+// recvInto is RecvInto on one sender's mailbox (see RecvIntoer). release
+// recycles a queued message once copied.
+func (m *mailbox) recvInto(ctx context.Context, tag uint64, dst []byte, timeout time.Duration, closed <-chan struct{}, release func([]byte)) error {
+	fallback := func() error { // the message is (or will be) queued: copy it
+		msg, err := m.get(ctx, tag, timeout, closed)
+		if err != nil {
+			return err
+		}
+		defer release(msg)
+		if len(msg) != len(dst) {
+			return fmt.Errorf("%w: %d-byte message for a %d-byte buffer", ErrMismatch, len(msg), len(dst))
+		}
+		copy(dst, msg)
+		return nil
+	}
+	m.mu.Lock()
+	if len(m.queues[tag]) > 0 || m.posted[tag] != nil || m.err != nil || m.aborts.check(tag) != nil {
+		m.mu.Unlock()
+		return fallback()
+	}
+	p := &posted{dst: dst, done: make(chan error, 1)}
+	if m.posted == nil {
+		m.posted = make(map[uint64]*posted)
+	}
+	m.posted[tag] = p
+	ch := m.changed
+	m.mu.Unlock()
+	timer, stop := opDeadline(ctx, timeout)
+	defer stop()
+	giveUp := func(err error) error {
+		m.mu.Lock()
+		if !p.claimed {
+			delete(m.posted, tag)
+			m.mu.Unlock()
+			return err
+		}
+		abandon := m.abandon
+		m.mu.Unlock()
+		if abandon != nil { // the filler is writing into dst: stop it, wait for it
+			abandon()
+		}
+		<-p.done
+		return err
+	}
+	for {
+		select {
+		case err := <-p.done:
+			return err
+		case <-ch:
+			m.mu.Lock()
+			if !p.claimed && (len(m.queues[tag]) > 0 || m.err != nil || m.aborts.check(tag) != nil) {
+				delete(m.posted, tag)
+				m.mu.Unlock()
+				return fallback()
+			}
+			ch = m.changed
+			m.mu.Unlock()
+		case <-ctx.Done():
+			return giveUp(ctxErr(ctx, "recv"))
+		case <-timer:
+			return giveUp(ErrTimeout)
+		case <-closed:
+			return giveUp(ErrClosed)
+		}
+	}
+}
+
+// deliver hands a message to a posted receive (copying payload into it) or
+// queues a pooled copy. The caller has checked for room (waitRoom) unless
+// a posted receive takes it.
+func (m *mailbox) deliver(tag uint64, payload []byte, pool *bufPool) {
+	if p := m.claim(tag, len(payload)); p != nil {
+		copy(p.dst, payload)
+		p.complete(nil)
+		return
+	}
+	msg := pool.get(len(payload))
+	copy(msg, payload)
+	m.put(tag, msg)
 }
 
 func newMailbox() *mailbox {
@@ -182,8 +404,15 @@ func (m *mailbox) waitRoom(ctx context.Context, limit int, closed <-chan struct{
 	}
 }
 
-// put queues a message. It never blocks (see waitRoom).
+// put queues a message, or registers an abort notice. It never blocks (see
+// waitRoom).
 func (m *mailbox) put(tag uint64, msg []byte) {
+	if tag>>32 == abortSpace {
+		if m.aborts != nil {
+			m.aborts.add(m.from, msg)
+		}
+		return
+	}
 	m.mu.Lock()
 	m.queues[tag] = append(m.queues[tag], msg)
 	m.pending += len(msg)
@@ -220,6 +449,10 @@ func (m *mailbox) get(ctx context.Context, tag uint64, timeout time.Duration, cl
 			m.notifyLocked()
 			m.mu.Unlock()
 			return msg, nil
+		}
+		if err := m.aborts.check(tag); err != nil {
+			m.mu.Unlock()
+			return nil, err
 		}
 		if m.err != nil {
 			err := m.err

@@ -35,6 +35,15 @@ var transportKinds = []transportKind{
 		t.Cleanup(func() { closeAll(ts) })
 		return ts
 	}},
+	{"grpc-tcp", func(t testing.TB, n int, opts Options) []Transport {
+		opts.DataPlane = DataPlaneTCP
+		ts, err := newLoopbackGRPC(context.Background(), n, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { closeAll(ts) })
+		return ts
+	}},
 }
 
 func closeAll(ts []Transport) { closeTransports(ts) }
@@ -291,4 +300,32 @@ func TestTransportClose(t *testing.T) {
 			t.Fatalf("Recv on a closed transport = %v, want ErrClosed", err)
 		}
 	})
+}
+
+// Ranks that disagree on the data plane fail to connect, with an error
+// that says so, instead of hanging.
+func TestDataPlaneMismatch(t *testing.T) {
+	ctx := context.Background()
+	opts := testOptions()
+	opts.DialTimeout = time.Second
+	a, err := ListenGRPC(0, 2, "127.0.0.1:0", opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	opts.DataPlane = DataPlaneTCP
+	b, err := ListenGRPC(1, 2, "127.0.0.1:0", opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	addrs := []string{a.Addr(), b.Addr()}
+	errs := onAllRanks(2, func(r int) error { return []*GRPCTransport{a, b}[r].Connect(ctx, addrs) })
+	if errs[0] == nil || errs[1] == nil {
+		t.Fatalf("connect with different data planes: %v", errs)
+	}
+	t.Log(errs)
+	if o := (Options{DataPlane: "udp"}); o.Validate() == nil {
+		t.Error("data plane udp validated")
+	}
 }

@@ -1,0 +1,55 @@
+package main
+
+import (
+	"testing"
+
+	"github.com/switchyard-ml/switchyard/pkg/parallel"
+)
+
+func TestParseSize(t *testing.T) {
+	for in, want := range map[string]int{"4096": 4096, "4KiB": 4096, "1MiB": 1 << 20, "64MiB": 64 << 20, "2G": 2 << 30, " 16 MiB ": 16 << 20, "0": 0} {
+		if got, err := parseSize(in); err != nil || got != want {
+			t.Errorf("parseSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"", "x", "-1", "1.5MiB", "MiB"} {
+		if _, err := parseSize(bad); err == nil {
+			t.Errorf("parseSize(%q) succeeded", bad)
+		}
+	}
+}
+
+// Our rows meet gloo's (all_to_all_single is all_to_all) and the targets
+// follow from the ratios.
+func TestCollectivesRows(t *testing.T) {
+	runs := []collectivesRun{{DataPlane: "tcp", World: 2,
+		TCP:      parallel.BenchResult{BusBWGBs: 2},
+		TCPBidir: parallel.BenchResult{BusBWGBs: 1},
+		Results: []parallel.BenchResult{
+			{Op: "all_reduce", World: 2, Bytes: 16 << 20, LatencyMS: 10, BusBWGBs: 1.7},
+			{Op: "all_to_all", World: 2, Bytes: 16 << 20, LatencyMS: 10, BusBWGBs: 0.8},
+			{Op: "all_reduce", World: 2, Bytes: 4 << 10, LatencyMS: 0.1, BusBWGBs: 0.04},
+		}}}
+	g := &glooReport{Results: []glooWorld{{World: 2, Rows: []glooRow{
+		{"all_reduce", 2, 16 << 20, 0.0136, 1.24},
+		{"all_to_all_single", 2, 16 << 20, 0.01, 1.0},
+		{"all_reduce", 2, 4 << 10, 0.0007, 0.006},
+	}}}}
+	rows, targets := collectivesRows(runs, g)
+	if len(rows) != 3 || rows[0].GlooBusBW != 1.24 || rows[1].GlooBusBW != 1.0 || rows[0].OverTCP != 0.85 || rows[0].OverBidir != 1.7 {
+		t.Fatalf("rows %+v", rows)
+	}
+	want := map[string]bool{
+		"all_reduce W=2 16MiB over tcp: busbw >= gloo":       true,
+		"all_reduce W=2 16MiB over tcp: busbw >= 80% of TCP": true,
+		"all_reduce W=2 4KiB over tcp: latency <= gloo":      true,
+	}
+	if len(targets) != len(want) {
+		t.Fatalf("targets %+v", targets)
+	}
+	for _, tg := range targets {
+		if met, ok := want[tg.What]; !ok || met != tg.Met {
+			t.Errorf("target %+v", tg)
+		}
+	}
+}

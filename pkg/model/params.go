@@ -27,9 +27,10 @@ type Param struct {
 	// slice picks this rank's values from it) or TPPartial (replicated
 	// values whose gradients are partial sums over the ranks' token
 	// slices: summed over the tensor-parallel group).
-	TP    TPKind
-	full  []int
-	slice func(fullW, w []float32)
+	TP      TPKind
+	full    []int
+	slice   func(fullW, w []float32)
+	unslice func(fullW, w []float32) // the inverse of slice: w into its place in fullW
 }
 
 // TPKind is how tensor parallelism splits a parameter.
@@ -48,19 +49,21 @@ const (
 type Params struct {
 	// ExpertLo is the global index of the first routed expert this model
 	// holds (0 without expert parallelism).
-	ExpertLo int
-	List     []Param
-	Data     []float32
-	Grad     []float32
-	index    map[string]int
+	ExpertLo   int
+	layout     Layout
+	cfgExperts int
+	List       []Param
+	Data       []float32
+	Grad       []float32
+	index      map[string]int
 }
 
 func newParams() *Params { return &Params{index: map[string]int{}} }
 
 // shard marks the last parameter as a tensor-parallel slice of full.
-func (p *Params) shard(full []int, slice func(fullW, w []float32)) {
+func (p *Params) shard(full []int, slice, unslice func(fullW, w []float32)) {
 	q := &p.List[len(p.List)-1]
-	q.TP, q.full, q.slice = TPSharded, full, slice
+	q.TP, q.full, q.slice, q.unslice = TPSharded, full, slice, unslice
 }
 
 // partial marks the last parameter's gradient as a partial sum over the
@@ -150,6 +153,8 @@ func pname(l int, what string) string { return fmt.Sprintf("layers.%d.%s", l, wh
 func buildParams(c Config, lo, hi, tpRank, tp int) *Params {
 	p := newParams()
 	p.ExpertLo = lo
+	p.layout = Layout{ExpertLo: lo, ExpertHi: hi, TPRank: tpRank, TP: tp}
+	p.cfgExperts = c.Experts
 	d, h, E, V := c.Dim, c.Hidden, c.Experts, c.Vocab
 	El := hi - lo
 	dl := d / tp
@@ -164,11 +169,18 @@ func buildParams(c Config, lo, hi, tpRank, tp int) *Params {
 						copy(w[i*3*dl+part*dl:i*3*dl+(part+1)*dl], full[i*3*d+part*d+tpRank*dl:])
 					}
 				}
+			}, func(full, w []float32) {
+				for i := 0; i < d; i++ {
+					for part := 0; part < 3; part++ {
+						copy(full[i*3*d+part*d+tpRank*dl:i*3*d+part*d+(tpRank+1)*dl], w[i*3*dl+part*dl:])
+					}
+				}
 			})
 		}
 		p.add(pname(l, "wo"), true, dl, d)
 		if tp > 1 {
-			p.shard([]int{d, d}, func(full, w []float32) { copy(w, full[tpRank*dl*d:(tpRank+1)*dl*d]) })
+			p.shard([]int{d, d}, func(full, w []float32) { copy(w, full[tpRank*dl*d:(tpRank+1)*dl*d]) },
+				func(full, w []float32) { copy(full[tpRank*dl*d:(tpRank+1)*dl*d], w) })
 		}
 		p.add(pname(l, "ffn_norm"), false, d)
 		if c.IsMoE(l) {

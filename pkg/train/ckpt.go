@@ -11,6 +11,7 @@ import (
 	"github.com/switchyard-ml/switchyard/pkg/checkpoint"
 	"github.com/switchyard-ml/switchyard/pkg/data"
 	"github.com/switchyard-ml/switchyard/pkg/lbl"
+	"github.com/switchyard-ml/switchyard/pkg/model"
 )
 
 // CheckpointConfig says where and how often the run saves itself.
@@ -27,6 +28,9 @@ type ckptMeta struct {
 	AdamT    int           `json:"adam_t"`
 	Balancer lbl.State     `json:"balancer"`
 	Loader   data.Position `json:"loader"`
+	// Model is the part of the whole model the rank held (its experts,
+	// its tensor-parallel slice), so another layout can reassemble it.
+	Model model.Layout `json:"model"`
 }
 
 // checkpointer saves snapshots in the background (at most one in flight)
@@ -36,6 +40,8 @@ type checkpointer struct {
 	cfg     CheckpointConfig
 	mgr     *checkpoint.Manager
 	dist    *Dist
+	params  *model.Params // the running model's parameters (layout and names)
+	mcfg    model.Config
 	layout  checkpoint.Layout
 	pending *pendingSave
 	// Stall is the training time spent waiting for saves.
@@ -50,7 +56,7 @@ type pendingSave struct {
 	err   error
 }
 
-func newCheckpointer(cfg CheckpointConfig, dist *Dist) (*checkpointer, error) {
+func newCheckpointer(cfg CheckpointConfig, dist *Dist, params *model.Params, mcfg model.Config) (*checkpointer, error) {
 	if cfg.Job == "" {
 		cfg.Job = "run"
 	}
@@ -62,7 +68,7 @@ func newCheckpointer(cfg CheckpointConfig, dist *Dist) (*checkpointer, error) {
 		return nil, fmt.Errorf("train: checkpoint storage: %w", err)
 	}
 	cat := checkpoint.NewStorageCatalogue(st)
-	c := &checkpointer{cfg: cfg, mgr: checkpoint.NewManager(st, cat, slog.Default()), dist: dist, layout: checkpoint.Layout{TP: 1, DP: 1, EP: 1}}
+	c := &checkpointer{cfg: cfg, mgr: checkpoint.NewManager(st, cat, slog.Default()), dist: dist, layout: checkpoint.Layout{TP: 1, DP: 1, EP: 1}, params: params, mcfg: mcfg}
 	if dist != nil {
 		l := dist.Layout
 		c.layout = checkpoint.Layout{TP: l.TP(), DP: l.DP(), EP: l.EP()}
@@ -82,13 +88,17 @@ func (c *checkpointer) start(s State) {
 	p := &pendingSave{step: int64(s.Step), done: make(chan struct{})}
 	c.pending = p
 	r := c.rank()
-	meta, _ := json.Marshal(ckptMeta{Step: s.Step, AdamT: s.AdamT, Balancer: s.Balancer, Loader: s.Loader})
+	meta, _ := json.Marshal(ckptMeta{Step: s.Step, AdamT: s.AdamT, Balancer: s.Balancer, Loader: s.Loader, Model: c.params.Layout()})
+	var tensors []checkpoint.Tensor
+	for _, q := range c.params.List {
+		seg := func(b []float32) []float32 { return b[q.Offset : q.Offset+q.Size] }
+		tensors = append(tensors,
+			checkpoint.Tensor{Name: q.Name, Shape: []int{q.Size}, Data: seg(s.Params)},
+			checkpoint.Tensor{Name: "adam_m/" + q.Name, Shape: []int{q.Size}, Data: seg(s.AdamM)},
+			checkpoint.Tensor{Name: "adam_v/" + q.Name, Shape: []int{q.Size}, Data: seg(s.AdamV)})
+	}
 	shards := []checkpoint.ShardSource{
-		checkpoint.TensorShard(fmt.Sprintf("rank-%04d/state.bin", r), r, checkpoint.KindParams, []checkpoint.Tensor{
-			{Name: "params", Shape: []int{len(s.Params)}, Data: s.Params},
-			{Name: "adam_m", Shape: []int{len(s.AdamM)}, Data: s.AdamM},
-			{Name: "adam_v", Shape: []int{len(s.AdamV)}, Data: s.AdamV},
-		}),
+		checkpoint.TensorShard(fmt.Sprintf("rank-%04d/state.bin", r), r, checkpoint.KindParams, tensors),
 		checkpoint.BytesShard(fmt.Sprintf("rank-%04d/meta.json", r), r, checkpoint.KindData, meta),
 	}
 	go func() {
@@ -143,6 +153,48 @@ func (c *checkpointer) finish(ctx context.Context) error {
 	return nil
 }
 
+// reshard assembles this rank's state from a checkpoint saved under another
+// layout: every old rank's tensors are placed into the whole model's
+// tensors, from which this rank's slices are cut.
+func (c *checkpointer) reshard(m checkpoint.Manifest, readRank func(int) (map[string][]float32, ckptMeta, error), s *State) error {
+	world := m.Layout.TP * m.Layout.DP
+	global := map[string][]float32{}
+	for _, q := range c.params.List {
+		for _, pre := range []string{"", "adam_m/", "adam_v/"} {
+			global[pre+q.Name] = make([]float32, c.params.GlobalSize(q))
+		}
+	}
+	for r := 0; r < world; r++ {
+		byName, meta, err := readRank(r)
+		if err != nil {
+			return err
+		}
+		if r == 0 {
+			s.Step, s.AdamT, s.Balancer, s.Loader = meta.Step, meta.AdamT, meta.Balancer, meta.Loader
+		}
+		old, err := model.ParamsFor(c.mcfg, meta.Model)
+		if err != nil {
+			return fmt.Errorf("rank %d: %w", r, err)
+		}
+		for _, q := range old.List {
+			for _, pre := range []string{"", "adam_m/", "adam_v/"} {
+				v, ok := byName[pre+q.Name]
+				g, known := global[pre+q.Name]
+				if !ok || !known || len(v) != q.Size || old.GlobalSize(q) != len(g) {
+					return fmt.Errorf("rank %d: tensor %s%s missing or of the wrong size", r, pre, q.Name)
+				}
+				old.ToGlobal(q, v, g)
+			}
+		}
+	}
+	for _, q := range c.params.List {
+		c.params.FromGlobal(q, global[q.Name], s.Params[q.Offset:q.Offset+q.Size])
+		c.params.FromGlobal(q, global["adam_m/"+q.Name], s.AdamM[q.Offset:q.Offset+q.Size])
+		c.params.FromGlobal(q, global["adam_v/"+q.Name], s.AdamV[q.Offset:q.Offset+q.Size])
+	}
+	return nil
+}
+
 // load restores the newest committed checkpoint that verifies (falling back
 // past corrupt ones, which are reported) into t; it reports whether one was
 // found.
@@ -156,37 +208,53 @@ func (c *checkpointer) load(ctx context.Context, t *Trainer) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("train: resume: %w", err)
 	}
-	if m.Layout != c.layout {
-		return false, fmt.Errorf("train: resume: checkpoint step %d was saved under layout %+v, this run is %+v (resharding is not supported yet)", m.Step, m.Layout, c.layout)
-	}
 	r := c.rank()
 	prefix := checkpoint.StepPrefix(m.Job, m.Step)
-	raw, err := checkpoint.ReadShardVerified(ctx, c.mgr.Storage(), prefix, m, fmt.Sprintf("rank-%04d/state.bin", r))
-	if err != nil {
-		return false, fmt.Errorf("train: resume: %w", err)
-	}
-	tensors, err := checkpoint.DecodeShard(raw)
-	if err != nil {
-		return false, fmt.Errorf("train: resume: %w", err)
-	}
-	metaRaw, err := checkpoint.ReadShardVerified(ctx, c.mgr.Storage(), prefix, m, fmt.Sprintf("rank-%04d/meta.json", r))
-	if err != nil {
-		return false, fmt.Errorf("train: resume: %w", err)
-	}
-	var meta ckptMeta
-	if err := json.Unmarshal(metaRaw, &meta); err != nil {
-		return false, fmt.Errorf("train: resume: meta of step %d: %w", m.Step, err)
-	}
-	s := State{Step: meta.Step, AdamT: meta.AdamT, Balancer: meta.Balancer, Loader: meta.Loader}
-	for _, tn := range tensors {
-		switch tn.Name {
-		case "params":
-			s.Params = tn.Data
-		case "adam_m":
-			s.AdamM = tn.Data
-		case "adam_v":
-			s.AdamV = tn.Data
+	readRank := func(rank int) (map[string][]float32, ckptMeta, error) {
+		var meta ckptMeta
+		raw, err := checkpoint.ReadShardVerified(ctx, c.mgr.Storage(), prefix, m, fmt.Sprintf("rank-%04d/state.bin", rank))
+		if err != nil {
+			return nil, meta, err
 		}
+		tensors, err := checkpoint.DecodeShard(raw)
+		if err != nil {
+			return nil, meta, err
+		}
+		byName := make(map[string][]float32, len(tensors))
+		for _, tn := range tensors {
+			byName[tn.Name] = tn.Data
+		}
+		metaRaw, err := checkpoint.ReadShardVerified(ctx, c.mgr.Storage(), prefix, m, fmt.Sprintf("rank-%04d/meta.json", rank))
+		if err != nil {
+			return nil, meta, err
+		}
+		if err := json.Unmarshal(metaRaw, &meta); err != nil {
+			return nil, meta, fmt.Errorf("meta of rank %d: %w", rank, err)
+		}
+		return byName, meta, nil
+	}
+	n := len(t.Model.P.Data)
+	s := State{Params: make([]float32, n), AdamM: make([]float32, n), AdamV: make([]float32, n)}
+	if m.Layout == c.layout {
+		byName, meta, err := readRank(r)
+		if err != nil {
+			return false, fmt.Errorf("train: resume: %w", err)
+		}
+		for _, q := range c.params.List {
+			for _, part := range []struct {
+				prefix string
+				dst    []float32
+			}{{"", s.Params}, {"adam_m/", s.AdamM}, {"adam_v/", s.AdamV}} {
+				v, ok := byName[part.prefix+q.Name]
+				if !ok || len(v) != q.Size {
+					return false, fmt.Errorf("train: resume: step %d rank %d: tensor %s%s missing or of the wrong size", m.Step, r, part.prefix, q.Name)
+				}
+				copy(part.dst[q.Offset:], v)
+			}
+		}
+		s.Step, s.AdamT, s.Balancer, s.Loader = meta.Step, meta.AdamT, meta.Balancer, meta.Loader
+	} else if err := c.reshard(m, readRank, &s); err != nil {
+		return false, fmt.Errorf("train: resume step %d saved under %+v into %+v: %w", m.Step, m.Layout, c.layout, err)
 	}
 	if err := t.Restore(s); err != nil {
 		return false, fmt.Errorf("train: resume from step %d: %w", m.Step, err)

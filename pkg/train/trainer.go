@@ -148,7 +148,7 @@ func NewParallel(cfg Config, corpus *data.Corpus, w io.Writer, dist *Dist) (*Tra
 		t.progress = newProgress(w, cfg.Steps)
 	}
 	if cfg.Checkpoint.Dir != "" {
-		if t.ckpt, err = newCheckpointer(cfg.Checkpoint, dist); err != nil {
+		if t.ckpt, err = newCheckpointer(cfg.Checkpoint, dist, m.P, mc); err != nil {
 			m.Close()
 			return nil, err
 		}

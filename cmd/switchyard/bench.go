@@ -24,6 +24,31 @@ func cmdBench(ctx context.Context, args []string) error {
 		return usageError{errors.New("bench: say what to measure: engine")}
 	}
 	switch args[0] {
+	case "checkpoint":
+		fs := flag.NewFlagSet("bench checkpoint", flag.ContinueOnError)
+		preset := fs.String("preset", "tiny", "model preset: tiny or small")
+		dir := fs.String("dir", "", "checkpoint directory (default: a temporary one)")
+		steps := fs.Int("steps", 6, "training steps with a save after each, for the stall figure")
+		if err := fs.Parse(args[1:]); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return nil
+			}
+			return usageError{err}
+		}
+		d := *dir
+		if d == "" {
+			tmp, err := os.MkdirTemp("", "switchyard-ckpt-bench-")
+			if err != nil {
+				return err
+			}
+			defer os.RemoveAll(tmp)
+			d = tmp
+		}
+		b, err := train.BenchCheckpoint(ctx, *preset, d, *steps)
+		if err != nil {
+			return err
+		}
+		return printJSON(b)
 	case "engine":
 		fs := flag.NewFlagSet("bench engine", flag.ContinueOnError)
 		preset := fs.String("preset", "tiny", "model preset: tiny or small")
@@ -68,6 +93,6 @@ func cmdBench(ctx context.Context, args []string) error {
 	case "collectives":
 		return cmdBenchCollectives(ctx, args[1:])
 	default:
-		return usageError{fmt.Errorf("bench: unknown benchmark %q (have: engine, collectives)", args[0])}
+		return usageError{fmt.Errorf("bench: unknown benchmark %q (have: engine, collectives, checkpoint)", args[0])}
 	}
 }

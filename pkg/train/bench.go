@@ -154,3 +154,110 @@ func peakRSSMiB() float64 {
 	}
 	return 0
 }
+
+// CheckpointBench is the result of `switchyard bench checkpoint`.
+type CheckpointBench struct {
+	Preset         string  `json:"preset"`
+	Bytes          int64   `json:"bytes"`             // one rank's checkpoint (params + AdamW moments + meta)
+	WriteMBps      float64 `json:"write_mb_s"`        // shards written durably (fsync + rename) incl. SHA-256, best of Repeats
+	CommitMBps     float64 `json:"commit_mb_s"`       // write + commit (re-read and verify) of a whole checkpoint
+	SnapshotMS     float64 `json:"snapshot_ms"`       // copying the state at a step boundary (the synchronous part)
+	StallMSPerSave float64 `json:"stall_ms_per_save"` // training time lost per save in a run saving every step: snapshot + wait
+	Saves          int     `json:"saves"`
+	StepS          float64 `json:"median_step_s"`
+	Repeats        int     `json:"repeats"`
+}
+
+// BenchCheckpoint measures checkpoint writes of preset's state into dir and
+// the training stall of background saves (one save after every step).
+func BenchCheckpoint(ctx context.Context, preset, dir string, steps int) (*CheckpointBench, error) {
+	cfg, err := PresetConfig(preset)
+	if err != nil {
+		return nil, err
+	}
+	cfg.Steps = steps
+	cfg.Checkpoint = CheckpointConfig{Dir: dir, Every: 1, KeepLast: 2}
+	mc, err := cfg.ModelConfig()
+	if err != nil {
+		return nil, err
+	}
+	docs, err := data.Demo(data.DemoOptions{Seed: 1, BytesPerDomain: 256 << 10})
+	if err != nil {
+		return nil, err
+	}
+	corpus, err := data.Build(docs, data.BuildConfig{SeqLen: mc.SeqLen, ValFraction: 0.05, Seed: 1})
+	if err != nil {
+		return nil, err
+	}
+	tr, err := NewWithCorpus(cfg, corpus, nil)
+	if err != nil {
+		return nil, err
+	}
+	defer tr.Close()
+	b := &CheckpointBench{Preset: preset, Repeats: 3}
+	// write throughput: the shards of one state, durably, best of 3
+	st := time.Now()
+	snap := tr.Snapshot()
+	b.SnapshotMS = float64(time.Since(st).Microseconds()) / 1e3
+	for i := 0; i < b.Repeats; i++ {
+		tr.step = 1000 + i // a fresh step each time
+		snap.Step = tr.step
+		st := time.Now()
+		tr.ckpt.start(snap)
+		<-tr.ckpt.pending.done
+		w := time.Since(st)
+		if err := tr.ckpt.pending.err; err != nil {
+			return nil, err
+		}
+		var n int64
+		for _, s := range tr.ckpt.pending.infos {
+			n += s.Size
+		}
+		b.Bytes = n
+		if mb := float64(n) / w.Seconds() / 1e6; mb > b.WriteMBps {
+			b.WriteMBps = mb
+		}
+		st = time.Now()
+		if err := tr.ckpt.finish(ctx); err != nil {
+			return nil, err
+		}
+		if mb := float64(n) / (w + time.Since(st)).Seconds() / 1e6; mb > b.CommitMBps {
+			b.CommitMBps = mb
+		}
+	}
+	// stall: train with a save after every step
+	tr.step = 0
+	if err := tr.Restore(snapAt(snap, 0)); err != nil {
+		return nil, err
+	}
+	tr.ckpt.cfg.Job = "stall" // a fresh catalogue entry: steps restart at 1
+	stall0 := tr.ckpt.Stall
+	var times []float64
+	var snapTotal time.Duration
+	for i := 0; i < steps; i++ {
+		s0 := time.Now()
+		if _, err := tr.TrainStep(ctx); err != nil {
+			return nil, err
+		}
+		times = append(times, time.Since(s0).Seconds())
+		if err := tr.ckpt.finish(ctx); err != nil {
+			return nil, err
+		}
+		ss := time.Now()
+		tr.ckpt.start(tr.SnapshotInto(tr.ckpt.spare))
+		snapTotal += time.Since(ss)
+		b.Saves++
+	}
+	if err := tr.ckpt.finish(ctx); err != nil {
+		return nil, err
+	}
+	sort.Float64s(times)
+	b.StepS = times[len(times)/2]
+	b.StallMSPerSave = float64((tr.ckpt.Stall - stall0 + snapTotal).Microseconds()) / 1e3 / float64(b.Saves)
+	return b, nil
+}
+
+func snapAt(s State, step int) State {
+	s.Step = step
+	return s
+}

@@ -44,12 +44,14 @@ type checkpointer struct {
 	mcfg    model.Config
 	layout  checkpoint.Layout
 	pending *pendingSave
+	spare   State // buffers of the last finished save, reused by the next snapshot
 	// Stall is the training time spent waiting for saves.
 	Stall time.Duration
 	Saved []int64 // committed steps
 }
 
 type pendingSave struct {
+	state State // the snapshot being written; its buffers are reused by the next save
 	step  int64
 	done  chan struct{}
 	infos []checkpoint.ShardInfo
@@ -85,7 +87,7 @@ func (c *checkpointer) rank() int {
 
 // start writes this rank's shards of s in the background.
 func (c *checkpointer) start(s State) {
-	p := &pendingSave{step: int64(s.Step), done: make(chan struct{})}
+	p := &pendingSave{state: s, step: int64(s.Step), done: make(chan struct{})}
 	c.pending = p
 	r := c.rank()
 	meta, _ := json.Marshal(ckptMeta{Step: s.Step, AdamT: s.AdamT, Balancer: s.Balancer, Loader: s.Loader, Model: c.params.Layout()})
@@ -118,6 +120,7 @@ func (c *checkpointer) finish(ctx context.Context) error {
 	start := time.Now()
 	<-p.done
 	c.Stall += time.Since(start)
+	c.spare = p.state
 	mine, _ := json.Marshal(p.infos)
 	if p.err != nil {
 		mine = nil // tells rank 0 not to commit

@@ -28,12 +28,16 @@ type State struct {
 
 // Snapshot copies the trainer's state at a step boundary. The copy is the
 // caller's: training may go on while it is written out.
-func (t *Trainer) Snapshot() State {
+func (t *Trainer) Snapshot() State { return t.SnapshotInto(State{}) }
+
+// SnapshotInto is Snapshot reusing the buffers of an earlier snapshot that
+// is no longer in use (no allocation, no page faults at the step boundary).
+func (t *Trainer) SnapshotInto(buf State) State {
 	return State{
 		Step:     t.step,
-		Params:   append([]float32(nil), t.Model.P.Data...),
-		AdamM:    append([]float32(nil), t.Opt.M...),
-		AdamV:    append([]float32(nil), t.Opt.V...),
+		Params:   append(buf.Params[:0], t.Model.P.Data...),
+		AdamM:    append(buf.AdamM[:0], t.Opt.M...),
+		AdamV:    append(buf.AdamV[:0], t.Opt.V...),
 		AdamT:    t.Opt.T,
 		Balancer: t.Bal.State(),
 		Loader:   t.Loader.Pos(),

@@ -352,7 +352,7 @@ func (t *Trainer) checkpointAfterStep(ctx context.Context) error {
 		return err
 	}
 	if every := t.Cfg.Checkpoint.Every; every > 0 && t.step%every == 0 {
-		t.ckpt.start(t.Snapshot())
+		t.ckpt.start(t.SnapshotInto(t.ckpt.spare))
 	}
 	return nil
 }
@@ -369,7 +369,7 @@ func (t *Trainer) checkpointAtEnd(ctx context.Context) error {
 	}
 	saved := inflight || (len(t.ckpt.Saved) > 0 && t.ckpt.Saved[len(t.ckpt.Saved)-1] == int64(t.step))
 	if !saved {
-		t.ckpt.start(t.Snapshot())
+		t.ckpt.start(t.SnapshotInto(t.ckpt.spare))
 		return t.ckpt.finish(ctx)
 	}
 	return nil

@@ -13,9 +13,9 @@
 //     a JSON table, little-endian float32 data), strict on input.
 //   - A Manifest lists a checkpoint's shards with their hashes, the layout
 //     it was saved under and the job spec. A Catalogue commits manifests:
-//     only newer steps, deletion marked before files go. MemCatalogue and
-//     StorageCatalogue implement it here; the etcd one lives with the
-//     coordinator.
+//     only newer steps, deletion marked before files go. MemCatalogue,
+//     StorageCatalogue and EtcdCatalogue (production: one etcd transaction
+//     per change, safe across processes) implement it.
 //   - Manager runs the lifecycle over a Storage and a Catalogue: Save and
 //     Commit (commit only after every shard verifies), LoadLatestVerified
 //     (newest checkpoint that verifies; corrupt ones are reported and

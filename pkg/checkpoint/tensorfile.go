@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"unsafe"
 )
 
 // Tensor shard file format, version 1 (all integers little-endian):
@@ -118,6 +119,14 @@ func WriteShard(w io.Writer, tensors []Tensor) error {
 	bw.Write(js)
 	var buf [4096]byte
 	for _, t := range tensors {
+		if littleEndian && len(t.Data) > 0 {
+			// the in-memory layout is the file layout: write it as is
+			raw := unsafe.Slice((*byte)(unsafe.Pointer(&t.Data[0])), 4*len(t.Data))
+			if _, err := bw.Write(raw); err != nil {
+				return fmt.Errorf("checkpoint: write shard: %w", err)
+			}
+			continue
+		}
 		for d := t.Data; len(d) > 0; {
 			k := min(len(d), len(buf)/4)
 			for i, v := range d[:k] {
@@ -134,6 +143,13 @@ func WriteShard(w io.Writer, tensors []Tensor) error {
 	}
 	return nil
 }
+
+// littleEndian reports whether float32 values are stored little-endian in
+// memory, the shard format's byte order.
+var littleEndian = func() bool {
+	x := uint16(1)
+	return *(*byte)(unsafe.Pointer(&x)) == 1
+}()
 
 // EncodeShard returns the tensor shard encoding of tensors.
 func EncodeShard(tensors []Tensor) ([]byte, error) {

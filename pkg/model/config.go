@@ -161,3 +161,40 @@ func (c Config) FlopsPerToken() float64 {
 	emb := int64(c.Vocab) * int64(c.Dim)
 	return 6*float64(active-emb) + 12*float64(c.Layers)*float64(c.Dim)*float64(c.SeqLen)
 }
+
+// Overlay copies the non-zero fields of o onto c (a preset with a run's or
+// job spec's overrides).
+func (c *Config) Overlay(o Config) {
+	m := c
+	set := func(dst *int, v int) {
+		if v != 0 {
+			*dst = v
+		}
+	}
+	set(&m.Vocab, o.Vocab)
+	set(&m.Dim, o.Dim)
+	set(&m.Layers, o.Layers)
+	set(&m.Heads, o.Heads)
+	set(&m.SeqLen, o.SeqLen)
+	set(&m.Experts, o.Experts)
+	set(&m.TopK, o.TopK)
+	set(&m.Hidden, o.Hidden)
+	set(&m.Shared, o.Shared)
+	set(&m.MoEEvery, o.MoEEvery)
+	set(&m.DenseHidden, o.DenseHidden)
+	if o.Renormalize {
+		m.Renormalize = true
+	}
+	if o.CapacityFactor != 0 {
+		m.CapacityFactor = o.CapacityFactor
+	}
+	if o.NormEps != 0 {
+		m.NormEps = o.NormEps
+	}
+	if o.RopeBase != 0 {
+		m.RopeBase = o.RopeBase
+	}
+	if o.InitStd != 0 {
+		m.InitStd = o.InitStd
+	}
+}

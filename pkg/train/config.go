@@ -97,48 +97,13 @@ func (c Config) ModelConfig() (model.Config, error) {
 		m = p
 	}
 	if o := c.Model; o != nil {
-		overlay(&m, *o)
+		m.Overlay(*o)
 	}
 	m.Defaults()
 	if err := m.Validate(); err != nil {
 		return m, fmt.Errorf("%w: model: %w", ErrConfig, err)
 	}
 	return m, nil
-}
-
-// overlay copies the non-zero fields of o onto m.
-func overlay(m *model.Config, o model.Config) {
-	set := func(dst *int, v int) {
-		if v != 0 {
-			*dst = v
-		}
-	}
-	set(&m.Vocab, o.Vocab)
-	set(&m.Dim, o.Dim)
-	set(&m.Layers, o.Layers)
-	set(&m.Heads, o.Heads)
-	set(&m.SeqLen, o.SeqLen)
-	set(&m.Experts, o.Experts)
-	set(&m.TopK, o.TopK)
-	set(&m.Hidden, o.Hidden)
-	set(&m.Shared, o.Shared)
-	set(&m.MoEEvery, o.MoEEvery)
-	set(&m.DenseHidden, o.DenseHidden)
-	if o.Renormalize {
-		m.Renormalize = true
-	}
-	if o.CapacityFactor != 0 {
-		m.CapacityFactor = o.CapacityFactor
-	}
-	if o.NormEps != 0 {
-		m.NormEps = o.NormEps
-	}
-	if o.RopeBase != 0 {
-		m.RopeBase = o.RopeBase
-	}
-	if o.InitStd != 0 {
-		m.InitStd = o.InitStd
-	}
 }
 
 // Validate names the first broken rule by its YAML path.

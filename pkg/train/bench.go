@@ -221,6 +221,9 @@ func BenchCheckpoint(ctx context.Context, preset, dir string, steps int) (*Check
 		if err := tr.ckpt.finish(ctx); err != nil {
 			return nil, err
 		}
+		if err := tr.ckpt.waitCommit(); err != nil {
+			return nil, err
+		}
 		if mb := float64(n) / (w + time.Since(st)).Seconds() / 1e6; mb > b.CommitMBps {
 			b.CommitMBps = mb
 		}
@@ -249,6 +252,9 @@ func BenchCheckpoint(ctx context.Context, preset, dir string, steps int) (*Check
 		b.Saves++
 	}
 	if err := tr.ckpt.finish(ctx); err != nil {
+		return nil, err
+	}
+	if err := tr.ckpt.waitCommit(); err != nil {
 		return nil, err
 	}
 	sort.Float64s(times)

@@ -45,6 +45,10 @@ type checkpointer struct {
 	layout  checkpoint.Layout
 	pending *pendingSave
 	spare   State // buffers of the last finished save, reused by the next snapshot
+	// committing carries the result of rank 0's background commit of
+	// committingStep (verify every shard, write the catalogue, retention)
+	committing     chan error
+	committingStep int64
 	// Stall is the training time spent waiting for saves.
 	Stall time.Duration
 	Saved []int64 // committed steps
@@ -118,8 +122,13 @@ func (c *checkpointer) finish(ctx context.Context) error {
 	}
 	c.pending = nil
 	start := time.Now()
+	// waiting for the write and the shard-list gather hold up training; the
+	// commit's verification runs in the background on rank 0
+	defer func() { c.Stall += time.Since(start) }()
+	if err := c.waitCommit(); err != nil {
+		return err
+	}
 	<-p.done
-	c.Stall += time.Since(start)
 	c.spare = p.state
 	mine, _ := json.Marshal(p.infos)
 	if p.err != nil {
@@ -146,14 +155,33 @@ func (c *checkpointer) finish(ctx context.Context) error {
 		}
 		m.Shards = append(m.Shards, infos...)
 	}
-	if err := c.mgr.Commit(ctx, m); err != nil {
-		return fmt.Errorf("train: checkpoint step %d: %w", p.step, err)
-	}
-	c.Saved = append(c.Saved, p.step)
-	if _, err := c.mgr.Retain(ctx, c.cfg.Job, c.cfg.KeepLast, 0, nil); err != nil {
-		return fmt.Errorf("train: checkpoint retention: %w", err)
-	}
+	done := make(chan error, 1)
+	c.committing, c.committingStep = done, p.step
+	go func() {
+		if err := c.mgr.Commit(ctx, m); err != nil {
+			done <- fmt.Errorf("train: checkpoint step %d: %w", m.Step, err)
+			return
+		}
+		if _, err := c.mgr.Retain(ctx, c.cfg.Job, c.cfg.KeepLast, 0, nil); err != nil {
+			done <- fmt.Errorf("train: checkpoint retention: %w", err)
+			return
+		}
+		done <- nil
+	}()
 	return nil
+}
+
+// waitCommit waits for the commit in flight (rank 0) and records it.
+func (c *checkpointer) waitCommit() error {
+	if c.committing == nil {
+		return nil
+	}
+	err := <-c.committing
+	if err == nil {
+		c.Saved = append(c.Saved, c.committingStep)
+	}
+	c.committing = nil
+	return err
 }
 
 // reshard assembles this rank's state from a checkpoint saved under another

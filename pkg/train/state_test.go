@@ -108,6 +108,9 @@ func TestCheckpointResumeFromFiles(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	if err := crashed.ckpt.waitCommit(); err != nil { // step 4's commit runs in the background
+		t.Fatal(err)
+	}
 	if got := crashed.ckpt.Saved; len(got) != 2 || got[1] != 4 {
 		t.Fatalf("committed checkpoints %v, want [2 4]", got)
 	}

@@ -181,8 +181,17 @@ func NewParallel(cfg Config, corpus *data.Corpus, w io.Writer, dist *Dist) (*Tra
 // Close releases the model and the metrics file.
 func (t *Trainer) Close() error {
 	var err error
+	if t.ckpt != nil {
+		// a background write or commit must not outlive the trainer
+		if t.ckpt.pending != nil {
+			<-t.ckpt.pending.done
+		}
+		err = t.ckpt.waitCommit()
+	}
 	if t.metrics != nil {
-		err = t.metrics.Close()
+		if cerr := t.metrics.Close(); err == nil {
+			err = cerr
+		}
 		t.metrics = nil
 	}
 	t.Model.Close()
@@ -367,12 +376,14 @@ func (t *Trainer) checkpointAtEnd(ctx context.Context) error {
 	if err := t.ckpt.finish(ctx); err != nil {
 		return err
 	}
-	saved := inflight || (len(t.ckpt.Saved) > 0 && t.ckpt.Saved[len(t.ckpt.Saved)-1] == int64(t.step))
+	saved := inflight || t.ckpt.committingStep == int64(t.step) || (len(t.ckpt.Saved) > 0 && t.ckpt.Saved[len(t.ckpt.Saved)-1] == int64(t.step))
 	if !saved {
 		t.ckpt.start(t.SnapshotInto(t.ckpt.spare))
-		return t.ckpt.finish(ctx)
+		if err := t.ckpt.finish(ctx); err != nil {
+			return err
+		}
 	}
-	return nil
+	return t.ckpt.waitCommit()
 }
 
 // CheckpointStall is the training time spent waiting for checkpoint writes.

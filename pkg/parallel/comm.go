@@ -226,28 +226,27 @@ func aligned(b []byte, n uintptr) []byte {
 	return b
 }
 
+// combine sets dst[i] = f(dst[i], src[i]) (the non-hot reductions).
+func combine[T float32 | float64](dst, src []T, f func(a, b T) T) {
+	src = src[:len(dst)]
+	for i := range dst {
+		dst[i] = f(dst[i], src[i])
+	}
+}
+
 func reducerF32(op Op) (reducer, error) {
+	var f func(a, b float32) float32
 	switch op {
 	case Sum:
 		return addF32, nil
 	case Max:
-		return func(d, s []byte) {
-			dst, src := asF32(d), asF32(aligned(s, 4))
-			src = src[:len(dst)]
-			for i := range dst {
-				dst[i] = max(dst[i], src[i])
-			}
-		}, nil
+		f = func(a, b float32) float32 { return max(a, b) }
 	case Min:
-		return func(d, s []byte) {
-			dst, src := asF32(d), asF32(aligned(s, 4))
-			src = src[:len(dst)]
-			for i := range dst {
-				dst[i] = min(dst[i], src[i])
-			}
-		}, nil
+		f = func(a, b float32) float32 { return min(a, b) }
+	default:
+		return nil, fmt.Errorf("parallel: unknown reduction %v", op)
 	}
-	return nil, fmt.Errorf("parallel: unknown reduction %v", op)
+	return func(d, s []byte) { combine(asF32(d), asF32(aligned(s, 4)), f) }, nil
 }
 
 // addF32 is the float32 sum: dst += src with one vectorised add per element
@@ -260,41 +259,22 @@ func addF32(d, s []byte) {
 
 // addF32Ref is the plain reference of addF32.
 func addF32Ref(d, s []byte) {
-	dst, src := asF32(d), asF32(aligned(s, 4))
-	src = src[:len(dst)]
-	for i := range dst {
-		dst[i] += src[i]
-	}
+	combine(asF32(d), asF32(aligned(s, 4)), func(a, b float32) float32 { return a + b })
 }
 
 func reducerF64(op Op) (reducer, error) {
+	var f func(a, b float64) float64
 	switch op {
 	case Sum:
-		return func(d, s []byte) {
-			dst, src := asF64(d), asF64(aligned(s, 8))
-			src = src[:len(dst)]
-			for i := range dst {
-				dst[i] += src[i]
-			}
-		}, nil
+		f = func(a, b float64) float64 { return a + b }
 	case Max:
-		return func(d, s []byte) {
-			dst, src := asF64(d), asF64(aligned(s, 8))
-			src = src[:len(dst)]
-			for i := range dst {
-				dst[i] = max(dst[i], src[i])
-			}
-		}, nil
+		f = func(a, b float64) float64 { return max(a, b) }
 	case Min:
-		return func(d, s []byte) {
-			dst, src := asF64(d), asF64(aligned(s, 8))
-			src = src[:len(dst)]
-			for i := range dst {
-				dst[i] = min(dst[i], src[i])
-			}
-		}, nil
+		f = func(a, b float64) float64 { return min(a, b) }
+	default:
+		return nil, fmt.Errorf("parallel: unknown reduction %v", op)
 	}
-	return nil, fmt.Errorf("parallel: unknown reduction %v", op)
+	return func(d, s []byte) { combine(asF64(d), asF64(aligned(s, 8)), f) }, nil
 }
 
 // AllReduce reduces buf element-wise over the group, in place. Buffers of at

@@ -371,7 +371,9 @@ func (c *Comm) directAllReduce(ctx context.Context, tag uint64, data []byte, red
 	if rerr != nil {
 		cancel()
 	}
-	if serr := <-sendErr; rerr == nil && serr != nil {
+	// A failed send cancels the receives: report the send's error, not the
+	// cancellation it caused.
+	if serr := <-sendErr; serr != nil && (rerr == nil || errors.Is(rerr, context.Canceled) && ctx.Err() != nil) {
 		rerr = serr
 	}
 	if rerr != nil {

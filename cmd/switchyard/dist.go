@@ -18,6 +18,7 @@ type distFlags struct {
 	tp, dp, ep   int
 	balance      string
 	peers        string
+	listen       string
 	commTimeout  time.Duration
 	dataPlane    string
 	connectLimit time.Duration
@@ -31,6 +32,7 @@ func (f *distFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&f.ep, "ep", 1, "expert-parallel degree (divides dp)")
 	fs.StringVar(&f.balance, "balance", "dp", "LBL balance group: dp, node or none")
 	fs.StringVar(&f.peers, "peers", "", "comma-separated host:port of every rank, in rank order (set by launch)")
+	fs.StringVar(&f.listen, "listen", "", "address this rank listens on (default: its entry in --peers)")
 	fs.DurationVar(&f.commTimeout, "comm-timeout", 60*time.Second, "a peer silent this long in a collective is an error")
 	fs.DurationVar(&f.connectLimit, "connect-timeout", 60*time.Second, "how long to wait for every peer at start")
 	fs.StringVar(&f.dataPlane, "data-plane", parallel.DataPlaneTCP, "how collective payloads travel: tcp (a plain socket per rank pair beside the gRPC control stream; faster for large tensors) or grpc (everything on the gRPC streams)")
@@ -66,9 +68,13 @@ func (f *distFlags) connect(ctx context.Context) (*train.Dist, func(), error) {
 	opts.Timeout = f.commTimeout
 	opts.DialTimeout = f.connectLimit
 	opts.DataPlane = f.dataPlane
-	tr, err := parallel.ListenGRPC(f.rank, f.world, peers[f.rank], opts)
+	listen := f.listen
+	if listen == "" {
+		listen = peers[f.rank]
+	}
+	tr, err := parallel.ListenGRPC(f.rank, f.world, listen, opts)
 	if err != nil {
-		return nil, nil, fmt.Errorf("train: listen on %s: %w", peers[f.rank], err)
+		return nil, nil, fmt.Errorf("train: listen on %s: %w", listen, err)
 	}
 	if err := tr.Connect(ctx, peers); err != nil {
 		tr.Close()

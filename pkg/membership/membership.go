@@ -35,6 +35,9 @@ type WorkerInfo struct {
 	Address   string            `json:"address"`
 	Resources Resources         `json:"resources"`
 	Labels    map[string]string `json:"labels,omitempty"`
+	// Host is the machine it runs on (tensor-parallel groups stay on one
+	// host); "" : the worker is its own host.
+	Host string `json:"host,omitempty"`
 	// Version of the worker binary, for `cluster status`.
 	Version string `json:"version,omitempty"`
 }

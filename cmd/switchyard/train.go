@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/switchyard-ml/switchyard/pkg/kernels"
 	"github.com/switchyard-ml/switchyard/pkg/train"
@@ -33,6 +34,9 @@ func cmdTrain(ctx context.Context, args []string) error {
 		ckDir   = fs.String("checkpoint-dir", "", "save checkpoints under this directory")
 		ckEvery = fs.Int("checkpoint-every", -1, "save after every N steps (0: only at the end)")
 		resume  = fs.Bool("resume", false, "continue from the newest committed checkpoint in --checkpoint-dir")
+		resStep = fs.Int64("resume-step", 0, "with --resume: continue from exactly this committed step (newer checkpoints are deleted)")
+		ckJob   = fs.String("checkpoint-job", "", "catalogue name of the run's checkpoints (default \"run\"; the coordinator passes the job id)")
+		ckEtcd  = fs.String("checkpoint-etcd", "", "comma-separated etcd endpoints: keep the checkpoint catalogue in etcd")
 		df      distFlags
 	)
 	df.register(fs)
@@ -93,6 +97,15 @@ func cmdTrain(ctx context.Context, args []string) error {
 	setInt(&cfg.Checkpoint.Every, *ckEvery, -1)
 	if *resume {
 		cfg.Resume = true
+	}
+	if *resStep != 0 {
+		cfg.Checkpoint.ResumeStep = *resStep
+	}
+	if *ckJob != "" {
+		cfg.Checkpoint.Job = *ckJob
+	}
+	if *ckEtcd != "" {
+		cfg.Checkpoint.Etcd = strings.Split(*ckEtcd, ",")
 	}
 	if *mode != "" {
 		cfg.LBL.Mode = *mode

@@ -90,6 +90,8 @@ func (f *FSM) ApplyCommand(cmd *pb.Command) ApplyResult {
 		r.Job, err = f.store.Cancel(now, op.CancelJob)
 	case *pb.Command_RequeueJob:
 		r.Job, err = f.store.Requeue(now, op.RequeueJob)
+	case *pb.Command_ResumeJob:
+		r.Job, err = f.store.Resume(now, op.ResumeJob)
 	default:
 		// A command from a newer version, or an empty envelope: every replica
 		// refuses it the same way.

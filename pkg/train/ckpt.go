@@ -8,6 +8,9 @@ import (
 	"log/slog"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
 	"github.com/switchyard-ml/switchyard/pkg/checkpoint"
 	"github.com/switchyard-ml/switchyard/pkg/data"
 	"github.com/switchyard-ml/switchyard/pkg/lbl"
@@ -20,7 +23,17 @@ type CheckpointConfig struct {
 	Job      string `yaml:"job" json:"job"`             // catalogue name of the run (default "run")
 	Every    int    `yaml:"every" json:"every"`         // save after every N optimizer steps (0: only at the end)
 	KeepLast int    `yaml:"keep_last" json:"keep_last"` // retention: the newest N committed checkpoints (default 3)
+	// Etcd lists etcd endpoints: when set, the catalogue is the cluster's
+	// (an etcd transaction per commit, under CataloguePrefix) instead of
+	// a file beside the shards.
+	Etcd []string `yaml:"etcd" json:"etcd"`
+	// ResumeStep resumes from exactly this committed step (0: the newest
+	// that verifies). Newer checkpoints are deleted first: the run branches.
+	ResumeStep int64 `yaml:"resume_step" json:"resume_step"`
 }
+
+// CataloguePrefix is where the etcd catalogue keeps manifests.
+const CataloguePrefix = "/switchyard/checkpoints"
 
 // ckptMeta is the small, non-tensor part of a rank's state.
 type ckptMeta struct {
@@ -52,6 +65,18 @@ type checkpointer struct {
 	// Stall is the training time spent waiting for saves.
 	Stall time.Duration
 	Saved []int64 // committed steps
+	// closeCat releases the catalogue's connection (nil: nothing to close)
+	closeCat func() error
+}
+
+// close releases the catalogue connection; background work must be done.
+func (c *checkpointer) close() error {
+	if c.closeCat == nil {
+		return nil
+	}
+	err := c.closeCat()
+	c.closeCat = nil
+	return err
 }
 
 type pendingSave struct {
@@ -73,8 +98,18 @@ func newCheckpointer(cfg CheckpointConfig, dist *Dist, params *model.Params, mcf
 	if err != nil {
 		return nil, fmt.Errorf("train: checkpoint storage: %w", err)
 	}
-	cat := checkpoint.NewStorageCatalogue(st)
-	c := &checkpointer{cfg: cfg, mgr: checkpoint.NewManager(st, cat, slog.Default()), dist: dist, layout: checkpoint.Layout{TP: 1, DP: 1, EP: 1}, params: params, mcfg: mcfg}
+	var (
+		cat    checkpoint.Catalogue = checkpoint.NewStorageCatalogue(st)
+		closer func() error
+	)
+	if len(cfg.Etcd) > 0 {
+		cli, err := clientv3.New(clientv3.Config{Endpoints: cfg.Etcd, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+		if err != nil {
+			return nil, fmt.Errorf("train: checkpoint catalogue in etcd %v: %w", cfg.Etcd, err)
+		}
+		cat, closer = checkpoint.NewEtcdCatalogue(cli, CataloguePrefix), cli.Close
+	}
+	c := &checkpointer{cfg: cfg, mgr: checkpoint.NewManager(st, cat, slog.Default()), dist: dist, layout: checkpoint.Layout{TP: 1, DP: 1, EP: 1}, params: params, mcfg: mcfg, closeCat: closer}
 	if dist != nil {
 		l := dist.Layout
 		c.layout = checkpoint.Layout{TP: l.TP(), DP: l.DP(), EP: l.EP()}
@@ -226,18 +261,56 @@ func (c *checkpointer) reshard(m checkpoint.Manifest, readRank func(int) (map[st
 	return nil
 }
 
+// dropNewer deletes (rank 0) the checkpoints newer than step, so that the
+// resumed run may commit its own steps after it; the other ranks wait.
+func (c *checkpointer) dropNewer(ctx context.Context, step int64) error {
+	if c.rank() == 0 {
+		all, err := c.mgr.Catalogue().List(ctx, c.cfg.Job)
+		if err != nil {
+			return fmt.Errorf("train: resume from step %d: %w", step, err)
+		}
+		for _, m := range all {
+			if m.Step > step {
+				if err := c.mgr.Delete(ctx, c.cfg.Job, m.Step); err != nil {
+					return fmt.Errorf("train: resume from step %d: delete newer step %d: %w", step, m.Step, err)
+				}
+			}
+		}
+	}
+	if c.dist != nil {
+		return c.dist.World.Barrier(ctx)
+	}
+	return nil
+}
+
 // load restores the newest committed checkpoint that verifies (falling back
 // past corrupt ones, which are reported) into t; it reports whether one was
 // found.
 func (c *checkpointer) load(ctx context.Context, t *Trainer) (bool, error) {
-	m, err := c.mgr.LoadLatestVerified(ctx, c.cfg.Job, func(step int64, err error) {
-		slog.Warn("checkpoint unusable, falling back", "job-id", c.cfg.Job, "step", step, "err", err)
-	})
-	if errors.Is(err, checkpoint.ErrNoCheckpoint) {
-		return false, nil
-	}
-	if err != nil {
-		return false, fmt.Errorf("train: resume: %w", err)
+	var (
+		m   checkpoint.Manifest
+		err error
+	)
+	if step := c.cfg.ResumeStep; step > 0 {
+		if m, err = c.mgr.Catalogue().Get(ctx, c.cfg.Job, step); err != nil {
+			return false, fmt.Errorf("train: resume from step %d: %w", step, err)
+		}
+		if err := checkpoint.Verify(ctx, c.mgr.Storage(), checkpoint.StepPrefix(m.Job, m.Step), m); err != nil {
+			return false, fmt.Errorf("train: resume from step %d: checkpoint unusable: %w", step, err)
+		}
+		if err := c.dropNewer(ctx, step); err != nil {
+			return false, err
+		}
+	} else {
+		m, err = c.mgr.LoadLatestVerified(ctx, c.cfg.Job, func(step int64, err error) {
+			slog.Warn("checkpoint unusable, falling back", "job-id", c.cfg.Job, "step", step, "err", err)
+		})
+		if errors.Is(err, checkpoint.ErrNoCheckpoint) {
+			return false, nil
+		}
+		if err != nil {
+			return false, fmt.Errorf("train: resume: %w", err)
+		}
 	}
 	r := c.rank()
 	prefix := checkpoint.StepPrefix(m.Job, m.Step)

@@ -141,6 +141,10 @@ func (c Config) Validate() error {
 		return bad("data.val_fraction", c.Data.ValFraction, "must be in (0, 0.5]")
 	case c.Checkpoint.Every < 0:
 		return bad("checkpoint.every", c.Checkpoint.Every, "must be >= 0")
+	case c.Checkpoint.ResumeStep < 0:
+		return bad("checkpoint.resume_step", c.Checkpoint.ResumeStep, "must be >= 0")
+	case c.Checkpoint.ResumeStep > 0 && !c.Resume:
+		return bad("checkpoint.resume_step", c.Checkpoint.ResumeStep, "needs resume")
 	case c.Checkpoint.KeepLast < 0:
 		return bad("checkpoint.keep_last", c.Checkpoint.KeepLast, "must be >= 0")
 	case c.Resume && c.Checkpoint.Dir == "":

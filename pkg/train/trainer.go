@@ -155,6 +155,7 @@ func NewParallel(cfg Config, corpus *data.Corpus, w io.Writer, dist *Dist) (*Tra
 		if cfg.Resume {
 			found, err := t.ckpt.load(context.Background(), t)
 			if err != nil {
+				t.ckpt.close()
 				m.Close()
 				return nil, err
 			}
@@ -187,6 +188,9 @@ func (t *Trainer) Close() error {
 			<-t.ckpt.pending.done
 		}
 		err = t.ckpt.waitCommit()
+		if cerr := t.ckpt.close(); err == nil {
+			err = cerr
+		}
 	}
 	if t.metrics != nil {
 		if cerr := t.metrics.Close(); err == nil {

@@ -278,11 +278,39 @@ func (s *Store) Requeue(now int64, c *pb.RequeueJob) (*pb.Job, error) {
 	}
 	j.Placement = nil
 	j.Restarts++
+	j.ResumeFromStep = 0 // an automatic restart resumes from the newest checkpoint
 	reason := c.GetReason()
 	if reason == "" {
 		reason = "Requeued"
 	}
 	s.transition(j, now, pb.JobState_JOB_STATE_PENDING, reason, c.GetMessage())
+	return clone(j), nil
+}
+
+// Resume moves a failed or cancelled job back to PENDING, counts a restart
+// and records the step its next attempt resumes from.
+func (s *Store) Resume(now int64, c *pb.ResumeJob) (*pb.Job, error) {
+	if c.GetFromStep() < 0 {
+		return nil, invalid("resume %s: negative step", c.GetJobId())
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	j, err := s.get(c.GetJobId())
+	if err != nil {
+		return nil, err
+	}
+	if j.State != pb.JobState_JOB_STATE_FAILED && j.State != pb.JobState_JOB_STATE_CANCELLED {
+		return nil, fmt.Errorf("%w: %s: resume while %s (only failed or cancelled jobs resume)", ErrInvalidTransition, j.Id, StateName(j.State))
+	}
+	j.Placement = nil
+	j.Restarts++
+	j.ResumeFromStep = c.GetFromStep()
+	j.FinishedUnixNano = 0
+	msg := c.GetMessage()
+	if msg == "" {
+		msg = "resumed by the user"
+	}
+	s.transition(j, now, pb.JobState_JOB_STATE_PENDING, "Resumed", msg)
 	return clone(j), nil
 }
 

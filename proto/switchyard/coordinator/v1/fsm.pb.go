@@ -113,6 +113,7 @@ type Command struct {
 	//	*Command_JobProgress
 	//	*Command_CancelJob
 	//	*Command_RequeueJob
+	//	*Command_ResumeJob
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -232,6 +233,15 @@ func (x *Command) GetRequeueJob() *RequeueJob {
 	return nil
 }
 
+func (x *Command) GetResumeJob() *ResumeJob {
+	if x != nil {
+		if x, ok := x.Op.(*Command_ResumeJob); ok {
+			return x.ResumeJob
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -264,6 +274,10 @@ type Command_RequeueJob struct {
 	RequeueJob *RequeueJob `protobuf:"bytes,16,opt,name=requeue_job,json=requeueJob,proto3,oneof"`
 }
 
+type Command_ResumeJob struct {
+	ResumeJob *ResumeJob `protobuf:"bytes,17,opt,name=resume_job,json=resumeJob,proto3,oneof"`
+}
+
 func (*Command_SubmitJob) isCommand_Op() {}
 
 func (*Command_SetJobState) isCommand_Op() {}
@@ -277,6 +291,8 @@ func (*Command_JobProgress) isCommand_Op() {}
 func (*Command_CancelJob) isCommand_Op() {}
 
 func (*Command_RequeueJob) isCommand_Op() {}
+
+func (*Command_ResumeJob) isCommand_Op() {}
 
 // SubmitJob adds a job in state PENDING. Submitting is idempotent on
 // job_id: a second submit with the same ID and the same spec is a no-op that
@@ -754,6 +770,69 @@ func (x *RequeueJob) GetMessage() string {
 	return ""
 }
 
+// ResumeJob moves a FAILED or CANCELLED job back to PENDING, counts a
+// restart and records the checkpoint step it must resume from (0: the
+// newest committed one).
+type ResumeJob struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	JobId         string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	FromStep      int64                  `protobuf:"varint,2,opt,name=from_step,json=fromStep,proto3" json:"from_step,omitempty"`
+	Message       string                 `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResumeJob) Reset() {
+	*x = ResumeJob{}
+	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResumeJob) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResumeJob) ProtoMessage() {}
+
+func (x *ResumeJob) ProtoReflect() protoreflect.Message {
+	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResumeJob.ProtoReflect.Descriptor instead.
+func (*ResumeJob) Descriptor() ([]byte, []int) {
+	return file_switchyard_coordinator_v1_fsm_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *ResumeJob) GetJobId() string {
+	if x != nil {
+		return x.JobId
+	}
+	return ""
+}
+
+func (x *ResumeJob) GetFromStep() int64 {
+	if x != nil {
+		return x.FromStep
+	}
+	return 0
+}
+
+func (x *ResumeJob) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
 // Condition is one observed aspect of a job (e.g. "Scheduled",
 // "WorkersHealthy"), upserted by type.
 type Condition struct {
@@ -769,7 +848,7 @@ type Condition struct {
 
 func (x *Condition) Reset() {
 	*x = Condition{}
-	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[8]
+	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -781,7 +860,7 @@ func (x *Condition) String() string {
 func (*Condition) ProtoMessage() {}
 
 func (x *Condition) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[8]
+	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -794,7 +873,7 @@ func (x *Condition) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Condition.ProtoReflect.Descriptor instead.
 func (*Condition) Descriptor() ([]byte, []int) {
-	return file_switchyard_coordinator_v1_fsm_proto_rawDescGZIP(), []int{8}
+	return file_switchyard_coordinator_v1_fsm_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Condition) GetType() string {
@@ -842,7 +921,7 @@ type RankAssignment struct {
 
 func (x *RankAssignment) Reset() {
 	*x = RankAssignment{}
-	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[9]
+	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -854,7 +933,7 @@ func (x *RankAssignment) String() string {
 func (*RankAssignment) ProtoMessage() {}
 
 func (x *RankAssignment) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[9]
+	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -867,7 +946,7 @@ func (x *RankAssignment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RankAssignment.ProtoReflect.Descriptor instead.
 func (*RankAssignment) Descriptor() ([]byte, []int) {
-	return file_switchyard_coordinator_v1_fsm_proto_rawDescGZIP(), []int{9}
+	return file_switchyard_coordinator_v1_fsm_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *RankAssignment) GetRank() int32 {
@@ -901,7 +980,7 @@ type JobEvent struct {
 
 func (x *JobEvent) Reset() {
 	*x = JobEvent{}
-	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[10]
+	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -913,7 +992,7 @@ func (x *JobEvent) String() string {
 func (*JobEvent) ProtoMessage() {}
 
 func (x *JobEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[10]
+	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -926,7 +1005,7 @@ func (x *JobEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobEvent.ProtoReflect.Descriptor instead.
 func (*JobEvent) Descriptor() ([]byte, []int) {
-	return file_switchyard_coordinator_v1_fsm_proto_rawDescGZIP(), []int{10}
+	return file_switchyard_coordinator_v1_fsm_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *JobEvent) GetSeq() uint64 {
@@ -977,7 +1056,7 @@ type Progress struct {
 
 func (x *Progress) Reset() {
 	*x = Progress{}
-	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[11]
+	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -989,7 +1068,7 @@ func (x *Progress) String() string {
 func (*Progress) ProtoMessage() {}
 
 func (x *Progress) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[11]
+	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1002,7 +1081,7 @@ func (x *Progress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Progress.ProtoReflect.Descriptor instead.
 func (*Progress) Descriptor() ([]byte, []int) {
-	return file_switchyard_coordinator_v1_fsm_proto_rawDescGZIP(), []int{11}
+	return file_switchyard_coordinator_v1_fsm_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Progress) GetStep() int64 {
@@ -1067,13 +1146,15 @@ type Job struct {
 	SubmittedUnixNano int64  `protobuf:"varint,16,opt,name=submitted_unix_nano,json=submittedUnixNano,proto3" json:"submitted_unix_nano,omitempty"`
 	UpdatedUnixNano   int64  `protobuf:"varint,17,opt,name=updated_unix_nano,json=updatedUnixNano,proto3" json:"updated_unix_nano,omitempty"`
 	FinishedUnixNano  int64  `protobuf:"varint,18,opt,name=finished_unix_nano,json=finishedUnixNano,proto3" json:"finished_unix_nano,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// Checkpoint step the next attempt resumes from (0: the newest).
+	ResumeFromStep int64 `protobuf:"varint,19,opt,name=resume_from_step,json=resumeFromStep,proto3" json:"resume_from_step,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Job) Reset() {
 	*x = Job{}
-	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[12]
+	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1085,7 +1166,7 @@ func (x *Job) String() string {
 func (*Job) ProtoMessage() {}
 
 func (x *Job) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[12]
+	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1098,7 +1179,7 @@ func (x *Job) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Job.ProtoReflect.Descriptor instead.
 func (*Job) Descriptor() ([]byte, []int) {
-	return file_switchyard_coordinator_v1_fsm_proto_rawDescGZIP(), []int{12}
+	return file_switchyard_coordinator_v1_fsm_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Job) GetId() string {
@@ -1227,6 +1308,13 @@ func (x *Job) GetFinishedUnixNano() int64 {
 	return 0
 }
 
+func (x *Job) GetResumeFromStep() int64 {
+	if x != nil {
+		return x.ResumeFromStep
+	}
+	return 0
+}
+
 // Snapshot is the whole FSM state, as written to a raft snapshot.
 type Snapshot struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1242,7 +1330,7 @@ type Snapshot struct {
 
 func (x *Snapshot) Reset() {
 	*x = Snapshot{}
-	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[13]
+	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1254,7 +1342,7 @@ func (x *Snapshot) String() string {
 func (*Snapshot) ProtoMessage() {}
 
 func (x *Snapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[13]
+	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1267,7 +1355,7 @@ func (x *Snapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Snapshot.ProtoReflect.Descriptor instead.
 func (*Snapshot) Descriptor() ([]byte, []int) {
-	return file_switchyard_coordinator_v1_fsm_proto_rawDescGZIP(), []int{13}
+	return file_switchyard_coordinator_v1_fsm_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Snapshot) GetFormatVersion() uint32 {
@@ -1295,7 +1383,7 @@ var File_switchyard_coordinator_v1_fsm_proto protoreflect.FileDescriptor
 
 const file_switchyard_coordinator_v1_fsm_proto_rawDesc = "" +
 	"\n" +
-	"#switchyard/coordinator/v1/fsm.proto\x12\x19switchyard.coordinator.v1\"\xcf\x04\n" +
+	"#switchyard/coordinator/v1/fsm.proto\x12\x19switchyard.coordinator.v1\"\x96\x05\n" +
 	"\aCommand\x12\x1b\n" +
 	"\tunix_nano\x18\x01 \x01(\x03R\bunixNano\x12\x1d\n" +
 	"\n" +
@@ -1310,7 +1398,9 @@ const file_switchyard_coordinator_v1_fsm_proto_rawDesc = "" +
 	"\n" +
 	"cancel_job\x18\x0f \x01(\v2$.switchyard.coordinator.v1.CancelJobH\x00R\tcancelJob\x12H\n" +
 	"\vrequeue_job\x18\x10 \x01(\v2%.switchyard.coordinator.v1.RequeueJobH\x00R\n" +
-	"requeueJobB\x04\n" +
+	"requeueJob\x12E\n" +
+	"\n" +
+	"resume_job\x18\x11 \x01(\v2$.switchyard.coordinator.v1.ResumeJobH\x00R\tresumeJobB\x04\n" +
 	"\x02op\"\xa6\x01\n" +
 	"\tSubmitJob\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x12\n" +
@@ -1346,6 +1436,10 @@ const file_switchyard_coordinator_v1_fsm_proto_rawDesc = "" +
 	"RequeueJob\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x18\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\"Y\n" +
+	"\tResumeJob\x12\x15\n" +
+	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x1b\n" +
+	"\tfrom_step\x18\x02 \x01(\x03R\bfromStep\x12\x18\n" +
 	"\amessage\x18\x03 \x01(\tR\amessage\"\xa4\x01\n" +
 	"\tCondition\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12\x16\n" +
@@ -1368,7 +1462,7 @@ const file_switchyard_coordinator_v1_fsm_proto_rawDesc = "" +
 	"totalSteps\x12\x12\n" +
 	"\x04loss\x18\x03 \x01(\x01R\x04loss\x12*\n" +
 	"\x11tokens_per_second\x18\x04 \x01(\x01R\x0ftokensPerSecond\x12*\n" +
-	"\x11updated_unix_nano\x18\x05 \x01(\x03R\x0fupdatedUnixNano\"\xde\x05\n" +
+	"\x11updated_unix_nano\x18\x05 \x01(\x03R\x0fupdatedUnixNano\"\x88\x06\n" +
 	"\x03Job\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
@@ -1392,7 +1486,8 @@ const file_switchyard_coordinator_v1_fsm_proto_rawDesc = "" +
 	"submit_seq\x18\x0f \x01(\x04R\tsubmitSeq\x12.\n" +
 	"\x13submitted_unix_nano\x18\x10 \x01(\x03R\x11submittedUnixNano\x12*\n" +
 	"\x11updated_unix_nano\x18\x11 \x01(\x03R\x0fupdatedUnixNano\x12,\n" +
-	"\x12finished_unix_nano\x18\x12 \x01(\x03R\x10finishedUnixNano\"\x84\x01\n" +
+	"\x12finished_unix_nano\x18\x12 \x01(\x03R\x10finishedUnixNano\x12(\n" +
+	"\x10resume_from_step\x18\x13 \x01(\x03R\x0eresumeFromStep\"\x84\x01\n" +
 	"\bSnapshot\x12%\n" +
 	"\x0eformat_version\x18\x01 \x01(\rR\rformatVersion\x12\x1d\n" +
 	"\n" +
@@ -1420,7 +1515,7 @@ func file_switchyard_coordinator_v1_fsm_proto_rawDescGZIP() []byte {
 }
 
 var file_switchyard_coordinator_v1_fsm_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_switchyard_coordinator_v1_fsm_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_switchyard_coordinator_v1_fsm_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_switchyard_coordinator_v1_fsm_proto_goTypes = []any{
 	(JobState)(0),          // 0: switchyard.coordinator.v1.JobState
 	(*Command)(nil),        // 1: switchyard.coordinator.v1.Command
@@ -1431,12 +1526,13 @@ var file_switchyard_coordinator_v1_fsm_proto_goTypes = []any{
 	(*JobProgress)(nil),    // 6: switchyard.coordinator.v1.JobProgress
 	(*CancelJob)(nil),      // 7: switchyard.coordinator.v1.CancelJob
 	(*RequeueJob)(nil),     // 8: switchyard.coordinator.v1.RequeueJob
-	(*Condition)(nil),      // 9: switchyard.coordinator.v1.Condition
-	(*RankAssignment)(nil), // 10: switchyard.coordinator.v1.RankAssignment
-	(*JobEvent)(nil),       // 11: switchyard.coordinator.v1.JobEvent
-	(*Progress)(nil),       // 12: switchyard.coordinator.v1.Progress
-	(*Job)(nil),            // 13: switchyard.coordinator.v1.Job
-	(*Snapshot)(nil),       // 14: switchyard.coordinator.v1.Snapshot
+	(*ResumeJob)(nil),      // 9: switchyard.coordinator.v1.ResumeJob
+	(*Condition)(nil),      // 10: switchyard.coordinator.v1.Condition
+	(*RankAssignment)(nil), // 11: switchyard.coordinator.v1.RankAssignment
+	(*JobEvent)(nil),       // 12: switchyard.coordinator.v1.JobEvent
+	(*Progress)(nil),       // 13: switchyard.coordinator.v1.Progress
+	(*Job)(nil),            // 14: switchyard.coordinator.v1.Job
+	(*Snapshot)(nil),       // 15: switchyard.coordinator.v1.Snapshot
 }
 var file_switchyard_coordinator_v1_fsm_proto_depIdxs = []int32{
 	2,  // 0: switchyard.coordinator.v1.Command.submit_job:type_name -> switchyard.coordinator.v1.SubmitJob
@@ -1446,21 +1542,22 @@ var file_switchyard_coordinator_v1_fsm_proto_depIdxs = []int32{
 	6,  // 4: switchyard.coordinator.v1.Command.job_progress:type_name -> switchyard.coordinator.v1.JobProgress
 	7,  // 5: switchyard.coordinator.v1.Command.cancel_job:type_name -> switchyard.coordinator.v1.CancelJob
 	8,  // 6: switchyard.coordinator.v1.Command.requeue_job:type_name -> switchyard.coordinator.v1.RequeueJob
-	0,  // 7: switchyard.coordinator.v1.SetJobState.state:type_name -> switchyard.coordinator.v1.JobState
-	9,  // 8: switchyard.coordinator.v1.SetJobState.condition:type_name -> switchyard.coordinator.v1.Condition
-	10, // 9: switchyard.coordinator.v1.PlaceJob.placement:type_name -> switchyard.coordinator.v1.RankAssignment
-	11, // 10: switchyard.coordinator.v1.RecordEvent.event:type_name -> switchyard.coordinator.v1.JobEvent
-	0,  // 11: switchyard.coordinator.v1.Job.state:type_name -> switchyard.coordinator.v1.JobState
-	9,  // 12: switchyard.coordinator.v1.Job.conditions:type_name -> switchyard.coordinator.v1.Condition
-	10, // 13: switchyard.coordinator.v1.Job.placement:type_name -> switchyard.coordinator.v1.RankAssignment
-	12, // 14: switchyard.coordinator.v1.Job.progress:type_name -> switchyard.coordinator.v1.Progress
-	11, // 15: switchyard.coordinator.v1.Job.events:type_name -> switchyard.coordinator.v1.JobEvent
-	13, // 16: switchyard.coordinator.v1.Snapshot.jobs:type_name -> switchyard.coordinator.v1.Job
-	17, // [17:17] is the sub-list for method output_type
-	17, // [17:17] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	9,  // 7: switchyard.coordinator.v1.Command.resume_job:type_name -> switchyard.coordinator.v1.ResumeJob
+	0,  // 8: switchyard.coordinator.v1.SetJobState.state:type_name -> switchyard.coordinator.v1.JobState
+	10, // 9: switchyard.coordinator.v1.SetJobState.condition:type_name -> switchyard.coordinator.v1.Condition
+	11, // 10: switchyard.coordinator.v1.PlaceJob.placement:type_name -> switchyard.coordinator.v1.RankAssignment
+	12, // 11: switchyard.coordinator.v1.RecordEvent.event:type_name -> switchyard.coordinator.v1.JobEvent
+	0,  // 12: switchyard.coordinator.v1.Job.state:type_name -> switchyard.coordinator.v1.JobState
+	10, // 13: switchyard.coordinator.v1.Job.conditions:type_name -> switchyard.coordinator.v1.Condition
+	11, // 14: switchyard.coordinator.v1.Job.placement:type_name -> switchyard.coordinator.v1.RankAssignment
+	13, // 15: switchyard.coordinator.v1.Job.progress:type_name -> switchyard.coordinator.v1.Progress
+	12, // 16: switchyard.coordinator.v1.Job.events:type_name -> switchyard.coordinator.v1.JobEvent
+	14, // 17: switchyard.coordinator.v1.Snapshot.jobs:type_name -> switchyard.coordinator.v1.Job
+	18, // [18:18] is the sub-list for method output_type
+	18, // [18:18] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_switchyard_coordinator_v1_fsm_proto_init() }
@@ -1476,6 +1573,7 @@ func file_switchyard_coordinator_v1_fsm_proto_init() {
 		(*Command_JobProgress)(nil),
 		(*Command_CancelJob)(nil),
 		(*Command_RequeueJob)(nil),
+		(*Command_ResumeJob)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1483,7 +1581,7 @@ func file_switchyard_coordinator_v1_fsm_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_switchyard_coordinator_v1_fsm_proto_rawDesc), len(file_switchyard_coordinator_v1_fsm_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   14,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

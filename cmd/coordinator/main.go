@@ -1,0 +1,172 @@
+// Command coordinator runs one replica of the Switchyard coordinator: the
+// raft-replicated job state, the gRPC API and, on the leader, the
+// scheduler and job supervision. With --dev it is a whole one-machine
+// cluster control plane: embedded etcd and NATS and a single raft replica,
+// on loopback only.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/switchyard-ml/switchyard/pkg/controller"
+	"github.com/switchyard-ml/switchyard/pkg/coordinator"
+	"github.com/switchyard-ml/switchyard/pkg/security"
+)
+
+const usage = `coordinator — a Switchyard coordinator replica
+
+usage:
+  coordinator --dev [--data-dir DIR]                 one-machine control plane (embedded etcd and NATS)
+  coordinator --id ID --data-dir DIR --raft-addr HOST:PORT --api-addr HOST:PORT \
+              --etcd-endpoints URL[,URL] [--nats-url URL] \
+              [--bootstrap --peers ID=RAFT_ADDR,...]   a replica of a 1-, 3- or 5-replica cluster
+
+Start every replica of a new cluster with --bootstrap and the same --peers
+(or bootstrap one and add the others with "switchyard cluster add-replica").
+A restarted replica keeps its --id, --data-dir and --raft-addr.
+
+Security: --token (or SWITCHYARD_TOKEN) makes every API call need
+"Bearer <token>"; --tls-ca/--tls-cert/--tls-key turn on mutual TLS. An API
+or raft address that is not loopback is refused without TLS unless
+--insecure is given (raft traffic itself is never encrypted: keep it on a
+private network).
+
+flags:
+`
+
+func main() {
+	os.Exit(run(os.Args[1:]))
+}
+
+func run(args []string) int {
+	fs := flag.NewFlagSet("coordinator", flag.ContinueOnError)
+	fs.Usage = func() { fmt.Fprint(os.Stderr, usage); fs.PrintDefaults() }
+	var (
+		dev         = fs.Bool("dev", false, "embedded etcd and NATS, one raft replica, loopback only")
+		id          = fs.String("id", "", "replica ID (stable across restarts; default coord-1 with --dev)")
+		dataDir     = fs.String("data-dir", "", "raft log, snapshots (and the dev servers' data); default .switchyard-dev with --dev")
+		raftAddr    = fs.String("raft-addr", "127.0.0.1:7401", "raft TCP listen address")
+		raftAdv     = fs.String("raft-advertise", "", "raft address the other replicas dial (default --raft-addr)")
+		apiAddr     = fs.String("api-addr", "127.0.0.1:7400", "gRPC API listen address")
+		apiAdv      = fs.String("api-advertise", "", "API address other replicas forward writes to (default --api-addr)")
+		bootstrap   = fs.Bool("bootstrap", false, "create the cluster if the data directory is empty")
+		peers       = fs.String("peers", "", "initial voters for --bootstrap: ID=RAFT_ADDR,... (empty: this replica alone)")
+		etcd        = fs.String("etcd-endpoints", "", "comma-separated etcd endpoints")
+		natsURL     = fs.String("nats-url", "", "NATS URL for events, logs and metrics (empty: none)")
+		token       = fs.String("token", "", "bearer token clients must present (default $SWITCHYARD_TOKEN)")
+		tlsCA       = fs.String("tls-ca", "", "CA certificate (PEM) that signs client certificates")
+		tlsCert     = fs.String("tls-cert", "", "server certificate (PEM)")
+		tlsKey      = fs.String("tls-key", "", "server private key (PEM)")
+		insecure    = fs.Bool("insecure", false, "allow non-loopback listeners without TLS")
+		ckRoot      = fs.String("checkpoint-root", "", "shared checkpoint storage as mounted here (for checkpoints delete)")
+		heartbeat   = fs.Duration("heartbeat-timeout", 0, "raft heartbeat timeout (default 1s)")
+		election    = fs.Duration("election-timeout", 0, "raft election timeout (default 1s)")
+		leaderLease = fs.Duration("leader-lease-timeout", 0, "raft leader lease timeout (default 500ms)")
+		logLevel    = fs.String("log-level", "info", "debug, info, warn or error")
+	)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		fmt.Fprintf(os.Stderr, "coordinator: --log-level %q: %v\n", *logLevel, err)
+		return 2
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	if *token == "" {
+		*token = os.Getenv("SWITCHYARD_TOKEN")
+	}
+	if *dev {
+		if *id == "" {
+			*id = "coord-1"
+		}
+		if *dataDir == "" {
+			*dataDir = ".switchyard-dev"
+		}
+		*bootstrap = true
+	}
+	rc := coordinator.DefaultConfig()
+	rc.ID, rc.BindAddr, rc.AdvertiseAddr, rc.DataDir, rc.Bootstrap = *id, *raftAddr, *raftAdv, *dataDir, *bootstrap
+	if *heartbeat > 0 {
+		rc.HeartbeatTimeout = *heartbeat
+	}
+	if *election > 0 {
+		rc.ElectionTimeout = *election
+	}
+	if *leaderLease > 0 {
+		rc.LeaderLeaseTimeout = *leaderLease
+	}
+	if *peers != "" {
+		for _, p := range strings.Split(*peers, ",") {
+			pid, addr, ok := strings.Cut(strings.TrimSpace(p), "=")
+			if !ok || pid == "" || addr == "" {
+				fmt.Fprintf(os.Stderr, "coordinator: --peers entry %q: want ID=RAFT_ADDR\n", p)
+				return 2
+			}
+			rc.Servers = append(rc.Servers, coordinator.Server{ID: pid, Address: addr})
+		}
+	}
+	if err := rc.Validate(); err != nil {
+		fmt.Fprintln(os.Stderr, "coordinator:", err)
+		return 2
+	}
+	if !*dev && *etcd == "" {
+		fmt.Fprintln(os.Stderr, "coordinator: --etcd-endpoints is required (or --dev)")
+		return 2
+	}
+	var eps []string
+	if *etcd != "" {
+		eps = strings.Split(*etcd, ",")
+	}
+	if *ckRoot != "" && !filepath.IsAbs(*ckRoot) {
+		fmt.Fprintf(os.Stderr, "coordinator: --checkpoint-root %q must be absolute\n", *ckRoot)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	d, err := controller.Start(ctx, controller.DaemonConfig{
+		Raft: rc, APIListen: *apiAddr, APIAdvertise: *apiAdv,
+		EtcdEndpoints: eps, NATSURL: *natsURL, Dev: *dev,
+		Token: *token, TLS: security.TLSFiles{CA: *tlsCA, Cert: *tlsCert, Key: *tlsKey}, Insecure: *insecure,
+		CheckpointRoot: *ckRoot, Logger: log,
+	})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "coordinator:", err)
+		if errors.Is(err, security.ErrInsecureListen) || errors.Is(err, coordinator.ErrInvalidConfig) {
+			return 2
+		}
+		return 1
+	}
+	if *dev {
+		fmt.Fprintf(os.Stderr, "dev cluster: API %s  etcd %s  NATS %s\n", d.APIAddr, strings.Join(d.Etcd, ","), d.NATSURL)
+		fmt.Fprintf(os.Stderr, "workers join with: worker --coordinators %s --etcd-endpoints %s --nats-url %s --storage-path /abs/path --listen-address 127.0.0.1:PORT\n",
+			d.APIAddr, strings.Join(d.Etcd, ","), d.NATSURL)
+	}
+	<-ctx.Done()
+	log.Info("shutting down")
+	done := make(chan error, 1)
+	go func() { done <- d.Close() }()
+	select {
+	case err = <-done:
+	case <-time.After(20 * time.Second):
+		err = errors.New("shutdown took longer than 20s")
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "coordinator: shutdown:", err)
+		return 1
+	}
+	return 0
+}

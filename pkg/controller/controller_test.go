@@ -1,0 +1,434 @@
+package controller
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/switchyard-ml/switchyard/pkg/client"
+	"github.com/switchyard-ml/switchyard/pkg/coordinator"
+	"github.com/switchyard-ml/switchyard/pkg/events"
+	"github.com/switchyard-ml/switchyard/pkg/membership"
+	"github.com/switchyard-ml/switchyard/pkg/security"
+	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
+	pb "github.com/switchyard-ml/switchyard/proto/switchyard/coordinator/v1"
+)
+
+// harness is an in-process control plane: raft replicas with their API
+// servers over loopback gRPC, in-memory membership and event bus.
+type harness struct {
+	t        *testing.T
+	members  *membership.MemoryServer
+	dir      *membership.MemoryServer
+	bus      *events.Memory
+	replicas []*replica
+}
+
+type replica struct {
+	node   *coordinator.Node
+	srv    *Server
+	addr   string
+	grpc   *grpc.Server
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+func quietLogger(t *testing.T) *slog.Logger {
+	if testing.Verbose() {
+		return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+type tWriter struct{ t *testing.T }
+
+func (w tWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
+}
+
+func freePorts(t *testing.T, n int) []string {
+	t.Helper()
+	var out []string
+	var ls []net.Listener
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ls = append(ls, l)
+		out = append(out, l.Addr().String())
+	}
+	for _, l := range ls {
+		l.Close()
+	}
+	return out
+}
+
+// newHarness starts n replicas bootstrapped together.
+func newHarness(t *testing.T, n int, token string) *harness {
+	t.Helper()
+	h := &harness{t: t, members: membership.NewMemoryServer(), dir: membership.NewMemoryServer(), bus: events.NewMemory()}
+	t.Cleanup(func() { h.bus.Close(); h.members.Stop(); h.dir.Stop() })
+	raftAddrs := freePorts(t, n)
+	var servers []coordinator.Server
+	for i := range n {
+		servers = append(servers, coordinator.Server{ID: fmt.Sprintf("c%d", i+1), Address: raftAddrs[i]})
+	}
+	for i := range n {
+		cfg := coordinator.DefaultConfig()
+		cfg.ID, cfg.BindAddr, cfg.DataDir = servers[i].ID, raftAddrs[i], filepath.Join(t.TempDir(), servers[i].ID)
+		cfg.Bootstrap, cfg.Servers = true, servers
+		cfg.HeartbeatTimeout, cfg.ElectionTimeout, cfg.LeaderLeaseTimeout = 300*time.Millisecond, 300*time.Millisecond, 150*time.Millisecond
+		cfg.Logger = quietLogger(t)
+		node, err := coordinator.NewNode(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lis, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv, err := New(Config{
+			Node: node, APIAddr: lis.Addr().String(),
+			Workers:  membership.NewMemory(h.members),
+			Replicas: membership.NewMemory(h.dir),
+			Bus:      h.bus, Token: token, Tick: 50 * time.Millisecond, ProgressEvery: 100 * time.Millisecond,
+			Logger: cfg.Logger,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := &replica{node: node, srv: srv, addr: lis.Addr().String(), grpc: grpc.NewServer(security.ServerOptions(token)...), done: make(chan struct{})}
+		apiv1.RegisterCoordinatorServer(r.grpc, srv)
+		go r.grpc.Serve(lis) //nolint:errcheck
+		ctx, cancel := context.WithCancel(context.Background())
+		r.cancel = cancel
+		go func() { defer close(r.done); srv.Run(ctx) }() //nolint:errcheck
+		h.replicas = append(h.replicas, r)
+		t.Cleanup(r.stop)
+	}
+	return h
+}
+
+func (r *replica) stop() {
+	r.grpc.Stop()
+	r.cancel()
+	<-r.done
+	r.node.Shutdown()
+}
+
+func (h *harness) leader() *replica {
+	h.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		for _, r := range h.replicas {
+			if r.node.IsLeader() {
+				return r
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	h.t.Fatal("no leader within 10s")
+	return nil
+}
+
+func (h *harness) client(r *replica, token string) *client.Client {
+	h.t.Helper()
+	c, err := client.Dial(client.Options{Endpoints: []string{r.addr}, Token: token})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// worker registers a fake worker in the in-memory membership.
+func (h *harness) worker(id string) membership.Registration {
+	h.t.Helper()
+	reg, err := membership.NewMemory(h.members).Register(context.Background(), membership.WorkerInfo{
+		ID: id, Address: "127.0.0.1:1" + id[len(id)-1:] + "000", Host: "host-" + id,
+		Resources: membership.Resources{CPUCores: 2, MemoryBytes: 4 << 30},
+	}, 2*time.Second)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return reg
+}
+
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// waitJob polls until cond holds for the job as c sees it.
+func waitJob(t *testing.T, c apiv1.CoordinatorClient, id string, what string, cond func(*pb.Job) bool) *pb.Job {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	var last *pb.Job
+	for time.Now().Before(deadline) {
+		r, err := c.GetJob(ctxT(t), &apiv1.GetJobRequest{JobId: id})
+		if err == nil {
+			last = r.Job
+			if cond(r.Job) {
+				return r.Job
+			}
+		}
+		time.Sleep(30 * time.Millisecond)
+	}
+	t.Fatalf("job %s never %s; last: %v", id, what, last)
+	return nil
+}
+
+const spec2 = `name: demo
+parallel: {dp: 2, ep: 2}
+steps: 10
+resources: {cpu_cores: 1, memory_mib: 512}
+restart: {max_restarts: %d, backoff_seconds: 0}
+`
+
+func submit(t *testing.T, c apiv1.CoordinatorClient, id string, maxRestarts int) *pb.Job {
+	t.Helper()
+	r, err := c.SubmitJob(ctxT(t), &apiv1.SubmitJobRequest{JobId: id, Spec: []byte(fmt.Sprintf(spec2, maxRestarts))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r.Job
+}
+
+func syncTasks(t *testing.T, c apiv1.CoordinatorClient, worker string, tasks ...*apiv1.TaskStatus) []*apiv1.Task {
+	t.Helper()
+	r, err := c.SyncWorker(ctxT(t), &apiv1.SyncWorkerRequest{WorkerId: worker, Tasks: tasks})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r.Tasks
+}
+
+func waitTasks(t *testing.T, c apiv1.CoordinatorClient, worker string, n int) []*apiv1.Task {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if ts := syncTasks(t, c, worker); len(ts) == n {
+			return ts
+		}
+		time.Sleep(30 * time.Millisecond)
+	}
+	t.Fatalf("worker %s never got %d tasks", worker, n)
+	return nil
+}
+
+func status_(task *apiv1.Task, st apiv1.TaskState, step int64) *apiv1.TaskStatus {
+	return &apiv1.TaskStatus{JobId: task.JobId, Attempt: task.Attempt, Rank: task.Rank, State: st, Step: step, Loss: 2.5, TokensPerSecond: 1000}
+}
+
+// TestJobLifecycle: a job waits with a reason until enough workers join, is
+// gang-placed, runs, reports progress and succeeds once every rank did.
+func TestJobLifecycle(t *testing.T) {
+	h := newHarness(t, 1, "")
+	c := h.client(h.leader(), "")
+	h.worker("w1")
+	submit(t, c, "job-a", 0)
+	j := waitJob(t, c, "job-a", "explains why it waits", func(j *pb.Job) bool { return pendingReason(j) != "" })
+	if r := pendingReason(j); !strings.Contains(r, "needs 2 workers") {
+		t.Fatalf("pending reason %q does not say what the job needs", r)
+	}
+	h.worker("w2")
+	j = waitJob(t, c, "job-a", "placed", func(j *pb.Job) bool { return j.State == pb.JobState_JOB_STATE_PLACED })
+	got := map[string]int32{}
+	for _, a := range j.Placement {
+		got[a.WorkerId] = a.Rank
+	}
+	if len(got) != 2 {
+		t.Fatalf("placement %v: want two distinct workers", j.Placement)
+	}
+	t1, t2 := waitTasks(t, c, "w1", 1)[0], waitTasks(t, c, "w2", 1)[0]
+	if t1.WorldSize != 2 || len(t1.Peers) != 2 || t1.Dp != 2 || t1.Ep != 2 || t1.Peers[t1.Rank] != "127.0.0.1:11000" {
+		t.Fatalf("task %v: wrong layout or peers", t1)
+	}
+	r0, r1 := t1, t2
+	if t1.Rank == 1 {
+		r0, r1 = t2, t1
+	}
+	w0, w1 := "w1", "w2"
+	if t1.Rank == 1 {
+		w0, w1 = w1, w0
+	}
+	syncTasks(t, c, w0, status_(r0, apiv1.TaskState_TASK_STATE_RUNNING, 3))
+	j = waitJob(t, c, "job-a", "running", func(j *pb.Job) bool { return j.State == pb.JobState_JOB_STATE_RUNNING })
+	if j.Progress.GetStep() != 3 || j.Progress.GetLoss() != 2.5 {
+		t.Fatalf("progress %v", j.Progress)
+	}
+	syncTasks(t, c, w0, status_(r0, apiv1.TaskState_TASK_STATE_SUCCEEDED, 10))
+	time.Sleep(150 * time.Millisecond)
+	if j := waitJob(t, c, "job-a", "read", func(*pb.Job) bool { return true }); j.State != pb.JobState_JOB_STATE_RUNNING {
+		t.Fatalf("job is %v with one of two ranks finished", j.State)
+	}
+	syncTasks(t, c, w1, status_(r1, apiv1.TaskState_TASK_STATE_SUCCEEDED, 0))
+	j = waitJob(t, c, "job-a", "succeeded", func(j *pb.Job) bool { return j.State == pb.JobState_JOB_STATE_SUCCEEDED })
+	if j.Progress.GetStep() != 10 {
+		t.Fatalf("final progress %v, want step 10", j.Progress)
+	}
+	if ts := syncTasks(t, c, w0); len(ts) != 0 {
+		t.Fatalf("finished job still hands out tasks: %v", ts)
+	}
+	// the lifecycle reached the bus as well
+	msgs, err := h.bus.History(ctxT(t), events.Filter{Kind: events.KindEvent, JobID: "job-a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var types []string
+	for _, m := range msgs {
+		types = append(types, m.Event.Type)
+	}
+	if got := strings.Join(types, ","); got != "Submitted,Placed,Running,Succeeded" {
+		t.Fatalf("bus events %s", got)
+	}
+}
+
+// TestWorkerLostFailsJob: with no restarts allowed, a worker whose lease
+// ends fails the job with a reason naming it, and the queue moves on.
+func TestWorkerLostFailsJob(t *testing.T) {
+	h := newHarness(t, 1, "")
+	c := h.client(h.leader(), "")
+	regs := map[string]membership.Registration{"w1": h.worker("w1"), "w2": h.worker("w2"), "w3": h.worker("w3")}
+	submit(t, c, "job-a", 0)
+	j := waitJob(t, c, "job-a", "placed", func(j *pb.Job) bool { return j.State == pb.JobState_JOB_STATE_PLACED })
+	victim := j.Placement[1].WorkerId
+	if err := regs[victim].Close(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	j = waitJob(t, c, "job-a", "failed", func(j *pb.Job) bool { return j.State == pb.JobState_JOB_STATE_FAILED })
+	if j.Reason != "WorkerLost" || !strings.Contains(j.Message, victim) {
+		t.Fatalf("failed with %s: %s; want WorkerLost naming %s", j.Reason, j.Message, victim)
+	}
+	// the queue moves on: a second job gets the two workers left
+	submit(t, c, "job-b", 0)
+	waitJob(t, c, "job-b", "placed", func(j *pb.Job) bool { return j.State == pb.JobState_JOB_STATE_PLACED })
+}
+
+// TestRankFailureRequeues: a failed rank requeues the job (restart policy),
+// the next attempt is a new task, and reports of the old attempt are ignored.
+func TestRankFailureRequeues(t *testing.T) {
+	h := newHarness(t, 1, "")
+	c := h.client(h.leader(), "")
+	h.worker("w1")
+	h.worker("w2")
+	submit(t, c, "job-a", 1)
+	waitJob(t, c, "job-a", "placed", func(j *pb.Job) bool { return j.State == pb.JobState_JOB_STATE_PLACED })
+	task := waitTasks(t, c, "w1", 1)[0]
+	if task.Attempt != 0 {
+		t.Fatalf("first attempt %d", task.Attempt)
+	}
+	fail := status_(task, apiv1.TaskState_TASK_STATE_FAILED, 0)
+	fail.Message = "exit status 1: boom"
+	syncTasks(t, c, "w1", fail)
+	j := waitJob(t, c, "job-a", "placed again", func(j *pb.Job) bool {
+		return j.Restarts == 1 && j.State == pb.JobState_JOB_STATE_PLACED
+	})
+	found := false
+	for _, e := range j.Events {
+		found = found || (e.Type == "RankFailed" && strings.Contains(e.Message, "boom") && e.WorkerId == "w1")
+	}
+	if !found {
+		t.Fatalf("no RankFailed event naming the error: %v", j.Events)
+	}
+	// the stale failure report again must not count another restart
+	syncTasks(t, c, "w1", fail)
+	next := waitTasks(t, c, "w1", 1)[0]
+	if next.Attempt != 1 {
+		t.Fatalf("second attempt %d", next.Attempt)
+	}
+	fail2 := status_(next, apiv1.TaskState_TASK_STATE_FAILED, 0)
+	syncTasks(t, c, "w1", fail2)
+	j = waitJob(t, c, "job-a", "failed", func(j *pb.Job) bool { return j.State == pb.JobState_JOB_STATE_FAILED })
+	if j.Restarts != 1 || !strings.Contains(j.Message, "no restarts left") {
+		t.Fatalf("restarts %d, message %q", j.Restarts, j.Message)
+	}
+	// resume by hand: a new attempt from the chosen step
+	r, err := c.ResumeJob(ctxT(t), &apiv1.ResumeJobRequest{JobId: "job-a", FromStep: 40})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Job.State != pb.JobState_JOB_STATE_PENDING || r.Job.Restarts != 2 {
+		t.Fatalf("resumed job %v", r.Job)
+	}
+	if task := waitTasks(t, c, "w1", 1)[0]; task.ResumeFromStep != 40 || task.Attempt != 2 {
+		t.Fatalf("resumed task %v", task)
+	}
+}
+
+// TestCancelStopsTasks: cancelling takes the job's tasks away.
+func TestCancelStopsTasks(t *testing.T) {
+	h := newHarness(t, 1, "")
+	c := h.client(h.leader(), "")
+	h.worker("w1")
+	h.worker("w2")
+	submit(t, c, "job-a", 0)
+	waitTasks(t, c, "w1", 1)
+	if _, err := c.CancelJob(ctxT(t), &apiv1.CancelJobRequest{JobId: "job-a"}); err != nil {
+		t.Fatal(err)
+	}
+	waitTasks(t, c, "w1", 0)
+	if _, err := c.CancelJob(ctxT(t), &apiv1.CancelJobRequest{JobId: "nope"}); status.Code(err) != codes.NotFound {
+		t.Fatalf("cancel of an unknown job: %v", err)
+	}
+}
+
+// TestFollowerForwardsAndToken: writes sent to a follower reach the leader;
+// calls without the token are refused; a bad spec names its field.
+func TestFollowerForwardsAndToken(t *testing.T) {
+	h := newHarness(t, 3, "s3cret")
+	lead := h.leader()
+	var follower *replica
+	for _, r := range h.replicas {
+		if r != lead {
+			follower = r
+			break
+		}
+	}
+	// the follower needs the leader's directory entry
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		follower.srv.mu.Lock()
+		_, ok := follower.srv.replicas[lead.node.ID()]
+		follower.srv.mu.Unlock()
+		if ok || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	c := h.client(follower, "s3cret")
+	if j := submit(t, c, "job-f", 0); j.State != pb.JobState_JOB_STATE_PENDING {
+		t.Fatalf("submitted through a follower: %v", j)
+	}
+	if _, err := lead.node.Job("job-f"); err != nil {
+		t.Fatalf("leader does not have the job: %v", err)
+	}
+	_, err := c.SubmitJob(ctxT(t), &apiv1.SubmitJobRequest{Spec: []byte("name: x\nparallel: {dp: 4, ep: 3}\n")})
+	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "parallel.ep = 3") {
+		t.Fatalf("bad spec: %v", err)
+	}
+	bad := h.client(follower, "wrong")
+	if _, err := bad.ListJobs(ctxT(t), &apiv1.ListJobsRequest{}); status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("wrong token: %v", err)
+	}
+	cs, err := c.ClusterStatus(ctxT(t), &apiv1.ClusterStatusRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cs.Replicas) != 3 || cs.LeaderId != lead.node.ID() || cs.AnsweredBy != follower.node.ID() {
+		t.Fatalf("cluster status %v", cs)
+	}
+}

@@ -1,0 +1,240 @@
+package controller
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	"github.com/switchyard-ml/switchyard/pkg/checkpoint"
+	"github.com/switchyard-ml/switchyard/pkg/coordinator"
+	"github.com/switchyard-ml/switchyard/pkg/devcluster"
+	"github.com/switchyard-ml/switchyard/pkg/events"
+	"github.com/switchyard-ml/switchyard/pkg/jobspec"
+	"github.com/switchyard-ml/switchyard/pkg/membership"
+	"github.com/switchyard-ml/switchyard/pkg/security"
+	"github.com/switchyard-ml/switchyard/pkg/train"
+	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
+	pb "github.com/switchyard-ml/switchyard/proto/switchyard/coordinator/v1"
+)
+
+// DaemonConfig is one coordinator process.
+type DaemonConfig struct {
+	// Raft replica settings (ID, BindAddr, DataDir, Bootstrap, Servers,
+	// timings). In dev mode DataDir also holds the embedded servers.
+	Raft coordinator.Config
+	// APIListen is the gRPC listen address; APIAdvertise what others dial
+	// (default: the listen address, with the real port when it was :0).
+	APIListen    string
+	APIAdvertise string
+	// EtcdEndpoints and NATSURL locate the cluster's etcd and NATS (both
+	// ignored in dev mode, which embeds them). NATSURL "" : no event bus.
+	EtcdEndpoints []string
+	NATSURL       string
+	// Dev embeds etcd and NATS, and allows loopback addresses only.
+	Dev bool
+	// Token is required from clients when set; TLS turns on mutual TLS;
+	// Insecure allows a non-loopback listener without TLS.
+	Token    string
+	TLS      security.TLSFiles
+	Insecure bool
+	// CheckpointRoot is the shared checkpoint storage as mounted here (the
+	// directory of jobs whose spec names no checkpoint path); "" : only
+	// jobs with an absolute checkpoint path are listed and deleted.
+	CheckpointRoot string
+	// Tick is the supervision period (default 250ms).
+	Tick   time.Duration
+	Logger *slog.Logger
+}
+
+// Daemon is a running coordinator: raft node, API server, supervision.
+type Daemon struct {
+	Node    *coordinator.Node
+	Server  *Server
+	Dev     *devcluster.Cluster // nil unless dev mode
+	APIAddr string
+	Etcd    []string
+	NATSURL string
+
+	grpc   *grpc.Server
+	cli    *clientv3.Client
+	bus    events.Bus
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	closed sync.Once
+}
+
+// Start brings a coordinator up; Close takes it down.
+func Start(ctx context.Context, cfg DaemonConfig) (d *Daemon, err error) {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	tlsOn := cfg.TLS.Enabled()
+	if cfg.Dev {
+		for _, a := range []string{cfg.APIListen, cfg.Raft.BindAddr} {
+			if !security.IsLoopback(a) {
+				return nil, fmt.Errorf("controller: dev mode is loopback-only; %q is not a loopback address", a)
+			}
+		}
+	}
+	for _, a := range []string{cfg.APIListen} {
+		if err := security.CheckListen(a, tlsOn, cfg.Insecure); err != nil {
+			return nil, err
+		}
+	}
+	if err := security.CheckListen(cfg.Raft.BindAddr, false, cfg.Insecure); err != nil {
+		return nil, fmt.Errorf("controller: raft traffic is not encrypted: %w", err)
+	}
+	d = &Daemon{}
+	defer func() {
+		if err != nil {
+			d.Close()
+		}
+	}()
+	if cfg.Dev {
+		if d.Dev, err = devcluster.Start(ctx, devcluster.Config{DataDir: filepath.Join(cfg.Raft.DataDir, "dev")}); err != nil {
+			return nil, fmt.Errorf("controller: dev cluster: %w", err)
+		}
+		cfg.EtcdEndpoints, cfg.NATSURL = d.Dev.EtcdEndpoints(), d.Dev.NATSURL()
+	}
+	if len(cfg.EtcdEndpoints) == 0 {
+		return nil, errors.New("controller: no etcd endpoints (give --etcd-endpoints, or --dev)")
+	}
+	d.Etcd, d.NATSURL = cfg.EtcdEndpoints, cfg.NATSURL
+	if d.cli, err = clientv3.New(clientv3.Config{Endpoints: cfg.EtcdEndpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()}); err != nil {
+		return nil, fmt.Errorf("controller: etcd client: %w", err)
+	}
+	if cfg.NATSURL != "" {
+		if d.bus, err = events.NewNATS(events.NATSConfig{URL: cfg.NATSURL, Name: "coordinator-" + cfg.Raft.ID, Logger: log}); err != nil {
+			return nil, fmt.Errorf("controller: NATS: %w", err)
+		}
+	}
+	lis, err := net.Listen("tcp", cfg.APIListen)
+	if err != nil {
+		return nil, fmt.Errorf("controller: API listen: %w", err)
+	}
+	d.APIAddr = cfg.APIAdvertise
+	if d.APIAddr == "" {
+		d.APIAddr = lis.Addr().String()
+	}
+	cfg.Raft.Logger = log
+	if d.Node, err = coordinator.NewNode(cfg.Raft); err != nil {
+		lis.Close()
+		return nil, err
+	}
+	var cps Checkpoints = etcdCheckpoints{cat: checkpoint.NewEtcdCatalogue(d.cli, train.CataloguePrefix), root: cfg.CheckpointRoot, log: log}
+	var busCfg events.Bus
+	if d.bus != nil {
+		busCfg = d.bus
+	}
+	d.Server, err = New(Config{
+		Node: d.Node, APIAddr: d.APIAddr,
+		Workers:     membership.NewEtcd(d.cli, membership.DefaultPrefix, log),
+		Replicas:    membership.NewEtcd(d.cli, ReplicaPrefix, log),
+		Bus:         busCfg,
+		Checkpoints: cps,
+		Token:       cfg.Token, TLS: cfg.TLS,
+		Tick: cfg.Tick, Logger: log,
+	})
+	if err != nil {
+		lis.Close()
+		return nil, err
+	}
+	opts := security.ServerOptions(cfg.Token)
+	if tlsOn {
+		tc, err := security.ServerTLS(cfg.TLS)
+		if err != nil {
+			lis.Close()
+			return nil, err
+		}
+		opts = append(opts, grpc.Creds(credentials.NewTLS(tc)))
+	}
+	d.grpc = grpc.NewServer(opts...)
+	apiv1.RegisterCoordinatorServer(d.grpc, d.Server)
+	rctx, cancel := context.WithCancel(context.Background())
+	d.cancel = cancel
+	d.wg.Add(2)
+	go func() { defer d.wg.Done(); d.grpc.Serve(lis) }()  //nolint:errcheck // ends with Stop
+	go func() { defer d.wg.Done(); d.Server.Run(rctx) }() //nolint:errcheck // returns nil when stopped
+	log.Info("coordinator started", "id", cfg.Raft.ID, "raft", d.Node.Addr(), "api", d.APIAddr, "etcd", cfg.EtcdEndpoints, "nats", cfg.NATSURL, "dev", cfg.Dev)
+	return d, nil
+}
+
+// Close stops serving, stops supervision, shuts raft down and, in dev
+// mode, the embedded servers.
+func (d *Daemon) Close() error {
+	var errs []error
+	d.closed.Do(func() {
+		if d.grpc != nil {
+			stopped := make(chan struct{})
+			go func() { d.grpc.GracefulStop(); close(stopped) }()
+			select {
+			case <-stopped:
+			case <-time.After(3 * time.Second):
+				d.grpc.Stop() // streams (logs -f, watch) do not end by themselves
+			}
+		}
+		if d.cancel != nil {
+			d.cancel()
+		}
+		d.wg.Wait()
+		if d.Node != nil {
+			errs = append(errs, d.Node.Shutdown())
+		}
+		if d.bus != nil {
+			errs = append(errs, d.bus.Close())
+		}
+		if d.cli != nil {
+			errs = append(errs, d.cli.Close())
+		}
+		if d.Dev != nil {
+			errs = append(errs, d.Dev.Close())
+		}
+	})
+	return errors.Join(errs...)
+}
+
+// etcdCheckpoints reads the checkpoint catalogue the ranks commit to and
+// deletes through a Manager over the job's storage.
+type etcdCheckpoints struct {
+	cat  checkpoint.Catalogue
+	root string
+	log  *slog.Logger
+}
+
+func (e etcdCheckpoints) List(ctx context.Context, j *pb.Job) ([]checkpoint.Manifest, []int64, error) {
+	live, err := e.cat.List(ctx, j.Id)
+	if err != nil && !errors.Is(err, checkpoint.ErrNoCheckpoint) {
+		return nil, nil, err
+	}
+	deleting, err := e.cat.Deleting(ctx, j.Id)
+	if err != nil {
+		return nil, nil, err
+	}
+	return live, deleting, nil
+}
+
+func (e etcdCheckpoints) Delete(ctx context.Context, j *pb.Job, step int64) error {
+	root := e.root
+	if sp, err := jobspec.Parse(j.Spec); err == nil && sp.Checkpoint.Path != "" {
+		root = sp.Checkpoint.Path
+	}
+	if root == "" {
+		return errors.New("the checkpoint storage is not reachable from this coordinator (start it with --checkpoint-root)")
+	}
+	st, err := checkpoint.NewDirStorage(root)
+	if err != nil {
+		return err
+	}
+	return checkpoint.NewManager(st, e.cat, e.log).Delete(ctx, j.Id, step)
+}

@@ -1,0 +1,82 @@
+package controller
+
+import (
+	"context"
+	"sync"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/switchyard-ml/switchyard/pkg/client"
+	"github.com/switchyard-ml/switchyard/pkg/security"
+	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
+)
+
+// forwardedKey marks a call a follower forwarded, so that a replica with a
+// stale view never forwards it again (no loops).
+const forwardedKey = "x-switchyard-forwarded"
+
+// forwarder holds one connection per leader API address.
+type forwarder struct {
+	token string
+	tls   security.TLSFiles
+
+	mu    sync.Mutex
+	conns map[string]*forwardConn
+}
+
+type forwardConn struct{ c *client.Client }
+
+func (f *forwarder) get(addr string) (apiv1.CoordinatorClient, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if fc, ok := f.conns[addr]; ok {
+		return fc.c, nil
+	}
+	c, err := client.Dial(client.Options{Endpoints: []string{addr}, Token: f.token, TLS: f.tls})
+	if err != nil {
+		return nil, err
+	}
+	f.conns[addr] = &forwardConn{c: c}
+	return c, nil
+}
+
+func (f *forwarder) close() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for addr, fc := range f.conns {
+		fc.c.Close()
+		delete(f.conns, addr)
+	}
+}
+
+func forwarded(ctx context.Context) bool {
+	md, _ := metadata.FromIncomingContext(ctx)
+	return len(md.Get(forwardedKey)) > 0
+}
+
+// forward sends a write to the leader's API address and returns its answer.
+func forward[Req, Resp any](ctx context.Context, s *Server, req Req, call func(apiv1.CoordinatorClient, context.Context, Req, ...grpc.CallOption) (Resp, error)) (Resp, error) {
+	var zero Resp
+	if forwarded(ctx) {
+		return zero, status.Error(codes.Unavailable, "not the leader (forwarded call reached a follower; leadership is changing)")
+	}
+	id, _ := s.cfg.Node.Leader()
+	if id == "" {
+		return zero, status.Error(codes.Unavailable, "no raft leader (an election is running); retry")
+	}
+	s.mu.Lock()
+	d, ok := s.replicas[id]
+	s.mu.Unlock()
+	if !ok || d.Address == "" {
+		return zero, status.Errorf(codes.Unavailable, "leader %s has no API address in the replica directory yet; retry", id)
+	}
+	c, err := s.fwd.get(d.Address)
+	if err != nil {
+		return zero, status.Errorf(codes.Unavailable, "dial leader %s at %s: %v", id, d.Address, err)
+	}
+	ctx = metadata.AppendToOutgoingContext(ctx, forwardedKey, s.cfg.Node.ID())
+	return call(c, ctx, req)
+}

@@ -1,0 +1,565 @@
+package controller
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"regexp"
+	"sort"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/switchyard-ml/switchyard/pkg/coordinator"
+	"github.com/switchyard-ml/switchyard/pkg/events"
+	"github.com/switchyard-ml/switchyard/pkg/jobspec"
+	"github.com/switchyard-ml/switchyard/pkg/membership"
+	"github.com/switchyard-ml/switchyard/pkg/security"
+	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
+	pb "github.com/switchyard-ml/switchyard/proto/switchyard/coordinator/v1"
+)
+
+// ReplicaPrefix is where coordinator replicas register in etcd.
+const ReplicaPrefix = "/switchyard/coordinators/"
+
+// raftLabel is the label of a replica's directory entry holding its raft
+// address.
+const raftLabel = "raft"
+
+// Config wires a Server.
+type Config struct {
+	// Node is this replica's raft node; required.
+	Node *coordinator.Node
+	// APIAddr is the API address other replicas and clients reach this
+	// replica on; required.
+	APIAddr string
+	// Workers is the worker membership (etcd prefix /switchyard/workers/).
+	Workers membership.Registry
+	// Replicas is the replica directory (etcd prefix ReplicaPrefix).
+	Replicas membership.Registry
+	// Bus carries lifecycle events, logs and metrics; nil: none.
+	Bus events.Bus
+	// Checkpoints lists and deletes committed checkpoints; nil: the
+	// checkpoint calls answer UNIMPLEMENTED.
+	Checkpoints Checkpoints
+	// Token and TLS are what this replica presents when it forwards a
+	// write to the leader (the same as its clients use).
+	Token string
+	TLS   security.TLSFiles
+
+	// Tick is the supervision period (default 250ms).
+	Tick time.Duration
+	// ProgressEvery bounds how often a job's progress is written to raft
+	// (default 2s).
+	ProgressEvery time.Duration
+	// ReplicaTTL is the lease of this replica's directory entry (default 5s).
+	ReplicaTTL time.Duration
+	Logger     *slog.Logger
+	// Now is the clock of the leader's bookkeeping (backoff, progress rate).
+	Now func() time.Time
+}
+
+// Server serves the API and, on the leader, supervises jobs.
+type Server struct {
+	apiv1.UnimplementedCoordinatorServer
+	cfg Config
+	log *slog.Logger
+
+	mu       sync.Mutex
+	workers  map[string]membership.WorkerInfo // live, from etcd
+	replicas map[string]membership.WorkerInfo // live replica directory
+	specs    map[string]*jobspec.Spec         // parsed specs by job id
+
+	// lead serialises the leader's decisions (reports, supervision) so two
+	// failure reports of one attempt cannot both act.
+	lead     sync.Mutex
+	term     leaderMemory
+	fwd      forwarder
+	watchers sync.WaitGroup
+}
+
+// leaderMemory is what the leader keeps outside raft; a new leader starts
+// it empty and rebuilds it from the workers' repeated reports.
+type leaderMemory struct {
+	reports      map[taskKey]*apiv1.TaskStatus
+	lastProgress map[string]time.Time
+	notBefore    map[string]time.Time
+}
+
+type taskKey struct {
+	job     string
+	attempt int32
+	rank    int32
+}
+
+// New checks cfg and returns a Server; Run starts its background work.
+func New(cfg Config) (*Server, error) {
+	switch {
+	case cfg.Node == nil:
+		return nil, errors.New("controller: no raft node")
+	case cfg.APIAddr == "":
+		return nil, errors.New("controller: no API address")
+	case cfg.Workers == nil || cfg.Replicas == nil:
+		return nil, errors.New("controller: worker membership and replica directory are required")
+	}
+	if cfg.Tick <= 0 {
+		cfg.Tick = 250 * time.Millisecond
+	}
+	if cfg.ProgressEvery <= 0 {
+		cfg.ProgressEvery = 2 * time.Second
+	}
+	if cfg.ReplicaTTL <= 0 {
+		cfg.ReplicaTTL = 5 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	s := &Server{
+		cfg:      cfg,
+		log:      cfg.Logger,
+		workers:  map[string]membership.WorkerInfo{},
+		replicas: map[string]membership.WorkerInfo{},
+		specs:    map[string]*jobspec.Spec{},
+	}
+	s.fwd = forwarder{token: cfg.Token, tls: cfg.TLS, conns: map[string]*forwardConn{}}
+	s.resetLeaderMemory()
+	return s, nil
+}
+
+func (s *Server) resetLeaderMemory() {
+	s.term = leaderMemory{
+		reports:      map[taskKey]*apiv1.TaskStatus{},
+		lastProgress: map[string]time.Time{},
+		notBefore:    map[string]time.Time{},
+	}
+}
+
+// Run registers this replica in the directory, follows the worker and
+// replica memberships and supervises jobs while this replica leads. It
+// returns when ctx ends.
+func (s *Server) Run(ctx context.Context) error {
+	defer s.fwd.close()
+	if err := s.refresh(ctx); err != nil {
+		s.log.Warn("initial membership list failed", "err", err)
+	}
+	var wg sync.WaitGroup
+	wg.Add(3)
+	go func() { defer wg.Done(); s.registerLoop(ctx) }()
+	go func() { defer wg.Done(); s.follow(ctx, s.cfg.Workers, s.workersMap) }()
+	go func() { defer wg.Done(); s.follow(ctx, s.cfg.Replicas, s.replicasMap) }()
+	s.superviseLoop(ctx)
+	wg.Wait()
+	s.watchers.Wait()
+	return nil
+}
+
+func (s *Server) workersMap() map[string]membership.WorkerInfo  { return s.workers }
+func (s *Server) replicasMap() map[string]membership.WorkerInfo { return s.replicas }
+
+// registerLoop keeps this replica's directory entry alive.
+func (s *Server) registerLoop(ctx context.Context) {
+	info := membership.WorkerInfo{
+		ID:      s.cfg.Node.ID(),
+		Address: s.cfg.APIAddr,
+		Labels:  map[string]string{raftLabel: s.cfg.Node.Addr()},
+	}
+	for ctx.Err() == nil {
+		reg, err := s.cfg.Replicas.Register(ctx, info, s.cfg.ReplicaTTL)
+		if err != nil {
+			s.log.Warn("replica registration failed", "err", err)
+			sleep(ctx, time.Second)
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			cctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			reg.Close(cctx) //nolint:errcheck // best effort on shutdown
+			cancel()
+			return
+		case <-reg.Lost():
+			s.log.Warn("replica registration lost; registering again")
+		}
+	}
+}
+
+// follow keeps a membership cache current: a watch for fast changes and a
+// full list every few seconds so that nothing missed stays.
+func (s *Server) follow(ctx context.Context, reg membership.Registry, m func() map[string]membership.WorkerInfo) {
+	for ctx.Err() == nil {
+		wctx, cancel := context.WithCancel(ctx)
+		ch, err := reg.Watch(wctx)
+		if err != nil {
+			cancel()
+			s.log.Warn("membership watch failed", "err", err)
+			sleep(ctx, time.Second)
+			continue
+		}
+		relist := time.NewTicker(5 * time.Second)
+	loop:
+		for {
+			select {
+			case ev, ok := <-ch:
+				if !ok {
+					break loop
+				}
+				s.mu.Lock()
+				if ev.Type == membership.Join || ev.Type == membership.Update {
+					m()[ev.Worker.ID] = ev.Worker
+				} else {
+					delete(m(), ev.Worker.ID)
+				}
+				s.mu.Unlock()
+			case <-relist.C:
+				if err := s.relist(ctx, reg, m); err != nil {
+					s.log.Warn("membership list failed", "err", err)
+				}
+			}
+		}
+		relist.Stop()
+		cancel()
+		sleep(ctx, 200*time.Millisecond)
+	}
+}
+
+func (s *Server) relist(ctx context.Context, reg membership.Registry, m func() map[string]membership.WorkerInfo) error {
+	lctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	list, err := reg.List(lctx)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cur := m()
+	clear(cur)
+	for _, w := range list {
+		cur[w.ID] = w
+	}
+	return nil
+}
+
+// refresh lists both memberships now.
+func (s *Server) refresh(ctx context.Context) error {
+	return errors.Join(s.relist(ctx, s.cfg.Workers, s.workersMap), s.relist(ctx, s.cfg.Replicas, s.replicasMap))
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
+// liveWorkers copies the worker cache.
+func (s *Server) liveWorkers() map[string]membership.WorkerInfo {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make(map[string]membership.WorkerInfo, len(s.workers))
+	for k, v := range s.workers {
+		out[k] = v
+	}
+	return out
+}
+
+// spec returns the job's parsed spec (cached).
+func (s *Server) spec(j *pb.Job) (*jobspec.Spec, error) {
+	s.mu.Lock()
+	sp, ok := s.specs[j.Id]
+	s.mu.Unlock()
+	if ok {
+		return sp, nil
+	}
+	sp, err := jobspec.Parse(j.Spec)
+	if err != nil {
+		return nil, fmt.Errorf("job %s: stored spec: %w", j.Id, err)
+	}
+	s.mu.Lock()
+	s.specs[j.Id] = sp
+	s.mu.Unlock()
+	return sp, nil
+}
+
+// ---- API: jobs ----
+
+var jobIDRe = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
+// NewJobID returns name plus a random suffix: a fresh idempotency key.
+func NewJobID(name string) string {
+	var b [4]byte
+	rand.Read(b[:]) //nolint:errcheck // crypto/rand never fails on Linux
+	if len(name) > 54 {
+		name = name[:54]
+	}
+	return name + "-" + hex.EncodeToString(b[:])
+}
+
+func (s *Server) SubmitJob(ctx context.Context, req *apiv1.SubmitJobRequest) (*apiv1.SubmitJobResponse, error) {
+	sp, err := jobspec.Parse(req.GetSpec())
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	id := req.GetJobId()
+	if id == "" {
+		id = NewJobID(sp.Name)
+	}
+	if !jobIDRe.MatchString(id) {
+		return nil, status.Errorf(codes.InvalidArgument, "job id %q: want 1-63 of [a-z0-9-], starting and ending with a letter or digit", id)
+	}
+	if !s.cfg.Node.IsLeader() {
+		req.JobId = id
+		return forward(ctx, s, req, apiv1.CoordinatorClient.SubmitJob)
+	}
+	r, err := s.cfg.Node.Apply(ctx, &pb.Command{Op: &pb.Command_SubmitJob{SubmitJob: &pb.SubmitJob{
+		JobId:      id,
+		Name:       sp.Name,
+		Spec:       req.GetSpec(),
+		Priority:   int32(sp.Priority),
+		WorldSize:  int32(sp.Parallel.TP * sp.Parallel.DP),
+		TotalSteps: int64(sp.Steps),
+	}}})
+	if err != nil {
+		return nil, apiError(err)
+	}
+	if r.Created {
+		s.publish(id, "Submitted", r.Job.State, fmt.Sprintf("job %s submitted (%d ranks, %d steps)", sp.Name, r.Job.WorldSize, sp.Steps), "")
+	}
+	return &apiv1.SubmitJobResponse{Job: r.Job, Created: r.Created}, nil
+}
+
+func (s *Server) GetJob(ctx context.Context, req *apiv1.GetJobRequest) (*apiv1.GetJobResponse, error) {
+	j, err := s.cfg.Node.Job(req.GetJobId())
+	if errors.Is(err, coordinator.ErrJobNotFound) && !s.cfg.Node.IsLeader() && !forwarded(ctx) {
+		// a job submitted a moment ago may not have reached this replica
+		return forward(ctx, s, req, apiv1.CoordinatorClient.GetJob)
+	}
+	if err != nil {
+		return nil, apiError(err)
+	}
+	return &apiv1.GetJobResponse{Job: j, PendingReason: pendingReason(j)}, nil
+}
+
+// pendingReason is the message of a pending job's Scheduled=false condition.
+func pendingReason(j *pb.Job) string {
+	if j.State != pb.JobState_JOB_STATE_PENDING {
+		return ""
+	}
+	for _, c := range j.Conditions {
+		if c.Type == condScheduled && !c.Status {
+			return c.Message
+		}
+	}
+	return ""
+}
+
+func (s *Server) ListJobs(_ context.Context, req *apiv1.ListJobsRequest) (*apiv1.ListJobsResponse, error) {
+	want := map[pb.JobState]bool{}
+	for _, st := range req.GetStates() {
+		want[st] = true
+	}
+	var out []*pb.Job
+	for _, j := range s.cfg.Node.Jobs() {
+		if len(want) == 0 || want[j.State] {
+			out = append(out, j)
+		}
+	}
+	return &apiv1.ListJobsResponse{Jobs: out}, nil
+}
+
+func (s *Server) CancelJob(ctx context.Context, req *apiv1.CancelJobRequest) (*apiv1.CancelJobResponse, error) {
+	if !s.cfg.Node.IsLeader() {
+		return forward(ctx, s, req, apiv1.CoordinatorClient.CancelJob)
+	}
+	msg := req.GetMessage()
+	if msg == "" {
+		msg = "cancelled by the user"
+	}
+	s.lead.Lock()
+	defer s.lead.Unlock()
+	r, err := s.cfg.Node.Apply(ctx, &pb.Command{Op: &pb.Command_CancelJob{CancelJob: &pb.CancelJob{JobId: req.GetJobId(), Reason: "Cancelled", Message: msg}}})
+	if err != nil {
+		return nil, apiError(err)
+	}
+	s.publish(r.Job.Id, "Cancelled", r.Job.State, msg, "")
+	return &apiv1.CancelJobResponse{Job: r.Job}, nil
+}
+
+func (s *Server) ResumeJob(ctx context.Context, req *apiv1.ResumeJobRequest) (*apiv1.ResumeJobResponse, error) {
+	if !s.cfg.Node.IsLeader() {
+		return forward(ctx, s, req, apiv1.CoordinatorClient.ResumeJob)
+	}
+	s.lead.Lock()
+	defer s.lead.Unlock()
+	msg := "resumed by the user from the newest committed checkpoint"
+	if req.GetFromStep() > 0 {
+		msg = fmt.Sprintf("resumed by the user from the checkpoint of step %d", req.GetFromStep())
+	}
+	r, err := s.cfg.Node.Apply(ctx, &pb.Command{Op: &pb.Command_ResumeJob{ResumeJob: &pb.ResumeJob{JobId: req.GetJobId(), FromStep: req.GetFromStep(), Message: msg}}})
+	if err != nil {
+		return nil, apiError(err)
+	}
+	delete(s.term.notBefore, r.Job.Id)
+	s.publish(r.Job.Id, "Resumed", r.Job.State, msg, "")
+	return &apiv1.ResumeJobResponse{Job: r.Job}, nil
+}
+
+// ---- API: cluster ----
+
+func (s *Server) ClusterStatus(ctx context.Context, _ *apiv1.ClusterStatusRequest) (*apiv1.ClusterStatusResponse, error) {
+	servers, err := s.cfg.Node.Servers()
+	if err != nil {
+		return nil, status.Errorf(codes.Unavailable, "raft configuration: %v", err)
+	}
+	lctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	if err := s.refresh(lctx); err != nil {
+		s.log.Warn("cluster status: membership list failed; answering from the cache", "err", err)
+	}
+	leaderID, _ := s.cfg.Node.Leader()
+	resp := &apiv1.ClusterStatusResponse{AnsweredBy: s.cfg.Node.ID(), LeaderId: leaderID, Raft: s.cfg.Node.Stats()}
+	s.mu.Lock()
+	for _, sv := range servers {
+		r := &apiv1.Replica{Id: sv.ID, RaftAddress: sv.Address, Leader: sv.Leader, Voter: sv.Voter}
+		if d, ok := s.replicas[sv.ID]; ok {
+			r.ApiAddress, r.Alive = d.Address, true
+		}
+		if sv.ID == s.cfg.Node.ID() {
+			r.State, r.Alive = s.cfg.Node.State(), true
+		}
+		resp.Replicas = append(resp.Replicas, r)
+	}
+	workers := make(map[string]*apiv1.Worker, len(s.workers))
+	for id, w := range s.workers {
+		workers[id] = &apiv1.Worker{
+			Id: id, Address: w.Address, Host: w.Host, Healthy: true, Version: w.Version, Labels: w.Labels, Rank: -1,
+			Resources: &apiv1.Resources{CpuCores: int32(w.Resources.CPUCores), MemoryMib: w.Resources.MemoryBytes >> 20, Gpus: int32(w.Resources.GPUs)},
+		}
+	}
+	s.mu.Unlock()
+	for _, j := range s.cfg.Node.Jobs() {
+		if !active(j) {
+			continue
+		}
+		for _, a := range j.Placement {
+			w, ok := workers[a.WorkerId]
+			if !ok { // placed but gone: its loss is being handled
+				w = &apiv1.Worker{Id: a.WorkerId}
+				workers[a.WorkerId] = w
+			}
+			w.JobId, w.Rank = j.Id, a.Rank
+		}
+	}
+	for _, w := range workers {
+		resp.Workers = append(resp.Workers, w)
+	}
+	sort.Slice(resp.Workers, func(a, b int) bool { return resp.Workers[a].Id < resp.Workers[b].Id })
+	return resp, nil
+}
+
+func (s *Server) AddReplica(ctx context.Context, req *apiv1.AddReplicaRequest) (*apiv1.AddReplicaResponse, error) {
+	if req.GetId() == "" || req.GetRaftAddress() == "" {
+		return nil, status.Error(codes.InvalidArgument, "add replica needs an id and a raft address")
+	}
+	if !s.cfg.Node.IsLeader() {
+		return forward(ctx, s, req, apiv1.CoordinatorClient.AddReplica)
+	}
+	if err := s.cfg.Node.AddVoter(ctx, req.GetId(), req.GetRaftAddress()); err != nil {
+		return nil, apiError(err)
+	}
+	cs, err := s.ClusterStatus(ctx, nil)
+	if err != nil {
+		return nil, err
+	}
+	return &apiv1.AddReplicaResponse{Replicas: cs.Replicas}, nil
+}
+
+func (s *Server) RemoveReplica(ctx context.Context, req *apiv1.RemoveReplicaRequest) (*apiv1.RemoveReplicaResponse, error) {
+	if req.GetId() == "" {
+		return nil, status.Error(codes.InvalidArgument, "remove replica needs an id")
+	}
+	if !s.cfg.Node.IsLeader() {
+		return forward(ctx, s, req, apiv1.CoordinatorClient.RemoveReplica)
+	}
+	if err := s.cfg.Node.RemoveServer(ctx, req.GetId()); err != nil {
+		return nil, apiError(err)
+	}
+	cs, err := s.ClusterStatus(ctx, nil)
+	if err != nil {
+		return nil, err
+	}
+	return &apiv1.RemoveReplicaResponse{Replicas: cs.Replicas}, nil
+}
+
+// apiError maps coordinator errors onto gRPC status codes.
+func apiError(err error) error {
+	if err == nil {
+		return nil
+	}
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	code := codes.Internal
+	switch {
+	case errors.Is(err, coordinator.ErrJobNotFound):
+		code = codes.NotFound
+	case errors.Is(err, coordinator.ErrJobConflict):
+		code = codes.AlreadyExists
+	case errors.Is(err, coordinator.ErrJobFinished), errors.Is(err, coordinator.ErrInvalidTransition):
+		code = codes.FailedPrecondition
+	case errors.Is(err, coordinator.ErrInvalidCommand), errors.Is(err, jobspec.ErrInvalid), errors.Is(err, jobspec.ErrSyntax):
+		code = codes.InvalidArgument
+	case errors.Is(err, coordinator.ErrNotLeader), errors.Is(err, coordinator.ErrShutdown):
+		code = codes.Unavailable
+	case errors.Is(err, context.DeadlineExceeded):
+		code = codes.DeadlineExceeded
+	case errors.Is(err, context.Canceled):
+		code = codes.Canceled
+	}
+	return status.Error(code, err.Error())
+}
+
+func active(j *pb.Job) bool {
+	return j.State == pb.JobState_JOB_STATE_PLACED || j.State == pb.JobState_JOB_STATE_RUNNING
+}
+
+func final(j *pb.Job) bool {
+	switch j.State {
+	case pb.JobState_JOB_STATE_SUCCEEDED, pb.JobState_JOB_STATE_FAILED, pb.JobState_JOB_STATE_CANCELLED:
+		return true
+	}
+	return false
+}
+
+// publish sends a lifecycle event to the bus (never blocks).
+func (s *Server) publish(jobID, typ string, st pb.JobState, msg, worker string) {
+	if s.cfg.Bus == nil {
+		return
+	}
+	err := s.cfg.Bus.Publish(events.Message{Kind: events.KindEvent, JobID: jobID, Event: &events.JobEvent{
+		Type: typ, State: stateName(st), Message: msg, WorkerID: worker,
+	}})
+	if err != nil {
+		s.log.Debug("event not published", "job", jobID, "type", typ, "err", err)
+	}
+}
+
+func stateName(st pb.JobState) string {
+	n, ok := pb.JobState_name[int32(st)]
+	if !ok {
+		return st.String()
+	}
+	const p = "JOB_STATE_"
+	if len(n) > len(p) {
+		return n[len(p):]
+	}
+	return n
+}

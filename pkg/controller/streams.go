@@ -1,0 +1,200 @@
+package controller
+
+import (
+	"context"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/switchyard-ml/switchyard/pkg/checkpoint"
+	"github.com/switchyard-ml/switchyard/pkg/events"
+	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
+	pb "github.com/switchyard-ml/switchyard/proto/switchyard/coordinator/v1"
+)
+
+// Checkpoints is the coordinator's view of committed checkpoints.
+type Checkpoints interface {
+	// List returns the job's checkpoints, newest first, live and deleting.
+	List(ctx context.Context, job *pb.Job) (live []checkpoint.Manifest, deleting []int64, err error)
+	// Delete removes one checkpoint (catalogued deletion, then files).
+	Delete(ctx context.Context, job *pb.Job, step int64) error
+}
+
+// pollEvery is how often streams look at the job record.
+const pollEvery = 250 * time.Millisecond
+
+// quietAfterEnd is how long `logs -f` keeps listening after the job ended,
+// for the last lines of its ranks.
+const quietAfterEnd = 2 * time.Second
+
+func (s *Server) JobLogs(req *apiv1.JobLogsRequest, stream apiv1.Coordinator_JobLogsServer) error {
+	ctx := stream.Context()
+	if _, err := s.cfg.Node.Job(req.GetJobId()); err != nil {
+		return apiError(err)
+	}
+	if s.cfg.Bus == nil {
+		return status.Error(codes.FailedPrecondition, "this coordinator has no event bus (start it with --nats-url), so it keeps no logs")
+	}
+	f := events.Filter{Kind: events.KindLog, JobID: req.GetJobId(), Replay: true}
+	send := func(m events.Message) error {
+		if m.Log == nil {
+			return nil
+		}
+		return stream.Send(&apiv1.LogEntry{UnixNano: m.Time.UnixNano(), Rank: int32(m.Log.Rank), WorkerId: m.Log.WorkerID, Stream: m.Log.Stream, Line: m.Log.Line})
+	}
+	if !req.GetFollow() {
+		msgs, err := s.cfg.Bus.History(ctx, f)
+		if err != nil {
+			return status.Errorf(codes.Unavailable, "log history: %v", err)
+		}
+		for _, m := range msgs {
+			if err := send(m); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	ch, err := s.cfg.Bus.Subscribe(sctx, f)
+	if err != nil {
+		return status.Errorf(codes.Unavailable, "log subscription: %v", err)
+	}
+	t := time.NewTicker(pollEvery)
+	defer t.Stop()
+	last := time.Now()
+	var ended time.Time
+	for {
+		select {
+		case m, ok := <-ch:
+			if !ok {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				return status.Error(codes.Unavailable, "event bus closed")
+			}
+			last = time.Now()
+			if err := send(m); err != nil {
+				return err
+			}
+		case <-t.C:
+			j, err := s.cfg.Node.Job(req.GetJobId())
+			if err != nil {
+				return apiError(err)
+			}
+			if final(j) && ended.IsZero() {
+				ended = time.Now()
+			}
+			if !ended.IsZero() && time.Since(ended) > quietAfterEnd && time.Since(last) > quietAfterEnd/2 {
+				return nil
+			}
+		}
+	}
+}
+
+func (s *Server) WatchJob(req *apiv1.WatchJobRequest, stream apiv1.Coordinator_WatchJobServer) error {
+	ctx := stream.Context()
+	j, err := s.cfg.Node.Job(req.GetJobId())
+	if err != nil {
+		return apiError(err)
+	}
+	if err := stream.Send(&apiv1.WatchJobResponse{Job: j}); err != nil {
+		return err
+	}
+	if final(j) {
+		return nil
+	}
+	var metrics <-chan events.Message
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if s.cfg.Bus != nil {
+		if metrics, err = s.cfg.Bus.Subscribe(sctx, events.Filter{Kind: events.KindMetrics, JobID: j.Id}); err != nil {
+			s.log.Warn("watch: metrics subscription failed; sending job updates only", "err", err)
+			metrics = nil
+		}
+	}
+	t := time.NewTicker(pollEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case m, ok := <-metrics:
+			if !ok {
+				metrics = nil
+				continue
+			}
+			if m.Metrics == nil || m.Metrics.Rank != 0 {
+				continue
+			}
+			sm := &apiv1.StepMetrics{Step: m.Metrics.Step, Loss: m.Metrics.Loss, Lbl: m.Metrics.LBL, TokensPerSecond: m.Metrics.TokensPerSecond}
+			for _, row := range m.Metrics.ExpertLoadLE {
+				sm.ExpertLoad = append(sm.ExpertLoad, &apiv1.ExpertLoad{Share: row})
+			}
+			if err := stream.Send(&apiv1.WatchJobResponse{Metrics: sm}); err != nil {
+				return err
+			}
+		case <-t.C:
+			nj, err := s.cfg.Node.Job(req.GetJobId())
+			if err != nil {
+				return apiError(err)
+			}
+			if proto.Equal(nj, j) {
+				continue
+			}
+			j = nj
+			if err := stream.Send(&apiv1.WatchJobResponse{Job: j}); err != nil {
+				return err
+			}
+			if final(j) {
+				return nil
+			}
+		}
+	}
+}
+
+func (s *Server) ListCheckpoints(ctx context.Context, req *apiv1.ListCheckpointsRequest) (*apiv1.ListCheckpointsResponse, error) {
+	if s.cfg.Checkpoints == nil {
+		return nil, status.Error(codes.Unimplemented, "this coordinator has no checkpoint catalogue")
+	}
+	j, err := s.cfg.Node.Job(req.GetJobId())
+	if err != nil {
+		return nil, apiError(err)
+	}
+	live, deleting, err := s.cfg.Checkpoints.List(ctx, j)
+	if err != nil {
+		return nil, status.Errorf(codes.Unavailable, "checkpoint catalogue: %v", err)
+	}
+	resp := &apiv1.ListCheckpointsResponse{}
+	for _, m := range live {
+		c := &apiv1.Checkpoint{
+			JobId: j.Id, Step: m.Step, Status: "committed", CommittedUnixNano: m.CreatedUnixNano, Bytes: m.TotalSize(),
+			Tp: int32(m.Layout.TP), Dp: int32(m.Layout.DP), Ep: int32(m.Layout.EP),
+		}
+		for _, sh := range m.Shards {
+			c.Shards = append(c.Shards, &apiv1.Shard{Name: sh.Name, Size: sh.Size, Sha256: sh.SHA256})
+		}
+		resp.Checkpoints = append(resp.Checkpoints, c)
+	}
+	for _, step := range deleting {
+		resp.Checkpoints = append(resp.Checkpoints, &apiv1.Checkpoint{JobId: j.Id, Step: step, Status: "deleting"})
+	}
+	return resp, nil
+}
+
+func (s *Server) DeleteCheckpoint(ctx context.Context, req *apiv1.DeleteCheckpointRequest) (*apiv1.DeleteCheckpointResponse, error) {
+	if s.cfg.Checkpoints == nil {
+		return nil, status.Error(codes.Unimplemented, "this coordinator has no checkpoint catalogue")
+	}
+	j, err := s.cfg.Node.Job(req.GetJobId())
+	if err != nil {
+		return nil, apiError(err)
+	}
+	if err := s.cfg.Checkpoints.Delete(ctx, j, req.GetStep()); err != nil {
+		return nil, status.Errorf(codes.FailedPrecondition, "delete checkpoint %d of %s: %v", req.GetStep(), j.Id, err)
+	}
+	s.publish(j.Id, "CheckpointDeleted", j.State, "checkpoint of step deleted by the user", "")
+	return &apiv1.DeleteCheckpointResponse{}, nil
+}

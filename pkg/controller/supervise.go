@@ -1,0 +1,362 @@
+package controller
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/switchyard-ml/switchyard/pkg/coordinator"
+	"github.com/switchyard-ml/switchyard/pkg/membership"
+	"github.com/switchyard-ml/switchyard/pkg/scheduler"
+	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
+	pb "github.com/switchyard-ml/switchyard/proto/switchyard/coordinator/v1"
+)
+
+const condScheduled = "Scheduled"
+
+// superviseLoop runs tick every cfg.Tick while this replica leads.
+func (s *Server) superviseLoop(ctx context.Context) {
+	t := time.NewTicker(s.cfg.Tick)
+	defer t.Stop()
+	leading := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if !s.cfg.Node.IsLeader() {
+			if leading {
+				s.log.Info("lost leadership")
+			}
+			leading = false
+			continue
+		}
+		if !leading {
+			// Everything committed by the previous leader must be applied here
+			// before this replica acts on the state.
+			bctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			err := s.cfg.Node.Barrier(bctx)
+			cancel()
+			if err != nil {
+				s.log.Warn("barrier after election failed", "err", err)
+				continue
+			}
+			if err := s.refresh(ctx); err != nil {
+				s.log.Warn("membership list after election failed", "err", err)
+				continue
+			}
+			s.lead.Lock()
+			s.resetLeaderMemory()
+			s.lead.Unlock()
+			leading = true
+			s.log.Info("leading: supervising jobs", "jobs", len(s.cfg.Node.Jobs()))
+		}
+		s.tick(ctx)
+	}
+}
+
+// tick is one supervision pass: worker losses, then scheduling.
+func (s *Server) tick(ctx context.Context) {
+	s.lead.Lock()
+	defer s.lead.Unlock()
+	live := s.liveWorkers()
+	jobs := s.cfg.Node.Jobs()
+	for _, j := range jobs {
+		if !active(j) {
+			continue
+		}
+		for _, a := range j.Placement {
+			if _, ok := live[a.WorkerId]; !ok {
+				s.failAttempt(ctx, j, "WorkerLost", fmt.Sprintf("worker %s (rank %d) lost: its etcd lease expired", a.WorkerId, a.Rank), a.WorkerId)
+				break
+			}
+		}
+	}
+	s.schedule(ctx, live)
+}
+
+// failAttempt ends the job's current attempt: a requeue when its restart
+// policy allows another try, else the job fails. Callers hold s.lead.
+func (s *Server) failAttempt(ctx context.Context, j *pb.Job, reason, msg, worker string) {
+	maxRestarts, backoff := 0, 0
+	if sp, err := s.spec(j); err == nil {
+		maxRestarts, backoff = *sp.Restart.MaxRestarts, *sp.Restart.BackoffSeconds
+	}
+	s.recordEvent(ctx, j.Id, reason, msg, worker)
+	if int(j.Restarts) < maxRestarts {
+		m := fmt.Sprintf("%s; restart %d of %d in %ds, resuming from the newest committed checkpoint", msg, j.Restarts+1, maxRestarts, backoff)
+		r, err := s.cfg.Node.Apply(ctx, &pb.Command{Op: &pb.Command_RequeueJob{RequeueJob: &pb.RequeueJob{JobId: j.Id, Reason: reason, Message: m}}})
+		if err != nil {
+			s.log.Warn("requeue failed", "job", j.Id, "err", err)
+			return
+		}
+		s.term.notBefore[j.Id] = s.cfg.Now().Add(time.Duration(backoff) * time.Second)
+		s.log.Info("job requeued", "job", j.Id, "reason", reason, "msg", msg, "restarts", r.Job.Restarts)
+		s.publish(j.Id, "Requeued", r.Job.State, m, worker)
+		return
+	}
+	m := msg
+	if maxRestarts > 0 {
+		m = fmt.Sprintf("%s; no restarts left (max_restarts %d)", msg, maxRestarts)
+	}
+	r, err := s.cfg.Node.Apply(ctx, &pb.Command{Op: &pb.Command_SetJobState{SetJobState: &pb.SetJobState{
+		JobId: j.Id, State: pb.JobState_JOB_STATE_FAILED, Reason: reason, Message: m,
+	}}})
+	if err != nil {
+		s.log.Warn("fail job failed", "job", j.Id, "err", err)
+		return
+	}
+	s.log.Info("job failed", "job", j.Id, "reason", reason, "msg", m)
+	s.publish(j.Id, "Failed", r.Job.State, m, worker)
+}
+
+func (s *Server) recordEvent(ctx context.Context, jobID, typ, msg, worker string) {
+	_, err := s.cfg.Node.Apply(ctx, &pb.Command{Op: &pb.Command_RecordEvent{RecordEvent: &pb.RecordEvent{
+		JobId: jobID, Event: &pb.JobEvent{Type: typ, Message: msg, WorkerId: worker},
+	}}})
+	if err != nil {
+		s.log.Warn("record event failed", "job", jobID, "err", err)
+	}
+}
+
+// snapshot is the scheduler's view: live workers, busy when placed.
+func (s *Server) snapshot(live map[string]membership.WorkerInfo, jobs []*pb.Job) scheduler.Snapshot {
+	busy := map[string]string{}
+	for _, j := range jobs {
+		if active(j) {
+			for _, a := range j.Placement {
+				busy[a.WorkerId] = j.Id
+			}
+		}
+	}
+	var snap scheduler.Snapshot
+	for id, w := range live {
+		total := scheduler.Resources{CPUCores: w.Resources.CPUCores, MemoryMiB: w.Resources.MemoryBytes >> 20, GPUs: w.Resources.GPUs}
+		free := total
+		if busy[id] != "" {
+			free = scheduler.Resources{}
+		}
+		snap.Workers = append(snap.Workers, scheduler.Worker{
+			ID: id, Host: w.Host, Labels: w.Labels, Total: total, Free: free, Healthy: true, Job: busy[id],
+		})
+	}
+	return snap
+}
+
+// schedule places what fits and records why the rest waits. Callers hold
+// s.lead.
+func (s *Server) schedule(ctx context.Context, live map[string]membership.WorkerInfo) {
+	jobs := s.cfg.Node.Jobs()
+	now := s.cfg.Now()
+	var queue []scheduler.Job
+	byID := map[string]*pb.Job{}
+	for _, j := range jobs {
+		if j.State != pb.JobState_JOB_STATE_PENDING {
+			continue
+		}
+		sp, err := s.spec(j)
+		if err != nil {
+			s.setState(ctx, j, pb.JobState_JOB_STATE_FAILED, "InvalidSpec", err.Error(), nil)
+			continue
+		}
+		byID[j.Id] = j
+		if t, ok := s.term.notBefore[j.Id]; ok && now.Before(t) {
+			s.setPending(ctx, j, "Backoff", fmt.Sprintf("restart backoff: placed again in %s", t.Sub(now).Round(time.Second)))
+			continue
+		}
+		queue = append(queue, sp.SchedulerJob(j.Id, j.SubmitSeq))
+	}
+	if len(queue) == 0 {
+		return
+	}
+	snap := s.snapshot(live, jobs)
+	plans, pending := scheduler.Schedule(snap, queue)
+	for _, p := range plans {
+		if err := scheduler.Recheck(snap, p); err != nil {
+			s.log.Warn("plan went stale", "job", p.Job.ID, "err", err)
+			continue
+		}
+		placement := make([]*pb.RankAssignment, len(p.Workers))
+		for r, w := range p.Workers {
+			placement[r] = &pb.RankAssignment{Rank: int32(r), WorkerId: w}
+		}
+		res, err := s.cfg.Node.Apply(ctx, &pb.Command{Op: &pb.Command_PlaceJob{PlaceJob: &pb.PlaceJob{JobId: p.Job.ID, Placement: placement}}})
+		if err != nil {
+			s.log.Warn("place failed", "job", p.Job.ID, "err", err)
+			continue
+		}
+		s.setState(ctx, res.Job, res.Job.State, "", "", &pb.Condition{Type: condScheduled, Status: true, Reason: "Placed", Message: "ranks -> workers " + strings.Join(p.Workers, ",")})
+		s.log.Info("job placed", "job", p.Job.ID, "workers", p.Workers, "attempt", res.Job.Restarts)
+		s.publish(p.Job.ID, "Placed", res.Job.State, fmt.Sprintf("attempt %d: ranks -> workers %s", res.Job.Restarts, strings.Join(p.Workers, ",")), "")
+	}
+	for _, p := range pending {
+		if j := byID[p.JobID]; j != nil {
+			reason := "Unschedulable"
+			switch {
+			case errors.Is(p.Err, scheduler.ErrNoFit):
+				reason = "InsufficientWorkers"
+			case errors.Is(p.Err, scheduler.ErrBlocked):
+				reason = "WaitingForHigherPriority"
+			case errors.Is(p.Err, scheduler.ErrTooLarge):
+				reason = "TooLarge"
+			}
+			s.setPending(ctx, j, reason, p.Reason)
+		}
+	}
+}
+
+// setPending records why a pending job waits, when that changed.
+func (s *Server) setPending(ctx context.Context, j *pb.Job, reason, msg string) {
+	for _, c := range j.Conditions {
+		if c.Type == condScheduled && !c.Status && c.Reason == reason && c.Message == msg {
+			return
+		}
+	}
+	s.setState(ctx, j, j.State, "", "", &pb.Condition{Type: condScheduled, Status: false, Reason: reason, Message: msg})
+}
+
+func (s *Server) setState(ctx context.Context, j *pb.Job, st pb.JobState, reason, msg string, cond *pb.Condition) *pb.Job {
+	r, err := s.cfg.Node.Apply(ctx, &pb.Command{Op: &pb.Command_SetJobState{SetJobState: &pb.SetJobState{
+		JobId: j.Id, State: st, Reason: reason, Message: msg, Condition: cond,
+	}}})
+	if err != nil {
+		s.log.Warn("set job state failed", "job", j.Id, "err", err)
+		return nil
+	}
+	return r.Job
+}
+
+// ---- SyncWorker ----
+
+func (s *Server) SyncWorker(ctx context.Context, req *apiv1.SyncWorkerRequest) (*apiv1.SyncWorkerResponse, error) {
+	w := req.GetWorkerId()
+	if w == "" {
+		return nil, status.Error(codes.InvalidArgument, "sync without a worker id")
+	}
+	if !s.cfg.Node.IsLeader() {
+		return forward(ctx, s, req, apiv1.CoordinatorClient.SyncWorker)
+	}
+	s.lead.Lock()
+	defer s.lead.Unlock()
+	for _, ts := range req.GetTasks() {
+		if err := s.report(ctx, w, ts); err != nil {
+			return nil, apiError(err)
+		}
+	}
+	live := s.liveWorkers()
+	resp := &apiv1.SyncWorkerResponse{}
+	for _, j := range s.cfg.Node.Jobs() {
+		if !active(j) {
+			continue
+		}
+		mine := -1
+		peers := make([]string, len(j.Placement))
+		for _, a := range j.Placement {
+			if a.WorkerId == w {
+				mine = int(a.Rank)
+			}
+			if info, ok := live[a.WorkerId]; ok {
+				peers[a.Rank] = info.Address
+			}
+		}
+		if mine < 0 || contains(peers, "") {
+			continue // not ours, or a peer is gone (the tick handles that)
+		}
+		sp, err := s.spec(j)
+		if err != nil {
+			continue
+		}
+		resp.Tasks = append(resp.Tasks, &apiv1.Task{
+			JobId: j.Id, Attempt: j.Restarts, Rank: int32(mine), WorldSize: int32(len(j.Placement)),
+			Tp: int32(sp.Parallel.TP), Dp: int32(sp.Parallel.DP), Ep: int32(sp.Parallel.EP), Balance: sp.Parallel.Balance,
+			Peers: peers, Spec: j.Spec, ResumeFromStep: j.ResumeFromStep,
+		})
+	}
+	return resp, nil
+}
+
+func contains(xs []string, x string) bool {
+	for _, v := range xs {
+		if v == x {
+			return true
+		}
+	}
+	return false
+}
+
+// report applies one task report of worker w. Callers hold s.lead.
+func (s *Server) report(ctx context.Context, w string, ts *apiv1.TaskStatus) error {
+	j, err := s.cfg.Node.Job(ts.GetJobId())
+	if errors.Is(err, coordinator.ErrJobNotFound) {
+		return nil // a job this replica never had: the worker will stop it
+	}
+	if err != nil {
+		return err
+	}
+	if !active(j) || ts.GetAttempt() != j.Restarts {
+		return nil // an older attempt, or a job that ended: nothing to do
+	}
+	if int(ts.GetRank()) >= len(j.Placement) || j.Placement[ts.GetRank()].WorkerId != w {
+		return nil // not this worker's rank (a stale report)
+	}
+	key := taskKey{job: j.Id, attempt: j.Restarts, rank: ts.GetRank()}
+	s.term.reports[key] = ts
+	switch ts.GetState() {
+	case apiv1.TaskState_TASK_STATE_FAILED:
+		msg := ts.GetMessage()
+		if msg == "" {
+			msg = "exited with an error"
+		}
+		s.failAttempt(ctx, j, "RankFailed", fmt.Sprintf("rank %d on worker %s: %s", ts.GetRank(), w, msg), w)
+	case apiv1.TaskState_TASK_STATE_RUNNING:
+		if ts.GetRank() == 0 && ts.GetStep() > 0 {
+			s.progress(ctx, j, ts, false)
+		}
+	case apiv1.TaskState_TASK_STATE_SUCCEEDED:
+		for r := range j.Placement {
+			st := s.term.reports[taskKey{job: j.Id, attempt: j.Restarts, rank: int32(r)}]
+			if st.GetState() != apiv1.TaskState_TASK_STATE_SUCCEEDED {
+				return nil
+			}
+		}
+		if r0 := s.term.reports[taskKey{job: j.Id, attempt: j.Restarts, rank: 0}]; r0.GetStep() > 0 {
+			if nj := s.progress(ctx, j, r0, true); nj != nil {
+				j = nj
+			}
+		}
+		if nj := s.setState(ctx, j, pb.JobState_JOB_STATE_SUCCEEDED, "Completed", fmt.Sprintf("all %d ranks finished", len(j.Placement)), nil); nj != nil {
+			s.publish(j.Id, "Succeeded", nj.State, nj.Message, "")
+		}
+	}
+	return nil
+}
+
+// progress records rank 0's progress, at most every ProgressEvery unless
+// force or the job has not started running yet.
+func (s *Server) progress(ctx context.Context, j *pb.Job, ts *apiv1.TaskStatus, force bool) *pb.Job {
+	now := s.cfg.Now()
+	if !force && j.State == pb.JobState_JOB_STATE_RUNNING && now.Sub(s.term.lastProgress[j.Id]) < s.cfg.ProgressEvery {
+		return nil
+	}
+	if j.Progress != nil && j.Progress.Step == ts.GetStep() && j.State == pb.JobState_JOB_STATE_RUNNING {
+		return nil
+	}
+	s.term.lastProgress[j.Id] = now
+	r, err := s.cfg.Node.Apply(ctx, &pb.Command{Op: &pb.Command_JobProgress{JobProgress: &pb.JobProgress{
+		JobId: j.Id, Step: ts.GetStep(), Loss: ts.GetLoss(), TokensPerSecond: ts.GetTokensPerSecond(),
+	}}})
+	if err != nil {
+		s.log.Warn("progress failed", "job", j.Id, "err", err)
+		return nil
+	}
+	if j.State == pb.JobState_JOB_STATE_PLACED {
+		s.publish(j.Id, "Running", r.Job.State, fmt.Sprintf("first step reported (step %d)", ts.GetStep()), "")
+	}
+	return r.Job
+}

@@ -1,15 +1,20 @@
-// Command switchyard is the Switchyard CLI. Today it trains a model in this
-// process (train) and measures the engine (bench); job submission to a
-// cluster comes with the control plane.
+// Command switchyard is the Switchyard CLI: it trains a model in this
+// process (train, launch), measures the engine (bench), and submits and
+// follows jobs on a coordinator cluster over gRPC (job, cluster,
+// checkpoints).
 package main
 
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"os"
 	"os/signal"
 	"syscall"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/switchyard-ml/switchyard/pkg/parallel"
 )
@@ -22,14 +27,47 @@ usage:
   switchyard bench engine --preset tiny|small [--json]                 measure a training step
   switchyard help
 
+cluster (talks to the coordinator over gRPC):
+  switchyard job submit SPEC.yaml [--id ID] [--watch]   validate and submit a job spec
+  switchyard job list [--state pending,running,...]     list jobs
+  switchyard job status ID                              state, conditions, progress, placement, events
+  switchyard job logs [-f] ID                           print (-f: follow) a job's log lines
+  switchyard job watch ID                               follow progress until the job ends
+  switchyard job cancel ID
+  switchyard job resume ID [--from STEP]                restart from a committed checkpoint
+  switchyard cluster status                             coordinator replicas and workers
+  switchyard cluster add-replica ID RAFT_ADDR
+  switchyard cluster remove-replica ID
+  switchyard checkpoints list JOB
+  switchyard checkpoints show JOB STEP                  shards with size and sha256
+  switchyard checkpoints delete JOB STEP
+
+  flags of every cluster command, before or after the arguments:
+  --coordinator ADDR[,ADDR...]  coordinator API addresses (env SWITCHYARD_COORDINATOR; default 127.0.0.1:7400)
+  --token TOKEN                 bearer token (env SWITCHYARD_TOKEN)
+  --tls-ca/--tls-cert/--tls-key mutual TLS files (env SWITCHYARD_TLS_CA, SWITCHYARD_TLS_CERT, SWITCHYARD_TLS_KEY)
+  --timeout 15s                 deadline of each call
+  -o table|json                 json: protojson with proto field names (streams: one object per line)
+
+exit status:
+  0  ok
+  1  failure (for job watch and job submit --watch: the job failed or was cancelled)
+  2  bad command line, config or job spec
+  3  not found
+  4  coordinator unreachable or unavailable (or no answer within --timeout)
+  5  permission denied (missing or wrong token, TLS)
+
 run "switchyard train --help" for the training flags.
 `
 
 // exit codes
 const (
-	exitOK      = 0
-	exitFailure = 1 // the run failed
-	exitUsage   = 2 // bad command line or config
+	exitOK          = 0
+	exitFailure     = 1 // the run failed; a watched job failed or was cancelled
+	exitUsage       = 2 // bad command line, config or job spec
+	exitNotFound    = 3 // gRPC NotFound
+	exitUnavailable = 4 // coordinator unreachable: gRPC Unavailable, DeadlineExceeded
+	exitPermission  = 5 // gRPC Unauthenticated, PermissionDenied
 )
 
 func main() {
@@ -41,8 +79,14 @@ func main() {
 }
 
 func run(ctx context.Context, args []string) int {
+	return runCLI(ctx, args, stdCLI())
+}
+
+// runCLI runs one command line; the cluster commands write where c says
+// (tests capture it), the in-process commands to the process's stdout.
+func runCLI(ctx context.Context, args []string, c *cli) int {
 	if len(args) == 0 {
-		fmt.Fprint(os.Stderr, usage)
+		fmt.Fprint(c.errOut, usage)
 		return exitUsage
 	}
 	var err error
@@ -53,20 +97,47 @@ func run(ctx context.Context, args []string) int {
 		err = cmdBench(ctx, args[1:])
 	case "launch":
 		err = cmdLaunch(ctx, args[1:])
+	case "job":
+		err = c.cmdJob(ctx, args[1:])
+	case "cluster":
+		err = c.cmdCluster(ctx, args[1:])
+	case "checkpoints":
+		err = c.cmdCheckpoints(ctx, args[1:])
 	case "help", "-h", "--help":
-		fmt.Print(usage)
+		fmt.Fprint(c.out, usage)
 		return exitOK
 	default:
-		fmt.Fprintf(os.Stderr, "switchyard: unknown command %q\n\n%s", args[0], usage)
+		fmt.Fprintf(c.errOut, "switchyard: unknown command %q\n\n%s", args[0], usage)
 		return exitUsage
 	}
-	if err == nil {
+	code := exitCode(err)
+	if err != nil && !errors.Is(err, flag.ErrHelp) {
+		fmt.Fprintln(c.errOut, "switchyard:", err)
+	}
+	return code
+}
+
+// exitCode maps an error to the exit status (see usage): the one place
+// where gRPC status codes become exit codes.
+func exitCode(err error) int {
+	if err == nil || errors.Is(err, flag.ErrHelp) {
 		return exitOK
 	}
-	fmt.Fprintln(os.Stderr, "switchyard:", err)
 	var ue usageError
 	if errors.As(err, &ue) {
 		return exitUsage
+	}
+	if st, ok := status.FromError(err); ok {
+		switch st.Code() {
+		case codes.NotFound:
+			return exitNotFound
+		case codes.Unavailable, codes.DeadlineExceeded:
+			return exitUnavailable
+		case codes.Unauthenticated, codes.PermissionDenied:
+			return exitPermission
+		case codes.InvalidArgument:
+			return exitUsage
+		}
 	}
 	return exitFailure
 }

@@ -2,8 +2,6 @@ package controller
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -293,16 +291,6 @@ func (s *Server) spec(j *pb.Job) (*jobspec.Spec, error) {
 
 var jobIDRe = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
 
-// NewJobID returns name plus a random suffix: a fresh idempotency key.
-func NewJobID(name string) string {
-	var b [4]byte
-	rand.Read(b[:]) //nolint:errcheck // crypto/rand never fails on Linux
-	if len(name) > 54 {
-		name = name[:54]
-	}
-	return name + "-" + hex.EncodeToString(b[:])
-}
-
 func (s *Server) SubmitJob(ctx context.Context, req *apiv1.SubmitJobRequest) (*apiv1.SubmitJobResponse, error) {
 	sp, err := jobspec.Parse(req.GetSpec())
 	if err != nil {
@@ -310,7 +298,7 @@ func (s *Server) SubmitJob(ctx context.Context, req *apiv1.SubmitJobRequest) (*a
 	}
 	id := req.GetJobId()
 	if id == "" {
-		id = NewJobID(sp.Name)
+		id = jobspec.NewJobID(sp.Name)
 	}
 	if !jobIDRe.MatchString(id) {
 		return nil, status.Errorf(codes.InvalidArgument, "job id %q: want 1-63 of [a-z0-9-], starting and ending with a letter or digit", id)

@@ -2,10 +2,13 @@ package jobspec
 
 import (
 	"bytes"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"strings"
 
 	"gopkg.in/yaml.v3"
 
@@ -273,4 +276,16 @@ func (s *Spec) World() int { return s.Parallel.TP * s.Parallel.DP }
 // accumulation * parallel.dp.
 func (s *Spec) GlobalBatch() int64 {
 	return int64(s.MicroBatch) * int64(s.Accumulation) * int64(s.Parallel.DP)
+}
+
+// NewJobID returns a fresh job ID: the name plus a random suffix. The CLI
+// picks it before submitting, so that a retried submit (a fail-over in
+// between) finds the job it already created instead of making a second one.
+func NewJobID(name string) string {
+	var b [4]byte
+	rand.Read(b[:]) //nolint:errcheck // crypto/rand does not fail on supported platforms
+	if len(name) > 54 {
+		name = strings.TrimRight(name[:54], "-")
+	}
+	return name + "-" + hex.EncodeToString(b[:])
 }

@@ -1,0 +1,151 @@
+package main
+
+// switchyard cluster: status, add-replica, remove-replica.
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+
+	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
+)
+
+func (c *cli) cmdCluster(ctx context.Context, args []string) error {
+	return c.group(ctx, "cluster", args, []command{
+		{"status", "", "show the coordinator replicas and the workers", c.clusterStatus},
+		{"add-replica", "ID RAFT_ADDR", "add a coordinator replica (raft voter) to the cluster", c.clusterAddReplica},
+		{"remove-replica", "ID", "remove a coordinator replica from the cluster", c.clusterRemoveReplica},
+	})
+}
+
+func (c *cli) clusterStatus(ctx context.Context, name string, args []string) error {
+	fs, r := c.flags(name)
+	if _, err := c.parse(fs, r, args, 0, 0); err != nil {
+		return err
+	}
+	cl, err := r.dial()
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	cctx, cancel := r.call(ctx)
+	defer cancel()
+	resp, err := cl.ClusterStatus(cctx, &apiv1.ClusterStatusRequest{})
+	if err != nil {
+		return callError("cluster status", r, err)
+	}
+	if r.json() {
+		return printProto(c.out, resp, false)
+	}
+	w := c.out
+	fmt.Fprintf(w, "Answered by: %s\n", orDash(resp.GetAnsweredBy()))
+	fmt.Fprintf(w, "Leader:      %s\n", orDash(resp.GetLeaderId()))
+	if raft := resp.GetRaft(); len(raft) > 0 {
+		var kv []string
+		for _, k := range sortedKeys(raft) {
+			kv = append(kv, k+"="+raft[k])
+		}
+		fmt.Fprintf(w, "Raft:        %s\n", strings.Join(kv, " "))
+	}
+	fmt.Fprintln(w, "\nReplicas:")
+	printReplicas(w, resp.GetReplicas(), resp.GetLeaderId())
+
+	fmt.Fprintln(w, "\nWorkers:")
+	if len(resp.GetWorkers()) == 0 {
+		fmt.Fprintln(w, "  (none)")
+		return nil
+	}
+	t := newTable(w, "  ", "ID", "HOST", "ADDRESS", "CORES", "MEMORY", "GPUS", "LABELS", "HEALTHY", "JOB/RANK")
+	for _, wk := range resp.GetWorkers() {
+		res := wk.GetResources()
+		var labels []string
+		for _, k := range sortedKeys(wk.GetLabels()) {
+			labels = append(labels, k+"="+wk.GetLabels()[k])
+		}
+		job := "-"
+		if wk.GetJobId() != "" {
+			job = fmt.Sprintf("%s/%d", wk.GetJobId(), wk.GetRank())
+		}
+		t.row(wk.GetId(), orDash(wk.GetHost()), orDash(wk.GetAddress()), res.GetCpuCores(),
+			fmtBytes(res.GetMemoryMib()<<20), res.GetGpus(), orDash(strings.Join(labels, ",")), yesNo(wk.GetHealthy()), job)
+	}
+	return t.flush()
+}
+
+// printReplicas is the replica table; "*" marks the leader.
+func printReplicas(w io.Writer, reps []*apiv1.Replica, leaderID string) {
+	if len(reps) == 0 {
+		fmt.Fprintln(w, "  (none)")
+		return
+	}
+	t := newTable(w, "  ", "ID", "RAFT ADDRESS", "API ADDRESS", "LEADER", "VOTER", "ALIVE", "STATE")
+	for _, rp := range reps {
+		lead := ""
+		if rp.GetLeader() || (leaderID != "" && rp.GetId() == leaderID) {
+			lead = "*"
+		}
+		t.row(rp.GetId(), orDash(rp.GetRaftAddress()), orDash(rp.GetApiAddress()), lead, yesNo(rp.GetVoter()), yesNo(rp.GetAlive()), orDash(rp.GetState()))
+	}
+	t.flush()
+}
+
+func sortedKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
+
+func (c *cli) clusterAddReplica(ctx context.Context, name string, args []string) error {
+	fs, r := c.flags(name)
+	pos, err := c.parse(fs, r, args, 2, 2)
+	if err != nil {
+		return err
+	}
+	cl, err := r.dial()
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	cctx, cancel := r.call(ctx)
+	defer cancel()
+	resp, err := cl.AddReplica(cctx, &apiv1.AddReplicaRequest{Id: pos[0], RaftAddress: pos[1]})
+	if err != nil {
+		return callError("cluster add-replica "+pos[0], r, err)
+	}
+	if r.json() {
+		return printProto(c.out, resp, false)
+	}
+	fmt.Fprintf(c.out, "added replica %s (%s)\n\nReplicas:\n", pos[0], pos[1])
+	printReplicas(c.out, resp.GetReplicas(), "")
+	return nil
+}
+
+func (c *cli) clusterRemoveReplica(ctx context.Context, name string, args []string) error {
+	fs, r := c.flags(name)
+	pos, err := c.parse(fs, r, args, 1, 1)
+	if err != nil {
+		return err
+	}
+	cl, err := r.dial()
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	cctx, cancel := r.call(ctx)
+	defer cancel()
+	resp, err := cl.RemoveReplica(cctx, &apiv1.RemoveReplicaRequest{Id: pos[0]})
+	if err != nil {
+		return callError("cluster remove-replica "+pos[0], r, err)
+	}
+	if r.json() {
+		return printProto(c.out, resp, false)
+	}
+	fmt.Fprintf(c.out, "removed replica %s\n\nReplicas:\n", pos[0])
+	printReplicas(c.out, resp.GetReplicas(), "")
+	return nil
+}

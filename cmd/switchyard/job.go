@@ -1,0 +1,623 @@
+package main
+
+// switchyard job: submit, list, status, logs, watch, cancel, resume.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/switchyard-ml/switchyard/pkg/client"
+	"github.com/switchyard-ml/switchyard/pkg/jobspec"
+	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
+	coordinatorv1 "github.com/switchyard-ml/switchyard/proto/switchyard/coordinator/v1"
+)
+
+func (c *cli) cmdJob(ctx context.Context, args []string) error {
+	return c.group(ctx, "job", args, []command{
+		{"submit", "SPEC.yaml [--id ID] [--watch]", "validate the spec, submit it and print the job ID (--watch: then watch it)", c.jobSubmit},
+		{"list", "[--state pending,running,...]", "list jobs", c.jobList},
+		{"status", "ID", "show a job: state, conditions, progress, placement, events", c.jobStatus},
+		{"logs", "[-f] ID", "print a job's log lines (-f: follow until the job ends)", c.jobLogs},
+		{"watch", "ID", "follow a job's progress until it ends (exit 0: succeeded, 1: failed or cancelled)", c.jobWatch},
+		{"cancel", "ID [--message TEXT]", "cancel a job", c.jobCancel},
+		{"resume", "ID [--from STEP]", "restart a job from a committed checkpoint (default: the newest)", c.jobResume},
+	})
+}
+
+func (c *cli) jobSubmit(ctx context.Context, name string, args []string) error {
+	fs, r := c.flags(name)
+	id := fs.String("id", "", "job ID (idempotency key; default: the spec's name plus a random suffix, chosen here so that retries cannot submit twice)")
+	watch := fs.Bool("watch", false, "watch the job after submitting it (exit status as `job watch`)")
+	pos, err := c.parse(fs, r, args, 1, 1)
+	if err != nil {
+		return err
+	}
+	path := pos[0]
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return usageError{fmt.Errorf("job submit: %w", err)}
+	}
+	sp, err := jobspec.Parse(raw)
+	if err != nil {
+		return usageError{fmt.Errorf("job submit: %s is not a valid job spec:\n  %s", path, strings.ReplaceAll(err.Error(), "\n", "\n  "))}
+	}
+	if *id == "" {
+		*id = jobspec.NewJobID(sp.Name)
+	}
+	cl, err := r.dial()
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	cctx, cancel := r.call(ctx)
+	resp, err := cl.SubmitJob(cctx, &apiv1.SubmitJobRequest{Spec: raw, JobId: *id})
+	cancel()
+	if err != nil {
+		return callError("job submit", r, err)
+	}
+	job := resp.GetJob()
+	if r.json() {
+		if err := printProto(c.out, job, *watch); err != nil {
+			return err
+		}
+	} else {
+		if !resp.GetCreated() {
+			fmt.Fprintf(c.errOut, "job %s already exists with this spec (state %s)\n", job.GetId(), stateName(job.GetState()))
+		}
+		fmt.Fprintln(c.out, job.GetId())
+	}
+	if !*watch {
+		return nil
+	}
+	return c.watch(ctx, r, cl, job.GetId())
+}
+
+func (c *cli) jobList(ctx context.Context, name string, args []string) error {
+	fs, r := c.flags(name)
+	stateFlag := fs.String("state", "", "only jobs in these comma-separated states (pending, placed, running, succeeded, failed, cancelled)")
+	if _, err := c.parse(fs, r, args, 0, 0); err != nil {
+		return err
+	}
+	states, err := parseStates(*stateFlag)
+	if err != nil {
+		return usageError{err}
+	}
+	cl, err := r.dial()
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	cctx, cancel := r.call(ctx)
+	defer cancel()
+	resp, err := cl.ListJobs(cctx, &apiv1.ListJobsRequest{States: states})
+	if err != nil {
+		return callError("job list", r, err)
+	}
+	if r.json() {
+		return printProto(c.out, resp, false)
+	}
+	t := newTable(c.out, "", "ID", "NAME", "STATE", "STEP/TOTAL", "LOSS", "WORKERS", "RESTARTS", "AGE")
+	for _, j := range resp.GetJobs() {
+		p := j.GetProgress()
+		t.row(j.GetId(), orDash(j.GetName()), stateName(j.GetState()), stepTotal(p.GetStep(), p.GetTotalSteps()),
+			fmtLoss(p.GetStep(), p.GetLoss()), fmt.Sprintf("%d/%d", len(j.GetPlacement()), j.GetWorldSize()),
+			j.GetRestarts(), c.age(j.GetSubmittedUnixNano()))
+	}
+	return t.flush()
+}
+
+func (c *cli) jobStatus(ctx context.Context, name string, args []string) error {
+	fs, r := c.flags(name)
+	pos, err := c.parse(fs, r, args, 1, 1)
+	if err != nil {
+		return err
+	}
+	id := pos[0]
+	cl, err := r.dial()
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	cctx, cancel := r.call(ctx)
+	defer cancel()
+	resp, err := cl.GetJob(cctx, &apiv1.GetJobRequest{JobId: id})
+	if err != nil {
+		return callError("job status "+id, r, err)
+	}
+	if r.json() {
+		return printProto(c.out, resp, false)
+	}
+	c.printJob(resp.GetJob(), resp.GetPendingReason())
+	return nil
+}
+
+// printJob is the `job status` view of a job.
+func (c *cli) printJob(j *coordinatorv1.Job, pendingReason string) {
+	w := c.out
+	fmt.Fprintf(w, "Job:         %s\n", j.GetId())
+	fmt.Fprintf(w, "Name:        %s\n", orDash(j.GetName()))
+	fmt.Fprintf(w, "State:       %s\n", stateLine(j))
+	if pendingReason != "" {
+		fmt.Fprintf(w, "Pending:     %s\n", pendingReason)
+	}
+	fmt.Fprintf(w, "Priority:    %d\n", j.GetPriority())
+	fmt.Fprintf(w, "World size:  %d\n", j.GetWorldSize())
+	fmt.Fprintf(w, "Submitted:   %s (%s ago)\n", fmtTime(j.GetSubmittedUnixNano()), c.age(j.GetSubmittedUnixNano()))
+	if j.GetFinishedUnixNano() != 0 {
+		fmt.Fprintf(w, "Finished:    %s (%s ago)\n", fmtTime(j.GetFinishedUnixNano()), c.age(j.GetFinishedUnixNano()))
+	}
+	fmt.Fprintf(w, "Restarts:    %d\n", j.GetRestarts())
+
+	p := j.GetProgress()
+	fmt.Fprintf(w, "Step:        %s", stepTotal(p.GetStep(), p.GetTotalSteps()))
+	if t := p.GetTotalSteps(); t > 0 {
+		fmt.Fprintf(w, " (%.1f%%)", 100*float64(min(p.GetStep(), t))/float64(t))
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintf(w, "Loss:        %s\n", fmtLoss(p.GetStep(), p.GetLoss()))
+	fmt.Fprintf(w, "Tokens/s:    %s\n", fmtRate(p.GetTokensPerSecond()))
+	etaText := "-"
+	if !finalState(j.GetState()) {
+		if d, ok := eta(p.GetStep(), p.GetTotalSteps(), tokensPerStep(j), p.GetTokensPerSecond()); ok {
+			etaText = fmtDuration(d) + " (remaining steps x tokens per step / tokens/s)"
+		}
+	}
+	fmt.Fprintf(w, "ETA:         %s\n", etaText)
+	if p.GetUpdatedUnixNano() != 0 {
+		fmt.Fprintf(w, "Updated:     %s ago\n", c.age(p.GetUpdatedUnixNano()))
+	}
+
+	fmt.Fprintln(w, "\nConditions:")
+	if len(j.GetConditions()) == 0 {
+		fmt.Fprintln(w, "  (none)")
+	} else {
+		t := newTable(w, "  ", "TYPE", "STATUS", "REASON", "MESSAGE", "SINCE")
+		for _, cd := range j.GetConditions() {
+			t.row(cd.GetType(), cd.GetStatus(), orDash(cd.GetReason()), orDash(cd.GetMessage()), c.age(cd.GetLastTransitionUnixNano()))
+		}
+		t.flush()
+	}
+
+	fmt.Fprintln(w, "\nPlacement:")
+	if len(j.GetPlacement()) == 0 {
+		fmt.Fprintln(w, "  (none)")
+	} else {
+		t := newTable(w, "  ", "RANK", "WORKER")
+		for _, a := range j.GetPlacement() {
+			t.row(a.GetRank(), a.GetWorkerId())
+		}
+		t.flush()
+	}
+
+	fmt.Fprintln(w, "\nEvents:")
+	if n := j.GetEventsDropped(); n > 0 {
+		fmt.Fprintf(w, "  (%d earlier events dropped)\n", n)
+	}
+	if len(j.GetEvents()) == 0 {
+		fmt.Fprintln(w, "  (none)")
+		return
+	}
+	t := newTable(w, "  ", "TIME", "TYPE", "WORKER", "MESSAGE")
+	for _, e := range j.GetEvents() {
+		t.row(fmtTime(e.GetUnixNano()), e.GetType(), orDash(e.GetWorkerId()), e.GetMessage())
+	}
+	t.flush()
+}
+
+// stateLine is "FAILED (WorkerLost: worker w-3 lease expired)".
+func stateLine(j *coordinatorv1.Job) string {
+	s := stateName(j.GetState())
+	switch {
+	case j.GetReason() != "" && j.GetMessage() != "":
+		s += fmt.Sprintf(" (%s: %s)", j.GetReason(), j.GetMessage())
+	case j.GetReason() != "" || j.GetMessage() != "":
+		s += fmt.Sprintf(" (%s%s)", j.GetReason(), j.GetMessage())
+	}
+	return s
+}
+
+func fmtRate(tokPerSec float64) string {
+	if tokPerSec <= 0 || math.IsNaN(tokPerSec) {
+		return "-"
+	}
+	return fmt.Sprintf("%.0f", tokPerSec)
+}
+
+// tokensPerStep is the tokens one optimizer step trains on, from the job's
+// spec: micro_batch * accumulation * dp * model.seq_len (what pkg/train
+// counts in tokens/s), with dp = world_size / parallel.tp so that an
+// elastic job resized after a restart counts its current dp. 0 when the
+// spec does not parse.
+func tokensPerStep(j *coordinatorv1.Job) float64 {
+	s, err := jobspec.Parse(j.GetSpec())
+	if err != nil {
+		return 0
+	}
+	m, err := s.ModelConfig()
+	if err != nil {
+		return 0
+	}
+	dp := s.Parallel.DP
+	if w := int(j.GetWorldSize()); w > 0 && s.Parallel.TP > 0 && w%s.Parallel.TP == 0 {
+		dp = w / s.Parallel.TP
+	}
+	return float64(s.MicroBatch) * float64(s.Accumulation) * float64(dp) * float64(m.SeqLen)
+}
+
+// eta is the time the remaining steps take at the current rate:
+// (total - step) * tokensPerStep / tokensPerSecond.
+func eta(step, total int64, tokensPerStep, tokensPerSecond float64) (time.Duration, bool) {
+	if total <= 0 || tokensPerStep <= 0 || !(tokensPerSecond > 0) || math.IsInf(tokensPerSecond, 0) {
+		return 0, false
+	}
+	secs := float64(max(total-step, 0)) * tokensPerStep / tokensPerSecond
+	if secs > float64(math.MaxInt64/int64(time.Second)) {
+		return 0, false
+	}
+	return time.Duration(secs * float64(time.Second)), true
+}
+
+func (c *cli) jobLogs(ctx context.Context, name string, args []string) error {
+	fs, r := c.flags(name)
+	follow := fs.Bool("f", false, "follow: keep printing until the job ends")
+	pos, err := c.parse(fs, r, args, 1, 1)
+	if err != nil {
+		return err
+	}
+	id := pos[0]
+	cl, err := r.dial()
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	op := "job logs " + id
+	req := &apiv1.JobLogsRequest{JobId: id, Follow: *follow}
+	var stream apiv1.Coordinator_JobLogsClient
+	if *follow {
+		var cancel context.CancelFunc
+		stream, cancel, err = openStream(ctx, r, func(sctx context.Context) (apiv1.Coordinator_JobLogsClient, error) {
+			return cl.JobLogs(sctx, req)
+		})
+		defer cancel()
+	} else {
+		// Without -f the history is bounded: the whole call has the deadline.
+		cctx, cancel := r.call(ctx)
+		defer cancel()
+		stream, err = cl.JobLogs(cctx, req)
+	}
+	if err != nil {
+		return callError(op, r, err)
+	}
+	for {
+		e, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return callError(op, r, err)
+		}
+		if r.json() {
+			if err := printProto(c.out, e, true); err != nil {
+				return err
+			}
+			continue
+		}
+		line := strings.TrimRight(e.GetLine(), "\n")
+		if e.GetWorkerId() != "" {
+			fmt.Fprintf(c.out, "[rank %d worker %s] %s\n", e.GetRank(), e.GetWorkerId(), line)
+		} else {
+			fmt.Fprintf(c.out, "[rank %d] %s\n", e.GetRank(), line)
+		}
+	}
+}
+
+func (c *cli) jobWatch(ctx context.Context, name string, args []string) error {
+	fs, r := c.flags(name)
+	pos, err := c.parse(fs, r, args, 1, 1)
+	if err != nil {
+		return err
+	}
+	cl, err := r.dial()
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	return c.watch(ctx, r, cl, pos[0])
+}
+
+// jobEndedError: the watched job failed or was cancelled (exit 1).
+type jobEndedError struct{ job *coordinatorv1.Job }
+
+func (e jobEndedError) Error() string {
+	return fmt.Sprintf("job %s %s", e.job.GetId(), stateLine(e.job))
+}
+
+// maxWatchReopens bounds how often in a row watch reopens a stream that
+// broke with UNAVAILABLE (the replica it was on went away) having sent at
+// most one message (the current record, which every stream starts with).
+const maxWatchReopens = 5
+
+// watcher is the state of one `job watch`.
+type watcher struct {
+	c       *cli
+	job     *coordinatorv1.Job
+	tokStep float64 // tokens per step from the spec, 0: unknown
+	last    *apiv1.StepMetrics
+	load    *apiv1.StepMetrics // the last metrics that carried expert_load
+	first   *apiv1.StepMetrics // first metrics seen, and when: the fallback rate
+	firstAt time.Time
+	drawn   bool // a progress line is on screen (tty)
+}
+
+// watch streams WatchJob until the job ends, then prints the final state
+// and the expert load; a failed or cancelled job is a jobEndedError.
+func (c *cli) watch(ctx context.Context, r *remoteFlags, cl *client.Client, id string) error {
+	op := "job watch " + id
+	w := &watcher{c: c}
+	defer w.endLine()
+	for broken := 0; ; {
+		n, err := w.stream(ctx, r, cl, id)
+		if err == nil {
+			break
+		}
+		if n > 1 {
+			broken = 0
+		}
+		if status.Code(err) != codes.Unavailable || broken >= maxWatchReopens || ctx.Err() != nil {
+			return callError(op, r, err)
+		}
+		broken++
+		w.endLine()
+		fmt.Fprintf(c.errOut, "watch: stream broke (%s); reopening\n", status.Convert(err).Message())
+		select {
+		case <-ctx.Done():
+			return callError(op, r, status.FromContextError(ctx.Err()).Err())
+		case <-time.After(time.Duration(broken) * 100 * time.Millisecond):
+		}
+	}
+	// The stream ends when the job does; if the last record seen is not
+	// final, ask for the record once.
+	if w.job == nil || !finalState(w.job.GetState()) {
+		cctx, cancel := r.call(ctx)
+		resp, err := cl.GetJob(cctx, &apiv1.GetJobRequest{JobId: id})
+		cancel()
+		if err != nil {
+			return callError(op, r, err)
+		}
+		w.job = resp.GetJob()
+		if r.json() {
+			if err := printProto(c.out, &apiv1.WatchJobResponse{Job: w.job}, true); err != nil {
+				return err
+			}
+		}
+	}
+	w.endLine()
+	j := w.job
+	if !r.json() {
+		fmt.Fprintf(c.out, "job %s %s\n", j.GetId(), stateLine(j))
+		if w.load != nil {
+			fmt.Fprintf(c.out, "\nexpert load at step %d (share of routed tokens; 1/E is balanced):\n", w.load.GetStep())
+			printExpertLoad(c.out, w.load.GetExpertLoad())
+		}
+	}
+	switch j.GetState() {
+	case coordinatorv1.JobState_JOB_STATE_SUCCEEDED:
+		return nil
+	case coordinatorv1.JobState_JOB_STATE_FAILED, coordinatorv1.JobState_JOB_STATE_CANCELLED:
+		return jobEndedError{j}
+	}
+	return fmt.Errorf("%s: the watch ended while the job is %s", op, stateName(j.GetState()))
+}
+
+// stream runs one WatchJob stream to its end and returns how many
+// messages arrived.
+func (w *watcher) stream(ctx context.Context, r *remoteFlags, cl *client.Client, id string) (n int, err error) {
+	s, cancel, err := openStream(ctx, r, func(sctx context.Context) (apiv1.Coordinator_WatchJobClient, error) {
+		return cl.WatchJob(sctx, &apiv1.WatchJobRequest{JobId: id})
+	})
+	if err != nil {
+		return 0, err
+	}
+	defer cancel()
+	for ; ; n++ {
+		msg, err := s.Recv()
+		if errors.Is(err, io.EOF) {
+			return n, nil
+		}
+		if err != nil {
+			return n, err
+		}
+		if r.json() {
+			if err := printProto(w.c.out, msg, true); err != nil {
+				return n, err
+			}
+		}
+		if j := msg.GetJob(); j != nil {
+			w.onJob(j, r.json())
+		}
+		if m := msg.GetMetrics(); m != nil {
+			w.onMetrics(m, r.json())
+		}
+	}
+}
+
+func (w *watcher) onJob(j *coordinatorv1.Job, quiet bool) {
+	prev := w.job
+	w.job = j
+	if w.tokStep == 0 {
+		w.tokStep = tokensPerStep(j)
+	}
+	if quiet || (prev != nil && prev.GetState() == j.GetState() && prev.GetRestarts() == j.GetRestarts()) {
+		return
+	}
+	w.endLine()
+	line := fmt.Sprintf("%s job %s %s", w.c.now().Format("15:04:05"), j.GetId(), stateLine(j))
+	if j.GetRestarts() > 0 {
+		line += fmt.Sprintf(", %d restarts", j.GetRestarts())
+	}
+	fmt.Fprintln(w.c.out, line)
+	if w.c.tty && w.last != nil {
+		w.draw() // put the progress line back under the state line
+	}
+}
+
+func (w *watcher) onMetrics(m *apiv1.StepMetrics, quiet bool) {
+	if w.first == nil || m.GetStep() < w.first.GetStep() {
+		w.first, w.firstAt = m, w.c.now()
+	}
+	w.last = m
+	if len(m.GetExpertLoad()) > 0 {
+		w.load = m
+	}
+	if !quiet {
+		w.draw()
+	}
+}
+
+// draw shows the last metrics: a redrawn line on a terminal, a new line
+// otherwise.
+func (w *watcher) draw() {
+	m := w.last
+	total := w.job.GetProgress().GetTotalSteps()
+	var b strings.Builder
+	fmt.Fprintf(&b, "step %s", stepTotal(m.GetStep(), total))
+	if w.c.tty {
+		pct := 0.0
+		if total > 0 {
+			pct = 100 * float64(min(m.GetStep(), total)) / float64(total)
+		}
+		fmt.Fprintf(&b, " %s %3.0f%%", bar(m.GetStep(), total, 24), pct)
+	}
+	fmt.Fprintf(&b, "  loss %s  lbl %.4g  tok/s %s  ETA %s", fmtLoss(m.GetStep(), m.GetLoss()), m.GetLbl(), fmtRate(m.GetTokensPerSecond()), w.eta(total))
+	if w.c.tty {
+		fmt.Fprintf(w.c.out, "\r\033[K%s", b.String())
+		w.drawn = true
+		return
+	}
+	fmt.Fprintln(w.c.out, b.String())
+}
+
+// eta: from tokens per step (spec) and tokens/s when both are known,
+// else from the step rate seen since the watch started.
+func (w *watcher) eta(total int64) string {
+	m := w.last
+	if d, ok := eta(m.GetStep(), total, w.tokStep, m.GetTokensPerSecond()); ok {
+		return fmtDuration(d)
+	}
+	el := w.c.now().Sub(w.firstAt).Seconds()
+	done := float64(m.GetStep() - w.first.GetStep())
+	if total <= 0 || el <= 0 || done <= 0 {
+		return "-"
+	}
+	return fmtDuration(time.Duration(float64(total-m.GetStep()) * el / done * float64(time.Second)))
+}
+
+// endLine ends a redrawn progress line.
+func (w *watcher) endLine() {
+	if w.drawn {
+		fmt.Fprintln(w.c.out)
+		w.drawn = false
+	}
+}
+
+// printExpertLoad is one row per MoE layer, one column per expert, shares
+// in percent, and the largest share over the mean (1.00 is balanced).
+func printExpertLoad(out io.Writer, layers []*apiv1.ExpertLoad) {
+	experts := 0
+	for _, l := range layers {
+		experts = max(experts, len(l.GetShare()))
+	}
+	header := []string{"LAYER"}
+	for e := range experts {
+		header = append(header, fmt.Sprintf("E%d", e))
+	}
+	header = append(header, "MAX/MEAN")
+	t := newTable(out, "  ", header...)
+	for i, l := range layers {
+		row := []any{i}
+		var sum float64
+		for e := range experts {
+			if e < len(l.GetShare()) {
+				row = append(row, fmt.Sprintf("%.1f%%", 100*l.GetShare()[e]))
+				sum += l.GetShare()[e]
+			} else {
+				row = append(row, "-")
+			}
+		}
+		imb := "-"
+		if n := len(l.GetShare()); n > 0 && sum > 0 {
+			imb = fmt.Sprintf("%.2f", slices.Max(l.GetShare())/(sum/float64(n)))
+		}
+		t.row(append(row, imb)...)
+	}
+	t.flush()
+}
+
+func (c *cli) jobCancel(ctx context.Context, name string, args []string) error {
+	fs, r := c.flags(name)
+	msg := fs.String("message", "", "why (recorded with the job)")
+	pos, err := c.parse(fs, r, args, 1, 1)
+	if err != nil {
+		return err
+	}
+	id := pos[0]
+	cl, err := r.dial()
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	cctx, cancel := r.call(ctx)
+	defer cancel()
+	resp, err := cl.CancelJob(cctx, &apiv1.CancelJobRequest{JobId: id, Message: *msg})
+	if err != nil {
+		return callError("job cancel "+id, r, err)
+	}
+	if r.json() {
+		return printProto(c.out, resp.GetJob(), false)
+	}
+	fmt.Fprintf(c.out, "job %s %s\n", id, stateLine(resp.GetJob()))
+	return nil
+}
+
+func (c *cli) jobResume(ctx context.Context, name string, args []string) error {
+	fs, r := c.flags(name)
+	from := fs.Int64("from", 0, "committed checkpoint step to resume from (0: the newest)")
+	pos, err := c.parse(fs, r, args, 1, 1)
+	if err != nil {
+		return err
+	}
+	if *from < 0 {
+		return usageError{fmt.Errorf("--from %d: must be >= 0", *from)}
+	}
+	id := pos[0]
+	cl, err := r.dial()
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	cctx, cancel := r.call(ctx)
+	defer cancel()
+	resp, err := cl.ResumeJob(cctx, &apiv1.ResumeJobRequest{JobId: id, FromStep: *from})
+	if err != nil {
+		return callError("job resume "+id, r, err)
+	}
+	if r.json() {
+		return printProto(c.out, resp.GetJob(), false)
+	}
+	src := "the newest checkpoint"
+	if *from > 0 {
+		src = fmt.Sprintf("checkpoint step %d", *from)
+	}
+	fmt.Fprintf(c.out, "job %s resuming from %s: %s\n", id, src, stateLine(resp.GetJob()))
+	return nil
+}

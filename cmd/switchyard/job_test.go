@@ -1,0 +1,315 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
+	coordinatorv1 "github.com/switchyard-ml/switchyard/proto/switchyard/coordinator/v1"
+)
+
+const validSpecPath = "../../pkg/jobspec/testdata/full.yaml"
+
+func TestJobSubmitValidSpec(t *testing.T) {
+	f := newFakeCoordinator()
+	addr := startFake(t, f)
+	raw, err := os.ReadFile(validSpecPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := runAt(t, addr, "job", "submit", validSpecPath, "--id", "my-run")
+	wantCode(t, r, exitOK)
+	if strings.TrimSpace(r.stdout) != "my-run" {
+		t.Fatalf("stdout %q, want the job id", r.stdout)
+	}
+	sub := locked(f, func() []*apiv1.SubmitJobRequest { return f.submitted })
+	if len(sub) != 1 || string(sub[0].GetSpec()) != string(raw) || sub[0].GetJobId() != "my-run" {
+		t.Fatalf("the coordinator got %v", sub)
+	}
+
+	r = runAt(t, addr, "job", "submit", "-o", "json", validSpecPath)
+	wantCode(t, r, exitOK)
+	m := decodeJSON(t, r.stdout)
+	// without --id the CLI picks "<name>-<8 hex>" itself (a retried submit
+	// must not create a second job)
+	if id, _ := m["id"].(string); !regexp.MustCompile(`^moe-global-lbl-[0-9a-f]{8}$`).MatchString(id) || m["state"] != "JOB_STATE_PENDING" {
+		t.Fatalf("json: %v", m)
+	}
+}
+
+// An invalid spec never reaches the coordinator: exit 2, every broken
+// rule named with its field path.
+func TestJobSubmitInvalidSpec(t *testing.T) {
+	f := newFakeCoordinator()
+	addr := startFake(t, f)
+	spec := filepath.Join(t.TempDir(), "bad.yaml")
+	if err := os.WriteFile(spec, []byte("name: job\nparallel: {dp: 4, ep: 3}\nsteps: -5\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := runAt(t, addr, "job", "submit", spec)
+	wantCode(t, r, exitUsage)
+	wantContains(t, r.stderr, "parallel.ep = 3: must divide parallel.dp = 4", "steps = -5: must be >= 1")
+	if sub := locked(f, func() []*apiv1.SubmitJobRequest { return f.submitted }); len(sub) != 0 {
+		t.Fatalf("an invalid spec was submitted: %v", sub)
+	}
+	r = runAt(t, addr, "job", "submit", filepath.Join(t.TempDir(), "missing.yaml"))
+	wantCode(t, r, exitUsage)
+}
+
+func TestJobList(t *testing.T) {
+	addr := startFake(t, newFakeCoordinator())
+	r := runAt(t, addr, "job", "list")
+	wantCode(t, r, exitOK)
+	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+	if len(lines) != 3 {
+		t.Fatalf("want header and 2 jobs:\n%s", r.stdout)
+	}
+	if f := strings.Fields(lines[0]); strings.Join(f, " ") != "ID NAME STATE STEP/TOTAL LOSS WORKERS RESTARTS AGE" {
+		t.Fatalf("header %q", lines[0])
+	}
+	if f := strings.Fields(lines[1]); strings.Join(f, " ") != "moe-1 moe-global-lbl RUNNING 120/1000 2.3456 2/2 1 2h00m" {
+		t.Fatalf("row %q", lines[1])
+	}
+	if f := strings.Fields(lines[2]); strings.Join(f, " ") != "queued big PENDING 0/500 - 0/64 0 3m00s" {
+		t.Fatalf("row %q", lines[2])
+	}
+
+	r = runAt(t, addr, "job", "list", "--state", "pending,failed")
+	wantCode(t, r, exitOK)
+	if strings.Contains(r.stdout, "moe-1") || !strings.Contains(r.stdout, "queued") {
+		t.Fatalf("state filter:\n%s", r.stdout)
+	}
+
+	r = runAt(t, addr, "job", "list", "-o", "json")
+	wantCode(t, r, exitOK)
+	jobs := decodeJSON(t, r.stdout)["jobs"].([]any)
+	j := jobs[0].(map[string]any)
+	if j["id"] != "moe-1" || j["world_size"] == nil || j["progress"].(map[string]any)["total_steps"] != "1000" {
+		t.Fatalf("json job: %v", j)
+	}
+}
+
+func TestJobStatus(t *testing.T) {
+	addr := startFake(t, newFakeCoordinator())
+	r := runAt(t, addr, "job", "status", "moe-1")
+	wantCode(t, r, exitOK)
+	wantContains(t, r.stdout,
+		"RUNNING (Started: all ranks running)",
+		"120/1000 (12.0%)",
+		"2.3456",
+		"16384",
+		"Restarts:    1",
+		"WorkersHealthy", "WorkerLost", "w-c lease expired",
+		"RANK", "w-b",
+		"Submitted", "lease expired",
+	)
+	// ETA: tiny preset, micro_batch 8 x accumulation 1 x dp 2 (world 2,
+	// tp 1) x seq_len 256 = 4096 tokens per step; 880 steps left at 16384
+	// tokens/s = 220 s.
+	wantContains(t, r.stdout, "ETA:         3m40s")
+
+	r = runAt(t, addr, "job", "status", "queued")
+	wantCode(t, r, exitOK)
+	wantContains(t, r.stdout, "PENDING", "Pending:     needs 64 workers with gpu=h100, 3 free")
+
+	r = runAt(t, addr, "job", "status", "queued", "-o", "json")
+	wantCode(t, r, exitOK)
+	m := decodeJSON(t, r.stdout)
+	if m["pending_reason"] != "needs 64 workers with gpu=h100, 3 free" || m["job"].(map[string]any)["state"] != "JOB_STATE_PENDING" {
+		t.Fatalf("json: %v", m)
+	}
+}
+
+func TestJobStatusUnknownIsNotFound(t *testing.T) {
+	addr := startFake(t, newFakeCoordinator())
+	r := runAt(t, addr, "job", "status", "nope")
+	wantCode(t, r, exitNotFound)
+	wantContains(t, r.stderr, `job "nope" not found`)
+	if strings.Contains(r.stderr, "rpc error") {
+		t.Fatalf("Go error dump: %s", r.stderr)
+	}
+}
+
+func TestJobLogs(t *testing.T) {
+	f := newFakeCoordinator()
+	addr := startFake(t, f)
+	r := runAt(t, addr, "job", "logs", "moe-1")
+	wantCode(t, r, exitOK)
+	if r.stdout != "[rank 0 worker w-a] step 1 loss 5.5\n[rank 1] rank 1 ready\n" {
+		t.Fatalf("stdout %q", r.stdout)
+	}
+	r = runAt(t, addr, "job", "logs", "moe-1", "-f", "-o", "json")
+	wantCode(t, r, exitOK)
+	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+	if len(lines) != 2 {
+		t.Fatalf("want one JSON object per line:\n%s", r.stdout)
+	}
+	if m := decodeJSON(t, lines[0]); m["worker_id"] != "w-a" || m["line"] != "step 1 loss 5.5" {
+		t.Fatalf("json: %v", m)
+	}
+	follow := locked(f, func() []bool { return f.logFollow })
+	if len(follow) != 2 || follow[0] || !follow[1] {
+		t.Fatalf("follow flags sent: %v", follow)
+	}
+	r = runAt(t, addr, "job", "logs", "-f", "nope")
+	wantCode(t, r, exitNotFound)
+}
+
+// watchScript is a job's run as WatchJob streams it, ending in state end.
+func watchScript(end coordinatorv1.JobState, reason, msg string) []*apiv1.WatchJobResponse {
+	job := func(s coordinatorv1.JobState, step int64) *coordinatorv1.Job {
+		return &coordinatorv1.Job{Id: "moe-1", State: s, WorldSize: 2, Spec: []byte("name: moe-global-lbl\nsteps: 1000\n"),
+			Progress: &coordinatorv1.Progress{Step: step, TotalSteps: 1000}}
+	}
+	final := job(end, 500)
+	final.Reason, final.Message = reason, msg
+	return []*apiv1.WatchJobResponse{
+		{Job: job(coordinatorv1.JobState_JOB_STATE_RUNNING, 0)},
+		{Metrics: &apiv1.StepMetrics{Step: 10, Loss: 4.5, Lbl: 0.02, TokensPerSecond: 4096,
+			ExpertLoad: []*apiv1.ExpertLoad{{Share: []float64{0.5, 0.25, 0.125, 0.125}}, {Share: []float64{0.25, 0.25, 0.25, 0.25}}}}},
+		{Metrics: &apiv1.StepMetrics{Step: 20, Loss: 4.25, Lbl: 0.01, TokensPerSecond: 8192}},
+		{Job: final},
+	}
+}
+
+func TestJobWatchSucceeded(t *testing.T) {
+	f := newFakeCoordinator()
+	f.watch["moe-1"] = watchScript(coordinatorv1.JobState_JOB_STATE_SUCCEEDED, "Completed", "1000 steps")
+	addr := startFake(t, f)
+	r := runAt(t, addr, "job", "watch", "moe-1")
+	wantCode(t, r, exitOK)
+	wantContains(t, r.stdout,
+		"job moe-1 RUNNING",
+		"step 10/1000  loss 4.5000  lbl 0.02  tok/s 4096",
+		// 980 steps x 4096 tokens / 8192 tok/s = 490 s.
+		"step 20/1000  loss 4.2500  lbl 0.01  tok/s 8192  ETA 8m10s",
+		"job moe-1 SUCCEEDED (Completed: 1000 steps)",
+		"expert load at step 10",
+		"50.0%", "12.5%", "2.00", "1.00",
+	)
+	if strings.Count(r.stdout, "step 20/1000") != 1 {
+		t.Fatalf("progress lines repeated:\n%s", r.stdout)
+	}
+	if strings.Contains(r.stdout, "\r") {
+		t.Fatalf("redraws without a terminal: %q", r.stdout)
+	}
+
+	// On a terminal the progress is one redrawn line.
+	r = runCmd(t, true, "job", "watch", "moe-1", "--coordinator", addr)
+	wantCode(t, r, exitOK)
+	wantContains(t, r.stdout, "\r\033[Kstep 20/1000 [", "job moe-1 SUCCEEDED")
+
+	r = runAt(t, addr, "job", "watch", "moe-1", "-o", "json")
+	wantCode(t, r, exitOK)
+	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+	if len(lines) != 4 {
+		t.Fatalf("want 4 JSON lines:\n%s", r.stdout)
+	}
+	for _, l := range lines {
+		decodeJSON(t, l)
+	}
+	if m := decodeJSON(t, lines[1]); m["metrics"].(map[string]any)["expert_load"] == nil {
+		t.Fatalf("json metrics: %v", m)
+	}
+}
+
+func TestJobWatchFailedOrCancelled(t *testing.T) {
+	for _, tt := range []struct {
+		state          coordinatorv1.JobState
+		reason, msg    string
+		wantOut, wantE string
+	}{
+		{coordinatorv1.JobState_JOB_STATE_FAILED, "WorkerLost", "worker w-3 lease expired", "job moe-1 FAILED (WorkerLost: worker w-3 lease expired)", "FAILED"},
+		{coordinatorv1.JobState_JOB_STATE_CANCELLED, "Cancelled", "by alice", "job moe-1 CANCELLED (Cancelled: by alice)", "CANCELLED"},
+	} {
+		f := newFakeCoordinator()
+		f.watch["moe-1"] = watchScript(tt.state, tt.reason, tt.msg)
+		addr := startFake(t, f)
+		r := runAt(t, addr, "job", "watch", "moe-1")
+		wantCode(t, r, exitFailure)
+		wantContains(t, r.stdout, tt.wantOut)
+		wantContains(t, r.stderr, tt.wantE, tt.reason)
+	}
+}
+
+// A stream that ends before the final record: watch asks for the record.
+func TestJobWatchEndsWithoutFinalRecord(t *testing.T) {
+	f := newFakeCoordinator()
+	f.watch["moe-1"] = watchScript(coordinatorv1.JobState_JOB_STATE_SUCCEEDED, "", "")[:3]
+	f.jobs["moe-1"].State = coordinatorv1.JobState_JOB_STATE_FAILED
+	f.jobs["moe-1"].Reason = "RankFailed"
+	addr := startFake(t, f)
+	r := runAt(t, addr, "job", "watch", "moe-1")
+	wantCode(t, r, exitFailure)
+	wantContains(t, r.stdout, "job moe-1 FAILED (RankFailed")
+}
+
+// A stream that breaks with UNAVAILABLE after some messages is reopened.
+func TestJobWatchReopensBrokenStream(t *testing.T) {
+	f := newFakeCoordinator()
+	f.watch["moe-1"] = watchScript(coordinatorv1.JobState_JOB_STATE_SUCCEEDED, "Completed", "")
+	f.watchBreaks = 2
+	addr := startFake(t, f)
+	r := runAt(t, addr, "job", "watch", "moe-1")
+	wantCode(t, r, exitOK)
+	wantContains(t, r.stderr, "reopening")
+	if n := locked(f, func() int { return f.watchCalls }); n != 3 {
+		t.Fatalf("%d WatchJob calls, want 3", n)
+	}
+
+	// A coordinator that keeps breaking the stream is given up on.
+	locked(f, func() int { f.watchCalls, f.watchBreaks = 0, 100; return 0 })
+	r = runAt(t, addr, "job", "watch", "moe-1")
+	wantCode(t, r, exitUnavailable)
+}
+
+func TestJobWatchUnknownIsNotFound(t *testing.T) {
+	addr := startFake(t, newFakeCoordinator())
+	r := runAt(t, addr, "job", "watch", "nope")
+	wantCode(t, r, exitNotFound)
+}
+
+func TestJobSubmitWatch(t *testing.T) {
+	f := newFakeCoordinator()
+	script := watchScript(coordinatorv1.JobState_JOB_STATE_SUCCEEDED, "Completed", "")
+	f.watch["my-run"] = script
+	addr := startFake(t, f)
+	r := runAt(t, addr, "job", "submit", validSpecPath, "--id", "my-run", "--watch")
+	wantCode(t, r, exitOK)
+	wantContains(t, r.stdout, "my-run\n", "SUCCEEDED")
+}
+
+func TestJobCancel(t *testing.T) {
+	f := newFakeCoordinator()
+	addr := startFake(t, f)
+	r := runAt(t, addr, "job", "cancel", "moe-1", "--message", "wrong lr")
+	wantCode(t, r, exitOK)
+	wantContains(t, r.stdout, "CANCELLED (Cancelled: wrong lr)")
+	cancelled := locked(f, func() []string { return f.cancelled })
+	if len(cancelled) != 1 || cancelled[0] != "moe-1" {
+		t.Fatalf("cancelled %v", cancelled)
+	}
+	r = runAt(t, addr, "job", "cancel", "nope")
+	wantCode(t, r, exitNotFound)
+}
+
+func TestJobETA(t *testing.T) {
+	d, ok := eta(100, 1100, 4096, 8192)
+	if !ok || d != 500*time.Second {
+		t.Fatalf("eta = %v %v, want 500s", d, ok)
+	}
+	for _, c := range [][4]float64{{0, 0, 4096, 1}, {0, 10, 0, 1}, {0, 10, 4096, 0}} {
+		if _, ok := eta(int64(c[0]), int64(c[1]), c[2], c[3]); ok {
+			t.Errorf("eta%v: want unknown", c)
+		}
+	}
+	// dp follows the world size: an elastic job resized to dp 4.
+	j := &coordinatorv1.Job{Spec: []byte("name: x\nparallel: {tp: 2, dp: 2}\n"), WorldSize: 8}
+	if got := tokensPerStep(j); got != 8*1*4*256 {
+		t.Fatalf("tokensPerStep = %v", got)
+	}
+}

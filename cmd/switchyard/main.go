@@ -22,6 +22,7 @@ import (
 const usage = `switchyard — train Mixture-of-Experts language models
 
 usage:
+  switchyard dev [--workers 2] [--steps 150] [--spec SPEC.yaml] [--keep]  a whole cluster here: coordinator (embedded etcd, NATS), workers, the demo job
   switchyard train [--preset tiny|small] [--config run.yaml] [flags]   train in this process
   switchyard launch --nproc N [--tp a --ep b --dp c] -- <train flags>   train with N local processes
   switchyard bench engine --preset tiny|small [--json]                 measure a training step
@@ -97,6 +98,8 @@ func runCLI(ctx context.Context, args []string, c *cli) int {
 		err = cmdBench(ctx, args[1:])
 	case "launch":
 		err = cmdLaunch(ctx, args[1:])
+	case "dev":
+		err = cmdDev(ctx, args[1:])
 	case "job":
 		err = c.cmdJob(ctx, args[1:])
 	case "cluster":

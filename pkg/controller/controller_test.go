@@ -30,6 +30,7 @@ type harness struct {
 	t        *testing.T
 	members  *membership.MemoryServer
 	dir      *membership.MemoryServer
+	token    string
 	bus      *events.Memory
 	replicas []*replica
 }
@@ -78,7 +79,7 @@ func freePorts(t *testing.T, n int) []string {
 // newHarness starts n replicas bootstrapped together.
 func newHarness(t *testing.T, n int, token string) *harness {
 	t.Helper()
-	h := &harness{t: t, members: membership.NewMemoryServer(), dir: membership.NewMemoryServer(), bus: events.NewMemory()}
+	h := &harness{t: t, members: membership.NewMemoryServer(), dir: membership.NewMemoryServer(), bus: events.NewMemory(), token: token}
 	t.Cleanup(func() { h.bus.Close(); h.members.Stop(); h.dir.Stop() })
 	raftAddrs := freePorts(t, n)
 	var servers []coordinator.Server
@@ -163,6 +164,23 @@ func (h *harness) worker(id string) membership.Registration {
 	if err != nil {
 		h.t.Fatal(err)
 	}
+	// like a real agent, it syncs every few hundred milliseconds
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	c := h.client(h.leader(), h.token)
+	go func() {
+		defer close(done)
+		for ctx.Err() == nil {
+			cctx, ccancel := context.WithTimeout(ctx, time.Second)
+			c.SyncWorker(cctx, &apiv1.SyncWorkerRequest{WorkerId: id}) //nolint:errcheck // a heartbeat
+			ccancel()
+			select {
+			case <-ctx.Done():
+			case <-time.After(200 * time.Millisecond):
+			}
+		}
+	}()
+	h.t.Cleanup(func() { cancel(); <-done })
 	return reg
 }
 
@@ -430,5 +448,43 @@ func TestFollowerForwardsAndToken(t *testing.T) {
 	}
 	if len(cs.Replicas) != 3 || cs.LeaderId != lead.node.ID() || cs.AnsweredBy != follower.node.ID() {
 		t.Fatalf("cluster status %v", cs)
+	}
+}
+
+// TestRankFailureBlamesSilentWorker: a worker dies (stops syncing) while
+// its lease still runs; its peer's rank fails at once. The job's failure
+// names the silent worker, not the survivor, and the dead worker gets no
+// new work.
+func TestRankFailureBlamesSilentWorker(t *testing.T) {
+	h := newHarness(t, 1, "")
+	c := h.client(h.leader(), "")
+	h.worker("w1")
+	// w2 registers with a long lease but never syncs: a worker that just died
+	reg, err := membership.NewMemory(h.members).Register(ctxT(t), membership.WorkerInfo{
+		ID: "w2", Address: "127.0.0.1:12000", Resources: membership.Resources{CPUCores: 2, MemoryBytes: 4 << 30},
+	}, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reg.Close(ctxT(t))
+	submit(t, c, "job-a", 0)
+	j := waitJob(t, c, "job-a", "placed on w1 and w2", func(j *pb.Job) bool { return j.State == pb.JobState_JOB_STATE_PLACED })
+	if ws := fmt.Sprint(j.Placement); !strings.Contains(ws, "w2") {
+		t.Fatalf("placed on %s", ws)
+	}
+	task := waitTasks(t, c, "w1", 1)[0]
+	fail := status_(task, apiv1.TaskState_TASK_STATE_FAILED, 0)
+	fail.Message = "collective aborted by a peer"
+	syncTasks(t, c, "w1", fail)
+	j = waitJob(t, c, "job-a", "failed", func(j *pb.Job) bool { return j.State == pb.JobState_JOB_STATE_FAILED })
+	if j.Reason != "WorkerLost" || !strings.Contains(j.Message, "worker w2") || !strings.Contains(j.Message, "stopped responding") {
+		t.Fatalf("failed with %s: %s; want WorkerLost naming w2", j.Reason, j.Message)
+	}
+	// the queue moves on without the silent worker
+	h.worker("w3")
+	submit(t, c, "job-b", 0)
+	j = waitJob(t, c, "job-b", "placed", func(j *pb.Job) bool { return j.State == pb.JobState_JOB_STATE_PLACED })
+	if ws := fmt.Sprint(j.Placement); strings.Contains(ws, "w2") {
+		t.Fatalf("job-b placed on the silent worker: %s", ws)
 	}
 }

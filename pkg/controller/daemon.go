@@ -92,8 +92,11 @@ func Start(ctx context.Context, cfg DaemonConfig) (d *Daemon, err error) {
 			return nil, err
 		}
 	}
-	if err := security.CheckListen(cfg.Raft.BindAddr, false, cfg.Insecure); err != nil {
-		return nil, fmt.Errorf("controller: raft traffic is not encrypted: %w", err)
+	// Raft's own traffic is not encrypted; beyond loopback it needs the
+	// operator's say-so: TLS on the API (a secured deployment on a private
+	// network) or --insecure.
+	if err := security.CheckListen(cfg.Raft.BindAddr, tlsOn, cfg.Insecure); err != nil {
+		return nil, fmt.Errorf("controller: raft listener: %w", err)
 	}
 	d = &Daemon{}
 	defer func() {

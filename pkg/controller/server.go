@@ -57,7 +57,13 @@ type Config struct {
 	ProgressEvery time.Duration
 	// ReplicaTTL is the lease of this replica's directory entry (default 5s).
 	ReplicaTTL time.Duration
-	Logger     *slog.Logger
+	// Silence is how long a worker may go without SyncWorker before it is
+	// treated as unresponsive (default 2s; workers sync every 500ms).
+	Silence time.Duration
+	// FailureGrace is how long a rank failure waits for a worker loss
+	// that explains it (default 2.5s).
+	FailureGrace time.Duration
+	Logger       *slog.Logger
 	// Now is the clock of the leader's bookkeeping (backoff, progress rate).
 	Now func() time.Time
 }
@@ -87,6 +93,22 @@ type leaderMemory struct {
 	reports      map[taskKey]*apiv1.TaskStatus
 	lastProgress map[string]time.Time
 	notBefore    map[string]time.Time
+	// lastSync is when each worker last called SyncWorker (seeded with the
+	// takeover time): a worker silent for Silence is not given new work,
+	// and a rank failure next to it is blamed on it.
+	lastSync map[string]time.Time
+	// failing holds a job's first rank failure of the current attempt for
+	// FailureGrace before it is acted on: when a worker dies, its peers'
+	// ranks fail at once, long before its lease expires, and the job's
+	// failure should name the dead worker, not a survivor.
+	failing map[string]pendingFailure
+}
+
+type pendingFailure struct {
+	attempt int32
+	at      time.Time
+	msg     string
+	worker  string
 }
 
 type taskKey struct {
@@ -114,6 +136,12 @@ func New(cfg Config) (*Server, error) {
 	if cfg.ReplicaTTL <= 0 {
 		cfg.ReplicaTTL = 5 * time.Second
 	}
+	if cfg.Silence <= 0 {
+		cfg.Silence = 2 * time.Second
+	}
+	if cfg.FailureGrace <= 0 {
+		cfg.FailureGrace = 2500 * time.Millisecond
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -137,6 +165,8 @@ func (s *Server) resetLeaderMemory() {
 		reports:      map[taskKey]*apiv1.TaskStatus{},
 		lastProgress: map[string]time.Time{},
 		notBefore:    map[string]time.Time{},
+		lastSync:     map[string]time.Time{},
+		failing:      map[string]pendingFailure{},
 	}
 }
 

@@ -2,6 +2,7 @@ package controller
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -9,6 +10,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/switchyard-ml/switchyard/pkg/checkpoint"
+	"github.com/switchyard-ml/switchyard/pkg/coordinator"
 	"github.com/switchyard-ml/switchyard/pkg/events"
 	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
 	pb "github.com/switchyard-ml/switchyard/proto/switchyard/coordinator/v1"
@@ -29,9 +31,29 @@ const pollEvery = 250 * time.Millisecond
 // for the last lines of its ranks.
 const quietAfterEnd = 2 * time.Second
 
+// localJob reads a job from this replica, waiting a moment for a job that
+// was just submitted through another replica to be replicated here.
+func (s *Server) localJob(ctx context.Context, id string) (*pb.Job, error) {
+	deadline := time.Now().Add(catchUp)
+	for {
+		j, err := s.cfg.Node.Job(id)
+		if err == nil || !errors.Is(err, coordinator.ErrJobNotFound) || time.Now().After(deadline) {
+			return j, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// catchUp bounds how long a replica waits to learn of a job it does not know.
+const catchUp = 2 * time.Second
+
 func (s *Server) JobLogs(req *apiv1.JobLogsRequest, stream apiv1.Coordinator_JobLogsServer) error {
 	ctx := stream.Context()
-	if _, err := s.cfg.Node.Job(req.GetJobId()); err != nil {
+	if _, err := s.localJob(ctx, req.GetJobId()); err != nil {
 		return apiError(err)
 	}
 	if s.cfg.Bus == nil {
@@ -96,7 +118,7 @@ func (s *Server) JobLogs(req *apiv1.JobLogsRequest, stream apiv1.Coordinator_Job
 
 func (s *Server) WatchJob(req *apiv1.WatchJobRequest, stream apiv1.Coordinator_WatchJobServer) error {
 	ctx := stream.Context()
-	j, err := s.cfg.Node.Job(req.GetJobId())
+	j, err := s.localJob(ctx, req.GetJobId())
 	if err != nil {
 		return apiError(err)
 	}
@@ -159,7 +181,7 @@ func (s *Server) ListCheckpoints(ctx context.Context, req *apiv1.ListCheckpoints
 	if s.cfg.Checkpoints == nil {
 		return nil, status.Error(codes.Unimplemented, "this coordinator has no checkpoint catalogue")
 	}
-	j, err := s.cfg.Node.Job(req.GetJobId())
+	j, err := s.localJob(ctx, req.GetJobId())
 	if err != nil {
 		return nil, apiError(err)
 	}

@@ -61,24 +61,63 @@ func (s *Server) superviseLoop(ctx context.Context) {
 	}
 }
 
-// tick is one supervision pass: worker losses, then scheduling.
+// tick is one supervision pass: worker losses, held rank failures, then
+// scheduling.
 func (s *Server) tick(ctx context.Context) {
 	s.lead.Lock()
 	defer s.lead.Unlock()
 	live := s.liveWorkers()
+	now := s.cfg.Now()
+	for id := range live {
+		if _, ok := s.term.lastSync[id]; !ok {
+			s.term.lastSync[id] = now // first seen: give it time to sync
+		}
+	}
 	jobs := s.cfg.Node.Jobs()
 	for _, j := range jobs {
 		if !active(j) {
+			delete(s.term.failing, j.Id)
 			continue
 		}
-		for _, a := range j.Placement {
-			if _, ok := live[a.WorkerId]; !ok {
-				s.failAttempt(ctx, j, "WorkerLost", fmt.Sprintf("worker %s (rank %d) lost: its etcd lease expired", a.WorkerId, a.Rank), a.WorkerId)
-				break
-			}
+		if w, rank, ok := s.lostWorker(j, live); ok {
+			s.failAttempt(ctx, j, "WorkerLost", fmt.Sprintf("worker %s (rank %d) lost: its etcd lease expired", w, rank), w)
+			continue
+		}
+		f, ok := s.term.failing[j.Id]
+		if !ok || f.attempt != j.Restarts {
+			continue
+		}
+		if w, rank, silent := s.silentWorker(j, now); silent {
+			s.failAttempt(ctx, j, "WorkerLost", fmt.Sprintf("worker %s (rank %d) stopped responding (no sync for %s) and its peers failed: %s",
+				w, rank, now.Sub(s.term.lastSync[w]).Round(100*time.Millisecond), f.msg), w)
+			continue
+		}
+		if now.Sub(f.at) >= s.cfg.FailureGrace {
+			s.failAttempt(ctx, j, "RankFailed", f.msg, f.worker)
 		}
 	}
 	s.schedule(ctx, live)
+}
+
+// lostWorker returns a placed worker of j that is no longer registered.
+func (s *Server) lostWorker(j *pb.Job, live map[string]membership.WorkerInfo) (string, int32, bool) {
+	for _, a := range j.Placement {
+		if _, ok := live[a.WorkerId]; !ok {
+			return a.WorkerId, a.Rank, true
+		}
+	}
+	return "", 0, false
+}
+
+// silentWorker returns a placed worker of j that has not synced for
+// cfg.Silence.
+func (s *Server) silentWorker(j *pb.Job, now time.Time) (string, int32, bool) {
+	for _, a := range j.Placement {
+		if t, ok := s.term.lastSync[a.WorkerId]; ok && now.Sub(t) > s.cfg.Silence {
+			return a.WorkerId, a.Rank, true
+		}
+	}
+	return "", 0, false
 }
 
 // failAttempt ends the job's current attempt: a requeue when its restart
@@ -88,6 +127,7 @@ func (s *Server) failAttempt(ctx context.Context, j *pb.Job, reason, msg, worker
 	if sp, err := s.spec(j); err == nil {
 		maxRestarts, backoff = *sp.Restart.MaxRestarts, *sp.Restart.BackoffSeconds
 	}
+	delete(s.term.failing, j.Id)
 	s.recordEvent(ctx, j.Id, reason, msg, worker)
 	if int(j.Restarts) < maxRestarts {
 		m := fmt.Sprintf("%s; restart %d of %d in %ds, resuming from the newest committed checkpoint", msg, j.Restarts+1, maxRestarts, backoff)
@@ -136,14 +176,20 @@ func (s *Server) snapshot(live map[string]membership.WorkerInfo, jobs []*pb.Job)
 		}
 	}
 	var snap scheduler.Snapshot
+	now := s.cfg.Now()
 	for id, w := range live {
+		// registered but not responding: no new work
+		healthy := true
+		if t, ok := s.term.lastSync[id]; ok && now.Sub(t) > s.cfg.Silence {
+			healthy = false
+		}
 		total := scheduler.Resources{CPUCores: w.Resources.CPUCores, MemoryMiB: w.Resources.MemoryBytes >> 20, GPUs: w.Resources.GPUs}
 		free := total
 		if busy[id] != "" {
 			free = scheduler.Resources{}
 		}
 		snap.Workers = append(snap.Workers, scheduler.Worker{
-			ID: id, Host: w.Host, Labels: w.Labels, Total: total, Free: free, Healthy: true, Job: busy[id],
+			ID: id, Host: w.Host, Labels: w.Labels, Total: total, Free: free, Healthy: healthy, Job: busy[id],
 		})
 	}
 	return snap
@@ -244,6 +290,7 @@ func (s *Server) SyncWorker(ctx context.Context, req *apiv1.SyncWorkerRequest) (
 	}
 	s.lead.Lock()
 	defer s.lead.Unlock()
+	s.term.lastSync[w] = s.cfg.Now()
 	for _, ts := range req.GetTasks() {
 		if err := s.report(ctx, w, ts); err != nil {
 			return nil, apiError(err)
@@ -313,7 +360,10 @@ func (s *Server) report(ctx context.Context, w string, ts *apiv1.TaskStatus) err
 		if msg == "" {
 			msg = "exited with an error"
 		}
-		s.failAttempt(ctx, j, "RankFailed", fmt.Sprintf("rank %d on worker %s: %s", ts.GetRank(), w, msg), w)
+		if f, ok := s.term.failing[j.Id]; !ok || f.attempt != j.Restarts {
+			s.term.failing[j.Id] = pendingFailure{attempt: j.Restarts, at: s.cfg.Now(), worker: w,
+				msg: fmt.Sprintf("rank %d on worker %s: %s", ts.GetRank(), w, msg)}
+		}
 	case apiv1.TaskState_TASK_STATE_RUNNING:
 		if ts.GetRank() == 0 && ts.GetStep() > 0 {
 			s.progress(ctx, j, ts, false)

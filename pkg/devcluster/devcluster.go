@@ -13,6 +13,7 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
 )
 
 // Config says where the dev cluster keeps its data.
@@ -87,6 +88,8 @@ func StartEtcd(ctx context.Context, dir string, timeout time.Duration) (*Etcd, e
 		cfg.Name = "dev"
 		cfg.Dir = dir
 		cfg.LogLevel = "error"
+		// its shutdown logs "server closed" errors that are no errors
+		cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
 		// A one-member cluster: short ticks make leases precise (etcd's
 		// minimum lease TTL is 1.5 election timeouts, here 750ms).
 		cfg.TickMs, cfg.ElectionMs = 50, 500

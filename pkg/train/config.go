@@ -22,12 +22,12 @@ type LBLConfig struct {
 	// every micro-batch of the optimizer step so far, on every rank — the
 	// accumulation buffer) or "micro" (f from each micro-batch alone).
 	Mode      string    `yaml:"mode" json:"mode"`
-	Coef      float64   `yaml:"coef" json:"coef"`             // coefficient of the mode's loss, per MoE layer
-	MicroCoef float64   `yaml:"micro_coef" json:"micro_coef"` // extra micro-batch LBL mixed in (e.g. 1% of coef)
-	SeqCoef   float64   `yaml:"seq_coef" json:"seq_coef"`     // sequence-level LBL
-	ZCoef     float64   `yaml:"z_coef" json:"z_coef"`         // router z-loss
-	LayerCoef []float64 `yaml:"layer_coef" json:"layer_coef"` // per-MoE-layer multipliers
-	BiasRate  float64   `yaml:"bias_rate" json:"bias_rate"`   // aux-loss-free expert bias update rate (0: off)
+	Coef      float64   `yaml:"coef" json:"coef"`                                 // coefficient of the mode's loss, per MoE layer
+	MicroCoef float64   `yaml:"micro_coef" json:"micro_coef"`                     // extra micro-batch LBL mixed in (e.g. 1% of coef)
+	SeqCoef   float64   `yaml:"seq_coef" json:"seq_coef"`                         // sequence-level LBL
+	ZCoef     float64   `yaml:"z_coef" json:"z_coef"`                             // router z-loss
+	LayerCoef []float64 `yaml:"layer_coef,omitempty" json:"layer_coef,omitempty"` // per-MoE-layer multipliers
+	BiasRate  float64   `yaml:"bias_rate" json:"bias_rate"`                       // aux-loss-free expert bias update rate (0: off)
 }
 
 // DataConfig says where the corpus comes from.
@@ -59,6 +59,9 @@ type Config struct {
 
 // Defaults fills unset fields.
 func (c *Config) Defaults() {
+	if len(c.LBL.LayerCoef) == 0 {
+		c.LBL.LayerCoef = nil // "layer_coef: []" means all 1, like an absent list
+	}
 	if c.Preset == "" && c.Model == nil {
 		c.Preset = "tiny"
 	}

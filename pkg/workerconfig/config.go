@@ -7,6 +7,8 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strconv"
 
 	"gopkg.in/yaml.v3"
@@ -32,6 +34,7 @@ type Config struct {
 	Resources        Resources         `yaml:"resources" json:"resources"`
 	Labels           map[string]string `yaml:"labels" json:"labels"`
 	StoragePath      string            `yaml:"storage_path" json:"storage_path"`
+	Trainer          string            `yaml:"trainer" json:"trainer,omitempty"` // switchyard binary that runs ranks ("" : see TrainerPath)
 	TLS              TLS               `yaml:"tls" json:"tls"`
 	LeaseTTLSeconds  int               `yaml:"lease_ttl_seconds" json:"lease_ttl_seconds"`
 	Insecure         bool              `yaml:"insecure" json:"insecure"`
@@ -185,4 +188,38 @@ func parseInt(v string) (int64, error) {
 		return 0, errors.New("not an integer")
 	}
 	return n, nil
+}
+
+// TrainerName is the binary that runs ranks when trainer is not set.
+const TrainerName = "switchyard"
+
+// TrainerPath resolves the trainer setting to an absolute path: the
+// configured path (a bare name is looked up on PATH), else "switchyard" in
+// the directory of the running executable when it is there, else
+// "switchyard" on PATH. It is resolved when the worker starts, not by Load,
+// so that a config stays a plain value.
+func (c Config) TrainerPath() (string, error) {
+	return resolveTrainer(c.Trainer, os.Executable, exec.LookPath)
+}
+
+func resolveTrainer(set string, executable func() (string, error), lookPath func(string) (string, error)) (string, error) {
+	if set != "" {
+		p, err := lookPath(set)
+		if err != nil {
+			return "", &FieldError{Path: "trainer", Value: set, Rule: "not an executable file, nor a name found on PATH"}
+		}
+		return filepath.Abs(p)
+	}
+	var beside string
+	if exe, err := executable(); err == nil {
+		beside = filepath.Join(filepath.Dir(exe), TrainerName)
+		if st, err := os.Stat(beside); err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0 {
+			return beside, nil
+		}
+	}
+	p, err := lookPath(TrainerName)
+	if err != nil {
+		return "", &FieldError{Path: "trainer", Value: set, Rule: fmt.Sprintf("no executable %s next to the worker (%s) nor on PATH; set trainer", TrainerName, beside)}
+	}
+	return filepath.Abs(p)
 }

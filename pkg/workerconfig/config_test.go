@@ -124,6 +124,7 @@ func TestSettingsNames(t *testing.T) {
 		"tls.ca":              {"tls-ca", "SWITCHYARD_WORKER_TLS_CA"},
 		"advertise_address":   {"advertise-address", "SWITCHYARD_WORKER_ADVERTISE_ADDRESS"},
 		"lease_ttl_seconds":   {"lease-ttl-seconds", "SWITCHYARD_WORKER_LEASE_TTL_SECONDS"},
+		"trainer":             {"trainer", "SWITCHYARD_WORKER_TRAINER"},
 	}
 	seen := map[string]bool{}
 	for _, s := range Settings() {
@@ -138,7 +139,7 @@ func TestSettingsNames(t *testing.T) {
 			t.Errorf("%s: no help", s.Key)
 		}
 	}
-	if len(Settings()) != 17 {
+	if len(Settings()) != 18 {
 		t.Fatalf("%d settings", len(Settings()))
 	}
 }
@@ -381,5 +382,70 @@ func TestExampleConfig(t *testing.T) {
 	_, err = Load("testdata/worker.yaml", nil, nil, fakeDetector())
 	if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), `workerconfig: tls.ca = "/etc/switchyard/ca.pem": no such file`) {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestTrainerSetting(t *testing.T) {
+	path := writeFile(t, "w.yaml", minimal+"trainer: /opt/file/switchyard\n")
+	c, err := Load(path, nil, nil, fakeDetector())
+	if err != nil || c.Trainer != "/opt/file/switchyard" {
+		t.Fatalf("file: %q %v", c.Trainer, err)
+	}
+	c, err = Load(path, map[string]string{"trainer": "/opt/flag/switchyard"}, envMap(map[string]string{"SWITCHYARD_WORKER_TRAINER": "/opt/env/switchyard"}), fakeDetector())
+	if err != nil || c.Trainer != "/opt/env/switchyard" {
+		t.Fatalf("env over flag: %q %v", c.Trainer, err)
+	}
+	// Unset, it stays empty: TrainerPath resolves it when the worker starts.
+	if c, err = Load(writeFile(t, "w.yaml", minimal), nil, nil, fakeDetector()); err != nil || c.Trainer != "" {
+		t.Fatalf("default: %q %v", c.Trainer, err)
+	}
+}
+
+func TestResolveTrainer(t *testing.T) {
+	dir := t.TempDir()
+	exe := filepath.Join(dir, "worker")
+	beside := filepath.Join(dir, TrainerName)
+	onPath := func(name string) (string, error) {
+		if name == TrainerName {
+			return "/usr/bin/switchyard", nil
+		}
+		return "", errors.New("executable file not found in $PATH")
+	}
+	notOnPath := func(string) (string, error) { return "", errors.New("executable file not found in $PATH") }
+	executable := func() (string, error) { return exe, nil }
+
+	// Nothing beside the worker: PATH.
+	if got, err := resolveTrainer("", executable, onPath); err != nil || got != "/usr/bin/switchyard" {
+		t.Fatalf("path: %q %v", got, err)
+	}
+	// A non-executable file beside the worker is not a trainer.
+	if err := os.WriteFile(beside, []byte("#!/bin/sh\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := resolveTrainer("", executable, onPath); err != nil || got != "/usr/bin/switchyard" {
+		t.Fatalf("non-executable beside: %q %v", got, err)
+	}
+	// An executable beside the worker wins over PATH.
+	if err := os.Chmod(beside, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := resolveTrainer("", executable, onPath); err != nil || got != beside {
+		t.Fatalf("beside: %q %v", got, err)
+	}
+	// Set: looked up as given, made absolute; not found is an error naming the field.
+	if got, err := resolveTrainer("/x/switchyard", executable, func(n string) (string, error) { return n, nil }); err != nil || got != "/x/switchyard" {
+		t.Fatalf("set: %q %v", got, err)
+	}
+	_, err := resolveTrainer("nope", executable, notOnPath)
+	if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), `trainer = "nope"`) {
+		t.Fatalf("set, missing: %v", err)
+	}
+	_, err = resolveTrainer("", func() (string, error) { return "", errors.New("no exe") }, notOnPath)
+	if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "set trainer") {
+		t.Fatalf("none: %v", err)
+	}
+	// The real lookup finds an executable given by path.
+	if got, err := (Config{Trainer: beside}).TrainerPath(); err != nil || got != beside {
+		t.Fatalf("TrainerPath: %q %v", got, err)
 	}
 }

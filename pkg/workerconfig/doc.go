@@ -22,6 +22,7 @@
 //	resources.gpus        --gpus               SWITCHYARD_WORKER_GPUS
 //	labels                --labels             SWITCHYARD_WORKER_LABELS            (k=v,k=v; merged key by key)
 //	storage_path          --storage-path       SWITCHYARD_WORKER_STORAGE_PATH
+//	trainer               --trainer            SWITCHYARD_WORKER_TRAINER
 //	tls.ca                --tls-ca             SWITCHYARD_WORKER_TLS_CA
 //	tls.cert              --tls-cert           SWITCHYARD_WORKER_TLS_CERT
 //	tls.key               --tls-key            SWITCHYARD_WORKER_TLS_KEY
@@ -34,7 +35,10 @@
 // several workers on one host); cpu_cores and memory_mib detected; gpus -1,
 // meaning detect with `nvidia-smi --query-gpu=index,name,memory.total
 // --format=csv,noheader` when nvidia-smi is on PATH, else none;
-// lease_ttl_seconds 10; nats_url empty (no events or metrics are published).
+// lease_ttl_seconds 10; nats_url empty (no events or metrics are published);
+// trainer empty, meaning the `switchyard` binary in the directory of the
+// running worker executable when it is there, else `switchyard` on PATH
+// (resolved by Config.TrainerPath when the worker starts, not by Load).
 // coordinators, etcd_endpoints and storage_path (absolute) are required.
 //
 // Security rule: a listen address that is not loopback needs tls.ca,

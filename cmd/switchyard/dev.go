@@ -1,0 +1,217 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/switchyard-ml/switchyard/pkg/agent"
+	"github.com/switchyard-ml/switchyard/pkg/client"
+	"github.com/switchyard-ml/switchyard/pkg/controller"
+	"github.com/switchyard-ml/switchyard/pkg/coordinator"
+	"github.com/switchyard-ml/switchyard/pkg/jobspec"
+	"github.com/switchyard-ml/switchyard/pkg/train"
+	"github.com/switchyard-ml/switchyard/pkg/workerconfig"
+	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
+	pb "github.com/switchyard-ml/switchyard/proto/switchyard/coordinator/v1"
+)
+
+// demoSpec is the job `switchyard dev` submits: the tiny preset with
+// global-batch LBL over DP=2 with the experts split EP=2, on the built-in
+// corpus.
+const demoSpec = `name: demo
+model: {preset: tiny}
+parallel: {dp: 2, ep: 2, balance: dp}
+lbl: {mode: global, coef: 0.01}
+data: {corpus: demo, eval_seqs: 32}
+optim: {lr: 0.002, warmup_steps: 10}
+micro_batch: 4
+steps: %d
+eval_every: 0
+resources: {cpu_cores: 1, memory_mib: 512}
+checkpoint: {interval_steps: %d}
+`
+
+// cmdDev runs a whole cluster in this process: a dev coordinator
+// (embedded etcd and NATS, one raft replica), N workers whose ranks run
+// as child processes of this binary, the demo job (or --spec), live
+// progress, and the final report.
+func cmdDev(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("dev", flag.ContinueOnError)
+	var (
+		workers = fs.Int("workers", 2, "local workers to start")
+		steps   = fs.Int("steps", 150, "steps of the demo job")
+		spec    = fs.String("spec", "", "submit this job spec instead of the demo job")
+		dir     = fs.String("data-dir", "", "keep the cluster's data here (default: a temporary directory, removed at the end)")
+		keep    = fs.Bool("keep", false, "keep the cluster running after the job (until Ctrl-C); print how to reach it")
+		verbose = fs.Bool("v", false, "log the coordinator and workers at info level")
+	)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return usageError{err}
+	}
+	if *workers < 1 || *steps < 1 {
+		return usageError{fmt.Errorf("dev: --workers and --steps must be >= 1")}
+	}
+	raw := []byte(fmt.Sprintf(demoSpec, *steps, max(*steps/3, 1)))
+	if *spec != "" {
+		b, err := os.ReadFile(*spec)
+		if err != nil {
+			return usageError{fmt.Errorf("dev: %w", err)}
+		}
+		raw = b
+	}
+	sp, err := jobspec.Parse(raw)
+	if err != nil {
+		return usageError{fmt.Errorf("dev: job spec: %w", err)}
+	}
+	if *dir == "" {
+		d, err := os.MkdirTemp("", "switchyard-dev-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(d)
+		*dir = d
+	}
+	if *dir, err = filepath.Abs(*dir); err != nil {
+		return err
+	}
+	level := slog.LevelWarn
+	if *verbose {
+		level = slog.LevelInfo
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+
+	start := time.Now()
+	rc := coordinator.DefaultConfig()
+	rc.ID, rc.BindAddr, rc.DataDir, rc.Bootstrap = "dev-1", "127.0.0.1:0", filepath.Join(*dir, "coordinator"), true
+	rc.RaftLogLevel = "error"
+	d, err := controller.Start(ctx, controller.DaemonConfig{
+		Raft: rc, APIListen: "127.0.0.1:0", Dev: true,
+		CheckpointRoot: filepath.Join(*dir, "storage", "checkpoints"), Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	fmt.Fprintf(os.Stderr, "dev cluster up in %s: coordinator %s, etcd %s, NATS %s\n", time.Since(start).Round(time.Millisecond), d.APIAddr, d.Etcd[0], d.NATSURL)
+
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	actx, stopAgents := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer func() { stopAgents(); wg.Wait() }()
+	for i := range *workers {
+		cfg, err := devWorkerConfig(i, d, *dir, self)
+		if err != nil {
+			return err
+		}
+		opts, closeConn, err := agent.Connect(ctx, cfg, log.With("worker", cfg.ID))
+		if err != nil {
+			return fmt.Errorf("dev: worker %s: %w", cfg.ID, err)
+		}
+		a, err := agent.New(opts)
+		if err != nil {
+			closeConn()
+			return fmt.Errorf("dev: worker %s: %w", cfg.ID, err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer closeConn()
+			if err := a.Run(actx); err != nil {
+				log.Error("worker stopped", "worker", cfg.ID, "err", err)
+			}
+		}()
+	}
+	fmt.Fprintf(os.Stderr, "%d workers started (ranks run as %s train ...)\n", *workers, self)
+
+	cl, err := client.Dial(client.Options{Endpoints: []string{d.APIAddr}})
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	id := jobspec.NewJobID(sp.Name)
+	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	resp, err := cl.SubmitJob(sctx, &apiv1.SubmitJobRequest{JobId: id, Spec: raw})
+	cancel()
+	if err != nil {
+		return fmt.Errorf("dev: submit: %w", err)
+	}
+	fmt.Fprintf(os.Stderr, "submitted job %s (%s, %d ranks, %d steps); watching it (switchyard job watch %s --coordinator %s)\n",
+		id, sp.Model.Preset, resp.Job.WorldSize, sp.Steps, id, d.APIAddr)
+	c := stdCLI()
+	r := &remoteFlags{coordinator: d.APIAddr, timeout: 30 * time.Second, output: outTable}
+	werr := c.watch(ctx, r, cl, id)
+
+	gctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	g, gerr := cl.GetJob(gctx, &apiv1.GetJobRequest{JobId: id})
+	cancel()
+	if gerr == nil {
+		printDevSummary(os.Stdout, g.Job, filepath.Join(*dir, "storage"), time.Since(start))
+	}
+	if *keep && ctx.Err() == nil {
+		fmt.Fprintf(os.Stderr, "\ncluster kept running; try:\n  switchyard cluster status --coordinator %s\n  switchyard job logs %s --coordinator %s\nCtrl-C stops it.\n", d.APIAddr, id, d.APIAddr)
+		<-ctx.Done()
+	}
+	return werr
+}
+
+// devWorkerConfig is worker i of the dev cluster: loopback, its own port,
+// one shared storage path (so that any worker can resume any checkpoint).
+func devWorkerConfig(i int, d *controller.Daemon, dir, trainer string) (workerconfig.Config, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return workerconfig.Config{}, err
+	}
+	addr := l.Addr().String()
+	l.Close()
+	cfg := workerconfig.Defaults()
+	cfg.ID = fmt.Sprintf("dev-w%d", i+1)
+	cfg.Host = cfg.ID
+	cfg.Coordinators = []string{d.APIAddr}
+	cfg.EtcdEndpoints = d.Etcd
+	cfg.NATSURL = d.NATSURL
+	cfg.ListenAddress, cfg.AdvertiseAddress = addr, addr
+	cfg.Resources.CPUCores, cfg.Resources.MemoryMiB, cfg.Resources.GPUs = 1, 1024, 0
+	cfg.StoragePath = filepath.Join(dir, "storage")
+	cfg.LeaseTTLSeconds = 5
+	cfg.Trainer = trainer
+	if err := cfg.Validate(); err != nil {
+		return workerconfig.Config{}, fmt.Errorf("dev: worker config: %w", err)
+	}
+	return cfg, nil
+}
+
+// printDevSummary prints the job's outcome and rank 0's final report
+// (per-domain loss, expert specialisation).
+func printDevSummary(w io.Writer, j *pb.Job, storage string, took time.Duration) {
+	fmt.Fprintf(w, "\njob %s %s after %s: %s\n", j.Id, stateName(j.State), took.Round(time.Second), j.Message)
+	path := filepath.Join(storage, "jobs", j.Id, fmt.Sprintf("attempt-%d", j.Restarts), "rank-0", "report.json")
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		fmt.Fprintf(w, "no final report (%v)\n", err)
+		return
+	}
+	var rep train.Report
+	if err := json.Unmarshal(raw, &rep); err != nil {
+		fmt.Fprintf(w, "final report %s: %v\n", path, err)
+		return
+	}
+	fmt.Fprintln(w)
+	rep.Print(w)
+	fmt.Fprintf(w, "\nreport: %s\n", path)
+}

@@ -1,0 +1,227 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
+	pb "github.com/switchyard-ml/switchyard/proto/switchyard/coordinator/v1"
+)
+
+// cluster is a real multi-process Switchyard cluster on loopback: an etcd
+// server, a NATS server, coordinator replicas and workers, each its own
+// process.
+type cluster struct {
+	t     *testing.T // the running (sub)test: assertions
+	root  *testing.T // the test that owns the processes
+	dir   string
+	token string
+
+	etcd     *proc
+	etcdURL  string
+	nats     *proc
+	natsPort int
+
+	coords    []*proc
+	coordIDs  []string
+	raftAddrs []string
+	apiAddrs  []string
+
+	workers     map[string]*proc
+	workerPorts map[string]int
+	storage     string
+}
+
+func startCluster(t *testing.T, nCoord int, workerIDs ...string) *cluster {
+	t.Helper()
+	dir := t.TempDir()
+	c := &cluster{t: t, root: t, dir: dir, token: "e2e-token", workers: map[string]*proc{}, workerPorts: map[string]int{}, storage: filepath.Join(dir, "shared")}
+	ports := freePorts(t, 3+2*nCoord+len(workerIDs))
+	etcdClient, etcdPeer := ports[0], ports[1]
+	c.natsPort = ports[2]
+	c.etcdURL = fmt.Sprintf("http://127.0.0.1:%d", etcdClient)
+	peerURL := fmt.Sprintf("http://127.0.0.1:%d", etcdPeer)
+	c.etcd = start(t, "etcd", nil, bins.etcd, "--name", "e2e", "--data-dir", filepath.Join(dir, "etcd"),
+		"--listen-client-urls", c.etcdURL, "--advertise-client-urls", c.etcdURL,
+		"--listen-peer-urls", peerURL, "--initial-advertise-peer-urls", peerURL,
+		"--initial-cluster", "e2e="+peerURL, "--log-level", "warn")
+	c.startNATS()
+	waitTCP(t, fmt.Sprintf("127.0.0.1:%d", etcdClient), 30*time.Second)
+	var peers []string
+	for i := range nCoord {
+		id := fmt.Sprintf("coord-%d", i+1)
+		c.coordIDs = append(c.coordIDs, id)
+		c.raftAddrs = append(c.raftAddrs, fmt.Sprintf("127.0.0.1:%d", ports[3+2*i]))
+		c.apiAddrs = append(c.apiAddrs, fmt.Sprintf("127.0.0.1:%d", ports[4+2*i]))
+		peers = append(peers, id+"="+c.raftAddrs[i])
+	}
+	c.coords = make([]*proc, nCoord)
+	for i := range nCoord {
+		c.startCoordinator(i, strings.Join(peers, ","))
+	}
+	for i, id := range workerIDs {
+		c.workerPorts[id] = ports[3+2*nCoord+i]
+		c.startWorker(id)
+	}
+	return c
+}
+
+func (c *cluster) startNATS() {
+	c.nats = start(c.root, "nats", nil, bins.nats, "-a", "127.0.0.1", "-p", fmt.Sprint(c.natsPort), "-js", "-sd", filepath.Join(c.dir, "nats"))
+	waitTCP(c.t, fmt.Sprintf("127.0.0.1:%d", c.natsPort), 30*time.Second)
+}
+
+func (c *cluster) startCoordinator(i int, peers string) {
+	c.coords[i] = start(c.root, c.coordIDs[i], []string{"SWITCHYARD_TOKEN=" + c.token}, bins.coordinator,
+		"--id", c.coordIDs[i], "--data-dir", filepath.Join(c.dir, c.coordIDs[i]),
+		"--raft-addr", c.raftAddrs[i], "--api-addr", c.apiAddrs[i],
+		"--bootstrap", "--peers", peers,
+		"--etcd-endpoints", c.etcdURL, "--nats-url", fmt.Sprintf("nats://127.0.0.1:%d", c.natsPort),
+		"--checkpoint-root", filepath.Join(c.storage, "checkpoints"),
+		"--heartbeat-timeout", "500ms", "--election-timeout", "500ms", "--leader-lease-timeout", "250ms")
+}
+
+func (c *cluster) startWorker(id string) {
+	cfg := filepath.Join(c.dir, id+".yaml")
+	yaml := fmt.Sprintf(`id: %s
+host: host-%s
+coordinators: [%s]
+etcd_endpoints: [%s]
+nats_url: nats://127.0.0.1:%d
+listen_address: 127.0.0.1:%d
+resources: {cpu_cores: 1, memory_mib: 1024, gpus: 0}
+labels: {rack: r1}
+storage_path: %s
+lease_ttl_seconds: 2
+`, id, id, strings.Join(c.apiAddrs, ", "), c.etcdURL, c.natsPort, c.workerPorts[id], c.storage)
+	if err := os.WriteFile(cfg, []byte(yaml), 0o644); err != nil {
+		c.t.Fatal(err)
+	}
+	c.workers[id] = start(c.root, id, []string{"SWITCHYARD_TOKEN=" + c.token}, bins.worker, "--config", cfg)
+}
+
+func (c *cluster) env() []string {
+	return []string{"SWITCHYARD_TOKEN=" + c.token, "SWITCHYARD_COORDINATOR=" + strings.Join(c.apiAddrs, ",")}
+}
+
+func (c *cluster) cli(args ...string) cliResult {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	return runCLI(ctx, c.env(), args...)
+}
+
+func (c *cluster) mustCLI(args ...string) cliResult {
+	c.t.Helper()
+	r := c.cli(args...)
+	if r.code != 0 {
+		c.t.Fatalf("switchyard %s: exit %d\n%s%s", strings.Join(args, " "), r.code, r.stdout, r.stderr)
+	}
+	return r
+}
+
+func (c *cluster) status() *apiv1.ClusterStatusResponse {
+	c.t.Helper()
+	var s apiv1.ClusterStatusResponse
+	decode(c.t, c.mustCLI("cluster", "status", "-o", "json"), &s)
+	return &s
+}
+
+func (c *cluster) job(id string) *apiv1.GetJobResponse {
+	c.t.Helper()
+	var r apiv1.GetJobResponse
+	decode(c.t, c.mustCLI("job", "status", id, "-o", "json"), &r)
+	return &r
+}
+
+// submit writes the spec and submits it; it returns the job id.
+func (c *cluster) submit(name, spec string) string {
+	c.t.Helper()
+	path := filepath.Join(c.dir, name+".yaml")
+	if err := os.WriteFile(path, []byte(spec), 0o644); err != nil {
+		c.t.Fatal(err)
+	}
+	var j pb.Job
+	decode(c.t, c.mustCLI("job", "submit", path, "-o", "json"), &j)
+	if j.Id == "" {
+		c.t.Fatalf("submit %s: no job id", name)
+	}
+	return j.Id
+}
+
+// waitJob polls job status until cond holds.
+func (c *cluster) waitJob(id string, timeout time.Duration, what string, cond func(*pb.Job) bool) *pb.Job {
+	c.t.Helper()
+	var last *pb.Job
+	eventually(c.t, timeout, "job "+id+" "+what, func() error {
+		r := c.cli("job", "status", id, "-o", "json")
+		if r.code != 0 {
+			return fmt.Errorf("exit %d: %s", r.code, r.stderr)
+		}
+		var g apiv1.GetJobResponse
+		decode(c.t, r, &g)
+		last = g.Job
+		if cond(g.Job) {
+			return nil
+		}
+		return fmt.Errorf("state %s (%s: %s) step %d", g.Job.State, g.Job.Reason, g.Job.Message, g.Job.Progress.GetStep())
+	})
+	return last
+}
+
+func stateIs(st pb.JobState) func(*pb.Job) bool {
+	return func(j *pb.Job) bool { return j.State == st }
+}
+
+// leader returns the leader's index as the cluster reports it.
+func (c *cluster) leader() int {
+	c.t.Helper()
+	idx := -1
+	eventually(c.t, 20*time.Second, "a leader", func() error {
+		s := c.status()
+		for i, id := range c.coordIDs {
+			if id == s.LeaderId {
+				idx = i
+				return nil
+			}
+		}
+		return fmt.Errorf("leader %q", s.LeaderId)
+	})
+	return idx
+}
+
+// jobSpec is a small MoE job (DP=2, EP=2) on the built-in corpus.
+func jobSpec(name string, steps, maxRestarts, ckptEvery int) string {
+	return fmt.Sprintf(`name: %s
+model: {preset: tiny, dim: 64, layers: 2, heads: 2, experts: 4, top_k: 2, hidden: 64, seq_len: 64}
+parallel: {dp: 2, ep: 2}
+lbl: {mode: global}
+data: {corpus: demo, demo_bytes: 131072, eval_seqs: 4}
+micro_batch: 4
+steps: %d
+resources: {cpu_cores: 1, memory_mib: 512}
+checkpoint: {interval_steps: %d}
+restart: {max_restarts: %d, backoff_seconds: 0}
+`, name, steps, ckptEvery, maxRestarts)
+}
+
+func eventTime(j *pb.Job, typ string, after int64) int64 {
+	for _, e := range j.Events {
+		if e.Type == typ && e.UnixNano > after {
+			return e.UnixNano
+		}
+	}
+	return 0
+}
+
+func placedOn(j *pb.Job) []string {
+	var ws []string
+	for _, a := range j.Placement {
+		ws = append(ws, a.WorkerId)
+	}
+	return ws
+}

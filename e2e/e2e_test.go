@@ -1,0 +1,198 @@
+package e2e
+
+import (
+	"fmt"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
+	pb "github.com/switchyard-ml/switchyard/proto/switchyard/coordinator/v1"
+)
+
+// TestCluster runs the control plane's must-shows on one real cluster:
+// three coordinator processes, a real etcd and a real nats-server, four
+// workers joined by config files. The phases run in order and share it.
+func TestCluster(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end cluster test: not in -short")
+	}
+	c := startCluster(t, 3, "w1", "w2", "w3", "w4")
+
+	t.Run("Joined", func(t *testing.T) {
+		c.t = t
+		eventually(t, 30*time.Second, "3 replicas and 4 healthy workers", func() error {
+			s := c.status()
+			healthy := 0
+			for _, w := range s.Workers {
+				if w.Healthy {
+					healthy++
+				}
+			}
+			if len(s.Replicas) != 3 || s.LeaderId == "" || healthy != 4 {
+				return fmt.Errorf("%d replicas, leader %q, %d healthy workers", len(s.Replicas), s.LeaderId, healthy)
+			}
+			return nil
+		})
+	})
+
+	t.Run("LeaderKill", func(t *testing.T) {
+		c.t = t
+		id := c.submit("e2e-a", jobSpec("e2e-a", 300, 0, 0))
+		j := c.waitJob(id, 60*time.Second, "running", stateIs(pb.JobState_JOB_STATE_RUNNING))
+		if ws := placedOn(j); len(ws) != 2 || ws[0] == ws[1] {
+			t.Fatalf("placement %v: want two distinct workers", ws)
+		}
+		if st := eventTime(j, "Running", 0) - eventTime(j, "Submitted", 0); st > 0 {
+			t.Logf("FIGURE submit-to-first-step %.2fs (3 coordinators, real etcd/NATS)", float64(st)/1e9)
+		}
+		old := c.leader()
+		killed := time.Now()
+		c.coords[old].kill9()
+		newLeader := ""
+		eventually(t, 30*time.Second, "a new leader", func() error {
+			s := c.status()
+			if s.LeaderId == "" || s.LeaderId == c.coordIDs[old] {
+				return fmt.Errorf("leader %q", s.LeaderId)
+			}
+			newLeader = s.LeaderId
+			return nil
+		})
+		t.Logf("FIGURE leader fail-over: %s -> %s seen by the CLI %.2fs after kill -9", c.coordIDs[old], newLeader, time.Since(killed).Seconds())
+		j = c.waitJob(id, 120*time.Second, "succeeded", stateIs(pb.JobState_JOB_STATE_SUCCEEDED))
+		if j.Restarts != 0 {
+			t.Errorf("the job restarted %d times across the fail-over; want 0 (healthy ranks keep running)", j.Restarts)
+		}
+		if j.Progress.GetStep() != 300 {
+			t.Errorf("final step %d, want 300", j.Progress.GetStep())
+		}
+		var list apiv1.ListJobsResponse
+		decode(t, c.mustCLI("job", "list", "-o", "json"), &list)
+		n := 0
+		for _, lj := range list.Jobs {
+			if lj.Name == "e2e-a" {
+				n++
+			}
+		}
+		if n != 1 {
+			t.Errorf("%d jobs named e2e-a after the fail-over, want exactly 1", n)
+		}
+		logs := c.mustCLI("job", "logs", id)
+		if !strings.Contains(logs.stdout, "step 300/300") {
+			t.Errorf("job logs lack the last step:\n%s", tail(logs.stdout, 2000))
+		}
+		if st := c.mustCLI("job", "status", id); !strings.Contains(st.stdout, "SUCCEEDED") {
+			t.Errorf("job status:\n%s", st.stdout)
+		}
+		// the killed replica comes back with its data and rejoins
+		c.startCoordinator(old, "")
+		eventually(t, 30*time.Second, "the restarted replica alive", func() error {
+			for _, r := range c.status().Replicas {
+				if r.Id == c.coordIDs[old] && r.Alive {
+					return nil
+				}
+			}
+			return fmt.Errorf("%s not alive", c.coordIDs[old])
+		})
+	})
+
+	t.Run("LogsFollowAcrossNATSRestart", func(t *testing.T) {
+		c.t = t
+		id := c.submit("e2e-b", jobSpec("e2e-b", 300, 0, 0))
+		follow := start(t, "logs-f", c.env(), bins.switchyard, "job", "logs", "-f", id)
+		c.waitJob(id, 60*time.Second, "running", stateIs(pb.JobState_JOB_STATE_RUNNING))
+		time.Sleep(time.Second)
+		c.nats.kill9()
+		down := time.Now()
+		time.Sleep(2 * time.Second)
+		c.startNATS()
+		t.Logf("FIGURE NATS down for %.1fs mid-job", time.Since(down).Seconds())
+		c.waitJob(id, 120*time.Second, "succeeded", stateIs(pb.JobState_JOB_STATE_SUCCEEDED))
+		select {
+		case <-follow.done:
+		case <-time.After(60 * time.Second):
+			t.Fatal("job logs -f did not end after the job ended")
+		}
+		got := follow.out.String()
+		hist := c.mustCLI("job", "logs", id).stdout
+		t.Logf("FIGURE logs -f across a NATS restart: %d lines delivered; history holds %d", strings.Count(got, "\n"), strings.Count(hist, "\n"))
+		if !strings.Contains(got, "step 300/300") {
+			t.Errorf("logs -f missed the lines after NATS came back:\n%s", tail(got, 2000))
+		}
+	})
+
+	t.Run("WorkerKillFailsJob", func(t *testing.T) {
+		c.t = t
+		id := c.submit("e2e-c", jobSpec("e2e-c", 3000, 0, 0))
+		j := c.waitJob(id, 60*time.Second, "running", stateIs(pb.JobState_JOB_STATE_RUNNING))
+		victim := j.Placement[1].WorkerId
+		killed := time.Now()
+		c.workers[victim].kill9()
+		j = c.waitJob(id, 60*time.Second, "failed", stateIs(pb.JobState_JOB_STATE_FAILED))
+		t.Logf("FIGURE worker %s kill -9 -> job FAILED in %.2fs (lease TTL 2s): %s: %s", victim, time.Since(killed).Seconds(), j.Reason, j.Message)
+		if j.Reason != "WorkerLost" || !strings.Contains(j.Message, victim) {
+			t.Errorf("failure %s: %q does not blame the worker %s", j.Reason, j.Message, victim)
+		}
+		// the queue moves on with the workers left
+		next := c.submit("e2e-d", jobSpec("e2e-d", 20, 0, 0))
+		c.waitJob(next, 90*time.Second, "succeeded", stateIs(pb.JobState_JOB_STATE_SUCCEEDED))
+		// the worker comes back and registers again
+		c.startWorker(victim)
+		eventually(t, 30*time.Second, victim+" registered again", func() error {
+			for _, w := range c.status().Workers {
+				if w.Id == victim && w.Healthy {
+					return nil
+				}
+			}
+			return fmt.Errorf("%s not healthy", victim)
+		})
+	})
+
+	t.Run("RecoveryFromCheckpoint", func(t *testing.T) {
+		c.t = t
+		const every = 20
+		id := c.submit("e2e-e", jobSpec("e2e-e", 600, 2, every))
+		j := c.waitJob(id, 60*time.Second, "past step 80", func(j *pb.Job) bool {
+			return j.State == pb.JobState_JOB_STATE_RUNNING && j.Progress.GetStep() >= 80
+		})
+		victim := j.Placement[0].WorkerId
+		killed := time.Now()
+		atKill := j.Progress.GetStep()
+		c.workers[victim].kill9()
+		j = c.waitJob(id, 90*time.Second, "running again", func(j *pb.Job) bool {
+			return j.Restarts == 1 && j.State == pb.JobState_JOB_STATE_RUNNING
+		})
+		resumedAt := eventTime(j, "Running", killed.UnixNano())
+		var expired int64
+		for _, e := range j.Events {
+			if e.Type == "WorkerLost" && e.UnixNano > killed.UnixNano() {
+				expired = e.UnixNano
+			}
+		}
+		if resumedAt > 0 && expired > 0 {
+			t.Logf("FIGURE recovery: kill -9 %s at step %d; lease expiry seen %.2fs after the kill; first resumed step %.2fs after expiry (%.2fs after the kill)",
+				victim, atKill, float64(expired-killed.UnixNano())/1e9, float64(resumedAt-expired)/1e9, float64(resumedAt-killed.UnixNano())/1e9)
+		}
+		if ws := placedOn(j); strings.Contains(strings.Join(ws, ","), victim) {
+			t.Errorf("resumed on the dead worker: %v", ws)
+		}
+		j = c.waitJob(id, 180*time.Second, "succeeded", stateIs(pb.JobState_JOB_STATE_SUCCEEDED))
+		logs := c.mustCLI("job", "logs", id).stdout
+		m := regexp.MustCompile(`resumed from the checkpoint of step (\d+)`).FindStringSubmatch(logs)
+		if m == nil {
+			t.Fatalf("the second attempt did not resume from a checkpoint:\n%s", tail(logs, 3000))
+		}
+		from, _ := strconv.ParseInt(m[1], 10, 64)
+		t.Logf("FIGURE recovery: resumed from step %d; progress at the kill >= %d; steps lost <= %d (interval %d)", from, atKill, atKill-from, every)
+		if atKill-from > every+int64(every) { // the reported progress lags by up to a report period
+			t.Errorf("lost %d steps with a checkpoint every %d", atKill-from, every)
+		}
+		var cps apiv1.ListCheckpointsResponse
+		decode(t, c.mustCLI("checkpoints", "list", id, "-o", "json"), &cps)
+		if len(cps.Checkpoints) == 0 || cps.Checkpoints[0].Step != 600 {
+			t.Errorf("checkpoints after the run: %v", cps.Checkpoints)
+		}
+	})
+}

@@ -1,0 +1,386 @@
+package agent
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/switchyard-ml/switchyard/pkg/events"
+	"github.com/switchyard-ml/switchyard/pkg/membership"
+	"github.com/switchyard-ml/switchyard/pkg/workerconfig"
+	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
+)
+
+// Defaults of Options.
+const (
+	DefaultSyncInterval = 500 * time.Millisecond
+	DefaultStopGrace    = 10 * time.Second
+)
+
+const (
+	// syncTimeout bounds one SyncWorker call.
+	syncTimeout = 5 * time.Second
+	// registerTimeout bounds one registration attempt.
+	registerTimeout = 10 * time.Second
+	// closeTimeout bounds deregistration at shutdown.
+	closeTimeout = 5 * time.Second
+	// Registration retry backoff.
+	minBackoff = 200 * time.Millisecond
+	maxBackoff = 10 * time.Second
+)
+
+// ErrOptions is wrapped by the errors of New.
+var ErrOptions = errors.New("agent: invalid options")
+
+// Options configure an Agent.
+type Options struct {
+	Config   workerconfig.Config
+	Client   apiv1.CoordinatorClient // the coordinator API
+	Registry membership.Registry
+	Bus      events.Bus // nil: no logs or metrics are published
+	// SyncInterval is the time between SyncWorker calls (default 500ms).
+	SyncInterval time.Duration
+	// StopGrace is the time between SIGTERM and SIGKILL when a rank is
+	// stopped (default 10s).
+	StopGrace time.Duration
+	Logger    *slog.Logger
+	// Version of the worker, registered for `cluster status`.
+	Version string
+}
+
+// Agent is a running worker. Create it with New and call Run once.
+type Agent struct {
+	o       Options
+	trainer string // absolute path of the switchyard binary
+	log     *slog.Logger
+	kick    chan struct{} // a task changed state: sync now (buffered 1)
+	ran     atomic.Bool
+
+	mu      sync.Mutex
+	tasks   map[taskKey]*task
+	closing bool           // Run is stopping: start nothing more
+	wg      sync.WaitGroup // one per task goroutine
+}
+
+// New checks the options (the config must validate and the trainer must
+// resolve, see workerconfig.Config.TrainerPath) and fills the defaults.
+func New(o Options) (*Agent, error) {
+	if o.Client == nil {
+		return nil, fmt.Errorf("%w: Client is required", ErrOptions)
+	}
+	if o.Registry == nil {
+		return nil, fmt.Errorf("%w: Registry is required", ErrOptions)
+	}
+	if err := o.Config.Validate(); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrOptions, err)
+	}
+	trainer, err := o.Config.TrainerPath()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrOptions, err)
+	}
+	if o.SyncInterval <= 0 {
+		o.SyncInterval = DefaultSyncInterval
+	}
+	if o.StopGrace <= 0 {
+		o.StopGrace = DefaultStopGrace
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	return &Agent{
+		o:       o,
+		trainer: trainer,
+		log:     o.Logger.With("worker-id", o.Config.ID),
+		kick:    make(chan struct{}, 1),
+		tasks:   map[taskKey]*task{},
+	}, nil
+}
+
+// Trainer is the resolved path of the binary that runs ranks.
+func (a *Agent) Trainer() string { return a.trainer }
+
+// Run registers the worker and runs the tasks the coordinator assigns
+// until ctx ends; then it stops every task (SIGTERM, SIGKILL after
+// StopGrace), waits for them, deregisters and returns nil. It returns an
+// error only when the worker cannot register at all (its info is invalid).
+// A registration that is lost (the lease expired) is made again, with
+// backoff; the tasks keep running meanwhile.
+func (a *Agent) Run(ctx context.Context) error {
+	if !a.ran.CompareAndSwap(false, true) {
+		return errors.New("agent: Run called twice")
+	}
+	// The registration outlives ctx until the tasks have stopped, so the
+	// worker stays visible while its ranks shut down.
+	life, endLife := context.WithCancel(context.WithoutCancel(ctx))
+	defer endLife()
+	reg, release, err := a.registerRetry(ctx, life)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	a.log.Info("worker registered", "address", a.o.Config.AdvertiseAddress, "trainer", a.trainer)
+	regDone := make(chan struct{})
+	go func() {
+		defer close(regDone)
+		a.keepRegistered(life, reg, release)
+	}()
+
+	a.syncLoop(ctx)
+
+	a.stopAll()
+	endLife()
+	<-regDone
+	a.log.Info("worker stopped")
+	return nil
+}
+
+func (a *Agent) info() membership.WorkerInfo {
+	c := a.o.Config
+	return membership.WorkerInfo{
+		ID:      c.ID,
+		Address: c.AdvertiseAddress,
+		Resources: membership.Resources{
+			CPUCores:    c.Resources.CPUCores,
+			MemoryBytes: c.Resources.MemoryMiB << 20,
+			GPUs:        c.Resources.GPUs,
+		},
+		Labels:  c.Labels,
+		Host:    c.Host,
+		Version: a.o.Version,
+	}
+}
+
+// registerOnce makes one registration that lives as long as life. The
+// attempt is abandoned when ctx ends or after registerTimeout. release
+// frees what the registration holds once it is closed.
+func (a *Agent) registerOnce(ctx, life context.Context) (reg membership.Registration, release func(), err error) {
+	rctx, cancel := context.WithCancel(life)
+	abort := context.AfterFunc(ctx, cancel)
+	timer := time.AfterFunc(registerTimeout, cancel)
+	reg, err = a.o.Registry.Register(rctx, a.info(), time.Duration(a.o.Config.LeaseTTLSeconds)*time.Second)
+	notAborted, notTimedOut := abort(), timer.Stop()
+	if err == nil && notAborted && notTimedOut {
+		return reg, cancel, nil
+	}
+	cancel()
+	if err == nil { // registered, but too late: undo it
+		cctx, ccancel := context.WithTimeout(context.Background(), closeTimeout)
+		reg.Close(cctx)
+		ccancel()
+		err = errors.New("registration attempt abandoned")
+	}
+	if !notTimedOut {
+		err = fmt.Errorf("no answer within %v: %w", registerTimeout, err)
+	}
+	return nil, nil, err
+}
+
+// registerRetry registers, retrying with backoff until ctx ends; an
+// invalid worker info is not retried.
+func (a *Agent) registerRetry(ctx, life context.Context) (membership.Registration, func(), error) {
+	backoff := minBackoff
+	for {
+		reg, release, err := a.registerOnce(ctx, life)
+		if err == nil {
+			return reg, release, nil
+		}
+		if errors.Is(err, membership.ErrInvalidWorker) {
+			return nil, nil, fmt.Errorf("agent: register: %w", err)
+		}
+		if ctx.Err() != nil {
+			return nil, nil, ctx.Err()
+		}
+		a.log.Warn("cannot register; retrying", "error", err, "backoff", backoff)
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, nil, ctx.Err()
+		case <-t.C:
+		}
+		backoff = min(2*backoff, maxBackoff)
+	}
+}
+
+// keepRegistered registers again whenever the registration is lost, and
+// deregisters when life ends.
+func (a *Agent) keepRegistered(life context.Context, reg membership.Registration, release func()) {
+	closeReg := func() {
+		cctx, cancel := context.WithTimeout(context.Background(), closeTimeout)
+		defer cancel()
+		if err := reg.Close(cctx); err != nil {
+			a.log.Debug("deregister", "error", err)
+		}
+		release()
+	}
+	for {
+		select {
+		case <-life.Done():
+			closeReg()
+			return
+		case <-reg.Lost():
+		}
+		closeReg()
+		if life.Err() != nil {
+			return
+		}
+		a.log.Warn("worker registration lost; registering again")
+		var err error
+		reg, release, err = a.registerRetry(life, life)
+		if err != nil {
+			if life.Err() == nil {
+				a.log.Error("cannot register again", "error", err)
+			}
+			return
+		}
+		a.log.Info("worker registered again")
+	}
+}
+
+// syncLoop calls SyncWorker every SyncInterval (and at once when a task
+// changed state) until ctx ends.
+func (a *Agent) syncLoop(ctx context.Context) {
+	t := time.NewTicker(a.o.SyncInterval)
+	defer t.Stop()
+	unreachable := false
+	for {
+		a.syncOnce(ctx, &unreachable)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-a.kick:
+		}
+	}
+}
+
+func (a *Agent) syncOnce(ctx context.Context, unreachable *bool) {
+	req := &apiv1.SyncWorkerRequest{WorkerId: a.o.Config.ID, Tasks: a.statuses()}
+	cctx, cancel := context.WithTimeout(ctx, syncTimeout)
+	resp, err := a.o.Client.SyncWorker(cctx, req)
+	cancel()
+	if err != nil {
+		if ctx.Err() != nil {
+			return
+		}
+		if !*unreachable {
+			a.log.Warn("coordinator unreachable; tasks keep running", "error", err)
+		} else {
+			a.log.Debug("sync failed", "error", err)
+		}
+		*unreachable = true
+		return
+	}
+	if *unreachable {
+		a.log.Info("coordinator reachable again")
+		*unreachable = false
+	}
+	a.reconcile(resp.GetTasks())
+}
+
+// kickSync asks the sync loop to report now.
+func (a *Agent) kickSync() {
+	select {
+	case a.kick <- struct{}{}:
+	default:
+	}
+}
+
+// statuses reports every task held, ordered by key.
+func (a *Agent) statuses() []*apiv1.TaskStatus {
+	a.mu.Lock()
+	out := make([]*apiv1.TaskStatus, 0, len(a.tasks))
+	for _, tk := range a.tasks {
+		out = append(out, tk.status())
+	}
+	a.mu.Unlock()
+	slices.SortFunc(out, func(x, y *apiv1.TaskStatus) int {
+		return cmp.Or(cmp.Compare(x.JobId, y.JobId), cmp.Compare(x.Attempt, y.Attempt), cmp.Compare(x.Rank, y.Rank))
+	})
+	return out
+}
+
+// reconcile makes the tasks held match want, the full set the coordinator
+// assigns: start the new ones, stop the running ones no longer listed,
+// forget the finished ones no longer listed.
+func (a *Agent) reconcile(want []*apiv1.Task) {
+	wanted := make(map[taskKey]*apiv1.Task, len(want))
+	for _, t := range want {
+		k := keyOf(t)
+		if _, dup := wanted[k]; dup {
+			a.log.Warn("coordinator listed a task twice", "job-id", k.jobID, "attempt", k.attempt, "rank", k.rank)
+			continue
+		}
+		wanted[k] = t
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for k, tk := range a.tasks {
+		if _, ok := wanted[k]; ok {
+			continue
+		}
+		if tk.exited() {
+			delete(a.tasks, k)
+			continue
+		}
+		if tk.requestStop() {
+			a.log.Info("stopping task no longer assigned", "job-id", k.jobID, "attempt", k.attempt, "rank", k.rank)
+		}
+	}
+	if a.closing {
+		return
+	}
+	for k, t := range wanted {
+		if _, have := a.tasks[k]; have {
+			continue
+		}
+		tk := newTask(k, t)
+		a.tasks[k] = tk
+		a.wg.Add(1)
+		go a.runTask(tk)
+	}
+}
+
+// stopAll stops every task and waits for them.
+func (a *Agent) stopAll() {
+	a.mu.Lock()
+	a.closing = true
+	for _, tk := range a.tasks {
+		tk.requestStop()
+	}
+	n := len(a.tasks)
+	a.mu.Unlock()
+	if n > 0 {
+		a.log.Info("stopping tasks", "tasks", n)
+	}
+	a.wg.Wait()
+}
+
+// forgetStopped drops tk once it exited after being asked to stop.
+func (a *Agent) forgetStopped(tk *task) {
+	if !tk.stopRequested() {
+		return
+	}
+	a.mu.Lock()
+	if a.tasks[tk.key] == tk {
+		delete(a.tasks, tk.key)
+	}
+	a.mu.Unlock()
+}
+
+func (a *Agent) publish(m events.Message) {
+	if a.o.Bus == nil {
+		return
+	}
+	if err := a.o.Bus.Publish(m); err != nil {
+		a.log.Debug("publish", "kind", m.Kind, "job-id", m.JobID, "error", err)
+	}
+}

@@ -1,0 +1,593 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/switchyard-ml/switchyard/pkg/events"
+	"github.com/switchyard-ml/switchyard/pkg/membership"
+	"github.com/switchyard-ml/switchyard/pkg/train"
+	"github.com/switchyard-ml/switchyard/pkg/workerconfig"
+	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
+)
+
+// fakeTrainer stands in for `switchyard train`. It records its argv in
+// <out>/args, its pid in <out>/pid and one line per start in <out>/starts,
+// prints to stdout and stderr, and behaves by the job id in --out:
+//
+//	ok-*        writes a metrics line and exits 0
+//	fail-*      prints two stderr lines and exits 3
+//	stubborn-*  ignores SIGTERM and runs until killed
+//	otherwise   writes metrics (the first line in two writes) and runs
+//	            until SIGTERM, which it records in <out>/terminated
+const fakeTrainer = `#!/bin/sh
+prev=
+for a in "$@"; do
+  case "$prev" in
+    --out) out=$a ;;
+    --rank) rank=$a ;;
+  esac
+  prev=$a
+done
+printf '%s\n' "$@" > "$out/args"
+echo $$ > "$out/pid"
+echo start >> "$out/starts"
+echo "hello from rank $rank"
+echo "loading rank $rank" >&2
+case "$out" in
+  */jobs/ok-*)
+    printf '{"step":1,"loss":2.5,"lbl":[0.5,1.5],"tokens_per_s":100,"expert_load":[[0.25,0.75],[0.5,0.5]]}\n' >> "$out/metrics.jsonl"
+    exit 0 ;;
+  */jobs/fail-*)
+    echo "warming up" >&2
+    echo "error: out of cheese" >&2
+    exit 3 ;;
+  */jobs/stubborn-*)
+    trap '' TERM
+    while :; do sleep 0.05; done ;;
+esac
+trap 'echo terminated > "$out/terminated"; exit 143' TERM
+printf '{"step":7,"loss":' >> "$out/metrics.jsonl"
+sleep 0.4
+printf '1.25,"lbl":[2],"tokens_per_s":50}\n' >> "$out/metrics.jsonl"
+while :; do sleep 0.05; done
+`
+
+// fakeCoordinator hands out a list of tasks and records what the worker
+// reports. Only SyncWorker is implemented.
+type fakeCoordinator struct {
+	apiv1.CoordinatorClient
+
+	mu      sync.Mutex
+	tasks   []*apiv1.Task
+	down    bool
+	calls   int
+	failed  int // calls refused while down
+	reports []*apiv1.TaskStatus
+	worker  string
+}
+
+func (f *fakeCoordinator) SyncWorker(ctx context.Context, req *apiv1.SyncWorkerRequest, _ ...grpc.CallOption) (*apiv1.SyncWorkerResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls++
+	if f.down {
+		f.failed++
+		return nil, status.Error(codes.Unavailable, "no leader")
+	}
+	f.worker = req.GetWorkerId()
+	f.reports = req.GetTasks()
+	return &apiv1.SyncWorkerResponse{Tasks: f.tasks}, nil
+}
+
+func (f *fakeCoordinator) set(tasks ...*apiv1.Task) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.tasks = tasks
+}
+
+func (f *fakeCoordinator) setDown(down bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.down = down
+}
+
+func (f *fakeCoordinator) counts() (calls, failed int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.calls, f.failed
+}
+
+// report is the last status the worker reported for the task, or nil.
+func (f *fakeCoordinator) report(job string, rank int32) *apiv1.TaskStatus {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, s := range f.reports {
+		if s.GetJobId() == job && s.GetRank() == rank {
+			return s
+		}
+	}
+	return nil
+}
+
+func (f *fakeCoordinator) reported() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.reports)
+}
+
+type harness struct {
+	t       *testing.T
+	coord   *fakeCoordinator
+	srv     *membership.MemoryServer
+	reg     membership.Registry
+	bus     *events.Memory
+	storage string
+	cfg     workerconfig.Config
+	cancel  context.CancelFunc
+	done    chan error
+}
+
+func testConfig(t *testing.T, trainer string) workerconfig.Config {
+	return workerconfig.Config{
+		ID: "w1", Host: "node1", Coordinators: []string{"127.0.0.1:7000"}, EtcdEndpoints: []string{"127.0.0.1:2379"},
+		AdvertiseAddress: "127.0.0.1:7171", ListenAddress: "127.0.0.1:7171",
+		Resources:   workerconfig.Resources{CPUCores: 4, MemoryMiB: 2048, GPUs: 1},
+		Labels:      map[string]string{"rack": "r1"},
+		StoragePath: t.TempDir(), Trainer: trainer, LeaseTTLSeconds: 2,
+	}
+}
+
+func writeTrainer(t *testing.T, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "switchyard")
+	if err := os.WriteFile(p, []byte(body), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// start runs an agent with the fake trainer; change adjusts the options.
+func start(t *testing.T, change func(*Options)) *harness {
+	t.Helper()
+	h := &harness{t: t, coord: &fakeCoordinator{}, srv: membership.NewMemoryServer(), bus: events.NewMemory(), done: make(chan error, 1)}
+	t.Cleanup(h.srv.Stop)
+	mem := membership.NewMemory(h.srv)
+	t.Cleanup(func() { mem.Close() })
+	h.reg = mem
+	h.cfg = testConfig(t, writeTrainer(t, fakeTrainer))
+	h.storage = h.cfg.StoragePath
+	o := Options{
+		Config: h.cfg, Client: h.coord, Registry: h.reg, Bus: h.bus,
+		SyncInterval: 20 * time.Millisecond, StopGrace: 5 * time.Second,
+		Logger: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug})), Version: "v-test",
+	}
+	if change != nil {
+		change(&o)
+	}
+	a, err := New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	h.cancel = cancel
+	go func() { h.done <- a.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-h.done:
+		case <-time.After(30 * time.Second):
+			t.Error("Run did not return")
+		}
+	})
+	return h
+}
+
+// stop cancels Run and waits for it.
+func (h *harness) stop() {
+	h.t.Helper()
+	h.cancel()
+	select {
+	case err := <-h.done:
+		if err != nil {
+			h.t.Fatalf("Run: %v", err)
+		}
+		h.done <- nil // for the cleanup
+	case <-time.After(20 * time.Second):
+		h.t.Fatal("Run did not return after cancel")
+	}
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSuffix(string(p), "\n"))
+	return len(p), nil
+}
+
+// eventually polls cond until it holds or the deadline passes.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func (h *harness) runDir(job string, attempt, rank int) string {
+	return filepath.Join(h.storage, "jobs", job, fmt.Sprintf("attempt-%d", attempt), fmt.Sprintf("rank-%d", rank))
+}
+
+func (h *harness) waitState(job string, rank int32, want apiv1.TaskState) *apiv1.TaskStatus {
+	h.t.Helper()
+	var last *apiv1.TaskStatus
+	eventually(h.t, fmt.Sprintf("%s rank %d %v", job, rank, want), func() bool {
+		last = h.coord.report(job, rank)
+		return last != nil && last.GetState() == want
+	})
+	return last
+}
+
+func readLines(t *testing.T, path string) []string {
+	t.Helper()
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Split(strings.TrimSuffix(string(raw), "\n"), "\n")
+}
+
+func newTestTask(job string, rank, world int32, spec string) *apiv1.Task {
+	t := &apiv1.Task{JobId: job, Attempt: 1, Rank: rank, WorldSize: world, Tp: 1, Dp: world, Ep: 1, Balance: "dp", Spec: []byte(spec)}
+	for i := range world {
+		t.Peers = append(t.Peers, fmt.Sprintf("127.0.0.1:%d", 7170+i))
+	}
+	return t
+}
+
+const spec1 = "name: demo\nsteps: 5\n"
+
+func pidAlive(t *testing.T, dir string) (int, bool) {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join(dir, "pid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pid int
+	fmt.Sscan(string(raw), &pid)
+	return pid, syscall.Kill(pid, 0) == nil
+}
+
+func TestRegisters(t *testing.T) {
+	h := start(t, nil)
+	var got []membership.WorkerInfo
+	eventually(t, "registration", func() bool {
+		got, _ = h.reg.List(context.Background())
+		return len(got) == 1
+	})
+	want := membership.WorkerInfo{
+		ID: "w1", Address: "127.0.0.1:7171", Host: "node1", Version: "v-test", Labels: map[string]string{"rack": "r1"},
+		Resources: membership.Resources{CPUCores: 4, MemoryBytes: 2048 << 20, GPUs: 1},
+	}
+	if !reflect.DeepEqual(got[0], want) {
+		t.Fatalf("registered %+v\nwant %+v", got[0], want)
+	}
+	eventually(t, "a sync", func() bool { c, _ := h.coord.counts(); return c > 0 })
+	if h.coord.worker != "w1" {
+		t.Fatalf("synced as %q", h.coord.worker)
+	}
+}
+
+func TestSuccessArgvMetricsAndLogs(t *testing.T) {
+	h := start(t, nil)
+	shared := filepath.Join(t.TempDir(), "shared")
+	multi := newTestTask("ok-multi", 1, 2, "name: demo\nparallel: {dp: 2, balance: node}\ncheckpoint: {interval_steps: 5, keep_last: 2, path: "+shared+"}\n")
+	multi.Balance = "" // the spec's
+	multi.ResumeFromStep = 40
+	h.coord.set(newTestTask("ok-one", 0, 1, spec1), multi)
+
+	st := h.waitState("ok-one", 0, apiv1.TaskState_TASK_STATE_SUCCEEDED)
+	if st.GetStep() != 1 || st.GetLoss() != 2.5 || st.GetTokensPerSecond() != 100 || st.GetMessage() != "" {
+		t.Fatalf("rank 0 status %v", st)
+	}
+	h.waitState("ok-multi", 1, apiv1.TaskState_TASK_STATE_SUCCEEDED)
+
+	// The command lines.
+	dir := h.runDir("ok-one", 1, 0)
+	ckpt := filepath.Join(h.storage, "checkpoints")
+	want := []string{"train", "--config", filepath.Join(dir, "run.yaml"), "--rank", "0", "--world", "1", "--tp", "1", "--dp", "1", "--ep", "1",
+		"--balance", "dp", "--out", dir, "--json", "--checkpoint-dir", ckpt, "--checkpoint-job", "ok-one", "--checkpoint-etcd", "127.0.0.1:2379",
+		"--resume"}
+	if got := readLines(t, filepath.Join(dir, "args")); !reflect.DeepEqual(got, want) {
+		t.Errorf("rank 0 argv\n got %q\nwant %q", got, want)
+	}
+	dir1 := h.runDir("ok-multi", 1, 1)
+	ckpt1 := shared
+	want1 := []string{"train", "--config", filepath.Join(dir1, "run.yaml"), "--rank", "1", "--world", "2", "--tp", "1", "--dp", "2", "--ep", "1",
+		"--balance", "node", "--peers", "127.0.0.1:7170,127.0.0.1:7171", "--listen", "127.0.0.1:7171",
+		"--out", dir1, "--json", "--checkpoint-dir", ckpt1, "--checkpoint-job", "ok-multi", "--checkpoint-etcd", "127.0.0.1:2379",
+		"--checkpoint-every", "5", "--resume", "--resume-step", "40"}
+	if got := readLines(t, filepath.Join(dir1, "args")); !reflect.DeepEqual(got, want1) {
+		t.Errorf("rank 1 argv\n got %q\nwant %q", got, want1)
+	}
+
+	// run.yaml is what the spec says, read back by pkg/train.
+	tc, err := train.Load(filepath.Join(dir1, "run.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := tc.Checkpoint; tc.OutDir != dir1 || c.Dir != ckpt1 || c.Every != 5 || c.KeepLast != 2 || !tc.Resume || tc.Steps != 100 {
+		t.Errorf("run.yaml: %+v", tc)
+	}
+	if out := readLines(t, filepath.Join(dir, "stdout.log")); !reflect.DeepEqual(out, []string{"hello from rank 0"}) {
+		t.Errorf("stdout.log %q", out)
+	}
+
+	// Rank 0's metrics, published.
+	ms, _ := h.bus.History(context.Background(), events.Filter{Kind: events.KindMetrics, JobID: "ok-one"})
+	if len(ms) != 1 {
+		t.Fatalf("%d metrics messages", len(ms))
+	}
+	wantM := events.StepMetrics{Step: 1, Rank: 0, Loss: 2.5, LBL: 1, TokensPerSecond: 100, ExpertLoadLE: [][]float64{{0.25, 0.75}, {0.5, 0.5}}}
+	if !reflect.DeepEqual(*ms[0].Metrics, wantM) {
+		t.Errorf("metrics %+v", *ms[0].Metrics)
+	}
+	if ms, _ := h.bus.History(context.Background(), events.Filter{Kind: events.KindMetrics, JobID: "ok-multi"}); len(ms) != 0 {
+		t.Errorf("rank 1 published metrics: %+v", ms)
+	}
+	// Log lines of both streams, with rank and worker.
+	var lines []string
+	logs, _ := h.bus.History(context.Background(), events.Filter{Kind: events.KindLog, JobID: "ok-multi"})
+	for _, m := range logs {
+		if m.Log.WorkerID != "w1" || m.Log.Rank != 1 {
+			t.Errorf("log %+v", *m.Log)
+		}
+		lines = append(lines, m.Log.Stream+": "+m.Log.Line)
+	}
+	if !reflect.DeepEqual(lines, []string{"stdout: hello from rank 1", "stderr: loading rank 1"}) &&
+		!reflect.DeepEqual(lines, []string{"stderr: loading rank 1", "stdout: hello from rank 1"}) {
+		t.Errorf("log lines %q", lines)
+	}
+
+	// Finished tasks still listed are reported, never restarted.
+	c0, _ := h.coord.counts()
+	eventually(t, "more syncs", func() bool { c, _ := h.coord.counts(); return c > c0+10 })
+	if n := len(readLines(t, filepath.Join(dir, "starts"))); n != 1 {
+		t.Fatalf("a finished task was started %d times", n)
+	}
+	if st := h.coord.report("ok-one", 0); st.GetState() != apiv1.TaskState_TASK_STATE_SUCCEEDED {
+		t.Fatalf("after more syncs: %v", st)
+	}
+	// Once no longer listed, they are forgotten.
+	h.coord.set()
+	eventually(t, "finished tasks forgotten", func() bool { return h.coord.reported() == 0 })
+}
+
+func TestFailureReported(t *testing.T) {
+	h := start(t, nil)
+	h.coord.set(newTestTask("fail-a", 0, 1, spec1), newTestTask("bad-spec", 0, 1, "name: demo\nbogus: 1\n"))
+	st := h.waitState("fail-a", 0, apiv1.TaskState_TASK_STATE_FAILED)
+	if want := "rank 0 exited with exit status 3: error: out of cheese"; st.GetMessage() != want {
+		t.Errorf("message %q, want %q", st.GetMessage(), want)
+	}
+	st = h.waitState("bad-spec", 0, apiv1.TaskState_TASK_STATE_FAILED)
+	if !strings.Contains(st.GetMessage(), "rank 0: job spec: jobspec: malformed spec") || !strings.Contains(st.GetMessage(), "bogus") {
+		t.Errorf("message %q", st.GetMessage())
+	}
+}
+
+func TestTrainerCannotStart(t *testing.T) {
+	h := start(t, func(o *Options) {
+		o.Config.Trainer = writeTrainer(t, "#!/nonexistent/interpreter\n")
+	})
+	h.coord.set(newTestTask("any", 0, 1, spec1))
+	st := h.waitState("any", 0, apiv1.TaskState_TASK_STATE_FAILED)
+	if !strings.HasPrefix(st.GetMessage(), "rank 0: start trainer: ") {
+		t.Errorf("message %q", st.GetMessage())
+	}
+	// The agent lives on and runs what comes next.
+	h.coord.set(newTestTask("any", 0, 1, spec1), newTestTask("fail-b", 0, 1, spec1))
+	h.waitState("fail-b", 0, apiv1.TaskState_TASK_STATE_FAILED)
+}
+
+func TestRemovedTaskStoppedAndForgotten(t *testing.T) {
+	h := start(t, nil)
+	h.coord.set(newTestTask("run-a", 0, 1, spec1))
+	h.waitState("run-a", 0, apiv1.TaskState_TASK_STATE_RUNNING)
+	// The metrics line arrives in two writes: it counts once complete.
+	var st *apiv1.TaskStatus
+	eventually(t, "metrics of step 7", func() bool {
+		st = h.coord.report("run-a", 0)
+		return st.GetStep() == 7
+	})
+	if st.GetLoss() != 1.25 || st.GetTokensPerSecond() != 50 || st.GetState() != apiv1.TaskState_TASK_STATE_RUNNING {
+		t.Fatalf("status %v", st)
+	}
+	dir := h.runDir("run-a", 1, 0)
+	pid, alive := pidAlive(t, dir)
+	if !alive {
+		t.Fatal("rank not running")
+	}
+	h.coord.set()
+	eventually(t, "task forgotten", func() bool { return h.coord.reported() == 0 })
+	if _, err := os.Stat(filepath.Join(dir, "terminated")); err != nil {
+		t.Fatalf("rank did not get SIGTERM: %v", err)
+	}
+	if syscall.Kill(pid, 0) == nil {
+		t.Fatalf("pid %d still alive", pid)
+	}
+}
+
+func TestStubbornRankKilled(t *testing.T) {
+	h := start(t, func(o *Options) { o.StopGrace = 200 * time.Millisecond })
+	h.coord.set(newTestTask("stubborn-a", 0, 1, spec1))
+	h.waitState("stubborn-a", 0, apiv1.TaskState_TASK_STATE_RUNNING)
+	eventually(t, "pid file", func() bool {
+		_, err := os.Stat(filepath.Join(h.runDir("stubborn-a", 1, 0), "pid"))
+		return err == nil
+	})
+	h.coord.set()
+	eventually(t, "task forgotten", func() bool { return h.coord.reported() == 0 })
+	if pid, alive := pidAlive(t, h.runDir("stubborn-a", 1, 0)); alive {
+		t.Fatalf("pid %d survived SIGKILL", pid)
+	}
+}
+
+func TestCoordinatorUnreachable(t *testing.T) {
+	h := start(t, nil)
+	h.coord.set(newTestTask("run-b", 0, 1, spec1))
+	h.waitState("run-b", 0, apiv1.TaskState_TASK_STATE_RUNNING)
+	dir := h.runDir("run-b", 1, 0)
+	eventually(t, "pid file", func() bool { _, err := os.Stat(filepath.Join(dir, "pid")); return err == nil })
+	pid, _ := pidAlive(t, dir)
+
+	h.coord.setDown(true)
+	eventually(t, "failed syncs", func() bool { _, f := h.coord.counts(); return f >= 20 })
+	h.coord.setDown(false)
+	c0, _ := h.coord.counts()
+	eventually(t, "syncs again", func() bool { c, _ := h.coord.counts(); return c > c0+5 })
+
+	if p, alive := pidAlive(t, dir); !alive || p != pid {
+		t.Fatalf("rank restarted or died: pid %d -> %d alive %v", pid, p, alive)
+	}
+	if n := len(readLines(t, filepath.Join(dir, "starts"))); n != 1 {
+		t.Fatalf("started %d times", n)
+	}
+	if st := h.coord.report("run-b", 0); st.GetState() != apiv1.TaskState_TASK_STATE_RUNNING {
+		t.Fatalf("status %v", st)
+	}
+}
+
+func TestShutdownStopsAndDeregisters(t *testing.T) {
+	h := start(t, nil)
+	h.coord.set(newTestTask("run-c", 0, 2, spec1), newTestTask("run-d", 0, 1, spec1))
+	h.waitState("run-c", 0, apiv1.TaskState_TASK_STATE_RUNNING)
+	h.waitState("run-d", 0, apiv1.TaskState_TASK_STATE_RUNNING)
+	dirs := []string{h.runDir("run-c", 1, 0), h.runDir("run-d", 1, 0)}
+	for _, d := range dirs {
+		eventually(t, "pid file", func() bool { _, err := os.Stat(filepath.Join(d, "pid")); return err == nil })
+	}
+	h.stop()
+	for _, d := range dirs {
+		if _, err := os.Stat(filepath.Join(d, "terminated")); err != nil {
+			t.Errorf("%s: no SIGTERM: %v", d, err)
+		}
+		if pid, alive := pidAlive(t, d); alive {
+			t.Errorf("pid %d alive after Run returned", pid)
+		}
+	}
+	if ws, _ := h.reg.List(context.Background()); len(ws) != 0 {
+		t.Fatalf("still registered: %+v", ws)
+	}
+}
+
+// lossyRegistry hands out registrations whose loss the test controls.
+type lossyRegistry struct {
+	membership.Registry
+	mu   sync.Mutex
+	regs []*lossyReg
+}
+
+type lossyReg struct {
+	membership.Registration
+	lost     chan struct{}
+	loseOnce sync.Once
+}
+
+func (r *lossyReg) Lost() <-chan struct{} { return r.lost }
+
+func (l *lossyRegistry) Register(ctx context.Context, info membership.WorkerInfo, ttl time.Duration) (membership.Registration, error) {
+	reg, err := l.Registry.Register(ctx, info, ttl)
+	if err != nil {
+		return nil, err
+	}
+	r := &lossyReg{Registration: reg, lost: make(chan struct{})}
+	go func() { // the real loss too
+		select {
+		case <-reg.Lost():
+			r.loseOnce.Do(func() { close(r.lost) })
+		case <-r.lost:
+		}
+	}()
+	l.mu.Lock()
+	l.regs = append(l.regs, r)
+	l.mu.Unlock()
+	return r, nil
+}
+
+func (l *lossyRegistry) count() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.regs)
+}
+
+func (l *lossyRegistry) lose(i int) {
+	l.mu.Lock()
+	r := l.regs[i]
+	l.mu.Unlock()
+	r.loseOnce.Do(func() { close(r.lost) })
+}
+
+func TestRegistrationLostRegistersAgain(t *testing.T) {
+	var lossy *lossyRegistry
+	h := start(t, func(o *Options) {
+		lossy = &lossyRegistry{Registry: o.Registry}
+		o.Registry = lossy
+	})
+	h.coord.set(newTestTask("run-e", 0, 1, spec1))
+	h.waitState("run-e", 0, apiv1.TaskState_TASK_STATE_RUNNING)
+	eventually(t, "registration", func() bool { return lossy.count() == 1 })
+	lossy.lose(0)
+	eventually(t, "registered again", func() bool {
+		ws, _ := h.reg.List(context.Background())
+		return lossy.count() == 2 && len(ws) == 1
+	})
+	if st := h.coord.report("run-e", 0); st.GetState() != apiv1.TaskState_TASK_STATE_RUNNING {
+		t.Fatalf("status %v", st)
+	}
+	h.stop()
+	if ws, _ := h.reg.List(context.Background()); len(ws) != 0 {
+		t.Fatalf("still registered: %+v", ws)
+	}
+}
+
+func TestNewChecksOptions(t *testing.T) {
+	srv := membership.NewMemoryServer()
+	defer srv.Stop()
+	reg := membership.NewMemory(srv)
+	cfg := testConfig(t, writeTrainer(t, fakeTrainer))
+	if _, err := New(Options{Config: cfg, Registry: reg}); !errors.Is(err, ErrOptions) {
+		t.Errorf("no client: %v", err)
+	}
+	bad := cfg
+	bad.StoragePath = "relative"
+	if _, err := New(Options{Config: bad, Client: &fakeCoordinator{}, Registry: reg}); !errors.Is(err, workerconfig.ErrInvalid) || !strings.Contains(err.Error(), "storage_path") {
+		t.Errorf("bad config: %v", err)
+	}
+	bad = cfg
+	bad.Trainer = filepath.Join(t.TempDir(), "missing")
+	if _, err := New(Options{Config: bad, Client: &fakeCoordinator{}, Registry: reg}); !errors.Is(err, workerconfig.ErrInvalid) || !strings.Contains(err.Error(), "trainer") {
+		t.Errorf("missing trainer: %v", err)
+	}
+	a, err := New(Options{Config: cfg, Client: &fakeCoordinator{}, Registry: reg})
+	if err != nil || a.Trainer() != cfg.Trainer || a.o.SyncInterval != DefaultSyncInterval || a.o.StopGrace != DefaultStopGrace {
+		t.Fatalf("%v %+v", err, a)
+	}
+}

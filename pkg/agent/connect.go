@@ -1,0 +1,87 @@
+package agent
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/switchyard-ml/switchyard/pkg/client"
+	"github.com/switchyard-ml/switchyard/pkg/events"
+	"github.com/switchyard-ml/switchyard/pkg/membership"
+	"github.com/switchyard-ml/switchyard/pkg/security"
+	"github.com/switchyard-ml/switchyard/pkg/workerconfig"
+)
+
+// TokenEnv is the environment variable holding the coordinator's bearer
+// token ("" or unset: none).
+const TokenEnv = "SWITCHYARD_TOKEN"
+
+// etcdDialTimeout bounds the first connection to etcd.
+const etcdDialTimeout = 5 * time.Second
+
+// Connect builds what a worker talks to from its config: the etcd registry
+// (cfg.EtcdEndpoints), the NATS bus (when cfg.NATSURL is set; NATS may be
+// down, the bus reconnects) and the coordinator client (cfg.Coordinators,
+// the token from $SWITCHYARD_TOKEN), with mutual TLS from cfg.TLS for etcd
+// and the coordinator. It returns Options with Config, Logger and the
+// connections set, and a function that closes them after Run returned.
+func Connect(ctx context.Context, cfg workerconfig.Config, log *slog.Logger) (Options, func() error, error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	files := security.TLSFiles{CA: cfg.TLS.CA, Cert: cfg.TLS.Cert, Key: cfg.TLS.Key}
+	var closers []func() error
+	closeAll := func() error {
+		var errs []error
+		for i := len(closers) - 1; i >= 0; i-- {
+			errs = append(errs, closers[i]())
+		}
+		return errors.Join(errs...)
+	}
+
+	var etcdTLS *tls.Config
+	if files.Enabled() {
+		var err error
+		if etcdTLS, err = security.ClientTLS(files, ""); err != nil {
+			return Options{}, nil, fmt.Errorf("agent: etcd TLS: %w", err)
+		}
+	}
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints:   cfg.EtcdEndpoints,
+		DialTimeout: etcdDialTimeout,
+		TLS:         etcdTLS,
+		Context:     context.WithoutCancel(ctx),
+	})
+	if err != nil {
+		return Options{}, nil, fmt.Errorf("agent: etcd %v: %w", cfg.EtcdEndpoints, err)
+	}
+	closers = append(closers, cli.Close)
+	reg := membership.NewEtcd(cli, membership.DefaultPrefix, log)
+	closers = append(closers, reg.Close)
+
+	var bus events.Bus
+	if cfg.NATSURL != "" {
+		nb, err := events.NewNATS(events.NATSConfig{URL: cfg.NATSURL, Name: "switchyard worker " + cfg.ID, Logger: log})
+		if err != nil {
+			closeAll()
+			return Options{}, nil, fmt.Errorf("agent: %w", err)
+		}
+		bus = nb
+		closers = append(closers, nb.Close)
+	}
+
+	cc, err := client.Dial(client.Options{Endpoints: cfg.Coordinators, Token: os.Getenv(TokenEnv), TLS: files})
+	if err != nil {
+		closeAll()
+		return Options{}, nil, fmt.Errorf("agent: %w", err)
+	}
+	closers = append(closers, cc.Close)
+
+	return Options{Config: cfg, Client: cc, Registry: reg, Bus: bus, Logger: log}, closeAll, nil
+}

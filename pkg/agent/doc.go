@@ -1,0 +1,42 @@
+// Package agent is the worker daemon: it registers the worker in the
+// membership registry under a lease, and runs the ranks of training jobs
+// that the coordinator assigns it as child processes of the `switchyard`
+// binary (`switchyard train ...`).
+//
+// The agent owns, for each task it was given (a task is one rank of one
+// attempt of one job, identified by job id, attempt and rank):
+//
+//   - its run directory <storage_path>/jobs/<job-id>/attempt-<n>/rank-<r>,
+//     holding run.yaml (the job spec's training config), the trainer's
+//     stdout.log and stderr.log, and, for rank 0, metrics.jsonl and
+//     report.json;
+//   - the trainer process, started in its own process group, stopped with
+//     SIGTERM to the group and SIGKILL after Options.StopGrace;
+//   - the lines the trainer prints, published as events.LogLine (cut at
+//     MaxLogLine bytes), and rank 0's metrics.jsonl, followed and published
+//     as events.StepMetrics.
+//
+// Every Options.SyncInterval the agent sends the coordinator the state of
+// every task it holds (SyncWorker) and gets back the full set of tasks it
+// must run: it starts those it does not have, stops those no longer listed
+// and forgets them once they exited, and keeps reporting finished tasks
+// (never restarting them) until they are no longer listed. While the
+// coordinator cannot be reached (a leader fail-over, a network cut) the
+// tasks keep running and the agent keeps asking.
+//
+// Checkpoints go to <root>/<job-id>, where root is the job spec's
+// checkpoint.path or by default <storage_path>/checkpoints: the rank gets
+// --checkpoint-dir <root> --checkpoint-job <job-id>, and the checkpoint
+// catalogue is kept in etcd (--checkpoint-etcd with the worker's etcd
+// endpoints), where the coordinator reads it. Every rank is started with
+// --resume, so a restarted rank continues from the newest committed
+// checkpoint, or from the task's resume_from_step (--resume-step) when the
+// coordinator names one. For jobs whose ranks span several workers the
+// root must be shared storage (the same path on every worker and, as
+// --checkpoint-root, on the coordinators), since rank 0 verifies and
+// commits what every rank wrote.
+//
+// The agent does not decide placement, does not touch the raft state or
+// the checkpoint catalogue, and does not talk to the other ranks: the
+// trainer processes do.
+package agent

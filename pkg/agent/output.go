@@ -1,0 +1,212 @@
+package agent
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+	"os"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/switchyard-ml/switchyard/pkg/events"
+	"github.com/switchyard-ml/switchyard/pkg/train"
+)
+
+const (
+	// MaxLogLine is the longest line published; longer lines are cut.
+	MaxLogLine = 4 << 10
+	// stderrTail is how many stderr lines are kept for the failure report.
+	stderrTail = 20
+	// metricsPoll is how often rank 0's metrics.jsonl is read.
+	metricsPoll = 250 * time.Millisecond
+	// maxMetricsLine bounds a metrics line waiting for its newline.
+	maxMetricsLine = 4 << 20
+)
+
+// lineWriter copies a stream to a file and splits it into lines for emit
+// (cut at MaxLogLine bytes, the rest of a long line dropped), keeping the
+// last few lines. exec.Cmd writes to it from one goroutine; the owner
+// reads it after Wait.
+type lineWriter struct {
+	file     io.Writer
+	emit     func(string)
+	buf      []byte
+	skipping bool // the current line was cut: drop the rest up to '\n'
+	keep     int
+	tail     []string
+}
+
+func newLineWriter(file io.Writer, keep int, emit func(string)) *lineWriter {
+	return &lineWriter{file: file, emit: emit, keep: keep}
+}
+
+func (w *lineWriter) Write(p []byte) (int, error) {
+	if w.file != nil {
+		w.file.Write(p) // a full disk must not stop the rank's output
+	}
+	n := len(p)
+	for len(p) > 0 {
+		i := bytes.IndexByte(p, '\n')
+		chunk := p
+		if i >= 0 {
+			chunk, p = p[:i], p[i+1:]
+		} else {
+			p = nil
+		}
+		if !w.skipping {
+			if room := MaxLogLine - len(w.buf); len(chunk) > room {
+				w.buf = append(w.buf, chunk[:room]...)
+				w.line()
+				w.skipping = true
+			} else {
+				w.buf = append(w.buf, chunk...)
+			}
+		}
+		if i >= 0 {
+			if !w.skipping {
+				w.line()
+			}
+			w.skipping = false
+		}
+	}
+	return n, nil
+}
+
+// line emits the buffered line.
+func (w *lineWriter) line() {
+	b := bytes.TrimSuffix(w.buf, []byte("\r"))
+	if len(b) == MaxLogLine { // a cut line: do not end in half a rune
+		if i := lastRuneStart(b); !utf8.FullRune(b[i:]) {
+			b = b[:i]
+		}
+	}
+	s := string(b)
+	w.buf = w.buf[:0]
+	if w.keep > 0 {
+		w.tail = append(w.tail, s)
+		if len(w.tail) > w.keep {
+			w.tail = w.tail[len(w.tail)-w.keep:]
+		}
+	}
+	w.emit(s)
+}
+
+func lastRuneStart(b []byte) int {
+	for i := len(b) - 1; i >= 0; i-- {
+		if utf8.RuneStart(b[i]) {
+			return i
+		}
+	}
+	return 0
+}
+
+// flush emits an unterminated last line.
+func (w *lineWriter) flush() {
+	if len(w.buf) > 0 && !w.skipping {
+		w.line()
+	}
+}
+
+// tailLines are the last lines kept.
+func (w *lineWriter) tailLines() []string { return w.tail }
+
+// last is the last non-blank line kept.
+func (w *lineWriter) last() string {
+	for i := len(w.tail) - 1; i >= 0; i-- {
+		if s := strings.TrimSpace(w.tail[i]); s != "" {
+			return s
+		}
+	}
+	return ""
+}
+
+// followMetrics reads rank 0's metrics.jsonl as it grows (it may appear
+// late, end in a partial line, or be recreated) and publishes each step,
+// until the rank exited; then it reads once more.
+func (a *Agent) followMetrics(tk *task, path string, exited <-chan struct{}) {
+	f := metricsFollower{path: path}
+	t := time.NewTicker(metricsPoll)
+	defer t.Stop()
+	for {
+		final := false
+		select {
+		case <-exited:
+			final = true
+		case <-t.C:
+		}
+		for _, m := range f.read() {
+			a.reportMetrics(tk, m)
+		}
+		if final {
+			return
+		}
+	}
+}
+
+func (a *Agent) reportMetrics(tk *task, m train.StepMetrics) {
+	var lbl float64
+	for _, v := range m.LBL {
+		lbl += v
+	}
+	if len(m.LBL) > 0 {
+		lbl /= float64(len(m.LBL))
+	}
+	tk.setMetrics(int64(m.Step), m.Loss, m.TokensPerS)
+	a.publish(events.Message{Kind: events.KindMetrics, JobID: tk.key.jobID, Metrics: &events.StepMetrics{
+		Step: int64(m.Step), Rank: int(tk.key.rank), Loss: m.Loss, LBL: lbl,
+		TokensPerSecond: m.TokensPerS, ExpertLoadLE: m.ExpertLoad,
+	}})
+}
+
+// metricsFollower reads the complete lines appended to a JSON Lines file
+// since the last read.
+type metricsFollower struct {
+	path    string
+	off     int64
+	partial []byte
+}
+
+func (f *metricsFollower) read() []train.StepMetrics {
+	file, err := os.Open(f.path)
+	if err != nil {
+		return nil
+	}
+	defer file.Close()
+	st, err := file.Stat()
+	if err != nil {
+		return nil
+	}
+	if st.Size() < f.off { // recreated
+		f.off, f.partial = 0, nil
+	}
+	if _, err := file.Seek(f.off, io.SeekStart); err != nil {
+		return nil
+	}
+	data, err := io.ReadAll(file)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return nil
+	}
+	f.off += int64(len(data))
+	f.partial = append(f.partial, data...)
+	var out []train.StepMetrics
+	for {
+		i := bytes.IndexByte(f.partial, '\n')
+		if i < 0 {
+			break
+		}
+		line := bytes.TrimSpace(f.partial[:i])
+		f.partial = f.partial[i+1:]
+		var m train.StepMetrics
+		if len(line) == 0 || json.Unmarshal(line, &m) != nil {
+			continue
+		}
+		out = append(out, m)
+	}
+	if len(f.partial) > maxMetricsLine {
+		f.partial = nil
+	}
+	f.partial = append([]byte(nil), f.partial...) // let the read lines go
+	return out
+}

@@ -1,0 +1,79 @@
+package agent
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"unicode/utf8"
+)
+
+func TestLineWriter(t *testing.T) {
+	var got []string
+	var file bytes.Buffer
+	w := newLineWriter(&file, 3, func(s string) { got = append(got, s) })
+	long := strings.Repeat("x", MaxLogLine-1) + "é" + strings.Repeat("y", 100) // the cut falls inside "é"
+	input := []string{"one\r\ntw", "o\n\n", long[:2000], long[2000:], "\nthree", " four\nlast"}
+	for _, p := range input {
+		if n, err := w.Write([]byte(p)); n != len(p) || err != nil {
+			t.Fatal(n, err)
+		}
+	}
+	if file.String() != strings.Join(input, "") {
+		t.Fatal("file copy differs")
+	}
+	w.flush()
+	want := []string{"one", "two", "", strings.Repeat("x", MaxLogLine-1), "three four", "last"}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("lines %q", got)
+	}
+	for _, s := range got {
+		if !utf8.ValidString(s) || len(s) > MaxLogLine {
+			t.Fatalf("bad line of %d bytes", len(s))
+		}
+	}
+	if w.last() != "last" || len(w.tailLines()) != 3 {
+		t.Fatalf("last %q tail %q", w.last(), w.tailLines())
+	}
+	// A line of exactly MaxLogLine bytes is kept whole.
+	got = nil
+	exact := strings.Repeat("z", MaxLogLine)
+	w.Write([]byte(exact + "\nnext\n"))
+	if !reflect.DeepEqual(got, []string{exact, "next"}) {
+		t.Fatalf("exact: %d lines", len(got))
+	}
+}
+
+func TestMetricsFollower(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "metrics.jsonl")
+	f := metricsFollower{path: path}
+	if ms := f.read(); len(ms) != 0 { // not there yet
+		t.Fatal(ms)
+	}
+	appendFile := func(s string) {
+		fh, err := os.OpenFile(path, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fh.WriteString(s)
+		fh.Close()
+	}
+	appendFile(`{"step":1,"loss":3}` + "\n" + `{"step":2,`)
+	if ms := f.read(); len(ms) != 1 || ms[0].Step != 1 || ms[0].Loss != 3 {
+		t.Fatalf("%+v", ms)
+	}
+	appendFile(`"loss":2}` + "\nnot json\n" + `{"step":3,"loss":1}` + "\n")
+	if ms := f.read(); len(ms) != 2 || ms[0].Step != 2 || ms[0].Loss != 2 || ms[1].Step != 3 {
+		t.Fatalf("%+v", ms)
+	}
+	if ms := f.read(); len(ms) != 0 {
+		t.Fatalf("read twice: %+v", ms)
+	}
+	// Recreated (a new run truncates it): read from the start.
+	os.WriteFile(path, []byte(`{"step":1,"loss":9}`+"\n"), 0o644)
+	if ms := f.read(); len(ms) != 1 || ms[0].Loss != 9 {
+		t.Fatalf("%+v", ms)
+	}
+}

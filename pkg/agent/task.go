@@ -1,0 +1,345 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/switchyard-ml/switchyard/pkg/events"
+	"github.com/switchyard-ml/switchyard/pkg/jobspec"
+	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
+)
+
+// waitDelay bounds how long a rank's output is read after it exited (a
+// grandchild may hold the pipes open).
+const waitDelay = 2 * time.Second
+
+// taskKey identifies a task: one rank of one attempt of one job.
+type taskKey struct {
+	jobID   string
+	attempt int32
+	rank    int32
+}
+
+func keyOf(t *apiv1.Task) taskKey {
+	return taskKey{jobID: t.GetJobId(), attempt: t.GetAttempt(), rank: t.GetRank()}
+}
+
+// task is one rank the agent holds. def is immutable; the rest is guarded
+// by mu.
+type task struct {
+	key  taskKey
+	def  *apiv1.Task
+	stop chan struct{} // closed to ask the rank to stop
+	done chan struct{} // closed when the rank exited and its goroutines ended
+
+	mu        sync.Mutex
+	stopping  bool
+	state     apiv1.TaskState
+	message   string
+	step      int64
+	loss, tps float64
+}
+
+func newTask(k taskKey, def *apiv1.Task) *task {
+	return &task{key: k, def: def, stop: make(chan struct{}), done: make(chan struct{}), state: apiv1.TaskState_TASK_STATE_STARTING}
+}
+
+// requestStop asks the rank to stop; it reports whether this was the first
+// request.
+func (t *task) requestStop() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.stopping {
+		return false
+	}
+	t.stopping = true
+	close(t.stop)
+	return true
+}
+
+func (t *task) stopRequested() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.stopping
+}
+
+func (t *task) exited() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.state == apiv1.TaskState_TASK_STATE_SUCCEEDED || t.state == apiv1.TaskState_TASK_STATE_FAILED
+}
+
+func (t *task) setState(s apiv1.TaskState, msg string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.state, t.message = s, msg
+}
+
+func (t *task) setMetrics(step int64, loss, tps float64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.step, t.loss, t.tps = step, loss, tps
+}
+
+func (t *task) status() *apiv1.TaskStatus {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return &apiv1.TaskStatus{
+		JobId: t.key.jobID, Attempt: t.key.attempt, Rank: t.key.rank,
+		State: t.state, Message: t.message,
+		Step: t.step, Loss: t.loss, TokensPerSecond: t.tps,
+	}
+}
+
+// jobIDRE: a job id is one path element and one NATS subject token.
+var jobIDRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$`)
+
+// launch is how a task's rank is started.
+type launch struct {
+	runDir   string
+	ckptRoot string   // the job's checkpoints are <ckptRoot>/<job-id>
+	args     []string // after the trainer binary
+}
+
+// prepare checks the task, writes its run directory and run.yaml and
+// builds the trainer's arguments.
+func (a *Agent) prepare(t *apiv1.Task) (launch, error) {
+	k := keyOf(t)
+	if !jobIDRE.MatchString(k.jobID) {
+		return launch{}, fmt.Errorf("job id %q: must be 1-128 of A-Z, a-z, 0-9, '_' and '-'", k.jobID)
+	}
+	world := int(t.GetWorldSize())
+	if world < 1 || k.rank < 0 || int(k.rank) >= world || k.attempt < 0 {
+		return launch{}, fmt.Errorf("rank %d of world %d, attempt %d: out of range", k.rank, world, k.attempt)
+	}
+	if world > 1 && len(t.GetPeers()) != world {
+		return launch{}, fmt.Errorf("%d peers for a world of %d", len(t.GetPeers()), world)
+	}
+	spec, err := jobspec.Parse(t.GetSpec())
+	if err != nil {
+		return launch{}, fmt.Errorf("job spec: %w", err)
+	}
+	tc, err := spec.TrainConfig()
+	if err != nil {
+		return launch{}, fmt.Errorf("job spec: %w", err)
+	}
+	storage := a.o.Config.StoragePath
+	l := launch{
+		runDir:   filepath.Join(storage, "jobs", k.jobID, fmt.Sprintf("attempt-%d", k.attempt), fmt.Sprintf("rank-%d", k.rank)),
+		ckptRoot: spec.Checkpoint.Path,
+	}
+	if spec.Checkpoint.Storage == jobspec.StorageS3 {
+		return launch{}, fmt.Errorf("checkpoint storage %q: the trainer writes checkpoints to a directory only", spec.Checkpoint.Storage)
+	}
+	if l.ckptRoot == "" {
+		l.ckptRoot = filepath.Join(storage, "checkpoints")
+	}
+	for _, d := range []string{l.runDir, l.ckptRoot} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return launch{}, err
+		}
+	}
+	tc.OutDir = l.runDir
+	tc.Checkpoint.Dir = l.ckptRoot
+	tc.Checkpoint.Every = spec.Checkpoint.IntervalSteps
+	tc.Checkpoint.KeepLast = spec.Checkpoint.KeepLast
+	tc.Resume = true
+	raw, err := yaml.Marshal(tc)
+	if err != nil {
+		return launch{}, fmt.Errorf("run config: %w", err)
+	}
+	runYAML := filepath.Join(l.runDir, "run.yaml")
+	if err := writeFileAtomic(runYAML, raw); err != nil {
+		return launch{}, err
+	}
+	// A previous worker process may have left the metrics of an earlier
+	// run of this task; the new run writes its own from the start.
+	if err := os.Remove(filepath.Join(l.runDir, "metrics.jsonl")); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return launch{}, err
+	}
+
+	itoa := func(v int32) string { return strconv.Itoa(int(v)) }
+	or := func(v, d int) int32 {
+		if v > 0 {
+			return int32(v)
+		}
+		return int32(d)
+	}
+	balance := t.GetBalance()
+	if balance == "" {
+		balance = spec.Parallel.Balance
+	}
+	l.args = []string{"train",
+		"--config", runYAML,
+		"--rank", itoa(k.rank),
+		"--world", strconv.Itoa(world),
+		"--tp", itoa(or(int(t.GetTp()), spec.Parallel.TP)),
+		"--dp", itoa(or(int(t.GetDp()), spec.Parallel.DP)),
+		"--ep", itoa(or(int(t.GetEp()), spec.Parallel.EP)),
+		"--balance", balance,
+	}
+	if world > 1 {
+		l.args = append(l.args, "--peers", strings.Join(t.GetPeers(), ","), "--listen", a.o.Config.ListenAddress)
+	}
+	l.args = append(l.args, "--out", l.runDir, "--json",
+		"--checkpoint-dir", l.ckptRoot, "--checkpoint-job", k.jobID,
+		"--checkpoint-etcd", strings.Join(a.o.Config.EtcdEndpoints, ","))
+	if n := spec.Checkpoint.IntervalSteps; n > 0 {
+		l.args = append(l.args, "--checkpoint-every", strconv.Itoa(n))
+	}
+	l.args = append(l.args, "--resume")
+	if r := t.GetResumeFromStep(); r > 0 {
+		l.args = append(l.args, "--resume-step", strconv.FormatInt(r, 10))
+	}
+	return l, nil
+}
+
+func writeFileAtomic(path string, data []byte) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// runTask runs one task to its end: prepare, start the rank, follow its
+// output (and rank 0's metrics), stop it when asked, report how it ended.
+func (a *Agent) runTask(tk *task) {
+	defer a.wg.Done()
+	defer close(tk.done)
+	defer a.kickSync()
+	defer a.forgetStopped(tk)
+	k := tk.key
+	log := a.log.With("job-id", k.jobID, "attempt", k.attempt, "rank", k.rank)
+	fail := func(msg string) {
+		tk.setState(apiv1.TaskState_TASK_STATE_FAILED, msg)
+		log.Error("task failed", "error", msg)
+	}
+
+	l, err := a.prepare(tk.def)
+	if err != nil {
+		fail(fmt.Sprintf("rank %d: %v", k.rank, err))
+		return
+	}
+	if tk.stopRequested() {
+		tk.setState(apiv1.TaskState_TASK_STATE_FAILED, fmt.Sprintf("rank %d stopped before it started", k.rank))
+		return
+	}
+
+	outLog, err := os.Create(filepath.Join(l.runDir, "stdout.log"))
+	if err != nil {
+		fail(fmt.Sprintf("rank %d: %v", k.rank, err))
+		return
+	}
+	defer outLog.Close()
+	errLog, err := os.Create(filepath.Join(l.runDir, "stderr.log"))
+	if err != nil {
+		fail(fmt.Sprintf("rank %d: %v", k.rank, err))
+		return
+	}
+	defer errLog.Close()
+	stdout := newLineWriter(outLog, 0, func(line string) { a.publishLog(k, "stdout", line) })
+	stderr := newLineWriter(errLog, stderrTail, func(line string) { a.publishLog(k, "stderr", line) })
+
+	cmd := exec.Command(a.trainer, l.args...)
+	cmd.Dir = l.runDir
+	cmd.Stdout, cmd.Stderr = stdout, stderr
+	cmd.SysProcAttr = sysProcAttr()
+	cmd.WaitDelay = waitDelay
+	if err := cmd.Start(); err != nil {
+		fail(fmt.Sprintf("rank %d: start trainer: %v", k.rank, err))
+		return
+	}
+	pid := cmd.Process.Pid
+	tk.setState(apiv1.TaskState_TASK_STATE_RUNNING, "")
+	log.Info("rank started", "pid", pid, "run-dir", l.runDir)
+	a.kickSync()
+
+	exited := make(chan struct{})
+	var side sync.WaitGroup
+	side.Go(func() { a.stopOnRequest(tk, pid, exited, log) })
+	if k.rank == 0 {
+		side.Go(func() { a.followMetrics(tk, filepath.Join(l.runDir, "metrics.jsonl"), exited) })
+	}
+	werr := cmd.Wait()
+	close(exited)
+	side.Wait()
+	stdout.flush()
+	stderr.flush()
+
+	if werr == nil {
+		tk.setState(apiv1.TaskState_TASK_STATE_SUCCEEDED, "")
+		log.Info("rank succeeded")
+		return
+	}
+	msg := exitMessage(k.rank, werr, stderr.last())
+	tk.setState(apiv1.TaskState_TASK_STATE_FAILED, msg)
+	if tk.stopRequested() {
+		log.Info("rank stopped", "status", msg)
+		return
+	}
+	log.Error("rank failed", "error", msg, "stderr", strings.Join(stderr.tailLines(), "\n"))
+}
+
+// exitMessage says how a rank ended: "rank 1 exited with exit status 1:
+// <last stderr line>" or "rank 1 killed by signal killed".
+func exitMessage(rank int32, err error, lastLine string) string {
+	var msg string
+	var ee *exec.ExitError
+	switch {
+	case errors.As(err, &ee):
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			msg = fmt.Sprintf("rank %d killed by signal %v", rank, ws.Signal())
+		} else {
+			msg = fmt.Sprintf("rank %d exited with %v", rank, ee)
+		}
+	default:
+		msg = fmt.Sprintf("rank %d: %v", rank, err)
+	}
+	if lastLine != "" {
+		msg += ": " + lastLine
+	}
+	return msg
+}
+
+// stopOnRequest sends SIGTERM to the rank's process group when the task is
+// asked to stop, and SIGKILL after StopGrace, unless it exited first.
+func (a *Agent) stopOnRequest(tk *task, pid int, exited <-chan struct{}, log *slog.Logger) {
+	select {
+	case <-exited:
+		return
+	case <-tk.stop:
+	}
+	log.Info("stopping rank", "pid", pid, "grace", a.o.StopGrace)
+	if err := syscall.Kill(-pid, syscall.SIGTERM); err != nil {
+		log.Debug("sigterm", "error", err)
+	}
+	t := time.NewTimer(a.o.StopGrace)
+	defer t.Stop()
+	select {
+	case <-exited:
+	case <-t.C:
+		log.Warn("rank did not stop within the grace period; killing it", "pid", pid)
+		if err := syscall.Kill(-pid, syscall.SIGKILL); err != nil {
+			log.Debug("sigkill", "error", err)
+		}
+	}
+}
+
+func (a *Agent) publishLog(k taskKey, stream, line string) {
+	a.publish(events.Message{Kind: events.KindLog, JobID: k.jobID, Log: &events.LogLine{
+		Rank: int(k.rank), WorkerID: a.o.Config.ID, Stream: stream, Line: line,
+	}})
+}

@@ -135,6 +135,9 @@ func (a *Agent) prepare(t *apiv1.Task) (launch, error) {
 	if err != nil {
 		return launch{}, fmt.Errorf("job spec: %w", err)
 	}
+	if acc := int(t.GetAccumulation()); acc > 0 {
+		tc.Accumulation = acc // an elastic restart keeps the global batch
+	}
 	storage := a.o.Config.StoragePath
 	l := launch{
 		runDir:   filepath.Join(storage, "jobs", k.jobID, fmt.Sprintf("attempt-%d", k.attempt), fmt.Sprintf("rank-%d", k.rank)),

@@ -488,3 +488,31 @@ func TestRankFailureBlamesSilentWorker(t *testing.T) {
 		t.Fatalf("job-b placed on the silent worker: %s", ws)
 	}
 }
+
+// TestElasticShrink: a restarted job that no longer fits is placed again
+// with a smaller dp inside its elastic range; the accumulation grows so
+// that the global batch stays the same.
+func TestElasticShrink(t *testing.T) {
+	h := newHarness(t, 1, "")
+	c := h.client(h.leader(), "")
+	regs := map[string]membership.Registration{"w1": h.worker("w1"), "w2": h.worker("w2")}
+	spec := "name: el\nparallel: {dp: 2, ep: 1}\naccumulation: 3\nsteps: 10\nresources: {cpu_cores: 1, memory_mib: 512}\nrestart: {max_restarts: 1, backoff_seconds: 0}\nelastic: {min_dp: 1}\n"
+	if _, err := c.SubmitJob(ctxT(t), &apiv1.SubmitJobRequest{JobId: "el", Spec: []byte(spec)}); err != nil {
+		t.Fatal(err)
+	}
+	j := waitJob(t, c, "el", "placed", func(j *pb.Job) bool { return j.State == pb.JobState_JOB_STATE_PLACED })
+	victim := j.Placement[1].WorkerId
+	if err := regs[victim].Close(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	j = waitJob(t, c, "el", "placed again, smaller", func(j *pb.Job) bool {
+		return j.State == pb.JobState_JOB_STATE_PLACED && j.Restarts == 1
+	})
+	if len(j.Placement) != 1 || j.PlacedDp != 1 || j.Placement[0].WorkerId == victim {
+		t.Fatalf("elastic placement %v dp %d", j.Placement, j.PlacedDp)
+	}
+	task := waitTasks(t, c, j.Placement[0].WorkerId, 1)[0]
+	if task.WorldSize != 1 || task.Dp != 1 || task.Accumulation != 6 || len(task.Peers) != 1 {
+		t.Fatalf("task %v: want world 1, dp 1, accumulation 6 (2 x 3 / 1)", task)
+	}
+}

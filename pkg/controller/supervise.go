@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/switchyard-ml/switchyard/pkg/coordinator"
+	"github.com/switchyard-ml/switchyard/pkg/jobspec"
 	"github.com/switchyard-ml/switchyard/pkg/membership"
 	"github.com/switchyard-ml/switchyard/pkg/scheduler"
 	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
@@ -242,6 +243,11 @@ func (s *Server) schedule(ctx context.Context, live map[string]membership.Worker
 		s.publish(p.Job.ID, "Placed", res.Job.State, fmt.Sprintf("attempt %d: ranks -> workers %s", res.Job.Restarts, strings.Join(p.Workers, ",")), "")
 	}
 	for _, p := range pending {
+		if j := byID[p.JobID]; j != nil && j.Restarts > 0 && (errors.Is(p.Err, scheduler.ErrNoFit) || errors.Is(p.Err, scheduler.ErrTooLarge)) {
+			if s.placeElastic(ctx, j, live) {
+				continue
+			}
+		}
 		if j := byID[p.JobID]; j != nil {
 			reason := "Unschedulable"
 			switch {
@@ -255,6 +261,64 @@ func (s *Server) schedule(ctx context.Context, live map[string]membership.Worker
 			s.setPending(ctx, j, reason, p.Reason)
 		}
 	}
+}
+
+// placeElastic re-places a restarted job that no longer fits with a
+// smaller data-parallel degree, when its spec's elastic range allows:
+// the largest multiple of ep in [min_dp, dp) that fits (the spec's rule:
+// ep divides every dp of the range). The checkpoint reshards to the new
+// layout on resume. Callers hold s.lead.
+func (s *Server) placeElastic(ctx context.Context, j *pb.Job, live map[string]membership.WorkerInfo) bool {
+	sp, err := s.spec(j)
+	if err != nil || sp.Elastic.MinDP <= 0 || sp.Elastic.MinDP >= sp.Parallel.DP {
+		return false
+	}
+	snap := s.snapshot(live, s.cfg.Node.Jobs())
+	ep := sp.Parallel.EP
+	for dp := sp.Parallel.DP - 1; dp >= sp.Elastic.MinDP; dp-- {
+		if dp%ep != 0 {
+			continue
+		}
+		sj := sp.SchedulerJob(j.Id, j.SubmitSeq)
+		sj.Layout.DP, sj.Layout.EP = dp, ep
+		plan, err := scheduler.Place(snap, sj)
+		if err != nil {
+			continue
+		}
+		placement := make([]*pb.RankAssignment, len(plan.Workers))
+		for r, w := range plan.Workers {
+			placement[r] = &pb.RankAssignment{Rank: int32(r), WorkerId: w}
+		}
+		res, err := s.cfg.Node.Apply(ctx, &pb.Command{Op: &pb.Command_PlaceJob{PlaceJob: &pb.PlaceJob{
+			JobId: j.Id, Placement: placement, Dp: int32(dp), Ep: int32(ep),
+		}}})
+		if err != nil {
+			s.log.Warn("elastic place failed", "job", j.Id, "err", err)
+			return false
+		}
+		msg := fmt.Sprintf("attempt %d: not enough workers for dp %d; shrunk to dp %d ep %d on workers %s",
+			res.Job.Restarts, sp.Parallel.DP, dp, ep, strings.Join(plan.Workers, ","))
+		s.setState(ctx, res.Job, res.Job.State, "", "", &pb.Condition{Type: condScheduled, Status: true, Reason: "PlacedElastic", Message: msg})
+		s.recordEvent(ctx, j.Id, "Shrunk", msg, "")
+		s.log.Info("job placed elastically", "job", j.Id, "dp", dp, "ep", ep, "workers", plan.Workers)
+		s.publish(j.Id, "Placed", res.Job.State, msg, "")
+		return true
+	}
+	return false
+}
+
+// taskLayout is the degrees and accumulation a job's current attempt runs
+// with: the spec's, or the elastic placement's with the accumulation
+// scaled to keep the global batch when it divides evenly.
+func taskLayout(j *pb.Job, sp *jobspec.Spec) (dp, ep, acc int) {
+	dp, ep, acc = sp.Parallel.DP, sp.Parallel.EP, 0
+	if j.PlacedDp > 0 {
+		dp, ep = int(j.PlacedDp), int(j.PlacedEp)
+		if global := sp.Parallel.DP * sp.Accumulation; global%dp == 0 {
+			acc = global / dp
+		}
+	}
+	return dp, ep, acc
 }
 
 // setPending records why a pending job waits, when that changed.
@@ -319,10 +383,11 @@ func (s *Server) SyncWorker(ctx context.Context, req *apiv1.SyncWorkerRequest) (
 		if err != nil {
 			continue
 		}
+		dp, ep, acc := taskLayout(j, sp)
 		resp.Tasks = append(resp.Tasks, &apiv1.Task{
 			JobId: j.Id, Attempt: j.Restarts, Rank: int32(mine), WorldSize: int32(len(j.Placement)),
-			Tp: int32(sp.Parallel.TP), Dp: int32(sp.Parallel.DP), Ep: int32(sp.Parallel.EP), Balance: sp.Parallel.Balance,
-			Peers: peers, Spec: j.Spec, ResumeFromStep: j.ResumeFromStep,
+			Tp: int32(sp.Parallel.TP), Dp: int32(dp), Ep: int32(ep), Balance: sp.Parallel.Balance,
+			Peers: peers, Spec: j.Spec, ResumeFromStep: j.ResumeFromStep, Accumulation: int32(acc),
 		})
 	}
 	return resp, nil

@@ -166,7 +166,11 @@ func (s *Store) Place(now int64, c *pb.PlaceJob) (*pb.Job, error) {
 		return nil, fmt.Errorf("%w: %s: place while %s", ErrInvalidTransition, j.Id, StateName(j.State))
 	}
 	n := len(c.GetPlacement())
-	if n == 0 || (j.WorldSize > 0 && n != int(j.WorldSize)) {
+	if c.GetDp() < 0 || c.GetEp() < 0 {
+		return nil, invalid("place %s: negative degrees dp %d ep %d", j.Id, c.GetDp(), c.GetEp())
+	}
+	elastic := c.GetDp() > 0
+	if n == 0 || (j.WorldSize > 0 && !elastic && n != int(j.WorldSize)) || (elastic && n > int(j.WorldSize)) {
 		return nil, invalid("place %s: %d ranks for world size %d", j.Id, n, j.WorldSize)
 	}
 	placement := make([]*pb.RankAssignment, n)
@@ -180,7 +184,12 @@ func (s *Store) Place(now int64, c *pb.PlaceJob) (*pb.Job, error) {
 		placement[a.Rank] = &pb.RankAssignment{Rank: a.Rank, WorkerId: a.WorkerId}
 	}
 	j.Placement = placement
-	s.transition(j, now, pb.JobState_JOB_STATE_PLACED, "Placed", fmt.Sprintf("%d ranks placed", n))
+	j.PlacedDp, j.PlacedEp = c.GetDp(), c.GetEp()
+	msg := fmt.Sprintf("%d ranks placed", n)
+	if elastic {
+		msg = fmt.Sprintf("%d ranks placed (elastic: dp %d, ep %d)", n, c.GetDp(), c.GetEp())
+	}
+	s.transition(j, now, pb.JobState_JOB_STATE_PLACED, "Placed", msg)
 	return clone(j), nil
 }
 

@@ -1858,8 +1858,11 @@ type Task struct {
 	Spec []byte `protobuf:"bytes,10,opt,name=spec,proto3" json:"spec,omitempty"`
 	// Resume from this committed checkpoint step (0: the newest, if any).
 	ResumeFromStep int64 `protobuf:"varint,11,opt,name=resume_from_step,json=resumeFromStep,proto3" json:"resume_from_step,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Micro-batches per step when an elastic restart changed dp (0: the
+	// spec's), chosen to keep the global batch when it divides.
+	Accumulation  int32 `protobuf:"varint,12,opt,name=accumulation,proto3" json:"accumulation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Task) Reset() {
@@ -1965,6 +1968,13 @@ func (x *Task) GetSpec() []byte {
 func (x *Task) GetResumeFromStep() int64 {
 	if x != nil {
 		return x.ResumeFromStep
+	}
+	return 0
+}
+
+func (x *Task) GetAccumulation() int32 {
+	if x != nil {
+		return x.Accumulation
 	}
 	return 0
 }
@@ -2292,7 +2302,7 @@ const file_switchyard_api_v1_api_proto_rawDesc = "" +
 	"\x17DeleteCheckpointRequest\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x12\n" +
 	"\x04step\x18\x02 \x01(\x03R\x04step\"\x1a\n" +
-	"\x18DeleteCheckpointResponse\"\x88\x02\n" +
+	"\x18DeleteCheckpointResponse\"\xac\x02\n" +
 	"\x04Task\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x18\n" +
 	"\aattempt\x18\x02 \x01(\x05R\aattempt\x12\x12\n" +
@@ -2306,7 +2316,8 @@ const file_switchyard_api_v1_api_proto_rawDesc = "" +
 	"\x05peers\x18\t \x03(\tR\x05peers\x12\x12\n" +
 	"\x04spec\x18\n" +
 	" \x01(\fR\x04spec\x12(\n" +
-	"\x10resume_from_step\x18\v \x01(\x03R\x0eresumeFromStep\"\xf3\x01\n" +
+	"\x10resume_from_step\x18\v \x01(\x03R\x0eresumeFromStep\x12\"\n" +
+	"\faccumulation\x18\f \x01(\x05R\faccumulation\"\xf3\x01\n" +
 	"\n" +
 	"TaskStatus\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x18\n" +

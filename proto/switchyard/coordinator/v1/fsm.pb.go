@@ -472,9 +472,14 @@ func (x *SetJobState) GetCondition() *Condition {
 // PlaceJob records the scheduler's placement of a PENDING job and moves it
 // to PLACED. Ranks must be exactly 0..world_size-1, each once.
 type PlaceJob struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	JobId         string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
-	Placement     []*RankAssignment      `protobuf:"bytes,2,rep,name=placement,proto3" json:"placement,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	JobId     string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	Placement []*RankAssignment      `protobuf:"bytes,2,rep,name=placement,proto3" json:"placement,omitempty"`
+	// Elastic re-placement: the data- and expert-parallel degrees this
+	// attempt runs with, when they differ from the spec's (0: the spec's).
+	// With dp set, the placement may have fewer ranks than world_size.
+	Dp            int32 `protobuf:"varint,3,opt,name=dp,proto3" json:"dp,omitempty"`
+	Ep            int32 `protobuf:"varint,4,opt,name=ep,proto3" json:"ep,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -521,6 +526,20 @@ func (x *PlaceJob) GetPlacement() []*RankAssignment {
 		return x.Placement
 	}
 	return nil
+}
+
+func (x *PlaceJob) GetDp() int32 {
+	if x != nil {
+		return x.Dp
+	}
+	return 0
+}
+
+func (x *PlaceJob) GetEp() int32 {
+	if x != nil {
+		return x.Ep
+	}
+	return 0
 }
 
 // RecordEvent appends an event to a job's history.
@@ -1148,8 +1167,12 @@ type Job struct {
 	FinishedUnixNano  int64  `protobuf:"varint,18,opt,name=finished_unix_nano,json=finishedUnixNano,proto3" json:"finished_unix_nano,omitempty"`
 	// Checkpoint step the next attempt resumes from (0: the newest).
 	ResumeFromStep int64 `protobuf:"varint,19,opt,name=resume_from_step,json=resumeFromStep,proto3" json:"resume_from_step,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Degrees of the current placement when an elastic restart shrank it
+	// (0: the spec's).
+	PlacedDp      int32 `protobuf:"varint,20,opt,name=placed_dp,json=placedDp,proto3" json:"placed_dp,omitempty"`
+	PlacedEp      int32 `protobuf:"varint,21,opt,name=placed_ep,json=placedEp,proto3" json:"placed_ep,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Job) Reset() {
@@ -1315,6 +1338,20 @@ func (x *Job) GetResumeFromStep() int64 {
 	return 0
 }
 
+func (x *Job) GetPlacedDp() int32 {
+	if x != nil {
+		return x.PlacedDp
+	}
+	return 0
+}
+
+func (x *Job) GetPlacedEp() int32 {
+	if x != nil {
+		return x.PlacedEp
+	}
+	return 0
+}
+
 // Snapshot is the whole FSM state, as written to a raft snapshot.
 type Snapshot struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1416,10 +1453,12 @@ const file_switchyard_coordinator_v1_fsm_proto_rawDesc = "" +
 	"\x05state\x18\x02 \x01(\x0e2#.switchyard.coordinator.v1.JobStateR\x05state\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\x12\x18\n" +
 	"\amessage\x18\x04 \x01(\tR\amessage\x12B\n" +
-	"\tcondition\x18\x05 \x01(\v2$.switchyard.coordinator.v1.ConditionR\tcondition\"j\n" +
+	"\tcondition\x18\x05 \x01(\v2$.switchyard.coordinator.v1.ConditionR\tcondition\"\x8a\x01\n" +
 	"\bPlaceJob\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12G\n" +
-	"\tplacement\x18\x02 \x03(\v2).switchyard.coordinator.v1.RankAssignmentR\tplacement\"_\n" +
+	"\tplacement\x18\x02 \x03(\v2).switchyard.coordinator.v1.RankAssignmentR\tplacement\x12\x0e\n" +
+	"\x02dp\x18\x03 \x01(\x05R\x02dp\x12\x0e\n" +
+	"\x02ep\x18\x04 \x01(\x05R\x02ep\"_\n" +
 	"\vRecordEvent\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x129\n" +
 	"\x05event\x18\x02 \x01(\v2#.switchyard.coordinator.v1.JobEventR\x05event\"x\n" +
@@ -1462,7 +1501,7 @@ const file_switchyard_coordinator_v1_fsm_proto_rawDesc = "" +
 	"totalSteps\x12\x12\n" +
 	"\x04loss\x18\x03 \x01(\x01R\x04loss\x12*\n" +
 	"\x11tokens_per_second\x18\x04 \x01(\x01R\x0ftokensPerSecond\x12*\n" +
-	"\x11updated_unix_nano\x18\x05 \x01(\x03R\x0fupdatedUnixNano\"\x88\x06\n" +
+	"\x11updated_unix_nano\x18\x05 \x01(\x03R\x0fupdatedUnixNano\"\xc2\x06\n" +
 	"\x03Job\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
@@ -1487,7 +1526,9 @@ const file_switchyard_coordinator_v1_fsm_proto_rawDesc = "" +
 	"\x13submitted_unix_nano\x18\x10 \x01(\x03R\x11submittedUnixNano\x12*\n" +
 	"\x11updated_unix_nano\x18\x11 \x01(\x03R\x0fupdatedUnixNano\x12,\n" +
 	"\x12finished_unix_nano\x18\x12 \x01(\x03R\x10finishedUnixNano\x12(\n" +
-	"\x10resume_from_step\x18\x13 \x01(\x03R\x0eresumeFromStep\"\x84\x01\n" +
+	"\x10resume_from_step\x18\x13 \x01(\x03R\x0eresumeFromStep\x12\x1b\n" +
+	"\tplaced_dp\x18\x14 \x01(\x05R\bplacedDp\x12\x1b\n" +
+	"\tplaced_ep\x18\x15 \x01(\x05R\bplacedEp\"\x84\x01\n" +
 	"\bSnapshot\x12%\n" +
 	"\x0eformat_version\x18\x01 \x01(\rR\rformatVersion\x12\x1d\n" +
 	"\n" +

@@ -200,6 +200,18 @@ func devWorkerConfig(i int, d *controller.Daemon, dir, trainer string) (workerco
 // (per-domain loss, expert specialisation).
 func printDevSummary(w io.Writer, j *pb.Job, storage string, took time.Duration) {
 	fmt.Fprintf(w, "\njob %s %s after %s: %s\n", j.Id, stateName(j.State), took.Round(time.Second), j.Message)
+	var submitted, running int64
+	for _, e := range j.Events {
+		if e.Type == "Submitted" && submitted == 0 {
+			submitted = e.UnixNano
+		}
+		if e.Type == "Running" && running == 0 {
+			running = e.UnixNano
+		}
+	}
+	if submitted > 0 && running > submitted {
+		fmt.Fprintf(w, "submit to first step: %.2fs (placement, rank start-up, corpus and model set-up, first step)\n", float64(running-submitted)/1e9)
+	}
 	path := filepath.Join(storage, "jobs", j.Id, fmt.Sprintf("attempt-%d", j.Restarts), "rank-0", "report.json")
 	raw, err := os.ReadFile(path)
 	if err != nil {

@@ -81,6 +81,11 @@ func Dial(o Options) (*Client, error) {
 	addrs := make([]resolver.Address, len(eps))
 	for i, e := range eps {
 		addrs[i] = resolver.Address{Addr: e}
+		if o.ServerName == "" {
+			// Check each replica's certificate against the host dialled,
+			// not the channel's made-up target name ("coordinators").
+			addrs[i].ServerName = e
+		}
 	}
 	r.InitialState(resolver.State{Addresses: addrs})
 	opts := []grpc.DialOption{

@@ -83,7 +83,7 @@ func Start(ctx context.Context, cfg DaemonConfig) (d *Daemon, err error) {
 	if cfg.Dev {
 		for _, a := range []string{cfg.APIListen, cfg.Raft.BindAddr} {
 			if !security.IsLoopback(a) {
-				return nil, fmt.Errorf("controller: dev mode is loopback-only; %q is not a loopback address", a)
+				return nil, fmt.Errorf("%w: dev mode is loopback-only; %q is not a loopback address", security.ErrInsecureListen, a)
 			}
 		}
 	}

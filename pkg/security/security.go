@@ -123,8 +123,8 @@ func Check(ctx context.Context, want string) error {
 	}
 	md, _ := metadata.FromIncomingContext(ctx)
 	for _, v := range md.Get("authorization") {
-		got, ok := strings.CutPrefix(v, "Bearer ")
-		if ok && subtle.ConstantTimeCompare([]byte(got), []byte(want)) == 1 {
+		scheme, got, ok := strings.Cut(v, " ")
+		if ok && strings.EqualFold(scheme, "Bearer") && subtle.ConstantTimeCompare([]byte(got), []byte(want)) == 1 {
 			return nil
 		}
 	}

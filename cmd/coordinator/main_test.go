@@ -1,0 +1,171 @@
+package main
+
+import (
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+)
+
+// runCaptured calls run with os.Stderr redirected into a pipe and returns
+// the exit code and what run wrote to stderr.
+func runCaptured(t *testing.T, args []string) (int, string) {
+	t.Helper()
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	saved := os.Stderr
+	os.Stderr = w
+	out := make(chan string, 1)
+	go func() {
+		b, _ := io.ReadAll(r)
+		r.Close()
+		out <- string(b)
+	}()
+	code := func() int {
+		defer func() { os.Stderr = saved; w.Close() }()
+		return run(args)
+	}()
+	return code, <-out
+}
+
+// leftovers is what a refused run must not leave behind: goroutines
+// (apart from os/signal's process-wide watcher, started once by
+// signal.NotifyContext and never stopped) and open sockets.
+type leftovers struct{ goroutines, sockets int }
+
+func snapshot() leftovers {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			buf = buf[:n]
+			break
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+	var l leftovers
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if !strings.Contains(g, "os/signal.") {
+			l.goroutines++
+		}
+	}
+	l.sockets = -1
+	if fds, err := os.ReadDir("/proc/self/fd"); err == nil {
+		l.sockets = 0
+		for _, fd := range fds {
+			if dst, err := os.Readlink(filepath.Join("/proc/self/fd", fd.Name())); err == nil && strings.HasPrefix(dst, "socket:") {
+				l.sockets++
+			}
+		}
+	}
+	return l
+}
+
+// checkNothingLeft waits up to 2s for the goroutine and socket counts to
+// fall back to before.
+func checkNothingLeft(t *testing.T, before leftovers) {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		now := snapshot()
+		if now.goroutines <= before.goroutines && now.sockets <= before.sockets {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("left behind: %d goroutines and %d sockets before, %d and %d after", before.goroutines, before.sockets, now.goroutines, now.sockets)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// freeAddr is host:port with a port that is free right now.
+func freeAddr(t *testing.T, host string) string {
+	t.Helper()
+	lis, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lis.Close()
+	_, port, _ := net.SplitHostPort(lis.Addr().String())
+	return net.JoinHostPort(host, port)
+}
+
+func TestRunRefuses(t *testing.T) {
+	t.Setenv("SWITCHYARD_TOKEN", "")
+	base := func(dir string, extra ...string) []string {
+		return append([]string{"--id", "c1", "--data-dir", dir, "--etcd-endpoints", "http://127.0.0.1:1"}, extra...)
+	}
+	for _, tc := range []struct {
+		name string
+		args func(dir string) []string
+		code int // -1: any non-zero code
+		want string
+	}{
+		{"insecure API listener", func(dir string) []string {
+			return base(dir, "--api-addr", "0.0.0.0:0", "--raft-addr", "127.0.0.1:0", "--bootstrap")
+		}, 2, "refusing to listen beyond loopback"},
+		{"insecure API listener on a fixed port", func(dir string) []string {
+			return base(dir, "--api-addr", freeAddr(t, "0.0.0.0"), "--raft-addr", freeAddr(t, "127.0.0.1"), "--bootstrap")
+		}, 2, "refusing to listen beyond loopback"},
+		{"API on all interfaces, empty host", func(dir string) []string {
+			return base(dir, "--api-addr", ":0", "--raft-addr", "127.0.0.1:0", "--bootstrap")
+		}, 2, "refusing to listen beyond loopback"},
+		{"insecure raft listener", func(dir string) []string {
+			return base(dir, "--api-addr", "127.0.0.1:0", "--raft-addr", "0.0.0.0:0", "--bootstrap")
+		}, 2, "raft listener"},
+		{"dev mode beyond loopback", func(dir string) []string {
+			return []string{"--dev", "--data-dir", dir, "--api-addr", "10.1.2.3:7400"}
+		}, -1, "loopback-only"},
+		{"dev mode beyond loopback, even with --insecure", func(dir string) []string {
+			return []string{"--dev", "--insecure", "--data-dir", dir, "--api-addr", "10.1.2.3:7400", "--raft-addr", "127.0.0.1:0"}
+		}, -1, "loopback-only"},
+		{"dev mode raft beyond loopback", func(dir string) []string {
+			return []string{"--dev", "--insecure", "--data-dir", dir, "--api-addr", "127.0.0.1:0", "--raft-addr", "0.0.0.0:0"}
+		}, -1, "loopback-only"},
+		{"bad peers entry", func(dir string) []string {
+			return base(dir, "--raft-addr", "127.0.0.1:0", "--bootstrap", "--peers", "c1=127.0.0.1:7401,c2")
+		}, 2, `--peers entry "c2"`},
+		{"missing etcd endpoints", func(dir string) []string {
+			return []string{"--id", "c1", "--data-dir", dir, "--raft-addr", "127.0.0.1:0"}
+		}, 2, "--etcd-endpoints is required"},
+		{"bad log level", func(dir string) []string {
+			return base(dir, "--log-level", "loud")
+		}, 2, "--log-level"},
+		{"unknown flag", func(dir string) []string {
+			return base(dir, "--no-such-flag")
+		}, 2, "no-such-flag"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			args := tc.args(dir)
+			before := snapshot()
+			done := make(chan struct{})
+			var code int
+			var stderr string
+			go func() { defer close(done); code, stderr = runCaptured(t, args) }()
+			select {
+			case <-done:
+			case <-time.After(30 * time.Second):
+				t.Fatalf("run(%q) did not return: it did not refuse", args)
+			}
+			if tc.code >= 0 && code != tc.code || tc.code < 0 && code == 0 {
+				t.Errorf("run(%q) = %d, want %d (stderr: %s)", args, code, tc.code, stderr)
+			}
+			if !strings.Contains(stderr, tc.want) {
+				t.Errorf("stderr %q does not mention %q", stderr, tc.want)
+			}
+			checkNothingLeft(t, before)
+			// Refused before anything was set up: no raft or dev-cluster
+			// state was written.
+			if ents, err := os.ReadDir(dir); err != nil || len(ents) != 0 {
+				t.Errorf("data dir after a refusal: %v entries, err %v", len(ents), err)
+			}
+		})
+	}
+}

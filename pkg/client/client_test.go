@@ -1,0 +1,179 @@
+package client_test
+
+import (
+	"context"
+	"net"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/switchyard-ml/switchyard/pkg/client"
+	"github.com/switchyard-ml/switchyard/pkg/security"
+	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
+)
+
+// fakeCoordinator answers ListJobs; the first failFirst calls get
+// UNAVAILABLE, as a replica without a leader would give.
+type fakeCoordinator struct {
+	apiv1.UnimplementedCoordinatorServer
+	failFirst int32
+	calls     atomic.Int32
+}
+
+func (f *fakeCoordinator) ListJobs(context.Context, *apiv1.ListJobsRequest) (*apiv1.ListJobsResponse, error) {
+	if n := f.calls.Add(1); n <= f.failFirst {
+		return nil, status.Error(codes.Unavailable, "no leader yet")
+	}
+	return &apiv1.ListJobsResponse{}, nil
+}
+
+func serve(t *testing.T, f *fakeCoordinator, opts ...grpc.ServerOption) string {
+	t.Helper()
+	addr, stop := serveStop(t, f, opts...)
+	t.Cleanup(stop)
+	return addr
+}
+
+// serveStop is serve with the stop function returned (safe to call twice).
+func serveStop(t *testing.T, f *fakeCoordinator, opts ...grpc.ServerOption) (string, func()) {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer(opts...)
+	apiv1.RegisterCoordinatorServer(srv, f)
+	done := make(chan struct{})
+	go func() { defer close(done); srv.Serve(lis) }() //nolint:errcheck // ends with Stop
+	return lis.Addr().String(), func() { srv.Stop(); <-done }
+}
+
+// deadAddr is a loopback address nothing listens on: a port that was
+// just bound and closed again.
+func deadAddr(t *testing.T) string {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := lis.Addr().String()
+	lis.Close()
+	return addr
+}
+
+func dial(t *testing.T, o client.Options) *client.Client {
+	t.Helper()
+	c, err := client.Dial(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func listJobs(t *testing.T, c *client.Client, d time.Duration) error {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	_, err := c.ListJobs(ctx, &apiv1.ListJobsRequest{})
+	return err
+}
+
+func TestFailOver(t *testing.T) {
+	live := serve(t, &fakeCoordinator{})
+	dead := deadAddr(t)
+	for name, eps := range map[string][]string{
+		"two endpoints":       {dead, live},
+		"one comma list":      {dead + ", " + live},
+		"empties are skipped": {"", dead, " ", live + ","},
+	} {
+		t.Run(name, func(t *testing.T) {
+			c := dial(t, client.Options{Endpoints: eps})
+			if err := listJobs(t, c, 5*time.Second); err != nil {
+				t.Fatalf("ListJobs with %q: %v", eps, err)
+			}
+		})
+	}
+}
+
+func TestFailOverWhenReplicaDies(t *testing.T) {
+	a, b := &fakeCoordinator{}, &fakeCoordinator{}
+	addrA, stopA := serveStop(t, a)
+	t.Cleanup(stopA)
+	addrB := serve(t, b)
+	c := dial(t, client.Options{Endpoints: []string{addrA, addrB}})
+	if err := listJobs(t, c, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if a.calls.Load() != 1 || b.calls.Load() != 0 {
+		t.Fatalf("first call: replica a %d, b %d calls; want the first endpoint used", a.calls.Load(), b.calls.Load())
+	}
+	stopA()
+	if err := listJobs(t, c, 5*time.Second); err != nil {
+		t.Fatalf("after the first replica stopped: %v", err)
+	}
+	if b.calls.Load() != 1 {
+		t.Fatalf("replica b served %d calls, want 1", b.calls.Load())
+	}
+}
+
+func TestAllEndpointsDead(t *testing.T) {
+	c := dial(t, client.Options{Endpoints: []string{deadAddr(t), deadAddr(t)}})
+	err := listJobs(t, c, 500*time.Millisecond)
+	if code := status.Code(err); code != codes.DeadlineExceeded && code != codes.Unavailable {
+		t.Fatalf("got %v, want DeadlineExceeded or Unavailable", err)
+	}
+}
+
+func TestRetriesUnavailable(t *testing.T) {
+	f := &fakeCoordinator{failFirst: 2}
+	c := dial(t, client.Options{Endpoints: []string{serve(t, f)}})
+	if err := listJobs(t, c, 5*time.Second); err != nil {
+		t.Fatalf("ListJobs after two UNAVAILABLE answers: %v", err)
+	}
+	if n := f.calls.Load(); n != 3 {
+		t.Fatalf("server saw %d attempts, want 3", n)
+	}
+}
+
+func TestToken(t *testing.T) {
+	f := &fakeCoordinator{}
+	addr := serve(t, f, security.ServerOptions("s3cret")...)
+	c := dial(t, client.Options{Endpoints: []string{addr}, Token: "wrong"})
+	if err := listJobs(t, c, 5*time.Second); status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("got %v, want Unauthenticated", err)
+	}
+	ok := dial(t, client.Options{Endpoints: []string{addr}, Token: "s3cret"})
+	if err := listJobs(t, ok, 5*time.Second); err != nil {
+		t.Fatalf("right token: %v", err)
+	}
+}
+
+func TestDialErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		o    client.Options
+		want string
+	}{
+		{"no endpoints", client.Options{}, "no coordinator endpoint"},
+		{"only blanks", client.Options{Endpoints: []string{"", " , ,"}}, "no coordinator endpoint"},
+		{"partial TLS", client.Options{Endpoints: []string{"127.0.0.1:1"}, TLS: security.TLSFiles{CA: "ca.pem"}}, "needs all of ca, cert and key"},
+		{"missing TLS file", client.Options{Endpoints: []string{"127.0.0.1:1"}, TLS: security.TLSFiles{CA: "/nonexistent/ca.pem", Cert: "/nonexistent/c.pem", Key: "/nonexistent/k.pem"}}, "/nonexistent/ca.pem"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := client.Dial(tc.o)
+			if err == nil {
+				c.Close()
+				t.Fatal("Dial succeeded")
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %q does not mention %q", err, tc.want)
+			}
+		})
+	}
+}

@@ -76,14 +76,32 @@ func (c *cluster) startNATS() {
 	waitTCP(c.t, fmt.Sprintf("127.0.0.1:%d", c.natsPort), 30*time.Second)
 }
 
+// startCoordinator starts replica i; with peers it bootstraps a new
+// cluster of them (or restarts with its own data), without it waits to
+// be added.
 func (c *cluster) startCoordinator(i int, peers string) {
+	boot := []string{"--bootstrap", "--peers", peers}
+	if peers == "" {
+		boot = nil
+	}
 	c.coords[i] = start(c.root, c.coordIDs[i], []string{"SWITCHYARD_TOKEN=" + c.token}, bins.coordinator,
-		"--id", c.coordIDs[i], "--data-dir", filepath.Join(c.dir, c.coordIDs[i]),
-		"--raft-addr", c.raftAddrs[i], "--api-addr", c.apiAddrs[i],
-		"--bootstrap", "--peers", peers,
-		"--etcd-endpoints", c.etcdURL, "--nats-url", fmt.Sprintf("nats://127.0.0.1:%d", c.natsPort),
-		"--checkpoint-root", filepath.Join(c.storage, "checkpoints"),
-		"--heartbeat-timeout", "500ms", "--election-timeout", "500ms", "--leader-lease-timeout", "250ms")
+		append(append([]string{"--id", c.coordIDs[i], "--data-dir", filepath.Join(c.dir, c.coordIDs[i]),
+			"--raft-addr", c.raftAddrs[i], "--api-addr", c.apiAddrs[i]}, boot...),
+			"--etcd-endpoints", c.etcdURL, "--nats-url", fmt.Sprintf("nats://127.0.0.1:%d", c.natsPort),
+			"--checkpoint-root", filepath.Join(c.storage, "checkpoints"),
+			"--heartbeat-timeout", "500ms", "--election-timeout", "500ms", "--leader-lease-timeout", "250ms")...)
+}
+
+// addCoordinator starts one more replica that is not in the cluster yet.
+func (c *cluster) addCoordinator(id string) int {
+	ports := freePorts(c.t, 2)
+	c.coordIDs = append(c.coordIDs, id)
+	c.raftAddrs = append(c.raftAddrs, fmt.Sprintf("127.0.0.1:%d", ports[0]))
+	c.apiAddrs = append(c.apiAddrs, fmt.Sprintf("127.0.0.1:%d", ports[1]))
+	c.coords = append(c.coords, nil)
+	i := len(c.coords) - 1
+	c.startCoordinator(i, "")
+	return i
 }
 
 func (c *cluster) startWorker(id string) {

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -246,6 +247,34 @@ func TestCluster(t *testing.T) {
 		c.mustCLI("job", "cancel", block)
 		c.waitJob(block, 30*time.Second, "cancelled", stateIs(pb.JobState_JOB_STATE_CANCELLED))
 	})
+
+	t.Run("AddRemoveReplica", func(t *testing.T) {
+		c.t = t
+		i := c.addCoordinator("coord-4")
+		c.mustCLI("cluster", "add-replica", "coord-4", c.raftAddrs[i])
+		replicas := func(want int, with bool) func() error {
+			return func() error {
+				s := c.status()
+				found := false
+				for _, r := range s.Replicas {
+					found = found || (r.Id == "coord-4" && r.Voter && r.Alive)
+				}
+				if len(s.Replicas) != want || found != with {
+					return fmt.Errorf("%d replicas, coord-4 a live voter: %v", len(s.Replicas), found)
+				}
+				return nil
+			}
+		}
+		eventually(t, 30*time.Second, "coord-4 a live voter", replicas(4, true))
+		// the new replica has the whole history and answers reads
+		var list apiv1.ListJobsResponse
+		decode(t, runCLIAt(t, c, c.apiAddrs[i], "job", "list", "-o", "json"), &list)
+		if len(list.Jobs) < 6 {
+			t.Errorf("coord-4 lists %d jobs", len(list.Jobs))
+		}
+		c.mustCLI("cluster", "remove-replica", "coord-4")
+		eventually(t, 30*time.Second, "coord-4 removed", replicas(3, false))
+	})
 }
 
 // lastMetricsStep is the step of the last complete line of a metrics.jsonl.
@@ -268,4 +297,16 @@ func lastMetricsStep(t *testing.T, path string) int64 {
 		t.Fatalf("%s has no step", path)
 	}
 	return last
+}
+
+// runCLIAt runs the CLI against one replica only.
+func runCLIAt(t *testing.T, c *cluster, addr string, args ...string) cliResult {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	r := runCLI(ctx, []string{"SWITCHYARD_TOKEN=" + c.token}, append(args, "--coordinator", addr)...)
+	if r.code != 0 {
+		t.Fatalf("switchyard %v at %s: exit %d: %s", args, addr, r.code, r.stderr)
+	}
+	return r
 }

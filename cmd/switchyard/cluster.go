@@ -44,8 +44,11 @@ func (c *cli) clusterStatus(ctx context.Context, name string, args []string) err
 	fmt.Fprintf(w, "Leader:      %s\n", orDash(resp.GetLeaderId()))
 	if raft := resp.GetRaft(); len(raft) > 0 {
 		var kv []string
-		for _, k := range sortedKeys(raft) {
-			kv = append(kv, k+"="+raft[k])
+		// the counters that tell raft health; -o json has them all
+		for _, k := range []string{"state", "term", "commit_index", "applied_index", "last_contact", "num_peers"} {
+			if v, ok := raft[k]; ok {
+				kv = append(kv, k+"="+v)
+			}
 		}
 		fmt.Fprintf(w, "Raft:        %s\n", strings.Join(kv, " "))
 	}

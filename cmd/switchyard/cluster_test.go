@@ -10,7 +10,7 @@ func TestClusterStatus(t *testing.T) {
 	r := runAt(t, addr, "cluster", "status")
 	wantCode(t, r, exitOK)
 	wantContains(t, r.stdout,
-		"Answered by: c2", "Leader:      c1", "commit_index=1234 term=7",
+		"Answered by: c2", "Leader:      c1", "term=7 commit_index=1234",
 		"RAFT ADDRESS", "10.0.0.2:7401", "10.0.0.3:7400", "Follower",
 		"HOST", "gpu-01", "10.0.1.1:7500", "256.0 GiB", "gpu=h100,zone=eu-1", "moe-1/0", "cpu-07",
 	)

@@ -133,8 +133,15 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.keepRegistered(life, reg, release)
 	}()
 
+	ctlDone := make(chan struct{})
+	go func() {
+		defer close(ctlDone)
+		a.followControl(ctx)
+	}()
+
 	a.syncLoop(ctx)
 
+	<-ctlDone
 	a.stopAll()
 	endLife()
 	<-regDone
@@ -284,6 +291,34 @@ func (a *Agent) syncOnce(ctx context.Context, unreachable *bool) {
 		*unreachable = false
 	}
 	a.reconcile(resp.GetTasks())
+}
+
+// followControl turns the coordinator's control messages (cancel, or any
+// other change of a job this worker runs) into an immediate sync, so a
+// cancelled job's ranks stop at once instead of at the next sync. The
+// coordinator's answer stays the authority on what runs. Without a bus
+// (or when NATS is down) the periodic sync does the same, a little later.
+func (a *Agent) followControl(ctx context.Context) {
+	if a.o.Bus == nil {
+		return
+	}
+	ch, err := a.o.Bus.Subscribe(ctx, events.Filter{Kind: events.KindControl})
+	if err != nil {
+		a.log.Warn("control messages unavailable; relying on the periodic sync", "error", err)
+		return
+	}
+	for m := range ch {
+		a.mu.Lock()
+		mine := false
+		for k := range a.tasks {
+			mine = mine || k.jobID == m.JobID
+		}
+		a.mu.Unlock()
+		if mine && m.Control != nil {
+			a.log.Info("control message", "job-id", m.JobID, "action", m.Control.Action, "reason", m.Control.Reason)
+			a.kickSync()
+		}
+	}
 }
 
 // kickSync asks the sync loop to report now.

@@ -591,3 +591,36 @@ func TestNewChecksOptions(t *testing.T) {
 		t.Fatalf("%v %+v", err, a)
 	}
 }
+
+// TestControlMessageSyncsAtOnce: with a sync period far too long to
+// matter, a cancel control message for a job the worker runs makes it sync
+// at once, and the rank the coordinator no longer lists stops.
+func TestControlMessageSyncsAtOnce(t *testing.T) {
+	h := start(t, func(o *Options) {
+		o.SyncInterval = time.Hour
+		o.Client.(*fakeCoordinator).set(newTestTask("run-c", 0, 1, spec1))
+	})
+	dir := h.runDir("run-c", 1, 0)
+	var pid int
+	eventually(t, "rank started", func() bool {
+		if _, err := os.Stat(filepath.Join(dir, "pid")); err != nil {
+			return false
+		}
+		p, alive := pidAlive(t, dir)
+		pid = p
+		return p > 0 && alive
+	})
+	h.coord.set()
+	// a control message for another job changes nothing
+	if err := h.bus.Publish(events.Message{Kind: events.KindControl, JobID: "other", Control: &events.Control{Action: "cancel"}}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if syscall.Kill(pid, 0) != nil {
+		t.Fatal("a control message for another job stopped this rank")
+	}
+	if err := h.bus.Publish(events.Message{Kind: events.KindControl, JobID: "run-c", Control: &events.Control{Action: "cancel"}}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "rank stopped", func() bool { return syscall.Kill(pid, 0) != nil })
+}

@@ -408,6 +408,7 @@ func (s *Server) CancelJob(ctx context.Context, req *apiv1.CancelJobRequest) (*a
 		return nil, apiError(err)
 	}
 	s.publish(r.Job.Id, "Cancelled", r.Job.State, msg, "")
+	s.control(r.Job.Id, "cancel", msg)
 	return &apiv1.CancelJobResponse{Job: r.Job}, nil
 }
 
@@ -567,6 +568,18 @@ func (s *Server) publish(jobID, typ string, st pb.JobState, msg, worker string) 
 	}})
 	if err != nil {
 		s.log.Debug("event not published", "job", jobID, "type", typ, "err", err)
+	}
+}
+
+// control tells the job's workers to sync now (their ranks of an ended
+// attempt stop at once); the periodic sync does the same a little later.
+func (s *Server) control(jobID, action, reason string) {
+	if s.cfg.Bus == nil {
+		return
+	}
+	err := s.cfg.Bus.Publish(events.Message{Kind: events.KindControl, JobID: jobID, Control: &events.Control{Action: action, Reason: reason}})
+	if err != nil {
+		s.log.Debug("control message not published", "job", jobID, "err", err)
 	}
 }
 

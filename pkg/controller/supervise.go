@@ -140,6 +140,7 @@ func (s *Server) failAttempt(ctx context.Context, j *pb.Job, reason, msg, worker
 		s.term.notBefore[j.Id] = s.cfg.Now().Add(time.Duration(backoff) * time.Second)
 		s.log.Info("job requeued", "job", j.Id, "reason", reason, "msg", msg, "restarts", r.Job.Restarts)
 		s.publish(j.Id, "Requeued", r.Job.State, m, worker)
+		s.control(j.Id, "stop-attempt", m)
 		return
 	}
 	m := msg
@@ -155,6 +156,7 @@ func (s *Server) failAttempt(ctx context.Context, j *pb.Job, reason, msg, worker
 	}
 	s.log.Info("job failed", "job", j.Id, "reason", reason, "msg", m)
 	s.publish(j.Id, "Failed", r.Job.State, m, worker)
+	s.control(j.Id, "stop-attempt", m)
 }
 
 func (s *Server) recordEvent(ctx context.Context, jobID, typ, msg, worker string) {

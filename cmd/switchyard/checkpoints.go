@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strconv"
 
+	"github.com/switchyard-ml/switchyard/pkg/client"
 	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
 )
 
@@ -20,26 +21,28 @@ func (c *cli) cmdCheckpoints(ctx context.Context, args []string) error {
 
 // listCheckpoints returns the job's checkpoints.
 func listCheckpoints(ctx context.Context, r *remoteFlags, op, job string) ([]*apiv1.Checkpoint, error) {
-	cl, err := r.dial()
+	resp, err := unary(ctx, r, op, func(ctx context.Context, cl *client.Client) (*apiv1.ListCheckpointsResponse, error) {
+		return cl.ListCheckpoints(ctx, &apiv1.ListCheckpointsRequest{JobId: job})
+	})
 	if err != nil {
 		return nil, err
-	}
-	defer cl.Close()
-	cctx, cancel := r.call(ctx)
-	defer cancel()
-	resp, err := cl.ListCheckpoints(cctx, &apiv1.ListCheckpointsRequest{JobId: job})
-	if err != nil {
-		return nil, callError(op, r, err)
 	}
 	return resp.GetCheckpoints(), nil
 }
 
-func parseStep(s string) (int64, error) {
-	n, err := strconv.ParseInt(s, 10, 64)
-	if err != nil || n < 0 {
-		return 0, usageError{fmt.Errorf("STEP %q: must be a step number >= 0", s)}
+// jobStepArgs parses the flags and the JOB STEP arguments of
+// `checkpoints show` and `checkpoints delete`.
+func (c *cli) jobStepArgs(name string, args []string) (r *remoteFlags, job string, step int64, err error) {
+	fs, r := c.flags(name)
+	pos, err := c.parse(fs, r, args, 2, 2)
+	if err != nil {
+		return nil, "", 0, err
 	}
-	return n, nil
+	step, err = strconv.ParseInt(pos[1], 10, 64)
+	if err != nil || step < 0 {
+		return nil, "", 0, usageError{fmt.Errorf("STEP %q: must be a step number >= 0", pos[1])}
+	}
+	return r, pos[0], step, nil
 }
 
 func layout(ck *apiv1.Checkpoint) string {
@@ -75,17 +78,12 @@ func (c *cli) checkpointsList(ctx context.Context, name string, args []string) e
 }
 
 func (c *cli) checkpointsShow(ctx context.Context, name string, args []string) error {
-	fs, r := c.flags(name)
-	pos, err := c.parse(fs, r, args, 2, 2)
+	r, job, step, err := c.jobStepArgs(name, args)
 	if err != nil {
 		return err
 	}
-	step, err := parseStep(pos[1])
-	if err != nil {
-		return err
-	}
-	op := fmt.Sprintf("checkpoints show %s %d", pos[0], step)
-	cks, err := listCheckpoints(ctx, r, op, pos[0])
+	op := fmt.Sprintf("checkpoints show %s %d", job, step)
+	cks, err := listCheckpoints(ctx, r, op, job)
 	if err != nil {
 		return err
 	}
@@ -96,7 +94,7 @@ func (c *cli) checkpointsShow(ctx context.Context, name string, args []string) e
 		}
 	}
 	if ck == nil {
-		return notFound(op, r, "job %s has no checkpoint at step %d", pos[0], step)
+		return notFound(op, r, "job %s has no checkpoint at step %d", job, step)
 	}
 	if r.json() {
 		return printProto(c.out, ck, false)
@@ -122,30 +120,20 @@ func (c *cli) checkpointsShow(ctx context.Context, name string, args []string) e
 }
 
 func (c *cli) checkpointsDelete(ctx context.Context, name string, args []string) error {
-	fs, r := c.flags(name)
-	pos, err := c.parse(fs, r, args, 2, 2)
+	r, job, step, err := c.jobStepArgs(name, args)
 	if err != nil {
 		return err
 	}
-	step, err := parseStep(pos[1])
+	op := fmt.Sprintf("checkpoints delete %s %d", job, step)
+	resp, err := unary(ctx, r, op, func(ctx context.Context, cl *client.Client) (*apiv1.DeleteCheckpointResponse, error) {
+		return cl.DeleteCheckpoint(ctx, &apiv1.DeleteCheckpointRequest{JobId: job, Step: step})
+	})
 	if err != nil {
 		return err
-	}
-	cl, err := r.dial()
-	if err != nil {
-		return err
-	}
-	defer cl.Close()
-	cctx, cancel := r.call(ctx)
-	defer cancel()
-	op := fmt.Sprintf("checkpoints delete %s %d", pos[0], step)
-	resp, err := cl.DeleteCheckpoint(cctx, &apiv1.DeleteCheckpointRequest{JobId: pos[0], Step: step})
-	if err != nil {
-		return callError(op, r, err)
 	}
 	if r.json() {
 		return printProto(c.out, resp, false)
 	}
-	fmt.Fprintf(c.out, "deleted checkpoint %s step %d\n", pos[0], step)
+	fmt.Fprintf(c.out, "deleted checkpoint %s step %d\n", job, step)
 	return nil
 }

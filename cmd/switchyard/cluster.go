@@ -6,9 +6,13 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"slices"
 	"strings"
 
+	"google.golang.org/protobuf/proto"
+
+	"github.com/switchyard-ml/switchyard/pkg/client"
 	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
 )
 
@@ -25,16 +29,11 @@ func (c *cli) clusterStatus(ctx context.Context, name string, args []string) err
 	if _, err := c.parse(fs, r, args, 0, 0); err != nil {
 		return err
 	}
-	cl, err := r.dial()
+	resp, err := unary(ctx, r, "cluster status", func(ctx context.Context, cl *client.Client) (*apiv1.ClusterStatusResponse, error) {
+		return cl.ClusterStatus(ctx, &apiv1.ClusterStatusRequest{})
+	})
 	if err != nil {
 		return err
-	}
-	defer cl.Close()
-	cctx, cancel := r.call(ctx)
-	defer cancel()
-	resp, err := cl.ClusterStatus(cctx, &apiv1.ClusterStatusRequest{})
-	if err != nil {
-		return callError("cluster status", r, err)
 	}
 	if r.json() {
 		return printProto(c.out, resp, false)
@@ -64,7 +63,7 @@ func (c *cli) clusterStatus(ctx context.Context, name string, args []string) err
 	for _, wk := range resp.GetWorkers() {
 		res := wk.GetResources()
 		var labels []string
-		for _, k := range sortedKeys(wk.GetLabels()) {
+		for _, k := range slices.Sorted(maps.Keys(wk.GetLabels())) {
 			labels = append(labels, k+"="+wk.GetLabels()[k])
 		}
 		job := "-"
@@ -94,38 +93,19 @@ func printReplicas(w io.Writer, reps []*apiv1.Replica, leaderID string) {
 	t.flush()
 }
 
-func sortedKeys(m map[string]string) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	return keys
-}
-
 func (c *cli) clusterAddReplica(ctx context.Context, name string, args []string) error {
 	fs, r := c.flags(name)
 	pos, err := c.parse(fs, r, args, 2, 2)
 	if err != nil {
 		return err
 	}
-	cl, err := r.dial()
+	resp, err := unary(ctx, r, "cluster add-replica "+pos[0], func(ctx context.Context, cl *client.Client) (*apiv1.AddReplicaResponse, error) {
+		return cl.AddReplica(ctx, &apiv1.AddReplicaRequest{Id: pos[0], RaftAddress: pos[1]})
+	})
 	if err != nil {
 		return err
 	}
-	defer cl.Close()
-	cctx, cancel := r.call(ctx)
-	defer cancel()
-	resp, err := cl.AddReplica(cctx, &apiv1.AddReplicaRequest{Id: pos[0], RaftAddress: pos[1]})
-	if err != nil {
-		return callError("cluster add-replica "+pos[0], r, err)
-	}
-	if r.json() {
-		return printProto(c.out, resp, false)
-	}
-	fmt.Fprintf(c.out, "added replica %s (%s)\n\nReplicas:\n", pos[0], pos[1])
-	printReplicas(c.out, resp.GetReplicas(), "")
-	return nil
+	return c.printMembership(r, resp, fmt.Sprintf("added replica %s (%s)", pos[0], pos[1]))
 }
 
 func (c *cli) clusterRemoveReplica(ctx context.Context, name string, args []string) error {
@@ -134,21 +114,28 @@ func (c *cli) clusterRemoveReplica(ctx context.Context, name string, args []stri
 	if err != nil {
 		return err
 	}
-	cl, err := r.dial()
+	resp, err := unary(ctx, r, "cluster remove-replica "+pos[0], func(ctx context.Context, cl *client.Client) (*apiv1.RemoveReplicaResponse, error) {
+		return cl.RemoveReplica(ctx, &apiv1.RemoveReplicaRequest{Id: pos[0]})
+	})
 	if err != nil {
 		return err
 	}
-	defer cl.Close()
-	cctx, cancel := r.call(ctx)
-	defer cancel()
-	resp, err := cl.RemoveReplica(cctx, &apiv1.RemoveReplicaRequest{Id: pos[0]})
-	if err != nil {
-		return callError("cluster remove-replica "+pos[0], r, err)
-	}
+	return c.printMembership(r, resp, "removed replica "+pos[0])
+}
+
+// membershipResponse is the answer of AddReplica and RemoveReplica.
+type membershipResponse interface {
+	proto.Message
+	GetReplicas() []*apiv1.Replica
+}
+
+// printMembership prints what add-replica or remove-replica did, then the
+// replicas after it.
+func (c *cli) printMembership(r *remoteFlags, resp membershipResponse, done string) error {
 	if r.json() {
 		return printProto(c.out, resp, false)
 	}
-	fmt.Fprintf(c.out, "removed replica %s\n\nReplicas:\n", pos[0])
+	fmt.Fprintf(c.out, "%s\n\nReplicas:\n", done)
 	printReplicas(c.out, resp.GetReplicas(), "")
 	return nil
 }

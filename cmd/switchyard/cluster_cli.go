@@ -116,6 +116,30 @@ func (r *remoteFlags) call(ctx context.Context) (context.Context, context.Cancel
 	return context.WithTimeout(ctx, r.timeout)
 }
 
+// unary dials the coordinators, makes one call under the --timeout
+// deadline and turns a failure into the CLI's error for op.
+func unary[Resp any](ctx context.Context, r *remoteFlags, op string, call func(context.Context, *client.Client) (Resp, error)) (Resp, error) {
+	cl, err := r.dial()
+	if err != nil {
+		var zero Resp
+		return zero, err
+	}
+	defer cl.Close()
+	return unaryOn(ctx, r, cl, op, call)
+}
+
+// unaryOn is unary on a client the caller keeps open (job submit --watch).
+func unaryOn[Resp any](ctx context.Context, r *remoteFlags, cl *client.Client, op string, call func(context.Context, *client.Client) (Resp, error)) (Resp, error) {
+	cctx, cancel := r.call(ctx)
+	defer cancel()
+	resp, err := call(cctx, cl)
+	if err != nil {
+		var zero Resp
+		return zero, callError(op, r, err)
+	}
+	return resp, nil
+}
+
 // openStream opens a stream that may run for as long as the job does: the
 // --timeout deadline bounds only finding a coordinator and sending the
 // request. It returns the stream's context, the stream and a cancel func

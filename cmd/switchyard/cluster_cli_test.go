@@ -8,7 +8,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -149,21 +151,13 @@ func (f *fakeCoordinator) ListJobs(_ context.Context, req *apiv1.ListJobsRequest
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	var out []*coordinatorv1.Job
-	for _, id := range sortedKeysJob(f.jobs) {
+	for _, id := range slices.Sorted(maps.Keys(f.jobs)) {
 		j := f.jobs[id]
 		if len(req.GetStates()) == 0 || containsState(req.GetStates(), j.GetState()) {
 			out = append(out, j)
 		}
 	}
 	return &apiv1.ListJobsResponse{Jobs: out}, nil
-}
-
-func sortedKeysJob(m map[string]*coordinatorv1.Job) []string {
-	m2 := map[string]string{}
-	for k := range m {
-		m2[k] = ""
-	}
-	return sortedKeys(m2)
 }
 
 func containsState(states []coordinatorv1.JobState, s coordinatorv1.JobState) bool {

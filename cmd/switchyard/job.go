@@ -58,12 +58,12 @@ func (c *cli) jobSubmit(ctx context.Context, name string, args []string) error {
 	if err != nil {
 		return err
 	}
-	defer cl.Close()
-	cctx, cancel := r.call(ctx)
-	resp, err := cl.SubmitJob(cctx, &apiv1.SubmitJobRequest{Spec: raw, JobId: *id})
-	cancel()
+	defer cl.Close() // kept open for --watch
+	resp, err := unaryOn(ctx, r, cl, "job submit", func(ctx context.Context, cl *client.Client) (*apiv1.SubmitJobResponse, error) {
+		return cl.SubmitJob(ctx, &apiv1.SubmitJobRequest{Spec: raw, JobId: *id})
+	})
 	if err != nil {
-		return callError("job submit", r, err)
+		return err
 	}
 	job := resp.GetJob()
 	if r.json() {
@@ -92,16 +92,11 @@ func (c *cli) jobList(ctx context.Context, name string, args []string) error {
 	if err != nil {
 		return usageError{err}
 	}
-	cl, err := r.dial()
+	resp, err := unary(ctx, r, "job list", func(ctx context.Context, cl *client.Client) (*apiv1.ListJobsResponse, error) {
+		return cl.ListJobs(ctx, &apiv1.ListJobsRequest{States: states})
+	})
 	if err != nil {
 		return err
-	}
-	defer cl.Close()
-	cctx, cancel := r.call(ctx)
-	defer cancel()
-	resp, err := cl.ListJobs(cctx, &apiv1.ListJobsRequest{States: states})
-	if err != nil {
-		return callError("job list", r, err)
 	}
 	if r.json() {
 		return printProto(c.out, resp, false)
@@ -123,22 +118,22 @@ func (c *cli) jobStatus(ctx context.Context, name string, args []string) error {
 		return err
 	}
 	id := pos[0]
-	cl, err := r.dial()
+	resp, err := unary(ctx, r, "job status "+id, getJob(id))
 	if err != nil {
 		return err
-	}
-	defer cl.Close()
-	cctx, cancel := r.call(ctx)
-	defer cancel()
-	resp, err := cl.GetJob(cctx, &apiv1.GetJobRequest{JobId: id})
-	if err != nil {
-		return callError("job status "+id, r, err)
 	}
 	if r.json() {
 		return printProto(c.out, resp, false)
 	}
 	c.printJob(resp.GetJob(), resp.GetPendingReason())
 	return nil
+}
+
+// getJob is the GetJob call of `job status` and of the end of a watch.
+func getJob(id string) func(context.Context, *client.Client) (*apiv1.GetJobResponse, error) {
+	return func(ctx context.Context, cl *client.Client) (*apiv1.GetJobResponse, error) {
+		return cl.GetJob(ctx, &apiv1.GetJobRequest{JobId: id})
+	}
 }
 
 // printJob is the `job status` view of a job.
@@ -388,11 +383,9 @@ func (c *cli) watch(ctx context.Context, r *remoteFlags, cl *client.Client, id s
 	// The stream ends when the job does; if the last record seen is not
 	// final, ask for the record once.
 	if w.job == nil || !finalState(w.job.GetState()) {
-		cctx, cancel := r.call(ctx)
-		resp, err := cl.GetJob(cctx, &apiv1.GetJobRequest{JobId: id})
-		cancel()
+		resp, err := unaryOn(ctx, r, cl, op, getJob(id))
 		if err != nil {
-			return callError(op, r, err)
+			return err
 		}
 		w.job = resp.GetJob()
 		if r.json() {
@@ -571,16 +564,11 @@ func (c *cli) jobCancel(ctx context.Context, name string, args []string) error {
 		return err
 	}
 	id := pos[0]
-	cl, err := r.dial()
+	resp, err := unary(ctx, r, "job cancel "+id, func(ctx context.Context, cl *client.Client) (*apiv1.CancelJobResponse, error) {
+		return cl.CancelJob(ctx, &apiv1.CancelJobRequest{JobId: id, Message: *msg})
+	})
 	if err != nil {
 		return err
-	}
-	defer cl.Close()
-	cctx, cancel := r.call(ctx)
-	defer cancel()
-	resp, err := cl.CancelJob(cctx, &apiv1.CancelJobRequest{JobId: id, Message: *msg})
-	if err != nil {
-		return callError("job cancel "+id, r, err)
 	}
 	if r.json() {
 		return printProto(c.out, resp.GetJob(), false)
@@ -600,16 +588,11 @@ func (c *cli) jobResume(ctx context.Context, name string, args []string) error {
 		return usageError{fmt.Errorf("--from %d: must be >= 0", *from)}
 	}
 	id := pos[0]
-	cl, err := r.dial()
+	resp, err := unary(ctx, r, "job resume "+id, func(ctx context.Context, cl *client.Client) (*apiv1.ResumeJobResponse, error) {
+		return cl.ResumeJob(ctx, &apiv1.ResumeJobRequest{JobId: id, FromStep: *from})
+	})
 	if err != nil {
 		return err
-	}
-	defer cl.Close()
-	cctx, cancel := r.call(ctx)
-	defer cancel()
-	resp, err := cl.ResumeJob(cctx, &apiv1.ResumeJobRequest{JobId: id, FromStep: *from})
-	if err != nil {
-		return callError("job resume "+id, r, err)
 	}
 	if r.json() {
 		return printProto(c.out, resp.GetJob(), false)

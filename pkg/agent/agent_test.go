@@ -313,7 +313,7 @@ func TestSuccessArgvMetricsAndLogs(t *testing.T) {
 	dir := h.runDir("ok-one", 1, 0)
 	ckpt := filepath.Join(h.storage, "checkpoints")
 	want := []string{"train", "--config", filepath.Join(dir, "run.yaml"), "--rank", "0", "--world", "1", "--tp", "1", "--dp", "1", "--ep", "1",
-		"--balance", "dp", "--out", dir, "--json", "--checkpoint-dir", ckpt, "--checkpoint-job", "ok-one", "--checkpoint-etcd", "127.0.0.1:2379",
+		"--balance", "dp", "--out", dir, "--json", "--checkpoint-dir", ckpt, "--checkpoint-job", "ok-one", "--checkpoint-etcd", "127.0.0.1:2379", "--commit-via", "127.0.0.1:7000", "--attempt", "1",
 		"--resume"}
 	if got := readLines(t, filepath.Join(dir, "args")); !reflect.DeepEqual(got, want) {
 		t.Errorf("rank 0 argv\n got %q\nwant %q", got, want)
@@ -322,7 +322,7 @@ func TestSuccessArgvMetricsAndLogs(t *testing.T) {
 	ckpt1 := shared
 	want1 := []string{"train", "--config", filepath.Join(dir1, "run.yaml"), "--rank", "1", "--world", "2", "--tp", "1", "--dp", "2", "--ep", "1",
 		"--balance", "node", "--peers", "127.0.0.1:7170,127.0.0.1:7171", "--listen", "127.0.0.1:7171",
-		"--out", dir1, "--json", "--checkpoint-dir", ckpt1, "--checkpoint-job", "ok-multi", "--checkpoint-etcd", "127.0.0.1:2379",
+		"--out", dir1, "--json", "--checkpoint-dir", ckpt1, "--checkpoint-job", "ok-multi", "--checkpoint-etcd", "127.0.0.1:2379", "--commit-via", "127.0.0.1:7000", "--attempt", "1",
 		"--checkpoint-every", "5", "--resume", "--resume-step", "40"}
 	if got := readLines(t, filepath.Join(dir1, "args")); !reflect.DeepEqual(got, want1) {
 		t.Errorf("rank 1 argv\n got %q\nwant %q", got, want1)

@@ -198,7 +198,13 @@ func (a *Agent) prepare(t *apiv1.Task) (launch, error) {
 	}
 	l.args = append(l.args, "--out", l.runDir, "--json",
 		"--checkpoint-dir", l.ckptRoot, "--checkpoint-job", k.jobID,
-		"--checkpoint-etcd", strings.Join(a.o.Config.EtcdEndpoints, ","))
+		"--checkpoint-etcd", strings.Join(a.o.Config.EtcdEndpoints, ","),
+		// commits go through the coordinator, which refuses those of an
+		// attempt that is over (the token travels in the environment)
+		"--commit-via", strings.Join(a.o.Config.Coordinators, ","), "--attempt", itoa(k.attempt))
+	if tls := a.o.Config.TLS; tls.CA != "" {
+		l.args = append(l.args, "--commit-tls-ca", tls.CA, "--commit-tls-cert", tls.Cert, "--commit-tls-key", tls.Key)
+	}
 	if n := spec.Checkpoint.IntervalSteps; n > 0 {
 		l.args = append(l.args, "--checkpoint-every", strconv.Itoa(n))
 	}

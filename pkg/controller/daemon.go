@@ -215,6 +215,10 @@ type etcdCheckpoints struct {
 	log  *slog.Logger
 }
 
+func (e etcdCheckpoints) Commit(ctx context.Context, m checkpoint.Manifest) error {
+	return e.cat.Commit(ctx, m)
+}
+
 func (e etcdCheckpoints) List(ctx context.Context, j *pb.Job) ([]checkpoint.Manifest, []int64, error) {
 	live, err := e.cat.List(ctx, j.Id)
 	if err != nil && !errors.Is(err, checkpoint.ErrNoCheckpoint) {

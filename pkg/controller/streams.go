@@ -18,6 +18,8 @@ import (
 
 // Checkpoints is the coordinator's view of committed checkpoints.
 type Checkpoints interface {
+	// Commit records a manifest whose shards are durable and verified.
+	Commit(ctx context.Context, m checkpoint.Manifest) error
 	// List returns the job's checkpoints, newest first, live and deleting.
 	List(ctx context.Context, job *pb.Job) (live []checkpoint.Manifest, deleting []int64, err error)
 	// Delete removes one checkpoint (catalogued deletion, then files).
@@ -219,4 +221,39 @@ func (s *Server) DeleteCheckpoint(ctx context.Context, req *apiv1.DeleteCheckpoi
 	}
 	s.publish(j.Id, "CheckpointDeleted", j.State, "checkpoint of step deleted by the user", "")
 	return &apiv1.DeleteCheckpointResponse{}, nil
+}
+
+func (s *Server) CommitCheckpoint(ctx context.Context, req *apiv1.CommitCheckpointRequest) (*apiv1.CommitCheckpointResponse, error) {
+	if s.cfg.Checkpoints == nil {
+		return nil, status.Error(codes.Unimplemented, "this coordinator has no checkpoint catalogue")
+	}
+	if !s.cfg.Node.IsLeader() {
+		return forward(ctx, s, req, apiv1.CoordinatorClient.CommitCheckpoint)
+	}
+	m, err := checkpoint.DecodeManifest(req.GetManifest())
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "manifest: %v", err)
+	}
+	if m.Job != req.GetJobId() {
+		return nil, status.Errorf(codes.InvalidArgument, "manifest of job %q sent for job %q", m.Job, req.GetJobId())
+	}
+	// Under the leader's lock: the attempt check and the commit happen
+	// with no requeue in between.
+	s.lead.Lock()
+	defer s.lead.Unlock()
+	j, err := s.cfg.Node.Job(req.GetJobId())
+	if err != nil {
+		return nil, apiError(err)
+	}
+	if !active(j) || j.Restarts != req.GetAttempt() {
+		return nil, status.Errorf(codes.FailedPrecondition, "job %s: attempt %d is over (the job is %s at attempt %d); its checkpoint of step %d is not committed",
+			j.Id, req.GetAttempt(), stateName(j.State), j.Restarts, m.Step)
+	}
+	if err := s.cfg.Checkpoints.Commit(ctx, m); err != nil {
+		if errors.Is(err, checkpoint.ErrStale) {
+			return nil, status.Error(codes.FailedPrecondition, err.Error())
+		}
+		return nil, status.Errorf(codes.Unavailable, "commit checkpoint: %v", err)
+	}
+	return &apiv1.CommitCheckpointResponse{}, nil
 }

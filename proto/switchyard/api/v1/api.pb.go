@@ -1839,6 +1839,103 @@ func (*DeleteCheckpointResponse) Descriptor() ([]byte, []int) {
 	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{30}
 }
 
+type CommitCheckpointRequest struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	JobId   string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	Attempt int32                  `protobuf:"varint,2,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	// The manifest as pkg/checkpoint encodes it (JSON).
+	Manifest      []byte `protobuf:"bytes,3,opt,name=manifest,proto3" json:"manifest,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CommitCheckpointRequest) Reset() {
+	*x = CommitCheckpointRequest{}
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CommitCheckpointRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CommitCheckpointRequest) ProtoMessage() {}
+
+func (x *CommitCheckpointRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CommitCheckpointRequest.ProtoReflect.Descriptor instead.
+func (*CommitCheckpointRequest) Descriptor() ([]byte, []int) {
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *CommitCheckpointRequest) GetJobId() string {
+	if x != nil {
+		return x.JobId
+	}
+	return ""
+}
+
+func (x *CommitCheckpointRequest) GetAttempt() int32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
+func (x *CommitCheckpointRequest) GetManifest() []byte {
+	if x != nil {
+		return x.Manifest
+	}
+	return nil
+}
+
+type CommitCheckpointResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CommitCheckpointResponse) Reset() {
+	*x = CommitCheckpointResponse{}
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CommitCheckpointResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CommitCheckpointResponse) ProtoMessage() {}
+
+func (x *CommitCheckpointResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CommitCheckpointResponse.ProtoReflect.Descriptor instead.
+func (*CommitCheckpointResponse) Descriptor() ([]byte, []int) {
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{32}
+}
+
 // A rank of a job that a worker runs.
 type Task struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1867,7 +1964,7 @@ type Task struct {
 
 func (x *Task) Reset() {
 	*x = Task{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[31]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1879,7 +1976,7 @@ func (x *Task) String() string {
 func (*Task) ProtoMessage() {}
 
 func (x *Task) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[31]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1892,7 +1989,7 @@ func (x *Task) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Task.ProtoReflect.Descriptor instead.
 func (*Task) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{31}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *Task) GetJobId() string {
@@ -1997,7 +2094,7 @@ type TaskStatus struct {
 
 func (x *TaskStatus) Reset() {
 	*x = TaskStatus{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[32]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2009,7 +2106,7 @@ func (x *TaskStatus) String() string {
 func (*TaskStatus) ProtoMessage() {}
 
 func (x *TaskStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[32]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2022,7 +2119,7 @@ func (x *TaskStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskStatus.ProtoReflect.Descriptor instead.
 func (*TaskStatus) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{32}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *TaskStatus) GetJobId() string {
@@ -2091,7 +2188,7 @@ type SyncWorkerRequest struct {
 
 func (x *SyncWorkerRequest) Reset() {
 	*x = SyncWorkerRequest{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[33]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2103,7 +2200,7 @@ func (x *SyncWorkerRequest) String() string {
 func (*SyncWorkerRequest) ProtoMessage() {}
 
 func (x *SyncWorkerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[33]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2116,7 +2213,7 @@ func (x *SyncWorkerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncWorkerRequest.ProtoReflect.Descriptor instead.
 func (*SyncWorkerRequest) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{33}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *SyncWorkerRequest) GetWorkerId() string {
@@ -2142,7 +2239,7 @@ type SyncWorkerResponse struct {
 
 func (x *SyncWorkerResponse) Reset() {
 	*x = SyncWorkerResponse{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[34]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2154,7 +2251,7 @@ func (x *SyncWorkerResponse) String() string {
 func (*SyncWorkerResponse) ProtoMessage() {}
 
 func (x *SyncWorkerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[34]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2167,7 +2264,7 @@ func (x *SyncWorkerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncWorkerResponse.ProtoReflect.Descriptor instead.
 func (*SyncWorkerResponse) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{34}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *SyncWorkerResponse) GetTasks() []*Task {
@@ -2302,7 +2399,12 @@ const file_switchyard_api_v1_api_proto_rawDesc = "" +
 	"\x17DeleteCheckpointRequest\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x12\n" +
 	"\x04step\x18\x02 \x01(\x03R\x04step\"\x1a\n" +
-	"\x18DeleteCheckpointResponse\"\xac\x02\n" +
+	"\x18DeleteCheckpointResponse\"f\n" +
+	"\x17CommitCheckpointRequest\x12\x15\n" +
+	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x18\n" +
+	"\aattempt\x18\x02 \x01(\x05R\aattempt\x12\x1a\n" +
+	"\bmanifest\x18\x03 \x01(\fR\bmanifest\"\x1a\n" +
+	"\x18CommitCheckpointResponse\"\xac\x02\n" +
 	"\x04Task\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x18\n" +
 	"\aattempt\x18\x02 \x01(\x05R\aattempt\x12\x12\n" +
@@ -2338,7 +2440,8 @@ const file_switchyard_api_v1_api_proto_rawDesc = "" +
 	"\x13TASK_STATE_STARTING\x10\x01\x12\x16\n" +
 	"\x12TASK_STATE_RUNNING\x10\x02\x12\x18\n" +
 	"\x14TASK_STATE_SUCCEEDED\x10\x03\x12\x15\n" +
-	"\x11TASK_STATE_FAILED\x10\x042\xb2\t\n" +
+	"\x11TASK_STATE_FAILED\x10\x042\x9f\n" +
+	"\n" +
 	"\vCoordinator\x12V\n" +
 	"\tSubmitJob\x12#.switchyard.api.v1.SubmitJobRequest\x1a$.switchyard.api.v1.SubmitJobResponse\x12M\n" +
 	"\x06GetJob\x12 .switchyard.api.v1.GetJobRequest\x1a!.switchyard.api.v1.GetJobResponse\x12S\n" +
@@ -2352,7 +2455,8 @@ const file_switchyard_api_v1_api_proto_rawDesc = "" +
 	"AddReplica\x12$.switchyard.api.v1.AddReplicaRequest\x1a%.switchyard.api.v1.AddReplicaResponse\x12b\n" +
 	"\rRemoveReplica\x12'.switchyard.api.v1.RemoveReplicaRequest\x1a(.switchyard.api.v1.RemoveReplicaResponse\x12h\n" +
 	"\x0fListCheckpoints\x12).switchyard.api.v1.ListCheckpointsRequest\x1a*.switchyard.api.v1.ListCheckpointsResponse\x12k\n" +
-	"\x10DeleteCheckpoint\x12*.switchyard.api.v1.DeleteCheckpointRequest\x1a+.switchyard.api.v1.DeleteCheckpointResponse\x12Y\n" +
+	"\x10DeleteCheckpoint\x12*.switchyard.api.v1.DeleteCheckpointRequest\x1a+.switchyard.api.v1.DeleteCheckpointResponse\x12k\n" +
+	"\x10CommitCheckpoint\x12*.switchyard.api.v1.CommitCheckpointRequest\x1a+.switchyard.api.v1.CommitCheckpointResponse\x12Y\n" +
 	"\n" +
 	"SyncWorker\x12$.switchyard.api.v1.SyncWorkerRequest\x1a%.switchyard.api.v1.SyncWorkerResponseBCZAgithub.com/switchyard-ml/switchyard/proto/switchyard/api/v1;apiv1b\x06proto3"
 
@@ -2369,7 +2473,7 @@ func file_switchyard_api_v1_api_proto_rawDescGZIP() []byte {
 }
 
 var file_switchyard_api_v1_api_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_switchyard_api_v1_api_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
+var file_switchyard_api_v1_api_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
 var file_switchyard_api_v1_api_proto_goTypes = []any{
 	(TaskState)(0),                   // 0: switchyard.api.v1.TaskState
 	(*SubmitJobRequest)(nil),         // 1: switchyard.api.v1.SubmitJobRequest
@@ -2403,37 +2507,39 @@ var file_switchyard_api_v1_api_proto_goTypes = []any{
 	(*ListCheckpointsResponse)(nil),  // 29: switchyard.api.v1.ListCheckpointsResponse
 	(*DeleteCheckpointRequest)(nil),  // 30: switchyard.api.v1.DeleteCheckpointRequest
 	(*DeleteCheckpointResponse)(nil), // 31: switchyard.api.v1.DeleteCheckpointResponse
-	(*Task)(nil),                     // 32: switchyard.api.v1.Task
-	(*TaskStatus)(nil),               // 33: switchyard.api.v1.TaskStatus
-	(*SyncWorkerRequest)(nil),        // 34: switchyard.api.v1.SyncWorkerRequest
-	(*SyncWorkerResponse)(nil),       // 35: switchyard.api.v1.SyncWorkerResponse
-	nil,                              // 36: switchyard.api.v1.Worker.LabelsEntry
-	nil,                              // 37: switchyard.api.v1.ClusterStatusResponse.RaftEntry
-	(*v1.Job)(nil),                   // 38: switchyard.coordinator.v1.Job
-	(v1.JobState)(0),                 // 39: switchyard.coordinator.v1.JobState
+	(*CommitCheckpointRequest)(nil),  // 32: switchyard.api.v1.CommitCheckpointRequest
+	(*CommitCheckpointResponse)(nil), // 33: switchyard.api.v1.CommitCheckpointResponse
+	(*Task)(nil),                     // 34: switchyard.api.v1.Task
+	(*TaskStatus)(nil),               // 35: switchyard.api.v1.TaskStatus
+	(*SyncWorkerRequest)(nil),        // 36: switchyard.api.v1.SyncWorkerRequest
+	(*SyncWorkerResponse)(nil),       // 37: switchyard.api.v1.SyncWorkerResponse
+	nil,                              // 38: switchyard.api.v1.Worker.LabelsEntry
+	nil,                              // 39: switchyard.api.v1.ClusterStatusResponse.RaftEntry
+	(*v1.Job)(nil),                   // 40: switchyard.coordinator.v1.Job
+	(v1.JobState)(0),                 // 41: switchyard.coordinator.v1.JobState
 }
 var file_switchyard_api_v1_api_proto_depIdxs = []int32{
-	38, // 0: switchyard.api.v1.SubmitJobResponse.job:type_name -> switchyard.coordinator.v1.Job
-	38, // 1: switchyard.api.v1.GetJobResponse.job:type_name -> switchyard.coordinator.v1.Job
-	39, // 2: switchyard.api.v1.ListJobsRequest.states:type_name -> switchyard.coordinator.v1.JobState
-	38, // 3: switchyard.api.v1.ListJobsResponse.jobs:type_name -> switchyard.coordinator.v1.Job
-	38, // 4: switchyard.api.v1.CancelJobResponse.job:type_name -> switchyard.coordinator.v1.Job
-	38, // 5: switchyard.api.v1.ResumeJobResponse.job:type_name -> switchyard.coordinator.v1.Job
+	40, // 0: switchyard.api.v1.SubmitJobResponse.job:type_name -> switchyard.coordinator.v1.Job
+	40, // 1: switchyard.api.v1.GetJobResponse.job:type_name -> switchyard.coordinator.v1.Job
+	41, // 2: switchyard.api.v1.ListJobsRequest.states:type_name -> switchyard.coordinator.v1.JobState
+	40, // 3: switchyard.api.v1.ListJobsResponse.jobs:type_name -> switchyard.coordinator.v1.Job
+	40, // 4: switchyard.api.v1.CancelJobResponse.job:type_name -> switchyard.coordinator.v1.Job
+	40, // 5: switchyard.api.v1.ResumeJobResponse.job:type_name -> switchyard.coordinator.v1.Job
 	15, // 6: switchyard.api.v1.StepMetrics.expert_load:type_name -> switchyard.api.v1.ExpertLoad
-	38, // 7: switchyard.api.v1.WatchJobResponse.job:type_name -> switchyard.coordinator.v1.Job
+	40, // 7: switchyard.api.v1.WatchJobResponse.job:type_name -> switchyard.coordinator.v1.Job
 	14, // 8: switchyard.api.v1.WatchJobResponse.metrics:type_name -> switchyard.api.v1.StepMetrics
 	19, // 9: switchyard.api.v1.Worker.resources:type_name -> switchyard.api.v1.Resources
-	36, // 10: switchyard.api.v1.Worker.labels:type_name -> switchyard.api.v1.Worker.LabelsEntry
+	38, // 10: switchyard.api.v1.Worker.labels:type_name -> switchyard.api.v1.Worker.LabelsEntry
 	18, // 11: switchyard.api.v1.ClusterStatusResponse.replicas:type_name -> switchyard.api.v1.Replica
 	20, // 12: switchyard.api.v1.ClusterStatusResponse.workers:type_name -> switchyard.api.v1.Worker
-	37, // 13: switchyard.api.v1.ClusterStatusResponse.raft:type_name -> switchyard.api.v1.ClusterStatusResponse.RaftEntry
+	39, // 13: switchyard.api.v1.ClusterStatusResponse.raft:type_name -> switchyard.api.v1.ClusterStatusResponse.RaftEntry
 	18, // 14: switchyard.api.v1.AddReplicaResponse.replicas:type_name -> switchyard.api.v1.Replica
 	18, // 15: switchyard.api.v1.RemoveReplicaResponse.replicas:type_name -> switchyard.api.v1.Replica
 	27, // 16: switchyard.api.v1.Checkpoint.shards:type_name -> switchyard.api.v1.Shard
 	28, // 17: switchyard.api.v1.ListCheckpointsResponse.checkpoints:type_name -> switchyard.api.v1.Checkpoint
 	0,  // 18: switchyard.api.v1.TaskStatus.state:type_name -> switchyard.api.v1.TaskState
-	33, // 19: switchyard.api.v1.SyncWorkerRequest.tasks:type_name -> switchyard.api.v1.TaskStatus
-	32, // 20: switchyard.api.v1.SyncWorkerResponse.tasks:type_name -> switchyard.api.v1.Task
+	35, // 19: switchyard.api.v1.SyncWorkerRequest.tasks:type_name -> switchyard.api.v1.TaskStatus
+	34, // 20: switchyard.api.v1.SyncWorkerResponse.tasks:type_name -> switchyard.api.v1.Task
 	1,  // 21: switchyard.api.v1.Coordinator.SubmitJob:input_type -> switchyard.api.v1.SubmitJobRequest
 	3,  // 22: switchyard.api.v1.Coordinator.GetJob:input_type -> switchyard.api.v1.GetJobRequest
 	5,  // 23: switchyard.api.v1.Coordinator.ListJobs:input_type -> switchyard.api.v1.ListJobsRequest
@@ -2446,22 +2552,24 @@ var file_switchyard_api_v1_api_proto_depIdxs = []int32{
 	24, // 30: switchyard.api.v1.Coordinator.RemoveReplica:input_type -> switchyard.api.v1.RemoveReplicaRequest
 	26, // 31: switchyard.api.v1.Coordinator.ListCheckpoints:input_type -> switchyard.api.v1.ListCheckpointsRequest
 	30, // 32: switchyard.api.v1.Coordinator.DeleteCheckpoint:input_type -> switchyard.api.v1.DeleteCheckpointRequest
-	34, // 33: switchyard.api.v1.Coordinator.SyncWorker:input_type -> switchyard.api.v1.SyncWorkerRequest
-	2,  // 34: switchyard.api.v1.Coordinator.SubmitJob:output_type -> switchyard.api.v1.SubmitJobResponse
-	4,  // 35: switchyard.api.v1.Coordinator.GetJob:output_type -> switchyard.api.v1.GetJobResponse
-	6,  // 36: switchyard.api.v1.Coordinator.ListJobs:output_type -> switchyard.api.v1.ListJobsResponse
-	8,  // 37: switchyard.api.v1.Coordinator.CancelJob:output_type -> switchyard.api.v1.CancelJobResponse
-	10, // 38: switchyard.api.v1.Coordinator.ResumeJob:output_type -> switchyard.api.v1.ResumeJobResponse
-	12, // 39: switchyard.api.v1.Coordinator.JobLogs:output_type -> switchyard.api.v1.LogEntry
-	16, // 40: switchyard.api.v1.Coordinator.WatchJob:output_type -> switchyard.api.v1.WatchJobResponse
-	21, // 41: switchyard.api.v1.Coordinator.ClusterStatus:output_type -> switchyard.api.v1.ClusterStatusResponse
-	23, // 42: switchyard.api.v1.Coordinator.AddReplica:output_type -> switchyard.api.v1.AddReplicaResponse
-	25, // 43: switchyard.api.v1.Coordinator.RemoveReplica:output_type -> switchyard.api.v1.RemoveReplicaResponse
-	29, // 44: switchyard.api.v1.Coordinator.ListCheckpoints:output_type -> switchyard.api.v1.ListCheckpointsResponse
-	31, // 45: switchyard.api.v1.Coordinator.DeleteCheckpoint:output_type -> switchyard.api.v1.DeleteCheckpointResponse
-	35, // 46: switchyard.api.v1.Coordinator.SyncWorker:output_type -> switchyard.api.v1.SyncWorkerResponse
-	34, // [34:47] is the sub-list for method output_type
-	21, // [21:34] is the sub-list for method input_type
+	32, // 33: switchyard.api.v1.Coordinator.CommitCheckpoint:input_type -> switchyard.api.v1.CommitCheckpointRequest
+	36, // 34: switchyard.api.v1.Coordinator.SyncWorker:input_type -> switchyard.api.v1.SyncWorkerRequest
+	2,  // 35: switchyard.api.v1.Coordinator.SubmitJob:output_type -> switchyard.api.v1.SubmitJobResponse
+	4,  // 36: switchyard.api.v1.Coordinator.GetJob:output_type -> switchyard.api.v1.GetJobResponse
+	6,  // 37: switchyard.api.v1.Coordinator.ListJobs:output_type -> switchyard.api.v1.ListJobsResponse
+	8,  // 38: switchyard.api.v1.Coordinator.CancelJob:output_type -> switchyard.api.v1.CancelJobResponse
+	10, // 39: switchyard.api.v1.Coordinator.ResumeJob:output_type -> switchyard.api.v1.ResumeJobResponse
+	12, // 40: switchyard.api.v1.Coordinator.JobLogs:output_type -> switchyard.api.v1.LogEntry
+	16, // 41: switchyard.api.v1.Coordinator.WatchJob:output_type -> switchyard.api.v1.WatchJobResponse
+	21, // 42: switchyard.api.v1.Coordinator.ClusterStatus:output_type -> switchyard.api.v1.ClusterStatusResponse
+	23, // 43: switchyard.api.v1.Coordinator.AddReplica:output_type -> switchyard.api.v1.AddReplicaResponse
+	25, // 44: switchyard.api.v1.Coordinator.RemoveReplica:output_type -> switchyard.api.v1.RemoveReplicaResponse
+	29, // 45: switchyard.api.v1.Coordinator.ListCheckpoints:output_type -> switchyard.api.v1.ListCheckpointsResponse
+	31, // 46: switchyard.api.v1.Coordinator.DeleteCheckpoint:output_type -> switchyard.api.v1.DeleteCheckpointResponse
+	33, // 47: switchyard.api.v1.Coordinator.CommitCheckpoint:output_type -> switchyard.api.v1.CommitCheckpointResponse
+	37, // 48: switchyard.api.v1.Coordinator.SyncWorker:output_type -> switchyard.api.v1.SyncWorkerResponse
+	35, // [35:49] is the sub-list for method output_type
+	21, // [21:35] is the sub-list for method input_type
 	21, // [21:21] is the sub-list for extension type_name
 	21, // [21:21] is the sub-list for extension extendee
 	0,  // [0:21] is the sub-list for field type_name
@@ -2478,7 +2586,7 @@ func file_switchyard_api_v1_api_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_switchyard_api_v1_api_proto_rawDesc), len(file_switchyard_api_v1_api_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   37,
+			NumMessages:   39,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

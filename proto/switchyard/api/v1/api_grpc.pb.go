@@ -44,6 +44,7 @@ const (
 	Coordinator_RemoveReplica_FullMethodName    = "/switchyard.api.v1.Coordinator/RemoveReplica"
 	Coordinator_ListCheckpoints_FullMethodName  = "/switchyard.api.v1.Coordinator/ListCheckpoints"
 	Coordinator_DeleteCheckpoint_FullMethodName = "/switchyard.api.v1.Coordinator/DeleteCheckpoint"
+	Coordinator_CommitCheckpoint_FullMethodName = "/switchyard.api.v1.Coordinator/CommitCheckpoint"
 	Coordinator_SyncWorker_FullMethodName       = "/switchyard.api.v1.Coordinator/SyncWorker"
 )
 
@@ -70,6 +71,12 @@ type CoordinatorClient interface {
 	// Checkpoints (CLI).
 	ListCheckpoints(ctx context.Context, in *ListCheckpointsRequest, opts ...grpc.CallOption) (*ListCheckpointsResponse, error)
 	DeleteCheckpoint(ctx context.Context, in *DeleteCheckpointRequest, opts ...grpc.CallOption) (*DeleteCheckpointResponse, error)
+	// CommitCheckpoint is called by a job's rank 0 once every rank's shards
+	// are durable and verified: the leader commits the manifest to the
+	// catalogue in etcd (one transaction, only if the step is newer than the
+	// job's latest) if the caller's attempt is still the job's current one,
+	// so a rank of an abandoned attempt can never commit.
+	CommitCheckpoint(ctx context.Context, in *CommitCheckpointRequest, opts ...grpc.CallOption) (*CommitCheckpointResponse, error)
 	// SyncWorker is a worker's periodic report of its tasks; the answer is
 	// the set of tasks it must run now (tasks it runs that are not in the
 	// answer must be stopped).
@@ -222,6 +229,16 @@ func (c *coordinatorClient) DeleteCheckpoint(ctx context.Context, in *DeleteChec
 	return out, nil
 }
 
+func (c *coordinatorClient) CommitCheckpoint(ctx context.Context, in *CommitCheckpointRequest, opts ...grpc.CallOption) (*CommitCheckpointResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CommitCheckpointResponse)
+	err := c.cc.Invoke(ctx, Coordinator_CommitCheckpoint_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *coordinatorClient) SyncWorker(ctx context.Context, in *SyncWorkerRequest, opts ...grpc.CallOption) (*SyncWorkerResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(SyncWorkerResponse)
@@ -255,6 +272,12 @@ type CoordinatorServer interface {
 	// Checkpoints (CLI).
 	ListCheckpoints(context.Context, *ListCheckpointsRequest) (*ListCheckpointsResponse, error)
 	DeleteCheckpoint(context.Context, *DeleteCheckpointRequest) (*DeleteCheckpointResponse, error)
+	// CommitCheckpoint is called by a job's rank 0 once every rank's shards
+	// are durable and verified: the leader commits the manifest to the
+	// catalogue in etcd (one transaction, only if the step is newer than the
+	// job's latest) if the caller's attempt is still the job's current one,
+	// so a rank of an abandoned attempt can never commit.
+	CommitCheckpoint(context.Context, *CommitCheckpointRequest) (*CommitCheckpointResponse, error)
 	// SyncWorker is a worker's periodic report of its tasks; the answer is
 	// the set of tasks it must run now (tasks it runs that are not in the
 	// answer must be stopped).
@@ -304,6 +327,9 @@ func (UnimplementedCoordinatorServer) ListCheckpoints(context.Context, *ListChec
 }
 func (UnimplementedCoordinatorServer) DeleteCheckpoint(context.Context, *DeleteCheckpointRequest) (*DeleteCheckpointResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteCheckpoint not implemented")
+}
+func (UnimplementedCoordinatorServer) CommitCheckpoint(context.Context, *CommitCheckpointRequest) (*CommitCheckpointResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CommitCheckpoint not implemented")
 }
 func (UnimplementedCoordinatorServer) SyncWorker(context.Context, *SyncWorkerRequest) (*SyncWorkerResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method SyncWorker not implemented")
@@ -531,6 +557,24 @@ func _Coordinator_DeleteCheckpoint_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Coordinator_CommitCheckpoint_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CommitCheckpointRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CoordinatorServer).CommitCheckpoint(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Coordinator_CommitCheckpoint_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CoordinatorServer).CommitCheckpoint(ctx, req.(*CommitCheckpointRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Coordinator_SyncWorker_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(SyncWorkerRequest)
 	if err := dec(in); err != nil {
@@ -595,6 +639,10 @@ var Coordinator_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DeleteCheckpoint",
 			Handler:    _Coordinator_DeleteCheckpoint_Handler,
+		},
+		{
+			MethodName: "CommitCheckpoint",
+			Handler:    _Coordinator_CommitCheckpoint_Handler,
 		},
 		{
 			MethodName: "SyncWorker",

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/switchyard-ml/switchyard/pkg/kernels"
+	"github.com/switchyard-ml/switchyard/pkg/security"
 	"github.com/switchyard-ml/switchyard/pkg/train"
 )
 
@@ -37,6 +38,11 @@ func cmdTrain(ctx context.Context, args []string) error {
 		resStep = fs.Int64("resume-step", 0, "with --resume: continue from exactly this committed step (newer checkpoints are deleted)")
 		ckJob   = fs.String("checkpoint-job", "", "catalogue name of the run's checkpoints (default \"run\"; the coordinator passes the job id)")
 		ckEtcd  = fs.String("checkpoint-etcd", "", "comma-separated etcd endpoints: keep the checkpoint catalogue in etcd")
+		via     = fs.String("commit-via", "", "comma-separated coordinator API addresses: commit checkpoints through the coordinator (token from $SWITCHYARD_TOKEN; set by the worker)")
+		attempt = fs.Int("attempt", 0, "the job's attempt this run is (set by the worker; the coordinator refuses commits of an attempt that is over)")
+		viaCA   = fs.String("commit-tls-ca", "", "CA (PEM) for --commit-via")
+		viaCert = fs.String("commit-tls-cert", "", "client certificate (PEM) for --commit-via")
+		viaKey  = fs.String("commit-tls-key", "", "client key (PEM) for --commit-via")
 		df      distFlags
 	)
 	df.register(fs)
@@ -106,6 +112,11 @@ func cmdTrain(ctx context.Context, args []string) error {
 	}
 	if *ckEtcd != "" {
 		cfg.Checkpoint.Etcd = strings.Split(*ckEtcd, ",")
+	}
+	if *via != "" {
+		cfg.Checkpoint.CommitVia = strings.Split(*via, ",")
+		cfg.Checkpoint.Attempt = *attempt
+		cfg.Checkpoint.CommitTLS = security.TLSFiles{CA: *viaCA, Cert: *viaCert, Key: *viaKey}
 	}
 	if *mode != "" {
 		cfg.LBL.Mode = *mode

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/switchyard-ml/switchyard/pkg/checkpoint"
 	"github.com/switchyard-ml/switchyard/pkg/client"
 	"github.com/switchyard-ml/switchyard/pkg/coordinator"
 	"github.com/switchyard-ml/switchyard/pkg/events"
@@ -31,6 +32,7 @@ type harness struct {
 	members  *membership.MemoryServer
 	dir      *membership.MemoryServer
 	token    string
+	cat      checkpoint.Catalogue
 	bus      *events.Memory
 	replicas []*replica
 }
@@ -79,7 +81,7 @@ func freePorts(t *testing.T, n int) []string {
 // newHarness starts n replicas bootstrapped together.
 func newHarness(t *testing.T, n int, token string) *harness {
 	t.Helper()
-	h := &harness{t: t, members: membership.NewMemoryServer(), dir: membership.NewMemoryServer(), bus: events.NewMemory(), token: token}
+	h := &harness{t: t, members: membership.NewMemoryServer(), dir: membership.NewMemoryServer(), bus: events.NewMemory(), token: token, cat: checkpoint.NewMemCatalogue()}
 	t.Cleanup(func() { h.bus.Close(); h.members.Stop(); h.dir.Stop() })
 	raftAddrs := freePorts(t, n)
 	var servers []coordinator.Server
@@ -105,7 +107,8 @@ func newHarness(t *testing.T, n int, token string) *harness {
 			Workers:  membership.NewMemory(h.members),
 			Replicas: membership.NewMemory(h.dir),
 			Bus:      h.bus, Token: token, Tick: 50 * time.Millisecond, ProgressEvery: 100 * time.Millisecond,
-			Logger: cfg.Logger,
+			Checkpoints: etcdCheckpoints{cat: h.cat, log: cfg.Logger},
+			Logger:      cfg.Logger,
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -514,5 +517,47 @@ func TestElasticShrink(t *testing.T) {
 	task := waitTasks(t, c, j.Placement[0].WorkerId, 1)[0]
 	if task.WorldSize != 1 || task.Dp != 1 || task.Accumulation != 6 || len(task.Peers) != 1 {
 		t.Fatalf("task %v: want world 1, dp 1, accumulation 6 (2 x 3 / 1)", task)
+	}
+}
+
+// TestCommitCheckpointFencedByAttempt: the current attempt's rank 0 commits
+// through the coordinator; after the job was requeued, a commit from the
+// old attempt is refused and the catalogue keeps what it had.
+func TestCommitCheckpointFencedByAttempt(t *testing.T) {
+	h := newHarness(t, 1, "")
+	c := h.client(h.leader(), "")
+	h.worker("w1")
+	h.worker("w2")
+	submit(t, c, "job-a", 1)
+	waitJob(t, c, "job-a", "placed", func(j *pb.Job) bool { return j.State == pb.JobState_JOB_STATE_PLACED })
+	manifest := func(step int64) []byte {
+		m := checkpoint.Manifest{Job: "job-a", Step: step, Layout: checkpoint.Layout{TP: 1, DP: 2, EP: 2},
+			Shards: []checkpoint.ShardInfo{{Name: "rank-0000/state.bin", Size: 0, SHA256: "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", Kind: checkpoint.KindParams}}}
+		b, err := checkpoint.EncodeManifest(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	if _, err := c.CommitCheckpoint(ctxT(t), &apiv1.CommitCheckpointRequest{JobId: "job-a", Attempt: 0, Manifest: manifest(10)}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := c.CommitCheckpoint(ctxT(t), &apiv1.CommitCheckpointRequest{JobId: "job-a", Attempt: 0, Manifest: manifest(10)})
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "not newer") {
+		t.Fatalf("second commit of step 10: %v", err)
+	}
+	task := waitTasks(t, c, "w1", 1)[0]
+	syncTasks(t, c, "w1", status_(task, apiv1.TaskState_TASK_STATE_FAILED, 0))
+	waitJob(t, c, "job-a", "requeued", func(j *pb.Job) bool { return j.Restarts == 1 })
+	_, err = c.CommitCheckpoint(ctxT(t), &apiv1.CommitCheckpointRequest{JobId: "job-a", Attempt: 0, Manifest: manifest(20)})
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "attempt 0 is over") {
+		t.Fatalf("commit from the abandoned attempt: %v", err)
+	}
+	if m, err := h.cat.Latest(ctxT(t), "job-a"); err != nil || m.Step != 10 {
+		t.Fatalf("catalogue latest %d %v, want step 10", m.Step, err)
+	}
+	cps, err := c.ListCheckpoints(ctxT(t), &apiv1.ListCheckpointsRequest{JobId: "job-a"})
+	if err != nil || len(cps.Checkpoints) != 1 || cps.Checkpoints[0].Step != 10 {
+		t.Fatalf("list: %v %v", cps, err)
 	}
 }

@@ -6,15 +6,26 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"runtime"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/switchyard-ml/switchyard/pkg/checkpoint"
+	"github.com/switchyard-ml/switchyard/pkg/client"
 	"github.com/switchyard-ml/switchyard/pkg/data"
 	"github.com/switchyard-ml/switchyard/pkg/lbl"
 	"github.com/switchyard-ml/switchyard/pkg/model"
+	"github.com/switchyard-ml/switchyard/pkg/security"
+	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
 )
 
 // CheckpointConfig says where and how often the run saves itself.
@@ -30,6 +41,13 @@ type CheckpointConfig struct {
 	// ResumeStep resumes from exactly this committed step (0: the newest
 	// that verifies). Newer checkpoints are deleted first: the run branches.
 	ResumeStep int64 `yaml:"resume_step" json:"resume_step"`
+	// CommitVia lists coordinator API addresses: commits go through the
+	// coordinator (CommitCheckpoint), which refuses them once Attempt is
+	// no longer the job's current attempt. Needs Etcd (reads stay direct).
+	// The bearer token comes from $SWITCHYARD_TOKEN.
+	CommitVia []string          `yaml:"commit_via" json:"commit_via"`
+	Attempt   int               `yaml:"attempt" json:"attempt"`
+	CommitTLS security.TLSFiles `yaml:"commit_tls" json:"commit_tls"`
 }
 
 // CataloguePrefix is where the etcd catalogue keeps manifests.
@@ -67,6 +85,37 @@ type checkpointer struct {
 	Saved []int64 // committed steps
 	// closeCat releases the catalogue's connection (nil: nothing to close)
 	closeCat func() error
+}
+
+// coordinatorCommit wraps cat so that commits go through the coordinator.
+// A commit whose answer was lost (a leader fail-over) is retried by the
+// client; if the retry finds the step already committed with the same
+// shards, it succeeded.
+func coordinatorCommit(cfg CheckpointConfig, cat checkpoint.Catalogue) (checkpoint.Catalogue, func() error, error) {
+	cl, err := client.Dial(client.Options{Endpoints: cfg.CommitVia, Token: os.Getenv("SWITCHYARD_TOKEN"), TLS: cfg.CommitTLS})
+	if err != nil {
+		return nil, nil, fmt.Errorf("train: checkpoint commits via %v: %w", cfg.CommitVia, err)
+	}
+	gate := checkpoint.CommitVia(cat, func(ctx context.Context, m checkpoint.Manifest) error {
+		enc, err := checkpoint.EncodeManifest(m)
+		if err != nil {
+			return err
+		}
+		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		_, err = cl.CommitCheckpoint(cctx, &apiv1.CommitCheckpointRequest{JobId: m.Job, Attempt: int32(cfg.Attempt), Manifest: enc})
+		if err == nil {
+			return nil
+		}
+		if got, gerr := cat.Get(ctx, m.Job, m.Step); gerr == nil && slices.Equal(got.Shards, m.Shards) {
+			return nil // committed by an earlier try whose answer was lost
+		}
+		if st, ok := status.FromError(err); ok && st.Code() == codes.FailedPrecondition && strings.Contains(st.Message(), checkpoint.ErrStale.Error()) {
+			return fmt.Errorf("%w (via the coordinator): %s", checkpoint.ErrStale, st.Message())
+		}
+		return fmt.Errorf("train: commit step %d through the coordinator: %w", m.Step, err)
+	})
+	return gate, cl.Close, nil
 }
 
 // close releases the catalogue connection; background work must be done.
@@ -108,6 +157,17 @@ func newCheckpointer(cfg CheckpointConfig, dist *Dist, params *model.Params, mcf
 			return nil, fmt.Errorf("train: checkpoint catalogue in etcd %v: %w", cfg.Etcd, err)
 		}
 		cat, closer = checkpoint.NewEtcdCatalogue(cli, CataloguePrefix), cli.Close
+		if len(cfg.CommitVia) > 0 {
+			gate, closeGate, err := coordinatorCommit(cfg, cat)
+			if err != nil {
+				cli.Close()
+				return nil, err
+			}
+			cat = gate
+			closer = func() error { return errors.Join(closeGate(), cli.Close()) }
+		}
+	} else if len(cfg.CommitVia) > 0 {
+		return nil, fmt.Errorf("train: checkpoint commits through the coordinator need the etcd catalogue (checkpoint.etcd)")
 	}
 	c := &checkpointer{cfg: cfg, mgr: checkpoint.NewManager(st, cat, slog.Default()), dist: dist, layout: checkpoint.Layout{TP: 1, DP: 1, EP: 1}, params: params, mcfg: mcfg, closeCat: closer}
 	if dist != nil {
@@ -138,14 +198,60 @@ func (c *checkpointer) start(s State) {
 			checkpoint.Tensor{Name: "adam_m/" + q.Name, Shape: []int{q.Size}, Data: seg(s.AdamM)},
 			checkpoint.Tensor{Name: "adam_v/" + q.Name, Shape: []int{q.Size}, Data: seg(s.AdamV)})
 	}
-	shards := []checkpoint.ShardSource{
-		checkpoint.TensorShard(fmt.Sprintf("rank-%04d/state.bin", r), r, checkpoint.KindParams, tensors),
-		checkpoint.BytesShard(fmt.Sprintf("rank-%04d/meta.json", r), r, checkpoint.KindData, meta),
+	// The tensors go straight from the snapshot's buffers into the files.
+	// A large state is split into parts written side by side, one core
+	// hashing each.
+	parts := splitTensors(tensors, statePartCount(3*len(s.Params)*4))
+	var shards []checkpoint.ShardSource
+	for i, part := range parts {
+		name := fmt.Sprintf("rank-%04d/state.bin", r)
+		if len(parts) > 1 {
+			name = fmt.Sprintf("rank-%04d/state-%d.bin", r, i)
+		}
+		shards = append(shards, checkpoint.TensorShard(name, r, checkpoint.KindParams, part))
 	}
+	shards = append(shards, checkpoint.BytesShard(fmt.Sprintf("rank-%04d/meta.json", r), r, checkpoint.KindData, meta))
 	go func() {
 		defer close(p.done)
-		p.infos, p.err = checkpoint.SaveShards(context.Background(), c.mgr.Storage(), checkpoint.StepPrefix(c.cfg.Job, p.step), shards)
+		p.infos, p.err = checkpoint.SaveShardsParallel(context.Background(), c.mgr.Storage(), checkpoint.StepPrefix(c.cfg.Job, p.step), shards, len(parts))
 	}()
+}
+
+// minStatePartBytes is the least size of one part of a rank's state:
+// smaller states are one shard ("rank-NNNN/state.bin"), larger ones are
+// split into up to min(GOMAXPROCS, maxStateParts) tensor shards
+// ("rank-NNNN/state-I.bin") written concurrently, since hashing a shard
+// is bound by one core. Loading accepts any split.
+const (
+	minStatePartBytes = 32 << 20
+	maxStateParts     = 8
+)
+
+func statePartCount(bytes int) int {
+	return max(1, min(runtime.GOMAXPROCS(0), maxStateParts, bytes/minStatePartBytes))
+}
+
+// splitTensors cuts ts, in order and without splitting a tensor, into at
+// most n runs of about equal bytes (no empty run).
+func splitTensors(ts []checkpoint.Tensor, n int) [][]checkpoint.Tensor {
+	total := 0
+	for _, t := range ts {
+		total += len(t.Data)
+	}
+	var (
+		out  [][]checkpoint.Tensor
+		from int
+		acc  int
+	)
+	for i, t := range ts {
+		acc += len(t.Data)
+		// close the run once it reaches its share of the total
+		if len(out) < n-1 && acc*n >= (len(out)+1)*total && i+1 < len(ts) {
+			out = append(out, ts[from:i+1])
+			from = i + 1
+		}
+	}
+	return append(out, ts[from:])
 }
 
 // finish waits for the pending save and commits it (collective: every rank
@@ -316,17 +422,26 @@ func (c *checkpointer) load(ctx context.Context, t *Trainer) (bool, error) {
 	prefix := checkpoint.StepPrefix(m.Job, m.Step)
 	readRank := func(rank int) (map[string][]float32, ckptMeta, error) {
 		var meta ckptMeta
-		raw, err := checkpoint.ReadShardVerified(ctx, c.mgr.Storage(), prefix, m, fmt.Sprintf("rank-%04d/state.bin", rank))
-		if err != nil {
-			return nil, meta, err
+		byName := map[string][]float32{}
+		names := stateShardNames(m, rank)
+		if len(names) == 0 {
+			return nil, meta, fmt.Errorf("rank %d: no state shard in the manifest", rank)
 		}
-		tensors, err := checkpoint.DecodeShard(raw)
-		if err != nil {
-			return nil, meta, err
-		}
-		byName := make(map[string][]float32, len(tensors))
-		for _, tn := range tensors {
-			byName[tn.Name] = tn.Data
+		for _, name := range names {
+			raw, err := checkpoint.ReadShardVerified(ctx, c.mgr.Storage(), prefix, m, name)
+			if err != nil {
+				return nil, meta, err
+			}
+			tensors, err := checkpoint.DecodeShard(raw)
+			if err != nil {
+				return nil, meta, err
+			}
+			for _, tn := range tensors {
+				if _, dup := byName[tn.Name]; dup {
+					return nil, meta, fmt.Errorf("rank %d: tensor %s in more than one state shard", rank, tn.Name)
+				}
+				byName[tn.Name] = tn.Data
+			}
 		}
 		metaRaw, err := checkpoint.ReadShardVerified(ctx, c.mgr.Storage(), prefix, m, fmt.Sprintf("rank-%04d/meta.json", rank))
 		if err != nil {
@@ -364,4 +479,48 @@ func (c *checkpointer) load(ctx context.Context, t *Trainer) (bool, error) {
 		return false, fmt.Errorf("train: resume from step %d: %w", m.Step, err)
 	}
 	return true, nil
+}
+
+// stateShardNames lists the tensor shards holding rank's state in m:
+// "rank-NNNN/state.bin", or the parts "rank-NNNN/state-I.bin" of a split
+// state, in part order.
+func stateShardNames(m checkpoint.Manifest, rank int) []string {
+	dir := fmt.Sprintf("rank-%04d/", rank)
+	type part struct {
+		name string
+		i    int
+	}
+	var parts []part
+	for _, s := range m.Shards {
+		if s.Kind != checkpoint.KindParams || !strings.HasPrefix(s.Name, dir) {
+			continue
+		}
+		if i, ok := statePart(strings.TrimPrefix(s.Name, dir)); ok {
+			parts = append(parts, part{s.Name, i})
+		}
+	}
+	sort.Slice(parts, func(a, b int) bool { return parts[a].i < parts[b].i })
+	names := make([]string, len(parts))
+	for k, p := range parts {
+		names[k] = p.name
+	}
+	return names
+}
+
+// statePart reports whether base names a state shard and which part:
+// -1 for "state.bin", I for "state-I.bin".
+func statePart(base string) (int, bool) {
+	if base == "state.bin" {
+		return -1, true
+	}
+	num, ok := strings.CutPrefix(base, "state-")
+	if !ok {
+		return 0, false
+	}
+	num, ok = strings.CutSuffix(num, ".bin")
+	if !ok {
+		return 0, false
+	}
+	i, err := strconv.Atoi(num)
+	return i, err == nil && i >= 0
 }

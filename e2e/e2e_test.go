@@ -267,11 +267,14 @@ func TestCluster(t *testing.T) {
 		}
 		eventually(t, 30*time.Second, "coord-4 a live voter", replicas(4, true))
 		// the new replica has the whole history and answers reads
-		var list apiv1.ListJobsResponse
-		decode(t, runCLIAt(t, c, c.apiAddrs[i], "job", "list", "-o", "json"), &list)
-		if len(list.Jobs) < 6 {
-			t.Errorf("coord-4 lists %d jobs", len(list.Jobs))
-		}
+		eventually(t, 30*time.Second, "coord-4 caught up", func() error {
+			var list apiv1.ListJobsResponse
+			decode(t, runCLIAt(t, c, c.apiAddrs[i], "job", "list", "-o", "json"), &list)
+			if len(list.Jobs) < 7 {
+				return fmt.Errorf("coord-4 lists %d jobs", len(list.Jobs))
+			}
+			return nil
+		})
 		c.mustCLI("cluster", "remove-replica", "coord-4")
 		eventually(t, 30*time.Second, "coord-4 removed", replicas(3, false))
 	})

@@ -195,6 +195,13 @@ func TestCluster(t *testing.T) {
 		if last-from < 0 || last-from > every {
 			t.Errorf("lost %d steps with a checkpoint every %d", last-from, every)
 		}
+		types := map[string]int{}
+		for _, e := range j.Events {
+			types[e.Type]++
+		}
+		if types["Resumed"] != 1 || types["CheckpointCommitted"] == 0 || types["WorkerLost"] != 1 {
+			t.Errorf("job history lacks the recovery: %v", types)
+		}
 		var cps apiv1.ListCheckpointsResponse
 		decode(t, c.mustCLI("checkpoints", "list", id, "-o", "json"), &cps)
 		if len(cps.Checkpoints) == 0 || cps.Checkpoints[0].Step != 600 {

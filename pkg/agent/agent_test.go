@@ -29,6 +29,8 @@ import (
 // <out>/args, its pid in <out>/pid and one line per start in <out>/starts,
 // prints to stdout and stderr, and behaves by the job id in --out:
 //
+// With SWITCHYARD_EVENTS=1 (the agent sets it) it announces two events.
+//
 //	ok-*        writes a metrics line and exits 0
 //	fail-*      prints two stderr lines and exits 3
 //	stubborn-*  ignores SIGTERM and runs until killed
@@ -48,6 +50,10 @@ echo $$ > "$out/pid"
 echo start >> "$out/starts"
 echo "hello from rank $rank"
 echo "loading rank $rank" >&2
+if [ "$SWITCHYARD_EVENTS" = 1 ]; then
+  echo 'switchyard-event {"type":"Resumed","message":"resumed from the checkpoint of step 40"}' >&2
+  echo 'switchyard-event not json' >&2
+fi
 case "$out" in
   */jobs/ok-*)
     printf '{"step":1,"loss":2.5,"lbl":[0.5,1.5],"tokens_per_s":100,"expert_load":[[0.25,0.75],[0.5,0.5]]}\n' >> "$out/metrics.jsonl"
@@ -623,4 +629,34 @@ func TestControlMessageSyncsAtOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, "rank stopped", func() bool { return syscall.Kill(pid, 0) != nil })
+}
+
+// TestRankEventsReported: event lines of a rank become task events (in
+// order, numbered, a malformed one kept as a plain "Event") and never log
+// lines.
+func TestRankEventsReported(t *testing.T) {
+	h := start(t, nil)
+	h.coord.set(newTestTask("run-e", 0, 1, spec1))
+	var st *apiv1.TaskStatus
+	eventually(t, "two events", func() bool {
+		st = h.coord.report("run-e", 0)
+		return len(st.GetEvents()) == 2
+	})
+	ev := st.GetEvents()
+	if ev[0].Seq != 1 || ev[0].Type != "Resumed" || ev[0].Message != "resumed from the checkpoint of step 40" ||
+		ev[1].Seq != 2 || ev[1].Type != "Event" || ev[1].Message != "not json" {
+		t.Fatalf("events %v", ev)
+	}
+	msgs, err := h.bus.History(context.Background(), events.Filter{Kind: events.KindLog, JobID: "run-e"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range msgs {
+		if strings.Contains(m.Log.Line, "switchyard-event") {
+			t.Fatalf("an event line went to the logs: %q", m.Log.Line)
+		}
+	}
+	if len(msgs) == 0 {
+		t.Fatal("no log lines at all")
+	}
 }

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -8,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -18,6 +20,7 @@ import (
 
 	"github.com/switchyard-ml/switchyard/pkg/events"
 	"github.com/switchyard-ml/switchyard/pkg/jobspec"
+	"github.com/switchyard-ml/switchyard/pkg/train"
 	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
 )
 
@@ -50,6 +53,29 @@ type task struct {
 	message   string
 	step      int64
 	loss, tps float64
+	events    []*apiv1.TaskEvent
+}
+
+// maxTaskEvents bounds the events a task keeps (and repeats in its status).
+const maxTaskEvents = 32
+
+// addEvent records one event line of the rank (JSON after the prefix);
+// a line that does not parse is kept as the message of an "Event".
+func (t *task) addEvent(raw string) {
+	var ev train.Event
+	if err := json.Unmarshal([]byte(raw), &ev); err != nil || ev.Type == "" {
+		ev = train.Event{Type: "Event", Message: raw}
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	seq := uint32(1)
+	if n := len(t.events); n > 0 {
+		seq = t.events[n-1].Seq + 1
+	}
+	t.events = append(t.events, &apiv1.TaskEvent{Seq: seq, Type: ev.Type, Message: ev.Message, UnixNano: time.Now().UnixNano()})
+	if len(t.events) > maxTaskEvents {
+		t.events = t.events[len(t.events)-maxTaskEvents:]
+	}
 }
 
 func newTask(k taskKey, def *apiv1.Task) *task {
@@ -100,6 +126,7 @@ func (t *task) status() *apiv1.TaskStatus {
 		JobId: t.key.jobID, Attempt: t.key.attempt, Rank: t.key.rank,
 		State: t.state, Message: t.message,
 		Step: t.step, Loss: t.loss, TokensPerSecond: t.tps,
+		Events: slices.Clone(t.events),
 	}
 }
 
@@ -260,10 +287,17 @@ func (a *Agent) runTask(tk *task) {
 	}
 	defer errLog.Close()
 	stdout := newLineWriter(outLog, 0, func(line string) { a.publishLog(k, "stdout", line) })
-	stderr := newLineWriter(errLog, stderrTail, func(line string) { a.publishLog(k, "stderr", line) })
+	stderr := newLineWriter(errLog, stderrTail, func(line string) {
+		if ev, ok := strings.CutPrefix(line, train.EventPrefix); ok {
+			tk.addEvent(ev)
+			return
+		}
+		a.publishLog(k, "stderr", line)
+	})
 
 	cmd := exec.Command(a.trainer, l.args...)
 	cmd.Dir = l.runDir
+	cmd.Env = append(os.Environ(), train.EventsEnv+"=1") // event lines for the job's history
 	cmd.Stdout, cmd.Stderr = stdout, stderr
 	cmd.SysProcAttr = sysProcAttr()
 	cmd.WaitDelay = waitDelay

@@ -286,10 +286,22 @@ func TestJobLifecycle(t *testing.T) {
 	if t1.Rank == 1 {
 		w0, w1 = w1, w0
 	}
-	syncTasks(t, c, w0, status_(r0, apiv1.TaskState_TASK_STATE_RUNNING, 3))
+	running := status_(r0, apiv1.TaskState_TASK_STATE_RUNNING, 3)
+	running.Events = []*apiv1.TaskEvent{{Seq: 1, Type: "Resumed", Message: "resumed from the checkpoint of step 2"}}
+	syncTasks(t, c, w0, running)
+	syncTasks(t, c, w0, running) // repeated: recorded once
 	j = waitJob(t, c, "job-a", "running", func(j *pb.Job) bool { return j.State == pb.JobState_JOB_STATE_RUNNING })
 	if j.Progress.GetStep() != 3 || j.Progress.GetLoss() != 2.5 {
 		t.Fatalf("progress %v", j.Progress)
+	}
+	resumed := 0
+	for _, e := range j.Events {
+		if e.Type == "Resumed" && e.Message == "rank 0: resumed from the checkpoint of step 2" {
+			resumed++
+		}
+	}
+	if resumed != 1 {
+		t.Fatalf("%d Resumed events in %v", resumed, j.Events)
 	}
 	syncTasks(t, c, w0, status_(r0, apiv1.TaskState_TASK_STATE_SUCCEEDED, 10))
 	time.Sleep(150 * time.Millisecond)
@@ -313,7 +325,7 @@ func TestJobLifecycle(t *testing.T) {
 	for _, m := range msgs {
 		types = append(types, m.Event.Type)
 	}
-	if got := strings.Join(types, ","); got != "Submitted,Placed,Running,Succeeded" {
+	if got := strings.Join(types, ","); got != "Submitted,Placed,Resumed,Running,Succeeded" {
 		t.Fatalf("bus events %s", got)
 	}
 }

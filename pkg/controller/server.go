@@ -102,6 +102,8 @@ type leaderMemory struct {
 	// ranks fail at once, long before its lease expires, and the job's
 	// failure should name the dead worker, not a survivor.
 	failing map[string]pendingFailure
+	// eventSeq is the last rank event recorded per task.
+	eventSeq map[taskKey]uint32
 }
 
 type pendingFailure struct {
@@ -167,6 +169,7 @@ func (s *Server) resetLeaderMemory() {
 		notBefore:    map[string]time.Time{},
 		lastSync:     map[string]time.Time{},
 		failing:      map[string]pendingFailure{},
+		eventSeq:     map[taskKey]uint32{},
 	}
 }
 

@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -255,5 +256,9 @@ func (s *Server) CommitCheckpoint(ctx context.Context, req *apiv1.CommitCheckpoi
 		}
 		return nil, status.Errorf(codes.Unavailable, "commit checkpoint: %v", err)
 	}
+	msg := fmt.Sprintf("checkpoint of step %d committed (%d shards, %.1f MB, layout tp %d dp %d ep %d)",
+		m.Step, len(m.Shards), float64(m.TotalSize())/1e6, m.Layout.TP, m.Layout.DP, m.Layout.EP)
+	s.recordEvent(ctx, j.Id, "CheckpointCommitted", msg, "")
+	s.publish(j.Id, "CheckpointCommitted", j.State, msg, "")
 	return &apiv1.CommitCheckpointResponse{}, nil
 }

@@ -421,6 +421,7 @@ func (s *Server) report(ctx context.Context, w string, ts *apiv1.TaskStatus) err
 	}
 	key := taskKey{job: j.Id, attempt: j.Restarts, rank: ts.GetRank()}
 	s.term.reports[key] = ts
+	s.recordRankEvents(ctx, j, key, w, ts.GetEvents())
 	switch ts.GetState() {
 	case apiv1.TaskState_TASK_STATE_FAILED:
 		msg := ts.GetMessage()
@@ -452,6 +453,34 @@ func (s *Server) report(ctx context.Context, w string, ts *apiv1.TaskStatus) err
 		}
 	}
 	return nil
+}
+
+// recordRankEvents adds the events a rank announced to the job's history,
+// once each: by sequence number, and after a change of leader (which
+// starts with no memory of them) by type and message.
+func (s *Server) recordRankEvents(ctx context.Context, j *pb.Job, key taskKey, w string, evs []*apiv1.TaskEvent) {
+	for _, ev := range evs {
+		if ev.GetSeq() <= s.term.eventSeq[key] {
+			continue
+		}
+		s.term.eventSeq[key] = ev.GetSeq()
+		msg := fmt.Sprintf("rank %d: %s", key.rank, ev.GetMessage())
+		seen := false
+		for _, e := range j.Events {
+			seen = seen || (e.Type == ev.GetType() && e.Message == msg)
+		}
+		if seen {
+			continue
+		}
+		_, err := s.cfg.Node.Apply(ctx, &pb.Command{Op: &pb.Command_RecordEvent{RecordEvent: &pb.RecordEvent{
+			JobId: j.Id, Event: &pb.JobEvent{Type: ev.GetType(), Message: msg, WorkerId: w, UnixNano: ev.GetUnixNano()},
+		}}})
+		if err != nil {
+			s.log.Warn("record rank event failed", "job", j.Id, "err", err)
+			continue
+		}
+		s.publish(j.Id, ev.GetType(), j.State, msg, w)
+	}
 }
 
 // progress records rank 0's progress, at most every ProgressEvery unless

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"runtime"
@@ -85,6 +86,9 @@ type checkpointer struct {
 	Saved []int64 // committed steps
 	// closeCat releases the catalogue's connection (nil: nothing to close)
 	closeCat func() error
+	// events receives the event lines of the job (rank 0's progress
+	// writer; nil: none)
+	events io.Writer
 }
 
 // coordinatorCommit wraps cat so that commits go through the coordinator.
@@ -201,7 +205,7 @@ func (c *checkpointer) start(s State) {
 	// The tensors go straight from the snapshot's buffers into the files.
 	// A large state is split into parts written side by side, one core
 	// hashing each.
-	parts := splitTensors(tensors, statePartCount(3*len(s.Params)*4))
+	parts := splitTensors(tensors, stateParts(3*len(s.Params)*4))
 	var shards []checkpoint.ShardSource
 	for i, part := range parts {
 		name := fmt.Sprintf("rank-%04d/state.bin", r)
@@ -227,7 +231,9 @@ const (
 	maxStateParts     = 8
 )
 
-func statePartCount(bytes int) int {
+// stateParts is how many parts a state of the given size is saved in (a
+// variable so that tests can split small states).
+var stateParts = func(bytes int) int {
 	return max(1, min(runtime.GOMAXPROCS(0), maxStateParts, bytes/minStatePartBytes))
 }
 
@@ -410,6 +416,9 @@ func (c *checkpointer) load(ctx context.Context, t *Trainer) (bool, error) {
 	} else {
 		m, err = c.mgr.LoadLatestVerified(ctx, c.cfg.Job, func(step int64, err error) {
 			slog.Warn("checkpoint unusable, falling back", "job-id", c.cfg.Job, "step", step, "err", err)
+			if c.rank() == 0 {
+				announce(c.events, "CheckpointUnusable", fmt.Sprintf("checkpoint of step %d unusable, falling back to an older one: %v", step, err))
+			}
 		})
 		if errors.Is(err, checkpoint.ErrNoCheckpoint) {
 			return false, nil

@@ -1,6 +1,7 @@
 package train
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -68,10 +69,36 @@ func (p *progress) eval(step int, ev *Eval) {
 
 func (p *progress) resumed(step int) {
 	fmt.Fprintf(p.w, "resumed from the checkpoint of step %d\n", step)
+	announce(p.w, "Resumed", fmt.Sprintf("resumed from the checkpoint of step %d", step))
 }
 
 func (p *progress) done() {
 	if p.tty {
 		fmt.Fprintln(p.w)
 	}
+}
+
+// EventPrefix starts a line by which a rank announces an event of its job
+// (the worker turns it into an entry of the job's history):
+// "switchyard-event {"type":"Resumed","message":"..."}".
+const EventPrefix = "switchyard-event "
+
+// Event is what follows EventPrefix, as JSON.
+type Event struct {
+	Type    string `json:"type"`
+	Message string `json:"message"`
+}
+
+// EventsEnv set to "1" turns the event lines on (the worker sets it for
+// its ranks; a run in a terminal does not print them).
+const EventsEnv = "SWITCHYARD_EVENTS"
+
+// announce writes an event line to w (nothing when w is nil or the
+// event lines are off).
+func announce(w io.Writer, typ, msg string) {
+	if w == nil || os.Getenv(EventsEnv) != "1" {
+		return
+	}
+	b, _ := json.Marshal(Event{Type: typ, Message: msg})
+	fmt.Fprintf(w, "%s%s\n", EventPrefix, b)
 }

@@ -152,6 +152,9 @@ func NewParallel(cfg Config, corpus *data.Corpus, w io.Writer, dist *Dist) (*Tra
 			m.Close()
 			return nil, err
 		}
+		if t.progress != nil {
+			t.ckpt.events = t.progress.w
+		}
 		if cfg.Resume {
 			found, err := t.ckpt.load(context.Background(), t)
 			if err != nil {

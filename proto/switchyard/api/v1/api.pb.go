@@ -2088,8 +2088,11 @@ type TaskStatus struct {
 	Step            int64   `protobuf:"varint,6,opt,name=step,proto3" json:"step,omitempty"`
 	Loss            float64 `protobuf:"fixed64,7,opt,name=loss,proto3" json:"loss,omitempty"`
 	TokensPerSecond float64 `protobuf:"fixed64,8,opt,name=tokens_per_second,json=tokensPerSecond,proto3" json:"tokens_per_second,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Events the rank announced (checkpoint unusable, resumed from a step),
+	// numbered from 1 within the task; repeated until the task is gone.
+	Events        []*TaskEvent `protobuf:"bytes,9,rep,name=events,proto3" json:"events,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *TaskStatus) Reset() {
@@ -2178,6 +2181,81 @@ func (x *TaskStatus) GetTokensPerSecond() float64 {
 	return 0
 }
 
+func (x *TaskStatus) GetEvents() []*TaskEvent {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
+type TaskEvent struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Seq           uint32                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	Type          string                 `protobuf:"bytes,2,opt,name=type,proto3" json:"type,omitempty"`
+	Message       string                 `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
+	UnixNano      int64                  `protobuf:"varint,4,opt,name=unix_nano,json=unixNano,proto3" json:"unix_nano,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TaskEvent) Reset() {
+	*x = TaskEvent{}
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TaskEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TaskEvent) ProtoMessage() {}
+
+func (x *TaskEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TaskEvent.ProtoReflect.Descriptor instead.
+func (*TaskEvent) Descriptor() ([]byte, []int) {
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *TaskEvent) GetSeq() uint32 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *TaskEvent) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *TaskEvent) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *TaskEvent) GetUnixNano() int64 {
+	if x != nil {
+		return x.UnixNano
+	}
+	return 0
+}
+
 type SyncWorkerRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	WorkerId      string                 `protobuf:"bytes,1,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
@@ -2188,7 +2266,7 @@ type SyncWorkerRequest struct {
 
 func (x *SyncWorkerRequest) Reset() {
 	*x = SyncWorkerRequest{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[35]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2200,7 +2278,7 @@ func (x *SyncWorkerRequest) String() string {
 func (*SyncWorkerRequest) ProtoMessage() {}
 
 func (x *SyncWorkerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[35]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2213,7 +2291,7 @@ func (x *SyncWorkerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncWorkerRequest.ProtoReflect.Descriptor instead.
 func (*SyncWorkerRequest) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{35}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *SyncWorkerRequest) GetWorkerId() string {
@@ -2239,7 +2317,7 @@ type SyncWorkerResponse struct {
 
 func (x *SyncWorkerResponse) Reset() {
 	*x = SyncWorkerResponse{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[36]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2251,7 +2329,7 @@ func (x *SyncWorkerResponse) String() string {
 func (*SyncWorkerResponse) ProtoMessage() {}
 
 func (x *SyncWorkerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[36]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2264,7 +2342,7 @@ func (x *SyncWorkerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncWorkerResponse.ProtoReflect.Descriptor instead.
 func (*SyncWorkerResponse) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{36}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *SyncWorkerResponse) GetTasks() []*Task {
@@ -2419,7 +2497,7 @@ const file_switchyard_api_v1_api_proto_rawDesc = "" +
 	"\x04spec\x18\n" +
 	" \x01(\fR\x04spec\x12(\n" +
 	"\x10resume_from_step\x18\v \x01(\x03R\x0eresumeFromStep\x12\"\n" +
-	"\faccumulation\x18\f \x01(\x05R\faccumulation\"\xf3\x01\n" +
+	"\faccumulation\x18\f \x01(\x05R\faccumulation\"\xa9\x02\n" +
 	"\n" +
 	"TaskStatus\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x18\n" +
@@ -2429,7 +2507,13 @@ const file_switchyard_api_v1_api_proto_rawDesc = "" +
 	"\amessage\x18\x05 \x01(\tR\amessage\x12\x12\n" +
 	"\x04step\x18\x06 \x01(\x03R\x04step\x12\x12\n" +
 	"\x04loss\x18\a \x01(\x01R\x04loss\x12*\n" +
-	"\x11tokens_per_second\x18\b \x01(\x01R\x0ftokensPerSecond\"e\n" +
+	"\x11tokens_per_second\x18\b \x01(\x01R\x0ftokensPerSecond\x124\n" +
+	"\x06events\x18\t \x03(\v2\x1c.switchyard.api.v1.TaskEventR\x06events\"h\n" +
+	"\tTaskEvent\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\rR\x03seq\x12\x12\n" +
+	"\x04type\x18\x02 \x01(\tR\x04type\x12\x18\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\x12\x1b\n" +
+	"\tunix_nano\x18\x04 \x01(\x03R\bunixNano\"e\n" +
 	"\x11SyncWorkerRequest\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x123\n" +
 	"\x05tasks\x18\x02 \x03(\v2\x1d.switchyard.api.v1.TaskStatusR\x05tasks\"C\n" +
@@ -2473,7 +2557,7 @@ func file_switchyard_api_v1_api_proto_rawDescGZIP() []byte {
 }
 
 var file_switchyard_api_v1_api_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_switchyard_api_v1_api_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
+var file_switchyard_api_v1_api_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
 var file_switchyard_api_v1_api_proto_goTypes = []any{
 	(TaskState)(0),                   // 0: switchyard.api.v1.TaskState
 	(*SubmitJobRequest)(nil),         // 1: switchyard.api.v1.SubmitJobRequest
@@ -2511,68 +2595,70 @@ var file_switchyard_api_v1_api_proto_goTypes = []any{
 	(*CommitCheckpointResponse)(nil), // 33: switchyard.api.v1.CommitCheckpointResponse
 	(*Task)(nil),                     // 34: switchyard.api.v1.Task
 	(*TaskStatus)(nil),               // 35: switchyard.api.v1.TaskStatus
-	(*SyncWorkerRequest)(nil),        // 36: switchyard.api.v1.SyncWorkerRequest
-	(*SyncWorkerResponse)(nil),       // 37: switchyard.api.v1.SyncWorkerResponse
-	nil,                              // 38: switchyard.api.v1.Worker.LabelsEntry
-	nil,                              // 39: switchyard.api.v1.ClusterStatusResponse.RaftEntry
-	(*v1.Job)(nil),                   // 40: switchyard.coordinator.v1.Job
-	(v1.JobState)(0),                 // 41: switchyard.coordinator.v1.JobState
+	(*TaskEvent)(nil),                // 36: switchyard.api.v1.TaskEvent
+	(*SyncWorkerRequest)(nil),        // 37: switchyard.api.v1.SyncWorkerRequest
+	(*SyncWorkerResponse)(nil),       // 38: switchyard.api.v1.SyncWorkerResponse
+	nil,                              // 39: switchyard.api.v1.Worker.LabelsEntry
+	nil,                              // 40: switchyard.api.v1.ClusterStatusResponse.RaftEntry
+	(*v1.Job)(nil),                   // 41: switchyard.coordinator.v1.Job
+	(v1.JobState)(0),                 // 42: switchyard.coordinator.v1.JobState
 }
 var file_switchyard_api_v1_api_proto_depIdxs = []int32{
-	40, // 0: switchyard.api.v1.SubmitJobResponse.job:type_name -> switchyard.coordinator.v1.Job
-	40, // 1: switchyard.api.v1.GetJobResponse.job:type_name -> switchyard.coordinator.v1.Job
-	41, // 2: switchyard.api.v1.ListJobsRequest.states:type_name -> switchyard.coordinator.v1.JobState
-	40, // 3: switchyard.api.v1.ListJobsResponse.jobs:type_name -> switchyard.coordinator.v1.Job
-	40, // 4: switchyard.api.v1.CancelJobResponse.job:type_name -> switchyard.coordinator.v1.Job
-	40, // 5: switchyard.api.v1.ResumeJobResponse.job:type_name -> switchyard.coordinator.v1.Job
+	41, // 0: switchyard.api.v1.SubmitJobResponse.job:type_name -> switchyard.coordinator.v1.Job
+	41, // 1: switchyard.api.v1.GetJobResponse.job:type_name -> switchyard.coordinator.v1.Job
+	42, // 2: switchyard.api.v1.ListJobsRequest.states:type_name -> switchyard.coordinator.v1.JobState
+	41, // 3: switchyard.api.v1.ListJobsResponse.jobs:type_name -> switchyard.coordinator.v1.Job
+	41, // 4: switchyard.api.v1.CancelJobResponse.job:type_name -> switchyard.coordinator.v1.Job
+	41, // 5: switchyard.api.v1.ResumeJobResponse.job:type_name -> switchyard.coordinator.v1.Job
 	15, // 6: switchyard.api.v1.StepMetrics.expert_load:type_name -> switchyard.api.v1.ExpertLoad
-	40, // 7: switchyard.api.v1.WatchJobResponse.job:type_name -> switchyard.coordinator.v1.Job
+	41, // 7: switchyard.api.v1.WatchJobResponse.job:type_name -> switchyard.coordinator.v1.Job
 	14, // 8: switchyard.api.v1.WatchJobResponse.metrics:type_name -> switchyard.api.v1.StepMetrics
 	19, // 9: switchyard.api.v1.Worker.resources:type_name -> switchyard.api.v1.Resources
-	38, // 10: switchyard.api.v1.Worker.labels:type_name -> switchyard.api.v1.Worker.LabelsEntry
+	39, // 10: switchyard.api.v1.Worker.labels:type_name -> switchyard.api.v1.Worker.LabelsEntry
 	18, // 11: switchyard.api.v1.ClusterStatusResponse.replicas:type_name -> switchyard.api.v1.Replica
 	20, // 12: switchyard.api.v1.ClusterStatusResponse.workers:type_name -> switchyard.api.v1.Worker
-	39, // 13: switchyard.api.v1.ClusterStatusResponse.raft:type_name -> switchyard.api.v1.ClusterStatusResponse.RaftEntry
+	40, // 13: switchyard.api.v1.ClusterStatusResponse.raft:type_name -> switchyard.api.v1.ClusterStatusResponse.RaftEntry
 	18, // 14: switchyard.api.v1.AddReplicaResponse.replicas:type_name -> switchyard.api.v1.Replica
 	18, // 15: switchyard.api.v1.RemoveReplicaResponse.replicas:type_name -> switchyard.api.v1.Replica
 	27, // 16: switchyard.api.v1.Checkpoint.shards:type_name -> switchyard.api.v1.Shard
 	28, // 17: switchyard.api.v1.ListCheckpointsResponse.checkpoints:type_name -> switchyard.api.v1.Checkpoint
 	0,  // 18: switchyard.api.v1.TaskStatus.state:type_name -> switchyard.api.v1.TaskState
-	35, // 19: switchyard.api.v1.SyncWorkerRequest.tasks:type_name -> switchyard.api.v1.TaskStatus
-	34, // 20: switchyard.api.v1.SyncWorkerResponse.tasks:type_name -> switchyard.api.v1.Task
-	1,  // 21: switchyard.api.v1.Coordinator.SubmitJob:input_type -> switchyard.api.v1.SubmitJobRequest
-	3,  // 22: switchyard.api.v1.Coordinator.GetJob:input_type -> switchyard.api.v1.GetJobRequest
-	5,  // 23: switchyard.api.v1.Coordinator.ListJobs:input_type -> switchyard.api.v1.ListJobsRequest
-	7,  // 24: switchyard.api.v1.Coordinator.CancelJob:input_type -> switchyard.api.v1.CancelJobRequest
-	9,  // 25: switchyard.api.v1.Coordinator.ResumeJob:input_type -> switchyard.api.v1.ResumeJobRequest
-	11, // 26: switchyard.api.v1.Coordinator.JobLogs:input_type -> switchyard.api.v1.JobLogsRequest
-	13, // 27: switchyard.api.v1.Coordinator.WatchJob:input_type -> switchyard.api.v1.WatchJobRequest
-	17, // 28: switchyard.api.v1.Coordinator.ClusterStatus:input_type -> switchyard.api.v1.ClusterStatusRequest
-	22, // 29: switchyard.api.v1.Coordinator.AddReplica:input_type -> switchyard.api.v1.AddReplicaRequest
-	24, // 30: switchyard.api.v1.Coordinator.RemoveReplica:input_type -> switchyard.api.v1.RemoveReplicaRequest
-	26, // 31: switchyard.api.v1.Coordinator.ListCheckpoints:input_type -> switchyard.api.v1.ListCheckpointsRequest
-	30, // 32: switchyard.api.v1.Coordinator.DeleteCheckpoint:input_type -> switchyard.api.v1.DeleteCheckpointRequest
-	32, // 33: switchyard.api.v1.Coordinator.CommitCheckpoint:input_type -> switchyard.api.v1.CommitCheckpointRequest
-	36, // 34: switchyard.api.v1.Coordinator.SyncWorker:input_type -> switchyard.api.v1.SyncWorkerRequest
-	2,  // 35: switchyard.api.v1.Coordinator.SubmitJob:output_type -> switchyard.api.v1.SubmitJobResponse
-	4,  // 36: switchyard.api.v1.Coordinator.GetJob:output_type -> switchyard.api.v1.GetJobResponse
-	6,  // 37: switchyard.api.v1.Coordinator.ListJobs:output_type -> switchyard.api.v1.ListJobsResponse
-	8,  // 38: switchyard.api.v1.Coordinator.CancelJob:output_type -> switchyard.api.v1.CancelJobResponse
-	10, // 39: switchyard.api.v1.Coordinator.ResumeJob:output_type -> switchyard.api.v1.ResumeJobResponse
-	12, // 40: switchyard.api.v1.Coordinator.JobLogs:output_type -> switchyard.api.v1.LogEntry
-	16, // 41: switchyard.api.v1.Coordinator.WatchJob:output_type -> switchyard.api.v1.WatchJobResponse
-	21, // 42: switchyard.api.v1.Coordinator.ClusterStatus:output_type -> switchyard.api.v1.ClusterStatusResponse
-	23, // 43: switchyard.api.v1.Coordinator.AddReplica:output_type -> switchyard.api.v1.AddReplicaResponse
-	25, // 44: switchyard.api.v1.Coordinator.RemoveReplica:output_type -> switchyard.api.v1.RemoveReplicaResponse
-	29, // 45: switchyard.api.v1.Coordinator.ListCheckpoints:output_type -> switchyard.api.v1.ListCheckpointsResponse
-	31, // 46: switchyard.api.v1.Coordinator.DeleteCheckpoint:output_type -> switchyard.api.v1.DeleteCheckpointResponse
-	33, // 47: switchyard.api.v1.Coordinator.CommitCheckpoint:output_type -> switchyard.api.v1.CommitCheckpointResponse
-	37, // 48: switchyard.api.v1.Coordinator.SyncWorker:output_type -> switchyard.api.v1.SyncWorkerResponse
-	35, // [35:49] is the sub-list for method output_type
-	21, // [21:35] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	36, // 19: switchyard.api.v1.TaskStatus.events:type_name -> switchyard.api.v1.TaskEvent
+	35, // 20: switchyard.api.v1.SyncWorkerRequest.tasks:type_name -> switchyard.api.v1.TaskStatus
+	34, // 21: switchyard.api.v1.SyncWorkerResponse.tasks:type_name -> switchyard.api.v1.Task
+	1,  // 22: switchyard.api.v1.Coordinator.SubmitJob:input_type -> switchyard.api.v1.SubmitJobRequest
+	3,  // 23: switchyard.api.v1.Coordinator.GetJob:input_type -> switchyard.api.v1.GetJobRequest
+	5,  // 24: switchyard.api.v1.Coordinator.ListJobs:input_type -> switchyard.api.v1.ListJobsRequest
+	7,  // 25: switchyard.api.v1.Coordinator.CancelJob:input_type -> switchyard.api.v1.CancelJobRequest
+	9,  // 26: switchyard.api.v1.Coordinator.ResumeJob:input_type -> switchyard.api.v1.ResumeJobRequest
+	11, // 27: switchyard.api.v1.Coordinator.JobLogs:input_type -> switchyard.api.v1.JobLogsRequest
+	13, // 28: switchyard.api.v1.Coordinator.WatchJob:input_type -> switchyard.api.v1.WatchJobRequest
+	17, // 29: switchyard.api.v1.Coordinator.ClusterStatus:input_type -> switchyard.api.v1.ClusterStatusRequest
+	22, // 30: switchyard.api.v1.Coordinator.AddReplica:input_type -> switchyard.api.v1.AddReplicaRequest
+	24, // 31: switchyard.api.v1.Coordinator.RemoveReplica:input_type -> switchyard.api.v1.RemoveReplicaRequest
+	26, // 32: switchyard.api.v1.Coordinator.ListCheckpoints:input_type -> switchyard.api.v1.ListCheckpointsRequest
+	30, // 33: switchyard.api.v1.Coordinator.DeleteCheckpoint:input_type -> switchyard.api.v1.DeleteCheckpointRequest
+	32, // 34: switchyard.api.v1.Coordinator.CommitCheckpoint:input_type -> switchyard.api.v1.CommitCheckpointRequest
+	37, // 35: switchyard.api.v1.Coordinator.SyncWorker:input_type -> switchyard.api.v1.SyncWorkerRequest
+	2,  // 36: switchyard.api.v1.Coordinator.SubmitJob:output_type -> switchyard.api.v1.SubmitJobResponse
+	4,  // 37: switchyard.api.v1.Coordinator.GetJob:output_type -> switchyard.api.v1.GetJobResponse
+	6,  // 38: switchyard.api.v1.Coordinator.ListJobs:output_type -> switchyard.api.v1.ListJobsResponse
+	8,  // 39: switchyard.api.v1.Coordinator.CancelJob:output_type -> switchyard.api.v1.CancelJobResponse
+	10, // 40: switchyard.api.v1.Coordinator.ResumeJob:output_type -> switchyard.api.v1.ResumeJobResponse
+	12, // 41: switchyard.api.v1.Coordinator.JobLogs:output_type -> switchyard.api.v1.LogEntry
+	16, // 42: switchyard.api.v1.Coordinator.WatchJob:output_type -> switchyard.api.v1.WatchJobResponse
+	21, // 43: switchyard.api.v1.Coordinator.ClusterStatus:output_type -> switchyard.api.v1.ClusterStatusResponse
+	23, // 44: switchyard.api.v1.Coordinator.AddReplica:output_type -> switchyard.api.v1.AddReplicaResponse
+	25, // 45: switchyard.api.v1.Coordinator.RemoveReplica:output_type -> switchyard.api.v1.RemoveReplicaResponse
+	29, // 46: switchyard.api.v1.Coordinator.ListCheckpoints:output_type -> switchyard.api.v1.ListCheckpointsResponse
+	31, // 47: switchyard.api.v1.Coordinator.DeleteCheckpoint:output_type -> switchyard.api.v1.DeleteCheckpointResponse
+	33, // 48: switchyard.api.v1.Coordinator.CommitCheckpoint:output_type -> switchyard.api.v1.CommitCheckpointResponse
+	38, // 49: switchyard.api.v1.Coordinator.SyncWorker:output_type -> switchyard.api.v1.SyncWorkerResponse
+	36, // [36:50] is the sub-list for method output_type
+	22, // [22:36] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_switchyard_api_v1_api_proto_init() }
@@ -2586,7 +2672,7 @@ func file_switchyard_api_v1_api_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_switchyard_api_v1_api_proto_rawDesc), len(file_switchyard_api_v1_api_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   39,
+			NumMessages:   40,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

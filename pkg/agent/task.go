@@ -185,6 +185,8 @@ func (a *Agent) prepare(t *apiv1.Task) (launch, error) {
 	tc.Checkpoint.Dir = l.ckptRoot
 	tc.Checkpoint.Every = spec.Checkpoint.IntervalSteps
 	tc.Checkpoint.KeepLast = spec.Checkpoint.KeepLast
+	tc.Checkpoint.KeepBest = spec.Checkpoint.KeepBest
+	tc.Checkpoint.EveryMinutes = float64(spec.Checkpoint.IntervalMinutes)
 	tc.Resume = true
 	raw, err := yaml.Marshal(tc)
 	if err != nil {

@@ -35,6 +35,13 @@ type CheckpointConfig struct {
 	Job      string `yaml:"job" json:"job"`             // catalogue name of the run (default "run")
 	Every    int    `yaml:"every" json:"every"`         // save after every N optimizer steps (0: only at the end)
 	KeepLast int    `yaml:"keep_last" json:"keep_last"` // retention: the newest N committed checkpoints (default 3)
+	// KeepBest also keeps the N checkpoints with the lowest validation
+	// loss (mean bits/byte over domains); only checkpoints taken at a step
+	// with an evaluation carry one.
+	KeepBest int `yaml:"keep_best" json:"keep_best"`
+	// EveryMinutes also saves when this many minutes passed since the last
+	// save (any rank's clock; the ranks agree by an all-reduce).
+	EveryMinutes float64 `yaml:"every_minutes" json:"every_minutes"`
 	// Etcd lists etcd endpoints: when set, the catalogue is the cluster's
 	// (an etcd transaction per commit, under CataloguePrefix) instead of
 	// a file beside the shards.
@@ -89,6 +96,11 @@ type checkpointer struct {
 	// events receives the event lines of the job (rank 0's progress
 	// writer; nil: none)
 	events io.Writer
+	// valLoss holds the validation loss of steps saved but not committed
+	// yet; the commit writes it into the manifest for keep_best.
+	valLoss map[int64]float64
+	// lastSave is when the last save started (for EveryMinutes).
+	lastSave time.Time
 }
 
 // coordinatorCommit wraps cat so that commits go through the coordinator.
@@ -120,6 +132,30 @@ func coordinatorCommit(cfg CheckpointConfig, cat checkpoint.Catalogue) (checkpoi
 		return fmt.Errorf("train: commit step %d through the coordinator: %w", m.Step, err)
 	})
 	return gate, cl.Close, nil
+}
+
+// valLossKey is the manifest Meta key of the validation loss.
+const valLossKey = "val_loss"
+
+func manifestValLoss(m checkpoint.Manifest) (float64, bool) {
+	v, err := strconv.ParseFloat(m.Meta[valLossKey], 64)
+	return v, err == nil
+}
+
+// noteEval remembers the validation loss of step if that step's save is
+// not committed yet.
+func (c *checkpointer) noteEval(step int64, ev *Eval) {
+	if c.pending == nil || c.pending.step != step || len(ev.BitsPerByte) == 0 {
+		return
+	}
+	var sum float64
+	for _, b := range ev.BitsPerByte {
+		sum += b
+	}
+	if c.valLoss == nil {
+		c.valLoss = map[int64]float64{}
+	}
+	c.valLoss[step] = sum / float64(len(ev.BitsPerByte))
 }
 
 // close releases the catalogue connection; background work must be done.
@@ -173,7 +209,7 @@ func newCheckpointer(cfg CheckpointConfig, dist *Dist, params *model.Params, mcf
 	} else if len(cfg.CommitVia) > 0 {
 		return nil, fmt.Errorf("train: checkpoint commits through the coordinator need the etcd catalogue (checkpoint.etcd)")
 	}
-	c := &checkpointer{cfg: cfg, mgr: checkpoint.NewManager(st, cat, slog.Default()), dist: dist, layout: checkpoint.Layout{TP: 1, DP: 1, EP: 1}, params: params, mcfg: mcfg, closeCat: closer}
+	c := &checkpointer{cfg: cfg, mgr: checkpoint.NewManager(st, cat, slog.Default()), dist: dist, layout: checkpoint.Layout{TP: 1, DP: 1, EP: 1}, params: params, mcfg: mcfg, closeCat: closer, lastSave: time.Now()}
 	if dist != nil {
 		l := dist.Layout
 		c.layout = checkpoint.Layout{TP: l.TP(), DP: l.DP(), EP: l.EP()}
@@ -192,6 +228,7 @@ func (c *checkpointer) rank() int {
 func (c *checkpointer) start(s State) {
 	p := &pendingSave{state: s, step: int64(s.Step), done: make(chan struct{})}
 	c.pending = p
+	c.lastSave = time.Now()
 	r := c.rank()
 	meta, _ := json.Marshal(ckptMeta{Step: s.Step, AdamT: s.AdamT, Balancer: s.Balancer, Loader: s.Loader, Model: c.params.Layout()})
 	var tensors []checkpoint.Tensor
@@ -295,6 +332,14 @@ func (c *checkpointer) finish(ctx context.Context) error {
 		return nil
 	}
 	m := checkpoint.Manifest{Job: c.cfg.Job, Step: p.step, CreatedUnixNano: time.Now().UnixNano(), Layout: c.layout}
+	if v, ok := c.valLoss[p.step]; ok {
+		m.Meta = map[string]string{valLossKey: strconv.FormatFloat(v, 'g', -1, 64)}
+	}
+	for st := range c.valLoss {
+		if st <= p.step {
+			delete(c.valLoss, st)
+		}
+	}
 	for r, b := range all {
 		var infos []checkpoint.ShardInfo
 		if len(b) == 0 || json.Unmarshal(b, &infos) != nil {
@@ -309,7 +354,7 @@ func (c *checkpointer) finish(ctx context.Context) error {
 			done <- fmt.Errorf("train: checkpoint step %d: %w", m.Step, err)
 			return
 		}
-		if _, err := c.mgr.Retain(ctx, c.cfg.Job, c.cfg.KeepLast, 0, nil); err != nil {
+		if _, err := c.mgr.Retain(ctx, c.cfg.Job, c.cfg.KeepLast, c.cfg.KeepBest, manifestValLoss); err != nil {
 			done <- fmt.Errorf("train: checkpoint retention: %w", err)
 			return
 		}

@@ -148,6 +148,10 @@ func (c Config) Validate() error {
 		return bad("checkpoint.resume_step", c.Checkpoint.ResumeStep, "must be >= 0")
 	case c.Checkpoint.ResumeStep > 0 && !c.Resume:
 		return bad("checkpoint.resume_step", c.Checkpoint.ResumeStep, "needs resume")
+	case c.Checkpoint.KeepBest < 0:
+		return bad("checkpoint.keep_best", c.Checkpoint.KeepBest, "must be >= 0")
+	case c.Checkpoint.EveryMinutes < 0:
+		return bad("checkpoint.every_minutes", c.Checkpoint.EveryMinutes, "must be >= 0")
 	case c.Checkpoint.KeepLast < 0:
 		return bad("checkpoint.keep_last", c.Checkpoint.KeepLast, "must be >= 0")
 	case c.Resume && c.Checkpoint.Dir == "":

@@ -333,6 +333,9 @@ func (t *Trainer) Run(ctx context.Context) (*Report, error) {
 				return nil, err
 			}
 			lastEval = ev
+			if t.ckpt != nil {
+				t.ckpt.noteEval(int64(t.step), ev)
+			}
 			if t.progress != nil {
 				t.progress.eval(t.step, ev)
 			}
@@ -367,7 +370,22 @@ func (t *Trainer) checkpointAfterStep(ctx context.Context) error {
 	if err := t.ckpt.finish(ctx); err != nil {
 		return err
 	}
+	due := false
 	if every := t.Cfg.Checkpoint.Every; every > 0 && t.step%every == 0 {
+		due = true
+	}
+	if min := t.Cfg.Checkpoint.EveryMinutes; min > 0 && !due {
+		// every rank must agree: any rank whose clock says so decides
+		flag := []float64{0}
+		if time.Since(t.ckpt.lastSave) >= time.Duration(min*float64(time.Minute)) {
+			flag[0] = 1
+		}
+		if err := t.Dist.sumAll(ctx, flag); err != nil {
+			return fmt.Errorf("train: checkpoint timer: %w", err)
+		}
+		due = flag[0] > 0
+	}
+	if due {
 		t.ckpt.start(t.SnapshotInto(t.ckpt.spare))
 	}
 	return nil

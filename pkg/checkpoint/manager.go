@@ -222,7 +222,8 @@ func (g *Manager) ResumeDeletions(ctx context.Context, job string) ([]int64, err
 	return done, nil
 }
 
-// CollectGarbage removes every file under JobPrefix(job) that no committed
+// CollectGarbage removes every shard file (under a step prefix of
+// JobPrefix(job)) that no committed
 // manifest lists and that is not under the prefix of a deleting checkpoint
 // (ResumeDeletions owns those) or of a save in flight (BeginSave). It
 // returns the removed keys.
@@ -261,8 +262,9 @@ func (g *Manager) CollectGarbage(ctx context.Context, job string) ([]string, err
 		if referenced[k] {
 			continue
 		}
-		if step, ok := parseStepKey(job, k); ok && protected[step] {
-			continue
+		step, ok := parseStepKey(job, k)
+		if !ok || protected[step] {
+			continue // not a shard (e.g. a storage catalogue's own file), or owned by a save or deletion
 		}
 		if err := g.st.Delete(ctx, k); err != nil {
 			return removed, fmt.Errorf("checkpoint: gc %s: %w", job, err)

@@ -134,6 +134,27 @@ func coordinatorCommit(cfg CheckpointConfig, cat checkpoint.Catalogue) (checkpoi
 	return gate, cl.Close, nil
 }
 
+// tidy (rank 0, before the first step of a resumed run) finishes
+// deletions a crash interrupted and removes the shards of saves that never
+// committed (an earlier attempt died mid-save). No save of this run is in
+// flight yet, and the other ranks wait for rank 0 at the first step, so
+// nothing this run writes can be collected. Failures only cost disk space.
+func (c *checkpointer) tidy(ctx context.Context) {
+	if c.rank() != 0 {
+		return
+	}
+	if steps, err := c.mgr.ResumeDeletions(ctx, c.cfg.Job); err != nil {
+		slog.Warn("finishing interrupted checkpoint deletions failed", "job-id", c.cfg.Job, "err", err)
+	} else if len(steps) > 0 {
+		slog.Info("finished interrupted checkpoint deletions", "job-id", c.cfg.Job, "steps", steps)
+	}
+	if removed, err := c.mgr.CollectGarbage(ctx, c.cfg.Job); err != nil {
+		slog.Warn("collecting uncommitted checkpoint shards failed", "job-id", c.cfg.Job, "err", err)
+	} else if len(removed) > 0 {
+		slog.Info("removed shards of uncommitted checkpoints", "job-id", c.cfg.Job, "files", len(removed))
+	}
+}
+
 // valLossKey is the manifest Meta key of the validation loss.
 const valLossKey = "val_loss"
 
@@ -444,6 +465,7 @@ func (c *checkpointer) dropNewer(ctx context.Context, step int64) error {
 // past corrupt ones, which are reported) into t; it reports whether one was
 // found.
 func (c *checkpointer) load(ctx context.Context, t *Trainer) (bool, error) {
+	c.tidy(ctx)
 	var (
 		m   checkpoint.Manifest
 		err error

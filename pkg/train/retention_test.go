@@ -2,6 +2,8 @@ package train
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"slices"
 	"testing"
 
@@ -65,5 +67,49 @@ func TestCheckpointEveryMinutes(t *testing.T) {
 	}
 	if got := committedSteps(t, cfg.Checkpoint.Dir); !slices.Equal(got, []int64{4, 3, 2, 1}) {
 		t.Fatalf("saved %v, want every step", got)
+	}
+}
+
+// A resumed run first removes the shards of a save that never committed
+// (an attempt that died mid-save) and keeps every committed checkpoint.
+func TestResumeCollectsUncommittedShards(t *testing.T) {
+	cfg, corpus := smallRun(t, "global", 4)
+	cfg.Checkpoint = CheckpointConfig{Dir: t.TempDir(), Every: 2, KeepLast: 5}
+	tr, err := NewWithCorpus(cfg, corpus, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tr.Run(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := tr.Close(); err != nil {
+		t.Fatal(err)
+	}
+	junk := filepath.Join(cfg.Checkpoint.Dir, "run", "step-000000000006", "rank-0000", "state.bin")
+	if err := os.MkdirAll(filepath.Dir(junk), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(junk, []byte("half a shard"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg.Resume, cfg.Steps = true, 6
+	tr, err = NewWithCorpus(cfg, corpus, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tr.Step() != 4 {
+		t.Fatalf("resumed at step %d, want 4", tr.Step())
+	}
+	if _, err := os.Stat(junk); !os.IsNotExist(err) {
+		t.Fatalf("the uncommitted shard is still there: %v", err)
+	}
+	if _, err := tr.Run(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := tr.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := committedSteps(t, cfg.Checkpoint.Dir); !slices.Equal(got, []int64{6, 4, 2}) {
+		t.Fatalf("committed %v", got)
 	}
 }

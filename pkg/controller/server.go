@@ -467,7 +467,7 @@ func (s *Server) ClusterStatus(ctx context.Context, _ *apiv1.ClusterStatusReques
 		}
 	}
 	s.mu.Unlock()
-	for _, j := range s.cfg.Node.Jobs() {
+	for _, j := range s.cfg.Node.Unfinished() {
 		if !active(j) {
 			continue
 		}

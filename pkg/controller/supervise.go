@@ -56,7 +56,7 @@ func (s *Server) superviseLoop(ctx context.Context) {
 			s.resetLeaderMemory()
 			s.lead.Unlock()
 			leading = true
-			s.log.Info("leading: supervising jobs", "jobs", len(s.cfg.Node.Jobs()))
+			s.log.Info("leading: supervising jobs", "jobs", len(s.cfg.Node.Unfinished()))
 		}
 		s.tick(ctx)
 	}
@@ -74,7 +74,7 @@ func (s *Server) tick(ctx context.Context) {
 			s.term.lastSync[id] = now // first seen: give it time to sync
 		}
 	}
-	jobs := s.cfg.Node.Jobs()
+	jobs := s.cfg.Node.Unfinished()
 	for _, j := range jobs {
 		if !active(j) {
 			delete(s.term.failing, j.Id)
@@ -201,7 +201,7 @@ func (s *Server) snapshot(live map[string]membership.WorkerInfo, jobs []*pb.Job)
 // schedule places what fits and records why the rest waits. Callers hold
 // s.lead.
 func (s *Server) schedule(ctx context.Context, live map[string]membership.WorkerInfo) {
-	jobs := s.cfg.Node.Jobs()
+	jobs := s.cfg.Node.Unfinished()
 	now := s.cfg.Now()
 	var queue []scheduler.Job
 	byID := map[string]*pb.Job{}
@@ -275,7 +275,7 @@ func (s *Server) placeElastic(ctx context.Context, j *pb.Job, live map[string]me
 	if err != nil || sp.Elastic.MinDP <= 0 || sp.Elastic.MinDP >= sp.Parallel.DP {
 		return false
 	}
-	snap := s.snapshot(live, s.cfg.Node.Jobs())
+	snap := s.snapshot(live, s.cfg.Node.Unfinished())
 	ep := sp.Parallel.EP
 	for dp := sp.Parallel.DP - 1; dp >= sp.Elastic.MinDP; dp-- {
 		if dp%ep != 0 {
@@ -364,7 +364,7 @@ func (s *Server) SyncWorker(ctx context.Context, req *apiv1.SyncWorkerRequest) (
 	}
 	live := s.liveWorkers()
 	resp := &apiv1.SyncWorkerResponse{}
-	for _, j := range s.cfg.Node.Jobs() {
+	for _, j := range s.cfg.Node.Unfinished() {
 		if !active(j) {
 			continue
 		}

@@ -109,6 +109,10 @@ func (f *FSM) Job(id string) (*pb.Job, error) { return f.store.Job(id) }
 // Jobs returns copies of every job in the local state, in submit order.
 func (f *FSM) Jobs() []*pb.Job { return f.store.Jobs() }
 
+// Unfinished returns copies of the jobs not in a final state, in submit
+// order.
+func (f *FSM) Unfinished() []*pb.Job { return f.store.Unfinished() }
+
 // AppliedIndex is the raft index of the last entry this FSM applied.
 func (f *FSM) AppliedIndex() uint64 {
 	f.mu.Lock()

@@ -271,3 +271,51 @@ func FuzzFSMApply(f *testing.F) {
 		}
 	})
 }
+
+// Resume brings a failed or cancelled job back to PENDING as a new
+// attempt from a chosen step; an elastic placement records its degrees;
+// Unfinished leaves out the jobs that ended.
+func TestResumeElasticUnfinished(t *testing.T) {
+	f := NewFSM(0)
+	apply := func(c *pb.Command) ApplyResult {
+		t.Helper()
+		r := f.ApplyCommand(c)
+		if r.Err != nil {
+			t.Fatal(r.Err)
+		}
+		return r
+	}
+	for _, id := range []string{"a", "b", "c"} {
+		apply(submitCmd(1, id, 2))
+	}
+	apply(stateCmd(2, "a", pb.JobState_JOB_STATE_FAILED, "RankFailed", "boom", nil))
+	apply(cancelCmd(3, "b"))
+	if got := len(f.Unfinished()); got != 1 {
+		t.Fatalf("%d unfinished, want 1 (c)", got)
+	}
+	r := apply(&pb.Command{UnixNano: 4, Op: &pb.Command_ResumeJob{ResumeJob: &pb.ResumeJob{JobId: "a", FromStep: 40}}})
+	if r.Job.State != pb.JobState_JOB_STATE_PENDING || r.Job.Restarts != 1 || r.Job.ResumeFromStep != 40 || r.Job.FinishedUnixNano != 0 {
+		t.Fatalf("resumed %v", r.Job)
+	}
+	if r := f.ApplyCommand(&pb.Command{Op: &pb.Command_ResumeJob{ResumeJob: &pb.ResumeJob{JobId: "c"}}}); !errors.Is(r.Err, ErrInvalidTransition) {
+		t.Fatalf("resume of a pending job: %v", r.Err)
+	}
+	// an elastic placement with fewer ranks than the world size
+	r = apply(&pb.Command{UnixNano: 5, Op: &pb.Command_PlaceJob{PlaceJob: &pb.PlaceJob{JobId: "a", Dp: 1, Ep: 1,
+		Placement: []*pb.RankAssignment{{Rank: 0, WorkerId: "w1"}}}}})
+	if r.Job.PlacedDp != 1 || len(r.Job.Placement) != 1 {
+		t.Fatalf("elastic placement %v", r.Job)
+	}
+	if r := f.ApplyCommand(&pb.Command{Op: &pb.Command_PlaceJob{PlaceJob: &pb.PlaceJob{JobId: "c",
+		Placement: []*pb.RankAssignment{{Rank: 0, WorkerId: "w2"}}}}}); !errors.Is(r.Err, ErrInvalidCommand) {
+		t.Fatalf("a short placement without elastic degrees: %v", r.Err)
+	}
+	// an automatic requeue resumes from the newest checkpoint again
+	r = apply(requeueCmd(6, "a", "worker lost"))
+	if r.Job.ResumeFromStep != 0 || r.Job.PlacedDp != 1 && len(r.Job.Placement) != 0 {
+		t.Fatalf("requeued %v", r.Job)
+	}
+	if got := len(f.Unfinished()); got != 2 {
+		t.Fatalf("%d unfinished, want 2", got)
+	}
+}

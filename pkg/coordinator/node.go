@@ -329,6 +329,10 @@ func (n *Node) Job(id string) (*pb.Job, error) { return n.fsm.Job(id) }
 // Jobs reads every job from this replica's state, in submit order.
 func (n *Node) Jobs() []*pb.Job { return n.fsm.Jobs() }
 
+// Unfinished reads the jobs not in a final state from this replica's
+// state, in submit order.
+func (n *Node) Unfinished() []*pb.Job { return n.fsm.Unfinished() }
+
 // Shutdown stops raft, closes the transport and the stores. The data
 // directory keeps everything needed to restart the replica.
 func (n *Node) Shutdown() error {

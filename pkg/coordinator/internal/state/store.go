@@ -335,6 +335,22 @@ func (s *Store) Job(id string) (*pb.Job, error) {
 }
 
 // Jobs returns copies of every job in submit order.
+// Unfinished returns copies of the jobs that have not reached a final
+// state, in submit order: what scheduling and supervision look at, without
+// copying the growing history of finished jobs.
+func (s *Store) Unfinished() []*pb.Job {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	var out []*pb.Job
+	for _, j := range s.jobs {
+		if !Final(j.State) {
+			out = append(out, clone(j))
+		}
+	}
+	sort.Slice(out, func(a, b int) bool { return out[a].SubmitSeq < out[b].SubmitSeq })
+	return out
+}
+
 func (s *Store) Jobs() []*pb.Job {
 	s.mu.RLock()
 	defer s.mu.RUnlock()

@@ -7,8 +7,9 @@
 //     MemStorage implement it; package checkpointtest holds the contract
 //     test every backend must pass.
 //   - A shard is one named blob under StepPrefix(job, step), e.g.
-//     "job-7/step-000000001200/rank-0003/params.bin". SaveShards writes
-//     shards and returns their sizes and SHA-256s; Verify re-reads them.
+//     "job-7/step-000000001200/rank-0003/params.bin". SaveShards (or
+//     SaveShardsParallel, several at a time) writes shards and returns
+//     their sizes and SHA-256s, hashed while writing; Verify re-reads them.
 //     WriteShard/ReadShard are the tensor shard file format (magic "SWYD",
 //     a JSON table, little-endian float32 data), strict on input.
 //   - A Manifest lists a checkpoint's shards with their hashes, the layout

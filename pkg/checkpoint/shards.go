@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 )
 
 var (
@@ -70,6 +71,16 @@ func TensorShard(name string, rank int, kind string, tensors []Tensor) ShardSour
 // It passes the failpoints FailBeforeShardWrite, FailAfterFirstShard and
 // FailAfterShardWrite.
 func SaveShards(ctx context.Context, st Storage, prefix string, shards []ShardSource) ([]ShardInfo, error) {
+	return SaveShardsParallel(ctx, st, prefix, shards, 1)
+}
+
+// SaveShardsParallel is SaveShards writing up to parallel shards at a time
+// (each shard's hashing is sequential, so on a fast disk one shard at a
+// time is bound by one core's SHA-256). The results are in the order
+// given. FailAfterFirstShard is passed when the first shard to finish is
+// durable, with others possibly still being written; on a failure the
+// writes in flight are cancelled.
+func SaveShardsParallel(ctx context.Context, st Storage, prefix string, shards []ShardSource, parallel int) ([]ShardInfo, error) {
 	if prefix != "" && !strings.HasSuffix(prefix, "/") {
 		return nil, fmt.Errorf("%w: prefix %q must end in \"/\"", ErrInvalidKey, prefix)
 	}
@@ -89,6 +100,25 @@ func SaveShards(ctx context.Context, st Storage, prefix string, shards []ShardSo
 	if err := Failpoint(FailBeforeShardWrite); err != nil {
 		return nil, err
 	}
+	var (
+		infos []ShardInfo
+		err   error
+	)
+	if parallel = min(parallel, len(shards)); parallel <= 1 {
+		infos, err = saveSequential(ctx, st, prefix, shards)
+	} else {
+		infos, err = saveParallel(ctx, st, prefix, shards, parallel)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := Failpoint(FailAfterShardWrite); err != nil {
+		return nil, err
+	}
+	return infos, nil
+}
+
+func saveSequential(ctx context.Context, st Storage, prefix string, shards []ShardSource) ([]ShardInfo, error) {
 	infos := make([]ShardInfo, 0, len(shards))
 	for i, s := range shards {
 		size, sum, err := putStreaming(ctx, st, prefix+s.Name, s.Write)
@@ -102,15 +132,84 @@ func SaveShards(ctx context.Context, st Storage, prefix string, shards []ShardSo
 			}
 		}
 	}
-	if err := Failpoint(FailAfterShardWrite); err != nil {
-		return nil, err
+	return infos, nil
+}
+
+func saveParallel(ctx context.Context, st Storage, prefix string, shards []ShardSource, parallel int) ([]ShardInfo, error) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	infos := make([]ShardInfo, len(shards))
+	next := make(chan int)
+	var (
+		mu       sync.Mutex
+		first    = true
+		firstErr error
+		wg       sync.WaitGroup
+	)
+	fail := func(err error) {
+		mu.Lock()
+		if firstErr == nil {
+			firstErr = err
+			cancel(err)
+		}
+		mu.Unlock()
+	}
+	for range parallel {
+		wg.Go(func() {
+			for i := range next {
+				s := shards[i]
+				size, sum, err := putStreaming(ctx, st, prefix+s.Name, s.Write)
+				if err != nil {
+					fail(&ShardError{Name: s.Name, Err: err}) // only the first failure is reported
+					continue
+				}
+				infos[i] = ShardInfo{Name: s.Name, Size: size, SHA256: sum, Rank: s.Rank, Kind: s.Kind}
+				mu.Lock()
+				isFirst := first
+				first = false
+				mu.Unlock()
+				if isFirst {
+					if err := Failpoint(FailAfterFirstShard); err != nil {
+						fail(err)
+					}
+				}
+			}
+		})
+	}
+	for i := range shards {
+		if ctx.Err() != nil {
+			break
+		}
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	mu.Lock()
+	defer mu.Unlock()
+	if firstErr == nil && ctx.Err() != nil {
+		firstErr = context.Cause(ctx) // the caller's ctx ended
+	}
+	if firstErr != nil {
+		return nil, firstErr
 	}
 	return infos, nil
 }
 
-// putStreaming connects write to st.Put through a pipe; an error from
-// write aborts the Put so no blob is stored.
+// putWriter is implemented by storages that can take a blob from a
+// function writing it (DirStorage: straight into the file, no pipe and no
+// extra copy). Its contract is Put's, with write in place of the reader:
+// an error from write aborts the put and no blob is stored.
+type putWriter interface {
+	putFunc(ctx context.Context, key string, write func(io.Writer) error) (int64, string, error)
+}
+
+// putStreaming stores what write produces under key: directly where st is
+// a putWriter, otherwise through a pipe into st.Put. An error from write
+// aborts the Put so no blob is stored.
 func putStreaming(ctx context.Context, st Storage, key string, write func(io.Writer) error) (int64, string, error) {
+	if pw, ok := st.(putWriter); ok {
+		return pw.putFunc(ctx, key, write)
+	}
 	pr, pw := io.Pipe()
 	werr := make(chan error, 1)
 	go func() {

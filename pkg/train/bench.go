@@ -157,15 +157,35 @@ func peakRSSMiB() float64 {
 
 // CheckpointBench is the result of `switchyard bench checkpoint`.
 type CheckpointBench struct {
-	Preset         string  `json:"preset"`
-	Bytes          int64   `json:"bytes"`             // one rank's checkpoint (params + AdamW moments + meta)
-	WriteMBps      float64 `json:"write_mb_s"`        // shards written durably (fsync + rename) incl. SHA-256, best of Repeats
-	CommitMBps     float64 `json:"commit_mb_s"`       // write + commit (re-read and verify) of a whole checkpoint
-	SnapshotMS     float64 `json:"snapshot_ms"`       // copying the state at a step boundary (the synchronous part)
-	StallMSPerSave float64 `json:"stall_ms_per_save"` // training time lost per save in a run saving every step: snapshot + wait
-	Saves          int     `json:"saves"`
-	StepS          float64 `json:"median_step_s"`
-	Repeats        int     `json:"repeats"`
+	Preset     string  `json:"preset"`
+	Bytes      int64   `json:"bytes"`       // one rank's checkpoint (params + AdamW moments + meta)
+	WriteMBps  float64 `json:"write_mb_s"`  // shards written durably (fsync + rename) incl. SHA-256, best of Repeats
+	CommitMBps float64 `json:"commit_mb_s"` // write + commit (re-read and verify) of a whole checkpoint
+	SnapshotMS float64 `json:"snapshot_ms"` // copying the state at a step boundary (the synchronous part)
+	// StallMSPerSave is the time the trainer spent at save boundaries in a
+	// run saving after every step, per save: at each step boundary finish
+	// (waiting for the previous write and commit, the shard-list gather,
+	// starting the commit) plus the snapshot and start of the next save,
+	// and the final finish after the last step (DrainMS).
+	StallMSPerSave float64 `json:"stall_ms_per_save"`
+	// BoundaryMSPerSave is StallMSPerSave without the final drain: the
+	// mean over the boundaries between training steps, what a long run
+	// loses per save; BoundaryMaxMS is the worst one. SnapshotMSPerSave
+	// and WaitMSPerSave split it into the snapshot and start of the next
+	// save, and finish.
+	BoundaryMSPerSave float64 `json:"boundary_ms_per_save"`
+	BoundaryMaxMS     float64 `json:"boundary_max_ms"`
+	SnapshotMSPerSave float64 `json:"boundary_snapshot_ms_per_save"`
+	WaitMSPerSave     float64 `json:"boundary_wait_ms_per_save"`
+	// DrainMS is the final finish after the last step (end of run, no
+	// training left to overlap): the wait for the last write and for the
+	// commit before it. FinalCommitMS is the wait for the last commit
+	// after that (not counted in any stall).
+	DrainMS       float64 `json:"drain_ms"`
+	FinalCommitMS float64 `json:"final_commit_ms"`
+	Saves         int     `json:"saves"`
+	StepS         float64 `json:"median_step_s"`
+	Repeats       int     `json:"repeats"`
 }
 
 // BenchCheckpoint measures checkpoint writes of preset's state into dir and
@@ -234,32 +254,48 @@ func BenchCheckpoint(ctx context.Context, preset, dir string, steps int) (*Check
 		return nil, err
 	}
 	tr.ckpt.cfg.Job = "stall" // a fresh catalogue entry: steps restart at 1
-	stall0 := tr.ckpt.Stall
-	var times []float64
-	var snapTotal time.Duration
+	var (
+		times                     []float64
+		snapTotal, wait, boundMax time.Duration
+	)
 	for i := 0; i < steps; i++ {
 		s0 := time.Now()
 		if _, err := tr.TrainStep(ctx); err != nil {
 			return nil, err
 		}
 		times = append(times, time.Since(s0).Seconds())
+		fs := time.Now()
 		if err := tr.ckpt.finish(ctx); err != nil {
 			return nil, err
 		}
 		ss := time.Now()
 		tr.ckpt.start(tr.SnapshotInto(tr.ckpt.spare))
-		snapTotal += time.Since(ss)
+		se := time.Now()
+		snapTotal += se.Sub(ss)
+		wait += ss.Sub(fs)
+		boundMax = max(boundMax, se.Sub(fs))
 		b.Saves++
 	}
+	ds := time.Now()
 	if err := tr.ckpt.finish(ctx); err != nil {
 		return nil, err
 	}
+	cs := time.Now()
 	if err := tr.ckpt.waitCommit(); err != nil {
 		return nil, err
 	}
+	drain, commit := cs.Sub(ds), time.Since(cs)
 	sort.Float64s(times)
 	b.StepS = times[len(times)/2]
-	b.StallMSPerSave = float64((tr.ckpt.Stall - stall0 + snapTotal).Microseconds()) / 1e3 / float64(b.Saves)
+	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1e3 }
+	perSave := func(d time.Duration) float64 { return ms(d) / float64(b.Saves) }
+	b.StallMSPerSave = perSave(snapTotal + wait + drain)
+	b.BoundaryMSPerSave = perSave(snapTotal + wait)
+	b.BoundaryMaxMS = ms(boundMax)
+	b.SnapshotMSPerSave = perSave(snapTotal)
+	b.WaitMSPerSave = perSave(wait)
+	b.DrainMS = ms(drain)
+	b.FinalCommitMS = ms(commit)
 	return b, nil
 }
 

@@ -3,6 +3,8 @@ package train
 import (
 	"errors"
 	"fmt"
+	"runtime"
+	"sync"
 
 	"github.com/switchyard-ml/switchyard/pkg/data"
 	"github.com/switchyard-ml/switchyard/pkg/lbl"
@@ -32,16 +34,61 @@ func (t *Trainer) Snapshot() State { return t.SnapshotInto(State{}) }
 
 // SnapshotInto is Snapshot reusing the buffers of an earlier snapshot that
 // is no longer in use (no allocation, no page faults at the step boundary).
+// The copies are split across GOMAXPROCS goroutines: at the step boundary
+// training waits for them, and one core does not saturate memory.
 func (t *Trainer) SnapshotInto(buf State) State {
-	return State{
+	s := State{
 		Step:     t.step,
-		Params:   append(buf.Params[:0], t.Model.P.Data...),
-		AdamM:    append(buf.AdamM[:0], t.Opt.M...),
-		AdamV:    append(buf.AdamV[:0], t.Opt.V...),
+		Params:   resize(buf.Params, len(t.Model.P.Data)),
+		AdamM:    resize(buf.AdamM, len(t.Opt.M)),
+		AdamV:    resize(buf.AdamV, len(t.Opt.V)),
 		AdamT:    t.Opt.T,
 		Balancer: t.Bal.State(),
 		Loader:   t.Loader.Pos(),
 	}
+	copyParallel([][2][]float32{{s.Params, t.Model.P.Data}, {s.AdamM, t.Opt.M}, {s.AdamV, t.Opt.V}})
+	return s
+}
+
+// resize returns b with length n, reallocated only if its capacity is short.
+func resize(b []float32, n int) []float32 {
+	if cap(b) < n {
+		return make([]float32, n)
+	}
+	return b[:n]
+}
+
+// copyParallelMin is the least number of values one goroutine of
+// copyParallel copies (smaller copies are not worth a goroutine).
+const copyParallelMin = 1 << 20
+
+// copyParallel does copy(p[0], p[1]) for every pair (equal lengths), the
+// total split evenly across up to GOMAXPROCS goroutines.
+func copyParallel(pairs [][2][]float32) {
+	total := 0
+	for _, p := range pairs {
+		total += len(p[1])
+	}
+	workers := min(runtime.GOMAXPROCS(0), max(1, total/copyParallelMin))
+	// worker w copies the values [w*total/workers, (w+1)*total/workers) of
+	// the pairs laid end to end
+	part := func(w int) {
+		lo, hi := w*total/workers, (w+1)*total/workers
+		base := 0
+		for _, p := range pairs {
+			n := len(p[1])
+			if a, b := max(lo, base), min(hi, base+n); a < b {
+				copy(p[0][a-base:b-base], p[1][a-base:b-base])
+			}
+			base += n
+		}
+	}
+	var wg sync.WaitGroup
+	for w := 1; w < workers; w++ {
+		wg.Go(func() { part(w) })
+	}
+	part(0)
+	wg.Wait()
 }
 
 // Restore makes the trainer continue from s. It checks every size first and

@@ -23,7 +23,25 @@
 //   - schedules the queue with pkg/scheduler (gang placement, priority,
 //     topology, fit), re-checks each plan and commits it; every job left
 //     pending gets a "Scheduled" condition whose message says why;
-//   - a requeued job waits for its backoff before it is placed again.
+//   - a requeued job waits for its backoff before it is placed again; if
+//     it no longer fits and its spec has an elastic range, it is placed
+//     with a smaller data-parallel degree (the accumulation grows to keep
+//     the global batch) and resumes from a checkpoint resharded to that
+//     layout.
+//
+// A rank failure is held for FailureGrace before it is acted on: when a
+// worker dies its peers fail at once, long before its lease expires, and
+// the failure should name the dead worker. A worker that has not synced
+// for Silence is blamed for such a failure and gets no new work.
+//
+// # Checkpoints
+//
+// Ranks write their shards to storage; rank 0 verifies them and asks the
+// leader to commit the manifest (CommitCheckpoint). The leader commits it
+// to the etcd catalogue — one transaction, only for a step newer than the
+// job's latest — only if the caller's attempt is still the job's current
+// one, so a rank of an abandoned attempt can never commit. Listing and
+// deleting (catalogued deletion, then files) go through the same catalogue.
 //
 // Workers call SyncWorker every half second with the state of their tasks
 // and get back the tasks they must run: one per rank placed on them, with
@@ -34,5 +52,9 @@
 // state lives in raft and the reports are repeated, so a new leader takes
 // over running jobs without restarting any rank.
 //
-// Lifecycle events go to the event bus (NATS) as well as the job history.
+// Lifecycle events go to the event bus (NATS) as well as the job history,
+// with the events ranks announce (resumed from a step, checkpoint unusable)
+// and every committed checkpoint. Cancelling a job, or ending an attempt,
+// also sends a control message on the bus so the job's workers sync at
+// once rather than at their next period.
 package controller

@@ -76,7 +76,8 @@ func cmdDev(ctx context.Context, args []string) error {
 	if err != nil {
 		return usageError{fmt.Errorf("dev: job spec: %w", err)}
 	}
-	if *dir == "" {
+	temporary := *dir == ""
+	if temporary {
 		d, err := os.MkdirTemp("", "switchyard-dev-")
 		if err != nil {
 			return err
@@ -161,7 +162,7 @@ func cmdDev(ctx context.Context, args []string) error {
 	g, gerr := cl.GetJob(gctx, &apiv1.GetJobRequest{JobId: id})
 	cancel()
 	if gerr == nil {
-		printDevSummary(os.Stdout, g.Job, filepath.Join(*dir, "storage"), time.Since(start))
+		printDevSummary(os.Stdout, g.Job, filepath.Join(*dir, "storage"), time.Since(start), !temporary || *keep)
 	}
 	if *keep && ctx.Err() == nil {
 		fmt.Fprintf(os.Stderr, "\ncluster kept running; try:\n  switchyard cluster status --coordinator %s\n  switchyard job logs %s --coordinator %s\nCtrl-C stops it.\n", d.APIAddr, id, d.APIAddr)
@@ -198,7 +199,7 @@ func devWorkerConfig(i int, d *controller.Daemon, dir, trainer string) (workerco
 
 // printDevSummary prints the job's outcome and rank 0's final report
 // (per-domain loss, expert specialisation).
-func printDevSummary(w io.Writer, j *pb.Job, storage string, took time.Duration) {
+func printDevSummary(w io.Writer, j *pb.Job, storage string, took time.Duration, kept bool) {
 	fmt.Fprintf(w, "\njob %s %s after %s: %s\n", j.Id, stateName(j.State), took.Round(time.Second), j.Message)
 	var submitted, running int64
 	for _, e := range j.Events {
@@ -225,5 +226,9 @@ func printDevSummary(w io.Writer, j *pb.Job, storage string, took time.Duration)
 	}
 	fmt.Fprintln(w)
 	rep.Print(w)
-	fmt.Fprintf(w, "\nreport: %s\n", path)
+	if kept {
+		fmt.Fprintf(w, "\nreport: %s\n", path)
+	} else {
+		fmt.Fprintln(w, "\n(the cluster's data was in a temporary directory, now removed; --data-dir DIR keeps it)")
+	}
 }

@@ -555,7 +555,7 @@ func TestCommitCheckpointFencedByAttempt(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err := c.CommitCheckpoint(ctxT(t), &apiv1.CommitCheckpointRequest{JobId: "job-a", Attempt: 0, Manifest: manifest(10)})
-	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "not newer") {
+	if status.Code(err) != codes.AlreadyExists {
 		t.Fatalf("second commit of step 10: %v", err)
 	}
 	task := waitTasks(t, c, "w1", 1)[0]

@@ -179,7 +179,7 @@ func (s *Server) resetLeaderMemory() {
 func (s *Server) Run(ctx context.Context) error {
 	defer s.fwd.close()
 	if err := s.refresh(ctx); err != nil {
-		s.log.Warn("initial membership list failed", "err", err)
+		s.log.Warn("initial membership list failed", "error", err)
 	}
 	var wg sync.WaitGroup
 	wg.Add(3)
@@ -205,7 +205,7 @@ func (s *Server) registerLoop(ctx context.Context) {
 	for ctx.Err() == nil {
 		reg, err := s.cfg.Replicas.Register(ctx, info, s.cfg.ReplicaTTL)
 		if err != nil {
-			s.log.Warn("replica registration failed", "err", err)
+			s.log.Warn("replica registration failed", "error", err)
 			sleep(ctx, time.Second)
 			continue
 		}
@@ -229,7 +229,7 @@ func (s *Server) follow(ctx context.Context, reg membership.Registry, m func() m
 		ch, err := reg.Watch(wctx)
 		if err != nil {
 			cancel()
-			s.log.Warn("membership watch failed", "err", err)
+			s.log.Warn("membership watch failed", "error", err)
 			sleep(ctx, time.Second)
 			continue
 		}
@@ -250,7 +250,7 @@ func (s *Server) follow(ctx context.Context, reg membership.Registry, m func() m
 				s.mu.Unlock()
 			case <-relist.C:
 				if err := s.relist(ctx, reg, m); err != nil {
-					s.log.Warn("membership list failed", "err", err)
+					s.log.Warn("membership list failed", "error", err)
 				}
 			}
 		}
@@ -444,7 +444,7 @@ func (s *Server) ClusterStatus(ctx context.Context, _ *apiv1.ClusterStatusReques
 	lctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
 	if err := s.refresh(lctx); err != nil {
-		s.log.Warn("cluster status: membership list failed; answering from the cache", "err", err)
+		s.log.Warn("cluster status: membership list failed; answering from the cache", "error", err)
 	}
 	leaderID, _ := s.cfg.Node.Leader()
 	resp := &apiv1.ClusterStatusResponse{AnsweredBy: s.cfg.Node.ID(), LeaderId: leaderID, Raft: s.cfg.Node.Stats()}
@@ -570,7 +570,7 @@ func (s *Server) publish(jobID, typ string, st pb.JobState, msg, worker string) 
 		Type: typ, State: stateName(st), Message: msg, WorkerID: worker,
 	}})
 	if err != nil {
-		s.log.Debug("event not published", "job", jobID, "type", typ, "err", err)
+		s.log.Debug("event not published", "job-id", jobID, "type", typ, "error", err)
 	}
 }
 
@@ -582,7 +582,7 @@ func (s *Server) control(jobID, action, reason string) {
 	}
 	err := s.cfg.Bus.Publish(events.Message{Kind: events.KindControl, JobID: jobID, Control: &events.Control{Action: action, Reason: reason}})
 	if err != nil {
-		s.log.Debug("control message not published", "job", jobID, "err", err)
+		s.log.Debug("control message not published", "job-id", jobID, "error", err)
 	}
 }
 

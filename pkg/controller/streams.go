@@ -136,7 +136,7 @@ func (s *Server) WatchJob(req *apiv1.WatchJobRequest, stream apiv1.Coordinator_W
 	defer cancel()
 	if s.cfg.Bus != nil {
 		if metrics, err = s.cfg.Bus.Subscribe(sctx, events.Filter{Kind: events.KindMetrics, JobID: j.Id}); err != nil {
-			s.log.Warn("watch: metrics subscription failed; sending job updates only", "err", err)
+			s.log.Warn("watch: metrics subscription failed; sending job updates only", "error", err)
 			metrics = nil
 		}
 	}
@@ -252,7 +252,9 @@ func (s *Server) CommitCheckpoint(ctx context.Context, req *apiv1.CommitCheckpoi
 	}
 	if err := s.cfg.Checkpoints.Commit(ctx, m); err != nil {
 		if errors.Is(err, checkpoint.ErrStale) {
-			return nil, status.Error(codes.FailedPrecondition, err.Error())
+			// AlreadyExists, not FailedPrecondition: the caller tells a
+			// stale step from an attempt that is over by the code
+			return nil, status.Error(codes.AlreadyExists, err.Error())
 		}
 		return nil, status.Errorf(codes.Unavailable, "commit checkpoint: %v", err)
 	}

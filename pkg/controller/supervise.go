@@ -45,11 +45,11 @@ func (s *Server) superviseLoop(ctx context.Context) {
 			err := s.cfg.Node.Barrier(bctx)
 			cancel()
 			if err != nil {
-				s.log.Warn("barrier after election failed", "err", err)
+				s.log.Warn("barrier after election failed", "error", err)
 				continue
 			}
 			if err := s.refresh(ctx); err != nil {
-				s.log.Warn("membership list after election failed", "err", err)
+				s.log.Warn("membership list after election failed", "error", err)
 				continue
 			}
 			s.lead.Lock()
@@ -134,11 +134,11 @@ func (s *Server) failAttempt(ctx context.Context, j *pb.Job, reason, msg, worker
 		m := fmt.Sprintf("%s; restart %d of %d in %ds, resuming from the newest committed checkpoint", msg, j.Restarts+1, maxRestarts, backoff)
 		r, err := s.cfg.Node.Apply(ctx, &pb.Command{Op: &pb.Command_RequeueJob{RequeueJob: &pb.RequeueJob{JobId: j.Id, Reason: reason, Message: m}}})
 		if err != nil {
-			s.log.Warn("requeue failed", "job", j.Id, "err", err)
+			s.log.Warn("requeue failed", "job-id", j.Id, "error", err)
 			return
 		}
 		s.term.notBefore[j.Id] = s.cfg.Now().Add(time.Duration(backoff) * time.Second)
-		s.log.Info("job requeued", "job", j.Id, "reason", reason, "msg", msg, "restarts", r.Job.Restarts)
+		s.log.Info("job requeued", "job-id", j.Id, "reason", reason, "msg", msg, "restarts", r.Job.Restarts)
 		s.publish(j.Id, "Requeued", r.Job.State, m, worker)
 		s.control(j.Id, "stop-attempt", m)
 		return
@@ -151,10 +151,10 @@ func (s *Server) failAttempt(ctx context.Context, j *pb.Job, reason, msg, worker
 		JobId: j.Id, State: pb.JobState_JOB_STATE_FAILED, Reason: reason, Message: m,
 	}}})
 	if err != nil {
-		s.log.Warn("fail job failed", "job", j.Id, "err", err)
+		s.log.Warn("fail job failed", "job-id", j.Id, "error", err)
 		return
 	}
-	s.log.Info("job failed", "job", j.Id, "reason", reason, "msg", m)
+	s.log.Info("job failed", "job-id", j.Id, "reason", reason, "msg", m)
 	s.publish(j.Id, "Failed", r.Job.State, m, worker)
 	s.control(j.Id, "stop-attempt", m)
 }
@@ -164,7 +164,7 @@ func (s *Server) recordEvent(ctx context.Context, jobID, typ, msg, worker string
 		JobId: jobID, Event: &pb.JobEvent{Type: typ, Message: msg, WorkerId: worker},
 	}}})
 	if err != nil {
-		s.log.Warn("record event failed", "job", jobID, "err", err)
+		s.log.Warn("record event failed", "job-id", jobID, "error", err)
 	}
 }
 
@@ -228,7 +228,7 @@ func (s *Server) schedule(ctx context.Context, live map[string]membership.Worker
 	plans, pending := scheduler.Schedule(snap, queue)
 	for _, p := range plans {
 		if err := scheduler.Recheck(snap, p); err != nil {
-			s.log.Warn("plan went stale", "job", p.Job.ID, "err", err)
+			s.log.Warn("plan went stale", "job-id", p.Job.ID, "error", err)
 			continue
 		}
 		placement := make([]*pb.RankAssignment, len(p.Workers))
@@ -237,11 +237,11 @@ func (s *Server) schedule(ctx context.Context, live map[string]membership.Worker
 		}
 		res, err := s.cfg.Node.Apply(ctx, &pb.Command{Op: &pb.Command_PlaceJob{PlaceJob: &pb.PlaceJob{JobId: p.Job.ID, Placement: placement}}})
 		if err != nil {
-			s.log.Warn("place failed", "job", p.Job.ID, "err", err)
+			s.log.Warn("place failed", "job-id", p.Job.ID, "error", err)
 			continue
 		}
 		s.setState(ctx, res.Job, res.Job.State, "", "", &pb.Condition{Type: condScheduled, Status: true, Reason: "Placed", Message: "ranks -> workers " + strings.Join(p.Workers, ",")})
-		s.log.Info("job placed", "job", p.Job.ID, "workers", p.Workers, "attempt", res.Job.Restarts)
+		s.log.Info("job placed", "job-id", p.Job.ID, "workers", p.Workers, "attempt", res.Job.Restarts)
 		s.publish(p.Job.ID, "Placed", res.Job.State, fmt.Sprintf("attempt %d: ranks -> workers %s", res.Job.Restarts, strings.Join(p.Workers, ",")), "")
 	}
 	for _, p := range pending {
@@ -295,14 +295,14 @@ func (s *Server) placeElastic(ctx context.Context, j *pb.Job, live map[string]me
 			JobId: j.Id, Placement: placement, Dp: int32(dp), Ep: int32(ep),
 		}}})
 		if err != nil {
-			s.log.Warn("elastic place failed", "job", j.Id, "err", err)
+			s.log.Warn("elastic place failed", "job-id", j.Id, "error", err)
 			return false
 		}
 		msg := fmt.Sprintf("attempt %d: not enough workers for dp %d; shrunk to dp %d ep %d on workers %s",
 			res.Job.Restarts, sp.Parallel.DP, dp, ep, strings.Join(plan.Workers, ","))
 		s.setState(ctx, res.Job, res.Job.State, "", "", &pb.Condition{Type: condScheduled, Status: true, Reason: "PlacedElastic", Message: msg})
 		s.recordEvent(ctx, j.Id, "Shrunk", msg, "")
-		s.log.Info("job placed elastically", "job", j.Id, "dp", dp, "ep", ep, "workers", plan.Workers)
+		s.log.Info("job placed elastically", "job-id", j.Id, "dp", dp, "ep", ep, "workers", plan.Workers)
 		s.publish(j.Id, "Placed", res.Job.State, msg, "")
 		return true
 	}
@@ -338,7 +338,7 @@ func (s *Server) setState(ctx context.Context, j *pb.Job, st pb.JobState, reason
 		JobId: j.Id, State: st, Reason: reason, Message: msg, Condition: cond,
 	}}})
 	if err != nil {
-		s.log.Warn("set job state failed", "job", j.Id, "err", err)
+		s.log.Warn("set job state failed", "job-id", j.Id, "error", err)
 		return nil
 	}
 	return r.Job
@@ -476,7 +476,7 @@ func (s *Server) recordRankEvents(ctx context.Context, j *pb.Job, key taskKey, w
 			JobId: j.Id, Event: &pb.JobEvent{Type: ev.GetType(), Message: msg, WorkerId: w, UnixNano: ev.GetUnixNano()},
 		}}})
 		if err != nil {
-			s.log.Warn("record rank event failed", "job", j.Id, "err", err)
+			s.log.Warn("record rank event failed", "job-id", j.Id, "error", err)
 			continue
 		}
 		s.publish(j.Id, ev.GetType(), j.State, msg, w)
@@ -498,7 +498,7 @@ func (s *Server) progress(ctx context.Context, j *pb.Job, ts *apiv1.TaskStatus, 
 		JobId: j.Id, Step: ts.GetStep(), Loss: ts.GetLoss(), TokensPerSecond: ts.GetTokensPerSecond(),
 	}}})
 	if err != nil {
-		s.log.Warn("progress failed", "job", j.Id, "err", err)
+		s.log.Warn("progress failed", "job-id", j.Id, "error", err)
 		return nil
 	}
 	if j.State == pb.JobState_JOB_STATE_PLACED {

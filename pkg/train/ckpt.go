@@ -126,7 +126,7 @@ func coordinatorCommit(cfg CheckpointConfig, cat checkpoint.Catalogue) (checkpoi
 		if got, gerr := cat.Get(ctx, m.Job, m.Step); gerr == nil && slices.Equal(got.Shards, m.Shards) {
 			return nil // committed by an earlier try whose answer was lost
 		}
-		if st, ok := status.FromError(err); ok && st.Code() == codes.FailedPrecondition && strings.Contains(st.Message(), checkpoint.ErrStale.Error()) {
+		if st, ok := status.FromError(err); ok && st.Code() == codes.AlreadyExists {
 			return fmt.Errorf("%w (via the coordinator): %s", checkpoint.ErrStale, st.Message())
 		}
 		return fmt.Errorf("train: commit step %d through the coordinator: %w", m.Step, err)

@@ -75,7 +75,9 @@ type CoordinatorClient interface {
 	// are durable and verified: the leader commits the manifest to the
 	// catalogue in etcd (one transaction, only if the step is newer than the
 	// job's latest) if the caller's attempt is still the job's current one,
-	// so a rank of an abandoned attempt can never commit.
+	// so a rank of an abandoned attempt can never commit. Errors:
+	// ALREADY_EXISTS for a step not newer than the latest committed one,
+	// FAILED_PRECONDITION for an attempt that is over.
 	CommitCheckpoint(ctx context.Context, in *CommitCheckpointRequest, opts ...grpc.CallOption) (*CommitCheckpointResponse, error)
 	// SyncWorker is a worker's periodic report of its tasks; the answer is
 	// the set of tasks it must run now (tasks it runs that are not in the
@@ -276,7 +278,9 @@ type CoordinatorServer interface {
 	// are durable and verified: the leader commits the manifest to the
 	// catalogue in etcd (one transaction, only if the step is newer than the
 	// job's latest) if the caller's attempt is still the job's current one,
-	// so a rank of an abandoned attempt can never commit.
+	// so a rank of an abandoned attempt can never commit. Errors:
+	// ALREADY_EXISTS for a step not newer than the latest committed one,
+	// FAILED_PRECONDITION for an attempt that is over.
 	CommitCheckpoint(context.Context, *CommitCheckpointRequest) (*CommitCheckpointResponse, error)
 	// SyncWorker is a worker's periodic report of its tasks; the answer is
 	// the set of tasks it must run now (tasks it runs that are not in the

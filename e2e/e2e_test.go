@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -195,6 +197,17 @@ func TestCluster(t *testing.T) {
 		if last-from < 0 || last-from > every {
 			t.Errorf("lost %d steps with a checkpoint every %d", last-from, every)
 		}
+		// the loss curve continues: the resumed attempt's first step is the
+		// step the first attempt took after the checkpoint, bitwise
+		before := metricsLosses(t, filepath.Join(c.storage, "jobs", id, "attempt-0", "rank-0", "metrics.jsonl"))
+		after := metricsLosses(t, filepath.Join(c.storage, "jobs", id, "attempt-1", "rank-0", "metrics.jsonl"))
+		if l0, ok := before[from+1]; ok {
+			if l1 := after[from+1]; l1 != l0 {
+				t.Errorf("loss at step %d: %v before the kill, %v after the resume; want identical", from+1, l0, l1)
+			} else {
+				t.Logf("FIGURE recovery: loss at step %d identical before the kill and after the resume (%v)", from+1, l1)
+			}
+		}
 		types := map[string]int{}
 		for _, e := range j.Events {
 			types[e.Type]++
@@ -206,6 +219,24 @@ func TestCluster(t *testing.T) {
 		decode(t, c.mustCLI("checkpoints", "list", id, "-o", "json"), &cps)
 		if len(cps.Checkpoints) == 0 || cps.Checkpoints[0].Step != 600 {
 			t.Errorf("checkpoints after the run: %v", cps.Checkpoints)
+		}
+		// every committed checkpoint is whole on disk
+		for _, cp := range cps.Checkpoints {
+			var show apiv1.Checkpoint
+			decode(t, c.mustCLI("checkpoints", "show", id, strconv.FormatInt(cp.Step, 10), "-o", "json"), &show)
+			if len(show.Shards) == 0 {
+				t.Errorf("step %d: no shards listed", cp.Step)
+			}
+			for _, sh := range show.Shards {
+				raw, err := os.ReadFile(filepath.Join(c.storage, "checkpoints", id, fmt.Sprintf("step-%012d", cp.Step), sh.Name))
+				if err != nil {
+					t.Errorf("step %d shard %s: %v", cp.Step, sh.Name, err)
+					continue
+				}
+				if sum := sha256.Sum256(raw); hex.EncodeToString(sum[:]) != sh.Sha256 || int64(len(raw)) != sh.Size {
+					t.Errorf("step %d shard %s does not match its manifest", cp.Step, sh.Name)
+				}
+			}
 		}
 		c.startWorker(victim)
 	})
@@ -319,4 +350,24 @@ func runCLIAt(t *testing.T, c *cluster, addr string, args ...string) cliResult {
 		t.Fatalf("switchyard %v at %s: exit %d: %s", args, addr, r.code, r.stderr)
 	}
 	return r
+}
+
+// metricsLosses maps step to loss from a metrics.jsonl.
+func metricsLosses(t *testing.T, path string) map[int64]float64 {
+	t.Helper()
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[int64]float64{}
+	for _, line := range strings.Split(string(raw), "\n") {
+		var m struct {
+			Step int64   `json:"step"`
+			Loss float64 `json:"loss"`
+		}
+		if json.Unmarshal([]byte(line), &m) == nil && m.Step > 0 {
+			out[m.Step] = m.Loss
+		}
+	}
+	return out
 }

@@ -141,11 +141,17 @@ func (p *proc) kill9() {
 	<-p.done
 }
 
+// signal sends sig to the process alone (not its children).
+func (p *proc) signal(sig syscall.Signal) {
+	syscall.Kill(p.cmd.Process.Pid, sig) //nolint:errcheck
+}
+
 // stop asks politely, then kills.
 func (p *proc) stop() {
 	if p.exited() {
 		return
 	}
+	syscall.Kill(p.cmd.Process.Pid, syscall.SIGCONT) //nolint:errcheck // a paused one cannot stop
 	syscall.Kill(p.cmd.Process.Pid, syscall.SIGTERM) //nolint:errcheck
 	select {
 	case <-p.done:

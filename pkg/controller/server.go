@@ -58,7 +58,10 @@ type Config struct {
 	// ReplicaTTL is the lease of this replica's directory entry (default 5s).
 	ReplicaTTL time.Duration
 	// Silence is how long a worker may go without SyncWorker before it is
-	// treated as unresponsive (default 2s; workers sync every 500ms).
+	// treated as unresponsive (default 1.2s; workers sync every 500ms).
+	// Keep it below the workers' lease TTL (at least 2s): when several
+	// workers die together their leases expire one by one, and the job
+	// must not be placed again on one whose lease has not expired yet.
 	Silence time.Duration
 	// FailureGrace is how long a rank failure waits for a worker loss
 	// that explains it (default 2.5s).
@@ -139,7 +142,7 @@ func New(cfg Config) (*Server, error) {
 		cfg.ReplicaTTL = 5 * time.Second
 	}
 	if cfg.Silence <= 0 {
-		cfg.Silence = 2 * time.Second
+		cfg.Silence = 1200 * time.Millisecond
 	}
 	if cfg.FailureGrace <= 0 {
 		cfg.FailureGrace = 2500 * time.Millisecond

@@ -247,8 +247,12 @@ func (s *Server) CommitCheckpoint(ctx context.Context, req *apiv1.CommitCheckpoi
 		return nil, apiError(err)
 	}
 	if !active(j) || j.Restarts != req.GetAttempt() {
-		return nil, status.Errorf(codes.FailedPrecondition, "job %s: attempt %d is over (the job is %s at attempt %d); its checkpoint of step %d is not committed",
+		msg := fmt.Sprintf("job %s: attempt %d is over (the job is %s at attempt %d); its checkpoint of step %d is not committed",
 			j.Id, req.GetAttempt(), stateName(j.State), j.Restarts, m.Step)
+		if !final(j) {
+			s.recordEvent(ctx, j.Id, "CommitRefused", msg, "")
+		}
+		return nil, status.Error(codes.FailedPrecondition, msg)
 	}
 	if err := s.cfg.Checkpoints.Commit(ctx, m); err != nil {
 		if errors.Is(err, checkpoint.ErrStale) {

@@ -110,15 +110,22 @@ func (s *Server) lostWorker(j *pb.Job, live map[string]membership.WorkerInfo) (s
 	return "", 0, false
 }
 
-// silentWorker returns a placed worker of j that has not synced for
-// cfg.Silence.
+// silentWorker returns the placed worker of j that has been silent the
+// longest, if that is longer than cfg.Silence (a loaded machine can make a
+// live worker late too; the dead one is the quietest).
 func (s *Server) silentWorker(j *pb.Job, now time.Time) (string, int32, bool) {
+	var (
+		worker  string
+		rank    int32
+		longest time.Duration
+	)
 	for _, a := range j.Placement {
-		if t, ok := s.term.lastSync[a.WorkerId]; ok && now.Sub(t) > s.cfg.Silence {
-			return a.WorkerId, a.Rank, true
+		t, ok := s.term.lastSync[a.WorkerId]
+		if d := now.Sub(t); ok && d > s.cfg.Silence && d > longest {
+			worker, rank, longest = a.WorkerId, a.Rank, d
 		}
 	}
-	return "", 0, false
+	return worker, rank, worker != ""
 }
 
 // failAttempt ends the job's current attempt: a requeue when its restart

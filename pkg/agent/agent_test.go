@@ -660,3 +660,20 @@ func TestRankEventsReported(t *testing.T) {
 		t.Fatal("no log lines at all")
 	}
 }
+
+// A job whose checkpoints go to S3 gets the s3:// location as its
+// checkpoint directory (the rank reaches the server with the worker's
+// environment); nothing is created on the local disk for it.
+func TestS3CheckpointLocationPassedThrough(t *testing.T) {
+	h := start(t, nil)
+	spec := "name: demo\nsteps: 5\ncheckpoint: {storage: s3, path: s3://bucket/runs}\n"
+	h.coord.set(newTestTask("ok-s3", 0, 1, spec))
+	h.waitState("ok-s3", 0, apiv1.TaskState_TASK_STATE_SUCCEEDED)
+	args := strings.Join(readLines(t, filepath.Join(h.runDir("ok-s3", 1, 0), "args")), " ")
+	if !strings.Contains(args, "--checkpoint-dir s3://bucket/runs --checkpoint-job ok-s3") {
+		t.Fatalf("argv %s", args)
+	}
+	if _, err := os.Stat(filepath.Join(h.storage, "checkpoints")); !os.IsNotExist(err) {
+		t.Fatalf("a local checkpoint directory was made for an S3 job: %v", err)
+	}
+}

@@ -170,13 +170,16 @@ func (a *Agent) prepare(t *apiv1.Task) (launch, error) {
 		runDir:   filepath.Join(storage, "jobs", k.jobID, fmt.Sprintf("attempt-%d", k.attempt), fmt.Sprintf("rank-%d", k.rank)),
 		ckptRoot: spec.Checkpoint.Path,
 	}
-	if spec.Checkpoint.Storage == jobspec.StorageS3 {
-		return launch{}, fmt.Errorf("checkpoint storage %q: the trainer writes checkpoints to a directory only", spec.Checkpoint.Storage)
-	}
 	if l.ckptRoot == "" {
 		l.ckptRoot = filepath.Join(storage, "checkpoints")
 	}
-	for _, d := range []string{l.runDir, l.ckptRoot} {
+	dirs := []string{l.runDir}
+	if spec.Checkpoint.Storage != jobspec.StorageS3 {
+		// s3://bucket/prefix: the rank reaches the S3 server with the
+		// worker's SWITCHYARD_S3_* and AWS_* environment
+		dirs = append(dirs, l.ckptRoot)
+	}
+	for _, d := range dirs {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return launch{}, err
 		}

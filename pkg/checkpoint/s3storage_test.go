@@ -305,3 +305,43 @@ func TestS3StorageDetectsMisstoredParts(t *testing.T) {
 		t.Fatalf("Put on a server that mis-stores parts: err = %v, want a size mismatch", err)
 	}
 }
+
+// OpenStorage reaches the same S3 server from a location and the
+// environment, and refuses a location it cannot use with the reason.
+func TestOpenStorageS3(t *testing.T) {
+	cfg := fakeS3(t, false)
+	env := map[string]string{
+		checkpoint.EnvS3Endpoint: cfg.Endpoint, checkpoint.EnvS3Insecure: "1",
+		checkpoint.EnvAccessKey: cfg.AccessKey, checkpoint.EnvSecretKey: cfg.SecretKey,
+	}
+	newS3Store(t, cfg, "ckpt", "") // creates the bucket
+	st, err := checkpoint.OpenStorage("s3://ckpt/runs/a", func(k string) string { return env[k] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if _, _, err := st.Put(ctx, "job/x", strings.NewReader("hello")); err != nil {
+		t.Fatal(err)
+	}
+	direct := newS3Store(t, cfg, "ckpt", "runs/a")
+	rc, err := direct.Get(ctx, "job/x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(rc)
+	rc.Close()
+	if err != nil || string(got) != "hello" {
+		t.Fatalf("read back %q %v", got, err)
+	}
+	if _, err := checkpoint.OpenStorage("s3://", func(string) string { return "" }); err == nil || !strings.Contains(err.Error(), "no bucket") {
+		t.Fatalf("no bucket: %v", err)
+	}
+	if _, err := checkpoint.OpenStorage("s3://b/p", func(string) string { return "" }); err == nil || !strings.Contains(err.Error(), checkpoint.EnvS3Endpoint) {
+		t.Fatalf("no endpoint: %v", err)
+	}
+	if st, err := checkpoint.OpenStorage(t.TempDir(), nil); err != nil {
+		t.Fatal(err)
+	} else if _, ok := st.(*checkpoint.DirStorage); !ok {
+		t.Fatalf("a path opened %T", st)
+	}
+}

@@ -239,7 +239,7 @@ func (e etcdCheckpoints) Delete(ctx context.Context, j *pb.Job, step int64) erro
 	if root == "" {
 		return errors.New("the checkpoint storage is not reachable from this coordinator (start it with --checkpoint-root)")
 	}
-	st, err := checkpoint.NewDirStorage(root)
+	st, err := checkpoint.OpenStorage(root, nil)
 	if err != nil {
 		return err
 	}

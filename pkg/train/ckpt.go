@@ -31,7 +31,7 @@ import (
 
 // CheckpointConfig says where and how often the run saves itself.
 type CheckpointConfig struct {
-	Dir      string `yaml:"dir" json:"dir"`             // directory storage root ("" : no checkpoints)
+	Dir      string `yaml:"dir" json:"dir"`             // storage root: a directory, or s3://bucket[/prefix] (see checkpoint.OpenStorage); "" : no checkpoints
 	Job      string `yaml:"job" json:"job"`             // catalogue name of the run (default "run")
 	Every    int    `yaml:"every" json:"every"`         // save after every N optimizer steps (0: only at the end)
 	KeepLast int    `yaml:"keep_last" json:"keep_last"` // retention: the newest N committed checkpoints (default 3)
@@ -204,7 +204,7 @@ func newCheckpointer(cfg CheckpointConfig, dist *Dist, params *model.Params, mcf
 	if cfg.KeepLast == 0 {
 		cfg.KeepLast = 3
 	}
-	st, err := checkpoint.NewDirStorage(cfg.Dir)
+	st, err := checkpoint.OpenStorage(cfg.Dir, nil)
 	if err != nil {
 		return nil, fmt.Errorf("train: checkpoint storage: %w", err)
 	}

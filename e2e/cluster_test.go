@@ -243,3 +243,20 @@ func placedOn(j *pb.Job) []string {
 	}
 	return ws
 }
+
+// waitIdleWorkers waits until n workers are healthy and without a job.
+func (c *cluster) waitIdleWorkers(n int) {
+	c.t.Helper()
+	eventually(c.t, 30*time.Second, fmt.Sprintf("%d idle healthy workers", n), func() error {
+		idle := 0
+		for _, w := range c.status().Workers {
+			if w.Healthy && w.JobId == "" {
+				idle++
+			}
+		}
+		if idle != n {
+			return fmt.Errorf("%d idle healthy workers", idle)
+		}
+		return nil
+	})
+}

@@ -248,18 +248,7 @@ func TestCluster(t *testing.T) {
 
 	t.Run("ElasticShrink", func(t *testing.T) {
 		c.t = t
-		eventually(t, 30*time.Second, "4 healthy workers", func() error {
-			n := 0
-			for _, w := range c.status().Workers {
-				if w.Healthy && w.JobId == "" {
-					n++
-				}
-			}
-			if n != 4 {
-				return fmt.Errorf("%d idle healthy workers", n)
-			}
-			return nil
-		})
+		c.waitIdleWorkers(4)
 		// a long job holds two workers, so a lost worker cannot be replaced
 		block := c.submit("e2e-block", jobSpec("e2e-block", 1000000, 0, 0))
 		c.waitJob(block, 60*time.Second, "running", stateIs(pb.JobState_JOB_STATE_RUNNING))
@@ -294,18 +283,7 @@ func TestCluster(t *testing.T) {
 
 	t.Run("PausedWorkersCannotCommit", func(t *testing.T) {
 		c.t = t
-		eventually(t, 30*time.Second, "4 idle healthy workers", func() error {
-			n := 0
-			for _, w := range c.status().Workers {
-				if w.Healthy && w.JobId == "" {
-					n++
-				}
-			}
-			if n != 4 {
-				return fmt.Errorf("%d idle healthy workers", n)
-			}
-			return nil
-		})
+		c.waitIdleWorkers(4)
 		id := c.submit("e2e-p", jobSpec("e2e-p", 400, 2, 20))
 		j := c.waitJob(id, 60*time.Second, "past step 40", func(j *pb.Job) bool {
 			return j.State == pb.JobState_JOB_STATE_RUNNING && j.Progress.GetStep() >= 40

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/switchyard-ml/switchyard/pkg/checkpoint"
+	"github.com/switchyard-ml/switchyard/pkg/data"
 )
 
 func committedSteps(t *testing.T, dir string) []int64 {
@@ -34,16 +35,7 @@ func TestRetentionKeepsBest(t *testing.T) {
 	cfg, corpus := smallRun(t, "global", 8)
 	cfg.EvalEvery = 4
 	cfg.Checkpoint = CheckpointConfig{Dir: t.TempDir(), Every: 2, KeepLast: 1, KeepBest: 1}
-	tr, err := NewWithCorpus(cfg, corpus, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tr.Run(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	if err := tr.Close(); err != nil {
-		t.Fatal(err)
-	}
+	trainToEnd(t, cfg, corpus)
 	// saved 2, 4, 6, 8; only 4 was evaluated (8's evaluation comes after
 	// the final save)
 	if got := committedSteps(t, cfg.Checkpoint.Dir); !slices.Equal(got, []int64{8, 4}) {
@@ -55,16 +47,7 @@ func TestRetentionKeepsBest(t *testing.T) {
 func TestCheckpointEveryMinutes(t *testing.T) {
 	cfg, corpus := smallRun(t, "global", 4)
 	cfg.Checkpoint = CheckpointConfig{Dir: t.TempDir(), EveryMinutes: 1e-9, KeepLast: 10}
-	tr, err := NewWithCorpus(cfg, corpus, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tr.Run(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	if err := tr.Close(); err != nil {
-		t.Fatal(err)
-	}
+	trainToEnd(t, cfg, corpus)
 	if got := committedSteps(t, cfg.Checkpoint.Dir); !slices.Equal(got, []int64{4, 3, 2, 1}) {
 		t.Fatalf("saved %v, want every step", got)
 	}
@@ -75,16 +58,7 @@ func TestCheckpointEveryMinutes(t *testing.T) {
 func TestResumeCollectsUncommittedShards(t *testing.T) {
 	cfg, corpus := smallRun(t, "global", 4)
 	cfg.Checkpoint = CheckpointConfig{Dir: t.TempDir(), Every: 2, KeepLast: 5}
-	tr, err := NewWithCorpus(cfg, corpus, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tr.Run(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	if err := tr.Close(); err != nil {
-		t.Fatal(err)
-	}
+	trainToEnd(t, cfg, corpus)
 	junk := filepath.Join(cfg.Checkpoint.Dir, "run", "step-000000000006", "rank-0000", "state.bin")
 	if err := os.MkdirAll(filepath.Dir(junk), 0o755); err != nil {
 		t.Fatal(err)
@@ -93,7 +67,7 @@ func TestResumeCollectsUncommittedShards(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg.Resume, cfg.Steps = true, 6
-	tr, err = NewWithCorpus(cfg, corpus, nil)
+	tr, err := NewWithCorpus(cfg, corpus, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,5 +85,20 @@ func TestResumeCollectsUncommittedShards(t *testing.T) {
 	}
 	if got := committedSteps(t, cfg.Checkpoint.Dir); !slices.Equal(got, []int64{6, 4, 2}) {
 		t.Fatalf("committed %v", got)
+	}
+}
+
+// trainToEnd runs cfg to its last step and closes the trainer.
+func trainToEnd(t *testing.T, cfg Config, corpus *data.Corpus) {
+	t.Helper()
+	tr, err := NewWithCorpus(cfg, corpus, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tr.Run(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := tr.Close(); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -35,22 +35,13 @@ func TestCheckpointToS3AndResume(t *testing.T) {
 
 	cfg, corpus := smallRun(t, "global", 4)
 	cfg.Checkpoint = CheckpointConfig{Dir: "s3://ckpt/runs", Every: 2}
-	tr, err := NewWithCorpus(cfg, corpus, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tr.Run(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	if err := tr.Close(); err != nil {
-		t.Fatal(err)
-	}
+	trainToEnd(t, cfg, corpus)
 	keys, err := st.List(context.Background(), "run/")
 	if err != nil || len(keys) == 0 {
 		t.Fatalf("nothing in the bucket: %v %v", keys, err)
 	}
 	cfg.Resume, cfg.Steps = true, 6
-	tr, err = NewWithCorpus(cfg, corpus, nil)
+	tr, err := NewWithCorpus(cfg, corpus, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

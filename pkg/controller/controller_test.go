@@ -573,3 +573,61 @@ func TestCommitCheckpointFencedByAttempt(t *testing.T) {
 		t.Fatalf("list: %v %v", cps, err)
 	}
 }
+
+// TestMalformedRPCs: requests no well-behaved client sends are answered
+// with an error naming the problem (or ignored where the protocol says
+// so), never a crash.
+func TestMalformedRPCs(t *testing.T) {
+	h := newHarness(t, 1, "")
+	c := h.client(h.leader(), "")
+	h.worker("w1")
+	h.worker("w2")
+	submit(t, c, "job-a", 0)
+	waitJob(t, c, "job-a", "placed", func(j *pb.Job) bool { return j.State == pb.JobState_JOB_STATE_PLACED })
+	ctx := ctxT(t)
+	code := func(err error) codes.Code { return status.Code(err) }
+
+	if _, err := c.SubmitJob(ctx, &apiv1.SubmitJobRequest{Spec: []byte("\x00\xff{{{")}); code(err) != codes.InvalidArgument {
+		t.Errorf("garbage spec: %v", err)
+	}
+	if _, err := c.SubmitJob(ctx, &apiv1.SubmitJobRequest{JobId: "Bad ID!", Spec: []byte("name: x\n")}); code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "Bad ID!") {
+		t.Errorf("bad job id: %v", err)
+	}
+	if _, err := c.SyncWorker(ctx, &apiv1.SyncWorkerRequest{}); code(err) != codes.InvalidArgument {
+		t.Errorf("sync without a worker id: %v", err)
+	}
+	// reports of ranks that do not exist, of jobs that do not exist, of
+	// other workers' ranks and of unknown states are ignored
+	for _, ts := range []*apiv1.TaskStatus{
+		{JobId: "job-a", Rank: -1, State: apiv1.TaskState_TASK_STATE_FAILED},
+		{JobId: "job-a", Rank: 99, State: apiv1.TaskState_TASK_STATE_FAILED},
+		{JobId: "nope", Rank: 0, State: apiv1.TaskState_TASK_STATE_SUCCEEDED},
+		{JobId: "job-a", Rank: 0, Attempt: -5, State: apiv1.TaskState_TASK_STATE_FAILED},
+		{JobId: "job-a", Rank: 0, State: apiv1.TaskState(42), Step: -3},
+		{JobId: "", Rank: 0},
+	} {
+		if _, err := c.SyncWorker(ctx, &apiv1.SyncWorkerRequest{WorkerId: "w-stranger", Tasks: []*apiv1.TaskStatus{ts}}); err != nil {
+			t.Errorf("report %v: %v", ts, err)
+		}
+	}
+	if j := waitJob(t, c, "job-a", "read", func(*pb.Job) bool { return true }); j.State != pb.JobState_JOB_STATE_PLACED || j.Restarts != 0 {
+		t.Fatalf("a stranger's reports changed the job: %v %s", j.State, j.Message)
+	}
+	for _, m := range [][]byte{nil, []byte("{"), []byte(`{"job":"job-a","step":-1}`), []byte(`{"job":"other","step":5,"layout":{"tp":1,"dp":1,"ep":1},"shards":[]}`)} {
+		if _, err := c.CommitCheckpoint(ctx, &apiv1.CommitCheckpointRequest{JobId: "job-a", Manifest: m}); code(err) != codes.InvalidArgument {
+			t.Errorf("manifest %q: %v", m, err)
+		}
+	}
+	if _, err := c.GetJob(ctx, &apiv1.GetJobRequest{JobId: ""}); code(err) != codes.InvalidArgument {
+		t.Errorf("empty job id: %v", err)
+	}
+	if _, err := c.ResumeJob(ctx, &apiv1.ResumeJobRequest{JobId: "job-a", FromStep: -1}); code(err) == codes.OK {
+		t.Errorf("resume of a placed job from step -1 accepted")
+	}
+	if _, err := c.AddReplica(ctx, &apiv1.AddReplicaRequest{Id: "x"}); code(err) != codes.InvalidArgument {
+		t.Errorf("add replica without an address: %v", err)
+	}
+	if _, err := c.DeleteCheckpoint(ctx, &apiv1.DeleteCheckpointRequest{JobId: "nope", Step: 1}); code(err) != codes.NotFound {
+		t.Errorf("delete for an unknown job: %v", err)
+	}
+}

@@ -7,13 +7,16 @@ import (
 	"log/slog"
 	"net"
 	"path/filepath"
+	"runtime/debug"
 	"sync"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
 
 	"github.com/switchyard-ml/switchyard/pkg/checkpoint"
 	"github.com/switchyard-ml/switchyard/pkg/coordinator"
@@ -153,7 +156,7 @@ func Start(ctx context.Context, cfg DaemonConfig) (d *Daemon, err error) {
 		lis.Close()
 		return nil, err
 	}
-	opts := security.ServerOptions(cfg.Token)
+	opts := append(recoverPanics(log), security.ServerOptions(cfg.Token)...)
 	if tlsOn {
 		tc, err := security.ServerTLS(cfg.TLS)
 		if err != nil {
@@ -244,4 +247,25 @@ func (e etcdCheckpoints) Delete(ctx context.Context, j *pb.Job, step int64) erro
 		return err
 	}
 	return checkpoint.NewManager(st, e.cat, e.log).Delete(ctx, j.Id, step)
+}
+
+// recoverPanics turns a panic in a handler into an INTERNAL error for that
+// call (logged with its stack) instead of taking the replica down.
+func recoverPanics(log *slog.Logger) []grpc.ServerOption {
+	rec := func(method string, err *error) {
+		if p := recover(); p != nil {
+			log.Error("handler panicked", "method", method, "panic", p, "stack", string(debug.Stack()))
+			*err = status.Errorf(codes.Internal, "internal error in %s", method)
+		}
+	}
+	return []grpc.ServerOption{
+		grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (resp any, err error) {
+			defer rec(info.FullMethod, &err)
+			return h(ctx, req)
+		}),
+		grpc.ChainStreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) (err error) {
+			defer rec(info.FullMethod, &err)
+			return h(srv, ss)
+		}),
+	}
 }

@@ -413,6 +413,9 @@ func contains(xs []string, x string) bool {
 
 // report applies one task report of worker w. Callers hold s.lead.
 func (s *Server) report(ctx context.Context, w string, ts *apiv1.TaskStatus) error {
+	if ts.GetJobId() == "" {
+		return nil // not a task anyone assigned
+	}
 	j, err := s.cfg.Node.Job(ts.GetJobId())
 	if errors.Is(err, coordinator.ErrJobNotFound) {
 		return nil // a job this replica never had: the worker will stop it
@@ -423,7 +426,7 @@ func (s *Server) report(ctx context.Context, w string, ts *apiv1.TaskStatus) err
 	if !active(j) || ts.GetAttempt() != j.Restarts {
 		return nil // an older attempt, or a job that ended: nothing to do
 	}
-	if int(ts.GetRank()) >= len(j.Placement) || j.Placement[ts.GetRank()].WorkerId != w {
+	if r := int(ts.GetRank()); r < 0 || r >= len(j.Placement) || j.Placement[r].WorkerId != w {
 		return nil // not this worker's rank (a stale report)
 	}
 	key := taskKey{job: j.Id, attempt: j.Restarts, rank: ts.GetRank()}

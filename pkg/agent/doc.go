@@ -33,8 +33,20 @@
 // checkpoint, or from the task's resume_from_step (--resume-step) when the
 // coordinator names one. For jobs whose ranks span several workers the
 // root must be shared storage (the same path on every worker and, as
-// --checkpoint-root, on the coordinators), since rank 0 verifies and
-// commits what every rank wrote.
+// --checkpoint-root, on the coordinators), or s3://bucket/prefix reached
+// with the worker's SWITCHYARD_S3_* and AWS_* environment, since rank 0
+// verifies and commits what every rank wrote. Rank 0 commits through the
+// coordinator (--commit-via with the worker's coordinator endpoints,
+// --attempt with the task's attempt, the token from SWITCHYARD_TOKEN in
+// the inherited environment), which refuses commits of an attempt that
+// is over.
+//
+// A rank announces job events (resumed from a step, checkpoint unusable)
+// on lines starting with train.EventPrefix (the agent sets
+// SWITCHYARD_EVENTS=1 for it); they are reported with the task's status,
+// numbered, for the coordinator to record once in the job's history, and
+// are not log lines. A NATS control message about a job the worker runs
+// (cancel, an ended attempt) makes it sync at once.
 //
 // The agent does not decide placement, does not touch the raft state or
 // the checkpoint catalogue, and does not talk to the other ranks: the

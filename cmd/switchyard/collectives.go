@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -32,6 +33,7 @@ type collectivesReport struct {
 }
 
 type collectivesRun struct {
+	Rep            int                    `json:"rep"` // which repetition (--repeat)
 	DataPlane      string                 `json:"data_plane"`
 	World          int                    `json:"world"`
 	ForeignCPUFrac float64                `json:"foreign_cpu_frac"`   // other processes' share of all cores during the run
@@ -48,13 +50,21 @@ type collectivesRow struct {
 	LatencyMS float64 `json:"latency_ms"`
 	AlgBWGBs  float64 `json:"algbw_gbs"`
 	BusBWGBs  float64 `json:"busbw_gbs"`
-	TCPGBs    float64 `json:"tcp_gbs"`        // loopback TCP ceiling (one way) measured in the same run
-	OverTCP   float64 `json:"busbw_over_tcp"` // busbw / TCP ceiling
-	TCPBidir  float64 `json:"tcp_bidir_gbs"`  // per-direction TCP throughput with both directions busy
+	CPUMS     float64 `json:"cpu_ms_all_ranks,omitempty"` // CPU time of all ranks together per operation
+	TCPGBs    float64 `json:"tcp_gbs"`                    // loopback TCP ceiling (one way) measured in the same run
+	OverTCP   float64 `json:"busbw_over_tcp"`             // busbw / TCP ceiling
+	TCPBidir  float64 `json:"tcp_bidir_gbs"`              // per-direction TCP throughput with both directions busy
 	OverBidir float64 `json:"busbw_over_tcp_bidir"`
 	GlooMS    float64 `json:"gloo_latency_ms,omitempty"`
 	GlooBusBW float64 `json:"gloo_busbw_gbs,omitempty"`
 	OverGloo  float64 `json:"busbw_over_gloo,omitempty"` // ours / gloo (> 1: faster)
+	// With --repeat: the figures above are medians over the repetitions,
+	// OverGloo the median of the per-repetition ratios (each from one
+	// back-to-back pair), and these their spread.
+	Reps         int       `json:"reps,omitempty"`
+	OverGlooMin  float64   `json:"busbw_over_gloo_min,omitempty"`
+	OverGlooMax  float64   `json:"busbw_over_gloo_max,omitempty"`
+	OverGlooReps []float64 `json:"busbw_over_gloo_reps,omitempty"`
 }
 
 // collectivesTarget checks the issue's targets for one row.
@@ -71,6 +81,7 @@ type glooReport struct {
 }
 
 type glooWorld struct {
+	Rep            int            `json:"rep"` // set by us: which repetition (--repeat)
 	World          int            `json:"world"`
 	Support        map[string]any `json:"support"`
 	ForeignCPUFrac float64        `json:"foreign_cpu_frac"` // other processes' share of the CPUs during the run
@@ -109,6 +120,7 @@ func cmdBenchCollectives(ctx context.Context, args []string) error {
 	asJSON := fs.Bool("json", false, "print JSON")
 	glooScript := fs.String("gloo-script", "", "run this PyTorch/gloo reference (allreduce_bench.py) with /usr/bin/python3 and compare")
 	glooWait := fs.Bool("gloo-wait-idle", false, "let the gloo script wait for an idle machine first")
+	repeat := fs.Int("repeat", 1, "repetitions: each world size runs ours and gloo back to back this many times, the order alternating; figures are medians, ratios medians of the per-pair ratios, with their spread")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
@@ -134,26 +146,34 @@ func cmdBenchCollectives(ctx context.Context, args []string) error {
 	if *iters < 1 {
 		return usageError{errors.New("bench collectives: --iters must be >= 1")}
 	}
+	if *repeat < 1 {
+		return usageError{errors.New("bench collectives: --repeat must be >= 1")}
+	}
 	for _, w := range ws {
 		if w < 2 || w > 64 {
 			return usageError{fmt.Errorf("bench collectives: world %d out of range 2..64", w)}
 		}
 	}
 	rep := collectivesReport{CPUs: runtime.NumCPU(), LoadAvg: loadAvg()}
+	var planeOpts []parallel.Options
 	for _, plane := range strings.Split(*planes, ",") {
 		opts := parallel.Options{Timeout: 2 * time.Minute, DataPlane: plane}
 		if err := opts.Validate(); err != nil {
 			return usageError{err}
 		}
-		for _, w := range ws {
+		planeOpts = append(planeOpts, opts)
+	}
+	ours := func(r, w int) ([]collectivesRun, error) {
+		var runs []collectivesRun
+		for _, opts := range planeOpts {
 			before := cpuSnapshot()
 			start := time.Now()
 			res, err := parallel.BenchCollectives(ctx, w, sizes, *iters,
 				parallel.BenchTransport(opts, parallel.CommOptions{Segment: seg}))
 			if err != nil {
-				return fmt.Errorf("bench collectives: world %d, data plane %s: %w", w, plane, err)
+				return nil, fmt.Errorf("bench collectives: world %d, data plane %s: %w", w, opts.DataPlane, err)
 			}
-			run := collectivesRun{DataPlane: plane, World: w, ForeignCPUFrac: foreignCPU(before, cpuSnapshot(), time.Since(start))}
+			run := collectivesRun{Rep: r, DataPlane: opts.DataPlane, World: w, ForeignCPUFrac: foreignCPU(before, cpuSnapshot(), time.Since(start))}
 			for _, r := range res {
 				switch r.Op {
 				case "tcp_loopback":
@@ -164,19 +184,59 @@ func cmdBenchCollectives(ctx context.Context, args []string) error {
 					run.Results = append(run.Results, r)
 				}
 			}
-			rep.Runs = append(rep.Runs, run)
+			runs = append(runs, run)
+		}
+		return runs, nil
+	}
+	var repRows [][]collectivesRow
+	for r := 0; r < *repeat; r++ {
+		var runs []collectivesRun
+		var g *glooReport
+		for _, w := range ws {
+			// Gloo second on even repetitions, first on odd ones: drift in
+			// the load of a shared machine falls on both sides alike.
+			for half := range 2 {
+				if (half == 0) == (r%2 == 0) {
+					rs, err := ours(r, w)
+					if err != nil {
+						return err
+					}
+					runs = append(runs, rs...)
+					continue
+				}
+				if *glooScript == "" {
+					continue
+				}
+				gw, err := runGloo(ctx, *glooScript, []int{w}, sizes, *glooWait)
+				if err != nil {
+					return err
+				}
+				for i := range gw.Results {
+					gw.Results[i].Rep = r
+				}
+				if g == nil {
+					g = gw
+				} else {
+					g.Results = append(g.Results, gw.Results...)
+				}
+			}
+		}
+		rows, _ := collectivesRows(runs, g)
+		repRows = append(repRows, rows)
+		rep.Runs = append(rep.Runs, runs...)
+		if g != nil {
+			if rep.Gloo == nil {
+				rep.Gloo = g
+			} else {
+				rep.Gloo.Results = append(rep.Gloo.Results, g.Results...)
+			}
 		}
 	}
-	if *glooScript != "" {
-		g, err := runGloo(ctx, *glooScript, ws, sizes, *glooWait)
-		if err != nil {
-			return err
-		}
-		rep.Gloo = g
-	}
-	rep.Rows, rep.Summary = collectivesRows(rep.Runs, rep.Gloo)
+	rep.Rows = medianRows(repRows)
+	rep.Summary = collectivesTargets(rep.Rows)
 	rep.Notes = append(rep.Notes,
-		"latency: median over iterations of the slowest rank; busbw = bytes*2(W-1)/W/t (all-reduce), bytes*(W-1)/W/t (all-to-all)",
+		"latency: median over iterations of the slowest rank; busbw = bytes*2(W-1)/W/t (all-reduce), bytes*(W-1)/W/t (all-to-all); cpu: CPU time of all ranks together per operation (steadier than latency when other load shares the cores)",
+		"--repeat N: each world size runs ours and gloo back to back N times, the order alternating; figures are medians over the repetitions, busbw_over_gloo the median of the per-pair ratios, with min, max and every pair's ratio",
 		"tcp_gbs: one loopback TCP stream, 1 MiB writes, measured before each world's run; tcp_bidir_gbs: per direction with both directions of one connection busy, the traffic of a ring (every rank sends and receives at once)",
 		"data_plane grpc: messages as gRPC stream frames; tcp: a plain stream socket per rank pair beside the gRPC stream (a Unix socket here, all ranks being on one host)")
 	if *asJSON {
@@ -202,11 +262,10 @@ func collectivesRows(runs []collectivesRun, g *glooReport) ([]collectivesRow, []
 		}
 	}
 	var rows []collectivesRow
-	var targets []collectivesTarget
 	for _, run := range runs {
 		for _, r := range run.Results {
 			row := collectivesRow{Op: r.Op, World: r.World, Bytes: r.Bytes, DataPlane: run.DataPlane,
-				LatencyMS: r.LatencyMS, AlgBWGBs: r.AlgBWGBs, BusBWGBs: r.BusBWGBs, TCPGBs: run.TCP.BusBWGBs}
+				LatencyMS: r.LatencyMS, AlgBWGBs: r.AlgBWGBs, BusBWGBs: r.BusBWGBs, CPUMS: r.CPUMS, TCPGBs: run.TCP.BusBWGBs}
 			if row.TCPGBs > 0 {
 				row.OverTCP = r.BusBWGBs / row.TCPGBs
 			}
@@ -220,40 +279,109 @@ func collectivesRows(runs []collectivesRun, g *glooReport) ([]collectivesRow, []
 				}
 			}
 			rows = append(rows, row)
-			if r.Op != "all_reduce" {
-				continue
-			}
-			id := fmt.Sprintf("all_reduce W=%d %s over %s", r.World, fmtSize(r.Bytes), run.DataPlane)
-			if r.Bytes >= 16<<20 {
-				if row.GlooBusBW > 0 {
-					targets = append(targets, collectivesTarget{id + ": busbw >= gloo", row.OverGloo >= 1})
-				}
-				targets = append(targets, collectivesTarget{id + ": busbw >= 80% of TCP", row.OverTCP >= 0.8})
-			}
-			if r.Bytes <= 64<<10 && row.GlooMS > 0 {
-				targets = append(targets, collectivesTarget{id + ": latency <= gloo", row.LatencyMS <= row.GlooMS})
-			}
 		}
 	}
-	return rows, targets
+	return rows, collectivesTargets(rows)
+}
+
+// collectivesTargets checks the issue's all-reduce targets on rows.
+func collectivesTargets(rows []collectivesRow) []collectivesTarget {
+	var targets []collectivesTarget
+	for _, row := range rows {
+		if row.Op != "all_reduce" {
+			continue
+		}
+		id := fmt.Sprintf("all_reduce W=%d %s over %s", row.World, fmtSize(row.Bytes), row.DataPlane)
+		if row.Bytes >= 16<<20 {
+			if row.GlooBusBW > 0 {
+				targets = append(targets, collectivesTarget{id + ": busbw >= gloo", row.OverGloo >= 1})
+			}
+			targets = append(targets, collectivesTarget{id + ": busbw >= 80% of TCP", row.OverTCP >= 0.8})
+		}
+		if row.Bytes <= 64<<10 && row.GlooMS > 0 {
+			targets = append(targets, collectivesTarget{id + ": latency <= gloo", row.LatencyMS <= row.GlooMS})
+		}
+	}
+	return targets
+}
+
+// medianRows folds the rows of several repetitions (the same rows in the
+// same order) into one: every figure the median over the repetitions, the
+// ratio to gloo the median of the per-repetition ratios, with its extremes.
+// One repetition is returned as it is.
+func medianRows(reps [][]collectivesRow) []collectivesRow {
+	if len(reps) == 1 {
+		return reps[0]
+	}
+	out := slices.Clone(reps[0])
+	for i := range out {
+		col := func(f func(collectivesRow) float64) float64 {
+			var v []float64
+			for _, rows := range reps {
+				if x := f(rows[i]); x > 0 {
+					v = append(v, x)
+				}
+			}
+			return median(v)
+		}
+		r := &out[i]
+		r.LatencyMS = col(func(r collectivesRow) float64 { return r.LatencyMS })
+		r.AlgBWGBs = col(func(r collectivesRow) float64 { return r.AlgBWGBs })
+		r.BusBWGBs = col(func(r collectivesRow) float64 { return r.BusBWGBs })
+		r.CPUMS = col(func(r collectivesRow) float64 { return r.CPUMS })
+		r.TCPGBs = col(func(r collectivesRow) float64 { return r.TCPGBs })
+		r.OverTCP = col(func(r collectivesRow) float64 { return r.OverTCP })
+		r.TCPBidir = col(func(r collectivesRow) float64 { return r.TCPBidir })
+		r.OverBidir = col(func(r collectivesRow) float64 { return r.OverBidir })
+		r.GlooMS = col(func(r collectivesRow) float64 { return r.GlooMS })
+		r.GlooBusBW = col(func(r collectivesRow) float64 { return r.GlooBusBW })
+		r.Reps = len(reps)
+		r.OverGlooReps = nil
+		for _, rows := range reps {
+			if x := rows[i].OverGloo; x > 0 {
+				r.OverGlooReps = append(r.OverGlooReps, x)
+			}
+		}
+		if len(r.OverGlooReps) > 0 {
+			r.OverGloo = median(r.OverGlooReps)
+			r.OverGlooMin, r.OverGlooMax = slices.Min(r.OverGlooReps), slices.Max(r.OverGlooReps)
+		}
+	}
+	return out
+}
+
+// median of v (0 for none; the mean of the middle two for an even count).
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	v = slices.Clone(v)
+	slices.Sort(v)
+	if n := len(v); n%2 == 0 {
+		return (v[n/2-1] + v[n/2]) / 2
+	}
+	return v[len(v)/2]
 }
 
 func printCollectives(rep collectivesReport) {
-	fmt.Printf("%-10s %2s %6s %5s %10s %7s %5s %6s %10s %7s %6s\n", "op", "W", "size", "plane", "latency", "busbw", "/tcp", "/bidir", "gloo", "gloo-bw", "/gloo")
+	fmt.Printf("%-10s %2s %6s %5s %10s %7s %9s %5s %6s %10s %7s %6s\n", "op", "W", "size", "plane", "latency", "busbw", "cpu", "/tcp", "/bidir", "gloo", "gloo-bw", "/gloo")
 	for _, r := range rep.Rows {
-		fmt.Printf("%-10s %2d %6s %5s %8.3fms %7.3f %5.2f %6.2f", r.Op, r.World, fmtSize(r.Bytes), r.DataPlane, r.LatencyMS, r.BusBWGBs, r.OverTCP, r.OverBidir)
+		fmt.Printf("%-10s %2d %6s %5s %8.3fms %7.3f %7.2fms %5.2f %6.2f", r.Op, r.World, fmtSize(r.Bytes), r.DataPlane, r.LatencyMS, r.BusBWGBs, r.CPUMS, r.OverTCP, r.OverBidir)
 		if r.GlooMS > 0 {
 			fmt.Printf(" %8.3fms %7.3f %6.2f", r.GlooMS, r.GlooBusBW, r.OverGloo)
+			if r.Reps > 1 {
+				fmt.Printf(" [%.2f..%.2f over %d pairs]", r.OverGlooMin, r.OverGlooMax, len(r.OverGlooReps))
+			}
 		}
 		fmt.Println()
 	}
 	for _, run := range rep.Runs {
-		fmt.Printf("before W=%d over %s: loopback TCP %.2f GB/s one way, %.2f GB/s each way both ways; %.0f%% of the CPUs busy elsewhere\n",
-			run.World, run.DataPlane, run.TCP.BusBWGBs, run.TCPBidir.BusBWGBs, 100*run.ForeignCPUFrac)
+		fmt.Printf("rep %d before W=%d over %s: loopback TCP %.2f GB/s one way, %.2f GB/s each way both ways; %.0f%% of the CPUs busy elsewhere\n",
+			run.Rep, run.World, run.DataPlane, run.TCP.BusBWGBs, run.TCPBidir.BusBWGBs, 100*run.ForeignCPUFrac)
 	}
 	if rep.Gloo != nil {
 		for _, g := range rep.Gloo.Results {
-			fmt.Printf("gloo W=%d (torch %s): %.0f%% of the CPUs busy elsewhere\n", g.World, rep.Gloo.Torch, 100*g.ForeignCPUFrac)
+			fmt.Printf("gloo rep %d W=%d (torch %s): %.0f%% of the CPUs busy elsewhere\n", g.Rep, g.World, rep.Gloo.Torch, 100*g.ForeignCPUFrac)
 		}
 	}
 	for _, t := range rep.Summary {

@@ -53,3 +53,29 @@ func TestCollectivesRows(t *testing.T) {
 		}
 	}
 }
+
+// Repetitions fold into medians; the ratio to gloo is the median of the
+// per-pair ratios (not the ratio of the medians), with its extremes.
+func TestMedianRows(t *testing.T) {
+	row := func(bw, gloo float64) collectivesRow {
+		return collectivesRow{Op: "all_reduce", World: 4, Bytes: 64 << 20, DataPlane: "tcp", LatencyMS: 100 / bw,
+			BusBWGBs: bw, GlooMS: 100 / gloo, GlooBusBW: gloo, OverGloo: bw / gloo, TCPGBs: 2, OverTCP: bw / 2}
+	}
+	got := medianRows([][]collectivesRow{{row(0.5, 0.5)}, {row(0.9, 0.6)}, {row(0.4, 0.8)}})
+	if len(got) != 1 {
+		t.Fatalf("rows %+v", got)
+	}
+	r := got[0]
+	if r.BusBWGBs != 0.5 || r.GlooBusBW != 0.6 || r.OverGloo != 1 || r.OverGlooMin != 0.5 || r.OverGlooMax != 1.5 || r.Reps != 3 || len(r.OverGlooReps) != 3 {
+		t.Fatalf("row %+v", r)
+	}
+	if tg := collectivesTargets(got); len(tg) != 2 || !tg[0].Met || tg[1].Met {
+		t.Fatalf("targets %+v", tg)
+	}
+	if one := medianRows([][]collectivesRow{{row(1, 2)}}); one[0].Reps != 0 || one[0].OverGloo != 0.5 {
+		t.Fatalf("one repetition changed: %+v", one[0])
+	}
+	if m := median([]float64{3, 1, 2, 4}); m != 2.5 {
+		t.Fatalf("median = %v", m)
+	}
+}

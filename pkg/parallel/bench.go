@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -26,7 +27,12 @@ type BenchResult struct {
 	LatencyMS float64 `json:"latency_ms"` // median per operation of the slowest rank
 	AlgBWGBs  float64 `json:"algbw_gbs"`  // bytes / time
 	BusBWGBs  float64 `json:"busbw_gbs"`  // all_reduce: algbw*2(W-1)/W; all_to_all: algbw*(W-1)/W
-	Transport string  `json:"transport"`  // grpc-processes, grpc-goroutines, tcp
+	// CPUMS is the CPU time (user and system, all threads) the ranks spent
+	// together per operation, averaged over the timed iterations. On a
+	// shared machine where the ranks outnumber the cores it is the steadier
+	// figure: other load stretches the latency but hardly the CPU time.
+	CPUMS     float64 `json:"cpu_ms_all_ranks,omitempty"`
+	Transport string  `json:"transport"` // grpc-processes, grpc-goroutines, tcp
 }
 
 // BenchOption changes how BenchCollectives runs.
@@ -91,6 +97,7 @@ func BenchCollectives(ctx context.Context, world int, sizes []int, iters int, op
 		res = out[0]
 		for i := range res {
 			res[i].Transport = "grpc-goroutines"
+			res[i].CPUMS /= float64(world) // every rank measured the one process
 		}
 	} else {
 		ranks, err := startRanks(ctx, world, childConfig{Mode: "bench", Sizes: sizes, Iters: iters, Opts: cfg.opts, Comm: cfg.comm})
@@ -143,31 +150,37 @@ func RunBenchRank(ctx context.Context, t Transport, sizes []int, iters int, co C
 	var res []BenchResult
 	// timeIt runs op twice to warm up, then n times, and returns the median
 	// over iterations of the slowest rank's time (every iteration starts
-	// when the previous one's collective has synchronised the ranks). A
-	// median, not a mean: other load on a shared machine shows up as a few
-	// slow iterations.
-	timeIt := func(n int, op func() error) (float64, error) {
+	// when the previous one's collective has synchronised the ranks) and the
+	// CPU seconds of all ranks together per iteration. A median, not a
+	// mean: other load on a shared machine shows up as a few slow
+	// iterations.
+	timeIt := func(n int, op func() error) (float64, float64, error) {
 		for i := 0; i < 2; i++ { // warm-up
 			if err := op(); err != nil {
-				return 0, err
+				return 0, 0, err
 			}
 		}
 		if err := c.Barrier(ctx); err != nil {
-			return 0, err
+			return 0, 0, err
 		}
 		secs := make([]float64, n)
+		cpu0 := processCPU()
 		for i := 0; i < n; i++ {
 			start := time.Now()
 			if err := op(); err != nil {
-				return 0, err
+				return 0, 0, err
 			}
 			secs[i] = time.Since(start).Seconds()
 		}
+		cpu := []float64{(processCPU() - cpu0) / float64(n)}
 		if err := c.AllReduceF64(ctx, secs, Max); err != nil {
-			return 0, err
+			return 0, 0, err
+		}
+		if err := c.AllReduceF64(ctx, cpu, Sum); err != nil {
+			return 0, 0, err
 		}
 		slices.Sort(secs)
-		return secs[n/2], nil
+		return secs[n/2], cpu[0], nil
 	}
 	for _, size := range sizes {
 		n := iters
@@ -179,13 +192,13 @@ func RunBenchRank(ctx context.Context, t Transport, sizes []int, iters int, co C
 		for i := range buf {
 			buf[i] = float32(i%7) * 0.5
 		}
-		sec, err := timeIt(n, func() error { return c.AllReduce(ctx, buf, Sum) })
+		sec, cpu, err := timeIt(n, func() error { return c.AllReduce(ctx, buf, Sum) })
 		if err != nil {
 			return nil, fmt.Errorf("parallel: bench all-reduce %d bytes: %w", size, err)
 		}
 		alg := float64(elems*4) / sec / 1e9
 		res = append(res, BenchResult{Op: "all_reduce", World: w, Bytes: elems * 4, Iters: n, LatencyMS: sec * 1e3,
-			AlgBWGBs: alg, BusBWGBs: alg * 2 * float64(w-1) / float64(w)})
+			AlgBWGBs: alg, BusBWGBs: alg * 2 * float64(w-1) / float64(w), CPUMS: cpu * 1e3})
 
 		per := elems / w
 		counts := make([]int, w)
@@ -193,13 +206,13 @@ func RunBenchRank(ctx context.Context, t Transport, sizes []int, iters int, co C
 			counts[i] = per
 		}
 		send, recv := buf[:per*w], make([]float32, per*w)
-		sec, err = timeIt(n, func() error { return c.AllToAllVF32(ctx, send, counts, recv, counts) })
+		sec, cpu, err = timeIt(n, func() error { return c.AllToAllVF32(ctx, send, counts, recv, counts) })
 		if err != nil {
 			return nil, fmt.Errorf("parallel: bench all-to-all %d bytes: %w", size, err)
 		}
 		alg = float64(per*w*4) / sec / 1e9
 		res = append(res, BenchResult{Op: "all_to_all", World: w, Bytes: per * w * 4, Iters: n, LatencyMS: sec * 1e3,
-			AlgBWGBs: alg, BusBWGBs: alg * float64(w-1) / float64(w)})
+			AlgBWGBs: alg, BusBWGBs: alg * float64(w-1) / float64(w), CPUMS: cpu * 1e3})
 	}
 	return res, nil
 }
@@ -516,4 +529,14 @@ func (p *rankProcs) wait() ([][]string, error) {
 		}
 	}
 	return out, errors.Join(errs...)
+}
+
+// processCPU is the CPU time this process has used (user and system, all
+// threads), in seconds; 0 where the system does not say.
+func processCPU() float64 {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
 }

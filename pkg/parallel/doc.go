@@ -19,13 +19,14 @@
 //     that is wire-compatible with the proto (codec.go) and avoids copies.
 //     With Options.DataPlane "tcp" (rawtcp.go) the gRPC stream still does
 //     discovery and the handshake, but the messages travel over one plain
-//     stream socket per pair (a Unix socket between ranks on one host, else
-//     TCP to the same port), written from and read into the callers'
-//     buffers: gRPC-Go's 16 KiB HTTP/2 frames and its copies
-//     cap a stream at about half of what the socket moves (see
-//     BenchmarkTransportStream). Receive buffers come from bounded pools
-//     that survive garbage collection (pool.go). One contract test suite
-//     runs against mem, grpc and grpc with the tcp data plane.
+//     stream socket per pair (a Unix socket between ranks on one host, its
+//     buffers raised to 4 MiB since Linux does not autotune them, else TCP
+//     to the same port), written from and read into the callers' buffers:
+//     gRPC-Go's 16 KiB HTTP/2 frames and its copies cap a stream at about
+//     half of what the socket moves (see BenchmarkTransportStream).
+//     Receive buffers come from bounded pools that survive garbage
+//     collection (pool.go). One contract test suite runs against mem,
+//     grpc and grpc with the tcp data plane.
 //   - Comm (comm.go): all-reduce (direct exchange for small buffers, a
 //     pipelined ring for large ones, received segments reduced with the
 //     vectorised kernels.Axpy and copied segments received in place;
@@ -41,9 +42,11 @@
 //     collectives over gRPC on loopback with ranks as separate processes,
 //     plus the loopback TCP ceilings (one way, and both ways at once as a
 //     ring loads a link); `switchyard bench collectives` prints them next
-//     to the PyTorch/gloo reference. A program that calls it must call
-//     BenchChildMain first thing in main: the ranks are that program
-//     re-executed with SWITCHYARD_BENCH_RANK set.
+//     to the PyTorch/gloo reference (--repeat: alternating back-to-back
+//     pairs, median ratios and their spread; the ranks' CPU time per
+//     operation, steadier than latency on a shared machine). A program
+//     that calls it must call BenchChildMain first thing in main: the
+//     ranks are that program re-executed with SWITCHYARD_BENCH_RANK set.
 //
 // It must not know about the model, the router or the training loop: those
 // packages call collectives with plain float32/float64/byte buffers.

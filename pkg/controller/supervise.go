@@ -223,7 +223,7 @@ func (s *Server) schedule(ctx context.Context, live map[string]membership.Worker
 		}
 		byID[j.Id] = j
 		if t, ok := s.term.notBefore[j.Id]; ok && now.Before(t) {
-			s.setPending(ctx, j, "Backoff", fmt.Sprintf("restart backoff: placed again in %s", t.Sub(now).Round(time.Second)))
+			s.setPending(ctx, j, "Backoff", fmt.Sprintf("restart backoff: placed again at %s", t.UTC().Format(time.TimeOnly)))
 			continue
 		}
 		queue = append(queue, sp.SchedulerJob(j.Id, j.SubmitSeq))

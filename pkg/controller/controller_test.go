@@ -316,6 +316,22 @@ func TestJobLifecycle(t *testing.T) {
 	if ts := syncTasks(t, c, w0); len(ts) != 0 {
 		t.Fatalf("finished job still hands out tasks: %v", ts)
 	}
+	// the leader forgets the finished job (its memory does not grow with
+	// the cluster's history)
+	lead := h.leader()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		lead.srv.lead.Lock()
+		n := len(lead.srv.term.reports) + len(lead.srv.term.lastProgress) + len(lead.srv.term.eventSeq)
+		lead.srv.lead.Unlock()
+		if n == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the leader still holds %d entries about the finished job", n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	// the lifecycle reached the bus as well
 	msgs, err := h.bus.History(ctxT(t), events.Filter{Kind: events.KindEvent, JobID: "job-a"})
 	if err != nil {

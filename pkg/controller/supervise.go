@@ -98,6 +98,48 @@ func (s *Server) tick(ctx context.Context) {
 		}
 	}
 	s.schedule(ctx, live)
+	s.prune(live, jobs)
+}
+
+// prune drops the leader's memory of workers that left and of jobs that
+// ended, so that it does not grow with the cluster's history.
+func (s *Server) prune(live map[string]membership.WorkerInfo, jobs []*pb.Job) {
+	open := make(map[string]int32, len(jobs))
+	for _, j := range jobs {
+		open[j.Id] = j.Restarts
+	}
+	for w := range s.term.lastSync {
+		if _, ok := live[w]; !ok {
+			delete(s.term.lastSync, w)
+		}
+	}
+	for k := range s.term.reports {
+		if a, ok := open[k.job]; !ok || a != k.attempt {
+			delete(s.term.reports, k)
+		}
+	}
+	for k := range s.term.eventSeq {
+		if a, ok := open[k.job]; !ok || a != k.attempt {
+			delete(s.term.eventSeq, k)
+		}
+	}
+	for id := range s.term.lastProgress {
+		if _, ok := open[id]; !ok {
+			delete(s.term.lastProgress, id)
+		}
+	}
+	for id := range s.term.notBefore {
+		if _, ok := open[id]; !ok {
+			delete(s.term.notBefore, id)
+		}
+	}
+	s.mu.Lock()
+	for id := range s.specs {
+		if _, ok := open[id]; !ok {
+			delete(s.specs, id)
+		}
+	}
+	s.mu.Unlock()
 }
 
 // lostWorker returns a placed worker of j that is no longer registered.

@@ -10,7 +10,7 @@ build:
 # Every package under the race detector; the kernels' tests shrink their
 # shapes under -race (see pkg/kernels/race_test.go).
 test:
-	$(GO) test -race -count=1 ./...
+	$(GO) test -race -count=1 -timeout 25m ./...
 
 # A whole cluster on this machine: a dev coordinator (embedded etcd and
 # NATS), two workers, the demo job (tiny, global-batch LBL, DP=2, EP=2).

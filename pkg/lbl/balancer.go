@@ -134,6 +134,9 @@ type Balancer struct {
 	vec           []float64     // [L*E+1] reduce vector
 	inFlight      bool          // a micro-batch has been recorded since the last Sync/StepDone
 	synced        bool          // the in-flight micro-batch has been synchronised
+	// pending carries the result of an all-reduce StartSync began in the
+	// background (nil: none running); it writes vec.
+	pending chan error
 
 	bufLE        []float64 // [L*E]
 	bufTokens    float64
@@ -232,6 +235,7 @@ func (b *Balancer) Record(l int, logitsTE, probsTE []float32, idxTK []int32, T, 
 		need(len(logitsTE), T*b.E, "Record", "logitsTE")
 	}
 	if !b.inFlight || b.synced {
+		b.drain()
 		for i := range b.rec {
 			b.rec[i].recorded = false
 		}
@@ -268,22 +272,23 @@ func (b *Balancer) Sync(ctx context.Context) error {
 	if !b.inFlight {
 		return fmt.Errorf("%w: Sync with no micro-batch recorded", ErrNotRecorded)
 	}
-	tokens := -1
-	for l := range b.rec {
-		rec := &b.rec[l]
-		if !rec.recorded {
-			return fmt.Errorf("%w: layer %d", ErrNotRecorded, l)
-		}
-		if tokens >= 0 && rec.tokens != tokens {
-			return fmt.Errorf("%w: layer 0 has %d, layer %d has %d", ErrTokenMismatch, tokens, l, rec.tokens)
-		}
-		tokens = rec.tokens
-	}
 	n := b.L * b.E
-	copy(b.vec, b.localCountsLE)
-	b.vec[n] = float64(tokens)
-	if err := b.r.AllReduceSum(ctx, b.vec); err != nil {
-		return fmt.Errorf("lbl: all-reduce of expert counts: %w", err)
+	if b.pending != nil {
+		err := <-b.pending
+		b.pending = nil
+		if err != nil {
+			return fmt.Errorf("lbl: all-reduce of expert counts: %w", err)
+		}
+	} else {
+		tokens, err := b.recordedTokens()
+		if err != nil {
+			return err
+		}
+		copy(b.vec, b.localCountsLE)
+		b.vec[n] = float64(tokens)
+		if err := b.r.AllReduceSum(ctx, b.vec); err != nil {
+			return fmt.Errorf("lbl: all-reduce of expert counts: %w", err)
+		}
 	}
 	for i, c := range b.vec[:n] {
 		b.bufLE[i] += c
@@ -301,6 +306,55 @@ func (b *Balancer) Sync(ctx context.Context) error {
 	}
 	b.synced = true
 	return nil
+}
+
+// recordedTokens checks that every layer recorded the micro-batch and
+// that they agree on its valid tokens.
+func (b *Balancer) recordedTokens() (int, error) {
+	tokens := -1
+	for l := range b.rec {
+		rec := &b.rec[l]
+		if !rec.recorded {
+			return 0, fmt.Errorf("%w: layer %d", ErrNotRecorded, l)
+		}
+		if tokens >= 0 && rec.tokens != tokens {
+			return 0, fmt.Errorf("%w: layer 0 has %d, layer %d has %d", ErrTokenMismatch, tokens, l, rec.tokens)
+		}
+		tokens = rec.tokens
+	}
+	return tokens, nil
+}
+
+// drain waits for a background sync nobody collected (a step abandoned
+// between forward and backward) so that it no longer writes vec.
+func (b *Balancer) drain() {
+	if b.pending != nil {
+		<-b.pending
+		b.pending = nil
+	}
+}
+
+// StartSync begins the count all-reduce of the current micro-batch in the
+// background as soon as every layer has recorded it (the last MoE layer's
+// forward calls it), so that the rest of the forward pass and the start
+// of the backward overlap the meeting point with the other ranks; Sync
+// then only waits for it. It does nothing before the last layer recorded,
+// after Sync, or when a sync is already running; problems are left for
+// Sync to report. The result is the same as Sync's, bit for bit.
+func (b *Balancer) StartSync(ctx context.Context) {
+	if !b.inFlight || b.synced || b.pending != nil {
+		return
+	}
+	tokens, err := b.recordedTokens()
+	if err != nil {
+		return
+	}
+	n := b.L * b.E
+	copy(b.vec, b.localCountsLE)
+	b.vec[n] = float64(tokens)
+	done := make(chan error, 1)
+	b.pending = done
+	go func() { done <- b.r.AllReduceSum(ctx, b.vec) }()
 }
 
 // Backward ADDS scale * d(aux loss of layer l)/d(logits) into dLogitsTE
@@ -349,6 +403,7 @@ func (b *Balancer) Losses() Losses {
 // layer's expert bias by BiasRate * sign(mean count - count_e) using the
 // step's global counts, then empties the buffer.
 func (b *Balancer) StepDone() {
+	b.drain()
 	if b.cfg.BiasRate != 0 && b.microBatches > 0 {
 		for l := 0; l < b.L; l++ {
 			countsE := b.bufLE[l*b.E : (l+1)*b.E]
@@ -402,6 +457,7 @@ func (b *Balancer) State() State {
 // SetState restores a State taken by State from a Balancer of the same
 // shape. Any micro-batch in flight is discarded.
 func (b *Balancer) SetState(s State) error {
+	b.drain()
 	if s.Layers != b.L || s.Experts != b.E || s.K != b.K {
 		return fmt.Errorf("%w: state is L=%d E=%d k=%d, balancer is L=%d E=%d k=%d",
 			ErrState, s.Layers, s.Experts, s.K, b.L, b.E, b.K)

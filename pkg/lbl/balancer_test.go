@@ -7,6 +7,8 @@ import (
 	"math"
 	"math/rand/v2"
 	"sync"
+	"reflect"
+	"strings"
 	"sync/atomic"
 	"testing"
 
@@ -716,5 +718,85 @@ func TestBalancerNoAllocationsAfterWarmUp(t *testing.T) {
 	run()
 	if a := testing.AllocsPerRun(20, run); a != 0 {
 		t.Fatalf("%v allocations per micro-batch, want 0", a)
+	}
+}
+
+// failingOnce fails its first call, then sums like Identity.
+type failingOnce struct{ failed bool }
+
+func (f *failingOnce) AllReduceSum(ctx context.Context, v []float64) error {
+	if !f.failed {
+		f.failed = true
+		return errors.New("peer lost")
+	}
+	return nil
+}
+
+// TestStartSyncSameAsSync: the background sync the last layer's forward
+// starts gives bitwise the losses and gradients of a plain Sync, starts
+// only once every layer recorded, and a failure in the background is
+// Sync's error (a retry then succeeds).
+func TestStartSyncSameAsSync(t *testing.T) {
+	ctx := context.Background()
+	const L, T, E, k = 3, 8, 4, 2
+	plain, err := NewBalancer(Config{GlobalCoef: 1, MicroCoef: 0.1}, L, E, k, Identity{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cr := &countingReducer{inner: Identity{}}
+	early, err := NewBalancer(Config{GlobalCoef: 1, MicroCoef: 0.1}, L, E, k, cr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(3, 3))
+	for m := 0; m < 3; m++ {
+		for l := 0; l < L; l++ {
+			d := randomRouted(rng, T, E, k, 1)
+			plain.Record(l, d.z, d.p, d.idx, T, 4, nil)
+			early.Record(l, d.z, d.p, d.idx, T, 4, nil)
+			early.StartSync(ctx)
+			if l < L-1 && len(cr.lens) != m {
+				t.Fatalf("StartSync ran before the last layer recorded")
+			}
+		}
+		early.StartSync(ctx) // a second start does nothing
+		for l := L - 1; l >= 0; l-- {
+			g1, g2 := make([]float32, T*E), make([]float32, T*E)
+			if err := plain.Backward(ctx, l, 1, g1); err != nil {
+				t.Fatal(err)
+			}
+			if err := early.Backward(ctx, l, 1, g2); err != nil {
+				t.Fatal(err)
+			}
+			for i := range g1 {
+				if g1[i] != g2[i] {
+					t.Fatalf("micro-batch %d layer %d: gradient %d differs: %v vs %v", m, l, i, g1[i], g2[i])
+				}
+			}
+		}
+		if len(cr.lens) != m+1 {
+			t.Fatalf("%d reducer calls after %d micro-batches", len(cr.lens), m+1)
+		}
+		if !reflect.DeepEqual(plain.Losses(), early.Losses()) {
+			t.Fatalf("losses %v vs %v", plain.Losses(), early.Losses())
+		}
+	}
+	plain.StepDone()
+	early.StepDone()
+
+	// a background failure surfaces in Sync, and Sync can be retried
+	fo := &failingOnce{}
+	b, err := NewBalancer(Config{GlobalCoef: 1}, 1, E, k, fo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := randomRouted(rng, T, E, k, 1)
+	b.Record(0, d.z, d.p, d.idx, T, 4, nil)
+	b.StartSync(ctx)
+	if err := b.Sync(ctx); err == nil || !strings.Contains(err.Error(), "peer lost") {
+		t.Fatalf("background failure: %v", err)
+	}
+	if err := b.Sync(ctx); err != nil {
+		t.Fatalf("retry: %v", err)
 	}
 }

@@ -154,6 +154,9 @@ func (o *moeOp) Do(in ...G.Value) (G.Value, error) {
 	}
 	if o.bal != nil {
 		o.bal.Record(o.moeIdx, o.logitsTE, o.probsTE, o.idxTK, T, o.batch.S, o.batch.Valid[o.off:o.off+T])
+		// after the last MoE layer: the counts travel while the rest of
+		// the step computes (the backward waits for them)
+		o.bal.StartSync(context.Background())
 	}
 	if o.stats != nil {
 		o.stats.record(o.moeIdx, o.batch, o.off, T, o.idxTK, k)

@@ -49,7 +49,7 @@ type StepMetrics struct {
 	TokensPerS float64     `json:"tokens_per_s"`
 	ElapsedS   float64     `json:"elapsed_s"`
 	ExpertLoad [][]float64 `json:"expert_load"` // per MoE layer, share of the step's (global) selections per expert
-	LBLSyncS   float64     `json:"lbl_sync_s"`  // time this rank spent synchronising expert counts in the step
+	LBLSyncS   float64     `json:"lbl_sync_s"`  // duration of the step's expert-count all-reduces (started in the background after the last MoE layer; only the part the backward waits for costs step time)
 	GradSyncS  float64     `json:"grad_sync_s"` // time of the gradient all-reduces after backward
 	StepS      float64     `json:"step_s"`      // wall time of the step
 }

@@ -6,9 +6,9 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
-	"sync"
 	"reflect"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 

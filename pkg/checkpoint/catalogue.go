@@ -162,14 +162,7 @@ func (c *MemCatalogue) Commit(ctx context.Context, m Manifest) error {
 
 // Latest implements Catalogue.
 func (c *MemCatalogue) Latest(ctx context.Context, job string) (Manifest, error) {
-	ms, err := c.List(ctx, job)
-	if err != nil {
-		return Manifest{}, err
-	}
-	if len(ms) == 0 {
-		return Manifest{}, fmt.Errorf("%w: job %s", ErrNoCheckpoint, job)
-	}
-	return ms[0], nil
+	return latestOf(ctx, c, job)
 }
 
 // List implements Catalogue.
@@ -220,4 +213,16 @@ func (c *MemCatalogue) Deleting(ctx context.Context, job string) ([]int64, error
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.job(job).deleting(), nil
+}
+
+// latestOf is Latest for every catalogue: the head of List, newest first.
+func latestOf(ctx context.Context, c Catalogue, job string) (Manifest, error) {
+	ms, err := c.List(ctx, job)
+	if err != nil {
+		return Manifest{}, err
+	}
+	if len(ms) == 0 {
+		return Manifest{}, fmt.Errorf("%w: job %s", ErrNoCheckpoint, job)
+	}
+	return ms[0], nil
 }

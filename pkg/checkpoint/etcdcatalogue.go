@@ -200,14 +200,7 @@ func (c *EtcdCatalogue) entries(ctx context.Context, job string, desc bool) (ms 
 
 // Latest implements Catalogue.
 func (c *EtcdCatalogue) Latest(ctx context.Context, job string) (Manifest, error) {
-	ms, err := c.List(ctx, job)
-	if err != nil {
-		return Manifest{}, err
-	}
-	if len(ms) == 0 {
-		return Manifest{}, fmt.Errorf("%w: job %s", ErrNoCheckpoint, job)
-	}
-	return ms[0], nil
+	return latestOf(ctx, c, job)
 }
 
 // List implements Catalogue.

@@ -104,14 +104,7 @@ func (c *StorageCatalogue) Commit(ctx context.Context, m Manifest) error {
 
 // Latest implements Catalogue.
 func (c *StorageCatalogue) Latest(ctx context.Context, job string) (Manifest, error) {
-	ms, err := c.List(ctx, job)
-	if err != nil {
-		return Manifest{}, err
-	}
-	if len(ms) == 0 {
-		return Manifest{}, fmt.Errorf("%w: job %s", ErrNoCheckpoint, job)
-	}
-	return ms[0], nil
+	return latestOf(ctx, c, job)
 }
 
 // List implements Catalogue.

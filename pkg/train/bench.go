@@ -48,19 +48,7 @@ func BenchEngine(ctx context.Context, preset string, warmup, steps int) (*Engine
 	}
 	cfg.Steps = warmup + steps
 	cfg.Optim.WarmupSteps = 0
-	mc, err := cfg.ModelConfig()
-	if err != nil {
-		return nil, err
-	}
-	docs, err := data.Demo(data.DemoOptions{Seed: 1, BytesPerDomain: 256 << 10})
-	if err != nil {
-		return nil, err
-	}
-	corpus, err := data.Build(docs, data.BuildConfig{SeqLen: mc.SeqLen, ValFraction: 0.05, Seed: 1})
-	if err != nil {
-		return nil, err
-	}
-	tr, err := NewWithCorpus(cfg, corpus, nil)
+	tr, err := benchTrainer(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -105,6 +93,7 @@ func BenchEngine(ctx context.Context, preset string, warmup, steps int) (*Engine
 	split["other"] = other
 	sort.Float64s(times)
 	med := times[len(times)/2]
+	mc := tr.MCfg
 	tokens := cfg.MicroBatch * mc.SeqLen
 	total, active := mc.ParamCount()
 	b := &EngineBench{Preset: preset, Kernels: kernels.Name(), Threads: runtime.GOMAXPROCS(0), TokensPerStep: tokens, Steps: steps,
@@ -197,19 +186,7 @@ func BenchCheckpoint(ctx context.Context, preset, dir string, steps int) (*Check
 	}
 	cfg.Steps = steps
 	cfg.Checkpoint = CheckpointConfig{Dir: dir, Every: 1, KeepLast: 2}
-	mc, err := cfg.ModelConfig()
-	if err != nil {
-		return nil, err
-	}
-	docs, err := data.Demo(data.DemoOptions{Seed: 1, BytesPerDomain: 256 << 10})
-	if err != nil {
-		return nil, err
-	}
-	corpus, err := data.Build(docs, data.BuildConfig{SeqLen: mc.SeqLen, ValFraction: 0.05, Seed: 1})
-	if err != nil {
-		return nil, err
-	}
-	tr, err := NewWithCorpus(cfg, corpus, nil)
+	tr, err := benchTrainer(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -302,4 +279,22 @@ func BenchCheckpoint(ctx context.Context, preset, dir string, steps int) (*Check
 func snapAt(s State, step int) State {
 	s.Step = step
 	return s
+}
+
+// benchTrainer is a trainer for cfg on a 256 KiB-per-domain demo corpus,
+// the same for every benchmark.
+func benchTrainer(cfg Config) (*Trainer, error) {
+	mc, err := cfg.ModelConfig()
+	if err != nil {
+		return nil, err
+	}
+	docs, err := data.Demo(data.DemoOptions{Seed: 1, BytesPerDomain: 256 << 10})
+	if err != nil {
+		return nil, err
+	}
+	corpus, err := data.Build(docs, data.BuildConfig{SeqLen: mc.SeqLen, ValFraction: 0.05, Seed: 1})
+	if err != nil {
+		return nil, err
+	}
+	return NewWithCorpus(cfg, corpus, nil)
 }

@@ -51,9 +51,12 @@ func cmdBench(ctx context.Context, args []string) error {
 		return printJSON(b)
 	case "engine":
 		fs := flag.NewFlagSet("bench engine", flag.ContinueOnError)
-		preset := fs.String("preset", "tiny", "model preset: tiny or small")
+		preset := fs.String("preset", "tiny", "model preset: tiny, small or medium")
 		steps := fs.Int("steps", 10, "measured steps")
 		warmup := fs.Int("warmup", 3, "warm-up steps")
+		device := fs.String("device", "cpu", "cpu, cuda or cuda:N")
+		prec := fs.String("precision", "", "GPU arithmetic: bf16 (default on cuda) or fp32")
+		micro := fs.Int("micro-batch", 0, "sequences per step (0: the preset's)")
 		asJSON := fs.Bool("json", false, "print JSON")
 		kern := fs.String("kernels", "auto", "compute kernels: auto, generic or reference")
 		cpuProf := fs.String("cpuprofile", "", "write a CPU profile of the measured steps to this file")
@@ -80,12 +83,20 @@ func cmdBench(ctx context.Context, args []string) error {
 			}
 			defer pprof.StopCPUProfile()
 		}
-		b, err := train.BenchEngine(ctx, *preset, *warmup, *steps)
+		b, err := train.BenchEngine(ctx, train.BenchOptions{Preset: *preset, Device: *device, Precision: *prec, Warmup: *warmup, Steps: *steps, MicroBatch: *micro})
 		if err != nil {
+			if errors.Is(err, train.ErrConfig) {
+				return usageError{err}
+			}
 			return err
 		}
 		if *asJSON {
 			return printJSON(b)
+		}
+		if b.GPU != "" {
+			fmt.Printf("%s on %s (%s): %.0f tokens/s, %.1f TFLOP/s, MFU %.3f of the measured %.0f TFLOP/s GEMM, median step %.3f s, device memory %.1f GiB\n",
+				b.Preset, b.GPU, b.Precision, b.TokensPerS, b.GFlops/1e3, b.MFU, b.GemmTFlops, b.MedianStepS, b.DeviceMemGiB)
+			return nil
 		}
 		fmt.Printf("%s: %.0f tokens/s, %.1f GFLOP/s, median step %.3f s, peak RSS %.0f MiB, %.0f allocs/step (%s kernels, %d threads)\n",
 			b.Preset, b.TokensPerS, b.GFlops, b.MedianStepS, b.PeakRSSMiB, b.AllocsPerStep, b.Kernels, b.Threads)

@@ -17,7 +17,7 @@ func cmdTrain(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("train", flag.ContinueOnError)
 	var (
 		config  = fs.String("config", "", "YAML run config (see README); flags below override it")
-		preset  = fs.String("preset", "", "model preset: tiny or small")
+		preset  = fs.String("preset", "", "model preset: tiny, small or medium")
 		steps   = fs.Int("steps", 0, "optimizer steps")
 		corpus  = fs.String("corpus", "", `JSON Lines corpus {"domain","text"} (default: built-in demo corpus)`)
 		out     = fs.String("out", "", "directory for metrics.jsonl and report.json")
@@ -32,6 +32,8 @@ func cmdTrain(ctx context.Context, args []string) error {
 		demoMB  = fs.Float64("demo-mb", 0, "demo corpus size per domain in MiB")
 		jsonOut = fs.Bool("json", false, "print the final report as JSON instead of tables")
 		kern    = fs.String("kernels", "auto", "compute kernels: auto (fastest for this CPU), generic (portable Go) or reference (slow oracle)")
+		device  = fs.String("device", "", "cpu (default), cuda or cuda:N: train on that GPU")
+		prec    = fs.String("precision", "", "GPU arithmetic: bf16 (mixed, default on cuda) or fp32 (the CPU engine's numbers)")
 		ckDir   = fs.String("checkpoint-dir", "", "save checkpoints under this directory")
 		ckEvery = fs.Int("checkpoint-every", -1, "save after every N steps (0: only at the end)")
 		resume  = fs.Bool("resume", false, "continue from the newest committed checkpoint in --checkpoint-dir")
@@ -129,6 +131,12 @@ func cmdTrain(ctx context.Context, args []string) error {
 	}
 	if *demoMB != 0 {
 		cfg.Data.DemoBytes = int(*demoMB * (1 << 20))
+	}
+	if *device != "" {
+		cfg.Device = *device
+	}
+	if *prec != "" {
+		cfg.Precision = *prec
 	}
 	cfg.Defaults()
 	if err := cfg.Validate(); err != nil {

@@ -152,19 +152,21 @@ type Balancer struct {
 }
 
 type layerRecord struct {
-	recorded bool
-	logitsTE []float32
-	probsTE  []float32
-	idxTK    []int32
-	validT   []bool
-	T, S     int
-	tokens   int
-	pE       []float64 // [E] mean probabilities over valid tokens
-	fMicroE  []float64 // [E]
-	fBufE    []float64 // [E]
-	micro    float64
-	seq      float64
-	z        float64
+	recorded  bool
+	logitsTE  []float32
+	probsTE   []float32
+	idxTK     []int32
+	validT    []bool
+	T, S      int
+	tokens    int
+	sequences int       // RecordSummary only
+	summary   bool      // recorded by RecordSummary (no tables held)
+	pE        []float64 // [E] mean probabilities over valid tokens
+	fMicroE   []float64 // [E]
+	fBufE     []float64 // [E]
+	micro     float64
+	seq       float64
+	z         float64
 }
 
 // NewBalancer returns a Balancer for layers MoE layers of E experts with
@@ -245,7 +247,7 @@ func (b *Balancer) Record(l int, logitsTE, probsTE []float32, idxTK []int32, T, 
 	countsE := b.localCountsLE[l*E : (l+1)*E]
 	Counts(idxTK, T, E, k, validT, countsE) // also checks idxTK and validT
 	rec := &b.rec[l]
-	rec.recorded = true
+	rec.recorded, rec.summary = true, false
 	rec.logitsTE, rec.probsTE, rec.idxTK, rec.validT = logitsTE, probsTE, idxTK, validT
 	rec.T, rec.S = T, S
 	rec.tokens = ValidTokens(T, validT)
@@ -370,6 +372,9 @@ func (b *Balancer) Backward(ctx context.Context, l int, scale float64, dLogitsTE
 	if !b.inFlight || !b.rec[l].recorded {
 		return fmt.Errorf("%w: Backward of layer %d", ErrNotRecorded, l)
 	}
+	if b.rec[l].summary {
+		return fmt.Errorf("%w: Backward of layer %d, which was recorded as a summary (use GradTerms)", ErrNotRecorded, l)
+	}
 	if err := b.Sync(ctx); err != nil {
 		return err
 	}
@@ -485,3 +490,96 @@ func (b *Balancer) SetState(s State) error {
 }
 
 func finiteNonNeg(v float64) bool { return !math.IsNaN(v) && !math.IsInf(v, 0) && v >= 0 }
+
+// LayerSummary is one MoE layer's routing statistics of the current
+// micro-batch on this rank, computed where the router ran (the GPU
+// engine computes them on the device and sends only these E-length
+// vectors to the host): what Record would derive from the full tables.
+type LayerSummary struct {
+	CountsE   []float64 // [E] valid tokens whose top-k contains each expert
+	MeanProbE []float64 // [E] mean router probability over valid tokens
+	Tokens    int       // valid tokens
+	Sequences int       // sequences with at least one valid token
+	Seq       float64   // sequence-level LBL (0 when SeqCoef is 0)
+	Z         float64   // z-loss: mean of logsumexp(logits)^2 over valid tokens
+}
+
+// RecordSummary is Record for a backend that computes the statistics
+// itself. Backward cannot be used for such a layer (the balancer holds no
+// probabilities): the backend applies GradTerms instead.
+func (b *Balancer) RecordSummary(l int, s LayerSummary) {
+	if l < 0 || l >= b.L {
+		panic(fmt.Sprintf("lbl: RecordSummary: layer %d outside 0..%d", l, b.L-1))
+	}
+	need(len(s.CountsE), b.E, "RecordSummary", "CountsE")
+	need(len(s.MeanProbE), b.E, "RecordSummary", "MeanProbE")
+	if !b.inFlight || b.synced {
+		b.drain()
+		for i := range b.rec {
+			b.rec[i].recorded = false
+		}
+		b.inFlight, b.synced = true, false
+	}
+	E := b.E
+	countsE := b.localCountsLE[l*E : (l+1)*E]
+	copy(countsE, s.CountsE[:E])
+	rec := &b.rec[l]
+	rec.recorded = true
+	rec.logitsTE, rec.probsTE, rec.idxTK, rec.validT = nil, nil, nil, nil
+	rec.T, rec.S, rec.summary = 0, 0, true
+	rec.tokens = s.Tokens
+	rec.sequences = s.Sequences
+	copy(rec.pE, s.MeanProbE[:E])
+	rec.micro = LossFromCounts(countsE, float64(rec.tokens), b.K, rec.pE, rec.fMicroE)
+	rec.seq, rec.z = s.Seq, s.Z
+}
+
+// GradTerms are the auxiliary losses' gradient with respect to one MoE
+// layer's router logits, for a backend that applies it itself. For a
+// valid token t of sequence b and expert j, with P = softmax(logits[t]):
+//
+//	dz[t][j] += P[j] * ( C*(F[j] - F.P)
+//	                   + SeqScale*E/S_b * (f_b[j] - f_b.P)
+//	                   + ZC*lse[t] )
+//
+// where f_b is the sequence's own f (its counts / (k * S_b), S_b its valid
+// tokens) and lse[t] = logsumexp(logits[t]). This is exactly what
+// Backward adds (the global, micro, sequence and z terms with every
+// coefficient and the given scale).
+type GradTerms struct {
+	F        []float64 // [E] GlobalCoef * f(buffer) + MicroCoef * f(micro-batch)
+	C        float64   // scale * layer coefficient * E / valid tokens (0: no LBL term)
+	SeqScale float64   // scale * layer coefficient * SeqCoef / sequences
+	ZC       float64   // 2 * scale * layer coefficient * ZCoef / valid tokens
+}
+
+// GradTerms synchronises the micro-batch (like Backward) and returns layer
+// l's gradient terms for the given scale (1 / micro-batches per step).
+func (b *Balancer) GradTerms(ctx context.Context, l int, scale float64) (GradTerms, error) {
+	if l < 0 || l >= b.L {
+		return GradTerms{}, fmt.Errorf("%w: layer %d outside 0..%d", ErrNotRecorded, l, b.L-1)
+	}
+	if !b.inFlight || !b.rec[l].recorded {
+		return GradTerms{}, fmt.Errorf("%w: GradTerms of layer %d", ErrNotRecorded, l)
+	}
+	if err := b.Sync(ctx); err != nil {
+		return GradTerms{}, err
+	}
+	rec := &b.rec[l]
+	cfg := &b.cfg
+	c := scale * b.layerCoef[l]
+	g := GradTerms{F: make([]float64, b.E)}
+	if rec.tokens > 0 {
+		if cfg.GlobalCoef != 0 || cfg.MicroCoef != 0 {
+			for e := range g.F {
+				g.F[e] = cfg.GlobalCoef*rec.fBufE[e] + cfg.MicroCoef*rec.fMicroE[e]
+			}
+			g.C = c * float64(b.E) / float64(rec.tokens)
+		}
+		g.ZC = 2 * c * cfg.ZCoef / float64(rec.tokens)
+	}
+	if rec.sequences > 0 {
+		g.SeqScale = c * cfg.SeqCoef / float64(rec.sequences)
+	}
+	return g, nil
+}

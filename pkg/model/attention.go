@@ -40,6 +40,10 @@ type attentionOp struct {
 	dpW     [][]float32 // per-worker [S,S] scratch
 }
 
+// RopeTables are the rotary embedding's cos and sin tables [S][hd/2]
+// (position p, pair i: angle p / base^(2i/hd)), shared by every backend.
+func RopeTables(S, hd int, base float64) (cos, sin []float32) { return ropeTables(S, hd, base) }
+
 func ropeTables(S, hd int, base float64) (cos, sin []float32) {
 	half := hd / 2
 	cos = make([]float32, S*half)

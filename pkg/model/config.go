@@ -34,13 +34,16 @@ type Config struct {
 var Presets = map[string]Config{
 	"tiny":  {Vocab: 256, Dim: 256, Layers: 4, Heads: 4, SeqLen: 256, Experts: 8, TopK: 2, Hidden: 512},
 	"small": {Vocab: 256, Dim: 512, Layers: 8, Heads: 8, SeqLen: 512, Experts: 16, TopK: 2, Hidden: 1024},
+	// medium is GPU-sized: fine-grained experts (DeepSeekMoE-style, 64 of
+	// them, top-6, narrow hidden 512), about 1.2 B parameters, 0.2 B active.
+	"medium": {Vocab: 256, Dim: 1024, Layers: 12, Heads: 16, SeqLen: 1024, Experts: 64, TopK: 6, Hidden: 512},
 }
 
 // Preset returns a named preset with defaults applied.
 func Preset(name string) (Config, error) {
 	c, ok := Presets[name]
 	if !ok {
-		return Config{}, fmt.Errorf("%w: unknown preset %q (have tiny, small)", ErrConfig, name)
+		return Config{}, fmt.Errorf("%w: unknown preset %q (have tiny, small, medium)", ErrConfig, name)
 	}
 	c.Defaults()
 	return c, nil

@@ -25,7 +25,8 @@ type Model struct {
 	// exchange moves tokens between expert-parallel ranks (nil: this model
 	// holds every expert)
 	exchange ExpertExchange
-	tp       TensorGroup // nil: no tensor parallelism
+	tp       TensorGroup   // nil: no tensor parallelism
+	biasOf   *lbl.Balancer // the routers' selection bias (training and evaluation)
 }
 
 // ExpertExchange is what expert parallelism needs from the parallel
@@ -105,6 +106,7 @@ func New(cfg Config, microBatch int, bal *lbl.Balancer, domains int, opts ...Opt
 	}
 	m := &Model{Cfg: cfg, P: buildParams(cfg, lo, hi, tpRank, tp), scale: 1, exchange: o.exchange, tp: o.tp}
 	var err error
+	m.biasOf = bal
 	if m.Train, err = m.build(microBatch, bal, nil, true); err != nil {
 		return nil, err
 	}
@@ -179,6 +181,9 @@ func (m *Model) build(B int, bal *lbl.Balancer, stats *ExpertStats, train bool) 
 			var f *G.Node
 			if c.IsMoE(l) {
 				op := newMoEOp(tag(pname(l, "moe")), l, moeIdx, c, pr.Batch, m.P, bal, stats, &m.scale, m.tp)
+				// evaluation routes with the aux-loss-free bias too: it is
+				// part of how the trained router selects experts
+				op.biasOf = m.biasOf
 				op.fail = &m.fail
 				if m.exchange != nil {
 					op.ep = newEPState(m.exchange, op.T, c.Experts, c.TopK, d, c.Hidden)

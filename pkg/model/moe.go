@@ -32,6 +32,7 @@ type moeOp struct {
 	batch         *Batch
 	p             *Params
 	bal           *lbl.Balancer // nil in evaluation graphs
+	biasOf        *lbl.Balancer // the selection bias's source (training and evaluation)
 	stats         *ExpertStats  // non-nil: record selections per domain
 	scale         *float32
 	fail          *error      // the op's own error, reported instead of gorgonia's wrapping of it
@@ -143,8 +144,8 @@ func (o *moeOp) Do(in ...G.Value) (G.Value, error) {
 		kernels.Softmax(o.probsTE[t*E : (t+1)*E])
 	}
 	var bias []float32
-	if o.bal != nil {
-		bias = o.bal.Bias(o.moeIdx)
+	if o.biasOf != nil {
+		bias = o.biasOf.Bias(o.moeIdx)
 	}
 	router.TopK(o.probsTE, T, E, k, bias, o.idxTK)
 	router.Weights(o.probsTE, T, E, k, o.idxTK, o.cfg.Renormalize, o.wTK)

@@ -97,13 +97,28 @@ func (p *Params) add(name string, decay bool, shape ...int) {
 }
 
 func (p *Params) alloc() {
-	n := 0
-	if len(p.List) > 0 {
-		last := p.List[len(p.List)-1]
-		n = last.Offset + last.Size
+	p.Data = make([]float32, p.size())
+	p.Grad = make([]float32, p.size())
+}
+
+// size is the number of parameters of the layout.
+func (p *Params) size() int {
+	if len(p.List) == 0 {
+		return 0
 	}
-	p.Data = make([]float32, n)
-	p.Grad = make([]float32, n)
+	last := p.List[len(p.List)-1]
+	return last.Offset + last.Size
+}
+
+// NewHostParams lays out the parameters of the whole model (every expert,
+// no tensor parallelism) with a host data buffer and no host gradient:
+// what a backend that keeps its gradients elsewhere (the GPU engine)
+// needs to initialise the parameters and to checkpoint them in the same
+// layout as the CPU engine.
+func NewHostParams(c Config) *Params {
+	p := layoutParams(c, 0, c.Experts, 0, 1)
+	p.Data = make([]float32, p.size())
+	return p
 }
 
 // Lookup returns the parameter called name.
@@ -151,6 +166,13 @@ func pname(l int, what string) string { return fmt.Sprintf("layers.%d.%s", l, wh
 // projections are Megatron-split: wqkv column-parallel (this rank's heads
 // of q, k and v: [d, 3*d/tp]) and wo row-parallel ([d/tp, d]).
 func buildParams(c Config, lo, hi, tpRank, tp int) *Params {
+	p := layoutParams(c, lo, hi, tpRank, tp)
+	p.alloc()
+	return p
+}
+
+// layoutParams is buildParams without the buffers.
+func layoutParams(c Config, lo, hi, tpRank, tp int) *Params {
 	p := newParams()
 	p.ExpertLo = lo
 	p.layout = Layout{ExpertLo: lo, ExpertHi: hi, TPRank: tpRank, TP: tp}
@@ -209,7 +231,6 @@ func buildParams(c Config, lo, hi, tpRank, tp int) *Params {
 	}
 	p.add("final_norm", false, d)
 	p.add("head", true, d, V)
-	p.alloc()
 	return p
 }
 
@@ -218,7 +239,11 @@ func buildParams(c Config, lo, hi, tpRank, tp int) *Params {
 // expert tensor, draws from its own stream keyed by (seed, name, global
 // expert index), so a model holding a subset of the experts gets exactly
 // the values the whole model has for them.
+//
+// The streams are independent, so they are drawn on all cores (the
+// result does not depend on how many).
 func (p *Params) Init(c Config, seed uint64) {
+	var jobs []func()
 	for _, q := range p.List {
 		w := p.Data[q.Offset : q.Offset+q.Size]
 		if !q.Decay {
@@ -231,16 +256,15 @@ func (p *Params) Init(c Config, seed uint64) {
 		h.Write([]byte(q.Name))
 		key := h.Sum64()
 		if q.TP == TPSharded {
-			n := 1
-			for _, s := range q.full {
-				n *= s
-			}
-			full := make([]float32, n)
-			rng := rand.New(rand.NewPCG(seed, key))
-			for i := range full {
-				full[i] = float32(rng.NormFloat64() * c.InitStd)
-			}
-			q.slice(full, w)
+			jobs = append(jobs, func() {
+				n := 1
+				for _, s := range q.full {
+					n *= s
+				}
+				full := make([]float32, n)
+				fillNormal(full, seed, key, c.InitStd)
+				q.slice(full, w)
+			})
 			continue
 		}
 		parts, per := 1, q.Size
@@ -252,13 +276,19 @@ func (p *Params) Init(c Config, seed uint64) {
 			if q.Expert {
 				stream = key ^ uint64(p.ExpertLo+e+1)*0x9e3779b97f4a7c15
 			}
-			rng := rand.New(rand.NewPCG(seed, stream))
-			for i := range w[e*per : (e+1)*per] {
-				w[e*per+i] = float32(rng.NormFloat64() * c.InitStd)
-			}
+			jobs = append(jobs, func() { fillNormal(w[e*per:(e+1)*per], seed, stream, c.InitStd) })
 		}
 	}
+	parallelFor(len(jobs), func(_, i int) { jobs[i]() })
 	clear(p.Grad)
+}
+
+// fillNormal draws w from N(0, std) with the PCG stream (seed, stream).
+func fillNormal(w []float32, seed, stream uint64, std float64) {
+	rng := rand.New(rand.NewPCG(seed, stream))
+	for i := range w {
+		w[i] = float32(rng.NormFloat64() * std)
+	}
 }
 
 // GradNorm returns the L2 norm of all gradients: vectorised float32 dot

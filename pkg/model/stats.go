@@ -36,6 +36,13 @@ func (s *ExpertStats) Reset() {
 	}
 }
 
+// Record counts the selections of every token of b in MoE layer l (idxTK
+// holds their k choices each): what a backend that routes elsewhere (the
+// GPU engine) reports after copying the choices back.
+func (s *ExpertStats) Record(l int, b *Batch, idxTK []int32, k int) {
+	s.record(l, b, 0, b.T(), idxTK, k)
+}
+
 // record counts the selections of tokens [off, off+n) of the batch (idxTK
 // holds their k choices each).
 func (s *ExpertStats) record(l int, b *Batch, off, n int, idxTK []int32, k int) {

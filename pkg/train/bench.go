@@ -10,8 +10,8 @@ import (
 	"time"
 
 	"github.com/switchyard-ml/switchyard/pkg/data"
+	"github.com/switchyard-ml/switchyard/pkg/gpu"
 	"github.com/switchyard-ml/switchyard/pkg/kernels"
-	"github.com/switchyard-ml/switchyard/pkg/model"
 )
 
 // EngineBench is the result of `switchyard bench engine`: one optimizer
@@ -19,6 +19,8 @@ import (
 // Warmup, the protocol of ../shared/bench/moe_bench.py.
 type EngineBench struct {
 	Preset        string  `json:"preset"`
+	Device        string  `json:"device"`
+	Precision     string  `json:"precision"`
 	Kernels       string  `json:"kernels"`
 	Threads       int     `json:"threads"`
 	TokensPerStep int     `json:"tokens_per_step"`
@@ -32,79 +34,152 @@ type EngineBench struct {
 	BytesPerStep  float64 `json:"alloc_bytes_per_step"`
 	Params        int64   `json:"params_total"`
 	ActiveParams  int64   `json:"params_active"`
-	// SplitS is the mean wall time per step of each part (seconds).
+	FirstLoss     float64 `json:"first_loss"`
+	LastLoss      float64 `json:"last_loss"`
+	// SplitS is the mean wall time per step of each part (seconds); on a
+	// GPU the parts are timed with device events.
 	SplitS map[string]float64 `json:"split_s"`
 	// SgemmGFlops is this machine's SGEMM ceiling measured in the same run
 	// (n = 1024, the kernels in use); FractionOfSgemm = GFlops / SgemmGFlops.
-	SgemmGFlops     float64 `json:"sgemm_ceiling_gflops"`
-	FractionOfSgemm float64 `json:"fraction_of_sgemm"`
+	SgemmGFlops     float64 `json:"sgemm_ceiling_gflops,omitempty"`
+	FractionOfSgemm float64 `json:"fraction_of_sgemm,omitempty"`
+	// GPU runs: the device, its memory, and the model FLOP utilisation
+	// against the GEMM rate measured in the same run (8192^3 in the run's
+	// precision, through the same library) and the datasheet's dense peak.
+	GPU            string    `json:"gpu,omitempty"`
+	DeviceMemGiB   float64   `json:"device_mem_gib,omitempty"`  // the engine's buffers (= the estimate)
+	DeviceUsedGiB  float64   `json:"device_used_gib,omitempty"` // total - free after the run (incl. libraries)
+	GemmTFlops     float64   `json:"gemm_ceiling_tflops,omitempty"`
+	MFU            float64   `json:"mfu_vs_measured_gemm,omitempty"`
+	SpecPeakTFlops float64   `json:"spec_peak_tflops,omitempty"`
+	MFUSpec        float64   `json:"mfu_vs_spec_peak,omitempty"`
+	DroppedPerStep float64   `json:"dropped_choices_per_step,omitempty"`
+	StepTimesS     []float64 `json:"step_times_s"`
 }
 
-// BenchEngine trains preset on a small demo corpus and measures steps.
-func BenchEngine(ctx context.Context, preset string, warmup, steps int) (*EngineBench, error) {
-	cfg, err := PresetConfig(preset)
+// BenchOptions choose what BenchEngine measures.
+type BenchOptions struct {
+	Preset    string
+	Device    string // "cpu" (default), "cuda", "cuda:N"
+	Precision string // GPU: fp32 or bf16 (default bf16)
+	Warmup    int
+	Steps     int
+	// MicroBatch overrides the preset's (0: the preset's).
+	MicroBatch int
+}
+
+// BenchEngine trains a preset on a small demo corpus and measures steps.
+func BenchEngine(ctx context.Context, o BenchOptions) (*EngineBench, error) {
+	cfg, err := PresetConfig(o.Preset)
 	if err != nil {
 		return nil, err
 	}
-	cfg.Steps = warmup + steps
+	cfg.Steps = o.Warmup + o.Steps
 	cfg.Optim.WarmupSteps = 0
+	cfg.Device, cfg.Precision = o.Device, o.Precision
+	if o.MicroBatch > 0 {
+		cfg.MicroBatch = o.MicroBatch
+	}
+	cfg.Defaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
 	tr, err := benchTrainer(cfg)
 	if err != nil {
 		return nil, err
 	}
 	defer tr.Close()
-	for i := 0; i < warmup; i++ {
-		if _, err := tr.TrainStep(ctx); err != nil {
+	b := &EngineBench{Preset: o.Preset, Device: cfg.Device, Precision: cfg.Precision, Kernels: kernels.Name(), Threads: runtime.GOMAXPROCS(0)}
+	for i := 0; i < o.Warmup; i++ {
+		sm, err := tr.TrainStep(ctx)
+		if err != nil {
 			return nil, err
+		}
+		if i == 0 {
+			b.FirstLoss = sm.Loss
 		}
 	}
 	var ms0, ms1 runtime.MemStats
-	model.EnableProfile(true)
-	defer model.EnableProfile(false)
+	tr.eng.enableProfile(true)
+	defer tr.eng.enableProfile(false)
 	opt0 := tr.optTime
 	runtime.ReadMemStats(&ms0)
-	times := make([]float64, 0, steps)
-	for i := 0; i < steps; i++ {
+	times := make([]float64, 0, o.Steps)
+	dropped := 0
+	for i := 0; i < o.Steps; i++ {
 		st := time.Now()
-		if _, err := tr.TrainStep(ctx); err != nil {
+		sm, err := tr.TrainStep(ctx)
+		if err != nil {
 			return nil, err
 		}
 		times = append(times, time.Since(st).Seconds())
+		b.LastLoss = sm.Loss
+		if b.FirstLoss == 0 {
+			b.FirstLoss = sm.Loss
+		}
+		if tr.GPU != nil {
+			dropped += tr.GPU.Dropped()
+		}
 	}
 	runtime.ReadMemStats(&ms1)
-	pf := model.ReadProfile()
 	var sum float64
 	for _, v := range times {
 		sum += v
 	}
-	per := func(d time.Duration) float64 { return d.Seconds() / float64(steps) }
-	split := map[string]float64{
-		"attention":        per(pf.Attention),
-		"experts":          per(pf.Experts),
-		"router_lbl":       per(pf.Router),
-		"projections_head": per(pf.GraphGEMM),
-		"norms_embed_loss": per(pf.NormsLoss),
-		"optimizer":        per(tr.optTime - opt0),
+	split := map[string]float64{}
+	for k, v := range tr.eng.split() {
+		split[k] = v / float64(o.Steps)
 	}
-	other := sum / float64(steps)
+	if _, ok := split["optimizer"]; !ok {
+		split["optimizer"] = (tr.optTime - opt0).Seconds() / float64(o.Steps)
+	}
+	other := sum / float64(o.Steps)
 	for _, v := range split {
 		other -= v
 	}
 	split["other"] = other
+	b.StepTimesS = append([]float64(nil), times...)
 	sort.Float64s(times)
 	med := times[len(times)/2]
 	mc := tr.MCfg
 	tokens := cfg.MicroBatch * mc.SeqLen
 	total, active := mc.ParamCount()
-	b := &EngineBench{Preset: preset, Kernels: kernels.Name(), Threads: runtime.GOMAXPROCS(0), TokensPerStep: tokens, Steps: steps,
-		MedianStepS: med, TokensPerS: float64(tokens) / med, FlopsPerToken: mc.FlopsPerToken(),
-		AllocsPerStep: float64(ms1.Mallocs-ms0.Mallocs) / float64(steps), BytesPerStep: float64(ms1.TotalAlloc-ms0.TotalAlloc) / float64(steps),
-		Params: total, ActiveParams: active, PeakRSSMiB: peakRSSMiB()}
+	b.TokensPerStep, b.Steps, b.MedianStepS, b.TokensPerS, b.FlopsPerToken = tokens, o.Steps, med, float64(tokens)/med, mc.FlopsPerToken()
+	b.AllocsPerStep = float64(ms1.Mallocs-ms0.Mallocs) / float64(o.Steps)
+	b.BytesPerStep = float64(ms1.TotalAlloc-ms0.TotalAlloc) / float64(o.Steps)
+	b.Params, b.ActiveParams, b.PeakRSSMiB = total, active, peakRSSMiB()
 	b.GFlops = b.TokensPerS * b.FlopsPerToken / 1e9
 	b.SplitS = split
+	if tr.GPU != nil {
+		b.DroppedPerStep = float64(dropped) / float64(o.Steps)
+		return b, benchGPU(b, tr.GPU)
+	}
 	b.SgemmGFlops = sgemmCeiling(1024)
 	b.FractionOfSgemm = b.GFlops / b.SgemmGFlops
 	return b, nil
+}
+
+// benchGPU adds the device figures: memory, the GEMM ceiling and MFU.
+func benchGPU(b *EngineBench, g *gpu.Model) error {
+	dev := g.Device()
+	b.GPU = dev.Name()
+	b.Kernels = "cuda"
+	b.DeviceMemGiB = float64(g.DeviceBytes()) / (1 << 30)
+	if free, total, err := dev.MemInfo(); err == nil {
+		b.DeviceUsedGiB = float64(total-free) / (1 << 30)
+	}
+	prec := gpu.Precision(b.Precision)
+	tf, err := gpu.GemmCeiling(dev, prec, 8192)
+	if err != nil {
+		return err
+	}
+	b.GemmTFlops = tf
+	b.MFU = b.GFlops / 1e3 / tf
+	if peak := gpu.SpecPeakTFlops(b.GPU, prec); peak > 0 {
+		b.SpecPeakTFlops = peak
+		b.MFUSpec = b.GFlops / 1e3 / peak
+	}
+	return nil
 }
 
 // sgemmCeiling measures the active SGEMM at n x n x n (best of a few runs).
@@ -194,7 +269,10 @@ func BenchCheckpoint(ctx context.Context, preset, dir string, steps int) (*Check
 	b := &CheckpointBench{Preset: preset, Repeats: 3}
 	// write throughput: the shards of one state, durably, best of 3
 	st := time.Now()
-	snap := tr.Snapshot()
+	snap, err := tr.Snapshot()
+	if err != nil {
+		return nil, err
+	}
 	b.SnapshotMS = float64(time.Since(st).Microseconds()) / 1e3
 	for i := 0; i < b.Repeats; i++ {
 		tr.step = 1000 + i // a fresh step each time
@@ -246,7 +324,11 @@ func BenchCheckpoint(ctx context.Context, preset, dir string, steps int) (*Check
 			return nil, err
 		}
 		ss := time.Now()
-		tr.ckpt.start(tr.SnapshotInto(tr.ckpt.spare))
+		snap, err := tr.SnapshotInto(tr.ckpt.spare)
+		if err != nil {
+			return nil, err
+		}
+		tr.ckpt.start(snap)
 		se := time.Now()
 		snapTotal += se.Sub(ss)
 		wait += ss.Sub(fs)
@@ -288,7 +370,9 @@ func benchTrainer(cfg Config) (*Trainer, error) {
 	if err != nil {
 		return nil, err
 	}
-	docs, err := data.Demo(data.DemoOptions{Seed: 1, BytesPerDomain: 256 << 10})
+	// the generated domains only (the text does not change the timings, and
+	// a GPU machine may have no Go source tree)
+	docs, err := data.Demo(data.DemoOptions{Seed: 1, BytesPerDomain: 256 << 10, Domains: []string{"arith", "records", "logs"}})
 	if err != nil {
 		return nil, err
 	}

@@ -528,7 +528,7 @@ func (c *checkpointer) load(ctx context.Context, t *Trainer) (bool, error) {
 		}
 		return byName, meta, nil
 	}
-	n := len(t.Model.P.Data)
+	n := len(t.eng.params().Data)
 	s := State{Params: make([]float32, n), AdamM: make([]float32, n), AdamV: make([]float32, n)}
 	if m.Layout == c.layout {
 		byName, meta, err := readRank(r)

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
+	"strings"
 
 	"gopkg.in/yaml.v3"
 
@@ -55,6 +57,31 @@ type Config struct {
 	// Resume continues from the newest committed checkpoint in
 	// Checkpoint.Dir, if there is one.
 	Resume bool `yaml:"resume" json:"resume"`
+	// Device is "cpu" (default) or "cuda" / "cuda:N" (GPU N as CUDA counts
+	// them after CUDA_VISIBLE_DEVICES).
+	Device string `yaml:"device" json:"device"`
+	// Precision of a GPU run: "fp32" (true fp32, the CPU engine's numbers)
+	// or "bf16" (mixed: bf16 activations and GEMMs, fp32 master weights,
+	// gradients and AdamW moments). Default bf16 on cuda; the CPU engine
+	// is fp32 only.
+	Precision string `yaml:"precision" json:"precision"`
+}
+
+// ParseDevice splits a device name: "cpu" (or "") and "cuda" / "cuda:N".
+func ParseDevice(s string) (kind string, ordinal int, err error) {
+	switch {
+	case s == "" || s == "cpu":
+		return "cpu", 0, nil
+	case s == "cuda":
+		return "cuda", 0, nil
+	case strings.HasPrefix(s, "cuda:"):
+		n, err := strconv.Atoi(s[len("cuda:"):])
+		if err != nil || n < 0 {
+			return "", 0, fmt.Errorf("device %q: the GPU index must be a number >= 0", s)
+		}
+		return "cuda", n, nil
+	}
+	return "", 0, fmt.Errorf("device %q: must be cpu, cuda or cuda:N", s)
 }
 
 // Defaults fills unset fields.
@@ -85,6 +112,15 @@ func (c *Config) Defaults() {
 	}
 	if c.Seed == 0 {
 		c.Seed = 1
+	}
+	if c.Device == "" {
+		c.Device = "cpu"
+	}
+	if c.Precision == "" {
+		c.Precision = "fp32"
+		if kind, _, _ := ParseDevice(c.Device); kind == "cuda" {
+			c.Precision = "bf16"
+		}
 	}
 	c.Optim.Defaults()
 }
@@ -159,6 +195,16 @@ func (c Config) Validate() error {
 	case c.Data.EvalSeqs < 0:
 		return bad("data.eval_seqs", c.Data.EvalSeqs, "must be >= 0")
 	}
+	kind, _, err := ParseDevice(c.Device)
+	if err != nil {
+		return bad("device", c.Device, err.Error())
+	}
+	switch {
+	case c.Precision != "" && c.Precision != "fp32" && c.Precision != "bf16":
+		return bad("precision", c.Precision, `must be "fp32" or "bf16"`)
+	case kind == "cpu" && c.Precision == "bf16":
+		return bad("precision", c.Precision, "bf16 needs device cuda (the CPU engine is fp32)")
+	}
 	m, _ := c.ModelConfig()
 	if n := len(c.LBL.LayerCoef); n != 0 && n != m.MoELayers() {
 		return bad("lbl.layer_coef", c.LBL.LayerCoef, fmt.Sprintf("needs one value per MoE layer (%d)", m.MoELayers()))
@@ -170,7 +216,8 @@ func (c Config) Validate() error {
 }
 
 // PresetConfig returns the run defaults of a named preset: the model, its
-// micro-batch (tiny 8, small 4) and a short schedule.
+// micro-batch (tiny 8, small 4, medium 16: ../shared/bench's) and a short
+// schedule.
 func PresetConfig(name string) (Config, error) {
 	c := Config{Preset: name}
 	switch name {
@@ -178,8 +225,10 @@ func PresetConfig(name string) (Config, error) {
 		c.MicroBatch = 8
 	case "small":
 		c.MicroBatch = 4
+	case "medium":
+		c.MicroBatch = 16
 	default:
-		return c, fmt.Errorf("%w: preset = %q: unknown (have tiny, small)", ErrConfig, name)
+		return c, fmt.Errorf("%w: preset = %q: unknown (have tiny, small, medium)", ErrConfig, name)
 	}
 	c.Defaults()
 	return c, nil

@@ -89,6 +89,15 @@ func NewDist(layout parallel.Layout, rank int, world *parallel.Comm) (*Dist, err
 	return d, nil
 }
 
+// checkGPU refuses layouts the GPU engine does not run yet: it trains one
+// rank per run (several ranks on GPUs, with NCCL, come next).
+func (d *Dist) checkGPU() error {
+	if d != nil && d.World != nil && d.World.Size() > 1 {
+		return fmt.Errorf("%w: device cuda with %d ranks: the GPU engine runs one rank per job for now (use --nproc 1, or device cpu)", ErrConfig, d.World.Size())
+	}
+	return nil
+}
+
 // check refuses run settings this layout cannot honour.
 func (d *Dist) check(cfg Config) error {
 	if d == nil || d.tp == nil {

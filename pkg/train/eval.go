@@ -63,9 +63,9 @@ type Eval struct {
 func (t *Trainer) Evaluate(ctx context.Context) (*Eval, error) {
 	nd := len(t.Corpus.Domains)
 	ev := &Eval{BitsPerByte: make([]float64, nd), Tokens: make([]int64, nd)}
-	pr := t.Model.Eval
-	pr.Stats.Reset()
-	b := pr.Batch
+	stats := t.eng.evalStats()
+	stats.Reset()
+	b := t.eng.evalBatch()
 	S := b.S
 	var queue []int
 	for dom := 0; dom < nd; dom++ {
@@ -108,7 +108,7 @@ func (t *Trainer) Evaluate(ctx context.Context) (*Eval, error) {
 			}
 			_, b.Domain[j] = t.Corpus.Fill(data.Val, queue[i+j], tok, tgt)
 		}
-		out, err := t.Model.Forward()
+		out, err := t.eng.forward(ctx)
 		if err != nil {
 			return nil, err
 		}
@@ -125,7 +125,7 @@ func (t *Trainer) Evaluate(ctx context.Context) (*Eval, error) {
 			}
 		}
 	}
-	if err := t.reduceEval(ctx, nll, ev, pr.Stats); err != nil {
+	if err := t.reduceEval(ctx, nll, ev, stats); err != nil {
 		return nil, err
 	}
 	for dom := range nll {
@@ -133,6 +133,6 @@ func (t *Trainer) Evaluate(ctx context.Context) (*Eval, error) {
 			ev.BitsPerByte[dom] = nll[dom] / float64(ev.Tokens[dom]) / math.Ln2
 		}
 	}
-	ev.Stats = pr.Stats
+	ev.Stats = stats
 	return ev, nil
 }

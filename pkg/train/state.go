@@ -30,24 +30,19 @@ type State struct {
 
 // Snapshot copies the trainer's state at a step boundary. The copy is the
 // caller's: training may go on while it is written out.
-func (t *Trainer) Snapshot() State { return t.SnapshotInto(State{}) }
+func (t *Trainer) Snapshot() (State, error) { return t.SnapshotInto(State{}) }
 
 // SnapshotInto is Snapshot reusing the buffers of an earlier snapshot that
 // is no longer in use (no allocation, no page faults at the step boundary).
-// The copies are split across GOMAXPROCS goroutines: at the step boundary
-// training waits for them, and one core does not saturate memory.
-func (t *Trainer) SnapshotInto(buf State) State {
-	s := State{
-		Step:     t.step,
-		Params:   resize(buf.Params, len(t.Model.P.Data)),
-		AdamM:    resize(buf.AdamM, len(t.Opt.M)),
-		AdamV:    resize(buf.AdamV, len(t.Opt.V)),
-		AdamT:    t.Opt.T,
-		Balancer: t.Bal.State(),
-		Loader:   t.Loader.Pos(),
+// On the CPU the copies are split across GOMAXPROCS goroutines (at the
+// step boundary training waits for them, and one core does not saturate
+// memory); on a GPU they are copies from the device.
+func (t *Trainer) SnapshotInto(buf State) (State, error) {
+	s := State{Step: t.step, Params: buf.Params, AdamM: buf.AdamM, AdamV: buf.AdamV, Balancer: t.Bal.State(), Loader: t.Loader.Pos()}
+	if err := t.eng.snapshot(&s); err != nil {
+		return State{}, fmt.Errorf("train: snapshot at step %d: %w", t.step, err)
 	}
-	copyParallel([][2][]float32{{s.Params, t.Model.P.Data}, {s.AdamM, t.Opt.M}, {s.AdamV, t.Opt.V}})
-	return s
+	return s, nil
 }
 
 // resize returns b with length n, reallocated only if its capacity is short.
@@ -94,7 +89,7 @@ func copyParallel(pairs [][2][]float32) {
 // Restore makes the trainer continue from s. It checks every size first and
 // changes nothing if one does not fit.
 func (t *Trainer) Restore(s State) error {
-	n := len(t.Model.P.Data)
+	n := len(t.eng.params().Data)
 	switch {
 	case len(s.Params) != n:
 		return fmt.Errorf("%w: %d parameters, the model has %d", ErrState, len(s.Params), n)
@@ -111,11 +106,9 @@ func (t *Trainer) Restore(s State) error {
 	if err := t.Loader.Seek(s.Loader); err != nil {
 		return fmt.Errorf("%w: %w", ErrState, err)
 	}
-	copy(t.Model.P.Data, s.Params)
-	copy(t.Opt.M, s.AdamM)
-	copy(t.Opt.V, s.AdamV)
-	t.Opt.T = s.AdamT
-	t.Model.P.ZeroGrad()
+	if err := t.eng.restore(s); err != nil {
+		return fmt.Errorf("train: restore: %w", err)
+	}
 	t.step = s.Step
 	return nil
 }

@@ -38,7 +38,10 @@ func TestResumeIsBitwiseDeterministic(t *testing.T) {
 		t.Fatal(err)
 	}
 	run(first, stop)
-	snap := first.Snapshot()
+	snap, err := first.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
 	first.Close()
 	second, err := NewWithCorpus(cfg, corpus, nil)
 	if err != nil {
@@ -63,12 +66,17 @@ func TestRestoreRefusesMismatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer tr.Close()
-	s := tr.Snapshot()
+	s, err := tr.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
 	s.Params = s.Params[:10]
 	if err := tr.Restore(s); !errors.Is(err, ErrState) {
 		t.Fatalf("short params: %v", err)
 	}
-	s = tr.Snapshot()
+	if s, err = tr.Snapshot(); err != nil {
+		t.Fatal(err)
+	}
 	s.Step = 99
 	if err := tr.Restore(s); !errors.Is(err, ErrState) {
 		t.Fatalf("step past the run: %v", err)

@@ -10,7 +10,9 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/switchyard-ml/switchyard/pkg/cuda"
 	"github.com/switchyard-ml/switchyard/pkg/data"
+	"github.com/switchyard-ml/switchyard/pkg/gpu"
 	"github.com/switchyard-ml/switchyard/pkg/lbl"
 	"github.com/switchyard-ml/switchyard/pkg/model"
 	"github.com/switchyard-ml/switchyard/pkg/optim"
@@ -21,10 +23,15 @@ type Trainer struct {
 	Cfg    Config
 	MCfg   model.Config
 	Corpus *data.Corpus
+	// Model and Opt are the CPU engine's model and optimizer (nil when the
+	// run is on a GPU); GPU is the GPU engine (nil on the CPU).
 	Model  *model.Model
 	Opt    *optim.AdamW
+	GPU    *gpu.Model
 	Bal    *lbl.Balancer
 	Loader *data.Loader
+
+	eng engine
 
 	Dist *Dist // nil: one process
 
@@ -105,8 +112,14 @@ func NewWithCorpus(cfg Config, corpus *data.Corpus, w io.Writer) (*Trainer, erro
 // NewParallel is NewWithCorpus for one rank of a parallel run (dist nil:
 // one process). MicroBatch is per rank: a global micro-batch holds
 // MicroBatch x DP sequences. Only the leader rank writes progress, metrics
-// and the report.
+// and the report. A run on a GPU (Device "cuda[:N]") opens that GPU.
 func NewParallel(cfg Config, corpus *data.Corpus, w io.Writer, dist *Dist) (*Trainer, error) {
+	return NewParallelOn(cfg, corpus, w, dist, nil)
+}
+
+// NewParallelOn is NewParallel on a given GPU device (nil: open the one
+// cfg.Device names, if any); the trainer closes it.
+func NewParallelOn(cfg Config, corpus *data.Corpus, w io.Writer, dist *Dist, dev cuda.Device) (*Trainer, error) {
 	cfg.Defaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -123,33 +136,29 @@ func NewParallel(cfg Config, corpus *data.Corpus, w io.Writer, dist *Dist) (*Tra
 	if err != nil {
 		return nil, fmt.Errorf("%w: lbl: %w", ErrConfig, err)
 	}
-	m, err := model.New(mc, cfg.MicroBatch, bal, len(corpus.Domains), dist.modelOptions()...)
-	if err != nil {
+	t := &Trainer{Cfg: cfg, MCfg: mc, Corpus: corpus, Bal: bal, Dist: dist, syncTime: syncTime}
+	if err := t.newEngine(corpus, dev); err != nil {
 		return nil, err
 	}
-	m.P.Init(mc, uint64(cfg.Seed))
-	m.SetGradScale(1 / float32(cfg.Accumulation))
-	var ranges []optim.Range
-	for _, q := range m.P.List {
-		ranges = append(ranges, optim.Range{Off: q.Offset, Len: q.Size, Decay: q.Decay})
-	}
-	opt, err := optim.NewAdamW(cfg.Optim, m.P.Len(), ranges)
-	if err != nil {
-		m.Close()
-		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
+	t.eng.params().Init(mc, uint64(cfg.Seed))
+	if t.GPU != nil {
+		if err := t.GPU.Upload(); err != nil {
+			t.eng.close()
+			return nil, err
+		}
 	}
 	loader, err := data.NewLoader(corpus.NumSeqs(data.Train), cfg.Seed)
 	if err != nil {
-		m.Close()
+		t.eng.close()
 		return nil, fmt.Errorf("train: loader: %w", err)
 	}
-	t := &Trainer{Cfg: cfg, MCfg: mc, Corpus: corpus, Model: m, Opt: opt, Bal: bal, Loader: loader, Dist: dist, syncTime: syncTime}
+	t.Loader = loader
 	if w != nil && dist.Leader() {
 		t.progress = newProgress(w, cfg.Steps)
 	}
 	if cfg.Checkpoint.Dir != "" {
-		if t.ckpt, err = newCheckpointer(cfg.Checkpoint, dist, m.P, mc); err != nil {
-			m.Close()
+		if t.ckpt, err = newCheckpointer(cfg.Checkpoint, dist, t.eng.params(), mc); err != nil {
+			t.eng.close()
 			return nil, err
 		}
 		if t.progress != nil {
@@ -159,7 +168,7 @@ func NewParallel(cfg Config, corpus *data.Corpus, w io.Writer, dist *Dist) (*Tra
 			found, err := t.ckpt.load(context.Background(), t)
 			if err != nil {
 				t.ckpt.close()
-				m.Close()
+				t.eng.close()
 				return nil, err
 			}
 			if found && t.progress != nil {
@@ -169,17 +178,69 @@ func NewParallel(cfg Config, corpus *data.Corpus, w io.Writer, dist *Dist) (*Tra
 	}
 	if cfg.OutDir != "" && dist.Leader() {
 		if err := os.MkdirAll(cfg.OutDir, 0o755); err != nil {
-			m.Close()
+			t.eng.close()
 			return nil, fmt.Errorf("train: out dir: %w", err)
 		}
 		f, err := os.Create(filepath.Join(cfg.OutDir, "metrics.jsonl"))
 		if err != nil {
-			m.Close()
+			t.eng.close()
 			return nil, fmt.Errorf("train: metrics: %w", err)
 		}
 		t.metrics = f
 	}
 	return t, nil
+}
+
+// newEngine builds the run's compute on the CPU or on the GPU cfg.Device
+// names (dev, when given, is that GPU).
+func (t *Trainer) newEngine(corpus *data.Corpus, dev cuda.Device) error {
+	cfg, mc := t.Cfg, t.MCfg
+	kind, ordinal, _ := ParseDevice(cfg.Device)
+	if kind == "cpu" && dev == nil {
+		m, err := model.New(mc, cfg.MicroBatch, t.Bal, len(corpus.Domains), t.Dist.modelOptions()...)
+		if err != nil {
+			return err
+		}
+		m.SetGradScale(1 / float32(cfg.Accumulation))
+		var ranges []optim.Range
+		for _, q := range m.P.List {
+			ranges = append(ranges, optim.Range{Off: q.Offset, Len: q.Size, Decay: q.Decay})
+		}
+		opt, err := optim.NewAdamW(cfg.Optim, m.P.Len(), ranges)
+		if err != nil {
+			m.Close()
+			return fmt.Errorf("%w: %w", ErrConfig, err)
+		}
+		t.Model, t.Opt = m, opt
+		t.eng = &cpuEngine{m: m, opt: opt, dist: t.Dist, t: &t.optTime}
+		return nil
+	}
+	if err := t.Dist.checkGPU(); err != nil {
+		return err
+	}
+	prec, err := gpu.ParsePrecision(cfg.Precision)
+	if err != nil {
+		return fmt.Errorf("%w: precision: %w", ErrConfig, err)
+	}
+	opened := false
+	if dev == nil {
+		if dev, err = gpu.Open(ordinal); err != nil {
+			return err
+		}
+		opened = true
+	}
+	g, err := gpu.New(dev, mc, gpu.Options{MicroBatch: cfg.MicroBatch, Precision: prec, Balancer: t.Bal})
+	if err != nil {
+		if opened {
+			dev.Close()
+		}
+		return err
+	}
+	t.GPU = g
+	t.eng = &gpuEngine{m: g, cfg: cfg.Optim, dist: t.Dist, gradScale: 1 / float32(cfg.Accumulation), t: &t.optTime,
+		train: model.NewBatch(cfg.MicroBatch, mc.SeqLen), eval: model.NewBatch(cfg.MicroBatch, mc.SeqLen),
+		stats: model.NewExpertStats(mc.MoELayers(), max(len(corpus.Domains), 1), mc.Experts)}
+	return nil
 }
 
 // Close releases the model and the metrics file.
@@ -201,14 +262,16 @@ func (t *Trainer) Close() error {
 		}
 		t.metrics = nil
 	}
-	t.Model.Close()
+	if cerr := t.eng.close(); err == nil {
+		err = cerr
+	}
 	return err
 }
 
 // fillTrain loads the next micro-batch of the global stream into the
 // training batch.
 func (t *Trainer) fillTrain() {
-	b := t.Model.Train.Batch
+	b := t.eng.trainBatch()
 	dp := t.Dist.dpSize()
 	t.global = t.Loader.Next(b.B*dp, t.global[:0])
 	t.seqIdx = t.global
@@ -235,7 +298,7 @@ func (t *Trainer) TrainStep(ctx context.Context) (StepMetrics, error) {
 			return StepMetrics{}, err
 		}
 		t.fillTrain()
-		l, err := t.Model.Step()
+		l, err := t.eng.step(ctx)
 		if err != nil {
 			return StepMetrics{}, err
 		}
@@ -250,25 +313,15 @@ func (t *Trainer) TrainStep(ctx context.Context) (StepMetrics, error) {
 			lblL[i] += v / float64(M)
 		}
 	}
-	optStart := time.Now()
-	gradSync := time.Now()
-	if err := t.Dist.reduceGrads(ctx, t.Model.P); err != nil {
-		return StepMetrics{}, err
-	}
-	gradSyncS := time.Since(gradSync).Seconds()
-	gnorm, err := t.Dist.gradNorm(ctx, t.Model.P)
+	lr := t.Cfg.Optim.LRAt(t.step, t.Cfg.Steps)
+	opt0, updStart := t.optTime, time.Now()
+	gnorm, err := t.eng.update(ctx, lr)
 	if err != nil {
 		return StepMetrics{}, err
 	}
-	if s := t.Opt.ClipScale(gnorm); s < 1 {
-		for i := range t.Model.P.Grad {
-			t.Model.P.Grad[i] *= float32(s)
-		}
-	}
-	lr := t.Cfg.Optim.LRAt(t.step, t.Cfg.Steps)
-	t.Opt.Step(t.Model.P.Data, t.Model.P.Grad, lr)
-	t.Model.P.ZeroGrad()
-	t.optTime += time.Since(optStart)
+	// the engines time clipping and AdamW; the rest of the update is the
+	// gradient all-reduce
+	gradSyncS := max(0, time.Since(updStart).Seconds()-(t.optTime-opt0).Seconds())
 	load := make([][]float64, t.MCfg.MoELayers())
 	for l := range load {
 		c := t.Bal.StepCounts(l)
@@ -386,7 +439,11 @@ func (t *Trainer) checkpointAfterStep(ctx context.Context) error {
 		due = flag[0] > 0
 	}
 	if due {
-		t.ckpt.start(t.SnapshotInto(t.ckpt.spare))
+		s, err := t.SnapshotInto(t.ckpt.spare)
+		if err != nil {
+			return err
+		}
+		t.ckpt.start(s)
 	}
 	return nil
 }
@@ -403,7 +460,11 @@ func (t *Trainer) checkpointAtEnd(ctx context.Context) error {
 	}
 	saved := inflight || t.ckpt.committingStep == int64(t.step) || (len(t.ckpt.Saved) > 0 && t.ckpt.Saved[len(t.ckpt.Saved)-1] == int64(t.step))
 	if !saved {
-		t.ckpt.start(t.SnapshotInto(t.ckpt.spare))
+		s, err := t.SnapshotInto(t.ckpt.spare)
+		if err != nil {
+			return err
+		}
+		t.ckpt.start(s)
 		if err := t.ckpt.finish(ctx); err != nil {
 			return err
 		}

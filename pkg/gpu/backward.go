@@ -1,0 +1,113 @@
+package gpu
+
+import (
+	"context"
+	"math"
+
+	"github.com/switchyard-ml/switchyard/pkg/cuda"
+)
+
+// backward runs after forward(train): from the head's logit gradient
+// (m.buf.dlogits) to every parameter's gradient, accumulated (beta 1)
+// into m.buf.g. The residual-stream gradient lives in m.buf.dx (float)
+// with its act copy in m.buf.dxAct.
+func (m *Model) backward(ctx context.Context, gradScale float32) error {
+	c := m.Cfg
+	T, d, V := m.T, c.Dim, c.Vocab
+	m.prof.mark(regProj)
+	if err := m.gemm(true, false, d, V, T, 1, m.buf.hf, d, m.buf.dlogits, V, 1, m.g("head"), V, 0, cuda.F32); err != nil {
+		return err
+	}
+	if err := m.gemm(false, true, T, d, V, 1, m.buf.dlogits, V, m.w("head"), V, 0, 0, d, m.buf.dh, cuda.F32); err != nil {
+		return err
+	}
+	m.prof.mark(regNorms)
+	if err := m.k.rmsnormBwd(m.buf.dx, m.buf.dxAct, m.buf.part, m.g("final_norm"), m.buf.dh, m.buf.xL, m.wf("final_norm"),
+		m.buf.rstdF, 0, T, d); err != nil {
+		return err
+	}
+	for l := c.Layers - 1; l >= 0; l-- {
+		L := &m.buf.layers[l]
+		if c.IsMoE(l) {
+			mi := 0
+			for i, ml := range m.moeL {
+				if ml == l {
+					mi = i
+				}
+			}
+			if err := m.moeBackward(ctx, l, mi, L, gradScale); err != nil {
+				return err
+			}
+		} else {
+			m.prof.mark(regExperts)
+			if err := m.swigluBackward(T, d, c.DenseHidden, L.h2, L.a, L.b, L.hh,
+				m.w(pname(l, "w1")), m.w(pname(l, "w3")), m.w(pname(l, "w2")),
+				m.g(pname(l, "w1")), m.g(pname(l, "w3")), m.g(pname(l, "w2")), 0); err != nil {
+				return err
+			}
+		}
+		m.prof.mark(regNorms)
+		// dx (now the gradient of xmid) = dx + ffn norm backward of dh
+		if err := m.k.rmsnormBwd(m.buf.dx, m.buf.dxAct, m.buf.part, m.g(pname(l, "ffn_norm")), m.buf.dh, L.xmid,
+			m.wf(pname(l, "ffn_norm")), L.rstd2, m.buf.dx, T, d); err != nil {
+			return err
+		}
+		if err := m.attentionBackward(l, L); err != nil {
+			return err
+		}
+		m.prof.mark(regNorms)
+		if err := m.k.rmsnormBwd(m.buf.dx, m.buf.dxAct, m.buf.part, m.g(pname(l, "attn_norm")), m.buf.dh, L.x,
+			m.wf(pname(l, "attn_norm")), L.rstd1, m.buf.dx, T, d); err != nil {
+			return err
+		}
+	}
+	return m.k.embedBwd(m.g("embed"), m.buf.dx, m.buf.order, m.buf.start, V, d)
+}
+
+// attentionBackward: from dxmid (m.buf.dxAct) to the gradient of the
+// attention norm's output (float, m.buf.dh), accumulating wqkv's and wo's
+// gradients.
+func (m *Model) attentionBackward(l int, L *layerBufs) error {
+	c := m.Cfg
+	B, S, T, d, H := m.B, m.S, m.T, c.Dim, c.Heads
+	hd := d / H
+	BH := B * H
+	SS, Shd := int64(S)*int64(S), int64(S)*int64(hd)
+	scale := float32(1 / math.Sqrt(float64(hd)))
+	m.prof.mark(regProj)
+	if err := m.gemm(true, false, d, d, T, 1, L.attn, d, m.buf.dxAct, d, 1, m.g(pname(l, "wo")), d, 0, cuda.F32); err != nil {
+		return err
+	}
+	if err := m.gemm(false, true, T, d, d, 1, m.buf.dxAct, d, m.w(pname(l, "wo")), d, 0, 0, d, m.buf.dAttn, m.act); err != nil {
+		return err
+	}
+	m.prof.mark(regAttention)
+	if err := m.k.headsSplit(m.buf.oh, m.buf.dAttn, T, S, H, hd); err != nil {
+		return err
+	}
+	// dP = dO v^T (float), dv = P^T dO
+	if err := m.gemmBatched(false, true, S, S, hd, 1, m.buf.oh, hd, Shd, L.v, hd, Shd, m.buf.scores, S, SS, cuda.F32, BH); err != nil {
+		return err
+	}
+	if err := m.gemmBatched(true, false, S, hd, S, 1, L.p, S, SS, m.buf.oh, hd, Shd, m.buf.dv, hd, Shd, m.act, BH); err != nil {
+		return err
+	}
+	if err := m.k.softmaxCausalBwd(m.buf.ds, L.p, m.buf.scores, BH, S); err != nil {
+		return err
+	}
+	// dq = dS k / sqrt(hd), dk = dS^T q / sqrt(hd)
+	if err := m.gemmBatched(false, false, S, hd, S, scale, m.buf.ds, S, SS, L.k, hd, Shd, m.buf.dq, hd, Shd, m.act, BH); err != nil {
+		return err
+	}
+	if err := m.gemmBatched(true, false, S, hd, S, scale, m.buf.ds, S, SS, L.q, hd, Shd, m.buf.dk, hd, Shd, m.act, BH); err != nil {
+		return err
+	}
+	if err := m.k.qkvMerge(m.buf.dqkv, m.buf.dq, m.buf.dk, m.buf.dv, m.buf.cos, m.buf.sin, T, S, H, hd); err != nil {
+		return err
+	}
+	m.prof.mark(regProj)
+	if err := m.gemm(true, false, d, 3*d, T, 1, L.h1, d, m.buf.dqkv, 3*d, 1, m.g(pname(l, "wqkv")), 3*d, 0, cuda.F32); err != nil {
+		return err
+	}
+	return m.gemm(false, true, T, d, 3*d, 1, m.buf.dqkv, 3*d, m.w(pname(l, "wqkv")), 3*d, 0, 0, d, m.buf.dh, cuda.F32)
+}

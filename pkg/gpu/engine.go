@@ -1,0 +1,274 @@
+package gpu
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/switchyard-ml/switchyard/pkg/cuda"
+	"github.com/switchyard-ml/switchyard/pkg/lbl"
+	"github.com/switchyard-ml/switchyard/pkg/model"
+)
+
+// ErrConfig is wrapped by every refusal of a configuration the GPU engine
+// does not run.
+var ErrConfig = errors.New("gpu: configuration not supported")
+
+// Precision is the engine's arithmetic.
+type Precision string
+
+const (
+	// FP32 keeps everything in float32 with true-fp32 GEMMs (no TF32):
+	// the equivalence mode, step for step the CPU engine's numbers.
+	FP32 Precision = "fp32"
+	// BF16 is mixed precision: bf16 activations and GEMM operands, float32
+	// accumulation, residual stream, master weights, gradients and AdamW
+	// moments.
+	BF16 Precision = "bf16"
+)
+
+// ParsePrecision accepts "fp32" or "bf16".
+func ParsePrecision(s string) (Precision, error) {
+	switch Precision(s) {
+	case FP32, BF16:
+		return Precision(s), nil
+	}
+	return "", fmt.Errorf("%w: precision %q (fp32 or bf16)", ErrConfig, s)
+}
+
+func (p Precision) act() cuda.DType {
+	if p == BF16 {
+		return cuda.BF16
+	}
+	return cuda.F32
+}
+
+// Options configure a Model.
+type Options struct {
+	MicroBatch int       // sequences per micro-batch
+	Precision  Precision // FP32 or BF16
+	// Balancer receives the routing statistics of training steps (it must
+	// cover cfg.MoELayers() layers); nil allows evaluation only.
+	Balancer *lbl.Balancer
+	// Reserve is device memory to leave free beyond the engine's own
+	// buffers (the libraries' workspaces and context); 0 means 1 GiB.
+	Reserve int64
+}
+
+// Model is the MoE transformer of pkg/model on one GPU: the same
+// parameters in the same flat layout (model.Params), the same forward and
+// backward, run as an explicit sequence of kernels and GEMMs (llm.c
+// style) that stays on the device; per micro-batch only the router's
+// per-expert statistics (what the LBL synchronisation needs) and the
+// per-token losses travel to the host.
+type Model struct {
+	Cfg     model.Config
+	B, S, T int
+	Prec    Precision
+	// P is the host copy of the parameters in the CPU engine's layout
+	// (Data only): initialise it, then Upload; Download refreshes it.
+	P *model.Params
+
+	dev   cuda.Device
+	k     *kern
+	act   cuda.DType
+	a     *arena
+	bal   *lbl.Balancer
+	moeL  []int // transformer layer of each MoE layer
+	nPar  int64
+	buf   buffers
+	host  hostState
+	prof  *profiler
+	steps int // optimizer steps taken (AdamW bias correction)
+}
+
+// New builds the engine for cfg on dev: it checks the configuration,
+// estimates the device memory and refuses a run that does not fit before
+// allocating anything, then allocates every buffer once.
+func New(dev cuda.Device, cfg model.Config, o Options) (*Model, error) {
+	cfg.Defaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if err := Supported(cfg, o); err != nil {
+		return nil, err
+	}
+	if o.Reserve == 0 {
+		o.Reserve = 1 << 30
+	}
+	est, err := Estimate(cfg, o.MicroBatch, o.Precision)
+	if err != nil {
+		return nil, err
+	}
+	free, total, err := dev.MemInfo()
+	if err != nil {
+		return nil, fmt.Errorf("gpu: memory info: %w", err)
+	}
+	if need := est.Total + o.Reserve; need > free {
+		return nil, &MemoryError{Need: need, Free: free, Total: total, Device: dev.Name(), Estimate: est}
+	}
+	m := &Model{Cfg: cfg, B: o.MicroBatch, S: cfg.SeqLen, T: o.MicroBatch * cfg.SeqLen, Prec: o.Precision,
+		dev: dev, act: o.Precision.act(), a: &arena{dev: dev}, bal: o.Balancer}
+	for l := 0; l < cfg.Layers; l++ {
+		if cfg.IsMoE(l) {
+			m.moeL = append(m.moeL, l)
+		}
+	}
+	if m.k, err = loadKern(dev, m.act); err != nil {
+		return nil, err
+	}
+	m.P = model.NewHostParams(cfg)
+	m.nPar = int64(len(m.P.Data))
+	if err := m.layout(&sizer{a: m.a}); err != nil {
+		m.a.free()
+		return nil, err
+	}
+	if err := m.initTables(); err != nil {
+		m.Close()
+		return nil, err
+	}
+	// AdamW starts from zero moments; gradients start cleared
+	for _, p := range []cuda.DevPtr{m.buf.m, m.buf.v, m.buf.g} {
+		if err := dev.Memset(p, m.nPar*4); err != nil {
+			m.Close()
+			return nil, err
+		}
+	}
+	m.prof = newProfiler(dev)
+	return m, nil
+}
+
+// Supported reports why the GPU engine cannot run cfg with o (nil: it
+// can). It needs no device.
+func Supported(cfg model.Config, o Options) error {
+	if _, err := ParsePrecision(string(o.Precision)); err != nil {
+		return err
+	}
+	switch {
+	case o.MicroBatch < 1:
+		return fmt.Errorf("%w: micro-batch %d", ErrConfig, o.MicroBatch)
+	case cfg.TopK > 16:
+		return fmt.Errorf("%w: top_k = %d: the GPU kernels handle at most 16 experts per token", ErrConfig, cfg.TopK)
+	case cfg.Dim/cfg.Heads%2 != 0:
+		return fmt.Errorf("%w: head dimension %d must be even", ErrConfig, cfg.Dim/cfg.Heads)
+	}
+	return nil
+}
+
+// MemoryError is a run that does not fit on the GPU.
+type MemoryError struct {
+	Need, Free, Total int64
+	Device            string
+	Estimate          MemEstimate
+}
+
+func (e *MemoryError) Error() string {
+	return fmt.Sprintf("gpu: the run needs %.1f GiB (%s), %s has %.1f GiB free of %.1f GiB: lower micro_batch or the model size",
+		gib(e.Need), e.Estimate, e.Device, gib(e.Free), gib(e.Total))
+}
+
+func (e *MemoryError) Unwrap() error { return cuda.ErrOutOfMemory }
+
+func gib(b int64) float64 { return float64(b) / (1 << 30) }
+
+// Close frees every device buffer.
+func (m *Model) Close() error {
+	if m.prof != nil {
+		m.prof.close()
+	}
+	return m.a.free()
+}
+
+// DeviceBytes is the device memory the engine's buffers hold.
+func (m *Model) DeviceBytes() int64 { return m.a.bytes }
+
+// Device is the GPU the engine runs on.
+func (m *Model) Device() cuda.Device { return m.dev }
+
+// ---- parameters ----
+
+// w is the device address of parameter name's values as GEMM operands
+// (the bf16 copy in the mixed mode).
+func (m *Model) w(name string) cuda.DevPtr {
+	q := m.param(name)
+	if m.act == cuda.BF16 {
+		return m.buf.wb.Add(int64(q.Offset) * 2)
+	}
+	return m.buf.w.Add(int64(q.Offset) * 4)
+}
+
+// wf is the float32 master copy of a parameter (norm gains, embedding).
+func (m *Model) wf(name string) cuda.DevPtr { return m.buf.w.Add(int64(m.param(name).Offset) * 4) }
+
+// g is the device address of parameter name's gradient.
+func (m *Model) g(name string) cuda.DevPtr { return m.buf.g.Add(int64(m.param(name).Offset) * 4) }
+
+func (m *Model) param(name string) model.Param {
+	q, ok := m.P.Lookup(name)
+	if !ok {
+		panic("gpu: no parameter " + name)
+	}
+	return q
+}
+
+// Upload copies the host parameters (P.Data) to the device, refreshes the
+// bf16 copy and clears the gradients.
+func (m *Model) Upload() error {
+	if err := upload(m.dev, m.buf.w, m.P.Data); err != nil {
+		return fmt.Errorf("gpu: upload parameters: %w", err)
+	}
+	if m.act == cuda.BF16 {
+		if err := m.k.castBF16(m.buf.wb, m.buf.w, m.nPar); err != nil {
+			return err
+		}
+	}
+	return m.ZeroGrad()
+}
+
+// Download copies the device parameters into P.Data.
+func (m *Model) Download() error {
+	if err := download(m.dev, m.P.Data, m.buf.w); err != nil {
+		return fmt.Errorf("gpu: download parameters: %w", err)
+	}
+	return nil
+}
+
+// ZeroGrad clears every gradient.
+func (m *Model) ZeroGrad() error { return m.dev.Memset(m.buf.g, m.nPar*4) }
+
+// Grads copies the gradients to the host (tests, host-side reductions).
+func (m *Model) Grads(dst []float32) error { return download(m.dev, dst[:m.nPar], m.buf.g) }
+
+// SetGrads copies host gradients to the device.
+func (m *Model) SetGrads(src []float32) error { return upload(m.dev, m.buf.g, src[:m.nPar]) }
+
+// Moments copies AdamW's moments to the host.
+func (m *Model) Moments(mDst, vDst []float32) error {
+	if err := download(m.dev, mDst[:m.nPar], m.buf.m); err != nil {
+		return err
+	}
+	return download(m.dev, vDst[:m.nPar], m.buf.v)
+}
+
+// SetMoments restores AdamW's moments and step count.
+func (m *Model) SetMoments(mSrc, vSrc []float32, steps int) error {
+	if err := upload(m.dev, m.buf.m, mSrc[:m.nPar]); err != nil {
+		return err
+	}
+	if err := upload(m.dev, m.buf.v, vSrc[:m.nPar]); err != nil {
+		return err
+	}
+	m.steps = steps
+	return nil
+}
+
+// Steps is the number of optimizer steps taken.
+func (m *Model) Steps() int { return m.steps }
+
+// sync waits for the device and reports an asynchronous failure.
+func (m *Model) sync(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return m.dev.Sync()
+}

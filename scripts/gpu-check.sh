@@ -1,0 +1,219 @@
+#!/usr/bin/env bash
+# The GPU checks of the engine, as one prepared script.
+#
+#   scripts/gpu-check.sh build [SHARED_BENCH_DIR] [CORPUS.jsonl]
+#       here (Go, no GPU): builds static binaries (CGO_ENABLED=0: the
+#       switchyard CLI and the test binaries of pkg/cuda, pkg/gpu and
+#       pkg/train) into bin/gpu/, with PyTorch's reference benchmark
+#       (moe_bench.py from ../shared/bench) and a corpus (from
+#       ../shared/corpus/build_corpus.sh) for the training run.
+#   scripts/gpu-check.sh run [PHASE...]
+#       on the GPU machine (no Go needed): runs the phases (default all)
+#       and writes JSON and logs to $OUT (or results/gpu-check/):
+#         tests   every GPU test of pkg/cuda and pkg/gpu (each kernel against
+#                 the CPU references on random shapes, the engine against
+#                 the CPU engine, memory estimate)
+#         equiv   pkg/train's GPU tests: tiny 30 steps CPU vs GPU fp32
+#                 (loss, LBL, grad norm <= 1e-4 relative at every step),
+#                 bf16 vs fp32 after 200 steps (<= 2%), checkpoints GPU->CPU
+#                 and CPU->GPU (validation loss to 1e-5)
+#         bench   ours (bf16 and fp32) vs moe_bench.py --device cuda --dtype
+#                 bf16, eager and --compile, on small and medium
+#         train   switchyard train --device cuda --preset medium on the corpus
+#       gpu-check.json holds every result; the last lines printed are the
+#       summary.
+set -uo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+gdir="$root/bin/gpu"
+
+build() {
+  set -e
+  local bench=${1:-$root/../shared/bench} corpus=${2:-}
+  mkdir -p "$gdir/bench"
+  cd "$root"
+  export CGO_ENABLED=0
+  local flags=(-trimpath -ldflags=-s\ -w)
+  go build "${flags[@]}" -o "$gdir/switchyard" ./cmd/switchyard
+  for p in cuda gpu train; do
+    go test -c "${flags[@]}" -o "$gdir/$p.test" "./pkg/$p"
+  done
+  cp "$bench/moe_bench.py" "$bench/wait_idle.py" "$gdir/bench/"
+  if [ -n "$corpus" ]; then xz -T2 -6 -c "$corpus" > "$gdir/corpus.jsonl.xz"; fi
+  (cd "$gdir" && tar cf - switchyard cuda.test gpu.test train.test | xz -T2 -6 > bins.tar.xz && rm -f switchyard ./*.test)
+  du -sh "$gdir"
+}
+
+out=${OUT:-$root/results/gpu-check}
+bd=/tmp/switchyard-gpu   # the unpacked binaries
+work=/tmp/gpu-check-work # every intermediate file; $out gets at most 8
+log() { echo "[gpu-check $(date +%T)] $*"; }
+
+# run_tests NAME BINARY TIMEOUT ARGS... : the test binary's verbose log and
+# a JSON list of {test, status, seconds} plus the tests' log lines.
+run_tests() {
+  local name=$1 bin=$2 limit=$3
+  shift 3
+  log "$name: $bin $*"
+  (cd "$root/pkg/${bin%.test}" && timeout "$limit" "$bd/$bin" -test.v -test.count=1 "$@") > "$work/$name.log" 2>&1
+  echo $? > "$work/$name.rc"
+  python3 - "$work/$name.log" "$work/$name.rc" > "$work/$name.json" <<'PY'
+import json, re, sys
+tests, logs = [], []
+for line in open(sys.argv[1], errors="replace"):
+    m = re.match(r"\s*--- (PASS|FAIL|SKIP): (\S+) \(([\d.]+)s\)", line)
+    if m:
+        tests.append({"test": m.group(2), "status": m.group(1), "seconds": float(m.group(3))})
+    elif re.match(r"\s+\S+_test\.go:\d+: ", line):
+        logs.append(line.strip())
+rc = int(open(sys.argv[2]).read().strip() or 1)
+print(json.dumps({"rc": rc, "passed": sum(t["status"] == "PASS" for t in tests),
+                  "failed": [t["test"] for t in tests if t["status"] == "FAIL"],
+                  "skipped": [t["test"] for t in tests if t["status"] == "SKIP"], "tests": tests, "logs": logs}))
+PY
+  log "$name: rc $(cat "$work/$name.rc"), $(python3 -c "import json;d=json.load(open('$work/$name.json'));print(d['passed'],'passed, failed:',d['failed'])")"
+}
+
+phase_tests() {
+  run_tests tests-cuda cuda.test 120
+  run_tests tests-gpu gpu.test 240
+}
+
+phase_equiv() {
+  run_tests equiv train.test 300 -test.run 'TestGPU'
+}
+
+bench_summary() {
+  local b="$work/bench"
+  python3 - "$b" > "$work/bench.json" <<'PY'
+import glob, json, os, sys
+d = sys.argv[1]
+def load(f):
+    try:
+        return json.load(open(f))
+    except Exception:
+        return None
+rows = []
+for p in ("small", "medium"):
+    ours = {prec: load(f"{d}/ours-{p}-{prec}.json") for prec in ("bf16", "fp32")}
+    torch = {m: load(f"{d}/torch-{p}-{m}.json") for m in ("eager", "compile")}
+    if not any(ours.values()) and not any(torch.values()):
+        continue
+    r = {"preset": p}
+    for prec, o in ours.items():
+        if o:
+            r[f"ours_{prec}"] = {k: o.get(k) for k in ("tokens_per_s", "median_step_s", "gflops", "mfu_vs_measured_gemm", "gemm_ceiling_tflops",
+                                                    "mfu_vs_spec_peak", "device_mem_gib", "device_used_gib", "split_s", "first_loss", "last_loss", "gpu")}
+    for m, t in torch.items():
+        if t:
+            r[f"torch_{m}"] = {k: t.get(k) for k in ("tokens_per_s", "step_s_median", "achieved_gflops", "gpu_peak_mem_mib", "fwd_s_median",
+                                                   "bwd_s_median", "opt_s_median", "first_ce", "last_ce", "torch")}
+    ob = (ours.get("bf16") or {}).get("tokens_per_s")
+    for m in ("eager", "compile"):
+        t = torch.get(m)
+        if ob and t and t.get("tokens_per_s"):
+            r[f"ratio_bf16_vs_torch_{m}"] = round(ob / t["tokens_per_s"], 3)
+    rows.append(r)
+print(json.dumps(rows, indent=1))
+PY
+}
+
+phase_bench() {
+  local sy="$bd/switchyard" pt="$gdir/bench/moe_bench.py" b="$work/bench"
+  mkdir -p "$b"
+  for p in ${BENCH_PRESETS:-medium small}; do
+    for prec in ${PRECISIONS:-bf16 fp32}; do
+      log "bench ours $p $prec"
+      timeout 120 "$sy" bench engine --device cuda --preset "$p" --precision "$prec" --warmup 3 --steps 10 --json > "$b/ours-$p-$prec.json" 2> "$b/ours-$p-$prec.err" || log "ours $p $prec failed: $(tail -3 "$b/ours-$p-$prec.err")"
+    done
+    for mode in ${TORCH_MODES:-eager compile}; do
+      local extra=()
+      [ "$mode" = compile ] && extra=(--compile)
+      log "bench pytorch $p bf16 $mode"
+      local lim=100
+      [ "$mode" = compile ] && lim=${COMPILE_LIMIT:-150}
+      PYTHONUNBUFFERED=1 timeout "$lim" python3 -B "$pt" --config "$p" --procs 1 --no-wait-idle --device cuda --dtype bf16 "${extra[@]}" \
+        --out "$b/torch-$p-$mode.json" > "$b/torch-$p-$mode.log" 2>&1 || log "pytorch $p $mode failed: $(tail -3 "$b/torch-$p-$mode.log")"
+      bench_summary
+      collect
+    done
+  done
+}
+
+phase_train() {
+  local c="$bd/corpus.jsonl"
+  [ -f "$c" ] || xz -dc "$gdir/corpus.jsonl.xz" > "$c"
+  # as many steps as fit TRAIN_SECONDS at the step time the bench measured
+  local steps=${TRAIN_STEPS:-}
+  if [ -z "$steps" ]; then
+    steps=$(python3 -c "import json;b=json.load(open('$work/bench/ours-medium-bf16.json'));print(max(50,min(3000,int(${TRAIN_SECONDS:-90}/b['median_step_s']))))" 2>/dev/null || echo 300)
+  fi
+  log "train medium, $steps steps, on $(wc -c < "$c") bytes"
+  timeout "${TRAIN_LIMIT:-240}" "$bd/switchyard" train --device cuda --precision bf16 --preset medium --corpus "$c" \
+    --steps "$steps" --lr 5e-4 --warmup $((steps / 10)) --eval-every 0 --eval-seqs 64 --seed 1 --json --out "$work/train-medium" \
+    > "$work/train-report.json" 2> "$work/train.log"
+  echo $? > "$work/train.rc"
+  log "train: rc $(cat "$work/train.rc"); $(tail -c 300 "$work/train.log")"
+}
+
+# collect writes $out: gpu-check.json (every result) and the logs.
+collect() {
+  python3 - "$work" > "$out/gpu-check.json" <<'PY'
+import glob, json, os, sys
+d = sys.argv[1]
+res = {"gpu": open(f"{d}/nvidia-smi.txt").read().strip()}
+for f in sorted(glob.glob(f"{d}/*.json")):
+    n = os.path.basename(f)[:-5]
+    if n == "gpu-check":
+        continue
+    try:
+        res[n] = json.load(open(f))
+    except Exception as e:
+        res[n] = {"error": str(e)}
+print(json.dumps(res, indent=1))
+PY
+  # the logs, one file each
+  for n in tests-cuda tests-gpu equiv; do [ -f "$work/$n.log" ] && { echo "===== $n"; cat "$work/$n.log"; }; done > "$out/tests.log"
+  for f in "$work"/bench/*.log "$work"/bench/*.err; do [ -f "$f" ] && { echo "===== $(basename "$f")"; cat "$f"; }; done > "$out/bench.log" 2>/dev/null
+  [ -f "$work/train.log" ] && cp "$work/train.log" "$out/train.log"
+  [ -f "$work/train-medium/metrics.jsonl" ] && cp "$work/train-medium/metrics.jsonl" "$out/train-metrics.jsonl"
+}
+
+run() {
+  mkdir -p "$out" "$bd" "$work"
+  [ -f "$bd/switchyard" ] || xz -dc "$gdir/bins.tar.xz" | tar xf - -C "$bd"
+  local phases=("$@")
+  [ ${#phases[@]} -eq 0 ] && phases=(tests equiv bench train)
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv,noheader > "$work/nvidia-smi.txt" 2>&1 || true
+  log "GPU: $(cat "$work/nvidia-smi.txt")"
+  for ph in "${phases[@]}"; do
+    local t0=$SECONDS
+    "phase_$ph"
+    log "phase $ph took $((SECONDS - t0)) s"
+    collect # after every phase: a run cut short still returns what it measured
+  done
+  python3 - "$out/gpu-check.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+for k in ("tests-cuda", "tests-gpu", "equiv"):
+    if k in r:
+        print(f"{k}: rc {r[k]['rc']} passed {r[k]['passed']} failed {r[k]['failed']} skipped {len(r[k]['skipped'])}")
+for row in r.get("bench", []):
+    b, f = row.get("ours_bf16") or {}, row.get("ours_fp32") or {}
+    e, c = row.get("torch_eager") or {}, row.get("torch_compile") or {}
+    print(f"{row['preset']}: ours bf16 {b.get('tokens_per_s', 0):.0f} tok/s (MFU {b.get('mfu_vs_measured_gemm') or 0:.3f}), fp32 {f.get('tokens_per_s', 0):.0f}; "
+          f"torch eager {e.get('tokens_per_s') or 0:.0f}, compile {c.get('tokens_per_s') or 0:.0f}; "
+          f"ratios {row.get('ratio_bf16_vs_torch_eager')} / {row.get('ratio_bf16_vs_torch_compile')}")
+    print(f"  split bf16 {b.get('split_s')}")
+t = r.get("train-report")
+if isinstance(t, dict) and "domains" in t:
+    print("train:", t.get("steps"), "steps", round(t.get("tokens_per_s", 0)), "tok/s, final loss", t.get("final_train_loss"),
+          "mean top share", t.get("mean_top_share"), "max load", t.get("max_load"))
+    print("  domains:", [(d.get("domain"), round(d.get("val_bits_per_byte", 0), 3)) for d in t["domains"]])
+PY
+}
+
+case "${1:-}" in
+  build) shift; build "$@" ;;
+  run) shift; run "$@" ;;
+  *) echo "usage: $0 build [SHARED_BENCH_DIR] [CORPUS] | run [tests equiv bench train]" >&2; exit 2 ;;
+esac

@@ -2,15 +2,18 @@
 
 GO ?= go
 
-.PHONY: build test demo demo-local bench-engine
+.PHONY: build test demo demo-local bench-engine gpu-check
 
 build:
 	$(GO) build -o bin/ ./cmd/switchyard ./cmd/coordinator ./cmd/worker
 
-# Every package under the race detector; the kernels' tests shrink their
-# shapes under -race (see pkg/kernels/race_test.go).
+# Every package under the race detector (the kernels' tests shrink their
+# shapes under -race, see pkg/kernels/race_test.go; GPU tests skip without
+# a GPU, saying why), then the GPU engine's tests with its CUDA kernels
+# run on the CPU emulator (build tag cudaemu, cgo + C++20).
 test:
 	$(GO) test -race -count=1 -timeout 25m ./...
+	$(GO) test -tags cudaemu -count=1 -timeout 15m -run 'TestKernel|TestEngine|TestGPU' ./pkg/gpu/... ./pkg/train
 
 # A whole cluster on this machine: a dev coordinator (embedded etcd and
 # NATS), two workers, the demo job (tiny, global-batch LBL, DP=2, EP=2).
@@ -20,6 +23,13 @@ demo: build
 # The same model trained in this one process.
 demo-local: build
 	./bin/switchyard train --preset tiny --steps 120 --lr 2e-3 --warmup 10 --out runs/demo
+
+# On a machine with an NVIDIA GPU and the driver: every GPU test, the
+# CPU/GPU equivalence runs and the benchmarks (see scripts/gpu-check.sh;
+# build here with Go, then run where the GPU is).
+gpu-check:
+	scripts/gpu-check.sh build ../shared/bench
+	scripts/gpu-check.sh run
 
 bench-engine: build
 	./bin/switchyard bench engine --preset tiny --json

@@ -286,18 +286,6 @@ func TestGPULaunchLargeSharedMemory(t *testing.T) {
 	}
 }
 
-// bf16 helpers for the reference: round to nearest even.
-func f32ToBF16(f float32) uint16 {
-	u := math.Float32bits(f)
-	if u&0x7fffffff > 0x7f800000 {
-		return uint16(u>>16) | 0x40
-	}
-	u += 0x7fff + (u>>16)&1
-	return uint16(u >> 16)
-}
-
-func bf16ToF32(b uint16) float32 { return math.Float32frombits(uint32(b) << 16) }
-
 // hostMat is a host copy of a device matrix of type t.
 type hostMat struct {
 	t DType
@@ -306,7 +294,7 @@ type hostMat struct {
 
 func (h hostMat) set(i int64, v float64) {
 	if h.t == BF16 {
-		*(*uint16)(unsafe.Pointer(&h.b[2*i])) = f32ToBF16(float32(v))
+		*(*uint16)(unsafe.Pointer(&h.b[2*i])) = F32ToBF16(float32(v))
 		return
 	}
 	*(*float32)(unsafe.Pointer(&h.b[4*i])) = float32(v)
@@ -314,7 +302,7 @@ func (h hostMat) set(i int64, v float64) {
 
 func (h hostMat) get(i int64) float64 {
 	if h.t == BF16 {
-		return float64(bf16ToF32(*(*uint16)(unsafe.Pointer(&h.b[2*i]))))
+		return float64(BF16ToF32(*(*uint16)(unsafe.Pointer(&h.b[2*i]))))
 	}
 	return float64(*(*float32)(unsafe.Pointer(&h.b[4*i])))
 }

@@ -1,20 +1,13 @@
 package gpu
 
-import "math"
+import "github.com/switchyard-ml/switchyard/pkg/cuda"
 
-// F32ToBF16 rounds f to bfloat16 (nearest, ties to even; NaN stays a quiet
-// NaN): the reference for the kernels' f2bf.
-func F32ToBF16(f float32) uint16 {
-	u := math.Float32bits(f)
-	if u&0x7fffffff > 0x7f800000 {
-		return uint16(u>>16) | 0x40
-	}
-	u += 0x7fff + (u>>16)&1
-	return uint16(u >> 16)
-}
-
-// BF16ToF32 widens a bfloat16 (exact).
-func BF16ToF32(h uint16) float32 { return math.Float32frombits(uint32(h) << 16) }
+// F32ToBF16 and BF16ToF32 are pkg/cuda's conversions (the reference for
+// the kernels' f2bf and bf2f).
+var (
+	F32ToBF16 = cuda.F32ToBF16
+	BF16ToF32 = cuda.BF16ToF32
+)
 
 // RoundBF16 is f rounded through bfloat16.
 func RoundBF16(f float32) float32 { return BF16ToF32(F32ToBF16(f)) }

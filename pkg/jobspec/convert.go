@@ -56,6 +56,8 @@ func (s *Spec) TrainConfig() (train.Config, error) {
 			ClipNorm:    s.Optim.ClipNorm,
 		},
 		EvalEvery: s.EvalEvery,
+		Device:    s.Device,
+		Precision: s.Precision,
 	}
 	if len(c.LBL.LayerCoef) == 0 {
 		c.LBL.LayerCoef = nil

@@ -13,6 +13,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/switchyard-ml/switchyard/pkg/model"
+	"github.com/switchyard-ml/switchyard/pkg/train"
 )
 
 var (
@@ -44,6 +45,12 @@ type Spec struct {
 	Checkpoint   Checkpoint `yaml:"checkpoint" json:"checkpoint"`
 	Restart      Restart    `yaml:"restart" json:"restart"`
 	Elastic      Elastic    `yaml:"elastic" json:"elastic"`
+	// Device is "cpu" (default, also when empty) or "cuda": each rank
+	// trains on a GPU of its worker (resources.gpus then defaults to 1).
+	// Precision is the GPU's arithmetic, "bf16" (default on cuda) or
+	// "fp32".
+	Device    string `yaml:"device,omitempty" json:"device,omitempty"`
+	Precision string `yaml:"precision,omitempty" json:"precision,omitempty"`
 }
 
 // Model is a preset, explicit model fields, or a preset with overrides.
@@ -181,7 +188,7 @@ func (s *Spec) Marshal() ([]byte, error) {
 }
 
 // presetMicroBatch is each preset's default micro-batch (pkg/train's).
-var presetMicroBatch = map[string]int{"tiny": 8, "small": 4}
+var presetMicroBatch = map[string]int{"tiny": 8, "small": 4, "medium": 16}
 
 // Defaults fills the unset fields with the documented defaults.
 func (s *Spec) Defaults() {
@@ -233,6 +240,11 @@ func (s *Spec) Defaults() {
 	}
 	if s.MicroBatch == 0 {
 		s.MicroBatch = presetMicroBatch[s.Model.Preset]
+	}
+	// device and precision stay empty when unset (cpu; the trainer's
+	// default precision); a GPU rank needs a GPU
+	if kind, _, err := train.ParseDevice(s.Device); err == nil && kind == "cuda" && s.Resources.GPUs == 0 {
+		s.Resources.GPUs = 1
 	}
 	if s.Accumulation == 0 {
 		s.Accumulation = 1

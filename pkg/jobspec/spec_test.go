@@ -181,7 +181,7 @@ func TestValidationErrors(t *testing.T) {
 		{"parallel: {tp: 4, dp: 65536}", "jobspec: parallel.dp = 65536: world size parallel.tp*parallel.dp = 262144 must be <= 65536"},
 		{"model: {preset: tiny, heads: 2, hidden: 511}\nparallel: {tp: 2}", "jobspec: parallel.tp = 2: must divide model.hidden = 511 (expert weights are split by tensor parallelism)"},
 		{"parallel: {balance: rack}", `jobspec: parallel.balance = "rack": must be "dp", "node" or "none"`},
-		{"model: {preset: huge}", `jobspec: model.preset = "huge": must be "tiny" or "small"`},
+		{"model: {preset: huge}", `jobspec: model.preset = "huge": must be "tiny", "small" or "medium"`},
 		{"model: {dim: 64, layers: 2, heads: 3, seq_len: 8, experts: 4, top_k: 1, hidden: 8}\nmicro_batch: 1", "jobspec: model.heads = 3: must be >= 1 and divide model.dim = 64"},
 		{"model: {preset: tiny, top_k: 9}", "jobspec: model.top_k = 9: must be in [1, model.experts = 8]"},
 		{"model: {preset: tiny, capacity_factor: .nan}", "jobspec: model.capacity_factor = NaN: must be a finite number >= 0 (0 = dropless)"},
@@ -264,5 +264,32 @@ func TestTrainConfigRejectsWhatTrainRejects(t *testing.T) {
 	s.Data.ValFraction = 0.9
 	if _, err := s.TrainConfig(); !errors.Is(err, ErrInvalid) || !errors.Is(err, train.ErrConfig) {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+// TestDeviceRules: a GPU job gets a GPU per rank and is one rank for now;
+// precision bf16 needs cuda; bad names are refused by their path.
+func TestDeviceRules(t *testing.T) {
+	s, err := Parse([]byte("name: g\ndevice: cuda\nmodel: {preset: medium}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Resources.GPUs != 1 || s.MicroBatch != 16 {
+		t.Fatalf("gpus %d micro-batch %d, want 1 and 16", s.Resources.GPUs, s.MicroBatch)
+	}
+	c, err := s.TrainConfig()
+	if err != nil || c.Device != "cuda" || c.PrecisionOrDefault() != "bf16" {
+		t.Fatalf("train config device %q precision %q: %v", c.Device, c.PrecisionOrDefault(), err)
+	}
+	for _, tc := range []struct{ yaml, want string }{
+		{"device: tpu", "jobspec: device = \"tpu\": must be cpu or cuda"},
+		{"device: cuda\nparallel: {dp: 2}", "jobspec: device = \"cuda\": runs one rank per job for now"},
+		{"device: cuda\nresources: {gpus: 0}\nprecision: fp16", "jobspec: precision = \"fp16\""},
+		{"precision: bf16", "jobspec: precision = \"bf16\": bf16 needs device cuda"},
+	} {
+		_, err := Parse([]byte("name: g\n" + tc.yaml + "\n"))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: %v, want %q", tc.yaml, err, tc.want)
+		}
 	}
 }

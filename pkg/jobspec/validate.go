@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/switchyard-ml/switchyard/pkg/model"
+	"github.com/switchyard-ml/switchyard/pkg/train"
 )
 
 // FieldError is one broken rule: the field's YAML path, its value and the
@@ -197,6 +198,23 @@ func (s *Spec) Validate() error {
 	if r.GPUs < 0 {
 		bad("resources.gpus", r.GPUs, "must be >= 0")
 	}
+	// Device.
+	if kind, _, err := train.ParseDevice(s.Device); err != nil {
+		bad("device", s.Device, "must be cpu or cuda")
+	} else if kind == "cuda" {
+		if r.GPUs < 1 {
+			bad("resources.gpus", r.GPUs, "must be >= 1 with device cuda")
+		}
+		if w := s.Parallel.TP * s.Parallel.DP; w > 1 {
+			bad("device", s.Device, "runs one rank per job for now (parallel tp x dp = %d); several GPU ranks with NCCL come next", w)
+		}
+	}
+	switch kind, _, _ := train.ParseDevice(s.Device); {
+	case s.Precision != "" && s.Precision != "fp32" && s.Precision != "bf16":
+		bad("precision", s.Precision, `must be "fp32" or "bf16"`)
+	case s.Precision == "bf16" && kind != "cuda":
+		bad("precision", s.Precision, "bf16 needs device cuda (the CPU engine is fp32)")
+	}
 	for _, k := range sortedKeys(s.Placement.HostLabels) {
 		v := s.Placement.HostLabels[k]
 		switch {
@@ -269,7 +287,7 @@ func (s *Spec) Validate() error {
 func (s *Spec) validateModel(bad func(path string, v any, rule string, args ...any)) (model.Config, bool) {
 	m, err := s.ModelConfig()
 	if err != nil {
-		bad("model.preset", s.Model.Preset, `must be "tiny" or "small" (or empty, with explicit model fields)`)
+		bad("model.preset", s.Model.Preset, `must be "tiny", "small" or "medium" (or empty, with explicit model fields)`)
 		return m, false
 	}
 	ok := true
@@ -318,7 +336,7 @@ func (s *Spec) ModelConfig() (model.Config, error) {
 	if s.Model.Preset != "" {
 		p, ok := model.Presets[s.Model.Preset]
 		if !ok {
-			return m, &FieldError{Path: "model.preset", Value: s.Model.Preset, Rule: `must be "tiny" or "small"`}
+			return m, &FieldError{Path: "model.preset", Value: s.Model.Preset, Rule: `must be "tiny", "small" or "medium"`}
 		}
 		m = p
 	}

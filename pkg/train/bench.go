@@ -89,7 +89,11 @@ func BenchEngine(ctx context.Context, o BenchOptions) (*EngineBench, error) {
 		return nil, err
 	}
 	defer tr.Close()
-	b := &EngineBench{Preset: o.Preset, Device: cfg.Device, Precision: cfg.Precision, Kernels: kernels.Name(), Threads: runtime.GOMAXPROCS(0)}
+	device := cfg.Device
+	if device == "" {
+		device = "cpu"
+	}
+	b := &EngineBench{Preset: o.Preset, Device: device, Precision: cfg.PrecisionOrDefault(), Kernels: kernels.Name(), Threads: runtime.GOMAXPROCS(0)}
 	for i := 0; i < o.Warmup; i++ {
 		sm, err := tr.TrainStep(ctx)
 		if err != nil {

@@ -67,6 +67,18 @@ type Config struct {
 	Precision string `yaml:"precision" json:"precision"`
 }
 
+// PrecisionOrDefault is the run's precision: Precision, or when it is
+// empty bf16 on cuda and fp32 on the CPU.
+func (c Config) PrecisionOrDefault() string {
+	if c.Precision != "" {
+		return c.Precision
+	}
+	if kind, _, _ := ParseDevice(c.Device); kind == "cuda" {
+		return "bf16"
+	}
+	return "fp32"
+}
+
 // ParseDevice splits a device name: "cpu" (or "") and "cuda" / "cuda:N".
 func ParseDevice(s string) (kind string, ordinal int, err error) {
 	switch {
@@ -112,15 +124,6 @@ func (c *Config) Defaults() {
 	}
 	if c.Seed == 0 {
 		c.Seed = 1
-	}
-	if c.Device == "" {
-		c.Device = "cpu"
-	}
-	if c.Precision == "" {
-		c.Precision = "fp32"
-		if kind, _, _ := ParseDevice(c.Device); kind == "cuda" {
-			c.Precision = "bf16"
-		}
 	}
 	c.Optim.Defaults()
 }

@@ -44,6 +44,11 @@ type Report struct {
 	GlobalLoad   [][]float64      `json:"global_load"`    // per MoE layer, share of validation selections per expert (all domains)
 	MeanTopShare float64          `json:"mean_top_share"` // mean over layers and domains of TopShare
 	MaxLoad      float64          `json:"max_load"`       // largest GlobalLoad share (1/E is perfectly balanced)
+	// The compute: "cpu" or the GPU's name, the precision, and on a GPU the
+	// device memory the engine's buffers hold.
+	Device       string  `json:"device"`
+	Precision    string  `json:"precision"`
+	DeviceMemGiB float64 `json:"device_mem_gib,omitempty"`
 }
 
 func entropyBits(p []float64) float64 {
@@ -60,7 +65,11 @@ func (t *Trainer) report(ev *Eval, last StepMetrics, el time.Duration) *Report {
 	k := t.MCfg.TopK
 	tokens := int64(t.step) * int64(t.Cfg.Accumulation*t.Cfg.MicroBatch*t.Dist.dpSize()*t.MCfg.SeqLen)
 	r := &Report{Preset: t.Cfg.Preset, LBLMode: t.Cfg.LBL.Mode, Steps: t.step, Tokens: tokens, Seconds: el.Seconds(),
-		TokensPerS: float64(tokens) / el.Seconds(), FinalLoss: last.Loss}
+		TokensPerS: float64(tokens) / el.Seconds(), FinalLoss: last.Loss, Device: "cpu", Precision: t.Cfg.PrecisionOrDefault()}
+	if t.GPU != nil {
+		r.Device = t.GPU.Device().Name()
+		r.DeviceMemGiB = float64(t.GPU.DeviceBytes()) / (1 << 30)
+	}
 	for dom, name := range t.Corpus.Domains {
 		r.Domains = append(r.Domains, DomainReport{Domain: name, BitsPerByte: ev.BitsPerByte[dom], UnigramBits: t.Corpus.Entropy(dom), Tokens: ev.Tokens[dom]})
 	}
@@ -114,6 +123,9 @@ func (r *Report) WriteJSON(path string) error {
 func (r *Report) Print(w io.Writer) {
 	fmt.Fprintf(w, "\n== report: %d steps, %d tokens, %.1f s, %.0f tokens/s, LBL mode %s, final train loss %.4f nats\n",
 		r.Steps, r.Tokens, r.Seconds, r.TokensPerS, r.LBLMode, r.FinalLoss)
+	if r.Device != "" && r.Device != "cpu" {
+		fmt.Fprintf(w, "   on %s, %s, %.1f GiB of device memory\n", r.Device, r.Precision, r.DeviceMemGiB)
+	}
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "domain\tval bits/byte\tunigram bits/byte\tgain\ttokens\t")
 	for _, d := range r.Domains {

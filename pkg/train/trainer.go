@@ -218,7 +218,7 @@ func (t *Trainer) newEngine(corpus *data.Corpus, dev cuda.Device) error {
 	if err := t.Dist.checkGPU(); err != nil {
 		return err
 	}
-	prec, err := gpu.ParsePrecision(cfg.Precision)
+	prec, err := gpu.ParsePrecision(cfg.PrecisionOrDefault())
 	if err != nil {
 		return fmt.Errorf("%w: precision: %w", ErrConfig, err)
 	}

@@ -10,7 +10,6 @@ import "C"
 
 import (
 	"fmt"
-	"math"
 	"sync"
 	"time"
 	"unsafe"
@@ -196,6 +195,8 @@ func (d *Device) Launch(k cuda.Kernel, grid, block cuda.Dim3, sharedBytes int, a
 		return nil
 	case -2:
 		return fmt.Errorf("%w: %s: block %+v (the emulator needs a multiple of 32 threads, at most 1024)", cuda.ErrLaunch, kk.name, b)
+	case -3:
+		return fmt.Errorf("%w: %s: deadlock: the threads of a block wait at different barriers", cuda.ErrLaunch, kk.name)
 	}
 	return fmt.Errorf("%w: %s: emulator error %d", cuda.ErrLaunch, kk.name, int(rc))
 }
@@ -241,8 +242,7 @@ func (d *Device) Close() error {
 func (d *Device) load(p cuda.DevPtr, t cuda.DType, i int64) float64 {
 	switch t {
 	case cuda.BF16:
-		u := *(*uint16)(unsafe.Add(ptrOf(p), i*2))
-		return float64(math.Float32frombits(uint32(u) << 16))
+		return float64(cuda.BF16ToF32(*(*uint16)(unsafe.Add(ptrOf(p), i*2))))
 	default:
 		return float64(*(*float32)(unsafe.Add(ptrOf(p), i*4)))
 	}
@@ -251,21 +251,10 @@ func (d *Device) load(p cuda.DevPtr, t cuda.DType, i int64) float64 {
 func (d *Device) store(p cuda.DevPtr, t cuda.DType, i int64, v float64) {
 	switch t {
 	case cuda.BF16:
-		*(*uint16)(unsafe.Add(ptrOf(p), i*2)) = bf16(float32(v))
+		*(*uint16)(unsafe.Add(ptrOf(p), i*2)) = cuda.F32ToBF16(float32(v))
 	default:
 		*(*float32)(unsafe.Add(ptrOf(p), i*4)) = float32(v)
 	}
-}
-
-// bf16 rounds to nearest even (pkg/gpu's F32ToBF16; duplicated here so the
-// emulator does not import the engine it tests).
-func bf16(f float32) uint16 {
-	u := math.Float32bits(f)
-	if u&0x7fffffff > 0x7f800000 {
-		return uint16(u>>16) | 0x40
-	}
-	u += 0x7fff + (u>>16)&1
-	return uint16(u >> 16)
 }
 
 // Gemm implements cuda.Device.

@@ -16,7 +16,7 @@ import "C"
 import "unsafe"
 
 // The CPU emulator of the kernels (build tag cudaemu): emu.cc compiles
-// kernels.h as C++ and runs every GPU thread as an OS thread. pkg/gpu/emu
+// kernels.h as C++ and runs every GPU thread of a block as a fiber. pkg/gpu/emu
 // wraps it in a cuda.Device.
 
 // EmuKernel is a kernel of the emulator's registry.
@@ -44,7 +44,8 @@ func EmuNames() []string {
 
 // EmuLaunch runs k on grid x block threads; params is cuLaunchKernel's
 // array of pointers to the argument values (C memory). It returns 0, -1
-// for an unknown kernel, -2 for a block size the emulator refuses.
+// for an unknown kernel, -2 for a block size the emulator refuses, -3 for
+// a deadlock at barriers.
 func EmuLaunch(k EmuKernel, grid, block [3]int, smem int, params unsafe.Pointer) int {
 	return int(C.sy_emu_launch(k.cname, C.int(grid[0]), C.int(grid[1]), C.int(grid[2]),
 		C.int(block[0]), C.int(block[1]), C.int(block[2]), C.int(smem), (*unsafe.Pointer)(params)))

@@ -4,7 +4,7 @@
 //   * for NVIDIA GPUs by Debian's clang-16 to PTX (gen.sh), without the CUDA
 //     headers: this file declares the attributes and uses NVVM builtins;
 //   * for the CPU, as C++20, by pkg/gpu/emu (build tag cudaemu), which runs
-//     every GPU thread of a block as an OS thread with real barriers, so the
+//     every GPU thread of a block as a fiber with real barriers, so the
 //     kernels are tested here, thread for thread, without a GPU.
 //
 // Kernels use only what is declared here: sy_tid(), sy_bid(), sy_ntid(),

@@ -1,0 +1,152 @@
+package gpu
+
+// Tests that need no GPU and no emulator: the bf16 conversion against an
+// independent reference, the launch-configuration arithmetic and the
+// memory estimate.
+
+import (
+	"errors"
+	"math"
+	"math/big"
+	"math/rand/v2"
+	"strings"
+	"testing"
+
+	"github.com/switchyard-ml/switchyard/pkg/cuda"
+	"github.com/switchyard-ml/switchyard/pkg/model"
+)
+
+// refBF16 rounds f to the nearest bfloat16 (8 significant bits) with ties
+// to even, through math/big: an implementation that shares nothing with
+// the bit trick of F32ToBF16.
+func refBF16(f float32) float32 {
+	if math.IsNaN(float64(f)) || math.IsInf(float64(f), 0) || f == 0 {
+		return f
+	}
+	x := new(big.Float).SetPrec(8).SetMode(big.ToNearestEven)
+	x.SetFloat64(float64(f))
+	r, _ := x.Float64()
+	if math.Abs(r) > math.MaxFloat32 {
+		return float32(math.Copysign(math.Inf(1), r))
+	}
+	return float32(r)
+}
+
+func TestBF16MatchesReference(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 1))
+	check := func(f float32) {
+		t.Helper()
+		got := RoundBF16(f)
+		if math.IsNaN(float64(f)) {
+			if !math.IsNaN(float64(got)) {
+				t.Fatalf("bf16(NaN %#08x) = %v", math.Float32bits(f), got)
+			}
+			return
+		}
+		want := refBF16(f)
+		// below the normal range bf16 keeps fewer bits: compare the
+		// subnormals by the bit rule only (they round like the bits)
+		if math.Abs(float64(f)) < 1.1754944e-38 {
+			return
+		}
+		if math.Float32bits(got) != math.Float32bits(want) {
+			t.Fatalf("bf16(%v = %#08x) = %v, reference %v", f, math.Float32bits(f), got, want)
+		}
+	}
+	for i := 0; i < 200000; i++ {
+		check(math.Float32frombits(rng.Uint32()))
+	}
+	for _, f := range []float32{1, -1, 1.00390625, 1.01171875, 1.0078125, 3.4028235e38, 65504, 1e-30, -2.5} {
+		check(f)
+	}
+	if h := F32ToBF16(float32(math.NaN())); h&0x7f80 != 0x7f80 || h&0x7f == 0 {
+		t.Fatalf("NaN became %#04x", h)
+	}
+	for i := 0; i < 1<<16; i++ {
+		f := BF16ToF32(uint16(i))
+		if !math.IsNaN(float64(f)) && F32ToBF16(f) != uint16(i) {
+			t.Fatalf("bf16 %#04x does not round-trip", i)
+		}
+	}
+}
+
+func TestLaunchConfigurations(t *testing.T) {
+	for _, c := range []struct{ n, want int }{{1, 32}, {32, 32}, {33, 64}, {255, 256}, {256, 256}, {4096, 256}} {
+		if got := rowBlock(c.n); got != c.want {
+			t.Errorf("rowBlock(%d) = %d, want %d", c.n, got, c.want)
+		}
+	}
+	for _, c := range []struct {
+		n    int64
+		want int
+	}{{0, 1}, {1, 1}, {256, 1}, {257, 2}, {1 << 40, maxGridStride}} {
+		if got := strideGrid(c.n, 256); got != c.want {
+			t.Errorf("strideGrid(%d) = %d, want %d", c.n, got, c.want)
+		}
+	}
+	// normParts covers every row exactly once with at most 512 blocks
+	for _, rows := range []int{1, 7, 511, 512, 513, 16384, 100003} {
+		nblk, rpb := normParts(rows)
+		if nblk < 1 || nblk > 512 || nblk*rpb < rows || (nblk-1)*rpb >= rows {
+			t.Errorf("normParts(%d) = %d blocks of %d rows", rows, nblk, rpb)
+		}
+	}
+	if planChunks(0) != 0 || planChunks(1) != 1 || planChunks(256) != 1 || planChunks(257) != 2 {
+		t.Error("planChunks")
+	}
+	if sumsqBlocks(1) != 1 || sumsqBlocks(1<<40) != 1024 {
+		t.Error("sumsqBlocks")
+	}
+}
+
+// TestMemoryEstimate: the parameter-sized parts are exactly what the
+// precision needs per parameter, activations grow with the micro-batch,
+// and New refuses an oversized run before allocating, with the estimate.
+func TestMemoryEstimate(t *testing.T) {
+	c, _ := model.Preset("medium")
+	P, _ := c.ParamCount()
+	bf, err := Estimate(c, 16, BF16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fp, _ := Estimate(c, 16, FP32)
+	if bf.Parameters != 6*P || fp.Parameters != 4*P || bf.Gradients != 4*P || bf.Optimizer != 8*P {
+		t.Fatalf("per-parameter bytes: bf16 %+v fp32 %+v for %d parameters", bf, fp, P)
+	}
+	half, _ := Estimate(c, 8, BF16)
+	if !(half.Activations < bf.Activations && fp.Activations > bf.Activations) {
+		t.Fatalf("activations: mb8 bf16 %d, mb16 bf16 %d, mb16 fp32 %d", half.Activations, bf.Activations, fp.Activations)
+	}
+	if sum := bf.Parameters + bf.Gradients + bf.Optimizer + bf.Activations + bf.Scratch; sum != bf.Total {
+		t.Fatalf("parts %d != total %d", sum, bf.Total)
+	}
+	t.Logf("medium, micro-batch 16: bf16 %.1f GiB (%s), fp32 %.1f GiB", gib(bf.Total), bf, gib(fp.Total))
+	dev := &tinyDevice{free: 1 << 30, total: 2 << 30}
+	_, err = New(dev, c, Options{MicroBatch: 16, Precision: BF16})
+	var me *MemoryError
+	if !errors.As(err, &me) || !errors.Is(err, cuda.ErrOutOfMemory) || dev.allocs != 0 {
+		t.Fatalf("oversized run: %v (allocations %d)", err, dev.allocs)
+	}
+	if !strings.Contains(err.Error(), "the run needs 4") || !strings.Contains(err.Error(), "GiB free") {
+		t.Fatalf("message: %v", err)
+	}
+	if _, err := Estimate(c, 0, BF16); err == nil {
+		t.Fatal("micro-batch 0 accepted")
+	}
+	if _, err := Estimate(c, 1, "fp16"); err == nil {
+		t.Fatal("precision fp16 accepted")
+	}
+}
+
+// tinyDevice answers MemInfo and counts allocations; nothing else is used
+// before New refuses a run.
+type tinyDevice struct {
+	cuda.Device
+	free, total int64
+	allocs      int
+}
+
+func (d *tinyDevice) Name() string                       { return "test GPU" }
+func (d *tinyDevice) MemInfo() (int64, int64, error)     { return d.free, d.total, nil }
+func (d *tinyDevice) Alloc(int64) (cuda.DevPtr, error)   { d.allocs++; return 0, errors.New("no") }
+func (d *tinyDevice) Kernel(string) (cuda.Kernel, error) { return nil, errors.New("no") }

@@ -195,6 +195,23 @@ func stateIs(st pb.JobState) func(*pb.Job) bool {
 	return func(j *pb.Job) bool { return j.State == st }
 }
 
+// ranAttempts is the number of times the job's history shows it entering
+// RUNNING (one per attempt that started). Waits on a transition look at
+// the history, not the current state, which a fast attempt can pass
+// between two polls.
+func ranAttempts(j *pb.Job) int {
+	n := 0
+	for _, e := range j.Events {
+		if e.Type == "Running" {
+			n++
+		}
+	}
+	return n
+}
+
+// startedRunning: the job has been RUNNING (it may be further on by now).
+func startedRunning(j *pb.Job) bool { return ranAttempts(j) >= 1 }
+
 // leader returns the leader's index as the cluster reports it.
 func (c *cluster) leader() int {
 	c.t.Helper()

@@ -17,9 +17,13 @@
 #                 (loss, LBL, grad norm <= 1e-4 relative at every step),
 #                 bf16 vs fp32 after 200 steps (<= 2%), checkpoints GPU->CPU
 #                 and CPU->GPU (validation loss to 1e-5)
-#         bench   ours (bf16 and fp32) vs moe_bench.py --device cuda --dtype
-#                 bf16, eager and --compile, on small and medium
+#         bench   ours (bf16, fp32, and bf16 with the experts' GEMMs one by
+#                 one) vs moe_bench.py --device cuda --dtype bf16 eager, on
+#                 medium and small
 #         train   switchyard train --device cuda --preset medium on the corpus
+#                 for TRAIN_SECONDS (240) at the step time the bench measured
+#         compile moe_bench.py --compile on medium and small (not in the
+#                 default phases: it takes minutes per config)
 #       gpu-check.json holds every result; the last lines printed are the
 #       summary.
 set -uo pipefail
@@ -94,7 +98,7 @@ def load(f):
         return None
 rows = []
 for p in ("small", "medium"):
-    ours = {prec: load(f"{d}/ours-{p}-{prec}.json") for prec in ("bf16", "fp32")}
+    ours = {prec: load(f"{d}/ours-{p}-{prec}.json") for prec in ("bf16", "fp32", "bf16-loop")}
     torch = {m: load(f"{d}/torch-{p}-{m}.json") for m in ("eager", "compile")}
     if not any(ours.values()) and not any(torch.values()):
         continue
@@ -121,16 +125,21 @@ phase_bench() {
   local sy="$bd/switchyard" pt="$gdir/bench/moe_bench.py" b="$work/bench"
   mkdir -p "$b"
   for p in ${BENCH_PRESETS:-medium small}; do
-    for prec in ${PRECISIONS:-bf16 fp32}; do
-      log "bench ours $p $prec"
-      timeout 120 "$sy" bench engine --device cuda --preset "$p" --precision "$prec" --warmup 3 --steps 10 --json > "$b/ours-$p-$prec.json" 2> "$b/ours-$p-$prec.err" || log "ours $p $prec failed: $(tail -3 "$b/ours-$p-$prec.err")"
+    for v in ${VARIANTS:-bf16 fp32 bf16-loop}; do
+      # bf16-loop: the experts' GEMMs one by one instead of cuBLAS's grouped call
+      [ "$v" = none ] && continue
+      local prec=${v%-loop} env=()
+      [ "$v" != "$prec" ] && env=(SWITCHYARD_EXPERT_GEMM=loop)
+      log "bench ours $p $v"
+      env "${env[@]}" timeout 120 "$sy" bench engine --device cuda --preset "$p" --precision "$prec" --warmup 3 --steps 10 --json \
+        > "$b/ours-$p-$v.json" 2> "$b/ours-$p-$v.err" || log "ours $p $v failed: $(tail -3 "$b/ours-$p-$v.err")"
     done
-    for mode in ${TORCH_MODES:-eager compile}; do
+    for mode in ${TORCH_MODES:-eager}; do
       local extra=()
       [ "$mode" = compile ] && extra=(--compile)
       log "bench pytorch $p bf16 $mode"
       local lim=100
-      [ "$mode" = compile ] && lim=${COMPILE_LIMIT:-150}
+      [ "$mode" = compile ] && lim=${COMPILE_LIMIT:-420}
       PYTHONUNBUFFERED=1 timeout "$lim" python3 -B "$pt" --config "$p" --procs 1 --no-wait-idle --device cuda --dtype bf16 "${extra[@]}" \
         --out "$b/torch-$p-$mode.json" > "$b/torch-$p-$mode.log" 2>&1 || log "pytorch $p $mode failed: $(tail -3 "$b/torch-$p-$mode.log")"
       bench_summary
@@ -139,16 +148,22 @@ phase_bench() {
   done
 }
 
+# compile: torch.compile's runs alone (it recompiles as the experts' token
+# counts change; on an H200 neither config finished 3+10 steps in 150 s).
+phase_compile() {
+  TORCH_MODES=compile VARIANTS=none phase_bench
+}
+
 phase_train() {
   local c="$bd/corpus.jsonl"
   [ -f "$c" ] || xz -dc "$gdir/corpus.jsonl.xz" > "$c"
   # as many steps as fit TRAIN_SECONDS at the step time the bench measured
   local steps=${TRAIN_STEPS:-}
   if [ -z "$steps" ]; then
-    steps=$(python3 -c "import json;b=json.load(open('$work/bench/ours-medium-bf16.json'));print(max(50,min(3000,int(${TRAIN_SECONDS:-90}/b['median_step_s']))))" 2>/dev/null || echo 300)
+    steps=$(python3 -c "import json;b=json.load(open('$work/bench/ours-medium-bf16.json'));print(max(50,min(5000,int(${TRAIN_SECONDS:-240}/b['median_step_s']))))" 2>/dev/null || echo 1500)
   fi
   log "train medium, $steps steps, on $(wc -c < "$c") bytes"
-  timeout "${TRAIN_LIMIT:-240}" "$bd/switchyard" train --device cuda --precision bf16 --preset medium --corpus "$c" \
+  timeout "${TRAIN_LIMIT:-330}" "$bd/switchyard" train --device cuda --precision bf16 --preset medium --corpus "$c" \
     --steps "$steps" --lr 5e-4 --warmup $((steps / 10)) --eval-every 0 --eval-seqs 64 --seed 1 --json --out "$work/train-medium" \
     > "$work/train-report.json" 2> "$work/train.log"
   echo $? > "$work/train.rc"
@@ -215,5 +230,5 @@ PY
 case "${1:-}" in
   build) shift; build "$@" ;;
   run) shift; run "$@" ;;
-  *) echo "usage: $0 build [SHARED_BENCH_DIR] [CORPUS] | run [tests equiv bench train]" >&2; exit 2 ;;
+  *) echo "usage: $0 build [SHARED_BENCH_DIR] [CORPUS] | run [tests equiv bench train compile]" >&2; exit 2 ;;
 esac

@@ -85,22 +85,39 @@ func (m *Model) attentionBackward(l int, L *layerBufs) error {
 	if err := m.k.headsSplit(m.buf.oh, m.buf.dAttn, T, S, H, hd); err != nil {
 		return err
 	}
-	// dP = dO v^T (float), dv = P^T dO
-	if err := m.gemmBatched(false, true, S, S, hd, 1, m.buf.oh, hd, Shd, L.v, hd, Shd, m.buf.scores, S, SS, cuda.F32, BH); err != nil {
+	as, ch := m.actSize(), m.attnChunk
+	// by query chunks: dP = dO v^T (float), dS = softmax backward,
+	// dq = dS k / sqrt(hd)
+	for r0 := 0; r0 < S; r0 += ch {
+		r1 := min(S, r0+ch)
+		if err := m.gemmBatched(false, true, r1-r0, r1, hd, 1, m.buf.oh.Add(int64(r0*hd)*as), hd, Shd, L.v, hd, Shd,
+			m.buf.scores.Add(int64(r0)*int64(S)*4), S, SS, cuda.F32, BH); err != nil {
+			return err
+		}
+	}
+	if err := m.k.softmaxCausalBwd(m.buf.ds, L.p, m.buf.scores, BH, S, ch); err != nil {
 		return err
 	}
-	if err := m.gemmBatched(true, false, S, hd, S, 1, L.p, S, SS, m.buf.oh, hd, Shd, m.buf.dv, hd, Shd, m.act, BH); err != nil {
-		return err
+	for r0 := 0; r0 < S; r0 += ch {
+		r1 := min(S, r0+ch)
+		if err := m.gemmBatched(false, false, r1-r0, hd, r1, scale, m.buf.ds.Add(int64(r0)*int64(S)*as), S, SS, L.k, hd, Shd,
+			m.buf.dq.Add(int64(r0*hd)*as), hd, Shd, m.act, BH); err != nil {
+			return err
+		}
 	}
-	if err := m.k.softmaxCausalBwd(m.buf.ds, L.p, m.buf.scores, BH, S); err != nil {
-		return err
-	}
-	// dq = dS k / sqrt(hd), dk = dS^T q / sqrt(hd)
-	if err := m.gemmBatched(false, false, S, hd, S, scale, m.buf.ds, S, SS, L.k, hd, Shd, m.buf.dq, hd, Shd, m.act, BH); err != nil {
-		return err
-	}
-	if err := m.gemmBatched(true, false, S, hd, S, scale, m.buf.ds, S, SS, L.q, hd, Shd, m.buf.dk, hd, Shd, m.act, BH); err != nil {
-		return err
+	// by key chunks (only queries from the chunk on see its keys):
+	// dv = P^T dO, dk = dS^T q / sqrt(hd)
+	for k0 := 0; k0 < S; k0 += ch {
+		k1 := min(S, k0+ch)
+		diag := (int64(k0)*int64(S) + int64(k0)) * as
+		if err := m.gemmBatched(true, false, k1-k0, hd, S-k0, 1, L.p.Add(diag), S, SS, m.buf.oh.Add(int64(k0*hd)*as), hd, Shd,
+			m.buf.dv.Add(int64(k0*hd)*as), hd, Shd, m.act, BH); err != nil {
+			return err
+		}
+		if err := m.gemmBatched(true, false, k1-k0, hd, S-k0, scale, m.buf.ds.Add(diag), S, SS, L.q.Add(int64(k0*hd)*as), hd, Shd,
+			m.buf.dk.Add(int64(k0*hd)*as), hd, Shd, m.act, BH); err != nil {
+			return err
+		}
 	}
 	if err := m.k.qkvMerge(m.buf.dqkv, m.buf.dq, m.buf.dk, m.buf.dv, m.buf.cos, m.buf.sin, T, S, H, hd); err != nil {
 		return err

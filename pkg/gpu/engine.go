@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 
 	"github.com/switchyard-ml/switchyard/pkg/cuda"
 	"github.com/switchyard-ml/switchyard/pkg/lbl"
@@ -53,6 +54,11 @@ type Options struct {
 	// Reserve is device memory to leave free beyond the engine's own
 	// buffers (the libraries' workspaces and context); 0 means 1 GiB.
 	Reserve int64
+	// AttnChunk is the query chunk of the attention GEMMs: a chunk of
+	// queries needs keys up to its last query only, so the masked part of
+	// the score matrix beyond the chunk is neither computed nor stored
+	// (with S/c chunks, (c/S+1)/2 of the full work). 0 means 128.
+	AttnChunk int
 }
 
 // Model is the MoE transformer of pkg/model on one GPU: the same
@@ -80,6 +86,11 @@ type Model struct {
 	host  hostState
 	prof  *profiler
 	steps int // optimizer steps taken (AdamW bias correction)
+	// attnChunk is the attention's query chunk (<= S)
+	attnChunk int
+	// expertLoop runs the experts' GEMMs one by one instead of grouped
+	// (SWITCHYARD_EXPERT_GEMM=loop, a performance comparison knob)
+	expertLoop bool
 }
 
 // New builds the engine for cfg on dev: it checks the configuration,
@@ -108,7 +119,12 @@ func New(dev cuda.Device, cfg model.Config, o Options) (*Model, error) {
 		return nil, &MemoryError{Need: need, Free: free, Total: total, Device: dev.Name(), Estimate: est}
 	}
 	m := &Model{Cfg: cfg, B: o.MicroBatch, S: cfg.SeqLen, T: o.MicroBatch * cfg.SeqLen, Prec: o.Precision,
-		dev: dev, act: o.Precision.act(), a: &arena{dev: dev}, bal: o.Balancer}
+		dev: dev, act: o.Precision.act(), a: &arena{dev: dev}, bal: o.Balancer, attnChunk: o.AttnChunk}
+	if m.attnChunk <= 0 {
+		m.attnChunk = 128
+	}
+	m.attnChunk = min(m.attnChunk, m.S)
+	m.expertLoop = os.Getenv("SWITCHYARD_EXPERT_GEMM") == "loop"
 	for l := 0; l < cfg.Layers; l++ {
 		if cfg.IsMoE(l) {
 			m.moeL = append(m.moeL, l)
@@ -147,6 +163,8 @@ func Supported(cfg model.Config, o Options) error {
 	switch {
 	case o.MicroBatch < 1:
 		return fmt.Errorf("%w: micro-batch %d", ErrConfig, o.MicroBatch)
+	case o.AttnChunk < 0:
+		return fmt.Errorf("%w: attention chunk %d", ErrConfig, o.AttnChunk)
 	case cfg.TopK > 16:
 		return fmt.Errorf("%w: top_k = %d: the GPU kernels handle at most 16 experts per token", ErrConfig, cfg.TopK)
 	case cfg.Dim/cfg.Heads%2 != 0:

@@ -103,7 +103,9 @@ func TestEngineMatchesCPU(t *testing.T) {
 			cpu.P.Init(c, 5)
 			scale := 1 / float32(ec.accum)
 			cpu.SetGradScale(scale)
-			g, err := New(dev, c, Options{MicroBatch: ec.B, Precision: FP32, Balancer: gbal, Reserve: 1})
+			// query chunks of 3 of the 8 positions: uneven chunks, every GEMM
+			// of the chunked attention
+			g, err := New(dev, c, Options{MicroBatch: ec.B, Precision: FP32, Balancer: gbal, Reserve: 1, AttnChunk: 3})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -269,7 +271,7 @@ func TestEngineBF16NearFP32(t *testing.T) {
 			var params *model.Params
 			for i, p := range []Precision{FP32, BF16} {
 				bal, _ := lbl.NewBalancer(ec.lbl, c.MoELayers(), c.Experts, c.TopK, lbl.Identity{})
-				g, err := New(dev, c, Options{MicroBatch: ec.B, Precision: p, Balancer: bal, Reserve: 1})
+				g, err := New(dev, c, Options{MicroBatch: ec.B, Precision: p, Balancer: bal, Reserve: 1, AttnChunk: 5})
 				if err != nil {
 					t.Fatal(err)
 				}

@@ -253,15 +253,25 @@ func (m *Model) attentionForward(l int, L *layerBufs) error {
 	}
 	SS, Shd := int64(S)*int64(S), int64(S)*int64(hd)
 	scale := float32(1 / math.Sqrt(float64(hd)))
-	// scores = q k^T / sqrt(hd) (float), P = causal softmax, o = P v
-	if err := m.gemmBatched(false, true, S, S, hd, scale, L.q, hd, Shd, L.k, hd, Shd, m.buf.scores, S, SS, cuda.F32, B*H); err != nil {
+	as, ch := m.actSize(), m.attnChunk
+	// scores = q k^T / sqrt(hd) (float), P = causal softmax, o = P v, by
+	// chunks of c queries that need keys up to the chunk's last query only
+	for r0 := 0; r0 < S; r0 += ch {
+		r1 := min(S, r0+ch)
+		if err := m.gemmBatched(false, true, r1-r0, r1, hd, scale, L.q.Add(int64(r0*hd)*as), hd, Shd, L.k, hd, Shd,
+			m.buf.scores.Add(int64(r0)*int64(S)*4), S, SS, cuda.F32, B*H); err != nil {
+			return err
+		}
+	}
+	if err := m.k.softmaxCausal(L.p, m.buf.scores, B*H, S, ch); err != nil {
 		return err
 	}
-	if err := m.k.softmaxCausal(L.p, m.buf.scores, B*H, S); err != nil {
-		return err
-	}
-	if err := m.gemmBatched(false, false, S, hd, S, 1, L.p, S, SS, L.v, hd, Shd, m.buf.oh, hd, Shd, m.act, B*H); err != nil {
-		return err
+	for r0 := 0; r0 < S; r0 += ch {
+		r1 := min(S, r0+ch)
+		if err := m.gemmBatched(false, false, r1-r0, hd, r1, 1, L.p.Add(int64(r0)*int64(S)*as), S, SS, L.v, hd, Shd,
+			m.buf.oh.Add(int64(r0*hd)*as), hd, Shd, m.act, B*H); err != nil {
+			return err
+		}
 	}
 	if err := m.k.headsMerge(L.attn, m.buf.oh, T, S, H, hd); err != nil {
 		return err

@@ -155,13 +155,14 @@ func (k *kern) headsSplit(o, in cuda.DevPtr, T, S, H, hd int) error {
 	return k.launch(k.typed("heads_split_"), cuda.D1(T), cuda.D1(rowBlock(H*hd)), 0, cuda.Ptr(o), cuda.Ptr(in), cuda.Int(S), cuda.Int(H), cuda.Int(hd))
 }
 
-// softmaxCausal: p (act) from the float scores s, BH*S rows of S.
-func (k *kern) softmaxCausal(p, s cuda.DevPtr, BH, S int) error {
-	return k.launch(k.typed("softmax_causal_"), cuda.D1(BH*S), cuda.D1(rowBlock(S)), 0, cuda.Ptr(p), cuda.Ptr(s), cuda.Int(S))
+// softmaxCausal: p (act) from the float scores s, BH*S rows of S, query
+// chunks of chunk rows (each row is written up to its chunk's last key).
+func (k *kern) softmaxCausal(p, s cuda.DevPtr, BH, S, chunk int) error {
+	return k.launch(k.typed("softmax_causal_"), cuda.D1(BH*S), cuda.D1(rowBlock(S)), 0, cuda.Ptr(p), cuda.Ptr(s), cuda.Int(S), cuda.Int(chunk))
 }
 
-func (k *kern) softmaxCausalBwd(ds, p, dp cuda.DevPtr, BH, S int) error {
-	return k.launch(k.typed("softmax_causal_bwd_"), cuda.D1(BH*S), cuda.D1(rowBlock(S)), 0, cuda.Ptr(ds), cuda.Ptr(p), cuda.Ptr(dp), cuda.Int(S))
+func (k *kern) softmaxCausalBwd(ds, p, dp cuda.DevPtr, BH, S, chunk int) error {
+	return k.launch(k.typed("softmax_causal_bwd_"), cuda.D1(BH*S), cuda.D1(rowBlock(S)), 0, cuda.Ptr(ds), cuda.Ptr(p), cuda.Ptr(dp), cuda.Int(S), cuda.Int(chunk))
 }
 
 const tokenBlock = 128 // one thread per token

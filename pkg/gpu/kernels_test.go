@@ -330,51 +330,88 @@ func TestKernelAttentionParts(t *testing.T) {
 	})
 }
 
+// chunkEnd is the first key a row of query i does not need with query
+// chunks of c rows (kernels.h's chunk_end).
+func chunkEnd(i, S, c int) int { return min(S, (i/c+1)*c) }
+
+// inChunks keeps the entries of each row before its chunk end and checks
+// that the kernel wrote nothing after it (the NaN poison is still there).
+func inChunks(t *testing.T, what string, got []float32, BH, S, c int) []float32 {
+	t.Helper()
+	var kept []float32
+	for r := 0; r < BH*S; r++ {
+		e := chunkEnd(r%S, S, c)
+		kept = append(kept, got[r*S:r*S+e]...)
+		for j := e; j < S; j++ {
+			if !math.IsNaN(float64(got[r*S+j])) {
+				t.Fatalf("%s: row %d key %d (chunk end %d) was written: %v", what, r, j, e, got[r*S+j])
+			}
+		}
+	}
+	return kept
+}
+
 func TestKernelCausalSoftmax(t *testing.T) {
 	dev := testDevice(t)
 	eachAct(t, func(t *testing.T, act cuda.DType) {
 		for _, sh := range sized([]struct{ BH, S int }{{1, 1}, {3, 7}, {2, 64}, {2, 300}}) {
-			kt := newKT(t, dev, act, uint64(sh.S))
-			BH, S := sh.BH, sh.S
-			sc := randn(kt.rng, BH*S*S, 3)
-			p := kt.nanBuf(BH*S*S, act)
-			kt.must(kt.k.softmaxCausal(p, kt.f32(sc), BH, S))
-			want := append([]float32(nil), sc...)
-			kernels.RefSoftmaxRows(want, BH*S, S, S, func(r int) int { return r%S + 1 })
-			for r := 0; r < BH*S; r++ {
-				clear(want[r*S+r%S+1 : (r+1)*S])
-			}
-			got := kt.getAct(p, BH*S*S)
-			checkClose(t, fmt.Sprintf("softmax %+v", sh), got, want, kt.tol())
-			// backward
-			dp := randn(kt.rng, BH*S*S, 1)
-			ds := kt.nanBuf(BH*S*S, act)
-			kt.must(kt.k.softmaxCausalBwd(ds, p, kt.f32(dp), BH, S))
-			wds := make([]float32, BH*S*S)
-			for r := 0; r < BH*S; r++ {
-				n := r%S + 1
-				var dot float64
-				for j := 0; j < n; j++ {
-					dot += float64(got[r*S+j]) * float64(dp[r*S+j])
+			for _, c := range []int{sh.S, max(1, sh.S/3)} {
+				kt := newKT(t, dev, act, uint64(sh.S))
+				BH, S := sh.BH, sh.S
+				name := fmt.Sprintf("%+v chunk %d", sh, c)
+				sc := randn(kt.rng, BH*S*S, 3)
+				p := kt.nanBuf(BH*S*S, act)
+				kt.must(kt.k.softmaxCausal(p, kt.f32(sc), BH, S, c))
+				want := append([]float32(nil), sc...)
+				kernels.RefSoftmaxRows(want, BH*S, S, S, func(r int) int { return r%S + 1 })
+				for r := 0; r < BH*S; r++ {
+					clear(want[r*S+r%S+1 : (r+1)*S])
 				}
-				for j := 0; j < n; j++ {
-					wds[r*S+j] = float32(float64(got[r*S+j]) * (float64(dp[r*S+j]) - dot))
+				got := kt.getAct(p, BH*S*S)
+				checkClose(t, "softmax "+name, inChunks(t, "softmax "+name, got, BH, S, c), inChunks(t, "", fillChunks(want, BH, S, c), BH, S, c), kt.tol())
+				// backward
+				dp := randn(kt.rng, BH*S*S, 1)
+				ds := kt.nanBuf(BH*S*S, act)
+				kt.must(kt.k.softmaxCausalBwd(ds, p, kt.f32(dp), BH, S, c))
+				wds := make([]float32, BH*S*S)
+				for r := 0; r < BH*S; r++ {
+					n := r%S + 1
+					var dot float64
+					for j := 0; j < n; j++ {
+						dot += float64(got[r*S+j]) * float64(dp[r*S+j])
+					}
+					for j := 0; j < n; j++ {
+						wds[r*S+j] = float32(float64(got[r*S+j]) * (float64(dp[r*S+j]) - dot))
+					}
 				}
+				checkClose(t, "softmax bwd "+name, inChunks(t, "softmax bwd "+name, kt.getAct(ds, BH*S*S), BH, S, c),
+					inChunks(t, "", fillChunks(wds, BH, S, c), BH, S, c), kt.tol())
 			}
-			checkClose(t, fmt.Sprintf("softmax bwd %+v", sh), kt.getAct(ds, BH*S*S), wds, kt.tol())
 		}
 	})
 	// in place in the fp32 mode (scores and probabilities share a buffer)
 	kt := newKT(t, dev, cuda.F32, 1)
 	sc := randn(kt.rng, 2*9*9, 2)
 	p := kt.f32(sc)
-	kt.must(kt.k.softmaxCausal(p, p, 2, 9))
+	kt.must(kt.k.softmaxCausal(p, p, 2, 9, 9))
 	want := append([]float32(nil), sc...)
 	kernels.RefSoftmaxRows(want, 18, 9, 9, func(r int) int { return r%9 + 1 })
 	for r := 0; r < 18; r++ {
 		clear(want[r*9+r%9+1 : (r+1)*9])
 	}
 	checkClose(t, "softmax in place", kt.getF32(p, 2*81), want, 1e-5)
+}
+
+// fillChunks is v with NaN after each row's chunk end (the shape of what
+// the kernels leave untouched), for inChunks.
+func fillChunks(v []float32, BH, S, c int) []float32 {
+	out := append([]float32(nil), v...)
+	for r := 0; r < BH*S; r++ {
+		for j := chunkEnd(r%S, S, c); j < S; j++ {
+			out[r*S+j] = float32(math.NaN())
+		}
+	}
+	return out
 }
 
 // routerCase runs the router forward on random logits and returns the

@@ -125,8 +125,19 @@ func (m *Model) moeForward(ctx context.Context, l, mi int, L *layerBufs, next cu
 	return m.sharedForward(l, L, next)
 }
 
+// grouped runs the experts' GEMMs: one grouped call, or with
+// SWITCHYARD_EXPERT_GEMM=loop one GEMM per problem (for comparing the two
+// on a GPU).
 func (m *Model) grouped(gs []cuda.Gemm) error {
 	if len(gs) == 0 {
+		return nil
+	}
+	if m.expertLoop {
+		for i := range gs {
+			if err := m.dev.Gemm(&gs[i]); err != nil {
+				return fmt.Errorf("gpu: expert gemm %d of %d: %w", i, len(gs), err)
+			}
+		}
 		return nil
 	}
 	if err := m.dev.GemmGrouped(gs); err != nil {

@@ -193,14 +193,21 @@ SY_KERNEL void heads_split_f32(float* o, const float* in, int S, int H, int hd) 
 SY_KERNEL void heads_split_bf16(bf16* o, const bf16* in, int S, int H, int hd) { heads_move<bf16>(o, in, S, H, hd, 1); }
 
 // Causal softmax of score rows: row r of sBSS (r = bh*S + i) holds the
-// scaled scores of query i against keys 0..S-1; pBSS row r gets
-// softmax over keys 0..i and zeros above the diagonal. s and p may alias
-// in the fp32 mode. grid BH*S.
+// scaled scores of query i against keys 0..S-1; pBSS row r gets softmax
+// over keys 0..i and zeros above the diagonal up to the end of the row's
+// query chunk (keys < min(S, (i/chunk+1)*chunk)): the attention GEMMs of
+// a chunk of chunk queries read only those keys, and nothing beyond them
+// is written or read. s and p may alias in the fp32 mode. grid BH*S.
+SY_DEV int chunk_end(int i, int S, int chunk) {
+  int e = (i / chunk + 1) * chunk;
+  return e < S ? e : S;
+}
+
 template <typename T>
-SY_DEV void softmax_causal(T* pBSS, const float* sBSS, int S) {
+SY_DEV void softmax_causal(T* pBSS, const float* sBSS, int S, int chunk) {
   SY_SHARED float sh[32];
   long r = sy_bid();
-  int n = (int)(r % S) + 1;
+  int i = (int)(r % S), n = i + 1, end = chunk_end(i, S, chunk);
   const float* srow = sBSS + r * S;
   float mx = -sy_inf();
   for (int j = sy_tid(); j < n; j += sy_ntid()) mx = fmax_(mx, srow[j]);
@@ -209,29 +216,34 @@ SY_DEV void softmax_causal(T* pBSS, const float* sBSS, int S) {
   for (int j = sy_tid(); j < n; j += sy_ntid()) sum += sy_exp(srow[j] - mx);
   sum = block_sum(sum, sh);
   float inv = 1.0f / sum;
-  for (int j = sy_tid(); j < S; j += sy_ntid()) st(pBSS, r * S + j, j < n ? sy_exp(srow[j] - mx) * inv : 0.f);
+  for (int j = sy_tid(); j < end; j += sy_ntid()) st(pBSS, r * S + j, j < n ? sy_exp(srow[j] - mx) * inv : 0.f);
 }
-SY_KERNEL void softmax_causal_f32(float* p, const float* s, int S) { softmax_causal<float>(p, s, S); }
-SY_KERNEL void softmax_causal_bf16(bf16* p, const float* s, int S) { softmax_causal<bf16>(p, s, S); }
+SY_KERNEL void softmax_causal_f32(float* p, const float* s, int S, int chunk) { softmax_causal<float>(p, s, S, chunk); }
+SY_KERNEL void softmax_causal_bf16(bf16* p, const float* s, int S, int chunk) { softmax_causal<bf16>(p, s, S, chunk); }
 
-// dS = P * (dP - sum_j P_j dP_j) over keys 0..i, zeros above; dsBSS may
-// alias dpBSS in the fp32 mode. grid BH*S.
+// dS = P * (dP - sum_j P_j dP_j) over keys 0..i, zeros above the diagonal
+// up to the end of the row's query chunk; dsBSS may alias dpBSS in the
+// fp32 mode. grid BH*S.
 template <typename T>
-SY_DEV void softmax_causal_bwd(T* dsBSS, const T* pBSS, const float* dpBSS, int S) {
+SY_DEV void softmax_causal_bwd(T* dsBSS, const T* pBSS, const float* dpBSS, int S, int chunk) {
   SY_SHARED float sh[32];
   long r = sy_bid();
-  int n = (int)(r % S) + 1;
+  int i = (int)(r % S), n = i + 1, end = chunk_end(i, S, chunk);
   float dot = 0.f;
   for (int j = sy_tid(); j < n; j += sy_ntid()) dot += ld(pBSS, r * S + j) * dpBSS[r * S + j];
   dot = block_sum(dot, sh);
-  for (int j = sy_tid(); j < S; j += sy_ntid()) {
+  for (int j = sy_tid(); j < end; j += sy_ntid()) {
     float v = 0.f;
     if (j < n) v = ld(pBSS, r * S + j) * (dpBSS[r * S + j] - dot);
     st(dsBSS, r * S + j, v);
   }
 }
-SY_KERNEL void softmax_causal_bwd_f32(float* ds, const float* p, const float* dp, int S) { softmax_causal_bwd<float>(ds, p, dp, S); }
-SY_KERNEL void softmax_causal_bwd_bf16(bf16* ds, const bf16* p, const float* dp, int S) { softmax_causal_bwd<bf16>(ds, p, dp, S); }
+SY_KERNEL void softmax_causal_bwd_f32(float* ds, const float* p, const float* dp, int S, int chunk) {
+  softmax_causal_bwd<float>(ds, p, dp, S, chunk);
+}
+SY_KERNEL void softmax_causal_bwd_bf16(bf16* ds, const bf16* p, const float* dp, int S, int chunk) {
+  softmax_causal_bwd<bf16>(ds, p, dp, S, chunk);
+}
 
 // ---------------------------------------------------------------- router
 

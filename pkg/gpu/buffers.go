@@ -29,7 +29,7 @@ type layerBufs struct {
 	tok        cuda.DevPtr // i32 [T*k] token of each slot
 	choice     cuda.DevPtr // i32 [T*k]
 	xe, ye     cuda.DevPtr // act [T*k][d] expert inputs / outputs, slot order
-	cnt, nv    cuda.DevPtr // f32 [B][E], [B] per-sequence counts, valid tokens
+	cnt, nv    cuda.DevPtr // f32 [B][E], [B] per-sequence counts, valid tokens (in buffers.stats)
 	sa, sb, sh cuda.DevPtr // act [shared][T][h] shared experts' activations
 }
 
@@ -56,7 +56,11 @@ type buffers struct {
 	demand   cuda.DevPtr // i32 [E]
 	kept     cuda.DevPtr // i32 [E]
 	offsets  cuda.DevPtr // i32 [E+1]
-	psum, zB cuda.DevPtr // f32 [B][E], [B]
+	// stats holds every MoE layer's router statistics, one block of
+	// statsLen floats per layer: counts [B][E], valid tokens [B],
+	// probability sums [B][E], lse^2 sums [B]; one copy brings all of
+	// them to the host after the last MoE layer's router
+	stats cuda.DevPtr
 	bias     cuda.DevPtr // f32 [moe layers][E] selection bias
 	fE       cuda.DevPtr // f32 [E] LBL coefficients of one layer
 	dx, dh   cuda.DevPtr // f32 [T][d] residual gradient, norm input gradient
@@ -156,8 +160,6 @@ func (m *Model) layout(s *sizer) error {
 		take(cat, &L.choice, T*k, cuda.I32, "choice of slot")
 		take(cat, &L.xe, T*k*d, act, "expert inputs")
 		take(cat, &L.ye, T*k*d, act, "expert outputs")
-		take(cat, &L.cnt, B*E, cuda.F32, "sequence counts")
-		take(cat, &L.nv, B, cuda.F32, "sequence valid tokens")
 		if ns := int64(c.Shared); ns > 0 {
 			take(cat, &L.sa, ns*T*h, act, "shared a")
 			take(cat, &L.sb, ns*T*h, act, "shared b")
@@ -193,8 +195,15 @@ func (m *Model) layout(s *sizer) error {
 	take(sc, &m.buf.demand, E, cuda.I32, "demand")
 	take(sc, &m.buf.kept, E, cuda.I32, "kept")
 	take(sc, &m.buf.offsets, E+1, cuda.I32, "offsets")
-	take(sc, &m.buf.psum, B*E, cuda.F32, "sequence probability sums")
-	take(sc, &m.buf.zB, B, cuda.F32, "sequence z sums")
+	nMoE := int64(len(m.moeL))
+	take("activations", &m.buf.stats, max(nMoE, 1)*m.statsLen(), cuda.F32, "router statistics")
+	for i, l := range m.moeL {
+		L := &m.buf.layers[l]
+		if m.buf.stats != 0 {
+			base := m.buf.stats.Add(int64(i) * m.statsLen() * 4)
+			L.cnt, L.nv = base, base.Add(B*E*4)
+		}
+	}
 	take(sc, &m.buf.bias, int64(max(len(m.moeL), 1))*E, cuda.F32, "router bias")
 	take(sc, &m.buf.fE, E, cuda.F32, "LBL coefficients")
 	take(sc, &m.buf.dx, T*d, cuda.F32, "dx")
@@ -219,6 +228,18 @@ func (m *Model) layout(s *sizer) error {
 	take(sc, &m.buf.dqkv, T*3*d, act, "dqkv")
 	take(sc, &m.buf.normPart, f64(int64(sumsqBlocks(m.nPar))), cuda.F32, "norm partials")
 	return err
+}
+
+// statsLen is the floats of one MoE layer's router statistics.
+func (m *Model) statsLen() int64 {
+	B, E := int64(m.B), int64(m.Cfg.Experts)
+	return 2*B*E + 2*B
+}
+
+// statsParts splits one layer's statistics block into its arrays.
+func (m *Model) statsParts(v []float32) (cnt, nv, psum, z []float32) {
+	B, E := m.B, m.Cfg.Experts
+	return v[:B*E], v[B*E : B*E+B], v[B*E+B : 2*B*E+B], v[2*B*E+B : 2*B*E+2*B]
 }
 
 // MemEstimate is the device memory of a run, by category, in bytes.

@@ -17,8 +17,7 @@ type hostState struct {
 	offsets   [][]int32 // per MoE layer: the plan's [E+1] slot offsets
 	nll       []float32 // [T]
 	idx       []int32   // [T*k] (evaluation statistics)
-	cnt, psum []float32 // [B*E]
-	nv, zB    []float32 // [B]
+	stats     []float32 // every MoE layer's statistics block (buffers.stats)
 	bias      []float32 // [moe layers * E]
 	dropped   int       // choices dropped by the capacity in this micro-batch
 }
@@ -109,10 +108,8 @@ func (m *Model) setBatch(b *model.Batch) error {
 		for i := range m.host.offsets {
 			m.host.offsets[i] = make([]int32, m.Cfg.Experts+1)
 		}
-		E := m.Cfg.Experts
 		m.host.idx = make([]int32, m.T*m.Cfg.TopK)
-		m.host.cnt, m.host.psum = make([]float32, m.B*E), make([]float32, m.B*E)
-		m.host.nv, m.host.zB = make([]float32, m.B), make([]float32, m.B)
+		m.host.stats = make([]float32, int64(len(m.moeL))*m.statsLen())
 	}
 	return nil
 }
@@ -323,9 +320,26 @@ func (m *Model) sharedForward(l int, L *layerBufs, out cuda.DevPtr) error {
 	return nil
 }
 
-// summary turns the per-sequence statistics of one MoE layer into the
+// recordStats brings every MoE layer's router statistics to the host in
+// one copy and records them in the balancer, which then starts the count
+// all-reduce (it runs while the rest of the forward computes; the
+// backward waits for it).
+func (m *Model) recordStats(ctx context.Context) error {
+	if err := download(m.dev, m.host.stats, m.buf.stats); err != nil {
+		return fmt.Errorf("gpu: router statistics: %w", err)
+	}
+	n := m.statsLen()
+	for i := range m.moeL {
+		m.bal.RecordSummary(i, m.summary(m.host.stats[int64(i)*n:int64(i+1)*n]))
+	}
+	m.bal.StartSync(ctx)
+	return nil
+}
+
+// summary turns one MoE layer's per-sequence statistics into the
 // balancer's summary (sums over sequences in order, in float64).
-func (m *Model) summary() lbl.LayerSummary {
+func (m *Model) summary(block []float32) lbl.LayerSummary {
+	hcnt, hnv, hpsum, hz := m.statsParts(block)
 	c := m.Cfg
 	E, k := c.Experts, c.TopK
 	s := lbl.LayerSummary{CountsE: make([]float64, E), MeanProbE: make([]float64, E)}
@@ -334,18 +348,18 @@ func (m *Model) summary() lbl.LayerSummary {
 	fE, pE := make([]float64, E), make([]float64, E)
 	cnt := make([]float64, E)
 	for b := 0; b < m.B; b++ {
-		nv := float64(m.host.nv[b])
+		nv := float64(hnv[b])
 		if nv == 0 {
 			continue
 		}
-		s.Tokens += int(m.host.nv[b])
+		s.Tokens += int(hnv[b])
 		s.Sequences++
-		z += float64(m.host.zB[b])
+		z += float64(hz[b])
 		for e := 0; e < E; e++ {
-			s.CountsE[e] += float64(m.host.cnt[b*E+e])
-			s.MeanProbE[e] += float64(m.host.psum[b*E+e])
-			cnt[e] = float64(m.host.cnt[b*E+e])
-			pE[e] = float64(m.host.psum[b*E+e]) / nv
+			s.CountsE[e] += float64(hcnt[b*E+e])
+			s.MeanProbE[e] += float64(hpsum[b*E+e])
+			cnt[e] = float64(hcnt[b*E+e])
+			pE[e] = float64(hpsum[b*E+e]) / nv
 		}
 		seqSum += lbl.LossFromCounts(cnt, nv, k, pE, fE)
 	}

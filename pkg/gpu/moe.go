@@ -7,10 +7,10 @@ package gpu
 // SwiGLU, combine into the residual stream; and the backward of all of it.
 //
 // One host round trip per MoE layer and micro-batch: the plan's slot
-// offsets (the grouped GEMMs' shapes) and, in training, the per-sequence
-// statistics come back together; the host records them in the balancer
-// (which starts the count all-reduce after the last layer) and launches
-// the experts.
+// offsets (the grouped GEMMs' shapes). In training the per-sequence
+// statistics of every layer come back in one copy after the last MoE
+// layer's router; the host records them in the balancer, which starts
+// the count all-reduce while the rest of the forward runs.
 
 import (
 	"context"
@@ -48,7 +48,9 @@ func (m *Model) moeForward(ctx context.Context, l, mi int, L *layerBufs, next cu
 		return err
 	}
 	if train {
-		if err := m.k.routerStats(L.cnt, m.buf.psum, L.nv, m.buf.zB, L.probs, L.lse, L.idx, m.buf.tgt, B, S, E, k); err != nil {
+		block := m.buf.stats.Add(int64(mi) * m.statsLen() * 4)
+		psum, z := block.Add(int64(B*E+B)*4), block.Add(int64(2*B*E+B)*4)
+		if err := m.k.routerStats(L.cnt, psum, L.nv, z, L.probs, L.lse, L.idx, m.buf.tgt, B, S, E, k); err != nil {
 			return err
 		}
 	}
@@ -61,19 +63,10 @@ func (m *Model) moeForward(ctx context.Context, l, mi int, L *layerBufs, next cu
 		return fmt.Errorf("gpu: layer %d: %w", l, err)
 	}
 	m.host.dropped += T*k - int(off[E])
-	if train {
-		for _, g := range []struct {
-			dst []float32
-			src cuda.DevPtr
-		}{{m.host.cnt, L.cnt}, {m.host.psum, m.buf.psum}, {m.host.nv, L.nv}, {m.host.zB, m.buf.zB}} {
-			if err := download(m.dev, g.dst, g.src); err != nil {
-				return err
-			}
+	if train && mi == len(m.moeL)-1 {
+		if err := m.recordStats(ctx); err != nil {
+			return err
 		}
-		m.bal.RecordSummary(mi, m.summary())
-		// after the last MoE layer the counts travel while the rest of the
-		// forward runs (the backward waits for them)
-		m.bal.StartSync(ctx)
 	}
 	if stats != nil {
 		if err := download(m.dev, m.host.idx, L.idx); err != nil {

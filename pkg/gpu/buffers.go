@@ -43,24 +43,24 @@ type buffers struct {
 	tok, tgt, order, start cuda.DevPtr // i32 [T], [T], [T], [V+1]
 	cos, sin               cuda.DevPtr // f32 [S][hd/2]
 	// scratch shared by the layers
-	qkv      cuda.DevPtr // act [T][3d]
-	scores   cuda.DevPtr // f32 [B][H][S][S] scores; dP in backward
-	ds       cuda.DevPtr // act [B][H][S][S] dS (bf16 mode; = scores in fp32)
-	oh       cuda.DevPtr // act [T][d] attention output in head layout / dO
-	dq, dk   cuda.DevPtr // act [T][d]
-	dv       cuda.DevPtr // act [T][d]
-	logits   cuda.DevPtr // f32 [T][max(V,E)] router and head logits
-	dlogits  cuda.DevPtr // act [T][max(V,E)]
-	nll      cuda.DevPtr // f32 [T]
-	hist     cuda.DevPtr // i32 [chunks][E]
-	demand   cuda.DevPtr // i32 [E]
-	kept     cuda.DevPtr // i32 [E]
-	offsets  cuda.DevPtr // i32 [E+1]
+	qkv     cuda.DevPtr // act [T][3d]
+	scores  cuda.DevPtr // f32 [B][H][S][S] scores; dP in backward
+	ds      cuda.DevPtr // act [B][H][S][S] dS (bf16 mode; = scores in fp32)
+	oh      cuda.DevPtr // act [T][d] attention output in head layout / dO
+	dq, dk  cuda.DevPtr // act [T][d]
+	dv      cuda.DevPtr // act [T][d]
+	logits  cuda.DevPtr // f32 [T][max(V,E)] router and head logits
+	dlogits cuda.DevPtr // act [T][max(V,E)]
+	nll     cuda.DevPtr // f32 [T]
+	hist    cuda.DevPtr // i32 [chunks][E]
+	demand  cuda.DevPtr // i32 [E]
+	kept    cuda.DevPtr // i32 [E]
+	offsets cuda.DevPtr // i32 [E+1]
 	// stats holds every MoE layer's router statistics, one block of
 	// statsLen floats per layer: counts [B][E], valid tokens [B],
 	// probability sums [B][E], lse^2 sums [B]; one copy brings all of
 	// them to the host after the last MoE layer's router
-	stats cuda.DevPtr
+	stats    cuda.DevPtr
 	bias     cuda.DevPtr // f32 [moe layers][E] selection bias
 	fE       cuda.DevPtr // f32 [E] LBL coefficients of one layer
 	dx, dh   cuda.DevPtr // f32 [T][d] residual gradient, norm input gradient

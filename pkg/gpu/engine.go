@@ -190,12 +190,7 @@ func (e *MemoryError) Unwrap() error { return cuda.ErrOutOfMemory }
 func gib(b int64) float64 { return float64(b) / (1 << 30) }
 
 // Close frees every device buffer.
-func (m *Model) Close() error {
-	if m.prof != nil {
-		m.prof.close()
-	}
-	return m.a.free()
-}
+func (m *Model) Close() error { return m.a.free() }
 
 // DeviceBytes is the device memory the engine's buffers hold.
 func (m *Model) DeviceBytes() int64 { return m.a.bytes }

@@ -13,13 +13,13 @@ import (
 // hostState is what the host keeps between the forward and the backward
 // of a micro-batch.
 type hostState struct {
-	valid     int       // valid tokens of the batch
-	offsets   [][]int32 // per MoE layer: the plan's [E+1] slot offsets
-	nll       []float32 // [T]
-	idx       []int32   // [T*k] (evaluation statistics)
-	stats     []float32 // every MoE layer's statistics block (buffers.stats)
-	bias      []float32 // [moe layers * E]
-	dropped   int       // choices dropped by the capacity in this micro-batch
+	valid   int       // valid tokens of the batch
+	offsets [][]int32 // per MoE layer: the plan's [E+1] slot offsets
+	nll     []float32 // [T]
+	idx     []int32   // [T*k] (evaluation statistics)
+	stats   []float32 // every MoE layer's statistics block (buffers.stats)
+	bias    []float32 // [moe layers * E]
+	dropped int       // choices dropped by the capacity in this micro-batch
 }
 
 // Step runs forward and backward on b (B sequences of S tokens, the

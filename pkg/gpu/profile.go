@@ -88,5 +88,3 @@ func (p *profiler) end() error {
 
 // EndUpdate closes the timeline after Update (the optimizer region).
 func (m *Model) EndUpdate() error { return m.prof.end() }
-
-func (p *profiler) close() {}

@@ -2,7 +2,6 @@ package train
 
 import (
 	"context"
-	"fmt"
 	"time"
 
 	"github.com/switchyard-ml/switchyard/pkg/gpu"
@@ -117,7 +116,6 @@ func (e *cpuEngine) close() error { return e.m.Close() }
 type gpuEngine struct {
 	m         *gpu.Model
 	cfg       optim.Config
-	dist      *Dist
 	train     *model.Batch
 	eval      *model.Batch
 	stats     *model.ExpertStats
@@ -138,10 +136,9 @@ func (e *gpuEngine) forward(ctx context.Context) ([]float32, error) {
 	return e.m.Forward(ctx, e.eval, e.stats)
 }
 
+// update: one rank per GPU run for now (Dist.checkGPU refuses more), so
+// there is nothing to reduce.
 func (e *gpuEngine) update(ctx context.Context, lr float64) (float64, error) {
-	if e.dist.dpSize() > 1 {
-		return 0, fmt.Errorf("%w: data parallelism on cuda devices (the NCCL runtime is the next step)", ErrConfig)
-	}
 	start := time.Now()
 	gnorm, err := e.m.GradNorm(ctx)
 	if err != nil {

@@ -203,18 +203,26 @@ SY_DEV int chunk_end(int i, int S, int chunk) {
   return e < S ? e : S;
 }
 
+// row_softmax_stats gives every thread of the block the maximum of
+// row[0..n) and the sum of exp(row[j] - max).
+SY_DEV void row_softmax_stats(const float* row, int n, float* sh, float* mx, float* sum) {
+  float m = -sy_inf();
+  for (int j = sy_tid(); j < n; j += sy_ntid()) m = fmax_(m, row[j]);
+  m = block_max(m, sh);
+  float s = 0.f;
+  for (int j = sy_tid(); j < n; j += sy_ntid()) s += sy_exp(row[j] - m);
+  *mx = m;
+  *sum = block_sum(s, sh);
+}
+
 template <typename T>
 SY_DEV void softmax_causal(T* pBSS, const float* sBSS, int S, int chunk) {
   SY_SHARED float sh[32];
   long r = sy_bid();
   int i = (int)(r % S), n = i + 1, end = chunk_end(i, S, chunk);
   const float* srow = sBSS + r * S;
-  float mx = -sy_inf();
-  for (int j = sy_tid(); j < n; j += sy_ntid()) mx = fmax_(mx, srow[j]);
-  mx = block_max(mx, sh);
-  float sum = 0.f;
-  for (int j = sy_tid(); j < n; j += sy_ntid()) sum += sy_exp(srow[j] - mx);
-  sum = block_sum(sum, sh);
+  float mx, sum;
+  row_softmax_stats(srow, n, sh, &mx, &sum);
   float inv = 1.0f / sum;
   for (int j = sy_tid(); j < end; j += sy_ntid()) st(pBSS, r * S + j, j < n ? sy_exp(srow[j] - mx) * inv : 0.f);
 }
@@ -641,12 +649,8 @@ SY_DEV void xent(float* nllT, T* dzTV, const float* zTV, const int* tgtT, int V,
       for (int j = sy_tid(); j < V; j += sy_ntid()) st(dzTV, t * V + j, 0.f);
     return;
   }
-  float mx = -sy_inf();
-  for (int j = sy_tid(); j < V; j += sy_ntid()) mx = fmax_(mx, z[j]);
-  mx = block_max(mx, sh);
-  float s = 0.f;
-  for (int j = sy_tid(); j < V; j += sy_ntid()) s += sy_exp(z[j] - mx);
-  s = block_sum(s, sh);
+  float mx, s;
+  row_softmax_stats(z, V, sh, &mx, &s);
   if (sy_tid() == 0) nllT[t] = sy_log(s) - (z[tgt] - mx);
   if (dzTV) {
     float inv = 1.0f / s;

@@ -21,9 +21,16 @@
 #                 one) vs moe_bench.py --device cuda --dtype bf16 eager, on
 #                 medium and small
 #         train   switchyard train --device cuda --preset medium on the corpus
-#                 for TRAIN_SECONDS (240) at the step time the bench measured
+#                 for TRAIN_SECONDS (280, --max-time), its schedule sized at
+#                 the step time the bench measured
 #         compile moe_bench.py --compile on medium and small (not in the
 #                 default phases: it takes minutes per config)
+#         overlap train and compile together: torch.compile's compiling
+#                 (minutes of CPU) overlaps our training, which is paused
+#                 (SIGSTOP) from the end of moe_bench's last warm-up step
+#                 until it exits, so its timed steps have the GPU and the
+#                 CPUs alone (the pauses are logged; moe_bench itself
+#                 reports the other processes' CPU use in its timed steps)
 #       gpu-check.json holds every result; the last lines printed are the
 #       summary.
 set -uo pipefail
@@ -125,7 +132,9 @@ phase_bench() {
   local sy="$bd/switchyard" pt="$gdir/bench/moe_bench.py" b="$work/bench"
   mkdir -p "$b"
   for p in ${BENCH_PRESETS:-medium small}; do
-    for v in ${VARIANTS:-bf16 fp32 bf16-loop}; do
+    local vs=${VARIANTS:-bf16 fp32 bf16-loop}
+    [ "$p" = small ] && vs=${VARIANTS_SMALL:-${VARIANTS:-bf16 fp32}}
+    for v in $vs; do
       # bf16-loop: the experts' GEMMs one by one instead of cuBLAS's grouped call
       [ "$v" = none ] && continue
       local prec=${v%-loop} env=()
@@ -135,17 +144,23 @@ phase_bench() {
         > "$b/ours-$p-$v.json" 2> "$b/ours-$p-$v.err" || log "ours $p $v failed: $(tail -3 "$b/ours-$p-$v.err")"
     done
     for mode in ${TORCH_MODES:-eager}; do
-      local extra=()
-      [ "$mode" = compile ] && extra=(--compile)
       log "bench pytorch $p bf16 $mode"
       local lim=100
-      [ "$mode" = compile ] && lim=${COMPILE_LIMIT:-420}
-      PYTHONUNBUFFERED=1 timeout "$lim" python3 -B "$pt" --config "$p" --procs 1 --no-wait-idle --device cuda --dtype bf16 "${extra[@]}" \
-        --out "$b/torch-$p-$mode.json" > "$b/torch-$p-$mode.log" 2>&1 || log "pytorch $p $mode failed: $(tail -3 "$b/torch-$p-$mode.log")"
+      [ "$mode" = compile ] && lim=${COMPILE_LIMIT:-330}
+      torch_bench "$p" "$mode" "$lim"
       bench_summary
       collect
     done
   done
+}
+
+# torch_bench PRESET MODE LIMIT: moe_bench.py, bf16 on the GPU, its steps
+# printed (--verbose) so that a run cut short still shows its step times.
+torch_bench() {
+  local p=$1 mode=$2 lim=$3 extra=() b="$work/bench"
+  [ "$mode" = compile ] && extra=(--compile)
+  PYTHONUNBUFFERED=1 timeout "$lim" python3 -B "$gdir/bench/moe_bench.py" --config "$p" --procs 1 --no-wait-idle --device cuda --dtype bf16 \
+    --verbose "${extra[@]}" --out "$b/torch-$p-$mode.json" > "$b/torch-$p-$mode.log" 2>&1 || log "pytorch $p $mode failed (rc $?): $(tail -3 "$b/torch-$p-$mode.log")"
 }
 
 # compile: torch.compile's runs alone (it recompiles as the experts' token
@@ -154,20 +169,68 @@ phase_compile() {
   TORCH_MODES=compile VARIANTS=none phase_bench
 }
 
-phase_train() {
-  local c="$bd/corpus.jsonl"
+# train_start: switchyard train --device cuda --preset medium in the
+# background for TRAIN_SECONDS (--max-time), its LR schedule sized to end
+# then at TRAIN_RATE (1.0) times the step time the bench measured; the pid
+# is in $train_pid.
+train_start() {
+  local c="$bd/corpus.jsonl" secs=${TRAIN_SECONDS:-280}
   [ -f "$c" ] || xz -dc "$gdir/corpus.jsonl.xz" > "$c"
-  # as many steps as fit TRAIN_SECONDS at the step time the bench measured
   local steps=${TRAIN_STEPS:-}
   if [ -z "$steps" ]; then
-    steps=$(python3 -c "import json;b=json.load(open('$work/bench/ours-medium-bf16.json'));print(max(50,min(5000,int(${TRAIN_SECONDS:-240}/b['median_step_s']))))" 2>/dev/null || echo 1500)
+    steps=$(python3 -c "import json;b=json.load(open('$work/bench/ours-medium-bf16.json'));print(max(50,min(8000,int($secs*${TRAIN_RATE:-1.0}/b['median_step_s']))))" 2>/dev/null || echo 1500)
   fi
-  log "train medium, $steps steps, on $(wc -c < "$c") bytes"
-  timeout "${TRAIN_LIMIT:-330}" "$bd/switchyard" train --device cuda --precision bf16 --preset medium --corpus "$c" \
-    --steps "$steps" --lr 5e-4 --warmup $((steps / 10)) --eval-every 0 --eval-seqs 64 --seed 1 --json --out "$work/train-medium" \
-    > "$work/train-report.json" 2> "$work/train.log"
+  log "train medium: schedule $steps steps, at most $secs s, on $(wc -c < "$c") bytes"
+  "$bd/switchyard" train --device cuda --precision bf16 --preset medium --corpus "$c" --max-time "${secs}s" \
+    --steps "$steps" --lr 5e-4 --warmup $((steps / 20)) --eval-every 0 --eval-seqs 64 --seed 1 --json --out "$work/train-medium" \
+    > "$work/train-report.json" 2> "$work/train.log" &
+  train_pid=$!
+}
+
+train_wait() {
+  # --max-time ends it; the evaluation follows; the limit is a safety net
+  local t0=$SECONDS
+  while kill -0 "$train_pid" 2> /dev/null && [ $((SECONDS - t0)) -lt "${TRAIN_LIMIT:-420}" ]; do sleep 1; done
+  kill -0 "$train_pid" 2> /dev/null && { log "train: over TRAIN_LIMIT, killed"; kill -CONT "$train_pid"; kill "$train_pid"; }
+  wait "$train_pid"
   echo $? > "$work/train.rc"
   log "train: rc $(cat "$work/train.rc"); $(tail -c 300 "$work/train.log")"
+}
+
+phase_train() {
+  train_start
+  train_wait
+}
+
+# overlap: the training and torch.compile's runs (medium, then small while
+# time is left before the training's end) at once. The training is paused
+# from the end of moe_bench's last warm-up step until moe_bench exits.
+phase_overlap() {
+  local b="$work/bench" ev="$work/bench/overlap-events.log" end
+  mkdir -p "$b"
+  train_start
+  end=$((SECONDS + ${TRAIN_SECONDS:-280}))
+  for p in ${COMPILE_PRESETS:-medium small}; do
+    # medium gets COMPILE_LIMIT, small what is left of the training's time
+    local lim=$((end - SECONDS))
+    [ "$p" = medium ] && lim=${COMPILE_LIMIT:-330}
+    [ "$lim" -lt "${COMPILE_MIN:-60}" ] && { log "compile $p: skipped, $lim s left"; continue; }
+    log "bench pytorch $p bf16 compile (limit $lim s), training alongside"
+    torch_bench "$p" compile "$lim" &
+    local tb=$! paused=0
+    while kill -0 "$tb" 2> /dev/null; do
+      if [ $paused = 0 ] && grep -Eq '^  step +([2-9]|[1-9][0-9]+) ce=' "$b/torch-$p-compile.log" 2> /dev/null; then
+        kill -STOP "$train_pid" 2> /dev/null && paused=1 && echo "$(date +%T.%N) $p: warm-up done, training paused" >> "$ev"
+      fi
+      sleep 0.05
+    done
+    wait "$tb"
+    kill -CONT "$train_pid" 2> /dev/null
+    echo "$(date +%T.%N) $p: moe_bench exited, training resumed (paused: $paused)" >> "$ev"
+    bench_summary
+    collect
+  done
+  train_wait
 }
 
 # collect writes $out: gpu-check.json (every result) and the logs.
@@ -190,7 +253,8 @@ PY
   for n in tests-cuda tests-gpu equiv; do [ -f "$work/$n.log" ] && { echo "===== $n"; cat "$work/$n.log"; }; done > "$out/tests.log"
   for f in "$work"/bench/*.log "$work"/bench/*.err; do [ -f "$f" ] && { echo "===== $(basename "$f")"; cat "$f"; }; done > "$out/bench.log" 2>/dev/null
   [ -f "$work/train.log" ] && cp "$work/train.log" "$out/train.log"
-  [ -f "$work/train-medium/metrics.jsonl" ] && cp "$work/train-medium/metrics.jsonl" "$out/train-metrics.jsonl"
+  [ -f "$work/train-medium/metrics.jsonl" ] && xz -T4 -c "$work/train-medium/metrics.jsonl" > "$out/train-metrics.jsonl.xz"
+  [ -f "$work/run.log" ] && cp "$work/run.log" "$out/run.log"
 }
 
 run() {
@@ -229,6 +293,11 @@ PY
 
 case "${1:-}" in
   build) shift; build "$@" ;;
-  run) shift; run "$@" ;;
+  run)
+    shift
+    mkdir -p "$work"
+    run "$@" 2>&1 | tee "$work/run.log"
+    cp "$work/run.log" "$out/run.log" 2> /dev/null
+    ;;
   *) echo "usage: $0 build [SHARED_BENCH_DIR] [CORPUS] | run [tests equiv bench train compile]" >&2; exit 2 ;;
 esac

@@ -19,6 +19,7 @@ func cmdTrain(ctx context.Context, args []string) error {
 		config  = fs.String("config", "", "YAML run config (see README); flags below override it")
 		preset  = fs.String("preset", "", "model preset: tiny, small or medium")
 		steps   = fs.Int("steps", 0, "optimizer steps")
+		maxTime = fs.Duration("max-time", 0, "end the run at the first step after this much training time (e.g. 5m; evaluation, checkpoint and report follow; the LR schedule still spans --steps)")
 		corpus  = fs.String("corpus", "", `JSON Lines corpus {"domain","text"} (default: built-in demo corpus)`)
 		out     = fs.String("out", "", "directory for metrics.jsonl and report.json")
 		mode    = fs.String("lbl", "", "load-balancing loss: global or micro")
@@ -88,6 +89,9 @@ func cmdTrain(ctx context.Context, args []string) error {
 		}
 	}
 	setInt(&cfg.Steps, *steps, 0)
+	if *maxTime != 0 {
+		cfg.MaxSeconds = maxTime.Seconds()
+	}
 	setInt(&cfg.Accumulation, *accum, 0)
 	setInt(&cfg.MicroBatch, *micro, 0)
 	setInt(&cfg.EvalEvery, *evalEv, -1)

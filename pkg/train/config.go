@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"strconv"
 	"strings"
@@ -57,6 +58,11 @@ type Config struct {
 	// Resume continues from the newest committed checkpoint in
 	// Checkpoint.Dir, if there is one.
 	Resume bool `yaml:"resume" json:"resume"`
+	// MaxSeconds, when > 0, ends the run at the first step boundary after
+	// that many seconds of training (evaluation, the final checkpoint and
+	// the report follow as at the end of Steps); the learning-rate
+	// schedule still spans Steps.
+	MaxSeconds float64 `yaml:"max_seconds" json:"max_seconds,omitempty"`
 	// Device is "cpu" (default) or "cuda" / "cuda:N" (GPU N as CUDA counts
 	// them after CUDA_VISIBLE_DEVICES).
 	Device string `yaml:"device" json:"device"`
@@ -175,6 +181,8 @@ func (c Config) Validate() error {
 		return bad("accumulation", c.Accumulation, "must be >= 1")
 	case c.Steps < 1:
 		return bad("steps", c.Steps, "must be >= 1")
+	case c.MaxSeconds < 0 || math.IsNaN(c.MaxSeconds) || math.IsInf(c.MaxSeconds, 0):
+		return bad("max_seconds", c.MaxSeconds, "must be a finite number >= 0 (0: no limit)")
 	case c.EvalEvery < 0:
 		return bad("eval_every", c.EvalEvery, "must be >= 0")
 	case c.Data.DemoBytes < 0:

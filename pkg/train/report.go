@@ -49,6 +49,8 @@ type Report struct {
 	Device       string  `json:"device"`
 	Precision    string  `json:"precision"`
 	DeviceMemGiB float64 `json:"device_mem_gib,omitempty"`
+	// Stopped says why the run ended before Steps ("" : it ran them all).
+	Stopped string `json:"stopped,omitempty"`
 }
 
 func entropyBits(p []float64) float64 {
@@ -125,6 +127,9 @@ func (r *Report) Print(w io.Writer) {
 		r.Steps, r.Tokens, r.Seconds, r.TokensPerS, r.LBLMode, r.FinalLoss)
 	if r.Device != "" && r.Device != "cpu" {
 		fmt.Fprintf(w, "   on %s, %s, %.1f GiB of device memory\n", r.Device, r.Precision, r.DeviceMemGiB)
+	}
+	if r.Stopped != "" {
+		fmt.Fprintf(w, "   stopped early: %s\n", r.Stopped)
 	}
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "domain\tval bits/byte\tunigram bits/byte\tgain\ttokens\t")

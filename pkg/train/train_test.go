@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/switchyard-ml/switchyard/pkg/data"
 	"github.com/switchyard-ml/switchyard/pkg/kernels"
@@ -137,6 +138,8 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 		{"preset: tiny\noptim: {lr: -1}", "lr"},
 		{"preset: tiny\nlbl: {layer_coef: [1, 2]}", "lbl.layer_coef"},
 		{"preset: tiny\ndata: {val_fraction: 0.9}", "data.val_fraction"},
+		{"preset: tiny\nmax_seconds: -1", "max_seconds"},
+		{"preset: tiny\nmax_seconds: .nan", "max_seconds"},
 	} {
 		_, err := Parse([]byte(tc.yaml))
 		if err == nil || !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), tc.want) {
@@ -195,4 +198,31 @@ func TestFastAndReferenceKernelsSameCurve(t *testing.T) {
 	if worst > 1e-3 || ref[49] > ref[0]-0.3 {
 		t.Fatalf("curves: fast %v\nreference %v", fast, ref)
 	}
+}
+
+// max_seconds ends a run at a step boundary with the usual evaluation and
+// report, saying why it stopped; the schedule still spans Steps.
+func TestMaxSecondsStopsAtAStepWithAReport(t *testing.T) {
+	cfg, corpus := smallRun(t, "global", 100000)
+	cfg.MaxSeconds = 0.2
+	tr, err := NewWithCorpus(cfg, corpus, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	start := time.Now()
+	rep, err := tr.Run(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Steps < 1 || rep.Steps >= cfg.Steps || !strings.Contains(rep.Stopped, "max_seconds 0.2") {
+		t.Fatalf("steps %d of %d, stopped %q", rep.Steps, cfg.Steps, rep.Stopped)
+	}
+	if len(rep.Domains) == 0 || rep.Domains[0].BitsPerByte <= 0 {
+		t.Fatalf("no evaluation in the report: %+v", rep.Domains)
+	}
+	if el := time.Since(start); el < 200*time.Millisecond {
+		t.Fatalf("stopped after %v, before max_seconds", el)
+	}
+	t.Logf("%d steps in %.2f s: %s", rep.Steps, rep.Seconds, rep.Stopped)
 }

@@ -361,7 +361,18 @@ func (t *Trainer) Run(ctx context.Context) (*Report, error) {
 	start := time.Now()
 	var last StepMetrics
 	var lastEval *Eval
+	stopped := ""
 	for t.step < t.Cfg.Steps {
+		if t.step > 0 {
+			up, err := t.timeUp(ctx, start)
+			if err != nil {
+				return nil, err
+			}
+			if up {
+				stopped = fmt.Sprintf("max_seconds %g reached after %d of %d steps", t.Cfg.MaxSeconds, t.step, t.Cfg.Steps)
+				break
+			}
+		}
 		sm, err := t.TrainStep(ctx)
 		if err != nil {
 			return nil, err
@@ -406,12 +417,29 @@ func (t *Trainer) Run(ctx context.Context) (*Report, error) {
 	}
 	_ = lastEval
 	rep := t.report(ev, last, time.Since(start))
+	rep.Stopped = stopped
 	if t.Cfg.OutDir != "" && t.Dist.Leader() {
 		if err := rep.WriteJSON(filepath.Join(t.Cfg.OutDir, "report.json")); err != nil {
 			return rep, err
 		}
 	}
 	return rep, nil
+}
+
+// timeUp says whether MaxSeconds have passed since start. Every rank must
+// stop at the same step: any rank whose clock says so decides.
+func (t *Trainer) timeUp(ctx context.Context, start time.Time) (bool, error) {
+	if t.Cfg.MaxSeconds <= 0 {
+		return false, nil
+	}
+	flag := []float64{0}
+	if time.Since(start).Seconds() >= t.Cfg.MaxSeconds {
+		flag[0] = 1
+	}
+	if err := t.Dist.sumAll(ctx, flag); err != nil {
+		return false, fmt.Errorf("train: max_seconds timer: %w", err)
+	}
+	return flag[0] > 0, nil
 }
 
 // checkpointAfterStep commits the save started at the previous boundary

@@ -8,6 +8,7 @@ package train
 
 import (
 	"context"
+	"fmt"
 	"math"
 	"testing"
 
@@ -84,56 +85,155 @@ func onDevice(t *testing.T, cfg Config, corpus *data.Corpus, prec string) *Train
 
 func relDiff(a, b float64) float64 { return math.Abs(a-b) / math.Max(math.Abs(b), 1e-12) }
 
-// TestGPUMatchesCPUTraining: fp32 on the GPU and the CPU engine from the
-// same seed and data: loss, the weighted auxiliary loss and every layer's
-// LBL agree to 1e-4 relative at every step (the tolerance). The
-// gradient norm, a sum of millions of squares, is held to 1e-3: after a
-// few AdamW steps the two float32 trajectories differ in the last bits
-// (seen on an H200: 1.4e-4 at step 10 of tiny, with the loss still
-// within 1e-4).
+// TestGPUMatchesCPUTraining: fp32 on the GPU and the CPU engine, 30 steps
+// of tiny from the same seed and data, two ways.
+//
+// Step by step: before each step the GPU trainer takes the CPU trainer's
+// whole state (parameters, AdamW moments, balancer, data position), so
+// every one of the 30 steps starts from the same state on both engines;
+// the loss, the weighted auxiliary loss, every layer's LBL and the
+// gradient norm agree to 1e-4 relative at every step. One exception, by
+// construction: a router near-tie that rounds the other way moves a
+// token's choice to another expert, which moves that layer's LBL by up to
+// E/(tokens*k) (seen between the CPU engine's own two kernel sets, from
+// the same state: 7.2e-5 at step 28 of this run, 1e-7 at the others).
+// Where the two engines' expert counts differ, at most 4 choices may
+// have moved and that layer's LBL and the aux loss are held to 1e-3.
+//
+// Free-running: each engine trains on its own from step 1. Two float32
+// implementations of the same step cannot stay within 1e-4 here for 30
+// steps: measured on the CPU alone, the engine with its AVX-512 kernels
+// and with its portable Go kernels (same model, same run) agree to 1e-6
+// through step 8, then the differences grow as the warm-up reaches the
+// peak learning rate: LBL 1.9e-4 at step 11, 7e-3 at step 14, up to 6e-2
+// by step 30, the loss up to 6e-3. The GPU run shows the same (LBL 1.9e-4
+// at step 11 on an H200). So the free-running runs are held to 1e-4
+// through step 8 and afterwards the loss to 2e-2, which a wrong update or
+// optimizer state would break.
 func TestGPUMatchesCPUTraining(t *testing.T) {
 	steps := 30
 	if emuDevice != nil {
 		steps = 4
 	}
 	cfg, corpus := gpuRun(t, steps)
-	g := onDevice(t, cfg, corpus, "fp32")
-	c, err := NewWithCorpus(cfg, corpus, nil)
+	forced := onDevice(t, cfg, corpus, "fp32")
+	free := onDevice(t, cfg, corpus, "fp32")
+	cpu, err := NewWithCorpus(cfg, corpus, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
-	ctx := context.Background()
-	worst, worstNorm := 0.0, 0.0
-	for s := 0; s < steps; s++ {
-		gm, err := g.TrainStep(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cm, err := c.TrainStep(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		check := func(what string, a, b, tol float64) {
-			t.Helper()
-			d := relDiff(a, b)
-			if tol == 1e-4 {
-				worst = max(worst, d)
-			} else {
-				worstNorm = max(worstNorm, d)
-			}
-			if d > tol {
-				t.Fatalf("step %d: %s GPU %.9g CPU %.9g (relative %.2g)", s+1, what, a, b, d)
-			}
-		}
-		check("loss", gm.Loss, cm.Loss, 1e-4)
-		check("aux", gm.Aux, cm.Aux, 1e-4)
-		for l := range cm.LBL {
-			check("LBL", gm.LBL[l], cm.LBL[l], 1e-4)
-		}
-		check("grad norm", gm.GradNorm, cm.GradNorm, 1e-3)
+	defer cpu.Close()
+	cpuFree, err := NewWithCorpus(cfg, corpus, nil)
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Logf("%d steps, worst relative difference %.3g (loss, aux, LBL per layer), %.3g (grad norm)", steps, worst, worstNorm)
+	defer cpuFree.Close()
+	mc, err := cfg.ModelConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	choices := float64(cfg.Accumulation * cfg.MicroBatch * mc.SeqLen * mc.TopK) // per layer and step
+	ctx := context.Background()
+	step := func(tr *Trainer) StepMetrics {
+		t.Helper()
+		sm, err := tr.TrainStep(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return sm
+	}
+	var worstForced, worstFree, worstFreeLoss float64
+	tieSteps := 0
+	for s := 1; s <= steps; s++ {
+		st, err := cpu.Snapshot()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := forced.Restore(st); err != nil {
+			t.Fatal(err)
+		}
+		g, c := step(forced), step(cpu)
+		moved := movedChoices(g, c, choices)
+		anyMoved := 0
+		for _, m := range moved {
+			anyMoved += m
+		}
+		if anyMoved > 0 {
+			tieSteps++
+			t.Logf("step %d: router near-ties moved %v choices per layer (of %.0f)", s, moved, choices)
+		}
+		for _, v := range stepDiffs(g, c) {
+			tol := 1e-4
+			if (v.layer >= 0 && moved[v.layer] > 0) || (v.what == "aux" && anyMoved > 0) {
+				tol = 1e-3
+				m := anyMoved
+				if v.layer >= 0 {
+					m = moved[v.layer]
+				}
+				if m > 4 {
+					t.Fatalf("step %d from the same state: %d choices went to other experts (%s)", s, m, v.what)
+				}
+			} else {
+				worstForced = max(worstForced, v.d)
+			}
+			if v.d > tol {
+				t.Fatalf("step %d from the same state: %s GPU %.9g CPU %.9g (relative %.2g)", s, v.what, v.a, v.b, v.d)
+			}
+		}
+		gf, cf := step(free), step(cpuFree)
+		if cf.Loss != c.Loss {
+			t.Fatalf("step %d: the CPU engine is not deterministic: loss %v then %v", s, c.Loss, cf.Loss)
+		}
+		for _, v := range stepDiffs(gf, cf) {
+			switch {
+			case s <= 8 && v.d > 1e-4:
+				t.Fatalf("free-running step %d: %s GPU %.9g CPU %.9g (relative %.2g)", s, v.what, v.a, v.b, v.d)
+			case v.what == "loss" && v.d > 2e-2:
+				t.Fatalf("free-running step %d: loss GPU %.9g CPU %.9g (relative %.2g)", s, v.a, v.b, v.d)
+			}
+			if s <= 8 {
+				worstFree = max(worstFree, v.d)
+			}
+			if v.what == "loss" {
+				worstFreeLoss = max(worstFreeLoss, v.d)
+			}
+		}
+	}
+	t.Logf("%d steps from the same state: worst relative difference %.3g (loss, aux, LBL per layer, grad norm; %d steps with near-ties excepted for their LBL)",
+		steps, worstForced, tieSteps)
+	t.Logf("free-running: worst %.3g through step %d, loss worst %.3g over %d steps", worstFree, min(8, steps), worstFreeLoss, steps)
+}
+
+type stepDiff struct {
+	what    string
+	layer   int // the MoE layer of an LBL, else -1
+	a, b, d float64
+}
+
+// stepDiffs are the relative differences of two engines' step metrics.
+func stepDiffs(g, c StepMetrics) []stepDiff {
+	out := []stepDiff{{"loss", -1, g.Loss, c.Loss, 0}, {"aux", -1, g.Aux, c.Aux, 0}, {"grad norm", -1, g.GradNorm, c.GradNorm, 0}}
+	for l := range c.LBL {
+		out = append(out, stepDiff{fmt.Sprintf("LBL of layer %d", l), l, g.LBL[l], c.LBL[l], 0})
+	}
+	for i := range out {
+		out[i].d = relDiff(out[i].a, out[i].b)
+	}
+	return out
+}
+
+// movedChoices is, per MoE layer, how many top-k choices went to another
+// expert on one engine than on the other (from the step's expert shares).
+func movedChoices(g, c StepMetrics, choices float64) []int {
+	out := make([]int, len(c.ExpertLoad))
+	for l := range c.ExpertLoad {
+		var sum float64
+		for e := range c.ExpertLoad[l] {
+			sum += math.Abs(g.ExpertLoad[l][e] - c.ExpertLoad[l][e])
+		}
+		out[l] = int(math.Ceil(sum * choices / 2))
+	}
+	return out
 }
 
 // TestGPUBF16TracksFP32: mixed precision trains like fp32: the loss after

@@ -212,6 +212,23 @@ func ranAttempts(j *pb.Job) int {
 // startedRunning: the job has been RUNNING (it may be further on by now).
 func startedRunning(j *pb.Job) bool { return ranAttempts(j) >= 1 }
 
+// pastStep: the job's first attempt has reported step n or later (whatever
+// its state is by now).
+func pastStep(n int64) func(*pb.Job) bool {
+	return func(j *pb.Job) bool { return j.Restarts == 0 && j.Progress.GetStep() >= n }
+}
+
+// mustBeRunning fails the test when the job ended before the fault it is
+// about to suffer: the job was too short for this machine, which the test
+// must say rather than test something else.
+func (c *cluster) mustBeRunning(j *pb.Job, fault string) {
+	c.t.Helper()
+	switch j.State {
+	case pb.JobState_JOB_STATE_SUCCEEDED, pb.JobState_JOB_STATE_FAILED, pb.JobState_JOB_STATE_CANCELLED:
+		c.t.Fatalf("job %s ended (%s at step %d) before %s: lengthen it", j.Id, j.State, j.Progress.GetStep(), fault)
+	}
+}
+
 // leader returns the leader's index as the cluster reports it.
 func (c *cluster) leader() int {
 	c.t.Helper()

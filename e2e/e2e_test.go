@@ -47,7 +47,8 @@ func TestCluster(t *testing.T) {
 
 	t.Run("LeaderKill", func(t *testing.T) {
 		c.t = t
-		id := c.submit("e2e-a", jobSpec("e2e-a", 300, 0, 0))
+		const steps = 1000
+		id := c.submit("e2e-a", jobSpec("e2e-a", steps, 0, 0))
 		j := c.waitJob(id, 60*time.Second, "running", startedRunning)
 		if ws := placedOn(j); len(ws) != 2 || ws[0] == ws[1] {
 			t.Fatalf("placement %v: want two distinct workers", ws)
@@ -56,6 +57,7 @@ func TestCluster(t *testing.T) {
 			t.Logf("FIGURE submit-to-first-step %.2fs (3 coordinators, real etcd/NATS)", float64(st)/1e9)
 		}
 		old := c.leader()
+		c.mustBeRunning(c.waitJob(id, time.Second, "read", func(*pb.Job) bool { return true }), "the leader's kill")
 		killed := time.Now()
 		c.coords[old].kill9()
 		newLeader := ""
@@ -72,8 +74,8 @@ func TestCluster(t *testing.T) {
 		if j.Restarts != 0 {
 			t.Errorf("the job restarted %d times across the fail-over; want 0 (healthy ranks keep running)", j.Restarts)
 		}
-		if j.Progress.GetStep() != 300 {
-			t.Errorf("final step %d, want 300", j.Progress.GetStep())
+		if j.Progress.GetStep() != steps {
+			t.Errorf("final step %d, want %d", j.Progress.GetStep(), steps)
 		}
 		var list apiv1.ListJobsResponse
 		decode(t, c.mustCLI("job", "list", "-o", "json"), &list)
@@ -87,7 +89,7 @@ func TestCluster(t *testing.T) {
 			t.Errorf("%d jobs named e2e-a after the fail-over, want exactly 1", n)
 		}
 		logs := c.mustCLI("job", "logs", id)
-		if !strings.Contains(logs.stdout, "step 300/300") {
+		if want := fmt.Sprintf("step %d/%d", steps, steps); !strings.Contains(logs.stdout, want) {
 			t.Errorf("job logs lack the last step:\n%s", tail(logs.stdout, 2000))
 		}
 		if st := c.mustCLI("job", "status", id); !strings.Contains(st.stdout, "SUCCEEDED") {
@@ -107,10 +109,12 @@ func TestCluster(t *testing.T) {
 
 	t.Run("LogsFollowAcrossNATSRestart", func(t *testing.T) {
 		c.t = t
-		id := c.submit("e2e-b", jobSpec("e2e-b", 300, 0, 0))
+		const steps = 1000
+		id := c.submit("e2e-b", jobSpec("e2e-b", steps, 0, 0))
 		follow := start(t, "logs-f", c.env(), bins.switchyard, "job", "logs", "-f", id)
 		c.waitJob(id, 60*time.Second, "running", startedRunning)
 		time.Sleep(time.Second)
+		c.mustBeRunning(c.waitJob(id, time.Second, "read", func(*pb.Job) bool { return true }), "NATS goes down")
 		c.nats.kill9()
 		down := time.Now()
 		time.Sleep(2 * time.Second)
@@ -125,7 +129,7 @@ func TestCluster(t *testing.T) {
 		got := follow.out.String()
 		hist := c.mustCLI("job", "logs", id).stdout
 		t.Logf("FIGURE logs -f across a NATS restart: %d lines delivered; history holds %d", strings.Count(got, "\n"), strings.Count(hist, "\n"))
-		if !strings.Contains(got, "step 300/300") {
+		if want := fmt.Sprintf("step %d/%d", steps, steps); !strings.Contains(got, want) {
 			t.Errorf("logs -f missed the lines after NATS came back:\n%s", tail(got, 2000))
 		}
 	})
@@ -160,10 +164,10 @@ func TestCluster(t *testing.T) {
 	t.Run("RecoveryFromCheckpoint", func(t *testing.T) {
 		c.t = t
 		const every = 20
-		id := c.submit("e2e-e", jobSpec("e2e-e", 600, 2, every))
-		j := c.waitJob(id, 60*time.Second, "past step 80", func(j *pb.Job) bool {
-			return j.State == pb.JobState_JOB_STATE_RUNNING && j.Progress.GetStep() >= 80
-		})
+		const steps = 1000
+		id := c.submit("e2e-e", jobSpec("e2e-e", steps, 2, every))
+		j := c.waitJob(id, 60*time.Second, "past step 80", pastStep(80))
+		c.mustBeRunning(j, "the kill")
 		victim := j.Placement[0].WorkerId
 		killed := time.Now()
 		atKill := j.Progress.GetStep()
@@ -222,7 +226,7 @@ func TestCluster(t *testing.T) {
 		}
 		var cps apiv1.ListCheckpointsResponse
 		decode(t, c.mustCLI("checkpoints", "list", id, "-o", "json"), &cps)
-		if len(cps.Checkpoints) == 0 || cps.Checkpoints[0].Step != 600 {
+		if len(cps.Checkpoints) == 0 || cps.Checkpoints[0].Step != steps {
 			t.Errorf("checkpoints after the run: %v", cps.Checkpoints)
 		}
 		// every committed checkpoint is whole on disk
@@ -252,11 +256,10 @@ func TestCluster(t *testing.T) {
 		// a long job holds two workers, so a lost worker cannot be replaced
 		block := c.submit("e2e-block", jobSpec("e2e-block", 1000000, 0, 0))
 		c.waitJob(block, 60*time.Second, "running", startedRunning)
-		spec := strings.Replace(jobSpec("e2e-el", 400, 2, 20), "parallel: {dp: 2, ep: 2}", "parallel: {dp: 2, ep: 1}\nelastic: {min_dp: 1}", 1)
+		spec := strings.Replace(jobSpec("e2e-el", 800, 2, 20), "parallel: {dp: 2, ep: 2}", "parallel: {dp: 2, ep: 1}\nelastic: {min_dp: 1}", 1)
 		id := c.submit("e2e-el", spec)
-		j := c.waitJob(id, 60*time.Second, "past step 60", func(j *pb.Job) bool {
-			return j.State == pb.JobState_JOB_STATE_RUNNING && j.Progress.GetStep() >= 60
-		})
+		j := c.waitJob(id, 60*time.Second, "past step 60", pastStep(60))
+		c.mustBeRunning(j, "the kill")
 		victim := j.Placement[1].WorkerId
 		c.workers[victim].kill9()
 		j = c.waitJob(id, 120*time.Second, "succeeded", stateIs(pb.JobState_JOB_STATE_SUCCEEDED))
@@ -284,10 +287,10 @@ func TestCluster(t *testing.T) {
 	t.Run("PausedWorkersCannotCommit", func(t *testing.T) {
 		c.t = t
 		c.waitIdleWorkers(4)
-		id := c.submit("e2e-p", jobSpec("e2e-p", 400, 2, 20))
-		j := c.waitJob(id, 60*time.Second, "past step 40", func(j *pb.Job) bool {
-			return j.State == pb.JobState_JOB_STATE_RUNNING && j.Progress.GetStep() >= 40
-		})
+		const steps = 800
+		id := c.submit("e2e-p", jobSpec("e2e-p", steps, 2, 20))
+		j := c.waitJob(id, 60*time.Second, "past step 40", pastStep(40))
+		c.mustBeRunning(j, "pausing its workers")
 		// Pause both workers (not their ranks): their leases expire and the
 		// job moves on, while the old attempt's ranks go on training
 		// together, cut off from their workers — a partition.
@@ -326,7 +329,7 @@ func TestCluster(t *testing.T) {
 				t.Errorf("catalogue order %d then %d", cps.Checkpoints[i-1].Step, cps.Checkpoints[i].Step)
 			}
 		}
-		if len(cps.Checkpoints) == 0 || cps.Checkpoints[0].Step != 400 {
+		if len(cps.Checkpoints) == 0 || cps.Checkpoints[0].Step != steps {
 			t.Errorf("checkpoints %v", cps.Checkpoints)
 		}
 		// the paused workers come back and register again

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/switchyard-ml/switchyard/pkg/jobstate"
 	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
 	pb "github.com/switchyard-ml/switchyard/proto/switchyard/coordinator/v1"
 )
@@ -223,8 +224,7 @@ func pastStep(n int64) func(*pb.Job) bool {
 // must say rather than test something else.
 func (c *cluster) mustBeRunning(j *pb.Job, fault string) {
 	c.t.Helper()
-	switch j.State {
-	case pb.JobState_JOB_STATE_SUCCEEDED, pb.JobState_JOB_STATE_FAILED, pb.JobState_JOB_STATE_CANCELLED:
+	if jobstate.Final(j.State) {
 		c.t.Fatalf("job %s ended (%s at step %d) before %s: lengthen it", j.Id, j.State, j.Progress.GetStep(), fault)
 	}
 }

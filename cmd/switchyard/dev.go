@@ -19,6 +19,7 @@ import (
 	"github.com/switchyard-ml/switchyard/pkg/controller"
 	"github.com/switchyard-ml/switchyard/pkg/coordinator"
 	"github.com/switchyard-ml/switchyard/pkg/jobspec"
+	"github.com/switchyard-ml/switchyard/pkg/jobstate"
 	"github.com/switchyard-ml/switchyard/pkg/train"
 	"github.com/switchyard-ml/switchyard/pkg/workerconfig"
 	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
@@ -134,7 +135,7 @@ func cmdDev(ctx context.Context, args []string) error {
 			defer wg.Done()
 			defer closeConn()
 			if err := a.Run(actx); err != nil {
-				log.Error("worker stopped", "worker", cfg.ID, "err", err)
+				log.Error("worker stopped", "worker", cfg.ID, "error", err)
 			}
 		}()
 	}
@@ -200,7 +201,7 @@ func devWorkerConfig(i int, d *controller.Daemon, dir, trainer string) (workerco
 // printDevSummary prints the job's outcome and rank 0's final report
 // (per-domain loss, expert specialisation).
 func printDevSummary(w io.Writer, j *pb.Job, storage string, took time.Duration, kept bool) {
-	fmt.Fprintf(w, "\njob %s %s after %s: %s\n", j.Id, stateName(j.State), took.Round(time.Second), j.Message)
+	fmt.Fprintf(w, "\njob %s %s after %s: %s\n", j.Id, jobstate.Name(j.State), took.Round(time.Second), j.Message)
 	var submitted, running int64
 	for _, e := range j.Events {
 		if e.Type == "Submitted" && submitted == 0 {

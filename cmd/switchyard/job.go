@@ -18,6 +18,7 @@ import (
 
 	"github.com/switchyard-ml/switchyard/pkg/client"
 	"github.com/switchyard-ml/switchyard/pkg/jobspec"
+	"github.com/switchyard-ml/switchyard/pkg/jobstate"
 	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
 	coordinatorv1 "github.com/switchyard-ml/switchyard/proto/switchyard/coordinator/v1"
 )
@@ -72,7 +73,7 @@ func (c *cli) jobSubmit(ctx context.Context, name string, args []string) error {
 		}
 	} else {
 		if !resp.GetCreated() {
-			fmt.Fprintf(c.errOut, "job %s already exists with this spec (state %s)\n", job.GetId(), stateName(job.GetState()))
+			fmt.Fprintf(c.errOut, "job %s already exists with this spec (state %s)\n", job.GetId(), jobstate.Name(job.GetState()))
 		}
 		fmt.Fprintln(c.out, job.GetId())
 	}
@@ -104,7 +105,7 @@ func (c *cli) jobList(ctx context.Context, name string, args []string) error {
 	t := newTable(c.out, "", "ID", "NAME", "STATE", "STEP/TOTAL", "LOSS", "WORKERS", "RESTARTS", "AGE")
 	for _, j := range resp.GetJobs() {
 		p := j.GetProgress()
-		t.row(j.GetId(), orDash(j.GetName()), stateName(j.GetState()), stepTotal(p.GetStep(), p.GetTotalSteps()),
+		t.row(j.GetId(), orDash(j.GetName()), jobstate.Name(j.GetState()), stepTotal(p.GetStep(), p.GetTotalSteps()),
 			fmtLoss(p.GetStep(), p.GetLoss()), fmt.Sprintf("%d/%d", len(j.GetPlacement()), j.GetWorldSize()),
 			j.GetRestarts(), c.age(j.GetSubmittedUnixNano()))
 	}
@@ -162,7 +163,7 @@ func (c *cli) printJob(j *coordinatorv1.Job, pendingReason string) {
 	fmt.Fprintf(w, "Loss:        %s\n", fmtLoss(p.GetStep(), p.GetLoss()))
 	fmt.Fprintf(w, "Tokens/s:    %s\n", fmtRate(p.GetTokensPerSecond()))
 	etaText := "-"
-	if !finalState(j.GetState()) {
+	if !jobstate.Final(j.GetState()) {
 		if d, ok := eta(p.GetStep(), p.GetTotalSteps(), tokensPerStep(j), p.GetTokensPerSecond()); ok {
 			etaText = fmtDuration(d) + " (remaining steps x tokens per step / tokens/s)"
 		}
@@ -211,7 +212,7 @@ func (c *cli) printJob(j *coordinatorv1.Job, pendingReason string) {
 
 // stateLine is "FAILED (WorkerLost: worker w-3 lease expired)".
 func stateLine(j *coordinatorv1.Job) string {
-	s := stateName(j.GetState())
+	s := jobstate.Name(j.GetState())
 	switch {
 	case j.GetReason() != "" && j.GetMessage() != "":
 		s += fmt.Sprintf(" (%s: %s)", j.GetReason(), j.GetMessage())
@@ -382,7 +383,7 @@ func (c *cli) watch(ctx context.Context, r *remoteFlags, cl *client.Client, id s
 	}
 	// The stream ends when the job does; if the last record seen is not
 	// final, ask for the record once.
-	if w.job == nil || !finalState(w.job.GetState()) {
+	if w.job == nil || !jobstate.Final(w.job.GetState()) {
 		resp, err := unaryOn(ctx, r, cl, op, getJob(id))
 		if err != nil {
 			return err
@@ -409,7 +410,7 @@ func (c *cli) watch(ctx context.Context, r *remoteFlags, cl *client.Client, id s
 	case coordinatorv1.JobState_JOB_STATE_FAILED, coordinatorv1.JobState_JOB_STATE_CANCELLED:
 		return jobEndedError{j}
 	}
-	return fmt.Errorf("%s: the watch ended while the job is %s", op, stateName(j.GetState()))
+	return fmt.Errorf("%s: the watch ended while the job is %s", op, jobstate.Name(j.GetState()))
 }
 
 // stream runs one WatchJob stream to its end and returns how many

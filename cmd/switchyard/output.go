@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/switchyard-ml/switchyard/pkg/jobstate"
 	coordinatorv1 "github.com/switchyard-ml/switchyard/proto/switchyard/coordinator/v1"
 )
 
@@ -87,20 +88,6 @@ func (p *prefixWriter) Write(b []byte) (int, error) {
 	return len(b), nil
 }
 
-// stateName is "RUNNING" for JOB_STATE_RUNNING.
-func stateName(s coordinatorv1.JobState) string {
-	return strings.TrimPrefix(s.String(), "JOB_STATE_")
-}
-
-// finalState reports whether a job in state s has ended.
-func finalState(s coordinatorv1.JobState) bool {
-	switch s {
-	case coordinatorv1.JobState_JOB_STATE_SUCCEEDED, coordinatorv1.JobState_JOB_STATE_FAILED, coordinatorv1.JobState_JOB_STATE_CANCELLED:
-		return true
-	}
-	return false
-}
-
 // parseStates reads "pending,running" into states.
 func parseStates(s string) ([]coordinatorv1.JobState, error) {
 	var out []coordinatorv1.JobState
@@ -109,11 +96,11 @@ func parseStates(s string) ([]coordinatorv1.JobState, error) {
 		if f == "" {
 			continue
 		}
-		v, ok := coordinatorv1.JobState_value["JOB_STATE_"+strings.ToUpper(f)]
-		if !ok || v == 0 {
+		st, ok := jobstate.Parse(f)
+		if !ok {
 			return nil, fmt.Errorf("--state %q: unknown state (pending, placed, running, succeeded, failed, cancelled)", f)
 		}
-		out = append(out, coordinatorv1.JobState(v))
+		out = append(out, st)
 	}
 	return out, nil
 }

@@ -105,13 +105,13 @@ func (g *Manager) Save(ctx context.Context, m Manifest, shards []ShardSource) (M
 	}
 	infos, err := SaveShards(ctx, g.st, StepPrefix(m.Job, m.Step), shards)
 	if err != nil {
-		g.log.Warn("checkpoint save failed", "job-id", m.Job, "step", m.Step, "err", err)
+		g.log.Warn("checkpoint save failed", "job-id", m.Job, "step", m.Step, "error", err)
 		return Manifest{}, err
 	}
 	m = m.Clone()
 	m.Shards = infos
 	if err := g.Commit(ctx, m); err != nil {
-		g.log.Warn("checkpoint commit failed", "job-id", m.Job, "step", m.Step, "err", err)
+		g.log.Warn("checkpoint commit failed", "job-id", m.Job, "step", m.Step, "error", err)
 		return Manifest{}, err
 	}
 	return m, nil
@@ -158,7 +158,7 @@ func (g *Manager) LoadLatestVerified(ctx context.Context, job string, unusable f
 		if !isEvidence(err) {
 			return Manifest{}, fmt.Errorf("checkpoint: load %s step %d: %w", job, m.Step, err)
 		}
-		g.log.Warn("checkpoint unusable", "job-id", job, "step", m.Step, "err", err)
+		g.log.Warn("checkpoint unusable", "job-id", job, "step", m.Step, "error", err)
 		if unusable != nil {
 			unusable(m.Step, err)
 		}

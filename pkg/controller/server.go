@@ -16,6 +16,7 @@ import (
 	"github.com/switchyard-ml/switchyard/pkg/coordinator"
 	"github.com/switchyard-ml/switchyard/pkg/events"
 	"github.com/switchyard-ml/switchyard/pkg/jobspec"
+	"github.com/switchyard-ml/switchyard/pkg/jobstate"
 	"github.com/switchyard-ml/switchyard/pkg/membership"
 	"github.com/switchyard-ml/switchyard/pkg/security"
 	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
@@ -556,21 +557,13 @@ func active(j *pb.Job) bool {
 	return j.State == pb.JobState_JOB_STATE_PLACED || j.State == pb.JobState_JOB_STATE_RUNNING
 }
 
-func final(j *pb.Job) bool {
-	switch j.State {
-	case pb.JobState_JOB_STATE_SUCCEEDED, pb.JobState_JOB_STATE_FAILED, pb.JobState_JOB_STATE_CANCELLED:
-		return true
-	}
-	return false
-}
-
 // publish sends a lifecycle event to the bus (never blocks).
 func (s *Server) publish(jobID, typ string, st pb.JobState, msg, worker string) {
 	if s.cfg.Bus == nil {
 		return
 	}
 	err := s.cfg.Bus.Publish(events.Message{Kind: events.KindEvent, JobID: jobID, Event: &events.JobEvent{
-		Type: typ, State: stateName(st), Message: msg, WorkerID: worker,
+		Type: typ, State: jobstate.Name(st), Message: msg, WorkerID: worker,
 	}})
 	if err != nil {
 		s.log.Debug("event not published", "job-id", jobID, "type", typ, "error", err)
@@ -587,16 +580,4 @@ func (s *Server) control(jobID, action, reason string) {
 	if err != nil {
 		s.log.Debug("control message not published", "job-id", jobID, "error", err)
 	}
-}
-
-func stateName(st pb.JobState) string {
-	n, ok := pb.JobState_name[int32(st)]
-	if !ok {
-		return st.String()
-	}
-	const p = "JOB_STATE_"
-	if len(n) > len(p) {
-		return n[len(p):]
-	}
-	return n
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/switchyard-ml/switchyard/pkg/checkpoint"
 	"github.com/switchyard-ml/switchyard/pkg/coordinator"
 	"github.com/switchyard-ml/switchyard/pkg/events"
+	"github.com/switchyard-ml/switchyard/pkg/jobstate"
 	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
 	pb "github.com/switchyard-ml/switchyard/proto/switchyard/coordinator/v1"
 )
@@ -109,7 +110,7 @@ func (s *Server) JobLogs(req *apiv1.JobLogsRequest, stream apiv1.Coordinator_Job
 			if err != nil {
 				return apiError(err)
 			}
-			if final(j) && ended.IsZero() {
+			if jobstate.Final(j.State) && ended.IsZero() {
 				ended = time.Now()
 			}
 			if !ended.IsZero() && time.Since(ended) > quietAfterEnd && time.Since(last) > quietAfterEnd/2 {
@@ -128,7 +129,7 @@ func (s *Server) WatchJob(req *apiv1.WatchJobRequest, stream apiv1.Coordinator_W
 	if err := stream.Send(&apiv1.WatchJobResponse{Job: j}); err != nil {
 		return err
 	}
-	if final(j) {
+	if jobstate.Final(j.State) {
 		return nil
 	}
 	var metrics <-chan events.Message
@@ -173,7 +174,7 @@ func (s *Server) WatchJob(req *apiv1.WatchJobRequest, stream apiv1.Coordinator_W
 			if err := stream.Send(&apiv1.WatchJobResponse{Job: j}); err != nil {
 				return err
 			}
-			if final(j) {
+			if jobstate.Final(j.State) {
 				return nil
 			}
 		}
@@ -248,8 +249,8 @@ func (s *Server) CommitCheckpoint(ctx context.Context, req *apiv1.CommitCheckpoi
 	}
 	if !active(j) || j.Restarts != req.GetAttempt() {
 		msg := fmt.Sprintf("job %s: attempt %d is over (the job is %s at attempt %d); its checkpoint of step %d is not committed",
-			j.Id, req.GetAttempt(), stateName(j.State), j.Restarts, m.Step)
-		if !final(j) {
+			j.Id, req.GetAttempt(), jobstate.Name(j.State), j.Restarts, m.Step)
+		if !jobstate.Final(j.State) {
 			s.recordEvent(ctx, j.Id, "CommitRefused", msg, "")
 		}
 		return nil, status.Error(codes.FailedPrecondition, msg)

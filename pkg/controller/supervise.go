@@ -187,7 +187,7 @@ func (s *Server) failAttempt(ctx context.Context, j *pb.Job, reason, msg, worker
 			return
 		}
 		s.term.notBefore[j.Id] = s.cfg.Now().Add(time.Duration(backoff) * time.Second)
-		s.log.Info("job requeued", "job-id", j.Id, "reason", reason, "msg", msg, "restarts", r.Job.Restarts)
+		s.log.Info("job requeued", "job-id", j.Id, "reason", reason, "message", msg, "restarts", r.Job.Restarts)
 		s.publish(j.Id, "Requeued", r.Job.State, m, worker)
 		s.control(j.Id, "stop-attempt", m)
 		return
@@ -203,7 +203,7 @@ func (s *Server) failAttempt(ctx context.Context, j *pb.Job, reason, msg, worker
 		s.log.Warn("fail job failed", "job-id", j.Id, "error", err)
 		return
 	}
-	s.log.Info("job failed", "job-id", j.Id, "reason", reason, "msg", m)
+	s.log.Info("job failed", "job-id", j.Id, "reason", reason, "message", m)
 	s.publish(j.Id, "Failed", r.Job.State, m, worker)
 	s.control(j.Id, "stop-attempt", m)
 }

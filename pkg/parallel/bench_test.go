@@ -2,8 +2,6 @@ package parallel
 
 import (
 	"context"
-	"encoding/json"
-	"fmt"
 	"os"
 	"strings"
 	"syscall"
@@ -92,35 +90,4 @@ func testKill9(t *testing.T, plane string) {
 			t.Fatalf("rank %d took %v to fail (timeout %v)", r, took, timeout)
 		}
 	}
-}
-
-// TestBenchReport runs the full benchmark when SWITCHYARD_BENCH_REPORT is
-// set (e.g. "2,4"); it is a measurement, not a test, so it asserts nothing.
-//
-//	SWITCHYARD_BENCH_REPORT=2,4 go test -run BenchReport -v ./pkg/parallel
-func TestBenchReport(t *testing.T) {
-	worlds := os.Getenv("SWITCHYARD_BENCH_REPORT")
-	if worlds == "" {
-		t.Skip("set SWITCHYARD_BENCH_REPORT=2,4 to run")
-	}
-	for _, ws := range strings.Split(worlds, ",") {
-		var w int
-		fmt.Sscan(ws, &w)
-		o := Options{Timeout: time.Minute, DataPlane: os.Getenv("SWITCHYARD_BENCH_PLANE")}
-		res, err := BenchCollectives(context.Background(), w, []int{4 << 10, 1 << 20, 16 << 20, 64 << 20}, 5,
-			BenchTransport(o, CommOptions{Segment: envInt("SWITCHYARD_BENCH_SEGMENT")}))
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, r := range res {
-			j, _ := json.Marshal(r)
-			fmt.Println(string(j))
-		}
-	}
-}
-
-func envInt(name string) int {
-	var n int
-	fmt.Sscan(os.Getenv(name), &n)
-	return n
 }

@@ -144,12 +144,12 @@ func (c *checkpointer) tidy(ctx context.Context) {
 		return
 	}
 	if steps, err := c.mgr.ResumeDeletions(ctx, c.cfg.Job); err != nil {
-		slog.Warn("finishing interrupted checkpoint deletions failed", "job-id", c.cfg.Job, "err", err)
+		slog.Warn("finishing interrupted checkpoint deletions failed", "job-id", c.cfg.Job, "error", err)
 	} else if len(steps) > 0 {
 		slog.Info("finished interrupted checkpoint deletions", "job-id", c.cfg.Job, "steps", steps)
 	}
 	if removed, err := c.mgr.CollectGarbage(ctx, c.cfg.Job); err != nil {
-		slog.Warn("collecting uncommitted checkpoint shards failed", "job-id", c.cfg.Job, "err", err)
+		slog.Warn("collecting uncommitted checkpoint shards failed", "job-id", c.cfg.Job, "error", err)
 	} else if len(removed) > 0 {
 		slog.Info("removed shards of uncommitted checkpoints", "job-id", c.cfg.Job, "files", len(removed))
 	}
@@ -482,7 +482,7 @@ func (c *checkpointer) load(ctx context.Context, t *Trainer) (bool, error) {
 		}
 	} else {
 		m, err = c.mgr.LoadLatestVerified(ctx, c.cfg.Job, func(step int64, err error) {
-			slog.Warn("checkpoint unusable, falling back", "job-id", c.cfg.Job, "step", step, "err", err)
+			slog.Warn("checkpoint unusable, falling back", "job-id", c.cfg.Job, "step", step, "error", err)
 			if c.rank() == 0 {
 				announce(c.events, "CheckpointUnusable", fmt.Sprintf("checkpoint of step %d unusable, falling back to an older one: %v", step, err))
 			}

@@ -360,7 +360,6 @@ func (t *Trainer) TrainStep(ctx context.Context) (StepMetrics, error) {
 func (t *Trainer) Run(ctx context.Context) (*Report, error) {
 	start := time.Now()
 	var last StepMetrics
-	var lastEval *Eval
 	stopped := ""
 	for t.step < t.Cfg.Steps {
 		if t.step > 0 {
@@ -396,7 +395,6 @@ func (t *Trainer) Run(ctx context.Context) (*Report, error) {
 			if err != nil {
 				return nil, err
 			}
-			lastEval = ev
 			if t.ckpt != nil {
 				t.ckpt.noteEval(int64(t.step), ev)
 			}
@@ -415,7 +413,6 @@ func (t *Trainer) Run(ctx context.Context) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	_ = lastEval
 	rep := t.report(ev, last, time.Since(start))
 	rep.Stopped = stopped
 	if t.Cfg.OutDir != "" && t.Dist.Leader() {

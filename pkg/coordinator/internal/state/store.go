@@ -16,6 +16,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/switchyard-ml/switchyard/pkg/jobstate"
 	pb "github.com/switchyard-ml/switchyard/proto/switchyard/coordinator/v1"
 )
 
@@ -54,20 +55,6 @@ func New(maxEvents int) *Store {
 		maxEvents = DefaultMaxEvents
 	}
 	return &Store{jobs: map[string]*pb.Job{}, maxEvents: maxEvents}
-}
-
-// Final reports whether a job in state st will never change state again.
-func Final(st pb.JobState) bool {
-	switch st {
-	case pb.JobState_JOB_STATE_SUCCEEDED, pb.JobState_JOB_STATE_FAILED, pb.JobState_JOB_STATE_CANCELLED:
-		return true
-	}
-	return false
-}
-
-// StateName is the lower-case name of a job state ("pending", "running", ...).
-func StateName(st pb.JobState) string {
-	return strings.ToLower(strings.TrimPrefix(st.String(), "JOB_STATE_"))
 }
 
 func invalid(format string, args ...any) error {
@@ -131,13 +118,13 @@ func (s *Store) SetState(now int64, c *pb.SetJobState) (*pb.Job, error) {
 		case pb.JobState_JOB_STATE_SUCCEEDED:
 			ok = from == pb.JobState_JOB_STATE_PLACED || from == pb.JobState_JOB_STATE_RUNNING
 		case pb.JobState_JOB_STATE_FAILED:
-			ok = !Final(from)
+			ok = !jobstate.Final(from)
 		}
 		if !ok {
-			if Final(from) {
-				return nil, fmt.Errorf("%w: %s is %s", ErrJobFinished, j.Id, StateName(from))
+			if jobstate.Final(from) {
+				return nil, fmt.Errorf("%w: %s is %s", ErrJobFinished, j.Id, jobstate.Lower(from))
 			}
-			return nil, fmt.Errorf("%w: %s: %s -> %s", ErrInvalidTransition, j.Id, StateName(from), StateName(to))
+			return nil, fmt.Errorf("%w: %s: %s -> %s", ErrInvalidTransition, j.Id, jobstate.Lower(from), jobstate.Lower(to))
 		}
 		s.transition(j, now, to, c.GetReason(), c.GetMessage())
 	}
@@ -160,10 +147,10 @@ func (s *Store) Place(now int64, c *pb.PlaceJob) (*pb.Job, error) {
 		return nil, err
 	}
 	if j.State != pb.JobState_JOB_STATE_PENDING {
-		if Final(j.State) {
-			return nil, fmt.Errorf("%w: %s is %s", ErrJobFinished, j.Id, StateName(j.State))
+		if jobstate.Final(j.State) {
+			return nil, fmt.Errorf("%w: %s is %s", ErrJobFinished, j.Id, jobstate.Lower(j.State))
 		}
-		return nil, fmt.Errorf("%w: %s: place while %s", ErrInvalidTransition, j.Id, StateName(j.State))
+		return nil, fmt.Errorf("%w: %s: place while %s", ErrInvalidTransition, j.Id, jobstate.Lower(j.State))
 	}
 	n := len(c.GetPlacement())
 	if c.GetDp() < 0 || c.GetEp() < 0 {
@@ -231,10 +218,10 @@ func (s *Store) Progress(now int64, c *pb.JobProgress) (*pb.Job, error) {
 		s.transition(j, now, pb.JobState_JOB_STATE_RUNNING, "FirstStep", fmt.Sprintf("step %d reported", c.Step))
 	case pb.JobState_JOB_STATE_RUNNING:
 	default:
-		if Final(j.State) {
-			return nil, fmt.Errorf("%w: %s is %s", ErrJobFinished, j.Id, StateName(j.State))
+		if jobstate.Final(j.State) {
+			return nil, fmt.Errorf("%w: %s is %s", ErrJobFinished, j.Id, jobstate.Lower(j.State))
 		}
-		return nil, fmt.Errorf("%w: %s: progress while %s", ErrInvalidTransition, j.Id, StateName(j.State))
+		return nil, fmt.Errorf("%w: %s: progress while %s", ErrInvalidTransition, j.Id, jobstate.Lower(j.State))
 	}
 	if j.Progress == nil {
 		j.Progress = &pb.Progress{}
@@ -259,8 +246,8 @@ func (s *Store) Cancel(now int64, c *pb.CancelJob) (*pb.Job, error) {
 	switch {
 	case j.State == pb.JobState_JOB_STATE_CANCELLED:
 		return clone(j), nil
-	case Final(j.State):
-		return nil, fmt.Errorf("%w: %s is %s", ErrJobFinished, j.Id, StateName(j.State))
+	case jobstate.Final(j.State):
+		return nil, fmt.Errorf("%w: %s is %s", ErrJobFinished, j.Id, jobstate.Lower(j.State))
 	}
 	reason := c.GetReason()
 	if reason == "" {
@@ -280,10 +267,10 @@ func (s *Store) Requeue(now int64, c *pb.RequeueJob) (*pb.Job, error) {
 		return nil, err
 	}
 	if j.State != pb.JobState_JOB_STATE_PLACED && j.State != pb.JobState_JOB_STATE_RUNNING {
-		if Final(j.State) {
-			return nil, fmt.Errorf("%w: %s is %s", ErrJobFinished, j.Id, StateName(j.State))
+		if jobstate.Final(j.State) {
+			return nil, fmt.Errorf("%w: %s is %s", ErrJobFinished, j.Id, jobstate.Lower(j.State))
 		}
-		return nil, fmt.Errorf("%w: %s: requeue while %s", ErrInvalidTransition, j.Id, StateName(j.State))
+		return nil, fmt.Errorf("%w: %s: requeue while %s", ErrInvalidTransition, j.Id, jobstate.Lower(j.State))
 	}
 	j.Placement = nil
 	j.Restarts++
@@ -309,7 +296,7 @@ func (s *Store) Resume(now int64, c *pb.ResumeJob) (*pb.Job, error) {
 		return nil, err
 	}
 	if j.State != pb.JobState_JOB_STATE_FAILED && j.State != pb.JobState_JOB_STATE_CANCELLED {
-		return nil, fmt.Errorf("%w: %s: resume while %s (only failed or cancelled jobs resume)", ErrInvalidTransition, j.Id, StateName(j.State))
+		return nil, fmt.Errorf("%w: %s: resume while %s (only failed or cancelled jobs resume)", ErrInvalidTransition, j.Id, jobstate.Lower(j.State))
 	}
 	j.Placement = nil
 	j.Restarts++
@@ -343,7 +330,7 @@ func (s *Store) Unfinished() []*pb.Job {
 	defer s.mu.RUnlock()
 	var out []*pb.Job
 	for _, j := range s.jobs {
-		if !Final(j.State) {
+		if !jobstate.Final(j.State) {
 			out = append(out, clone(j))
 		}
 	}
@@ -413,14 +400,14 @@ func (s *Store) get(id string) (*pb.Job, error) {
 func (s *Store) transition(j *pb.Job, now int64, to pb.JobState, reason, msg string) {
 	j.State, j.Reason, j.Message = to, reason, msg
 	j.UpdatedUnixNano = now
-	if Final(to) {
+	if jobstate.Final(to) {
 		j.FinishedUnixNano = now
 	}
 	text := reason
 	if msg != "" {
 		text += ": " + msg
 	}
-	s.event(j, now, strings.ToUpper(StateName(to)[:1])+StateName(to)[1:], text, "")
+	s.event(j, now, strings.ToUpper(jobstate.Lower(to)[:1])+jobstate.Lower(to)[1:], text, "")
 }
 
 func (s *Store) event(j *pb.Job, now int64, typ, msg, worker string) {

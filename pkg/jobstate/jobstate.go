@@ -1,0 +1,41 @@
+// Package jobstate is the one table of a job's states: their names and
+// which of them are final. The coordinator's store, the controller, the CLI
+// and the tests all read it.
+package jobstate
+
+import (
+	"strings"
+
+	pb "github.com/switchyard-ml/switchyard/proto/switchyard/coordinator/v1"
+)
+
+const prefix = "JOB_STATE_"
+
+// Final reports whether a job in state st will never change state again
+// (succeeded, failed or cancelled).
+func Final(st pb.JobState) bool {
+	switch st {
+	case pb.JobState_JOB_STATE_SUCCEEDED, pb.JobState_JOB_STATE_FAILED, pb.JobState_JOB_STATE_CANCELLED:
+		return true
+	}
+	return false
+}
+
+// Name is the state's upper-case name: "RUNNING" for JOB_STATE_RUNNING (a
+// value outside the enum keeps protobuf's numeric name).
+func Name(st pb.JobState) string {
+	return strings.TrimPrefix(st.String(), prefix)
+}
+
+// Lower is Name in lower case: "running".
+func Lower(st pb.JobState) string { return strings.ToLower(Name(st)) }
+
+// Parse reads a state's name in either case ("running", "RUNNING"); the
+// unspecified state is not a name.
+func Parse(name string) (pb.JobState, bool) {
+	v, ok := pb.JobState_value[prefix+strings.ToUpper(strings.TrimSpace(name))]
+	if !ok || v == 0 {
+		return 0, false
+	}
+	return pb.JobState(v), true
+}

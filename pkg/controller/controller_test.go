@@ -2,6 +2,7 @@ package controller
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -107,6 +108,7 @@ func newHarness(t *testing.T, n int, token string) *harness {
 			Workers:  membership.NewMemory(h.members),
 			Replicas: membership.NewMemory(h.dir),
 			Bus:      h.bus, Token: token, Tick: 50 * time.Millisecond, ProgressEvery: 100 * time.Millisecond,
+			ReplicaLag:  300 * time.Millisecond,
 			Checkpoints: etcdCheckpoints{cat: h.cat, log: cfg.Logger},
 			Logger:      cfg.Logger,
 		})
@@ -155,6 +157,33 @@ func (h *harness) client(r *replica, token string) *client.Client {
 	}
 	h.t.Cleanup(func() { c.Close() })
 	return c
+}
+
+// follower returns a replica that is not the leader, once it knows the
+// leader's API address (which it needs to forward).
+func (h *harness) follower() *replica {
+	h.t.Helper()
+	lead := h.leader()
+	deadline := time.Now().Add(5 * time.Second)
+	for _, r := range h.replicas {
+		if r == lead {
+			continue
+		}
+		for {
+			r.srv.mu.Lock()
+			_, ok := r.srv.replicas[lead.node.ID()]
+			r.srv.mu.Unlock()
+			if ok {
+				return r
+			}
+			if time.Now().After(deadline) {
+				h.t.Fatalf("follower %s never learnt the leader's address", r.node.ID())
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	h.t.Fatal("no follower")
+	return nil
 }
 
 // worker registers a fake worker in the in-memory membership.
@@ -439,25 +468,7 @@ func TestCancelStopsTasks(t *testing.T) {
 // calls without the token are refused; a bad spec names its field.
 func TestFollowerForwardsAndToken(t *testing.T) {
 	h := newHarness(t, 3, "s3cret")
-	lead := h.leader()
-	var follower *replica
-	for _, r := range h.replicas {
-		if r != lead {
-			follower = r
-			break
-		}
-	}
-	// the follower needs the leader's directory entry
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		follower.srv.mu.Lock()
-		_, ok := follower.srv.replicas[lead.node.ID()]
-		follower.srv.mu.Unlock()
-		if ok || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	lead, follower := h.leader(), h.follower()
 	c := h.client(follower, "s3cret")
 	if j := submit(t, c, "job-f", 0); j.State != pb.JobState_JOB_STATE_PENDING {
 		t.Fatalf("submitted through a follower: %v", j)
@@ -646,4 +657,49 @@ func TestMalformedRPCs(t *testing.T) {
 	if _, err := c.DeleteCheckpoint(ctx, &apiv1.DeleteCheckpointRequest{JobId: "nope", Step: 1}); code(err) != codes.NotFound {
 		t.Errorf("delete for an unknown job: %v", err)
 	}
+}
+
+// TestFollowerReadsWaitForTheLeader: a follower's streams deny only a job
+// the leader does not know; for a job it has not yet replicated (a replica
+// that just restarted is seconds behind) it waits, and a replica that
+// cannot catch up answers UNAVAILABLE, which clients retry, never NOT_FOUND.
+func TestFollowerReadsWaitForTheLeader(t *testing.T) {
+	h := newHarness(t, 3, "")
+	lead, follower := h.leader(), h.follower()
+	lc, fc := h.client(lead, ""), h.client(follower, "")
+	logs := func(c apiv1.CoordinatorClient, id string) error {
+		s, err := c.JobLogs(ctxT(t), &apiv1.JobLogsRequest{JobId: id})
+		if err != nil {
+			return err
+		}
+		for {
+			if _, err := s.Recv(); err != nil {
+				if errors.Is(err, io.EOF) {
+					return nil
+				}
+				return err
+			}
+		}
+	}
+	start := time.Now()
+	if err := logs(fc, "no-such-job"); status.Code(err) != codes.NotFound {
+		t.Fatalf("unknown job through a follower: %v", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("not found took %v: the follower waited instead of asking the leader", d)
+	}
+	submit(t, lc, "job-r", 0)
+	if err := logs(fc, "job-r"); err != nil {
+		t.Fatalf("logs of a job submitted through the leader, read through a follower: %v", err)
+	}
+	// cut the follower off: it keeps its state but receives nothing more
+	if err := follower.node.Shutdown(); err != nil {
+		t.Fatal(err)
+	}
+	submit(t, lc, "job-s", 0)
+	err := logs(fc, "job-s")
+	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "job-s") {
+		t.Fatalf("a job the cut-off follower never received: %v (want UNAVAILABLE naming the job)", err)
+	}
+	t.Logf("cut-off follower: %v", err)
 }

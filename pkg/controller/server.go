@@ -67,7 +67,11 @@ type Config struct {
 	// FailureGrace is how long a rank failure waits for a worker loss
 	// that explains it (default 2.5s).
 	FailureGrace time.Duration
-	Logger       *slog.Logger
+	// ReplicaLag bounds how long a follower waits for a job the leader
+	// knows to be replicated to it before answering UNAVAILABLE (default
+	// 30s; a replica that just restarted can be 10s behind).
+	ReplicaLag time.Duration
+	Logger     *slog.Logger
 	// Now is the clock of the leader's bookkeeping (backoff, progress rate).
 	Now func() time.Time
 }
@@ -147,6 +151,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.FailureGrace <= 0 {
 		cfg.FailureGrace = 2500 * time.Millisecond
+	}
+	if cfg.ReplicaLag <= 0 {
+		cfg.ReplicaLag = 30 * time.Second
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()

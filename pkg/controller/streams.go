@@ -11,7 +11,6 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/switchyard-ml/switchyard/pkg/checkpoint"
-	"github.com/switchyard-ml/switchyard/pkg/coordinator"
 	"github.com/switchyard-ml/switchyard/pkg/events"
 	"github.com/switchyard-ml/switchyard/pkg/jobstate"
 	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
@@ -34,26 +33,6 @@ const pollEvery = 250 * time.Millisecond
 // quietAfterEnd is how long `logs -f` keeps listening after the job ended,
 // for the last lines of its ranks.
 const quietAfterEnd = 2 * time.Second
-
-// localJob reads a job from this replica, waiting a moment for a job that
-// was just submitted through another replica to be replicated here.
-func (s *Server) localJob(ctx context.Context, id string) (*pb.Job, error) {
-	deadline := time.Now().Add(catchUp)
-	for {
-		j, err := s.cfg.Node.Job(id)
-		if err == nil || !errors.Is(err, coordinator.ErrJobNotFound) || time.Now().After(deadline) {
-			return j, err
-		}
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-}
-
-// catchUp bounds how long a replica waits to learn of a job it does not know.
-const catchUp = 2 * time.Second
 
 func (s *Server) JobLogs(req *apiv1.JobLogsRequest, stream apiv1.Coordinator_JobLogsServer) error {
 	ctx := stream.Context()

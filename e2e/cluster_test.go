@@ -270,6 +270,24 @@ func eventTime(j *pb.Job, typ string, after int64) int64 {
 	return 0
 }
 
+// committedBefore is the newest step of the job's CheckpointCommitted
+// events recorded before its first event of type typ (0: none).
+func committedBefore(j *pb.Job, typ string) int64 {
+	var newest int64
+	for _, e := range j.Events {
+		if e.Type == typ {
+			break
+		}
+		var step int64
+		if e.Type == "CheckpointCommitted" {
+			if _, err := fmt.Sscanf(e.Message, "checkpoint of step %d committed", &step); err == nil {
+				newest = max(newest, step)
+			}
+		}
+	}
+	return newest
+}
+
 func placedOn(j *pb.Job) []string {
 	var ws []string
 	for _, a := range j.Placement {

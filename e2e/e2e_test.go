@@ -211,7 +211,15 @@ func TestCluster(t *testing.T) {
 		// the first attempt's rank 0 wrote one metrics line per finished step
 		last := lastMetricsStep(t, filepath.Join(c.storage, "jobs", id, "attempt-0", "rank-0", "metrics.jsonl"))
 		t.Logf("FIGURE recovery: last step finished before the kill %d, resumed from the checkpoint of step %d: %d steps lost (checkpoint every %d)", last, from, last-from, every)
-		if last-from < 0 || last-from > every {
+		// A save is written in the background and committed after the
+		// next step, its commit overlapping training until the next save:
+		// the resume point is the newest checkpoint the first attempt had
+		// committed when the worker was declared lost, at most two
+		// intervals (and the step the commit waits for) behind its last step.
+		if committed := committedBefore(j, "WorkerLost"); from != committed {
+			t.Errorf("resumed from the checkpoint of step %d; the newest committed before the worker was lost is %d", from, committed)
+		}
+		if last-from < 0 || last-from > 2*every+1 {
 			t.Errorf("lost %d steps with a checkpoint every %d", last-from, every)
 		}
 		// the loss curve continues: the resumed attempt's first step is the

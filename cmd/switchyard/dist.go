@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/switchyard-ml/switchyard/pkg/parallel"
+	"github.com/switchyard-ml/switchyard/pkg/runconfig"
 	"github.com/switchyard-ml/switchyard/pkg/train"
 )
 
@@ -36,6 +37,26 @@ func (f *distFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&f.commTimeout, "comm-timeout", 60*time.Second, "a peer silent this long in a collective is an error")
 	fs.DurationVar(&f.connectLimit, "connect-timeout", 60*time.Second, "how long to wait for every peer at start")
 	fs.StringVar(&f.dataPlane, "data-plane", parallel.DataPlaneTCP, "how collective payloads travel: tcp (a plain socket per rank pair beside the gRPC control stream; faster for large tensors) or grpc (everything on the gRPC streams)")
+}
+
+// useConfig takes the layout of the run config's dist section (what a
+// worker writes in run.yaml) for every layout flag not given on the
+// command line.
+func (f *distFlags) useConfig(d runconfig.Dist, fs *flag.FlagSet) {
+	set := map[string]bool{}
+	fs.Visit(func(fl *flag.Flag) { set[fl.Name] = true })
+	for _, v := range []struct {
+		name string
+		dst  *int
+		val  int
+	}{{"world", &f.world, d.World}, {"tp", &f.tp, d.TP}, {"dp", &f.dp, d.DP}, {"ep", &f.ep, d.EP}} {
+		if !set[v.name] && v.val > 0 {
+			*v.dst = v.val
+		}
+	}
+	if !set["balance"] && d.Balance != "" {
+		f.balance = d.Balance
+	}
 }
 
 func (f *distFlags) layout() (parallel.Layout, error) {

@@ -229,25 +229,21 @@ func fmtRate(tokPerSec float64) string {
 	return fmt.Sprintf("%.0f", tokPerSec)
 }
 
-// tokensPerStep is the tokens one optimizer step trains on, from the job's
-// spec: micro_batch * accumulation * dp * model.seq_len (what pkg/train
-// counts in tokens/s), with dp = world_size / parallel.tp so that an
-// elastic job resized after a restart counts its current dp. 0 when the
-// spec does not parse.
+// tokensPerStep is the tokens one optimizer step of the job's current
+// attempt trains on (jobspec's TokensPerStep, what pkg/train counts in
+// tokens/s): an elastic job resized after a restart runs with its placed
+// dp (or world_size / parallel.tp) and the accumulation that keeps its
+// global batch. 0 when the spec does not parse.
 func tokensPerStep(j *coordinatorv1.Job) float64 {
 	s, err := jobspec.Parse(j.GetSpec())
 	if err != nil {
 		return 0
 	}
-	m, err := s.ModelConfig()
-	if err != nil {
-		return 0
-	}
-	dp := s.Parallel.DP
-	if w := int(j.GetWorldSize()); w > 0 && s.Parallel.TP > 0 && w%s.Parallel.TP == 0 {
+	dp := int(j.GetPlacedDp())
+	if w := int(j.GetWorldSize()); dp == 0 && w > 0 && w%s.Parallel.TP == 0 {
 		dp = w / s.Parallel.TP
 	}
-	return float64(s.MicroBatch) * float64(s.Accumulation) * float64(dp) * float64(m.SeqLen)
+	return s.TokensPerStep(s.AttemptLayout(dp, int(j.GetPlacedEp())))
 }
 
 // eta is the time the remaining steps take at the current rate:

@@ -312,4 +312,10 @@ func TestJobETA(t *testing.T) {
 	if got := tokensPerStep(j); got != 8*1*4*256 {
 		t.Fatalf("tokensPerStep = %v", got)
 	}
+	// shrunk from dp 4 to dp 2: the accumulation doubles, the global
+	// batch and the tokens per step stay
+	j = &coordinatorv1.Job{Spec: []byte("name: x\nparallel: {dp: 4, ep: 2}\naccumulation: 1\nelastic: {min_dp: 2}\n"), WorldSize: 2, PlacedDp: 2, PlacedEp: 2}
+	if got := tokensPerStep(j); got != 8*2*2*256 {
+		t.Fatalf("tokensPerStep after shrinking = %v, want %v", got, 8*2*2*256)
+	}
 }

@@ -146,6 +146,7 @@ func cmdTrain(ctx context.Context, args []string) error {
 	if err := cfg.Validate(); err != nil {
 		return usageError{err}
 	}
+	df.useConfig(cfg.Dist, fs)
 	dist, closeDist, err := df.connect(ctx)
 	if err != nil {
 		return err

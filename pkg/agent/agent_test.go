@@ -20,14 +20,16 @@ import (
 
 	"github.com/switchyard-ml/switchyard/pkg/events"
 	"github.com/switchyard-ml/switchyard/pkg/membership"
+	"github.com/switchyard-ml/switchyard/pkg/runconfig"
 	"github.com/switchyard-ml/switchyard/pkg/train"
 	"github.com/switchyard-ml/switchyard/pkg/workerconfig"
 	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
 )
 
 // fakeTrainer stands in for `switchyard train`. It records its argv in
-// <out>/args, its pid in <out>/pid and one line per start in <out>/starts,
-// prints to stdout and stderr, and behaves by the job id in --out:
+// <out>/args, its pid in <out>/pid and one line per start in <out>/starts
+// (<out> is the directory of --config's run.yaml, the run directory),
+// prints to stdout and stderr, and behaves by the job id in <out>:
 //
 // With SWITCHYARD_EVENTS=1 (the agent sets it) it announces two events.
 //
@@ -40,7 +42,7 @@ const fakeTrainer = `#!/bin/sh
 prev=
 for a in "$@"; do
   case "$prev" in
-    --out) out=$a ;;
+    --config) out=$(dirname "$a") ;;
     --rank) rank=$a ;;
   esac
   prev=$a
@@ -318,29 +320,37 @@ func TestSuccessArgvMetricsAndLogs(t *testing.T) {
 	// The command lines.
 	dir := h.runDir("ok-one", 1, 0)
 	ckpt := filepath.Join(h.storage, "checkpoints")
-	want := []string{"train", "--config", filepath.Join(dir, "run.yaml"), "--rank", "0", "--world", "1", "--tp", "1", "--dp", "1", "--ep", "1",
-		"--balance", "dp", "--out", dir, "--json", "--checkpoint-dir", ckpt, "--checkpoint-job", "ok-one", "--checkpoint-etcd", "127.0.0.1:2379", "--commit-via", "127.0.0.1:7000", "--attempt", "1",
-		"--resume"}
+	want := []string{"train", "--config", filepath.Join(dir, "run.yaml"), "--rank", "0", "--json"}
 	if got := readLines(t, filepath.Join(dir, "args")); !reflect.DeepEqual(got, want) {
 		t.Errorf("rank 0 argv\n got %q\nwant %q", got, want)
 	}
 	dir1 := h.runDir("ok-multi", 1, 1)
-	ckpt1 := shared
-	want1 := []string{"train", "--config", filepath.Join(dir1, "run.yaml"), "--rank", "1", "--world", "2", "--tp", "1", "--dp", "2", "--ep", "1",
-		"--balance", "node", "--peers", "127.0.0.1:7170,127.0.0.1:7171", "--listen", "127.0.0.1:7171",
-		"--out", dir1, "--json", "--checkpoint-dir", ckpt1, "--checkpoint-job", "ok-multi", "--checkpoint-etcd", "127.0.0.1:2379", "--commit-via", "127.0.0.1:7000", "--attempt", "1",
-		"--checkpoint-every", "5", "--resume", "--resume-step", "40"}
+	want1 := []string{"train", "--config", filepath.Join(dir1, "run.yaml"), "--rank", "1", "--json",
+		"--peers", "127.0.0.1:7170,127.0.0.1:7171", "--listen", "127.0.0.1:7171"}
 	if got := readLines(t, filepath.Join(dir1, "args")); !reflect.DeepEqual(got, want1) {
 		t.Errorf("rank 1 argv\n got %q\nwant %q", got, want1)
 	}
 
-	// run.yaml is what the spec says, read back by pkg/train.
-	tc, err := train.Load(filepath.Join(dir1, "run.yaml"))
+	// run.yaml is the rank's whole configuration (jobspec's RankConfig),
+	// read back by the trainer's loader.
+	tc, err := train.Load(filepath.Join(dir, "run.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c := tc.Checkpoint; tc.OutDir != dir1 || c.Dir != ckpt1 || c.Every != 5 || c.KeepLast != 2 || !tc.Resume || tc.Steps != 100 {
-		t.Errorf("run.yaml: %+v", tc)
+	wantCk := runconfig.Checkpoint{Dir: ckpt, Job: "ok-one", KeepLast: 3, Etcd: []string{"127.0.0.1:2379"}, CommitVia: []string{"127.0.0.1:7000"}, Attempt: 1}
+	if tc.OutDir != dir || !tc.Resume || !reflect.DeepEqual(tc.Checkpoint, wantCk) ||
+		tc.Dist != (runconfig.Dist{World: 1, TP: 1, DP: 1, EP: 1, Balance: "dp"}) {
+		t.Errorf("rank 0 run.yaml: %+v\nwant checkpoint %+v", tc, wantCk)
+	}
+	tc, err = train.Load(filepath.Join(dir1, "run.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantCk = runconfig.Checkpoint{Dir: shared, Job: "ok-multi", Every: 5, KeepLast: 2, Etcd: []string{"127.0.0.1:2379"},
+		CommitVia: []string{"127.0.0.1:7000"}, Attempt: 1, ResumeStep: 40}
+	if tc.OutDir != dir1 || !tc.Resume || tc.Steps != 100 || !reflect.DeepEqual(tc.Checkpoint, wantCk) ||
+		tc.Dist != (runconfig.Dist{World: 2, TP: 1, DP: 2, EP: 1, Balance: "node"}) {
+		t.Errorf("rank 1 run.yaml: %+v\nwant checkpoint %+v", tc, wantCk)
 	}
 	if out := readLines(t, filepath.Join(dir, "stdout.log")); !reflect.DeepEqual(out, []string{"hello from rank 0"}) {
 		t.Errorf("stdout.log %q", out)
@@ -669,9 +679,12 @@ func TestS3CheckpointLocationPassedThrough(t *testing.T) {
 	spec := "name: demo\nsteps: 5\ncheckpoint: {storage: s3, path: s3://bucket/runs}\n"
 	h.coord.set(newTestTask("ok-s3", 0, 1, spec))
 	h.waitState("ok-s3", 0, apiv1.TaskState_TASK_STATE_SUCCEEDED)
-	args := strings.Join(readLines(t, filepath.Join(h.runDir("ok-s3", 1, 0), "args")), " ")
-	if !strings.Contains(args, "--checkpoint-dir s3://bucket/runs --checkpoint-job ok-s3") {
-		t.Fatalf("argv %s", args)
+	tc, err := train.Load(filepath.Join(h.runDir("ok-s3", 1, 0), "run.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tc.Checkpoint.Dir != "s3://bucket/runs" || tc.Checkpoint.Job != "ok-s3" {
+		t.Fatalf("run.yaml checkpoint %+v", tc.Checkpoint)
 	}
 	if _, err := os.Stat(filepath.Join(h.storage, "checkpoints")); !os.IsNotExist(err) {
 		t.Fatalf("a local checkpoint directory was made for an S3 job: %v", err)

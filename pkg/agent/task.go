@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -130,22 +129,20 @@ func (t *task) status() *apiv1.TaskStatus {
 	}
 }
 
-// jobIDRE: a job id is one path element and one NATS subject token.
-var jobIDRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$`)
-
 // launch is how a task's rank is started.
 type launch struct {
-	runDir   string
-	ckptRoot string   // the job's checkpoints are <ckptRoot>/<job-id>
-	args     []string // after the trainer binary
+	runDir string
+	args   []string // after the trainer binary
 }
 
-// prepare checks the task, writes its run directory and run.yaml and
-// builds the trainer's arguments.
+// prepare checks the task, writes its run directory and run.yaml (the
+// rank's whole configuration, jobspec's RankConfig) and builds the
+// trainer's arguments: the config, the rank and, for several ranks, the
+// peers.
 func (a *Agent) prepare(t *apiv1.Task) (launch, error) {
 	k := keyOf(t)
-	if !jobIDRE.MatchString(k.jobID) {
-		return launch{}, fmt.Errorf("job id %q: must be 1-128 of A-Z, a-z, 0-9, '_' and '-'", k.jobID)
+	if err := jobspec.ValidJobID(k.jobID); err != nil {
+		return launch{}, err
 	}
 	world := int(t.GetWorldSize())
 	if world < 1 || k.rank < 0 || int(k.rank) >= world || k.attempt < 0 {
@@ -158,93 +155,69 @@ func (a *Agent) prepare(t *apiv1.Task) (launch, error) {
 	if err != nil {
 		return launch{}, fmt.Errorf("job spec: %w", err)
 	}
-	tc, err := spec.TrainConfig()
-	if err != nil {
-		return launch{}, fmt.Errorf("job spec: %w", err)
-	}
-	if acc := int(t.GetAccumulation()); acc > 0 {
-		tc.Accumulation = acc // an elastic restart keeps the global batch
+	l := taskLayout(spec, t)
+	if l.World() != world {
+		return launch{}, fmt.Errorf("layout tp %d x dp %d is not the world of %d ranks", l.TP, l.DP, world)
 	}
 	storage := a.o.Config.StoragePath
-	l := launch{
-		runDir:   filepath.Join(storage, "jobs", k.jobID, fmt.Sprintf("attempt-%d", k.attempt), fmt.Sprintf("rank-%d", k.rank)),
-		ckptRoot: spec.Checkpoint.Path,
+	host := jobspec.Host{
+		RunDir:         filepath.Join(storage, "jobs", k.jobID, fmt.Sprintf("attempt-%d", k.attempt), fmt.Sprintf("rank-%d", k.rank)),
+		CheckpointRoot: filepath.Join(storage, "checkpoints"),
+		Etcd:           a.o.Config.EtcdEndpoints,
+		// commits go through the coordinator, which refuses those of an
+		// attempt that is over (the token travels in the environment)
+		CommitVia: a.o.Config.Coordinators,
+		CommitTLS: a.o.Config.TLS,
 	}
-	if l.ckptRoot == "" {
-		l.ckptRoot = filepath.Join(storage, "checkpoints")
+	cfg, err := spec.RankConfig(jobspec.Task{JobID: k.jobID, Attempt: int(k.attempt), Layout: l, ResumeStep: t.GetResumeFromStep()}, host)
+	if err != nil {
+		return launch{}, err
 	}
-	dirs := []string{l.runDir}
+	dirs := []string{host.RunDir}
 	if spec.Checkpoint.Storage != jobspec.StorageS3 {
 		// s3://bucket/prefix: the rank reaches the S3 server with the
 		// worker's SWITCHYARD_S3_* and AWS_* environment
-		dirs = append(dirs, l.ckptRoot)
+		dirs = append(dirs, cfg.Checkpoint.Dir)
 	}
 	for _, d := range dirs {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return launch{}, err
 		}
 	}
-	tc.OutDir = l.runDir
-	tc.Checkpoint.Dir = l.ckptRoot
-	tc.Checkpoint.Every = spec.Checkpoint.IntervalSteps
-	tc.Checkpoint.KeepLast = spec.Checkpoint.KeepLast
-	tc.Checkpoint.KeepBest = spec.Checkpoint.KeepBest
-	tc.Checkpoint.EveryMinutes = float64(spec.Checkpoint.IntervalMinutes)
-	tc.Resume = true
-	raw, err := yaml.Marshal(tc)
+	raw, err := yaml.Marshal(cfg)
 	if err != nil {
 		return launch{}, fmt.Errorf("run config: %w", err)
 	}
-	runYAML := filepath.Join(l.runDir, "run.yaml")
+	runYAML := filepath.Join(host.RunDir, "run.yaml")
 	if err := writeFileAtomic(runYAML, raw); err != nil {
 		return launch{}, err
 	}
 	// A previous worker process may have left the metrics of an earlier
 	// run of this task; the new run writes its own from the start.
-	if err := os.Remove(filepath.Join(l.runDir, "metrics.jsonl")); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := os.Remove(filepath.Join(host.RunDir, "metrics.jsonl")); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return launch{}, err
 	}
-
-	itoa := func(v int32) string { return strconv.Itoa(int(v)) }
-	or := func(v, d int) int32 {
-		if v > 0 {
-			return int32(v)
-		}
-		return int32(d)
-	}
-	balance := t.GetBalance()
-	if balance == "" {
-		balance = spec.Parallel.Balance
-	}
-	l.args = []string{"train",
-		"--config", runYAML,
-		"--rank", itoa(k.rank),
-		"--world", strconv.Itoa(world),
-		"--tp", itoa(or(int(t.GetTp()), spec.Parallel.TP)),
-		"--dp", itoa(or(int(t.GetDp()), spec.Parallel.DP)),
-		"--ep", itoa(or(int(t.GetEp()), spec.Parallel.EP)),
-		"--balance", balance,
-	}
+	args := []string{"train", "--config", runYAML, "--rank", strconv.Itoa(int(k.rank)), "--json"}
 	if world > 1 {
-		l.args = append(l.args, "--peers", strings.Join(t.GetPeers(), ","), "--listen", a.o.Config.ListenAddress)
+		args = append(args, "--peers", strings.Join(t.GetPeers(), ","), "--listen", a.o.Config.ListenAddress)
 	}
-	l.args = append(l.args, "--out", l.runDir, "--json",
-		"--checkpoint-dir", l.ckptRoot, "--checkpoint-job", k.jobID,
-		"--checkpoint-etcd", strings.Join(a.o.Config.EtcdEndpoints, ","),
-		// commits go through the coordinator, which refuses those of an
-		// attempt that is over (the token travels in the environment)
-		"--commit-via", strings.Join(a.o.Config.Coordinators, ","), "--attempt", itoa(k.attempt))
-	if tls := a.o.Config.TLS; tls.CA != "" {
-		l.args = append(l.args, "--commit-tls-ca", tls.CA, "--commit-tls-cert", tls.Cert, "--commit-tls-key", tls.Key)
+	return launch{runDir: host.RunDir, args: args}, nil
+}
+
+// taskLayout is the attempt's layout as the coordinator sent it, the
+// spec's where the task leaves a field out.
+func taskLayout(spec *jobspec.Spec, t *apiv1.Task) jobspec.Layout {
+	l := spec.AttemptLayout(int(t.GetDp()), int(t.GetEp()))
+	if tp := int(t.GetTp()); tp > 0 {
+		l.TP = tp
 	}
-	if n := spec.Checkpoint.IntervalSteps; n > 0 {
-		l.args = append(l.args, "--checkpoint-every", strconv.Itoa(n))
+	if acc := int(t.GetAccumulation()); acc > 0 {
+		l.Accumulation = acc
 	}
-	l.args = append(l.args, "--resume")
-	if r := t.GetResumeFromStep(); r > 0 {
-		l.args = append(l.args, "--resume-step", strconv.FormatInt(r, 10))
+	if b := t.GetBalance(); b != "" {
+		l.Balance = b
 	}
-	return l, nil
+	return l
 }
 
 func writeFileAtomic(path string, data []byte) error {

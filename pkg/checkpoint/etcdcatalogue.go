@@ -34,6 +34,10 @@ type EtcdCatalogue struct {
 
 var _ Catalogue = (*EtcdCatalogue)(nil)
 
+// CataloguePrefix is where the cluster's etcd catalogue keeps manifests
+// (the trainers write there, the coordinator reads and deletes).
+const CataloguePrefix = "/switchyard/checkpoints"
+
 // NewEtcdCatalogue returns a catalogue kept under prefix (e.g.
 // "/switchyard/checkpoints"; a trailing slash is ignored) in cli's etcd.
 // The caller owns cli.

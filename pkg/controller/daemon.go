@@ -25,7 +25,6 @@ import (
 	"github.com/switchyard-ml/switchyard/pkg/jobspec"
 	"github.com/switchyard-ml/switchyard/pkg/membership"
 	"github.com/switchyard-ml/switchyard/pkg/security"
-	"github.com/switchyard-ml/switchyard/pkg/train"
 	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
 	pb "github.com/switchyard-ml/switchyard/proto/switchyard/coordinator/v1"
 )
@@ -138,7 +137,7 @@ func Start(ctx context.Context, cfg DaemonConfig) (d *Daemon, err error) {
 		lis.Close()
 		return nil, err
 	}
-	var cps Checkpoints = etcdCheckpoints{cat: checkpoint.NewEtcdCatalogue(d.cli, train.CataloguePrefix), root: cfg.CheckpointRoot, log: log}
+	var cps Checkpoints = etcdCheckpoints{cat: checkpoint.NewEtcdCatalogue(d.cli, checkpoint.CataloguePrefix), root: cfg.CheckpointRoot, log: log}
 	var busCfg events.Bus
 	if d.bus != nil {
 		busCfg = d.bus

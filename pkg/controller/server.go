@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"regexp"
 	"sort"
 	"sync"
 	"time"
@@ -333,8 +332,6 @@ func (s *Server) spec(j *pb.Job) (*jobspec.Spec, error) {
 
 // ---- API: jobs ----
 
-var jobIDRe = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
-
 func (s *Server) SubmitJob(ctx context.Context, req *apiv1.SubmitJobRequest) (*apiv1.SubmitJobResponse, error) {
 	sp, err := jobspec.Parse(req.GetSpec())
 	if err != nil {
@@ -344,8 +341,8 @@ func (s *Server) SubmitJob(ctx context.Context, req *apiv1.SubmitJobRequest) (*a
 	if id == "" {
 		id = jobspec.NewJobID(sp.Name)
 	}
-	if !jobIDRe.MatchString(id) {
-		return nil, status.Errorf(codes.InvalidArgument, "job id %q: want 1-63 of [a-z0-9-], starting and ending with a letter or digit", id)
+	if err := jobspec.ValidJobID(id); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
 	if !s.cfg.Node.IsLeader() {
 		req.JobId = id

@@ -11,7 +11,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/switchyard-ml/switchyard/pkg/coordinator"
-	"github.com/switchyard-ml/switchyard/pkg/jobspec"
 	"github.com/switchyard-ml/switchyard/pkg/membership"
 	"github.com/switchyard-ml/switchyard/pkg/scheduler"
 	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
@@ -358,20 +357,6 @@ func (s *Server) placeElastic(ctx context.Context, j *pb.Job, live map[string]me
 	return false
 }
 
-// taskLayout is the degrees and accumulation a job's current attempt runs
-// with: the spec's, or the elastic placement's with the accumulation
-// scaled to keep the global batch when it divides evenly.
-func taskLayout(j *pb.Job, sp *jobspec.Spec) (dp, ep, acc int) {
-	dp, ep, acc = sp.Parallel.DP, sp.Parallel.EP, 0
-	if j.PlacedDp > 0 {
-		dp, ep = int(j.PlacedDp), int(j.PlacedEp)
-		if global := sp.Parallel.DP * sp.Accumulation; global%dp == 0 {
-			acc = global / dp
-		}
-	}
-	return dp, ep, acc
-}
-
 // setPending records why a pending job waits, when that changed.
 func (s *Server) setPending(ctx context.Context, j *pb.Job, reason, msg string) {
 	for _, c := range j.Conditions {
@@ -434,11 +419,11 @@ func (s *Server) SyncWorker(ctx context.Context, req *apiv1.SyncWorkerRequest) (
 		if err != nil {
 			continue
 		}
-		dp, ep, acc := taskLayout(j, sp)
+		l := sp.AttemptLayout(int(j.PlacedDp), int(j.PlacedEp))
 		resp.Tasks = append(resp.Tasks, &apiv1.Task{
 			JobId: j.Id, Attempt: j.Restarts, Rank: int32(mine), WorldSize: int32(len(j.Placement)),
-			Tp: int32(sp.Parallel.TP), Dp: int32(dp), Ep: int32(ep), Balance: sp.Parallel.Balance,
-			Peers: peers, Spec: j.Spec, ResumeFromStep: j.ResumeFromStep, Accumulation: int32(acc),
+			Tp: int32(l.TP), Dp: int32(l.DP), Ep: int32(l.EP), Balance: l.Balance,
+			Peers: peers, Spec: j.Spec, ResumeFromStep: j.ResumeFromStep, Accumulation: int32(l.Accumulation),
 		})
 	}
 	return resp, nil

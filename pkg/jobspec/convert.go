@@ -3,30 +3,28 @@ package jobspec
 import (
 	"fmt"
 
-	"github.com/switchyard-ml/switchyard/pkg/model"
-	"github.com/switchyard-ml/switchyard/pkg/optim"
+	"github.com/switchyard-ml/switchyard/pkg/runconfig"
 	"github.com/switchyard-ml/switchyard/pkg/scheduler"
-	"github.com/switchyard-ml/switchyard/pkg/train"
 )
 
 // TrainConfig maps the spec onto the per-process training config every rank
 // runs (the parallel layout, resources and policies are not part of it: the
 // worker gets its rank and layout from the coordinator). OutDir is left
-// empty for the worker to set. The result is validated by pkg/train.
-func (s *Spec) TrainConfig() (train.Config, error) {
+// empty for the worker to set (RankConfig sets it). The result is
+// validated by pkg/runconfig.
+func (s *Spec) TrainConfig() (runconfig.Config, error) {
 	corpus := s.Data.Corpus
 	if corpus == DemoCorpus {
 		corpus = ""
 	}
-	var overrides *model.Config
-	if s.Model.Config != (model.Config{}) {
-		o := s.Model.Config
+	var overrides *runconfig.Model
+	if o := s.Model.fields(); o != (runconfig.Model{}) {
 		overrides = &o
 	}
-	c := train.Config{
+	c := runconfig.Config{
 		Preset: s.Model.Preset,
 		Model:  overrides,
-		LBL: train.LBLConfig{
+		LBL: runconfig.LBL{
 			Mode:      s.LBL.Mode,
 			Coef:      s.LBL.Coef,
 			MicroCoef: s.LBL.MicroCoef,
@@ -35,7 +33,7 @@ func (s *Spec) TrainConfig() (train.Config, error) {
 			LayerCoef: append([]float64(nil), s.LBL.LayerCoef...),
 			BiasRate:  s.LBL.BiasRate,
 		},
-		Data: train.DataConfig{
+		Data: runconfig.Data{
 			Corpus:      corpus,
 			DemoBytes:   s.Data.DemoBytes,
 			ValFraction: s.Data.ValFraction,
@@ -45,7 +43,7 @@ func (s *Spec) TrainConfig() (train.Config, error) {
 		Accumulation: s.Accumulation,
 		Steps:        s.Steps,
 		Seed:         s.Seed,
-		Optim: optim.Config{
+		Optim: runconfig.Optim{
 			LR:          s.Optim.LR,
 			MinLR:       s.Optim.MinLR,
 			Beta1:       s.Optim.Beta1,
@@ -63,7 +61,7 @@ func (s *Spec) TrainConfig() (train.Config, error) {
 		c.LBL.LayerCoef = nil
 	}
 	if err := c.Validate(); err != nil {
-		return train.Config{}, fmt.Errorf("%w: training config: %w", ErrInvalid, err)
+		return runconfig.Config{}, fmt.Errorf("%w: training config: %w", ErrInvalid, err)
 	}
 	return c, nil
 }

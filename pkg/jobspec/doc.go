@@ -1,36 +1,43 @@
 // Package jobspec owns the job spec: the YAML document a user submits with
 // `switchyard job submit spec.yaml`, its defaults, its validation, and its
-// mapping onto the per-process training config (pkg/train) and onto the
-// scheduler's view of a job (pkg/scheduler).
+// mapping onto the scheduler's view of a job (pkg/scheduler) and onto each
+// rank's configuration (pkg/runconfig): RankConfig turns (spec, task,
+// host) into the run.yaml a worker writes for a rank, AttemptLayout is the
+// elastic layout arithmetic, ValidJobID the one job id rule.
 //
 // The spec is a stable, user-facing format that is stored in the
 // coordinator's replicated log, so it has its own types rather than
-// re-using the training packages' structs: a field added to train.Config
-// does not change what specs parse. Decoding is strict: unknown fields,
-// repeated keys and more than one YAML document are errors.
+// re-using the training packages' structs (the model section included): a
+// field added to or renamed in runconfig.Model does not change what
+// stored specs parse. A future format gets a new version number. Decoding
+// is strict: unknown fields, repeated keys and more than one YAML document
+// are errors.
 //
 // # Fields and defaults
 //
-//	name              required; 1-63 of [a-z0-9-], starting and ending with a letter or digit
+//	version           absent or 1 (the only format so far)
+//	name              required; 1-63 of [a-z0-9-], starting and ending with a
+//	                  letter or digit (the job id rule, ValidJobID)
 //	priority          0; in [-1000, 1000]; higher runs first
 //	model.preset      "tiny" when no model field is given; "tiny" or "small"
 //	model.<field>     overrides the preset's field when non-zero; without a
-//	                  preset the fields describe the whole model. Names are
-//	                  pkg/model.Config's: vocab, dim, layers, heads, seq_len,
+//	                  preset the fields describe the whole model: vocab, dim, layers, heads, seq_len,
 //	                  experts, top_k, hidden, shared_experts, moe_every,
 //	                  dense_hidden, capacity_factor, renormalize, norm_eps,
 //	                  rope_base, init_std
 //	parallel.tp/dp/ep 1 each; world = tp*dp ranks
 //	parallel.balance  "dp"; the LBL balance group: "dp", "node" or "none"
 //	lbl.mode          "global"; or "micro"
-//	lbl.coef          0.01 (0 means the default); micro_coef, seq_coef,
+//	lbl.coef          0.01 when absent; an explicit 0 is kept (an
+//	                  aux-loss-free run balanced by bias_rate); micro_coef, seq_coef,
 //	                  z_coef, bias_rate 0; layer_coef empty (all 1) or one
 //	                  value per MoE layer
 //	data.corpus       "demo" (the built-in corpus) or an absolute path that
 //	                  every worker can read (a JSON Lines file)
 //	data.demo_bytes   1 MiB per domain; data.val_fraction 0.05; data.eval_seqs 0 (all)
 //	optim             lr 3e-4, min_lr 0, warmup_steps 0, weight_decay 0,
-//	                  clip_norm 0 (off), beta1 0.9, beta2 0.999, eps 1e-8
+//	                  clip_norm 0 (off), beta1 0.9, beta2 0.999 (an explicit
+//	                  0 is kept for both), eps 1e-8
 //	micro_batch       the preset's (tiny 8, small 4); required without a preset
 //	accumulation      1; steps 100; seed 1 (0 means the default); eval_every 0 (only at the end)
 //	resources         per rank; when the section is empty: cpu_cores 1,
@@ -51,5 +58,6 @@
 // with errors.Join, one per line. Syntax errors wrap ErrSyntax.
 //
 // The package does not talk to the network, read corpora or start training;
-// it must not import the coordinator, the worker or the parallel runtime.
+// it must not import the coordinator, the worker, the parallel runtime or
+// the engine (the coordinator binary links it and none of those).
 package jobspec

@@ -12,8 +12,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
-	"github.com/switchyard-ml/switchyard/pkg/model"
-	"github.com/switchyard-ml/switchyard/pkg/train"
+	"github.com/switchyard-ml/switchyard/pkg/runconfig"
 )
 
 var (
@@ -28,6 +27,10 @@ const MaxSize = 1 << 20
 
 // Spec is a job as the user submits it.
 type Spec struct {
+	// Version is the spec format (0 or absent: Version1, the only one so
+	// far). A later format gets a new number and a conversion, so that
+	// jobs stored in the coordinator's log keep parsing.
+	Version      int        `yaml:"version,omitempty" json:"version,omitempty"`
 	Name         string     `yaml:"name" json:"name"`
 	Priority     int        `yaml:"priority" json:"priority"`
 	Model        Model      `yaml:"model" json:"model"`
@@ -54,10 +57,42 @@ type Spec struct {
 }
 
 // Model is a preset, explicit model fields, or a preset with overrides.
+// The fields are the spec's own (version 1), not the engine's struct: a
+// field renamed in runconfig.Model changes the mapping in ModelConfig, not
+// what stored specs say. Zero means "the preset's" (or the default).
 type Model struct {
-	Preset       string `yaml:"preset,omitempty" json:"preset,omitempty"`
-	model.Config `yaml:",inline"`
+	Preset         string  `yaml:"preset,omitempty" json:"preset,omitempty"`
+	Vocab          int     `yaml:"vocab,omitempty" json:"vocab,omitempty"`
+	Dim            int     `yaml:"dim,omitempty" json:"dim,omitempty"`
+	Layers         int     `yaml:"layers,omitempty" json:"layers,omitempty"`
+	Heads          int     `yaml:"heads,omitempty" json:"heads,omitempty"`
+	SeqLen         int     `yaml:"seq_len,omitempty" json:"seq_len,omitempty"`
+	Experts        int     `yaml:"experts,omitempty" json:"experts,omitempty"`
+	TopK           int     `yaml:"top_k,omitempty" json:"top_k,omitempty"`
+	Hidden         int     `yaml:"hidden,omitempty" json:"hidden,omitempty"`
+	SharedExperts  int     `yaml:"shared_experts,omitempty" json:"shared_experts,omitempty"`
+	MoEEvery       int     `yaml:"moe_every,omitempty" json:"moe_every,omitempty"`
+	DenseHidden    int     `yaml:"dense_hidden,omitempty" json:"dense_hidden,omitempty"`
+	Renormalize    bool    `yaml:"renormalize,omitempty" json:"renormalize,omitempty"`
+	CapacityFactor float64 `yaml:"capacity_factor,omitempty" json:"capacity_factor,omitempty"`
+	NormEps        float32 `yaml:"norm_eps,omitempty" json:"norm_eps,omitempty"`
+	RopeBase       float64 `yaml:"rope_base,omitempty" json:"rope_base,omitempty"`
+	InitStd        float64 `yaml:"init_std,omitempty" json:"init_std,omitempty"`
 }
+
+// fields is the model section as the engine's model config: the explicit
+// fields only (zero where the spec gives none).
+func (m Model) fields() runconfig.Model {
+	return runconfig.Model{
+		Vocab: m.Vocab, Dim: m.Dim, Layers: m.Layers, Heads: m.Heads, SeqLen: m.SeqLen,
+		Experts: m.Experts, TopK: m.TopK, Hidden: m.Hidden, Shared: m.SharedExperts,
+		MoEEvery: m.MoEEvery, DenseHidden: m.DenseHidden, Renormalize: m.Renormalize,
+		CapacityFactor: m.CapacityFactor, NormEps: m.NormEps, RopeBase: m.RopeBase, InitStd: m.InitStd,
+	}
+}
+
+// Version1 is the spec format this package reads and writes.
+const Version1 = 1
 
 // Parallel is the parallel layout and the LBL balance group.
 type Parallel struct {
@@ -156,7 +191,10 @@ func Parse(raw []byte) (*Spec, error) {
 	if len(raw) > MaxSize {
 		return nil, fmt.Errorf("%w: spec is %d bytes, the limit is %d", ErrSyntax, len(raw), MaxSize)
 	}
-	var s Spec
+	// Fields whose zero is a value of its own start at their defaults, so
+	// that "lbl.coef: 0" (no balancing loss: an aux-loss-free run with
+	// lbl.bias_rate) stays 0 while an absent key means the default.
+	s := Spec{LBL: LBL{Coef: DefaultLBLCoef}, Optim: Optim{Beta1: DefaultBeta1, Beta2: DefaultBeta2}}
 	dec := yaml.NewDecoder(bytes.NewReader(raw))
 	dec.KnownFields(true)
 	if err := dec.Decode(&s); err != nil && !errors.Is(err, io.EOF) {
@@ -166,7 +204,9 @@ func Parse(raw []byte) (*Spec, error) {
 	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
 		return nil, fmt.Errorf("%w: a spec is one YAML document", ErrSyntax)
 	}
+	zeroable := [...]float64{s.LBL.Coef, s.Optim.Beta1, s.Optim.Beta2}
 	s.Defaults()
+	s.LBL.Coef, s.Optim.Beta1, s.Optim.Beta2 = zeroable[0], zeroable[1], zeroable[2]
 	if err := s.Validate(); err != nil {
 		return nil, err
 	}
@@ -187,12 +227,16 @@ func (s *Spec) Marshal() ([]byte, error) {
 	return b.Bytes(), nil
 }
 
-// presetMicroBatch is each preset's default micro-batch (pkg/train's).
-var presetMicroBatch = map[string]int{"tiny": 8, "small": 4, "medium": 16}
+// Defaults whose zero is a value of its own (see Parse).
+const (
+	DefaultLBLCoef = runconfig.DefaultLBLCoef
+	DefaultBeta1   = runconfig.DefaultBeta1
+	DefaultBeta2   = runconfig.DefaultBeta2
+)
 
 // Defaults fills the unset fields with the documented defaults.
 func (s *Spec) Defaults() {
-	if s.Model.Preset == "" && s.Model.Config == (model.Config{}) {
+	if s.Model == (Model{}) {
 		s.Model.Preset = "tiny"
 	}
 	p := &s.Parallel
@@ -214,7 +258,7 @@ func (s *Spec) Defaults() {
 		s.LBL.Mode = "global"
 	}
 	if s.LBL.Coef == 0 {
-		s.LBL.Coef = 0.01
+		s.LBL.Coef = DefaultLBLCoef // Parse keeps an explicit 0
 	}
 	if s.Data.Corpus == "" {
 		s.Data.Corpus = DemoCorpus
@@ -230,20 +274,20 @@ func (s *Spec) Defaults() {
 		o.LR = 3e-4
 	}
 	if o.Beta1 == 0 {
-		o.Beta1 = 0.9
+		o.Beta1 = DefaultBeta1 // Parse keeps an explicit 0
 	}
 	if o.Beta2 == 0 {
-		o.Beta2 = 0.999
+		o.Beta2 = DefaultBeta2
 	}
 	if o.Eps == 0 {
 		o.Eps = 1e-8
 	}
 	if s.MicroBatch == 0 {
-		s.MicroBatch = presetMicroBatch[s.Model.Preset]
+		s.MicroBatch = runconfig.PresetMicroBatch[s.Model.Preset]
 	}
 	// device and precision stay empty when unset (cpu; the trainer's
 	// default precision); a GPU rank needs a GPU
-	if kind, _, err := train.ParseDevice(s.Device); err == nil && kind == "cuda" && s.Resources.GPUs == 0 {
+	if kind, _, err := runconfig.ParseDevice(s.Device); err == nil && kind == "cuda" && s.Resources.GPUs == 0 {
 		s.Resources.GPUs = 1
 	}
 	if s.Accumulation == 0 {

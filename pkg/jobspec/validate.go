@@ -9,8 +9,7 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/switchyard-ml/switchyard/pkg/model"
-	"github.com/switchyard-ml/switchyard/pkg/train"
+	"github.com/switchyard-ml/switchyard/pkg/runconfig"
 )
 
 // FieldError is one broken rule: the field's YAML path, its value and the
@@ -46,7 +45,6 @@ const (
 )
 
 var (
-	nameRE       = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
 	labelKeyRE   = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9._/-]{0,62})$`)
 	labelValueRE = regexp.MustCompile(`^[A-Za-z0-9._/-]{0,63}$`)
 	bucketRE     = regexp.MustCompile(`^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$`)
@@ -65,7 +63,10 @@ func (s *Spec) Validate() error {
 		}
 	}
 
-	if !nameRE.MatchString(s.Name) {
+	if s.Version != 0 && s.Version != Version1 {
+		bad("version", s.Version, "must be %d (the only spec format so far) or absent", Version1)
+	}
+	if !jobIDRE.MatchString(s.Name) {
 		bad("name", s.Name, "must be 1-63 of a-z, 0-9 and '-', starting and ending with a letter or digit")
 	}
 	if s.Priority < -maxPriority || s.Priority > maxPriority {
@@ -199,7 +200,7 @@ func (s *Spec) Validate() error {
 		bad("resources.gpus", r.GPUs, "must be >= 0")
 	}
 	// Device.
-	if kind, _, err := train.ParseDevice(s.Device); err != nil {
+	if kind, _, err := runconfig.ParseDevice(s.Device); err != nil {
 		bad("device", s.Device, "must be cpu or cuda")
 	} else if kind == "cuda" {
 		if r.GPUs < 1 {
@@ -209,7 +210,7 @@ func (s *Spec) Validate() error {
 			bad("device", s.Device, "runs one rank per job for now (parallel tp x dp = %d); several GPU ranks with NCCL come next", w)
 		}
 	}
-	switch kind, _, _ := train.ParseDevice(s.Device); {
+	switch kind, _, _ := runconfig.ParseDevice(s.Device); {
 	case s.Precision != "" && s.Precision != "fp32" && s.Precision != "bf16":
 		bad("precision", s.Precision, `must be "fp32" or "bf16"`)
 	case s.Precision == "bf16" && kind != "cuda":
@@ -284,7 +285,7 @@ func (s *Spec) Validate() error {
 
 // validateModel checks the resolved model; ok reports whether the model is
 // sound enough for the layout checks.
-func (s *Spec) validateModel(bad func(path string, v any, rule string, args ...any)) (model.Config, bool) {
+func (s *Spec) validateModel(bad func(path string, v any, rule string, args ...any)) (runconfig.Model, bool) {
 	m, err := s.ModelConfig()
 	if err != nil {
 		bad("model.preset", s.Model.Preset, `must be "tiny", "small" or "medium" (or empty, with explicit model fields)`)
@@ -331,16 +332,16 @@ func (s *Spec) validateModel(bad func(path string, v any, rule string, args ...a
 // ModelConfig resolves the model: the preset (if any) with every non-zero
 // explicit field laid over it, then pkg/model's defaults. It fails only for
 // an unknown preset; the result is not validated.
-func (s *Spec) ModelConfig() (model.Config, error) {
-	var m model.Config
+func (s *Spec) ModelConfig() (runconfig.Model, error) {
+	var m runconfig.Model
 	if s.Model.Preset != "" {
-		p, ok := model.Presets[s.Model.Preset]
+		p, ok := runconfig.ModelPresets[s.Model.Preset]
 		if !ok {
 			return m, &FieldError{Path: "model.preset", Value: s.Model.Preset, Rule: `must be "tiny", "small" or "medium"`}
 		}
 		m = p
 	}
-	m.Overlay(s.Model.Config)
+	m.Overlay(s.Model.fields())
 	m.Defaults()
 	return m, nil
 }

@@ -25,41 +25,15 @@ import (
 	"github.com/switchyard-ml/switchyard/pkg/data"
 	"github.com/switchyard-ml/switchyard/pkg/lbl"
 	"github.com/switchyard-ml/switchyard/pkg/model"
-	"github.com/switchyard-ml/switchyard/pkg/security"
+	"github.com/switchyard-ml/switchyard/pkg/runconfig"
 	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
 )
 
-// CheckpointConfig says where and how often the run saves itself.
-type CheckpointConfig struct {
-	Dir      string `yaml:"dir" json:"dir"`             // storage root: a directory, or s3://bucket[/prefix] (see checkpoint.OpenStorage); "" : no checkpoints
-	Job      string `yaml:"job" json:"job"`             // catalogue name of the run (default "run")
-	Every    int    `yaml:"every" json:"every"`         // save after every N optimizer steps (0: only at the end)
-	KeepLast int    `yaml:"keep_last" json:"keep_last"` // retention: the newest N committed checkpoints (default 3)
-	// KeepBest also keeps the N checkpoints with the lowest validation
-	// loss (mean bits/byte over domains); only checkpoints taken at a step
-	// with an evaluation carry one.
-	KeepBest int `yaml:"keep_best" json:"keep_best"`
-	// EveryMinutes also saves when this many minutes passed since the last
-	// save (any rank's clock; the ranks agree by an all-reduce).
-	EveryMinutes float64 `yaml:"every_minutes" json:"every_minutes"`
-	// Etcd lists etcd endpoints: when set, the catalogue is the cluster's
-	// (an etcd transaction per commit, under CataloguePrefix) instead of
-	// a file beside the shards.
-	Etcd []string `yaml:"etcd" json:"etcd"`
-	// ResumeStep resumes from exactly this committed step (0: the newest
-	// that verifies). Newer checkpoints are deleted first: the run branches.
-	ResumeStep int64 `yaml:"resume_step" json:"resume_step"`
-	// CommitVia lists coordinator API addresses: commits go through the
-	// coordinator (CommitCheckpoint), which refuses them once Attempt is
-	// no longer the job's current attempt. Needs Etcd (reads stay direct).
-	// The bearer token comes from $SWITCHYARD_TOKEN.
-	CommitVia []string          `yaml:"commit_via" json:"commit_via"`
-	Attempt   int               `yaml:"attempt" json:"attempt"`
-	CommitTLS security.TLSFiles `yaml:"commit_tls" json:"commit_tls"`
-}
+// CheckpointConfig is where and how often a run saves (runconfig.Checkpoint).
+type CheckpointConfig = runconfig.Checkpoint
 
 // CataloguePrefix is where the etcd catalogue keeps manifests.
-const CataloguePrefix = "/switchyard/checkpoints"
+const CataloguePrefix = checkpoint.CataloguePrefix
 
 // ckptMeta is the small, non-tensor part of a rank's state.
 type ckptMeta struct {

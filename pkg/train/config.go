@@ -1,278 +1,30 @@
 package train
 
-import (
-	"bytes"
-	"errors"
-	"fmt"
-	"io"
-	"math"
-	"os"
-	"strconv"
-	"strings"
+import "github.com/switchyard-ml/switchyard/pkg/runconfig"
 
-	"gopkg.in/yaml.v3"
-
-	"github.com/switchyard-ml/switchyard/pkg/model"
-	"github.com/switchyard-ml/switchyard/pkg/optim"
+// The run configuration lives in pkg/runconfig, which has no engine
+// dependencies: job specs translate to it on the coordinator and the
+// worker, and `switchyard train --config` reads it.
+type (
+	// Config is a training run.
+	Config = runconfig.Config
+	// LBLConfig selects the load-balancing loss.
+	LBLConfig = runconfig.LBL
+	// DataConfig says where the corpus comes from.
+	DataConfig = runconfig.Data
 )
 
 // ErrConfig is wrapped by every run-configuration error.
-var ErrConfig = errors.New("train: invalid config")
-
-// LBLConfig selects the load-balancing loss.
-type LBLConfig struct {
-	// Mode is "global" (global-batch LBL: f from the synchronised counts of
-	// every micro-batch of the optimizer step so far, on every rank — the
-	// accumulation buffer) or "micro" (f from each micro-batch alone).
-	Mode      string    `yaml:"mode" json:"mode"`
-	Coef      float64   `yaml:"coef" json:"coef"`                                 // coefficient of the mode's loss, per MoE layer
-	MicroCoef float64   `yaml:"micro_coef" json:"micro_coef"`                     // extra micro-batch LBL mixed in (e.g. 1% of coef)
-	SeqCoef   float64   `yaml:"seq_coef" json:"seq_coef"`                         // sequence-level LBL
-	ZCoef     float64   `yaml:"z_coef" json:"z_coef"`                             // router z-loss
-	LayerCoef []float64 `yaml:"layer_coef,omitempty" json:"layer_coef,omitempty"` // per-MoE-layer multipliers
-	BiasRate  float64   `yaml:"bias_rate" json:"bias_rate"`                       // aux-loss-free expert bias update rate (0: off)
-}
-
-// DataConfig says where the corpus comes from.
-type DataConfig struct {
-	Corpus      string  `yaml:"corpus" json:"corpus"`             // JSON Lines file; empty: the built-in demo corpus
-	DemoBytes   int     `yaml:"demo_bytes" json:"demo_bytes"`     // demo corpus bytes per domain
-	ValFraction float64 `yaml:"val_fraction" json:"val_fraction"` // per-domain share held out
-	EvalSeqs    int     `yaml:"eval_seqs" json:"eval_seqs"`       // validation sequences per domain per evaluation (0: all)
-}
-
-// Config is a training run.
-type Config struct {
-	Preset       string           `yaml:"preset" json:"preset"`
-	Model        *model.Config    `yaml:"model" json:"model"` // overrides the preset's fields that are set
-	LBL          LBLConfig        `yaml:"lbl" json:"lbl"`
-	Data         DataConfig       `yaml:"data" json:"data"`
-	MicroBatch   int              `yaml:"micro_batch" json:"micro_batch"`   // sequences per micro-batch
-	Accumulation int              `yaml:"accumulation" json:"accumulation"` // micro-batches per optimizer step
-	Steps        int              `yaml:"steps" json:"steps"`               // optimizer steps
-	Seed         int64            `yaml:"seed" json:"seed"`
-	Optim        optim.Config     `yaml:"optim" json:"optim"`
-	EvalEvery    int              `yaml:"eval_every" json:"eval_every"` // steps between evaluations (0: only at the end)
-	OutDir       string           `yaml:"out_dir" json:"out_dir"`       // metrics.jsonl and report.json go here ("" : none)
-	Checkpoint   CheckpointConfig `yaml:"checkpoint" json:"checkpoint"`
-	// Resume continues from the newest committed checkpoint in
-	// Checkpoint.Dir, if there is one.
-	Resume bool `yaml:"resume" json:"resume"`
-	// MaxSeconds, when > 0, ends the run at the first step boundary after
-	// that many seconds of training (evaluation, the final checkpoint and
-	// the report follow as at the end of Steps); the learning-rate
-	// schedule still spans Steps.
-	MaxSeconds float64 `yaml:"max_seconds" json:"max_seconds,omitempty"`
-	// Device is "cpu" (default) or "cuda" / "cuda:N" (GPU N as CUDA counts
-	// them after CUDA_VISIBLE_DEVICES).
-	Device string `yaml:"device" json:"device"`
-	// Precision of a GPU run: "fp32" (true fp32, the CPU engine's numbers)
-	// or "bf16" (mixed: bf16 activations and GEMMs, fp32 master weights,
-	// gradients and AdamW moments). Default bf16 on cuda; the CPU engine
-	// is fp32 only.
-	Precision string `yaml:"precision" json:"precision"`
-}
-
-// PrecisionOrDefault is the run's precision: Precision, or when it is
-// empty bf16 on cuda and fp32 on the CPU.
-func (c Config) PrecisionOrDefault() string {
-	if c.Precision != "" {
-		return c.Precision
-	}
-	if kind, _, _ := ParseDevice(c.Device); kind == "cuda" {
-		return "bf16"
-	}
-	return "fp32"
-}
+var ErrConfig = runconfig.ErrConfig
 
 // ParseDevice splits a device name: "cpu" (or "") and "cuda" / "cuda:N".
-func ParseDevice(s string) (kind string, ordinal int, err error) {
-	switch {
-	case s == "" || s == "cpu":
-		return "cpu", 0, nil
-	case s == "cuda":
-		return "cuda", 0, nil
-	case strings.HasPrefix(s, "cuda:"):
-		n, err := strconv.Atoi(s[len("cuda:"):])
-		if err != nil || n < 0 {
-			return "", 0, fmt.Errorf("device %q: the GPU index must be a number >= 0", s)
-		}
-		return "cuda", n, nil
-	}
-	return "", 0, fmt.Errorf("device %q: must be cpu, cuda or cuda:N", s)
-}
+func ParseDevice(s string) (kind string, ordinal int, err error) { return runconfig.ParseDevice(s) }
 
-// Defaults fills unset fields.
-func (c *Config) Defaults() {
-	if len(c.LBL.LayerCoef) == 0 {
-		c.LBL.LayerCoef = nil // "layer_coef: []" means all 1, like an absent list
-	}
-	if c.Preset == "" && c.Model == nil {
-		c.Preset = "tiny"
-	}
-	if c.LBL.Mode == "" {
-		c.LBL.Mode = "global"
-	}
-	if c.LBL.Coef == 0 {
-		c.LBL.Coef = 0.01
-	}
-	if c.Data.DemoBytes == 0 {
-		c.Data.DemoBytes = 1 << 20
-	}
-	if c.Data.ValFraction == 0 {
-		c.Data.ValFraction = 0.05
-	}
-	if c.Accumulation == 0 {
-		c.Accumulation = 1
-	}
-	if c.Steps == 0 {
-		c.Steps = 100
-	}
-	if c.Seed == 0 {
-		c.Seed = 1
-	}
-	c.Optim.Defaults()
-}
-
-// ModelConfig resolves the preset and overrides into a model config.
-func (c Config) ModelConfig() (model.Config, error) {
-	var m model.Config
-	if c.Preset != "" {
-		p, err := model.Preset(c.Preset)
-		if err != nil {
-			return m, fmt.Errorf("%w: preset: %v", ErrConfig, err)
-		}
-		m = p
-	}
-	if o := c.Model; o != nil {
-		m.Overlay(*o)
-	}
-	m.Defaults()
-	if err := m.Validate(); err != nil {
-		return m, fmt.Errorf("%w: model: %w", ErrConfig, err)
-	}
-	return m, nil
-}
-
-// Validate names the first broken rule by its YAML path.
-func (c Config) Validate() error {
-	bad := func(path string, v any, rule string) error {
-		return fmt.Errorf("%w: %s = %v: %s", ErrConfig, path, v, rule)
-	}
-	if _, err := c.ModelConfig(); err != nil {
-		return err
-	}
-	switch {
-	case c.LBL.Mode != "global" && c.LBL.Mode != "micro":
-		return bad("lbl.mode", c.LBL.Mode, `must be "global" or "micro"`)
-	case c.LBL.Coef < 0:
-		return bad("lbl.coef", c.LBL.Coef, "must be >= 0")
-	case c.LBL.MicroCoef < 0:
-		return bad("lbl.micro_coef", c.LBL.MicroCoef, "must be >= 0")
-	case c.LBL.SeqCoef < 0:
-		return bad("lbl.seq_coef", c.LBL.SeqCoef, "must be >= 0")
-	case c.LBL.ZCoef < 0:
-		return bad("lbl.z_coef", c.LBL.ZCoef, "must be >= 0")
-	case c.LBL.BiasRate < 0:
-		return bad("lbl.bias_rate", c.LBL.BiasRate, "must be >= 0")
-	case c.MicroBatch < 1:
-		return bad("micro_batch", c.MicroBatch, "must be >= 1")
-	case c.Accumulation < 1:
-		return bad("accumulation", c.Accumulation, "must be >= 1")
-	case c.Steps < 1:
-		return bad("steps", c.Steps, "must be >= 1")
-	case c.MaxSeconds < 0 || math.IsNaN(c.MaxSeconds) || math.IsInf(c.MaxSeconds, 0):
-		return bad("max_seconds", c.MaxSeconds, "must be a finite number >= 0 (0: no limit)")
-	case c.EvalEvery < 0:
-		return bad("eval_every", c.EvalEvery, "must be >= 0")
-	case c.Data.DemoBytes < 0:
-		return bad("data.demo_bytes", c.Data.DemoBytes, "must be >= 0")
-	case c.Data.ValFraction <= 0 || c.Data.ValFraction > 0.5:
-		return bad("data.val_fraction", c.Data.ValFraction, "must be in (0, 0.5]")
-	case c.Checkpoint.Every < 0:
-		return bad("checkpoint.every", c.Checkpoint.Every, "must be >= 0")
-	case c.Checkpoint.ResumeStep < 0:
-		return bad("checkpoint.resume_step", c.Checkpoint.ResumeStep, "must be >= 0")
-	case c.Checkpoint.ResumeStep > 0 && !c.Resume:
-		return bad("checkpoint.resume_step", c.Checkpoint.ResumeStep, "needs resume")
-	case c.Checkpoint.KeepBest < 0:
-		return bad("checkpoint.keep_best", c.Checkpoint.KeepBest, "must be >= 0")
-	case c.Checkpoint.EveryMinutes < 0:
-		return bad("checkpoint.every_minutes", c.Checkpoint.EveryMinutes, "must be >= 0")
-	case c.Checkpoint.KeepLast < 0:
-		return bad("checkpoint.keep_last", c.Checkpoint.KeepLast, "must be >= 0")
-	case c.Resume && c.Checkpoint.Dir == "":
-		return bad("resume", c.Resume, "needs checkpoint.dir")
-	case c.Data.EvalSeqs < 0:
-		return bad("data.eval_seqs", c.Data.EvalSeqs, "must be >= 0")
-	}
-	kind, _, err := ParseDevice(c.Device)
-	if err != nil {
-		return bad("device", c.Device, err.Error())
-	}
-	switch {
-	case c.Precision != "" && c.Precision != "fp32" && c.Precision != "bf16":
-		return bad("precision", c.Precision, `must be "fp32" or "bf16"`)
-	case kind == "cpu" && c.Precision == "bf16":
-		return bad("precision", c.Precision, "bf16 needs device cuda (the CPU engine is fp32)")
-	}
-	m, _ := c.ModelConfig()
-	if n := len(c.LBL.LayerCoef); n != 0 && n != m.MoELayers() {
-		return bad("lbl.layer_coef", c.LBL.LayerCoef, fmt.Sprintf("needs one value per MoE layer (%d)", m.MoELayers()))
-	}
-	if err := c.Optim.Validate(); err != nil {
-		return fmt.Errorf("%w: optim: %w", ErrConfig, err)
-	}
-	return nil
-}
-
-// PresetConfig returns the run defaults of a named preset: the model, its
-// micro-batch (tiny 8, small 4, medium 16: ../shared/bench's) and a short
-// schedule.
-func PresetConfig(name string) (Config, error) {
-	c := Config{Preset: name}
-	switch name {
-	case "tiny":
-		c.MicroBatch = 8
-	case "small":
-		c.MicroBatch = 4
-	case "medium":
-		c.MicroBatch = 16
-	default:
-		return c, fmt.Errorf("%w: preset = %q: unknown (have tiny, small, medium)", ErrConfig, name)
-	}
-	c.Defaults()
-	return c, nil
-}
+// PresetConfig returns the run defaults of a named preset.
+func PresetConfig(name string) (Config, error) { return runconfig.PresetConfig(name) }
 
 // Load reads a YAML run config; unknown fields are errors.
-func Load(path string) (Config, error) {
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		return Config{}, fmt.Errorf("train: read config: %w", err)
-	}
-	return Parse(raw)
-}
+func Load(path string) (Config, error) { return runconfig.Load(path) }
 
 // Parse decodes a YAML run config, applies defaults and validates it.
-func Parse(raw []byte) (Config, error) {
-	var c Config
-	dec := yaml.NewDecoder(bytes.NewReader(raw))
-	dec.KnownFields(true)
-	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
-		return Config{}, fmt.Errorf("%w: %v", ErrConfig, err)
-	}
-	if c.Preset == "" && c.Model == nil {
-		c.Preset = "tiny"
-	}
-	if c.MicroBatch == 0 {
-		if p, err := PresetConfig(c.Preset); err == nil {
-			c.MicroBatch = p.MicroBatch
-		}
-	}
-	c.Defaults()
-	if err := c.Validate(); err != nil {
-		return Config{}, err
-	}
-	return c, nil
-}
+func Parse(raw []byte) (Config, error) { return runconfig.Parse(raw) }

@@ -103,7 +103,7 @@ func (d *Dist) check(cfg Config) error {
 	if d == nil || d.tp == nil {
 		return nil
 	}
-	bc := cfg.BalancerConfig()
+	bc := balancerConfig(cfg)
 	if bc.MicroCoef != 0 || bc.SeqCoef != 0 {
 		return fmt.Errorf("%w: lbl: micro-batch and sequence-level LBL need a whole micro-batch on one rank; with tensor parallelism (tp = %d) use lbl.mode global without micro_coef/seq_coef", ErrConfig, d.Layout.TP())
 	}

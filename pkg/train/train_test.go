@@ -3,7 +3,6 @@ package train
 import (
 	"bytes"
 	"context"
-	"errors"
 	"math"
 	"os"
 	"path/filepath"
@@ -124,34 +123,6 @@ func TestSameSeedSameLossCurve(t *testing.T) {
 	}
 	if m := curve("micro"); m[1] == a[1] {
 		t.Fatalf("micro and global LBL gave the same auxiliary loss %v", m[1])
-	}
-}
-
-func TestConfigErrorsNameTheField(t *testing.T) {
-	for _, tc := range []struct{ yaml, want string }{
-		{"preset: huge", "preset"},
-		{"preset: tiny\nlbl: {mode: sideways}", "lbl.mode"},
-		{"preset: tiny\nsteps: -3", "steps"},
-		{"preset: tiny\nmicro_batch: -1", "micro_batch"},
-		{"preset: tiny\nmodel: {heads: 3}", "heads"},
-		{"preset: tiny\nstepz: 3", "stepz"},
-		{"preset: tiny\noptim: {lr: -1}", "lr"},
-		{"preset: tiny\nlbl: {layer_coef: [1, 2]}", "lbl.layer_coef"},
-		{"preset: tiny\ndata: {val_fraction: 0.9}", "data.val_fraction"},
-		{"preset: tiny\nmax_seconds: -1", "max_seconds"},
-		{"preset: tiny\nmax_seconds: .nan", "max_seconds"},
-	} {
-		_, err := Parse([]byte(tc.yaml))
-		if err == nil || !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), tc.want) {
-			t.Errorf("%q: got %v, want an error naming %q", tc.yaml, err, tc.want)
-		}
-	}
-	c, err := Parse([]byte("preset: small\nsteps: 5\nlbl: {mode: micro}"))
-	if err != nil || c.MicroBatch != 4 || c.Steps != 5 || c.LBL.Mode != "micro" {
-		t.Fatalf("valid config: %+v %v", c, err)
-	}
-	if _, err := Parse(nil); err != nil {
-		t.Fatalf("empty config should mean defaults: %v", err)
 	}
 }
 

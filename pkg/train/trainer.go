@@ -93,8 +93,8 @@ func loadDocs(cfg Config) ([]data.Document, error) {
 	return data.Demo(data.DemoOptions{Seed: cfg.Seed, BytesPerDomain: cfg.Data.DemoBytes})
 }
 
-// BalancerConfig maps the run's LBL settings onto pkg/lbl.
-func (c Config) BalancerConfig() lbl.Config {
+// balancerConfig maps the run's LBL settings onto pkg/lbl.
+func balancerConfig(c Config) lbl.Config {
 	bc := lbl.Config{MicroCoef: c.LBL.MicroCoef, SeqCoef: c.LBL.SeqCoef, ZCoef: c.LBL.ZCoef, LayerCoef: c.LBL.LayerCoef, BiasRate: c.LBL.BiasRate}
 	if c.LBL.Mode == "micro" {
 		bc.MicroCoef += c.LBL.Coef
@@ -132,7 +132,7 @@ func NewParallelOn(cfg Config, corpus *data.Corpus, w io.Writer, dist *Dist, dev
 		return nil, fmt.Errorf("%w: corpus packed for seq_len %d, model has %d", ErrConfig, corpus.SeqLen, mc.SeqLen)
 	}
 	syncTime := new(time.Duration)
-	bal, err := lbl.NewBalancer(cfg.BalancerConfig(), mc.MoELayers(), mc.Experts, mc.TopK, timedReducer{dist.reducer(), syncTime})
+	bal, err := lbl.NewBalancer(balancerConfig(cfg), mc.MoELayers(), mc.Experts, mc.TopK, timedReducer{dist.reducer(), syncTime})
 	if err != nil {
 		return nil, fmt.Errorf("%w: lbl: %w", ErrConfig, err)
 	}

@@ -12,6 +12,8 @@ import (
 	"strconv"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/switchyard-ml/switchyard/pkg/security"
 )
 
 var (
@@ -50,14 +52,7 @@ type Resources struct {
 }
 
 // TLS names the PEM files for mutual TLS.
-type TLS struct {
-	CA   string `yaml:"ca" json:"ca"`
-	Cert string `yaml:"cert" json:"cert"`
-	Key  string `yaml:"key" json:"key"`
-}
-
-// Enabled reports whether any TLS file is given.
-func (t TLS) Enabled() bool { return t.CA != "" || t.Cert != "" || t.Key != "" }
+type TLS = security.TLSFiles
 
 // Defaults is the configuration before the file, flags, environment and
 // detection.

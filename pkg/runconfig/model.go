@@ -1,0 +1,203 @@
+package runconfig
+
+import (
+	"errors"
+	"fmt"
+)
+
+// ErrModel is wrapped by every model configuration error.
+var ErrModel = errors.New("model: invalid config")
+
+// Model describes a decoder-only MoE transformer. All sizes are in elements.
+type Model struct {
+	Vocab       int `yaml:"vocab" json:"vocab"`                   // byte-level: 256
+	Dim         int `yaml:"dim" json:"dim"`                       // model width d
+	Layers      int `yaml:"layers" json:"layers"`                 // transformer blocks L
+	Heads       int `yaml:"heads" json:"heads"`                   // attention heads H (d % H == 0, head dim even)
+	SeqLen      int `yaml:"seq_len" json:"seq_len"`               // context length S
+	Experts     int `yaml:"experts" json:"experts"`               // routed experts E per MoE layer
+	TopK        int `yaml:"top_k" json:"top_k"`                   // experts per token k
+	Hidden      int `yaml:"hidden" json:"hidden"`                 // expert SwiGLU hidden size h
+	Shared      int `yaml:"shared_experts" json:"shared_experts"` // shared experts every token uses (DeepSeekMoE)
+	MoEEvery    int `yaml:"moe_every" json:"moe_every"`           // MoE FFN in layers l with l % MoEEvery == MoEEvery-1... see IsMoE; 1 = every layer
+	DenseHidden int `yaml:"dense_hidden" json:"dense_hidden"`     // hidden size of dense SwiGLU layers (0: Hidden*TopK)
+
+	Renormalize    bool    `yaml:"renormalize" json:"renormalize"`         // renormalise combine weights over the top-k
+	CapacityFactor float64 `yaml:"capacity_factor" json:"capacity_factor"` // 0: dropless; else per-expert capacity ceil(cf*T*k/E)
+	NormEps        float32 `yaml:"norm_eps" json:"norm_eps"`
+	RopeBase       float64 `yaml:"rope_base" json:"rope_base"`
+	InitStd        float64 `yaml:"init_std" json:"init_std"`
+}
+
+// ModelPresets are the named model sizes. They match ../shared/bench's reference
+// model so tokens/s can be compared with PyTorch.
+var ModelPresets = map[string]Model{
+	"tiny":  {Vocab: 256, Dim: 256, Layers: 4, Heads: 4, SeqLen: 256, Experts: 8, TopK: 2, Hidden: 512},
+	"small": {Vocab: 256, Dim: 512, Layers: 8, Heads: 8, SeqLen: 512, Experts: 16, TopK: 2, Hidden: 1024},
+	// medium is GPU-sized: fine-grained experts (DeepSeekMoE-style, 64 of
+	// them, top-6, narrow hidden 512), about 1.2 B parameters, 0.2 B active.
+	"medium": {Vocab: 256, Dim: 1024, Layers: 12, Heads: 16, SeqLen: 1024, Experts: 64, TopK: 6, Hidden: 512},
+}
+
+// ModelPreset returns a named preset with defaults applied.
+func ModelPreset(name string) (Model, error) {
+	c, ok := ModelPresets[name]
+	if !ok {
+		return Model{}, fmt.Errorf("%w: unknown preset %q (have tiny, small, medium)", ErrModel, name)
+	}
+	c.Defaults()
+	return c, nil
+}
+
+// Defaults fills zero fields with their defaults.
+func (c *Model) Defaults() {
+	if c.Vocab == 0 {
+		c.Vocab = 256
+	}
+	if c.MoEEvery == 0 {
+		c.MoEEvery = 1
+	}
+	if c.NormEps == 0 {
+		c.NormEps = 1e-5
+	}
+	if c.RopeBase == 0 {
+		c.RopeBase = 10000
+	}
+	if c.InitStd == 0 {
+		c.InitStd = 0.02
+	}
+	if c.DenseHidden == 0 {
+		c.DenseHidden = c.Hidden * max(c.TopK, 1)
+	}
+}
+
+// Validate reports the first broken rule, naming the field.
+func (c Model) Validate() error {
+	bad := func(field, rule string, v any) error {
+		return fmt.Errorf("%w: %s = %v: %s", ErrModel, field, v, rule)
+	}
+	switch {
+	case c.Vocab < 2:
+		return bad("vocab", "must be >= 2", c.Vocab)
+	case c.Dim < 2:
+		return bad("dim", "must be >= 2", c.Dim)
+	case c.Layers < 1:
+		return bad("layers", "must be >= 1", c.Layers)
+	case c.Heads < 1 || c.Dim%c.Heads != 0:
+		return bad("heads", "must be >= 1 and divide dim", c.Heads)
+	case (c.Dim/c.Heads)%2 != 0:
+		return bad("heads", "head dimension dim/heads must be even (RoPE)", c.Heads)
+	case c.SeqLen < 1:
+		return bad("seq_len", "must be >= 1", c.SeqLen)
+	case c.Experts < 1:
+		return bad("experts", "must be >= 1", c.Experts)
+	case c.TopK < 1 || c.TopK > c.Experts:
+		return bad("top_k", fmt.Sprintf("must be in [1, experts=%d]", c.Experts), c.TopK)
+	case c.Hidden < 1:
+		return bad("hidden", "must be >= 1", c.Hidden)
+	case c.Shared < 0:
+		return bad("shared_experts", "must be >= 0", c.Shared)
+	case c.MoEEvery < 1:
+		return bad("moe_every", "must be >= 1", c.MoEEvery)
+	case c.DenseHidden < 1:
+		return bad("dense_hidden", "must be >= 1", c.DenseHidden)
+	case c.CapacityFactor < 0:
+		return bad("capacity_factor", "must be >= 0 (0 = dropless)", c.CapacityFactor)
+	case c.NormEps <= 0:
+		return bad("norm_eps", "must be > 0", c.NormEps)
+	case c.RopeBase <= 1:
+		return bad("rope_base", "must be > 1", c.RopeBase)
+	case c.InitStd <= 0:
+		return bad("init_std", "must be > 0", c.InitStd)
+	}
+	return nil
+}
+
+// IsMoE reports whether layer l has an MoE feed-forward (else dense SwiGLU).
+// With MoEEvery = n the MoE layers are n-1, 2n-1, ...; n = 1 makes every
+// layer MoE.
+func (c Model) IsMoE(l int) bool { return l%c.MoEEvery == c.MoEEvery-1 }
+
+// MoELayers is the number of MoE layers.
+func (c Model) MoELayers() int {
+	n := 0
+	for l := 0; l < c.Layers; l++ {
+		if c.IsMoE(l) {
+			n++
+		}
+	}
+	return n
+}
+
+// HeadDim is d / H.
+func (c Model) HeadDim() int { return c.Dim / c.Heads }
+
+// ParamCount returns the total and per-token active parameter counts.
+func (c Model) ParamCount() (total, active int64) {
+	d, h, E := int64(c.Dim), int64(c.Hidden), int64(c.Experts)
+	emb := int64(c.Vocab) * d
+	total = 2*emb + d // embedding, head, final norm
+	active = total
+	for l := 0; l < c.Layers; l++ {
+		attn := 4*d*d + 2*d
+		total += attn
+		active += attn
+		if c.IsMoE(l) {
+			expert := 3 * d * h
+			total += d*E + (E+int64(c.Shared))*expert
+			active += d*E + (int64(c.TopK)+int64(c.Shared))*expert
+		} else {
+			dense := 3 * d * int64(c.DenseHidden)
+			total += dense
+			active += dense
+		}
+	}
+	return total, active
+}
+
+// FlopsPerToken is the training FLOP count per token used for GFLOP/s
+// figures: 6 x (active parameters - embedding) + 12 x layers x d x seq
+// (the attention score and value products, forward and backward), the
+// formula of ../shared/bench so the figures compare.
+func (c Model) FlopsPerToken() float64 {
+	_, active := c.ParamCount()
+	emb := int64(c.Vocab) * int64(c.Dim)
+	return 6*float64(active-emb) + 12*float64(c.Layers)*float64(c.Dim)*float64(c.SeqLen)
+}
+
+// Overlay copies the non-zero fields of o onto c (a preset with a run's or
+// job spec's overrides).
+func (c *Model) Overlay(o Model) {
+	m := c
+	set := func(dst *int, v int) {
+		if v != 0 {
+			*dst = v
+		}
+	}
+	set(&m.Vocab, o.Vocab)
+	set(&m.Dim, o.Dim)
+	set(&m.Layers, o.Layers)
+	set(&m.Heads, o.Heads)
+	set(&m.SeqLen, o.SeqLen)
+	set(&m.Experts, o.Experts)
+	set(&m.TopK, o.TopK)
+	set(&m.Hidden, o.Hidden)
+	set(&m.Shared, o.Shared)
+	set(&m.MoEEvery, o.MoEEvery)
+	set(&m.DenseHidden, o.DenseHidden)
+	if o.Renormalize {
+		m.Renormalize = true
+	}
+	if o.CapacityFactor != 0 {
+		m.CapacityFactor = o.CapacityFactor
+	}
+	if o.NormEps != 0 {
+		m.NormEps = o.NormEps
+	}
+	if o.RopeBase != 0 {
+		m.RopeBase = o.RopeBase
+	}
+	if o.InitStd != 0 {
+		m.InitStd = o.InitStd
+	}
+}

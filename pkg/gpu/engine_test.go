@@ -129,7 +129,7 @@ func TestEngineMatchesCPU(t *testing.T) {
 				for mb := 0; mb < ec.accum; mb++ {
 					randomBatch(rng, cpu.Train.Batch, c.Vocab)
 					copyBatch(gb, cpu.Train.Batch)
-					cl, err := cpu.Step()
+					cl, err := cpu.Step(context.Background())
 					if err != nil {
 						t.Fatal(err)
 					}
@@ -188,7 +188,7 @@ func TestEngineMatchesCPU(t *testing.T) {
 			randomBatch(rng, cpu.Eval.Batch, c.Vocab)
 			copyBatch(gb, cpu.Eval.Batch)
 			cpu.Eval.Stats.Reset()
-			want, err := cpu.Forward()
+			want, err := cpu.Forward(context.Background())
 			if err != nil {
 				t.Fatal(err)
 			}

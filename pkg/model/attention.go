@@ -58,10 +58,10 @@ func ropeTables(S, hd int, base float64) (cos, sin []float32) {
 	return cos, sin
 }
 
-func newAttentionOp(tag string, B, S, H, d int, ropeBase float64) *attentionOp {
+func newAttentionOp(base opBase, B, S, H, d int, ropeBase float64) *attentionOp {
 	T := B * S
 	hd := d / H
-	o := &attentionOp{opBase: opBase{tag: tag, inDims: []int{2}, out: tensor.Shape{T, d}}, B: B, S: S, H: H, hd: hd, d: d}
+	o := &attentionOp{opBase: base.shaped([]int{2}, tensor.Shape{T, d}), B: B, S: S, H: H, hd: hd, d: d}
 	o.cos, o.sin = ropeTables(S, hd, ropeBase)
 	o.qrTD = make([]float32, T*d)
 	o.krTD = make([]float32, T*d)
@@ -77,7 +77,7 @@ func (o *attentionOp) rope(row []float32, pos int, inverse bool) {
 }
 
 func (o *attentionOp) Do(in ...G.Value) (G.Value, error) {
-	defer since(&prof.Attention, time.Now())
+	defer o.env.since(partAttention, time.Now())
 	qkv := f32(in[0])
 	B, S, H, hd, d := o.B, o.S, o.H, o.hd, o.d
 	T := B * S
@@ -117,7 +117,7 @@ func (o *attentionOp) SymDiff(in G.Nodes, out, grad *G.Node) (G.Nodes, error) {
 	T := o.B * o.S
 	o.dqkvT3D = make([]float32, T*3*o.d)
 	o.dVal = dense(o.dqkvT3D, T, 3*o.d)
-	g := &attentionGradOp{opBase: opBase{tag: o.tag + "/grad", inDims: []int{2, 2}, out: tensor.Shape{T, 3 * o.d}}, fwd: o}
+	g := &attentionGradOp{opBase: o.derive("/grad", []int{2, 2}, tensor.Shape{T, 3 * o.d}), fwd: o}
 	n, err := G.ApplyOp(g, in[0], grad)
 	return G.Nodes{n}, err
 }
@@ -128,7 +128,7 @@ type attentionGradOp struct {
 }
 
 func (g *attentionGradOp) Do(in ...G.Value) (G.Value, error) {
-	defer since(&prof.Attention, time.Now())
+	defer g.env.since(partAttention, time.Now())
 	o := g.fwd
 	qkv, dout := f32(in[0]), f32(in[1])
 	B, S, H, hd, d := o.B, o.S, o.H, o.hd, o.d

@@ -25,16 +25,16 @@ type embedOp struct {
 	outVal *tensor.Dense
 }
 
-func newEmbedOp(tag string, b *Batch, V, d int) *embedOp {
+func newEmbedOp(base opBase, b *Batch, V, d int) *embedOp {
 	T := b.T()
-	o := &embedOp{opBase: opBase{tag: tag, inDims: []int{2}, out: tensor.Shape{T, d}}, batch: b, V: V, d: d}
+	o := &embedOp{opBase: base.shaped([]int{2}, tensor.Shape{T, d}), batch: b, V: V, d: d}
 	o.outTD = make([]float32, T*d)
 	o.outVal = dense(o.outTD, T, d)
 	return o
 }
 
 func (o *embedOp) Do(in ...G.Value) (G.Value, error) {
-	defer since(&prof.NormsLoss, time.Now())
+	defer o.env.since(partNormsLoss, time.Now())
 	w := f32(in[0])
 	d := o.d
 	for t, tok := range o.batch.Tokens {
@@ -46,7 +46,7 @@ func (o *embedOp) Do(in ...G.Value) (G.Value, error) {
 func (o *embedOp) DiffWRT(int) []bool { return []bool{true} }
 
 func (o *embedOp) SymDiff(in G.Nodes, out, grad *G.Node) (G.Nodes, error) {
-	g := &embedGradOp{opBase: opBase{tag: o.tag + "/grad", inDims: []int{2, 2}, out: tensor.Shape{o.V, o.d}}, fwd: o}
+	g := &embedGradOp{opBase: o.derive("/grad", []int{2, 2}, tensor.Shape{o.V, o.d}), fwd: o}
 	g.dwVD = make([]float32, o.V*o.d)
 	g.val = dense(g.dwVD, o.V, o.d)
 	n, err := G.ApplyOp(g, in[0], grad)
@@ -61,7 +61,7 @@ type embedGradOp struct {
 }
 
 func (o *embedGradOp) Do(in ...G.Value) (G.Value, error) {
-	defer since(&prof.NormsLoss, time.Now())
+	defer o.env.since(partNormsLoss, time.Now())
 	dy := f32(in[1])
 	d := o.fwd.d
 	clear(o.dwVD)
@@ -87,8 +87,8 @@ type rmsNormOp struct {
 	hasBwd bool
 }
 
-func newRMSNormOp(tag string, T, d int, eps float32) *rmsNormOp {
-	o := &rmsNormOp{opBase: opBase{tag: tag, inDims: []int{2, 1}, out: tensor.Shape{T, d}}, T: T, d: d, eps: eps}
+func newRMSNormOp(base opBase, T, d int, eps float32) *rmsNormOp {
+	o := &rmsNormOp{opBase: base.shaped([]int{2, 1}, tensor.Shape{T, d}), T: T, d: d, eps: eps}
 	o.yTD = make([]float32, T*d)
 	o.rstdT = make([]float32, T)
 	o.yVal = dense(o.yTD, T, d)
@@ -96,7 +96,7 @@ func newRMSNormOp(tag string, T, d int, eps float32) *rmsNormOp {
 }
 
 func (o *rmsNormOp) Do(in ...G.Value) (G.Value, error) {
-	defer since(&prof.NormsLoss, time.Now())
+	defer o.env.since(partNormsLoss, time.Now())
 	kernels.RMSNorm(o.yTD, o.rstdT, f32(in[0]), f32(in[1]), o.T, o.d, o.eps)
 	return o.yVal, nil
 }
@@ -111,12 +111,12 @@ func (o *rmsNormOp) SymDiff(in G.Nodes, out, grad *G.Node) (G.Nodes, error) {
 		o.dgD = make([]float32, o.d)
 		o.dgVal = dense(o.dgD, o.d)
 	}
-	gx := &rmsNormGradX{opBase: opBase{tag: o.tag + "/dx", inDims: []int{2, 1, 2}, out: tensor.Shape{o.T, o.d}}, fwd: o}
+	gx := &rmsNormGradX{opBase: o.derive("/dx", []int{2, 1, 2}, tensor.Shape{o.T, o.d}), fwd: o}
 	dx, err := G.ApplyOp(gx, in[0], in[1], grad)
 	if err != nil {
 		return nil, err
 	}
-	gg := &rmsNormGradG{opBase: opBase{tag: o.tag + "/dg", inDims: []int{2}, out: tensor.Shape{o.d}}, fwd: o}
+	gg := &rmsNormGradG{opBase: o.derive("/dg", []int{2}, tensor.Shape{o.d}), fwd: o}
 	dg, err := G.ApplyOp(gg, dx)
 	if err != nil {
 		return nil, err
@@ -133,7 +133,7 @@ type rmsNormGradX struct {
 }
 
 func (o *rmsNormGradX) Do(in ...G.Value) (G.Value, error) {
-	defer since(&prof.NormsLoss, time.Now())
+	defer o.env.since(partNormsLoss, time.Now())
 	f := o.fwd
 	clear(f.dgD)
 	kernels.RMSNormBackward(f.dxTD, f.dgD, f32(in[2]), f32(in[0]), f32(in[1]), f.rstdT, f.T, f.d)
@@ -153,7 +153,6 @@ type xentOp struct {
 	opBase
 	batch  *Batch
 	V      int
-	scale  *float32  // gradient scale (1/micro-batches), owned by the model
 	probTV []float32 // softmax, kept for backward
 	nllT   []float32 // per-token loss in nats (0 for padding), for per-domain eval
 	nValid int
@@ -162,16 +161,16 @@ type xentOp struct {
 	dTV    []float32
 }
 
-func newXentOp(tag string, b *Batch, V int, scale *float32) *xentOp {
+func newXentOp(base opBase, b *Batch, V int) *xentOp {
 	T := b.T()
-	o := &xentOp{opBase: opBase{tag: tag, inDims: []int{2}}, batch: b, V: V, scale: scale}
+	o := &xentOp{opBase: base.shaped([]int{2}, nil), batch: b, V: V}
 	o.probTV = make([]float32, T*V)
 	o.nllT = make([]float32, T)
 	return o
 }
 
 func (o *xentOp) Do(in ...G.Value) (G.Value, error) {
-	defer since(&prof.NormsLoss, time.Now())
+	defer o.env.since(partNormsLoss, time.Now())
 	logits := f32(in[0])
 	V := o.V
 	copy(o.probTV, logits)
@@ -213,7 +212,7 @@ func (o *xentOp) SymDiff(in G.Nodes, out, grad *G.Node) (G.Nodes, error) {
 	T := o.batch.T()
 	o.dTV = make([]float32, T*o.V)
 	o.dVal = dense(o.dTV, T, o.V)
-	g := &xentGradOp{opBase: opBase{tag: o.tag + "/grad", inDims: []int{2, 0}, out: tensor.Shape{T, o.V}}, fwd: o}
+	g := &xentGradOp{opBase: o.derive("/grad", []int{2, 0}, tensor.Shape{T, o.V}), fwd: o}
 	n, err := G.ApplyOp(g, in[0], grad)
 	return G.Nodes{n}, err
 }
@@ -224,7 +223,7 @@ type xentGradOp struct {
 }
 
 func (o *xentGradOp) Do(in ...G.Value) (G.Value, error) {
-	defer since(&prof.NormsLoss, time.Now())
+	defer o.env.since(partNormsLoss, time.Now())
 	f := o.fwd
 	V := f.V
 	upstream := f32(in[1])[0]
@@ -232,7 +231,7 @@ func (o *xentGradOp) Do(in ...G.Value) (G.Value, error) {
 	if f.nValid == 0 {
 		return f.dVal, nil
 	}
-	s := upstream * *f.scale / float32(f.nValid)
+	s := upstream * o.env.scale / float32(f.nValid)
 	for t, tgt := range f.batch.Targets {
 		if tgt < 0 {
 			continue

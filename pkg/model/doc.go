@@ -37,9 +37,12 @@
 //     GEMMs over strided views of the fused qkv tensor, no mask tensor, and
 //     the softmax kept for backward; expressing it with gorgonia primitives
 //     needs reshapes, slicing per head and a mask add per step;
-//   - the MoE feed-forward: one op from [T,d] to [T,d] whose inside (router,
-//     top-k, dispatch plan, one GEMM per expert over tokens sorted by expert,
-//     weighted combine, the load-balancing statistics) is hand-written;
+//   - the MoE feed-forward: one op from [T,d] to [T,d] whose inside is
+//     hand-written as four stages, each a forward/backward pair over
+//     explicit buffers (moe_stages.go): router (matmul, softmax, top-k,
+//     combine weights, dispatch plan, the load-balancing statistics),
+//     dispatch (tokens sorted by expert), experts (one GEMM per expert, no
+//     padding; local or over the expert-parallel group, ep.go) and combine;
 //     gorgonia has no top-k and no scatter-add, and a GShard-style dense
 //     dispatch/combine inside the graph measured about 4.6x slower. Router
 //     and expert parameters are not graph nodes: the backward op accumulates
@@ -53,4 +56,16 @@
 // Every custom op returns tensors that view buffers it allocated once, and
 // every call site has a unique tag, because gorgonia merges nodes with the
 // same op and inputs.
+//
+// # One run's environment
+//
+// The ops of a model share its runEnv (env.go): the context of the Step or
+// Forward that runs them, which every collective (tensor-parallel
+// all-reduce and all-gather, expert all-to-all, the LBL count all-reduce)
+// receives, so cancelling a step interrupts a stuck peer; the first error
+// an op hit, which Step reports instead of gorgonia's wrapping of it; the
+// gradient scale; and the model's step profile (Model.EnableProfile,
+// Model.Profile), one per model so ranks sharing a process do not mix or
+// race on it. Graph construction reports errors (a sticky-error builder);
+// nothing panics and nothing is recovered.
 package model

@@ -129,38 +129,38 @@ func (s *epState) scatter(dst, src []float32, d int) {
 }
 
 // forwardRemote runs the experts of this rank over every source's slots and
-// leaves this rank's slot outputs in o.yeSD.
+// leaves this rank's slot outputs in o.slots.yeSD.
 func (o *moeOp) forwardRemote(ctx context.Context, slots int) error {
-	s, d := o.ep, o.d
-	if err := s.plan(ctx, o.plan.Offsets, o.E, d); err != nil {
+	s, d := o.ep, o.s.d
+	if err := s.plan(ctx, o.r.plan.Offsets, o.s.E, d); err != nil {
 		return err
 	}
-	if err := s.ex.AllToAllVF32(ctx, o.xeSD[:slots*d], s.sendCnt, s.xr[:s.R*d], s.recvCnt); err != nil {
+	if err := s.ex.AllToAllVF32(ctx, o.slots.xeSD[:slots*d], s.sendCnt, s.xr[:s.R*d], s.recvCnt); err != nil {
 		return fmt.Errorf("model: expert dispatch: %w", err)
 	}
 	s.gather(s.xl, s.xr, d)
 	o.bindLocal(false)
 	o.experts.forward(0)
 	s.scatter(s.yr, s.yl, d)
-	if err := s.ex.AllToAllVF32(ctx, s.yr[:s.R*d], s.recvCnt, o.yeSD[:slots*d], s.sendCnt); err != nil {
+	if err := s.ex.AllToAllVF32(ctx, s.yr[:s.R*d], s.recvCnt, o.slots.yeSD[:slots*d], s.sendCnt); err != nil {
 		return fmt.Errorf("model: expert combine: %w", err)
 	}
 	return nil
 }
 
-// backwardRemote sends the slot output gradients (o.dyeSD) to the owners,
+// backwardRemote sends the slot output gradients (o.slots.dyeSD) to the owners,
 // accumulates the local experts' weight gradients and leaves the slot input
-// gradients in o.dxeSD.
+// gradients in o.slots.dxeSD.
 func (o *moeOp) backwardRemote(ctx context.Context, slots int) error {
-	s, d := o.ep, o.d
-	if err := s.ex.AllToAllVF32(ctx, o.dyeSD[:slots*d], s.sendCnt, s.dyr[:s.R*d], s.recvCnt); err != nil {
+	s, d := o.ep, o.s.d
+	if err := s.ex.AllToAllVF32(ctx, o.slots.dyeSD[:slots*d], s.sendCnt, s.dyr[:s.R*d], s.recvCnt); err != nil {
 		return fmt.Errorf("model: expert gradient dispatch: %w", err)
 	}
 	s.gather(s.dyl, s.dyr, d)
 	o.bindLocal(true)
 	o.experts.backward(0)
 	s.scatter(s.dxr, s.dxl, d)
-	if err := s.ex.AllToAllVF32(ctx, s.dxr[:s.R*d], s.recvCnt, o.dxeSD[:slots*d], s.sendCnt); err != nil {
+	if err := s.ex.AllToAllVF32(ctx, s.dxr[:s.R*d], s.recvCnt, o.slots.dxeSD[:slots*d], s.sendCnt); err != nil {
 		return fmt.Errorf("model: expert gradient combine: %w", err)
 	}
 	return nil
@@ -168,7 +168,7 @@ func (o *moeOp) backwardRemote(ctx context.Context, slots int) error {
 
 // bindLocal points the local expert blocks at their expert-major rows.
 func (o *moeOp) bindLocal(backward bool) {
-	s, d, h := o.ep, o.d, o.h
+	s, d, h := o.ep, o.s.d, o.s.h
 	for e := range o.experts.blocks {
 		b := &o.experts.blocks[e]
 		lo, hi := int(s.offL[e]), int(s.offL[e+1])

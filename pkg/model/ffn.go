@@ -42,6 +42,27 @@ type ffnBlock struct {
 	scratch       ffnAct // [n,h] da, db, dhh
 }
 
+// ffnParams are the weights and gradients of consecutive SwiGLU blocks
+// (experts): w1, w3 [n][d,h], w2 [n][h,d].
+type ffnParams struct{ w1, w3, w2, gw1, gw3, gw2 []float32 }
+
+// ffnParamsOf returns layer l's prefix+"w1", "w3", "w2" parameters.
+func ffnParamsOf(p *Params, l int, prefix string) ffnParams {
+	name := func(w string) string { return pname(l, prefix+w) }
+	return ffnParams{w1: p.W(name("w1")), w3: p.W(name("w3")), w2: p.W(name("w2")),
+		gw1: p.G(name("w1")), gw3: p.G(name("w3")), gw2: p.G(name("w2"))}
+}
+
+// blocks returns how many blocks of width d and hidden h the params hold.
+func (f ffnParams) blocks(d, h int) int { return len(f.w1) / (d * h) }
+
+// block returns block i with its weights set (rows and buffers unset).
+func (f ffnParams) block(i, d, h int) ffnBlock {
+	lo, hi := i*d*h, (i+1)*d*h
+	return ffnBlock{w1: f.w1[lo:hi], w3: f.w3[lo:hi], w2: f.w2[lo:hi],
+		gw1: f.gw1[lo:hi], gw3: f.gw3[lo:hi], gw2: f.gw2[lo:hi]}
+}
+
 // ffnGroup runs a list of blocks; it owns the GEMM descriptor list so that
 // steady-state calls do not allocate.
 type ffnGroup struct {

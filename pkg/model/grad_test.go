@@ -1,6 +1,7 @@
 package model
 
 import (
+	"context"
 	"math"
 	"math/rand/v2"
 	"slices"
@@ -60,14 +61,14 @@ func newHarness(t *testing.T, c Config, bc lbl.Config, B int, seed uint64) *fdHa
 // (the function whose gradient Step accumulates), and the routing choices.
 func (h *fdHarness) loss() (float64, [][]int32) {
 	h.t.Helper()
-	ce, err := h.m.Step()
+	ce, err := h.m.Step(context.Background())
 	if err != nil {
 		h.t.Fatal(err)
 	}
 	total := ce + h.bal.Losses().Total
 	var routes [][]int32
 	for _, op := range h.m.Train.moes {
-		routes = append(routes, slices.Clone(op.idxTK))
+		routes = append(routes, slices.Clone(op.r.idxTK))
 	}
 	h.bal.StepDone()
 	return total, routes
@@ -178,7 +179,7 @@ func TestCapacityDrops(t *testing.T) {
 	c.CapacityFactor = 0.5
 	h := newHarness(t, c, lbl.Config{GlobalCoef: 0.1}, 3, 11)
 	h.loss()
-	if d := h.m.Train.moes[0].plan.Dropped; d == 0 {
+	if d := h.m.Train.moes[0].r.plan.Dropped; d == 0 {
 		t.Fatal("capacity factor 0.5 dropped nothing")
 	}
 }

@@ -20,8 +20,7 @@ type Model struct {
 	P     *Params
 	Train *Program
 	Eval  *Program
-	scale float32 // gradient scale of one micro-batch (1 / accumulation steps)
-	fail  error   // set by an op whose own error gorgonia would wrap
+	env   *runEnv // what the ops share while a program runs
 	// exchange moves tokens between expert-parallel ranks (nil: this model
 	// holds every expert)
 	exchange ExpertExchange
@@ -104,7 +103,7 @@ func New(cfg Config, microBatch int, bal *lbl.Balancer, domains int, opts ...Opt
 	} else {
 		o.tp = nil
 	}
-	m := &Model{Cfg: cfg, P: buildParams(cfg, lo, hi, tpRank, tp), scale: 1, exchange: o.exchange, tp: o.tp}
+	m := &Model{Cfg: cfg, P: buildParams(cfg, lo, hi, tpRank, tp), env: &runEnv{scale: 1}, exchange: o.exchange, tp: o.tp}
 	var err error
 	m.biasOf = bal
 	if m.Train, err = m.build(microBatch, bal, nil, true); err != nil {
@@ -119,114 +118,150 @@ func New(cfg Config, microBatch int, bal *lbl.Balancer, domains int, opts ...Opt
 
 // SetGradScale sets the factor applied to every gradient of one Step
 // (1 / micro-batches per optimizer step).
-func (m *Model) SetGradScale(s float32) { m.scale = s }
+func (m *Model) SetGradScale(s float32) { m.env.scale = s }
+
+// builder assembles one program's graph. Its error is sticky: after the
+// first failure every call returns nil without touching gorgonia, and build
+// reports that first error.
+type builder struct {
+	m    *Model
+	pr   *Program
+	kind string // "train" or "eval": tags every op, so the graphs never share one
+	err  error
+	bal  *lbl.Balancer
+	// next MoE layer's index among the MoE layers
+	moeIdx int
+}
+
+func (b *builder) base(what string) opBase { return opBase{tag: b.kind + "/" + what, env: b.m.env} }
+
+// param makes the gorgonia node of parameter name over its live weights.
+func (b *builder) param(name string, shape ...int) *G.Node {
+	val := tensor.New(tensor.WithShape(shape...), tensor.WithBacking(b.m.P.W(name)))
+	opts := []G.NodeConsOpt{G.WithShape(shape...), G.WithName(name), G.WithValue(val)}
+	var n *G.Node
+	if len(shape) == 1 {
+		n = G.NewVector(b.pr.g, tensor.Float32, opts...)
+	} else {
+		n = G.NewMatrix(b.pr.g, tensor.Float32, opts...)
+	}
+	b.pr.params = append(b.pr.params, n)
+	b.pr.names = append(b.pr.names, name)
+	return n
+}
+
+func (b *builder) keep(n *G.Node, err error, what string) *G.Node {
+	if err != nil {
+		b.err = fmt.Errorf("model: build %s graph: %s: %w", b.kind, what, err)
+		return nil
+	}
+	return n
+}
+
+func (b *builder) apply(op G.Op, in ...*G.Node) *G.Node {
+	if b.err != nil {
+		return nil
+	}
+	n, err := G.ApplyOp(op, in...)
+	return b.keep(n, err, op.String())
+}
+
+func (b *builder) mul(x, w *G.Node) *G.Node {
+	if b.err != nil {
+		return nil
+	}
+	n, err := G.Mul(x, w)
+	return b.keep(n, err, "matmul "+w.Name())
+}
+
+func (b *builder) add(x, y *G.Node) *G.Node {
+	if b.err != nil {
+		return nil
+	}
+	n, err := G.Add(x, y)
+	return b.keep(n, err, "residual add")
+}
 
 func (m *Model) build(B int, bal *lbl.Balancer, stats *ExpertStats, train bool) (*Program, error) {
 	c := m.Cfg
-	S, d, V := c.SeqLen, c.Dim, c.Vocab
-	T := B * S
+	pr := &Program{Batch: NewBatch(B, c.SeqLen), g: G.NewGraph(), Stats: stats, KeepRegisters: true}
+	b := &builder{m: m, pr: pr, kind: "eval", bal: bal}
+	if train {
+		b.kind = "train"
+	}
+	x := b.apply(newEmbedOp(b.base("embed"), pr.Batch, c.Vocab, c.Dim), b.param("embed", c.Vocab, c.Dim))
+	for l := 0; l < c.Layers; l++ {
+		x = b.add(x, b.attention(l, x))
+		x = b.add(x, b.ffn(l, x))
+	}
+	hf := b.apply(newRMSNormOp(b.base("final_norm"), pr.Batch.T(), c.Dim, c.NormEps), x, b.param("final_norm", c.Dim))
+	logits := b.mul(hf, b.param("head", c.Dim, c.Vocab))
+	pr.xent = newXentOp(b.base("xent"), pr.Batch, c.Vocab)
+	cost := b.apply(pr.xent, logits)
+	if b.err != nil {
+		return nil, b.err
+	}
+	if train {
+		grads, err := G.Grad(cost, pr.params...)
+		if err != nil {
+			return nil, fmt.Errorf("model: build %s graph: gradients: %w", b.kind, err)
+		}
+		pr.grads = grads
+	}
+	pr.vm = G.NewTapeMachine(pr.g)
+	return pr, nil
+}
+
+// attention is layer l's attention branch: norm, q/k/v projection (this
+// rank's heads), the attention core and the output projection, with the
+// tensor-parallel copy before and reduce after.
+func (b *builder) attention(l int, x *G.Node) *G.Node {
+	c, m := b.m.Cfg, b.m
+	T, d := b.pr.Batch.T(), c.Dim
 	tp := 1
 	if m.tp != nil {
 		tp = m.tp.Size()
 	}
 	dl := d / tp
-	pr := &Program{Batch: NewBatch(B, S), g: G.NewGraph(), Stats: stats, KeepRegisters: true}
-	g := pr.g
-	kind := "eval"
-	if train {
-		kind = "train"
+	h := b.apply(newRMSNormOp(b.base(pname(l, "attn_norm")), T, d, c.NormEps), x, b.param(pname(l, "attn_norm"), d))
+	if m.tp != nil {
+		h = b.apply(newTPCommOp(b.base(pname(l, "tp_copy")), m.tp, false, T, d), h)
 	}
-	param := func(name string, shape ...int) *G.Node {
-		w := m.P.W(name)
-		var n *G.Node
-		val := tensor.New(tensor.WithShape(shape...), tensor.WithBacking(w))
-		if len(shape) == 1 {
-			n = G.NewVector(g, tensor.Float32, G.WithShape(shape...), G.WithName(name), G.WithValue(val))
-		} else {
-			n = G.NewMatrix(g, tensor.Float32, G.WithShape(shape...), G.WithName(name), G.WithValue(val))
-		}
-		pr.params = append(pr.params, n)
-		pr.names = append(pr.names, name)
-		return n
+	qkv := b.mul(h, b.param(pname(l, "wqkv"), d, 3*dl))
+	a := b.apply(newAttentionOp(b.base(pname(l, "attn")), b.pr.Batch.B, c.SeqLen, c.Heads/tp, dl, c.RopeBase), qkv)
+	o := b.mul(a, b.param(pname(l, "wo"), dl, d))
+	if m.tp != nil {
+		o = b.apply(newTPCommOp(b.base(pname(l, "tp_reduce")), m.tp, true, T, d), o)
 	}
-	tag := func(what string) string { return kind + "/" + what }
-	must := func(n *G.Node, err error) *G.Node {
-		if err != nil {
-			panic(err)
-		}
-		return n
+	return o
+}
+
+// ffn is layer l's feed-forward branch: norm, then the MoE layer or the
+// dense SwiGLU.
+func (b *builder) ffn(l int, x *G.Node) *G.Node {
+	c, m := b.m.Cfg, b.m
+	T := b.pr.Batch.T()
+	h := b.apply(newRMSNormOp(b.base(pname(l, "ffn_norm")), T, c.Dim, c.NormEps), x, b.param(pname(l, "ffn_norm"), c.Dim))
+	if !c.IsMoE(l) {
+		return b.apply(newDenseFFNOp(b.base(pname(l, "ffn")), l, c, T, m.P), h)
 	}
-	var buildErr error
-	func() {
-		defer func() {
-			if r := recover(); r != nil {
-				buildErr = fmt.Errorf("model: build graph: %v", r)
-			}
-		}()
-		x := must(G.ApplyOp(newEmbedOp(tag("embed"), pr.Batch, V, d), param("embed", V, d)))
-		moeIdx := 0
-		for l := 0; l < c.Layers; l++ {
-			h := must(G.ApplyOp(newRMSNormOp(tag(pname(l, "attn_norm")), T, d, c.NormEps), x, param(pname(l, "attn_norm"), d)))
-			if m.tp != nil {
-				h = must(G.ApplyOp(newTPCommOp(tag(pname(l, "tp_copy")), m.tp, false, T, d, &m.fail), h))
-			}
-			qkv := must(G.Mul(h, param(pname(l, "wqkv"), d, 3*dl)))
-			a := must(G.ApplyOp(newAttentionOp(tag(pname(l, "attn")), B, S, c.Heads/tp, dl, c.RopeBase), qkv))
-			o := must(G.Mul(a, param(pname(l, "wo"), dl, d)))
-			if m.tp != nil {
-				o = must(G.ApplyOp(newTPCommOp(tag(pname(l, "tp_reduce")), m.tp, true, T, d, &m.fail), o))
-			}
-			x = must(G.Add(x, o))
-			h2 := must(G.ApplyOp(newRMSNormOp(tag(pname(l, "ffn_norm")), T, d, c.NormEps), x, param(pname(l, "ffn_norm"), d)))
-			var f *G.Node
-			if c.IsMoE(l) {
-				op := newMoEOp(tag(pname(l, "moe")), l, moeIdx, c, pr.Batch, m.P, bal, stats, &m.scale, m.tp)
-				// evaluation routes with the aux-loss-free bias too: it is
-				// part of how the trained router selects experts
-				op.biasOf = m.biasOf
-				op.fail = &m.fail
-				if m.exchange != nil {
-					op.ep = newEPState(m.exchange, op.T, c.Experts, c.TopK, d, c.Hidden)
-				}
-				pr.moes = append(pr.moes, op)
-				moeIdx++
-				f = must(G.ApplyOp(op, h2))
-			} else {
-				f = must(G.ApplyOp(newDenseFFNOp(tag(pname(l, "ffn")), l, c, T, m.P), h2))
-			}
-			x = must(G.Add(x, f))
-		}
-		hf := must(G.ApplyOp(newRMSNormOp(tag("final_norm"), T, d, c.NormEps), x, param("final_norm", d)))
-		logits := must(G.Mul(hf, param("head", d, V)))
-		pr.xent = newXentOp(tag("xent"), pr.Batch, V, &m.scale)
-		cost := must(G.ApplyOp(pr.xent, logits))
-		if train {
-			grads, err := G.Grad(cost, pr.params...)
-			if err != nil {
-				panic(err)
-			}
-			pr.grads = grads
-		}
-	}()
-	if buildErr != nil {
-		return nil, buildErr
-	}
-	pr.vm = G.NewTapeMachine(g)
-	return pr, nil
+	// evaluation routes with the aux-loss-free bias too: it is part of
+	// how the trained router selects experts
+	w := moeWiring{bal: b.bal, biasOf: m.biasOf, stats: b.pr.Stats, tg: m.tp, ex: m.exchange}
+	op := newMoEOp(b.base(pname(l, "moe")), l, b.moeIdx, c, b.pr.Batch, m.P, w)
+	b.pr.moes = append(b.pr.moes, op)
+	b.moeIdx++
+	return b.apply(op, h)
 }
 
 // Step runs forward and backward on m.Train.Batch and adds the gradients
 // (times the grad scale) into m.P.Grad. It returns the batch's mean
-// cross-entropy in nats.
-func (m *Model) Step() (float64, error) {
+// cross-entropy in nats. ctx reaches every collective of the step.
+func (m *Model) Step(ctx context.Context) (float64, error) {
 	pr := m.Train
 	pr.Batch.SetValid()
-	m.fail = nil
-	if err := pr.vm.RunAll(); err != nil {
+	if err := m.env.run(ctx, pr.vm.RunAll); err != nil {
 		pr.vm.Reset()
-		if m.fail != nil {
-			err = m.fail
-		}
 		return 0, fmt.Errorf("model: train step: %w", err)
 	}
 	for i, gn := range pr.grads {
@@ -241,15 +276,11 @@ func (m *Model) Step() (float64, error) {
 // Forward runs the evaluation graph on m.Eval.Batch, recording expert
 // selections per domain in m.Eval.Stats. It returns the per-token negative
 // log-likelihood in nats (0 at padding), valid until the next call.
-func (m *Model) Forward() ([]float32, error) {
+func (m *Model) Forward(ctx context.Context) ([]float32, error) {
 	pr := m.Eval
 	pr.Batch.SetValid()
-	m.fail = nil
-	if err := pr.vm.RunAll(); err != nil {
+	if err := m.env.run(ctx, pr.vm.RunAll); err != nil {
 		pr.vm.Reset()
-		if m.fail != nil {
-			err = m.fail
-		}
 		return nil, fmt.Errorf("model: forward: %w", err)
 	}
 	pr.reset()

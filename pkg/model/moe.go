@@ -1,202 +1,187 @@
 package model
 
 // The MoE feed-forward as one gorgonia op: x [T,d] -> y [T,d]. Its inside is
-// hand-written: router matmul and softmax, top-k (pkg/router), the
-// load-balancing statistics (pkg/lbl), tokens sorted by expert and one GEMM
-// per expert with no padding, weighted combine, optional shared experts.
-// The router and expert parameters live in the model's flat Params and the
-// backward op accumulates their gradients there directly.
+// hand-written, as the four stages of moe_stages.go (router, dispatch,
+// experts, combine), plus the shared experts that every token passes
+// through. The router and expert parameters live in the model's flat Params
+// and the backward accumulates their gradients there directly.
 //
-//	xTD [T,d] input (normalised)      logitsTE, probsTE [T,E]
-//	idxTK, wTK [T,k] selected experts and combine weights
-//	xeSD, yeSD [Tk,d] inputs/outputs of every kept slot, grouped by expert
-//	act (a, b, hh) [Tk,h] expert activations, slot order
+//	xTD [T,d] input (normalised)   yTD [T,d] output
+//	xeSD, yeSD [S,d] inputs/outputs of the kept slots, grouped by expert
+//	act [S,h] expert activations, slot order
 
 import (
-	"context"
 	"fmt"
 	"time"
 
 	G "gorgonia.org/gorgonia"
 	"gorgonia.org/tensor"
 
-	"github.com/switchyard-ml/switchyard/pkg/kernels"
 	"github.com/switchyard-ml/switchyard/pkg/lbl"
 	"github.com/switchyard-ml/switchyard/pkg/router"
 )
 
 type moeOp struct {
 	opBase
-	layer, moeIdx int // transformer layer and index among MoE layers
-	cfg           Config
-	batch         *Batch
-	p             *Params
-	bal           *lbl.Balancer // nil in evaluation graphs
-	biasOf        *lbl.Balancer // the selection bias's source (training and evaluation)
-	stats         *ExpertStats  // non-nil: record selections per domain
-	scale         *float32
-	fail          *error      // the op's own error, reported instead of gorgonia's wrapping of it
-	ep            *epState    // nil: every expert is local
-	tg            TensorGroup // nil: no tensor parallelism; else this rank handles tokens [off, off+T)
-	off, tFull    int
-	T, d, h, E, k int
-	capacity      int
-
-	wr, w1, w3, w2     []float32
-	gwr, gw1, gw3, gw2 []float32
-	sw1, sw3, sw2      []float32
-	gsw1, gsw3, gsw2   []float32
-
-	logitsTE, probsTE []float32
-	idxTK             []int32
-	wTK               []float32
-	plan              router.Plan
-	xeSD, yeSD        []float32
-	act               ffnAct
-	sharedAct         []ffnAct
-	experts           ffnGroup   // one block per routed expert, rows = its slots
-	shared            []ffnGroup // one group per shared expert (they write the same output)
-	outTD             []float32
-	outVal            *tensor.Dense
-
-	// backward
-	dxTD, dyeSD, dxeSD  []float32
-	dwTK                []float32
-	dProbsTE, dLogitsTE []float32
-	scratch             ffnAct
-	sharedScratch       ffnAct
-	dVal                *tensor.Dense
+	moeIdx  int // index among the model's MoE layers (the balancer's layer)
+	s       moeShape
+	batch   *Batch
+	wiring  moeWiring
+	ep      *epState // nil: every expert is local
+	r       routerState
+	slots   slotBufs
+	experts ffnGroup // one block per local routed expert, rows = its slots
+	shared  sharedExperts
+	outTD   []float32 // [tFull,d]
+	dxTD    []float32 // [tFull,d]
+	outVal  *tensor.Dense
+	dVal    *tensor.Dense
 }
 
-func newMoEOp(tag string, l, moeIdx int, cfg Config, b *Batch, p *Params, bal *lbl.Balancer, stats *ExpertStats, scale *float32, tg TensorGroup) *moeOp {
-	tFull, d, h, E, k := b.T(), cfg.Dim, cfg.Hidden, cfg.Experts, cfg.TopK
-	T, off := tFull, 0
-	if tg != nil {
-		T = tFull / tg.Size()
-		off = tg.Rank() * T
+// moeWiring is what an MoE layer uses from outside the model's parameters.
+type moeWiring struct {
+	bal    *lbl.Balancer // receives the routing statistics; nil in evaluation graphs
+	biasOf *lbl.Balancer // the selection bias's source (training and evaluation)
+	stats  *ExpertStats  // non-nil: record selections per domain
+	tg     TensorGroup   // nil: no tensor parallelism
+	ex     ExpertExchange
+}
+
+// slotBufs are the kept slots' rows, grouped by expert.
+type slotBufs struct {
+	xeSD, yeSD, dyeSD, dxeSD []float32 // [T*k,d] (S rows used)
+	act, scratch             ffnAct    // [T*k,h]
+}
+
+// sharedExperts run on every token and add to the routed output.
+type sharedExperts struct {
+	groups  []ffnGroup // one single-block group per shared expert, [T,h] activations each
+	scratch ffnAct     // [T,h] backward scratch, used by one expert at a time
+}
+
+func newMoEOp(base opBase, l, moeIdx int, cfg Config, b *Batch, p *Params, w moeWiring) *moeOp {
+	s := moeShape{T: b.T(), tFull: b.T(), d: cfg.Dim, h: cfg.Hidden, E: cfg.Experts, k: cfg.TopK}
+	if w.tg != nil {
+		s.T = s.tFull / w.tg.Size()
+		s.off = w.tg.Rank() * s.T
 	}
-	o := &moeOp{opBase: opBase{tag: tag, inDims: []int{2}, out: tensor.Shape{tFull, d}},
-		layer: l, moeIdx: moeIdx, cfg: cfg, batch: b, p: p, bal: bal, stats: stats, scale: scale,
-		T: T, d: d, h: h, E: E, k: k, tg: tg, off: off, tFull: tFull}
 	if cfg.CapacityFactor > 0 {
-		o.capacity = router.Capacity(T, E, k, cfg.CapacityFactor)
+		s.capacity = router.Capacity(s.T, s.E, s.k, cfg.CapacityFactor)
 	}
-	o.wr, o.gwr = p.W(pname(l, "router")), p.G(pname(l, "router"))
-	o.w1, o.gw1 = p.W(pname(l, "w1")), p.G(pname(l, "w1"))
-	o.w3, o.gw3 = p.W(pname(l, "w3")), p.G(pname(l, "w3"))
-	o.w2, o.gw2 = p.W(pname(l, "w2")), p.G(pname(l, "w2"))
+	o := &moeOp{opBase: base.shaped([]int{2}, tensor.Shape{s.tFull, s.d}), moeIdx: moeIdx, s: s, batch: b, wiring: w,
+		r: newRouterState(s, p.W(pname(l, "router")), p.G(pname(l, "router")), cfg.Renormalize)}
+	S, d, h := s.T*s.k, s.d, s.h
+	o.slots = slotBufs{xeSD: make([]float32, S*d), yeSD: make([]float32, S*d), act: newFFNAct(S, h)}
+	routed := ffnParamsOf(p, l, "")
+	o.experts = ffnGroup{d: d, h: h, blocks: make([]ffnBlock, routed.blocks(d, h))}
+	for e := range o.experts.blocks {
+		o.experts.blocks[e] = routed.block(e, d, h)
+	}
 	if cfg.Shared > 0 {
-		o.sw1, o.gsw1 = p.W(pname(l, "shared_w1")), p.G(pname(l, "shared_w1"))
-		o.sw3, o.gsw3 = p.W(pname(l, "shared_w3")), p.G(pname(l, "shared_w3"))
-		o.sw2, o.gsw2 = p.W(pname(l, "shared_w2")), p.G(pname(l, "shared_w2"))
-		for s := 0; s < cfg.Shared; s++ {
-			act := newFFNAct(T, h)
-			o.sharedAct = append(o.sharedAct, act)
-			o.shared = append(o.shared, ffnGroup{d: d, h: h, blocks: []ffnBlock{{n: T,
-				w1: o.sw1[s*d*h : (s+1)*d*h], w3: o.sw3[s*d*h : (s+1)*d*h], w2: o.sw2[s*h*d : (s+1)*h*d],
-				gw1: o.gsw1[s*d*h : (s+1)*d*h], gw3: o.gsw3[s*d*h : (s+1)*d*h], gw2: o.gsw2[s*h*d : (s+1)*h*d], act: act}}})
+		sp := ffnParamsOf(p, l, "shared_")
+		for i := 0; i < cfg.Shared; i++ {
+			blk := sp.block(i, d, h)
+			blk.n, blk.act = s.T, newFFNAct(s.T, h)
+			o.shared.groups = append(o.shared.groups, ffnGroup{d: d, h: h, blocks: []ffnBlock{blk}})
 		}
 	}
-	o.logitsTE = make([]float32, T*E)
-	o.probsTE = make([]float32, T*E)
-	o.idxTK = make([]int32, T*k)
-	o.wTK = make([]float32, T*k)
-	o.xeSD = make([]float32, T*k*d)
-	o.yeSD = make([]float32, T*k*d)
-	o.act = newFFNAct(T*k, h)
-	o.outTD = make([]float32, tFull*d)
-	o.outVal = dense(o.outTD, tFull, d)
-	El := len(o.w1) / (d * h)
-	o.experts = ffnGroup{d: d, h: h, blocks: make([]ffnBlock, El)}
-	for e := range o.experts.blocks {
-		o.experts.blocks[e] = ffnBlock{w1: o.w1[e*d*h : (e+1)*d*h], w3: o.w3[e*d*h : (e+1)*d*h], w2: o.w2[e*h*d : (e+1)*h*d],
-			gw1: o.gw1[e*d*h : (e+1)*d*h], gw3: o.gw3[e*d*h : (e+1)*d*h], gw2: o.gw2[e*h*d : (e+1)*h*d]}
+	if w.ex != nil {
+		o.ep = newEPState(w.ex, s.T, s.E, s.k, d, h)
 	}
+	o.outTD = make([]float32, s.tFull*d)
+	o.outVal = dense(o.outTD, s.tFull, d)
 	return o
 }
 
 // bindExperts points every expert block at its slot rows of this run's plan.
 func (o *moeOp) bindExperts(backward bool) {
-	d, h := o.d, o.h
+	d, h := o.s.d, o.s.h
 	for e := range o.experts.blocks {
 		b := &o.experts.blocks[e]
-		lo, hi := int(o.plan.Offsets[e]), int(o.plan.Offsets[e+1])
+		lo, hi := int(o.r.plan.Offsets[e]), int(o.r.plan.Offsets[e+1])
 		b.n = hi - lo
-		b.x, b.y = o.xeSD[lo*d:hi*d], o.yeSD[lo*d:hi*d]
-		b.act = o.act.rows(lo, hi, h)
+		b.x, b.y = o.slots.xeSD[lo*d:hi*d], o.slots.yeSD[lo*d:hi*d]
+		b.act = o.slots.act.rows(lo, hi, h)
 		if backward {
-			b.dy, b.dx = o.dyeSD[lo*d:hi*d], o.dxeSD[lo*d:hi*d]
-			b.scratch = o.scratch.rows(lo, hi, h)
+			b.dy, b.dx = o.slots.dyeSD[lo*d:hi*d], o.slots.dxeSD[lo*d:hi*d]
+			b.scratch = o.slots.scratch.rows(lo, hi, h)
 		}
 	}
 }
 
+// rows returns this rank's rows [off, off+T) of a [tFull,d] buffer.
+func (o *moeOp) rows(buf []float32) []float32 {
+	return buf[o.s.off*o.s.d : (o.s.off+o.s.T)*o.s.d]
+}
+
 func (o *moeOp) Do(in ...G.Value) (G.Value, error) {
-	T, d, E, k := o.T, o.d, o.E, o.k
-	x := f32(in[0])[o.off*d : (o.off+T)*d]
-	out := o.outTD[o.off*d : (o.off+T)*d]
-	blas := kernels.Default()
+	x, y := o.rows(f32(in[0])), o.rows(o.outTD)
 	start := time.Now()
-	// router: logits = x Wr, probs = softmax(logits)
-	blas.Sgemm(false, false, T, E, d, 1, x, d, o.wr, E, 0, o.logitsTE, E)
-	copy(o.probsTE, o.logitsTE)
-	for t := 0; t < T; t++ {
-		kernels.Softmax(o.probsTE[t*E : (t+1)*E])
+	if err := o.route(x); err != nil {
+		return nil, o.env.failed(err)
 	}
-	var bias []float32
-	if o.biasOf != nil {
-		bias = o.biasOf.Bias(o.moeIdx)
+	o.env.since(partRouter, start)
+	defer o.env.since(partExperts, time.Now())
+	S, d := o.r.plan.Slots(), o.s.d
+	dispatchForward(&o.r.plan, x, o.slots.xeSD, d)
+	if err := o.expertsForward(S); err != nil {
+		return nil, o.env.failed(err)
 	}
-	router.TopK(o.probsTE, T, E, k, bias, o.idxTK)
-	router.Weights(o.probsTE, T, E, k, o.idxTK, o.cfg.Renormalize, o.wTK)
-	if err := o.plan.Build(o.idxTK, T, E, k, o.capacity); err != nil {
-		*o.fail = err
-		return nil, err
+	combineForward(&o.r.plan, o.r.wTK, o.slots.yeSD, y, d, o.s.k)
+	for i := range o.shared.groups {
+		b := &o.shared.groups[i].blocks[0]
+		b.x, b.y = x, y
+		o.shared.groups[i].forward(1)
 	}
-	if o.bal != nil {
-		o.bal.Record(o.moeIdx, o.logitsTE, o.probsTE, o.idxTK, T, o.batch.S, o.batch.Valid[o.off:o.off+T])
-		// after the last MoE layer: the counts travel while the rest of
-		// the step computes (the backward waits for them)
-		o.bal.StartSync(context.Background())
-	}
-	if o.stats != nil {
-		o.stats.record(o.moeIdx, o.batch, o.off, T, o.idxTK, k)
-	}
-	since(&prof.Router, start)
-	defer since(&prof.Experts, time.Now())
-	// dispatch: gather kept slots grouped by expert
-	S := o.plan.Slots()
-	for s := 0; s < S; s++ {
-		t := int(o.plan.Token[s])
-		copy(o.xeSD[s*d:(s+1)*d], x[t*d:(t+1)*d])
-	}
-	if o.ep != nil {
-		if err := o.forwardRemote(context.Background(), S); err != nil {
-			*o.fail = err
-			return nil, err
-		}
-	} else {
-		o.bindExperts(false)
-		o.experts.forward(0)
-	}
-	// combine: y[t] = sum over kept choices of w[t,c] * ye[slot]
-	clear(out)
-	for s := 0; s < S; s++ {
-		t, c := int(o.plan.Token[s]), int(o.plan.Choice[s])
-		kernels.Axpy(o.wTK[t*k+c], o.yeSD[s*d:(s+1)*d], out[t*d:(t+1)*d])
-	}
-	for s := range o.shared {
-		b := &o.shared[s].blocks[0]
-		b.x, b.y = x, out
-		o.shared[s].forward(1)
-	}
-	if o.tg != nil {
-		if err := o.tg.AllGatherEqual(context.Background(), o.outTD); err != nil {
-			*o.fail = fmt.Errorf("model: gather MoE outputs over the tensor-parallel group: %w", err)
-			return nil, *o.fail
+	if o.wiring.tg != nil {
+		if err := o.wiring.tg.AllGatherEqual(o.env.ctx, o.outTD); err != nil {
+			return nil, o.env.failed(fmt.Errorf("model: gather MoE outputs over the tensor-parallel group: %w", err))
 		}
 	}
 	return o.outVal, nil
+}
+
+// route runs the router and records its statistics.
+func (o *moeOp) route(x []float32) error {
+	w, T := o.wiring, o.s.T
+	var bias []float32
+	if w.biasOf != nil {
+		bias = w.biasOf.Bias(o.moeIdx)
+	}
+	if err := routerForward(&o.r, o.s, x, bias); err != nil {
+		return err
+	}
+	if w.bal != nil {
+		w.bal.Record(o.moeIdx, o.r.logitsTE, o.r.probsTE, o.r.idxTK, T, o.batch.S, o.batch.Valid[o.s.off:o.s.off+T])
+		// after the last MoE layer: the counts travel while the rest of
+		// the step computes (the backward waits for them)
+		w.bal.StartSync(o.env.ctx)
+	}
+	if w.stats != nil {
+		w.stats.record(o.moeIdx, o.batch, o.s.off, T, o.r.idxTK, o.s.k)
+	}
+	return nil
+}
+
+// expertsForward runs the experts over the S kept slots: yeSD = ffn(xeSD).
+func (o *moeOp) expertsForward(S int) error {
+	if o.ep != nil {
+		return o.forwardRemote(o.env.ctx, S)
+	}
+	o.bindExperts(false)
+	o.experts.forward(0)
+	return nil
+}
+
+// expertsBackward accumulates the experts' weight gradients and sets
+// dxeSD from dyeSD.
+func (o *moeOp) expertsBackward(S int) error {
+	if o.ep != nil {
+		return o.backwardRemote(o.env.ctx, S)
+	}
+	o.bindExperts(true)
+	o.experts.backward(0)
+	return nil
 }
 
 func (o *moeOp) DiffWRT(int) []bool { return []bool{true} }
@@ -205,30 +190,29 @@ func (o *moeOp) DiffWRT(int) []bool { return []bool{true} }
 // 1/tp with tensor parallelism, whose ranks each balance a 1/tp token slice
 // (the slices' losses average to the whole micro-batch's).
 func (o *moeOp) lblScale() float64 {
-	s := float64(*o.scale)
-	if o.tg != nil {
-		s /= float64(o.tg.Size())
+	s := float64(o.env.scale)
+	if o.wiring.tg != nil {
+		s /= float64(o.wiring.tg.Size())
 	}
 	return s
 }
 
 func (o *moeOp) SymDiff(in G.Nodes, out, grad *G.Node) (G.Nodes, error) {
-	T, d, h, E, k := o.T, o.d, o.h, o.E, o.k
-	o.dxTD = make([]float32, o.tFull*d)
-	o.dyeSD = make([]float32, T*k*d)
-	o.dxeSD = make([]float32, T*k*d)
-	o.dwTK = make([]float32, T*k)
-	o.dProbsTE = make([]float32, T*E)
-	o.dLogitsTE = make([]float32, T*E)
-	o.scratch = newFFNAct(T*k, h)
+	s := o.s
+	S, d, h := s.T*s.k, s.d, s.h
+	o.dxTD = make([]float32, s.tFull*d)
+	o.dVal = dense(o.dxTD, s.tFull, d)
+	o.slots.dyeSD = make([]float32, S*d)
+	o.slots.dxeSD = make([]float32, S*d)
+	o.slots.scratch = newFFNAct(S, h)
+	o.r.allocBackward(s)
 	if o.ep != nil {
-		o.ep.allocBackward(T, k, d, h)
+		o.ep.allocBackward(s.T, s.k, d, h)
 	}
-	if o.cfg.Shared > 0 {
-		o.sharedScratch = newFFNAct(T, h)
+	if len(o.shared.groups) > 0 {
+		o.shared.scratch = newFFNAct(s.T, h)
 	}
-	o.dVal = dense(o.dxTD, o.tFull, d)
-	g := &moeGradOp{opBase: opBase{tag: o.tag + "/grad", inDims: []int{2, 2}, out: tensor.Shape{T, d}}, fwd: o}
+	g := &moeGradOp{opBase: o.derive("/grad", []int{2, 2}, tensor.Shape{s.T, d}), fwd: o}
 	n, err := G.ApplyOp(g, in[0], grad)
 	return G.Nodes{n}, err
 }
@@ -240,73 +224,41 @@ type moeGradOp struct {
 
 func (g *moeGradOp) Do(in ...G.Value) (G.Value, error) {
 	o := g.fwd
-	T, d, E, k := o.T, o.d, o.E, o.k
-	x, dy := f32(in[0])[o.off*d:(o.off+T)*d], f32(in[1])[o.off*d:(o.off+T)*d]
-	dxTD := o.dxTD[o.off*d : (o.off+T)*d]
-	blas := kernels.Default()
-	S := o.plan.Slots()
+	x, dy, dx := o.rows(f32(in[0])), o.rows(f32(in[1])), o.rows(o.dxTD)
+	S, d := o.r.plan.Slots(), o.s.d
 	start := time.Now()
-	// combine backward: dye[slot] = w * dy[t]; dw[t,c] = <dy[t], ye[slot]>
-	clear(o.dwTK)
-	for s := 0; s < S; s++ {
-		t, c := int(o.plan.Token[s]), int(o.plan.Choice[s])
-		dyt := dy[t*d : (t+1)*d]
-		o.dwTK[t*k+c] = kernels.Dot(dyt, o.yeSD[s*d:(s+1)*d])
-		dst := o.dyeSD[s*d : (s+1)*d]
-		w := o.wTK[t*k+c]
-		for i, v := range dyt {
-			dst[i] = w * v
-		}
+	combineBackward(&o.r.plan, o.r.wTK, o.slots.yeSD, dy, o.slots.dyeSD, o.r.dwTK, d, o.s.k)
+	if err := o.expertsBackward(S); err != nil {
+		return nil, o.env.failed(err)
 	}
-	if o.ep != nil {
-		if err := o.backwardRemote(context.Background(), S); err != nil {
-			*o.fail = err
-			return nil, err
-		}
-	} else {
-		o.bindExperts(true)
-		o.experts.backward(0)
-	}
-	// scatter slot input gradients back to tokens
-	clear(dxTD)
-	for s := 0; s < S; s++ {
-		t := int(o.plan.Token[s])
-		kernels.Axpy(1, o.dxeSD[s*d:(s+1)*d], dxTD[t*d:(t+1)*d])
-	}
-	since(&prof.Experts, start)
+	clear(dx)
+	dispatchBackward(&o.r.plan, o.slots.dxeSD, dx, d)
+	o.env.since(partExperts, start)
 	start = time.Now()
-	// router backward: weights -> probs -> logits, plus the auxiliary losses
-	clear(o.dProbsTE)
-	router.WeightsBackward(o.probsTE, T, E, k, o.idxTK, o.wTK, o.dwTK, o.cfg.Renormalize, o.dProbsTE)
-	for t := 0; t < T; t++ {
-		p, dp, dz := o.probsTE[t*E:(t+1)*E], o.dProbsTE[t*E:(t+1)*E], o.dLogitsTE[t*E:(t+1)*E]
-		dot := kernels.Dot(p, dp)
-		for j := range p {
-			dz[j] = p[j] * (dp[j] - dot)
-		}
+	if err := routerBackward(&o.r, o.s, x, dx, o.auxBackward); err != nil {
+		return nil, o.env.failed(err)
 	}
-	if o.bal != nil {
-		if err := o.bal.Backward(context.Background(), o.moeIdx, o.lblScale(), o.dLogitsTE); err != nil {
-			*o.fail = err
-			return nil, err
-		}
+	o.env.since(partRouter, start)
+	defer o.env.since(partExperts, time.Now())
+	for i := range o.shared.groups {
+		b := &o.shared.groups[i].blocks[0]
+		b.x, b.dy, b.dx, b.scratch = x, dy, dx, o.shared.scratch
+		o.shared.groups[i].backward(1)
 	}
-	blas.Sgemm(true, false, d, E, T, 1, x, d, o.dLogitsTE, E, 1, o.gwr, E)
-	blas.Sgemm(false, true, T, d, E, 1, o.dLogitsTE, E, o.wr, E, 1, dxTD, d)
-	since(&prof.Router, start)
-	defer since(&prof.Experts, time.Now())
-	for s := range o.shared {
-		b := &o.shared[s].blocks[0]
-		b.x, b.dy, b.dx, b.scratch = x, dy, dxTD, o.sharedScratch
-		o.shared[s].backward(1)
-	}
-	if o.tg != nil {
-		if err := o.tg.AllGatherEqual(context.Background(), o.dxTD); err != nil {
-			*o.fail = fmt.Errorf("model: gather MoE input gradients over the tensor-parallel group: %w", err)
-			return nil, *o.fail
+	if o.wiring.tg != nil {
+		if err := o.wiring.tg.AllGatherEqual(o.env.ctx, o.dxTD); err != nil {
+			return nil, o.env.failed(fmt.Errorf("model: gather MoE input gradients over the tensor-parallel group: %w", err))
 		}
 	}
 	return o.dVal, nil
+}
+
+// auxBackward adds the auxiliary losses' gradient to the router logits'.
+func (o *moeOp) auxBackward(dLogitsTE []float32) error {
+	if o.wiring.bal == nil {
+		return nil
+	}
+	return o.wiring.bal.Backward(o.env.ctx, o.moeIdx, o.lblScale(), dLogitsTE)
 }
 
 // ---- dense SwiGLU layer: x [T,d] -> y [T,d] ----
@@ -319,19 +271,19 @@ type denseFFNOp struct {
 	outVal, dVal *tensor.Dense
 }
 
-func newDenseFFNOp(tag string, l int, cfg Config, T int, p *Params) *denseFFNOp {
+func newDenseFFNOp(base opBase, l int, cfg Config, T int, p *Params) *denseFFNOp {
 	d, h := cfg.Dim, cfg.DenseHidden
-	o := &denseFFNOp{opBase: opBase{tag: tag, inDims: []int{2}, out: tensor.Shape{T, d}}, T: T, d: d, h: h}
+	o := &denseFFNOp{opBase: base.shaped([]int{2}, tensor.Shape{T, d}), T: T, d: d, h: h}
 	o.outTD = make([]float32, T*d)
 	o.outVal = dense(o.outTD, T, d)
-	o.ffn = ffnGroup{d: d, h: h, blocks: []ffnBlock{{n: T, y: o.outTD,
-		w1: p.W(pname(l, "w1")), w3: p.W(pname(l, "w3")), w2: p.W(pname(l, "w2")),
-		gw1: p.G(pname(l, "w1")), gw3: p.G(pname(l, "w3")), gw2: p.G(pname(l, "w2")), act: newFFNAct(T, h)}}}
+	blk := ffnParamsOf(p, l, "").block(0, d, h)
+	blk.n, blk.y, blk.act = T, o.outTD, newFFNAct(T, h)
+	o.ffn = ffnGroup{d: d, h: h, blocks: []ffnBlock{blk}}
 	return o
 }
 
 func (o *denseFFNOp) Do(in ...G.Value) (G.Value, error) {
-	defer since(&prof.Experts, time.Now())
+	defer o.env.since(partExperts, time.Now())
 	o.ffn.blocks[0].x = f32(in[0])
 	o.ffn.forward(0)
 	return o.outVal, nil
@@ -344,7 +296,7 @@ func (o *denseFFNOp) SymDiff(in G.Nodes, out, grad *G.Node) (G.Nodes, error) {
 	o.dxTD = make([]float32, o.T*o.d)
 	o.ffn.blocks[0].dx = o.dxTD
 	o.dVal = dense(o.dxTD, o.T, o.d)
-	g := &denseFFNGradOp{opBase: opBase{tag: o.tag + "/grad", inDims: []int{2, 2}, out: tensor.Shape{o.T, o.d}}, fwd: o}
+	g := &denseFFNGradOp{opBase: o.derive("/grad", []int{2, 2}, tensor.Shape{o.T, o.d}), fwd: o}
 	n, err := G.ApplyOp(g, in[0], grad)
 	return G.Nodes{n}, err
 }
@@ -355,7 +307,7 @@ type denseFFNGradOp struct {
 }
 
 func (g *denseFFNGradOp) Do(in ...G.Value) (G.Value, error) {
-	defer since(&prof.Experts, time.Now())
+	defer g.env.since(partExperts, time.Now())
 	o := g.fwd
 	b := &o.ffn.blocks[0]
 	b.x, b.dy = f32(in[0]), f32(in[1])

@@ -14,11 +14,25 @@ import (
 
 // opBase carries what every custom gorgonia op of this package shares: a
 // unique tag (gorgonia merges identical op+input nodes, so every call site
-// gets its own), the input ranks and the static output shape.
+// gets its own), the model's run environment, the input ranks and the
+// static output shape.
 type opBase struct {
 	tag    string
+	env    *runEnv
 	inDims []int
 	out    tensor.Shape // nil: scalar
+}
+
+// shaped returns o with its input ranks and output shape set.
+func (o opBase) shaped(inDims []int, out tensor.Shape) opBase {
+	o.inDims, o.out = inDims, out
+	return o
+}
+
+// derive is the base of an op computed from o (its gradient): the tag
+// with suffix, the same environment.
+func (o *opBase) derive(suffix string, inDims []int, out tensor.Shape) opBase {
+	return opBase{tag: o.tag + suffix, env: o.env, inDims: inDims, out: out}
 }
 
 func (o *opBase) Arity() int { return len(o.inDims) }

@@ -44,13 +44,12 @@ type tpCommOp struct {
 	opBase
 	tg            TensorGroup
 	reduceForward bool
-	fail          *error
 	outTD, dTD    []float32
 	outVal, dVal  *tensor.Dense
 }
 
-func newTPCommOp(tag string, tg TensorGroup, reduceForward bool, T, d int, fail *error) *tpCommOp {
-	o := &tpCommOp{opBase: opBase{tag: tag, inDims: []int{2}, out: tensor.Shape{T, d}}, tg: tg, reduceForward: reduceForward, fail: fail}
+func newTPCommOp(base opBase, tg TensorGroup, reduceForward bool, T, d int) *tpCommOp {
+	o := &tpCommOp{opBase: base.shaped([]int{2}, tensor.Shape{T, d}), tg: tg, reduceForward: reduceForward}
 	o.outTD = make([]float32, T*d)
 	o.outVal = dense(o.outTD, T, d)
 	return o
@@ -61,11 +60,9 @@ func (o *tpCommOp) run(dst, src []float32, reduce bool) error {
 	if !reduce {
 		return nil
 	}
-	defer since(&prof.Attention, time.Now())
-	if err := o.tg.AllReduceSum(context.Background(), dst); err != nil {
-		err = fmt.Errorf("model: tensor-parallel all-reduce: %w", err)
-		*o.fail = err
-		return err
+	defer o.env.since(partAttention, time.Now())
+	if err := o.tg.AllReduceSum(o.env.ctx, dst); err != nil {
+		return o.env.failed(fmt.Errorf("model: tensor-parallel all-reduce: %w", err))
 	}
 	return nil
 }
@@ -82,7 +79,7 @@ func (o *tpCommOp) DiffWRT(int) []bool { return []bool{true} }
 func (o *tpCommOp) SymDiff(in G.Nodes, out, grad *G.Node) (G.Nodes, error) {
 	o.dTD = make([]float32, len(o.outTD))
 	o.dVal = dense(o.dTD, o.out[0], o.out[1])
-	g := &tpCommGradOp{opBase: opBase{tag: o.tag + "/grad", inDims: []int{2}, out: o.out}, fwd: o}
+	g := &tpCommGradOp{opBase: o.derive("/grad", []int{2}, o.out), fwd: o}
 	n, err := G.ApplyOp(g, grad)
 	return G.Nodes{n}, err
 }

@@ -49,13 +49,13 @@ type cpuEngine struct {
 	t    *time.Duration // optimizer time
 }
 
-func (e *cpuEngine) params() *model.Params                 { return e.m.P }
-func (e *cpuEngine) trainBatch() *model.Batch              { return e.m.Train.Batch }
-func (e *cpuEngine) evalBatch() *model.Batch               { return e.m.Eval.Batch }
-func (e *cpuEngine) evalStats() *model.ExpertStats         { return e.m.Eval.Stats }
-func (e *cpuEngine) step(context.Context) (float64, error) { return e.m.Step() }
-func (e *cpuEngine) forward(context.Context) ([]float32, error) {
-	return e.m.Forward()
+func (e *cpuEngine) params() *model.Params                     { return e.m.P }
+func (e *cpuEngine) trainBatch() *model.Batch                  { return e.m.Train.Batch }
+func (e *cpuEngine) evalBatch() *model.Batch                   { return e.m.Eval.Batch }
+func (e *cpuEngine) evalStats() *model.ExpertStats             { return e.m.Eval.Stats }
+func (e *cpuEngine) step(ctx context.Context) (float64, error) { return e.m.Step(ctx) }
+func (e *cpuEngine) forward(ctx context.Context) ([]float32, error) {
+	return e.m.Forward(ctx)
 }
 
 func (e *cpuEngine) update(ctx context.Context, lr float64) (float64, error) {
@@ -96,15 +96,15 @@ func (e *cpuEngine) restore(s State) error {
 	return nil
 }
 
-func (e *cpuEngine) enableProfile(on bool) { model.EnableProfile(on) }
+func (e *cpuEngine) enableProfile(on bool) { e.m.EnableProfile(on) }
 
 func (e *cpuEngine) split() map[string]float64 {
-	pf := model.ReadProfile()
+	pf := e.m.Profile()
 	return map[string]float64{
 		"attention":        pf.Attention.Seconds(),
 		"experts":          pf.Experts.Seconds(),
 		"router_lbl":       pf.Router.Seconds(),
-		"projections_head": pf.GraphGEMM.Seconds(),
+		"projections_head": pf.Graph.Seconds(),
 		"norms_embed_loss": pf.NormsLoss.Seconds(),
 	}
 }

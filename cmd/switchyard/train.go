@@ -152,7 +152,16 @@ func cmdTrain(ctx context.Context, args []string) error {
 		return err
 	}
 	defer closeDist()
-	tr, err := train.NewRun(cfg, os.Stderr, dist)
+	cat, closeCat, err := openCatalogue(cfg.Checkpoint)
+	if err != nil {
+		return err
+	}
+	defer closeCat()
+	var opts []train.Option
+	if cat != nil {
+		opts = append(opts, train.WithCatalogue(cat))
+	}
+	tr, err := train.NewRun(cfg, os.Stderr, dist, opts...)
 	if err != nil {
 		if errors.Is(err, train.ErrConfig) {
 			return usageError{err}

@@ -252,31 +252,17 @@ func (a *Agent) runTask(tk *task) {
 		return
 	}
 
-	outLog, err := os.Create(filepath.Join(l.runDir, "stdout.log"))
+	out, err := a.openOutput(tk, l.runDir)
 	if err != nil {
 		fail(fmt.Sprintf("rank %d: %v", k.rank, err))
 		return
 	}
-	defer outLog.Close()
-	errLog, err := os.Create(filepath.Join(l.runDir, "stderr.log"))
-	if err != nil {
-		fail(fmt.Sprintf("rank %d: %v", k.rank, err))
-		return
-	}
-	defer errLog.Close()
-	stdout := newLineWriter(outLog, 0, func(line string) { a.publishLog(k, "stdout", line) })
-	stderr := newLineWriter(errLog, stderrTail, func(line string) {
-		if ev, ok := strings.CutPrefix(line, train.EventPrefix); ok {
-			tk.addEvent(ev)
-			return
-		}
-		a.publishLog(k, "stderr", line)
-	})
+	defer out.close()
 
 	cmd := exec.Command(a.trainer, l.args...)
 	cmd.Dir = l.runDir
 	cmd.Env = append(os.Environ(), train.EventsEnv+"=1") // event lines for the job's history
-	cmd.Stdout, cmd.Stderr = stdout, stderr
+	cmd.Stdout, cmd.Stderr = out.stdout, out.stderr
 	cmd.SysProcAttr = sysProcAttr()
 	cmd.WaitDelay = waitDelay
 	if err := cmd.Start(); err != nil {
@@ -297,21 +283,61 @@ func (a *Agent) runTask(tk *task) {
 	werr := cmd.Wait()
 	close(exited)
 	side.Wait()
-	stdout.flush()
-	stderr.flush()
+	out.stdout.flush()
+	out.stderr.flush()
+	ended(tk, werr, out.stderr, log)
+}
 
+// ended records how the rank's process ended (werr from Wait).
+func ended(tk *task, werr error, stderr *lineWriter, log *slog.Logger) {
 	if werr == nil {
 		tk.setState(apiv1.TaskState_TASK_STATE_SUCCEEDED, "")
 		log.Info("rank succeeded")
 		return
 	}
-	msg := exitMessage(k.rank, werr, stderr.last())
+	msg := exitMessage(tk.key.rank, werr, stderr.last())
 	tk.setState(apiv1.TaskState_TASK_STATE_FAILED, msg)
 	if tk.stopRequested() {
 		log.Info("rank stopped", "status", msg)
 		return
 	}
 	log.Error("rank failed", "error", msg, "stderr", strings.Join(stderr.tailLines(), "\n"))
+}
+
+// rankOutput is a rank's stdout and stderr: kept as files in its run
+// directory and forwarded line by line as log lines, except stderr's event
+// lines, which go to the task's history.
+type rankOutput struct {
+	files          []*os.File
+	stdout, stderr *lineWriter
+}
+
+func (a *Agent) openOutput(tk *task, runDir string) (*rankOutput, error) {
+	o := &rankOutput{}
+	for _, name := range []string{"stdout.log", "stderr.log"} {
+		f, err := os.Create(filepath.Join(runDir, name))
+		if err != nil {
+			o.close()
+			return nil, err
+		}
+		o.files = append(o.files, f)
+	}
+	k := tk.key
+	o.stdout = newLineWriter(o.files[0], 0, func(line string) { a.publishLog(k, "stdout", line) })
+	o.stderr = newLineWriter(o.files[1], stderrTail, func(line string) {
+		if ev, ok := strings.CutPrefix(line, train.EventPrefix); ok {
+			tk.addEvent(ev)
+			return
+		}
+		a.publishLog(k, "stderr", line)
+	})
+	return o, nil
+}
+
+func (o *rankOutput) close() {
+	for _, f := range o.files {
+		f.Close()
+	}
 }
 
 // exitMessage says how a rank ended: "rank 1 exited with exit status 1:

@@ -32,7 +32,7 @@ func (f *fakeCoordinator) ListJobs(context.Context, *apiv1.ListJobsRequest) (*ap
 	return &apiv1.ListJobsResponse{}, nil
 }
 
-func serve(t *testing.T, f *fakeCoordinator, opts ...grpc.ServerOption) string {
+func serve(t *testing.T, f apiv1.CoordinatorServer, opts ...grpc.ServerOption) string {
 	t.Helper()
 	addr, stop := serveStop(t, f, opts...)
 	t.Cleanup(stop)
@@ -40,7 +40,7 @@ func serve(t *testing.T, f *fakeCoordinator, opts ...grpc.ServerOption) string {
 }
 
 // serveStop is serve with the stop function returned (safe to call twice).
-func serveStop(t *testing.T, f *fakeCoordinator, opts ...grpc.ServerOption) (string, func()) {
+func serveStop(t *testing.T, f apiv1.CoordinatorServer, opts ...grpc.ServerOption) (string, func()) {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -59,9 +59,9 @@ func (r jobReader) read(ctx context.Context, id string) (*pb.Job, error) {
 		}
 	}
 	if askErr != nil {
-		return nil, status.Errorf(codes.Unavailable, "job %s is not known to replica %s, and the leader could not be asked (%v); retry", id, r.replica, askErr)
+		return nil, apiError(failure(errUnavailable, "job %s is not known to replica %s, and the leader could not be asked (%v); retry", id, r.replica, askErr))
 	}
-	return nil, status.Errorf(codes.Unavailable, "replica %s is behind the leader: job %s is committed there but not replicated here after %s; retry, or name another --coordinator", r.replica, id, wait)
+	return nil, apiError(failure(errUnavailable, "replica %s is behind the leader: job %s is committed there but not replicated here after %s; retry, or name another --coordinator", r.replica, id, wait))
 }
 
 // Bounds of jobReader's waits on a follower.

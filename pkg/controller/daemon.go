@@ -81,24 +81,8 @@ func Start(ctx context.Context, cfg DaemonConfig) (d *Daemon, err error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	tlsOn := cfg.TLS.Enabled()
-	if cfg.Dev {
-		for _, a := range []string{cfg.APIListen, cfg.Raft.BindAddr} {
-			if !security.IsLoopback(a) {
-				return nil, fmt.Errorf("%w: dev mode is loopback-only; %q is not a loopback address", security.ErrInsecureListen, a)
-			}
-		}
-	}
-	for _, a := range []string{cfg.APIListen} {
-		if err := security.CheckListen(a, tlsOn, cfg.Insecure); err != nil {
-			return nil, err
-		}
-	}
-	// Raft's own traffic is not encrypted; beyond loopback it needs the
-	// operator's say-so: TLS on the API (a secured deployment on a private
-	// network) or --insecure.
-	if err := security.CheckListen(cfg.Raft.BindAddr, tlsOn, cfg.Insecure); err != nil {
-		return nil, fmt.Errorf("controller: raft listener: %w", err)
+	if err := cfg.checkListeners(); err != nil {
+		return nil, err
 	}
 	d = &Daemon{}
 	defer func() {
@@ -106,61 +90,103 @@ func Start(ctx context.Context, cfg DaemonConfig) (d *Daemon, err error) {
 			d.Close()
 		}
 	}()
-	if cfg.Dev {
-		if d.Dev, err = devcluster.Start(ctx, devcluster.Config{DataDir: filepath.Join(cfg.Raft.DataDir, "dev")}); err != nil {
-			return nil, fmt.Errorf("controller: dev cluster: %w", err)
-		}
-		cfg.EtcdEndpoints, cfg.NATSURL = d.Dev.EtcdEndpoints(), d.Dev.NATSURL()
-	}
-	if len(cfg.EtcdEndpoints) == 0 {
-		return nil, errors.New("controller: no etcd endpoints (give --etcd-endpoints, or --dev)")
-	}
-	d.Etcd, d.NATSURL = cfg.EtcdEndpoints, cfg.NATSURL
-	if d.cli, err = clientv3.New(clientv3.Config{Endpoints: cfg.EtcdEndpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()}); err != nil {
-		return nil, fmt.Errorf("controller: etcd client: %w", err)
-	}
-	if cfg.NATSURL != "" {
-		if d.bus, err = events.NewNATS(events.NATSConfig{URL: cfg.NATSURL, Name: "coordinator-" + cfg.Raft.ID, Logger: log}); err != nil {
-			return nil, fmt.Errorf("controller: NATS: %w", err)
-		}
+	if err := d.connect(ctx, &cfg, log); err != nil {
+		return nil, err
 	}
 	lis, err := net.Listen("tcp", cfg.APIListen)
 	if err != nil {
 		return nil, fmt.Errorf("controller: API listen: %w", err)
 	}
+	if err := d.serve(cfg, lis, log); err != nil {
+		lis.Close()
+		return nil, err
+	}
+	log.Info("coordinator started", "id", cfg.Raft.ID, "raft", d.Node.Addr(), "api", d.APIAddr, "etcd", cfg.EtcdEndpoints, "nats", cfg.NATSURL, "dev", cfg.Dev)
+	return d, nil
+}
+
+// checkListeners refuses listeners the security settings do not allow:
+// dev mode is loopback-only, and beyond loopback the API needs TLS or
+// --insecure. Raft's own traffic is not encrypted; beyond loopback it
+// needs the operator's say-so: TLS on the API (a secured deployment on a
+// private network) or --insecure.
+func (cfg DaemonConfig) checkListeners() error {
+	tlsOn := cfg.TLS.Enabled()
+	if cfg.Dev {
+		for _, a := range []string{cfg.APIListen, cfg.Raft.BindAddr} {
+			if !security.IsLoopback(a) {
+				return fmt.Errorf("%w: dev mode is loopback-only; %q is not a loopback address", security.ErrInsecureListen, a)
+			}
+		}
+	}
+	if err := security.CheckListen(cfg.APIListen, tlsOn, cfg.Insecure); err != nil {
+		return err
+	}
+	if err := security.CheckListen(cfg.Raft.BindAddr, tlsOn, cfg.Insecure); err != nil {
+		return fmt.Errorf("controller: raft listener: %w", err)
+	}
+	return nil
+}
+
+// connect starts the embedded servers in dev mode (setting cfg's etcd and
+// NATS addresses to theirs) and connects to etcd and NATS.
+func (d *Daemon) connect(ctx context.Context, cfg *DaemonConfig, log *slog.Logger) error {
+	var err error
+	if cfg.Dev {
+		if d.Dev, err = devcluster.Start(ctx, devcluster.Config{DataDir: filepath.Join(cfg.Raft.DataDir, "dev")}); err != nil {
+			return fmt.Errorf("controller: dev cluster: %w", err)
+		}
+		cfg.EtcdEndpoints, cfg.NATSURL = d.Dev.EtcdEndpoints(), d.Dev.NATSURL()
+	}
+	if len(cfg.EtcdEndpoints) == 0 {
+		return errors.New("controller: no etcd endpoints (give --etcd-endpoints, or --dev)")
+	}
+	d.Etcd, d.NATSURL = cfg.EtcdEndpoints, cfg.NATSURL
+	if d.cli, err = clientv3.New(clientv3.Config{Endpoints: cfg.EtcdEndpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()}); err != nil {
+		return fmt.Errorf("controller: etcd client: %w", err)
+	}
+	if cfg.NATSURL != "" {
+		if d.bus, err = events.NewNATS(events.NATSConfig{URL: cfg.NATSURL, Name: "coordinator-" + cfg.Raft.ID, Logger: log}); err != nil {
+			return fmt.Errorf("controller: NATS: %w", err)
+		}
+	}
+	return nil
+}
+
+// serve starts the raft replica, the controller over it and the API server
+// on lis, and runs the server and supervision until Close.
+func (d *Daemon) serve(cfg DaemonConfig, lis net.Listener, log *slog.Logger) error {
 	d.APIAddr = cfg.APIAdvertise
 	if d.APIAddr == "" {
 		d.APIAddr = lis.Addr().String()
 	}
 	cfg.Raft.Logger = log
+	var err error
 	if d.Node, err = coordinator.NewNode(cfg.Raft); err != nil {
-		lis.Close()
-		return nil, err
+		return err
 	}
 	var cps Checkpoints = etcdCheckpoints{cat: checkpoint.NewEtcdCatalogue(d.cli, checkpoint.CataloguePrefix), root: cfg.CheckpointRoot, log: log}
-	var busCfg events.Bus
+	var bus events.Bus
 	if d.bus != nil {
-		busCfg = d.bus
+		bus = d.bus
 	}
 	d.Server, err = New(Config{
 		Node: d.Node, APIAddr: d.APIAddr,
 		Workers:     membership.NewEtcd(d.cli, membership.DefaultPrefix, log),
 		Replicas:    membership.NewEtcd(d.cli, ReplicaPrefix, log),
-		Bus:         busCfg,
+		Bus:         bus,
 		Checkpoints: cps,
 		Token:       cfg.Token, TLS: cfg.TLS,
 		Tick: cfg.Tick, Logger: log,
 	})
 	if err != nil {
-		lis.Close()
-		return nil, err
+		return err
 	}
 	opts := append(recoverPanics(log), security.ServerOptions(cfg.Token)...)
-	if tlsOn {
+	if cfg.TLS.Enabled() {
 		tc, err := security.ServerTLS(cfg.TLS)
 		if err != nil {
-			lis.Close()
-			return nil, err
+			return err
 		}
 		opts = append(opts, grpc.Creds(credentials.NewTLS(tc)))
 	}
@@ -171,8 +197,7 @@ func Start(ctx context.Context, cfg DaemonConfig) (d *Daemon, err error) {
 	d.wg.Add(2)
 	go func() { defer d.wg.Done(); d.grpc.Serve(lis) }()  //nolint:errcheck // ends with Stop
 	go func() { defer d.wg.Done(); d.Server.Run(rctx) }() //nolint:errcheck // returns nil when stopped
-	log.Info("coordinator started", "id", cfg.Raft.ID, "raft", d.Node.Addr(), "api", d.APIAddr, "etcd", cfg.EtcdEndpoints, "nats", cfg.NATSURL, "dev", cfg.Dev)
-	return d, nil
+	return nil
 }
 
 // Close stops serving, stops supervision, shuts raft down and, in dev

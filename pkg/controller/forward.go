@@ -5,9 +5,7 @@ import (
 	"sync"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/status"
 
 	"github.com/switchyard-ml/switchyard/pkg/client"
 	"github.com/switchyard-ml/switchyard/pkg/security"
@@ -61,21 +59,21 @@ func forwarded(ctx context.Context) bool {
 func forward[Req, Resp any](ctx context.Context, s *Server, req Req, call func(apiv1.CoordinatorClient, context.Context, Req, ...grpc.CallOption) (Resp, error)) (Resp, error) {
 	var zero Resp
 	if forwarded(ctx) {
-		return zero, status.Error(codes.Unavailable, "not the leader (forwarded call reached a follower; leadership is changing)")
+		return zero, apiError(failure(errUnavailable, "not the leader (forwarded call reached a follower; leadership is changing)"))
 	}
 	id, _ := s.cfg.Node.Leader()
 	if id == "" {
-		return zero, status.Error(codes.Unavailable, "no raft leader (an election is running); retry")
+		return zero, apiError(failure(errUnavailable, "no raft leader (an election is running); retry"))
 	}
 	s.mu.Lock()
 	d, ok := s.replicas[id]
 	s.mu.Unlock()
 	if !ok || d.Address == "" {
-		return zero, status.Errorf(codes.Unavailable, "leader %s has no API address in the replica directory yet; retry", id)
+		return zero, apiError(failure(errUnavailable, "leader %s has no API address in the replica directory yet; retry", id))
 	}
 	c, err := s.fwd.get(d.Address)
 	if err != nil {
-		return zero, status.Errorf(codes.Unavailable, "dial leader %s at %s: %v", id, d.Address, err)
+		return zero, apiError(failure(errUnavailable, "dial leader %s at %s: %v", id, d.Address, err))
 	}
 	ctx = metadata.AppendToOutgoingContext(ctx, forwardedKey, s.cfg.Node.ID())
 	return call(c, ctx, req)

@@ -9,9 +9,6 @@ import (
 	"sync"
 	"time"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-
 	"github.com/switchyard-ml/switchyard/pkg/coordinator"
 	"github.com/switchyard-ml/switchyard/pkg/events"
 	"github.com/switchyard-ml/switchyard/pkg/jobspec"
@@ -29,10 +26,40 @@ const ReplicaPrefix = "/switchyard/coordinators/"
 // address.
 const raftLabel = "raft"
 
+// Replica is what the controller needs from this process's replica of the
+// control-plane state: the leader proposes commands and reads the jobs,
+// a follower reads them and forwards writes. *coordinator.Node is the raft
+// one; a test can put a coordinator.FSM behind it with no network.
+type Replica interface {
+	ID() string
+	IsLeader() bool
+	Leader() (id, addr string)
+	// Apply proposes cmd (leader only) and returns once this replica
+	// applied it; the error is the replication's or the command's own.
+	Apply(ctx context.Context, cmd *pb.Command) (coordinator.ApplyResult, error)
+	// Barrier waits until every committed entry is applied here.
+	Barrier(ctx context.Context) error
+	Job(id string) (*pb.Job, error)
+	Jobs() []*pb.Job
+	Unfinished() []*pb.Job
+}
+
+// ReplicaSet is the replicas' membership, which ClusterStatus,
+// AddReplica and RemoveReplica read and change when the Replica is one
+// (raft's is); otherwise they answer UNIMPLEMENTED.
+type ReplicaSet interface {
+	Addr() string // this replica's raft address
+	State() string
+	Stats() map[string]string
+	Servers() ([]coordinator.ServerStatus, error)
+	AddVoter(ctx context.Context, id, addr string) error
+	RemoveServer(ctx context.Context, id string) error
+}
+
 // Config wires a Server.
 type Config struct {
-	// Node is this replica's raft node; required.
-	Node *coordinator.Node
+	// Node is this replica; required.
+	Node Replica
 	// APIAddr is the API address other replicas and clients reach this
 	// replica on; required.
 	APIAddr string
@@ -202,15 +229,23 @@ func (s *Server) Run(ctx context.Context) error {
 	return nil
 }
 
+// replicaSet is the replicas' membership, when the Replica has one.
+func (s *Server) replicaSet() (ReplicaSet, error) {
+	rs, ok := s.cfg.Node.(ReplicaSet)
+	if !ok {
+		return nil, failure(errNoRaft, "replica %s has no replica membership to show or change", s.cfg.Node.ID())
+	}
+	return rs, nil
+}
+
 func (s *Server) workersMap() map[string]membership.WorkerInfo  { return s.workers }
 func (s *Server) replicasMap() map[string]membership.WorkerInfo { return s.replicas }
 
 // registerLoop keeps this replica's directory entry alive.
 func (s *Server) registerLoop(ctx context.Context) {
-	info := membership.WorkerInfo{
-		ID:      s.cfg.Node.ID(),
-		Address: s.cfg.APIAddr,
-		Labels:  map[string]string{raftLabel: s.cfg.Node.Addr()},
+	info := membership.WorkerInfo{ID: s.cfg.Node.ID(), Address: s.cfg.APIAddr}
+	if rs, err := s.replicaSet(); err == nil {
+		info.Labels = map[string]string{raftLabel: rs.Addr()}
 	}
 	for ctx.Err() == nil {
 		reg, err := s.cfg.Replicas.Register(ctx, info, s.cfg.ReplicaTTL)
@@ -335,14 +370,14 @@ func (s *Server) spec(j *pb.Job) (*jobspec.Spec, error) {
 func (s *Server) SubmitJob(ctx context.Context, req *apiv1.SubmitJobRequest) (*apiv1.SubmitJobResponse, error) {
 	sp, err := jobspec.Parse(req.GetSpec())
 	if err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
+		return nil, apiError(failure(errBadRequest, "%v", err))
 	}
 	id := req.GetJobId()
 	if id == "" {
 		id = jobspec.NewJobID(sp.Name)
 	}
 	if err := jobspec.ValidJobID(id); err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
+		return nil, apiError(failure(errBadRequest, "%v", err))
 	}
 	if !s.cfg.Node.IsLeader() {
 		req.JobId = id
@@ -445,9 +480,13 @@ func (s *Server) ResumeJob(ctx context.Context, req *apiv1.ResumeJobRequest) (*a
 // ---- API: cluster ----
 
 func (s *Server) ClusterStatus(ctx context.Context, _ *apiv1.ClusterStatusRequest) (*apiv1.ClusterStatusResponse, error) {
-	servers, err := s.cfg.Node.Servers()
+	rs, err := s.replicaSet()
 	if err != nil {
-		return nil, status.Errorf(codes.Unavailable, "raft configuration: %v", err)
+		return nil, apiError(err)
+	}
+	servers, err := rs.Servers()
+	if err != nil {
+		return nil, apiError(failure(errUnavailable, "raft configuration: %v", err))
 	}
 	lctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
@@ -455,7 +494,7 @@ func (s *Server) ClusterStatus(ctx context.Context, _ *apiv1.ClusterStatusReques
 		s.log.Warn("cluster status: membership list failed; answering from the cache", "error", err)
 	}
 	leaderID, _ := s.cfg.Node.Leader()
-	resp := &apiv1.ClusterStatusResponse{AnsweredBy: s.cfg.Node.ID(), LeaderId: leaderID, Raft: s.cfg.Node.Stats()}
+	resp := &apiv1.ClusterStatusResponse{AnsweredBy: s.cfg.Node.ID(), LeaderId: leaderID, Raft: rs.Stats()}
 	s.mu.Lock()
 	for _, sv := range servers {
 		r := &apiv1.Replica{Id: sv.ID, RaftAddress: sv.Address, Leader: sv.Leader, Voter: sv.Voter}
@@ -463,7 +502,7 @@ func (s *Server) ClusterStatus(ctx context.Context, _ *apiv1.ClusterStatusReques
 			r.ApiAddress, r.Alive = d.Address, true
 		}
 		if sv.ID == s.cfg.Node.ID() {
-			r.State, r.Alive = s.cfg.Node.State(), true
+			r.State, r.Alive = rs.State(), true
 		}
 		resp.Replicas = append(resp.Replicas, r)
 	}
@@ -497,12 +536,16 @@ func (s *Server) ClusterStatus(ctx context.Context, _ *apiv1.ClusterStatusReques
 
 func (s *Server) AddReplica(ctx context.Context, req *apiv1.AddReplicaRequest) (*apiv1.AddReplicaResponse, error) {
 	if req.GetId() == "" || req.GetRaftAddress() == "" {
-		return nil, status.Error(codes.InvalidArgument, "add replica needs an id and a raft address")
+		return nil, apiError(failure(errBadRequest, "add replica needs an id and a raft address"))
 	}
 	if !s.cfg.Node.IsLeader() {
 		return forward(ctx, s, req, apiv1.CoordinatorClient.AddReplica)
 	}
-	if err := s.cfg.Node.AddVoter(ctx, req.GetId(), req.GetRaftAddress()); err != nil {
+	rs, err := s.replicaSet()
+	if err == nil {
+		err = rs.AddVoter(ctx, req.GetId(), req.GetRaftAddress())
+	}
+	if err != nil {
 		return nil, apiError(err)
 	}
 	cs, err := s.ClusterStatus(ctx, nil)
@@ -514,12 +557,16 @@ func (s *Server) AddReplica(ctx context.Context, req *apiv1.AddReplicaRequest) (
 
 func (s *Server) RemoveReplica(ctx context.Context, req *apiv1.RemoveReplicaRequest) (*apiv1.RemoveReplicaResponse, error) {
 	if req.GetId() == "" {
-		return nil, status.Error(codes.InvalidArgument, "remove replica needs an id")
+		return nil, apiError(failure(errBadRequest, "remove replica needs an id"))
 	}
 	if !s.cfg.Node.IsLeader() {
 		return forward(ctx, s, req, apiv1.CoordinatorClient.RemoveReplica)
 	}
-	if err := s.cfg.Node.RemoveServer(ctx, req.GetId()); err != nil {
+	rs, err := s.replicaSet()
+	if err == nil {
+		err = rs.RemoveServer(ctx, req.GetId())
+	}
+	if err != nil {
 		return nil, apiError(err)
 	}
 	cs, err := s.ClusterStatus(ctx, nil)
@@ -527,34 +574,6 @@ func (s *Server) RemoveReplica(ctx context.Context, req *apiv1.RemoveReplicaRequ
 		return nil, err
 	}
 	return &apiv1.RemoveReplicaResponse{Replicas: cs.Replicas}, nil
-}
-
-// apiError maps coordinator errors onto gRPC status codes.
-func apiError(err error) error {
-	if err == nil {
-		return nil
-	}
-	if _, ok := status.FromError(err); ok {
-		return err
-	}
-	code := codes.Internal
-	switch {
-	case errors.Is(err, coordinator.ErrJobNotFound):
-		code = codes.NotFound
-	case errors.Is(err, coordinator.ErrJobConflict):
-		code = codes.AlreadyExists
-	case errors.Is(err, coordinator.ErrJobFinished), errors.Is(err, coordinator.ErrInvalidTransition):
-		code = codes.FailedPrecondition
-	case errors.Is(err, coordinator.ErrInvalidCommand), errors.Is(err, jobspec.ErrInvalid), errors.Is(err, jobspec.ErrSyntax):
-		code = codes.InvalidArgument
-	case errors.Is(err, coordinator.ErrNotLeader), errors.Is(err, coordinator.ErrShutdown):
-		code = codes.Unavailable
-	case errors.Is(err, context.DeadlineExceeded):
-		code = codes.DeadlineExceeded
-	case errors.Is(err, context.Canceled):
-		code = codes.Canceled
-	}
-	return status.Error(code, err.Error())
 }
 
 func active(j *pb.Job) bool {

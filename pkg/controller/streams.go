@@ -2,12 +2,9 @@ package controller
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/switchyard-ml/switchyard/pkg/checkpoint"
@@ -40,7 +37,7 @@ func (s *Server) JobLogs(req *apiv1.JobLogsRequest, stream apiv1.Coordinator_Job
 		return apiError(err)
 	}
 	if s.cfg.Bus == nil {
-		return status.Error(codes.FailedPrecondition, "this coordinator has no event bus (start it with --nats-url), so it keeps no logs")
+		return apiError(failure(errNoBus, "this coordinator has no event bus (start it with --nats-url), so it keeps no logs"))
 	}
 	f := events.Filter{Kind: events.KindLog, JobID: req.GetJobId(), Replay: true}
 	send := func(m events.Message) error {
@@ -52,7 +49,7 @@ func (s *Server) JobLogs(req *apiv1.JobLogsRequest, stream apiv1.Coordinator_Job
 	if !req.GetFollow() {
 		msgs, err := s.cfg.Bus.History(ctx, f)
 		if err != nil {
-			return status.Errorf(codes.Unavailable, "log history: %v", err)
+			return apiError(failure(errUnavailable, "log history: %v", err))
 		}
 		for _, m := range msgs {
 			if err := send(m); err != nil {
@@ -65,7 +62,7 @@ func (s *Server) JobLogs(req *apiv1.JobLogsRequest, stream apiv1.Coordinator_Job
 	defer cancel()
 	ch, err := s.cfg.Bus.Subscribe(sctx, f)
 	if err != nil {
-		return status.Errorf(codes.Unavailable, "log subscription: %v", err)
+		return apiError(failure(errUnavailable, "log subscription: %v", err))
 	}
 	t := time.NewTicker(pollEvery)
 	defer t.Stop()
@@ -78,7 +75,7 @@ func (s *Server) JobLogs(req *apiv1.JobLogsRequest, stream apiv1.Coordinator_Job
 				if ctx.Err() != nil {
 					return ctx.Err()
 				}
-				return status.Error(codes.Unavailable, "event bus closed")
+				return apiError(failure(errUnavailable, "event bus closed"))
 			}
 			last = time.Now()
 			if err := send(m); err != nil {
@@ -162,7 +159,7 @@ func (s *Server) WatchJob(req *apiv1.WatchJobRequest, stream apiv1.Coordinator_W
 
 func (s *Server) ListCheckpoints(ctx context.Context, req *apiv1.ListCheckpointsRequest) (*apiv1.ListCheckpointsResponse, error) {
 	if s.cfg.Checkpoints == nil {
-		return nil, status.Error(codes.Unimplemented, "this coordinator has no checkpoint catalogue")
+		return nil, apiError(failure(errNoCatalogue, "this coordinator has no checkpoint catalogue"))
 	}
 	j, err := s.localJob(ctx, req.GetJobId())
 	if err != nil {
@@ -170,7 +167,7 @@ func (s *Server) ListCheckpoints(ctx context.Context, req *apiv1.ListCheckpoints
 	}
 	live, deleting, err := s.cfg.Checkpoints.List(ctx, j)
 	if err != nil {
-		return nil, status.Errorf(codes.Unavailable, "checkpoint catalogue: %v", err)
+		return nil, apiError(failure(errUnavailable, "checkpoint catalogue: %v", err))
 	}
 	resp := &apiv1.ListCheckpointsResponse{}
 	for _, m := range live {
@@ -191,14 +188,14 @@ func (s *Server) ListCheckpoints(ctx context.Context, req *apiv1.ListCheckpoints
 
 func (s *Server) DeleteCheckpoint(ctx context.Context, req *apiv1.DeleteCheckpointRequest) (*apiv1.DeleteCheckpointResponse, error) {
 	if s.cfg.Checkpoints == nil {
-		return nil, status.Error(codes.Unimplemented, "this coordinator has no checkpoint catalogue")
+		return nil, apiError(failure(errNoCatalogue, "this coordinator has no checkpoint catalogue"))
 	}
 	j, err := s.cfg.Node.Job(req.GetJobId())
 	if err != nil {
 		return nil, apiError(err)
 	}
 	if err := s.cfg.Checkpoints.Delete(ctx, j, req.GetStep()); err != nil {
-		return nil, status.Errorf(codes.FailedPrecondition, "delete checkpoint %d of %s: %v", req.GetStep(), j.Id, err)
+		return nil, apiError(failure(errRefused, "delete checkpoint %d of %s: %v", req.GetStep(), j.Id, err))
 	}
 	s.publish(j.Id, "CheckpointDeleted", j.State, "checkpoint of step deleted by the user", "")
 	return &apiv1.DeleteCheckpointResponse{}, nil
@@ -206,17 +203,17 @@ func (s *Server) DeleteCheckpoint(ctx context.Context, req *apiv1.DeleteCheckpoi
 
 func (s *Server) CommitCheckpoint(ctx context.Context, req *apiv1.CommitCheckpointRequest) (*apiv1.CommitCheckpointResponse, error) {
 	if s.cfg.Checkpoints == nil {
-		return nil, status.Error(codes.Unimplemented, "this coordinator has no checkpoint catalogue")
+		return nil, apiError(failure(errNoCatalogue, "this coordinator has no checkpoint catalogue"))
 	}
 	if !s.cfg.Node.IsLeader() {
 		return forward(ctx, s, req, apiv1.CoordinatorClient.CommitCheckpoint)
 	}
 	m, err := checkpoint.DecodeManifest(req.GetManifest())
 	if err != nil {
-		return nil, status.Errorf(codes.InvalidArgument, "manifest: %v", err)
+		return nil, apiError(failure(errBadRequest, "manifest: %v", err))
 	}
 	if m.Job != req.GetJobId() {
-		return nil, status.Errorf(codes.InvalidArgument, "manifest of job %q sent for job %q", m.Job, req.GetJobId())
+		return nil, apiError(failure(errBadRequest, "manifest of job %q sent for job %q", m.Job, req.GetJobId()))
 	}
 	// Under the leader's lock: the attempt check and the commit happen
 	// with no requeue in between.
@@ -232,15 +229,11 @@ func (s *Server) CommitCheckpoint(ctx context.Context, req *apiv1.CommitCheckpoi
 		if !jobstate.Final(j.State) {
 			s.recordEvent(ctx, j.Id, "CommitRefused", msg, "")
 		}
-		return nil, status.Error(codes.FailedPrecondition, msg)
+		return nil, apiError(failure(errAttemptOver, "%s", msg))
 	}
 	if err := s.cfg.Checkpoints.Commit(ctx, m); err != nil {
-		if errors.Is(err, checkpoint.ErrStale) {
-			// AlreadyExists, not FailedPrecondition: the caller tells a
-			// stale step from an attempt that is over by the code
-			return nil, status.Error(codes.AlreadyExists, err.Error())
-		}
-		return nil, status.Errorf(codes.Unavailable, "commit checkpoint: %v", err)
+		// a stale step (checkpoint.ErrStale) answers AlreadyExists
+		return nil, apiError(failure(errUnavailable, "commit checkpoint: %v", err))
 	}
 	msg := fmt.Sprintf("checkpoint of step %d committed (%d shards, %.1f MB, layout tp %d dp %d ep %d)",
 		m.Step, len(m.Shards), float64(m.TotalSize())/1e6, m.Layout.TP, m.Layout.DP, m.Layout.EP)

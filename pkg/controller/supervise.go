@@ -7,9 +7,6 @@ import (
 	"strings"
 	"time"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-
 	"github.com/switchyard-ml/switchyard/pkg/coordinator"
 	"github.com/switchyard-ml/switchyard/pkg/membership"
 	"github.com/switchyard-ml/switchyard/pkg/scheduler"
@@ -383,7 +380,7 @@ func (s *Server) setState(ctx context.Context, j *pb.Job, st pb.JobState, reason
 func (s *Server) SyncWorker(ctx context.Context, req *apiv1.SyncWorkerRequest) (*apiv1.SyncWorkerResponse, error) {
 	w := req.GetWorkerId()
 	if w == "" {
-		return nil, status.Error(codes.InvalidArgument, "sync without a worker id")
+		return nil, apiError(failure(errBadRequest, "sync without a worker id"))
 	}
 	if !s.cfg.Node.IsLeader() {
 		return forward(ctx, s, req, apiv1.CoordinatorClient.SyncWorker)

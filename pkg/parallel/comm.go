@@ -417,8 +417,30 @@ type ringOp struct {
 // half holding chunk r+1); reduce-scatter is [0, w-1) with k = -1 (member r
 // ends with chunk r); all-gather is [w-1, 2w-2) with k = -1.
 func (c *Comm) ring(ctx context.Context, tag uint64, data []byte, offs []int, elem, t0, t1, k int, red reducer) error {
-	w, r := c.Size(), c.me
 	seg := max(elem, c.opts.Segment/elem*elem)
+	sends, recvs := ringSchedule(c.Size(), c.me, t0, t1, k, offs, seg)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	x := &ringRun{cancel: cancel}
+	x.cond = sync.NewCond(&x.mu)
+	sendFinished := make(chan struct{})
+	go func() {
+		defer close(sendFinished)
+		c.ringSends(ctx, x, tag, data, sends)
+	}()
+	c.ringRecvs(ctx, x, tag, data, recvs, red)
+	<-sendFinished
+	return x.failed
+}
+
+// ringSchedule is member r's part of ring steps [t0, t1) over w members
+// (see ring), chunk i being bytes [offs[i], offs[i+1]) cut into segments of
+// at most seg bytes: the segments it sends to r+1 and receives from r-1,
+// each in order. A send of step t > t0 waits for the receive of the same
+// segment at step t-1 (it forwards what arrived); a receive waits for the
+// last send of its segment (the old contents must be out before they are
+// overwritten). Pure: the tests check every member's schedule together.
+func ringSchedule(w, r, t0, t1, k int, offs []int, seg int) (sends, recvs []ringOp) {
 	mod := func(x int) int { return ((x % w) + w) % w }
 	segments := func(chunk int) [][2]int {
 		var s [][2]int
@@ -427,10 +449,9 @@ func (c *Comm) ring(ctx context.Context, tag uint64, data []byte, offs []int, el
 		}
 		return s
 	}
-	var sends, recvs []ringOp
 	lastSend := map[int]int{} // segment start -> index of its latest send op
 	for t := t0; t < t1; t++ {
-		base := len(recvs) // recv ops of step t-1 start at base - len(segments of that step)
+		base := len(recvs) // recv ops of step t-1 end at base
 		sc := mod(r - t + k)
 		for j, s := range segments(sc) {
 			after := 0
@@ -443,63 +464,72 @@ func (c *Comm) ring(ctx context.Context, tag uint64, data []byte, offs []int, el
 		for _, s := range segments(mod(r - t - 1 + k)) {
 			after := 0
 			if i, ok := lastSend[s[0]]; ok {
-				after = i + 1 // the old contents must be out before we overwrite
+				after = i + 1
 			}
 			recvs = append(recvs, ringOp{lo: s[0], hi: s[1], after: after, reduce: t < w-1})
 		}
 	}
+	return sends, recvs
+}
 
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var (
-		mu       sync.Mutex
-		cond     = sync.NewCond(&mu)
-		recvDone int
-		sendDone int
-		failed   error
-	)
-	setFailed := func(err error) {
-		mu.Lock()
-		if failed == nil {
-			failed = err
-		}
-		cond.Broadcast()
-		mu.Unlock()
-		cancel()
+// ringRun is the progress of one ring run's two sides: the sends (on their
+// own goroutine) and the receives (on the caller's), each op waiting until
+// the other side has done the number of ops its after names, and the first
+// error, which stops both.
+type ringRun struct {
+	mu                 sync.Mutex
+	cond               *sync.Cond
+	sendDone, recvDone int
+	failed             error
+	cancel             context.CancelFunc
+}
+
+// await waits until *done >= n; false if the run failed meanwhile.
+func (x *ringRun) await(done *int, n int) bool {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	for *done < n && x.failed == nil {
+		x.cond.Wait()
 	}
-	next, prev := c.peer(r+1), c.peer(r-1)
-	sendFinished := make(chan struct{})
-	go func() {
-		defer close(sendFinished)
-		for _, op := range sends {
-			mu.Lock()
-			for recvDone < op.after && failed == nil {
-				cond.Wait()
-			}
-			stop := failed != nil
-			mu.Unlock()
-			if stop {
-				return
-			}
-			if err := c.t.Send(ctx, next, tag, data[op.lo:op.hi]); err != nil {
-				setFailed(err)
-				return
-			}
-			mu.Lock()
-			sendDone++
-			cond.Broadcast()
-			mu.Unlock()
+	return x.failed == nil
+}
+
+func (x *ringRun) did(done *int) {
+	x.mu.Lock()
+	*done++
+	x.cond.Broadcast()
+	x.mu.Unlock()
+}
+
+func (x *ringRun) fail(err error) {
+	x.mu.Lock()
+	if x.failed == nil {
+		x.failed = err
+	}
+	x.cond.Broadcast()
+	x.mu.Unlock()
+	x.cancel()
+}
+
+func (c *Comm) ringSends(ctx context.Context, x *ringRun, tag uint64, data []byte, sends []ringOp) {
+	next := c.peer(c.me + 1)
+	for _, op := range sends {
+		if !x.await(&x.recvDone, op.after) {
+			return
 		}
-	}()
+		if err := c.t.Send(ctx, next, tag, data[op.lo:op.hi]); err != nil {
+			x.fail(err)
+			return
+		}
+		x.did(&x.sendDone)
+	}
+}
+
+func (c *Comm) ringRecvs(ctx context.Context, x *ringRun, tag uint64, data []byte, recvs []ringOp, red reducer) {
+	prev := c.peer(c.me - 1)
 	for _, op := range recvs {
-		mu.Lock()
-		for sendDone < op.after && failed == nil {
-			cond.Wait()
-		}
-		stop := failed != nil
-		mu.Unlock()
-		if stop {
-			break
+		if !x.await(&x.sendDone, op.after) {
+			return
 		}
 		var err error
 		if op.reduce {
@@ -517,16 +547,11 @@ func (c *Comm) ring(ctx context.Context, tag uint64, data []byte, offs []int, el
 			err = c.recvInto(ctx, prev, tag, data[op.lo:op.hi])
 		}
 		if err != nil {
-			setFailed(err)
-			break
+			x.fail(err)
+			return
 		}
-		mu.Lock()
-		recvDone++
-		cond.Broadcast()
-		mu.Unlock()
+		x.did(&x.recvDone)
 	}
-	<-sendFinished
-	return failed
 }
 
 // ReduceScatter reduces buf element-wise over the group and leaves member i

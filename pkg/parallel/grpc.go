@@ -389,88 +389,131 @@ func (l *link) failure() error {
 func (l *link) recvLoop() {
 	defer l.t.wg.Done()
 	defer close(l.loopEnd)
-	var (
-		active    bool
-		tag, size uint64
-		buf       []byte
-		filled    int
-		claim     *posted // a posted receive the message goes straight into
-	)
-	defer func() {
-		if claim != nil {
-			claim.complete(fmt.Errorf("%w: rank %d: link ended mid-message", ErrPeerLost, l.peer))
-		}
-	}()
-	start := func(ftag, fsize uint64) error {
-		if fsize > uint64(l.t.opts.MaxMessage) {
-			return fmt.Errorf("%w: peer announced %d bytes > %d", ErrTooLarge, fsize, l.t.opts.MaxMessage)
-		}
-		if claim = l.box.claim(ftag, int(fsize)); claim != nil {
-			active, tag, size, filled = true, ftag, fsize, 0
-			buf = claim.dst
-			return nil
-		}
-		if err := l.box.waitRoom(l.ctx, l.t.opts.MaxPending, l.t.closed, nil); err != nil {
-			return err
-		}
-		active, tag, size, filled = true, ftag, fsize, 0
-		buf = l.t.pool.get(int(fsize))
-		return nil
-	}
-	f := &inFrame{}
-	f.dest = func(f *inFrame, n int) ([]byte, error) {
-		if !active {
-			if err := start(f.tag, f.size); err != nil {
-				return nil, err
-			}
-		}
-		if f.tag != tag || f.size != size || filled+n > int(size) {
-			return nil, fmt.Errorf("%w: chunk (tag %#x, size %d, %d bytes) does not continue message (tag %#x, size %d, %d filled)", errBadFrame, f.tag, f.size, n, tag, size, filled)
-		}
-		return buf[filled : filled+n], nil
-	}
+	a := &assembly{l: l}
+	defer a.abandon()
+	f := &inFrame{dest: a.dest}
 	for {
 		err := l.stream.RecvMsg(f)
-		if err == nil && f.hello != nil {
-			err = fmt.Errorf("%w: hello inside a stream", errBadFrame)
-		}
-		if err == nil && !active {
-			err = start(f.tag, f.size)
-		}
-		if err == nil && f.data != nil { // chunk decoded without dest
-			if f.tag != tag || f.size != size || filled+len(f.data) > int(size) {
-				err = fmt.Errorf("%w: chunk does not continue its message", errBadFrame)
-			} else {
-				copy(buf[filled:], f.data)
-			}
+		if err == nil {
+			err = a.accept(f)
 		}
 		if err == nil && l.raw != nil {
 			err = fmt.Errorf("%w: message on the gRPC stream of a tcp data plane", errBadFrame)
 		}
-		if err != nil && l.raw != nil && !errors.Is(err, errBadFrame) {
-			// The data connection decides how the link ends: this stream
-			// may end before the last messages have been read from it.
-			return
-		}
 		if err != nil {
-			switch {
-			case err == io.EOF || l.closing.Load() || status.Code(err) == codes.Canceled && isClosed(l.t.closed):
-				l.fail(fmt.Errorf("%w: rank %d", ErrPeerClosed, l.peer))
-			default:
-				l.fail(fmt.Errorf("%w: rank %d: %w", ErrPeerLost, l.peer, err))
-			}
+			l.streamEnded(err)
 			return
 		}
-		filled += f.n
-		if filled == int(size) {
-			if claim != nil {
-				claim.complete(nil)
-				claim = nil
-			} else {
-				l.box.put(tag, buf[:size:size])
-			}
-			active, buf = false, nil
+		a.advance(f.n)
+	}
+}
+
+// streamEnded ends the link after its stream's receive error err.
+func (l *link) streamEnded(err error) {
+	switch {
+	case l.raw != nil && !errors.Is(err, errBadFrame):
+		// The data connection decides how the link ends: this stream
+		// may end before the last messages have been read from it.
+	case err == io.EOF || l.closing.Load() || status.Code(err) == codes.Canceled && isClosed(l.t.closed):
+		l.fail(fmt.Errorf("%w: rank %d", ErrPeerClosed, l.peer))
+	default:
+		l.fail(fmt.Errorf("%w: rank %d: %w", ErrPeerLost, l.peer, err))
+	}
+}
+
+// assembly is the message a link's receive loop is putting together from
+// its chunks: into a posted receive's buffer when one claims it, else into
+// a pooled buffer handed to the mailbox when complete.
+type assembly struct {
+	l         *link
+	active    bool
+	tag, size uint64
+	buf       []byte
+	filled    int
+	claim     *posted // a posted receive the message goes straight into
+}
+
+// start begins a message of fsize bytes with tag ftag, waiting for room in
+// the mailbox unless a posted receive takes it.
+func (a *assembly) start(ftag, fsize uint64) error {
+	l := a.l
+	if fsize > uint64(l.t.opts.MaxMessage) {
+		return fmt.Errorf("%w: peer announced %d bytes > %d", ErrTooLarge, fsize, l.t.opts.MaxMessage)
+	}
+	if a.claim = l.box.claim(ftag, int(fsize)); a.claim != nil {
+		a.active, a.tag, a.size, a.filled = true, ftag, fsize, 0
+		a.buf = a.claim.dst
+		return nil
+	}
+	if err := l.box.waitRoom(l.ctx, l.t.opts.MaxPending, l.t.closed, nil); err != nil {
+		return err
+	}
+	a.active, a.tag, a.size, a.filled = true, ftag, fsize, 0
+	a.buf = l.t.pool.get(int(fsize))
+	return nil
+}
+
+// continues checks that a chunk of n bytes of message (tag, size) is the
+// next part of the one being assembled.
+func (a *assembly) continues(tag, size uint64, n int) error {
+	if tag != a.tag || size != a.size || a.filled+n > int(a.size) {
+		return fmt.Errorf("%w: chunk (tag %#x, size %d, %d bytes) does not continue message (tag %#x, size %d, %d filled)", errBadFrame, tag, size, n, a.tag, a.size, a.filled)
+	}
+	return nil
+}
+
+// dest is where the decoder writes a chunk's n bytes.
+func (a *assembly) dest(f *inFrame, n int) ([]byte, error) {
+	if !a.active {
+		if err := a.start(f.tag, f.size); err != nil {
+			return nil, err
 		}
+	}
+	if err := a.continues(f.tag, f.size, n); err != nil {
+		return nil, err
+	}
+	return a.buf[a.filled : a.filled+n], nil
+}
+
+// accept takes a decoded frame: a chunk written in place by dest, or one
+// decoded without it (f.data), which is copied.
+func (a *assembly) accept(f *inFrame) error {
+	if f.hello != nil {
+		return fmt.Errorf("%w: hello inside a stream", errBadFrame)
+	}
+	if !a.active {
+		if err := a.start(f.tag, f.size); err != nil {
+			return err
+		}
+	}
+	if f.data != nil {
+		if err := a.continues(f.tag, f.size, len(f.data)); err != nil {
+			return err
+		}
+		copy(a.buf[a.filled:], f.data)
+	}
+	return nil
+}
+
+// advance counts n more bytes and delivers the message once complete.
+func (a *assembly) advance(n int) {
+	a.filled += n
+	if a.filled != int(a.size) {
+		return
+	}
+	if a.claim != nil {
+		a.claim.complete(nil)
+		a.claim = nil
+	} else {
+		a.l.box.put(a.tag, a.buf[:a.size:a.size])
+	}
+	a.active, a.buf = false, nil
+}
+
+// abandon fails the posted receive of a message the link ended in.
+func (a *assembly) abandon() {
+	if a.claim != nil {
+		a.claim.complete(fmt.Errorf("%w: rank %d: link ended mid-message", ErrPeerLost, a.l.peer))
 	}
 }
 
@@ -654,54 +697,22 @@ func (t *GRPCTransport) Close() error {
 	t.closeOnce.Do(func() {
 		t.mu.Lock()
 		close(t.closed)
-		links := append([]*link(nil), t.links...)
+		var links []*link
+		for _, l := range t.links {
+			if l != nil {
+				links = append(links, l)
+			}
+		}
 		conns := t.conns
 		t.mu.Unlock()
 		grace, cancelGrace := context.WithTimeout(context.Background(), closeGrace)
 		defer cancelGrace()
 		deadline := grace.Done()
 		for _, l := range links {
-			if l == nil {
-				continue
-			}
-			l.closing.Store(true)
-			if l.raw != nil {
-				select { // the goodbye must not cut into a message
-				case l.sendMu <- struct{}{}:
-					l.rawBye()
-					<-l.sendMu
-				case <-deadline:
-					l.fail(ErrClosed)
-				}
-			}
-			if l.finish != nil {
-				close(l.finish)
-				continue
-			}
-			select { // CloseSend must not race a SendMsg
-			case l.sendMu <- struct{}{}:
-				if cs, ok := l.stream.(grpc.ClientStream); ok {
-					cs.CloseSend() //nolint:errcheck // the receive loop reports the outcome
-				}
-				<-l.sendMu
-			case <-deadline:
-				l.fail(ErrClosed)
-			}
+			l.sayGoodbye(deadline)
 		}
 		for _, l := range links {
-			if l == nil {
-				continue
-			}
-			select {
-			case <-l.loopEnd:
-			case <-deadline:
-				l.fail(ErrClosed)
-			}
-			select {
-			case <-l.rawEnd:
-			case <-deadline:
-				l.fail(ErrClosed)
-			}
+			l.awaitEnd(deadline)
 		}
 		for _, in := range t.rawIn { // data connections whose handshake never came
 			select {
@@ -713,17 +724,7 @@ func (t *GRPCTransport) Close() error {
 		for _, b := range t.boxes {
 			b.fail(ErrClosed)
 		}
-		// GracefulStop returns once peers have read everything this side
-		// wrote (they close the connections after the streams' trailers);
-		// Stop cuts off peers that do not.
-		stopped := make(chan struct{})
-		go func() { t.srv.GracefulStop(); close(stopped) }()
-		select {
-		case <-stopped:
-		case <-deadline:
-			t.srv.Stop()
-			<-stopped
-		}
+		t.stopServer(deadline)
 		for _, c := range conns {
 			c.Close()
 		}
@@ -731,13 +732,66 @@ func (t *GRPCTransport) Close() error {
 			t.ulis.Close()
 		}
 		for _, l := range links {
-			if l != nil {
-				l.fail(ErrClosed)
-			}
+			l.fail(ErrClosed)
 		}
 		t.wg.Wait()
 	})
 	return nil
+}
+
+// sayGoodbye begins the link's orderly close: the data connection's
+// goodbye, then the end of our half of the stream (messages already sent
+// still arrive). Past deadline it fails the link instead.
+func (l *link) sayGoodbye(deadline <-chan struct{}) {
+	l.closing.Store(true)
+	if l.raw != nil {
+		select { // the goodbye must not cut into a message
+		case l.sendMu <- struct{}{}:
+			l.rawBye()
+			<-l.sendMu
+		case <-deadline:
+			l.fail(ErrClosed)
+		}
+	}
+	if l.finish != nil {
+		close(l.finish)
+		return
+	}
+	select { // CloseSend must not race a SendMsg
+	case l.sendMu <- struct{}{}:
+		if cs, ok := l.stream.(grpc.ClientStream); ok {
+			cs.CloseSend() //nolint:errcheck // the receive loop reports the outcome
+		}
+		<-l.sendMu
+	case <-deadline:
+		l.fail(ErrClosed)
+	}
+}
+
+// awaitEnd waits for the link's receive loops to see the peer's side end,
+// failing the link past deadline.
+func (l *link) awaitEnd(deadline <-chan struct{}) {
+	for _, end := range []chan struct{}{l.loopEnd, l.rawEnd} {
+		select {
+		case <-end:
+		case <-deadline:
+			l.fail(ErrClosed)
+		}
+	}
+}
+
+// stopServer stops the gRPC server: GracefulStop returns once peers have
+// read everything this side wrote (they close the connections after the
+// streams' trailers); past deadline Stop cuts off peers that do not.
+func (t *GRPCTransport) stopServer(deadline <-chan struct{}) {
+	stopped := make(chan struct{})
+	go func() { t.srv.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-deadline:
+		t.srv.Stop()
+		<-stopped
+	}
 }
 
 // newLoopbackGRPC starts n connected gRPC transports on 127.0.0.1 in this

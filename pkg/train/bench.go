@@ -103,18 +103,44 @@ func BenchEngine(ctx context.Context, o BenchOptions) (*EngineBench, error) {
 			b.FirstLoss = sm.Loss
 		}
 	}
+	times, dropped, err := b.measureSteps(ctx, tr, o.Steps)
+	if err != nil {
+		return nil, err
+	}
+	b.StepTimesS = append([]float64(nil), times...)
+	sort.Float64s(times)
+	med := times[len(times)/2]
+	mc := tr.MCfg
+	tokens := cfg.MicroBatch * mc.SeqLen
+	total, active := mc.ParamCount()
+	b.TokensPerStep, b.Steps, b.MedianStepS, b.TokensPerS, b.FlopsPerToken = tokens, o.Steps, med, float64(tokens)/med, mc.FlopsPerToken()
+	b.Params, b.ActiveParams, b.PeakRSSMiB = total, active, peakRSSMiB()
+	b.GFlops = b.TokensPerS * b.FlopsPerToken / 1e9
+	if tr.GPU != nil {
+		b.DroppedPerStep = float64(dropped) / float64(o.Steps)
+		return b, benchGPU(b, tr.GPU)
+	}
+	b.SgemmGFlops = sgemmCeiling(1024)
+	b.FractionOfSgemm = b.GFlops / b.SgemmGFlops
+	return b, nil
+}
+
+// measureSteps times n training steps with the engine's profile on, and
+// sets the loss, allocation and time-split figures; it returns the step
+// times and the GPU's dropped slots.
+func (b *EngineBench) measureSteps(ctx context.Context, tr *Trainer, n int) ([]float64, int, error) {
 	var ms0, ms1 runtime.MemStats
 	tr.eng.enableProfile(true)
 	defer tr.eng.enableProfile(false)
 	opt0 := tr.optTime
 	runtime.ReadMemStats(&ms0)
-	times := make([]float64, 0, o.Steps)
+	times := make([]float64, 0, n)
 	dropped := 0
-	for i := 0; i < o.Steps; i++ {
+	for range n {
 		st := time.Now()
 		sm, err := tr.TrainStep(ctx)
 		if err != nil {
-			return nil, err
+			return nil, 0, err
 		}
 		times = append(times, time.Since(st).Seconds())
 		b.LastLoss = sm.Loss
@@ -126,41 +152,26 @@ func BenchEngine(ctx context.Context, o BenchOptions) (*EngineBench, error) {
 		}
 	}
 	runtime.ReadMemStats(&ms1)
+	b.AllocsPerStep = float64(ms1.Mallocs-ms0.Mallocs) / float64(n)
+	b.BytesPerStep = float64(ms1.TotalAlloc-ms0.TotalAlloc) / float64(n)
 	var sum float64
 	for _, v := range times {
 		sum += v
 	}
 	split := map[string]float64{}
 	for k, v := range tr.eng.split() {
-		split[k] = v / float64(o.Steps)
+		split[k] = v / float64(n)
 	}
 	if _, ok := split["optimizer"]; !ok {
-		split["optimizer"] = (tr.optTime - opt0).Seconds() / float64(o.Steps)
+		split["optimizer"] = (tr.optTime - opt0).Seconds() / float64(n)
 	}
-	other := sum / float64(o.Steps)
+	other := sum / float64(n)
 	for _, v := range split {
 		other -= v
 	}
 	split["other"] = other
-	b.StepTimesS = append([]float64(nil), times...)
-	sort.Float64s(times)
-	med := times[len(times)/2]
-	mc := tr.MCfg
-	tokens := cfg.MicroBatch * mc.SeqLen
-	total, active := mc.ParamCount()
-	b.TokensPerStep, b.Steps, b.MedianStepS, b.TokensPerS, b.FlopsPerToken = tokens, o.Steps, med, float64(tokens)/med, mc.FlopsPerToken()
-	b.AllocsPerStep = float64(ms1.Mallocs-ms0.Mallocs) / float64(o.Steps)
-	b.BytesPerStep = float64(ms1.TotalAlloc-ms0.TotalAlloc) / float64(o.Steps)
-	b.Params, b.ActiveParams, b.PeakRSSMiB = total, active, peakRSSMiB()
-	b.GFlops = b.TokensPerS * b.FlopsPerToken / 1e9
 	b.SplitS = split
-	if tr.GPU != nil {
-		b.DroppedPerStep = float64(dropped) / float64(o.Steps)
-		return b, benchGPU(b, tr.GPU)
-	}
-	b.SgemmGFlops = sgemmCeiling(1024)
-	b.FractionOfSgemm = b.GFlops / b.SgemmGFlops
-	return b, nil
+	return times, dropped, nil
 }
 
 // benchGPU adds the device figures: memory, the GEMM ceiling and MFU.
@@ -271,13 +282,26 @@ func BenchCheckpoint(ctx context.Context, preset, dir string, steps int) (*Check
 	}
 	defer tr.Close()
 	b := &CheckpointBench{Preset: preset, Repeats: 3}
-	// write throughput: the shards of one state, durably, best of 3
 	st := time.Now()
 	snap, err := tr.Snapshot()
 	if err != nil {
 		return nil, err
 	}
 	b.SnapshotMS = float64(time.Since(st).Microseconds()) / 1e3
+	if err := b.measureWrites(ctx, tr, snap); err != nil {
+		return nil, err
+	}
+	tr.step = 0
+	if err := tr.Restore(snapAt(snap, 0)); err != nil {
+		return nil, err
+	}
+	tr.ckpt.cfg.Job = "stall" // a fresh catalogue entry: steps restart at 1
+	return b, b.measureStall(ctx, tr, steps)
+}
+
+// measureWrites measures the write and the commit throughput of the shards
+// of one state, durably, best of b.Repeats.
+func (b *CheckpointBench) measureWrites(ctx context.Context, tr *Trainer, snap State) error {
 	for i := 0; i < b.Repeats; i++ {
 		tr.step = 1000 + i // a fresh step each time
 		snap.Step = tr.step
@@ -286,7 +310,7 @@ func BenchCheckpoint(ctx context.Context, preset, dir string, steps int) (*Check
 		<-tr.ckpt.pending.done
 		w := time.Since(st)
 		if err := tr.ckpt.pending.err; err != nil {
-			return nil, err
+			return err
 		}
 		var n int64
 		for _, s := range tr.ckpt.pending.infos {
@@ -298,39 +322,39 @@ func BenchCheckpoint(ctx context.Context, preset, dir string, steps int) (*Check
 		}
 		st = time.Now()
 		if err := tr.ckpt.finish(ctx); err != nil {
-			return nil, err
+			return err
 		}
 		if err := tr.ckpt.waitCommit(); err != nil {
-			return nil, err
+			return err
 		}
 		if mb := float64(n) / (w + time.Since(st)).Seconds() / 1e6; mb > b.CommitMBps {
 			b.CommitMBps = mb
 		}
 	}
-	// stall: train with a save after every step
-	tr.step = 0
-	if err := tr.Restore(snapAt(snap, 0)); err != nil {
-		return nil, err
-	}
-	tr.ckpt.cfg.Job = "stall" // a fresh catalogue entry: steps restart at 1
+	return nil
+}
+
+// measureStall trains steps steps with a save after every one and sets the
+// stall figures.
+func (b *CheckpointBench) measureStall(ctx context.Context, tr *Trainer, steps int) error {
 	var (
 		times                     []float64
 		snapTotal, wait, boundMax time.Duration
 	)
-	for i := 0; i < steps; i++ {
+	for range steps {
 		s0 := time.Now()
 		if _, err := tr.TrainStep(ctx); err != nil {
-			return nil, err
+			return err
 		}
 		times = append(times, time.Since(s0).Seconds())
 		fs := time.Now()
 		if err := tr.ckpt.finish(ctx); err != nil {
-			return nil, err
+			return err
 		}
 		ss := time.Now()
 		snap, err := tr.SnapshotInto(tr.ckpt.spare)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		tr.ckpt.start(snap)
 		se := time.Now()
@@ -341,11 +365,11 @@ func BenchCheckpoint(ctx context.Context, preset, dir string, steps int) (*Check
 	}
 	ds := time.Now()
 	if err := tr.ckpt.finish(ctx); err != nil {
-		return nil, err
+		return err
 	}
 	cs := time.Now()
 	if err := tr.ckpt.waitCommit(); err != nil {
-		return nil, err
+		return err
 	}
 	drain, commit := cs.Sub(ds), time.Since(cs)
 	sort.Float64s(times)
@@ -359,7 +383,7 @@ func BenchCheckpoint(ctx context.Context, preset, dir string, steps int) (*Check
 	b.WaitMSPerSave = perSave(wait)
 	b.DrainMS = ms(drain)
 	b.FinalCommitMS = ms(commit)
-	return b, nil
+	return nil
 }
 
 func snapAt(s State, step int) State {

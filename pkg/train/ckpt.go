@@ -7,33 +7,21 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"runtime"
-	"slices"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-
 	"github.com/switchyard-ml/switchyard/pkg/checkpoint"
-	"github.com/switchyard-ml/switchyard/pkg/client"
 	"github.com/switchyard-ml/switchyard/pkg/data"
 	"github.com/switchyard-ml/switchyard/pkg/lbl"
 	"github.com/switchyard-ml/switchyard/pkg/model"
 	"github.com/switchyard-ml/switchyard/pkg/runconfig"
-	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
 )
 
 // CheckpointConfig is where and how often a run saves (runconfig.Checkpoint).
 type CheckpointConfig = runconfig.Checkpoint
-
-// CataloguePrefix is where the etcd catalogue keeps manifests.
-const CataloguePrefix = checkpoint.CataloguePrefix
 
 // ckptMeta is the small, non-tensor part of a rank's state.
 type ckptMeta struct {
@@ -65,8 +53,6 @@ type checkpointer struct {
 	// Stall is the training time spent waiting for saves.
 	Stall time.Duration
 	Saved []int64 // committed steps
-	// closeCat releases the catalogue's connection (nil: nothing to close)
-	closeCat func() error
 	// events receives the event lines of the job (rank 0's progress
 	// writer; nil: none)
 	events io.Writer
@@ -75,37 +61,6 @@ type checkpointer struct {
 	valLoss map[int64]float64
 	// lastSave is when the last save started (for EveryMinutes).
 	lastSave time.Time
-}
-
-// coordinatorCommit wraps cat so that commits go through the coordinator.
-// A commit whose answer was lost (a leader fail-over) is retried by the
-// client; if the retry finds the step already committed with the same
-// shards, it succeeded.
-func coordinatorCommit(cfg CheckpointConfig, cat checkpoint.Catalogue) (checkpoint.Catalogue, func() error, error) {
-	cl, err := client.Dial(client.Options{Endpoints: cfg.CommitVia, Token: os.Getenv("SWITCHYARD_TOKEN"), TLS: cfg.CommitTLS})
-	if err != nil {
-		return nil, nil, fmt.Errorf("train: checkpoint commits via %v: %w", cfg.CommitVia, err)
-	}
-	gate := checkpoint.CommitVia(cat, func(ctx context.Context, m checkpoint.Manifest) error {
-		enc, err := checkpoint.EncodeManifest(m)
-		if err != nil {
-			return err
-		}
-		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		defer cancel()
-		_, err = cl.CommitCheckpoint(cctx, &apiv1.CommitCheckpointRequest{JobId: m.Job, Attempt: int32(cfg.Attempt), Manifest: enc})
-		if err == nil {
-			return nil
-		}
-		if got, gerr := cat.Get(ctx, m.Job, m.Step); gerr == nil && slices.Equal(got.Shards, m.Shards) {
-			return nil // committed by an earlier try whose answer was lost
-		}
-		if st, ok := status.FromError(err); ok && st.Code() == codes.AlreadyExists {
-			return fmt.Errorf("%w (via the coordinator): %s", checkpoint.ErrStale, st.Message())
-		}
-		return fmt.Errorf("train: commit step %d through the coordinator: %w", m.Step, err)
-	})
-	return gate, cl.Close, nil
 }
 
 // tidy (rank 0, before the first step of a resumed run) finishes
@@ -153,16 +108,6 @@ func (c *checkpointer) noteEval(step int64, ev *Eval) {
 	c.valLoss[step] = sum / float64(len(ev.BitsPerByte))
 }
 
-// close releases the catalogue connection; background work must be done.
-func (c *checkpointer) close() error {
-	if c.closeCat == nil {
-		return nil
-	}
-	err := c.closeCat()
-	c.closeCat = nil
-	return err
-}
-
 type pendingSave struct {
 	state State // the snapshot being written; its buffers are reused by the next save
 	step  int64
@@ -171,7 +116,9 @@ type pendingSave struct {
 	err   error
 }
 
-func newCheckpointer(cfg CheckpointConfig, dist *Dist, params *model.Params, mcfg model.Config) (*checkpointer, error) {
+// newCheckpointer saves into cfg.Dir and keeps the manifests in cat (nil:
+// beside the shards in the storage).
+func newCheckpointer(cfg CheckpointConfig, cat checkpoint.Catalogue, dist *Dist, params *model.Params, mcfg model.Config) (*checkpointer, error) {
 	if cfg.Job == "" {
 		cfg.Job = "run"
 	}
@@ -182,29 +129,10 @@ func newCheckpointer(cfg CheckpointConfig, dist *Dist, params *model.Params, mcf
 	if err != nil {
 		return nil, fmt.Errorf("train: checkpoint storage: %w", err)
 	}
-	var (
-		cat    checkpoint.Catalogue = checkpoint.NewStorageCatalogue(st)
-		closer func() error
-	)
-	if len(cfg.Etcd) > 0 {
-		cli, err := clientv3.New(clientv3.Config{Endpoints: cfg.Etcd, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-		if err != nil {
-			return nil, fmt.Errorf("train: checkpoint catalogue in etcd %v: %w", cfg.Etcd, err)
-		}
-		cat, closer = checkpoint.NewEtcdCatalogue(cli, CataloguePrefix), cli.Close
-		if len(cfg.CommitVia) > 0 {
-			gate, closeGate, err := coordinatorCommit(cfg, cat)
-			if err != nil {
-				cli.Close()
-				return nil, err
-			}
-			cat = gate
-			closer = func() error { return errors.Join(closeGate(), cli.Close()) }
-		}
-	} else if len(cfg.CommitVia) > 0 {
-		return nil, fmt.Errorf("train: checkpoint commits through the coordinator need the etcd catalogue (checkpoint.etcd)")
+	if cat == nil {
+		cat = checkpoint.NewStorageCatalogue(st)
 	}
-	c := &checkpointer{cfg: cfg, mgr: checkpoint.NewManager(st, cat, slog.Default()), dist: dist, layout: checkpoint.Layout{TP: 1, DP: 1, EP: 1}, params: params, mcfg: mcfg, closeCat: closer, lastSave: time.Now()}
+	c := &checkpointer{cfg: cfg, mgr: checkpoint.NewManager(st, cat, slog.Default()), dist: dist, layout: checkpoint.Layout{TP: 1, DP: 1, EP: 1}, params: params, mcfg: mcfg, lastSave: time.Now()}
 	if dist != nil {
 		l := dist.Layout
 		c.layout = checkpoint.Layout{TP: l.TP(), DP: l.DP(), EP: l.EP()}
@@ -239,14 +167,11 @@ func (c *checkpointer) start(s State) {
 	// hashing each.
 	parts := splitTensors(tensors, stateParts(3*len(s.Params)*4))
 	var shards []checkpoint.ShardSource
+	names := rankShards(r)
 	for i, part := range parts {
-		name := fmt.Sprintf("rank-%04d/state.bin", r)
-		if len(parts) > 1 {
-			name = fmt.Sprintf("rank-%04d/state-%d.bin", r, i)
-		}
-		shards = append(shards, checkpoint.TensorShard(name, r, checkpoint.KindParams, part))
+		shards = append(shards, checkpoint.TensorShard(names.state(i, len(parts)), r, checkpoint.KindParams, part))
 	}
-	shards = append(shards, checkpoint.BytesShard(fmt.Sprintf("rank-%04d/meta.json", r), r, checkpoint.KindData, meta))
+	shards = append(shards, checkpoint.BytesShard(names.meta(), r, checkpoint.KindData, meta))
 	go func() {
 		defer close(p.done)
 		p.infos, p.err = checkpoint.SaveShardsParallel(context.Background(), c.mgr.Storage(), checkpoint.StepPrefix(c.cfg.Job, p.step), shards, len(parts))
@@ -440,89 +365,18 @@ func (c *checkpointer) dropNewer(ctx context.Context, step int64) error {
 // found.
 func (c *checkpointer) load(ctx context.Context, t *Trainer) (bool, error) {
 	c.tidy(ctx)
-	var (
-		m   checkpoint.Manifest
-		err error
-	)
-	if step := c.cfg.ResumeStep; step > 0 {
-		if m, err = c.mgr.Catalogue().Get(ctx, c.cfg.Job, step); err != nil {
-			return false, fmt.Errorf("train: resume from step %d: %w", step, err)
-		}
-		if err := checkpoint.Verify(ctx, c.mgr.Storage(), checkpoint.StepPrefix(m.Job, m.Step), m); err != nil {
-			return false, fmt.Errorf("train: resume from step %d: checkpoint unusable: %w", step, err)
-		}
-		if err := c.dropNewer(ctx, step); err != nil {
-			return false, err
-		}
-	} else {
-		m, err = c.mgr.LoadLatestVerified(ctx, c.cfg.Job, func(step int64, err error) {
-			slog.Warn("checkpoint unusable, falling back", "job-id", c.cfg.Job, "step", step, "error", err)
-			if c.rank() == 0 {
-				announce(c.events, "CheckpointUnusable", fmt.Sprintf("checkpoint of step %d unusable, falling back to an older one: %v", step, err))
-			}
-		})
-		if errors.Is(err, checkpoint.ErrNoCheckpoint) {
-			return false, nil
-		}
-		if err != nil {
-			return false, fmt.Errorf("train: resume: %w", err)
-		}
-	}
-	r := c.rank()
-	prefix := checkpoint.StepPrefix(m.Job, m.Step)
-	readRank := func(rank int) (map[string][]float32, ckptMeta, error) {
-		var meta ckptMeta
-		byName := map[string][]float32{}
-		names := stateShardNames(m, rank)
-		if len(names) == 0 {
-			return nil, meta, fmt.Errorf("rank %d: no state shard in the manifest", rank)
-		}
-		for _, name := range names {
-			raw, err := checkpoint.ReadShardVerified(ctx, c.mgr.Storage(), prefix, m, name)
-			if err != nil {
-				return nil, meta, err
-			}
-			tensors, err := checkpoint.DecodeShard(raw)
-			if err != nil {
-				return nil, meta, err
-			}
-			for _, tn := range tensors {
-				if _, dup := byName[tn.Name]; dup {
-					return nil, meta, fmt.Errorf("rank %d: tensor %s in more than one state shard", rank, tn.Name)
-				}
-				byName[tn.Name] = tn.Data
-			}
-		}
-		metaRaw, err := checkpoint.ReadShardVerified(ctx, c.mgr.Storage(), prefix, m, fmt.Sprintf("rank-%04d/meta.json", rank))
-		if err != nil {
-			return nil, meta, err
-		}
-		if err := json.Unmarshal(metaRaw, &meta); err != nil {
-			return nil, meta, fmt.Errorf("meta of rank %d: %w", rank, err)
-		}
-		return byName, meta, nil
+	m, found, err := c.choose(ctx)
+	if !found || err != nil {
+		return false, err
 	}
 	n := len(t.eng.params().Data)
 	s := State{Params: make([]float32, n), AdamM: make([]float32, n), AdamV: make([]float32, n)}
+	read := func(rank int) (map[string][]float32, ckptMeta, error) { return c.readRank(ctx, m, rank) }
 	if m.Layout == c.layout {
-		byName, meta, err := readRank(r)
-		if err != nil {
+		if err := c.assemble(m, read, &s); err != nil {
 			return false, fmt.Errorf("train: resume: %w", err)
 		}
-		for _, q := range c.params.List {
-			for _, part := range []struct {
-				prefix string
-				dst    []float32
-			}{{"", s.Params}, {"adam_m/", s.AdamM}, {"adam_v/", s.AdamV}} {
-				v, ok := byName[part.prefix+q.Name]
-				if !ok || len(v) != q.Size {
-					return false, fmt.Errorf("train: resume: step %d rank %d: tensor %s%s missing or of the wrong size", m.Step, r, part.prefix, q.Name)
-				}
-				copy(part.dst[q.Offset:], v)
-			}
-		}
-		s.Step, s.AdamT, s.Balancer, s.Loader = meta.Step, meta.AdamT, meta.Balancer, meta.Loader
-	} else if err := c.reshard(m, readRank, &s); err != nil {
+	} else if err := c.reshard(m, read, &s); err != nil {
 		return false, fmt.Errorf("train: resume step %d saved under %+v into %+v: %w", m.Step, m.Layout, c.layout, err)
 	}
 	if err := t.Restore(s); err != nil {
@@ -531,11 +385,117 @@ func (c *checkpointer) load(ctx context.Context, t *Trainer) (bool, error) {
 	return true, nil
 }
 
-// stateShardNames lists the tensor shards holding rank's state in m:
-// "rank-NNNN/state.bin", or the parts "rank-NNNN/state-I.bin" of a split
-// state, in part order.
-func stateShardNames(m checkpoint.Manifest, rank int) []string {
-	dir := fmt.Sprintf("rank-%04d/", rank)
+// choose picks the checkpoint to resume from: the configured resume step
+// (which must verify; newer ones are dropped) or the newest that verifies,
+// falling back past unusable ones. found is false when there is none.
+func (c *checkpointer) choose(ctx context.Context) (m checkpoint.Manifest, found bool, err error) {
+	if step := c.cfg.ResumeStep; step > 0 {
+		if m, err = c.mgr.Catalogue().Get(ctx, c.cfg.Job, step); err != nil {
+			return m, false, fmt.Errorf("train: resume from step %d: %w", step, err)
+		}
+		if err := checkpoint.Verify(ctx, c.mgr.Storage(), checkpoint.StepPrefix(m.Job, m.Step), m); err != nil {
+			return m, false, fmt.Errorf("train: resume from step %d: checkpoint unusable: %w", step, err)
+		}
+		if err := c.dropNewer(ctx, step); err != nil {
+			return m, false, err
+		}
+		return m, true, nil
+	}
+	m, err = c.mgr.LoadLatestVerified(ctx, c.cfg.Job, func(step int64, err error) {
+		slog.Warn("checkpoint unusable, falling back", "job-id", c.cfg.Job, "step", step, "error", err)
+		if c.rank() == 0 {
+			announce(c.events, "CheckpointUnusable", fmt.Sprintf("checkpoint of step %d unusable, falling back to an older one: %v", step, err))
+		}
+	})
+	if errors.Is(err, checkpoint.ErrNoCheckpoint) {
+		return m, false, nil
+	}
+	if err != nil {
+		return m, false, fmt.Errorf("train: resume: %w", err)
+	}
+	return m, true, nil
+}
+
+// readRank reads and verifies rank's state tensors (by name) and meta from
+// checkpoint m.
+func (c *checkpointer) readRank(ctx context.Context, m checkpoint.Manifest, rank int) (map[string][]float32, ckptMeta, error) {
+	var meta ckptMeta
+	prefix := checkpoint.StepPrefix(m.Job, m.Step)
+	names := rankShards(rank)
+	states := names.statesIn(m)
+	if len(states) == 0 {
+		return nil, meta, fmt.Errorf("rank %d: no state shard in the manifest", rank)
+	}
+	byName := map[string][]float32{}
+	for _, name := range states {
+		raw, err := checkpoint.ReadShardVerified(ctx, c.mgr.Storage(), prefix, m, name)
+		if err != nil {
+			return nil, meta, err
+		}
+		tensors, err := checkpoint.DecodeShard(raw)
+		if err != nil {
+			return nil, meta, err
+		}
+		for _, tn := range tensors {
+			if _, dup := byName[tn.Name]; dup {
+				return nil, meta, fmt.Errorf("rank %d: tensor %s in more than one state shard", rank, tn.Name)
+			}
+			byName[tn.Name] = tn.Data
+		}
+	}
+	metaRaw, err := checkpoint.ReadShardVerified(ctx, c.mgr.Storage(), prefix, m, names.meta())
+	if err != nil {
+		return nil, meta, err
+	}
+	if err := json.Unmarshal(metaRaw, &meta); err != nil {
+		return nil, meta, fmt.Errorf("meta of rank %d: %w", rank, err)
+	}
+	return byName, meta, nil
+}
+
+// assemble fills s from this rank's own shards of m, saved under the
+// layout this run has.
+func (c *checkpointer) assemble(m checkpoint.Manifest, read func(rank int) (map[string][]float32, ckptMeta, error), s *State) error {
+	r := c.rank()
+	byName, meta, err := read(r)
+	if err != nil {
+		return err
+	}
+	for _, q := range c.params.List {
+		for _, part := range []struct {
+			prefix string
+			dst    []float32
+		}{{"", s.Params}, {"adam_m/", s.AdamM}, {"adam_v/", s.AdamV}} {
+			v, ok := byName[part.prefix+q.Name]
+			if !ok || len(v) != q.Size {
+				return fmt.Errorf("step %d rank %d: tensor %s%s missing or of the wrong size", m.Step, r, part.prefix, q.Name)
+			}
+			copy(part.dst[q.Offset:], v)
+		}
+	}
+	s.Step, s.AdamT, s.Balancer, s.Loader = meta.Step, meta.AdamT, meta.Balancer, meta.Loader
+	return nil
+}
+
+// rankShards names one rank's shards in a checkpoint: its state,
+// "rank-NNNN/state.bin" or the parts "rank-NNNN/state-I.bin" of a split
+// state, and "rank-NNNN/meta.json".
+type rankShards int
+
+func (r rankShards) dir() string  { return fmt.Sprintf("rank-%04d/", int(r)) }
+func (r rankShards) meta() string { return r.dir() + "meta.json" }
+
+// state is the name of part i of a state saved in parts parts.
+func (r rankShards) state(i, parts int) string {
+	if parts == 1 {
+		return r.dir() + "state.bin"
+	}
+	return r.dir() + fmt.Sprintf("state-%d.bin", i)
+}
+
+// statesIn lists the rank's state shards in m, in part order.
+func (r rankShards) statesIn(m checkpoint.Manifest) []string {
+	dir := r.dir()
 	type part struct {
 		name string
 		i    int

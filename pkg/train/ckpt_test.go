@@ -83,7 +83,7 @@ func TestCheckpointSplitStateResume(t *testing.T) {
 	if err != nil || m.Step != 3 {
 		t.Fatalf("latest: step %d, %v", m.Step, err)
 	}
-	if got := stateShardNames(m, 0); fmt.Sprint(got) != "[rank-0000/state-0.bin rank-0000/state-1.bin rank-0000/state-2.bin]" {
+	if got := rankShards(0).statesIn(m); fmt.Sprint(got) != "[rank-0000/state-0.bin rank-0000/state-1.bin rank-0000/state-2.bin]" {
 		t.Fatalf("state shards %v", got)
 	}
 	first.Close()
@@ -118,10 +118,10 @@ func TestStateShardNames(t *testing.T) {
 		{Name: "rank-0001/state-x.bin", Kind: checkpoint.KindParams},
 		{Name: "rank-0001/state-3.bin", Kind: checkpoint.KindData},
 	}}
-	if got := fmt.Sprint(stateShardNames(m, 1)); got != "[rank-0001/state-2.bin rank-0001/state-10.bin]" {
+	if got := fmt.Sprint(rankShards(1).statesIn(m)); got != "[rank-0001/state-2.bin rank-0001/state-10.bin]" {
 		t.Fatalf("rank 1: %s", got)
 	}
-	if got := fmt.Sprint(stateShardNames(m, 0)); got != "[rank-0000/state.bin]" {
+	if got := fmt.Sprint(rankShards(0).statesIn(m)); got != "[rank-0000/state.bin]" {
 		t.Fatalf("rank 0: %s", got)
 	}
 }

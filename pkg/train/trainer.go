@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/switchyard-ml/switchyard/pkg/checkpoint"
 	"github.com/switchyard-ml/switchyard/pkg/cuda"
 	"github.com/switchyard-ml/switchyard/pkg/data"
 	"github.com/switchyard-ml/switchyard/pkg/gpu"
@@ -63,10 +64,28 @@ type StepMetrics struct {
 
 // New prepares a run: corpus, model, optimizer, balancer, loader. Progress
 // goes to w (a progress bar if w is a terminal, plain lines otherwise).
-func New(cfg Config, w io.Writer) (*Trainer, error) { return NewRun(cfg, w, nil) }
+func New(cfg Config, w io.Writer, opts ...Option) (*Trainer, error) {
+	return NewRun(cfg, w, nil, opts...)
+}
+
+// Option configures a trainer beyond its Config: what the process that
+// runs it provides.
+type Option func(*options)
+
+type options struct {
+	catalogue checkpoint.Catalogue
+}
+
+// WithCatalogue keeps the run's checkpoint manifests in cat instead of
+// beside the shards in the checkpoint storage: the cluster's etcd
+// catalogue, or one whose commits pass through the coordinator
+// (client.Committer). The caller closes what cat holds, after the trainer.
+func WithCatalogue(cat checkpoint.Catalogue) Option {
+	return func(o *options) { o.catalogue = cat }
+}
 
 // NewRun is New for one rank of a parallel run (dist nil: one process).
-func NewRun(cfg Config, w io.Writer, dist *Dist) (*Trainer, error) {
+func NewRun(cfg Config, w io.Writer, dist *Dist, opts ...Option) (*Trainer, error) {
 	cfg.Defaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -83,7 +102,7 @@ func NewRun(cfg Config, w io.Writer, dist *Dist) (*Trainer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("train: corpus: %w", err)
 	}
-	return NewParallel(cfg, corpus, w, dist)
+	return NewParallel(cfg, corpus, w, dist, opts...)
 }
 
 func loadDocs(cfg Config) ([]data.Document, error) {
@@ -113,13 +132,17 @@ func NewWithCorpus(cfg Config, corpus *data.Corpus, w io.Writer) (*Trainer, erro
 // one process). MicroBatch is per rank: a global micro-batch holds
 // MicroBatch x DP sequences. Only the leader rank writes progress, metrics
 // and the report. A run on a GPU (Device "cuda[:N]") opens that GPU.
-func NewParallel(cfg Config, corpus *data.Corpus, w io.Writer, dist *Dist) (*Trainer, error) {
-	return NewParallelOn(cfg, corpus, w, dist, nil)
+func NewParallel(cfg Config, corpus *data.Corpus, w io.Writer, dist *Dist, opts ...Option) (*Trainer, error) {
+	return NewParallelOn(cfg, corpus, w, dist, nil, opts...)
 }
 
 // NewParallelOn is NewParallel on a given GPU device (nil: open the one
 // cfg.Device names, if any); the trainer closes it.
-func NewParallelOn(cfg Config, corpus *data.Corpus, w io.Writer, dist *Dist, dev cuda.Device) (*Trainer, error) {
+func NewParallelOn(cfg Config, corpus *data.Corpus, w io.Writer, dist *Dist, dev cuda.Device, opts ...Option) (*Trainer, error) {
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
 	cfg.Defaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -157,7 +180,7 @@ func NewParallelOn(cfg Config, corpus *data.Corpus, w io.Writer, dist *Dist, dev
 		t.progress = newProgress(w, cfg.Steps)
 	}
 	if cfg.Checkpoint.Dir != "" {
-		if t.ckpt, err = newCheckpointer(cfg.Checkpoint, dist, t.eng.params(), mc); err != nil {
+		if t.ckpt, err = newCheckpointer(cfg.Checkpoint, o.catalogue, dist, t.eng.params(), mc); err != nil {
 			t.eng.close()
 			return nil, err
 		}
@@ -167,7 +190,6 @@ func NewParallelOn(cfg Config, corpus *data.Corpus, w io.Writer, dist *Dist, dev
 		if cfg.Resume {
 			found, err := t.ckpt.load(context.Background(), t)
 			if err != nil {
-				t.ckpt.close()
 				t.eng.close()
 				return nil, err
 			}
@@ -252,9 +274,6 @@ func (t *Trainer) Close() error {
 			<-t.ckpt.pending.done
 		}
 		err = t.ckpt.waitCommit()
-		if cerr := t.ckpt.close(); err == nil {
-			err = cerr
-		}
 	}
 	if t.metrics != nil {
 		if cerr := t.metrics.Close(); err == nil {

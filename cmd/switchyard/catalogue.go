@@ -1,0 +1,45 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/switchyard-ml/switchyard/pkg/checkpoint"
+	"github.com/switchyard-ml/switchyard/pkg/client"
+	"github.com/switchyard-ml/switchyard/pkg/train"
+)
+
+// openCatalogue opens the checkpoint catalogue a rank's config names: the
+// cluster's etcd catalogue (checkpoint.etcd), committed to through the
+// coordinator when checkpoint.commit_via is set (it refuses the commits of
+// an attempt that is over; the bearer token comes from $SWITCHYARD_TOKEN).
+// nil: the checkpoint storage keeps the manifests itself. closeCat
+// releases the connections, after the trainer is closed.
+func openCatalogue(c train.CheckpointConfig) (cat checkpoint.Catalogue, closeCat func() error, err error) {
+	nothing := func() error { return nil }
+	if len(c.Etcd) == 0 {
+		if len(c.CommitVia) > 0 {
+			return nil, nil, usageError{errors.New("checkpoint commits through the coordinator (checkpoint.commit_via) need the etcd catalogue (checkpoint.etcd)")}
+		}
+		return nil, nothing, nil
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: c.Etcd, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		return nil, nil, fmt.Errorf("checkpoint catalogue in etcd %v: %w", c.Etcd, err)
+	}
+	cat = checkpoint.NewEtcdCatalogue(cli, checkpoint.CataloguePrefix)
+	if len(c.CommitVia) == 0 {
+		return cat, cli.Close, nil
+	}
+	coord, err := client.Dial(client.Options{Endpoints: c.CommitVia, Token: os.Getenv("SWITCHYARD_TOKEN"), TLS: c.CommitTLS})
+	if err != nil {
+		cli.Close()
+		return nil, nil, fmt.Errorf("checkpoint commits via %v: %w", c.CommitVia, err)
+	}
+	return coord.Committer(cat, c.Attempt), func() error { return errors.Join(coord.Close(), cli.Close()) }, nil
+}

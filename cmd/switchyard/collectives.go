@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/switchyard-ml/switchyard/pkg/parallel"
+	"github.com/switchyard-ml/switchyard/pkg/parallel/collbench"
 )
 
 // collectivesReport is what `switchyard bench collectives --json` prints.
@@ -33,13 +34,13 @@ type collectivesReport struct {
 }
 
 type collectivesRun struct {
-	Rep            int                    `json:"rep"` // which repetition (--repeat)
-	DataPlane      string                 `json:"data_plane"`
-	World          int                    `json:"world"`
-	ForeignCPUFrac float64                `json:"foreign_cpu_frac"`   // other processes' share of all cores during the run
-	TCP            parallel.BenchResult   `json:"tcp_loopback"`       // one stream, one way
-	TCPBidir       parallel.BenchResult   `json:"tcp_loopback_bidir"` // one connection, both ways at once (per direction)
-	Results        []parallel.BenchResult `json:"results"`
+	Rep            int                `json:"rep"` // which repetition (--repeat)
+	DataPlane      string             `json:"data_plane"`
+	World          int                `json:"world"`
+	ForeignCPUFrac float64            `json:"foreign_cpu_frac"`   // other processes' share of all cores during the run
+	TCP            collbench.Result   `json:"tcp_loopback"`       // one stream, one way
+	TCPBidir       collbench.Result   `json:"tcp_loopback_bidir"` // one connection, both ways at once (per direction)
+	Results        []collbench.Result `json:"results"`
 }
 
 type collectivesRow struct {
@@ -168,8 +169,8 @@ func cmdBenchCollectives(ctx context.Context, args []string) error {
 		for _, opts := range planeOpts {
 			before := cpuSnapshot()
 			start := time.Now()
-			res, err := parallel.BenchCollectives(ctx, w, sizes, *iters,
-				parallel.BenchTransport(opts, parallel.CommOptions{Segment: seg}))
+			res, err := collbench.Collectives(ctx, w, sizes, *iters,
+				collbench.WithTransport(opts, parallel.CommOptions{Segment: seg}))
 			if err != nil {
 				return nil, fmt.Errorf("bench collectives: world %d, data plane %s: %w", w, opts.DataPlane, err)
 			}

@@ -3,7 +3,7 @@ package main
 import (
 	"testing"
 
-	"github.com/switchyard-ml/switchyard/pkg/parallel"
+	"github.com/switchyard-ml/switchyard/pkg/parallel/collbench"
 )
 
 func TestParseSize(t *testing.T) {
@@ -23,9 +23,9 @@ func TestParseSize(t *testing.T) {
 // follow from the ratios.
 func TestCollectivesRows(t *testing.T) {
 	runs := []collectivesRun{{DataPlane: "tcp", World: 2,
-		TCP:      parallel.BenchResult{BusBWGBs: 2},
-		TCPBidir: parallel.BenchResult{BusBWGBs: 1},
-		Results: []parallel.BenchResult{
+		TCP:      collbench.Result{BusBWGBs: 2},
+		TCPBidir: collbench.Result{BusBWGBs: 1},
+		Results: []collbench.Result{
 			{Op: "all_reduce", World: 2, Bytes: 16 << 20, LatencyMS: 10, BusBWGBs: 1.7},
 			{Op: "all_to_all", World: 2, Bytes: 16 << 20, LatencyMS: 10, BusBWGBs: 0.8},
 			{Op: "all_reduce", World: 2, Bytes: 4 << 10, LatencyMS: 0.1, BusBWGBs: 0.04},

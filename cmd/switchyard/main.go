@@ -16,7 +16,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/switchyard-ml/switchyard/pkg/parallel"
+	"github.com/switchyard-ml/switchyard/pkg/parallel/collbench"
 )
 
 const usage = `switchyard — train Mixture-of-Experts language models
@@ -72,7 +72,7 @@ const (
 )
 
 func main() {
-	parallel.BenchChildMain() // a rank of "bench collectives" runs here and exits
+	collbench.ChildMain() // a rank of "bench collectives" runs here and exits
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := run(ctx, os.Args[1:])
 	stop()

@@ -11,7 +11,13 @@
 // forwards them to the leader's API address, which it learns from the
 // replica directory in etcd (each replica registers its API and raft
 // addresses there under a lease). While no leader is known writes fail
-// with UNAVAILABLE, which clients retry.
+// with UNAVAILABLE, which clients retry. Every handler and stream maps its
+// errors to status codes through one table (errors.go).
+//
+// The controller reads and writes the replicated state through a Replica
+// (apply, barrier, read jobs, leadership), which *coordinator.Node
+// implements over raft; with a coordinator.FSM behind it, supervision runs
+// in tests with no network (local_test.go).
 //
 // # Supervision (leader only)
 //
@@ -24,10 +30,10 @@
 //     topology, fit), re-checks each plan and commits it; every job left
 //     pending gets a "Scheduled" condition whose message says why;
 //   - a requeued job waits for its backoff before it is placed again; if
-//     it no longer fits and its spec has an elastic range, it is placed
-//     with a smaller data-parallel degree (the accumulation grows to keep
-//     the global batch) and resumes from a checkpoint resharded to that
-//     layout.
+//     it no longer fits and its spec has an elastic range, the scheduler
+//     places it with a smaller data-parallel degree (scheduler.Job.MinDP;
+//     the accumulation grows to keep the global batch) and it resumes from
+//     a checkpoint resharded to that layout.
 //
 // A rank failure is held for FailureGrace before it is acted on: when a
 // worker dies its peers fail at once, long before its lease expires, and

@@ -74,24 +74,11 @@ func (s *Server) tick(ctx context.Context) {
 	for _, j := range jobs {
 		if !active(j) {
 			delete(s.term.failing, j.Id)
-			continue
 		}
-		if w, rank, ok := s.lostWorker(j, live); ok {
-			s.failAttempt(ctx, j, "WorkerLost", fmt.Sprintf("worker %s (rank %d) lost: its etcd lease expired", w, rank), w)
-			continue
-		}
-		f, ok := s.term.failing[j.Id]
-		if !ok || f.attempt != j.Restarts {
-			continue
-		}
-		if w, rank, silent := s.silentWorker(j, now); silent {
-			s.failAttempt(ctx, j, "WorkerLost", fmt.Sprintf("worker %s (rank %d) stopped responding (no sync for %s) and its peers failed: %s",
-				w, rank, now.Sub(s.term.lastSync[w]).Round(100*time.Millisecond), f.msg), w)
-			continue
-		}
-		if now.Sub(f.at) >= s.cfg.FailureGrace {
-			s.failAttempt(ctx, j, "RankFailed", f.msg, f.worker)
-		}
+	}
+	for _, v := range decide(observed{now: now, jobs: jobs, live: live, lastSync: s.term.lastSync, failing: s.term.failing,
+		silence: s.cfg.Silence, grace: s.cfg.FailureGrace}) {
+		s.failAttempt(ctx, v.job, v.reason, v.msg, v.worker)
 	}
 	s.schedule(ctx, live)
 	s.prune(live, jobs)
@@ -136,34 +123,6 @@ func (s *Server) prune(live map[string]membership.WorkerInfo, jobs []*pb.Job) {
 		}
 	}
 	s.mu.Unlock()
-}
-
-// lostWorker returns a placed worker of j that is no longer registered.
-func (s *Server) lostWorker(j *pb.Job, live map[string]membership.WorkerInfo) (string, int32, bool) {
-	for _, a := range j.Placement {
-		if _, ok := live[a.WorkerId]; !ok {
-			return a.WorkerId, a.Rank, true
-		}
-	}
-	return "", 0, false
-}
-
-// silentWorker returns the placed worker of j that has been silent the
-// longest, if that is longer than cfg.Silence (a loaded machine can make a
-// live worker late too; the dead one is the quietest).
-func (s *Server) silentWorker(j *pb.Job, now time.Time) (string, int32, bool) {
-	var (
-		worker  string
-		rank    int32
-		longest time.Duration
-	)
-	for _, a := range j.Placement {
-		t, ok := s.term.lastSync[a.WorkerId]
-		if d := now.Sub(t); ok && d > s.cfg.Silence && d > longest {
-			worker, rank, longest = a.WorkerId, a.Rank, d
-		}
-	}
-	return worker, rank, worker != ""
 }
 
 // failAttempt ends the job's current attempt: a requeue when its restart
@@ -264,7 +223,13 @@ func (s *Server) schedule(ctx context.Context, live map[string]membership.Worker
 			s.setPending(ctx, j, "Backoff", fmt.Sprintf("restart backoff: placed again at %s", t.UTC().Format(time.TimeOnly)))
 			continue
 		}
-		queue = append(queue, sp.SchedulerJob(j.Id, j.SubmitSeq))
+		sj := sp.SchedulerJob(j.Id, j.SubmitSeq)
+		if j.Restarts > 0 {
+			// a restarted job that lost workers may shrink, as its
+			// spec's elastic range allows (the checkpoint reshards)
+			sj.MinDP = sp.Elastic.MinDP
+		}
+		queue = append(queue, sj)
 	}
 	if len(queue) == 0 {
 		return
@@ -276,82 +241,63 @@ func (s *Server) schedule(ctx context.Context, live map[string]membership.Worker
 			s.log.Warn("plan went stale", "job-id", p.Job.ID, "error", err)
 			continue
 		}
-		placement := make([]*pb.RankAssignment, len(p.Workers))
-		for r, w := range p.Workers {
-			placement[r] = &pb.RankAssignment{Rank: int32(r), WorkerId: w}
-		}
-		res, err := s.cfg.Node.Apply(ctx, &pb.Command{Op: &pb.Command_PlaceJob{PlaceJob: &pb.PlaceJob{JobId: p.Job.ID, Placement: placement}}})
-		if err != nil {
-			s.log.Warn("place failed", "job-id", p.Job.ID, "error", err)
-			continue
-		}
-		s.setState(ctx, res.Job, res.Job.State, "", "", &pb.Condition{Type: condScheduled, Status: true, Reason: "Placed", Message: "ranks -> workers " + strings.Join(p.Workers, ",")})
-		s.log.Info("job placed", "job-id", p.Job.ID, "workers", p.Workers, "attempt", res.Job.Restarts)
-		s.publish(p.Job.ID, "Placed", res.Job.State, fmt.Sprintf("attempt %d: ranks -> workers %s", res.Job.Restarts, strings.Join(p.Workers, ",")), "")
+		s.place(ctx, byID[p.Job.ID], p)
 	}
 	for _, p := range pending {
-		if j := byID[p.JobID]; j != nil && j.Restarts > 0 && (errors.Is(p.Err, scheduler.ErrNoFit) || errors.Is(p.Err, scheduler.ErrTooLarge)) {
-			if s.placeElastic(ctx, j, live) {
-				continue
-			}
+		j := byID[p.JobID]
+		if j == nil {
+			continue
 		}
-		if j := byID[p.JobID]; j != nil {
-			reason := "Unschedulable"
-			switch {
-			case errors.Is(p.Err, scheduler.ErrNoFit):
-				reason = "InsufficientWorkers"
-			case errors.Is(p.Err, scheduler.ErrBlocked):
-				reason = "WaitingForHigherPriority"
-			case errors.Is(p.Err, scheduler.ErrTooLarge):
-				reason = "TooLarge"
-			}
-			s.setPending(ctx, j, reason, p.Reason)
+		reason := "Unschedulable"
+		switch {
+		case errors.Is(p.Err, scheduler.ErrNoFit):
+			reason = "InsufficientWorkers"
+		case errors.Is(p.Err, scheduler.ErrBlocked):
+			reason = "WaitingForHigherPriority"
+		case errors.Is(p.Err, scheduler.ErrTooLarge):
+			reason = "TooLarge"
 		}
+		s.setPending(ctx, j, reason, p.Reason)
 	}
 }
 
-// placeElastic re-places a restarted job that no longer fits with a
-// smaller data-parallel degree, when its spec's elastic range allows:
-// the largest multiple of ep in [min_dp, dp) that fits (the spec's rule:
-// ep divides every dp of the range). The checkpoint reshards to the new
-// layout on resume. Callers hold s.lead.
-func (s *Server) placeElastic(ctx context.Context, j *pb.Job, live map[string]membership.WorkerInfo) bool {
+// place commits plan p of job j: its placement and, when the scheduler
+// shrank it (an elastic job that lost workers), its smaller layout.
+// Callers hold s.lead.
+func (s *Server) place(ctx context.Context, j *pb.Job, p scheduler.Plan) {
 	sp, err := s.spec(j)
-	if err != nil || sp.Elastic.MinDP <= 0 || sp.Elastic.MinDP >= sp.Parallel.DP {
-		return false
+	if err != nil {
+		return
 	}
-	snap := s.snapshot(live, s.cfg.Node.Unfinished())
-	ep := sp.Parallel.EP
-	for dp := sp.Parallel.DP - 1; dp >= sp.Elastic.MinDP; dp-- {
-		if dp%ep != 0 {
-			continue
-		}
-		sj := sp.SchedulerJob(j.Id, j.SubmitSeq)
-		sj.Layout.DP, sj.Layout.EP = dp, ep
-		plan, err := scheduler.Place(snap, sj)
-		if err != nil {
-			continue
-		}
-		placement := make([]*pb.RankAssignment, len(plan.Workers))
-		for r, w := range plan.Workers {
-			placement[r] = &pb.RankAssignment{Rank: int32(r), WorkerId: w}
-		}
-		res, err := s.cfg.Node.Apply(ctx, &pb.Command{Op: &pb.Command_PlaceJob{PlaceJob: &pb.PlaceJob{
-			JobId: j.Id, Placement: placement, Dp: int32(dp), Ep: int32(ep),
-		}}})
-		if err != nil {
-			s.log.Warn("elastic place failed", "job-id", j.Id, "error", err)
-			return false
-		}
-		msg := fmt.Sprintf("attempt %d: not enough workers for dp %d; shrunk to dp %d ep %d on workers %s",
-			res.Job.Restarts, sp.Parallel.DP, dp, ep, strings.Join(plan.Workers, ","))
-		s.setState(ctx, res.Job, res.Job.State, "", "", &pb.Condition{Type: condScheduled, Status: true, Reason: "PlacedElastic", Message: msg})
+	placement := make([]*pb.RankAssignment, len(p.Workers))
+	for r, w := range p.Workers {
+		placement[r] = &pb.RankAssignment{Rank: int32(r), WorkerId: w}
+	}
+	cmd := &pb.PlaceJob{JobId: j.Id, Placement: placement}
+	shrunk := p.Job.Layout.DP != sp.Parallel.DP
+	if shrunk {
+		cmd.Dp, cmd.Ep = int32(p.Job.Layout.DP), int32(p.Job.Layout.EP)
+	}
+	res, err := s.cfg.Node.Apply(ctx, &pb.Command{Op: &pb.Command_PlaceJob{PlaceJob: cmd}})
+	if err != nil {
+		s.log.Warn("place failed", "job-id", j.Id, "error", err)
+		return
+	}
+	workers := strings.Join(p.Workers, ",")
+	reason, msg := "Placed", fmt.Sprintf("attempt %d: ranks -> workers %s", res.Job.Restarts, workers)
+	cond := "ranks -> workers " + workers
+	if shrunk {
+		reason = "PlacedElastic"
+		msg = fmt.Sprintf("attempt %d: not enough workers for dp %d; shrunk to dp %d ep %d on workers %s",
+			res.Job.Restarts, sp.Parallel.DP, p.Job.Layout.DP, p.Job.Layout.EP, workers)
+		cond = msg
+	}
+	s.setState(ctx, res.Job, res.Job.State, "", "", &pb.Condition{Type: condScheduled, Status: true, Reason: reason, Message: cond})
+	if shrunk {
 		s.recordEvent(ctx, j.Id, "Shrunk", msg, "")
-		s.log.Info("job placed elastically", "job-id", j.Id, "dp", dp, "ep", ep, "workers", plan.Workers)
-		s.publish(j.Id, "Placed", res.Job.State, msg, "")
-		return true
 	}
-	return false
+	s.log.Info("job placed", "job-id", j.Id, "workers", p.Workers, "attempt", res.Job.Restarts, "dp", p.Job.Layout.DP, "ep", p.Job.Layout.EP)
+	s.publish(j.Id, "Placed", res.Job.State, msg, "")
 }
 
 // setPending records why a pending job waits, when that changed.

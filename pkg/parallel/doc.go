@@ -38,14 +38,21 @@
 //     member that fails a collective sends the others an abort notice, so
 //     ranks not linked to a dead peer fail at once with ErrAborted instead
 //     of waiting out the timeout.
-//   - BenchCollectives (bench.go): latency and bus bandwidth of the
+//   - the ring collectives' schedule (ringSchedule: which segment each
+//     member sends and receives at each step, and what each waits for) is
+//     a pure function, tested for every member together without a
+//     network; ringRun executes one member's part.
+//
+// The benchmark harness lives outside the library, in
+// pkg/parallel/collbench:
+//   - collbench.Collectives: latency and bus bandwidth of the
 //     collectives over gRPC on loopback with ranks as separate processes,
 //     plus the loopback TCP ceilings (one way, and both ways at once as a
 //     ring loads a link); `switchyard bench collectives` prints them next
 //     to the PyTorch/gloo reference (--repeat: alternating back-to-back
 //     pairs, median ratios and their spread; the ranks' CPU time per
 //     operation, steadier than latency on a shared machine). A program
-//     that calls it must call BenchChildMain first thing in main: the
+//     that calls it must call collbench.ChildMain first thing in main: the
 //     ranks are that program re-executed with SWITCHYARD_BENCH_RANK set.
 //
 // It must not know about the model, the router or the training loop: those

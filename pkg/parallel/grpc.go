@@ -794,16 +794,16 @@ func (t *GRPCTransport) stopServer(deadline <-chan struct{}) {
 	}
 }
 
-// newLoopbackGRPC starts n connected gRPC transports on 127.0.0.1 in this
+// NewLoopbackGRPC starts n connected gRPC transports on 127.0.0.1 in this
 // process (tests and the in-process benchmark).
-func newLoopbackGRPC(ctx context.Context, n int, opts Options) ([]Transport, error) {
+func NewLoopbackGRPC(ctx context.Context, n int, opts Options) ([]Transport, error) {
 	gs := make([]*GRPCTransport, n)
 	addrs := make([]string, n)
 	ts := make([]Transport, n)
 	for r := range gs {
 		g, err := ListenGRPC(r, n, "127.0.0.1:0", opts)
 		if err != nil {
-			closeTransports(ts[:r])
+			CloseTransports(ts[:r])
 			return nil, err
 		}
 		gs[r], ts[r], addrs[r] = g, g, g.Addr()
@@ -816,13 +816,14 @@ func newLoopbackGRPC(ctx context.Context, n int, opts Options) ([]Transport, err
 	}
 	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
-		closeTransports(ts)
+		CloseTransports(ts)
 		return nil, err
 	}
 	return ts, nil
 }
 
-func closeTransports(ts []Transport) {
+// CloseTransports closes every transport of ts, side by side.
+func CloseTransports(ts []Transport) {
 	var wg sync.WaitGroup
 	for _, t := range ts {
 		wg.Add(1)

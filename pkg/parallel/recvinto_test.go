@@ -81,11 +81,11 @@ func TestTransportRecvInto(t *testing.T) {
 func TestDataPlaneUsesUnixSocketOnLoopback(t *testing.T) {
 	opts := testOptions()
 	opts.DataPlane = DataPlaneTCP
-	ts, err := newLoopbackGRPC(context.Background(), 2, opts)
+	ts, err := NewLoopbackGRPC(context.Background(), 2, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer closeTransports(ts)
+	defer CloseTransports(ts)
 	for r, tr := range ts {
 		l := tr.(*GRPCTransport).linkOf(1 - r)
 		if _, ok := l.raw.(*net.UnixConn); !ok {

@@ -37,11 +37,11 @@ func BenchmarkTransportStream(b *testing.B) {
 						opts.DataPlane = DataPlaneTCP
 					}
 					var err error
-					if ts, err = newLoopbackGRPC(context.Background(), 2, opts); err != nil {
+					if ts, err = NewLoopbackGRPC(context.Background(), 2, opts); err != nil {
 						b.Fatal(err)
 					}
 				}
-				defer closeTransports(ts)
+				defer CloseTransports(ts)
 				ctx := context.Background()
 				payload := make([]byte, size)
 				b.SetBytes(size)

@@ -28,7 +28,7 @@ var transportKinds = []transportKind{
 		return ts
 	}},
 	{"grpc", func(t testing.TB, n int, opts Options) []Transport {
-		ts, err := newLoopbackGRPC(context.Background(), n, opts)
+		ts, err := NewLoopbackGRPC(context.Background(), n, opts)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -37,7 +37,7 @@ var transportKinds = []transportKind{
 	}},
 	{"grpc-tcp", func(t testing.TB, n int, opts Options) []Transport {
 		opts.DataPlane = DataPlaneTCP
-		ts, err := newLoopbackGRPC(context.Background(), n, opts)
+		ts, err := NewLoopbackGRPC(context.Background(), n, opts)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -46,7 +46,19 @@ var transportKinds = []transportKind{
 	}},
 }
 
-func closeAll(ts []Transport) { closeTransports(ts) }
+func closeAll(ts []Transport) { CloseTransports(ts) }
+
+// onAllRanks runs f for every rank on its own goroutine and returns their
+// errors by rank.
+func onAllRanks(n int, f func(r int) error) []error {
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for r := range n {
+		wg.Go(func() { errs[r] = f(r) })
+	}
+	wg.Wait()
+	return errs
+}
 
 // forTransports runs f as a subtest for every transport kind.
 func forTransports(t *testing.T, f func(t *testing.T, k transportKind)) {

@@ -51,6 +51,17 @@
 // groups) claims nothing, so an impossible job cannot block the queue.
 // There is no preemption.
 //
+// # Elastic jobs
+//
+// A job with MinDP > 0 that does not fit whole (ErrNoFit or ErrTooLarge)
+// is placed with the largest data-parallel degree in [MinDP, DP) that EP
+// divides and that fits what the earlier plans left, without the workers
+// waiting jobs claim; its Plan.Job carries that layout, which Recheck
+// verifies like any other. A job that waits for a higher-priority one
+// (ErrBlocked) keeps its size, and one that fits nowhere even shrunk waits
+// and claims as a fixed-size job. The controller sets MinDP from the spec's
+// elastic range for jobs restarted after losing workers.
+//
 // # Reasons
 //
 // Every job that is not placed gets a Pending entry whose Err wraps one of

@@ -338,11 +338,36 @@ func Place(snap Snapshot, job Job) (Plan, error) {
 		return Plan{}, err
 	}
 	p := newPass(newCluster(snap))
-	plan, _, f := p.try(job, p.static(job), false)
-	if f != nil {
-		return Plan{}, f.err(job.ID)
+	st := p.static(job)
+	plan, _, f := p.try(job, st, false)
+	if f == nil {
+		return plan, nil
 	}
-	return plan, nil
+	if plan, _, ok := p.shrink(job, st, f); ok {
+		return plan, nil
+	}
+	return Plan{}, f.err(job.ID)
+}
+
+// shrink places an elastic job that does not fit whole (f wraps ErrNoFit
+// or ErrTooLarge, not ErrBlocked: a job that waits for its turn keeps its
+// size): with the largest dp in [MinDP, DP) that EP divides and that fits
+// the free workers no waiting job claims.
+func (p *pass) shrink(job Job, st []bool, f *failure) (Plan, []int, bool) {
+	if job.MinDP <= 0 || !(errors.Is(f.kind, ErrNoFit) || errors.Is(f.kind, ErrTooLarge)) {
+		return Plan{}, nil, false
+	}
+	for dp := job.Layout.DP - 1; dp >= job.MinDP; dp-- {
+		if dp%job.Layout.EP != 0 {
+			continue
+		}
+		small := job
+		small.Layout.DP = dp
+		if plan, idx, f := p.try(small, st, false); f == nil {
+			return plan, idx, true
+		}
+	}
+	return Plan{}, nil, false
 }
 
 // Schedule places the queue in order (priority desc, submit sequence asc,
@@ -386,17 +411,22 @@ func Schedule(snap Snapshot, queue []Job) (placed []Plan, pending []Pending) {
 			placed = append(placed, plan)
 			continue
 		}
-		if errors.Is(f.kind, ErrTooLarge) {
-			wait(f)
-			continue
-		}
-		if len(p.claimers) > 0 {
+		if !errors.Is(f.kind, ErrTooLarge) && len(p.claimers) > 0 {
 			if _, idx, f2 := p.try(job, st, true); f2 == nil {
 				f = p.blocked(idx)
 			}
 		}
+		if plan, idx, ok := p.shrink(job, st, f); ok {
+			for _, i := range idx {
+				p.taken[i] = true
+			}
+			placed = append(placed, plan)
+			continue
+		}
 		wait(f)
-		p.claimFor(job, st)
+		if !errors.Is(f.kind, ErrTooLarge) {
+			p.claimFor(job, st)
+		}
 	}
 	return placed, pending
 }

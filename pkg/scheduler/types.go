@@ -105,6 +105,11 @@ type Job struct {
 	Layout   Layout            `json:"layout"`
 	PerRank  Resources         `json:"per_rank"`
 	Labels   map[string]string `json:"labels"` // every worker must carry each key with this value
+	// MinDP > 0 makes the job elastic: when its layout does not fit (no
+	// room, or more ranks than the cluster has), it is placed with the
+	// largest data-parallel degree in [MinDP, DP) that EP divides and that
+	// fits; the plan's Job carries that layout. 0: all of DP or nothing.
+	MinDP int `json:"min_dp,omitempty"`
 }
 
 // Validate checks the job's id, degrees and resources; errors wrap
@@ -128,6 +133,8 @@ func (j Job) problem() string {
 		return fmt.Sprintf("world tp*dp must be <= %d (tp %d, dp %d)", maxDegree, l.TP, l.DP)
 	case l.DP%l.EP != 0:
 		return fmt.Sprintf("ep %d must divide dp %d", l.EP, l.DP)
+	case j.MinDP < 0 || j.MinDP > l.DP:
+		return fmt.Sprintf("min_dp %d must be in [0, dp %d]", j.MinDP, l.DP)
 	case j.PerRank.CPUCores < 0 || j.PerRank.MemoryMiB < 0 || j.PerRank.GPUs < 0:
 		return fmt.Sprintf("per-rank resources must be >= 0 (%+v)", j.PerRank)
 	}

@@ -1,4 +1,10 @@
-package parallel
+// Package collbench measures the collectives of pkg/parallel: latency and
+// bus bandwidth of all-reduce and all-to-all over the gRPC transport on
+// loopback, with every rank a goroutine or (by default) its own process,
+// and the loopback TCP ceiling they work under. It is the harness of
+// `switchyard bench collectives` and of the transport's process tests; a
+// program that uses it must call ChildMain first thing in main.
+package collbench
 
 import (
 	"bufio"
@@ -16,10 +22,12 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/switchyard-ml/switchyard/pkg/parallel"
 )
 
-// BenchResult is one measurement of BenchCollectives.
-type BenchResult struct {
+// Result is one measurement of Collectives.
+type Result struct {
 	Op        string  `json:"op"` // all_reduce, all_to_all, tcp_loopback, tcp_loopback_bidir
 	World     int     `json:"world"`
 	Bytes     int     `json:"bytes"` // per rank (tcp_loopback: bytes moved, each way for bidir)
@@ -35,40 +43,40 @@ type BenchResult struct {
 	Transport string  `json:"transport"` // grpc-processes, grpc-goroutines, tcp
 }
 
-// BenchOption changes how BenchCollectives runs.
-type BenchOption func(*benchConfig)
+// Option changes how Collectives runs.
+type Option func(*benchConfig)
 
 type benchConfig struct {
 	inProcess bool
-	opts      Options
-	comm      CommOptions
+	opts      parallel.Options
+	comm      parallel.CommOptions
 }
 
-// BenchInProcess runs the ranks as goroutines of this process (still over
+// InProcess runs the ranks as goroutines of this process (still over
 // gRPC on loopback) instead of as separate processes.
-func BenchInProcess() BenchOption { return func(c *benchConfig) { c.inProcess = true } }
+func InProcess() Option { return func(c *benchConfig) { c.inProcess = true } }
 
-// BenchTransport sets the transport and communicator options of the ranks.
-func BenchTransport(o Options, co CommOptions) BenchOption {
+// WithTransport sets the transport and communicator options of the ranks.
+func WithTransport(o parallel.Options, co parallel.CommOptions) Option {
 	return func(c *benchConfig) { c.opts, c.comm = o, co }
 }
 
-// BenchCollectives measures all-reduce and all-to-all over the gRPC transport
+// Collectives measures all-reduce and all-to-all over the gRPC transport
 // on loopback with world ranks, for every size in sizes (bytes per rank),
 // plus the loopback TCP ceiling (one stream, 1 MiB writes). Sizes of 1 MiB
 // and more run iters times; smaller ones 10*iters times.
 //
 // By default every rank is a separate OS process: the current executable
 // re-executed with SWITCHYARD_BENCH_RANK set, which must call
-// BenchChildMain first thing in main (TestMain in tests) so that it runs the
+// ChildMain first thing in main (TestMain in tests) so that it runs the
 // rank instead of the program.
-func BenchCollectives(ctx context.Context, world int, sizes []int, iters int, opts ...BenchOption) ([]BenchResult, error) {
-	cfg := benchConfig{opts: Options{Timeout: time.Minute}}
+func Collectives(ctx context.Context, world int, sizes []int, iters int, opts ...Option) ([]Result, error) {
+	cfg := benchConfig{opts: parallel.Options{Timeout: time.Minute}}
 	for _, o := range opts {
 		o(&cfg)
 	}
 	if world < 1 || iters < 1 {
-		return nil, fmt.Errorf("parallel: bench: world %d, iters %d", world, iters)
+		return nil, fmt.Errorf("collbench: world %d, iters %d", world, iters)
 	}
 	tcp, err := MeasureLoopbackTCP(ctx, 1<<30, 1<<20)
 	if err != nil {
@@ -78,17 +86,17 @@ func BenchCollectives(ctx context.Context, world int, sizes []int, iters int, op
 	if err != nil {
 		return nil, err
 	}
-	var res []BenchResult
+	var res []Result
 	if cfg.inProcess {
-		ts, err := newLoopbackGRPC(ctx, world, cfg.opts)
+		ts, err := parallel.NewLoopbackGRPC(ctx, world, cfg.opts)
 		if err != nil {
 			return nil, err
 		}
-		defer closeTransports(ts)
-		out := make([][]BenchResult, world)
+		defer parallel.CloseTransports(ts)
+		out := make([][]Result, world)
 		errs := onAllRanks(world, func(r int) error {
 			var err error
-			out[r], err = RunBenchRank(ctx, ts[r], sizes, iters, cfg.comm)
+			out[r], err = RunRank(ctx, ts[r], sizes, iters, cfg.comm)
 			return err
 		})
 		if err := errors.Join(errs...); err != nil {
@@ -110,9 +118,9 @@ func BenchCollectives(ctx context.Context, world int, sizes []int, iters int, op
 		}
 		for _, l := range lines[0] {
 			if j, ok := strings.CutPrefix(l, "result "); ok {
-				var r BenchResult
+				var r Result
 				if err := json.Unmarshal([]byte(j), &r); err != nil {
-					return nil, fmt.Errorf("parallel: bench: rank 0 output %q: %w", l, err)
+					return nil, fmt.Errorf("collbench: rank 0 output %q: %w", l, err)
 				}
 				r.Transport = "grpc-processes"
 				res = append(res, r)
@@ -122,32 +130,33 @@ func BenchCollectives(ctx context.Context, world int, sizes []int, iters int, op
 	return append(res, tcp, bidir), nil
 }
 
+// onAllRanks runs f for every rank on its own goroutine and returns their
+// errors by rank.
 func onAllRanks(n int, f func(r int) error) []error {
 	errs := make([]error, n)
 	var wg sync.WaitGroup
-	for r := 0; r < n; r++ {
-		wg.Add(1)
-		go func() { defer wg.Done(); errs[r] = f(r) }()
+	for r := range n {
+		wg.Go(func() { errs[r] = f(r) })
 	}
 	wg.Wait()
 	return errs
 }
 
-// RunBenchRank is one rank of BenchCollectives over an already connected
+// RunRank is one rank of Collectives over an already connected
 // transport (every rank of the world calls it with the same arguments). All
 // ranks return the same results.
-func RunBenchRank(ctx context.Context, t Transport, sizes []int, iters int, co CommOptions) ([]BenchResult, error) {
+func RunRank(ctx context.Context, t parallel.Transport, sizes []int, iters int, co parallel.CommOptions) ([]Result, error) {
 	w := t.Size()
 	all := make([]int, w)
 	for i := range all {
 		all[i] = i
 	}
 	co.Name = "bench"
-	c, err := NewComm(t, all, co)
+	c, err := parallel.NewComm(t, all, co)
 	if err != nil {
 		return nil, err
 	}
-	var res []BenchResult
+	var res []Result
 	// timeIt runs op twice to warm up, then n times, and returns the median
 	// over iterations of the slowest rank's time (every iteration starts
 	// when the previous one's collective has synchronised the ranks) and the
@@ -173,10 +182,10 @@ func RunBenchRank(ctx context.Context, t Transport, sizes []int, iters int, co C
 			secs[i] = time.Since(start).Seconds()
 		}
 		cpu := []float64{(processCPU() - cpu0) / float64(n)}
-		if err := c.AllReduceF64(ctx, secs, Max); err != nil {
+		if err := c.AllReduceF64(ctx, secs, parallel.Max); err != nil {
 			return 0, 0, err
 		}
-		if err := c.AllReduceF64(ctx, cpu, Sum); err != nil {
+		if err := c.AllReduceF64(ctx, cpu, parallel.Sum); err != nil {
 			return 0, 0, err
 		}
 		slices.Sort(secs)
@@ -192,12 +201,12 @@ func RunBenchRank(ctx context.Context, t Transport, sizes []int, iters int, co C
 		for i := range buf {
 			buf[i] = float32(i%7) * 0.5
 		}
-		sec, cpu, err := timeIt(n, func() error { return c.AllReduce(ctx, buf, Sum) })
+		sec, cpu, err := timeIt(n, func() error { return c.AllReduce(ctx, buf, parallel.Sum) })
 		if err != nil {
-			return nil, fmt.Errorf("parallel: bench all-reduce %d bytes: %w", size, err)
+			return nil, fmt.Errorf("collbench all-reduce %d bytes: %w", size, err)
 		}
 		alg := float64(elems*4) / sec / 1e9
-		res = append(res, BenchResult{Op: "all_reduce", World: w, Bytes: elems * 4, Iters: n, LatencyMS: sec * 1e3,
+		res = append(res, Result{Op: "all_reduce", World: w, Bytes: elems * 4, Iters: n, LatencyMS: sec * 1e3,
 			AlgBWGBs: alg, BusBWGBs: alg * 2 * float64(w-1) / float64(w), CPUMS: cpu * 1e3})
 
 		per := elems / w
@@ -208,10 +217,10 @@ func RunBenchRank(ctx context.Context, t Transport, sizes []int, iters int, co C
 		send, recv := buf[:per*w], make([]float32, per*w)
 		sec, cpu, err = timeIt(n, func() error { return c.AllToAllVF32(ctx, send, counts, recv, counts) })
 		if err != nil {
-			return nil, fmt.Errorf("parallel: bench all-to-all %d bytes: %w", size, err)
+			return nil, fmt.Errorf("collbench all-to-all %d bytes: %w", size, err)
 		}
 		alg = float64(per*w*4) / sec / 1e9
-		res = append(res, BenchResult{Op: "all_to_all", World: w, Bytes: per * w * 4, Iters: n, LatencyMS: sec * 1e3,
+		res = append(res, Result{Op: "all_to_all", World: w, Bytes: per * w * 4, Iters: n, LatencyMS: sec * 1e3,
 			AlgBWGBs: alg, BusBWGBs: alg * float64(w-1) / float64(w), CPUMS: cpu * 1e3})
 	}
 	return res, nil
@@ -220,10 +229,10 @@ func RunBenchRank(ctx context.Context, t Transport, sizes []int, iters int, co C
 // MeasureLoopbackTCP moves total bytes through one loopback TCP connection
 // in writes of write bytes and reports the throughput: the ceiling any
 // transport on this machine works under.
-func MeasureLoopbackTCP(ctx context.Context, total, write int) (BenchResult, error) {
+func MeasureLoopbackTCP(ctx context.Context, total, write int) (Result, error) {
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return BenchResult{}, err
+		return Result{}, err
 	}
 	defer lis.Close()
 	done := make(chan error, 1)
@@ -249,22 +258,22 @@ func MeasureLoopbackTCP(ctx context.Context, total, write int) (BenchResult, err
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "tcp", lis.Addr().String())
 	if err != nil {
-		return BenchResult{}, err
+		return Result{}, err
 	}
 	defer c.Close()
 	buf := make([]byte, write)
 	start := time.Now()
 	for sent := 0; sent < total; sent += write {
 		if _, err := c.Write(buf[:min(write, total-sent)]); err != nil {
-			return BenchResult{}, err
+			return Result{}, err
 		}
 	}
 	if err := <-done; err != nil {
-		return BenchResult{}, err
+		return Result{}, err
 	}
 	sec := time.Since(start).Seconds()
 	gb := float64(total) / sec / 1e9
-	return BenchResult{Op: "tcp_loopback", World: 2, Bytes: total, Iters: 1, LatencyMS: sec * 1e3,
+	return Result{Op: "tcp_loopback", World: 2, Bytes: total, Iters: 1, LatencyMS: sec * 1e3,
 		AlgBWGBs: gb, BusBWGBs: gb, Transport: "tcp"}, nil
 }
 
@@ -272,10 +281,10 @@ func MeasureLoopbackTCP(ctx context.Context, total, write int) (BenchResult, err
 // loopback TCP connection (both ends write and read concurrently, write
 // bytes at a time) and reports the throughput per direction: the ceiling
 // for the traffic of a ring, where every rank sends and receives at once.
-func MeasureLoopbackTCPBidir(ctx context.Context, total, write int) (BenchResult, error) {
+func MeasureLoopbackTCPBidir(ctx context.Context, total, write int) (Result, error) {
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return BenchResult{}, err
+		return Result{}, err
 	}
 	defer lis.Close()
 	accepted := make(chan net.Conn, 1)
@@ -290,12 +299,12 @@ func MeasureLoopbackTCPBidir(ctx context.Context, total, write int) (BenchResult
 	var d net.Dialer
 	a, err := d.DialContext(ctx, "tcp", lis.Addr().String())
 	if err != nil {
-		return BenchResult{}, err
+		return Result{}, err
 	}
 	defer a.Close()
 	b, ok := <-accepted
 	if !ok {
-		return BenchResult{}, errors.New("parallel: loopback accept failed")
+		return Result{}, errors.New("collbench: loopback accept failed")
 	}
 	defer b.Close()
 	start := time.Now()
@@ -320,11 +329,11 @@ func MeasureLoopbackTCPBidir(ctx context.Context, total, write int) (BenchResult
 		return nil
 	})
 	if err := errors.Join(errs...); err != nil {
-		return BenchResult{}, err
+		return Result{}, err
 	}
 	sec := time.Since(start).Seconds()
 	gb := float64(total) / sec / 1e9
-	return BenchResult{Op: "tcp_loopback_bidir", World: 2, Bytes: total, Iters: 1, LatencyMS: sec * 1e3,
+	return Result{Op: "tcp_loopback_bidir", World: 2, Bytes: total, Iters: 1, LatencyMS: sec * 1e3,
 		AlgBWGBs: gb, BusBWGBs: gb, Transport: "tcp"}, nil
 }
 
@@ -341,19 +350,19 @@ const benchRankEnv = "SWITCHYARD_BENCH_RANK"
 const benchProfileEnv = "SWITCHYARD_BENCH_CPUPROFILE"
 
 type childConfig struct {
-	Mode  string      `json:"mode"` // bench | loop (all-reduce until failure, for fault tests)
-	Rank  int         `json:"rank"`
-	World int         `json:"world"`
-	Sizes []int       `json:"sizes,omitempty"`
-	Iters int         `json:"iters,omitempty"`
-	Opts  Options     `json:"opts"`
-	Comm  CommOptions `json:"comm"`
+	Mode  string               `json:"mode"` // bench | loop (all-reduce until failure, for fault tests)
+	Rank  int                  `json:"rank"`
+	World int                  `json:"world"`
+	Sizes []int                `json:"sizes,omitempty"`
+	Iters int                  `json:"iters,omitempty"`
+	Opts  parallel.Options     `json:"opts"`
+	Comm  parallel.CommOptions `json:"comm"`
 }
 
-// BenchChildMain runs this process as a rank of BenchCollectives and exits,
+// ChildMain runs this process as a rank of Collectives and exits,
 // if it was started as one (SWITCHYARD_BENCH_RANK is set); otherwise it
 // returns at once. Call it first thing in main.
-func BenchChildMain() {
+func ChildMain() {
 	if os.Getenv(benchRankEnv) == "" {
 		return
 	}
@@ -383,7 +392,7 @@ func runChild(stdin io.Reader, stdout io.Writer) error {
 	if err := json.Unmarshal(line, &cfg); err != nil {
 		return fmt.Errorf("config: %w", err)
 	}
-	t, err := ListenGRPC(cfg.Rank, cfg.World, "127.0.0.1:0", cfg.Opts)
+	t, err := parallel.ListenGRPC(cfg.Rank, cfg.World, "127.0.0.1:0", cfg.Opts)
 	if err != nil {
 		return err
 	}
@@ -402,7 +411,7 @@ func runChild(stdin io.Reader, stdout io.Writer) error {
 	}
 	switch cfg.Mode {
 	case "bench":
-		res, err := RunBenchRank(ctx, t, cfg.Sizes, cfg.Iters, cfg.Comm)
+		res, err := RunRank(ctx, t, cfg.Sizes, cfg.Iters, cfg.Comm)
 		if err != nil {
 			return err
 		}
@@ -416,13 +425,13 @@ func runChild(stdin io.Reader, stdout io.Writer) error {
 		for i := range all {
 			all[i] = i
 		}
-		c, err := NewComm(t, all, cfg.Comm)
+		c, err := parallel.NewComm(t, all, cfg.Comm)
 		if err != nil {
 			return err
 		}
 		buf := make([]float32, 1<<18)
 		for i := 0; ; i++ {
-			if err := c.AllReduce(ctx, buf, Sum); err != nil {
+			if err := c.AllReduce(ctx, buf, parallel.Sum); err != nil {
 				return err
 			}
 			if i == 2 {
@@ -441,7 +450,7 @@ type rankProcs struct {
 
 func startRanks(ctx context.Context, world int, cfg childConfig) (*rankProcs, error) {
 	if os.Getenv(benchRankEnv) != "" {
-		return nil, errors.New("parallel: bench: a bench rank cannot start ranks (does main call BenchChildMain?)")
+		return nil, errors.New("collbench: a bench rank cannot start ranks (does main call ChildMain?)")
 	}
 	exe, err := os.Executable()
 	if err != nil {
@@ -493,12 +502,12 @@ func startRanks(ctx context.Context, world int, cfg childConfig) (*rankProcs, er
 			a, isAddr := strings.CutPrefix(l, "addr ")
 			if !ok || !isAddr {
 				p.kill()
-				return nil, fmt.Errorf("parallel: rank %d did not report its address (got %q)", r, l)
+				return nil, fmt.Errorf("collbench: rank %d did not report its address (got %q)", r, l)
 			}
 			addrs[r] = a
 		case <-time.After(30 * time.Second):
 			p.kill()
-			return nil, fmt.Errorf("parallel: rank %d did not start", r)
+			return nil, fmt.Errorf("collbench: rank %d did not start", r)
 		}
 	}
 	j, _ := json.Marshal(addrs)
@@ -525,7 +534,7 @@ func (p *rankProcs) wait() ([][]string, error) {
 			out[r] = append(out[r], l)
 		}
 		if err := c.Wait(); err != nil {
-			errs = append(errs, fmt.Errorf("parallel: rank %d: %w: %s", r, err, strings.Join(out[r], "; ")))
+			errs = append(errs, fmt.Errorf("collbench: rank %d: %w: %s", r, err, strings.Join(out[r], "; ")))
 		}
 	}
 	return out, errors.Join(errs...)

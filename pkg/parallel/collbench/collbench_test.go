@@ -1,4 +1,4 @@
-package parallel
+package collbench
 
 import (
 	"context"
@@ -7,14 +7,16 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/switchyard-ml/switchyard/pkg/parallel"
 )
 
 func TestMain(m *testing.M) {
-	BenchChildMain() // child ranks of the process tests run here and exit
+	ChildMain() // child ranks of the process tests run here and exit
 	os.Exit(m.Run())
 }
 
-func checkBench(t *testing.T, res []BenchResult, world int, sizes []int) {
+func checkBench(t *testing.T, res []Result, world int, sizes []int) {
 	t.Helper()
 	if len(res) != 2*len(sizes)+2 {
 		t.Fatalf("%d results, want %d: %+v", len(res), 2*len(sizes)+2, res)
@@ -29,7 +31,7 @@ func checkBench(t *testing.T, res []BenchResult, world int, sizes []int) {
 
 func TestBenchInProcess(t *testing.T) {
 	sizes := []int{4 << 10, 256 << 10}
-	res, err := BenchCollectives(context.Background(), 3, sizes, 2, BenchInProcess())
+	res, err := Collectives(context.Background(), 3, sizes, 2, InProcess())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -38,7 +40,7 @@ func TestBenchInProcess(t *testing.T) {
 
 func TestBenchProcesses(t *testing.T) {
 	sizes := []int{4 << 10, 256 << 10}
-	res, err := BenchCollectives(context.Background(), 2, sizes, 2)
+	res, err := Collectives(context.Background(), 2, sizes, 2)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -48,7 +50,7 @@ func TestBenchProcesses(t *testing.T) {
 // kill -9 one rank process mid all-reduce: every other rank fails with an
 // error (and exits) within the transport timeout, never hangs.
 func TestKill9MidAllReduce(t *testing.T) {
-	for _, plane := range []string{DataPlaneGRPC, DataPlaneTCP} {
+	for _, plane := range []string{parallel.DataPlaneGRPC, parallel.DataPlaneTCP} {
 		t.Run(plane, func(t *testing.T) { testKill9(t, plane) })
 	}
 }
@@ -58,7 +60,7 @@ func testKill9(t *testing.T, plane string) {
 	timeout := 2 * time.Second
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	p, err := startRanks(ctx, world, childConfig{Mode: "loop", Opts: Options{Timeout: timeout, DataPlane: plane}, Comm: CommOptions{Segment: 64 << 10}})
+	p, err := startRanks(ctx, world, childConfig{Mode: "loop", Opts: parallel.Options{Timeout: timeout, DataPlane: plane}, Comm: parallel.CommOptions{Segment: 64 << 10}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,97 @@
+package controller
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/switchyard-ml/switchyard/pkg/membership"
+	pb "github.com/switchyard-ml/switchyard/proto/switchyard/coordinator/v1"
+)
+
+// The pure part of supervision: from what the leader knows at one instant
+// (the jobs, the live workers, when each worker last synced, the rank
+// failures held back) to the attempts that must end and why. It reads no
+// clock, no raft and no network; tick applies its verdicts.
+
+// observed is the input of one supervision decision.
+type observed struct {
+	now  time.Time
+	jobs []*pb.Job
+	live map[string]membership.WorkerInfo // registered workers (etcd leases)
+	// lastSync is when each worker last called SyncWorker.
+	lastSync map[string]time.Time
+	// failing is each job's first rank failure of its current attempt,
+	// held back for the grace period.
+	failing map[string]pendingFailure
+	// silence is how long a worker may go without a sync; grace how
+	// long a rank failure waits for a worker loss that explains it.
+	silence, grace time.Duration
+}
+
+// verdict ends a job's current attempt: Reason WorkerLost or RankFailed,
+// the message for the job's history and the worker it blames ("" : none).
+type verdict struct {
+	job    *pb.Job
+	reason string
+	msg    string
+	worker string
+}
+
+// decide returns the attempts to end, in job order: an active job with a
+// placed worker whose lease expired has lost it; one whose held rank
+// failure sits next to a worker silent for longer than silence blames that
+// worker; one whose held failure has waited out the grace period fails as
+// the rank reported.
+func decide(o observed) []verdict {
+	var out []verdict
+	for _, j := range o.jobs {
+		if !active(j) {
+			continue
+		}
+		if w, rank, ok := lostWorker(j, o.live); ok {
+			out = append(out, verdict{j, "WorkerLost", fmt.Sprintf("worker %s (rank %d) lost: its etcd lease expired", w, rank), w})
+			continue
+		}
+		f, ok := o.failing[j.Id]
+		if !ok || f.attempt != j.Restarts {
+			continue
+		}
+		if w, rank, silent := silentWorker(j, o.lastSync, o.now, o.silence); silent {
+			out = append(out, verdict{j, "WorkerLost", fmt.Sprintf("worker %s (rank %d) stopped responding (no sync for %s) and its peers failed: %s",
+				w, rank, o.now.Sub(o.lastSync[w]).Round(100*time.Millisecond), f.msg), w})
+			continue
+		}
+		if o.now.Sub(f.at) >= o.grace {
+			out = append(out, verdict{j, "RankFailed", f.msg, f.worker})
+		}
+	}
+	return out
+}
+
+// lostWorker returns a placed worker of j that is no longer registered.
+func lostWorker(j *pb.Job, live map[string]membership.WorkerInfo) (string, int32, bool) {
+	for _, a := range j.Placement {
+		if _, ok := live[a.WorkerId]; !ok {
+			return a.WorkerId, a.Rank, true
+		}
+	}
+	return "", 0, false
+}
+
+// silentWorker returns the placed worker of j that has been silent the
+// longest, if that is longer than silence (a loaded machine can make a
+// live worker late too; the dead one is the quietest).
+func silentWorker(j *pb.Job, lastSync map[string]time.Time, now time.Time, silence time.Duration) (string, int32, bool) {
+	var (
+		worker  string
+		rank    int32
+		longest time.Duration
+	)
+	for _, a := range j.Placement {
+		t, ok := lastSync[a.WorkerId]
+		if d := now.Sub(t); ok && d > silence && d > longest {
+			worker, rank, longest = a.WorkerId, a.Rank, d
+		}
+	}
+	return worker, rank, worker != ""
+}

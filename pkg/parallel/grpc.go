@@ -60,28 +60,97 @@ type msgStream interface {
 	RecvMsg(m any) error
 }
 
-// link is the stream shared with one peer.
+// link is the stream shared with one peer (and, with DataPlane "tcp", the
+// raw data connection beside it).
 type link struct {
 	t      *GRPCTransport
 	peer   int
+	life   linkLife
 	stream msgStream
-	sendMu chan struct{} // one message at a time; a channel so waiting honours ctx
+	cancel context.CancelFunc // client stream's context
+	finish chan struct{}      // server role: closed to end the handler
+	raw    net.Conn           // data connection (DataPlane "tcp"), else nil
+	out    wire               // raw when there is one, else the stream
+	sendMu chan struct{}      // one message at a time; a channel so waiting honours ctx
 	box    *mailbox
 
-	dead    chan struct{}   // closed by fail
-	ctx     context.Context // cancelled by fail
-	stopCtx context.CancelFunc
-	errMu   sync.Mutex
-	err     error
-	cancel  context.CancelFunc // client stream's context
-	raw     net.Conn           // data connection (DataPlane "tcp"), else nil
-	rawEnd  chan struct{}      // closed when rawRecvLoop returns
-	finish  chan struct{}      // server role: closed to end the handler
-	closing atomic.Bool        // our side began an orderly close
-	loopEnd chan struct{}      // closed when the receive loop returns
+	loopEnd chan struct{} // closed when the stream's receive loop returns
+	rawEnd  chan struct{} // closed when rawRecvLoop returns (at once without raw)
 
 	inflight atomic.Int64  // zero-copy chunks gRPC has not yet released
 	released chan struct{} // signalled when inflight drops to 0
+}
+
+// linkState is where a link is in its life. It only moves forward:
+//
+//	open ----Close: sayGoodbye----> closing
+//	open, closing ----fail(err)---> dead
+//
+// open: messages flow both ways. closing: our side began an orderly close;
+// no new sends, the receive loops read what the peer still sends, and the
+// end of its stream is its orderly end (ErrPeerClosed), not a loss. dead:
+// the link failed or its close completed: sends fail with the error, the
+// mailbox hands out what it holds and then the error, waits for mailbox
+// room end, and the wires are cut.
+type linkState int32
+
+const (
+	linkOpen linkState = iota
+	linkClosing
+	linkDead
+)
+
+// linkLife holds a link's state and what entering dead releases.
+type linkLife struct {
+	mu      sync.Mutex
+	state   linkState
+	ordered bool               // it went through closing (our Close), not straight to dead
+	err     error              // why it died, set on entering dead
+	dead    chan struct{}      // closed on entering dead
+	ctx     context.Context    // cancelled on entering dead
+	stop    context.CancelFunc // cancels ctx
+}
+
+func (lf *linkLife) init() {
+	lf.dead = make(chan struct{})
+	lf.ctx, lf.stop = context.WithCancel(context.Background())
+}
+
+// beginClose moves an open link to closing.
+func (lf *linkLife) beginClose() {
+	lf.mu.Lock()
+	if lf.state == linkOpen {
+		lf.state, lf.ordered = linkClosing, true
+	}
+	lf.mu.Unlock()
+}
+
+// closing reports whether our side began an orderly close (the link may
+// be dead since).
+func (lf *linkLife) closing() bool {
+	lf.mu.Lock()
+	defer lf.mu.Unlock()
+	return lf.ordered
+}
+
+// die moves the link to dead with err; false if it already was.
+func (lf *linkLife) die(err error) bool {
+	lf.mu.Lock()
+	defer lf.mu.Unlock()
+	if lf.state == linkDead {
+		return false
+	}
+	lf.state, lf.err = linkDead, err
+	close(lf.dead)
+	lf.stop()
+	return true
+}
+
+// failure is why the link died, nil while it lives.
+func (lf *linkLife) failure() error {
+	lf.mu.Lock()
+	defer lf.mu.Unlock()
+	return lf.err
 }
 
 // ListenGRPC starts rank's gRPC server on addr (e.g. "127.0.0.1:0").
@@ -296,7 +365,7 @@ func (t *GRPCTransport) Stream(ss grpc.BidiStreamingServer[parallelv1.Frame, par
 	select {
 	case <-finish: // orderly close: returning ends the stream after queued data
 		return nil
-	case <-l.dead:
+	case <-l.life.dead:
 	case <-l.loopEnd:
 	}
 	if err := l.failure(); err != nil && !errors.Is(err, ErrPeerClosed) {
@@ -307,9 +376,14 @@ func (t *GRPCTransport) Stream(ss grpc.BidiStreamingServer[parallelv1.Frame, par
 
 func (t *GRPCTransport) addLink(peer int, st msgStream, cancel context.CancelFunc, finish chan struct{}, raw net.Conn) error {
 	l := &link{
-		t: t, peer: peer, stream: st, sendMu: make(chan struct{}, 1), box: t.boxes[peer],
-		dead: make(chan struct{}), cancel: cancel, finish: finish, raw: raw, rawEnd: make(chan struct{}),
-		loopEnd: make(chan struct{}), released: make(chan struct{}, 1),
+		t: t, peer: peer, stream: st, cancel: cancel, finish: finish, raw: raw,
+		sendMu: make(chan struct{}, 1), box: t.boxes[peer],
+		loopEnd: make(chan struct{}), rawEnd: make(chan struct{}), released: make(chan struct{}, 1),
+	}
+	l.life.init()
+	l.out = streamWire{l}
+	if raw != nil {
+		l.out = rawWire{l}
 	}
 	abandon := func() {
 		if cancel != nil {
@@ -319,7 +393,6 @@ func (t *GRPCTransport) addLink(peer int, st msgStream, cancel context.CancelFun
 			raw.Close()
 		}
 	}
-	l.ctx, l.stopCtx = context.WithCancel(context.Background())
 	t.mu.Lock()
 	select {
 	case <-t.closed:
@@ -361,15 +434,9 @@ func (t *GRPCTransport) linkOf(peer int) *link {
 // fail ends the link: pending and later sends fail, receivers get err once
 // the messages already received are consumed.
 func (l *link) fail(err error) {
-	l.errMu.Lock()
-	if l.err != nil {
-		l.errMu.Unlock()
+	if !l.life.die(err) {
 		return
 	}
-	l.err = err
-	close(l.dead)
-	l.stopCtx()
-	l.errMu.Unlock()
 	l.box.fail(err)
 	if l.cancel != nil {
 		l.cancel()
@@ -379,11 +446,7 @@ func (l *link) fail(err error) {
 	}
 }
 
-func (l *link) failure() error {
-	l.errMu.Lock()
-	defer l.errMu.Unlock()
-	return l.err
-}
+func (l *link) failure() error { return l.life.failure() }
 
 // recvLoop reassembles the peer's messages into the mailbox.
 func (l *link) recvLoop() {
@@ -414,7 +477,7 @@ func (l *link) streamEnded(err error) {
 	case l.raw != nil && !errors.Is(err, errBadFrame):
 		// The data connection decides how the link ends: this stream
 		// may end before the last messages have been read from it.
-	case err == io.EOF || l.closing.Load() || status.Code(err) == codes.Canceled && isClosed(l.t.closed):
+	case err == io.EOF || l.life.closing() || status.Code(err) == codes.Canceled && isClosed(l.t.closed):
 		l.fail(fmt.Errorf("%w: rank %d", ErrPeerClosed, l.peer))
 	default:
 		l.fail(fmt.Errorf("%w: rank %d: %w", ErrPeerLost, l.peer, err))
@@ -445,7 +508,7 @@ func (a *assembly) start(ftag, fsize uint64) error {
 		a.buf = a.claim.dst
 		return nil
 	}
-	if err := l.box.waitRoom(l.ctx, l.t.opts.MaxPending, l.t.closed, nil); err != nil {
+	if err := l.box.waitRoom(l.life.ctx, l.t.opts.MaxPending, l.t.closed, nil); err != nil {
 		return err
 	}
 	a.active, a.tag, a.size, a.filled = true, ftag, fsize, 0
@@ -575,7 +638,7 @@ func (l *link) send(ctx context.Context, tag uint64, payload []byte) error {
 		return ctxErr(ctx, "send")
 	case <-timer:
 		return fmt.Errorf("%w: another send to this peer is stuck", ErrTimeout)
-	case <-l.dead:
+	case <-l.life.dead:
 		return l.failure()
 	case <-l.t.closed:
 		return ErrClosed
@@ -608,12 +671,28 @@ func (l *link) send(ctx context.Context, tag uint64, payload []byte) error {
 		return err
 	}
 
-	if l.raw != nil {
-		if err := l.rawSend(tag, payload); err != nil {
-			return result(err)
-		}
-		return nil // written whole: a failure noticed since is the next send's
+	if err := l.out.write(tag, payload); err != nil {
+		return result(err)
 	}
+	return nil // written whole: a failure noticed since is the next send's
+}
+
+// wire is how a link writes its messages: gRPC frames on the stream, or the
+// raw data connection (DataPlane "tcp"). The link holds sendMu around every
+// write and runs the watchdog, which ends the link (and so a stuck write);
+// a write error ends the link too.
+type wire interface {
+	// write sends one whole message and returns once payload may be
+	// reused.
+	write(tag uint64, payload []byte) error
+}
+
+// streamWire writes a message as frames of Options.ChunkSize on the gRPC
+// stream, large chunks without a copy.
+type streamWire struct{ l *link }
+
+func (w streamWire) write(tag uint64, payload []byte) error {
+	l := w.l
 	chunk := l.t.opts.ChunkSize
 	size := uint64(len(payload))
 	for off := 0; off == 0 || off < len(payload); off += chunk {
@@ -627,19 +706,24 @@ func (l *link) send(ctx context.Context, tag uint64, payload []byte) error {
 			data = mem.SliceBuffer(append([]byte(nil), piece...))
 		}
 		if err := l.stream.SendMsg(&outFrame{tag: tag, size: size, data: data}); err != nil {
-			return result(fmt.Errorf("%w: rank %d: %w", ErrPeerLost, l.peer, err))
+			return fmt.Errorf("%w: rank %d: %w", ErrPeerLost, l.peer, err)
 		}
 	}
 	// Send may not return while gRPC still reads the caller's payload.
 	for l.inflight.Load() != 0 {
 		select {
 		case <-l.released:
-		case <-l.dead:
-			return result(l.failure())
+		case <-l.life.dead:
+			return l.failure()
 		}
 	}
 	return nil
 }
+
+// rawWire writes a message on the data connection (rawtcp.go).
+type rawWire struct{ l *link }
+
+func (w rawWire) write(tag uint64, payload []byte) error { return w.l.rawSend(tag, payload) }
 
 // releaseNotifier is the mem.BufferPool of zero-copy chunks: gRPC "returns"
 // a chunk once it has copied it to the socket buffer.
@@ -743,7 +827,7 @@ func (t *GRPCTransport) Close() error {
 // goodbye, then the end of our half of the stream (messages already sent
 // still arrive). Past deadline it fails the link instead.
 func (l *link) sayGoodbye(deadline <-chan struct{}) {
-	l.closing.Store(true)
+	l.life.beginClose()
 	if l.raw != nil {
 		select { // the goodbye must not cut into a message
 		case l.sendMu <- struct{}{}:

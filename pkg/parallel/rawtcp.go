@@ -321,7 +321,7 @@ func (l *link) rawRecvLoop() {
 	br := bufio.NewReaderSize(l.raw, 64<<10)
 	var hdr [rawHeader]byte
 	lost := func(err error) {
-		if l.closing.Load() || isClosed(l.t.closed) {
+		if l.life.closing() || isClosed(l.t.closed) {
 			l.fail(fmt.Errorf("%w: rank %d", ErrPeerClosed, l.peer))
 			return
 		}
@@ -353,7 +353,7 @@ func (l *link) rawRecvLoop() {
 			p.complete(nil)
 			continue
 		}
-		if err := l.box.waitRoom(l.ctx, l.t.opts.MaxPending, l.t.closed, nil); err != nil {
+		if err := l.box.waitRoom(l.life.ctx, l.t.opts.MaxPending, l.t.closed, nil); err != nil {
 			return // the link or the transport is already failing
 		}
 		buf := l.t.pool.get(int(size))

@@ -77,7 +77,9 @@ func TestSupervisionWithoutNetwork(t *testing.T) {
 		if err := s.refresh(ctx); err != nil {
 			t.Fatal(err)
 		}
-		s.tick(ctx)
+		h := s.hold()
+		h.tick(ctx)
+		h.release()
 	}
 	job := func() *pb.Job {
 		t.Helper()

@@ -114,7 +114,7 @@ type Server struct {
 	specs    map[string]*jobspec.Spec         // parsed specs by job id
 
 	// lead serialises the leader's decisions (reports, supervision) so two
-	// failure reports of one attempt cannot both act.
+	// failure reports of one attempt cannot both act; see held.
 	lead     sync.Mutex
 	term     leaderMemory
 	fwd      forwarder
@@ -195,11 +195,22 @@ func New(cfg Config) (*Server, error) {
 		specs:    map[string]*jobspec.Spec{},
 	}
 	s.fwd = forwarder{token: cfg.Token, tls: cfg.TLS, conns: map[string]*forwardConn{}}
-	s.resetLeaderMemory()
+	held{s}.resetLeaderMemory() // not shared yet: no lock needed
 	return s, nil
 }
 
-func (s *Server) resetLeaderMemory() {
+// held is the Server while the calling goroutine holds s.lead, the lock
+// of the leader's decisions. What reads or changes the leader's memory
+// (term) or decides about jobs (supervision, reports, placement, failing
+// an attempt) is a method of held, not of Server, so it cannot be called
+// without the lock. hold takes it, release gives it back.
+type held struct{ *Server }
+
+func (s *Server) hold() held { s.lead.Lock(); return held{s} }
+
+func (h held) release() { h.lead.Unlock() }
+
+func (s held) resetLeaderMemory() {
 	s.term = leaderMemory{
 		reports:      map[taskKey]*apiv1.TaskStatus{},
 		lastProgress: map[string]time.Time{},
@@ -447,8 +458,8 @@ func (s *Server) CancelJob(ctx context.Context, req *apiv1.CancelJobRequest) (*a
 	if msg == "" {
 		msg = "cancelled by the user"
 	}
-	s.lead.Lock()
-	defer s.lead.Unlock()
+	h := s.hold()
+	defer h.release()
 	r, err := s.cfg.Node.Apply(ctx, &pb.Command{Op: &pb.Command_CancelJob{CancelJob: &pb.CancelJob{JobId: req.GetJobId(), Reason: "Cancelled", Message: msg}}})
 	if err != nil {
 		return nil, apiError(err)
@@ -462,8 +473,8 @@ func (s *Server) ResumeJob(ctx context.Context, req *apiv1.ResumeJobRequest) (*a
 	if !s.cfg.Node.IsLeader() {
 		return forward(ctx, s, req, apiv1.CoordinatorClient.ResumeJob)
 	}
-	s.lead.Lock()
-	defer s.lead.Unlock()
+	h := s.hold()
+	defer h.release()
 	msg := "resumed by the user from the newest committed checkpoint"
 	if req.GetFromStep() > 0 {
 		msg = fmt.Sprintf("resumed by the user from the checkpoint of step %d", req.GetFromStep())
@@ -472,7 +483,7 @@ func (s *Server) ResumeJob(ctx context.Context, req *apiv1.ResumeJobRequest) (*a
 	if err != nil {
 		return nil, apiError(err)
 	}
-	delete(s.term.notBefore, r.Job.Id)
+	delete(h.term.notBefore, r.Job.Id)
 	s.publish(r.Job.Id, "Resumed", r.Job.State, msg, "")
 	return &apiv1.ResumeJobResponse{Job: r.Job}, nil
 }

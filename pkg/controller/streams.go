@@ -217,8 +217,8 @@ func (s *Server) CommitCheckpoint(ctx context.Context, req *apiv1.CommitCheckpoi
 	}
 	// Under the leader's lock: the attempt check and the commit happen
 	// with no requeue in between.
-	s.lead.Lock()
-	defer s.lead.Unlock()
+	h := s.hold()
+	defer h.release()
 	j, err := s.cfg.Node.Job(req.GetJobId())
 	if err != nil {
 		return nil, apiError(err)

@@ -48,21 +48,21 @@ func (s *Server) superviseLoop(ctx context.Context) {
 				s.log.Warn("membership list after election failed", "error", err)
 				continue
 			}
-			s.lead.Lock()
-			s.resetLeaderMemory()
-			s.lead.Unlock()
+			h := s.hold()
+			h.resetLeaderMemory()
+			h.release()
 			leading = true
 			s.log.Info("leading: supervising jobs", "jobs", len(s.cfg.Node.Unfinished()))
 		}
-		s.tick(ctx)
+		h := s.hold()
+		h.tick(ctx)
+		h.release()
 	}
 }
 
 // tick is one supervision pass: worker losses, held rank failures, then
 // scheduling.
-func (s *Server) tick(ctx context.Context) {
-	s.lead.Lock()
-	defer s.lead.Unlock()
+func (s held) tick(ctx context.Context) {
 	live := s.liveWorkers()
 	now := s.cfg.Now()
 	for id := range live {
@@ -86,7 +86,7 @@ func (s *Server) tick(ctx context.Context) {
 
 // prune drops the leader's memory of workers that left and of jobs that
 // ended, so that it does not grow with the cluster's history.
-func (s *Server) prune(live map[string]membership.WorkerInfo, jobs []*pb.Job) {
+func (s held) prune(live map[string]membership.WorkerInfo, jobs []*pb.Job) {
 	open := make(map[string]int32, len(jobs))
 	for _, j := range jobs {
 		open[j.Id] = j.Restarts
@@ -126,8 +126,8 @@ func (s *Server) prune(live map[string]membership.WorkerInfo, jobs []*pb.Job) {
 }
 
 // failAttempt ends the job's current attempt: a requeue when its restart
-// policy allows another try, else the job fails. Callers hold s.lead.
-func (s *Server) failAttempt(ctx context.Context, j *pb.Job, reason, msg, worker string) {
+// policy allows another try, else the job fails.
+func (s held) failAttempt(ctx context.Context, j *pb.Job, reason, msg, worker string) {
 	maxRestarts, backoff := 0, 0
 	if sp, err := s.spec(j); err == nil {
 		maxRestarts, backoff = *sp.Restart.MaxRestarts, *sp.Restart.BackoffSeconds
@@ -173,7 +173,7 @@ func (s *Server) recordEvent(ctx context.Context, jobID, typ, msg, worker string
 }
 
 // snapshot is the scheduler's view: live workers, busy when placed.
-func (s *Server) snapshot(live map[string]membership.WorkerInfo, jobs []*pb.Job) scheduler.Snapshot {
+func (s held) snapshot(live map[string]membership.WorkerInfo, jobs []*pb.Job) scheduler.Snapshot {
 	busy := map[string]string{}
 	for _, j := range jobs {
 		if active(j) {
@@ -202,9 +202,8 @@ func (s *Server) snapshot(live map[string]membership.WorkerInfo, jobs []*pb.Job)
 	return snap
 }
 
-// schedule places what fits and records why the rest waits. Callers hold
-// s.lead.
-func (s *Server) schedule(ctx context.Context, live map[string]membership.WorkerInfo) {
+// schedule places what fits and records why the rest waits.
+func (s held) schedule(ctx context.Context, live map[string]membership.WorkerInfo) {
 	jobs := s.cfg.Node.Unfinished()
 	now := s.cfg.Now()
 	var queue []scheduler.Job
@@ -263,8 +262,8 @@ func (s *Server) schedule(ctx context.Context, live map[string]membership.Worker
 
 // place commits plan p of job j: its placement and, when the scheduler
 // shrank it (an elastic job that lost workers), its smaller layout.
-// Callers hold s.lead.
-func (s *Server) place(ctx context.Context, j *pb.Job, p scheduler.Plan) {
+//
+func (s held) place(ctx context.Context, j *pb.Job, p scheduler.Plan) {
 	sp, err := s.spec(j)
 	if err != nil {
 		return
@@ -331,11 +330,11 @@ func (s *Server) SyncWorker(ctx context.Context, req *apiv1.SyncWorkerRequest) (
 	if !s.cfg.Node.IsLeader() {
 		return forward(ctx, s, req, apiv1.CoordinatorClient.SyncWorker)
 	}
-	s.lead.Lock()
-	defer s.lead.Unlock()
-	s.term.lastSync[w] = s.cfg.Now()
+	h := s.hold()
+	defer h.release()
+	h.term.lastSync[w] = s.cfg.Now()
 	for _, ts := range req.GetTasks() {
-		if err := s.report(ctx, w, ts); err != nil {
+		if err := h.report(ctx, w, ts); err != nil {
 			return nil, apiError(err)
 		}
 	}
@@ -381,8 +380,8 @@ func contains(xs []string, x string) bool {
 	return false
 }
 
-// report applies one task report of worker w. Callers hold s.lead.
-func (s *Server) report(ctx context.Context, w string, ts *apiv1.TaskStatus) error {
+// report applies one task report of worker w.
+func (s held) report(ctx context.Context, w string, ts *apiv1.TaskStatus) error {
 	if ts.GetJobId() == "" {
 		return nil // not a task anyone assigned
 	}
@@ -438,7 +437,7 @@ func (s *Server) report(ctx context.Context, w string, ts *apiv1.TaskStatus) err
 // recordRankEvents adds the events a rank announced to the job's history,
 // once each: by sequence number, and after a change of leader (which
 // starts with no memory of them) by type and message.
-func (s *Server) recordRankEvents(ctx context.Context, j *pb.Job, key taskKey, w string, evs []*apiv1.TaskEvent) {
+func (s held) recordRankEvents(ctx context.Context, j *pb.Job, key taskKey, w string, evs []*apiv1.TaskEvent) {
 	for _, ev := range evs {
 		if ev.GetSeq() <= s.term.eventSeq[key] {
 			continue
@@ -465,7 +464,7 @@ func (s *Server) recordRankEvents(ctx context.Context, j *pb.Job, key taskKey, w
 
 // progress records rank 0's progress, at most every ProgressEvery unless
 // force or the job has not started running yet.
-func (s *Server) progress(ctx context.Context, j *pb.Job, ts *apiv1.TaskStatus, force bool) *pb.Job {
+func (s held) progress(ctx context.Context, j *pb.Job, ts *apiv1.TaskStatus, force bool) *pb.Job {
 	now := s.cfg.Now()
 	if !force && j.State == pb.JobState_JOB_STATE_RUNNING && now.Sub(s.term.lastProgress[j.Id]) < s.cfg.ProgressEvery {
 		return nil

@@ -262,7 +262,6 @@ func (s held) schedule(ctx context.Context, live map[string]membership.WorkerInf
 
 // place commits plan p of job j: its placement and, when the scheduler
 // shrank it (an elastic job that lost workers), its smaller layout.
-//
 func (s held) place(ctx context.Context, j *pb.Job, p scheduler.Plan) {
 	sp, err := s.spec(j)
 	if err != nil {

@@ -19,11 +19,11 @@ import (
 	"runtime/pprof"
 	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
 	"github.com/switchyard-ml/switchyard/pkg/parallel"
+	"golang.org/x/sync/errgroup"
 )
 
 // Result is one measurement of Collectives.
@@ -94,12 +94,14 @@ func Collectives(ctx context.Context, world int, sizes []int, iters int, opts ..
 		}
 		defer parallel.CloseTransports(ts)
 		out := make([][]Result, world)
-		errs := onAllRanks(world, func(r int) error {
-			var err error
-			out[r], err = RunRank(ctx, ts[r], sizes, iters, cfg.comm)
-			return err
-		})
-		if err := errors.Join(errs...); err != nil {
+		var g errgroup.Group
+		for r := range world {
+			g.Go(func() (err error) {
+				out[r], err = RunRank(ctx, ts[r], sizes, iters, cfg.comm)
+				return err
+			})
+		}
+		if err := g.Wait(); err != nil {
 			return nil, err
 		}
 		res = out[0]
@@ -128,18 +130,6 @@ func Collectives(ctx context.Context, world int, sizes []int, iters int, opts ..
 		}
 	}
 	return append(res, tcp, bidir), nil
-}
-
-// onAllRanks runs f for every rank on its own goroutine and returns their
-// errors by rank.
-func onAllRanks(n int, f func(r int) error) []error {
-	errs := make([]error, n)
-	var wg sync.WaitGroup
-	for r := range n {
-		wg.Go(func() { errs[r] = f(r) })
-	}
-	wg.Wait()
-	return errs
 }
 
 // RunRank is one rank of Collectives over an already connected
@@ -308,33 +298,39 @@ func MeasureLoopbackTCPBidir(ctx context.Context, total, write int) (Result, err
 	}
 	defer b.Close()
 	start := time.Now()
-	errs := onAllRanks(4, func(g int) error {
-		c := []net.Conn{a, b}[g/2]
-		buf := make([]byte, write)
-		if g%2 == 0 {
-			for sent := 0; sent < total; sent += write {
-				if _, err := c.Write(buf[:min(write, total-sent)]); err != nil {
-					return err
-				}
-			}
-			return nil
-		}
-		for got := 0; got < total; {
-			n, err := c.Read(buf)
-			got += n
-			if err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err := errors.Join(errs...); err != nil {
+	var g errgroup.Group
+	for w := range 4 { // a writer and a reader on each end
+		g.Go(func() error { return pump([]net.Conn{a, b}[w/2], w%2 == 0, total, write) })
+	}
+	if err := g.Wait(); err != nil {
 		return Result{}, err
 	}
 	sec := time.Since(start).Seconds()
 	gb := float64(total) / sec / 1e9
 	return Result{Op: "tcp_loopback_bidir", World: 2, Bytes: total, Iters: 1, LatencyMS: sec * 1e3,
 		AlgBWGBs: gb, BusBWGBs: gb, Transport: "tcp"}, nil
+}
+
+// pump writes total bytes to c in writes of size write, or reads total
+// bytes from it.
+func pump(c net.Conn, writer bool, total, write int) error {
+	buf := make([]byte, write)
+	if writer {
+		for sent := 0; sent < total; sent += write {
+			if _, err := c.Write(buf[:min(write, total-sent)]); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	for got := 0; got < total; {
+		n, err := c.Read(buf)
+		got += n
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Child processes. The parent starts the current executable once per rank

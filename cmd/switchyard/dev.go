@@ -18,6 +18,7 @@ import (
 	"github.com/switchyard-ml/switchyard/pkg/client"
 	"github.com/switchyard-ml/switchyard/pkg/controller"
 	"github.com/switchyard-ml/switchyard/pkg/coordinator"
+	"github.com/switchyard-ml/switchyard/pkg/fsutil"
 	"github.com/switchyard-ml/switchyard/pkg/jobspec"
 	"github.com/switchyard-ml/switchyard/pkg/jobstate"
 	"github.com/switchyard-ml/switchyard/pkg/train"
@@ -67,7 +68,7 @@ func cmdDev(ctx context.Context, args []string) error {
 	}
 	raw := []byte(fmt.Sprintf(demoSpec, *steps, max(*steps/3, 1)))
 	if *spec != "" {
-		b, err := os.ReadFile(*spec)
+		b, err := fsutil.ReadFile(*spec, jobspec.MaxSize)
 		if err != nil {
 			return usageError{fmt.Errorf("dev: %w", err)}
 		}

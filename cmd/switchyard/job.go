@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"os"
 	"slices"
 	"strings"
 	"time"
@@ -17,6 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/switchyard-ml/switchyard/pkg/client"
+	"github.com/switchyard-ml/switchyard/pkg/fsutil"
 	"github.com/switchyard-ml/switchyard/pkg/jobspec"
 	"github.com/switchyard-ml/switchyard/pkg/jobstate"
 	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
@@ -44,7 +44,7 @@ func (c *cli) jobSubmit(ctx context.Context, name string, args []string) error {
 		return err
 	}
 	path := pos[0]
-	raw, err := os.ReadFile(path)
+	raw, err := fsutil.ReadFile(path, jobspec.MaxSize)
 	if err != nil {
 		return usageError{fmt.Errorf("job submit: %w", err)}
 	}

@@ -58,6 +58,10 @@ func TestJobSubmitInvalidSpec(t *testing.T) {
 	}
 	r = runAt(t, addr, "job", "submit", filepath.Join(t.TempDir(), "missing.yaml"))
 	wantCode(t, r, exitUsage)
+	// a spec that never ends is refused after 1 MiB, not read whole
+	r = runAt(t, addr, "job", "submit", "/dev/zero")
+	wantCode(t, r, exitUsage)
+	wantContains(t, r.stderr, "/dev/zero: file too large: over the limit of 1 MiB")
 }
 
 func TestJobList(t *testing.T) {

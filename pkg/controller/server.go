@@ -546,16 +546,14 @@ func (s *Server) ClusterStatus(ctx context.Context, _ *apiv1.ClusterStatusReques
 }
 
 func (s *Server) AddReplica(ctx context.Context, req *apiv1.AddReplicaRequest) (*apiv1.AddReplicaResponse, error) {
-	if req.GetId() == "" || req.GetRaftAddress() == "" {
-		return nil, apiError(failure(errBadRequest, "add replica needs an id and a raft address"))
+	sv := coordinator.Server{ID: req.GetId(), Address: req.GetRaftAddress()}
+	if err := sv.Validate(); err != nil {
+		return nil, apiError(failure(errBadRequest, "add replica: %v", err))
 	}
 	if !s.cfg.Node.IsLeader() {
 		return forward(ctx, s, req, apiv1.CoordinatorClient.AddReplica)
 	}
 	rs, err := s.replicaSet()
-	if err == nil {
-		err = rs.AddVoter(ctx, req.GetId(), req.GetRaftAddress())
-	}
 	if err != nil {
 		return nil, apiError(err)
 	}
@@ -563,25 +561,44 @@ func (s *Server) AddReplica(ctx context.Context, req *apiv1.AddReplicaRequest) (
 	if err != nil {
 		return nil, err
 	}
+	noop, err := planAdd(cs.Replicas, addChange{id: sv.ID, addr: sv.Address, reachable: reach(ctx, sv.Address)})
+	if err != nil {
+		return nil, apiError(err)
+	}
+	if noop {
+		return &apiv1.AddReplicaResponse{Replicas: cs.Replicas}, nil
+	}
+	if err := rs.AddVoter(ctx, sv.ID, sv.Address); err != nil {
+		return nil, apiError(err)
+	}
+	if cs, err = s.ClusterStatus(ctx, nil); err != nil {
+		return nil, err
+	}
 	return &apiv1.AddReplicaResponse{Replicas: cs.Replicas}, nil
 }
 
 func (s *Server) RemoveReplica(ctx context.Context, req *apiv1.RemoveReplicaRequest) (*apiv1.RemoveReplicaResponse, error) {
-	if req.GetId() == "" {
-		return nil, apiError(failure(errBadRequest, "remove replica needs an id"))
+	if err := coordinator.ValidReplicaID(req.GetId()); err != nil {
+		return nil, apiError(failure(errBadRequest, "remove replica: %v", err))
 	}
 	if !s.cfg.Node.IsLeader() {
 		return forward(ctx, s, req, apiv1.CoordinatorClient.RemoveReplica)
 	}
 	rs, err := s.replicaSet()
-	if err == nil {
-		err = rs.RemoveServer(ctx, req.GetId())
-	}
 	if err != nil {
 		return nil, apiError(err)
 	}
 	cs, err := s.ClusterStatus(ctx, nil)
 	if err != nil {
+		return nil, err
+	}
+	if err := planRemove(cs.Replicas, req.GetId()); err != nil {
+		return nil, apiError(err)
+	}
+	if err := rs.RemoveServer(ctx, req.GetId()); err != nil {
+		return nil, apiError(err)
+	}
+	if cs, err = s.ClusterStatus(ctx, nil); err != nil {
 		return nil, err
 	}
 	return &apiv1.RemoveReplicaResponse{Replicas: cs.Replicas}, nil

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"regexp"
+	"strconv"
 	"time"
 )
 
@@ -14,6 +16,55 @@ type Server struct {
 	ID string `json:"id"`
 	// Address is the replica's raft TCP address (host:port).
 	Address string `json:"address"`
+}
+
+var (
+	replicaIDRE = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$`)
+	hostRE      = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$`)
+)
+
+// ValidReplicaID reports whether id can name a replica: 1-63 of
+// [A-Za-z0-9._-], starting and ending with a letter or digit. Raft logs
+// the IDs of its voters at every election, and they are in every
+// configuration entry: a long or odd one is refused here, once.
+func ValidReplicaID(id string) error {
+	if !replicaIDRE.MatchString(id) {
+		return fmt.Errorf("replica id %q: want 1-63 of [A-Za-z0-9._-], starting and ending with a letter or digit", clip(id))
+	}
+	return nil
+}
+
+// ValidRaftAddr reports whether addr can be dialled as a replica's raft
+// address: HOST:PORT with an IP or DNS name and a port in 1-65535.
+func ValidRaftAddr(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("raft address %q: want HOST:PORT: %v", clip(addr), err)
+	}
+	if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
+		return fmt.Errorf("raft address %q: port %q is not in 1-65535", clip(addr), clip(port))
+	}
+	if net.ParseIP(host) == nil && !hostRE.MatchString(host) {
+		return fmt.Errorf("raft address %q: host %q is neither an IP address nor a DNS name", clip(addr), clip(host))
+	}
+	return nil
+}
+
+// Validate reports whether s names a replica well (ValidReplicaID,
+// ValidRaftAddr).
+func (s Server) Validate() error {
+	if err := ValidReplicaID(s.ID); err != nil {
+		return err
+	}
+	return ValidRaftAddr(s.Address)
+}
+
+// clip shortens s for an error message (a hostile value can be megabytes).
+func clip(s string) string {
+	if len(s) <= 80 {
+		return s
+	}
+	return s[:80] + fmt.Sprintf("... (%d bytes)", len(s))
 }
 
 // Config configures one Node. Zero durations and counts take the defaults
@@ -135,6 +186,8 @@ func (c *Config) Validate() error {
 	switch {
 	case v.ID == "":
 		return bad("ID", "required")
+	case ValidReplicaID(v.ID) != nil:
+		return bad("ID", ValidReplicaID(v.ID).Error())
 	case v.DataDir == "":
 		return bad("DataDir", "required")
 	case v.HeartbeatTimeout < 5*time.Millisecond || v.ElectionTimeout < 5*time.Millisecond:
@@ -161,6 +214,9 @@ func (c *Config) Validate() error {
 	for i, s := range v.Servers {
 		if s.ID == "" || s.Address == "" {
 			return bad(fmt.Sprintf("Servers[%d]", i), "needs ID and Address")
+		}
+		if err := s.Validate(); err != nil {
+			return bad(fmt.Sprintf("Servers[%d]", i), err.Error())
 		}
 		if seen[s.ID] {
 			return bad(fmt.Sprintf("Servers[%d]", i), "repeated ID "+s.ID)

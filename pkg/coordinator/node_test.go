@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -346,6 +347,10 @@ func TestConfigValidate(t *testing.T) {
 		"lease":          func(c *Config) { c.LeaderLeaseTimeout = 2 * c.HeartbeatTimeout },
 		"servers w/o me": func(c *Config) { c.Servers = []Server{{"c2", "127.0.0.1:1"}} },
 		"repeated":       func(c *Config) { c.Servers = []Server{{"c1", "a:1"}, {"c1", "a:2"}} },
+		"odd id":         func(c *Config) { c.ID = "c 1" },
+		"long id":        func(c *Config) { c.ID = strings.Repeat("c", 64) },
+		"peer address":   func(c *Config) { c.Servers = []Server{{"c1", "a:1"}, {"c2", "not an address!!"}} },
+		"peer port 0":    func(c *Config) { c.Servers = []Server{{"c1", "a:1"}, {"c2", "b:0"}} },
 	} {
 		c := ok
 		mut(&c)

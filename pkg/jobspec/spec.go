@@ -7,11 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"strings"
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/switchyard-ml/switchyard/pkg/fsutil"
 	"github.com/switchyard-ml/switchyard/pkg/runconfig"
 )
 
@@ -178,7 +178,7 @@ type Elastic struct {
 
 // Load reads and parses a spec file.
 func Load(path string) (*Spec, error) {
-	raw, err := os.ReadFile(path)
+	raw, err := fsutil.ReadFile(path, MaxSize)
 	if err != nil {
 		return nil, fmt.Errorf("jobspec: read spec: %w", err)
 	}

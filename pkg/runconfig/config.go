@@ -8,10 +8,10 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"os"
 	"strconv"
 	"strings"
 
+	"github.com/switchyard-ml/switchyard/pkg/fsutil"
 	"gopkg.in/yaml.v3"
 )
 
@@ -284,7 +284,7 @@ func PresetConfig(name string) (Config, error) {
 
 // Load reads a YAML run config; unknown fields are errors.
 func Load(path string) (Config, error) {
-	raw, err := os.ReadFile(path)
+	raw, err := fsutil.ReadFile(path, 1<<20)
 	if err != nil {
 		return Config{}, fmt.Errorf("train: read config: %w", err)
 	}

@@ -13,6 +13,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/switchyard-ml/switchyard/pkg/fsutil"
 	"github.com/switchyard-ml/switchyard/pkg/security"
 )
 
@@ -101,7 +102,7 @@ func decodeInto(c *Config, raw []byte) error {
 func Load(path string, flags map[string]string, env func(string) string, det Detector) (Config, error) {
 	c := Defaults()
 	if path != "" {
-		raw, err := os.ReadFile(path)
+		raw, err := fsutil.ReadFile(path, MaxFileSize)
 		if err != nil {
 			return Config{}, fmt.Errorf("workerconfig: read config: %w", err)
 		}

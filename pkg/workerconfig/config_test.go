@@ -179,6 +179,9 @@ func TestFileSyntaxErrors(t *testing.T) {
 	if _, err := Load(filepath.Join(t.TempDir(), "missing.yaml"), nil, nil, fakeDetector()); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("missing file: %v", err)
 	}
+	if _, err := Load("/dev/zero", nil, nil, fakeDetector()); err == nil || !strings.Contains(err.Error(), "over the limit of 1 MiB") {
+		t.Errorf("a config that never ends: %v", err)
+	}
 }
 
 func TestDetectionErrors(t *testing.T) {

@@ -1,0 +1,107 @@
+package controller
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
+)
+
+func TestPlanMembership(t *testing.T) {
+	r := func(id, addr string, alive bool) *apiv1.Replica {
+		return &apiv1.Replica{Id: id, RaftAddress: addr, Voter: true, Alive: alive}
+	}
+	three := []*apiv1.Replica{r("c1", "h1:1", true), r("c2", "h2:1", true), r("c3", "h3:1", false)}
+	down := errors.New("connection refused")
+	for _, tc := range []struct {
+		name     string
+		replicas []*apiv1.Replica
+		add      addChange
+		noop     bool
+		refuse   string
+	}{
+		{"one alone, a reachable second", three[:1], addChange{"c9", "h9:1", nil}, false, ""},
+		{"unreachable", three[:1], addChange{"c9", "h9:1", down}, false, "nothing answers"},
+		{"same id and address", three, addChange{"c2", "h2:1", nil}, true, ""},
+		{"live replica moved", three, addChange{"c1", "h7:1", nil}, false, "already a member at h1:1"},
+		{"address of another", three, addChange{"c9", "h2:1", nil}, false, "is replica c2's"},
+		{"two of three alive, a fourth", three, addChange{"c4", "h4:1", nil}, false, ""},
+		{"one of three alive", []*apiv1.Replica{three[0], r("c2", "h2:1", false), three[2]}, addChange{"c4", "h4:1", nil}, false, "short of the quorum of 3"},
+	} {
+		noop, err := planAdd(tc.replicas, tc.add)
+		if noop != tc.noop || (err == nil) != (tc.refuse == "") || (err != nil && !strings.Contains(err.Error(), tc.refuse)) {
+			t.Errorf("add %s: noop %v, err %v; want noop %v, refusal %q", tc.name, noop, err, tc.noop, tc.refuse)
+		}
+		if err != nil && !errors.Is(err, errRefused) {
+			t.Errorf("add %s: %v is not a refusal", tc.name, err)
+		}
+	}
+	for _, tc := range []struct {
+		name     string
+		replicas []*apiv1.Replica
+		id       string
+		refuse   string
+	}{
+		{"the dead one", three, "c3", ""},
+		{"a live one, leaving 1 of 2 alive", three, "c2", "short of the quorum of 2"},
+		{"a live one of three alive", []*apiv1.Replica{three[0], three[1], r("c3", "h3:1", true)}, "c2", ""},
+		{"not a member", three, "c9", "not a member"},
+		{"the last", three[:1], "c1", "last voter"},
+	} {
+		err := planRemove(tc.replicas, tc.id)
+		if (err == nil) != (tc.refuse == "") || (err != nil && !strings.Contains(err.Error(), tc.refuse)) {
+			t.Errorf("remove %s: %v, want refusal %q", tc.name, err, tc.refuse)
+		}
+	}
+}
+
+// TestMembershipChangesRefused: what the hostile tester did to a
+// one-replica cluster is refused with a clear error, and the configuration
+// stays as it was (the cluster keeps its quorum).
+func TestMembershipChangesRefused(t *testing.T) {
+	h := newHarness(t, 1, "")
+	lead := h.leader()
+	c := h.client(lead, "")
+	ctx := ctxT(t)
+	closed := freePorts(t, 1)[0] // nothing listens there
+	for _, tc := range []struct {
+		id, addr string
+		code     codes.Code
+		says     string
+	}{
+		{"c9", "not an address!!", codes.InvalidArgument, "want HOST:PORT"},
+		{strings.Repeat("x", 1<<20), "127.0.0.1:7000", codes.InvalidArgument, "1048576 bytes"},
+		{"c9", "127.0.0.1:0", codes.InvalidArgument, "not in 1-65535"},
+		{"c9", "bad_host!:7000", codes.InvalidArgument, "neither an IP address nor a DNS name"},
+		{"c1", "127.0.0.1:1", codes.FailedPrecondition, "already a member"},
+		{"c9", closed, codes.FailedPrecondition, "nothing answers"},
+	} {
+		_, err := c.AddReplica(ctx, &apiv1.AddReplicaRequest{Id: tc.id, RaftAddress: tc.addr})
+		if status.Code(err) != tc.code || !strings.Contains(err.Error(), tc.says) {
+			t.Errorf("add %.20q at %q: %v; want %v saying %q", tc.id, tc.addr, err, tc.code, tc.says)
+		}
+		if len(err.Error()) > 1000 {
+			t.Errorf("add %.20q: a %d-byte error", tc.id, len(err.Error()))
+		}
+	}
+	for _, id := range []string{"c1", "nope"} {
+		if _, err := c.RemoveReplica(ctx, &apiv1.RemoveReplicaRequest{Id: id}); status.Code(err) != codes.FailedPrecondition {
+			t.Errorf("remove %s from a one-replica cluster: %v", id, err)
+		}
+	}
+	cs, err := c.ClusterStatus(ctx, &apiv1.ClusterStatusRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cs.Replicas) != 1 || cs.Replicas[0].Id != "c1" || cs.LeaderId != "c1" {
+		t.Fatalf("the configuration changed: %v (leader %q)", cs.Replicas, cs.LeaderId)
+	}
+	// the same id at the same address: nothing to do, no error
+	if _, err := c.AddReplica(ctx, &apiv1.AddReplicaRequest{Id: "c1", RaftAddress: cs.Replicas[0].RaftAddress}); err != nil {
+		t.Errorf("re-adding c1 where it is: %v", err)
+	}
+}

@@ -36,6 +36,7 @@ type lineWriter struct {
 	skipping bool // the current line was cut: drop the rest up to '\n'
 	keep     int
 	tail     []string
+	fatal    string // the first Go panic or fatal error line, if any
 }
 
 func newLineWriter(file io.Writer, keep int, emit func(string)) *lineWriter {
@@ -84,6 +85,9 @@ func (w *lineWriter) line() {
 	}
 	s := string(b)
 	w.buf = w.buf[:0]
+	if w.keep > 0 && w.fatal == "" && (strings.HasPrefix(s, "panic: ") || strings.HasPrefix(s, "fatal error: ")) {
+		w.fatal = s
+	}
 	if w.keep > 0 {
 		w.tail = append(w.tail, s)
 		if len(w.tail) > w.keep {
@@ -112,8 +116,13 @@ func (w *lineWriter) flush() {
 // tailLines are the last lines kept.
 func (w *lineWriter) tailLines() []string { return w.tail }
 
-// last is the last non-blank line kept.
-func (w *lineWriter) last() string {
+// reason is the line that says why the process failed: a Go panic's or
+// runtime fatal error's first line (its stack trace follows it, and the
+// last line of that says nothing), else the last non-blank line kept.
+func (w *lineWriter) reason() string {
+	if w.fatal != "" {
+		return w.fatal
+	}
 	for i := len(w.tail) - 1; i >= 0; i-- {
 		if s := strings.TrimSpace(w.tail[i]); s != "" {
 			return s

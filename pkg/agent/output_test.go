@@ -2,6 +2,7 @@ package agent
 
 import (
 	"bytes"
+	"errors"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -34,8 +35,8 @@ func TestLineWriter(t *testing.T) {
 			t.Fatalf("bad line of %d bytes", len(s))
 		}
 	}
-	if w.last() != "last" || len(w.tailLines()) != 3 {
-		t.Fatalf("last %q tail %q", w.last(), w.tailLines())
+	if w.reason() != "last" || len(w.tailLines()) != 3 {
+		t.Fatalf("reason %q tail %q", w.reason(), w.tailLines())
 	}
 	// A line of exactly MaxLogLine bytes is kept whole.
 	got = nil
@@ -75,5 +76,23 @@ func TestMetricsFollower(t *testing.T) {
 	os.WriteFile(path, []byte(`{"step":1,"loss":9}`+"\n"), 0o644)
 	if ms := f.read(); len(ms) != 1 || ms[0].Loss != 9 {
 		t.Fatalf("%+v", ms)
+	}
+}
+
+// TestPanicReason: a rank that panics fails with the panic's line as its
+// reason, not the last line of the stack trace below it.
+func TestPanicReason(t *testing.T) {
+	w := newLineWriter(nil, 5, func(string) {})
+	w.Write([]byte("step 3 loss 4.1\npanic: runtime error: makeslice: len out of range\n\ngoroutine 1 [running]:\n"))
+	for range 50 {
+		w.Write([]byte("main.f(...)\n\t/src/x.go:12 +0x1d\n"))
+	}
+	w.Write([]byte("exit status 2\n"))
+	if got := w.reason(); got != "panic: runtime error: makeslice: len out of range" {
+		t.Fatalf("reason %q", got)
+	}
+	msg := exitMessage(1, errors.New("exit status 2"), w.reason())
+	if !strings.HasSuffix(msg, ": panic: runtime error: makeslice: len out of range") {
+		t.Fatalf("message %q", msg)
 	}
 }

@@ -295,7 +295,7 @@ func ended(tk *task, werr error, stderr *lineWriter, log *slog.Logger) {
 		log.Info("rank succeeded")
 		return
 	}
-	msg := exitMessage(tk.key.rank, werr, stderr.last())
+	msg := exitMessage(tk.key.rank, werr, stderr.reason())
 	tk.setState(apiv1.TaskState_TASK_STATE_FAILED, msg)
 	if tk.stopRequested() {
 		log.Info("rank stopped", "status", msg)

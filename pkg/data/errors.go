@@ -19,6 +19,8 @@ var (
 	ErrUnknownDomain  = errors.New("data: unknown demo domain")
 	ErrNoGoSource     = errors.New("data: Go source tree not found")
 	ErrInvalidConfig  = errors.New("data: invalid config")
+	ErrLineTooLong    = errors.New("data: line too long")
+	ErrNotAFile       = errors.New("data: corpus is not a regular file")
 )
 
 // LineError reports a problem with one line of a JSON Lines corpus. Its

@@ -22,18 +22,30 @@ type Document struct {
 // ReadFile reads a JSON Lines corpus from path; see ReadJSONL. A file that
 // cannot be opened gives "data: open corpus: ..." wrapping the os error (so
 // errors.Is(err, fs.ErrNotExist) works).
+// A device, pipe or directory (/dev/zero) is refused with ErrNotAFile
+// before anything is read.
 func ReadFile(path string) ([]Document, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("data: open corpus: %w", err)
 	}
 	defer f.Close()
+	if st, err := f.Stat(); err != nil {
+		return nil, fmt.Errorf("data: open corpus: %w", err)
+	} else if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("%w: %s (%s)", ErrNotAFile, path, st.Mode().Type())
+	}
 	return ReadJSONL(f, path)
 }
 
+// MaxLineBytes is the longest line (one document) ReadJSONL accepts.
+const MaxLineBytes = 64 << 20
+
 // ReadJSONL reads one JSON object per line, {"domain": "...", "text": "..."};
 // other fields are ignored, blank lines are skipped, a leading UTF-8 byte
-// order mark and CRLF line ends are accepted, and lines may be of any length.
+// order mark and CRLF line ends are accepted, and lines may be up to
+// MaxLineBytes long (ErrLineTooLong past that, so input that never ends a
+// line is not read whole).
 // name labels errors, which are *LineError values with the 1-based line
 // number: invalid JSON (ErrInvalidJSON), a missing or empty domain
 // (ErrMissingDomain) or text (ErrMissingText), and bytes that are not UTF-8
@@ -51,6 +63,9 @@ func ReadJSONL(r io.Reader, name string) ([]Document, error) {
 		for {
 			chunk, e := br.ReadSlice('\n')
 			line = append(line, chunk...)
+			if len(line) > MaxLineBytes {
+				return nil, &LineError{Name: name, Line: lineNo, Err: ErrLineTooLong, Detail: fmt.Sprintf("over %d MiB", MaxLineBytes>>20)}
+			}
 			if e != bufio.ErrBufferFull {
 				err = e
 				break

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -146,3 +147,23 @@ func FuzzReadJSONL(f *testing.F) {
 		}
 	})
 }
+
+// TestReadBounded: input that never ends (a device, a line without end)
+// is refused after a bounded read, not read whole.
+func TestReadBounded(t *testing.T) {
+	for _, p := range []string{"/dev/zero", t.TempDir()} {
+		if _, err := ReadFile(p); !errors.Is(err, ErrNotAFile) {
+			t.Errorf("%s: %v, want ErrNotAFile", p, err)
+		}
+	}
+	long := io.MultiReader(strings.NewReader(`{"domain": "a", "text": "ok"}`+"\n"+`{"domain": "a", "text": "`), zeros{})
+	_, err := ReadJSONL(long, "endless")
+	var le *LineError
+	if !errors.Is(err, ErrLineTooLong) || !errors.As(err, &le) || le.Line != 2 {
+		t.Fatalf("a line that never ends: %v", err)
+	}
+}
+
+type zeros struct{}
+
+func (zeros) Read(p []byte) (int, error) { clear(p); return len(p), nil }

@@ -34,15 +34,16 @@ func ReadFile(path string, max int64) ([]byte, error) {
 	return b, nil
 }
 
-// Size formats n bytes for people: "1 MiB", "512 KiB", "100 B".
+// Size formats n bytes for people in the largest binary unit it reaches:
+// "1 MiB", "1.5 GiB", "100 B".
 func Size(n int64) string {
-	switch {
-	case n >= 1<<30 && n%(1<<30) == 0:
-		return fmt.Sprintf("%d GiB", n>>30)
-	case n >= 1<<20 && n%(1<<20) == 0:
-		return fmt.Sprintf("%d MiB", n>>20)
-	case n >= 1<<10 && n%(1<<10) == 0:
-		return fmt.Sprintf("%d KiB", n>>10)
+	units := []string{"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"}
+	u := 0
+	for u+1 < len(units) && n>>(10*(u+1)) > 0 {
+		u++
 	}
-	return fmt.Sprintf("%d B", n)
+	if n%(1<<(10*u)) == 0 {
+		return fmt.Sprintf("%d %s", n>>(10*u), units[u])
+	}
+	return fmt.Sprintf("%.1f %s", float64(n)/float64(int64(1)<<(10*u)), units[u])
 }

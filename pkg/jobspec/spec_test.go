@@ -201,6 +201,16 @@ func TestValidationErrors(t *testing.T) {
 		{"eval_every: -1", "jobspec: eval_every = -1: must be >= 0 (0 = only at the end)"},
 		{"resources: {gpus: -1}", "jobspec: resources.gpus = -1: must be >= 0"},
 		{"resources: {memory_mib: -1}", "jobspec: resources.memory_mib = -1: must be >= 0"},
+		// sizes a rank cannot hold (the hostile tester's: each crashed or
+		// exhausted a rank before these rules)
+		{"model: {preset: tiny, dim: 2000000000}", "jobspec: model.dim = 2000000000: must be <= 131072"},
+		{"micro_batch: 2000000000", "jobspec: micro_batch = 2000000000: must be <= 65536"},
+		{"accumulation: 2000000000", "jobspec: accumulation = 2000000000: must be <= 65536"},
+		{"data: {demo_bytes: 9000000000000}", "jobspec: data.demo_bytes = 9000000000000: must be <= 4294967296"},
+		{"resources: {cpu_cores: 1000000000000}", "jobspec: resources.cpu_cores = 1000000000000: must be <= 4096"},
+		{"resources: {memory_mib: 64}", "jobspec: resources.memory_mib = 64: a rank needs at least 226.2 MiB"},
+		{"model: {preset: medium}\nmicro_batch: 1\nresources: {memory_mib: 4096}", "jobspec: resources.memory_mib = 4096: a rank needs at least 18.8 GiB"},
+		{"model: {preset: tiny, dim: 131072, hidden: 1048576, experts: 4096, top_k: 1}\nresources: {cpu_cores: 1}", "jobspec: resources.memory_mib = 0: a rank needs at least 96.0 PiB (parameters x 16 bytes for weights, gradients and Adam moments, one activation per layer and token, the logits, the demo corpus): more than the 1 TiB any rank is given"},
 		{"placement: {host_labels: {'-x': a}}", `jobspec: placement.host_labels = "-x": label keys must be`},
 		{"placement: {host_labels: {zone: 'a b'}}", `jobspec: placement.host_labels.zone = "a b": label values must be`},
 		{"checkpoint: {keep_last: -1}", "jobspec: checkpoint.keep_last = -1: must be >= 1"},

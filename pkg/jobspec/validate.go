@@ -280,6 +280,7 @@ func (s *Spec) Validate() error {
 			bad("elastic.max_dp", e.MaxDP, "must be a multiple of parallel.ep = %d", p.EP)
 		}
 	}
+	s.validateSizes(m, modelOK, degreesOK, bad)
 	return errors.Join(errs...)
 }
 

@@ -483,6 +483,34 @@ func TestCLIBadToken(t *testing.T) {
 	wantCode(t, r, exitOK)
 }
 
+// The cluster flags may come before the command: "switchyard --token T
+// cluster status" works as "switchyard cluster status --token T".
+func TestCLIFlagsBeforeTheCommand(t *testing.T) {
+	t.Setenv("SWITCHYARD_TOKEN", "")
+	f := newFakeCoordinator()
+	addr := startFake(t, f, security.ServerOptions("secret")...)
+	r := runCmd(t, false, "--token", "secret", "--coordinator="+addr, "cluster", "status")
+	wantCode(t, r, exitOK)
+	r = runCmd(t, false, "--token", "secret", "--coordinator", addr, "-o", "json", "job", "status", "moe-1")
+	wantCode(t, r, exitOK)
+	decodeJSON(t, r.stdout)
+	r = runCmd(t, false, "--token", "wrong", "--coordinator", addr, "job", "list")
+	wantCode(t, r, exitPermission)
+	for _, tc := range []struct {
+		args []string
+		says string
+	}{
+		{[]string{"--steps", "3", "train"}, "only the cluster flags"},
+		{[]string{"--token", "secret", "train"}, `apply to job, cluster and checkpoints, not "train"`},
+		{[]string{"--token"}, "needs a value"},
+		{[]string{"--token", "secret"}, "no command after the flags"},
+	} {
+		r := runCmd(t, false, tc.args...)
+		wantCode(t, r, exitUsage)
+		wantContains(t, r.stderr, tc.says)
+	}
+}
+
 // The environment names the coordinator when the flag does not.
 func TestCLICoordinatorFromEnv(t *testing.T) {
 	addr := startFake(t, newFakeCoordinator())

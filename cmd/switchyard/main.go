@@ -11,6 +11,8 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"slices"
+	"strings"
 	"syscall"
 
 	"google.golang.org/grpc/codes"
@@ -43,7 +45,7 @@ cluster (talks to the coordinator over gRPC):
   switchyard checkpoints show JOB STEP                  shards with size and sha256
   switchyard checkpoints delete JOB STEP
 
-  flags of every cluster command, before or after the arguments:
+  flags of every cluster command, before the command or after its arguments:
   --coordinator ADDR[,ADDR...]  coordinator API addresses (env SWITCHYARD_COORDINATOR; default 127.0.0.1:7400)
   --token TOKEN                 bearer token (env SWITCHYARD_TOKEN)
   --tls-ca/--tls-cert/--tls-key mutual TLS files (env SWITCHYARD_TLS_CA, SWITCHYARD_TLS_CERT, SWITCHYARD_TLS_KEY)
@@ -90,7 +92,11 @@ func runCLI(ctx context.Context, args []string, c *cli) int {
 		fmt.Fprint(c.errOut, usage)
 		return exitUsage
 	}
-	var err error
+	args, err := hoistClusterFlags(args)
+	if err != nil {
+		fmt.Fprintln(c.errOut, "switchyard:", err)
+		return exitUsage
+	}
 	switch args[0] {
 	case "train":
 		err = cmdTrain(ctx, args[1:])
@@ -118,6 +124,51 @@ func runCLI(ctx context.Context, args []string, c *cli) int {
 		fmt.Fprintln(c.errOut, "switchyard:", err)
 	}
 	return code
+}
+
+// hoistClusterFlags lets the cluster flags come before the command, as in
+// "switchyard --token T cluster status": they move to after the
+// subcommand, where every cluster command parses its flags.
+func hoistClusterFlags(args []string) ([]string, error) {
+	var lead []string
+	fs := flag.NewFlagSet("switchyard", flag.ContinueOnError)
+	(&remoteFlags{}).register(fs)
+	i := 0
+	for ; i < len(args) && len(args[i]) > 1 && args[i][0] == '-'; i++ {
+		a := args[i]
+		if a == "-h" || a == "--help" {
+			break
+		}
+		name, _, hasValue := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		if fs.Lookup(name) == nil {
+			return nil, usageError{fmt.Errorf("flag %s before the command: only the cluster flags (--coordinator, --token, --tls-ca, --tls-cert, --tls-key, --timeout, -o) may come first", a)}
+		}
+		lead = append(lead, a)
+		if !hasValue {
+			if i+1 == len(args) {
+				return nil, usageError{fmt.Errorf("flag %s needs a value", a)}
+			}
+			i++
+			lead = append(lead, args[i])
+		}
+	}
+	if len(lead) == 0 {
+		return args, nil
+	}
+	rest := args[i:]
+	if len(rest) == 0 {
+		return nil, usageError{errors.New("no command after the flags")}
+	}
+	switch rest[0] {
+	case "job", "cluster", "checkpoints":
+	default:
+		return nil, usageError{fmt.Errorf("the cluster flags before the command apply to job, cluster and checkpoints, not %q", rest[0])}
+	}
+	head := 1 // the command, then its subcommand if there is one
+	if len(rest) > 1 && !strings.HasPrefix(rest[1], "-") {
+		head = 2
+	}
+	return slices.Concat(rest[:head], lead, rest[head:]), nil
 }
 
 // exitCode maps an error to the exit status (see usage): the one place

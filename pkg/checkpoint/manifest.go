@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 )
 
@@ -58,6 +59,16 @@ type Manifest struct {
 	Spec            []byte            `json:"spec,omitempty"` // the job spec, opaque
 	Shards          []ShardInfo       `json:"shards"`
 	Meta            map[string]string `json:"meta,omitempty"`
+}
+
+// MetaValLoss is the Meta key of the validation loss at the checkpoint's
+// step, when the run evaluated there (what keep_best ranks by).
+const MetaValLoss = "val_loss"
+
+// ValLoss is the validation loss recorded in Meta, if any.
+func (m Manifest) ValLoss() (float64, bool) {
+	v, err := strconv.ParseFloat(m.Meta[MetaValLoss], 64)
+	return v, err == nil
 }
 
 // Validate checks the manifest's own consistency (not the shards in

@@ -571,7 +571,8 @@ func TestCommitCheckpointFencedByAttempt(t *testing.T) {
 	waitJob(t, c, "job-a", "placed", func(j *pb.Job) bool { return j.State == pb.JobState_JOB_STATE_PLACED })
 	manifest := func(step int64) []byte {
 		m := checkpoint.Manifest{Job: "job-a", Step: step, Layout: checkpoint.Layout{TP: 1, DP: 2, EP: 2},
-			Shards: []checkpoint.ShardInfo{{Name: "rank-0000/state.bin", Size: 0, SHA256: "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", Kind: checkpoint.KindParams}}}
+			Shards: []checkpoint.ShardInfo{{Name: "rank-0000/state.bin", Size: 0, SHA256: "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", Kind: checkpoint.KindParams}},
+			Meta:   map[string]string{checkpoint.MetaValLoss: "2.25"}}
 		b, err := checkpoint.EncodeManifest(m)
 		if err != nil {
 			t.Fatal(err)
@@ -598,6 +599,9 @@ func TestCommitCheckpointFencedByAttempt(t *testing.T) {
 	cps, err := c.ListCheckpoints(ctxT(t), &apiv1.ListCheckpointsRequest{JobId: "job-a"})
 	if err != nil || len(cps.Checkpoints) != 1 || cps.Checkpoints[0].Step != 10 {
 		t.Fatalf("list: %v %v", cps, err)
+	}
+	if v := cps.Checkpoints[0].ValLoss; v != 2.25 {
+		t.Errorf("list: val loss %v, want the manifest's 2.25", v)
 	}
 }
 
@@ -656,6 +660,12 @@ func TestMalformedRPCs(t *testing.T) {
 	}
 	if _, err := c.DeleteCheckpoint(ctx, &apiv1.DeleteCheckpointRequest{JobId: "nope", Step: 1}); code(err) != codes.NotFound {
 		t.Errorf("delete for an unknown job: %v", err)
+	}
+	if _, err := c.DeleteCheckpoint(ctx, &apiv1.DeleteCheckpointRequest{JobId: "job-a", Step: -1}); code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "steps are >= 0") {
+		t.Errorf("delete of step -1: %v", err)
+	}
+	if _, err := c.DeleteCheckpoint(ctx, &apiv1.DeleteCheckpointRequest{JobId: "job-a", Step: 7}); code(err) != codes.NotFound || !strings.Contains(err.Error(), "no committed checkpoint of step 7") {
+		t.Errorf("delete of a step never committed: %v", err)
 	}
 }
 

@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"fmt"
+	"slices"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -175,6 +176,9 @@ func (s *Server) ListCheckpoints(ctx context.Context, req *apiv1.ListCheckpoints
 			JobId: j.Id, Step: m.Step, Status: "committed", CommittedUnixNano: m.CreatedUnixNano, Bytes: m.TotalSize(),
 			Tp: int32(m.Layout.TP), Dp: int32(m.Layout.DP), Ep: int32(m.Layout.EP),
 		}
+		if v, ok := m.ValLoss(); ok {
+			c.ValLoss = v
+		}
 		for _, sh := range m.Shards {
 			c.Shards = append(c.Shards, &apiv1.Shard{Name: sh.Name, Size: sh.Size, Sha256: sh.SHA256})
 		}
@@ -190,9 +194,19 @@ func (s *Server) DeleteCheckpoint(ctx context.Context, req *apiv1.DeleteCheckpoi
 	if s.cfg.Checkpoints == nil {
 		return nil, apiError(failure(errNoCatalogue, "this coordinator has no checkpoint catalogue"))
 	}
+	if req.GetStep() < 0 {
+		return nil, apiError(failure(errBadRequest, "delete checkpoint: step %d: steps are >= 0", req.GetStep()))
+	}
 	j, err := s.cfg.Node.Job(req.GetJobId())
 	if err != nil {
 		return nil, apiError(err)
+	}
+	live, _, err := s.cfg.Checkpoints.List(ctx, j)
+	if err != nil {
+		return nil, apiError(failure(errUnavailable, "delete checkpoint: list the catalogue of %s: %v", j.Id, err))
+	}
+	if !slices.ContainsFunc(live, func(m checkpoint.Manifest) bool { return m.Step == req.GetStep() }) {
+		return nil, apiError(failure(checkpoint.ErrNoCheckpoint, "job %s has no committed checkpoint of step %d", j.Id, req.GetStep()))
 	}
 	if err := s.cfg.Checkpoints.Delete(ctx, j, req.GetStep()); err != nil {
 		return nil, apiError(failure(errRefused, "delete checkpoint %d of %s: %v", req.GetStep(), j.Id, err))

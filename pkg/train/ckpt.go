@@ -84,13 +84,6 @@ func (c *checkpointer) tidy(ctx context.Context) {
 	}
 }
 
-// valLossKey is the manifest Meta key of the validation loss.
-const valLossKey = "val_loss"
-
-func manifestValLoss(m checkpoint.Manifest) (float64, bool) {
-	v, err := strconv.ParseFloat(m.Meta[valLossKey], 64)
-	return v, err == nil
-}
 
 // noteEval remembers the validation loss of step if that step's save is
 // not committed yet.
@@ -253,7 +246,7 @@ func (c *checkpointer) finish(ctx context.Context) error {
 	}
 	m := checkpoint.Manifest{Job: c.cfg.Job, Step: p.step, CreatedUnixNano: time.Now().UnixNano(), Layout: c.layout}
 	if v, ok := c.valLoss[p.step]; ok {
-		m.Meta = map[string]string{valLossKey: strconv.FormatFloat(v, 'g', -1, 64)}
+		m.Meta = map[string]string{checkpoint.MetaValLoss: strconv.FormatFloat(v, 'g', -1, 64)}
 	}
 	for st := range c.valLoss {
 		if st <= p.step {
@@ -274,7 +267,7 @@ func (c *checkpointer) finish(ctx context.Context) error {
 			done <- fmt.Errorf("train: checkpoint step %d: %w", m.Step, err)
 			return
 		}
-		if _, err := c.mgr.Retain(ctx, c.cfg.Job, c.cfg.KeepLast, c.cfg.KeepBest, manifestValLoss); err != nil {
+		if _, err := c.mgr.Retain(ctx, c.cfg.Job, c.cfg.KeepLast, c.cfg.KeepBest, checkpoint.Manifest.ValLoss); err != nil {
 			done <- fmt.Errorf("train: checkpoint retention: %w", err)
 			return
 		}

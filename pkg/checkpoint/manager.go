@@ -142,6 +142,16 @@ func (g *Manager) Commit(ctx context.Context, m Manifest) error {
 // verifies, and with the storage's error, without falling back, if shards
 // cannot be read at all (an outage is not evidence against a checkpoint).
 func (g *Manager) LoadLatestVerified(ctx context.Context, job string, unusable func(step int64, err error)) (Manifest, error) {
+	return g.LoadLatestUsable(ctx, job, nil, unusable)
+}
+
+// LoadLatestUsable is LoadLatestVerified with a further check of a
+// checkpoint whose shards verify: usable (if not nil) reads what the
+// hashes cannot judge (that the tensors decode, with the names and sizes
+// the model needs). Its error is evidence against the checkpoint, and
+// falls back like a corrupt shard, when it wraps ErrShardCorrupt or
+// ErrShardMissing; any other error stops the search.
+func (g *Manager) LoadLatestUsable(ctx context.Context, job string, usable func(context.Context, Manifest) error, unusable func(step int64, err error)) (Manifest, error) {
 	ms, err := g.cat.List(ctx, job)
 	if err != nil {
 		return Manifest{}, err
@@ -152,6 +162,9 @@ func (g *Manager) LoadLatestVerified(ctx context.Context, job string, unusable f
 	var bad []error
 	for _, m := range ms {
 		err := Verify(ctx, g.st, StepPrefix(job, m.Step), m)
+		if err == nil && usable != nil {
+			err = usable(ctx, m)
+		}
 		if err == nil {
 			return m, nil
 		}

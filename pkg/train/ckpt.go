@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"runtime"
 	"sort"
 	"strconv"
@@ -44,6 +45,7 @@ type checkpointer struct {
 	params  *model.Params // the running model's parameters (layout and names)
 	mcfg    model.Config
 	layout  checkpoint.Layout
+	checked checkedRank // this rank's state as the resume check read it
 	pending *pendingSave
 	spare   State // buffers of the last finished save, reused by the next snapshot
 	// committing carries the result of rank 0's background commit of
@@ -83,7 +85,6 @@ func (c *checkpointer) tidy(ctx context.Context) {
 		slog.Info("removed shards of uncommitted checkpoints", "job-id", c.cfg.Job, "files", len(removed))
 	}
 }
-
 
 // noteEval remembers the validation loss of step if that step's save is
 // not committed yet.
@@ -364,7 +365,13 @@ func (c *checkpointer) load(ctx context.Context, t *Trainer) (bool, error) {
 	}
 	n := len(t.eng.params().Data)
 	s := State{Params: make([]float32, n), AdamM: make([]float32, n), AdamV: make([]float32, n)}
-	read := func(rank int) (map[string][]float32, ckptMeta, error) { return c.readRank(ctx, m, rank) }
+	read := func(rank int) (map[string][]float32, ckptMeta, error) {
+		if own := c.checked; rank == c.rank() && own.step == m.Step && own.tensors != nil {
+			c.checked = checkedRank{}
+			return own.tensors, own.meta, nil
+		}
+		return c.readRank(ctx, m, rank)
+	}
 	if m.Layout == c.layout {
 		if err := c.assemble(m, read, &s); err != nil {
 			return false, fmt.Errorf("train: resume: %w", err)
@@ -386,7 +393,11 @@ func (c *checkpointer) choose(ctx context.Context) (m checkpoint.Manifest, found
 		if m, err = c.mgr.Catalogue().Get(ctx, c.cfg.Job, step); err != nil {
 			return m, false, fmt.Errorf("train: resume from step %d: %w", step, err)
 		}
-		if err := checkpoint.Verify(ctx, c.mgr.Storage(), checkpoint.StepPrefix(m.Job, m.Step), m); err != nil {
+		err := checkpoint.Verify(ctx, c.mgr.Storage(), checkpoint.StepPrefix(m.Job, m.Step), m)
+		if err == nil {
+			err = c.usable(ctx, m)
+		}
+		if err != nil {
 			return m, false, fmt.Errorf("train: resume from step %d: checkpoint unusable: %w", step, err)
 		}
 		if err := c.dropNewer(ctx, step); err != nil {
@@ -394,7 +405,7 @@ func (c *checkpointer) choose(ctx context.Context) (m checkpoint.Manifest, found
 		}
 		return m, true, nil
 	}
-	m, err = c.mgr.LoadLatestVerified(ctx, c.cfg.Job, func(step int64, err error) {
+	m, err = c.mgr.LoadLatestUsable(ctx, c.cfg.Job, c.usable, func(step int64, err error) {
 		slog.Warn("checkpoint unusable, falling back", "job-id", c.cfg.Job, "step", step, "error", err)
 		if c.rank() == 0 {
 			announce(c.events, "CheckpointUnusable", fmt.Sprintf("checkpoint of step %d unusable, falling back to an older one: %v", step, err))
@@ -407,6 +418,69 @@ func (c *checkpointer) choose(ctx context.Context) (m checkpoint.Manifest, found
 		return m, false, fmt.Errorf("train: resume: %w", err)
 	}
 	return m, true, nil
+}
+
+// checkedRank is this rank's state as usable read it, kept for the
+// restore that follows so that it is not read twice.
+type checkedRank struct {
+	step    int64
+	tensors map[string][]float32
+	meta    ckptMeta
+}
+
+// usable reads every rank's state in m (whose shards verify) and checks
+// what the hashes cannot: each decodes, holds every tensor of the part of
+// the model its meta names with the right size, and only finite values
+// (non-negative second moments). A checkpoint that fails is evidence
+// against itself (ErrShardCorrupt), so the resume falls back past it on
+// every rank alike: each reads the same shards to the same verdict.
+func (c *checkpointer) usable(ctx context.Context, m checkpoint.Manifest) error {
+	c.checked = checkedRank{}
+	for r := range m.Layout.TP * m.Layout.DP {
+		byName, meta, err := c.readRank(ctx, m, r)
+		if err != nil {
+			if !errors.Is(err, checkpoint.ErrShardCorrupt) && !errors.Is(err, checkpoint.ErrShardMissing) && !errors.Is(err, errUndecodable) {
+				return err
+			}
+			return fmt.Errorf("%w: %w", checkpoint.ErrShardCorrupt, err)
+		}
+		if err := checkTensors(c.mcfg, meta, byName); err != nil {
+			return fmt.Errorf("%w: step %d rank %d: %w", checkpoint.ErrShardCorrupt, m.Step, r, err)
+		}
+		if r == c.rank() && m.Layout == c.layout {
+			c.checked = checkedRank{step: m.Step, tensors: byName, meta: meta}
+		}
+	}
+	return nil
+}
+
+// errUndecodable marks a shard whose bytes (hash-verified) do not decode.
+var errUndecodable = errors.New("does not decode")
+
+// checkTensors checks one rank's tensors against the part of the model
+// its meta says it held.
+func checkTensors(mcfg model.Config, meta ckptMeta, byName map[string][]float32) error {
+	ps, err := model.ParamsFor(mcfg, meta.Model)
+	if err != nil {
+		return fmt.Errorf("meta's model part %+v: %w", meta.Model, err)
+	}
+	for _, q := range ps.List {
+		for _, pre := range []string{"", "adam_m/", "adam_v/"} {
+			v, ok := byName[pre+q.Name]
+			if !ok || len(v) != q.Size {
+				return fmt.Errorf("tensor %s%s missing or of the wrong size", pre, q.Name)
+			}
+			for i, x := range v {
+				if math.IsNaN(float64(x)) || math.IsInf(float64(x), 0) || (pre == "adam_v/" && x < 0) {
+					return fmt.Errorf("tensor %s%s: value %v at %d", pre, q.Name, x, i)
+				}
+			}
+		}
+	}
+	if meta.Step < 0 || meta.AdamT < 0 {
+		return fmt.Errorf("meta: step %d, adam_t %d", meta.Step, meta.AdamT)
+	}
+	return nil
 }
 
 // readRank reads and verifies rank's state tensors (by name) and meta from
@@ -427,7 +501,7 @@ func (c *checkpointer) readRank(ctx context.Context, m checkpoint.Manifest, rank
 		}
 		tensors, err := checkpoint.DecodeShard(raw)
 		if err != nil {
-			return nil, meta, err
+			return nil, meta, fmt.Errorf("shard %s %w: %w", name, errUndecodable, err)
 		}
 		for _, tn := range tensors {
 			if _, dup := byName[tn.Name]; dup {
@@ -441,7 +515,7 @@ func (c *checkpointer) readRank(ctx context.Context, m checkpoint.Manifest, rank
 		return nil, meta, err
 	}
 	if err := json.Unmarshal(metaRaw, &meta); err != nil {
-		return nil, meta, fmt.Errorf("meta of rank %d: %w", rank, err)
+		return nil, meta, fmt.Errorf("meta of rank %d %w: %w", rank, errUndecodable, err)
 	}
 	return byName, meta, nil
 }

@@ -1,11 +1,18 @@
 package train
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"math"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
+
+	"github.com/switchyard-ml/switchyard/pkg/checkpoint"
 )
 
 // A run stopped after step 4 and resumed from its snapshot in a fresh
@@ -160,5 +167,109 @@ func TestCheckpointResumeFromFiles(t *testing.T) {
 	defer fallback.Close()
 	if fallback.Step() != 2 {
 		t.Fatalf("with step 4 corrupt, resumed at step %d, want 2", fallback.Step())
+	}
+}
+
+// TestResumeFallsBackPastUnusableState: a checkpoint whose shards hash as
+// the catalogue says but whose state cannot be restored (the hostile
+// tester's forged entry: tensors missing, NaNs, bytes that do not decode)
+// is passed over for the previous one, as a corrupt shard is.
+func TestResumeFallsBackPastUnusableState(t *testing.T) {
+	t.Setenv(EventsEnv, "1")
+	cfg, corpus := smallRun(t, "global", 8)
+	cfg.Checkpoint = CheckpointConfig{Dir: t.TempDir(), Every: 2, KeepLast: 5}
+	tr, err := NewWithCorpus(cfg, corpus, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 4 {
+		if _, err := tr.TrainStep(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		if err := tr.checkpointAfterStep(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tr.ckpt.finish(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := tr.ckpt.waitCommit(); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	mgr := tr.ckpt.mgr
+	m4, err := mgr.Catalogue().Get(ctx, "run", 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	state := rankShards(0).state(0, 1)
+	raw, err := checkpoint.ReadShardVerified(ctx, mgr.Storage(), checkpoint.StepPrefix("run", 4), m4, state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	good, err := checkpoint.DecodeShard(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr.Close()
+
+	// each forgery is committed as a newer step whose hashes match
+	step := int64(4)
+	forge := func(state []byte) int64 {
+		step += 2
+		m := m4
+		m.Step, m.Shards = step, nil
+		for _, sh := range m4.Shards {
+			b, err := checkpoint.ReadShardVerified(ctx, mgr.Storage(), checkpoint.StepPrefix("run", 4), m4, sh.Name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if sh.Name == rankShards(0).state(0, 1) {
+				b = state
+			}
+			n, sum, err := mgr.Storage().Put(ctx, checkpoint.StepPrefix("run", step)+sh.Name, bytes.NewReader(b))
+			if err != nil {
+				t.Fatal(err)
+			}
+			sh.Size, sh.SHA256 = n, sum
+			m.Shards = append(m.Shards, sh)
+		}
+		if err := mgr.Catalogue().Commit(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+		return step
+	}
+	encode := func(ts []checkpoint.Tensor) []byte {
+		b, err := checkpoint.EncodeShard(ts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	withNaN := slices.Clone(good)
+	withNaN[0].Data = slices.Clone(withNaN[0].Data)
+	withNaN[0].Data[3] = float32(math.NaN())
+	for name, forged := range map[string][]byte{
+		"a tensor missing":   encode(good[1:]),
+		"a NaN":              encode(withNaN),
+		"bytes not a shard":  []byte("not a tensor file at all"),
+		"a tensor cut short": encode(append([]checkpoint.Tensor{{Name: good[0].Name, Shape: []int{1}, Data: good[0].Data[:1]}}, good[1:]...)),
+	} {
+		t.Run(name, func(t *testing.T) {
+			bad := forge(forged)
+			cfg.Resume = true
+			var events bytes.Buffer
+			resumed, err := NewWithCorpus(cfg, corpus, &events)
+			if err != nil {
+				t.Fatalf("resume past a forged step %d: %v", bad, err)
+			}
+			defer resumed.Close()
+			if resumed.Step() != 4 {
+				t.Fatalf("resumed at step %d, want 4 (step %d is forged)", resumed.Step(), bad)
+			}
+			if !strings.Contains(events.String(), fmt.Sprintf("checkpoint of step %d unusable", bad)) {
+				t.Errorf("no CheckpointUnusable event for step %d: %q", bad, events.String())
+			}
+		})
 	}
 }

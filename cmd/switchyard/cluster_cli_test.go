@@ -153,9 +153,13 @@ func (f *fakeCoordinator) ListJobs(_ context.Context, req *apiv1.ListJobsRequest
 	var out []*coordinatorv1.Job
 	for _, id := range slices.Sorted(maps.Keys(f.jobs)) {
 		j := f.jobs[id]
-		if len(req.GetStates()) == 0 || containsState(req.GetStates(), j.GetState()) {
+		if id > req.GetPageToken() && (len(req.GetStates()) == 0 || containsState(req.GetStates(), j.GetState())) {
 			out = append(out, j)
 		}
+	}
+	// pages of one job, so that the CLI must follow the tokens
+	if len(out) > 1 {
+		return &apiv1.ListJobsResponse{Jobs: out[:1], NextPageToken: out[0].GetId()}, nil
 	}
 	return &apiv1.ListJobsResponse{Jobs: out}, nil
 }

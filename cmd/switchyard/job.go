@@ -93,11 +93,18 @@ func (c *cli) jobList(ctx context.Context, name string, args []string) error {
 	if err != nil {
 		return usageError{err}
 	}
-	resp, err := unary(ctx, r, "job list", func(ctx context.Context, cl *client.Client) (*apiv1.ListJobsResponse, error) {
-		return cl.ListJobs(ctx, &apiv1.ListJobsRequest{States: states})
-	})
-	if err != nil {
-		return err
+	resp := &apiv1.ListJobsResponse{}
+	for token := ""; ; { // every page
+		page, err := unary(ctx, r, "job list", func(ctx context.Context, cl *client.Client) (*apiv1.ListJobsResponse, error) {
+			return cl.ListJobs(ctx, &apiv1.ListJobsRequest{States: states, PageToken: token})
+		})
+		if err != nil {
+			return err
+		}
+		resp.Jobs = append(resp.Jobs, page.GetJobs()...)
+		if token = page.GetNextPageToken(); token == "" {
+			break
+		}
 	}
 	if r.json() {
 		return printProto(c.out, resp, false)

@@ -437,17 +437,8 @@ func pendingReason(j *pb.Job) string {
 }
 
 func (s *Server) ListJobs(_ context.Context, req *apiv1.ListJobsRequest) (*apiv1.ListJobsResponse, error) {
-	want := map[pb.JobState]bool{}
-	for _, st := range req.GetStates() {
-		want[st] = true
-	}
-	var out []*pb.Job
-	for _, j := range s.cfg.Node.Jobs() {
-		if len(want) == 0 || want[j.State] {
-			out = append(out, j)
-		}
-	}
-	return &apiv1.ListJobsResponse{Jobs: out}, nil
+	resp, err := listPage(s.cfg.Node.Jobs(), req)
+	return resp, apiError(err)
 }
 
 func (s *Server) CancelJob(ctx context.Context, req *apiv1.CancelJobRequest) (*apiv1.CancelJobResponse, error) {
@@ -455,6 +446,9 @@ func (s *Server) CancelJob(ctx context.Context, req *apiv1.CancelJobRequest) (*a
 		return forward(ctx, s, req, apiv1.CoordinatorClient.CancelJob)
 	}
 	msg := req.GetMessage()
+	if len(msg) > maxUserMessage {
+		return nil, apiError(failure(errBadRequest, "cancel: the message is %d bytes; at most %d", len(msg), maxUserMessage))
+	}
 	if msg == "" {
 		msg = "cancelled by the user"
 	}

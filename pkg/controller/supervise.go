@@ -402,7 +402,7 @@ func (s held) report(ctx context.Context, w string, ts *apiv1.TaskStatus) error 
 	s.recordRankEvents(ctx, j, key, w, ts.GetEvents())
 	switch ts.GetState() {
 	case apiv1.TaskState_TASK_STATE_FAILED:
-		msg := ts.GetMessage()
+		msg := bounded(ts.GetMessage(), maxRankMessage)
 		if msg == "" {
 			msg = "exited with an error"
 		}
@@ -442,22 +442,23 @@ func (s held) recordRankEvents(ctx context.Context, j *pb.Job, key taskKey, w st
 			continue
 		}
 		s.term.eventSeq[key] = ev.GetSeq()
-		msg := fmt.Sprintf("rank %d: %s", key.rank, ev.GetMessage())
+		msg := fmt.Sprintf("rank %d: %s", key.rank, bounded(ev.GetMessage(), maxRankMessage))
+		typ := bounded(ev.GetType(), maxEventType)
 		seen := false
 		for _, e := range j.Events {
-			seen = seen || (e.Type == ev.GetType() && e.Message == msg)
+			seen = seen || (e.Type == typ && e.Message == msg)
 		}
 		if seen {
 			continue
 		}
 		_, err := s.cfg.Node.Apply(ctx, &pb.Command{Op: &pb.Command_RecordEvent{RecordEvent: &pb.RecordEvent{
-			JobId: j.Id, Event: &pb.JobEvent{Type: ev.GetType(), Message: msg, WorkerId: w, UnixNano: ev.GetUnixNano()},
+			JobId: j.Id, Event: &pb.JobEvent{Type: typ, Message: msg, WorkerId: w, UnixNano: ev.GetUnixNano()},
 		}}})
 		if err != nil {
 			s.log.Warn("record rank event failed", "job-id", j.Id, "error", err)
 			continue
 		}
-		s.publish(j.Id, ev.GetType(), j.State, msg, w)
+		s.publish(j.Id, typ, j.State, msg, w)
 	}
 }
 

@@ -230,7 +230,13 @@ func (b *NATS) sendLoop() {
 		}
 		msgID := b.id + "-" + strconv.FormatUint(b.seq.Add(1), 10)
 		for {
-			if err = b.send(m, data, msgID); err == nil {
+			if err = b.send(m, data, msgID); errors.Is(err, nats.ErrMaxPayload) {
+				// retrying would block every message behind it for ever
+				b.dropped.Add(1)
+				b.log.Error("dropping a message larger than the server takes", "job-id", m.JobID, "kind", m.Kind, "bytes", len(data))
+				break
+			}
+			if err == nil {
 				b.sent.Add(1)
 				if failing {
 					b.log.Info("publishing to nats again")

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -102,5 +103,42 @@ func TestNATSStartsWithoutServer(t *testing.T) {
 	}
 	if s := b.Stats(); s.Dropped < 90 || s.Sent != 0 {
 		t.Fatalf("stats %+v", s)
+	}
+}
+
+// TestNATSOversizedMessageDoesNotBlock: a message larger than the server
+// takes (a 2 MiB event message; NATS takes 1 MiB) is dropped and counted,
+// and the messages behind it are sent; before, it was retried for ever at
+// the head of the queue and nothing after it was published.
+func TestNATSOversizedMessageDoesNotBlock(t *testing.T) {
+	srv := startNATS(t, t.TempDir(), 0)
+	t.Cleanup(srv.Close)
+	pub := newNATSBus(t, srv.URL, 64)
+	sub := newNATSBus(t, srv.URL, 0)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	follow, err := sub.Subscribe(ctx, events.Filter{Kind: events.KindLog, JobID: "big-1", Replay: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	huge := events.Message{Kind: events.KindEvent, JobID: "big-1", Event: &events.JobEvent{Type: "Cancelled", Message: strings.Repeat("x", 2<<20)}}
+	if err := pub.Publish(huge); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 5 {
+		if err := pub.Publish(logMsg("big-1", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 5 {
+		if m := recv(t, follow, 10*time.Second); m.Log.Line != fmt.Sprintf("line %d", i) {
+			t.Fatalf("behind the oversized message: %+v", m)
+		}
+	}
+	for deadline := time.Now().Add(5 * time.Second); pub.Stats().Sent < 5 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond) // the counter follows the send the follower saw
+	}
+	if s := pub.Stats(); s.Dropped != 1 || s.Sent != 5 {
+		t.Fatalf("stats %+v, want the oversized message dropped and 5 sent", s)
 	}
 }

@@ -297,7 +297,14 @@ func (x *GetJobResponse) GetPendingReason() string {
 type ListJobsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Only jobs in these states; all when empty.
-	States        []v1.JobState `protobuf:"varint,1,rep,packed,name=states,proto3,enum=switchyard.coordinator.v1.JobState" json:"states,omitempty"`
+	States []v1.JobState `protobuf:"varint,1,rep,packed,name=states,proto3,enum=switchyard.coordinator.v1.JobState" json:"states,omitempty"`
+	// At most this many jobs per page (0: 100; at most 1000). A page also
+	// ends early when it would grow past 2 MiB, so that no answer reaches
+	// the 4 MiB message limit whatever the jobs hold.
+	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// Where to go on: the next_page_token of the previous page ("" for the
+	// first).
+	PageToken     string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -339,9 +346,26 @@ func (x *ListJobsRequest) GetStates() []v1.JobState {
 	return nil
 }
 
+func (x *ListJobsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListJobsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
 type ListJobsResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Jobs          []*v1.Job              `protobuf:"bytes,1,rep,name=jobs,proto3" json:"jobs,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Jobs in submission order.
+	Jobs []*v1.Job `protobuf:"bytes,1,rep,name=jobs,proto3" json:"jobs,omitempty"`
+	// Set when there are more jobs: pass it as page_token for the next page.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -381,6 +405,13 @@ func (x *ListJobsResponse) GetJobs() []*v1.Job {
 		return x.Jobs
 	}
 	return nil
+}
+
+func (x *ListJobsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
 }
 
 type CancelJobRequest struct {
@@ -2367,11 +2398,15 @@ const file_switchyard_api_v1_api_proto_rawDesc = "" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\"i\n" +
 	"\x0eGetJobResponse\x120\n" +
 	"\x03job\x18\x01 \x01(\v2\x1e.switchyard.coordinator.v1.JobR\x03job\x12%\n" +
-	"\x0epending_reason\x18\x02 \x01(\tR\rpendingReason\"N\n" +
+	"\x0epending_reason\x18\x02 \x01(\tR\rpendingReason\"\x8a\x01\n" +
 	"\x0fListJobsRequest\x12;\n" +
-	"\x06states\x18\x01 \x03(\x0e2#.switchyard.coordinator.v1.JobStateR\x06states\"F\n" +
+	"\x06states\x18\x01 \x03(\x0e2#.switchyard.coordinator.v1.JobStateR\x06states\x12\x1b\n" +
+	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\"n\n" +
 	"\x10ListJobsResponse\x122\n" +
-	"\x04jobs\x18\x01 \x03(\v2\x1e.switchyard.coordinator.v1.JobR\x04jobs\"C\n" +
+	"\x04jobs\x18\x01 \x03(\v2\x1e.switchyard.coordinator.v1.JobR\x04jobs\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"C\n" +
 	"\x10CancelJobRequest\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\"E\n" +

@@ -26,6 +26,10 @@ type observed struct {
 	// silence is how long a worker may go without a sync; grace how
 	// long a rank failure waits for a worker loss that explains it.
 	silence, grace time.Duration
+	// startSilence is how long a worker holding ranks of a placed job
+	// (none started) may go without a sync before the job moves on; 0:
+	// never.
+	startSilence time.Duration
 }
 
 // verdict ends a job's current attempt: Reason WorkerLost or RankFailed,
@@ -41,7 +45,9 @@ type verdict struct {
 // placed worker whose lease expired has lost it; one whose held rank
 // failure sits next to a worker silent for longer than silence blames that
 // worker; one whose held failure has waited out the grace period fails as
-// the rank reported.
+// the rank reported; a placed job whose ranks have not started on a
+// worker that has not synced for startSilence (registered, but not
+// taking its work: hung, or an impostor) has lost that worker.
 func decide(o observed) []verdict {
 	var out []verdict
 	for _, j := range o.jobs {
@@ -51,6 +57,13 @@ func decide(o observed) []verdict {
 		if w, rank, ok := lostWorker(j, o.live); ok {
 			out = append(out, verdict{j, "WorkerLost", fmt.Sprintf("worker %s (rank %d) lost: its etcd lease expired", w, rank), w})
 			continue
+		}
+		if j.State == pb.JobState_JOB_STATE_PLACED && o.startSilence > 0 {
+			if w, rank, silent := silentWorker(j, o.lastSync, o.now, o.startSilence); silent {
+				out = append(out, verdict{j, "WorkerLost", fmt.Sprintf("worker %s (rank %d) has not synced for %s while its rank waited to start: it is not taking work",
+					w, rank, o.now.Sub(o.lastSync[w]).Round(100*time.Millisecond)), w})
+				continue
+			}
 		}
 		f, ok := o.failing[j.Id]
 		if !ok || f.attempt != j.Restarts {

@@ -18,6 +18,11 @@ func TestDecide(t *testing.T) {
 		}
 		return j
 	}
+	placed := func(id string, workers ...string) *pb.Job {
+		j := running(id, 0, workers...)
+		j.State = pb.JobState_JOB_STATE_PLACED
+		return j
+	}
 	liveOf := func(ids ...string) map[string]membership.WorkerInfo {
 		m := map[string]membership.WorkerInfo{}
 		for _, id := range ids {
@@ -54,6 +59,13 @@ func TestDecide(t *testing.T) {
 			live: liveOf("w1", "w2", "w3"), lastSync: map[string]time.Time{"w1": t0, "w2": t0.Add(5 * time.Second), "w3": t0.Add(3 * time.Second)},
 			failing: held(0, t0.Add(4*time.Second)), grace: 2 * time.Second, silence: time.Second},
 			want: "WorkerLost w1", msgSubstr: "worker w1 (rank 0) stopped responding (no sync for 5s)"},
+		{name: "placed on a worker that stopped syncing", o: observed{now: t0.Add(20 * time.Second), jobs: []*pb.Job{placed("j", "w1", "w2")},
+			live: liveOf("w1", "w2"), lastSync: map[string]time.Time{"w1": t0.Add(20 * time.Second), "w2": t0}, silence: time.Second, startSilence: 15 * time.Second},
+			want: "WorkerLost w2", msgSubstr: "worker w2 (rank 1) has not synced for 20s while its rank waited to start"},
+		{name: "placed, a worker late but within the start silence", o: observed{now: t0.Add(10 * time.Second), jobs: []*pb.Job{placed("j", "w1", "w2")},
+			live: liveOf("w1", "w2"), lastSync: map[string]time.Time{"w1": t0.Add(10 * time.Second), "w2": t0}, silence: time.Second, startSilence: 15 * time.Second}},
+		{name: "running jobs are not judged by the start silence", o: observed{now: t0.Add(20 * time.Second), jobs: []*pb.Job{running("j", 0, "w1", "w2")},
+			live: liveOf("w1", "w2"), lastSync: map[string]time.Time{"w1": t0.Add(20 * time.Second), "w2": t0}, silence: time.Second, startSilence: 15 * time.Second}},
 		{name: "a lost worker wins over a held failure", o: observed{now: t0.Add(time.Hour), jobs: []*pb.Job{running("j", 0, "w1", "w2"), running("k", 0, "w3")},
 			live: liveOf("w2", "w3"), lastSync: synced, failing: held(0, t0), grace: time.Second, silence: time.Hour},
 			want: "WorkerLost w1"},

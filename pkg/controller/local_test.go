@@ -55,11 +55,17 @@ func (c *fakeClock) add(d time.Duration) {
 	c.mu.Unlock()
 }
 
-// The leader's supervision, driven one tick at a time on a fake clock, with
-// no raft, no gRPC and no goroutine of the server running: a job waits for
-// workers with a reason, is gang-placed, hands out its tasks, and a rank
-// failure is held for the grace period, then requeues the job.
-func TestSupervisionWithoutNetwork(t *testing.T) {
+// local is a leader driven one tick at a time on a fake clock, with no
+// raft, no gRPC and no goroutine of the server running.
+type local struct {
+	t       *testing.T
+	s       *Server
+	clock   *fakeClock
+	members *membership.MemoryServer
+	ctx     context.Context
+}
+
+func newLocal(t *testing.T) *local {
 	clock := &fakeClock{t: time.Unix(1_700_000_000, 0)}
 	members := membership.NewMemoryServer()
 	t.Cleanup(members.Stop)
@@ -71,68 +77,84 @@ func TestSupervisionWithoutNetwork(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx := ctxT(t)
-	tick := func() {
-		t.Helper()
-		if err := s.refresh(ctx); err != nil {
-			t.Fatal(err)
-		}
-		h := s.hold()
-		h.tick(ctx)
-		h.release()
-	}
-	job := func() *pb.Job {
-		t.Helper()
-		r, err := s.GetJob(ctx, &apiv1.GetJobRequest{JobId: "j1"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return r.Job
-	}
-	sync := func(w string, ts ...*apiv1.TaskStatus) []*apiv1.Task {
-		t.Helper()
-		r, err := s.SyncWorker(ctx, &apiv1.SyncWorkerRequest{WorkerId: w, Tasks: ts})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return r.Tasks
-	}
-	register := func(id string) {
-		t.Helper()
-		_, err := membership.NewMemory(members).Register(ctx, membership.WorkerInfo{ID: id, Address: id + ":9000", Host: "host-" + id,
-			Resources: membership.Resources{CPUCores: 2, MemoryBytes: 4 << 30}}, time.Hour)
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
+	return &local{t: t, s: s, clock: clock, members: members, ctx: ctxT(t)}
+}
 
-	if _, err := s.SubmitJob(ctx, &apiv1.SubmitJobRequest{JobId: "j1", Spec: []byte(fmt.Sprintf(spec2, 1))}); err != nil {
-		t.Fatal(err)
+func (l *local) tick() {
+	l.t.Helper()
+	if err := l.s.refresh(l.ctx); err != nil {
+		l.t.Fatal(err)
 	}
-	register("w1")
-	tick()
+	h := l.s.hold()
+	h.tick(l.ctx)
+	h.release()
+}
+
+func (l *local) job(id string) *pb.Job {
+	l.t.Helper()
+	r, err := l.s.GetJob(l.ctx, &apiv1.GetJobRequest{JobId: id})
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	return r.Job
+}
+
+func (l *local) sync(w string, ts ...*apiv1.TaskStatus) []*apiv1.Task {
+	l.t.Helper()
+	r, err := l.s.SyncWorker(l.ctx, &apiv1.SyncWorkerRequest{WorkerId: w, Tasks: ts})
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	return r.Tasks
+}
+
+func (l *local) register(id string) {
+	l.t.Helper()
+	_, err := membership.NewMemory(l.members).Register(l.ctx, membership.WorkerInfo{ID: id, Address: id + ":9000", Host: "host-" + id,
+		Resources: membership.Resources{CPUCores: 2, MemoryBytes: 4 << 30}}, time.Hour)
+	if err != nil {
+		l.t.Fatal(err)
+	}
+}
+
+func (l *local) submit(id, spec string) {
+	l.t.Helper()
+	if _, err := l.s.SubmitJob(l.ctx, &apiv1.SubmitJobRequest{JobId: id, Spec: []byte(spec)}); err != nil {
+		l.t.Fatal(err)
+	}
+}
+
+// The leader's supervision without a network: a job waits for workers
+// with a reason, is gang-placed, hands out its tasks, and a rank failure
+// is held for the grace period, then requeues the job.
+func TestSupervisionWithoutNetwork(t *testing.T) {
+	l := newLocal(t)
+	job := func() *pb.Job { return l.job("j1") }
+	l.submit("j1", fmt.Sprintf(spec2, 1))
+	l.register("w1")
+	l.tick()
 	if r := pendingReason(job()); !strings.Contains(r, "needs 2 workers") {
 		t.Fatalf("with one worker: pending reason %q", r)
 	}
-	register("w2")
-	tick()
+	l.register("w2")
+	l.tick()
 	if j := job(); j.State != pb.JobState_JOB_STATE_PLACED || len(j.Placement) != 2 {
 		t.Fatalf("with two workers: %v placement %v, want PLACED on both", j.State, j.Placement)
 	}
-	t1, t2 := sync("w1"), sync("w2")
+	t1, t2 := l.sync("w1"), l.sync("w2")
 	if len(t1) != 1 || len(t2) != 1 || t1[0].Rank == t2[0].Rank {
 		t.Fatalf("tasks %v and %v: want one rank each", t1, t2)
 	}
-	sync("w1", status_(t1[0], apiv1.TaskState_TASK_STATE_RUNNING, 1))
-	sync("w2", status_(t2[0], apiv1.TaskState_TASK_STATE_FAILED, 1))
-	tick()
+	l.sync("w1", status_(t1[0], apiv1.TaskState_TASK_STATE_RUNNING, 1))
+	l.sync("w2", status_(t2[0], apiv1.TaskState_TASK_STATE_FAILED, 1))
+	l.tick()
 	if j := job(); j.State != pb.JobState_JOB_STATE_RUNNING {
 		t.Fatalf("a rank failure inside the grace period: job %v, want still RUNNING", j.State)
 	}
-	clock.add(s.cfg.FailureGrace)
-	sync("w1", status_(t1[0], apiv1.TaskState_TASK_STATE_RUNNING, 2)) // both workers keep syncing
-	sync("w2", status_(t2[0], apiv1.TaskState_TASK_STATE_FAILED, 1))
-	tick()
+	l.clock.add(l.s.cfg.FailureGrace)
+	l.sync("w1", status_(t1[0], apiv1.TaskState_TASK_STATE_RUNNING, 2)) // both workers keep syncing
+	l.sync("w2", status_(t2[0], apiv1.TaskState_TASK_STATE_FAILED, 1))
+	l.tick()
 	j := job()
 	if j.Restarts != 1 {
 		t.Fatalf("after the grace period: job %v with %d restarts, want requeued once", j.State, j.Restarts)
@@ -143,5 +165,38 @@ func TestSupervisionWithoutNetwork(t *testing.T) {
 	}
 	if got := strings.Join(types, ","); !strings.Contains(got, "Placed") || !strings.Contains(got, "RankFailed") {
 		t.Fatalf("events %s: want the placement and the rank failure", got)
+	}
+}
+
+// TestPlacedOnASilentWorker: a worker registered in etcd that never syncs
+// (hung, or a forged registration) gets a job placed while it is new, and
+// the job moves on once the worker has been silent for StartSilence,
+// instead of staying PLACED for ever.
+func TestPlacedOnASilentWorker(t *testing.T) {
+	l := newLocal(t)
+	l.submit("j1", fmt.Sprintf(spec2, 1))
+	l.register("w1")
+	l.register("w2") // never syncs
+	l.tick()
+	if j := l.job("j1"); j.State != pb.JobState_JOB_STATE_PLACED {
+		t.Fatalf("job %v, want PLACED", j.State)
+	}
+	l.register("w3")
+	for range 20 { // w1 and w3 keep syncing, once a second
+		l.clock.add(time.Second)
+		l.sync("w1")
+		l.sync("w3")
+		l.tick()
+	}
+	j := l.job("j1")
+	if j.Restarts != 1 || strings.Contains(fmt.Sprint(j.Placement), "w2") {
+		t.Fatalf("after 20s of silence from w2: %d restarts, placement %v; want requeued once, away from w2", j.Restarts, j.Placement)
+	}
+	found := false
+	for _, e := range j.Events {
+		found = found || (e.Type == "WorkerLost" && strings.Contains(e.Message, "worker w2") && strings.Contains(e.Message, "has not synced"))
+	}
+	if !found {
+		t.Fatalf("no WorkerLost event naming w2: %v", j.Events)
 	}
 }

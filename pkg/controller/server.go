@@ -93,6 +93,10 @@ type Config struct {
 	// FailureGrace is how long a rank failure waits for a worker loss
 	// that explains it (default 2.5s).
 	FailureGrace time.Duration
+	// StartSilence is how long a worker holding ranks of a placed job
+	// that have not started may go without SyncWorker before the job is
+	// requeued elsewhere (default 15s).
+	StartSilence time.Duration
 	// ReplicaLag bounds how long a follower waits for a job the leader
 	// knows to be replicated to it before answering UNAVAILABLE (default
 	// 30s; a replica that just restarted can be 10s behind).
@@ -174,6 +178,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.Silence <= 0 {
 		cfg.Silence = 1200 * time.Millisecond
+	}
+	if cfg.StartSilence <= 0 {
+		cfg.StartSilence = 15 * time.Second
 	}
 	if cfg.FailureGrace <= 0 {
 		cfg.FailureGrace = 2500 * time.Millisecond

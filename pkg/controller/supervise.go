@@ -77,7 +77,7 @@ func (s held) tick(ctx context.Context) {
 		}
 	}
 	for _, v := range decide(observed{now: now, jobs: jobs, live: live, lastSync: s.term.lastSync, failing: s.term.failing,
-		silence: s.cfg.Silence, grace: s.cfg.FailureGrace}) {
+		silence: s.cfg.Silence, grace: s.cfg.FailureGrace, startSilence: s.cfg.StartSilence}) {
 		s.failAttempt(ctx, v.job, v.reason, v.msg, v.worker)
 	}
 	s.schedule(ctx, live)

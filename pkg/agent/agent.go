@@ -11,6 +11,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	"github.com/switchyard-ml/switchyard/pkg/events"
 	"github.com/switchyard-ml/switchyard/pkg/membership"
 	"github.com/switchyard-ml/switchyard/pkg/workerconfig"
@@ -117,6 +120,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	// The registration outlives ctx until the tasks have stopped, so the
 	// worker stays visible while its ranks shut down.
+	if err := a.checkCredentials(ctx); err != nil {
+		return err
+	}
 	life, endLife := context.WithCancel(context.WithoutCancel(ctx))
 	defer endLife()
 	reg, release, err := a.registerRetry(ctx, life)
@@ -147,6 +153,28 @@ func (a *Agent) Run(ctx context.Context) error {
 	<-regDone
 	a.log.Info("worker stopped")
 	return nil
+}
+
+// checkCredentials makes one call to the coordinator before the worker
+// registers. A token or certificate the coordinator refuses would make a
+// worker that shows in etcd, and in cluster status, but can never take
+// work: it stops here, saying why. A coordinator that does not answer is
+// no reason to stop: the worker registers and waits for it.
+func (a *Agent) checkCredentials(ctx context.Context) error {
+	cctx, cancel := context.WithTimeout(ctx, syncTimeout)
+	defer cancel()
+	_, err := a.o.Client.SyncWorker(cctx, &apiv1.SyncWorkerRequest{WorkerId: a.o.Config.ID})
+	if refused(err) {
+		return fmt.Errorf("agent: the coordinator refuses this worker's credentials (%s): check the token (token in worker.yaml, SWITCHYARD_TOKEN) and the TLS files", status.Convert(err).Message())
+	}
+	return nil
+}
+
+// refused reports whether err is the coordinator refusing the worker's
+// credentials.
+func refused(err error) bool {
+	c := status.Code(err)
+	return c == codes.Unauthenticated || c == codes.PermissionDenied
 }
 
 func (a *Agent) info() membership.WorkerInfo {
@@ -278,7 +306,9 @@ func (a *Agent) syncOnce(ctx context.Context, unreachable *bool) {
 		if ctx.Err() != nil {
 			return
 		}
-		if !*unreachable {
+		if refused(err) {
+			a.log.Error("the coordinator refuses this worker's credentials; tasks keep running", "error", err)
+		} else if !*unreachable {
 			a.log.Warn("coordinator unreachable; tasks keep running", "error", err)
 		} else {
 			a.log.Debug("sync failed", "error", err)

@@ -87,12 +87,16 @@ type fakeCoordinator struct {
 	failed  int // calls refused while down
 	reports []*apiv1.TaskStatus
 	worker  string
+	refuse  codes.Code // nonzero: every call is refused with it (credentials)
 }
 
 func (f *fakeCoordinator) SyncWorker(ctx context.Context, req *apiv1.SyncWorkerRequest, _ ...grpc.CallOption) (*apiv1.SyncWorkerResponse, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.calls++
+	if f.refuse != codes.OK {
+		return nil, status.Error(f.refuse, "bad bearer token")
+	}
 	if f.down {
 		f.failed++
 		return nil, status.Error(codes.Unavailable, "no leader")
@@ -300,6 +304,28 @@ func TestRegisters(t *testing.T) {
 	eventually(t, "a sync", func() bool { c, _ := h.coord.counts(); return c > 0 })
 	if h.coord.worker != "w1" {
 		t.Fatalf("synced as %q", h.coord.worker)
+	}
+}
+
+// TestRefusedCredentials: a worker whose token the coordinator refuses
+// stops before it registers, saying why, instead of showing in etcd (and
+// in cluster status) as a worker that can never take work.
+func TestRefusedCredentials(t *testing.T) {
+	for _, code := range []codes.Code{codes.Unauthenticated, codes.PermissionDenied} {
+		h := start(t, func(o *Options) { o.Client = &fakeCoordinator{refuse: code} })
+		var err error
+		select {
+		case err = <-h.done:
+			h.done <- err // for the harness's cleanup
+		case <-time.After(20 * time.Second):
+			t.Fatalf("%v: Run did not stop", code)
+		}
+		if err == nil || !strings.Contains(err.Error(), "refuses this worker's credentials") {
+			t.Fatalf("%v: Run returned %v", code, err)
+		}
+		if got, _ := h.reg.List(context.Background()); len(got) != 0 {
+			t.Fatalf("%v: registered anyway: %v", code, got)
+		}
 	}
 }
 

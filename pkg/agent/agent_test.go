@@ -330,8 +330,9 @@ func TestRefusedCredentials(t *testing.T) {
 }
 
 func TestSuccessArgvMetricsAndLogs(t *testing.T) {
-	h := start(t, nil)
-	shared := filepath.Join(t.TempDir(), "shared")
+	sharedRoot := t.TempDir() // a checkpoint volume the worker allows
+	shared := filepath.Join(sharedRoot, "shared")
+	h := start(t, func(o *Options) { o.Config.AllowedPaths = []string{sharedRoot} })
 	multi := newTestTask("ok-multi", 1, 2, "name: demo\nparallel: {dp: 2, balance: node}\ncheckpoint: {interval_steps: 5, keep_last: 2, path: "+shared+"}\n")
 	multi.Balance = "" // the spec's
 	multi.ResumeFromStep = 40
@@ -433,6 +434,46 @@ func TestFailureReported(t *testing.T) {
 	if !strings.Contains(st.GetMessage(), "rank 0: job spec: jobspec: malformed spec") || !strings.Contains(st.GetMessage(), "bogus") {
 		t.Errorf("message %q", st.GetMessage())
 	}
+}
+
+// TestPathsConfined: a job may read and write only under the worker's
+// storage_path and allowed_paths; what it names elsewhere (directly, or
+// through a link) fails its rank before anything is written there.
+func TestPathsConfined(t *testing.T) {
+	allowed, outside := t.TempDir(), t.TempDir()
+	corpus := filepath.Join(allowed, "corpus.jsonl")
+	if err := os.WriteFile(corpus, []byte(`{"domain": "a", "text": "b"}`+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	h := start(t, func(o *Options) { o.Config.AllowedPaths = []string{allowed} })
+	link := filepath.Join(h.storage, "out")
+	if err := os.Symlink(outside, link); err != nil {
+		t.Fatal(err)
+	}
+	h.coord.set(
+		newTestTask("ckpt-etc", 0, 1, spec1+"checkpoint: {path: /etc/sy}\n"),
+		newTestTask("ckpt-link", 0, 1, spec1+"checkpoint: {path: "+link+"/ck}\n"),
+		newTestTask("corpus-shadow", 0, 1, spec1+"data: {corpus: /etc/shadow}\n"),
+		newTestTask("ok-allowed", 0, 1, spec1+"data: {corpus: "+corpus+"}\ncheckpoint: {path: "+allowed+"/ck}\n"),
+	)
+	for job, says := range map[string]string{
+		"ckpt-etc":      "checkpoint.path /etc/sy is outside this worker's storage_path",
+		"ckpt-link":     "checkpoint.path " + link + "/ck is outside",
+		"corpus-shadow": "data.corpus /etc/shadow is outside",
+	} {
+		st := h.waitState(job, 0, apiv1.TaskState_TASK_STATE_FAILED)
+		if !strings.Contains(st.GetMessage(), says) {
+			t.Errorf("%s: message %q, want it to say %q", job, st.GetMessage(), says)
+		}
+	}
+	if _, err := os.Stat("/etc/sy"); err == nil {
+		t.Error("/etc/sy was made")
+	}
+	if entries, _ := os.ReadDir(outside); len(entries) != 0 {
+		t.Errorf("written through the link: %v", entries)
+	}
+	// the fake trainer exits 0: inside the allowed paths the rank runs
+	h.waitState("ok-allowed", 0, apiv1.TaskState_TASK_STATE_SUCCEEDED)
 }
 
 func TestTrainerCannotStart(t *testing.T) {

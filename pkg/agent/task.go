@@ -18,6 +18,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/switchyard-ml/switchyard/pkg/events"
+	"github.com/switchyard-ml/switchyard/pkg/fsutil"
 	"github.com/switchyard-ml/switchyard/pkg/jobspec"
 	"github.com/switchyard-ml/switchyard/pkg/train"
 	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
@@ -173,6 +174,9 @@ func (a *Agent) prepare(t *apiv1.Task) (launch, error) {
 	if err != nil {
 		return launch{}, err
 	}
+	if err := a.confine(spec, cfg.Checkpoint.Dir, cfg.Data.Corpus); err != nil {
+		return launch{}, err
+	}
 	dirs := []string{host.RunDir}
 	if spec.Checkpoint.Storage != jobspec.StorageS3 {
 		// s3://bucket/prefix: the rank reaches the S3 server with the
@@ -202,6 +206,33 @@ func (a *Agent) prepare(t *apiv1.Task) (launch, error) {
 		args = append(args, "--peers", strings.Join(t.GetPeers(), ","), "--listen", a.o.Config.ListenAddress)
 	}
 	return launch{runDir: host.RunDir, args: args}, nil
+}
+
+// confine refuses a job whose checkpoint directory or corpus lies outside
+// this worker's storage_path and allowed_paths (links resolved): a job
+// spec must not make the worker write, or read, wherever it names.
+func (a *Agent) confine(spec *jobspec.Spec, ckptDir, corpus string) error {
+	roots := append([]string{a.o.Config.StoragePath}, a.o.Config.AllowedPaths...)
+	check := func(field, path string) error {
+		ok, err := fsutil.Within(path, roots)
+		if err != nil {
+			return fmt.Errorf("%s %s: %w", field, path, err)
+		}
+		if !ok {
+			return fmt.Errorf("%s %s is outside this worker's storage_path %s and allowed_paths %v (add it to allowed_paths in the worker's config to allow it)",
+				field, path, a.o.Config.StoragePath, a.o.Config.AllowedPaths)
+		}
+		return nil
+	}
+	if spec.Checkpoint.Storage != jobspec.StorageS3 {
+		if err := check("checkpoint.path", ckptDir); err != nil {
+			return err
+		}
+	}
+	if corpus != "" && corpus != jobspec.DemoCorpus {
+		return check("data.corpus", corpus)
+	}
+	return nil
 }
 
 // taskLayout is the attempt's layout as the coordinator sent it, the

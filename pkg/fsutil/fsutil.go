@@ -1,14 +1,19 @@
-// Package fsutil reads files whose size the reader does not control (job
-// specs, configs, manifests named on a command line) without trusting it:
-// a path to /dev/zero or a 10 GB file gives an error naming the limit,
-// not an out-of-memory crash.
+// Package fsutil handles paths and files a user names without trusting
+// them: ReadFile reads files whose size the reader does not control (job
+// specs, configs named on a command line), so that /dev/zero or a 10 GB
+// file gives an error naming the limit, not an out-of-memory crash;
+// Within tells whether a path a job names stays inside the directories a
+// worker allows, links resolved.
 package fsutil
 
 import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
+	"path/filepath"
+	"strings"
 )
 
 // ErrTooLarge is wrapped by ReadFile's error for a file over its limit.
@@ -46,4 +51,50 @@ func Size(n int64) string {
 		return fmt.Sprintf("%d %s", n>>(10*u), units[u])
 	}
 	return fmt.Sprintf("%.1f %s", float64(n)/float64(int64(1)<<(10*u)), units[u])
+}
+
+// Within reports whether path lies inside one of roots (or is one), after
+// symbolic links are resolved in the part of each that exists, so that a
+// link inside a root that points out of it does not count as inside. The
+// paths must be absolute.
+func Within(path string, roots []string) (bool, error) {
+	real, err := resolve(path)
+	if err != nil {
+		return false, err
+	}
+	for _, r := range roots {
+		rr, err := resolve(r)
+		if err != nil {
+			return false, err
+		}
+		if rel, err := filepath.Rel(rr, real); err == nil && rel != ".." && !strings.HasPrefix(rel, "../") {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// resolve is filepath.EvalSymlinks of the longest part of path that
+// exists, with the rest appended (a checkpoint directory not made yet).
+func resolve(path string) (string, error) {
+	if !filepath.IsAbs(path) {
+		return "", fmt.Errorf("%s: not an absolute path", path)
+	}
+	path = filepath.Clean(path)
+	var rest []string
+	for {
+		real, err := filepath.EvalSymlinks(path)
+		if err == nil {
+			return filepath.Join(append([]string{real}, rest...)...), nil
+		}
+		if !errors.Is(err, fs.ErrNotExist) {
+			return "", err
+		}
+		parent := filepath.Dir(path)
+		if parent == path {
+			return "", err
+		}
+		rest = append([]string{filepath.Base(path)}, rest...)
+		path = parent
+	}
 }

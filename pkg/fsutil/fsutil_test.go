@@ -37,3 +37,36 @@ func TestSize(t *testing.T) {
 		}
 	}
 }
+
+func TestWithin(t *testing.T) {
+	root := t.TempDir()
+	other := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(root, "ckpt"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(other, filepath.Join(root, "escape")); err != nil {
+		t.Fatal(err)
+	}
+	for path, want := range map[string]bool{
+		root:                                true,
+		filepath.Join(root, "ckpt"):         true,
+		filepath.Join(root, "not/made/yet"): true,
+		filepath.Join(root, "ckpt/../../x"): false,
+		filepath.Join(root, "escape/x"):     false, // a link out of the root
+		filepath.Join(root + "-sibling"):    false, // a prefix, not a parent
+		"/etc":                              false,
+		"/etc/shadow":                       false,
+		filepath.Join(other, "x"):           false,
+	} {
+		got, err := Within(path, []string{root})
+		if err != nil || got != want {
+			t.Errorf("Within(%s) = %v, %v; want %v", path, got, err, want)
+		}
+	}
+	if ok, err := Within(filepath.Join(other, "x"), []string{root, other}); !ok || err != nil {
+		t.Errorf("in the second root: %v %v", ok, err)
+	}
+	if _, err := Within("relative/x", []string{root}); err == nil {
+		t.Error("a relative path was judged")
+	}
+}

@@ -136,6 +136,8 @@ func (s *Spec) Validate() error {
 	d := s.Data
 	if d.Corpus != DemoCorpus && !filepath.IsAbs(d.Corpus) {
 		bad("data.corpus", d.Corpus, `must be "demo" or an absolute path (workers read it on their own machines)`)
+	} else if d.Corpus != DemoCorpus && filepath.Clean(d.Corpus) != d.Corpus {
+		bad("data.corpus", d.Corpus, "must be a clean path (no '..', '.' or '//'; it reads as %s)", filepath.Clean(d.Corpus))
 	}
 	if d.DemoBytes < 1 {
 		bad("data.demo_bytes", d.DemoBytes, "must be >= 1")
@@ -246,11 +248,15 @@ func (s *Spec) Validate() error {
 	case StorageDir:
 		if c.Path != "" && !filepath.IsAbs(c.Path) {
 			bad("checkpoint.path", c.Path, `must be empty (the worker's storage path) or an absolute path for storage "dir"`)
+		} else if c.Path != "" && filepath.Clean(c.Path) != c.Path {
+			bad("checkpoint.path", c.Path, "must be a clean path (no '..', '.' or '//'; it reads as %s)", filepath.Clean(c.Path))
 		}
 	case StorageS3:
-		bucket, _, _ := strings.Cut(strings.TrimPrefix(c.Path, "s3://"), "/")
+		bucket, prefix, _ := strings.Cut(strings.TrimPrefix(c.Path, "s3://"), "/")
 		if !strings.HasPrefix(c.Path, "s3://") || !bucketRE.MatchString(bucket) {
 			bad("checkpoint.path", c.Path, `must be s3://bucket[/prefix] for storage "s3" (bucket: 3-63 of a-z, 0-9, '.' and '-')`)
+		} else if prefix != "" && slices.ContainsFunc(strings.Split(strings.TrimSuffix(prefix, "/"), "/"), func(seg string) bool { return seg == "" || seg == "." || seg == ".." }) {
+			bad("checkpoint.path", c.Path, "the prefix must not have '.', '..' or empty segments")
 		}
 	default:
 		bad("checkpoint.storage", c.Storage, `must be "dir" or "s3"`)

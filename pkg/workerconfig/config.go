@@ -37,6 +37,10 @@ type Config struct {
 	Resources        Resources         `yaml:"resources" json:"resources"`
 	Labels           map[string]string `yaml:"labels" json:"labels"`
 	StoragePath      string            `yaml:"storage_path" json:"storage_path"`
+	// AllowedPaths are directories outside StoragePath that jobs may name:
+	// corpora to read, checkpoint.path to write. A job naming a path
+	// outside both fails to start, naming it.
+	AllowedPaths []string `yaml:"allowed_paths" json:"allowed_paths,omitempty"`
 	Trainer          string            `yaml:"trainer" json:"trainer,omitempty"` // switchyard binary that runs ranks ("" : see TrainerPath)
 	TLS              TLS               `yaml:"tls" json:"tls"`
 	LeaseTTLSeconds  int               `yaml:"lease_ttl_seconds" json:"lease_ttl_seconds"`

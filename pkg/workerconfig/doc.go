@@ -22,6 +22,7 @@
 //	resources.gpus        --gpus               SWITCHYARD_WORKER_GPUS
 //	labels                --labels             SWITCHYARD_WORKER_LABELS            (k=v,k=v; merged key by key)
 //	storage_path          --storage-path       SWITCHYARD_WORKER_STORAGE_PATH
+//	allowed_paths         --allowed-paths      SWITCHYARD_WORKER_ALLOWED_PATHS     (comma-separated)
 //	trainer               --trainer            SWITCHYARD_WORKER_TRAINER
 //	tls.ca                --tls-ca             SWITCHYARD_WORKER_TLS_CA
 //	tls.cert              --tls-cert           SWITCHYARD_WORKER_TLS_CERT

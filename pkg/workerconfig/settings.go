@@ -85,6 +85,7 @@ var settings = []Setting{
 		return nil
 	}},
 	{Key: "storage_path", Help: "absolute directory for checkpoint shards and scratch", set: str(func(c *Config) *string { return &c.StoragePath })},
+	{Key: "allowed_paths", Help: "absolute directories outside storage_path that jobs may read corpora from or write checkpoints to, comma-separated", set: list(func(c *Config) *[]string { return &c.AllowedPaths })},
 	{Key: "trainer", Help: "path of the switchyard binary that runs ranks (default: switchyard next to this executable, else on PATH)", set: str(func(c *Config) *string { return &c.Trainer })},
 	{Key: "tls.ca", Help: "CA certificate (PEM) for mutual TLS", set: str(func(c *Config) *string { return &c.TLS.CA })},
 	{Key: "tls.cert", Help: "certificate (PEM)", set: str(func(c *Config) *string { return &c.TLS.Cert })},

@@ -146,6 +146,11 @@ func (c Config) Validate() error {
 	} else if !filepath.IsAbs(c.StoragePath) {
 		bad("storage_path", c.StoragePath, "must be an absolute path")
 	}
+	for i, p := range c.AllowedPaths {
+		if !filepath.IsAbs(p) || filepath.Clean(p) != p {
+			bad(fmt.Sprintf("allowed_paths[%d]", i), p, "must be a clean absolute path")
+		}
+	}
 
 	if t := c.TLS; t.Enabled() {
 		for _, f := range []struct{ path, file string }{{"tls.ca", t.CA}, {"tls.cert", t.Cert}, {"tls.key", t.Key}} {

@@ -40,11 +40,11 @@ type Config struct {
 	// AllowedPaths are directories outside StoragePath that jobs may name:
 	// corpora to read, checkpoint.path to write. A job naming a path
 	// outside both fails to start, naming it.
-	AllowedPaths []string `yaml:"allowed_paths" json:"allowed_paths,omitempty"`
-	Trainer          string            `yaml:"trainer" json:"trainer,omitempty"` // switchyard binary that runs ranks ("" : see TrainerPath)
-	TLS              TLS               `yaml:"tls" json:"tls"`
-	LeaseTTLSeconds  int               `yaml:"lease_ttl_seconds" json:"lease_ttl_seconds"`
-	Insecure         bool              `yaml:"insecure" json:"insecure"`
+	AllowedPaths    []string `yaml:"allowed_paths" json:"allowed_paths,omitempty"`
+	Trainer         string   `yaml:"trainer" json:"trainer,omitempty"` // switchyard binary that runs ranks ("" : see TrainerPath)
+	TLS             TLS      `yaml:"tls" json:"tls"`
+	LeaseTTLSeconds int      `yaml:"lease_ttl_seconds" json:"lease_ttl_seconds"`
+	Insecure        bool     `yaml:"insecure" json:"insecure"`
 }
 
 // Resources is what the worker offers.

@@ -102,6 +102,7 @@ func (c *cluster) addCoordinator(id string) int {
 	c.coords = append(c.coords, nil)
 	i := len(c.coords) - 1
 	c.startCoordinator(i, "")
+	waitTCP(c.t, c.raftAddrs[i], 30*time.Second) // add-replica checks that it answers
 	return i
 }
 

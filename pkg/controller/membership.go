@@ -2,6 +2,7 @@ package controller
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"time"
 
@@ -13,14 +14,17 @@ import (
 // is in every configuration from then on and can cost the cluster its
 // quorum for good, so the leader refuses what it can tell is wrong.
 
-// reachTimeout bounds the leader's dial of a new replica's raft address.
-const reachTimeout = 3 * time.Second
+// reachTimeout bounds how long the leader tries to reach a new replica's
+// raft address (one just started may not listen yet).
+var reachTimeout = 10 * time.Second
 
 // addChange is what adding a voter would do to the configuration
 // (replicas as ClusterStatus reports them, Alive meaning registered).
 type addChange struct {
-	id, addr  string
-	reachable error // the leader's dial of addr; nil when it answered
+	id, addr string
+	// reach dials addr from the leader (nil when it answered); called
+	// only for a change that is otherwise acceptable.
+	reach func() error
 }
 
 // planAdd decides an AddReplica: noop when the replica is already a voter
@@ -36,8 +40,8 @@ func planAdd(replicas []*apiv1.Replica, c addChange) (noop bool, err error) {
 			return false, failure(errRefused, "raft address %s is replica %s's: one address, one replica", c.addr, r.Id)
 		}
 	}
-	if c.reachable != nil {
-		return false, failure(errRefused, "replica %s: nothing answers at raft address %s from the leader (%v); start the replica (without --bootstrap) before adding it: an unreachable voter can cost the cluster its quorum", c.id, c.addr, c.reachable)
+	if err := c.reach(); err != nil {
+		return false, failure(errRefused, "replica %s: nothing answers at raft address %s from the leader (%v); start the replica (without --bootstrap) before adding it: an unreachable voter can cost the cluster its quorum", c.id, c.addr, err)
 	}
 	voters, alive := 1, 1 // the new one, reachable
 	for _, r := range replicas {
@@ -83,14 +87,26 @@ func planRemove(replicas []*apiv1.Replica, id string) error {
 	return nil
 }
 
-// reach dials addr once: whether a raft transport could.
+// reach dials addr until it answers or reachTimeout passes: whether a
+// raft transport could reach it. The error is the last dial's (connection
+// refused, no route), not the timeout's.
 func reach(ctx context.Context, addr string) error {
 	ctx, cancel := context.WithTimeout(ctx, reachTimeout)
 	defer cancel()
 	var d net.Dialer
-	c, err := d.DialContext(ctx, "tcp", addr)
-	if err != nil {
-		return err
+	var last error
+	for {
+		c, err := d.DialContext(ctx, "tcp", addr)
+		if err == nil {
+			return c.Close()
+		}
+		if ctx.Err() == nil || last == nil {
+			last = err
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s", last) // a message, not a cause: the refusal is the answer
+		case <-time.After(100 * time.Millisecond):
+		}
 	}
-	return c.Close()
 }

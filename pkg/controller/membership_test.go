@@ -4,6 +4,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -16,7 +17,8 @@ func TestPlanMembership(t *testing.T) {
 		return &apiv1.Replica{Id: id, RaftAddress: addr, Voter: true, Alive: alive}
 	}
 	three := []*apiv1.Replica{r("c1", "h1:1", true), r("c2", "h2:1", true), r("c3", "h3:1", false)}
-	down := errors.New("connection refused")
+	down := func() error { return errors.New("connection refused") }
+	up := func() error { return nil }
 	for _, tc := range []struct {
 		name     string
 		replicas []*apiv1.Replica
@@ -24,13 +26,13 @@ func TestPlanMembership(t *testing.T) {
 		noop     bool
 		refuse   string
 	}{
-		{"one alone, a reachable second", three[:1], addChange{"c9", "h9:1", nil}, false, ""},
+		{"one alone, a reachable second", three[:1], addChange{"c9", "h9:1", up}, false, ""},
 		{"unreachable", three[:1], addChange{"c9", "h9:1", down}, false, "nothing answers"},
-		{"same id and address", three, addChange{"c2", "h2:1", nil}, true, ""},
-		{"live replica moved", three, addChange{"c1", "h7:1", nil}, false, "already a member at h1:1"},
-		{"address of another", three, addChange{"c9", "h2:1", nil}, false, "is replica c2's"},
-		{"two of three alive, a fourth", three, addChange{"c4", "h4:1", nil}, false, ""},
-		{"one of three alive", []*apiv1.Replica{three[0], r("c2", "h2:1", false), three[2]}, addChange{"c4", "h4:1", nil}, false, "short of the quorum of 3"},
+		{"same id and address", three, addChange{"c2", "h2:1", up}, true, ""},
+		{"live replica moved", three, addChange{"c1", "h7:1", up}, false, "already a member at h1:1"},
+		{"address of another", three, addChange{"c9", "h2:1", up}, false, "is replica c2's"},
+		{"two of three alive, a fourth", three, addChange{"c4", "h4:1", up}, false, ""},
+		{"one of three alive", []*apiv1.Replica{three[0], r("c2", "h2:1", false), three[2]}, addChange{"c4", "h4:1", up}, false, "short of the quorum of 3"},
 	} {
 		noop, err := planAdd(tc.replicas, tc.add)
 		if noop != tc.noop || (err == nil) != (tc.refuse == "") || (err != nil && !strings.Contains(err.Error(), tc.refuse)) {
@@ -63,6 +65,9 @@ func TestPlanMembership(t *testing.T) {
 // one-replica cluster is refused with a clear error, and the configuration
 // stays as it was (the cluster keeps its quorum).
 func TestMembershipChangesRefused(t *testing.T) {
+	saved := reachTimeout
+	reachTimeout = time.Second
+	t.Cleanup(func() { reachTimeout = saved })
 	h := newHarness(t, 1, "")
 	lead := h.leader()
 	c := h.client(lead, "")

@@ -562,7 +562,7 @@ func (s *Server) AddReplica(ctx context.Context, req *apiv1.AddReplicaRequest) (
 	if err != nil {
 		return nil, err
 	}
-	noop, err := planAdd(cs.Replicas, addChange{id: sv.ID, addr: sv.Address, reachable: reach(ctx, sv.Address)})
+	noop, err := planAdd(cs.Replicas, addChange{id: sv.ID, addr: sv.Address, reach: func() error { return reach(ctx, sv.Address) }})
 	if err != nil {
 		return nil, apiError(err)
 	}

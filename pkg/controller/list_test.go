@@ -1,9 +1,11 @@
 package controller
 
 import (
+	"context"
 	"errors"
 	"strings"
 	"testing"
+	"time"
 	"unicode/utf8"
 
 	"google.golang.org/grpc/codes"
@@ -89,5 +91,36 @@ func TestUserStringsBounded(t *testing.T) {
 	j := waitJob(t, c, "job-b", "read", func(*pb.Job) bool { return true })
 	if j.State == pb.JobState_JOB_STATE_CANCELLED {
 		t.Fatal("cancelled by a refused request")
+	}
+}
+
+// TestListJobsNeverPartial: a follower answers ListJobs with the leader's
+// list, and a replica without a leader (restarted, or cut off) says so
+// (UNAVAILABLE, which clients retry) instead of answering the empty or
+// stale list it holds.
+func TestListJobsNeverPartial(t *testing.T) {
+	h := newHarness(t, 3, "")
+	lead := h.leader()
+	submit(t, h.client(lead, ""), "job-1", 0)
+	submit(t, h.client(lead, ""), "job-2", 0)
+	f := h.follower()
+	resp, err := h.client(f, "").ListJobs(ctxT(t), &apiv1.ListJobsRequest{})
+	if err != nil || len(resp.Jobs) != 2 {
+		t.Fatalf("through a follower: %v, %v", resp, err)
+	}
+	for _, r := range h.replicas {
+		if r != f {
+			r.stop()
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for id, _ := f.node.Leader(); id != "" && time.Now().Before(deadline); id, _ = f.node.Leader() {
+		time.Sleep(50 * time.Millisecond)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	_, err = h.client(f, "").ListJobs(ctx, &apiv1.ListJobsRequest{})
+	if c := status.Code(err); c != codes.Unavailable && c != codes.DeadlineExceeded {
+		t.Fatalf("a replica with no leader: %v, want UNAVAILABLE", err)
 	}
 }

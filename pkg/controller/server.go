@@ -443,7 +443,19 @@ func pendingReason(j *pb.Job) string {
 	return ""
 }
 
-func (s *Server) ListJobs(_ context.Context, req *apiv1.ListJobsRequest) (*apiv1.ListJobsResponse, error) {
+// ListJobs answers from the leader's state: a follower forwards (it may be
+// behind, or, just restarted and with no leader, hold nothing yet), and a
+// leader first applies what is committed (one just elected may not have),
+// so that no answer is an empty or partial list that looks complete.
+func (s *Server) ListJobs(ctx context.Context, req *apiv1.ListJobsRequest) (*apiv1.ListJobsResponse, error) {
+	if !s.cfg.Node.IsLeader() {
+		return forward(ctx, s, req, apiv1.CoordinatorClient.ListJobs)
+	}
+	bctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := s.cfg.Node.Barrier(bctx); err != nil {
+		return nil, apiError(failure(errUnavailable, "replica %s leads but has not applied the log yet (%v); retry", s.cfg.Node.ID(), err))
+	}
 	resp, err := listPage(s.cfg.Node.Jobs(), req)
 	return resp, apiError(err)
 }

@@ -2,13 +2,16 @@ package devcluster
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -27,8 +30,9 @@ type Config struct {
 
 // Cluster is a running embedded etcd and NATS.
 type Cluster struct {
-	Etcd *Etcd
-	NATS *NATS
+	Etcd   *Etcd
+	NATS   *NATS
+	closed sync.Once
 }
 
 // EtcdEndpoints are the etcd client URLs (http://127.0.0.1:PORT).
@@ -37,39 +41,122 @@ func (c *Cluster) EtcdEndpoints() []string { return c.Etcd.Endpoints }
 // NATSURL is the NATS client URL (nats://127.0.0.1:PORT).
 func (c *Cluster) NATSURL() string { return c.NATS.URL }
 
-// Start starts etcd and NATS in cfg.DataDir.
+// Start starts etcd and NATS in cfg.DataDir. The ports they get on the
+// first start are kept in DataDir/ports.json and used again by every later
+// start on that DataDir: workers (and CLIs) that learned the endpoints find
+// the servers again after the coordinator restarts.
 func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 	if cfg.DataDir == "" {
 		return nil, errors.New("devcluster: DataDir is required")
 	}
-	e, err := StartEtcd(ctx, filepath.Join(cfg.DataDir, "etcd"), cfg.StartTimeout)
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("devcluster: %w", err)
+	}
+	pf := filepath.Join(cfg.DataDir, portsFile)
+	kept, err := readPorts(pf)
 	if err != nil {
 		return nil, err
 	}
-	n, err := StartNATS(filepath.Join(cfg.DataDir, "nats"), 0, cfg.StartTimeout)
+	e, err := startEtcd(ctx, filepath.Join(cfg.DataDir, "etcd"), kept.EtcdClient, kept.EtcdPeer, cfg.StartTimeout)
+	if err != nil {
+		return nil, keptErr(err, kept.EtcdClient, pf)
+	}
+	n, err := StartNATS(filepath.Join(cfg.DataDir, "nats"), kept.NATS, cfg.StartTimeout)
 	if err != nil {
 		e.Close()
-		return nil, err
+		return nil, keptErr(err, kept.NATS, pf)
+	}
+	got := Ports{EtcdClient: e.clientPort, EtcdPeer: e.peerPort, NATS: n.Port}
+	if got != kept {
+		if err := writePorts(pf, got); err != nil {
+			n.Close()
+			e.Close()
+			return nil, err
+		}
 	}
 	return &Cluster{Etcd: e, NATS: n}, nil
 }
 
-// Close stops NATS and etcd.
+// portsFile names, in a dev cluster's DataDir, the ports its servers keep.
+const portsFile = "ports.json"
+
+// Ports are the loopback ports of a dev cluster's servers.
+type Ports struct {
+	EtcdClient int `json:"etcd_client"`
+	EtcdPeer   int `json:"etcd_peer"`
+	NATS       int `json:"nats"`
+}
+
+func readPorts(path string) (Ports, error) {
+	var p Ports
+	raw, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return p, nil
+	}
+	if err == nil {
+		err = json.Unmarshal(raw, &p)
+	}
+	if err == nil {
+		for _, port := range []int{p.EtcdClient, p.EtcdPeer, p.NATS} {
+			if port < 0 || port > 65535 {
+				err = fmt.Errorf("port %d out of range", port)
+			}
+		}
+	}
+	if err != nil {
+		return Ports{}, fmt.Errorf("devcluster: %s: %w (remove it to pick new ports)", path, err)
+	}
+	return p, nil
+}
+
+func writePorts(path string, p Ports) error {
+	raw, err := json.Marshal(p)
+	if err == nil {
+		tmp := path + ".tmp"
+		if err = os.WriteFile(tmp, raw, 0o600); err == nil {
+			err = os.Rename(tmp, path)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("devcluster: keep ports: %w", err)
+	}
+	return nil
+}
+
+// keptErr says, for a server that could not start on a kept port, where
+// the port comes from.
+func keptErr(err error, port int, file string) error {
+	if port == 0 {
+		return err
+	}
+	return fmt.Errorf("%w (port %d is kept in %s since the first start, so that workers find the server again; free it, or remove the file to pick new ports)", err, port, file)
+}
+
+// Close stops NATS and etcd; closing again does nothing.
 func (c *Cluster) Close() error {
-	c.NATS.Close()
-	c.Etcd.Close()
+	c.closed.Do(func() {
+		c.NATS.Close()
+		c.Etcd.Close()
+	})
 	return nil
 }
 
 // Etcd is an embedded single-member etcd server.
 type Etcd struct {
-	Endpoints []string
-	e         *embed.Etcd
+	Endpoints            []string
+	e                    *embed.Etcd
+	clientPort, peerPort int
 }
 
 // StartEtcd starts a single-member etcd with its data in dir, on two free
 // loopback ports. A dir that holds an earlier member's data is reused.
 func StartEtcd(ctx context.Context, dir string, timeout time.Duration) (*Etcd, error) {
+	return startEtcd(ctx, dir, 0, 0, timeout)
+}
+
+// startEtcd is StartEtcd on the given client and peer ports (0 and 0: two
+// free ones).
+func startEtcd(ctx context.Context, dir string, clientPort, peerPort int, timeout time.Duration) (*Etcd, error) {
 	if timeout <= 0 {
 		timeout = 30 * time.Second
 	}
@@ -77,48 +164,58 @@ func StartEtcd(ctx context.Context, dir string, timeout time.Duration) (*Etcd, e
 		return nil, fmt.Errorf("devcluster: etcd dir: %w", err)
 	}
 	var lastErr error
-	// The ports are picked free and then released, so another process may
-	// take one in between: try a few times.
+	// Free ports are picked and then released, so another process may
+	// take one in between: try a few times (given ports, once).
 	for range 3 {
-		ports, err := freePorts(2)
-		if err != nil {
-			return nil, err
+		ports := []int{clientPort, peerPort}
+		if clientPort == 0 || peerPort == 0 {
+			var err error
+			if ports, err = freePorts(2); err != nil {
+				return nil, err
+			}
 		}
-		cfg := embed.NewConfig()
-		cfg.Name = "dev"
-		cfg.Dir = dir
-		cfg.LogLevel = "error"
-		// its shutdown logs "server closed" errors that are no errors
-		cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
-		// A one-member cluster: short ticks make leases precise (etcd's
-		// minimum lease TTL is 1.5 election timeouts, here 750ms).
-		cfg.TickMs, cfg.ElectionMs = 50, 500
-		client := url.URL{Scheme: "http", Host: net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))}
-		peer := url.URL{Scheme: "http", Host: net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[1]))}
-		cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{client}, []url.URL{client}
-		cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{peer}, []url.URL{peer}
-		cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
-		e, err := embed.StartEtcd(cfg)
-		if err != nil {
-			lastErr = err
-			continue
+		e, err := startEtcdOnce(ctx, dir, ports[0], ports[1], timeout)
+		if err == nil {
+			return e, nil
 		}
-		select {
-		case <-e.Server.ReadyNotify():
-			return &Etcd{Endpoints: []string{client.String()}, e: e}, nil
-		case err := <-e.Err():
-			lastErr = err
-		case <-time.After(timeout):
-			lastErr = fmt.Errorf("not ready after %v", timeout)
-		case <-ctx.Done():
-			lastErr = ctx.Err()
-		}
-		e.Close()
-		if ctx.Err() != nil {
+		lastErr = err
+		if ctx.Err() != nil || (clientPort != 0 && peerPort != 0) {
 			break
 		}
 	}
 	return nil, fmt.Errorf("devcluster: start etcd: %w", lastErr)
+}
+
+func startEtcdOnce(ctx context.Context, dir string, clientPort, peerPort int, timeout time.Duration) (*Etcd, error) {
+	cfg := embed.NewConfig()
+	cfg.Name = "dev"
+	cfg.Dir = dir
+	cfg.LogLevel = "error"
+	// its shutdown logs "server closed" errors that are no errors
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
+	// A one-member cluster: short ticks make leases precise (etcd's
+	// minimum lease TTL is 1.5 election timeouts, here 750ms).
+	cfg.TickMs, cfg.ElectionMs = 50, 500
+	client := url.URL{Scheme: "http", Host: net.JoinHostPort("127.0.0.1", strconv.Itoa(clientPort))}
+	peer := url.URL{Scheme: "http", Host: net.JoinHostPort("127.0.0.1", strconv.Itoa(peerPort))}
+	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{client}, []url.URL{client}
+	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{peer}, []url.URL{peer}
+	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
+	e, err := embed.StartEtcd(cfg)
+	if err != nil {
+		return nil, err
+	}
+	select {
+	case <-e.Server.ReadyNotify():
+		return &Etcd{Endpoints: []string{client.String()}, e: e, clientPort: clientPort, peerPort: peerPort}, nil
+	case err = <-e.Err():
+	case <-time.After(timeout):
+		err = fmt.Errorf("not ready after %v", timeout)
+	case <-ctx.Done():
+		err = ctx.Err()
+	}
+	e.Close()
+	return nil, err
 }
 
 // Close stops etcd.

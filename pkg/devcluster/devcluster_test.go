@@ -2,6 +2,8 @@ package devcluster
 
 import (
 	"context"
+	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -58,5 +60,58 @@ func TestStartServesEtcdAndNATS(t *testing.T) {
 func TestStartNeedsDataDir(t *testing.T) {
 	if _, err := Start(context.Background(), Config{}); err == nil {
 		t.Fatal("started without a data dir")
+	}
+}
+
+// TestRestartKeepsPorts: a dev cluster started again on its DataDir (the
+// coordinator killed and restarted) serves on the ports it had, so that
+// workers holding the endpoints find etcd and NATS again, with their data.
+func TestRestartKeepsPorts(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	dir := t.TempDir()
+	c, err := Start(ctx, Config{DataDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	etcd, natsURL := c.EtcdEndpoints(), c.NATSURL()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: etcd, DialTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	if _, err := cli.Put(ctx, "/switchyard/kept", "yes"); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+
+	c2, err := Start(ctx, Config{DataDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	if got := c2.EtcdEndpoints(); got[0] != etcd[0] || c2.NATSURL() != natsURL {
+		t.Fatalf("after a restart: etcd %v nats %s, before %v %s", got, c2.NATSURL(), etcd, natsURL)
+	}
+	// the client made before the restart reaches the restarted etcd
+	resp, err := cli.Get(ctx, "/switchyard/kept")
+	if err != nil || len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != "yes" {
+		t.Fatalf("etcd after the restart: %v %v", resp, err)
+	}
+	nc, err := nats.Connect(natsURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc.Close()
+
+	// a kept port another process holds: a clear error naming the file
+	c2.Close()
+	l, err := net.Listen("tcp", strings.TrimPrefix(natsURL, "nats://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if _, err := Start(ctx, Config{DataDir: dir, StartTimeout: 2 * time.Second}); err == nil || !strings.Contains(err.Error(), "ports.json") {
+		t.Fatalf("start with the kept NATS port taken: %v", err)
 	}
 }

@@ -47,6 +47,8 @@ for a in "$@"; do
   esac
   prev=$a
 done
+# before the pid file: once the test sees it, a SIGTERM must be recorded
+trap 'echo terminated > "$out/terminated"; exit 143' TERM
 printf '%s\n' "$@" > "$out/args"
 echo $$ > "$out/pid"
 echo start >> "$out/starts"
@@ -68,7 +70,6 @@ case "$out" in
     trap '' TERM
     while :; do sleep 0.05; done ;;
 esac
-trap 'echo terminated > "$out/terminated"; exit 143' TERM
 printf '{"step":7,"loss":' >> "$out/metrics.jsonl"
 sleep 0.4
 printf '1.25,"lbl":[2],"tokens_per_s":50}\n' >> "$out/metrics.jsonl"

@@ -207,10 +207,49 @@ func Parse(raw []byte) (*Spec, error) {
 	zeroable := [...]float64{s.LBL.Coef, s.Optim.Beta1, s.Optim.Beta2}
 	s.Defaults()
 	s.LBL.Coef, s.Optim.Beta1, s.Optim.Beta2 = zeroable[0], zeroable[1], zeroable[2]
-	if err := s.Validate(); err != nil {
+	if err := errors.Join(append(explicitZeros(raw), s.Validate())...); err != nil {
 		return nil, err
 	}
 	return &s, nil
+}
+
+// countFields must be >= 1, and an absent one takes its default: an
+// explicit 0 would silently mean the default, so it is refused instead.
+var countFields = [][]string{
+	{"parallel", "tp"}, {"parallel", "dp"}, {"parallel", "ep"},
+	{"micro_batch"}, {"accumulation"}, {"steps"}, {"checkpoint", "keep_last"},
+}
+
+// explicitZeros reports the countFields that raw sets to 0.
+func explicitZeros(raw []byte) []error {
+	var doc yaml.Node
+	if yaml.Unmarshal(raw, &doc) != nil || len(doc.Content) == 0 {
+		return nil // the strict decode reported it
+	}
+	var errs []error
+	for _, path := range countFields {
+		n := doc.Content[0]
+		for _, key := range path {
+			n = mappingValue(n, key)
+		}
+		if n != nil && n.Kind == yaml.ScalarNode && n.Tag == "!!int" && strings.TrimLeft(n.Value, "+-0") == "" {
+			errs = append(errs, &FieldError{Path: strings.Join(path, "."), Value: 0, Rule: "must be >= 1 (omit the field for its default)"})
+		}
+	}
+	return errs
+}
+
+// mappingValue is the value of key in mapping node n, or nil.
+func mappingValue(n *yaml.Node, key string) *yaml.Node {
+	if n == nil || n.Kind != yaml.MappingNode {
+		return nil
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		if n.Content[i].Value == key {
+			return n.Content[i+1]
+		}
+	}
+	return nil
 }
 
 // Marshal encodes the spec as YAML that Parse accepts.

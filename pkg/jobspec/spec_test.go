@@ -201,6 +201,11 @@ func TestValidationErrors(t *testing.T) {
 		{"eval_every: -1", "jobspec: eval_every = -1: must be >= 0 (0 = only at the end)"},
 		{"resources: {gpus: -1}", "jobspec: resources.gpus = -1: must be >= 0"},
 		{"resources: {memory_mib: -1}", "jobspec: resources.memory_mib = -1: must be >= 0"},
+		// an explicit 0 is not the default
+		{"parallel: {dp: 0}", "jobspec: parallel.dp = 0: must be >= 1 (omit the field for its default)"},
+		{"micro_batch: 0", "jobspec: micro_batch = 0: must be >= 1 (omit the field for its default)"},
+		{"steps: 00", "jobspec: steps = 0: must be >= 1 (omit the field for its default)"},
+		{"checkpoint: {keep_last: 0}", "jobspec: checkpoint.keep_last = 0: must be >= 1 (omit the field for its default)"},
 		// sizes a rank cannot hold (the hostile tester's: each crashed or
 		// exhausted a rank before these rules)
 		{"model: {preset: tiny, dim: 2000000000}", "jobspec: model.dim = 2000000000: must be <= 131072"},

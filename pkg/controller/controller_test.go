@@ -596,6 +596,21 @@ func TestCommitCheckpointFencedByAttempt(t *testing.T) {
 	if m, err := h.cat.Latest(ctxT(t), "job-a"); err != nil || m.Step != 10 {
 		t.Fatalf("catalogue latest %d %v, want step 10", m.Step, err)
 	}
+	// the current attempt cannot commit what it cannot have written
+	waitJob(t, c, "job-a", "placed again", func(j *pb.Job) bool { return j.Restarts == 1 && j.State == pb.JobState_JOB_STATE_PLACED })
+	for _, m := range [][]byte{manifest(999_999_999_999), func() []byte {
+		b, _ := checkpoint.EncodeManifest(checkpoint.Manifest{Job: "job-a", Step: 8, Layout: checkpoint.Layout{TP: 1, DP: 4, EP: 2},
+			Shards: []checkpoint.ShardInfo{{Name: "rank-0000/state.bin", SHA256: strings.Repeat("0", 64), Kind: checkpoint.KindParams}}})
+		return b
+	}()} {
+		_, err = c.CommitCheckpoint(ctxT(t), &apiv1.CommitCheckpointRequest{JobId: "job-a", Attempt: 1, Manifest: m})
+		if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "past the job's last step 10") && !strings.Contains(err.Error(), "a checkpoint of 4 ranks") {
+			t.Errorf("an implausible commit: %v", err)
+		}
+	}
+	if m, err := h.cat.Latest(ctxT(t), "job-a"); err != nil || m.Step != 10 {
+		t.Fatalf("catalogue latest %d %v after implausible commits, want step 10", m.Step, err)
+	}
 	cps, err := c.ListCheckpoints(ctxT(t), &apiv1.ListCheckpointsRequest{JobId: "job-a"})
 	if err != nil || len(cps.Checkpoints) != 1 || cps.Checkpoints[0].Step != 10 {
 		t.Fatalf("list: %v %v", cps, err)

@@ -215,6 +215,24 @@ func (s *Server) DeleteCheckpoint(ctx context.Context, req *apiv1.DeleteCheckpoi
 	return &apiv1.DeleteCheckpointResponse{}, nil
 }
 
+// plausible refuses a manifest the job's current attempt cannot have
+// written: a step past the job's last, or a layout of another world size.
+// One such commit (step 999999999999) made every later save of the job
+// stale.
+func (s *Server) plausible(j *pb.Job, m checkpoint.Manifest) error {
+	sp, err := s.spec(j)
+	if err != nil {
+		return failure(errBadRequest, "job %s: its spec: %v", j.Id, err)
+	}
+	if m.Step > int64(sp.Steps) {
+		return failure(errBadRequest, "job %s: a checkpoint of step %d is past the job's last step %d", j.Id, m.Step, sp.Steps)
+	}
+	if w := m.Layout.TP * m.Layout.DP; w != len(j.Placement) {
+		return failure(errBadRequest, "job %s: a checkpoint of %d ranks (tp %d x dp %d) from an attempt of %d", j.Id, w, m.Layout.TP, m.Layout.DP, len(j.Placement))
+	}
+	return nil
+}
+
 func (s *Server) CommitCheckpoint(ctx context.Context, req *apiv1.CommitCheckpointRequest) (*apiv1.CommitCheckpointResponse, error) {
 	if s.cfg.Checkpoints == nil {
 		return nil, apiError(failure(errNoCatalogue, "this coordinator has no checkpoint catalogue"))
@@ -244,6 +262,10 @@ func (s *Server) CommitCheckpoint(ctx context.Context, req *apiv1.CommitCheckpoi
 			s.recordEvent(ctx, j.Id, "CommitRefused", msg, "")
 		}
 		return nil, apiError(failure(errAttemptOver, "%s", msg))
+	}
+	if err := s.plausible(j, m); err != nil {
+		s.recordEvent(ctx, j.Id, "CommitRefused", err.Error(), "")
+		return nil, apiError(err)
 	}
 	if err := s.cfg.Checkpoints.Commit(ctx, m); err != nil {
 		// a stale step (checkpoint.ErrStale) answers AlreadyExists

@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"maps"
@@ -13,6 +14,8 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/switchyard-ml/switchyard/pkg/client"
+	"github.com/switchyard-ml/switchyard/pkg/security"
+	"github.com/switchyard-ml/switchyard/pkg/workerconfig"
 	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
 )
 
@@ -21,7 +24,29 @@ func (c *cli) cmdCluster(ctx context.Context, args []string) error {
 		{"status", "", "show the coordinator replicas and the workers", c.clusterStatus},
 		{"add-replica", "ID RAFT_ADDR", "add a coordinator replica (raft voter) to the cluster", c.clusterAddReplica},
 		{"remove-replica", "ID", "remove a coordinator replica from the cluster", c.clusterRemoveReplica},
+		{"worker-token", "WORKER_ID", "print worker WORKER_ID's own token, made from the cluster token (it can only sync as that worker and commit its rank 0's checkpoints)", c.clusterWorkerToken},
 	})
+}
+
+// clusterWorkerToken prints a worker's token: computed here from the
+// cluster token, no call is made.
+func (c *cli) clusterWorkerToken(_ context.Context, name string, args []string) error {
+	fs, r := c.flags(name)
+	pos, err := c.parse(fs, r, args, 1, 1)
+	if err != nil {
+		return err
+	}
+	if r.token == "" {
+		return usageError{errors.New("cluster worker-token: needs the cluster token (--token or SWITCHYARD_TOKEN)")}
+	}
+	if _, ok := security.WorkerOf(r.token); ok {
+		return usageError{errors.New("cluster worker-token: --token is a worker's token; give the cluster token")}
+	}
+	if err := workerconfig.ValidID(pos[0]); err != nil {
+		return usageError{fmt.Errorf("cluster worker-token: %w", err)}
+	}
+	fmt.Fprintln(c.out, security.WorkerToken(r.token, pos[0]))
+	return nil
 }
 
 func (c *cli) clusterStatus(ctx context.Context, name string, args []string) error {

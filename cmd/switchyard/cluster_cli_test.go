@@ -523,3 +523,26 @@ func TestCLICoordinatorFromEnv(t *testing.T) {
 	wantCode(t, r, exitOK)
 	wantContains(t, r.stdout, "moe-1")
 }
+
+// `cluster worker-token` prints the token the coordinator accepts from that
+// worker only, computed from the cluster token without a call.
+func TestClusterWorkerToken(t *testing.T) {
+	t.Setenv("SWITCHYARD_TOKEN", "s3cret")
+	r := runCmd(t, false, "cluster", "worker-token", "w-7")
+	wantCode(t, r, exitOK)
+	if got := strings.TrimSpace(r.stdout); got != security.WorkerToken("s3cret", "w-7") {
+		t.Fatalf("printed %q", got)
+	}
+	for _, tc := range []struct {
+		args []string
+		says string
+	}{
+		{[]string{"cluster", "worker-token", "bad id!"}, "worker id"},
+		{[]string{"cluster", "worker-token", "w1", "--token", security.WorkerToken("s3cret", "w1")}, "a worker's token"},
+		{[]string{"cluster", "worker-token", "w1", "--token", ""}, "needs the cluster token"},
+	} {
+		r := runCmd(t, false, tc.args...)
+		wantCode(t, r, exitUsage)
+		wantContains(t, r.stderr, tc.says)
+	}
+}

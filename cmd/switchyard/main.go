@@ -41,6 +41,7 @@ cluster (talks to the coordinator over gRPC):
   switchyard cluster status                             coordinator replicas and workers
   switchyard cluster add-replica ID RAFT_ADDR
   switchyard cluster remove-replica ID
+  switchyard cluster worker-token WORKER_ID             that worker's own token (from the cluster token; no call)
   switchyard checkpoints list JOB
   switchyard checkpoints show JOB STEP                  shards with size and sha256
   switchyard checkpoints delete JOB STEP

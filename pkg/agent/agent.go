@@ -55,6 +55,9 @@ type Options struct {
 	Logger    *slog.Logger
 	// Version of the worker, registered for `cluster status`.
 	Version string
+	// Token is the worker's own coordinator token (OwnToken), given to its
+	// ranks, whose rank 0 commits checkpoints with it ("": none).
+	Token string
 }
 
 // Agent is a running worker. Create it with New and call Run once.
@@ -165,7 +168,7 @@ func (a *Agent) checkCredentials(ctx context.Context) error {
 	defer cancel()
 	_, err := a.o.Client.SyncWorker(cctx, &apiv1.SyncWorkerRequest{WorkerId: a.o.Config.ID})
 	if refused(err) {
-		return fmt.Errorf("agent: the coordinator refuses this worker's credentials (%s): check the token (token in worker.yaml, SWITCHYARD_TOKEN) and the TLS files", status.Convert(err).Message())
+		return fmt.Errorf("agent: the coordinator refuses this worker's credentials (%s): check $SWITCHYARD_TOKEN (the cluster token, or this worker's from switchyard cluster worker-token) and the TLS files", status.Convert(err).Message())
 	}
 	return nil
 }

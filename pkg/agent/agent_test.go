@@ -21,6 +21,7 @@ import (
 	"github.com/switchyard-ml/switchyard/pkg/events"
 	"github.com/switchyard-ml/switchyard/pkg/membership"
 	"github.com/switchyard-ml/switchyard/pkg/runconfig"
+	"github.com/switchyard-ml/switchyard/pkg/security"
 	"github.com/switchyard-ml/switchyard/pkg/train"
 	"github.com/switchyard-ml/switchyard/pkg/workerconfig"
 	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
@@ -50,6 +51,7 @@ done
 # before the pid file: once the test sees it, a SIGTERM must be recorded
 trap 'echo terminated > "$out/terminated"; exit 143' TERM
 printf '%s\n' "$@" > "$out/args"
+printf '%s\n' "$SWITCHYARD_TOKEN" > "$out/token"
 echo $$ > "$out/pid"
 echo start >> "$out/starts"
 echo "hello from rank $rank"
@@ -756,5 +758,34 @@ func TestS3CheckpointLocationPassedThrough(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(h.storage, "checkpoints")); !os.IsNotExist(err) {
 		t.Fatalf("a local checkpoint directory was made for an S3 job: %v", err)
+	}
+}
+
+func TestOwnToken(t *testing.T) {
+	mine := security.WorkerToken("s3cret", "w1")
+	for _, tc := range []struct{ given, want, err string }{
+		{"", "", ""},
+		{"s3cret", mine, ""},
+		{mine, mine, ""},
+		{security.WorkerToken("s3cret", "w2"), "", "worker w2's token; this worker is w1"},
+	} {
+		got, err := OwnToken(tc.given, "w1")
+		if got != tc.want || (err == nil) != (tc.err == "") || (err != nil && !strings.Contains(err.Error(), tc.err)) {
+			t.Errorf("OwnToken(%q) = %q, %v; want %q, %q", tc.given, got, err, tc.want, tc.err)
+		}
+	}
+}
+
+// TestRanksGetTheWorkersToken: a rank (rank 0 commits checkpoints) calls
+// the coordinator with its worker's own token, not the cluster token the
+// worker was started with.
+func TestRanksGetTheWorkersToken(t *testing.T) {
+	t.Setenv(TokenEnv, "s3cret")
+	h := start(t, func(o *Options) { o.Token = security.WorkerToken("s3cret", o.Config.ID) })
+	h.coord.set(newTestTask("ok-token", 0, 1, spec1))
+	h.waitState("ok-token", 0, apiv1.TaskState_TASK_STATE_SUCCEEDED)
+	env := readLines(t, filepath.Join(h.runDir("ok-token", 1, 0), "token"))
+	if len(env) != 1 || env[0] != security.WorkerToken("s3cret", "w1") {
+		t.Fatalf("the rank's %s: %q", TokenEnv, env)
 	}
 }

@@ -28,7 +28,7 @@ const etcdDialTimeout = 5 * time.Second
 // Connect builds what a worker talks to from its config: the etcd registry
 // (cfg.EtcdEndpoints), the NATS bus (when cfg.NATSURL is set; NATS may be
 // down, the bus reconnects) and the coordinator client (cfg.Coordinators,
-// the token from $SWITCHYARD_TOKEN), with mutual TLS from cfg.TLS for etcd
+// the token from $SWITCHYARD_TOKEN, see OwnToken), with mutual TLS from cfg.TLS for etcd
 // and the coordinator. It returns Options with Config, Logger and the
 // connections set, and a function that closes them after Run returned.
 func Connect(ctx context.Context, cfg workerconfig.Config, log *slog.Logger) (Options, func() error, error) {
@@ -76,12 +76,35 @@ func Connect(ctx context.Context, cfg workerconfig.Config, log *slog.Logger) (Op
 		closers = append(closers, nb.Close)
 	}
 
-	cc, err := client.Dial(client.Options{Endpoints: cfg.Coordinators, Token: os.Getenv(TokenEnv), TLS: files})
+	token, err := OwnToken(os.Getenv(TokenEnv), cfg.ID)
+	if err != nil {
+		closeAll()
+		return Options{}, nil, err
+	}
+	cc, err := client.Dial(client.Options{Endpoints: cfg.Coordinators, Token: token, TLS: files})
 	if err != nil {
 		closeAll()
 		return Options{}, nil, fmt.Errorf("agent: %w", err)
 	}
 	closers = append(closers, cc.Close)
 
-	return Options{Config: cfg, Client: cc, Registry: reg, Bus: bus, Logger: log}, closeAll, nil
+	return Options{Config: cfg, Client: cc, Registry: reg, Bus: bus, Logger: log, Token: token}, closeAll, nil
+}
+
+// OwnToken is the token worker id calls the coordinator with, from the one
+// it was given: its own worker token as is; the cluster token turned into
+// the worker token made from it (the coordinator lets a worker act only as
+// itself); "" for a coordinator without tokens. Another worker's token is
+// an error.
+func OwnToken(given, id string) (string, error) {
+	if given == "" {
+		return "", nil
+	}
+	if w, ok := security.WorkerOf(given); ok {
+		if w != id {
+			return "", fmt.Errorf("agent: $%s is worker %s's token; this worker is %s", TokenEnv, w, id)
+		}
+		return given, nil
+	}
+	return security.WorkerToken(given, id), nil
 }

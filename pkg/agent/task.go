@@ -293,6 +293,9 @@ func (a *Agent) runTask(tk *task) {
 	cmd := exec.Command(a.trainer, l.args...)
 	cmd.Dir = l.runDir
 	cmd.Env = append(os.Environ(), train.EventsEnv+"=1") // event lines for the job's history
+	if a.o.Token != "" {
+		cmd.Env = append(cmd.Env, TokenEnv+"="+a.o.Token) // the worker's own, not the cluster's
+	}
 	cmd.Stdout, cmd.Stderr = out.stdout, out.stderr
 	cmd.SysProcAttr = sysProcAttr()
 	cmd.WaitDelay = waitDelay

@@ -196,10 +196,15 @@ func (h *harness) worker(id string) membership.Registration {
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	// like a real agent, it syncs every few hundred milliseconds
+	// like a real agent, it syncs every few hundred milliseconds, with
+	// its own token
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	c := h.client(h.leader(), h.token)
+	token := ""
+	if h.token != "" {
+		token = security.WorkerToken(h.token, id)
+	}
+	c := h.client(h.leader(), token)
 	go func() {
 		defer close(done)
 		for ctx.Err() == nil {

@@ -22,7 +22,8 @@ var (
 	errNoBus       = errors.New("controller: no event bus")
 	errNoCatalogue = errors.New("controller: no checkpoint catalogue")
 	errNoRaft      = errors.New("controller: no raft membership")
-	errUnavailable = errors.New("controller: unavailable") // a backend (bus, catalogue, leader) to retry
+	errUnavailable = errors.New("controller: unavailable")       // a backend (bus, catalogue, leader) to retry
+	errPermission  = errors.New("controller: permission denied") // the caller's identity may not do this
 )
 
 // codeTable is the one place the API's status codes are decided: the code
@@ -49,6 +50,7 @@ var codeTable = []struct {
 	{jobspec.ErrInvalid, codes.InvalidArgument},
 	{jobspec.ErrSyntax, codes.InvalidArgument},
 	{errBadRequest, codes.InvalidArgument},
+	{errPermission, codes.PermissionDenied},
 	{errNoCatalogue, codes.Unimplemented},
 	{errNoRaft, codes.Unimplemented},
 	{coordinator.ErrNotLeader, codes.Unavailable},

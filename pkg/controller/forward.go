@@ -16,6 +16,24 @@ import (
 // stale view never forwards it again (no loops).
 const forwardedKey = "x-switchyard-forwarded"
 
+// onBehalfKey names, on a forwarded call, the worker whose token the
+// follower checked: the leader sees the follower's cluster token.
+const onBehalfKey = "x-switchyard-on-behalf-of-worker"
+
+// caller is who a call comes from (ok false when the API checks no
+// token): the interceptor's identity, or, on a call a follower forwarded
+// with the cluster token, the worker it checked.
+func caller(ctx context.Context) (security.Identity, bool) {
+	id, ok := security.IdentityFrom(ctx)
+	if ok && id.Worker == "" && forwarded(ctx) {
+		md, _ := metadata.FromIncomingContext(ctx)
+		if w := md.Get(onBehalfKey); len(w) == 1 {
+			id.Worker = w[0]
+		}
+	}
+	return id, ok
+}
+
 // forwarder holds one connection per leader API address.
 type forwarder struct {
 	token string
@@ -76,5 +94,8 @@ func forward[Req, Resp any](ctx context.Context, s *Server, req Req, call func(a
 		return zero, apiError(failure(errUnavailable, "dial leader %s at %s: %v", id, d.Address, err))
 	}
 	ctx = metadata.AppendToOutgoingContext(ctx, forwardedKey, s.cfg.Node.ID())
+	if id, ok := caller(ctx); ok && id.Worker != "" {
+		ctx = metadata.AppendToOutgoingContext(ctx, onBehalfKey, id.Worker)
+	}
 	return call(c, ctx, req)
 }

@@ -9,7 +9,10 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/switchyard-ml/switchyard/pkg/checkpoint"
+	"github.com/switchyard-ml/switchyard/pkg/security"
 	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
+	pb "github.com/switchyard-ml/switchyard/proto/switchyard/coordinator/v1"
 )
 
 func TestPlanMembership(t *testing.T) {
@@ -108,5 +111,58 @@ func TestMembershipChangesRefused(t *testing.T) {
 	// the same id at the same address: nothing to do, no error
 	if _, err := c.AddReplica(ctx, &apiv1.AddReplicaRequest{Id: "c1", RaftAddress: cs.Replicas[0].RaftAddress}); err != nil {
 		t.Errorf("re-adding c1 where it is: %v", err)
+	}
+}
+
+// TestWorkerIdentity: with a token, a worker acts only as itself: it
+// syncs as its own id (directly or through a follower, which forwards
+// whom it checked), the cluster token and another worker's token cannot
+// sync as it, and only the worker holding rank 0 of the current attempt
+// commits the job's checkpoints.
+func TestWorkerIdentity(t *testing.T) {
+	h := newHarness(t, 3, "s3cret")
+	lead, follower := h.leader(), h.follower()
+	w1 := security.WorkerToken("s3cret", "w1")
+	for _, tc := range []struct {
+		name   string
+		r      *replica
+		token  string
+		worker string
+		want   codes.Code
+	}{
+		{"itself", lead, w1, "w1", codes.OK},
+		{"itself through a follower", follower, w1, "w1", codes.OK},
+		{"as another worker", lead, w1, "w2", codes.PermissionDenied},
+		{"as another worker through a follower", follower, w1, "w2", codes.PermissionDenied},
+		{"the cluster token", lead, "s3cret", "w1", codes.PermissionDenied},
+	} {
+		_, err := h.client(tc.r, tc.token).SyncWorker(ctxT(t), &apiv1.SyncWorkerRequest{WorkerId: tc.worker})
+		if status.Code(err) != tc.want {
+			t.Errorf("%s: %v, want %v", tc.name, err, tc.want)
+		}
+	}
+	h.worker("w1")
+	h.worker("w2")
+	admin := h.client(lead, "s3cret")
+	submit(t, admin, "job-i", 0)
+	j := waitJob(t, admin, "job-i", "placed", func(j *pb.Job) bool { return j.State == pb.JobState_JOB_STATE_PLACED })
+	rank0, other := j.Placement[0].WorkerId, j.Placement[1].WorkerId
+	m, err := checkpoint.EncodeManifest(checkpoint.Manifest{Job: "job-i", Step: 5, Layout: checkpoint.Layout{TP: 1, DP: 2, EP: 2},
+		Shards: []checkpoint.ShardInfo{{Name: "rank-0000/state.bin", SHA256: strings.Repeat("0", 64), Kind: checkpoint.KindParams}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	commit := func(r *replica, worker string) error {
+		_, err := h.client(r, security.WorkerToken("s3cret", worker)).CommitCheckpoint(ctxT(t), &apiv1.CommitCheckpointRequest{JobId: "job-i", Manifest: m})
+		return err
+	}
+	if err := commit(follower, other); status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "does not hold rank 0") {
+		t.Fatalf("a commit by %s, which holds rank 1: %v", other, err)
+	}
+	if err := commit(follower, rank0); err != nil {
+		t.Fatalf("a commit by %s, which holds rank 0: %v", rank0, err)
+	}
+	if _, err := h.client(lead, w1).ListJobs(ctxT(t), &apiv1.ListJobsRequest{}); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("a worker token listing jobs: %v", err)
 	}
 }

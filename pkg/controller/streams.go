@@ -263,6 +263,9 @@ func (s *Server) CommitCheckpoint(ctx context.Context, req *apiv1.CommitCheckpoi
 		}
 		return nil, apiError(failure(errAttemptOver, "%s", msg))
 	}
+	if id, ok := caller(ctx); ok && id.Worker != "" && (len(j.Placement) == 0 || j.Placement[0].WorkerId != id.Worker) {
+		return nil, apiError(failure(errPermission, "worker %s does not hold rank 0 of job %s's attempt %d: only that rank commits its checkpoints", id.Worker, j.Id, j.Restarts))
+	}
 	if err := s.plausible(j, m); err != nil {
 		s.recordEvent(ctx, j.Id, "CommitRefused", err.Error(), "")
 		return nil, apiError(err)

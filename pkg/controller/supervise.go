@@ -326,6 +326,12 @@ func (s *Server) SyncWorker(ctx context.Context, req *apiv1.SyncWorkerRequest) (
 	if w == "" {
 		return nil, apiError(failure(errBadRequest, "sync without a worker id"))
 	}
+	if id, ok := caller(ctx); ok && id.Worker != w {
+		if id.Worker == "" {
+			return nil, apiError(failure(errPermission, "a sync as worker %s needs that worker's own token (switchyard cluster worker-token %s), not the cluster token", w, w))
+		}
+		return nil, apiError(failure(errPermission, "worker %s's token cannot sync as worker %s", id.Worker, w))
+	}
 	if !s.cfg.Node.IsLeader() {
 		return forward(ctx, s, req, apiv1.CoordinatorClient.SyncWorker)
 	}

@@ -2,9 +2,12 @@ package security
 
 import (
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
 	"crypto/subtle"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"net"
@@ -116,39 +119,134 @@ func (t Token) RequireTransportSecurity() bool { return false }
 
 var _ credentials.PerRPCCredentials = Token("")
 
-// Check verifies the bearer token in ctx's incoming metadata.
+// Identity is who a call comes from: an operator (the cluster token:
+// Worker is "") or one worker (its worker token).
+type Identity struct {
+	Worker string
+}
+
+type identityKey struct{}
+
+// IdentityFrom is the caller's identity as ServerOptions' interceptors
+// found it; ok is false when the server checks no token.
+func IdentityFrom(ctx context.Context) (id Identity, ok bool) {
+	id, ok = ctx.Value(identityKey{}).(Identity)
+	return id, ok
+}
+
+// WithIdentity is ctx carrying id (for tests of handlers, and for calls a
+// server makes on a caller's behalf).
+func WithIdentity(ctx context.Context, id Identity) context.Context {
+	return context.WithValue(ctx, identityKey{}, id)
+}
+
+// workerTokenPrefix starts every worker token: "sy-worker.ID.MAC".
+const workerTokenPrefix = "sy-worker."
+
+// WorkerToken is the token of worker id in the cluster whose token is
+// secret: an HMAC of the id under the secret, so the coordinator checks it
+// without storing it, and a worker holding it can act only as itself.
+// `switchyard cluster worker-token ID` prints it for the worker's
+// environment.
+func WorkerToken(secret, worker string) string {
+	mac := hmac.New(sha256.New, []byte(secret))
+	mac.Write([]byte("switchyard worker " + worker))
+	return workerTokenPrefix + worker + "." + base64.RawURLEncoding.EncodeToString(mac.Sum(nil))
+}
+
+// WorkerOf reports the worker a token claims to be ("" and false for
+// another kind of token); it does not verify the claim.
+func WorkerOf(token string) (string, bool) {
+	rest, ok := strings.CutPrefix(token, workerTokenPrefix)
+	if !ok {
+		return "", false
+	}
+	i := strings.LastIndexByte(rest, '.')
+	if i <= 0 {
+		return "", false
+	}
+	return rest[:i], true
+}
+
+// identify checks the bearer token in ctx's incoming metadata against the
+// cluster token secret: the secret itself is an operator, a worker token
+// made from it is that worker.
+func identify(ctx context.Context, secret string) (Identity, error) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	for _, v := range md.Get("authorization") {
+		scheme, got, ok := strings.Cut(v, " ")
+		if !ok || !strings.EqualFold(scheme, "Bearer") {
+			continue
+		}
+		if subtle.ConstantTimeCompare([]byte(got), []byte(secret)) == 1 {
+			return Identity{}, nil
+		}
+		if w, ok := WorkerOf(got); ok && subtle.ConstantTimeCompare([]byte(got), []byte(WorkerToken(secret, w))) == 1 {
+			return Identity{Worker: w}, nil
+		}
+	}
+	return Identity{}, status.Error(codes.Unauthenticated, "missing or wrong bearer token")
+}
+
+// Check verifies the bearer token in ctx's incoming metadata: the cluster
+// token want, or a worker token made from it.
 func Check(ctx context.Context, want string) error {
 	if want == "" {
 		return nil
 	}
-	md, _ := metadata.FromIncomingContext(ctx)
-	for _, v := range md.Get("authorization") {
-		scheme, got, ok := strings.Cut(v, " ")
-		if ok && strings.EqualFold(scheme, "Bearer") && subtle.ConstantTimeCompare([]byte(got), []byte(want)) == 1 {
-			return nil
-		}
-	}
-	return status.Error(codes.Unauthenticated, "missing or wrong bearer token")
+	_, err := identify(ctx, want)
+	return err
 }
 
-// ServerOptions returns the interceptors that require token on every call
-// (none when token is empty).
+// WorkerMethods are the only calls a worker token may make (full gRPC
+// method names): a worker syncs, its rank 0 commits checkpoints.
+var WorkerMethods = map[string]bool{
+	"/switchyard.api.v1.Coordinator/SyncWorker":       true,
+	"/switchyard.api.v1.Coordinator/CommitCheckpoint": true,
+}
+
+// authorize identifies the caller of method and refuses a worker token on
+// an operator's call.
+func authorize(ctx context.Context, token, method string) (context.Context, error) {
+	id, err := identify(ctx, token)
+	if err != nil {
+		return nil, err
+	}
+	if id.Worker != "" && !WorkerMethods[method] {
+		return nil, status.Errorf(codes.PermissionDenied, "worker %s's token may only sync and commit checkpoints, not call %s", id.Worker, method)
+	}
+	return WithIdentity(ctx, id), nil
+}
+
+// ServerOptions returns the interceptors that require token (or a worker
+// token made from it) on every call and put the caller's Identity in the
+// handler's context (none when token is empty).
 func ServerOptions(token string) []grpc.ServerOption {
 	if token == "" {
 		return nil
 	}
 	return []grpc.ServerOption{
-		grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
-			if err := Check(ctx, token); err != nil {
+		grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+			ctx, err := authorize(ctx, token, info.FullMethod)
+			if err != nil {
 				return nil, err
 			}
 			return h(ctx, req)
 		}),
-		grpc.ChainStreamInterceptor(func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
-			if err := Check(ss.Context(), token); err != nil {
+		grpc.ChainStreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+			ctx, err := authorize(ss.Context(), token, info.FullMethod)
+			if err != nil {
 				return err
 			}
-			return h(srv, ss)
+			return h(srv, identified{ss, ctx})
 		}),
 	}
 }
+
+// identified is a server stream whose context carries the caller.
+type identified struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (s identified) Context() context.Context { return s.ctx }

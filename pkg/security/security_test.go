@@ -53,6 +53,16 @@ func (f *fakeCoordinator) ListJobs(ctx context.Context, _ *apiv1.ListJobsRequest
 	return &apiv1.ListJobsResponse{}, nil
 }
 
+// SyncWorker answers with the caller's identity in the worker id.
+func (f *fakeCoordinator) SyncWorker(ctx context.Context, _ *apiv1.SyncWorkerRequest) (*apiv1.SyncWorkerResponse, error) {
+	f.calls.Add(1)
+	id, ok := security.IdentityFrom(ctx)
+	if !ok {
+		return nil, status.Error(codes.Internal, "no identity")
+	}
+	return &apiv1.SyncWorkerResponse{Tasks: []*apiv1.Task{{JobId: "caller:" + id.Worker}}}, nil
+}
+
 func (f *fakeCoordinator) JobLogs(_ *apiv1.JobLogsRequest, s grpc.ServerStreamingServer[apiv1.LogEntry]) error {
 	f.calls.Add(1)
 	return s.Send(&apiv1.LogEntry{Line: "hello"})
@@ -460,5 +470,46 @@ func TestIsLoopbackAndCheckListen(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestWorkerTokens: a worker token made from the cluster token identifies
+// its worker, may only sync and commit, and cannot be forged from the
+// format alone; the cluster token identifies an operator.
+func TestWorkerTokens(t *testing.T) {
+	addr, _ := serve(t, security.ServerOptions("s3cret")...)
+	w1 := security.WorkerToken("s3cret", "w1")
+	if w, ok := security.WorkerOf(w1); !ok || w != "w1" {
+		t.Fatalf("WorkerOf(%q) = %q %v", w1, w, ok)
+	}
+	if security.WorkerToken("s3cret", "w2") == w1 || security.WorkerToken("other", "w1") == w1 {
+		t.Fatal("worker tokens collide")
+	}
+	forged := strings.Replace(w1, "w1.", "w2.", 1)
+	for _, tc := range []struct {
+		name, token string
+		sync        codes.Code
+		caller      string
+		list        codes.Code
+	}{
+		{"cluster token", "s3cret", codes.OK, "caller:", codes.OK},
+		{"worker token", w1, codes.OK, "caller:w1", codes.PermissionDenied},
+		{"another cluster's worker token", security.WorkerToken("other", "w1"), codes.Unauthenticated, "", codes.Unauthenticated},
+		{"renamed worker token", forged, codes.Unauthenticated, "", codes.Unauthenticated},
+		{"prefix only", "sy-worker.w1.", codes.Unauthenticated, "", codes.Unauthenticated},
+	} {
+		c := dial(t, client.Options{Endpoints: []string{addr}, Token: tc.token})
+		resp, err := c.SyncWorker(ctx5s(t), &apiv1.SyncWorkerRequest{WorkerId: "w1"})
+		if status.Code(err) != tc.sync || (err == nil && resp.Tasks[0].JobId != tc.caller) {
+			t.Errorf("%s: sync %v %v, want %v as %q", tc.name, resp, err, tc.sync, tc.caller)
+		}
+		if _, err := c.ListJobs(ctx5s(t), &apiv1.ListJobsRequest{}); status.Code(err) != tc.list {
+			t.Errorf("%s: list %v, want %v", tc.name, err, tc.list)
+		}
+	}
+	for _, m := range []string{apiv1.Coordinator_SyncWorker_FullMethodName, apiv1.Coordinator_CommitCheckpoint_FullMethodName} {
+		if !security.WorkerMethods[m] {
+			t.Errorf("%s is not among the worker methods", m)
+		}
 	}
 }

@@ -32,6 +32,16 @@ func (e *FieldError) Error() string {
 // Unwrap makes errors.Is(err, ErrInvalid) true.
 func (e *FieldError) Unwrap() error { return ErrInvalid }
 
+const idRule = "must be 1-128 of A-Z, a-z, 0-9, '.', '_' and '-', starting with a letter or digit"
+
+// ValidID reports whether id can name a worker.
+func ValidID(id string) error {
+	if !idRE.MatchString(id) {
+		return fmt.Errorf("worker id %.80q: %s", id, idRule)
+	}
+	return nil
+}
+
 var (
 	idRE         = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
 	labelKeyRE   = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9._/-]{0,62})$`)
@@ -53,10 +63,10 @@ func (c Config) Validate() error {
 	}
 
 	if !idRE.MatchString(c.ID) {
-		bad("id", c.ID, "must be 1-128 of A-Z, a-z, 0-9, '.', '_' and '-', starting with a letter or digit")
+		bad("id", c.ID, idRule)
 	}
 	if !idRE.MatchString(c.Host) {
-		bad("host", c.Host, "must be 1-128 of A-Z, a-z, 0-9, '.', '_' and '-', starting with a letter or digit")
+		bad("host", c.Host, idRule)
 	}
 
 	if len(c.Coordinators) == 0 {

@@ -4,13 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"time"
-
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 
 	"github.com/switchyard-ml/switchyard/pkg/checkpoint"
 	"github.com/switchyard-ml/switchyard/pkg/client"
+	"github.com/switchyard-ml/switchyard/pkg/etcdconn"
 	"github.com/switchyard-ml/switchyard/pkg/train"
 )
 
@@ -28,9 +25,10 @@ func openCatalogue(c train.CheckpointConfig) (cat checkpoint.Catalogue, closeCat
 		}
 		return nil, nothing, nil
 	}
-	cli, err := clientv3.New(clientv3.Config{Endpoints: c.Etcd, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	// the worker's TLS files and etcd user (inherited environment)
+	cli, err := etcdconn.Open(c.Etcd, etcdconn.Config{TLS: c.CommitTLS})
 	if err != nil {
-		return nil, nil, fmt.Errorf("checkpoint catalogue in etcd %v: %w", c.Etcd, err)
+		return nil, nil, fmt.Errorf("checkpoint catalogue: %w", err)
 	}
 	cat = checkpoint.NewEtcdCatalogue(cli, checkpoint.CataloguePrefix)
 	if len(c.CommitVia) == 0 {

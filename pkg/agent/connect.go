@@ -2,16 +2,14 @@ package agent
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-
 	"github.com/switchyard-ml/switchyard/pkg/client"
+	"github.com/switchyard-ml/switchyard/pkg/etcdconn"
 	"github.com/switchyard-ml/switchyard/pkg/events"
 	"github.com/switchyard-ml/switchyard/pkg/membership"
 	"github.com/switchyard-ml/switchyard/pkg/security"
@@ -45,21 +43,9 @@ func Connect(ctx context.Context, cfg workerconfig.Config, log *slog.Logger) (Op
 		return errors.Join(errs...)
 	}
 
-	var etcdTLS *tls.Config
-	if files.Enabled() {
-		var err error
-		if etcdTLS, err = security.ClientTLS(files, ""); err != nil {
-			return Options{}, nil, fmt.Errorf("agent: etcd TLS: %w", err)
-		}
-	}
-	cli, err := clientv3.New(clientv3.Config{
-		Endpoints:   cfg.EtcdEndpoints,
-		DialTimeout: etcdDialTimeout,
-		TLS:         etcdTLS,
-		Context:     context.WithoutCancel(ctx),
-	})
+	cli, err := etcdconn.Open(cfg.EtcdEndpoints, etcdconn.Config{TLS: files, Context: context.WithoutCancel(ctx)})
 	if err != nil {
-		return Options{}, nil, fmt.Errorf("agent: etcd %v: %w", cfg.EtcdEndpoints, err)
+		return Options{}, nil, fmt.Errorf("agent: %w", err)
 	}
 	closers = append(closers, cli.Close)
 	reg := membership.NewEtcd(cli, membership.DefaultPrefix, log)
@@ -67,7 +53,7 @@ func Connect(ctx context.Context, cfg workerconfig.Config, log *slog.Logger) (Op
 
 	var bus events.Bus
 	if cfg.NATSURL != "" {
-		nb, err := events.NewNATS(events.NATSConfig{URL: cfg.NATSURL, Name: "switchyard worker " + cfg.ID, Logger: log})
+		nb, err := events.NewNATS(events.NATSConfig{URL: cfg.NATSURL, Name: "switchyard worker " + cfg.ID, Logger: log, TLS: files, CredsFile: os.Getenv(events.CredsEnv)})
 		if err != nil {
 			closeAll()
 			return Options{}, nil, fmt.Errorf("agent: %w", err)

@@ -6,13 +6,13 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"path/filepath"
 	"runtime/debug"
 	"sync"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -21,6 +21,7 @@ import (
 	"github.com/switchyard-ml/switchyard/pkg/checkpoint"
 	"github.com/switchyard-ml/switchyard/pkg/coordinator"
 	"github.com/switchyard-ml/switchyard/pkg/devcluster"
+	"github.com/switchyard-ml/switchyard/pkg/etcdconn"
 	"github.com/switchyard-ml/switchyard/pkg/events"
 	"github.com/switchyard-ml/switchyard/pkg/jobspec"
 	"github.com/switchyard-ml/switchyard/pkg/membership"
@@ -101,7 +102,7 @@ func Start(ctx context.Context, cfg DaemonConfig) (d *Daemon, err error) {
 		lis.Close()
 		return nil, err
 	}
-	log.Info("coordinator started", "id", cfg.Raft.ID, "raft", d.Node.Addr(), "api", d.APIAddr, "etcd", cfg.EtcdEndpoints, "nats", cfg.NATSURL, "dev", cfg.Dev)
+	log.Info("coordinator started", "id", cfg.Raft.ID, "raft", d.Node.Addr(), "api", d.APIAddr, "etcd", cfg.EtcdEndpoints, "nats", events.Redact(cfg.NATSURL), "dev", cfg.Dev)
 	return d, nil
 }
 
@@ -142,11 +143,17 @@ func (d *Daemon) connect(ctx context.Context, cfg *DaemonConfig, log *slog.Logge
 		return errors.New("controller: no etcd endpoints (give --etcd-endpoints, or --dev)")
 	}
 	d.Etcd, d.NATSURL = cfg.EtcdEndpoints, cfg.NATSURL
-	if d.cli, err = clientv3.New(clientv3.Config{Endpoints: cfg.EtcdEndpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()}); err != nil {
-		return fmt.Errorf("controller: etcd client: %w", err)
+	// the API's TLS files serve for etcd and NATS too (one CA); dev mode's
+	// embedded servers are plain loopback
+	backendTLS := cfg.TLS
+	if cfg.Dev {
+		backendTLS = security.TLSFiles{}
+	}
+	if d.cli, err = etcdconn.Open(cfg.EtcdEndpoints, etcdconn.Config{TLS: backendTLS}); err != nil {
+		return fmt.Errorf("controller: %w", err)
 	}
 	if cfg.NATSURL != "" {
-		if d.bus, err = events.NewNATS(events.NATSConfig{URL: cfg.NATSURL, Name: "coordinator-" + cfg.Raft.ID, Logger: log}); err != nil {
+		if d.bus, err = events.NewNATS(events.NATSConfig{URL: cfg.NATSURL, Name: "coordinator-" + cfg.Raft.ID, Logger: log, TLS: backendTLS, CredsFile: os.Getenv(events.CredsEnv)}); err != nil {
 			return fmt.Errorf("controller: NATS: %w", err)
 		}
 	}

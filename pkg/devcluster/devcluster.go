@@ -2,6 +2,8 @@ package devcluster
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -61,12 +63,20 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 	if err != nil {
 		return nil, keptErr(err, kept.EtcdClient, pf)
 	}
-	n, err := StartNATS(filepath.Join(cfg.DataDir, "nats"), kept.NATS, cfg.StartTimeout)
+	if kept.NATSPassword == "" {
+		var b [18]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			e.Close()
+			return nil, fmt.Errorf("devcluster: %w", err)
+		}
+		kept.NATSPassword = base64.RawURLEncoding.EncodeToString(b[:])
+	}
+	n, err := startNATS(filepath.Join(cfg.DataDir, "nats"), kept.NATS, devNATSUser, kept.NATSPassword, cfg.StartTimeout)
 	if err != nil {
 		e.Close()
 		return nil, keptErr(err, kept.NATS, pf)
 	}
-	got := Ports{EtcdClient: e.clientPort, EtcdPeer: e.peerPort, NATS: n.Port}
+	got := Ports{EtcdClient: e.clientPort, EtcdPeer: e.peerPort, NATS: n.Port, NATSPassword: kept.NATSPassword}
 	if got != kept {
 		if err := writePorts(pf, got); err != nil {
 			n.Close()
@@ -80,12 +90,19 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 // portsFile names, in a dev cluster's DataDir, the ports its servers keep.
 const portsFile = "ports.json"
 
-// Ports are the loopback ports of a dev cluster's servers.
+// Ports are the loopback ports of a dev cluster's servers, and the
+// password its NATS server wants (generated on the first start: any local
+// process could otherwise publish forged logs, metrics and control
+// messages).
 type Ports struct {
-	EtcdClient int `json:"etcd_client"`
-	EtcdPeer   int `json:"etcd_peer"`
-	NATS       int `json:"nats"`
+	EtcdClient   int    `json:"etcd_client"`
+	EtcdPeer     int    `json:"etcd_peer"`
+	NATS         int    `json:"nats"`
+	NATSPassword string `json:"nats_password"`
 }
+
+// devNATSUser is the dev NATS server's one user.
+const devNATSUser = "switchyard"
 
 func readPorts(path string) (Ports, error) {
 	var p Ports
@@ -109,7 +126,7 @@ func readPorts(path string) (Ports, error) {
 	return p, nil
 }
 
-func writePorts(path string, p Ports) error {
+func writePorts(path string, p Ports) error { // 0600: it holds the password
 	raw, err := json.Marshal(p)
 	if err == nil {
 		tmp := path + ".tmp"
@@ -229,9 +246,16 @@ type NATS struct {
 }
 
 // StartNATS starts NATS with JetStream storing in dir, on 127.0.0.1:port
-// (port 0 picks a free one). Restarting on the same dir and port brings the
-// streams back, as a restarted nats-server would.
+// (port 0 picks a free one), without authentication. Restarting on the
+// same dir and port brings the streams back, as a restarted nats-server
+// would.
 func StartNATS(dir string, port int, timeout time.Duration) (*NATS, error) {
+	return startNATS(dir, port, "", "", timeout)
+}
+
+// startNATS is StartNATS wanting user and password when user is not "";
+// the URL then carries them.
+func startNATS(dir string, port int, user, password string, timeout time.Duration) (*NATS, error) {
 	if timeout <= 0 {
 		timeout = 30 * time.Second
 	}
@@ -245,6 +269,8 @@ func StartNATS(dir string, port int, timeout time.Duration) (*NATS, error) {
 		StoreDir:  dir,
 		NoLog:     true,
 		NoSigs:    true,
+		Username:  user,
+		Password:  password,
 		// A restart must not wait for clients of the previous instance.
 		ServerName: "switchyard-dev",
 	})
@@ -257,7 +283,11 @@ func StartNATS(dir string, port int, timeout time.Duration) (*NATS, error) {
 		return nil, fmt.Errorf("devcluster: nats not ready after %v", timeout)
 	}
 	addr := s.Addr().(*net.TCPAddr)
-	return &NATS{URL: s.ClientURL(), Port: addr.Port, s: s}, nil
+	u := url.URL{Scheme: "nats", Host: net.JoinHostPort("127.0.0.1", strconv.Itoa(addr.Port))}
+	if user != "" {
+		u.User = url.UserPassword(user, password)
+	}
+	return &NATS{URL: u.String(), Port: addr.Port, s: s}, nil
 }
 
 // Close stops NATS and waits until it has.

@@ -3,12 +3,15 @@ package devcluster
 import (
 	"context"
 	"net"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/switchyard-ml/switchyard/pkg/events"
 )
 
 func TestStartServesEtcdAndNATS(t *testing.T) {
@@ -103,10 +106,21 @@ func TestRestartKeepsPorts(t *testing.T) {
 		t.Fatal(err)
 	}
 	nc.Close()
+	// the dev NATS wants the generated password: a local process without
+	// it cannot publish
+	u, _ := url.Parse(natsURL)
+	if pass, _ := u.User.Password(); len(pass) < 20 {
+		t.Fatalf("NATS URL %s carries no generated password", events.Redact(natsURL))
+	}
+	u.User = nil
+	if nc, err := nats.Connect(u.String(), nats.MaxReconnects(0)); err == nil {
+		nc.Close()
+		t.Fatal("connected to the dev NATS without its password")
+	}
 
 	// a kept port another process holds: a clear error naming the file
 	c2.Close()
-	l, err := net.Listen("tcp", strings.TrimPrefix(natsURL, "nats://"))
+	l, err := net.Listen("tcp", u.Host)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,13 +7,18 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/url"
+	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/switchyard-ml/switchyard/pkg/security"
 )
 
 // SubjectPrefix starts every subject: switchyard.<kind>.<job-id>.
@@ -55,7 +60,32 @@ type NATSConfig struct {
 	Replicas int
 	// Limits per stored kind; zero fields take DefaultLimits.
 	Limits map[Kind]StreamLimits
-	Logger *slog.Logger
+	// TLS, when any file is given, is mutual TLS to the server.
+	TLS security.TLSFiles
+	// CredsFile is a NATS credentials file (user JWT and NKey seed; ""
+	// none). A user and password, or a token, may also be in URL, which
+	// is never logged with them.
+	CredsFile string
+	Logger    *slog.Logger
+}
+
+// CredsEnv names the environment variable that coordinators and workers
+// read a NATS credentials file's path from.
+const CredsEnv = "SWITCHYARD_NATS_CREDS"
+
+// Redact is url (or a comma-separated list of them) with any password or
+// token in it replaced by "xxxxx", for logs.
+func Redact(urls string) string {
+	parts := strings.Split(urls, ",")
+	for i, p := range parts {
+		if u, err := url.Parse(strings.TrimSpace(p)); err == nil && u.User != nil {
+			if _, hasPass := u.User.Password(); !hasPass {
+				u.User = url.User("xxxxx") // a token alone
+			}
+			parts[i] = u.Redacted()
+		}
+	}
+	return strings.Join(parts, ",")
 }
 
 // DefaultLimits are the stream limits when NATSConfig.Limits says nothing.
@@ -122,20 +152,37 @@ func NewNATS(cfg NATSConfig) (*NATS, error) {
 	var rnd [8]byte
 	rand.Read(rnd[:])
 	b.id = hex.EncodeToString(rnd[:])
-	nc, err := nats.Connect(cfg.URL,
+	opts := []nats.Option{
 		nats.Name(cfg.Name),
 		nats.RetryOnFailedConnect(true),
 		nats.MaxReconnects(-1),
-		nats.ReconnectWait(250*time.Millisecond),
+		nats.ReconnectWait(250 * time.Millisecond),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil { // nil: our own Close
 				b.log.Warn("nats disconnected", "error", err)
 			}
 		}),
-		nats.ReconnectHandler(func(c *nats.Conn) { b.log.Info("nats reconnected", "url", c.ConnectedUrl()) }),
-	)
+		nats.ReconnectHandler(func(c *nats.Conn) { b.log.Info("nats reconnected", "url", c.ConnectedUrlRedacted()) }),
+	}
+	if cfg.TLS.Enabled() {
+		tc, err := security.ClientTLS(cfg.TLS, "")
+		if err != nil {
+			return nil, fmt.Errorf("events: NATS TLS: %w", err)
+		}
+		opts = append(opts, nats.Secure(tc))
+	}
+	if cfg.CredsFile != "" {
+		if _, err := os.Stat(cfg.CredsFile); err != nil {
+			return nil, fmt.Errorf("events: NATS credentials: %w", err)
+		}
+		opts = append(opts, nats.UserCredentials(cfg.CredsFile))
+	}
+	nc, err := nats.Connect(cfg.URL, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("events: connect %s: %w", cfg.URL, err)
+		return nil, fmt.Errorf("events: connect %s: %w", Redact(cfg.URL), err)
+	}
+	if !nc.IsConnected() {
+		b.log.Warn("nats not reachable yet; events, logs and metrics are buffered (then dropped) until it is", "url", Redact(cfg.URL))
 	}
 	b.nc = nc
 	if b.js, err = jetstream.New(nc); err != nil {

@@ -142,3 +142,17 @@ func TestNATSOversizedMessageDoesNotBlock(t *testing.T) {
 		t.Fatalf("stats %+v, want the oversized message dropped and 5 sent", s)
 	}
 }
+
+func TestRedact(t *testing.T) {
+	for in, want := range map[string]string{
+		"nats://127.0.0.1:4222":                   "nats://127.0.0.1:4222",
+		"nats://user:s3cret@h:4222":               "nats://user:xxxxx@h:4222",
+		"nats://t0ken@h:4222":                     "nats://xxxxx@h:4222",
+		"nats://a:p1@h1:4222,nats://b:p2@h2:4222": "nats://a:xxxxx@h1:4222,nats://b:xxxxx@h2:4222",
+		"": "",
+	} {
+		if got := events.Redact(in); got != want || strings.Contains(got, "s3cret") {
+			t.Errorf("Redact(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

@@ -117,6 +117,7 @@ func cmdBenchCollectives(ctx context.Context, args []string) error {
 	sizesFlag := fs.String("sizes", "4KiB,1MiB,16MiB,64MiB", "message sizes per rank, comma-separated (B, KiB, MiB, GiB)")
 	iters := fs.Int("iters", 10, "timed iterations per size (sizes under 1 MiB run 10x as many)")
 	planes := fs.String("data-plane", "tcp,grpc", "transport data planes to measure: grpc (messages on the gRPC streams), tcp (a plain socket beside them)")
+	tlsMode := fs.String("tls", "off", "mutual TLS between the ranks: off, on, or both (each data plane measured plain and encrypted, side by side)")
 	segment := fs.String("segment", "0", "ring pipelining segment (0: the library default, what training uses)")
 	asJSON := fs.Bool("json", false, "print JSON")
 	glooScript := fs.String("gloo-script", "", "run this PyTorch/gloo reference (allreduce_bench.py) with /usr/bin/python3 and compare")
@@ -156,25 +157,46 @@ func cmdBenchCollectives(ctx context.Context, args []string) error {
 		}
 	}
 	rep := collectivesReport{CPUs: runtime.NumCPU(), LoadAvg: loadAvg()}
-	var planeOpts []parallel.Options
+	var encrypt []bool
+	switch *tlsMode {
+	case "off":
+		encrypt = []bool{false}
+	case "on":
+		encrypt = []bool{true}
+	case "both":
+		encrypt = []bool{false, true}
+	default:
+		return usageError{fmt.Errorf("bench collectives: --tls %q: want off, on or both", *tlsMode)}
+	}
+	type plan struct {
+		opts parallel.Options
+		tls  bool
+	}
+	var planeOpts []plan
 	for _, plane := range strings.Split(*planes, ",") {
 		opts := parallel.Options{Timeout: 2 * time.Minute, DataPlane: plane}
 		if err := opts.Validate(); err != nil {
 			return usageError{err}
 		}
-		planeOpts = append(planeOpts, opts)
+		for _, e := range encrypt {
+			planeOpts = append(planeOpts, plan{opts, e})
+		}
 	}
 	ours := func(r, w int) ([]collectivesRun, error) {
 		var runs []collectivesRun
-		for _, opts := range planeOpts {
+		for _, p := range planeOpts {
 			before := cpuSnapshot()
 			start := time.Now()
-			res, err := collbench.Collectives(ctx, w, sizes, *iters,
-				collbench.WithTransport(opts, parallel.CommOptions{Segment: seg}))
-			if err != nil {
-				return nil, fmt.Errorf("bench collectives: world %d, data plane %s: %w", w, opts.DataPlane, err)
+			bo := []collbench.Option{collbench.WithTransport(p.opts, parallel.CommOptions{Segment: seg})}
+			label := p.opts.DataPlane
+			if p.tls {
+				bo, label = append(bo, collbench.WithTLS()), label+"+tls"
 			}
-			run := collectivesRun{Rep: r, DataPlane: opts.DataPlane, World: w, ForeignCPUFrac: foreignCPU(before, cpuSnapshot(), time.Since(start))}
+			res, err := collbench.Collectives(ctx, w, sizes, *iters, bo...)
+			if err != nil {
+				return nil, fmt.Errorf("bench collectives: world %d, data plane %s: %w", w, label, err)
+			}
+			run := collectivesRun{Rep: r, DataPlane: label, World: w, ForeignCPUFrac: foreignCPU(before, cpuSnapshot(), time.Since(start))}
 			for _, r := range res {
 				switch r.Op {
 				case "tcp_loopback":

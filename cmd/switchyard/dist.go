@@ -9,6 +9,7 @@ import (
 
 	"github.com/switchyard-ml/switchyard/pkg/parallel"
 	"github.com/switchyard-ml/switchyard/pkg/runconfig"
+	"github.com/switchyard-ml/switchyard/pkg/security"
 	"github.com/switchyard-ml/switchyard/pkg/train"
 )
 
@@ -23,6 +24,7 @@ type distFlags struct {
 	commTimeout  time.Duration
 	dataPlane    string
 	connectLimit time.Duration
+	tls          security.TLSFiles // the run config's dist.tls
 }
 
 func (f *distFlags) register(fs *flag.FlagSet) {
@@ -54,6 +56,7 @@ func (f *distFlags) useConfig(d runconfig.Dist, fs *flag.FlagSet) {
 			*v.dst = v.val
 		}
 	}
+	f.tls = d.TLS
 	if !set["balance"] && d.Balance != "" {
 		f.balance = d.Balance
 	}
@@ -89,6 +92,11 @@ func (f *distFlags) connect(ctx context.Context) (*train.Dist, func(), error) {
 	opts.Timeout = f.commTimeout
 	opts.DialTimeout = f.connectLimit
 	opts.DataPlane = f.dataPlane
+	if f.tls.Enabled() {
+		if opts.TLS, err = security.ClientTLS(f.tls, ""); err != nil {
+			return nil, nil, usageError{fmt.Errorf("train: dist.tls: %w", err)}
+		}
+	}
 	listen := f.listen
 	if listen == "" {
 		listen = peers[f.rank]

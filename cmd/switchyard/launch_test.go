@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/switchyard-ml/switchyard/pkg/security"
 )
 
 // buildCLI compiles this command into a temporary directory.
@@ -150,4 +153,42 @@ func launchAndHurt(t *testing.T, sig syscall.Signal) {
 func lastLines(s string, n int) string {
 	lines := strings.Split(strings.TrimSpace(s), "\n")
 	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
+
+// TestLaunchOverTLS: two ranks whose run config turns on the encrypted
+// data plane (dist.tls, what a worker with data_plane_tls writes) train
+// the same losses as over plain TCP, bit for bit.
+func TestLaunchOverTLS(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts processes")
+	}
+	bin := buildCLI(t)
+	dir := t.TempDir()
+	p, err := security.EphemeralPEM("127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	files := map[string][]byte{"ca.pem": p.CA, "cert.pem": p.Cert, "key.pem": p.Key}
+	for name, b := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	base := strings.Replace(smallRunYAML, "steps: 100000", "steps: 6", 1)
+	tlsYAML := base + fmt.Sprintf("dist: {tls: {ca: %s/ca.pem, cert: %s/cert.pem, key: %s/key.pem}}\n", dir, dir, dir)
+	losses := func(yaml string) []string {
+		cfg := filepath.Join(t.TempDir(), "run.yaml")
+		if err := os.WriteFile(cfg, []byte(yaml), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		out, err := exec.Command(bin, "launch", "--nproc", "2", "--", "--config", cfg).CombinedOutput()
+		if err != nil {
+			t.Fatalf("launch: %v\n%s", err, out)
+		}
+		return regexp.MustCompile(`step \d+/6\s+loss [0-9.]+`).FindAllString(string(out), -1)
+	}
+	plain, enc := losses(base), losses(tlsYAML)
+	if len(plain) == 0 || strings.Join(plain, ";") != strings.Join(enc, ";") {
+		t.Fatalf("losses over TLS %q, over plain TCP %q", enc, plain)
+	}
 }

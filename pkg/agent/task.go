@@ -170,6 +170,9 @@ func (a *Agent) prepare(t *apiv1.Task) (launch, error) {
 		CommitVia: a.o.Config.Coordinators,
 		CommitTLS: a.o.Config.TLS,
 	}
+	if a.o.Config.DataPlaneTLS {
+		host.DataPlaneTLS = a.o.Config.TLS
+	}
 	cfg, err := spec.RankConfig(jobspec.Task{JobID: k.jobID, Attempt: int(k.attempt), Layout: l, ResumeStep: t.GetResumeFromStep()}, host)
 	if err != nil {
 		return launch{}, err

@@ -82,6 +82,9 @@ type Host struct {
 	Etcd           []string // the checkpoint catalogue's etcd endpoints
 	CommitVia      []string // coordinator API addresses that commit checkpoints
 	CommitTLS      security.TLSFiles
+	// DataPlaneTLS, when its files are given, encrypts the connections
+	// between the ranks.
+	DataPlaneTLS security.TLSFiles
 }
 
 // CheckpointRoot is where the job's checkpoints live: checkpoint.path, or
@@ -121,7 +124,7 @@ func (s *Spec) RankConfig(t Task, h Host) (runconfig.Config, error) {
 	}
 	c.Accumulation = l.Accumulation
 	c.OutDir = h.RunDir
-	c.Dist = runconfig.Dist{World: l.World(), TP: l.TP, DP: l.DP, EP: l.EP, Balance: l.Balance}
+	c.Dist = runconfig.Dist{World: l.World(), TP: l.TP, DP: l.DP, EP: l.EP, Balance: l.Balance, TLS: h.DataPlaneTLS}
 	c.Checkpoint = runconfig.Checkpoint{
 		Dir:          s.CheckpointRoot(h.CheckpointRoot),
 		Job:          t.JobID,

@@ -100,6 +100,12 @@ elastic: {min_dp: 2}
 	if c.OutDir != host.RunDir || !c.Resume || c.Steps != 50 || c.EvalEvery != 10 || c.LBL.Coef != 0 || c.LBL.BiasRate != 0.001 {
 		t.Errorf("config %+v", c)
 	}
+	// a worker with data_plane_tls gives its ranks its TLS files
+	tlsHost := host
+	tlsHost.DataPlaneTLS = tlsFiles
+	if c, err := s.RankConfig(task, tlsHost); err != nil || c.Dist.TLS != tlsFiles {
+		t.Errorf("data plane TLS: %+v %v", c.Dist.TLS, err)
+	}
 	// the spec's own checkpoint path wins over the worker's
 	s.Checkpoint.Storage, s.Checkpoint.Path = StorageS3, "s3://bucket/runs"
 	if c, err := s.RankConfig(task, host); err != nil || c.Checkpoint.Dir != "s3://bucket/runs" {

@@ -2,6 +2,7 @@ package parallel
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -166,6 +167,9 @@ func ListenGRPC(rank, world int, addr string, opts Options) (*GRPCTransport, err
 	if err != nil {
 		return nil, fmt.Errorf("parallel: listen: %w", err)
 	}
+	if opts.TLS != nil {
+		lis = tls.NewListener(lis, opts.serverTLS())
+	}
 	t := &GRPCTransport{
 		rank: rank, world: world, opts: opts, lis: lis,
 		boxes:  newMailboxes(world),
@@ -191,7 +195,7 @@ func ListenGRPC(rank, world int, addr string, opts Options) (*GRPCTransport, err
 	)
 	parallelv1.RegisterTransportServer(t.srv, t)
 	go t.srv.Serve(newMuxListener(lis, t)) //nolint:errcheck // returns when Close stops the server
-	if opts.DataPlane == DataPlaneTCP && isLoopbackAddr(t.Addr()) {
+	if opts.DataPlane == DataPlaneTCP && opts.TLS == nil && isLoopbackAddr(t.Addr()) {
 		if ul, err := net.Listen("unix", udsName(t.Addr())); err == nil {
 			t.ulis = ul
 			go t.serveUDS(ul)
@@ -243,7 +247,8 @@ func (t *GRPCTransport) Connect(ctx context.Context, addrs []string) error {
 
 func (t *GRPCTransport) dial(ctx context.Context, peer int, addr string) error {
 	conn, err := grpc.NewClient("passthrough:///"+addr,
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithTransportCredentials(insecure.NewCredentials()), // TLS, if any, is below gRPC (dialTLS)
+		grpc.WithContextDialer(t.opts.dialTLS),
 		experimental.WithBufferPool(&t.frames),
 		grpc.WithInitialWindowSize(int32(t.opts.Window)),
 		grpc.WithInitialConnWindowSize(int32(2*t.opts.Window)),

@@ -3,6 +3,7 @@ package parallel
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -225,11 +226,11 @@ func (t *GRPCTransport) dialRaw(ctx context.Context, peer int, addr string) (net
 	var d net.Dialer
 	var c net.Conn
 	var err error
-	if isLoopbackAddr(addr) {
+	if t.opts.TLS == nil && isLoopbackAddr(addr) {
 		c, err = d.DialContext(ctx, "unix", udsName(addr))
 	}
 	if c == nil {
-		if c, err = d.DialContext(ctx, "tcp", addr); err != nil {
+		if c, err = t.opts.dialTLS(ctx, addr); err != nil {
 			return nil, err
 		}
 	}
@@ -264,6 +265,9 @@ const udsBuffer = 4 << 20
 // small flow-control window; otherwise Linux autotunes TCP's, and a Unix
 // socket's are raised to udsBuffer.
 func (t *GRPCTransport) tuneRaw(c net.Conn) {
+	if tc, ok := c.(*tls.Conn); ok {
+		c = tc.NetConn() // the socket below TLS
+	}
 	if tc, ok := c.(*net.TCPConn); ok {
 		tc.SetNoDelay(true) //nolint:errcheck
 	}

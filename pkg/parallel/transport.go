@@ -2,9 +2,11 @@ package parallel
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net"
 	"sync"
 	"time"
 )
@@ -168,6 +170,13 @@ type Options struct {
 	// beside the gRPC stream, which then carries only the handshake (see
 	// rawtcp.go for why). All ranks of a job must agree.
 	DataPlane string
+	// TLS, when set, encrypts every connection between ranks (gRPC and
+	// data connections) with mutual TLS: its Certificates are this rank's,
+	// its RootCAs verify the peers' (as clients and as servers), and a
+	// peer's certificate must name the host of its address. Same-host Unix
+	// sockets are not used. All ranks of a job must agree. See
+	// `switchyard bench collectives --tls` for what it costs.
+	TLS *tls.Config `json:"-"`
 }
 
 // DefaultOptions returns the defaults.
@@ -224,7 +233,38 @@ func (o Options) Validate() error {
 	if o.DataPlane != DataPlaneGRPC && o.DataPlane != DataPlaneTCP {
 		return fmt.Errorf("parallel: options: data plane %q is neither %q nor %q", o.DataPlane, DataPlaneGRPC, DataPlaneTCP)
 	}
+	if o.TLS != nil && (len(o.TLS.Certificates) == 0 || o.TLS.RootCAs == nil) {
+		return errors.New("parallel: options: TLS needs this rank's certificate and the CA that signs the peers'")
+	}
 	return nil
+}
+
+// serverTLS is o.TLS for accepting a peer: its client certificate is
+// required and verified against the same CA.
+func (o Options) serverTLS() *tls.Config {
+	c := o.TLS.Clone()
+	c.ClientAuth, c.ClientCAs = tls.RequireAndVerifyClientCert, o.TLS.RootCAs
+	c.MinVersion = tls.VersionTLS13
+	return c
+}
+
+// dialTLS dials addr over TCP and, with o.TLS, runs the TLS handshake
+// (verifying that the peer's certificate names addr's host).
+func (o Options) dialTLS(ctx context.Context, addr string) (net.Conn, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil || o.TLS == nil {
+		return c, err
+	}
+	host, _, _ := net.SplitHostPort(addr)
+	cfg := o.TLS.Clone()
+	cfg.ServerName, cfg.MinVersion = host, tls.VersionTLS13
+	tc := tls.Client(c, cfg)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("TLS with %s: %w", addr, err)
+	}
+	return tc, nil
 }
 
 // opDeadline turns ctx and the transport timeout into one wait: it returns a

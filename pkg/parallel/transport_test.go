@@ -3,11 +3,14 @@ package parallel
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"math/rand/v2"
 	"sync"
 	"testing"
+
+	"github.com/switchyard-ml/switchyard/pkg/security"
 	"time"
 )
 
@@ -44,6 +47,33 @@ var transportKinds = []transportKind{
 		t.Cleanup(func() { closeAll(ts) })
 		return ts
 	}},
+	{"grpc-tls", func(t testing.TB, n int, opts Options) []Transport {
+		opts.TLS = loopbackTLS(t)
+		ts, err := NewLoopbackGRPC(context.Background(), n, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { closeAll(ts) })
+		return ts
+	}},
+	{"grpc-tcp-tls", func(t testing.TB, n int, opts Options) []Transport {
+		opts.DataPlane, opts.TLS = DataPlaneTCP, loopbackTLS(t)
+		ts, err := NewLoopbackGRPC(context.Background(), n, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { closeAll(ts) })
+		return ts
+	}},
+}
+
+// loopbackTLS is mutual TLS for ranks on 127.0.0.1.
+func loopbackTLS(t testing.TB) *tls.Config {
+	c, err := security.EphemeralMutualTLS("127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }
 
 func closeAll(ts []Transport) { CloseTransports(ts) }
@@ -339,5 +369,36 @@ func TestDataPlaneMismatch(t *testing.T) {
 	t.Log(errs)
 	if o := (Options{DataPlane: "udp"}); o.Validate() == nil {
 		t.Error("data plane udp validated")
+	}
+}
+
+// TestTLSRefusesStrangers: with TLS on, a rank whose certificate another
+// CA signed, or that speaks plain TCP, cannot link with the job's ranks.
+func TestTLSRefusesStrangers(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		stranger *tls.Config
+	}{{"another CA", loopbackTLS(t)}, {"no TLS", nil}} {
+		t.Run(tc.name, func(t *testing.T) {
+			opts := testOptions()
+			opts.DialTimeout = 2 * time.Second
+			opts.TLS = loopbackTLS(t)
+			a, err := ListenGRPC(0, 2, "127.0.0.1:0", opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer a.Close()
+			opts.TLS = tc.stranger
+			b, err := ListenGRPC(1, 2, "127.0.0.1:0", opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer b.Close()
+			addrs := []string{a.Addr(), b.Addr()}
+			errs := onAllRanks(2, func(r int) error { return []*GRPCTransport{a, b}[r].Connect(context.Background(), addrs) })
+			if errs[0] == nil || errs[1] == nil {
+				t.Fatalf("a stranger linked: %v", errs)
+			}
+		})
 	}
 }

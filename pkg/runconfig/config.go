@@ -87,6 +87,9 @@ type Dist struct {
 	DP      int    `yaml:"dp,omitempty" json:"dp,omitempty"` // 0: world/tp
 	EP      int    `yaml:"ep,omitempty" json:"ep,omitempty"`
 	Balance string `yaml:"balance,omitempty" json:"balance,omitempty"` // LBL balance group: dp (default), node or none
+	// TLS, when its files are given, encrypts the connections between the
+	// ranks (mutual TLS; the worker's files when it has data_plane_tls).
+	TLS security.TLSFiles `yaml:"tls,omitempty" json:"tls,omitempty"`
 }
 
 func (d Dist) validate() error {

@@ -40,11 +40,15 @@ type Config struct {
 	// AllowedPaths are directories outside StoragePath that jobs may name:
 	// corpora to read, checkpoint.path to write. A job naming a path
 	// outside both fails to start, naming it.
-	AllowedPaths    []string `yaml:"allowed_paths" json:"allowed_paths,omitempty"`
-	Trainer         string   `yaml:"trainer" json:"trainer,omitempty"` // switchyard binary that runs ranks ("" : see TrainerPath)
-	TLS             TLS      `yaml:"tls" json:"tls"`
-	LeaseTTLSeconds int      `yaml:"lease_ttl_seconds" json:"lease_ttl_seconds"`
-	Insecure        bool     `yaml:"insecure" json:"insecure"`
+	AllowedPaths []string `yaml:"allowed_paths" json:"allowed_paths,omitempty"`
+	Trainer      string   `yaml:"trainer" json:"trainer,omitempty"` // switchyard binary that runs ranks ("" : see TrainerPath)
+	TLS          TLS      `yaml:"tls" json:"tls"`
+	// DataPlaneTLS encrypts the connections between this worker's ranks
+	// and their peers with mutual TLS, with the files of TLS (every worker
+	// of a job must agree). Off by default: see the cost in the README.
+	DataPlaneTLS    bool `yaml:"data_plane_tls" json:"data_plane_tls,omitempty"`
+	LeaseTTLSeconds int  `yaml:"lease_ttl_seconds" json:"lease_ttl_seconds"`
+	Insecure        bool `yaml:"insecure" json:"insecure"`
 }
 
 // Resources is what the worker offers.

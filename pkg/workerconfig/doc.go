@@ -27,6 +27,7 @@
 //	tls.ca                --tls-ca             SWITCHYARD_WORKER_TLS_CA
 //	tls.cert              --tls-cert           SWITCHYARD_WORKER_TLS_CERT
 //	tls.key               --tls-key            SWITCHYARD_WORKER_TLS_KEY
+//	data_plane_tls        --data-plane-tls     SWITCHYARD_WORKER_DATA_PLANE_TLS    (true/false)
 //	lease_ttl_seconds     --lease-ttl-seconds  SWITCHYARD_WORKER_LEASE_TTL_SECONDS
 //	insecure              --insecure           SWITCHYARD_WORKER_INSECURE          (true/false)
 //

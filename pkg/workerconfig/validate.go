@@ -162,6 +162,9 @@ func (c Config) Validate() error {
 		}
 	}
 
+	if c.DataPlaneTLS && !c.TLS.Enabled() {
+		bad("data_plane_tls", c.DataPlaneTLS, "needs tls.ca, tls.cert and tls.key")
+	}
 	if t := c.TLS; t.Enabled() {
 		for _, f := range []struct{ path, file string }{{"tls.ca", t.CA}, {"tls.cert", t.Cert}, {"tls.key", t.Key}} {
 			if f.file == "" {

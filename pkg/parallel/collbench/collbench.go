@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/switchyard-ml/switchyard/pkg/parallel"
+	"github.com/switchyard-ml/switchyard/pkg/security"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -50,6 +51,8 @@ type benchConfig struct {
 	inProcess bool
 	opts      parallel.Options
 	comm      parallel.CommOptions
+	tls       *security.PEM // mutual TLS between the ranks, or nil
+	tlsErr    error
 }
 
 // InProcess runs the ranks as goroutines of this process (still over
@@ -59,6 +62,26 @@ func InProcess() Option { return func(c *benchConfig) { c.inProcess = true } }
 // WithTransport sets the transport and communicator options of the ranks.
 func WithTransport(o parallel.Options, co parallel.CommOptions) Option {
 	return func(c *benchConfig) { c.opts, c.comm = o, co }
+}
+
+// suffix marks the transport label of an encrypted run.
+func (c benchConfig) suffix() string {
+	if c.tls != nil {
+		return "+tls"
+	}
+	return ""
+}
+
+// WithTLS encrypts the ranks' connections with mutual TLS (a throwaway CA
+// and certificate for 127.0.0.1), to measure what encryption costs.
+func WithTLS() Option {
+	return func(c *benchConfig) {
+		p, err := security.EphemeralPEM("127.0.0.1")
+		if err == nil {
+			c.tls = &p
+		}
+		c.tlsErr = err
+	}
 }
 
 // Collectives measures all-reduce and all-to-all over the gRPC transport
@@ -77,6 +100,16 @@ func Collectives(ctx context.Context, world int, sizes []int, iters int, opts ..
 	}
 	if world < 1 || iters < 1 {
 		return nil, fmt.Errorf("collbench: world %d, iters %d", world, iters)
+	}
+	if cfg.tlsErr != nil {
+		return nil, fmt.Errorf("collbench: TLS: %w", cfg.tlsErr)
+	}
+	if cfg.tls != nil {
+		tc, err := cfg.tls.Config()
+		if err != nil {
+			return nil, err
+		}
+		cfg.opts.TLS = tc
 	}
 	tcp, err := MeasureLoopbackTCP(ctx, 1<<30, 1<<20)
 	if err != nil {
@@ -106,11 +139,11 @@ func Collectives(ctx context.Context, world int, sizes []int, iters int, opts ..
 		}
 		res = out[0]
 		for i := range res {
-			res[i].Transport = "grpc-goroutines"
+			res[i].Transport = "grpc-goroutines" + cfg.suffix()
 			res[i].CPUMS /= float64(world) // every rank measured the one process
 		}
 	} else {
-		ranks, err := startRanks(ctx, world, childConfig{Mode: "bench", Sizes: sizes, Iters: iters, Opts: cfg.opts, Comm: cfg.comm})
+		ranks, err := startRanks(ctx, world, childConfig{Mode: "bench", Sizes: sizes, Iters: iters, Opts: cfg.opts, Comm: cfg.comm, TLS: cfg.tls})
 		if err != nil {
 			return nil, err
 		}
@@ -124,7 +157,7 @@ func Collectives(ctx context.Context, world int, sizes []int, iters int, opts ..
 				if err := json.Unmarshal([]byte(j), &r); err != nil {
 					return nil, fmt.Errorf("collbench: rank 0 output %q: %w", l, err)
 				}
-				r.Transport = "grpc-processes"
+				r.Transport = "grpc-processes" + cfg.suffix()
 				res = append(res, r)
 			}
 		}
@@ -353,6 +386,7 @@ type childConfig struct {
 	Iters int                  `json:"iters,omitempty"`
 	Opts  parallel.Options     `json:"opts"`
 	Comm  parallel.CommOptions `json:"comm"`
+	TLS   *security.PEM        `json:"tls,omitempty"`
 }
 
 // ChildMain runs this process as a rank of Collectives and exits,
@@ -387,6 +421,11 @@ func runChild(stdin io.Reader, stdout io.Writer) error {
 	}
 	if err := json.Unmarshal(line, &cfg); err != nil {
 		return fmt.Errorf("config: %w", err)
+	}
+	if cfg.TLS != nil {
+		if cfg.Opts.TLS, err = cfg.TLS.Config(); err != nil {
+			return err
+		}
 	}
 	t, err := parallel.ListenGRPC(cfg.Rank, cfg.World, "127.0.0.1:0", cfg.Opts)
 	if err != nil {

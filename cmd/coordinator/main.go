@@ -38,8 +38,8 @@ A restarted replica keeps its --id, --data-dir and --raft-addr.
 Security: --token (or SWITCHYARD_TOKEN) makes every API call need
 "Bearer <token>"; --tls-ca/--tls-cert/--tls-key turn on mutual TLS. An API
 or raft address that is not loopback is refused without TLS unless
---insecure is given (raft traffic itself is never encrypted: keep it on a
-private network).
+--insecure is given. --raft-tls encrypts the raft traffic with the same
+files (mutual TLS 1.3; the certificates must name the raft hosts).
 
 flags:
 `
@@ -68,6 +68,7 @@ func run(args []string) int {
 		tlsCert     = fs.String("tls-cert", "", "server certificate (PEM)")
 		tlsKey      = fs.String("tls-key", "", "server private key (PEM)")
 		insecure    = fs.Bool("insecure", false, "allow non-loopback listeners without TLS")
+		raftTLS     = fs.Bool("raft-tls", false, "encrypt raft traffic with the --tls-* files too (mutual TLS; every replica must agree)")
 		ckRoot      = fs.String("checkpoint-root", "", "shared checkpoint storage as mounted here (for checkpoints delete)")
 		heartbeat   = fs.Duration("heartbeat-timeout", 0, "raft heartbeat timeout (default 1s)")
 		election    = fs.Duration("election-timeout", 0, "raft election timeout (default 1s)")
@@ -140,7 +141,7 @@ func run(args []string) int {
 	d, err := controller.Start(ctx, controller.DaemonConfig{
 		Raft: rc, APIListen: *apiAddr, APIAdvertise: *apiAdv,
 		EtcdEndpoints: eps, NATSURL: *natsURL, Dev: *dev,
-		Token: *token, TLS: security.TLSFiles{CA: *tlsCA, Cert: *tlsCert, Key: *tlsKey}, Insecure: *insecure,
+		Token: *token, TLS: security.TLSFiles{CA: *tlsCA, Cert: *tlsCert, Key: *tlsKey}, Insecure: *insecure, RaftTLS: *raftTLS,
 		CheckpointRoot: *ckRoot, Logger: log,
 	})
 	if err != nil {

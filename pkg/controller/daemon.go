@@ -50,6 +50,9 @@ type DaemonConfig struct {
 	Token    string
 	TLS      security.TLSFiles
 	Insecure bool
+	// RaftTLS encrypts the raft traffic with the TLS files (mutual TLS;
+	// every replica must agree).
+	RaftTLS bool
 	// CheckpointRoot is the shared checkpoint storage as mounted here (the
 	// directory of jobs whose spec names no checkpoint path); "" : only
 	// jobs with an absolute checkpoint path are listed and deleted.
@@ -85,6 +88,14 @@ func Start(ctx context.Context, cfg DaemonConfig) (d *Daemon, err error) {
 	if err := cfg.checkListeners(); err != nil {
 		return nil, err
 	}
+	if cfg.RaftTLS {
+		if !cfg.TLS.Enabled() {
+			return nil, fmt.Errorf("%w: raft TLS needs the TLS files", coordinator.ErrInvalidConfig)
+		}
+		if cfg.Raft.TLS, err = security.ClientTLS(cfg.TLS, ""); err != nil {
+			return nil, fmt.Errorf("controller: raft TLS: %w", err)
+		}
+	}
 	d = &Daemon{}
 	defer func() {
 		if err != nil {
@@ -108,9 +119,9 @@ func Start(ctx context.Context, cfg DaemonConfig) (d *Daemon, err error) {
 
 // checkListeners refuses listeners the security settings do not allow:
 // dev mode is loopback-only, and beyond loopback the API needs TLS or
-// --insecure. Raft's own traffic is not encrypted; beyond loopback it
-// needs the operator's say-so: TLS on the API (a secured deployment on a
-// private network) or --insecure.
+// --insecure. Raft's traffic is encrypted only with RaftTLS; beyond
+// loopback it needs the operator's say-so: TLS on the API (a secured
+// deployment, raft on a private network or RaftTLS) or --insecure.
 func (cfg DaemonConfig) checkListeners() error {
 	tlsOn := cfg.TLS.Enabled()
 	if cfg.Dev {

@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -80,6 +81,12 @@ type Config struct {
 	AdvertiseAddr string
 	// DataDir holds raft.db (log and stable store) and snapshots/; required.
 	DataDir string
+
+	// TLS, when set, encrypts the raft traffic between replicas with
+	// mutual TLS: Certificates are this replica's, RootCAs verify the
+	// others' (which must name the host of their raft address). Every
+	// replica of a cluster must agree.
+	TLS *tls.Config
 
 	// Bootstrap makes this replica create a new cluster of Servers (or of
 	// itself alone when Servers is empty) if DataDir holds no raft state.

@@ -109,7 +109,14 @@ func NewNode(cfg Config) (*Node, error) {
 			return fail(fmt.Errorf("coordinator: advertise address: %w", err))
 		}
 	}
-	n.trans, err = raft.NewTCPTransportWithLogger(cfg.BindAddr, advertise, 3, 10*time.Second, hlog)
+	if cfg.TLS != nil {
+		var stream *tlsStream
+		if stream, err = listenTLS(cfg.BindAddr, advertise, cfg.TLS); err == nil {
+			n.trans = raft.NewNetworkTransportWithLogger(stream, 3, 10*time.Second, hlog)
+		}
+	} else {
+		n.trans, err = raft.NewTCPTransportWithLogger(cfg.BindAddr, advertise, 3, 10*time.Second, hlog)
+	}
 	if err != nil {
 		return fail(fmt.Errorf("coordinator: raft transport on %s: %w", cfg.BindAddr, err))
 	}

@@ -13,6 +13,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/switchyard-ml/switchyard/pkg/security"
 	pb "github.com/switchyard-ml/switchyard/proto/switchyard/coordinator/v1"
 )
 
@@ -357,5 +358,40 @@ func TestConfigValidate(t *testing.T) {
 		if err := c.Validate(); !errors.Is(err, ErrInvalidConfig) {
 			t.Errorf("%s: %v", name, err)
 		}
+	}
+}
+
+// TestClusterOverTLS: three replicas whose raft traffic is mutual TLS
+// elect a leader and replicate; a replica whose certificate another CA
+// signed never hears from them.
+func TestClusterOverTLS(t *testing.T) {
+	ctx := context.Background()
+	tc, err := security.EphemeralMutualTLS("127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	stranger, err := security.EphemeralMutualTLS("127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addrs := freeAddrs(t, 3)
+	servers := []Server{{"c1", addrs[0]}, {"c2", addrs[1]}, {"c3", addrs[2]}}
+	var nodes []*Node
+	for i, s := range servers {
+		cfg := DefaultConfig()
+		cfg.ID, cfg.BindAddr, cfg.DataDir = s.ID, s.Address, filepath.Join(t.TempDir(), s.ID)
+		cfg.Bootstrap, cfg.Servers, cfg.TLS = true, servers, tc
+		if i == 2 {
+			cfg.TLS = stranger
+		}
+		nodes = append(nodes, startNode(t, cfg))
+	}
+	leader := leaderOf(t, nodes[:2], 20*time.Second)
+	if _, err := leader.Apply(ctx, submitCmd(0, "job-t", 2)); err != nil {
+		t.Fatal(err)
+	}
+	checkFor(t, 20*time.Second, func() error { return sameState(nodes[0], nodes[1]) })
+	if len(nodes[2].Jobs()) != 0 {
+		t.Fatal("the replica of another CA got the log")
 	}
 }

@@ -23,10 +23,11 @@ type cluster struct {
 	dir   string
 	token string
 
-	etcd     *proc
-	etcdURL  string
-	nats     *proc
-	natsPort int
+	etcd        *proc
+	etcdURL     string
+	etcdPeerURL string
+	nats        *proc
+	natsPort    int
 
 	coords    []*proc
 	coordIDs  []string
@@ -46,13 +47,9 @@ func startCluster(t *testing.T, nCoord int, workerIDs ...string) *cluster {
 	etcdClient, etcdPeer := ports[0], ports[1]
 	c.natsPort = ports[2]
 	c.etcdURL = fmt.Sprintf("http://127.0.0.1:%d", etcdClient)
-	peerURL := fmt.Sprintf("http://127.0.0.1:%d", etcdPeer)
-	c.etcd = start(t, "etcd", nil, bins.etcd, "--name", "e2e", "--data-dir", filepath.Join(dir, "etcd"),
-		"--listen-client-urls", c.etcdURL, "--advertise-client-urls", c.etcdURL,
-		"--listen-peer-urls", peerURL, "--initial-advertise-peer-urls", peerURL,
-		"--initial-cluster", "e2e="+peerURL, "--log-level", "warn")
+	c.etcdPeerURL = fmt.Sprintf("http://127.0.0.1:%d", etcdPeer)
+	c.startEtcd()
 	c.startNATS()
-	waitTCP(t, fmt.Sprintf("127.0.0.1:%d", etcdClient), 30*time.Second)
 	var peers []string
 	for i := range nCoord {
 		id := fmt.Sprintf("coord-%d", i+1)
@@ -70,6 +67,15 @@ func startCluster(t *testing.T, nCoord int, workerIDs ...string) *cluster {
 		c.startWorker(id)
 	}
 	return c
+}
+
+// startEtcd starts (or restarts, on its data) the etcd server.
+func (c *cluster) startEtcd() {
+	c.etcd = start(c.root, "etcd", nil, bins.etcd, "--name", "e2e", "--data-dir", filepath.Join(c.dir, "etcd"),
+		"--listen-client-urls", c.etcdURL, "--advertise-client-urls", c.etcdURL,
+		"--listen-peer-urls", c.etcdPeerURL, "--initial-advertise-peer-urls", c.etcdPeerURL,
+		"--initial-cluster", "e2e="+c.etcdPeerURL, "--log-level", "warn")
+	waitTCP(c.t, strings.TrimPrefix(c.etcdURL, "http://"), 30*time.Second)
 }
 
 func (c *cluster) startNATS() {

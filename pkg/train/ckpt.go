@@ -335,7 +335,7 @@ func (c *checkpointer) reshard(m checkpoint.Manifest, readRank func(int) (map[st
 // dropNewer deletes (rank 0) the checkpoints newer than step, so that the
 // resumed run may commit its own steps after it; the other ranks wait.
 func (c *checkpointer) dropNewer(ctx context.Context, step int64) error {
-	if c.rank() == 0 {
+	if c.rank() == 0 && step != math.MaxInt64 {
 		all, err := c.mgr.Catalogue().List(ctx, c.cfg.Job)
 		if err != nil {
 			return fmt.Errorf("train: resume from step %d: %w", step, err)
@@ -405,19 +405,36 @@ func (c *checkpointer) choose(ctx context.Context) (m checkpoint.Manifest, found
 		}
 		return m, true, nil
 	}
+	unusable := false
 	m, err = c.mgr.LoadLatestUsable(ctx, c.cfg.Job, c.usable, func(step int64, err error) {
+		unusable = true
 		slog.Warn("checkpoint unusable, falling back", "job-id", c.cfg.Job, "step", step, "error", err)
 		if c.rank() == 0 {
 			announce(c.events, "CheckpointUnusable", fmt.Sprintf("checkpoint of step %d unusable, falling back to an older one: %v", step, err))
 		}
 	})
-	if errors.Is(err, checkpoint.ErrNoCheckpoint) {
-		return m, false, nil
-	}
-	if err != nil {
+	// Every rank ends here in exactly one dropNewer (a barrier), where rank
+	// 0 drops the unusable checkpoints the resume passed over: the resumed
+	// run commits those steps again, which the catalogue refuses while they
+	// are there. (Another rank may list the catalogue after rank 0 dropped
+	// them, and then sees no unusable one: the barrier must not depend on
+	// what it saw.)
+	keep := int64(math.MaxInt64)
+	switch {
+	case errors.Is(err, checkpoint.ErrNoCheckpoint):
+		return m, false, c.dropNewer(ctx, keep)
+	case errors.Is(err, checkpoint.ErrNoUsableCheckpoint):
+		// start over rather than never run again
+		if c.rank() == 0 {
+			announce(c.events, "CheckpointUnusable", "no committed checkpoint is usable: training starts from the beginning")
+		}
+		return m, false, c.dropNewer(ctx, -1)
+	case err != nil:
 		return m, false, fmt.Errorf("train: resume: %w", err)
+	case unusable:
+		keep = m.Step
 	}
-	return m, true, nil
+	return m, true, c.dropNewer(ctx, keep)
 }
 
 // checkedRank is this rank's state as usable read it, kept for the

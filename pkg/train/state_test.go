@@ -270,6 +270,10 @@ func TestResumeFallsBackPastUnusableState(t *testing.T) {
 			if !strings.Contains(events.String(), fmt.Sprintf("checkpoint of step %d unusable", bad)) {
 				t.Errorf("no CheckpointUnusable event for step %d: %q", bad, events.String())
 			}
+			// dropped, so that the resumed run may commit that step again
+			if _, err := mgr.Catalogue().Get(ctx, "run", bad); err == nil {
+				t.Errorf("the unusable step %d is still in the catalogue", bad)
+			}
 		})
 	}
 }

@@ -1,0 +1,653 @@
+package e2e
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/switchyard-ml/switchyard/pkg/checkpoint"
+	"github.com/switchyard-ml/switchyard/pkg/client"
+	"github.com/switchyard-ml/switchyard/pkg/jobstate"
+	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
+	pb "github.com/switchyard-ml/switchyard/proto/switchyard/coordinator/v1"
+)
+
+// The chaos suite: a real cluster (three coordinators, etcd, NATS, four
+// workers) runs a stream of small jobs with checkpoints and restart
+// policies while a seeded random schedule injects faults, and invariants
+// are checked the whole time and at the end. Any violation fails the test
+// and names the seed that replays the schedule.
+//
+//	go test ./e2e -run TestChaos -chaos.duration 3m [-chaos.seed N] [-chaos.report chaos.json]
+var (
+	chaosDuration = flag.Duration("chaos.duration", 0, "run the chaos suite for this long (0: not run)")
+	chaosSeed     = flag.Uint64("chaos.seed", 0, "seed of the fault schedule (0: from the clock; the report names it)")
+	chaosReport   = flag.String("chaos.report", "", "write the JSON report to this file")
+)
+
+// faultKinds are what the schedule draws from, each with how to inject it
+// (and heal it: every fault is transient).
+var faultKinds = []string{
+	"kill9-worker", "kill9-rank", "kill9-leader", "kill9-follower", "restart-coordinator",
+	"stall-worker", "stall-rank", "etcd-restart", "nats-restart", "corrupt-shard",
+}
+
+type chaosFault struct {
+	Kind   string    `json:"kind"`
+	At     time.Time `json:"at"`
+	Target string    `json:"target"`
+	// the jobs whose ranks the fault hit, with their step then
+	Jobs map[string]int64 `json:"jobs,omitempty"`
+}
+
+type chaosReportJSON struct {
+	Seed          uint64             `json:"seed"`
+	Seconds       float64            `json:"seconds"`
+	Faults        int                `json:"faults"`
+	FaultsByKind  map[string]int     `json:"faults_by_kind"`
+	Jobs          int                `json:"jobs"`
+	JobsByState   map[string]int     `json:"jobs_by_state"`
+	Restarts      int                `json:"restarts"`
+	DetectSeconds map[string]float64 `json:"detect_seconds_percentiles"` // fault on a job's rank/worker -> the attempt ended
+	ResumeSeconds map[string]float64 `json:"resume_seconds_percentiles"` // fault -> the next attempt running
+	StepsLost     map[string]float64 `json:"steps_lost_percentiles"`     // step at the fault - step resumed from
+	Checks        map[string]int     `json:"invariant_checks"`
+	Violations    []string           `json:"violations"`
+}
+
+func TestChaos(t *testing.T) {
+	if *chaosDuration <= 0 {
+		t.Skip("the chaos suite runs when asked: go test ./e2e -run TestChaos -chaos.duration 3m")
+	}
+	seed := *chaosSeed
+	if seed == 0 {
+		seed = uint64(time.Now().UnixNano())
+	}
+	t.Logf("chaos seed %d (replay: -chaos.seed %d)", seed, seed)
+	c := startCluster(t, 3, "w1", "w2", "w3", "w4")
+	ch := &chaos{c: c, t: t, rng: rand.New(rand.NewPCG(seed, 0x5eed)), corrupted: map[string]bool{}, maxStep: map[string]int64{},
+		lastChange: map[string]time.Time{}, lastSeen: map[string]*pb.Job{}, checks: map[string]int{}}
+	cl, err := client.Dial(client.Options{Endpoints: c.apiAddrs, Token: c.token})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ch.cl = cl
+	eventually(t, 60*time.Second, "4 healthy workers", func() error {
+		s, err := cl.ClusterStatus(ctxS(10), &apiv1.ClusterStatusRequest{})
+		if err != nil {
+			return err
+		}
+		healthy := 0
+		for _, w := range s.Workers {
+			if w.Healthy {
+				healthy++
+			}
+		}
+		if healthy != 4 {
+			return fmt.Errorf("%d healthy workers", healthy)
+		}
+		return nil
+	})
+
+	start := time.Now()
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() { ch.submitLoop(stop) })
+	wg.Go(func() { ch.watchLoop(stop) })
+	for time.Since(start) < *chaosDuration {
+		time.Sleep(time.Duration(2000+ch.rng.IntN(4000)) * time.Millisecond)
+		ch.inject(faultKinds[ch.rng.IntN(len(faultKinds))])
+	}
+	close(stop)
+	wg.Wait()
+	ch.quiesce()
+	rep := ch.report(seed, time.Since(start))
+	raw, _ := json.MarshalIndent(rep, "", "  ")
+	if *chaosReport != "" {
+		if err := os.WriteFile(*chaosReport, raw, 0o644); err != nil {
+			t.Error(err)
+		}
+	}
+	t.Logf("chaos report:\n%s", raw)
+	ch.summary(rep)
+	if len(rep.Violations) > 0 {
+		t.Fatalf("seed %d: %d invariant violations, first: %s", seed, len(rep.Violations), rep.Violations[0])
+	}
+	if rep.Faults < 1 {
+		t.Fatal("no fault was injected")
+	}
+}
+
+func ctxS(sec int) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(sec)*time.Second)
+	_ = cancel // the deadline frees it
+	return ctx
+}
+
+type chaos struct {
+	c   *cluster
+	t   *testing.T
+	cl  *client.Client
+	rng *rand.Rand // the schedule's; only the fault loop draws from it
+
+	mu         sync.Mutex
+	faults     []chaosFault
+	jobs       []string
+	corrupted  map[string]bool  // "job/step" whose shard the suite corrupted
+	maxStep    map[string]int64 // newest committed checkpoint seen per job
+	lastChange map[string]time.Time
+	lastSeen   map[string]*pb.Job
+	checks     map[string]int
+	violations []string
+}
+
+func (ch *chaos) violate(format string, args ...any) {
+	ch.mu.Lock()
+	defer ch.mu.Unlock()
+	msg := fmt.Sprintf(format, args...)
+	ch.violations = append(ch.violations, msg)
+	ch.t.Errorf("invariant violated: %s", msg)
+}
+
+func (ch *chaos) count(check string) {
+	ch.mu.Lock()
+	ch.checks[check]++
+	ch.mu.Unlock()
+}
+
+// submitLoop keeps two jobs unfinished: long enough to meet faults, with
+// checkpoints every 20 steps and room for restarts.
+func (ch *chaos) submitLoop(stop <-chan struct{}) {
+	for n := 0; ; n++ {
+		select {
+		case <-stop:
+			return
+		case <-time.After(time.Second):
+		}
+		unfinished := 0
+		for _, j := range ch.snapshot() {
+			if !jobstate.Final(j.State) {
+				unfinished++
+			}
+		}
+		if unfinished >= 2 {
+			continue
+		}
+		id := fmt.Sprintf("chaos-%d", n)
+		_, err := ch.cl.SubmitJob(ctxS(30), &apiv1.SubmitJobRequest{JobId: id, Spec: []byte(jobSpec("chaos", 1500, 30, 20))})
+		if err != nil {
+			ch.t.Logf("submit %s: %v (retried)", id, err)
+			continue
+		}
+		ch.mu.Lock()
+		ch.jobs = append(ch.jobs, id)
+		ch.lastChange[id] = time.Now()
+		ch.mu.Unlock()
+	}
+}
+
+// snapshot reads every submitted job (through any replica); jobs that
+// cannot be read now keep their last view.
+func (ch *chaos) snapshot() []*pb.Job {
+	ch.mu.Lock()
+	ids := slices.Clone(ch.jobs)
+	ch.mu.Unlock()
+	var out []*pb.Job
+	for _, id := range ids {
+		r, err := ch.cl.GetJob(ctxS(10), &apiv1.GetJobRequest{JobId: id})
+		ch.mu.Lock()
+		if err == nil {
+			if old := ch.lastSeen[id]; old == nil || old.UpdatedUnixNano != r.Job.UpdatedUnixNano {
+				ch.lastChange[id] = time.Now()
+			}
+			ch.lastSeen[id] = r.Job
+		}
+		if j := ch.lastSeen[id]; j != nil {
+			out = append(out, j)
+		}
+		ch.mu.Unlock()
+	}
+	return out
+}
+
+// watchLoop checks the continuous invariants every second: each job's
+// catalogue only moves forward, and no unfinished job is silent for more
+// than 90 seconds.
+func (ch *chaos) watchLoop(stop <-chan struct{}) {
+	for {
+		select {
+		case <-stop:
+			return
+		case <-time.After(time.Second):
+		}
+		for _, j := range ch.snapshot() {
+			ch.checkForward(j.Id)
+			ch.mu.Lock()
+			silent := time.Since(ch.lastChange[j.Id])
+			ch.mu.Unlock()
+			ch.count("progress")
+			if !jobstate.Final(j.State) && silent > 90*time.Second {
+				ch.violate("job %s silent for %v (%s, step %d)", j.Id, silent.Round(time.Second), j.State, j.Progress.GetStep())
+				ch.mu.Lock()
+				ch.lastChange[j.Id] = time.Now() // once per silence
+				ch.mu.Unlock()
+			}
+		}
+	}
+}
+
+// checkForward: the newest committed step of a job never goes back.
+func (ch *chaos) checkForward(job string) {
+	r, err := ch.cl.ListCheckpoints(ctxS(10), &apiv1.ListCheckpointsRequest{JobId: job})
+	if err != nil {
+		return // a fault: next time
+	}
+	var newest int64 = -1
+	for _, ck := range r.Checkpoints {
+		if ck.Status == "committed" && ck.Step > newest {
+			newest = ck.Step
+		}
+	}
+	ch.count("catalogue-forward")
+	ch.mu.Lock()
+	old, seen := ch.maxStep[job]
+	if newest >= 0 {
+		ch.maxStep[job] = max(old, newest)
+	}
+	ch.mu.Unlock()
+	if seen && newest >= 0 && newest < old {
+		ch.violate("job %s: newest committed checkpoint went back from step %d to %d", job, old, newest)
+	}
+}
+
+// inject applies one fault and heals it before returning (a kill is
+// followed by a restart, a stall by SIGCONT).
+func (ch *chaos) inject(kind string) {
+	f := chaosFault{Kind: kind, At: time.Now()}
+	pause := func(lo, hi int) { time.Sleep(time.Duration(lo+ch.rng.IntN(hi-lo+1)) * time.Millisecond) }
+	workers := []string{"w1", "w2", "w3", "w4"}
+	switch kind {
+	case "kill9-worker", "stall-worker":
+		w := workers[ch.rng.IntN(len(workers))]
+		f.Target, f.Jobs = w, ch.jobsOn(w)
+		if kind == "kill9-worker" {
+			ch.c.workers[w].kill9() // its ranks die with it (one process group)
+			pause(1000, 4000)
+			ch.c.startWorker(w)
+		} else {
+			ch.c.workers[w].signal(syscall.SIGSTOP)
+			pause(2000, 8000)
+			ch.c.workers[w].signal(syscall.SIGCONT)
+		}
+	case "kill9-rank", "stall-rank":
+		ranks := ch.rankPIDs()
+		if len(ranks) == 0 {
+			return // nothing running: not a fault
+		}
+		r := ranks[ch.rng.IntN(len(ranks))]
+		f.Target, f.Jobs = fmt.Sprintf("%s rank pid %d", r.job, r.pid), map[string]int64{r.job: ch.stepOf(r.job)}
+		if kind == "kill9-rank" {
+			syscall.Kill(r.pid, syscall.SIGKILL) //nolint:errcheck // it may have ended
+		} else {
+			syscall.Kill(r.pid, syscall.SIGSTOP) //nolint:errcheck
+			pause(1000, 5000)
+			syscall.Kill(r.pid, syscall.SIGCONT) //nolint:errcheck
+		}
+	case "kill9-leader", "kill9-follower", "restart-coordinator":
+		i := ch.pickCoordinator(kind)
+		if i < 0 {
+			return
+		}
+		f.Target = ch.c.coordIDs[i]
+		if kind == "restart-coordinator" {
+			ch.c.coords[i].stop() // SIGTERM: a clean restart with its data dir
+		} else {
+			ch.c.coords[i].kill9()
+		}
+		pause(500, 3000)
+		ch.c.startCoordinator(i, "")
+	case "etcd-restart":
+		f.Target = "etcd"
+		ch.c.etcd.kill9()
+		pause(1000, 4000)
+		ch.c.startEtcd()
+	case "nats-restart":
+		f.Target = "nats"
+		ch.c.nats.kill9()
+		pause(1000, 4000)
+		ch.c.startNATS()
+	case "corrupt-shard":
+		target, ok := ch.corruptShard()
+		if !ok {
+			return
+		}
+		f.Target = target
+	}
+	ch.mu.Lock()
+	ch.faults = append(ch.faults, f)
+	ch.mu.Unlock()
+	ch.t.Logf("fault %d %s %s", len(ch.faults), kind, f.Target)
+}
+
+// pickCoordinator chooses the replica a coordinator fault hits: the leader
+// for kill9-leader, a follower for kill9-follower, any for a restart.
+func (ch *chaos) pickCoordinator(kind string) int {
+	s, err := ch.cl.ClusterStatus(ctxS(10), &apiv1.ClusterStatusRequest{})
+	if err != nil || s.LeaderId == "" {
+		return -1 // an election is running: skip this one
+	}
+	var cands []int
+	for i, id := range ch.c.coordIDs {
+		leader := id == s.LeaderId
+		if kind == "restart-coordinator" || (kind == "kill9-leader") == leader {
+			cands = append(cands, i)
+		}
+	}
+	if len(cands) == 0 {
+		return -1
+	}
+	return cands[ch.rng.IntN(len(cands))]
+}
+
+type rankProc struct {
+	job string
+	pid int
+}
+
+// rankPIDs finds the running ranks: processes whose command line names a
+// run.yaml under the cluster's jobs directory.
+func (ch *chaos) rankPIDs() []rankProc {
+	jobsDir := filepath.Join(ch.c.storage, "jobs") + "/"
+	ents, _ := os.ReadDir("/proc")
+	var out []rankProc
+	for _, e := range ents {
+		var pid int
+		if _, err := fmt.Sscanf(e.Name(), "%d", &pid); err != nil {
+			continue
+		}
+		raw, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		args := strings.Split(string(raw), "\x00")
+		for i, a := range args {
+			if a == "--config" && i+1 < len(args) && strings.HasPrefix(args[i+1], jobsDir) {
+				job, _, _ := strings.Cut(strings.TrimPrefix(args[i+1], jobsDir), "/")
+				out = append(out, rankProc{job: job, pid: pid})
+			}
+		}
+	}
+	sort.Slice(out, func(a, b int) bool { return out[a].pid < out[b].pid }) // the schedule, not /proc's order, picks
+	return out
+}
+
+func (ch *chaos) jobsOn(worker string) map[string]int64 {
+	out := map[string]int64{}
+	for _, j := range ch.snapshot() {
+		if jobstate.Final(j.State) {
+			continue
+		}
+		for _, a := range j.Placement {
+			if a.WorkerId == worker {
+				out[j.Id] = j.Progress.GetStep()
+			}
+		}
+	}
+	return out
+}
+
+func (ch *chaos) stepOf(job string) int64 {
+	ch.mu.Lock()
+	defer ch.mu.Unlock()
+	if j := ch.lastSeen[job]; j != nil {
+		return j.Progress.GetStep()
+	}
+	return 0
+}
+
+// corruptShard flips a byte in the middle of a state shard of a job's
+// newest committed checkpoint (whose hash then fails: the next resume must
+// fall back past it).
+func (ch *chaos) corruptShard() (string, bool) {
+	for _, j := range ch.snapshot() {
+		if jobstate.Final(j.State) {
+			continue
+		}
+		r, err := ch.cl.ListCheckpoints(ctxS(10), &apiv1.ListCheckpointsRequest{JobId: j.Id})
+		if err != nil || len(r.Checkpoints) == 0 {
+			continue
+		}
+		ck := r.Checkpoints[len(r.Checkpoints)-1]
+		for _, s := range ck.Shards {
+			if !strings.HasSuffix(s.Name, ".bin") {
+				continue
+			}
+			path := filepath.Join(ch.c.storage, "checkpoints", checkpoint.StepPrefix(j.Id, ck.Step), s.Name)
+			raw, err := os.ReadFile(path)
+			if err != nil || len(raw) == 0 {
+				continue
+			}
+			raw[len(raw)/2] ^= 0x5a
+			ch.mu.Lock()
+			ch.corrupted[fmt.Sprintf("%s/%d", j.Id, ck.Step)] = true
+			ch.mu.Unlock()
+			if err := os.WriteFile(path, raw, 0o644); err != nil {
+				continue
+			}
+			return fmt.Sprintf("%s step %d %s", j.Id, ck.Step, s.Name), true
+		}
+	}
+	return "", false
+}
+
+// quiesce lets every job end (all faults are healed by now) and checks
+// the final invariants: every job ended, and SUCCEEDED or FAILED with a
+// reason; every committed checkpoint the suite did not corrupt verifies;
+// the replicas agree on every job; events flow (a job's log reads back).
+func (ch *chaos) quiesce() {
+	deadline := time.Now().Add(5 * time.Minute)
+	for {
+		open := 0
+		for _, j := range ch.snapshot() {
+			if !jobstate.Final(j.State) {
+				open++
+			}
+		}
+		if open == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			ch.violate("%d jobs still unfinished 5 minutes after the last fault", open)
+			break
+		}
+		time.Sleep(time.Second)
+	}
+	for _, j := range ch.snapshot() {
+		ch.count("job-ended")
+		switch {
+		case j.State == pb.JobState_JOB_STATE_FAILED && j.Message == "":
+			ch.violate("job %s failed without a reason", j.Id)
+		case j.State != pb.JobState_JOB_STATE_SUCCEEDED && j.State != pb.JobState_JOB_STATE_FAILED:
+			ch.violate("job %s ended %s", j.Id, j.State)
+		}
+		ch.checkForward(j.Id)
+		ch.verifyCheckpoints(j.Id)
+		ch.readLogs(j.Id)
+	}
+	ch.checkReplicas()
+}
+
+func (ch *chaos) verifyCheckpoints(job string) {
+	st, err := checkpoint.NewDirStorage(filepath.Join(ch.c.storage, "checkpoints"))
+	if err != nil {
+		ch.violate("checkpoint storage: %v", err)
+		return
+	}
+	r, err := ch.cl.ListCheckpoints(ctxS(30), &apiv1.ListCheckpointsRequest{JobId: job})
+	if err != nil {
+		ch.violate("job %s: list checkpoints after the run: %v", job, err)
+		return
+	}
+	for _, ck := range r.Checkpoints {
+		if ck.Status != "committed" || ch.corrupted[fmt.Sprintf("%s/%d", job, ck.Step)] {
+			continue
+		}
+		m := checkpoint.Manifest{Job: job, Step: ck.Step}
+		for _, s := range ck.Shards {
+			m.Shards = append(m.Shards, checkpoint.ShardInfo{Name: s.Name, Size: s.Size, SHA256: s.Sha256})
+		}
+		ch.count("checkpoint-verifies")
+		if err := checkpoint.Verify(ctxS(60), st, checkpoint.StepPrefix(job, ck.Step), m); err != nil {
+			ch.violate("job %s: committed checkpoint of step %d does not verify: %v", job, ck.Step, err)
+		}
+	}
+}
+
+// readLogs: the job's log lines read back from NATS (events flow again
+// after every NATS restart).
+func (ch *chaos) readLogs(job string) {
+	s, err := ch.cl.JobLogs(ctxS(30), &apiv1.JobLogsRequest{JobId: job})
+	if err != nil {
+		ch.violate("job %s: logs: %v", job, err)
+		return
+	}
+	n := 0
+	for {
+		if _, err := s.Recv(); err != nil {
+			break
+		}
+		n++
+	}
+	ch.count("logs-flow")
+	if n == 0 {
+		ch.violate("job %s: no log line reached NATS", job)
+	}
+}
+
+// checkReplicas: once quiet, every replica holds the same state of every
+// job (a digest of its jobs as each replica answers for itself).
+func (ch *chaos) checkReplicas() {
+	ch.mu.Lock()
+	ids := slices.Clone(ch.jobs)
+	ch.mu.Unlock()
+	digests := map[string]string{}
+	eventually(ch.t, 60*time.Second, "replicas converged", func() error {
+		for i, addr := range ch.c.apiAddrs {
+			cl, err := client.Dial(client.Options{Endpoints: []string{addr}, Token: ch.c.token})
+			if err != nil {
+				return err
+			}
+			h := sha256.New()
+			for _, id := range ids {
+				r, err := cl.GetJob(ctxS(10), &apiv1.GetJobRequest{JobId: id})
+				if err != nil {
+					cl.Close()
+					return fmt.Errorf("%s: %s: %v", ch.c.coordIDs[i], id, err)
+				}
+				b, _ := proto.MarshalOptions{Deterministic: true}.Marshal(r.Job)
+				h.Write(b)
+			}
+			cl.Close()
+			digests[ch.c.coordIDs[i]] = hex.EncodeToString(h.Sum(nil))[:16]
+		}
+		first := digests[ch.c.coordIDs[0]]
+		for id, d := range digests {
+			if d != first {
+				return fmt.Errorf("digests differ: %v (%s)", digests, id)
+			}
+		}
+		return nil
+	})
+	ch.count("replicas-converge")
+}
+
+func (ch *chaos) report(seed uint64, took time.Duration) chaosReportJSON {
+	rep := chaosReportJSON{Seed: seed, Seconds: took.Seconds(), FaultsByKind: map[string]int{}, JobsByState: map[string]int{}, Checks: ch.checks}
+	jobs := map[string]*pb.Job{}
+	for _, j := range ch.snapshot() {
+		jobs[j.Id] = j
+		rep.Jobs++
+		rep.JobsByState[jobstate.Lower(j.State)]++
+		rep.Restarts += int(j.Restarts)
+	}
+	var detect, resume, lost []float64
+	for _, f := range ch.faults {
+		rep.Faults++
+		rep.FaultsByKind[f.Kind]++
+		if f.Kind != "kill9-worker" && f.Kind != "kill9-rank" {
+			continue
+		}
+		for id, step := range f.Jobs {
+			j := jobs[id]
+			if j == nil {
+				continue
+			}
+			ended, running, resumed := int64(0), int64(0), int64(-1)
+			for _, e := range j.Events {
+				switch {
+				case ended == 0 && e.UnixNano > f.At.UnixNano() && (e.Type == "WorkerLost" || e.Type == "RankFailed"):
+					ended = e.UnixNano
+				case ended != 0 && running == 0 && e.UnixNano > ended && e.Type == "Running":
+					running = e.UnixNano
+				}
+				// the next attempt's rank 0 says where it resumed from
+				if ended != 0 && resumed < 0 && e.UnixNano > ended && e.Type == "Resumed" {
+					fmt.Sscanf(e.Message[strings.LastIndex(e.Message, " ")+1:], "%d", &resumed) //nolint:errcheck
+				}
+			}
+			if ended == 0 {
+				continue // the job ended first
+			}
+			detect = append(detect, float64(ended-f.At.UnixNano())/1e9)
+			if running != 0 {
+				resume = append(resume, float64(running-f.At.UnixNano())/1e9)
+			}
+			if resumed >= 0 && step >= resumed {
+				lost = append(lost, float64(step-resumed))
+			}
+		}
+	}
+	rep.DetectSeconds, rep.ResumeSeconds, rep.StepsLost = percentiles(detect), percentiles(resume), percentiles(lost)
+	rep.Violations = append([]string{}, ch.violations...)
+	return rep
+}
+
+func percentiles(xs []float64) map[string]float64 {
+	if len(xs) == 0 {
+		return nil
+	}
+	slices.Sort(xs)
+	at := func(p float64) float64 { return xs[min(len(xs)-1, int(p*float64(len(xs))))] }
+	return map[string]float64{"n": float64(len(xs)), "p50": at(0.5), "p90": at(0.9), "max": xs[len(xs)-1]}
+}
+
+func (ch *chaos) summary(rep chaosReportJSON) {
+	var b strings.Builder
+	fmt.Fprintf(&b, "seed %d, %.0fs, %d faults, %d jobs (%v), %d restarts\n", rep.Seed, rep.Seconds, rep.Faults, rep.Jobs, rep.JobsByState, rep.Restarts)
+	kinds := make([]string, 0, len(rep.FaultsByKind))
+	for k := range rep.FaultsByKind {
+		kinds = append(kinds, k)
+	}
+	sort.Strings(kinds)
+	for _, k := range kinds {
+		fmt.Fprintf(&b, "  %-20s %d\n", k, rep.FaultsByKind[k])
+	}
+	fmt.Fprintf(&b, "detect %v\nresume %v\nsteps lost %v\nchecks %v\nviolations %d\n", rep.DetectSeconds, rep.ResumeSeconds, rep.StepsLost, rep.Checks, len(rep.Violations))
+	ch.t.Log(b.String())
+}

@@ -30,41 +30,27 @@ var transportKinds = []transportKind{
 		t.Cleanup(func() { closeAll(ts) })
 		return ts
 	}},
-	{"grpc", func(t testing.TB, n int, opts Options) []Transport {
+	grpcKind("grpc", DataPlaneGRPC, false),
+	grpcKind("grpc-tcp", DataPlaneTCP, false),
+	grpcKind("grpc-tls", DataPlaneGRPC, true),
+	grpcKind("grpc-tcp-tls", DataPlaneTCP, true),
+}
+
+// grpcKind is the gRPC transport on loopback with a data plane, and with
+// mutual TLS or not.
+func grpcKind(name, plane string, encrypt bool) transportKind {
+	return transportKind{name, func(t testing.TB, n int, opts Options) []Transport {
+		opts.DataPlane = plane
+		if encrypt {
+			opts.TLS = loopbackTLS(t)
+		}
 		ts, err := NewLoopbackGRPC(context.Background(), n, opts)
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { closeAll(ts) })
 		return ts
-	}},
-	{"grpc-tcp", func(t testing.TB, n int, opts Options) []Transport {
-		opts.DataPlane = DataPlaneTCP
-		ts, err := NewLoopbackGRPC(context.Background(), n, opts)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { closeAll(ts) })
-		return ts
-	}},
-	{"grpc-tls", func(t testing.TB, n int, opts Options) []Transport {
-		opts.TLS = loopbackTLS(t)
-		ts, err := NewLoopbackGRPC(context.Background(), n, opts)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { closeAll(ts) })
-		return ts
-	}},
-	{"grpc-tcp-tls", func(t testing.TB, n int, opts Options) []Transport {
-		opts.DataPlane, opts.TLS = DataPlaneTCP, loopbackTLS(t)
-		ts, err := NewLoopbackGRPC(context.Background(), n, opts)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { closeAll(ts) })
-		return ts
-	}},
+	}}
 }
 
 // loopbackTLS is mutual TLS for ranks on 127.0.0.1.

@@ -26,6 +26,17 @@ func str(p func(*Config) *string) func(*Config, string) error {
 	return func(c *Config, v string) error { *p(c) = v; return nil }
 }
 
+func boolean(p func(*Config) *bool) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return errors.New("not a boolean")
+		}
+		*p(c) = b
+		return nil
+	}
+}
+
 func list(p func(*Config) *[]string) func(*Config, string) error {
 	return func(c *Config, v string) error {
 		var out []string
@@ -90,23 +101,9 @@ var settings = []Setting{
 	{Key: "tls.ca", Help: "CA certificate (PEM) for mutual TLS", set: str(func(c *Config) *string { return &c.TLS.CA })},
 	{Key: "tls.cert", Help: "certificate (PEM)", set: str(func(c *Config) *string { return &c.TLS.Cert })},
 	{Key: "tls.key", Help: "private key (PEM)", set: str(func(c *Config) *string { return &c.TLS.Key })},
-	{Key: "data_plane_tls", Help: "encrypt the ranks' connections with mutual TLS (the tls files; every worker of a job must agree)", set: func(c *Config, v string) error {
-		b, err := strconv.ParseBool(v)
-		if err != nil {
-			return fmt.Errorf("want true or false")
-		}
-		c.DataPlaneTLS = b
-		return nil
-	}},
+	{Key: "data_plane_tls", Help: "encrypt the ranks' connections with mutual TLS (the tls files; every worker of a job must agree)", set: boolean(func(c *Config) *bool { return &c.DataPlaneTLS })},
 	{Key: "lease_ttl_seconds", Help: "etcd lease TTL in seconds", set: integer(func(c *Config) *int { return &c.LeaseTTLSeconds })},
-	{Key: "insecure", Help: "allow a non-loopback listener without TLS", set: func(c *Config, v string) error {
-		b, err := strconv.ParseBool(v)
-		if err != nil {
-			return errors.New("not a boolean")
-		}
-		c.Insecure = b
-		return nil
-	}},
+	{Key: "insecure", Help: "allow a non-loopback listener without TLS", set: boolean(func(c *Config) *bool { return &c.Insecure })},
 }
 
 func init() {

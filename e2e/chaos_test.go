@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -44,7 +45,7 @@ var (
 // (and heal it: every fault is transient).
 var faultKinds = []string{
 	"kill9-worker", "kill9-rank", "kill9-leader", "kill9-follower", "restart-coordinator",
-	"stall-worker", "stall-rank", "etcd-restart", "nats-restart", "corrupt-shard",
+	"stall-worker", "stall-rank", "etcd-restart", "nats-restart", "corrupt-shard", "storage-full",
 }
 
 type chaosFault struct {
@@ -80,6 +81,15 @@ func TestChaos(t *testing.T) {
 	}
 	t.Logf("chaos seed %d (replay: -chaos.seed %d)", seed, seed)
 	c := startCluster(t, 3, "w1", "w2", "w3", "w4")
+	// the shared storage on a tmpfs of its own, which storage-full fills
+	// (root only: elsewhere that kind is left out)
+	kinds := slices.Clone(faultKinds)
+	if err := os.MkdirAll(c.storage, 0o755); err == nil && exec.Command("mount", "-t", "tmpfs", "-o", "size=512m", "tmpfs", c.storage).Run() == nil {
+		t.Cleanup(func() { exec.Command("umount", "-l", c.storage).Run() }) //nolint:errcheck
+	} else {
+		kinds = slices.DeleteFunc(kinds, func(k string) bool { return k == "storage-full" })
+		t.Logf("no tmpfs for the storage (not root?): storage-full left out")
+	}
 	ch := &chaos{c: c, t: t, rng: rand.New(rand.NewPCG(seed, 0x5eed)), corrupted: map[string]bool{}, maxStep: map[string]int64{},
 		lastChange: map[string]time.Time{}, lastSeen: map[string]*pb.Job{}, checks: map[string]int{}}
 	cl, err := client.Dial(client.Options{Endpoints: c.apiAddrs, Token: c.token})
@@ -112,7 +122,7 @@ func TestChaos(t *testing.T) {
 	wg.Go(func() { ch.watchLoop(stop) })
 	for time.Since(start) < *chaosDuration {
 		time.Sleep(time.Duration(2000+ch.rng.IntN(4000)) * time.Millisecond)
-		ch.inject(faultKinds[ch.rng.IntN(len(faultKinds))])
+		ch.inject(kinds[ch.rng.IntN(len(kinds))])
 	}
 	close(stop)
 	wg.Wait()
@@ -338,6 +348,28 @@ func (ch *chaos) inject(kind string) {
 			return
 		}
 		f.Target = target
+	case "storage-full":
+		// fill the storage's tmpfs to the last byte for a while: saves,
+		// logs and run directories get ENOSPC
+		filler := filepath.Join(ch.c.storage, "filler")
+		var st syscall.Statfs_t
+		if syscall.Statfs(ch.c.storage, &st) != nil {
+			return
+		}
+		fh, err := os.Create(filler)
+		if err != nil {
+			return
+		}
+		buf := make([]byte, 1<<20)
+		for {
+			if _, err := fh.Write(buf); err != nil {
+				break
+			}
+		}
+		fh.Close()
+		f.Target = fmt.Sprintf("storage (%d MiB free before)", st.Bavail*uint64(st.Bsize)>>20)
+		pause(2000, 6000)
+		os.Remove(filler) //nolint:errcheck
 	}
 	ch.mu.Lock()
 	ch.faults = append(ch.faults, f)

@@ -39,6 +39,7 @@ var (
 	chaosDuration = flag.Duration("chaos.duration", 0, "run the chaos suite for this long (0: not run)")
 	chaosSeed     = flag.Uint64("chaos.seed", 0, "seed of the fault schedule (0: from the clock; the report names it)")
 	chaosReport   = flag.String("chaos.report", "", "write the JSON report to this file")
+	chaosKinds    = flag.String("chaos.kinds", "", "comma-separated fault kinds to draw from (default: all)")
 )
 
 // faultKinds are what the schedule draws from, each with how to inject it
@@ -46,6 +47,7 @@ var (
 var faultKinds = []string{
 	"kill9-worker", "kill9-rank", "kill9-leader", "kill9-follower", "restart-coordinator",
 	"stall-worker", "stall-rank", "etcd-restart", "nats-restart", "corrupt-shard", "storage-full",
+	"partition-worker",
 }
 
 type chaosFault struct {
@@ -84,14 +86,41 @@ func TestChaos(t *testing.T) {
 	// the shared storage on a tmpfs of its own, which storage-full fills
 	// (root only: elsewhere that kind is left out)
 	kinds := slices.Clone(faultKinds)
+	if *chaosKinds != "" {
+		kinds = strings.Split(*chaosKinds, ",")
+		for _, k := range kinds {
+			if !slices.Contains(faultKinds, k) {
+				t.Fatalf("-chaos.kinds: unknown kind %q (have %v)", k, faultKinds)
+			}
+		}
+	}
 	if err := os.MkdirAll(c.storage, 0o755); err == nil && exec.Command("mount", "-t", "tmpfs", "-o", "size=512m", "tmpfs", c.storage).Run() == nil {
 		t.Cleanup(func() { exec.Command("umount", "-l", c.storage).Run() }) //nolint:errcheck
 	} else {
 		kinds = slices.DeleteFunc(kinds, func(k string) bool { return k == "storage-full" })
 		t.Logf("no tmpfs for the storage (not root?): storage-full left out")
 	}
+	// every worker (and its ranks) reaches the coordinators and etcd
+	// through proxies of its own, which partition-worker cuts: the worker
+	// is cut off from the control plane, not from its peers
+	proxies := map[string][]*cutProxy{}
+	c.via = map[string]workerRoutes{}
+	for _, w := range []string{"w1", "w2", "w3", "w4"} {
+		var r workerRoutes
+		for _, a := range c.apiAddrs {
+			p := newCutProxy(t, a)
+			proxies[w] = append(proxies[w], p)
+			r.coordinators = append(r.coordinators, p.addr())
+		}
+		p := newCutProxy(t, strings.TrimPrefix(c.etcdURL, "http://"))
+		proxies[w] = append(proxies[w], p)
+		r.etcd = "http://" + p.addr()
+		c.via[w] = r
+		c.workers[w].stop()
+		c.startWorker(w)
+	}
 	ch := &chaos{c: c, t: t, rng: rand.New(rand.NewPCG(seed, 0x5eed)), corrupted: map[string]bool{}, maxStep: map[string]int64{},
-		lastChange: map[string]time.Time{}, lastSeen: map[string]*pb.Job{}, checks: map[string]int{}}
+		lastChange: map[string]time.Time{}, lastSeen: map[string]*pb.Job{}, checks: map[string]int{}, proxies: proxies, events: map[string]map[uint64]*pb.JobEvent{}}
 	cl, err := client.Dial(client.Options{Endpoints: c.apiAddrs, Token: c.token})
 	if err != nil {
 		t.Fatal(err)
@@ -155,6 +184,8 @@ type chaos struct {
 	t   *testing.T
 	cl  *client.Client
 	rng *rand.Rand // the schedule's; only the fault loop draws from it
+	// each worker's proxies to the coordinators and etcd
+	proxies map[string][]*cutProxy
 
 	mu         sync.Mutex
 	faults     []chaosFault
@@ -163,6 +194,9 @@ type chaos struct {
 	maxStep    map[string]int64 // newest committed checkpoint seen per job
 	lastChange map[string]time.Time
 	lastSeen   map[string]*pb.Job
+	// every event seen of each job, by sequence number: the job keeps
+	// only its newest ones
+	events     map[string]map[uint64]*pb.JobEvent
 	checks     map[string]int
 	violations []string
 }
@@ -227,6 +261,12 @@ func (ch *chaos) snapshot() []*pb.Job {
 				ch.lastChange[id] = time.Now()
 			}
 			ch.lastSeen[id] = r.Job
+			if ch.events[id] == nil {
+				ch.events[id] = map[uint64]*pb.JobEvent{}
+			}
+			for _, e := range r.Job.Events {
+				ch.events[id][e.Seq] = e
+			}
 		}
 		if j := ch.lastSeen[id]; j != nil {
 			out = append(out, j)
@@ -348,6 +388,14 @@ func (ch *chaos) inject(kind string) {
 			return
 		}
 		f.Target = target
+	case "partition-worker":
+		w := workers[ch.rng.IntN(len(workers))]
+		f.Target, f.Jobs = w+" cut from the coordinators and etcd", ch.jobsOn(w)
+		d := time.Duration(3000+ch.rng.IntN(6000)) * time.Millisecond
+		for _, p := range ch.proxies[w] {
+			p.cut(d)
+		}
+		time.Sleep(d)
 	case "storage-full":
 		// fill the storage's tmpfs to the last byte for a while: saves,
 		// logs and run directories get ENOSPC
@@ -491,7 +539,8 @@ func (ch *chaos) corruptShard() (string, bool) {
 // quiesce lets every job end (all faults are healed by now) and checks
 // the final invariants: every job ended, and SUCCEEDED or FAILED with a
 // reason; every committed checkpoint the suite did not corrupt verifies;
-// the replicas agree on every job; events flow (a job's log reads back).
+// every attempt trained the same losses at the same steps; the replicas
+// agree on every job; events flow (a job's log reads back).
 func (ch *chaos) quiesce() {
 	deadline := time.Now().Add(5 * time.Minute)
 	for {
@@ -521,6 +570,7 @@ func (ch *chaos) quiesce() {
 		ch.checkForward(j.Id)
 		ch.verifyCheckpoints(j.Id)
 		ch.readLogs(j.Id)
+		ch.checkLossCurve(j.Id)
 	}
 	ch.checkReplicas()
 }
@@ -622,25 +672,21 @@ func (ch *chaos) report(seed uint64, took time.Duration) chaosReportJSON {
 	for _, f := range ch.faults {
 		rep.Faults++
 		rep.FaultsByKind[f.Kind]++
-		if f.Kind != "kill9-worker" && f.Kind != "kill9-rank" {
+		if f.Kind != "kill9-worker" && f.Kind != "kill9-rank" && f.Kind != "partition-worker" {
 			continue
 		}
-		for id, step := range f.Jobs {
+		for id := range f.Jobs {
 			j := jobs[id]
 			if j == nil {
 				continue
 			}
-			ended, running, resumed := int64(0), int64(0), int64(-1)
-			for _, e := range j.Events {
+			ended, running := int64(0), int64(0)
+			for _, e := range ch.history(id) {
 				switch {
 				case ended == 0 && e.UnixNano > f.At.UnixNano() && (e.Type == "WorkerLost" || e.Type == "RankFailed"):
 					ended = e.UnixNano
 				case ended != 0 && running == 0 && e.UnixNano > ended && e.Type == "Running":
 					running = e.UnixNano
-				}
-				// the next attempt's rank 0 says where it resumed from
-				if ended != 0 && resumed < 0 && e.UnixNano > ended && e.Type == "Resumed" {
-					fmt.Sscanf(e.Message[strings.LastIndex(e.Message, " ")+1:], "%d", &resumed) //nolint:errcheck
 				}
 			}
 			if ended == 0 {
@@ -650,14 +696,93 @@ func (ch *chaos) report(seed uint64, took time.Duration) chaosReportJSON {
 			if running != 0 {
 				resume = append(resume, float64(running-f.At.UnixNano())/1e9)
 			}
-			if resumed >= 0 && step >= resumed {
-				lost = append(lost, float64(step-resumed))
-			}
 		}
+	}
+	for id := range jobs {
+		lost = append(lost, ch.stepsLost(id)...)
 	}
 	rep.DetectSeconds, rep.ResumeSeconds, rep.StepsLost = percentiles(detect), percentiles(resume), percentiles(lost)
 	rep.Violations = append([]string{}, ch.violations...)
 	return rep
+}
+
+// history is every event seen of job, in order.
+func (ch *chaos) history(job string) []*pb.JobEvent {
+	ch.mu.Lock()
+	defer ch.mu.Unlock()
+	var out []*pb.JobEvent
+	for _, e := range ch.events[job] {
+		out = append(out, e)
+	}
+	sort.Slice(out, func(a, b int) bool { return out[a].Seq < out[b].Seq })
+	return out
+}
+
+// stepsLost is, for each attempt of job after the first that resumed from
+// a checkpoint, how many steps the attempt before it had trained past that
+// checkpoint (from the attempts' metrics and rank 0's output).
+func (ch *chaos) stepsLost(job string) []float64 {
+	var out []float64
+	reached := int64(-1)
+	for a := 0; ; a++ {
+		dir := filepath.Join(ch.c.storage, "jobs", job, fmt.Sprintf("attempt-%d", a), "rank-0")
+		if _, err := os.Stat(dir); err != nil {
+			return out
+		}
+		for _, name := range []string{"stdout.log", "stderr.log"} {
+			raw, _ := os.ReadFile(filepath.Join(dir, name))
+			if i := strings.Index(string(raw), "resumed from the checkpoint of step "); i >= 0 && reached >= 0 {
+				var from int64
+				if _, err := fmt.Sscanf(string(raw[i:]), "resumed from the checkpoint of step %d", &from); err == nil && reached >= from {
+					out = append(out, float64(reached-from))
+				}
+				break
+			}
+		}
+		reached = -1
+		for step := range readLosses(filepath.Join(dir, "metrics.jsonl")) {
+			reached = max(reached, step)
+		}
+	}
+}
+
+// readLosses is a metrics.jsonl's loss by step (lines cut by a kill are
+// skipped).
+func readLosses(path string) map[int64]float64 {
+	raw, _ := os.ReadFile(path)
+	out := map[int64]float64{}
+	for _, line := range strings.Split(string(raw), "\n") {
+		var m struct {
+			Step int64   `json:"step"`
+			Loss float64 `json:"loss"`
+		}
+		if json.Unmarshal([]byte(line), &m) == nil && m.Step > 0 {
+			out[m.Step] = m.Loss
+		}
+	}
+	return out
+}
+
+// checkLossCurve: every attempt of a job trains the same losses at the
+// same steps, bit for bit (a resumed attempt continues the curve the
+// interrupted one was on; CPU training is deterministic).
+func (ch *chaos) checkLossCurve(job string) {
+	paths, _ := filepath.Glob(filepath.Join(ch.c.storage, "jobs", job, "attempt-*", "rank-0", "metrics.jsonl"))
+	first := map[int64]float64{}
+	from := map[int64]string{}
+	for _, path := range paths {
+		attempt := filepath.Base(filepath.Dir(filepath.Dir(path)))
+		for step, loss := range readLosses(path) {
+			if l, ok := first[step]; ok {
+				ch.count("loss-curve")
+				if l != loss {
+					ch.violate("job %s step %d: loss %v in %s, %v in %s", job, step, l, from[step], loss, attempt)
+				}
+				continue
+			}
+			first[step], from[step] = loss, attempt
+		}
+	}
 }
 
 func percentiles(xs []float64) map[string]float64 {

@@ -37,6 +37,14 @@ type cluster struct {
 	workers     map[string]*proc
 	workerPorts map[string]int
 	storage     string
+	// via, when set for a worker, is where it (and its ranks) reach the
+	// coordinators' APIs and etcd instead: proxies the chaos suite cuts.
+	via map[string]workerRoutes
+}
+
+type workerRoutes struct {
+	coordinators []string
+	etcd         string
 }
 
 func startCluster(t *testing.T, nCoord int, workerIDs ...string) *cluster {
@@ -114,6 +122,10 @@ func (c *cluster) addCoordinator(id string) int {
 
 func (c *cluster) startWorker(id string) {
 	cfg := filepath.Join(c.dir, id+".yaml")
+	coords, etcd := c.apiAddrs, c.etcdURL
+	if r, ok := c.via[id]; ok {
+		coords, etcd = r.coordinators, r.etcd
+	}
 	yaml := fmt.Sprintf(`id: %s
 host: host-%s
 coordinators: [%s]
@@ -124,7 +136,7 @@ resources: {cpu_cores: 1, memory_mib: 1024, gpus: 0}
 labels: {rack: r1}
 storage_path: %s
 lease_ttl_seconds: 2
-`, id, id, strings.Join(c.apiAddrs, ", "), c.etcdURL, c.natsPort, c.workerPorts[id], c.storage)
+`, id, id, strings.Join(coords, ", "), etcd, c.natsPort, c.workerPorts[id], c.storage)
 	if err := os.WriteFile(cfg, []byte(yaml), 0o644); err != nil {
 		c.t.Fatal(err)
 	}

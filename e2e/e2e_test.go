@@ -263,6 +263,19 @@ func TestCluster(t *testing.T) {
 				}
 			}
 		}
+		// the coordinator verifies a checkpoint's shards on request, and
+		// names a corrupted one
+		newest := strconv.FormatInt(cps.Checkpoints[0].Step, 10)
+		if r := c.mustCLI("checkpoints", "show", id, newest, "--verify"); !strings.Contains(r.stdout, "VERIFIED") || strings.Count(r.stdout, " ok") < 2 {
+			t.Errorf("verify of a whole checkpoint:\n%s", r.stdout)
+		}
+		shard := filepath.Join(c.storage, "checkpoints", id, fmt.Sprintf("step-%012d", cps.Checkpoints[0].Step), "rank-0001", "meta.json")
+		if err := os.WriteFile(shard, []byte("{}"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if r := c.cli("checkpoints", "show", id, newest, "--verify"); r.code != 1 || !strings.Contains(r.stdout, "rank-0001/meta.json") || !strings.Contains(r.stderr, "does not verify") {
+			t.Errorf("verify of a corrupted checkpoint: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+		}
 		c.startWorker(victim)
 	})
 

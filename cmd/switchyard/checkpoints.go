@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"strconv"
 
@@ -14,7 +15,7 @@ import (
 func (c *cli) cmdCheckpoints(ctx context.Context, args []string) error {
 	return c.group(ctx, "checkpoints", args, []command{
 		{"list", "JOB", "list a job's checkpoints", c.checkpointsList},
-		{"show", "JOB STEP", "show one checkpoint and its shards (size, sha256)", c.checkpointsShow},
+		{"show", "JOB STEP [--verify]", "show one checkpoint and its shards (size, sha256); --verify: the coordinator reads every shard and checks it", c.checkpointsShow},
 		{"delete", "JOB STEP", "delete a checkpoint", c.checkpointsDelete},
 	})
 }
@@ -32,8 +33,11 @@ func listCheckpoints(ctx context.Context, r *remoteFlags, op, job string) ([]*ap
 
 // jobStepArgs parses the flags and the JOB STEP arguments of
 // `checkpoints show` and `checkpoints delete`.
-func (c *cli) jobStepArgs(name string, args []string) (r *remoteFlags, job string, step int64, err error) {
+func (c *cli) jobStepArgs(name string, args []string, more ...func(*flag.FlagSet)) (r *remoteFlags, job string, step int64, err error) {
 	fs, r := c.flags(name)
+	for _, m := range more {
+		m(fs)
+	}
 	pos, err := c.parse(fs, r, args, 2, 2)
 	if err != nil {
 		return nil, "", 0, err
@@ -77,8 +81,11 @@ func (c *cli) checkpointsList(ctx context.Context, name string, args []string) e
 	return t.flush()
 }
 
-func (c *cli) checkpointsShow(ctx context.Context, name string, args []string) error {
-	r, job, step, err := c.jobStepArgs(name, args)
+func (c *cli) checkpointsShow(ctx context.Context, name string, args []string) (err error) {
+	var verify bool
+	r, job, step, err := c.jobStepArgs(name, args, func(fs *flag.FlagSet) {
+		fs.BoolVar(&verify, "verify", false, "have the coordinator read every shard and check its size and sha256")
+	})
 	if err != nil {
 		return err
 	}
@@ -96,7 +103,33 @@ func (c *cli) checkpointsShow(ctx context.Context, name string, args []string) e
 	if ck == nil {
 		return notFound(op, r, "job %s has no checkpoint at step %d", job, step)
 	}
+	var checks map[string]string
+	if verify {
+		v, verr := unary(ctx, r, op+" --verify", func(ctx context.Context, cl *client.Client) (*apiv1.VerifyCheckpointResponse, error) {
+			return cl.VerifyCheckpoint(ctx, &apiv1.VerifyCheckpointRequest{JobId: job, Step: step})
+		})
+		if verr != nil {
+			return verr
+		}
+		if r.json() {
+			if err := printProto(c.out, v, false); err != nil {
+				return err
+			}
+		}
+		checks = map[string]string{}
+		for _, s := range v.GetShards() {
+			checks[s.GetName()] = s.GetStatus()
+		}
+		defer func() { // the named result: exit 1 when a shard is bad
+			if err == nil && !v.GetOk() {
+				err = fmt.Errorf("%s: checkpoint does not verify", op)
+			}
+		}()
+	}
 	if r.json() {
+		if verify {
+			return nil
+		}
 		return printProto(c.out, ck, false)
 	}
 	w := c.out
@@ -112,9 +145,16 @@ func (c *cli) checkpointsShow(ctx context.Context, name string, args []string) e
 		fmt.Fprintln(w, "  (none)")
 		return nil
 	}
-	t := newTable(w, "  ", "NAME", "SIZE", "SHA256")
+	if checks == nil {
+		t := newTable(w, "  ", "NAME", "SIZE", "SHA256")
+		for _, s := range ck.GetShards() {
+			t.row(s.GetName(), fmtBytes(s.GetSize()), orDash(s.GetSha256()))
+		}
+		return t.flush()
+	}
+	t := newTable(w, "  ", "NAME", "SIZE", "SHA256", "VERIFIED")
 	for _, s := range ck.GetShards() {
-		t.row(s.GetName(), fmtBytes(s.GetSize()), orDash(s.GetSha256()))
+		t.row(s.GetName(), fmtBytes(s.GetSize()), orDash(s.GetSha256()), orDash(checks[s.GetName()]))
 	}
 	return t.flush()
 }

@@ -277,18 +277,40 @@ func (e etcdCheckpoints) List(ctx context.Context, j *pb.Job) ([]checkpoint.Mani
 }
 
 func (e etcdCheckpoints) Delete(ctx context.Context, j *pb.Job, step int64) error {
+	st, err := e.storage(j)
+	if err != nil {
+		return err
+	}
+	return checkpoint.NewManager(st, e.cat, e.log).Delete(ctx, j.Id, step)
+}
+
+func (e etcdCheckpoints) Verify(ctx context.Context, j *pb.Job, m checkpoint.Manifest) ([]error, error) {
+	st, err := e.storage(j)
+	if err != nil {
+		return nil, err
+	}
+	prefix := checkpoint.StepPrefix(j.Id, m.Step)
+	errs := make([]error, len(m.Shards))
+	for i, sh := range m.Shards {
+		_, errs[i] = checkpoint.ReadShardVerified(ctx, st, prefix, m, sh.Name)
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+	}
+	return errs, nil
+}
+
+// storage opens the job's checkpoint storage: its spec's checkpoint.path,
+// or this coordinator's --checkpoint-root.
+func (e etcdCheckpoints) storage(j *pb.Job) (checkpoint.Storage, error) {
 	root := e.root
 	if sp, err := jobspec.Parse(j.Spec); err == nil && sp.Checkpoint.Path != "" {
 		root = sp.Checkpoint.Path
 	}
 	if root == "" {
-		return errors.New("the checkpoint storage is not reachable from this coordinator (start it with --checkpoint-root)")
+		return nil, errors.New("the checkpoint storage is not reachable from this coordinator (start it with --checkpoint-root)")
 	}
-	st, err := checkpoint.OpenStorage(root, nil)
-	if err != nil {
-		return err
-	}
-	return checkpoint.NewManager(st, e.cat, e.log).Delete(ctx, j.Id, step)
+	return checkpoint.OpenStorage(root, nil)
 }
 
 // recoverPanics turns a panic in a handler into an INTERNAL error for that

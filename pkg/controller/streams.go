@@ -23,6 +23,9 @@ type Checkpoints interface {
 	List(ctx context.Context, job *pb.Job) (live []checkpoint.Manifest, deleting []int64, err error)
 	// Delete removes one checkpoint (catalogued deletion, then files).
 	Delete(ctx context.Context, job *pb.Job, step int64) error
+	// Verify reads every shard of m and checks it against the manifest:
+	// one error (nil: verified) per shard, in m's order.
+	Verify(ctx context.Context, job *pb.Job, m checkpoint.Manifest) ([]error, error)
 }
 
 // pollEvery is how often streams look at the job record.
@@ -231,6 +234,37 @@ func (s *Server) plausible(j *pb.Job, m checkpoint.Manifest) error {
 		return failure(errBadRequest, "job %s: a checkpoint of %d ranks (tp %d x dp %d) from an attempt of %d", j.Id, w, m.Layout.TP, m.Layout.DP, len(j.Placement))
 	}
 	return nil
+}
+
+func (s *Server) VerifyCheckpoint(ctx context.Context, req *apiv1.VerifyCheckpointRequest) (*apiv1.VerifyCheckpointResponse, error) {
+	if s.cfg.Checkpoints == nil {
+		return nil, apiError(failure(errNoCatalogue, "this coordinator has no checkpoint catalogue"))
+	}
+	j, err := s.localJob(ctx, req.GetJobId())
+	if err != nil {
+		return nil, apiError(err)
+	}
+	live, _, err := s.cfg.Checkpoints.List(ctx, j)
+	if err != nil {
+		return nil, apiError(failure(errUnavailable, "verify checkpoint: list the catalogue of %s: %v", j.Id, err))
+	}
+	i := slices.IndexFunc(live, func(m checkpoint.Manifest) bool { return m.Step == req.GetStep() })
+	if i < 0 {
+		return nil, apiError(failure(checkpoint.ErrNoCheckpoint, "job %s has no committed checkpoint of step %d", j.Id, req.GetStep()))
+	}
+	errs, err := s.cfg.Checkpoints.Verify(ctx, j, live[i])
+	if err != nil {
+		return nil, apiError(failure(errRefused, "verify checkpoint %d of %s: %v", req.GetStep(), j.Id, err))
+	}
+	resp := &apiv1.VerifyCheckpointResponse{Ok: true}
+	for k, sh := range live[i].Shards {
+		st := "ok"
+		if errs[k] != nil {
+			st, resp.Ok = errs[k].Error(), false
+		}
+		resp.Shards = append(resp.Shards, &apiv1.ShardCheck{Name: sh.Name, Status: st})
+	}
+	return resp, nil
 }
 
 func (s *Server) CommitCheckpoint(ctx context.Context, req *apiv1.CommitCheckpointRequest) (*apiv1.CommitCheckpointResponse, error) {

@@ -1870,6 +1870,165 @@ func (*DeleteCheckpointResponse) Descriptor() ([]byte, []int) {
 	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{30}
 }
 
+type VerifyCheckpointRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	JobId         string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	Step          int64                  `protobuf:"varint,2,opt,name=step,proto3" json:"step,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VerifyCheckpointRequest) Reset() {
+	*x = VerifyCheckpointRequest{}
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VerifyCheckpointRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VerifyCheckpointRequest) ProtoMessage() {}
+
+func (x *VerifyCheckpointRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VerifyCheckpointRequest.ProtoReflect.Descriptor instead.
+func (*VerifyCheckpointRequest) Descriptor() ([]byte, []int) {
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *VerifyCheckpointRequest) GetJobId() string {
+	if x != nil {
+		return x.JobId
+	}
+	return ""
+}
+
+func (x *VerifyCheckpointRequest) GetStep() int64 {
+	if x != nil {
+		return x.Step
+	}
+	return 0
+}
+
+type VerifyCheckpointResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Whether every shard verified.
+	Ok bool `protobuf:"varint,1,opt,name=ok,proto3" json:"ok,omitempty"`
+	// One per shard, in the manifest's order.
+	Shards        []*ShardCheck `protobuf:"bytes,2,rep,name=shards,proto3" json:"shards,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VerifyCheckpointResponse) Reset() {
+	*x = VerifyCheckpointResponse{}
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VerifyCheckpointResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VerifyCheckpointResponse) ProtoMessage() {}
+
+func (x *VerifyCheckpointResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VerifyCheckpointResponse.ProtoReflect.Descriptor instead.
+func (*VerifyCheckpointResponse) Descriptor() ([]byte, []int) {
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *VerifyCheckpointResponse) GetOk() bool {
+	if x != nil {
+		return x.Ok
+	}
+	return false
+}
+
+func (x *VerifyCheckpointResponse) GetShards() []*ShardCheck {
+	if x != nil {
+		return x.Shards
+	}
+	return nil
+}
+
+type ShardCheck struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// "ok", or what is wrong ("sha256 mismatch", "missing", ...).
+	Status        string `protobuf:"bytes,2,opt,name=status,proto3" json:"status,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ShardCheck) Reset() {
+	*x = ShardCheck{}
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ShardCheck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ShardCheck) ProtoMessage() {}
+
+func (x *ShardCheck) ProtoReflect() protoreflect.Message {
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ShardCheck.ProtoReflect.Descriptor instead.
+func (*ShardCheck) Descriptor() ([]byte, []int) {
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *ShardCheck) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ShardCheck) GetStatus() string {
+	if x != nil {
+		return x.Status
+	}
+	return ""
+}
+
 type CommitCheckpointRequest struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	JobId   string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
@@ -1882,7 +2041,7 @@ type CommitCheckpointRequest struct {
 
 func (x *CommitCheckpointRequest) Reset() {
 	*x = CommitCheckpointRequest{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[31]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1894,7 +2053,7 @@ func (x *CommitCheckpointRequest) String() string {
 func (*CommitCheckpointRequest) ProtoMessage() {}
 
 func (x *CommitCheckpointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[31]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1907,7 +2066,7 @@ func (x *CommitCheckpointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommitCheckpointRequest.ProtoReflect.Descriptor instead.
 func (*CommitCheckpointRequest) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{31}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *CommitCheckpointRequest) GetJobId() string {
@@ -1939,7 +2098,7 @@ type CommitCheckpointResponse struct {
 
 func (x *CommitCheckpointResponse) Reset() {
 	*x = CommitCheckpointResponse{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[32]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1951,7 +2110,7 @@ func (x *CommitCheckpointResponse) String() string {
 func (*CommitCheckpointResponse) ProtoMessage() {}
 
 func (x *CommitCheckpointResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[32]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1964,7 +2123,7 @@ func (x *CommitCheckpointResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommitCheckpointResponse.ProtoReflect.Descriptor instead.
 func (*CommitCheckpointResponse) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{32}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{35}
 }
 
 // A rank of a job that a worker runs.
@@ -1995,7 +2154,7 @@ type Task struct {
 
 func (x *Task) Reset() {
 	*x = Task{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[33]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2007,7 +2166,7 @@ func (x *Task) String() string {
 func (*Task) ProtoMessage() {}
 
 func (x *Task) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[33]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2020,7 +2179,7 @@ func (x *Task) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Task.ProtoReflect.Descriptor instead.
 func (*Task) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{33}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *Task) GetJobId() string {
@@ -2128,7 +2287,7 @@ type TaskStatus struct {
 
 func (x *TaskStatus) Reset() {
 	*x = TaskStatus{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[34]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2140,7 +2299,7 @@ func (x *TaskStatus) String() string {
 func (*TaskStatus) ProtoMessage() {}
 
 func (x *TaskStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[34]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2153,7 +2312,7 @@ func (x *TaskStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskStatus.ProtoReflect.Descriptor instead.
 func (*TaskStatus) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{34}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *TaskStatus) GetJobId() string {
@@ -2231,7 +2390,7 @@ type TaskEvent struct {
 
 func (x *TaskEvent) Reset() {
 	*x = TaskEvent{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[35]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2243,7 +2402,7 @@ func (x *TaskEvent) String() string {
 func (*TaskEvent) ProtoMessage() {}
 
 func (x *TaskEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[35]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2256,7 +2415,7 @@ func (x *TaskEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskEvent.ProtoReflect.Descriptor instead.
 func (*TaskEvent) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{35}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *TaskEvent) GetSeq() uint32 {
@@ -2297,7 +2456,7 @@ type SyncWorkerRequest struct {
 
 func (x *SyncWorkerRequest) Reset() {
 	*x = SyncWorkerRequest{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[36]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2309,7 +2468,7 @@ func (x *SyncWorkerRequest) String() string {
 func (*SyncWorkerRequest) ProtoMessage() {}
 
 func (x *SyncWorkerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[36]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2322,7 +2481,7 @@ func (x *SyncWorkerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncWorkerRequest.ProtoReflect.Descriptor instead.
 func (*SyncWorkerRequest) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{36}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *SyncWorkerRequest) GetWorkerId() string {
@@ -2348,7 +2507,7 @@ type SyncWorkerResponse struct {
 
 func (x *SyncWorkerResponse) Reset() {
 	*x = SyncWorkerResponse{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[37]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2360,7 +2519,7 @@ func (x *SyncWorkerResponse) String() string {
 func (*SyncWorkerResponse) ProtoMessage() {}
 
 func (x *SyncWorkerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[37]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2373,7 +2532,7 @@ func (x *SyncWorkerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncWorkerResponse.ProtoReflect.Descriptor instead.
 func (*SyncWorkerResponse) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{37}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *SyncWorkerResponse) GetTasks() []*Task {
@@ -2512,7 +2671,17 @@ const file_switchyard_api_v1_api_proto_rawDesc = "" +
 	"\x17DeleteCheckpointRequest\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x12\n" +
 	"\x04step\x18\x02 \x01(\x03R\x04step\"\x1a\n" +
-	"\x18DeleteCheckpointResponse\"f\n" +
+	"\x18DeleteCheckpointResponse\"D\n" +
+	"\x17VerifyCheckpointRequest\x12\x15\n" +
+	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x12\n" +
+	"\x04step\x18\x02 \x01(\x03R\x04step\"a\n" +
+	"\x18VerifyCheckpointResponse\x12\x0e\n" +
+	"\x02ok\x18\x01 \x01(\bR\x02ok\x125\n" +
+	"\x06shards\x18\x02 \x03(\v2\x1d.switchyard.api.v1.ShardCheckR\x06shards\"8\n" +
+	"\n" +
+	"ShardCheck\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06status\x18\x02 \x01(\tR\x06status\"f\n" +
 	"\x17CommitCheckpointRequest\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x18\n" +
 	"\aattempt\x18\x02 \x01(\x05R\aattempt\x12\x1a\n" +
@@ -2559,8 +2728,7 @@ const file_switchyard_api_v1_api_proto_rawDesc = "" +
 	"\x13TASK_STATE_STARTING\x10\x01\x12\x16\n" +
 	"\x12TASK_STATE_RUNNING\x10\x02\x12\x18\n" +
 	"\x14TASK_STATE_SUCCEEDED\x10\x03\x12\x15\n" +
-	"\x11TASK_STATE_FAILED\x10\x042\x9f\n" +
-	"\n" +
+	"\x11TASK_STATE_FAILED\x10\x042\x8c\v\n" +
 	"\vCoordinator\x12V\n" +
 	"\tSubmitJob\x12#.switchyard.api.v1.SubmitJobRequest\x1a$.switchyard.api.v1.SubmitJobResponse\x12M\n" +
 	"\x06GetJob\x12 .switchyard.api.v1.GetJobRequest\x1a!.switchyard.api.v1.GetJobResponse\x12S\n" +
@@ -2575,6 +2743,7 @@ const file_switchyard_api_v1_api_proto_rawDesc = "" +
 	"\rRemoveReplica\x12'.switchyard.api.v1.RemoveReplicaRequest\x1a(.switchyard.api.v1.RemoveReplicaResponse\x12h\n" +
 	"\x0fListCheckpoints\x12).switchyard.api.v1.ListCheckpointsRequest\x1a*.switchyard.api.v1.ListCheckpointsResponse\x12k\n" +
 	"\x10DeleteCheckpoint\x12*.switchyard.api.v1.DeleteCheckpointRequest\x1a+.switchyard.api.v1.DeleteCheckpointResponse\x12k\n" +
+	"\x10VerifyCheckpoint\x12*.switchyard.api.v1.VerifyCheckpointRequest\x1a+.switchyard.api.v1.VerifyCheckpointResponse\x12k\n" +
 	"\x10CommitCheckpoint\x12*.switchyard.api.v1.CommitCheckpointRequest\x1a+.switchyard.api.v1.CommitCheckpointResponse\x12Y\n" +
 	"\n" +
 	"SyncWorker\x12$.switchyard.api.v1.SyncWorkerRequest\x1a%.switchyard.api.v1.SyncWorkerResponseBCZAgithub.com/switchyard-ml/switchyard/proto/switchyard/api/v1;apiv1b\x06proto3"
@@ -2592,7 +2761,7 @@ func file_switchyard_api_v1_api_proto_rawDescGZIP() []byte {
 }
 
 var file_switchyard_api_v1_api_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_switchyard_api_v1_api_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
+var file_switchyard_api_v1_api_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
 var file_switchyard_api_v1_api_proto_goTypes = []any{
 	(TaskState)(0),                   // 0: switchyard.api.v1.TaskState
 	(*SubmitJobRequest)(nil),         // 1: switchyard.api.v1.SubmitJobRequest
@@ -2626,74 +2795,80 @@ var file_switchyard_api_v1_api_proto_goTypes = []any{
 	(*ListCheckpointsResponse)(nil),  // 29: switchyard.api.v1.ListCheckpointsResponse
 	(*DeleteCheckpointRequest)(nil),  // 30: switchyard.api.v1.DeleteCheckpointRequest
 	(*DeleteCheckpointResponse)(nil), // 31: switchyard.api.v1.DeleteCheckpointResponse
-	(*CommitCheckpointRequest)(nil),  // 32: switchyard.api.v1.CommitCheckpointRequest
-	(*CommitCheckpointResponse)(nil), // 33: switchyard.api.v1.CommitCheckpointResponse
-	(*Task)(nil),                     // 34: switchyard.api.v1.Task
-	(*TaskStatus)(nil),               // 35: switchyard.api.v1.TaskStatus
-	(*TaskEvent)(nil),                // 36: switchyard.api.v1.TaskEvent
-	(*SyncWorkerRequest)(nil),        // 37: switchyard.api.v1.SyncWorkerRequest
-	(*SyncWorkerResponse)(nil),       // 38: switchyard.api.v1.SyncWorkerResponse
-	nil,                              // 39: switchyard.api.v1.Worker.LabelsEntry
-	nil,                              // 40: switchyard.api.v1.ClusterStatusResponse.RaftEntry
-	(*v1.Job)(nil),                   // 41: switchyard.coordinator.v1.Job
-	(v1.JobState)(0),                 // 42: switchyard.coordinator.v1.JobState
+	(*VerifyCheckpointRequest)(nil),  // 32: switchyard.api.v1.VerifyCheckpointRequest
+	(*VerifyCheckpointResponse)(nil), // 33: switchyard.api.v1.VerifyCheckpointResponse
+	(*ShardCheck)(nil),               // 34: switchyard.api.v1.ShardCheck
+	(*CommitCheckpointRequest)(nil),  // 35: switchyard.api.v1.CommitCheckpointRequest
+	(*CommitCheckpointResponse)(nil), // 36: switchyard.api.v1.CommitCheckpointResponse
+	(*Task)(nil),                     // 37: switchyard.api.v1.Task
+	(*TaskStatus)(nil),               // 38: switchyard.api.v1.TaskStatus
+	(*TaskEvent)(nil),                // 39: switchyard.api.v1.TaskEvent
+	(*SyncWorkerRequest)(nil),        // 40: switchyard.api.v1.SyncWorkerRequest
+	(*SyncWorkerResponse)(nil),       // 41: switchyard.api.v1.SyncWorkerResponse
+	nil,                              // 42: switchyard.api.v1.Worker.LabelsEntry
+	nil,                              // 43: switchyard.api.v1.ClusterStatusResponse.RaftEntry
+	(*v1.Job)(nil),                   // 44: switchyard.coordinator.v1.Job
+	(v1.JobState)(0),                 // 45: switchyard.coordinator.v1.JobState
 }
 var file_switchyard_api_v1_api_proto_depIdxs = []int32{
-	41, // 0: switchyard.api.v1.SubmitJobResponse.job:type_name -> switchyard.coordinator.v1.Job
-	41, // 1: switchyard.api.v1.GetJobResponse.job:type_name -> switchyard.coordinator.v1.Job
-	42, // 2: switchyard.api.v1.ListJobsRequest.states:type_name -> switchyard.coordinator.v1.JobState
-	41, // 3: switchyard.api.v1.ListJobsResponse.jobs:type_name -> switchyard.coordinator.v1.Job
-	41, // 4: switchyard.api.v1.CancelJobResponse.job:type_name -> switchyard.coordinator.v1.Job
-	41, // 5: switchyard.api.v1.ResumeJobResponse.job:type_name -> switchyard.coordinator.v1.Job
+	44, // 0: switchyard.api.v1.SubmitJobResponse.job:type_name -> switchyard.coordinator.v1.Job
+	44, // 1: switchyard.api.v1.GetJobResponse.job:type_name -> switchyard.coordinator.v1.Job
+	45, // 2: switchyard.api.v1.ListJobsRequest.states:type_name -> switchyard.coordinator.v1.JobState
+	44, // 3: switchyard.api.v1.ListJobsResponse.jobs:type_name -> switchyard.coordinator.v1.Job
+	44, // 4: switchyard.api.v1.CancelJobResponse.job:type_name -> switchyard.coordinator.v1.Job
+	44, // 5: switchyard.api.v1.ResumeJobResponse.job:type_name -> switchyard.coordinator.v1.Job
 	15, // 6: switchyard.api.v1.StepMetrics.expert_load:type_name -> switchyard.api.v1.ExpertLoad
-	41, // 7: switchyard.api.v1.WatchJobResponse.job:type_name -> switchyard.coordinator.v1.Job
+	44, // 7: switchyard.api.v1.WatchJobResponse.job:type_name -> switchyard.coordinator.v1.Job
 	14, // 8: switchyard.api.v1.WatchJobResponse.metrics:type_name -> switchyard.api.v1.StepMetrics
 	19, // 9: switchyard.api.v1.Worker.resources:type_name -> switchyard.api.v1.Resources
-	39, // 10: switchyard.api.v1.Worker.labels:type_name -> switchyard.api.v1.Worker.LabelsEntry
+	42, // 10: switchyard.api.v1.Worker.labels:type_name -> switchyard.api.v1.Worker.LabelsEntry
 	18, // 11: switchyard.api.v1.ClusterStatusResponse.replicas:type_name -> switchyard.api.v1.Replica
 	20, // 12: switchyard.api.v1.ClusterStatusResponse.workers:type_name -> switchyard.api.v1.Worker
-	40, // 13: switchyard.api.v1.ClusterStatusResponse.raft:type_name -> switchyard.api.v1.ClusterStatusResponse.RaftEntry
+	43, // 13: switchyard.api.v1.ClusterStatusResponse.raft:type_name -> switchyard.api.v1.ClusterStatusResponse.RaftEntry
 	18, // 14: switchyard.api.v1.AddReplicaResponse.replicas:type_name -> switchyard.api.v1.Replica
 	18, // 15: switchyard.api.v1.RemoveReplicaResponse.replicas:type_name -> switchyard.api.v1.Replica
 	27, // 16: switchyard.api.v1.Checkpoint.shards:type_name -> switchyard.api.v1.Shard
 	28, // 17: switchyard.api.v1.ListCheckpointsResponse.checkpoints:type_name -> switchyard.api.v1.Checkpoint
-	0,  // 18: switchyard.api.v1.TaskStatus.state:type_name -> switchyard.api.v1.TaskState
-	36, // 19: switchyard.api.v1.TaskStatus.events:type_name -> switchyard.api.v1.TaskEvent
-	35, // 20: switchyard.api.v1.SyncWorkerRequest.tasks:type_name -> switchyard.api.v1.TaskStatus
-	34, // 21: switchyard.api.v1.SyncWorkerResponse.tasks:type_name -> switchyard.api.v1.Task
-	1,  // 22: switchyard.api.v1.Coordinator.SubmitJob:input_type -> switchyard.api.v1.SubmitJobRequest
-	3,  // 23: switchyard.api.v1.Coordinator.GetJob:input_type -> switchyard.api.v1.GetJobRequest
-	5,  // 24: switchyard.api.v1.Coordinator.ListJobs:input_type -> switchyard.api.v1.ListJobsRequest
-	7,  // 25: switchyard.api.v1.Coordinator.CancelJob:input_type -> switchyard.api.v1.CancelJobRequest
-	9,  // 26: switchyard.api.v1.Coordinator.ResumeJob:input_type -> switchyard.api.v1.ResumeJobRequest
-	11, // 27: switchyard.api.v1.Coordinator.JobLogs:input_type -> switchyard.api.v1.JobLogsRequest
-	13, // 28: switchyard.api.v1.Coordinator.WatchJob:input_type -> switchyard.api.v1.WatchJobRequest
-	17, // 29: switchyard.api.v1.Coordinator.ClusterStatus:input_type -> switchyard.api.v1.ClusterStatusRequest
-	22, // 30: switchyard.api.v1.Coordinator.AddReplica:input_type -> switchyard.api.v1.AddReplicaRequest
-	24, // 31: switchyard.api.v1.Coordinator.RemoveReplica:input_type -> switchyard.api.v1.RemoveReplicaRequest
-	26, // 32: switchyard.api.v1.Coordinator.ListCheckpoints:input_type -> switchyard.api.v1.ListCheckpointsRequest
-	30, // 33: switchyard.api.v1.Coordinator.DeleteCheckpoint:input_type -> switchyard.api.v1.DeleteCheckpointRequest
-	32, // 34: switchyard.api.v1.Coordinator.CommitCheckpoint:input_type -> switchyard.api.v1.CommitCheckpointRequest
-	37, // 35: switchyard.api.v1.Coordinator.SyncWorker:input_type -> switchyard.api.v1.SyncWorkerRequest
-	2,  // 36: switchyard.api.v1.Coordinator.SubmitJob:output_type -> switchyard.api.v1.SubmitJobResponse
-	4,  // 37: switchyard.api.v1.Coordinator.GetJob:output_type -> switchyard.api.v1.GetJobResponse
-	6,  // 38: switchyard.api.v1.Coordinator.ListJobs:output_type -> switchyard.api.v1.ListJobsResponse
-	8,  // 39: switchyard.api.v1.Coordinator.CancelJob:output_type -> switchyard.api.v1.CancelJobResponse
-	10, // 40: switchyard.api.v1.Coordinator.ResumeJob:output_type -> switchyard.api.v1.ResumeJobResponse
-	12, // 41: switchyard.api.v1.Coordinator.JobLogs:output_type -> switchyard.api.v1.LogEntry
-	16, // 42: switchyard.api.v1.Coordinator.WatchJob:output_type -> switchyard.api.v1.WatchJobResponse
-	21, // 43: switchyard.api.v1.Coordinator.ClusterStatus:output_type -> switchyard.api.v1.ClusterStatusResponse
-	23, // 44: switchyard.api.v1.Coordinator.AddReplica:output_type -> switchyard.api.v1.AddReplicaResponse
-	25, // 45: switchyard.api.v1.Coordinator.RemoveReplica:output_type -> switchyard.api.v1.RemoveReplicaResponse
-	29, // 46: switchyard.api.v1.Coordinator.ListCheckpoints:output_type -> switchyard.api.v1.ListCheckpointsResponse
-	31, // 47: switchyard.api.v1.Coordinator.DeleteCheckpoint:output_type -> switchyard.api.v1.DeleteCheckpointResponse
-	33, // 48: switchyard.api.v1.Coordinator.CommitCheckpoint:output_type -> switchyard.api.v1.CommitCheckpointResponse
-	38, // 49: switchyard.api.v1.Coordinator.SyncWorker:output_type -> switchyard.api.v1.SyncWorkerResponse
-	36, // [36:50] is the sub-list for method output_type
-	22, // [22:36] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	34, // 18: switchyard.api.v1.VerifyCheckpointResponse.shards:type_name -> switchyard.api.v1.ShardCheck
+	0,  // 19: switchyard.api.v1.TaskStatus.state:type_name -> switchyard.api.v1.TaskState
+	39, // 20: switchyard.api.v1.TaskStatus.events:type_name -> switchyard.api.v1.TaskEvent
+	38, // 21: switchyard.api.v1.SyncWorkerRequest.tasks:type_name -> switchyard.api.v1.TaskStatus
+	37, // 22: switchyard.api.v1.SyncWorkerResponse.tasks:type_name -> switchyard.api.v1.Task
+	1,  // 23: switchyard.api.v1.Coordinator.SubmitJob:input_type -> switchyard.api.v1.SubmitJobRequest
+	3,  // 24: switchyard.api.v1.Coordinator.GetJob:input_type -> switchyard.api.v1.GetJobRequest
+	5,  // 25: switchyard.api.v1.Coordinator.ListJobs:input_type -> switchyard.api.v1.ListJobsRequest
+	7,  // 26: switchyard.api.v1.Coordinator.CancelJob:input_type -> switchyard.api.v1.CancelJobRequest
+	9,  // 27: switchyard.api.v1.Coordinator.ResumeJob:input_type -> switchyard.api.v1.ResumeJobRequest
+	11, // 28: switchyard.api.v1.Coordinator.JobLogs:input_type -> switchyard.api.v1.JobLogsRequest
+	13, // 29: switchyard.api.v1.Coordinator.WatchJob:input_type -> switchyard.api.v1.WatchJobRequest
+	17, // 30: switchyard.api.v1.Coordinator.ClusterStatus:input_type -> switchyard.api.v1.ClusterStatusRequest
+	22, // 31: switchyard.api.v1.Coordinator.AddReplica:input_type -> switchyard.api.v1.AddReplicaRequest
+	24, // 32: switchyard.api.v1.Coordinator.RemoveReplica:input_type -> switchyard.api.v1.RemoveReplicaRequest
+	26, // 33: switchyard.api.v1.Coordinator.ListCheckpoints:input_type -> switchyard.api.v1.ListCheckpointsRequest
+	30, // 34: switchyard.api.v1.Coordinator.DeleteCheckpoint:input_type -> switchyard.api.v1.DeleteCheckpointRequest
+	32, // 35: switchyard.api.v1.Coordinator.VerifyCheckpoint:input_type -> switchyard.api.v1.VerifyCheckpointRequest
+	35, // 36: switchyard.api.v1.Coordinator.CommitCheckpoint:input_type -> switchyard.api.v1.CommitCheckpointRequest
+	40, // 37: switchyard.api.v1.Coordinator.SyncWorker:input_type -> switchyard.api.v1.SyncWorkerRequest
+	2,  // 38: switchyard.api.v1.Coordinator.SubmitJob:output_type -> switchyard.api.v1.SubmitJobResponse
+	4,  // 39: switchyard.api.v1.Coordinator.GetJob:output_type -> switchyard.api.v1.GetJobResponse
+	6,  // 40: switchyard.api.v1.Coordinator.ListJobs:output_type -> switchyard.api.v1.ListJobsResponse
+	8,  // 41: switchyard.api.v1.Coordinator.CancelJob:output_type -> switchyard.api.v1.CancelJobResponse
+	10, // 42: switchyard.api.v1.Coordinator.ResumeJob:output_type -> switchyard.api.v1.ResumeJobResponse
+	12, // 43: switchyard.api.v1.Coordinator.JobLogs:output_type -> switchyard.api.v1.LogEntry
+	16, // 44: switchyard.api.v1.Coordinator.WatchJob:output_type -> switchyard.api.v1.WatchJobResponse
+	21, // 45: switchyard.api.v1.Coordinator.ClusterStatus:output_type -> switchyard.api.v1.ClusterStatusResponse
+	23, // 46: switchyard.api.v1.Coordinator.AddReplica:output_type -> switchyard.api.v1.AddReplicaResponse
+	25, // 47: switchyard.api.v1.Coordinator.RemoveReplica:output_type -> switchyard.api.v1.RemoveReplicaResponse
+	29, // 48: switchyard.api.v1.Coordinator.ListCheckpoints:output_type -> switchyard.api.v1.ListCheckpointsResponse
+	31, // 49: switchyard.api.v1.Coordinator.DeleteCheckpoint:output_type -> switchyard.api.v1.DeleteCheckpointResponse
+	33, // 50: switchyard.api.v1.Coordinator.VerifyCheckpoint:output_type -> switchyard.api.v1.VerifyCheckpointResponse
+	36, // 51: switchyard.api.v1.Coordinator.CommitCheckpoint:output_type -> switchyard.api.v1.CommitCheckpointResponse
+	41, // 52: switchyard.api.v1.Coordinator.SyncWorker:output_type -> switchyard.api.v1.SyncWorkerResponse
+	38, // [38:53] is the sub-list for method output_type
+	23, // [23:38] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_switchyard_api_v1_api_proto_init() }
@@ -2707,7 +2882,7 @@ func file_switchyard_api_v1_api_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_switchyard_api_v1_api_proto_rawDesc), len(file_switchyard_api_v1_api_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   40,
+			NumMessages:   43,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

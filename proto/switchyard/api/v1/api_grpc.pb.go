@@ -44,6 +44,7 @@ const (
 	Coordinator_RemoveReplica_FullMethodName    = "/switchyard.api.v1.Coordinator/RemoveReplica"
 	Coordinator_ListCheckpoints_FullMethodName  = "/switchyard.api.v1.Coordinator/ListCheckpoints"
 	Coordinator_DeleteCheckpoint_FullMethodName = "/switchyard.api.v1.Coordinator/DeleteCheckpoint"
+	Coordinator_VerifyCheckpoint_FullMethodName = "/switchyard.api.v1.Coordinator/VerifyCheckpoint"
 	Coordinator_CommitCheckpoint_FullMethodName = "/switchyard.api.v1.Coordinator/CommitCheckpoint"
 	Coordinator_SyncWorker_FullMethodName       = "/switchyard.api.v1.Coordinator/SyncWorker"
 )
@@ -71,6 +72,10 @@ type CoordinatorClient interface {
 	// Checkpoints (CLI).
 	ListCheckpoints(ctx context.Context, in *ListCheckpointsRequest, opts ...grpc.CallOption) (*ListCheckpointsResponse, error)
 	DeleteCheckpoint(ctx context.Context, in *DeleteCheckpointRequest, opts ...grpc.CallOption) (*DeleteCheckpointResponse, error)
+	// VerifyCheckpoint reads every shard of one committed checkpoint from the
+	// storage this coordinator reaches (--checkpoint-root, or the job's own
+	// checkpoint.path) and checks its size and sha256 against the manifest.
+	VerifyCheckpoint(ctx context.Context, in *VerifyCheckpointRequest, opts ...grpc.CallOption) (*VerifyCheckpointResponse, error)
 	// CommitCheckpoint is called by a job's rank 0 once every rank's shards
 	// are durable and verified: the leader commits the manifest to the
 	// catalogue in etcd (one transaction, only if the step is newer than the
@@ -231,6 +236,16 @@ func (c *coordinatorClient) DeleteCheckpoint(ctx context.Context, in *DeleteChec
 	return out, nil
 }
 
+func (c *coordinatorClient) VerifyCheckpoint(ctx context.Context, in *VerifyCheckpointRequest, opts ...grpc.CallOption) (*VerifyCheckpointResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(VerifyCheckpointResponse)
+	err := c.cc.Invoke(ctx, Coordinator_VerifyCheckpoint_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *coordinatorClient) CommitCheckpoint(ctx context.Context, in *CommitCheckpointRequest, opts ...grpc.CallOption) (*CommitCheckpointResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(CommitCheckpointResponse)
@@ -274,6 +289,10 @@ type CoordinatorServer interface {
 	// Checkpoints (CLI).
 	ListCheckpoints(context.Context, *ListCheckpointsRequest) (*ListCheckpointsResponse, error)
 	DeleteCheckpoint(context.Context, *DeleteCheckpointRequest) (*DeleteCheckpointResponse, error)
+	// VerifyCheckpoint reads every shard of one committed checkpoint from the
+	// storage this coordinator reaches (--checkpoint-root, or the job's own
+	// checkpoint.path) and checks its size and sha256 against the manifest.
+	VerifyCheckpoint(context.Context, *VerifyCheckpointRequest) (*VerifyCheckpointResponse, error)
 	// CommitCheckpoint is called by a job's rank 0 once every rank's shards
 	// are durable and verified: the leader commits the manifest to the
 	// catalogue in etcd (one transaction, only if the step is newer than the
@@ -331,6 +350,9 @@ func (UnimplementedCoordinatorServer) ListCheckpoints(context.Context, *ListChec
 }
 func (UnimplementedCoordinatorServer) DeleteCheckpoint(context.Context, *DeleteCheckpointRequest) (*DeleteCheckpointResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteCheckpoint not implemented")
+}
+func (UnimplementedCoordinatorServer) VerifyCheckpoint(context.Context, *VerifyCheckpointRequest) (*VerifyCheckpointResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method VerifyCheckpoint not implemented")
 }
 func (UnimplementedCoordinatorServer) CommitCheckpoint(context.Context, *CommitCheckpointRequest) (*CommitCheckpointResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CommitCheckpoint not implemented")
@@ -561,6 +583,24 @@ func _Coordinator_DeleteCheckpoint_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Coordinator_VerifyCheckpoint_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(VerifyCheckpointRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CoordinatorServer).VerifyCheckpoint(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Coordinator_VerifyCheckpoint_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CoordinatorServer).VerifyCheckpoint(ctx, req.(*VerifyCheckpointRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Coordinator_CommitCheckpoint_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(CommitCheckpointRequest)
 	if err := dec(in); err != nil {
@@ -643,6 +683,10 @@ var Coordinator_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DeleteCheckpoint",
 			Handler:    _Coordinator_DeleteCheckpoint_Handler,
+		},
+		{
+			MethodName: "VerifyCheckpoint",
+			Handler:    _Coordinator_VerifyCheckpoint_Handler,
 		},
 		{
 			MethodName: "CommitCheckpoint",

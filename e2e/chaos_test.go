@@ -47,7 +47,7 @@ var (
 var faultKinds = []string{
 	"kill9-worker", "kill9-rank", "kill9-leader", "kill9-follower", "restart-coordinator",
 	"stall-worker", "stall-rank", "etcd-restart", "nats-restart", "corrupt-shard", "storage-full",
-	"partition-worker",
+	"partition-worker", "stall-coordinator",
 }
 
 type chaosFault struct {
@@ -359,6 +359,18 @@ func (ch *chaos) inject(kind string) {
 			pause(1000, 5000)
 			syscall.Kill(r.pid, syscall.SIGCONT) //nolint:errcheck
 		}
+	case "stall-coordinator":
+		// a replica that neither sends nor answers for a while, as a
+		// coordinator cut off from the others would (the leader, most
+		// often: the others elect another, it steps down when it wakes)
+		i := ch.pickCoordinator("kill9-leader")
+		if i < 0 || ch.rng.IntN(3) == 0 {
+			i = ch.rng.IntN(len(ch.c.coords))
+		}
+		f.Target = ch.c.coordIDs[i]
+		ch.c.coords[i].signal(syscall.SIGSTOP)
+		pause(2000, 8000)
+		ch.c.coords[i].signal(syscall.SIGCONT)
 	case "kill9-leader", "kill9-follower", "restart-coordinator":
 		i := ch.pickCoordinator(kind)
 		if i < 0 {

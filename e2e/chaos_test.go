@@ -302,18 +302,23 @@ func (ch *chaos) watchLoop(stop <-chan struct{}) {
 	}
 }
 
-// checkForward: the newest committed step of a job never goes back.
+// checkForward: the newest committed step of a job (of those the suite
+// did not corrupt) never goes back.
 func (ch *chaos) checkForward(job string) {
 	r, err := ch.cl.ListCheckpoints(ctxS(10), &apiv1.ListCheckpointsRequest{JobId: job})
 	if err != nil {
 		return // a fault: next time
 	}
 	var newest int64 = -1
+	ch.mu.Lock()
 	for _, ck := range r.Checkpoints {
-		if ck.Status == "committed" && ck.Step > newest {
+		// one the suite corrupted is dropped by the resume that passes
+		// over it: not a step back
+		if ck.Status == "committed" && ck.Step > newest && !ch.corrupted[fmt.Sprintf("%s/%d", job, ck.Step)] {
 			newest = ck.Step
 		}
 	}
+	ch.mu.Unlock()
 	ch.count("catalogue-forward")
 	ch.mu.Lock()
 	old, seen := ch.maxStep[job]

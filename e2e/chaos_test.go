@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"math/rand/v2"
@@ -120,7 +121,7 @@ func TestChaos(t *testing.T) {
 		c.startWorker(w)
 	}
 	ch := &chaos{c: c, t: t, rng: rand.New(rand.NewPCG(seed, 0x5eed)), corrupted: map[string]bool{}, maxStep: map[string]int64{},
-		lastChange: map[string]time.Time{}, lastSeen: map[string]*pb.Job{}, checks: map[string]int{}, proxies: proxies, events: map[string]map[uint64]*pb.JobEvent{}}
+		lastChange: map[string]time.Time{}, lastSeen: map[string]*pb.Job{}, checks: map[string]int{}, proxies: proxies, events: map[string]map[uint64]*pb.JobEvent{}, closed: map[string]bool{}}
 	cl, err := client.Dial(client.Options{Endpoints: c.apiAddrs, Token: c.token})
 	if err != nil {
 		t.Fatal(err)
@@ -196,7 +197,11 @@ type chaos struct {
 	lastSeen   map[string]*pb.Job
 	// every event seen of each job, by sequence number: the job keeps
 	// only its newest ones
-	events     map[string]map[uint64]*pb.JobEvent
+	events map[string]map[uint64]*pb.JobEvent
+	// jobs that ended, were checked and whose data is removed
+	closed map[string]bool
+	// steps lost by each restart of an ended job (see stepsLost)
+	lost       []float64
 	checks     map[string]int
 	violations []string
 }
@@ -254,6 +259,15 @@ func (ch *chaos) snapshot() []*pb.Job {
 	ch.mu.Unlock()
 	var out []*pb.Job
 	for _, id := range ids {
+		ch.mu.Lock()
+		closed := ch.closed[id]
+		ch.mu.Unlock()
+		if closed {
+			ch.mu.Lock()
+			out = append(out, ch.lastSeen[id])
+			ch.mu.Unlock()
+			continue
+		}
 		r, err := ch.cl.GetJob(ctxS(10), &apiv1.GetJobRequest{JobId: id})
 		ch.mu.Lock()
 		if err == nil {
@@ -287,6 +301,19 @@ func (ch *chaos) watchLoop(stop <-chan struct{}) {
 		case <-time.After(time.Second):
 		}
 		for _, j := range ch.snapshot() {
+			ch.mu.Lock()
+			closed := ch.closed[j.Id]
+			ch.mu.Unlock()
+			if closed {
+				continue
+			}
+			if jobstate.Final(j.State) {
+				// checked as it ends, then its data goes: the storage
+				// holds the running jobs' only
+				ch.finalChecks(j)
+				ch.retire(j.Id)
+				continue
+			}
 			ch.checkForward(j.Id)
 			ch.mu.Lock()
 			silent := time.Since(ch.lastChange[j.Id])
@@ -577,19 +604,55 @@ func (ch *chaos) quiesce() {
 		time.Sleep(time.Second)
 	}
 	for _, j := range ch.snapshot() {
-		ch.count("job-ended")
-		switch {
-		case j.State == pb.JobState_JOB_STATE_FAILED && j.Message == "":
-			ch.violate("job %s failed without a reason", j.Id)
-		case j.State != pb.JobState_JOB_STATE_SUCCEEDED && j.State != pb.JobState_JOB_STATE_FAILED:
-			ch.violate("job %s ended %s", j.Id, j.State)
+		ch.mu.Lock()
+		closed := ch.closed[j.Id]
+		ch.mu.Unlock()
+		if !closed {
+			ch.finalChecks(j)
 		}
-		ch.checkForward(j.Id)
-		ch.verifyCheckpoints(j.Id)
-		ch.readLogs(j.Id)
-		ch.checkLossCurve(j.Id)
 	}
 	ch.checkReplicas()
+}
+
+// finalChecks are the checks of a job that ended: SUCCEEDED, or FAILED
+// with a reason; its catalogue moved forward; every committed checkpoint
+// the suite did not corrupt verifies; a job that succeeded has its logs in
+// NATS; every attempt trained the same losses.
+func (ch *chaos) finalChecks(j *pb.Job) {
+	ch.count("job-ended")
+	switch {
+	case j.State == pb.JobState_JOB_STATE_FAILED && j.Message == "":
+		ch.violate("job %s failed without a reason", j.Id)
+	case j.State != pb.JobState_JOB_STATE_SUCCEEDED && j.State != pb.JobState_JOB_STATE_FAILED:
+		ch.violate("job %s ended %s", j.Id, j.State)
+	}
+	ch.checkForward(j.Id)
+	ch.verifyCheckpoints(j.Id)
+	if j.State == pb.JobState_JOB_STATE_SUCCEEDED {
+		ch.readLogs(j.Id)
+	}
+	ch.checkLossCurve(j.Id)
+	lost := ch.stepsLost(j.Id)
+	ch.mu.Lock()
+	ch.lost = append(ch.lost, lost...)
+	ch.mu.Unlock()
+}
+
+// retire deletes a checked job's checkpoints through the API and its run
+// directories, so that the storage does not fill with finished jobs (a
+// delete that a fault stops is left: the job's data stays).
+func (ch *chaos) retire(job string) {
+	ch.mu.Lock()
+	ch.closed[job] = true
+	ch.mu.Unlock()
+	if r, err := ch.cl.ListCheckpoints(ctxS(10), &apiv1.ListCheckpointsRequest{JobId: job}); err == nil {
+		for _, ck := range r.Checkpoints {
+			if _, err := ch.cl.DeleteCheckpoint(ctxS(30), &apiv1.DeleteCheckpointRequest{JobId: job, Step: ck.Step}); err == nil {
+				ch.count("checkpoint-deleted")
+			}
+		}
+	}
+	os.RemoveAll(filepath.Join(ch.c.storage, "jobs", job)) //nolint:errcheck
 }
 
 func (ch *chaos) verifyCheckpoints(job string) {
@@ -598,9 +661,12 @@ func (ch *chaos) verifyCheckpoints(job string) {
 		ch.violate("checkpoint storage: %v", err)
 		return
 	}
-	r, err := ch.cl.ListCheckpoints(ctxS(30), &apiv1.ListCheckpointsRequest{JobId: job})
-	if err != nil {
-		ch.violate("job %s: list checkpoints after the run: %v", job, err)
+	var r *apiv1.ListCheckpointsResponse
+	if err := throughFaults(func() (err error) {
+		r, err = ch.cl.ListCheckpoints(ctxS(10), &apiv1.ListCheckpointsRequest{JobId: job})
+		return err
+	}); err != nil {
+		ch.violate("job %s: list checkpoints after it ended: %v", job, err)
 		return
 	}
 	for _, ck := range r.Checkpoints {
@@ -621,22 +687,40 @@ func (ch *chaos) verifyCheckpoints(job string) {
 // readLogs: the job's log lines read back from NATS (events flow again
 // after every NATS restart).
 func (ch *chaos) readLogs(job string) {
-	s, err := ch.cl.JobLogs(ctxS(30), &apiv1.JobLogsRequest{JobId: job})
+	err := throughFaults(func() error {
+		s, err := ch.cl.JobLogs(ctxS(30), &apiv1.JobLogsRequest{JobId: job})
+		if err != nil {
+			return err
+		}
+		n := 0
+		for {
+			if _, err := s.Recv(); err != nil {
+				break
+			}
+			n++
+		}
+		if n == 0 {
+			return errors.New("no log line reached NATS")
+		}
+		return nil
+	})
+	ch.count("logs-flow")
 	if err != nil {
 		ch.violate("job %s: logs: %v", job, err)
-		return
 	}
-	n := 0
-	for {
-		if _, err := s.Recv(); err != nil {
-			break
+}
+
+// throughFaults retries f for up to a minute: a fault in progress (a
+// coordinator or NATS down for seconds) is no violation, one that lasts
+// is.
+func throughFaults(f func() error) error {
+	var err error
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(time.Second) {
+		if err = f(); err == nil {
+			return nil
 		}
-		n++
 	}
-	ch.count("logs-flow")
-	if n == 0 {
-		ch.violate("job %s: no log line reached NATS", job)
-	}
+	return err
 }
 
 // checkReplicas: once quiet, every replica holds the same state of every
@@ -715,9 +799,9 @@ func (ch *chaos) report(seed uint64, took time.Duration) chaosReportJSON {
 			}
 		}
 	}
-	for id := range jobs {
-		lost = append(lost, ch.stepsLost(id)...)
-	}
+	ch.mu.Lock()
+	lost = append(lost, ch.lost...)
+	ch.mu.Unlock()
 	rep.DetectSeconds, rep.ResumeSeconds, rep.StepsLost = percentiles(detect), percentiles(resume), percentiles(lost)
 	rep.Violations = append([]string{}, ch.violations...)
 	return rep

@@ -447,19 +447,8 @@ func runCLIAt(t *testing.T, c *cluster, addr string, args ...string) cliResult {
 // metricsLosses maps step to loss from a metrics.jsonl.
 func metricsLosses(t *testing.T, path string) map[int64]float64 {
 	t.Helper()
-	raw, err := os.ReadFile(path)
-	if err != nil {
+	if _, err := os.Stat(path); err != nil {
 		t.Fatal(err)
 	}
-	out := map[int64]float64{}
-	for _, line := range strings.Split(string(raw), "\n") {
-		var m struct {
-			Step int64   `json:"step"`
-			Loss float64 `json:"loss"`
-		}
-		if json.Unmarshal([]byte(line), &m) == nil && m.Step > 0 {
-			out[m.Step] = m.Loss
-		}
-	}
-	return out
+	return readLosses(path)
 }

@@ -204,12 +204,8 @@ func (s *Server) DeleteCheckpoint(ctx context.Context, req *apiv1.DeleteCheckpoi
 	if err != nil {
 		return nil, apiError(err)
 	}
-	live, _, err := s.cfg.Checkpoints.List(ctx, j)
-	if err != nil {
-		return nil, apiError(failure(errUnavailable, "delete checkpoint: list the catalogue of %s: %v", j.Id, err))
-	}
-	if !slices.ContainsFunc(live, func(m checkpoint.Manifest) bool { return m.Step == req.GetStep() }) {
-		return nil, apiError(failure(checkpoint.ErrNoCheckpoint, "job %s has no committed checkpoint of step %d", j.Id, req.GetStep()))
+	if _, err := s.committed(ctx, j, req.GetStep(), "delete checkpoint"); err != nil {
+		return nil, apiError(err)
 	}
 	if err := s.cfg.Checkpoints.Delete(ctx, j, req.GetStep()); err != nil {
 		return nil, apiError(failure(errRefused, "delete checkpoint %d of %s: %v", req.GetStep(), j.Id, err))
@@ -236,6 +232,20 @@ func (s *Server) plausible(j *pb.Job, m checkpoint.Manifest) error {
 	return nil
 }
 
+// committed is job j's committed checkpoint of step (op names the call in
+// errors): NotFound when the catalogue has none.
+func (s *Server) committed(ctx context.Context, j *pb.Job, step int64, op string) (checkpoint.Manifest, error) {
+	live, _, err := s.cfg.Checkpoints.List(ctx, j)
+	if err != nil {
+		return checkpoint.Manifest{}, failure(errUnavailable, "%s: list the catalogue of %s: %v", op, j.Id, err)
+	}
+	i := slices.IndexFunc(live, func(m checkpoint.Manifest) bool { return m.Step == step })
+	if i < 0 {
+		return checkpoint.Manifest{}, failure(checkpoint.ErrNoCheckpoint, "job %s has no committed checkpoint of step %d", j.Id, step)
+	}
+	return live[i], nil
+}
+
 func (s *Server) VerifyCheckpoint(ctx context.Context, req *apiv1.VerifyCheckpointRequest) (*apiv1.VerifyCheckpointResponse, error) {
 	if s.cfg.Checkpoints == nil {
 		return nil, apiError(failure(errNoCatalogue, "this coordinator has no checkpoint catalogue"))
@@ -244,20 +254,16 @@ func (s *Server) VerifyCheckpoint(ctx context.Context, req *apiv1.VerifyCheckpoi
 	if err != nil {
 		return nil, apiError(err)
 	}
-	live, _, err := s.cfg.Checkpoints.List(ctx, j)
+	m, err := s.committed(ctx, j, req.GetStep(), "verify checkpoint")
 	if err != nil {
-		return nil, apiError(failure(errUnavailable, "verify checkpoint: list the catalogue of %s: %v", j.Id, err))
+		return nil, apiError(err)
 	}
-	i := slices.IndexFunc(live, func(m checkpoint.Manifest) bool { return m.Step == req.GetStep() })
-	if i < 0 {
-		return nil, apiError(failure(checkpoint.ErrNoCheckpoint, "job %s has no committed checkpoint of step %d", j.Id, req.GetStep()))
-	}
-	errs, err := s.cfg.Checkpoints.Verify(ctx, j, live[i])
+	errs, err := s.cfg.Checkpoints.Verify(ctx, j, m)
 	if err != nil {
 		return nil, apiError(failure(errRefused, "verify checkpoint %d of %s: %v", req.GetStep(), j.Id, err))
 	}
 	resp := &apiv1.VerifyCheckpointResponse{Ok: true}
-	for k, sh := range live[i].Shards {
+	for k, sh := range m.Shards {
 		st := "ok"
 		if errs[k] != nil {
 			st, resp.Ok = errs[k].Error(), false

@@ -136,6 +136,7 @@ resources: {cpu_cores: 1, memory_mib: 1024, gpus: 0}
 labels: {rack: r1}
 storage_path: %s
 lease_ttl_seconds: 2
+allow_commands: true
 `, id, id, strings.Join(coords, ", "), etcd, c.natsPort, c.workerPorts[id], c.storage)
 	if err := os.WriteFile(cfg, []byte(yaml), 0o644); err != nil {
 		c.t.Fatal(err)

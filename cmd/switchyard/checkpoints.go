@@ -17,6 +17,7 @@ func (c *cli) cmdCheckpoints(ctx context.Context, args []string) error {
 		{"list", "JOB", "list a job's checkpoints", c.checkpointsList},
 		{"show", "JOB STEP [--verify]", "show one checkpoint and its shards (size, sha256); --verify: the coordinator reads every shard and checks it", c.checkpointsShow},
 		{"delete", "JOB STEP", "delete a checkpoint", c.checkpointsDelete},
+		{"commit", "--step N DIR", "in a command job's rank 0: commit the checkpoint of step N that the trainer wrote to DIR (any files; hashed, moved into the job's checkpoints, committed through the coordinator)", c.checkpointsCommit},
 	})
 }
 

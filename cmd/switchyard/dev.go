@@ -193,6 +193,7 @@ func devWorkerConfig(i int, d *controller.Daemon, dir, trainer string) (workerco
 	cfg.StoragePath = filepath.Join(dir, "storage")
 	cfg.LeaseTTLSeconds = 5
 	cfg.Trainer = trainer
+	cfg.AllowCommands = true // your own machine: jobs may run your programs
 	if err := cfg.Validate(); err != nil {
 		return workerconfig.Config{}, fmt.Errorf("dev: worker config: %w", err)
 	}

@@ -105,6 +105,8 @@ func runCLI(ctx context.Context, args []string, c *cli) int {
 		err = cmdBench(ctx, args[1:])
 	case "launch":
 		err = cmdLaunch(ctx, args[1:])
+	case "exec":
+		err = cmdExec(ctx, args[1:])
 	case "dev":
 		err = cmdDev(ctx, args[1:])
 	case "job":

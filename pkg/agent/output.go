@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
+	"math"
 	"os"
 	"strings"
 	"time"
@@ -145,9 +147,11 @@ func (a *Agent) followMetrics(tk *task, path string, exited <-chan struct{}) {
 			final = true
 		case <-t.C:
 		}
+		bad := f.bad
 		for _, m := range f.read() {
 			a.reportMetrics(tk, m)
 		}
+		tk.malformedMetrics(f.bad-bad, f.why)
 		if final {
 			return
 		}
@@ -175,6 +179,8 @@ type metricsFollower struct {
 	path    string
 	off     int64
 	partial []byte
+	bad     int    // lines skipped: not a JSON object with a step >= 1 and a finite loss
+	why     string // what was wrong with the last of them
 }
 
 func (f *metricsFollower) read() []train.StepMetrics {
@@ -207,8 +213,17 @@ func (f *metricsFollower) read() []train.StepMetrics {
 		}
 		line := bytes.TrimSpace(f.partial[:i])
 		f.partial = f.partial[i+1:]
+		if len(line) == 0 {
+			continue
+		}
 		var m train.StepMetrics
-		if len(line) == 0 || json.Unmarshal(line, &m) != nil {
+		err := json.Unmarshal(line, &m)
+		if err == nil && (m.Step < 1 || math.IsNaN(m.Loss) || math.IsInf(m.Loss, 0)) {
+			err = fmt.Errorf("step %d, loss %v: want a step >= 1 and a finite loss", m.Step, m.Loss)
+		}
+		if err != nil {
+			f.bad++
+			f.why = fmt.Sprintf("%v: %.80q", err, line)
 			continue
 		}
 		out = append(out, m)

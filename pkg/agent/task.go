@@ -54,6 +54,8 @@ type task struct {
 	step      int64
 	loss, tps float64
 	events    []*apiv1.TaskEvent
+	// badMetrics counts the metrics lines skipped as malformed
+	badMetrics int
 }
 
 // maxTaskEvents bounds the events a task keeps (and repeats in its status).
@@ -68,6 +70,34 @@ func (t *task) addEvent(raw string) {
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	t.appendEvent(ev)
+}
+
+// malformedMetrics counts n more metrics lines skipped as malformed
+// (sample: why, for the first); the job's history hears of the first and
+// of every tenfold count.
+func (t *task) malformedMetrics(n int, sample ...string) {
+	if n <= 0 {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	before := t.badMetrics
+	t.badMetrics += n
+	for mark := 1; mark <= t.badMetrics; mark *= 10 {
+		if before < mark {
+			msg := fmt.Sprintf("%d malformed metrics line(s) of rank %d skipped", t.badMetrics, t.key.rank)
+			if len(sample) > 0 && sample[0] != "" {
+				msg += " (" + sample[0] + ")"
+			}
+			t.appendEvent(train.Event{Type: "MetricsMalformed", Message: msg})
+			break
+		}
+	}
+}
+
+// appendEvent adds ev; the caller holds t.mu.
+func (t *task) appendEvent(ev train.Event) {
 	seq := uint32(1)
 	if n := len(t.events); n > 0 {
 		seq = t.events[n-1].Seq + 1
@@ -132,8 +162,9 @@ func (t *task) status() *apiv1.TaskStatus {
 
 // launch is how a task's rank is started.
 type launch struct {
-	runDir string
-	args   []string // after the trainer binary
+	runDir  string
+	args    []string // after the trainer binary
+	command bool     // a command job's rank (switchyard exec): its stdout carries the metrics
 }
 
 // prepare checks the task, writes its run directory and run.yaml (the
@@ -173,7 +204,11 @@ func (a *Agent) prepare(t *apiv1.Task) (launch, error) {
 	if a.o.Config.DataPlaneTLS {
 		host.DataPlaneTLS = a.o.Config.TLS
 	}
-	cfg, err := spec.RankConfig(jobspec.Task{JobID: k.jobID, Attempt: int(k.attempt), Layout: l, ResumeStep: t.GetResumeFromStep()}, host)
+	jt := jobspec.Task{JobID: k.jobID, Attempt: int(k.attempt), Layout: l, ResumeStep: t.GetResumeFromStep()}
+	if spec.Runtime == jobspec.RuntimeCommand {
+		return a.prepareCommand(t, spec, jt, host)
+	}
+	cfg, err := spec.RankConfig(jt, host)
 	if err != nil {
 		return launch{}, err
 	}
@@ -300,9 +335,21 @@ func (a *Agent) runTask(tk *task) {
 		cmd.Env = append(cmd.Env, TokenEnv+"="+a.o.Token) // the worker's own, not the cluster's
 	}
 	cmd.Stdout, cmd.Stderr = out.stdout, out.stderr
+	metricsPath := filepath.Join(l.runDir, "metrics.jsonl")
+	var tap *metricsTap
+	if l.command && k.rank == 0 {
+		if tap, err = newMetricsTap(out.stdout, metricsPath); err != nil {
+			fail(fmt.Sprintf("rank %d: %v", k.rank, err))
+			return
+		}
+		cmd.Stdout = tap
+	}
 	cmd.SysProcAttr = sysProcAttr()
 	cmd.WaitDelay = waitDelay
 	if err := cmd.Start(); err != nil {
+		if tap != nil {
+			tap.close()
+		}
 		fail(fmt.Sprintf("rank %d: start trainer: %v", k.rank, err))
 		return
 	}
@@ -315,9 +362,13 @@ func (a *Agent) runTask(tk *task) {
 	var side sync.WaitGroup
 	side.Go(func() { a.stopOnRequest(tk, pid, exited, log) })
 	if k.rank == 0 {
-		side.Go(func() { a.followMetrics(tk, filepath.Join(l.runDir, "metrics.jsonl"), exited) })
+		side.Go(func() { a.followMetrics(tk, metricsPath, exited) })
 	}
 	werr := cmd.Wait()
+	if tap != nil {
+		tap.close() // its last line, before the metrics are read a last time
+		tk.malformedMetrics(tap.dropped)
+	}
 	close(exited)
 	side.Wait()
 	out.stdout.flush()

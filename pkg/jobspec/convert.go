@@ -13,6 +13,9 @@ import (
 // empty for the worker to set (RankConfig sets it). The result is
 // validated by pkg/runconfig.
 func (s *Spec) TrainConfig() (runconfig.Config, error) {
+	if s.Runtime == RuntimeCommand {
+		return runconfig.Config{}, fmt.Errorf("%w: job %s runs a command (runtime: command), not the engine", ErrInvalid, s.Name)
+	}
 	corpus := s.Data.Corpus
 	if corpus == DemoCorpus {
 		corpus = ""

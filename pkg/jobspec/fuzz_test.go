@@ -22,6 +22,8 @@ func FuzzParse(f *testing.F) {
 		"name: a\nlbl: {layer_coef: []}\nplacement: {host_labels: {}}\n",
 		"name: a\nmodel: {preset: tiny, norm_eps: 1e-6, capacity_factor: 1.5}\nrestart: {max_restarts: 0}\n",
 		"name: a\nparallel: {dp: 4, ep: 3}\n",
+		"name: a\nruntime: command\ncommand: /usr/bin/python3\nargs: [t.py, --x]\nenv: {A: b}\nranks: 2\nsteps: 5\n",
+		"name: a\nruntime: command\ncommand: t\nmodel: {preset: tiny}\n",
 		"a: &a [*a]\n",
 		"name: [x]\n",
 		"{}",
@@ -45,7 +47,7 @@ func FuzzParse(f *testing.F) {
 		if !reflect.DeepEqual(s, s2) {
 			t.Fatalf("round trip changed the spec:\n%+v\n%+v\n%s", s, s2, out)
 		}
-		if _, err := s.TrainConfig(); err != nil {
+		if _, err := s.TrainConfig(); err != nil && s.Runtime != RuntimeCommand {
 			t.Fatalf("valid spec, invalid training config: %v", err)
 		}
 		if err := s.SchedulerJob("j", 1).Validate(); err != nil {

@@ -51,8 +51,8 @@ func (s *Spec) validateSizes(m runconfig.Model, modelOK, layoutOK bool, bad func
 			within = false
 		}
 	}
-	if !within || !modelOK || !layoutOK || s.MicroBatch < 1 {
-		return
+	if !within || !modelOK || !layoutOK || s.MicroBatch < 1 || s.Runtime == RuntimeCommand {
+		return // a command's memory is its own
 	}
 	need := m.MinRankBytes(s.MicroBatch, s.Parallel.TP, s.Parallel.EP)
 	if s.Data.Corpus == DemoCorpus {

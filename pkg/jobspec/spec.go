@@ -54,6 +54,18 @@ type Spec struct {
 	// "fp32".
 	Device    string `yaml:"device,omitempty" json:"device,omitempty"`
 	Precision string `yaml:"precision,omitempty" json:"precision,omitempty"`
+
+	// Runtime is what each rank runs: RuntimeEngine (the default, also
+	// when empty: Switchyard's own MoE trainer, configured by the fields
+	// above) or RuntimeCommand (any program, one process per rank, with a
+	// torchrun-compatible environment: see command.go). The fields below
+	// are the command runtime's.
+	Runtime    string            `yaml:"runtime,omitempty" json:"runtime,omitempty"`
+	Command    string            `yaml:"command,omitempty" json:"command,omitempty"`         // a program on the worker's PATH, or a path (relative paths: to working_dir)
+	Args       []string          `yaml:"args,omitempty" json:"args,omitempty"`               // its arguments
+	Env        map[string]string `yaml:"env,omitempty" json:"env,omitempty"`                 // added to the rank's environment
+	WorkingDir string            `yaml:"working_dir,omitempty" json:"working_dir,omitempty"` // absolute; default: the rank's run directory
+	Ranks      int               `yaml:"ranks,omitempty" json:"ranks,omitempty"`             // processes (default 1), one per worker
 }
 
 // Model is a preset, explicit model fields, or a preset with overrides.
@@ -207,7 +219,11 @@ func Parse(raw []byte) (*Spec, error) {
 	zeroable := [...]float64{s.LBL.Coef, s.Optim.Beta1, s.Optim.Beta2}
 	s.Defaults()
 	s.LBL.Coef, s.Optim.Beta1, s.Optim.Beta2 = zeroable[0], zeroable[1], zeroable[2]
-	if err := errors.Join(append(explicitZeros(raw), s.Validate())...); err != nil {
+	errs := append(explicitZeros(raw), s.Validate())
+	if s.Runtime == RuntimeCommand {
+		errs = append(errs, engineKeys(raw)...)
+	}
+	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
 	return &s, nil
@@ -217,7 +233,7 @@ func Parse(raw []byte) (*Spec, error) {
 // explicit 0 would silently mean the default, so it is refused instead.
 var countFields = [][]string{
 	{"parallel", "tp"}, {"parallel", "dp"}, {"parallel", "ep"},
-	{"micro_batch"}, {"accumulation"}, {"steps"}, {"checkpoint", "keep_last"},
+	{"micro_batch"}, {"accumulation"}, {"steps"}, {"checkpoint", "keep_last"}, {"ranks"},
 }
 
 // explicitZeros reports the countFields that raw sets to 0.
@@ -257,7 +273,18 @@ func (s *Spec) Marshal() ([]byte, error) {
 	var b bytes.Buffer
 	enc := yaml.NewEncoder(&b)
 	enc.SetIndent(2)
-	if err := enc.Encode(s); err != nil {
+	var doc any = s
+	if s.Runtime == RuntimeCommand {
+		// without the engine's sections, which a command job may not
+		// set (Parse gives them their defaults again)
+		var n yaml.Node
+		if err := n.Encode(s); err != nil {
+			return nil, fmt.Errorf("jobspec: encode: %w", err)
+		}
+		dropKeys(&n, engineOnlyKeys)
+		doc = &n
+	}
+	if err := enc.Encode(doc); err != nil {
 		return nil, fmt.Errorf("jobspec: encode: %w", err)
 	}
 	if err := enc.Close(); err != nil {
@@ -273,8 +300,39 @@ const (
 	DefaultBeta2   = runconfig.DefaultBeta2
 )
 
-// Defaults fills the unset fields with the documented defaults.
+// Defaults fills the unset fields with the documented defaults. A
+// command job's engine fields hold the engine's defaults, unused.
 func (s *Spec) Defaults() {
+	s.engineDefaults()
+	if s.Runtime == RuntimeCommand {
+		s.commandDefaults()
+	}
+	if s.Resources == (Resources{}) {
+		s.Resources = Resources{CPUCores: 1, MemoryMiB: 1024}
+	}
+	c := &s.Checkpoint
+	if c.KeepLast == 0 {
+		c.KeepLast = 3
+	}
+	if c.Storage == "" {
+		c.Storage = StorageDir
+	}
+	if s.Restart.MaxRestarts == nil {
+		s.Restart.MaxRestarts = ptr(3)
+	}
+	if s.Restart.BackoffSeconds == nil {
+		s.Restart.BackoffSeconds = ptr(10)
+	}
+	if s.Elastic.MinDP == 0 {
+		s.Elastic.MinDP = s.Parallel.DP
+	}
+	if s.Elastic.MaxDP == 0 {
+		s.Elastic.MaxDP = s.Parallel.DP
+	}
+}
+
+// engineDefaults are the defaults of the engine's own fields.
+func (s *Spec) engineDefaults() {
 	if s.Model == (Model{}) {
 		s.Model.Preset = "tiny"
 	}
@@ -332,33 +390,11 @@ func (s *Spec) Defaults() {
 	if s.Accumulation == 0 {
 		s.Accumulation = 1
 	}
-	if s.Steps == 0 {
-		s.Steps = 100
+	if s.Steps == 0 && s.Runtime != RuntimeCommand {
+		s.Steps = 100 // a command's trainer decides (0: not known)
 	}
 	if s.Seed == 0 {
 		s.Seed = 1
-	}
-	if s.Resources == (Resources{}) {
-		s.Resources = Resources{CPUCores: 1, MemoryMiB: 1024}
-	}
-	c := &s.Checkpoint
-	if c.KeepLast == 0 {
-		c.KeepLast = 3
-	}
-	if c.Storage == "" {
-		c.Storage = StorageDir
-	}
-	if s.Restart.MaxRestarts == nil {
-		s.Restart.MaxRestarts = ptr(3)
-	}
-	if s.Restart.BackoffSeconds == nil {
-		s.Restart.BackoffSeconds = ptr(10)
-	}
-	if s.Elastic.MinDP == 0 {
-		s.Elastic.MinDP = p.DP
-	}
-	if s.Elastic.MaxDP == 0 {
-		s.Elastic.MaxDP = p.DP
 	}
 }
 

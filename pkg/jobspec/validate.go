@@ -73,6 +73,7 @@ func (s *Spec) Validate() error {
 		bad("priority", s.Priority, "must be in [%d, %d]", -maxPriority, maxPriority)
 	}
 
+	s.validateCommand(bad)
 	m, modelOK := s.validateModel(bad)
 
 	// Parallel layout.
@@ -183,7 +184,7 @@ func (s *Spec) Validate() error {
 	if s.Accumulation < 1 {
 		bad("accumulation", s.Accumulation, "must be >= 1")
 	}
-	if s.Steps < 1 {
+	if s.Steps < 1 && s.Runtime != RuntimeCommand { // validateCommand checks a command's
 		bad("steps", s.Steps, "must be >= 1")
 	}
 	if s.EvalEvery < 0 {

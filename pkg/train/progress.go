@@ -102,3 +102,8 @@ func announce(w io.Writer, typ, msg string) {
 	b, _ := json.Marshal(Event{Type: typ, Message: msg})
 	fmt.Fprintf(w, "%s%s\n", EventPrefix, b)
 }
+
+// Announce writes an event line of the job to w (a rank's stderr) when
+// the worker asked for them (EventsEnv): for processes that run a rank
+// without a Trainer, such as `switchyard exec`.
+func Announce(w io.Writer, typ, msg string) { announce(w, typ, msg) }

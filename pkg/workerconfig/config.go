@@ -46,7 +46,11 @@ type Config struct {
 	// DataPlaneTLS encrypts the connections between this worker's ranks
 	// and their peers with mutual TLS, with the files of TLS (every worker
 	// of a job must agree). Off by default: see the cost in the README.
-	DataPlaneTLS    bool `yaml:"data_plane_tls" json:"data_plane_tls,omitempty"`
+	DataPlaneTLS bool `yaml:"data_plane_tls" json:"data_plane_tls,omitempty"`
+	// AllowCommands lets jobs with runtime: command run their programs on
+	// this worker (as the worker's user). Off by default: with it, whoever
+	// may submit jobs may run code here.
+	AllowCommands   bool `yaml:"allow_commands" json:"allow_commands,omitempty"`
 	LeaseTTLSeconds int  `yaml:"lease_ttl_seconds" json:"lease_ttl_seconds"`
 	Insecure        bool `yaml:"insecure" json:"insecure"`
 }

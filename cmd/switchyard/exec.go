@@ -1,0 +1,336 @@
+package main
+
+// switchyard exec: one rank of a command job (runtime: command). The worker
+// starts it with the rank's run.yaml; it finds the checkpoint to resume
+// from, sets the rank's torchrun-compatible environment and replaces
+// itself with the job's program (same process, so the worker's signals and
+// exit status are the program's).
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/switchyard-ml/switchyard/pkg/checkpoint"
+	"github.com/switchyard-ml/switchyard/pkg/fsutil"
+	"github.com/switchyard-ml/switchyard/pkg/jobspec"
+	"github.com/switchyard-ml/switchyard/pkg/train"
+)
+
+// Environment variables of a command rank besides torchrun's.
+const (
+	envJobID         = "SWITCHYARD_JOB_ID"
+	envAttempt       = "SWITCHYARD_ATTEMPT"
+	envCheckpointDir = "SWITCHYARD_CHECKPOINT_DIR"
+	envResumeDir     = "SWITCHYARD_RESUME_DIR"
+	envResumeStep    = "SWITCHYARD_RESUME_STEP"
+	envRunConfig     = "SWITCHYARD_RUN_CONFIG"
+	envMetricsFile   = "SWITCHYARD_METRICS_FILE"
+	envBin           = "SWITCHYARD_BIN"
+)
+
+// Exit statuses of a program that could not be started (as a shell's).
+const (
+	exitNotExecutable   = 126
+	exitCommandNotFound = 127
+)
+
+func cmdExec(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("exec", flag.ContinueOnError)
+	path := fs.String("config", "", "the rank's run.yaml (written by its worker)")
+	if err := fs.Parse(args); err != nil {
+		return usageError{err}
+	}
+	cfg, err := loadCommandConfig(*path)
+	if err != nil {
+		return usageError{err}
+	}
+	resume, err := resumePoint(ctx, cfg, os.Stderr)
+	if err != nil {
+		return err
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	env := rankEnv(cfg, *path, self, resume, os.Environ())
+	prog, code, err := lookProgram(cfg.Command, cfg.WorkingDir, env)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "switchyard exec: %v\n", err)
+		os.Exit(code)
+	}
+	if err := os.Chdir(cfg.WorkingDir); err != nil {
+		return fmt.Errorf("working_dir: %w", err)
+	}
+	err = syscall.Exec(prog, append([]string{cfg.Command}, cfg.Args...), env)
+	code = exitNotExecutable
+	if errors.Is(err, os.ErrNotExist) {
+		code = exitCommandNotFound
+	}
+	fmt.Fprintf(os.Stderr, "switchyard exec: start %s: %v\n", prog, err)
+	os.Exit(code)
+	return nil
+}
+
+// loadCommandConfig reads a command rank's run.yaml strictly.
+func loadCommandConfig(path string) (*jobspec.CommandConfig, error) {
+	if path == "" {
+		return nil, errors.New("--config is required")
+	}
+	raw, err := fsutil.ReadFile(path, jobspec.MaxSize*2)
+	if err != nil {
+		return nil, err
+	}
+	var c jobspec.CommandConfig
+	dec := yaml.NewDecoder(bytes.NewReader(raw))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if err := c.Validate(); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return &c, nil
+}
+
+// resumeAt is the committed checkpoint a rank starts from (step 0: none).
+type resumeAt struct {
+	step int64
+	dir  string
+}
+
+// resumePoint opens the job's checkpoints and picks the one to resume
+// from: the coordinator's resume step, else the newest committed one that
+// verifies (older ones are tried when one does not: each is announced).
+// Rank 0 first tidies: it finishes interrupted deletions, removes files of
+// checkpoints never committed and the staging directories of earlier
+// attempts, and (resuming from a named step) deletes the newer ones.
+func resumePoint(ctx context.Context, cfg *jobspec.CommandConfig, events io.Writer) (resumeAt, error) {
+	st, err := checkpoint.NewDirStorage(cfg.Checkpoint.Dir)
+	if err != nil {
+		return resumeAt{}, err
+	}
+	cat, closeCat, err := openCatalogue(cfg.Checkpoint)
+	if err != nil {
+		return resumeAt{}, err
+	}
+	defer closeCat()
+	if cat == nil {
+		cat = checkpoint.NewStorageCatalogue(st)
+	}
+	mgr := checkpoint.NewManager(st, cat, slog.Default())
+	job := cfg.Job
+	if cfg.Rank == 0 {
+		tidyCommandJob(ctx, mgr, cfg)
+	}
+	var m checkpoint.Manifest
+	if s := cfg.Checkpoint.ResumeStep; s > 0 {
+		if m, err = cat.Get(ctx, job, s); err == nil {
+			err = checkpoint.Verify(ctx, st, checkpoint.StepPrefix(job, s), m)
+		}
+		if err != nil {
+			return resumeAt{}, fmt.Errorf("resume from step %d of job %s: %w", s, job, err)
+		}
+		if cfg.Rank == 0 {
+			if err := deleteNewer(ctx, mgr, job, s); err != nil {
+				return resumeAt{}, err
+			}
+		}
+	} else {
+		m, err = mgr.LoadLatestVerified(ctx, job, func(step int64, err error) {
+			train.Announce(events, "CheckpointUnusable", fmt.Sprintf("checkpoint of step %d unusable, falling back to an older one: %v", step, err))
+		})
+		switch {
+		case errors.Is(err, checkpoint.ErrNoCheckpoint):
+			if cfg.Rank == 0 && cfg.Attempt > 0 {
+				train.Announce(events, "NoCheckpoint", fmt.Sprintf("no checkpoint committed by the earlier attempts: attempt %d starts from the beginning (the trainer commits with `switchyard checkpoints commit`)", cfg.Attempt))
+			}
+			return resumeAt{}, nil
+		case errors.Is(err, checkpoint.ErrNoUsableCheckpoint):
+			train.Announce(events, "CheckpointUnusable", "no committed checkpoint is usable: training starts from the beginning")
+			m = checkpoint.Manifest{}
+		case err != nil:
+			return resumeAt{}, err
+		}
+		// the unusable newer ones go, or the steps the trainer takes again
+		// could not be committed (a commit must be newer)
+		if cfg.Rank == 0 {
+			if err := deleteNewer(ctx, mgr, job, m.Step); err != nil {
+				return resumeAt{}, err
+			}
+		}
+		if m.Step == 0 {
+			return resumeAt{}, nil
+		}
+	}
+	if cfg.Rank == 0 {
+		train.Announce(events, "Resumed", fmt.Sprintf("resumed from the checkpoint of step %d", m.Step))
+	}
+	return resumeAt{step: m.Step, dir: filepath.Join(st.Root(), filepath.FromSlash(checkpoint.StepPrefix(job, m.Step)))}, nil
+}
+
+// tidyCommandJob is rank 0's cleaning before the program starts; failures
+// only cost disk space.
+func tidyCommandJob(ctx context.Context, mgr *checkpoint.Manager, cfg *jobspec.CommandConfig) {
+	log := slog.With("job-id", cfg.Job)
+	if _, err := mgr.ResumeDeletions(ctx, cfg.Job); err != nil {
+		log.Warn("finishing interrupted checkpoint deletions failed", "error", err)
+	}
+	if removed, err := mgr.CollectGarbage(ctx, cfg.Job); err != nil {
+		log.Warn("collecting uncommitted checkpoint files failed", "error", err)
+	} else if len(removed) > 0 {
+		log.Info("removed files of uncommitted checkpoints", "files", len(removed))
+	}
+	staging := filepath.Dir(cfg.StagingDir())
+	entries, _ := os.ReadDir(staging)
+	for _, e := range entries {
+		n, ok := strings.CutPrefix(e.Name(), "attempt-")
+		if a, err := strconv.Atoi(n); ok && err == nil && a < cfg.Attempt {
+			if err := os.RemoveAll(filepath.Join(staging, e.Name())); err != nil {
+				log.Warn("removing an earlier attempt's staged checkpoints failed", "error", err)
+			}
+		}
+	}
+}
+
+// deleteNewer deletes the committed checkpoints after step: the job
+// branches from step.
+func deleteNewer(ctx context.Context, mgr *checkpoint.Manager, job string, step int64) error {
+	ms, err := mgr.Catalogue().List(ctx, job)
+	if err != nil {
+		return err
+	}
+	for _, m := range ms {
+		if m.Step > step {
+			if err := mgr.Delete(ctx, job, m.Step); err != nil {
+				return fmt.Errorf("delete checkpoint %d (newer than the resume step %d): %w", m.Step, step, err)
+			}
+		}
+	}
+	return nil
+}
+
+// rankEnv is the program's environment: the worker's (base), then the
+// spec's env, then the rank's variables (which the spec may not set).
+func rankEnv(cfg *jobspec.CommandConfig, runConfig, self string, resume resumeAt, base []string) []string {
+	vars := map[string]string{}
+	var order []string
+	set := func(k, v string) {
+		if _, ok := vars[k]; !ok {
+			order = append(order, k)
+		}
+		vars[k] = v
+	}
+	for _, kv := range base {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			set(k, v)
+		}
+	}
+	for _, k := range slices.Sorted(maps.Keys(cfg.Env)) {
+		set(k, cfg.Env[k])
+	}
+	itoa := strconv.Itoa
+	rank := itoa(cfg.Rank)
+	for _, kv := range [][2]string{
+		{"RANK", rank}, {"WORLD_SIZE", itoa(cfg.World)},
+		// one rank per worker: each worker is a node of one process
+		{"LOCAL_RANK", "0"}, {"LOCAL_WORLD_SIZE", "1"}, {"GROUP_RANK", rank}, {"NODE_RANK", rank},
+		{"ROLE_RANK", rank}, {"ROLE_WORLD_SIZE", itoa(cfg.World)},
+		{"MASTER_ADDR", cfg.MasterAddr}, {"MASTER_PORT", itoa(cfg.MasterPort)},
+		{"TORCHELASTIC_RESTART_COUNT", itoa(cfg.Attempt)}, {"TORCHELASTIC_MAX_RESTARTS", itoa(cfg.MaxRestarts)},
+		{"TORCHELASTIC_RUN_ID", cfg.Job},
+		{"CUDA_VISIBLE_DEVICES", cfg.CUDAVisibleDevices},
+		{envJobID, cfg.Job}, {envAttempt, itoa(cfg.Attempt)},
+		{envCheckpointDir, cfg.StagingDir()},
+		{envRunConfig, runConfig},
+		{envMetricsFile, filepath.Join(cfg.RunDir, "metrics.jsonl")},
+		{envBin, self},
+		{"PATH", filepath.Dir(self) + string(os.PathListSeparator) + vars["PATH"]},
+		{"SWITCHYARD_COORDINATOR", strings.Join(cfg.Coordinators, ",")},
+		{"SWITCHYARD_TLS_CA", cfg.CoordinatorTLS.CA}, {"SWITCHYARD_TLS_CERT", cfg.CoordinatorTLS.Cert}, {"SWITCHYARD_TLS_KEY", cfg.CoordinatorTLS.Key},
+	} {
+		set(kv[0], kv[1])
+	}
+	delete(vars, envResumeDir)
+	delete(vars, envResumeStep)
+	if resume.step > 0 {
+		set(envResumeDir, resume.dir)
+		set(envResumeStep, strconv.FormatInt(resume.step, 10))
+	}
+	env := make([]string, 0, len(order))
+	for _, k := range order {
+		if v, ok := vars[k]; ok {
+			env = append(env, k+"="+v)
+		}
+	}
+	return env
+}
+
+// lookProgram resolves the job's command as a shell would: a name through
+// the rank's PATH, a relative path from the working directory. The exit
+// status goes with the error.
+func lookProgram(command, wd string, env []string) (string, int, error) {
+	path := ""
+	for _, kv := range env {
+		if v, ok := strings.CutPrefix(kv, "PATH="); ok {
+			path = v
+		}
+	}
+	var candidates []string
+	switch {
+	case filepath.IsAbs(command):
+		candidates = []string{command}
+	case strings.ContainsRune(command, '/'):
+		candidates = []string{filepath.Join(wd, command)}
+	default:
+		for _, d := range filepath.SplitList(path) {
+			if d == "" {
+				d = "."
+			}
+			if !filepath.IsAbs(d) {
+				d = filepath.Join(wd, d)
+			}
+			candidates = append(candidates, filepath.Join(d, command))
+		}
+	}
+	var notExec string
+	for _, c := range candidates {
+		fi, err := os.Stat(c)
+		if err != nil || fi.IsDir() {
+			continue
+		}
+		if fi.Mode()&0o111 == 0 {
+			notExec = c
+			continue
+		}
+		return c, 0, nil
+	}
+	if notExec != "" {
+		return "", exitNotExecutable, fmt.Errorf("command %q: %s is not executable (mode %v)", command, notExec, mustMode(notExec))
+	}
+	if len(candidates) == 1 {
+		return "", exitCommandNotFound, fmt.Errorf("command %q not found: %s does not exist on worker", command, candidates[0])
+	}
+	return "", exitCommandNotFound, fmt.Errorf("command %q not found in the rank's PATH (%s)", command, path)
+}
+
+func mustMode(p string) os.FileMode {
+	fi, err := os.Stat(p)
+	if err != nil {
+		return 0
+	}
+	return fi.Mode()
+}

@@ -1,0 +1,87 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/switchyard-ml/switchyard/pkg/jobspec"
+	"github.com/switchyard-ml/switchyard/pkg/runconfig"
+)
+
+func TestRankEnv(t *testing.T) {
+	cfg := &jobspec.CommandConfig{
+		Command: "python3", Env: map[string]string{"OMP_NUM_THREADS": "2", "FOO": "spec"},
+		WorkingDir: "/w", RunDir: "/run/r1", Job: "j-1", Attempt: 2, Rank: 1, World: 4,
+		MasterAddr: "10.0.0.1", MasterPort: 7070, CUDAVisibleDevices: "", MaxRestarts: 3,
+		Checkpoint:   runconfig.Checkpoint{Dir: "/ck", Job: "j-1"},
+		Coordinators: []string{"c1:7000", "c2:7000"},
+	}
+	base := []string{"PATH=/usr/bin", "FOO=worker", "RANK=99", "SWITCHYARD_RESUME_DIR=/stale", "HOME=/root"}
+	env := rankEnv(cfg, "/run/r1/run.yaml", "/opt/sy/switchyard", resumeAt{}, base)
+	got := map[string]string{}
+	for _, kv := range env {
+		k, v, _ := strings.Cut(kv, "=")
+		if _, dup := got[k]; dup {
+			t.Fatalf("%s twice", k)
+		}
+		got[k] = v
+	}
+	for k, want := range map[string]string{
+		"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1", "GROUP_RANK": "1", "NODE_RANK": "1",
+		"MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "7070", "TORCHELASTIC_RESTART_COUNT": "2", "TORCHELASTIC_MAX_RESTARTS": "3",
+		"CUDA_VISIBLE_DEVICES": "", "SWITCHYARD_JOB_ID": "j-1", "SWITCHYARD_ATTEMPT": "2",
+		"SWITCHYARD_CHECKPOINT_DIR": "/ck/j-1/staging/attempt-2", "SWITCHYARD_RUN_CONFIG": "/run/r1/run.yaml",
+		"SWITCHYARD_METRICS_FILE": "/run/r1/metrics.jsonl", "SWITCHYARD_BIN": "/opt/sy/switchyard",
+		"PATH": "/opt/sy:/usr/bin", "SWITCHYARD_COORDINATOR": "c1:7000,c2:7000",
+		"OMP_NUM_THREADS": "2", "FOO": "spec", "HOME": "/root",
+	} {
+		if v, ok := got[k]; !ok || v != want {
+			t.Errorf("%s = %q (set %v), want %q", k, v, ok, want)
+		}
+	}
+	for _, k := range []string{"SWITCHYARD_RESUME_DIR", "SWITCHYARD_RESUME_STEP"} {
+		if _, ok := got[k]; ok {
+			t.Errorf("%s set without a checkpoint to resume from", k)
+		}
+	}
+	env = rankEnv(cfg, "/r", "/s", resumeAt{step: 40, dir: "/ck/j-1/step-000000000040/"}, base)
+	if !slices.Contains(env, "SWITCHYARD_RESUME_STEP=40") || !slices.Contains(env, "SWITCHYARD_RESUME_DIR=/ck/j-1/step-000000000040/") {
+		t.Errorf("resume variables missing: %v", env)
+	}
+}
+
+func TestLookProgram(t *testing.T) {
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "bin")
+	os.MkdirAll(bin, 0o755)
+	os.WriteFile(filepath.Join(bin, "trainer"), []byte("#!/bin/sh\n"), 0o755)
+	os.WriteFile(filepath.Join(bin, "plain"), []byte("x"), 0o644)
+	env := []string{"PATH=" + bin + ":/nonexistent"}
+	for _, c := range []struct {
+		cmd, wd string
+		code    int
+		want    string
+	}{
+		{"trainer", dir, 0, filepath.Join(bin, "trainer")},
+		{"bin/trainer", dir, 0, filepath.Join(bin, "trainer")},
+		{filepath.Join(bin, "trainer"), "/", 0, filepath.Join(bin, "trainer")},
+		{"missing", dir, exitCommandNotFound, `command "missing" not found in the rank's PATH`},
+		{"bin/missing", dir, exitCommandNotFound, "does not exist"},
+		{"plain", dir, exitNotExecutable, "is not executable"},
+	} {
+		got, code, err := lookProgram(c.cmd, c.wd, env)
+		if code != c.code {
+			t.Errorf("%s: code %d (%v), want %d", c.cmd, code, err, c.code)
+			continue
+		}
+		if c.code == 0 && got != c.want {
+			t.Errorf("%s: %s, want %s", c.cmd, got, c.want)
+		}
+		if c.code != 0 && (err == nil || !strings.Contains(err.Error(), c.want)) {
+			t.Errorf("%s: %v, want %q", c.cmd, err, c.want)
+		}
+	}
+}

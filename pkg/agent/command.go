@@ -1,0 +1,188 @@
+package agent
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/switchyard-ml/switchyard/pkg/jobspec"
+	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
+)
+
+// MetricsPrefix starts a command rank's stdout line that carries its step
+// metrics: "SWITCHYARD_METRICS {"step": 12, "loss": 2.31, ...}" (the
+// fields of train.StepMetrics; step and loss required). Rank 0's lines are
+// appended to its metrics.jsonl and published like the engine's.
+const MetricsPrefix = "SWITCHYARD_METRICS "
+
+// prepareCommand is prepare for a command job: the rank's run.yaml is a
+// jobspec.CommandConfig, and the rank is `switchyard exec --config
+// run.yaml`, which finds the checkpoint to resume from and then becomes
+// the job's program.
+func (a *Agent) prepareCommand(t *apiv1.Task, spec *jobspec.Spec, task jobspec.Task, host jobspec.Host) (launch, error) {
+	if !a.o.Config.AllowCommands {
+		return launch{}, fmt.Errorf("this worker does not run command jobs (set allow_commands: true in its config to let job specs run programs on it)")
+	}
+	master, err := a.masterAddress(t)
+	if err != nil {
+		return launch{}, err
+	}
+	cfg, err := spec.CommandRank(task, int(t.GetRank()), master, host)
+	if err != nil {
+		return launch{}, err
+	}
+	cfg.CUDAVisibleDevices = a.visibleGPUs(spec.Resources.GPUs)
+	if err := a.confine(spec, cfg.Checkpoint.Dir, ""); err != nil {
+		return launch{}, err
+	}
+	for _, d := range []string{host.RunDir, cfg.StagingDir()} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return launch{}, err
+		}
+	}
+	raw, err := yaml.Marshal(cfg)
+	if err != nil {
+		return launch{}, fmt.Errorf("command config: %w", err)
+	}
+	runYAML := filepath.Join(host.RunDir, "run.yaml")
+	if err := writeFileAtomic(runYAML, raw); err != nil {
+		return launch{}, err
+	}
+	if err := os.Remove(filepath.Join(host.RunDir, "metrics.jsonl")); err != nil && !os.IsNotExist(err) {
+		return launch{}, err
+	}
+	return launch{runDir: host.RunDir, args: []string{"exec", "--config", runYAML}, command: true}, nil
+}
+
+// masterAddress is where the job's process group meets: rank 0's worker
+// and the data-plane port it keeps for its one rank (the coordinator sends
+// every rank the same peers before any starts). A one-rank job on a
+// worker without a fixed port gets a free port of this machine.
+func (a *Agent) masterAddress(t *apiv1.Task) (string, error) {
+	if peers := t.GetPeers(); len(peers) > 0 {
+		host, port, err := net.SplitHostPort(peers[0])
+		if err == nil && port != "0" && port != "" {
+			return net.JoinHostPort(host, port), nil
+		}
+		if t.GetWorldSize() > 1 {
+			return "", fmt.Errorf("rank 0's address %q has no port for the process group", peers[0])
+		}
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", fmt.Errorf("a port for the process group: %w", err)
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}
+
+// visibleGPUs is CUDA_VISIBLE_DEVICES for a rank given n GPUs: the first n
+// of the worker's (detected indices, else 0..n-1 of those it declares).
+func (a *Agent) visibleGPUs(n int) string {
+	if n <= 0 {
+		return ""
+	}
+	res := a.o.Config.Resources
+	ids := make([]string, 0, n)
+	for i := 0; i < n && i < max(res.GPUs, len(res.GPUDevices)); i++ {
+		idx := i
+		if i < len(res.GPUDevices) {
+			idx = res.GPUDevices[i].Index
+		}
+		ids = append(ids, strconv.Itoa(idx))
+	}
+	return strings.Join(ids, ",")
+}
+
+// metricsTap passes a command rank's stdout on to next, except the lines
+// that start with MetricsPrefix: those (without it) are appended to sink,
+// rank 0's metrics.jsonl. Lines that do not start with the prefix pass
+// through as they arrive; a metrics line waits for its newline (up to
+// maxMetricsLine bytes, beyond which it is dropped and counted).
+type metricsTap struct {
+	next io.Writer
+	sink io.WriteCloser
+
+	mu      sync.Mutex
+	buf     []byte // the start of a line that may be a metrics line
+	passing bool   // the current line is not a metrics line
+	over    bool   // the current metrics line was too long: drop to '\n'
+	dropped int
+}
+
+func newMetricsTap(next io.Writer, path string) (*metricsTap, error) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	return &metricsTap{next: next, sink: f}, nil
+}
+
+func (m *metricsTap) Write(p []byte) (int, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	n := len(p)
+	for len(p) > 0 {
+		i := bytes.IndexByte(p, '\n')
+		chunk := p
+		if i >= 0 {
+			chunk, p = p[:i+1], p[i+1:]
+		} else {
+			p = nil
+		}
+		m.take(chunk, i >= 0)
+	}
+	return n, nil
+}
+
+// take handles one piece of a line (ending the line when eol).
+func (m *metricsTap) take(chunk []byte, eol bool) {
+	defer func() {
+		if eol {
+			m.buf, m.passing, m.over = m.buf[:0], false, false
+		}
+	}()
+	if m.passing {
+		m.next.Write(chunk)
+		return
+	}
+	if m.over {
+		return
+	}
+	m.buf = append(m.buf, chunk...)
+	head := m.buf[:min(len(m.buf), len(MetricsPrefix))]
+	if !bytes.HasPrefix([]byte(MetricsPrefix), head) {
+		m.passing = true
+		m.next.Write(m.buf)
+		return
+	}
+	if len(m.buf) > maxMetricsLine {
+		m.over, m.dropped = true, m.dropped+1
+		return
+	}
+	if eol && len(m.buf) > len(MetricsPrefix) {
+		m.sink.Write(m.buf[len(MetricsPrefix):]) // a full disk must not stop the rank
+	}
+}
+
+// close passes on an unterminated last line and closes the sink.
+func (m *metricsTap) close() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !m.passing && !m.over && len(m.buf) > 0 {
+		if bytes.HasPrefix(m.buf, []byte(MetricsPrefix)) {
+			m.sink.Write(append(m.buf[len(MetricsPrefix):], '\n'))
+		} else {
+			m.next.Write(m.buf)
+		}
+	}
+	m.sink.Close()
+}

@@ -1,0 +1,118 @@
+package agent
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/switchyard-ml/switchyard/pkg/jobspec"
+	"github.com/switchyard-ml/switchyard/pkg/workerconfig"
+	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
+)
+
+// The tap sends the prefixed lines (in any chunking) to the metrics file
+// and everything else on, in order; a metrics line beyond the limit is
+// dropped and counted; the follower counts malformed ones.
+func TestMetricsTap(t *testing.T) {
+	in := "hello\n" + MetricsPrefix + `{"step": 1, "loss": 2.5}` + "\nSWITCH not metrics\n" +
+		MetricsPrefix + `{"step": 2, "loss": 2.25, "tokens_per_s": 10}` + "\n" +
+		MetricsPrefix + "not json\n" + MetricsPrefix + `{"step": 0, "loss": 1}` + "\n" +
+		MetricsPrefix + strings.Repeat("x", maxMetricsLine+10) + "\nlast" + "\n" +
+		MetricsPrefix + `{"step": 3, "loss": 2}`
+	for _, chunk := range []int{1, 3, 7, 64, len(in)} {
+		dir := t.TempDir()
+		path := filepath.Join(dir, "metrics.jsonl")
+		var next bytes.Buffer
+		tap, err := newMetricsTap(&next, path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; i < len(in); i += chunk {
+			tap.Write([]byte(in[i:min(i+chunk, len(in))]))
+		}
+		tap.close()
+		if got, want := next.String(), "hello\nSWITCH not metrics\nlast\n"; got != want {
+			t.Fatalf("chunk %d: passed on %q, want %q", chunk, got, want)
+		}
+		if tap.dropped != 1 {
+			t.Fatalf("chunk %d: dropped %d, want 1", chunk, tap.dropped)
+		}
+		f := metricsFollower{path: path}
+		ms := f.read()
+		if len(ms) != 3 || ms[0].Step != 1 || ms[1].Step != 2 || ms[1].TokensPerS != 10 || ms[2].Loss != 2 {
+			t.Fatalf("chunk %d: metrics %+v", chunk, ms)
+		}
+		if f.bad != 2 || !strings.Contains(f.why, "step 0") {
+			t.Fatalf("chunk %d: %d malformed (%s), want 2", chunk, f.bad, f.why)
+		}
+	}
+}
+
+func TestMalformedMetricsEvents(t *testing.T) {
+	tk := newTask(taskKey{jobID: "j", rank: 0}, nil)
+	for range 12 {
+		tk.malformedMetrics(1, "bad")
+	}
+	tk.malformedMetrics(100)
+	var msgs []string
+	for _, e := range tk.status().Events {
+		msgs = append(msgs, e.Message)
+	}
+	want := []string{"1 malformed metrics line(s) of rank 0 skipped (bad)", "10 malformed metrics line(s) of rank 0 skipped (bad)", "112 malformed metrics line(s) of rank 0 skipped"}
+	if strings.Join(msgs, "|") != strings.Join(want, "|") {
+		t.Fatalf("events %q, want %q", msgs, want)
+	}
+}
+
+func TestVisibleGPUs(t *testing.T) {
+	a := &Agent{o: Options{Config: workerconfig.Config{Resources: workerconfig.Resources{GPUs: 4}}}}
+	if got := a.visibleGPUs(0); got != "" {
+		t.Fatalf("0 GPUs: %q", got)
+	}
+	if got := a.visibleGPUs(2); got != "0,1" {
+		t.Fatalf("declared: %q", got)
+	}
+	a.o.Config.Resources.GPUDevices = []workerconfig.GPU{{Index: 3}, {Index: 5}}
+	a.o.Config.Resources.GPUs = 2
+	if got := a.visibleGPUs(2); got != "3,5" {
+		t.Fatalf("detected: %q", got)
+	}
+}
+
+// A worker runs command jobs only when its config allows them; when it
+// does, the rank's run.yaml is the command config with rank 0's worker as
+// the master.
+func TestPrepareCommand(t *testing.T) {
+	spec := "name: j\nruntime: command\ncommand: /bin/true\nranks: 2\n"
+	task := &apiv1.Task{JobId: "j-1", Attempt: 1, Rank: 1, WorldSize: 2, Dp: 2, Spec: []byte(spec), Peers: []string{"10.1.1.1:7070", "10.1.1.2:7070"}}
+	a := &Agent{o: Options{Config: workerconfig.Config{StoragePath: t.TempDir()}}}
+	if _, err := a.prepare(task); err == nil || !strings.Contains(err.Error(), "allow_commands") {
+		t.Fatalf("err %v", err)
+	}
+	a.o.Config.AllowCommands = true
+	l, err := a.prepare(task)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !l.command || len(l.args) != 3 || l.args[0] != "exec" {
+		t.Fatalf("launch %+v", l)
+	}
+	raw, err := os.ReadFile(l.args[2])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c jobspec.CommandConfig
+	if err := yaml.Unmarshal(raw, &c); err != nil {
+		t.Fatal(err)
+	}
+	if c.Rank != 1 || c.World != 2 || c.MasterAddr != "10.1.1.1" || c.MasterPort != 7070 || c.Attempt != 1 || c.WorkingDir != l.runDir {
+		t.Fatalf("config %+v", c)
+	}
+	if fi, err := os.Stat(c.StagingDir()); err != nil || !fi.IsDir() {
+		t.Fatalf("staging dir: %v", err)
+	}
+}

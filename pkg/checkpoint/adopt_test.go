@@ -1,0 +1,90 @@
+package checkpoint
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func writeTree(t *testing.T, dir string, files map[string]string) {
+	t.Helper()
+	for name, body := range files {
+		p := filepath.Join(dir, filepath.FromSlash(name))
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// A directory inside the storage is moved into place; one outside is
+// copied; either way the shards verify and a commit takes them.
+func TestAdoptDir(t *testing.T) {
+	ctx := context.Background()
+	files := map[string]string{"model.pt": "weights", "optim/state.pt": "moments", "meta.json": "{}"}
+	root := t.TempDir()
+	st, err := NewDirStorage(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inside := filepath.Join(root, "job-1", "staging", "attempt-0", "s5")
+	outside := filepath.Join(t.TempDir(), "s6")
+	writeTree(t, inside, files)
+	writeTree(t, outside, files)
+	mgr := NewManager(st, NewMemCatalogue(), nil)
+	for _, c := range []struct {
+		dir   string
+		step  int64
+		moved bool
+	}{{inside, 5, true}, {outside, 6, false}} {
+		prefix := StepPrefix("job-1", c.step)
+		shards, err := AdoptDir(ctx, st, prefix, c.dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(shards) != 3 || shards[0].Name != "meta.json" || shards[2].Name != "optim/state.pt" || shards[1].Size != 7 || shards[0].Kind != KindFile {
+			t.Fatalf("shards %+v", shards)
+		}
+		if _, err := os.Stat(c.dir); os.IsNotExist(err) != c.moved {
+			t.Fatalf("%s: exists after adopt: %v (moved %v)", c.dir, err, c.moved)
+		}
+		m := Manifest{Job: "job-1", Step: c.step, Layout: Layout{TP: 1, DP: 2, EP: 1}, Shards: shards}
+		if err := mgr.Commit(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// the prefix holds files now: a second adopt of step 5 is refused
+	writeTree(t, inside, files)
+	if _, err := AdoptDir(ctx, st, StepPrefix("job-1", 5), inside); !errors.Is(err, ErrStepExists) {
+		t.Fatalf("adopt over a stored step: %v", err)
+	}
+	// a changed file fails verification (resume falls back)
+	os.WriteFile(filepath.Join(root, "job-1", "step-000000000006", "model.pt"), []byte("changed"), 0o644)
+	m, err := mgr.LoadLatestVerified(ctx, "job-1", nil)
+	if err != nil || m.Step != 5 {
+		t.Fatalf("latest verified %d, %v: want 5", m.Step, err)
+	}
+}
+
+func TestAdoptDirRefuses(t *testing.T) {
+	ctx := context.Background()
+	st, _ := NewDirStorage(t.TempDir())
+	empty := t.TempDir()
+	if _, err := AdoptDir(ctx, st, StepPrefix("j", 1), empty); err == nil || !strings.Contains(err.Error(), "no files") {
+		t.Errorf("empty dir: %v", err)
+	}
+	if _, err := AdoptDir(ctx, st, StepPrefix("j", 1), filepath.Join(empty, "missing")); err == nil {
+		t.Error("missing dir accepted")
+	}
+	link := t.TempDir()
+	writeTree(t, link, map[string]string{"a.pt": "x"})
+	os.Symlink("/etc/passwd", filepath.Join(link, "b.pt"))
+	if _, err := AdoptDir(ctx, st, StepPrefix("j", 1), link); err == nil || !strings.Contains(err.Error(), "b.pt is not a regular file") {
+		t.Errorf("symlink: %v", err)
+	}
+}

@@ -154,8 +154,12 @@ func cmdDev(ctx context.Context, args []string) error {
 	if err != nil {
 		return fmt.Errorf("dev: submit: %w", err)
 	}
+	what := sp.Model.Preset
+	if sp.Runtime == jobspec.RuntimeCommand {
+		what = "command " + sp.Command
+	}
 	fmt.Fprintf(os.Stderr, "submitted job %s (%s, %d ranks, %d steps); watching it (switchyard job watch %s --coordinator %s)\n",
-		id, sp.Model.Preset, resp.Job.WorldSize, sp.Steps, id, d.APIAddr)
+		id, what, resp.Job.WorldSize, sp.Steps, id, d.APIAddr)
 	c := stdCLI()
 	r := &remoteFlags{coordinator: d.APIAddr, timeout: 30 * time.Second, output: outTable}
 	werr := c.watch(ctx, r, cl, id)
@@ -218,6 +222,12 @@ func printDevSummary(w io.Writer, j *pb.Job, storage string, took time.Duration,
 	}
 	path := filepath.Join(storage, "jobs", j.Id, fmt.Sprintf("attempt-%d", j.Restarts), "rank-0", "report.json")
 	raw, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		if sp, perr := jobspec.Parse(j.Spec); perr == nil && sp.Runtime == jobspec.RuntimeCommand {
+			fmt.Fprintf(w, "rank 0's output: %s\n", filepath.Join(filepath.Dir(path), "stdout.log"))
+			return // the command's own
+		}
+	}
 	if err != nil {
 		fmt.Fprintf(w, "no final report (%v)\n", err)
 		return

@@ -55,8 +55,12 @@ func (s *Spec) AttemptLayout(placedDP, placedEP int) Layout {
 
 // TokensPerStep is the tokens one optimizer step of an attempt with layout
 // l trains on: micro_batch * accumulation * dp * model.seq_len, what the
-// trainer counts in tokens/s. 0 when the model does not resolve.
+// trainer counts in tokens/s. 0 when the model does not resolve, and for
+// a command job.
 func (s *Spec) TokensPerStep(l Layout) float64 {
+	if s.Runtime == RuntimeCommand {
+		return 0 // the trainer's own (it reports tokens/s)
+	}
 	m, err := s.ModelConfig()
 	if err != nil {
 		return 0

@@ -45,6 +45,10 @@ cluster (talks to the coordinator over gRPC):
   switchyard checkpoints list JOB
   switchyard checkpoints show JOB STEP                  shards with size and sha256
   switchyard checkpoints delete JOB STEP
+  switchyard checkpoints commit --step N DIR            in rank 0 of a command job: commit the checkpoint the trainer wrote to DIR
+
+run by workers:
+  switchyard exec --config run.yaml                     one rank of a command job (runtime: command): resume point, environment, then the program
 
   flags of every cluster command, before the command or after its arguments:
   --coordinator ADDR[,ADDR...]  coordinator API addresses (env SWITCHYARD_COORDINATOR; default 127.0.0.1:7400)

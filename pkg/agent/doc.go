@@ -48,6 +48,17 @@
 // are not log lines. A NATS control message about a job the worker runs
 // (cancel, an ended attempt) makes it sync at once.
 //
+// A command job (runtime: command) runs each rank as `switchyard exec
+// --config run.yaml`, run.yaml being the rank's jobspec.CommandConfig:
+// it resumes from the newest committed checkpoint that verifies and then
+// becomes the job's program (see cmd/switchyard/exec.go for its
+// environment). The process group's master is rank 0's worker at the
+// data-plane port it keeps for its rank. Rank 0's stdout lines that start
+// with MetricsPrefix are its step metrics: they go to metrics.jsonl (not
+// to the log), are followed like the engine's, and malformed ones are
+// counted in the job's history. A worker runs command jobs only with
+// allow_commands in its config.
+//
 // The agent does not decide placement, does not touch the raft state or
 // the checkpoint catalogue, and does not talk to the other ranks: the
 // trainer processes do.

@@ -49,6 +49,31 @@
 //	                  path "s3://bucket[/prefix]"
 //	restart           max_restarts 3, backoff_seconds 10 (0 is honoured for both)
 //	elastic           min_dp = max_dp = parallel.dp (not elastic)
+//	runtime           "engine" (also when absent): the built-in MoE trainer,
+//	                  configured by the fields above; or "command"
+//
+// # Command jobs (runtime: command)
+//
+// A command job runs any program, one process per rank, with a
+// torchrun-compatible environment (see package agent and `switchyard
+// exec`). Its fields:
+//
+//	command           required: a program on the worker's PATH, an absolute
+//	                  path, or a path relative to working_dir
+//	args              its arguments; env: variables added to the rank's
+//	                  environment (not RANK, MASTER_PORT, ... nor SWITCHYARD_*,
+//	                  which Switchyard sets: ReservedEnv)
+//	working_dir       absolute; default the rank's run directory
+//	ranks             1; processes, one per worker; the layout is dp = ranks
+//	steps             0 (not known); when given, commits past it are refused
+//	checkpoint        storage "dir" only; keep_last as for the engine;
+//	                  keep_best and the intervals are the trainer's business
+//
+// resources, placement, restart, elastic (on ranks), priority and name are
+// as for the engine. The engine's keys (model, parallel, lbl, data, optim,
+// micro_batch, accumulation, seed, eval_every, device, precision) are
+// refused: a command's trainer takes its settings in args. CommandRank
+// turns (spec, task, host) into the rank's CommandConfig.
 //
 // # Errors
 //

@@ -53,18 +53,7 @@ checkpoint: {keep_last: 3}
 restart: {max_restarts: %d, backoff_seconds: 5}
 `, name, python, quoted, example, steps, restarts)
 	}
-	eventually(t, 30*time.Second, "3 healthy workers", func() error {
-		healthy := 0
-		for _, w := range c.status().Workers {
-			if w.Healthy {
-				healthy++
-			}
-		}
-		if healthy != 3 {
-			return fmt.Errorf("%d healthy workers", healthy)
-		}
-		return nil
-	})
+	c.waitIdleWorkers(3)
 
 	t.Run("TorchKillResume", func(t *testing.T) {
 		c.t = t

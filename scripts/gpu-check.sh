@@ -27,6 +27,9 @@
 #                 the step time the bench measured
 #         compile moe_bench.py --compile on medium and small (not in the
 #                 default phases: it takes minutes per config)
+#         command the PyTorch example (examples/torch-moe, NCCL) as a
+#                 command job on `switchyard dev --gpus 1`, then directly:
+#                 tokens/s of both (not in the default phases)
 #         overlap train and compile together: torch.compile's compiling
 #                 (minutes of CPU) overlaps our training, which is paused
 #                 (SIGSTOP) from the end of moe_bench's last warm-up step
@@ -237,6 +240,67 @@ phase_overlap() {
   train_wait
 }
 
+# command: the PyTorch example (examples/torch-moe: NCCL, one GPU) as a
+# command job on a dev cluster whose worker declares the GPU, then the same
+# trainer run directly; tokens/s of both (issue 11's GPU check).
+phase_command() {
+  local c="$bd/corpus.jsonl" d="$work/command" py
+  py=$(command -v python3)
+  mkdir -p "$d"
+  [ -f "$c" ] || { [ -f "$gdir/corpus.jsonl.xz" ] && xz -dc "$gdir/corpus.jsonl.xz" > "$c"; }
+  [ -f "$c" ] || "$py" - "$root" > "$c" <<'PY'
+import glob, json, sys
+for f in sorted(glob.glob(sys.argv[1] + "/pkg/*/*.go")):
+    print(json.dumps({"domain": "code_go", "source": f, "text": open(f).read()}))
+for f in sorted(glob.glob(sys.argv[1] + "/**/*.md", recursive=True)):
+    print(json.dumps({"domain": "english", "source": f, "text": open(f).read()}))
+PY
+  local steps=${COMMAND_STEPS:-80} cfg=${COMMAND_CONFIG:-small}
+  local args=(train.py --device "${COMMAND_DEVICE:-cuda}" --config "$cfg" --steps "$steps" --corpus "$c" --threads 4 ${COMMAND_ARGS:-})
+  cat > "$d/job.yaml" <<YAML
+name: torch-gpu
+runtime: command
+command: $py
+args: $("$py" -c 'import json, sys; print(json.dumps(sys.argv[1:]))' "${args[@]}" --ckpt-every 40)
+working_dir: $root/examples/torch-moe
+ranks: 1
+steps: $steps
+resources: {cpu_cores: 1, memory_mib: 1024, gpus: 1}
+YAML
+  log "command job: torch-moe $cfg on the GPU (NCCL) through a dev cluster"
+  timeout 400 "$bd/switchyard" dev --workers 1 --gpus 1 --spec "$d/job.yaml" --data-dir "$d/dev" > "$d/dev.log" 2>&1
+  echo $? > "$d/dev.rc"
+  log "command job: rc $(cat "$d/dev.rc"); direct run"
+  (cd "$root/examples/torch-moe" && timeout 400 "$py" "${args[@]}" > "$d/direct.out" 2> "$d/direct.err")
+  echo $? > "$d/direct.rc"
+  python3 - "$d" > "$work/command.json" <<'PY'
+import glob, json, sys
+d = sys.argv[1]
+def steps(lines):
+    out = []
+    for l in lines:
+        l = l.strip()
+        if l.startswith("SWITCHYARD_METRICS "):
+            l = l[len("SWITCHYARD_METRICS "):]
+        if l.startswith("{"):
+            out.append(json.loads(l))
+    return out
+job = steps(open(m).readlines()) if (m := next(iter(glob.glob(f"{d}/dev/storage/jobs/*/attempt-0/rank-0/metrics.jsonl")), None)) else []
+direct = steps(open(f"{d}/direct.out").readlines())
+def tps(s):
+    s = s[5:]
+    return sum(x["tokens_per_s"] for x in s) / len(s) if s else None
+r = {"dev_rc": int(open(f"{d}/dev.rc").read()), "direct_rc": int(open(f"{d}/direct.rc").read()),
+     "job_steps": len(job), "direct_steps": len(direct), "job_tokens_per_s": tps(job), "direct_tokens_per_s": tps(direct),
+     "job_last_loss": job[-1]["loss"] if job else None, "direct_last_loss": direct[-1]["loss"] if direct else None,
+     "dev_log_tail": open(f"{d}/dev.log").read()[-1500:], "direct_err_tail": open(f"{d}/direct.err").read()[-800:]}
+if r["job_tokens_per_s"] and r["direct_tokens_per_s"]:
+    r["ratio_job_over_direct"] = r["job_tokens_per_s"] / r["direct_tokens_per_s"]
+print(json.dumps(r, indent=1))
+PY
+  log "command: $(python3 -c "import json; r=json.load(open('$work/command.json')); print({k: r.get(k) for k in ('dev_rc', 'job_steps', 'job_tokens_per_s', 'direct_tokens_per_s', 'ratio_job_over_direct', 'job_last_loss', 'direct_last_loss')})")"
+}
+
 # collect writes $out: gpu-check.json (every result) and the logs.
 collect() {
   python3 - "$work" > "$out/gpu-check.json" <<'PY'
@@ -303,5 +367,5 @@ case "${1:-}" in
     run "$@" 2>&1 | tee "$work/run.log"
     cp "$work/run.log" "$out/run.log" 2> /dev/null
     ;;
-  *) echo "usage: $0 build [SHARED_BENCH_DIR] [CORPUS] | run [tests equiv bench train compile]" >&2; exit 2 ;;
+  *) echo "usage: $0 build [SHARED_BENCH_DIR] [CORPUS] | run [tests equiv bench train compile overlap command]" >&2; exit 2 ;;
 esac

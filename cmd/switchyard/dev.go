@@ -56,6 +56,7 @@ func cmdDev(ctx context.Context, args []string) error {
 		dir     = fs.String("data-dir", "", "keep the cluster's data here (default: a temporary directory, removed at the end)")
 		keep    = fs.Bool("keep", false, "keep the cluster running after the job (until Ctrl-C); print how to reach it")
 		verbose = fs.Bool("v", false, "log the coordinator and workers at info level")
+		gpus    = fs.Int("gpus", 0, "GPUs each worker declares (a rank asking resources.gpus: n sees CUDA_VISIBLE_DEVICES 0..n-1 of this machine)")
 	)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -118,7 +119,7 @@ func cmdDev(ctx context.Context, args []string) error {
 	var wg sync.WaitGroup
 	defer func() { stopAgents(); wg.Wait() }()
 	for i := range *workers {
-		cfg, err := devWorkerConfig(i, d, *dir, self)
+		cfg, err := devWorkerConfig(i, d, *dir, self, *gpus)
 		if err != nil {
 			return err
 		}
@@ -179,7 +180,7 @@ func cmdDev(ctx context.Context, args []string) error {
 
 // devWorkerConfig is worker i of the dev cluster: loopback, its own port,
 // one shared storage path (so that any worker can resume any checkpoint).
-func devWorkerConfig(i int, d *controller.Daemon, dir, trainer string) (workerconfig.Config, error) {
+func devWorkerConfig(i int, d *controller.Daemon, dir, trainer string, gpus int) (workerconfig.Config, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return workerconfig.Config{}, err
@@ -193,7 +194,7 @@ func devWorkerConfig(i int, d *controller.Daemon, dir, trainer string) (workerco
 	cfg.EtcdEndpoints = d.Etcd
 	cfg.NATSURL = d.NATSURL
 	cfg.ListenAddress, cfg.AdvertiseAddress = addr, addr
-	cfg.Resources.CPUCores, cfg.Resources.MemoryMiB, cfg.Resources.GPUs = 1, 1024, 0
+	cfg.Resources.CPUCores, cfg.Resources.MemoryMiB, cfg.Resources.GPUs = 1, 1024, max(gpus, 0)
 	cfg.StoragePath = filepath.Join(dir, "storage")
 	cfg.LeaseTTLSeconds = 5
 	cfg.Trainer = trainer

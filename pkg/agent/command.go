@@ -6,12 +6,9 @@ import (
 	"io"
 	"net"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
-
-	"gopkg.in/yaml.v3"
 
 	"github.com/switchyard-ml/switchyard/pkg/jobspec"
 	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
@@ -43,20 +40,8 @@ func (a *Agent) prepareCommand(t *apiv1.Task, spec *jobspec.Spec, task jobspec.T
 	if err := a.confine(spec, cfg.Checkpoint.Dir, ""); err != nil {
 		return launch{}, err
 	}
-	for _, d := range []string{host.RunDir, cfg.StagingDir()} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			return launch{}, err
-		}
-	}
-	raw, err := yaml.Marshal(cfg)
+	runYAML, err := writeRunDir(host.RunDir, []string{host.RunDir, cfg.StagingDir()}, cfg)
 	if err != nil {
-		return launch{}, fmt.Errorf("command config: %w", err)
-	}
-	runYAML := filepath.Join(host.RunDir, "run.yaml")
-	if err := writeFileAtomic(runYAML, raw); err != nil {
-		return launch{}, err
-	}
-	if err := os.Remove(filepath.Join(host.RunDir, "metrics.jsonl")); err != nil && !os.IsNotExist(err) {
 		return launch{}, err
 	}
 	return launch{runDir: host.RunDir, args: []string{"exec", "--config", runYAML}, command: true}, nil

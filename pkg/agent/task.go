@@ -221,22 +221,8 @@ func (a *Agent) prepare(t *apiv1.Task) (launch, error) {
 		// worker's SWITCHYARD_S3_* and AWS_* environment
 		dirs = append(dirs, cfg.Checkpoint.Dir)
 	}
-	for _, d := range dirs {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			return launch{}, err
-		}
-	}
-	raw, err := yaml.Marshal(cfg)
+	runYAML, err := writeRunDir(host.RunDir, dirs, cfg)
 	if err != nil {
-		return launch{}, fmt.Errorf("run config: %w", err)
-	}
-	runYAML := filepath.Join(host.RunDir, "run.yaml")
-	if err := writeFileAtomic(runYAML, raw); err != nil {
-		return launch{}, err
-	}
-	// A previous worker process may have left the metrics of an earlier
-	// run of this task; the new run writes its own from the start.
-	if err := os.Remove(filepath.Join(host.RunDir, "metrics.jsonl")); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return launch{}, err
 	}
 	args := []string{"train", "--config", runYAML, "--rank", strconv.Itoa(int(k.rank)), "--json"}
@@ -287,6 +273,30 @@ func taskLayout(spec *jobspec.Spec, t *apiv1.Task) jobspec.Layout {
 		l.Balance = b
 	}
 	return l
+}
+
+// writeRunDir creates dirs (the run directory among them) and writes the
+// rank's configuration as runDir/run.yaml, whose path it returns. A
+// previous worker process may have left the metrics of an earlier run of
+// the task: they are removed, the new run writes its own from the start.
+func writeRunDir(runDir string, dirs []string, cfg any) (string, error) {
+	for _, d := range dirs {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return "", err
+		}
+	}
+	raw, err := yaml.Marshal(cfg)
+	if err != nil {
+		return "", fmt.Errorf("run config: %w", err)
+	}
+	runYAML := filepath.Join(runDir, "run.yaml")
+	if err := writeFileAtomic(runYAML, raw); err != nil {
+		return "", err
+	}
+	if err := os.Remove(filepath.Join(runDir, "metrics.jsonl")); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return "", err
+	}
+	return runYAML, nil
 }
 
 func writeFileAtomic(path string, data []byte) error {

@@ -36,7 +36,10 @@ type cluster struct {
 
 	workers     map[string]*proc
 	workerPorts map[string]int
-	storage     string
+	// slots per worker (0 and 1: one rank at a time); a worker of several
+	// declares as many GPUs, one rank each, on its port and the next ones
+	slots   int
+	storage string
 	// via, when set for a worker, is where it (and its ranks) reach the
 	// coordinators' APIs and etcd instead: proxies the chaos suite cuts.
 	via map[string]workerRoutes
@@ -49,9 +52,15 @@ type workerRoutes struct {
 
 func startCluster(t *testing.T, nCoord int, workerIDs ...string) *cluster {
 	t.Helper()
+	return startClusterSlots(t, nCoord, 1, workerIDs...)
+}
+
+// startClusterSlots is startCluster with workers of several slots.
+func startClusterSlots(t *testing.T, nCoord, slots int, workerIDs ...string) *cluster {
+	t.Helper()
 	dir := t.TempDir()
-	c := &cluster{t: t, root: t, dir: dir, token: "e2e-token", workers: map[string]*proc{}, workerPorts: map[string]int{}, storage: filepath.Join(dir, "shared")}
-	ports := freePorts(t, 3+2*nCoord+len(workerIDs))
+	c := &cluster{t: t, root: t, dir: dir, token: "e2e-token", workers: map[string]*proc{}, workerPorts: map[string]int{}, storage: filepath.Join(dir, "shared"), slots: slots}
+	ports := freePorts(t, 3+2*nCoord)
 	etcdClient, etcdPeer := ports[0], ports[1]
 	c.natsPort = ports[2]
 	c.etcdURL = fmt.Sprintf("http://127.0.0.1:%d", etcdClient)
@@ -70,8 +79,8 @@ func startCluster(t *testing.T, nCoord int, workerIDs ...string) *cluster {
 	for i := range nCoord {
 		c.startCoordinator(i, strings.Join(peers, ","))
 	}
-	for i, id := range workerIDs {
-		c.workerPorts[id] = ports[3+2*nCoord+i]
+	for _, id := range workerIDs {
+		c.workerPorts[id] = freePortRun(t, max(slots, 1))
 		c.startWorker(id)
 	}
 	return c
@@ -132,16 +141,26 @@ coordinators: [%s]
 etcd_endpoints: [%s]
 nats_url: nats://127.0.0.1:%d
 listen_address: 127.0.0.1:%d
-resources: {cpu_cores: 1, memory_mib: 1024, gpus: 0}
+resources: %s
 labels: {rack: r1}
 storage_path: %s
 lease_ttl_seconds: 2
 allow_commands: true
-`, id, id, strings.Join(coords, ", "), etcd, c.natsPort, c.workerPorts[id], c.storage)
+`, id, id, strings.Join(coords, ", "), etcd, c.natsPort, c.workerPorts[id], c.resources(), c.storage)
 	if err := os.WriteFile(cfg, []byte(yaml), 0o644); err != nil {
 		c.t.Fatal(err)
 	}
 	c.workers[id] = start(c.root, id, []string{"SWITCHYARD_TOKEN=" + c.token}, bins.worker, "--config", cfg)
+}
+
+// resources is a worker's resources section: one core and 1 GiB a slot,
+// and with several slots as many (declared) GPUs, so that it runs one
+// rank per GPU.
+func (c *cluster) resources() string {
+	if c.slots <= 1 {
+		return "{cpu_cores: 1, memory_mib: 1024, gpus: 0}"
+	}
+	return fmt.Sprintf("{cpu_cores: %d, memory_mib: %d, gpus: %d}", c.slots, 1024*c.slots, c.slots)
 }
 
 func (c *cluster) env() []string {

@@ -161,6 +161,32 @@ func (p *proc) stop() {
 	syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL) //nolint:errcheck // children left behind
 }
 
+// freePortRun returns a port p such that p..p+n-1 were all free.
+func freePortRun(t *testing.T, n int) int {
+	t.Helper()
+	for range 100 {
+		p := freePorts(t, 1)[0]
+		var ls []net.Listener
+		ok := p+n-1 <= 65535
+		for k := 0; ok && k < n; k++ {
+			l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p+k))
+			if err != nil {
+				ok = false
+				break
+			}
+			ls = append(ls, l)
+		}
+		for _, l := range ls {
+			l.Close()
+		}
+		if ok {
+			return p
+		}
+	}
+	t.Fatalf("no run of %d free ports", n)
+	return 0
+}
+
 func freePorts(t *testing.T, n int) []int {
 	t.Helper()
 	var ls []net.Listener

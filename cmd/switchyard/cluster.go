@@ -84,7 +84,7 @@ func (c *cli) clusterStatus(ctx context.Context, name string, args []string) err
 		fmt.Fprintln(w, "  (none)")
 		return nil
 	}
-	t := newTable(w, "  ", "ID", "HOST", "ADDRESS", "CORES", "MEMORY", "GPUS", "LABELS", "HEALTHY", "JOB/RANK")
+	t := newTable(w, "  ", "ID", "HOST", "ADDRESS", "CORES", "MEMORY", "GPUS", "SLOTS", "LABELS", "HEALTHY", "JOB/RANK")
 	for _, wk := range resp.GetWorkers() {
 		res := wk.GetResources()
 		var labels []string
@@ -94,9 +94,13 @@ func (c *cli) clusterStatus(ctx context.Context, name string, args []string) err
 		job := "-"
 		if wk.GetJobId() != "" {
 			job = fmt.Sprintf("%s/%d", wk.GetJobId(), wk.GetRank())
+			if more := wk.GetBusySlots() - 1; more > 0 {
+				job += fmt.Sprintf(" +%d", more) // further ranks in its other slots
+			}
 		}
 		t.row(wk.GetId(), orDash(wk.GetHost()), orDash(wk.GetAddress()), res.GetCpuCores(),
-			fmtBytes(res.GetMemoryMib()<<20), res.GetGpus(), orDash(strings.Join(labels, ",")), yesNo(wk.GetHealthy()), job)
+			fmtBytes(res.GetMemoryMib()<<20), res.GetGpus(), fmt.Sprintf("%d/%d", wk.GetBusySlots(), max(wk.GetSlots(), 1)),
+			orDash(strings.Join(labels, ",")), yesNo(wk.GetHealthy()), job)
 	}
 	return t.flush()
 }

@@ -12,7 +12,7 @@ func TestClusterStatus(t *testing.T) {
 	wantContains(t, r.stdout,
 		"Answered by: c2", "Leader:      c1", "term=7 commit_index=1234",
 		"RAFT ADDRESS", "10.0.0.2:7401", "10.0.0.3:7400", "Follower",
-		"HOST", "gpu-01", "10.0.1.1:7500", "256.0 GiB", "gpu=h100,zone=eu-1", "moe-1/0", "cpu-07",
+		"HOST", "gpu-01", "10.0.1.1:7500", "256.0 GiB", "gpu=h100,zone=eu-1", "moe-1/0 +2", "3/8", "cpu-07",
 	)
 	var c1, c3, wIdle string
 	for _, l := range strings.Split(r.stdout, "\n") {
@@ -31,7 +31,7 @@ func TestClusterStatus(t *testing.T) {
 	if c3 != "c3 10.0.0.3:7401 10.0.0.3:7400 yes no -" {
 		t.Errorf("dead replica row %q", c3)
 	}
-	if wIdle != "w-idle cpu-07 10.0.1.7:7500 16 64.0 GiB 0 - no -" {
+	if wIdle != "w-idle cpu-07 10.0.1.7:7500 16 64.0 GiB 0 0/1 - no -" {
 		t.Errorf("idle worker row %q", wIdle)
 	}
 

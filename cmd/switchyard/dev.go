@@ -56,7 +56,7 @@ func cmdDev(ctx context.Context, args []string) error {
 		dir     = fs.String("data-dir", "", "keep the cluster's data here (default: a temporary directory, removed at the end)")
 		keep    = fs.Bool("keep", false, "keep the cluster running after the job (until Ctrl-C); print how to reach it")
 		verbose = fs.Bool("v", false, "log the coordinator and workers at info level")
-		gpus    = fs.Int("gpus", 0, "GPUs each worker declares (a rank asking resources.gpus: n sees CUDA_VISIBLE_DEVICES 0..n-1 of this machine)")
+		gpus    = fs.Int("gpus", 0, "GPUs each worker declares: it runs one rank per GPU, each seeing its own in CUDA_VISIBLE_DEVICES (the workers share this machine's GPUs 0..n-1)")
 	)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -194,7 +194,10 @@ func devWorkerConfig(i int, d *controller.Daemon, dir, trainer string, gpus int)
 	cfg.EtcdEndpoints = d.Etcd
 	cfg.NATSURL = d.NATSURL
 	cfg.ListenAddress, cfg.AdvertiseAddress = addr, addr
-	cfg.Resources.CPUCores, cfg.Resources.MemoryMiB, cfg.Resources.GPUs = 1, 1024, max(gpus, 0)
+	// one slot per declared GPU (one rank each), else one; a core and
+	// 1 GiB a slot
+	slots := max(gpus, 1)
+	cfg.Resources.CPUCores, cfg.Resources.MemoryMiB, cfg.Resources.GPUs = slots, 1024*int64(slots), max(gpus, 0)
 	cfg.StoragePath = filepath.Join(dir, "storage")
 	cfg.LeaseTTLSeconds = 5
 	cfg.Trainer = trainer

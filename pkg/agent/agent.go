@@ -193,6 +193,7 @@ func (a *Agent) info() membership.WorkerInfo {
 		Labels:  c.Labels,
 		Host:    c.Host,
 		Version: a.o.Version,
+		Slots:   c.SlotCount(),
 	}
 }
 

@@ -36,7 +36,7 @@ func (a *Agent) prepareCommand(t *apiv1.Task, spec *jobspec.Spec, task jobspec.T
 	if err != nil {
 		return launch{}, err
 	}
-	cfg.CUDAVisibleDevices = a.visibleGPUs(spec.Resources.GPUs)
+	cfg.CUDAVisibleDevices = a.visibleGPUs(int(t.GetSlot()), spec.Resources.GPUs)
 	if err := a.confine(spec, cfg.Checkpoint.Dir, ""); err != nil {
 		return launch{}, err
 	}
@@ -69,22 +69,16 @@ func (a *Agent) masterAddress(t *apiv1.Task) (string, error) {
 	return l.Addr().String(), nil
 }
 
-// visibleGPUs is CUDA_VISIBLE_DEVICES for a rank given n GPUs: the first n
-// of the worker's (detected indices, else 0..n-1 of those it declares).
-func (a *Agent) visibleGPUs(n int) string {
-	if n <= 0 {
-		return ""
+// visibleGPUs is CUDA_VISIBLE_DEVICES for a rank in slot that asks for
+// n GPUs: the first n of the slot's (see workerconfig.Config.SlotGPUs).
+func (a *Agent) visibleGPUs(slot, n int) string {
+	ids := a.o.Config.SlotGPUs(slot)
+	ids = ids[:min(max(n, 0), len(ids))]
+	s := make([]string, len(ids))
+	for i, id := range ids {
+		s[i] = strconv.Itoa(id)
 	}
-	res := a.o.Config.Resources
-	ids := make([]string, 0, n)
-	for i := 0; i < n && i < max(res.GPUs, len(res.GPUDevices)); i++ {
-		idx := i
-		if i < len(res.GPUDevices) {
-			idx = res.GPUDevices[i].Index
-		}
-		ids = append(ids, strconv.Itoa(idx))
-	}
-	return strings.Join(ids, ",")
+	return strings.Join(s, ",")
 }
 
 // metricsTap passes a command rank's stdout on to next, except the lines

@@ -68,18 +68,25 @@ func TestMalformedMetricsEvents(t *testing.T) {
 	}
 }
 
+// Each slot of a worker has its own GPUs: declared ones by position,
+// detected ones by their index on the machine.
 func TestVisibleGPUs(t *testing.T) {
-	a := &Agent{o: Options{Config: workerconfig.Config{Resources: workerconfig.Resources{GPUs: 4}}}}
-	if got := a.visibleGPUs(0); got != "" {
-		t.Fatalf("0 GPUs: %q", got)
+	a := &Agent{o: Options{Config: workerconfig.Config{Resources: workerconfig.Resources{CPUCores: 8, GPUs: 4}}}}
+	for _, c := range []struct {
+		slot, n int
+		want    string
+	}{{0, 0, ""}, {0, 1, "0"}, {3, 1, "3"}, {2, 2, "2"}, {4, 1, ""}} {
+		if got := a.visibleGPUs(c.slot, c.n); got != c.want {
+			t.Errorf("declared, slot %d, %d GPUs: %q, want %q", c.slot, c.n, got, c.want)
+		}
 	}
-	if got := a.visibleGPUs(2); got != "0,1" {
-		t.Fatalf("declared: %q", got)
+	a.o.Config.Slots = 2 // two GPUs a slot
+	if got := a.visibleGPUs(1, 2); got != "2,3" {
+		t.Errorf("2 slots of 2: slot 1: %q", got)
 	}
-	a.o.Config.Resources.GPUDevices = []workerconfig.GPU{{Index: 3}, {Index: 5}}
-	a.o.Config.Resources.GPUs = 2
-	if got := a.visibleGPUs(2); got != "3,5" {
-		t.Fatalf("detected: %q", got)
+	a.o.Config.Resources.GPUDevices = []workerconfig.GPU{{Index: 3}, {Index: 5}, {Index: 6}, {Index: 7}}
+	if got := a.visibleGPUs(1, 2); got != "6,7" {
+		t.Errorf("detected: %q", got)
 	}
 }
 
@@ -114,5 +121,33 @@ func TestPrepareCommand(t *testing.T) {
 	}
 	if fi, err := os.Stat(c.StagingDir()); err != nil || !fi.IsDir() {
 		t.Fatalf("staging dir: %v", err)
+	}
+}
+
+// A rank in slot k of a worker listens on the worker's port + k and sees
+// the slot's GPUs only; two ranks of one job on one worker get their own
+// run directories.
+func TestPrepareSlots(t *testing.T) {
+	spec := "name: j\nparallel: {dp: 2}\nresources: {cpu_cores: 1, memory_mib: 512, gpus: 1}\n"
+	a := &Agent{o: Options{Config: workerconfig.Config{StoragePath: t.TempDir(), ListenAddress: "127.0.0.1:7070",
+		Resources: workerconfig.Resources{CPUCores: 2, MemoryMiB: 2048, GPUs: 2}}}}
+	peers := []string{"127.0.0.1:7070", "127.0.0.1:7071"}
+	dirs := map[string]bool{}
+	for slot := range 2 {
+		l, err := a.prepare(&apiv1.Task{JobId: "j-1", Rank: int32(slot), Slot: int32(slot), WorldSize: 2, Dp: 2, Spec: []byte(spec), Peers: peers})
+		if err != nil {
+			t.Fatal(err)
+		}
+		args := strings.Join(l.args, " ")
+		if want := "--listen " + peers[slot]; !strings.Contains(args, want) {
+			t.Errorf("slot %d: args %q lack %q", slot, args, want)
+		}
+		if want := []string{"CUDA_VISIBLE_DEVICES=" + []string{"0", "1"}[slot]}; strings.Join(l.env, " ") != want[0] {
+			t.Errorf("slot %d: env %v, want %v", slot, l.env, want)
+		}
+		dirs[l.runDir] = true
+	}
+	if len(dirs) != 2 {
+		t.Errorf("run directories %v: want one per rank", dirs)
 	}
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/switchyard-ml/switchyard/pkg/events"
 	"github.com/switchyard-ml/switchyard/pkg/fsutil"
 	"github.com/switchyard-ml/switchyard/pkg/jobspec"
+	"github.com/switchyard-ml/switchyard/pkg/membership"
 	"github.com/switchyard-ml/switchyard/pkg/train"
 	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
 )
@@ -165,6 +166,7 @@ type launch struct {
 	runDir  string
 	args    []string // after the trainer binary
 	command bool     // a command job's rank (switchyard exec): its stdout carries the metrics
+	env     []string // added to the rank's environment
 }
 
 // prepare checks the task, writes its run directory and run.yaml (the
@@ -227,9 +229,14 @@ func (a *Agent) prepare(t *apiv1.Task) (launch, error) {
 	}
 	args := []string{"train", "--config", runYAML, "--rank", strconv.Itoa(int(k.rank)), "--json"}
 	if world > 1 {
-		args = append(args, "--peers", strings.Join(t.GetPeers(), ","), "--listen", a.o.Config.ListenAddress)
+		// the slot's own port: a worker of several slots runs several ranks
+		args = append(args, "--peers", strings.Join(t.GetPeers(), ","), "--listen", membership.SlotAddress(a.o.Config.ListenAddress, int(t.GetSlot())))
 	}
-	return launch{runDir: host.RunDir, args: args}, nil
+	ln := launch{runDir: host.RunDir, args: args}
+	if spec.Resources.GPUs > 0 {
+		ln.env = []string{"CUDA_VISIBLE_DEVICES=" + a.visibleGPUs(int(t.GetSlot()), spec.Resources.GPUs)}
+	}
+	return ln, nil
 }
 
 // confine refuses a job whose checkpoint directory or corpus lies outside
@@ -340,7 +347,7 @@ func (a *Agent) runTask(tk *task) {
 
 	cmd := exec.Command(a.trainer, l.args...)
 	cmd.Dir = l.runDir
-	cmd.Env = append(os.Environ(), train.EventsEnv+"=1") // event lines for the job's history
+	cmd.Env = append(append(os.Environ(), l.env...), train.EventsEnv+"=1") // event lines for the job's history
 	if a.o.Token != "" {
 		cmd.Env = append(cmd.Env, TokenEnv+"="+a.o.Token) // the worker's own, not the cluster's
 	}

@@ -200,3 +200,58 @@ func TestPlacedOnASilentWorker(t *testing.T) {
 		t.Fatalf("no WorkerLost event naming w2: %v", j.Events)
 	}
 }
+
+// A worker of several slots runs several ranks: one task per rank, each
+// with its slot, the peers at the workers' ports + slot; the GPUs are the
+// slots' (one per rank), never shared.
+func TestSeveralRanksPerWorker(t *testing.T) {
+	l := newLocal(t)
+	for _, id := range []string{"g1", "g2"} {
+		_, err := membership.NewMemory(l.members).Register(l.ctx, membership.WorkerInfo{ID: id, Address: id + ":9000",
+			Resources: membership.Resources{CPUCores: 4, MemoryBytes: 8 << 30, GPUs: 2}, Slots: 2}, time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	l.submit("big", "name: big\nparallel: {dp: 6}\nresources: {cpu_cores: 1, memory_mib: 1024, gpus: 1}\n")
+	l.submit("j4", "name: j4\nparallel: {tp: 2, dp: 2}\nresources: {cpu_cores: 1, memory_mib: 1024, gpus: 1}\n")
+	l.tick()
+	if r := pendingReason(l.job("big")); !strings.Contains(r, "needs 6 workers") {
+		t.Errorf("6 ranks of 1 GPU on 4 GPU slots: pending reason %q", r)
+	}
+	j := l.job("j4")
+	if j.State != pb.JobState_JOB_STATE_PLACED || len(j.Placement) != 4 {
+		t.Fatalf("%v placement %v", j.State, j.Placement)
+	}
+	used := map[string]bool{}
+	for _, a := range j.Placement {
+		key := fmt.Sprintf("%s/%d", a.WorkerId, a.Slot)
+		if used[key] {
+			t.Fatalf("slot %s given to two ranks: %v", key, j.Placement)
+		}
+		used[key] = true
+	}
+	// tensor-parallel pairs on one worker (the NVLink island)
+	for r := 0; r < 4; r += 2 {
+		if j.Placement[r].WorkerId != j.Placement[r+1].WorkerId {
+			t.Errorf("TP group %d split: %v", r/2, j.Placement)
+		}
+	}
+	ranks := 0
+	for _, w := range []string{"g1", "g2"} {
+		tasks := l.sync(w)
+		if len(tasks) != 2 || tasks[0].Slot == tasks[1].Slot {
+			t.Fatalf("%s: tasks %v: want two ranks in two slots", w, tasks)
+		}
+		for _, tk := range tasks {
+			ranks++
+			want := fmt.Sprintf("%s:%d", w, 9000+tk.Slot)
+			if tk.Peers[tk.Rank] != want {
+				t.Errorf("%s rank %d slot %d: its peer address %s, want %s", w, tk.Rank, tk.Slot, tk.Peers[tk.Rank], want)
+			}
+		}
+	}
+	if ranks != 4 {
+		t.Fatalf("%d tasks, want 4", ranks)
+	}
+}

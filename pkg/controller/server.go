@@ -533,7 +533,7 @@ func (s *Server) ClusterStatus(ctx context.Context, _ *apiv1.ClusterStatusReques
 	workers := make(map[string]*apiv1.Worker, len(s.workers))
 	for id, w := range s.workers {
 		workers[id] = &apiv1.Worker{
-			Id: id, Address: w.Address, Host: w.Host, Healthy: true, Version: w.Version, Labels: w.Labels, Rank: -1,
+			Id: id, Address: w.Address, Host: w.Host, Healthy: true, Version: w.Version, Labels: w.Labels, Rank: -1, Slots: int32(w.SlotCount()),
 			Resources: &apiv1.Resources{CpuCores: int32(w.Resources.CPUCores), MemoryMib: w.Resources.MemoryBytes >> 20, Gpus: int32(w.Resources.GPUs)},
 		}
 	}
@@ -548,7 +548,10 @@ func (s *Server) ClusterStatus(ctx context.Context, _ *apiv1.ClusterStatusReques
 				w = &apiv1.Worker{Id: a.WorkerId}
 				workers[a.WorkerId] = w
 			}
-			w.JobId, w.Rank = j.Id, a.Rank
+			if w.BusySlots == 0 || (w.JobId == j.Id && a.Rank < w.Rank) {
+				w.JobId, w.Rank = j.Id, a.Rank // the first job's lowest rank
+			}
+			w.BusySlots++
 		}
 	}
 	for _, w := range workers {

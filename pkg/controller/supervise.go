@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -172,13 +173,15 @@ func (s *Server) recordEvent(ctx context.Context, jobID, typ, msg, worker string
 	}
 }
 
-// snapshot is the scheduler's view: live workers, busy when placed.
+// snapshot is the scheduler's view: every slot of the live workers (a
+// worker of several slots is that many scheduler workers, "id/k", each
+// with an equal share of its resources, on one host), busy when placed.
 func (s held) snapshot(live map[string]membership.WorkerInfo, jobs []*pb.Job) scheduler.Snapshot {
-	busy := map[string]string{}
+	busy := map[workerSlot]string{}
 	for _, j := range jobs {
 		if active(j) {
 			for _, a := range j.Placement {
-				busy[a.WorkerId] = j.Id
+				busy[workerSlot{a.WorkerId, int(a.Slot)}] = j.Id
 			}
 		}
 	}
@@ -190,16 +193,53 @@ func (s held) snapshot(live map[string]membership.WorkerInfo, jobs []*pb.Job) sc
 		if t, ok := s.term.lastSync[id]; ok && now.Sub(t) > s.cfg.Silence {
 			healthy = false
 		}
-		total := scheduler.Resources{CPUCores: w.Resources.CPUCores, MemoryMiB: w.Resources.MemoryBytes >> 20, GPUs: w.Resources.GPUs}
-		free := total
-		if busy[id] != "" {
-			free = scheduler.Resources{}
+		n := w.SlotCount()
+		share := scheduler.Resources{CPUCores: w.Resources.CPUCores / n, MemoryMiB: (w.Resources.MemoryBytes >> 20) / int64(n), GPUs: w.Resources.GPUs / n}
+		host := w.Host
+		if host == "" && n > 1 {
+			host = id // its slots share the machine
 		}
-		snap.Workers = append(snap.Workers, scheduler.Worker{
-			ID: id, Host: w.Host, Labels: w.Labels, Total: total, Free: free, Healthy: healthy, Job: busy[id],
-		})
+		for k := range n {
+			job := busy[workerSlot{id, k}]
+			free := share
+			if job != "" {
+				free = scheduler.Resources{}
+			}
+			snap.Workers = append(snap.Workers, scheduler.Worker{
+				ID: slotID(id, k, n), Host: host, Labels: w.Labels, Total: share, Free: free, Healthy: healthy, Job: job,
+			})
+		}
 	}
 	return snap
+}
+
+// workerSlot is one slot of one worker.
+type workerSlot struct {
+	worker string
+	slot   int
+}
+
+// slotID names slot k of a worker of n slots for the scheduler: the
+// worker's id when it has one slot, else "id/k" ('/' is never in a worker
+// id).
+func slotID(worker string, k, n int) string {
+	if n == 1 {
+		return worker
+	}
+	return fmt.Sprintf("%s/%d", worker, k)
+}
+
+// splitSlotID is slotID's inverse.
+func splitSlotID(id string) workerSlot {
+	w, k, ok := strings.Cut(id, "/")
+	if !ok {
+		return workerSlot{id, 0}
+	}
+	slot, err := strconv.Atoi(k)
+	if err != nil {
+		return workerSlot{id, 0}
+	}
+	return workerSlot{w, slot}
 }
 
 // schedule places what fits and records why the rest waits.
@@ -268,8 +308,9 @@ func (s held) place(ctx context.Context, j *pb.Job, p scheduler.Plan) {
 		return
 	}
 	placement := make([]*pb.RankAssignment, len(p.Workers))
-	for r, w := range p.Workers {
-		placement[r] = &pb.RankAssignment{Rank: int32(r), WorkerId: w}
+	for r, id := range p.Workers {
+		ws := splitSlotID(id)
+		placement[r] = &pb.RankAssignment{Rank: int32(r), WorkerId: ws.worker, Slot: int32(ws.slot)}
 	}
 	cmd := &pb.PlaceJob{JobId: j.Id, Placement: placement}
 	shrunk := p.Job.Layout.DP != sp.Parallel.DP
@@ -349,17 +390,17 @@ func (s *Server) SyncWorker(ctx context.Context, req *apiv1.SyncWorkerRequest) (
 		if !active(j) {
 			continue
 		}
-		mine := -1
+		var mine []*pb.RankAssignment // a worker of several slots may hold several ranks
 		peers := make([]string, len(j.Placement))
 		for _, a := range j.Placement {
 			if a.WorkerId == w {
-				mine = int(a.Rank)
+				mine = append(mine, a)
 			}
 			if info, ok := live[a.WorkerId]; ok {
-				peers[a.Rank] = info.Address
+				peers[a.Rank] = membership.SlotAddress(info.Address, int(a.Slot))
 			}
 		}
-		if mine < 0 || contains(peers, "") {
+		if len(mine) == 0 || contains(peers, "") {
 			continue // not ours, or a peer is gone (the tick handles that)
 		}
 		sp, err := s.spec(j)
@@ -367,11 +408,13 @@ func (s *Server) SyncWorker(ctx context.Context, req *apiv1.SyncWorkerRequest) (
 			continue
 		}
 		l := sp.AttemptLayout(int(j.PlacedDp), int(j.PlacedEp))
-		resp.Tasks = append(resp.Tasks, &apiv1.Task{
-			JobId: j.Id, Attempt: j.Restarts, Rank: int32(mine), WorldSize: int32(len(j.Placement)),
-			Tp: int32(l.TP), Dp: int32(l.DP), Ep: int32(l.EP), Balance: l.Balance,
-			Peers: peers, Spec: j.Spec, ResumeFromStep: j.ResumeFromStep, Accumulation: int32(l.Accumulation),
-		})
+		for _, a := range mine {
+			resp.Tasks = append(resp.Tasks, &apiv1.Task{
+				JobId: j.Id, Attempt: j.Restarts, Rank: a.Rank, Slot: a.Slot, WorldSize: int32(len(j.Placement)),
+				Tp: int32(l.TP), Dp: int32(l.DP), Ep: int32(l.EP), Balance: l.Balance,
+				Peers: peers, Spec: j.Spec, ResumeFromStep: j.ResumeFromStep, Accumulation: int32(l.Accumulation),
+			})
+		}
 	}
 	return resp, nil
 }

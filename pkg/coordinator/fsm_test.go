@@ -142,6 +142,8 @@ func TestFSMRefusesBadCommands(t *testing.T) {
 		{"submit conflict", conflict, ErrJobConflict},
 		{"wrong rank count", placeCmd(5, "a", "w1"), ErrInvalidCommand},
 		{"repeated rank", &pb.Command{Op: &pb.Command_PlaceJob{PlaceJob: &pb.PlaceJob{JobId: "a", Placement: []*pb.RankAssignment{{Rank: 0, WorkerId: "w"}, {Rank: 0, WorkerId: "v"}}}}}, ErrInvalidCommand},
+		{"two ranks in one slot", &pb.Command{Op: &pb.Command_PlaceJob{PlaceJob: &pb.PlaceJob{JobId: "a", Placement: []*pb.RankAssignment{{Rank: 0, WorkerId: "w", Slot: 1}, {Rank: 1, WorkerId: "w", Slot: 1}}}}}, ErrInvalidCommand},
+		{"negative slot", &pb.Command{Op: &pb.Command_PlaceJob{PlaceJob: &pb.PlaceJob{JobId: "a", Placement: []*pb.RankAssignment{{Rank: 0, WorkerId: "w", Slot: -1}, {Rank: 1, WorkerId: "w"}}}}}, ErrInvalidCommand},
 		{"running before placed", stateCmd(5, "a", pb.JobState_JOB_STATE_RUNNING, "", "", nil), ErrInvalidTransition},
 		{"progress while pending", progressCmd(5, "a", 1, 1), ErrInvalidTransition},
 		{"requeue pending", requeueCmd(5, "a", ""), ErrInvalidTransition},

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
+	"strconv"
 	"time"
 )
 
@@ -40,6 +42,27 @@ type WorkerInfo struct {
 	Host string `json:"host,omitempty"`
 	// Version of the worker binary, for `cluster status`.
 	Version string `json:"version,omitempty"`
+	// Slots is how many ranks it runs at once, each with 1/Slots of its
+	// resources and the data-plane port Address's + slot (0 reads as 1).
+	Slots int `json:"slots,omitempty"`
+}
+
+// SlotCount is Slots, at least 1.
+func (w WorkerInfo) SlotCount() int { return max(w.Slots, 1) }
+
+// SlotAddress is slot k's data-plane address given a worker's listen or
+// advertised address: its port + k (an address without a fixed port is
+// returned as it is).
+func SlotAddress(addr string, k int) string {
+	if k == 0 {
+		return addr
+	}
+	host, p, err := net.SplitHostPort(addr)
+	port, perr := strconv.Atoi(p)
+	if err != nil || perr != nil || port == 0 {
+		return addr
+	}
+	return net.JoinHostPort(host, strconv.Itoa(port+k))
 }
 
 // Validate checks the fields every registration needs.
@@ -51,6 +74,8 @@ func (w WorkerInfo) Validate() error {
 		return fmt.Errorf("%w: %s: address: required", ErrInvalidWorker, w.ID)
 	case w.Resources.CPUCores < 0 || w.Resources.MemoryBytes < 0 || w.Resources.GPUs < 0:
 		return fmt.Errorf("%w: %s: resources: must not be negative", ErrInvalidWorker, w.ID)
+	case w.Slots < 0 || w.Slots > 1024:
+		return fmt.Errorf("%w: %s: slots %d: must be in [0, 1024]", ErrInvalidWorker, w.ID, w.Slots)
 	}
 	for i := 0; i < len(w.ID); i++ {
 		if c := w.ID[i]; c == '/' || c < ' ' || c == 0x7f {

@@ -27,16 +27,21 @@ var (
 
 // Config is a worker's configuration.
 type Config struct {
-	ID               string            `yaml:"id" json:"id"`
-	Host             string            `yaml:"host" json:"host"` // the machine; tensor-parallel groups stay on one host
-	Coordinators     []string          `yaml:"coordinators" json:"coordinators"`
-	EtcdEndpoints    []string          `yaml:"etcd_endpoints" json:"etcd_endpoints"`
-	NATSURL          string            `yaml:"nats_url" json:"nats_url"`
-	AdvertiseAddress string            `yaml:"advertise_address" json:"advertise_address"` // host:port peers dial
-	ListenAddress    string            `yaml:"listen_address" json:"listen_address"`
-	Resources        Resources         `yaml:"resources" json:"resources"`
-	Labels           map[string]string `yaml:"labels" json:"labels"`
-	StoragePath      string            `yaml:"storage_path" json:"storage_path"`
+	ID               string    `yaml:"id" json:"id"`
+	Host             string    `yaml:"host" json:"host"` // the machine; tensor-parallel groups stay on one host
+	Coordinators     []string  `yaml:"coordinators" json:"coordinators"`
+	EtcdEndpoints    []string  `yaml:"etcd_endpoints" json:"etcd_endpoints"`
+	NATSURL          string    `yaml:"nats_url" json:"nats_url"`
+	AdvertiseAddress string    `yaml:"advertise_address" json:"advertise_address"` // host:port peers dial
+	ListenAddress    string    `yaml:"listen_address" json:"listen_address"`
+	Resources        Resources `yaml:"resources" json:"resources"`
+	// Slots is how many ranks the worker runs at once (of one job or
+	// several), each with an equal share of its resources and GPUs and
+	// its own data-plane port: slot k listens on listen_address's port + k
+	// and is advertised the same way. 0: one per GPU, or 1 without GPUs.
+	Slots       int               `yaml:"slots" json:"slots,omitempty"`
+	Labels      map[string]string `yaml:"labels" json:"labels"`
+	StoragePath string            `yaml:"storage_path" json:"storage_path"`
 	// AllowedPaths are directories outside StoragePath that jobs may name:
 	// corpora to read, checkpoint.path to write. A job naming a path
 	// outside both fails to start, naming it.
@@ -62,6 +67,40 @@ type Resources struct {
 	GPUs      int   `yaml:"gpus" json:"gpus"`             // -1: detect
 	// GPUDevices are the detected GPUs (empty when gpus was set by hand).
 	GPUDevices []GPU `yaml:"-" json:"gpu_devices,omitempty"`
+}
+
+// MaxSlots bounds the ranks one worker runs at once.
+const MaxSlots = 256
+
+// SlotCount is the number of ranks the worker runs at once (Slots, or its
+// default).
+func (c Config) SlotCount() int {
+	switch {
+	case c.Slots > 0:
+		return c.Slots
+	case c.Resources.GPUs > 0:
+		return c.Resources.GPUs
+	}
+	return 1
+}
+
+// SlotGPUs are the GPUs of slot k ("" for none): their indices on this
+// machine (detected), or k*g..k*g+g-1 of those declared.
+func (c Config) SlotGPUs(k int) []int {
+	n := c.SlotCount()
+	if c.Resources.GPUs <= 0 || k < 0 || k >= n {
+		return nil
+	}
+	g := c.Resources.GPUs / n
+	ids := make([]int, 0, g)
+	for i := k * g; i < (k+1)*g; i++ {
+		idx := i
+		if i < len(c.Resources.GPUDevices) {
+			idx = c.Resources.GPUDevices[i].Index
+		}
+		ids = append(ids, idx)
+	}
+	return ids
 }
 
 // TLS names the PEM files for mutual TLS.

@@ -259,6 +259,13 @@ func TestValidateRules(t *testing.T) {
 		{func(c *Config) { c.StoragePath = "" }, `workerconfig: storage_path = "": required (the directory for checkpoint shards)`},
 		{func(c *Config) { c.StoragePath = "data" }, `workerconfig: storage_path = "data": must be an absolute path`},
 		{func(c *Config) { c.LeaseTTLSeconds = 1 }, `workerconfig: lease_ttl_seconds = 1: must be in [2, 3600]`},
+		{func(c *Config) { c.Resources.CPUCores, c.Resources.GPUs = 8, 8 }, ""}, // 8 slots, one per GPU
+		{func(c *Config) { c.Resources.CPUCores, c.Resources.GPUs, c.Slots = 8, 8, 4 }, ""},
+		{func(c *Config) { c.Slots = -1 }, `workerconfig: slots = -1: must be in [0, 256]`},
+		{func(c *Config) { c.Resources.CPUCores, c.Resources.GPUs, c.Slots = 8, 8, 3 }, `workerconfig: slots = 3: must divide resources.gpus = 8`},
+		{func(c *Config) { c.Resources.GPUs = 4 }, `workerconfig: slots = 0: more slots than resources.cpu_cores = 1`},
+		{func(c *Config) { c.Resources.CPUCores, c.Slots, c.ListenAddress = 2, 2, "127.0.0.1:0" }, `workerconfig: slots = 2: several slots need a fixed listen_address port`},
+		{func(c *Config) { c.Resources.CPUCores, c.Slots, c.ListenAddress = 4, 4, "127.0.0.1:65534" }, `workerconfig: slots = 4: listen_address port 65534 + 4 slots passes 65535`},
 	}
 	for _, tt := range tests {
 		c := valid()

@@ -136,6 +136,20 @@ func (c Config) Validate() error {
 	if r.GPUs < 0 {
 		bad("resources.gpus", r.GPUs, "must be >= 0 (or -1 before detection)")
 	}
+	switch n := c.SlotCount(); {
+	case c.Slots < 0 || c.Slots > MaxSlots:
+		bad("slots", c.Slots, "must be in [0, %d] (0: one per GPU, or 1 without GPUs)", MaxSlots)
+	case r.GPUs > 0 && r.GPUs%n != 0:
+		bad("slots", c.Slots, "must divide resources.gpus = %d (each slot gets an equal share of the GPUs)", r.GPUs)
+	case r.CPUCores >= 1 && r.CPUCores < n:
+		bad("slots", c.Slots, "more slots than resources.cpu_cores = %d (each slot needs a core)", r.CPUCores)
+	case listenOK && n > 1:
+		if _, p, _ := net.SplitHostPort(c.ListenAddress); p == "0" {
+			bad("slots", c.Slots, "several slots need a fixed listen_address port (slot k listens on port + k)")
+		} else if port, _ := strconv.Atoi(p); port+n-1 > 65535 {
+			bad("slots", c.Slots, "listen_address port %d + %d slots passes 65535", port, n)
+		}
+	}
 
 	keys := make([]string, 0, len(c.Labels))
 	for k := range c.Labels {

@@ -48,6 +48,9 @@ type Store struct {
 	maxEvents int
 }
 
+// maxSlot bounds a rank's slot on its worker.
+const maxSlot = 1023
+
 // New returns an empty store that keeps at most maxEvents events per job
 // (DefaultMaxEvents when maxEvents <= 0). All replicas must use the same cap.
 func New(maxEvents int) *Store {
@@ -161,6 +164,11 @@ func (s *Store) Place(now int64, c *pb.PlaceJob) (*pb.Job, error) {
 		return nil, invalid("place %s: %d ranks for world size %d", j.Id, n, j.WorldSize)
 	}
 	placement := make([]*pb.RankAssignment, n)
+	type workerSlot struct {
+		worker string
+		slot   int32
+	}
+	taken := make(map[workerSlot]int32, n)
 	for _, a := range c.Placement {
 		if a.GetRank() < 0 || int(a.GetRank()) >= n || placement[a.Rank] != nil {
 			return nil, invalid("place %s: rank %d out of range or repeated", j.Id, a.GetRank())
@@ -168,7 +176,15 @@ func (s *Store) Place(now int64, c *pb.PlaceJob) (*pb.Job, error) {
 		if a.GetWorkerId() == "" {
 			return nil, invalid("place %s: rank %d has no worker", j.Id, a.Rank)
 		}
-		placement[a.Rank] = &pb.RankAssignment{Rank: a.Rank, WorkerId: a.WorkerId}
+		if a.GetSlot() < 0 || a.GetSlot() > maxSlot {
+			return nil, invalid("place %s: rank %d: slot %d out of range [0, %d]", j.Id, a.Rank, a.GetSlot(), maxSlot)
+		}
+		ws := workerSlot{a.WorkerId, a.GetSlot()}
+		if r, dup := taken[ws]; dup {
+			return nil, invalid("place %s: ranks %d and %d in the same slot %d of worker %s", j.Id, r, a.Rank, ws.slot, ws.worker)
+		}
+		taken[ws] = a.Rank
+		placement[a.Rank] = &pb.RankAssignment{Rank: a.Rank, WorkerId: a.WorkerId, Slot: a.GetSlot()}
 	}
 	j.Placement = placement
 	j.PlacedDp, j.PlacedEp = c.GetDp(), c.GetEp()

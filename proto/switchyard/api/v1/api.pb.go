@@ -1154,9 +1154,12 @@ type Worker struct {
 	Labels    map[string]string      `protobuf:"bytes,5,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	Healthy   bool                   `protobuf:"varint,6,opt,name=healthy,proto3" json:"healthy,omitempty"`
 	// Job and rank it runs, if any.
-	JobId         string `protobuf:"bytes,7,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
-	Rank          int32  `protobuf:"varint,8,opt,name=rank,proto3" json:"rank,omitempty"`
-	Version       string `protobuf:"bytes,9,opt,name=version,proto3" json:"version,omitempty"`
+	JobId   string `protobuf:"bytes,7,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	Rank    int32  `protobuf:"varint,8,opt,name=rank,proto3" json:"rank,omitempty"`
+	Version string `protobuf:"bytes,9,opt,name=version,proto3" json:"version,omitempty"`
+	// Ranks it runs at once, and how many of those slots hold a rank now.
+	Slots         int32 `protobuf:"varint,10,opt,name=slots,proto3" json:"slots,omitempty"`
+	BusySlots     int32 `protobuf:"varint,11,opt,name=busy_slots,json=busySlots,proto3" json:"busy_slots,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1252,6 +1255,20 @@ func (x *Worker) GetVersion() string {
 		return x.Version
 	}
 	return ""
+}
+
+func (x *Worker) GetSlots() int32 {
+	if x != nil {
+		return x.Slots
+	}
+	return 0
+}
+
+func (x *Worker) GetBusySlots() int32 {
+	if x != nil {
+		return x.BusySlots
+	}
+	return 0
 }
 
 type ClusterStatusResponse struct {
@@ -2147,7 +2164,10 @@ type Task struct {
 	ResumeFromStep int64 `protobuf:"varint,11,opt,name=resume_from_step,json=resumeFromStep,proto3" json:"resume_from_step,omitempty"`
 	// Micro-batches per step when an elastic restart changed dp (0: the
 	// spec's), chosen to keep the global batch when it divides.
-	Accumulation  int32 `protobuf:"varint,12,opt,name=accumulation,proto3" json:"accumulation,omitempty"`
+	Accumulation int32 `protobuf:"varint,12,opt,name=accumulation,proto3" json:"accumulation,omitempty"`
+	// The worker's slot this rank runs in: its data-plane port is the
+	// worker's listen port + slot, its GPUs those of the slot.
+	Slot          int32 `protobuf:"varint,13,opt,name=slot,proto3" json:"slot,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2262,6 +2282,13 @@ func (x *Task) GetResumeFromStep() int64 {
 func (x *Task) GetAccumulation() int32 {
 	if x != nil {
 		return x.Accumulation
+	}
+	return 0
+}
+
+func (x *Task) GetSlot() int32 {
+	if x != nil {
+		return x.Slot
 	}
 	return 0
 }
@@ -2614,7 +2641,7 @@ const file_switchyard_api_v1_api_proto_rawDesc = "" +
 	"\tcpu_cores\x18\x01 \x01(\x05R\bcpuCores\x12\x1d\n" +
 	"\n" +
 	"memory_mib\x18\x02 \x01(\x03R\tmemoryMib\x12\x12\n" +
-	"\x04gpus\x18\x03 \x01(\x05R\x04gpus\"\xdb\x02\n" +
+	"\x04gpus\x18\x03 \x01(\x05R\x04gpus\"\x90\x03\n" +
 	"\x06Worker\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x12\n" +
@@ -2624,7 +2651,11 @@ const file_switchyard_api_v1_api_proto_rawDesc = "" +
 	"\ahealthy\x18\x06 \x01(\bR\ahealthy\x12\x15\n" +
 	"\x06job_id\x18\a \x01(\tR\x05jobId\x12\x12\n" +
 	"\x04rank\x18\b \x01(\x05R\x04rank\x12\x18\n" +
-	"\aversion\x18\t \x01(\tR\aversion\x1a9\n" +
+	"\aversion\x18\t \x01(\tR\aversion\x12\x14\n" +
+	"\x05slots\x18\n" +
+	" \x01(\x05R\x05slots\x12\x1d\n" +
+	"\n" +
+	"busy_slots\x18\v \x01(\x05R\tbusySlots\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc3\x02\n" +
@@ -2686,7 +2717,7 @@ const file_switchyard_api_v1_api_proto_rawDesc = "" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x18\n" +
 	"\aattempt\x18\x02 \x01(\x05R\aattempt\x12\x1a\n" +
 	"\bmanifest\x18\x03 \x01(\fR\bmanifest\"\x1a\n" +
-	"\x18CommitCheckpointResponse\"\xac\x02\n" +
+	"\x18CommitCheckpointResponse\"\xc0\x02\n" +
 	"\x04Task\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x18\n" +
 	"\aattempt\x18\x02 \x01(\x05R\aattempt\x12\x12\n" +
@@ -2701,7 +2732,8 @@ const file_switchyard_api_v1_api_proto_rawDesc = "" +
 	"\x04spec\x18\n" +
 	" \x01(\fR\x04spec\x12(\n" +
 	"\x10resume_from_step\x18\v \x01(\x03R\x0eresumeFromStep\x12\"\n" +
-	"\faccumulation\x18\f \x01(\x05R\faccumulation\"\xa9\x02\n" +
+	"\faccumulation\x18\f \x01(\x05R\faccumulation\x12\x12\n" +
+	"\x04slot\x18\r \x01(\x05R\x04slot\"\xa9\x02\n" +
 	"\n" +
 	"TaskStatus\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x18\n" +

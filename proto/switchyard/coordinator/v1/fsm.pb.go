@@ -931,9 +931,13 @@ func (x *Condition) GetLastTransitionUnixNano() int64 {
 }
 
 type RankAssignment struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Rank          int32                  `protobuf:"varint,1,opt,name=rank,proto3" json:"rank,omitempty"`
-	WorkerId      string                 `protobuf:"bytes,2,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Rank     int32                  `protobuf:"varint,1,opt,name=rank,proto3" json:"rank,omitempty"`
+	WorkerId string                 `protobuf:"bytes,2,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	// The worker's slot the rank runs in (a worker with several slots runs
+	// several ranks, each with its own data-plane port, listen port + slot,
+	// and its own GPUs); 0 for a worker of one slot.
+	Slot          int32 `protobuf:"varint,3,opt,name=slot,proto3" json:"slot,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -980,6 +984,13 @@ func (x *RankAssignment) GetWorkerId() string {
 		return x.WorkerId
 	}
 	return ""
+}
+
+func (x *RankAssignment) GetSlot() int32 {
+	if x != nil {
+		return x.Slot
+	}
+	return 0
 }
 
 // JobEvent is one line of a job's history, as `job status` shows it.
@@ -1485,10 +1496,11 @@ const file_switchyard_coordinator_v1_fsm_proto_rawDesc = "" +
 	"\x06status\x18\x02 \x01(\bR\x06status\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\x12\x18\n" +
 	"\amessage\x18\x04 \x01(\tR\amessage\x129\n" +
-	"\x19last_transition_unix_nano\x18\x05 \x01(\x03R\x16lastTransitionUnixNano\"A\n" +
+	"\x19last_transition_unix_nano\x18\x05 \x01(\x03R\x16lastTransitionUnixNano\"U\n" +
 	"\x0eRankAssignment\x12\x12\n" +
 	"\x04rank\x18\x01 \x01(\x05R\x04rank\x12\x1b\n" +
-	"\tworker_id\x18\x02 \x01(\tR\bworkerId\"\x84\x01\n" +
+	"\tworker_id\x18\x02 \x01(\tR\bworkerId\x12\x12\n" +
+	"\x04slot\x18\x03 \x01(\x05R\x04slot\"\x84\x01\n" +
 	"\bJobEvent\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x1b\n" +
 	"\tunix_nano\x18\x02 \x01(\x03R\bunixNano\x12\x12\n" +

@@ -1,0 +1,93 @@
+package e2e
+
+import (
+	"fmt"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
+	pb "github.com/switchyard-ml/switchyard/proto/switchyard/coordinator/v1"
+)
+
+// TestSeveralRanksPerWorker: workers that declare 2 GPUs run 2 ranks
+// each (one per GPU, its own port; the compute is the CPU engine's); a
+// DP=4 job takes two of them whole, survives a kill -9 of one, resumes
+// from its checkpoint on the other two slots it finds and succeeds.
+func TestSeveralRanksPerWorker(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end cluster test: not in -short")
+	}
+	c := startClusterSlots(t, 1, 2, "g1", "g2", "g3")
+	c.waitIdleWorkers(3)
+	const steps, every = 400, 10
+	spec := fmt.Sprintf(`name: slots
+model: {preset: tiny, dim: 64, layers: 2, heads: 2, experts: 4, top_k: 2, hidden: 64, seq_len: 64}
+parallel: {dp: 4, ep: 2}
+data: {corpus: demo, demo_bytes: 131072, eval_seqs: 4}
+micro_batch: 4
+steps: %d
+resources: {cpu_cores: 1, memory_mib: 512, gpus: 1}
+checkpoint: {interval_steps: %d}
+restart: {max_restarts: 2, backoff_seconds: 0}
+`, steps, every)
+	id := c.submit("slots", spec)
+	j := c.waitJob(id, 90*time.Second, "past step 30", pastStep(30))
+	c.mustBeRunning(j, "the kill")
+	perWorker := map[string][]int32{}
+	for _, a := range j.Placement {
+		perWorker[a.WorkerId] = append(perWorker[a.WorkerId], a.Slot)
+	}
+	if len(perWorker) != 2 {
+		t.Fatalf("placement %v: want 4 ranks on 2 workers", j.Placement)
+	}
+	for w, slots := range perWorker {
+		if len(slots) != 2 || slots[0] == slots[1] {
+			t.Fatalf("worker %s holds slots %v: want two ranks in two slots", w, slots)
+		}
+	}
+	var st apiv1.ClusterStatusResponse
+	decode(t, c.mustCLI("cluster", "status", "-o", "json"), &st)
+	for _, w := range st.Workers {
+		want := int32(len(perWorker[w.Id]))
+		if w.Slots != 2 || w.BusySlots != want {
+			t.Errorf("cluster status %s: %d of %d slots busy, want %d of 2", w.Id, w.BusySlots, w.Slots, want)
+		}
+	}
+	victim := j.Placement[0].WorkerId
+	c.workers[victim].kill9()
+	j = c.waitJob(id, 240*time.Second, "succeeded", stateIs(pb.JobState_JOB_STATE_SUCCEEDED))
+	if j.Restarts != 1 {
+		t.Errorf("%d restarts, want 1", j.Restarts)
+	}
+	for _, a := range j.Placement {
+		if a.WorkerId == victim {
+			t.Errorf("resumed on the dead worker: %v", j.Placement)
+		}
+	}
+	hist := c.mustCLI("job", "status", id).stdout
+	m := regexp.MustCompile(`resumed from the checkpoint of step (\d+)`).FindStringSubmatch(hist)
+	if m == nil {
+		t.Fatalf("the second attempt did not resume:\n%s", hist)
+	}
+	from, _ := strconv.ParseInt(m[1], 10, 64)
+	before := metricsLosses(t, filepath.Join(c.storage, "jobs", id, "attempt-0", "rank-0", "metrics.jsonl"))
+	after := metricsLosses(t, filepath.Join(c.storage, "jobs", id, "attempt-1", "rank-0", "metrics.jsonl"))
+	if l0, ok := before[from+1]; ok && after[from+1] != l0 {
+		t.Errorf("loss at step %d: %v before the kill, %v after the resume; want identical", from+1, l0, after[from+1])
+	}
+	t.Logf("FIGURE 2 ranks per worker: DP=4 on %v; kill -9 %s; resumed from step %d on %v; SUCCEEDED at step %d",
+		placedSlots(perWorker), victim, from, j.Placement, j.Progress.GetStep())
+	c.startWorker(victim)
+}
+
+func placedSlots(m map[string][]int32) string {
+	var parts []string
+	for w, s := range m {
+		parts = append(parts, fmt.Sprintf("%s%v", w, s))
+	}
+	return strings.Join(parts, " ")
+}

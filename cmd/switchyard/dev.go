@@ -181,12 +181,13 @@ func cmdDev(ctx context.Context, args []string) error {
 // devWorkerConfig is worker i of the dev cluster: loopback, its own port,
 // one shared storage path (so that any worker can resume any checkpoint).
 func devWorkerConfig(i int, d *controller.Daemon, dir, trainer string, gpus int) (workerconfig.Config, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	// one slot per declared GPU (one rank each), else one; a core and
+	// 1 GiB a slot; slot k listens on the worker's port + k
+	slots := max(gpus, 1)
+	addr, err := freePortRun(slots)
 	if err != nil {
 		return workerconfig.Config{}, err
 	}
-	addr := l.Addr().String()
-	l.Close()
 	cfg := workerconfig.Defaults()
 	cfg.ID = fmt.Sprintf("dev-w%d", i+1)
 	cfg.Host = cfg.ID
@@ -194,9 +195,6 @@ func devWorkerConfig(i int, d *controller.Daemon, dir, trainer string, gpus int)
 	cfg.EtcdEndpoints = d.Etcd
 	cfg.NATSURL = d.NATSURL
 	cfg.ListenAddress, cfg.AdvertiseAddress = addr, addr
-	// one slot per declared GPU (one rank each), else one; a core and
-	// 1 GiB a slot
-	slots := max(gpus, 1)
 	cfg.Resources.CPUCores, cfg.Resources.MemoryMiB, cfg.Resources.GPUs = slots, 1024*int64(slots), max(gpus, 0)
 	cfg.StoragePath = filepath.Join(dir, "storage")
 	cfg.LeaseTTLSeconds = 5
@@ -248,4 +246,30 @@ func printDevSummary(w io.Writer, j *pb.Job, storage string, took time.Duration,
 	} else {
 		fmt.Fprintln(w, "\n(the cluster's data was in a temporary directory, now removed; --data-dir DIR keeps it)")
 	}
+}
+
+// freePortRun is a loopback address whose port and the n-1 after it were
+// free just now.
+func freePortRun(n int) (string, error) {
+	for range 100 {
+		var ls []net.Listener
+		for k := range n {
+			addr := "127.0.0.1:0"
+			if k > 0 {
+				addr = fmt.Sprintf("127.0.0.1:%d", ls[0].Addr().(*net.TCPAddr).Port+k)
+			}
+			l, err := net.Listen("tcp", addr)
+			if err != nil {
+				break
+			}
+			ls = append(ls, l)
+		}
+		for _, l := range ls {
+			l.Close()
+		}
+		if len(ls) == n {
+			return ls[0].Addr().String(), nil
+		}
+	}
+	return "", fmt.Errorf("dev: no %d consecutive free ports on 127.0.0.1", n)
 }

@@ -139,7 +139,7 @@ func TestSettingsNames(t *testing.T) {
 			t.Errorf("%s: no help", s.Key)
 		}
 	}
-	if len(Settings()) != 20 {
+	if len(Settings()) != 22 {
 		t.Fatalf("%d settings", len(Settings()))
 	}
 }

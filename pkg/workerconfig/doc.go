@@ -20,6 +20,7 @@
 //	resources.cpu_cores   --cpu-cores          SWITCHYARD_WORKER_CPU_CORES
 //	resources.memory_mib  --memory-mib         SWITCHYARD_WORKER_MEMORY_MIB
 //	resources.gpus        --gpus               SWITCHYARD_WORKER_GPUS
+//	slots                 --slots              SWITCHYARD_WORKER_SLOTS
 //	labels                --labels             SWITCHYARD_WORKER_LABELS            (k=v,k=v; merged key by key)
 //	storage_path          --storage-path       SWITCHYARD_WORKER_STORAGE_PATH
 //	allowed_paths         --allowed-paths      SWITCHYARD_WORKER_ALLOWED_PATHS     (comma-separated)
@@ -28,6 +29,7 @@
 //	tls.cert              --tls-cert           SWITCHYARD_WORKER_TLS_CERT
 //	tls.key               --tls-key            SWITCHYARD_WORKER_TLS_KEY
 //	data_plane_tls        --data-plane-tls     SWITCHYARD_WORKER_DATA_PLANE_TLS    (true/false)
+//	allow_commands        --allow-commands     SWITCHYARD_WORKER_ALLOW_COMMANDS    (true/false)
 //	lease_ttl_seconds     --lease-ttl-seconds  SWITCHYARD_WORKER_LEASE_TTL_SECONDS
 //	insecure              --insecure           SWITCHYARD_WORKER_INSECURE          (true/false)
 //
@@ -37,6 +39,9 @@
 // several workers on one host); cpu_cores and memory_mib detected; gpus -1,
 // meaning detect with `nvidia-smi --query-gpu=index,name,memory.total
 // --format=csv,noheader` when nvidia-smi is on PATH, else none;
+// slots 0, meaning one per GPU, or 1 without GPUs (slot k gets GPUs
+// k*g..k*g+g-1 of g = gpus/slots, 1/slots of the cores and memory, and
+// listens on listen_address's port + k); allow_commands false;
 // lease_ttl_seconds 10; nats_url empty (no events or metrics are published);
 // trainer empty, meaning the `switchyard` binary in the directory of the
 // running worker executable when it is there, else `switchyard` on PATH

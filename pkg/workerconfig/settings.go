@@ -79,6 +79,7 @@ var settings = []Setting{
 		return err
 	}},
 	{Key: "resources.gpus", Flag: "gpus", Help: "GPUs offered (-1: detect with nvidia-smi)", set: integer(func(c *Config) *int { return &c.Resources.GPUs })},
+	{Key: "slots", Help: "ranks run at once, each with an equal share of the resources and GPUs and the data-plane port listen port + slot (0: one per GPU, or 1)", set: integer(func(c *Config) *int { return &c.Slots })},
 	{Key: "labels", Help: "host labels k=v, comma-separated; merged over the file's", set: func(c *Config, v string) error {
 		for _, kv := range strings.Split(v, ",") {
 			if kv = strings.TrimSpace(kv); kv == "" {
@@ -102,6 +103,7 @@ var settings = []Setting{
 	{Key: "tls.cert", Help: "certificate (PEM)", set: str(func(c *Config) *string { return &c.TLS.Cert })},
 	{Key: "tls.key", Help: "private key (PEM)", set: str(func(c *Config) *string { return &c.TLS.Key })},
 	{Key: "data_plane_tls", Help: "encrypt the ranks' connections with mutual TLS (the tls files; every worker of a job must agree)", set: boolean(func(c *Config) *bool { return &c.DataPlaneTLS })},
+	{Key: "allow_commands", Help: "run jobs with runtime: command (their programs run as this worker's user)", set: boolean(func(c *Config) *bool { return &c.AllowCommands })},
 	{Key: "lease_ttl_seconds", Help: "etcd lease TTL in seconds", set: integer(func(c *Config) *int { return &c.LeaseTTLSeconds })},
 	{Key: "insecure", Help: "allow a non-loopback listener without TLS", set: boolean(func(c *Config) *bool { return &c.Insecure })},
 }

@@ -246,8 +246,9 @@ func rankEnv(cfg *jobspec.CommandConfig, runConfig, self string, resume resumeAt
 	rank := itoa(cfg.Rank)
 	for _, kv := range [][2]string{
 		{"RANK", rank}, {"WORLD_SIZE", itoa(cfg.World)},
-		// one rank per worker: each worker is a node of one process
-		{"LOCAL_RANK", "0"}, {"LOCAL_WORLD_SIZE", "1"}, {"GROUP_RANK", rank}, {"NODE_RANK", rank},
+		// each worker is a node; its slots hold the local ranks
+		{"LOCAL_RANK", itoa(cfg.Node.LocalRank)}, {"LOCAL_WORLD_SIZE", itoa(max(cfg.Node.LocalWorld, 1))},
+		{"GROUP_RANK", itoa(cfg.Node.Rank)}, {"NODE_RANK", itoa(cfg.Node.Rank)}, {"GROUP_WORLD_SIZE", itoa(max(cfg.Node.Nodes, 1))},
 		{"ROLE_RANK", rank}, {"ROLE_WORLD_SIZE", itoa(cfg.World)},
 		{"MASTER_ADDR", cfg.MasterAddr}, {"MASTER_PORT", itoa(cfg.MasterPort)},
 		{"TORCHELASTIC_RESTART_COUNT", itoa(cfg.Attempt)}, {"TORCHELASTIC_MAX_RESTARTS", itoa(cfg.MaxRestarts)},

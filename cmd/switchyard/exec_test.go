@@ -14,7 +14,7 @@ import (
 func TestRankEnv(t *testing.T) {
 	cfg := &jobspec.CommandConfig{
 		Command: "python3", Env: map[string]string{"OMP_NUM_THREADS": "2", "FOO": "spec"},
-		WorkingDir: "/w", RunDir: "/run/r1", Job: "j-1", Attempt: 2, Rank: 1, World: 4,
+		WorkingDir: "/w", RunDir: "/run/r1", Job: "j-1", Attempt: 2, Rank: 3, World: 4, Node: jobspec.Node{Rank: 1, Nodes: 2, LocalRank: 1, LocalWorld: 2},
 		MasterAddr: "10.0.0.1", MasterPort: 7070, CUDAVisibleDevices: "", MaxRestarts: 3,
 		Checkpoint:   runconfig.Checkpoint{Dir: "/ck", Job: "j-1"},
 		Coordinators: []string{"c1:7000", "c2:7000"},
@@ -30,7 +30,7 @@ func TestRankEnv(t *testing.T) {
 		got[k] = v
 	}
 	for k, want := range map[string]string{
-		"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1", "GROUP_RANK": "1", "NODE_RANK": "1",
+		"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2", "GROUP_RANK": "1", "NODE_RANK": "1", "GROUP_WORLD_SIZE": "2",
 		"MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "7070", "TORCHELASTIC_RESTART_COUNT": "2", "TORCHELASTIC_MAX_RESTARTS": "3",
 		"CUDA_VISIBLE_DEVICES": "", "SWITCHYARD_JOB_ID": "j-1", "SWITCHYARD_ATTEMPT": "2",
 		"SWITCHYARD_CHECKPOINT_DIR": "/ck/j-1/staging/attempt-2", "SWITCHYARD_RUN_CONFIG": "/run/r1/run.yaml",

@@ -37,6 +37,18 @@ func (a *Agent) prepareCommand(t *apiv1.Task, spec *jobspec.Spec, task jobspec.T
 		return launch{}, err
 	}
 	cfg.CUDAVisibleDevices = a.visibleGPUs(int(t.GetSlot()), spec.Resources.GPUs)
+	if slots := t.GetLocalSlots(); len(slots) > 1 {
+		// torchrun's convention: every GPU of the job's ranks on this
+		// worker, in local-rank order, so that cuda:LOCAL_RANK (with one
+		// GPU a rank) is the rank's own
+		var all []string
+		for _, s := range slots {
+			if ids := a.visibleGPUs(int(s), spec.Resources.GPUs); ids != "" {
+				all = append(all, ids)
+			}
+		}
+		cfg.CUDAVisibleDevices = strings.Join(all, ",")
+	}
 	if err := a.confine(spec, cfg.Checkpoint.Dir, ""); err != nil {
 		return launch{}, err
 	}

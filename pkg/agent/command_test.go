@@ -151,3 +151,25 @@ func TestPrepareSlots(t *testing.T) {
 		t.Errorf("run directories %v: want one per rank", dirs)
 	}
 }
+
+// A command rank sees the GPUs of all its job's ranks on the worker, in
+// local-rank order (torchrun's convention: cuda:LOCAL_RANK is its own).
+func TestCommandSeesLocalGPUs(t *testing.T) {
+	spec := "name: j\nruntime: command\ncommand: /bin/true\nranks: 2\nresources: {cpu_cores: 1, memory_mib: 512, gpus: 1}\n"
+	a := &Agent{o: Options{Config: workerconfig.Config{StoragePath: t.TempDir(), ListenAddress: "127.0.0.1:7070", AllowCommands: true,
+		Resources: workerconfig.Resources{CPUCores: 4, MemoryMiB: 4096, GPUs: 4}}}}
+	task := &apiv1.Task{JobId: "j-1", Rank: 1, Slot: 1, WorldSize: 2, Dp: 2, Spec: []byte(spec), Peers: []string{"127.0.0.1:7073", "127.0.0.1:7071"},
+		NodeRank: 0, Nodes: 1, LocalRank: 1, LocalWorldSize: 2, LocalSlots: []int32{3, 1}}
+	l, err := a.prepare(task)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := os.ReadFile(l.args[2])
+	var c jobspec.CommandConfig
+	if err := yaml.Unmarshal(raw, &c); err != nil {
+		t.Fatal(err)
+	}
+	if c.CUDAVisibleDevices != "3,1" || c.Node != (jobspec.Node{Rank: 0, Nodes: 1, LocalRank: 1, LocalWorld: 2}) || c.MasterPort != 7073 {
+		t.Fatalf("CUDA_VISIBLE_DEVICES %q, node %+v, master port %d", c.CUDAVisibleDevices, c.Node, c.MasterPort)
+	}
+}

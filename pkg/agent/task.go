@@ -206,7 +206,11 @@ func (a *Agent) prepare(t *apiv1.Task) (launch, error) {
 	if a.o.Config.DataPlaneTLS {
 		host.DataPlaneTLS = a.o.Config.TLS
 	}
-	jt := jobspec.Task{JobID: k.jobID, Attempt: int(k.attempt), Layout: l, ResumeStep: t.GetResumeFromStep()}
+	jt := jobspec.Task{JobID: k.jobID, Attempt: int(k.attempt), Layout: l, ResumeStep: t.GetResumeFromStep(),
+		Node: jobspec.Node{Rank: int(t.GetNodeRank()), Nodes: int(t.GetNodes()), LocalRank: int(t.GetLocalRank()), LocalWorld: int(t.GetLocalWorldSize())}}
+	if jt.Node.Nodes == 0 { // a coordinator that does not send them: one rank per worker
+		jt.Node = jobspec.Node{Rank: int(k.rank), Nodes: world, LocalWorld: 1}
+	}
 	if spec.Runtime == jobspec.RuntimeCommand {
 		return a.prepareCommand(t, spec, jt, host)
 	}

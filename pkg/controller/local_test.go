@@ -245,6 +245,9 @@ func TestSeveralRanksPerWorker(t *testing.T) {
 		}
 		for _, tk := range tasks {
 			ranks++
+			if tk.Nodes != 2 || tk.LocalWorldSize != 2 || tk.LocalRank != tk.Rank%2 || tk.NodeRank != tk.Rank/2 {
+				t.Errorf("%s rank %d: node %d of %d, local %d of %d: want node rank/2 of 2, local rank%%2 of 2", w, tk.Rank, tk.NodeRank, tk.Nodes, tk.LocalRank, tk.LocalWorldSize)
+			}
 			want := fmt.Sprintf("%s:%d", w, 9000+tk.Slot)
 			if tk.Peers[tk.Rank] != want {
 				t.Errorf("%s rank %d slot %d: its peer address %s, want %s", w, tk.Rank, tk.Slot, tk.Peers[tk.Rank], want)

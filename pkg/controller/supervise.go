@@ -213,6 +213,29 @@ func (s held) snapshot(live map[string]membership.WorkerInfo, jobs []*pb.Job) sc
 	return snap
 }
 
+// nodePlace is where a rank sits among its job's workers.
+type nodePlace struct{ node, nodes, local, localWorld int32 }
+
+// nodesOf numbers the workers of a placement in the order of their lowest
+// rank (the node ranks) and each worker's ranks in rank order (the local
+// ranks), by rank.
+func nodesOf(placement []*pb.RankAssignment) []nodePlace {
+	node := map[string]int32{}
+	count := map[string]int32{}
+	out := make([]nodePlace, len(placement))
+	for _, a := range placement { // sorted by rank
+		if _, ok := node[a.WorkerId]; !ok {
+			node[a.WorkerId] = int32(len(node))
+		}
+		out[a.Rank] = nodePlace{node: node[a.WorkerId], local: count[a.WorkerId]}
+		count[a.WorkerId]++
+	}
+	for _, a := range placement {
+		out[a.Rank].nodes, out[a.Rank].localWorld = int32(len(node)), count[a.WorkerId]
+	}
+	return out
+}
+
 // workerSlot is one slot of one worker.
 type workerSlot struct {
 	worker string
@@ -408,11 +431,18 @@ func (s *Server) SyncWorker(ctx context.Context, req *apiv1.SyncWorkerRequest) (
 			continue
 		}
 		l := sp.AttemptLayout(int(j.PlacedDp), int(j.PlacedEp))
+		nodes := nodesOf(j.Placement)
+		localSlots := make([]int32, len(mine)) // mine is in rank order
+		for i, a := range mine {
+			localSlots[i] = a.Slot
+		}
 		for _, a := range mine {
+			n := nodes[a.Rank]
 			resp.Tasks = append(resp.Tasks, &apiv1.Task{
 				JobId: j.Id, Attempt: j.Restarts, Rank: a.Rank, Slot: a.Slot, WorldSize: int32(len(j.Placement)),
 				Tp: int32(l.TP), Dp: int32(l.DP), Ep: int32(l.EP), Balance: l.Balance,
 				Peers: peers, Spec: j.Spec, ResumeFromStep: j.ResumeFromStep, Accumulation: int32(l.Accumulation),
+				NodeRank: n.node, Nodes: n.nodes, LocalRank: n.local, LocalWorldSize: n.localWorld, LocalSlots: localSlots,
 			})
 		}
 	}

@@ -32,7 +32,7 @@ var commandOnlyKeys = []string{"command", "args", "env", "working_dir", "ranks"}
 // ReservedEnv are the variables Switchyard sets for every rank of a command
 // job (see package agent); env may not set them.
 var ReservedEnv = []string{
-	"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "NODE_RANK", "ROLE_RANK", "ROLE_WORLD_SIZE",
+	"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE", "NODE_RANK", "ROLE_RANK", "ROLE_WORLD_SIZE",
 	"MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RESTART_COUNT", "TORCHELASTIC_MAX_RESTARTS", "TORCHELASTIC_RUN_ID",
 	"CUDA_VISIBLE_DEVICES",
 }
@@ -168,6 +168,7 @@ type CommandConfig struct {
 	Attempt int    `yaml:"attempt"`
 	Rank    int    `yaml:"rank"`
 	World   int    `yaml:"world"`
+	Node    Node   `yaml:"node"`  // the rank's worker among the job's, and its place there
 	Steps   int    `yaml:"steps"` // the spec's (0: not known)
 	// MasterAddr and MasterPort are where rank 0's process group
 	// rendezvous listens: rank 0's worker and the data-plane port it
@@ -211,6 +212,8 @@ func (c *CommandConfig) Validate() error {
 		return fmt.Errorf("command config of job %s: no command", c.Job)
 	case c.World < 1 || c.Rank < 0 || c.Rank >= c.World || c.Attempt < 0:
 		return fmt.Errorf("command config of job %s: rank %d of world %d, attempt %d: out of range", c.Job, c.Rank, c.World, c.Attempt)
+	case c.Node.Rank < 0 || c.Node.Rank >= max(c.Node.Nodes, 1) || c.Node.LocalRank < 0 || c.Node.LocalRank >= max(c.Node.LocalWorld, 1):
+		return fmt.Errorf("command config of job %s: node %d of %d, local rank %d of %d: out of range", c.Job, c.Node.Rank, c.Node.Nodes, c.Node.LocalRank, c.Node.LocalWorld)
 	case c.MasterAddr == "" || c.MasterPort < 1 || c.MasterPort > 65535:
 		return fmt.Errorf("command config of job %s: master %s:%d: want a host and a port in [1, 65535]", c.Job, c.MasterAddr, c.MasterPort)
 	case !filepath.IsAbs(c.WorkingDir) || !filepath.IsAbs(c.RunDir):
@@ -243,7 +246,7 @@ func (s *Spec) CommandRank(t Task, rank int, master string, h Host) (CommandConf
 	}
 	c := CommandConfig{
 		Command: s.Command, Args: s.Args, Env: s.Env, WorkingDir: wd, RunDir: h.RunDir,
-		Job: t.JobID, Attempt: t.Attempt, Rank: rank, World: t.Layout.World(), Steps: s.Steps,
+		Job: t.JobID, Attempt: t.Attempt, Rank: rank, World: t.Layout.World(), Steps: s.Steps, Node: t.Node,
 		MasterAddr: host, MasterPort: port, MaxRestarts: *s.Restart.MaxRestarts,
 		Checkpoint: runconfig.Checkpoint{
 			Dir: s.CheckpointRoot(h.CheckpointRoot), Job: t.JobID, KeepLast: s.Checkpoint.KeepLast,

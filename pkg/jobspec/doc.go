@@ -64,7 +64,7 @@
 //	                  environment (not RANK, MASTER_PORT, ... nor SWITCHYARD_*,
 //	                  which Switchyard sets: ReservedEnv)
 //	working_dir       absolute; default the rank's run directory
-//	ranks             1; processes, one per worker; the layout is dp = ranks
+//	ranks             1; processes, one per worker slot; the layout is dp = ranks
 //	steps             0 (not known); when given, commits past it are refused
 //	checkpoint        storage "dir" only; keep_last as for the engine;
 //	                  keep_best and the intervals are the trainer's business

@@ -74,6 +74,16 @@ type Task struct {
 	Attempt    int
 	Layout     Layout
 	ResumeStep int64 // resume from exactly this committed step (0: the newest)
+	// Node is where the rank sits among the job's workers (for a
+	// command's torchrun variables).
+	Node Node
+}
+
+// Node is a rank's place among its job's workers: its worker's number
+// (workers in the order of their lowest rank) of Nodes, and its number
+// among the job's ranks on that worker (in rank order) of LocalWorld.
+type Node struct {
+	Rank, Nodes, LocalRank, LocalWorld int
 }
 
 // Host is what the worker running a rank adds: where the rank writes and

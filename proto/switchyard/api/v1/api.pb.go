@@ -2167,7 +2167,18 @@ type Task struct {
 	Accumulation int32 `protobuf:"varint,12,opt,name=accumulation,proto3" json:"accumulation,omitempty"`
 	// The worker's slot this rank runs in: its data-plane port is the
 	// worker's listen port + slot, its GPUs those of the slot.
-	Slot          int32 `protobuf:"varint,13,opt,name=slot,proto3" json:"slot,omitempty"`
+	Slot int32 `protobuf:"varint,13,opt,name=slot,proto3" json:"slot,omitempty"`
+	// Where the rank sits among the job's workers (torchrun's node and
+	// local ranks): the workers in the order of their lowest rank, and the
+	// job's ranks on this worker in rank order.
+	NodeRank       int32 `protobuf:"varint,14,opt,name=node_rank,json=nodeRank,proto3" json:"node_rank,omitempty"`
+	Nodes          int32 `protobuf:"varint,15,opt,name=nodes,proto3" json:"nodes,omitempty"`
+	LocalRank      int32 `protobuf:"varint,16,opt,name=local_rank,json=localRank,proto3" json:"local_rank,omitempty"`
+	LocalWorldSize int32 `protobuf:"varint,17,opt,name=local_world_size,json=localWorldSize,proto3" json:"local_world_size,omitempty"`
+	// The job's slots on this worker, by local rank (a command rank sees
+	// their GPUs, as torchrun's ranks see the node's: cuda:LOCAL_RANK is
+	// its own).
+	LocalSlots    []int32 `protobuf:"varint,18,rep,packed,name=local_slots,json=localSlots,proto3" json:"local_slots,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2291,6 +2302,41 @@ func (x *Task) GetSlot() int32 {
 		return x.Slot
 	}
 	return 0
+}
+
+func (x *Task) GetNodeRank() int32 {
+	if x != nil {
+		return x.NodeRank
+	}
+	return 0
+}
+
+func (x *Task) GetNodes() int32 {
+	if x != nil {
+		return x.Nodes
+	}
+	return 0
+}
+
+func (x *Task) GetLocalRank() int32 {
+	if x != nil {
+		return x.LocalRank
+	}
+	return 0
+}
+
+func (x *Task) GetLocalWorldSize() int32 {
+	if x != nil {
+		return x.LocalWorldSize
+	}
+	return 0
+}
+
+func (x *Task) GetLocalSlots() []int32 {
+	if x != nil {
+		return x.LocalSlots
+	}
+	return nil
 }
 
 type TaskStatus struct {
@@ -2717,7 +2763,7 @@ const file_switchyard_api_v1_api_proto_rawDesc = "" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x18\n" +
 	"\aattempt\x18\x02 \x01(\x05R\aattempt\x12\x1a\n" +
 	"\bmanifest\x18\x03 \x01(\fR\bmanifest\"\x1a\n" +
-	"\x18CommitCheckpointResponse\"\xc0\x02\n" +
+	"\x18CommitCheckpointResponse\"\xdd\x03\n" +
 	"\x04Task\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x18\n" +
 	"\aattempt\x18\x02 \x01(\x05R\aattempt\x12\x12\n" +
@@ -2733,7 +2779,14 @@ const file_switchyard_api_v1_api_proto_rawDesc = "" +
 	" \x01(\fR\x04spec\x12(\n" +
 	"\x10resume_from_step\x18\v \x01(\x03R\x0eresumeFromStep\x12\"\n" +
 	"\faccumulation\x18\f \x01(\x05R\faccumulation\x12\x12\n" +
-	"\x04slot\x18\r \x01(\x05R\x04slot\"\xa9\x02\n" +
+	"\x04slot\x18\r \x01(\x05R\x04slot\x12\x1b\n" +
+	"\tnode_rank\x18\x0e \x01(\x05R\bnodeRank\x12\x14\n" +
+	"\x05nodes\x18\x0f \x01(\x05R\x05nodes\x12\x1d\n" +
+	"\n" +
+	"local_rank\x18\x10 \x01(\x05R\tlocalRank\x12(\n" +
+	"\x10local_world_size\x18\x11 \x01(\x05R\x0elocalWorldSize\x12\x1f\n" +
+	"\vlocal_slots\x18\x12 \x03(\x05R\n" +
+	"localSlots\"\xa9\x02\n" +
 	"\n" +
 	"TaskStatus\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x18\n" +

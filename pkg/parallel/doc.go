@@ -32,7 +32,8 @@
 //     vectorised kernels.Axpy and copied segments received in place;
 //     deterministic summation order), reduce-scatter, all-gather,
 //     all-to-all with variable counts (all peers at once for small
-//     messages, pairwise stages for large ones, received in place),
+//     messages; large ones sent in pairwise turns, each once its receiver
+//     has posted the receive, so that it lands in place),
 //     broadcast and barrier over a group of ranks, with a tag space per
 //     group so communicators of different groups share one transport. A
 //     member that fails a collective sends the others an abort notice, so

@@ -762,13 +762,17 @@ func (t *GRPCTransport) Recv(ctx context.Context, from int, tag uint64) ([]byte,
 // RecvIntoer): posted in time, the payload goes from the wire straight into
 // dst.
 func (t *GRPCTransport) RecvInto(ctx context.Context, from int, tag uint64, dst []byte) error {
+	return t.recvIntoPosted(ctx, from, tag, dst, nil)
+}
+
+func (t *GRPCTransport) recvIntoPosted(ctx context.Context, from int, tag uint64, dst []byte, posted func()) error {
 	if from < 0 || from >= t.world {
 		return fmt.Errorf("%w: recv from %d of %d", ErrBadRank, from, t.world)
 	}
 	if isClosed(t.closed) {
 		return ErrClosed
 	}
-	if err := t.boxes[from].recvInto(ctx, tag, dst, t.opts.Timeout, t.closed, t.Release); err != nil {
+	if err := t.boxes[from].recvInto(ctx, tag, dst, t.opts.Timeout, t.closed, t.Release, posted); err != nil {
 		return fmt.Errorf("parallel: recv from rank %d tag %#x: %w", from, tag, err)
 	}
 	return nil

@@ -95,13 +95,17 @@ func (t *MemTransport) Recv(ctx context.Context, from int, tag uint64) ([]byte, 
 // RecvInto receives the next message from rank from with tag into dst (see
 // RecvIntoer): a posted receive gets the sender's copy directly.
 func (t *MemTransport) RecvInto(ctx context.Context, from int, tag uint64, dst []byte) error {
+	return t.recvIntoPosted(ctx, from, tag, dst, nil)
+}
+
+func (t *MemTransport) recvIntoPosted(ctx context.Context, from int, tag uint64, dst []byte, posted func()) error {
 	if from < 0 || from >= len(t.hub.eps) {
 		return fmt.Errorf("%w: recv from %d of %d", ErrBadRank, from, len(t.hub.eps))
 	}
 	if t.isClosed() {
 		return ErrClosed
 	}
-	if err := t.boxes[from].recvInto(ctx, tag, dst, t.opts.Timeout, t.closed, t.Release); err != nil {
+	if err := t.boxes[from].recvInto(ctx, tag, dst, t.opts.Timeout, t.closed, t.Release, posted); err != nil {
 		return fmt.Errorf("parallel: recv from rank %d tag %#x: %w", from, tag, err)
 	}
 	return nil

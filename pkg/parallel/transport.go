@@ -48,6 +48,13 @@ type RecvIntoer interface {
 	RecvInto(ctx context.Context, from int, tag uint64, dst []byte) error
 }
 
+// recvIntoPoster is implemented by the transports of this package: RecvInto
+// that also calls posted once the receive is posted (see mailbox.recvInto),
+// so that a caller can tell the sender it may send (Comm's rendezvous).
+type recvIntoPoster interface {
+	recvIntoPosted(ctx context.Context, from int, tag uint64, dst []byte, posted func()) error
+}
+
 // Releaser is implemented by transports that recycle receive buffers: a
 // caller done with a slice returned by Recv may hand it back. Optional.
 type Releaser interface {
@@ -327,8 +334,14 @@ func (m *mailbox) setAbandon(f func()) {
 }
 
 // recvInto is RecvInto on one sender's mailbox (see RecvIntoer). release
-// recycles a queued message once copied.
-func (m *mailbox) recvInto(ctx context.Context, tag uint64, dst []byte, timeout time.Duration, closed <-chan struct{}, release func([]byte)) error {
+// recycles a queued message once copied. onPosted, if not nil, is called
+// (without the lock) once the receive is in place: posted, so that a message
+// arriving from then on lands in dst, or, where the message is already
+// queued or the receive cannot be posted, before it waits for the fallback.
+func (m *mailbox) recvInto(ctx context.Context, tag uint64, dst []byte, timeout time.Duration, closed <-chan struct{}, release func([]byte), onPosted func()) error {
+	if onPosted == nil {
+		onPosted = func() {}
+	}
 	fallback := func() error { // the message is (or will be) queued: copy it
 		msg, err := m.get(ctx, tag, timeout, closed)
 		if err != nil {
@@ -344,6 +357,7 @@ func (m *mailbox) recvInto(ctx context.Context, tag uint64, dst []byte, timeout 
 	m.mu.Lock()
 	if len(m.queues[tag]) > 0 || m.posted[tag] != nil || m.err != nil || m.aborts.check(tag) != nil {
 		m.mu.Unlock()
+		onPosted()
 		return fallback()
 	}
 	p := &posted{dst: dst, done: make(chan error, 1)}
@@ -353,6 +367,7 @@ func (m *mailbox) recvInto(ctx context.Context, tag uint64, dst []byte, timeout 
 	m.posted[tag] = p
 	ch := m.changed
 	m.mu.Unlock()
+	onPosted()
 	timer, stop := opDeadline(ctx, timeout)
 	defer stop()
 	giveUp := func(err error) error {

@@ -413,7 +413,11 @@ func (s *Server) SubmitJob(ctx context.Context, req *apiv1.SubmitJobRequest) (*a
 		return nil, apiError(err)
 	}
 	if r.Created {
-		s.publish(id, "Submitted", r.Job.State, fmt.Sprintf("job %s submitted (%d ranks, %d steps)", sp.Name, r.Job.WorldSize, sp.Steps), "")
+		steps := fmt.Sprintf("%d steps", sp.Steps)
+		if sp.Steps == 0 {
+			steps = "the command decides its steps" // runtime: command without steps
+		}
+		s.publish(id, "Submitted", r.Job.State, fmt.Sprintf("job %s submitted (%d ranks, %s)", sp.Name, r.Job.WorldSize, steps), "")
 	}
 	return &apiv1.SubmitJobResponse{Job: r.Job, Created: r.Created}, nil
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 
 	"gopkg.in/yaml.v3"
@@ -281,7 +282,11 @@ func (s *Spec) Marshal() ([]byte, error) {
 		if err := n.Encode(s); err != nil {
 			return nil, fmt.Errorf("jobspec: encode: %w", err)
 		}
-		dropKeys(&n, engineOnlyKeys)
+		drop := engineOnlyKeys
+		if s.Steps == 0 {
+			drop = append(slices.Clone(drop), "steps") // not known: absent (an explicit 0 is refused)
+		}
+		dropKeys(&n, drop)
 		doc = &n
 	}
 	if err := enc.Encode(doc); err != nil {

@@ -102,6 +102,28 @@ func (c *cli) clusterStatus(ctx context.Context, name string, args []string) err
 			fmtBytes(res.GetMemoryMib()<<20), res.GetGpus(), fmt.Sprintf("%d/%d", wk.GetBusySlots(), max(wk.GetSlots(), 1)),
 			orDash(strings.Join(labels, ",")), yesNo(wk.GetHealthy()), job)
 	}
+	if err := t.flush(); err != nil {
+		return err
+	}
+	return printGPUs(w, resp.GetWorkers())
+}
+
+// printGPUs lists the detected GPUs of the workers that have any, in
+// slot order.
+func printGPUs(w io.Writer, workers []*apiv1.Worker) error {
+	var t *table
+	for _, wk := range workers {
+		for _, g := range wk.GetGpuDevices() {
+			if t == nil {
+				fmt.Fprintln(w, "\nGPUs:")
+				t = newTable(w, "  ", "WORKER", "INDEX", "MODEL", "MEMORY", "UUID")
+			}
+			t.row(wk.GetId(), g.GetIndex(), g.GetName(), fmtBytes(g.GetMemoryMib()<<20), g.GetUuid())
+		}
+	}
+	if t == nil {
+		return nil
+	}
 	return t.flush()
 }
 

@@ -194,6 +194,13 @@ func (a *Agent) info() membership.WorkerInfo {
 		Host:    c.Host,
 		Version: a.o.Version,
 		Slots:   c.SlotCount(),
+		GPUDevices: func() []membership.GPU {
+			var gs []membership.GPU
+			for _, g := range c.Resources.GPUDevices {
+				gs = append(gs, membership.GPU{Index: g.Index, UUID: g.UUID, Name: g.Name, MemoryMiB: g.MemoryMiB})
+			}
+			return gs
+		}(),
 	}
 }
 

@@ -540,6 +540,9 @@ func (s *Server) ClusterStatus(ctx context.Context, _ *apiv1.ClusterStatusReques
 			Id: id, Address: w.Address, Host: w.Host, Healthy: true, Version: w.Version, Labels: w.Labels, Rank: -1, Slots: int32(w.SlotCount()),
 			Resources: &apiv1.Resources{CpuCores: int32(w.Resources.CPUCores), MemoryMib: w.Resources.MemoryBytes >> 20, Gpus: int32(w.Resources.GPUs)},
 		}
+		for _, g := range w.GPUDevices {
+			workers[id].GpuDevices = append(workers[id].GpuDevices, &apiv1.GPUDevice{Index: int32(g.Index), Uuid: g.UUID, Name: g.Name, MemoryMib: g.MemoryMiB})
+		}
 	}
 	s.mu.Unlock()
 	for _, j := range s.cfg.Node.Unfinished() {

@@ -45,6 +45,17 @@ type WorkerInfo struct {
 	// Slots is how many ranks it runs at once, each with 1/Slots of its
 	// resources and the data-plane port Address's + slot (0 reads as 1).
 	Slots int `json:"slots,omitempty"`
+	// GPUDevices are the GPUs it detected, in slot order (empty when
+	// declared by count).
+	GPUDevices []GPU `json:"gpu_devices,omitempty"`
+}
+
+// GPU is one detected device.
+type GPU struct {
+	Index     int    `json:"index"`
+	UUID      string `json:"uuid,omitempty"`
+	Name      string `json:"name"`
+	MemoryMiB int64  `json:"memory_mib"`
 }
 
 // SlotCount is Slots, at least 1.

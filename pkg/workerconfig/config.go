@@ -1,6 +1,7 @@
 package workerconfig
 
 import (
+	"slices"
 	"bytes"
 	"errors"
 	"fmt"
@@ -65,6 +66,10 @@ type Resources struct {
 	CPUCores  int   `yaml:"cpu_cores" json:"cpu_cores"`   // 0: detect
 	MemoryMiB int64 `yaml:"memory_mib" json:"memory_mib"` // 0: detect
 	GPUs      int   `yaml:"gpus" json:"gpus"`             // -1: detect
+	// GPUIndices restricts the worker to these GPUs of the machine (by
+	// nvidia-smi index): of those detected, or naming the declared ones
+	// (as many as gpus). Empty: all detected, or 0..gpus-1.
+	GPUIndices []int `yaml:"gpu_indices,omitempty" json:"gpu_indices,omitempty"`
 	// GPUDevices are the detected GPUs (empty when gpus was set by hand).
 	GPUDevices []GPU `yaml:"-" json:"gpu_devices,omitempty"`
 }
@@ -84,8 +89,9 @@ func (c Config) SlotCount() int {
 	return 1
 }
 
-// SlotGPUs are the GPUs of slot k ("" for none): their indices on this
-// machine (detected), or k*g..k*g+g-1 of those declared.
+// SlotGPUs are the GPUs of slot k (none without GPUs): the k-th g of the
+// worker's (g = gpus/slots) by their index on this machine (detected, or
+// gpu_indices, or 0..gpus-1).
 func (c Config) SlotGPUs(k int) []int {
 	n := c.SlotCount()
 	if c.Resources.GPUs <= 0 || k < 0 || k >= n {
@@ -95,8 +101,11 @@ func (c Config) SlotGPUs(k int) []int {
 	ids := make([]int, 0, g)
 	for i := k * g; i < (k+1)*g; i++ {
 		idx := i
-		if i < len(c.Resources.GPUDevices) {
-			idx = c.Resources.GPUDevices[i].Index
+		switch r := c.Resources; {
+		case i < len(r.GPUDevices):
+			idx = r.GPUDevices[i].Index
+		case i < len(r.GPUIndices):
+			idx = r.GPUIndices[i]
 		}
 		ids = append(ids, idx)
 	}
@@ -202,6 +211,17 @@ func (c *Config) complete(det Detector) error {
 			gpus, err := det.GPUs()
 			if err != nil {
 				return fmt.Errorf("%w: resources.gpus: detect GPUs: %v (set resources.gpus to skip detection)", ErrInvalid, err)
+			}
+			if want := c.Resources.GPUIndices; len(want) > 0 {
+				kept := make([]GPU, 0, len(want))
+				for _, i := range want {
+					k := slices.IndexFunc(gpus, func(g GPU) bool { return g.Index == i })
+					if k < 0 {
+						return fmt.Errorf("%w: resources.gpu_indices: GPU %d is not on this machine (nvidia-smi lists %d)", ErrInvalid, i, len(gpus))
+					}
+					kept = append(kept, gpus[k])
+				}
+				gpus = kept
 			}
 			c.Resources.GPUs = len(gpus)
 			c.Resources.GPUDevices = gpus

@@ -262,6 +262,9 @@ func TestValidateRules(t *testing.T) {
 		{func(c *Config) { c.Resources.CPUCores, c.Resources.GPUs = 8, 8 }, ""}, // 8 slots, one per GPU
 		{func(c *Config) { c.Resources.CPUCores, c.Resources.GPUs, c.Slots = 8, 8, 4 }, ""},
 		{func(c *Config) { c.Slots = -1 }, `workerconfig: slots = -1: must be in [0, 256]`},
+		{func(c *Config) { c.Resources.CPUCores, c.Resources.GPUs, c.Resources.GPUIndices = 2, 2, []int{4, 6} }, ""},
+		{func(c *Config) { c.Resources.CPUCores, c.Resources.GPUs, c.Resources.GPUIndices = 2, 2, []int{4} }, `workerconfig: resources.gpu_indices = [4]: names 1 GPUs, resources.gpus declares 2`},
+		{func(c *Config) { c.Resources.CPUCores, c.Resources.GPUs, c.Resources.GPUIndices = 2, 2, []int{4, 4} }, `workerconfig: resources.gpu_indices = [4 4]: must be distinct`},
 		{func(c *Config) { c.Resources.CPUCores, c.Resources.GPUs, c.Slots = 8, 8, 3 }, `workerconfig: slots = 3: must divide resources.gpus = 8`},
 		{func(c *Config) { c.Resources.GPUs = 4 }, `workerconfig: slots = 0: more slots than resources.cpu_cores = 1`},
 		{func(c *Config) { c.Resources.CPUCores, c.Slots, c.ListenAddress = 2, 2, "127.0.0.1:0" }, `workerconfig: slots = 2: several slots need a fixed listen_address port`},
@@ -285,14 +288,15 @@ func TestValidateRules(t *testing.T) {
 }
 
 func TestParseNvidiaSMI(t *testing.T) {
-	out := "0, NVIDIA H100 80GB HBM3, 81559 MiB\n1, NVIDIA H100 80GB HBM3, 81559 MiB\n\n2, Tesla T4, [N/A]\n3, Odd, Name, With Commas, 15360 MiB\r\n"
+	out := "0, GPU-aa11, NVIDIA H100 80GB HBM3, 81559 MiB\n1, GPU-bb22, NVIDIA H100 80GB HBM3, 81559 MiB\n\n" +
+		"2, GPU-cc33, Tesla T4, [N/A]\n3, MIG-dd44, Odd, Name, With Commas, 15360 MiB\r\n"
 	got, err := ParseNvidiaSMI([]byte(out))
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := []GPU{
-		{0, "NVIDIA H100 80GB HBM3", 81559}, {1, "NVIDIA H100 80GB HBM3", 81559},
-		{2, "Tesla T4", 0}, {3, "Odd, Name, With Commas", 15360},
+		{0, "GPU-aa11", "NVIDIA H100 80GB HBM3", 81559}, {1, "GPU-bb22", "NVIDIA H100 80GB HBM3", 81559},
+		{2, "GPU-cc33", "Tesla T4", 0}, {3, "MIG-dd44", "Odd, Name, With Commas", 15360},
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("got %+v", got)
@@ -302,11 +306,13 @@ func TestParseNvidiaSMI(t *testing.T) {
 	}
 	for _, bad := range []string{
 		"NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver",
-		"x, name, 10 MiB",
-		"0, name, lots",
-		"0, name, 10 GiB",
-		"-1, name, 10 MiB",
-		"0, 10 MiB",
+		"x, GPU-1, name, 10 MiB",
+		"0, GPU-1, name, lots",
+		"0, GPU-1, name, 10 GiB",
+		"-1, GPU-1, name, 10 MiB",
+		"0, GPU-1, 10 MiB",
+		"0, name, 10 MiB",
+		"0, H100, name, 10 MiB",
 	} {
 		if _, err := ParseNvidiaSMI([]byte(bad)); err == nil {
 			t.Errorf("%q: no error", bad)
@@ -319,12 +325,12 @@ func TestDetectGPUs(t *testing.T) {
 	var gotArgs []string
 	gpus, err := DetectGPUs(func(name string, args ...string) ([]byte, error) {
 		gotName, gotArgs = name, args
-		return []byte("0, NVIDIA H200, 143771 MiB\n"), nil
+		return []byte("0, GPU-9f2c, NVIDIA H200, 143771 MiB\n"), nil
 	})
-	if err != nil || len(gpus) != 1 || gpus[0].MemoryMiB != 143771 {
+	if err != nil || len(gpus) != 1 || gpus[0].MemoryMiB != 143771 || gpus[0].UUID != "GPU-9f2c" {
 		t.Fatalf("%+v %v", gpus, err)
 	}
-	if gotName != "nvidia-smi" || strings.Join(gotArgs, " ") != "--query-gpu=index,name,memory.total --format=csv,noheader" {
+	if gotName != "nvidia-smi" || strings.Join(gotArgs, " ") != "--query-gpu=index,uuid,name,memory.total --format=csv,noheader" {
 		t.Fatalf("ran %s %v", gotName, gotArgs)
 	}
 	_, err = DetectGPUs(func(string, ...string) ([]byte, error) { return nil, errors.New("exit status 9") })
@@ -380,7 +386,7 @@ func TestExampleConfig(t *testing.T) {
 		"SWITCHYARD_WORKER_TLS_CERT": filepath.Join(dir, "worker.pem"),
 		"SWITCHYARD_WORKER_TLS_KEY":  filepath.Join(dir, "worker-key.pem"),
 	})
-	c, err := Load("testdata/worker.yaml", nil, env, fakeDetector(GPU{0, "H100", 81559}, GPU{1, "H100", 81559}))
+	c, err := Load("testdata/worker.yaml", nil, env, fakeDetector(GPU{0, "GPU-0", "H100", 81559}, GPU{1, "GPU-1", "H100", 81559}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -457,5 +463,31 @@ func TestResolveTrainer(t *testing.T) {
 	// The real lookup finds an executable given by path.
 	if got, err := (Config{Trainer: beside}).TrainerPath(); err != nil || got != beside {
 		t.Fatalf("TrainerPath: %q %v", got, err)
+	}
+}
+
+// gpu_indices restricts the detected GPUs to those named, in that order,
+// and names a GPU the machine lacks.
+func TestGPUIndicesRestrictDetection(t *testing.T) {
+	dir := t.TempDir()
+	write := func(extra string) string {
+		p := filepath.Join(dir, "w.yaml")
+		raw := "id: w1\nhost: h1\ncoordinators: [127.0.0.1:7400]\netcd_endpoints: [http://127.0.0.1:2379]\nstorage_path: /data\nlisten_address: 127.0.0.1:7070\n" +
+			"resources: {cpu_cores: 8, memory_mib: 1024, gpus: -1" + extra + "}\n"
+		if err := os.WriteFile(p, []byte(raw), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	det := fakeDetector(GPU{0, "GPU-a", "H100", 1}, GPU{1, "GPU-b", "H100", 1}, GPU{2, "GPU-c", "H100", 1}, GPU{3, "GPU-d", "H100", 1})
+	c, err := Load(write(", gpu_indices: [3, 1]"), nil, nil, det)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Resources.GPUs != 2 || c.SlotCount() != 2 || c.SlotGPUs(0)[0] != 3 || c.SlotGPUs(1)[0] != 1 || c.Resources.GPUDevices[0].UUID != "GPU-d" {
+		t.Fatalf("gpus %d, slots %d, slot GPUs %v %v", c.Resources.GPUs, c.SlotCount(), c.SlotGPUs(0), c.SlotGPUs(1))
+	}
+	if _, err := Load(write(", gpu_indices: [5]"), nil, nil, det); err == nil || !strings.Contains(err.Error(), "GPU 5 is not on this machine") {
+		t.Fatalf("missing GPU: %v", err)
 	}
 }

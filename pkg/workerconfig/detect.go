@@ -37,12 +37,13 @@ func SystemDetector() Detector {
 // GPU is one device as nvidia-smi reports it.
 type GPU struct {
 	Index     int    `json:"index"`
+	UUID      string `json:"uuid,omitempty"`
 	Name      string `json:"name"`
 	MemoryMiB int64  `json:"memory_mib"`
 }
 
 // NvidiaSMIArgs are the arguments DetectGPUs runs nvidia-smi with.
-var NvidiaSMIArgs = []string{"--query-gpu=index,name,memory.total", "--format=csv,noheader"}
+var NvidiaSMIArgs = []string{"--query-gpu=index,uuid,name,memory.total", "--format=csv,noheader"}
 
 // DetectGPUs runs nvidia-smi (through run; nil runs the real binary with a
 // 10 s timeout) and parses its output. Without nvidia-smi on PATH there are
@@ -72,9 +73,10 @@ func DetectGPUs(run func(name string, args ...string) ([]byte, error)) ([]GPU, e
 	return ParseNvidiaSMI(out)
 }
 
-// ParseNvidiaSMI parses `nvidia-smi --query-gpu=index,name,memory.total
-// --format=csv,noheader` output: one "0, NVIDIA H100 80GB HBM3, 81559 MiB"
-// line per GPU. Blank lines are skipped; memory "[N/A]" is 0.
+// ParseNvidiaSMI parses `nvidia-smi --query-gpu=index,uuid,name,
+// memory.total --format=csv,noheader` output: one "0, GPU-5d1c..., NVIDIA
+// H100 80GB HBM3, 81559 MiB" line per GPU. Blank lines are skipped; memory
+// "[N/A]" is 0.
 func ParseNvidiaSMI(out []byte) ([]GPU, error) {
 	var gpus []GPU
 	sc := bufio.NewScanner(bytes.NewReader(out))
@@ -83,17 +85,22 @@ func ParseNvidiaSMI(out []byte) ([]GPU, error) {
 		if line == "" {
 			continue
 		}
-		// The name may contain commas; index is the first field, memory the last.
-		first := strings.Index(line, ",")
+		// The name may contain commas: index and uuid are the first
+		// fields, memory the last.
+		f := strings.SplitN(line, ",", 3)
 		last := strings.LastIndex(line, ",")
-		if first < 0 || first == last {
-			return nil, fmt.Errorf("nvidia-smi line %d %q: want index, name, memory.total", n, line)
+		if len(f) < 3 || !strings.Contains(f[2], ",") {
+			return nil, fmt.Errorf("nvidia-smi line %d %q: want index, uuid, name, memory.total", n, line)
 		}
-		idx, err := strconv.Atoi(strings.TrimSpace(line[:first]))
+		idx, err := strconv.Atoi(strings.TrimSpace(f[0]))
 		if err != nil || idx < 0 {
 			return nil, fmt.Errorf("nvidia-smi line %d %q: bad index", n, line)
 		}
-		g := GPU{Index: idx, Name: strings.TrimSpace(line[first+1 : last])}
+		uuid := strings.TrimSpace(f[1])
+		if !strings.HasPrefix(uuid, "GPU-") && !strings.HasPrefix(uuid, "MIG-") {
+			return nil, fmt.Errorf("nvidia-smi line %d %q: bad uuid %q (want GPU-... or MIG-...)", n, line, uuid)
+		}
+		g := GPU{Index: idx, UUID: uuid, Name: strings.TrimSpace(line[len(f[0])+len(f[1])+2 : last])}
 		mem := strings.TrimSpace(line[last+1:])
 		if mem != "[N/A]" {
 			num, unit, _ := strings.Cut(mem, " ")

@@ -37,8 +37,11 @@
 // address when it names a specific host and port; host the machine's host
 // name; id "<host>-<advertise port>" (stable across restarts, distinct for
 // several workers on one host); cpu_cores and memory_mib detected; gpus -1,
-// meaning detect with `nvidia-smi --query-gpu=index,name,memory.total
-// --format=csv,noheader` when nvidia-smi is on PATH, else none;
+// meaning detect with `nvidia-smi --query-gpu=index,uuid,name,memory.total
+// --format=csv,noheader` when nvidia-smi is on PATH, else none
+// (resources.gpu_indices keeps only the GPUs it names, or names the
+// declared ones; the detected GPUs are registered and shown by `cluster
+// status`);
 // slots 0, meaning one per GPU, or 1 without GPUs (slot k gets GPUs
 // k*g..k*g+g-1 of g = gpus/slots, 1/slots of the cores and memory, and
 // listens on listen_address's port + k); allow_commands false;

@@ -136,6 +136,19 @@ func (c Config) Validate() error {
 	if r.GPUs < 0 {
 		bad("resources.gpus", r.GPUs, "must be >= 0 (or -1 before detection)")
 	}
+	if ix := r.GPUIndices; len(ix) > 0 {
+		seen := map[int]bool{}
+		for _, i := range ix {
+			if i < 0 || seen[i] {
+				bad("resources.gpu_indices", ix, "must be distinct indices >= 0")
+				break
+			}
+			seen[i] = true
+		}
+		if len(r.GPUDevices) == 0 && len(ix) != r.GPUs {
+			bad("resources.gpu_indices", ix, "names %d GPUs, resources.gpus declares %d", len(ix), r.GPUs)
+		}
+	}
 	switch n := c.SlotCount(); {
 	case c.Slots < 0 || c.Slots > MaxSlots:
 		bad("slots", c.Slots, "must be in [0, %d] (0: one per GPU, or 1 without GPUs)", MaxSlots)

@@ -1158,8 +1158,10 @@ type Worker struct {
 	Rank    int32  `protobuf:"varint,8,opt,name=rank,proto3" json:"rank,omitempty"`
 	Version string `protobuf:"bytes,9,opt,name=version,proto3" json:"version,omitempty"`
 	// Ranks it runs at once, and how many of those slots hold a rank now.
-	Slots         int32 `protobuf:"varint,10,opt,name=slots,proto3" json:"slots,omitempty"`
-	BusySlots     int32 `protobuf:"varint,11,opt,name=busy_slots,json=busySlots,proto3" json:"busy_slots,omitempty"`
+	Slots     int32 `protobuf:"varint,10,opt,name=slots,proto3" json:"slots,omitempty"`
+	BusySlots int32 `protobuf:"varint,11,opt,name=busy_slots,json=busySlots,proto3" json:"busy_slots,omitempty"`
+	// The GPUs it detected (nvidia-smi), in slot order; empty when declared.
+	GpuDevices    []*GPUDevice `protobuf:"bytes,12,rep,name=gpu_devices,json=gpuDevices,proto3" json:"gpu_devices,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1271,6 +1273,81 @@ func (x *Worker) GetBusySlots() int32 {
 	return 0
 }
 
+func (x *Worker) GetGpuDevices() []*GPUDevice {
+	if x != nil {
+		return x.GpuDevices
+	}
+	return nil
+}
+
+type GPUDevice struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Index         int32                  `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	Uuid          string                 `protobuf:"bytes,2,opt,name=uuid,proto3" json:"uuid,omitempty"`
+	Name          string                 `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
+	MemoryMib     int64                  `protobuf:"varint,4,opt,name=memory_mib,json=memoryMib,proto3" json:"memory_mib,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GPUDevice) Reset() {
+	*x = GPUDevice{}
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GPUDevice) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GPUDevice) ProtoMessage() {}
+
+func (x *GPUDevice) ProtoReflect() protoreflect.Message {
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GPUDevice.ProtoReflect.Descriptor instead.
+func (*GPUDevice) Descriptor() ([]byte, []int) {
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *GPUDevice) GetIndex() int32 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *GPUDevice) GetUuid() string {
+	if x != nil {
+		return x.Uuid
+	}
+	return ""
+}
+
+func (x *GPUDevice) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *GPUDevice) GetMemoryMib() int64 {
+	if x != nil {
+		return x.MemoryMib
+	}
+	return 0
+}
+
 type ClusterStatusResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Replica that answered.
@@ -1286,7 +1363,7 @@ type ClusterStatusResponse struct {
 
 func (x *ClusterStatusResponse) Reset() {
 	*x = ClusterStatusResponse{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[20]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1298,7 +1375,7 @@ func (x *ClusterStatusResponse) String() string {
 func (*ClusterStatusResponse) ProtoMessage() {}
 
 func (x *ClusterStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[20]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1311,7 +1388,7 @@ func (x *ClusterStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterStatusResponse.ProtoReflect.Descriptor instead.
 func (*ClusterStatusResponse) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{20}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ClusterStatusResponse) GetAnsweredBy() string {
@@ -1359,7 +1436,7 @@ type AddReplicaRequest struct {
 
 func (x *AddReplicaRequest) Reset() {
 	*x = AddReplicaRequest{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[21]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1371,7 +1448,7 @@ func (x *AddReplicaRequest) String() string {
 func (*AddReplicaRequest) ProtoMessage() {}
 
 func (x *AddReplicaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[21]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1384,7 +1461,7 @@ func (x *AddReplicaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddReplicaRequest.ProtoReflect.Descriptor instead.
 func (*AddReplicaRequest) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{21}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *AddReplicaRequest) GetId() string {
@@ -1410,7 +1487,7 @@ type AddReplicaResponse struct {
 
 func (x *AddReplicaResponse) Reset() {
 	*x = AddReplicaResponse{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[22]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1422,7 +1499,7 @@ func (x *AddReplicaResponse) String() string {
 func (*AddReplicaResponse) ProtoMessage() {}
 
 func (x *AddReplicaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[22]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1435,7 +1512,7 @@ func (x *AddReplicaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddReplicaResponse.ProtoReflect.Descriptor instead.
 func (*AddReplicaResponse) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{22}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *AddReplicaResponse) GetReplicas() []*Replica {
@@ -1454,7 +1531,7 @@ type RemoveReplicaRequest struct {
 
 func (x *RemoveReplicaRequest) Reset() {
 	*x = RemoveReplicaRequest{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[23]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1466,7 +1543,7 @@ func (x *RemoveReplicaRequest) String() string {
 func (*RemoveReplicaRequest) ProtoMessage() {}
 
 func (x *RemoveReplicaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[23]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1479,7 +1556,7 @@ func (x *RemoveReplicaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveReplicaRequest.ProtoReflect.Descriptor instead.
 func (*RemoveReplicaRequest) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{23}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *RemoveReplicaRequest) GetId() string {
@@ -1498,7 +1575,7 @@ type RemoveReplicaResponse struct {
 
 func (x *RemoveReplicaResponse) Reset() {
 	*x = RemoveReplicaResponse{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[24]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1510,7 +1587,7 @@ func (x *RemoveReplicaResponse) String() string {
 func (*RemoveReplicaResponse) ProtoMessage() {}
 
 func (x *RemoveReplicaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[24]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1523,7 +1600,7 @@ func (x *RemoveReplicaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveReplicaResponse.ProtoReflect.Descriptor instead.
 func (*RemoveReplicaResponse) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{24}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *RemoveReplicaResponse) GetReplicas() []*Replica {
@@ -1542,7 +1619,7 @@ type ListCheckpointsRequest struct {
 
 func (x *ListCheckpointsRequest) Reset() {
 	*x = ListCheckpointsRequest{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[25]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1554,7 +1631,7 @@ func (x *ListCheckpointsRequest) String() string {
 func (*ListCheckpointsRequest) ProtoMessage() {}
 
 func (x *ListCheckpointsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[25]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1567,7 +1644,7 @@ func (x *ListCheckpointsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCheckpointsRequest.ProtoReflect.Descriptor instead.
 func (*ListCheckpointsRequest) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{25}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ListCheckpointsRequest) GetJobId() string {
@@ -1588,7 +1665,7 @@ type Shard struct {
 
 func (x *Shard) Reset() {
 	*x = Shard{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[26]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1600,7 +1677,7 @@ func (x *Shard) String() string {
 func (*Shard) ProtoMessage() {}
 
 func (x *Shard) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[26]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1613,7 +1690,7 @@ func (x *Shard) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Shard.ProtoReflect.Descriptor instead.
 func (*Shard) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{26}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Shard) GetName() string {
@@ -1657,7 +1734,7 @@ type Checkpoint struct {
 
 func (x *Checkpoint) Reset() {
 	*x = Checkpoint{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[27]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1669,7 +1746,7 @@ func (x *Checkpoint) String() string {
 func (*Checkpoint) ProtoMessage() {}
 
 func (x *Checkpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[27]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1682,7 +1759,7 @@ func (x *Checkpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Checkpoint.ProtoReflect.Descriptor instead.
 func (*Checkpoint) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{27}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *Checkpoint) GetJobId() string {
@@ -1764,7 +1841,7 @@ type ListCheckpointsResponse struct {
 
 func (x *ListCheckpointsResponse) Reset() {
 	*x = ListCheckpointsResponse{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[28]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1776,7 +1853,7 @@ func (x *ListCheckpointsResponse) String() string {
 func (*ListCheckpointsResponse) ProtoMessage() {}
 
 func (x *ListCheckpointsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[28]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1789,7 +1866,7 @@ func (x *ListCheckpointsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCheckpointsResponse.ProtoReflect.Descriptor instead.
 func (*ListCheckpointsResponse) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{28}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ListCheckpointsResponse) GetCheckpoints() []*Checkpoint {
@@ -1809,7 +1886,7 @@ type DeleteCheckpointRequest struct {
 
 func (x *DeleteCheckpointRequest) Reset() {
 	*x = DeleteCheckpointRequest{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[29]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1821,7 +1898,7 @@ func (x *DeleteCheckpointRequest) String() string {
 func (*DeleteCheckpointRequest) ProtoMessage() {}
 
 func (x *DeleteCheckpointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[29]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1834,7 +1911,7 @@ func (x *DeleteCheckpointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteCheckpointRequest.ProtoReflect.Descriptor instead.
 func (*DeleteCheckpointRequest) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{29}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *DeleteCheckpointRequest) GetJobId() string {
@@ -1859,7 +1936,7 @@ type DeleteCheckpointResponse struct {
 
 func (x *DeleteCheckpointResponse) Reset() {
 	*x = DeleteCheckpointResponse{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[30]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1871,7 +1948,7 @@ func (x *DeleteCheckpointResponse) String() string {
 func (*DeleteCheckpointResponse) ProtoMessage() {}
 
 func (x *DeleteCheckpointResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[30]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1884,7 +1961,7 @@ func (x *DeleteCheckpointResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteCheckpointResponse.ProtoReflect.Descriptor instead.
 func (*DeleteCheckpointResponse) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{30}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{31}
 }
 
 type VerifyCheckpointRequest struct {
@@ -1897,7 +1974,7 @@ type VerifyCheckpointRequest struct {
 
 func (x *VerifyCheckpointRequest) Reset() {
 	*x = VerifyCheckpointRequest{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[31]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1909,7 +1986,7 @@ func (x *VerifyCheckpointRequest) String() string {
 func (*VerifyCheckpointRequest) ProtoMessage() {}
 
 func (x *VerifyCheckpointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[31]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1922,7 +1999,7 @@ func (x *VerifyCheckpointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyCheckpointRequest.ProtoReflect.Descriptor instead.
 func (*VerifyCheckpointRequest) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{31}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *VerifyCheckpointRequest) GetJobId() string {
@@ -1951,7 +2028,7 @@ type VerifyCheckpointResponse struct {
 
 func (x *VerifyCheckpointResponse) Reset() {
 	*x = VerifyCheckpointResponse{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[32]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1963,7 +2040,7 @@ func (x *VerifyCheckpointResponse) String() string {
 func (*VerifyCheckpointResponse) ProtoMessage() {}
 
 func (x *VerifyCheckpointResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[32]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1976,7 +2053,7 @@ func (x *VerifyCheckpointResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyCheckpointResponse.ProtoReflect.Descriptor instead.
 func (*VerifyCheckpointResponse) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{32}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *VerifyCheckpointResponse) GetOk() bool {
@@ -2004,7 +2081,7 @@ type ShardCheck struct {
 
 func (x *ShardCheck) Reset() {
 	*x = ShardCheck{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[33]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2016,7 +2093,7 @@ func (x *ShardCheck) String() string {
 func (*ShardCheck) ProtoMessage() {}
 
 func (x *ShardCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[33]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2029,7 +2106,7 @@ func (x *ShardCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShardCheck.ProtoReflect.Descriptor instead.
 func (*ShardCheck) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{33}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ShardCheck) GetName() string {
@@ -2058,7 +2135,7 @@ type CommitCheckpointRequest struct {
 
 func (x *CommitCheckpointRequest) Reset() {
 	*x = CommitCheckpointRequest{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[34]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2070,7 +2147,7 @@ func (x *CommitCheckpointRequest) String() string {
 func (*CommitCheckpointRequest) ProtoMessage() {}
 
 func (x *CommitCheckpointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[34]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2083,7 +2160,7 @@ func (x *CommitCheckpointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommitCheckpointRequest.ProtoReflect.Descriptor instead.
 func (*CommitCheckpointRequest) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{34}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *CommitCheckpointRequest) GetJobId() string {
@@ -2115,7 +2192,7 @@ type CommitCheckpointResponse struct {
 
 func (x *CommitCheckpointResponse) Reset() {
 	*x = CommitCheckpointResponse{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[35]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2127,7 +2204,7 @@ func (x *CommitCheckpointResponse) String() string {
 func (*CommitCheckpointResponse) ProtoMessage() {}
 
 func (x *CommitCheckpointResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[35]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2140,7 +2217,7 @@ func (x *CommitCheckpointResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommitCheckpointResponse.ProtoReflect.Descriptor instead.
 func (*CommitCheckpointResponse) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{35}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{36}
 }
 
 // A rank of a job that a worker runs.
@@ -2185,7 +2262,7 @@ type Task struct {
 
 func (x *Task) Reset() {
 	*x = Task{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[36]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2197,7 +2274,7 @@ func (x *Task) String() string {
 func (*Task) ProtoMessage() {}
 
 func (x *Task) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[36]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2210,7 +2287,7 @@ func (x *Task) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Task.ProtoReflect.Descriptor instead.
 func (*Task) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{36}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *Task) GetJobId() string {
@@ -2360,7 +2437,7 @@ type TaskStatus struct {
 
 func (x *TaskStatus) Reset() {
 	*x = TaskStatus{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[37]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2372,7 +2449,7 @@ func (x *TaskStatus) String() string {
 func (*TaskStatus) ProtoMessage() {}
 
 func (x *TaskStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[37]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2385,7 +2462,7 @@ func (x *TaskStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskStatus.ProtoReflect.Descriptor instead.
 func (*TaskStatus) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{37}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *TaskStatus) GetJobId() string {
@@ -2463,7 +2540,7 @@ type TaskEvent struct {
 
 func (x *TaskEvent) Reset() {
 	*x = TaskEvent{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[38]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2475,7 +2552,7 @@ func (x *TaskEvent) String() string {
 func (*TaskEvent) ProtoMessage() {}
 
 func (x *TaskEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[38]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2488,7 +2565,7 @@ func (x *TaskEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskEvent.ProtoReflect.Descriptor instead.
 func (*TaskEvent) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{38}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *TaskEvent) GetSeq() uint32 {
@@ -2529,7 +2606,7 @@ type SyncWorkerRequest struct {
 
 func (x *SyncWorkerRequest) Reset() {
 	*x = SyncWorkerRequest{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[39]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2541,7 +2618,7 @@ func (x *SyncWorkerRequest) String() string {
 func (*SyncWorkerRequest) ProtoMessage() {}
 
 func (x *SyncWorkerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[39]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2554,7 +2631,7 @@ func (x *SyncWorkerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncWorkerRequest.ProtoReflect.Descriptor instead.
 func (*SyncWorkerRequest) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{39}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *SyncWorkerRequest) GetWorkerId() string {
@@ -2580,7 +2657,7 @@ type SyncWorkerResponse struct {
 
 func (x *SyncWorkerResponse) Reset() {
 	*x = SyncWorkerResponse{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[40]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2592,7 +2669,7 @@ func (x *SyncWorkerResponse) String() string {
 func (*SyncWorkerResponse) ProtoMessage() {}
 
 func (x *SyncWorkerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[40]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2605,7 +2682,7 @@ func (x *SyncWorkerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncWorkerResponse.ProtoReflect.Descriptor instead.
 func (*SyncWorkerResponse) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{40}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *SyncWorkerResponse) GetTasks() []*Task {
@@ -2687,7 +2764,7 @@ const file_switchyard_api_v1_api_proto_rawDesc = "" +
 	"\tcpu_cores\x18\x01 \x01(\x05R\bcpuCores\x12\x1d\n" +
 	"\n" +
 	"memory_mib\x18\x02 \x01(\x03R\tmemoryMib\x12\x12\n" +
-	"\x04gpus\x18\x03 \x01(\x05R\x04gpus\"\x90\x03\n" +
+	"\x04gpus\x18\x03 \x01(\x05R\x04gpus\"\xcf\x03\n" +
 	"\x06Worker\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x12\n" +
@@ -2701,10 +2778,18 @@ const file_switchyard_api_v1_api_proto_rawDesc = "" +
 	"\x05slots\x18\n" +
 	" \x01(\x05R\x05slots\x12\x1d\n" +
 	"\n" +
-	"busy_slots\x18\v \x01(\x05R\tbusySlots\x1a9\n" +
+	"busy_slots\x18\v \x01(\x05R\tbusySlots\x12=\n" +
+	"\vgpu_devices\x18\f \x03(\v2\x1c.switchyard.api.v1.GPUDeviceR\n" +
+	"gpuDevices\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc3\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"h\n" +
+	"\tGPUDevice\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\x05R\x05index\x12\x12\n" +
+	"\x04uuid\x18\x02 \x01(\tR\x04uuid\x12\x12\n" +
+	"\x04name\x18\x03 \x01(\tR\x04name\x12\x1d\n" +
+	"\n" +
+	"memory_mib\x18\x04 \x01(\x03R\tmemoryMib\"\xc3\x02\n" +
 	"\x15ClusterStatusResponse\x12\x1f\n" +
 	"\vanswered_by\x18\x01 \x01(\tR\n" +
 	"answeredBy\x12\x1b\n" +
@@ -2846,7 +2931,7 @@ func file_switchyard_api_v1_api_proto_rawDescGZIP() []byte {
 }
 
 var file_switchyard_api_v1_api_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_switchyard_api_v1_api_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
+var file_switchyard_api_v1_api_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
 var file_switchyard_api_v1_api_proto_goTypes = []any{
 	(TaskState)(0),                   // 0: switchyard.api.v1.TaskState
 	(*SubmitJobRequest)(nil),         // 1: switchyard.api.v1.SubmitJobRequest
@@ -2869,91 +2954,93 @@ var file_switchyard_api_v1_api_proto_goTypes = []any{
 	(*Replica)(nil),                  // 18: switchyard.api.v1.Replica
 	(*Resources)(nil),                // 19: switchyard.api.v1.Resources
 	(*Worker)(nil),                   // 20: switchyard.api.v1.Worker
-	(*ClusterStatusResponse)(nil),    // 21: switchyard.api.v1.ClusterStatusResponse
-	(*AddReplicaRequest)(nil),        // 22: switchyard.api.v1.AddReplicaRequest
-	(*AddReplicaResponse)(nil),       // 23: switchyard.api.v1.AddReplicaResponse
-	(*RemoveReplicaRequest)(nil),     // 24: switchyard.api.v1.RemoveReplicaRequest
-	(*RemoveReplicaResponse)(nil),    // 25: switchyard.api.v1.RemoveReplicaResponse
-	(*ListCheckpointsRequest)(nil),   // 26: switchyard.api.v1.ListCheckpointsRequest
-	(*Shard)(nil),                    // 27: switchyard.api.v1.Shard
-	(*Checkpoint)(nil),               // 28: switchyard.api.v1.Checkpoint
-	(*ListCheckpointsResponse)(nil),  // 29: switchyard.api.v1.ListCheckpointsResponse
-	(*DeleteCheckpointRequest)(nil),  // 30: switchyard.api.v1.DeleteCheckpointRequest
-	(*DeleteCheckpointResponse)(nil), // 31: switchyard.api.v1.DeleteCheckpointResponse
-	(*VerifyCheckpointRequest)(nil),  // 32: switchyard.api.v1.VerifyCheckpointRequest
-	(*VerifyCheckpointResponse)(nil), // 33: switchyard.api.v1.VerifyCheckpointResponse
-	(*ShardCheck)(nil),               // 34: switchyard.api.v1.ShardCheck
-	(*CommitCheckpointRequest)(nil),  // 35: switchyard.api.v1.CommitCheckpointRequest
-	(*CommitCheckpointResponse)(nil), // 36: switchyard.api.v1.CommitCheckpointResponse
-	(*Task)(nil),                     // 37: switchyard.api.v1.Task
-	(*TaskStatus)(nil),               // 38: switchyard.api.v1.TaskStatus
-	(*TaskEvent)(nil),                // 39: switchyard.api.v1.TaskEvent
-	(*SyncWorkerRequest)(nil),        // 40: switchyard.api.v1.SyncWorkerRequest
-	(*SyncWorkerResponse)(nil),       // 41: switchyard.api.v1.SyncWorkerResponse
-	nil,                              // 42: switchyard.api.v1.Worker.LabelsEntry
-	nil,                              // 43: switchyard.api.v1.ClusterStatusResponse.RaftEntry
-	(*v1.Job)(nil),                   // 44: switchyard.coordinator.v1.Job
-	(v1.JobState)(0),                 // 45: switchyard.coordinator.v1.JobState
+	(*GPUDevice)(nil),                // 21: switchyard.api.v1.GPUDevice
+	(*ClusterStatusResponse)(nil),    // 22: switchyard.api.v1.ClusterStatusResponse
+	(*AddReplicaRequest)(nil),        // 23: switchyard.api.v1.AddReplicaRequest
+	(*AddReplicaResponse)(nil),       // 24: switchyard.api.v1.AddReplicaResponse
+	(*RemoveReplicaRequest)(nil),     // 25: switchyard.api.v1.RemoveReplicaRequest
+	(*RemoveReplicaResponse)(nil),    // 26: switchyard.api.v1.RemoveReplicaResponse
+	(*ListCheckpointsRequest)(nil),   // 27: switchyard.api.v1.ListCheckpointsRequest
+	(*Shard)(nil),                    // 28: switchyard.api.v1.Shard
+	(*Checkpoint)(nil),               // 29: switchyard.api.v1.Checkpoint
+	(*ListCheckpointsResponse)(nil),  // 30: switchyard.api.v1.ListCheckpointsResponse
+	(*DeleteCheckpointRequest)(nil),  // 31: switchyard.api.v1.DeleteCheckpointRequest
+	(*DeleteCheckpointResponse)(nil), // 32: switchyard.api.v1.DeleteCheckpointResponse
+	(*VerifyCheckpointRequest)(nil),  // 33: switchyard.api.v1.VerifyCheckpointRequest
+	(*VerifyCheckpointResponse)(nil), // 34: switchyard.api.v1.VerifyCheckpointResponse
+	(*ShardCheck)(nil),               // 35: switchyard.api.v1.ShardCheck
+	(*CommitCheckpointRequest)(nil),  // 36: switchyard.api.v1.CommitCheckpointRequest
+	(*CommitCheckpointResponse)(nil), // 37: switchyard.api.v1.CommitCheckpointResponse
+	(*Task)(nil),                     // 38: switchyard.api.v1.Task
+	(*TaskStatus)(nil),               // 39: switchyard.api.v1.TaskStatus
+	(*TaskEvent)(nil),                // 40: switchyard.api.v1.TaskEvent
+	(*SyncWorkerRequest)(nil),        // 41: switchyard.api.v1.SyncWorkerRequest
+	(*SyncWorkerResponse)(nil),       // 42: switchyard.api.v1.SyncWorkerResponse
+	nil,                              // 43: switchyard.api.v1.Worker.LabelsEntry
+	nil,                              // 44: switchyard.api.v1.ClusterStatusResponse.RaftEntry
+	(*v1.Job)(nil),                   // 45: switchyard.coordinator.v1.Job
+	(v1.JobState)(0),                 // 46: switchyard.coordinator.v1.JobState
 }
 var file_switchyard_api_v1_api_proto_depIdxs = []int32{
-	44, // 0: switchyard.api.v1.SubmitJobResponse.job:type_name -> switchyard.coordinator.v1.Job
-	44, // 1: switchyard.api.v1.GetJobResponse.job:type_name -> switchyard.coordinator.v1.Job
-	45, // 2: switchyard.api.v1.ListJobsRequest.states:type_name -> switchyard.coordinator.v1.JobState
-	44, // 3: switchyard.api.v1.ListJobsResponse.jobs:type_name -> switchyard.coordinator.v1.Job
-	44, // 4: switchyard.api.v1.CancelJobResponse.job:type_name -> switchyard.coordinator.v1.Job
-	44, // 5: switchyard.api.v1.ResumeJobResponse.job:type_name -> switchyard.coordinator.v1.Job
+	45, // 0: switchyard.api.v1.SubmitJobResponse.job:type_name -> switchyard.coordinator.v1.Job
+	45, // 1: switchyard.api.v1.GetJobResponse.job:type_name -> switchyard.coordinator.v1.Job
+	46, // 2: switchyard.api.v1.ListJobsRequest.states:type_name -> switchyard.coordinator.v1.JobState
+	45, // 3: switchyard.api.v1.ListJobsResponse.jobs:type_name -> switchyard.coordinator.v1.Job
+	45, // 4: switchyard.api.v1.CancelJobResponse.job:type_name -> switchyard.coordinator.v1.Job
+	45, // 5: switchyard.api.v1.ResumeJobResponse.job:type_name -> switchyard.coordinator.v1.Job
 	15, // 6: switchyard.api.v1.StepMetrics.expert_load:type_name -> switchyard.api.v1.ExpertLoad
-	44, // 7: switchyard.api.v1.WatchJobResponse.job:type_name -> switchyard.coordinator.v1.Job
+	45, // 7: switchyard.api.v1.WatchJobResponse.job:type_name -> switchyard.coordinator.v1.Job
 	14, // 8: switchyard.api.v1.WatchJobResponse.metrics:type_name -> switchyard.api.v1.StepMetrics
 	19, // 9: switchyard.api.v1.Worker.resources:type_name -> switchyard.api.v1.Resources
-	42, // 10: switchyard.api.v1.Worker.labels:type_name -> switchyard.api.v1.Worker.LabelsEntry
-	18, // 11: switchyard.api.v1.ClusterStatusResponse.replicas:type_name -> switchyard.api.v1.Replica
-	20, // 12: switchyard.api.v1.ClusterStatusResponse.workers:type_name -> switchyard.api.v1.Worker
-	43, // 13: switchyard.api.v1.ClusterStatusResponse.raft:type_name -> switchyard.api.v1.ClusterStatusResponse.RaftEntry
-	18, // 14: switchyard.api.v1.AddReplicaResponse.replicas:type_name -> switchyard.api.v1.Replica
-	18, // 15: switchyard.api.v1.RemoveReplicaResponse.replicas:type_name -> switchyard.api.v1.Replica
-	27, // 16: switchyard.api.v1.Checkpoint.shards:type_name -> switchyard.api.v1.Shard
-	28, // 17: switchyard.api.v1.ListCheckpointsResponse.checkpoints:type_name -> switchyard.api.v1.Checkpoint
-	34, // 18: switchyard.api.v1.VerifyCheckpointResponse.shards:type_name -> switchyard.api.v1.ShardCheck
-	0,  // 19: switchyard.api.v1.TaskStatus.state:type_name -> switchyard.api.v1.TaskState
-	39, // 20: switchyard.api.v1.TaskStatus.events:type_name -> switchyard.api.v1.TaskEvent
-	38, // 21: switchyard.api.v1.SyncWorkerRequest.tasks:type_name -> switchyard.api.v1.TaskStatus
-	37, // 22: switchyard.api.v1.SyncWorkerResponse.tasks:type_name -> switchyard.api.v1.Task
-	1,  // 23: switchyard.api.v1.Coordinator.SubmitJob:input_type -> switchyard.api.v1.SubmitJobRequest
-	3,  // 24: switchyard.api.v1.Coordinator.GetJob:input_type -> switchyard.api.v1.GetJobRequest
-	5,  // 25: switchyard.api.v1.Coordinator.ListJobs:input_type -> switchyard.api.v1.ListJobsRequest
-	7,  // 26: switchyard.api.v1.Coordinator.CancelJob:input_type -> switchyard.api.v1.CancelJobRequest
-	9,  // 27: switchyard.api.v1.Coordinator.ResumeJob:input_type -> switchyard.api.v1.ResumeJobRequest
-	11, // 28: switchyard.api.v1.Coordinator.JobLogs:input_type -> switchyard.api.v1.JobLogsRequest
-	13, // 29: switchyard.api.v1.Coordinator.WatchJob:input_type -> switchyard.api.v1.WatchJobRequest
-	17, // 30: switchyard.api.v1.Coordinator.ClusterStatus:input_type -> switchyard.api.v1.ClusterStatusRequest
-	22, // 31: switchyard.api.v1.Coordinator.AddReplica:input_type -> switchyard.api.v1.AddReplicaRequest
-	24, // 32: switchyard.api.v1.Coordinator.RemoveReplica:input_type -> switchyard.api.v1.RemoveReplicaRequest
-	26, // 33: switchyard.api.v1.Coordinator.ListCheckpoints:input_type -> switchyard.api.v1.ListCheckpointsRequest
-	30, // 34: switchyard.api.v1.Coordinator.DeleteCheckpoint:input_type -> switchyard.api.v1.DeleteCheckpointRequest
-	32, // 35: switchyard.api.v1.Coordinator.VerifyCheckpoint:input_type -> switchyard.api.v1.VerifyCheckpointRequest
-	35, // 36: switchyard.api.v1.Coordinator.CommitCheckpoint:input_type -> switchyard.api.v1.CommitCheckpointRequest
-	40, // 37: switchyard.api.v1.Coordinator.SyncWorker:input_type -> switchyard.api.v1.SyncWorkerRequest
-	2,  // 38: switchyard.api.v1.Coordinator.SubmitJob:output_type -> switchyard.api.v1.SubmitJobResponse
-	4,  // 39: switchyard.api.v1.Coordinator.GetJob:output_type -> switchyard.api.v1.GetJobResponse
-	6,  // 40: switchyard.api.v1.Coordinator.ListJobs:output_type -> switchyard.api.v1.ListJobsResponse
-	8,  // 41: switchyard.api.v1.Coordinator.CancelJob:output_type -> switchyard.api.v1.CancelJobResponse
-	10, // 42: switchyard.api.v1.Coordinator.ResumeJob:output_type -> switchyard.api.v1.ResumeJobResponse
-	12, // 43: switchyard.api.v1.Coordinator.JobLogs:output_type -> switchyard.api.v1.LogEntry
-	16, // 44: switchyard.api.v1.Coordinator.WatchJob:output_type -> switchyard.api.v1.WatchJobResponse
-	21, // 45: switchyard.api.v1.Coordinator.ClusterStatus:output_type -> switchyard.api.v1.ClusterStatusResponse
-	23, // 46: switchyard.api.v1.Coordinator.AddReplica:output_type -> switchyard.api.v1.AddReplicaResponse
-	25, // 47: switchyard.api.v1.Coordinator.RemoveReplica:output_type -> switchyard.api.v1.RemoveReplicaResponse
-	29, // 48: switchyard.api.v1.Coordinator.ListCheckpoints:output_type -> switchyard.api.v1.ListCheckpointsResponse
-	31, // 49: switchyard.api.v1.Coordinator.DeleteCheckpoint:output_type -> switchyard.api.v1.DeleteCheckpointResponse
-	33, // 50: switchyard.api.v1.Coordinator.VerifyCheckpoint:output_type -> switchyard.api.v1.VerifyCheckpointResponse
-	36, // 51: switchyard.api.v1.Coordinator.CommitCheckpoint:output_type -> switchyard.api.v1.CommitCheckpointResponse
-	41, // 52: switchyard.api.v1.Coordinator.SyncWorker:output_type -> switchyard.api.v1.SyncWorkerResponse
-	38, // [38:53] is the sub-list for method output_type
-	23, // [23:38] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	43, // 10: switchyard.api.v1.Worker.labels:type_name -> switchyard.api.v1.Worker.LabelsEntry
+	21, // 11: switchyard.api.v1.Worker.gpu_devices:type_name -> switchyard.api.v1.GPUDevice
+	18, // 12: switchyard.api.v1.ClusterStatusResponse.replicas:type_name -> switchyard.api.v1.Replica
+	20, // 13: switchyard.api.v1.ClusterStatusResponse.workers:type_name -> switchyard.api.v1.Worker
+	44, // 14: switchyard.api.v1.ClusterStatusResponse.raft:type_name -> switchyard.api.v1.ClusterStatusResponse.RaftEntry
+	18, // 15: switchyard.api.v1.AddReplicaResponse.replicas:type_name -> switchyard.api.v1.Replica
+	18, // 16: switchyard.api.v1.RemoveReplicaResponse.replicas:type_name -> switchyard.api.v1.Replica
+	28, // 17: switchyard.api.v1.Checkpoint.shards:type_name -> switchyard.api.v1.Shard
+	29, // 18: switchyard.api.v1.ListCheckpointsResponse.checkpoints:type_name -> switchyard.api.v1.Checkpoint
+	35, // 19: switchyard.api.v1.VerifyCheckpointResponse.shards:type_name -> switchyard.api.v1.ShardCheck
+	0,  // 20: switchyard.api.v1.TaskStatus.state:type_name -> switchyard.api.v1.TaskState
+	40, // 21: switchyard.api.v1.TaskStatus.events:type_name -> switchyard.api.v1.TaskEvent
+	39, // 22: switchyard.api.v1.SyncWorkerRequest.tasks:type_name -> switchyard.api.v1.TaskStatus
+	38, // 23: switchyard.api.v1.SyncWorkerResponse.tasks:type_name -> switchyard.api.v1.Task
+	1,  // 24: switchyard.api.v1.Coordinator.SubmitJob:input_type -> switchyard.api.v1.SubmitJobRequest
+	3,  // 25: switchyard.api.v1.Coordinator.GetJob:input_type -> switchyard.api.v1.GetJobRequest
+	5,  // 26: switchyard.api.v1.Coordinator.ListJobs:input_type -> switchyard.api.v1.ListJobsRequest
+	7,  // 27: switchyard.api.v1.Coordinator.CancelJob:input_type -> switchyard.api.v1.CancelJobRequest
+	9,  // 28: switchyard.api.v1.Coordinator.ResumeJob:input_type -> switchyard.api.v1.ResumeJobRequest
+	11, // 29: switchyard.api.v1.Coordinator.JobLogs:input_type -> switchyard.api.v1.JobLogsRequest
+	13, // 30: switchyard.api.v1.Coordinator.WatchJob:input_type -> switchyard.api.v1.WatchJobRequest
+	17, // 31: switchyard.api.v1.Coordinator.ClusterStatus:input_type -> switchyard.api.v1.ClusterStatusRequest
+	23, // 32: switchyard.api.v1.Coordinator.AddReplica:input_type -> switchyard.api.v1.AddReplicaRequest
+	25, // 33: switchyard.api.v1.Coordinator.RemoveReplica:input_type -> switchyard.api.v1.RemoveReplicaRequest
+	27, // 34: switchyard.api.v1.Coordinator.ListCheckpoints:input_type -> switchyard.api.v1.ListCheckpointsRequest
+	31, // 35: switchyard.api.v1.Coordinator.DeleteCheckpoint:input_type -> switchyard.api.v1.DeleteCheckpointRequest
+	33, // 36: switchyard.api.v1.Coordinator.VerifyCheckpoint:input_type -> switchyard.api.v1.VerifyCheckpointRequest
+	36, // 37: switchyard.api.v1.Coordinator.CommitCheckpoint:input_type -> switchyard.api.v1.CommitCheckpointRequest
+	41, // 38: switchyard.api.v1.Coordinator.SyncWorker:input_type -> switchyard.api.v1.SyncWorkerRequest
+	2,  // 39: switchyard.api.v1.Coordinator.SubmitJob:output_type -> switchyard.api.v1.SubmitJobResponse
+	4,  // 40: switchyard.api.v1.Coordinator.GetJob:output_type -> switchyard.api.v1.GetJobResponse
+	6,  // 41: switchyard.api.v1.Coordinator.ListJobs:output_type -> switchyard.api.v1.ListJobsResponse
+	8,  // 42: switchyard.api.v1.Coordinator.CancelJob:output_type -> switchyard.api.v1.CancelJobResponse
+	10, // 43: switchyard.api.v1.Coordinator.ResumeJob:output_type -> switchyard.api.v1.ResumeJobResponse
+	12, // 44: switchyard.api.v1.Coordinator.JobLogs:output_type -> switchyard.api.v1.LogEntry
+	16, // 45: switchyard.api.v1.Coordinator.WatchJob:output_type -> switchyard.api.v1.WatchJobResponse
+	22, // 46: switchyard.api.v1.Coordinator.ClusterStatus:output_type -> switchyard.api.v1.ClusterStatusResponse
+	24, // 47: switchyard.api.v1.Coordinator.AddReplica:output_type -> switchyard.api.v1.AddReplicaResponse
+	26, // 48: switchyard.api.v1.Coordinator.RemoveReplica:output_type -> switchyard.api.v1.RemoveReplicaResponse
+	30, // 49: switchyard.api.v1.Coordinator.ListCheckpoints:output_type -> switchyard.api.v1.ListCheckpointsResponse
+	32, // 50: switchyard.api.v1.Coordinator.DeleteCheckpoint:output_type -> switchyard.api.v1.DeleteCheckpointResponse
+	34, // 51: switchyard.api.v1.Coordinator.VerifyCheckpoint:output_type -> switchyard.api.v1.VerifyCheckpointResponse
+	37, // 52: switchyard.api.v1.Coordinator.CommitCheckpoint:output_type -> switchyard.api.v1.CommitCheckpointResponse
+	42, // 53: switchyard.api.v1.Coordinator.SyncWorker:output_type -> switchyard.api.v1.SyncWorkerResponse
+	39, // [39:54] is the sub-list for method output_type
+	24, // [24:39] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_switchyard_api_v1_api_proto_init() }
@@ -2967,7 +3054,7 @@ func file_switchyard_api_v1_api_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_switchyard_api_v1_api_proto_rawDesc), len(file_switchyard_api_v1_api_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   43,
+			NumMessages:   44,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

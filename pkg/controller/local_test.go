@@ -216,7 +216,7 @@ func TestSeveralRanksPerWorker(t *testing.T) {
 	l.submit("big", "name: big\nparallel: {dp: 6}\nresources: {cpu_cores: 1, memory_mib: 1024, gpus: 1}\n")
 	l.submit("j4", "name: j4\nparallel: {tp: 2, dp: 2}\nresources: {cpu_cores: 1, memory_mib: 1024, gpus: 1}\n")
 	l.tick()
-	if r := pendingReason(l.job("big")); !strings.Contains(r, "needs 6 workers") {
+	if r := pendingReason(l.job("big")); !strings.Contains(r, "needs 6 slots with 1 core, 1024 MiB, 1 GPU; the cluster has only 4 such slots") {
 		t.Errorf("6 ranks of 1 GPU on 4 GPU slots: pending reason %q", r)
 	}
 	j := l.job("j4")

@@ -194,6 +194,9 @@ func (s held) snapshot(live map[string]membership.WorkerInfo, jobs []*pb.Job) sc
 			healthy = false
 		}
 		n := w.SlotCount()
+		if n > 1 {
+			snap.Unit = "slot" // reasons count slots
+		}
 		share := scheduler.Resources{CPUCores: w.Resources.CPUCores / n, MemoryMiB: (w.Resources.MemoryBytes >> 20) / int64(n), GPUs: w.Resources.GPUs / n}
 		host := w.Host
 		if host == "" && n > 1 {

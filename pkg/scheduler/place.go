@@ -18,6 +18,7 @@ type cluster struct {
 	hosts       []string       // host names, sorted
 	hostWorkers [][]int        // host -> workers, sorted by id
 	domains     [][]string     // level -> host -> domain key ("" : not in a domain at that level)
+	unit        string         // what a worker is called in reasons
 }
 
 func newCluster(snap Snapshot) *cluster {
@@ -33,7 +34,10 @@ func newCluster(snap Snapshot) *cluster {
 	}
 	sort.Slice(ws, func(a, b int) bool { return ws[a].ID < ws[b].ID })
 
-	cl := &cluster{workers: ws, byID: make(map[string]int, len(ws)), hostOf: make([]int, len(ws))}
+	cl := &cluster{workers: ws, byID: make(map[string]int, len(ws)), hostOf: make([]int, len(ws)), unit: snap.Unit}
+	if cl.unit == "" {
+		cl.unit = "worker"
+	}
 	hostIdx := make(map[string]int)
 	var names []string
 	for i, w := range ws {
@@ -159,20 +163,21 @@ func (p *pass) try(job Job, st []bool, useClaimed bool) (Plan, []int, *failure) 
 		staticMaxHost = max(staticMaxHost, sn)
 	}
 
-	want := describe(job)
+	unit := cl.unit
+	want := describe(job, unit)
 	if staticSlots < l.DP {
 		var reason string
 		switch {
 		case staticN == 0:
-			reason = fmt.Sprintf("needs %s; the cluster has no such workers", want)
+			reason = fmt.Sprintf("needs %s; the cluster has no such %ss", want, unit)
 		case staticN < world:
-			reason = fmt.Sprintf("needs %s; the cluster has only %d such %s", want, staticN, noun(staticN, "worker"))
+			reason = fmt.Sprintf("needs %s; the cluster has only %d such %s", want, staticN, noun(staticN, unit))
 		case staticMaxHost < l.TP:
 			reason = fmt.Sprintf("no host in the cluster can hold a TP group of %d (largest host has %d suitable %s)",
-				l.TP, staticMaxHost, noun(staticMaxHost, "worker"))
+				l.TP, staticMaxHost, noun(staticMaxHost, unit))
 		default:
-			reason = fmt.Sprintf("needs %d TP groups of %d workers, each on one host; the cluster's hosts can hold only %d",
-				l.DP, l.TP, staticSlots)
+			reason = fmt.Sprintf("needs %d TP groups of %d %ss, each on one host; the cluster's hosts can hold only %d",
+				l.DP, l.TP, unit, staticSlots)
 		}
 		return Plan{}, nil, &failure{ErrTooLarge, reason}
 	}
@@ -214,11 +219,11 @@ func (p *pass) try(job Job, st []bool, useClaimed bool) (Plan, []int, *failure) 
 		}
 		if maxHost < l.TP {
 			return Plan{}, nil, &failure{ErrNoFit, fmt.Sprintf("no host can hold a TP group of %d (largest host has %d free %s)",
-				l.TP, maxHost, noun(maxHost, "worker"))}
+				l.TP, maxHost, noun(maxHost, unit))}
 		}
 		return Plan{}, nil, &failure{ErrNoFit, fmt.Sprintf(
-			"needs %d TP groups of %d workers, each on one host; the free workers form only %d (%d free workers on %d hosts)",
-			l.DP, l.TP, slots, availN, nHosts)}
+			"needs %d TP groups of %d %ss, each on one host; the free %ss form only %d (%d free %ss on %d hosts)",
+			l.DP, l.TP, unit, unit, slots, availN, unit, nHosts)}
 	}
 
 	idx := make([]int, 0, world)
@@ -233,9 +238,9 @@ func (p *pass) try(job Job, st []bool, useClaimed bool) (Plan, []int, *failure) 
 	return plan, idx, nil
 }
 
-// describe is "8 workers with 1 GPU labelled zone=a".
-func describe(job Job) string {
-	s := fmt.Sprintf("%d %s", job.Layout.World(), noun(job.Layout.World(), "worker"))
+// describe is "8 workers with 1 GPU labelled zone=a" (unit "worker").
+func describe(job Job, unit string) string {
+	s := fmt.Sprintf("%d %s", job.Layout.World(), noun(job.Layout.World(), unit))
 	if job.PerRank != (Resources{}) {
 		s += " with " + job.PerRank.String()
 	}

@@ -50,6 +50,17 @@ func TestPlaceReasons(t *testing.T) {
 			msg:  "no host in the cluster can hold a TP group of 4 (largest host has 2 suitable workers)",
 		},
 		{
+			name: "GPU slots: no worker holds a TP group of 8",
+			snap: func() Snapshot {
+				s := newFx().host("g1", 4, gpu1).host("g2", 4, gpu1).set("g2-w0", func(w *Worker) { w.Job = "x" }).snap
+				s.Unit = "slot"
+				return s
+			}(),
+			job: job("j", 0, 1, 8, 1, 1, Resources{GPUs: 1}),
+			err: ErrTooLarge,
+			msg: "no host in the cluster can hold a TP group of 8 (largest host has 4 suitable slots)",
+		},
+		{
 			name: "labels nobody has",
 			snap: newFx().host("a", 2, cpu1, "zone=a").snap,
 			job:  job("j", 0, 1, 1, 2, 1, cpu1, "zone=b"),

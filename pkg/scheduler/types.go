@@ -81,6 +81,10 @@ type Snapshot struct {
 	// TopologyKeys are the label keys that group hosts, narrowest first.
 	// nil means DefaultTopologyKeys(); a non-nil empty slice means none.
 	TopologyKeys []string `json:"topology_keys"`
+	// Unit is what a Worker is called in reasons: "worker" (also when
+	// empty), or "slot" where workers of several slots are one Worker a
+	// slot ("needs 8 slots with 1 GPU, 4 free").
+	Unit string `json:"unit,omitempty"`
 }
 
 // DefaultTopologyKeys returns the topology labels used when a snapshot

@@ -69,17 +69,22 @@ func commitDir(ctx context.Context, cfg *jobspec.CommandConfig, step int64, dir 
 	mgr := checkpoint.NewManager(st, cat, slog.Default())
 	job := cfg.Job
 	prefix := checkpoint.StepPrefix(job, step)
-	if _, err := cat.Get(ctx, job, step); err == nil {
-		return checkpoint.Manifest{}, fmt.Errorf("step %d of job %s is already committed", step, job)
+	// only a newer step can be committed: refuse before touching DIR
+	switch latest, err := cat.Latest(ctx, job); {
+	case err == nil && latest.Step >= step:
+		return checkpoint.Manifest{}, fmt.Errorf("step %d of job %s: the newest committed checkpoint is of step %d; commit a later step", step, job, latest.Step)
+	case err != nil && !errors.Is(err, checkpoint.ErrNoCheckpoint):
+		return checkpoint.Manifest{}, fmt.Errorf("checkpoint catalogue: %w", err)
 	}
 	end := mgr.BeginSave(job, step)
 	defer end()
-	shards, err := checkpoint.AdoptDir(ctx, st, prefix, dir)
+	// moved (no copy) when it is the attempt's own staged directory
+	shards, undo, err := checkpoint.AdoptDir(ctx, st, prefix, dir, cfg.StagingDir())
 	if errors.Is(err, checkpoint.ErrStepExists) {
 		// files of a commit of this step that never completed: nothing
 		// references them
 		if err = removePrefix(ctx, st, prefix); err == nil {
-			shards, err = checkpoint.AdoptDir(ctx, st, prefix, dir)
+			shards, undo, err = checkpoint.AdoptDir(ctx, st, prefix, dir, cfg.StagingDir())
 		}
 	}
 	if err != nil {
@@ -92,7 +97,8 @@ func commitDir(ctx context.Context, cfg *jobspec.CommandConfig, step int64, dir 
 		Meta:   map[string]string{"runtime": jobspec.RuntimeCommand},
 	}
 	if err := mgr.Commit(ctx, m); err != nil {
-		return checkpoint.Manifest{}, err
+		// DIR goes back where the trainer wrote it, for a retry
+		return checkpoint.Manifest{}, errors.Join(err, undo())
 	}
 	if deleted, err := mgr.Retain(ctx, job, max(cfg.Checkpoint.KeepLast, 1), 0, nil); err != nil {
 		slog.Warn("checkpoint retention failed", "job-id", job, "error", err)

@@ -9,6 +9,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -21,6 +22,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"gopkg.in/yaml.v3"
 
@@ -112,13 +114,80 @@ type resumeAt struct {
 	dir  string
 }
 
-// resumePoint opens the job's checkpoints and picks the one to resume
-// from: the coordinator's resume step, else the newest committed one that
-// verifies (older ones are tried when one does not: each is announced).
-// Rank 0 first tidies: it finishes interrupted deletions, removes files of
-// checkpoints never committed and the staging directories of earlier
-// attempts, and (resuming from a named step) deletes the newer ones.
+// resumePoint is the checkpoint the rank starts from. Rank 0 decides
+// (decideResume) and writes its decision into the attempt's staging
+// directory; the other ranks read it there, so that every rank starts from
+// the same step and the checkpoint is read once.
 func resumePoint(ctx context.Context, cfg *jobspec.CommandConfig, events io.Writer) (resumeAt, error) {
+	path := filepath.Join(cfg.StagingDir(), resumeDecision)
+	if cfg.Rank != 0 {
+		return awaitResume(ctx, cfg, path)
+	}
+	r, err := decideResume(ctx, cfg, events)
+	if err != nil {
+		return resumeAt{}, err
+	}
+	raw, _ := json.Marshal(r.decision())
+	if err := writeAtomic(path, raw); err != nil {
+		return resumeAt{}, fmt.Errorf("resume decision for the other ranks: %w", err)
+	}
+	return r, nil
+}
+
+// resumeDecision is the file of rank 0's decision in the staging directory.
+const resumeDecision = "resume.json"
+
+type resumeFile struct {
+	Step int64  `json:"step"` // 0: from the beginning
+	Dir  string `json:"dir,omitempty"`
+}
+
+func (r resumeAt) decision() resumeFile { return resumeFile{Step: r.step, Dir: r.dir} }
+
+// awaitResume waits for rank 0's decision (it lands on the shared
+// checkpoint storage), up to resumeWait.
+func awaitResume(ctx context.Context, cfg *jobspec.CommandConfig, path string) (resumeAt, error) {
+	ctx, cancel := context.WithTimeout(ctx, resumeWait)
+	defer cancel()
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		raw, err := os.ReadFile(path)
+		if err == nil {
+			var d resumeFile
+			if err := json.Unmarshal(raw, &d); err != nil || d.Step < 0 {
+				return resumeAt{}, fmt.Errorf("rank 0's resume decision %s: malformed (%v)", path, err)
+			}
+			return resumeAt{step: d.Step, dir: d.Dir}, nil
+		}
+		select {
+		case <-ctx.Done():
+			return resumeAt{}, fmt.Errorf("rank 0's resume decision did not appear in %s within %v: the job's workers must share its checkpoint storage (checkpoint.path or their storage_path)", path, resumeWait)
+		case <-t.C:
+		}
+	}
+}
+
+// resumeWait bounds how long a rank waits for rank 0's resume decision
+// (rank 0 verifies the checkpoint first: every byte is read).
+var resumeWait = 10 * time.Minute
+
+func writeAtomic(path string, data []byte) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// decideResume (rank 0) opens the job's checkpoints and picks the one to
+// resume from: the coordinator's resume step, else the newest committed
+// one that verifies (older ones are tried when one does not: each is
+// announced, and dropped). It first tidies: it finishes interrupted
+// deletions, removes files of checkpoints never committed and the staging
+// directories of earlier attempts, and (resuming from a named step)
+// deletes the newer ones.
+func decideResume(ctx context.Context, cfg *jobspec.CommandConfig, events io.Writer) (resumeAt, error) {
 	st, err := checkpoint.NewDirStorage(cfg.Checkpoint.Dir)
 	if err != nil {
 		return resumeAt{}, err
@@ -133,9 +202,7 @@ func resumePoint(ctx context.Context, cfg *jobspec.CommandConfig, events io.Writ
 	}
 	mgr := checkpoint.NewManager(st, cat, slog.Default())
 	job := cfg.Job
-	if cfg.Rank == 0 {
-		tidyCommandJob(ctx, mgr, cfg)
-	}
+	tidyCommandJob(ctx, mgr, cfg)
 	var m checkpoint.Manifest
 	if s := cfg.Checkpoint.ResumeStep; s > 0 {
 		if m, err = cat.Get(ctx, job, s); err == nil {
@@ -144,10 +211,8 @@ func resumePoint(ctx context.Context, cfg *jobspec.CommandConfig, events io.Writ
 		if err != nil {
 			return resumeAt{}, fmt.Errorf("resume from step %d of job %s: %w", s, job, err)
 		}
-		if cfg.Rank == 0 {
-			if err := deleteNewer(ctx, mgr, job, s); err != nil {
-				return resumeAt{}, err
-			}
+		if err := deleteNewer(ctx, mgr, job, s); err != nil {
+			return resumeAt{}, err
 		}
 	} else {
 		m, err = mgr.LoadLatestVerified(ctx, job, func(step int64, err error) {
@@ -155,7 +220,7 @@ func resumePoint(ctx context.Context, cfg *jobspec.CommandConfig, events io.Writ
 		})
 		switch {
 		case errors.Is(err, checkpoint.ErrNoCheckpoint):
-			if cfg.Rank == 0 && cfg.Attempt > 0 {
+			if cfg.Attempt > 0 {
 				train.Announce(events, "NoCheckpoint", fmt.Sprintf("no checkpoint committed by the earlier attempts: attempt %d starts from the beginning (the trainer commits with `switchyard checkpoints commit`)", cfg.Attempt))
 			}
 			return resumeAt{}, nil
@@ -167,18 +232,14 @@ func resumePoint(ctx context.Context, cfg *jobspec.CommandConfig, events io.Writ
 		}
 		// the unusable newer ones go, or the steps the trainer takes again
 		// could not be committed (a commit must be newer)
-		if cfg.Rank == 0 {
-			if err := deleteNewer(ctx, mgr, job, m.Step); err != nil {
-				return resumeAt{}, err
-			}
+		if err := deleteNewer(ctx, mgr, job, m.Step); err != nil {
+			return resumeAt{}, err
 		}
 		if m.Step == 0 {
 			return resumeAt{}, nil
 		}
 	}
-	if cfg.Rank == 0 {
-		train.Announce(events, "Resumed", fmt.Sprintf("resumed from the checkpoint of step %d", m.Step))
-	}
+	train.Announce(events, "Resumed", fmt.Sprintf("resumed from the checkpoint of step %d", m.Step))
 	return resumeAt{step: m.Step, dir: filepath.Join(st.Root(), filepath.FromSlash(checkpoint.StepPrefix(job, m.Step)))}, nil
 }
 
@@ -254,12 +315,14 @@ func rankEnv(cfg *jobspec.CommandConfig, runConfig, self string, resume resumeAt
 		{"TORCHELASTIC_RESTART_COUNT", itoa(cfg.Attempt)}, {"TORCHELASTIC_MAX_RESTARTS", itoa(cfg.MaxRestarts)},
 		{"TORCHELASTIC_RUN_ID", cfg.Job},
 		{"CUDA_VISIBLE_DEVICES", cfg.CUDAVisibleDevices},
+		{"CUDA_DEVICE_ORDER", "PCI_BUS_ID"}, // nvidia-smi's numbering, which the worker's indices are in
 		{envJobID, cfg.Job}, {envAttempt, itoa(cfg.Attempt)},
 		{envCheckpointDir, cfg.StagingDir()},
 		{envRunConfig, runConfig},
 		{envMetricsFile, filepath.Join(cfg.RunDir, "metrics.jsonl")},
 		{envBin, self},
-		{"PATH", filepath.Dir(self) + string(os.PathListSeparator) + vars["PATH"]},
+		// last, so that the spec's or the worker's PATH wins (a venv)
+		{"PATH", vars["PATH"] + string(os.PathListSeparator) + filepath.Dir(self)},
 		{"SWITCHYARD_COORDINATOR", strings.Join(cfg.Coordinators, ",")},
 		{"SWITCHYARD_TLS_CA", cfg.CoordinatorTLS.CA}, {"SWITCHYARD_TLS_CERT", cfg.CoordinatorTLS.Cert}, {"SWITCHYARD_TLS_KEY", cfg.CoordinatorTLS.Key},
 	} {

@@ -1,12 +1,17 @@
 package main
 
 import (
+	"bytes"
+	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/switchyard-ml/switchyard/pkg/checkpoint"
 	"github.com/switchyard-ml/switchyard/pkg/jobspec"
 	"github.com/switchyard-ml/switchyard/pkg/runconfig"
 )
@@ -35,7 +40,7 @@ func TestRankEnv(t *testing.T) {
 		"CUDA_VISIBLE_DEVICES": "", "SWITCHYARD_JOB_ID": "j-1", "SWITCHYARD_ATTEMPT": "2",
 		"SWITCHYARD_CHECKPOINT_DIR": "/ck/j-1/staging/attempt-2", "SWITCHYARD_RUN_CONFIG": "/run/r1/run.yaml",
 		"SWITCHYARD_METRICS_FILE": "/run/r1/metrics.jsonl", "SWITCHYARD_BIN": "/opt/sy/switchyard",
-		"PATH": "/opt/sy:/usr/bin", "SWITCHYARD_COORDINATOR": "c1:7000,c2:7000",
+		"PATH": "/usr/bin:/opt/sy", "SWITCHYARD_COORDINATOR": "c1:7000,c2:7000", "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
 		"OMP_NUM_THREADS": "2", "FOO": "spec", "HOME": "/root",
 	} {
 		if v, ok := got[k]; !ok || v != want {
@@ -83,5 +88,55 @@ func TestLookProgram(t *testing.T) {
 		if c.code != 0 && (err == nil || !strings.Contains(err.Error(), c.want)) {
 			t.Errorf("%s: %v, want %q", c.cmd, err, c.want)
 		}
+	}
+}
+
+// Rank 0 decides the resume point (the newest committed checkpoint that
+// verifies, dropping a damaged newer one) and the other ranks follow its
+// decision; a rank whose rank 0 never decides says why.
+func TestResumePointAgreed(t *testing.T) {
+	ctx := context.Background()
+	root := t.TempDir()
+	st, err := checkpoint.NewDirStorage(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mgr := checkpoint.NewManager(st, checkpoint.NewStorageCatalogue(st), nil)
+	for _, step := range []int64{5, 10} {
+		dir := filepath.Join(t.TempDir(), "ck")
+		os.MkdirAll(dir, 0o755)
+		os.WriteFile(filepath.Join(dir, "model.pt"), []byte(fmt.Sprint("weights ", step)), 0o644)
+		shards, _, err := checkpoint.AdoptDir(ctx, st, checkpoint.StepPrefix("j-1", step), dir, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := mgr.Commit(ctx, checkpoint.Manifest{Job: "j-1", Step: step, Layout: checkpoint.Layout{TP: 1, DP: 2, EP: 1}, Shards: shards}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	os.WriteFile(filepath.Join(root, "j-1", "step-000000000010", "model.pt"), []byte("damaged"), 0o644)
+	cfg := func(rank, attempt int) *jobspec.CommandConfig {
+		c := &jobspec.CommandConfig{Job: "j-1", Rank: rank, World: 2, Attempt: attempt, Checkpoint: runconfig.Checkpoint{Dir: root, Job: "j-1"}}
+		os.MkdirAll(c.StagingDir(), 0o755)
+		return c
+	}
+	var events bytes.Buffer
+	r0, err := resumePoint(ctx, cfg(0, 1), &events)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r1, err := resumePoint(ctx, cfg(1, 1), &events)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r0.step != 5 || r1 != r0 || !strings.HasSuffix(r0.dir, "step-000000000005") {
+		t.Fatalf("rank 0 resumes from %+v, rank 1 from %+v: want step 5 both", r0, r1)
+	}
+	if ms, _ := mgr.Catalogue().List(ctx, "j-1"); len(ms) != 1 || ms[0].Step != 5 {
+		t.Fatalf("the damaged step 10 was not dropped: %v", ms)
+	}
+	resumeWait = 300 * time.Millisecond
+	if _, err := resumePoint(ctx, cfg(1, 2), &events); err == nil || !strings.Contains(err.Error(), "must share its checkpoint storage") {
+		t.Fatalf("no decision: %v", err)
 	}
 }

@@ -142,13 +142,17 @@ func TestPrepareSlots(t *testing.T) {
 		if want := "--listen " + peers[slot]; !strings.Contains(args, want) {
 			t.Errorf("slot %d: args %q lack %q", slot, args, want)
 		}
-		if want := []string{"CUDA_VISIBLE_DEVICES=" + []string{"0", "1"}[slot]}; strings.Join(l.env, " ") != want[0] {
+		if want := "CUDA_VISIBLE_DEVICES=" + []string{"0", "1"}[slot] + " CUDA_DEVICE_ORDER=PCI_BUS_ID"; strings.Join(l.env, " ") != want {
 			t.Errorf("slot %d: env %v, want %v", slot, l.env, want)
 		}
 		dirs[l.runDir] = true
 	}
 	if len(dirs) != 2 {
 		t.Errorf("run directories %v: want one per rank", dirs)
+	}
+	// a slot the worker does not have (restarted with fewer) is refused
+	if _, err := a.prepare(&apiv1.Task{JobId: "j-1", Rank: 1, Slot: 2, WorldSize: 2, Dp: 2, Spec: []byte(spec), Peers: peers}); err == nil || !strings.Contains(err.Error(), "slot 2: this worker has 2 slot(s)") {
+		t.Errorf("slot out of range: %v", err)
 	}
 }
 

@@ -185,6 +185,9 @@ func (a *Agent) prepare(t *apiv1.Task) (launch, error) {
 	if world > 1 && len(t.GetPeers()) != world {
 		return launch{}, fmt.Errorf("%d peers for a world of %d", len(t.GetPeers()), world)
 	}
+	if s, n := int(t.GetSlot()), a.o.Config.SlotCount(); s < 0 || s >= n {
+		return launch{}, fmt.Errorf("slot %d: this worker has %d slot(s) (was it restarted with fewer?)", s, n)
+	}
 	spec, err := jobspec.Parse(t.GetSpec())
 	if err != nil {
 		return launch{}, fmt.Errorf("job spec: %w", err)
@@ -238,7 +241,8 @@ func (a *Agent) prepare(t *apiv1.Task) (launch, error) {
 	}
 	ln := launch{runDir: host.RunDir, args: args}
 	if spec.Resources.GPUs > 0 {
-		ln.env = []string{"CUDA_VISIBLE_DEVICES=" + a.visibleGPUs(int(t.GetSlot()), spec.Resources.GPUs)}
+		// nvidia-smi's numbering, which the worker's indices are in
+		ln.env = []string{"CUDA_VISIBLE_DEVICES=" + a.visibleGPUs(int(t.GetSlot()), spec.Resources.GPUs), "CUDA_DEVICE_ORDER=PCI_BUS_ID"}
 	}
 	return ln, nil
 }

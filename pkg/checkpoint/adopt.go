@@ -25,61 +25,77 @@ var ErrStepExists = errors.New("checkpoint: files already stored for the step")
 // AdoptDir makes the regular files under dir (a trainer's checkpoint, any
 // format) the shards under prefix in st, and returns them (rank 0, kind
 // KindFile, named by their paths relative to dir, hashed). When st is a
-// DirStorage and dir lies inside its root, dir is moved into place (one
-// rename, no copy; ErrStepExists if the prefix has files) and the files
-// are synced as they are hashed; otherwise every file is copied in with
-// Put and dir is left as it was. Anything under dir that is not a regular
-// file or a directory (a symbolic link, a socket) is refused, naming it.
-func AdoptDir(ctx context.Context, st Storage, prefix, dir string) ([]ShardInfo, error) {
+// DirStorage and dir lies strictly inside movable (a directory of the
+// storage that the caller's trainer owns: its staging area), dir is moved
+// into place (one rename, no copy; ErrStepExists if the prefix has
+// files) and the files are synced as they are hashed; otherwise every file
+// is copied in with Put and dir is left as it was (a committed checkpoint
+// named as dir is never moved). undo puts a moved dir back (a no-op after
+// a copy): the caller calls it when the commit that follows fails, so
+// that the trainer can retry. Anything under dir that is not a regular
+// file or a directory (a symbolic link, a socket) is refused, naming it,
+// and so are names the storage cannot hold (a segment starting with '.').
+func AdoptDir(ctx context.Context, st Storage, prefix, dir, movable string) (shards []ShardInfo, undo func() error, err error) {
+	nothing := func() error { return nil }
 	names, err := regularFiles(dir)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	if ds, ok := st.(*DirStorage); ok && within(ds.root, dir) {
+	if ds, ok := st.(*DirStorage); ok && movable != "" && within(movable, dir) && within(ds.root, movable) {
 		return ds.adopt(ctx, prefix, dir, names)
 	}
 	infos := make([]ShardInfo, 0, len(names))
 	for _, name := range names {
 		f, err := os.Open(filepath.Join(dir, filepath.FromSlash(name)))
 		if err != nil {
-			return nil, fmt.Errorf("checkpoint: adopt %s: %w", dir, err)
+			return nil, nil, fmt.Errorf("checkpoint: adopt %s: %w", dir, err)
 		}
 		size, sum, err := st.Put(ctx, prefix+name, f)
 		f.Close()
 		if err != nil {
-			return nil, fmt.Errorf("checkpoint: adopt %s: %s: %w", dir, name, err)
+			return nil, nil, fmt.Errorf("checkpoint: adopt %s: %s: %w", dir, name, err)
 		}
 		infos = append(infos, ShardInfo{Name: name, Size: size, SHA256: sum, Kind: KindFile})
 	}
-	return infos, nil
+	return infos, nothing, nil
 }
 
-// adopt moves dir to prefix's directory and hashes (and syncs) its files.
-func (d *DirStorage) adopt(ctx context.Context, prefix, dir string, names []string) ([]ShardInfo, error) {
+// adopt moves dir to prefix's directory and hashes (and syncs) its files;
+// a failure after the move moves it back.
+func (d *DirStorage) adopt(ctx context.Context, prefix, dir string, names []string) ([]ShardInfo, func() error, error) {
 	dst := d.path(prefix)
 	if _, err := os.Stat(dst); err == nil {
-		return nil, fmt.Errorf("%w: %s", ErrStepExists, dst)
+		return nil, nil, fmt.Errorf("%w: %s", ErrStepExists, dst)
 	}
 	if err := d.mkdirAllSync(filepath.Dir(dst)); err != nil {
-		return nil, fmt.Errorf("checkpoint: adopt %s: %w", dir, err)
+		return nil, nil, fmt.Errorf("checkpoint: adopt %s: %w", dir, err)
 	}
 	if err := os.Rename(dir, dst); err != nil {
-		return nil, fmt.Errorf("checkpoint: adopt %s: move to %s: %w", dir, dst, err)
+		return nil, nil, fmt.Errorf("checkpoint: adopt %s: move to %s: %w", dir, dst, err)
+	}
+	undo := func() error {
+		if err := os.Rename(dst, dir); err != nil {
+			return fmt.Errorf("checkpoint: adopt %s: move back from %s: %w", dir, dst, err)
+		}
+		return nil
+	}
+	fail := func(err error) ([]ShardInfo, func() error, error) {
+		return nil, nil, errors.Join(fmt.Errorf("checkpoint: adopt %s: %w", dir, err), undo())
 	}
 	for _, p := range []string{filepath.Dir(dst), filepath.Dir(dir)} {
 		if err := syncDir(p); err != nil {
-			return nil, fmt.Errorf("checkpoint: adopt %s: %w", dir, err)
+			return fail(err)
 		}
 	}
 	infos := make([]ShardInfo, 0, len(names))
 	for _, name := range names {
 		size, sum, err := hashAndSync(ctx, filepath.Join(dst, filepath.FromSlash(name)))
 		if err != nil {
-			return nil, fmt.Errorf("checkpoint: adopt %s: %w", dir, err)
+			return fail(err)
 		}
 		infos = append(infos, ShardInfo{Name: name, Size: size, SHA256: sum, Kind: KindFile})
 	}
-	return infos, nil
+	return infos, undo, nil
 }
 
 // hashAndSync reads a file to its end, returning its size and SHA-256,

@@ -32,7 +32,8 @@ func TestAdoptDir(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	inside := filepath.Join(root, "job-1", "staging", "attempt-0", "s5")
+	staging := filepath.Join(root, "job-1", "staging", "attempt-0")
+	inside := filepath.Join(staging, "s5")
 	outside := filepath.Join(t.TempDir(), "s6")
 	writeTree(t, inside, files)
 	writeTree(t, outside, files)
@@ -43,7 +44,7 @@ func TestAdoptDir(t *testing.T) {
 		moved bool
 	}{{inside, 5, true}, {outside, 6, false}} {
 		prefix := StepPrefix("job-1", c.step)
-		shards, err := AdoptDir(ctx, st, prefix, c.dir)
+		shards, _, err := AdoptDir(ctx, st, prefix, c.dir, staging)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -60,8 +61,30 @@ func TestAdoptDir(t *testing.T) {
 	}
 	// the prefix holds files now: a second adopt of step 5 is refused
 	writeTree(t, inside, files)
-	if _, err := AdoptDir(ctx, st, StepPrefix("job-1", 5), inside); !errors.Is(err, ErrStepExists) {
+	if _, _, err := AdoptDir(ctx, st, StepPrefix("job-1", 5), inside, staging); !errors.Is(err, ErrStepExists) {
 		t.Fatalf("adopt over a stored step: %v", err)
+	}
+	// a committed checkpoint named as the directory is copied, never moved
+	committed := filepath.Join(root, "job-1", "step-000000000005")
+	if _, _, err := AdoptDir(ctx, st, StepPrefix("job-1", 7), committed, staging); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(committed, "model.pt")); err != nil {
+		t.Fatalf("the committed checkpoint lost a file: %v", err)
+	}
+	// undo puts a moved directory back, for a retry
+	_, undo, err := AdoptDir(ctx, st, StepPrefix("job-1", 8), inside, staging)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(inside); !os.IsNotExist(err) {
+		t.Fatalf("not moved: %v", err)
+	}
+	if err := undo(); err != nil {
+		t.Fatal(err)
+	}
+	if raw, err := os.ReadFile(filepath.Join(inside, "optim", "state.pt")); err != nil || string(raw) != "moments" {
+		t.Fatalf("after undo: %q %v", raw, err)
 	}
 	// a changed file fails verification (resume falls back)
 	os.WriteFile(filepath.Join(root, "job-1", "step-000000000006", "model.pt"), []byte("changed"), 0o644)
@@ -75,16 +98,16 @@ func TestAdoptDirRefuses(t *testing.T) {
 	ctx := context.Background()
 	st, _ := NewDirStorage(t.TempDir())
 	empty := t.TempDir()
-	if _, err := AdoptDir(ctx, st, StepPrefix("j", 1), empty); err == nil || !strings.Contains(err.Error(), "no files") {
+	if _, _, err := AdoptDir(ctx, st, StepPrefix("j", 1), empty, ""); err == nil || !strings.Contains(err.Error(), "no files") {
 		t.Errorf("empty dir: %v", err)
 	}
-	if _, err := AdoptDir(ctx, st, StepPrefix("j", 1), filepath.Join(empty, "missing")); err == nil {
+	if _, _, err := AdoptDir(ctx, st, StepPrefix("j", 1), filepath.Join(empty, "missing"), ""); err == nil {
 		t.Error("missing dir accepted")
 	}
 	link := t.TempDir()
 	writeTree(t, link, map[string]string{"a.pt": "x"})
 	os.Symlink("/etc/passwd", filepath.Join(link, "b.pt"))
-	if _, err := AdoptDir(ctx, st, StepPrefix("j", 1), link); err == nil || !strings.Contains(err.Error(), "b.pt is not a regular file") {
+	if _, _, err := AdoptDir(ctx, st, StepPrefix("j", 1), link, ""); err == nil || !strings.Contains(err.Error(), "b.pt is not a regular file") {
 		t.Errorf("symlink: %v", err)
 	}
 }

@@ -37,6 +37,7 @@ func TestSlotPlacementProperties(t *testing.T) {
 				Resources: membership.Resources{CPUCores: 2 * slots, MemoryBytes: int64(slots) << 32, GPUs: gpus}}
 		}
 		var running []*pb.Job
+		reqs := map[string]scheduler.Resources{} // per-rank requests of every job so far
 		for round := range 2 {
 			var queue []scheduler.Job
 			for k := range 1 + r.IntN(5) {
@@ -46,6 +47,9 @@ func TestSlotPlacementProperties(t *testing.T) {
 					Layout:  scheduler.Layout{TP: tp, DP: 1 + r.IntN(4), EP: 1},
 					PerRank: scheduler.Resources{CPUCores: 1, MemoryMiB: 1024, GPUs: r.IntN(2)},
 				})
+			}
+			for _, q := range queue {
+				reqs[q.ID] = q.PerRank
 			}
 			h := l.s.hold()
 			snap := h.snapshot(live, running)
@@ -69,17 +73,13 @@ func TestSlotPlacementProperties(t *testing.T) {
 				}
 				running = append(running, j)
 			}
-			checkSlots(t, seed, live, running, queue)
+			checkSlots(t, seed, live, running, reqs)
 		}
 	}
 }
 
-func checkSlots(t *testing.T, seed int, live map[string]membership.WorkerInfo, running []*pb.Job, queue []scheduler.Job) {
+func checkSlots(t *testing.T, seed int, live map[string]membership.WorkerInfo, running []*pb.Job, perRank map[string]scheduler.Resources) {
 	t.Helper()
-	perRank := map[string]scheduler.Resources{}
-	for _, q := range queue {
-		perRank[q.ID] = q.PerRank
-	}
 	type use struct{ gpus, cores int }
 	used := map[workerSlot]string{}
 	per := map[string]use{}

@@ -34,7 +34,7 @@ var commandOnlyKeys = []string{"command", "args", "env", "working_dir", "ranks"}
 var ReservedEnv = []string{
 	"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE", "NODE_RANK", "ROLE_RANK", "ROLE_WORLD_SIZE",
 	"MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RESTART_COUNT", "TORCHELASTIC_MAX_RESTARTS", "TORCHELASTIC_RUN_ID",
-	"CUDA_VISIBLE_DEVICES",
+	"CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER",
 }
 
 // ReservedEnvPrefix: every SWITCHYARD_ variable is Switchyard's.

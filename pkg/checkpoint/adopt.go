@@ -34,7 +34,8 @@ var ErrStepExists = errors.New("checkpoint: files already stored for the step")
 // a copy): the caller calls it when the commit that follows fails, so
 // that the trainer can retry. Anything under dir that is not a regular
 // file or a directory (a symbolic link, a socket) is refused, naming it,
-// and so are names the storage cannot hold (a segment starting with '.').
+// and so are names the storage cannot hold (a segment starting with
+// ".tmp-"); dot-names such as DCP's ".metadata" are kept.
 func AdoptDir(ctx context.Context, st Storage, prefix, dir, movable string) (shards []ShardInfo, undo func() error, err error) {
 	nothing := func() error { return nil }
 	names, err := regularFiles(dir)

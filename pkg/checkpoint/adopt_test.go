@@ -111,3 +111,32 @@ func TestAdoptDirRefuses(t *testing.T) {
 		t.Errorf("symlink: %v", err)
 	}
 }
+
+// A DCP-style checkpoint (".metadata" beside "__0_0.distcp") is committed
+// whole; a name the storage reserves is refused, naming it.
+func TestAdoptDirDotNames(t *testing.T) {
+	ctx := context.Background()
+	st, _ := NewDirStorage(t.TempDir())
+	dcp := t.TempDir()
+	writeTree(t, dcp, map[string]string{".metadata": "meta", "__0_0.distcp": "shard"})
+	shards, _, err := AdoptDir(ctx, st, StepPrefix("j", 1), dcp, "")
+	if err != nil || len(shards) != 2 || shards[0].Name != ".metadata" {
+		t.Fatalf("shards %+v, %v", shards, err)
+	}
+	m := Manifest{Job: "j", Step: 1, Layout: Layout{TP: 1, DP: 1, EP: 1}, Shards: shards}
+	mgr := NewManager(st, NewMemCatalogue(), nil)
+	if err := mgr.Commit(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	if err := mgr.Delete(ctx, "j", 1); err != nil {
+		t.Fatal(err)
+	}
+	if keys, _ := st.List(ctx, ""); len(keys) != 0 {
+		t.Fatalf("after delete: %v", keys)
+	}
+	bad := t.TempDir()
+	writeTree(t, bad, map[string]string{".tmp-x": "x"})
+	if _, _, err := AdoptDir(ctx, st, StepPrefix("j", 2), bad, ""); err == nil || !strings.Contains(err.Error(), ".tmp-x") {
+		t.Fatalf("reserved name: %v", err)
+	}
+}

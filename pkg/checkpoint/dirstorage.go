@@ -13,8 +13,8 @@ import (
 	"time"
 )
 
-// tempPrefix starts the names of DirStorage's temporary files. Keys cannot
-// have segments starting with ".", so List never sees them.
+// tempPrefix starts the names of temporary files (DirStorage's). Keys
+// cannot have segments starting with it, so List never sees them.
 const tempPrefix = ".tmp-"
 
 // DirStorage is a Storage in a directory of a local or shared filesystem.
@@ -268,7 +268,7 @@ func (d *DirStorage) List(ctx context.Context, prefix string) ([]string, error) 
 		if p == d.root {
 			return nil
 		}
-		if strings.HasPrefix(e.Name(), ".") {
+		if strings.HasPrefix(e.Name(), tempPrefix) || e.Name() == "." {
 			if e.IsDir() {
 				return fs.SkipDir
 			}

@@ -22,8 +22,9 @@ var (
 // safe for concurrent use.
 //
 // Keys are relative: no leading or trailing slash, no empty segment, no
-// segment that starts with "." (this rules out "." and ".." and leaves
-// dot-names free for an implementation's temporary files). ValidateKey
+// "." or ".." segment, and no segment that starts with ".tmp-" (left free
+// for an implementation's temporary files); other dot-names are keys like
+// any (a PyTorch DCP checkpoint's ".metadata"). ValidateKey
 // checks the rule; every method rejects a bad key with ErrInvalidKey. A
 // key may not also be the directory of other keys ("a/b" and "a/b/c"):
 // the directory backend cannot store both, so callers must not rely on it.
@@ -75,8 +76,10 @@ func validateSegment(key, seg string) error {
 		return fmt.Errorf("%w: %q has an empty segment", ErrInvalidKey, key)
 	case seg == "..":
 		return fmt.Errorf("%w: %q contains \"..\"", ErrInvalidKey, key)
-	case seg[0] == '.':
-		return fmt.Errorf("%w: %q has a segment starting with \".\"", ErrInvalidKey, key)
+	case seg == ".":
+		return fmt.Errorf("%w: %q contains \".\"", ErrInvalidKey, key)
+	case strings.HasPrefix(seg, tempPrefix):
+		return fmt.Errorf("%w: %q has a segment starting with %q (reserved for temporary files)", ErrInvalidKey, key, tempPrefix)
 	case strings.ContainsAny(seg, "\\\x00"):
 		return fmt.Errorf("%w: %q contains a backslash or NUL", ErrInvalidKey, key)
 	}

@@ -205,9 +205,26 @@ func Storage(t *testing.T, newStore func(t *testing.T) checkpoint.Storage) {
 		}
 	})
 
+	t.Run("DotNames", func(t *testing.T) {
+		// a DCP checkpoint's ".metadata" is a key like any other
+		st := newStore(t)
+		if _, _, err := st.Put(ctx, "j/step-1/.metadata", strings.NewReader("meta")); err != nil {
+			t.Fatal(err)
+		}
+		if keys, err := st.List(ctx, "j/"); err != nil || !reflect.DeepEqual(keys, []string{"j/step-1/.metadata"}) {
+			t.Fatalf("List = %v, %v", keys, err)
+		}
+		if err := st.Delete(ctx, "j/step-1/.metadata"); err != nil {
+			t.Fatal(err)
+		}
+		if keys, _ := st.List(ctx, ""); len(keys) != 0 {
+			t.Fatalf("after delete: %v", keys)
+		}
+	})
+
 	t.Run("BadKeys", func(t *testing.T) {
 		st := newStore(t)
-		for _, k := range []string{"", "/abs", "a//b", "a/../b", "..", "a/", "./a", "a/.hidden", "a\\b"} {
+		for _, k := range []string{"", "/abs", "a//b", "a/../b", "..", "a/", "./a", "a/./b", "a/.tmp-1", "a\\b"} {
 			if _, _, err := st.Put(ctx, k, strings.NewReader("x")); !errors.Is(err, checkpoint.ErrInvalidKey) {
 				t.Errorf("Put(%q) err = %v, want ErrInvalidKey", k, err)
 			}

@@ -3,6 +3,11 @@
 // that the coordinator assigns it as child processes of the `switchyard`
 // binary (`switchyard train ...`).
 //
+// A worker of several slots (workerconfig's slots) holds several tasks at
+// once, of one job or several: the task names its slot, whose rank listens
+// on the worker's port + slot and sees the slot's GPUs
+// (CUDA_VISIBLE_DEVICES, in nvidia-smi's PCI order).
+//
 // The agent owns, for each task it was given (a task is one rank of one
 // attempt of one job, identified by job id, attempt and rank):
 //

@@ -28,7 +28,10 @@
 //     fails with a reason naming the worker;
 //   - schedules the queue with pkg/scheduler (gang placement, priority,
 //     topology, fit), re-checks each plan and commits it; every job left
-//     pending gets a "Scheduled" condition whose message says why;
+//     pending gets a "Scheduled" condition whose message says why; a
+//     worker of several slots is one scheduler worker per slot ("id/k"),
+//     and a placement records each rank's slot, which SyncWorker hands on
+//     with the peers' slot ports and the ranks' node and local ranks;
 //   - a requeued job waits for its backoff before it is placed again; if
 //     it no longer fits and its spec has an elastic range, the scheduler
 //     places it with a smaller data-parallel degree (scheduler.Job.MinDP;

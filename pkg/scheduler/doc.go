@@ -11,8 +11,12 @@
 //
 // # Placement rules
 //
-//   - One rank per worker. A worker is one training process with its own
-//     devices; it runs at most one rank of one job. A worker can take a rank
+//   - One rank per worker. A Worker here is one slot of a worker process:
+//     the controller shows a worker of several slots (several ranks at
+//     once, each with its share of the resources and its own GPUs) as
+//     that many Workers "id/k" on the worker's host, and Snapshot.Unit
+//     names them in reasons. A Worker runs at most one rank of one job,
+//     so no GPU is given to two ranks. A Worker can take a rank
 //     when it is healthy, idle (no current job, not given to an earlier plan
 //     of the same Schedule call), carries every label the job asks for
 //     (exact key and value), and its free resources (CPU cores, memory MiB,

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -82,6 +83,36 @@ restart: {max_restarts: 2, backoff_seconds: 0}
 	t.Logf("FIGURE 2 ranks per worker: DP=4 on %v; kill -9 %s; resumed from step %d on %v; SUCCEEDED at step %d",
 		placedSlots(perWorker), victim, from, j.Placement, j.Progress.GetStep())
 	c.startWorker(victim)
+	c.waitIdleWorkers(3)
+
+	// A command job of 4 ranks on the 6 slots: some worker holds two, and
+	// the PyTorch example checks its torchrun variables (LOCAL_RANK <
+	// LOCAL_WORLD_SIZE, MASTER_PORT: rank 0's slot port) and trains.
+	if _, err := exec.LookPath(python); err != nil {
+		t.Fatalf("%s: %v (Debian's python3-torch)", python, err)
+	}
+	example, _ := filepath.Abs("../examples/torch-moe")
+	corpus := writeCorpus(t, filepath.Join(c.dir, "corpus.jsonl"))
+	cmdSpec := fmt.Sprintf(`name: slots-torch
+runtime: command
+command: %s
+args: [train.py, --expect-env, --corpus, %s, --steps, "4", --dim, "32", --layers, "1", --heads, "2", --experts, "4", --top-k, "2", --hidden, "32", --seq-len, "32", --micro-batch, "2"]
+working_dir: %s
+env: {OMP_NUM_THREADS: "1"}
+ranks: 4
+resources: {cpu_cores: 1, memory_mib: 512, gpus: 1}
+restart: {max_restarts: 0}
+`, python, corpus, example)
+	id = c.submit("slots-torch", cmdSpec)
+	j = c.waitJob(id, 180*time.Second, "succeeded", func(j *pb.Job) bool { return j.State == pb.JobState_JOB_STATE_SUCCEEDED || j.State == pb.JobState_JOB_STATE_FAILED })
+	if j.State != pb.JobState_JOB_STATE_SUCCEEDED {
+		t.Fatalf("command job on slots: %s: %s\n%s", j.State, j.Message, tail(c.mustCLI("job", "logs", id).stdout, 3000))
+	}
+	shared := map[string]int{}
+	for _, a := range j.Placement {
+		shared[a.WorkerId]++
+	}
+	t.Logf("FIGURE command job of 4 ranks on slots %v: SUCCEEDED at step %d", shared, j.Progress.GetStep())
 }
 
 func placedSlots(m map[string][]int32) string {

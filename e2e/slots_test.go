@@ -104,7 +104,9 @@ resources: {cpu_cores: 1, memory_mib: 512, gpus: 1}
 restart: {max_restarts: 0}
 `, python, corpus, example)
 	id = c.submit("slots-torch", cmdSpec)
-	j = c.waitJob(id, 180*time.Second, "succeeded", func(j *pb.Job) bool { return j.State == pb.JobState_JOB_STATE_SUCCEEDED || j.State == pb.JobState_JOB_STATE_FAILED })
+	j = c.waitJob(id, 180*time.Second, "succeeded", func(j *pb.Job) bool {
+		return j.State == pb.JobState_JOB_STATE_SUCCEEDED || j.State == pb.JobState_JOB_STATE_FAILED
+	})
 	if j.State != pb.JobState_JOB_STATE_SUCCEEDED {
 		t.Fatalf("command job on slots: %s: %s\n%s", j.State, j.Message, tail(c.mustCLI("job", "logs", id).stdout, 3000))
 	}

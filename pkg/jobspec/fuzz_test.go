@@ -24,6 +24,7 @@ func FuzzParse(f *testing.F) {
 		"name: a\nparallel: {dp: 4, ep: 3}\n",
 		"name: a\nruntime: command\ncommand: /usr/bin/python3\nargs: [t.py, --x]\nenv: {A: b}\nranks: 2\nsteps: 5\n",
 		"name: a\nruntime: command\ncommand: t\nmodel: {preset: tiny}\n",
+		"name: a\nruntime: command\ncommand: t\nargs: []\nenv: {}\n",
 		"a: &a [*a]\n",
 		"name: [x]\n",
 		"{}",

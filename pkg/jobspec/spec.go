@@ -312,6 +312,12 @@ func (s *Spec) Defaults() {
 	if s.Runtime == RuntimeCommand {
 		s.commandDefaults()
 	}
+	if len(s.Args) == 0 {
+		s.Args = nil // "args: []" is no args, as absent
+	}
+	if len(s.Env) == 0 {
+		s.Env = nil
+	}
 	if s.Resources == (Resources{}) {
 		s.Resources = Resources{CPUCores: 1, MemoryMiB: 1024}
 	}

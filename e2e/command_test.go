@@ -50,7 +50,7 @@ ranks: 2
 steps: %d
 resources: {cpu_cores: 1, memory_mib: 512}
 checkpoint: {keep_last: 3}
-restart: {max_restarts: %d, backoff_seconds: 5}
+restart: {max_restarts: %d, backoff_seconds: 12}
 `, name, python, quoted, example, steps, restarts)
 	}
 	c.waitIdleWorkers(3)
@@ -66,7 +66,7 @@ restart: {max_restarts: %d, backoff_seconds: 5}
 		killed := time.Now()
 		c.workers[victim].kill9()
 		// Once the worker is declared lost the attempt is over (no later
-		// commit lands); the restart waits out the 5s backoff. Meanwhile
+		// commit lands); the restart waits out the 12s backoff. Meanwhile
 		// the newest committed checkpoint is damaged: the resume must
 		// verify, find it changed and fall back to the one before.
 		c.waitJob(id, 60*time.Second, "worker lost", func(j *pb.Job) bool { return eventTime(j, "WorkerLost", killed.UnixNano()) > 0 })

@@ -128,7 +128,7 @@ func resumePoint(ctx context.Context, cfg *jobspec.CommandConfig, events io.Writ
 		return resumeAt{}, err
 	}
 	raw, _ := json.Marshal(r.decision())
-	if err := writeAtomic(path, raw); err != nil {
+	if err := fsutil.WriteFileAtomic(path, raw); err != nil {
 		return resumeAt{}, fmt.Errorf("resume decision for the other ranks: %w", err)
 	}
 	return r, nil
@@ -171,14 +171,6 @@ func awaitResume(ctx context.Context, cfg *jobspec.CommandConfig, path string) (
 // resumeWait bounds how long a rank waits for rank 0's resume decision
 // (rank 0 verifies the checkpoint first: every byte is read).
 var resumeWait = 10 * time.Minute
-
-func writeAtomic(path string, data []byte) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o644); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
-}
 
 // decideResume (rank 0) opens the job's checkpoints and picks the one to
 // resume from: the coordinator's resume step, else the newest committed

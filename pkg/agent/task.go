@@ -305,21 +305,13 @@ func writeRunDir(runDir string, dirs []string, cfg any) (string, error) {
 		return "", fmt.Errorf("run config: %w", err)
 	}
 	runYAML := filepath.Join(runDir, "run.yaml")
-	if err := writeFileAtomic(runYAML, raw); err != nil {
+	if err := fsutil.WriteFileAtomic(runYAML, raw); err != nil {
 		return "", err
 	}
 	if err := os.Remove(filepath.Join(runDir, "metrics.jsonl")); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return "", err
 	}
 	return runYAML, nil
-}
-
-func writeFileAtomic(path string, data []byte) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o644); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
 }
 
 // runTask runs one task to its end: prepare, start the rank, follow its

@@ -3,7 +3,8 @@
 // specs, configs named on a command line), so that /dev/zero or a 10 GB
 // file gives an error naming the limit, not an out-of-memory crash;
 // Within tells whether a path a job names stays inside the directories a
-// worker allows, links resolved.
+// worker allows, links resolved; WriteFileAtomic replaces a small file so
+// that a reader sees the old or the new content, never a part.
 package fsutil
 
 import (
@@ -97,4 +98,14 @@ func resolve(path string) (string, error) {
 		rest = append([]string{filepath.Base(path)}, rest...)
 		path = parent
 	}
+}
+
+// WriteFileAtomic writes data to path through a temporary file beside it
+// and a rename: a concurrent reader sees the old file or the new one.
+func WriteFileAtomic(path string, data []byte) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
 }

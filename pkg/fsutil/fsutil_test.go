@@ -70,3 +70,21 @@ func TestWithin(t *testing.T) {
 		t.Error("a relative path was judged")
 	}
 }
+
+func TestWriteFileAtomic(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "f.json")
+	for _, body := range []string{"first", "second"} {
+		if err := WriteFileAtomic(p, []byte(body)); err != nil {
+			t.Fatal(err)
+		}
+		if raw, err := os.ReadFile(p); err != nil || string(raw) != body {
+			t.Fatalf("%q, %v: want %q", raw, err, body)
+		}
+	}
+	if _, err := os.Stat(p + ".tmp"); !os.IsNotExist(err) {
+		t.Fatalf("temporary file left: %v", err)
+	}
+	if err := WriteFileAtomic(filepath.Join(t.TempDir(), "missing", "f"), nil); err == nil {
+		t.Fatal("no error for a missing directory")
+	}
+}

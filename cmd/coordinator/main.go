@@ -20,6 +20,7 @@ import (
 
 	"github.com/switchyard-ml/switchyard/pkg/controller"
 	"github.com/switchyard-ml/switchyard/pkg/coordinator"
+	"github.com/switchyard-ml/switchyard/pkg/etcdconn"
 	"github.com/switchyard-ml/switchyard/pkg/security"
 )
 
@@ -153,8 +154,10 @@ func run(args []string) int {
 	}
 	if *dev {
 		fmt.Fprintf(os.Stderr, "dev cluster: API %s  etcd %s  NATS %s\n", d.APIAddr, strings.Join(d.Etcd, ","), d.NATSURL)
-		fmt.Fprintf(os.Stderr, "workers join with: worker --coordinators %s --etcd-endpoints %s --nats-url %s --storage-path /abs/path --listen-address 127.0.0.1:PORT\n",
-			d.APIAddr, strings.Join(d.Etcd, ","), d.NATSURL)
+		// the password stays in the file (mode 0600), out of logs
+		fmt.Fprintf(os.Stderr, "etcd wants user %s with the etcd_password kept in %s\n", d.Dev.EtcdUsername(), d.Dev.PortsFile())
+		fmt.Fprintf(os.Stderr, "workers join with: %s=%s %s=PASSWORD worker --coordinators %s --etcd-endpoints %s --nats-url %s --storage-path /abs/path --listen-address 127.0.0.1:PORT\n",
+			etcdconn.UsernameEnv, d.Dev.EtcdUsername(), etcdconn.PasswordEnv, d.APIAddr, strings.Join(d.Etcd, ","), d.NATSURL)
 	}
 	<-ctx.Done()
 	log.Info("shutting down")

@@ -18,6 +18,7 @@ import (
 	"github.com/switchyard-ml/switchyard/pkg/client"
 	"github.com/switchyard-ml/switchyard/pkg/controller"
 	"github.com/switchyard-ml/switchyard/pkg/coordinator"
+	"github.com/switchyard-ml/switchyard/pkg/etcdconn"
 	"github.com/switchyard-ml/switchyard/pkg/fsutil"
 	"github.com/switchyard-ml/switchyard/pkg/jobspec"
 	"github.com/switchyard-ml/switchyard/pkg/jobstate"
@@ -109,6 +110,14 @@ func cmdDev(ctx context.Context, args []string) error {
 		return err
 	}
 	defer d.Close()
+	// The workers below, and their ranks (child processes inheriting this
+	// environment), read the etcd user from the environment by design,
+	// never from config files: give them the dev etcd's.
+	for k, v := range map[string]string{etcdconn.UsernameEnv: d.Dev.EtcdUsername(), etcdconn.PasswordEnv: d.Dev.EtcdPassword()} {
+		if err := os.Setenv(k, v); err != nil {
+			return fmt.Errorf("dev: %w", err)
+		}
+	}
 	fmt.Fprintf(os.Stderr, "dev cluster up in %s: coordinator %s, etcd %s, NATS %s\n", time.Since(start).Round(time.Millisecond), d.APIAddr, d.Etcd[0], d.NATSURL)
 
 	self, err := os.Executable()
@@ -172,7 +181,8 @@ func cmdDev(ctx context.Context, args []string) error {
 		printDevSummary(os.Stdout, g.Job, filepath.Join(*dir, "storage"), time.Since(start), !temporary || *keep)
 	}
 	if *keep && ctx.Err() == nil {
-		fmt.Fprintf(os.Stderr, "\ncluster kept running; try:\n  switchyard cluster status --coordinator %s\n  switchyard job logs %s --coordinator %s\nCtrl-C stops it.\n", d.APIAddr, id, d.APIAddr)
+		fmt.Fprintf(os.Stderr, "\ncluster kept running; try:\n  switchyard cluster status --coordinator %s\n  switchyard job logs %s --coordinator %s\n(etcd wants user %s with the etcd_password kept in %s)\nCtrl-C stops it.\n",
+			d.APIAddr, id, d.APIAddr, d.Dev.EtcdUsername(), d.Dev.PortsFile())
 		<-ctx.Done()
 	}
 	return werr

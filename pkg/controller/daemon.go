@@ -66,7 +66,7 @@ type DaemonConfig struct {
 type Daemon struct {
 	Node    *coordinator.Node
 	Server  *Server
-	Dev     *devcluster.Cluster // nil unless dev mode
+	Dev     *devcluster.Cluster // nil unless dev mode; its etcd wants Dev.EtcdUsername and Dev.EtcdPassword
 	APIAddr string
 	Etcd    []string
 	NATSURL string
@@ -155,12 +155,15 @@ func (d *Daemon) connect(ctx context.Context, cfg *DaemonConfig, log *slog.Logge
 	}
 	d.Etcd, d.NATSURL = cfg.EtcdEndpoints, cfg.NATSURL
 	// the API's TLS files serve for etcd and NATS too (one CA); dev mode's
-	// embedded servers are plain loopback
+	// embedded servers are plain loopback, and its etcd wants the user the
+	// dev cluster generated (others come from the environment)
 	backendTLS := cfg.TLS
+	ec := etcdconn.Config{TLS: backendTLS}
 	if cfg.Dev {
 		backendTLS = security.TLSFiles{}
+		ec = etcdconn.Config{Username: d.Dev.EtcdUsername(), Password: d.Dev.EtcdPassword()}
 	}
-	if d.cli, err = etcdconn.Open(cfg.EtcdEndpoints, etcdconn.Config{TLS: backendTLS}); err != nil {
+	if d.cli, err = etcdconn.Open(cfg.EtcdEndpoints, ec); err != nil {
 		return fmt.Errorf("controller: %w", err)
 	}
 	if cfg.NATSURL != "" {

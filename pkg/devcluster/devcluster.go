@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 )
@@ -32,73 +33,206 @@ type Config struct {
 
 // Cluster is a running embedded etcd and NATS.
 type Cluster struct {
-	Etcd   *Etcd
-	NATS   *NATS
-	closed sync.Once
+	Etcd         *Etcd
+	NATS         *NATS
+	etcdPassword string
+	portsFile    string
+	closed       sync.Once
 }
 
 // EtcdEndpoints are the etcd client URLs (http://127.0.0.1:PORT).
 func (c *Cluster) EtcdEndpoints() []string { return c.Etcd.Endpoints }
 
+// EtcdUsername and EtcdPassword are the user the dev etcd wants (its root
+// user, the password generated on the first start).
+func (c *Cluster) EtcdUsername() string { return EtcdUser }
+
+// EtcdPassword: see EtcdUsername.
+func (c *Cluster) EtcdPassword() string { return c.etcdPassword }
+
+// PortsFile is the file (DataDir/ports.json, mode 0600) keeping the ports
+// and the passwords: where to tell a user to look for them, never to print.
+func (c *Cluster) PortsFile() string { return c.portsFile }
+
 // NATSURL is the NATS client URL (nats://127.0.0.1:PORT).
 func (c *Cluster) NATSURL() string { return c.NATS.URL }
+
+// EtcdUser is the dev etcd's one user, its root.
+const EtcdUser = "root"
+
+// ErrEtcdPasswordLost: the DataDir's etcd has authentication on but its
+// ports.json keeps no password for it.
+var ErrEtcdPasswordLost = errors.New("devcluster: etcd has authentication on, but no etcd password is kept")
 
 // Start starts etcd and NATS in cfg.DataDir. The ports they get on the
 // first start are kept in DataDir/ports.json and used again by every later
 // start on that DataDir: workers (and CLIs) that learned the endpoints find
 // the servers again after the coordinator restarts.
-func Start(ctx context.Context, cfg Config) (*Cluster, error) {
+//
+// Both servers want passwords, generated on the first start and kept in
+// ports.json too: etcd's root user (authentication enabled; a DataDir of
+// an older version, without it, gets it on its next start) and NATS's one
+// user. Any local process could otherwise rewrite the cluster's state.
+func Start(ctx context.Context, cfg Config) (c *Cluster, err error) {
 	if cfg.DataDir == "" {
 		return nil, errors.New("devcluster: DataDir is required")
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("devcluster: %w", err)
 	}
+	timeout := cfg.StartTimeout
+	if timeout <= 0 {
+		timeout = 30 * time.Second
+	}
 	pf := filepath.Join(cfg.DataDir, portsFile)
 	kept, err := readPorts(pf)
 	if err != nil {
 		return nil, err
 	}
-	e, err := startEtcd(ctx, filepath.Join(cfg.DataDir, "etcd"), kept.EtcdClient, kept.EtcdPeer, cfg.StartTimeout)
+	etcdDir := filepath.Join(cfg.DataDir, "etcd")
+	e, err := startEtcd(ctx, etcdDir, kept.EtcdClient, kept.EtcdPeer, timeout)
 	if err != nil {
 		return nil, keptErr(err, kept.EtcdClient, pf)
 	}
-	if kept.NATSPassword == "" {
-		var b [18]byte
-		if _, err := rand.Read(b[:]); err != nil {
+	var n *NATS
+	defer func() {
+		if err != nil {
+			if n != nil {
+				n.Close()
+			}
 			e.Close()
-			return nil, fmt.Errorf("devcluster: %w", err)
 		}
-		kept.NATSPassword = base64.RawURLEncoding.EncodeToString(b[:])
-	}
-	n, err := startNATS(filepath.Join(cfg.DataDir, "nats"), kept.NATS, devNATSUser, kept.NATSPassword, cfg.StartTimeout)
+	}()
+	actx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	authOn, err := etcdAuthEnabled(actx, e.Endpoints)
 	if err != nil {
-		e.Close()
-		return nil, keptErr(err, kept.NATS, pf)
+		return nil, err
 	}
-	got := Ports{EtcdClient: e.clientPort, EtcdPeer: e.peerPort, NATS: n.Port, NATSPassword: kept.NATSPassword}
-	if got != kept {
-		if err := writePorts(pf, got); err != nil {
-			n.Close()
-			e.Close()
+	switch {
+	case authOn && kept.EtcdPassword == "":
+		return nil, fmt.Errorf("%w in %s (restore the file with its etcd_password, or remove %s to start a fresh dev cluster)", ErrEtcdPasswordLost, pf, cfg.DataDir)
+	case authOn:
+		if err := checkEtcdUser(actx, e.Endpoints, kept.EtcdPassword); err != nil {
+			return nil, fmt.Errorf("devcluster: etcd refuses the user %s kept in %s: %w", EtcdUser, pf, err)
+		}
+	case kept.EtcdPassword == "":
+		if kept.EtcdPassword, err = newPassword(); err != nil {
 			return nil, err
 		}
 	}
-	return &Cluster{Etcd: e, NATS: n}, nil
+	if kept.NATSPassword == "" {
+		if kept.NATSPassword, err = newPassword(); err != nil {
+			return nil, err
+		}
+	}
+	if n, err = startNATS(filepath.Join(cfg.DataDir, "nats"), kept.NATS, devNATSUser, kept.NATSPassword, timeout); err != nil {
+		return nil, keptErr(err, kept.NATS, pf)
+	}
+	got := Ports{EtcdClient: e.clientPort, EtcdPeer: e.peerPort, NATS: n.Port, NATSPassword: kept.NATSPassword, EtcdPassword: kept.EtcdPassword}
+	if got != kept {
+		if err := writePorts(pf, got); err != nil {
+			return nil, err
+		}
+	}
+	// after the password is kept: a start that stops in between has it
+	// when it tries again
+	if !authOn {
+		if err := enableEtcdAuth(actx, e.Endpoints, kept.EtcdPassword); err != nil {
+			return nil, err
+		}
+	}
+	return &Cluster{Etcd: e, NATS: n, etcdPassword: kept.EtcdPassword, portsFile: pf}, nil
+}
+
+// newPassword is a random password of 144 bits.
+func newPassword() (string, error) {
+	var b [18]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", fmt.Errorf("devcluster: %w", err)
+	}
+	return base64.RawURLEncoding.EncodeToString(b[:]), nil
+}
+
+// etcdClient is a client of the dev etcd, as user when it is not "".
+func etcdClient(ctx context.Context, endpoints []string, user, password string) (*clientv3.Client, error) {
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints: endpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop(),
+		Username: user, Password: password, Context: ctx,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("devcluster: etcd: %w", err)
+	}
+	return cli, nil
+}
+
+// etcdAuthEnabled says whether etcd wants a user (anyone may ask).
+func etcdAuthEnabled(ctx context.Context, endpoints []string) (bool, error) {
+	cli, err := etcdClient(ctx, endpoints, "", "")
+	if err != nil {
+		return false, err
+	}
+	defer cli.Close()
+	st, err := cli.AuthStatus(ctx)
+	if err != nil {
+		return false, fmt.Errorf("devcluster: etcd auth status: %w", err)
+	}
+	return st.Enabled, nil
+}
+
+// checkEtcdUser fails unless etcd takes the root user with password.
+func checkEtcdUser(ctx context.Context, endpoints []string, password string) error {
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints: endpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop(),
+		Username: EtcdUser, Password: password, Context: ctx,
+	})
+	if err != nil { // authenticating is part of New
+		return err
+	}
+	return cli.Close()
+}
+
+// enableEtcdAuth gives etcd the root user with password and turns
+// authentication on. It may run again after a start that stopped half-way:
+// a root user already there gets the password.
+func enableEtcdAuth(ctx context.Context, endpoints []string, password string) error {
+	cli, err := etcdClient(ctx, endpoints, "", "")
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	if _, err := cli.UserGet(ctx, EtcdUser); err == nil {
+		_, err = cli.UserChangePassword(ctx, EtcdUser, password)
+	} else {
+		_, err = cli.UserAdd(ctx, EtcdUser, password)
+	}
+	if err == nil {
+		_, err = cli.UserGrantRole(ctx, EtcdUser, "root") // a role etcd knows without adding it
+	}
+	if err == nil {
+		_, err = cli.AuthEnable(ctx)
+	}
+	if err != nil {
+		return fmt.Errorf("devcluster: enable etcd auth: %w", err)
+	}
+	return nil
 }
 
 // portsFile names, in a dev cluster's DataDir, the ports its servers keep.
 const portsFile = "ports.json"
 
 // Ports are the loopback ports of a dev cluster's servers, and the
-// password its NATS server wants (generated on the first start: any local
-// process could otherwise publish forged logs, metrics and control
-// messages).
+// passwords they want (generated on the first start: any local process
+// could otherwise rewrite the jobs' state in etcd, or publish forged logs,
+// metrics and control messages on NATS).
 type Ports struct {
 	EtcdClient   int    `json:"etcd_client"`
 	EtcdPeer     int    `json:"etcd_peer"`
 	NATS         int    `json:"nats"`
 	NATSPassword string `json:"nats_password"`
+	// EtcdPassword is etcd's root user's ("" in a DataDir of a version
+	// before etcd wanted one).
+	EtcdPassword string `json:"etcd_password,omitempty"`
 }
 
 // devNATSUser is the dev NATS server's one user.
@@ -166,7 +300,8 @@ type Etcd struct {
 }
 
 // StartEtcd starts a single-member etcd with its data in dir, on two free
-// loopback ports. A dir that holds an earlier member's data is reused.
+// loopback ports, without authentication (Start turns it on). A dir that
+// holds an earlier member's data is reused.
 func StartEtcd(ctx context.Context, dir string, timeout time.Duration) (*Etcd, error) {
 	return startEtcd(ctx, dir, 0, 0, timeout)
 }

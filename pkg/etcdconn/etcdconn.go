@@ -2,12 +2,15 @@
 // ranks one way: mutual TLS from the process's TLS files when it has them,
 // and the etcd user from the environment (SWITCHYARD_ETCD_USERNAME and
 // SWITCHYARD_ETCD_PASSWORD; never from flags or config files, which end up
-// in process lists and logs). A worker's ranks inherit its environment and
-// its TLS files, so they reach etcd as it does.
+// in process lists and logs), unless the caller gives one (the dev
+// coordinator, whose embedded etcd's password it generated). A worker's
+// ranks inherit its environment and its TLS files, so they reach etcd as
+// it does.
 package etcdconn
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"time"
@@ -32,7 +35,10 @@ type Config struct {
 	TLS security.TLSFiles // all empty: plain TCP
 	// Context is the client's lifetime context (nil: background).
 	Context context.Context
-	// Getenv reads the user (nil: os.Getenv).
+	// Username and Password are the etcd user, both or neither; given,
+	// they win over the environment.
+	Username, Password string
+	// Getenv reads the user when Config gives none (nil: os.Getenv).
 	Getenv func(string) string
 }
 
@@ -46,12 +52,18 @@ func Open(endpoints []string, c Config) (*clientv3.Client, error) {
 		Endpoints:   endpoints,
 		DialTimeout: DialTimeout,
 		Logger:      zap.NewNop(),
-		Username:    getenv(UsernameEnv),
-		Password:    getenv(PasswordEnv),
+		Username:    c.Username,
+		Password:    c.Password,
 		Context:     c.Context,
 	}
 	if (cc.Username == "") != (cc.Password == "") {
-		return nil, fmt.Errorf("etcd: give both %s and %s, or neither", UsernameEnv, PasswordEnv)
+		return nil, errors.New("etcd: give both the username and the password, or neither")
+	}
+	if cc.Username == "" {
+		cc.Username, cc.Password = getenv(UsernameEnv), getenv(PasswordEnv)
+		if (cc.Username == "") != (cc.Password == "") {
+			return nil, fmt.Errorf("etcd: give both %s and %s, or neither", UsernameEnv, PasswordEnv)
+		}
 	}
 	if c.TLS.Enabled() {
 		tc, err := security.ClientTLS(c.TLS, "")

@@ -53,6 +53,22 @@ func TestUserFromTheEnvironment(t *testing.T) {
 	if _, err := anon.Get(ctx, "/switchyard/x"); err == nil {
 		t.Fatal("read without the user")
 	}
+	// a user in Config wins over the environment's
+	wrongEnv := func(k string) string { return map[string]string{UsernameEnv: "root", PasswordEnv: "wrong"}[k] }
+	explicit, err := Open(e.Endpoints, Config{Username: "root", Password: "pw", Getenv: wrongEnv})
+	if err != nil {
+		t.Fatalf("the user in Config: %v", err)
+	}
+	defer explicit.Close()
+	if _, err := explicit.Get(ctx, "/switchyard/x"); err != nil {
+		t.Fatalf("read with the user in Config: %v", err)
+	}
+	if _, err := Open(e.Endpoints, Config{Getenv: wrongEnv}); err == nil {
+		t.Fatal("connected with a wrong password from the environment")
+	}
+	if _, err := Open(e.Endpoints, Config{Username: "root"}); err == nil || !strings.Contains(err.Error(), "both") {
+		t.Fatalf("a Config user without a password: %v", err)
+	}
 	if _, err := Open(e.Endpoints, Config{Getenv: func(k string) string { return map[string]string{UsernameEnv: "root"}[k] }}); err == nil || !strings.Contains(err.Error(), PasswordEnv) {
 		t.Fatalf("a user without a password: %v", err)
 	}

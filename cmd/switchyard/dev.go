@@ -40,7 +40,7 @@ optim: {lr: 0.002, warmup_steps: 10}
 micro_batch: 4
 steps: %d
 eval_every: 0
-resources: {cpu_cores: 1, memory_mib: 512}
+resources: {cpu_cores: 1, memory_mib: 1024}
 checkpoint: {interval_steps: %d}
 `
 

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -37,6 +38,8 @@ import (
 //	ok-*        writes a metrics line and exits 0
 //	fail-*      prints two stderr lines and exits 3
 //	stubborn-*  ignores SIGTERM and runs until killed
+//	nap-*       exits 0 after 0.6s
+//	hog-*       starts a child (same process group) that holds 320 MB
 //	otherwise   writes metrics (the first line in two writes) and runs
 //	            until SIGTERM, which it records in <out>/terminated
 const fakeTrainer = `#!/bin/sh
@@ -70,6 +73,12 @@ case "$out" in
     exit 3 ;;
   */jobs/stubborn-*)
     trap '' TERM
+    while :; do sleep 0.05; done ;;
+  */jobs/nap-*)
+    sleep 0.6
+    exit 0 ;;
+  */jobs/hog-*)
+    sh -c 'echo $$ > "$1/child"; x=$(head -c 320000000 /dev/zero | tr "\0" a); sleep 60' hog "$out" &
     while :; do sleep 0.05; done ;;
 esac
 printf '{"step":7,"loss":' >> "$out/metrics.jsonl"
@@ -164,6 +173,7 @@ func testConfig(t *testing.T, trainer string) workerconfig.Config {
 		Resources:   workerconfig.Resources{CPUCores: 4, MemoryMiB: 2048, GPUs: 1},
 		Labels:      map[string]string{"rack": "r1"},
 		StoragePath: t.TempDir(), Trainer: trainer, LeaseTTLSeconds: 2,
+		EnforceMemory: true,
 	}
 }
 
@@ -442,6 +452,63 @@ func TestFailureReported(t *testing.T) {
 // TestPathsConfined: a job may read and write only under the worker's
 // storage_path and allowed_paths; what it names elsewhere (directly, or
 // through a link) fails its rank before anything is written there.
+func TestMemoryLimitEnforced(t *testing.T) {
+	h := start(t, nil)
+	hog := "name: demo\nsteps: 5\nresources: {cpu_cores: 1, memory_mib: 256}\n"
+	h.coord.set(newTestTask("hog-a", 0, 1, hog), newTestTask("nap-a", 0, 1, hog))
+	st := h.waitState("hog-a", 0, apiv1.TaskState_TASK_STATE_FAILED)
+	if want := "over the 256 MiB of its resources.memory_mib: killed by the worker"; !strings.Contains(st.GetMessage(), want) {
+		t.Errorf("message %q, want it to hold %q", st.GetMessage(), want)
+	}
+	var oom bool
+	for _, e := range st.GetEvents() {
+		oom = oom || e.GetType() == "OutOfMemory"
+	}
+	if !oom {
+		t.Errorf("no OutOfMemory event in %v", st.GetEvents())
+	}
+	// the whole group went: the child that held the memory too
+	child := readLines(t, filepath.Join(h.runDir("hog-a", 1, 0), "child"))[0]
+	eventually(t, "the hog's child gone", func() bool {
+		st, err := os.ReadFile("/proc/" + child + "/stat")
+		return err != nil || strings.Contains(string(st), ") Z ")
+	})
+	// a rank within its memory ends as it would have, and the history
+	// says how much it used
+	st = h.waitState("nap-a", 0, apiv1.TaskState_TASK_STATE_SUCCEEDED)
+	var peak string
+	for _, e := range st.GetEvents() {
+		if e.GetType() == "MemoryPeak" {
+			peak = e.GetMessage()
+		}
+	}
+	if !strings.HasPrefix(peak, "rank 0 used at most ") || !strings.HasSuffix(peak, " of the 256 MiB of its resources.memory_mib") {
+		t.Errorf("MemoryPeak event %q in %v", peak, st.GetEvents())
+	}
+}
+
+func TestGroupMemory(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("memory is measured through Linux's /proc")
+	}
+	before, err := groupMemory(syscall.Getpgrp())
+	if err != nil || before <= 0 {
+		t.Fatalf("this test's own group: %d bytes, %v", before, err)
+	}
+	ballast := make([]byte, 64<<20)
+	for i := range ballast {
+		ballast[i] = 1
+	}
+	after, err := groupMemory(syscall.Getpgrp())
+	if err != nil || after < before+60<<20 {
+		t.Errorf("after touching 64 MiB: %d bytes, before %d (%v)", after, before, err)
+	}
+	runtime.KeepAlive(ballast)
+	if n, err := groupMemory(1 << 30); err != nil || n != 0 {
+		t.Errorf("a group with no process: %d, %v", n, err)
+	}
+}
+
 func TestPathsConfined(t *testing.T) {
 	allowed, outside := t.TempDir(), t.TempDir()
 	corpus := filepath.Join(allowed, "corpus.jsonl")

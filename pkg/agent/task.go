@@ -57,6 +57,10 @@ type task struct {
 	events    []*apiv1.TaskEvent
 	// badMetrics counts the metrics lines skipped as malformed
 	badMetrics int
+	// peakMemory is the most memory the rank was seen to use (bytes);
+	// overMemory why it was killed for using more than it asked for
+	peakMemory int64
+	overMemory string
 }
 
 // maxTaskEvents bounds the events a task keeps (and repeats in its status).
@@ -167,6 +171,7 @@ type launch struct {
 	args    []string // after the trainer binary
 	command bool     // a command job's rank (switchyard exec): its stdout carries the metrics
 	env     []string // added to the rank's environment
+	memory  int64    // bytes the rank may use (0: no limit): resources.memory_mib
 }
 
 // prepare checks the task, writes its run directory and run.yaml (the
@@ -215,7 +220,9 @@ func (a *Agent) prepare(t *apiv1.Task) (launch, error) {
 		jt.Node = jobspec.Node{Rank: int(k.rank), Nodes: world, LocalWorld: 1}
 	}
 	if spec.Runtime == jobspec.RuntimeCommand {
-		return a.prepareCommand(t, spec, jt, host)
+		ln, err := a.prepareCommand(t, spec, jt, host)
+		ln.memory = a.memoryLimit(spec)
+		return ln, err
 	}
 	cfg, err := spec.RankConfig(jt, host)
 	if err != nil {
@@ -239,12 +246,26 @@ func (a *Agent) prepare(t *apiv1.Task) (launch, error) {
 		// the slot's own port: a worker of several slots runs several ranks
 		args = append(args, "--peers", strings.Join(t.GetPeers(), ","), "--listen", membership.SlotAddress(a.o.Config.ListenAddress, int(t.GetSlot())))
 	}
-	ln := launch{runDir: host.RunDir, args: args}
+	ln := launch{runDir: host.RunDir, args: args, memory: a.memoryLimit(spec)}
+	if ln.memory > 0 && os.Getenv("GOMEMLIMIT") == "" {
+		// the rank is a Go program: its collector works harder before
+		// the limit than after it (the guard kills at the limit)
+		ln.env = append(ln.env, fmt.Sprintf("GOMEMLIMIT=%dMiB", ln.memory*9/10>>20))
+	}
 	if spec.Resources.GPUs > 0 {
 		// nvidia-smi's numbering, which the worker's indices are in
 		ln.env = []string{"CUDA_VISIBLE_DEVICES=" + a.visibleGPUs(int(t.GetSlot()), spec.Resources.GPUs), "CUDA_DEVICE_ORDER=PCI_BUS_ID"}
 	}
 	return ln, nil
+}
+
+// memoryLimit is what a rank of spec may use, in bytes: its
+// resources.memory_mib, unless this worker does not enforce memory.
+func (a *Agent) memoryLimit(spec *jobspec.Spec) int64 {
+	if !a.o.Config.EnforceMemory {
+		return 0
+	}
+	return spec.Resources.MemoryMiB << 20
 }
 
 // confine refuses a job whose checkpoint directory or corpus lies outside
@@ -381,6 +402,10 @@ func (a *Agent) runTask(tk *task) {
 	if k.rank == 0 {
 		side.Go(func() { a.followMetrics(tk, metricsPath, exited) })
 	}
+	if l.memory > 0 {
+		g := memoryGuard{limit: l.memory, interval: memoryInterval, measure: groupMemory}
+		side.Go(func() { g.watch(tk, pid, exited, log) })
+	}
 	werr := cmd.Wait()
 	if tap != nil {
 		tap.close() // its last line, before the metrics are read a last time
@@ -388,6 +413,9 @@ func (a *Agent) runTask(tk *task) {
 	}
 	close(exited)
 	side.Wait()
+	if l.memory > 0 {
+		tk.sawLastMemory(l.memory)
+	}
 	out.stdout.flush()
 	out.stderr.flush()
 	ended(tk, werr, out.stderr, log)
@@ -395,6 +423,15 @@ func (a *Agent) runTask(tk *task) {
 
 // ended records how the rank's process ended (werr from Wait).
 func ended(tk *task, werr error, stderr *lineWriter, log *slog.Logger) {
+	over, peak := tk.memoryVerdict()
+	if peak > 0 {
+		log = log.With("peak-memory", fsutil.Size(peak))
+	}
+	if over != "" {
+		tk.setState(apiv1.TaskState_TASK_STATE_FAILED, over)
+		log.Error("rank failed", "error", over)
+		return
+	}
 	if werr == nil {
 		tk.setState(apiv1.TaskState_TASK_STATE_SUCCEEDED, "")
 		log.Info("rank succeeded")

@@ -56,7 +56,11 @@ type Config struct {
 	// AllowCommands lets jobs with runtime: command run their programs on
 	// this worker (as the worker's user). Off by default: with it, whoever
 	// may submit jobs may run code here.
-	AllowCommands   bool `yaml:"allow_commands" json:"allow_commands,omitempty"`
+	AllowCommands bool `yaml:"allow_commands" json:"allow_commands,omitempty"`
+	// EnforceMemory kills a rank whose processes use more resident
+	// private memory than its job's resources.memory_mib (on by default;
+	// Linux only).
+	EnforceMemory   bool `yaml:"enforce_memory" json:"enforce_memory"`
 	LeaseTTLSeconds int  `yaml:"lease_ttl_seconds" json:"lease_ttl_seconds"`
 	Insecure        bool `yaml:"insecure" json:"insecure"`
 }
@@ -122,6 +126,7 @@ func Defaults() Config {
 		ListenAddress:   "127.0.0.1:7070",
 		LeaseTTLSeconds: 10,
 		Resources:       Resources{GPUs: -1},
+		EnforceMemory:   true,
 	}
 }
 

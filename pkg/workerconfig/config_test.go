@@ -52,6 +52,7 @@ func TestLoadDefaultsAndDetection(t *testing.T) {
 		ListenAddress:    "127.0.0.1:7070",
 		Resources:        Resources{CPUCores: 8, MemoryMiB: 16384, GPUs: 1, GPUDevices: []GPU{h100}},
 		StoragePath:      "/var/lib/switchyard",
+		EnforceMemory:    true,
 		LeaseTTLSeconds:  10,
 	}
 	if !reflect.DeepEqual(c, want) {
@@ -139,7 +140,7 @@ func TestSettingsNames(t *testing.T) {
 			t.Errorf("%s: no help", s.Key)
 		}
 	}
-	if len(Settings()) != 22 {
+	if len(Settings()) != 23 {
 		t.Fatalf("%d settings", len(Settings()))
 	}
 }

@@ -30,6 +30,7 @@
 //	tls.key               --tls-key            SWITCHYARD_WORKER_TLS_KEY
 //	data_plane_tls        --data-plane-tls     SWITCHYARD_WORKER_DATA_PLANE_TLS    (true/false)
 //	allow_commands        --allow-commands     SWITCHYARD_WORKER_ALLOW_COMMANDS    (true/false)
+//	enforce_memory        --enforce-memory     SWITCHYARD_WORKER_ENFORCE_MEMORY    (true/false)
 //	lease_ttl_seconds     --lease-ttl-seconds  SWITCHYARD_WORKER_LEASE_TTL_SECONDS
 //	insecure              --insecure           SWITCHYARD_WORKER_INSECURE          (true/false)
 //
@@ -45,6 +46,9 @@
 // slots 0, meaning one per GPU, or 1 without GPUs (slot k gets GPUs
 // k*g..k*g+g-1 of g = gpus/slots, 1/slots of the cores and memory, and
 // listens on listen_address's port + k); allow_commands false;
+// enforce_memory true (a rank whose processes hold more resident
+// anonymous and shared memory than its job's resources.memory_mib is
+// killed, its job told why);
 // lease_ttl_seconds 10; nats_url empty (no events or metrics are published);
 // trainer empty, meaning the `switchyard` binary in the directory of the
 // running worker executable when it is there, else `switchyard` on PATH

@@ -103,6 +103,7 @@ var settings = []Setting{
 	{Key: "tls.cert", Help: "certificate (PEM)", set: str(func(c *Config) *string { return &c.TLS.Cert })},
 	{Key: "tls.key", Help: "private key (PEM)", set: str(func(c *Config) *string { return &c.TLS.Key })},
 	{Key: "data_plane_tls", Help: "encrypt the ranks' connections with mutual TLS (the tls files; every worker of a job must agree)", set: boolean(func(c *Config) *bool { return &c.DataPlaneTLS })},
+	{Key: "enforce_memory", Help: "kill a rank that uses more memory than its job's resources.memory_mib", set: boolean(func(c *Config) *bool { return &c.EnforceMemory })},
 	{Key: "allow_commands", Help: "run jobs with runtime: command (their programs run as this worker's user)", set: boolean(func(c *Config) *bool { return &c.AllowCommands })},
 	{Key: "lease_ttl_seconds", Help: "etcd lease TTL in seconds", set: integer(func(c *Config) *int { return &c.LeaseTTLSeconds })},
 	{Key: "insecure", Help: "allow a non-loopback listener without TLS", set: boolean(func(c *Config) *bool { return &c.Insecure })},

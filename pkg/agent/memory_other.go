@@ -1,0 +1,5 @@
+//go:build !linux
+
+package agent
+
+func groupMemory(int) (int64, error) { return 0, errNoMemoryAccounting }

@@ -21,6 +21,7 @@ import (
 	"github.com/switchyard-ml/switchyard/pkg/controller"
 	"github.com/switchyard-ml/switchyard/pkg/coordinator"
 	"github.com/switchyard-ml/switchyard/pkg/etcdconn"
+	"github.com/switchyard-ml/switchyard/pkg/events"
 	"github.com/switchyard-ml/switchyard/pkg/security"
 )
 
@@ -153,11 +154,11 @@ func run(args []string) int {
 		return 1
 	}
 	if *dev {
-		fmt.Fprintf(os.Stderr, "dev cluster: API %s  etcd %s  NATS %s\n", d.APIAddr, strings.Join(d.Etcd, ","), d.NATSURL)
-		// the password stays in the file (mode 0600), out of logs
-		fmt.Fprintf(os.Stderr, "etcd wants user %s with the etcd_password kept in %s\n", d.Dev.EtcdUsername(), d.Dev.PortsFile())
+		fmt.Fprintf(os.Stderr, "dev cluster: API %s  etcd %s  NATS %s\n", d.APIAddr, strings.Join(d.Etcd, ","), events.Redact(d.NATSURL))
+		// the passwords stay in the file (mode 0600), out of logs
+		fmt.Fprintf(os.Stderr, "etcd wants user %s with the etcd_password, NATS the nats_password, both kept in %s\n", d.Dev.EtcdUsername(), d.Dev.PortsFile())
 		fmt.Fprintf(os.Stderr, "workers join with: %s=%s %s=PASSWORD worker --coordinators %s --etcd-endpoints %s --nats-url %s --storage-path /abs/path --listen-address 127.0.0.1:PORT\n",
-			etcdconn.UsernameEnv, d.Dev.EtcdUsername(), etcdconn.PasswordEnv, d.APIAddr, strings.Join(d.Etcd, ","), d.NATSURL)
+			etcdconn.UsernameEnv, d.Dev.EtcdUsername(), etcdconn.PasswordEnv, d.APIAddr, strings.Join(d.Etcd, ","), events.Redact(d.NATSURL))
 	}
 	<-ctx.Done()
 	log.Info("shutting down")

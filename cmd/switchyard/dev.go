@@ -19,6 +19,7 @@ import (
 	"github.com/switchyard-ml/switchyard/pkg/controller"
 	"github.com/switchyard-ml/switchyard/pkg/coordinator"
 	"github.com/switchyard-ml/switchyard/pkg/etcdconn"
+	"github.com/switchyard-ml/switchyard/pkg/events"
 	"github.com/switchyard-ml/switchyard/pkg/fsutil"
 	"github.com/switchyard-ml/switchyard/pkg/jobspec"
 	"github.com/switchyard-ml/switchyard/pkg/jobstate"
@@ -118,7 +119,7 @@ func cmdDev(ctx context.Context, args []string) error {
 			return fmt.Errorf("dev: %w", err)
 		}
 	}
-	fmt.Fprintf(os.Stderr, "dev cluster up in %s: coordinator %s, etcd %s, NATS %s\n", time.Since(start).Round(time.Millisecond), d.APIAddr, d.Etcd[0], d.NATSURL)
+	fmt.Fprintf(os.Stderr, "dev cluster up in %s: coordinator %s, etcd %s, NATS %s\n", time.Since(start).Round(time.Millisecond), d.APIAddr, d.Etcd[0], events.Redact(d.NATSURL))
 
 	self, err := os.Executable()
 	if err != nil {

@@ -473,7 +473,7 @@ func TestCLIUnreachableCoordinator(t *testing.T) {
 func TestCLIBadToken(t *testing.T) {
 	t.Setenv("SWITCHYARD_TOKEN", "")
 	f := newFakeCoordinator()
-	addr := startFake(t, f, security.ServerOptions("secret")...)
+	addr := startFake(t, f, security.ServerOptions("secret", false)...)
 	r := runAt(t, addr, "job", "list")
 	wantCode(t, r, exitPermission)
 	r = runAt(t, addr, "job", "list", "--token", "wrong")
@@ -493,7 +493,7 @@ func TestCLIBadToken(t *testing.T) {
 func TestCLIFlagsBeforeTheCommand(t *testing.T) {
 	t.Setenv("SWITCHYARD_TOKEN", "")
 	f := newFakeCoordinator()
-	addr := startFake(t, f, security.ServerOptions("secret")...)
+	addr := startFake(t, f, security.ServerOptions("secret", false)...)
 	r := runCmd(t, false, "--token", "secret", "--coordinator="+addr, "cluster", "status")
 	wantCode(t, r, exitOK)
 	r = runCmd(t, false, "--token", "secret", "--coordinator", addr, "-o", "json", "job", "status", "moe-1")

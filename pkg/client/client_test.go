@@ -143,7 +143,7 @@ func TestRetriesUnavailable(t *testing.T) {
 
 func TestToken(t *testing.T) {
 	f := &fakeCoordinator{}
-	addr := serve(t, f, security.ServerOptions("s3cret")...)
+	addr := serve(t, f, security.ServerOptions("s3cret", false)...)
 	c := dial(t, client.Options{Endpoints: []string{addr}, Token: "wrong"})
 	if err := listJobs(t, c, 5*time.Second); status.Code(err) != codes.Unauthenticated {
 		t.Fatalf("got %v, want Unauthenticated", err)

@@ -115,7 +115,7 @@ func newHarness(t *testing.T, n int, token string) *harness {
 		if err != nil {
 			t.Fatal(err)
 		}
-		r := &replica{node: node, srv: srv, addr: lis.Addr().String(), grpc: grpc.NewServer(security.ServerOptions(token)...), done: make(chan struct{})}
+		r := &replica{node: node, srv: srv, addr: lis.Addr().String(), grpc: grpc.NewServer(security.ServerOptions(token, false)...), done: make(chan struct{})}
 		apiv1.RegisterCoordinatorServer(r.grpc, srv)
 		go r.grpc.Serve(lis) //nolint:errcheck
 		ctx, cancel := context.WithCancel(context.Background())

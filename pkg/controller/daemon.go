@@ -203,7 +203,7 @@ func (d *Daemon) serve(cfg DaemonConfig, lis net.Listener, log *slog.Logger) err
 	if err != nil {
 		return err
 	}
-	opts := append(recoverPanics(log), security.ServerOptions(cfg.Token)...)
+	opts := append(recoverPanics(log), security.ServerOptions(cfg.Token, cfg.TLS.Enabled())...)
 	if cfg.TLS.Enabled() {
 		tc, err := security.ServerTLS(cfg.TLS)
 		if err != nil {

@@ -12,12 +12,14 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"slices"
 	"strings"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 )
 
@@ -168,10 +170,61 @@ func WorkerOf(token string) (string, bool) {
 	return rest[:i], true
 }
 
-// identify checks the bearer token in ctx's incoming metadata against the
-// cluster token secret: the secret itself is an operator, a worker token
-// made from it is that worker.
-func identify(ctx context.Context, secret string) (Identity, error) {
+// WorkerCertOU marks a worker's certificate: a client certificate (signed
+// by the cluster's CA) whose subject has this organisational unit names
+// its worker in the common name ("/OU=switchyard-worker/CN=w1"). Over
+// mutual TLS such a certificate binds the caller to that worker, with or
+// without tokens: it may only sync as that worker and commit its ranks'
+// checkpoints, whatever token it also shows.
+const WorkerCertOU = "switchyard-worker"
+
+// certWorker is the worker that the verified client certificate of ctx's
+// peer names, if it is a worker's certificate.
+func certWorker(ctx context.Context) (worker string, ok bool) {
+	p, found := peer.FromContext(ctx)
+	if !found {
+		return "", false
+	}
+	ti, isTLS := p.AuthInfo.(credentials.TLSInfo)
+	if !isTLS || len(ti.State.VerifiedChains) == 0 || len(ti.State.VerifiedChains[0]) == 0 {
+		return "", false
+	}
+	leaf := ti.State.VerifiedChains[0][0]
+	if !slices.Contains(leaf.Subject.OrganizationalUnit, WorkerCertOU) {
+		return "", false
+	}
+	return leaf.Subject.CommonName, true
+}
+
+// identify finds who calls: by the bearer token in ctx's incoming metadata
+// when secret (the cluster token) is set — the secret itself is an
+// operator, a worker token made from it is that worker — and by a
+// worker's certificate, which narrows any token to its worker. ok is
+// false when nothing identifies the caller (no token is checked and the
+// certificate, if any, is not a worker's).
+func identify(ctx context.Context, secret string) (id Identity, ok bool, err error) {
+	if secret != "" {
+		if id, err = tokenIdentity(ctx, secret); err != nil {
+			return Identity{}, false, err
+		}
+		ok = true
+	}
+	cw, byCert := certWorker(ctx)
+	switch {
+	case !byCert:
+		return id, ok, nil
+	case cw == "":
+		return Identity{}, false, status.Error(codes.Unauthenticated, "a worker certificate without a common name (the worker id)")
+	case id.Worker != "" && id.Worker != cw:
+		return Identity{}, false, status.Errorf(codes.PermissionDenied, "the certificate names worker %s but the token worker %s", cw, id.Worker)
+	}
+	return Identity{Worker: cw}, true, nil
+}
+
+// tokenIdentity checks the bearer token in ctx's incoming metadata against
+// the cluster token secret: the secret itself is an operator, a worker
+// token made from it is that worker.
+func tokenIdentity(ctx context.Context, secret string) (Identity, error) {
 	md, _ := metadata.FromIncomingContext(ctx)
 	for _, v := range md.Get("authorization") {
 		scheme, got, ok := strings.Cut(v, " ")
@@ -194,7 +247,7 @@ func Check(ctx context.Context, want string) error {
 	if want == "" {
 		return nil
 	}
-	_, err := identify(ctx, want)
+	_, err := tokenIdentity(ctx, want)
 	return err
 }
 
@@ -205,24 +258,29 @@ var WorkerMethods = map[string]bool{
 	"/switchyard.api.v1.Coordinator/CommitCheckpoint": true,
 }
 
-// authorize identifies the caller of method and refuses a worker token on
-// an operator's call.
+// authorize identifies the caller of method and refuses a worker (by
+// token or certificate) on an operator's call.
 func authorize(ctx context.Context, token, method string) (context.Context, error) {
-	id, err := identify(ctx, token)
+	id, ok, err := identify(ctx, token)
 	if err != nil {
 		return nil, err
 	}
+	if !ok {
+		return ctx, nil
+	}
 	if id.Worker != "" && !WorkerMethods[method] {
-		return nil, status.Errorf(codes.PermissionDenied, "worker %s's token may only sync and commit checkpoints, not call %s", id.Worker, method)
+		return nil, status.Errorf(codes.PermissionDenied, "worker %s may only sync and commit checkpoints, not call %s", id.Worker, method)
 	}
 	return WithIdentity(ctx, id), nil
 }
 
-// ServerOptions returns the interceptors that require token (or a worker
-// token made from it) on every call and put the caller's Identity in the
-// handler's context (none when token is empty).
-func ServerOptions(token string) []grpc.ServerOption {
-	if token == "" {
+// ServerOptions returns the interceptors that identify every caller and
+// put its Identity in the handler's context: they require token (or a
+// worker token made from it) when it is set, and, when the server runs
+// mutual TLS (mutualTLS), bind a caller with a worker's certificate
+// (WorkerCertOU) to its worker. None when neither applies.
+func ServerOptions(token string, mutualTLS bool) []grpc.ServerOption {
+	if token == "" && !mutualTLS {
 		return nil
 	}
 	return []grpc.ServerOption{

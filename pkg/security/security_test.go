@@ -58,7 +58,7 @@ func (f *fakeCoordinator) SyncWorker(ctx context.Context, _ *apiv1.SyncWorkerReq
 	f.calls.Add(1)
 	id, ok := security.IdentityFrom(ctx)
 	if !ok {
-		return nil, status.Error(codes.Internal, "no identity")
+		return &apiv1.SyncWorkerResponse{Tasks: []*apiv1.Task{{JobId: "-"}}}, nil // no identity
 	}
 	return &apiv1.SyncWorkerResponse{Tasks: []*apiv1.Task{{JobId: "caller:" + id.Worker}}}, nil
 }
@@ -292,7 +292,7 @@ func TestServerTLSConfig(t *testing.T) {
 }
 
 func TestTokenUnary(t *testing.T) {
-	addr, f := serve(t, security.ServerOptions("s3cret")...)
+	addr, f := serve(t, security.ServerOptions("s3cret", false)...)
 	for _, tc := range []struct {
 		name  string
 		token string
@@ -327,7 +327,7 @@ func TestTokenUnary(t *testing.T) {
 }
 
 func TestTokenStream(t *testing.T) {
-	addr, f := serve(t, security.ServerOptions("s3cret")...)
+	addr, f := serve(t, security.ServerOptions("s3cret", false)...)
 	for _, tc := range []struct {
 		token string
 		want  codes.Code
@@ -361,7 +361,7 @@ func TestTokenStream(t *testing.T) {
 
 func TestTokenOverMutualTLS(t *testing.T) {
 	p := newTestPKI(t)
-	addr, _ := tlsServer(t, p, security.ServerOptions("s3cret")...)
+	addr, _ := tlsServer(t, p, security.ServerOptions("s3cret", true)...)
 	for _, tc := range []struct {
 		token string
 		want  codes.Code
@@ -373,11 +373,46 @@ func TestTokenOverMutualTLS(t *testing.T) {
 	}
 }
 
+// TestWorkerCertificates: over mutual TLS, a worker's certificate binds
+// the caller to its worker with or without tokens; other certificates
+// leave the token to decide (and, without tokens, identify nobody, as
+// before).
+func TestWorkerCertificates(t *testing.T) {
+	p := newTestPKI(t)
+	for _, tc := range []struct {
+		name, token string
+		serverToken string
+		files       security.TLSFiles
+		sync        codes.Code
+		caller      string // "-": the server saw no identity
+		list        codes.Code
+	}{
+		{"worker cert, no tokens", "", "", p.Worker, codes.OK, "caller:w1", codes.PermissionDenied},
+		{"operator cert, no tokens", "", "", p.Client, codes.OK, "-", codes.OK},
+		{"worker cert narrows the cluster token", "s3cret", "s3cret", p.Worker, codes.OK, "caller:w1", codes.PermissionDenied},
+		{"worker cert with its own worker token", security.WorkerToken("s3cret", "w1"), "s3cret", p.Worker, codes.OK, "caller:w1", codes.PermissionDenied},
+		{"worker cert with another worker's token", security.WorkerToken("s3cret", "w2"), "s3cret", p.Worker, codes.PermissionDenied, "", codes.PermissionDenied},
+		{"worker cert, wrong token", "wrong", "s3cret", p.Worker, codes.Unauthenticated, "", codes.Unauthenticated},
+		{"operator cert with the cluster token", "s3cret", "s3cret", p.Client, codes.OK, "caller:", codes.OK},
+		{"worker cert without a name", "", "", p.NamelessWorker, codes.Unauthenticated, "", codes.Unauthenticated},
+	} {
+		addr, _ := tlsServer(t, p, security.ServerOptions(tc.serverToken, true)...)
+		c := dial(t, client.Options{Endpoints: []string{addr}, TLS: tc.files, Token: tc.token})
+		resp, err := c.SyncWorker(ctx5s(t), &apiv1.SyncWorkerRequest{WorkerId: "w1"})
+		if status.Code(err) != tc.sync || (err == nil && resp.Tasks[0].JobId != tc.caller) {
+			t.Errorf("%s: sync %v %v, want %v as %q", tc.name, resp, err, tc.sync, tc.caller)
+		}
+		if _, err := c.ListJobs(ctx5s(t), &apiv1.ListJobsRequest{}); status.Code(err) != tc.list {
+			t.Errorf("%s: list %v, want %v", tc.name, err, tc.list)
+		}
+	}
+}
+
 func TestNoTokenNoCheck(t *testing.T) {
-	if opts := security.ServerOptions(""); len(opts) != 0 {
+	if opts := security.ServerOptions("", false); len(opts) != 0 {
 		t.Fatalf("ServerOptions(\"\") = %d options, want none", len(opts))
 	}
-	addr, _ := serve(t, security.ServerOptions("")...)
+	addr, _ := serve(t, security.ServerOptions("", false)...)
 	c := dial(t, client.Options{Endpoints: []string{addr}})
 	if _, err := c.ListJobs(ctx5s(t), &apiv1.ListJobsRequest{}); err != nil {
 		t.Fatalf("no token required, but: %v", err)
@@ -477,7 +512,7 @@ func TestIsLoopbackAndCheckListen(t *testing.T) {
 // its worker, may only sync and commit, and cannot be forged from the
 // format alone; the cluster token identifies an operator.
 func TestWorkerTokens(t *testing.T) {
-	addr, _ := serve(t, security.ServerOptions("s3cret")...)
+	addr, _ := serve(t, security.ServerOptions("s3cret", false)...)
 	w1 := security.WorkerToken("s3cret", "w1")
 	if w, ok := security.WorkerOf(w1); !ok || w != "w1" {
 		t.Fatalf("WorkerOf(%q) = %q %v", w1, w, ok)

@@ -27,7 +27,10 @@ type testPKI struct {
 	Client      security.TLSFiles // CA, client cert (CN test-client) and key
 	OtherClient security.TLSFiles // CA, a client cert signed by the other CA
 	OtherCA     string            // the unrelated CA's certificate
-	dir         string
+	// Worker names worker w1 (OU switchyard-worker, CN w1); NamelessWorker
+	// is a worker certificate with an empty common name
+	Worker, NamelessWorker security.TLSFiles
+	dir                    string
 }
 
 const clientCN = "test-client"
@@ -58,6 +61,17 @@ func newTestPKI(t *testing.T) testPKI {
 		CA:   caFile, // trusts the real server; only its own certificate is foreign
 		Cert: writePEM(t, dir, "other-client.pem", "CERTIFICATE", oCert),
 		Key:  writeKey(t, dir, "other-client-key.pem", oKey),
+	}
+	for _, w := range []struct {
+		files *security.TLSFiles
+		cn    string
+	}{{&p.Worker, "w1"}, {&p.NamelessWorker, ""}} {
+		cert, key := newLeaf(t, ca, caKey, w.cn, x509.ExtKeyUsageClientAuth, security.WorkerCertOU)
+		*w.files = security.TLSFiles{
+			CA:   caFile,
+			Cert: writePEM(t, dir, "worker-"+w.cn+".pem", "CERTIFICATE", cert),
+			Key:  writeKey(t, dir, "worker-"+w.cn+"-key.pem", key),
+		}
 	}
 	return p
 }
@@ -104,10 +118,11 @@ func newCA(t *testing.T, cn string) (*x509.Certificate, crypto.Signer) {
 	return cert, key
 }
 
-func newLeaf(t *testing.T, ca *x509.Certificate, caKey crypto.Signer, cn string, usage x509.ExtKeyUsage) ([]byte, *ecdsa.PrivateKey) {
+func newLeaf(t *testing.T, ca *x509.Certificate, caKey crypto.Signer, cn string, usage x509.ExtKeyUsage, ou ...string) ([]byte, *ecdsa.PrivateKey) {
 	t.Helper()
 	key := newKey(t)
 	tmpl := template(t, cn)
+	tmpl.Subject.OrganizationalUnit = ou
 	tmpl.KeyUsage = x509.KeyUsageDigitalSignature
 	tmpl.ExtKeyUsage = []x509.ExtKeyUsage{usage}
 	if usage == x509.ExtKeyUsageServerAuth {

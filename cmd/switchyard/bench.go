@@ -51,7 +51,7 @@ func cmdBench(ctx context.Context, args []string) error {
 		return printJSON(b)
 	case "engine":
 		fs := flag.NewFlagSet("bench engine", flag.ContinueOnError)
-		preset := fs.String("preset", "tiny", "model preset: tiny, small or medium")
+		preset := fs.String("preset", "tiny", "model preset: tiny, small, medium or science")
 		steps := fs.Int("steps", 10, "measured steps")
 		warmup := fs.Int("warmup", 3, "warm-up steps")
 		device := fs.String("device", "cpu", "cpu, cuda or cuda:N")

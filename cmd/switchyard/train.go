@@ -17,12 +17,13 @@ func cmdTrain(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("train", flag.ContinueOnError)
 	var (
 		config  = fs.String("config", "", "YAML run config (see README); flags below override it")
-		preset  = fs.String("preset", "", "model preset: tiny, small or medium")
+		preset  = fs.String("preset", "", "model preset: tiny, small, medium or science")
 		steps   = fs.Int("steps", 0, "optimizer steps")
 		maxTime = fs.Duration("max-time", 0, "end the run at the first step after this much training time (e.g. 5m; evaluation, checkpoint and report follow; the LR schedule still spans --steps)")
 		corpus  = fs.String("corpus", "", `JSON Lines corpus {"domain","text"} (default: built-in demo corpus)`)
 		out     = fs.String("out", "", "directory for metrics.jsonl and report.json")
 		mode    = fs.String("lbl", "", "load-balancing loss: global or micro")
+		order   = fs.String("data-order", "", "training order: shuffled (domains mixed in every micro-batch) or domain (one domain per micro-batch)")
 		accum   = fs.Int("accum", 0, "micro-batches per optimizer step")
 		micro   = fs.Int("micro-batch", 0, "sequences per micro-batch")
 		seed    = fs.Int64("seed", 0, "random seed")
@@ -126,6 +127,9 @@ func cmdTrain(ctx context.Context, args []string) error {
 	}
 	if *mode != "" {
 		cfg.LBL.Mode = *mode
+	}
+	if *order != "" {
+		cfg.Data.Order = *order
 	}
 	if *seed != 0 {
 		cfg.Seed = *seed

@@ -25,6 +25,10 @@ type Loader struct {
 
 	perm      []int // order of epoch permEpoch
 	permEpoch int64
+
+	// domainSeqs and block: a domain-blocked loader (NewDomainLoader)
+	domainSeqs [][]int
+	block      int
 }
 
 // NewLoader returns a Loader over numSeqs sequences (usually
@@ -34,6 +38,30 @@ func NewLoader(numSeqs int, seed int64) (*Loader, error) {
 		return nil, errorf(ErrInvalidConfig, nil, "loader over %d sequences", numSeqs)
 	}
 	return &Loader{n: numSeqs, seed: seed, permEpoch: -1}, nil
+}
+
+// NewDomainLoader returns a Loader whose sequences come in blocks of block
+// sequences of one domain: each epoch permutes every domain's sequences
+// (domainSeqs[d], e.g. c.Seqs(Train, d)), cuts them into blocks of block
+// (the remainder of a domain sits the epoch out) and permutes the blocks
+// (BlockedPermutation). Read a block per micro-batch and data-parallel rank
+// (block = micro_batch), every micro-batch holds one domain while the
+// global batch mixes them: as when each rank or micro-batch reads a source
+// of its own, the setting in which balancing experts per micro-batch and
+// over the global batch part ways (the micro-batch LBL pushes every domain
+// to use all experts alike).
+func NewDomainLoader(domainSeqs [][]int, block int, seed int64) (*Loader, error) {
+	if block < 1 {
+		return nil, errorf(ErrInvalidConfig, nil, "domain blocks of %d sequences", block)
+	}
+	n := 0
+	for _, seqs := range domainSeqs {
+		n += len(seqs) / block * block
+	}
+	if n == 0 {
+		return nil, errorf(ErrInvalidConfig, nil, "no domain has %d training sequences for a block", block)
+	}
+	return &Loader{n: n, seed: seed, permEpoch: -1, domainSeqs: domainSeqs, block: block}, nil
 }
 
 // Len returns the number of sequences in one epoch.
@@ -71,7 +99,11 @@ func (l *Loader) Next(n int, dst []int) []int {
 	dst = dst[:0]
 	for len(dst) < n {
 		if l.permEpoch != l.pos.Epoch {
-			l.perm = appendPermutation(l.perm[:0], l.n, l.seed, l.pos.Epoch)
+			if l.block > 0 {
+				l.perm = appendBlocked(l.perm[:0], l.domainSeqs, l.block, l.seed, l.pos.Epoch)
+			} else {
+				l.perm = appendPermutation(l.perm[:0], l.n, l.seed, l.pos.Epoch)
+			}
 			l.permEpoch = l.pos.Epoch
 		}
 		take := min(n-len(dst), l.n-int(l.pos.Offset))
@@ -103,6 +135,43 @@ func appendPermutation(dst []int, n int, seed, epoch int64) []int {
 	for i := n - 1; i > 0; i-- {
 		j := uniform(src, uint64(i+1))
 		dst[i], dst[j] = dst[j], dst[i]
+	}
+	return dst
+}
+
+// BlockedPermutation returns the order of epoch epoch of a domain-blocked
+// loader (NewDomainLoader): src = rand.NewPCG(uint64(seed),
+// uint64(epoch)); each domain's sequences, in domain order, are permuted
+// as Permutation permutes 0..n-1 (drawing from src) and cut into blocks of
+// block; the blocks (domain by domain, in order) are then permuted the
+// same way, still drawing from src.
+func BlockedPermutation(domainSeqs [][]int, block int, seed, epoch int64) []int {
+	return appendBlocked(nil, domainSeqs, block, seed, epoch)
+}
+
+func appendBlocked(dst []int, domainSeqs [][]int, block int, seed, epoch int64) []int {
+	src := rand.NewPCG(uint64(seed), uint64(epoch))
+	shuffle := func(xs []int) {
+		for i := len(xs) - 1; i > 0; i-- {
+			j := uniform(src, uint64(i+1))
+			xs[i], xs[j] = xs[j], xs[i]
+		}
+	}
+	var blocks [][]int
+	for _, seqs := range domainSeqs {
+		own := append([]int(nil), seqs...)
+		shuffle(own)
+		for i := 0; i+block <= len(own); i += block {
+			blocks = append(blocks, own[i:i+block])
+		}
+	}
+	order := make([]int, len(blocks))
+	for i := range order {
+		order[i] = i
+	}
+	shuffle(order)
+	for _, b := range order {
+		dst = append(dst, blocks[b]...)
 	}
 	return dst
 }

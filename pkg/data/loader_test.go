@@ -210,3 +210,72 @@ func ExampleShard() {
 	fmt.Println(len(Shard(global, 1, 4)), l.Pos())
 	// Output: 2 {0 8}
 }
+
+// TestDomainLoader: every block-aligned read of a domain-blocked loader
+// holds one domain; an epoch visits each domain's sequences at most once
+// (all but the remainder), epochs differ, and a seek continues exactly.
+func TestDomainLoader(t *testing.T) {
+	domainOf := map[int]int{}
+	var domains [][]int
+	next := 0
+	for d, n := range []int{10, 7, 5} {
+		var seqs []int
+		for range n {
+			seqs = append(seqs, next)
+			domainOf[next] = d
+			next++
+		}
+		domains = append(domains, seqs)
+	}
+	l, err := NewDomainLoader(domains, 2, 9)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.Len() != 10+6+4 {
+		t.Fatalf("epoch of %d sequences, want 20", l.Len())
+	}
+	var first []int
+	perDomain := map[int]int{}
+	for range 15 { // crosses into the second epoch: 30 = 20 + 10
+		b := l.Next(2, nil)
+		if domainOf[b[0]] != domainOf[b[1]] {
+			t.Fatalf("block %v mixes domains %d and %d", b, domainOf[b[0]], domainOf[b[1]])
+		}
+		if len(first) < 20 {
+			first = append(first, b...)
+			perDomain[domainOf[b[0]]]++
+		}
+	}
+	seen := map[int]bool{}
+	for _, s := range first {
+		if seen[s] {
+			t.Fatalf("sequence %d twice in one epoch", s)
+		}
+		seen[s] = true
+	}
+	if perDomain[0] != 5 || perDomain[1] != 3 || perDomain[2] != 2 {
+		t.Errorf("blocks per domain %v, want 5, 3, 2", perDomain)
+	}
+	if slices.Equal(BlockedPermutation(domains, 2, 9, 0), BlockedPermutation(domains, 2, 9, 1)) {
+		t.Error("two epochs in the same order")
+	}
+	if !slices.Equal(BlockedPermutation(domains, 2, 9, 0), first) {
+		t.Error("the loader's first epoch is not BlockedPermutation's")
+	}
+	// a loader sought to where this one stands reads what it reads
+	again, _ := NewDomainLoader(domains, 2, 9)
+	if err := again.Seek(l.Pos()); err != nil {
+		t.Fatal(err)
+	}
+	if a, b := l.Next(6, nil), again.Next(6, nil); !slices.Equal(a, b) {
+		t.Errorf("after a seek %v, want %v", b, a)
+	}
+	for _, bad := range []struct {
+		domains [][]int
+		block   int
+	}{{domains, 0}, {domains, 11}, {nil, 1}} {
+		if _, err := NewDomainLoader(bad.domains, bad.block, 1); !errors.Is(err, ErrInvalidConfig) {
+			t.Errorf("block %d over %d domains: %v", bad.block, len(bad.domains), err)
+		}
+	}
+}

@@ -41,6 +41,7 @@ func (s *Spec) TrainConfig() (runconfig.Config, error) {
 			DemoBytes:   s.Data.DemoBytes,
 			ValFraction: s.Data.ValFraction,
 			EvalSeqs:    s.Data.EvalSeqs,
+			Order:       s.Data.Order,
 		},
 		MicroBatch:   s.MicroBatch,
 		Accumulation: s.Accumulation,

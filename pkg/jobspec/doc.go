@@ -19,7 +19,9 @@
 //	name              required; 1-63 of [a-z0-9-], starting and ending with a
 //	                  letter or digit (the job id rule, ValidJobID)
 //	priority          0; in [-1000, 1000]; higher runs first
-//	model.preset      "tiny" when no model field is given; "tiny" or "small"
+//	model.preset      "tiny" when no model field is given; "tiny", "small",
+//	                  "medium" (GPU-sized) or "science" (32 fine-grained experts, top-4,
+//	                  for balancing sweeps on CPUs)
 //	model.<field>     overrides the preset's field when non-zero; without a
 //	                  preset the fields describe the whole model: vocab, dim, layers, heads, seq_len,
 //	                  experts, top_k, hidden, shared_experts, moe_every,
@@ -35,6 +37,9 @@
 //	data.corpus       "demo" (the built-in corpus) or an absolute path that
 //	                  every worker can read (a JSON Lines file)
 //	data.demo_bytes   1 MiB per domain; data.val_fraction 0.05; data.eval_seqs 0 (all)
+//	data.order        "shuffled" (every micro-batch mixes the domains at random) or
+//	                  "domain" (every micro-batch of each rank holds one domain, the
+//	                  global batch mixes them: where micro and global LBL part ways)
 //	optim             lr 3e-4, min_lr 0, warmup_steps 0, weight_decay 0,
 //	                  clip_norm 0 (off), beta1 0.9, beta2 0.999 (an explicit
 //	                  0 is kept for both), eps 1e-8

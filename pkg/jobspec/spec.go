@@ -135,6 +135,7 @@ type Data struct {
 	DemoBytes   int     `yaml:"demo_bytes" json:"demo_bytes"`
 	ValFraction float64 `yaml:"val_fraction" json:"val_fraction"`
 	EvalSeqs    int     `yaml:"eval_seqs" json:"eval_seqs"`
+	Order       string  `yaml:"order,omitempty" json:"order,omitempty"` // "shuffled" (default) or "domain"
 }
 
 // Optim is the AdamW optimizer and its schedule.
@@ -373,6 +374,9 @@ func (s *Spec) engineDefaults() {
 	}
 	if s.Data.DemoBytes == 0 {
 		s.Data.DemoBytes = 1 << 20
+	}
+	if s.Data.Order == "" {
+		s.Data.Order = runconfig.OrderShuffled
 	}
 	if s.Data.ValFraction == 0 {
 		s.Data.ValFraction = 0.05

@@ -149,6 +149,9 @@ func (s *Spec) Validate() error {
 	if d.EvalSeqs < 0 {
 		bad("data.eval_seqs", d.EvalSeqs, "must be >= 0 (0 = all)")
 	}
+	if d.Order != runconfig.OrderShuffled && d.Order != runconfig.OrderDomain {
+		bad("data.order", d.Order, `must be "shuffled" or "domain"`)
+	}
 
 	// Optimizer.
 	o := s.Optim
@@ -296,7 +299,7 @@ func (s *Spec) Validate() error {
 func (s *Spec) validateModel(bad func(path string, v any, rule string, args ...any)) (runconfig.Model, bool) {
 	m, err := s.ModelConfig()
 	if err != nil {
-		bad("model.preset", s.Model.Preset, `must be "tiny", "small" or "medium" (or empty, with explicit model fields)`)
+		bad("model.preset", s.Model.Preset, `must be "tiny", "small", "medium" or "science" (or empty, with explicit model fields)`)
 		return m, false
 	}
 	ok := true
@@ -345,7 +348,7 @@ func (s *Spec) ModelConfig() (runconfig.Model, error) {
 	if s.Model.Preset != "" {
 		p, ok := runconfig.ModelPresets[s.Model.Preset]
 		if !ok {
-			return m, &FieldError{Path: "model.preset", Value: s.Model.Preset, Rule: `must be "tiny", "small" or "medium"`}
+			return m, &FieldError{Path: "model.preset", Value: s.Model.Preset, Rule: `must be "tiny", "small", "medium" or "science"`}
 		}
 		m = p
 	}

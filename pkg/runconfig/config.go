@@ -41,7 +41,17 @@ type Data struct {
 	DemoBytes   int     `yaml:"demo_bytes" json:"demo_bytes"`     // demo corpus bytes per domain
 	ValFraction float64 `yaml:"val_fraction" json:"val_fraction"` // per-domain share held out
 	EvalSeqs    int     `yaml:"eval_seqs" json:"eval_seqs"`       // validation sequences per domain per evaluation (0: all)
+	// Order is how training sequences are drawn: "shuffled" (or empty: all
+	// domains mixed at random) or "domain" (every micro-batch of each rank
+	// holds one domain, the global batch mixes them; data.NewDomainLoader).
+	Order string `yaml:"order,omitempty" json:"order,omitempty"`
 }
+
+// The data orders.
+const (
+	OrderShuffled = "shuffled"
+	OrderDomain   = "domain"
+)
 
 // Config is a training run.
 type Config struct {
@@ -247,6 +257,8 @@ func (c Config) Validate() error {
 		return bad("resume", c.Resume, "needs checkpoint.dir")
 	case c.Data.EvalSeqs < 0:
 		return bad("data.eval_seqs", c.Data.EvalSeqs, "must be >= 0")
+	case c.Data.Order != "" && c.Data.Order != OrderShuffled && c.Data.Order != OrderDomain:
+		return bad("data.order", c.Data.Order, `must be "shuffled" or "domain"`)
 	}
 	kind, _, err := ParseDevice(c.Device)
 	if err != nil {
@@ -272,14 +284,14 @@ func (c Config) Validate() error {
 }
 
 // PresetMicroBatch is each preset's default micro-batch (../shared/bench's).
-var PresetMicroBatch = map[string]int{"tiny": 8, "small": 4, "medium": 16}
+var PresetMicroBatch = map[string]int{"tiny": 8, "small": 4, "medium": 16, "science": 8}
 
 // PresetConfig returns the run defaults of a named preset: the model, its
 // micro-batch and a short schedule.
 func PresetConfig(name string) (Config, error) {
 	c := Config{Preset: name, MicroBatch: PresetMicroBatch[name]}
 	if c.MicroBatch == 0 {
-		return c, fmt.Errorf("%w: preset = %q: unknown (have tiny, small, medium)", ErrConfig, name)
+		return c, fmt.Errorf("%w: preset = %q: unknown (have tiny, small, medium, science)", ErrConfig, name)
 	}
 	c.Defaults()
 	return c, nil

@@ -197,3 +197,34 @@ func TestMaxSecondsStopsAtAStepWithAReport(t *testing.T) {
 	}
 	t.Logf("%d steps in %.2f s: %s", rep.Steps, rep.Seconds, rep.Stopped)
 }
+
+// TestDomainOrder: with data.order domain every micro-batch holds one
+// domain and the steps still visit them all; a checkpointed run resumes
+// the same stream (the loader's position is all it needs).
+func TestDomainOrder(t *testing.T) {
+	cfg, corpus := smallRun(t, "micro", 4)
+	cfg.Data.Order = "domain"
+	tr, err := NewWithCorpus(cfg, corpus, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	seen := map[int]bool{}
+	for range 12 {
+		tr.fillTrain()
+		b := tr.eng.trainBatch()
+		for _, d := range b.Domain[:b.B] {
+			if d != b.Domain[0] {
+				t.Fatalf("a micro-batch of domains %v", b.Domain[:b.B])
+			}
+		}
+		seen[b.Domain[0]] = true
+	}
+	if len(seen) != 3 {
+		t.Errorf("12 micro-batches saw domains %v of 3", seen)
+	}
+	cfg.Data.Order = "sorted"
+	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "data.order") {
+		t.Errorf("data.order sorted: %v", err)
+	}
+}

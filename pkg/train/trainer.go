@@ -17,6 +17,7 @@ import (
 	"github.com/switchyard-ml/switchyard/pkg/lbl"
 	"github.com/switchyard-ml/switchyard/pkg/model"
 	"github.com/switchyard-ml/switchyard/pkg/optim"
+	"github.com/switchyard-ml/switchyard/pkg/runconfig"
 )
 
 // Trainer runs one configured training job in this process.
@@ -170,7 +171,7 @@ func NewParallelOn(cfg Config, corpus *data.Corpus, w io.Writer, dist *Dist, dev
 			return nil, err
 		}
 	}
-	loader, err := data.NewLoader(corpus.NumSeqs(data.Train), cfg.Seed)
+	loader, err := newLoader(corpus, cfg)
 	if err != nil {
 		t.eng.close()
 		return nil, fmt.Errorf("train: loader: %w", err)
@@ -285,6 +286,19 @@ func (t *Trainer) Close() error {
 		err = cerr
 	}
 	return err
+}
+
+// newLoader is the run's stream of training sequences: shuffled over all
+// domains, or in blocks of one domain a micro-batch long (data.order).
+func newLoader(c *data.Corpus, cfg Config) (*data.Loader, error) {
+	if cfg.Data.Order != runconfig.OrderDomain {
+		return data.NewLoader(c.NumSeqs(data.Train), cfg.Seed)
+	}
+	domains := make([][]int, len(c.Domains))
+	for d := range domains {
+		domains[d] = c.Seqs(data.Train, d)
+	}
+	return data.NewDomainLoader(domains, cfg.MicroBatch, cfg.Seed)
 }
 
 // fillTrain loads the next micro-batch of the global stream into the

@@ -23,6 +23,7 @@ func cmdTrain(ctx context.Context, args []string) error {
 		corpus  = fs.String("corpus", "", `JSON Lines corpus {"domain","text"} (default: built-in demo corpus)`)
 		out     = fs.String("out", "", "directory for metrics.jsonl and report.json")
 		mode    = fs.String("lbl", "", "load-balancing loss: global or micro")
+		window  = fs.Int("lbl-window", -1, "global LBL: micro-batches its counts cover (0: the whole step)")
 		order   = fs.String("data-order", "", "training order: shuffled (domains mixed in every micro-batch) or domain (one domain per micro-batch)")
 		accum   = fs.Int("accum", 0, "micro-batches per optimizer step")
 		micro   = fs.Int("micro-batch", 0, "sequences per micro-batch")
@@ -128,6 +129,7 @@ func cmdTrain(ctx context.Context, args []string) error {
 	if *mode != "" {
 		cfg.LBL.Mode = *mode
 	}
+	setInt(&cfg.LBL.Window, *window, -1)
 	if *order != "" {
 		cfg.Data.Order = *order
 	}

@@ -35,6 +35,7 @@ func (s *Spec) TrainConfig() (runconfig.Config, error) {
 			ZCoef:     s.LBL.ZCoef,
 			LayerCoef: append([]float64(nil), s.LBL.LayerCoef...),
 			BiasRate:  s.LBL.BiasRate,
+			Window:    s.LBL.Window,
 		},
 		Data: runconfig.Data{
 			Corpus:      corpus,

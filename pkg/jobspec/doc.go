@@ -30,6 +30,9 @@
 //	parallel.tp/dp/ep 1 each; world = tp*dp ranks
 //	parallel.balance  "dp"; the LBL balance group: "dp", "node" or "none"
 //	lbl.mode          "global"; or "micro"
+//	lbl.window        0: the global LBL counts every micro-batch of the step; N: the
+//	                  buffer starts again every N micro-batches, so the balance
+//	                  batch is micro_batch x N x the balance group's ranks sequences
 //	lbl.coef          0.01 when absent; an explicit 0 is kept (an
 //	                  aux-loss-free run balanced by bias_rate); micro_coef, seq_coef,
 //	                  z_coef, bias_rate 0; layer_coef empty (all 1) or one

@@ -124,6 +124,7 @@ type LBL struct {
 	ZCoef     float64   `yaml:"z_coef" json:"z_coef"`
 	LayerCoef []float64 `yaml:"layer_coef,omitempty" json:"layer_coef,omitempty"`
 	BiasRate  float64   `yaml:"bias_rate" json:"bias_rate"`
+	Window    int       `yaml:"window,omitempty" json:"window,omitempty"` // micro-batches the global LBL covers (0: the step)
 }
 
 // DemoCorpus is the data.corpus value naming the built-in corpus.

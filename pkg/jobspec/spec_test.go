@@ -192,6 +192,8 @@ func TestValidationErrors(t *testing.T) {
 		{"lbl: {layer_coef: [1, 2]}", "jobspec: lbl.layer_coef = [1 2]: needs one value per MoE layer (4)"},
 		{"data: {corpus: corpus.jsonl}", `jobspec: data.corpus = "corpus.jsonl": must be "demo" or an absolute path (workers read it on their own machines)`},
 		{"data: {val_fraction: 0.9}", "jobspec: data.val_fraction = 0.9: must be in (0, 0.5]"},
+		{"lbl: {mode: micro, window: 2}", "jobspec: lbl.window = 2: needs lbl.mode global (the micro-batch LBL balances each micro-batch alone)"},
+		{"lbl: {window: -1}", "jobspec: lbl.window = -1: must be >= 0"},
 		{"data: {order: random}", `jobspec: data.order = "random": must be "shuffled" or "domain"`},
 		{"optim: {lr: -1}", "jobspec: optim.lr = -1: must be a finite number > 0"},
 		{"optim: {lr: 0.001, min_lr: 0.01}", "jobspec: optim.min_lr = 0.01: must be in [0, optim.lr = 0.001]"},

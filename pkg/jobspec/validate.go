@@ -126,6 +126,12 @@ func (s *Spec) Validate() error {
 	nonNeg("lbl.seq_coef", l.SeqCoef)
 	nonNeg("lbl.z_coef", l.ZCoef)
 	nonNeg("lbl.bias_rate", l.BiasRate)
+	switch {
+	case l.Window < 0:
+		bad("lbl.window", l.Window, "must be >= 0")
+	case l.Window > 0 && l.Mode != "global":
+		bad("lbl.window", l.Window, "needs lbl.mode global (the micro-batch LBL balances each micro-batch alone)")
+	}
 	for i, c := range l.LayerCoef {
 		nonNeg(fmt.Sprintf("lbl.layer_coef[%d]", i), c)
 	}

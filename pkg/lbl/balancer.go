@@ -54,6 +54,13 @@ type Config struct {
 	// step, bias_e += BiasRate * sign(mean_i count_i - count_e) from the
 	// step's global counts. 0 turns it off.
 	BiasRate float64
+	// Window is how many micro-batches the global LBL's counts cover: the
+	// buffer starts again after every Window micro-batches of the step
+	// (0: the whole step). With micro-batches of m sequences synchronised
+	// over R ranks, the balance batch is m*Window*R sequences (up to the
+	// step's), so one global batch can be balanced over 1, several or all
+	// of its micro-batches.
+	Window int
 }
 
 // DefaultConfig is global-batch LBL with coefficient 0.01 and nothing else.
@@ -76,6 +83,9 @@ func (c Config) Validate() error {
 		if err := checkCoef(fmt.Sprintf("LayerCoef[%d]", i), v); err != nil {
 			return err
 		}
+	}
+	if c.Window < 0 {
+		return &ConfigError{Field: "Window", Reason: fmt.Sprintf("must be >= 0, got %d", c.Window)}
 	}
 	return nil
 }
@@ -141,6 +151,10 @@ type Balancer struct {
 	bufLE        []float64 // [L*E]
 	bufTokens    float64
 	microBatches int
+	// the window's counts (Config.Window > 0; else the step's buffer is it)
+	winLE     []float64 // [L*E]
+	winTokens float64
+	winMicro  int
 
 	biasLE   []float64 // [L*E] master copy
 	bias32LE []float32 // [L*E] what TopK reads
@@ -195,6 +209,7 @@ func NewBalancer(cfg Config, layers, E, k int, r Reducer) (*Balancer, error) {
 		localCountsLE: make([]float64, layers*E),
 		vec:           make([]float64, layers*E+1),
 		bufLE:         make([]float64, layers*E),
+		winLE:         make([]float64, layers*E),
 		biasLE:        make([]float64, layers*E),
 		bias32LE:      make([]float32, layers*E),
 		losses:        make([]LayerLosses, layers),
@@ -297,11 +312,24 @@ func (b *Balancer) Sync(ctx context.Context) error {
 	}
 	b.bufTokens += b.vec[n]
 	b.microBatches++
+	winLE, winTokens := b.bufLE, b.bufTokens
+	if b.cfg.Window > 0 {
+		if b.winMicro == b.cfg.Window {
+			clear(b.winLE)
+			b.winTokens, b.winMicro = 0, 0
+		}
+		for i, c := range b.vec[:n] {
+			b.winLE[i] += c
+		}
+		b.winTokens += b.vec[n]
+		b.winMicro++
+		winLE, winTokens = b.winLE, b.winTokens
+	}
 	b.total = 0
 	cfg := &b.cfg
 	for l := range b.rec {
 		rec := &b.rec[l]
-		g := LossFromCounts(b.bufLE[l*b.E:(l+1)*b.E], b.bufTokens, b.K, rec.pE, rec.fBufE)
+		g := LossFromCounts(winLE[l*b.E:(l+1)*b.E], winTokens, b.K, rec.pE, rec.fBufE)
 		w := b.layerCoef[l] * (cfg.GlobalCoef*g + cfg.MicroCoef*rec.micro + cfg.SeqCoef*rec.seq + cfg.ZCoef*rec.z)
 		b.losses[l] = LayerLosses{Global: g, Micro: rec.micro, Seq: rec.seq, Z: rec.z, Weighted: w}
 		b.total += w
@@ -431,6 +459,8 @@ func (b *Balancer) StepDone() {
 	}
 	clear(b.bufLE)
 	b.bufTokens, b.microBatches = 0, 0
+	clear(b.winLE)
+	b.winTokens, b.winMicro = 0, 0
 	b.inFlight, b.synced = false, false
 }
 
@@ -483,8 +513,13 @@ func (b *Balancer) SetState(s State) error {
 	for i, v := range b.biasLE {
 		b.bias32LE[i] = float32(v)
 	}
+	if b.cfg.Window > 0 && s.MicroBatches > 0 {
+		return fmt.Errorf("%w: a state taken within a step (%d micro-batches buffered) does not hold the counts of a balance window", ErrState, s.MicroBatches)
+	}
 	copy(b.bufLE, s.BufferLE)
 	b.bufTokens, b.microBatches = s.BufferTokens, s.MicroBatches
+	clear(b.winLE)
+	b.winTokens, b.winMicro = 0, 0
 	b.inFlight, b.synced = false, false
 	return nil
 }

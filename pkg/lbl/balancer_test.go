@@ -7,6 +7,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -798,5 +799,66 @@ func TestStartSyncSameAsSync(t *testing.T) {
 	}
 	if err := b.Sync(ctx); err != nil {
 		t.Fatalf("retry: %v", err)
+	}
+}
+
+// TestBalanceWindow: with Window w the global LBL of a micro-batch counts
+// only the micro-batches of its window: micro-batches 3 and 4 of a step
+// with Window 2 give, bit for bit, the losses and gradients of a fresh
+// step of those two; a window as long as the step is Window 0; a window
+// of 1 is the micro-batch LBL.
+func TestBalanceWindow(t *testing.T) {
+	ctx := context.Background()
+	const T, E, k = 16, 8, 2
+	rng := rand.New(rand.NewPCG(5, 5))
+	var mbs []*routed
+	for range 4 {
+		mbs = append(mbs, randomRouted(rng, T, E, k, 1.5))
+	}
+	run := func(cfg Config, from int) (losses []float64, grads [][]float32) {
+		b, err := NewBalancer(cfg, 1, E, k, Identity{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range mbs[from:] {
+			b.Record(0, d.z, d.p, d.idx, T, 0, nil)
+			g := make([]float32, T*E)
+			if err := b.Backward(ctx, 0, 1, g); err != nil {
+				t.Fatal(err)
+			}
+			losses, grads = append(losses, b.Losses().Total), append(grads, g)
+		}
+		return losses, grads
+	}
+	same := func(what string, la, lb []float64, ga, gb [][]float32) {
+		t.Helper()
+		if !slices.Equal(la, lb) {
+			t.Errorf("%s: losses %v, want %v", what, la, lb)
+		}
+		for i := range ga {
+			if !slices.Equal(ga[i], gb[i]) {
+				t.Errorf("%s: gradients of micro-batch %d differ", what, i)
+			}
+		}
+	}
+	lw, gw := run(Config{GlobalCoef: 0.1, Window: 2}, 0)
+	lf, gf := run(Config{GlobalCoef: 0.1}, 2)
+	same("window 2, second window", lw[2:], lf, gw[2:], gf)
+	l0, g0 := run(Config{GlobalCoef: 0.1}, 0)
+	same("window 2, first window", lw[:2], l0[:2], gw[:2], g0[:2])
+	if lw[3] == l0[3] {
+		t.Error("the second window counted the first")
+	}
+	l4, g4 := run(Config{GlobalCoef: 0.1, Window: 4}, 0)
+	same("window 4 of 4", l4, l0, g4, g0)
+	l1, g1 := run(Config{GlobalCoef: 0.1, Window: 1}, 0)
+	lm, gm := run(Config{MicroCoef: 0.1}, 0)
+	same("window 1 and micro", l1, lm, g1, gm)
+	if err := (Config{Window: -1}).Validate(); err == nil {
+		t.Error("Window -1 accepted")
+	}
+	b, _ := NewBalancer(Config{GlobalCoef: 0.1, Window: 2}, 1, E, k, Identity{})
+	if err := b.SetState(State{Layers: 1, Experts: E, K: k, BiasLE: make([]float64, E), BufferLE: make([]float64, E), MicroBatches: 1}); !errors.Is(err, ErrState) {
+		t.Errorf("a mid-step state into a windowed balancer: %v", err)
 	}
 }

@@ -33,6 +33,10 @@ type LBL struct {
 	ZCoef     float64   `yaml:"z_coef" json:"z_coef"`                             // router z-loss
 	LayerCoef []float64 `yaml:"layer_coef,omitempty" json:"layer_coef,omitempty"` // per-MoE-layer multipliers
 	BiasRate  float64   `yaml:"bias_rate" json:"bias_rate"`                       // aux-loss-free expert bias update rate (0: off)
+	// Window is how many micro-batches of the step the global LBL's
+	// counts cover (0: all of them): the balance batch is micro_batch x
+	// window x the balance group's ranks sequences.
+	Window int `yaml:"window,omitempty" json:"window,omitempty"`
 }
 
 // Data says where the corpus comes from.
@@ -227,6 +231,10 @@ func (c Config) Validate() error {
 		return bad("lbl.z_coef", c.LBL.ZCoef, "must be >= 0")
 	case c.LBL.BiasRate < 0:
 		return bad("lbl.bias_rate", c.LBL.BiasRate, "must be >= 0")
+	case c.LBL.Window < 0:
+		return bad("lbl.window", c.LBL.Window, "must be >= 0")
+	case c.LBL.Window > 0 && c.LBL.Mode != "global":
+		return bad("lbl.window", c.LBL.Window, "needs lbl.mode global (the micro-batch LBL balances each micro-batch alone)")
 	case c.MicroBatch < 1:
 		return bad("micro_batch", c.MicroBatch, "must be >= 1")
 	case c.Accumulation < 1:

@@ -115,7 +115,7 @@ func loadDocs(cfg Config) ([]data.Document, error) {
 
 // balancerConfig maps the run's LBL settings onto pkg/lbl.
 func balancerConfig(c Config) lbl.Config {
-	bc := lbl.Config{MicroCoef: c.LBL.MicroCoef, SeqCoef: c.LBL.SeqCoef, ZCoef: c.LBL.ZCoef, LayerCoef: c.LBL.LayerCoef, BiasRate: c.LBL.BiasRate}
+	bc := lbl.Config{MicroCoef: c.LBL.MicroCoef, SeqCoef: c.LBL.SeqCoef, ZCoef: c.LBL.ZCoef, LayerCoef: c.LBL.LayerCoef, BiasRate: c.LBL.BiasRate, Window: c.LBL.Window}
 	if c.LBL.Mode == "micro" {
 		bc.MicroCoef += c.LBL.Coef
 	} else {

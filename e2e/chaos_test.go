@@ -48,7 +48,7 @@ var (
 var faultKinds = []string{
 	"kill9-worker", "kill9-rank", "kill9-leader", "kill9-follower", "restart-coordinator",
 	"stall-worker", "stall-rank", "etcd-restart", "nats-restart", "corrupt-shard", "storage-full",
-	"partition-worker", "stall-coordinator",
+	"partition-worker", "stall-coordinator", "partition-coordinator",
 }
 
 type chaosFault struct {
@@ -120,8 +120,10 @@ func TestChaos(t *testing.T) {
 		c.workers[w].stop()
 		c.startWorker(w)
 	}
+	coordCuts := routeCoordinators(t, c)
 	ch := &chaos{c: c, t: t, rng: rand.New(rand.NewPCG(seed, 0x5eed)), corrupted: map[string]bool{}, maxStep: map[string]int64{},
-		lastChange: map[string]time.Time{}, lastSeen: map[string]*pb.Job{}, checks: map[string]int{}, proxies: proxies, events: map[string]map[uint64]*pb.JobEvent{}, closed: map[string]bool{}}
+		lastChange: map[string]time.Time{}, lastSeen: map[string]*pb.Job{}, checks: map[string]int{}, proxies: proxies, coordCuts: coordCuts,
+		events: map[string]map[uint64]*pb.JobEvent{}, closed: map[string]bool{}}
 	cl, err := client.Dial(client.Options{Endpoints: c.apiAddrs, Token: c.token})
 	if err != nil {
 		t.Fatal(err)
@@ -174,6 +176,55 @@ func TestChaos(t *testing.T) {
 	}
 }
 
+// routeCoordinators restarts the coordinators one by one so that each
+// reaches every other replica's raft (--raft-peer-addr) and etcd through
+// proxies of its own; the raft configuration keeps the real addresses.
+// It returns, for each coordinator, the proxies that partition-coordinator
+// cuts to isolate it: its proxies to the others, theirs to it, and its
+// etcd proxy. Its API is not behind them: clients and workers still reach
+// it, and it answers as a replica without a leader does.
+func routeCoordinators(t *testing.T, c *cluster) [][]*cutProxy {
+	t.Helper()
+	n := len(c.coords)
+	cuts := make([][]*cutProxy, n)
+	c.coordVia = make([]coordRoutes, n)
+	for i := range n {
+		c.coordVia[i].raft = map[string]string{}
+		for j := range n {
+			if j == i {
+				continue
+			}
+			p := newCutProxy(t, c.raftAddrs[j])
+			c.coordVia[i].raft[c.coordIDs[j]] = p.addr()
+			cuts[i] = append(cuts[i], p)
+			cuts[j] = append(cuts[j], p)
+		}
+		p := newCutProxy(t, strings.TrimPrefix(c.etcdURL, "http://"))
+		c.coordVia[i].etcd = "http://" + p.addr()
+		cuts[i] = append(cuts[i], p)
+	}
+	for i := range n {
+		c.coords[i].stop()
+		c.startCoordinator(i, "") // restarts on its data: no bootstrap
+		eventually(t, 60*time.Second, c.coordIDs[i]+" back, following a leader", func() error {
+			cl, err := client.Dial(client.Options{Endpoints: []string{c.apiAddrs[i]}, Token: c.token})
+			if err != nil {
+				return err
+			}
+			defer cl.Close()
+			s, err := cl.ClusterStatus(ctxS(5), &apiv1.ClusterStatusRequest{})
+			if err != nil {
+				return err
+			}
+			if s.LeaderId == "" {
+				return errors.New("no leader known")
+			}
+			return nil
+		})
+	}
+	return cuts
+}
+
 func ctxS(sec int) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(sec)*time.Second)
 	_ = cancel // the deadline frees it
@@ -187,6 +238,9 @@ type chaos struct {
 	rng *rand.Rand // the schedule's; only the fault loop draws from it
 	// each worker's proxies to the coordinators and etcd
 	proxies map[string][]*cutProxy
+	// by coordinator index, the proxies that cut it off from the other
+	// replicas' raft and from etcd (see routeCoordinators)
+	coordCuts [][]*cutProxy
 
 	mu         sync.Mutex
 	faults     []chaosFault
@@ -437,6 +491,26 @@ func (ch *chaos) inject(kind string) {
 		f.Target, f.Jobs = w+" cut from the coordinators and etcd", ch.jobsOn(w)
 		d := time.Duration(3000+ch.rng.IntN(6000)) * time.Millisecond
 		for _, p := range ch.proxies[w] {
+			p.cut(d)
+		}
+		time.Sleep(d)
+	case "partition-coordinator":
+		// a minority replica cut off by the network from the others' raft
+		// traffic and from etcd, its API still answering (as a replica
+		// without a leader: stale reads, writes UNAVAILABLE): the leader
+		// half the time, when one is known; the others elect another, and
+		// it rejoins as a follower once healed
+		role := "leader"
+		if ch.rng.IntN(2) == 1 {
+			role = "follower"
+		}
+		i := ch.pickCoordinator("kill9-" + role)
+		if i < 0 {
+			i, role = ch.rng.IntN(len(ch.c.coords)), "no leader known"
+		}
+		d := time.Duration(3000+ch.rng.IntN(6000)) * time.Millisecond
+		f.Target = fmt.Sprintf("%s (%s) cut from its peers and etcd for %v", ch.c.coordIDs[i], role, d)
+		for _, p := range ch.coordCuts[i] {
 			p.cut(d)
 		}
 		time.Sleep(d)

@@ -3,8 +3,10 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -43,11 +45,20 @@ type cluster struct {
 	// via, when set for a worker, is where it (and its ranks) reach the
 	// coordinators' APIs and etcd instead: proxies the chaos suite cuts.
 	via map[string]workerRoutes
+	// coordVia, when set, is where each coordinator (by index) reaches
+	// the other replicas' raft and etcd instead: proxies the chaos suite
+	// cuts. The raft configuration keeps the real addresses.
+	coordVia []coordRoutes
 }
 
 type workerRoutes struct {
 	coordinators []string
 	etcd         string
+}
+
+type coordRoutes struct {
+	raft map[string]string // peer replica ID -> the address dialled (--raft-peer-addr)
+	etcd string
 }
 
 func startCluster(t *testing.T, nCoord int, workerIDs ...string) *cluster {
@@ -108,10 +119,18 @@ func (c *cluster) startCoordinator(i int, peers string) {
 	if peers == "" {
 		boot = nil
 	}
+	etcd := c.etcdURL
+	if i < len(c.coordVia) {
+		r := c.coordVia[i]
+		etcd = r.etcd
+		for _, id := range slices.Sorted(maps.Keys(r.raft)) {
+			boot = append(boot, "--raft-peer-addr", id+"="+r.raft[id])
+		}
+	}
 	c.coords[i] = start(c.root, c.coordIDs[i], []string{"SWITCHYARD_TOKEN=" + c.token}, bins.coordinator,
 		append(append([]string{"--id", c.coordIDs[i], "--data-dir", filepath.Join(c.dir, c.coordIDs[i]),
 			"--raft-addr", c.raftAddrs[i], "--api-addr", c.apiAddrs[i]}, boot...),
-			"--etcd-endpoints", c.etcdURL, "--nats-url", fmt.Sprintf("nats://127.0.0.1:%d", c.natsPort),
+			"--etcd-endpoints", etcd, "--nats-url", fmt.Sprintf("nats://127.0.0.1:%d", c.natsPort),
 			"--checkpoint-root", filepath.Join(c.storage, "checkpoints"),
 			"--heartbeat-timeout", "500ms", "--election-timeout", "500ms", "--leader-lease-timeout", "250ms")...)
 }

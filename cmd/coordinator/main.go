@@ -11,9 +11,11 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -31,11 +33,15 @@ usage:
   coordinator --dev [--data-dir DIR]                 one-machine control plane (embedded etcd and NATS)
   coordinator --id ID --data-dir DIR --raft-addr HOST:PORT --api-addr HOST:PORT \
               --etcd-endpoints URL[,URL] [--nats-url URL] \
-              [--bootstrap --peers ID=RAFT_ADDR,...]   a replica of a 1-, 3- or 5-replica cluster
+              [--bootstrap --peers ID=RAFT_ADDR,...] \
+              [--raft-peer-addr ID=HOST:PORT ...]    a replica of a 1-, 3- or 5-replica cluster
 
 Start every replica of a new cluster with --bootstrap and the same --peers
 (or bootstrap one and add the others with "switchyard cluster add-replica").
 A restarted replica keeps its --id, --data-dir and --raft-addr.
+--raft-peer-addr (repeatable) makes this replica dial replica ID at
+HOST:PORT instead of its raft address in the cluster configuration (a NAT
+or proxy between the replicas); the others are dialled as configured.
 
 Security: --token (or SWITCHYARD_TOKEN) makes every API call need
 "Bearer <token>"; --tls-ca/--tls-cert/--tls-key turn on mutual TLS. An API
@@ -76,7 +82,9 @@ func run(args []string) int {
 		election    = fs.Duration("election-timeout", 0, "raft election timeout (default 1s)")
 		leaderLease = fs.Duration("leader-lease-timeout", 0, "raft leader lease timeout (default 500ms)")
 		logLevel    = fs.String("log-level", "info", "debug, info, warn or error")
+		peerAddrs   = peerAddrFlag{}
 	)
+	fs.Var(peerAddrs, "raft-peer-addr", "dial replica ID at HOST:PORT instead of its configured raft address: ID=HOST:PORT (repeatable)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -103,6 +111,9 @@ func run(args []string) int {
 	}
 	rc := coordinator.DefaultConfig()
 	rc.ID, rc.BindAddr, rc.AdvertiseAddr, rc.DataDir, rc.Bootstrap = *id, *raftAddr, *raftAdv, *dataDir, *bootstrap
+	if len(peerAddrs) > 0 {
+		rc.PeerAddrs = peerAddrs
+	}
 	if *heartbeat > 0 {
 		rc.HeartbeatTimeout = *heartbeat
 	}
@@ -174,4 +185,33 @@ func run(args []string) int {
 		return 1
 	}
 	return 0
+}
+
+// peerAddrFlag is --raft-peer-addr, given once per replica: ID=HOST:PORT.
+type peerAddrFlag map[string]string
+
+func (p peerAddrFlag) String() string {
+	var out []string
+	for _, id := range slices.Sorted(maps.Keys(p)) {
+		out = append(out, id+"="+p[id])
+	}
+	return strings.Join(out, ",")
+}
+
+func (p peerAddrFlag) Set(v string) error {
+	id, addr, ok := strings.Cut(v, "=")
+	if !ok {
+		return errors.New("want ID=HOST:PORT")
+	}
+	if err := coordinator.ValidReplicaID(id); err != nil {
+		return err
+	}
+	if err := coordinator.ValidRaftAddr(addr); err != nil {
+		return err
+	}
+	if _, dup := p[id]; dup {
+		return fmt.Errorf("replica %s given twice", id)
+	}
+	p[id] = addr
+	return nil
 }

@@ -131,6 +131,21 @@ func TestRunRefuses(t *testing.T) {
 		{"bad peers entry", func(dir string) []string {
 			return base(dir, "--raft-addr", "127.0.0.1:0", "--bootstrap", "--peers", "c1=127.0.0.1:7401,c2")
 		}, 2, `--peers entry "c2"`},
+		{"raft peer address without an ID", func(dir string) []string {
+			return base(dir, "--raft-addr", "127.0.0.1:0", "--raft-peer-addr", "127.0.0.1:7402")
+		}, 2, "want ID=HOST:PORT"},
+		{"raft peer address with a bad ID", func(dir string) []string {
+			return base(dir, "--raft-addr", "127.0.0.1:0", "--raft-peer-addr", "c 2=127.0.0.1:7402")
+		}, 2, `replica id "c 2"`},
+		{"raft peer address without a port", func(dir string) []string {
+			return base(dir, "--raft-addr", "127.0.0.1:0", "--raft-peer-addr", "c2=127.0.0.1")
+		}, 2, `raft address "127.0.0.1"`},
+		{"raft peer address given twice", func(dir string) []string {
+			return base(dir, "--raft-addr", "127.0.0.1:0", "--raft-peer-addr", "c2=127.0.0.1:7402", "--raft-peer-addr", "c2=127.0.0.1:7403")
+		}, 2, "replica c2 given twice"},
+		{"raft peer address of this replica", func(dir string) []string {
+			return base(dir, "--raft-addr", "127.0.0.1:0", "--raft-peer-addr", "c1=127.0.0.1:7402")
+		}, 2, "names this replica"},
 		{"missing etcd endpoints", func(dir string) []string {
 			return []string{"--id", "c1", "--data-dir", dir, "--raft-addr", "127.0.0.1:0"}
 		}, 2, "--etcd-endpoints is required"},
@@ -167,5 +182,20 @@ func TestRunRefuses(t *testing.T) {
 				t.Errorf("data dir after a refusal: %v entries, err %v", len(ents), err)
 			}
 		})
+	}
+}
+
+func TestPeerAddrFlag(t *testing.T) {
+	p := peerAddrFlag{}
+	for _, v := range []string{"coord-3=proxy.internal:7403", "coord-2=127.0.0.1:17402"} {
+		if err := p.Set(v); err != nil {
+			t.Fatalf("Set(%q): %v", v, err)
+		}
+	}
+	if got, want := p.String(), "coord-2=127.0.0.1:17402,coord-3=proxy.internal:7403"; got != want {
+		t.Fatalf("String() = %q, want %q", got, want)
+	}
+	if (peerAddrFlag)(nil).String() != "" {
+		t.Fatal("the zero value prints something")
 	}
 }

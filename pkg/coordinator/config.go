@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"regexp"
+	"slices"
 	"strconv"
 	"time"
 )
@@ -81,6 +83,13 @@ type Config struct {
 	AdvertiseAddr string
 	// DataDir holds raft.db (log and stable store) and snapshots/; required.
 	DataDir string
+	// PeerAddrs maps other replicas' IDs to the address this replica
+	// dials them at instead of their address in the raft configuration
+	// (a NAT or a proxy between the replicas). A replica not in it is
+	// dialled at its configured address. Only this replica's dialling
+	// changes: the configuration, and where the others dial, do not. With
+	// TLS the peer's certificate must name the host dialled here.
+	PeerAddrs map[string]string
 
 	// TLS, when set, encrypts the raft traffic between replicas with
 	// mutual TLS: Certificates are this replica's, RootCAs verify the
@@ -212,6 +221,18 @@ func (c *Config) Validate() error {
 	if v.AdvertiseAddr != "" {
 		if _, err := net.ResolveTCPAddr("tcp", v.AdvertiseAddr); err != nil {
 			return bad("AdvertiseAddr", err.Error())
+		}
+	}
+	for _, id := range slices.Sorted(maps.Keys(v.PeerAddrs)) {
+		field := fmt.Sprintf("PeerAddrs[%q]", clip(id))
+		if err := ValidReplicaID(id); err != nil {
+			return bad(field, err.Error())
+		}
+		if id == v.ID {
+			return bad(field, "names this replica, which never dials itself")
+		}
+		if err := ValidRaftAddr(v.PeerAddrs[id]); err != nil {
+			return bad(field, err.Error())
 		}
 	}
 	if _, ok := raftLevels[v.RaftLogLevel]; !ok {

@@ -109,13 +109,20 @@ func NewNode(cfg Config) (*Node, error) {
 			return fail(fmt.Errorf("coordinator: advertise address: %w", err))
 		}
 	}
+	tc := &raft.NetworkTransportConfig{MaxPool: 3, Timeout: 10 * time.Second, Logger: hlog}
+	var peers *peerAddrs
+	if len(cfg.PeerAddrs) > 0 {
+		peers = newPeerAddrs(cfg.PeerAddrs)
+		tc.ServerAddressProvider = peers
+	}
 	if cfg.TLS != nil {
 		var stream *tlsStream
 		if stream, err = listenTLS(cfg.BindAddr, advertise, cfg.TLS); err == nil {
-			n.trans = raft.NewNetworkTransportWithLogger(stream, 3, 10*time.Second, hlog)
+			tc.Stream = stream
+			n.trans = raft.NewNetworkTransportWithConfig(tc)
 		}
 	} else {
-		n.trans, err = raft.NewTCPTransportWithLogger(cfg.BindAddr, advertise, 3, 10*time.Second, hlog)
+		n.trans, err = raft.NewTCPTransportWithConfig(cfg.BindAddr, advertise, tc)
 	}
 	if err != nil {
 		return fail(fmt.Errorf("coordinator: raft transport on %s: %w", cfg.BindAddr, err))
@@ -167,7 +174,14 @@ func NewNode(cfg Config) (*Node, error) {
 	if err != nil {
 		return fail(fmt.Errorf("coordinator: start raft: %w", err))
 	}
-	log.Info("raft node started", "addr", n.addr, "data-dir", cfg.DataDir)
+	if peers != nil {
+		peers.raft.Store(n.raft)
+	}
+	attrs := []any{"addr", n.addr, "data-dir", cfg.DataDir}
+	if len(cfg.PeerAddrs) > 0 {
+		attrs = append(attrs, "peer-addrs", cfg.PeerAddrs)
+	}
+	log.Info("raft node started", attrs...)
 	return n, nil
 }
 

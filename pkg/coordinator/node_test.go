@@ -340,6 +340,11 @@ func TestConfigValidate(t *testing.T) {
 	if err := ok.Validate(); err != nil {
 		t.Fatal(err)
 	}
+	withPeers := ok
+	withPeers.PeerAddrs = map[string]string{"c2": "127.0.0.1:7402", "c3": "proxy.example:7403"}
+	if err := withPeers.Validate(); err != nil {
+		t.Fatal(err)
+	}
 	for name, mut := range map[string]func(*Config){
 		"no id":          func(c *Config) { c.ID = "" },
 		"no data dir":    func(c *Config) { c.DataDir = "" },
@@ -352,6 +357,10 @@ func TestConfigValidate(t *testing.T) {
 		"long id":        func(c *Config) { c.ID = strings.Repeat("c", 64) },
 		"peer address":   func(c *Config) { c.Servers = []Server{{"c1", "a:1"}, {"c2", "not an address!!"}} },
 		"peer port 0":    func(c *Config) { c.Servers = []Server{{"c1", "a:1"}, {"c2", "b:0"}} },
+		"peer-addr id":   func(c *Config) { c.PeerAddrs = map[string]string{"c 2": "127.0.0.1:1"} },
+		"peer-addr self": func(c *Config) { c.PeerAddrs = map[string]string{"c1": "127.0.0.1:1"} },
+		"peer-addr addr": func(c *Config) { c.PeerAddrs = map[string]string{"c2": "127.0.0.1"} },
+		"peer-addr port": func(c *Config) { c.PeerAddrs = map[string]string{"c2": "b:70000"} },
 	} {
 		c := ok
 		mut(&c)

@@ -1,20 +1,23 @@
 // Package client dials the coordinator's API (proto/switchyard/api/v1) for
-// the CLI and the workers: every replica's address in one connection that
-// fails over between them, retries of calls that found no replica or no
-// leader, the bearer token on every call, and mutual TLS when files are
-// given.
+// the CLI and the workers: a connection to every replica, each call sent
+// to the replica that last answered and failed over to the others when it
+// cannot be reached or has no leader, the bearer token on every call, and
+// mutual TLS when files are given.
 package client
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strings"
+	"sync/atomic"
+	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/resolver"
-	"google.golang.org/grpc/resolver/manual"
+	"google.golang.org/grpc/status"
 
 	"github.com/switchyard-ml/switchyard/pkg/security"
 	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
@@ -35,22 +38,23 @@ type Options struct {
 // Client is a connection to the coordinator cluster.
 type Client struct {
 	apiv1.CoordinatorClient
-	conn *grpc.ClientConn
+	routes *failover
 }
 
-// retryConfig: calls wait for a connection (bounded by their deadline) and
-// are retried on UNAVAILABLE, which is what a replica without a leader or
-// a dead replica gives.
+// retryConfig: a call a replica answers UNAVAILABLE (no leader, shutting
+// down) is retried once on that replica; then the failover moves on. A
+// call does not wait for a replica that cannot be reached: the failover
+// tries the next one (it waits between rounds).
 const retryConfig = `{
   "loadBalancingConfig": [{"pick_first": {}}],
   "methodConfig": [{
     "name": [{"service": "switchyard.api.v1.Coordinator"}],
-    "waitForReady": true,
+    "waitForReady": false,
     "retryPolicy": {
-      "maxAttempts": 5,
-      "initialBackoff": "0.2s",
-      "maxBackoff": "2s",
-      "backoffMultiplier": 2,
+      "maxAttempts": 2,
+      "initialBackoff": "0.1s",
+      "maxBackoff": "0.1s",
+      "backoffMultiplier": 1,
       "retryableStatusCodes": ["UNAVAILABLE"]
     }
   }]
@@ -77,31 +81,96 @@ func Dial(o Options) (*Client, error) {
 		}
 		creds = credentials.NewTLS(tc)
 	}
-	r := manual.NewBuilderWithScheme("switchyard")
-	addrs := make([]resolver.Address, len(eps))
-	for i, e := range eps {
-		addrs[i] = resolver.Address{Addr: e}
-		if o.ServerName == "" {
-			// Check each replica's certificate against the host dialled,
-			// not the channel's made-up target name ("coordinators").
-			addrs[i].ServerName = e
-		}
-	}
-	r.InitialState(resolver.State{Addresses: addrs})
 	opts := []grpc.DialOption{
-		grpc.WithResolvers(r),
 		grpc.WithTransportCredentials(creds),
 		grpc.WithDefaultServiceConfig(retryConfig),
 	}
 	if o.Token != "" {
 		opts = append(opts, grpc.WithPerRPCCredentials(security.Token(o.Token)))
 	}
-	conn, err := grpc.NewClient(r.Scheme()+":///coordinators", opts...)
-	if err != nil {
-		return nil, fmt.Errorf("client: %w", err)
+	f := &failover{}
+	for _, e := range eps {
+		// one channel per replica: its certificate is checked against
+		// the host dialled
+		conn, err := grpc.NewClient("passthrough:///"+e, opts...)
+		if err != nil {
+			f.Close()
+			return nil, fmt.Errorf("client: %w", err)
+		}
+		f.conns = append(f.conns, conn)
 	}
-	return &Client{CoordinatorClient: apiv1.NewCoordinatorClient(conn), conn: conn}, nil
+	return &Client{CoordinatorClient: apiv1.NewCoordinatorClient(f), routes: f}, nil
 }
 
-// Close closes the connection.
-func (c *Client) Close() error { return c.conn.Close() }
+// Close closes the connections.
+func (c *Client) Close() error { return c.routes.Close() }
+
+// failover sends each call to one replica, the one that last answered,
+// and on UNAVAILABLE (the replica is down, cut off, or has no leader) to
+// the next, round after round with a growing pause, until one answers or
+// the call's context ends; a call without a deadline gives up after
+// maxRounds. The replica that answers is kept for the next calls, so a
+// client reads from one replica at a time.
+type failover struct {
+	conns []*grpc.ClientConn
+	pref  atomic.Int32
+}
+
+// maxRounds bounds the rounds of a call without a deadline (about 10s of
+// pauses).
+const maxRounds = 8
+
+var _ grpc.ClientConnInterface = (*failover)(nil)
+
+func (f *failover) Invoke(ctx context.Context, method string, args, reply any, opts ...grpc.CallOption) error {
+	return f.each(ctx, func(c *grpc.ClientConn) error { return c.Invoke(ctx, method, args, reply, opts...) })
+}
+
+// NewStream opens the stream on the first replica that takes it; what
+// happens to the stream later is the caller's to handle.
+func (f *failover) NewStream(ctx context.Context, desc *grpc.StreamDesc, method string, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	var s grpc.ClientStream
+	err := f.each(ctx, func(c *grpc.ClientConn) (err error) {
+		s, err = c.NewStream(ctx, desc, method, opts...)
+		return err
+	})
+	return s, err
+}
+
+func (f *failover) each(ctx context.Context, call func(*grpc.ClientConn) error) error {
+	n := int32(len(f.conns))
+	_, bounded := ctx.Deadline()
+	pause := 100 * time.Millisecond
+	for round := 0; ; round++ {
+		start := f.pref.Load()
+		var err error
+		for i := range n {
+			k := (start + i) % n
+			if err = call(f.conns[k]); status.Code(err) != codes.Unavailable {
+				if k != start {
+					f.pref.CompareAndSwap(start, k)
+				}
+				return err
+			}
+		}
+		if !bounded && round+1 >= maxRounds {
+			return err
+		}
+		t := time.NewTimer(pause)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return status.FromContextError(ctx.Err()).Err()
+		case <-t.C:
+		}
+		pause = min(2*pause, 2*time.Second)
+	}
+}
+
+func (f *failover) Close() error {
+	var errs []error
+	for _, c := range f.conns {
+		errs = append(errs, c.Close())
+	}
+	return errors.Join(errs...)
+}

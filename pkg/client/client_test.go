@@ -177,3 +177,31 @@ func TestDialErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestFailOverFromLeaderlessReplica: a replica that is up but answers
+// UNAVAILABLE (cut off from its peers, no leader) is left for the next
+// one, which then serves the calls that follow; streams fail over too.
+func TestFailOverFromLeaderlessReplica(t *testing.T) {
+	cut, ok := &fakeCoordinator{failFirst: 1 << 30}, &fakeCoordinator{}
+	c := dial(t, client.Options{Endpoints: []string{serve(t, cut), serve(t, ok)}})
+	if err := listJobs(t, c, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	tried := cut.calls.Load()
+	if tried < 1 || ok.calls.Load() != 1 {
+		t.Fatalf("first call: the cut replica saw %d attempts, the other %d calls", tried, ok.calls.Load())
+	}
+	for range 3 {
+		if err := listJobs(t, c, 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if cut.calls.Load() != tried || ok.calls.Load() != 4 {
+		t.Fatalf("later calls: the cut replica saw %d more, the other %d calls; want them kept on the replica that answered", cut.calls.Load()-tried, ok.calls.Load())
+	}
+	// a call without a deadline gives up when no replica answers
+	all := dial(t, client.Options{Endpoints: []string{serve(t, &fakeCoordinator{failFirst: 1 << 30})}})
+	if _, err := all.ListJobs(context.Background(), &apiv1.ListJobsRequest{}); status.Code(err) != codes.Unavailable {
+		t.Fatalf("no replica with a leader, no deadline: %v", err)
+	}
+}

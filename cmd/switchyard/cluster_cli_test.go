@@ -506,7 +506,7 @@ func TestCLIFlagsBeforeTheCommand(t *testing.T) {
 		says string
 	}{
 		{[]string{"--steps", "3", "train"}, "only the cluster flags"},
-		{[]string{"--token", "secret", "train"}, `apply to job, cluster and checkpoints, not "train"`},
+		{[]string{"--token", "secret", "train"}, `apply to job, cluster, checkpoints and experiment, not "train"`},
 		{[]string{"--token"}, "needs a value"},
 		{[]string{"--token", "secret"}, "no command after the flags"},
 	} {

@@ -46,6 +46,8 @@ cluster (talks to the coordinator over gRPC):
   switchyard checkpoints show JOB STEP                  shards with size and sha256
   switchyard checkpoints delete JOB STEP
   switchyard checkpoints commit --step N DIR            in rank 0 of a command job: commit the checkpoint the trainer wrote to DIR
+  switchyard experiment submit EXP.yaml [--dry-run]     a base spec and axes: one job per combination (ids from the file: again submits nothing new)
+  switchyard experiment report EXP.yaml [--storage DIR] states and, from rank 0's reports under the workers' storage, the comparison over seeds
 
 run by workers:
   switchyard exec --config run.yaml                     one rank of a command job (runtime: command): resume point, environment, then the program
@@ -119,6 +121,8 @@ func runCLI(ctx context.Context, args []string, c *cli) int {
 		err = c.cmdCluster(ctx, args[1:])
 	case "checkpoints":
 		err = c.cmdCheckpoints(ctx, args[1:])
+	case "experiment":
+		err = c.cmdExperiment(ctx, args[1:])
 	case "help", "-h", "--help":
 		fmt.Fprint(c.out, usage)
 		return exitOK
@@ -167,9 +171,9 @@ func hoistClusterFlags(args []string) ([]string, error) {
 		return nil, usageError{errors.New("no command after the flags")}
 	}
 	switch rest[0] {
-	case "job", "cluster", "checkpoints":
+	case "job", "cluster", "checkpoints", "experiment":
 	default:
-		return nil, usageError{fmt.Errorf("the cluster flags before the command apply to job, cluster and checkpoints, not %q", rest[0])}
+		return nil, usageError{fmt.Errorf("the cluster flags before the command apply to job, cluster, checkpoints and experiment, not %q", rest[0])}
 	}
 	head := 1 // the command, then its subcommand if there is one
 	if len(rest) > 1 && !strings.HasPrefix(rest[1], "-") {

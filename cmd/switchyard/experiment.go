@@ -1,0 +1,314 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/switchyard-ml/switchyard/pkg/client"
+	"github.com/switchyard-ml/switchyard/pkg/fsutil"
+	"github.com/switchyard-ml/switchyard/pkg/jobspec"
+	"github.com/switchyard-ml/switchyard/pkg/jobstate"
+	"github.com/switchyard-ml/switchyard/pkg/train"
+	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
+	coordinatorv1 "github.com/switchyard-ml/switchyard/proto/switchyard/coordinator/v1"
+)
+
+func (c *cli) cmdExperiment(ctx context.Context, args []string) error {
+	return c.group(ctx, "experiment", args, []command{
+		{"submit", "EXPERIMENT.yaml [--dry-run]", "expand the experiment's axes into jobs and submit them (again: nothing new)", c.experimentSubmit},
+		{"report", "EXPERIMENT.yaml [--storage DIR]", "the variants' states and, from rank 0's final reports under the workers' storage, one comparison table", c.experimentReport},
+	})
+}
+
+func readExperiment(path string) (*jobspec.Experiment, error) {
+	raw, err := fsutil.ReadFile(path, jobspec.MaxSize)
+	if err != nil {
+		return nil, usageError{err}
+	}
+	e, err := jobspec.ParseExperiment(raw)
+	if err != nil {
+		return nil, usageError{fmt.Errorf("%s: %w", path, err)}
+	}
+	return e, nil
+}
+
+func (c *cli) experimentSubmit(ctx context.Context, name string, args []string) error {
+	fs, r := c.flags(name)
+	dry := fs.Bool("dry-run", false, "print the variants and their job ids; submit nothing")
+	pos, err := c.parse(fs, r, args, 1, 1)
+	if err != nil {
+		return err
+	}
+	e, err := readExperiment(pos[0])
+	if err != nil {
+		return err
+	}
+	t := newTable(c.out, "", "JOB", "VARIANT", "")
+	if *dry {
+		for _, v := range e.Variants {
+			t.row(v.JobID, v.Label(e.Axes), "")
+		}
+		return t.flush()
+	}
+	cl, err := r.dial()
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	for _, v := range e.Variants {
+		resp, err := unaryOn(ctx, r, cl, "experiment submit", func(ctx context.Context, cl *client.Client) (*apiv1.SubmitJobResponse, error) {
+			return cl.SubmitJob(ctx, &apiv1.SubmitJobRequest{Spec: v.Spec, JobId: v.JobID})
+		})
+		if err != nil {
+			t.flush() //nolint:errcheck // the error below matters more
+			return fmt.Errorf("variant %d (%s): %w", v.Index, v.Label(e.Axes), err)
+		}
+		note := "submitted"
+		if !resp.GetCreated() {
+			note = "already there (" + jobstate.Name(resp.GetJob().GetState()) + ")"
+		}
+		t.row(v.JobID, v.Label(e.Axes), note)
+	}
+	return t.flush()
+}
+
+// variantResult is one variant of a report: its job and rank 0's final
+// report, when there is one.
+type variantResult struct {
+	JobID   string        `json:"job_id"`
+	Variant string        `json:"variant"`
+	State   string        `json:"state"`
+	Step    int64         `json:"step"`
+	Report  *train.Report `json:"report,omitempty"`
+	Missing string        `json:"missing,omitempty"` // why there is no report
+}
+
+// groupSummary gathers the variants that differ only in their seed.
+type groupSummary struct {
+	Variant    string             `json:"variant"`
+	Runs       int                `json:"runs"`              // with a report
+	BPB        meanSD             `json:"val_bits_per_byte"` // mean over domains, then over seeds
+	Domains    map[string]meanSD  `json:"domains"`           // per domain, over seeds
+	TopShare   meanSD             `json:"mean_top_share"`
+	MaxLoad    meanSD             `json:"max_load"`
+	DomainTop  map[string]float64 `json:"domain_top_share"` // per domain: mean over layers and seeds of the top expert's share
+	Tokens     float64            `json:"tokens"`
+	Seconds    float64            `json:"seconds"`
+	TrainLoss  meanSD             `json:"final_train_loss"`
+	TokensPerS float64            `json:"tokens_per_s"`
+}
+
+type meanSD struct {
+	N    int     `json:"n"`
+	Mean float64 `json:"mean"`
+	SD   float64 `json:"sd"` // sample standard deviation (0 for one run)
+}
+
+func summarise(xs []float64) meanSD {
+	m := meanSD{N: len(xs)}
+	if m.N == 0 {
+		return m
+	}
+	for _, x := range xs {
+		m.Mean += x
+	}
+	m.Mean /= float64(len(xs))
+	if len(xs) > 1 {
+		for _, x := range xs {
+			m.SD += (x - m.Mean) * (x - m.Mean)
+		}
+		m.SD = math.Sqrt(m.SD / float64(len(xs)-1))
+	}
+	return m
+}
+
+func (m meanSD) String() string {
+	if m.N == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.4f ± %.4f", m.Mean, m.SD)
+}
+
+func (c *cli) experimentReport(ctx context.Context, name string, args []string) error {
+	fs, r := c.flags(name)
+	storage := fs.String("storage", "", "the workers' storage_path (shared, or this machine's for a dev cluster): rank 0 writes its final report under it")
+	pos, err := c.parse(fs, r, args, 1, 1)
+	if err != nil {
+		return err
+	}
+	e, err := readExperiment(pos[0])
+	if err != nil {
+		return err
+	}
+	cl, err := r.dial()
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	var results []variantResult
+	for _, v := range e.Variants {
+		res := variantResult{JobID: v.JobID, Variant: v.Label(e.Axes)}
+		resp, err := unaryOn(ctx, r, cl, "experiment report", getJob(v.JobID))
+		switch {
+		case status.Code(err) == codes.NotFound:
+			res.State, res.Missing = "NOT SUBMITTED", "no such job (experiment submit)"
+		case err != nil:
+			return err
+		default:
+			j := resp.GetJob()
+			res.State, res.Step = jobstate.Name(j.GetState()), j.GetProgress().GetStep()
+			res.Report, res.Missing = readFinalReport(*storage, j)
+		}
+		results = append(results, res)
+	}
+	groups := groupResults(e, results)
+	if r.json() {
+		return printJSONTo(c.out, map[string]any{"experiment": e.Name, "variants": results, "groups": groups})
+	}
+	return printExperiment(c, e, results, groups)
+}
+
+// readFinalReport reads rank 0's report.json of j's last attempt under
+// the workers' storage.
+func readFinalReport(storage string, j *coordinatorv1.Job) (*train.Report, string) {
+	if storage == "" {
+		return nil, "no --storage given"
+	}
+	path := filepath.Join(storage, "jobs", j.GetId(), fmt.Sprintf("attempt-%d", j.GetRestarts()), "rank-0", "report.json")
+	raw, err := fsutil.ReadFile(path, 64<<20)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, "no report yet at " + path
+	}
+	if err != nil {
+		return nil, err.Error()
+	}
+	var rep train.Report
+	if err := json.Unmarshal(raw, &rep); err != nil {
+		return nil, fmt.Sprintf("%s: %v", path, err)
+	}
+	return &rep, ""
+}
+
+// groupResults summarises the variants that differ only in their seed, in
+// the order of their first variant.
+func groupResults(e *jobspec.Experiment, results []variantResult) []groupSummary {
+	var order []string
+	byLabel := map[string][]*train.Report{}
+	for i, v := range e.Variants {
+		l := v.Label(e.Axes, "seed")
+		if _, ok := byLabel[l]; !ok {
+			order = append(order, l)
+			byLabel[l] = nil
+		}
+		if rep := results[i].Report; rep != nil {
+			byLabel[l] = append(byLabel[l], rep)
+		}
+	}
+	var out []groupSummary
+	for _, l := range order {
+		reps := byLabel[l]
+		g := groupSummary{Variant: l, Runs: len(reps), Domains: map[string]meanSD{}, DomainTop: map[string]float64{}}
+		var bpb, top, maxLoad, loss []float64
+		perDomain := map[string][]float64{}
+		domTop := map[string][]float64{}
+		for _, rep := range reps {
+			var sum float64
+			for _, d := range rep.Domains {
+				sum += d.BitsPerByte
+				perDomain[d.Domain] = append(perDomain[d.Domain], d.BitsPerByte)
+			}
+			if len(rep.Domains) > 0 {
+				bpb = append(bpb, sum/float64(len(rep.Domains)))
+			}
+			for _, s := range rep.Experts {
+				domTop[s.Domain] = append(domTop[s.Domain], s.TopShare)
+			}
+			top, maxLoad, loss = append(top, rep.MeanTopShare), append(maxLoad, rep.MaxLoad), append(loss, rep.FinalLoss)
+			g.Tokens += float64(rep.Tokens) / float64(len(reps))
+			g.Seconds += rep.Seconds / float64(len(reps))
+			g.TokensPerS += rep.TokensPerS / float64(len(reps))
+		}
+		g.BPB, g.TopShare, g.MaxLoad, g.TrainLoss = summarise(bpb), summarise(top), summarise(maxLoad), summarise(loss)
+		for d, xs := range perDomain {
+			g.Domains[d] = summarise(xs)
+		}
+		for d, xs := range domTop {
+			g.DomainTop[d] = summarise(xs).Mean
+		}
+		out = append(out, g)
+	}
+	return out
+}
+
+func printExperiment(c *cli, e *jobspec.Experiment, results []variantResult, groups []groupSummary) error {
+	fmt.Fprintf(c.out, "experiment %s: %d variants\n\n", e.Name, len(e.Variants))
+	t := newTable(c.out, "", "JOB", "VARIANT", "STATE", "STEP", "VAL BPB", "TOP SHARE", "")
+	for _, res := range results {
+		bpb, top := "-", "-"
+		if rep := res.Report; rep != nil {
+			var sum float64
+			for _, d := range rep.Domains {
+				sum += d.BitsPerByte
+			}
+			bpb = fmt.Sprintf("%.4f", sum/float64(max(len(rep.Domains), 1)))
+			top = fmt.Sprintf("%.4f", rep.MeanTopShare)
+		}
+		t.row(res.JobID, res.Variant, res.State, res.Step, bpb, top, res.Missing)
+	}
+	if err := t.flush(); err != nil {
+		return err
+	}
+	fmt.Fprintf(c.out, "\nover seeds (mean ± sd; val bits/byte is the mean over domains; top share: the most used expert's share of a domain's selections, mean over layers and domains; max load: the largest expert's share of all selections, 1/E is balanced):\n")
+	t = newTable(c.out, "", "VARIANT", "RUNS", "VAL BPB", "TOP SHARE", "MAX LOAD", "TRAIN LOSS", "TOKENS", "TOK/S")
+	for _, g := range groups {
+		t.row(orDash(g.Variant), g.Runs, g.BPB, g.TopShare, g.MaxLoad, g.TrainLoss, fmt.Sprintf("%.3g", g.Tokens), fmt.Sprintf("%.0f", g.TokensPerS))
+	}
+	if err := t.flush(); err != nil {
+		return err
+	}
+	var domains []string
+	for _, g := range groups {
+		for d := range g.Domains {
+			if !slices.Contains(domains, d) {
+				domains = append(domains, d)
+			}
+		}
+	}
+	if len(domains) == 0 {
+		return nil
+	}
+	sort.Strings(domains)
+	head := []string{"DOMAIN"}
+	for i := range groups {
+		head = append(head, fmt.Sprintf("[%d] BPB", i+1), fmt.Sprintf("[%d] TOP", i+1))
+	}
+	fmt.Fprintf(c.out, "\nper domain (columns [n]: the variants above, in order):\n")
+	t = newTable(c.out, "", head...)
+	for _, d := range domains {
+		row := []any{d}
+		for _, g := range groups {
+			row = append(row, g.Domains[d], fmt.Sprintf("%.4f", g.DomainTop[d]))
+		}
+		t.row(row...)
+	}
+	return t.flush()
+}
+
+func printJSONTo(w interface{ Write([]byte) (int, error) }, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(append(b, '\n'))
+	return err
+}

@@ -1,0 +1,88 @@
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/switchyard-ml/switchyard/pkg/jobspec"
+	"github.com/switchyard-ml/switchyard/pkg/train"
+	coordinatorv1 "github.com/switchyard-ml/switchyard/proto/switchyard/coordinator/v1"
+)
+
+const testExperiment = `name: sweep
+base:
+  model: {preset: science}
+  data: {order: domain}
+  steps: 10
+axes:
+  lbl.mode: [micro, global]
+  seed: [1, 2]
+`
+
+// TestExperimentSubmitAndReport: the axes become four jobs with ids from
+// the file; the report reads rank 0's reports and summarises over seeds.
+func TestExperimentSubmitAndReport(t *testing.T) {
+	f := newFakeCoordinator()
+	addr := startFake(t, f)
+	dir := t.TempDir()
+	exp := filepath.Join(dir, "exp.yaml")
+	if err := os.WriteFile(exp, []byte(testExperiment), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e, err := jobspec.ParseExperiment([]byte(testExperiment))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := runCmd(t, false, "experiment", "submit", exp, "--dry-run")
+	wantCode(t, r, exitOK)
+	wantContains(t, r.stdout, e.Variants[0].JobID, "lbl.mode=global seed=2")
+	if len(f.submitted) != 0 {
+		t.Fatal("--dry-run submitted")
+	}
+	r = runAt(t, addr, "experiment", "submit", exp)
+	wantCode(t, r, exitOK)
+	if len(f.submitted) != 4 || f.submitted[3].GetJobId() != e.Variants[3].JobID || !strings.Contains(string(f.submitted[3].GetSpec()), "mode: global") {
+		t.Fatalf("submitted %v", f.submitted)
+	}
+	// reports for the two micro runs and one global run
+	storage := filepath.Join(dir, "storage")
+	for i, bpb := range map[int][2]float64{0: {2.0, 3.0}, 1: {2.2, 3.2}, 2: {1.5, 2.5}} {
+		v := e.Variants[i]
+		f.mu.Lock()
+		f.jobs[v.JobID].State = coordinatorv1.JobState_JOB_STATE_SUCCEEDED
+		f.mu.Unlock()
+		rep := train.Report{MeanTopShare: 0.1 * float64(i+1), MaxLoad: 0.05, Tokens: 1000,
+			Domains: []train.DomainReport{{Domain: "code", BitsPerByte: bpb[0]}, {Domain: "english", BitsPerByte: bpb[1]}}}
+		raw, _ := json.Marshal(rep)
+		p := filepath.Join(storage, "jobs", v.JobID, "attempt-0", "rank-0", "report.json")
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, raw, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r = runAt(t, addr, "experiment", "report", exp, "--storage", storage)
+	wantCode(t, r, exitOK)
+	// micro: mean over domains 2.5 and 2.7 -> 2.6 ± 0.1414
+	wantContains(t, r.stdout, "lbl.mode=micro   2", "2.6000 ± 0.1414", "0.1500 ± 0.0707", "lbl.mode=global  1", "2.0000 ± 0.0000",
+		"no report yet at "+filepath.Join(storage, "jobs", e.Variants[3].JobID), "code", "english")
+	r = runAt(t, addr, "experiment", "report", exp, "--storage", storage, "-o", "json")
+	wantCode(t, r, exitOK)
+	var out struct {
+		Groups []groupSummary `json:"groups"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &out); err != nil || len(out.Groups) != 2 || out.Groups[0].Runs != 2 || out.Groups[0].Domains["english"].Mean != 3.1 {
+		t.Fatalf("json report %v: %s", err, r.stdout)
+	}
+	// a job the experiment names but nobody submitted
+	delete(f.jobs, e.Variants[3].JobID)
+	r = runAt(t, addr, "experiment", "report", exp)
+	wantCode(t, r, exitOK)
+	wantContains(t, r.stdout, "NOT SUBMITTED", "no --storage given")
+	r = runCmd(t, false, "experiment", "submit", filepath.Join(dir, "missing.yaml"))
+	wantCode(t, r, exitUsage)
+}

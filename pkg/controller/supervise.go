@@ -164,7 +164,14 @@ func (s held) failAttempt(ctx context.Context, j *pb.Job, reason, msg, worker st
 	s.control(j.Id, "stop-attempt", m)
 }
 
+// eventTimeout bounds the recording of one event in the history.
+const eventTimeout = 10 * time.Second
+
 func (s *Server) recordEvent(ctx context.Context, jobID, typ, msg, worker string) {
+	// What the event tells has happened (a commit in etcd, a requeue): a
+	// caller that hangs up now must not keep it out of the history.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), eventTimeout)
+	defer cancel()
 	_, err := s.cfg.Node.Apply(ctx, &pb.Command{Op: &pb.Command_RecordEvent{RecordEvent: &pb.RecordEvent{
 		JobId: jobID, Event: &pb.JobEvent{Type: typ, Message: msg, WorkerId: worker},
 	}}})

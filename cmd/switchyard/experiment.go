@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"math"
 	"os"
@@ -30,6 +31,16 @@ func (c *cli) cmdExperiment(ctx context.Context, args []string) error {
 	})
 }
 
+// experimentFile parses an experiment command's line (its flags are in
+// fs) and reads the experiment file it names.
+func (c *cli) experimentFile(fs *flag.FlagSet, r *remoteFlags, args []string) (*jobspec.Experiment, error) {
+	pos, err := c.parse(fs, r, args, 1, 1)
+	if err != nil {
+		return nil, err
+	}
+	return readExperiment(pos[0])
+}
+
 func readExperiment(path string) (*jobspec.Experiment, error) {
 	raw, err := fsutil.ReadFile(path, jobspec.MaxSize)
 	if err != nil {
@@ -45,11 +56,7 @@ func readExperiment(path string) (*jobspec.Experiment, error) {
 func (c *cli) experimentSubmit(ctx context.Context, name string, args []string) error {
 	fs, r := c.flags(name)
 	dry := fs.Bool("dry-run", false, "print the variants and their job ids; submit nothing")
-	pos, err := c.parse(fs, r, args, 1, 1)
-	if err != nil {
-		return err
-	}
-	e, err := readExperiment(pos[0])
+	e, err := c.experimentFile(fs, r, args)
 	if err != nil {
 		return err
 	}
@@ -142,11 +149,7 @@ func (m meanSD) String() string {
 func (c *cli) experimentReport(ctx context.Context, name string, args []string) error {
 	fs, r := c.flags(name)
 	storage := fs.String("storage", "", "the workers' storage_path (shared, or this machine's for a dev cluster): rank 0 writes its final report under it")
-	pos, err := c.parse(fs, r, args, 1, 1)
-	if err != nil {
-		return err
-	}
-	e, err := readExperiment(pos[0])
+	e, err := c.experimentFile(fs, r, args)
 	if err != nil {
 		return err
 	}

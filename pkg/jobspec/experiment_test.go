@@ -1,6 +1,7 @@
 package jobspec
 
 import (
+	"os"
 	"strings"
 	"testing"
 )
@@ -65,5 +66,20 @@ func TestExperimentErrors(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%q: %v, want %q", tc.file, err, tc.want)
 		}
+	}
+}
+
+// TestExperimentExample: the example in deploy/ expands into its 8 jobs.
+func TestExperimentExample(t *testing.T) {
+	raw, err := os.ReadFile("../../deploy/examples/experiment.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := ParseExperiment(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(e.Variants) != 8 || e.Variants[7].Parsed.LBL.Mode != "global" || e.Variants[7].Parsed.Data.Order != "shuffled" || e.Variants[7].Parsed.Seed != 2 {
+		t.Fatalf("%d variants, the last %s", len(e.Variants), e.Variants[len(e.Variants)-1].Label(e.Axes))
 	}
 }

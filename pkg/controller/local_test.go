@@ -10,6 +10,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/switchyard-ml/switchyard/pkg/checkpoint"
 	"github.com/switchyard-ml/switchyard/pkg/coordinator"
 	"github.com/switchyard-ml/switchyard/pkg/membership"
 	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
@@ -256,5 +257,58 @@ func TestSeveralRanksPerWorker(t *testing.T) {
 	}
 	if ranks != 4 {
 		t.Fatalf("%d tasks, want 4", ranks)
+	}
+}
+
+// slowCheckpoints commits like etcd's client does: a commit whose
+// context ends first fails (after the server may well have applied it).
+type slowCheckpoints struct {
+	Checkpoints
+	started chan struct{}
+	mu      sync.Mutex
+	steps   []int64
+}
+
+func (c *slowCheckpoints) Commit(ctx context.Context, m checkpoint.Manifest) error {
+	close(c.started)
+	select {
+	case <-time.After(100 * time.Millisecond):
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.steps = append(c.steps, m.Step)
+	return nil
+}
+
+// TestCommitOutlivesItsCaller: a rank killed while its commit is in
+// flight hangs up; the commit it began still completes, with its event,
+// so that the history tells what the catalogue holds.
+func TestCommitOutlivesItsCaller(t *testing.T) {
+	l := newLocal(t)
+	cps := &slowCheckpoints{started: make(chan struct{})}
+	l.s.cfg.Checkpoints = cps
+	l.submit("j1", fmt.Sprintf(spec2, 1))
+	l.register("w1")
+	l.register("w2")
+	l.tick()
+	m, err := checkpoint.EncodeManifest(checkpoint.Manifest{Job: "j1", Step: 10, Layout: checkpoint.Layout{TP: 1, DP: 2, EP: 1},
+		Shards: []checkpoint.ShardInfo{{Name: "rank-0000/state.bin", SHA256: strings.Repeat("0", 64), Kind: checkpoint.KindParams}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(l.ctx)
+	go func() { <-cps.started; cancel() }()
+	l.s.CommitCheckpoint(ctx, &apiv1.CommitCheckpointRequest{JobId: "j1", Attempt: 0, Manifest: m}) //nolint:errcheck // the caller is gone
+	if cps.steps == nil {
+		t.Fatal("the commit ended with its caller")
+	}
+	var recorded bool
+	for _, e := range l.job("j1").Events {
+		recorded = recorded || (e.Type == "CheckpointCommitted" && strings.HasPrefix(e.Message, "checkpoint of step 10 committed"))
+	}
+	if !recorded {
+		t.Fatalf("step 10 committed without its event: %v", l.job("j1").Events)
 	}
 }

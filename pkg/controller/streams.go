@@ -273,6 +273,9 @@ func (s *Server) VerifyCheckpoint(ctx context.Context, req *apiv1.VerifyCheckpoi
 	return resp, nil
 }
 
+// commitTimeout bounds a checkpoint's commit in etcd and its event.
+const commitTimeout = 15 * time.Second
+
 func (s *Server) CommitCheckpoint(ctx context.Context, req *apiv1.CommitCheckpointRequest) (*apiv1.CommitCheckpointResponse, error) {
 	if s.cfg.Checkpoints == nil {
 		return nil, apiError(failure(errNoCatalogue, "this coordinator has no checkpoint catalogue"))
@@ -310,13 +313,18 @@ func (s *Server) CommitCheckpoint(ctx context.Context, req *apiv1.CommitCheckpoi
 		s.recordEvent(ctx, j.Id, "CommitRefused", err.Error(), "")
 		return nil, apiError(err)
 	}
-	if err := s.cfg.Checkpoints.Commit(ctx, m); err != nil {
+	// Once begun, the commit and its event happen whether or not the
+	// caller is still there: a rank killed while its commit is in flight
+	// must not leave a checkpoint committed in etcd without its event.
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), commitTimeout)
+	defer cancel()
+	if err := s.cfg.Checkpoints.Commit(cctx, m); err != nil {
 		// a stale step (checkpoint.ErrStale) answers AlreadyExists
 		return nil, apiError(failure(errUnavailable, "commit checkpoint: %v", err))
 	}
 	msg := fmt.Sprintf("checkpoint of step %d committed (%d shards, %.1f MB, layout tp %d dp %d ep %d)",
 		m.Step, len(m.Shards), float64(m.TotalSize())/1e6, m.Layout.TP, m.Layout.DP, m.Layout.EP)
-	s.recordEvent(ctx, j.Id, "CheckpointCommitted", msg, "")
+	s.recordEvent(cctx, j.Id, "CheckpointCommitted", msg, "")
 	s.publish(j.Id, "CheckpointCommitted", j.State, msg, "")
 	return &apiv1.CommitCheckpointResponse{}, nil
 }

@@ -856,3 +856,12 @@ func TestRanksGetTheWorkersToken(t *testing.T) {
 		t.Fatalf("the rank's %s: %q", TokenEnv, env)
 	}
 }
+
+// BenchmarkGroupMemory is what the memory guard costs each interval.
+func BenchmarkGroupMemory(b *testing.B) {
+	for b.Loop() {
+		if _, err := groupMemory(syscall.Getpgrp()); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -200,6 +200,26 @@ func TestEtcdWantsTheKeptUser(t *testing.T) {
 	}
 }
 
+// etcdLeftWith is dir's etcd as an earlier start left it: started bare
+// (no auth), given what do writes, and stopped.
+func etcdLeftWith(ctx context.Context, t *testing.T, dir string, do func(*clientv3.Client) error) *Etcd {
+	t.Helper()
+	e, err := StartEtcd(ctx, filepath.Join(dir, "etcd"), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: e.Endpoints, DialTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	if err := do(cli); err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
 // TestOldDataDirGetsEtcdAuth: a DataDir of a version without etcd auth
 // (its ports.json keeps no etcd password) gets auth on its next start,
 // with its data and ports.
@@ -207,19 +227,10 @@ func TestOldDataDirGetsEtcdAuth(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	dir := t.TempDir()
-	e, err := StartEtcd(ctx, filepath.Join(dir, "etcd"), 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cli, err := clientv3.New(clientv3.Config{Endpoints: e.Endpoints, DialTimeout: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := cli.Put(ctx, "/switchyard/old", "kept"); err != nil {
-		t.Fatal(err)
-	}
-	cli.Close()
-	e.Close()
+	e := etcdLeftWith(ctx, t, dir, func(cli *clientv3.Client) error {
+		_, err := cli.Put(ctx, "/switchyard/old", "kept")
+		return err
+	})
 	// as the version before wrote it
 	old := fmt.Sprintf(`{"etcd_client":%d,"etcd_peer":%d,"nats":0,"nats_password":"old-nats-password"}`, e.clientPort, e.peerPort)
 	if err := os.WriteFile(filepath.Join(dir, portsFile), []byte(old), 0o600); err != nil {
@@ -295,19 +306,10 @@ func TestEnableEtcdAuthAgain(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	dir := t.TempDir()
-	e, err := StartEtcd(ctx, filepath.Join(dir, "etcd"), 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cli, err := clientv3.New(clientv3.Config{Endpoints: e.Endpoints, DialTimeout: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := cli.UserAdd(ctx, "root", "half-way"); err != nil {
-		t.Fatal(err)
-	}
-	cli.Close()
-	e.Close()
+	e := etcdLeftWith(ctx, t, dir, func(cli *clientv3.Client) error {
+		_, err := cli.UserAdd(ctx, "root", "half-way")
+		return err
+	})
 	if err := writePorts(filepath.Join(dir, portsFile), Ports{EtcdClient: e.clientPort, EtcdPeer: e.peerPort, EtcdPassword: "kept-password-of-24-chars"}); err != nil {
 		t.Fatal(err)
 	}

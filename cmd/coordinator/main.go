@@ -81,6 +81,7 @@ func run(args []string) int {
 		heartbeat   = fs.Duration("heartbeat-timeout", 0, "raft heartbeat timeout (default 1s)")
 		election    = fs.Duration("election-timeout", 0, "raft election timeout (default 1s)")
 		leaderLease = fs.Duration("leader-lease-timeout", 0, "raft leader lease timeout (default 500ms)")
+		metricsAddr = fs.String("metrics-addr", "", "serve Prometheus metrics on http://HOST:PORT/metrics (empty: none)")
 		logLevel    = fs.String("log-level", "info", "debug, info, warn or error")
 		peerAddrs   = peerAddrFlag{}
 	)
@@ -155,7 +156,7 @@ func run(args []string) int {
 		Raft: rc, APIListen: *apiAddr, APIAdvertise: *apiAdv,
 		EtcdEndpoints: eps, NATSURL: *natsURL, Dev: *dev,
 		Token: *token, TLS: security.TLSFiles{CA: *tlsCA, Cert: *tlsCert, Key: *tlsKey}, Insecure: *insecure, RaftTLS: *raftTLS,
-		CheckpointRoot: *ckRoot, Logger: log,
+		CheckpointRoot: *ckRoot, MetricsListen: *metricsAddr, Logger: log,
 	})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "coordinator:", err)
@@ -170,6 +171,9 @@ func run(args []string) int {
 		fmt.Fprintf(os.Stderr, "etcd wants user %s with the etcd_password, NATS the nats_password, both kept in %s\n", d.Dev.EtcdUsername(), d.Dev.PortsFile())
 		fmt.Fprintf(os.Stderr, "workers join with: %s=%s %s=PASSWORD worker --coordinators %s --etcd-endpoints %s --nats-url %s --storage-path /abs/path --listen-address 127.0.0.1:PORT\n",
 			etcdconn.UsernameEnv, d.Dev.EtcdUsername(), etcdconn.PasswordEnv, d.APIAddr, strings.Join(d.Etcd, ","), events.Redact(d.NATSURL))
+	}
+	if d.MetricsAddr != "" {
+		log.Info("metrics", "url", "http://"+d.MetricsAddr+"/metrics")
 	}
 	<-ctx.Done()
 	log.Info("shutting down")

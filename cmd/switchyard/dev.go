@@ -58,6 +58,7 @@ func cmdDev(ctx context.Context, args []string) error {
 		dir     = fs.String("data-dir", "", "keep the cluster's data here (default: a temporary directory, removed at the end)")
 		keep    = fs.Bool("keep", false, "keep the cluster running after the job (until Ctrl-C); print how to reach it")
 		verbose = fs.Bool("v", false, "log the coordinator and workers at info level")
+		prom    = fs.Bool("metrics", false, "serve Prometheus metrics from the coordinator and each worker on loopback ports, listed for Prometheus's file_sd in <data-dir>/metrics-targets.json")
 		gpus    = fs.Int("gpus", 0, "GPUs each worker declares: it runs one rank per GPU, each seeing its own in CUDA_VISIBLE_DEVICES (the workers share this machine's GPUs 0..n-1)")
 	)
 	if err := fs.Parse(args); err != nil {
@@ -103,8 +104,14 @@ func cmdDev(ctx context.Context, args []string) error {
 	rc := coordinator.DefaultConfig()
 	rc.ID, rc.BindAddr, rc.DataDir, rc.Bootstrap = "dev-1", "127.0.0.1:0", filepath.Join(*dir, "coordinator"), true
 	rc.RaftLogLevel = "error"
+	metricsAddr := ""
+	if *prom {
+		if metricsAddr, err = freePortRun(1); err != nil {
+			return err
+		}
+	}
 	d, err := controller.Start(ctx, controller.DaemonConfig{
-		Raft: rc, APIListen: "127.0.0.1:0", Dev: true,
+		Raft: rc, APIListen: "127.0.0.1:0", Dev: true, MetricsListen: metricsAddr,
 		CheckpointRoot: filepath.Join(*dir, "storage", "checkpoints"), Logger: log,
 	})
 	if err != nil {
@@ -128,10 +135,17 @@ func cmdDev(ctx context.Context, args []string) error {
 	actx, stopAgents := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	defer func() { stopAgents(); wg.Wait() }()
+	targets := metricsTargets{{Targets: []string{d.MetricsAddr}, Labels: map[string]string{"role": "coordinator"}}}
 	for i := range *workers {
 		cfg, err := devWorkerConfig(i, d, *dir, self, *gpus)
 		if err != nil {
 			return err
+		}
+		if *prom {
+			if cfg.MetricsAddress, err = freePortRun(1); err != nil {
+				return err
+			}
+			targets = append(targets, metricsTarget{Targets: []string{cfg.MetricsAddress}, Labels: map[string]string{"role": "worker", "worker": cfg.ID}})
 		}
 		opts, closeConn, err := agent.Connect(ctx, cfg, log.With("worker", cfg.ID))
 		if err != nil {
@@ -152,6 +166,13 @@ func cmdDev(ctx context.Context, args []string) error {
 		}()
 	}
 	fmt.Fprintf(os.Stderr, "%d workers started (ranks run as %s train ...)\n", *workers, self)
+	if *prom {
+		path := filepath.Join(*dir, "metrics-targets.json")
+		if err := targets.write(path); err != nil {
+			return fmt.Errorf("dev: %w", err)
+		}
+		fmt.Fprintf(os.Stderr, "metrics: coordinator http://%s/metrics, workers listed in %s (Prometheus file_sd; see deploy/prometheus)\n", d.MetricsAddr, path)
+	}
 
 	cl, err := client.Dial(client.Options{Endpoints: []string{d.APIAddr}})
 	if err != nil {
@@ -187,6 +208,23 @@ func cmdDev(ctx context.Context, args []string) error {
 		<-ctx.Done()
 	}
 	return werr
+}
+
+// metricsTargets is a Prometheus file_sd target list.
+type metricsTargets []metricsTarget
+
+type metricsTarget struct {
+	Targets []string          `json:"targets"`
+	Labels  map[string]string `json:"labels"`
+}
+
+// write replaces path atomically (Prometheus re-reads it when it changes).
+func (m metricsTargets) write(path string) error {
+	b, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return err
+	}
+	return fsutil.WriteFileAtomic(path, append(b, '\n'))
 }
 
 // devWorkerConfig is worker i of the dev cluster: loopback, its own port,

@@ -11,11 +11,13 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/switchyard-ml/switchyard/pkg/events"
 	"github.com/switchyard-ml/switchyard/pkg/membership"
+	"github.com/switchyard-ml/switchyard/pkg/metrics"
 	"github.com/switchyard-ml/switchyard/pkg/workerconfig"
 	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
 )
@@ -68,6 +70,10 @@ type Agent struct {
 	kick    chan struct{} // a task changed state: sync now (buffered 1)
 	ran     atomic.Bool
 
+	// the worker's and its jobs' metrics (nil without metrics_address)
+	reg     *prometheus.Registry
+	wm      *metrics.Worker
+	tm      *metrics.Training
 	mu      sync.Mutex
 	tasks   map[taskKey]*task
 	closing bool           // Run is stopping: start nothing more
@@ -99,13 +105,36 @@ func New(o Options) (*Agent, error) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	return &Agent{
+	a := &Agent{
 		o:       o,
 		trainer: trainer,
 		log:     o.Logger.With("worker-id", o.Config.ID),
 		kick:    make(chan struct{}, 1),
 		tasks:   map[taskKey]*task{},
-	}, nil
+	}
+	if o.Config.MetricsAddress != "" {
+		var renewals func() uint64
+		if r, ok := o.Registry.(interface{ Renewals() uint64 }); ok {
+			renewals = r.Renewals
+		}
+		a.reg = metrics.NewRegistry()
+		a.wm = metrics.NewWorker(a.reg, a.ranksRunning, renewals)
+		a.tm = metrics.NewTraining(a.reg)
+	}
+	return a, nil
+}
+
+// ranksRunning counts the tasks whose process runs.
+func (a *Agent) ranksRunning() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	n := 0
+	for _, t := range a.tasks {
+		if t.running() {
+			n++
+		}
+	}
+	return n
 }
 
 // Trainer is the resolved path of the binary that runs ranks.
@@ -125,6 +154,14 @@ func (a *Agent) Run(ctx context.Context) error {
 	// worker stays visible while its ranks shut down.
 	if err := a.checkCredentials(ctx); err != nil {
 		return err
+	}
+	if a.reg != nil {
+		ms, err := metrics.Serve(a.o.Config.MetricsAddress, a.reg, a.log)
+		if err != nil {
+			return fmt.Errorf("agent: %w", err)
+		}
+		defer ms.Close()
+		a.log.Info("metrics", "url", "http://"+ms.Addr()+"/metrics")
 	}
 	life, endLife := context.WithCancel(context.WithoutCancel(ctx))
 	defer endLife()
@@ -238,6 +275,7 @@ func (a *Agent) registerRetry(ctx, life context.Context) (membership.Registratio
 		if err == nil {
 			return reg, release, nil
 		}
+		a.wm.RegisterFailed()
 		if errors.Is(err, membership.ErrInvalidWorker) {
 			return nil, nil, fmt.Errorf("agent: register: %w", err)
 		}
@@ -278,6 +316,7 @@ func (a *Agent) keepRegistered(life context.Context, reg membership.Registration
 		if life.Err() != nil {
 			return
 		}
+		a.wm.LeaseLost()
 		a.log.Warn("worker registration lost; registering again")
 		var err error
 		reg, release, err = a.registerRetry(life, life)
@@ -311,12 +350,14 @@ func (a *Agent) syncLoop(ctx context.Context) {
 func (a *Agent) syncOnce(ctx context.Context, unreachable *bool) {
 	req := &apiv1.SyncWorkerRequest{WorkerId: a.o.Config.ID, Tasks: a.statuses()}
 	cctx, cancel := context.WithTimeout(ctx, syncTimeout)
+	t0 := time.Now()
 	resp, err := a.o.Client.SyncWorker(cctx, req)
 	cancel()
 	if err != nil {
 		if ctx.Err() != nil {
 			return
 		}
+		a.wm.Synced(0, err)
 		if refused(err) {
 			a.log.Error("the coordinator refuses this worker's credentials; tasks keep running", "error", err)
 		} else if !*unreachable {
@@ -327,6 +368,7 @@ func (a *Agent) syncOnce(ctx context.Context, unreachable *bool) {
 		*unreachable = true
 		return
 	}
+	a.wm.Synced(time.Since(t0), nil)
 	if *unreachable {
 		a.log.Info("coordinator reachable again")
 		*unreachable = false

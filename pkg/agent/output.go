@@ -13,6 +13,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/switchyard-ml/switchyard/pkg/events"
+	"github.com/switchyard-ml/switchyard/pkg/metrics"
 	"github.com/switchyard-ml/switchyard/pkg/train"
 )
 
@@ -167,6 +168,10 @@ func (a *Agent) reportMetrics(tk *task, m train.StepMetrics) {
 		lbl /= float64(len(m.LBL))
 	}
 	tk.setMetrics(int64(m.Step), m.Loss, m.TokensPerS)
+	a.tm.Observe(tk.key.jobID, metrics.Step{
+		Step: m.Step, Loss: m.Loss, LBL: m.LBL, TokensPerS: m.TokensPerS, StepS: m.StepS, ExpertLoad: m.ExpertLoad,
+		LBLSyncS: m.LBLSyncS, GradSyncS: m.GradSyncS, CheckpointStallS: m.CheckpointStallS, CheckpointWriteMBps: m.CheckpointWriteMBps,
+	})
 	a.publish(events.Message{Kind: events.KindMetrics, JobID: tk.key.jobID, Metrics: &events.StepMetrics{
 		Step: int64(m.Step), Rank: int(tk.key.rank), Loss: m.Loss, LBL: lbl,
 		TokensPerSecond: m.TokensPerS, ExpertLoadLE: m.ExpertLoad,

@@ -142,6 +142,12 @@ func (t *task) exited() bool {
 	return t.state == apiv1.TaskState_TASK_STATE_SUCCEEDED || t.state == apiv1.TaskState_TASK_STATE_FAILED
 }
 
+func (t *task) running() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.state == apiv1.TaskState_TASK_STATE_RUNNING
+}
+
 func (t *task) setState(s apiv1.TaskState, msg string) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -404,14 +410,21 @@ func (a *Agent) runTask(tk *task) {
 		side.Go(func() { g.watch(tk, pid, exited, log) })
 	}
 	werr := cmd.Wait()
+	a.wm.RankExited(cmd.ProcessState.ExitCode())
 	if tap != nil {
 		tap.close() // its last line, before the metrics are read a last time
 		tk.malformedMetrics(tap.dropped)
 	}
 	close(exited)
 	side.Wait()
+	if k.rank == 0 {
+		a.tm.Forget(k.jobID)
+	}
 	if l.memory > 0 {
 		tk.sawLastMemory(l.memory)
+	}
+	if over, _ := tk.memoryVerdict(); over != "" {
+		a.wm.RankOutOfMemory()
 	}
 	out.stdout.flush()
 	out.stderr.flush()

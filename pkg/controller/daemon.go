@@ -9,6 +9,8 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"slices"
+	"strconv"
 	"sync"
 	"time"
 
@@ -24,7 +26,9 @@ import (
 	"github.com/switchyard-ml/switchyard/pkg/etcdconn"
 	"github.com/switchyard-ml/switchyard/pkg/events"
 	"github.com/switchyard-ml/switchyard/pkg/jobspec"
+	"github.com/switchyard-ml/switchyard/pkg/jobstate"
 	"github.com/switchyard-ml/switchyard/pkg/membership"
+	"github.com/switchyard-ml/switchyard/pkg/metrics"
 	"github.com/switchyard-ml/switchyard/pkg/security"
 	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
 	pb "github.com/switchyard-ml/switchyard/proto/switchyard/coordinator/v1"
@@ -57,6 +61,9 @@ type DaemonConfig struct {
 	// directory of jobs whose spec names no checkpoint path); "" : only
 	// jobs with an absolute checkpoint path are listed and deleted.
 	CheckpointRoot string
+	// MetricsListen is where Prometheus scrapes this replica's /metrics
+	// ("": no endpoint).
+	MetricsListen string
 	// Tick is the supervision period (default 250ms).
 	Tick   time.Duration
 	Logger *slog.Logger
@@ -70,13 +77,16 @@ type Daemon struct {
 	APIAddr string
 	Etcd    []string
 	NATSURL string
+	// MetricsAddr is the address of the /metrics endpoint ("" : none).
+	MetricsAddr string
 
-	grpc   *grpc.Server
-	cli    *clientv3.Client
-	bus    events.Bus
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-	closed sync.Once
+	grpc    *grpc.Server
+	metrics *metrics.Server
+	cli     *clientv3.Client
+	bus     events.Bus
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	closed  sync.Once
 }
 
 // Start brings a coordinator up; Close takes it down.
@@ -125,8 +135,8 @@ func Start(ctx context.Context, cfg DaemonConfig) (d *Daemon, err error) {
 func (cfg DaemonConfig) checkListeners() error {
 	tlsOn := cfg.TLS.Enabled()
 	if cfg.Dev {
-		for _, a := range []string{cfg.APIListen, cfg.Raft.BindAddr} {
-			if !security.IsLoopback(a) {
+		for _, a := range []string{cfg.APIListen, cfg.Raft.BindAddr, cfg.MetricsListen} {
+			if a != "" && !security.IsLoopback(a) {
 				return fmt.Errorf("%w: dev mode is loopback-only; %q is not a loopback address", security.ErrInsecureListen, a)
 			}
 		}
@@ -182,6 +192,14 @@ func (d *Daemon) serve(cfg DaemonConfig, lis net.Listener, log *slog.Logger) err
 		d.APIAddr = lis.Addr().String()
 	}
 	cfg.Raft.Logger = log
+	var (
+		cm  *metrics.Coordinator
+		reg = metrics.NewRegistry()
+	)
+	if cfg.MetricsListen != "" {
+		cm = metrics.NewCoordinator(reg, jobStateNames(), d.metricsState)
+		cfg.Raft.OnApply = cm.ObserveApply
+	}
 	var err error
 	if d.Node, err = coordinator.NewNode(cfg.Raft); err != nil {
 		return err
@@ -196,12 +214,21 @@ func (d *Daemon) serve(cfg DaemonConfig, lis net.Listener, log *slog.Logger) err
 		Workers:     membership.NewEtcd(d.cli, membership.DefaultPrefix, log),
 		Replicas:    membership.NewEtcd(d.cli, ReplicaPrefix, log),
 		Bus:         bus,
+		Metrics:     cm,
 		Checkpoints: cps,
 		Token:       cfg.Token, TLS: cfg.TLS,
 		Tick: cfg.Tick, Logger: log,
 	})
 	if err != nil {
 		return err
+	}
+	if cfg.MetricsListen != "" {
+		// served once the node and server it reads exist
+		ms, err := metrics.Serve(cfg.MetricsListen, reg, log)
+		if err != nil {
+			return fmt.Errorf("controller: %w", err)
+		}
+		d.metrics, d.MetricsAddr = ms, ms.Addr()
 	}
 	opts := append(recoverPanics(log), security.ServerOptions(cfg.Token, cfg.TLS.Enabled())...)
 	if cfg.TLS.Enabled() {
@@ -239,6 +266,9 @@ func (d *Daemon) Close() error {
 			d.cancel()
 		}
 		d.wg.Wait()
+		if d.metrics != nil {
+			errs = append(errs, d.metrics.Close())
+		}
 		if d.Node != nil {
 			errs = append(errs, d.Node.Shutdown())
 		}
@@ -253,6 +283,47 @@ func (d *Daemon) Close() error {
 		}
 	})
 	return errors.Join(errs...)
+}
+
+// jobStateNames are the job states' names as the metrics label them
+// ("running"), every state but the unspecified one.
+func jobStateNames() []string {
+	var out []string
+	for v := range pb.JobState_name {
+		if st := pb.JobState(v); st != pb.JobState_JOB_STATE_UNSPECIFIED {
+			out = append(out, jobstate.Lower(st))
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// metricsState reads what the metrics export at scrape time.
+func (d *Daemon) metricsState() metrics.CoordinatorState {
+	var st metrics.CoordinatorState
+	n := d.Node
+	if n == nil {
+		return st
+	}
+	st.Leader, st.AppliedIndex = n.IsLeader(), n.AppliedIndex()
+	stats := n.Stats()
+	st.Term, _ = strconv.ParseUint(stats["term"], 10, 64)
+	st.LastIndex, _ = strconv.ParseUint(stats["last_log_index"], 10, 64)
+	st.JobsByState = map[string]int{}
+	for _, j := range n.Jobs() {
+		st.JobsByState[jobstate.Lower(j.State)]++
+		if j.State == pb.JobState_JOB_STATE_PENDING {
+			st.Queued++
+		}
+	}
+	if d.Server != nil {
+		st.Workers = len(d.Server.liveWorkers())
+	}
+	if d.bus != nil {
+		bs := d.bus.Stats()
+		st.HasBus, st.BusConnected, st.BusDropped = true, bs.Connected, bs.Dropped
+	}
+	return st
 }
 
 // etcdCheckpoints reads the checkpoint catalogue the ranks commit to and

@@ -14,6 +14,7 @@ import (
 	"github.com/switchyard-ml/switchyard/pkg/jobspec"
 	"github.com/switchyard-ml/switchyard/pkg/jobstate"
 	"github.com/switchyard-ml/switchyard/pkg/membership"
+	"github.com/switchyard-ml/switchyard/pkg/metrics"
 	"github.com/switchyard-ml/switchyard/pkg/security"
 	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
 	pb "github.com/switchyard-ml/switchyard/proto/switchyard/coordinator/v1"
@@ -69,6 +70,8 @@ type Config struct {
 	Replicas membership.Registry
 	// Bus carries lifecycle events, logs and metrics; nil: none.
 	Bus events.Bus
+	// Metrics records the replica's Prometheus metrics; nil: none.
+	Metrics *metrics.Coordinator
 	// Checkpoints lists and deletes committed checkpoints; nil: the
 	// checkpoint calls answer UNIMPLEMENTED.
 	Checkpoints Checkpoints
@@ -327,6 +330,9 @@ func (s *Server) relist(ctx context.Context, reg membership.Registry, m func() m
 	lctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
 	list, err := reg.List(lctx)
+	if reg == s.cfg.Workers {
+		s.cfg.Metrics.EtcdReached(err == nil)
+	}
 	if err != nil {
 		return err
 	}

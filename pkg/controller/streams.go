@@ -285,9 +285,11 @@ func (s *Server) CommitCheckpoint(ctx context.Context, req *apiv1.CommitCheckpoi
 	}
 	m, err := checkpoint.DecodeManifest(req.GetManifest())
 	if err != nil {
+		s.cfg.Metrics.CheckpointRefused("bad_manifest")
 		return nil, apiError(failure(errBadRequest, "manifest: %v", err))
 	}
 	if m.Job != req.GetJobId() {
+		s.cfg.Metrics.CheckpointRefused("bad_manifest")
 		return nil, apiError(failure(errBadRequest, "manifest of job %q sent for job %q", m.Job, req.GetJobId()))
 	}
 	// Under the leader's lock: the attempt check and the commit happen
@@ -304,13 +306,16 @@ func (s *Server) CommitCheckpoint(ctx context.Context, req *apiv1.CommitCheckpoi
 		if !jobstate.Final(j.State) {
 			s.recordEvent(ctx, j.Id, "CommitRefused", msg, "")
 		}
+		s.cfg.Metrics.CheckpointRefused("attempt_over")
 		return nil, apiError(failure(errAttemptOver, "%s", msg))
 	}
 	if id, ok := caller(ctx); ok && id.Worker != "" && (len(j.Placement) == 0 || j.Placement[0].WorkerId != id.Worker) {
+		s.cfg.Metrics.CheckpointRefused("not_rank_0")
 		return nil, apiError(failure(errPermission, "worker %s does not hold rank 0 of job %s's attempt %d: only that rank commits its checkpoints", id.Worker, j.Id, j.Restarts))
 	}
 	if err := s.plausible(j, m); err != nil {
 		s.recordEvent(ctx, j.Id, "CommitRefused", err.Error(), "")
+		s.cfg.Metrics.CheckpointRefused("implausible")
 		return nil, apiError(err)
 	}
 	// Once begun, the commit and its event happen whether or not the
@@ -320,10 +325,12 @@ func (s *Server) CommitCheckpoint(ctx context.Context, req *apiv1.CommitCheckpoi
 	defer cancel()
 	if err := s.cfg.Checkpoints.Commit(cctx, m); err != nil {
 		// a stale step (checkpoint.ErrStale) answers AlreadyExists
+		s.cfg.Metrics.CheckpointRefused("catalogue")
 		return nil, apiError(failure(errUnavailable, "commit checkpoint: %v", err))
 	}
 	msg := fmt.Sprintf("checkpoint of step %d committed (%d shards, %.1f MB, layout tp %d dp %d ep %d)",
 		m.Step, len(m.Shards), float64(m.TotalSize())/1e6, m.Layout.TP, m.Layout.DP, m.Layout.EP)
+	s.cfg.Metrics.CheckpointCommitted()
 	s.recordEvent(cctx, j.Id, "CheckpointCommitted", msg, "")
 	s.publish(j.Id, "CheckpointCommitted", j.State, msg, "")
 	return &apiv1.CommitCheckpointResponse{}, nil

@@ -143,6 +143,7 @@ func (s held) failAttempt(ctx context.Context, j *pb.Job, reason, msg, worker st
 			return
 		}
 		s.term.notBefore[j.Id] = s.cfg.Now().Add(time.Duration(backoff) * time.Second)
+		s.cfg.Metrics.Restarted(reason)
 		s.log.Info("job requeued", "job-id", j.Id, "reason", reason, "message", msg, "restarts", r.Job.Restarts)
 		s.publish(j.Id, "Requeued", r.Job.State, m, worker)
 		s.control(j.Id, "stop-attempt", m)
@@ -364,6 +365,11 @@ func (s held) place(ctx context.Context, j *pb.Job, p scheduler.Plan) {
 			res.Job.Restarts, sp.Parallel.DP, p.Job.Layout.DP, p.Job.Layout.EP, workers)
 		cond = msg
 	}
+	var firstWait time.Duration
+	if res.Job.Restarts == 0 && res.Job.SubmittedUnixNano > 0 {
+		firstWait = s.cfg.Now().Sub(time.Unix(0, res.Job.SubmittedUnixNano))
+	}
+	s.cfg.Metrics.Placed(shrunk, firstWait)
 	s.setState(ctx, res.Job, res.Job.State, "", "", &pb.Condition{Type: condScheduled, Status: true, Reason: reason, Message: cond})
 	if shrunk {
 		s.recordEvent(ctx, j.Id, "Shrunk", msg, "")

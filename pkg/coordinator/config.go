@@ -125,6 +125,9 @@ type Config struct {
 
 	// Logger receives the node's and raft's logs (slog.Default() if nil).
 	Logger *slog.Logger
+	// OnApply, when set, is told each command this replica proposed and
+	// saw applied: its operation ("place_job") and the time it took.
+	OnApply func(op string, d time.Duration)
 	// RaftLogLevel is the lowest raft log level passed on: "debug", "info",
 	// "warn" or "error". Default "warn".
 	RaftLogLevel string

@@ -271,12 +271,25 @@ func (n *Node) Apply(ctx context.Context, cmd *pb.Command) (ApplyResult, error) 
 	if err != nil {
 		return ApplyResult{}, fmt.Errorf("%w: encode: %v", ErrInvalidCommand, err)
 	}
+	start := time.Now()
 	f := n.raft.Apply(data, n.timeout(ctx))
 	if err := f.Error(); err != nil {
 		return ApplyResult{}, n.raftErr(err)
 	}
+	if n.cfg.OnApply != nil {
+		n.cfg.OnApply(opName(cmd), time.Since(start))
+	}
 	r, _ := f.Response().(ApplyResult)
 	return r, r.Err
+}
+
+// opName is the name of cmd's operation ("place_job"), a bounded set.
+func opName(cmd *pb.Command) string {
+	m := cmd.ProtoReflect()
+	if fd := m.WhichOneof(m.Descriptor().Oneofs().ByName("op")); fd != nil {
+		return string(fd.Name())
+	}
+	return "none"
 }
 
 // Barrier waits until every entry committed before it has been applied on

@@ -159,6 +159,8 @@ type Stats struct {
 	Dropped uint64 `json:"dropped"`
 	// Buffered: waiting to be sent now.
 	Buffered int `json:"buffered"`
+	// Connected: the bus reaches its server now (always, in memory).
+	Connected bool `json:"connected"`
 }
 
 // Bus carries job events, metrics, logs and control messages.

@@ -155,7 +155,7 @@ func (b *Memory) History(ctx context.Context, f Filter) ([]Message, error) {
 // Stats implements Bus. Memory never drops.
 func (b *Memory) Stats() Stats {
 	n := b.published.Load()
-	return Stats{Published: n, Sent: n}
+	return Stats{Published: n, Sent: n, Connected: true}
 }
 
 // Close implements Bus.

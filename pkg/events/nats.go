@@ -468,7 +468,7 @@ func (b *NATS) History(ctx context.Context, f Filter) ([]Message, error) {
 
 // Stats implements Bus.
 func (b *NATS) Stats() Stats {
-	return Stats{Published: b.published.Load(), Sent: b.sent.Load(), Dropped: b.dropped.Load(), Buffered: len(b.buf)}
+	return Stats{Published: b.published.Load(), Sent: b.sent.Load(), Dropped: b.dropped.Load(), Buffered: len(b.buf), Connected: b.nc.IsConnected()}
 }
 
 // Close waits up to CloseTimeout for every accepted message to be sent,

@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -22,9 +23,14 @@ type Etcd struct {
 	mu     sync.Mutex
 	regs   map[*etcdRegistration]struct{}
 	closed bool
+
+	renewals atomic.Uint64
 }
 
 var _ Registry = (*Etcd)(nil)
+
+// Renewals counts the keep-alive renewals of every registration's lease.
+func (e *Etcd) Renewals() uint64 { return e.renewals.Load() }
 
 // NewEtcd returns a registry using cli under prefix (DefaultPrefix if
 // empty; a trailing "/" is added). The caller owns cli and closes it after
@@ -76,7 +82,8 @@ func (e *Etcd) Register(ctx context.Context, info WorkerInfo, ttl time.Duration)
 	}
 	r := &etcdRegistration{e: e, id: info.ID, lease: lease.ID, cancel: cancel, lost: make(chan struct{})}
 	go func() {
-		for range ka { // drain keep-alive responses
+		for range ka { // each response is a renewal
+			e.renewals.Add(1)
 		}
 		close(r.lost)
 		if kctx.Err() == nil {

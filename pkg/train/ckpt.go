@@ -54,7 +54,9 @@ type checkpointer struct {
 	committingStep int64
 	// Stall is the training time spent waiting for saves.
 	Stall time.Duration
-	Saved []int64 // committed steps
+	// WriteMBps is the rate of the last save's writes (MB/s; 0: none yet).
+	WriteMBps float64
+	Saved     []int64 // committed steps
 	// events receives the event lines of the job (rank 0's progress
 	// writer; nil: none)
 	events io.Writer
@@ -108,6 +110,7 @@ type pendingSave struct {
 	done  chan struct{}
 	infos []checkpoint.ShardInfo
 	err   error
+	took  time.Duration // the write's duration
 }
 
 // newCheckpointer saves into cfg.Dir and keeps the manifests in cat (nil:
@@ -168,6 +171,8 @@ func (c *checkpointer) start(s State) {
 	shards = append(shards, checkpoint.BytesShard(names.meta(), r, checkpoint.KindData, meta))
 	go func() {
 		defer close(p.done)
+		t0 := time.Now()
+		defer func() { p.took = time.Since(t0) }()
 		p.infos, p.err = checkpoint.SaveShardsParallel(context.Background(), c.mgr.Storage(), checkpoint.StepPrefix(c.cfg.Job, p.step), shards, len(parts))
 	}()
 }
@@ -228,6 +233,13 @@ func (c *checkpointer) finish(ctx context.Context) error {
 	}
 	<-p.done
 	c.spare = p.state
+	if p.err == nil && p.took > 0 {
+		var bytes int64
+		for _, in := range p.infos {
+			bytes += in.Size
+		}
+		c.WriteMBps = float64(bytes) / 1e6 / p.took.Seconds()
+	}
 	mine, _ := json.Marshal(p.infos)
 	if p.err != nil {
 		mine = nil // tells rank 0 not to commit

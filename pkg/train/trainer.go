@@ -61,6 +61,11 @@ type StepMetrics struct {
 	LBLSyncS   float64     `json:"lbl_sync_s"`  // duration of the step's expert-count all-reduces (started in the background after the last MoE layer; only the part the backward waits for costs step time)
 	GradSyncS  float64     `json:"grad_sync_s"` // time of the gradient all-reduces after backward
 	StepS      float64     `json:"step_s"`      // wall time of the step
+	// The run's training time spent waiting for checkpoint writes so far,
+	// and the write rate of the last checkpoint (MB/s); 0 without
+	// checkpoints.
+	CheckpointStallS    float64 `json:"checkpoint_stall_s,omitempty"`
+	CheckpointWriteMBps float64 `json:"checkpoint_write_mb_per_s,omitempty"`
 }
 
 // New prepares a run: corpus, model, optimizer, balancer, loader. Progress
@@ -410,6 +415,9 @@ func (t *Trainer) Run(ctx context.Context) (*Report, error) {
 			return nil, err
 		}
 		sm.ElapsedS = time.Since(start).Seconds()
+		if t.ckpt != nil {
+			sm.CheckpointStallS, sm.CheckpointWriteMBps = t.ckpt.Stall.Seconds(), t.ckpt.WriteMBps
+		}
 		last = sm
 		if t.metrics != nil {
 			line, _ := json.Marshal(sm)

@@ -28,14 +28,17 @@ var (
 
 // Config is a worker's configuration.
 type Config struct {
-	ID               string    `yaml:"id" json:"id"`
-	Host             string    `yaml:"host" json:"host"` // the machine; tensor-parallel groups stay on one host
-	Coordinators     []string  `yaml:"coordinators" json:"coordinators"`
-	EtcdEndpoints    []string  `yaml:"etcd_endpoints" json:"etcd_endpoints"`
-	NATSURL          string    `yaml:"nats_url" json:"nats_url"`
-	AdvertiseAddress string    `yaml:"advertise_address" json:"advertise_address"` // host:port peers dial
-	ListenAddress    string    `yaml:"listen_address" json:"listen_address"`
-	Resources        Resources `yaml:"resources" json:"resources"`
+	ID               string   `yaml:"id" json:"id"`
+	Host             string   `yaml:"host" json:"host"` // the machine; tensor-parallel groups stay on one host
+	Coordinators     []string `yaml:"coordinators" json:"coordinators"`
+	EtcdEndpoints    []string `yaml:"etcd_endpoints" json:"etcd_endpoints"`
+	NATSURL          string   `yaml:"nats_url" json:"nats_url"`
+	AdvertiseAddress string   `yaml:"advertise_address" json:"advertise_address"` // host:port peers dial
+	ListenAddress    string   `yaml:"listen_address" json:"listen_address"`
+	// MetricsAddress serves the worker's and its jobs' Prometheus metrics
+	// on http://HOST:PORT/metrics ("": none).
+	MetricsAddress string    `yaml:"metrics_address" json:"metrics_address"`
+	Resources      Resources `yaml:"resources" json:"resources"`
 	// Slots is how many ranks the worker runs at once (of one job or
 	// several), each with an equal share of its resources and GPUs and
 	// its own data-plane port: slot k listens on listen_address's port + k

@@ -72,6 +72,7 @@ var settings = []Setting{
 	{Key: "nats_url", Help: "NATS URL (empty: no events or metrics)", set: str(func(c *Config) *string { return &c.NATSURL })},
 	{Key: "advertise_address", Help: "host:port peers reach this worker on", set: str(func(c *Config) *string { return &c.AdvertiseAddress })},
 	{Key: "listen_address", Help: "host:port to listen on", set: str(func(c *Config) *string { return &c.ListenAddress })},
+	{Key: "metrics_address", Flag: "metrics-addr", Help: "serve Prometheus metrics on http://HOST:PORT/metrics (empty: none)", set: str(func(c *Config) *string { return &c.MetricsAddress })},
 	{Key: "resources.cpu_cores", Flag: "cpu-cores", Help: "CPU cores offered (default: detected)", set: integer(func(c *Config) *int { return &c.Resources.CPUCores })},
 	{Key: "resources.memory_mib", Flag: "memory-mib", Help: "memory offered in MiB (default: detected)", set: func(c *Config, v string) error {
 		n, err := parseInt(v)

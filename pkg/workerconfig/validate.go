@@ -97,6 +97,11 @@ func (c Config) Validate() error {
 		}
 	}
 
+	if c.MetricsAddress != "" {
+		if why := hostPort(c.MetricsAddress, true); why != "" {
+			bad("metrics_address", c.MetricsAddress, "%s", why)
+		}
+	}
 	listenOK := true
 	if why := hostPort(c.ListenAddress, true); why != "" {
 		bad("listen_address", c.ListenAddress, "%s", why)

@@ -123,6 +123,7 @@ func compareBPB(title string, variants []string, runs []Series) *plot.Plot {
 	V := float64(len(variants))
 	barW := (width - 1.2*vg.Inch) / vg.Length(float64(len(domains))*(V+1)) * 0.9
 	var ticks plot.ConstantTicks
+	top := 0.0 // the highest whisker
 	for d, dom := range domains {
 		ticks = append(ticks, plot.Tick{Value: float64(d) * (V + 1), Label: dom})
 	}
@@ -141,6 +142,9 @@ func compareBPB(title string, variants []string, runs []Series) *plot.Plot {
 			x := float64(d)*(V+1) + float64(v) - (V-1)/2
 			pts = append(pts, plotter.XY{X: x, Y: mean})
 			errs = append(errs, struct{ Low, High float64 }{mean - slices.Min(xs), slices.Max(xs) - mean})
+			if hi := slices.Max(xs); !math.IsNaN(hi) && !math.IsInf(hi, 0) {
+				top = max(top, hi)
+			}
 		}
 		if len(pts) == 0 {
 			continue
@@ -169,5 +173,8 @@ func compareBPB(title string, variants []string, runs []Series) *plot.Plot {
 	p.X.Min = -(V+1)/2 + 0.25
 	p.X.Max = float64(len(domains)-1)*(V+1) + (V+1)/2 - 0.25
 	p.Y.Min = 0
+	if top > 0 {
+		p.Y.Max = top * 1.2 // room for the legend above the bars
+	}
 	return p
 }

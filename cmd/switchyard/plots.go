@@ -69,8 +69,8 @@ func byStep(ms []train.StepMetrics) []train.StepMetrics {
 	return out
 }
 
-// plotRunDir draws the run whose metrics.jsonl is in dir (and report.json,
-// when rep is nil and it is there) into dir.
+// plotRunDir draws the run whose metrics.jsonl is in dir, with its report
+// rep (nil: no specialisation maps), into dir.
 func plotRunDir(dir, title string, rep *train.Report) ([]string, error) {
 	ms, err := readMetrics(filepath.Join(dir, "metrics.jsonl"))
 	if err != nil {

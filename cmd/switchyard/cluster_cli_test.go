@@ -48,6 +48,7 @@ type fakeCoordinator struct {
 	// and fail with UNAVAILABLE (a replica going away).
 	watchBreaks int
 	watchCalls  int
+	watchReplay []bool // each WatchJob's replay flag
 	checkpoints map[string][]*apiv1.Checkpoint
 	cluster     *apiv1.ClusterStatusResponse
 	replicas    []*apiv1.Replica
@@ -221,6 +222,7 @@ func (f *fakeCoordinator) WatchJob(req *apiv1.WatchJobRequest, s grpc.ServerStre
 	f.mu.Lock()
 	msgs := f.watch[req.GetJobId()]
 	f.watchCalls++
+	f.watchReplay = append(f.watchReplay, req.GetReplay())
 	broken := f.watchCalls <= f.watchBreaks
 	f.mu.Unlock()
 	if broken && len(msgs) > 0 {

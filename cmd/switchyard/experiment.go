@@ -27,7 +27,7 @@ import (
 func (c *cli) cmdExperiment(ctx context.Context, args []string) error {
 	return c.group(ctx, "experiment", args, []command{
 		{"submit", "EXPERIMENT.yaml [--dry-run]", "expand the experiment's axes into jobs and submit them (again: nothing new)", c.experimentSubmit},
-		{"report", "EXPERIMENT.yaml [--storage DIR]", "the variants' states and, from rank 0's final reports under the workers' storage, one comparison table", c.experimentReport},
+		{"report", "EXPERIMENT.yaml [--storage DIR] [--plots DIR]", "the variants' states and, from rank 0's final reports under the workers' storage, one comparison table (--plots: and pictures side by side)", c.experimentReport},
 	})
 }
 
@@ -149,9 +149,13 @@ func (m meanSD) String() string {
 func (c *cli) experimentReport(ctx context.Context, name string, args []string) error {
 	fs, r := c.flags(name)
 	storage := fs.String("storage", "", "the workers' storage_path (shared, or this machine's for a dev cluster): rank 0 writes its final report under it")
+	plotDir := fs.String("plots", "", "also draw the variants side by side into this directory (PNG and SVG): loss curves from rank 0's metrics.jsonl, per-domain val bits/byte; needs --storage")
 	e, err := c.experimentFile(fs, r, args)
 	if err != nil {
 		return err
+	}
+	if *plotDir != "" && *storage == "" {
+		return usageError{errors.New("experiment report: --plots needs --storage DIR: the runs' metrics and reports are there")}
 	}
 	cl, err := r.dial()
 	if err != nil {
@@ -159,6 +163,7 @@ func (c *cli) experimentReport(ctx context.Context, name string, args []string) 
 	}
 	defer cl.Close()
 	var results []variantResult
+	jobs := map[string]*coordinatorv1.Job{}
 	for _, v := range e.Variants {
 		res := variantResult{JobID: v.JobID, Variant: v.Label(e.Axes)}
 		resp, err := unaryOn(ctx, r, cl, "experiment report", getJob(v.JobID))
@@ -169,6 +174,7 @@ func (c *cli) experimentReport(ctx context.Context, name string, args []string) 
 			return err
 		default:
 			j := resp.GetJob()
+			jobs[j.GetId()] = j
 			res.State, res.Step = jobstate.Name(j.GetState()), j.GetProgress().GetStep()
 			res.Report, res.Missing = readFinalReport(*storage, j)
 		}
@@ -176,9 +182,26 @@ func (c *cli) experimentReport(ctx context.Context, name string, args []string) 
 	}
 	groups := groupResults(e, results)
 	if r.json() {
-		return printJSONTo(c.out, map[string]any{"experiment": e.Name, "variants": results, "groups": groups})
+		if err := printJSONTo(c.out, map[string]any{"experiment": e.Name, "variants": results, "groups": groups}); err != nil {
+			return err
+		}
+	} else if err := printExperiment(c, e, results, groups); err != nil {
+		return err
 	}
-	return printExperiment(c, e, results, groups)
+	if *plotDir == "" {
+		return nil
+	}
+	var labels []string
+	for _, v := range e.Variants {
+		labels = append(labels, v.Label(e.Axes, "seed"))
+	}
+	w := c.out
+	if r.json() {
+		w = c.errOut // stdout is the JSON
+	} else {
+		fmt.Fprintln(w, "\nplots:")
+	}
+	return experimentPlots(w, *plotDir, *storage, e.Name, results, labels, jobs)
 }
 
 // readFinalReport reads rank 0's report.json of j's last attempt under
@@ -187,7 +210,7 @@ func readFinalReport(storage string, j *coordinatorv1.Job) (*train.Report, strin
 	if storage == "" {
 		return nil, "no --storage given"
 	}
-	path := filepath.Join(storage, "jobs", j.GetId(), fmt.Sprintf("attempt-%d", j.GetRestarts()), "rank-0", "report.json")
+	path := filepath.Join(rankDir(storage, j), "report.json")
 	raw, err := fsutil.ReadFile(path, 64<<20)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, "no report yet at " + path
@@ -200,6 +223,12 @@ func readFinalReport(storage string, j *coordinatorv1.Job) (*train.Report, strin
 		return nil, fmt.Sprintf("%s: %v", path, err)
 	}
 	return &rep, ""
+}
+
+// rankDir is where rank 0 of j's last attempt writes under the workers'
+// storage (pkg/agent's run directory).
+func rankDir(storage string, j *coordinatorv1.Job) string {
+	return filepath.Join(storage, "jobs", j.GetId(), fmt.Sprintf("attempt-%d", j.GetRestarts()), "rank-0")
 }
 
 // groupResults summarises the variants that differ only in their seed, in

@@ -1,6 +1,6 @@
 package main
 
-// switchyard job: submit, list, status, logs, watch, cancel, resume.
+// switchyard job: submit, list, status, logs, watch, plot, cancel, resume.
 
 import (
 	"context"
@@ -30,6 +30,7 @@ func (c *cli) cmdJob(ctx context.Context, args []string) error {
 		{"status", "ID", "show a job: state, conditions, progress, placement, events", c.jobStatus},
 		{"logs", "[-f] ID", "print a job's log lines (-f: follow until the job ends)", c.jobLogs},
 		{"watch", "ID", "follow a job's progress until it ends (exit 0: succeeded, 1: failed or cancelled)", c.jobWatch},
+		{"plot", "ID --out DIR [--storage DIR]", "draw the job's pictures from rank 0's metrics so far (PNG and SVG): loss, LBL, tokens/s, expert load per layer; with --storage the domain x expert heat maps", c.jobPlot},
 		{"cancel", "ID [--message TEXT]", "cancel a job", c.jobCancel},
 		{"resume", "ID [--from STEP]", "restart a job from a committed checkpoint (default: the newest)", c.jobResume},
 	})

@@ -25,7 +25,7 @@ const usage = `switchyard — train Mixture-of-Experts language models
 
 usage:
   switchyard dev [--workers 2] [--steps 150] [--spec SPEC.yaml] [--keep]  a whole cluster here: coordinator (embedded etcd, NATS), workers, the demo job
-  switchyard train [--preset tiny|small] [--config run.yaml] [flags]   train in this process
+  switchyard train [--preset tiny|small] [--config run.yaml] [flags]   train in this process (--out DIR --plots: and draw it)
   switchyard launch --nproc N [--tp a --ep b --dp c] -- <train flags>   train with N local processes
   switchyard bench engine --preset tiny|small [--json]                 measure a training step
   switchyard help
@@ -36,6 +36,7 @@ cluster (talks to the coordinator over gRPC):
   switchyard job status ID                              state, conditions, progress, placement, events
   switchyard job logs [-f] ID                           print (-f: follow) a job's log lines
   switchyard job watch ID                               follow progress until the job ends
+  switchyard job plot ID --out DIR [--storage DIR]      PNG and SVG pictures of rank 0's metrics so far (with --storage: domain x expert heat maps)
   switchyard job cancel ID
   switchyard job resume ID [--from STEP]                restart from a committed checkpoint
   switchyard cluster status                             coordinator replicas and workers
@@ -47,7 +48,9 @@ cluster (talks to the coordinator over gRPC):
   switchyard checkpoints delete JOB STEP
   switchyard checkpoints commit --step N DIR            in rank 0 of a command job: commit the checkpoint the trainer wrote to DIR
   switchyard experiment submit EXP.yaml [--dry-run]     a base spec and axes: one job per combination (ids from the file: again submits nothing new)
-  switchyard experiment report EXP.yaml [--storage DIR] states and, from rank 0's reports under the workers' storage, the comparison over seeds
+  switchyard experiment report EXP.yaml [--storage DIR] [--plots DIR]
+                                                        states and, from rank 0's reports under the workers' storage, the comparison over seeds
+                                                        (--plots: the variants' loss curves and per-domain val bits/byte side by side)
 
 run by workers:
   switchyard exec --config run.yaml                     one rank of a command job (runtime: command): resume point, environment, then the program

@@ -22,6 +22,7 @@ func cmdTrain(ctx context.Context, args []string) error {
 		maxTime = fs.Duration("max-time", 0, "end the run at the first step after this much training time (e.g. 5m; evaluation, checkpoint and report follow; the LR schedule still spans --steps)")
 		corpus  = fs.String("corpus", "", `JSON Lines corpus {"domain","text"} (default: built-in demo corpus)`)
 		out     = fs.String("out", "", "directory for metrics.jsonl and report.json")
+		drawIt  = fs.Bool("plots", false, "after the run, draw its pictures into --out: loss, LBL, tokens/s, expert load per layer, domain x expert heat maps (PNG and SVG)")
 		mode    = fs.String("lbl", "", "load-balancing loss: global or micro")
 		window  = fs.Int("lbl-window", -1, "global LBL: micro-batches its counts cover (0: the whole step)")
 		order   = fs.String("data-order", "", "training order: shuffled (domains mixed in every micro-batch) or domain (one domain per micro-batch)")
@@ -152,6 +153,9 @@ func cmdTrain(ctx context.Context, args []string) error {
 	if err := cfg.Validate(); err != nil {
 		return usageError{err}
 	}
+	if *drawIt && cfg.OutDir == "" {
+		return usageError{errors.New("--plots needs --out DIR (or out_dir in the config): the pictures go beside metrics.jsonl")}
+	}
 	df.useConfig(cfg.Dist, fs)
 	dist, closeDist, err := df.connect(ctx)
 	if err != nil {
@@ -188,12 +192,23 @@ func cmdTrain(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	var pictures []string
+	if *drawIt {
+		title := fmt.Sprintf("%s, %s LBL", cfg.Preset, cfg.LBL.Mode)
+		if pictures, err = plotRunDir(cfg.OutDir, title, rep); err != nil {
+			return fmt.Errorf("train --plots: %w", err)
+		}
+	}
 	if *jsonOut {
 		return printJSON(rep)
 	}
 	rep.Print(os.Stdout)
 	if cfg.OutDir != "" {
 		fmt.Printf("\nmetrics: %s/metrics.jsonl  report: %s/report.json\n", cfg.OutDir, cfg.OutDir)
+	}
+	if len(pictures) > 0 {
+		fmt.Printf("plots:\n")
+		printPaths(os.Stdout, pictures)
 	}
 	return nil
 }

@@ -106,19 +106,48 @@ func (s *Server) WatchJob(req *apiv1.WatchJobRequest, stream apiv1.Coordinator_W
 	if err != nil {
 		return apiError(err)
 	}
+	if req.GetReplay() && s.cfg.Bus == nil {
+		return apiError(failure(errNoBus, "this coordinator has no event bus (start it with --nats-url), so it keeps no metrics history"))
+	}
 	if err := stream.Send(&apiv1.WatchJobResponse{Job: j}); err != nil {
 		return err
 	}
-	if jobstate.Final(j.State) {
+	if jobstate.Final(j.State) && !req.GetReplay() {
 		return nil
 	}
 	var metrics <-chan events.Message
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	if s.cfg.Bus != nil {
+	// Subscribed before the history is read, so that no step falls between
+	// them; what both deliver is sent once (seen).
+	if s.cfg.Bus != nil && !jobstate.Final(j.State) {
 		if metrics, err = s.cfg.Bus.Subscribe(sctx, events.Filter{Kind: events.KindMetrics, JobID: j.Id}); err != nil {
+			if req.GetReplay() {
+				return apiError(failure(errUnavailable, "metrics subscription: %v", err))
+			}
 			s.log.Warn("watch: metrics subscription failed; sending job updates only", "error", err)
 			metrics = nil
+		}
+	}
+	var seen replayed
+	if req.GetReplay() {
+		history, err := s.cfg.Bus.History(ctx, events.Filter{Kind: events.KindMetrics, JobID: j.Id})
+		if err != nil {
+			return apiError(failure(errUnavailable, "metrics history: %v", err))
+		}
+		for _, m := range history {
+			if sm := rank0Metrics(m); sm != nil {
+				seen.add(m)
+				if err := stream.Send(&apiv1.WatchJobResponse{Metrics: sm}); err != nil {
+					return err
+				}
+			}
+		}
+		if err := stream.Send(&apiv1.WatchJobResponse{Replayed: true}); err != nil {
+			return err
+		}
+		if jobstate.Final(j.State) {
+			return nil
 		}
 	}
 	t := time.NewTicker(pollEvery)
@@ -132,12 +161,9 @@ func (s *Server) WatchJob(req *apiv1.WatchJobRequest, stream apiv1.Coordinator_W
 				metrics = nil
 				continue
 			}
-			if m.Metrics == nil || m.Metrics.Rank != 0 {
+			sm := rank0Metrics(m)
+			if sm == nil || seen.has(m) {
 				continue
-			}
-			sm := &apiv1.StepMetrics{Step: m.Metrics.Step, Loss: m.Metrics.Loss, Lbl: m.Metrics.LBL, TokensPerSecond: m.Metrics.TokensPerSecond}
-			for _, row := range m.Metrics.ExpertLoadLE {
-				sm.ExpertLoad = append(sm.ExpertLoad, &apiv1.ExpertLoad{Share: row})
 			}
 			if err := stream.Send(&apiv1.WatchJobResponse{Metrics: sm}); err != nil {
 				return err
@@ -159,6 +185,45 @@ func (s *Server) WatchJob(req *apiv1.WatchJobRequest, stream apiv1.Coordinator_W
 			}
 		}
 	}
+}
+
+// rank0Metrics is m as WatchJob sends it; nil unless m is rank 0's step
+// metrics.
+func rank0Metrics(m events.Message) *apiv1.StepMetrics {
+	if m.Metrics == nil || m.Metrics.Rank != 0 {
+		return nil
+	}
+	sm := &apiv1.StepMetrics{Step: m.Metrics.Step, Loss: m.Metrics.Loss, Lbl: m.Metrics.LBL, TokensPerSecond: m.Metrics.TokensPerSecond}
+	for _, row := range m.Metrics.ExpertLoadLE {
+		sm.ExpertLoad = append(sm.ExpertLoad, &apiv1.ExpertLoad{Share: row})
+	}
+	return sm
+}
+
+// replayed is the end of the replayed history: a live message at or
+// before it was sent already. Stored messages carry their position in the
+// stream (Seq), which tells exactly; without one, the step does (a
+// restarted attempt's repeated steps would then be dropped until it
+// passes the last replayed step).
+type replayed struct {
+	any       bool
+	seq, step int64
+}
+
+func (r *replayed) add(m events.Message) {
+	r.any = true
+	r.seq = max(r.seq, int64(m.Seq))
+	r.step = max(r.step, m.Metrics.Step)
+}
+
+func (r *replayed) has(m events.Message) bool {
+	switch {
+	case !r.any:
+		return false
+	case m.Seq != 0 && r.seq != 0:
+		return int64(m.Seq) <= r.seq
+	}
+	return m.Metrics.Step <= r.step
 }
 
 func (s *Server) ListCheckpoints(ctx context.Context, req *apiv1.ListCheckpointsRequest) (*apiv1.ListCheckpointsResponse, error) {

@@ -736,8 +736,14 @@ func (x *LogEntry) GetLine() string {
 }
 
 type WatchJobRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	JobId         string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	JobId string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	// Send the stored metrics history of rank 0 first: after the job's
+	// record, every stored step metrics message, then one message with
+	// replayed set, then (for a job not yet finished) the live updates as
+	// without replay. FAILED_PRECONDITION from a coordinator without an
+	// event bus.
+	Replay        bool `protobuf:"varint,2,opt,name=replay,proto3" json:"replay,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -777,6 +783,13 @@ func (x *WatchJobRequest) GetJobId() string {
 		return x.JobId
 	}
 	return ""
+}
+
+func (x *WatchJobRequest) GetReplay() bool {
+	if x != nil {
+		return x.Replay
+	}
+	return false
 }
 
 type StepMetrics struct {
@@ -905,7 +918,10 @@ type WatchJobResponse struct {
 	// Set when the job record changed.
 	Job *v1.Job `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
 	// Set for a metrics update.
-	Metrics       *StepMetrics `protobuf:"bytes,2,opt,name=metrics,proto3" json:"metrics,omitempty"`
+	Metrics *StepMetrics `protobuf:"bytes,2,opt,name=metrics,proto3" json:"metrics,omitempty"`
+	// Set, alone, on the message that ends the replayed history of a
+	// request with replay: what follows is live.
+	Replayed      bool `protobuf:"varint,3,opt,name=replayed,proto3" json:"replayed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -952,6 +968,13 @@ func (x *WatchJobResponse) GetMetrics() *StepMetrics {
 		return x.Metrics
 	}
 	return nil
+}
+
+func (x *WatchJobResponse) GetReplayed() bool {
+	if x != nil {
+		return x.Replayed
+	}
+	return false
 }
 
 type ClusterStatusRequest struct {
@@ -2734,9 +2757,10 @@ const file_switchyard_api_v1_api_proto_rawDesc = "" +
 	"\x04rank\x18\x02 \x01(\x05R\x04rank\x12\x1b\n" +
 	"\tworker_id\x18\x03 \x01(\tR\bworkerId\x12\x16\n" +
 	"\x06stream\x18\x04 \x01(\tR\x06stream\x12\x12\n" +
-	"\x04line\x18\x05 \x01(\tR\x04line\"(\n" +
+	"\x04line\x18\x05 \x01(\tR\x04line\"@\n" +
 	"\x0fWatchJobRequest\x12\x15\n" +
-	"\x06job_id\x18\x01 \x01(\tR\x05jobId\"\xb3\x01\n" +
+	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x16\n" +
+	"\x06replay\x18\x02 \x01(\bR\x06replay\"\xb3\x01\n" +
 	"\vStepMetrics\x12\x12\n" +
 	"\x04step\x18\x01 \x01(\x03R\x04step\x12\x12\n" +
 	"\x04loss\x18\x02 \x01(\x01R\x04loss\x12\x10\n" +
@@ -2746,10 +2770,11 @@ const file_switchyard_api_v1_api_proto_rawDesc = "" +
 	"expertLoad\"\"\n" +
 	"\n" +
 	"ExpertLoad\x12\x14\n" +
-	"\x05share\x18\x01 \x03(\x01R\x05share\"~\n" +
+	"\x05share\x18\x01 \x03(\x01R\x05share\"\x9a\x01\n" +
 	"\x10WatchJobResponse\x120\n" +
 	"\x03job\x18\x01 \x01(\v2\x1e.switchyard.coordinator.v1.JobR\x03job\x128\n" +
-	"\ametrics\x18\x02 \x01(\v2\x1e.switchyard.api.v1.StepMetricsR\ametrics\"\x16\n" +
+	"\ametrics\x18\x02 \x01(\v2\x1e.switchyard.api.v1.StepMetricsR\ametrics\x12\x1a\n" +
+	"\breplayed\x18\x03 \x01(\bR\breplayed\"\x16\n" +
 	"\x14ClusterStatusRequest\"\xb7\x01\n" +
 	"\aReplica\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12!\n" +

@@ -126,6 +126,7 @@ func TestSettingsNames(t *testing.T) {
 		"advertise_address":   {"advertise-address", "SWITCHYARD_WORKER_ADVERTISE_ADDRESS"},
 		"lease_ttl_seconds":   {"lease-ttl-seconds", "SWITCHYARD_WORKER_LEASE_TTL_SECONDS"},
 		"trainer":             {"trainer", "SWITCHYARD_WORKER_TRAINER"},
+		"metrics_address":     {"metrics-addr", "SWITCHYARD_WORKER_METRICS_ADDR"},
 	}
 	seen := map[string]bool{}
 	for _, s := range Settings() {
@@ -140,7 +141,7 @@ func TestSettingsNames(t *testing.T) {
 			t.Errorf("%s: no help", s.Key)
 		}
 	}
-	if len(Settings()) != 23 {
+	if len(Settings()) != 24 {
 		t.Fatalf("%d settings", len(Settings()))
 	}
 }
@@ -233,6 +234,7 @@ func TestValidateRules(t *testing.T) {
 		{func(c *Config) { c.AdvertiseAddress = "h:0" }, `workerconfig: advertise_address = "h:0": port must be a number in [1, 65535]`},
 		{func(c *Config) { c.AdvertiseAddress = "10.0.0.5:7070" }, `workerconfig: advertise_address = "10.0.0.5:7070": peers could not reach it: listen_address "127.0.0.1:7070" accepts loopback connections only`},
 		{func(c *Config) { c.ListenAddress = "127.0.0.1:99999" }, `workerconfig: listen_address = "127.0.0.1:99999": port must be a number in [0, 65535]`},
+		{func(c *Config) { c.MetricsAddress = "localhost" }, `workerconfig: metrics_address = "localhost": `},
 		{func(c *Config) { c.ListenAddress = ":7070" }, `workerconfig: listen_address = ":7070": is not a loopback address: set tls.ca, tls.cert and tls.key, or insecure: true`},
 		{func(c *Config) { c.ListenAddress = "0.0.0.0:7070"; c.AdvertiseAddress = "10.0.0.5:7070" }, `workerconfig: listen_address = "0.0.0.0:7070": is not a loopback address`},
 		{func(c *Config) { c.ListenAddress = "0.0.0.0:7070"; c.Insecure = true }, ""},

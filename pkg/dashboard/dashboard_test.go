@@ -355,7 +355,7 @@ func TestStreamDeliversAndEnds(t *testing.T) {
 	if err := json.Unmarshal([]byte(next(t, ch, "job").data), &d); err != nil || d.ID != "job-1" {
 		t.Fatalf("first event: %+v (%v)", d, err)
 	}
-	f.bus.Publish(events.Message{Kind: events.KindMetrics, JobID: "job-1", Metrics: &events.StepMetrics{Step: 41, Rank: 1, Loss: 9}})   //nolint:errcheck // rank 1: not shown
+	f.bus.Publish(events.Message{Kind: events.KindMetrics, JobID: "job-1", Metrics: &events.StepMetrics{Step: 41, Rank: 1, Loss: 9}})    //nolint:errcheck // rank 1: not shown
 	f.bus.Publish(events.Message{Kind: events.KindMetrics, JobID: "job-1", Metrics: &events.StepMetrics{Step: 41, Rank: 0, Loss: 2.25}}) //nolint:errcheck
 	var p point
 	if err := json.Unmarshal([]byte(next(t, ch, "metrics").data), &p); err != nil || p.Step != 41 || p.Loss != 2.25 {

@@ -241,24 +241,48 @@ function selectTab(name) {
   if (name === 'spec') loadReport(jobPage).catch(fail);
 }
 
-function showJob(j) {
-  $('#job-name').textContent = j.name;
-  $('#job-id').textContent = j.id;
-  $('#job-state').replaceWith(Object.assign(stateBadge(j.state), { id: 'job-state' }));
-  $('#job-message').textContent = j.message ? (j.reason ? j.reason + ': ' : '') + j.message : '';
-  const item = (k, v) => el('div', {}, el('b', { text: k }), v);
-  const pct = Math.round(100 * j.progress);
+// live is what the newest points say beyond the job record (which the
+// coordinator updates every few seconds): the step, loss, tokens/s and
+// an ETA from the recent steps' pace.
+function live(page) {
+  const j = page.job, pts = page.points;
+  const out = { step: j.step, loss: j.loss, tps: j.tokens_per_second, eta: j.eta_seconds };
+  const last = pts[pts.length - 1];
+  if (!last || j.final || last.step < j.step) return out;
+  out.step = last.step; out.loss = last.loss; out.tps = last.tokens_per_second;
+  const first = pts[Math.max(0, pts.length - 30)];
+  if (j.total_steps > 0 && last.step > first.step && last.time > first.time) {
+    const perStep = (last.time - first.time) / 1000 / (last.step - first.step);
+    out.eta = Math.max(0, j.total_steps - last.step) * perStep;
+  }
+  return out;
+}
+
+function showSummary(page) {
+  const j = page.job;
+  if (!j) return;
+  const v = live(page);
+  const item = (k, val) => el('div', {}, el('b', { text: k }), val);
+  const pct = j.total_steps > 0 ? Math.min(100, Math.round(100 * v.step / j.total_steps)) : Math.round(100 * j.progress);
   const placed = j.placement.map((p) => `${p.rank}→${p.worker}`).join(', ');
   $('#job-summary').replaceChildren(
-    item('Progress', `step ${j.step}${j.total_steps > 0 ? ' / ' + j.total_steps : ''} (${pct}%)`),
-    item('ETA', j.final ? '–' : fmtDur(j.eta_seconds)),
-    item('Loss', fmtNum(j.loss)),
-    item('Tokens/s', fmtNum(j.tokens_per_second, 0)),
+    item('Progress', `step ${v.step}${j.total_steps > 0 ? ' / ' + j.total_steps : ''} (${j.state === 'SUCCEEDED' ? 100 : pct}%)`),
+    item('ETA', j.final ? '–' : fmtDur(v.eta)),
+    item('Loss', v.step ? fmtNum(v.loss) : '–'),
+    item('Tokens/s', v.step ? fmtNum(v.tps, 0) : '–'),
     item('Model', (j.runtime === 'command' ? 'command' : (j.preset || 'engine')) + (j.lbl_mode ? ', LBL ' + j.lbl_mode : '')),
     item('Layout', `tp ${j.parallel.tp} × dp ${j.parallel.dp}, ep ${j.parallel.ep}`),
     item('Ranks', placed || String(j.world_size)),
     item('Restarts', String(j.restarts)),
     item('Submitted', fmtTime(j.submitted)));
+}
+
+function showJob(j) {
+  $('#job-name').textContent = j.name;
+  $('#job-id').textContent = j.id;
+  $('#job-state').replaceWith(Object.assign(stateBadge(j.state), { id: 'job-state' }));
+  $('#job-message').textContent = j.message ? (j.reason ? j.reason + ': ' : '') + j.message : '';
+  if (jobPage) showSummary(jobPage);
   $('#job-spec').textContent = j.spec;
   $('#events-dropped').textContent = j.events_dropped ? `(${j.events_dropped} older events dropped)` : '';
   $('#events-table tbody').replaceChildren(...j.events.slice().reverse().map((e) => el('tr', {},
@@ -312,6 +336,7 @@ function addPoint(page, p) {
       page.drawQueued = false;
       if (page !== jobPage) return;
       drawCharts();
+      showSummary(page);
       if (page.tab === 'load') drawHeatmaps();
     });
   }
@@ -428,6 +453,7 @@ function lineChart(box, pts, y) {
   const W = 560, H = 220, L = 58, R = 12, T = 10, B = 30;
   const s = svg('svg', { viewBox: `0 0 ${W} ${H}`, role: 'img' });
   box.dataset.points = String(pts.length);
+  box.dataset.lastStep = pts.length ? String(pts[pts.length - 1].step) : '0';
   if (!pts.length) {
     const t = svg('text', { x: W / 2, y: H / 2, 'text-anchor': 'middle', class: 'empty' });
     t.textContent = 'waiting for the first steps…';
@@ -449,7 +475,7 @@ function lineChart(box, pts, y) {
   for (const t of ticks(y0, y1, 4)) {
     s.append(svg('line', { x1: L, x2: W - R, y1: sy(t), y2: sy(t), class: 'gridline' }));
     const lab = svg('text', { x: L - 6, y: sy(t) + 4, 'text-anchor': 'end' });
-    lab.textContent = fmtNum(t);
+    lab.textContent = Math.abs(t) >= 1e4 ? fmtNum(t) : String(+t.toPrecision(4));
     s.append(lab);
   }
   for (const t of ticks(x0, x1, 5)) {

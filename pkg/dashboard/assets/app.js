@@ -1,5 +1,5 @@
 // Switchyard dashboard: plain JavaScript, no framework, no network beyond
-// this coordinator. Views: #/jobs, #/cluster, #/job/ID. Every /api/ call
+// this coordinator. Views: #/jobs, #/cluster, #/job/ID[/curves|load|spec]. Every /api/ call
 // sends the cluster token; the job page reads a live stream (Server-Sent
 // Events format over fetch, since EventSource cannot send a header).
 'use strict';
@@ -156,8 +156,8 @@ function route() {
   if (h === '#/cluster') {
     $('#view-cluster').hidden = false;
     every(3000, loadCluster);
-  } else if ((m = /^#\/job\/(.+)$/.exec(h))) {
-    openJob(decodeURIComponent(m[1]));
+  } else if ((m = /^#\/job\/([^/]+)(?:\/(curves|load|spec))?$/.exec(h))) {
+    openJob(decodeURIComponent(m[1]), m[2] || 'curves');
   } else {
     $('#view-jobs').hidden = false;
     every(2000, loadJobs);
@@ -218,7 +218,9 @@ async function loadCluster() {
 
 // ---- the job page ----
 
-function openJob(id) {
+// openJob shows job id's page with tab open (#/job/ID/load links to the
+// heat map).
+function openJob(id, tab) {
   $('#view-job').hidden = false;
   jobPage = { id, abort: new AbortController(), points: [], job: null, report: undefined, drawQueued: false, tab: jobPage ? jobPage.tab : 'curves' };
   for (const n of ['#job-name', '#job-id', '#job-state', '#job-message', '#job-spec']) $(n).textContent = '';
@@ -226,8 +228,8 @@ function openJob(id) {
   for (const tb of document.querySelectorAll('#view-job tbody')) tb.replaceChildren();
   $('#heatmaps').replaceChildren();
   $('#spec-maps').replaceChildren();
-  selectTab('curves');
   drawCharts();
+  selectTab(tab);
   const page = jobPage;
   loadCheckpoints(page).catch(fail);
   follow(page);

@@ -35,6 +35,9 @@ type cluster struct {
 	coordIDs  []string
 	raftAddrs []string
 	apiAddrs  []string
+	// httpAddrs, when set for a coordinator (by index), is its
+	// dashboard's listen address (--http-addr).
+	httpAddrs []string
 
 	workers     map[string]*proc
 	workerPorts map[string]int
@@ -128,11 +131,19 @@ func (c *cluster) startCoordinator(i int, peers string) {
 		}
 	}
 	c.coords[i] = start(c.root, c.coordIDs[i], []string{"SWITCHYARD_TOKEN=" + c.token}, bins.coordinator,
-		append(append([]string{"--id", c.coordIDs[i], "--data-dir", filepath.Join(c.dir, c.coordIDs[i]),
-			"--raft-addr", c.raftAddrs[i], "--api-addr", c.apiAddrs[i]}, boot...),
+		append(append(append([]string{"--id", c.coordIDs[i], "--data-dir", filepath.Join(c.dir, c.coordIDs[i]),
+			"--raft-addr", c.raftAddrs[i], "--api-addr", c.apiAddrs[i]}, boot...), c.coordArgs(i)...),
 			"--etcd-endpoints", etcd, "--nats-url", fmt.Sprintf("nats://127.0.0.1:%d", c.natsPort),
 			"--checkpoint-root", filepath.Join(c.storage, "checkpoints"),
 			"--heartbeat-timeout", "500ms", "--election-timeout", "500ms", "--leader-lease-timeout", "250ms")...)
+}
+
+// coordArgs is the flags of replica i beyond the common ones.
+func (c *cluster) coordArgs(i int) []string {
+	if i < len(c.httpAddrs) && c.httpAddrs[i] != "" {
+		return []string{"--http-addr", c.httpAddrs[i]}
+	}
+	return nil
 }
 
 // addCoordinator starts one more replica that is not in the cluster yet.

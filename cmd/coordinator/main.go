@@ -46,7 +46,9 @@ or proxy between the replicas); the others are dialled as configured.
 Security: --token (or SWITCHYARD_TOKEN) makes every API call need
 "Bearer <token>"; --tls-ca/--tls-cert/--tls-key turn on mutual TLS. An API
 or raft address that is not loopback is refused without TLS unless
---insecure is given. --raft-tls encrypts the raft traffic with the same
+--insecure is given. --http-addr serves the web dashboard under the same
+rules (HTTPS with the same mutual TLS when TLS is on); open it with the
+token in the address's fragment: http://HOST:PORT/#token=TOKEN. --raft-tls encrypts the raft traffic with the same
 files (mutual TLS 1.3; the certificates must name the raft hosts).
 
 flags:
@@ -67,6 +69,7 @@ func run(args []string) int {
 		raftAdv     = fs.String("raft-advertise", "", "raft address the other replicas dial (default --raft-addr)")
 		apiAddr     = fs.String("api-addr", "127.0.0.1:7400", "gRPC API listen address")
 		apiAdv      = fs.String("api-advertise", "", "API address other replicas forward writes to (default --api-addr)")
+		httpAddr    = fs.String("http-addr", "", "web dashboard listen address, e.g. 127.0.0.1:7480 (empty: no dashboard); same token and TLS rules as the API")
 		bootstrap   = fs.Bool("bootstrap", false, "create the cluster if the data directory is empty")
 		peers       = fs.String("peers", "", "initial voters for --bootstrap: ID=RAFT_ADDR,... (empty: this replica alone)")
 		etcd        = fs.String("etcd-endpoints", "", "comma-separated etcd endpoints")
@@ -153,7 +156,7 @@ func run(args []string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	d, err := controller.Start(ctx, controller.DaemonConfig{
-		Raft: rc, APIListen: *apiAddr, APIAdvertise: *apiAdv,
+		Raft: rc, APIListen: *apiAddr, APIAdvertise: *apiAdv, HTTPListen: *httpAddr,
 		EtcdEndpoints: eps, NATSURL: *natsURL, Dev: *dev,
 		Token: *token, TLS: security.TLSFiles{CA: *tlsCA, Cert: *tlsCert, Key: *tlsKey}, Insecure: *insecure, RaftTLS: *raftTLS,
 		CheckpointRoot: *ckRoot, MetricsListen: *metricsAddr, Logger: log,
@@ -164,6 +167,9 @@ func run(args []string) int {
 			return 2
 		}
 		return 1
+	}
+	if d.DashboardURL != "" {
+		fmt.Fprintf(os.Stderr, "dashboard: %s\n", d.DashboardURL)
 	}
 	if *dev {
 		fmt.Fprintf(os.Stderr, "dev cluster: API %s  etcd %s  NATS %s\n", d.APIAddr, strings.Join(d.Etcd, ","), events.Redact(d.NATSURL))

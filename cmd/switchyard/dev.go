@@ -52,14 +52,15 @@ checkpoint: {interval_steps: %d}
 func cmdDev(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("dev", flag.ContinueOnError)
 	var (
-		workers = fs.Int("workers", 2, "local workers to start")
-		steps   = fs.Int("steps", 150, "steps of the demo job")
-		spec    = fs.String("spec", "", "submit this job spec instead of the demo job")
-		dir     = fs.String("data-dir", "", "keep the cluster's data here (default: a temporary directory, removed at the end)")
-		keep    = fs.Bool("keep", false, "keep the cluster running after the job (until Ctrl-C); print how to reach it")
-		verbose = fs.Bool("v", false, "log the coordinator and workers at info level")
-		prom    = fs.Bool("metrics", false, "serve Prometheus metrics from the coordinator and each worker on loopback ports, listed for Prometheus's file_sd in <data-dir>/metrics-targets.json")
-		gpus    = fs.Int("gpus", 0, "GPUs each worker declares: it runs one rank per GPU, each seeing its own in CUDA_VISIBLE_DEVICES (the workers share this machine's GPUs 0..n-1)")
+		workers  = fs.Int("workers", 2, "local workers to start")
+		steps    = fs.Int("steps", 150, "steps of the demo job")
+		spec     = fs.String("spec", "", "submit this job spec instead of the demo job")
+		dir      = fs.String("data-dir", "", "keep the cluster's data here (default: a temporary directory, removed at the end)")
+		keep     = fs.Bool("keep", false, "keep the cluster running after the job (until Ctrl-C); print how to reach it")
+		verbose  = fs.Bool("v", false, "log the coordinator and workers at info level")
+		httpAddr = fs.String("http-addr", "127.0.0.1:0", "the web dashboard's listen address (loopback; empty: no dashboard)")
+		prom     = fs.Bool("metrics", false, "serve Prometheus metrics from the coordinator and each worker on loopback ports, listed for Prometheus's file_sd in <data-dir>/metrics-targets.json")
+		gpus     = fs.Int("gpus", 0, "GPUs each worker declares: it runs one rank per GPU, each seeing its own in CUDA_VISIBLE_DEVICES (the workers share this machine's GPUs 0..n-1)")
 	)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -111,7 +112,7 @@ func cmdDev(ctx context.Context, args []string) error {
 		}
 	}
 	d, err := controller.Start(ctx, controller.DaemonConfig{
-		Raft: rc, APIListen: "127.0.0.1:0", Dev: true, MetricsListen: metricsAddr,
+		Raft: rc, APIListen: "127.0.0.1:0", HTTPListen: *httpAddr, Dev: true, MetricsListen: metricsAddr,
 		CheckpointRoot: filepath.Join(*dir, "storage", "checkpoints"), Logger: log,
 	})
 	if err != nil {
@@ -127,6 +128,9 @@ func cmdDev(ctx context.Context, args []string) error {
 		}
 	}
 	fmt.Fprintf(os.Stderr, "dev cluster up in %s: coordinator %s, etcd %s, NATS %s\n", time.Since(start).Round(time.Millisecond), d.APIAddr, d.Etcd[0], events.Redact(d.NATSURL))
+	if d.DashboardURL != "" {
+		fmt.Fprintf(os.Stderr, "dashboard: %s\n", d.DashboardURL)
+	}
 
 	self, err := os.Executable()
 	if err != nil {

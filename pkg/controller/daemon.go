@@ -2,10 +2,12 @@ package controller
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"runtime/debug"
@@ -22,6 +24,7 @@ import (
 
 	"github.com/switchyard-ml/switchyard/pkg/checkpoint"
 	"github.com/switchyard-ml/switchyard/pkg/coordinator"
+	"github.com/switchyard-ml/switchyard/pkg/dashboard"
 	"github.com/switchyard-ml/switchyard/pkg/devcluster"
 	"github.com/switchyard-ml/switchyard/pkg/etcdconn"
 	"github.com/switchyard-ml/switchyard/pkg/events"
@@ -64,6 +67,11 @@ type DaemonConfig struct {
 	// MetricsListen is where Prometheus scrapes this replica's /metrics
 	// ("": no endpoint).
 	MetricsListen string
+	// HTTPListen is the web dashboard's listen address ("" : none). It
+	// follows the API's rules: the same token, HTTPS with mutual TLS when
+	// TLS is on, loopback only without TLS unless Insecure, and loopback
+	// only in dev mode.
+	HTTPListen string
 	// Tick is the supervision period (default 250ms).
 	Tick   time.Duration
 	Logger *slog.Logger
@@ -75,18 +83,27 @@ type Daemon struct {
 	Server  *Server
 	Dev     *devcluster.Cluster // nil unless dev mode; its etcd wants Dev.EtcdUsername and Dev.EtcdPassword
 	APIAddr string
-	Etcd    []string
-	NATSURL string
+	// HTTPAddr is the dashboard's bound address ("" : none); DashboardURL
+	// the URL to open.
+	HTTPAddr     string
+	DashboardURL string
+	Etcd         []string
+	NATSURL      string
 	// MetricsAddr is the address of the /metrics endpoint ("" : none).
 	MetricsAddr string
 
 	grpc    *grpc.Server
 	metrics *metrics.Server
-	cli     *clientv3.Client
-	bus     events.Bus
-	cancel  context.CancelFunc
-	wg      sync.WaitGroup
-	closed  sync.Once
+	http    *http.Server
+	dash    *dashboard.Handler
+	// dashCancel ends the contexts of the dashboard's requests (its live
+	// streams never go idle, so Shutdown alone would wait for them).
+	dashCancel context.CancelFunc
+	cli        *clientv3.Client
+	bus        events.Bus
+	cancel     context.CancelFunc
+	wg         sync.WaitGroup
+	closed     sync.Once
 }
 
 // Start brings a coordinator up; Close takes it down.
@@ -135,7 +152,7 @@ func Start(ctx context.Context, cfg DaemonConfig) (d *Daemon, err error) {
 func (cfg DaemonConfig) checkListeners() error {
 	tlsOn := cfg.TLS.Enabled()
 	if cfg.Dev {
-		for _, a := range []string{cfg.APIListen, cfg.Raft.BindAddr, cfg.MetricsListen} {
+		for _, a := range []string{cfg.APIListen, cfg.Raft.BindAddr, cfg.MetricsListen, cfg.HTTPListen} {
 			if a != "" && !security.IsLoopback(a) {
 				return fmt.Errorf("%w: dev mode is loopback-only; %q is not a loopback address", security.ErrInsecureListen, a)
 			}
@@ -146,6 +163,11 @@ func (cfg DaemonConfig) checkListeners() error {
 	}
 	if err := security.CheckListen(cfg.Raft.BindAddr, tlsOn, cfg.Insecure); err != nil {
 		return fmt.Errorf("controller: raft listener: %w", err)
+	}
+	if cfg.HTTPListen != "" {
+		if err := security.CheckListen(cfg.HTTPListen, tlsOn, cfg.Insecure); err != nil {
+			return fmt.Errorf("controller: dashboard listener: %w", err)
+		}
 	}
 	return nil
 }
@@ -242,9 +264,65 @@ func (d *Daemon) serve(cfg DaemonConfig, lis net.Listener, log *slog.Logger) err
 	apiv1.RegisterCoordinatorServer(d.grpc, d.Server)
 	rctx, cancel := context.WithCancel(context.Background())
 	d.cancel = cancel
+	if cfg.HTTPListen != "" {
+		if err := d.serveDashboard(cfg, log); err != nil {
+			cancel()
+			return err
+		}
+	}
 	d.wg.Add(2)
 	go func() { defer d.wg.Done(); d.grpc.Serve(lis) }()  //nolint:errcheck // ends with Stop
 	go func() { defer d.wg.Done(); d.Server.Run(rctx) }() //nolint:errcheck // returns nil when stopped
+	return nil
+}
+
+// serveDashboard listens on cfg.HTTPListen and serves the web dashboard:
+// HTTPS with the API's mutual TLS when TLS is on, the API's token.
+func (d *Daemon) serveDashboard(cfg DaemonConfig, log *slog.Logger) error {
+	h, err := dashboard.New(dashboard.Config{Source: dashboardSource{s: d.Server, checkpointRoot: cfg.CheckpointRoot}, Token: cfg.Token, Logger: log})
+	if err != nil {
+		return err
+	}
+	var tc *tls.Config
+	if cfg.TLS.Enabled() {
+		if tc, err = security.ServerTLS(cfg.TLS); err != nil {
+			return err
+		}
+	}
+	lis, err := net.Listen("tcp", cfg.HTTPListen)
+	if err != nil {
+		return fmt.Errorf("controller: dashboard listen: %w", err)
+	}
+	base, cancel := context.WithCancel(context.Background())
+	d.dash, d.dashCancel = h, cancel
+	d.http = &http.Server{
+		Handler:           h,
+		TLSConfig:         tc,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		BaseContext:       func(net.Listener) context.Context { return base },
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	}
+	d.HTTPAddr = lis.Addr().String()
+	scheme := "http"
+	if tc != nil {
+		scheme = "https"
+	}
+	d.DashboardURL = scheme + "://" + d.HTTPAddr + "/"
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		var err error
+		if tc != nil {
+			err = d.http.ServeTLS(lis, "", "")
+		} else {
+			err = d.http.Serve(lis)
+		}
+		if err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("dashboard stopped", "error", err)
+		}
+	}()
+	log.Info("dashboard serving", "url", d.DashboardURL)
 	return nil
 }
 
@@ -253,6 +331,15 @@ func (d *Daemon) serve(cfg DaemonConfig, lis net.Listener, log *slog.Logger) err
 func (d *Daemon) Close() error {
 	var errs []error
 	d.closed.Do(func() {
+		if d.http != nil {
+			d.dash.Close() // live streams end
+			d.dashCancel() // and any request still running
+			sctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+			if err := d.http.Shutdown(sctx); err != nil {
+				d.http.Close()
+			}
+			cancel()
+		}
 		if d.grpc != nil {
 			stopped := make(chan struct{})
 			go func() { d.grpc.GracefulStop(); close(stopped) }()

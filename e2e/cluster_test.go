@@ -175,6 +175,7 @@ resources: %s
 labels: {rack: r1}
 storage_path: %s
 lease_ttl_seconds: 2
+drain_seconds: 3
 allow_commands: true
 `, id, id, strings.Join(coords, ", "), etcd, c.natsPort, c.workerPorts[id], c.resources(), c.storage)
 	if err := os.WriteFile(cfg, []byte(yaml), 0o644); err != nil {

@@ -251,6 +251,7 @@ func devWorkerConfig(i int, d *controller.Daemon, dir, trainer string, gpus int)
 	cfg.Resources.CPUCores, cfg.Resources.MemoryMiB, cfg.Resources.GPUs = slots, 1024*int64(slots), max(gpus, 0)
 	cfg.StoragePath = filepath.Join(dir, "storage")
 	cfg.LeaseTTLSeconds = 5
+	cfg.DrainSeconds = 0 // Ctrl-C stops the dev cluster's ranks at once
 	cfg.Trainer = trainer
 	cfg.AllowCommands = true // your own machine: jobs may run your programs
 	if err := cfg.Validate(); err != nil {

@@ -69,6 +69,9 @@ type Agent struct {
 	log     *slog.Logger
 	kick    chan struct{} // a task changed state: sync now (buffered 1)
 	ran     atomic.Bool
+	// for /readyz: registered in etcd now; the last sync reached the
+	// coordinator; draining (SIGTERM received)
+	registered, synced, draining atomic.Bool
 
 	// the worker's and its jobs' metrics (nil without metrics_address)
 	reg     *prometheus.Registry
@@ -156,7 +159,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	if a.reg != nil {
-		ms, err := metrics.Serve(a.o.Config.MetricsAddress, a.reg, a.log)
+		ms, err := metrics.Serve(a.o.Config.MetricsAddress, a.reg, a.log, a.healthHandlers())
 		if err != nil {
 			return fmt.Errorf("agent: %w", err)
 		}
@@ -172,6 +175,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		return err
 	}
+	a.registered.Store(true)
 	a.log.Info("worker registered", "address", a.o.Config.AdvertiseAddress, "trainer", a.trainer)
 	regDone := make(chan struct{})
 	go func() {
@@ -188,6 +192,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.syncLoop(ctx)
 
 	<-ctlDone
+	a.drain()
 	a.stopAll()
 	endLife()
 	<-regDone
@@ -312,6 +317,7 @@ func (a *Agent) keepRegistered(life context.Context, reg membership.Registration
 			return
 		case <-reg.Lost():
 		}
+		a.registered.Store(false)
 		closeReg()
 		if life.Err() != nil {
 			return
@@ -326,6 +332,7 @@ func (a *Agent) keepRegistered(life context.Context, reg membership.Registration
 			}
 			return
 		}
+		a.registered.Store(true)
 		a.log.Info("worker registered again")
 	}
 }
@@ -347,17 +354,26 @@ func (a *Agent) syncLoop(ctx context.Context) {
 	}
 }
 
-func (a *Agent) syncOnce(ctx context.Context, unreachable *bool) {
-	req := &apiv1.SyncWorkerRequest{WorkerId: a.o.Config.ID, Tasks: a.statuses()}
+// sync makes one SyncWorker call.
+func (a *Agent) sync(ctx context.Context, draining bool) (*apiv1.SyncWorkerResponse, error) {
+	req := &apiv1.SyncWorkerRequest{WorkerId: a.o.Config.ID, Tasks: a.statuses(), Draining: draining}
 	cctx, cancel := context.WithTimeout(ctx, syncTimeout)
+	defer cancel()
 	t0 := time.Now()
 	resp, err := a.o.Client.SyncWorker(cctx, req)
-	cancel()
+	if ctx.Err() == nil {
+		a.wm.Synced(time.Since(t0), err)
+		a.synced.Store(err == nil)
+	}
+	return resp, err
+}
+
+func (a *Agent) syncOnce(ctx context.Context, unreachable *bool) {
+	resp, err := a.sync(ctx, false)
 	if err != nil {
 		if ctx.Err() != nil {
 			return
 		}
-		a.wm.Synced(0, err)
 		if refused(err) {
 			a.log.Error("the coordinator refuses this worker's credentials; tasks keep running", "error", err)
 		} else if !*unreachable {
@@ -368,7 +384,6 @@ func (a *Agent) syncOnce(ctx context.Context, unreachable *bool) {
 		*unreachable = true
 		return
 	}
-	a.wm.Synced(time.Since(t0), nil)
 	if *unreachable {
 		a.log.Info("coordinator reachable again")
 		*unreachable = false

@@ -100,6 +100,7 @@ type fakeCoordinator struct {
 	reports []*apiv1.TaskStatus
 	worker  string
 	refuse  codes.Code // nonzero: every call is refused with it (credentials)
+	drains  int        // calls that said the worker is draining
 }
 
 func (f *fakeCoordinator) SyncWorker(ctx context.Context, req *apiv1.SyncWorkerRequest, _ ...grpc.CallOption) (*apiv1.SyncWorkerResponse, error) {
@@ -115,6 +116,9 @@ func (f *fakeCoordinator) SyncWorker(ctx context.Context, req *apiv1.SyncWorkerR
 	}
 	f.worker = req.GetWorkerId()
 	f.reports = req.GetTasks()
+	if req.GetDraining() {
+		f.drains++
+	}
 	return &apiv1.SyncWorkerResponse{Tasks: f.tasks}, nil
 }
 

@@ -246,7 +246,7 @@ func (d *Daemon) serve(cfg DaemonConfig, lis net.Listener, log *slog.Logger) err
 	}
 	if cfg.MetricsListen != "" {
 		// served once the node and server it reads exist
-		ms, err := metrics.Serve(cfg.MetricsListen, reg, log)
+		ms, err := metrics.Serve(cfg.MetricsListen, reg, log, nil)
 		if err != nil {
 			return fmt.Errorf("controller: %w", err)
 		}

@@ -138,6 +138,9 @@ type leaderMemory struct {
 	// takeover time): a worker silent for Silence is not given new work,
 	// and a rank failure next to it is blamed on it.
 	lastSync map[string]time.Time
+	// draining holds the workers that said they are shutting down: no new
+	// work goes to them.
+	draining map[string]bool
 	// failing holds a job's first rank failure of the current attempt for
 	// FailureGrace before it is acted on: when a worker dies, its peers'
 	// ranks fail at once, long before its lease expires, and the job's
@@ -226,6 +229,7 @@ func (s held) resetLeaderMemory() {
 		lastProgress: map[string]time.Time{},
 		notBefore:    map[string]time.Time{},
 		lastSync:     map[string]time.Time{},
+		draining:     map[string]bool{},
 		failing:      map[string]pendingFailure{},
 		eventSeq:     map[taskKey]uint32{},
 	}

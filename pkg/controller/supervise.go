@@ -97,6 +97,11 @@ func (s held) prune(live map[string]membership.WorkerInfo, jobs []*pb.Job) {
 			delete(s.term.lastSync, w)
 		}
 	}
+	for w := range s.term.draining {
+		if _, ok := live[w]; !ok {
+			delete(s.term.draining, w)
+		}
+	}
 	for k := range s.term.reports {
 		if a, ok := open[k.job]; !ok || a != k.attempt {
 			delete(s.term.reports, k)
@@ -200,6 +205,9 @@ func (s held) snapshot(live map[string]membership.WorkerInfo, jobs []*pb.Job) sc
 		healthy := true
 		if t, ok := s.term.lastSync[id]; ok && now.Sub(t) > s.cfg.Silence {
 			healthy = false
+		}
+		if s.term.draining[id] {
+			healthy = false // shutting down
 		}
 		n := w.SlotCount()
 		if n > 1 {
@@ -418,6 +426,10 @@ func (s *Server) SyncWorker(ctx context.Context, req *apiv1.SyncWorkerRequest) (
 	h := s.hold()
 	defer h.release()
 	h.term.lastSync[w] = s.cfg.Now()
+	if req.GetDraining() && !h.term.draining[w] {
+		h.term.draining[w] = true
+		s.log.Info("worker draining: no new work goes to it", "worker-id", w)
+	}
 	for _, ts := range req.GetTasks() {
 		if err := h.report(ctx, w, ts); err != nil {
 			return nil, apiError(err)
@@ -452,10 +464,15 @@ func (s *Server) SyncWorker(ctx context.Context, req *apiv1.SyncWorkerRequest) (
 		for i, a := range mine {
 			localSlots[i] = a.Slot
 		}
+		var ckpt int64
+		if req.GetDraining() {
+			ckpt = s.newestCheckpoint(ctx, j)
+		}
 		for _, a := range mine {
 			n := nodes[a.Rank]
 			resp.Tasks = append(resp.Tasks, &apiv1.Task{
-				JobId: j.Id, Attempt: j.Restarts, Rank: a.Rank, Slot: a.Slot, WorldSize: int32(len(j.Placement)),
+				CheckpointStep: ckpt,
+				JobId:          j.Id, Attempt: j.Restarts, Rank: a.Rank, Slot: a.Slot, WorldSize: int32(len(j.Placement)),
 				Tp: int32(l.TP), Dp: int32(l.DP), Ep: int32(l.EP), Balance: l.Balance,
 				Peers: peers, Spec: j.Spec, ResumeFromStep: j.ResumeFromStep, Accumulation: int32(l.Accumulation),
 				NodeRank: n.node, Nodes: n.nodes, LocalRank: n.local, LocalWorldSize: n.localWorld, LocalSlots: localSlots,
@@ -463,6 +480,22 @@ func (s *Server) SyncWorker(ctx context.Context, req *apiv1.SyncWorkerRequest) (
 		}
 	}
 	return resp, nil
+}
+
+// newestCheckpoint is the step of j's newest committed checkpoint (0:
+// none, or the catalogue cannot be read now: the draining worker asks
+// again at its next sync).
+func (s *Server) newestCheckpoint(ctx context.Context, j *pb.Job) int64 {
+	if s.cfg.Checkpoints == nil {
+		return 0
+	}
+	cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	live, _, err := s.cfg.Checkpoints.List(cctx, j)
+	if err != nil || len(live) == 0 {
+		return 0
+	}
+	return live[0].Step // newest first
 }
 
 func contains(xs []string, x string) bool {

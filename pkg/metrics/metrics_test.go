@@ -182,7 +182,7 @@ func TestNilRecordNothing(t *testing.T) {
 func TestServe(t *testing.T) {
 	reg := NewRegistry()
 	NewTraining(reg).Observe("job-z", Step{Step: 2, Loss: 1.5})
-	s, err := Serve("127.0.0.1:0", reg, nil)
+	s, err := Serve("127.0.0.1:0", reg, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -209,7 +209,7 @@ func TestServe(t *testing.T) {
 	if _, err := http.Get("http://" + s.Addr() + "/metrics"); err == nil {
 		t.Error("still serving after Close")
 	}
-	if _, err := Serve("127.0.0.1:bad", reg, nil); err == nil || !strings.Contains(err.Error(), "metrics: listen on 127.0.0.1:bad") {
+	if _, err := Serve("127.0.0.1:bad", reg, nil, nil); err == nil || !strings.Contains(err.Error(), "metrics: listen on 127.0.0.1:bad") {
 		t.Errorf("bad address: %v", err)
 	}
 }

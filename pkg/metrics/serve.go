@@ -35,7 +35,10 @@ type Server struct {
 // Serve listens on addr ("host:port"; port 0 picks one) and serves reg.
 // The endpoint carries no secrets (job ids and numbers) and is plain
 // HTTP, as Prometheus scrapes it; keep it on a private network.
-func Serve(addr string, reg *prometheus.Registry, log *slog.Logger) (*Server, error) {
+//
+// extra adds handlers beside /metrics, by ServeMux pattern (a worker's
+// /healthz and /readyz).
+func Serve(addr string, reg *prometheus.Registry, log *slog.Logger, extra map[string]http.Handler) (*Server, error) {
 	if log == nil {
 		log = slog.Default()
 	}
@@ -48,6 +51,9 @@ func Serve(addr string, reg *prometheus.Registry, log *slog.Logger) (*Server, er
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		Registry: reg, // counts its own scrape errors
 	}))
+	for pattern, h := range extra {
+		mux.Handle(pattern, h)
+	}
 	s := &Server{lis: lis, srv: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}}
 	s.wg.Add(1)
 	go func() {

@@ -65,7 +65,12 @@ type Config struct {
 	// Linux only).
 	EnforceMemory   bool `yaml:"enforce_memory" json:"enforce_memory"`
 	LeaseTTLSeconds int  `yaml:"lease_ttl_seconds" json:"lease_ttl_seconds"`
-	Insecure        bool `yaml:"insecure" json:"insecure"`
+	// DrainSeconds bounds the drain on SIGTERM: the worker takes no new
+	// ranks, and each running rank whose job saves checkpoints runs until
+	// its job commits one more (its restart elsewhere resumes from it), at
+	// most this long; then every rank is stopped. 0: stop at once.
+	DrainSeconds int  `yaml:"drain_seconds" json:"drain_seconds"`
+	Insecure     bool `yaml:"insecure" json:"insecure"`
 }
 
 // Resources is what the worker offers.
@@ -128,6 +133,7 @@ func Defaults() Config {
 	return Config{
 		ListenAddress:   "127.0.0.1:7070",
 		LeaseTTLSeconds: 10,
+		DrainSeconds:    60,
 		Resources:       Resources{GPUs: -1},
 		EnforceMemory:   true,
 	}

@@ -54,6 +54,7 @@ func TestLoadDefaultsAndDetection(t *testing.T) {
 		StoragePath:      "/var/lib/switchyard",
 		EnforceMemory:    true,
 		LeaseTTLSeconds:  10,
+		DrainSeconds:     60,
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Fatalf("got  %+v\nwant %+v", c, want)
@@ -141,7 +142,7 @@ func TestSettingsNames(t *testing.T) {
 			t.Errorf("%s: no help", s.Key)
 		}
 	}
-	if len(Settings()) != 24 {
+	if len(Settings()) != 25 {
 		t.Fatalf("%d settings", len(Settings()))
 	}
 }

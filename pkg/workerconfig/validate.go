@@ -215,6 +215,9 @@ func (c Config) Validate() error {
 		}
 	}
 
+	if c.DrainSeconds < 0 || c.DrainSeconds > 86400 {
+		bad("drain_seconds", c.DrainSeconds, "must be in [0, 86400]")
+	}
 	if c.LeaseTTLSeconds < MinLeaseTTL || c.LeaseTTLSeconds > MaxLeaseTTL {
 		bad("lease_ttl_seconds", c.LeaseTTLSeconds, "must be in [%d, %d]", MinLeaseTTL, MaxLeaseTTL)
 	}

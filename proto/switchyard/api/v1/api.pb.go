@@ -2278,9 +2278,13 @@ type Task struct {
 	// The job's slots on this worker, by local rank (a command rank sees
 	// their GPUs, as torchrun's ranks see the node's: cuda:LOCAL_RANK is
 	// its own).
-	LocalSlots    []int32 `protobuf:"varint,18,rep,packed,name=local_slots,json=localSlots,proto3" json:"local_slots,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	LocalSlots []int32 `protobuf:"varint,18,rep,packed,name=local_slots,json=localSlots,proto3" json:"local_slots,omitempty"`
+	// The newest committed checkpoint step of the job, sent to a draining
+	// worker only (0: none, or not a draining worker): it stops a rank once
+	// its job committed a checkpoint after the drain began.
+	CheckpointStep int64 `protobuf:"varint,19,opt,name=checkpoint_step,json=checkpointStep,proto3" json:"checkpoint_step,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Task) Reset() {
@@ -2437,6 +2441,13 @@ func (x *Task) GetLocalSlots() []int32 {
 		return x.LocalSlots
 	}
 	return nil
+}
+
+func (x *Task) GetCheckpointStep() int64 {
+	if x != nil {
+		return x.CheckpointStep
+	}
+	return 0
 }
 
 type TaskStatus struct {
@@ -2620,9 +2631,12 @@ func (x *TaskEvent) GetUnixNano() int64 {
 }
 
 type SyncWorkerRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	WorkerId      string                 `protobuf:"bytes,1,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
-	Tasks         []*TaskStatus          `protobuf:"bytes,2,rep,name=tasks,proto3" json:"tasks,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	WorkerId string                 `protobuf:"bytes,1,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	Tasks    []*TaskStatus          `protobuf:"bytes,2,rep,name=tasks,proto3" json:"tasks,omitempty"`
+	// The worker is shutting down: place nothing new on it, and tell it
+	// its jobs' newest checkpoint (Task.checkpoint_step).
+	Draining      bool `protobuf:"varint,3,opt,name=draining,proto3" json:"draining,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2669,6 +2683,13 @@ func (x *SyncWorkerRequest) GetTasks() []*TaskStatus {
 		return x.Tasks
 	}
 	return nil
+}
+
+func (x *SyncWorkerRequest) GetDraining() bool {
+	if x != nil {
+		return x.Draining
+	}
+	return false
 }
 
 type SyncWorkerResponse struct {
@@ -2873,7 +2894,7 @@ const file_switchyard_api_v1_api_proto_rawDesc = "" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x18\n" +
 	"\aattempt\x18\x02 \x01(\x05R\aattempt\x12\x1a\n" +
 	"\bmanifest\x18\x03 \x01(\fR\bmanifest\"\x1a\n" +
-	"\x18CommitCheckpointResponse\"\xdd\x03\n" +
+	"\x18CommitCheckpointResponse\"\x86\x04\n" +
 	"\x04Task\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x18\n" +
 	"\aattempt\x18\x02 \x01(\x05R\aattempt\x12\x12\n" +
@@ -2896,7 +2917,8 @@ const file_switchyard_api_v1_api_proto_rawDesc = "" +
 	"local_rank\x18\x10 \x01(\x05R\tlocalRank\x12(\n" +
 	"\x10local_world_size\x18\x11 \x01(\x05R\x0elocalWorldSize\x12\x1f\n" +
 	"\vlocal_slots\x18\x12 \x03(\x05R\n" +
-	"localSlots\"\xa9\x02\n" +
+	"localSlots\x12'\n" +
+	"\x0fcheckpoint_step\x18\x13 \x01(\x03R\x0echeckpointStep\"\xa9\x02\n" +
 	"\n" +
 	"TaskStatus\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x18\n" +
@@ -2912,10 +2934,11 @@ const file_switchyard_api_v1_api_proto_rawDesc = "" +
 	"\x03seq\x18\x01 \x01(\rR\x03seq\x12\x12\n" +
 	"\x04type\x18\x02 \x01(\tR\x04type\x12\x18\n" +
 	"\amessage\x18\x03 \x01(\tR\amessage\x12\x1b\n" +
-	"\tunix_nano\x18\x04 \x01(\x03R\bunixNano\"e\n" +
+	"\tunix_nano\x18\x04 \x01(\x03R\bunixNano\"\x81\x01\n" +
 	"\x11SyncWorkerRequest\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x123\n" +
-	"\x05tasks\x18\x02 \x03(\v2\x1d.switchyard.api.v1.TaskStatusR\x05tasks\"C\n" +
+	"\x05tasks\x18\x02 \x03(\v2\x1d.switchyard.api.v1.TaskStatusR\x05tasks\x12\x1a\n" +
+	"\bdraining\x18\x03 \x01(\bR\bdraining\"C\n" +
 	"\x12SyncWorkerResponse\x12-\n" +
 	"\x05tasks\x18\x01 \x03(\v2\x17.switchyard.api.v1.TaskR\x05tasks*\x89\x01\n" +
 	"\tTaskState\x12\x1a\n" +

@@ -8,7 +8,9 @@ import (
 	"log/slog"
 	"net"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -732,4 +734,72 @@ func TestFollowerReadsWaitForTheLeader(t *testing.T) {
 		t.Fatalf("a job the cut-off follower never received: %v (want UNAVAILABLE naming the job)", err)
 	}
 	t.Logf("cut-off follower: %v", err)
+}
+
+// TestDrainingWorker: a worker that says it is draining gets no new ranks,
+// and its syncs carry its jobs' newest committed checkpoint.
+func TestDrainingWorker(t *testing.T) {
+	h := newHarness(t, 1, "")
+	c := h.client(h.leader(), "")
+	h.worker("w1")
+	if _, err := membership.NewMemory(h.members).Register(context.Background(), membership.WorkerInfo{
+		ID: "w3", Address: "127.0.0.1:13000", Host: "host-w3", Resources: membership.Resources{CPUCores: 2, MemoryBytes: 4 << 30},
+	}, 2*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	var draining atomic.Bool
+	draining.Store(true)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { // w3's agent: syncs every 200ms, draining or not
+		defer close(done)
+		for ctx.Err() == nil {
+			cctx, ccancel := context.WithTimeout(ctx, time.Second)
+			c.SyncWorker(cctx, &apiv1.SyncWorkerRequest{WorkerId: "w3", Draining: draining.Load()}) //nolint:errcheck // a heartbeat
+			ccancel()
+			select {
+			case <-ctx.Done():
+			case <-time.After(200 * time.Millisecond):
+			}
+		}
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+
+	submit(t, c, "job-d", 0) // needs 2 workers: w1 and the draining w3 are not enough
+	j := waitJob(t, c, "job-d", "explains why it waits", func(j *pb.Job) bool { return pendingReason(j) != "" })
+	time.Sleep(time.Second) // several supervision ticks
+	if j = waitJob(t, c, "job-d", "still pending", func(*pb.Job) bool { return true }); j.State != pb.JobState_JOB_STATE_PENDING || len(j.Placement) != 0 {
+		t.Fatalf("job placed with a draining worker: %v %v", j.State, j.Placement)
+	}
+	draining.Store(false) // w3 started again
+	j = waitJob(t, c, "job-d", "placed once w3 takes work", func(j *pb.Job) bool { return j.State == pb.JobState_JOB_STATE_PLACED })
+	if w := placedWorkers(j); !slices.Equal(w, []string{"w1", "w3"}) {
+		t.Fatalf("placed on %v", w)
+	}
+
+	m := checkpoint.Manifest{Job: "job-d", Step: 4, Layout: checkpoint.Layout{TP: 1, DP: 2, EP: 2},
+		Shards: []checkpoint.ShardInfo{{Name: "rank-0000/state.bin", SHA256: "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", Kind: checkpoint.KindParams}}}
+	raw, err := checkpoint.EncodeManifest(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.CommitCheckpoint(ctxT(t), &apiv1.CommitCheckpointRequest{JobId: "job-d", Attempt: 0, Manifest: raw}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := c.SyncWorker(ctxT(t), &apiv1.SyncWorkerRequest{WorkerId: "w1", Draining: true})
+	if err != nil || len(r.Tasks) != 1 || r.Tasks[0].CheckpointStep != 4 {
+		t.Fatalf("draining sync: %v %v, want the task with checkpoint step 4", r, err)
+	}
+	if ts := syncTasks(t, c, "w1"); len(ts) != 1 || ts[0].CheckpointStep != 0 {
+		t.Fatalf("a sync that is not draining: %v", ts)
+	}
+}
+
+func placedWorkers(j *pb.Job) []string {
+	var out []string
+	for _, a := range j.Placement {
+		out = append(out, a.WorkerId)
+	}
+	slices.Sort(out)
+	return out
 }

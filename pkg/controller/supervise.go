@@ -426,9 +426,12 @@ func (s *Server) SyncWorker(ctx context.Context, req *apiv1.SyncWorkerRequest) (
 	h := s.hold()
 	defer h.release()
 	h.term.lastSync[w] = s.cfg.Now()
-	if req.GetDraining() && !h.term.draining[w] {
+	switch {
+	case req.GetDraining() && !h.term.draining[w]:
 		h.term.draining[w] = true
 		s.log.Info("worker draining: no new work goes to it", "worker-id", w)
+	case !req.GetDraining() && h.term.draining[w]:
+		delete(h.term.draining, w) // started again
 	}
 	for _, ts := range req.GetTasks() {
 		if err := h.report(ctx, w, ts); err != nil {

@@ -18,7 +18,7 @@ func TestTrainingObserveAndForget(t *testing.T) {
 	tr := NewTraining(reg)
 	step := Step{Step: 7, Loss: 2.5, LBL: []float64{1.01, 1.2}, TokensPerS: 9000, StepS: 0.2,
 		ExpertLoad: [][]float64{{0.25, 0.25, 0.25, 0.25}, {0.7, 0.1, 0.1, 0.1}}, LBLSyncS: 0.01, GradSyncS: 0.05,
-		CheckpointStallS: 0.5, CheckpointWriteMBps: 200}
+		CheckpointStallS: 0.5, CheckpointWriteMBps: 200, DeviceMemBytes: 3 << 30}
 	tr.Observe("job-a", step)
 	if v := testutil.ToFloat64(tr.share.WithLabelValues("job-a", "1", "0")); v != 0.7 {
 		t.Errorf("share of layer 1 expert 0 = %v", v)
@@ -29,6 +29,9 @@ func TestTrainingObserveAndForget(t *testing.T) {
 	}
 	if v := testutil.ToFloat64(tr.imbalance.WithLabelValues("job-a", "0")); v != 1 {
 		t.Errorf("imbalance of balanced layer 0 = %v, want 1", v)
+	}
+	if v := testutil.ToFloat64(tr.deviceMem.WithLabelValues("job-a")); v != 3<<30 {
+		t.Errorf("device memory %v bytes", v)
 	}
 	if v := testutil.ToFloat64(tr.write.WithLabelValues("job-a")); v != 200e6 {
 		t.Errorf("write rate %v B/s", v)

@@ -22,6 +22,8 @@ type Step struct {
 	// of the last checkpoint write (0: none yet).
 	CheckpointStallS    float64
 	CheckpointWriteMBps float64
+	// DeviceMemBytes is the GPU memory rank 0's engine holds (0: a CPU run).
+	DeviceMemBytes int64
 }
 
 // Training holds the metrics of the jobs whose rank 0 runs on this
@@ -37,6 +39,7 @@ type Training struct {
 	collective *prometheus.CounterVec
 	stall      *prometheus.CounterVec
 	write      *prometheus.GaugeVec
+	deviceMem  *prometheus.GaugeVec
 
 	mu        sync.Mutex
 	lastStall map[string]float64 // per job: the cumulative stall already counted
@@ -77,9 +80,12 @@ func NewTraining(reg prometheus.Registerer) *Training {
 		write: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "switchyard_train_checkpoint_write_bytes_per_second", Help: "Rate of rank 0's last checkpoint write.",
 		}, job),
+		deviceMem: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "switchyard_train_device_memory_bytes", Help: "GPU memory rank 0's engine holds (only for a run on a GPU).",
+		}, job),
 		lastStall: map[string]float64{},
 	}
-	reg.MustRegister(t.step, t.loss, t.tokens, t.lbl, t.share, t.imbalance, t.stepTime, t.collective, t.stall, t.write)
+	reg.MustRegister(t.step, t.loss, t.tokens, t.lbl, t.share, t.imbalance, t.stepTime, t.collective, t.stall, t.write, t.deviceMem)
 	return t
 }
 
@@ -111,6 +117,9 @@ func (t *Training) Observe(job string, s Step) {
 			t.imbalance.WithLabelValues(job, layer).Set(top / (sum / float64(len(row))))
 		}
 	}
+	if s.DeviceMemBytes > 0 {
+		t.deviceMem.WithLabelValues(job).Set(float64(s.DeviceMemBytes))
+	}
 	if s.CheckpointWriteMBps > 0 {
 		t.write.WithLabelValues(job).Set(s.CheckpointWriteMBps * 1e6)
 	}
@@ -132,7 +141,7 @@ func (t *Training) Forget(job string) {
 	}
 	l := prometheus.Labels{"job_id": job}
 	for _, v := range []interface{ DeletePartialMatch(prometheus.Labels) int }{
-		t.step, t.loss, t.tokens, t.lbl, t.share, t.imbalance, t.stepTime, t.collective, t.stall, t.write,
+		t.step, t.loss, t.tokens, t.lbl, t.share, t.imbalance, t.stepTime, t.collective, t.stall, t.write, t.deviceMem,
 	} {
 		v.DeletePartialMatch(l)
 	}

@@ -66,6 +66,8 @@ type StepMetrics struct {
 	// checkpoints.
 	CheckpointStallS    float64 `json:"checkpoint_stall_s,omitempty"`
 	CheckpointWriteMBps float64 `json:"checkpoint_write_mb_per_s,omitempty"`
+	// DeviceMemBytes is the GPU memory the engine's buffers hold (0: CPU).
+	DeviceMemBytes int64 `json:"device_mem_bytes,omitempty"`
 }
 
 // New prepares a run: corpus, model, optimizer, balancer, loader. Progress
@@ -417,6 +419,9 @@ func (t *Trainer) Run(ctx context.Context) (*Report, error) {
 		sm.ElapsedS = time.Since(start).Seconds()
 		if t.ckpt != nil {
 			sm.CheckpointStallS, sm.CheckpointWriteMBps = t.ckpt.Stall.Seconds(), t.ckpt.WriteMBps
+		}
+		if t.GPU != nil {
+			sm.DeviceMemBytes = t.GPU.DeviceBytes()
 		}
 		last = sm
 		if t.metrics != nil {

@@ -25,17 +25,7 @@ axes:
 // TestExperimentSubmitAndReport: the axes become four jobs with ids from
 // the file; the report reads rank 0's reports and summarises over seeds.
 func TestExperimentSubmitAndReport(t *testing.T) {
-	f := newFakeCoordinator()
-	addr := startFake(t, f)
-	dir := t.TempDir()
-	exp := filepath.Join(dir, "exp.yaml")
-	if err := os.WriteFile(exp, []byte(testExperiment), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	e, err := jobspec.ParseExperiment([]byte(testExperiment))
-	if err != nil {
-		t.Fatal(err)
-	}
+	f, addr, dir, exp, e := experimentSetup(t)
 	r := runCmd(t, false, "experiment", "submit", exp, "--dry-run")
 	wantCode(t, r, exitOK)
 	wantContains(t, r.stdout, e.Variants[0].JobID, "lbl.mode=global seed=2")
@@ -85,4 +75,22 @@ func TestExperimentSubmitAndReport(t *testing.T) {
 	wantContains(t, r.stdout, "NOT SUBMITTED", "no --storage given")
 	r = runCmd(t, false, "experiment", "submit", filepath.Join(dir, "missing.yaml"))
 	wantCode(t, r, exitUsage)
+}
+
+// experimentSetup is a fake coordinator, a directory holding
+// testExperiment as exp.yaml, and the experiment parsed.
+func experimentSetup(t *testing.T) (f *fakeCoordinator, addr, dir, exp string, e *jobspec.Experiment) {
+	t.Helper()
+	f = newFakeCoordinator()
+	addr = startFake(t, f)
+	dir = t.TempDir()
+	exp = filepath.Join(dir, "exp.yaml")
+	if err := os.WriteFile(exp, []byte(testExperiment), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e, err := jobspec.ParseExperiment([]byte(testExperiment))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f, addr, dir, exp, e
 }

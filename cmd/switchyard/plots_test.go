@@ -9,7 +9,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/switchyard-ml/switchyard/pkg/jobspec"
 	"github.com/switchyard-ml/switchyard/pkg/train"
 	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
 	coordinatorv1 "github.com/switchyard-ml/switchyard/proto/switchyard/coordinator/v1"
@@ -116,17 +115,7 @@ func writeJSON(t *testing.T, path string, v any) {
 // experiment report --plots: the variants (less their seed) side by side
 // from rank 0's metrics.jsonl and report.json under the storage.
 func TestExperimentReportPlots(t *testing.T) {
-	f := newFakeCoordinator()
-	addr := startFake(t, f)
-	dir := t.TempDir()
-	exp := filepath.Join(dir, "exp.yaml")
-	if err := os.WriteFile(exp, []byte(testExperiment), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	e, err := jobspec.ParseExperiment([]byte(testExperiment))
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, addr, dir, exp, e := experimentSetup(t)
 	wantCode(t, runAt(t, addr, "experiment", "submit", exp), exitOK)
 	storage := filepath.Join(dir, "storage")
 	for i, v := range e.Variants[:3] { // the fourth has not run

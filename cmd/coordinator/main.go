@@ -38,7 +38,15 @@ usage:
 
 Start every replica of a new cluster with --bootstrap and the same --peers
 (or bootstrap one and add the others with "switchyard cluster add-replica").
-A restarted replica keeps its --id, --data-dir and --raft-addr.
+Every replica may be started with the same --bootstrap --peers (a
+StatefulSet): bootstrap happens once, on an empty data dir; a restarted
+replica finds its raft state and never bootstraps again, and a replica that
+--peers does not name refuses to start. A restarted replica keeps its --id,
+--data-dir and --raft-addr.
+Raft addresses may be DNS names (coord-0.coord.ns.svc:7401) that resolve
+only later: a replica advertises its name as given (--raft-advertise, or
+its own entry in --peers) and names are resolved at every dial, raft
+retrying a peer that does not resolve yet.
 --raft-peer-addr (repeatable) makes this replica dial replica ID at
 HOST:PORT instead of its raft address in the cluster configuration (a NAT
 or proxy between the replicas); the others are dialled as configured.
@@ -50,6 +58,14 @@ or raft address that is not loopback is refused without TLS unless
 rules (HTTPS with the same mutual TLS when TLS is on); open it with the
 token in the address's fragment: http://HOST:PORT/#token=TOKEN. --raft-tls encrypts the raft traffic with the same
 files (mutual TLS 1.3; the certificates must name the raft hosts).
+
+Probes: --http-addr also serves GET /healthz (liveness: the process serves
+and raft runs) and GET /readyz (200 when raft knows a leader, etcd answered
+in the last 10s and NATS, if given, is connected; else 503 and the
+reasons), with no token and, over TLS, no client certificate. Without
+--http-addr there are no probes.
+On SIGTERM a leader hands leadership to another replica (at most 5s)
+before it stops.
 
 flags:
 `
@@ -66,10 +82,10 @@ func run(args []string) int {
 		id          = fs.String("id", "", "replica ID (stable across restarts; default coord-1 with --dev)")
 		dataDir     = fs.String("data-dir", "", "raft log, snapshots (and the dev servers' data); default .switchyard-dev with --dev")
 		raftAddr    = fs.String("raft-addr", "127.0.0.1:7401", "raft TCP listen address")
-		raftAdv     = fs.String("raft-advertise", "", "raft address the other replicas dial (default --raft-addr)")
+		raftAdv     = fs.String("raft-advertise", "", "raft address the other replicas dial, a DNS name allowed (default: this replica's --peers entry, else --raft-addr)")
 		apiAddr     = fs.String("api-addr", "127.0.0.1:7400", "gRPC API listen address")
 		apiAdv      = fs.String("api-advertise", "", "API address other replicas forward writes to (default --api-addr)")
-		httpAddr    = fs.String("http-addr", "", "web dashboard listen address, e.g. 127.0.0.1:7480 (empty: no dashboard); same token and TLS rules as the API")
+		httpAddr    = fs.String("http-addr", "", "web dashboard and /healthz, /readyz probes listen address, e.g. 127.0.0.1:7480 (empty: no dashboard and no probes); same token and TLS rules as the API, but the probes need neither token nor client certificate")
 		bootstrap   = fs.Bool("bootstrap", false, "create the cluster if the data directory is empty")
 		peers       = fs.String("peers", "", "initial voters for --bootstrap: ID=RAFT_ADDR,... (empty: this replica alone)")
 		etcd        = fs.String("etcd-endpoints", "", "comma-separated etcd endpoints")

@@ -131,6 +131,9 @@ func TestRunRefuses(t *testing.T) {
 		{"bad peers entry", func(dir string) []string {
 			return base(dir, "--raft-addr", "127.0.0.1:0", "--bootstrap", "--peers", "c1=127.0.0.1:7401,c2")
 		}, 2, `--peers entry "c2"`},
+		{"bootstrap of peers without this replica", func(dir string) []string {
+			return base(dir, "--raft-addr", "127.0.0.1:0", "--bootstrap", "--peers", "c2=coord-1.coord:7401,c3=coord-2.coord:7401")
+		}, 2, "c1 is not among the replicas to bootstrap (c2,c3)"},
 		{"raft peer address without an ID", func(dir string) []string {
 			return base(dir, "--raft-addr", "127.0.0.1:0", "--raft-peer-addr", "127.0.0.1:7402")
 		}, 2, "want ID=HOST:PORT"},

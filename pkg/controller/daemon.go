@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -67,10 +68,13 @@ type DaemonConfig struct {
 	// MetricsListen is where Prometheus scrapes this replica's /metrics
 	// ("": no endpoint).
 	MetricsListen string
-	// HTTPListen is the web dashboard's listen address ("" : none). It
-	// follows the API's rules: the same token, HTTPS with mutual TLS when
-	// TLS is on, loopback only without TLS unless Insecure, and loopback
-	// only in dev mode.
+	// HTTPListen is the web dashboard's listen address ("" : none), which
+	// also serves the probes /healthz and /readyz (no token). It follows
+	// the API's rules: the same token, HTTPS with mutual TLS when TLS is
+	// on (the listener asks for a client certificate, the dashboard
+	// demands one, the probes do without, as a kubelet has none),
+	// loopback only without TLS unless Insecure, and loopback only in dev
+	// mode.
 	HTTPListen string
 	// Tick is the supervision period (default 250ms).
 	Tick   time.Duration
@@ -104,7 +108,13 @@ type Daemon struct {
 	cancel     context.CancelFunc
 	wg         sync.WaitGroup
 	closed     sync.Once
+	// closing is set when Close starts: the replica is no longer ready.
+	closing atomic.Bool
+	log     *slog.Logger
 }
+
+// transferTimeout bounds the leadership transfer on Close.
+const transferTimeout = 5 * time.Second
 
 // Start brings a coordinator up; Close takes it down.
 func Start(ctx context.Context, cfg DaemonConfig) (d *Daemon, err error) {
@@ -123,7 +133,7 @@ func Start(ctx context.Context, cfg DaemonConfig) (d *Daemon, err error) {
 			return nil, fmt.Errorf("controller: raft TLS: %w", err)
 		}
 	}
-	d = &Daemon{}
+	d = &Daemon{log: log}
 	defer func() {
 		if err != nil {
 			d.Close()
@@ -279,16 +289,28 @@ func (d *Daemon) serve(cfg DaemonConfig, lis net.Listener, log *slog.Logger) err
 // serveDashboard listens on cfg.HTTPListen and serves the web dashboard:
 // HTTPS with the API's mutual TLS when TLS is on, the API's token.
 func (d *Daemon) serveDashboard(cfg DaemonConfig, log *slog.Logger) error {
-	h, err := dashboard.New(dashboard.Config{Source: dashboardSource{s: d.Server, checkpointRoot: cfg.CheckpointRoot}, Token: cfg.Token, Logger: log})
-	if err != nil {
-		return err
-	}
 	var tc *tls.Config
 	if cfg.TLS.Enabled() {
+		var err error
 		if tc, err = security.ServerTLS(cfg.TLS); err != nil {
 			return err
 		}
+		// the probes must answer a kubelet, which has no certificate:
+		// the listener asks for one, and the dashboard demands it
+		tc.ClientAuth = tls.VerifyClientCertIfGiven
 	}
+	h, err := dashboard.New(dashboard.Config{
+		Source: dashboardSource{s: d.Server, checkpointRoot: cfg.CheckpointRoot},
+		Token:  cfg.Token, ClientCert: tc != nil, Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	mux := http.NewServeMux()
+	probes := probeHandler(d.health, time.Now)
+	mux.Handle("/healthz", probes)
+	mux.Handle("/readyz", probes)
+	mux.Handle("/", h)
 	lis, err := net.Listen("tcp", cfg.HTTPListen)
 	if err != nil {
 		return fmt.Errorf("controller: dashboard listen: %w", err)
@@ -296,7 +318,7 @@ func (d *Daemon) serveDashboard(cfg DaemonConfig, log *slog.Logger) error {
 	base, cancel := context.WithCancel(context.Background())
 	d.dash, d.dashCancel = h, cancel
 	d.http = &http.Server{
-		Handler:           h,
+		Handler:           mux,
 		TLSConfig:         tc,
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
@@ -326,11 +348,33 @@ func (d *Daemon) serveDashboard(cfg DaemonConfig, log *slog.Logger) error {
 	return nil
 }
 
+// health is this replica's state for the probes.
+func (d *Daemon) health() health {
+	h := health{Closing: d.closing.Load()}
+	if d.Node != nil {
+		h.Shutdown = d.Node.State() == "Shutdown"
+		id, addr := d.Node.Leader()
+		h.Leader = id != "" || addr != ""
+	}
+	if d.Server != nil {
+		h.EtcdOK = d.Server.EtcdReached()
+	}
+	if d.bus != nil {
+		h.HasBus, h.BusConnected = true, d.bus.Stats().Connected
+	}
+	return h
+}
+
 // Close stops serving, stops supervision, shuts raft down and, in dev
-// mode, the embedded servers.
+// mode, the embedded servers. A leader first hands leadership over to
+// another voter (at most transferTimeout), so that the cluster does not
+// wait an election timeout for a new one; if that fails it shuts down
+// all the same.
 func (d *Daemon) Close() error {
 	var errs []error
 	d.closed.Do(func() {
+		d.closing.Store(true)
+		d.handOver()
 		if d.http != nil {
 			d.dash.Close() // live streams end
 			d.dashCancel() // and any request still running
@@ -370,6 +414,29 @@ func (d *Daemon) Close() error {
 		}
 	})
 	return errors.Join(errs...)
+}
+
+// handOver transfers leadership to another voter when this replica leads
+// and is not alone.
+func (d *Daemon) handOver() {
+	if d.Node == nil || !d.Node.IsLeader() {
+		return
+	}
+	log := d.log
+	if log == nil {
+		log = slog.Default()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), transferTimeout)
+	defer cancel()
+	start := time.Now()
+	moved, err := d.Node.TransferLeadership(ctx)
+	switch {
+	case err != nil:
+		log.Warn("leadership transfer failed; shutting down anyway", "error", err, "took", time.Since(start))
+	case moved:
+		id, _ := d.Node.Leader()
+		log.Info("leadership transferred", "to", id, "took", time.Since(start))
+	}
 }
 
 // jobStateNames are the job states' names as the metrics label them

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/switchyard-ml/switchyard/pkg/coordinator"
@@ -126,6 +127,9 @@ type Server struct {
 	term     leaderMemory
 	fwd      forwarder
 	watchers sync.WaitGroup
+	// etcdOK is when a membership list last succeeded (Unix nanoseconds;
+	// 0: never), for readiness.
+	etcdOK atomic.Int64
 }
 
 // leaderMemory is what the leader keeps outside raft; a new leader starts
@@ -340,6 +344,7 @@ func (s *Server) relist(ctx context.Context, reg membership.Registry, m func() m
 	if err != nil {
 		return err
 	}
+	s.etcdOK.Store(time.Now().UnixNano())
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	cur := m()
@@ -348,6 +353,15 @@ func (s *Server) relist(ctx context.Context, reg membership.Registry, m func() m
 		cur[w.ID] = w
 	}
 	return nil
+}
+
+// EtcdReached is when etcd (the membership store) last answered a list;
+// zero if never.
+func (s *Server) EtcdReached() time.Time {
+	if ns := s.etcdOK.Load(); ns != 0 {
+		return time.Unix(0, ns)
+	}
+	return time.Time{}
 }
 
 // refresh lists both memberships now.

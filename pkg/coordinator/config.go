@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -79,7 +80,11 @@ type Config struct {
 	// free port; a restarted replica must reuse its previous address.
 	BindAddr string
 	// AdvertiseAddr is the address the other replicas dial, when it differs
-	// from BindAddr (which must then not be unspecified, e.g. 0.0.0.0).
+	// from BindAddr (which must then not be unspecified, e.g. 0.0.0.0). It
+	// may be a DNS name that does not resolve yet (a StatefulSet pod's):
+	// it is advertised as given and resolved by whoever dials it, at every
+	// dial. Empty: this replica's address in Servers when it is there
+	// (and BindAddr's port is not 0), else BindAddr's bound address.
 	AdvertiseAddr string
 	// DataDir holds raft.db (log and stable store) and snapshots/; required.
 	DataDir string
@@ -91,6 +96,11 @@ type Config struct {
 	// TLS the peer's certificate must name the host dialled here.
 	PeerAddrs map[string]string
 
+	// Dial connects to the other replicas' raft addresses, resolving
+	// names at every dial (raft retries a peer that does not resolve
+	// yet); nil: a net.Dialer. Tests inject a resolver here.
+	Dial DialFunc
+
 	// TLS, when set, encrypts the raft traffic between replicas with
 	// mutual TLS: Certificates are this replica's, RootCAs verify the
 	// others' (which must name the host of their raft address). Every
@@ -98,8 +108,12 @@ type Config struct {
 	TLS *tls.Config
 
 	// Bootstrap makes this replica create a new cluster of Servers (or of
-	// itself alone when Servers is empty) if DataDir holds no raft state.
-	// Bootstrap exactly one replica, or all of them with the same Servers.
+	// itself alone when Servers is empty) if DataDir holds no raft state;
+	// with state there (a restart) it does nothing. Bootstrap exactly one
+	// replica, or all of them with the same Servers (a StatefulSet whose
+	// pods share their arguments): they then write the same first log
+	// entry, which is safe. Servers must name this replica, at the address
+	// it advertises.
 	Bootstrap bool
 	Servers   []Server
 
@@ -195,7 +209,36 @@ func (c *Config) withDefaults() Config {
 	if out.Now == nil {
 		out.Now = time.Now
 	}
+	if out.Dial == nil {
+		out.Dial = (&net.Dialer{}).DialContext
+	}
 	return out
+}
+
+// self is this replica's entry in Servers, if there is one.
+func (c *Config) self() (Server, bool) {
+	for _, s := range c.Servers {
+		if s.ID == c.ID {
+			return s, true
+		}
+	}
+	return Server{}, false
+}
+
+// advertise is the raft address to advertise: AdvertiseAddr, else this
+// replica's address in Servers so that every replica bootstrapped with
+// the same Servers writes the same configuration (unless BindAddr's port
+// is 0, which Servers cannot know), else "" for the bound address.
+func (c *Config) advertise() string {
+	if c.AdvertiseAddr != "" {
+		return c.AdvertiseAddr
+	}
+	if s, ok := c.self(); ok {
+		if _, port, err := net.SplitHostPort(c.BindAddr); err == nil && port != "0" {
+			return s.Address
+		}
+	}
+	return ""
 }
 
 // Validate reports the first invalid field, after defaults are applied.
@@ -222,7 +265,8 @@ func (c *Config) Validate() error {
 		return bad("BindAddr", err.Error())
 	}
 	if v.AdvertiseAddr != "" {
-		if _, err := net.ResolveTCPAddr("tcp", v.AdvertiseAddr); err != nil {
+		// a name is not resolved here: it may resolve only later
+		if err := ValidRaftAddr(v.AdvertiseAddr); err != nil {
 			return bad("AdvertiseAddr", err.Error())
 		}
 	}
@@ -255,7 +299,15 @@ func (c *Config) Validate() error {
 		seen[s.ID] = true
 	}
 	if len(v.Servers) > 0 && !seen[v.ID] {
-		return bad("Servers", "must include this node's ID "+v.ID)
+		ids := make([]string, len(v.Servers))
+		for i, s := range v.Servers {
+			ids[i] = s.ID
+		}
+		return bad("Servers", fmt.Sprintf("this replica %s is not among the replicas to bootstrap (%s): bootstrap only replicas it names, and add others to a running cluster (switchyard cluster add-replica)",
+			v.ID, clip(strings.Join(ids, ","))))
+	}
+	if s, ok := v.self(); ok && v.AdvertiseAddr != "" && s.Address != v.AdvertiseAddr {
+		return bad("Servers", fmt.Sprintf("names this replica %s at %s, but it advertises %s: every replica must bootstrap the same configuration", v.ID, clip(s.Address), clip(v.AdvertiseAddr)))
 	}
 	return nil
 }

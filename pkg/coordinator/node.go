@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"time"
@@ -103,30 +102,18 @@ func NewNode(cfg Config) (*Node, error) {
 	if err != nil {
 		return fail(fmt.Errorf("coordinator: snapshot store: %w", err))
 	}
-	var advertise net.Addr
-	if cfg.AdvertiseAddr != "" {
-		if advertise, err = net.ResolveTCPAddr("tcp", cfg.AdvertiseAddr); err != nil {
-			return fail(fmt.Errorf("coordinator: advertise address: %w", err))
-		}
-	}
 	tc := &raft.NetworkTransportConfig{MaxPool: 3, Timeout: 10 * time.Second, Logger: hlog}
 	var peers *peerAddrs
 	if len(cfg.PeerAddrs) > 0 {
 		peers = newPeerAddrs(cfg.PeerAddrs)
 		tc.ServerAddressProvider = peers
 	}
-	if cfg.TLS != nil {
-		var stream *tlsStream
-		if stream, err = listenTLS(cfg.BindAddr, advertise, cfg.TLS); err == nil {
-			tc.Stream = stream
-			n.trans = raft.NewNetworkTransportWithConfig(tc)
-		}
-	} else {
-		n.trans, err = raft.NewTCPTransportWithConfig(cfg.BindAddr, advertise, tc)
-	}
+	stream, err := listenStream(cfg.BindAddr, cfg.advertise(), cfg.TLS, cfg.Dial, log)
 	if err != nil {
 		return fail(fmt.Errorf("coordinator: raft transport on %s: %w", cfg.BindAddr, err))
 	}
+	tc.Stream = stream
+	n.trans = raft.NewNetworkTransportWithConfig(tc)
 	n.addr = string(n.trans.LocalAddr())
 
 	rc := raft.DefaultConfig()
@@ -148,7 +135,11 @@ func NewNode(cfg Config) (*Node, error) {
 		if err != nil {
 			return fail(fmt.Errorf("coordinator: inspect raft state: %w", err))
 		}
-		if !has {
+		if has {
+			// a restart: the configuration is in the log, and
+			// bootstrapping again is never done (nor needed)
+			log.Info("raft state found; not bootstrapping", "data-dir", cfg.DataDir)
+		} else {
 			servers := cfg.Servers
 			if len(servers) == 0 {
 				servers = []Server{{ID: cfg.ID, Address: n.addr}}
@@ -157,7 +148,9 @@ func NewNode(cfg Config) (*Node, error) {
 			for _, s := range servers {
 				addr := s.Address
 				if s.ID == cfg.ID {
-					addr = n.addr // the real port when BindAddr said :0
+					// the same unless BindAddr said port 0 (see
+					// Config.advertise): then the real port
+					addr = n.addr
 				}
 				conf.Servers = append(conf.Servers, raft.Server{
 					Suffrage: raft.Voter, ID: raft.ServerID(s.ID), Address: raft.ServerAddress(addr),
@@ -346,6 +339,41 @@ func (n *Node) Servers() ([]ServerStatus, error) {
 		})
 	}
 	return out, nil
+}
+
+// TransferLeadership hands leadership over to another voter, the most
+// up to date, when this replica leads and is not the only voter, and
+// waits until it has stepped down or ctx ends. It reports whether it
+// handed over; on an error this replica may still lead (raft gives up
+// after about ElectionTimeout when the other voter does not take over).
+func (n *Node) TransferLeadership(ctx context.Context) (bool, error) {
+	if n.raft.State() != raft.Leader {
+		return false, nil
+	}
+	f := n.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return false, n.raftErr(err)
+	}
+	others := 0
+	for _, s := range f.Configuration().Servers {
+		if s.Suffrage == raft.Voter && s.ID != raft.ServerID(n.cfg.ID) {
+			others++
+		}
+	}
+	if others == 0 {
+		return false, nil
+	}
+	done := make(chan error, 1)
+	go func() { done <- n.raft.LeadershipTransfer().Error() }() // raft bounds it
+	select {
+	case err := <-done:
+		if err != nil {
+			return false, fmt.Errorf("coordinator: leadership transfer: %w", err)
+		}
+		return true, nil
+	case <-ctx.Done():
+		return false, fmt.Errorf("coordinator: leadership transfer: %w", ctx.Err())
+	}
 }
 
 // Snapshot takes a raft snapshot now and compacts the log behind it.

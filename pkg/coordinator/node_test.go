@@ -340,6 +340,17 @@ func TestConfigValidate(t *testing.T) {
 	if err := ok.Validate(); err != nil {
 		t.Fatal(err)
 	}
+	named := ok
+	named.AdvertiseAddr = "coord-0.coord.unresolvable.invalid:7401" // resolved only when dialled
+	named.Servers = []Server{{"c1", named.AdvertiseAddr}, {"c2", "coord-1.coord.unresolvable.invalid:7401"}}
+	if err := named.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	notMe := ok
+	notMe.Bootstrap, notMe.Servers = true, []Server{{"c2", "a:1"}, {"c3", "b:1"}}
+	if err := notMe.Validate(); !errors.Is(err, ErrInvalidConfig) || !strings.Contains(err.Error(), "c1 is not among the replicas to bootstrap (c2,c3)") {
+		t.Errorf("bootstrap without this replica: %v", err)
+	}
 	withPeers := ok
 	withPeers.PeerAddrs = map[string]string{"c2": "127.0.0.1:7402", "c3": "proxy.example:7403"}
 	if err := withPeers.Validate(); err != nil {
@@ -357,6 +368,10 @@ func TestConfigValidate(t *testing.T) {
 		"long id":        func(c *Config) { c.ID = strings.Repeat("c", 64) },
 		"peer address":   func(c *Config) { c.Servers = []Server{{"c1", "a:1"}, {"c2", "not an address!!"}} },
 		"peer port 0":    func(c *Config) { c.Servers = []Server{{"c1", "a:1"}, {"c2", "b:0"}} },
+		"advertise":      func(c *Config) { c.AdvertiseAddr = "coord-0:0" },
+		"other address": func(c *Config) {
+			c.AdvertiseAddr, c.Servers = "coord-0:7401", []Server{{"c1", "10.0.0.1:7401"}, {"c2", "coord-1:7401"}}
+		},
 		"peer-addr id":   func(c *Config) { c.PeerAddrs = map[string]string{"c 2": "127.0.0.1:1"} },
 		"peer-addr self": func(c *Config) { c.PeerAddrs = map[string]string{"c1": "127.0.0.1:1"} },
 		"peer-addr addr": func(c *Config) { c.PeerAddrs = map[string]string{"c2": "127.0.0.1"} },

@@ -55,6 +55,12 @@ type Config struct {
 	// Token is the cluster token every /api/ request must present; ""
 	// when the coordinator checks none.
 	Token string
+	// ClientCert makes every request need a verified client certificate
+	// (r.TLS.VerifiedChains): set it when the listener only requests one
+	// (tls.VerifyClientCertIfGiven) so that the kubelet's probes, which
+	// present none, reach the health endpoints served beside the
+	// dashboard, while the dashboard stays behind mutual TLS.
+	ClientCert bool
 	// PollEvery is how often a stream looks at the job record (default
 	// 500ms).
 	PollEvery time.Duration
@@ -139,6 +145,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	hd.Set("Referrer-Policy", "no-referrer")
 	hd.Set("X-Frame-Options", "DENY")
 	hd.Set("Content-Security-Policy", "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'; frame-ancestors 'none'")
+	if h.cfg.ClientCert && (r.TLS == nil || len(r.TLS.VerifiedChains) == 0) {
+		hd.Set("Cache-Control", "no-store")
+		writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "the dashboard needs a client certificate signed by the cluster's CA"})
+		return
+	}
 	h.mux.ServeHTTP(w, r)
 }
 

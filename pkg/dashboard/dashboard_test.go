@@ -3,6 +3,7 @@ package dashboard
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -430,5 +431,48 @@ func TestThin(t *testing.T) {
 	all := thin(pts, 100)
 	if len(all) != 10 || all[5].Loss != 1 {
 		t.Errorf("thin keeps the later point of a step: %+v", all)
+	}
+}
+
+// TestClientCert: behind a listener that requests but does not demand a
+// client certificate (as the daemon's is, for its probes), ClientCert
+// keeps every path of the dashboard behind a verified certificate.
+func TestClientCert(t *testing.T) {
+	server, err := security.EphemeralMutualTLS("127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := New(Config{Source: newFake(t), Token: testToken, ClientCert: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewUnstartedServer(h)
+	srv.TLS = &tls.Config{
+		Certificates: server.Certificates, ClientCAs: server.RootCAs,
+		ClientAuth: tls.VerifyClientCertIfGiven, MinVersion: tls.VersionTLS13,
+	}
+	srv.StartTLS()
+	t.Cleanup(func() { h.Close(); srv.Close() })
+	client := func(certs []tls.Certificate) *http.Client {
+		return &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: server.RootCAs, Certificates: certs}}}
+	}
+	do := func(c *http.Client, path string) int {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodGet, srv.URL+path, nil)
+		req.Header.Set("Authorization", "Bearer "+testToken)
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	for _, path := range []string{"/", "/app.js", "/api/jobs"} {
+		if code := do(client(nil), path); code != http.StatusUnauthorized {
+			t.Errorf("GET %s without a certificate: %d, want 401", path, code)
+		}
+		if code := do(client(server.Certificates), path); code != http.StatusOK {
+			t.Errorf("GET %s with the cluster's certificate: %d, want 200", path, code)
+		}
 	}
 }

@@ -11,6 +11,9 @@
 // Every /api/ request must carry "Authorization: Bearer <cluster token>"
 // when the coordinator has a token; worker tokens (and, over mutual TLS,
 // workers' certificates) are refused: they may sync and commit, not read.
+// With Config.ClientCert every request, the page's files included, must
+// also come with a verified client certificate (the daemon's listener only
+// requests one, for the probes it serves beside the dashboard).
 // The page holds no data: it asks for the token, keeps it in the tab's
 // sessionStorage (or takes it from the URL fragment, #token=..., which
 // browsers never send to the server) and reads the stream with fetch(),

@@ -72,6 +72,7 @@ type Agent struct {
 	// for /readyz: registered in etcd now; the last sync reached the
 	// coordinator; draining (SIGTERM received)
 	registered, synced, draining atomic.Bool
+	drainStarted                 chan struct{} // closed when the drain begins
 
 	// the worker's and its jobs' metrics (nil without metrics_address)
 	reg     *prometheus.Registry
@@ -114,6 +115,8 @@ func New(o Options) (*Agent, error) {
 		log:     o.Logger.With("worker-id", o.Config.ID),
 		kick:    make(chan struct{}, 1),
 		tasks:   map[taskKey]*task{},
+
+		drainStarted: make(chan struct{}),
 	}
 	if o.Config.MetricsAddress != "" {
 		var renewals func() uint64
@@ -225,8 +228,9 @@ func refused(err error) bool {
 func (a *Agent) info() membership.WorkerInfo {
 	c := a.o.Config
 	return membership.WorkerInfo{
-		ID:      c.ID,
-		Address: c.AdvertiseAddress,
+		ID:       c.ID,
+		Address:  c.AdvertiseAddress,
+		Draining: a.draining.Load(),
 		Resources: membership.Resources{
 			CPUCores:    c.Resources.CPUCores,
 			MemoryBytes: c.Resources.MemoryMiB << 20,
@@ -310,11 +314,21 @@ func (a *Agent) keepRegistered(life context.Context, reg membership.Registration
 		}
 		release()
 	}
+	drain := a.drainStarted
 	for {
 		select {
 		case <-life.Done():
 			closeReg()
 			return
+		case <-drain:
+			// the registration says so, for a leader elected meanwhile
+			drain = nil
+			uctx, cancel := context.WithTimeout(life, registerTimeout)
+			if err := reg.Update(uctx, a.info()); err != nil {
+				a.log.Warn("could not mark the registration as draining", "error", err)
+			}
+			cancel()
+			continue
 		case <-reg.Lost():
 		}
 		a.registered.Store(false)

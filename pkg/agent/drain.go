@@ -20,7 +20,9 @@ import (
 // lasts at most drain_seconds; what still runs then is stopped by
 // stopAll.
 func (a *Agent) drain() {
-	a.draining.Store(true)
+	if a.draining.CompareAndSwap(false, true) {
+		close(a.drainStarted)
+	}
 	a.mu.Lock()
 	a.closing = true
 	n := len(a.tasks)

@@ -35,6 +35,10 @@ func TestDrainWaitsForCheckpoint(t *testing.T) {
 		_, err := os.Stat(filepath.Join(dirF, "terminated"))
 		return err == nil
 	})
+	eventually(t, "the registration marked draining", func() bool {
+		ws, err := h.reg.List(t.Context())
+		return err == nil && len(ws) == 1 && ws[0].Draining
+	})
 	// run-e keeps running through several draining syncs that report the
 	// checkpoint it already had
 	h.coord.mu.Lock()

@@ -742,9 +742,11 @@ func TestDrainingWorker(t *testing.T) {
 	h := newHarness(t, 1, "")
 	c := h.client(h.leader(), "")
 	h.worker("w1")
-	if _, err := membership.NewMemory(h.members).Register(context.Background(), membership.WorkerInfo{
-		ID: "w3", Address: "127.0.0.1:13000", Host: "host-w3", Resources: membership.Resources{CPUCores: 2, MemoryBytes: 4 << 30},
-	}, 2*time.Second); err != nil {
+	// w3 drains: its registration and its syncs say so (the registration
+	// for a leader elected after the drain began)
+	w3 := membership.WorkerInfo{ID: "w3", Address: "127.0.0.1:13000", Host: "host-w3", Resources: membership.Resources{CPUCores: 2, MemoryBytes: 4 << 30}, Draining: true}
+	reg3, err := membership.NewMemory(h.members).Register(context.Background(), w3, 2*time.Second)
+	if err != nil {
 		t.Fatal(err)
 	}
 	var draining atomic.Bool
@@ -772,14 +774,19 @@ func TestDrainingWorker(t *testing.T) {
 		t.Fatalf("job placed with a draining worker: %v %v", j.State, j.Placement)
 	}
 	draining.Store(false) // w3 started again
+	w3.Draining = false
+	if err := reg3.Update(ctxT(t), w3); err != nil {
+		t.Fatal(err)
+	}
 	j = waitJob(t, c, "job-d", "placed once w3 takes work", func(j *pb.Job) bool { return j.State == pb.JobState_JOB_STATE_PLACED })
 	if w := placedWorkers(j); !slices.Equal(w, []string{"w1", "w3"}) {
 		t.Fatalf("placed on %v", w)
 	}
 
+	var raw []byte
 	m := checkpoint.Manifest{Job: "job-d", Step: 4, Layout: checkpoint.Layout{TP: 1, DP: 2, EP: 2},
 		Shards: []checkpoint.ShardInfo{{Name: "rank-0000/state.bin", SHA256: "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", Kind: checkpoint.KindParams}}}
-	raw, err := checkpoint.EncodeManifest(m)
+	raw, err = checkpoint.EncodeManifest(m)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -206,7 +206,7 @@ func (s held) snapshot(live map[string]membership.WorkerInfo, jobs []*pb.Job) sc
 		if t, ok := s.term.lastSync[id]; ok && now.Sub(t) > s.cfg.Silence {
 			healthy = false
 		}
-		if s.term.draining[id] {
+		if w.Draining || s.term.draining[id] {
 			healthy = false // shutting down
 		}
 		n := w.SlotCount()

@@ -48,6 +48,8 @@ type WorkerInfo struct {
 	// GPUDevices are the GPUs it detected, in slot order (empty when
 	// declared by count).
 	GPUDevices []GPU `json:"gpu_devices,omitempty"`
+	// Draining: the worker is shutting down; nothing new is placed on it.
+	Draining bool `json:"draining,omitempty"`
 }
 
 // GPU is one detected device.

@@ -2,10 +2,18 @@
 
 GO ?= go
 
-.PHONY: build test demo demo-local bench-engine gpu-check
+.PHONY: build test demo demo-local bench-engine gpu-check image
 
 build:
 	$(GO) build -o bin/ ./cmd/switchyard ./cmd/coordinator ./cmd/worker
+
+# The container image (deploy/Dockerfile; deploy/kubernetes/README.md):
+# TARGET=gpu adds the CUDA runtime libraries for GPU workers.
+IMAGE ?= switchyard:dev
+TARGET ?= runtime
+DOCKER ?= docker
+image:
+	$(DOCKER) build -f deploy/Dockerfile --target $(TARGET) -t $(IMAGE) .
 
 # Every package under the race detector (the kernels' tests shrink their
 # shapes under -race, see pkg/kernels/race_test.go; GPU tests skip without

@@ -67,6 +67,12 @@ reasons), with no token and, over TLS, no client certificate. Without
 On SIGTERM a leader hands leadership to another replica (at most 5s)
 before it stops.
 
+--check-config parses and checks the command line and environment as a
+start does, without starting: the TLS files need only be named (they may
+exist only where the replica runs, e.g. a Kubernetes Secret) and
+--raft-advertise is checked as HOST:PORT, not resolved (a cluster DNS
+name). It prints one line and exits 0, or prints the error and exits 2.
+
 flags:
 `
 
@@ -75,6 +81,84 @@ func main() {
 }
 
 func run(args []string) int {
+	c, err := parse(args, os.Getenv)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		return 0
+	case errors.Is(err, errReported):
+		return 2
+	case err != nil:
+		fmt.Fprintln(os.Stderr, "coordinator:", err)
+		return 2
+	}
+	if c.check {
+		if err := c.daemon.Check(); err != nil {
+			fmt.Fprintln(os.Stderr, "coordinator:", err)
+			return 2
+		}
+		fmt.Println(c.summary())
+		return 0
+	}
+	if err := c.daemon.Raft.Validate(); err != nil {
+		fmt.Fprintln(os.Stderr, "coordinator:", err)
+		return 2
+	}
+	dev, log := c.daemon.Dev, c.daemon.Logger
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	d, err := controller.Start(ctx, c.daemon)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "coordinator:", err)
+		if errors.Is(err, security.ErrInsecureListen) || errors.Is(err, coordinator.ErrInvalidConfig) {
+			return 2
+		}
+		return 1
+	}
+	if d.DashboardURL != "" {
+		fmt.Fprintf(os.Stderr, "dashboard: %s\n", d.DashboardURL)
+	}
+	if dev {
+		fmt.Fprintf(os.Stderr, "dev cluster: API %s  etcd %s  NATS %s\n", d.APIAddr, strings.Join(d.Etcd, ","), events.Redact(d.NATSURL))
+		// the passwords stay in the file (mode 0600), out of logs
+		fmt.Fprintf(os.Stderr, "etcd wants user %s with the etcd_password, NATS the nats_password, both kept in %s\n", d.Dev.EtcdUsername(), d.Dev.PortsFile())
+		fmt.Fprintf(os.Stderr, "workers join with: %s=%s %s=PASSWORD worker --coordinators %s --etcd-endpoints %s --nats-url %s --storage-path /abs/path --listen-address 127.0.0.1:PORT\n",
+			etcdconn.UsernameEnv, d.Dev.EtcdUsername(), etcdconn.PasswordEnv, d.APIAddr, strings.Join(d.Etcd, ","), events.Redact(d.NATSURL))
+	}
+	if d.MetricsAddr != "" {
+		log.Info("metrics", "url", "http://"+d.MetricsAddr+"/metrics")
+	}
+	<-ctx.Done()
+	log.Info("shutting down")
+	done := make(chan error, 1)
+	go func() { done <- d.Close() }()
+	select {
+	case err = <-done:
+	case <-time.After(20 * time.Second):
+		err = errors.New("shutdown took longer than 20s")
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "coordinator: shutdown:", err)
+		return 1
+	}
+	return 0
+}
+
+// errReported is a command-line error the flag package has already
+// printed.
+var errReported = errors.New("coordinator: bad command line")
+
+// command is a parsed command line.
+type command struct {
+	daemon controller.DaemonConfig
+	check  bool // --check-config: check, print a summary, exit
+}
+
+// parse reads the command line and the environment (getenv) as every
+// start does, for run and for --check-config alike. It opens nothing:
+// run validates the raft settings and controller.Start the rest, or
+// --check-config does both without the files and DNS names that exist
+// only where the replica runs (DaemonConfig.Check).
+func parse(args []string, getenv func(string) string) (command, error) {
 	fs := flag.NewFlagSet("coordinator", flag.ContinueOnError)
 	fs.Usage = func() { fmt.Fprint(os.Stderr, usage); fs.PrintDefaults() }
 	var (
@@ -102,23 +186,25 @@ func run(args []string) int {
 		leaderLease = fs.Duration("leader-lease-timeout", 0, "raft leader lease timeout (default 500ms)")
 		metricsAddr = fs.String("metrics-addr", "", "serve Prometheus metrics on http://HOST:PORT/metrics (empty: none)")
 		logLevel    = fs.String("log-level", "info", "debug, info, warn or error")
+		check       = fs.Bool("check-config", false, "check the command line and environment as a start would (TLS files named, not read; --raft-advertise not resolved), print a summary and exit: 0 if good, 2 if not")
 		peerAddrs   = peerAddrFlag{}
 	)
 	fs.Var(peerAddrs, "raft-peer-addr", "dial replica ID at HOST:PORT instead of its configured raft address: ID=HOST:PORT (repeatable)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			return 0
+			return command{}, err
 		}
-		return 2
+		return command{}, errReported
+	}
+	if fs.NArg() > 0 {
+		return command{}, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
-		fmt.Fprintf(os.Stderr, "coordinator: --log-level %q: %v\n", *logLevel, err)
-		return 2
+		return command{}, fmt.Errorf("--log-level %q: %v", *logLevel, err)
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	if *token == "" {
-		*token = os.Getenv("SWITCHYARD_TOKEN")
+		*token = getenv("SWITCHYARD_TOKEN")
 	}
 	if *dev {
 		if *id == "" {
@@ -147,70 +233,57 @@ func run(args []string) int {
 		for _, p := range strings.Split(*peers, ",") {
 			pid, addr, ok := strings.Cut(strings.TrimSpace(p), "=")
 			if !ok || pid == "" || addr == "" {
-				fmt.Fprintf(os.Stderr, "coordinator: --peers entry %q: want ID=RAFT_ADDR\n", p)
-				return 2
+				return command{}, fmt.Errorf("--peers entry %q: want ID=RAFT_ADDR", p)
 			}
 			rc.Servers = append(rc.Servers, coordinator.Server{ID: pid, Address: addr})
 		}
 	}
-	if err := rc.Validate(); err != nil {
-		fmt.Fprintln(os.Stderr, "coordinator:", err)
-		return 2
-	}
 	if !*dev && *etcd == "" {
-		fmt.Fprintln(os.Stderr, "coordinator: --etcd-endpoints is required (or --dev)")
-		return 2
+		return command{}, errors.New("--etcd-endpoints is required (or --dev)")
 	}
 	var eps []string
 	if *etcd != "" {
 		eps = strings.Split(*etcd, ",")
 	}
 	if *ckRoot != "" && !filepath.IsAbs(*ckRoot) {
-		fmt.Fprintf(os.Stderr, "coordinator: --checkpoint-root %q must be absolute\n", *ckRoot)
-		return 2
+		return command{}, fmt.Errorf("--checkpoint-root %q must be absolute", *ckRoot)
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	d, err := controller.Start(ctx, controller.DaemonConfig{
+	return command{check: *check, daemon: controller.DaemonConfig{
 		Raft: rc, APIListen: *apiAddr, APIAdvertise: *apiAdv, HTTPListen: *httpAddr,
 		EtcdEndpoints: eps, NATSURL: *natsURL, Dev: *dev,
 		Token: *token, TLS: security.TLSFiles{CA: *tlsCA, Cert: *tlsCert, Key: *tlsKey}, Insecure: *insecure, RaftTLS: *raftTLS,
-		CheckpointRoot: *ckRoot, MetricsListen: *metricsAddr, Logger: log,
-	})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "coordinator:", err)
-		if errors.Is(err, security.ErrInsecureListen) || errors.Is(err, coordinator.ErrInvalidConfig) {
-			return 2
+		CheckpointRoot: *ckRoot, MetricsListen: *metricsAddr,
+		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),
+	}}, nil
+}
+
+// summary is --check-config's one line: what the replica would be.
+func (c command) summary() string {
+	d := c.daemon
+	adv := d.Raft.AdvertiseAddr
+	if adv == "" {
+		adv = d.Raft.BindAddr
+	}
+	peers := make([]string, len(d.Raft.Servers))
+	for i, s := range d.Raft.Servers {
+		peers[i] = s.ID
+	}
+	tls := "off"
+	if d.TLS.Enabled() {
+		tls = "mutual"
+		if d.RaftTLS {
+			tls += ", raft too"
 		}
-		return 1
 	}
-	if d.DashboardURL != "" {
-		fmt.Fprintf(os.Stderr, "dashboard: %s\n", d.DashboardURL)
+	metrics, web := d.MetricsListen, d.HTTPListen
+	if metrics == "" {
+		metrics = "none"
 	}
-	if *dev {
-		fmt.Fprintf(os.Stderr, "dev cluster: API %s  etcd %s  NATS %s\n", d.APIAddr, strings.Join(d.Etcd, ","), events.Redact(d.NATSURL))
-		// the passwords stay in the file (mode 0600), out of logs
-		fmt.Fprintf(os.Stderr, "etcd wants user %s with the etcd_password, NATS the nats_password, both kept in %s\n", d.Dev.EtcdUsername(), d.Dev.PortsFile())
-		fmt.Fprintf(os.Stderr, "workers join with: %s=%s %s=PASSWORD worker --coordinators %s --etcd-endpoints %s --nats-url %s --storage-path /abs/path --listen-address 127.0.0.1:PORT\n",
-			etcdconn.UsernameEnv, d.Dev.EtcdUsername(), etcdconn.PasswordEnv, d.APIAddr, strings.Join(d.Etcd, ","), events.Redact(d.NATSURL))
+	if web == "" {
+		web = "none"
 	}
-	if d.MetricsAddr != "" {
-		log.Info("metrics", "url", "http://"+d.MetricsAddr+"/metrics")
-	}
-	<-ctx.Done()
-	log.Info("shutting down")
-	done := make(chan error, 1)
-	go func() { done <- d.Close() }()
-	select {
-	case err = <-done:
-	case <-time.After(20 * time.Second):
-		err = errors.New("shutdown took longer than 20s")
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "coordinator: shutdown:", err)
-		return 1
-	}
-	return 0
+	return fmt.Sprintf("coordinator: config ok: replica %s, raft %s (advertised %s), api %s, http %s, metrics %s, bootstrap %t, peers [%s], etcd %d endpoints, tls %s, token %t, insecure %t, dev %t",
+		d.Raft.ID, d.Raft.BindAddr, adv, d.APIListen, web, metrics, d.Raft.Bootstrap, strings.Join(peers, " "), len(d.EtcdEndpoints), tls, d.Token != "", d.Insecure, d.Dev)
 }
 
 // peerAddrFlag is --raft-peer-addr, given once per replica: ID=HOST:PORT.

@@ -202,3 +202,95 @@ func TestPeerAddrFlag(t *testing.T) {
 		t.Fatal("the zero value prints something")
 	}
 }
+
+// runCapturedOut is runCaptured that also captures stdout.
+func runCapturedOut(t *testing.T, args []string) (code int, stdout, stderr string) {
+	t.Helper()
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	saved := os.Stdout
+	os.Stdout = w
+	out := make(chan string, 1)
+	go func() {
+		b, _ := io.ReadAll(r)
+		r.Close()
+		out <- string(b)
+	}()
+	func() {
+		defer func() { os.Stdout = saved; w.Close() }()
+		code, stderr = runCaptured(t, args)
+	}()
+	return code, <-out, stderr
+}
+
+// --check-config accepts what a replica in a Kubernetes pod is started
+// with (TLS files that exist only in the pod, a raft advertise name only
+// the cluster's DNS resolves) and refuses what a start would refuse,
+// without opening anything.
+func TestCheckConfig(t *testing.T) {
+	t.Setenv("SWITCHYARD_TOKEN", "")
+	pod := func(dir string, extra ...string) []string {
+		return append([]string{"--check-config", "--id", "switchyard-coordinator-1", "--data-dir", dir,
+			"--raft-addr", "0.0.0.0:7401", "--raft-advertise", "switchyard-coordinator-1.switchyard-coordinator.switchyard.svc:7401",
+			"--api-addr", "0.0.0.0:7400", "--metrics-addr", "0.0.0.0:7403",
+			"--bootstrap", "--peers", "switchyard-coordinator-0=switchyard-coordinator-0.switchyard-coordinator.switchyard.svc:7401,switchyard-coordinator-1=switchyard-coordinator-1.switchyard-coordinator.switchyard.svc:7401",
+			"--etcd-endpoints", "https://etcd-0.etcd.switchyard.svc:2379,https://etcd-1.etcd.switchyard.svc:2379"}, extra...)
+	}
+	tlsFiles := []string{"--tls-ca", "/etc/switchyard/tls/ca.crt", "--tls-cert", "/etc/switchyard/tls/tls.crt", "--tls-key", "/etc/switchyard/tls/tls.key"}
+	for _, tc := range []struct {
+		name string
+		args func(dir string) []string
+		code int
+		want string // in stdout when code is 0, else in stderr
+	}{
+		{"mutual TLS from files not on this machine", func(dir string) []string {
+			return pod(dir, append(tlsFiles, "--raft-tls")...)
+		}, 0, "coordinator: config ok: replica switchyard-coordinator-1, raft 0.0.0.0:7401 (advertised switchyard-coordinator-1.switchyard-coordinator.switchyard.svc:7401), api 0.0.0.0:7400, http none, metrics 0.0.0.0:7403, bootstrap true, peers [switchyard-coordinator-0 switchyard-coordinator-1], etcd 2 endpoints, tls mutual, raft too"},
+		{"insecure, said so", func(dir string) []string { return pod(dir, "--insecure") }, 0, "tls off, token false, insecure true"},
+		{"token from the environment", func(dir string) []string {
+			t.Setenv("SWITCHYARD_TOKEN", "s3cret")
+			return pod(dir, "--insecure")
+		}, 0, "token true"},
+		{"dev mode", func(dir string) []string { return []string{"--check-config", "--dev", "--data-dir", dir} }, 0, "replica coord-1"},
+		{"no TLS beyond loopback", func(dir string) []string { return pod(dir) }, 2, "refusing to listen beyond loopback"},
+		{"raft TLS without files", func(dir string) []string { return pod(dir, "--insecure", "--raft-tls") }, 2, "raft TLS needs the TLS files"},
+		{"a TLS file missing", func(dir string) []string { return pod(dir, tlsFiles[:4]...) }, 2, "TLS needs all of ca, cert and key"},
+		{"advertise address without a port", func(dir string) []string {
+			return pod(dir, append(tlsFiles, "--raft-advertise", "switchyard-coordinator-1.switchyard-coordinator")...)
+		}, 2, "AdvertiseAddr"},
+		{"this replica not among the peers", func(dir string) []string {
+			return pod(dir, append(tlsFiles, "--id", "switchyard-coordinator-2")...)
+		}, 2, "is not among the replicas to bootstrap"},
+		{"dev mode beyond loopback", func(dir string) []string {
+			return []string{"--check-config", "--dev", "--data-dir", dir, "--api-addr", "10.1.2.3:7400"}
+		}, 2, "loopback-only"},
+		{"relative checkpoint root", func(dir string) []string { return pod(dir, "--insecure", "--checkpoint-root", "ck") }, 2, "must be absolute"},
+		{"a stray argument", func(dir string) []string { return pod(dir, "--insecure", "extra") }, 2, `unexpected argument "extra"`},
+		{"unknown flag", func(dir string) []string { return pod(dir, "--no-such-flag") }, 2, "no-such-flag"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), "data")
+			before := snapshot()
+			code, stdout, stderr := runCapturedOut(t, tc.args(dir))
+			if code != tc.code {
+				t.Fatalf("exit %d, want %d (stdout %q, stderr %q)", code, tc.code, stdout, stderr)
+			}
+			got := stderr
+			if code == 0 {
+				got = stdout
+				if strings.Count(stdout, "\n") != 1 {
+					t.Errorf("stdout is not one line: %q", stdout)
+				}
+			}
+			if !strings.Contains(got, tc.want) {
+				t.Errorf("output %q does not mention %q", got, tc.want)
+			}
+			checkNothingLeft(t, before)
+			if _, err := os.Stat(dir); !os.IsNotExist(err) {
+				t.Errorf("--check-config created the data dir (stat: %v)", err)
+			}
+		})
+	}
+}

@@ -174,6 +174,18 @@ func decodeInto(c *Config, raw []byte) error {
 // then the environment (env may be nil; os.Getenv in production), then
 // detection with det for what is still unset; and validates the result.
 func Load(path string, flags map[string]string, env func(string) string, det Detector) (Config, error) {
+	return load(path, flags, env, det, true)
+}
+
+// LoadForCheck is Load for checking a worker's settings away from the
+// machine they are meant for (worker --check-config, the deployment
+// tests): the same steps, except that the TLS files must be named but
+// need not exist here (a Kubernetes Secret mounted in the worker's pod).
+func LoadForCheck(path string, flags map[string]string, env func(string) string, det Detector) (Config, error) {
+	return load(path, flags, env, det, false)
+}
+
+func load(path string, flags map[string]string, env func(string) string, det Detector, statFiles bool) (Config, error) {
 	c := Defaults()
 	if path != "" {
 		raw, err := fsutil.ReadFile(path, MaxFileSize)
@@ -193,7 +205,7 @@ func Load(path string, flags map[string]string, env func(string) string, det Det
 	if err := c.complete(det); err != nil {
 		return Config{}, err
 	}
-	if err := c.Validate(); err != nil {
+	if err := c.validate(statFiles); err != nil {
 		return Config{}, err
 	}
 	return c, nil

@@ -495,3 +495,28 @@ func TestGPUIndicesRestrictDetection(t *testing.T) {
 		t.Fatalf("missing GPU: %v", err)
 	}
 }
+
+// LoadForCheck wants the TLS files named, not present: Load refuses the
+// same settings for the missing files, and both refuse an incomplete set.
+func TestLoadForCheck(t *testing.T) {
+	path := writeFile(t, "w.yaml", minimal+`
+listen_address: 0.0.0.0:7070
+advertise_address: 10.0.0.5:7070
+tls: {ca: /etc/switchyard/tls/ca.crt, cert: /etc/switchyard/tls/tls.crt, key: /etc/switchyard/tls/tls.key}
+`)
+	c, err := LoadForCheck(path, nil, nil, fakeDetector())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.TLS.Enabled() || c.ID != "node1-7070" {
+		t.Fatalf("%+v", c)
+	}
+	if _, err := Load(path, nil, nil, fakeDetector()); err == nil || !strings.Contains(err.Error(), "no such file") {
+		t.Fatalf("Load: %v, want the missing TLS files", err)
+	}
+	_, err = LoadForCheck(path, map[string]string{"tls-key": ""}, nil, fakeDetector())
+	var fe *FieldError
+	if !errors.As(err, &fe) || fe.Path != "tls.key" {
+		t.Fatalf("without tls.key: %v", err)
+	}
+}

@@ -409,7 +409,7 @@ func names(ws []workload) []string {
 // endpoints its program serves.
 var probePaths = map[string][]string{
 	"coordinator": {"/healthz", "/readyz"},
-	"worker":      {"/metrics"},
+	"worker":      {"/healthz", "/readyz"},
 	"etcd":        {"/livez", "/readyz", "/health"},
 	"nats":        {"/healthz"},
 }
@@ -781,6 +781,11 @@ func TestWorkerCommandLine(t *testing.T) {
 						t.Errorf("TLS file %s is on no Secret volume of the pod", p)
 					}
 				}
+			}
+			// the drain on SIGTERM (drain_seconds, then 10 s for the ranks to
+			// stop) ends before the kubelet's SIGKILL
+			if grace := ptrOr(spec.TerminationGracePeriodSeconds, 30); cfg.DrainSeconds < 1 || int64(cfg.DrainSeconds)+15 > grace {
+				t.Errorf("drain_seconds %d and terminationGracePeriodSeconds %d: the drain must fit in the grace period with 15 s to spare", cfg.DrainSeconds, grace)
 			}
 			if !mounted(spec, c, cfg.StoragePath) || !strings.HasPrefix(cfg.StoragePath, "/mnt/checkpoints") {
 				t.Errorf("storage_path %s is not the shared checkpoint volume", cfg.StoragePath)

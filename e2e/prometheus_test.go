@@ -49,7 +49,10 @@ func TestPrometheusScrapesDevCluster(t *testing.T) {
 
 	dir := t.TempDir()
 	spec := filepath.Join(dir, "job.yaml")
-	if err := os.WriteFile(spec, []byte(jobSpec("e2e-prom", 400, 0, 50)), 0o644); err != nil {
+	// a job that outlives the test (the dev cluster stops at its end):
+	// rank 0's series exist only while it runs, and Prometheus must be up
+	// to see them
+	if err := os.WriteFile(spec, []byte(jobSpec("e2e-prom", 1_000_000, 0, 50)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	cluster := filepath.Join(dir, "cluster")

@@ -61,7 +61,10 @@ func cmdLaunch(ctx context.Context, args []string) error {
 	exits := make(chan exit, *nproc)
 	cmds := make([]*exec.Cmd, *nproc)
 	var outMu sync.Mutex
-	var pipes sync.WaitGroup
+	// a rank's output readers, which must reach EOF before its Wait
+	// (Wait closes the pipes: a rank's last lines, often its error, would
+	// be lost)
+	pipes := make([]sync.WaitGroup, *nproc)
 	for r := 0; r < *nproc; r++ {
 		argv := append([]string{"train"}, fs.Args()...)
 		argv = append(argv, "--rank", fmt.Sprint(r), "--world", fmt.Sprint(*nproc), "--tp", fmt.Sprint(*tp), "--ep", fmt.Sprint(*ep),
@@ -81,16 +84,16 @@ func cmdLaunch(ctx context.Context, args []string) error {
 			src io.Reader
 			dst *os.File
 		}{{stdout, os.Stdout}, {stderr, os.Stderr}} {
-			pipes.Add(1)
+			pipes[r].Add(1)
 			go func(r int) {
-				defer pipes.Done()
+				defer pipes[r].Done()
 				prefixLines(p.src, p.dst, r, *nproc, &outMu)
 			}(r)
 		}
 	}
 	go func() {
 		for r, c := range cmds {
-			go func() { exits <- exit{r, c.Wait()} }()
+			go func() { pipes[r].Wait(); exits <- exit{r, c.Wait()} }()
 		}
 	}()
 	var first *exit
@@ -125,7 +128,6 @@ func cmdLaunch(ctx context.Context, args []string) error {
 			deadline = nil
 		}
 	}
-	pipes.Wait()
 	if first == nil {
 		return nil
 	}

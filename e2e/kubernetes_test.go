@@ -183,7 +183,7 @@ func TestKubernetesProductionAsProcesses(t *testing.T) {
 	case <-time.After(drain + 15*time.Second):
 		t.Fatalf("%s still runs %v after SIGTERM (drain_seconds %d)", node, drain+15*time.Second, k.drainSeconds)
 	}
-	took := time.Since(tSig)
+	took, exited := time.Since(tSig), time.Now()
 	if w.proc.err != nil {
 		t.Errorf("%s after SIGTERM: %v", node, w.proc.err)
 	}
@@ -191,6 +191,8 @@ func TestKubernetesProductionAsProcesses(t *testing.T) {
 	committed := eventTime(j, "CheckpointCommitted", tSig.UnixNano())
 	if committed == 0 {
 		t.Errorf("no checkpoint committed after the SIGTERM of %s: %v", node, j.Events)
+	} else if committed > exited.UnixNano() {
+		t.Errorf("%s exited before the checkpoint it waited for was committed", node)
 	} else {
 		t.Logf("SIGTERM of %s: checkpoint committed %v later; exited by itself %v later", node,
 			time.Duration(committed-tSig.UnixNano()).Round(time.Millisecond), took.Round(time.Millisecond))
@@ -280,8 +282,8 @@ func startKube(t *testing.T, overlay string, nWorkers int) *kube {
 	k.net.writeHosts()
 
 	// one CA for every Secret (as the README asks); one certificate naming
-	// every service, replica and worker address: the workers' data plane
-	// checks that a peer's certificate names the address it advertises
+	// every Service, replica and pod address (the ranks' data plane dials
+	// the addresses the workers advertise: their pod IPs)
 	hosts := []string{"localhost", "127.0.0.1"}
 	hosts = append(hosts, svc("switchyard")...)
 	hosts = append(hosts, svc("etcd")...)

@@ -52,6 +52,11 @@ type cluster struct {
 	// the other replicas' raft and etcd instead: proxies the chaos suite
 	// cuts. The raft configuration keeps the real addresses.
 	coordVia []coordRoutes
+	// netns and cliEnv, when set, are where the CLI runs (a network
+	// namespace) and its whole environment instead of the loopback
+	// defaults: the Kubernetes test's pods.
+	netns  string
+	cliEnv []string
 }
 
 type workerRoutes struct {
@@ -195,13 +200,16 @@ func (c *cluster) resources() string {
 }
 
 func (c *cluster) env() []string {
+	if c.cliEnv != nil {
+		return c.cliEnv
+	}
 	return []string{"SWITCHYARD_TOKEN=" + c.token, "SWITCHYARD_COORDINATOR=" + strings.Join(c.apiAddrs, ",")}
 }
 
 func (c *cluster) cli(args ...string) cliResult {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	return runCLI(ctx, c.env(), args...)
+	return runCLIIn(ctx, c.netns, c.env(), args...)
 }
 
 func (c *cluster) mustCLI(args ...string) cliResult {

@@ -240,7 +240,17 @@ type cliResult struct {
 }
 
 func runCLI(ctx context.Context, env []string, args ...string) cliResult {
+	return runCLIIn(ctx, "", env, args...)
+}
+
+// runCLIIn is runCLI in the network namespace netns ("": this one), run
+// as `ip netns exec netns switchyard ...` (which also gives it the
+// namespace's /etc/netns/netns/hosts as /etc/hosts).
+func runCLIIn(ctx context.Context, netns string, env []string, args ...string) cliResult {
 	cmd := exec.CommandContext(ctx, bins.switchyard, args...)
+	if netns != "" {
+		cmd = exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", netns, bins.switchyard}, args...)...)
+	}
 	var so, se bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &so, &se
 	cmd.Env = append(os.Environ(), env...)

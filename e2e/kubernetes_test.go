@@ -13,7 +13,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -21,14 +20,9 @@ import (
 	"testing"
 	"time"
 
-	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/resource"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"sigs.k8s.io/kustomize/api/krusty"
-	"sigs.k8s.io/kustomize/kyaml/filesys"
-	"sigs.k8s.io/yaml"
 
+	"github.com/switchyard-ml/switchyard/deploy/kubernetes/manifests"
 	"github.com/switchyard-ml/switchyard/pkg/client"
 	"github.com/switchyard-ml/switchyard/pkg/security"
 	"github.com/switchyard-ml/switchyard/pkg/workerconfig"
@@ -216,7 +210,7 @@ func TestKubernetesProductionAsProcesses(t *testing.T) {
 type kube struct {
 	t            *testing.T
 	c            *cluster // the CLI's view: coordinator ids, job helpers
-	objs         *rendered
+	objs         *manifests.Objects
 	net          *podNet
 	namespace    string
 	token        string
@@ -242,25 +236,28 @@ type kubePod struct {
 // replicas and nWorkers workers, each in its own network namespace.
 func startKube(t *testing.T, overlay string, nWorkers int) *kube {
 	t.Helper()
-	o := renderOverlay(t, filepath.Join("..", "deploy", "kubernetes", "overlays", overlay))
-	coordSet, etcdSet, natsSet := o.statefulSets["switchyard-coordinator"], o.statefulSets["etcd"], o.statefulSets["nats"]
-	ds := o.daemonSets["switchyard-worker"]
+	o, err := manifests.Load(filepath.Join("..", "deploy", "kubernetes", "overlays", overlay))
+	if err != nil {
+		t.Fatal(err)
+	}
+	coordSet, etcdSet, natsSet := o.StatefulSets["switchyard-coordinator"], o.StatefulSets["etcd"], o.StatefulSets["nats"]
+	ds := o.DaemonSets["switchyard-worker"]
 	var cm *corev1.ConfigMap // the generator names it with its content's hash
 	for _, v := range ds.Spec.Template.Spec.Volumes {
 		if v.ConfigMap != nil {
-			cm = o.configMaps[v.ConfigMap.Name]
+			cm = o.ConfigMaps[v.ConfigMap.Name]
 		}
 	}
-	if coordSet == nil || etcdSet == nil || natsSet == nil || ds == nil || cm == nil || o.namespace == "" {
+	if coordSet == nil || etcdSet == nil || natsSet == nil || ds == nil || cm == nil || o.Namespace == "" {
 		t.Fatalf("overlay %s: want the coordinator, etcd and nats StatefulSets, the worker DaemonSet and ConfigMap, a Namespace", overlay)
 	}
 	dir := t.TempDir()
-	k := &kube{t: t, objs: o, namespace: o.namespace, token: randomHex(t, 16), shared: filepath.Join(dir, "checkpoints"), workers: map[string]*kubePod{}}
+	k := &kube{t: t, objs: o, namespace: o.Namespace, token: randomHex(t, 16), shared: filepath.Join(dir, "checkpoints"), workers: map[string]*kubePod{}}
 	if err := os.MkdirAll(k.shared, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	k.net = newPodNet(t)
-	ns := o.namespace
+	ns := o.Namespace
 	svc := func(name string) []string {
 		return []string{name, name + "." + ns + ".svc", name + "." + ns + ".svc.cluster.local"}
 	}
@@ -295,7 +292,6 @@ func startKube(t *testing.T, overlay string, nWorkers int) *kube {
 			hosts = append(hosts, p.dnsName)
 		}
 	}
-	var err error
 	if k.cert, err = security.EphemeralPEM(hosts...); err != nil {
 		t.Fatal(err)
 	}
@@ -375,7 +371,7 @@ func (k *kube) startPod(p *kubePod, spec *corev1.PodSpec, claims []corev1.Persis
 		case i >= 0 && spec.Volumes[i].Secret != nil:
 			k.writeSecret(dir)
 		case i >= 0 && spec.Volumes[i].ConfigMap != nil:
-			cm := k.objs.configMaps[spec.Volumes[i].ConfigMap.Name]
+			cm := k.objs.ConfigMaps[spec.Volumes[i].ConfigMap.Name]
 			if cm == nil {
 				t.Fatalf("%s: no ConfigMap %s", p.name, spec.Volumes[i].ConfigMap.Name)
 			}
@@ -404,7 +400,7 @@ func (k *kube) startPod(p *kubePod, spec *corev1.PodSpec, claims []corev1.Persis
 	}
 	var args []string
 	for _, a := range c.Args {
-		a = expand(a, env)
+		a = manifests.Expand(a, env)
 		if strings.Contains(a, "$(") {
 			t.Fatalf("%s: %q refers to an undefined variable", p.name, a)
 		}
@@ -457,50 +453,17 @@ func (k *kube) readyz(p *kubePod, port int, tlsOn bool, want int) error {
 	return nil
 }
 
-// podEnv is a container's environment as the kubelet sets it: values
-// with $(VAR) expanded from the variables before them, downward-API
-// fields, resource limits, and Secret keys (the token).
+// podEnv is a container's environment as the kubelet sets it, with the
+// token as the only Secret key.
 func (k *kube) podEnv(c *corev1.Container, fields map[string]string) map[string]string {
-	t := k.t
-	t.Helper()
-	env := map[string]string{}
-	for _, e := range c.Env {
-		switch r := e.ValueFrom; {
-		case r == nil:
-			env[e.Name] = expand(e.Value, env)
-		case r.FieldRef != nil:
-			v, ok := fields[r.FieldRef.FieldPath]
-			if !ok {
-				t.Fatalf("%s: env %s: field %s not simulated", c.Name, e.Name, r.FieldRef.FieldPath)
-			}
-			env[e.Name] = v
-		case r.ResourceFieldRef != nil:
-			q := c.Resources.Limits[corev1.ResourceName(strings.TrimPrefix(r.ResourceFieldRef.Resource, "limits."))]
-			div := r.ResourceFieldRef.Divisor
-			if div.IsZero() {
-				div = resource.MustParse("1")
-			}
-			env[e.Name] = strconv.FormatInt((q.MilliValue()+div.MilliValue()-1)/div.MilliValue(), 10)
-		case r.SecretKeyRef != nil && r.SecretKeyRef.Name == "switchyard-token":
-			env[e.Name] = k.token
-		default:
-			t.Fatalf("%s: env %s: source not simulated", c.Name, e.Name)
-		}
+	k.t.Helper()
+	env, err := manifests.Env(c, manifests.Pod{Fields: fields, Secret: func(ref *corev1.SecretKeySelector) (string, bool) {
+		return k.token, ref.Name == "switchyard-token"
+	}})
+	if err != nil {
+		k.t.Fatal(err)
 	}
 	return env
-}
-
-var kubeVarRef = regexp.MustCompile(`\$\(([A-Za-z_][A-Za-z0-9_]*)\)`)
-
-// expand replaces $(VAR) with VAR's value, as the kubelet does; an
-// undefined VAR stays as written.
-func expand(s string, env map[string]string) string {
-	return kubeVarRef.ReplaceAllStringFunc(s, func(m string) string {
-		if v, ok := env[m[2:len(m)-1]]; ok {
-			return v
-		}
-		return m
-	})
 }
 
 func ptrOr[T any](p *T, def T) T {
@@ -516,61 +479,6 @@ func randomHex(t *testing.T, n int) string {
 		t.Fatal(err)
 	}
 	return hex.EncodeToString(b)
-}
-
-// rendered is the part of an overlay the test runs.
-type rendered struct {
-	namespace    string
-	statefulSets map[string]*appsv1.StatefulSet
-	daemonSets   map[string]*appsv1.DaemonSet
-	configMaps   map[string]*corev1.ConfigMap
-}
-
-// renderOverlay runs kustomize on dir (as `kustomize build` does) and
-// decodes the kinds the test runs into their k8s.io/api types
-// (deploy/kubernetes's tests check all of them strictly).
-func renderOverlay(t *testing.T, dir string) *rendered {
-	t.Helper()
-	rm, err := krusty.MakeKustomizer(krusty.MakeDefaultOptions()).Run(filesys.MakeFsOnDisk(), dir)
-	if err != nil {
-		t.Fatalf("kustomize build %s: %v", dir, err)
-	}
-	stream, err := rm.AsYaml()
-	if err != nil {
-		t.Fatal(err)
-	}
-	o := &rendered{statefulSets: map[string]*appsv1.StatefulSet{}, daemonSets: map[string]*appsv1.DaemonSet{}, configMaps: map[string]*corev1.ConfigMap{}}
-	for _, doc := range regexp.MustCompile(`(?m)^---\s*$`).Split(string(stream), -1) {
-		var tm metav1.TypeMeta
-		if err := yaml.Unmarshal([]byte(doc), &tm); err != nil {
-			t.Fatal(err)
-		}
-		var (
-			obj any
-			put func()
-		)
-		switch tm.APIVersion + " " + tm.Kind {
-		case "apps/v1 StatefulSet":
-			v := &appsv1.StatefulSet{}
-			obj, put = v, func() { o.statefulSets[v.Name] = v }
-		case "apps/v1 DaemonSet":
-			v := &appsv1.DaemonSet{}
-			obj, put = v, func() { o.daemonSets[v.Name] = v }
-		case "v1 ConfigMap":
-			v := &corev1.ConfigMap{}
-			obj, put = v, func() { o.configMaps[v.Name] = v }
-		case "v1 Namespace":
-			v := &corev1.Namespace{}
-			obj, put = v, func() { o.namespace = v.Name }
-		default:
-			continue
-		}
-		if err := yaml.UnmarshalStrict([]byte(doc), obj); err != nil {
-			t.Fatalf("%s: %v", tm.Kind, err)
-		}
-		put()
-	}
-	return o
 }
 
 // podNet is the pods' network: a bridge in this namespace and one network

@@ -24,15 +24,11 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
-	policyv1 "k8s.io/api/policy/v1"
-	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/intstr"
-	"sigs.k8s.io/kustomize/api/krusty"
-	"sigs.k8s.io/kustomize/kyaml/filesys"
-	"sigs.k8s.io/yaml"
 
+	"github.com/switchyard-ml/switchyard/deploy/kubernetes/manifests"
 	"github.com/switchyard-ml/switchyard/pkg/jobspec"
 	"github.com/switchyard-ml/switchyard/pkg/workerconfig"
 )
@@ -40,17 +36,7 @@ import (
 var overlays = []string{"dev", "production"}
 
 // objects is one rendered overlay, by kind and name.
-type objects struct {
-	namespace    string
-	statefulSets map[string]*appsv1.StatefulSet
-	daemonSets   map[string]*appsv1.DaemonSet
-	deployments  map[string]*appsv1.Deployment
-	services     map[string]*corev1.Service
-	configMaps   map[string]*corev1.ConfigMap
-	pvcs         map[string]*corev1.PersistentVolumeClaim
-	netpols      map[string]*networkingv1.NetworkPolicy
-	pdbs         map[string]*policyv1.PodDisruptionBudget
-}
+type objects = manifests.Objects
 
 // workload is a pod template with where it comes from.
 type workload struct {
@@ -60,18 +46,18 @@ type workload struct {
 	pod        *corev1.PodTemplateSpec
 }
 
-func (o *objects) workloads() []workload {
+func workloads(o *objects) []workload {
 	var out []workload
-	for _, n := range slices.Sorted(maps.Keys(o.statefulSets)) {
-		s := o.statefulSets[n]
+	for _, n := range slices.Sorted(maps.Keys(o.StatefulSets)) {
+		s := o.StatefulSets[n]
 		out = append(out, workload{"StatefulSet", n, int(ptrOr(s.Spec.Replicas, 1)), s.Spec.Selector, &s.Spec.Template})
 	}
-	for _, n := range slices.Sorted(maps.Keys(o.deployments)) {
-		d := o.deployments[n]
+	for _, n := range slices.Sorted(maps.Keys(o.Deployments)) {
+		d := o.Deployments[n]
 		out = append(out, workload{"Deployment", n, int(ptrOr(d.Spec.Replicas, 1)), d.Spec.Selector, &d.Spec.Template})
 	}
-	for _, n := range slices.Sorted(maps.Keys(o.daemonSets)) {
-		d := o.daemonSets[n]
+	for _, n := range slices.Sorted(maps.Keys(o.DaemonSets)) {
+		d := o.DaemonSets[n]
 		out = append(out, workload{"DaemonSet", n, -1, d.Spec.Selector, &d.Spec.Template})
 	}
 	return out
@@ -82,93 +68,6 @@ func ptrOr[T any](p *T, def T) T {
 		return def
 	}
 	return *p
-}
-
-// render runs kustomize on dir (as `kustomize build` does).
-func render(t *testing.T, dir string) []byte {
-	t.Helper()
-	k := krusty.MakeKustomizer(krusty.MakeDefaultOptions())
-	rm, err := k.Run(filesys.MakeFsOnDisk(), dir)
-	if err != nil {
-		t.Fatalf("kustomize build %s: %v", dir, err)
-	}
-	out, err := rm.AsYaml()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out
-}
-
-// decodeAll decodes a multi-document stream strictly: every document
-// must be a kind listed here, and every field must be one its type has.
-func decodeAll(stream []byte) (*objects, error) {
-	o := &objects{
-		statefulSets: map[string]*appsv1.StatefulSet{}, daemonSets: map[string]*appsv1.DaemonSet{},
-		deployments: map[string]*appsv1.Deployment{}, services: map[string]*corev1.Service{},
-		configMaps: map[string]*corev1.ConfigMap{}, pvcs: map[string]*corev1.PersistentVolumeClaim{},
-		netpols: map[string]*networkingv1.NetworkPolicy{}, pdbs: map[string]*policyv1.PodDisruptionBudget{},
-	}
-	for i, doc := range regexp.MustCompile(`(?m)^---\s*$`).Split(string(stream), -1) {
-		if strings.TrimSpace(doc) == "" {
-			continue
-		}
-		var tm metav1.TypeMeta
-		if err := yaml.Unmarshal([]byte(doc), &tm); err != nil {
-			return nil, fmt.Errorf("document %d: %v", i, err)
-		}
-		var (
-			obj  any
-			meta *metav1.ObjectMeta
-			put  func()
-		)
-		switch tm.APIVersion + " " + tm.Kind {
-		case "apps/v1 StatefulSet":
-			v := &appsv1.StatefulSet{}
-			obj, meta, put = v, &v.ObjectMeta, func() { o.statefulSets[v.Name] = v }
-		case "apps/v1 DaemonSet":
-			v := &appsv1.DaemonSet{}
-			obj, meta, put = v, &v.ObjectMeta, func() { o.daemonSets[v.Name] = v }
-		case "apps/v1 Deployment":
-			v := &appsv1.Deployment{}
-			obj, meta, put = v, &v.ObjectMeta, func() { o.deployments[v.Name] = v }
-		case "v1 Service":
-			v := &corev1.Service{}
-			obj, meta, put = v, &v.ObjectMeta, func() { o.services[v.Name] = v }
-		case "v1 ConfigMap":
-			v := &corev1.ConfigMap{}
-			obj, meta, put = v, &v.ObjectMeta, func() { o.configMaps[v.Name] = v }
-		case "v1 PersistentVolumeClaim":
-			v := &corev1.PersistentVolumeClaim{}
-			obj, meta, put = v, &v.ObjectMeta, func() { o.pvcs[v.Name] = v }
-		case "v1 Namespace":
-			v := &corev1.Namespace{}
-			obj, meta, put = v, &v.ObjectMeta, func() { o.namespace = v.Name }
-		case "networking.k8s.io/v1 NetworkPolicy":
-			v := &networkingv1.NetworkPolicy{}
-			obj, meta, put = v, &v.ObjectMeta, func() { o.netpols[v.Name] = v }
-		case "policy/v1 PodDisruptionBudget":
-			v := &policyv1.PodDisruptionBudget{}
-			obj, meta, put = v, &v.ObjectMeta, func() { o.pdbs[v.Name] = v }
-		default:
-			return nil, fmt.Errorf("document %d: unexpected kind %q %q", i, tm.APIVersion, tm.Kind)
-		}
-		if err := yaml.UnmarshalStrict([]byte(doc), obj); err != nil {
-			return nil, fmt.Errorf("%s %s: %v", tm.Kind, docName(doc), err)
-		}
-		if meta.Name == "" {
-			return nil, fmt.Errorf("document %d: %s without a name", i, tm.Kind)
-		}
-		put()
-	}
-	return o, nil
-}
-
-func docName(doc string) string {
-	var m struct {
-		Metadata struct{ Name string } `json:"metadata"`
-	}
-	_ = yaml.Unmarshal([]byte(doc), &m)
-	return m.Metadata.Name
 }
 
 // The decoder the checks rely on refuses what Kubernetes would: a
@@ -184,13 +83,13 @@ func TestStrictDecodingRefuses(t *testing.T) {
 		{"repeated key", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\ndata: {a: b}\ndata: {c: d}\n", "data"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := decodeAll([]byte(tc.doc))
+			_, err := manifests.Decode([]byte(tc.doc))
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("decode: %v, want an error naming %q", err, tc.want)
 			}
 		})
 	}
-	if _, err := decodeAll([]byte("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\ndata: {a: b}\n")); err != nil {
+	if _, err := manifests.Decode([]byte("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\ndata: {a: b}\n")); err != nil {
 		t.Fatalf("a good document: %v", err)
 	}
 }
@@ -204,7 +103,7 @@ func overlay(t *testing.T, name string) *objects {
 	if o, ok := renderOnce.Load(name); ok {
 		return o.(*objects)
 	}
-	o, err := decodeAll(render(t, filepath.Join("overlays", name)))
+	o, err := manifests.Load(filepath.Join("overlays", name))
 	if err != nil {
 		t.Fatalf("overlay %s: %v", name, err)
 	}
@@ -217,15 +116,15 @@ func TestOverlaysDecodeStrictly(t *testing.T) {
 	for _, name := range overlays {
 		t.Run(name, func(t *testing.T) {
 			o := overlay(t, name)
-			if o.namespace == "" {
+			if o.Namespace == "" {
 				t.Error("no Namespace object")
 			}
 			for _, want := range []string{"switchyard-coordinator", "etcd", "nats"} {
-				if o.statefulSets[want] == nil {
+				if o.StatefulSets[want] == nil {
 					t.Errorf("no StatefulSet %s", want)
 				}
 			}
-			if o.daemonSets["switchyard-worker"] == nil {
+			if o.DaemonSets["switchyard-worker"] == nil {
 				t.Error("no worker DaemonSet")
 			}
 		})
@@ -235,7 +134,7 @@ func TestOverlaysDecodeStrictly(t *testing.T) {
 // podsOf are the workloads whose pods sel selects.
 func podsOf(o *objects, sel labels.Selector) []workload {
 	var out []workload
-	for _, w := range o.workloads() {
+	for _, w := range workloads(o) {
 		if sel.Matches(labels.Set(w.pod.Labels)) {
 			out = append(out, w)
 		}
@@ -276,7 +175,7 @@ func TestSelectorsAndPorts(t *testing.T) {
 	for _, name := range overlays {
 		t.Run(name, func(t *testing.T) {
 			o := overlay(t, name)
-			for _, w := range o.workloads() {
+			for _, w := range workloads(o) {
 				if !selector(t, w.selector).Matches(labels.Set(w.pod.Labels)) {
 					t.Errorf("%s %s: selector %v does not match its pod labels %v", w.kind, w.name, w.selector, w.pod.Labels)
 				}
@@ -284,8 +183,8 @@ func TestSelectorsAndPorts(t *testing.T) {
 					t.Errorf("%s %s: its selector matches %d workloads' pods", w.kind, w.name, len(got))
 				}
 			}
-			for _, s := range o.statefulSets {
-				if svc := o.services[s.Spec.ServiceName]; svc == nil || svc.Spec.ClusterIP != corev1.ClusterIPNone {
+			for _, s := range o.StatefulSets {
+				if svc := o.Services[s.Spec.ServiceName]; svc == nil || svc.Spec.ClusterIP != corev1.ClusterIPNone {
 					t.Errorf("StatefulSet %s: serviceName %q is not a headless Service here", s.Name, s.Spec.ServiceName)
 				}
 			}
@@ -294,7 +193,7 @@ func TestSelectorsAndPorts(t *testing.T) {
 				if m, ok := meantFor[name]; ok {
 					want = m
 				}
-				for _, w := range o.workloads() {
+				for _, w := range workloads(o) {
 					if w.name == want {
 						return w
 					}
@@ -302,7 +201,7 @@ func TestSelectorsAndPorts(t *testing.T) {
 				t.Fatalf("%s %s: no workload %s for it", kind, name, want)
 				return workload{}
 			}
-			for _, svc := range o.services {
+			for _, svc := range o.Services {
 				w := target("Service", svc.Name)
 				sel := labels.SelectorFromSet(svc.Spec.Selector)
 				if len(svc.Spec.Selector) == 0 || !sel.Matches(labels.Set(w.pod.Labels)) || len(podsOf(o, sel)) != 1 {
@@ -314,18 +213,18 @@ func TestSelectorsAndPorts(t *testing.T) {
 					}
 				}
 			}
-			for _, pdb := range o.pdbs {
+			for _, pdb := range o.PDBs {
 				w := target("PodDisruptionBudget", pdb.Name)
 				if !selector(t, pdb.Spec.Selector).Matches(labels.Set(w.pod.Labels)) || len(podsOf(o, selector(t, pdb.Spec.Selector))) != 1 {
 					t.Errorf("PodDisruptionBudget %s: selector does not select exactly %s's pods", pdb.Name, w.name)
 				}
 			}
-			for _, np := range o.netpols {
+			for _, np := range o.NetPols {
 				sel := selector(t, &np.Spec.PodSelector)
 				selected := podsOf(o, sel)
 				if np.Name == "default-deny-ingress" {
-					if len(selected) != len(o.workloads()) || len(np.Spec.Ingress) != 0 {
-						t.Errorf("NetworkPolicy %s: selects %d of %d workloads, %d rules", np.Name, len(selected), len(o.workloads()), len(np.Spec.Ingress))
+					if len(selected) != len(workloads(o)) || len(np.Spec.Ingress) != 0 {
+						t.Errorf("NetworkPolicy %s: selects %d of %d workloads, %d rules", np.Name, len(selected), len(workloads(o)), len(np.Spec.Ingress))
 					}
 					continue
 				}
@@ -362,8 +261,8 @@ func TestSelectorsAndPorts(t *testing.T) {
 			}
 			// every pod's ports are open to someone: each declared port of
 			// a workload other than its probes' is in one of its policies
-			for _, w := range o.workloads() {
-				np := o.netpols[w.name]
+			for _, w := range workloads(o) {
+				np := o.NetPols[w.name]
 				if np == nil {
 					t.Errorf("%s %s: no NetworkPolicy of its own (the default denies all ingress)", w.kind, w.name)
 					continue
@@ -425,7 +324,7 @@ func TestContainers(t *testing.T) {
 	for _, name := range overlays {
 		t.Run(name, func(t *testing.T) {
 			o := overlay(t, name)
-			for _, w := range o.workloads() {
+			for _, w := range workloads(o) {
 				spec := &w.pod.Spec
 				if spec.AutomountServiceAccountToken == nil || *spec.AutomountServiceAccountToken {
 					t.Errorf("%s: mounts a service account token it has no use for", w.name)
@@ -437,15 +336,15 @@ func TestContainers(t *testing.T) {
 				for _, v := range spec.Volumes {
 					vols[v.Name] = v
 					switch {
-					case v.ConfigMap != nil && o.configMaps[v.ConfigMap.Name] == nil:
+					case v.ConfigMap != nil && o.ConfigMaps[v.ConfigMap.Name] == nil:
 						t.Errorf("%s: volume %s: no ConfigMap %s", w.name, v.Name, v.ConfigMap.Name)
-					case v.PersistentVolumeClaim != nil && o.pvcs[v.PersistentVolumeClaim.ClaimName] == nil:
+					case v.PersistentVolumeClaim != nil && o.PVCs[v.PersistentVolumeClaim.ClaimName] == nil:
 						t.Errorf("%s: volume %s: no PersistentVolumeClaim %s", w.name, v.Name, v.PersistentVolumeClaim.ClaimName)
 					case v.Secret != nil && !secretDocumented(readme, v.Secret.SecretName):
 						t.Errorf("%s: volume %s: Secret %s is not in README.md's list", w.name, v.Name, v.Secret.SecretName)
 					}
 				}
-				if s, ok := o.statefulSets[w.name]; ok {
+				if s, ok := o.StatefulSets[w.name]; ok {
 					for _, c := range s.Spec.VolumeClaimTemplates {
 						vols[c.Name] = corev1.Volume{Name: c.Name}
 					}
@@ -533,48 +432,14 @@ func TestMain(m *testing.M) {
 // values, Secrets as placeholders, $(VAR) references expanded.
 func podEnv(t *testing.T, o *objects, c *corev1.Container, podName string) map[string]string {
 	t.Helper()
-	env := map[string]string{}
-	for _, e := range c.Env {
-		switch r := e.ValueFrom; {
-		case r == nil:
-			env[e.Name] = expand(e.Value, env)
-		case r.FieldRef != nil:
-			v, ok := map[string]string{"metadata.name": podName, "metadata.namespace": o.namespace, "spec.nodeName": "gpu-node-1", "status.podIP": "10.0.3.17"}[r.FieldRef.FieldPath]
-			if !ok {
-				t.Fatalf("%s: env %s: field %s not simulated", c.Name, e.Name, r.FieldRef.FieldPath)
-			}
-			env[e.Name] = v
-		case r.ResourceFieldRef != nil:
-			q := c.Resources.Limits[corev1.ResourceName(strings.TrimPrefix(r.ResourceFieldRef.Resource, "limits."))]
-			if q.IsZero() || r.ResourceFieldRef.ContainerName != c.Name {
-				t.Fatalf("%s: env %s: %s of container %q is not set", c.Name, e.Name, r.ResourceFieldRef.Resource, r.ResourceFieldRef.ContainerName)
-			}
-			div := r.ResourceFieldRef.Divisor
-			if div.IsZero() {
-				div = resource.MustParse("1")
-			}
-			n := (q.MilliValue() + div.MilliValue() - 1) / div.MilliValue() // the kubelet rounds up
-			env[e.Name] = strconv.FormatInt(n, 10)
-		case r.SecretKeyRef != nil:
-			env[e.Name] = "from-secret-" + r.SecretKeyRef.Name
-		default:
-			t.Fatalf("%s: env %s: source not simulated", c.Name, e.Name)
-		}
+	env, err := manifests.Env(c, manifests.Pod{
+		Fields: map[string]string{"metadata.name": podName, "metadata.namespace": o.Namespace, "spec.nodeName": "gpu-node-1", "status.podIP": "10.0.3.17"},
+		Secret: func(ref *corev1.SecretKeySelector) (string, bool) { return "from-secret-" + ref.Name, true },
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 	return env
-}
-
-var varRef = regexp.MustCompile(`\$\(([A-Za-z_][A-Za-z0-9_]*)\)`)
-
-// expand replaces $(VAR) with VAR's value, as the kubelet does; an
-// undefined VAR stays as written.
-func expand(s string, env map[string]string) string {
-	return varRef.ReplaceAllStringFunc(s, func(m string) string {
-		if v, ok := env[m[2:len(m)-1]]; ok {
-			return v
-		}
-		return m
-	})
 }
 
 // flagValue is the value of --name=v or --name v in args.
@@ -620,7 +485,7 @@ func TestCoordinatorCommandLine(t *testing.T) {
 	for _, name := range overlays {
 		t.Run(name, func(t *testing.T) {
 			o := overlay(t, name)
-			s := o.statefulSets["switchyard-coordinator"]
+			s := o.StatefulSets["switchyard-coordinator"]
 			c := &s.Spec.Template.Spec.Containers[0]
 			if c.Name != "coordinator" || len(c.Command) != 1 || c.Command[0] != "/usr/local/bin/coordinator" {
 				t.Fatalf("container %s runs %v", c.Name, c.Command)
@@ -631,7 +496,7 @@ func TestCoordinatorCommandLine(t *testing.T) {
 				env := podEnv(t, o, c, pod)
 				var args []string
 				for _, a := range c.Args {
-					a = expand(a, env)
+					a = manifests.Expand(a, env)
 					if strings.Contains(a, "$(") {
 						t.Errorf("%s: %q refers to an undefined variable", pod, a)
 					}
@@ -663,15 +528,15 @@ func TestCoordinatorCommandLine(t *testing.T) {
 					wantPort(t, c, portName, portNumber(t, v))
 				}
 				adv, _ := flagValue(args, "raft-advertise")
-				svc := o.services[s.Spec.ServiceName]
-				if want := fmt.Sprintf("%s.%s.%s.svc:", pod, svc.Name, o.namespace); !strings.HasPrefix(adv, want) {
+				svc := o.Services[s.Spec.ServiceName]
+				if want := fmt.Sprintf("%s.%s.%s.svc:", pod, svc.Name, o.Namespace); !strings.HasPrefix(adv, want) {
 					t.Errorf("%s: --raft-advertise %q, want its DNS name %s...", pod, adv, want)
 				}
 				peers, _ := flagValue(args, "peers")
 				var want []string
 				for i := range replicas {
 					p := fmt.Sprintf("%s-%d", s.Name, i)
-					want = append(want, fmt.Sprintf("%s=%s.%s.%s.svc:%d", p, p, svc.Name, o.namespace, portNumber(t, adv)))
+					want = append(want, fmt.Sprintf("%s=%s.%s.%s.svc:%d", p, p, svc.Name, o.Namespace, portNumber(t, adv)))
 				}
 				if peers != strings.Join(want, ",") {
 					t.Errorf("%s: --peers %q\nwant %q (every replica, by its DNS name)", pod, peers, strings.Join(want, ","))
@@ -696,7 +561,7 @@ func TestWorkerCommandLine(t *testing.T) {
 	for _, name := range overlays {
 		t.Run(name, func(t *testing.T) {
 			o := overlay(t, name)
-			d := o.daemonSets["switchyard-worker"]
+			d := o.DaemonSets["switchyard-worker"]
 			spec := &d.Spec.Template.Spec
 			c := &spec.Containers[0]
 			if c.Name != "worker" || len(c.Command) != 1 || c.Command[0] != "/usr/local/bin/worker" {
@@ -710,7 +575,7 @@ func TestWorkerCommandLine(t *testing.T) {
 			root := t.TempDir()
 			var args []string
 			for _, a := range c.Args {
-				args = append(args, expand(a, env))
+				args = append(args, manifests.Expand(a, env))
 			}
 			for _, m := range c.VolumeMounts {
 				for _, v := range spec.Volumes {
@@ -721,7 +586,7 @@ func TestWorkerCommandLine(t *testing.T) {
 					if err := os.MkdirAll(dir, 0o755); err != nil {
 						t.Fatal(err)
 					}
-					for file, body := range o.configMaps[v.ConfigMap.Name].Data {
+					for file, body := range o.ConfigMaps[v.ConfigMap.Name].Data {
 						if err := os.WriteFile(filepath.Join(dir, file), []byte(body), 0o644); err != nil {
 							t.Fatal(err)
 						}
@@ -811,14 +676,14 @@ func mounted(spec *corev1.PodSpec, c *corev1.Container, dir string) bool {
 func TestProductionQuorum(t *testing.T) {
 	o := overlay(t, "production")
 	for _, name := range []string{"switchyard-coordinator", "etcd", "nats"} {
-		s := o.statefulSets[name]
+		s := o.StatefulSets[name]
 		if got := ptrOr(s.Spec.Replicas, 1); got != 3 {
 			t.Errorf("%s: %d replicas, want 3", name, got)
 		}
 		if s.Spec.PodManagementPolicy != appsv1.ParallelPodManagement {
 			t.Errorf("%s: pods start in order; a new cluster's members must start together", name)
 		}
-		pdb := o.pdbs[name]
+		pdb := o.PDBs[name]
 		if pdb == nil || pdb.Spec.MaxUnavailable == nil || pdb.Spec.MaxUnavailable.IntValue() != 1 || pdb.Spec.MinAvailable != nil {
 			t.Errorf("%s: want a PodDisruptionBudget with maxUnavailable 1", name)
 		}
@@ -833,18 +698,18 @@ func TestProductionQuorum(t *testing.T) {
 			t.Errorf("%s: no required pod anti-affinity across nodes", name)
 		}
 	}
-	env := podEnv(t, o, &o.statefulSets["etcd"].Spec.Template.Spec.Containers[0], "etcd-0")
+	env := podEnv(t, o, &o.StatefulSets["etcd"].Spec.Template.Spec.Containers[0], "etcd-0")
 	if got := strings.Count(env["INITIAL_CLUSTER"], "="); got != 3 {
 		t.Errorf("etcd's initial cluster names %d members: %s", got, env["INITIAL_CLUSTER"])
 	}
-	routes, _ := flagValue(o.statefulSets["nats"].Spec.Template.Spec.Containers[0].Args, "routes")
+	routes, _ := flagValue(o.StatefulSets["nats"].Spec.Template.Spec.Containers[0].Args, "routes")
 	if got := len(strings.Split(routes, ",")); got != 3 {
 		t.Errorf("NATS routes name %d servers: %s", got, routes)
 	}
-	if got := ptrOr(o.statefulSets["switchyard-coordinator"].Spec.Replicas, 1); got != 3 {
+	if got := ptrOr(o.StatefulSets["switchyard-coordinator"].Spec.Replicas, 1); got != 3 {
 		t.Fatal(got)
 	}
-	if dev := overlay(t, "dev"); ptrOr(dev.statefulSets["switchyard-coordinator"].Spec.Replicas, 1) != 1 {
+	if dev := overlay(t, "dev"); ptrOr(dev.StatefulSets["switchyard-coordinator"].Spec.Replicas, 1) != 1 {
 		t.Errorf("dev: want one coordinator")
 	}
 }

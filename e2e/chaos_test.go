@@ -152,9 +152,18 @@ func TestChaos(t *testing.T) {
 	var wg sync.WaitGroup
 	wg.Go(func() { ch.submitLoop(stop) })
 	wg.Go(func() { ch.watchLoop(stop) })
+	// the kinds in rounds, each round a seeded shuffle of all of them:
+	// every kind is drawn once before any is drawn twice, so a run of a
+	// few minutes (about 27 faults in 3) meets every kind
+	var round []string
 	for time.Since(start) < *chaosDuration {
 		time.Sleep(time.Duration(2000+ch.rng.IntN(4000)) * time.Millisecond)
-		ch.inject(kinds[ch.rng.IntN(len(kinds))])
+		if len(round) == 0 {
+			round = slices.Clone(kinds)
+			ch.rng.Shuffle(len(round), func(i, j int) { round[i], round[j] = round[j], round[i] })
+		}
+		ch.inject(round[0])
+		round = round[1:]
 	}
 	close(stop)
 	wg.Wait()

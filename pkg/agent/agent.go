@@ -324,7 +324,7 @@ func (a *Agent) keepRegistered(life context.Context, reg membership.Registration
 			// the registration says so, for a leader elected meanwhile
 			drain = nil
 			uctx, cancel := context.WithTimeout(life, registerTimeout)
-			if err := reg.Update(uctx, a.info()); err != nil {
+			if err := reg.Update(uctx, a.info()); err != nil && life.Err() == nil {
 				a.log.Warn("could not mark the registration as draining", "error", err)
 			}
 			cancel()

@@ -20,9 +20,7 @@ import (
 // lasts at most drain_seconds; what still runs then is stopped by
 // stopAll.
 func (a *Agent) drain() {
-	if a.draining.CompareAndSwap(false, true) {
-		close(a.drainStarted)
-	}
+	a.draining.Store(true)
 	a.mu.Lock()
 	a.closing = true
 	n := len(a.tasks)
@@ -31,6 +29,7 @@ func (a *Agent) drain() {
 	if grace <= 0 || n == 0 {
 		return
 	}
+	close(a.drainStarted) // the registration says so too
 	a.log.Info("draining: no new ranks; running ranks stop after their job's next checkpoint", "ranks", n, "at-most", grace)
 	ctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()

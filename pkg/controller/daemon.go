@@ -376,13 +376,13 @@ func (d *Daemon) Close() error {
 		d.closing.Store(true)
 		d.handOver()
 		if d.http != nil {
-			d.dash.Close() // live streams end
-			d.dashCancel() // and any request still running
+			d.dashCancel() // requests end, live streams too
 			sctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 			if err := d.http.Shutdown(sctx); err != nil {
-				d.http.Close()
+				d.http.Close() // a stream blocked writing to a client that stopped reading
 			}
 			cancel()
+			d.dash.Close() // and wait for the streams' goroutines
 		}
 		if d.grpc != nil {
 			stopped := make(chan struct{})

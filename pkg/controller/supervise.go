@@ -424,7 +424,14 @@ func (s *Server) SyncWorker(ctx context.Context, req *apiv1.SyncWorkerRequest) (
 		return forward(ctx, s, req, apiv1.CoordinatorClient.SyncWorker)
 	}
 	h := s.hold()
-	defer h.release()
+	locked := true
+	release := func() {
+		if locked {
+			locked = false
+			h.release()
+		}
+	}
+	defer release()
 	h.term.lastSync[w] = s.cfg.Now()
 	switch {
 	case req.GetDraining() && !h.term.draining[w]:
@@ -440,6 +447,7 @@ func (s *Server) SyncWorker(ctx context.Context, req *apiv1.SyncWorkerRequest) (
 	}
 	live := s.liveWorkers()
 	resp := &apiv1.SyncWorkerResponse{}
+	var draining []*pb.Job // the jobs of a draining worker, for their checkpoints
 	for _, j := range s.cfg.Node.Unfinished() {
 		if !active(j) {
 			continue
@@ -467,19 +475,29 @@ func (s *Server) SyncWorker(ctx context.Context, req *apiv1.SyncWorkerRequest) (
 		for i, a := range mine {
 			localSlots[i] = a.Slot
 		}
-		var ckpt int64
 		if req.GetDraining() {
-			ckpt = s.newestCheckpoint(ctx, j)
+			draining = append(draining, j)
 		}
 		for _, a := range mine {
 			n := nodes[a.Rank]
 			resp.Tasks = append(resp.Tasks, &apiv1.Task{
-				CheckpointStep: ckpt,
-				JobId:          j.Id, Attempt: j.Restarts, Rank: a.Rank, Slot: a.Slot, WorldSize: int32(len(j.Placement)),
+				JobId: j.Id, Attempt: j.Restarts, Rank: a.Rank, Slot: a.Slot, WorldSize: int32(len(j.Placement)),
 				Tp: int32(l.TP), Dp: int32(l.DP), Ep: int32(l.EP), Balance: l.Balance,
 				Peers: peers, Spec: j.Spec, ResumeFromStep: j.ResumeFromStep, Accumulation: int32(l.Accumulation),
 				NodeRank: n.node, Nodes: n.nodes, LocalRank: n.local, LocalWorldSize: n.localWorld, LocalSlots: localSlots,
 			})
+		}
+	}
+	if len(draining) > 0 {
+		// the catalogue (etcd) is read without the leader's lock, which
+		// every sync and the supervision tick need
+		release()
+		steps := make(map[string]int64, len(draining))
+		for _, j := range draining {
+			steps[j.Id] = s.newestCheckpoint(ctx, j)
+		}
+		for _, t := range resp.Tasks {
+			t.CheckpointStep = steps[t.JobId]
 		}
 	}
 	return resp, nil

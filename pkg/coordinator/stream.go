@@ -4,12 +4,16 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"time"
 
 	"github.com/hashicorp/raft"
+
+	"github.com/switchyard-ml/switchyard/pkg/security"
 )
 
 // stream is raft's stream layer: TCP, or mutual TLS 1.3 when tls is set
@@ -76,6 +80,7 @@ func listenStream(bind, advertise string, tc *tls.Config, dial DialFunc, log *sl
 	if tc != nil {
 		server := tc.Clone()
 		server.ClientAuth, server.ClientCAs, server.MinVersion = tls.RequireAndVerifyClientCert, tc.RootCAs, tls.VersionTLS13
+		server.VerifyConnection = notWorker
 		s.Listener, s.tls = tls.NewListener(lis, server), tc
 	}
 	return s, nil
@@ -110,12 +115,23 @@ func (s *stream) Dial(addr raft.ServerAddress, timeout time.Duration) (net.Conn,
 	}
 	c := s.tls.Clone()
 	c.ServerName, c.MinVersion = host, tls.VersionTLS13
+	c.VerifyConnection = notWorker
 	tc := tls.Client(conn, c)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		conn.Close()
 		return nil, err
 	}
 	return tc, nil
+}
+
+// notWorker refuses a peer whose certificate is a worker's: the one CA
+// signs replicas' and workers' certificates, and a worker, which the API
+// allows only to sync and commit, must not speak raft.
+func notWorker(cs tls.ConnectionState) error {
+	if len(cs.PeerCertificates) > 0 && slices.Contains(cs.PeerCertificates[0].Subject.OrganizationalUnit, security.WorkerCertOU) {
+		return fmt.Errorf("raft: %q holds a worker's certificate (OU %s), not a replica's", cs.PeerCertificates[0].Subject.CommonName, security.WorkerCertOU)
+	}
+	return nil
 }
 
 // warnUnresolved says, at most once per dnsLogEvery, that a peer's name

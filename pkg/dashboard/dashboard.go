@@ -300,7 +300,7 @@ func (h *Handler) checkpoints(w http.ResponseWriter, r *http.Request) error {
 	out := []checkpointView{}
 	for _, c := range cps {
 		out = append(out, checkpointView{Step: c.Step, Status: c.Status, Committed: unixMillis(c.CommittedUnixNano), Bytes: c.Bytes,
-			TP: c.Tp, DP: c.Dp, EP: c.Ep, ValLoss: c.ValLoss, Shards: len(c.Shards)})
+			TP: c.Tp, DP: c.Dp, EP: c.Ep, ValLoss: finite(c.ValLoss), Shards: len(c.Shards)})
 	}
 	writeJSON(w, http.StatusOK, out)
 	return nil

@@ -56,11 +56,15 @@ func (h *Handler) stream(w http.ResponseWriter, r *http.Request) error {
 	hd.Set("Cache-Control", "no-store")
 	hd.Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
+	// a client that stops reading must not hold the stream (and the
+	// coordinator's shutdown) forever: every write has a deadline
+	rc := http.NewResponseController(w)
 	send := func(event string, v any) error {
 		b, err := json.Marshal(v)
 		if err != nil {
 			return err
 		}
+		_ = rc.SetWriteDeadline(time.Now().Add(streamWriteTimeout)) // not every writer supports it (tests' recorders)
 		if _, err := fmt.Fprintf(w, "event: %s\ndata: %s\n\n", event, b); err != nil {
 			return err
 		}
@@ -113,6 +117,7 @@ func (h *Handler) stream(w http.ResponseWriter, r *http.Request) error {
 				err = send("event", eventView{Time: m.Time.UnixMilli(), Type: m.Event.Type, Message: m.Event.Message, Worker: m.Event.WorkerID})
 			}
 		case <-beat.C:
+			_ = rc.SetWriteDeadline(time.Now().Add(streamWriteTimeout))
 			_, err = fmt.Fprint(w, ": heartbeat\n\n")
 			fl.Flush()
 		case <-poll.C:
@@ -140,3 +145,6 @@ func (h *Handler) stream(w http.ResponseWriter, r *http.Request) error {
 		}
 	}
 }
+
+// streamWriteTimeout bounds one write of a live stream.
+const streamWriteTimeout = 30 * time.Second

@@ -54,6 +54,13 @@ func TestTrainingObserveAndForget(t *testing.T) {
 	if n := testutil.CollectAndCount(tr.share); n != 8+2 {
 		t.Errorf("%d share series, want 10", n)
 	}
+	// a shape past the bounds (a command job prints its own) adds no series
+	tr.Observe("job-c", Step{Step: 1, ExpertLoad: make([][]float64, maxLayers+1)})
+	tr.Observe("job-c", Step{Step: 2, ExpertLoad: [][]float64{make([]float64, maxExperts+1)}})
+	if n := testutil.CollectAndCount(tr.share); n != 8+2 {
+		t.Errorf("%d share series after oversized shapes, want 10", n)
+	}
+	tr.Forget("job-c")
 	tr.Forget("job-a")
 	if n := testutil.CollectAndCount(tr.share); n != 2 {
 		t.Errorf("%d share series after forgetting job-a, want job-b's 2", n)

@@ -26,6 +26,12 @@ type Step struct {
 	DeviceMemBytes int64
 }
 
+// The largest expert-load shape exported per job: MoE layers, experts.
+const (
+	maxLayers  = 256
+	maxExperts = 1024
+)
+
 // Training holds the metrics of the jobs whose rank 0 runs on this
 // worker. A nil *Training records nothing.
 type Training struct {
@@ -105,7 +111,16 @@ func (t *Training) Observe(job string, s Step) {
 	for l, v := range s.LBL {
 		t.lbl.WithLabelValues(job, strconv.Itoa(l)).Set(v)
 	}
+	if n := len(s.ExpertLoad); n > maxLayers || (n > 0 && len(s.ExpertLoad[0]) > maxExperts) {
+		// a command job's own metrics lines set this shape: past the
+		// bounds no series per layer and expert (the label sets stay
+		// bounded), the rest is recorded
+		s.ExpertLoad = nil
+	}
 	for l, row := range s.ExpertLoad {
+		if len(row) > maxExperts {
+			break
+		}
 		layer := strconv.Itoa(l)
 		var sum, top float64
 		for e, v := range row {

@@ -98,20 +98,54 @@ type variantResult struct {
 	Step    int64         `json:"step"`
 	Report  *train.Report `json:"report,omitempty"`
 	Missing string        `json:"missing,omitempty"` // why there is no report
+	// LateLoss is the mean training loss over the last tenth of the run's
+	// steps (rank 0's metrics): the variants of one seed train on the same
+	// global batches, so it compares them pair by pair with less noise than
+	// the last step's loss.
+	LateLoss *float64 `json:"late_train_loss,omitempty"`
+}
+
+// lateLoss is the mean loss of the steps past 90% of the last step.
+func lateLoss(ms []train.StepMetrics) *float64 {
+	if len(ms) == 0 {
+		return nil
+	}
+	from := ms[len(ms)-1].Step * 9 / 10
+	var sum float64
+	n := 0
+	for _, m := range ms {
+		if m.Step > from && !math.IsNaN(m.Loss) && !math.IsInf(m.Loss, 0) {
+			sum += m.Loss
+			n++
+		}
+	}
+	if n == 0 {
+		return nil
+	}
+	v := sum / float64(n)
+	return &v
 }
 
 // groupSummary gathers the variants that differ only in their seed.
 type groupSummary struct {
-	Variant    string             `json:"variant"`
-	Runs       int                `json:"runs"`              // with a report
-	BPB        meanSD             `json:"val_bits_per_byte"` // mean over domains, then over seeds
-	Domains    map[string]meanSD  `json:"domains"`           // per domain, over seeds
+	Variant string `json:"variant"`
+	// Balance is how many sequences the LBL's statistics cover
+	// (jobspec.Spec.BalanceBatch); Random: a random sample of the global
+	// batch (the control)
+	Balance    int                `json:"balance_batch"`
+	Random     bool               `json:"balance_random,omitempty"`
+	Runs       int                `json:"runs"`                  // with a report
+	MI         meanSD             `json:"domain_expert_mi_bits"` // mean over layers, then over seeds
+	LayerMI    []meanSD           `json:"layer_mi_bits"`         // per MoE layer, over seeds
+	BPB        meanSD             `json:"val_bits_per_byte"`     // mean over domains, then over seeds
+	Domains    map[string]meanSD  `json:"domains"`               // per domain, over seeds
 	TopShare   meanSD             `json:"mean_top_share"`
 	MaxLoad    meanSD             `json:"max_load"`
 	DomainTop  map[string]float64 `json:"domain_top_share"` // per domain: mean over layers and seeds of the top expert's share
 	Tokens     float64            `json:"tokens"`
 	Seconds    float64            `json:"seconds"`
 	TrainLoss  meanSD             `json:"final_train_loss"`
+	LateLoss   meanSD             `json:"late_train_loss"` // variantResult.LateLoss over seeds
 	TokensPerS float64            `json:"tokens_per_s"`
 }
 
@@ -177,6 +211,11 @@ func (c *cli) experimentReport(ctx context.Context, name string, args []string) 
 			jobs[j.GetId()] = j
 			res.State, res.Step = jobstate.Name(j.GetState()), j.GetProgress().GetStep()
 			res.Report, res.Missing = readFinalReport(*storage, j)
+			if res.Report != nil {
+				if ms, err := readMetrics(filepath.Join(rankDir(*storage, j), "metrics.jsonl")); err == nil {
+					res.LateLoss = lateLoss(ms)
+				}
+			}
 		}
 		results = append(results, res)
 	}
@@ -192,8 +231,12 @@ func (c *cli) experimentReport(ctx context.Context, name string, args []string) 
 		return nil
 	}
 	var labels []string
+	var balance []int
+	var random []bool
 	for _, v := range e.Variants {
 		labels = append(labels, v.Label(e.Axes, "seed"))
+		n, r := v.Parsed.BalanceBatch()
+		balance, random = append(balance, n), append(random, r)
 	}
 	w := c.out
 	if r.json() {
@@ -201,7 +244,7 @@ func (c *cli) experimentReport(ctx context.Context, name string, args []string) 
 	} else {
 		fmt.Fprintln(w, "\nplots:")
 	}
-	return experimentPlots(w, *plotDir, *storage, e.Name, results, labels, jobs)
+	return experimentPlots(w, *plotDir, *storage, e.Name, results, labels, balance, random, jobs)
 }
 
 // readFinalReport reads rank 0's report.json of j's last attempt under
@@ -236,21 +279,29 @@ func rankDir(storage string, j *coordinatorv1.Job) string {
 func groupResults(e *jobspec.Experiment, results []variantResult) []groupSummary {
 	var order []string
 	byLabel := map[string][]*train.Report{}
+	late := map[string][]float64{}
+	first := map[string]jobspec.Variant{}
 	for i, v := range e.Variants {
 		l := v.Label(e.Axes, "seed")
 		if _, ok := byLabel[l]; !ok {
 			order = append(order, l)
 			byLabel[l] = nil
+			first[l] = v
 		}
 		if rep := results[i].Report; rep != nil {
 			byLabel[l] = append(byLabel[l], rep)
+			if ll := results[i].LateLoss; ll != nil {
+				late[l] = append(late[l], *ll)
+			}
 		}
 	}
 	var out []groupSummary
 	for _, l := range order {
 		reps := byLabel[l]
 		g := groupSummary{Variant: l, Runs: len(reps), Domains: map[string]meanSD{}, DomainTop: map[string]float64{}}
-		var bpb, top, maxLoad, loss []float64
+		g.Balance, g.Random = first[l].Parsed.BalanceBatch()
+		var bpb, top, maxLoad, loss, mi []float64
+		var layerMI [][]float64
 		perDomain := map[string][]float64{}
 		domTop := map[string][]float64{}
 		for _, rep := range reps {
@@ -266,11 +317,26 @@ func groupResults(e *jobspec.Experiment, results []variantResult) []groupSummary
 				domTop[s.Domain] = append(domTop[s.Domain], s.TopShare)
 			}
 			top, maxLoad, loss = append(top, rep.MeanTopShare), append(maxLoad, rep.MaxLoad), append(loss, rep.FinalLoss)
+			if lmi := rep.DomainExpertMI(); len(lmi) > 0 {
+				var sum float64
+				for k, v := range lmi {
+					sum += v / float64(len(lmi))
+					for len(layerMI) <= k {
+						layerMI = append(layerMI, nil)
+					}
+					layerMI[k] = append(layerMI[k], v)
+				}
+				mi = append(mi, sum)
+			}
 			g.Tokens += float64(rep.Tokens) / float64(len(reps))
 			g.Seconds += rep.Seconds / float64(len(reps))
 			g.TokensPerS += rep.TokensPerS / float64(len(reps))
 		}
-		g.BPB, g.TopShare, g.MaxLoad, g.TrainLoss = summarise(bpb), summarise(top), summarise(maxLoad), summarise(loss)
+		g.BPB, g.TopShare, g.MaxLoad, g.TrainLoss, g.MI = summarise(bpb), summarise(top), summarise(maxLoad), summarise(loss), summarise(mi)
+		g.LateLoss = summarise(late[l])
+		for _, xs := range layerMI {
+			g.LayerMI = append(g.LayerMI, summarise(xs))
+		}
 		for d, xs := range perDomain {
 			g.Domains[d] = summarise(xs)
 		}
@@ -300,13 +366,39 @@ func printExperiment(c *cli, e *jobspec.Experiment, results []variantResult, gro
 	if err := t.flush(); err != nil {
 		return err
 	}
-	fmt.Fprintf(c.out, "\nover seeds (mean ± sd; val bits/byte is the mean over domains; top share: the most used expert's share of a domain's selections, mean over layers and domains; max load: the largest expert's share of all selections, 1/E is balanced):\n")
-	t = newTable(c.out, "", "VARIANT", "RUNS", "VAL BPB", "TOP SHARE", "MAX LOAD", "TRAIN LOSS", "TOKENS", "TOK/S")
+	fmt.Fprintf(c.out, "\nover seeds (mean ± sd; balance: the sequences the LBL's statistics cover, \"random\" a random sample of the global batch; val bits/byte: the mean over domains; MI: the mutual information of domain and expert in bits, mean over layers, 0 when every domain routes alike, log2(domains) at most; top share: the most used expert's share of a domain's selections, mean over layers and domains; max load: the largest expert's share of all selections, 1/E is balanced; late loss: the mean training loss (nats/token) of the last tenth of the steps, the same batches for every variant of a seed; wall: mean seconds a run):\n")
+	t = newTable(c.out, "", "VARIANT", "BALANCE", "RUNS", "VAL BPB", "MI BITS", "TOP SHARE", "MAX LOAD", "LATE LOSS", "TOKENS", "WALL S", "TOK/S")
 	for _, g := range groups {
-		t.row(orDash(g.Variant), g.Runs, g.BPB, g.TopShare, g.MaxLoad, g.TrainLoss, fmt.Sprintf("%.3g", g.Tokens), fmt.Sprintf("%.0f", g.TokensPerS))
+		t.row(orDash(g.Variant), balanceName(g.Balance, g.Random), g.Runs, g.BPB, g.MI, g.TopShare, g.MaxLoad, g.LateLoss, fmt.Sprintf("%.3g", g.Tokens), fmt.Sprintf("%.0f", g.Seconds), fmt.Sprintf("%.0f", g.TokensPerS))
 	}
 	if err := t.flush(); err != nil {
 		return err
+	}
+	layers := 0
+	for _, g := range groups {
+		layers = max(layers, len(g.LayerMI))
+	}
+	if layers > 0 {
+		head := []string{"VARIANT"}
+		for l := range layers {
+			head = append(head, fmt.Sprintf("LAYER %d MI", l))
+		}
+		fmt.Fprintf(c.out, "\nspecialisation per MoE layer (domain-expert mutual information, bits, mean ± sd over seeds):\n")
+		t = newTable(c.out, "", head...)
+		for _, g := range groups {
+			row := []any{orDash(g.Variant)}
+			for l := range layers {
+				if l < len(g.LayerMI) {
+					row = append(row, g.LayerMI[l])
+				} else {
+					row = append(row, "-")
+				}
+			}
+			t.row(row...)
+		}
+		if err := t.flush(); err != nil {
+			return err
+		}
 	}
 	var domains []string
 	for _, g := range groups {
@@ -334,6 +426,14 @@ func printExperiment(c *cli, e *jobspec.Experiment, results []variantResult, gro
 		t.row(row...)
 	}
 	return t.flush()
+}
+
+// balanceName is a balance batch for the table: "32", "8 random".
+func balanceName(n int, random bool) string {
+	if random {
+		return fmt.Sprintf("%d random", n)
+	}
+	return fmt.Sprint(n)
 }
 
 func printJSONTo(w interface{ Write([]byte) (int, error) }, v any) error {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -16,6 +17,7 @@ const testExperiment = `name: sweep
 base:
   model: {preset: science}
   data: {order: domain}
+  accumulation: 4
   steps: 10
 axes:
   lbl.mode: [micro, global]
@@ -45,7 +47,12 @@ func TestExperimentSubmitAndReport(t *testing.T) {
 		f.jobs[v.JobID].State = coordinatorv1.JobState_JOB_STATE_SUCCEEDED
 		f.mu.Unlock()
 		rep := train.Report{MeanTopShare: 0.1 * float64(i+1), MaxLoad: 0.05, Tokens: 1000,
-			Domains: []train.DomainReport{{Domain: "code", BitsPerByte: bpb[0]}, {Domain: "english", BitsPerByte: bpb[1]}}}
+			Domains: []train.DomainReport{{Domain: "code", BitsPerByte: bpb[0]}, {Domain: "english", BitsPerByte: bpb[1]}},
+			// run 2 routes the domains to disjoint experts (1 bit), the others alike (0)
+			Experts: []train.Specialisation{{Layer: 0, Domain: "code", Frequency: []float64{0.5, 0.5}}, {Layer: 0, Domain: "english", Frequency: []float64{0.5, 0.5}}}}
+		if i == 2 {
+			rep.Experts[0].Frequency, rep.Experts[1].Frequency = []float64{1, 0}, []float64{0, 1}
+		}
 		raw, _ := json.Marshal(rep)
 		p := filepath.Join(storage, "jobs", v.JobID, "attempt-0", "rank-0", "report.json")
 		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
@@ -54,19 +61,35 @@ func TestExperimentSubmitAndReport(t *testing.T) {
 		if err := os.WriteFile(p, raw, 0o644); err != nil {
 			t.Fatal(err)
 		}
+		if i == 0 { // 20 steps of loss = step: the last tenth is steps 19 and 20
+			var lines []string
+			for s := 1; s <= 20; s++ {
+				lines = append(lines, fmt.Sprintf(`{"step":%d,"loss":%d}`, s, s))
+			}
+			if err := os.WriteFile(filepath.Join(filepath.Dir(p), "metrics.jsonl"), []byte(strings.Join(lines, "\n")+"\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
 	}
 	r = runAt(t, addr, "experiment", "report", exp, "--storage", storage)
 	wantCode(t, r, exitOK)
 	// micro: mean over domains 2.5 and 2.7 -> 2.6 ± 0.1414
-	wantContains(t, r.stdout, "lbl.mode=micro   2", "2.6000 ± 0.1414", "0.1500 ± 0.0707", "lbl.mode=global  1", "2.0000 ± 0.0000",
+	wantContains(t, r.stdout, "lbl.mode=micro   8        2", "2.6000 ± 0.1414", "0.1500 ± 0.0707", "lbl.mode=global  32       1", "2.0000 ± 0.0000", "LAYER 0 MI",
 		"no report yet at "+filepath.Join(storage, "jobs", e.Variants[3].JobID), "code", "english")
 	r = runAt(t, addr, "experiment", "report", exp, "--storage", storage, "-o", "json")
 	wantCode(t, r, exitOK)
 	var out struct {
-		Groups []groupSummary `json:"groups"`
+		Variants []variantResult `json:"variants"`
+		Groups   []groupSummary  `json:"groups"`
 	}
 	if err := json.Unmarshal([]byte(r.stdout), &out); err != nil || len(out.Groups) != 2 || out.Groups[0].Runs != 2 || out.Groups[0].Domains["english"].Mean != 3.1 {
 		t.Fatalf("json report %v: %s", err, r.stdout)
+	}
+	if g := out.Groups; g[0].Balance != 8 || g[1].Balance != 32 || g[0].Random || g[0].MI.Mean != 0 || g[1].MI.Mean != 1 || len(g[1].LayerMI) != 1 {
+		t.Errorf("balance batches %d, %d; MI %v, %v (want 8, 32; 0, 1 bit)", g[0].Balance, g[1].Balance, g[0].MI, g[1].MI)
+	}
+	if v := out.Variants; v[0].LateLoss == nil || *v[0].LateLoss != 19.5 || v[1].LateLoss != nil || out.Groups[0].LateLoss.N != 1 {
+		t.Errorf("late loss %v, %v; group %v (want 19.5 from steps 19 and 20, none without metrics)", v[0].LateLoss, v[1].LateLoss, out.Groups[0].LateLoss)
 	}
 	// a job the experiment names but nobody submitted
 	delete(f.jobs, e.Variants[3].JobID)

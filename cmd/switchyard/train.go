@@ -25,7 +25,7 @@ func cmdTrain(ctx context.Context, args []string) error {
 		drawIt  = fs.Bool("plots", false, "after the run, draw its pictures into --out: loss, LBL, tokens/s, expert load per layer, domain x expert heat maps (PNG and SVG)")
 		mode    = fs.String("lbl", "", "load-balancing loss: global or micro")
 		window  = fs.Int("lbl-window", -1, "global LBL: micro-batches its counts cover (0: the whole step)")
-		order   = fs.String("data-order", "", "training order: shuffled (domains mixed in every micro-batch) or domain (one domain per micro-batch)")
+		order   = fs.String("data-order", "", "training order: shuffled (domains mixed in every micro-batch), domain (one domain per micro-batch) or domain_mixed (domain's global batches, each step dealt at random to its micro-batches)")
 		accum   = fs.Int("accum", 0, "micro-batches per optimizer step")
 		micro   = fs.Int("micro-batch", 0, "sequences per micro-batch")
 		seed    = fs.Int64("seed", 0, "random seed")

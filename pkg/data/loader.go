@@ -176,6 +176,20 @@ func appendBlocked(dst []int, domainSeqs [][]int, block int, seed, epoch int64) 
 	return dst
 }
 
+// DealStep permutes seqs, the sequences of optimizer step step, in place,
+// so that cutting them into micro-batches deals them out at random: src =
+// rand.NewPCG(uint64(seed), uint64(step) | 1<<63) (a stream no epoch's
+// permutation uses), then the swaps of Permutation. Every data-parallel
+// rank deals the same step the same way, so the ranks' shards stay
+// disjoint.
+func DealStep(seqs []int, seed, step int64) {
+	src := rand.NewPCG(uint64(seed), uint64(step)|1<<63)
+	for i := len(seqs) - 1; i > 0; i-- {
+		j := uniform(src, uint64(i+1))
+		seqs[i], seqs[j] = seqs[j], seqs[i]
+	}
+}
+
 // uniform returns a uniform value in [0, m) for m > 0.
 func uniform(src *rand.PCG, m uint64) uint64 {
 	hi, lo := bits.Mul64(src.Uint64(), m)

@@ -279,3 +279,24 @@ func TestDomainLoader(t *testing.T) {
 		}
 	}
 }
+
+// TestDealStep: a step's deal is a permutation of its sequences, fixed
+// by (seed, step) and pinned (a resumed run must deal its steps as the
+// first run did), and differs from step to step.
+func TestDealStep(t *testing.T) {
+	deal := func(seed, step int64) []int {
+		xs := []int{10, 11, 12, 13, 14, 15, 16, 17}
+		DealStep(xs, seed, step)
+		return xs
+	}
+	a := deal(7, 3)
+	if got := slices.Sorted(slices.Values(a)); !slices.Equal(got, []int{10, 11, 12, 13, 14, 15, 16, 17}) {
+		t.Fatalf("not a permutation: %v", a)
+	}
+	if !slices.Equal(a, deal(7, 3)) || slices.Equal(a, deal(7, 4)) || slices.Equal(a, deal(8, 3)) {
+		t.Errorf("deal(7,3) %v, again %v, step 4 %v, seed 8 %v", a, deal(7, 3), deal(7, 4), deal(8, 3))
+	}
+	if want := []int{13, 10, 11, 12, 14, 16, 15, 17}; !slices.Equal(a, want) {
+		t.Errorf("deal(7, 3) = %v, pinned %v: the deal changed", a, want)
+	}
+}

@@ -43,6 +43,8 @@
 //	data.order        "shuffled" (every micro-batch mixes the domains at random) or
 //	                  "domain" (every micro-batch of each rank holds one domain, the
 //	                  global batch mixes them: where micro and global LBL part ways)
+//	                  or "domain_mixed" (domain's global batches, each step's sequences
+//	                  dealt at random to its micro-batches: the random-subset control)
 //	optim             lr 3e-4, min_lr 0, warmup_steps 0, weight_decay 0,
 //	                  clip_norm 0 (off), beta1 0.9, beta2 0.999 (an explicit
 //	                  0 is kept for both), eps 1e-8

@@ -12,6 +12,8 @@ import (
 	"strings"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/switchyard-ml/switchyard/pkg/runconfig"
 )
 
 // An experiment is a base job spec and axes: every combination of the
@@ -27,21 +29,38 @@ import (
 //	  lbl.mode: [micro, global]
 //	  seed: [1, 2]
 //
-// Variants are numbered in the order of the axes as written (the last
-// axis varies fastest); a variant's job id is the experiment's name, its
-// number and a hash of its spec, so submitting the same file twice
-// submits nothing new and a changed file gives new ids.
+// Where a sweep is not a grid (the micro-batch LBL has no window; a
+// control changes two fields at once), named variants overlay the base,
+// crossed with the axes:
+//
+//	axes:
+//	  seed: [1, 2]
+//	variants:                   # name: fields merged into base (they win over axes)
+//	  micro-8:   {lbl: {mode: micro}}
+//	  global-32: {lbl: {mode: global, window: 4}}
+//	  random-8:  {lbl: {mode: micro}, data: {order: domain_mixed}}
+//
+// The variants are one more axis, "variant", after the others. Variants are
+// numbered in the order of the axes as written (the last axis varies
+// fastest); a variant's job id is the experiment's name, its number and a
+// hash of its spec, so submitting the same file twice submits nothing new
+// and a changed file gives new ids.
 type Experiment struct {
 	Name     string
 	Axes     []Axis
 	Variants []Variant
 }
 
-// Axis is one dotted spec path and its values.
+// Axis is one dotted spec path and its values, or (Path "variant") the
+// named variants: Values their names, Overlays their fields.
 type Axis struct {
-	Path   string
-	Values []any
+	Path     string
+	Values   []any
+	Overlays []map[string]any // the "variant" axis only
 }
+
+// VariantAxis is the Path of the named variants' axis.
+const VariantAxis = "variant"
 
 // Variant is one combination of the axes' values.
 type Variant struct {
@@ -72,13 +91,15 @@ const (
 
 var (
 	expNameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]*[a-z0-9])?$`)
+	varNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,39}$`)
 	axisRE    = regexp.MustCompile(`^[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)*$`)
 )
 
 type experimentFile struct {
-	Name string    `yaml:"name"`
-	Base yaml.Node `yaml:"base"`
-	Axes yaml.Node `yaml:"axes"`
+	Name     string    `yaml:"name"`
+	Base     yaml.Node `yaml:"base"`
+	Axes     yaml.Node `yaml:"axes"`
+	Variants yaml.Node `yaml:"variants"`
 }
 
 // ParseExperiment reads an experiment file and expands it into its
@@ -110,9 +131,20 @@ func ParseExperiment(raw []byte) (*Experiment, error) {
 	if _, ok := base["name"]; ok {
 		return nil, errors.New("experiment: base.name: leave it out (each variant is named after the experiment)")
 	}
-	axes, err := parseAxes(&f.Axes)
-	if err != nil {
-		return nil, err
+	var axes []Axis
+	if f.Axes.Kind != 0 || f.Variants.Kind == 0 {
+		a, err := parseAxes(&f.Axes)
+		if err != nil {
+			return nil, err
+		}
+		axes = a
+	}
+	if f.Variants.Kind != 0 {
+		va, err := parseVariants(&f.Variants)
+		if err != nil {
+			return nil, err
+		}
+		axes = append(axes, va)
 	}
 	e := &Experiment{Name: f.Name, Axes: axes}
 	n := 1
@@ -139,8 +171,8 @@ func parseAxes(node *yaml.Node) ([]Axis, error) {
 	var axes []Axis
 	for i := 0; i+1 < len(node.Content); i += 2 {
 		path := node.Content[i].Value
-		if !axisRE.MatchString(path) || path == "name" {
-			return nil, fmt.Errorf("experiment: axes: %q is not a spec path (dotted field names, e.g. lbl.mode; not name)", path)
+		if !axisRE.MatchString(path) || path == "name" || path == VariantAxis {
+			return nil, fmt.Errorf("experiment: axes: %q is not a spec path (dotted field names, e.g. lbl.mode; not name or variant)", path)
 		}
 		for _, a := range axes {
 			if a.Path == path {
@@ -167,17 +199,79 @@ func parseAxes(node *yaml.Node) ([]Axis, error) {
 	return axes, nil
 }
 
+// parseVariants reads the named variants into the "variant" axis.
+func parseVariants(node *yaml.Node) (Axis, error) {
+	a := Axis{Path: VariantAxis}
+	if node.Kind != yaml.MappingNode || len(node.Content) == 0 {
+		return a, errors.New("experiment: variants: want named overlays of base (e.g. micro-8: {lbl: {mode: micro}})")
+	}
+	for i := 0; i+1 < len(node.Content); i += 2 {
+		name := node.Content[i].Value
+		if !varNameRE.MatchString(name) {
+			return a, fmt.Errorf("experiment: variants: name %q: want 1-40 of [a-z0-9._-], starting with a letter or digit", name)
+		}
+		if slices.Contains(a.Values, any(name)) {
+			return a, fmt.Errorf("experiment: variants: %s twice", name)
+		}
+		var o map[string]any
+		if node.Content[i+1].Kind != yaml.MappingNode {
+			return a, fmt.Errorf("experiment: variants.%s: want spec fields (a mapping)", name)
+		}
+		if err := node.Content[i+1].Decode(&o); err != nil {
+			return a, fmt.Errorf("experiment: variants.%s: %w", name, err)
+		}
+		if _, ok := o["name"]; ok {
+			return a, fmt.Errorf("experiment: variants.%s.name: leave it out (each variant is named after the experiment)", name)
+		}
+		a.Values = append(a.Values, name)
+		a.Overlays = append(a.Overlays, o)
+	}
+	return a, nil
+}
+
+// merge sets over's fields in m, merging mappings into mappings.
+func merge(m, over map[string]any, path string) error {
+	for k, v := range over {
+		sub, isMap := v.(map[string]any)
+		if !isMap {
+			m[k] = deepCopy(v)
+			continue
+		}
+		switch cur := m[k].(type) {
+		case nil:
+			m[k] = deepCopy(sub)
+		case map[string]any:
+			if err := merge(cur, sub, path+k+"."); err != nil {
+				return err
+			}
+		default:
+			return fmt.Errorf("%s%s is not a mapping in base", path, k)
+		}
+	}
+	return nil
+}
+
 // variant builds variant i: the base with each axis's value set at its
 // path and the experiment's name, checked as a job spec.
 func (e *Experiment) variant(base map[string]any, i int) (Variant, error) {
 	spec := deepCopy(base).(map[string]any)
 	spec["name"] = e.Name
 	v := Variant{Index: i, Values: make([]any, len(e.Axes))}
+	pick := make([]int, len(e.Axes))
 	rest := i
 	for k := len(e.Axes) - 1; k >= 0; k-- {
-		a := e.Axes[k]
-		v.Values[k] = a.Values[rest%len(a.Values)]
-		rest /= len(a.Values)
+		pick[k] = rest % len(e.Axes[k].Values)
+		v.Values[k] = e.Axes[k].Values[pick[k]]
+		rest /= len(e.Axes[k].Values)
+	}
+	// in the axes' order: the variant axis, last, wins
+	for k, a := range e.Axes {
+		if a.Overlays != nil {
+			if err := merge(spec, a.Overlays[pick[k]], ""); err != nil {
+				return Variant{}, fmt.Errorf("experiment: variants.%s: %w", v.Values[k], err)
+			}
+			continue
+		}
 		if err := setPath(spec, strings.Split(a.Path, "."), v.Values[k]); err != nil {
 			return Variant{}, fmt.Errorf("experiment: axes.%s: %w", a.Path, err)
 		}
@@ -232,4 +326,31 @@ func deepCopy(v any) any {
 	default:
 		return v
 	}
+}
+
+// BalanceBatch is how many sequences the statistics of s's
+// load-balancing loss cover, and whether they are a random sample of the
+// global batch rather than a contiguous part of the stream: the
+// micro-batch LBL covers one rank's micro-batch; the global LBL covers
+// lbl.window micro-batches (all of the step's for 0) of every rank in its
+// balance group (parallel.balance: dp counts the DP degree, node is
+// bounded by it, none is one rank). data.order domain_mixed deals each
+// step's sequences to its micro-batches at random, so a micro-batch's
+// statistics are a random sample of the global batch.
+func (s *Spec) BalanceBatch() (seqs int, random bool) {
+	random = s.Data.Order == runconfig.OrderMixed || s.Data.Order == runconfig.OrderShuffled
+	if s.LBL.Mode != "global" {
+		return s.MicroBatch, random
+	}
+	w := s.Accumulation
+	if s.LBL.Window > 0 && s.LBL.Window < w {
+		w = s.LBL.Window
+	}
+	ranks := max(s.Parallel.DP, 1)
+	if s.Parallel.Balance == "none" {
+		ranks = 1
+	}
+	seqs = s.MicroBatch * w * ranks
+	// the whole global batch is no sample
+	return seqs, random && seqs < s.MicroBatch*s.Accumulation*max(s.Parallel.DP, 1)
 }

@@ -83,3 +83,115 @@ func TestExperimentExample(t *testing.T) {
 		t.Fatalf("%d variants, the last %s", len(e.Variants), e.Variants[len(e.Variants)-1].Label(e.Axes))
 	}
 }
+
+const variantSweep = `name: balance
+base:
+  model: {preset: science}
+  data: {order: domain}
+  lbl: {coef: 0.02}
+  micro_batch: 8
+  accumulation: 16
+  steps: 20
+axes:
+  seed: [1, 2]
+  lbl.coef: [0.01]
+variants:
+  micro-8:    {lbl: {mode: micro}}
+  global-32:  {lbl: {mode: global, window: 4}}
+  global-128: {lbl: {mode: global, window: 0, coef: 0.03}}
+  random-8:   {lbl: {mode: micro}, data: {order: domain_mixed}}
+`
+
+// TestExperimentNamedVariants: named variants are one more axis, last,
+// crossed with the others; their fields merge into base and win over an
+// axis's value.
+func TestExperimentNamedVariants(t *testing.T) {
+	e, err := ParseExperiment([]byte(variantSweep))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(e.Variants) != 8 || len(e.Axes) != 3 || e.Axes[2].Path != VariantAxis {
+		t.Fatalf("%d variants over %d axes, want 8 over 3 with the variants last", len(e.Variants), len(e.Axes))
+	}
+	type want struct {
+		mode, order string
+		window      int
+		coef        float64
+		balance     int
+		random      bool
+	}
+	wants := []want{
+		{"micro", "domain", 0, 0.01, 8, false},
+		{"global", "domain", 4, 0.01, 32, false},
+		{"global", "domain", 0, 0.03, 128, false},
+		{"micro", "domain_mixed", 0, 0.01, 8, true},
+	}
+	for i, v := range e.Variants {
+		w, p := wants[i%4], v.Parsed
+		if p.LBL.Mode != w.mode || p.Data.Order != w.order || p.LBL.Window != w.window || p.LBL.Coef != w.coef ||
+			p.Seed != int64(i/4+1) || p.Model.Preset != "science" || p.Accumulation != 16 {
+			t.Errorf("variant %d (%s): mode %s order %s window %d coef %v seed %d", i, v.Label(e.Axes), p.LBL.Mode, p.Data.Order, p.LBL.Window, p.LBL.Coef, p.Seed)
+		}
+		if n, random := p.BalanceBatch(); n != w.balance || random != w.random {
+			t.Errorf("variant %d (%s): balance batch %d random %v, want %d %v", i, v.Label(e.Axes), n, random, w.balance, w.random)
+		}
+	}
+	if got := e.Variants[5].Label(e.Axes, "seed"); got != "lbl.coef=0.01 variant=global-32" {
+		t.Errorf("label %q", got)
+	}
+	// the base is not changed by a variant's merge
+	if e.Variants[4].Parsed.LBL.Coef != 0.01 || e.Variants[4].Parsed.Data.Order != "domain" {
+		t.Errorf("variant 4 sees another variant's fields: %+v", e.Variants[4].Parsed.LBL)
+	}
+	// variants alone, without axes
+	only, err := ParseExperiment([]byte("name: v\nbase: {model: {preset: tiny}}\nvariants:\n  a: {seed: 3}\n  b: {seed: 4}\n"))
+	if err != nil || len(only.Variants) != 2 || only.Variants[1].Parsed.Seed != 4 || only.Variants[1].Label(only.Axes) != "variant=b" {
+		t.Fatalf("variants alone: %v %+v", err, only)
+	}
+}
+
+func TestExperimentVariantErrors(t *testing.T) {
+	for _, tc := range []struct{ file, want string }{
+		{"name: s\nbase: {}\nvariants: {}\n", "variants: want named overlays"},
+		{"name: s\nbase: {}\nvariants: {A: {seed: 1}}\n", `variants: name "A"`},
+		{"name: s\nbase: {}\nvariants: {a: 1}\n", "variants.a: want spec fields"},
+		{"name: s\nbase: {}\nvariants: {a: {name: x}}\n", "variants.a.name: leave it out"},
+		{"name: s\nbase: {model: tiny}\nvariants: {a: {model: {dim: 64}}}\n", "variants.a: model is not a mapping"},
+		{"name: s\nbase: {}\nvariants: {a: {lbl: {window: 2, mode: micro}}}\n", "variant 0 (variant=a): jobspec: lbl.window"},
+		{"name: s\nbase: {}\nvariants: {a: {data: {order: sideways}}}\n", `data.order = "sideways": must be "shuffled", "domain" or "domain_mixed"`},
+		{"name: s\nbase: {}\naxes: {variant: [1]}\n", `"variant" is not a spec path`},
+	} {
+		_, err := ParseExperiment([]byte(tc.file))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: %v, want %q", tc.file, err, tc.want)
+		}
+	}
+}
+
+// TestBalanceSweepExample: the balance-batch sweep in deploy/ is 4
+// variants x 2 seeds with the global batch fixed at 128 sequences and
+// balance batches 8, 32, 128 and 8 at random.
+func TestBalanceSweepExample(t *testing.T) {
+	raw, err := os.ReadFile("../../deploy/examples/balance-sweep.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := ParseExperiment(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(e.Variants) != 8 {
+		t.Fatalf("%d variants, want 8", len(e.Variants))
+	}
+	want := []struct {
+		n      int
+		random bool
+	}{{8, false}, {32, false}, {128, false}, {8, true}}
+	for i, v := range e.Variants {
+		p := v.Parsed
+		n, random := p.BalanceBatch()
+		if p.MicroBatch*p.Accumulation != 128 || n != want[i%4].n || random != want[i%4].random || p.Seed != int64(i/4+1) {
+			t.Errorf("variant %d (%s): global batch %d, balance batch %d random %v", i, v.Label(e.Axes), p.MicroBatch*p.Accumulation, n, random)
+		}
+	}
+}

@@ -136,7 +136,7 @@ type Data struct {
 	DemoBytes   int     `yaml:"demo_bytes" json:"demo_bytes"`
 	ValFraction float64 `yaml:"val_fraction" json:"val_fraction"`
 	EvalSeqs    int     `yaml:"eval_seqs" json:"eval_seqs"`
-	Order       string  `yaml:"order,omitempty" json:"order,omitempty"` // "shuffled" (default) or "domain"
+	Order       string  `yaml:"order,omitempty" json:"order,omitempty"` // "shuffled" (default), "domain" or "domain_mixed"
 }
 
 // Optim is the AdamW optimizer and its schedule.

@@ -194,7 +194,7 @@ func TestValidationErrors(t *testing.T) {
 		{"data: {val_fraction: 0.9}", "jobspec: data.val_fraction = 0.9: must be in (0, 0.5]"},
 		{"lbl: {mode: micro, window: 2}", "jobspec: lbl.window = 2: needs lbl.mode global (the micro-batch LBL balances each micro-batch alone)"},
 		{"lbl: {window: -1}", "jobspec: lbl.window = -1: must be >= 0"},
-		{"data: {order: random}", `jobspec: data.order = "random": must be "shuffled" or "domain"`},
+		{"data: {order: random}", `jobspec: data.order = "random": must be "shuffled", "domain" or "domain_mixed"`},
 		{"optim: {lr: -1}", "jobspec: optim.lr = -1: must be a finite number > 0"},
 		{"optim: {lr: 0.001, min_lr: 0.01}", "jobspec: optim.min_lr = 0.01: must be in [0, optim.lr = 0.001]"},
 		{"steps: 10\noptim: {warmup_steps: 20}", "jobspec: optim.warmup_steps = 20: must be in [0, steps = 10]"},

@@ -155,8 +155,8 @@ func (s *Spec) Validate() error {
 	if d.EvalSeqs < 0 {
 		bad("data.eval_seqs", d.EvalSeqs, "must be >= 0 (0 = all)")
 	}
-	if d.Order != runconfig.OrderShuffled && d.Order != runconfig.OrderDomain {
-		bad("data.order", d.Order, `must be "shuffled" or "domain"`)
+	if d.Order == "" || !runconfig.ValidOrder(d.Order) {
+		bad("data.order", d.Order, "must be "+runconfig.OrderNames)
 	}
 
 	// Optimizer.

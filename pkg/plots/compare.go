@@ -9,6 +9,7 @@ import (
 	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/plotutil"
 	"gonum.org/v1/plot/vg"
+	"gonum.org/v1/plot/vg/draw"
 
 	"github.com/switchyard-ml/switchyard/pkg/train"
 )
@@ -20,13 +21,26 @@ type Series struct {
 	Name    string
 	Metrics []train.StepMetrics
 	Report  *train.Report
+	// Balance is how many sequences the run's load-balancing statistics
+	// cover (0: unknown) and Random whether they are a random sample of
+	// the global batch (the control); with two or more balance batches
+	// among the reports, Compare draws the metrics against it.
+	Balance int
+	Random  bool
 }
 
 // Compare draws runs side by side into dir: compare_loss (every run's
 // training loss, one colour per variant) when any run has metrics, and
 // compare_val_bpb (per domain, each variant's validation bits/byte, the
 // mean over its seeds with a bar from min to max) when any has a report;
-// each as .png and .svg. title starts the pictures' titles (may be empty).
+// each as .png and .svg. With reports it also draws
+// compare_experts_layer<L>: per MoE layer, each variant's domain x expert
+// selection frequencies (its first run with a report) stacked on one
+// colour scale, experts ordered by the domain they serve most; and with
+// two or more balance batches among them, compare_balance_bpb and
+// compare_balance_mi: mean validation bits/byte and domain-expert mutual
+// information (train.Report.DomainExpertMI, mean over layers) against the
+// balance batch. title starts the pictures' titles (may be empty).
 func Compare(dir, title string, runs []Series) ([]string, error) {
 	var variants []string // in order of first appearance
 	var haveMetrics, haveReport bool
@@ -55,8 +69,192 @@ func Compare(dir, title string, runs []Series) ([]string, error) {
 	}
 	if haveReport {
 		w.plot("compare_val_bpb", compareBPB(prefix+"validation bits/byte per domain (bar: mean over seeds, whisker: min to max)", variants, runs))
+		if err := w.compareExperts(prefix, variants, runs); err != nil {
+			return w.paths, err
+		}
+		balances := map[int]bool{}
+		for _, r := range runs {
+			if r.Report != nil && r.Balance > 0 {
+				balances[r.Balance] = true
+			}
+		}
+		if len(balances) >= 2 {
+			w.plot("compare_balance_bpb", compareBalance(prefix+"validation bits/byte against the balance batch", "validation bits/byte (mean over domains)", runs, meanBPB))
+			w.plot("compare_balance_mi", compareBalance(prefix+"specialisation against the balance batch", "domain-expert mutual information (bits, mean over layers)", runs, meanMI))
+		}
 	}
 	return w.paths, w.err
+}
+
+func meanBPB(r *train.Report) float64 {
+	var s float64
+	for _, d := range r.Domains {
+		s += d.BitsPerByte / float64(len(r.Domains))
+	}
+	return s
+}
+
+func meanMI(r *train.Report) float64 {
+	mi := r.DomainExpertMI()
+	var s float64
+	for _, v := range mi {
+		s += v / float64(len(mi))
+	}
+	return s
+}
+
+// compareBalance draws metric(report) against the balance batch (log2
+// axis): a point per run, a line through the means of the runs that take
+// contiguous statistics, and the random-sample runs (the control) as
+// triangles of their own colour.
+func compareBalance(title, yLabel string, runs []Series, metric func(*train.Report) float64) *plot.Plot {
+	p := newPlot(title, "balance batch (sequences, log scale)", yLabel)
+	p.X.Scale = plot.LogScale{}
+	p.X.Tick.Marker = plot.LogTicks{Prec: -1}
+	type key struct {
+		balance int
+		random  bool
+	}
+	groups := map[key][]float64{}
+	var keys []key
+	for _, r := range runs {
+		if r.Report == nil || r.Balance <= 0 {
+			continue
+		}
+		v := metric(r.Report)
+		if math.IsNaN(v) || math.IsInf(v, 0) {
+			continue
+		}
+		k := key{r.Balance, r.Random}
+		if _, ok := groups[k]; !ok {
+			keys = append(keys, k)
+		}
+		groups[k] = append(groups[k], v)
+	}
+	slices.SortFunc(keys, func(a, b key) int { return a.balance - b.balance })
+	var means plotter.XYs
+	for _, random := range []bool{false, true} {
+		var pts plotter.XYs
+		for _, k := range keys {
+			if k.random != random {
+				continue
+			}
+			var m float64
+			for _, v := range groups[k] {
+				pts = append(pts, plotter.XY{X: float64(k.balance), Y: v})
+				m += v / float64(len(groups[k]))
+			}
+			if !random {
+				means = append(means, plotter.XY{X: float64(k.balance), Y: m})
+			}
+		}
+		if len(pts) == 0 {
+			continue
+		}
+		sc, err := plotter.NewScatter(pts)
+		if err != nil {
+			continue
+		}
+		name := "contiguous statistics (a run each)"
+		sc.Color, sc.Radius = plotutil.Color(0), vg.Points(3.5)
+		if random {
+			name = "random sample of the global batch (control)"
+			sc.Color, sc.Shape = plotutil.Color(1), draw.TriangleGlyph{}
+		}
+		p.Add(sc)
+		p.Legend.Add(name, sc)
+	}
+	if len(means) > 1 {
+		l, err := plotter.NewLine(means)
+		if err == nil {
+			l.Color, l.Width = plotutil.Color(0), vg.Points(1)
+			p.Add(l)
+			p.Legend.Add("mean over seeds", l)
+		}
+	}
+	return p
+}
+
+// compareExperts draws, per MoE layer, the variants' specialisation heat
+// maps stacked (the first run of each variant with a report).
+func (w *writer) compareExperts(prefix string, variants []string, runs []Series) error {
+	var names []string
+	var grids [][]*grid // [variant][layer]
+	for _, v := range variants {
+		for _, r := range runs {
+			if r.Name != v || r.Report == nil || len(r.Report.Experts) == 0 {
+				continue
+			}
+			gs, err := specialisationGrids(r.Report)
+			if err != nil {
+				return fmt.Errorf("%s: %w", v, err)
+			}
+			names, grids = append(names, v), append(grids, gs)
+			break
+		}
+	}
+	if len(grids) == 0 {
+		return nil
+	}
+	for l := range grids[0] {
+		var panels []*grid
+		var titles []string
+		for i, gs := range grids {
+			if l < len(gs) {
+				panels = append(panels, byServedDomain(gs[l]))
+				titles = append(titles, orRun(names[i]))
+			}
+		}
+		w.stack(fmt.Sprintf("compare_experts_layer%d", l),
+			fmt.Sprintf("%sMoE layer %d: selection frequency per domain (experts ordered by the domain they serve most)", prefix, l), titles, panels)
+	}
+	return w.err
+}
+
+func orRun(name string) string {
+	if name == "" {
+		return "run"
+	}
+	return name
+}
+
+// byServedDomain returns g with its expert columns reordered: by the
+// domain (row) each expert serves most, then by that frequency, largest
+// first. A specialised layer shows a staircase, a uniform one noise.
+func byServedDomain(g *grid) *grid {
+	type col struct {
+		i, row int
+		v      float64
+	}
+	cols := make([]col, g.cols())
+	for c, z := range g.zCR {
+		best := 0
+		for r := range z {
+			if z[r] > z[best] {
+				best = r
+			}
+		}
+		cols[c] = col{c, best, z[best]}
+	}
+	slices.SortStableFunc(cols, func(a, b col) int {
+		if a.row != b.row {
+			return a.row - b.row
+		}
+		switch {
+		case a.v > b.v:
+			return -1
+		case a.v < b.v:
+			return 1
+		}
+		return 0
+	})
+	out := &grid{xLabel: "expert (reordered)", yLabel: g.yLabel, zLabel: g.zLabel, rowNames: g.rowNames}
+	for k, c := range cols {
+		out.xs = append(out.xs, float64(k))
+		out.zCR = append(out.zCR, g.zCR[c.i])
+		out.colNames = append(out.colNames, g.colNames[c.i])
+	}
+	return out
 }
 
 func compareLoss(title string, variants []string, runs []Series) *plot.Plot {

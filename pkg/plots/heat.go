@@ -30,6 +30,7 @@ type grid struct {
 	yLabel   string
 	zLabel   string // the colour bar's
 	binned   int    // steps per column (expert load)
+	fixedMax float64 // > 0: the colour scale's top (shared by stacked maps)
 }
 
 func (g *grid) Dims() (c, r int)   { return len(g.zCR), len(g.zCR[0]) }
@@ -41,6 +42,9 @@ func (g *grid) rows() int          { return len(g.zCR[0]) }
 func (g *grid) Min() float64       { return 0 }
 func (g *grid) Max() float64       { return g.max() }
 func (g *grid) max() (m float64) {
+	if g.fixedMax > 0 {
+		return g.fixedMax
+	}
 	for _, col := range g.zCR {
 		for _, v := range col {
 			m = max(m, v)
@@ -182,6 +186,51 @@ func (w *writer) heat(name, title string, g *grid) {
 		left := draw.Crop(c, 0, -barW, 0, 0)
 		p.Draw(left)
 		da := p.DataCanvas(left)
+		bc := c
+		bc.Min = vg.Point{X: c.Max.X - barW + vg.Points(6), Y: da.Min.Y}
+		bc.Max.Y = da.Max.Y
+		bar.Draw(bc)
+	})
+}
+
+// stack draws the panels one above the other on one colour scale (the
+// largest value of any), each titled, with the colour bar on the right.
+func (w *writer) stack(name, title string, titles []string, panels []*grid) {
+	top := 0.0
+	for _, g := range panels {
+		top = max(top, g.max())
+	}
+	var maps []*plot.Plot
+	var bar *plot.Plot
+	for i, g := range panels {
+		scaled := *g
+		scaled.fixedMax = top
+		p, b := heatPlot(titles[i], &scaled)
+		if i < len(panels)-1 {
+			p.X.Label.Text = ""
+		}
+		maps, bar = append(maps, p), b
+	}
+	head := plot.New()
+	head.Title.Text = title
+	head.HideAxes()
+	barW := 0.9 * vg.Inch
+	panelH := 1.7 * vg.Inch
+	h := vg.Length(len(panels))*panelH + 0.4*vg.Inch
+	w.drawSized(name, width, h, func(c draw.Canvas) {
+		head.Draw(draw.Crop(c, 0, 0, h-0.4*vg.Inch, 0))
+		body := draw.Crop(c, 0, -barW, 0, -0.4*vg.Inch)
+		tiles := draw.Tiles{Rows: len(maps), Cols: 1, PadY: vg.Points(4)}
+		var da draw.Canvas
+		for i, p := range maps {
+			tc := tiles.At(body, 0, i)
+			p.Draw(tc)
+			if i == 0 {
+				da = p.DataCanvas(tc)
+			} else {
+				da.Min = p.DataCanvas(tc).Min
+			}
+		}
 		bc := c
 		bc.Min = vg.Point{X: c.Max.X - barW + vg.Points(6), Y: da.Min.Y}
 		bc.Max.Y = da.Max.Y

@@ -233,7 +233,10 @@ type writer struct {
 func (w *writer) plot(name string, p *plot.Plot) { w.draw(name, p.Draw) }
 
 // draw renders one picture with fn into name.png and name.svg.
-func (w *writer) draw(name string, fn func(draw.Canvas)) {
+func (w *writer) draw(name string, fn func(draw.Canvas)) { w.drawSized(name, width, height, fn) }
+
+// drawSized is draw for a picture of another size.
+func (w *writer) drawSized(name string, wd, ht vg.Length, fn func(draw.Canvas)) {
 	if w.err != nil {
 		return
 	}
@@ -242,7 +245,7 @@ func (w *writer) draw(name string, fn func(draw.Canvas)) {
 		return
 	}
 	for _, f := range formats {
-		c, err := draw.NewFormattedCanvas(width, height, f)
+		c, err := draw.NewFormattedCanvas(wd, ht, f)
 		if err != nil {
 			w.err = fmt.Errorf("plots: %s: %w", f, err)
 			return

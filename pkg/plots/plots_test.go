@@ -66,7 +66,12 @@ func wantPictures(t *testing.T, dir string, paths []string, names ...string) {
 			if err != nil {
 				t.Fatalf("%s: %v", p, err)
 			}
-			if b := img.Bounds(); b.Dx() != 768 || b.Dy() != 480 {
+			b := img.Bounds()
+			if strings.HasPrefix(filepath.Base(p), "compare_experts_") { // stacked panels: as high as they need
+				if b.Dx() != 768 || b.Dy() < 150 {
+					t.Fatalf("%s: %v, want 768 wide, >= 150 high", p, b)
+				}
+			} else if b.Dx() != 768 || b.Dy() != 480 {
 				t.Fatalf("%s: %v, want 768 x 480", p, b)
 			}
 		case ".svg":
@@ -240,5 +245,46 @@ func TestCompare(t *testing.T) {
 	bad[0].ExpertLoad[0] = nil
 	if _, err := Compare(t.TempDir(), "", []Series{{Name: "a", Metrics: bad}}); !errors.Is(err, ErrInvalid) || !strings.HasPrefix(err.Error(), "a: ") {
 		t.Fatalf("ragged: %v", err)
+	}
+}
+
+// TestCompareBalance: runs that know their balance batch add the metric
+// against it and every layer's heat maps side by side; the heat maps
+// order experts by the domain they serve most.
+func TestCompareBalance(t *testing.T) {
+	dir := t.TempDir()
+	runs := []Series{
+		{Name: "micro-8", Report: report(), Balance: 8},
+		{Name: "micro-8", Report: report(), Balance: 8},
+		{Name: "global-128", Report: report(), Balance: 128},
+		{Name: "random-8", Report: report(), Balance: 8, Random: true},
+	}
+	paths, err := Compare(dir, "sweep", runs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantPictures(t, dir, paths, "compare_val_bpb", "compare_experts_layer0", "compare_experts_layer1", "compare_balance_bpb", "compare_balance_mi")
+
+	// one balance batch: nothing to draw against it
+	dir = t.TempDir()
+	paths, err = Compare(dir, "", runs[:2])
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantPictures(t, dir, paths, "compare_val_bpb", "compare_experts_layer0", "compare_experts_layer1")
+
+	g, err := specialisationGrids(report())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// layer 0: e0 serves code (0.7), e3 english (0.7), e1 and e2 code and
+	// english alike (ties go to the first row, code; then by value, stable)
+	o := byServedDomain(g[0])
+	if !slices.Equal(o.colNames, []string{"e0", "e1", "e2", "e3"}) {
+		t.Errorf("order %v", o.colNames)
+	}
+	g[0].zCR[0], g[0].zCR[3] = []float64{0.1, 0.7}, []float64{0.7, 0.1} // e0 english, e3 code
+	if o := byServedDomain(g[0]); !slices.Equal(o.colNames, []string{"e3", "e1", "e2", "e0"}) || o.zCR[0][0] != 0.7 {
+		t.Errorf("order %v, first column %v", o.colNames, o.zCR[0])
 	}
 }

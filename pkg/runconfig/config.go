@@ -47,7 +47,11 @@ type Data struct {
 	EvalSeqs    int     `yaml:"eval_seqs" json:"eval_seqs"`       // validation sequences per domain per evaluation (0: all)
 	// Order is how training sequences are drawn: "shuffled" (or empty: all
 	// domains mixed at random) or "domain" (every micro-batch of each rank
-	// holds one domain, the global batch mixes them; data.NewDomainLoader).
+	// holds one domain, the global batch mixes them; data.NewDomainLoader)
+	// or "domain_mixed" (the global batches of "domain", each step's
+	// sequences dealt at random to its micro-batches: every micro-batch a
+	// random subset of the global batch, the control that tells "more
+	// tokens" from "more diverse tokens" in a balance batch).
 	Order string `yaml:"order,omitempty" json:"order,omitempty"`
 }
 
@@ -55,7 +59,17 @@ type Data struct {
 const (
 	OrderShuffled = "shuffled"
 	OrderDomain   = "domain"
+	OrderMixed    = "domain_mixed"
 )
+
+// ValidOrder reports whether o is a data order ("" is the default,
+// shuffled).
+func ValidOrder(o string) bool {
+	return o == "" || o == OrderShuffled || o == OrderDomain || o == OrderMixed
+}
+
+// OrderNames lists the data orders for error messages.
+const OrderNames = `"shuffled", "domain" or "domain_mixed"`
 
 // Config is a training run.
 type Config struct {
@@ -265,8 +279,8 @@ func (c Config) Validate() error {
 		return bad("resume", c.Resume, "needs checkpoint.dir")
 	case c.Data.EvalSeqs < 0:
 		return bad("data.eval_seqs", c.Data.EvalSeqs, "must be >= 0")
-	case c.Data.Order != "" && c.Data.Order != OrderShuffled && c.Data.Order != OrderDomain:
-		return bad("data.order", c.Data.Order, `must be "shuffled" or "domain"`)
+	case !ValidOrder(c.Data.Order):
+		return bad("data.order", c.Data.Order, "must be "+OrderNames)
 	}
 	kind, _, err := ParseDevice(c.Device)
 	if err != nil {

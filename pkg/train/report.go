@@ -107,6 +107,68 @@ func (t *Trainer) report(ev *Eval, last StepMetrics, el time.Duration) *Report {
 	return r
 }
 
+// DomainExpertMI is, per MoE layer, the mutual information between a
+// validation token's domain and the experts that serve it, in bits:
+// I(D;E) = sum_d w_d KL(f_d || sum_d' w_d' f_d'), with f_d the domain's
+// selection frequencies and w_d its share of the validation tokens (equal
+// shares when the report has no token counts). It is 0 when every domain
+// routes alike, however unbalanced the experts, and log2(domains) at most,
+// when the domains use disjoint experts: a measure of specialisation that
+// load imbalance alone cannot raise (the top-expert share can).
+func (r *Report) DomainExpertMI() []float64 {
+	w := map[string]float64{}
+	var total float64
+	for _, d := range r.Domains {
+		w[d.Domain] = float64(d.Tokens)
+		total += float64(d.Tokens)
+	}
+	byLayer := map[int][]Specialisation{}
+	layers := 0
+	for _, s := range r.Experts {
+		byLayer[s.Layer] = append(byLayer[s.Layer], s)
+		layers = max(layers, s.Layer+1)
+	}
+	out := make([]float64, layers)
+	for l := range out {
+		ss := byLayer[l]
+		if len(ss) == 0 {
+			out[l] = math.NaN()
+			continue
+		}
+		weights := make([]float64, len(ss))
+		var sum float64
+		for i, s := range ss {
+			weights[i] = 1
+			if total > 0 {
+				weights[i] = w[s.Domain]
+			}
+			sum += weights[i]
+		}
+		if sum == 0 {
+			out[l] = math.NaN()
+			continue
+		}
+		mix := make([]float64, len(ss[0].Frequency))
+		for i, s := range ss {
+			for e, f := range s.Frequency {
+				if e < len(mix) {
+					mix[e] += weights[i] / sum * f
+				}
+			}
+		}
+		var mi float64
+		for i, s := range ss {
+			for e, f := range s.Frequency {
+				if f > 0 && e < len(mix) && mix[e] > 0 {
+					mi += weights[i] / sum * f * math.Log2(f/mix[e])
+				}
+			}
+		}
+		out[l] = max(mi, 0)
+	}
+	return out
+}
+
 // WriteJSON writes the report to path.
 func (r *Report) WriteJSON(path string) error {
 	b, err := json.MarshalIndent(r, "", "  ")

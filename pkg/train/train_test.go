@@ -6,6 +6,8 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -210,8 +212,8 @@ func TestDomainOrder(t *testing.T) {
 	}
 	defer tr.Close()
 	seen := map[int]bool{}
-	for range 12 {
-		tr.fillTrain()
+	for i := range 12 {
+		tr.fillTrain(i % cfg.Accumulation)
 		b := tr.eng.trainBatch()
 		for _, d := range b.Domain[:b.B] {
 			if d != b.Domain[0] {
@@ -226,5 +228,75 @@ func TestDomainOrder(t *testing.T) {
 	cfg.Data.Order = "sorted"
 	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "data.order") {
 		t.Errorf("data.order sorted: %v", err)
+	}
+}
+
+// TestDomainMixedOrder: data.order domain_mixed draws the global batches
+// of domain order and deals each step's sequences to its micro-batches at
+// random: the same sequences per step, micro-batches that mix domains,
+// the same deal for the same seed and step, and a step that trains.
+func TestDomainMixedOrder(t *testing.T) {
+	steps := func(order string, n int) [][][]int { // [step][micro-batch]seqs
+		cfg, corpus := smallRun(t, "micro", 4)
+		cfg.Accumulation = 4
+		cfg.Data.Order = order
+		tr, err := NewWithCorpus(cfg, corpus, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tr.Close()
+		var out [][][]int
+		for s := range n {
+			var step [][]int
+			for m := range cfg.Accumulation {
+				tr.fillTrain(m)
+				step = append(step, append([]int(nil), tr.seqIdx...))
+			}
+			out = append(out, step)
+			tr.step = s + 1
+		}
+		return out
+	}
+	domain, mixed, again := steps("domain", 6), steps("domain_mixed", 6), steps("domain_mixed", 6)
+	cfg, corpus := smallRun(t, "micro", 4)
+	domainOf := func(seq int) int {
+		_, d := corpus.Fill(data.Train, seq, make([]int32, cfg.Model.SeqLen), make([]int32, cfg.Model.SeqLen))
+		return d
+	}
+	mixedMicro := 0
+	for s := range domain {
+		var a, b []int
+		for m := range domain[s] {
+			a, b = append(a, domain[s][m]...), append(b, mixed[s][m]...)
+			doms := map[int]bool{}
+			for _, q := range mixed[s][m] {
+				doms[domainOf(q)] = true
+			}
+			if len(doms) > 1 {
+				mixedMicro++
+			}
+		}
+		if !slices.Equal(slices.Sorted(slices.Values(a)), slices.Sorted(slices.Values(b))) {
+			t.Fatalf("step %d: domain_mixed drew %v, domain order %v", s, b, a)
+		}
+		if slices.Equal(a, b) {
+			t.Errorf("step %d: not dealt anew: %v", s, b)
+		}
+	}
+	if mixedMicro < 12 {
+		t.Errorf("%d of 24 micro-batches mix domains", mixedMicro)
+	}
+	if !reflect.DeepEqual(mixed, again) {
+		t.Error("the same seed dealt the steps differently")
+	}
+	cfg.Data.Order = "domain_mixed"
+	tr, err := NewWithCorpus(cfg, corpus, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	sm, err := tr.TrainStep(context.Background())
+	if err != nil || !(sm.Loss > 0) {
+		t.Fatalf("a domain_mixed step: %v, loss %v", err, sm.Loss)
 	}
 }

@@ -42,6 +42,7 @@ type Trainer struct {
 	global   []int // scratch: the global micro-batch's sequence indices
 	step     int
 	seqIdx   []int
+	stepSeqs []int          // the step's sequences (data.order domain_mixed)
 	optTime  time.Duration  // clipping, AdamW and zeroing, summed over steps
 	ckpt     *checkpointer  // nil: no checkpoints
 	syncTime *time.Duration // LBL count synchronisation, summed over steps
@@ -298,7 +299,7 @@ func (t *Trainer) Close() error {
 // newLoader is the run's stream of training sequences: shuffled over all
 // domains, or in blocks of one domain a micro-batch long (data.order).
 func newLoader(c *data.Corpus, cfg Config) (*data.Loader, error) {
-	if cfg.Data.Order != runconfig.OrderDomain {
+	if cfg.Data.Order != runconfig.OrderDomain && cfg.Data.Order != runconfig.OrderMixed {
 		return data.NewLoader(c.NumSeqs(data.Train), cfg.Seed)
 	}
 	domains := make([][]int, len(c.Domains))
@@ -308,12 +309,22 @@ func newLoader(c *data.Corpus, cfg Config) (*data.Loader, error) {
 	return data.NewDomainLoader(domains, cfg.MicroBatch, cfg.Seed)
 }
 
-// fillTrain loads the next micro-batch of the global stream into the
-// training batch.
-func (t *Trainer) fillTrain() {
+// fillTrain loads micro-batch m of the step from the global stream into
+// the training batch. With data.order domain_mixed the step's sequences
+// are drawn at m = 0 and dealt at random to its micro-batches.
+func (t *Trainer) fillTrain(m int) {
 	b := t.eng.trainBatch()
 	dp := t.Dist.dpSize()
-	t.global = t.Loader.Next(b.B*dp, t.global[:0])
+	if t.Cfg.Data.Order == runconfig.OrderMixed {
+		n := b.B * dp
+		if m == 0 {
+			t.stepSeqs = t.Loader.Next(n*t.Cfg.Accumulation, t.stepSeqs[:0])
+			data.DealStep(t.stepSeqs, t.Cfg.Seed, int64(t.step))
+		}
+		t.global = append(t.global[:0], t.stepSeqs[m*n:(m+1)*n]...)
+	} else {
+		t.global = t.Loader.Next(b.B*dp, t.global[:0])
+	}
 	t.seqIdx = t.global
 	if dp > 1 {
 		t.seqIdx = data.Shard(t.global, t.Dist.dpRank, dp)
@@ -337,7 +348,7 @@ func (t *Trainer) TrainStep(ctx context.Context) (StepMetrics, error) {
 		if err := ctx.Err(); err != nil {
 			return StepMetrics{}, err
 		}
-		t.fillTrain()
+		t.fillTrain(m)
 		l, err := t.eng.step(ctx)
 		if err != nil {
 			return StepMetrics{}, err

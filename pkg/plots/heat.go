@@ -28,8 +28,8 @@ type grid struct {
 	colNames []string
 	xLabel   string
 	yLabel   string
-	zLabel   string // the colour bar's
-	binned   int    // steps per column (expert load)
+	zLabel   string  // the colour bar's
+	binned   int     // steps per column (expert load)
 	fixedMax float64 // > 0: the colour scale's top (shared by stacked maps)
 }
 

@@ -167,7 +167,9 @@ func (a *Agent) reportMetrics(tk *task, m train.StepMetrics) {
 	if len(m.LBL) > 0 {
 		lbl /= float64(len(m.LBL))
 	}
-	tk.setMetrics(int64(m.Step), m.Loss, m.TokensPerS)
+	if !tk.setMetrics(int64(m.Step), m.Loss, m.TokensPerS) {
+		return
+	}
 	a.tm.Observe(tk.key.jobID, metrics.Step{
 		Step: m.Step, Loss: m.Loss, LBL: m.LBL, TokensPerS: m.TokensPerS, StepS: m.StepS, ExpertLoad: m.ExpertLoad,
 		LBLSyncS: m.LBLSyncS, GradSyncS: m.GradSyncS, CheckpointStallS: m.CheckpointStallS, CheckpointWriteMBps: m.CheckpointWriteMBps, DeviceMemBytes: m.DeviceMemBytes,

@@ -154,10 +154,17 @@ func (t *task) setState(s apiv1.TaskState, msg string) {
 	t.state, t.message = s, msg
 }
 
-func (t *task) setMetrics(step int64, loss, tps float64) {
+// setMetrics records a step's metrics and reports whether the step is
+// new: a repeated line of a step already seen (the trainer repeats its
+// last step with the final evaluation) changes nothing.
+func (t *task) setMetrics(step int64, loss, tps float64) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if step <= t.step {
+		return false
+	}
 	t.step, t.loss, t.tps = step, loss, tps
+	return true
 }
 
 func (t *task) status() *apiv1.TaskStatus {

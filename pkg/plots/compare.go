@@ -30,7 +30,9 @@ type Series struct {
 }
 
 // Compare draws runs side by side into dir: compare_loss (every run's
-// training loss, one colour per variant) when any run has metrics, and
+// training loss, one colour per variant) when any run has metrics,
+// compare_val_curve (the same of the mean validation bits/byte) when any
+// step has an evaluation, and
 // compare_val_bpb (per domain, each variant's validation bits/byte, the
 // mean over its seeds with a bar from min to max) when any has a report;
 // each as .png and .svg. With reports it also draws
@@ -65,7 +67,12 @@ func Compare(dir, title string, runs []Series) ([]string, error) {
 	}
 	w := &writer{dir: dir}
 	if haveMetrics {
-		w.plot("compare_loss", compareLoss(prefix+"training loss", variants, runs))
+		w.plot("compare_loss", compareLoss(prefix+"training loss", "loss (nats/token)", variants, runs, lossOf))
+		if slices.ContainsFunc(runs, func(r Series) bool {
+			return slices.ContainsFunc(r.Metrics, func(m train.StepMetrics) bool { return len(m.ValBPB) > 0 })
+		}) {
+			w.plot("compare_val_curve", compareLoss(prefix+"validation bits/byte (mean over domains)", "validation bits/byte", variants, runs, valOf))
+		}
 	}
 	if haveReport {
 		w.plot("compare_val_bpb", compareBPB(prefix+"validation bits/byte per domain (bar: mean over seeds, whisker: min to max)", variants, runs))
@@ -110,7 +117,6 @@ func meanMI(r *train.Report) float64 {
 func compareBalance(title, yLabel string, runs []Series, metric func(*train.Report) float64) *plot.Plot {
 	p := newPlot(title, "balance batch (sequences, log scale)", yLabel)
 	p.X.Scale = plot.LogScale{}
-	p.X.Tick.Marker = plot.LogTicks{Prec: -1}
 	type key struct {
 		balance int
 		random  bool
@@ -132,6 +138,16 @@ func compareBalance(title, yLabel string, runs []Series, metric func(*train.Repo
 		groups[k] = append(groups[k], v)
 	}
 	slices.SortFunc(keys, func(a, b key) int { return a.balance - b.balance })
+	var ticks plot.ConstantTicks
+	for i, k := range keys {
+		if i == 0 || k.balance != keys[i-1].balance {
+			ticks = append(ticks, plot.Tick{Value: float64(k.balance), Label: fmt.Sprint(k.balance)})
+		}
+	}
+	if len(ticks) > 0 {
+		p.X.Tick.Marker = ticks
+		p.X.Min, p.X.Max = ticks[0].Value/1.6, ticks[len(ticks)-1].Value*1.6
+	}
 	var means plotter.XYs
 	for _, random := range []bool{false, true} {
 		var pts plotter.XYs
@@ -257,14 +273,33 @@ func byServedDomain(g *grid) *grid {
 	return out
 }
 
-func compareLoss(title string, variants []string, runs []Series) *plot.Plot {
-	p := newPlot(title, "step", "loss (nats/token)")
+// lossOf and valOf are the curves compareLoss can draw: the training
+// loss (nats/token) and the mean validation bits/byte of the steps with
+// an evaluation.
+func lossOf(m *train.StepMetrics) (float64, bool) { return m.Loss, true }
+
+func valOf(m *train.StepMetrics) (float64, bool) {
+	if len(m.ValBPB) == 0 {
+		return 0, false
+	}
+	var s float64
+	for _, v := range m.ValBPB {
+		s += v / float64(len(m.ValBPB))
+	}
+	return s, true
+}
+
+// compareLoss draws y(m) of every run against the step, a colour per
+// variant.
+func compareLoss(title, yLabel string, variants []string, runs []Series, y func(*train.StepMetrics) (float64, bool)) *plot.Plot {
+	p := newPlot(title, "step", yLabel)
 	named := map[string]bool{}
 	for _, r := range runs {
 		var xys plotter.XYs
-		for _, m := range r.Metrics {
-			if !math.IsNaN(m.Loss) && !math.IsInf(m.Loss, 0) {
-				xys = append(xys, plotter.XY{X: float64(m.Step), Y: m.Loss})
+		for i := range r.Metrics {
+			v, ok := y(&r.Metrics[i])
+			if ok && !math.IsNaN(v) && !math.IsInf(v, 0) {
+				xys = append(xys, plotter.XY{X: float64(r.Metrics[i].Step), Y: v})
 			}
 		}
 		if len(xys) == 0 {

@@ -253,8 +253,11 @@ func TestCompare(t *testing.T) {
 // order experts by the domain they serve most.
 func TestCompareBalance(t *testing.T) {
 	dir := t.TempDir()
+	evals := metrics(20)
+	evals[9].ValBPB = map[string]float64{"code": 3, "english": 4}
+	evals[19].ValBPB = map[string]float64{"code": 2.5, "english": 3.5}
 	runs := []Series{
-		{Name: "micro-8", Report: report(), Balance: 8},
+		{Name: "micro-8", Report: report(), Balance: 8, Metrics: evals},
 		{Name: "micro-8", Report: report(), Balance: 8},
 		{Name: "global-128", Report: report(), Balance: 128},
 		{Name: "random-8", Report: report(), Balance: 8, Random: true},
@@ -263,10 +266,11 @@ func TestCompareBalance(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	wantPictures(t, dir, paths, "compare_val_bpb", "compare_experts_layer0", "compare_experts_layer1", "compare_balance_bpb", "compare_balance_mi")
+	wantPictures(t, dir, paths, "compare_loss", "compare_val_curve", "compare_val_bpb", "compare_experts_layer0", "compare_experts_layer1", "compare_balance_bpb", "compare_balance_mi")
 
 	// one balance batch: nothing to draw against it
 	dir = t.TempDir()
+	runs[0].Metrics = nil
 	paths, err = Compare(dir, "", runs[:2])
 	if err != nil {
 		t.Fatal(err)

@@ -3,6 +3,7 @@ package train
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"math"
 	"os"
 	"path/filepath"
@@ -47,6 +48,7 @@ func smallRun(t *testing.T, mode string, steps int) (Config, *data.Corpus) {
 func TestTrainingLearnsAndReports(t *testing.T) {
 	cfg, corpus := smallRun(t, "global", 30)
 	cfg.OutDir = t.TempDir()
+	cfg.EvalEvery = 10
 	var progress bytes.Buffer
 	tr, err := NewWithCorpus(cfg, corpus, &progress)
 	if err != nil {
@@ -90,9 +92,30 @@ func TestTrainingLearnsAndReports(t *testing.T) {
 		t.Fatalf("progress lacks the last step:\n%s", progress.String())
 	}
 	lines, err := os.ReadFile(filepath.Join(cfg.OutDir, "metrics.jsonl"))
-	// Run wrote one line per step it took (the first step was taken by hand)
-	if err != nil || strings.Count(string(lines), "\n") != 29 {
-		t.Fatalf("metrics.jsonl: %v, %d lines", err, strings.Count(string(lines), "\n"))
+	// Run wrote one line per step it took (the first step was taken by
+	// hand) and the last again with the final evaluation
+	ls := strings.Split(strings.TrimSuffix(string(lines), "\n"), "\n")
+	if err != nil || len(ls) != 30 {
+		t.Fatalf("metrics.jsonl: %v, %d lines", err, len(ls))
+	}
+	var evals []int
+	for i, l := range ls {
+		var m StepMetrics
+		if err := json.Unmarshal([]byte(l), &m); err != nil {
+			t.Fatal(err)
+		}
+		if m.ValBPB != nil {
+			evals = append(evals, m.Step)
+			if len(m.ValBPB) != 3 || m.ValBPB["arith"] <= 0 {
+				t.Errorf("line %d: val bits/byte %v", i+1, m.ValBPB)
+			}
+		}
+		if i == 29 && (m.Step != 30 || m.ValBPB["logs"] != rep.Domains[slices.IndexFunc(rep.Domains, func(d DomainReport) bool { return d.Domain == "logs" })].BitsPerByte) {
+			t.Errorf("the last line (step %d) does not carry the final evaluation %v", m.Step, m.ValBPB)
+		}
+	}
+	if !slices.Equal(evals, []int{10, 20, 30}) {
+		t.Errorf("evaluations at steps %v, want 10, 20 and the final one at 30", evals)
 	}
 	if _, err := os.Stat(filepath.Join(cfg.OutDir, "report.json")); err != nil {
 		t.Fatal(err)

@@ -69,6 +69,10 @@ type StepMetrics struct {
 	CheckpointWriteMBps float64 `json:"checkpoint_write_mb_per_s,omitempty"`
 	// DeviceMemBytes is the GPU memory the engine's buffers hold (0: CPU).
 	DeviceMemBytes int64 `json:"device_mem_bytes,omitempty"`
+	// ValBPB is the validation bits/byte by domain of an evaluation after
+	// this step (eval_every, and the final one on a repeated line of the
+	// last step); nil between evaluations.
+	ValBPB map[string]float64 `json:"val_bits_per_byte,omitempty"`
 }
 
 // New prepares a run: corpus, model, optimizer, balancer, loader. Progress
@@ -406,6 +410,29 @@ func (t *Trainer) TrainStep(ctx context.Context) (StepMetrics, error) {
 	return sm, nil
 }
 
+// writeMetrics appends sm to the metrics file (when the run has one).
+func (t *Trainer) writeMetrics(sm StepMetrics) error {
+	if t.metrics == nil {
+		return nil
+	}
+	line, _ := json.Marshal(sm)
+	if _, err := t.metrics.Write(append(line, '\n')); err != nil {
+		return fmt.Errorf("train: write metrics: %w", err)
+	}
+	return nil
+}
+
+// valBPB is an evaluation's validation bits/byte by domain name.
+func (t *Trainer) valBPB(ev *Eval) map[string]float64 {
+	out := make(map[string]float64, len(ev.BitsPerByte))
+	for d, b := range ev.BitsPerByte {
+		if d < len(t.Corpus.Domains) {
+			out[t.Corpus.Domains[d]] = b
+		}
+	}
+	return out
+}
+
 // Run trains for Cfg.Steps steps, evaluating every EvalEvery steps and at
 // the end, and returns the final report.
 func (t *Trainer) Run(ctx context.Context) (*Report, error) {
@@ -435,12 +462,6 @@ func (t *Trainer) Run(ctx context.Context) (*Report, error) {
 			sm.DeviceMemBytes = t.GPU.DeviceBytes()
 		}
 		last = sm
-		if t.metrics != nil {
-			line, _ := json.Marshal(sm)
-			if _, err := t.metrics.Write(append(line, '\n')); err != nil {
-				return nil, fmt.Errorf("train: write metrics: %w", err)
-			}
-		}
 		if t.progress != nil {
 			t.progress.update(sm)
 		}
@@ -458,6 +479,10 @@ func (t *Trainer) Run(ctx context.Context) (*Report, error) {
 			if t.progress != nil {
 				t.progress.eval(t.step, ev)
 			}
+			sm.ValBPB = t.valBPB(ev)
+		}
+		if err := t.writeMetrics(sm); err != nil {
+			return nil, err
 		}
 	}
 	if err := t.checkpointAtEnd(ctx); err != nil {
@@ -469,6 +494,14 @@ func (t *Trainer) Run(ctx context.Context) (*Report, error) {
 	ev, err := t.Evaluate(ctx)
 	if err != nil {
 		return nil, err
+	}
+	if last.Step > 0 {
+		// the last step again, with the final evaluation (readers keep the
+		// last line of a step)
+		last.ValBPB = t.valBPB(ev)
+		if err := t.writeMetrics(last); err != nil {
+			return nil, err
+		}
 	}
 	rep := t.report(ev, last, time.Since(start))
 	rep.Stopped = stopped

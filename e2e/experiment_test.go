@@ -54,7 +54,9 @@ func TestExperimentOnCluster(t *testing.T) {
 		}
 	}
 	for _, v := range e.Variants {
-		j := c.waitJob(v.JobID, 3*time.Minute, "succeeded", func(j *pb.Job) bool { return j.State != pb.JobState_JOB_STATE_PENDING && j.State != pb.JobState_JOB_STATE_PLACED && j.State != pb.JobState_JOB_STATE_RUNNING })
+		j := c.waitJob(v.JobID, 3*time.Minute, "succeeded", func(j *pb.Job) bool {
+			return j.State != pb.JobState_JOB_STATE_PENDING && j.State != pb.JobState_JOB_STATE_PLACED && j.State != pb.JobState_JOB_STATE_RUNNING
+		})
 		if j.State != pb.JobState_JOB_STATE_SUCCEEDED || j.Progress.GetStep() != 12 {
 			t.Fatalf("%s (%s): %s at step %d: %s", v.JobID, v.Label(e.Axes), j.State, j.Progress.GetStep(), j.Message)
 		}

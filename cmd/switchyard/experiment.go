@@ -132,21 +132,26 @@ type groupSummary struct {
 	// Balance is how many sequences the LBL's statistics cover
 	// (jobspec.Spec.BalanceBatch); Random: a random sample of the global
 	// batch (the control)
-	Balance    int                `json:"balance_batch"`
-	Random     bool               `json:"balance_random,omitempty"`
-	Runs       int                `json:"runs"`                  // with a report
-	MI         meanSD             `json:"domain_expert_mi_bits"` // mean over layers, then over seeds
-	LayerMI    []meanSD           `json:"layer_mi_bits"`         // per MoE layer, over seeds
-	BPB        meanSD             `json:"val_bits_per_byte"`     // mean over domains, then over seeds
-	Domains    map[string]meanSD  `json:"domains"`               // per domain, over seeds
-	TopShare   meanSD             `json:"mean_top_share"`
-	MaxLoad    meanSD             `json:"max_load"`
-	DomainTop  map[string]float64 `json:"domain_top_share"` // per domain: mean over layers and seeds of the top expert's share
-	Tokens     float64            `json:"tokens"`
-	Seconds    float64            `json:"seconds"`
-	TrainLoss  meanSD             `json:"final_train_loss"`
-	LateLoss   meanSD             `json:"late_train_loss"` // variantResult.LateLoss over seeds
-	TokensPerS float64            `json:"tokens_per_s"`
+	Balance   int                `json:"balance_batch"`
+	Random    bool               `json:"balance_random,omitempty"`
+	Runs      int                `json:"runs"`                  // with a report
+	MI        meanSD             `json:"domain_expert_mi_bits"` // mean over layers, then over seeds
+	LayerMI   []meanSD           `json:"layer_mi_bits"`         // per MoE layer, over seeds
+	BPB       meanSD             `json:"val_bits_per_byte"`     // mean over domains, then over seeds
+	Domains   map[string]meanSD  `json:"domains"`               // per domain, over seeds
+	TopShare  meanSD             `json:"mean_top_share"`
+	MaxLoad   meanSD             `json:"max_load"`
+	DomainTop map[string]float64 `json:"domain_top_share"` // per domain: mean over layers and seeds of the top expert's share
+	Tokens    float64            `json:"tokens"`
+	Seconds   float64            `json:"seconds"`
+	TrainLoss meanSD             `json:"final_train_loss"`
+	LateLoss  meanSD             `json:"late_train_loss"` // variantResult.LateLoss over seeds
+	// Paired by seed against the first variant (the same seed trains every
+	// variant on the same batches): the differences of validation
+	// bits/byte and of the late training loss, over the seeds both have.
+	DeltaBPB   meanSD  `json:"delta_val_bpb"`
+	DeltaLate  meanSD  `json:"delta_late_train_loss"`
+	TokensPerS float64 `json:"tokens_per_s"`
 }
 
 type meanSD struct {
@@ -281,19 +286,35 @@ func groupResults(e *jobspec.Experiment, results []variantResult) []groupSummary
 	byLabel := map[string][]*train.Report{}
 	late := map[string][]float64{}
 	first := map[string]jobspec.Variant{}
+	type bySeed struct{ bpb, late map[int64]float64 }
+	seeds := map[string]bySeed{}
 	for i, v := range e.Variants {
 		l := v.Label(e.Axes, "seed")
 		if _, ok := byLabel[l]; !ok {
 			order = append(order, l)
 			byLabel[l] = nil
 			first[l] = v
+			seeds[l] = bySeed{map[int64]float64{}, map[int64]float64{}}
 		}
 		if rep := results[i].Report; rep != nil {
 			byLabel[l] = append(byLabel[l], rep)
+			if len(rep.Domains) > 0 {
+				seeds[l].bpb[v.Parsed.Seed] = meanDomainBPB(rep)
+			}
 			if ll := results[i].LateLoss; ll != nil {
 				late[l] = append(late[l], *ll)
+				seeds[l].late[v.Parsed.Seed] = *ll
 			}
 		}
+	}
+	paired := func(a, b map[int64]float64) meanSD {
+		var d []float64
+		for seed, x := range a {
+			if y, ok := b[seed]; ok {
+				d = append(d, x-y)
+			}
+		}
+		return summarise(d)
 	}
 	var out []groupSummary
 	for _, l := range order {
@@ -334,6 +355,10 @@ func groupResults(e *jobspec.Experiment, results []variantResult) []groupSummary
 		}
 		g.BPB, g.TopShare, g.MaxLoad, g.TrainLoss, g.MI = summarise(bpb), summarise(top), summarise(maxLoad), summarise(loss), summarise(mi)
 		g.LateLoss = summarise(late[l])
+		if len(order) > 0 && l != order[0] {
+			g.DeltaBPB = paired(seeds[l].bpb, seeds[order[0]].bpb)
+			g.DeltaLate = paired(seeds[l].late, seeds[order[0]].late)
+		}
 		for _, xs := range layerMI {
 			g.LayerMI = append(g.LayerMI, summarise(xs))
 		}
@@ -348,17 +373,22 @@ func groupResults(e *jobspec.Experiment, results []variantResult) []groupSummary
 	return out
 }
 
+// meanDomainBPB is the report's validation bits/byte, mean over domains.
+func meanDomainBPB(rep *train.Report) float64 {
+	var sum float64
+	for _, d := range rep.Domains {
+		sum += d.BitsPerByte
+	}
+	return sum / float64(max(len(rep.Domains), 1))
+}
+
 func printExperiment(c *cli, e *jobspec.Experiment, results []variantResult, groups []groupSummary) error {
 	fmt.Fprintf(c.out, "experiment %s: %d variants\n\n", e.Name, len(e.Variants))
 	t := newTable(c.out, "", "JOB", "VARIANT", "STATE", "STEP", "VAL BPB", "TOP SHARE", "")
 	for _, res := range results {
 		bpb, top := "-", "-"
 		if rep := res.Report; rep != nil {
-			var sum float64
-			for _, d := range rep.Domains {
-				sum += d.BitsPerByte
-			}
-			bpb = fmt.Sprintf("%.4f", sum/float64(max(len(rep.Domains), 1)))
+			bpb = fmt.Sprintf("%.4f", meanDomainBPB(rep))
 			top = fmt.Sprintf("%.4f", rep.MeanTopShare)
 		}
 		t.row(res.JobID, res.Variant, res.State, res.Step, bpb, top, res.Missing)
@@ -373,6 +403,16 @@ func printExperiment(c *cli, e *jobspec.Experiment, results []variantResult, gro
 	}
 	if err := t.flush(); err != nil {
 		return err
+	}
+	if len(groups) > 1 {
+		fmt.Fprintf(c.out, "\npaired by seed against %s (each seed trains every variant on the same batches; mean ± sd of the differences over the seeds both have):\n", orDash(groups[0].Variant))
+		t = newTable(c.out, "", "VARIANT", "SEEDS", "Δ VAL BPB", "Δ LATE LOSS")
+		for _, g := range groups[1:] {
+			t.row(orDash(g.Variant), g.DeltaBPB.N, g.DeltaBPB, g.DeltaLate)
+		}
+		if err := t.flush(); err != nil {
+			return err
+		}
 	}
 	layers := 0
 	for _, g := range groups {

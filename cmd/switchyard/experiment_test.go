@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -74,7 +75,7 @@ func TestExperimentSubmitAndReport(t *testing.T) {
 	r = runAt(t, addr, "experiment", "report", exp, "--storage", storage)
 	wantCode(t, r, exitOK)
 	// micro: mean over domains 2.5 and 2.7 -> 2.6 ± 0.1414
-	wantContains(t, r.stdout, "lbl.mode=micro   8        2", "2.6000 ± 0.1414", "0.1500 ± 0.0707", "lbl.mode=global  32       1", "2.0000 ± 0.0000", "LAYER 0 MI",
+	wantContains(t, r.stdout, "lbl.mode=micro   8        2", "2.6000 ± 0.1414", "0.1500 ± 0.0707", "lbl.mode=global  32       1", "2.0000 ± 0.0000", "LAYER 0 MI", "paired by seed against lbl.mode=micro", "-0.5000 ± 0.0000",
 		"no report yet at "+filepath.Join(storage, "jobs", e.Variants[3].JobID), "code", "english")
 	r = runAt(t, addr, "experiment", "report", exp, "--storage", storage, "-o", "json")
 	wantCode(t, r, exitOK)
@@ -87,6 +88,10 @@ func TestExperimentSubmitAndReport(t *testing.T) {
 	}
 	if g := out.Groups; g[0].Balance != 8 || g[1].Balance != 32 || g[0].Random || g[0].MI.Mean != 0 || g[1].MI.Mean != 1 || len(g[1].LayerMI) != 1 {
 		t.Errorf("balance batches %d, %d; MI %v, %v (want 8, 32; 0, 1 bit)", g[0].Balance, g[1].Balance, g[0].MI, g[1].MI)
+	}
+	// paired by seed: global seed 1 (mean 2.0) against micro seed 1 (2.5)
+	if d := out.Groups[1].DeltaBPB; d.N != 1 || math.Abs(d.Mean+0.5) > 1e-12 || out.Groups[1].DeltaLate.N != 0 || out.Groups[0].DeltaBPB.N != 0 {
+		t.Errorf("paired differences %v, late %v; the first's %v", d, out.Groups[1].DeltaLate, out.Groups[0].DeltaBPB)
 	}
 	if v := out.Variants; v[0].LateLoss == nil || *v[0].LateLoss != 19.5 || v[1].LateLoss != nil || out.Groups[0].LateLoss.N != 1 {
 		t.Errorf("late loss %v, %v; group %v (want 19.5 from steps 19 and 20, none without metrics)", v[0].LateLoss, v[1].LateLoss, out.Groups[0].LateLoss)

@@ -461,7 +461,12 @@ func printExperiment(c *cli, e *jobspec.Experiment, results []variantResult, gro
 	for _, d := range domains {
 		row := []any{d}
 		for _, g := range groups {
-			row = append(row, g.Domains[d], fmt.Sprintf("%.4f", g.DomainTop[d]))
+			top, ok := g.DomainTop[d]
+			if ok {
+				row = append(row, g.Domains[d], fmt.Sprintf("%.4f", top))
+			} else {
+				row = append(row, g.Domains[d], "-")
+			}
 		}
 		t.row(row...)
 	}

@@ -100,7 +100,7 @@ func TestExperimentOnCluster(t *testing.T) {
 			t.Errorf("group %s: val bpb %v, MI %v over %d layers, late loss %v", g.Variant, g.BPB, g.MI, len(g.Layers), g.Late)
 		}
 	}
-	for _, name := range []string{"compare_loss", "compare_val_curve", "compare_val_bpb", "compare_experts_layer0", "compare_experts_layer1", "compare_balance_bpb", "compare_balance_mi"} {
+	for _, name := range []string{"compare_loss", "compare_loss_delta", "compare_val_curve", "compare_val_bpb", "compare_experts_layer0", "compare_experts_layer1", "compare_balance_bpb", "compare_balance_mi"} {
 		if st, err := os.Stat(filepath.Join(plots, name+".png")); err != nil || st.Size() < 1000 {
 			t.Errorf("%s.png: %v", name, err)
 		}

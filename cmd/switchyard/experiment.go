@@ -238,10 +238,11 @@ func (c *cli) experimentReport(ctx context.Context, name string, args []string) 
 	var labels []string
 	var balance []int
 	var random []bool
+	var seeds []int64
 	for _, v := range e.Variants {
 		labels = append(labels, v.Label(e.Axes, "seed"))
 		n, r := v.Parsed.BalanceBatch()
-		balance, random = append(balance, n), append(random, r)
+		balance, random, seeds = append(balance, n), append(random, r), append(seeds, v.Parsed.Seed)
 	}
 	w := c.out
 	if r.json() {
@@ -249,7 +250,7 @@ func (c *cli) experimentReport(ctx context.Context, name string, args []string) 
 	} else {
 		fmt.Fprintln(w, "\nplots:")
 	}
-	return experimentPlots(w, *plotDir, *storage, e.Name, results, labels, balance, random, jobs)
+	return experimentPlots(w, *plotDir, *storage, e.Name, results, labels, balance, random, seeds, jobs)
 }
 
 // readFinalReport reads rank 0's report.json of j's last attempt under

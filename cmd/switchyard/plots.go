@@ -183,10 +183,10 @@ func stepMetrics(m *apiv1.StepMetrics) train.StepMetrics {
 // experimentPlots draws the variants side by side into dir, one series
 // per job with rank 0's metrics.jsonl of its last attempt (beside
 // report.json), named by the variant less its seed.
-func experimentPlots(w io.Writer, dir, storage, name string, results []variantResult, labels []string, balance []int, random []bool, jobs map[string]*coordinatorv1.Job) error {
+func experimentPlots(w io.Writer, dir, storage, name string, results []variantResult, labels []string, balance []int, random []bool, seeds []int64, jobs map[string]*coordinatorv1.Job) error {
 	var runs []plots.Series
 	for i, res := range results {
-		s := plots.Series{Name: labels[i], Report: res.Report, Balance: balance[i], Random: random[i]}
+		s := plots.Series{Name: labels[i], Report: res.Report, Balance: balance[i], Random: random[i], Seed: seeds[i]}
 		if j := jobs[res.JobID]; j != nil && storage != "" {
 			ms, err := readMetrics(filepath.Join(rankDir(storage, j), "metrics.jsonl"))
 			switch {

@@ -27,6 +27,9 @@ type Series struct {
 	// among the reports, Compare draws the metrics against it.
 	Balance int
 	Random  bool
+	// Seed pairs runs across variants: runs of one seed train on the same
+	// batches (0: unknown). With seeds, Compare draws compare_loss_delta.
+	Seed int64
 }
 
 // Compare draws runs side by side into dir: compare_loss (every run's
@@ -68,6 +71,9 @@ func Compare(dir, title string, runs []Series) ([]string, error) {
 	w := &writer{dir: dir}
 	if haveMetrics {
 		w.plot("compare_loss", compareLoss(prefix+"training loss", "loss (nats/token)", variants, runs, lossOf))
+		if p := compareLossDelta(prefix, variants, runs); p != nil {
+			w.plot("compare_loss_delta", p)
+		}
 		if slices.ContainsFunc(runs, func(r Series) bool {
 			return slices.ContainsFunc(r.Metrics, func(m train.StepMetrics) bool { return len(m.ValBPB) > 0 })
 		}) {
@@ -108,6 +114,88 @@ func meanMI(r *train.Report) float64 {
 		s += v / float64(len(mi))
 	}
 	return s
+}
+
+// deltaWindow is the trailing mean compare_loss_delta draws, in steps.
+const deltaWindow = 20
+
+// compareLossDelta draws lossDeltas; nil when there are none.
+func compareLossDelta(prefix string, variants []string, runs []Series) *plot.Plot {
+	deltas := lossDeltas(variants, runs)
+	if len(deltas) == 0 {
+		return nil
+	}
+	p := newPlot(fmt.Sprintf("%straining loss minus %s's, same seed (same batches), %d-step mean", prefix, orRun(variants[0]), deltaWindow), "step", "loss difference (nats/token)")
+	named := map[string]bool{}
+	for _, d := range deltas {
+		l := &plotter.Line{XYs: d.xys, LineStyle: plotter.DefaultLineStyle}
+		l.Color, l.Width = plotutil.Color(slices.Index(variants, d.name)), vg.Points(1.2)
+		p.Add(l)
+		if !named[d.name] {
+			named[d.name] = true
+			p.Legend.Add(legendName(d.name, runs), l)
+		}
+	}
+	zero := plotter.NewFunction(func(float64) float64 { return 0 })
+	zero.Color = plotutil.Color(0)
+	zero.Dashes = []vg.Length{vg.Points(4), vg.Points(3)}
+	p.Add(zero)
+	return p
+}
+
+type lossDelta struct {
+	name string
+	seed int64
+	xys  plotter.XYs
+}
+
+// lossDeltas is, for every run of a variant after the first whose seed
+// the first variant also ran, its training loss minus the first
+// variant's at the same step (the same batches: the data's noise
+// cancels), as a trailing mean over deltaWindow steps.
+func lossDeltas(variants []string, runs []Series) []lossDelta {
+	if len(variants) < 2 {
+		return nil
+	}
+	base := map[int64]map[int]float64{} // seed -> step -> loss of the first variant
+	for _, r := range runs {
+		if r.Name == variants[0] && r.Seed != 0 && len(r.Metrics) > 0 {
+			m := map[int]float64{}
+			for _, x := range r.Metrics {
+				m[x.Step] = x.Loss
+			}
+			base[r.Seed] = m
+		}
+	}
+	var out []lossDelta
+	for _, r := range runs {
+		b, ok := base[r.Seed]
+		if r.Name == variants[0] || !ok {
+			continue
+		}
+		var steps []int
+		var diffs []float64
+		for _, x := range r.Metrics {
+			if y, ok := b[x.Step]; ok && !math.IsNaN(x.Loss-y) && !math.IsInf(x.Loss-y, 0) {
+				steps, diffs = append(steps, x.Step), append(diffs, x.Loss-y)
+			}
+		}
+		d := lossDelta{name: r.Name, seed: r.Seed}
+		var sum float64
+		for i := range diffs {
+			sum += diffs[i]
+			if i >= deltaWindow {
+				sum -= diffs[i-deltaWindow]
+			}
+			if i+1 >= min(deltaWindow, len(diffs)) {
+				d.xys = append(d.xys, plotter.XY{X: float64(steps[i]), Y: sum / float64(min(i+1, deltaWindow))})
+			}
+		}
+		if len(d.xys) > 0 {
+			out = append(out, d)
+		}
+	}
+	return out
 }
 
 // compareBalance draws metric(report) against the balance batch (log2

@@ -257,20 +257,21 @@ func TestCompareBalance(t *testing.T) {
 	evals[9].ValBPB = map[string]float64{"code": 3, "english": 4}
 	evals[19].ValBPB = map[string]float64{"code": 2.5, "english": 3.5}
 	runs := []Series{
-		{Name: "micro-8", Report: report(), Balance: 8, Metrics: evals},
-		{Name: "micro-8", Report: report(), Balance: 8},
-		{Name: "global-128", Report: report(), Balance: 128},
+		{Name: "micro-8", Report: report(), Balance: 8, Metrics: evals, Seed: 1},
+		{Name: "micro-8", Report: report(), Balance: 8, Seed: 2},
+		{Name: "global-128", Report: report(), Balance: 128, Metrics: metrics(20), Seed: 1},
 		{Name: "random-8", Report: report(), Balance: 8, Random: true},
 	}
 	paths, err := Compare(dir, "sweep", runs)
 	if err != nil {
 		t.Fatal(err)
 	}
-	wantPictures(t, dir, paths, "compare_loss", "compare_val_curve", "compare_val_bpb", "compare_experts_layer0", "compare_experts_layer1", "compare_balance_bpb", "compare_balance_mi")
+	wantPictures(t, dir, paths, "compare_loss", "compare_loss_delta", "compare_val_curve", "compare_val_bpb", "compare_experts_layer0", "compare_experts_layer1", "compare_balance_bpb", "compare_balance_mi")
 
 	// one balance batch: nothing to draw against it
 	dir = t.TempDir()
 	runs[0].Metrics = nil
+	runs[2].Metrics = nil
 	paths, err = Compare(dir, "", runs[:2])
 	if err != nil {
 		t.Fatal(err)
@@ -290,5 +291,36 @@ func TestCompareBalance(t *testing.T) {
 	g[0].zCR[0], g[0].zCR[3] = []float64{0.1, 0.7}, []float64{0.7, 0.1} // e0 english, e3 code
 	if o := byServedDomain(g[0]); !slices.Equal(o.colNames, []string{"e3", "e1", "e2", "e0"}) || o.zCR[0][0] != 0.7 {
 		t.Errorf("order %v, first column %v", o.colNames, o.zCR[0])
+	}
+}
+
+// TestLossDeltas: a run's loss minus the first variant's of its seed, at
+// the same steps, as a trailing mean; seeds the first variant lacks and
+// the first variant itself draw nothing.
+func TestLossDeltas(t *testing.T) {
+	ms := func(n int, loss func(step int) float64) []train.StepMetrics {
+		var out []train.StepMetrics
+		for s := 1; s <= n; s++ {
+			out = append(out, train.StepMetrics{Step: s, Loss: loss(s)})
+		}
+		return out
+	}
+	runs := []Series{
+		{Name: "a", Seed: 1, Metrics: ms(60, func(s int) float64 { return 3 - 0.01*float64(s) })},
+		{Name: "b", Seed: 1, Metrics: ms(50, func(s int) float64 { return 3 - 0.01*float64(s) - 0.1 })},
+		{Name: "b", Seed: 2, Metrics: ms(50, func(s int) float64 { return 1 })}, // a has no seed 2
+		{Name: "c", Seed: 1, Metrics: ms(60, func(s int) float64 { return 3 - 0.01*float64(s) + float64(s%2) })},
+	}
+	ds := lossDeltas([]string{"a", "b", "c"}, runs)
+	if len(ds) != 2 || ds[0].name != "b" || ds[1].name != "c" {
+		t.Fatalf("deltas %+v", ds)
+	}
+	// b: -0.1 at every step from the window's end (step 20) to 50
+	if b := ds[0].xys; len(b) != 31 || b[0].X != 20 || b[30].X != 50 || math.Abs(b[0].Y+0.1) > 1e-9 || math.Abs(b[30].Y+0.1) > 1e-9 {
+		t.Errorf("b: %d points, first %v, last %v", len(b), b[0], b[len(b)-1])
+	}
+	// c: +1 on odd steps, 0 on even: 0.5 over any 20 steps
+	if c := ds[1].xys; math.Abs(c[len(c)-1].Y-0.5) > 1e-9 {
+		t.Errorf("c: last %v, want 0.5", c[len(c)-1])
 	}
 }

@@ -405,12 +405,13 @@ func compareLoss(title, yLabel string, variants []string, runs []Series, y func(
 	return p
 }
 
-// legendName is the variant's name and how many runs it has.
+// legendName is the variant's name and how many of its runs have
+// metrics or a report.
 func legendName(name string, runs []Series) string {
 	n := 0
 	for _, r := range runs {
-		if r.Name == name {
-			n++
+		if r.Name == name && (len(r.Metrics) > 0 || r.Report != nil) {
+			n++ // a run with something to draw
 		}
 	}
 	if name == "" {

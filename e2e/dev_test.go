@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -18,17 +19,33 @@ func TestDevCommand(t *testing.T) {
 		t.Skip("end-to-end: not in -short")
 	}
 	dir := t.TempDir()
+	// a corpus of two domains outside the cluster's storage, which
+	// --allow-path lets the workers read
+	corpora := filepath.Join(dir, "corpora")
+	if err := os.MkdirAll(corpora, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	var lines []string
+	for i := range 120 {
+		lines = append(lines, fmt.Sprintf(`{"domain": "sums", "text": "%d + %d = %d; %d * 3 = %d. "}`, i, 2*i, 3*i, i, 3*i),
+			fmt.Sprintf(`{"domain": "words", "text": "the %s fox number %d jumps over the lazy dog again and again. "}`, []string{"quick", "brown", "red"}[i%3], i))
+	}
+	corpus := filepath.Join(corpora, "tiny.jsonl")
+	if err := os.WriteFile(corpus, []byte(strings.Join(lines, "\n")+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	spec := filepath.Join(dir, "job.yaml")
-	if err := os.WriteFile(spec, []byte(jobSpec("e2e-dev", 40, 0, 10)), 0o644); err != nil {
+	job := strings.Replace(jobSpec("e2e-dev", 40, 0, 10), "corpus: demo, demo_bytes: 131072", "corpus: "+corpus, 1)
+	if err := os.WriteFile(spec, []byte(job), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	r := runCLI(ctx, nil, "dev", "--workers", "2", "--spec", spec, "--data-dir", filepath.Join(dir, "cluster"))
+	r := runCLI(ctx, nil, "dev", "--workers", "2", "--spec", spec, "--data-dir", filepath.Join(dir, "cluster"), "--allow-path", corpora)
 	if r.code != 0 {
 		t.Fatalf("switchyard dev: exit %d\n%s\n%s", r.code, tail(r.stdout, 3000), tail(r.stderr, 3000))
 	}
-	for _, want := range []string{"SUCCEEDED", "submit to first step", "val bits/byte", "expert selection frequency", "report: "} {
+	for _, want := range []string{"SUCCEEDED", "submit to first step", "val bits/byte", "expert selection frequency", "report: ", "sums", "words"} {
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("output lacks %q:\n%s", want, tail(r.stdout, 3000))
 		}

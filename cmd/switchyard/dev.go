@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -61,6 +62,7 @@ func cmdDev(ctx context.Context, args []string) error {
 		httpAddr = fs.String("http-addr", "127.0.0.1:0", "the web dashboard's listen address (loopback; empty: no dashboard)")
 		prom     = fs.Bool("metrics", false, "serve Prometheus metrics from the coordinator and each worker on loopback ports, listed for Prometheus's file_sd in <data-dir>/metrics-targets.json")
 		gpus     = fs.Int("gpus", 0, "GPUs each worker declares: it runs one rank per GPU, each seeing its own in CUDA_VISIBLE_DEVICES (the workers share this machine's GPUs 0..n-1)")
+		allow    = fs.String("allow-path", "", "comma-separated directories outside <data-dir>/storage that jobs may read corpora from and write checkpoints to (the workers' allowed_paths)")
 	)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -70,6 +72,17 @@ func cmdDev(ctx context.Context, args []string) error {
 	}
 	if *workers < 1 || *steps < 1 {
 		return usageError{fmt.Errorf("dev: --workers and --steps must be >= 1")}
+	}
+	var allowed []string
+	for _, p := range strings.Split(*allow, ",") {
+		if p = strings.TrimSpace(p); p == "" {
+			continue
+		}
+		abs, err := filepath.Abs(p)
+		if err != nil {
+			return usageError{fmt.Errorf("dev: --allow-path %s: %w", p, err)}
+		}
+		allowed = append(allowed, abs)
 	}
 	raw := []byte(fmt.Sprintf(demoSpec, *steps, max(*steps/3, 1)))
 	if *spec != "" {
@@ -141,7 +154,7 @@ func cmdDev(ctx context.Context, args []string) error {
 	defer func() { stopAgents(); wg.Wait() }()
 	targets := metricsTargets{{Targets: []string{d.MetricsAddr}, Labels: map[string]string{"role": "coordinator"}}}
 	for i := range *workers {
-		cfg, err := devWorkerConfig(i, d, *dir, self, *gpus)
+		cfg, err := devWorkerConfig(i, d, *dir, self, *gpus, allowed)
 		if err != nil {
 			return err
 		}
@@ -233,7 +246,7 @@ func (m metricsTargets) write(path string) error {
 
 // devWorkerConfig is worker i of the dev cluster: loopback, its own port,
 // one shared storage path (so that any worker can resume any checkpoint).
-func devWorkerConfig(i int, d *controller.Daemon, dir, trainer string, gpus int) (workerconfig.Config, error) {
+func devWorkerConfig(i int, d *controller.Daemon, dir, trainer string, gpus int, allowed []string) (workerconfig.Config, error) {
 	// one slot per declared GPU (one rank each), else one; a core and
 	// 1 GiB a slot; slot k listens on the worker's port + k
 	slots := max(gpus, 1)
@@ -250,6 +263,7 @@ func devWorkerConfig(i int, d *controller.Daemon, dir, trainer string, gpus int)
 	cfg.ListenAddress, cfg.AdvertiseAddress = addr, addr
 	cfg.Resources.CPUCores, cfg.Resources.MemoryMiB, cfg.Resources.GPUs = slots, 1024*int64(slots), max(gpus, 0)
 	cfg.StoragePath = filepath.Join(dir, "storage")
+	cfg.AllowedPaths = allowed
 	cfg.LeaseTTLSeconds = 5
 	cfg.DrainSeconds = 0 // Ctrl-C stops the dev cluster's ranks at once
 	cfg.Trainer = trainer

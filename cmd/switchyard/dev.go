@@ -62,6 +62,7 @@ func cmdDev(ctx context.Context, args []string) error {
 		httpAddr = fs.String("http-addr", "127.0.0.1:0", "the web dashboard's listen address (loopback; empty: no dashboard)")
 		prom     = fs.Bool("metrics", false, "serve Prometheus metrics from the coordinator and each worker on loopback ports, listed for Prometheus's file_sd in <data-dir>/metrics-targets.json")
 		gpus     = fs.Int("gpus", 0, "GPUs each worker declares: it runs one rank per GPU, each seeing its own in CUDA_VISIBLE_DEVICES (the workers share this machine's GPUs 0..n-1)")
+		noJob    = fs.Bool("no-job", false, "start the cluster and submit nothing (implies --keep): submit jobs and experiments to it yourself")
 		allow    = fs.String("allow-path", "", "comma-separated directories outside <data-dir>/storage that jobs may read corpora from and write checkpoints to (the workers' allowed_paths)")
 	)
 	if err := fs.Parse(args); err != nil {
@@ -191,6 +192,12 @@ func cmdDev(ctx context.Context, args []string) error {
 		fmt.Fprintf(os.Stderr, "metrics: coordinator http://%s/metrics, workers listed in %s (Prometheus file_sd; see deploy/prometheus)\n", d.MetricsAddr, path)
 	}
 
+	if *noJob {
+		fmt.Fprintf(os.Stderr, "\ncluster running, no job submitted; try:\n  switchyard cluster status --coordinator %s\n  switchyard job submit SPEC.yaml --coordinator %s\n  switchyard experiment submit EXP.yaml --coordinator %s\n(the workers' storage: %s; etcd wants user %s with the etcd_password kept in %s)\nCtrl-C stops it.\n",
+			d.APIAddr, d.APIAddr, d.APIAddr, filepath.Join(*dir, "storage"), d.Dev.EtcdUsername(), d.Dev.PortsFile())
+		<-ctx.Done()
+		return nil
+	}
 	cl, err := client.Dial(client.Options{Endpoints: []string{d.APIAddr}})
 	if err != nil {
 		return err

@@ -172,7 +172,7 @@ func TestExperimentVariantErrors(t *testing.T) {
 // variants x 2 seeds with the global batch fixed at 128 sequences and
 // balance batches 8, 32, 128 and 8 at random.
 func TestBalanceSweepExample(t *testing.T) {
-	raw, err := os.ReadFile("../../deploy/examples/balance-sweep.yaml")
+	raw, err := os.ReadFile("../../deploy/examples/experiment-balance-sweep.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -300,7 +300,7 @@ func groupResults(e *jobspec.Experiment, results []variantResult) []groupSummary
 		if rep := results[i].Report; rep != nil {
 			byLabel[l] = append(byLabel[l], rep)
 			if len(rep.Domains) > 0 {
-				seeds[l].bpb[v.Parsed.Seed] = meanDomainBPB(rep)
+				seeds[l].bpb[v.Parsed.Seed] = rep.MeanBitsPerByte()
 			}
 			if ll := results[i].LateLoss; ll != nil {
 				late[l] = append(late[l], *ll)
@@ -327,13 +327,11 @@ func groupResults(e *jobspec.Experiment, results []variantResult) []groupSummary
 		perDomain := map[string][]float64{}
 		domTop := map[string][]float64{}
 		for _, rep := range reps {
-			var sum float64
 			for _, d := range rep.Domains {
-				sum += d.BitsPerByte
 				perDomain[d.Domain] = append(perDomain[d.Domain], d.BitsPerByte)
 			}
 			if len(rep.Domains) > 0 {
-				bpb = append(bpb, sum/float64(len(rep.Domains)))
+				bpb = append(bpb, rep.MeanBitsPerByte())
 			}
 			for _, s := range rep.Experts {
 				domTop[s.Domain] = append(domTop[s.Domain], s.TopShare)
@@ -374,22 +372,13 @@ func groupResults(e *jobspec.Experiment, results []variantResult) []groupSummary
 	return out
 }
 
-// meanDomainBPB is the report's validation bits/byte, mean over domains.
-func meanDomainBPB(rep *train.Report) float64 {
-	var sum float64
-	for _, d := range rep.Domains {
-		sum += d.BitsPerByte
-	}
-	return sum / float64(max(len(rep.Domains), 1))
-}
-
 func printExperiment(c *cli, e *jobspec.Experiment, results []variantResult, groups []groupSummary) error {
 	fmt.Fprintf(c.out, "experiment %s: %d variants\n\n", e.Name, len(e.Variants))
 	t := newTable(c.out, "", "JOB", "VARIANT", "STATE", "STEP", "VAL BPB", "TOP SHARE", "")
 	for _, res := range results {
 		bpb, top := "-", "-"
 		if rep := res.Report; rep != nil {
-			bpb = fmt.Sprintf("%.4f", meanDomainBPB(rep))
+			bpb = fmt.Sprintf("%.4f", rep.MeanBitsPerByte())
 			top = fmt.Sprintf("%.4f", rep.MeanTopShare)
 		}
 		t.row(res.JobID, res.Variant, res.State, res.Step, bpb, top, res.Missing)

@@ -92,28 +92,15 @@ func Compare(dir, title string, runs []Series) ([]string, error) {
 			}
 		}
 		if len(balances) >= 2 {
-			w.plot("compare_balance_bpb", compareBalance(prefix+"validation bits/byte against the balance batch", "validation bits/byte (mean over domains)", runs, meanBPB))
-			w.plot("compare_balance_mi", compareBalance(prefix+"specialisation against the balance batch", "domain-expert mutual information (bits, mean over layers)", runs, meanMI))
+			if p := compareBalance(prefix+"validation bits/byte against the balance batch", "validation bits/byte (mean over domains)", runs, (*train.Report).MeanBitsPerByte); p != nil {
+				w.plot("compare_balance_bpb", p)
+			}
+			if p := compareBalance(prefix+"specialisation against the balance batch", "domain-expert mutual information (bits, mean over layers)", runs, (*train.Report).MeanDomainExpertMI); p != nil {
+				w.plot("compare_balance_mi", p)
+			}
 		}
 	}
 	return w.paths, w.err
-}
-
-func meanBPB(r *train.Report) float64 {
-	var s float64
-	for _, d := range r.Domains {
-		s += d.BitsPerByte / float64(len(r.Domains))
-	}
-	return s
-}
-
-func meanMI(r *train.Report) float64 {
-	mi := r.DomainExpertMI()
-	var s float64
-	for _, v := range mi {
-		s += v / float64(len(mi))
-	}
-	return s
 }
 
 // deltaWindow is the trailing mean compare_loss_delta draws, in steps.
@@ -201,7 +188,7 @@ func lossDeltas(variants []string, runs []Series) []lossDelta {
 // compareBalance draws metric(report) against the balance batch (log2
 // axis): a point per run, a line through the means of the runs that take
 // contiguous statistics, and the random-sample runs (the control) as
-// triangles of their own colour.
+// triangles of their own colour; nil when no run has a finite value.
 func compareBalance(title, yLabel string, runs []Series, metric func(*train.Report) float64) *plot.Plot {
 	p := newPlot(title, "balance batch (sequences, log scale)", yLabel)
 	p.X.Scale = plot.LogScale{}
@@ -224,6 +211,9 @@ func compareBalance(title, yLabel string, runs []Series, metric func(*train.Repo
 			keys = append(keys, k)
 		}
 		groups[k] = append(groups[k], v)
+	}
+	if len(keys) == 0 {
+		return nil // no finite value (e.g. reports without expert statistics)
 	}
 	slices.SortFunc(keys, func(a, b key) int { return a.balance - b.balance })
 	var ticks plot.ConstantTicks

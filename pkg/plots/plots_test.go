@@ -324,3 +324,18 @@ func TestLossDeltas(t *testing.T) {
 		t.Errorf("c: last %v, want 0.5", c[len(c)-1])
 	}
 }
+
+// TestCompareBalanceWithoutExperts: reports without expert statistics
+// draw bits/byte against the balance batch but no specialisation picture
+// (nothing finite to put on its log axis).
+func TestCompareBalanceWithoutExperts(t *testing.T) {
+	dir := t.TempDir()
+	rep := func() *train.Report {
+		return &train.Report{Domains: []train.DomainReport{{Domain: "code", BitsPerByte: 2.5}}}
+	}
+	paths, err := Compare(dir, "", []Series{{Name: "a", Report: rep(), Balance: 8}, {Name: "b", Report: rep(), Balance: 32}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantPictures(t, dir, paths, "compare_val_bpb", "compare_balance_bpb")
+}

@@ -169,6 +169,33 @@ func (r *Report) DomainExpertMI() []float64 {
 	return out
 }
 
+// MeanBitsPerByte is the validation bits/byte, mean over domains (NaN
+// without domains).
+func (r *Report) MeanBitsPerByte() float64 {
+	if len(r.Domains) == 0 {
+		return math.NaN()
+	}
+	var s float64
+	for _, d := range r.Domains {
+		s += d.BitsPerByte
+	}
+	return s / float64(len(r.Domains))
+}
+
+// MeanDomainExpertMI is DomainExpertMI's mean over the MoE layers (NaN
+// without expert statistics).
+func (r *Report) MeanDomainExpertMI() float64 {
+	mi := r.DomainExpertMI()
+	if len(mi) == 0 {
+		return math.NaN()
+	}
+	var s float64
+	for _, v := range mi {
+		s += v
+	}
+	return s / float64(len(mi))
+}
+
 // WriteJSON writes the report to path.
 func (r *Report) WriteJSON(path string) error {
 	b, err := json.MarshalIndent(r, "", "  ")

@@ -16,6 +16,8 @@ import (
 
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/switchyard-ml/switchyard/internal/freeport"
 )
 
 // bins holds the binaries the tests run: ours, built once, and the real
@@ -161,48 +163,24 @@ func (p *proc) stop() {
 	syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL) //nolint:errcheck // children left behind
 }
 
-// freePortRun returns a port p such that p..p+n-1 were all free.
+// freePortRun returns a port p such that p..p+n-1 were all free (and are
+// reserved for this test process; see internal/freeport).
 func freePortRun(t *testing.T, n int) int {
 	t.Helper()
-	for range 100 {
-		p := freePorts(t, 1)[0]
-		var ls []net.Listener
-		ok := p+n-1 <= 65535
-		for k := 0; ok && k < n; k++ {
-			l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p+k))
-			if err != nil {
-				ok = false
-				break
-			}
-			ls = append(ls, l)
-		}
-		for _, l := range ls {
-			l.Close()
-		}
-		if ok {
-			return p
-		}
+	p, err := freeport.Run("127.0.0.1", n)
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Fatalf("no run of %d free ports", n)
-	return 0
+	return p
 }
 
 func freePorts(t *testing.T, n int) []int {
 	t.Helper()
-	var ls []net.Listener
-	var out []int
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ls = append(ls, l)
-		out = append(out, l.Addr().(*net.TCPAddr).Port)
+	ps, err := freeport.Ports("127.0.0.1", n)
+	if err != nil {
+		t.Fatal(err)
 	}
-	for _, l := range ls {
-		l.Close()
-	}
-	return out
+	return ps
 }
 
 func waitTCP(t *testing.T, addr string, timeout time.Duration) {

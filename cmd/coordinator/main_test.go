@@ -2,13 +2,14 @@ package main
 
 import (
 	"io"
-	"net"
 	"os"
 	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/switchyard-ml/switchyard/internal/freeport"
 )
 
 // runCaptured calls run with os.Stderr redirected into a pipe and returns
@@ -87,13 +88,11 @@ func checkNothingLeft(t *testing.T, before leftovers) {
 // freeAddr is host:port with a port that is free right now.
 func freeAddr(t *testing.T, host string) string {
 	t.Helper()
-	lis, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+	out, err := freeport.Addrs(host, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer lis.Close()
-	_, port, _ := net.SplitHostPort(lis.Addr().String())
-	return net.JoinHostPort(host, port)
+	return out[0]
 }
 
 func TestRunRefuses(t *testing.T) {

@@ -8,13 +8,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/switchyard-ml/switchyard/internal/freeport"
 	"github.com/switchyard-ml/switchyard/pkg/agent"
 	"github.com/switchyard-ml/switchyard/pkg/client"
 	"github.com/switchyard-ml/switchyard/pkg/controller"
@@ -324,27 +324,11 @@ func printDevSummary(w io.Writer, j *pb.Job, storage string, took time.Duration,
 }
 
 // freePortRun is a loopback address whose port and the n-1 after it were
-// free just now.
+// free just now (below the ephemeral range, reserved for this process).
 func freePortRun(n int) (string, error) {
-	for range 100 {
-		var ls []net.Listener
-		for k := range n {
-			addr := "127.0.0.1:0"
-			if k > 0 {
-				addr = fmt.Sprintf("127.0.0.1:%d", ls[0].Addr().(*net.TCPAddr).Port+k)
-			}
-			l, err := net.Listen("tcp", addr)
-			if err != nil {
-				break
-			}
-			ls = append(ls, l)
-		}
-		for _, l := range ls {
-			l.Close()
-		}
-		if len(ls) == n {
-			return ls[0].Addr().String(), nil
-		}
+	p, err := freeport.Run("127.0.0.1", n)
+	if err != nil {
+		return "", fmt.Errorf("dev: %w", err)
 	}
-	return "", fmt.Errorf("dev: no %d consecutive free ports on 127.0.0.1", n)
+	return fmt.Sprintf("127.0.0.1:%d", p), nil
 }

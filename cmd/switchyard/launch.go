@@ -7,13 +7,14 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/switchyard-ml/switchyard/internal/freeport"
 )
 
 // cmdLaunch starts nproc `switchyard train` processes on this machine that
@@ -162,23 +163,9 @@ func prefixLines(src io.Reader, dst *os.File, rank, world int, mu *sync.Mutex) {
 	}
 }
 
-// freeLoopbackAddrs reserves n distinct free loopback ports. The ports are
-// released before the ranks bind them; on loopback the window is tiny.
+// freeLoopbackAddrs reserves n distinct free loopback ports for the ranks
+// (below the ephemeral range, so no outgoing connection takes one before
+// its rank binds it).
 func freeLoopbackAddrs(n int) ([]string, error) {
-	var ls []net.Listener
-	defer func() {
-		for _, l := range ls {
-			l.Close()
-		}
-	}()
-	out := make([]string, n)
-	for i := range out {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
-		}
-		ls = append(ls, l)
-		out[i] = l.Addr().String()
-	}
-	return out, nil
+	return freeport.Addrs("127.0.0.1", n)
 }

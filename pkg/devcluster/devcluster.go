@@ -20,6 +20,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
+
+	"github.com/switchyard-ml/switchyard/internal/freeport"
 )
 
 // Config says where the dev cluster keeps its data.
@@ -432,20 +434,9 @@ func (n *NATS) Close() {
 }
 
 func freePorts(n int) ([]int, error) {
-	var ports []int
-	var ls []net.Listener
-	defer func() {
-		for _, l := range ls {
-			l.Close()
-		}
-	}()
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, fmt.Errorf("devcluster: free port: %w", err)
-		}
-		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	ps, err := freeport.Ports("127.0.0.1", n)
+	if err != nil {
+		return nil, fmt.Errorf("devcluster: %w", err)
 	}
-	return ports, nil
+	return ps, nil
 }

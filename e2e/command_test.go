@@ -169,10 +169,20 @@ restart: {max_restarts: %d, backoff_seconds: 12}
 			}
 			t.Logf("FIGURE bad input %s: %s: %s", tc.name, j.Reason, j.Message)
 		}
+		// a path the workers do not allow is refused before the rank
+		// starts: the job fails at once, restarts left or not
+		id := c.submit("cmd-refused", "name: cmd-refused\nruntime: command\ncommand: /bin/true\nranks: 2\ncheckpoint: {path: /etc/switchyard-refused}\nrestart: {max_restarts: 2, backoff_seconds: 0}\n")
+		j := c.waitJob(id, 90*time.Second, "failed", stateIs(pb.JobState_JOB_STATE_FAILED))
+		if j.Reason != "Refused" || j.Restarts != 0 || !strings.Contains(j.Message, "checkpoint.path /etc/switchyard-refused is outside this worker's storage_path") {
+			t.Errorf("a refused job: %s after %d restarts: %s", j.Reason, j.Restarts, j.Message)
+		}
+		if _, err := os.Stat("/etc/switchyard-refused"); err == nil {
+			t.Error("/etc/switchyard-refused was made")
+		}
 		// a trainer that never commits: the restarted attempt says it
 		// starts from the beginning
-		id := c.submit("cmd-nocommit", torchSpec("cmd-nocommit", 400, 5, 1, "--never-commit", "--sleep-per-step", "0.05"))
-		j := c.waitJob(id, 120*time.Second, "past step 5", pastStep(5))
+		id = c.submit("cmd-nocommit", torchSpec("cmd-nocommit", 400, 5, 1, "--never-commit", "--sleep-per-step", "0.05"))
+		j = c.waitJob(id, 120*time.Second, "past step 5", pastStep(5))
 		c.mustBeRunning(j, "the kill")
 		c.workers[j.Placement[0].WorkerId].kill9()
 		c.waitJob(id, 120*time.Second, "running again", func(j *pb.Job) bool { return j.Restarts == 1 && ranAttempts(j) >= 2 })

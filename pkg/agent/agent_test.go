@@ -447,15 +447,16 @@ func TestFailureReported(t *testing.T) {
 	if want := "rank 0 exited with exit status 3: error: out of cheese"; st.GetMessage() != want {
 		t.Errorf("message %q, want %q", st.GetMessage(), want)
 	}
+	if st.GetRefused() {
+		t.Error("a rank that ran and failed was reported refused")
+	}
+	// a spec the worker cannot use is refused: a restart would be too
 	st = h.waitState("bad-spec", 0, apiv1.TaskState_TASK_STATE_FAILED)
-	if !strings.Contains(st.GetMessage(), "rank 0: job spec: jobspec: malformed spec") || !strings.Contains(st.GetMessage(), "bogus") {
-		t.Errorf("message %q", st.GetMessage())
+	if !strings.Contains(st.GetMessage(), "rank 0: job spec: jobspec: malformed spec") || !strings.Contains(st.GetMessage(), "bogus") || !st.GetRefused() {
+		t.Errorf("message %q, refused %v", st.GetMessage(), st.GetRefused())
 	}
 }
 
-// TestPathsConfined: a job may read and write only under the worker's
-// storage_path and allowed_paths; what it names elsewhere (directly, or
-// through a link) fails its rank before anything is written there.
 func TestMemoryLimitEnforced(t *testing.T) {
 	h := start(t, nil)
 	hog := "name: demo\nsteps: 5\nresources: {cpu_cores: 1, memory_mib: 256}\n"
@@ -513,6 +514,9 @@ func TestGroupMemory(t *testing.T) {
 	}
 }
 
+// TestPathsConfined: a job may read and write only under the worker's
+// storage_path and allowed_paths; what it names elsewhere (directly, or
+// through a link) is refused before anything is written there.
 func TestPathsConfined(t *testing.T) {
 	allowed, outside := t.TempDir(), t.TempDir()
 	corpus := filepath.Join(allowed, "corpus.jsonl")
@@ -536,8 +540,8 @@ func TestPathsConfined(t *testing.T) {
 		"corpus-shadow": "data.corpus /etc/shadow is outside",
 	} {
 		st := h.waitState(job, 0, apiv1.TaskState_TASK_STATE_FAILED)
-		if !strings.Contains(st.GetMessage(), says) {
-			t.Errorf("%s: message %q, want it to say %q", job, st.GetMessage(), says)
+		if !strings.Contains(st.GetMessage(), says) || !st.GetRefused() {
+			t.Errorf("%s: message %q (refused %v), want it refused saying %q", job, st.GetMessage(), st.GetRefused(), says)
 		}
 	}
 	if _, err := os.Stat("/etc/sy"); err == nil {
@@ -556,8 +560,8 @@ func TestTrainerCannotStart(t *testing.T) {
 	})
 	h.coord.set(newTestTask("any", 0, 1, spec1))
 	st := h.waitState("any", 0, apiv1.TaskState_TASK_STATE_FAILED)
-	if !strings.HasPrefix(st.GetMessage(), "rank 0: start trainer: ") {
-		t.Errorf("message %q", st.GetMessage())
+	if !strings.HasPrefix(st.GetMessage(), "rank 0: start trainer: ") || st.GetRefused() {
+		t.Errorf("message %q, refused %v (a worker that cannot start its trainer is not a refusal of the job)", st.GetMessage(), st.GetRefused())
 	}
 	// The agent lives on and runs what comes next.
 	h.coord.set(newTestTask("any", 0, 1, spec1), newTestTask("fail-b", 0, 1, spec1))

@@ -26,7 +26,7 @@ const MetricsPrefix = "SWITCHYARD_METRICS "
 // the job's program.
 func (a *Agent) prepareCommand(t *apiv1.Task, spec *jobspec.Spec, task jobspec.Task, host jobspec.Host) (launch, error) {
 	if !a.o.Config.AllowCommands {
-		return launch{}, fmt.Errorf("this worker does not run command jobs (set allow_commands: true in its config to let job specs run programs on it)")
+		return launch{}, refusef("this worker does not run command jobs (set allow_commands: true in its config to let job specs run programs on it)")
 	}
 	master, err := a.masterAddress(t)
 	if err != nil {
@@ -34,7 +34,7 @@ func (a *Agent) prepareCommand(t *apiv1.Task, spec *jobspec.Spec, task jobspec.T
 	}
 	cfg, err := spec.CommandRank(task, int(t.GetRank()), master, host)
 	if err != nil {
-		return launch{}, err
+		return launch{}, refuse(err)
 	}
 	cfg.CUDAVisibleDevices = a.visibleGPUs(int(t.GetSlot()), spec.Resources.GPUs)
 	if slots := t.GetLocalSlots(); len(slots) > 1 {
@@ -50,7 +50,7 @@ func (a *Agent) prepareCommand(t *apiv1.Task, spec *jobspec.Spec, task jobspec.T
 		cfg.CUDAVisibleDevices = strings.Join(all, ",")
 	}
 	if err := a.confine(spec, cfg.Checkpoint.Dir, ""); err != nil {
-		return launch{}, err
+		return launch{}, refuse(err)
 	}
 	runYAML, err := writeRunDir(host.RunDir, []string{host.RunDir, cfg.StagingDir()}, cfg)
 	if err != nil {
@@ -70,7 +70,7 @@ func (a *Agent) masterAddress(t *apiv1.Task) (string, error) {
 			return net.JoinHostPort(host, port), nil
 		}
 		if t.GetWorldSize() > 1 {
-			return "", fmt.Errorf("rank 0's address %q has no port for the process group", peers[0])
+			return "", refusef("rank 0's address %q has no port for the process group", peers[0])
 		}
 	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"bytes"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -97,8 +98,9 @@ func TestPrepareCommand(t *testing.T) {
 	spec := "name: j\nruntime: command\ncommand: /bin/true\nranks: 2\n"
 	task := &apiv1.Task{JobId: "j-1", Attempt: 1, Rank: 1, WorldSize: 2, Dp: 2, Spec: []byte(spec), Peers: []string{"10.1.1.1:7070", "10.1.1.2:7070"}}
 	a := &Agent{o: Options{Config: workerconfig.Config{StoragePath: t.TempDir()}}}
-	if _, err := a.prepare(task); err == nil || !strings.Contains(err.Error(), "allow_commands") {
-		t.Fatalf("err %v", err)
+	var r *refusal
+	if _, err := a.prepare(task); err == nil || !strings.Contains(err.Error(), "allow_commands") || !errors.As(err, &r) {
+		t.Fatalf("err %v, want a refusal naming allow_commands", err)
 	}
 	a.o.Config.AllowCommands = true
 	l, err := a.prepare(task)

@@ -61,6 +61,9 @@ type task struct {
 	// overMemory why it was killed for using more than it asked for
 	peakMemory int64
 	overMemory string
+	// refused: the worker would not start the rank as its task asks (a
+	// refusal error); a restart would be refused too
+	refused bool
 }
 
 // maxTaskEvents bounds the events a task keeps (and repeats in its status).
@@ -148,6 +151,12 @@ func (t *task) running() bool {
 	return t.state == apiv1.TaskState_TASK_STATE_RUNNING
 }
 
+func (t *task) refuse() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.refused = true
+}
+
 func (t *task) setState(s apiv1.TaskState, msg string) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -172,11 +181,24 @@ func (t *task) status() *apiv1.TaskStatus {
 	defer t.mu.Unlock()
 	return &apiv1.TaskStatus{
 		JobId: t.key.jobID, Attempt: t.key.attempt, Rank: t.key.rank,
-		State: t.state, Message: t.message,
+		State: t.state, Message: t.message, Refused: t.refused,
 		Step: t.step, Loss: t.loss, TokensPerSecond: t.tps,
 		Events: slices.Clone(t.events),
 	}
 }
+
+// refusal is an error of a task this worker will not run as given: its
+// spec asks for what the worker does not allow (a path outside its
+// storage, commands) or is not a valid rank of this worker. The same
+// task would be refused again, so the job is not restarted for it.
+type refusal struct{ err error }
+
+func (r *refusal) Error() string { return r.err.Error() }
+func (r *refusal) Unwrap() error { return r.err }
+
+func refuse(err error) error { return &refusal{err} }
+
+func refusef(format string, args ...any) error { return refuse(fmt.Errorf(format, args...)) }
 
 // launch is how a task's rank is started.
 type launch struct {
@@ -194,25 +216,25 @@ type launch struct {
 func (a *Agent) prepare(t *apiv1.Task) (launch, error) {
 	k := keyOf(t)
 	if err := jobspec.ValidJobID(k.jobID); err != nil {
-		return launch{}, err
+		return launch{}, refuse(err)
 	}
 	world := int(t.GetWorldSize())
 	if world < 1 || k.rank < 0 || int(k.rank) >= world || k.attempt < 0 {
-		return launch{}, fmt.Errorf("rank %d of world %d, attempt %d: out of range", k.rank, world, k.attempt)
+		return launch{}, refusef("rank %d of world %d, attempt %d: out of range", k.rank, world, k.attempt)
 	}
 	if world > 1 && len(t.GetPeers()) != world {
-		return launch{}, fmt.Errorf("%d peers for a world of %d", len(t.GetPeers()), world)
+		return launch{}, refusef("%d peers for a world of %d", len(t.GetPeers()), world)
 	}
 	if s, n := int(t.GetSlot()), a.o.Config.SlotCount(); s < 0 || s >= n {
-		return launch{}, fmt.Errorf("slot %d: this worker has %d slot(s) (was it restarted with fewer?)", s, n)
+		return launch{}, fmt.Errorf("slot %d: this worker has %d slot(s) (was it restarted with fewer?)", s, n) // placed again, it fits
 	}
 	spec, err := jobspec.Parse(t.GetSpec())
 	if err != nil {
-		return launch{}, fmt.Errorf("job spec: %w", err)
+		return launch{}, refusef("job spec: %w", err)
 	}
 	l := taskLayout(spec, t)
 	if l.World() != world {
-		return launch{}, fmt.Errorf("layout tp %d x dp %d is not the world of %d ranks", l.TP, l.DP, world)
+		return launch{}, refusef("layout tp %d x dp %d is not the world of %d ranks", l.TP, l.DP, world)
 	}
 	storage := a.o.Config.StoragePath
 	host := jobspec.Host{
@@ -239,10 +261,10 @@ func (a *Agent) prepare(t *apiv1.Task) (launch, error) {
 	}
 	cfg, err := spec.RankConfig(jt, host)
 	if err != nil {
-		return launch{}, err
+		return launch{}, refuse(err)
 	}
 	if err := a.confine(spec, cfg.Checkpoint.Dir, cfg.Data.Corpus); err != nil {
-		return launch{}, err
+		return launch{}, refuse(err)
 	}
 	dirs := []string{host.RunDir}
 	if spec.Checkpoint.Storage != jobspec.StorageS3 {
@@ -361,6 +383,10 @@ func (a *Agent) runTask(tk *task) {
 
 	l, err := a.prepare(tk.def)
 	if err != nil {
+		var r *refusal
+		if errors.As(err, &r) {
+			tk.refuse()
+		}
 		fail(fmt.Sprintf("rank %d: %v", k.rank, err))
 		return
 	}

@@ -395,6 +395,26 @@ func TestWorkerLostFailsJob(t *testing.T) {
 	waitJob(t, c, "job-b", "placed", func(j *pb.Job) bool { return j.State == pb.JobState_JOB_STATE_PLACED })
 }
 
+// TestRefusedRankFailsJob: a rank its worker refused to start fails the
+// job at once, however many restarts its policy allows, and says why.
+func TestRefusedRankFailsJob(t *testing.T) {
+	h := newHarness(t, 1, "")
+	c := h.client(h.leader(), "")
+	h.worker("w1")
+	h.worker("w2")
+	submit(t, c, "job-a", 3)
+	waitJob(t, c, "job-a", "placed", func(j *pb.Job) bool { return j.State == pb.JobState_JOB_STATE_PLACED })
+	task := waitTasks(t, c, "w1", 1)[0]
+	refused := status_(task, apiv1.TaskState_TASK_STATE_FAILED, 0)
+	refused.Message = "rank 0: data.corpus /etc/shadow is outside this worker's storage_path"
+	refused.Refused = true
+	syncTasks(t, c, "w1", refused)
+	j := waitJob(t, c, "job-a", "failed", func(j *pb.Job) bool { return j.State == pb.JobState_JOB_STATE_FAILED })
+	if j.Restarts != 0 || j.Reason != "Refused" || !strings.Contains(j.Message, "/etc/shadow is outside") || !strings.Contains(j.Message, "not restarted") {
+		t.Fatalf("restarts %d, reason %s, message %q", j.Restarts, j.Reason, j.Message)
+	}
+}
+
 // TestRankFailureRequeues: a failed rank requeues the job (restart policy),
 // the next attempt is a new task, and reports of the old attempt are ignored.
 func TestRankFailureRequeues(t *testing.T) {
@@ -687,6 +707,8 @@ func TestMalformedRPCs(t *testing.T) {
 // the leader does not know; for a job it has not yet replicated (a replica
 // that just restarted is seconds behind) it waits, and a replica that
 // cannot catch up answers UNAVAILABLE, which clients retry, never NOT_FOUND.
+// Its GetJob and ListJobs are the leader's answers, never its own stale
+// state.
 func TestFollowerReadsWaitForTheLeader(t *testing.T) {
 	h := newHarness(t, 3, "")
 	lead, follower := h.leader(), h.follower()
@@ -716,9 +738,31 @@ func TestFollowerReadsWaitForTheLeader(t *testing.T) {
 	if err := logs(fc, "job-r"); err != nil {
 		t.Fatalf("logs of a job submitted through the leader, read through a follower: %v", err)
 	}
+	if r, err := fc.GetJob(ctxT(t), &apiv1.GetJobRequest{JobId: "job-r"}); err != nil || r.Job.State != pb.JobState_JOB_STATE_PENDING {
+		t.Fatalf("job-r through the follower: %v, %v", r, err)
+	}
 	// cut the follower off: it keeps its state but receives nothing more
 	if err := follower.node.Shutdown(); err != nil {
 		t.Fatal(err)
+	}
+	if _, err := lc.CancelJob(ctxT(t), &apiv1.CancelJobRequest{JobId: "job-r"}); err != nil {
+		t.Fatal(err)
+	}
+	// its job-r is still pending: it must not say so (the client retries
+	// UNAVAILABLE until its deadline)
+	unavailable := func(err error) bool {
+		return status.Code(err) == codes.Unavailable || status.Code(err) == codes.DeadlineExceeded
+	}
+	short := func() context.Context {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		t.Cleanup(cancel)
+		return ctx
+	}
+	if r, err := fc.GetJob(short(), &apiv1.GetJobRequest{JobId: "job-r"}); !unavailable(err) {
+		t.Fatalf("a job cancelled through the leader, read through the cut-off follower: %v, %v (want no answer, not its stale state)", r.GetJob().GetState(), err)
+	}
+	if r, err := fc.ListJobs(short(), &apiv1.ListJobsRequest{}); !unavailable(err) {
+		t.Fatalf("jobs listed by the cut-off follower: %v, %v", r, err)
 	}
 	submit(t, lc, "job-s", 0)
 	err := logs(fc, "job-s")

@@ -32,8 +32,13 @@ type observed struct {
 	startSilence time.Duration
 }
 
-// verdict ends a job's current attempt: Reason WorkerLost or RankFailed,
-// the message for the job's history and the worker it blames ("" : none).
+// ReasonRefused ends a job whose rank a worker refused to start: a
+// restart would be refused too, so the job fails.
+const ReasonRefused = "Refused"
+
+// verdict ends a job's current attempt: Reason WorkerLost, RankFailed or
+// Refused, the message for the job's history and the worker it blames
+// ("" : none).
 type verdict struct {
 	job    *pb.Job
 	reason string
@@ -75,7 +80,11 @@ func decide(o observed) []verdict {
 			continue
 		}
 		if o.now.Sub(f.at) >= o.grace {
-			out = append(out, verdict{j, "RankFailed", f.msg, f.worker})
+			reason := "RankFailed"
+			if f.refused {
+				reason = ReasonRefused
+			}
+			out = append(out, verdict{j, reason, f.msg, f.worker})
 		}
 	}
 	return out

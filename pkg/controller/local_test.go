@@ -25,13 +25,14 @@ type localReplica struct {
 	now func() time.Time
 }
 
-func (r *localReplica) ID() string                     { return "local" }
-func (r *localReplica) IsLeader() bool                 { return true }
-func (r *localReplica) Leader() (string, string)       { return "local", "" }
-func (r *localReplica) Barrier(context.Context) error  { return nil }
-func (r *localReplica) Job(id string) (*pb.Job, error) { return r.fsm.Job(id) }
-func (r *localReplica) Jobs() []*pb.Job                { return r.fsm.Jobs() }
-func (r *localReplica) Unfinished() []*pb.Job          { return r.fsm.Unfinished() }
+func (r *localReplica) ID() string                        { return "local" }
+func (r *localReplica) IsLeader() bool                    { return true }
+func (r *localReplica) Leader() (string, string)          { return "local", "" }
+func (r *localReplica) Barrier(context.Context) error     { return nil }
+func (r *localReplica) ReadBarrier(context.Context) error { return nil }
+func (r *localReplica) Job(id string) (*pb.Job, error)    { return r.fsm.Job(id) }
+func (r *localReplica) Jobs() []*pb.Job                   { return r.fsm.Jobs() }
+func (r *localReplica) Unfinished() []*pb.Job             { return r.fsm.Unfinished() }
 func (r *localReplica) Apply(_ context.Context, cmd *pb.Command) (coordinator.ApplyResult, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()

@@ -41,6 +41,9 @@ type Replica interface {
 	Apply(ctx context.Context, cmd *pb.Command) (coordinator.ApplyResult, error)
 	// Barrier waits until every committed entry is applied here.
 	Barrier(ctx context.Context) error
+	// ReadBarrier confirms this replica leads and has applied what its
+	// log holds, so that a read of its state is current (leader only).
+	ReadBarrier(ctx context.Context) error
 	Job(id string) (*pb.Job, error)
 	Jobs() []*pb.Job
 	Unfinished() []*pb.Job
@@ -159,6 +162,9 @@ type pendingFailure struct {
 	at      time.Time
 	msg     string
 	worker  string
+	// refused: the worker refused to start the rank (TaskStatus.refused);
+	// a restart would meet the same refusal
+	refused bool
 }
 
 type taskKey struct {
@@ -446,12 +452,17 @@ func (s *Server) SubmitJob(ctx context.Context, req *apiv1.SubmitJobRequest) (*a
 	return &apiv1.SubmitJobResponse{Job: r.Job, Created: r.Created}, nil
 }
 
+// GetJob answers from the leader's state, as ListJobs does: a follower
+// may be behind (a job cancelled a moment ago through the leader would
+// still show as running, one just submitted as not found).
 func (s *Server) GetJob(ctx context.Context, req *apiv1.GetJobRequest) (*apiv1.GetJobResponse, error) {
-	j, err := s.cfg.Node.Job(req.GetJobId())
-	if errors.Is(err, coordinator.ErrJobNotFound) && !s.cfg.Node.IsLeader() && !forwarded(ctx) {
-		// a job submitted a moment ago may not have reached this replica
+	if !s.cfg.Node.IsLeader() {
 		return forward(ctx, s, req, apiv1.CoordinatorClient.GetJob)
 	}
+	if err := s.current(ctx); err != nil {
+		return nil, err
+	}
+	j, err := s.cfg.Node.Job(req.GetJobId())
 	if err != nil {
 		return nil, apiError(err)
 	}
@@ -479,13 +490,23 @@ func (s *Server) ListJobs(ctx context.Context, req *apiv1.ListJobsRequest) (*api
 	if !s.cfg.Node.IsLeader() {
 		return forward(ctx, s, req, apiv1.CoordinatorClient.ListJobs)
 	}
-	bctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	if err := s.cfg.Node.Barrier(bctx); err != nil {
-		return nil, apiError(failure(errUnavailable, "replica %s leads but has not applied the log yet (%v); retry", s.cfg.Node.ID(), err))
+	if err := s.current(ctx); err != nil {
+		return nil, err
 	}
 	resp, err := listPage(s.cfg.Node.Jobs(), req)
 	return resp, apiError(err)
+}
+
+// current readies the leader's read of the jobs: its ReadBarrier (an
+// error is UNAVAILABLE: the client retries, on another replica if need
+// be).
+func (s *Server) current(ctx context.Context) error {
+	bctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := s.cfg.Node.ReadBarrier(bctx); err != nil {
+		return apiError(failure(errUnavailable, "replica %s cannot confirm it leads with the log applied (%v); retry", s.cfg.Node.ID(), err))
+	}
+	return nil
 }
 
 func (s *Server) CancelJob(ctx context.Context, req *apiv1.CancelJobRequest) (*apiv1.CancelJobResponse, error) {

@@ -140,7 +140,7 @@ func (s held) failAttempt(ctx context.Context, j *pb.Job, reason, msg, worker st
 	}
 	delete(s.term.failing, j.Id)
 	s.recordEvent(ctx, j.Id, reason, msg, worker)
-	if int(j.Restarts) < maxRestarts {
+	if int(j.Restarts) < maxRestarts && reason != ReasonRefused {
 		m := fmt.Sprintf("%s; restart %d of %d in %ds, resuming from the newest committed checkpoint", msg, j.Restarts+1, maxRestarts, backoff)
 		r, err := s.cfg.Node.Apply(ctx, &pb.Command{Op: &pb.Command_RequeueJob{RequeueJob: &pb.RequeueJob{JobId: j.Id, Reason: reason, Message: m}}})
 		if err != nil {
@@ -155,7 +155,10 @@ func (s held) failAttempt(ctx context.Context, j *pb.Job, reason, msg, worker st
 		return
 	}
 	m := msg
-	if maxRestarts > 0 {
+	switch {
+	case reason == ReasonRefused:
+		m = fmt.Sprintf("%s; not restarted: the worker refused the rank before it started and would refuse it again (change the job spec or the worker's config, then submit again)", msg)
+	case maxRestarts > 0:
 		m = fmt.Sprintf("%s; no restarts left (max_restarts %d)", msg, maxRestarts)
 	}
 	r, err := s.cfg.Node.Apply(ctx, &pb.Command{Op: &pb.Command_SetJobState{SetJobState: &pb.SetJobState{
@@ -555,8 +558,11 @@ func (s held) report(ctx context.Context, w string, ts *apiv1.TaskStatus) error 
 		if msg == "" {
 			msg = "exited with an error"
 		}
-		if f, ok := s.term.failing[j.Id]; !ok || f.attempt != j.Restarts {
-			s.term.failing[j.Id] = pendingFailure{attempt: j.Restarts, at: s.cfg.Now(), worker: w,
+		// the attempt's first failure is held; a refusal replaces one that
+		// is not (the refused rank never started, so its peers' failures
+		// follow from it)
+		if f, ok := s.term.failing[j.Id]; !ok || f.attempt != j.Restarts || (ts.GetRefused() && !f.refused) {
+			s.term.failing[j.Id] = pendingFailure{attempt: j.Restarts, at: s.cfg.Now(), worker: w, refused: ts.GetRefused(),
 				msg: fmt.Sprintf("rank %d on worker %s: %s", ts.GetRank(), w, msg)}
 		}
 	case apiv1.TaskState_TASK_STATE_RUNNING:

@@ -291,6 +291,22 @@ func (n *Node) Barrier(ctx context.Context) error {
 	return n.raftErr(n.raft.Barrier(n.timeout(ctx)).Error())
 }
 
+// ReadBarrier makes this leader's state safe to answer a read from: it
+// confirms with a quorum that this replica still leads (a deposed leader
+// cut off from the others would answer from the past) and, when its log
+// holds entries it has not applied yet (a leader just elected, or writes
+// in flight), waits for them (leader only). Cheaper than Barrier when the
+// leader is caught up: no log entry, one heartbeat round.
+func (n *Node) ReadBarrier(ctx context.Context) error {
+	if err := n.raftErr(n.raft.VerifyLeader().Error()); err != nil {
+		return err
+	}
+	if n.raft.AppliedIndex() < n.raft.LastIndex() {
+		return n.Barrier(ctx)
+	}
+	return nil
+}
+
 // AddVoter adds (or re-addresses) a voting replica (leader only).
 func (n *Node) AddVoter(ctx context.Context, id, addr string) error {
 	if n.raft.State() != raft.Leader {

@@ -2464,7 +2464,11 @@ type TaskStatus struct {
 	TokensPerSecond float64 `protobuf:"fixed64,8,opt,name=tokens_per_second,json=tokensPerSecond,proto3" json:"tokens_per_second,omitempty"`
 	// Events the rank announced (checkpoint unusable, resumed from a step),
 	// numbered from 1 within the task; repeated until the task is gone.
-	Events        []*TaskEvent `protobuf:"bytes,9,rep,name=events,proto3" json:"events,omitempty"`
+	Events []*TaskEvent `protobuf:"bytes,9,rep,name=events,proto3" json:"events,omitempty"`
+	// The worker refused to start the rank as the task asks (a path outside
+	// its storage, commands it does not run, a spec it cannot use): the
+	// same task would be refused again, so the job is not restarted.
+	Refused       bool `protobuf:"varint,10,opt,name=refused,proto3" json:"refused,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2560,6 +2564,13 @@ func (x *TaskStatus) GetEvents() []*TaskEvent {
 		return x.Events
 	}
 	return nil
+}
+
+func (x *TaskStatus) GetRefused() bool {
+	if x != nil {
+		return x.Refused
+	}
+	return false
 }
 
 type TaskEvent struct {
@@ -2918,7 +2929,7 @@ const file_switchyard_api_v1_api_proto_rawDesc = "" +
 	"\x10local_world_size\x18\x11 \x01(\x05R\x0elocalWorldSize\x12\x1f\n" +
 	"\vlocal_slots\x18\x12 \x03(\x05R\n" +
 	"localSlots\x12'\n" +
-	"\x0fcheckpoint_step\x18\x13 \x01(\x03R\x0echeckpointStep\"\xa9\x02\n" +
+	"\x0fcheckpoint_step\x18\x13 \x01(\x03R\x0echeckpointStep\"\xc3\x02\n" +
 	"\n" +
 	"TaskStatus\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x18\n" +
@@ -2929,7 +2940,9 @@ const file_switchyard_api_v1_api_proto_rawDesc = "" +
 	"\x04step\x18\x06 \x01(\x03R\x04step\x12\x12\n" +
 	"\x04loss\x18\a \x01(\x01R\x04loss\x12*\n" +
 	"\x11tokens_per_second\x18\b \x01(\x01R\x0ftokensPerSecond\x124\n" +
-	"\x06events\x18\t \x03(\v2\x1c.switchyard.api.v1.TaskEventR\x06events\"h\n" +
+	"\x06events\x18\t \x03(\v2\x1c.switchyard.api.v1.TaskEventR\x06events\x12\x18\n" +
+	"\arefused\x18\n" +
+	" \x01(\bR\arefused\"h\n" +
 	"\tTaskEvent\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\rR\x03seq\x12\x12\n" +
 	"\x04type\x18\x02 \x01(\tR\x04type\x12\x18\n" +

@@ -76,6 +76,9 @@ func (a *Agent) drainTask(want *apiv1.Task, baseline map[taskKey]int64) {
 		}
 		return
 	}
+	if want.GetCheckpointStep() < 0 {
+		return // not known now (the coordinator could not read the catalogue)
+	}
 	b, seen := baseline[k]
 	if !seen {
 		baseline[k] = want.GetCheckpointStep()

@@ -20,7 +20,7 @@ import (
 func TestDrainWaitsForCheckpoint(t *testing.T) {
 	h := start(t, func(o *Options) { o.Config.DrainSeconds = 20 })
 	saving := newTestTask("run-e", 0, 1, "name: demo\nsteps: 500\ncheckpoint: {interval_steps: 10}\n")
-	saving.CheckpointStep = 30
+	saving.CheckpointStep = -1 // the coordinator cannot read the catalogue at first
 	plain := newTestTask("run-f", 0, 1, spec1)
 	h.coord.set(saving, plain)
 	h.waitState("run-e", 0, apiv1.TaskState_TASK_STATE_RUNNING)
@@ -39,16 +39,25 @@ func TestDrainWaitsForCheckpoint(t *testing.T) {
 		ws, err := h.reg.List(t.Context())
 		return err == nil && len(ws) == 1 && ws[0].Draining
 	})
-	// run-e keeps running through several draining syncs that report the
-	// checkpoint it already had
-	h.coord.mu.Lock()
-	from := h.coord.drains
-	h.coord.mu.Unlock()
-	eventually(t, "draining syncs", func() bool {
+	// run-e keeps running through several draining syncs that do not know
+	// its job's newest checkpoint, then through several that report the
+	// checkpoint it already had (not a new one: the unknown step was not
+	// taken for "none")
+	drainSyncs := func(n int) {
 		h.coord.mu.Lock()
-		defer h.coord.mu.Unlock()
-		return h.coord.drains >= from+10
-	})
+		from := h.coord.drains
+		h.coord.mu.Unlock()
+		eventually(t, "draining syncs", func() bool {
+			h.coord.mu.Lock()
+			defer h.coord.mu.Unlock()
+			return h.coord.drains >= from+n
+		})
+	}
+	drainSyncs(5)
+	known := newTestTask("run-e", 0, 1, string(saving.Spec))
+	known.CheckpointStep = 30
+	h.coord.set(known)
+	drainSyncs(10)
 	if pid, alive := pidAlive(t, dirE); !alive {
 		t.Fatalf("run-e (pid %d) stopped before its job committed a new checkpoint", pid)
 	}

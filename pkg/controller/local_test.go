@@ -2,6 +2,7 @@ package controller
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -311,5 +312,40 @@ func TestCommitOutlivesItsCaller(t *testing.T) {
 	}
 	if !recorded {
 		t.Fatalf("step 10 committed without its event: %v", l.job("j1").Events)
+	}
+}
+
+// catalogue is a Checkpoints whose List answers what the test says.
+type catalogue struct {
+	Checkpoints
+	live []checkpoint.Manifest
+	err  error
+}
+
+func (c *catalogue) List(context.Context, *pb.Job) ([]checkpoint.Manifest, []int64, error) {
+	return c.live, nil, c.err
+}
+
+// TestNewestCheckpointUnknown: a draining worker is told 0 only when the
+// job has no checkpoint; a catalogue that cannot be read gives -1 (not
+// known), which the worker does not take for "none".
+func TestNewestCheckpointUnknown(t *testing.T) {
+	l := newLocal(t)
+	cat := &catalogue{}
+	l.s.cfg.Checkpoints = cat
+	j := &pb.Job{Id: "j"}
+	for _, tc := range []struct {
+		live []checkpoint.Manifest
+		err  error
+		want int64
+	}{
+		{nil, nil, 0},
+		{[]checkpoint.Manifest{{Step: 40}, {Step: 30}}, nil, 40},
+		{nil, errors.New("etcd: context deadline exceeded"), -1},
+	} {
+		cat.live, cat.err = tc.live, tc.err
+		if got := l.s.newestCheckpoint(l.ctx, j); got != tc.want {
+			t.Errorf("live %v, error %v: %d, want %d", tc.live, tc.err, got, tc.want)
+		}
 	}
 }

@@ -507,8 +507,10 @@ func (s *Server) SyncWorker(ctx context.Context, req *apiv1.SyncWorkerRequest) (
 }
 
 // newestCheckpoint is the step of j's newest committed checkpoint (0:
-// none, or the catalogue cannot be read now: the draining worker asks
-// again at its next sync).
+// none), or -1 when the catalogue cannot be read now: the draining worker
+// must not take an unknown step for "none" (its next known step would
+// look newer than the drain and stop the rank at once); it asks again at
+// its next sync.
 func (s *Server) newestCheckpoint(ctx context.Context, j *pb.Job) int64 {
 	if s.cfg.Checkpoints == nil {
 		return 0
@@ -516,7 +518,10 @@ func (s *Server) newestCheckpoint(ctx context.Context, j *pb.Job) int64 {
 	cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	live, _, err := s.cfg.Checkpoints.List(cctx, j)
-	if err != nil || len(live) == 0 {
+	switch {
+	case err != nil:
+		return -1
+	case len(live) == 0:
 		return 0
 	}
 	return live[0].Step // newest first

@@ -2280,8 +2280,9 @@ type Task struct {
 	// its own).
 	LocalSlots []int32 `protobuf:"varint,18,rep,packed,name=local_slots,json=localSlots,proto3" json:"local_slots,omitempty"`
 	// The newest committed checkpoint step of the job, sent to a draining
-	// worker only (0: none, or not a draining worker): it stops a rank once
-	// its job committed a checkpoint after the drain began.
+	// worker only (0: none, or not a draining worker; -1: not known now, the
+	// catalogue could not be read): it stops a rank once its job committed
+	// a checkpoint after the drain began.
 	CheckpointStep int64 `protobuf:"varint,19,opt,name=checkpoint_step,json=checkpointStep,proto3" json:"checkpoint_step,omitempty"`
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache

@@ -30,6 +30,10 @@
 #         command the PyTorch example (examples/torch-moe, NCCL) as a
 #                 command job on `switchyard dev --gpus 1`, then directly:
 #                 tokens/s of both (not in the default phases)
+#         science medium, micro vs global-batch LBL for the same tokens as an
+#                 experiment on `switchyard dev --gpus 1`: the report and
+#                 plots (issue 16; not in the default phases, about 9
+#                 minutes)
 #         overlap train and compile together: torch.compile's compiling
 #                 (minutes of CPU) overlaps our training, which is paused
 #                 (SIGSTOP) from the end of moe_bench's last warm-up step
@@ -240,6 +244,20 @@ phase_overlap() {
   train_wait
 }
 
+# corpus_ready FILE: the corpus the build packed, else one made here from
+# this repository's Go and Markdown (two domains).
+corpus_ready() {
+  local c=$1
+  [ -f "$c" ] || { [ -f "$gdir/corpus.jsonl.xz" ] && xz -dc "$gdir/corpus.jsonl.xz" > "$c"; }
+  [ -f "$c" ] || python3 - "$root" > "$c" <<'PY'
+import glob, json, sys
+for f in sorted(glob.glob(sys.argv[1] + "/pkg/*/*.go")):
+    print(json.dumps({"domain": "code_go", "source": f, "text": open(f).read()}))
+for f in sorted(glob.glob(sys.argv[1] + "/**/*.md", recursive=True)):
+    print(json.dumps({"domain": "english", "source": f, "text": open(f).read()}))
+PY
+}
+
 # command: the PyTorch example (examples/torch-moe: NCCL, one GPU) as a
 # command job on a dev cluster whose worker declares the GPU, then the same
 # trainer run directly; tokens/s of both (issue 11's GPU check).
@@ -247,14 +265,7 @@ phase_command() {
   local c="$bd/corpus.jsonl" d="$work/command" py
   py=$(command -v python3)
   mkdir -p "$d"
-  [ -f "$c" ] || { [ -f "$gdir/corpus.jsonl.xz" ] && xz -dc "$gdir/corpus.jsonl.xz" > "$c"; }
-  [ -f "$c" ] || "$py" - "$root" > "$c" <<'PY'
-import glob, json, sys
-for f in sorted(glob.glob(sys.argv[1] + "/pkg/*/*.go")):
-    print(json.dumps({"domain": "code_go", "source": f, "text": open(f).read()}))
-for f in sorted(glob.glob(sys.argv[1] + "/**/*.md", recursive=True)):
-    print(json.dumps({"domain": "english", "source": f, "text": open(f).read()}))
-PY
+  corpus_ready "$c"
   local steps=${COMMAND_STEPS:-80} cfg=${COMMAND_CONFIG:-small}
   local args=(train.py --device "${COMMAND_DEVICE:-cuda}" --config "$cfg" --steps "$steps" --corpus "$c" --threads 4 ${COMMAND_ARGS:-})
   cat > "$d/job.yaml" <<YAML
@@ -265,7 +276,7 @@ args: $("$py" -c 'import json, sys; print(json.dumps(sys.argv[1:]))' "${args[@]}
 working_dir: $root/examples/torch-moe
 ranks: 1
 steps: $steps
-resources: {cpu_cores: 1, memory_mib: 1024, gpus: 1}
+resources: {cpu_cores: 1, memory_mib: 16384, gpus: 1}
 YAML
   log "command job: torch-moe $cfg on the GPU (NCCL) through a dev cluster"
   timeout 400 "$bd/switchyard" dev --workers 1 --gpus 1 --spec "$d/job.yaml" --data-dir "$d/dev" > "$d/dev.log" 2>&1
@@ -299,6 +310,75 @@ if r["job_tokens_per_s"] and r["direct_tokens_per_s"]:
 print(json.dumps(r, indent=1))
 PY
   log "command: $(python3 -c "import json; r=json.load(open('$work/command.json')); print({k: r.get(k) for k in ('dev_rc', 'job_steps', 'job_tokens_per_s', 'direct_tokens_per_s', 'ratio_job_over_direct', 'job_last_loss', 'direct_last_loss')})")"
+}
+
+# science: issue 16 on the GPU: the medium preset (64 experts, top-6),
+# micro vs global-batch LBL for the same tokens, as an experiment on a dev
+# cluster whose one worker has the GPU (the jobs queue for it), domain
+# order (every micro-batch one domain), balance batch 16 vs
+# 16 x SCIENCE_ACCUM sequences; then `experiment report` (table, JSON,
+# plots). SCIENCE_STEPS each (default 300: 300 x 4 x 16 x 1024 = 19.7 M
+# tokens a run, under 3 minutes each at the 120k tokens/s measured).
+phase_science() {
+  local c="$bd/corpus.jsonl" d="$work/science" sw="$bd/switchyard"
+  mkdir -p "$d"
+  corpus_ready "$c"
+  local steps=${SCIENCE_STEPS:-300} accum=${SCIENCE_ACCUM:-4} limit=${SCIENCE_LIMIT:-560}
+  local device=${SCIENCE_DEVICE:-cuda} preset=${SCIENCE_PRESET:-medium} gpus=1 precision="precision: bf16"
+  # SCIENCE_DEVICE=cpu SCIENCE_PRESET=tiny tries the phase without a GPU
+  [ "$device" = cpu ] && { gpus=0; precision=""; }
+  cat > "$d/experiment.yaml" <<YAML
+name: gpu-$preset-lbl
+base:
+  device: $device
+  $precision
+  model: {preset: $preset}
+  data: {corpus: $c, order: domain, eval_seqs: 32}
+  lbl: {coef: 0.01}
+  optim: {lr: 0.0005, warmup_steps: $((steps / 10)), clip_norm: 1.0}
+  accumulation: $accum
+  steps: $steps
+  eval_every: $((steps / 4))
+  resources: {cpu_cores: 1, memory_mib: ${SCIENCE_MEMORY_MIB:-32768}, gpus: $gpus}
+axes:
+  seed: [1]
+variants:
+  micro: {lbl: {mode: micro}}
+  global: {lbl: {mode: global, window: 0}}
+YAML
+  "$sw" dev --no-job --workers 1 --gpus 1 --data-dir "$d/dev" --allow-path "$(dirname "$c")" > "$d/dev.log" 2>&1 &
+  local dev=$! addr="" t0=$SECONDS
+  while [ -z "$addr" ] && [ $((SECONDS - t0)) -lt 60 ] && kill -0 $dev 2>/dev/null; do
+    sleep 1
+    addr=$(grep -o 'job submit SPEC.yaml --coordinator [^ ]*' "$d/dev.log" | awk '{print $NF}' | head -1)
+  done
+  if [ -z "$addr" ]; then
+    log "science: the dev cluster did not start: $(tail -5 "$d/dev.log")"
+    kill $dev 2>/dev/null; wait $dev 2>/dev/null
+    echo '{"error": "dev cluster did not start"}' > "$work/science.json"
+    return
+  fi
+  export SWITCHYARD_COORDINATOR=$addr
+  "$sw" experiment submit "$d/experiment.yaml" > "$d/submit.txt" 2>&1
+  log "science: submitted to $addr: $(tr '\n' ' ' < "$d/submit.txt")"
+  local done=0
+  while [ $((SECONDS - t0)) -lt "$limit" ]; do
+    sleep 10
+    done=$("$sw" experiment report "$d/experiment.yaml" -o json 2>/dev/null | python3 -c '
+import json, sys
+r = json.load(sys.stdin)
+print(int(all(v["state"] in ("SUCCEEDED", "FAILED", "CANCELLED") for v in r["variants"])))' 2>/dev/null || echo 0)
+    [ "$done" = 1 ] && break
+  done
+  log "science: all ended: $done after $((SECONDS - t0)) s"
+  "$sw" experiment report "$d/experiment.yaml" --storage "$d/dev/storage" -o json > "$work/science.json" 2> "$d/report.err"
+  "$sw" experiment report "$d/experiment.yaml" --storage "$d/dev/storage" --plots "$out/science-plots" > "$out/science-report.txt" 2>> "$d/report.err"
+  cp "$d/experiment.yaml" "$out/science-experiment.yaml"
+  for m in "$d"/dev/storage/jobs/*/attempt-*/rank-0/metrics.jsonl; do
+    [ -f "$m" ] && xz -T4 -c "$m" > "$out/science-$(basename "$(dirname "$(dirname "$(dirname "$m")")")")-metrics.jsonl.xz"
+  done
+  kill -INT $dev 2>/dev/null; wait $dev 2>/dev/null
+  log "science: $(head -30 "$out/science-report.txt")"
 }
 
 # collect writes $out: gpu-check.json (every result) and the logs.
@@ -367,5 +447,5 @@ case "${1:-}" in
     run "$@" 2>&1 | tee "$work/run.log"
     cp "$work/run.log" "$out/run.log" 2> /dev/null
     ;;
-  *) echo "usage: $0 build [SHARED_BENCH_DIR] [CORPUS] | run [tests equiv bench train compile overlap command]" >&2; exit 2 ;;
+  *) echo "usage: $0 build [SHARED_BENCH_DIR] [CORPUS] | run [tests equiv bench train compile overlap command science]" >&2; exit 2 ;;
 esac

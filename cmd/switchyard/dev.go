@@ -155,7 +155,7 @@ func cmdDev(ctx context.Context, args []string) error {
 	defer func() { stopAgents(); wg.Wait() }()
 	targets := metricsTargets{{Targets: []string{d.MetricsAddr}, Labels: map[string]string{"role": "coordinator"}}}
 	for i := range *workers {
-		cfg, err := devWorkerConfig(i, d, *dir, self, *gpus, allowed)
+		cfg, err := devWorkerConfig(i, *workers, d, *dir, self, *gpus, allowed)
 		if err != nil {
 			return err
 		}
@@ -253,9 +253,10 @@ func (m metricsTargets) write(path string) error {
 
 // devWorkerConfig is worker i of the dev cluster: loopback, its own port,
 // one shared storage path (so that any worker can resume any checkpoint).
-func devWorkerConfig(i int, d *controller.Daemon, dir, trainer string, gpus int, allowed []string) (workerconfig.Config, error) {
-	// one slot per declared GPU (one rank each), else one; a core and
-	// 1 GiB a slot; slot k listens on the worker's port + k
+func devWorkerConfig(i, workers int, d *controller.Daemon, dir, trainer string, gpus int, allowed []string) (workerconfig.Config, error) {
+	// one slot per declared GPU (one rank each), else one; a core a slot
+	// and a share of the machine's memory; slot k listens on the
+	// worker's port + k
 	slots := max(gpus, 1)
 	addr, err := freePortRun(slots)
 	if err != nil {
@@ -268,7 +269,7 @@ func devWorkerConfig(i int, d *controller.Daemon, dir, trainer string, gpus int,
 	cfg.EtcdEndpoints = d.Etcd
 	cfg.NATSURL = d.NATSURL
 	cfg.ListenAddress, cfg.AdvertiseAddress = addr, addr
-	cfg.Resources.CPUCores, cfg.Resources.MemoryMiB, cfg.Resources.GPUs = slots, 1024*int64(slots), max(gpus, 0)
+	cfg.Resources.CPUCores, cfg.Resources.MemoryMiB, cfg.Resources.GPUs = slots, devWorkerMemoryMiB(slots, workers), max(gpus, 0)
 	cfg.StoragePath = filepath.Join(dir, "storage")
 	cfg.AllowedPaths = allowed
 	cfg.LeaseTTLSeconds = 5
@@ -279,6 +280,20 @@ func devWorkerConfig(i int, d *controller.Daemon, dir, trainer string, gpus int,
 		return workerconfig.Config{}, fmt.Errorf("dev: worker config: %w", err)
 	}
 	return cfg, nil
+}
+
+// devWorkerMemoryMiB is what a dev worker of slots slots declares: an
+// equal share of this machine's memory among the workers, and at least
+// 1 GiB a slot (the default resources.memory_mib of a job). A GPU rank
+// (CUDA's host side, PyTorch's) needs several GiB: with 1 GiB a slot the
+// worker would kill it for its memory.
+func devWorkerMemoryMiB(slots, workers int) int64 {
+	least := 1024 * int64(slots)
+	total, err := workerconfig.SystemDetector().MemoryMiB()
+	if err != nil || workers < 1 {
+		return least
+	}
+	return max(least, total/int64(workers))
 }
 
 // printDevSummary prints the job's outcome and rank 0's final report

@@ -189,14 +189,15 @@ allow_commands: true
 	c.workers[id] = start(c.root, id, []string{"SWITCHYARD_TOKEN=" + c.token}, bins.worker, "--config", cfg)
 }
 
-// resources is a worker's resources section: one core and 1 GiB a slot,
+// resources is a worker's resources section: one core and 2 GiB a slot
+// (a job's default memory_mib),
 // and with several slots as many (declared) GPUs, so that it runs one
 // rank per GPU.
 func (c *cluster) resources() string {
 	if c.slots <= 1 {
-		return "{cpu_cores: 1, memory_mib: 1024, gpus: 0}"
+		return "{cpu_cores: 1, memory_mib: 2048, gpus: 0}"
 	}
-	return fmt.Sprintf("{cpu_cores: %d, memory_mib: %d, gpus: %d}", c.slots, 1024*c.slots, c.slots)
+	return fmt.Sprintf("{cpu_cores: %d, memory_mib: %d, gpus: %d}", c.slots, 2048*c.slots, c.slots)
 }
 
 func (c *cluster) env() []string {

@@ -284,11 +284,11 @@ func devWorkerConfig(i, workers int, d *controller.Daemon, dir, trainer string, 
 
 // devWorkerMemoryMiB is what a dev worker of slots slots declares: an
 // equal share of this machine's memory among the workers, and at least
-// 1 GiB a slot (the default resources.memory_mib of a job). A GPU rank
+// a job's default resources.memory_mib a slot. A GPU rank
 // (CUDA's host side, PyTorch's) needs several GiB: with 1 GiB a slot the
 // worker would kill it for its memory.
 func devWorkerMemoryMiB(slots, workers int) int64 {
-	least := 1024 * int64(slots)
+	least := jobspec.DefaultMemoryMiB * int64(slots)
 	total, err := workerconfig.SystemDetector().MemoryMiB()
 	if err != nil || workers < 1 {
 		return least

@@ -133,10 +133,11 @@ func Start(ctx context.Context, cfg DaemonConfig) (d *Daemon, err error) {
 			return nil, fmt.Errorf("controller: raft TLS: %w", err)
 		}
 	}
-	d = &Daemon{log: log}
+	started := &Daemon{log: log}
+	d = started
 	defer func() {
 		if err != nil {
-			d.Close()
+			started.Close() // d is nil here: `return nil, err` set it
 		}
 	}()
 	if err := d.connect(ctx, &cfg, log); err != nil {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -281,5 +282,29 @@ func waitLeader(t *testing.T, nodes []*coordinator.Node) *coordinator.Node {
 			t.Fatal(err)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestStartFailsCleanly: a coordinator that cannot start (its API port is
+// taken) returns the error, having closed what it had started (the dev
+// etcd and NATS, raft); before, the cleanup ran on a nil daemon and
+// panicked, hiding the error.
+func TestStartFailsCleanly(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	rc := coordinator.DefaultConfig()
+	rc.ID, rc.BindAddr, rc.DataDir, rc.Bootstrap = "coord-1", "127.0.0.1:0", filepath.Join(t.TempDir(), "data"), true
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	d, err := Start(ctx, DaemonConfig{Raft: rc, Dev: true, APIListen: busy.Addr().String(), Logger: quietLogger(t)})
+	if err == nil {
+		d.Close()
+		t.Fatal("started on a port in use")
+	}
+	if d != nil || !strings.Contains(err.Error(), "address already in use") {
+		t.Fatalf("daemon %v, error %v: want none and the listen error", d, err)
 	}
 }

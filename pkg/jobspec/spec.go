@@ -152,6 +152,10 @@ type Optim struct {
 }
 
 // Resources is what each rank needs from its worker.
+// DefaultMemoryMiB is a rank's resources.memory_mib when the section is
+// empty: the tiny preset at its micro-batch of 8 peaks at about 1.1 GiB.
+const DefaultMemoryMiB = 2048
+
 type Resources struct {
 	CPUCores  int   `yaml:"cpu_cores" json:"cpu_cores"`
 	MemoryMiB int64 `yaml:"memory_mib" json:"memory_mib"`
@@ -321,7 +325,7 @@ func (s *Spec) Defaults() {
 		s.Env = nil
 	}
 	if s.Resources == (Resources{}) {
-		s.Resources = Resources{CPUCores: 1, MemoryMiB: 1024}
+		s.Resources = Resources{CPUCores: 1, MemoryMiB: DefaultMemoryMiB}
 	}
 	c := &s.Checkpoint
 	if c.KeepLast == 0 {

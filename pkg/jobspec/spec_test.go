@@ -28,7 +28,7 @@ func TestParseMinimalDefaults(t *testing.T) {
 		Accumulation: 1,
 		Steps:        100,
 		Seed:         1,
-		Resources:    Resources{CPUCores: 1, MemoryMiB: 1024},
+		Resources:    Resources{CPUCores: 1, MemoryMiB: 2048},
 		Checkpoint:   Checkpoint{KeepLast: 3, Storage: "dir"},
 		Restart:      Restart{MaxRestarts: ptr(3), BackoffSeconds: ptr(10)},
 		Elastic:      Elastic{MinDP: 1, MaxDP: 1},

@@ -447,22 +447,55 @@ func TestRankFailureRequeues(t *testing.T) {
 	if next.Attempt != 1 {
 		t.Fatalf("second attempt %d", next.Attempt)
 	}
+	// the second attempt commits a checkpoint of step 4, then fails
+	m := checkpoint.Manifest{Job: "job-a", Step: 4, Layout: checkpoint.Layout{TP: 1, DP: 2, EP: 2},
+		Shards: []checkpoint.ShardInfo{{Name: "rank-0000/state.bin", SHA256: "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", Kind: checkpoint.KindParams}}}
+	raw, err := checkpoint.EncodeManifest(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.CommitCheckpoint(ctxT(t), &apiv1.CommitCheckpointRequest{JobId: "job-a", Attempt: 1, Manifest: raw}); err != nil {
+		t.Fatal(err)
+	}
 	fail2 := status_(next, apiv1.TaskState_TASK_STATE_FAILED, 0)
 	syncTasks(t, c, "w1", fail2)
 	j = waitJob(t, c, "job-a", "failed", func(j *pb.Job) bool { return j.State == pb.JobState_JOB_STATE_FAILED })
 	if j.Restarts != 1 || !strings.Contains(j.Message, "no restarts left") {
 		t.Fatalf("restarts %d, message %q", j.Restarts, j.Message)
 	}
-	// resume by hand: a new attempt from the chosen step
-	r, err := c.ResumeJob(ctxT(t), &apiv1.ResumeJobRequest{JobId: "job-a", FromStep: 40})
+	// resume by hand from a step that is no checkpoint: refused, nothing
+	// changes
+	if _, err := c.ResumeJob(ctxT(t), &apiv1.ResumeJobRequest{JobId: "job-a", FromStep: 7}); status.Code(err) != codes.NotFound ||
+		!strings.Contains(err.Error(), "no committed checkpoint of step 7 (steps 4 are committed)") {
+		t.Fatalf("resume from step 7: %v", err)
+	}
+	// from one that is: a new attempt from the chosen step
+	r, err := c.ResumeJob(ctxT(t), &apiv1.ResumeJobRequest{JobId: "job-a", FromStep: 4})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if r.Job.State != pb.JobState_JOB_STATE_PENDING || r.Job.Restarts != 2 {
 		t.Fatalf("resumed job %v", r.Job)
 	}
-	if task := waitTasks(t, c, "w1", 1)[0]; task.ResumeFromStep != 40 || task.Attempt != 2 {
-		t.Fatalf("resumed task %v", task)
+	resumed := waitTasks(t, c, "w1", 1)[0]
+	if resumed.ResumeFromStep != 4 || resumed.Attempt != 2 {
+		t.Fatalf("resumed task %v", resumed)
+	}
+	// the checkpoint it resumes from cannot be deleted under it
+	if _, err := c.DeleteCheckpoint(ctxT(t), &apiv1.DeleteCheckpointRequest{JobId: "job-a", Step: 4}); status.Code(err) != codes.FailedPrecondition ||
+		!strings.Contains(err.Error(), "resumes from it") {
+		t.Fatalf("delete of the checkpoint the job resumes from: %v", err)
+	}
+	// the resume by hand was not an automatic restart: the policy's one
+	// restart is there again
+	syncTasks(t, c, "w1", status_(resumed, apiv1.TaskState_TASK_STATE_FAILED, 0))
+	j = waitJob(t, c, "job-a", "restarted after the resume", func(j *pb.Job) bool { return j.Restarts == 3 })
+	requeued := false
+	for _, e := range j.Events {
+		requeued = requeued || strings.Contains(e.Message, "restart 1 of 1")
+	}
+	if j.State == pb.JobState_JOB_STATE_FAILED || !requeued {
+		t.Fatalf("after a resume by hand and a failure: %s: %q, events %v", j.State, j.Message, j.Events)
 	}
 }
 

@@ -535,6 +535,19 @@ func (s *Server) ResumeJob(ctx context.Context, req *apiv1.ResumeJobRequest) (*a
 	if !s.cfg.Node.IsLeader() {
 		return forward(ctx, s, req, apiv1.CoordinatorClient.ResumeJob)
 	}
+	if step := req.GetFromStep(); step > 0 && s.cfg.Checkpoints != nil {
+		// the step must be a committed checkpoint: an attempt told to
+		// resume from one that is not fails, and costs a restart
+		j, err := s.cfg.Node.Job(req.GetJobId())
+		if err != nil {
+			return nil, apiError(err)
+		}
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		if _, err := s.committed(cctx, j, step, "resume"); err != nil {
+			return nil, apiError(err)
+		}
+	}
 	h := s.hold()
 	defer h.release()
 	msg := "resumed by the user from the newest committed checkpoint"

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -272,6 +274,9 @@ func (s *Server) DeleteCheckpoint(ctx context.Context, req *apiv1.DeleteCheckpoi
 	if _, err := s.committed(ctx, j, req.GetStep(), "delete checkpoint"); err != nil {
 		return nil, apiError(err)
 	}
+	if active(j) && j.ResumeFromStep == req.GetStep() {
+		return nil, apiError(failure(errRefused, "delete checkpoint %d of %s: the job's attempt resumes from it (job resume --from); cancel the job first, or resume it from another step", req.GetStep(), j.Id))
+	}
 	if err := s.cfg.Checkpoints.Delete(ctx, j, req.GetStep()); err != nil {
 		return nil, apiError(failure(errRefused, "delete checkpoint %d of %s: %v", req.GetStep(), j.Id, err))
 	}
@@ -306,7 +311,15 @@ func (s *Server) committed(ctx context.Context, j *pb.Job, step int64, op string
 	}
 	i := slices.IndexFunc(live, func(m checkpoint.Manifest) bool { return m.Step == step })
 	if i < 0 {
-		return checkpoint.Manifest{}, failure(checkpoint.ErrNoCheckpoint, "job %s has no committed checkpoint of step %d", j.Id, step)
+		have := "none is"
+		if len(live) > 0 {
+			steps := make([]string, len(live))
+			for k, m := range live {
+				steps[k] = strconv.FormatInt(m.Step, 10)
+			}
+			have = "steps " + strings.Join(steps, ", ") + " are"
+		}
+		return checkpoint.Manifest{}, failure(checkpoint.ErrNoCheckpoint, "job %s has no committed checkpoint of step %d (%s)", j.Id, step, have+" committed")
 	}
 	return live[i], nil
 }

@@ -140,8 +140,9 @@ func (s held) failAttempt(ctx context.Context, j *pb.Job, reason, msg, worker st
 	}
 	delete(s.term.failing, j.Id)
 	s.recordEvent(ctx, j.Id, reason, msg, worker)
-	if int(j.Restarts) < maxRestarts && reason != ReasonRefused {
-		m := fmt.Sprintf("%s; restart %d of %d in %ds, resuming from the newest committed checkpoint", msg, j.Restarts+1, maxRestarts, backoff)
+	used := int(j.Restarts - j.ResumedAtRestarts) // automatic restarts since the job was submitted or last resumed
+	if used < maxRestarts && reason != ReasonRefused {
+		m := fmt.Sprintf("%s; restart %d of %d in %ds, resuming from the newest committed checkpoint", msg, used+1, maxRestarts, backoff)
 		r, err := s.cfg.Node.Apply(ctx, &pb.Command{Op: &pb.Command_RequeueJob{RequeueJob: &pb.RequeueJob{JobId: j.Id, Reason: reason, Message: m}}})
 		if err != nil {
 			s.log.Warn("requeue failed", "job-id", j.Id, "error", err)

@@ -300,7 +300,8 @@ func (s *Store) Requeue(now int64, c *pb.RequeueJob) (*pb.Job, error) {
 }
 
 // Resume moves a failed or cancelled job back to PENDING, counts a restart
-// and records the step its next attempt resumes from.
+// (a new attempt) and records the step its next attempt resumes from; the
+// restart policy's budget starts again from this attempt.
 func (s *Store) Resume(now int64, c *pb.ResumeJob) (*pb.Job, error) {
 	if c.GetFromStep() < 0 {
 		return nil, invalid("resume %s: negative step", c.GetJobId())
@@ -316,6 +317,7 @@ func (s *Store) Resume(now int64, c *pb.ResumeJob) (*pb.Job, error) {
 	}
 	j.Placement = nil
 	j.Restarts++
+	j.ResumedAtRestarts = j.Restarts // the restart policy starts again
 	j.ResumeFromStep = c.GetFromStep()
 	j.FinishedUnixNano = 0
 	msg := c.GetMessage()

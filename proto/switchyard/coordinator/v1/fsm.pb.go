@@ -1180,10 +1180,14 @@ type Job struct {
 	ResumeFromStep int64 `protobuf:"varint,19,opt,name=resume_from_step,json=resumeFromStep,proto3" json:"resume_from_step,omitempty"`
 	// Degrees of the current placement when an elastic restart shrank it
 	// (0: the spec's).
-	PlacedDp      int32 `protobuf:"varint,20,opt,name=placed_dp,json=placedDp,proto3" json:"placed_dp,omitempty"`
-	PlacedEp      int32 `protobuf:"varint,21,opt,name=placed_ep,json=placedEp,proto3" json:"placed_ep,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	PlacedDp int32 `protobuf:"varint,20,opt,name=placed_dp,json=placedDp,proto3" json:"placed_dp,omitempty"`
+	PlacedEp int32 `protobuf:"varint,21,opt,name=placed_ep,json=placedEp,proto3" json:"placed_ep,omitempty"`
+	// restarts when the user last resumed the job: the restart policy's
+	// max_restarts counts the automatic restarts since (a resume by hand
+	// is not one of them).
+	ResumedAtRestarts int32 `protobuf:"varint,22,opt,name=resumed_at_restarts,json=resumedAtRestarts,proto3" json:"resumed_at_restarts,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *Job) Reset() {
@@ -1363,6 +1367,13 @@ func (x *Job) GetPlacedEp() int32 {
 	return 0
 }
 
+func (x *Job) GetResumedAtRestarts() int32 {
+	if x != nil {
+		return x.ResumedAtRestarts
+	}
+	return 0
+}
+
 // Snapshot is the whole FSM state, as written to a raft snapshot.
 type Snapshot struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1513,7 +1524,7 @@ const file_switchyard_coordinator_v1_fsm_proto_rawDesc = "" +
 	"totalSteps\x12\x12\n" +
 	"\x04loss\x18\x03 \x01(\x01R\x04loss\x12*\n" +
 	"\x11tokens_per_second\x18\x04 \x01(\x01R\x0ftokensPerSecond\x12*\n" +
-	"\x11updated_unix_nano\x18\x05 \x01(\x03R\x0fupdatedUnixNano\"\xc2\x06\n" +
+	"\x11updated_unix_nano\x18\x05 \x01(\x03R\x0fupdatedUnixNano\"\xf2\x06\n" +
 	"\x03Job\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
@@ -1540,7 +1551,8 @@ const file_switchyard_coordinator_v1_fsm_proto_rawDesc = "" +
 	"\x12finished_unix_nano\x18\x12 \x01(\x03R\x10finishedUnixNano\x12(\n" +
 	"\x10resume_from_step\x18\x13 \x01(\x03R\x0eresumeFromStep\x12\x1b\n" +
 	"\tplaced_dp\x18\x14 \x01(\x05R\bplacedDp\x12\x1b\n" +
-	"\tplaced_ep\x18\x15 \x01(\x05R\bplacedEp\"\x84\x01\n" +
+	"\tplaced_ep\x18\x15 \x01(\x05R\bplacedEp\x12.\n" +
+	"\x13resumed_at_restarts\x18\x16 \x01(\x05R\x11resumedAtRestarts\"\x84\x01\n" +
 	"\bSnapshot\x12%\n" +
 	"\x0eformat_version\x18\x01 \x01(\rR\rformatVersion\x12\x1d\n" +
 	"\n" +

@@ -40,6 +40,9 @@ type lineWriter struct {
 	keep     int
 	tail     []string
 	fatal    string // the first Go panic or fatal error line, if any
+	// aside starts lines that are emitted but never kept in the tail:
+	// the rank's event lines, which say nothing of why it failed
+	aside string
 }
 
 func newLineWriter(file io.Writer, keep int, emit func(string)) *lineWriter {
@@ -91,7 +94,7 @@ func (w *lineWriter) line() {
 	if w.keep > 0 && w.fatal == "" && (strings.HasPrefix(s, "panic: ") || strings.HasPrefix(s, "fatal error: ")) {
 		w.fatal = s
 	}
-	if w.keep > 0 {
+	if w.keep > 0 && (w.aside == "" || !strings.HasPrefix(s, w.aside)) {
 		w.tail = append(w.tail, s)
 		if len(w.tail) > w.keep {
 			w.tail = w.tail[len(w.tail)-w.keep:]

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"unicode/utf8"
+
+	"github.com/switchyard-ml/switchyard/pkg/train"
 )
 
 func TestLineWriter(t *testing.T) {
@@ -94,5 +96,27 @@ func TestPanicReason(t *testing.T) {
 	msg := exitMessage(1, errors.New("exit status 2"), w.reason())
 	if !strings.HasSuffix(msg, ": panic: runtime error: makeslice: len out of range") {
 		t.Fatalf("message %q", msg)
+	}
+}
+
+// TestEventLineIsNoReason: the event lines switchyard exec and the trainer
+// write to stderr reach the job's history, never a failure's reason (a
+// restarted command that exited 3 read as failing on "no checkpoint").
+func TestEventLineIsNoReason(t *testing.T) {
+	var emitted []string
+	w := newLineWriter(nil, 5, func(s string) { emitted = append(emitted, s) })
+	w.aside = train.EventPrefix
+	w.Write([]byte("error: out of cheese\n" + train.EventPrefix + `{"type":"NoCheckpoint","message":"starts from the beginning"}` + "\n"))
+	if got := w.reason(); got != "error: out of cheese" {
+		t.Errorf("reason %q", got)
+	}
+	if len(emitted) != 2 {
+		t.Errorf("emitted %q: want both lines", emitted)
+	}
+	only := newLineWriter(nil, 5, func(string) {})
+	only.aside = train.EventPrefix
+	only.Write([]byte(train.EventPrefix + `{"type":"NoCheckpoint"}` + "\n"))
+	if got := only.reason(); got != "" {
+		t.Errorf("a rank that printed only an event: reason %q", got)
 	}
 }

@@ -516,6 +516,7 @@ func (a *Agent) openOutput(tk *task, runDir string) (*rankOutput, error) {
 		}
 		a.publishLog(k, "stderr", line)
 	})
+	o.stderr.aside = train.EventPrefix // an event is not why a rank failed
 	return o, nil
 }
 

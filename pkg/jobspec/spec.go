@@ -12,6 +12,8 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/switchyard-ml/switchyard/internal/yamlcheck"
+
 	"github.com/switchyard-ml/switchyard/pkg/fsutil"
 	"github.com/switchyard-ml/switchyard/pkg/runconfig"
 )
@@ -227,6 +229,9 @@ func Parse(raw []byte) (*Spec, error) {
 	s.Defaults()
 	s.LBL.Coef, s.Optim.Beta1, s.Optim.Beta2 = zeroable[0], zeroable[1], zeroable[2]
 	errs := append(explicitZeros(raw), s.Validate())
+	for _, f := range yamlcheck.Fractional(raw, &s) {
+		errs = append(errs, &FieldError{Path: f.Path, Value: f.Value, Rule: "must be a whole number"})
+	}
 	if s.Runtime == RuntimeCommand {
 		errs = append(errs, engineKeys(raw)...)
 	}

@@ -201,6 +201,9 @@ func TestValidationErrors(t *testing.T) {
 		{"micro_batch: -2", "jobspec: micro_batch = -2: must be >= 1"},
 		{"accumulation: -1", "jobspec: accumulation = -1: must be >= 1"},
 		{"steps: -5", "jobspec: steps = -5: must be >= 1"},
+		// yaml.v3 would truncate these to 2 and 4
+		{"steps: 2.7", `jobspec: steps = "2.7": must be a whole number`},
+		{"optim: {warmup_steps: 4.5}", `jobspec: optim.warmup_steps = "4.5": must be a whole number`},
 		{"eval_every: -1", "jobspec: eval_every = -1: must be >= 0 (0 = only at the end)"},
 		{"resources: {gpus: -1}", "jobspec: resources.gpus = -1: must be >= 0"},
 		{"resources: {memory_mib: -1}", "jobspec: resources.memory_mib = -1: must be >= 0"},

@@ -13,6 +13,8 @@ import (
 
 	"github.com/switchyard-ml/switchyard/pkg/fsutil"
 	"gopkg.in/yaml.v3"
+
+	"github.com/switchyard-ml/switchyard/internal/yamlcheck"
 )
 
 // ErrConfig is wrapped by every run-configuration error.
@@ -337,6 +339,9 @@ func Parse(raw []byte) (Config, error) {
 	dec.KnownFields(true)
 	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
 		return Config{}, fmt.Errorf("%w: %v", ErrConfig, err)
+	}
+	if fr := yamlcheck.Fractional(raw, &c); len(fr) > 0 {
+		return Config{}, fmt.Errorf("%w: %s = %s: must be a whole number", ErrConfig, fr[0].Path, fr[0].Value)
 	}
 	if c.Preset == "" && c.Model == nil {
 		c.Preset = "tiny"

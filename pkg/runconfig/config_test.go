@@ -72,6 +72,7 @@ func TestDistSection(t *testing.T) {
 		{"dist: {world: 4, dp: 4, ep: 3}", "dist.ep = 3: must divide dp = 4"},
 		{"dist: {world: -1}", "dist.world"},
 		{"dist: {balance: rack}", "dist.balance"},
+		{"dist: {world: 2.5}", "dist.world = 2.5: must be a whole number"},
 	} {
 		if _, err := Parse([]byte(tc.yaml)); err == nil || !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%q: got %v, want an error containing %q", tc.yaml, err, tc.want)

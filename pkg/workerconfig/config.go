@@ -14,6 +14,8 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/switchyard-ml/switchyard/internal/yamlcheck"
+
 	"github.com/switchyard-ml/switchyard/pkg/fsutil"
 	"github.com/switchyard-ml/switchyard/pkg/security"
 )
@@ -165,6 +167,9 @@ func decodeInto(c *Config, raw []byte) error {
 	var extra yaml.Node
 	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
 		return fmt.Errorf("%w: the config is one YAML document", ErrSyntax)
+	}
+	if fr := yamlcheck.Fractional(raw, c); len(fr) > 0 {
+		return fmt.Errorf("%w: %s = %s: must be a whole number", ErrSyntax, fr[0].Path, fr[0].Value)
 	}
 	return nil
 }

@@ -173,6 +173,7 @@ func TestFileSyntaxErrors(t *testing.T) {
 		{minimal + "tls: {ca: a, pem: b}\n", "field pem not found"},
 		{minimal + "---\nid: x\n", "one YAML document"},
 		{minimal + "lease_ttl_seconds: soon\n", "cannot unmarshal"},
+		{minimal + "lease_ttl_seconds: 2.5\n", "lease_ttl_seconds = 2.5: must be a whole number"},
 	} {
 		_, err := Load(writeFile(t, "w.yaml", tt.body), nil, nil, fakeDetector())
 		if !errors.Is(err, ErrSyntax) || !strings.Contains(err.Error(), tt.msg) {

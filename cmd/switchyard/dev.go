@@ -299,7 +299,14 @@ func devWorkerMemoryMiB(slots, workers int) int64 {
 // printDevSummary prints the job's outcome and rank 0's final report
 // (per-domain loss, expert specialisation).
 func printDevSummary(w io.Writer, j *pb.Job, storage string, took time.Duration, kept bool) {
-	fmt.Fprintf(w, "\njob %s %s after %s: %s\n", j.Id, jobstate.Name(j.State), took.Round(time.Second), j.Message)
+	msg := j.Message
+	if why := jobstate.PendingReason(j); why != "" {
+		msg = "waiting: " + why
+	}
+	fmt.Fprintf(w, "\njob %s %s after %s: %s\n", j.Id, jobstate.Name(j.State), took.Round(time.Second), msg)
+	if !jobstate.Final(j.State) && j.Progress.GetStep() == 0 {
+		return // it never ran: no report to look for
+	}
 	var submitted, running int64
 	for _, e := range j.Events {
 		if e.Type == "Submitted" && submitted == 0 {

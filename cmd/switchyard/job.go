@@ -455,13 +455,17 @@ func (w *watcher) onJob(j *coordinatorv1.Job, quiet bool) {
 	if w.tokStep == 0 {
 		w.tokStep = tokensPerStep(j)
 	}
-	if quiet || (prev != nil && prev.GetState() == j.GetState() && prev.GetRestarts() == j.GetRestarts()) {
+	why := jobstate.PendingReason(j)
+	if quiet || (prev != nil && prev.GetState() == j.GetState() && prev.GetRestarts() == j.GetRestarts() && jobstate.PendingReason(prev) == why) {
 		return
 	}
 	w.endLine()
 	line := fmt.Sprintf("%s job %s %s", w.c.now().Format("15:04:05"), j.GetId(), stateLine(j))
 	if j.GetRestarts() > 0 {
 		line += fmt.Sprintf(", %d restarts", j.GetRestarts())
+	}
+	if why != "" {
+		line += "; waiting: " + why // the scheduler's reason, as it changes
 	}
 	fmt.Fprintln(w.c.out, line)
 	if w.c.tty && w.last != nil {

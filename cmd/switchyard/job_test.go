@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/switchyard-ml/switchyard/pkg/jobstate"
 	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
 	coordinatorv1 "github.com/switchyard-ml/switchyard/proto/switchyard/coordinator/v1"
 )
@@ -218,6 +219,29 @@ func TestJobWatchSucceeded(t *testing.T) {
 	}
 	if m := decodeJSON(t, lines[1]); m["metrics"].(map[string]any)["expert_load"] == nil {
 		t.Fatalf("json metrics: %v", m)
+	}
+}
+
+// TestJobWatchSaysWhyPending: a pending job's watch prints the
+// scheduler's reason, and again each time it changes.
+func TestJobWatchSaysWhyPending(t *testing.T) {
+	pending := func(why string) *apiv1.WatchJobResponse {
+		return &apiv1.WatchJobResponse{Job: &coordinatorv1.Job{Id: "moe-1", State: coordinatorv1.JobState_JOB_STATE_PENDING, Reason: "Submitted",
+			Conditions: []*coordinatorv1.Condition{{Type: jobstate.CondScheduled, Status: false, Reason: "Unschedulable", Message: why}}}}
+	}
+	f := newFakeCoordinator()
+	f.watch["moe-1"] = append([]*apiv1.WatchJobResponse{
+		pending("needs 4 workers with 2 cores, 2048 MiB; the cluster has 2"),
+		pending("needs 4 workers with 2 cores, 2048 MiB; the cluster has 2"),
+		pending("needs 4 workers with 2 cores, 2048 MiB; the cluster has 3"),
+	}, watchScript(coordinatorv1.JobState_JOB_STATE_SUCCEEDED, "Completed", "1000 steps")...)
+	addr := startFake(t, f)
+	r := runAt(t, addr, "job", "watch", "moe-1")
+	wantCode(t, r, exitOK)
+	wantContains(t, r.stdout, "PENDING (Submitted); waiting: needs 4 workers with 2 cores, 2048 MiB; the cluster has 2",
+		"waiting: needs 4 workers with 2 cores, 2048 MiB; the cluster has 3", "job moe-1 RUNNING")
+	if n := strings.Count(r.stdout, "the cluster has 2"); n != 1 {
+		t.Errorf("an unchanged reason printed %d times:\n%s", n, r.stdout)
 	}
 }
 

@@ -469,18 +469,8 @@ func (s *Server) GetJob(ctx context.Context, req *apiv1.GetJobRequest) (*apiv1.G
 	return &apiv1.GetJobResponse{Job: j, PendingReason: pendingReason(j)}, nil
 }
 
-// pendingReason is the message of a pending job's Scheduled=false condition.
-func pendingReason(j *pb.Job) string {
-	if j.State != pb.JobState_JOB_STATE_PENDING {
-		return ""
-	}
-	for _, c := range j.Conditions {
-		if c.Type == condScheduled && !c.Status {
-			return c.Message
-		}
-	}
-	return ""
-}
+// pendingReason is why a pending job waits.
+func pendingReason(j *pb.Job) string { return jobstate.PendingReason(j) }
 
 // ListJobs answers from the leader's state: a follower forwards (it may be
 // behind, or, just restarted and with no leader, hold nothing yet), and a

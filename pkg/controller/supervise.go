@@ -9,13 +9,14 @@ import (
 	"time"
 
 	"github.com/switchyard-ml/switchyard/pkg/coordinator"
+	"github.com/switchyard-ml/switchyard/pkg/jobstate"
 	"github.com/switchyard-ml/switchyard/pkg/membership"
 	"github.com/switchyard-ml/switchyard/pkg/scheduler"
 	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
 	pb "github.com/switchyard-ml/switchyard/proto/switchyard/coordinator/v1"
 )
 
-const condScheduled = "Scheduled"
+const condScheduled = jobstate.CondScheduled
 
 // superviseLoop runs tick every cfg.Tick while this replica leads.
 func (s *Server) superviseLoop(ctx context.Context) {

@@ -39,3 +39,21 @@ func Parse(name string) (pb.JobState, bool) {
 	}
 	return pb.JobState(v), true
 }
+
+// CondScheduled is the condition the leader gives a job while it waits to
+// be placed: false, its message says why.
+const CondScheduled = "Scheduled"
+
+// PendingReason is why a pending job waits (its Scheduled=false
+// condition's message), "" for a job that is not pending.
+func PendingReason(j *pb.Job) string {
+	if j.GetState() != pb.JobState_JOB_STATE_PENDING {
+		return ""
+	}
+	for _, c := range j.GetConditions() {
+		if c.GetType() == CondScheduled && !c.GetStatus() {
+			return c.GetMessage()
+		}
+	}
+	return ""
+}

@@ -74,7 +74,7 @@ func (c *cli) checkpointsList(ctx context.Context, name string, args []string) e
 	if r.json() {
 		return printProto(c.out, &apiv1.ListCheckpointsResponse{Checkpoints: cks}, false)
 	}
-	t := newTable(c.out, "", "STEP", "STATUS", "COMMITTED", "SIZE", "LAYOUT", "VAL LOSS", "SHARDS")
+	t := newTable(c.out, "", "STEP", "STATUS", "COMMITTED", "SIZE", "LAYOUT", "VAL BPB", "SHARDS")
 	for _, ck := range cks {
 		t.row(ck.GetStep(), orDash(ck.GetStatus()), fmtTime(ck.GetCommittedUnixNano()), fmtBytes(ck.GetBytes()),
 			layout(ck), valLoss(ck.GetValLoss()), len(ck.GetShards()))

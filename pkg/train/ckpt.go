@@ -88,10 +88,12 @@ func (c *checkpointer) tidy(ctx context.Context) {
 	}
 }
 
-// noteEval remembers the validation loss of step if that step's save is
-// not committed yet.
+// noteEval remembers the validation loss of step for the manifest of a
+// save of that step not committed yet (one in flight, or the final one,
+// taken after the final evaluation); a commit forgets the losses of its
+// step and older.
 func (c *checkpointer) noteEval(step int64, ev *Eval) {
-	if c.pending == nil || c.pending.step != step || len(ev.BitsPerByte) == 0 {
+	if len(ev.BitsPerByte) == 0 || step <= c.committingStep || (len(c.Saved) > 0 && step <= c.Saved[len(c.Saved)-1]) {
 		return
 	}
 	var sum float64

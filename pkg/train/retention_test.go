@@ -34,12 +34,41 @@ func committedSteps(t *testing.T, dir string) []int64 {
 func TestRetentionKeepsBest(t *testing.T) {
 	cfg, corpus := smallRun(t, "global", 8)
 	cfg.EvalEvery = 4
-	cfg.Checkpoint = CheckpointConfig{Dir: t.TempDir(), Every: 2, KeepLast: 1, KeepBest: 1}
+	cfg.Checkpoint = CheckpointConfig{Dir: t.TempDir(), Every: 2, KeepLast: 2, KeepBest: 1}
 	trainToEnd(t, cfg, corpus)
-	// saved 2, 4, 6, 8; only 4 was evaluated (8's evaluation comes after
-	// the final save)
-	if got := committedSteps(t, cfg.Checkpoint.Dir); !slices.Equal(got, []int64{8, 4}) {
-		t.Fatalf("kept %v, want [8 4] (newest, and best of the evaluated)", got)
+	// saved 2, 4, 6, 8; 4 and 8 were evaluated (8 by the final
+	// evaluation, which comes before the final commit); 6 and 8 are the
+	// newest, 4 is kept only if its loss is the lower
+	st, err := checkpoint.NewDirStorage(cfg.Checkpoint.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ms, err := checkpoint.NewStorageCatalogue(st).List(context.Background(), "run")
+	if err != nil {
+		t.Fatal(err)
+	}
+	loss := map[int64]float64{}
+	var got []int64
+	for _, m := range ms {
+		got = append(got, m.Step)
+		if v, ok := m.ValLoss(); ok {
+			loss[m.Step] = v
+		}
+	}
+	if _, ok := loss[8]; !ok || len(loss) < 1 {
+		t.Fatalf("the final checkpoint has no validation loss: %v", loss)
+	}
+	if _, ok := loss[6]; ok {
+		t.Errorf("step 6, never evaluated, has a validation loss: %v", loss)
+	}
+	want := []int64{8, 6}
+	if v4, ok := loss[4]; ok && v4 < loss[8] {
+		want = []int64{8, 6, 4}
+	} else if ok {
+		t.Errorf("step 4 kept with loss %v, not below the final %v", v4, loss[8])
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("kept %v (losses %v), want %v", got, loss, want)
 	}
 }
 

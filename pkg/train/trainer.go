@@ -485,14 +485,19 @@ func (t *Trainer) Run(ctx context.Context) (*Report, error) {
 			return nil, err
 		}
 	}
-	if err := t.checkpointAtEnd(ctx); err != nil {
-		return nil, err
-	}
 	if t.progress != nil {
 		t.progress.done()
 	}
+	// the final evaluation before the final checkpoint's commit, whose
+	// manifest carries it (keep_best can then keep the final model)
 	ev, err := t.Evaluate(ctx)
 	if err != nil {
+		return nil, err
+	}
+	if t.ckpt != nil {
+		t.ckpt.noteEval(int64(t.step), ev)
+	}
+	if err := t.checkpointAtEnd(ctx); err != nil {
 		return nil, err
 	}
 	if last.Step > 0 {

@@ -74,6 +74,9 @@ func cmdDev(ctx context.Context, args []string) error {
 	if *workers < 1 || *steps < 1 {
 		return usageError{fmt.Errorf("dev: --workers and --steps must be >= 1")}
 	}
+	if *gpus < 0 {
+		return usageError{fmt.Errorf("dev: --gpus %d: must be >= 0 (0: CPU workers)", *gpus)}
+	}
 	var allowed []string
 	for _, p := range strings.Split(*allow, ",") {
 		if p = strings.TrimSpace(p); p == "" {

@@ -24,8 +24,10 @@ import (
 const usage = `switchyard — train Mixture-of-Experts language models
 
 usage:
-  switchyard dev [--workers 2] [--steps 150] [--spec SPEC.yaml] [--keep]  a whole cluster here: coordinator (embedded etcd, NATS), workers, the demo job
-  switchyard train [--preset tiny|small] [--config run.yaml] [flags]   train in this process (--out DIR --plots: and draw it)
+  switchyard dev [--workers 2] [--steps 150] [--spec SPEC.yaml | --no-job] [--keep] [--data-dir D] [--gpus N]
+                                                                      a whole cluster here: coordinator (embedded etcd, NATS), workers, the demo job
+  switchyard train [--preset tiny|small|medium|science] [--config run.yaml] [flags]
+                                                                      train in this process (--out DIR --plots: and draw it)
   switchyard launch --nproc N [--tp a --ep b --dp c] -- <train flags>   train with N local processes
   switchyard bench engine --preset tiny|small [--json]                 measure a training step
   switchyard help

@@ -160,7 +160,10 @@ func (f *failover) each(ctx context.Context, call func(*grpc.ClientConn) error) 
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return status.FromContextError(ctx.Err()).Err()
+			// the context's code, and what the replicas last said (an
+			// address nobody listens on: "connection refused")
+			st := status.FromContextError(ctx.Err())
+			return status.Errorf(st.Code(), "%s; no replica answered, the last said: %s", st.Message(), status.Convert(err).Message())
 		case <-t.C:
 		}
 		pause = min(2*pause, 2*time.Second)

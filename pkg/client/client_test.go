@@ -128,6 +128,10 @@ func TestAllEndpointsDead(t *testing.T) {
 	if code := status.Code(err); code != codes.DeadlineExceeded && code != codes.Unavailable {
 		t.Fatalf("got %v, want DeadlineExceeded or Unavailable", err)
 	}
+	// the error says why, not only that time ran out
+	if !strings.Contains(err.Error(), "connection refused") {
+		t.Errorf("%v: does not say the replicas refused the connection", err)
+	}
 }
 
 func TestRetriesUnavailable(t *testing.T) {

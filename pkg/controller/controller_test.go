@@ -428,12 +428,17 @@ func TestRankFailureRequeues(t *testing.T) {
 	if task.Attempt != 0 {
 		t.Fatalf("first attempt %d", task.Attempt)
 	}
-	fail := status_(task, apiv1.TaskState_TASK_STATE_FAILED, 0)
+	// rank 0 fails at step 7, its first report: the job's progress says
+	// how far it came
+	fail := status_(task, apiv1.TaskState_TASK_STATE_FAILED, 7)
 	fail.Message = "exit status 1: boom"
 	syncTasks(t, c, "w1", fail)
 	j := waitJob(t, c, "job-a", "placed again", func(j *pb.Job) bool {
 		return j.Restarts == 1 && j.State == pb.JobState_JOB_STATE_PLACED
 	})
+	if j.Progress.GetStep() != 7 {
+		t.Errorf("progress of the failed attempt: step %d, want 7", j.Progress.GetStep())
+	}
 	found := false
 	for _, e := range j.Events {
 		found = found || (e.Type == "RankFailed" && strings.Contains(e.Message, "boom") && e.WorkerId == "w1")

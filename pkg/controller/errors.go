@@ -18,7 +18,8 @@ import (
 var (
 	errBadRequest  = errors.New("controller: bad request")
 	errAttemptOver = errors.New("controller: attempt over")
-	errRefused     = errors.New("controller: refused") // the request cannot be done in the current state
+	errRefused     = errors.New("controller: refused")   // the request cannot be done in the current state
+	errNotFound    = errors.New("controller: not found") // what the request names does not exist
 	errNoBus       = errors.New("controller: no event bus")
 	errNoCatalogue = errors.New("controller: no checkpoint catalogue")
 	errNoRaft      = errors.New("controller: no raft membership")
@@ -37,6 +38,7 @@ var codeTable = []struct {
 	{context.DeadlineExceeded, codes.DeadlineExceeded},
 	{coordinator.ErrJobNotFound, codes.NotFound},
 	{checkpoint.ErrNoCheckpoint, codes.NotFound},
+	{errNotFound, codes.NotFound},
 	{coordinator.ErrJobConflict, codes.AlreadyExists},
 	// a step that is not newer: AlreadyExists, so a committer tells it
 	// from an attempt that is over (FailedPrecondition) by the code

@@ -76,7 +76,7 @@ func planRemove(replicas []*apiv1.Replica, id string) error {
 		}
 	}
 	if found == nil {
-		return failure(errRefused, "replica %s is not a member of the cluster", id)
+		return failure(errNotFound, "replica %s is not a member of the cluster", id)
 	}
 	if voters == 0 {
 		return failure(errRefused, "replica %s is the last voter: the cluster cannot remove all of them", id)

@@ -96,9 +96,9 @@ func TestMembershipChangesRefused(t *testing.T) {
 			t.Errorf("add %.20q: a %d-byte error", tc.id, len(err.Error()))
 		}
 	}
-	for _, id := range []string{"c1", "nope"} {
-		if _, err := c.RemoveReplica(ctx, &apiv1.RemoveReplicaRequest{Id: id}); status.Code(err) != codes.FailedPrecondition {
-			t.Errorf("remove %s from a one-replica cluster: %v", id, err)
+	for id, code := range map[string]codes.Code{"c1": codes.FailedPrecondition, "nope": codes.NotFound} {
+		if _, err := c.RemoveReplica(ctx, &apiv1.RemoveReplicaRequest{Id: id}); status.Code(err) != code {
+			t.Errorf("remove %s from a one-replica cluster: %v, want %v", id, err, code)
 		}
 	}
 	cs, err := c.ClusterStatus(ctx, &apiv1.ClusterStatusRequest{})

@@ -561,6 +561,13 @@ func (s held) report(ctx context.Context, w string, ts *apiv1.TaskStatus) error 
 	s.recordRankEvents(ctx, j, key, w, ts.GetEvents())
 	switch ts.GetState() {
 	case apiv1.TaskState_TASK_STATE_FAILED:
+		if ts.GetRank() == 0 && ts.GetStep() > j.GetProgress().GetStep() {
+			// the steps it took since the last progress record (a rank
+			// killed at its last step had trained them all)
+			if nj := s.progress(ctx, j, ts, true); nj != nil {
+				j = nj
+			}
+		}
 		msg := bounded(ts.GetMessage(), maxRankMessage)
 		if msg == "" {
 			msg = "exited with an error"

@@ -122,12 +122,19 @@ func engineKeys(raw []byte) []error {
 	}
 	var errs []error
 	for _, k := range engineOnlyKeys {
-		if mappingValue(doc.Content[0], k) != nil {
+		if v := mappingValue(doc.Content[0], k); v != nil {
 			rule := "configures the built-in engine; with runtime: command, pass the trainer its settings in args"
 			if k == "parallel" {
 				rule = "is the engine's layout; a command job has ranks (one process each) instead"
 			}
-			errs = append(errs, &FieldError{Path: k, Value: "", Rule: rule})
+			var value any = v.Value // a scalar as written
+			switch v.Kind {
+			case yaml.MappingNode:
+				value = "{...}"
+			case yaml.SequenceNode:
+				value = "[...]"
+			}
+			errs = append(errs, &FieldError{Path: k, Value: value, Rule: rule})
 		}
 	}
 	return errs

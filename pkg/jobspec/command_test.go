@@ -74,7 +74,8 @@ func TestCommandSpecErrors(t *testing.T) {
 		{"runtime: command\ncommand: x\ncheckpoint: {storage: s3, path: s3://bucket}\n", "checkpoint.storage"},
 		{"runtime: command\ncommand: x\nmodel: {preset: small}\n", "model"},
 		{"runtime: command\ncommand: x\nparallel: {dp: 2}\n", "parallel"},
-		{"runtime: command\ncommand: x\nlbl: {mode: micro}\n", "lbl"},
+		{"runtime: command\ncommand: x\nlbl: {mode: micro}\n", `lbl = "{...}`},
+		{"runtime: command\ncommand: x\nmicro_batch: 4\n", `micro_batch = "4`},
 		{"runtime: torch\n", "runtime"},
 		{"command: /bin/true\n", "command"},
 		{"ranks: 2\n", "ranks"},
@@ -84,7 +85,7 @@ func TestCommandSpecErrors(t *testing.T) {
 			t.Errorf("%q: err %v, want ErrInvalid", c.yaml, err)
 			continue
 		}
-		if !strings.Contains(err.Error(), "jobspec: "+c.path+" = ") {
+		if !strings.Contains(err.Error(), "jobspec: "+c.path+" = ") && !strings.Contains(err.Error(), "jobspec: "+c.path+`": `) {
 			t.Errorf("%q: %v: does not name %s", c.yaml, err, c.path)
 		}
 	}

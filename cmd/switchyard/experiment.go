@@ -373,7 +373,11 @@ func groupResults(e *jobspec.Experiment, results []variantResult) []groupSummary
 }
 
 func printExperiment(c *cli, e *jobspec.Experiment, results []variantResult, groups []groupSummary) error {
-	fmt.Fprintf(c.out, "experiment %s: %d variants\n\n", e.Name, len(e.Variants))
+	runs := fmt.Sprintf("%d jobs", len(e.Variants))
+	if len(groups) != len(e.Variants) {
+		runs += fmt.Sprintf(" (%d variants over seeds)", len(groups))
+	}
+	fmt.Fprintf(c.out, "experiment %s: %s\n\n", e.Name, runs)
 	t := newTable(c.out, "", "JOB", "VARIANT", "STATE", "STEP", "VAL BPB", "TOP SHARE", "")
 	for _, res := range results {
 		bpb, top := "-", "-"

@@ -305,9 +305,14 @@ func TestDeviceRules(t *testing.T) {
 	if err != nil || c.Device != "cuda" || c.PrecisionOrDefault() != "bf16" {
 		t.Fatalf("train config device %q precision %q: %v", c.Device, c.PrecisionOrDefault(), err)
 	}
+	// data parallelism on GPUs: one GPU a rank
+	if s, err := Parse([]byte("name: g\ndevice: cuda\nparallel: {dp: 4}\n")); err != nil || s.Parallel.DP != 4 || s.Resources.GPUs != 1 {
+		t.Fatalf("dp 4 on GPUs: %v %+v", err, s)
+	}
 	for _, tc := range []struct{ yaml, want string }{
 		{"device: tpu", "jobspec: device = \"tpu\": must be cpu or cuda"},
-		{"device: cuda\nparallel: {dp: 2}", "jobspec: device = \"cuda\": runs one rank per job for now"},
+		{"device: cuda\nparallel: {dp: 2, ep: 2}", "jobspec: device = \"cuda\": runs data parallelism only for now (parallel tp 1, ep 2"},
+		{"device: cuda\nparallel: {tp: 2}", "jobspec: device = \"cuda\": runs data parallelism only for now (parallel tp 2, ep 1"},
 		{"device: cuda\nresources: {gpus: 0}\nprecision: fp16", "jobspec: precision = \"fp16\""},
 		{"precision: bf16", "jobspec: precision = \"bf16\": bf16 needs device cuda"},
 	} {

@@ -218,8 +218,8 @@ func (s *Spec) Validate() error {
 		if r.GPUs < 1 {
 			bad("resources.gpus", r.GPUs, "must be >= 1 with device cuda")
 		}
-		if w := s.Parallel.TP * s.Parallel.DP; w > 1 {
-			bad("device", s.Device, "runs one rank per job for now (parallel tp x dp = %d); several GPU ranks with NCCL come next", w)
+		if s.Parallel.TP > 1 || s.Parallel.EP > 1 {
+			bad("device", s.Device, "runs data parallelism only for now (parallel tp %d, ep %d: use tp 1, ep 1, or device cpu); tensor and expert parallelism on GPUs come with NCCL", s.Parallel.TP, s.Parallel.EP)
 		}
 	}
 	switch kind, _, _ := runconfig.ParseDevice(s.Device); {

@@ -89,11 +89,14 @@ func NewDist(layout parallel.Layout, rank int, world *parallel.Comm) (*Dist, err
 	return d, nil
 }
 
-// checkGPU refuses layouts the GPU engine does not run yet: it trains one
-// rank per run (several ranks on GPUs, with NCCL, come next).
+// checkGPU refuses layouts the GPU engine does not run yet: it trains
+// with data parallelism (each rank its own GPU, or several on one; the
+// gradients and the LBL counts all-reduced through the host over the
+// ranks' transport); tensor and expert parallelism need the model split
+// on the device, which the GPU engine does not do.
 func (d *Dist) checkGPU() error {
-	if d != nil && d.World != nil && d.World.Size() > 1 {
-		return fmt.Errorf("%w: device cuda with %d ranks: the GPU engine runs one rank per job for now (use --nproc 1, or device cpu)", ErrConfig, d.World.Size())
+	if d != nil && (d.tp != nil || d.ep != nil) {
+		return fmt.Errorf("%w: device cuda with tp %d, ep %d: the GPU engine runs data parallelism only for now (tp 1, ep 1; or device cpu)", ErrConfig, d.Layout.TP(), d.Layout.EP())
 	}
 	return nil
 }

@@ -8,6 +8,8 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/switchyard-ml/switchyard/pkg/cuda"
+	"github.com/switchyard-ml/switchyard/pkg/data"
 	"github.com/switchyard-ml/switchyard/pkg/parallel"
 )
 
@@ -28,6 +30,15 @@ func curveOfLayout(t *testing.T, tp, dp, ep int, balance parallel.Balance, mode 
 	t.Helper()
 	cfg, corpus := smallRun(t, mode, steps)
 	cfg.MicroBatch, cfg.Accumulation = micro, accum
+	return curveRun(t, cfg, corpus, tp, dp, ep, balance, nil)
+}
+
+// curveRun trains cfg.Steps steps of tp x dp in-process ranks (on devices
+// from dev when it is not nil: the GPU engine) and returns rank 0's loss
+// and summed LBL per step and every rank's final parameters.
+func curveRun(t *testing.T, cfg Config, corpus *data.Corpus, tp, dp, ep int, balance parallel.Balance, dev func() cuda.Device) (loss, lblv []float64, params [][]float32) {
+	t.Helper()
+	steps := cfg.Steps
 	cfg.Optim.ClipNorm = 0.5 // clipping needs the global gradient norm
 	world := tp * dp
 	layout, err := parallel.NewLayout(world, tp, dp, ep, parallel.WithBalance(balance))
@@ -51,7 +62,11 @@ func curveOfLayout(t *testing.T, tp, dp, ep int, balance parallel.Balance, mode 
 		if err != nil {
 			t.Fatal(err)
 		}
-		if trainers[r], err = NewParallel(cfg, corpus, nil, dist); err != nil {
+		var d cuda.Device
+		if dev != nil {
+			d = dev()
+		}
+		if trainers[r], err = NewParallelOn(cfg, corpus, nil, dist, d); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -86,7 +101,11 @@ func curveOfLayout(t *testing.T, tp, dp, ep int, balance parallel.Balance, mode 
 		lblv = append(lblv, l)
 	}
 	for _, tr := range trainers {
-		params = append(params, append([]float32(nil), tr.Model.P.Data...))
+		var s State
+		if err := tr.eng.snapshot(&s); err != nil {
+			t.Fatal(err)
+		}
+		params = append(params, s.Params)
 	}
 	return loss, lblv, params
 }

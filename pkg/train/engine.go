@@ -115,6 +115,7 @@ func (e *cpuEngine) close() error { return e.m.Close() }
 
 type gpuEngine struct {
 	m         *gpu.Model
+	dist      *Dist // data parallelism only (Dist.checkGPU)
 	cfg       optim.Config
 	train     *model.Batch
 	eval      *model.Batch
@@ -136,9 +137,26 @@ func (e *gpuEngine) forward(ctx context.Context) ([]float32, error) {
 	return e.m.Forward(ctx, e.eval, e.stats)
 }
 
-// update: one rank per GPU run for now (Dist.checkGPU refuses more), so
-// there is nothing to reduce.
+// update: with several data-parallel ranks the gradients are averaged
+// through the host (device to host, the ranks' all-reduce, back), so that
+// every rank's norm, clipping and AdamW step see the same gradient; the
+// LBL counts were all-reduced during the steps by the balancer.
 func (e *gpuEngine) update(ctx context.Context, lr float64) (float64, error) {
+	if e.dist != nil && e.dist.dp.Size() > 1 {
+		p := e.m.P
+		if len(p.Grad) != len(p.Data) {
+			p.Grad = make([]float32, len(p.Data)) // the host's copy, for the all-reduce
+		}
+		if err := e.m.Grads(p.Grad); err != nil {
+			return 0, err
+		}
+		if err := e.dist.reduceGrads(ctx, p); err != nil {
+			return 0, err
+		}
+		if err := e.m.SetGrads(p.Grad); err != nil {
+			return 0, err
+		}
+	}
 	start := time.Now()
 	gnorm, err := e.m.GradNorm(ctx)
 	if err != nil {

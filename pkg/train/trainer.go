@@ -272,7 +272,7 @@ func (t *Trainer) newEngine(corpus *data.Corpus, dev cuda.Device) error {
 		return err
 	}
 	t.GPU = g
-	t.eng = &gpuEngine{m: g, cfg: cfg.Optim, gradScale: 1 / float32(cfg.Accumulation), t: &t.optTime,
+	t.eng = &gpuEngine{m: g, dist: t.Dist, cfg: cfg.Optim, gradScale: 1 / float32(cfg.Accumulation), t: &t.optTime,
 		train: model.NewBatch(cfg.MicroBatch, mc.SeqLen), eval: model.NewBatch(cfg.MicroBatch, mc.SeqLen),
 		stats: model.NewExpertStats(mc.MoELayers(), max(len(corpus.Domains), 1), mc.Experts)}
 	return nil

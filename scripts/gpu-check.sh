@@ -30,6 +30,10 @@
 #         command the PyTorch example (examples/torch-moe, NCCL) as a
 #                 command job on `switchyard dev --gpus 1`, then directly:
 #                 tokens/s of both (not in the default phases)
+#         cluster data parallelism on the GPU through a dev cluster: dp 2
+#                 on the one GPU, kill -9 of a rank, resume, the loss
+#                 against one process of the same global batch (issue 10;
+#                 not in the default phases, about 5 minutes)
 #         science medium, micro vs global-batch LBL for the same tokens as an
 #                 experiment on `switchyard dev --gpus 1`: the report and
 #                 plots (issue 16; not in the default phases, about 9
@@ -346,19 +350,8 @@ variants:
   micro: {lbl: {mode: micro}}
   global: {lbl: {mode: global, window: 0}}
 YAML
-  "$sw" dev --no-job --workers 1 --gpus 1 --data-dir "$d/dev" --allow-path "$(dirname "$c")" > "$d/dev.log" 2>&1 &
-  local dev=$! addr="" t0=$SECONDS
-  while [ -z "$addr" ] && [ $((SECONDS - t0)) -lt 60 ] && kill -0 $dev 2>/dev/null; do
-    sleep 1
-    addr=$(grep -o 'job submit SPEC.yaml --coordinator [^ ]*' "$d/dev.log" | awk '{print $NF}' | head -1)
-  done
-  if [ -z "$addr" ]; then
-    log "science: the dev cluster did not start: $(tail -5 "$d/dev.log")"
-    kill $dev 2>/dev/null; wait $dev 2>/dev/null
-    echo '{"error": "dev cluster did not start"}' > "$work/science.json"
-    return
-  fi
-  export SWITCHYARD_COORDINATOR=$addr
+  local t0=$SECONDS
+  dev_start "$d/dev" "$(dirname "$c")" --workers 1 --gpus 1 || { echo '{"error": "dev cluster did not start"}' > "$work/science.json"; return; }
   "$sw" experiment submit "$d/experiment.yaml" > "$d/submit.txt" 2>&1
   log "science: submitted to $addr: $(tr '\n' ' ' < "$d/submit.txt")"
   local done=0
@@ -377,8 +370,124 @@ print(int(all(v["state"] in ("SUCCEEDED", "FAILED", "CANCELLED") for v in r["var
   for m in "$d"/dev/storage/jobs/*/attempt-*/rank-0/metrics.jsonl; do
     [ -f "$m" ] && xz -T4 -c "$m" > "$out/science-$(basename "$(dirname "$(dirname "$(dirname "$m")")")")-metrics.jsonl.xz"
   done
-  kill -INT $dev 2>/dev/null; wait $dev 2>/dev/null
+  dev_stop
   log "science: $(head -30 "$out/science-report.txt")"
+}
+
+# dev_start DIR ALLOW ARGS...: `switchyard dev --no-job` in the background
+# (data in DIR, corpora readable in ALLOW), SWITCHYARD_COORDINATOR set to
+# it; dev_stop ends it. Fails when it does not come up within a minute.
+dev_start() {
+  local dir=$1 allow=$2 t0=$SECONDS addr=""
+  shift 2
+  mkdir -p "$dir"
+  "$bd/switchyard" dev --no-job --data-dir "$dir" --allow-path "$allow" "$@" > "$dir.log" 2>&1 &
+  dev_pid=$!
+  while [ -z "$addr" ] && [ $((SECONDS - t0)) -lt 60 ] && kill -0 $dev_pid 2>/dev/null; do
+    sleep 1
+    addr=$(grep -o 'job submit SPEC.yaml --coordinator [^ ]*' "$dir.log" | awk '{print $NF}' | head -1)
+  done
+  if [ -z "$addr" ]; then
+    log "dev: did not start: $(tail -5 "$dir.log")"
+    dev_stop
+    return 1
+  fi
+  export SWITCHYARD_COORDINATOR=$addr
+}
+
+dev_stop() {
+  kill -INT "$dev_pid" 2>/dev/null
+  wait "$dev_pid" 2>/dev/null
+}
+
+# job_field ID EXPR: a Python expression over the job record j (job status
+# -o json), printed; empty when the status cannot be read.
+job_field() {
+  "$bd/switchyard" job status "$1" -o json 2>/dev/null | python3 -c "import json, sys; j = json.load(sys.stdin)['job']; print($2)" 2>/dev/null
+}
+
+# cluster: issue 10 on one GPU: a dev cluster of 2 workers sharing the GPU
+# runs a data-parallel job (dp 2, both ranks on the GPU, the gradients
+# averaged through the host), submitted with the CLI; rank 1 is killed
+# (kill -9) past half its steps, the job resumes from its checkpoint and
+# finishes; then one process trains the same global batch (micro-batch x
+# 2) and the losses are compared step by step. CLUSTER_PRESET (small:
+# medium's 1.26 B parameters would pass 5 GB of gradients a step through
+# the host), CLUSTER_STEPS (60), CLUSTER_MICRO (2 a rank);
+# CLUSTER_DEVICE=cpu CLUSTER_PRESET=tiny tries it without a GPU.
+phase_cluster() {
+  local c="$bd/corpus.jsonl" d="$work/cluster" sw="$bd/switchyard"
+  mkdir -p "$d"
+  corpus_ready "$c"
+  local preset=${CLUSTER_PRESET:-small} steps=${CLUSTER_STEPS:-60} micro=${CLUSTER_MICRO:-2} device=${CLUSTER_DEVICE:-cuda}
+  local gpus=1 prec=(--precision bf16) precline="precision: bf16" limit=${CLUSTER_LIMIT:-420} t0=$SECONDS
+  [ "$device" = cpu ] && { gpus=0; prec=(); precline=""; }
+  cat > "$d/job.yaml" <<YAML
+name: gpu-dp
+device: $device
+$precline
+model: {preset: $preset}
+parallel: {dp: 2}
+micro_batch: $micro
+accumulation: 2
+steps: $steps
+seed: 1
+optim: {lr: 0.0005, warmup_steps: $((steps / 10))}
+data: {corpus: $c, eval_seqs: 16}
+checkpoint: {interval_steps: $((steps / 4))}
+restart: {max_restarts: 2, backoff_seconds: 2}
+resources: {cpu_cores: 1, memory_mib: ${CLUSTER_MEMORY_MIB:-16384}, gpus: $gpus}
+YAML
+  dev_start "$d/dev" "$(dirname "$c")" --workers 2 --gpus 1 || { echo '{"error": "dev cluster did not start"}' > "$work/cluster.json"; return; }
+  "$sw" job submit "$d/job.yaml" --id gpu-dp > "$d/submit.txt" 2>&1
+  log "cluster: $(cat "$d/submit.txt")"
+  local step=0 killed=""
+  while [ $((SECONDS - t0)) -lt "$limit" ]; do
+    sleep 2
+    step=$(job_field gpu-dp "j.get('progress', {}).get('step', 0)")
+    if [ -z "$killed" ] && [ "${step:-0}" -gt $((steps / 2)) ]; then
+      pkill -9 -f "jobs/gpu-dp/attempt-0/rank-1/run.yaml" && killed=$step
+      log "cluster: kill -9 of rank 1 at step $step: ${killed:-no such process}"
+    fi
+    case $(job_field gpu-dp "j['state']") in *SUCCEEDED|*FAILED|*CANCELLED) break ;; esac
+  done
+  "$sw" job status gpu-dp > "$out/cluster-status.txt" 2>&1
+  "$sw" job status gpu-dp -o json > "$d/status.json" 2>&1
+  dev_stop
+  log "cluster: the job ended after $((SECONDS - t0)) s; one process, micro-batch $((2 * micro))"
+  "$sw" train --device "$device" "${prec[@]}" --preset "$preset" --corpus "$c" --micro-batch $((2 * micro)) --accum 2 --steps "$steps" \
+    --seed 1 --lr 5e-4 --warmup $((steps / 10)) --eval-seqs 16 --json --out "$d/single" > "$d/single.json" 2> "$d/single.log"
+  python3 - "$d" "${killed:-0}" > "$work/cluster.json" <<'PY'
+import glob, json, sys
+d, killed = sys.argv[1], int(sys.argv[2])
+def losses(path):
+    out = {}
+    for line in open(path):
+        try:
+            m = json.loads(line)
+        except ValueError:
+            continue
+        if "loss" in m and "step" in m:
+            out[m["step"]] = m["loss"]
+    return out
+job = json.load(open(f"{d}/status.json"))["job"]
+r = {"state": job.get("state"), "restarts": job.get("restarts", 0), "killed_at_step": killed,
+     "events": [e.get("type", "") + ": " + e.get("message", "") for e in job.get("events", [])][-12:]}
+single = losses(f"{d}/single/metrics.jsonl") if glob.glob(f"{d}/single/metrics.jsonl") else {}
+for a in sorted(glob.glob(f"{d}/dev/storage/jobs/gpu-dp/attempt-*/rank-0/metrics.jsonl")):
+    got = losses(a)
+    diffs = [abs(got[s] - single[s]) / abs(single[s]) for s in got if s in single]
+    r[a.split("/")[-3]] = {"steps": len(got), "first": min(got, default=None), "last": max(got, default=None),
+                           "max_rel_loss_diff_vs_single": max(diffs, default=None),
+                           "mean_rel_loss_diff_vs_single": sum(diffs) / len(diffs) if diffs else None}
+r["single_steps"] = len(single)
+try:
+    r["single_report"] = {k: v for k, v in json.load(open(f"{d}/single.json")).items() if k in ("tokens_per_s", "final_train_loss", "steps")}
+except Exception as e:
+    r["single_report"] = str(e)
+print(json.dumps(r, indent=1))
+PY
+  log "cluster: $(python3 -c "import json; r=json.load(open('$work/cluster.json')); print({k: v for k, v in r.items() if k != 'events'})")"
 }
 
 # collect writes $out: gpu-check.json (every result) and the logs.
@@ -447,5 +556,5 @@ case "${1:-}" in
     run "$@" 2>&1 | tee "$work/run.log"
     cp "$work/run.log" "$out/run.log" 2> /dev/null
     ;;
-  *) echo "usage: $0 build [SHARED_BENCH_DIR] [CORPUS] | run [tests equiv bench train compile overlap command science]" >&2; exit 2 ;;
+  *) echo "usage: $0 build [SHARED_BENCH_DIR] [CORPUS] | run [tests equiv bench train compile overlap command cluster science]" >&2; exit 2 ;;
 esac

@@ -395,16 +395,24 @@ func TestWorkerLostFailsJob(t *testing.T) {
 	waitJob(t, c, "job-b", "placed", func(j *pb.Job) bool { return j.State == pb.JobState_JOB_STATE_PLACED })
 }
 
-// TestRefusedRankFailsJob: a rank its worker refused to start fails the
-// job at once, however many restarts its policy allows, and says why.
-func TestRefusedRankFailsJob(t *testing.T) {
+// placedOnTwo submits job-a (max_restarts restarts) to a one-replica
+// cluster of workers w1 and w2 and returns a client and w1's task once
+// it is placed.
+func placedOnTwo(t *testing.T, maxRestarts int) (apiv1.CoordinatorClient, *apiv1.Task) {
+	t.Helper()
 	h := newHarness(t, 1, "")
 	c := h.client(h.leader(), "")
 	h.worker("w1")
 	h.worker("w2")
-	submit(t, c, "job-a", 3)
+	submit(t, c, "job-a", maxRestarts)
 	waitJob(t, c, "job-a", "placed", func(j *pb.Job) bool { return j.State == pb.JobState_JOB_STATE_PLACED })
-	task := waitTasks(t, c, "w1", 1)[0]
+	return c, waitTasks(t, c, "w1", 1)[0]
+}
+
+// TestRefusedRankFailsJob: a rank its worker refused to start fails the
+// job at once, however many restarts its policy allows, and says why.
+func TestRefusedRankFailsJob(t *testing.T) {
+	c, task := placedOnTwo(t, 3)
 	refused := status_(task, apiv1.TaskState_TASK_STATE_FAILED, 0)
 	refused.Message = "rank 0: data.corpus /etc/shadow is outside this worker's storage_path"
 	refused.Refused = true
@@ -418,13 +426,7 @@ func TestRefusedRankFailsJob(t *testing.T) {
 // TestRankFailureRequeues: a failed rank requeues the job (restart policy),
 // the next attempt is a new task, and reports of the old attempt are ignored.
 func TestRankFailureRequeues(t *testing.T) {
-	h := newHarness(t, 1, "")
-	c := h.client(h.leader(), "")
-	h.worker("w1")
-	h.worker("w2")
-	submit(t, c, "job-a", 1)
-	waitJob(t, c, "job-a", "placed", func(j *pb.Job) bool { return j.State == pb.JobState_JOB_STATE_PLACED })
-	task := waitTasks(t, c, "w1", 1)[0]
+	c, task := placedOnTwo(t, 1)
 	if task.Attempt != 0 {
 		t.Fatalf("first attempt %d", task.Attempt)
 	}

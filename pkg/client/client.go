@@ -106,8 +106,8 @@ func Dial(o Options) (*Client, error) {
 func (c *Client) Close() error { return c.routes.Close() }
 
 // failover sends each call to one replica, the one that last answered,
-// and on UNAVAILABLE (the replica is down, cut off, or has no leader) to
-// the next, round after round with a growing pause, until one answers or
+// and on UNAVAILABLE (the replica is down, cut off, or has no leader) or
+// no answer within its share of the deadline (it hangs) to the next, round after round with a growing pause, until one answers or
 // the call's context ends; a call without a deadline gives up after
 // maxRounds. The replica that answers is kept for the next calls, so a
 // client reads from one replica at a time.
@@ -122,8 +122,41 @@ const maxRounds = 8
 
 var _ grpc.ClientConnInterface = (*failover)(nil)
 
+// minTry is the least time a unary call gives one replica before it
+// tries the next (when the call's deadline leaves more).
+const minTry = 3 * time.Second
+
+// Invoke gives each replica its share of the call's deadline (at least
+// minTry): a replica that hangs (stopped, or its host overloaded: the
+// TCP connection is there, no answer comes) is left for the next one as
+// one that refuses would be, instead of holding the whole call. Streams
+// (NewStream) live as long as their context and get no share.
 func (f *failover) Invoke(ctx context.Context, method string, args, reply any, opts ...grpc.CallOption) error {
-	return f.each(ctx, func(c *grpc.ClientConn) error { return c.Invoke(ctx, method, args, reply, opts...) })
+	return f.each(ctx, func(c *grpc.ClientConn) error {
+		tctx, cancel, share := f.tryContext(ctx)
+		defer cancel()
+		err := c.Invoke(tctx, method, args, reply, opts...)
+		if err != nil && share > 0 && tctx.Err() != nil && ctx.Err() == nil {
+			return status.Errorf(codes.Unavailable, "replica %s did not answer within %s", c.Target(), share.Round(time.Millisecond))
+		}
+		return err
+	})
+}
+
+// tryContext is ctx with one replica's share of its deadline, or ctx
+// itself (share 0) when there is no deadline, one replica, or no room.
+func (f *failover) tryContext(ctx context.Context) (context.Context, context.CancelFunc, time.Duration) {
+	dl, ok := ctx.Deadline()
+	if !ok || len(f.conns) < 2 {
+		return ctx, func() {}, 0
+	}
+	left := time.Until(dl)
+	share := max(left/time.Duration(len(f.conns)), minTry)
+	if share >= left {
+		return ctx, func() {}, 0
+	}
+	tctx, cancel := context.WithTimeout(ctx, share)
+	return tctx, cancel, share
 }
 
 // NewStream opens the stream on the first replica that takes it; what
@@ -141,17 +174,34 @@ func (f *failover) each(ctx context.Context, call func(*grpc.ClientConn) error) 
 	n := int32(len(f.conns))
 	_, bounded := ctx.Deadline()
 	pause := 100 * time.Millisecond
+	last := "" // what a replica last said when it did not answer
+	// timedOut is the context's error with the replicas' last word (an
+	// address nobody listens on: "connection refused"; one that hangs:
+	// "did not answer within")
+	timedOut := func() error {
+		st := status.FromContextError(ctx.Err())
+		if last == "" {
+			return st.Err()
+		}
+		return status.Errorf(st.Code(), "%s; no replica answered, the last said: %s", st.Message(), last)
+	}
 	for round := 0; ; round++ {
 		start := f.pref.Load()
 		var err error
 		for i := range n {
 			k := (start + i) % n
-			if err = call(f.conns[k]); status.Code(err) != codes.Unavailable {
-				if k != start {
-					f.pref.CompareAndSwap(start, k)
-				}
-				return err
+			err = call(f.conns[k])
+			if status.Code(err) == codes.Unavailable {
+				last = status.Convert(err).Message()
+				continue
 			}
+			if c := status.Code(err); (c == codes.DeadlineExceeded || c == codes.Canceled) && ctx.Err() != nil {
+				return timedOut()
+			}
+			if k != start {
+				f.pref.CompareAndSwap(start, k)
+			}
+			return err
 		}
 		if !bounded && round+1 >= maxRounds {
 			return err
@@ -160,10 +210,7 @@ func (f *failover) each(ctx context.Context, call func(*grpc.ClientConn) error) 
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			// the context's code, and what the replicas last said (an
-			// address nobody listens on: "connection refused")
-			st := status.FromContextError(ctx.Err())
-			return status.Errorf(st.Code(), "%s; no replica answered, the last said: %s", st.Message(), status.Convert(err).Message())
+			return timedOut()
 		case <-t.C:
 		}
 		pause = min(2*pause, 2*time.Second)

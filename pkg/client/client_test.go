@@ -209,3 +209,63 @@ func TestFailOverFromLeaderlessReplica(t *testing.T) {
 		t.Fatalf("no replica with a leader, no deadline: %v", err)
 	}
 }
+
+// hungAddr is a loopback address that accepts TCP connections and never
+// answers on them: a replica whose process is stopped (SIGSTOP) or hangs.
+func hungAddr(t *testing.T) string {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var held []net.Conn
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			held = append(held, c)
+		}
+	}()
+	t.Cleanup(func() {
+		lis.Close()
+		<-done
+		for _, c := range held {
+			c.Close()
+		}
+	})
+	return lis.Addr().String()
+}
+
+// TestHungReplicaIsPassedOver: a replica that takes connections and never
+// answers holds a call only for its share of the deadline; the next
+// replica answers it, and later calls go there first. (It held the whole
+// call: with the leader stopped, every CLI call and a rank's checkpoint
+// commit ran out of time although two replicas were well.)
+func TestHungReplicaIsPassedOver(t *testing.T) {
+	good := &fakeCoordinator{}
+	c := dial(t, client.Options{Endpoints: []string{hungAddr(t), serve(t, good)}})
+	start := time.Now()
+	if err := listJobs(t, c, 8*time.Second); err != nil {
+		t.Fatalf("with one replica hung and one well: %v", err)
+	}
+	if d := time.Since(start); d > 6*time.Second {
+		t.Errorf("the call took %v: the hung replica held more than its share (4s)", d)
+	}
+	start = time.Now()
+	if err := listJobs(t, c, 8*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d > time.Second || good.calls.Load() != 2 {
+		t.Errorf("the second call took %v, the well replica served %d: want it asked first", d, good.calls.Load())
+	}
+	// only hung replicas: the call ends at its deadline, saying so
+	hung := dial(t, client.Options{Endpoints: []string{hungAddr(t), hungAddr(t)}})
+	err := listJobs(t, hung, 7*time.Second)
+	if status.Code(err) != codes.DeadlineExceeded || !strings.Contains(err.Error(), "did not answer within") {
+		t.Errorf("only hung replicas: %v", err)
+	}
+}

@@ -38,6 +38,8 @@ const (
 	// Registration retry backoff.
 	minBackoff = 200 * time.Millisecond
 	maxBackoff = 10 * time.Second
+	// takenRetry is the longest wait for an id another registration holds
+	takenRetry = time.Second
 )
 
 // ErrOptions is wrapped by the errors of New.
@@ -291,8 +293,14 @@ func (a *Agent) registerRetry(ctx, life context.Context) (membership.Registratio
 		if ctx.Err() != nil {
 			return nil, nil, ctx.Err()
 		}
-		a.log.Warn("cannot register; retrying", "error", err, "backoff", backoff)
-		t := time.NewTimer(backoff)
+		wait := backoff
+		if errors.Is(err, membership.ErrTaken) {
+			// often this worker's own lease from before a restart (kill
+			// -9): it runs out within the TTL, so look again soon
+			wait = min(backoff, takenRetry)
+		}
+		a.log.Warn("cannot register; retrying", "error", err, "backoff", wait)
+		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 			t.Stop()

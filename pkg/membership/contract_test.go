@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -194,6 +195,46 @@ func runContract(t *testing.T, h harness) {
 		expect(t, watch, membership.Join, "k1", 5*time.Second)
 		r.Close(ctx)
 		expect(t, watch, membership.Leave, "k1", 5*time.Second)
+	})
+
+	// Two workers of one id would both run its ranks, and the second's
+	// exit would unregister the first: the second is refused, naming the
+	// first, and may register once the first is gone.
+	t.Run("RefusesTakenID", func(t *testing.T) {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		w1, _ := h.connect(t)
+		w2, _ := h.connect(t)
+		first := worker("d1", 2)
+		r1, err := w1.Register(ctx, first, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		second := worker("d1", 2)
+		second.Address = "127.0.0.1:19999"
+		if _, err := w2.Register(ctx, second, 5*time.Second); !errors.Is(err, membership.ErrTaken) || !strings.Contains(err.Error(), first.Address) {
+			t.Fatalf("a second registration of d1: %v, want ErrTaken naming %s", err, first.Address)
+		}
+		ws, err := w1.List(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(ws) != 1 || ws[0].Address != first.Address {
+			t.Fatalf("after the refusal: %+v, want the first registration alone", ws)
+		}
+		// the first may update its own registration
+		first.Draining = true
+		if err := r1.Update(ctx, first); err != nil {
+			t.Fatalf("the holder's update: %v", err)
+		}
+		if err := r1.Close(ctx); err != nil {
+			t.Fatal(err)
+		}
+		r2, err := w2.Register(ctx, second, 5*time.Second)
+		if err != nil {
+			t.Fatalf("after the first closed: %v", err)
+		}
+		r2.Close(ctx)
 	})
 
 	t.Run("CloseRevokesAll", func(t *testing.T) {

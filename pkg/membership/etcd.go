@@ -2,6 +2,7 @@ package membership
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sort"
@@ -69,8 +70,28 @@ func (e *Etcd) Register(ctx context.Context, info WorkerInfo, ttl time.Duration)
 	if err != nil {
 		return nil, fmt.Errorf("membership: grant lease for %s: %w", info.ID, err)
 	}
-	if _, err := e.cli.Put(ctx, e.key(info.ID), string(val), clientv3.WithLease(lease.ID)); err != nil {
+	// only if no live registration holds the id (a key with a lease
+	// disappears with it)
+	key := e.key(info.ID)
+	resp, err := e.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+		Then(clientv3.OpPut(key, string(val), clientv3.WithLease(lease.ID))).
+		Else(clientv3.OpGet(key)).Commit()
+	if err == nil && !resp.Succeeded {
+		err = errors.New("taken")
+		if rs := resp.Responses; len(rs) == 1 && len(rs[0].GetResponseRange().Kvs) == 1 {
+			if held, derr := decode(rs[0].GetResponseRange().Kvs[0].Value); derr == nil {
+				err = takenError(held)
+			}
+		}
+		if !errors.Is(err, ErrTaken) {
+			err = fmt.Errorf("%w: %s is registered by another live worker", ErrTaken, info.ID)
+		}
+	}
+	if err != nil {
 		e.cli.Revoke(context.WithoutCancel(ctx), lease.ID)
+		if errors.Is(err, ErrTaken) {
+			return nil, err
+		}
 		return nil, fmt.Errorf("membership: register %s: %w", info.ID, err)
 	}
 	kctx, cancel := context.WithCancel(ctx)

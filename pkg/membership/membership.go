@@ -20,7 +20,16 @@ var (
 	ErrClosed = errors.New("membership: closed")
 	// ErrLeaseLost: the registration's lease expired or was revoked.
 	ErrLeaseLost = errors.New("membership: lease lost")
+	// ErrTaken: another live registration holds the worker id.
+	ErrTaken = errors.New("membership: worker id taken")
 )
+
+// takenError says which registration holds id: two workers of one id would
+// both run its ranks (and the second's exit would unregister the first).
+func takenError(held WorkerInfo) error {
+	return fmt.Errorf("%w: %s is registered by a live worker at %s (host %s); worker ids must be unique (if that was this worker before a restart, its lease runs out within its lease_ttl_seconds)",
+		ErrTaken, held.ID, held.Address, held.Host)
+}
 
 // Resources are what a worker offers.
 type Resources struct {

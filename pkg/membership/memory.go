@@ -94,6 +94,10 @@ func (s *MemoryServer) alive(id int64) bool {
 func (s *MemoryServer) put(info WorkerInfo, lease int64) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.putLocked(info, lease)
+}
+
+func (s *MemoryServer) putLocked(info WorkerInfo, lease int64) error {
 	if _, ok := s.leases[lease]; !ok {
 		return fmt.Errorf("%w: %s", ErrLeaseLost, info.ID)
 	}
@@ -104,6 +108,17 @@ func (s *MemoryServer) put(info WorkerInfo, lease int64) error {
 	s.entries[info.ID] = memEntry{info: info, lease: lease}
 	s.notifyLocked(Event{typ, info})
 	return nil
+}
+
+// create is put for a new registration: refused while another lease
+// holds the id.
+func (s *MemoryServer) create(info WorkerInfo, lease int64) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if e, ok := s.entries[info.ID]; ok && e.lease != lease {
+		return takenError(e.info)
+	}
+	return s.putLocked(info, lease)
 }
 
 func (s *MemoryServer) revoke(id int64) {
@@ -197,7 +212,8 @@ func (m *Memory) Register(ctx context.Context, info WorkerInfo, ttl time.Duratio
 	}
 	ttl = time.Duration(ttlSeconds(ttl)) * time.Second
 	lease := m.srv.grant(ttl)
-	if err := m.srv.put(info, lease); err != nil {
+	if err := m.srv.create(info, lease); err != nil {
+		m.srv.revoke(lease)
 		return nil, err
 	}
 	kctx, cancel := context.WithCancel(ctx)

@@ -409,6 +409,37 @@ func placedOnTwo(t *testing.T, maxRestarts int) (apiv1.CoordinatorClient, *apiv1
 	return c, waitTasks(t, c, "w1", 1)[0]
 }
 
+// TestDrainedWorkerRestartIsFree: a worker that says it drains and then
+// leaves has not failed: its job restarts from its checkpoint, not
+// counted against max_restarts (0 here), reason WorkerDrained.
+func TestDrainedWorkerRestartIsFree(t *testing.T) {
+	h := newHarness(t, 1, "")
+	c := h.client(h.leader(), "")
+	regs := map[string]membership.Registration{"w1": h.worker("w1"), "w2": h.worker("w2"), "w3": h.worker("w3")}
+	submit(t, c, "job-a", 0)
+	j := waitJob(t, c, "job-a", "placed", func(j *pb.Job) bool { return j.State == pb.JobState_JOB_STATE_PLACED })
+	victim := j.Placement[1].WorkerId
+	if _, err := c.SyncWorker(ctxT(t), &apiv1.SyncWorkerRequest{WorkerId: victim, Draining: true}); err != nil {
+		t.Fatal(err)
+	}
+	if err := regs[victim].Close(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	j = waitJob(t, c, "job-a", "requeued", func(j *pb.Job) bool { return j.Restarts == 1 })
+	if j.State == pb.JobState_JOB_STATE_FAILED || j.FreeRestarts != 1 {
+		t.Fatalf("after a drain with max_restarts 0: %s (%s: %s), free restarts %d", j.State, j.Reason, j.Message, j.FreeRestarts)
+	}
+	drained, free := false, false
+	for _, e := range j.Events {
+		drained = drained || (e.Type == "WorkerDrained" && e.WorkerId == victim)
+		free = free || strings.Contains(e.Message, "not counted against max_restarts")
+	}
+	drained = drained && free
+	if !drained {
+		t.Fatalf("no WorkerDrained event saying the restart is free: %v", j.Events)
+	}
+}
+
 // TestRefusedRankFailsJob: a rank its worker refused to start fails the
 // job at once, however many restarts its policy allows, and says why.
 func TestRefusedRankFailsJob(t *testing.T) {

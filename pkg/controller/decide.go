@@ -23,6 +23,9 @@ type observed struct {
 	// failing is each job's first rank failure of its current attempt,
 	// held back for the grace period.
 	failing map[string]pendingFailure
+	// draining holds the workers that said they are shutting down: one
+	// that leaves has drained, not failed.
+	draining map[string]bool
 	// silence is how long a worker may go without a sync; grace how
 	// long a rank failure waits for a worker loss that explains it.
 	silence, grace time.Duration
@@ -36,8 +39,13 @@ type observed struct {
 // restart would be refused too, so the job fails.
 const ReasonRefused = "Refused"
 
-// verdict ends a job's current attempt: Reason WorkerLost, RankFailed or
-// Refused, the message for the job's history and the worker it blames
+// ReasonDrained ends the attempt of a job whose worker drained (it said
+// it was shutting down, and left): the job restarts elsewhere from its
+// checkpoint, and the restart policy does not count it.
+const ReasonDrained = "WorkerDrained"
+
+// verdict ends a job's current attempt: Reason WorkerLost, WorkerDrained,
+// RankFailed or Refused, the message for the job's history and the worker it blames
 // ("" : none).
 type verdict struct {
 	job    *pb.Job
@@ -60,6 +68,10 @@ func decide(o observed) []verdict {
 			continue
 		}
 		if w, rank, ok := lostWorker(j, o.live); ok {
+			if o.draining[w] {
+				out = append(out, verdict{j, ReasonDrained, fmt.Sprintf("worker %s (rank %d) drained: it shut down after the job's checkpoint", w, rank), w})
+				continue
+			}
 			out = append(out, verdict{j, "WorkerLost", fmt.Sprintf("worker %s (rank %d) lost: its etcd lease expired", w, rank), w})
 			continue
 		}

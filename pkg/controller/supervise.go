@@ -78,7 +78,7 @@ func (s held) tick(ctx context.Context) {
 			delete(s.term.failing, j.Id)
 		}
 	}
-	for _, v := range decide(observed{now: now, jobs: jobs, live: live, lastSync: s.term.lastSync, failing: s.term.failing,
+	for _, v := range decide(observed{now: now, jobs: jobs, live: live, lastSync: s.term.lastSync, failing: s.term.failing, draining: s.term.draining,
 		silence: s.cfg.Silence, grace: s.cfg.FailureGrace, startSilence: s.cfg.StartSilence}) {
 		s.failAttempt(ctx, v.job, v.reason, v.msg, v.worker)
 	}
@@ -141,10 +141,14 @@ func (s held) failAttempt(ctx context.Context, j *pb.Job, reason, msg, worker st
 	}
 	delete(s.term.failing, j.Id)
 	s.recordEvent(ctx, j.Id, reason, msg, worker)
-	used := int(j.Restarts - j.ResumedAtRestarts) // automatic restarts since the job was submitted or last resumed
-	if used < maxRestarts && reason != ReasonRefused {
+	used := int(j.Restarts - j.FreeRestarts) // the restarts the policy counts
+	free := reason == ReasonDrained          // the worker shut down on purpose
+	if (used < maxRestarts || free) && reason != ReasonRefused {
 		m := fmt.Sprintf("%s; restart %d of %d in %ds, resuming from the newest committed checkpoint", msg, used+1, maxRestarts, backoff)
-		r, err := s.cfg.Node.Apply(ctx, &pb.Command{Op: &pb.Command_RequeueJob{RequeueJob: &pb.RequeueJob{JobId: j.Id, Reason: reason, Message: m}}})
+		if free {
+			m = fmt.Sprintf("%s; restarted in %ds from the newest committed checkpoint (not counted against max_restarts)", msg, backoff)
+		}
+		r, err := s.cfg.Node.Apply(ctx, &pb.Command{Op: &pb.Command_RequeueJob{RequeueJob: &pb.RequeueJob{JobId: j.Id, Reason: reason, Message: m, Free: free}}})
 		if err != nil {
 			s.log.Warn("requeue failed", "job-id", j.Id, "error", err)
 			return

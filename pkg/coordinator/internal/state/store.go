@@ -290,6 +290,9 @@ func (s *Store) Requeue(now int64, c *pb.RequeueJob) (*pb.Job, error) {
 	}
 	j.Placement = nil
 	j.Restarts++
+	if c.GetFree() {
+		j.FreeRestarts++
+	}
 	j.ResumeFromStep = 0 // an automatic restart resumes from the newest checkpoint
 	reason := c.GetReason()
 	if reason == "" {
@@ -317,7 +320,7 @@ func (s *Store) Resume(now int64, c *pb.ResumeJob) (*pb.Job, error) {
 	}
 	j.Placement = nil
 	j.Restarts++
-	j.ResumedAtRestarts = j.Restarts // the restart policy starts again
+	j.FreeRestarts = j.Restarts // the restart policy starts again
 	j.ResumeFromStep = c.GetFromStep()
 	j.FinishedUnixNano = 0
 	msg := c.GetMessage()

@@ -730,10 +730,13 @@ func (x *CancelJob) GetMessage() string {
 // placement and counts a restart (e.g. after a worker was lost and the
 // restart policy allows another try).
 type RequeueJob struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	JobId         string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
-	Reason        string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
-	Message       string                 `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	JobId   string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	Reason  string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	Message string                 `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
+	// The restart policy does not count this restart (the job's worker
+	// drained: it shut down on purpose, after the job's checkpoint).
+	Free          bool `protobuf:"varint,4,opt,name=free,proto3" json:"free,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -787,6 +790,13 @@ func (x *RequeueJob) GetMessage() string {
 		return x.Message
 	}
 	return ""
+}
+
+func (x *RequeueJob) GetFree() bool {
+	if x != nil {
+		return x.Free
+	}
+	return false
 }
 
 // ResumeJob moves a FAILED or CANCELLED job back to PENDING, counts a
@@ -1182,12 +1192,13 @@ type Job struct {
 	// (0: the spec's).
 	PlacedDp int32 `protobuf:"varint,20,opt,name=placed_dp,json=placedDp,proto3" json:"placed_dp,omitempty"`
 	PlacedEp int32 `protobuf:"varint,21,opt,name=placed_ep,json=placedEp,proto3" json:"placed_ep,omitempty"`
-	// restarts when the user last resumed the job: the restart policy's
-	// max_restarts counts the automatic restarts since (a resume by hand
-	// is not one of them).
-	ResumedAtRestarts int32 `protobuf:"varint,22,opt,name=resumed_at_restarts,json=resumedAtRestarts,proto3" json:"resumed_at_restarts,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// The restarts the restart policy does not count: a resume by hand
+	// (which sets it to restarts: the budget starts again) and a requeue
+	// after a worker drained (RequeueJob.free). max_restarts bounds
+	// restarts - free_restarts.
+	FreeRestarts  int32 `protobuf:"varint,22,opt,name=free_restarts,json=freeRestarts,proto3" json:"free_restarts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Job) Reset() {
@@ -1367,9 +1378,9 @@ func (x *Job) GetPlacedEp() int32 {
 	return 0
 }
 
-func (x *Job) GetResumedAtRestarts() int32 {
+func (x *Job) GetFreeRestarts() int32 {
 	if x != nil {
-		return x.ResumedAtRestarts
+		return x.FreeRestarts
 	}
 	return 0
 }
@@ -1492,12 +1503,13 @@ const file_switchyard_coordinator_v1_fsm_proto_rawDesc = "" +
 	"\tCancelJob\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x18\n" +
-	"\amessage\x18\x03 \x01(\tR\amessage\"U\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\"i\n" +
 	"\n" +
 	"RequeueJob\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x18\n" +
-	"\amessage\x18\x03 \x01(\tR\amessage\"Y\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\x12\x12\n" +
+	"\x04free\x18\x04 \x01(\bR\x04free\"Y\n" +
 	"\tResumeJob\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x1b\n" +
 	"\tfrom_step\x18\x02 \x01(\x03R\bfromStep\x12\x18\n" +
@@ -1524,7 +1536,7 @@ const file_switchyard_coordinator_v1_fsm_proto_rawDesc = "" +
 	"totalSteps\x12\x12\n" +
 	"\x04loss\x18\x03 \x01(\x01R\x04loss\x12*\n" +
 	"\x11tokens_per_second\x18\x04 \x01(\x01R\x0ftokensPerSecond\x12*\n" +
-	"\x11updated_unix_nano\x18\x05 \x01(\x03R\x0fupdatedUnixNano\"\xf2\x06\n" +
+	"\x11updated_unix_nano\x18\x05 \x01(\x03R\x0fupdatedUnixNano\"\xe7\x06\n" +
 	"\x03Job\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
@@ -1551,8 +1563,8 @@ const file_switchyard_coordinator_v1_fsm_proto_rawDesc = "" +
 	"\x12finished_unix_nano\x18\x12 \x01(\x03R\x10finishedUnixNano\x12(\n" +
 	"\x10resume_from_step\x18\x13 \x01(\x03R\x0eresumeFromStep\x12\x1b\n" +
 	"\tplaced_dp\x18\x14 \x01(\x05R\bplacedDp\x12\x1b\n" +
-	"\tplaced_ep\x18\x15 \x01(\x05R\bplacedEp\x12.\n" +
-	"\x13resumed_at_restarts\x18\x16 \x01(\x05R\x11resumedAtRestarts\"\x84\x01\n" +
+	"\tplaced_ep\x18\x15 \x01(\x05R\bplacedEp\x12#\n" +
+	"\rfree_restarts\x18\x16 \x01(\x05R\ffreeRestarts\"\x84\x01\n" +
 	"\bSnapshot\x12%\n" +
 	"\x0eformat_version\x18\x01 \x01(\rR\rformatVersion\x12\x1d\n" +
 	"\n" +

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -86,6 +87,21 @@ type Agent struct {
 	wg      sync.WaitGroup // one per task goroutine
 }
 
+// usableDir makes dir if need be and checks that a file can be written
+// in it.
+func usableDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(dir, ".switchyard-probe-*")
+	if err != nil {
+		return err
+	}
+	name := f.Name()
+	f.Close()
+	return os.Remove(name)
+}
+
 // New checks the options (the config must validate and the trainer must
 // resolve, see workerconfig.Config.TrainerPath) and fills the defaults.
 func New(o Options) (*Agent, error) {
@@ -101,6 +117,10 @@ func New(o Options) (*Agent, error) {
 	trainer, err := o.Config.TrainerPath()
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrOptions, err)
+	}
+	if err := usableDir(o.Config.StoragePath); err != nil {
+		// refused here, not by every rank placed on it later
+		return nil, fmt.Errorf("%w: storage_path %s cannot be used: %w", ErrOptions, o.Config.StoragePath, err)
 	}
 	if o.SyncInterval <= 0 {
 		o.SyncInterval = DefaultSyncInterval

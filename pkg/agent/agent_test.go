@@ -747,6 +747,15 @@ func TestNewChecksOptions(t *testing.T) {
 	if _, err := New(Options{Config: bad, Client: &fakeCoordinator{}, Registry: reg}); !errors.Is(err, workerconfig.ErrInvalid) || !strings.Contains(err.Error(), "trainer") {
 		t.Errorf("missing trainer: %v", err)
 	}
+	// a storage path that cannot be made or written: refused at the start,
+	// not by every rank placed on the worker later
+	for _, dir := range []string{"/proc/switchyard-store", writeTrainer(t, fakeTrainer)} {
+		bad = cfg
+		bad.StoragePath = dir
+		if _, err := New(Options{Config: bad, Client: &fakeCoordinator{}, Registry: reg}); !errors.Is(err, ErrOptions) || !strings.Contains(err.Error(), "storage_path "+dir+" cannot be used") {
+			t.Errorf("storage_path %s: %v", dir, err)
+		}
+	}
 	a, err := New(Options{Config: cfg, Client: &fakeCoordinator{}, Registry: reg})
 	if err != nil || a.Trainer() != cfg.Trainer || a.o.SyncInterval != DefaultSyncInterval || a.o.StopGrace != DefaultStopGrace {
 		t.Fatalf("%v %+v", err, a)

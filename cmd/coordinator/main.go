@@ -180,7 +180,7 @@ func parse(args []string, getenv func(string) string) (command, error) {
 		tlsKey      = fs.String("tls-key", "", "server private key (PEM)")
 		insecure    = fs.Bool("insecure", false, "allow non-loopback listeners without TLS")
 		raftTLS     = fs.Bool("raft-tls", false, "encrypt raft traffic with the --tls-* files too (mutual TLS; every replica must agree)")
-		ckRoot      = fs.String("checkpoint-root", "", "shared checkpoint storage as mounted here (for checkpoints delete)")
+		ckRoot      = fs.String("checkpoint-root", "", "the workers' checkpoint directory as mounted here: <storage_path>/checkpoints of the workers (for checkpoints delete and verify, and the dashboard's specialisation)")
 		heartbeat   = fs.Duration("heartbeat-timeout", 0, "raft heartbeat timeout (default 1s)")
 		election    = fs.Duration("election-timeout", 0, "raft election timeout (default 1s)")
 		leaderLease = fs.Duration("leader-lease-timeout", 0, "raft leader lease timeout (default 500ms)")

@@ -510,6 +510,17 @@ func (e etcdCheckpoints) Delete(ctx context.Context, j *pb.Job, step int64) erro
 	if err != nil {
 		return err
 	}
+	// no file where the checkpoint should be: most likely this storage is
+	// not the workers' (a wrong --checkpoint-root); deleting the entry
+	// would leave the files, out of the catalogue, for good
+	prefix := checkpoint.StepPrefix(j.Id, step)
+	keys, err := st.List(ctx, prefix)
+	if err != nil {
+		return err
+	}
+	if len(keys) == 0 {
+		return fmt.Errorf("no file of it under %s in %s: is that the workers' checkpoint storage (--checkpoint-root must be their <storage_path>/checkpoints as mounted here)? nothing was deleted", prefix, e.rootOf(j))
+	}
 	return checkpoint.NewManager(st, e.cat, e.log).Delete(ctx, j.Id, step)
 }
 
@@ -532,14 +543,20 @@ func (e etcdCheckpoints) Verify(ctx context.Context, j *pb.Job, m checkpoint.Man
 // storage opens the job's checkpoint storage: its spec's checkpoint.path,
 // or this coordinator's --checkpoint-root.
 func (e etcdCheckpoints) storage(j *pb.Job) (checkpoint.Storage, error) {
-	root := e.root
-	if sp, err := jobspec.Parse(j.Spec); err == nil && sp.Checkpoint.Path != "" {
-		root = sp.Checkpoint.Path
-	}
+	root := e.rootOf(j)
 	if root == "" {
 		return nil, errors.New("the checkpoint storage is not reachable from this coordinator (start it with --checkpoint-root)")
 	}
 	return checkpoint.OpenStorage(root, nil)
+}
+
+// rootOf is where job j's checkpoints are: its spec's checkpoint.path, or
+// this coordinator's --checkpoint-root.
+func (e etcdCheckpoints) rootOf(j *pb.Job) string {
+	if sp, err := jobspec.Parse(j.Spec); err == nil && sp.Checkpoint.Path != "" {
+		return sp.Checkpoint.Path
+	}
+	return e.root
 }
 
 // recoverPanics turns a panic in a handler into an INTERNAL error for that

@@ -349,3 +349,44 @@ func TestNewestCheckpointUnknown(t *testing.T) {
 		}
 	}
 }
+
+// TestDeleteFindsNoFiles: a delete whose storage holds no file of the
+// checkpoint (a --checkpoint-root that is not the workers' storage) is
+// refused and leaves the catalogue as it was; with the files there, both
+// go.
+func TestDeleteFindsNoFiles(t *testing.T) {
+	ctx := context.Background()
+	root, elsewhere := t.TempDir(), t.TempDir()
+	st, err := checkpoint.NewDirStorage(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cat := checkpoint.NewStorageCatalogue(checkpoint.NewMemStorage())
+	key := checkpoint.StepPrefix("j", 4) + "rank-0000/state.bin"
+	size, sum, err := st.Put(ctx, key, strings.NewReader("shard"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cat.Commit(ctx, checkpoint.Manifest{Job: "j", Step: 4, Layout: checkpoint.Layout{TP: 1, DP: 1, EP: 1},
+		Shards: []checkpoint.ShardInfo{{Name: "rank-0000/state.bin", Size: size, SHA256: sum, Kind: checkpoint.KindParams}}}); err != nil {
+		t.Fatal(err)
+	}
+	j := &pb.Job{Id: "j", Spec: []byte("name: j\n")}
+	wrong := etcdCheckpoints{cat: cat, root: elsewhere, log: quietLogger(t)}
+	if err := wrong.Delete(ctx, j, 4); err == nil || !strings.Contains(err.Error(), "nothing was deleted") || !strings.Contains(err.Error(), elsewhere) {
+		t.Fatalf("delete through another root: %v", err)
+	}
+	if live, _, err := wrong.List(ctx, j); err != nil || len(live) != 1 {
+		t.Fatalf("the catalogue after a refused delete: %v, %v", live, err)
+	}
+	right := etcdCheckpoints{cat: cat, root: root, log: quietLogger(t)}
+	if err := right.Delete(ctx, j, 4); err != nil {
+		t.Fatal(err)
+	}
+	if live, _, _ := right.List(ctx, j); len(live) != 0 {
+		t.Errorf("still catalogued: %v", live)
+	}
+	if keys, _ := st.List(ctx, checkpoint.StepPrefix("j", 4)); len(keys) != 0 {
+		t.Errorf("files left: %v", keys)
+	}
+}

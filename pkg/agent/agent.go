@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/switchyard-ml/switchyard/pkg/events"
+	"github.com/switchyard-ml/switchyard/pkg/etcdconn"
 	"github.com/switchyard-ml/switchyard/pkg/membership"
 	"github.com/switchyard-ml/switchyard/pkg/metrics"
 	"github.com/switchyard-ml/switchyard/pkg/workerconfig"
@@ -293,6 +294,12 @@ func (a *Agent) registerOnce(ctx, life context.Context) (reg membership.Registra
 	}
 	if !notTimedOut {
 		err = fmt.Errorf("no answer within %v: %w", registerTimeout, err)
+		if eps := a.o.Config.EtcdEndpoints; len(eps) > 0 && ctx.Err() == nil {
+			// the etcd client only says time ran out: say what is there
+			dctx, dcancel := context.WithTimeout(ctx, 5*time.Second)
+			err = fmt.Errorf("%w (etcd %s)", err, etcdconn.Diagnose(dctx, eps, a.o.Config.TLS))
+			dcancel()
+		}
 	}
 	return nil, nil, err
 }

@@ -209,6 +209,17 @@ func (d *Daemon) connect(ctx context.Context, cfg *DaemonConfig, log *slog.Logge
 	if d.cli, err = etcdconn.Open(cfg.EtcdEndpoints, ec); err != nil {
 		return fmt.Errorf("controller: %w", err)
 	}
+	if d.Dev == nil {
+		// the replica starts without etcd (its raft state is its own) and
+		// keeps trying; the etcd client would only ever say that time ran
+		// out, so say once what is at the endpoints
+		sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		if _, err := d.cli.Get(sctx, membership.DefaultPrefix, clientv3.WithPrefix(), clientv3.WithCountOnly()); err != nil {
+			log.Warn("etcd does not answer; the replica starts and keeps trying", "error", err,
+				"endpoints", etcdconn.Diagnose(ctx, cfg.EtcdEndpoints, backendTLS))
+		}
+		cancel()
+	}
 	if cfg.NATSURL != "" {
 		if d.bus, err = events.NewNATS(events.NATSConfig{URL: cfg.NATSURL, Name: "coordinator-" + cfg.Raft.ID, Logger: log, TLS: backendTLS, CredsFile: os.Getenv(events.CredsEnv)}); err != nil {
 			return fmt.Errorf("controller: NATS: %w", err)

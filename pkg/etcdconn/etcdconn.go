@@ -10,9 +10,13 @@ package etcdconn
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"net"
+	"net/url"
 	"os"
+	"strings"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -77,4 +81,62 @@ func Open(endpoints []string, c Config) (*clientv3.Client, error) {
 		return nil, fmt.Errorf("etcd %v: %w", endpoints, err)
 	}
 	return cli, nil
+}
+
+// Diagnose says, for each endpoint, what a plain connection to it meets:
+// the TCP connection's error ("connection refused"), the TLS handshake's
+// or the server's first TLS alert ("unknown certificate authority"), or
+// that it answers. The etcd client itself retries quietly and reports only
+// that time ran out; this is for the message of that error.
+func Diagnose(ctx context.Context, endpoints []string, files security.TLSFiles) string {
+	var out []string
+	for _, ep := range endpoints {
+		out = append(out, ep+": "+probe(ctx, ep, files))
+	}
+	return strings.Join(out, "; ")
+}
+
+// probeTimeout bounds each step of a probe.
+const probeTimeout = 2 * time.Second
+
+func probe(ctx context.Context, endpoint string, files security.TLSFiles) string {
+	hostport, secure := endpoint, false
+	if u, err := url.Parse(endpoint); err == nil && u.Host != "" {
+		hostport, secure = u.Host, u.Scheme == "https"
+	}
+	d := net.Dialer{Timeout: probeTimeout}
+	conn, err := d.DialContext(ctx, "tcp", hostport)
+	if err != nil {
+		return err.Error()
+	}
+	defer conn.Close()
+	if !secure {
+		return "reachable (plain TCP)"
+	}
+	if !files.Enabled() {
+		return "an https endpoint, and this process has no TLS files"
+	}
+	host, _, _ := net.SplitHostPort(hostport)
+	tc, err := security.ClientTLS(files, host)
+	if err != nil {
+		return "TLS files: " + err.Error()
+	}
+	tconn := tls.Client(conn, tc)
+	tconn.SetDeadline(time.Now().Add(probeTimeout)) //nolint:errcheck
+	if err := tconn.HandshakeContext(ctx); err != nil {
+		return "TLS handshake: " + err.Error()
+	}
+	// TLS 1.3: a server that refuses the client's certificate says so
+	// after the handshake, in its first record; one that accepts it
+	// waits for the client (the read times out)
+	tconn.SetReadDeadline(time.Now().Add(probeTimeout / 4)) //nolint:errcheck
+	var b [1]byte
+	if _, err := tconn.Read(b[:]); err != nil {
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			return "reachable (TLS accepted)"
+		}
+		return "TLS: " + err.Error()
+	}
+	return "reachable (TLS accepted)"
 }

@@ -2,6 +2,11 @@ package etcdconn
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -74,5 +79,84 @@ func TestUserFromTheEnvironment(t *testing.T) {
 	}
 	if _, err := Open(e.Endpoints, Config{TLS: security.TLSFiles{CA: "/nonexistent/ca.pem"}}); err == nil || !strings.Contains(err.Error(), "etcd TLS") {
 		t.Fatalf("half the TLS files: %v", err)
+	}
+}
+
+// writePEM writes p's files into dir and returns them.
+func writePEM(t *testing.T, dir string, p security.PEM) security.TLSFiles {
+	t.Helper()
+	f := security.TLSFiles{CA: filepath.Join(dir, "ca.pem"), Cert: filepath.Join(dir, "cert.pem"), Key: filepath.Join(dir, "key.pem")}
+	for path, b := range map[string][]byte{f.CA: p.CA, f.Cert: p.Cert, f.Key: p.Key} {
+		if err := os.WriteFile(path, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return f
+}
+
+// TestDiagnose: what a plain connection meets at each endpoint, named.
+func TestDiagnose(t *testing.T) {
+	server, err := security.EphemeralPEM("127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := security.EphemeralPEM("127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	good, wrongCA := writePEM(t, t.TempDir(), server), writePEM(t, t.TempDir(), other)
+	// trusts the server, but shows a certificate of another CA
+	wrongCert := writePEM(t, t.TempDir(), security.PEM{CA: server.CA, Cert: other.Cert, Key: other.Key})
+	cert, err := tls.X509KeyPair(server.Cert, server.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(server.CA)
+	lis, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}, ClientCAs: pool, ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS13})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			c.(*tls.Conn).Handshake() //nolint:errcheck // the client reads the outcome
+			time.Sleep(time.Second)
+			c.Close()
+		}
+	}()
+	defer func() { lis.Close(); <-done }()
+	plain, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plain.Close()
+	dead, _ := net.Listen("tcp", "127.0.0.1:0")
+	deadAddr := dead.Addr().String()
+	dead.Close()
+
+	tlsURL := "https://" + lis.Addr().String()
+	ctx := context.Background()
+	for _, tc := range []struct {
+		endpoint string
+		files    security.TLSFiles
+		says     string
+	}{
+		{"http://" + deadAddr, good, "connection refused"},
+		{"http://" + plain.Addr().String(), security.TLSFiles{}, "reachable (plain TCP)"},
+		{tlsURL, security.TLSFiles{}, "no TLS files"},
+		{tlsURL, wrongCA, "TLS handshake: tls: failed to verify certificate"},
+		{tlsURL, wrongCert, "TLS: remote error: tls:"},
+		{tlsURL, good, "reachable (TLS accepted)"},
+	} {
+		got := Diagnose(ctx, []string{tc.endpoint}, tc.files)
+		if !strings.HasPrefix(got, tc.endpoint+": ") || !strings.Contains(got, tc.says) {
+			t.Errorf("%s: %q, want it to say %q", tc.endpoint, got, tc.says)
+		}
 	}
 }

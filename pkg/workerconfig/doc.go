@@ -17,6 +17,7 @@
 //	nats_url              --nats-url           SWITCHYARD_WORKER_NATS_URL
 //	advertise_address     --advertise-address  SWITCHYARD_WORKER_ADVERTISE_ADDRESS
 //	listen_address        --listen-address     SWITCHYARD_WORKER_LISTEN_ADDRESS
+//	metrics_address       --metrics-addr       SWITCHYARD_WORKER_METRICS_ADDR
 //	resources.cpu_cores   --cpu-cores          SWITCHYARD_WORKER_CPU_CORES
 //	resources.memory_mib  --memory-mib         SWITCHYARD_WORKER_MEMORY_MIB
 //	resources.gpus        --gpus               SWITCHYARD_WORKER_GPUS
@@ -31,6 +32,7 @@
 //	data_plane_tls        --data-plane-tls     SWITCHYARD_WORKER_DATA_PLANE_TLS    (true/false)
 //	allow_commands        --allow-commands     SWITCHYARD_WORKER_ALLOW_COMMANDS    (true/false)
 //	enforce_memory        --enforce-memory     SWITCHYARD_WORKER_ENFORCE_MEMORY    (true/false)
+//	drain_seconds         --drain-seconds      SWITCHYARD_WORKER_DRAIN_SECONDS
 //	lease_ttl_seconds     --lease-ttl-seconds  SWITCHYARD_WORKER_LEASE_TTL_SECONDS
 //	insecure              --insecure           SWITCHYARD_WORKER_INSECURE          (true/false)
 //
@@ -49,7 +51,7 @@
 // enforce_memory true (a rank whose processes hold more resident
 // anonymous and shared memory than its job's resources.memory_mib is
 // killed, its job told why);
-// lease_ttl_seconds 10; nats_url empty (no events or metrics are published);
+// lease_ttl_seconds 10; drain_seconds 60; nats_url empty (no events or metrics are published);
 // trainer empty, meaning the `switchyard` binary in the directory of the
 // running worker executable when it is there, else `switchyard` on PATH
 // (resolved by Config.TrainerPath when the worker starts, not by Load).

@@ -106,8 +106,8 @@ var settings = []Setting{
 	{Key: "data_plane_tls", Help: "encrypt the ranks' connections with mutual TLS (the tls files; every worker of a job must agree)", set: boolean(func(c *Config) *bool { return &c.DataPlaneTLS })},
 	{Key: "enforce_memory", Help: "kill a rank that uses more memory than its job's resources.memory_mib", set: boolean(func(c *Config) *bool { return &c.EnforceMemory })},
 	{Key: "allow_commands", Help: "run jobs with runtime: command (their programs run as this worker's user)", set: boolean(func(c *Config) *bool { return &c.AllowCommands })},
-	{Key: "drain_seconds", Help: "on SIGTERM, let running ranks reach their job's next checkpoint for at most this long before stopping them (0: stop at once)", set: integer(func(c *Config) *int { return &c.DrainSeconds })},
-	{Key: "lease_ttl_seconds", Help: "etcd lease TTL in seconds", set: integer(func(c *Config) *int { return &c.LeaseTTLSeconds })},
+	{Key: "drain_seconds", Help: "on SIGTERM, let running ranks reach their job's next checkpoint for at most this long before stopping them (0: stop at once; default 60)", set: integer(func(c *Config) *int { return &c.DrainSeconds })},
+	{Key: "lease_ttl_seconds", Help: "etcd lease TTL in seconds (default 10)", set: integer(func(c *Config) *int { return &c.LeaseTTLSeconds })},
 	{Key: "insecure", Help: "allow a non-loopback listener without TLS", set: boolean(func(c *Config) *bool { return &c.Insecure })},
 }
 

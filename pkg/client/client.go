@@ -192,7 +192,7 @@ func (f *failover) each(ctx context.Context, call func(*grpc.ClientConn) error) 
 			k := (start + i) % n
 			err = call(f.conns[k])
 			if status.Code(err) == codes.Unavailable {
-				last = status.Convert(err).Message()
+				last = innermost(status.Convert(err).Message())
 				continue
 			}
 			if c := status.Code(err); (c == codes.DeadlineExceeded || c == codes.Canceled) && ctx.Err() != nil {
@@ -215,6 +215,17 @@ func (f *failover) each(ctx context.Context, call func(*grpc.ClientConn) error) 
 		}
 		pause = min(2*pause, 2*time.Second)
 	}
+}
+
+// innermost is the last description of a gRPC message that nests others
+// ("max retries exhausted: ... rpc error: code = Unavailable desc =
+// connection error: desc = \"transport: ... connection refused\""): the
+// cause, without the wrappers.
+func innermost(msg string) string {
+	if i := strings.LastIndex(msg, "desc = "); i >= 0 {
+		msg = strings.Trim(msg[i+len("desc = "):], `"`)
+	}
+	return msg
 }
 
 func (f *failover) Close() error {

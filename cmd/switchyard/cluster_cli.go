@@ -183,13 +183,28 @@ func (e *rpcError) Error() string {
 	msg := e.st.Message()
 	switch e.st.Code() {
 	case codes.Unavailable, codes.DeadlineExceeded:
-		return fmt.Sprintf("%s: coordinator %s unreachable or unavailable: %s", e.op, e.coordinator, msg)
+		hint := ""
+		if tlsMismatch(msg) {
+			hint = " (the coordinator and this CLI do not agree on TLS: give --tls-ca/--tls-cert/--tls-key, or SWITCHYARD_TLS_*, as the coordinator wants)"
+		}
+		return fmt.Sprintf("%s: coordinator %s unreachable or unavailable: %s%s", e.op, e.coordinator, msg, hint)
 	case codes.Unauthenticated, codes.PermissionDenied:
 		return fmt.Sprintf("%s: permission denied: %s (check --token and --tls-*)", e.op, msg)
 	case codes.Canceled:
 		return e.op + ": cancelled"
 	}
 	return e.op + ": " + msg
+}
+
+// tlsMismatch says whether a transport error looks like plaintext talking
+// to TLS (the server's preface never came) or TLS to plaintext.
+func tlsMismatch(msg string) bool {
+	for _, s := range []string{"error reading server preface", "first record does not look like a TLS handshake", "tls: "} {
+		if strings.Contains(msg, s) {
+			return true
+		}
+	}
+	return false
 }
 
 // GRPCStatus lets status.FromError (and so exitCode) see the code.

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -548,4 +549,33 @@ func TestClusterWorkerToken(t *testing.T) {
 		wantCode(t, r, exitUsage)
 		wantContains(t, r.stderr, tc.says)
 	}
+}
+
+// TestCLITLSMismatchHint: a CLI without TLS files against a coordinator
+// that speaks TLS says so, instead of only that it is unreachable.
+func TestCLITLSMismatchHint(t *testing.T) {
+	cfg, err := security.EphemeralMutualTLS("127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lis, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: cfg.Certificates, MinVersion: tls.VersionTLS13})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			c.(*tls.Conn).Handshake() //nolint:errcheck // a plaintext client fails it
+			c.Close()
+		}
+	}()
+	defer func() { lis.Close(); <-done }()
+	r := runCmd(t, false, "job", "list", "--coordinator", lis.Addr().String(), "--timeout", "2s")
+	wantCode(t, r, exitUnavailable)
+	wantContains(t, r.stderr, "do not agree on TLS")
 }

@@ -50,7 +50,7 @@ func (a *Agent) prepareCommand(t *apiv1.Task, spec *jobspec.Spec, task jobspec.T
 		cfg.CUDAVisibleDevices = strings.Join(all, ",")
 	}
 	if err := a.confine(spec, cfg.Checkpoint.Dir, ""); err != nil {
-		return launch{}, refuse(err)
+		return launch{}, err
 	}
 	runYAML, err := writeRunDir(host.RunDir, []string{host.RunDir, cfg.StagingDir()}, cfg)
 	if err != nil {

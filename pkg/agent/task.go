@@ -264,7 +264,7 @@ func (a *Agent) prepare(t *apiv1.Task) (launch, error) {
 		return launch{}, refuse(err)
 	}
 	if err := a.confine(spec, cfg.Checkpoint.Dir, cfg.Data.Corpus); err != nil {
-		return launch{}, refuse(err)
+		return launch{}, err // a refusal, or an error reading the paths (not one)
 	}
 	dirs := []string{host.RunDir}
 	if spec.Checkpoint.Storage != jobspec.StorageS3 {
@@ -302,7 +302,9 @@ func (a *Agent) memoryLimit(spec *jobspec.Spec) int64 {
 
 // confine refuses a job whose checkpoint directory or corpus lies outside
 // this worker's storage_path and allowed_paths (links resolved): a job
-// spec must not make the worker write, or read, wherever it names.
+// spec must not make the worker write, or read, wherever it names. An
+// error resolving the paths (a storage hiccup) is returned as it is, not
+// as a refusal: a restart may not meet it.
 func (a *Agent) confine(spec *jobspec.Spec, ckptDir, corpus string) error {
 	roots := append([]string{a.o.Config.StoragePath}, a.o.Config.AllowedPaths...)
 	check := func(field, path string) error {
@@ -311,7 +313,7 @@ func (a *Agent) confine(spec *jobspec.Spec, ckptDir, corpus string) error {
 			return fmt.Errorf("%s %s: %w", field, path, err)
 		}
 		if !ok {
-			return fmt.Errorf("%s %s is outside this worker's storage_path %s and allowed_paths %v (add it to allowed_paths in the worker's config to allow it)",
+			return refusef("%s %s is outside this worker's storage_path %s and allowed_paths %v (add it to allowed_paths in the worker's config to allow it)",
 				field, path, a.o.Config.StoragePath, a.o.Config.AllowedPaths)
 		}
 		return nil

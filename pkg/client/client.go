@@ -15,8 +15,10 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
 
 	"github.com/switchyard-ml/switchyard/pkg/security"
@@ -60,6 +62,20 @@ const retryConfig = `{
   }]
 }`
 
+// The client's keep-alive pings while calls are in flight; the server
+// must permit pings this often (see KeepaliveServerOptions).
+const (
+	KeepaliveTime    = 10 * time.Second
+	KeepaliveTimeout = 5 * time.Second
+)
+
+// KeepaliveServerOptions let a coordinator's API server take the
+// clients' pings (by default gRPC closes a connection that pings more
+// often than every 5 minutes).
+func KeepaliveServerOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: KeepaliveTime / 2, PermitWithoutStream: true})}
+}
+
 // Dial connects lazily (the first call connects).
 func Dial(o Options) (*Client, error) {
 	var eps []string
@@ -84,6 +100,10 @@ func Dial(o Options) (*Client, error) {
 	opts := []grpc.DialOption{
 		grpc.WithTransportCredentials(creds),
 		grpc.WithDefaultServiceConfig(retryConfig),
+		// while calls are in flight: a replica that stops answering (its
+		// process stopped, its host overloaded) is dropped after
+		// KeepaliveTime + KeepaliveTimeout, its calls UNAVAILABLE
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: KeepaliveTime, Timeout: KeepaliveTimeout}),
 	}
 	if o.Token != "" {
 		opts = append(opts, grpc.WithPerRPCCredentials(security.Token(o.Token)))
@@ -106,8 +126,9 @@ func Dial(o Options) (*Client, error) {
 func (c *Client) Close() error { return c.routes.Close() }
 
 // failover sends each call to one replica, the one that last answered,
-// and on UNAVAILABLE (the replica is down, cut off, or has no leader) or
-// no answer within its share of the deadline (it hangs) to the next, round after round with a growing pause, until one answers or
+// and on UNAVAILABLE (the replica is down, cut off, has no leader, does
+// not connect within its share of the deadline, or stopped answering its
+// keep-alive pings) to the next, round after round with a growing pause, until one answers or
 // the call's context ends; a call without a deadline gives up after
 // maxRounds. The replica that answers is kept for the next calls, so a
 // client reads from one replica at a time.
@@ -122,41 +143,60 @@ const maxRounds = 8
 
 var _ grpc.ClientConnInterface = (*failover)(nil)
 
-// minTry is the least time a unary call gives one replica before it
-// tries the next (when the call's deadline leaves more).
+// minTry is the least time a unary call gives one replica to connect
+// before it tries the next (when the call's deadline leaves more).
 const minTry = 3 * time.Second
 
-// Invoke gives each replica its share of the call's deadline (at least
-// minTry): a replica that hangs (stopped, or its host overloaded: the
-// TCP connection is there, no answer comes) is left for the next one as
-// one that refuses would be, instead of holding the whole call. Streams
-// (NewStream) live as long as their context and get no share.
+// Invoke sends the call to a replica that is connected: one that does not
+// connect within its share of the deadline (at least minTry; a stopped
+// process or an overloaded host takes the TCP connection and never
+// answers the handshake) is passed over like one that refuses. Once a
+// replica is connected the call has the whole deadline: a slow answer (a
+// checkpoint's verification, a write waiting on raft) is not cut short
+// and sent again elsewhere. A connected replica that stops answering is
+// found by the keep-alive pings (KeepaliveTime + KeepaliveTimeout), which
+// end its calls with UNAVAILABLE.
 func (f *failover) Invoke(ctx context.Context, method string, args, reply any, opts ...grpc.CallOption) error {
 	return f.each(ctx, func(c *grpc.ClientConn) error {
-		tctx, cancel, share := f.tryContext(ctx)
-		defer cancel()
-		err := c.Invoke(tctx, method, args, reply, opts...)
-		if err != nil && share > 0 && tctx.Err() != nil && ctx.Err() == nil {
-			return status.Errorf(codes.Unavailable, "replica %s did not answer within %s", c.Target(), share.Round(time.Millisecond))
+		if err := f.connected(ctx, c); err != nil {
+			return err
 		}
-		return err
+		return c.Invoke(ctx, method, args, reply, opts...)
 	})
 }
 
-// tryContext is ctx with one replica's share of its deadline, or ctx
-// itself (share 0) when there is no deadline, one replica, or no room.
-func (f *failover) tryContext(ctx context.Context) (context.Context, context.CancelFunc, time.Duration) {
+// connected waits until c is READY for at most its share of ctx's
+// deadline; UNAVAILABLE when it is not by then. Without a deadline, or
+// with one replica, the call itself waits.
+func (f *failover) connected(ctx context.Context, c *grpc.ClientConn) error {
 	dl, ok := ctx.Deadline()
 	if !ok || len(f.conns) < 2 {
-		return ctx, func() {}, 0
+		return nil
 	}
 	left := time.Until(dl)
 	share := max(left/time.Duration(len(f.conns)), minTry)
 	if share >= left {
-		return ctx, func() {}, 0
+		return nil
 	}
-	tctx, cancel := context.WithTimeout(ctx, share)
-	return tctx, cancel, share
+	sctx, cancel := context.WithTimeout(ctx, share)
+	defer cancel()
+	for {
+		st := c.GetState()
+		switch st {
+		case connectivity.Ready:
+			return nil
+		case connectivity.Idle:
+			c.Connect()
+		case connectivity.TransientFailure, connectivity.Shutdown:
+			return nil // the call fails at once, with the connection's error
+		}
+		if !c.WaitForStateChange(sctx, st) {
+			if ctx.Err() != nil {
+				return nil // the call reports the context's end
+			}
+			return status.Errorf(codes.Unavailable, "replica %s did not connect within %s (%s)", c.Target(), share.Round(time.Millisecond), strings.ToLower(st.String()))
+		}
+	}
 }
 
 // NewStream opens the stream on the first replica that takes it; what

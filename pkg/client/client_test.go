@@ -241,10 +241,10 @@ func hungAddr(t *testing.T) string {
 }
 
 // TestHungReplicaIsPassedOver: a replica that takes connections and never
-// answers holds a call only for its share of the deadline; the next
-// replica answers it, and later calls go there first. (It held the whole
-// call: with the leader stopped, every CLI call and a rank's checkpoint
-// commit ran out of time although two replicas were well.)
+// answers (its process stopped) holds a call only for its share of the
+// deadline; the next replica answers it, and later calls go there first.
+// (It held the whole call: with the leader stopped, every CLI call ran out
+// of time although two replicas were well.)
 func TestHungReplicaIsPassedOver(t *testing.T) {
 	good := &fakeCoordinator{}
 	c := dial(t, client.Options{Endpoints: []string{hungAddr(t), serve(t, good)}})
@@ -265,7 +265,49 @@ func TestHungReplicaIsPassedOver(t *testing.T) {
 	// only hung replicas: the call ends at its deadline, saying so
 	hung := dial(t, client.Options{Endpoints: []string{hungAddr(t), hungAddr(t)}})
 	err := listJobs(t, hung, 7*time.Second)
-	if status.Code(err) != codes.DeadlineExceeded || !strings.Contains(err.Error(), "did not answer within") {
+	if status.Code(err) != codes.DeadlineExceeded || !strings.Contains(err.Error(), "did not connect within") {
 		t.Errorf("only hung replicas: %v", err)
+	}
+}
+
+// slowCoordinator answers ListJobs after a delay: a healthy replica doing
+// a long call (a checkpoint's verification, a write waiting on raft).
+type slowCoordinator struct {
+	apiv1.UnimplementedCoordinatorServer
+	delay time.Duration
+	calls atomic.Int32
+}
+
+func (f *slowCoordinator) ListJobs(ctx context.Context, _ *apiv1.ListJobsRequest) (*apiv1.ListJobsResponse, error) {
+	f.calls.Add(1)
+	select {
+	case <-time.After(f.delay):
+		return &apiv1.ListJobsResponse{}, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// TestSlowReplicaIsNotCut: a connected replica that takes longer than a
+// replica's share of the deadline gets the whole deadline; the call is not
+// sent again elsewhere (a slow write would have been applied twice).
+func TestSlowReplicaIsNotCut(t *testing.T) {
+	var slow []*slowCoordinator
+	var eps []string
+	for range 3 {
+		f := &slowCoordinator{delay: 4 * time.Second}
+		slow = append(slow, f)
+		eps = append(eps, serve(t, f))
+	}
+	c := dial(t, client.Options{Endpoints: eps})
+	if err := listJobs(t, c, 10*time.Second); err != nil {
+		t.Fatalf("three healthy replicas answering in 4s, a 10s deadline: %v", err)
+	}
+	var calls int32
+	for _, f := range slow {
+		calls += f.calls.Load()
+	}
+	if calls != 1 {
+		t.Errorf("the call ran %d times", calls)
 	}
 }

@@ -109,7 +109,7 @@ func newHarness(t *testing.T, n int, token string) *harness {
 		if err != nil {
 			t.Fatal(err)
 		}
-		r := &replica{node: node, srv: srv, addr: lis.Addr().String(), grpc: grpc.NewServer(security.ServerOptions(token, false)...), done: make(chan struct{})}
+		r := &replica{node: node, srv: srv, addr: lis.Addr().String(), grpc: grpc.NewServer(append(security.ServerOptions(token, false), client.KeepaliveServerOptions()...)...), done: make(chan struct{})}
 		apiv1.RegisterCoordinatorServer(r.grpc, srv)
 		go r.grpc.Serve(lis) //nolint:errcheck
 		ctx, cancel := context.WithCancel(context.Background())

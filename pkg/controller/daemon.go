@@ -24,6 +24,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/switchyard-ml/switchyard/pkg/checkpoint"
+	"github.com/switchyard-ml/switchyard/pkg/client"
 	"github.com/switchyard-ml/switchyard/pkg/coordinator"
 	"github.com/switchyard-ml/switchyard/pkg/dashboard"
 	"github.com/switchyard-ml/switchyard/pkg/devcluster"
@@ -275,6 +276,7 @@ func (d *Daemon) serve(cfg DaemonConfig, lis net.Listener, log *slog.Logger) err
 		d.metrics, d.MetricsAddr = ms, ms.Addr()
 	}
 	opts := append(recoverPanics(log), security.ServerOptions(cfg.Token, cfg.TLS.Enabled())...)
+	opts = append(opts, client.KeepaliveServerOptions()...)
 	if cfg.TLS.Enabled() {
 		tc, err := security.ServerTLS(cfg.TLS)
 		if err != nil {

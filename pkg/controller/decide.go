@@ -92,14 +92,31 @@ func decide(o observed) []verdict {
 			continue
 		}
 		if o.now.Sub(f.at) >= o.grace {
-			reason := "RankFailed"
-			if f.refused {
+			reason, msg, blame := "RankFailed", f.msg, f.worker
+			switch w, rank, drained := drainingWorker(j, o.draining); {
+			case f.refused:
 				reason = ReasonRefused
+			case drained:
+				// the drain stopped the rank after the job's checkpoint
+				// (or its peer failed for it): the worker is not done yet
+				// (other ranks of it still drain), but this job's is
+				reason, blame = ReasonDrained, w
+				msg = fmt.Sprintf("worker %s (rank %d) drained: it stopped the job's rank after its checkpoint (%s)", w, rank, f.msg)
 			}
-			out = append(out, verdict{j, reason, f.msg, f.worker})
+			out = append(out, verdict{j, reason, msg, blame})
 		}
 	}
 	return out
+}
+
+// drainingWorker returns a placed worker of j that said it drains.
+func drainingWorker(j *pb.Job, draining map[string]bool) (string, int32, bool) {
+	for _, a := range j.Placement {
+		if draining[a.WorkerId] {
+			return a.WorkerId, a.Rank, true
+		}
+	}
+	return "", 0, false
 }
 
 // lostWorker returns a placed worker of j that is no longer registered.

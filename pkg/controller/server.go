@@ -297,6 +297,12 @@ func (s *Server) registerLoop(ctx context.Context) {
 			return
 		case <-reg.Lost():
 			s.log.Warn("replica registration lost; registering again")
+			// revoke it first: the etcd client gives a lease up on its own
+			// deadline while the server may still hold it, and the id
+			// cannot be registered again while it does
+			cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			reg.Close(cctx) //nolint:errcheck // best effort: it may be gone already
+			cancel()
 		}
 	}
 }

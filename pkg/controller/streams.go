@@ -267,6 +267,10 @@ func (s *Server) DeleteCheckpoint(ctx context.Context, req *apiv1.DeleteCheckpoi
 	if req.GetStep() < 0 {
 		return nil, apiError(failure(errBadRequest, "delete checkpoint: step %d: steps are >= 0", req.GetStep()))
 	}
+	if !s.cfg.Node.IsLeader() {
+		// the job's current state (a resume from this step) is the leader's
+		return forward(ctx, s, req, apiv1.CoordinatorClient.DeleteCheckpoint)
+	}
 	j, err := s.cfg.Node.Job(req.GetJobId())
 	if err != nil {
 		return nil, apiError(err)
@@ -274,7 +278,7 @@ func (s *Server) DeleteCheckpoint(ctx context.Context, req *apiv1.DeleteCheckpoi
 	if _, err := s.committed(ctx, j, req.GetStep(), "delete checkpoint"); err != nil {
 		return nil, apiError(err)
 	}
-	if active(j) && j.ResumeFromStep == req.GetStep() {
+	if !jobstate.Final(j.State) && j.ResumeFromStep == req.GetStep() {
 		return nil, apiError(failure(errRefused, "delete checkpoint %d of %s: the job's attempt resumes from it (job resume --from); cancel the job first, or resume it from another step", req.GetStep(), j.Id))
 	}
 	if err := s.cfg.Checkpoints.Delete(ctx, j, req.GetStep()); err != nil {

@@ -567,7 +567,9 @@ func (s held) report(ctx context.Context, w string, ts *apiv1.TaskStatus) error 
 	case apiv1.TaskState_TASK_STATE_FAILED:
 		if ts.GetRank() == 0 && ts.GetStep() > j.GetProgress().GetStep() {
 			// the steps it took since the last progress record (a rank
-			// killed at its last step had trained them all)
+			// killed at its last step had trained them all); an attempt
+			// whose first report is its failure did run those steps, so a
+			// placed job is recorded as having run
 			if nj := s.progress(ctx, j, ts, true); nj != nil {
 				j = nj
 			}

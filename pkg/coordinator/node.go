@@ -301,7 +301,9 @@ func (n *Node) ReadBarrier(ctx context.Context) error {
 	if err := n.raftErr(n.raft.VerifyLeader().Error()); err != nil {
 		return err
 	}
-	if n.raft.AppliedIndex() < n.raft.LastIndex() {
+	// the FSM's own applied index: raft's AppliedIndex counts entries
+	// handed to the FSM, not yet applied by it
+	if n.fsm.AppliedIndex() < n.raft.LastIndex() {
 		return n.Barrier(ctx)
 	}
 	return nil

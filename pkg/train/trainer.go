@@ -489,16 +489,25 @@ func (t *Trainer) Run(ctx context.Context) (*Report, error) {
 		t.progress.done()
 	}
 	// the final evaluation before the final checkpoint's commit, whose
-	// manifest carries it (keep_best can then keep the final model)
+	// manifest carries it (keep_best can then keep the final model); a run
+	// stopped by max_seconds saves first (its time box may be enforced
+	// from outside, and the evaluation takes time)
+	if stopped != "" {
+		if err := t.checkpointAtEnd(ctx); err != nil {
+			return nil, err
+		}
+	}
 	ev, err := t.Evaluate(ctx)
 	if err != nil {
 		return nil, err
 	}
-	if t.ckpt != nil {
-		t.ckpt.noteEval(int64(t.step), ev)
-	}
-	if err := t.checkpointAtEnd(ctx); err != nil {
-		return nil, err
+	if stopped == "" {
+		if t.ckpt != nil {
+			t.ckpt.noteEval(int64(t.step), ev)
+		}
+		if err := t.checkpointAtEnd(ctx); err != nil {
+			return nil, err
+		}
 	}
 	if last.Step > 0 {
 		// the last step again, with the final evaluation (readers keep the

@@ -374,19 +374,27 @@ func TestJobLifecycle(t *testing.T) {
 	}
 }
 
-// TestWorkerLostFailsJob: with no restarts allowed, a worker whose lease
-// ends fails the job with a reason naming it, and the queue moves on.
-func TestWorkerLostFailsJob(t *testing.T) {
+// placedOnThree submits job-a (no restarts) of 2 ranks to a one-replica
+// cluster of workers w1, w2 and w3 and returns a client, the workers'
+// registrations and the worker of rank 1 once it is placed.
+func placedOnThree(t *testing.T) (*client.Client, map[string]membership.Registration, string) {
+	t.Helper()
 	h := newHarness(t, 1, "")
 	c := h.client(h.leader(), "")
 	regs := map[string]membership.Registration{"w1": h.worker("w1"), "w2": h.worker("w2"), "w3": h.worker("w3")}
 	submit(t, c, "job-a", 0)
 	j := waitJob(t, c, "job-a", "placed", func(j *pb.Job) bool { return j.State == pb.JobState_JOB_STATE_PLACED })
-	victim := j.Placement[1].WorkerId
+	return c, regs, j.Placement[1].WorkerId
+}
+
+// TestWorkerLostFailsJob: with no restarts allowed, a worker whose lease
+// ends fails the job with a reason naming it, and the queue moves on.
+func TestWorkerLostFailsJob(t *testing.T) {
+	c, regs, victim := placedOnThree(t)
 	if err := regs[victim].Close(ctxT(t)); err != nil {
 		t.Fatal(err)
 	}
-	j = waitJob(t, c, "job-a", "failed", func(j *pb.Job) bool { return j.State == pb.JobState_JOB_STATE_FAILED })
+	j := waitJob(t, c, "job-a", "failed", func(j *pb.Job) bool { return j.State == pb.JobState_JOB_STATE_FAILED })
 	if j.Reason != "WorkerLost" || !strings.Contains(j.Message, victim) {
 		t.Fatalf("failed with %s: %s; want WorkerLost naming %s", j.Reason, j.Message, victim)
 	}
@@ -413,19 +421,14 @@ func placedOnTwo(t *testing.T, maxRestarts int) (apiv1.CoordinatorClient, *apiv1
 // leaves has not failed: its job restarts from its checkpoint, not
 // counted against max_restarts (0 here), reason WorkerDrained.
 func TestDrainedWorkerRestartIsFree(t *testing.T) {
-	h := newHarness(t, 1, "")
-	c := h.client(h.leader(), "")
-	regs := map[string]membership.Registration{"w1": h.worker("w1"), "w2": h.worker("w2"), "w3": h.worker("w3")}
-	submit(t, c, "job-a", 0)
-	j := waitJob(t, c, "job-a", "placed", func(j *pb.Job) bool { return j.State == pb.JobState_JOB_STATE_PLACED })
-	victim := j.Placement[1].WorkerId
+	c, regs, victim := placedOnThree(t)
 	if _, err := c.SyncWorker(ctxT(t), &apiv1.SyncWorkerRequest{WorkerId: victim, Draining: true}); err != nil {
 		t.Fatal(err)
 	}
 	if err := regs[victim].Close(ctxT(t)); err != nil {
 		t.Fatal(err)
 	}
-	j = waitJob(t, c, "job-a", "requeued", func(j *pb.Job) bool { return j.Restarts == 1 })
+	j := waitJob(t, c, "job-a", "requeued", func(j *pb.Job) bool { return j.Restarts == 1 })
 	if j.State == pb.JobState_JOB_STATE_FAILED || j.FreeRestarts != 1 {
 		t.Fatalf("after a drain with max_restarts 0: %s (%s: %s), free restarts %d", j.State, j.Reason, j.Message, j.FreeRestarts)
 	}

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/switchyard-ml/switchyard/internal/testnet"
 	"github.com/switchyard-ml/switchyard/pkg/security"
 	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
 	coordinatorv1 "github.com/switchyard-ml/switchyard/proto/switchyard/coordinator/v1"
@@ -562,19 +563,10 @@ func TestCLITLSMismatchHint(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			c, err := lis.Accept()
-			if err != nil {
-				return
-			}
-			c.(*tls.Conn).Handshake() //nolint:errcheck // a plaintext client fails it
-			c.Close()
-		}
-	}()
-	defer func() { lis.Close(); <-done }()
+	testnet.Accept(t, lis, func(c net.Conn) {
+		c.(*tls.Conn).Handshake() //nolint:errcheck // a plaintext client fails it
+		c.Close()
+	})
 	r := runCmd(t, false, "job", "list", "--coordinator", lis.Addr().String(), "--timeout", "2s")
 	wantCode(t, r, exitUnavailable)
 	wantContains(t, r.stderr, "do not agree on TLS")

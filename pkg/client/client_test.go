@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/switchyard-ml/switchyard/internal/testnet"
 	"github.com/switchyard-ml/switchyard/pkg/client"
 	"github.com/switchyard-ml/switchyard/pkg/security"
 	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
@@ -218,25 +219,7 @@ func hungAddr(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var held []net.Conn
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			c, err := lis.Accept()
-			if err != nil {
-				return
-			}
-			held = append(held, c)
-		}
-	}()
-	t.Cleanup(func() {
-		lis.Close()
-		<-done
-		for _, c := range held {
-			c.Close()
-		}
-	})
+	testnet.Accept(t, lis, nil)
 	return lis.Addr().String()
 }
 

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/switchyard-ml/switchyard/internal/testnet"
 	"github.com/switchyard-ml/switchyard/pkg/devcluster"
 	"github.com/switchyard-ml/switchyard/pkg/security"
 )
@@ -117,20 +118,11 @@ func TestDiagnose(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			c, err := lis.Accept()
-			if err != nil {
-				return
-			}
-			c.(*tls.Conn).Handshake() //nolint:errcheck // the client reads the outcome
-			time.Sleep(time.Second)
-			c.Close()
-		}
-	}()
-	defer func() { lis.Close(); <-done }()
+	testnet.Accept(t, lis, func(c net.Conn) {
+		c.(*tls.Conn).Handshake() //nolint:errcheck // the client reads the outcome
+		time.Sleep(time.Second)
+		c.Close()
+	})
 	plain, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

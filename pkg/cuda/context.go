@@ -74,6 +74,8 @@ type Context struct {
 
 	events []uintptr // made by NewEvent, destroyed by Close
 
+	nccls map[*NCCL]struct{} // communicators open on this GPU (OpenNCCL)
+
 	ltHandle  uintptr
 	ltPref    uintptr
 	workspace DevPtr
@@ -592,6 +594,7 @@ func (c *Context) release() error {
 		}
 	}
 	keep(d.ctxSetCurrent(c.ctx))
+	keep(c.closeNCCLs())
 	if err := d.ctxSynchronize(); err != nil {
 		// A fault is sticky: every release below would report it again.
 		errs = append(errs, err)

@@ -377,11 +377,12 @@ func loadedPath(soname string) string {
 
 // The libraries are loaded once per process and never unloaded.
 var libs struct {
-	mu     sync.Mutex
-	driver *driverAPI
-	lt     *ltAPI
-	blas   *blasAPI
-	nccl   *library
+	mu      sync.Mutex
+	driver  *driverAPI
+	lt      *ltAPI
+	blas    *blasAPI
+	nccl    *library
+	ncclAPI *ncclAPI
 }
 
 // find locates r with the host loader (the system loader's pick is
@@ -467,8 +468,7 @@ func loadBLAS(lt *library) (*blasAPI, error) {
 	return b, nil
 }
 
-// findNCCL loads libnccl.so.2 (no bindings yet: the collectives layer
-// will add them in this package).
+// findNCCL loads libnccl.so.2 (loadNCCL binds it).
 func findNCCL() (*library, error) {
 	libs.mu.Lock()
 	defer libs.mu.Unlock()

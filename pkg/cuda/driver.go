@@ -73,6 +73,7 @@ type driverAPI struct {
 	cuEventCreate             uintptr
 	cuEventRecord             uintptr
 	cuEventSynchronize        uintptr
+	cuEventQuery              uintptr
 	cuEventElapsedTime        uintptr
 	cuEventDestroy            uintptr
 	cuStreamSynchronize       uintptr
@@ -149,6 +150,8 @@ func bindDriver(l *library) (*driverAPI, error) {
 		{addr: &d.cuEventRecord, name: "cuEventRecord"},
 		// CUresult cuEventSynchronize(CUevent hEvent);
 		{addr: &d.cuEventSynchronize, name: "cuEventSynchronize"},
+		// CUresult cuEventQuery(CUevent hEvent);  (CUDA_SUCCESS: done; CUDA_ERROR_NOT_READY: not yet)
+		{addr: &d.cuEventQuery, name: "cuEventQuery"},
 		// CUresult cuEventElapsedTime(float *pMilliseconds, CUevent hStart, CUevent hEnd);
 		{addr: &d.cuEventElapsedTime, name: "cuEventElapsedTime"},
 		// CUresult cuEventDestroy(CUevent hEvent);  (#define ... cuEventDestroy_v2)
@@ -392,6 +395,15 @@ func (d *driverAPI) eventRecord(ev, stream uintptr) error {
 
 func (d *driverAPI) eventSynchronize(ev uintptr) error {
 	return d.check("cuEventSynchronize", "", ccall(d.cuEventSynchronize, ev))
+}
+
+// eventQuery reports whether the work before ev's record has finished.
+func (d *driverAPI) eventQuery(ev uintptr) (bool, error) {
+	r := ccall(d.cuEventQuery, ev)
+	if cuResult(int32(r)) == cuErrorNotReady {
+		return false, nil
+	}
+	return true, d.check("cuEventQuery", "", r)
 }
 
 func (d *driverAPI) eventElapsed(a, b uintptr) (float32, error) {

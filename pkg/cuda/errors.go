@@ -40,6 +40,10 @@ func (e *CallError) Unwrap() error { return e.kind }
 // cuResult is a CUresult (cuda.h, enum cudaError_enum).
 type cuResult int32
 
+// cuErrorNotReady is CUDA_ERROR_NOT_READY: an asynchronous operation
+// (cuEventQuery's event) has not completed; not an error.
+const cuErrorNotReady cuResult = 600
+
 // The CUresult values of cuda.h (CUDA 12.6, CUDA_VERSION 12060), by value.
 var cuResultNames = map[cuResult]string{
 	0:   "CUDA_SUCCESS",

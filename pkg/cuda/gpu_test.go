@@ -9,6 +9,7 @@ package cuda
 // reference rounds the inputs to bf16 first).
 
 import (
+	"context"
 	_ "embed"
 	"errors"
 	"fmt"
@@ -747,4 +748,131 @@ func TestGPUCloseTwice(t *testing.T) {
 	q, err := s.Alloc(16)
 	must(t, err)
 	must(t, s.Free(q))
+}
+
+// TestGPUNCCL runs the NCCL bindings on the device: world 1 on the test
+// GPU, and a world over every GPU where the machine has several (one
+// Context and one goroutine per GPU). Results are checked against the
+// same collectives computed here.
+func TestGPUNCCL(t *testing.T) {
+	c := openGPU(t)
+	ver, err := NCCLVersion()
+	if err != nil {
+		if errors.Is(err, ErrLibrary) && os.Getenv("SWITCHYARD_REQUIRE_GPU") == "" {
+			t.Skip("no NCCL: " + err.Error())
+		}
+		t.Fatal(err)
+	}
+	t.Logf("NCCL %s", ver)
+	ctxs := []*Context{c}
+	info, err := Probe()
+	must(t, err)
+	for i := range info.Devices {
+		if i == c.Ordinal() {
+			continue
+		}
+		o, err := Open(Options{Ordinal: i})
+		must(t, err)
+		defer o.Close()
+		ctxs = append(ctxs, o)
+	}
+	n := len(ctxs)
+	t.Logf("world %d (one rank per GPU)", n)
+	id, err := NewNCCLID()
+	must(t, err)
+	const m = 1<<20 + 5 // not a multiple of anything NCCL likes
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for r, ctx := range ctxs {
+		wg.Go(func() { errs[r] = ncclDeviceChecks(ctx, id, n, r, m) })
+	}
+	wg.Wait()
+	for r, err := range errs {
+		if err != nil {
+			t.Errorf("rank %d: %v", r, err)
+		}
+	}
+}
+
+func ncclDeviceChecks(c *Context, id NCCLID, n, r, m int) (err error) {
+	nc, err := c.OpenNCCL(id, n, r)
+	if err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, nc.Close()) }()
+	put := func(v []float32) (DevPtr, error) {
+		p, err := c.Alloc(int64(4 * len(v)))
+		if err != nil {
+			return 0, err
+		}
+		return p, c.CopyHtoD(p, unsafe.Pointer(&v[0]), int64(4*len(v)))
+	}
+	get := func(p DevPtr, k int) ([]float32, error) {
+		v := make([]float32, k)
+		return v, c.CopyDtoH(unsafe.Pointer(&v[0]), p, int64(4*k))
+	}
+	// all-reduce sum in place: rank q's element i is q + i%1000
+	x := make([]float32, m)
+	want := make([]float32, m)
+	for i := range x {
+		x[i] = float32(r + i%1000)
+		want[i] = float32(n*(n-1)/2 + n*(i%1000))
+	}
+	p, err := put(x)
+	if err != nil {
+		return err
+	}
+	defer c.Free(p)
+	if err := nc.AllReduce(p, p, m, F32, NCCLSum); err != nil {
+		return err
+	}
+	if err := nc.Wait(context.Background()); err != nil {
+		return err
+	}
+	got, err := get(p, m)
+	if err != nil {
+		return err
+	}
+	for i := range got {
+		if got[i] != want[i] {
+			return fmt.Errorf("all-reduce: element %d is %v, want %v", i, got[i], want[i])
+		}
+	}
+	// all-to-all-v: rank q sends rank j (q+j)%3+1 values 1000q+10j+k
+	var sc, rc []int
+	var send, wantRecv []float32
+	for j := range n {
+		sc = append(sc, (r+j)%3+1)
+		rc = append(rc, (j+r)%3+1)
+		for k := range (r+j)%3 + 1 {
+			send = append(send, float32(1000*r+10*j+k))
+		}
+		for k := range (j+r)%3 + 1 {
+			wantRecv = append(wantRecv, float32(1000*j+10*r+k))
+		}
+	}
+	sp, err := put(send)
+	if err != nil {
+		return err
+	}
+	defer c.Free(sp)
+	rp, err := c.Alloc(int64(4 * len(wantRecv)))
+	if err != nil {
+		return err
+	}
+	defer c.Free(rp)
+	if err := nc.AllToAllV(sp, sc, rp, rc, F32); err != nil {
+		return err
+	}
+	if err := nc.Wait(context.Background()); err != nil {
+		return err
+	}
+	gotRecv, err := get(rp, len(wantRecv))
+	if err != nil {
+		return err
+	}
+	if fmt.Sprint(gotRecv) != fmt.Sprint(wantRecv) {
+		return fmt.Errorf("all-to-all-v: got %v, want %v", gotRecv, wantRecv)
+	}
+	return nil
 }

@@ -56,6 +56,7 @@ type Context struct {
 	dev              int32
 	ctx              uintptr // the primary context (retained)
 	name             string
+	uuid             string
 	ccMajor, ccMinor int
 	sms              int
 
@@ -150,6 +151,9 @@ func Open(o Options) (*Context, error) {
 func (c *Context) describe() error {
 	var err error
 	if c.name, err = c.drv.deviceName(c.dev); err != nil {
+		return err
+	}
+	if c.uuid, err = c.drv.uuid(c.dev); err != nil {
 		return err
 	}
 	if c.ccMajor, err = c.drv.attribute(c.dev, cuDeviceAttributeComputeCapMajor); err != nil {
@@ -254,6 +258,10 @@ func (c *Context) Name() string { return c.name }
 
 // CC is the device's compute capability.
 func (c *Context) CC() (major, minor int) { return c.ccMajor, c.ccMinor }
+
+// UUID is the GPU's UUID ("GPU-" and 32 hex digits, as nvidia-smi and
+// CUDA_VISIBLE_DEVICES write it): two ranks with one UUID share a GPU.
+func (c *Context) UUID() string { return c.uuid }
 
 // Ordinal is the device index the Context was opened with.
 func (c *Context) Ordinal() int { return c.ordinal }

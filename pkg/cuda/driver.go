@@ -49,6 +49,7 @@ type driverAPI struct {
 	cuDeviceGetName           uintptr
 	cuDeviceGetAttribute      uintptr
 	cuDeviceTotalMem          uintptr
+	cuDeviceGetUuid           uintptr
 	cuDevicePrimaryCtxRetain  uintptr
 	cuDevicePrimaryCtxRelease uintptr
 	cuCtxSetCurrent           uintptr
@@ -98,6 +99,8 @@ func bindDriver(l *library) (*driverAPI, error) {
 		{addr: &d.cuDeviceGetAttribute, name: "cuDeviceGetAttribute"},
 		// CUresult cuDeviceTotalMem(size_t *bytes, CUdevice dev);  (#define cuDeviceTotalMem cuDeviceTotalMem_v2)
 		{addr: &d.cuDeviceTotalMem, name: "cuDeviceTotalMem_v2"},
+		// CUresult cuDeviceGetUuid(CUuuid *uuid, CUdevice dev);  (CUuuid: 16 bytes)
+		{addr: &d.cuDeviceGetUuid, name: "cuDeviceGetUuid"},
 		// CUresult cuDevicePrimaryCtxRetain(CUcontext *pctx, CUdevice dev);
 		{addr: &d.cuDevicePrimaryCtxRetain, name: "cuDevicePrimaryCtxRetain"},
 		// CUresult cuDevicePrimaryCtxRelease(CUdevice dev);  (#define ... cuDevicePrimaryCtxRelease_v2)
@@ -395,6 +398,15 @@ func (d *driverAPI) eventRecord(ev, stream uintptr) error {
 
 func (d *driverAPI) eventSynchronize(ev uintptr) error {
 	return d.check("cuEventSynchronize", "", ccall(d.cuEventSynchronize, ev))
+}
+
+// uuid is the device's UUID as nvidia-smi prints it (GPU-8-4-4-4-12 hex).
+func (d *driverAPI) uuid(dev int32) (string, error) {
+	var u [16]byte
+	if err := d.check("cuDeviceGetUuid", "", ccall(d.cuDeviceGetUuid, uintptr(unsafe.Pointer(&u[0])), uintptr(dev))); err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("GPU-%x-%x-%x-%x-%x", u[0:4], u[4:6], u[6:8], u[8:10], u[10:16]), nil
 }
 
 // eventQuery reports whether the work before ev's record has finished.

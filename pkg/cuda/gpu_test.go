@@ -103,6 +103,9 @@ func TestGPUProbe(t *testing.T) {
 	if maj, min := c.CC(); d.Name != c.Name() || d.CCMajor != maj || d.CCMinor != min || d.SMs <= 0 || d.TotalMem <= 0 {
 		t.Errorf("device %+v vs Context %s cc %d.%d", d, c.Name(), maj, min)
 	}
+	if u := c.UUID(); len(u) != 40 || !strings.HasPrefix(u, "GPU-") || strings.Count(u, "-") != 5 {
+		t.Errorf("UUID %q, want GPU-8-4-4-4-12 hex digits", u)
+	}
 	free, total, err := c.MemInfo()
 	must(t, err)
 	if free <= 0 || total < free {

@@ -3,16 +3,18 @@
 #
 #   scripts/gpu-check.sh build [SHARED_BENCH_DIR] [CORPUS.jsonl]
 #       here (Go, no GPU): builds static binaries (CGO_ENABLED=0: the
-#       switchyard CLI and the test binaries of pkg/cuda, pkg/gpu and
-#       pkg/train) into bin/gpu/, with PyTorch's reference benchmark
+#       switchyard CLI and the test binaries of pkg/cuda, pkg/devcomm,
+#       pkg/gpu and pkg/train) into bin/gpu/, with PyTorch's reference benchmark
 #       (moe_bench.py from ../shared/bench) and a corpus (from
 #       ../shared/corpus/build_corpus.sh) for the training run.
 #   scripts/gpu-check.sh run [PHASE...]
 #       on the GPU machine (no Go needed): runs the phases (default all)
 #       and writes JSON and logs to $OUT (or results/gpu-check/):
-#         tests   every GPU test of pkg/cuda and pkg/gpu (each kernel against
-#                 the CPU references on random shapes, the engine against
-#                 the CPU engine, memory estimate)
+#         tests   every GPU test of pkg/cuda, pkg/devcomm and pkg/gpu (each
+#                 kernel against the CPU references on random shapes, NCCL
+#                 against the expected results and the host-staged
+#                 collectives, the engine against the CPU engine, memory
+#                 estimate)
 #         equiv   pkg/train's GPU tests: tiny 30 steps CPU vs GPU fp32
 #                 (each step from the same state: loss, LBL, grad norm
 #                 <= 1e-4 relative at every step; free-running: 1e-4
@@ -58,12 +60,12 @@ build() {
   export CGO_ENABLED=0
   local flags=(-trimpath -ldflags=-s\ -w)
   go build "${flags[@]}" -o "$gdir/switchyard" ./cmd/switchyard
-  for p in cuda gpu train; do
+  for p in cuda devcomm gpu train; do
     go test -c "${flags[@]}" -o "$gdir/$p.test" "./pkg/$p"
   done
   cp "$bench/moe_bench.py" "$bench/wait_idle.py" "$gdir/bench/"
   if [ -n "$corpus" ]; then xz -T2 -6 -c "$corpus" > "$gdir/corpus.jsonl.xz"; fi
-  (cd "$gdir" && tar cf - switchyard cuda.test gpu.test train.test | xz -T2 -6 > bins.tar.xz && rm -f switchyard ./*.test)
+  (cd "$gdir" && tar cf - switchyard cuda.test devcomm.test gpu.test train.test | xz -T2 -6 > bins.tar.xz && rm -f switchyard ./*.test)
   du -sh "$gdir"
 }
 
@@ -99,6 +101,7 @@ PY
 
 phase_tests() {
   run_tests tests-cuda cuda.test 120
+  run_tests tests-devcomm devcomm.test 60
   run_tests tests-gpu gpu.test 240
 }
 
@@ -507,7 +510,7 @@ for f in sorted(glob.glob(f"{d}/*.json")):
 print(json.dumps(res, indent=1))
 PY
   # the logs, one file each
-  for n in tests-cuda tests-gpu equiv; do [ -f "$work/$n.log" ] && { echo "===== $n"; cat "$work/$n.log"; }; done > "$out/tests.log"
+  for n in tests-cuda tests-devcomm tests-gpu equiv; do [ -f "$work/$n.log" ] && { echo "===== $n"; cat "$work/$n.log"; }; done > "$out/tests.log"
   for f in "$work"/bench/*.log "$work"/bench/*.err; do [ -f "$f" ] && { echo "===== $(basename "$f")"; cat "$f"; }; done > "$out/bench.log" 2>/dev/null
   [ -f "$work/train.log" ] && cp "$work/train.log" "$out/train.log"
   [ -f "$work/train-medium/metrics.jsonl" ] && xz -T4 -c "$work/train-medium/metrics.jsonl" > "$out/train-metrics.jsonl.xz"
@@ -530,7 +533,7 @@ run() {
   python3 - "$out/gpu-check.json" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
-for k in ("tests-cuda", "tests-gpu", "equiv"):
+for k in ("tests-cuda", "tests-devcomm", "tests-gpu", "equiv"):
     if k in r:
         print(f"{k}: rc {r[k]['rc']} passed {r[k]['passed']} failed {r[k]['failed']} skipped {len(r[k]['skipped'])}")
 for row in r.get("bench", []):

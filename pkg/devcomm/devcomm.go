@@ -1,0 +1,412 @@
+// Package devcomm runs a group's collectives on device buffers, for the
+// GPU engine's ranks: through NCCL when every rank has a GPU of its own,
+// and host-staged (device to host, the ranks' transport, back) otherwise:
+// several ranks on one GPU, which NCCL refuses; a device without NCCL
+// (the CPU emulator); or when asked. Both backends are behind one
+// interface, so the engine and its equivalence tests do not care which
+// one runs, and the host-staged one is the reference the NCCL one is
+// tested against on the GPU machine.
+//
+// Open chooses the backend the same way on every rank: each rank tells
+// the others its GPU's UUID and whether NCCL loads there (one all-gather
+// over the group's transport), and the choice is a function of what all
+// said. For NCCL, rank 0 makes the unique id and broadcasts it over the
+// same transport (with its error, if it could not, so that no rank waits
+// for an id that will not come); then every rank joins the communicator.
+//
+// It owns the choice, the bootstrap and the staging buffers; the NCCL
+// calls are pkg/cuda's, the transport is pkg/parallel's.
+package devcomm
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"unsafe"
+
+	"github.com/switchyard-ml/switchyard/pkg/cuda"
+	"github.com/switchyard-ml/switchyard/pkg/parallel"
+)
+
+// Backend names a way of running the collectives.
+type Backend string
+
+// The backends. Auto picks NCCL where it can run (every rank a GPU of its
+// own, NCCL loadable everywhere, more than one rank) and Host otherwise.
+const (
+	Auto Backend = ""
+	NCCL Backend = "nccl"
+	Host Backend = "host"
+)
+
+// ParseBackend reads a backend name ("auto", "nccl", "host"; "" is auto).
+func ParseBackend(s string) (Backend, error) {
+	switch strings.ToLower(s) {
+	case "", "auto":
+		return Auto, nil
+	case "nccl":
+		return NCCL, nil
+	case "host":
+		return Host, nil
+	}
+	return Auto, fmt.Errorf("devcomm: unknown collectives backend %q (want auto, nccl or host)", s)
+}
+
+// ErrUnavailable: the backend asked for cannot run on these ranks.
+var ErrUnavailable = errors.New("devcomm: backend unavailable")
+
+// Comm is one rank's collectives over a group, on float32 device buffers.
+// Every call returns when its result is in place (later device work sees
+// it); the ranks of the group make the same calls in the same order.
+type Comm interface {
+	Backend() Backend
+	// Describe says what runs and why, for logs and reports.
+	Describe() string
+	Rank() int
+	Size() int
+	// AllReduceSum sums n floats at buf over the group, in place.
+	AllReduceSum(ctx context.Context, buf cuda.DevPtr, n int) error
+	// ReduceScatterSum: buf holds Size() blocks of n floats; afterwards
+	// this rank's block (at Rank()*n) holds the sum over the group of that
+	// block. The other blocks are clobbered.
+	ReduceScatterSum(ctx context.Context, buf cuda.DevPtr, n int) error
+	// AllGather: buf holds Size() blocks of n floats, this rank's block
+	// (at Rank()*n) its contribution; afterwards every block holds its
+	// rank's.
+	AllGather(ctx context.Context, buf cuda.DevPtr, n int) error
+	// AllToAllV sends sendCounts[j] floats to rank j (read contiguously
+	// from send in rank order) and receives recvCounts[j] from rank j
+	// (written to recv in rank order).
+	AllToAllV(ctx context.Context, send cuda.DevPtr, sendCounts []int, recv cuda.DevPtr, recvCounts []int) error
+	// Close releases the backend (not the group's transport).
+	Close() error
+}
+
+// Open makes this rank's Comm over group g for the device dev, with the
+// backend want (Auto: chosen as the package comment says). Every rank of
+// g calls it with the same want.
+func Open(ctx context.Context, dev cuda.Device, g *parallel.Comm, want Backend) (Comm, error) {
+	return open(ctx, dev, g, want, realNCCL{})
+}
+
+// rankInfo is what a rank tells the others when choosing.
+type rankInfo struct {
+	GPU      string `json:"gpu,omitempty"`  // its GPU's UUID ("" for a device that is not one)
+	Device   string `json:"device"`         // the device's name
+	NCCL     string `json:"nccl,omitempty"` // NCCL's version where it loads
+	NCCLMiss string `json:"nccl_missing,omitempty"`
+}
+
+func open(ctx context.Context, dev cuda.Device, g *parallel.Comm, want Backend, lib library) (Comm, error) {
+	if want != Auto && want != NCCL && want != Host {
+		return nil, fmt.Errorf("devcomm: unknown collectives backend %q", want)
+	}
+	host := &hostComm{dev: dev, g: g}
+	if want == Host {
+		host.why = "host-staged collectives, as asked"
+		return host, nil
+	}
+	if want == Auto && g.Size() == 1 {
+		host.why = "one rank: nothing to exchange"
+		return host, nil
+	}
+	me := rankInfo{Device: dev.Name()}
+	if u, ok := dev.(interface{ UUID() string }); ok {
+		me.GPU = u.UUID()
+	}
+	if me.GPU != "" {
+		if v, err := lib.version(); err != nil {
+			me.NCCLMiss = err.Error()
+		} else {
+			me.NCCL = v
+		}
+	}
+	mine, err := json.Marshal(me)
+	if err != nil {
+		return nil, err
+	}
+	all, err := g.AllGatherBytes(ctx, mine)
+	if err != nil {
+		return nil, fmt.Errorf("devcomm: choosing the collectives backend: %w", err)
+	}
+	infos := make([]rankInfo, len(all))
+	for i, b := range all {
+		if err := json.Unmarshal(b, &infos[i]); err != nil {
+			return nil, fmt.Errorf("devcomm: rank %d's description: %w", i, err)
+		}
+	}
+	why := ncclObstacle(infos)
+	if why != "" {
+		if want == NCCL {
+			return nil, fmt.Errorf("%w: NCCL: %s", ErrUnavailable, why)
+		}
+		host.why = "host-staged collectives: " + why
+		return host, nil
+	}
+	nc, err := bootstrap(ctx, dev, g, lib)
+	if err != nil {
+		return nil, err
+	}
+	gpus := map[string]bool{}
+	for _, in := range infos {
+		gpus[in.GPU] = true
+	}
+	return &ncclComm{nc: nc, g: g, why: fmt.Sprintf("NCCL %s over %d GPUs", infos[0].NCCL, len(gpus))}, nil
+}
+
+// ncclObstacle says why NCCL cannot run on ranks that said infos ("" if
+// it can): every rank needs a GPU of its own and NCCL of one version.
+func ncclObstacle(infos []rankInfo) string {
+	seen := map[string]int{}
+	for r, in := range infos {
+		switch {
+		case in.GPU == "":
+			return fmt.Sprintf("rank %d's device (%s) is not a GPU", r, in.Device)
+		case in.NCCL == "":
+			return fmt.Sprintf("rank %d has no NCCL: %s", r, in.NCCLMiss)
+		case in.NCCL != infos[0].NCCL:
+			return fmt.Sprintf("rank 0 has NCCL %s, rank %d NCCL %s", infos[0].NCCL, r, in.NCCL)
+		}
+		if q, dup := seen[in.GPU]; dup {
+			return fmt.Sprintf("ranks %d and %d share GPU %s (NCCL needs one GPU per rank)", q, r, in.GPU)
+		}
+		seen[in.GPU] = r
+	}
+	return ""
+}
+
+// idMessage is rank 0's broadcast: a status byte, the id, and rank 0's
+// error text when it could not make one.
+const idMessage = 1 + cuda.NCCLIDBytes + 512
+
+// bootstrap makes the NCCL communicator: the id from rank 0 over the
+// group's transport, then every rank joins.
+func bootstrap(ctx context.Context, dev cuda.Device, g *parallel.Comm, lib library) (ncclOps, error) {
+	msg := make([]byte, idMessage)
+	var mkErr error
+	if g.Rank() == 0 {
+		id, err := lib.newID()
+		if err != nil {
+			mkErr = err
+			msg[0] = 1
+			copy(msg[1+cuda.NCCLIDBytes:], err.Error())
+		} else {
+			copy(msg[1:], id[:])
+		}
+	}
+	if err := g.Broadcast(ctx, msg, 0); err != nil {
+		return nil, errors.Join(fmt.Errorf("devcomm: sending the NCCL id: %w", err), mkErr)
+	}
+	if msg[0] != 0 {
+		text := string(msg[1+cuda.NCCLIDBytes:])
+		if i := strings.IndexByte(text, 0); i >= 0 {
+			text = text[:i]
+		}
+		return nil, fmt.Errorf("%w: rank 0 could not make the NCCL id: %s", ErrUnavailable, text)
+	}
+	var id cuda.NCCLID
+	copy(id[:], msg[1:])
+	nc, err := lib.open(dev, id, g.Size(), g.Rank())
+	if err != nil {
+		return nil, fmt.Errorf("devcomm: rank %d joining the NCCL communicator: %w", g.Rank(), err)
+	}
+	return nc, nil
+}
+
+// ---- NCCL ----
+
+// ncclOps is what the NCCL backend uses of a communicator (*cuda.NCCL).
+type ncclOps interface {
+	AllReduce(send, recv cuda.DevPtr, count int, dt cuda.DType, op cuda.NCCLOp) error
+	ReduceScatter(send, recv cuda.DevPtr, recvCount int, dt cuda.DType, op cuda.NCCLOp) error
+	AllGather(send, recv cuda.DevPtr, sendCount int, dt cuda.DType) error
+	AllToAllV(send cuda.DevPtr, sendCounts []int, recv cuda.DevPtr, recvCounts []int, dt cuda.DType) error
+	Wait(ctx context.Context) error
+	Close() error
+}
+
+// library makes communicators (the real one: pkg/cuda's NCCL).
+type library interface {
+	version() (string, error)
+	newID() (cuda.NCCLID, error)
+	open(dev cuda.Device, id cuda.NCCLID, size, rank int) (ncclOps, error)
+}
+
+type realNCCL struct{}
+
+func (realNCCL) version() (string, error)    { return cuda.NCCLVersion() }
+func (realNCCL) newID() (cuda.NCCLID, error) { return cuda.NewNCCLID() }
+func (realNCCL) open(dev cuda.Device, id cuda.NCCLID, size, rank int) (ncclOps, error) {
+	c, ok := dev.(*cuda.Context)
+	if !ok {
+		return nil, fmt.Errorf("%w: NCCL needs a GPU (device %s)", ErrUnavailable, dev.Name())
+	}
+	return c.OpenNCCL(id, size, rank)
+}
+
+type ncclComm struct {
+	nc  ncclOps
+	g   *parallel.Comm
+	why string
+}
+
+func (c *ncclComm) Backend() Backend { return NCCL }
+func (c *ncclComm) Describe() string { return c.why }
+func (c *ncclComm) Rank() int        { return c.g.Rank() }
+func (c *ncclComm) Size() int        { return c.g.Size() }
+
+// done waits for the enqueued collective (aborting the communicator if a
+// peer fails or ctx ends).
+func (c *ncclComm) done(ctx context.Context, err error) error {
+	if err != nil {
+		return err
+	}
+	return c.nc.Wait(ctx)
+}
+
+func (c *ncclComm) AllReduceSum(ctx context.Context, buf cuda.DevPtr, n int) error {
+	return c.done(ctx, c.nc.AllReduce(buf, buf, n, cuda.F32, cuda.NCCLSum))
+}
+
+func (c *ncclComm) ReduceScatterSum(ctx context.Context, buf cuda.DevPtr, n int) error {
+	return c.done(ctx, c.nc.ReduceScatter(buf, buf.Add(int64(4*n*c.Rank())), n, cuda.F32, cuda.NCCLSum))
+}
+
+func (c *ncclComm) AllGather(ctx context.Context, buf cuda.DevPtr, n int) error {
+	return c.done(ctx, c.nc.AllGather(buf.Add(int64(4*n*c.Rank())), buf, n, cuda.F32))
+}
+
+func (c *ncclComm) AllToAllV(ctx context.Context, send cuda.DevPtr, sendCounts []int, recv cuda.DevPtr, recvCounts []int) error {
+	return c.done(ctx, c.nc.AllToAllV(send, sendCounts, recv, recvCounts, cuda.F32))
+}
+
+func (c *ncclComm) Close() error { return c.nc.Close() }
+
+// ---- host-staged ----
+
+type hostComm struct {
+	dev        cuda.Device
+	g          *parallel.Comm
+	why        string
+	sbuf, rbuf []float32 // staging, reused
+}
+
+func (c *hostComm) Backend() Backend { return Host }
+func (c *hostComm) Describe() string { return c.why }
+func (c *hostComm) Rank() int        { return c.g.Rank() }
+func (c *hostComm) Size() int        { return c.g.Size() }
+func (c *hostComm) Close() error     { return nil }
+
+func grow(b []float32, n int) []float32 {
+	if cap(b) < n {
+		return make([]float32, n)
+	}
+	return b[:n]
+}
+
+func (c *hostComm) down(dst []float32, src cuda.DevPtr) error {
+	if len(dst) == 0 {
+		return nil
+	}
+	return c.dev.CopyDtoH(unsafe.Pointer(&dst[0]), src, int64(4*len(dst)))
+}
+
+func (c *hostComm) up(dst cuda.DevPtr, src []float32) error {
+	if len(src) == 0 {
+		return nil
+	}
+	return c.dev.CopyHtoD(dst, unsafe.Pointer(&src[0]), int64(4*len(src)))
+}
+
+func checkN(n int) error {
+	if n < 0 {
+		return fmt.Errorf("devcomm: negative count %d", n)
+	}
+	return nil
+}
+
+func (c *hostComm) AllReduceSum(ctx context.Context, buf cuda.DevPtr, n int) error {
+	if err := checkN(n); err != nil || c.Size() == 1 || n == 0 {
+		return err
+	}
+	c.sbuf = grow(c.sbuf, n)
+	if err := c.down(c.sbuf, buf); err != nil {
+		return err
+	}
+	if err := c.g.AllReduce(ctx, c.sbuf, parallel.Sum); err != nil {
+		return err
+	}
+	return c.up(buf, c.sbuf)
+}
+
+func (c *hostComm) equal(n int) []int {
+	counts := make([]int, c.Size())
+	for i := range counts {
+		counts[i] = n
+	}
+	return counts
+}
+
+func (c *hostComm) ReduceScatterSum(ctx context.Context, buf cuda.DevPtr, n int) error {
+	if err := checkN(n); err != nil || c.Size() == 1 || n == 0 {
+		return err
+	}
+	c.sbuf = grow(c.sbuf, n*c.Size())
+	if err := c.down(c.sbuf, buf); err != nil {
+		return err
+	}
+	mine, err := c.g.ReduceScatter(ctx, c.sbuf, c.equal(n), parallel.Sum)
+	if err != nil {
+		return err
+	}
+	return c.up(buf.Add(int64(4*n*c.Rank())), mine)
+}
+
+func (c *hostComm) AllGather(ctx context.Context, buf cuda.DevPtr, n int) error {
+	if err := checkN(n); err != nil || c.Size() == 1 || n == 0 {
+		return err
+	}
+	c.sbuf = grow(c.sbuf, n*c.Size())
+	off := n * c.Rank()
+	if err := c.down(c.sbuf[off:off+n], buf.Add(int64(4*off))); err != nil {
+		return err
+	}
+	if err := c.g.AllGather(ctx, c.sbuf, c.equal(n)); err != nil {
+		return err
+	}
+	return c.up(buf, c.sbuf)
+}
+
+func (c *hostComm) AllToAllV(ctx context.Context, send cuda.DevPtr, sendCounts []int, recv cuda.DevPtr, recvCounts []int) error {
+	if len(sendCounts) != c.Size() || len(recvCounts) != c.Size() {
+		return fmt.Errorf("devcomm: all-to-all-v over %d ranks with %d send and %d receive counts", c.Size(), len(sendCounts), len(recvCounts))
+	}
+	ns, nr := 0, 0
+	for j := range sendCounts {
+		if sendCounts[j] < 0 || recvCounts[j] < 0 {
+			return fmt.Errorf("devcomm: negative count for rank %d", j)
+		}
+		ns += sendCounts[j]
+		nr += recvCounts[j]
+	}
+	if c.Size() == 1 {
+		if ns != nr {
+			return fmt.Errorf("devcomm: all-to-all-v with one rank sends %d and receives %d", ns, nr)
+		}
+		if ns == 0 {
+			return nil
+		}
+		return c.dev.CopyDtoD(recv, send, int64(4*ns))
+	}
+	c.sbuf, c.rbuf = grow(c.sbuf, ns), grow(c.rbuf, nr)
+	if err := c.down(c.sbuf, send); err != nil {
+		return err
+	}
+	if err := c.g.AllToAllVF32(ctx, c.sbuf, slices.Clone(sendCounts), c.rbuf, slices.Clone(recvCounts)); err != nil {
+		return err
+	}
+	return c.up(recv, c.rbuf)
+}

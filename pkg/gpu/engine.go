@@ -252,6 +252,11 @@ func (m *Model) ZeroGrad() error { return m.dev.Memset(m.buf.g, m.nPar*4) }
 // Grads copies the gradients to the host (tests, host-side reductions).
 func (m *Model) Grads(dst []float32) error { return download(m.dev, dst[:m.nPar], m.buf.g) }
 
+// GradBuffer is the flat fp32 gradient on the device (parameter order,
+// the host layout's offsets) and its length in floats, for collectives
+// that reduce it in place.
+func (m *Model) GradBuffer() (cuda.DevPtr, int) { return m.buf.g, int(m.nPar) }
+
 // SetGrads copies host gradients to the device.
 func (m *Model) SetGrads(src []float32) error { return upload(m.dev, m.buf.g, src[:m.nPar]) }
 

@@ -58,9 +58,10 @@ func (s *Spec) TrainConfig() (runconfig.Config, error) {
 			WarmupSteps: s.Optim.WarmupSteps,
 			ClipNorm:    s.Optim.ClipNorm,
 		},
-		EvalEvery: s.EvalEvery,
-		Device:    s.Device,
-		Precision: s.Precision,
+		EvalEvery:   s.EvalEvery,
+		Device:      s.Device,
+		Precision:   s.Precision,
+		Collectives: s.Collectives,
 	}
 	if len(c.LBL.LayerCoef) == 0 {
 		c.LBL.LayerCoef = nil

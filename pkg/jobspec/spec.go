@@ -55,8 +55,12 @@ type Spec struct {
 	// trains on a GPU of its worker (resources.gpus then defaults to 1).
 	// Precision is the GPU's arithmetic, "bf16" (default on cuda) or
 	// "fp32".
-	Device    string `yaml:"device,omitempty" json:"device,omitempty"`
-	Precision string `yaml:"precision,omitempty" json:"precision,omitempty"`
+	// Collectives is how GPU ranks all-reduce their gradients: "auto"
+	// (default: NCCL when every rank has a GPU of its own, host-staged
+	// otherwise), "nccl" or "host".
+	Device      string `yaml:"device,omitempty" json:"device,omitempty"`
+	Precision   string `yaml:"precision,omitempty" json:"precision,omitempty"`
+	Collectives string `yaml:"collectives,omitempty" json:"collectives,omitempty"`
 
 	// Runtime is what each rank runs: RuntimeEngine (the default, also
 	// when empty: Switchyard's own MoE trainer, configured by the fields

@@ -305,6 +305,12 @@ func TestDeviceRules(t *testing.T) {
 	if err != nil || c.Device != "cuda" || c.PrecisionOrDefault() != "bf16" {
 		t.Fatalf("train config device %q precision %q: %v", c.Device, c.PrecisionOrDefault(), err)
 	}
+	// the collectives reach the rank's run config
+	if s, err := Parse([]byte("name: g\ndevice: cuda\ncollectives: host\nparallel: {dp: 2}\n")); err != nil {
+		t.Fatal(err)
+	} else if c, err := s.TrainConfig(); err != nil || c.Collectives != "host" {
+		t.Fatalf("collectives %q: %v", c.Collectives, err)
+	}
 	// data parallelism on GPUs: one GPU a rank
 	if s, err := Parse([]byte("name: g\ndevice: cuda\nparallel: {dp: 4}\n")); err != nil || s.Parallel.DP != 4 || s.Resources.GPUs != 1 {
 		t.Fatalf("dp 4 on GPUs: %v %+v", err, s)
@@ -315,6 +321,8 @@ func TestDeviceRules(t *testing.T) {
 		{"device: cuda\nparallel: {tp: 2}", "jobspec: device = \"cuda\": runs data parallelism only for now (parallel tp 2, ep 1"},
 		{"device: cuda\nresources: {gpus: 0}\nprecision: fp16", "jobspec: precision = \"fp16\""},
 		{"precision: bf16", "jobspec: precision = \"bf16\": bf16 needs device cuda"},
+		{"device: cuda\ncollectives: gloo", "jobspec: collectives = \"gloo\": must be \"auto\", \"nccl\" or \"host\""},
+		{"collectives: nccl", "jobspec: collectives = \"nccl\": chooses the GPU ranks' collectives: needs device cuda"},
 	} {
 		_, err := Parse([]byte("name: g\n" + tc.yaml + "\n"))
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

@@ -228,6 +228,12 @@ func (s *Spec) Validate() error {
 	case s.Precision == "bf16" && kind != "cuda":
 		bad("precision", s.Precision, "bf16 needs device cuda (the CPU engine is fp32)")
 	}
+	switch kind, _, _ := runconfig.ParseDevice(s.Device); {
+	case !runconfig.ValidCollectives(s.Collectives):
+		bad("collectives", s.Collectives, "must be "+runconfig.CollectivesNames)
+	case kind != "cuda" && s.Collectives != "" && s.Collectives != "auto":
+		bad("collectives", s.Collectives, "chooses the GPU ranks' collectives: needs device cuda")
+	}
 	for _, k := range sortedKeys(s.Placement.HostLabels) {
 		v := s.Placement.HostLabels[k]
 		switch {

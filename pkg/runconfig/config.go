@@ -106,6 +106,11 @@ type Config struct {
 	// gradients and AdamW moments). Default bf16 on cuda; the CPU engine
 	// is fp32 only.
 	Precision string `yaml:"precision" json:"precision"`
+	// Collectives is how the GPU ranks of a data-parallel run all-reduce
+	// their gradients: "auto" (default, also when empty: NCCL when every
+	// rank has a GPU of its own, host-staged over the ranks' transport
+	// otherwise), "nccl" (fail at start where NCCL cannot run) or "host".
+	Collectives string `yaml:"collectives,omitempty" json:"collectives,omitempty"`
 }
 
 // Dist is the parallel layout a rank runs in; the rank's own number and
@@ -293,6 +298,10 @@ func (c Config) Validate() error {
 		return bad("precision", c.Precision, `must be "fp32" or "bf16"`)
 	case kind == "cpu" && c.Precision == "bf16":
 		return bad("precision", c.Precision, "bf16 needs device cuda (the CPU engine is fp32)")
+	case !ValidCollectives(c.Collectives):
+		return bad("collectives", c.Collectives, "must be "+CollectivesNames)
+	case kind == "cpu" && c.Collectives != "" && c.Collectives != "auto":
+		return bad("collectives", c.Collectives, "chooses the GPU ranks' collectives: needs device cuda")
 	}
 	m, _ := c.ModelConfig()
 	if n := len(c.LBL.LayerCoef); n != 0 && n != m.MoELayers() {
@@ -386,3 +395,9 @@ type Checkpoint struct {
 	Attempt   int               `yaml:"attempt" json:"attempt"`
 	CommitTLS security.TLSFiles `yaml:"commit_tls" json:"commit_tls"`
 }
+
+// CollectivesNames lists the values of Config.Collectives.
+const CollectivesNames = `"auto", "nccl" or "host"`
+
+// ValidCollectives reports whether s is a Config.Collectives value ("" is auto).
+func ValidCollectives(s string) bool { return s == "" || s == "auto" || s == "nccl" || s == "host" }

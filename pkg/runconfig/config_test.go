@@ -23,6 +23,8 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 		{"preset: tiny\ndata: {val_fraction: 0.9}", "data.val_fraction"},
 		{"preset: tiny\nmax_seconds: -1", "max_seconds"},
 		{"preset: tiny\nmax_seconds: .nan", "max_seconds"},
+		{"preset: tiny\ndevice: cuda\ncollectives: mpi", `collectives = mpi: must be "auto", "nccl" or "host"`},
+		{"preset: tiny\ncollectives: host", `collectives = host: chooses the GPU ranks' collectives: needs device cuda`},
 	} {
 		_, err := Parse([]byte(tc.yaml))
 		if err == nil || !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), tc.want) {

@@ -91,7 +91,8 @@ func NewDist(layout parallel.Layout, rank int, world *parallel.Comm) (*Dist, err
 
 // checkGPU refuses layouts the GPU engine does not run yet: it trains
 // with data parallelism (each rank its own GPU, or several on one; the
-// gradients and the LBL counts all-reduced through the host over the
+// gradients all-reduced on the device buffers by pkg/devcomm, through
+// NCCL or host-staged, and the LBL counts through the host over the
 // ranks' transport); tensor and expert parallelism need the model split
 // on the device, which the GPU engine does not do.
 func (d *Dist) checkGPU() error {

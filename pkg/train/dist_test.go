@@ -53,6 +53,8 @@ func curveRun(t *testing.T, cfg Config, corpus *data.Corpus, tp, dp, ep int, bal
 	opts := parallel.DefaultOptions()
 	trs := parallel.NewMemTransports(dp, opts)
 	trainers := make([]*Trainer, dp)
+	errs := make([]error, dp)
+	var wg sync.WaitGroup
 	for r := 0; r < dp; r++ {
 		world, err := parallel.NewComm(trs[r], all, parallel.CommOptions{Name: "world"})
 		if err != nil {
@@ -66,16 +68,24 @@ func curveRun(t *testing.T, cfg Config, corpus *data.Corpus, tp, dp, ep int, bal
 		if dev != nil {
 			d = dev()
 		}
-		if trainers[r], err = NewParallelOn(cfg, corpus, nil, dist, d); err != nil {
-			t.Fatal(err)
-		}
+		// concurrently, as the ranks' processes do: a GPU rank's
+		// construction agrees on the collectives with the others
+		wg.Go(func() { trainers[r], errs[r] = NewParallelOn(cfg, corpus, nil, dist, d) })
 	}
+	wg.Wait()
 	defer func() {
 		for r := range trainers {
-			trainers[r].Close()
+			if trainers[r] != nil {
+				trainers[r].Close()
+			}
 			trs[r].Close()
 		}
 	}()
+	for r, err := range errs {
+		if err != nil {
+			t.Fatalf("rank %d: %v", r, err)
+		}
+	}
 	for s := 0; s < steps; s++ {
 		var wg sync.WaitGroup
 		errs := make([]error, dp)

@@ -2,8 +2,11 @@ package train
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"time"
 
+	"github.com/switchyard-ml/switchyard/pkg/devcomm"
 	"github.com/switchyard-ml/switchyard/pkg/gpu"
 	"github.com/switchyard-ml/switchyard/pkg/model"
 	"github.com/switchyard-ml/switchyard/pkg/optim"
@@ -115,7 +118,8 @@ func (e *cpuEngine) close() error { return e.m.Close() }
 
 type gpuEngine struct {
 	m         *gpu.Model
-	dist      *Dist // data parallelism only (Dist.checkGPU)
+	dist      *Dist        // data parallelism only (Dist.checkGPU)
+	dc        devcomm.Comm // over the DP group when it has several ranks
 	cfg       optim.Config
 	train     *model.Batch
 	eval      *model.Batch
@@ -137,36 +141,39 @@ func (e *gpuEngine) forward(ctx context.Context) ([]float32, error) {
 	return e.m.Forward(ctx, e.eval, e.stats)
 }
 
-// update: with several data-parallel ranks the gradients are averaged
-// through the host (device to host, the ranks' all-reduce, back), so that
-// every rank's norm, clipping and AdamW step see the same gradient; the
-// LBL counts were all-reduced during the steps by the balancer.
+// update: with several data-parallel ranks the gradients are summed over
+// the DP group on the device buffers (devcomm: NCCL, or host-staged in
+// buckets), and the mean is taken by scaling: the norm of the sum divided
+// by the DP size is the norm of the mean, and AdamW reads the gradient
+// times clip/DP. Every rank's norm, clipping and AdamW step see the same
+// gradient; the LBL counts were all-reduced during the steps by the
+// balancer.
 func (e *gpuEngine) update(ctx context.Context, lr float64) (float64, error) {
-	if e.dist != nil && e.dist.dp.Size() > 1 {
-		p := e.m.P
-		if len(p.Grad) != len(p.Data) {
-			p.Grad = make([]float32, len(p.Data)) // the host's copy, for the all-reduce
+	mean := 1.0
+	if e.dc != nil {
+		g, n := e.m.GradBuffer()
+		bucket := n
+		if e.dc.Backend() == devcomm.Host {
+			bucket = gradBucket // bounds the host staging and the transport's buffers
 		}
-		if err := e.m.Grads(p.Grad); err != nil {
-			return 0, err
+		for off := 0; off < n; off += bucket {
+			if err := e.dc.AllReduceSum(ctx, g.Add(int64(4*off)), min(bucket, n-off)); err != nil {
+				return 0, fmt.Errorf("train: gradient all-reduce (%s): %w", e.dc.Backend(), err)
+			}
 		}
-		if err := e.dist.reduceGrads(ctx, p); err != nil {
-			return 0, err
-		}
-		if err := e.m.SetGrads(p.Grad); err != nil {
-			return 0, err
-		}
+		mean = 1 / float64(e.dc.Size())
 	}
 	start := time.Now()
 	gnorm, err := e.m.GradNorm(ctx)
 	if err != nil {
 		return 0, err
 	}
+	gnorm *= mean
 	clip := 1.0
 	if e.cfg.ClipNorm > 0 && gnorm > e.cfg.ClipNorm {
 		clip = e.cfg.ClipNorm / (gnorm + 1e-6)
 	}
-	if err := e.m.Update(e.cfg, lr, clip); err != nil {
+	if err := e.m.Update(e.cfg, lr, clip*mean); err != nil {
 		return 0, err
 	}
 	err = e.m.EndUpdate()
@@ -204,9 +211,9 @@ func (e *gpuEngine) split() map[string]float64 {
 }
 
 func (e *gpuEngine) close() error {
-	err := e.m.Close()
-	if cerr := e.m.Device().Close(); err == nil {
-		err = cerr
+	var err error
+	if e.dc != nil {
+		err = e.dc.Close()
 	}
-	return err
+	return errors.Join(err, e.m.Close(), e.m.Device().Close())
 }

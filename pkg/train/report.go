@@ -44,11 +44,13 @@ type Report struct {
 	GlobalLoad   [][]float64      `json:"global_load"`    // per MoE layer, share of validation selections per expert (all domains)
 	MeanTopShare float64          `json:"mean_top_share"` // mean over layers and domains of TopShare
 	MaxLoad      float64          `json:"max_load"`       // largest GlobalLoad share (1/E is perfectly balanced)
-	// The compute: "cpu" or the GPU's name, the precision, and on a GPU the
-	// device memory the engine's buffers hold.
+	// The compute: "cpu" or the GPU's name, the precision, on a GPU the
+	// device memory the engine's buffers hold, and with several GPU ranks
+	// how their gradients were all-reduced (devcomm's description).
 	Device       string  `json:"device"`
 	Precision    string  `json:"precision"`
 	DeviceMemGiB float64 `json:"device_mem_gib,omitempty"`
+	Collectives  string  `json:"collectives,omitempty"`
 	// Stopped says why the run ended before Steps ("" : it ran them all).
 	Stopped string `json:"stopped,omitempty"`
 }
@@ -71,6 +73,7 @@ func (t *Trainer) report(ev *Eval, last StepMetrics, el time.Duration) *Report {
 	if t.GPU != nil {
 		r.Device = t.GPU.Device().Name()
 		r.DeviceMemGiB = float64(t.GPU.DeviceBytes()) / (1 << 30)
+		r.Collectives = t.collectives
 	}
 	for dom, name := range t.Corpus.Domains {
 		r.Domains = append(r.Domains, DomainReport{Domain: name, BitsPerByte: ev.BitsPerByte[dom], UnigramBits: t.Corpus.Entropy(dom), Tokens: ev.Tokens[dom]})

@@ -3,6 +3,7 @@ package train
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -13,6 +14,7 @@ import (
 	"github.com/switchyard-ml/switchyard/pkg/checkpoint"
 	"github.com/switchyard-ml/switchyard/pkg/cuda"
 	"github.com/switchyard-ml/switchyard/pkg/data"
+	"github.com/switchyard-ml/switchyard/pkg/devcomm"
 	"github.com/switchyard-ml/switchyard/pkg/gpu"
 	"github.com/switchyard-ml/switchyard/pkg/lbl"
 	"github.com/switchyard-ml/switchyard/pkg/model"
@@ -38,14 +40,16 @@ type Trainer struct {
 	Dist *Dist // nil: one process
 
 	progress *progress
-	metrics  io.WriteCloser
-	global   []int // scratch: the global micro-batch's sequence indices
-	step     int
-	seqIdx   []int
-	stepSeqs []int          // the step's sequences (data.order domain_mixed)
-	optTime  time.Duration  // clipping, AdamW and zeroing, summed over steps
-	ckpt     *checkpointer  // nil: no checkpoints
-	syncTime *time.Duration // LBL count synchronisation, summed over steps
+	// collectives describes the GPU ranks' gradient all-reduce ("" : none)
+	collectives string
+	metrics     io.WriteCloser
+	global      []int // scratch: the global micro-batch's sequence indices
+	step        int
+	seqIdx      []int
+	stepSeqs    []int          // the step's sequences (data.order domain_mixed)
+	optTime     time.Duration  // clipping, AdamW and zeroing, summed over steps
+	ckpt        *checkpointer  // nil: no checkpoints
+	syncTime    *time.Duration // LBL count synchronisation, summed over steps
 }
 
 // StepMetrics is one line of metrics.jsonl.
@@ -191,6 +195,9 @@ func NewParallelOn(cfg Config, corpus *data.Corpus, w io.Writer, dist *Dist, dev
 	t.Loader = loader
 	if w != nil && dist.Leader() {
 		t.progress = newProgress(w, cfg.Steps)
+		if t.collectives != "" {
+			fmt.Fprintf(w, "gradients all-reduced over %d GPU ranks: %s\n", dist.dp.Size(), t.collectives)
+		}
 	}
 	if cfg.Checkpoint.Dir != "" {
 		if t.ckpt, err = newCheckpointer(cfg.Checkpoint, o.catalogue, dist, t.eng.params(), mc); err != nil {
@@ -271,8 +278,23 @@ func (t *Trainer) newEngine(corpus *data.Corpus, dev cuda.Device) error {
 		}
 		return err
 	}
+	var dc devcomm.Comm
+	if t.Dist != nil && t.Dist.dp.Size() > 1 {
+		want, err := devcomm.ParseBackend(cfg.Collectives)
+		if err == nil {
+			dc, err = devcomm.Open(context.Background(), dev, t.Dist.dp, want)
+		}
+		if err != nil {
+			err = errors.Join(fmt.Errorf("train: data-parallel collectives: %w", err), g.Close())
+			if opened {
+				err = errors.Join(err, dev.Close())
+			}
+			return err
+		}
+		t.collectives = dc.Describe()
+	}
 	t.GPU = g
-	t.eng = &gpuEngine{m: g, dist: t.Dist, cfg: cfg.Optim, gradScale: 1 / float32(cfg.Accumulation), t: &t.optTime,
+	t.eng = &gpuEngine{m: g, dist: t.Dist, dc: dc, cfg: cfg.Optim, gradScale: 1 / float32(cfg.Accumulation), t: &t.optTime,
 		train: model.NewBatch(cfg.MicroBatch, mc.SeqLen), eval: model.NewBatch(cfg.MicroBatch, mc.SeqLen),
 		stats: model.NewExpertStats(mc.MoELayers(), max(len(corpus.Domains), 1), mc.Experts)}
 	return nil

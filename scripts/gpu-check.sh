@@ -32,10 +32,13 @@
 #         command the PyTorch example (examples/torch-moe, NCCL) as a
 #                 command job on `switchyard dev --gpus 1`, then directly:
 #                 tokens/s of both (not in the default phases)
-#         cluster data parallelism on the GPU through a dev cluster: dp 2
-#                 on the one GPU, kill -9 of a rank, resume, the loss
-#                 against one process of the same global batch (issue 10;
-#                 not in the default phases, about 5 minutes)
+#         cluster data and expert parallelism on the GPU through a dev
+#                 cluster: dp 2 ep 2 (CLUSTER_EP) on the one GPU (so the
+#                 host-staged collectives), kill -9 of a rank, resume, the
+#                 loss against one process of the same global batch
+#                 (issue 10; preset small, CLUSTER_PRESET=medium for the
+#                 issue's size; not in the default phases, about 5
+#                 minutes)
 #         science medium, micro vs global-batch LBL for the same tokens as an
 #                 experiment on `switchyard dev --gpus 1`: the report and
 #                 plots (issue 16; not in the default phases, about 9
@@ -422,7 +425,7 @@ phase_cluster() {
   local c="$bd/corpus.jsonl" d="$work/cluster" sw="$bd/switchyard"
   mkdir -p "$d"
   corpus_ready "$c"
-  local preset=${CLUSTER_PRESET:-small} steps=${CLUSTER_STEPS:-60} micro=${CLUSTER_MICRO:-2} device=${CLUSTER_DEVICE:-cuda}
+  local preset=${CLUSTER_PRESET:-small} steps=${CLUSTER_STEPS:-60} micro=${CLUSTER_MICRO:-2} device=${CLUSTER_DEVICE:-cuda} ep=${CLUSTER_EP:-2}
   local gpus=1 prec=(--precision bf16) precline="precision: bf16" limit=${CLUSTER_LIMIT:-420} t0=$SECONDS
   [ "$device" = cpu ] && { gpus=0; prec=(); precline=""; }
   cat > "$d/job.yaml" <<YAML
@@ -430,7 +433,7 @@ name: gpu-dp
 device: $device
 $precline
 model: {preset: $preset}
-parallel: {dp: 2}
+parallel: {dp: 2, ep: $ep}
 micro_batch: $micro
 accumulation: 2
 steps: $steps

@@ -22,13 +22,15 @@ type layerBufs struct {
 	attn       cuda.DevPtr // act [T][d] attention output (heads merged)
 	xmid       cuda.DevPtr // f32 [T][d] after the attention residual
 	h2, rstd2  cuda.DevPtr // act [T][d], f32 [T]: FFN norm output
-	a, b, hh   cuda.DevPtr // act: dense [T][hd]; MoE [T*k][h] in slot order
+	a, b, hh   cuda.DevPtr // act: dense [T][hd]; MoE [rows][h] in the experts' row order
 	probs, lse cuda.DevPtr // f32 [T][E], [T] (MoE)
 	idx, wTK   cuda.DevPtr // i32 / f32 [T][k]
 	slotOf     cuda.DevPtr // i32 [T*k]
 	tok        cuda.DevPtr // i32 [T*k] token of each slot
 	choice     cuda.DevPtr // i32 [T*k]
 	xe, ye     cuda.DevPtr // act [T*k][d] expert inputs / outputs, slot order
+	xl         cuda.DevPtr // act [rows][d] expert parallelism: the rows this rank's experts run, expert-major
+	perm, inv  cuda.DevPtr // i32 [rows] expert parallelism: received <-> expert-major row maps (ep.go)
 	cnt, nv    cuda.DevPtr // f32 [B][E], [B] per-sequence counts, valid tokens (in buffers.stats)
 	sa, sb, sh cuda.DevPtr // act [shared][T][h] shared experts' activations
 }
@@ -71,10 +73,13 @@ type buffers struct {
 	dw       cuda.DevPtr // f32 [T*k]
 	dhh      cuda.DevPtr // act [max(T*k*h, T*hd)]
 	da, db   cuda.DevPtr // act same
-	dxa, dxb cuda.DevPtr // act [T*k][d] expert input gradient halves
-	gexp     cuda.DevPtr // bf16 [3][E][d][h] expert weight-gradient scratch (bf16 mode)
-	dqkv     cuda.DevPtr // act [T][3d]
-	normPart cuda.DevPtr // f64 [sumsq blocks] grad-norm partials
+	dxa, dxb cuda.DevPtr // act [rows][d] expert input gradient halves, the experts' row order
+	// expert parallelism: rows in flight ([rows][d]) and slot-order
+	// input gradients ([T*k][d])
+	epA, epB, epS cuda.DevPtr
+	gexp          cuda.DevPtr // bf16 [3][E][d][h] expert weight-gradient scratch (bf16 mode)
+	dqkv          cuda.DevPtr // act [T][3d]
+	normPart      cuda.DevPtr // f64 [sumsq blocks] grad-norm partials
 }
 
 // sizer hands out buffers: with an arena it allocates them; without one
@@ -111,6 +116,12 @@ func (m *Model) layout(s *sizer) error {
 	d, H, E, k, h, V := int64(c.Dim), int64(c.Heads), int64(c.Experts), int64(c.TopK), int64(c.Hidden), int64(c.Vocab)
 	hd := d / H
 	act := m.act
+	// rows: what a layer's experts run on this rank (the slots, or with
+	// expert parallelism every source's rows for this rank's experts)
+	rows, El := T*k, E
+	if m.ep != nil {
+		rows, El = int64(m.ep.rmax), int64(m.ep.El)
+	}
 	var err error
 	take := func(cat string, dst *cuda.DevPtr, n int64, t cuda.DType, what string) {
 		if err != nil {
@@ -148,9 +159,14 @@ func (m *Model) layout(s *sizer) error {
 			take(cat, &L.hh, T*hdn, act, "hh")
 			continue
 		}
-		take(cat, &L.a, T*k*h, act, "expert a")
-		take(cat, &L.b, T*k*h, act, "expert b")
-		take(cat, &L.hh, T*k*h, act, "expert hh")
+		take(cat, &L.a, rows*h, act, "expert a")
+		take(cat, &L.b, rows*h, act, "expert b")
+		take(cat, &L.hh, rows*h, act, "expert hh")
+		if m.ep != nil {
+			take(cat, &L.xl, rows*d, act, "expert rows")
+			take(cat, &L.perm, rows, cuda.I32, "expert row order")
+			take(cat, &L.inv, rows, cuda.I32, "expert row return order")
+		}
 		take(cat, &L.probs, T*E, cuda.F32, "router probabilities")
 		take(cat, &L.lse, T, cuda.F32, "router lse")
 		take(cat, &L.idx, T*k, cuda.I32, "router choices")
@@ -215,13 +231,18 @@ func (m *Model) layout(s *sizer) error {
 	if c.MoELayers() > 0 {
 		take(sc, &m.buf.dye, T*k*d, act, "dye")
 		take(sc, &m.buf.dw, T*k, cuda.F32, "dw")
-		take(sc, &m.buf.dxa, T*k*d, act, "dxa")
-		take(sc, &m.buf.dxb, T*k*d, act, "dxb")
+		take(sc, &m.buf.dxa, rows*d, act, "dxa")
+		take(sc, &m.buf.dxb, rows*d, act, "dxb")
 		if act == cuda.BF16 {
-			take(sc, &m.buf.gexp, 3*E*d*h, cuda.BF16, "expert gradient scratch")
+			take(sc, &m.buf.gexp, 3*El*d*h, cuda.BF16, "expert gradient scratch")
+		}
+		if m.ep != nil {
+			take(sc, &m.buf.epA, rows*d, act, "expert rows in flight")
+			take(sc, &m.buf.epB, rows*d, act, "expert rows in flight")
+			take(sc, &m.buf.epS, T*k*d, act, "expert input gradients")
 		}
 	}
-	ffn := max(T*k*h, T*int64(c.DenseHidden), T*h)
+	ffn := max(rows*h, T*int64(c.DenseHidden), T*h)
 	take(sc, &m.buf.dhh, ffn, act, "dhh")
 	take(sc, &m.buf.da, ffn, act, "da")
 	take(sc, &m.buf.db, ffn, act, "db")
@@ -255,6 +276,13 @@ func (e MemEstimate) String() string {
 // Estimate is the device memory New allocates for cfg, micro-batch and
 // precision (without the libraries' workspaces): the same layout, counted.
 func Estimate(cfg model.Config, microBatch int, prec Precision) (MemEstimate, error) {
+	return EstimateEP(cfg, microBatch, prec, 1)
+}
+
+// EstimateEP is Estimate for one rank of an expert-parallel group of ep
+// ranks: its share of the experts' parameters, gradients and moments,
+// and room for the rows the other ranks may send its experts.
+func EstimateEP(cfg model.Config, microBatch int, prec Precision, ep int) (MemEstimate, error) {
 	cfg.Defaults()
 	if err := cfg.Validate(); err != nil {
 		return MemEstimate{}, err
@@ -274,6 +302,14 @@ func Estimate(cfg model.Config, microBatch int, prec Precision) (MemEstimate, er
 		if cfg.IsMoE(l) {
 			m.moeL = append(m.moeL, l)
 		}
+	}
+	if ep > 1 {
+		if cfg.Experts%ep != 0 {
+			return MemEstimate{}, fmt.Errorf("%w: experts = %d: expert parallelism over %d ranks needs a multiple of %d", ErrConfig, cfg.Experts, ep, ep)
+		}
+		El := cfg.Experts / ep
+		m.ep = &epState{P: ep, El: El, rmax: epRows(cfg, m.T, ep)}
+		m.nPar -= int64(len(m.moeL)) * int64(cfg.Experts-El) * 3 * int64(cfg.Dim) * int64(cfg.Hidden)
 	}
 	s := &sizer{}
 	if err := m.layout(s); err != nil {

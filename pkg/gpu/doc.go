@@ -47,6 +47,18 @@
 // Every reduction has a fixed order (no floating-point atomics): a step
 // gives the same bits each time it runs.
 //
+// # Expert parallelism
+//
+// With Options.Experts the routed experts of every MoE layer are split
+// over a group (ep.go): each rank holds E/P experts (their parameters,
+// gradients and moments only: the CPU engine's layout for that rank, so
+// checkpoints reshard as on the CPU), sends each slot row to the rank
+// that owns its expert and gets the outputs back, with one all-to-all-v
+// of device rows each way (pkg/devcomm: NCCL, or host-staged) and the
+// per-expert row counts exchanged on the host. Backward mirrors it. The
+// buffers for the rows a rank may receive (P*T*k, or E*capacity with a
+// capacity) are part of the layout, so EstimateEP is what New allocates.
+//
 // # Precision
 //
 // FP32: float32 everywhere, GEMMs in true fp32 (CUBLAS_COMPUTE_32F, never

@@ -59,6 +59,9 @@ type Options struct {
 	// the score matrix beyond the chunk is neither computed nor stored
 	// (with S/c chunks, (c/S+1)/2 of the full work). 0 means 128.
 	AttnChunk int
+	// Experts splits the routed experts over an expert-parallel group
+	// (nil, or a group of one: every expert here).
+	Experts *ExpertGroup
 }
 
 // Model is the MoE transformer of pkg/model on one GPU: the same
@@ -91,6 +94,8 @@ type Model struct {
 	// expertLoop runs the experts' GEMMs one by one instead of grouped
 	// (SWITCHYARD_EXPERT_GEMM=loop, a performance comparison knob)
 	expertLoop bool
+	// ep is expert parallelism (nil: every expert on this GPU)
+	ep *epState
 }
 
 // New builds the engine for cfg on dev: it checks the configuration,
@@ -107,7 +112,11 @@ func New(dev cuda.Device, cfg model.Config, o Options) (*Model, error) {
 	if o.Reserve == 0 {
 		o.Reserve = 1 << 30
 	}
-	est, err := Estimate(cfg, o.MicroBatch, o.Precision)
+	epSize := 1
+	if o.Experts != nil && o.Experts.Counts != nil {
+		epSize = o.Experts.Counts.Size()
+	}
+	est, err := EstimateEP(cfg, o.MicroBatch, o.Precision, epSize)
 	if err != nil {
 		return nil, err
 	}
@@ -130,10 +139,20 @@ func New(dev cuda.Device, cfg model.Config, o Options) (*Model, error) {
 			m.moeL = append(m.moeL, l)
 		}
 	}
+	lo, hi := 0, cfg.Experts
+	if epSize > 1 {
+		if m.ep, err = newEPState(o.Experts, cfg, m.T, len(m.moeL)); err != nil {
+			return nil, err
+		}
+		if int64(cfg.Dim)*m.actSize()%4 != 0 {
+			return nil, fmt.Errorf("%w: dim = %d: expert parallelism moves rows as 4-byte words and needs an even dim", ErrConfig, cfg.Dim)
+		}
+		lo, hi = m.ep.lo, m.ep.lo+m.ep.El
+	}
 	if m.k, err = loadKern(dev, m.act); err != nil {
 		return nil, err
 	}
-	m.P = model.NewHostParams(cfg)
+	m.P = model.NewHostParamsExperts(cfg, lo, hi)
 	m.nPar = int64(len(m.P.Data))
 	if err := m.layout(&sizer{a: m.a}); err != nil {
 		m.a.free()

@@ -9,12 +9,14 @@ package gpu
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"math/rand/v2"
 	"testing"
 
 	"github.com/switchyard-ml/switchyard/pkg/cuda"
+	"github.com/switchyard-ml/switchyard/pkg/devcomm"
 	"github.com/switchyard-ml/switchyard/pkg/gpu/kernels"
 	"github.com/switchyard-ml/switchyard/pkg/lbl"
 	"github.com/switchyard-ml/switchyard/pkg/model"
@@ -222,18 +224,24 @@ func TestEngineMemoryEstimate(t *testing.T) {
 	c := smallConfig()
 	bal, _ := lbl.NewBalancer(lbl.DefaultConfig(), c.MoELayers(), c.Experts, c.TopK, lbl.Identity{})
 	for _, p := range []Precision{FP32, BF16} {
-		est, err := Estimate(c, 3, p)
-		if err != nil {
-			t.Fatal(err)
+		for _, ep := range []int{1, 2} {
+			est, err := EstimateEP(c, 3, p, ep)
+			if err != nil {
+				t.Fatal(err)
+			}
+			o := Options{MicroBatch: 3, Precision: p, Balancer: bal, Reserve: 1}
+			if ep > 1 {
+				o.Experts = &ExpertGroup{Counts: stubGroup{ep}, Rows: stubGroup{ep}}
+			}
+			g, err := New(dev, c, o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if g.DeviceBytes() != est.Total || g.nPar != int64(len(g.P.Data)) {
+				t.Errorf("%s, ep %d: allocated %d bytes, estimate %d (%d parameters, layout %d)", p, ep, g.DeviceBytes(), est.Total, g.nPar, len(g.P.Data))
+			}
+			g.Close()
 		}
-		g, err := New(dev, c, Options{MicroBatch: 3, Precision: p, Balancer: bal, Reserve: 1})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if g.DeviceBytes() != est.Total {
-			t.Errorf("%s: allocated %d bytes, estimate %d", p, g.DeviceBytes(), est.Total)
-		}
-		g.Close()
 	}
 	_, total, _ := dev.MemInfo()
 	big := c
@@ -255,6 +263,27 @@ func errorAs(err error, target **MemoryError) bool {
 }
 
 var _ = cuda.F32
+
+// stubGroup is rank 0 of a group of n that exchanges nothing (New only
+// lays the buffers out).
+type stubGroup struct{ n int }
+
+var errStub = errors.New("stub group: no exchange")
+
+func (g stubGroup) Rank() int                { return 0 }
+func (g stubGroup) Size() int                { return g.n }
+func (g stubGroup) Backend() devcomm.Backend { return devcomm.Host }
+func (g stubGroup) Describe() string         { return "stub" }
+func (g stubGroup) Close() error             { return nil }
+func (g stubGroup) AllToAllVF32(context.Context, []float32, []int, []float32, []int) error {
+	return errStub
+}
+func (g stubGroup) AllReduceSum(context.Context, cuda.DevPtr, int) error     { return errStub }
+func (g stubGroup) ReduceScatterSum(context.Context, cuda.DevPtr, int) error { return errStub }
+func (g stubGroup) AllGather(context.Context, cuda.DevPtr, int) error        { return errStub }
+func (g stubGroup) AllToAllV(context.Context, cuda.DevPtr, []int, cuda.DevPtr, []int) error {
+	return errStub
+}
 
 // TestEngineBF16NearFP32: the mixed-precision engine computes the same
 // step within bf16 rounding: loss within 1e-2 relative, every tensor's

@@ -79,38 +79,51 @@ func (m *Model) moeForward(ctx context.Context, l, mi int, L *layerBufs, next cu
 	if err := m.k.moeGather(L.xe, L.h2, L.tok, slots, d); err != nil {
 		return err
 	}
-	// a = xe W1, b = xe W3 per expert (one grouped call), hh = swiglu, ye = hh W2
+	ye := L.ye // the experts' outputs, in the rows' order
+	if m.ep != nil {
+		if err := m.epDispatch(ctx, mi, L, off); err != nil {
+			return fmt.Errorf("gpu: layer %d: %w", l, err)
+		}
+		ye = m.buf.epA
+	}
+	// a = x W1, b = x W3 per expert (one grouped call), hh = swiglu, y = hh W2
+	rw := m.rowsOf(mi, L)
 	as := m.actSize()
 	w1, w3, w2 := m.w(pname(l, "w1")), m.w(pname(l, "w3")), m.w(pname(l, "w2"))
 	dh, hd := int64(d)*int64(h), int64(h)*int64(d)
 	var gs []cuda.Gemm
-	for e := 0; e < E; e++ {
-		lo, n := int64(off[e]), int(off[e+1]-off[e])
+	for e := 0; e < rw.n; e++ {
+		lo, n := int64(rw.off[e]), int(rw.off[e+1]-rw.off[e])
 		if n == 0 {
 			continue
 		}
 		for _, wa := range []struct{ w, out cuda.DevPtr }{{w1, L.a}, {w3, L.b}} {
-			gs = append(gs, cuda.Gemm{M: n, N: h, K: d, Alpha: 1, A: L.xe.Add(lo * int64(d) * as), Lda: d,
+			gs = append(gs, cuda.Gemm{M: n, N: h, K: d, Alpha: 1, A: rw.x.Add(lo * int64(d) * as), Lda: d,
 				B: wa.w.Add(int64(e) * dh * as), Ldb: h, D: wa.out.Add(lo * int64(h) * as), Ldd: h, C: wa.out.Add(lo * int64(h) * as), Ldc: h, AB: m.act, CD: m.act})
 		}
 	}
 	if err := m.grouped(gs); err != nil {
 		return err
 	}
-	if err := m.k.swigluFwd(L.hh, L.a, L.b, int64(slots)*int64(h)); err != nil {
+	if err := m.k.swigluFwd(L.hh, L.a, L.b, int64(rw.rows)*int64(h)); err != nil {
 		return err
 	}
 	gs = gs[:0]
-	for e := 0; e < E; e++ {
-		lo, n := int64(off[e]), int(off[e+1]-off[e])
+	for e := 0; e < rw.n; e++ {
+		lo, n := int64(rw.off[e]), int(rw.off[e+1]-rw.off[e])
 		if n == 0 {
 			continue
 		}
 		gs = append(gs, cuda.Gemm{M: n, N: d, K: h, Alpha: 1, A: L.hh.Add(lo * int64(h) * as), Lda: h,
-			B: w2.Add(int64(e) * hd * as), Ldb: d, C: L.ye.Add(lo * int64(d) * as), Ldc: d, AB: m.act, CD: m.act})
+			B: w2.Add(int64(e) * hd * as), Ldb: d, C: ye.Add(lo * int64(d) * as), Ldc: d, AB: m.act, CD: m.act})
 	}
 	if err := m.grouped(gs); err != nil {
 		return err
+	}
+	if m.ep != nil {
+		if err := m.epReturn(ctx, mi, L, ye, L.ye, "expert combine"); err != nil {
+			return fmt.Errorf("gpu: layer %d: %w", l, err)
+		}
 	}
 	if err := m.k.moeCombine(next, L.xmid, L.ye, L.wTK, L.slotOf, L.idx, T, d, k); err != nil {
 		return err
@@ -161,13 +174,22 @@ func (m *Model) checkOffsets(off []int32) error {
 func (m *Model) moeBackward(ctx context.Context, l, mi int, L *layerBufs, gradScale float32) error {
 	c := m.Cfg
 	S, T, d, E, k, h := m.S, m.T, c.Dim, c.Experts, c.TopK, c.Hidden
-	off := m.host.offsets[mi]
-	slots := int(off[E])
 	as := m.actSize()
 	m.prof.mark(regExperts)
 	if err := m.k.moeCombineBwd(m.buf.dye, m.buf.dw, m.buf.dx, L.ye, L.wTK, L.slotOf, T, d, k); err != nil {
 		return err
 	}
+	// the experts' rows: inputs x, output gradients dy (expert-major with
+	// expert parallelism, after the exchange)
+	rw := m.rowsOf(mi, L)
+	dy := m.buf.dye
+	if m.ep != nil {
+		if err := m.epGradDispatch(ctx, mi, L); err != nil {
+			return fmt.Errorf("gpu: layer %d: %w", l, err)
+		}
+		dy = m.buf.epB
+	}
+	nE := rw.n
 	w1, w3, w2 := m.w(pname(l, "w1")), m.w(pname(l, "w3")), m.w(pname(l, "w2"))
 	dh64 := int64(d) * int64(h)
 	// Weight gradients: in fp32 straight into the float gradients (beta 1);
@@ -176,7 +198,7 @@ func (m *Model) moeBackward(ctx context.Context, l, mi int, L *layerBufs, gradSc
 	// float gradients, like autocast's bf16 weight gradients.
 	gdst := func(name string, part int) (cuda.DevPtr, float32, cuda.DType, int64) {
 		if m.act == cuda.BF16 {
-			return m.buf.gexp.Add(int64(part) * int64(E) * dh64 * 2), 0, cuda.BF16, 2
+			return m.buf.gexp.Add(int64(part) * int64(nE) * dh64 * 2), 0, cuda.BF16, 2
 		}
 		return m.g(pname(l, name)), 1, cuda.F32, 4
 	}
@@ -185,8 +207,8 @@ func (m *Model) moeBackward(ctx context.Context, l, mi int, L *layerBufs, gradSc
 	g2, _, _, _ := gdst("w2", 2)
 	each := func(f func(e int, lo int64, n int) []cuda.Gemm) []cuda.Gemm {
 		var gs []cuda.Gemm
-		for e := 0; e < E; e++ {
-			lo, n := int64(off[e]), int(off[e+1]-off[e])
+		for e := 0; e < nE; e++ {
+			lo, n := int64(rw.off[e]), int(rw.off[e+1]-rw.off[e])
 			if n > 0 {
 				gs = append(gs, f(e, lo, n)...)
 			}
@@ -196,25 +218,25 @@ func (m *Model) moeBackward(ctx context.Context, l, mi int, L *layerBufs, gradSc
 	// dW2 = hh^T dye
 	gl := each(func(e int, lo int64, n int) []cuda.Gemm {
 		return []cuda.Gemm{{TransA: true, M: h, N: d, K: n, Alpha: 1, Beta: beta, A: L.hh.Add(lo * int64(h) * as), Lda: h,
-			B: m.buf.dye.Add(lo * int64(d) * as), Ldb: d, C: g2.Add(int64(e) * dh64 * gs), Ldc: d, AB: m.act, CD: gt}}
+			B: dy.Add(lo * int64(d) * as), Ldb: d, C: g2.Add(int64(e) * dh64 * gs), Ldc: d, AB: m.act, CD: gt}}
 	})
 	if err := m.grouped(gl); err != nil {
 		return err
 	}
 	// dhh = dye W2^T
 	gl = each(func(e int, lo int64, n int) []cuda.Gemm {
-		return []cuda.Gemm{{TransB: true, M: n, N: h, K: d, Alpha: 1, A: m.buf.dye.Add(lo * int64(d) * as), Lda: d,
+		return []cuda.Gemm{{TransB: true, M: n, N: h, K: d, Alpha: 1, A: dy.Add(lo * int64(d) * as), Lda: d,
 			B: w2.Add(int64(e) * dh64 * as), Ldb: d, C: m.buf.dhh.Add(lo * int64(h) * as), Ldc: h, AB: m.act, CD: m.act}}
 	})
 	if err := m.grouped(gl); err != nil {
 		return err
 	}
-	if err := m.k.swigluBwd(m.buf.da, m.buf.db, m.buf.dhh, L.a, L.b, int64(slots)*int64(h)); err != nil {
+	if err := m.k.swigluBwd(m.buf.da, m.buf.db, m.buf.dhh, L.a, L.b, int64(rw.rows)*int64(h)); err != nil {
 		return err
 	}
 	// dW1 = xe^T da, dW3 = xe^T db (one call)
 	gl = each(func(e int, lo int64, n int) []cuda.Gemm {
-		xe := L.xe.Add(lo * int64(d) * as)
+		xe := rw.x.Add(lo * int64(d) * as)
 		return []cuda.Gemm{
 			{TransA: true, M: d, N: h, K: n, Alpha: 1, Beta: beta, A: xe, Lda: d, B: m.buf.da.Add(lo * int64(h) * as), Ldb: h,
 				C: g1.Add(int64(e) * dh64 * gs), Ldc: h, AB: m.act, CD: gt},
@@ -237,11 +259,22 @@ func (m *Model) moeBackward(ctx context.Context, l, mi int, L *layerBufs, gradSc
 	if err := m.grouped(gl); err != nil {
 		return err
 	}
-	if err := m.k.moeScatter(m.buf.dh, m.buf.dxa, m.buf.dxb, L.slotOf, L.idx, T, d, k); err != nil {
+	dxa, dxb := m.buf.dxa, m.buf.dxb // slot order
+	if m.ep != nil {
+		// back to the sources: dxa through epS, dxb through dye (free now)
+		if err := m.epReturn(ctx, mi, L, m.buf.dxa, m.buf.epS, "expert input gradient combine"); err != nil {
+			return fmt.Errorf("gpu: layer %d: %w", l, err)
+		}
+		if err := m.epReturn(ctx, mi, L, m.buf.dxb, m.buf.dye, "expert input gradient combine"); err != nil {
+			return fmt.Errorf("gpu: layer %d: %w", l, err)
+		}
+		dxa, dxb = m.buf.epS, m.buf.dye
+	}
+	if err := m.k.moeScatter(m.buf.dh, dxa, dxb, L.slotOf, L.idx, T, d, k); err != nil {
 		return err
 	}
 	if m.act == cuda.BF16 {
-		if err := m.addExpertGrads(l, off); err != nil {
+		if err := m.addExpertGrads(l, rw.off, nE); err != nil {
 			return err
 		}
 	}
@@ -276,11 +309,11 @@ func (m *Model) moeBackward(ctx context.Context, l, mi int, L *layerBufs, gradSc
 	return m.gemm(false, true, T, d, E, 1, m.buf.dlogits, E, m.w(pname(l, "router")), E, 1, m.buf.dh, d, 0, cuda.F32)
 }
 
-// addExpertGrads adds the bf16 weight-gradient scratch of the experts
-// that had tokens into the float gradients (runs of consecutive experts
-// per tensor; the scratch of an expert without tokens was not written).
-func (m *Model) addExpertGrads(l int, off []int32) error {
-	E := m.Cfg.Experts
+// addExpertGrads adds the bf16 weight-gradient scratch of the E experts
+// this rank runs that had rows into the float gradients (runs of
+// consecutive experts per tensor; the scratch of an expert without rows
+// was not written).
+func (m *Model) addExpertGrads(l int, off []int32, E int) error {
 	dh := int64(m.Cfg.Dim) * int64(m.Cfg.Hidden)
 	for part, name := range []string{"w1", "w3", "w2"} {
 		g := m.g(pname(l, name))

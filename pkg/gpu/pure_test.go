@@ -14,6 +14,7 @@ import (
 
 	"github.com/switchyard-ml/switchyard/pkg/cuda"
 	"github.com/switchyard-ml/switchyard/pkg/model"
+	"github.com/switchyard-ml/switchyard/pkg/router"
 )
 
 // refBF16 rounds f to the nearest bfloat16 (8 significant bits) with ties
@@ -150,3 +151,38 @@ func (d *tinyDevice) Name() string                       { return "test GPU" }
 func (d *tinyDevice) MemInfo() (int64, int64, error)     { return d.free, d.total, nil }
 func (d *tinyDevice) Alloc(int64) (cuda.DevPtr, error)   { d.allocs++; return 0, errors.New("no") }
 func (d *tinyDevice) Kernel(string) (cuda.Kernel, error) { return nil, errors.New("no") }
+
+// TestMemoryEstimateEP: an expert-parallel rank holds its share of the
+// experts' parameters (the layout of pkg/model's rank with those
+// experts), and room for the rows other ranks may send: P*T*k without a
+// capacity, E*capacity with one.
+func TestMemoryEstimateEP(t *testing.T) {
+	for _, name := range []string{"tiny", "small"} {
+		c, _ := model.Preset(name)
+		c.Defaults()
+		one, err := EstimateEP(c, 4, BF16, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		two, err := EstimateEP(c, 4, BF16, 2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		local := int64(len(model.NewHostParamsExperts(c, 0, c.Experts/2).Data))
+		if two.Gradients != 4*local || two.Optimizer != 8*local || one.Gradients <= two.Gradients {
+			t.Errorf("%s: ep 2 gradients %d bytes for %d local parameters (ep 1: %d)", name, two.Gradients, local, one.Gradients)
+		}
+		T := 4 * c.SeqLen
+		if got := epRows(c, T, 2); c.CapacityFactor > 0 {
+			if want := min(2*T*c.TopK, c.Experts*router.Capacity(T, c.Experts, c.TopK, c.CapacityFactor)); got != want {
+				t.Errorf("%s: rows %d, want %d", name, got, want)
+			}
+		} else if got != 2*T*c.TopK {
+			t.Errorf("%s: rows %d, want %d", name, got, 2*T*c.TopK)
+		}
+	}
+	c, _ := model.Preset("tiny")
+	if _, err := EstimateEP(c, 4, BF16, 3); err == nil || !strings.Contains(err.Error(), "expert parallelism over 3 ranks needs a multiple of 3") {
+		t.Errorf("ep 3 over %d experts: %v", c.Experts, err)
+	}
+}

@@ -11,11 +11,28 @@ import (
 // GradNorm is the L2 norm of every gradient: float64 partial sums on the
 // device, added in order on the host (the same every run).
 func (m *Model) GradNorm(ctx context.Context) (float64, error) {
-	m.prof.mark(regOptim)
-	if err := m.k.sumsq(m.buf.normPart, m.buf.g, m.nPar); err != nil {
+	s, err := m.GradSumSq(0, int(m.nPar))
+	if err != nil {
 		return 0, err
 	}
-	part := make([]float64, sumsqBlocks(m.nPar))
+	return math.Sqrt(s), ctx.Err()
+}
+
+// GradSumSq is the sum of the squares of the gradient's floats [off,
+// off+n) (a part of the norm: with expert parallelism the experts' part
+// is summed over the group).
+func (m *Model) GradSumSq(off, n int) (float64, error) {
+	m.prof.mark(regOptim)
+	if off < 0 || n < 0 || int64(off+n) > m.nPar {
+		return 0, fmt.Errorf("gpu: gradient range [%d, %d) of %d", off, off+n, m.nPar)
+	}
+	if n == 0 {
+		return 0, nil
+	}
+	if err := m.k.sumsq(m.buf.normPart, m.buf.g.Add(int64(off)*4), int64(n)); err != nil {
+		return 0, err
+	}
+	part := make([]float64, sumsqBlocks(int64(n)))
 	if err := download(m.dev, part, m.buf.normPart); err != nil {
 		return 0, fmt.Errorf("gpu: gradient norm: %w", err)
 	}
@@ -23,7 +40,7 @@ func (m *Model) GradNorm(ctx context.Context) (float64, error) {
 	for _, v := range part {
 		s += v
 	}
-	return math.Sqrt(s), ctx.Err()
+	return s, nil
 }
 
 // Update applies one AdamW step (pkg/optim's formula, the same bias

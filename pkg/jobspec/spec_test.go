@@ -311,14 +311,17 @@ func TestDeviceRules(t *testing.T) {
 	} else if c, err := s.TrainConfig(); err != nil || c.Collectives != "host" {
 		t.Fatalf("collectives %q: %v", c.Collectives, err)
 	}
+	// expert parallelism on GPUs
+	if s, err := Parse([]byte("name: g\ndevice: cuda\nparallel: {dp: 2, ep: 2}\n")); err != nil || s.Parallel.EP != 2 {
+		t.Fatalf("dp 2 ep 2 on GPUs: %v %+v", err, s)
+	}
 	// data parallelism on GPUs: one GPU a rank
 	if s, err := Parse([]byte("name: g\ndevice: cuda\nparallel: {dp: 4}\n")); err != nil || s.Parallel.DP != 4 || s.Resources.GPUs != 1 {
 		t.Fatalf("dp 4 on GPUs: %v %+v", err, s)
 	}
 	for _, tc := range []struct{ yaml, want string }{
 		{"device: tpu", "jobspec: device = \"tpu\": must be cpu or cuda"},
-		{"device: cuda\nparallel: {dp: 2, ep: 2}", "jobspec: device = \"cuda\": runs data parallelism only for now (parallel tp 1, ep 2"},
-		{"device: cuda\nparallel: {tp: 2}", "jobspec: device = \"cuda\": runs data parallelism only for now (parallel tp 2, ep 1"},
+		{"device: cuda\nparallel: {tp: 2}", "jobspec: device = \"cuda\": runs data and expert parallelism only for now (parallel tp 2: use tp 1"},
 		{"device: cuda\nresources: {gpus: 0}\nprecision: fp16", "jobspec: precision = \"fp16\""},
 		{"precision: bf16", "jobspec: precision = \"bf16\": bf16 needs device cuda"},
 		{"device: cuda\ncollectives: gloo", "jobspec: collectives = \"gloo\": must be \"auto\", \"nccl\" or \"host\""},

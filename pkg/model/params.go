@@ -115,8 +115,13 @@ func (p *Params) size() int {
 // what a backend that keeps its gradients elsewhere (the GPU engine)
 // needs to initialise the parameters and to checkpoint them in the same
 // layout as the CPU engine.
-func NewHostParams(c Config) *Params {
-	p := layoutParams(c, 0, c.Experts, 0, 1)
+func NewHostParams(c Config) *Params { return NewHostParamsExperts(c, 0, c.Experts) }
+
+// NewHostParamsExperts is NewHostParams for a model that holds routed
+// experts [lo, hi) of every MoE layer (an expert-parallel rank's share, in
+// the layout the CPU engine's rank with the same experts has).
+func NewHostParamsExperts(c Config, lo, hi int) *Params {
+	p := layoutParams(c, lo, hi, 0, 1)
 	p.Data = make([]float32, p.size())
 	return p
 }

@@ -30,13 +30,21 @@ func curveOfLayout(t *testing.T, tp, dp, ep int, balance parallel.Balance, mode 
 	t.Helper()
 	cfg, corpus := smallRun(t, mode, steps)
 	cfg.MicroBatch, cfg.Accumulation = micro, accum
-	return curveRun(t, cfg, corpus, tp, dp, ep, balance, nil)
+	c := curveRun(t, cfg, corpus, tp, dp, ep, balance, nil)
+	return c.loss, c.lbl, c.params
+}
+
+// curves are what curveRun measured: rank 0's loss, summed LBL and
+// gradient norm per step, and every rank's final parameters.
+type curves struct {
+	loss, lbl, gnorm []float64
+	params           [][]float32
 }
 
 // curveRun trains cfg.Steps steps of tp x dp in-process ranks (on devices
 // from dev when it is not nil: the GPU engine) and returns rank 0's loss
 // and summed LBL per step and every rank's final parameters.
-func curveRun(t *testing.T, cfg Config, corpus *data.Corpus, tp, dp, ep int, balance parallel.Balance, dev func() cuda.Device) (loss, lblv []float64, params [][]float32) {
+func curveRun(t *testing.T, cfg Config, corpus *data.Corpus, tp, dp, ep int, balance parallel.Balance, dev func() cuda.Device) (c curves) {
 	t.Helper()
 	steps := cfg.Steps
 	cfg.Optim.ClipNorm = 0.5 // clipping needs the global gradient norm
@@ -107,17 +115,18 @@ func curveRun(t *testing.T, cfg Config, corpus *data.Corpus, tp, dp, ep int, bal
 		for _, v := range sms[0].LBL {
 			l += v
 		}
-		loss = append(loss, sms[0].Loss)
-		lblv = append(lblv, l)
+		c.loss = append(c.loss, sms[0].Loss)
+		c.lbl = append(c.lbl, l)
+		c.gnorm = append(c.gnorm, sms[0].GradNorm)
 	}
 	for _, tr := range trainers {
 		var s State
 		if err := tr.eng.snapshot(&s); err != nil {
 			t.Fatal(err)
 		}
-		params = append(params, s.Params)
+		c.params = append(c.params, s.Params)
 	}
-	return loss, lblv, params
+	return c
 }
 
 func closeCurves(t *testing.T, what string, a, b []float64, rel float64) {

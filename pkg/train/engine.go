@@ -4,12 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
+	"strings"
 	"time"
 
+	"github.com/switchyard-ml/switchyard/pkg/cuda"
 	"github.com/switchyard-ml/switchyard/pkg/devcomm"
 	"github.com/switchyard-ml/switchyard/pkg/gpu"
 	"github.com/switchyard-ml/switchyard/pkg/model"
 	"github.com/switchyard-ml/switchyard/pkg/optim"
+	"github.com/switchyard-ml/switchyard/pkg/parallel"
 )
 
 // engine is one rank's compute: the model's forward and backward over a
@@ -118,8 +122,8 @@ func (e *cpuEngine) close() error { return e.m.Close() }
 
 type gpuEngine struct {
 	m         *gpu.Model
-	dist      *Dist        // data parallelism only (Dist.checkGPU)
-	dc        devcomm.Comm // over the DP group when it has several ranks
+	dist      *Dist // data and expert parallelism (Dist.checkGPU)
+	colls     gpuCollectives
 	cfg       optim.Config
 	train     *model.Batch
 	eval      *model.Batch
@@ -150,21 +154,33 @@ func (e *gpuEngine) forward(ctx context.Context) ([]float32, error) {
 // balancer.
 func (e *gpuEngine) update(ctx context.Context, lr float64) (float64, error) {
 	mean := 1.0
-	if e.dc != nil {
-		g, n := e.m.GradBuffer()
-		bucket := n
-		if e.dc.Backend() == devcomm.Host {
-			bucket = gradBucket // bounds the host staging and the transport's buffers
+	if dp := e.colls.dp; dp != nil {
+		if e.dist.runs == nil {
+			e.dist.planRuns(e.m.P)
 		}
-		for off := 0; off < n; off += bucket {
-			if err := e.dc.AllReduceSum(ctx, g.Add(int64(4*off)), min(bucket, n-off)); err != nil {
-				return 0, fmt.Errorf("train: gradient all-reduce (%s): %w", e.dc.Backend(), err)
+		g, _ := e.m.GradBuffer()
+		for _, r := range e.dist.runs {
+			c := dp
+			if r.expert {
+				c = e.colls.expertDP // the owner summed every source's rows already
+			}
+			if c == nil {
+				continue
+			}
+			bucket := r.len
+			if c.Backend() == devcomm.Host {
+				bucket = gradBucket // bounds the host staging and the transport's buffers
+			}
+			for off := r.off; off < r.off+r.len; off += bucket {
+				if err := c.AllReduceSum(ctx, g.Add(int64(4*off)), min(bucket, r.off+r.len-off)); err != nil {
+					return 0, fmt.Errorf("train: gradient all-reduce (%s): %w", c.Backend(), err)
+				}
 			}
 		}
-		mean = 1 / float64(e.dc.Size())
+		mean = 1 / float64(dp.Size())
 	}
 	start := time.Now()
-	gnorm, err := e.m.GradNorm(ctx)
+	gnorm, err := e.gradNorm(ctx)
 	if err != nil {
 		return 0, err
 	}
@@ -179,6 +195,35 @@ func (e *gpuEngine) update(ctx context.Context, lr float64) (float64, error) {
 	err = e.m.EndUpdate()
 	*e.t += time.Since(start)
 	return gnorm, err
+}
+
+// gradNorm is the norm of the whole model's (summed) gradient: with
+// expert parallelism each rank holds its experts' part, whose squares are
+// summed over the EP group (as Dist.gradNorm does on the CPU).
+func (e *gpuEngine) gradNorm(ctx context.Context) (float64, error) {
+	if e.dist == nil || e.dist.ep == nil {
+		return e.m.GradNorm(ctx)
+	}
+	if e.dist.runs == nil {
+		e.dist.planRuns(e.m.P)
+	}
+	var rep float64
+	exp := []float64{0}
+	for _, r := range e.dist.runs {
+		s, err := e.m.GradSumSq(r.off, r.len)
+		if err != nil {
+			return 0, err
+		}
+		if r.expert {
+			exp[0] += s
+		} else {
+			rep += s
+		}
+	}
+	if err := e.dist.ep.AllReduceF64(ctx, exp, parallel.Sum); err != nil {
+		return 0, fmt.Errorf("train: gradient norm: %w", err)
+	}
+	return math.Sqrt(rep + exp[0]), nil
 }
 
 func (e *gpuEngine) snapshot(s *State) error {
@@ -211,9 +256,62 @@ func (e *gpuEngine) split() map[string]float64 {
 }
 
 func (e *gpuEngine) close() error {
-	var err error
-	if e.dc != nil {
-		err = e.dc.Close()
+	return errors.Join(e.m.Close(), e.colls.close(), e.m.Device().Close())
+}
+
+// gpuCollectives are a GPU rank's device collectives (pkg/devcomm), one
+// per group that has several ranks: the gradient all-reduce over the DP
+// group and over the expert-DP group (expert gradients), and the expert
+// rows' exchange over the EP group.
+type gpuCollectives struct {
+	dp, expertDP, ep devcomm.Comm
+}
+
+// openCollectives opens them in one order on every rank (DP, expert-DP,
+// EP: each a collective over its group).
+func openCollectives(dev cuda.Device, d *Dist, backend string) (gpuCollectives, error) {
+	var c gpuCollectives
+	if d == nil {
+		return c, nil
 	}
-	return errors.Join(err, e.m.Close(), e.m.Device().Close())
+	want, err := devcomm.ParseBackend(backend)
+	if err != nil {
+		return c, fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	for _, g := range []struct {
+		name string
+		comm *parallel.Comm
+		dst  *devcomm.Comm
+	}{{"data-parallel", d.dp, &c.dp}, {"expert-data-parallel", d.expertDP, &c.expertDP}, {"expert-parallel", d.ep, &c.ep}} {
+		if g.comm == nil || g.comm.Size() == 1 {
+			continue
+		}
+		if *g.dst, err = devcomm.Open(context.Background(), dev, g.comm, want); err != nil {
+			return c, errors.Join(fmt.Errorf("train: %s collectives: %w", g.name, err), c.close())
+		}
+	}
+	return c, nil
+}
+
+func (c gpuCollectives) describe() string {
+	var parts []string
+	for _, g := range []struct {
+		name string
+		c    devcomm.Comm
+	}{{"gradients over the DP group", c.dp}, {"expert gradients over the expert-DP group", c.expertDP}, {"expert rows over the EP group", c.ep}} {
+		if g.c != nil {
+			parts = append(parts, fmt.Sprintf("%s (%d ranks): %s", g.name, g.c.Size(), g.c.Describe()))
+		}
+	}
+	return strings.Join(parts, "; ")
+}
+
+func (c gpuCollectives) close() error {
+	var errs []error
+	for _, g := range []devcomm.Comm{c.dp, c.expertDP, c.ep} {
+		if g != nil {
+			errs = append(errs, g.Close())
+		}
+	}
+	return errors.Join(errs...)
 }

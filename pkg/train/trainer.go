@@ -14,7 +14,6 @@ import (
 	"github.com/switchyard-ml/switchyard/pkg/checkpoint"
 	"github.com/switchyard-ml/switchyard/pkg/cuda"
 	"github.com/switchyard-ml/switchyard/pkg/data"
-	"github.com/switchyard-ml/switchyard/pkg/devcomm"
 	"github.com/switchyard-ml/switchyard/pkg/gpu"
 	"github.com/switchyard-ml/switchyard/pkg/lbl"
 	"github.com/switchyard-ml/switchyard/pkg/model"
@@ -196,7 +195,7 @@ func NewParallelOn(cfg Config, corpus *data.Corpus, w io.Writer, dist *Dist, dev
 	if w != nil && dist.Leader() {
 		t.progress = newProgress(w, cfg.Steps)
 		if t.collectives != "" {
-			fmt.Fprintf(w, "gradients all-reduced over %d GPU ranks: %s\n", dist.dp.Size(), t.collectives)
+			fmt.Fprintf(w, "GPU collectives: %s\n", t.collectives)
 		}
 	}
 	if cfg.Checkpoint.Dir != "" {
@@ -271,30 +270,28 @@ func (t *Trainer) newEngine(corpus *data.Corpus, dev cuda.Device) error {
 		}
 		opened = true
 	}
-	g, err := gpu.New(dev, mc, gpu.Options{MicroBatch: cfg.MicroBatch, Precision: prec, Balancer: t.Bal})
+	colls, err := openCollectives(dev, t.Dist, cfg.Collectives)
 	if err != nil {
 		if opened {
-			dev.Close()
+			err = errors.Join(err, dev.Close())
 		}
 		return err
 	}
-	var dc devcomm.Comm
-	if t.Dist != nil && t.Dist.dp.Size() > 1 {
-		want, err := devcomm.ParseBackend(cfg.Collectives)
-		if err == nil {
-			dc, err = devcomm.Open(context.Background(), dev, t.Dist.dp, want)
-		}
-		if err != nil {
-			err = errors.Join(fmt.Errorf("train: data-parallel collectives: %w", err), g.Close())
-			if opened {
-				err = errors.Join(err, dev.Close())
-			}
-			return err
-		}
-		t.collectives = dc.Describe()
+	o := gpu.Options{MicroBatch: cfg.MicroBatch, Precision: prec, Balancer: t.Bal}
+	if colls.ep != nil {
+		o.Experts = &gpu.ExpertGroup{Counts: t.Dist.ep, Rows: colls.ep}
 	}
+	g, err := gpu.New(dev, mc, o)
+	if err != nil {
+		err = errors.Join(err, colls.close())
+		if opened {
+			err = errors.Join(err, dev.Close())
+		}
+		return err
+	}
+	t.collectives = colls.describe()
 	t.GPU = g
-	t.eng = &gpuEngine{m: g, dist: t.Dist, dc: dc, cfg: cfg.Optim, gradScale: 1 / float32(cfg.Accumulation), t: &t.optTime,
+	t.eng = &gpuEngine{m: g, dist: t.Dist, colls: colls, cfg: cfg.Optim, gradScale: 1 / float32(cfg.Accumulation), t: &t.optTime,
 		train: model.NewBatch(cfg.MicroBatch, mc.SeqLen), eval: model.NewBatch(cfg.MicroBatch, mc.SeqLen),
 		stats: model.NewExpertStats(mc.MoELayers(), max(len(corpus.Domains), 1), mc.Experts)}
 	return nil

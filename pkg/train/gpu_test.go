@@ -390,3 +390,65 @@ func TestGPUDataParallelMatchesOneProcess(t *testing.T) {
 		t.Errorf("tp 2 on the GPU: %v", err)
 	}
 }
+
+// TestGPUReshardCheckpoint: a checkpoint saved by GPU ranks under dp 2
+// ep 2 (each rank wrote its experts from device memory) loads on the CPU
+// in one process and on the GPU under dp 2 ep 1 — the experts gathered
+// from both ranks' files — and gives the saved run's validation loss
+// (1e-5 relative).
+func TestGPUReshardCheckpoint(t *testing.T) {
+	const steps = 3
+	dev := func() cuda.Device { return gpuDevice(t) }
+	cfg, corpus := gpuRun(t, 10)
+	cfg.Device, cfg.Precision = "cuda", "fp32"
+	cfg.Checkpoint = CheckpointConfig{Dir: t.TempDir(), Every: steps}
+	ctx := context.Background()
+	half := withMicro(cfg, max(cfg.MicroBatch/2, 1))
+	src, closeSrc := ranksOn(t, 1, 2, 2, half, corpus, dev)
+	for i := 0; i < steps; i++ {
+		onAll(t, src, func(tr *Trainer) error {
+			if _, err := tr.TrainStep(ctx); err != nil {
+				return err
+			}
+			return tr.checkpointAfterStep(ctx)
+		})
+	}
+	onAll(t, src, func(tr *Trainer) error { return tr.checkpointAtEnd(ctx) })
+	var want float64
+	onAll(t, src, func(tr *Trainer) error {
+		ev, err := tr.Evaluate(ctx)
+		if err == nil && tr.Dist.Rank == 0 {
+			want = meanBits(ev)
+		}
+		return err
+	})
+	closeSrc()
+
+	cfg.Resume = true
+	cpu := cfg
+	cpu.Device, cpu.Precision = "cpu", ""
+	for _, tc := range []struct {
+		name   string
+		cfg    Config
+		dp, ep int
+		dev    func() cuda.Device
+	}{{"cpu dp1", cpu, 1, 1, nil}, {"gpu dp2 ep1", withMicro(cfg, half.MicroBatch), 2, 1, dev}} {
+		dst, closeDst := ranksOn(t, 1, tc.dp, tc.ep, tc.cfg, corpus, tc.dev)
+		var got float64
+		onAll(t, dst, func(tr *Trainer) error {
+			if tr.Step() != steps {
+				t.Errorf("%s resumed at step %d, want %d", tc.name, tr.Step(), steps)
+			}
+			ev, err := tr.Evaluate(ctx)
+			if err == nil && tr.Dist.Rank == 0 {
+				got = meanBits(ev)
+			}
+			return err
+		})
+		closeDst()
+		t.Logf("%s: validation %.7f bits/byte, saved under GPU dp2 ep2: %.7f", tc.name, got, want)
+		if math.Abs(got-want) > 1e-5*want {
+			t.Errorf("%s: validation %.7f, saved run %.7f", tc.name, got, want)
+		}
+	}
+}

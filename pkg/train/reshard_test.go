@@ -6,6 +6,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/switchyard-ml/switchyard/pkg/cuda"
 	"github.com/switchyard-ml/switchyard/pkg/data"
 	"github.com/switchyard-ml/switchyard/pkg/parallel"
 )
@@ -13,6 +14,12 @@ import (
 // ranksFor builds the in-process trainers of one layout (micro is per DP
 // rank; TP peers share it).
 func ranksFor(t *testing.T, tp, dp, ep int, cfg Config, corpus *data.Corpus) ([]*Trainer, func()) {
+	t.Helper()
+	return ranksOn(t, tp, dp, ep, cfg, corpus, nil)
+}
+
+// ranksOn is ranksFor with each rank's GPU from dev (nil: cfg.Device's).
+func ranksOn(t *testing.T, tp, dp, ep int, cfg Config, corpus *data.Corpus, dev func() cuda.Device) ([]*Trainer, func()) {
 	t.Helper()
 	world := tp * dp
 	layout, err := parallel.NewLayout(world, tp, dp, ep)
@@ -36,24 +43,32 @@ func ranksFor(t *testing.T, tp, dp, ep int, cfg Config, corpus *data.Corpus) ([]
 		if err != nil {
 			t.Fatal(err)
 		}
+		var d cuda.Device
+		if dev != nil {
+			d = dev()
+		}
 		wg.Add(1)
-		go func() { // resuming is collective only through storage, but keep ranks concurrent like real ones
+		go func() { // ranks agree on their collectives at construction: concurrently, like real ones
 			defer wg.Done()
-			trainers[r], errs[r] = NewParallel(cfg, corpus, nil, dist)
+			trainers[r], errs[r] = NewParallelOn(cfg, corpus, nil, dist, d)
 		}()
 	}
 	wg.Wait()
-	for r, err := range errs {
-		if err != nil {
-			t.Fatalf("rank %d: %v", r, err)
-		}
-	}
-	return trainers, func() {
+	closeAll := func() {
 		for r := range trainers {
-			trainers[r].Close()
+			if trainers[r] != nil {
+				trainers[r].Close()
+			}
 			trs[r].Close()
 		}
 	}
+	for r, err := range errs {
+		if err != nil {
+			closeAll()
+			t.Fatalf("rank %d: %v", r, err)
+		}
+	}
+	return trainers, closeAll
 }
 
 // onAll runs fn on every rank concurrently and fails on the first error.

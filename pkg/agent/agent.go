@@ -259,9 +259,10 @@ func (a *Agent) info() membership.WorkerInfo {
 			MemoryBytes: c.Resources.MemoryMiB << 20,
 			GPUs:        c.Resources.GPUs,
 		},
-		Labels:  c.Labels,
-		Host:    c.Host,
-		Version: a.o.Version,
+		Labels:   c.Labels,
+		Host:     c.Host,
+		Version:  a.o.Version,
+		Commands: c.AllowCommands,
 		Slots:   c.SlotCount(),
 		GPUDevices: func() []membership.GPU {
 			var gs []membership.GPU

@@ -23,6 +23,7 @@ import (
 	"github.com/switchyard-ml/switchyard/pkg/client"
 	"github.com/switchyard-ml/switchyard/pkg/coordinator"
 	"github.com/switchyard-ml/switchyard/pkg/events"
+	"github.com/switchyard-ml/switchyard/pkg/jobstate"
 	"github.com/switchyard-ml/switchyard/pkg/membership"
 	"github.com/switchyard-ml/switchyard/pkg/security"
 	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
@@ -183,10 +184,18 @@ func (h *harness) follower() *replica {
 // worker registers a fake worker in the in-memory membership.
 func (h *harness) worker(id string) membership.Registration {
 	h.t.Helper()
-	reg, err := membership.NewMemory(h.members).Register(context.Background(), membership.WorkerInfo{
+	return h.workerWith(id, func(*membership.WorkerInfo) {})
+}
+
+// workerWith is worker with its registration changed by edit.
+func (h *harness) workerWith(id string, edit func(*membership.WorkerInfo)) membership.Registration {
+	h.t.Helper()
+	info := membership.WorkerInfo{
 		ID: id, Address: "127.0.0.1:1" + id[len(id)-1:] + "000", Host: "host-" + id,
 		Resources: membership.Resources{CPUCores: 2, MemoryBytes: 4 << 30},
-	}, 2*time.Second)
+	}
+	edit(&info)
+	reg, err := membership.NewMemory(h.members).Register(context.Background(), info, 2*time.Second)
 	if err != nil {
 		h.t.Fatal(err)
 	}
@@ -919,4 +928,46 @@ func placedWorkers(j *pb.Job) []string {
 	}
 	slices.Sort(out)
 	return out
+}
+
+// TestCommandJobsGoWhereCommandsRun: a command job is placed only on
+// workers whose config allows command jobs (their label says nothing
+// either way), and waits, saying so, while too few of them are free.
+func TestCommandJobsGoWhereCommandsRun(t *testing.T) {
+	h := newHarness(t, 1, "")
+	c := h.client(h.leader(), "")
+	h.workerWith("w1", func(w *membership.WorkerInfo) { w.Labels = map[string]string{"allow_commands": "true"} }) // a label is not the setting
+	h.workerWith("w2", func(w *membership.WorkerInfo) { w.Commands = true })
+	h.worker("w3")
+	const cmdSpec = `name: cmd
+runtime: command
+command: /bin/true
+ranks: %d
+resources: {cpu_cores: 1, memory_mib: 512}
+`
+	if _, err := c.SubmitJob(ctxT(t), &apiv1.SubmitJobRequest{JobId: "one", Spec: []byte(fmt.Sprintf(cmdSpec, 1))}); err != nil {
+		t.Fatal(err)
+	}
+	j := waitJob(t, c, "one", "placed", func(j *pb.Job) bool { return j.State == pb.JobState_JOB_STATE_PLACED })
+	if len(j.Placement) != 1 || j.Placement[0].WorkerId != "w2" {
+		t.Fatalf("placement %v, want w2 (the one worker that runs commands)", j.Placement)
+	}
+	if _, err := c.SubmitJob(ctxT(t), &apiv1.SubmitJobRequest{JobId: "two", Spec: []byte(fmt.Sprintf(cmdSpec, 2))}); err != nil {
+		t.Fatal(err)
+	}
+	j = waitJob(t, c, "two", "pending with a reason", func(j *pb.Job) bool {
+		return strings.Contains(jobstate.PendingReason(j), "labelled allow_commands=true; the cluster has only 1 such worker")
+	})
+	if j.State != pb.JobState_JOB_STATE_PENDING {
+		t.Fatalf("two: %v %q", j.State, jobstate.PendingReason(j))
+	}
+	t.Logf("two waits: %s", jobstate.PendingReason(j))
+	// an engine job still goes anywhere
+	submit(t, c, "engine", 0)
+	j = waitJob(t, c, "engine", "placed", func(j *pb.Job) bool { return j.State == pb.JobState_JOB_STATE_PLACED })
+	for _, a := range j.Placement {
+		if a.WorkerId == "w2" {
+			t.Fatalf("engine job on w2, busy with the command job: %v", j.Placement)
+		}
+	}
 }

@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/switchyard-ml/switchyard/pkg/coordinator"
+	"github.com/switchyard-ml/switchyard/pkg/jobspec"
 	"github.com/switchyard-ml/switchyard/pkg/jobstate"
 	"github.com/switchyard-ml/switchyard/pkg/membership"
 	"github.com/switchyard-ml/switchyard/pkg/scheduler"
@@ -227,6 +229,17 @@ func (s held) snapshot(live map[string]membership.WorkerInfo, jobs []*pb.Job) sc
 		if host == "" && n > 1 {
 			host = id // its slots share the machine
 		}
+		labels := w.Labels
+		if w.Commands || labels[jobspec.CommandsLabel] != "" {
+			labels = maps.Clone(labels)
+			delete(labels, jobspec.CommandsLabel) // its config says, not its labels
+			if w.Commands {
+				if labels == nil {
+					labels = map[string]string{}
+				}
+				labels[jobspec.CommandsLabel] = "true"
+			}
+		}
 		for k := range n {
 			job := busy[workerSlot{id, k}]
 			free := share
@@ -234,7 +247,7 @@ func (s held) snapshot(live map[string]membership.WorkerInfo, jobs []*pb.Job) sc
 				free = scheduler.Resources{}
 			}
 			snap.Workers = append(snap.Workers, scheduler.Worker{
-				ID: slotID(id, k, n), Host: host, Labels: w.Labels, Total: share, Free: free, Healthy: healthy, Job: job,
+				ID: slotID(id, k, n), Host: host, Labels: labels, Total: share, Free: free, Healthy: healthy, Job: job,
 			})
 		}
 	}

@@ -72,13 +72,21 @@ func (s *Spec) TrainConfig() (runconfig.Config, error) {
 	return c, nil
 }
 
+// CommandsLabel is the label the coordinator gives, for placement, the
+// workers that run command jobs (allow_commands: true in their config;
+// whatever their own labels say): a command job needs it on every worker.
+const CommandsLabel = "allow_commands"
+
 // SchedulerJob is the scheduler's view of the spec: the layout, per-rank
 // resources and label constraints, under the coordinator's job id and
 // submit sequence number.
 func (s *Spec) SchedulerJob(id string, seq uint64) scheduler.Job {
-	labels := make(map[string]string, len(s.Placement.HostLabels))
+	labels := make(map[string]string, len(s.Placement.HostLabels)+1)
 	for k, v := range s.Placement.HostLabels {
 		labels[k] = v
+	}
+	if s.Runtime == RuntimeCommand {
+		labels[CommandsLabel] = "true" // only workers that run command jobs
 	}
 	return scheduler.Job{
 		ID:       id,

@@ -59,6 +59,9 @@ type WorkerInfo struct {
 	GPUDevices []GPU `json:"gpu_devices,omitempty"`
 	// Draining: the worker is shutting down; nothing new is placed on it.
 	Draining bool `json:"draining,omitempty"`
+	// Commands: the worker runs jobs with runtime: command (its config's
+	// allow_commands); the scheduler places command jobs only there.
+	Commands bool `json:"commands,omitempty"`
 }
 
 // GPU is one detected device.

@@ -263,7 +263,7 @@ func (a *Agent) info() membership.WorkerInfo {
 		Host:     c.Host,
 		Version:  a.o.Version,
 		Commands: c.AllowCommands,
-		Slots:   c.SlotCount(),
+		Slots:    c.SlotCount(),
 		GPUDevices: func() []membership.GPU {
 			var gs []membership.GPU
 			for _, g := range c.Resources.GPUDevices {

@@ -65,7 +65,8 @@ func newFakeCoordinator() *fakeCoordinator {
 				Spec:      []byte("name: moe-global-lbl\nsteps: 1000\n"),
 				Placement: []*coordinatorv1.RankAssignment{{Rank: 0, WorkerId: "w-a"}, {Rank: 1, WorkerId: "w-b"}},
 				Restarts:  1,
-				Progress:  &coordinatorv1.Progress{Step: 120, TotalSteps: 1000, Loss: 2.3456, TokensPerSecond: 16384, UpdatedUnixNano: ago(5 * time.Second)},
+				Progress: &coordinatorv1.Progress{Step: 120, TotalSteps: 1000, Loss: 2.3456, TokensPerSecond: 16384, UpdatedUnixNano: ago(5 * time.Second),
+					Gpus: []*coordinatorv1.GPUStat{{Rank: 0, Uuid: "GPU-a", UtilPct: 87, MemUsedBytes: 41 << 30, MemTotalBytes: 80 << 30}, {Rank: 1, UtilPct: 12.4, MemUsedBytes: 3 << 29, MemTotalBytes: 80 << 30}}},
 				Conditions: []*coordinatorv1.Condition{
 					{Type: "Scheduled", Status: true, Reason: "Placed", Message: "2 workers", LastTransitionUnixNano: ago(time.Hour)},
 					{Type: "WorkersHealthy", Status: false, Reason: "WorkerLost", Message: "w-c lease expired", LastTransitionUnixNano: ago(30 * time.Minute)},

@@ -177,6 +177,13 @@ func (c *cli) printJob(j *coordinatorv1.Job, pendingReason string) {
 		}
 	}
 	fmt.Fprintf(w, "ETA:         %s\n", etaText)
+	for i, g := range p.GetGpus() {
+		label := "GPUs:"
+		if i > 0 {
+			label = ""
+		}
+		fmt.Fprintf(w, "%-12s rank %d: %s\n", label, g.GetRank(), fmtGPU(g))
+	}
 	if p.GetUpdatedUnixNano() != 0 {
 		fmt.Fprintf(w, "Updated:     %s ago\n", c.age(p.GetUpdatedUnixNano()))
 	}
@@ -612,4 +619,13 @@ func (c *cli) jobResume(ctx context.Context, name string, args []string) error {
 	}
 	fmt.Fprintf(c.out, "job %s resuming from %s: %s\n", id, src, stateLine(resp.GetJob()))
 	return nil
+}
+
+// fmtGPU is "87% busy, 41.2 of 80.0 GiB in use (GPU-...)".
+func fmtGPU(g *coordinatorv1.GPUStat) string {
+	s := fmt.Sprintf("%.0f%% busy, %.1f of %.1f GiB in use", g.GetUtilPct(), float64(g.GetMemUsedBytes())/(1<<30), float64(g.GetMemTotalBytes())/(1<<30))
+	if u := g.GetUuid(); u != "" {
+		s += " (" + u + ")"
+	}
+	return s
 }

@@ -116,6 +116,7 @@ func TestJobStatus(t *testing.T) {
 	// tp 1) x seq_len 256 = 4096 tokens per step; 880 steps left at 16384
 	// tokens/s = 220 s.
 	wantContains(t, r.stdout, "ETA:         3m40s")
+	wantContains(t, r.stdout, "GPUs:        rank 0: 87% busy, 41.0 of 80.0 GiB in use (GPU-a)\n             rank 1: 12% busy, 1.5 of 80.0 GiB in use\n")
 
 	r = runAt(t, addr, "job", "status", "queued")
 	wantCode(t, r, exitOK)

@@ -65,7 +65,7 @@ if [ "$SWITCHYARD_EVENTS" = 1 ]; then
 fi
 case "$out" in
   */jobs/ok-*)
-    printf '{"step":1,"loss":2.5,"lbl":[0.5,1.5],"tokens_per_s":100,"expert_load":[[0.25,0.75],[0.5,0.5]]}\n' >> "$out/metrics.jsonl"
+    printf '{"step":1,"loss":2.5,"lbl":[0.5,1.5],"tokens_per_s":100,"expert_load":[[0.25,0.75],[0.5,0.5]],"gpus":[{"rank":1,"uuid":"GPU-1","util_pct":61,"mem_used_bytes":1024,"mem_total_bytes":4096}]}\n' >> "$out/metrics.jsonl"
     exit 0 ;;
   */jobs/fail-*)
     echo "warming up" >&2
@@ -358,6 +358,9 @@ func TestSuccessArgvMetricsAndLogs(t *testing.T) {
 	st := h.waitState("ok-one", 0, apiv1.TaskState_TASK_STATE_SUCCEEDED)
 	if st.GetStep() != 1 || st.GetLoss() != 2.5 || st.GetTokensPerSecond() != 100 || st.GetMessage() != "" {
 		t.Fatalf("rank 0 status %v", st)
+	}
+	if g := st.GetGpus(); len(g) != 1 || g[0].GetRank() != 1 || g[0].GetUuid() != "GPU-1" || g[0].GetUtilPct() != 61 || g[0].GetMemUsedBytes() != 1024 || g[0].GetMemTotalBytes() != 4096 {
+		t.Fatalf("rank 0 status GPUs %v", g)
 	}
 	h.waitState("ok-multi", 1, apiv1.TaskState_TASK_STATE_SUCCEEDED)
 

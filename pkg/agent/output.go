@@ -173,9 +173,15 @@ func (a *Agent) reportMetrics(tk *task, m train.StepMetrics) {
 	if !tk.setMetrics(int64(m.Step), m.Loss, m.TokensPerS) {
 		return
 	}
+	var gpus []metrics.GPU
+	for _, g := range m.GPUs {
+		gpus = append(gpus, metrics.GPU{Rank: g.Rank, UUID: g.UUID, UtilPct: g.UtilPct, MemUsedBytes: g.MemUsedBytes, MemTotalBytes: g.MemTotalBytes})
+	}
+	tk.setGPUs(gpus)
 	a.tm.Observe(tk.key.jobID, metrics.Step{
 		Step: m.Step, Loss: m.Loss, LBL: m.LBL, TokensPerS: m.TokensPerS, StepS: m.StepS, ExpertLoad: m.ExpertLoad,
 		LBLSyncS: m.LBLSyncS, GradSyncS: m.GradSyncS, CheckpointStallS: m.CheckpointStallS, CheckpointWriteMBps: m.CheckpointWriteMBps, DeviceMemBytes: m.DeviceMemBytes,
+		GPUs: gpus,
 	})
 	a.publish(events.Message{Kind: events.KindMetrics, JobID: tk.key.jobID, Metrics: &events.StepMetrics{
 		Step: int64(m.Step), Rank: int(tk.key.rank), Loss: m.Loss, LBL: lbl,

@@ -21,8 +21,10 @@ import (
 	"github.com/switchyard-ml/switchyard/pkg/fsutil"
 	"github.com/switchyard-ml/switchyard/pkg/jobspec"
 	"github.com/switchyard-ml/switchyard/pkg/membership"
+	"github.com/switchyard-ml/switchyard/pkg/metrics"
 	"github.com/switchyard-ml/switchyard/pkg/train"
 	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
+	pb "github.com/switchyard-ml/switchyard/proto/switchyard/coordinator/v1"
 )
 
 // waitDelay bounds how long a rank's output is read after it exited (a
@@ -54,6 +56,7 @@ type task struct {
 	message   string
 	step      int64
 	loss, tps float64
+	gpus      []*pb.GPUStat // the ranks' GPUs at the latest step
 	events    []*apiv1.TaskEvent
 	// badMetrics counts the metrics lines skipped as malformed
 	badMetrics int
@@ -176,13 +179,24 @@ func (t *task) setMetrics(step int64, loss, tps float64) bool {
 	return true
 }
 
+// setGPUs records the ranks' GPUs of the latest step.
+func (t *task) setGPUs(gs []metrics.GPU) {
+	out := make([]*pb.GPUStat, 0, len(gs))
+	for _, g := range gs {
+		out = append(out, &pb.GPUStat{Rank: int32(g.Rank), UtilPct: g.UtilPct, MemUsedBytes: g.MemUsedBytes, MemTotalBytes: g.MemTotalBytes, Uuid: g.UUID})
+	}
+	t.mu.Lock()
+	t.gpus = out
+	t.mu.Unlock()
+}
+
 func (t *task) status() *apiv1.TaskStatus {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return &apiv1.TaskStatus{
 		JobId: t.key.jobID, Attempt: t.key.attempt, Rank: t.key.rank,
 		State: t.state, Message: t.message, Refused: t.refused,
-		Step: t.step, Loss: t.loss, TokensPerSecond: t.tps,
+		Step: t.step, Loss: t.loss, TokensPerSecond: t.tps, Gpus: t.gpus,
 		Events: slices.Clone(t.events),
 	}
 }

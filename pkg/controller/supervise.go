@@ -662,7 +662,7 @@ func (s held) progress(ctx context.Context, j *pb.Job, ts *apiv1.TaskStatus, for
 	}
 	s.term.lastProgress[j.Id] = now
 	r, err := s.cfg.Node.Apply(ctx, &pb.Command{Op: &pb.Command_JobProgress{JobProgress: &pb.JobProgress{
-		JobId: j.Id, Step: ts.GetStep(), Loss: ts.GetLoss(), TokensPerSecond: ts.GetTokensPerSecond(),
+		JobId: j.Id, Step: ts.GetStep(), Loss: ts.GetLoss(), TokensPerSecond: ts.GetTokensPerSecond(), Gpus: ts.GetGpus(),
 	}}})
 	if err != nil {
 		s.log.Warn("progress failed", "job-id", j.Id, "error", err)

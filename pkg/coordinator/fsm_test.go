@@ -61,7 +61,11 @@ func history() []*pb.Command {
 		progressCmd(120, "a", 1, 5.5),
 		eventCmd(121, "a", "Checkpoint", "step 1 saved"),
 		stateCmd(122, "a", pb.JobState_JOB_STATE_RUNNING, "", "", &pb.Condition{Type: "WorkersHealthy", Status: true, Reason: "AllAlive"}),
-		progressCmd(130, "a", 10, 3.25),
+		func() *pb.Command {
+			c := progressCmd(130, "a", 10, 3.25)
+			c.GetJobProgress().Gpus = []*pb.GPUStat{{Rank: 1, Uuid: "GPU-b", UtilPct: 93, MemUsedBytes: 7 << 30, MemTotalBytes: 80 << 30}}
+			return c
+		}(),
 		stateCmd(131, "a", pb.JobState_JOB_STATE_SUCCEEDED, "Completed", "10/10 steps", nil),
 		placeCmd(140, "b", "w3"),
 		requeueCmd(141, "b", "worker w3 lease expired"),
@@ -104,6 +108,9 @@ func TestFSMLifecycle(t *testing.T) {
 	if a.State != pb.JobState_JOB_STATE_SUCCEEDED || a.Progress.Step != 10 || a.Progress.Loss != 3.25 ||
 		a.FinishedUnixNano != 131 || len(a.Placement) != 2 || a.Placement[1].WorkerId != "w2" {
 		t.Fatalf("job a: %v", a)
+	}
+	if g := a.Progress.Gpus; len(g) != 1 || g[0].Uuid != "GPU-b" || g[0].UtilPct != 93 || g[0].MemUsedBytes != 7<<30 {
+		t.Fatalf("job a's GPUs: %v", g)
 	}
 	var types []string
 	for _, e := range a.Events {

@@ -879,3 +879,29 @@ func ncclDeviceChecks(c *Context, id NCCLID, n, r, m int) (err error) {
 	}
 	return nil
 }
+
+// TestGPUNVML: NVML reads the test GPU by its UUID: its total memory is
+// the driver's, the used memory covers what this Context allocated, the
+// utilisation is a percentage.
+func TestGPUNVML(t *testing.T) {
+	c := openGPU(t)
+	n, err := OpenNVML()
+	if err != nil {
+		if errors.Is(err, ErrLibrary) && os.Getenv("SWITCHYARD_REQUIRE_GPU") == "" {
+			t.Skip("no NVML: " + err.Error())
+		}
+		t.Fatal(err)
+	}
+	defer n.Close()
+	p, err := c.Alloc(1 << 30)
+	must(t, err)
+	defer c.Free(p)
+	s, err := n.Sample(c.UUID())
+	must(t, err)
+	_, total, err := c.MemInfo()
+	must(t, err)
+	t.Logf("%+v", s)
+	if s.MemTotalBytes != total || s.MemUsedBytes < 1<<30 || s.UtilPct < 0 || s.UtilPct > 100 {
+		t.Errorf("sample %+v; the driver says %d bytes in all, and 1 GiB is allocated here", s, total)
+	}
+}

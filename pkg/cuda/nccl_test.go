@@ -26,8 +26,9 @@ import (
 	"github.com/ebitengine/purego"
 )
 
-// fakeNCCL builds and binds testdata/fakenccl.c once per test binary.
-var fakeNCCL = sync.OnceValues(func() (*ncclAPI, error) {
+// fakeLibrary builds testdata/SRC into a shared library named soname
+// with the machine's C compiler and opens it.
+func fakeLibrary(src, soname string) (*library, error) {
 	var cc string
 	for _, c := range []string{"cc", "gcc", "clang", "clang-16"} {
 		if p, err := exec.LookPath(c); err == nil {
@@ -36,21 +37,30 @@ var fakeNCCL = sync.OnceValues(func() (*ncclAPI, error) {
 		}
 	}
 	if cc == "" {
-		return nil, errors.New("no C compiler (cc, gcc, clang or clang-16) to build testdata/fakenccl.c; install gcc")
+		return nil, fmt.Errorf("no C compiler (cc, gcc, clang or clang-16) to build testdata/%s; install gcc", src)
 	}
-	dir, err := os.MkdirTemp("", "fakenccl")
+	dir, err := os.MkdirTemp("", "fakelib")
 	if err != nil {
 		return nil, err
 	}
-	so := filepath.Join(dir, "libnccl.so.2")
-	if out, err := exec.Command(cc, "-shared", "-fPIC", "-O1", "-pthread", "-o", so, "testdata/fakenccl.c").CombinedOutput(); err != nil {
+	so := filepath.Join(dir, soname)
+	if out, err := exec.Command(cc, "-shared", "-fPIC", "-O1", "-pthread", "-o", so, filepath.Join("testdata", src)).CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("%s: %v\n%s", cc, err, out)
 	}
 	h, err := purego.Dlopen(so, purego.RTLD_NOW|purego.RTLD_LOCAL)
 	if err != nil {
 		return nil, err
 	}
-	return bindNCCL(&library{name: "NCCL (fake)", soname: "libnccl.so.2", path: so, handle: h})
+	return &library{name: soname + " (fake)", soname: soname, path: so, handle: h}, nil
+}
+
+// fakeNCCL builds and binds testdata/fakenccl.c once per test binary.
+var fakeNCCL = sync.OnceValues(func() (*ncclAPI, error) {
+	l, err := fakeLibrary("fakenccl.c", "libnccl.so.2")
+	if err != nil {
+		return nil, err
+	}
+	return bindNCCL(l)
 })
 
 func fake(t *testing.T) *ncclAPI {
@@ -278,5 +288,46 @@ func TestNCCLVersionString(t *testing.T) {
 		if got := ncclVersionString(v); got != want {
 			t.Errorf("%d: %s, want %s", v, got, want)
 		}
+	}
+}
+
+// TestNVMLOnFake: the NVML bindings read utilisation and memory by UUID
+// (the struct layouts and the by-UUID handle), and say which GPU they
+// could not find.
+func TestNVMLOnFake(t *testing.T) {
+	if runtime.GOARCH != "amd64" {
+		t.Skip("the bindings are for linux/amd64")
+	}
+	l, err := fakeLibrary("fakenvml.c", "libnvidia-ml.so.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	api, err := bindNVML(l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := openNVML(api)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range []GPUSample{
+		{UUID: "GPU-00000000-0000-0000-0000-000000000002", UtilPct: 75, MemUsedBytes: 2 << 30, MemTotalBytes: 80 << 30},
+		{UUID: "GPU-00000000-0000-0000-0000-000000000001", UtilPct: 40, MemUsedBytes: 1 << 30, MemTotalBytes: 80 << 30},
+		{UUID: "GPU-00000000-0000-0000-0000-000000000002", UtilPct: 75, MemUsedBytes: 2 << 30, MemTotalBytes: 80 << 30}, // a cached handle
+	} {
+		got, err := n.Sample(want.UUID)
+		if err != nil || got != want {
+			t.Errorf("sample %d: %+v, %v; want %+v", i, got, err, want)
+		}
+	}
+	_, err = n.Sample("GPU-ffffffff-0000-0000-0000-000000000000")
+	if err == nil || !errors.Is(err, ErrLibrary) || !strings.Contains(err.Error(), "nvmlDeviceGetHandleByUUID (GPU-ffffffff-0000-0000-0000-000000000000): NVML_ERROR_NOT_FOUND: Not Found") {
+		t.Errorf("unknown GPU: %v", err)
+	}
+	if err := n.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.Sample("GPU-00000000-0000-0000-0000-000000000001"); err == nil {
+		t.Error("Sample after Close")
 	}
 }

@@ -18,8 +18,15 @@ func TestTrainingObserveAndForget(t *testing.T) {
 	tr := NewTraining(reg)
 	step := Step{Step: 7, Loss: 2.5, LBL: []float64{1.01, 1.2}, TokensPerS: 9000, StepS: 0.2,
 		ExpertLoad: [][]float64{{0.25, 0.25, 0.25, 0.25}, {0.7, 0.1, 0.1, 0.1}}, LBLSyncS: 0.01, GradSyncS: 0.05,
-		CheckpointStallS: 0.5, CheckpointWriteMBps: 200, DeviceMemBytes: 3 << 30}
+		CheckpointStallS: 0.5, CheckpointWriteMBps: 200, DeviceMemBytes: 3 << 30,
+		GPUs: []GPU{{Rank: 0, UtilPct: 87, MemUsedBytes: 40 << 30, MemTotalBytes: 80 << 30}, {Rank: 1, UtilPct: 12, MemUsedBytes: 5 << 30}, {Rank: -1, UtilPct: 50}}}
 	tr.Observe("job-a", step)
+	if a, b := testutil.ToFloat64(tr.gpuUtil.WithLabelValues("job-a", "0")), testutil.ToFloat64(tr.gpuMem.WithLabelValues("job-a", "1")); a != 87 || b != 5<<30 {
+		t.Errorf("rank 0 GPU %v%% busy, rank 1 %v bytes in use", a, b)
+	}
+	if n := testutil.CollectAndCount(tr.gpuUtil); n != 2 {
+		t.Errorf("%d GPU utilisation series, want 2 (a negative rank is dropped)", n)
+	}
 	if v := testutil.ToFloat64(tr.share.WithLabelValues("job-a", "1", "0")); v != 0.7 {
 		t.Errorf("share of layer 1 expert 0 = %v", v)
 	}

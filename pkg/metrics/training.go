@@ -24,7 +24,21 @@ type Step struct {
 	CheckpointWriteMBps float64
 	// DeviceMemBytes is the GPU memory rank 0's engine holds (0: a CPU run).
 	DeviceMemBytes int64
+	// GPUs are the ranks' GPUs after the step (NVML).
+	GPUs []GPU
 }
+
+// GPU is one rank's GPU after a step.
+type GPU struct {
+	Rank          int
+	UUID          string
+	UtilPct       float64
+	MemUsedBytes  int64
+	MemTotalBytes int64
+}
+
+// maxRanks bounds the per-rank series of one job.
+const maxRanks = 4096
 
 // The largest expert-load shape exported per job: MoE layers, experts.
 const (
@@ -46,6 +60,8 @@ type Training struct {
 	stall      *prometheus.CounterVec
 	write      *prometheus.GaugeVec
 	deviceMem  *prometheus.GaugeVec
+	gpuUtil    *prometheus.GaugeVec
+	gpuMem     *prometheus.GaugeVec
 
 	mu        sync.Mutex
 	lastStall map[string]float64 // per job: the cumulative stall already counted
@@ -89,9 +105,15 @@ func NewTraining(reg prometheus.Registerer) *Training {
 		deviceMem: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "switchyard_train_device_memory_bytes", Help: "GPU memory rank 0's engine holds (only for a run on a GPU).",
 		}, job),
+		gpuUtil: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "switchyard_train_gpu_utilization_percent", Help: "Percent of the last sample period a kernel ran on each rank's GPU (NVML; any process's kernels).",
+		}, []string{"job_id", "rank"}),
+		gpuMem: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "switchyard_train_gpu_memory_used_bytes", Help: "Memory in use on each rank's GPU (NVML; every process's).",
+		}, []string{"job_id", "rank"}),
 		lastStall: map[string]float64{},
 	}
-	reg.MustRegister(t.step, t.loss, t.tokens, t.lbl, t.share, t.imbalance, t.stepTime, t.collective, t.stall, t.write, t.deviceMem)
+	reg.MustRegister(t.step, t.loss, t.tokens, t.lbl, t.share, t.imbalance, t.stepTime, t.collective, t.stall, t.write, t.deviceMem, t.gpuUtil, t.gpuMem)
 	return t
 }
 
@@ -135,6 +157,14 @@ func (t *Training) Observe(job string, s Step) {
 	if s.DeviceMemBytes > 0 {
 		t.deviceMem.WithLabelValues(job).Set(float64(s.DeviceMemBytes))
 	}
+	for _, g := range s.GPUs {
+		if g.Rank < 0 || g.Rank >= maxRanks {
+			continue
+		}
+		r := strconv.Itoa(g.Rank)
+		t.gpuUtil.WithLabelValues(job, r).Set(g.UtilPct)
+		t.gpuMem.WithLabelValues(job, r).Set(float64(g.MemUsedBytes))
+	}
 	if s.CheckpointWriteMBps > 0 {
 		t.write.WithLabelValues(job).Set(s.CheckpointWriteMBps * 1e6)
 	}
@@ -156,7 +186,7 @@ func (t *Training) Forget(job string) {
 	}
 	l := prometheus.Labels{"job_id": job}
 	for _, v := range []interface{ DeletePartialMatch(prometheus.Labels) int }{
-		t.step, t.loss, t.tokens, t.lbl, t.share, t.imbalance, t.stepTime, t.collective, t.stall, t.write, t.deviceMem,
+		t.step, t.loss, t.tokens, t.lbl, t.share, t.imbalance, t.stepTime, t.collective, t.stall, t.write, t.deviceMem, t.gpuUtil, t.gpuMem,
 	} {
 		v.DeletePartialMatch(l)
 	}

@@ -124,6 +124,7 @@ type gpuEngine struct {
 	m         *gpu.Model
 	dist      *Dist // data and expert parallelism (Dist.checkGPU)
 	colls     gpuCollectives
+	nvml      *cuda.NVML // the step metrics' GPU utilisation (nil: none)
 	cfg       optim.Config
 	train     *model.Batch
 	eval      *model.Batch
@@ -256,7 +257,11 @@ func (e *gpuEngine) split() map[string]float64 {
 }
 
 func (e *gpuEngine) close() error {
-	return errors.Join(e.m.Close(), e.colls.close(), e.m.Device().Close())
+	err := errors.Join(e.m.Close(), e.colls.close(), e.m.Device().Close())
+	if e.nvml != nil {
+		err = errors.Join(err, e.nvml.Close())
+	}
+	return err
 }
 
 // gpuCollectives are a GPU rank's device collectives (pkg/devcomm), one

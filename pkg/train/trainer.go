@@ -72,6 +72,10 @@ type StepMetrics struct {
 	CheckpointWriteMBps float64 `json:"checkpoint_write_mb_per_s,omitempty"`
 	// DeviceMemBytes is the GPU memory the engine's buffers hold (0: CPU).
 	DeviceMemBytes int64 `json:"device_mem_bytes,omitempty"`
+	// GPUs is every GPU rank's device as NVML read it after the step
+	// (utilisation over its last sample period, memory in use by every
+	// process); ranks without NVML are left out, CPU runs have none.
+	GPUs []GPUStat `json:"gpus,omitempty"`
 	// ValBPB is the validation bits/byte by domain of an evaluation after
 	// this step (eval_every, and the final one on a repeated line of the
 	// last step); nil between evaluations.
@@ -290,8 +294,13 @@ func (t *Trainer) newEngine(corpus *data.Corpus, dev cuda.Device) error {
 		return err
 	}
 	t.collectives = colls.describe()
+	var nvml *cuda.NVML
+	if _, ok := dev.(*cuda.Context); ok {
+		// without NVML the step metrics have no utilisation, nothing else
+		nvml, _ = cuda.OpenNVML()
+	}
 	t.GPU = g
-	t.eng = &gpuEngine{m: g, dist: t.Dist, colls: colls, cfg: cfg.Optim, gradScale: 1 / float32(cfg.Accumulation), t: &t.optTime,
+	t.eng = &gpuEngine{m: g, dist: t.Dist, colls: colls, nvml: nvml, cfg: cfg.Optim, gradScale: 1 / float32(cfg.Accumulation), t: &t.optTime,
 		train: model.NewBatch(cfg.MicroBatch, mc.SeqLen), eval: model.NewBatch(cfg.MicroBatch, mc.SeqLen),
 		stats: model.NewExpertStats(mc.MoELayers(), max(len(corpus.Domains), 1), mc.Experts)}
 	return nil
@@ -317,6 +326,39 @@ func (t *Trainer) Close() error {
 		err = cerr
 	}
 	return err
+}
+
+// GPUStat is one rank's GPU after a step.
+type GPUStat struct {
+	Rank int `json:"rank"`
+	cuda.GPUSample
+}
+
+// gpuStats samples this rank's GPU and gathers every rank's sample (a
+// collective over the world: every rank of a GPU run calls it).
+func (t *Trainer) gpuStats(ctx context.Context) ([]GPUStat, error) {
+	var mine []byte
+	g, _ := t.eng.(*gpuEngine)
+	if c, ok := t.GPU.Device().(*cuda.Context); ok && g != nil && g.nvml != nil {
+		if s, err := g.nvml.Sample(c.UUID()); err == nil {
+			mine, _ = json.Marshal(s)
+		}
+	}
+	all := [][]byte{mine}
+	if t.Dist != nil && t.Dist.World.Size() > 1 {
+		var err error
+		if all, err = t.Dist.World.AllGatherBytes(ctx, mine); err != nil {
+			return nil, fmt.Errorf("train: GPU statistics: %w", err)
+		}
+	}
+	var out []GPUStat
+	for r, b := range all {
+		var s cuda.GPUSample
+		if len(b) > 0 && json.Unmarshal(b, &s) == nil {
+			out = append(out, GPUStat{Rank: r, GPUSample: s})
+		}
+	}
+	return out, nil
 }
 
 // newLoader is the run's stream of training sequences: shuffled over all
@@ -479,6 +521,9 @@ func (t *Trainer) Run(ctx context.Context) (*Report, error) {
 		}
 		if t.GPU != nil {
 			sm.DeviceMemBytes = t.GPU.DeviceBytes()
+			if sm.GPUs, err = t.gpuStats(ctx); err != nil {
+				return nil, err
+			}
 		}
 		last = sm
 		if t.progress != nil {

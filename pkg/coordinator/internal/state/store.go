@@ -245,6 +245,7 @@ func (s *Store) Progress(now int64, c *pb.JobProgress) (*pb.Job, error) {
 	j.Progress.Step = c.Step
 	j.Progress.Loss = c.Loss
 	j.Progress.TokensPerSecond = c.TokensPerSecond
+	j.Progress.Gpus = c.Gpus
 	j.Progress.UpdatedUnixNano = now
 	j.UpdatedUnixNano = now
 	return clone(j), nil

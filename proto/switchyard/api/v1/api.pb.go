@@ -2469,7 +2469,9 @@ type TaskStatus struct {
 	// The worker refused to start the rank as the task asks (a path outside
 	// its storage, commands it does not run, a spec it cannot use): the
 	// same task would be refused again, so the job is not restarted.
-	Refused       bool `protobuf:"varint,10,opt,name=refused,proto3" json:"refused,omitempty"`
+	Refused bool `protobuf:"varint,10,opt,name=refused,proto3" json:"refused,omitempty"`
+	// The ranks' GPUs at the latest step (rank 0 reports them).
+	Gpus          []*v1.GPUStat `protobuf:"bytes,11,rep,name=gpus,proto3" json:"gpus,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2572,6 +2574,13 @@ func (x *TaskStatus) GetRefused() bool {
 		return x.Refused
 	}
 	return false
+}
+
+func (x *TaskStatus) GetGpus() []*v1.GPUStat {
+	if x != nil {
+		return x.Gpus
+	}
+	return nil
 }
 
 type TaskEvent struct {
@@ -2930,7 +2939,7 @@ const file_switchyard_api_v1_api_proto_rawDesc = "" +
 	"\x10local_world_size\x18\x11 \x01(\x05R\x0elocalWorldSize\x12\x1f\n" +
 	"\vlocal_slots\x18\x12 \x03(\x05R\n" +
 	"localSlots\x12'\n" +
-	"\x0fcheckpoint_step\x18\x13 \x01(\x03R\x0echeckpointStep\"\xc3\x02\n" +
+	"\x0fcheckpoint_step\x18\x13 \x01(\x03R\x0echeckpointStep\"\xfb\x02\n" +
 	"\n" +
 	"TaskStatus\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x18\n" +
@@ -2943,7 +2952,8 @@ const file_switchyard_api_v1_api_proto_rawDesc = "" +
 	"\x11tokens_per_second\x18\b \x01(\x01R\x0ftokensPerSecond\x124\n" +
 	"\x06events\x18\t \x03(\v2\x1c.switchyard.api.v1.TaskEventR\x06events\x12\x18\n" +
 	"\arefused\x18\n" +
-	" \x01(\bR\arefused\"h\n" +
+	" \x01(\bR\arefused\x126\n" +
+	"\x04gpus\x18\v \x03(\v2\".switchyard.coordinator.v1.GPUStatR\x04gpus\"h\n" +
 	"\tTaskEvent\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\rR\x03seq\x12\x12\n" +
 	"\x04type\x18\x02 \x01(\tR\x04type\x12\x18\n" +
@@ -3042,6 +3052,7 @@ var file_switchyard_api_v1_api_proto_goTypes = []any{
 	nil,                              // 44: switchyard.api.v1.ClusterStatusResponse.RaftEntry
 	(*v1.Job)(nil),                   // 45: switchyard.coordinator.v1.Job
 	(v1.JobState)(0),                 // 46: switchyard.coordinator.v1.JobState
+	(*v1.GPUStat)(nil),               // 47: switchyard.coordinator.v1.GPUStat
 }
 var file_switchyard_api_v1_api_proto_depIdxs = []int32{
 	45, // 0: switchyard.api.v1.SubmitJobResponse.job:type_name -> switchyard.coordinator.v1.Job
@@ -3066,43 +3077,44 @@ var file_switchyard_api_v1_api_proto_depIdxs = []int32{
 	35, // 19: switchyard.api.v1.VerifyCheckpointResponse.shards:type_name -> switchyard.api.v1.ShardCheck
 	0,  // 20: switchyard.api.v1.TaskStatus.state:type_name -> switchyard.api.v1.TaskState
 	40, // 21: switchyard.api.v1.TaskStatus.events:type_name -> switchyard.api.v1.TaskEvent
-	39, // 22: switchyard.api.v1.SyncWorkerRequest.tasks:type_name -> switchyard.api.v1.TaskStatus
-	38, // 23: switchyard.api.v1.SyncWorkerResponse.tasks:type_name -> switchyard.api.v1.Task
-	1,  // 24: switchyard.api.v1.Coordinator.SubmitJob:input_type -> switchyard.api.v1.SubmitJobRequest
-	3,  // 25: switchyard.api.v1.Coordinator.GetJob:input_type -> switchyard.api.v1.GetJobRequest
-	5,  // 26: switchyard.api.v1.Coordinator.ListJobs:input_type -> switchyard.api.v1.ListJobsRequest
-	7,  // 27: switchyard.api.v1.Coordinator.CancelJob:input_type -> switchyard.api.v1.CancelJobRequest
-	9,  // 28: switchyard.api.v1.Coordinator.ResumeJob:input_type -> switchyard.api.v1.ResumeJobRequest
-	11, // 29: switchyard.api.v1.Coordinator.JobLogs:input_type -> switchyard.api.v1.JobLogsRequest
-	13, // 30: switchyard.api.v1.Coordinator.WatchJob:input_type -> switchyard.api.v1.WatchJobRequest
-	17, // 31: switchyard.api.v1.Coordinator.ClusterStatus:input_type -> switchyard.api.v1.ClusterStatusRequest
-	23, // 32: switchyard.api.v1.Coordinator.AddReplica:input_type -> switchyard.api.v1.AddReplicaRequest
-	25, // 33: switchyard.api.v1.Coordinator.RemoveReplica:input_type -> switchyard.api.v1.RemoveReplicaRequest
-	27, // 34: switchyard.api.v1.Coordinator.ListCheckpoints:input_type -> switchyard.api.v1.ListCheckpointsRequest
-	31, // 35: switchyard.api.v1.Coordinator.DeleteCheckpoint:input_type -> switchyard.api.v1.DeleteCheckpointRequest
-	33, // 36: switchyard.api.v1.Coordinator.VerifyCheckpoint:input_type -> switchyard.api.v1.VerifyCheckpointRequest
-	36, // 37: switchyard.api.v1.Coordinator.CommitCheckpoint:input_type -> switchyard.api.v1.CommitCheckpointRequest
-	41, // 38: switchyard.api.v1.Coordinator.SyncWorker:input_type -> switchyard.api.v1.SyncWorkerRequest
-	2,  // 39: switchyard.api.v1.Coordinator.SubmitJob:output_type -> switchyard.api.v1.SubmitJobResponse
-	4,  // 40: switchyard.api.v1.Coordinator.GetJob:output_type -> switchyard.api.v1.GetJobResponse
-	6,  // 41: switchyard.api.v1.Coordinator.ListJobs:output_type -> switchyard.api.v1.ListJobsResponse
-	8,  // 42: switchyard.api.v1.Coordinator.CancelJob:output_type -> switchyard.api.v1.CancelJobResponse
-	10, // 43: switchyard.api.v1.Coordinator.ResumeJob:output_type -> switchyard.api.v1.ResumeJobResponse
-	12, // 44: switchyard.api.v1.Coordinator.JobLogs:output_type -> switchyard.api.v1.LogEntry
-	16, // 45: switchyard.api.v1.Coordinator.WatchJob:output_type -> switchyard.api.v1.WatchJobResponse
-	22, // 46: switchyard.api.v1.Coordinator.ClusterStatus:output_type -> switchyard.api.v1.ClusterStatusResponse
-	24, // 47: switchyard.api.v1.Coordinator.AddReplica:output_type -> switchyard.api.v1.AddReplicaResponse
-	26, // 48: switchyard.api.v1.Coordinator.RemoveReplica:output_type -> switchyard.api.v1.RemoveReplicaResponse
-	30, // 49: switchyard.api.v1.Coordinator.ListCheckpoints:output_type -> switchyard.api.v1.ListCheckpointsResponse
-	32, // 50: switchyard.api.v1.Coordinator.DeleteCheckpoint:output_type -> switchyard.api.v1.DeleteCheckpointResponse
-	34, // 51: switchyard.api.v1.Coordinator.VerifyCheckpoint:output_type -> switchyard.api.v1.VerifyCheckpointResponse
-	37, // 52: switchyard.api.v1.Coordinator.CommitCheckpoint:output_type -> switchyard.api.v1.CommitCheckpointResponse
-	42, // 53: switchyard.api.v1.Coordinator.SyncWorker:output_type -> switchyard.api.v1.SyncWorkerResponse
-	39, // [39:54] is the sub-list for method output_type
-	24, // [24:39] is the sub-list for method input_type
-	24, // [24:24] is the sub-list for extension type_name
-	24, // [24:24] is the sub-list for extension extendee
-	0,  // [0:24] is the sub-list for field type_name
+	47, // 22: switchyard.api.v1.TaskStatus.gpus:type_name -> switchyard.coordinator.v1.GPUStat
+	39, // 23: switchyard.api.v1.SyncWorkerRequest.tasks:type_name -> switchyard.api.v1.TaskStatus
+	38, // 24: switchyard.api.v1.SyncWorkerResponse.tasks:type_name -> switchyard.api.v1.Task
+	1,  // 25: switchyard.api.v1.Coordinator.SubmitJob:input_type -> switchyard.api.v1.SubmitJobRequest
+	3,  // 26: switchyard.api.v1.Coordinator.GetJob:input_type -> switchyard.api.v1.GetJobRequest
+	5,  // 27: switchyard.api.v1.Coordinator.ListJobs:input_type -> switchyard.api.v1.ListJobsRequest
+	7,  // 28: switchyard.api.v1.Coordinator.CancelJob:input_type -> switchyard.api.v1.CancelJobRequest
+	9,  // 29: switchyard.api.v1.Coordinator.ResumeJob:input_type -> switchyard.api.v1.ResumeJobRequest
+	11, // 30: switchyard.api.v1.Coordinator.JobLogs:input_type -> switchyard.api.v1.JobLogsRequest
+	13, // 31: switchyard.api.v1.Coordinator.WatchJob:input_type -> switchyard.api.v1.WatchJobRequest
+	17, // 32: switchyard.api.v1.Coordinator.ClusterStatus:input_type -> switchyard.api.v1.ClusterStatusRequest
+	23, // 33: switchyard.api.v1.Coordinator.AddReplica:input_type -> switchyard.api.v1.AddReplicaRequest
+	25, // 34: switchyard.api.v1.Coordinator.RemoveReplica:input_type -> switchyard.api.v1.RemoveReplicaRequest
+	27, // 35: switchyard.api.v1.Coordinator.ListCheckpoints:input_type -> switchyard.api.v1.ListCheckpointsRequest
+	31, // 36: switchyard.api.v1.Coordinator.DeleteCheckpoint:input_type -> switchyard.api.v1.DeleteCheckpointRequest
+	33, // 37: switchyard.api.v1.Coordinator.VerifyCheckpoint:input_type -> switchyard.api.v1.VerifyCheckpointRequest
+	36, // 38: switchyard.api.v1.Coordinator.CommitCheckpoint:input_type -> switchyard.api.v1.CommitCheckpointRequest
+	41, // 39: switchyard.api.v1.Coordinator.SyncWorker:input_type -> switchyard.api.v1.SyncWorkerRequest
+	2,  // 40: switchyard.api.v1.Coordinator.SubmitJob:output_type -> switchyard.api.v1.SubmitJobResponse
+	4,  // 41: switchyard.api.v1.Coordinator.GetJob:output_type -> switchyard.api.v1.GetJobResponse
+	6,  // 42: switchyard.api.v1.Coordinator.ListJobs:output_type -> switchyard.api.v1.ListJobsResponse
+	8,  // 43: switchyard.api.v1.Coordinator.CancelJob:output_type -> switchyard.api.v1.CancelJobResponse
+	10, // 44: switchyard.api.v1.Coordinator.ResumeJob:output_type -> switchyard.api.v1.ResumeJobResponse
+	12, // 45: switchyard.api.v1.Coordinator.JobLogs:output_type -> switchyard.api.v1.LogEntry
+	16, // 46: switchyard.api.v1.Coordinator.WatchJob:output_type -> switchyard.api.v1.WatchJobResponse
+	22, // 47: switchyard.api.v1.Coordinator.ClusterStatus:output_type -> switchyard.api.v1.ClusterStatusResponse
+	24, // 48: switchyard.api.v1.Coordinator.AddReplica:output_type -> switchyard.api.v1.AddReplicaResponse
+	26, // 49: switchyard.api.v1.Coordinator.RemoveReplica:output_type -> switchyard.api.v1.RemoveReplicaResponse
+	30, // 50: switchyard.api.v1.Coordinator.ListCheckpoints:output_type -> switchyard.api.v1.ListCheckpointsResponse
+	32, // 51: switchyard.api.v1.Coordinator.DeleteCheckpoint:output_type -> switchyard.api.v1.DeleteCheckpointResponse
+	34, // 52: switchyard.api.v1.Coordinator.VerifyCheckpoint:output_type -> switchyard.api.v1.VerifyCheckpointResponse
+	37, // 53: switchyard.api.v1.Coordinator.CommitCheckpoint:output_type -> switchyard.api.v1.CommitCheckpointResponse
+	42, // 54: switchyard.api.v1.Coordinator.SyncWorker:output_type -> switchyard.api.v1.SyncWorkerResponse
+	40, // [40:55] is the sub-list for method output_type
+	25, // [25:40] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_switchyard_api_v1_api_proto_init() }

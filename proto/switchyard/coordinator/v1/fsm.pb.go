@@ -602,8 +602,10 @@ type JobProgress struct {
 	Step            int64                  `protobuf:"varint,2,opt,name=step,proto3" json:"step,omitempty"`
 	Loss            float64                `protobuf:"fixed64,3,opt,name=loss,proto3" json:"loss,omitempty"`
 	TokensPerSecond float64                `protobuf:"fixed64,4,opt,name=tokens_per_second,json=tokensPerSecond,proto3" json:"tokens_per_second,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// The ranks' GPUs after the step (GPU runs with NVML).
+	Gpus          []*GPUStat `protobuf:"bytes,5,rep,name=gpus,proto3" json:"gpus,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *JobProgress) Reset() {
@@ -664,6 +666,92 @@ func (x *JobProgress) GetTokensPerSecond() float64 {
 	return 0
 }
 
+func (x *JobProgress) GetGpus() []*GPUStat {
+	if x != nil {
+		return x.Gpus
+	}
+	return nil
+}
+
+// GPUStat is one rank's GPU as NVML read it after a step.
+type GPUStat struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Rank  int32                  `protobuf:"varint,1,opt,name=rank,proto3" json:"rank,omitempty"`
+	Uuid  string                 `protobuf:"bytes,2,opt,name=uuid,proto3" json:"uuid,omitempty"`
+	// Percent of the last sample period in which a kernel ran (any process's).
+	UtilPct float64 `protobuf:"fixed64,3,opt,name=util_pct,json=utilPct,proto3" json:"util_pct,omitempty"`
+	// Memory in use on the device (every process's) and in all.
+	MemUsedBytes  int64 `protobuf:"varint,4,opt,name=mem_used_bytes,json=memUsedBytes,proto3" json:"mem_used_bytes,omitempty"`
+	MemTotalBytes int64 `protobuf:"varint,5,opt,name=mem_total_bytes,json=memTotalBytes,proto3" json:"mem_total_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GPUStat) Reset() {
+	*x = GPUStat{}
+	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GPUStat) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GPUStat) ProtoMessage() {}
+
+func (x *GPUStat) ProtoReflect() protoreflect.Message {
+	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GPUStat.ProtoReflect.Descriptor instead.
+func (*GPUStat) Descriptor() ([]byte, []int) {
+	return file_switchyard_coordinator_v1_fsm_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *GPUStat) GetRank() int32 {
+	if x != nil {
+		return x.Rank
+	}
+	return 0
+}
+
+func (x *GPUStat) GetUuid() string {
+	if x != nil {
+		return x.Uuid
+	}
+	return ""
+}
+
+func (x *GPUStat) GetUtilPct() float64 {
+	if x != nil {
+		return x.UtilPct
+	}
+	return 0
+}
+
+func (x *GPUStat) GetMemUsedBytes() int64 {
+	if x != nil {
+		return x.MemUsedBytes
+	}
+	return 0
+}
+
+func (x *GPUStat) GetMemTotalBytes() int64 {
+	if x != nil {
+		return x.MemTotalBytes
+	}
+	return 0
+}
+
 // CancelJob moves a non-final job to CANCELLED. Cancelling a job that is
 // already cancelled is a no-op.
 type CancelJob struct {
@@ -677,7 +765,7 @@ type CancelJob struct {
 
 func (x *CancelJob) Reset() {
 	*x = CancelJob{}
-	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[6]
+	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -689,7 +777,7 @@ func (x *CancelJob) String() string {
 func (*CancelJob) ProtoMessage() {}
 
 func (x *CancelJob) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[6]
+	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -702,7 +790,7 @@ func (x *CancelJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelJob.ProtoReflect.Descriptor instead.
 func (*CancelJob) Descriptor() ([]byte, []int) {
-	return file_switchyard_coordinator_v1_fsm_proto_rawDescGZIP(), []int{6}
+	return file_switchyard_coordinator_v1_fsm_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *CancelJob) GetJobId() string {
@@ -743,7 +831,7 @@ type RequeueJob struct {
 
 func (x *RequeueJob) Reset() {
 	*x = RequeueJob{}
-	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[7]
+	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -755,7 +843,7 @@ func (x *RequeueJob) String() string {
 func (*RequeueJob) ProtoMessage() {}
 
 func (x *RequeueJob) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[7]
+	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -768,7 +856,7 @@ func (x *RequeueJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequeueJob.ProtoReflect.Descriptor instead.
 func (*RequeueJob) Descriptor() ([]byte, []int) {
-	return file_switchyard_coordinator_v1_fsm_proto_rawDescGZIP(), []int{7}
+	return file_switchyard_coordinator_v1_fsm_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *RequeueJob) GetJobId() string {
@@ -813,7 +901,7 @@ type ResumeJob struct {
 
 func (x *ResumeJob) Reset() {
 	*x = ResumeJob{}
-	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[8]
+	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -825,7 +913,7 @@ func (x *ResumeJob) String() string {
 func (*ResumeJob) ProtoMessage() {}
 
 func (x *ResumeJob) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[8]
+	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -838,7 +926,7 @@ func (x *ResumeJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeJob.ProtoReflect.Descriptor instead.
 func (*ResumeJob) Descriptor() ([]byte, []int) {
-	return file_switchyard_coordinator_v1_fsm_proto_rawDescGZIP(), []int{8}
+	return file_switchyard_coordinator_v1_fsm_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ResumeJob) GetJobId() string {
@@ -877,7 +965,7 @@ type Condition struct {
 
 func (x *Condition) Reset() {
 	*x = Condition{}
-	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[9]
+	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -889,7 +977,7 @@ func (x *Condition) String() string {
 func (*Condition) ProtoMessage() {}
 
 func (x *Condition) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[9]
+	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -902,7 +990,7 @@ func (x *Condition) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Condition.ProtoReflect.Descriptor instead.
 func (*Condition) Descriptor() ([]byte, []int) {
-	return file_switchyard_coordinator_v1_fsm_proto_rawDescGZIP(), []int{9}
+	return file_switchyard_coordinator_v1_fsm_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Condition) GetType() string {
@@ -954,7 +1042,7 @@ type RankAssignment struct {
 
 func (x *RankAssignment) Reset() {
 	*x = RankAssignment{}
-	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[10]
+	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -966,7 +1054,7 @@ func (x *RankAssignment) String() string {
 func (*RankAssignment) ProtoMessage() {}
 
 func (x *RankAssignment) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[10]
+	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -979,7 +1067,7 @@ func (x *RankAssignment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RankAssignment.ProtoReflect.Descriptor instead.
 func (*RankAssignment) Descriptor() ([]byte, []int) {
-	return file_switchyard_coordinator_v1_fsm_proto_rawDescGZIP(), []int{10}
+	return file_switchyard_coordinator_v1_fsm_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *RankAssignment) GetRank() int32 {
@@ -1020,7 +1108,7 @@ type JobEvent struct {
 
 func (x *JobEvent) Reset() {
 	*x = JobEvent{}
-	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[11]
+	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1032,7 +1120,7 @@ func (x *JobEvent) String() string {
 func (*JobEvent) ProtoMessage() {}
 
 func (x *JobEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[11]
+	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1045,7 +1133,7 @@ func (x *JobEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobEvent.ProtoReflect.Descriptor instead.
 func (*JobEvent) Descriptor() ([]byte, []int) {
-	return file_switchyard_coordinator_v1_fsm_proto_rawDescGZIP(), []int{11}
+	return file_switchyard_coordinator_v1_fsm_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *JobEvent) GetSeq() uint64 {
@@ -1090,13 +1178,15 @@ type Progress struct {
 	Loss            float64                `protobuf:"fixed64,3,opt,name=loss,proto3" json:"loss,omitempty"`
 	TokensPerSecond float64                `protobuf:"fixed64,4,opt,name=tokens_per_second,json=tokensPerSecond,proto3" json:"tokens_per_second,omitempty"`
 	UpdatedUnixNano int64                  `protobuf:"varint,5,opt,name=updated_unix_nano,json=updatedUnixNano,proto3" json:"updated_unix_nano,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// The ranks' GPUs at the latest step (GPU runs with NVML).
+	Gpus          []*GPUStat `protobuf:"bytes,6,rep,name=gpus,proto3" json:"gpus,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Progress) Reset() {
 	*x = Progress{}
-	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[12]
+	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1108,7 +1198,7 @@ func (x *Progress) String() string {
 func (*Progress) ProtoMessage() {}
 
 func (x *Progress) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[12]
+	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1121,7 +1211,7 @@ func (x *Progress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Progress.ProtoReflect.Descriptor instead.
 func (*Progress) Descriptor() ([]byte, []int) {
-	return file_switchyard_coordinator_v1_fsm_proto_rawDescGZIP(), []int{12}
+	return file_switchyard_coordinator_v1_fsm_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Progress) GetStep() int64 {
@@ -1157,6 +1247,13 @@ func (x *Progress) GetUpdatedUnixNano() int64 {
 		return x.UpdatedUnixNano
 	}
 	return 0
+}
+
+func (x *Progress) GetGpus() []*GPUStat {
+	if x != nil {
+		return x.Gpus
+	}
+	return nil
 }
 
 // Job is the replicated record of one job.
@@ -1203,7 +1300,7 @@ type Job struct {
 
 func (x *Job) Reset() {
 	*x = Job{}
-	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[13]
+	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1215,7 +1312,7 @@ func (x *Job) String() string {
 func (*Job) ProtoMessage() {}
 
 func (x *Job) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[13]
+	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1228,7 +1325,7 @@ func (x *Job) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Job.ProtoReflect.Descriptor instead.
 func (*Job) Descriptor() ([]byte, []int) {
-	return file_switchyard_coordinator_v1_fsm_proto_rawDescGZIP(), []int{13}
+	return file_switchyard_coordinator_v1_fsm_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Job) GetId() string {
@@ -1400,7 +1497,7 @@ type Snapshot struct {
 
 func (x *Snapshot) Reset() {
 	*x = Snapshot{}
-	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[14]
+	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1412,7 +1509,7 @@ func (x *Snapshot) String() string {
 func (*Snapshot) ProtoMessage() {}
 
 func (x *Snapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[14]
+	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1425,7 +1522,7 @@ func (x *Snapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Snapshot.ProtoReflect.Descriptor instead.
 func (*Snapshot) Descriptor() ([]byte, []int) {
-	return file_switchyard_coordinator_v1_fsm_proto_rawDescGZIP(), []int{14}
+	return file_switchyard_coordinator_v1_fsm_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Snapshot) GetFormatVersion() uint32 {
@@ -1494,12 +1591,19 @@ const file_switchyard_coordinator_v1_fsm_proto_rawDesc = "" +
 	"\x02ep\x18\x04 \x01(\x05R\x02ep\"_\n" +
 	"\vRecordEvent\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x129\n" +
-	"\x05event\x18\x02 \x01(\v2#.switchyard.coordinator.v1.JobEventR\x05event\"x\n" +
+	"\x05event\x18\x02 \x01(\v2#.switchyard.coordinator.v1.JobEventR\x05event\"\xb0\x01\n" +
 	"\vJobProgress\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x12\n" +
 	"\x04step\x18\x02 \x01(\x03R\x04step\x12\x12\n" +
 	"\x04loss\x18\x03 \x01(\x01R\x04loss\x12*\n" +
-	"\x11tokens_per_second\x18\x04 \x01(\x01R\x0ftokensPerSecond\"T\n" +
+	"\x11tokens_per_second\x18\x04 \x01(\x01R\x0ftokensPerSecond\x126\n" +
+	"\x04gpus\x18\x05 \x03(\v2\".switchyard.coordinator.v1.GPUStatR\x04gpus\"\x9a\x01\n" +
+	"\aGPUStat\x12\x12\n" +
+	"\x04rank\x18\x01 \x01(\x05R\x04rank\x12\x12\n" +
+	"\x04uuid\x18\x02 \x01(\tR\x04uuid\x12\x19\n" +
+	"\butil_pct\x18\x03 \x01(\x01R\autilPct\x12$\n" +
+	"\x0emem_used_bytes\x18\x04 \x01(\x03R\fmemUsedBytes\x12&\n" +
+	"\x0fmem_total_bytes\x18\x05 \x01(\x03R\rmemTotalBytes\"T\n" +
 	"\tCancelJob\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x18\n" +
@@ -1529,14 +1633,15 @@ const file_switchyard_coordinator_v1_fsm_proto_rawDesc = "" +
 	"\tunix_nano\x18\x02 \x01(\x03R\bunixNano\x12\x12\n" +
 	"\x04type\x18\x03 \x01(\tR\x04type\x12\x18\n" +
 	"\amessage\x18\x04 \x01(\tR\amessage\x12\x1b\n" +
-	"\tworker_id\x18\x05 \x01(\tR\bworkerId\"\xab\x01\n" +
+	"\tworker_id\x18\x05 \x01(\tR\bworkerId\"\xe3\x01\n" +
 	"\bProgress\x12\x12\n" +
 	"\x04step\x18\x01 \x01(\x03R\x04step\x12\x1f\n" +
 	"\vtotal_steps\x18\x02 \x01(\x03R\n" +
 	"totalSteps\x12\x12\n" +
 	"\x04loss\x18\x03 \x01(\x01R\x04loss\x12*\n" +
 	"\x11tokens_per_second\x18\x04 \x01(\x01R\x0ftokensPerSecond\x12*\n" +
-	"\x11updated_unix_nano\x18\x05 \x01(\x03R\x0fupdatedUnixNano\"\xe7\x06\n" +
+	"\x11updated_unix_nano\x18\x05 \x01(\x03R\x0fupdatedUnixNano\x126\n" +
+	"\x04gpus\x18\x06 \x03(\v2\".switchyard.coordinator.v1.GPUStatR\x04gpus\"\xe7\x06\n" +
 	"\x03Job\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
@@ -1592,7 +1697,7 @@ func file_switchyard_coordinator_v1_fsm_proto_rawDescGZIP() []byte {
 }
 
 var file_switchyard_coordinator_v1_fsm_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_switchyard_coordinator_v1_fsm_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_switchyard_coordinator_v1_fsm_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_switchyard_coordinator_v1_fsm_proto_goTypes = []any{
 	(JobState)(0),          // 0: switchyard.coordinator.v1.JobState
 	(*Command)(nil),        // 1: switchyard.coordinator.v1.Command
@@ -1601,15 +1706,16 @@ var file_switchyard_coordinator_v1_fsm_proto_goTypes = []any{
 	(*PlaceJob)(nil),       // 4: switchyard.coordinator.v1.PlaceJob
 	(*RecordEvent)(nil),    // 5: switchyard.coordinator.v1.RecordEvent
 	(*JobProgress)(nil),    // 6: switchyard.coordinator.v1.JobProgress
-	(*CancelJob)(nil),      // 7: switchyard.coordinator.v1.CancelJob
-	(*RequeueJob)(nil),     // 8: switchyard.coordinator.v1.RequeueJob
-	(*ResumeJob)(nil),      // 9: switchyard.coordinator.v1.ResumeJob
-	(*Condition)(nil),      // 10: switchyard.coordinator.v1.Condition
-	(*RankAssignment)(nil), // 11: switchyard.coordinator.v1.RankAssignment
-	(*JobEvent)(nil),       // 12: switchyard.coordinator.v1.JobEvent
-	(*Progress)(nil),       // 13: switchyard.coordinator.v1.Progress
-	(*Job)(nil),            // 14: switchyard.coordinator.v1.Job
-	(*Snapshot)(nil),       // 15: switchyard.coordinator.v1.Snapshot
+	(*GPUStat)(nil),        // 7: switchyard.coordinator.v1.GPUStat
+	(*CancelJob)(nil),      // 8: switchyard.coordinator.v1.CancelJob
+	(*RequeueJob)(nil),     // 9: switchyard.coordinator.v1.RequeueJob
+	(*ResumeJob)(nil),      // 10: switchyard.coordinator.v1.ResumeJob
+	(*Condition)(nil),      // 11: switchyard.coordinator.v1.Condition
+	(*RankAssignment)(nil), // 12: switchyard.coordinator.v1.RankAssignment
+	(*JobEvent)(nil),       // 13: switchyard.coordinator.v1.JobEvent
+	(*Progress)(nil),       // 14: switchyard.coordinator.v1.Progress
+	(*Job)(nil),            // 15: switchyard.coordinator.v1.Job
+	(*Snapshot)(nil),       // 16: switchyard.coordinator.v1.Snapshot
 }
 var file_switchyard_coordinator_v1_fsm_proto_depIdxs = []int32{
 	2,  // 0: switchyard.coordinator.v1.Command.submit_job:type_name -> switchyard.coordinator.v1.SubmitJob
@@ -1617,24 +1723,26 @@ var file_switchyard_coordinator_v1_fsm_proto_depIdxs = []int32{
 	4,  // 2: switchyard.coordinator.v1.Command.place_job:type_name -> switchyard.coordinator.v1.PlaceJob
 	5,  // 3: switchyard.coordinator.v1.Command.record_event:type_name -> switchyard.coordinator.v1.RecordEvent
 	6,  // 4: switchyard.coordinator.v1.Command.job_progress:type_name -> switchyard.coordinator.v1.JobProgress
-	7,  // 5: switchyard.coordinator.v1.Command.cancel_job:type_name -> switchyard.coordinator.v1.CancelJob
-	8,  // 6: switchyard.coordinator.v1.Command.requeue_job:type_name -> switchyard.coordinator.v1.RequeueJob
-	9,  // 7: switchyard.coordinator.v1.Command.resume_job:type_name -> switchyard.coordinator.v1.ResumeJob
+	8,  // 5: switchyard.coordinator.v1.Command.cancel_job:type_name -> switchyard.coordinator.v1.CancelJob
+	9,  // 6: switchyard.coordinator.v1.Command.requeue_job:type_name -> switchyard.coordinator.v1.RequeueJob
+	10, // 7: switchyard.coordinator.v1.Command.resume_job:type_name -> switchyard.coordinator.v1.ResumeJob
 	0,  // 8: switchyard.coordinator.v1.SetJobState.state:type_name -> switchyard.coordinator.v1.JobState
-	10, // 9: switchyard.coordinator.v1.SetJobState.condition:type_name -> switchyard.coordinator.v1.Condition
-	11, // 10: switchyard.coordinator.v1.PlaceJob.placement:type_name -> switchyard.coordinator.v1.RankAssignment
-	12, // 11: switchyard.coordinator.v1.RecordEvent.event:type_name -> switchyard.coordinator.v1.JobEvent
-	0,  // 12: switchyard.coordinator.v1.Job.state:type_name -> switchyard.coordinator.v1.JobState
-	10, // 13: switchyard.coordinator.v1.Job.conditions:type_name -> switchyard.coordinator.v1.Condition
-	11, // 14: switchyard.coordinator.v1.Job.placement:type_name -> switchyard.coordinator.v1.RankAssignment
-	13, // 15: switchyard.coordinator.v1.Job.progress:type_name -> switchyard.coordinator.v1.Progress
-	12, // 16: switchyard.coordinator.v1.Job.events:type_name -> switchyard.coordinator.v1.JobEvent
-	14, // 17: switchyard.coordinator.v1.Snapshot.jobs:type_name -> switchyard.coordinator.v1.Job
-	18, // [18:18] is the sub-list for method output_type
-	18, // [18:18] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	11, // 9: switchyard.coordinator.v1.SetJobState.condition:type_name -> switchyard.coordinator.v1.Condition
+	12, // 10: switchyard.coordinator.v1.PlaceJob.placement:type_name -> switchyard.coordinator.v1.RankAssignment
+	13, // 11: switchyard.coordinator.v1.RecordEvent.event:type_name -> switchyard.coordinator.v1.JobEvent
+	7,  // 12: switchyard.coordinator.v1.JobProgress.gpus:type_name -> switchyard.coordinator.v1.GPUStat
+	7,  // 13: switchyard.coordinator.v1.Progress.gpus:type_name -> switchyard.coordinator.v1.GPUStat
+	0,  // 14: switchyard.coordinator.v1.Job.state:type_name -> switchyard.coordinator.v1.JobState
+	11, // 15: switchyard.coordinator.v1.Job.conditions:type_name -> switchyard.coordinator.v1.Condition
+	12, // 16: switchyard.coordinator.v1.Job.placement:type_name -> switchyard.coordinator.v1.RankAssignment
+	14, // 17: switchyard.coordinator.v1.Job.progress:type_name -> switchyard.coordinator.v1.Progress
+	13, // 18: switchyard.coordinator.v1.Job.events:type_name -> switchyard.coordinator.v1.JobEvent
+	15, // 19: switchyard.coordinator.v1.Snapshot.jobs:type_name -> switchyard.coordinator.v1.Job
+	20, // [20:20] is the sub-list for method output_type
+	20, // [20:20] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_switchyard_coordinator_v1_fsm_proto_init() }
@@ -1658,7 +1766,7 @@ func file_switchyard_coordinator_v1_fsm_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_switchyard_coordinator_v1_fsm_proto_rawDesc), len(file_switchyard_coordinator_v1_fsm_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   15,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

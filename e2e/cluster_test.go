@@ -43,7 +43,14 @@ type cluster struct {
 	workerPorts map[string]int
 	// slots per worker (0 and 1: one rank at a time); a worker of several
 	// declares as many GPUs, one rank each, on its port and the next ones
-	slots   int
+	slots int
+	// gpus, with one slot, is the GPUs a worker declares (default 0);
+	// trainer is the binary its ranks run (default: the e2e build's
+	// switchyard) and workerEnv more environment for the worker and its
+	// ranks
+	gpus      int
+	trainer   string
+	workerEnv []string
 	storage string
 	// via, when set for a worker, is where it (and its ranks) reach the
 	// coordinators' APIs and etcd instead: proxies the chaos suite cuts.
@@ -77,8 +84,17 @@ func startCluster(t *testing.T, nCoord int, workerIDs ...string) *cluster {
 // startClusterSlots is startCluster with workers of several slots.
 func startClusterSlots(t *testing.T, nCoord, slots int, workerIDs ...string) *cluster {
 	t.Helper()
+	return startClusterWith(t, nCoord, func(c *cluster) { c.slots = slots }, workerIDs...)
+}
+
+// startClusterWith is startCluster with the workers' settings changed by
+// setup before they start.
+func startClusterWith(t *testing.T, nCoord int, setup func(*cluster), workerIDs ...string) *cluster {
+	t.Helper()
 	dir := t.TempDir()
-	c := &cluster{t: t, root: t, dir: dir, token: "e2e-token", workers: map[string]*proc{}, workerPorts: map[string]int{}, storage: filepath.Join(dir, "shared"), slots: slots}
+	c := &cluster{t: t, root: t, dir: dir, token: "e2e-token", workers: map[string]*proc{}, workerPorts: map[string]int{}, storage: filepath.Join(dir, "shared")}
+	setup(c)
+	slots := c.slots
 	ports := freePorts(t, 3+2*nCoord)
 	etcdClient, etcdPeer := ports[0], ports[1]
 	c.natsPort = ports[2]
@@ -183,10 +199,13 @@ lease_ttl_seconds: 2
 drain_seconds: 3
 allow_commands: true
 `, id, id, strings.Join(coords, ", "), etcd, c.natsPort, c.workerPorts[id], c.resources(), c.storage)
+	if c.trainer != "" {
+		yaml += "trainer: " + c.trainer + "\n"
+	}
 	if err := os.WriteFile(cfg, []byte(yaml), 0o644); err != nil {
 		c.t.Fatal(err)
 	}
-	c.workers[id] = start(c.root, id, []string{"SWITCHYARD_TOKEN=" + c.token}, bins.worker, "--config", cfg)
+	c.workers[id] = start(c.root, id, append([]string{"SWITCHYARD_TOKEN=" + c.token}, c.workerEnv...), bins.worker, "--config", cfg)
 }
 
 // resources is a worker's resources section: one core and 2 GiB a slot
@@ -195,7 +214,7 @@ allow_commands: true
 // rank per GPU.
 func (c *cluster) resources() string {
 	if c.slots <= 1 {
-		return "{cpu_cores: 1, memory_mib: 2048, gpus: 0}"
+		return fmt.Sprintf("{cpu_cores: 1, memory_mib: 2048, gpus: %d}", c.gpus)
 	}
 	return fmt.Sprintf("{cpu_cores: %d, memory_mib: %d, gpus: %d}", c.slots, 2048*c.slots, c.slots)
 }

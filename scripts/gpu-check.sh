@@ -103,7 +103,9 @@ PY
 }
 
 phase_tests() {
-  run_tests tests-cuda cuda.test 120
+  # the tests against stand-in libraries built from C run here in CI (the
+  # GPU machine may have no C compiler); the real libraries are tested here
+  run_tests tests-cuda cuda.test 120 -test.skip 'OnFake'
   run_tests tests-devcomm devcomm.test 60
   run_tests tests-gpu gpu.test 240
 }

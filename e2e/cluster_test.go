@@ -51,7 +51,7 @@ type cluster struct {
 	gpus      int
 	trainer   string
 	workerEnv []string
-	storage string
+	storage   string
 	// via, when set for a worker, is where it (and its ranks) reach the
 	// coordinators' APIs and etcd instead: proxies the chaos suite cuts.
 	via map[string]workerRoutes

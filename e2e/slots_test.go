@@ -60,21 +60,12 @@ restart: {max_restarts: 2, backoff_seconds: 0}
 	}
 	victim := j.Placement[0].WorkerId
 	c.workers[victim].kill9()
-	j = c.waitJob(id, 240*time.Second, "succeeded", stateIs(pb.JobState_JOB_STATE_SUCCEEDED))
-	if j.Restarts != 1 {
-		t.Errorf("%d restarts, want 1", j.Restarts)
-	}
+	j, from := c.resumedOnce(id, 240*time.Second)
 	for _, a := range j.Placement {
 		if a.WorkerId == victim {
 			t.Errorf("resumed on the dead worker: %v", j.Placement)
 		}
 	}
-	hist := c.mustCLI("job", "status", id).stdout
-	m := regexp.MustCompile(`resumed from the checkpoint of step (\d+)`).FindStringSubmatch(hist)
-	if m == nil {
-		t.Fatalf("the second attempt did not resume:\n%s", hist)
-	}
-	from, _ := strconv.ParseInt(m[1], 10, 64)
 	before := metricsLosses(t, filepath.Join(c.storage, "jobs", id, "attempt-0", "rank-0", "metrics.jsonl"))
 	after := metricsLosses(t, filepath.Join(c.storage, "jobs", id, "attempt-1", "rank-0", "metrics.jsonl"))
 	if l0, ok := before[from+1]; ok && after[from+1] != l0 {
@@ -123,4 +114,21 @@ func placedSlots(m map[string][]int32) string {
 		parts = append(parts, fmt.Sprintf("%s%v", w, s))
 	}
 	return strings.Join(parts, " ")
+}
+
+// resumedOnce waits for job id to succeed after exactly one restart whose
+// attempt resumed from a checkpoint; it returns the job and that step.
+func (c *cluster) resumedOnce(id string, timeout time.Duration) (*pb.Job, int64) {
+	c.t.Helper()
+	j := c.waitJob(id, timeout, "succeeded", stateIs(pb.JobState_JOB_STATE_SUCCEEDED))
+	if j.Restarts != 1 {
+		c.t.Errorf("%d restarts, want 1", j.Restarts)
+	}
+	hist := c.mustCLI("job", "status", id).stdout
+	m := regexp.MustCompile(`resumed from the checkpoint of step (\d+)`).FindStringSubmatch(hist)
+	if m == nil {
+		c.t.Fatalf("the second attempt did not resume:\n%s", hist)
+	}
+	from, _ := strconv.ParseInt(m[1], 10, 64)
+	return j, from
 }

@@ -405,23 +405,7 @@ func TestGPUReshardCheckpoint(t *testing.T) {
 	ctx := context.Background()
 	half := withMicro(cfg, max(cfg.MicroBatch/2, 1))
 	src, closeSrc := ranksOn(t, 1, 2, 2, half, corpus, dev)
-	for i := 0; i < steps; i++ {
-		onAll(t, src, func(tr *Trainer) error {
-			if _, err := tr.TrainStep(ctx); err != nil {
-				return err
-			}
-			return tr.checkpointAfterStep(ctx)
-		})
-	}
-	onAll(t, src, func(tr *Trainer) error { return tr.checkpointAtEnd(ctx) })
-	var want float64
-	onAll(t, src, func(tr *Trainer) error {
-		ev, err := tr.Evaluate(ctx)
-		if err == nil && tr.Dist.Rank == 0 {
-			want = meanBits(ev)
-		}
-		return err
-	})
+	want := trainAndSave(t, src, steps)
 	closeSrc()
 
 	cfg.Resume = true

@@ -107,23 +107,7 @@ func TestReshardCheckpoint(t *testing.T) {
 	ctx := context.Background()
 
 	src, closeSrc := ranksFor(t, 2, 2, 2, withMicro(cfg, 4), corpus)
-	for i := 0; i < steps; i++ {
-		onAll(t, src, func(tr *Trainer) error {
-			if _, err := tr.TrainStep(ctx); err != nil {
-				return err
-			}
-			return tr.checkpointAfterStep(ctx)
-		})
-	}
-	onAll(t, src, func(tr *Trainer) error { return tr.checkpointAtEnd(ctx) })
-	var want float64
-	onAll(t, src, func(tr *Trainer) error {
-		ev, err := tr.Evaluate(ctx)
-		if err == nil && tr.Dist.Rank == 0 {
-			want = meanBits(ev)
-		}
-		return err
-	})
+	want := trainAndSave(t, src, steps)
 	closeSrc()
 
 	cfg.Resume = true
@@ -146,6 +130,32 @@ func TestReshardCheckpoint(t *testing.T) {
 			t.Errorf("tp%d dp%d ep%d: validation %.7f, saved run %.7f", tc.tp, tc.dp, tc.ep, got, want)
 		}
 	}
+}
+
+// trainAndSave trains steps steps on every rank, checkpointing as
+// configured and at the end, and returns rank 0's mean validation
+// bits/byte afterwards.
+func trainAndSave(t *testing.T, ranks []*Trainer, steps int) float64 {
+	t.Helper()
+	ctx := context.Background()
+	for i := 0; i < steps; i++ {
+		onAll(t, ranks, func(tr *Trainer) error {
+			if _, err := tr.TrainStep(ctx); err != nil {
+				return err
+			}
+			return tr.checkpointAfterStep(ctx)
+		})
+	}
+	onAll(t, ranks, func(tr *Trainer) error { return tr.checkpointAtEnd(ctx) })
+	var bits float64
+	onAll(t, ranks, func(tr *Trainer) error {
+		ev, err := tr.Evaluate(ctx)
+		if err == nil && tr.Dist.Rank == 0 {
+			bits = meanBits(ev)
+		}
+		return err
+	})
+	return bits
 }
 
 func withMicro(c Config, micro int) Config {

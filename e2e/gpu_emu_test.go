@@ -59,7 +59,7 @@ func TestGPUJobOnEmulator(t *testing.T) {
 		c.gpus, c.trainer, c.workerEnv = 1, trainer, emuEnv
 	}, "g1", "g2", "g3")
 	c.waitIdleWorkers(3)
-	const steps, every = 24, 4
+	const steps, every = 16, 4
 	spec := fmt.Sprintf(`name: gpu-emu
 device: cuda
 precision: fp32
@@ -76,7 +76,7 @@ checkpoint: {interval_steps: %d}
 restart: {max_restarts: 2, backoff_seconds: 0}
 `, steps, every)
 	id := c.submit("gpu-emu", spec)
-	j := c.waitJob(id, 300*time.Second, "past step 9", pastStep(9))
+	j := c.waitJob(id, 300*time.Second, "past step 6", pastStep(6))
 	c.mustBeRunning(j, "the kill")
 	victim := j.Placement[1].WorkerId
 	c.workers[victim].kill9()

@@ -578,15 +578,27 @@ func (c *Context) Elapsed(a, b Event) (time.Duration, error) {
 // the staging memory, the events, the modules and the primary context.
 // A second Close does nothing.
 func (c *Context) Close() error {
+	// first the NCCL communicators still open, each as its own Close
+	// does it (its lock, then the Context's)
+	c.mu.Lock()
+	comms := make([]*NCCL, 0, len(c.nccls))
+	for n := range c.nccls {
+		comms = append(comms, n)
+	}
+	c.mu.Unlock()
+	var errs []error
+	for _, n := range comms {
+		errs = append(errs, n.Close())
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed {
-		return nil
+		return errors.Join(errs...)
 	}
 	c.closed = true
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
-	return c.release()
+	return errors.Join(append(errs, c.release())...)
 }
 
 // release frees everything c holds, reporting every failure.
@@ -602,7 +614,6 @@ func (c *Context) release() error {
 		}
 	}
 	keep(d.ctxSetCurrent(c.ctx))
-	keep(c.closeNCCLs())
 	if err := d.ctxSynchronize(); err != nil {
 		// A fault is sticky: every release below would report it again.
 		errs = append(errs, err)

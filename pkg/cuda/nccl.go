@@ -654,19 +654,3 @@ func (h ctxHost) mark() (func() (bool, error), func(), error) {
 	done := func() (bool, error) { return d.eventQuery(ev) }
 	return done, func() { _ = d.eventDestroy(ev) }, nil
 }
-
-// closeNCCLs destroys the communicators still open on c (Close of the
-// Context); c is locked and current.
-func (c *Context) closeNCCLs() error {
-	var errs []error
-	for n := range c.nccls {
-		n.mu.Lock()
-		if !n.closed {
-			n.closed = true
-			errs = append(errs, n.api.check("ncclCommDestroy", "at Close of the Context", 0, ccall(n.api.ncclCommDestroy, n.comm)))
-		}
-		n.mu.Unlock()
-	}
-	c.nccls = nil
-	return errors.Join(errs...)
-}

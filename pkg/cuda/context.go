@@ -578,8 +578,9 @@ func (c *Context) Elapsed(a, b Event) (time.Duration, error) {
 // the staging memory, the events, the modules and the primary context.
 // A second Close does nothing.
 func (c *Context) Close() error {
-	// first the NCCL communicators still open, each as its own Close
-	// does it (its lock, then the Context's)
+	// first the NCCL communicators still open, aborted (their work may
+	// wait for a peer that will not come), each as its own Abort does it
+	// (its lock, then the Context's)
 	c.mu.Lock()
 	comms := make([]*NCCL, 0, len(c.nccls))
 	for n := range c.nccls {
@@ -588,7 +589,7 @@ func (c *Context) Close() error {
 	c.mu.Unlock()
 	var errs []error
 	for _, n := range comms {
-		errs = append(errs, n.Close())
+		errs = append(errs, n.Abort())
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()

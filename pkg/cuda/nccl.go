@@ -323,28 +323,24 @@ func (c *Context) OpenNCCL(id NCCLID, size, rank int) (*NCCL, error) {
 	if err != nil {
 		return nil, err
 	}
-	nc, err := openNCCL(api, ctxHost{c}, id, size, rank)
-	if err != nil {
-		return nil, err
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.closed {
-		return nil, errors.Join(errClosed, nc.Abort())
-	}
-	if c.nccls == nil {
-		c.nccls = map[*NCCL]struct{}{}
-	}
-	c.nccls[nc] = struct{}{}
-	nc.onDone = func(n *NCCL) {
-		c.mu.Lock()
-		delete(c.nccls, n)
-		c.mu.Unlock()
-	}
-	return nc, nil
+	// registered with the Context in the critical section that made it
+	// (c is locked there), so a Close of the Context cannot miss it
+	return openNCCL(api, ctxHost{c}, id, size, rank, func(nc *NCCL) {
+		if c.nccls == nil {
+			c.nccls = map[*NCCL]struct{}{}
+		}
+		c.nccls[nc] = struct{}{}
+		nc.onDone = func(n *NCCL) {
+			c.mu.Lock()
+			delete(c.nccls, n)
+			c.mu.Unlock()
+		}
+	})
 }
 
-func openNCCL(api *ncclAPI, host ncclHost, id NCCLID, size, rank int) (*NCCL, error) {
+// openNCCL makes the communicator; opened (may be nil) runs in the same
+// host.do as the init once it succeeded.
+func openNCCL(api *ncclAPI, host ncclHost, id NCCLID, size, rank int, opened func(*NCCL)) (*NCCL, error) {
 	if size < 1 || rank < 0 || rank >= size {
 		return nil, fmt.Errorf("%w: NCCL rank %d of %d", ErrCollective, rank, size)
 	}
@@ -353,27 +349,36 @@ func openNCCL(api *ncclAPI, host ncclHost, id NCCLID, size, rank int) (*NCCL, er
 		if err := api.initRank(&nc.comm, &id, size, rank); err != nil {
 			return err
 		}
-		// the communicator says what it was made as (a check of the
-		// by-value id's calling convention as much as of NCCL)
-		var count, me int32
-		if err := api.check("ncclCommCount", "", nc.comm, ccall(api.ncclCommCount, nc.comm, uintptr(unsafe.Pointer(&count)))); err != nil {
+		if err := nc.verify(); err != nil {
+			ccall(api.ncclCommAbort, nc.comm)
 			return err
 		}
-		if err := api.check("ncclCommUserRank", "", nc.comm, ccall(api.ncclCommUserRank, nc.comm, uintptr(unsafe.Pointer(&me)))); err != nil {
-			return err
-		}
-		if int(count) != size || int(me) != rank {
-			return fmt.Errorf("%w: NCCL made rank %d of %d, asked for rank %d of %d", ErrCollective, me, count, rank, size)
+		if opened != nil {
+			opened(nc)
 		}
 		return nil
 	})
 	if err != nil {
-		if nc.comm != 0 {
-			_ = host.do(func() error { ccall(api.ncclCommAbort, nc.comm); return nil })
-		}
 		return nil, err
 	}
 	return nc, nil
+}
+
+// verify checks that the communicator is what was asked for (a check of
+// the by-value id's calling convention as much as of NCCL).
+func (nc *NCCL) verify() error {
+	api := nc.api
+	var count, me int32
+	if err := api.check("ncclCommCount", "", nc.comm, ccall(api.ncclCommCount, nc.comm, uintptr(unsafe.Pointer(&count)))); err != nil {
+		return err
+	}
+	if err := api.check("ncclCommUserRank", "", nc.comm, ccall(api.ncclCommUserRank, nc.comm, uintptr(unsafe.Pointer(&me)))); err != nil {
+		return err
+	}
+	if int(count) != nc.size || int(me) != nc.rank {
+		return fmt.Errorf("%w: NCCL made rank %d of %d, asked for rank %d of %d", ErrCollective, me, count, nc.rank, nc.size)
+	}
+	return nil
 }
 
 // Rank and Size are the rank's place in the communicator.
@@ -621,9 +626,9 @@ func (n *NCCL) end(call string, fn func() uintptr) error {
 		return nil
 	}
 	n.closed = true
-	comm := n.comm
+	// under n.mu, as every call: a second Close waits for this one
+	err := n.host.do(func() error { return n.api.check(call, "", 0, ccall(fn(), n.comm)) })
 	n.mu.Unlock()
-	err := n.host.do(func() error { return n.api.check(call, "", 0, ccall(fn(), comm)) })
 	if n.onDone != nil {
 		n.onDone(n)
 	}

@@ -121,7 +121,7 @@ func ranks(t *testing.T, api *ncclAPI, n int, f func(nc *NCCL) error) {
 	var wg sync.WaitGroup
 	for r := range n {
 		wg.Go(func() {
-			nc, err := openNCCL(api, hostOnly{}, id, n, r)
+			nc, err := openNCCL(api, hostOnly{}, id, n, r, nil)
 			if err != nil {
 				errs[r] = err
 				return
@@ -219,12 +219,12 @@ func TestNCCLErrorsOnFake(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := openNCCL(api, hostOnly{}, id, 2, 2); err == nil || !errors.Is(err, ErrCollective) {
+	if _, err := openNCCL(api, hostOnly{}, id, 2, 2, nil); err == nil || !errors.Is(err, ErrCollective) {
 		t.Errorf("rank 2 of 2: %v", err)
 	}
 	bad := id
 	bad[77] ^= 1
-	_, err = openNCCL(api, hostOnly{}, bad, 1, 0)
+	_, err = openNCCL(api, hostOnly{}, bad, 1, 0, nil)
 	if err == nil || !errors.Is(err, ErrCollective) || !strings.Contains(err.Error(), "ncclCommInitRank (rank 0 of 1): ncclInvalidArgument: fake: invalid argument") {
 		t.Errorf("corrupted id: %v", err)
 	}
@@ -259,7 +259,7 @@ func TestNCCLWaitAborts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	nc, err := openNCCL(api, neverDone{}, id, 1, 0)
+	nc, err := openNCCL(api, neverDone{}, id, 1, 0, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

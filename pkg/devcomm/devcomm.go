@@ -25,6 +25,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 	"unsafe"
 
 	"github.com/switchyard-ml/switchyard/pkg/cuda"
@@ -154,7 +155,7 @@ func open(ctx context.Context, dev cuda.Device, g *parallel.Comm, want Backend, 
 	for _, in := range infos {
 		gpus[in.GPU] = true
 	}
-	return &ncclComm{nc: nc, g: g, why: fmt.Sprintf("NCCL %s over %d GPUs", infos[0].NCCL, len(gpus))}, nil
+	return &ncclComm{nc: nc, g: g, why: fmt.Sprintf("NCCL %s over %d GPUs", infos[0].NCCL, len(gpus)), timeout: NCCLTimeout}, nil
 }
 
 // ncclObstacle says why NCCL cannot run on ranks that said infos ("" if
@@ -209,9 +210,29 @@ func bootstrap(ctx context.Context, dev cuda.Device, g *parallel.Comm, lib libra
 	}
 	var id cuda.NCCLID
 	copy(id[:], msg[1:])
-	nc, err := lib.open(dev, id, g.Size(), g.Rank())
+	nc, openErr := lib.open(dev, id, g.Size(), g.Rank())
+	// every rank says whether it joined: one that could not makes all
+	// abort now, rather than hang in their first collective
+	var mine []byte
+	if openErr != nil {
+		mine = []byte(openErr.Error())
+	}
+	all, err := g.AllGatherBytes(ctx, mine)
 	if err != nil {
-		return nil, fmt.Errorf("devcomm: rank %d joining the NCCL communicator: %w", g.Rank(), err)
+		err = fmt.Errorf("devcomm: agreeing on the NCCL communicator: %w", err)
+	} else {
+		for r, b := range all {
+			if len(b) > 0 {
+				err = fmt.Errorf("%w: rank %d could not join the NCCL communicator: %s", ErrUnavailable, r, b)
+				break
+			}
+		}
+	}
+	if err != nil {
+		if nc != nil {
+			err = errors.Join(err, nc.Abort())
+		}
+		return nil, err
 	}
 	return nc, nil
 }
@@ -225,6 +246,7 @@ type ncclOps interface {
 	AllGather(send, recv cuda.DevPtr, sendCount int, dt cuda.DType) error
 	AllToAllV(send cuda.DevPtr, sendCounts []int, recv cuda.DevPtr, recvCounts []int, dt cuda.DType) error
 	Wait(ctx context.Context) error
+	Abort() error
 	Close() error
 }
 
@@ -244,26 +266,40 @@ func (realNCCL) open(dev cuda.Device, id cuda.NCCLID, size, rank int) (ncclOps, 
 	if !ok {
 		return nil, fmt.Errorf("%w: NCCL needs a GPU (device %s)", ErrUnavailable, dev.Name())
 	}
-	return c.OpenNCCL(id, size, rank)
+	nc, err := c.OpenNCCL(id, size, rank)
+	if err != nil {
+		return nil, err // not a nil *cuda.NCCL in an interface
+	}
+	return nc, nil
 }
 
 type ncclComm struct {
 	nc  ncclOps
 	g   *parallel.Comm
 	why string
+	// timeout bounds each collective: a peer that died without NCCL
+	// noticing (no asynchronous error) leaves the device waiting
+	timeout time.Duration
 }
+
+// NCCLTimeout is how long one NCCL collective may take before the
+// communicator is aborted (a peer is taken to have failed).
+const NCCLTimeout = 5 * time.Minute
 
 func (c *ncclComm) Backend() Backend { return NCCL }
 func (c *ncclComm) Describe() string { return c.why }
 func (c *ncclComm) Rank() int        { return c.g.Rank() }
 func (c *ncclComm) Size() int        { return c.g.Size() }
 
-// done waits for the enqueued collective (aborting the communicator if a
-// peer fails or ctx ends).
+// done waits for the enqueued collective, aborting the communicator if
+// it could not be enqueued (a peer may have been left in it), if NCCL
+// reports a failure, if ctx ends or after the timeout.
 func (c *ncclComm) done(ctx context.Context, err error) error {
 	if err != nil {
-		return err
+		return errors.Join(err, c.nc.Abort())
 	}
+	ctx, cancel := context.WithTimeoutCause(ctx, c.timeout, fmt.Errorf("no NCCL collective may take %v: a peer is taken to have failed", c.timeout))
+	defer cancel()
 	return c.nc.Wait(ctx)
 }
 

@@ -114,11 +114,13 @@ func (d *hostDev) Close() error {
 // fakeLib stands in for NCCL: ranks are goroutines; the last rank to
 // arrive at a collective does it for all (every buffer is host memory).
 type fakeLib struct {
-	mu     sync.Mutex
-	idErr  error // newID fails
-	ids    int   // newID calls
-	joined map[cuda.NCCLID][]int
-	worlds map[cuda.NCCLID]*fakeWorld
+	mu      sync.Mutex
+	idErr   error         // newID fails
+	openErr map[int]error // open fails on these ranks
+	ids     int           // newID calls
+	joined  map[cuda.NCCLID][]int
+	worlds  map[cuda.NCCLID]*fakeWorld
+	aborted int // communicators aborted
 }
 
 func (l *fakeLib) version() (string, error) { return "2.99.0", nil }
@@ -148,9 +150,13 @@ func (l *fakeLib) open(dev cuda.Device, id cuda.NCCLID, size, rank int) (ncclOps
 		w.cv = sync.NewCond(&w.mu)
 		l.worlds[id] = w
 	}
+	if err := l.openErr[rank]; err != nil {
+		l.mu.Unlock()
+		return nil, err
+	}
 	l.joined[id] = append(l.joined[id], rank)
 	l.mu.Unlock()
-	return &fakeComm{w: w, rank: rank}, nil
+	return &fakeComm{w: w, rank: rank, lib: l}, nil
 }
 
 // versionLib is fakeLib with a rank's own answer to version().
@@ -181,6 +187,10 @@ type fakeWorld struct {
 type fakeComm struct {
 	w    *fakeWorld
 	rank int
+	lib  *fakeLib
+	// hang makes Wait block until its context ends (a peer that died
+	// without NCCL noticing)
+	hang bool
 }
 
 func (c *fakeComm) do(op fakeOp) error {
@@ -268,8 +278,20 @@ func (c *fakeComm) AllGather(send, recv cuda.DevPtr, n int, dt cuda.DType) error
 func (c *fakeComm) AllToAllV(send cuda.DevPtr, sc []int, recv cuda.DevPtr, rc []int, dt cuda.DType) error {
 	return c.do(fakeOp{kind: "alltoallv", send: send, recv: recv, sc: sc, rc: rc})
 }
-func (c *fakeComm) Wait(context.Context) error { return nil }
-func (c *fakeComm) Close() error               { return nil }
+func (c *fakeComm) Wait(ctx context.Context) error {
+	if c.hang {
+		<-ctx.Done()
+		return context.Cause(ctx)
+	}
+	return nil
+}
+func (c *fakeComm) Close() error { return nil }
+func (c *fakeComm) Abort() error {
+	c.lib.mu.Lock()
+	c.lib.aborted++
+	c.lib.mu.Unlock()
+	return nil
+}
 
 // ---- helpers ----
 
@@ -540,5 +562,39 @@ func TestCollectives(t *testing.T) {
 				})
 			})
 		}
+	}
+}
+
+// TestBootstrapJoinFailure: a rank that cannot join the communicator
+// makes every rank fail with its reason, and those that joined abort
+// theirs (rather than hang in the first collective).
+func TestBootstrapJoinFailure(t *testing.T) {
+	lib := &fakeLib{openErr: map[int]error{2: errors.New("cuda: ncclCommInitRank (rank 2 of 3): ncclUnhandledCudaError")}}
+	group(t, 3, func(r int, g *parallel.Comm) error {
+		_, err := open(context.Background(), newDev(t, fmt.Sprintf("GPU-%d", r)), g, NCCL, lib)
+		if !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "rank 2 could not join the NCCL communicator: cuda: ncclCommInitRank (rank 2 of 3): ncclUnhandledCudaError") {
+			return fmt.Errorf("got %v", err)
+		}
+		return nil
+	})
+	if lib.aborted != 2 {
+		t.Errorf("%d communicators aborted, want the 2 that were made", lib.aborted)
+	}
+}
+
+// TestNCCLCollectiveTimeout: a collective that never finishes is given up
+// after the timeout, saying so, and its communicator aborted; one that
+// could not be enqueued aborts it too.
+func TestNCCLCollectiveTimeout(t *testing.T) {
+	lib := &fakeLib{}
+	fc := &fakeComm{w: &fakeWorld{n: 1, ops: make([]fakeOp, 1)}, lib: lib, hang: true}
+	fc.w.cv = sync.NewCond(&fc.w.mu)
+	c := &ncclComm{nc: fc, timeout: 50 * time.Millisecond}
+	err := c.done(context.Background(), nil)
+	if err == nil || !strings.Contains(err.Error(), "no NCCL collective may take 50ms: a peer is taken to have failed") {
+		t.Errorf("timeout: %v", err)
+	}
+	if err := c.done(context.Background(), errors.New("ncclSend: ncclInvalidUsage")); err == nil || lib.aborted != 1 {
+		t.Errorf("enqueue failure: %v, %d aborted", err, lib.aborted)
 	}
 }

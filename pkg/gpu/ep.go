@@ -101,7 +101,9 @@ func (m *Model) words(n int) int { return n * m.Cfg.Dim * int(m.actSize()) / 4 }
 
 // epDispatch plans layer mi's exchange from the plan's slot offsets off,
 // sends the slot rows (L.xe) to their experts' owners and leaves the rows
-// this rank's experts run, expert-major, in L.xl.
+// this rank's experts run, expert-major, in L.xl. A rank that fails here
+// (counts no plan could give) leaves its peers waiting in the row
+// exchange until the transport's timeout, or devcomm.NCCLTimeout.
 func (m *Model) epDispatch(ctx context.Context, mi int, L *layerBufs, off []int32) error {
 	s := m.ep
 	P, El, d := s.P, s.El, m.Cfg.Dim

@@ -436,3 +436,42 @@ func TestGPUReshardCheckpoint(t *testing.T) {
 		}
 	}
 }
+
+// TestGPUExpertParallelMatchesDataParallel: expert parallelism changes
+// where the experts run, not what is computed: the same data-parallel run
+// without and with ep 2 gives the same loss, LBL and gradient norm, with
+// a capacity factor (fewer rows than P*T*k can arrive), with replicas of
+// every expert (dp 4: the expert-DP all-reduce) and in bf16.
+func TestGPUExpertParallelMatchesDataParallel(t *testing.T) {
+	dev := func() cuda.Device { return gpuDevice(t) }
+	base, corpus := gpuRun(t, 6)
+	base.Device, base.Precision = "cuda", "fp32"
+	if base.Seed == 0 {
+		base.Seed = 3
+	}
+	base.MicroBatch = max(base.MicroBatch/2, 1)
+	for _, tc := range []struct {
+		name     string
+		dp       int
+		capacity float64
+		prec     string
+		tol      float64
+	}{
+		{"dp2-ep2-capacity0.5", 2, 0.5, "fp32", 1e-5},
+		{"dp4-ep2", 4, 0, "fp32", 1e-5},
+		{"dp2-ep2-bf16", 2, 0, "bf16", 1e-2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := base
+			cfg.Precision = tc.prec
+			m := *cfg.Model
+			m.CapacityFactor = tc.capacity
+			cfg.Model = &m
+			ref := curveRun(t, cfg, corpus, 1, tc.dp, 1, parallel.BalanceDP, dev)
+			c := curveRun(t, cfg, corpus, 1, tc.dp, 2, parallel.BalanceDP, dev)
+			closeCurves(t, "loss", c.loss, ref.loss, tc.tol)
+			closeCurves(t, "global-batch LBL", c.lbl, ref.lbl, tc.tol)
+			closeCurves(t, "gradient norm", c.gnorm, ref.gnorm, tc.tol)
+		})
+	}
+}

@@ -72,6 +72,7 @@ func history() []*pb.Command {
 		placeCmd(142, "b", "w4"),
 		stateCmd(143, "b", pb.JobState_JOB_STATE_FAILED, "WorkerLost", "worker w4 lease expired",
 			&pb.Condition{Type: "WorkersHealthy", Status: false, Reason: "LeaseExpired", Message: "w4"}),
+		stateCmd(149, "c", pb.JobState_JOB_STATE_PENDING, "", "", &pb.Condition{Type: "Scheduled", Status: false, Reason: "TooLarge", Message: "needs 4 workers"}),
 		cancelCmd(150, "c"),
 		submitCmd(160, "d", 1),
 	}
@@ -112,6 +113,7 @@ func TestFSMLifecycle(t *testing.T) {
 	if g := a.Progress.Gpus; len(g) != 1 || g[0].Uuid != "GPU-b" || g[0].UtilPct != 93 || g[0].MemUsedBytes != 7<<30 {
 		t.Fatalf("job a's GPUs: %v", g)
 	}
+
 	var types []string
 	for _, e := range a.Events {
 		types = append(types, e.Type)
@@ -127,6 +129,10 @@ func TestFSMLifecycle(t *testing.T) {
 	c, _ := f.Job("c")
 	if c.State != pb.JobState_JOB_STATE_CANCELLED || c.Reason != "UserCancelled" {
 		t.Fatalf("job c: %v", c)
+	}
+	// cancelled while pending, it no longer says why it waits
+	if len(c.Conditions) != 1 || c.Conditions[0].Reason != "UserCancelled" || c.Conditions[0].Message != "cancelled before it was placed" {
+		t.Fatalf("job c's conditions after the cancel: %v", c.Conditions)
 	}
 	// Reads are copies.
 	a.State = pb.JobState_JOB_STATE_FAILED

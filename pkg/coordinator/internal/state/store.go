@@ -270,6 +270,15 @@ func (s *Store) Cancel(now int64, c *pb.CancelJob) (*pb.Job, error) {
 	if reason == "" {
 		reason = "Cancelled"
 	}
+	if j.State == pb.JobState_JOB_STATE_PENDING {
+		// the last scheduling verdict ("needs 8 workers ...") no longer
+		// applies: the job will not be placed
+		for _, cond := range j.Conditions {
+			if cond.Type == jobstate.CondScheduled && !cond.Status {
+				setCondition(j, now, &pb.Condition{Type: jobstate.CondScheduled, Reason: reason, Message: "cancelled before it was placed"})
+			}
+		}
+	}
 	s.transition(j, now, pb.JobState_JOB_STATE_CANCELLED, reason, c.GetMessage())
 	return clone(j), nil
 }

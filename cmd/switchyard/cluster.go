@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/switchyard-ml/switchyard/pkg/client"
+	"github.com/switchyard-ml/switchyard/pkg/jobspec"
 	"github.com/switchyard-ml/switchyard/pkg/security"
 	"github.com/switchyard-ml/switchyard/pkg/workerconfig"
 	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
@@ -87,9 +88,19 @@ func (c *cli) clusterStatus(ctx context.Context, name string, args []string) err
 	t := newTable(w, "  ", "ID", "HOST", "ADDRESS", "CORES", "MEMORY", "GPUS", "SLOTS", "LABELS", "HEALTHY", "JOB/RANK")
 	for _, wk := range resp.GetWorkers() {
 		res := wk.GetResources()
+		// the labels placement sees: allow_commands=true is the
+		// worker's setting, not a label it may claim
+		shown := maps.Clone(wk.GetLabels())
+		delete(shown, jobspec.CommandsLabel)
+		if wk.GetCommands() {
+			if shown == nil {
+				shown = map[string]string{}
+			}
+			shown[jobspec.CommandsLabel] = "true"
+		}
 		var labels []string
-		for _, k := range slices.Sorted(maps.Keys(wk.GetLabels())) {
-			labels = append(labels, k+"="+wk.GetLabels()[k])
+		for _, k := range slices.Sorted(maps.Keys(shown)) {
+			labels = append(labels, k+"="+shown[k])
 		}
 		job := "-"
 		if wk.GetJobId() != "" {

@@ -1184,7 +1184,9 @@ type Worker struct {
 	Slots     int32 `protobuf:"varint,10,opt,name=slots,proto3" json:"slots,omitempty"`
 	BusySlots int32 `protobuf:"varint,11,opt,name=busy_slots,json=busySlots,proto3" json:"busy_slots,omitempty"`
 	// The GPUs it detected (nvidia-smi), in slot order; empty when declared.
-	GpuDevices    []*GPUDevice `protobuf:"bytes,12,rep,name=gpu_devices,json=gpuDevices,proto3" json:"gpu_devices,omitempty"`
+	GpuDevices []*GPUDevice `protobuf:"bytes,12,rep,name=gpu_devices,json=gpuDevices,proto3" json:"gpu_devices,omitempty"`
+	// It runs jobs with runtime: command (allow_commands in its config).
+	Commands      bool `protobuf:"varint,13,opt,name=commands,proto3" json:"commands,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1301,6 +1303,13 @@ func (x *Worker) GetGpuDevices() []*GPUDevice {
 		return x.GpuDevices
 	}
 	return nil
+}
+
+func (x *Worker) GetCommands() bool {
+	if x != nil {
+		return x.Commands
+	}
+	return false
 }
 
 type GPUDevice struct {
@@ -2831,7 +2840,7 @@ const file_switchyard_api_v1_api_proto_rawDesc = "" +
 	"\tcpu_cores\x18\x01 \x01(\x05R\bcpuCores\x12\x1d\n" +
 	"\n" +
 	"memory_mib\x18\x02 \x01(\x03R\tmemoryMib\x12\x12\n" +
-	"\x04gpus\x18\x03 \x01(\x05R\x04gpus\"\xcf\x03\n" +
+	"\x04gpus\x18\x03 \x01(\x05R\x04gpus\"\xeb\x03\n" +
 	"\x06Worker\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x12\n" +
@@ -2847,7 +2856,8 @@ const file_switchyard_api_v1_api_proto_rawDesc = "" +
 	"\n" +
 	"busy_slots\x18\v \x01(\x05R\tbusySlots\x12=\n" +
 	"\vgpu_devices\x18\f \x03(\v2\x1c.switchyard.api.v1.GPUDeviceR\n" +
-	"gpuDevices\x1a9\n" +
+	"gpuDevices\x12\x1a\n" +
+	"\bcommands\x18\r \x01(\bR\bcommands\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"h\n" +

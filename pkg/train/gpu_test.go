@@ -443,6 +443,9 @@ func TestGPUReshardCheckpoint(t *testing.T) {
 // a capacity factor (fewer rows than P*T*k can arrive), with replicas of
 // every expert (dp 4: the expert-DP all-reduce) and in bf16.
 func TestGPUExpertParallelMatchesDataParallel(t *testing.T) {
+	if err := gpuDevice(t).Close(); err != nil { // skips without a GPU
+		t.Fatal(err)
+	}
 	dev := func() cuda.Device { return gpuDevice(t) }
 	base, corpus := gpuRun(t, 6)
 	base.Device, base.Precision = "cuda", "fp32"
@@ -464,7 +467,10 @@ func TestGPUExpertParallelMatchesDataParallel(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := base
 			cfg.Precision = tc.prec
-			m := *cfg.Model
+			m, err := cfg.ModelConfig() // the preset's, or the emulator's small model
+			if err != nil {
+				t.Fatal(err)
+			}
 			m.CapacityFactor = tc.capacity
 			cfg.Model = &m
 			ref := curveRun(t, cfg, corpus, 1, tc.dp, 1, parallel.BalanceDP, dev)

@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -34,6 +35,7 @@ func cmdLaunch(ctx context.Context, args []string) error {
 	commTimeout := fs.Duration("comm-timeout", 30*time.Second, "a peer silent this long in a collective is an error on every rank")
 	dataPlane := fs.String("data-plane", "tcp", "collective payload transport for every rank: tcp or grpc")
 	grace := fs.Duration("grace", 0, "after a rank fails, how long the others get to exit on their own before they are killed (default comm-timeout + 10s)")
+	gpus := fs.Int("gpus", 0, "spread the ranks over this many GPUs, one each in turn: rank r sees GPU r mod N (of $CUDA_VISIBLE_DEVICES when set) as its only one, through CUDA_VISIBLE_DEVICES; 0 leaves it alone")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
@@ -45,6 +47,10 @@ func cmdLaunch(ctx context.Context, args []string) error {
 	}
 	df := distFlags{world: *nproc, tp: *tp, dp: *dp, ep: *ep, balance: *balance}
 	if _, err := df.layout(); err != nil {
+		return usageError{err}
+	}
+	visible, err := rankGPUs(*nproc, *gpus, os.Getenv("CUDA_VISIBLE_DEVICES"))
+	if err != nil {
 		return usageError{err}
 	}
 	peers, err := freeLoopbackAddrs(*nproc)
@@ -71,6 +77,9 @@ func cmdLaunch(ctx context.Context, args []string) error {
 		argv = append(argv, "--rank", fmt.Sprint(r), "--world", fmt.Sprint(*nproc), "--tp", fmt.Sprint(*tp), "--ep", fmt.Sprint(*ep),
 			"--dp", fmt.Sprint(*dp), "--balance", *balance, "--peers", strings.Join(peers, ","), "--comm-timeout", commTimeout.String(), "--data-plane", *dataPlane)
 		c := exec.Command(self, argv...)
+		if visible != nil {
+			c.Env = append(os.Environ(), "CUDA_VISIBLE_DEVICES="+visible[r])
+		}
 		stdout, _ := c.StdoutPipe()
 		stderr, _ := c.StderrPipe()
 		if err := c.Start(); err != nil {
@@ -168,4 +177,32 @@ func prefixLines(src io.Reader, dst *os.File, rank, world int, mu *sync.Mutex) {
 // its rank binds it).
 func freeLoopbackAddrs(n int) ([]string, error) {
 	return freeport.Addrs("127.0.0.1", n)
+}
+
+// rankGPUs is each rank's CUDA_VISIBLE_DEVICES when nproc ranks share
+// gpus GPUs in turn (nil for gpus 0): entries of the visible list the
+// process was given, or the indices 0..gpus-1.
+func rankGPUs(nproc, gpus int, visible string) ([]string, error) {
+	switch {
+	case gpus < 0:
+		return nil, fmt.Errorf("--gpus %d: must be >= 0", gpus)
+	case gpus == 0:
+		return nil, nil
+	}
+	ids := make([]string, gpus)
+	for i := range ids {
+		ids[i] = strconv.Itoa(i)
+	}
+	if visible != "" {
+		given := strings.Split(visible, ",")
+		if len(given) < gpus {
+			return nil, fmt.Errorf("--gpus %d: CUDA_VISIBLE_DEVICES=%s names only %d", gpus, visible, len(given))
+		}
+		copy(ids, given)
+	}
+	out := make([]string, nproc)
+	for r := range out {
+		out[r] = strings.TrimSpace(ids[r%gpus])
+	}
+	return out, nil
 }

@@ -197,3 +197,30 @@ func TestLaunchOverTLS(t *testing.T) {
 		t.Fatalf("losses over TLS %q, over plain TCP %q", enc, plain)
 	}
 }
+
+// TestRankGPUs: launch --gpus spreads the ranks over the GPUs in turn,
+// over the ones CUDA_VISIBLE_DEVICES names when it is set.
+func TestRankGPUs(t *testing.T) {
+	for _, tc := range []struct {
+		nproc, gpus int
+		visible     string
+		want        string
+	}{
+		{4, 0, "", "[]"},
+		{4, 2, "", "[0 1 0 1]"},
+		{3, 4, "", "[0 1 2]"},
+		{4, 2, "3,5", "[3 5 3 5]"},
+		{2, 2, "GPU-aa, GPU-bb,7", "[GPU-aa GPU-bb]"},
+	} {
+		got, err := rankGPUs(tc.nproc, tc.gpus, tc.visible)
+		if err != nil || fmt.Sprint(got) != tc.want {
+			t.Errorf("%d ranks, %d GPUs, %q: %v, %v; want %s", tc.nproc, tc.gpus, tc.visible, got, err, tc.want)
+		}
+	}
+	if _, err := rankGPUs(2, 3, "0,1"); err == nil || err.Error() != "--gpus 3: CUDA_VISIBLE_DEVICES=0,1 names only 2" {
+		t.Errorf("too few visible: %v", err)
+	}
+	if _, err := rankGPUs(2, -1, ""); err == nil {
+		t.Error("--gpus -1 accepted")
+	}
+}

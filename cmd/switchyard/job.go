@@ -508,6 +508,17 @@ func (w *watcher) draw() {
 		fmt.Fprintf(&b, " %s %3.0f%%", bar(m.GetStep(), total, 24), pct)
 	}
 	fmt.Fprintf(&b, "  loss %s  lbl %.4g  tok/s %s  ETA %s", fmtLoss(m.GetStep(), m.GetLoss()), m.GetLbl(), fmtRate(m.GetTokensPerSecond()), w.eta(total))
+	if u := m.GetGpuUtilPct(); len(u) > 0 {
+		var parts []string
+		for _, v := range u {
+			if v < 0 {
+				parts = append(parts, "-")
+			} else {
+				parts = append(parts, fmt.Sprintf("%.0f%%", v))
+			}
+		}
+		fmt.Fprintf(&b, "  gpu %s", strings.Join(parts, " "))
+	}
 	if w.c.tty {
 		fmt.Fprintf(w.c.out, "\r\033[K%s", b.String())
 		w.drawn = true

@@ -177,7 +177,7 @@ func watchScript(end coordinatorv1.JobState, reason, msg string) []*apiv1.WatchJ
 		{Job: job(coordinatorv1.JobState_JOB_STATE_RUNNING, 0)},
 		{Metrics: &apiv1.StepMetrics{Step: 10, Loss: 4.5, Lbl: 0.02, TokensPerSecond: 4096,
 			ExpertLoad: []*apiv1.ExpertLoad{{Share: []float64{0.5, 0.25, 0.125, 0.125}}, {Share: []float64{0.25, 0.25, 0.25, 0.25}}}}},
-		{Metrics: &apiv1.StepMetrics{Step: 20, Loss: 4.25, Lbl: 0.01, TokensPerSecond: 8192}},
+		{Metrics: &apiv1.StepMetrics{Step: 20, Loss: 4.25, Lbl: 0.01, TokensPerSecond: 8192, GpuUtilPct: []float64{87.4, -1}}},
 		{Job: final},
 	}
 }
@@ -192,7 +192,7 @@ func TestJobWatchSucceeded(t *testing.T) {
 		"job moe-1 RUNNING",
 		"step 10/1000  loss 4.5000  lbl 0.02  tok/s 4096",
 		// 980 steps x 4096 tokens / 8192 tok/s = 490 s.
-		"step 20/1000  loss 4.2500  lbl 0.01  tok/s 8192  ETA 8m10s",
+		"step 20/1000  loss 4.2500  lbl 0.01  tok/s 8192  ETA 8m10s  gpu 87% -\n",
 		"job moe-1 SUCCEEDED (Completed: 1000 steps)",
 		"expert load at step 10",
 		"50.0%", "12.5%", "2.00", "1.00",

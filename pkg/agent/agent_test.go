@@ -408,7 +408,8 @@ func TestSuccessArgvMetricsAndLogs(t *testing.T) {
 	if len(ms) != 1 {
 		t.Fatalf("%d metrics messages", len(ms))
 	}
-	wantM := events.StepMetrics{Step: 1, Rank: 0, Loss: 2.5, LBL: 1, TokensPerSecond: 100, ExpertLoadLE: [][]float64{{0.25, 0.75}, {0.5, 0.5}}}
+	wantM := events.StepMetrics{Step: 1, Rank: 0, Loss: 2.5, LBL: 1, TokensPerSecond: 100, ExpertLoadLE: [][]float64{{0.25, 0.75}, {0.5, 0.5}},
+		GPUUtilPct: []float64{-1, 61}} // rank 1's GPU only (the metrics line's)
 	if !reflect.DeepEqual(*ms[0].Metrics, wantM) {
 		t.Errorf("metrics %+v", *ms[0].Metrics)
 	}

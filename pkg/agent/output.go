@@ -183,9 +183,18 @@ func (a *Agent) reportMetrics(tk *task, m train.StepMetrics) {
 		LBLSyncS: m.LBLSyncS, GradSyncS: m.GradSyncS, CheckpointStallS: m.CheckpointStallS, CheckpointWriteMBps: m.CheckpointWriteMBps, DeviceMemBytes: m.DeviceMemBytes,
 		GPUs: gpus,
 	})
+	var util []float64
+	for _, g := range m.GPUs {
+		if g.Rank >= 0 && g.Rank < 4096 {
+			for len(util) <= g.Rank {
+				util = append(util, -1)
+			}
+			util[g.Rank] = g.UtilPct
+		}
+	}
 	a.publish(events.Message{Kind: events.KindMetrics, JobID: tk.key.jobID, Metrics: &events.StepMetrics{
 		Step: int64(m.Step), Rank: int(tk.key.rank), Loss: m.Loss, LBL: lbl,
-		TokensPerSecond: m.TokensPerS, ExpertLoadLE: m.ExpertLoad,
+		TokensPerSecond: m.TokensPerS, ExpertLoadLE: m.ExpertLoad, GPUUtilPct: util,
 	}})
 }
 

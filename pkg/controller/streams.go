@@ -195,7 +195,7 @@ func rank0Metrics(m events.Message) *apiv1.StepMetrics {
 	if m.Metrics == nil || m.Metrics.Rank != 0 {
 		return nil
 	}
-	sm := &apiv1.StepMetrics{Step: m.Metrics.Step, Loss: m.Metrics.Loss, Lbl: m.Metrics.LBL, TokensPerSecond: m.Metrics.TokensPerSecond}
+	sm := &apiv1.StepMetrics{Step: m.Metrics.Step, Loss: m.Metrics.Loss, Lbl: m.Metrics.LBL, TokensPerSecond: m.Metrics.TokensPerSecond, GpuUtilPct: m.Metrics.GPUUtilPct}
 	for _, row := range m.Metrics.ExpertLoadLE {
 		sm.ExpertLoad = append(sm.ExpertLoad, &apiv1.ExpertLoad{Share: row})
 	}

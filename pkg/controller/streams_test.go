@@ -49,7 +49,7 @@ func publishStep(t *testing.T, bus events.Bus, job string, rank int, step int64)
 	t.Helper()
 	err := bus.Publish(events.Message{Kind: events.KindMetrics, JobID: job, Metrics: &events.StepMetrics{
 		Step: step, Rank: rank, Loss: 5 - float64(step)/10, LBL: 1.5, TokensPerSecond: 1000,
-		ExpertLoadLE: [][]float64{{0.5, 0.5}},
+		ExpertLoadLE: [][]float64{{0.5, 0.5}}, GPUUtilPct: []float64{90, -1},
 	}})
 	if err != nil {
 		t.Fatal(err)
@@ -113,7 +113,8 @@ func TestWatchJobReplay(t *testing.T) {
 	if m.GetMetrics().GetStep() != 5 {
 		t.Fatalf("after the history: %v, want step 5 (step 4 came twice?)", m)
 	}
-	if sm := m.GetMetrics(); sm.GetLoss() != 4.5 || sm.GetLbl() != 1.5 || len(sm.GetExpertLoad()) != 1 || sm.GetExpertLoad()[0].GetShare()[1] != 0.5 {
+	if sm := m.GetMetrics(); sm.GetLoss() != 4.5 || sm.GetLbl() != 1.5 || len(sm.GetExpertLoad()) != 1 || sm.GetExpertLoad()[0].GetShare()[1] != 0.5 ||
+		fmt.Sprint(sm.GetGpuUtilPct()) != "[90 -1]" {
 		t.Fatalf("live metrics %v", sm)
 	}
 	if _, err := l.s.CancelJob(l.ctx, &apiv1.CancelJobRequest{JobId: "j1"}); err != nil {

@@ -64,6 +64,9 @@ type StepMetrics struct {
 	TokensPerSecond float64 `json:"tokens_per_second"`
 	// ExpertLoadLE is the share of routed tokens per expert, per MoE layer.
 	ExpertLoadLE [][]float64 `json:"expert_load,omitempty"`
+	// GPUUtilPct is each GPU rank's utilisation after the step, by rank
+	// (GPU runs with NVML; -1: not known).
+	GPUUtilPct []float64 `json:"gpu_util_pct,omitempty"`
 }
 
 // LogLine is one line a worker logged for a job.

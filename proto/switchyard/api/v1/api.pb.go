@@ -799,7 +799,10 @@ type StepMetrics struct {
 	Lbl             float64                `protobuf:"fixed64,3,opt,name=lbl,proto3" json:"lbl,omitempty"`
 	TokensPerSecond float64                `protobuf:"fixed64,4,opt,name=tokens_per_second,json=tokensPerSecond,proto3" json:"tokens_per_second,omitempty"`
 	// Share of routed tokens per expert, one row per MoE layer.
-	ExpertLoad    []*ExpertLoad `protobuf:"bytes,5,rep,name=expert_load,json=expertLoad,proto3" json:"expert_load,omitempty"`
+	ExpertLoad []*ExpertLoad `protobuf:"bytes,5,rep,name=expert_load,json=expertLoad,proto3" json:"expert_load,omitempty"`
+	// Each GPU rank's utilisation after the step, by rank (percent; -1 not
+	// known); empty for CPU runs.
+	GpuUtilPct    []float64 `protobuf:"fixed64,6,rep,packed,name=gpu_util_pct,json=gpuUtilPct,proto3" json:"gpu_util_pct,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -865,6 +868,13 @@ func (x *StepMetrics) GetTokensPerSecond() float64 {
 func (x *StepMetrics) GetExpertLoad() []*ExpertLoad {
 	if x != nil {
 		return x.ExpertLoad
+	}
+	return nil
+}
+
+func (x *StepMetrics) GetGpuUtilPct() []float64 {
+	if x != nil {
+		return x.GpuUtilPct
 	}
 	return nil
 }
@@ -2811,14 +2821,16 @@ const file_switchyard_api_v1_api_proto_rawDesc = "" +
 	"\x04line\x18\x05 \x01(\tR\x04line\"@\n" +
 	"\x0fWatchJobRequest\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x16\n" +
-	"\x06replay\x18\x02 \x01(\bR\x06replay\"\xb3\x01\n" +
+	"\x06replay\x18\x02 \x01(\bR\x06replay\"\xd5\x01\n" +
 	"\vStepMetrics\x12\x12\n" +
 	"\x04step\x18\x01 \x01(\x03R\x04step\x12\x12\n" +
 	"\x04loss\x18\x02 \x01(\x01R\x04loss\x12\x10\n" +
 	"\x03lbl\x18\x03 \x01(\x01R\x03lbl\x12*\n" +
 	"\x11tokens_per_second\x18\x04 \x01(\x01R\x0ftokensPerSecond\x12>\n" +
 	"\vexpert_load\x18\x05 \x03(\v2\x1d.switchyard.api.v1.ExpertLoadR\n" +
-	"expertLoad\"\"\n" +
+	"expertLoad\x12 \n" +
+	"\fgpu_util_pct\x18\x06 \x03(\x01R\n" +
+	"gpuUtilPct\"\"\n" +
 	"\n" +
 	"ExpertLoad\x12\x14\n" +
 	"\x05share\x18\x01 \x03(\x01R\x05share\"\x9a\x01\n" +

@@ -76,6 +76,7 @@ func TestCommandSpecErrors(t *testing.T) {
 		{"runtime: command\ncommand: x\nparallel: {dp: 2}\n", "parallel"},
 		{"runtime: command\ncommand: x\nlbl: {mode: micro}\n", `lbl = "{...}`},
 		{"runtime: command\ncommand: x\nmicro_batch: 4\n", `micro_batch = "4`},
+		{"runtime: command\ncommand: x\ncollectives: nccl\n", `collectives = "nccl`},
 		{"runtime: torch\n", "runtime"},
 		{"command: /bin/true\n", "command"},
 		{"ranks: 2\n", "ranks"},

@@ -185,7 +185,7 @@ func (a *Agent) reportMetrics(tk *task, m train.StepMetrics) {
 	})
 	var util []float64
 	for _, g := range m.GPUs {
-		if g.Rank >= 0 && g.Rank < 4096 {
+		if g.Rank >= 0 && g.Rank < metrics.MaxRanks {
 			for len(util) <= g.Rank {
 				util = append(util, -1)
 			}

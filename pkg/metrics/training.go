@@ -37,8 +37,9 @@ type GPU struct {
 	MemTotalBytes int64
 }
 
-// maxRanks bounds the per-rank series of one job.
-const maxRanks = 4096
+// MaxRanks bounds the per-rank series of one job (and the ranks a step
+// event carries).
+const MaxRanks = 4096
 
 // The largest expert-load shape exported per job: MoE layers, experts.
 const (
@@ -158,7 +159,7 @@ func (t *Training) Observe(job string, s Step) {
 		t.deviceMem.WithLabelValues(job).Set(float64(s.DeviceMemBytes))
 	}
 	for _, g := range s.GPUs {
-		if g.Rank < 0 || g.Rank >= maxRanks {
+		if g.Rank < 0 || g.Rank >= MaxRanks {
 			continue
 		}
 		r := strconv.Itoa(g.Rank)

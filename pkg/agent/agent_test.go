@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -731,6 +732,43 @@ func TestRegistrationLostRegistersAgain(t *testing.T) {
 	if ws, _ := h.reg.List(context.Background()); len(ws) != 0 {
 		t.Fatalf("still registered: %+v", ws)
 	}
+}
+
+// An operator's etcdctl del of the worker's key (its lease alive): the
+// worker registers again instead of renewing a lease that holds nothing,
+// and its rank runs on.
+func TestDeletedRegistrationRegistersAgain(t *testing.T) {
+	h := start(t, nil)
+	h.coord.set(newTestTask("run-d", 0, 1, spec1))
+	h.waitState("run-d", 0, apiv1.TaskState_TASK_STATE_RUNNING)
+	ws, _ := h.reg.List(context.Background())
+	if len(ws) != 1 {
+		t.Fatalf("registered: %+v", ws)
+	}
+	watch, err := h.reg.Watch(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.srv.Delete(ws[0].ID)
+	// the join at watch start, the delete, the new join (updates aside)
+	var seen []membership.EventType
+	for !slices.Equal(seen, []membership.EventType{membership.Join, membership.Leave, membership.Join}) {
+		select {
+		case ev := <-watch:
+			if ev.Type != membership.Update {
+				seen = append(seen, ev.Type)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatalf("membership events %v: the worker did not register again", seen)
+		}
+		if len(seen) > 3 {
+			t.Fatalf("membership events %v, want join, leave, join", seen)
+		}
+	}
+	if st := h.coord.report("run-d", 0); st.GetState() != apiv1.TaskState_TASK_STATE_RUNNING {
+		t.Fatalf("status %v", st)
+	}
+	h.stop()
 }
 
 func TestNewChecksOptions(t *testing.T) {

@@ -19,6 +19,9 @@ import (
 // as kill -9 of the process would.
 type harness struct {
 	connect func(t *testing.T) (r membership.Registry, kill func())
+	// deleteKey removes a worker's entry behind its registration's back,
+	// as an operator's etcdctl del would.
+	deleteKey func(t *testing.T, id string)
 }
 
 func TestMemoryContract(t *testing.T) {
@@ -28,7 +31,7 @@ func TestMemoryContract(t *testing.T) {
 		m := membership.NewMemory(srv)
 		t.Cleanup(func() { m.Close() })
 		return m, m.Abandon
-	}})
+	}, deleteKey: func(t *testing.T, id string) { srv.Delete(id) }})
 }
 
 func TestEtcdContract(t *testing.T) {
@@ -51,6 +54,15 @@ func TestEtcdContract(t *testing.T) {
 		t.Cleanup(func() { r.Close(); cli.Close() })
 		// Closing the client drops the keep-alive stream and revokes nothing.
 		return r, func() { cli.Close() }
+	}, deleteKey: func(t *testing.T, id string) {
+		cli, err := clientv3.New(clientv3.Config{Endpoints: e.Endpoints, DialTimeout: 5 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cli.Close()
+		if r, err := cli.Delete(context.Background(), membership.DefaultPrefix+id); err != nil || r.Deleted != 1 {
+			t.Fatalf("etcdctl del of %s: %v (deleted %v)", id, err, r)
+		}
 	}})
 }
 
@@ -233,6 +245,57 @@ func runContract(t *testing.T, h harness) {
 		r2, err := w2.Register(ctx, second, 5*time.Second)
 		if err != nil {
 			t.Fatalf("after the first closed: %v", err)
+		}
+		r2.Close(ctx)
+	})
+
+	// A key deleted by someone else while the lease lives: the
+	// coordinator sees the worker leave, so its registration is lost (the
+	// agent registers again) rather than renewing a lease that holds
+	// nothing; the id is free to register again.
+	t.Run("DeletedKeyIsLost", func(t *testing.T) {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		coord, _ := h.connect(t)
+		w, _ := h.connect(t)
+		r, err := w.Register(ctx, worker("k1", 2), 3*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		watch, err := coord.Watch(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		expect(t, watch, membership.Join, "k1", 5*time.Second)
+		// an update of its own does not count as losing it
+		upd := worker("k1", 2)
+		upd.Draining = true
+		if err := r.Update(ctx, upd); err != nil {
+			t.Fatal(err)
+		}
+		expect(t, watch, membership.Update, "k1", 5*time.Second)
+		select {
+		case <-r.Lost():
+			t.Fatal("lost after its own update")
+		case <-time.After(1500 * time.Millisecond): // past a renewal (TTL/3)
+		}
+		h.deleteKey(t, "k1")
+		expect(t, watch, membership.Leave, "k1", 5*time.Second)
+		select {
+		case <-r.Lost():
+		case <-time.After(5 * time.Second):
+			t.Fatal("registration not lost 5s after its key was deleted")
+		}
+		r.Close(ctx)
+		r2, err := w.Register(ctx, worker("k1", 2), 3*time.Second)
+		if err != nil {
+			t.Fatalf("registering again: %v", err)
+		}
+		expect(t, watch, membership.Join, "k1", 5*time.Second)
+		select {
+		case <-r2.Lost():
+			t.Fatal("the new registration lost")
+		case <-time.After(1500 * time.Millisecond):
 		}
 		r2.Close(ctx)
 	})

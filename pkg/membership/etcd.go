@@ -106,11 +106,12 @@ func (e *Etcd) Register(ctx context.Context, info WorkerInfo, ttl time.Duration)
 		for range ka { // each response is a renewal
 			e.renewals.Add(1)
 		}
-		close(r.lost)
 		if kctx.Err() == nil {
 			e.log.Warn("worker lease lost", "worker-id", info.ID, "lease", int64(lease.ID))
 		}
+		r.lose()
 	}()
+	go r.watchKey(kctx, resp.Header.Revision)
 	e.mu.Lock()
 	e.regs[r] = struct{}{}
 	e.mu.Unlock()
@@ -118,12 +119,79 @@ func (e *Etcd) Register(ctx context.Context, info WorkerInfo, ttl time.Duration)
 }
 
 type etcdRegistration struct {
-	e      *Etcd
-	id     string
-	lease  clientv3.LeaseID
-	cancel context.CancelFunc
-	lost   chan struct{}
-	once   sync.Once
+	e        *Etcd
+	id       string
+	lease    clientv3.LeaseID
+	cancel   context.CancelFunc
+	lost     chan struct{}
+	once     sync.Once
+	lostOnce sync.Once
+}
+
+// lose reports the registration lost and stops keeping its lease alive.
+func (r *etcdRegistration) lose() {
+	r.lostOnce.Do(func() {
+		r.cancel()
+		close(r.lost)
+	})
+}
+
+// watchKey reports the registration lost when its key is deleted, or
+// taken by another lease, by someone else (an operator's etcdctl del, a
+// tool clearing the prefix) while the lease lives: the coordinator sees
+// the worker leave, so the worker must register again rather than go on
+// renewing a lease that holds nothing. rev is the revision of the
+// registration's put; it ends with ctx.
+func (r *etcdRegistration) watchKey(ctx context.Context, rev int64) {
+	key := r.e.key(r.id)
+	for ctx.Err() == nil {
+		wch := r.e.cli.Watch(clientv3.WithRequireLeader(ctx), key, clientv3.WithRev(rev+1))
+		for resp := range wch {
+			if resp.CompactRevision != 0 {
+				break // the history since rev is gone: read the key below
+			}
+			if resp.Err() != nil {
+				break
+			}
+			for _, ev := range resp.Events {
+				if ev.Type == clientv3.EventTypeDelete || clientv3.LeaseID(ev.Kv.Lease) != r.lease {
+					r.gone(ctx, "deleted or taken")
+					return
+				}
+				rev = ev.Kv.ModRevision
+			}
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		// The watch ended (compaction, no leader, a closed stream): what
+		// the key holds now decides, then watch from there.
+		gctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		g, err := r.e.cli.Get(gctx, key)
+		cancel()
+		switch {
+		case err != nil:
+			select { // the keep-alives say whether etcd is lost
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+		case len(g.Kvs) == 0 || clientv3.LeaseID(g.Kvs[0].Lease) != r.lease:
+			r.gone(ctx, "not there")
+			return
+		default:
+			rev = g.Header.Revision
+		}
+	}
+}
+
+// gone reports the registration lost because its key was changed by
+// someone else; nothing when the registration is closing.
+func (r *etcdRegistration) gone(ctx context.Context, why string) {
+	if ctx.Err() != nil {
+		return
+	}
+	r.e.log.Warn("worker registration key "+why+" (etcdctl del, or the lease expired): registration lost", "worker-id", r.id, "lease", int64(r.lease))
+	r.lose()
 }
 
 func (r *etcdRegistration) Update(ctx context.Context, info WorkerInfo) error {

@@ -84,6 +84,26 @@ func (s *MemoryServer) keepAlive(id int64) bool {
 	return ok
 }
 
+// holds says whether lease holds the entry of worker id.
+func (s *MemoryServer) holds(id string, lease int64) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e, ok := s.entries[id]
+	return ok && e.lease == lease
+}
+
+// Delete removes worker id's entry whatever lease holds it, as an
+// operator's etcdctl del would, leaving the lease alive; watchers see it
+// leave and its registration is reported lost at its next renewal.
+func (s *MemoryServer) Delete(id string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if e, ok := s.entries[id]; ok {
+		delete(s.entries, id)
+		s.notifyLocked(Event{Leave, e.info})
+	}
+}
+
 func (s *MemoryServer) alive(id int64) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -227,7 +247,9 @@ func (m *Memory) Register(ctx context.Context, info WorkerInfo, ttl time.Duratio
 			case <-kctx.Done():
 				return
 			case <-t.C:
-				if !m.srv.keepAlive(lease) {
+				// lost with the lease, and when someone else deleted
+				// or took the entry while the lease lived
+				if !m.srv.keepAlive(lease) || !m.srv.holds(info.ID, lease) {
 					return
 				}
 			}

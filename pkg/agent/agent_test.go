@@ -924,3 +924,27 @@ func BenchmarkGroupMemory(b *testing.B) {
 		}
 	}
 }
+
+// The job's training series belong to the latest attempt's rank 0 on this
+// worker: an old attempt's rank 0 ending after it does not drop them.
+func TestLaterRankZeroKeepsSeries(t *testing.T) {
+	a := &Agent{tasks: map[taskKey]*task{}}
+	old := taskKey{jobID: "j", attempt: 0, rank: 0}
+	a.tasks[old] = nil
+	a.tasks[taskKey{jobID: "j", attempt: 0, rank: 1}] = nil
+	a.tasks[taskKey{jobID: "other", attempt: 3, rank: 0}] = nil
+	if a.laterRankZero(old) {
+		t.Fatal("alone, attempt 0's rank 0 owns the series")
+	}
+	a.tasks[taskKey{jobID: "j", attempt: 1, rank: 1}] = nil
+	if a.laterRankZero(old) {
+		t.Fatal("a later attempt's rank 1 does not own the series")
+	}
+	a.tasks[taskKey{jobID: "j", attempt: 1, rank: 0}] = nil
+	if !a.laterRankZero(old) {
+		t.Fatal("attempt 1's rank 0 runs here: attempt 0's end must keep its series")
+	}
+	if a.laterRankZero(taskKey{jobID: "j", attempt: 1, rank: 0}) {
+		t.Fatal("attempt 1's rank 0 is the latest")
+	}
+}

@@ -305,6 +305,20 @@ func (a *Agent) prepare(t *apiv1.Task) (launch, error) {
 	return ln, nil
 }
 
+// laterRankZero says whether this worker holds rank 0 of a later attempt
+// of k's job: the job's training series are that attempt's then (an old
+// attempt's rank 0 can end after the new one's started here).
+func (a *Agent) laterRankZero(k taskKey) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for o := range a.tasks {
+		if o.jobID == k.jobID && o.rank == 0 && o.attempt > k.attempt {
+			return true
+		}
+	}
+	return false
+}
+
 // memoryLimit is what a rank of spec may use, in bytes: its
 // resources.memory_mib, unless this worker does not enforce memory.
 func (a *Agent) memoryLimit(spec *jobspec.Spec) int64 {
@@ -466,8 +480,8 @@ func (a *Agent) runTask(tk *task) {
 	}
 	close(exited)
 	side.Wait()
-	if k.rank == 0 {
-		a.tm.Forget(k.jobID)
+	if k.rank == 0 && !a.laterRankZero(k) {
+		a.tm.Forget(k.jobID) // its series, unless a later attempt's now
 	}
 	if l.memory > 0 {
 		tk.sawLastMemory(l.memory)

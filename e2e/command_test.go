@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/switchyard-ml/switchyard/pkg/jobstate"
 	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
 	pb "github.com/switchyard-ml/switchyard/proto/switchyard/coordinator/v1"
 )
@@ -169,13 +170,17 @@ restart: {max_restarts: %d, backoff_seconds: 12}
 			}
 			t.Logf("FIGURE bad input %s: %s: %s", tc.name, j.Reason, j.Message)
 		}
-		// a path the workers do not allow is refused before the rank
-		// starts: the job fails at once, restarts left or not
+		// a path no worker allows: the job is not placed, and waits
+		// naming the path (a worker that allows it may join); nothing
+		// is made there
+		const refusedWhy = "allowing /etc/switchyard-refused (storage_path or allowed_paths); the cluster has no such workers"
 		id := c.submit("cmd-refused", "name: cmd-refused\nruntime: command\ncommand: /bin/true\nranks: 2\ncheckpoint: {path: /etc/switchyard-refused}\nrestart: {max_restarts: 2, backoff_seconds: 0}\n")
-		j := c.waitJob(id, 90*time.Second, "failed", stateIs(pb.JobState_JOB_STATE_FAILED))
-		if j.Reason != "Refused" || j.Restarts != 0 || !strings.Contains(j.Message, "checkpoint.path /etc/switchyard-refused is outside this worker's storage_path") {
-			t.Errorf("a refused job: %s after %d restarts: %s", j.Reason, j.Restarts, j.Message)
+		j := c.waitJob(id, 60*time.Second, "pending naming the path", func(j *pb.Job) bool { return strings.Contains(jobstate.PendingReason(j), refusedWhy) })
+		if st := c.mustCLI("job", "status", id).stdout; j.State != pb.JobState_JOB_STATE_PENDING || len(j.Placement) != 0 || !strings.Contains(st, refusedWhy) {
+			t.Errorf("a job whose path no worker allows: %v, placed on %v; job status:\n%s", j.State, j.Placement, st)
 		}
+		t.Logf("FIGURE bad input cmd-refused: %s", jobstate.PendingReason(j))
+		c.mustCLI("job", "cancel", id)
 		if _, err := os.Stat("/etc/switchyard-refused"); err == nil {
 			t.Error("/etc/switchyard-refused was made")
 		}

@@ -116,7 +116,30 @@ func (c *cli) clusterStatus(ctx context.Context, name string, args []string) err
 	if err := t.flush(); err != nil {
 		return err
 	}
-	return printGPUs(w, resp.GetWorkers())
+	if err := printGPUs(w, resp.GetWorkers()); err != nil {
+		return err
+	}
+	return printRoots(w, resp.GetWorkers())
+}
+
+// printRoots lists where each worker lets jobs read corpora and write
+// checkpoints (a job naming a path elsewhere is not placed there).
+func printRoots(w io.Writer, workers []*apiv1.Worker) error {
+	var t *table
+	for _, wk := range workers {
+		if len(wk.GetRoots()) == 0 {
+			continue
+		}
+		if t == nil {
+			fmt.Fprintln(w, "\nPaths jobs may use (storage_path, allowed_paths):")
+			t = newTable(w, "  ", "WORKER", "PATHS")
+		}
+		t.row(wk.GetId(), strings.Join(wk.GetRoots(), ", "))
+	}
+	if t == nil {
+		return nil
+	}
+	return t.flush()
 }
 
 // printGPUs lists the detected GPUs of the workers that have any, in

@@ -14,6 +14,7 @@ func TestClusterStatus(t *testing.T) {
 		"RAFT ADDRESS", "10.0.0.2:7401", "10.0.0.3:7400", "Follower",
 		"HOST", "gpu-01", "10.0.1.1:7500", "256.0 GiB", "allow_commands=true,gpu=h100,zone=eu-1", "moe-1/0 +2", "3/8", "cpu-07",
 		"GPUs:", "NVIDIA H100 80GB HBM3", "GPU-5d1c0a7e", "79.6 GiB",
+		"Paths jobs may use (storage_path, allowed_paths):", "/var/lib/switchyard, /data/corpora",
 	)
 	var c1, c3, wIdle string
 	for _, l := range strings.Split(r.stdout, "\n") {

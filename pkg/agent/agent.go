@@ -263,6 +263,7 @@ func (a *Agent) info() membership.WorkerInfo {
 		Host:     c.Host,
 		Version:  a.o.Version,
 		Commands: c.AllowCommands,
+		Roots:    append([]string{c.StoragePath}, c.AllowedPaths...),
 		Slots:    c.SlotCount(),
 		GPUDevices: func() []membership.GPU {
 			var gs []membership.GPU

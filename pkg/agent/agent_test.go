@@ -315,6 +315,7 @@ func TestRegisters(t *testing.T) {
 	want := membership.WorkerInfo{
 		ID: "w1", Address: "127.0.0.1:7171", Host: "node1", Version: "v-test", Labels: map[string]string{"rack": "r1"},
 		Resources: membership.Resources{CPUCores: 4, MemoryBytes: 2048 << 20, GPUs: 1}, Slots: 1, // one per GPU
+		Roots: append([]string{h.cfg.StoragePath}, h.cfg.AllowedPaths...),
 	}
 	if !reflect.DeepEqual(got[0], want) {
 		t.Fatalf("registered %+v\nwant %+v", got[0], want)

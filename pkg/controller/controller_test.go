@@ -933,6 +933,44 @@ func placedWorkers(j *pb.Job) []string {
 // TestCommandJobsGoWhereCommandsRun: a command job is placed only on
 // workers whose config allows command jobs (their label says nothing
 // either way), and waits, saying so, while too few of them are free.
+// A job whose corpus only some workers allow goes to those (and to the
+// workers that do not say); one that needs more waits naming the path.
+func TestJobsGoWhereTheirPathsAreAllowed(t *testing.T) {
+	h := newHarness(t, 1, "")
+	c := h.client(h.leader(), "")
+	h.workerWith("w1", func(w *membership.WorkerInfo) { w.Roots = []string{"/srv/sy"} })
+	h.workerWith("w2", func(w *membership.WorkerInfo) { w.Roots = []string{"/srv/sy", "/data"} })
+	h.workerWith("w3", func(w *membership.WorkerInfo) { w.Roots = []string{"/srv/sy", "/datasets"} })
+	const spec = `name: p
+data: {corpus: /data/c.jsonl}
+parallel: {dp: %d}
+resources: {cpu_cores: 1, memory_mib: 512}
+`
+	if _, err := c.SubmitJob(ctxT(t), &apiv1.SubmitJobRequest{JobId: "one", Spec: []byte(fmt.Sprintf(spec, 1))}); err != nil {
+		t.Fatal(err)
+	}
+	j := waitJob(t, c, "one", "placed", func(j *pb.Job) bool { return j.State == pb.JobState_JOB_STATE_PLACED })
+	if len(j.Placement) != 1 || j.Placement[0].WorkerId != "w2" {
+		t.Fatalf("placement %v, want w2 (the one worker that allows /data)", j.Placement)
+	}
+	if _, err := c.SubmitJob(ctxT(t), &apiv1.SubmitJobRequest{JobId: "two", Spec: []byte(fmt.Sprintf(spec, 2))}); err != nil {
+		t.Fatal(err)
+	}
+	j = waitJob(t, c, "two", "pending with a reason", func(j *pb.Job) bool {
+		return strings.Contains(jobstate.PendingReason(j), "allowing /data/c.jsonl (storage_path or allowed_paths); the cluster has only 1 such worker")
+	})
+	if j.State != pb.JobState_JOB_STATE_PENDING {
+		t.Fatalf("two: %v %q", j.State, jobstate.PendingReason(j))
+	}
+	t.Logf("two waits: %s", jobstate.PendingReason(j))
+	// a worker that says nothing of its paths (an older one) may take it:
+	// two now waits only for w2, busy with one
+	h.worker("w4")
+	waitJob(t, c, "two", "pending for a busy worker", func(j *pb.Job) bool {
+		return strings.Contains(jobstate.PendingReason(j), "allowing /data/c.jsonl (storage_path or allowed_paths), 1 free (1 busy)")
+	})
+}
+
 func TestCommandJobsGoWhereCommandsRun(t *testing.T) {
 	h := newHarness(t, 1, "")
 	c := h.client(h.leader(), "")

@@ -247,7 +247,7 @@ func (s held) snapshot(live map[string]membership.WorkerInfo, jobs []*pb.Job) sc
 				free = scheduler.Resources{}
 			}
 			snap.Workers = append(snap.Workers, scheduler.Worker{
-				ID: slotID(id, k, n), Host: host, Labels: labels, Total: share, Free: free, Healthy: healthy, Job: job,
+				ID: slotID(id, k, n), Host: host, Labels: labels, Total: share, Free: free, Healthy: healthy, Job: job, Roots: w.Roots,
 			})
 		}
 	}

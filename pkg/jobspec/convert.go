@@ -99,5 +99,21 @@ func (s *Spec) SchedulerJob(id string, seq uint64) scheduler.Job {
 			GPUs:      s.Resources.GPUs,
 		},
 		Labels: labels,
+		Paths:  s.WorkerPaths(),
 	}
+}
+
+// WorkerPaths are the paths outside a worker's own storage that the job's
+// ranks read or write there, for placement: the corpus of an engine job
+// and the checkpoint.path of dir storage. Each worker checks them again,
+// links resolved, before it starts a rank.
+func (s *Spec) WorkerPaths() []string {
+	var ps []string
+	if s.Runtime != RuntimeCommand && s.Data.Corpus != "" && s.Data.Corpus != DemoCorpus {
+		ps = append(ps, s.Data.Corpus)
+	}
+	if s.Checkpoint.Storage != StorageS3 && s.Checkpoint.Path != "" {
+		ps = append(ps, s.Checkpoint.Path)
+	}
+	return ps
 }

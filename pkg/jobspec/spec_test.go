@@ -94,7 +94,11 @@ func TestParseFull(t *testing.T) {
 	}
 	j := s.SchedulerJob("job-1", 42)
 	want := scheduler.Job{ID: "job-1", Priority: 5, Seq: 42, Layout: scheduler.Layout{TP: 2, DP: 4, EP: 2},
-		PerRank: scheduler.Resources{CPUCores: 8, MemoryMiB: 32768, GPUs: 1}, Labels: map[string]string{"zone": "eu-1", "gpu": "h100"}}
+		PerRank: scheduler.Resources{CPUCores: 8, MemoryMiB: 32768, GPUs: 1}, Labels: map[string]string{"zone": "eu-1", "gpu": "h100"},
+		Paths: s.WorkerPaths()}
+	if got := s.WorkerPaths(); len(got) == 0 || got[0] != "/srv/corpus/multi.jsonl" {
+		t.Fatalf("worker paths %v, want the corpus first", got)
+	}
 	if !reflect.DeepEqual(j, want) {
 		t.Fatalf("%+v", j)
 	}
@@ -330,6 +334,33 @@ func TestDeviceRules(t *testing.T) {
 		_, err := Parse([]byte("name: g\n" + tc.yaml + "\n"))
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%q: %v, want %q", tc.yaml, err, tc.want)
+		}
+	}
+}
+
+// The paths a worker must allow: the corpus of an engine job, a dir
+// checkpoint.path; never the demo corpus, a command job's data (its own
+// business) or an S3 location.
+func TestWorkerPaths(t *testing.T) {
+	for _, c := range []struct {
+		spec string
+		want []string
+	}{
+		{"name: a\n", nil},
+		{"name: a\ndata: {corpus: /data/c.jsonl}\n", []string{"/data/c.jsonl"}},
+		{"name: a\ndata: {corpus: /data/c.jsonl}\ncheckpoint: {path: /shared/ckpt}\n", []string{"/data/c.jsonl", "/shared/ckpt"}},
+		{"name: a\ncheckpoint: {storage: s3, path: s3://bucket/p}\n", nil},
+		{"name: a\nruntime: command\ncommand: /usr/bin/python3\ncheckpoint: {path: /shared/ckpt}\n", []string{"/shared/ckpt"}},
+	} {
+		s, err := Parse([]byte(c.spec))
+		if err != nil {
+			t.Fatalf("%q: %v", c.spec, err)
+		}
+		if got := s.WorkerPaths(); !reflect.DeepEqual(got, c.want) {
+			t.Errorf("%q: worker paths %v, want %v", c.spec, got, c.want)
+		}
+		if err := s.SchedulerJob("j", 1).Validate(); err != nil {
+			t.Errorf("%q: %v", c.spec, err)
 		}
 	}
 }

@@ -62,6 +62,11 @@ type WorkerInfo struct {
 	// Commands: the worker runs jobs with runtime: command (its config's
 	// allow_commands); the scheduler places command jobs only there.
 	Commands bool `json:"commands,omitempty"`
+	// Roots are the directories jobs may read or write on it (its
+	// storage_path, then its allowed_paths); the scheduler places a job
+	// whose corpus or checkpoint path lies elsewhere on other workers.
+	// Empty: it does not say (an older worker).
+	Roots []string `json:"roots,omitempty"`
 }
 
 // GPU is one detected device.

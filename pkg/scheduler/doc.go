@@ -19,8 +19,10 @@
 //     so no GPU is given to two ranks. A Worker can take a rank
 //     when it is healthy, idle (no current job, not given to an earlier plan
 //     of the same Schedule call), carries every label the job asks for
-//     (exact key and value), and its free resources (CPU cores, memory MiB,
-//     GPUs) cover the job's per-rank request.
+//     (exact key and value), holds each of the job's paths under one of
+//     its roots (by name; a worker that names no roots holds any), and its
+//     free resources (CPU cores, memory MiB, GPUs) cover the job's
+//     per-rank request.
 //   - Gang placement: every rank of a job is placed, or none.
 //   - A tensor-parallel group (TP consecutive ranks) runs on one host
 //     (Worker.Host; a worker without a host is its own host).

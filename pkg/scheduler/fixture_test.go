@@ -79,12 +79,16 @@ func randomSnapshot(r *rand.Rand, maxHosts int) Snapshot {
 		if r.IntN(3) == 0 {
 			labels["gpu"] = "h100"
 		}
+		var roots []string // most hosts do not say; some allow one of the data folders
+		if r.IntN(3) == 0 {
+			roots = []string{"/srv/sy", []string{"/data", "/data/a", "/data/ab", "/"}[r.IntN(4)]}
+		}
 		total := Resources{CPUCores: 1 + r.IntN(16), MemoryMiB: int64(512 * (1 + r.IntN(64)))}
 		if labels["gpu"] != "" {
 			total.GPUs = 1 + r.IntN(2)
 		}
 		for w := range 1 + r.IntN(6) {
-			wk := Worker{ID: fmt.Sprintf("%s-w%d", host, w), Host: host, Labels: labels, Total: total, Free: total, Healthy: r.IntN(10) != 0}
+			wk := Worker{ID: fmt.Sprintf("%s-w%d", host, w), Host: host, Labels: labels, Total: total, Free: total, Healthy: r.IntN(10) != 0, Roots: roots}
 			switch r.IntN(6) {
 			case 0:
 				wk.Job = "running"
@@ -121,8 +125,17 @@ func randomQueue(r *rand.Rand, n int) []Job {
 			j.PerRank.GPUs = 1
 			j.Labels = map[string]string{"gpu": "h100"}
 		}
+		if r.IntN(3) == 0 { // a corpus, sometimes a checkpoint folder too
+			j.Paths = []string{[]string{"/data/a/c.jsonl", "/data/abc/c.jsonl", "/data/b", "/srv/sy/c.jsonl", "/data/a"}[r.IntN(5)]}
+			if r.IntN(3) == 0 {
+				j.Paths = append(j.Paths, "/srv/sy/ckpt")
+			}
+		}
 		if r.IntN(30) == 0 {
 			j.Layout.EP = 3 // sometimes invalid
+		}
+		if r.IntN(40) == 0 {
+			j.Paths = []string{"data/c.jsonl"} // invalid: relative
 		}
 		q[i] = j
 	}

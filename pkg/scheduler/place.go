@@ -118,7 +118,7 @@ func (p *pass) static(job Job) []bool {
 	st := make([]bool, len(p.cl.workers))
 	for i := range p.cl.workers {
 		w := &p.cl.workers[i]
-		st[i] = job.PerRank.FitsIn(w.Total) && labelsMatch(w.Labels, job.Labels)
+		st[i] = job.PerRank.FitsIn(w.Total) && w.takes(job)
 	}
 	return st
 }
@@ -246,6 +246,9 @@ func describe(job Job, unit string) string {
 	}
 	if len(job.Labels) > 0 {
 		s += " labelled " + labelsString(job.Labels)
+	}
+	if len(job.Paths) > 0 {
+		s += " allowing " + strings.Join(job.Paths, " and ") + " (storage_path or allowed_paths)"
 	}
 	return s
 }

@@ -43,6 +43,15 @@ func TestPlaceReasons(t *testing.T) {
 			msg: "needs 4 TP groups of 2 workers, each on one host; the free workers form only 3 (9 free workers on 3 hosts)",
 		},
 		{
+			name: "no worker allows the corpus",
+			snap: newFx().host("a", 2, cpu1).host("b", 2, cpu1).
+				set("a-w0", func(w *Worker) { w.Roots = []string{"/srv/sy"} }).set("a-w1", func(w *Worker) { w.Roots = []string{"/srv/sy", "/data/a"} }).
+				set("b-w0", func(w *Worker) { w.Roots = []string{"/srv/sy", "/data/ab"} }).set("b-w1", func(w *Worker) { w.Roots = []string{"/srv/sy"} }).snap,
+			job: func() Job { j := job("j", 0, 1, 1, 2, 1, cpu1); j.Paths = []string{"/data/abc/c.jsonl"}; return j }(),
+			err: ErrTooLarge,
+			msg: "needs 2 workers with 1 core, 1024 MiB allowing /data/abc/c.jsonl (storage_path or allowed_paths); the cluster has no such workers",
+		},
+		{
 			name: "no host in the cluster is big enough",
 			snap: newFx().host("a", 2, cpu1).host("b", 2, cpu1).snap,
 			job:  job("j", 0, 1, 4, 1, 1, cpu1),
@@ -278,5 +287,35 @@ func TestRecheck(t *testing.T) {
 				t.Fatalf("err = %v\nwant ErrStale ending %q", err, tt.msg)
 			}
 		})
+	}
+}
+
+// A job's paths go only to workers whose roots hold them (or that name
+// none), and a plan whose worker stopped allowing them is stale.
+func TestPlacePathsWhereAllowed(t *testing.T) {
+	snap := newFx().host("a", 2, cpu1).host("b", 2, cpu1).
+		set("a-w0", func(w *Worker) { w.Roots = []string{"/srv/sy"} }).
+		set("a-w1", func(w *Worker) { w.Roots = []string{"/srv/sy", "/data"} }).
+		set("b-w0", func(w *Worker) { w.Roots = []string{"/srv/sy", "/data/ab"} }).snap // b-w1 says nothing
+	j := job("j", 0, 1, 1, 2, 1, cpu1)
+	j.Paths = []string{"/data/abc/c.jsonl", "/data/abc/ckpt"}
+	plan, err := Place(snap, j)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(plan.Workers, ","); got != "a-w1,b-w1" && got != "b-w1,a-w1" {
+		t.Fatalf("placed on %s, want a-w1 and b-w1", got)
+	}
+	for i := range snap.Workers {
+		if snap.Workers[i].ID == "b-w1" {
+			snap.Workers[i].Roots = []string{"/srv/sy"}
+		}
+	}
+	if err := Recheck(snap, plan); !errors.Is(err, ErrStale) || !strings.Contains(err.Error(), `worker "b-w1" does not allow /data/abc/c.jsonl`) {
+		t.Fatalf("recheck after b-w1's roots changed: %v", err)
+	}
+	j.Paths = []string{"data/c.jsonl"}
+	if _, err := Place(snap, j); !errors.Is(err, ErrInvalidJob) || !strings.Contains(err.Error(), "must be absolute") {
+		t.Fatalf("a relative path: %v", err)
 	}
 }

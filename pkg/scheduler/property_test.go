@@ -3,8 +3,10 @@ package scheduler
 import (
 	"errors"
 	"math/rand/v2"
+	"path/filepath"
 	"reflect"
 	"sort"
+	"strings"
 	"testing"
 )
 
@@ -112,7 +114,7 @@ func checkSchedule(t *testing.T, seed int, snap Snapshot, queue []Job, placed []
 			}
 			used[id] = j.ID
 			// Fit.
-			if !w.Healthy || w.Job != "" || !j.PerRank.FitsIn(w.Free) || !labelsMatch(w.Labels, j.Labels) {
+			if !w.Healthy || w.Job != "" || !j.PerRank.FitsIn(w.Free) || !labelsMatch(w.Labels, j.Labels) || !rootsHold(w.Roots, j.Paths) {
 				fail("job %s rank %d: worker %+v does not fit %+v", j.ID, r, w, j.PerRank)
 			}
 			// Topology: TP group on one host; Hosts is right.
@@ -175,7 +177,9 @@ func checkSchedule(t *testing.T, seed int, snap Snapshot, queue []Job, placed []
 			}
 			continue
 		}
-		static := func(w Worker) bool { return labelsMatch(w.Labels, j.Labels) && j.PerRank.FitsIn(w.Total) }
+		static := func(w Worker) bool {
+			return labelsMatch(w.Labels, j.Labels) && rootsHold(w.Roots, j.Paths) && j.PerRank.FitsIn(w.Total)
+		}
 		slots := func(ok func(Worker) bool) int {
 			perHost := map[string]int{}
 			for _, w := range byID {
@@ -227,6 +231,25 @@ func checkSchedule(t *testing.T, seed int, snap Snapshot, queue []Job, placed []
 			}
 		}
 	}
+}
+
+// rootsHold is pathsAllowed computed another way (filepath.Rel): a worker
+// that names no roots takes any path.
+func rootsHold(roots, paths []string) bool {
+	if len(roots) == 0 {
+		return true
+	}
+	for _, p := range paths {
+		in := false
+		for _, r := range roots {
+			rel, err := filepath.Rel(r, p)
+			in = in || (err == nil && rel != ".." && !strings.HasPrefix(rel, "../"))
+		}
+		if !in {
+			return false
+		}
+	}
+	return true
 }
 
 // TestPlaceMatchesScheduleHead: Place of the head job is Schedule's first

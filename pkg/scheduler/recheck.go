@@ -1,12 +1,16 @@
 package scheduler
 
-import "fmt"
+import (
+	"fmt"
+	"strings"
+)
 
 // Recheck verifies plan against a fresh snapshot before it is committed:
 // the job is valid, every rank has a distinct worker that still exists, is
-// healthy and idle, carries the job's labels, has the per-rank resources
-// free and sits on the host the plan recorded, and every TP group is on one
-// host. Errors wrap ErrStale (or ErrInvalidJob) and name the rank.
+// healthy and idle, carries the job's labels, allows its paths, has the
+// per-rank resources free and sits on the host the plan recorded, and
+// every TP group is on one host. Errors wrap ErrStale (or ErrInvalidJob)
+// and name the rank.
 func Recheck(snap Snapshot, plan Plan) error {
 	job := plan.Job
 	if err := job.Validate(); err != nil {
@@ -39,6 +43,8 @@ func Recheck(snap Snapshot, plan Plan) error {
 			return stale("rank %d: worker %q is busy with job %q", r, id, w.Job)
 		case !labelsMatch(w.Labels, job.Labels):
 			return stale("rank %d: worker %q lacks labels %s", r, id, labelsString(job.Labels))
+		case !pathsAllowed(w.Roots, job.Paths):
+			return stale("rank %d: worker %q does not allow %s", r, id, strings.Join(job.Paths, " and "))
 		case !job.PerRank.FitsIn(w.Free):
 			return stale("rank %d: worker %q has %s free, a rank needs %s", r, id, w.Free, job.PerRank)
 		case host != plan.Hosts[r]:

@@ -3,6 +3,8 @@ package scheduler
 import (
 	"errors"
 	"fmt"
+	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 )
@@ -73,6 +75,11 @@ type Worker struct {
 	Free    Resources         `json:"free"`
 	Healthy bool              `json:"healthy"`
 	Job     string            `json:"job"` // job running on it; "" : idle
+	// Roots are the directories jobs may read or write on the worker (its
+	// storage_path and allowed_paths). Empty: the worker does not say, and
+	// any job's paths may go there (the worker's own check, links
+	// resolved, is the authority either way).
+	Roots []string `json:"roots,omitempty"`
 }
 
 // Snapshot is the cluster state a scheduling pass works on.
@@ -109,6 +116,10 @@ type Job struct {
 	Layout   Layout            `json:"layout"`
 	PerRank  Resources         `json:"per_rank"`
 	Labels   map[string]string `json:"labels"` // every worker must carry each key with this value
+	// Paths are the absolute paths its ranks read or write outside the
+	// workers' own storage (a corpus, a checkpoint directory): each must
+	// lie under one of every worker's Roots.
+	Paths []string `json:"paths,omitempty"`
 	// MinDP > 0 makes the job elastic: when its layout does not fit (no
 	// room, or more ranks than the cluster has), it is placed with the
 	// largest data-parallel degree in [MinDP, DP) that EP divides and that
@@ -142,6 +153,11 @@ func (j Job) problem() string {
 	case j.PerRank.CPUCores < 0 || j.PerRank.MemoryMiB < 0 || j.PerRank.GPUs < 0:
 		return fmt.Sprintf("per-rank resources must be >= 0 (%+v)", j.PerRank)
 	}
+	for _, p := range j.Paths {
+		if !filepath.IsAbs(p) {
+			return fmt.Sprintf("path %q must be absolute", p)
+		}
+	}
 	return ""
 }
 
@@ -172,6 +188,30 @@ func labelsString(m map[string]string) string {
 		keys[i] = k + "=" + m[k]
 	}
 	return strings.Join(keys, ",")
+}
+
+// takes says whether w could ever run a rank of j, load aside: its labels
+// and the roots its paths need.
+func (w *Worker) takes(j Job) bool {
+	return labelsMatch(w.Labels, j.Labels) && pathsAllowed(w.Roots, j.Paths)
+}
+
+// pathsAllowed says whether every path lies in (or is) one of roots, by
+// their names; no roots: the worker does not say, so yes.
+func pathsAllowed(roots, paths []string) bool {
+	if len(roots) == 0 {
+		return true
+	}
+	for _, p := range paths {
+		p = filepath.Clean(p)
+		if !slices.ContainsFunc(roots, func(r string) bool {
+			r = filepath.Clean(r)
+			return p == r || strings.HasPrefix(p, strings.TrimSuffix(r, "/")+"/")
+		}) {
+			return false
+		}
+	}
+	return true
 }
 
 func labelsMatch(have, want map[string]string) bool {

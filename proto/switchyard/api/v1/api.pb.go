@@ -1196,7 +1196,10 @@ type Worker struct {
 	// The GPUs it detected (nvidia-smi), in slot order; empty when declared.
 	GpuDevices []*GPUDevice `protobuf:"bytes,12,rep,name=gpu_devices,json=gpuDevices,proto3" json:"gpu_devices,omitempty"`
 	// It runs jobs with runtime: command (allow_commands in its config).
-	Commands      bool `protobuf:"varint,13,opt,name=commands,proto3" json:"commands,omitempty"`
+	Commands bool `protobuf:"varint,13,opt,name=commands,proto3" json:"commands,omitempty"`
+	// The directories jobs may read or write on it: its storage_path, then
+	// its allowed_paths (empty: it does not say).
+	Roots         []string `protobuf:"bytes,14,rep,name=roots,proto3" json:"roots,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1320,6 +1323,13 @@ func (x *Worker) GetCommands() bool {
 		return x.Commands
 	}
 	return false
+}
+
+func (x *Worker) GetRoots() []string {
+	if x != nil {
+		return x.Roots
+	}
+	return nil
 }
 
 type GPUDevice struct {
@@ -2852,7 +2862,7 @@ const file_switchyard_api_v1_api_proto_rawDesc = "" +
 	"\tcpu_cores\x18\x01 \x01(\x05R\bcpuCores\x12\x1d\n" +
 	"\n" +
 	"memory_mib\x18\x02 \x01(\x03R\tmemoryMib\x12\x12\n" +
-	"\x04gpus\x18\x03 \x01(\x05R\x04gpus\"\xeb\x03\n" +
+	"\x04gpus\x18\x03 \x01(\x05R\x04gpus\"\x81\x04\n" +
 	"\x06Worker\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x12\n" +
@@ -2869,7 +2879,8 @@ const file_switchyard_api_v1_api_proto_rawDesc = "" +
 	"busy_slots\x18\v \x01(\x05R\tbusySlots\x12=\n" +
 	"\vgpu_devices\x18\f \x03(\v2\x1c.switchyard.api.v1.GPUDeviceR\n" +
 	"gpuDevices\x12\x1a\n" +
-	"\bcommands\x18\r \x01(\bR\bcommands\x1a9\n" +
+	"\bcommands\x18\r \x01(\bR\bcommands\x12\x14\n" +
+	"\x05roots\x18\x0e \x03(\tR\x05roots\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"h\n" +

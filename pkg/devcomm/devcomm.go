@@ -155,7 +155,58 @@ func open(ctx context.Context, dev cuda.Device, g *parallel.Comm, want Backend, 
 	for _, in := range infos {
 		gpus[in.GPU] = true
 	}
-	return &ncclComm{nc: nc, g: g, why: fmt.Sprintf("NCCL %s over %d GPUs", infos[0].NCCL, len(gpus)), timeout: NCCLTimeout}, nil
+	c := &ncclComm{nc: nc, g: g, why: fmt.Sprintf("NCCL %s over %d GPUs", infos[0].NCCL, len(gpus)), timeout: NCCLTimeout}
+	if err := agree(ctx, g, handshake(ctx, dev, c), "the NCCL communicator's first exchange", "failed the NCCL communicator's first exchange"); err != nil {
+		return nil, errors.Join(err, nc.Abort())
+	}
+	return c, nil
+}
+
+// handshake runs an all-reduce and an all-to-all-v of a few floats on c,
+// every rank with every other, and checks what arrived. NCCL connects a
+// pair of ranks (and allocates the connection's buffers) at their first
+// collective: made here, while every rank is in Open, rather than in the
+// first step, the connections' memory is taken before the engine checks
+// what is free, and a rank that cannot connect, or an exchange that
+// delivers the wrong floats, fails Open naming it.
+func handshake(ctx context.Context, dev cuda.Device, c Comm) error {
+	p, r := c.Size(), c.Rank()
+	n := 1 + 2*p // the all-reduce's float, then p to send and p to receive
+	buf, err := dev.Alloc(int64(4 * n))
+	if err != nil {
+		return err
+	}
+	defer dev.Free(buf)
+	host := make([]float32, n)
+	host[0] = float32(r + 1)
+	for j := range p {
+		host[1+j] = float32(r*p + j) // for rank j
+	}
+	if err := dev.CopyHtoD(buf, unsafe.Pointer(&host[0]), int64(4*n)); err != nil {
+		return err
+	}
+	ones := make([]int, p)
+	for j := range ones {
+		ones[j] = 1
+	}
+	if err := c.AllReduceSum(ctx, buf, 1); err != nil {
+		return err
+	}
+	if err := c.AllToAllV(ctx, buf.Add(4), ones, buf.Add(int64(4*(1+p))), ones); err != nil {
+		return err
+	}
+	if err := dev.CopyDtoH(unsafe.Pointer(&host[0]), buf, int64(4*n)); err != nil {
+		return err
+	}
+	if want := float32(p * (p + 1) / 2); host[0] != want {
+		return fmt.Errorf("the all-reduce gave %v, want %v", host[0], want)
+	}
+	for j := range p {
+		if got, want := host[1+p+j], float32(j*p+r); got != want {
+			return fmt.Errorf("the all-to-all-v delivered %v from rank %d, want %v", got, j, want)
+		}
+	}
+	return nil
 }
 
 // ncclObstacle says why NCCL cannot run on ranks that said infos ("" if
@@ -213,28 +264,33 @@ func bootstrap(ctx context.Context, dev cuda.Device, g *parallel.Comm, lib libra
 	nc, openErr := lib.open(dev, id, g.Size(), g.Rank())
 	// every rank says whether it joined: one that could not makes all
 	// abort now, rather than hang in their first collective
-	var mine []byte
-	if openErr != nil {
-		mine = []byte(openErr.Error())
-	}
-	all, err := g.AllGatherBytes(ctx, mine)
-	if err != nil {
-		err = fmt.Errorf("devcomm: agreeing on the NCCL communicator: %w", err)
-	} else {
-		for r, b := range all {
-			if len(b) > 0 {
-				err = fmt.Errorf("%w: rank %d could not join the NCCL communicator: %s", ErrUnavailable, r, b)
-				break
-			}
-		}
-	}
-	if err != nil {
+	if err := agree(ctx, g, openErr, "the NCCL communicator", "could not join the NCCL communicator"); err != nil {
 		if nc != nil {
 			err = errors.Join(err, nc.Abort())
 		}
 		return nil, err
 	}
 	return nc, nil
+}
+
+// agree all-gathers every rank's outcome of a step of Open: nil when all
+// succeeded, else an error naming the first rank that failed ("rank 2
+// <failed>: <its error>"), the same on every rank.
+func agree(ctx context.Context, g *parallel.Comm, mine error, what, failed string) error {
+	var b []byte
+	if mine != nil {
+		b = []byte(mine.Error())
+	}
+	all, err := g.AllGatherBytes(ctx, b)
+	if err != nil {
+		return fmt.Errorf("devcomm: agreeing on %s: %w", what, err)
+	}
+	for r, b := range all {
+		if len(b) > 0 {
+			return fmt.Errorf("%w: rank %d %s: %s", ErrUnavailable, r, failed, b)
+		}
+	}
+	return nil
 }
 
 // ---- NCCL ----

@@ -121,6 +121,9 @@ type fakeLib struct {
 	joined  map[cuda.NCCLID][]int
 	worlds  map[cuda.NCCLID]*fakeWorld
 	aborted int // communicators aborted
+	// misroute makes the all-to-all-v deliver rank 0's floats for rank 1
+	// to rank 1 from every rank (a broken exchange)
+	misroute bool
 }
 
 func (l *fakeLib) version() (string, error) { return "2.99.0", nil }
@@ -146,7 +149,7 @@ func (l *fakeLib) open(dev cuda.Device, id cuda.NCCLID, size, rank int) (ncclOps
 	}
 	w := l.worlds[id]
 	if w == nil {
-		w = &fakeWorld{n: size, ops: make([]fakeOp, size)}
+		w = &fakeWorld{n: size, ops: make([]fakeOp, size), misroute: l.misroute}
 		w.cv = sync.NewCond(&w.mu)
 		l.worlds[id] = w
 	}
@@ -176,12 +179,13 @@ type fakeOp struct {
 }
 
 type fakeWorld struct {
-	n   int
-	mu  sync.Mutex
-	cv  *sync.Cond
-	in  int
-	gen int
-	ops []fakeOp
+	n        int
+	misroute bool
+	mu       sync.Mutex
+	cv       *sync.Cond
+	in       int
+	gen      int
+	ops      []fakeOp
 }
 
 type fakeComm struct {
@@ -259,6 +263,9 @@ func (w *fakeWorld) run() {
 		for to, o := range w.ops {
 			off := 0
 			for f, k := range o.rc {
+				if w.misroute && to == 1 {
+					f = 0
+				}
 				copy(f32s(o.recv.Add(int64(4*off)), k), parts[f][to])
 				off += k
 			}
@@ -579,6 +586,23 @@ func TestBootstrapJoinFailure(t *testing.T) {
 	})
 	if lib.aborted != 2 {
 		t.Errorf("%d communicators aborted, want the 2 that were made", lib.aborted)
+	}
+}
+
+// TestHandshake: Open's first exchange checks what arrives: NCCL that
+// delivers the wrong floats fails Open on every rank, naming the rank
+// that saw it, and every communicator is aborted.
+func TestHandshake(t *testing.T) {
+	lib := &fakeLib{misroute: true}
+	group(t, 3, func(r int, g *parallel.Comm) error {
+		_, err := open(context.Background(), newDev(t, fmt.Sprintf("GPU-%d", r)), g, NCCL, lib)
+		if !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "rank 1 failed the NCCL communicator's first exchange: the all-to-all-v delivered 1 from rank 1, want 4") {
+			return fmt.Errorf("got %v", err)
+		}
+		return nil
+	})
+	if lib.aborted != 3 {
+		t.Errorf("%d communicators aborted, want 3", lib.aborted)
 	}
 }
 

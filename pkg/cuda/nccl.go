@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 )
@@ -250,6 +252,54 @@ func (n *ncclAPI) initRank(out *uintptr, id *NCCLID, nranks, rank int) error {
 	return n.check("ncclCommInitRank", fmt.Sprintf("rank %d of %d", rank, nranks), 0, r)
 }
 
+// NCCLWatchdog bounds the NCCL calls that block. ncclCommInitRank waits
+// for every rank of the communicator, and a group's first exchange with a
+// peer waits for the peer to connect: a peer that never comes (it failed
+// before the call, or NCCL cannot reach it) holds the calling thread, and
+// the Context's lock, for good, and nothing can interrupt the call. When a
+// call has not returned after Limit, Stuck is called (on another
+// goroutine) with what is stuck; the call goes on waiting.
+type NCCLWatchdog struct {
+	Limit time.Duration
+	Stuck func(call string, waited time.Duration)
+}
+
+// DefaultNCCLLimit is the default watchdog's limit.
+const DefaultNCCLLimit = 10 * time.Minute
+
+var ncclDog atomic.Pointer[NCCLWatchdog]
+
+func init() {
+	ncclDog.Store(&NCCLWatchdog{Limit: DefaultNCCLLimit, Stuck: exitStuck})
+}
+
+// SetNCCLWatchdog replaces the watchdog (zero Limit: none) and returns a
+// function that puts the previous one back.
+func SetNCCLWatchdog(w NCCLWatchdog) (restore func()) {
+	old := ncclDog.Swap(&w)
+	return func() { ncclDog.Store(old) }
+}
+
+// exitStuck is the default watchdog's Stuck: the process cannot get the
+// thread back, so it says why and exits (status 70); its supervisor (the
+// worker, or launch) then stops the other ranks and restarts the job.
+func exitStuck(call string, waited time.Duration) {
+	fmt.Fprintf(os.Stderr, "switchyard: %s has not returned after %v: a rank of the NCCL communicator never took part "+
+		"(it failed, or NCCL cannot reach it: see NCCL_SOCKET_IFNAME, NCCL_DEBUG=INFO); the call cannot be interrupted, so the process exits\n", call, waited)
+	os.Exit(70)
+}
+
+// watched runs f, the blocking NCCL call named call, under the watchdog.
+func watched(call string, f func() error) error {
+	w := ncclDog.Load()
+	if w == nil || w.Limit <= 0 || w.Stuck == nil {
+		return f()
+	}
+	t := time.AfterFunc(w.Limit, func() { w.Stuck(call, w.Limit) })
+	defer t.Stop()
+	return f()
+}
+
 // ncclHost is what a communicator needs from the device it runs on:
 // calls made with the device's context current on a locked OS thread,
 // and a way to tell when the work enqueued so far has finished.
@@ -316,8 +366,8 @@ func (n *ncclAPI) uniqueID() (NCCLID, error) {
 
 // OpenNCCL joins communicator id as rank of size on c's GPU. It returns
 // when every rank has joined (NCCL's bootstrap); a rank that never joins
-// leaves the others waiting until NCCL's own timeouts. Close (or the
-// Context's Close) destroys it.
+// leaves the others waiting until NCCL's own timeouts, or the watchdog's
+// (NCCLWatchdog). Close (or the Context's Close) destroys it.
 func (c *Context) OpenNCCL(id NCCLID, size, rank int) (*NCCL, error) {
 	api, err := loadNCCL()
 	if err != nil {
@@ -346,7 +396,9 @@ func openNCCL(api *ncclAPI, host ncclHost, id NCCLID, size, rank int, opened fun
 	}
 	nc := &NCCL{api: api, host: host, rank: rank, size: size}
 	err := host.do(func() error {
-		if err := api.initRank(&nc.comm, &id, size, rank); err != nil {
+		if err := watched(fmt.Sprintf("ncclCommInitRank (rank %d of %d)", rank, size), func() error {
+			return api.initRank(&nc.comm, &id, size, rank)
+		}); err != nil {
 			return err
 		}
 		if err := nc.verify(); err != nil {
@@ -385,7 +437,7 @@ func (nc *NCCL) verify() error {
 func (n *NCCL) Rank() int { return n.rank }
 func (n *NCCL) Size() int { return n.size }
 
-// call enqueues one collective with the context current.
+// call runs f, NCCL calls on the communicator, with the context current.
 func (n *NCCL) call(f func() error) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -393,6 +445,11 @@ func (n *NCCL) call(f func() error) error {
 		return fmt.Errorf("%w: communicator closed", ErrCollective)
 	}
 	return n.host.do(f)
+}
+
+// enqueue is call for a collective named what, under the watchdog.
+func (n *NCCL) enqueue(what string, f func() error) error {
+	return n.call(func() error { return watched(fmt.Sprintf("%s (rank %d of %d)", what, n.rank, n.size), f) })
 }
 
 func ncclType(dt DType) (uintptr, error) {
@@ -420,7 +477,7 @@ func (n *NCCL) AllReduce(send, recv DevPtr, count int, dt DType, op NCCLOp) erro
 	if err := counted(count); err != nil {
 		return err
 	}
-	return n.call(func() error {
+	return n.enqueue("ncclAllReduce", func() error {
 		a := n.api
 		return a.check("ncclAllReduce", fmt.Sprintf("%d %v, %v", count, dt, op), n.comm,
 			ccall(a.ncclAllReduce, uintptr(send), uintptr(recv), uintptr(count), t, uintptr(op), n.comm, 0))
@@ -437,7 +494,7 @@ func (n *NCCL) ReduceScatter(send, recv DevPtr, recvCount int, dt DType, op NCCL
 	if err := counted(recvCount); err != nil {
 		return err
 	}
-	return n.call(func() error {
+	return n.enqueue("ncclReduceScatter", func() error {
 		a := n.api
 		return a.check("ncclReduceScatter", fmt.Sprintf("%d %v per rank, %v", recvCount, dt, op), n.comm,
 			ccall(a.ncclReduceScatter, uintptr(send), uintptr(recv), uintptr(recvCount), t, uintptr(op), n.comm, 0))
@@ -454,7 +511,7 @@ func (n *NCCL) AllGather(send, recv DevPtr, sendCount int, dt DType) error {
 	if err := counted(sendCount); err != nil {
 		return err
 	}
-	return n.call(func() error {
+	return n.enqueue("ncclAllGather", func() error {
 		a := n.api
 		return a.check("ncclAllGather", fmt.Sprintf("%d %v per rank", sendCount, dt), n.comm,
 			ccall(a.ncclAllGather, uintptr(send), uintptr(recv), uintptr(sendCount), t, n.comm, 0))
@@ -473,7 +530,7 @@ func (n *NCCL) Broadcast(send, recv DevPtr, count int, dt DType, root int) error
 	if root < 0 || root >= n.size {
 		return fmt.Errorf("%w: broadcast root %d of %d ranks", ErrCollective, root, n.size)
 	}
-	return n.call(func() error {
+	return n.enqueue("ncclBroadcast", func() error {
 		a := n.api
 		return a.check("ncclBroadcast", fmt.Sprintf("%d %v from rank %d", count, dt, root), n.comm,
 			ccall(a.ncclBroadcast, uintptr(send), uintptr(recv), uintptr(count), t, uintptr(root), n.comm, 0))
@@ -513,7 +570,7 @@ func (n *NCCL) AllToAllV(send DevPtr, sendCounts []int, recv DevPtr, recvCounts 
 		ro += int64(recvCounts[j])
 	}
 	n.ops = ops
-	return n.call(func() error {
+	return n.enqueue("all-to-all-v (ncclGroupEnd)", func() error {
 		a := n.api
 		if err := a.check("ncclGroupStart", "", n.comm, ccall(a.ncclGroupStart)); err != nil {
 			return err
@@ -627,7 +684,9 @@ func (n *NCCL) end(call string, fn func() uintptr) error {
 	}
 	n.closed = true
 	// under n.mu, as every call: a second Close waits for this one
-	err := n.host.do(func() error { return n.api.check(call, "", 0, ccall(fn(), n.comm)) })
+	err := n.host.do(func() error {
+		return watched(fmt.Sprintf("%s (rank %d of %d)", call, n.rank, n.size), func() error { return n.api.check(call, "", 0, ccall(fn(), n.comm)) })
+	})
 	n.mu.Unlock()
 	if n.onDone != nil {
 		n.onDone(n)

@@ -16,6 +16,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -329,5 +330,63 @@ func TestNVMLOnFake(t *testing.T) {
 	}
 	if _, err := n.Sample("GPU-00000000-0000-0000-0000-000000000001"); err == nil {
 		t.Error("Sample after Close")
+	}
+}
+
+// TestNCCLWatchdog: a blocking call that a peer never lets return (an
+// init, a collective) is reported by the watchdog, naming it, while the
+// call goes on; calls that return in time are not.
+func TestNCCLWatchdog(t *testing.T) {
+	api := fake(t)
+	sym, err := purego.Dlsym(api.lib.handle, "fakenccl_set_wait")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ccall(sym, 1) // the fake's ranks give up on their peers after 1 s
+	t.Cleanup(func() { ccall(sym, 20) })
+	var mu sync.Mutex
+	var stuck []string
+	defer SetNCCLWatchdog(NCCLWatchdog{Limit: 200 * time.Millisecond, Stuck: func(call string, waited time.Duration) {
+		mu.Lock()
+		stuck = append(stuck, fmt.Sprintf("%s after %v", call, waited))
+		mu.Unlock()
+	}})()
+	reported := func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(stuck)
+	}
+
+	// rank 1 of 2 never joins
+	id, err := api.uniqueID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := openNCCL(api, hostOnly{}, id, 2, 0, nil); err == nil {
+		t.Fatal("an init without its peer succeeded")
+	}
+	if got := reported(); !slices.Equal(got, []string{"ncclCommInitRank (rank 0 of 2) after 200ms"}) {
+		t.Fatalf("stuck calls %q, want the init", got)
+	}
+
+	// both join, only rank 0 enters the all-reduce
+	buf := newHostBuf(t, 4)
+	ranks(t, api, 2, func(nc *NCCL) error {
+		if nc.Rank() == 1 {
+			return nil
+		}
+		if err := nc.AllReduce(buf.ptr(), buf.ptr(), 1, F32, NCCLSum); err == nil {
+			return errors.New("an all-reduce without its peer succeeded")
+		}
+		return nil
+	})
+	if got := reported(); len(got) != 2 || got[1] != "ncclAllReduce (rank 0 of 2) after 200ms" {
+		t.Fatalf("stuck calls %q, want the all-reduce second", got)
+	}
+
+	// calls that return in time are not reported
+	ranks(t, api, 2, func(nc *NCCL) error { return nc.AllReduce(buf.ptr(), buf.ptr(), 0, F32, NCCLSum) })
+	if got := reported(); len(got) != 2 {
+		t.Fatalf("stuck calls %q after calls that returned", got)
 	}
 }

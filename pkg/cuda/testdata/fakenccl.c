@@ -105,13 +105,19 @@ ncclResult_t ncclGetUniqueId(ncclUniqueId *id) {
     return OK;
 }
 
+static int wait_seconds = WAIT_SECONDS;
+
+/* fakenccl_set_wait: how long a rank waits for the others (tests of
+   what a rank that never comes does to the others). Not part of NCCL. */
+void fakenccl_set_wait(int seconds) { __atomic_store_n(&wait_seconds, seconds, __ATOMIC_SEQ_CST); }
+
 static int deadline(struct timespec *ts) {
     clock_gettime(CLOCK_REALTIME, ts);
-    ts->tv_sec += WAIT_SECONDS;
+    ts->tv_sec += __atomic_load_n(&wait_seconds, __ATOMIC_SEQ_CST);
     return 0;
 }
 
-/* barrier: every rank of g arrives; 0, or -1 after WAIT_SECONDS or an abort */
+/* barrier: every rank of g arrives; 0, or -1 after wait_seconds or an abort */
 static int barrier(struct group *g) {
     struct timespec ts;
     deadline(&ts);

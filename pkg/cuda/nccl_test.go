@@ -252,9 +252,9 @@ func TestNCCLErrorsOnFake(t *testing.T) {
 	})
 }
 
-// TestNCCLWaitAborts: a communicator whose work never finishes is aborted
+// TestNCCLWaitAbortsOnFake: a communicator whose work never finishes is aborted
 // when the caller gives up, and says so.
-func TestNCCLWaitAborts(t *testing.T) {
+func TestNCCLWaitAbortsOnFake(t *testing.T) {
 	api := fake(t)
 	id, err := api.uniqueID()
 	if err != nil {
@@ -333,10 +333,10 @@ func TestNVMLOnFake(t *testing.T) {
 	}
 }
 
-// TestNCCLWatchdog: a blocking call that a peer never lets return (an
+// TestNCCLWatchdogOnFake: a blocking call that a peer never lets return (an
 // init, a collective) is reported by the watchdog, naming it, while the
 // call goes on; calls that return in time are not.
-func TestNCCLWatchdog(t *testing.T) {
+func TestNCCLWatchdogOnFake(t *testing.T) {
 	api := fake(t)
 	sym, err := purego.Dlsym(api.lib.handle, "fakenccl_set_wait")
 	if err != nil {

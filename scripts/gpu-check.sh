@@ -525,7 +525,8 @@ PY
 run() {
   mkdir -p "$out" "$bd" "$work"
   export SWITCHYARD_REQUIRE_GPU=1 # on the GPU machine a test that cannot open the GPU, NCCL or NVML fails
-  [ -f "$bd/switchyard" ] || xz -dc "$gdir/bins.tar.xz" | tar xf - -C "$bd"
+  # always the binaries of this build (a warm machine may hold an older one)
+  xz -dc "$gdir/bins.tar.xz" | tar xf - -C "$bd"
   local phases=("$@")
   [ ${#phases[@]} -eq 0 ] && phases=(tests equiv bench train)
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv,noheader > "$work/nvidia-smi.txt" 2>&1 || true

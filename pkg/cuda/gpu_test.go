@@ -705,7 +705,7 @@ func TestGPUAsyncError(t *testing.T) {
 	go func() { out, err = cmd.CombinedOutput(); close(done) }()
 	select {
 	case <-done:
-	case <-time.After(2 * time.Minute):
+	case <-time.After(45 * time.Second): // within gpu-check's limit for the whole binary
 		cmd.Process.Kill()
 		<-done
 		t.Fatalf("child did not finish:\n%s", out)
@@ -881,8 +881,9 @@ func ncclDeviceChecks(c *Context, id NCCLID, n, r, m int) (err error) {
 }
 
 // TestGPUNVML: NVML reads the test GPU by its UUID: its total memory is
-// the driver's, the used memory covers what this Context allocated, the
-// utilisation is a percentage.
+// the card's (the driver's total, plus at most 5% that the driver keeps
+// for itself and leaves out of cuMemGetInfo), the used memory covers what
+// this Context allocated, the utilisation is a percentage.
 func TestGPUNVML(t *testing.T) {
 	c := openGPU(t)
 	n, err := OpenNVML()
@@ -901,7 +902,7 @@ func TestGPUNVML(t *testing.T) {
 	_, total, err := c.MemInfo()
 	must(t, err)
 	t.Logf("%+v", s)
-	if s.MemTotalBytes != total || s.MemUsedBytes < 1<<30 || s.UtilPct < 0 || s.UtilPct > 100 {
+	if s.MemTotalBytes < total || float64(s.MemTotalBytes) > 1.05*float64(total) || s.MemUsedBytes < 1<<30 || s.UtilPct < 0 || s.UtilPct > 100 {
 		t.Errorf("sample %+v; the driver says %d bytes in all, and 1 GiB is allocated here", s, total)
 	}
 }

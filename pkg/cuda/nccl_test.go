@@ -6,7 +6,7 @@ package cuda
 // side must get right: the by-value id of ncclCommInitRank, the stream on
 // the stack, the counts and offsets of every collective, and the groups
 // of sends and receives of all-to-all-v. The real library is tested on
-// the GPU machine (gpu_test.go, TestNCCLOnDevice).
+// the GPU machine (gpu_test.go, TestGPUNCCL).
 
 import (
 	"context"

@@ -1,6 +1,7 @@
 package gpu
 
 import (
+	"os"
 	"testing"
 
 	"github.com/switchyard-ml/switchyard/pkg/cuda"
@@ -25,6 +26,9 @@ func testDevice(t *testing.T) cuda.Device {
 	}
 	d, err := openTestGPU()
 	if err != nil {
+		if os.Getenv("SWITCHYARD_REQUIRE_GPU") != "" {
+			t.Fatalf("SWITCHYARD_REQUIRE_GPU is set and the GPU does not open: %v", err)
+		}
 		t.Skipf("no GPU: %v", err)
 	}
 	t.Cleanup(func() { d.Close() })

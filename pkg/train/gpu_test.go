@@ -10,6 +10,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"os"
 	"strings"
 	"testing"
 
@@ -31,6 +32,9 @@ func gpuDevice(t *testing.T) cuda.Device {
 	}
 	d, err := gpu.Open(0)
 	if err != nil {
+		if os.Getenv("SWITCHYARD_REQUIRE_GPU") != "" {
+			t.Fatalf("SWITCHYARD_REQUIRE_GPU is set and the GPU does not open: %v", err)
+		}
 		t.Skipf("no GPU: %v", err)
 	}
 	return d

@@ -530,6 +530,9 @@ run() {
   local phases=("$@")
   [ ${#phases[@]} -eq 0 ] && phases=(tests equiv bench train)
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv,noheader > "$work/nvidia-smi.txt" 2>&1 || true
+  # the machine's topology table as nvidia-smi prints it (a fixture for
+  # pkg/workerconfig's ParseTopo, whose testdata was written by hand)
+  nvidia-smi topo -m > "$out/nvidia-smi-topo.txt" 2>&1 || true
   log "GPU: $(cat "$work/nvidia-smi.txt")"
   for ph in "${phases[@]}"; do
     local t0=$SECONDS

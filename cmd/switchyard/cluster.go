@@ -150,15 +150,55 @@ func printGPUs(w io.Writer, workers []*apiv1.Worker) error {
 		for _, g := range wk.GetGpuDevices() {
 			if t == nil {
 				fmt.Fprintln(w, "\nGPUs:")
-				t = newTable(w, "  ", "WORKER", "INDEX", "MODEL", "MEMORY", "UUID")
+				t = newTable(w, "  ", "WORKER", "INDEX", "MODEL", "MEMORY", "UUID", "LINKS")
 			}
-			t.row(wk.GetId(), g.GetIndex(), g.GetName(), fmtBytes(g.GetMemoryMib()<<20), g.GetUuid())
+			t.row(wk.GetId(), g.GetIndex(), g.GetName(), fmtBytes(g.GetMemoryMib()<<20), g.GetUuid(), orDash(fmtLinks(g.GetLinks())))
 		}
 	}
 	if t == nil {
 		return nil
 	}
 	return t.flush()
+}
+
+// fmtLinks is a GPU's links to the others, grouped by kind in the order
+// of the first GPU each reaches: "NV18 to 1-3,5", "PIX to 1; SYS to 2,3".
+func fmtLinks(links map[int32]string) string {
+	var kinds []string
+	to := map[string][]int{}
+	for _, j := range slices.Sorted(maps.Keys(links)) {
+		k := links[j]
+		if to[k] == nil {
+			kinds = append(kinds, k)
+		}
+		to[k] = append(to[k], int(j))
+	}
+	parts := make([]string, 0, len(kinds))
+	for _, k := range kinds {
+		parts = append(parts, k+" to "+ranges(to[k]))
+	}
+	return strings.Join(parts, "; ")
+}
+
+// ranges is sorted ints as "0-3,5,7-8".
+func ranges(xs []int) string {
+	var b strings.Builder
+	for i := 0; i < len(xs); {
+		j := i
+		for j+1 < len(xs) && xs[j+1] == xs[j]+1 {
+			j++
+		}
+		if b.Len() > 0 {
+			b.WriteByte(',')
+		}
+		if j > i {
+			fmt.Fprintf(&b, "%d-%d", xs[i], xs[j])
+		} else {
+			fmt.Fprintf(&b, "%d", xs[i])
+		}
+		i = j + 1
+	}
+	return b.String()
 }
 
 // printReplicas is the replica table; "*" marks the leader.

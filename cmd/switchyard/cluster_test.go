@@ -13,7 +13,7 @@ func TestClusterStatus(t *testing.T) {
 		"Answered by: c2", "Leader:      c1", "term=7 commit_index=1234",
 		"RAFT ADDRESS", "10.0.0.2:7401", "10.0.0.3:7400", "Follower",
 		"HOST", "gpu-01", "10.0.1.1:7500", "256.0 GiB", "allow_commands=true,gpu=h100,zone=eu-1", "moe-1/0 +2", "3/8", "cpu-07",
-		"GPUs:", "NVIDIA H100 80GB HBM3", "GPU-5d1c0a7e", "79.6 GiB",
+		"GPUs:", "NVIDIA H100 80GB HBM3", "GPU-5d1c0a7e", "79.6 GiB", "NV18 to 1-3,5; SYS to 4,7",
 		"Paths jobs may use (storage_path, allowed_paths):", "/var/lib/switchyard, /data/corpora",
 	)
 	var c1, c3, wIdle string

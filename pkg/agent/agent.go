@@ -268,7 +268,7 @@ func (a *Agent) info() membership.WorkerInfo {
 		GPUDevices: func() []membership.GPU {
 			var gs []membership.GPU
 			for _, g := range c.Resources.GPUDevices {
-				gs = append(gs, membership.GPU{Index: g.Index, UUID: g.UUID, Name: g.Name, MemoryMiB: g.MemoryMiB})
+				gs = append(gs, membership.GPU{Index: g.Index, UUID: g.UUID, Name: g.Name, MemoryMiB: g.MemoryMiB, Links: g.Links})
 			}
 			return gs
 		}(),

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"path/filepath"
 	"slices"
@@ -969,6 +970,33 @@ resources: {cpu_cores: 1, memory_mib: 512}
 	waitJob(t, c, "two", "pending for a busy worker", func(j *pb.Job) bool {
 		return strings.Contains(jobstate.PendingReason(j), "allowing /data/c.jsonl (storage_path or allowed_paths), 1 free (1 busy)")
 	})
+}
+
+// TestClusterStatusInventory: what a worker registers of its machine (its
+// GPUs with their links, the paths jobs may use) reaches cluster status.
+func TestClusterStatusInventory(t *testing.T) {
+	h := newHarness(t, 1, "")
+	c := h.client(h.leader(), "")
+	h.workerWith("w1", func(w *membership.WorkerInfo) {
+		w.Resources.GPUs, w.Slots = 2, 2
+		w.GPUDevices = []membership.GPU{{Index: 0, UUID: "GPU-a", Name: "NVIDIA H100", MemoryMiB: 81559, Links: map[int]string{1: "NV18"}},
+			{Index: 1, UUID: "GPU-b", Name: "NVIDIA H100", MemoryMiB: 81559, Links: map[int]string{0: "NV18"}}}
+		w.Roots = []string{"/srv/sy", "/data"}
+	})
+	cs, err := c.ClusterStatus(ctxT(t), &apiv1.ClusterStatusRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cs.Workers) != 1 {
+		t.Fatalf("workers %v", cs.Workers)
+	}
+	w := cs.Workers[0]
+	if g := w.GetGpuDevices(); len(g) != 2 || g[0].GetUuid() != "GPU-a" || !maps.Equal(g[0].GetLinks(), map[int32]string{1: "NV18"}) || !maps.Equal(g[1].GetLinks(), map[int32]string{0: "NV18"}) {
+		t.Errorf("GPUs %v", g)
+	}
+	if !slices.Equal(w.GetRoots(), []string{"/srv/sy", "/data"}) {
+		t.Errorf("roots %v", w.GetRoots())
+	}
 }
 
 func TestCommandJobsGoWhereCommandsRun(t *testing.T) {

@@ -595,7 +595,14 @@ func (s *Server) ClusterStatus(ctx context.Context, _ *apiv1.ClusterStatusReques
 			Resources: &apiv1.Resources{CpuCores: int32(w.Resources.CPUCores), MemoryMib: w.Resources.MemoryBytes >> 20, Gpus: int32(w.Resources.GPUs)},
 		}
 		for _, g := range w.GPUDevices {
-			workers[id].GpuDevices = append(workers[id].GpuDevices, &apiv1.GPUDevice{Index: int32(g.Index), Uuid: g.UUID, Name: g.Name, MemoryMib: g.MemoryMiB})
+			var links map[int32]string
+			for j, l := range g.Links {
+				if links == nil {
+					links = map[int32]string{}
+				}
+				links[int32(j)] = l
+			}
+			workers[id].GpuDevices = append(workers[id].GpuDevices, &apiv1.GPUDevice{Index: int32(g.Index), Uuid: g.UUID, Name: g.Name, MemoryMib: g.MemoryMiB, Links: links})
 		}
 	}
 	s.mu.Unlock()

@@ -75,6 +75,9 @@ type GPU struct {
 	UUID      string `json:"uuid,omitempty"`
 	Name      string `json:"name"`
 	MemoryMiB int64  `json:"memory_mib"`
+	// Links: how it reaches the worker's other GPUs, by their index
+	// ("NV18", "PIX", "SYS", ...: nvidia-smi topo -m); empty: not read.
+	Links map[int]string `json:"links,omitempty"`
 }
 
 // SlotCount is Slots, at least 1.

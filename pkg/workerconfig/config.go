@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"os"
 	"os/exec"
@@ -251,6 +252,12 @@ func (c *Config) complete(det Detector) error {
 						return fmt.Errorf("%w: resources.gpu_indices: GPU %d is not on this machine (nvidia-smi lists %d)", ErrInvalid, i, len(gpus))
 					}
 					kept = append(kept, gpus[k])
+				}
+				for k := range kept { // links to the GPUs kept
+					if kept[k].Links != nil {
+						kept[k].Links = maps.Clone(kept[k].Links)
+						maps.DeleteFunc(kept[k].Links, func(j int, _ string) bool { return !slices.Contains(want, j) })
+					}
 				}
 				gpus = kept
 			}

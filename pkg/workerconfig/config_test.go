@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -300,8 +301,8 @@ func TestParseNvidiaSMI(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []GPU{
-		{0, "GPU-aa11", "NVIDIA H100 80GB HBM3", 81559}, {1, "GPU-bb22", "NVIDIA H100 80GB HBM3", 81559},
-		{2, "GPU-cc33", "Tesla T4", 0}, {3, "MIG-dd44", "Odd, Name, With Commas", 15360},
+		{Index: 0, UUID: "GPU-aa11", Name: "NVIDIA H100 80GB HBM3", MemoryMiB: 81559}, {Index: 1, UUID: "GPU-bb22", Name: "NVIDIA H100 80GB HBM3", MemoryMiB: 81559},
+		{Index: 2, UUID: "GPU-cc33", Name: "Tesla T4"}, {Index: 3, UUID: "MIG-dd44", Name: "Odd, Name, With Commas", MemoryMiB: 15360},
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("got %+v", got)
@@ -341,6 +342,83 @@ func TestDetectGPUs(t *testing.T) {
 	_, err = DetectGPUs(func(string, ...string) ([]byte, error) { return nil, errors.New("exit status 9") })
 	if err == nil || err.Error() != "nvidia-smi: exit status 9" {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+// TestParseTopo: nvidia-smi's topology matrix (terminal escapes, NIC
+// columns and rows, affinities with empty fields, the legend) gives each
+// GPU's link to every other; what is not such a matrix is an error.
+func TestParseTopo(t *testing.T) {
+	for _, c := range []struct {
+		file string
+		want map[int]map[int]string
+	}{
+		{"topo-nvlink4.txt", map[int]map[int]string{
+			0: {1: "NV18", 2: "NV18", 3: "NV18"}, 1: {0: "NV18", 2: "NV18", 3: "NV18"},
+			2: {0: "NV18", 1: "NV18", 3: "NV18"}, 3: {0: "NV18", 1: "NV18", 2: "NV18"},
+		}},
+		{"topo-pcie3.txt", map[int]map[int]string{0: {1: "PIX", 2: "SYS"}, 1: {0: "PIX", 2: "SYS"}, 2: {0: "SYS", 1: "SYS"}}},
+	} {
+		raw, err := os.ReadFile(filepath.Join("testdata", c.file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := ParseTopo(raw)
+		if err != nil || !reflect.DeepEqual(got, c.want) {
+			t.Errorf("%s: %v %v", c.file, got, err)
+		}
+	}
+	if got, err := ParseTopo([]byte("\tGPU0\tCPU Affinity\nGPU0\t X \t0-15\n")); err != nil || !reflect.DeepEqual(got, map[int]map[int]string{0: {}}) {
+		t.Errorf("one GPU: %v %v", got, err)
+	}
+	for _, bad := range []string{
+		"NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver",
+		"\tGPU0\tGPU1\nGPU0\t X \nGPU1\tNV4\t X \n",      // a link missing
+		"\tGPU0\tGPU1\nGPU0\tNV4\tNV4\nGPU1\tNV4\t X \n", // itself not X
+	} {
+		if _, err := ParseTopo([]byte(bad)); err == nil {
+			t.Errorf("%q: no error", bad)
+		}
+	}
+}
+
+// TestDetectGPULinks: with several GPUs the links are read too; a
+// topology nvidia-smi cannot print leaves the GPUs without them; a
+// worker restricted to some GPUs keeps the links among those.
+func TestDetectGPULinks(t *testing.T) {
+	topo, err := os.ReadFile(filepath.Join("testdata", "topo-pcie3.txt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	list := []byte("0, GPU-a, NVIDIA L4, 23034 MiB\n1, GPU-b, NVIDIA L4, 23034 MiB\n2, GPU-c, NVIDIA L4, 23034 MiB\n")
+	for _, topoErr := range []error{nil, errors.New("exit status 2")} {
+		det := Detector{GPUs: func() ([]GPU, error) {
+			return DetectGPUs(func(name string, args ...string) ([]byte, error) {
+				if slices.Equal(args, TopoArgs) {
+					return topo, topoErr
+				}
+				return list, nil
+			})
+		}}
+		c := Defaults()
+		c.Resources.GPUs, c.Resources.GPUIndices = -1, []int{0, 2}
+		c.Resources.CPUCores, c.Resources.MemoryMiB = 1, 1024
+		if err := c.complete(det); err != nil {
+			t.Fatal(err)
+		}
+		g := c.Resources.GPUDevices
+		if len(g) != 2 || g[0].Index != 0 || g[1].Index != 2 {
+			t.Fatalf("kept %+v", g)
+		}
+		if topoErr != nil {
+			if g[0].Links != nil || g[1].Links != nil {
+				t.Errorf("links %v %v without a topology", g[0].Links, g[1].Links)
+			}
+			continue
+		}
+		if !reflect.DeepEqual(g[0].Links, map[int]string{2: "SYS"}) || !reflect.DeepEqual(g[1].Links, map[int]string{0: "SYS"}) {
+			t.Errorf("links of the kept GPUs: %v %v", g[0].Links, g[1].Links)
+		}
 	}
 }
 
@@ -391,7 +469,7 @@ func TestExampleConfig(t *testing.T) {
 		"SWITCHYARD_WORKER_TLS_CERT": filepath.Join(dir, "worker.pem"),
 		"SWITCHYARD_WORKER_TLS_KEY":  filepath.Join(dir, "worker-key.pem"),
 	})
-	c, err := Load("testdata/worker.yaml", nil, env, fakeDetector(GPU{0, "GPU-0", "H100", 81559}, GPU{1, "GPU-1", "H100", 81559}))
+	c, err := Load("testdata/worker.yaml", nil, env, fakeDetector(GPU{Index: 0, UUID: "GPU-0", Name: "H100", MemoryMiB: 81559}, GPU{Index: 1, UUID: "GPU-1", Name: "H100", MemoryMiB: 81559}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -484,7 +562,7 @@ func TestGPUIndicesRestrictDetection(t *testing.T) {
 		}
 		return p
 	}
-	det := fakeDetector(GPU{0, "GPU-a", "H100", 1}, GPU{1, "GPU-b", "H100", 1}, GPU{2, "GPU-c", "H100", 1}, GPU{3, "GPU-d", "H100", 1})
+	det := fakeDetector(GPU{Index: 0, UUID: "GPU-a", Name: "H100", MemoryMiB: 1}, GPU{Index: 1, UUID: "GPU-b", Name: "H100", MemoryMiB: 1}, GPU{Index: 2, UUID: "GPU-c", Name: "H100", MemoryMiB: 1}, GPU{Index: 3, UUID: "GPU-d", Name: "H100", MemoryMiB: 1})
 	c, err := Load(write(", gpu_indices: [3, 1]"), nil, nil, det)
 	if err != nil {
 		t.Fatal(err)

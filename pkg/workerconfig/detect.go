@@ -8,7 +8,9 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"regexp"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -40,10 +42,18 @@ type GPU struct {
 	UUID      string `json:"uuid,omitempty"`
 	Name      string `json:"name"`
 	MemoryMiB int64  `json:"memory_mib"`
+	// Links is how it reaches each other GPU of the worker, by their
+	// index, as `nvidia-smi topo -m` says: "NV18" (18 bonded NVLinks),
+	// or a PCIe path: "PIX", "PXB", "PHB", "NODE", "SYS". Empty where the
+	// topology could not be read.
+	Links map[int]string `json:"links,omitempty"`
 }
 
 // NvidiaSMIArgs are the arguments DetectGPUs runs nvidia-smi with.
 var NvidiaSMIArgs = []string{"--query-gpu=index,uuid,name,memory.total", "--format=csv,noheader"}
+
+// TopoArgs are the arguments DetectGPUs reads the GPUs' links with.
+var TopoArgs = []string{"topo", "-m"}
 
 // DetectGPUs runs nvidia-smi (through run; nil runs the real binary with a
 // 10 s timeout) and parses its output. Without nvidia-smi on PATH there are
@@ -70,7 +80,88 @@ func DetectGPUs(run func(name string, args ...string) ([]byte, error)) ([]GPU, e
 	if err != nil {
 		return nil, fmt.Errorf("nvidia-smi: %w", err)
 	}
-	return ParseNvidiaSMI(out)
+	gpus, err := ParseNvidiaSMI(out)
+	if err != nil || len(gpus) < 2 {
+		return gpus, err
+	}
+	// the links where they can be read: a machine whose nvidia-smi
+	// cannot print them still has its GPUs
+	if out, err := run("nvidia-smi", TopoArgs...); err == nil {
+		if links, err := ParseTopo(out); err == nil {
+			for i := range gpus {
+				gpus[i].Links = links[gpus[i].Index]
+			}
+		}
+	}
+	return gpus, nil
+}
+
+// ansiEscape matches the terminal escapes (underline, bold) nvidia-smi
+// puts in its topology table.
+var ansiEscape = regexp.MustCompile(`\x1b\[[0-9;]*[A-Za-z]`)
+
+// ParseTopo parses `nvidia-smi topo -m`: a tab-separated matrix whose
+// header names the columns (GPU0, GPU1, ..., then NICs and affinities)
+// and whose rows "GPUi" say how GPU i reaches each column ("X" itself,
+// "NV#" bonded NVLinks, "PIX", "PXB", "PHB", "NODE", "SYS": PCIe paths),
+// then a legend. It returns, per GPU index, the link to every other GPU.
+func ParseTopo(out []byte) (map[int]map[int]string, error) {
+	gpuIndex := func(s string) (int, bool) {
+		n, ok := strings.CutPrefix(s, "GPU")
+		if !ok {
+			return 0, false
+		}
+		i, err := strconv.Atoi(n)
+		return i, err == nil && i >= 0
+	}
+	var cols []int // the header's columns from GPU0 on: a GPU index, or -1
+	links := map[int]map[int]string{}
+	for n, line := range strings.Split(ansiEscape.ReplaceAllString(string(out), ""), "\n") {
+		f := strings.Split(strings.TrimRight(line, "\r"), "\t")
+		for i := range f {
+			f[i] = strings.TrimSpace(f[i])
+		}
+		if cols == nil {
+			h := slices.Index(f, "GPU0")
+			if h < 0 || slices.Contains(f, "X") {
+				continue // before the header
+			}
+			for _, c := range f[h:] {
+				i, ok := gpuIndex(c)
+				if !ok {
+					i = -1
+				}
+				cols = append(cols, i)
+			}
+			continue
+		}
+		me, ok := gpuIndex(f[0])
+		if !ok {
+			if f[0] == "" || strings.HasPrefix(f[0], "Legend") {
+				break // the matrix ended
+			}
+			continue // a NIC's row
+		}
+		row := map[int]string{}
+		for c, j := range cols {
+			if j < 0 {
+				continue
+			}
+			if c+1 >= len(f) || f[c+1] == "" {
+				return nil, fmt.Errorf("nvidia-smi topo line %d %q: no link from GPU%d to GPU%d", n+1, line, me, j)
+			}
+			if v := f[c+1]; j != me {
+				row[j] = v
+			} else if v != "X" {
+				return nil, fmt.Errorf("nvidia-smi topo line %d %q: GPU%d to itself is %q, want X", n+1, line, me, v)
+			}
+		}
+		links[me] = row
+	}
+	if cols == nil {
+		return nil, fmt.Errorf("nvidia-smi topo: no GPU0 column header in %q", strings.TrimSpace(string(out)))
+	}
+	return links, nil
 }
 
 // ParseNvidiaSMI parses `nvidia-smi --query-gpu=index,uuid,name,

@@ -534,6 +534,9 @@ run() {
   # pkg/workerconfig's ParseTopo, whose testdata was written by hand)
   nvidia-smi topo -m > "$out/nvidia-smi-topo.txt" 2>&1 || true
   log "GPU: $(cat "$work/nvidia-smi.txt")"
+  # what the engine finds: the driver, the devices, where each library is
+  "$bd/switchyard" gpus --json > "$work/gpus.json" 2> /dev/null
+  log "switchyard gpus: $("$bd/switchyard" gpus 2>&1)"
   for ph in "${phases[@]}"; do
     local t0=$SECONDS
     "phase_$ph"

@@ -30,6 +30,7 @@ usage:
                                                                       train in this process (--out DIR --plots: and draw it)
   switchyard launch --nproc N [--tp a --ep b --dp c] -- <train flags>   train with N local processes
   switchyard bench engine --preset tiny|small [--json]                 measure a training step
+  switchyard gpus [--json]                                             the CUDA driver, GPUs and libraries the GPU engine finds here
   switchyard help
 
 cluster (talks to the coordinator over gRPC):
@@ -128,6 +129,8 @@ func runCLI(ctx context.Context, args []string, c *cli) int {
 		err = c.cmdCheckpoints(ctx, args[1:])
 	case "experiment":
 		err = c.cmdExperiment(ctx, args[1:])
+	case "gpus":
+		err = c.cmdGPUs(args[1:])
 	case "help", "-h", "--help":
 		fmt.Fprint(c.out, usage)
 		return exitOK

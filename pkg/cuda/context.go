@@ -714,8 +714,8 @@ type Info struct {
 	// for 12.8 (cuDriverGetVersion).
 	DriverVersion int
 	Devices       []DeviceInfo
-	// Libraries: the CUDA driver, cuBLASLt, cuBLAS and NCCL, each with its
-	// path or the error that says where it was looked for.
+	// Libraries: the CUDA driver, cuBLASLt, cuBLAS, NCCL and NVML, each
+	// with its path or the error that says where it was looked for.
 	Libraries []LibraryInfo
 }
 
@@ -730,7 +730,7 @@ type DeviceInfo struct {
 
 // LibraryInfo is one library and where it was found.
 type LibraryInfo struct {
-	Name    string // "the CUDA driver", "cuBLASLt", "cuBLAS", "NCCL"
+	Name    string // "the CUDA driver", "cuBLASLt", "cuBLAS", "NCCL", "NVML"
 	Path    string // "" when not found
 	Version int    // cuBLASLt: cublasLtGetVersion(), e.g. 120604; else 0
 	Note    string // e.g. whether cublasGemmGroupedBatchedEx is present
@@ -746,7 +746,7 @@ func libInfo(name string, l *library, err error) LibraryInfo {
 
 // Probe loads the libraries and lists the devices, for diagnostics. It
 // fails only when the driver is missing or does not initialise; a missing
-// BLAS or NCCL library is reported in Info.Libraries.
+// BLAS, NCCL or NVML library is reported in Info.Libraries.
 func Probe() (Info, error) {
 	var info Info
 	d, err := loadDriver()
@@ -808,7 +808,17 @@ func Probe() (Info, error) {
 		}
 	}
 	nc, err := findNCCL()
-	info.Libraries = append(info.Libraries, libInfo(roleNCCL.name, nc, err))
+	li := libInfo(roleNCCL.name, nc, err)
+	if err == nil {
+		if v, err := NCCLVersion(); err != nil {
+			li.Note = "unusable: " + err.Error()
+		} else {
+			li.Note = "NCCL " + v
+		}
+	}
+	info.Libraries = append(info.Libraries, li)
+	nv, err := find(roleNVML, planSearch(hostSearchEnv()))
+	info.Libraries = append(info.Libraries, libInfo(roleNVML.name, nv, err))
 	return info, nil
 }
 

@@ -66,7 +66,7 @@ if [ "$SWITCHYARD_EVENTS" = 1 ]; then
 fi
 case "$out" in
   */jobs/ok-*)
-    printf '{"step":1,"loss":2.5,"lbl":[0.5,1.5],"tokens_per_s":100,"expert_load":[[0.25,0.75],[0.5,0.5]],"gpus":[{"rank":1,"uuid":"GPU-1","util_pct":61,"mem_used_bytes":1024,"mem_total_bytes":4096}]}\n' >> "$out/metrics.jsonl"
+    printf '{"step":1,"loss":2.5,"lbl":[0.5,1.5],"tokens_per_s":100,"expert_load":[[0.25,0.75],[0.5,0.5]],"gpus":[{"rank":0,"uuid":"GPU-1","util_pct":61,"mem_used_bytes":1024,"mem_total_bytes":4096},{"rank":0,"uuid":"GPU-dup","util_pct":1},{"rank":7,"uuid":"GPU-7","util_pct":2}]}\n' >> "$out/metrics.jsonl"
     exit 0 ;;
   */jobs/fail-*)
     echo "warming up" >&2
@@ -361,7 +361,9 @@ func TestSuccessArgvMetricsAndLogs(t *testing.T) {
 	if st.GetStep() != 1 || st.GetLoss() != 2.5 || st.GetTokensPerSecond() != 100 || st.GetMessage() != "" {
 		t.Fatalf("rank 0 status %v", st)
 	}
-	if g := st.GetGpus(); len(g) != 1 || g[0].GetRank() != 1 || g[0].GetUuid() != "GPU-1" || g[0].GetUtilPct() != 61 || g[0].GetMemUsedBytes() != 1024 || g[0].GetMemTotalBytes() != 4096 {
+	// one sample per rank of the world (the trainer's line also had a
+	// second for rank 0 and one for a rank 7 the world of 1 lacks)
+	if g := st.GetGpus(); len(g) != 1 || g[0].GetRank() != 0 || g[0].GetUuid() != "GPU-1" || g[0].GetUtilPct() != 61 || g[0].GetMemUsedBytes() != 1024 || g[0].GetMemTotalBytes() != 4096 {
 		t.Fatalf("rank 0 status GPUs %v", g)
 	}
 	h.waitState("ok-multi", 1, apiv1.TaskState_TASK_STATE_SUCCEEDED)
@@ -411,7 +413,7 @@ func TestSuccessArgvMetricsAndLogs(t *testing.T) {
 		t.Fatalf("%d metrics messages", len(ms))
 	}
 	wantM := events.StepMetrics{Step: 1, Rank: 0, Loss: 2.5, LBL: 1, TokensPerSecond: 100, ExpertLoadLE: [][]float64{{0.25, 0.75}, {0.5, 0.5}},
-		GPUUtilPct: []float64{-1, 61}} // rank 1's GPU only (the metrics line's)
+		GPUUtilPct: []float64{61}} // rank 0's first sample only (the world has one rank)
 	if !reflect.DeepEqual(*ms[0].Metrics, wantM) {
 		t.Errorf("metrics %+v", *ms[0].Metrics)
 	}

@@ -177,6 +177,9 @@ func (a *Agent) reportMetrics(tk *task, m train.StepMetrics) {
 	for _, g := range m.GPUs {
 		gpus = append(gpus, metrics.GPU{Rank: g.Rank, UUID: g.UUID, UtilPct: g.UtilPct, MemUsedBytes: g.MemUsedBytes, MemTotalBytes: g.MemTotalBytes})
 	}
+	// a command job's trainer writes these lines: at most one per rank of
+	// its world, before they go into every sync and the job's record
+	gpus = metrics.BoundGPUs(gpus, int(tk.def.GetWorldSize()))
 	tk.setGPUs(gpus)
 	a.tm.Observe(tk.key.jobID, metrics.Step{
 		Step: m.Step, Loss: m.Loss, LBL: m.LBL, TokensPerS: m.TokensPerS, StepS: m.StepS, ExpertLoad: m.ExpertLoad,
@@ -184,13 +187,11 @@ func (a *Agent) reportMetrics(tk *task, m train.StepMetrics) {
 		GPUs: gpus,
 	})
 	var util []float64
-	for _, g := range m.GPUs {
-		if g.Rank >= 0 && g.Rank < metrics.MaxRanks {
-			for len(util) <= g.Rank {
-				util = append(util, -1)
-			}
-			util[g.Rank] = g.UtilPct
+	for _, g := range gpus {
+		for len(util) <= g.Rank {
+			util = append(util, -1)
 		}
+		util[g.Rank] = g.UtilPct
 	}
 	a.publish(events.Message{Kind: events.KindMetrics, JobID: tk.key.jobID, Metrics: &events.StepMetrics{
 		Step: int64(m.Step), Rank: int(tk.key.rank), Loss: m.Loss, LBL: lbl,

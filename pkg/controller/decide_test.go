@@ -96,3 +96,15 @@ func TestDecide(t *testing.T) {
 		})
 	}
 }
+
+// TestBoundGPUStats: a job's record keeps one GPU sample per rank of its
+// world, whatever a worker sent.
+func TestBoundGPUStats(t *testing.T) {
+	got := boundGPUStats([]*pb.GPUStat{{Rank: 1, Uuid: "GPU-b"}, {Rank: 0, Uuid: "GPU-a"}, {Rank: 1, Uuid: "GPU-dup"}, {Rank: 2}, {Rank: -1}}, 2)
+	if len(got) != 2 || got[0].GetUuid() != "GPU-a" || got[1].GetUuid() != "GPU-b" {
+		t.Fatalf("kept %v", got)
+	}
+	if boundGPUStats(nil, 2) != nil {
+		t.Fatal("none: want nil")
+	}
+}

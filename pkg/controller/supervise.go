@@ -13,6 +13,7 @@ import (
 	"github.com/switchyard-ml/switchyard/pkg/jobspec"
 	"github.com/switchyard-ml/switchyard/pkg/jobstate"
 	"github.com/switchyard-ml/switchyard/pkg/membership"
+	"github.com/switchyard-ml/switchyard/pkg/metrics"
 	"github.com/switchyard-ml/switchyard/pkg/scheduler"
 	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
 	pb "github.com/switchyard-ml/switchyard/proto/switchyard/coordinator/v1"
@@ -650,6 +651,25 @@ func (s held) recordRankEvents(ctx context.Context, j *pb.Job, key taskKey, w st
 	}
 }
 
+// boundGPUStats keeps, of the GPU samples a worker reported for a job of
+// world ranks, what may go into the job's record (metrics.BoundGPUs: one
+// per rank of the world, short UUIDs), whatever the worker sent.
+func boundGPUStats(gs []*pb.GPUStat, world int) []*pb.GPUStat {
+	if len(gs) == 0 {
+		return nil
+	}
+	in := make([]metrics.GPU, len(gs))
+	for i, g := range gs {
+		in[i] = metrics.GPU{Rank: int(g.GetRank()), UUID: g.GetUuid(), UtilPct: g.GetUtilPct(), MemUsedBytes: g.GetMemUsedBytes(), MemTotalBytes: g.GetMemTotalBytes()}
+	}
+	kept := metrics.BoundGPUs(in, max(world, 1))
+	out := make([]*pb.GPUStat, len(kept))
+	for i, g := range kept {
+		out[i] = &pb.GPUStat{Rank: int32(g.Rank), Uuid: g.UUID, UtilPct: g.UtilPct, MemUsedBytes: g.MemUsedBytes, MemTotalBytes: g.MemTotalBytes}
+	}
+	return out
+}
+
 // progress records rank 0's progress, at most every ProgressEvery unless
 // force or the job has not started running yet.
 func (s held) progress(ctx context.Context, j *pb.Job, ts *apiv1.TaskStatus, force bool) *pb.Job {
@@ -662,7 +682,7 @@ func (s held) progress(ctx context.Context, j *pb.Job, ts *apiv1.TaskStatus, for
 	}
 	s.term.lastProgress[j.Id] = now
 	r, err := s.cfg.Node.Apply(ctx, &pb.Command{Op: &pb.Command_JobProgress{JobProgress: &pb.JobProgress{
-		JobId: j.Id, Step: ts.GetStep(), Loss: ts.GetLoss(), TokensPerSecond: ts.GetTokensPerSecond(), Gpus: ts.GetGpus(),
+		JobId: j.Id, Step: ts.GetStep(), Loss: ts.GetLoss(), TokensPerSecond: ts.GetTokensPerSecond(), Gpus: boundGPUStats(ts.GetGpus(), len(j.Placement)),
 	}}})
 	if err != nil {
 		s.log.Warn("progress failed", "job-id", j.Id, "error", err)

@@ -13,6 +13,24 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
+// TestBoundGPUs: what a trainer's step line says of its GPUs is kept to
+// one sample per rank of the world, short UUIDs, in rank order.
+func TestBoundGPUs(t *testing.T) {
+	long := "GPU-" + strings.Repeat("a", 200)
+	in := []GPU{{Rank: 2, UUID: "GPU-c"}, {Rank: 0, UUID: long}, {Rank: 2, UUID: "GPU-dup"}, {Rank: -1}, {Rank: 3}, {Rank: 1, UUID: "GPU-b"}}
+	got := BoundGPUs(in, 3)
+	if len(got) != 3 || got[0].Rank != 0 || len(got[0].UUID) != maxUUID || got[1].UUID != "GPU-b" || got[2].UUID != "GPU-c" {
+		t.Fatalf("bounded %+v", got)
+	}
+	many := make([]GPU, 3*MaxRanks)
+	for i := range many {
+		many[i] = GPU{Rank: i % (2 * MaxRanks)}
+	}
+	if got := BoundGPUs(many, 0); len(got) != MaxRanks || got[MaxRanks-1].Rank != MaxRanks-1 {
+		t.Fatalf("without a world: %d samples, last rank %d", len(got), got[len(got)-1].Rank)
+	}
+}
+
 func TestTrainingObserveAndForget(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	tr := NewTraining(reg)
@@ -27,6 +45,16 @@ func TestTrainingObserveAndForget(t *testing.T) {
 	if n := testutil.CollectAndCount(tr.gpuUtil); n != 2 {
 		t.Errorf("%d GPU utilisation series, want 2 (a negative rank is dropped)", n)
 	}
+	// a step whose samples name rank 0 alone (a world of 1 after an
+	// elastic restart): rank 1's series leave; a step without samples
+	// changes nothing
+	tr.Observe("job-g", Step{Step: 1, GPUs: []GPU{{Rank: 0, UtilPct: 70}, {Rank: 1, UtilPct: 71}}})
+	tr.Observe("job-g", Step{Step: 2, GPUs: []GPU{{Rank: 0, UtilPct: 80}}})
+	tr.Observe("job-g", Step{Step: 3})
+	if n, v := testutil.CollectAndCount(tr.gpuMem), testutil.ToFloat64(tr.gpuUtil.WithLabelValues("job-g", "0")); n != 3 || v != 80 {
+		t.Errorf("after job-g's rank 1 left: %d GPU memory series (want job-a's 2 and job-g's rank 0), rank 0 at %v%%", n, v)
+	}
+	tr.Forget("job-g")
 	if v := testutil.ToFloat64(tr.share.WithLabelValues("job-a", "1", "0")); v != 0.7 {
 		t.Errorf("share of layer 1 expert 0 = %v", v)
 	}

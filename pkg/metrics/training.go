@@ -1,6 +1,7 @@
 package metrics
 
 import (
+	"slices"
 	"strconv"
 	"sync"
 
@@ -37,6 +38,34 @@ type GPU struct {
 	MemTotalBytes int64
 }
 
+// maxUUID bounds a GPU's UUID as a step reports it ("GPU-" and 36
+// characters, "MIG-..." a little more).
+const maxUUID = 64
+
+// BoundGPUs is what may be kept of a step's GPU samples, which a command
+// job's own trainer writes: one per rank (the first), ranks in [0, world)
+// and under MaxRanks, UUIDs cut to 64 bytes, in rank order. world <= 0:
+// MaxRanks.
+func BoundGPUs(gs []GPU, world int) []GPU {
+	if world <= 0 || world > MaxRanks {
+		world = MaxRanks
+	}
+	out := make([]GPU, 0, min(len(gs), world))
+	seen := map[int]bool{}
+	for _, g := range gs {
+		if g.Rank < 0 || g.Rank >= world || seen[g.Rank] {
+			continue
+		}
+		seen[g.Rank] = true
+		if len(g.UUID) > maxUUID {
+			g.UUID = g.UUID[:maxUUID]
+		}
+		out = append(out, g)
+	}
+	slices.SortFunc(out, func(a, b GPU) int { return a.Rank - b.Rank })
+	return out
+}
+
 // MaxRanks bounds the per-rank series of one job (and the ranks a step
 // event carries).
 const MaxRanks = 4096
@@ -66,6 +95,7 @@ type Training struct {
 
 	mu        sync.Mutex
 	lastStall map[string]float64 // per job: the cumulative stall already counted
+	gpuRanks  map[string][]int   // per job: the ranks of its last GPU samples
 }
 
 // NewTraining registers the training metrics in reg.
@@ -113,6 +143,7 @@ func NewTraining(reg prometheus.Registerer) *Training {
 			Name: "switchyard_train_gpu_memory_used_bytes", Help: "Memory in use on each rank's GPU (NVML; every process's).",
 		}, []string{"job_id", "rank"}),
 		lastStall: map[string]float64{},
+		gpuRanks:  map[string][]int{},
 	}
 	reg.MustRegister(t.step, t.loss, t.tokens, t.lbl, t.share, t.imbalance, t.stepTime, t.collective, t.stall, t.write, t.deviceMem, t.gpuUtil, t.gpuMem)
 	return t
@@ -158,13 +189,27 @@ func (t *Training) Observe(job string, s Step) {
 	if s.DeviceMemBytes > 0 {
 		t.deviceMem.WithLabelValues(job).Set(float64(s.DeviceMemBytes))
 	}
-	for _, g := range s.GPUs {
-		if g.Rank < 0 || g.Rank >= MaxRanks {
-			continue
+	if len(s.GPUs) > 0 {
+		gs := BoundGPUs(s.GPUs, MaxRanks)
+		ranks := make([]int, 0, len(gs))
+		for _, g := range gs {
+			r := strconv.Itoa(g.Rank)
+			t.gpuUtil.WithLabelValues(job, r).Set(g.UtilPct)
+			t.gpuMem.WithLabelValues(job, r).Set(float64(g.MemUsedBytes))
+			ranks = append(ranks, g.Rank)
 		}
-		r := strconv.Itoa(g.Rank)
-		t.gpuUtil.WithLabelValues(job, r).Set(g.UtilPct)
-		t.gpuMem.WithLabelValues(job, r).Set(float64(g.MemUsedBytes))
+		// ranks no longer sampled (a smaller world after an elastic
+		// restart) leave
+		t.mu.Lock()
+		for _, r := range t.gpuRanks[job] {
+			if !slices.Contains(ranks, r) {
+				l := prometheus.Labels{"job_id": job, "rank": strconv.Itoa(r)}
+				t.gpuUtil.Delete(l)
+				t.gpuMem.Delete(l)
+			}
+		}
+		t.gpuRanks[job] = ranks
+		t.mu.Unlock()
 	}
 	if s.CheckpointWriteMBps > 0 {
 		t.write.WithLabelValues(job).Set(s.CheckpointWriteMBps * 1e6)
@@ -193,5 +238,6 @@ func (t *Training) Forget(job string) {
 	}
 	t.mu.Lock()
 	delete(t.lastStall, job)
+	delete(t.gpuRanks, job)
 	t.mu.Unlock()
 }

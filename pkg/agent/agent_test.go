@@ -929,25 +929,36 @@ func BenchmarkGroupMemory(b *testing.B) {
 }
 
 // The job's training series belong to the latest attempt's rank 0 on this
-// worker: an old attempt's rank 0 ending after it does not drop them.
+// worker while it runs: an old attempt's rank 0 ending after it started
+// does not drop them; once it has ended (refused, failed to start, or
+// done first), the old one's end does.
 func TestLaterRankZeroKeepsSeries(t *testing.T) {
 	a := &Agent{tasks: map[taskKey]*task{}}
+	add := func(job string, attempt, rank int32) *task {
+		k := taskKey{jobID: job, attempt: attempt, rank: rank}
+		a.tasks[k] = newTask(k, &apiv1.Task{JobId: job, Attempt: attempt, Rank: rank})
+		return a.tasks[k]
+	}
 	old := taskKey{jobID: "j", attempt: 0, rank: 0}
-	a.tasks[old] = nil
-	a.tasks[taskKey{jobID: "j", attempt: 0, rank: 1}] = nil
-	a.tasks[taskKey{jobID: "other", attempt: 3, rank: 0}] = nil
+	add("j", 0, 0)
+	add("j", 0, 1)
+	add("other", 3, 0)
 	if a.laterRankZero(old) {
 		t.Fatal("alone, attempt 0's rank 0 owns the series")
 	}
-	a.tasks[taskKey{jobID: "j", attempt: 1, rank: 1}] = nil
+	add("j", 1, 1)
 	if a.laterRankZero(old) {
 		t.Fatal("a later attempt's rank 1 does not own the series")
 	}
-	a.tasks[taskKey{jobID: "j", attempt: 1, rank: 0}] = nil
+	later := add("j", 1, 0)
 	if !a.laterRankZero(old) {
 		t.Fatal("attempt 1's rank 0 runs here: attempt 0's end must keep its series")
 	}
 	if a.laterRankZero(taskKey{jobID: "j", attempt: 1, rank: 0}) {
 		t.Fatal("attempt 1's rank 0 is the latest")
+	}
+	later.setState(apiv1.TaskState_TASK_STATE_FAILED, "refused")
+	if a.laterRankZero(old) {
+		t.Fatal("attempt 1's rank 0 ended: attempt 0's end must drop the series")
 	}
 }

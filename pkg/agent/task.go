@@ -305,14 +305,15 @@ func (a *Agent) prepare(t *apiv1.Task) (launch, error) {
 	return ln, nil
 }
 
-// laterRankZero says whether this worker holds rank 0 of a later attempt
-// of k's job: the job's training series are that attempt's then (an old
-// attempt's rank 0 can end after the new one's started here).
+// laterRankZero says whether this worker runs rank 0 of a later attempt
+// of k's job (not ended yet): the job's training series are that
+// attempt's then (an old attempt's rank 0 can end after the new one's
+// started here).
 func (a *Agent) laterRankZero(k taskKey) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	for o := range a.tasks {
-		if o.jobID == k.jobID && o.rank == 0 && o.attempt > k.attempt {
+	for o, t := range a.tasks {
+		if o.jobID == k.jobID && o.rank == 0 && o.attempt > k.attempt && !t.exited() {
 			return true
 		}
 	}
@@ -405,6 +406,15 @@ func (a *Agent) runTask(tk *task) {
 	defer a.kickSync()
 	defer a.forgetStopped(tk)
 	k := tk.key
+	if k.rank == 0 {
+		// however it ends (a refusal, a failed start, an exit): the job's
+		// training series go, unless a later attempt's rank 0 runs here
+		defer func() {
+			if !a.laterRankZero(k) {
+				a.tm.Forget(k.jobID)
+			}
+		}()
+	}
 	log := a.log.With("job-id", k.jobID, "attempt", k.attempt, "rank", k.rank)
 	fail := func(msg string) {
 		tk.setState(apiv1.TaskState_TASK_STATE_FAILED, msg)
@@ -480,9 +490,6 @@ func (a *Agent) runTask(tk *task) {
 	}
 	close(exited)
 	side.Wait()
-	if k.rank == 0 && !a.laterRankZero(k) {
-		a.tm.Forget(k.jobID) // its series, unless a later attempt's now
-	}
 	if l.memory > 0 {
 		tk.sawLastMemory(l.memory)
 	}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/switchyard-ml/switchyard/pkg/etcdconn"
 	"github.com/switchyard-ml/switchyard/pkg/events"
+	"github.com/switchyard-ml/switchyard/pkg/fsutil"
 	"github.com/switchyard-ml/switchyard/pkg/membership"
 	"github.com/switchyard-ml/switchyard/pkg/metrics"
 	"github.com/switchyard-ml/switchyard/pkg/workerconfig"
@@ -263,7 +264,7 @@ func (a *Agent) info() membership.WorkerInfo {
 		Host:     c.Host,
 		Version:  a.o.Version,
 		Commands: c.AllowCommands,
-		Roots:    append([]string{c.StoragePath}, c.AllowedPaths...),
+		Roots:    fsutil.RootForms(append([]string{c.StoragePath}, c.AllowedPaths...)),
 		Slots:    c.SlotCount(),
 		GPUDevices: func() []membership.GPU {
 			var gs []membership.GPU

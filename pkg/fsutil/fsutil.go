@@ -14,6 +14,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 )
 
@@ -73,6 +74,27 @@ func Within(path string, roots []string) (bool, error) {
 		}
 	}
 	return false, nil
+}
+
+// RootForms are roots as named and, where links make them differ, as
+// resolved (each once, in that order): the names under which a path
+// Within them may be spelled without resolving it.
+func RootForms(roots []string) []string {
+	out := make([]string, 0, 2*len(roots))
+	add := func(p string) {
+		if !slices.Contains(out, p) {
+			out = append(out, p)
+		}
+	}
+	for _, r := range roots {
+		add(filepath.Clean(r))
+	}
+	for _, r := range roots {
+		if rr, err := resolve(r); err == nil {
+			add(rr)
+		}
+	}
+	return out
 }
 
 // resolve is filepath.EvalSymlinks of the longest part of path that

@@ -5,6 +5,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -68,6 +69,29 @@ func TestWithin(t *testing.T) {
 	}
 	if _, err := Within("relative/x", []string{root}); err == nil {
 		t.Error("a relative path was judged")
+	}
+}
+
+// TestRootForms: roots as named, then the resolved form of those a link
+// makes differ, each once.
+func TestRootForms(t *testing.T) {
+	real := t.TempDir()
+	link := filepath.Join(t.TempDir(), "data")
+	if err := os.Symlink(real, link); err != nil {
+		t.Fatal(err)
+	}
+	realResolved, err := filepath.EvalSymlinks(real)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := RootForms([]string{real + "/", link, realResolved, "/not/made/yet"})
+	want := []string{filepath.Clean(real), link}
+	if realResolved != filepath.Clean(real) {
+		want = append(want, realResolved)
+	}
+	want = append(want, "/not/made/yet")
+	if !slices.Equal(got, want) {
+		t.Errorf("RootForms = %q, want %q", got, want)
 	}
 }
 

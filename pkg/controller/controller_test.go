@@ -1022,7 +1022,7 @@ resources: {cpu_cores: 1, memory_mib: 512}
 		t.Fatal(err)
 	}
 	j = waitJob(t, c, "two", "pending with a reason", func(j *pb.Job) bool {
-		return strings.Contains(jobstate.PendingReason(j), "labelled allow_commands=true; the cluster has only 1 such worker")
+		return strings.Contains(jobstate.PendingReason(j), "allowing command jobs (allow_commands: true in the worker's config); the cluster has only 1 such worker")
 	})
 	if j.State != pb.JobState_JOB_STATE_PENDING {
 		t.Fatalf("two: %v %q", j.State, jobstate.PendingReason(j))

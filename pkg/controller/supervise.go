@@ -361,8 +361,15 @@ func (s held) schedule(ctx context.Context, live map[string]membership.WorkerInf
 		case errors.Is(p.Err, scheduler.ErrTooLarge):
 			reason = "TooLarge"
 		}
-		s.setPending(ctx, j, reason, p.Reason)
+		s.setPending(ctx, j, reason, commandsWording(p.Reason))
 	}
+}
+
+// commandsWording says in the scheduler's reasons what the label the
+// controller gives command jobs stands for: the workers' allow_commands
+// setting, which a label of the worker's own cannot stand in for.
+func commandsWording(reason string) string {
+	return strings.ReplaceAll(reason, "labelled "+jobspec.CommandsLabel+"=true", "allowing command jobs (allow_commands: true in the worker's config)")
 }
 
 // place commits plan p of job j: its placement and, when the scheduler

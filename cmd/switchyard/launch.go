@@ -49,7 +49,8 @@ func cmdLaunch(ctx context.Context, args []string) error {
 	if _, err := df.layout(); err != nil {
 		return usageError{err}
 	}
-	visible, err := rankGPUs(*nproc, *gpus, os.Getenv("CUDA_VISIBLE_DEVICES"))
+	cvd, cvdSet := os.LookupEnv("CUDA_VISIBLE_DEVICES")
+	visible, err := rankGPUs(*nproc, *gpus, cvd, cvdSet)
 	if err != nil {
 		return usageError{err}
 	}
@@ -182,7 +183,7 @@ func freeLoopbackAddrs(n int) ([]string, error) {
 // rankGPUs is each rank's CUDA_VISIBLE_DEVICES when nproc ranks share
 // gpus GPUs in turn (nil for gpus 0): entries of the visible list the
 // process was given, or the indices 0..gpus-1.
-func rankGPUs(nproc, gpus int, visible string) ([]string, error) {
+func rankGPUs(nproc, gpus int, visible string, visibleSet bool) ([]string, error) {
 	switch {
 	case gpus < 0:
 		return nil, fmt.Errorf("--gpus %d: must be >= 0", gpus)
@@ -193,10 +194,17 @@ func rankGPUs(nproc, gpus int, visible string) ([]string, error) {
 	for i := range ids {
 		ids[i] = strconv.Itoa(i)
 	}
-	if visible != "" {
-		given := strings.Split(visible, ",")
+	if visibleSet { // set, even empty (no GPU visible): its GPUs only
+		var given []string
+		for _, g := range strings.Split(visible, ",") {
+			if g = strings.TrimSpace(g); g != "" {
+				given = append(given, g)
+			} else if visible != "" {
+				return nil, fmt.Errorf("--gpus %d: CUDA_VISIBLE_DEVICES=%q has an empty entry", gpus, visible)
+			}
+		}
 		if len(given) < gpus {
-			return nil, fmt.Errorf("--gpus %d: CUDA_VISIBLE_DEVICES=%s names only %d", gpus, visible, len(given))
+			return nil, fmt.Errorf("--gpus %d: CUDA_VISIBLE_DEVICES=%q names only %d", gpus, visible, len(given))
 		}
 		copy(ids, given)
 	}

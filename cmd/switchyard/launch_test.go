@@ -204,23 +204,30 @@ func TestRankGPUs(t *testing.T) {
 	for _, tc := range []struct {
 		nproc, gpus int
 		visible     string
+		set         bool
 		want        string
 	}{
-		{4, 0, "", "[]"},
-		{4, 2, "", "[0 1 0 1]"},
-		{3, 4, "", "[0 1 2]"},
-		{4, 2, "3,5", "[3 5 3 5]"},
-		{2, 2, "GPU-aa, GPU-bb,7", "[GPU-aa GPU-bb]"},
+		{4, 0, "", false, "[]"},
+		{4, 2, "", false, "[0 1 0 1]"},
+		{3, 4, "", false, "[0 1 2]"},
+		{4, 2, "3,5", true, "[3 5 3 5]"},
+		{2, 2, "GPU-aa, GPU-bb,7", true, "[GPU-aa GPU-bb]"},
 	} {
-		got, err := rankGPUs(tc.nproc, tc.gpus, tc.visible)
+		got, err := rankGPUs(tc.nproc, tc.gpus, tc.visible, tc.set)
 		if err != nil || fmt.Sprint(got) != tc.want {
 			t.Errorf("%d ranks, %d GPUs, %q: %v, %v; want %s", tc.nproc, tc.gpus, tc.visible, got, err, tc.want)
 		}
 	}
-	if _, err := rankGPUs(2, 3, "0,1"); err == nil || err.Error() != "--gpus 3: CUDA_VISIBLE_DEVICES=0,1 names only 2" {
-		t.Errorf("too few visible: %v", err)
+	for _, tc := range []struct{ visible, want string }{
+		{"0,1", `--gpus 3: CUDA_VISIBLE_DEVICES="0,1" names only 2`},
+		{"", `--gpus 3: CUDA_VISIBLE_DEVICES="" names only 0`}, // set empty: no GPU visible
+		{"0,,1,2", `--gpus 3: CUDA_VISIBLE_DEVICES="0,,1,2" has an empty entry`},
+	} {
+		if _, err := rankGPUs(2, 3, tc.visible, true); err == nil || err.Error() != tc.want {
+			t.Errorf("CUDA_VISIBLE_DEVICES=%q: %v, want %s", tc.visible, err, tc.want)
+		}
 	}
-	if _, err := rankGPUs(2, -1, ""); err == nil {
+	if _, err := rankGPUs(2, -1, "", false); err == nil {
 		t.Error("--gpus -1 accepted")
 	}
 }

@@ -66,6 +66,36 @@ func TestEtcdContract(t *testing.T) {
 	}})
 }
 
+// TestEtcdKeyWithoutLease: a worker's key written by hand without a lease
+// never expires: registering that id is refused saying how to remove it.
+func TestEtcdKeyWithoutLease(t *testing.T) {
+	if testing.Short() {
+		t.Skip("embedded etcd in -short")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	e, err := devcluster.StartEtcd(ctx, t.TempDir(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: e.Endpoints, DialTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	key := membership.DefaultPrefix + "w9"
+	if _, err := cli.Put(ctx, key, `{"id":"w9","address":"10.0.0.9:7500"}`); err != nil {
+		t.Fatal(err)
+	}
+	r := membership.NewEtcd(cli, "", nil)
+	defer r.Close()
+	_, err = r.Register(ctx, worker("w9", 1), 5*time.Second)
+	if !errors.Is(err, membership.ErrTaken) || !strings.Contains(err.Error(), "a key without a lease (written by hand?), which never expires: remove it with etcdctl del "+key) {
+		t.Fatalf("register over a key without a lease: %v", err)
+	}
+}
+
 func worker(id string, cores int) membership.WorkerInfo {
 	return membership.WorkerInfo{
 		ID: id, Address: "127.0.0.1:9" + fmt.Sprint(len(id)),

@@ -79,7 +79,11 @@ func (e *Etcd) Register(ctx context.Context, info WorkerInfo, ttl time.Duration)
 	if err == nil && !resp.Succeeded {
 		err = errors.New("taken")
 		if rs := resp.Responses; len(rs) == 1 && len(rs[0].GetResponseRange().Kvs) == 1 {
-			if held, derr := decode(rs[0].GetResponseRange().Kvs[0].Value); derr == nil {
+			kv := rs[0].GetResponseRange().Kvs[0]
+			if kv.Lease == 0 {
+				// no lease will ever end it: say how to
+				err = fmt.Errorf("%w: %s is held by a key without a lease (written by hand?), which never expires: remove it with etcdctl del %s", ErrTaken, info.ID, key)
+			} else if held, derr := decode(kv.Value); derr == nil {
 				err = takenError(held)
 			}
 		}
@@ -145,7 +149,9 @@ func (r *etcdRegistration) lose() {
 func (r *etcdRegistration) watchKey(ctx context.Context, rev int64) {
 	key := r.e.key(r.id)
 	for ctx.Err() == nil {
-		wch := r.e.cli.Watch(clientv3.WithRequireLeader(ctx), key, clientv3.WithRev(rev+1))
+		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+		wch := r.e.cli.Watch(wctx, key, clientv3.WithRev(rev+1))
+		lost := false
 		for resp := range wch {
 			if resp.CompactRevision != 0 {
 				break // the history since rev is gone: read the key below
@@ -155,11 +161,19 @@ func (r *etcdRegistration) watchKey(ctx context.Context, rev int64) {
 			}
 			for _, ev := range resp.Events {
 				if ev.Type == clientv3.EventTypeDelete || clientv3.LeaseID(ev.Kv.Lease) != r.lease {
-					r.gone(ctx, "deleted or taken")
-					return
+					lost = true
+					break
 				}
 				rev = ev.Kv.ModRevision
 			}
+			if lost {
+				break
+			}
+		}
+		cancel() // this watch's stream, whatever ended the loop
+		if lost {
+			r.gone(ctx, "deleted or taken")
+			return
 		}
 		if ctx.Err() != nil {
 			return

@@ -20,8 +20,9 @@ func TestDevCommand(t *testing.T) {
 		t.Skip("end-to-end: not in -short")
 	}
 	dir := t.TempDir()
-	// a corpus of two domains outside the cluster's storage, which
-	// --allow-path lets the workers read
+	// a corpus of two domains outside the cluster's storage, which the dev
+	// workers may read because the spec given to dev names it (no
+	// --allow-path needed)
 	corpora := filepath.Join(dir, "corpora")
 	if err := os.MkdirAll(corpora, 0o755); err != nil {
 		t.Fatal(err)
@@ -42,7 +43,7 @@ func TestDevCommand(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	r := runCLI(ctx, nil, "dev", "--workers", "2", "--spec", spec, "--data-dir", filepath.Join(dir, "cluster"), "--allow-path", corpora)
+	r := runCLI(ctx, nil, "dev", "--workers", "2", "--spec", spec, "--data-dir", filepath.Join(dir, "cluster"))
 	if r.code != 0 {
 		t.Fatalf("switchyard dev: exit %d\n%s\n%s", r.code, tail(r.stdout, 3000), tail(r.stderr, 3000))
 	}

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -99,6 +100,16 @@ func cmdDev(ctx context.Context, args []string) error {
 	sp, err := jobspec.Parse(raw)
 	if err != nil {
 		return usageError{fmt.Errorf("dev: job spec: %w", err)}
+	}
+	if *spec != "" {
+		// your own machine and spec: the workers may use the paths it
+		// names (its corpus, its checkpoint.path), which a cluster's
+		// workers would have to allow in their config
+		for _, p := range sp.WorkerPaths() {
+			if !slices.Contains(allowed, p) {
+				allowed = append(allowed, p)
+			}
+		}
 	}
 	temporary := *dir == ""
 	if temporary {

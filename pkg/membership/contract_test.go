@@ -34,7 +34,11 @@ func TestMemoryContract(t *testing.T) {
 	}, deleteKey: func(t *testing.T, id string) { srv.Delete(id) }})
 }
 
-func TestEtcdContract(t *testing.T) {
+// testEtcd starts an embedded etcd for the test (skipped in -short) and
+// returns a function that connects a new client to it (closed with the
+// test).
+func testEtcd(t *testing.T) func() *clientv3.Client {
+	t.Helper()
 	if testing.Short() {
 		t.Skip("embedded etcd in -short")
 	}
@@ -45,22 +49,26 @@ func TestEtcdContract(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(e.Close)
-	runContract(t, harness{connect: func(t *testing.T) (membership.Registry, func()) {
+	return func() *clientv3.Client {
 		cli, err := clientv3.New(clientv3.Config{Endpoints: e.Endpoints, DialTimeout: 5 * time.Second})
 		if err != nil {
 			t.Fatal(err)
 		}
+		t.Cleanup(func() { cli.Close() })
+		return cli
+	}
+}
+
+func TestEtcdContract(t *testing.T) {
+	client := testEtcd(t)
+	runContract(t, harness{connect: func(t *testing.T) (membership.Registry, func()) {
+		cli := client()
 		r := membership.NewEtcd(cli, "", nil)
-		t.Cleanup(func() { r.Close(); cli.Close() })
+		t.Cleanup(func() { r.Close() })
 		// Closing the client drops the keep-alive stream and revokes nothing.
 		return r, func() { cli.Close() }
 	}, deleteKey: func(t *testing.T, id string) {
-		cli, err := clientv3.New(clientv3.Config{Endpoints: e.Endpoints, DialTimeout: 5 * time.Second})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer cli.Close()
-		if r, err := cli.Delete(context.Background(), membership.DefaultPrefix+id); err != nil || r.Deleted != 1 {
+		if r, err := client().Delete(context.Background(), membership.DefaultPrefix+id); err != nil || r.Deleted != 1 {
 			t.Fatalf("etcdctl del of %s: %v (deleted %v)", id, err, r)
 		}
 	}})
@@ -69,28 +77,16 @@ func TestEtcdContract(t *testing.T) {
 // TestEtcdKeyWithoutLease: a worker's key written by hand without a lease
 // never expires: registering that id is refused saying how to remove it.
 func TestEtcdKeyWithoutLease(t *testing.T) {
-	if testing.Short() {
-		t.Skip("embedded etcd in -short")
-	}
+	cli := testEtcd(t)()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	e, err := devcluster.StartEtcd(ctx, t.TempDir(), 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer e.Close()
-	cli, err := clientv3.New(clientv3.Config{Endpoints: e.Endpoints, DialTimeout: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
 	key := membership.DefaultPrefix + "w9"
 	if _, err := cli.Put(ctx, key, `{"id":"w9","address":"10.0.0.9:7500"}`); err != nil {
 		t.Fatal(err)
 	}
 	r := membership.NewEtcd(cli, "", nil)
 	defer r.Close()
-	_, err = r.Register(ctx, worker("w9", 1), 5*time.Second)
+	_, err := r.Register(ctx, worker("w9", 1), 5*time.Second)
 	if !errors.Is(err, membership.ErrTaken) || !strings.Contains(err.Error(), "a key without a lease (written by hand?), which never expires: remove it with etcdctl del "+key) {
 		t.Fatalf("register over a key without a lease: %v", err)
 	}

@@ -123,6 +123,44 @@ func (p *pass) static(job Job) []bool {
 	return st
 }
 
+// excluded says why the workers that could never run a rank of job
+// (static false) cannot, by the first requirement each misses: " (2 with
+// too little memory, 1 not allowing its paths)"; "" when none is left out.
+func (p *pass) excluded(job Job, st []bool) string {
+	var cores, mem, gpus, labels, paths int
+	for i := range p.cl.workers {
+		if st[i] {
+			continue
+		}
+		w, need := &p.cl.workers[i], job.PerRank
+		switch {
+		case need.CPUCores > w.Total.CPUCores:
+			cores++
+		case need.MemoryMiB > w.Total.MemoryMiB:
+			mem++
+		case need.GPUs > w.Total.GPUs:
+			gpus++
+		case !labelsMatch(w.Labels, job.Labels):
+			labels++
+		default:
+			paths++
+		}
+	}
+	var parts []string
+	for _, c := range []struct {
+		n    int
+		what string
+	}{{cores, "with too few cores"}, {mem, "with too little memory"}, {gpus, "with too few GPUs"}, {labels, "without its labels"}, {paths, "not allowing its paths"}} {
+		if c.n > 0 {
+			parts = append(parts, fmt.Sprintf("%d %s", c.n, c.what))
+		}
+	}
+	if len(parts) == 0 {
+		return ""
+	}
+	return " (" + strings.Join(parts, ", ") + ")"
+}
+
 // try places job on the free workers (also on claimed ones if useClaimed).
 // It returns the plan and the indices of its workers, rank order.
 func (p *pass) try(job Job, st []bool, useClaimed bool) (Plan, []int, *failure) {
@@ -169,9 +207,9 @@ func (p *pass) try(job Job, st []bool, useClaimed bool) (Plan, []int, *failure) 
 		var reason string
 		switch {
 		case staticN == 0:
-			reason = fmt.Sprintf("needs %s; the cluster has no such %ss", want, unit)
+			reason = fmt.Sprintf("needs %s; the cluster has no such %ss%s", want, unit, p.excluded(job, st))
 		case staticN < world:
-			reason = fmt.Sprintf("needs %s; the cluster has only %d such %s", want, staticN, noun(staticN, unit))
+			reason = fmt.Sprintf("needs %s; the cluster has only %d such %s%s", want, staticN, noun(staticN, unit), p.excluded(job, st))
 		case staticMaxHost < l.TP:
 			reason = fmt.Sprintf("no host in the cluster can hold a TP group of %d (largest host has %d suitable %s)",
 				l.TP, staticMaxHost, noun(staticMaxHost, unit))

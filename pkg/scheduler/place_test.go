@@ -49,7 +49,7 @@ func TestPlaceReasons(t *testing.T) {
 				set("b-w0", func(w *Worker) { w.Roots = []string{"/srv/sy", "/data/ab"} }).set("b-w1", func(w *Worker) { w.Roots = []string{"/srv/sy"} }).snap,
 			job: func() Job { j := job("j", 0, 1, 1, 2, 1, cpu1); j.Paths = []string{"/data/abc/c.jsonl"}; return j }(),
 			err: ErrTooLarge,
-			msg: "needs 2 workers with 1 core, 1024 MiB allowing /data/abc/c.jsonl (storage_path or allowed_paths); the cluster has no such workers",
+			msg: "needs 2 workers with 1 core, 1024 MiB allowing /data/abc/c.jsonl (storage_path or allowed_paths); the cluster has no such workers (4 not allowing its paths)",
 		},
 		{
 			name: "no host in the cluster is big enough",
@@ -70,18 +70,31 @@ func TestPlaceReasons(t *testing.T) {
 			msg: "no host in the cluster can hold a TP group of 8 (largest host has 4 suitable slots)",
 		},
 		{
+			name: "every requirement missed by some",
+			snap: newFx().host("a", 1, Resources{CPUCores: 1, MemoryMiB: 512}).host("b", 1, Resources{CPUCores: 1, MemoryMiB: 4096}, "zone=a").
+				host("c", 2, Resources{CPUCores: 8, MemoryMiB: 4096, GPUs: 1}, "zone=b").host("d", 1, Resources{MemoryMiB: 4096, GPUs: 1}, "zone=b").
+				set("c-w1", func(w *Worker) { w.Roots = []string{"/srv"} }).snap,
+			job: func() Job {
+				j := job("j", 0, 1, 1, 2, 1, Resources{CPUCores: 1, MemoryMiB: 1024, GPUs: 1}, "zone=b")
+				j.Paths = []string{"/data/c.jsonl"}
+				return j
+			}(),
+			err: ErrTooLarge,
+			msg: "the cluster has only 1 such worker (1 with too few cores, 1 with too little memory, 1 with too few GPUs, 1 not allowing its paths)",
+		},
+		{
 			name: "labels nobody has",
 			snap: newFx().host("a", 2, cpu1, "zone=a").snap,
 			job:  job("j", 0, 1, 1, 2, 1, cpu1, "zone=b"),
 			err:  ErrTooLarge,
-			msg:  "needs 2 workers with 1 core, 1024 MiB labelled zone=b; the cluster has no such workers",
+			msg:  "needs 2 workers with 1 core, 1024 MiB labelled zone=b; the cluster has no such workers (2 without its labels)",
 		},
 		{
 			name: "too few workers of the kind",
 			snap: newFx().host("a", 3, gpu1).host("b", 3, cpu1).snap,
 			job:  job("j", 0, 1, 1, 4, 1, Resources{GPUs: 1}),
 			err:  ErrTooLarge,
-			msg:  "needs 4 workers with 1 GPU; the cluster has only 3 such workers",
+			msg:  "needs 4 workers with 1 GPU; the cluster has only 3 such workers (3 with too few GPUs)",
 		},
 		{
 			name: "free resources short",

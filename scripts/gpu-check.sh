@@ -526,7 +526,8 @@ run() {
   mkdir -p "$out" "$bd" "$work"
   export SWITCHYARD_REQUIRE_GPU=1 # on the GPU machine a test that cannot open the GPU, NCCL or NVML fails
   # always the binaries of this build (a warm machine may hold an older one)
-  xz -dc "$gdir/bins.tar.xz" | tar xf - -C "$bd"
+  rm -f "$bd/switchyard" "$bd"/*.test
+  xz -dc "$gdir/bins.tar.xz" | tar xf - -C "$bd" || { log "cannot unpack $gdir/bins.tar.xz (run build first)"; exit 1; }
   local phases=("$@")
   [ ${#phases[@]} -eq 0 ] && phases=(tests equiv bench train)
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv,noheader > "$work/nvidia-smi.txt" 2>&1 || true

@@ -86,11 +86,23 @@ type Comm interface {
 	Close() error
 }
 
+// Uses are the kinds of collectives a group will run: NCCL's first
+// exchange in Open connects what they need (and only that).
+type Uses uint8
+
+// The kinds.
+const (
+	// UsesAllReduce: AllReduceSum (and ReduceScatterSum, AllGather).
+	UsesAllReduce Uses = 1 << iota
+	// UsesAllToAll: AllToAllV.
+	UsesAllToAll
+)
+
 // Open makes this rank's Comm over group g for the device dev, with the
-// backend want (Auto: chosen as the package comment says). Every rank of
-// g calls it with the same want.
-func Open(ctx context.Context, dev cuda.Device, g *parallel.Comm, want Backend) (Comm, error) {
-	return open(ctx, dev, g, want, realNCCL{})
+// backend want (Auto: chosen as the package comment says), for the
+// collectives uses. Every rank of g calls it with the same want and uses.
+func Open(ctx context.Context, dev cuda.Device, g *parallel.Comm, want Backend, uses Uses) (Comm, error) {
+	return open(ctx, dev, g, want, uses, realNCCL{})
 }
 
 // rankInfo is what a rank tells the others when choosing.
@@ -101,7 +113,7 @@ type rankInfo struct {
 	NCCLMiss string `json:"nccl_missing,omitempty"`
 }
 
-func open(ctx context.Context, dev cuda.Device, g *parallel.Comm, want Backend, lib library) (Comm, error) {
+func open(ctx context.Context, dev cuda.Device, g *parallel.Comm, want Backend, uses Uses, lib library) (Comm, error) {
 	if want != Auto && want != NCCL && want != Host {
 		return nil, fmt.Errorf("devcomm: unknown collectives backend %q", want)
 	}
@@ -156,57 +168,68 @@ func open(ctx context.Context, dev cuda.Device, g *parallel.Comm, want Backend, 
 		gpus[in.GPU] = true
 	}
 	c := &ncclComm{nc: nc, g: g, why: fmt.Sprintf("NCCL %s over %d GPUs", infos[0].NCCL, len(gpus)), timeout: NCCLTimeout}
-	if err := agree(ctx, g, handshake(ctx, dev, c), "the NCCL communicator's first exchange", "failed the NCCL communicator's first exchange"); err != nil {
+	if err := handshake(ctx, dev, c, g, uses); err != nil {
 		return nil, errors.Join(err, nc.Abort())
 	}
 	return c, nil
 }
 
-// handshake runs an all-reduce and an all-to-all-v of a few floats on c,
-// every rank with every other, and checks what arrived. NCCL connects a
-// pair of ranks (and allocates the connection's buffers) at their first
-// collective: made here, while every rank is in Open, rather than in the
-// first step, the connections' memory is taken before the engine checks
-// what is free, and a rank that cannot connect, or an exchange that
-// delivers the wrong floats, fails Open naming it.
-func handshake(ctx context.Context, dev cuda.Device, c Comm) error {
+// handshake runs, of an all-reduce and an all-to-all-v, those the group
+// uses, on a few floats, every rank with every other, and checks what
+// arrived. NCCL connects a pair of ranks (and allocates the connection's
+// buffers) at their first collective of a kind: made here, while every
+// rank is in Open, rather than in the first step, the small messages'
+// connections and their memory are there before the engine checks what
+// is free (NCCL may still connect more for large all-reduces, at their
+// first use), and a rank that cannot connect, or an exchange that
+// delivers the wrong floats, fails Open on every rank naming it. A rank
+// that cannot even set the exchange up says so before any rank enters
+// NCCL, whose waits for a peer cannot be interrupted.
+func handshake(ctx context.Context, dev cuda.Device, c Comm, g *parallel.Comm, uses Uses) error {
 	p, r := c.Size(), c.Rank()
 	n := 1 + 2*p // the all-reduce's float, then p to send and p to receive
-	buf, err := dev.Alloc(int64(4 * n))
-	if err != nil {
-		return err
-	}
-	defer dev.Free(buf)
 	host := make([]float32, n)
 	host[0] = float32(r + 1)
 	for j := range p {
 		host[1+j] = float32(r*p + j) // for rank j
 	}
-	if err := dev.CopyHtoD(buf, unsafe.Pointer(&host[0]), int64(4*n)); err != nil {
+	buf, err := dev.Alloc(int64(4 * n))
+	if err == nil {
+		defer dev.Free(buf)
+		err = dev.CopyHtoD(buf, unsafe.Pointer(&host[0]), int64(4*n))
+	}
+	if err := agree(ctx, g, err, "setting up the NCCL communicator's first exchange", "could not set up the NCCL communicator's first exchange"); err != nil {
 		return err
 	}
 	ones := make([]int, p)
 	for j := range ones {
 		ones[j] = 1
 	}
-	if err := c.AllReduceSum(ctx, buf, 1); err != nil {
-		return err
-	}
-	if err := c.AllToAllV(ctx, buf.Add(4), ones, buf.Add(int64(4*(1+p))), ones); err != nil {
-		return err
-	}
-	if err := dev.CopyDtoH(unsafe.Pointer(&host[0]), buf, int64(4*n)); err != nil {
-		return err
-	}
-	if want := float32(p * (p + 1) / 2); host[0] != want {
-		return fmt.Errorf("the all-reduce gave %v, want %v", host[0], want)
-	}
-	for j := range p {
-		if got, want := host[1+p+j], float32(j*p+r); got != want {
-			return fmt.Errorf("the all-to-all-v delivered %v from rank %d, want %v", got, j, want)
+	exchange := func() error {
+		if uses&UsesAllReduce != 0 {
+			if err := c.AllReduceSum(ctx, buf, 1); err != nil {
+				return err
+			}
 		}
+		if uses&UsesAllToAll != 0 {
+			if err := c.AllToAllV(ctx, buf.Add(4), ones, buf.Add(int64(4*(1+p))), ones); err != nil {
+				return err
+			}
+		}
+		if err := dev.CopyDtoH(unsafe.Pointer(&host[0]), buf, int64(4*n)); err != nil {
+			return err
+		}
+		if want := float32(p * (p + 1) / 2); uses&UsesAllReduce != 0 && host[0] != want {
+			return fmt.Errorf("the all-reduce gave %v, want %v", host[0], want)
+		}
+		for j := range p {
+			if got, want := host[1+p+j], float32(j*p+r); uses&UsesAllToAll != 0 && got != want {
+				return fmt.Errorf("the all-to-all-v delivered %v from rank %d, want %v", got, j, want)
+			}
+		}
+		return nil
 	}
-	return nil
+	return agree(ctx, g, exchange(), "the NCCL communicator's first exchange", "failed the NCCL communicator's first exchange")
 }
 
 // ncclObstacle says why NCCL cannot run on ranks that said infos ("" if
@@ -274,8 +297,9 @@ func bootstrap(ctx context.Context, dev cuda.Device, g *parallel.Comm, lib libra
 }
 
 // agree all-gathers every rank's outcome of a step of Open: nil when all
-// succeeded, else an error naming the first rank that failed ("rank 2
-// <failed>: <its error>"), the same on every rank.
+// succeeded, else an error naming every rank that failed ("rank 2
+// <failed>: <its error>; rank 0: <its error>"), the same on every rank.
+// When the ranks cannot even agree, the error keeps this rank's own.
 func agree(ctx context.Context, g *parallel.Comm, mine error, what, failed string) error {
 	var b []byte
 	if mine != nil {
@@ -283,12 +307,21 @@ func agree(ctx context.Context, g *parallel.Comm, mine error, what, failed strin
 	}
 	all, err := g.AllGatherBytes(ctx, b)
 	if err != nil {
-		return fmt.Errorf("devcomm: agreeing on %s: %w", what, err)
+		return errors.Join(fmt.Errorf("devcomm: agreeing on %s: %w", what, err), mine)
 	}
+	var msgs []string
 	for r, b := range all {
-		if len(b) > 0 {
-			return fmt.Errorf("%w: rank %d %s: %s", ErrUnavailable, r, failed, b)
+		if len(b) == 0 {
+			continue
 		}
+		if len(msgs) == 0 {
+			msgs = append(msgs, fmt.Sprintf("rank %d %s: %s", r, failed, b))
+		} else {
+			msgs = append(msgs, fmt.Sprintf("rank %d: %s", r, b))
+		}
+	}
+	if len(msgs) > 0 {
+		return fmt.Errorf("%w: %s", ErrUnavailable, strings.Join(msgs, "; "))
 	}
 	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -21,9 +22,10 @@ import (
 // hostDev is a cuda.Device whose memory is host memory (mmap, outside the
 // Go heap); only memory and copies work. gpu is its UUID ("": not a GPU).
 type hostDev struct {
-	gpu  string
-	mu   sync.Mutex
-	maps map[cuda.DevPtr][]byte
+	gpu      string
+	mu       sync.Mutex
+	maps     map[cuda.DevPtr][]byte
+	allocErr error // every Alloc fails with it
 }
 
 type gpuDev struct{ *hostDev }
@@ -65,6 +67,9 @@ func (d *hostDev) Record(cuda.Event) error                               { retur
 func (d *hostDev) Elapsed(cuda.Event, cuda.Event) (time.Duration, error) { return 0, errNoKernels }
 
 func (d *hostDev) Alloc(bytes int64) (cuda.DevPtr, error) {
+	if d.allocErr != nil {
+		return 0, d.allocErr
+	}
 	b, err := syscall.Mmap(-1, 0, int(max(bytes, 1)), syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_ANON|syscall.MAP_PRIVATE)
 	if err != nil {
 		return 0, err
@@ -181,6 +186,7 @@ type fakeOp struct {
 type fakeWorld struct {
 	n        int
 	misroute bool
+	ran      []string // the collectives run, in order
 	mu       sync.Mutex
 	cv       *sync.Cond
 	in       int
@@ -219,6 +225,7 @@ func (c *fakeComm) do(op fakeOp) error {
 
 func (w *fakeWorld) run() {
 	op := w.ops[0].kind
+	w.ran = append(w.ran, op)
 	switch op {
 	case "allreduce":
 		n := w.ops[0].n
@@ -358,7 +365,7 @@ func TestBootstrapOverGRPC(t *testing.T) {
 	lib := &fakeLib{}
 	const n = 3
 	group(t, n, func(r int, g *parallel.Comm) error {
-		c, err := open(context.Background(), newDev(t, fmt.Sprintf("GPU-%d", r)), g, Auto, lib)
+		c, err := open(context.Background(), newDev(t, fmt.Sprintf("GPU-%d", r)), g, Auto, both, lib)
 		if err != nil {
 			return err
 		}
@@ -383,7 +390,7 @@ func TestBootstrapOverGRPC(t *testing.T) {
 func TestBootstrapIDFailure(t *testing.T) {
 	lib := &fakeLib{idErr: errors.New("cuda: ncclGetUniqueId: ncclSystemError: no interface to bind")}
 	group(t, 3, func(r int, g *parallel.Comm) error {
-		_, err := open(context.Background(), newDev(t, fmt.Sprintf("GPU-%d", r)), g, Auto, lib)
+		_, err := open(context.Background(), newDev(t, fmt.Sprintf("GPU-%d", r)), g, Auto, both, lib)
 		if !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "rank 0 could not make the NCCL id: cuda: ncclGetUniqueId: ncclSystemError: no interface to bind") {
 			return fmt.Errorf("got %v", err)
 		}
@@ -423,7 +430,7 @@ func TestChoice(t *testing.T) {
 			}
 			for _, want := range []Backend{Auto, NCCL, Host} {
 				group(t, len(tc.gpus), func(r int, g *parallel.Comm) error {
-					c, err := open(context.Background(), newDev(t, tc.gpus[r]), g, want, lib(r))
+					c, err := open(context.Background(), newDev(t, tc.gpus[r]), g, want, both, lib(r))
 					switch want {
 					case Auto:
 						if err != nil || c.Backend() != Host || c.Describe() != "host-staged collectives: "+tc.want {
@@ -557,7 +564,7 @@ func TestCollectives(t *testing.T) {
 				lib := &fakeLib{}
 				group(t, n, func(r int, g *parallel.Comm) error {
 					dev := newDev(t, fmt.Sprintf("GPU-%d", r))
-					c, err := open(context.Background(), dev, g, want, lib)
+					c, err := open(context.Background(), dev, g, want, both, lib)
 					if err != nil {
 						return err
 					}
@@ -578,7 +585,7 @@ func TestCollectives(t *testing.T) {
 func TestBootstrapJoinFailure(t *testing.T) {
 	lib := &fakeLib{openErr: map[int]error{2: errors.New("cuda: ncclCommInitRank (rank 2 of 3): ncclUnhandledCudaError")}}
 	group(t, 3, func(r int, g *parallel.Comm) error {
-		_, err := open(context.Background(), newDev(t, fmt.Sprintf("GPU-%d", r)), g, NCCL, lib)
+		_, err := open(context.Background(), newDev(t, fmt.Sprintf("GPU-%d", r)), g, NCCL, both, lib)
 		if !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "rank 2 could not join the NCCL communicator: cuda: ncclCommInitRank (rank 2 of 3): ncclUnhandledCudaError") {
 			return fmt.Errorf("got %v", err)
 		}
@@ -595,12 +602,60 @@ func TestBootstrapJoinFailure(t *testing.T) {
 func TestHandshake(t *testing.T) {
 	lib := &fakeLib{misroute: true}
 	group(t, 3, func(r int, g *parallel.Comm) error {
-		_, err := open(context.Background(), newDev(t, fmt.Sprintf("GPU-%d", r)), g, NCCL, lib)
+		_, err := open(context.Background(), newDev(t, fmt.Sprintf("GPU-%d", r)), g, NCCL, both, lib)
 		if !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "rank 1 failed the NCCL communicator's first exchange: the all-to-all-v delivered 1 from rank 1, want 4") {
 			return fmt.Errorf("got %v", err)
 		}
 		return nil
 	})
+	if lib.aborted != 3 {
+		t.Errorf("%d communicators aborted, want 3", lib.aborted)
+	}
+}
+
+// TestHandshakeUses: the first exchange runs only the collectives the
+// group uses (a broken all-to-all goes unseen by a group that only
+// all-reduces), and a rank that cannot set it up makes every rank fail at
+// once, before any enters NCCL (whose waits for a peer cannot be cut
+// short), naming it.
+func TestHandshakeUses(t *testing.T) {
+	lib := &fakeLib{misroute: true}
+	group(t, 3, func(r int, g *parallel.Comm) error {
+		c, err := open(context.Background(), newDev(t, fmt.Sprintf("GPU-%d", r)), g, NCCL, UsesAllReduce, lib)
+		if err != nil {
+			return err
+		}
+		return c.Close()
+	})
+	var ops []string
+	for _, w := range lib.worlds {
+		ops = append(ops, w.ran...)
+	}
+	if !slices.Equal(ops, []string{"allreduce"}) {
+		t.Errorf("the all-reduce group's first exchange ran %v", ops)
+	}
+
+	lib = &fakeLib{}
+	start := time.Now()
+	group(t, 3, func(r int, g *parallel.Comm) error {
+		dev := newDev(t, fmt.Sprintf("GPU-%d", r))
+		if r == 2 {
+			dev.(gpuDev).allocErr = errors.New("cuda: out of device memory")
+		}
+		_, err := open(context.Background(), dev, g, NCCL, both, lib)
+		if !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "rank 2 could not set up the NCCL communicator's first exchange: cuda: out of device memory") {
+			return fmt.Errorf("got %v", err)
+		}
+		return nil
+	})
+	for _, w := range lib.worlds {
+		if len(w.ran) != 0 {
+			t.Errorf("collectives ran after a rank could not set up: %v", w.ran)
+		}
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("the ranks took %v to fail", d)
+	}
 	if lib.aborted != 3 {
 		t.Errorf("%d communicators aborted, want 3", lib.aborted)
 	}
@@ -622,3 +677,6 @@ func TestNCCLCollectiveTimeout(t *testing.T) {
 		t.Errorf("enqueue failure: %v, %d aborted", err, lib.aborted)
 	}
 }
+
+// both: a group that runs every kind of collective.
+const both = UsesAllReduce | UsesAllToAll

@@ -65,7 +65,7 @@ func TestGPUNCCLMatchesHost(t *testing.T) {
 	for _, want := range []Backend{NCCL, Host} {
 		t.Run(fmt.Sprintf("%s/%d GPUs", want, len(ctxs)), func(t *testing.T) {
 			onGPUs(t, ctxs, func(r int, dev *cuda.Context, g *parallel.Comm) error {
-				c, err := Open(ctx, dev, g, want)
+				c, err := Open(ctx, dev, g, want, UsesAllReduce|UsesAllToAll)
 				if err != nil {
 					return err
 				}
@@ -77,7 +77,7 @@ func TestGPUNCCLMatchesHost(t *testing.T) {
 	}
 	t.Run("two ranks on one GPU", func(t *testing.T) {
 		onGPUs(t, []*cuda.Context{ctxs[0], ctxs[0]}, func(r int, dev *cuda.Context, g *parallel.Comm) error {
-			c, err := Open(ctx, dev, g, Auto)
+			c, err := Open(ctx, dev, g, Auto, UsesAllReduce|UsesAllToAll)
 			if err != nil {
 				return err
 			}
@@ -91,7 +91,7 @@ func TestGPUNCCLMatchesHost(t *testing.T) {
 	if len(ctxs) > 1 {
 		t.Run("auto picks NCCL", func(t *testing.T) {
 			onGPUs(t, ctxs, func(r int, dev *cuda.Context, g *parallel.Comm) error {
-				c, err := Open(ctx, dev, g, Auto)
+				c, err := Open(ctx, dev, g, Auto, UsesAllReduce|UsesAllToAll)
 				if err != nil {
 					return err
 				}

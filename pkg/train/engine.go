@@ -287,11 +287,16 @@ func openCollectives(dev cuda.Device, d *Dist, backend string) (gpuCollectives, 
 		name string
 		comm *parallel.Comm
 		dst  *devcomm.Comm
-	}{{"data-parallel", d.dp, &c.dp}, {"expert-data-parallel", d.expertDP, &c.expertDP}, {"expert-parallel", d.ep, &c.ep}} {
+		uses devcomm.Uses
+	}{
+		{"data-parallel", d.dp, &c.dp, devcomm.UsesAllReduce}, // gradients
+		{"expert-data-parallel", d.expertDP, &c.expertDP, devcomm.UsesAllReduce},
+		{"expert-parallel", d.ep, &c.ep, devcomm.UsesAllToAll}, // the experts' rows
+	} {
 		if g.comm == nil || g.comm.Size() == 1 {
 			continue
 		}
-		if *g.dst, err = devcomm.Open(context.Background(), dev, g.comm, want); err != nil {
+		if *g.dst, err = devcomm.Open(context.Background(), dev, g.comm, want, g.uses); err != nil {
 			return c, errors.Join(fmt.Errorf("train: %s collectives: %w", g.name, err), c.close())
 		}
 	}

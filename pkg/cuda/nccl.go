@@ -289,14 +289,21 @@ func exitStuck(call string, waited time.Duration) {
 	os.Exit(70)
 }
 
-// watched runs f, the blocking NCCL call named call, under the watchdog.
-func watched(call string, f func() error) error {
+// watched runs f, the blocking NCCL call that call names, under the
+// watchdog.
+func watched(call func() string, f func() error) error {
 	w := ncclDog.Load()
 	if w == nil || w.Limit <= 0 || w.Stuck == nil {
 		return f()
 	}
-	t := time.AfterFunc(w.Limit, func() { w.Stuck(call, w.Limit) })
+	var returned atomic.Bool
+	t := time.AfterFunc(w.Limit, func() {
+		if !returned.Load() { // not a call that returned as the timer fired
+			w.Stuck(call(), w.Limit)
+		}
+	})
 	defer t.Stop()
+	defer returned.Store(true)
 	return f()
 }
 
@@ -396,7 +403,7 @@ func openNCCL(api *ncclAPI, host ncclHost, id NCCLID, size, rank int, opened fun
 	}
 	nc := &NCCL{api: api, host: host, rank: rank, size: size}
 	err := host.do(func() error {
-		if err := watched(fmt.Sprintf("ncclCommInitRank (rank %d of %d)", rank, size), func() error {
+		if err := watched(func() string { return fmt.Sprintf("ncclCommInitRank (rank %d of %d)", rank, size) }, func() error {
 			return api.initRank(&nc.comm, &id, size, rank)
 		}); err != nil {
 			return err
@@ -447,9 +454,14 @@ func (n *NCCL) call(f func() error) error {
 	return n.host.do(f)
 }
 
+// named is what the watchdog calls call on this communicator.
+func (n *NCCL) named(call string) func() string {
+	return func() string { return fmt.Sprintf("%s (rank %d of %d)", call, n.rank, n.size) }
+}
+
 // enqueue is call for a collective named what, under the watchdog.
 func (n *NCCL) enqueue(what string, f func() error) error {
-	return n.call(func() error { return watched(fmt.Sprintf("%s (rank %d of %d)", what, n.rank, n.size), f) })
+	return n.call(func() error { return watched(n.named(what), f) })
 }
 
 func ncclType(dt DType) (uintptr, error) {
@@ -685,7 +697,7 @@ func (n *NCCL) end(call string, fn func() uintptr) error {
 	n.closed = true
 	// under n.mu, as every call: a second Close waits for this one
 	err := n.host.do(func() error {
-		return watched(fmt.Sprintf("%s (rank %d of %d)", call, n.rank, n.size), func() error { return n.api.check(call, "", 0, ccall(fn(), n.comm)) })
+		return watched(n.named(call), func() error { return n.api.check(call, "", 0, ccall(fn(), n.comm)) })
 	})
 	n.mu.Unlock()
 	if n.onDone != nil {

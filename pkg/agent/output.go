@@ -181,6 +181,9 @@ func (a *Agent) reportMetrics(tk *task, m train.StepMetrics) {
 	// its world, before they go into every sync and the job's record
 	gpus = metrics.BoundGPUs(gpus, int(tk.def.GetWorldSize()))
 	tk.setGPUs(gpus)
+	if a.laterRankZero(tk.key) {
+		return // the job's series and stream are a later attempt's now
+	}
 	a.tm.Observe(tk.key.jobID, metrics.Step{
 		Step: m.Step, Loss: m.Loss, LBL: m.LBL, TokensPerS: m.TokensPerS, StepS: m.StepS, ExpertLoad: m.ExpertLoad,
 		LBLSyncS: m.LBLSyncS, GradSyncS: m.GradSyncS, CheckpointStallS: m.CheckpointStallS, CheckpointWriteMBps: m.CheckpointWriteMBps, DeviceMemBytes: m.DeviceMemBytes,

@@ -64,7 +64,10 @@ type searchEnv struct {
 	LibDir     string // $SWITCHYARD_CUDA_LIB_DIR
 	LDPath     string // $LD_LIBRARY_PATH
 	VirtualEnv string // $VIRTUAL_ENV
-	Home       string // the user's home folder
+	// CondaPrefix is $CONDA_PREFIX: a conda environment keeps the CUDA
+	// libraries its PyTorch uses (libnccl.so.2, libcublasLt.so.12) in lib.
+	CondaPrefix string
+	Home        string // the user's home folder
 	// Python is the python3 found on PATH and PythonResolved the same with
 	// symlinks resolved ("" when there is none). A virtual environment's
 	// bin/python3 is a symlink to the system interpreter: the first gives
@@ -78,9 +81,10 @@ type searchEnv struct {
 // hostSearchEnv reads the search environment of this process.
 func hostSearchEnv() searchEnv {
 	e := searchEnv{
-		LibDir:     os.Getenv(envLibDir),
-		LDPath:     os.Getenv("LD_LIBRARY_PATH"),
-		VirtualEnv: os.Getenv("VIRTUAL_ENV"),
+		LibDir:      os.Getenv(envLibDir),
+		LDPath:      os.Getenv("LD_LIBRARY_PATH"),
+		VirtualEnv:  os.Getenv("VIRTUAL_ENV"),
+		CondaPrefix: os.Getenv("CONDA_PREFIX"),
 		Glob: func(pattern string) []string {
 			m, _ := filepath.Glob(pattern) // the only error is a malformed pattern
 			return m
@@ -207,6 +211,11 @@ func planSearch(e searchEnv) searchPlan {
 		where = append(where, "the nvidia-* Python wheels (none found)")
 	} else {
 		where = append(where, "the nvidia-* Python wheels ("+strings.Join(wheels, ", ")+")")
+	}
+	if e.CondaPrefix != "" {
+		lib := filepath.Join(e.CondaPrefix, "lib")
+		add(lib)
+		where = append(where, "the conda environment's lib ("+lib+")")
 	}
 	p.where = strings.Join(where, ", ")
 	return p

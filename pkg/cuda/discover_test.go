@@ -132,6 +132,16 @@ func TestPlanSearchOrder(t *testing.T) {
 	}
 }
 
+// A conda environment's lib comes after the wheels, said where it is.
+func TestPlanSearchConda(t *testing.T) {
+	fs := newFakeFS(t)
+	p := planSearch(searchEnv{CondaPrefix: "/opt/conda/envs/train", Glob: fs.glob})
+	last := p.steps[len(p.steps)-1]
+	if last.dir != "/opt/conda/envs/train/lib" || !strings.HasSuffix(p.where, "the nvidia-* Python wheels (none found), the conda environment's lib (/opt/conda/envs/train/lib)") {
+		t.Errorf("steps %+v, where %s", p.steps, p.where)
+	}
+}
+
 func TestPlanSearchEmpty(t *testing.T) {
 	fs := newFakeFS(t)
 	p := planSearch(searchEnv{Glob: fs.glob})

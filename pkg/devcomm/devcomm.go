@@ -410,6 +410,11 @@ func (c *ncclComm) AllToAllV(ctx context.Context, send cuda.DevPtr, sendCounts [
 
 func (c *ncclComm) Close() error { return c.nc.Close() }
 
+// Abort tears the NCCL communicator down without waiting for its work
+// (after a failure: peers may be waiting in a collective); Close is then
+// a no-op.
+func (c *ncclComm) Abort() error { return c.nc.Abort() }
+
 // ---- host-staged ----
 
 type hostComm struct {

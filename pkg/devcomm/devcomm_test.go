@@ -676,6 +676,10 @@ func TestNCCLCollectiveTimeout(t *testing.T) {
 	if err := c.done(context.Background(), errors.New("ncclSend: ncclInvalidUsage")); err == nil || lib.aborted != 1 {
 		t.Errorf("enqueue failure: %v, %d aborted", err, lib.aborted)
 	}
+	// a trainer that failed aborts rather than destroys
+	if err := c.Abort(); err != nil || lib.aborted != 2 {
+		t.Errorf("Abort: %v, %d aborted", err, lib.aborted)
+	}
 }
 
 // both: a group that runs every kind of collective.

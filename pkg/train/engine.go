@@ -44,6 +44,9 @@ type engine interface {
 	// split is the time of the parts of the steps since enableProfile.
 	enableProfile(on bool)
 	split() map[string]float64
+	// abort tears down collectives that peers may still wait in (before
+	// close, after a failure).
+	abort()
 	close() error
 }
 
@@ -116,6 +119,7 @@ func (e *cpuEngine) split() map[string]float64 {
 	}
 }
 
+func (e *cpuEngine) abort()       {} // the transport's collectives end with their timeouts and aborts
 func (e *cpuEngine) close() error { return e.m.Close() }
 
 // ---- GPU ----
@@ -256,6 +260,8 @@ func (e *gpuEngine) split() map[string]float64 {
 	return out
 }
 
+func (e *gpuEngine) abort() { e.colls.abort() }
+
 func (e *gpuEngine) close() error {
 	err := errors.Join(e.m.Close(), e.colls.close(), e.m.Device().Close())
 	if e.nvml != nil {
@@ -314,6 +320,16 @@ func (c gpuCollectives) describe() string {
 		}
 	}
 	return strings.Join(parts, "; ")
+}
+
+// abort aborts the communicators that can be (NCCL's); Close then has
+// nothing to wait for.
+func (c gpuCollectives) abort() {
+	for _, g := range []devcomm.Comm{c.dp, c.expertDP, c.ep} {
+		if a, ok := g.(interface{ Abort() error }); ok {
+			_ = a.Abort() // an error of a communicator given up on says nothing more
+		}
+	}
 }
 
 func (c gpuCollectives) close() error {

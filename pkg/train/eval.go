@@ -60,7 +60,8 @@ type Eval struct {
 
 // Evaluate scores up to Data.EvalSeqs validation sequences of every domain
 // and records expert selections per domain.
-func (t *Trainer) Evaluate(ctx context.Context) (*Eval, error) {
+func (t *Trainer) Evaluate(ctx context.Context) (_ *Eval, err error) {
+	defer t.failedIf(&err)
 	nd := len(t.Corpus.Domains)
 	ev := &Eval{BitsPerByte: make([]float64, nd), Tokens: make([]int64, nd)}
 	stats := t.eng.evalStats()

@@ -41,14 +41,17 @@ type Trainer struct {
 	progress *progress
 	// collectives describes the GPU ranks' gradient all-reduce ("" : none)
 	collectives string
-	metrics     io.WriteCloser
-	global      []int // scratch: the global micro-batch's sequence indices
-	step        int
-	seqIdx      []int
-	stepSeqs    []int          // the step's sequences (data.order domain_mixed)
-	optTime     time.Duration  // clipping, AdamW and zeroing, summed over steps
-	ckpt        *checkpointer  // nil: no checkpoints
-	syncTime    *time.Duration // LBL count synchronisation, summed over steps
+	// failed: a step or an evaluation failed (Close aborts the device
+	// collectives)
+	failed   bool
+	metrics  io.WriteCloser
+	global   []int // scratch: the global micro-batch's sequence indices
+	step     int
+	seqIdx   []int
+	stepSeqs []int          // the step's sequences (data.order domain_mixed)
+	optTime  time.Duration  // clipping, AdamW and zeroing, summed over steps
+	ckpt     *checkpointer  // nil: no checkpoints
+	syncTime *time.Duration // LBL count synchronisation, summed over steps
 }
 
 // StepMetrics is one line of metrics.jsonl.
@@ -306,9 +309,22 @@ func (t *Trainer) newEngine(corpus *data.Corpus, dev cuda.Device) error {
 	return nil
 }
 
-// Close releases the model and the metrics file.
+// failedIf marks the trainer failed when *err is set: a step or an
+// evaluation that failed may have left peers inside a collective.
+func (t *Trainer) failedIf(err *error) {
+	if *err != nil {
+		t.failed = true
+	}
+}
+
+// Close releases the model and the metrics file. After a failed step or
+// evaluation the device collectives are aborted first (NCCL: peers may
+// still wait in a collective, which a destroy would wait for).
 func (t *Trainer) Close() error {
 	var err error
+	if t.failed {
+		t.eng.abort()
+	}
 	if t.ckpt != nil {
 		// a background write or commit must not outlive the trainer
 		if t.ckpt.pending != nil {
@@ -403,7 +419,8 @@ func (t *Trainer) fillTrain(m int) {
 
 // TrainStep runs one optimizer step (Accumulation micro-batches) and
 // returns its metrics.
-func (t *Trainer) TrainStep(ctx context.Context) (StepMetrics, error) {
+func (t *Trainer) TrainStep(ctx context.Context) (_ StepMetrics, err error) {
+	defer t.failedIf(&err)
 	start := time.Now()
 	sync0 := *t.syncTime
 	M := t.Cfg.Accumulation

@@ -43,7 +43,8 @@ type Trainer struct {
 	collectives string
 	// failed: a step or an evaluation failed (Close aborts the device
 	// collectives)
-	failed   bool
+	failed bool
+
 	metrics  io.WriteCloser
 	global   []int // scratch: the global micro-batch's sequence indices
 	step     int

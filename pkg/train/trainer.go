@@ -41,18 +41,17 @@ type Trainer struct {
 	progress *progress
 	// collectives describes the GPU ranks' gradient all-reduce ("" : none)
 	collectives string
+	metrics     io.WriteCloser
+	global      []int // scratch: the global micro-batch's sequence indices
+	step        int
+	seqIdx      []int
+	stepSeqs    []int          // the step's sequences (data.order domain_mixed)
+	optTime     time.Duration  // clipping, AdamW and zeroing, summed over steps
+	ckpt        *checkpointer  // nil: no checkpoints
+	syncTime    *time.Duration // LBL count synchronisation, summed over steps
 	// failed: a step or an evaluation failed (Close aborts the device
 	// collectives)
 	failed bool
-
-	metrics  io.WriteCloser
-	global   []int // scratch: the global micro-batch's sequence indices
-	step     int
-	seqIdx   []int
-	stepSeqs []int          // the step's sequences (data.order domain_mixed)
-	optTime  time.Duration  // clipping, AdamW and zeroing, summed over steps
-	ckpt     *checkpointer  // nil: no checkpoints
-	syncTime *time.Duration // LBL count synchronisation, summed over steps
 }
 
 // StepMetrics is one line of metrics.jsonl.

@@ -429,8 +429,8 @@ func (c *Context) Launch(k Kernel, grid, block Dim3, sharedBytes int, args ...ui
 		return fmt.Errorf("%w: Launch of a kernel (%T) not made by this Context", ErrLaunch, k)
 	}
 	grid, block = grid.Norm(), block.Norm()
-	if grid.X < 0 || grid.Y < 0 || grid.Z < 0 || block.X < 0 || block.Y < 0 || block.Z < 0 || sharedBytes < 0 {
-		return fmt.Errorf("%w: %s: grid %v, block %v, shared %d", ErrLaunch, kk.name, grid, block, sharedBytes)
+	if err := CheckLaunch(grid, block, sharedBytes); err != nil {
+		return fmt.Errorf("%w: %s: %w", ErrLaunch, kk.name, err)
 	}
 	if len(args) > maxKernelArgs {
 		return fmt.Errorf("%w: %s: %d arguments, at most %d", ErrLaunch, kk.name, len(args), maxKernelArgs)

@@ -122,3 +122,28 @@ func TestDeviceInterfaceValues(t *testing.T) {
 		t.Errorf("Elapsed of foreign events: %v", err)
 	}
 }
+
+// TestCheckLaunch: the launch limits of sm_80/sm_90, which the emulator
+// enforces as a GPU would.
+func TestCheckLaunch(t *testing.T) {
+	for _, c := range []struct {
+		grid, block Dim3
+		shared      int
+		ok          bool
+	}{
+		{D1(1), D1(1), 0, true},
+		{Dim3{X: MaxGridX, Y: MaxGridYZ, Z: MaxGridYZ}, Dim3{X: 32, Y: 32, Z: 1}, MaxDynamicShared, true},
+		{Dim3{X: 1, Y: MaxGridYZ + 1, Z: 1}, D1(32), 0, false},
+		{Dim3{X: 1, Y: 1, Z: MaxGridYZ + 1}, D1(32), 0, false},
+		{D1(1), D1(1025), 0, false},
+		{D1(1), Dim3{X: 64, Y: 32, Z: 1}, 0, false}, // 2048 threads
+		{D1(1), Dim3{X: 1, Y: 1, Z: 65}, 0, false},
+		{D1(1), D1(32), MaxDynamicShared + 1, false},
+		{Dim3{X: -1, Y: 1, Z: 1}, D1(32), 0, false},
+		{D1(1), D1(32), -1, false},
+	} {
+		if err := CheckLaunch(c.grid, c.block, c.shared); (err == nil) != c.ok {
+			t.Errorf("grid %v block %v shared %d: %v, want ok %v", c.grid, c.block, c.shared, err, c.ok)
+		}
+	}
+}

@@ -161,6 +161,36 @@ type Device interface {
 	Close() error
 }
 
+// Launch limits of the GPUs this package targets (sm_80 and sm_90): a
+// configuration past them fails on the device, and the CPU emulator
+// refuses it too, so that tests find it without a GPU.
+const (
+	MaxGridX        = 1<<31 - 1
+	MaxGridYZ       = 65535
+	MaxBlockXY      = 1024
+	MaxBlockZ       = 64
+	MaxBlockThreads = 1024
+	// MaxDynamicShared is the most dynamic shared memory a block may ask
+	// for (sm_80's opt-in limit, 163 KiB; sm_90 allows 227).
+	MaxDynamicShared = 163 << 10
+)
+
+// CheckLaunch says what is wrong with a launch configuration (grid and
+// block after Norm) for the targeted GPUs; nil when nothing is.
+func CheckLaunch(grid, block Dim3, sharedBytes int) error {
+	switch {
+	case grid.X < 1 || grid.Y < 1 || grid.Z < 1 || block.X < 1 || block.Y < 1 || block.Z < 1 || sharedBytes < 0:
+		return fmt.Errorf("grid %v, block %v, shared %d: sizes must be positive", grid, block, sharedBytes)
+	case grid.X > MaxGridX || grid.Y > MaxGridYZ || grid.Z > MaxGridYZ:
+		return fmt.Errorf("grid %v: at most %d x %d x %d blocks", grid, MaxGridX, MaxGridYZ, MaxGridYZ)
+	case block.X > MaxBlockXY || block.Y > MaxBlockXY || block.Z > MaxBlockZ || block.X*block.Y*block.Z > MaxBlockThreads:
+		return fmt.Errorf("block %v: at most %d threads (%d x %d x %d)", block, MaxBlockThreads, MaxBlockXY, MaxBlockXY, MaxBlockZ)
+	case sharedBytes > MaxDynamicShared:
+		return fmt.Errorf("%d bytes of dynamic shared memory: at most %d", sharedBytes, MaxDynamicShared)
+	}
+	return nil
+}
+
 // Arg encodings for Launch.
 
 // Int encodes an int32 kernel parameter.

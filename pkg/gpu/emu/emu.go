@@ -182,8 +182,8 @@ func (d *Device) Launch(k cuda.Kernel, grid, block cuda.Dim3, sharedBytes int, a
 		return fmt.Errorf("%w: %s: %d arguments", cuda.ErrLaunch, kk.name, len(args))
 	}
 	g, b := grid.Norm(), block.Norm()
-	if g.X*g.Y*g.Z == 0 {
-		return nil
+	if err := cuda.CheckLaunch(g, b, sharedBytes); err != nil {
+		return fmt.Errorf("%w: %s: %w", cuda.ErrLaunch, kk.name, err) // as a GPU would refuse it
 	}
 	d.mu.Lock()
 	d.Launches++

@@ -40,7 +40,7 @@ func (m *Model) backward(ctx context.Context, gradScale float32) error {
 			}
 		} else {
 			m.prof.mark(regExperts)
-			if err := m.swigluBackward(T, d, c.DenseHidden, L.h2, L.a, L.b, L.hh,
+			if err := m.swigluBackward(T, d, c.DenseHidden, L.h2, m.buf.dxAct, m.buf.dh, L.a, L.b, L.hh,
 				m.w(pname(l, "w1")), m.w(pname(l, "w3")), m.w(pname(l, "w2")),
 				m.g(pname(l, "w1")), m.g(pname(l, "w3")), m.g(pname(l, "w2")), 0); err != nil {
 				return err
@@ -52,7 +52,7 @@ func (m *Model) backward(ctx context.Context, gradScale float32) error {
 			m.wf(pname(l, "ffn_norm")), L.rstd2, m.buf.dx, T, d); err != nil {
 			return err
 		}
-		if err := m.attentionBackward(l, L); err != nil {
+		if err := m.attentionBackward(ctx, l, L); err != nil {
 			return err
 		}
 		m.prof.mark(regNorms)
@@ -66,19 +66,20 @@ func (m *Model) backward(ctx context.Context, gradScale float32) error {
 
 // attentionBackward: from dxmid (m.buf.dxAct) to the gradient of the
 // attention norm's output (float, m.buf.dh), accumulating wqkv's and wo's
-// gradients.
-func (m *Model) attentionBackward(l int, L *layerBufs) error {
+// gradients. With tensor parallelism this rank's heads give a partial
+// input gradient, summed over the group.
+func (m *Model) attentionBackward(ctx context.Context, l int, L *layerBufs) error {
 	c := m.Cfg
-	B, S, T, d, H := m.B, m.S, m.T, c.Dim, c.Heads
-	hd := d / H
+	B, S, T, d, H, dl := m.B, m.S, m.T, c.Dim, m.hl, m.dl
+	hd := c.HeadDim()
 	BH := B * H
 	SS, Shd := int64(S)*int64(S), int64(S)*int64(hd)
 	scale := float32(1 / math.Sqrt(float64(hd)))
 	m.prof.mark(regProj)
-	if err := m.gemm(true, false, d, d, T, 1, L.attn, d, m.buf.dxAct, d, 1, m.g(pname(l, "wo")), d, 0, cuda.F32); err != nil {
+	if err := m.gemm(true, false, dl, d, T, 1, L.attn, dl, m.buf.dxAct, d, 1, m.g(pname(l, "wo")), d, 0, cuda.F32); err != nil {
 		return err
 	}
-	if err := m.gemm(false, true, T, d, d, 1, m.buf.dxAct, d, m.w(pname(l, "wo")), d, 0, 0, d, m.buf.dAttn, m.act); err != nil {
+	if err := m.gemm(false, true, T, dl, d, 1, m.buf.dxAct, d, m.w(pname(l, "wo")), d, 0, 0, dl, m.buf.dAttn, m.act); err != nil {
 		return err
 	}
 	m.prof.mark(regAttention)
@@ -123,8 +124,11 @@ func (m *Model) attentionBackward(l int, L *layerBufs) error {
 		return err
 	}
 	m.prof.mark(regProj)
-	if err := m.gemm(true, false, d, 3*d, T, 1, L.h1, d, m.buf.dqkv, 3*d, 1, m.g(pname(l, "wqkv")), 3*d, 0, cuda.F32); err != nil {
+	if err := m.gemm(true, false, d, 3*dl, T, 1, L.h1, d, m.buf.dqkv, 3*dl, 1, m.g(pname(l, "wqkv")), 3*dl, 0, cuda.F32); err != nil {
 		return err
 	}
-	return m.gemm(false, true, T, d, 3*d, 1, m.buf.dqkv, 3*d, m.w(pname(l, "wqkv")), 3*d, 0, 0, d, m.buf.dh, cuda.F32)
+	if err := m.gemm(false, true, T, d, 3*dl, 1, m.buf.dqkv, 3*dl, m.w(pname(l, "wqkv")), 3*dl, 0, 0, d, m.buf.dh, cuda.F32); err != nil {
+		return err
+	}
+	return m.tpSum(ctx, m.buf.dh, T*d, "attention input gradient")
 }

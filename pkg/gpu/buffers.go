@@ -113,12 +113,15 @@ func f64(n int64) int64 { return 2 * n }
 func (m *Model) layout(s *sizer) error {
 	c := m.Cfg
 	B, S, T := int64(m.B), int64(m.S), int64(m.T)
-	d, H, E, k, h, V := int64(c.Dim), int64(c.Heads), int64(c.Experts), int64(c.TopK), int64(c.Hidden), int64(c.Vocab)
-	hd := d / H
+	d, E, k, h, V := int64(c.Dim), int64(c.Experts), int64(c.TopK), int64(c.Hidden), int64(c.Vocab)
+	hd := d / int64(c.Heads)
+	// this rank's heads and their width (tensor parallelism: 1/tp of
+	// them), and the tokens its MoE layers run (1/tp of them)
+	H, dl, mT := int64(m.hl), int64(m.dl), int64(m.mT)
 	act := m.act
 	// rows: what a layer's experts run on this rank (the slots, or with
 	// expert parallelism every source's rows for this rank's experts)
-	rows, El := T*k, E
+	rows, El := mT*k, E
 	if m.ep != nil {
 		rows, El = int64(m.ep.rmax), int64(m.ep.El)
 	}
@@ -144,11 +147,11 @@ func (m *Model) layout(s *sizer) error {
 		take(cat, &L.x, T*d, cuda.F32, "x")
 		take(cat, &L.h1, T*d, act, "h1")
 		take(cat, &L.rstd1, T, cuda.F32, "rstd1")
-		take(cat, &L.q, T*d, act, "q")
-		take(cat, &L.k, T*d, act, "k")
-		take(cat, &L.v, T*d, act, "v")
+		take(cat, &L.q, T*dl, act, "q")
+		take(cat, &L.k, T*dl, act, "k")
+		take(cat, &L.v, T*dl, act, "v")
 		take(cat, &L.p, B*H*S*S, act, "attention probabilities")
-		take(cat, &L.attn, T*d, act, "attention output")
+		take(cat, &L.attn, T*dl, act, "attention output")
 		take(cat, &L.xmid, T*d, cuda.F32, "xmid")
 		take(cat, &L.h2, T*d, act, "h2")
 		take(cat, &L.rstd2, T, cuda.F32, "rstd2")
@@ -167,19 +170,19 @@ func (m *Model) layout(s *sizer) error {
 			take(cat, &L.perm, rows, cuda.I32, "expert row order")
 			take(cat, &L.inv, rows, cuda.I32, "expert row return order")
 		}
-		take(cat, &L.probs, T*E, cuda.F32, "router probabilities")
-		take(cat, &L.lse, T, cuda.F32, "router lse")
-		take(cat, &L.idx, T*k, cuda.I32, "router choices")
-		take(cat, &L.wTK, T*k, cuda.F32, "combine weights")
-		take(cat, &L.slotOf, T*k, cuda.I32, "slot of choice")
-		take(cat, &L.tok, T*k, cuda.I32, "token of slot")
-		take(cat, &L.choice, T*k, cuda.I32, "choice of slot")
-		take(cat, &L.xe, T*k*d, act, "expert inputs")
-		take(cat, &L.ye, T*k*d, act, "expert outputs")
+		take(cat, &L.probs, mT*E, cuda.F32, "router probabilities")
+		take(cat, &L.lse, mT, cuda.F32, "router lse")
+		take(cat, &L.idx, mT*k, cuda.I32, "router choices")
+		take(cat, &L.wTK, mT*k, cuda.F32, "combine weights")
+		take(cat, &L.slotOf, mT*k, cuda.I32, "slot of choice")
+		take(cat, &L.tok, mT*k, cuda.I32, "token of slot")
+		take(cat, &L.choice, mT*k, cuda.I32, "choice of slot")
+		take(cat, &L.xe, mT*k*d, act, "expert inputs")
+		take(cat, &L.ye, mT*k*d, act, "expert outputs")
 		if ns := int64(c.Shared); ns > 0 {
-			take(cat, &L.sa, ns*T*h, act, "shared a")
-			take(cat, &L.sb, ns*T*h, act, "shared b")
-			take(cat, &L.sh, ns*T*h, act, "shared hh")
+			take(cat, &L.sa, ns*mT*h, act, "shared a")
+			take(cat, &L.sb, ns*mT*h, act, "shared b")
+			take(cat, &L.sh, ns*mT*h, act, "shared hh")
 		}
 	}
 	const sc = "scratch"
@@ -192,22 +195,22 @@ func (m *Model) layout(s *sizer) error {
 	take(sc, &m.buf.start, V+1, cuda.I32, "token starts")
 	take(sc, &m.buf.cos, S*hd/2, cuda.F32, "rope cos")
 	take(sc, &m.buf.sin, S*hd/2, cuda.F32, "rope sin")
-	take(sc, &m.buf.qkv, T*3*d, act, "qkv")
+	take(sc, &m.buf.qkv, T*3*dl, act, "qkv")
 	take(sc, &m.buf.scores, B*H*S*S, cuda.F32, "scores")
 	if act == cuda.BF16 {
 		take(sc, &m.buf.ds, B*H*S*S, act, "dS")
 	} else {
 		m.buf.ds = m.buf.scores
 	}
-	take(sc, &m.buf.oh, T*d, act, "head-layout output")
-	take(sc, &m.buf.dq, T*d, act, "dq")
-	take(sc, &m.buf.dk, T*d, act, "dk")
-	take(sc, &m.buf.dv, T*d, act, "dv")
+	take(sc, &m.buf.oh, T*dl, act, "head-layout output")
+	take(sc, &m.buf.dq, T*dl, act, "dq")
+	take(sc, &m.buf.dk, T*dl, act, "dk")
+	take(sc, &m.buf.dv, T*dl, act, "dv")
 	wide := max(V, E)
 	take(sc, &m.buf.logits, T*wide, cuda.F32, "logits")
 	take(sc, &m.buf.dlogits, T*wide, act, "logit gradients")
 	take(sc, &m.buf.nll, T, cuda.F32, "nll")
-	take(sc, &m.buf.hist, int64(planChunks(int(T*k)))*E, cuda.I32, "plan histogram")
+	take(sc, &m.buf.hist, int64(planChunks(int(mT*k)))*E, cuda.I32, "plan histogram")
 	take(sc, &m.buf.demand, E, cuda.I32, "demand")
 	take(sc, &m.buf.kept, E, cuda.I32, "kept")
 	take(sc, &m.buf.offsets, E+1, cuda.I32, "offsets")
@@ -217,7 +220,7 @@ func (m *Model) layout(s *sizer) error {
 		L := &m.buf.layers[l]
 		if m.buf.stats != 0 {
 			base := m.buf.stats.Add(int64(i) * m.statsLen() * 4)
-			L.cnt, L.nv = base, base.Add(B*E*4)
+			L.cnt, L.nv = base, base.Add(int64(m.mB)*E*4)
 		}
 	}
 	take(sc, &m.buf.bias, int64(max(len(m.moeL), 1))*E, cuda.F32, "router bias")
@@ -225,12 +228,12 @@ func (m *Model) layout(s *sizer) error {
 	take(sc, &m.buf.dx, T*d, cuda.F32, "dx")
 	take(sc, &m.buf.dh, T*d, cuda.F32, "dh")
 	take(sc, &m.buf.dxAct, T*d, act, "dx act")
-	take(sc, &m.buf.dAttn, T*d, act, "dattn")
+	take(sc, &m.buf.dAttn, T*dl, act, "dattn")
 	nblk, _ := normParts(int(T))
 	take(sc, &m.buf.part, int64(nblk)*d, cuda.F32, "norm partials")
 	if c.MoELayers() > 0 {
-		take(sc, &m.buf.dye, T*k*d, act, "dye")
-		take(sc, &m.buf.dw, T*k, cuda.F32, "dw")
+		take(sc, &m.buf.dye, mT*k*d, act, "dye")
+		take(sc, &m.buf.dw, mT*k, cuda.F32, "dw")
 		take(sc, &m.buf.dxa, rows*d, act, "dxa")
 		take(sc, &m.buf.dxb, rows*d, act, "dxb")
 		if act == cuda.BF16 {
@@ -239,27 +242,27 @@ func (m *Model) layout(s *sizer) error {
 		if m.ep != nil {
 			take(sc, &m.buf.epA, rows*d, act, "expert rows in flight")
 			take(sc, &m.buf.epB, rows*d, act, "expert rows in flight")
-			take(sc, &m.buf.epS, T*k*d, act, "expert input gradients")
+			take(sc, &m.buf.epS, mT*k*d, act, "expert input gradients")
 		}
 	}
-	ffn := max(rows*h, T*int64(c.DenseHidden), T*h)
+	ffn := max(rows*h, T*int64(c.DenseHidden), mT*h)
 	take(sc, &m.buf.dhh, ffn, act, "dhh")
 	take(sc, &m.buf.da, ffn, act, "da")
 	take(sc, &m.buf.db, ffn, act, "db")
-	take(sc, &m.buf.dqkv, T*3*d, act, "dqkv")
+	take(sc, &m.buf.dqkv, T*3*dl, act, "dqkv")
 	take(sc, &m.buf.normPart, f64(int64(sumsqBlocks(m.nPar))), cuda.F32, "norm partials")
 	return err
 }
 
 // statsLen is the floats of one MoE layer's router statistics.
 func (m *Model) statsLen() int64 {
-	B, E := int64(m.B), int64(m.Cfg.Experts)
+	B, E := int64(m.mB), int64(m.Cfg.Experts)
 	return 2*B*E + 2*B
 }
 
 // statsParts splits one layer's statistics block into its arrays.
 func (m *Model) statsParts(v []float32) (cnt, nv, psum, z []float32) {
-	B, E := m.B, m.Cfg.Experts
+	B, E := m.mB, m.Cfg.Experts
 	return v[:B*E], v[B*E : B*E+B], v[B*E+B : 2*B*E+B], v[2*B*E+B : 2*B*E+2*B]
 }
 
@@ -283,6 +286,13 @@ func Estimate(cfg model.Config, microBatch int, prec Precision) (MemEstimate, er
 // ranks: its share of the experts' parameters, gradients and moments,
 // and room for the rows the other ranks may send its experts.
 func EstimateEP(cfg model.Config, microBatch int, prec Precision, ep int) (MemEstimate, error) {
+	return EstimateParallel(cfg, microBatch, prec, ep, 1)
+}
+
+// EstimateParallel is EstimateEP for a rank that is also one of tp
+// tensor-parallel ranks: its share of the attention projections and of
+// their activations, and the MoE activations of its 1/tp of the tokens.
+func EstimateParallel(cfg model.Config, microBatch int, prec Precision, ep, tp int) (MemEstimate, error) {
 	cfg.Defaults()
 	if err := cfg.Validate(); err != nil {
 		return MemEstimate{}, err
@@ -293,24 +303,29 @@ func EstimateEP(cfg model.Config, microBatch int, prec Precision, ep int) (MemEs
 	if microBatch < 1 {
 		return MemEstimate{}, fmt.Errorf("%w: micro-batch %d", ErrConfig, microBatch)
 	}
+	if err := SupportedTP(cfg, microBatch, tp); err != nil {
+		return MemEstimate{}, err
+	}
 	total, _ := cfg.ParamCount()
 	if total > math.MaxInt32*8 {
 		return MemEstimate{}, fmt.Errorf("%w: %d parameters", ErrConfig, total)
 	}
-	m := &Model{Cfg: cfg, B: microBatch, S: cfg.SeqLen, T: microBatch * cfg.SeqLen, Prec: prec, act: prec.act(), nPar: total}
+	m := &Model{Cfg: cfg, B: microBatch, S: cfg.SeqLen, T: microBatch * cfg.SeqLen, Prec: prec, act: prec.act()}
+	m.shape(tp, 0)
 	for l := 0; l < cfg.Layers; l++ {
 		if cfg.IsMoE(l) {
 			m.moeL = append(m.moeL, l)
 		}
 	}
+	El := cfg.Experts
 	if ep > 1 {
 		if cfg.Experts%ep != 0 {
 			return MemEstimate{}, fmt.Errorf("%w: experts = %d: expert parallelism over %d ranks needs a multiple of %d", ErrConfig, cfg.Experts, ep, ep)
 		}
-		El := cfg.Experts / ep
-		m.ep = &epState{P: ep, El: El, rmax: epRows(cfg, m.T, ep)}
-		m.nPar -= int64(len(m.moeL)) * int64(cfg.Experts-El) * 3 * int64(cfg.Dim) * int64(cfg.Hidden)
+		El = cfg.Experts / ep
+		m.ep = &epState{P: ep, El: El, rmax: epRows(cfg, m.mT, ep)}
 	}
+	m.nPar = int64(model.CountParams(cfg, 0, El, tp))
 	s := &sizer{}
 	if err := m.layout(s); err != nil {
 		return MemEstimate{}, err

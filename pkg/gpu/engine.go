@@ -7,6 +7,7 @@ import (
 	"os"
 
 	"github.com/switchyard-ml/switchyard/pkg/cuda"
+	"github.com/switchyard-ml/switchyard/pkg/devcomm"
 	"github.com/switchyard-ml/switchyard/pkg/lbl"
 	"github.com/switchyard-ml/switchyard/pkg/model"
 )
@@ -62,6 +63,18 @@ type Options struct {
 	// Experts splits the routed experts over an expert-parallel group
 	// (nil, or a group of one: every expert here).
 	Experts *ExpertGroup
+	// Tensor splits the attention heads and the MoE layer's tokens over a
+	// tensor-parallel group (nil, or a group of one: none), as pkg/model
+	// does on the CPU (tp.go).
+	Tensor devcomm.Comm
+}
+
+// tpSize is the tensor-parallel group's size in o (1 without one).
+func (o Options) tpSize() int {
+	if o.Tensor == nil {
+		return 1
+	}
+	return o.Tensor.Size()
 }
 
 // Model is the MoE transformer of pkg/model on one GPU: the same
@@ -96,6 +109,23 @@ type Model struct {
 	expertLoop bool
 	// ep is expert parallelism (nil: every expert on this GPU)
 	ep *epState
+	// tp is tensor parallelism (nil: none); tpSize, tpRank its group
+	tp             devcomm.Comm
+	tpSize, tpRank int
+	// hl, dl are this rank's attention heads and their width (all of them
+	// without tensor parallelism); the MoE layer runs on this rank's
+	// token slice: mB sequences, mT tokens from token mOff
+	hl, dl       int
+	mB, mT, mOff int
+}
+
+// shape sets the per-rank sizes for tensor parallelism over tp ranks
+// (this one tpRank).
+func (m *Model) shape(tp, tpRank int) {
+	m.tpSize, m.tpRank = tp, tpRank
+	m.hl, m.dl = m.Cfg.Heads/tp, m.Cfg.Dim/tp
+	m.mB = m.B / tp
+	m.mT, m.mOff = m.mB*m.S, tpRank*m.mB*m.S
 }
 
 // New builds the engine for cfg on dev: it checks the configuration,
@@ -116,7 +146,11 @@ func New(dev cuda.Device, cfg model.Config, o Options) (*Model, error) {
 	if o.Experts != nil && o.Experts.Counts != nil {
 		epSize = o.Experts.Counts.Size()
 	}
-	est, err := EstimateEP(cfg, o.MicroBatch, o.Precision, epSize)
+	tp, tpRank := o.tpSize(), 0
+	if tp > 1 {
+		tpRank = o.Tensor.Rank()
+	}
+	est, err := EstimateParallel(cfg, o.MicroBatch, o.Precision, epSize, tp)
 	if err != nil {
 		return nil, err
 	}
@@ -133,6 +167,10 @@ func New(dev cuda.Device, cfg model.Config, o Options) (*Model, error) {
 		m.attnChunk = 128
 	}
 	m.attnChunk = min(m.attnChunk, m.S)
+	m.shape(tp, tpRank)
+	if tp > 1 {
+		m.tp = o.Tensor
+	}
 	m.expertLoop = os.Getenv("SWITCHYARD_EXPERT_GEMM") == "loop"
 	for l := 0; l < cfg.Layers; l++ {
 		if cfg.IsMoE(l) {
@@ -141,7 +179,7 @@ func New(dev cuda.Device, cfg model.Config, o Options) (*Model, error) {
 	}
 	lo, hi := 0, cfg.Experts
 	if epSize > 1 {
-		if m.ep, err = newEPState(o.Experts, cfg, m.T, len(m.moeL)); err != nil {
+		if m.ep, err = newEPState(o.Experts, cfg, m.mT, len(m.moeL)); err != nil {
 			return nil, err
 		}
 		if int64(cfg.Dim)*m.actSize()%4 != 0 {
@@ -152,7 +190,7 @@ func New(dev cuda.Device, cfg model.Config, o Options) (*Model, error) {
 	if m.k, err = loadKern(dev, m.act); err != nil {
 		return nil, err
 	}
-	m.P = model.NewHostParamsExperts(cfg, lo, hi)
+	m.P = model.NewHostParamsTP(cfg, lo, hi, tpRank, tp)
 	m.nPar = int64(len(m.P.Data))
 	if err := m.layout(&sizer{a: m.a}); err != nil {
 		m.a.free()
@@ -188,6 +226,21 @@ func Supported(cfg model.Config, o Options) error {
 		return fmt.Errorf("%w: top_k = %d: the GPU kernels handle at most 16 experts per token", ErrConfig, cfg.TopK)
 	case cfg.Dim/cfg.Heads%2 != 0:
 		return fmt.Errorf("%w: head dimension %d must be even", ErrConfig, cfg.Dim/cfg.Heads)
+	}
+	return SupportedTP(cfg, o.MicroBatch, o.tpSize())
+}
+
+// SupportedTP reports why tensor parallelism over tp ranks cannot split
+// cfg's heads and a micro-batch's sequences (pkg/model's rules). It needs
+// no device.
+func SupportedTP(cfg model.Config, microBatch, tp int) error {
+	switch {
+	case tp < 1:
+		return fmt.Errorf("%w: tensor parallelism over %d ranks", ErrConfig, tp)
+	case cfg.Heads%tp != 0:
+		return fmt.Errorf("%w: heads = %d: tensor parallelism over %d ranks needs a multiple of %d", ErrConfig, cfg.Heads, tp, tp)
+	case microBatch%tp != 0:
+		return fmt.Errorf("%w: micro-batch = %d: tensor parallelism over %d ranks splits the MoE tokens by whole sequences and needs a multiple of %d", ErrConfig, microBatch, tp, tp)
 	}
 	return nil
 }

@@ -198,7 +198,7 @@ func (m *Model) forward(ctx context.Context, b *model.Batch, stats *model.Expert
 		if l+1 < c.Layers {
 			next = m.buf.layers[l+1].x
 		}
-		if err := m.attentionForward(l, L); err != nil {
+		if err := m.attentionForward(ctx, l, L); err != nil {
 			return err
 		}
 		m.prof.mark(regNorms)
@@ -232,16 +232,20 @@ func (m *Model) forward(ctx context.Context, b *model.Batch, stats *model.Expert
 	return m.k.xent(m.buf.nll, dz, m.buf.logits, m.buf.tgt, T, V, lossScale)
 }
 
-func (m *Model) attentionForward(l int, L *layerBufs) error {
+// attentionForward: xmid = x + attention(attn_norm(x)). With tensor
+// parallelism this rank runs its heads (its column slice of wqkv, width
+// dl) and the row slice of wo gives a partial output; the partials are
+// summed over the group (rank 0's includes x).
+func (m *Model) attentionForward(ctx context.Context, l int, L *layerBufs) error {
 	c := m.Cfg
-	B, S, T, d, H := m.B, m.S, m.T, c.Dim, c.Heads
-	hd := d / H
+	B, S, T, d, H, dl := m.B, m.S, m.T, c.Dim, m.hl, m.dl
+	hd := c.HeadDim()
 	m.prof.mark(regNorms)
 	if err := m.k.rmsnormFwd(L.h1, L.rstd1, L.x, m.wf(pname(l, "attn_norm")), T, d, c.NormEps); err != nil {
 		return err
 	}
 	m.prof.mark(regProj)
-	if err := m.gemm(false, false, T, 3*d, d, 1, L.h1, d, m.w(pname(l, "wqkv")), 3*d, 0, 0, 3*d, m.buf.qkv, m.act); err != nil {
+	if err := m.gemm(false, false, T, 3*dl, d, 1, L.h1, d, m.w(pname(l, "wqkv")), 3*dl, 0, 0, 3*dl, m.buf.qkv, m.act); err != nil {
 		return err
 	}
 	m.prof.mark(regAttention)
@@ -275,7 +279,39 @@ func (m *Model) attentionForward(l int, L *layerBufs) error {
 	}
 	m.prof.mark(regProj)
 	// xmid = x + attn Wo
-	return m.gemm(false, false, T, d, d, 1, L.attn, d, m.w(pname(l, "wo")), d, 1, L.x, d, L.xmid, cuda.F32)
+	beta, res := float32(1), L.x
+	if m.tpRank > 0 {
+		beta, res = 0, 0
+	}
+	if err := m.gemm(false, false, T, d, dl, 1, L.attn, dl, m.w(pname(l, "wo")), d, beta, res, d, L.xmid, cuda.F32); err != nil {
+		return err
+	}
+	return m.tpSum(ctx, L.xmid, T*d, "attention output")
+}
+
+// tpSum sums n floats at buf over the tensor-parallel group (nothing
+// without one).
+func (m *Model) tpSum(ctx context.Context, buf cuda.DevPtr, n int, what string) error {
+	if m.tp == nil {
+		return nil
+	}
+	m.prof.mark(regAttention)
+	if err := m.tp.AllReduceSum(ctx, buf, n); err != nil {
+		return fmt.Errorf("gpu: tensor-parallel all-reduce of the %s: %w", what, err)
+	}
+	return nil
+}
+
+// tpGather gives every tensor-parallel rank the whole [T][d] float buffer
+// buf of which each computed its MoE token slice (nothing without one).
+func (m *Model) tpGather(ctx context.Context, buf cuda.DevPtr, what string) error {
+	if m.tp == nil {
+		return nil
+	}
+	if err := m.tp.AllGather(ctx, buf, m.mT*m.Cfg.Dim); err != nil {
+		return fmt.Errorf("gpu: tensor-parallel all-gather of the %s: %w", what, err)
+	}
+	return nil
 }
 
 // denseForward: next = xmid + swiglu(h2 W1, h2 W3) W2.
@@ -295,19 +331,20 @@ func (m *Model) denseForward(l int, L *layerBufs, next cuda.DevPtr) error {
 	return m.gemm(false, false, T, d, hd, 1, L.hh, hd, m.w(pname(l, "w2")), d, 1, L.xmid, d, next, cuda.F32)
 }
 
-// sharedForward adds the shared experts' output into out (float).
-func (m *Model) sharedForward(l int, L *layerBufs, out cuda.DevPtr) error {
+// sharedForward adds the shared experts' output on the T rows of x (act)
+// into out (float).
+func (m *Model) sharedForward(l int, L *layerBufs, x, out cuda.DevPtr, T int) error {
 	c := m.Cfg
-	T, d, h := m.T, c.Dim, c.Hidden
+	d, h := c.Dim, c.Hidden
 	Th := int64(T) * int64(h)
 	for s := 0; s < c.Shared; s++ {
 		off := int64(s) * Th * m.actSize()
 		wo := int64(s) * int64(d) * int64(h) * m.actSize()
 		a, b, hh := L.sa.Add(off), L.sb.Add(off), L.sh.Add(off)
-		if err := m.gemm(false, false, T, h, d, 1, L.h2, d, m.w(pname(l, "shared_w1")).Add(wo), h, 0, 0, h, a, m.act); err != nil {
+		if err := m.gemm(false, false, T, h, d, 1, x, d, m.w(pname(l, "shared_w1")).Add(wo), h, 0, 0, h, a, m.act); err != nil {
 			return err
 		}
-		if err := m.gemm(false, false, T, h, d, 1, L.h2, d, m.w(pname(l, "shared_w3")).Add(wo), h, 0, 0, h, b, m.act); err != nil {
+		if err := m.gemm(false, false, T, h, d, 1, x, d, m.w(pname(l, "shared_w3")).Add(wo), h, 0, 0, h, b, m.act); err != nil {
 			return err
 		}
 		if err := m.k.swigluFwd(hh, a, b, Th); err != nil {
@@ -347,7 +384,7 @@ func (m *Model) summary(block []float32) lbl.LayerSummary {
 	var seqSum float64
 	fE, pE := make([]float64, E), make([]float64, E)
 	cnt := make([]float64, E)
-	for b := 0; b < m.B; b++ {
+	for b := 0; b < m.mB; b++ {
 		nv := float64(hnv[b])
 		if nv == 0 {
 			continue

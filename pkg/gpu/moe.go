@@ -27,14 +27,38 @@ func (m *Model) capacity() int {
 	if m.Cfg.CapacityFactor <= 0 {
 		return 0
 	}
-	return router.Capacity(m.T, m.Cfg.Experts, m.Cfg.TopK, m.Cfg.CapacityFactor)
+	return router.Capacity(m.mT, m.Cfg.Experts, m.Cfg.TopK, m.Cfg.CapacityFactor)
 }
 
+// moeRows are a MoE layer's views of the [T][d] buffers: this rank's token
+// slice (all tokens without tensor parallelism).
+type moeRows struct {
+	h2, xmid, next cuda.DevPtr // act, f32, f32 (forward)
+	dy, dyAct, dh  cuda.DevPtr // f32, act, f32 (backward)
+	tgt            cuda.DevPtr // i32
+}
+
+func (m *Model) moeRowsOf(L *layerBufs, next cuda.DevPtr) moeRows {
+	off := int64(m.mOff) * int64(m.Cfg.Dim)
+	as := m.actSize()
+	r := moeRows{h2: L.h2.Add(off * as), xmid: L.xmid.Add(off * 4), dy: m.buf.dx.Add(off * 4), dyAct: m.buf.dxAct.Add(off * as),
+		dh: m.buf.dh.Add(off * 4), tgt: m.buf.tgt.Add(int64(m.mOff) * 4)}
+	if next != 0 {
+		r.next = next.Add(off * 4)
+	}
+	return r
+}
+
+// moeForward: next = xmid + moe(h2). With tensor parallelism each rank
+// runs its token slice (whole sequences), so duplicates never reach the
+// router, the LBL statistics or the experts, and an all-gather gives
+// every rank the whole output.
 func (m *Model) moeForward(ctx context.Context, l, mi int, L *layerBufs, next cuda.DevPtr, b *model.Batch, stats *model.ExpertStats, train bool) error {
 	c := m.Cfg
-	B, S, T, d, E, k, h := m.B, m.S, m.T, c.Dim, c.Experts, c.TopK, c.Hidden
+	B, S, T, d, E, k, h := m.mB, m.S, m.mT, c.Dim, c.Experts, c.TopK, c.Hidden
+	mr := m.moeRowsOf(L, next)
 	m.prof.mark(regRouter)
-	if err := m.gemm(false, false, T, E, d, 1, L.h2, d, m.w(pname(l, "router")), E, 0, 0, E, m.buf.logits, cuda.F32); err != nil {
+	if err := m.gemm(false, false, T, E, d, 1, mr.h2, d, m.w(pname(l, "router")), E, 0, 0, E, m.buf.logits, cuda.F32); err != nil {
 		return err
 	}
 	bias := cuda.DevPtr(0)
@@ -50,7 +74,7 @@ func (m *Model) moeForward(ctx context.Context, l, mi int, L *layerBufs, next cu
 	if train {
 		block := m.buf.stats.Add(int64(mi) * m.statsLen() * 4)
 		psum, z := block.Add(int64(B*E+B)*4), block.Add(int64(2*B*E+B)*4)
-		if err := m.k.routerStats(L.cnt, psum, L.nv, z, L.probs, L.lse, L.idx, m.buf.tgt, B, S, E, k); err != nil {
+		if err := m.k.routerStats(L.cnt, psum, L.nv, z, L.probs, L.lse, L.idx, mr.tgt, B, S, E, k); err != nil {
 			return err
 		}
 	}
@@ -69,14 +93,14 @@ func (m *Model) moeForward(ctx context.Context, l, mi int, L *layerBufs, next cu
 		}
 	}
 	if stats != nil {
-		if err := download(m.dev, m.host.idx, L.idx); err != nil {
+		if err := download(m.dev, m.host.idx[:T*k], L.idx); err != nil {
 			return err
 		}
-		stats.Record(mi, b, m.host.idx, k)
+		stats.RecordRange(mi, b, m.mOff, T, m.host.idx, k)
 	}
 	m.prof.mark(regExperts)
 	slots := int(off[E])
-	if err := m.k.moeGather(L.xe, L.h2, L.tok, slots, d); err != nil {
+	if err := m.k.moeGather(L.xe, mr.h2, L.tok, slots, d); err != nil {
 		return err
 	}
 	ye := L.ye // the experts' outputs, in the rows' order
@@ -125,10 +149,13 @@ func (m *Model) moeForward(ctx context.Context, l, mi int, L *layerBufs, next cu
 			return fmt.Errorf("gpu: layer %d: %w", l, err)
 		}
 	}
-	if err := m.k.moeCombine(next, L.xmid, L.ye, L.wTK, L.slotOf, L.idx, T, d, k); err != nil {
+	if err := m.k.moeCombine(mr.next, mr.xmid, L.ye, L.wTK, L.slotOf, L.idx, T, d, k); err != nil {
 		return err
 	}
-	return m.sharedForward(l, L, next)
+	if err := m.sharedForward(l, L, mr.h2, mr.next, T); err != nil {
+		return err
+	}
+	return m.tpGather(ctx, next, "MoE output")
 }
 
 // grouped runs the experts' GEMMs: one grouped call, or with
@@ -155,7 +182,7 @@ func (m *Model) grouped(gs []cuda.Gemm) error {
 // checkOffsets verifies a plan read back from the device (a corrupt plan
 // would address memory outside the slot buffers).
 func (m *Model) checkOffsets(off []int32) error {
-	E, n := m.Cfg.Experts, m.T*m.Cfg.TopK
+	E, n := m.Cfg.Experts, m.mT*m.Cfg.TopK
 	if off[0] != 0 || int(off[E]) > n {
 		return fmt.Errorf("gpu: dispatch plan offsets [0]=%d [E]=%d for %d choices", off[0], off[E], n)
 	}
@@ -171,12 +198,18 @@ func (m *Model) checkOffsets(off []int32) error {
 // its act copy m.buf.dxAct) to the gradient of the FFN norm's output
 // (float, m.buf.dh), accumulating the router's, experts' and shared
 // experts' weight gradients.
+//
+// With tensor parallelism each rank runs the backward of its token slice
+// and an all-gather gives every rank the whole input gradient; the
+// auxiliary losses' gradients are scaled by 1/tp (each slice's losses are
+// 1/tp of the micro-batch's).
 func (m *Model) moeBackward(ctx context.Context, l, mi int, L *layerBufs, gradScale float32) error {
 	c := m.Cfg
-	S, T, d, E, k, h := m.S, m.T, c.Dim, c.Experts, c.TopK, c.Hidden
+	S, T, d, E, k, h := m.S, m.mT, c.Dim, c.Experts, c.TopK, c.Hidden
 	as := m.actSize()
+	mr := m.moeRowsOf(L, 0)
 	m.prof.mark(regExperts)
-	if err := m.k.moeCombineBwd(m.buf.dye, m.buf.dw, m.buf.dx, L.ye, L.wTK, L.slotOf, T, d, k); err != nil {
+	if err := m.k.moeCombineBwd(m.buf.dye, m.buf.dw, mr.dy, L.ye, L.wTK, L.slotOf, T, d, k); err != nil {
 		return err
 	}
 	// the experts' rows: inputs x, output gradients dy (expert-major with
@@ -270,7 +303,7 @@ func (m *Model) moeBackward(ctx context.Context, l, mi int, L *layerBufs, gradSc
 		}
 		dxa, dxb = m.buf.epS, m.buf.dye
 	}
-	if err := m.k.moeScatter(m.buf.dh, dxa, dxb, L.slotOf, L.idx, T, d, k); err != nil {
+	if err := m.k.moeScatter(mr.dh, dxa, dxb, L.slotOf, L.idx, T, d, k); err != nil {
 		return err
 	}
 	if m.act == cuda.BF16 {
@@ -278,12 +311,12 @@ func (m *Model) moeBackward(ctx context.Context, l, mi int, L *layerBufs, gradSc
 			return err
 		}
 	}
-	if err := m.sharedBackward(l, L); err != nil {
+	if err := m.sharedBackward(l, L, mr); err != nil {
 		return err
 	}
 	// router: weights -> probabilities -> logits, plus the auxiliary losses
 	m.prof.mark(regRouter)
-	terms, err := m.bal.GradTerms(ctx, mi, float64(gradScale))
+	terms, err := m.bal.GradTerms(ctx, mi, float64(gradScale)/float64(m.tpSize))
 	if err != nil {
 		return err
 	}
@@ -296,17 +329,20 @@ func (m *Model) moeBackward(ctx context.Context, l, mi int, L *layerBufs, gradSc
 	}
 	a := &auxGrad{f: m.buf.fE, c: float32(terms.C), seqScale: float32(terms.SeqScale), cz: float32(terms.ZC),
 		cnt: L.cnt, nv: L.nv, renorm: c.Renormalize, T: T, S: S, E: E, topk: k,
-		probs: L.probs, lse: L.lse, tgt: m.buf.tgt, idx: L.idx, w: L.wTK, dw: m.buf.dw, outZ: m.buf.dlogits}
+		probs: L.probs, lse: L.lse, tgt: mr.tgt, idx: L.idx, w: L.wTK, dw: m.buf.dw, outZ: m.buf.dlogits}
 	if terms.C == 0 {
 		a.f = 0
 	}
 	if err := m.k.routerBwd(a); err != nil {
 		return err
 	}
-	if err := m.gemm(true, false, d, E, T, 1, L.h2, d, m.buf.dlogits, E, 1, m.g(pname(l, "router")), E, 0, cuda.F32); err != nil {
+	if err := m.gemm(true, false, d, E, T, 1, mr.h2, d, m.buf.dlogits, E, 1, m.g(pname(l, "router")), E, 0, cuda.F32); err != nil {
 		return err
 	}
-	return m.gemm(false, true, T, d, E, 1, m.buf.dlogits, E, m.w(pname(l, "router")), E, 1, m.buf.dh, d, 0, cuda.F32)
+	if err := m.gemm(false, true, T, d, E, 1, m.buf.dlogits, E, m.w(pname(l, "router")), E, 1, mr.dh, d, 0, cuda.F32); err != nil {
+		return err
+	}
+	return m.tpGather(ctx, m.buf.dh, "MoE input gradient")
 }
 
 // addExpertGrads adds the bf16 weight-gradient scratch of the E experts
@@ -335,16 +371,17 @@ func (m *Model) addExpertGrads(l int, off []int32, E int) error {
 	return nil
 }
 
-// sharedBackward adds the shared experts' contributions: weight gradients
-// from dy (m.buf.dxAct) and their input gradient into m.buf.dh.
-func (m *Model) sharedBackward(l int, L *layerBufs) error {
+// sharedBackward adds the shared experts' contributions over the layer's
+// rows: weight gradients from dy (mr.dyAct) and their input gradient
+// into mr.dh.
+func (m *Model) sharedBackward(l int, L *layerBufs, mr moeRows) error {
 	c := m.Cfg
-	T, d, h := m.T, c.Dim, c.Hidden
+	T, d, h := m.mT, c.Dim, c.Hidden
 	Th := int64(T) * int64(h)
 	for s := 0; s < c.Shared; s++ {
 		off := int64(s) * Th * m.actSize()
 		wo := int64(s) * int64(d) * int64(h)
-		if err := m.swigluBackward(T, d, h, L.h2, L.sa.Add(off), L.sb.Add(off), L.sh.Add(off),
+		if err := m.swigluBackward(T, d, h, mr.h2, mr.dyAct, mr.dh, L.sa.Add(off), L.sb.Add(off), L.sh.Add(off),
 			m.w(pname(l, "shared_w1")).Add(wo*m.actSize()), m.w(pname(l, "shared_w3")).Add(wo*m.actSize()), m.w(pname(l, "shared_w2")).Add(wo*m.actSize()),
 			m.g(pname(l, "shared_w1")).Add(wo*4), m.g(pname(l, "shared_w3")).Add(wo*4), m.g(pname(l, "shared_w2")).Add(wo*4), 1); err != nil {
 			return err
@@ -354,10 +391,9 @@ func (m *Model) sharedBackward(l int, L *layerBufs) error {
 }
 
 // swigluBackward is the backward of y = (silu(x W1) * (x W3)) W2 over T
-// rows given dy = m.buf.dxAct: weight gradients accumulate, and the input
-// gradient goes into m.buf.dh (dhBeta 0: overwritten, 1: added).
-func (m *Model) swigluBackward(T, d, hd int, x, a, b, hh, w1, w3, w2, g1, g3, g2 cuda.DevPtr, dhBeta float32) error {
-	dy := m.buf.dxAct
+// rows given dy (act): weight gradients accumulate, and the input
+// gradient goes into dh (float; dhBeta 0: overwritten, 1: added).
+func (m *Model) swigluBackward(T, d, hd int, x, dy, dh, a, b, hh, w1, w3, w2, g1, g3, g2 cuda.DevPtr, dhBeta float32) error {
 	n := int64(T) * int64(hd)
 	if err := m.gemm(true, false, hd, d, T, 1, hh, hd, dy, d, 1, g2, d, 0, cuda.F32); err != nil {
 		return err
@@ -374,8 +410,8 @@ func (m *Model) swigluBackward(T, d, hd int, x, a, b, hh, w1, w3, w2, g1, g3, g2
 	if err := m.gemm(true, false, d, hd, T, 1, x, d, m.buf.db, hd, 1, g3, hd, 0, cuda.F32); err != nil {
 		return err
 	}
-	if err := m.gemm(false, true, T, d, hd, 1, m.buf.da, hd, w1, hd, dhBeta, m.buf.dh, d, 0, cuda.F32); err != nil {
+	if err := m.gemm(false, true, T, d, hd, 1, m.buf.da, hd, w1, hd, dhBeta, dh, d, 0, cuda.F32); err != nil {
 		return err
 	}
-	return m.gemm(false, true, T, d, hd, 1, m.buf.db, hd, w3, hd, 1, m.buf.dh, d, 0, cuda.F32)
+	return m.gemm(false, true, T, d, hd, 1, m.buf.db, hd, w3, hd, 1, dh, d, 0, cuda.F32)
 }

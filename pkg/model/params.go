@@ -126,6 +126,20 @@ func NewHostParamsExperts(c Config, lo, hi int) *Params {
 	return p
 }
 
+// NewHostParamsTP is NewHostParamsExperts for tensor-parallel rank tpRank
+// of tp: its slices of the attention projections (the CPU engine's rank's
+// layout), each initialised from the whole tensor's stream by Init.
+func NewHostParamsTP(c Config, lo, hi, tpRank, tp int) *Params {
+	p := layoutParams(c, lo, hi, tpRank, tp)
+	p.Data = make([]float32, p.size())
+	return p
+}
+
+// CountParams is the number of parameters a rank holding routed experts
+// [lo, hi) of every MoE layer and 1/tp of the attention projections has
+// (nothing allocated).
+func CountParams(c Config, lo, hi, tp int) int { return layoutParams(c, lo, hi, 0, tp).size() }
+
 // Lookup returns the parameter called name.
 func (p *Params) Lookup(name string) (Param, bool) {
 	i, ok := p.index[name]

@@ -43,6 +43,12 @@ func (s *ExpertStats) Record(l int, b *Batch, idxTK []int32, k int) {
 	s.record(l, b, 0, b.T(), idxTK, k)
 }
 
+// RecordRange is Record for tokens [off, off+n) of b only (a tensor-
+// parallel rank's slice).
+func (s *ExpertStats) RecordRange(l int, b *Batch, off, n int, idxTK []int32, k int) {
+	s.record(l, b, off, n, idxTK, k)
+}
+
 // record counts the selections of tokens [off, off+n) of the batch (idxTK
 // holds their k choices each).
 func (s *ExpertStats) record(l int, b *Batch, off, n int, idxTK []int32, k int) {

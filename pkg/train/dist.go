@@ -89,20 +89,6 @@ func NewDist(layout parallel.Layout, rank int, world *parallel.Comm) (*Dist, err
 	return d, nil
 }
 
-// checkGPU refuses layouts the GPU engine does not run yet: it trains
-// with data and expert parallelism (each rank its own GPU, or several on
-// one; the gradients all-reduced and the expert rows exchanged on the
-// device buffers by pkg/devcomm, through NCCL or host-staged, and the LBL
-// counts through the host over the ranks' transport); tensor parallelism
-// needs the attention split on the device, which the GPU engine does not
-// do.
-func (d *Dist) checkGPU() error {
-	if d != nil && d.tp != nil {
-		return fmt.Errorf("%w: device cuda with tp %d: the GPU engine runs data and expert parallelism only for now (tp 1; or device cpu)", ErrConfig, d.Layout.TP())
-	}
-	return nil
-}
-
 // check refuses run settings this layout cannot honour.
 func (d *Dist) check(cfg Config) error {
 	if d == nil || d.tp == nil {

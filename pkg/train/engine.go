@@ -126,7 +126,7 @@ func (e *cpuEngine) close() error { return e.m.Close() }
 
 type gpuEngine struct {
 	m         *gpu.Model
-	dist      *Dist // data and expert parallelism (Dist.checkGPU)
+	dist      *Dist // data, expert and tensor parallelism
 	colls     gpuCollectives
 	nvml      *cuda.NVML // the step metrics' GPU utilisation (nil: none)
 	cfg       optim.Config
@@ -150,37 +150,38 @@ func (e *gpuEngine) forward(ctx context.Context) ([]float32, error) {
 	return e.m.Forward(ctx, e.eval, e.stats)
 }
 
-// update: with several data-parallel ranks the gradients are summed over
-// the DP group on the device buffers (devcomm: NCCL, or host-staged in
-// buckets), and the mean is taken by scaling: the norm of the sum divided
-// by the DP size is the norm of the mean, and AdamW reads the gradient
-// times clip/DP. Every rank's norm, clipping and AdamW step see the same
-// gradient; the LBL counts were all-reduced during the steps by the
-// balancer.
+// update: with tensor parallelism the gradients of the MoE layers'
+// parameters (partial sums over the TP ranks' token slices) are summed
+// over the TP group first; with several data-parallel ranks the gradients
+// are then summed over the DP group on the device buffers (devcomm: NCCL,
+// or host-staged in buckets), and the mean is taken by scaling: the norm
+// of the sum divided by the DP size is the norm of the mean, and AdamW
+// reads the gradient times clip/DP. Every rank's norm, clipping and AdamW
+// step see the same gradient; the LBL counts were all-reduced during the
+// steps by the balancer.
 func (e *gpuEngine) update(ctx context.Context, lr float64) (float64, error) {
+	if e.dist != nil && e.dist.runs == nil {
+		e.dist.planRuns(e.m.P)
+	}
+	if tp := e.colls.tp; tp != nil {
+		if err := e.sumRuns(ctx, func(r gradRun) devcomm.Comm {
+			if r.tp == model.TPPartial {
+				return tp
+			}
+			return nil
+		}); err != nil {
+			return 0, fmt.Errorf("train: tensor-parallel gradient all-reduce: %w", err)
+		}
+	}
 	mean := 1.0
 	if dp := e.colls.dp; dp != nil {
-		if e.dist.runs == nil {
-			e.dist.planRuns(e.m.P)
-		}
-		g, _ := e.m.GradBuffer()
-		for _, r := range e.dist.runs {
-			c := dp
+		if err := e.sumRuns(ctx, func(r gradRun) devcomm.Comm {
 			if r.expert {
-				c = e.colls.expertDP // the owner summed every source's rows already
+				return e.colls.expertDP // the owner summed every source's rows already
 			}
-			if c == nil {
-				continue
-			}
-			bucket := r.len
-			if c.Backend() == devcomm.Host {
-				bucket = gradBucket // bounds the host staging and the transport's buffers
-			}
-			for off := r.off; off < r.off+r.len; off += bucket {
-				if err := c.AllReduceSum(ctx, g.Add(int64(4*off)), min(bucket, r.off+r.len-off)); err != nil {
-					return 0, fmt.Errorf("train: gradient all-reduce (%s): %w", c.Backend(), err)
-				}
-			}
+			return dp
+		}); err != nil {
+			return 0, fmt.Errorf("train: gradient all-reduce: %w", err)
 		}
 		mean = 1 / float64(dp.Size())
 	}
@@ -202,33 +203,65 @@ func (e *gpuEngine) update(ctx context.Context, lr float64) (float64, error) {
 	return gnorm, err
 }
 
+// sumRuns all-reduces each run of the flat gradient over the group via
+// picks for it (nil: none), in buckets when host-staged.
+func (e *gpuEngine) sumRuns(ctx context.Context, via func(gradRun) devcomm.Comm) error {
+	g, _ := e.m.GradBuffer()
+	for _, r := range e.dist.runs {
+		c := via(r)
+		if c == nil {
+			continue
+		}
+		bucket := r.len
+		if c.Backend() == devcomm.Host {
+			bucket = gradBucket // bounds the host staging and the transport's buffers
+		}
+		for off := r.off; off < r.off+r.len; off += bucket {
+			if err := c.AllReduceSum(ctx, g.Add(int64(4*off)), min(bucket, r.off+r.len-off)); err != nil {
+				return fmt.Errorf("%s: %w", c.Backend(), err)
+			}
+		}
+	}
+	return nil
+}
+
 // gradNorm is the norm of the whole model's (summed) gradient: with
 // expert parallelism each rank holds its experts' part, whose squares are
-// summed over the EP group (as Dist.gradNorm does on the CPU).
+// summed over the EP group, and with tensor parallelism its slices of the
+// attention projections, summed over the TP group (as Dist.gradNorm does
+// on the CPU).
 func (e *gpuEngine) gradNorm(ctx context.Context) (float64, error) {
-	if e.dist == nil || e.dist.ep == nil {
+	if e.dist == nil || (e.dist.ep == nil && e.dist.tp == nil) {
 		return e.m.GradNorm(ctx)
 	}
-	if e.dist.runs == nil {
-		e.dist.planRuns(e.m.P)
-	}
 	var rep float64
-	exp := []float64{0}
+	exp, shard := []float64{0}, []float64{0}
 	for _, r := range e.dist.runs {
 		s, err := e.m.GradSumSq(r.off, r.len)
 		if err != nil {
 			return 0, err
 		}
-		if r.expert {
+		switch {
+		case r.expert:
 			exp[0] += s
-		} else {
+		case r.tp == model.TPSharded:
+			shard[0] += s
+		default:
 			rep += s
 		}
 	}
-	if err := e.dist.ep.AllReduceF64(ctx, exp, parallel.Sum); err != nil {
-		return 0, fmt.Errorf("train: gradient norm: %w", err)
+	for _, g := range []struct {
+		c *parallel.Comm
+		v []float64
+	}{{e.dist.ep, exp}, {e.dist.tp, shard}} {
+		if g.c == nil {
+			continue
+		}
+		if err := g.c.AllReduceF64(ctx, g.v, parallel.Sum); err != nil {
+			return 0, fmt.Errorf("train: gradient norm: %w", err)
+		}
 	}
-	return math.Sqrt(rep + exp[0]), nil
+	return math.Sqrt(rep + exp[0] + shard[0]), nil
 }
 
 func (e *gpuEngine) snapshot(s *State) error {
@@ -272,14 +305,17 @@ func (e *gpuEngine) close() error {
 
 // gpuCollectives are a GPU rank's device collectives (pkg/devcomm), one
 // per group that has several ranks: the gradient all-reduce over the DP
-// group and over the expert-DP group (expert gradients), and the expert
-// rows' exchange over the EP group.
+// group and over the expert-DP group (expert gradients), the expert
+// rows' exchange over the EP group, and the activations' all-reduces and
+// all-gathers over the TP group (and its partial gradients' sum).
 type gpuCollectives struct {
-	dp, expertDP, ep devcomm.Comm
+	dp, expertDP, ep, tp devcomm.Comm
 }
 
+func (c gpuCollectives) all() []devcomm.Comm { return []devcomm.Comm{c.dp, c.expertDP, c.ep, c.tp} }
+
 // openCollectives opens them in one order on every rank (DP, expert-DP,
-// EP: each a collective over its group).
+// EP, TP: each a collective over its group).
 func openCollectives(dev cuda.Device, d *Dist, backend string) (gpuCollectives, error) {
 	var c gpuCollectives
 	if d == nil {
@@ -298,6 +334,7 @@ func openCollectives(dev cuda.Device, d *Dist, backend string) (gpuCollectives, 
 		{"data-parallel", d.dp, &c.dp, devcomm.UsesAllReduce}, // gradients
 		{"expert-data-parallel", d.expertDP, &c.expertDP, devcomm.UsesAllReduce},
 		{"expert-parallel", d.ep, &c.ep, devcomm.UsesAllToAll}, // the experts' rows
+		{"tensor-parallel", d.tp, &c.tp, devcomm.UsesAllReduce},
 	} {
 		if g.comm == nil || g.comm.Size() == 1 {
 			continue
@@ -314,7 +351,8 @@ func (c gpuCollectives) describe() string {
 	for _, g := range []struct {
 		name string
 		c    devcomm.Comm
-	}{{"gradients over the DP group", c.dp}, {"expert gradients over the expert-DP group", c.expertDP}, {"expert rows over the EP group", c.ep}} {
+	}{{"gradients over the DP group", c.dp}, {"expert gradients over the expert-DP group", c.expertDP}, {"expert rows over the EP group", c.ep},
+		{"attention and MoE activations over the TP group", c.tp}} {
 		if g.c != nil {
 			parts = append(parts, fmt.Sprintf("%s (%d ranks): %s", g.name, g.c.Size(), g.c.Describe()))
 		}
@@ -325,7 +363,7 @@ func (c gpuCollectives) describe() string {
 // abort aborts the communicators that can be (NCCL's); Close then has
 // nothing to wait for.
 func (c gpuCollectives) abort() {
-	for _, g := range []devcomm.Comm{c.dp, c.expertDP, c.ep} {
+	for _, g := range c.all() {
 		if a, ok := g.(interface{ Abort() error }); ok {
 			_ = a.Abort() // an error of a communicator given up on says nothing more
 		}
@@ -334,7 +372,7 @@ func (c gpuCollectives) abort() {
 
 func (c gpuCollectives) close() error {
 	var errs []error
-	for _, g := range []devcomm.Comm{c.dp, c.expertDP, c.ep} {
+	for _, g := range c.all() {
 		if g != nil {
 			errs = append(errs, g.Close())
 		}

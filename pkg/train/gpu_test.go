@@ -371,7 +371,43 @@ func TestGPUDataParallelMatchesOneProcess(t *testing.T) {
 			}
 		})
 	}
-	// tensor parallelism is refused on the GPU, naming it
+}
+
+// TestGPUTensorParallelMatchesOneProcess: tensor parallelism on the GPU
+// engine (each TP rank its heads of every attention layer and its token
+// slice of every MoE layer, the activations summed and gathered over the
+// TP group on the device) computes what one process computes: tp 2, and
+// tp 2 x dp 2 with ep 2, against one process of the same global batch;
+// loss, LBL and gradient norm per step; each rank holds its slices.
+func TestGPUTensorParallelMatchesOneProcess(t *testing.T) {
+	dev := func() cuda.Device { return gpuDevice(t) }
+	cfg, corpus := gpuRun(t, 8)
+	cfg.Device, cfg.Precision = "cuda", "fp32"
+	if cfg.Seed == 0 {
+		cfg.Seed = 3
+	}
+	micro := cfg.MicroBatch
+	one := withMicro(cfg, 2*micro)
+	ref := curveRun(t, one, corpus, 1, 1, 1, parallel.BalanceDP, dev)
+	mc := *cfg.Model
+	mc.Defaults()
+	for _, tc := range []struct{ tp, dp, ep, micro int }{{2, 1, 1, 2 * micro}, {2, 2, 2, micro}} {
+		t.Run(fmt.Sprintf("tp%d-dp%d-ep%d", tc.tp, tc.dp, tc.ep), func(t *testing.T) {
+			c := curveRun(t, withMicro(cfg, tc.micro), corpus, tc.tp, tc.dp, tc.ep, parallel.BalanceDP, dev)
+			closeCurves(t, "loss", c.loss, ref.loss, 1e-4)
+			closeCurves(t, "global-batch LBL", c.lbl, ref.lbl, 1e-4)
+			closeCurves(t, "gradient norm", c.gnorm, ref.gnorm, 1e-4)
+			want := model.CountParams(mc, 0, mc.Experts/tc.ep, tc.tp)
+			whole := model.CountParams(mc, 0, mc.Experts, 1)
+			for r, p := range c.params {
+				if len(p) != want || want >= whole {
+					t.Fatalf("rank %d holds %d parameters, want %d (of %d)", r, len(p), want, whole)
+				}
+			}
+		})
+	}
+	// a micro-batch that does not split into whole sequences per TP rank
+	// is refused before any collective, naming it
 	layout, err := parallel.NewLayout(2, 2, 1, 1)
 	if err != nil {
 		t.Fatal(err)
@@ -390,8 +426,9 @@ func TestGPUDataParallelMatchesOneProcess(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := NewParallelOn(two, corpus, nil, dist, nil); err == nil || !strings.Contains(err.Error(), "device cuda with tp 2: the GPU engine runs data and expert parallelism only") {
-		t.Errorf("tp 2 on the GPU: %v", err)
+	odd := withMicro(cfg, 1)
+	if _, err := NewParallelOn(odd, corpus, nil, dist, nil); err == nil || !strings.Contains(err.Error(), "micro-batch = 1: tensor parallelism over 2 ranks") {
+		t.Errorf("micro-batch 1 with tp 2 on the GPU: %v", err)
 	}
 }
 

@@ -263,12 +263,15 @@ func (t *Trainer) newEngine(corpus *data.Corpus, dev cuda.Device) error {
 		t.eng = &cpuEngine{m: m, opt: opt, dist: t.Dist, t: &t.optTime}
 		return nil
 	}
-	if err := t.Dist.checkGPU(); err != nil {
-		return err
-	}
 	prec, err := gpu.ParsePrecision(cfg.PrecisionOrDefault())
 	if err != nil {
 		return fmt.Errorf("%w: precision: %w", ErrConfig, err)
+	}
+	if t.Dist != nil && t.Dist.tp != nil {
+		// before any collective is opened: every rank refuses alike
+		if err := gpu.SupportedTP(mc, cfg.MicroBatch, t.Dist.tp.Size()); err != nil {
+			return err
+		}
 	}
 	opened := false
 	if dev == nil {
@@ -287,6 +290,9 @@ func (t *Trainer) newEngine(corpus *data.Corpus, dev cuda.Device) error {
 	o := gpu.Options{MicroBatch: cfg.MicroBatch, Precision: prec, Balancer: t.Bal}
 	if colls.ep != nil {
 		o.Experts = &gpu.ExpertGroup{Counts: t.Dist.ep, Rows: colls.ep}
+	}
+	if colls.tp != nil {
+		o.Tensor = colls.tp
 	}
 	g, err := gpu.New(dev, mc, o)
 	if err != nil {

@@ -39,18 +39,18 @@ func TestValidJobID(t *testing.T) {
 // The elastic arithmetic: the spec's layout, or the placed dp/ep with the
 // accumulation scaled to keep the global batch when it divides.
 func TestAttemptLayout(t *testing.T) {
-	s := mustParse(t, "name: x\nparallel: {tp: 2, dp: 4, ep: 1, balance: node}\naccumulation: 3\nelastic: {min_dp: 1, max_dp: 8}\n")
+	s := mustParse(t, "name: x\nparallel: {tp: 2, dp: 4, ep: 1, balance: none}\naccumulation: 3\nelastic: {min_dp: 1, max_dp: 8}\n")
 	for _, tc := range []struct {
 		dp, ep int
 		want   Layout
 	}{
-		{0, 0, Layout{TP: 2, DP: 4, EP: 1, Accumulation: 3, Balance: "node"}},
-		{4, 2, Layout{TP: 2, DP: 4, EP: 2, Accumulation: 3, Balance: "node"}},
-		{2, 2, Layout{TP: 2, DP: 2, EP: 2, Accumulation: 6, Balance: "node"}},
-		{1, 1, Layout{TP: 2, DP: 1, EP: 1, Accumulation: 12, Balance: "node"}},
-		{3, 1, Layout{TP: 2, DP: 3, EP: 1, Accumulation: 4, Balance: "node"}},
-		{8, 2, Layout{TP: 2, DP: 8, EP: 2, Accumulation: 3, Balance: "node"}}, // 12 % 8 != 0: the batch grows
-		{6, 0, Layout{TP: 2, DP: 6, EP: 1, Accumulation: 2, Balance: "node"}},
+		{0, 0, Layout{TP: 2, DP: 4, EP: 1, Accumulation: 3, Balance: "none"}},
+		{4, 2, Layout{TP: 2, DP: 4, EP: 2, Accumulation: 3, Balance: "none"}},
+		{2, 2, Layout{TP: 2, DP: 2, EP: 2, Accumulation: 6, Balance: "none"}},
+		{1, 1, Layout{TP: 2, DP: 1, EP: 1, Accumulation: 12, Balance: "none"}},
+		{3, 1, Layout{TP: 2, DP: 3, EP: 1, Accumulation: 4, Balance: "none"}},
+		{8, 2, Layout{TP: 2, DP: 8, EP: 2, Accumulation: 3, Balance: "none"}}, // 12 % 8 != 0: the batch grows
+		{6, 0, Layout{TP: 2, DP: 6, EP: 1, Accumulation: 2, Balance: "none"}},
 	} {
 		got := s.AttemptLayout(tc.dp, tc.ep)
 		if got != tc.want {

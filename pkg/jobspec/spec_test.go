@@ -319,13 +319,21 @@ func TestDeviceRules(t *testing.T) {
 	if s, err := Parse([]byte("name: g\ndevice: cuda\nparallel: {dp: 2, ep: 2}\n")); err != nil || s.Parallel.EP != 2 {
 		t.Fatalf("dp 2 ep 2 on GPUs: %v %+v", err, s)
 	}
+	// tensor parallelism on GPUs
+	if s, err := Parse([]byte("name: g\ndevice: cuda\nparallel: {tp: 2, dp: 2, ep: 2}\n")); err != nil || s.Parallel.TP != 2 {
+		t.Fatalf("tp 2 dp 2 ep 2 on GPUs: %v %+v", err, s)
+	}
 	// data parallelism on GPUs: one GPU a rank
 	if s, err := Parse([]byte("name: g\ndevice: cuda\nparallel: {dp: 4}\n")); err != nil || s.Parallel.DP != 4 || s.Resources.GPUs != 1 {
 		t.Fatalf("dp 4 on GPUs: %v %+v", err, s)
 	}
 	for _, tc := range []struct{ yaml, want string }{
 		{"device: tpu", "jobspec: device = \"tpu\": must be cpu or cuda"},
-		{"device: cuda\nparallel: {tp: 2}", "jobspec: device = \"cuda\": runs data and expert parallelism only for now (parallel tp 2: use tp 1"},
+		{"device: cuda\nparallel: {tp: 2}\nmicro_batch: 3", "jobspec: micro_batch = 3: must be a multiple of parallel.tp = 2"},
+		{"parallel: {tp: 2}\nlbl: {mode: micro}", "jobspec: lbl.mode = \"micro\": micro-batch LBL needs a whole micro-batch on one rank"},
+		{"parallel: {tp: 2}\nlbl: {micro_coef: 0.001}", "jobspec: lbl.mode = \"global\": micro-batch LBL needs a whole micro-batch on one rank"},
+		{"parallel: {tp: 2}\nlbl: {seq_coef: 0.001}", "jobspec: lbl.seq_coef = 0.001: sequence-level LBL is not supported with parallel.tp = 2"},
+		{"parallel: {tp: 2, dp: 2, balance: node}", "jobspec: parallel.balance = \"node\": with parallel.tp = 2"},
 		{"device: cuda\nresources: {gpus: 0}\nprecision: fp16", "jobspec: precision = \"fp16\""},
 		{"precision: bf16", "jobspec: precision = \"bf16\": bf16 needs device cuda"},
 		{"device: cuda\ncollectives: gloo", "jobspec: collectives = \"gloo\": must be \"auto\", \"nccl\" or \"host\""},

@@ -193,6 +193,22 @@ func (s *Spec) Validate() error {
 	if s.Accumulation < 1 {
 		bad("accumulation", s.Accumulation, "must be >= 1")
 	}
+	if tp := p.TP; tp > 1 && s.Runtime != RuntimeCommand {
+		// tensor parallelism splits each micro-batch's sequences over the
+		// TP ranks for the MoE layers, so no rank sees a whole micro-batch
+		if s.MicroBatch >= 1 && s.MicroBatch%tp != 0 {
+			bad("micro_batch", s.MicroBatch, "must be a multiple of parallel.tp = %d (the MoE layers split each micro-batch's sequences over the tensor-parallel ranks)", tp)
+		}
+		switch {
+		case l.Mode == "micro" || l.MicroCoef > 0:
+			bad("lbl.mode", l.Mode, "micro-batch LBL needs a whole micro-batch on one rank: with parallel.tp = %d use lbl.mode global without lbl.micro_coef", tp)
+		case l.SeqCoef > 0:
+			bad("lbl.seq_coef", l.SeqCoef, "sequence-level LBL is not supported with parallel.tp = %d", tp)
+		}
+		if p.Balance == "node" {
+			bad("parallel.balance", p.Balance, `with parallel.tp = %d the balance group is "dp" (every rank) or "none" (the tensor-parallel group)`, tp)
+		}
+	}
 	if s.Steps < 1 && s.Runtime != RuntimeCommand { // validateCommand checks a command's
 		bad("steps", s.Steps, "must be >= 1")
 	}
@@ -217,9 +233,6 @@ func (s *Spec) Validate() error {
 	} else if kind == "cuda" {
 		if r.GPUs < 1 {
 			bad("resources.gpus", r.GPUs, "must be >= 1 with device cuda")
-		}
-		if s.Parallel.TP > 1 {
-			bad("device", s.Device, "runs data and expert parallelism only for now (parallel tp %d: use tp 1, or device cpu); tensor parallelism on GPUs is not there yet", s.Parallel.TP)
 		}
 	}
 	switch kind, _, _ := runconfig.ParseDevice(s.Device); {

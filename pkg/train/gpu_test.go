@@ -433,47 +433,56 @@ func TestGPUTensorParallelMatchesOneProcess(t *testing.T) {
 }
 
 // TestGPUReshardCheckpoint: a checkpoint saved by GPU ranks under dp 2
-// ep 2 (each rank wrote its experts from device memory) loads on the CPU
-// in one process and on the GPU under dp 2 ep 1 — the experts gathered
-// from both ranks' files — and gives the saved run's validation loss
-// (1e-5 relative).
+// ep 2 (each rank wrote its experts from device memory), and one saved
+// under tp 2 (each rank its slices of the attention projections), load on
+// the CPU in one process, on the GPU under dp 2 ep 1 (the experts
+// gathered from both ranks' files) and on the GPU under tp 2 (the
+// attention projections sliced), and give the saved run's validation
+// loss (1e-5 relative).
 func TestGPUReshardCheckpoint(t *testing.T) {
 	const steps = 3
 	dev := func() cuda.Device { return gpuDevice(t) }
-	cfg, corpus := gpuRun(t, 10)
-	cfg.Device, cfg.Precision = "cuda", "fp32"
-	cfg.Checkpoint = CheckpointConfig{Dir: t.TempDir(), Every: steps}
+	base, corpus := gpuRun(t, 10)
+	base.Device, base.Precision = "cuda", "fp32"
 	ctx := context.Background()
-	half := withMicro(cfg, max(cfg.MicroBatch/2, 1))
-	src, closeSrc := ranksOn(t, 1, 2, 2, half, corpus, dev)
-	want := trainAndSave(t, src, steps)
-	closeSrc()
+	micro := base.MicroBatch
+	half := max(micro/2, 1)
+	for _, from := range []struct {
+		name           string
+		tp, dp, ep, mb int
+	}{{"dp2 ep2", 1, 2, 2, half}, {"tp2", 2, 1, 1, micro}} {
+		cfg := base
+		cfg.Checkpoint = CheckpointConfig{Dir: t.TempDir(), Every: steps}
+		src, closeSrc := ranksOn(t, from.tp, from.dp, from.ep, withMicro(cfg, from.mb), corpus, dev)
+		want := trainAndSave(t, src, steps)
+		closeSrc()
 
-	cfg.Resume = true
-	cpu := cfg
-	cpu.Device, cpu.Precision = "cpu", ""
-	for _, tc := range []struct {
-		name   string
-		cfg    Config
-		dp, ep int
-		dev    func() cuda.Device
-	}{{"cpu dp1", cpu, 1, 1, nil}, {"gpu dp2 ep1", withMicro(cfg, half.MicroBatch), 2, 1, dev}} {
-		dst, closeDst := ranksOn(t, 1, tc.dp, tc.ep, tc.cfg, corpus, tc.dev)
-		var got float64
-		onAll(t, dst, func(tr *Trainer) error {
-			if tr.Step() != steps {
-				t.Errorf("%s resumed at step %d, want %d", tc.name, tr.Step(), steps)
+		cfg.Resume = true
+		cpu := cfg
+		cpu.Device, cpu.Precision = "cpu", ""
+		for _, tc := range []struct {
+			name       string
+			cfg        Config
+			tp, dp, ep int
+			dev        func() cuda.Device
+		}{{"cpu dp1", cpu, 1, 1, 1, nil}, {"gpu dp2 ep1", withMicro(cfg, half), 1, 2, 1, dev}, {"gpu tp2", cfg, 2, 1, 1, dev}} {
+			dst, closeDst := ranksOn(t, tc.tp, tc.dp, tc.ep, tc.cfg, corpus, tc.dev)
+			var got float64
+			onAll(t, dst, func(tr *Trainer) error {
+				if tr.Step() != steps {
+					t.Errorf("%s resumed at step %d, want %d", tc.name, tr.Step(), steps)
+				}
+				ev, err := tr.Evaluate(ctx)
+				if err == nil && tr.Dist.Rank == 0 {
+					got = meanBits(ev)
+				}
+				return err
+			})
+			closeDst()
+			t.Logf("%s: validation %.7f bits/byte, saved under GPU %s: %.7f", tc.name, got, from.name, want)
+			if math.Abs(got-want) > 1e-5*want {
+				t.Errorf("%s from GPU %s: validation %.7f, saved run %.7f", tc.name, from.name, got, want)
 			}
-			ev, err := tr.Evaluate(ctx)
-			if err == nil && tr.Dist.Rank == 0 {
-				got = meanBits(ev)
-			}
-			return err
-		})
-		closeDst()
-		t.Logf("%s: validation %.7f bits/byte, saved under GPU dp2 ep2: %.7f", tc.name, got, want)
-		if math.Abs(got-want) > 1e-5*want {
-			t.Errorf("%s: validation %.7f, saved run %.7f", tc.name, got, want)
 		}
 	}
 }

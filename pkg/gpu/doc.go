@@ -59,6 +59,21 @@
 // buffers for the rows a rank may receive (P*T*k, or E*capacity with a
 // capacity) are part of the layout, so EstimateEP is what New allocates.
 //
+// # Tensor parallelism
+//
+// With Options.Tensor the engine is one rank of a tensor-parallel group
+// of tp ranks, as pkg/model's tp.go is on the CPU (the same parameter
+// layout: this rank's columns of wqkv, its rows of wo): the attention runs
+// this rank's H/tp heads and its output projection gives a partial sum
+// (rank 0's includes the residual) that an all-reduce completes; in the
+// backward the attention's input gradient is all-reduced the same way.
+// Each MoE layer runs on this rank's 1/tp of the micro-batch's sequences
+// (router, LBL statistics, dispatch, experts, expert parallelism) and an
+// all-gather gives every rank the whole output, and in the backward the
+// whole input gradient; the MoE parameters' gradients are partial sums
+// that pkg/train sums over the group. Every collective is on float32
+// device buffers through pkg/devcomm.
+//
 // # Precision
 //
 // FP32: float32 everywhere, GEMMs in true fp32 (CUBLAS_COMPUTE_32F, never

@@ -224,21 +224,25 @@ func TestEngineMemoryEstimate(t *testing.T) {
 	c := smallConfig()
 	bal, _ := lbl.NewBalancer(lbl.DefaultConfig(), c.MoELayers(), c.Experts, c.TopK, lbl.Identity{})
 	for _, p := range []Precision{FP32, BF16} {
-		for _, ep := range []int{1, 2} {
-			est, err := EstimateEP(c, 3, p, ep)
+		for _, par := range []struct{ ep, tp int }{{1, 1}, {2, 1}, {1, 2}, {2, 2}} {
+			ep, tp := par.ep, par.tp
+			est, err := EstimateParallel(c, 4, p, ep, tp)
 			if err != nil {
 				t.Fatal(err)
 			}
-			o := Options{MicroBatch: 3, Precision: p, Balancer: bal, Reserve: 1}
+			o := Options{MicroBatch: 4, Precision: p, Balancer: bal, Reserve: 1}
 			if ep > 1 {
 				o.Experts = &ExpertGroup{Counts: stubGroup{ep}, Rows: stubGroup{ep}}
+			}
+			if tp > 1 {
+				o.Tensor = stubGroup{tp}
 			}
 			g, err := New(dev, c, o)
 			if err != nil {
 				t.Fatal(err)
 			}
 			if g.DeviceBytes() != est.Total || g.nPar != int64(len(g.P.Data)) {
-				t.Errorf("%s, ep %d: allocated %d bytes, estimate %d (%d parameters, layout %d)", p, ep, g.DeviceBytes(), est.Total, g.nPar, len(g.P.Data))
+				t.Errorf("%s, ep %d, tp %d: allocated %d bytes, estimate %d (%d parameters, layout %d)", p, ep, tp, g.DeviceBytes(), est.Total, g.nPar, len(g.P.Data))
 			}
 			g.Close()
 		}

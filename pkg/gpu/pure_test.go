@@ -186,3 +186,43 @@ func TestMemoryEstimateEP(t *testing.T) {
 		t.Errorf("ep 3 over %d experts: %v", c.Experts, err)
 	}
 }
+
+// TestMemoryEstimateTP: a tensor-parallel rank holds its slices of the
+// attention projections (pkg/model's TP rank's layout), 1/tp of the
+// attention activations (its heads) and of the MoE activations (its
+// tokens), and everything else whole; configurations tp cannot split are
+// refused naming why.
+func TestMemoryEstimateTP(t *testing.T) {
+	c, _ := model.Preset("small")
+	c.Defaults()
+	one, err := EstimateParallel(c, 4, FP32, 1, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	two, err := EstimateParallel(c, 4, FP32, 1, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	local := int64(len(model.NewHostParamsTP(c, 0, c.Experts, 1, 2).Data))
+	attn := int64(c.Layers) * 4 * int64(c.Dim) * int64(c.Dim) // wqkv and wo
+	if two.Gradients != 4*local || one.Gradients-two.Gradients != 4*attn/2 {
+		t.Errorf("tp 2 gradients %d bytes for %d local parameters (tp 1: %d; attention %d)", two.Gradients, local, one.Gradients, attn)
+	}
+	// per layer: the probabilities [B][H][S][S] and q, k, v, attention
+	// output [T][d] halve with the heads; the MoE's per-token buffers with
+	// the tokens
+	if !(two.Activations < one.Activations && two.Scratch < one.Scratch) {
+		t.Errorf("tp 2 activations %d, scratch %d; tp 1: %d, %d", two.Activations, two.Scratch, one.Activations, one.Scratch)
+	}
+	for _, tc := range []struct {
+		micro, tp int
+		want      string
+	}{
+		{4, 3, "heads = 8: tensor parallelism over 3 ranks needs a multiple of 3"},
+		{3, 2, "micro-batch = 3: tensor parallelism over 2 ranks splits the MoE tokens by whole sequences"},
+	} {
+		if _, err := EstimateParallel(c, tc.micro, FP32, 1, tc.tp); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("micro %d tp %d: %v, want %q", tc.micro, tc.tp, err, tc.want)
+		}
+	}
+}

@@ -84,11 +84,13 @@ func randomSnapshot(r *rand.Rand, maxHosts int) Snapshot {
 			roots = []string{"/srv/sy", []string{"/data", "/data/a", "/data/ab", "/"}[r.IntN(4)]}
 		}
 		total := Resources{CPUCores: 1 + r.IntN(16), MemoryMiB: int64(512 * (1 + r.IntN(64)))}
+		var gpuMem int64 // most hosts' GPUs are declared by count
 		if labels["gpu"] != "" {
 			total.GPUs = 1 + r.IntN(2)
+			gpuMem = []int64{0, 0, 24576, 40960, 81920}[r.IntN(5)]
 		}
 		for w := range 1 + r.IntN(6) {
-			wk := Worker{ID: fmt.Sprintf("%s-w%d", host, w), Host: host, Labels: labels, Total: total, Free: total, Healthy: r.IntN(10) != 0, Roots: roots}
+			wk := Worker{ID: fmt.Sprintf("%s-w%d", host, w), Host: host, Labels: labels, Total: total, Free: total, Healthy: r.IntN(10) != 0, Roots: roots, GPUMemoryMiB: gpuMem}
 			switch r.IntN(6) {
 			case 0:
 				wk.Job = "running"
@@ -124,6 +126,7 @@ func randomQueue(r *rand.Rand, n int) []Job {
 		if r.IntN(4) == 0 {
 			j.PerRank.GPUs = 1
 			j.Labels = map[string]string{"gpu": "h100"}
+			j.GPUMemoryMiB = []int64{0, 20480, 40960, 61440}[r.IntN(4)]
 		}
 		if r.IntN(3) == 0 { // a corpus, sometimes a checkpoint folder too
 			j.Paths = []string{[]string{"/data/a/c.jsonl", "/data/abc/c.jsonl", "/data/b", "/srv/sy/c.jsonl", "/data/a"}[r.IntN(5)]}

@@ -127,7 +127,7 @@ func (p *pass) static(job Job) []bool {
 // (static false) cannot, by the first requirement each misses: " (2 with
 // too little memory, 1 not allowing its paths)"; "" when none is left out.
 func (p *pass) excluded(job Job, st []bool) string {
-	var cores, mem, gpus, labels, paths int
+	var cores, mem, gpus, gpuMem, labels, paths int
 	for i := range p.cl.workers {
 		if st[i] {
 			continue
@@ -140,6 +140,8 @@ func (p *pass) excluded(job Job, st []bool) string {
 			mem++
 		case need.GPUs > w.Total.GPUs:
 			gpus++
+		case !w.gpuMemoryFor(job):
+			gpuMem++
 		case !labelsMatch(w.Labels, job.Labels):
 			labels++
 		default:
@@ -150,7 +152,8 @@ func (p *pass) excluded(job Job, st []bool) string {
 	for _, c := range []struct {
 		n    int
 		what string
-	}{{cores, "with too few cores"}, {mem, "with too little memory"}, {gpus, "with too few GPUs"}, {labels, "without its labels"}, {paths, "not allowing its paths"}} {
+	}{{cores, "with too few cores"}, {mem, "with too little memory"}, {gpus, "with too few GPUs"}, {gpuMem, "with too little GPU memory"},
+		{labels, "without its labels"}, {paths, "not allowing its paths"}} {
 		if c.n > 0 {
 			parts = append(parts, fmt.Sprintf("%d %s", c.n, c.what))
 		}
@@ -281,6 +284,9 @@ func describe(job Job, unit string) string {
 	s := fmt.Sprintf("%d %s", job.Layout.World(), noun(job.Layout.World(), unit))
 	if job.PerRank != (Resources{}) {
 		s += " with " + job.PerRank.String()
+		if job.PerRank.GPUs > 0 && job.GPUMemoryMiB > 0 {
+			s += fmt.Sprintf(" of %d MiB or more", job.GPUMemoryMiB)
+		}
 	}
 	if len(job.Labels) > 0 {
 		s += " labelled " + labelsString(job.Labels)

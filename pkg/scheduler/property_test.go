@@ -114,7 +114,7 @@ func checkSchedule(t *testing.T, seed int, snap Snapshot, queue []Job, placed []
 			}
 			used[id] = j.ID
 			// Fit.
-			if !w.Healthy || w.Job != "" || !j.PerRank.FitsIn(w.Free) || !labelsMatch(w.Labels, j.Labels) || !rootsHold(w.Roots, j.Paths) {
+			if !w.Healthy || w.Job != "" || !j.PerRank.FitsIn(w.Free) || !labelsMatch(w.Labels, j.Labels) || !rootsHold(w.Roots, j.Paths) || !gpusHold(w, j) {
 				fail("job %s rank %d: worker %+v does not fit %+v", j.ID, r, w, j.PerRank)
 			}
 			// Topology: TP group on one host; Hosts is right.
@@ -178,7 +178,7 @@ func checkSchedule(t *testing.T, seed int, snap Snapshot, queue []Job, placed []
 			continue
 		}
 		static := func(w Worker) bool {
-			return labelsMatch(w.Labels, j.Labels) && rootsHold(w.Roots, j.Paths) && j.PerRank.FitsIn(w.Total)
+			return labelsMatch(w.Labels, j.Labels) && rootsHold(w.Roots, j.Paths) && j.PerRank.FitsIn(w.Total) && gpusHold(w, j)
 		}
 		slots := func(ok func(Worker) bool) int {
 			perHost := map[string]int{}
@@ -231,6 +231,16 @@ func checkSchedule(t *testing.T, seed int, snap Snapshot, queue []Job, placed []
 			}
 		}
 	}
+}
+
+// gpusHold is Worker.gpuMemoryFor said another way: a rank without GPUs,
+// or a worker whose GPU memory is unknown, needs nothing; otherwise its
+// GPUs hold at least the job's need.
+func gpusHold(w Worker, j Job) bool {
+	if j.PerRank.GPUs < 1 || w.GPUMemoryMiB < 1 {
+		return true
+	}
+	return max(w.GPUMemoryMiB, j.GPUMemoryMiB) == w.GPUMemoryMiB
 }
 
 // rootsHold is pathsAllowed computed another way (filepath.Rel): a worker

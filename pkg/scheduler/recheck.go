@@ -45,6 +45,8 @@ func Recheck(snap Snapshot, plan Plan) error {
 			return stale("rank %d: worker %q lacks labels %s", r, id, labelsString(job.Labels))
 		case !pathsAllowed(w.Roots, job.Paths):
 			return stale("rank %d: worker %q does not allow %s", r, id, strings.Join(job.Paths, " and "))
+		case !w.gpuMemoryFor(job):
+			return stale("rank %d: worker %q has GPUs of %d MiB, a rank needs %d MiB", r, id, w.GPUMemoryMiB, job.GPUMemoryMiB)
 		case !job.PerRank.FitsIn(w.Free):
 			return stale("rank %d: worker %q has %s free, a rank needs %s", r, id, w.Free, job.PerRank)
 		case host != plan.Hosts[r]:

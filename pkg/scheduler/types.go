@@ -80,6 +80,10 @@ type Worker struct {
 	// any job's paths may go there (the worker's own check, links
 	// resolved, is the authority either way).
 	Roots []string `json:"roots,omitempty"`
+	// GPUMemoryMiB is the memory of its smallest GPU. 0: not known (GPUs
+	// declared by count), and any job's GPU memory need is taken as met
+	// (the rank's own check at start is the authority either way).
+	GPUMemoryMiB int64 `json:"gpu_memory_mib,omitempty"`
 }
 
 // Snapshot is the cluster state a scheduling pass works on.
@@ -120,6 +124,9 @@ type Job struct {
 	// workers' own storage (a corpus, a checkpoint directory): each must
 	// lie under one of every worker's Roots.
 	Paths []string `json:"paths,omitempty"`
+	// GPUMemoryMiB is the memory each of a rank's GPUs must have (0: any);
+	// it applies when PerRank asks for GPUs.
+	GPUMemoryMiB int64 `json:"gpu_memory_mib,omitempty"`
 	// MinDP > 0 makes the job elastic: when its layout does not fit (no
 	// room, or more ranks than the cluster has), it is placed with the
 	// largest data-parallel degree in [MinDP, DP) that EP divides and that
@@ -152,6 +159,8 @@ func (j Job) problem() string {
 		return fmt.Sprintf("min_dp %d must be in [0, dp %d]", j.MinDP, l.DP)
 	case j.PerRank.CPUCores < 0 || j.PerRank.MemoryMiB < 0 || j.PerRank.GPUs < 0:
 		return fmt.Sprintf("per-rank resources must be >= 0 (%+v)", j.PerRank)
+	case j.GPUMemoryMiB < 0:
+		return fmt.Sprintf("GPU memory must be >= 0 (%d MiB)", j.GPUMemoryMiB)
 	}
 	for _, p := range j.Paths {
 		if !filepath.IsAbs(p) {
@@ -193,7 +202,13 @@ func labelsString(m map[string]string) string {
 // takes says whether w could ever run a rank of j, load aside: its labels
 // and the roots its paths need.
 func (w *Worker) takes(j Job) bool {
-	return labelsMatch(w.Labels, j.Labels) && pathsAllowed(w.Roots, j.Paths)
+	return labelsMatch(w.Labels, j.Labels) && pathsAllowed(w.Roots, j.Paths) && w.gpuMemoryFor(j)
+}
+
+// gpuMemoryFor says whether the worker's GPUs are large enough for a rank
+// of j (a worker that does not say: yes).
+func (w *Worker) gpuMemoryFor(j Job) bool {
+	return j.PerRank.GPUs == 0 || w.GPUMemoryMiB == 0 || w.GPUMemoryMiB >= j.GPUMemoryMiB
 }
 
 // pathsAllowed says whether every path lies in (or is) one of roots, by

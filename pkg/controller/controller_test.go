@@ -972,6 +972,32 @@ resources: {cpu_cores: 1, memory_mib: 512}
 	})
 }
 
+// TestGPUJobsGoWhereTheyFit: a GPU job's rank goes only to a slot whose
+// GPU holds what the engine needs (runconfig's bound for a cuda engine
+// job), and a job that only too small GPUs could take waits saying so.
+func TestGPUJobsGoWhereTheyFit(t *testing.T) {
+	h := newHarness(t, 1, "")
+	c := h.client(h.leader(), "")
+	h.workerWith("w1", func(w *membership.WorkerInfo) {
+		w.Resources.GPUs, w.Slots = 2, 2
+		w.GPUDevices = []membership.GPU{{Index: 0, Name: "small GPU", MemoryMiB: 1024}, {Index: 1, Name: "large GPU", MemoryMiB: 8192}}
+	})
+	const spec = "name: g\ndevice: cuda\nmodel: {preset: tiny}\nresources: {cpu_cores: 1, memory_mib: 512, gpus: 1}\n"
+	for _, id := range []string{"one", "two"} {
+		if _, err := c.SubmitJob(ctxT(t), &apiv1.SubmitJobRequest{JobId: id, Spec: []byte(spec)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	j := waitJob(t, c, "one", "placed", func(j *pb.Job) bool { return j.State == pb.JobState_JOB_STATE_PLACED })
+	if len(j.Placement) != 1 || j.Placement[0].WorkerId != "w1" || j.Placement[0].Slot != 1 {
+		t.Fatalf("placement %v, want w1's slot 1 (the 8 GiB GPU)", j.Placement)
+	}
+	j = waitJob(t, c, "two", "pending with a reason", func(j *pb.Job) bool {
+		return strings.Contains(jobstate.PendingReason(j), "MiB or more, 0 free (1 busy); the others cannot take it (1 with too little GPU memory)")
+	})
+	t.Logf("two waits: %s", jobstate.PendingReason(j))
+}
+
 // TestClusterStatusInventory: what a worker registers of its machine (its
 // GPUs with their links, the paths jobs may use) reaches cluster status.
 func TestClusterStatusInventory(t *testing.T) {

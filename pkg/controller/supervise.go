@@ -249,10 +249,32 @@ func (s held) snapshot(live map[string]membership.WorkerInfo, jobs []*pb.Job) sc
 			}
 			snap.Workers = append(snap.Workers, scheduler.Worker{
 				ID: slotID(id, k, n), Host: host, Labels: labels, Total: share, Free: free, Healthy: healthy, Job: job, Roots: w.Roots,
+				GPUMemoryMiB: slotGPUMemory(w, k, n),
 			})
 		}
 	}
 	return snap
+}
+
+// slotGPUMemory is the memory of the smallest GPU of slot k of n of a
+// worker (slot k has its detected GPUs [k*g, (k+1)*g), g = GPUs/n, as
+// workerconfig.Config.SlotGPUs gives the rank), or 0 when the worker does
+// not say (GPUs declared by count).
+func slotGPUMemory(w membership.WorkerInfo, k, n int) int64 {
+	g := w.Resources.GPUs / n
+	if g < 1 || (k+1)*g > len(w.GPUDevices) {
+		return 0
+	}
+	var least int64
+	for i, d := range w.GPUDevices[k*g : (k+1)*g] {
+		if d.MemoryMiB <= 0 {
+			return 0
+		}
+		if i == 0 || d.MemoryMiB < least {
+			least = d.MemoryMiB
+		}
+	}
+	return least
 }
 
 // nodePlace is where a rank sits among its job's workers.

@@ -15,6 +15,7 @@ import (
 	"github.com/switchyard-ml/switchyard/pkg/cuda"
 	"github.com/switchyard-ml/switchyard/pkg/model"
 	"github.com/switchyard-ml/switchyard/pkg/router"
+	"github.com/switchyard-ml/switchyard/pkg/runconfig"
 )
 
 // refBF16 rounds f to the nearest bfloat16 (8 significant bits) with ties
@@ -223,6 +224,38 @@ func TestMemoryEstimateTP(t *testing.T) {
 	} {
 		if _, err := EstimateParallel(c, tc.micro, FP32, 1, tc.tp); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("micro %d tp %d: %v, want %q", tc.micro, tc.tp, err, tc.want)
+		}
+	}
+}
+
+// TestMinGPURankBytes: runconfig's lower bound on a rank's GPU memory
+// (what the coordinator places by, without linking the engine) is never
+// above what New needs (its estimate plus the reserve) and never below
+// 85% of it, for every preset, precision and tensor/expert split.
+func TestMinGPURankBytes(t *testing.T) {
+	worst := 1.0
+	defer func() { t.Logf("the bound is at least %.0f%% of the engine's need", 100*worst) }()
+	for _, name := range []string{"tiny", "small", "medium", "science", "small+capacity+shared"} {
+		c, _ := model.Preset(strings.Split(name, "+")[0])
+		if strings.Contains(name, "+") {
+			c.CapacityFactor, c.Shared = 1.25, 1
+		}
+		c.Defaults()
+		micro := map[string]int{"tiny": 8, "small": 4, "medium": 16, "science": 8}[strings.Split(name, "+")[0]]
+		for _, prec := range []Precision{FP32, BF16} {
+			for _, par := range []struct{ tp, ep int }{{1, 1}, {2, 1}, {1, 2}, {2, 2}, {1, 4}} {
+				est, err := EstimateParallel(c, micro, prec, par.ep, par.tp)
+				if err != nil {
+					t.Fatal(err)
+				}
+				need := float64(est.Total + runconfig.GPUReserveBytes)
+				bound := c.MinGPURankBytes(micro, par.tp, par.ep, prec == BF16)
+				worst = min(worst, bound/need)
+				if bound > need || bound < 0.85*need {
+					t.Errorf("%s %s tp %d ep %d: bound %.2f GiB, the engine needs %.2f GiB (%.0f%%)", name, prec, par.tp, par.ep,
+						bound/(1<<30), need/(1<<30), 100*bound/need)
+				}
+			}
 		}
 	}
 }

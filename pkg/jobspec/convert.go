@@ -2,6 +2,7 @@ package jobspec
 
 import (
 	"fmt"
+	"math"
 
 	"github.com/switchyard-ml/switchyard/pkg/runconfig"
 	"github.com/switchyard-ml/switchyard/pkg/scheduler"
@@ -98,9 +99,39 @@ func (s *Spec) SchedulerJob(id string, seq uint64) scheduler.Job {
 			MemoryMiB: s.Resources.MemoryMiB,
 			GPUs:      s.Resources.GPUs,
 		},
-		Labels: labels,
-		Paths:  s.WorkerPaths(),
+		Labels:       labels,
+		Paths:        s.WorkerPaths(),
+		GPUMemoryMiB: s.GPUMemoryMiB(),
 	}
+}
+
+// GPUMemoryMiB is the memory each of a rank's GPUs must have, for
+// placement: resources.gpu_memory_mib, and for an engine job on cuda at
+// least runconfig's lower bound on what the GPU engine needs (its
+// parameters, gradients, AdamW moments and main activations, and the
+// memory it leaves the libraries), so that a rank is not placed on a GPU
+// it is sure not to fit; 0 when the job asks no GPUs.
+func (s *Spec) GPUMemoryMiB() int64 {
+	if s.Resources.GPUs < 1 {
+		return 0
+	}
+	need := s.Resources.GPUMemoryMiB
+	if s.Runtime == RuntimeCommand {
+		return need
+	}
+	tc, err := s.TrainConfig()
+	if err != nil {
+		return need
+	}
+	if kind, _, _ := runconfig.ParseDevice(tc.Device); kind != "cuda" {
+		return need
+	}
+	m, err := tc.ModelConfig()
+	if err != nil || s.MicroBatch < 1 {
+		return need
+	}
+	b := m.MinGPURankBytes(s.MicroBatch, max(s.Parallel.TP, 1), max(s.Parallel.EP, 1), tc.PrecisionOrDefault() == "bf16")
+	return max(need, int64(math.Ceil(b/(1<<20))))
 }
 
 // WorkerPaths are the paths outside a worker's own storage that the job's

@@ -166,6 +166,10 @@ type Resources struct {
 	CPUCores  int   `yaml:"cpu_cores" json:"cpu_cores"`
 	MemoryMiB int64 `yaml:"memory_mib" json:"memory_mib"`
 	GPUs      int   `yaml:"gpus" json:"gpus"`
+	// GPUMemoryMiB is the memory each of a rank's GPUs must have, for
+	// placement (0: any). An engine job on cuda needs at least the
+	// engine's bound (GPUMemoryMiB), whatever is set here.
+	GPUMemoryMiB int64 `yaml:"gpu_memory_mib,omitempty" json:"gpu_memory_mib,omitempty"`
 }
 
 // Placement constrains which workers may run the job.

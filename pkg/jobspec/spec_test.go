@@ -2,12 +2,14 @@ package jobspec
 
 import (
 	"errors"
+	"math"
 	"os"
 	"reflect"
 	"strings"
 	"testing"
 
 	"github.com/switchyard-ml/switchyard/pkg/model"
+	"github.com/switchyard-ml/switchyard/pkg/runconfig"
 	"github.com/switchyard-ml/switchyard/pkg/scheduler"
 	"github.com/switchyard-ml/switchyard/pkg/train"
 )
@@ -369,6 +371,52 @@ func TestWorkerPaths(t *testing.T) {
 		}
 		if err := s.SchedulerJob("j", 1).Validate(); err != nil {
 			t.Errorf("%q: %v", c.spec, err)
+		}
+	}
+}
+
+// TestGPUMemoryForPlacement: an engine job on cuda asks each GPU for at
+// least runconfig's bound on what the GPU engine needs (less with tensor
+// and expert parallelism, more in fp32), a declared
+// resources.gpu_memory_mib above it wins, a command job asks what it
+// declares, and a CPU job asks nothing.
+func TestGPUMemoryForPlacement(t *testing.T) {
+	need := func(yaml string) int64 {
+		t.Helper()
+		s, err := Parse([]byte("name: g\n" + yaml + "\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s.SchedulerJob("j", 1).GPUMemoryMiB
+	}
+	medium := need("device: cuda\nmodel: {preset: medium}\nmicro_batch: 16")
+	m, _ := runconfig.ModelPreset("medium")
+	if want := int64(math.Ceil(m.MinGPURankBytes(16, 1, 1, true) / (1 << 20))); medium != want || medium < 30<<10 {
+		t.Fatalf("medium bf16 on cuda asks %d MiB a GPU, want %d (over 30 GiB)", medium, want)
+	}
+	split := need("device: cuda\nmodel: {preset: medium}\nmicro_batch: 16\nparallel: {tp: 2, dp: 2, ep: 2}")
+	fp32 := need("device: cuda\nprecision: fp32\nmodel: {preset: medium}\nmicro_batch: 16")
+	if !(split < medium && medium < fp32) {
+		t.Errorf("GPU memory: tp 2 ep 2 %d, bf16 %d, fp32 %d MiB", split, medium, fp32)
+	}
+	if got := need("device: cuda\nmodel: {preset: medium}\nmicro_batch: 16\nresources: {gpus: 1, gpu_memory_mib: 1000000}"); got != 1000000 {
+		t.Errorf("declared above the bound: %d", got)
+	}
+	if got := need("device: cuda\nmodel: {preset: medium}\nmicro_batch: 16\nresources: {gpus: 1, gpu_memory_mib: 1024}"); got != medium {
+		t.Errorf("declared below the bound: %d, want the bound %d", got, medium)
+	}
+	if got := need("runtime: command\ncommand: python3\nranks: 2\nresources: {gpus: 1, gpu_memory_mib: 40960}"); got != 40960 {
+		t.Errorf("command job: %d", got)
+	}
+	if got := need("model: {preset: tiny}"); got != 0 {
+		t.Errorf("CPU job: %d", got)
+	}
+	for _, tc := range []struct{ yaml, want string }{
+		{"resources: {gpus: 1, gpu_memory_mib: -1}", "resources.gpu_memory_mib = -1: must be >= 0"},
+		{"resources: {gpus: 0, gpu_memory_mib: 1024}", "resources.gpu_memory_mib = 1024: needs resources.gpus >= 1"},
+	} {
+		if _, err := Parse([]byte("name: g\n" + tc.yaml + "\n")); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: %v, want %q", tc.yaml, err, tc.want)
 		}
 	}
 }

@@ -227,6 +227,14 @@ func (s *Spec) Validate() error {
 	if r.GPUs < 0 {
 		bad("resources.gpus", r.GPUs, "must be >= 0")
 	}
+	switch {
+	case r.GPUMemoryMiB < 0:
+		bad("resources.gpu_memory_mib", r.GPUMemoryMiB, "must be >= 0")
+	case r.GPUMemoryMiB > 0 && r.GPUs < 1:
+		bad("resources.gpu_memory_mib", r.GPUMemoryMiB, "needs resources.gpus >= 1")
+	case r.GPUMemoryMiB > 1<<30:
+		bad("resources.gpu_memory_mib", r.GPUMemoryMiB, "must be <= %d", 1<<30)
+	}
 	// Device.
 	if kind, _, err := runconfig.ParseDevice(s.Device); err != nil {
 		bad("device", s.Device, "must be cpu or cuda")

@@ -227,3 +227,58 @@ func (c Model) MinRankBytes(microBatch, tp, ep int) float64 {
 	acts := tokens * (L*d + 2*float64(c.Vocab)) * 4
 	return 16*params + acts
 }
+
+// GPUReserveBytes is the device memory the GPU engine leaves free beyond
+// its own buffers (the libraries' workspaces and context) by default.
+const GPUReserveBytes = 1 << 30
+
+// MinGPURankBytes is a lower bound on the GPU memory one rank of the GPU
+// engine needs for this model with microBatch sequences per micro-batch,
+// split tp ways by tensor and ep ways by expert parallelism, in bf16
+// (mixed) or fp32: its parameters' fp32 values, gradients and two AdamW
+// moments (and their bf16 copy), per layer the residual stream before and
+// after attention, the attention probabilities and q/k/v/output of its
+// heads, and in MoE layers the expert rows of its tokens (inputs,
+// outputs, the two gate activations and their product; with expert
+// parallelism the rows other ranks may send), the experts' gradient
+// scratch, plus the GPUReserveBytes it leaves the libraries. pkg/gpu allocates more (the
+// norms, the router's buffers, scratch): a bound to keep a rank off a GPU
+// that cannot hold it, not a forecast (pkg/gpu's tests hold it between
+// 85% and 100% of the engine's exact need). Computed in float64.
+func (c Model) MinGPURankBytes(microBatch, tp, ep int, bf16 bool) float64 {
+	act := 4.0
+	if bf16 {
+		act = 2
+	}
+	d, h, E, L := float64(c.Dim), float64(c.Hidden), float64(c.Experts), float64(c.Layers)
+	moe := float64(c.MoELayers())
+	total, _ := c.ParamCount()
+	params := float64(total) - moe*(E-E/float64(ep))*3*d*h - L*4*d*d*float64(tp-1)/float64(tp)
+	perParam := 16.0
+	if bf16 {
+		perParam += 2
+	}
+	B, S := float64(microBatch), float64(c.SeqLen)
+	T, Tl := B*S, B*S/float64(tp)
+	dl, hl := d/float64(tp), float64(c.Heads)/float64(tp)
+	layer := T*d*4*2 + B*hl*S*S*act + T*dl*act*4 // x, xmid; probabilities; q, k, v, output
+	// the expert rows: a rank's kept slots, and with expert parallelism
+	// room for what the other ranks may send its experts (all their slots,
+	// or the capacity)
+	slots := Tl * float64(c.TopK)
+	rows, epRows := slots, 0.0
+	if ep > 1 {
+		f := float64(ep)
+		if c.CapacityFactor > 0 {
+			f = min(f, c.CapacityFactor)
+		}
+		rows = f * slots
+		epRows = rows * d * act * 3 // received rows per layer, two in flight
+	}
+	expert := slots*d*act*2 + rows*h*act*3 + epRows/3 // inputs, outputs; a, b and their product; received
+	scratch := 0.0
+	if moe > 0 {
+		scratch = rows*d*act*2 + rows*h*act*3 + epRows*2/3 // input gradient halves; gate gradients; in flight
+	}
+	return perParam*params + L*layer + moe*expert + scratch + GPUReserveBytes
+}

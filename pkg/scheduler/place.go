@@ -256,6 +256,9 @@ func (p *pass) try(job Job, st []bool, useClaimed bool) (Plan, []int, *failure) 
 			if len(why) > 0 {
 				reason += " (" + strings.Join(why, ", ") + ")"
 			}
+			if ex := p.excluded(job, st); ex != "" {
+				reason += "; the others cannot take it" + ex
+			}
 			return Plan{}, nil, &failure{ErrNoFit, reason}
 		}
 		if maxHost < l.TP {

@@ -213,7 +213,7 @@ func TestScheduleOrderAndBackfill(t *testing.T) {
 	if p := got["impossible"]; !errors.Is(p.Err, ErrTooLarge) {
 		t.Fatalf("impossible: %+v", p)
 	}
-	if p := got["gpu-big"]; !errors.Is(p.Err, ErrNoFit) || p.Reason != "needs 4 workers with 1 GPU, 2 free (2 busy)" {
+	if p := got["gpu-big"]; !errors.Is(p.Err, ErrNoFit) || p.Reason != "needs 4 workers with 1 GPU, 2 free (2 busy); the others cannot take it (4 with too few GPUs)" {
 		t.Fatalf("gpu-big: %+v", p)
 	}
 	if p := got["gpu-small"]; !errors.Is(p.Err, ErrBlocked) ||
@@ -330,5 +330,46 @@ func TestPlacePathsWhereAllowed(t *testing.T) {
 	j.Paths = []string{"data/c.jsonl"}
 	if _, err := Place(snap, j); !errors.Is(err, ErrInvalidJob) || !strings.Contains(err.Error(), "must be absolute") {
 		t.Fatalf("a relative path: %v", err)
+	}
+}
+
+// TestPlaceGPUMemory: a GPU job goes only where each GPU holds its need
+// (a worker whose GPUs were declared by count is taken at its word), the
+// reason names GPU memory when too few such workers exist, and Recheck
+// refuses a plan whose worker's GPUs shrank.
+func TestPlaceGPUMemory(t *testing.T) {
+	snap := newFx().host("a", 2, gpu1).host("b", 1, gpu1).
+		set("a-w0", func(w *Worker) { w.GPUMemoryMiB = 24576 }).
+		set("a-w1", func(w *Worker) { w.GPUMemoryMiB = 81920 }).snap // b-w0: declared by count
+	j := job("j", 0, 1, 1, 2, 1, gpu1)
+	j.GPUMemoryMiB = 43008
+	plan, err := Place(snap, j)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(plan.Workers, ","); got != "a-w1,b-w0" && got != "b-w0,a-w1" {
+		t.Fatalf("placed on %s, want a-w1 and b-w0", got)
+	}
+	for i := range snap.Workers {
+		if snap.Workers[i].ID == "a-w1" {
+			snap.Workers[i].GPUMemoryMiB = 40960
+		}
+	}
+	if err := Recheck(snap, plan); !errors.Is(err, ErrStale) || !strings.Contains(err.Error(), `worker "a-w1" has GPUs of 40960 MiB, a rank needs 43008 MiB`) {
+		t.Fatalf("recheck after a-w1's GPUs changed: %v", err)
+	}
+	_, err = Place(snap, j)
+	want := "needs 2 workers with 4 cores, 16384 MiB, 1 GPU of 43008 MiB or more; the cluster has only 1 such worker (2 with too little GPU memory)"
+	if !errors.Is(err, ErrTooLarge) || !strings.Contains(err.Error(), want) {
+		t.Fatalf("too little GPU memory: %v\nwant %q", err, want)
+	}
+	cpu := job("c", 0, 1, 1, 3, 1, cpu1) // no GPUs: GPU memory does not matter
+	cpu.GPUMemoryMiB = 1 << 20
+	if _, err := Place(snap, cpu); err != nil {
+		t.Fatalf("a CPU job: %v", err)
+	}
+	j.GPUMemoryMiB = -1
+	if _, err := Place(snap, j); !errors.Is(err, ErrInvalidJob) {
+		t.Fatalf("negative GPU memory: %v", err)
 	}
 }

@@ -51,7 +51,10 @@
 //	micro_batch       the preset's (tiny 8, small 4); required without a preset
 //	accumulation      1; steps 100; seed 1 (0 means the default); eval_every 0 (only at the end)
 //	resources         per rank; when the section is empty: cpu_cores 1,
-//	                  memory_mib 2048, gpus 0 (0 requests none)
+//	                  memory_mib 2048, gpus 0 (0 requests none); gpu_memory_mib 0
+//	                  (the least memory each of a rank's GPUs must have, for
+//	                  placement; a device cuda engine job asks at least the
+//	                  engine's bound, runconfig.Model.MinGPURankBytes)
 //	placement         host_labels {} (every worker of the job must carry them)
 //	checkpoint        interval_steps 0 and interval_minutes 0 (no periodic
 //	                  checkpoints), keep_last 3, keep_best 0, storage "dir",

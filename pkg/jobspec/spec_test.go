@@ -185,7 +185,6 @@ func TestValidationErrors(t *testing.T) {
 		{"parallel: {tp: 3}", "jobspec: parallel.tp = 3: must divide model.heads = 4"},
 		{"parallel: {tp: -1}", "jobspec: parallel.tp = -1: must be in [1, 65536]"},
 		{"parallel: {tp: 4, dp: 65536}", "jobspec: parallel.dp = 65536: world size parallel.tp*parallel.dp = 262144 must be <= 65536"},
-		{"model: {preset: tiny, heads: 2, hidden: 511}\nparallel: {tp: 2}", "jobspec: parallel.tp = 2: must divide model.hidden = 511 (expert weights are split by tensor parallelism)"},
 		{"parallel: {balance: rack}", `jobspec: parallel.balance = "rack": must be "dp", "node" or "none"`},
 		{"model: {preset: huge}", `jobspec: model.preset = "huge": must be "tiny", "small", "medium" or "science"`},
 		{"model: {dim: 64, layers: 2, heads: 3, seq_len: 8, experts: 4, top_k: 1, hidden: 8}\nmicro_batch: 1", "jobspec: model.heads = 3: must be >= 1 and divide model.dim = 64"},
@@ -324,6 +323,11 @@ func TestDeviceRules(t *testing.T) {
 	// tensor parallelism on GPUs
 	if s, err := Parse([]byte("name: g\ndevice: cuda\nparallel: {tp: 2, dp: 2, ep: 2}\n")); err != nil || s.Parallel.TP != 2 {
 		t.Fatalf("tp 2 dp 2 ep 2 on GPUs: %v %+v", err, s)
+	}
+	// the experts and dense layers are not split by tensor parallelism
+	// (the MoE tokens are): their widths need not divide by tp
+	if _, err := Parse([]byte("name: g\nmodel: {preset: tiny, heads: 2, hidden: 511, moe_every: 2, dense_hidden: 513}\nparallel: {tp: 2}\n")); err != nil {
+		t.Fatalf("tp 2 with odd expert and dense widths: %v", err)
 	}
 	// data parallelism on GPUs: one GPU a rank
 	if s, err := Parse([]byte("name: g\ndevice: cuda\nparallel: {dp: 4}\n")); err != nil || s.Parallel.DP != 4 || s.Resources.GPUs != 1 {

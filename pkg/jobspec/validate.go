@@ -102,12 +102,6 @@ func (s *Spec) Validate() error {
 			if m.Heads%p.TP != 0 {
 				bad("parallel.tp", p.TP, "must divide model.heads = %d", m.Heads)
 			}
-			if m.Hidden%p.TP != 0 {
-				bad("parallel.tp", p.TP, "must divide model.hidden = %d (expert weights are split by tensor parallelism)", m.Hidden)
-			}
-			if m.MoELayers() < m.Layers && m.DenseHidden%p.TP != 0 {
-				bad("parallel.tp", p.TP, "must divide model.dense_hidden = %d", m.DenseHidden)
-			}
 		}
 	}
 	switch p.Balance {

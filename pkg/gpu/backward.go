@@ -83,6 +83,11 @@ func (m *Model) attentionBackward(ctx context.Context, l int, L *layerBufs) erro
 		return err
 	}
 	m.prof.mark(regAttention)
+	if m.recompute {
+		if err := m.attentionProbs(L); err != nil {
+			return err
+		}
+	}
 	if err := m.k.headsSplit(m.buf.oh, m.buf.dAttn, T, S, H, hd); err != nil {
 		return err
 	}

@@ -141,6 +141,10 @@ func (m *Model) layout(s *sizer) error {
 		take("parameters", &m.buf.wb, P, cuda.BF16, "bf16 parameters")
 	}
 	m.buf.layers = make([]layerBufs, c.Layers)
+	var probs cuda.DevPtr // with recomputation: every layer's
+	if m.recompute {
+		take("activations", &probs, B*H*S*S, act, "attention probabilities (recomputed)")
+	}
 	for l := range m.buf.layers {
 		L := &m.buf.layers[l]
 		const cat = "activations"
@@ -150,7 +154,11 @@ func (m *Model) layout(s *sizer) error {
 		take(cat, &L.q, T*dl, act, "q")
 		take(cat, &L.k, T*dl, act, "k")
 		take(cat, &L.v, T*dl, act, "v")
-		take(cat, &L.p, B*H*S*S, act, "attention probabilities")
+		if m.recompute {
+			L.p = probs
+		} else {
+			take(cat, &L.p, B*H*S*S, act, "attention probabilities")
+		}
 		take(cat, &L.attn, T*dl, act, "attention output")
 		take(cat, &L.xmid, T*d, cuda.F32, "xmid")
 		take(cat, &L.h2, T*d, act, "h2")
@@ -293,6 +301,17 @@ func EstimateEP(cfg model.Config, microBatch int, prec Precision, ep int) (MemEs
 // tensor-parallel ranks: its share of the attention projections and of
 // their activations, and the MoE activations of its 1/tp of the tokens.
 func EstimateParallel(cfg model.Config, microBatch int, prec Precision, ep, tp int) (MemEstimate, error) {
+	return estimate(cfg, microBatch, prec, ep, tp, false)
+}
+
+// EstimateRecompute is EstimateParallel with the attention probabilities
+// recomputed in the backward (Options.RecomputeAttention): one buffer of
+// them instead of one a layer.
+func EstimateRecompute(cfg model.Config, microBatch int, prec Precision, ep, tp int) (MemEstimate, error) {
+	return estimate(cfg, microBatch, prec, ep, tp, true)
+}
+
+func estimate(cfg model.Config, microBatch int, prec Precision, ep, tp int, recompute bool) (MemEstimate, error) {
 	cfg.Defaults()
 	if err := cfg.Validate(); err != nil {
 		return MemEstimate{}, err
@@ -310,7 +329,7 @@ func EstimateParallel(cfg model.Config, microBatch int, prec Precision, ep, tp i
 	if total > math.MaxInt32*8 {
 		return MemEstimate{}, fmt.Errorf("%w: %d parameters", ErrConfig, total)
 	}
-	m := &Model{Cfg: cfg, B: microBatch, S: cfg.SeqLen, T: microBatch * cfg.SeqLen, Prec: prec, act: prec.act()}
+	m := &Model{Cfg: cfg, B: microBatch, S: cfg.SeqLen, T: microBatch * cfg.SeqLen, Prec: prec, act: prec.act(), recompute: recompute}
 	m.shape(tp, 0)
 	for l := 0; l < cfg.Layers; l++ {
 		if cfg.IsMoE(l) {

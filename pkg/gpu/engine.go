@@ -67,6 +67,10 @@ type Options struct {
 	// tensor-parallel group (nil, or a group of one: none), as pkg/model
 	// does on the CPU (tp.go).
 	Tensor devcomm.Comm
+	// RecomputeAttention keeps no layer's attention probabilities for the
+	// backward: it computes them again from the kept q and k (selective
+	// recomputation), so one [B][H][S][S] buffer serves every layer.
+	RecomputeAttention bool
 }
 
 // tpSize is the tensor-parallel group's size in o (1 without one).
@@ -117,6 +121,9 @@ type Model struct {
 	// token slice: mB sequences, mT tokens from token mOff
 	hl, dl       int
 	mB, mT, mOff int
+	// recompute: the attention probabilities are computed again in the
+	// backward (Options.RecomputeAttention)
+	recompute bool
 }
 
 // shape sets the per-rank sizes for tensor parallelism over tp ranks
@@ -150,7 +157,7 @@ func New(dev cuda.Device, cfg model.Config, o Options) (*Model, error) {
 	if tp > 1 {
 		tpRank = o.Tensor.Rank()
 	}
-	est, err := EstimateParallel(cfg, o.MicroBatch, o.Precision, epSize, tp)
+	est, err := estimate(cfg, o.MicroBatch, o.Precision, epSize, tp, o.RecomputeAttention)
 	if err != nil {
 		return nil, err
 	}
@@ -168,6 +175,7 @@ func New(dev cuda.Device, cfg model.Config, o Options) (*Model, error) {
 	}
 	m.attnChunk = min(m.attnChunk, m.S)
 	m.shape(tp, tpRank)
+	m.recompute = o.RecomputeAttention
 	if tp > 1 {
 		m.tp = o.Tensor
 	}

@@ -9,8 +9,8 @@ package gpu
 
 import (
 	"context"
-	"errors"
 	"fmt"
+	"errors"
 	"math"
 	"math/rand/v2"
 	"testing"
@@ -334,6 +334,69 @@ func TestEngineBF16NearFP32(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestEngineRecomputeAttention: recomputing the attention probabilities
+// in the backward (one buffer of them instead of one a layer) changes
+// nothing computed: two steps give the same losses and the same gradients
+// bit for bit, in fp32 and bf16, and the engine holds layers-1 fewer
+// probability buffers, as its estimate says.
+func TestEngineRecomputeAttention(t *testing.T) {
+	dev := testDevice(t)
+	ctx := context.Background()
+	for _, ec := range engineCases()[:3] {
+		for _, p := range []Precision{FP32, BF16} {
+			t.Run(fmt.Sprintf("%s/%s", ec.name, p), func(t *testing.T) {
+				c := ec.cfg
+				var losses [2][2]float64
+				var grads [2][]float32
+				var bytes [2]int64
+				for i, re := range []bool{false, true} {
+					bal, _ := lbl.NewBalancer(ec.lbl, c.MoELayers(), c.Experts, c.TopK, lbl.Identity{})
+					o := Options{MicroBatch: ec.B, Precision: p, Balancer: bal, Reserve: 1, AttnChunk: 5, RecomputeAttention: re}
+					g, err := New(dev, c, o)
+					if err != nil {
+						t.Fatal(err)
+					}
+					defer g.Close()
+					g.P.Init(c, 11)
+					if err := g.Upload(); err != nil {
+						t.Fatal(err)
+					}
+					r := rand.New(rand.NewPCG(3, 3))
+					for s := range 2 {
+						b := model.NewBatch(ec.B, c.SeqLen)
+						randomBatch(r, b, c.Vocab)
+						if losses[i][s], err = g.Step(ctx, b, 0.5); err != nil {
+							t.Fatal(err)
+						}
+					}
+					grads[i] = make([]float32, len(g.P.Data))
+					if err := g.Grads(grads[i]); err != nil {
+						t.Fatal(err)
+					}
+					bytes[i] = g.DeviceBytes()
+					est, err := estimate(c, ec.B, p, 1, 1, re)
+					if err != nil || est.Total != bytes[i] {
+						t.Fatalf("recompute %v: allocated %d, estimate %d (%v)", re, bytes[i], est.Total, err)
+					}
+				}
+				if losses[0] != losses[1] {
+					t.Fatalf("losses %v kept, %v recomputed", losses[0], losses[1])
+				}
+				for j := range grads[0] {
+					if grads[0][j] != grads[1][j] {
+						t.Fatalf("gradient %d: %v kept, %v recomputed", j, grads[0][j], grads[1][j])
+					}
+				}
+				S := int64(c.SeqLen)
+				want := int64(c.Layers-1) * int64(ec.B*c.Heads) * S * S * p.act().Size()
+				if saved := bytes[0] - bytes[1]; saved != want {
+					t.Errorf("recomputing saves %d bytes, want %d", saved, want)
+				}
+			})
+		}
 	}
 }
 

@@ -253,20 +253,12 @@ func (m *Model) attentionForward(ctx context.Context, l int, L *layerBufs) error
 		return err
 	}
 	SS, Shd := int64(S)*int64(S), int64(S)*int64(hd)
-	scale := float32(1 / math.Sqrt(float64(hd)))
 	as, ch := m.actSize(), m.attnChunk
-	// scores = q k^T / sqrt(hd) (float), P = causal softmax, o = P v, by
-	// chunks of c queries that need keys up to the chunk's last query only
-	for r0 := 0; r0 < S; r0 += ch {
-		r1 := min(S, r0+ch)
-		if err := m.gemmBatched(false, true, r1-r0, r1, hd, scale, L.q.Add(int64(r0*hd)*as), hd, Shd, L.k, hd, Shd,
-			m.buf.scores.Add(int64(r0)*int64(S)*4), S, SS, cuda.F32, B*H); err != nil {
-			return err
-		}
-	}
-	if err := m.k.softmaxCausal(L.p, m.buf.scores, B*H, S, ch); err != nil {
+	if err := m.attentionProbs(L); err != nil {
 		return err
 	}
+	// o = P v, by chunks of c queries that need keys up to the chunk's
+	// last query only
 	for r0 := 0; r0 < S; r0 += ch {
 		r1 := min(S, r0+ch)
 		if err := m.gemmBatched(false, false, r1-r0, hd, r1, 1, L.p.Add(int64(r0)*int64(S)*as), S, SS, L.v, hd, Shd,
@@ -287,6 +279,27 @@ func (m *Model) attentionForward(ctx context.Context, l int, L *layerBufs) error
 		return err
 	}
 	return m.tpSum(ctx, L.xmid, T*d, "attention output")
+}
+
+// attentionProbs computes layer L's attention probabilities into L.p from
+// its q and k: scores = q k^T / sqrt(hd) (float), P = causal softmax, by
+// chunks of c queries that need keys up to the chunk's last query only.
+// The backward runs it again when the probabilities are recomputed: the
+// same products of the same operands, so the same values.
+func (m *Model) attentionProbs(L *layerBufs) error {
+	B, S, H := m.B, m.S, m.hl
+	hd := m.Cfg.HeadDim()
+	SS, Shd := int64(S)*int64(S), int64(S)*int64(hd)
+	scale := float32(1 / math.Sqrt(float64(hd)))
+	as, ch := m.actSize(), m.attnChunk
+	for r0 := 0; r0 < S; r0 += ch {
+		r1 := min(S, r0+ch)
+		if err := m.gemmBatched(false, true, r1-r0, r1, hd, scale, L.q.Add(int64(r0*hd)*as), hd, Shd, L.k, hd, Shd,
+			m.buf.scores.Add(int64(r0)*int64(S)*4), S, SS, cuda.F32, B*H); err != nil {
+			return err
+		}
+	}
+	return m.k.softmaxCausal(L.p, m.buf.scores, B*H, S, ch)
 }
 
 // tpSum sums n floats at buf over the tensor-parallel group (nothing

@@ -126,7 +126,7 @@ def load(f):
         return None
 rows = []
 for p in ("small", "medium"):
-    ours = {prec: load(f"{d}/ours-{p}-{prec}.json") for prec in ("bf16", "fp32", "bf16-loop")}
+    ours = {prec: load(f"{d}/ours-{p}-{prec}.json") for prec in ("bf16", "fp32", "bf16-loop", "bf16-recompute")}
     torch = {m: load(f"{d}/torch-{p}-{m}.json") for m in ("eager", "compile")}
     if not any(ours.values()) and not any(torch.values()):
         continue
@@ -153,15 +153,20 @@ phase_bench() {
   local sy="$bd/switchyard" pt="$gdir/bench/moe_bench.py" b="$work/bench"
   mkdir -p "$b"
   for p in ${BENCH_PRESETS:-medium small}; do
-    local vs=${VARIANTS:-bf16 fp32 bf16-loop}
+    local vs=${VARIANTS:-bf16 fp32 bf16-loop bf16-recompute}
     [ "$p" = small ] && vs=${VARIANTS_SMALL:-${VARIANTS:-bf16 fp32}}
     for v in $vs; do
-      # bf16-loop: the experts' GEMMs one by one instead of cuBLAS's grouped call
+      # bf16-loop: the experts' GEMMs one by one instead of cuBLAS's grouped
+      # call; bf16-recompute: the attention probabilities recomputed in the
+      # backward (its memory and its cost)
       [ "$v" = none ] && continue
-      local prec=${v%-loop} env=()
-      [ "$v" != "$prec" ] && env=(SWITCHYARD_EXPERT_GEMM=loop)
+      local prec=${v%%-*} env=() extra=()
+      case $v in
+        *-loop) env=(SWITCHYARD_EXPERT_GEMM=loop) ;;
+        *-recompute) extra=(--recompute attention) ;;
+      esac
       log "bench ours $p $v"
-      env "${env[@]}" timeout 120 "$sy" bench engine --device cuda --preset "$p" --precision "$prec" --warmup 3 --steps 10 --json \
+      env "${env[@]}" timeout 120 "$sy" bench engine --device cuda --preset "$p" --precision "$prec" "${extra[@]}" --warmup 3 --steps 10 --json \
         > "$b/ours-$p-$v.json" 2> "$b/ours-$p-$v.err" || log "ours $p $v failed: $(tail -3 "$b/ours-$p-$v.err")"
     done
     for mode in ${TORCH_MODES:-eager}; do

@@ -60,6 +60,7 @@ func cmdBench(ctx context.Context, args []string) error {
 		asJSON := fs.Bool("json", false, "print JSON")
 		kern := fs.String("kernels", "auto", "compute kernels: auto, generic or reference")
 		cpuProf := fs.String("cpuprofile", "", "write a CPU profile of the measured steps to this file")
+		recomp := fs.String("recompute", "", "GPU: none (default) or attention (recompute the attention probabilities in the backward)")
 		if err := fs.Parse(args[1:]); err != nil {
 			if errors.Is(err, flag.ErrHelp) {
 				return nil
@@ -83,7 +84,7 @@ func cmdBench(ctx context.Context, args []string) error {
 			}
 			defer pprof.StopCPUProfile()
 		}
-		b, err := train.BenchEngine(ctx, train.BenchOptions{Preset: *preset, Device: *device, Precision: *prec, Warmup: *warmup, Steps: *steps, MicroBatch: *micro})
+		b, err := train.BenchEngine(ctx, train.BenchOptions{Preset: *preset, Device: *device, Precision: *prec, Warmup: *warmup, Steps: *steps, MicroBatch: *micro, Recompute: *recomp})
 		if err != nil {
 			if errors.Is(err, train.ErrConfig) {
 				return usageError{err}

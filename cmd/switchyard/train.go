@@ -39,6 +39,7 @@ func cmdTrain(ctx context.Context, args []string) error {
 		device  = fs.String("device", "", "cpu (default), cuda or cuda:N: train on that GPU")
 		prec    = fs.String("precision", "", "GPU arithmetic: bf16 (mixed, default on cuda) or fp32 (the CPU engine's numbers)")
 		colls   = fs.String("collectives", "", "GPU ranks' gradient all-reduce (under launch): auto (NCCL when every rank has its own GPU, else host-staged), nccl or host")
+		recomp  = fs.String("recompute", "", "GPU: none (default) or attention (recompute the attention probabilities in the backward: less memory, a little more compute)")
 		ckDir   = fs.String("checkpoint-dir", "", "save checkpoints under this directory")
 		ckEvery = fs.Int("checkpoint-every", -1, "save after every N steps (0: only at the end)")
 		resume  = fs.Bool("resume", false, "continue from the newest committed checkpoint in --checkpoint-dir")
@@ -152,6 +153,9 @@ func cmdTrain(ctx context.Context, args []string) error {
 	}
 	if *colls != "" {
 		cfg.Collectives = *colls
+	}
+	if *recomp != "" {
+		cfg.Recompute = *recomp
 	}
 	cfg.Defaults()
 	if err := cfg.Validate(); err != nil {

@@ -9,8 +9,8 @@ package gpu
 
 import (
 	"context"
-	"fmt"
 	"errors"
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"testing"

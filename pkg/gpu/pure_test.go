@@ -123,6 +123,12 @@ func TestMemoryEstimate(t *testing.T) {
 		t.Fatalf("parts %d != total %d", sum, bf.Total)
 	}
 	t.Logf("medium, micro-batch 16: bf16 %.1f GiB (%s), fp32 %.1f GiB", gib(bf.Total), bf, gib(fp.Total))
+	re, _ := EstimateRecompute(c, 16, BF16, 1, 1)
+	probs := int64(c.Layers-1) * 16 * int64(c.Heads) * int64(c.SeqLen) * int64(c.SeqLen) * 2
+	if bf.Total-re.Total != probs {
+		t.Fatalf("recomputing the attention saves %d bytes, want %d", bf.Total-re.Total, probs)
+	}
+	t.Logf("medium bf16, micro-batch 16, attention recomputed: %.1f GiB", gib(re.Total))
 	dev := &tinyDevice{free: 1 << 30, total: 2 << 30}
 	_, err = New(dev, c, Options{MicroBatch: 16, Precision: BF16})
 	var me *MemoryError
@@ -243,16 +249,19 @@ func TestMinGPURankBytes(t *testing.T) {
 		c.Defaults()
 		micro := map[string]int{"tiny": 8, "small": 4, "medium": 16, "science": 8}[strings.Split(name, "+")[0]]
 		for _, prec := range []Precision{FP32, BF16} {
-			for _, par := range []struct{ tp, ep int }{{1, 1}, {2, 1}, {1, 2}, {2, 2}, {1, 4}} {
-				est, err := EstimateParallel(c, micro, prec, par.ep, par.tp)
+			for _, par := range []struct {
+				tp, ep int
+				re     bool
+			}{{1, 1, false}, {2, 1, false}, {1, 2, false}, {2, 2, false}, {1, 4, false}, {1, 1, true}, {2, 2, true}} {
+				est, err := estimate(c, micro, prec, par.ep, par.tp, par.re)
 				if err != nil {
 					t.Fatal(err)
 				}
 				need := float64(est.Total + runconfig.GPUReserveBytes)
-				bound := c.MinGPURankBytes(micro, par.tp, par.ep, prec == BF16)
+				bound := c.MinGPURankBytes(micro, par.tp, par.ep, prec == BF16, par.re)
 				worst = min(worst, bound/need)
 				if bound > need || bound < 0.85*need {
-					t.Errorf("%s %s tp %d ep %d: bound %.2f GiB, the engine needs %.2f GiB (%.0f%%)", name, prec, par.tp, par.ep,
+					t.Errorf("%s %s tp %d ep %d recompute %v: bound %.2f GiB, the engine needs %.2f GiB (%.0f%%)", name, prec, par.tp, par.ep, par.re,
 						bound/(1<<30), need/(1<<30), 100*bound/need)
 				}
 			}

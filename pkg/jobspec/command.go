@@ -24,7 +24,7 @@ const (
 // engineOnlyKeys are the spec's top-level keys that configure the engine;
 // a command job may not set them (its trainer has its own flags). ranks
 // replaces parallel.
-var engineOnlyKeys = []string{"model", "parallel", "lbl", "data", "optim", "micro_batch", "accumulation", "seed", "eval_every", "device", "precision", "collectives"}
+var engineOnlyKeys = []string{"model", "parallel", "lbl", "data", "optim", "micro_batch", "accumulation", "seed", "eval_every", "device", "precision", "collectives", "recompute"}
 
 // commandOnlyKeys are the command runtime's fields, refused for the engine.
 var commandOnlyKeys = []string{"command", "args", "env", "working_dir", "ranks"}

@@ -63,6 +63,7 @@ func (s *Spec) TrainConfig() (runconfig.Config, error) {
 		Device:      s.Device,
 		Precision:   s.Precision,
 		Collectives: s.Collectives,
+		Recompute:   s.Recompute,
 	}
 	if len(c.LBL.LayerCoef) == 0 {
 		c.LBL.LayerCoef = nil
@@ -130,7 +131,7 @@ func (s *Spec) GPUMemoryMiB() int64 {
 	if err != nil || s.MicroBatch < 1 {
 		return need
 	}
-	b := m.MinGPURankBytes(s.MicroBatch, max(s.Parallel.TP, 1), max(s.Parallel.EP, 1), tc.PrecisionOrDefault() == "bf16")
+	b := m.MinGPURankBytes(s.MicroBatch, max(s.Parallel.TP, 1), max(s.Parallel.EP, 1), tc.PrecisionOrDefault() == "bf16", tc.RecomputeAttention())
 	return max(need, int64(math.Ceil(b/(1<<20))))
 }
 

@@ -85,7 +85,7 @@
 // resources, placement, restart, elastic (on ranks), priority and name are
 // as for the engine. The engine's keys (model, parallel, lbl, data, optim,
 // micro_batch, accumulation, seed, eval_every, device, precision,
-// collectives) are refused: a command's trainer takes its settings in
+// collectives, recompute) are refused: a command's trainer takes its settings in
 // args. CommandRank turns (spec, task, host) into the rank's
 // CommandConfig.
 //

@@ -58,9 +58,12 @@ type Spec struct {
 	// Collectives is how GPU ranks all-reduce their gradients: "auto"
 	// (default: NCCL when every rank has a GPU of its own, host-staged
 	// otherwise), "nccl" or "host".
+	// Recompute is what a GPU rank computes again in the backward:
+	// "none" (default) or "attention" (the attention probabilities).
 	Device      string `yaml:"device,omitempty" json:"device,omitempty"`
 	Precision   string `yaml:"precision,omitempty" json:"precision,omitempty"`
 	Collectives string `yaml:"collectives,omitempty" json:"collectives,omitempty"`
+	Recompute   string `yaml:"recompute,omitempty" json:"recompute,omitempty"`
 
 	// Runtime is what each rank runs: RuntimeEngine (the default, also
 	// when empty: Switchyard's own MoE trainer, configured by the fields

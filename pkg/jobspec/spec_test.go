@@ -344,6 +344,8 @@ func TestDeviceRules(t *testing.T) {
 		{"precision: bf16", "jobspec: precision = \"bf16\": bf16 needs device cuda"},
 		{"device: cuda\ncollectives: gloo", "jobspec: collectives = \"gloo\": must be \"auto\", \"nccl\" or \"host\""},
 		{"collectives: nccl", "jobspec: collectives = \"nccl\": chooses the GPU ranks' collectives: needs device cuda"},
+		{"device: cuda\nrecompute: all", "jobspec: recompute = \"all\": must be \"none\" or \"attention\""},
+		{"recompute: attention", "jobspec: recompute = \"attention\": is the GPU engine's (device cuda)"},
 	} {
 		_, err := Parse([]byte("name: g\n" + tc.yaml + "\n"))
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -395,13 +397,18 @@ func TestGPUMemoryForPlacement(t *testing.T) {
 	}
 	medium := need("device: cuda\nmodel: {preset: medium}\nmicro_batch: 16")
 	m, _ := runconfig.ModelPreset("medium")
-	if want := int64(math.Ceil(m.MinGPURankBytes(16, 1, 1, true) / (1 << 20))); medium != want || medium < 30<<10 {
+	if want := int64(math.Ceil(m.MinGPURankBytes(16, 1, 1, true, false) / (1 << 20))); medium != want || medium < 30<<10 {
 		t.Fatalf("medium bf16 on cuda asks %d MiB a GPU, want %d (over 30 GiB)", medium, want)
 	}
 	split := need("device: cuda\nmodel: {preset: medium}\nmicro_batch: 16\nparallel: {tp: 2, dp: 2, ep: 2}")
 	fp32 := need("device: cuda\nprecision: fp32\nmodel: {preset: medium}\nmicro_batch: 16")
-	if !(split < medium && medium < fp32) {
-		t.Errorf("GPU memory: tp 2 ep 2 %d, bf16 %d, fp32 %d MiB", split, medium, fp32)
+	re := need("device: cuda\nrecompute: attention\nmodel: {preset: medium}\nmicro_batch: 16")
+	if !(split < medium && medium < fp32 && re < medium) {
+		t.Errorf("GPU memory: tp 2 ep 2 %d, bf16 %d, fp32 %d, attention recomputed %d MiB", split, medium, fp32, re)
+	}
+	s, _ := Parse([]byte("name: g\ndevice: cuda\nrecompute: attention\n"))
+	if tc, err := s.TrainConfig(); err != nil || !tc.RecomputeAttention() {
+		t.Errorf("recompute does not reach the training config: %+v %v", tc, err)
 	}
 	if got := need("device: cuda\nmodel: {preset: medium}\nmicro_batch: 16\nresources: {gpus: 1, gpu_memory_mib: 1000000}"); got != 1000000 {
 		t.Errorf("declared above the bound: %d", got)

@@ -248,6 +248,10 @@ func (s *Spec) Validate() error {
 		bad("collectives", s.Collectives, "must be "+runconfig.CollectivesNames)
 	case kind != "cuda" && s.Collectives != "" && s.Collectives != "auto":
 		bad("collectives", s.Collectives, "chooses the GPU ranks' collectives: needs device cuda")
+	case !runconfig.ValidRecompute(s.Recompute):
+		bad("recompute", s.Recompute, "must be "+runconfig.RecomputeNames)
+	case kind != "cuda" && s.Recompute == "attention":
+		bad("recompute", s.Recompute, "is the GPU engine's (device cuda)")
 	}
 	for _, k := range sortedKeys(s.Placement.HostLabels) {
 		v := s.Placement.HostLabels[k]

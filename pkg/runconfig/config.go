@@ -111,6 +111,12 @@ type Config struct {
 	// rank has a GPU of its own, host-staged over the ranks' transport
 	// otherwise), "nccl" (fail at start where NCCL cannot run) or "host".
 	Collectives string `yaml:"collectives,omitempty" json:"collectives,omitempty"`
+	// Recompute is what a GPU run computes again in the backward instead
+	// of keeping it from the forward: "none" (default, also when empty)
+	// or "attention" (the attention probabilities: one [B][H][S][S]
+	// buffer instead of one a layer, for one more q k^T product and
+	// softmax a layer in the backward).
+	Recompute string `yaml:"recompute,omitempty" json:"recompute,omitempty"`
 }
 
 // Dist is the parallel layout a rank runs in; the rank's own number and
@@ -302,6 +308,10 @@ func (c Config) Validate() error {
 		return bad("collectives", c.Collectives, "must be "+CollectivesNames)
 	case kind == "cpu" && c.Collectives != "" && c.Collectives != "auto":
 		return bad("collectives", c.Collectives, "chooses the GPU ranks' collectives: needs device cuda")
+	case !ValidRecompute(c.Recompute):
+		return bad("recompute", c.Recompute, "must be "+RecomputeNames)
+	case kind == "cpu" && c.RecomputeAttention():
+		return bad("recompute", c.Recompute, "is the GPU engine's (device cuda)")
 	}
 	m, _ := c.ModelConfig()
 	if n := len(c.LBL.LayerCoef); n != 0 && n != m.MoELayers() {
@@ -395,6 +405,16 @@ type Checkpoint struct {
 	Attempt   int               `yaml:"attempt" json:"attempt"`
 	CommitTLS security.TLSFiles `yaml:"commit_tls" json:"commit_tls"`
 }
+
+// RecomputeNames lists the values of Config.Recompute.
+const RecomputeNames = `"none" or "attention"`
+
+// ValidRecompute reports whether s is a Config.Recompute value ("" is none).
+func ValidRecompute(s string) bool { return s == "" || s == "none" || s == "attention" }
+
+// RecomputeAttention says whether the run recomputes the attention
+// probabilities in the backward.
+func (c Config) RecomputeAttention() bool { return c.Recompute == "attention" }
 
 // CollectivesNames lists the values of Config.Collectives.
 const CollectivesNames = `"auto", "nccl" or "host"`

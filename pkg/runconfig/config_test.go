@@ -25,6 +25,8 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 		{"preset: tiny\nmax_seconds: .nan", "max_seconds"},
 		{"preset: tiny\ndevice: cuda\ncollectives: mpi", `collectives = mpi: must be "auto", "nccl" or "host"`},
 		{"preset: tiny\ncollectives: host", `collectives = host: chooses the GPU ranks' collectives: needs device cuda`},
+		{"preset: tiny\ndevice: cuda\nrecompute: everything", `recompute = everything: must be "none" or "attention"`},
+		{"preset: tiny\nrecompute: attention", `recompute = attention: is the GPU engine's (device cuda)`},
 	} {
 		_, err := Parse([]byte(tc.yaml))
 		if err == nil || !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), tc.want) {

@@ -245,7 +245,10 @@ const GPUReserveBytes = 1 << 30
 // norms, the router's buffers, scratch): a bound to keep a rank off a GPU
 // that cannot hold it, not a forecast (pkg/gpu's tests hold it between
 // 85% and 100% of the engine's exact need). Computed in float64.
-func (c Model) MinGPURankBytes(microBatch, tp, ep int, bf16 bool) float64 {
+//
+// With recompute (the attention probabilities recomputed in the backward)
+// one layer's probabilities are kept instead of every layer's.
+func (c Model) MinGPURankBytes(microBatch, tp, ep int, bf16, recompute bool) float64 {
 	act := 4.0
 	if bf16 {
 		act = 2
@@ -261,7 +264,11 @@ func (c Model) MinGPURankBytes(microBatch, tp, ep int, bf16 bool) float64 {
 	B, S := float64(microBatch), float64(c.SeqLen)
 	T, Tl := B*S, B*S/float64(tp)
 	dl, hl := d/float64(tp), float64(c.Heads)/float64(tp)
-	layer := T*d*4*2 + B*hl*S*S*act + T*dl*act*4 // x, xmid; probabilities; q, k, v, output
+	probs := B * hl * S * S * act
+	layer := T*d*4*2 + probs + T*dl*act*4 // x, xmid; probabilities; q, k, v, output
+	if recompute {
+		layer -= probs * (L - 1) / L // one buffer for every layer
+	}
 	// the expert rows: a rank's kept slots, and with expert parallelism
 	// room for what the other ranks may send its experts (all their slots,
 	// or the capacity)

@@ -21,6 +21,7 @@ type EngineBench struct {
 	Preset        string  `json:"preset"`
 	Device        string  `json:"device"`
 	Precision     string  `json:"precision"`
+	Recompute     string  `json:"recompute,omitempty"`
 	Kernels       string  `json:"kernels"`
 	Threads       int     `json:"threads"`
 	TokensPerStep int     `json:"tokens_per_step"`
@@ -66,6 +67,8 @@ type BenchOptions struct {
 	Steps     int
 	// MicroBatch overrides the preset's (0: the preset's).
 	MicroBatch int
+	// Recompute is the run config's recompute ("" or "none", "attention").
+	Recompute string
 }
 
 // BenchEngine trains a preset on a small demo corpus and measures steps.
@@ -76,7 +79,7 @@ func BenchEngine(ctx context.Context, o BenchOptions) (*EngineBench, error) {
 	}
 	cfg.Steps = o.Warmup + o.Steps
 	cfg.Optim.WarmupSteps = 0
-	cfg.Device, cfg.Precision = o.Device, o.Precision
+	cfg.Device, cfg.Precision, cfg.Recompute = o.Device, o.Precision, o.Recompute
 	if o.MicroBatch > 0 {
 		cfg.MicroBatch = o.MicroBatch
 	}
@@ -93,7 +96,7 @@ func BenchEngine(ctx context.Context, o BenchOptions) (*EngineBench, error) {
 	if device == "" {
 		device = "cpu"
 	}
-	b := &EngineBench{Preset: o.Preset, Device: device, Precision: cfg.PrecisionOrDefault(), Kernels: kernels.Name(), Threads: runtime.GOMAXPROCS(0)}
+	b := &EngineBench{Preset: o.Preset, Device: device, Precision: cfg.PrecisionOrDefault(), Recompute: cfg.Recompute, Kernels: kernels.Name(), Threads: runtime.GOMAXPROCS(0)}
 	for i := 0; i < o.Warmup; i++ {
 		sm, err := tr.TrainStep(ctx)
 		if err != nil {

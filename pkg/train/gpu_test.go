@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 
@@ -371,6 +372,31 @@ func TestGPUDataParallelMatchesOneProcess(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestGPURecomputeAttention: recompute: attention reaches the engine (it
+// holds less device memory) and changes nothing trained: the same loss,
+// LBL and gradient norm at every step, bit for bit.
+func TestGPURecomputeAttention(t *testing.T) {
+	dev := func() cuda.Device { return gpuDevice(t) }
+	cfg, corpus := gpuRun(t, 4)
+	cfg.Device, cfg.Precision = "cuda", "fp32"
+	kept := curveRun(t, cfg, corpus, 1, 1, 1, parallel.BalanceDP, dev)
+	cfg.Recompute = "attention"
+	re := curveRun(t, cfg, corpus, 1, 1, 1, parallel.BalanceDP, dev)
+	if !slices.Equal(kept.loss, re.loss) || !slices.Equal(kept.lbl, re.lbl) || !slices.Equal(kept.gnorm, re.gnorm) {
+		t.Fatalf("recomputed: loss %v lbl %v gnorm %v\nkept: loss %v lbl %v gnorm %v", re.loss, re.lbl, re.gnorm, kept.loss, kept.lbl, kept.gnorm)
+	}
+	a := onDevice(t, withRecompute(cfg, ""), corpus, "fp32")
+	b := onDevice(t, cfg, corpus, "fp32")
+	if a.GPU.DeviceBytes() <= b.GPU.DeviceBytes() {
+		t.Errorf("device memory: %d kept, %d recomputed", a.GPU.DeviceBytes(), b.GPU.DeviceBytes())
+	}
+}
+
+func withRecompute(c Config, r string) Config {
+	c.Recompute = r
+	return c
 }
 
 // TestGPUTensorParallelMatchesOneProcess: tensor parallelism on the GPU

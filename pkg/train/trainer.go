@@ -287,7 +287,7 @@ func (t *Trainer) newEngine(corpus *data.Corpus, dev cuda.Device) error {
 		}
 		return err
 	}
-	o := gpu.Options{MicroBatch: cfg.MicroBatch, Precision: prec, Balancer: t.Bal}
+	o := gpu.Options{MicroBatch: cfg.MicroBatch, Precision: prec, Balancer: t.Bal, RecomputeAttention: cfg.RecomputeAttention()}
 	if colls.ep != nil {
 		o.Experts = &gpu.ExpertGroup{Counts: t.Dist.ep, Rows: colls.ep}
 	}

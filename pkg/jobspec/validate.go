@@ -195,7 +195,7 @@ func (s *Spec) Validate() error {
 		}
 		switch {
 		case l.Mode == "micro" || l.MicroCoef > 0:
-			bad("lbl.mode", l.Mode, "micro-batch LBL needs a whole micro-batch on one rank: with parallel.tp = %d use lbl.mode global without lbl.micro_coef", tp)
+			bad("lbl.mode", l.Mode, "micro-batch LBL needs a whole micro-batch on one rank: with parallel.tp = %d use lbl.mode global without lbl.micro_coef (with lbl.window 1 and parallel.balance none it balances each micro-batch over its tensor-parallel ranks)", tp)
 		case l.SeqCoef > 0:
 			bad("lbl.seq_coef", l.SeqCoef, "sequence-level LBL is not supported with parallel.tp = %d", tp)
 		}

@@ -96,7 +96,7 @@ func (d *Dist) check(cfg Config) error {
 	}
 	bc := balancerConfig(cfg)
 	if bc.MicroCoef != 0 || bc.SeqCoef != 0 {
-		return fmt.Errorf("%w: lbl: micro-batch and sequence-level LBL need a whole micro-batch on one rank; with tensor parallelism (tp = %d) use lbl.mode global without micro_coef/seq_coef", ErrConfig, d.Layout.TP())
+		return fmt.Errorf("%w: lbl: micro-batch and sequence-level LBL need a whole micro-batch on one rank; with tensor parallelism (tp = %d) use lbl.mode global without micro_coef/seq_coef (with lbl.window 1 and balance none it balances each micro-batch over its tensor-parallel ranks)", ErrConfig, d.Layout.TP())
 	}
 	return nil
 }

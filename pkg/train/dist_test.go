@@ -261,3 +261,18 @@ func TestTensorParallelRefusesMicroLBL(t *testing.T) {
 		t.Fatalf("micro LBL with tp=2: %v", err)
 	}
 }
+
+// Micro-batch LBL under tensor parallelism, as the refusal of lbl.mode
+// micro with tp suggests: the global-batch LBL over a window of one
+// micro-batch, balanced over the TP group (balance none), trains as one
+// process with micro-batch LBL does.
+func TestTensorParallelMicroBatchBalance(t *testing.T) {
+	const steps = 10
+	cfg, corpus := smallRun(t, "micro", steps)
+	cfg.MicroBatch, cfg.Accumulation = 8, 2
+	ref := curveRun(t, cfg, corpus, 1, 1, 1, parallel.BalanceDP, nil)
+	cfg.LBL.Mode, cfg.LBL.Window = "global", 1
+	tp := curveRun(t, cfg, corpus, 2, 1, 1, parallel.BalanceNone, nil)
+	closeCurves(t, "loss", tp.loss, ref.loss, 1e-5)
+	closeCurves(t, "LBL", tp.lbl, ref.lbl, 1e-5)
+}

@@ -407,7 +407,7 @@ func withRecompute(c Config, r string) Config {
 // loss, LBL and gradient norm per step; each rank holds its slices.
 func TestGPUTensorParallelMatchesOneProcess(t *testing.T) {
 	dev := func() cuda.Device { return gpuDevice(t) }
-	cfg, corpus := gpuRun(t, 8)
+	cfg, corpus := gpuRun(t, 5)
 	cfg.Device, cfg.Precision = "cuda", "fp32"
 	if cfg.Seed == 0 {
 		cfg.Seed = 3
@@ -432,6 +432,31 @@ func TestGPUTensorParallelMatchesOneProcess(t *testing.T) {
 			}
 		})
 	}
+	// with a capacity (each TP rank's token slice has its own, as on the
+	// CPU) and a shared expert: the GPU ranks compute what the CPU
+	// engine's TP ranks compute; in bf16 the same as one process within
+	// bf16's rounding
+	t.Run("tp2-capacity-shared-vs-cpu", func(t *testing.T) {
+		c := withMicro(cfg, 2*micro)
+		m := *c.Model
+		m.CapacityFactor, m.Shared = 0.5, 1
+		c.Model = &m
+		cpu := c
+		cpu.Device, cpu.Precision = "cpu", ""
+		g := curveRun(t, c, corpus, 2, 1, 1, parallel.BalanceDP, dev)
+		h := curveRun(t, cpu, corpus, 2, 1, 1, parallel.BalanceDP, nil)
+		closeCurves(t, "loss", g.loss, h.loss, 1e-4)
+		closeCurves(t, "global-batch LBL", g.lbl, h.lbl, 1e-4)
+		closeCurves(t, "gradient norm", g.gnorm, h.gnorm, 1e-4)
+	})
+	t.Run("tp2-bf16", func(t *testing.T) {
+		c := withMicro(cfg, 2*micro)
+		c.Precision, c.Steps = "bf16", 3
+		one := curveRun(t, c, corpus, 1, 1, 1, parallel.BalanceDP, dev)
+		two := curveRun(t, c, corpus, 2, 1, 1, parallel.BalanceDP, dev)
+		closeCurves(t, "loss", two.loss, one.loss, 1e-2)
+		closeCurves(t, "global-batch LBL", two.lbl, one.lbl, 1e-2)
+	})
 	// a micro-batch that does not split into whole sequences per TP rank
 	// is refused before any collective, naming it
 	layout, err := parallel.NewLayout(2, 2, 1, 1)

@@ -166,7 +166,13 @@ func New(dev cuda.Device, cfg model.Config, o Options) (*Model, error) {
 		return nil, fmt.Errorf("gpu: memory info: %w", err)
 	}
 	if need := est.Total + o.Reserve; need > free {
-		return nil, &MemoryError{Need: need, Free: free, Total: total, Device: dev.Name(), Estimate: est}
+		me := &MemoryError{Need: need, Free: free, Total: total, Device: dev.Name(), Estimate: est}
+		if !o.RecomputeAttention {
+			if re, err := estimate(cfg, o.MicroBatch, o.Precision, epSize, tp, true); err == nil {
+				me.Recomputed = re.Total + o.Reserve
+			}
+		}
+		return nil, me
 	}
 	m := &Model{Cfg: cfg, B: o.MicroBatch, S: cfg.SeqLen, T: o.MicroBatch * cfg.SeqLen, Prec: o.Precision,
 		dev: dev, act: o.Precision.act(), a: &arena{dev: dev}, bal: o.Balancer, attnChunk: o.AttnChunk}
@@ -258,11 +264,18 @@ type MemoryError struct {
 	Need, Free, Total int64
 	Device            string
 	Estimate          MemEstimate
+	// Recomputed is what the run would need with the attention
+	// probabilities recomputed (0: it recomputes them already).
+	Recomputed int64
 }
 
 func (e *MemoryError) Error() string {
-	return fmt.Sprintf("gpu: the run needs %.1f GiB (%s), %s has %.1f GiB free of %.1f GiB: lower micro_batch or the model size",
-		gib(e.Need), e.Estimate, e.Device, gib(e.Free), gib(e.Total))
+	fix := "lower micro_batch or the model size"
+	if e.Recomputed > 0 {
+		fix += fmt.Sprintf(", or recompute: attention (%.1f GiB)", gib(e.Recomputed))
+	}
+	return fmt.Sprintf("gpu: the run needs %.1f GiB (%s), %s has %.1f GiB free of %.1f GiB: %s",
+		gib(e.Need), e.Estimate, e.Device, gib(e.Free), gib(e.Total), fix)
 }
 
 func (e *MemoryError) Unwrap() error { return cuda.ErrOutOfMemory }

@@ -135,9 +135,15 @@ func TestMemoryEstimate(t *testing.T) {
 	if !errors.As(err, &me) || !errors.Is(err, cuda.ErrOutOfMemory) || dev.allocs != 0 {
 		t.Fatalf("oversized run: %v (allocations %d)", err, dev.allocs)
 	}
-	if !strings.Contains(err.Error(), "the run needs 4") || !strings.Contains(err.Error(), "GiB free") {
+	if !strings.Contains(err.Error(), "the run needs 4") || !strings.Contains(err.Error(), "GiB free") ||
+		!strings.Contains(err.Error(), "or recompute: attention (37.5 GiB)") {
 		t.Fatalf("message: %v", err)
 	}
+	_, err = New(dev, c, Options{MicroBatch: 16, Precision: BF16, RecomputeAttention: true})
+	if err == nil || strings.Contains(err.Error(), "or recompute") {
+		t.Fatalf("oversized run that recomputes: %v", err)
+	}
+	t.Logf("refused: %v", err)
 	if _, err := Estimate(c, 0, BF16); err == nil {
 		t.Fatal("micro-batch 0 accepted")
 	}

@@ -26,6 +26,7 @@ import (
 func (c *cli) cmdJob(ctx context.Context, args []string) error {
 	return c.group(ctx, "job", args, []command{
 		{"submit", "SPEC.yaml [--id ID] [--watch]", "validate the spec, submit it and print the job ID (--watch: then watch it)", c.jobSubmit},
+		{"check", "SPEC.yaml", "validate the spec without a cluster and show its layout and what each rank needs (host memory, the GPU engine's device memory)", c.jobCheck},
 		{"list", "[--state pending,running,...]", "list jobs", c.jobList},
 		{"status", "ID", "show a job: state, conditions, progress, placement, events", c.jobStatus},
 		{"logs", "[-f] ID", "print a job's log lines (-f: follow until the job ends)", c.jobLogs},

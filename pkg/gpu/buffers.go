@@ -276,7 +276,12 @@ func (m *Model) statsParts(v []float32) (cnt, nv, psum, z []float32) {
 
 // MemEstimate is the device memory of a run, by category, in bytes.
 type MemEstimate struct {
-	Parameters, Gradients, Optimizer, Activations, Scratch, Total int64
+	Parameters  int64 `json:"parameters"`
+	Gradients   int64 `json:"gradients"`
+	Optimizer   int64 `json:"optimizer"`
+	Activations int64 `json:"activations"`
+	Scratch     int64 `json:"scratch"`
+	Total       int64 `json:"total"`
 }
 
 func (e MemEstimate) String() string {

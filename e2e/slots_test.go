@@ -16,8 +16,9 @@ import (
 
 // TestSeveralRanksPerWorker: workers that declare 2 GPUs run 2 ranks
 // each (one per GPU, its own port; the compute is the CPU engine's); a
-// DP=4 job takes two of them whole, survives a kill -9 of one, resumes
-// from its checkpoint on the other two slots it finds and succeeds.
+// tp 2 x dp 2 (ep 2) job takes two of them whole, a tensor-parallel group
+// on each, survives a kill -9 of one, resumes from its checkpoint on the
+// other two slots it finds and succeeds.
 func TestSeveralRanksPerWorker(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end cluster test: not in -short")
@@ -27,7 +28,7 @@ func TestSeveralRanksPerWorker(t *testing.T) {
 	const steps, every = 400, 10
 	spec := fmt.Sprintf(`name: slots
 model: {preset: tiny, dim: 64, layers: 2, heads: 2, experts: 4, top_k: 2, hidden: 64, seq_len: 64}
-parallel: {dp: 4, ep: 2}
+parallel: {tp: 2, dp: 2, ep: 2}
 data: {corpus: demo, demo_bytes: 131072, eval_seqs: 4}
 micro_batch: 4
 steps: %d
@@ -50,6 +51,13 @@ restart: {max_restarts: 2, backoff_seconds: 0}
 			t.Fatalf("worker %s holds slots %v: want two ranks in two slots", w, slots)
 		}
 	}
+	byRank := map[int32]string{}
+	for _, a := range j.Placement {
+		byRank[a.Rank] = a.WorkerId
+	}
+	if byRank[0] != byRank[1] || byRank[2] != byRank[3] {
+		t.Fatalf("placement %v: each tensor-parallel group (ranks 0-1, 2-3) must be on one worker", j.Placement)
+	}
 	var st apiv1.ClusterStatusResponse
 	decode(t, c.mustCLI("cluster", "status", "-o", "json"), &st)
 	for _, w := range st.Workers {
@@ -71,7 +79,7 @@ restart: {max_restarts: 2, backoff_seconds: 0}
 	if l0, ok := before[from+1]; ok && after[from+1] != l0 {
 		t.Errorf("loss at step %d: %v before the kill, %v after the resume; want identical", from+1, l0, after[from+1])
 	}
-	t.Logf("FIGURE 2 ranks per worker: DP=4 on %v; kill -9 %s; resumed from step %d on %v; SUCCEEDED at step %d",
+	t.Logf("FIGURE 2 ranks per worker: tp 2 x dp 2 on %v; kill -9 %s; resumed from step %d on %v; SUCCEEDED at step %d",
 		placedSlots(perWorker), victim, from, j.Placement, j.Progress.GetStep())
 	c.startWorker(victim)
 	c.waitIdleWorkers(3)

@@ -10,6 +10,7 @@ import (
 	"github.com/switchyard-ml/switchyard/pkg/devcomm"
 	"github.com/switchyard-ml/switchyard/pkg/lbl"
 	"github.com/switchyard-ml/switchyard/pkg/model"
+	"github.com/switchyard-ml/switchyard/pkg/runconfig"
 )
 
 // ErrConfig is wrapped by every refusal of a configuration the GPU engine
@@ -147,7 +148,7 @@ func New(dev cuda.Device, cfg model.Config, o Options) (*Model, error) {
 		return nil, err
 	}
 	if o.Reserve == 0 {
-		o.Reserve = 1 << 30
+		o.Reserve = runconfig.GPUReserveBytes // what placement's bound counts on
 	}
 	epSize := 1
 	if o.Experts != nil && o.Experts.Counts != nil {
@@ -168,7 +169,7 @@ func New(dev cuda.Device, cfg model.Config, o Options) (*Model, error) {
 	if need := est.Total + o.Reserve; need > free {
 		me := &MemoryError{Need: need, Free: free, Total: total, Device: dev.Name(), Estimate: est}
 		if !o.RecomputeAttention {
-			if re, err := estimate(cfg, o.MicroBatch, o.Precision, epSize, tp, true); err == nil {
+			if re, err := estimate(cfg, o.MicroBatch, o.Precision, epSize, tp, true); err == nil && re.Total+o.Reserve < need {
 				me.Recomputed = re.Total + o.Reserve
 			}
 		}
@@ -265,14 +266,18 @@ type MemoryError struct {
 	Device            string
 	Estimate          MemEstimate
 	// Recomputed is what the run would need with the attention
-	// probabilities recomputed (0: it recomputes them already).
+	// probabilities recomputed (0: it recomputes them already, or that
+	// would not need less).
 	Recomputed int64
 }
 
 func (e *MemoryError) Error() string {
 	fix := "lower micro_batch or the model size"
-	if e.Recomputed > 0 {
-		fix += fmt.Sprintf(", or recompute: attention (%.1f GiB)", gib(e.Recomputed))
+	switch {
+	case e.Recomputed > 0 && e.Recomputed <= e.Free:
+		fix = fmt.Sprintf("set recompute: attention (it would need %.1f GiB), or %s", gib(e.Recomputed), fix)
+	case e.Recomputed > 0:
+		fix += fmt.Sprintf(" (recompute: attention would still need %.1f GiB)", gib(e.Recomputed))
 	}
 	return fmt.Sprintf("gpu: the run needs %.1f GiB (%s), %s has %.1f GiB free of %.1f GiB: %s",
 		gib(e.Need), e.Estimate, e.Device, gib(e.Free), gib(e.Total), fix)

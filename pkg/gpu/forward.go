@@ -74,7 +74,8 @@ func (m *Model) Forward(ctx context.Context, b *model.Batch, stats *model.Expert
 }
 
 // Dropped is the number of (token, choice) pairs the capacity dropped in
-// the last micro-batch, over all MoE layers.
+// the last micro-batch, over all MoE layers (of this rank's token slice
+// with tensor parallelism).
 func (m *Model) Dropped() int { return m.host.dropped }
 
 func (m *Model) setBatch(b *model.Batch) error {

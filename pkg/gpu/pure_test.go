@@ -136,8 +136,12 @@ func TestMemoryEstimate(t *testing.T) {
 		t.Fatalf("oversized run: %v (allocations %d)", err, dev.allocs)
 	}
 	if !strings.Contains(err.Error(), "the run needs 4") || !strings.Contains(err.Error(), "GiB free") ||
-		!strings.Contains(err.Error(), "or recompute: attention (37.5 GiB)") {
+		!strings.Contains(err.Error(), "(recompute: attention would still need 37.5 GiB)") {
 		t.Fatalf("message: %v", err)
+	}
+	_, err = New(&tinyDevice{free: 40 << 30, total: 80 << 30}, c, Options{MicroBatch: 16, Precision: BF16})
+	if err == nil || !strings.Contains(err.Error(), "set recompute: attention (it would need 37.5 GiB), or lower micro_batch") {
+		t.Fatalf("a run that fits with the attention recomputed: %v", err)
 	}
 	_, err = New(dev, c, Options{MicroBatch: 16, Precision: BF16, RecomputeAttention: true})
 	if err == nil || strings.Contains(err.Error(), "or recompute") {
@@ -271,6 +275,41 @@ func TestMinGPURankBytes(t *testing.T) {
 						bound/(1<<30), need/(1<<30), 100*bound/need)
 				}
 			}
+		}
+	}
+}
+
+// TestMinGPURankBytesNeverAbove: over random models and layouts (dense
+// layers, shared experts, capacity factors below 1 and above ep, tensor
+// and expert parallelism, recomputation, both precisions) runconfig's
+// bound never exceeds what the engine allocates: placement by it never
+// keeps a rank off a GPU it fits.
+func TestMinGPURankBytesNeverAbove(t *testing.T) {
+	r := rand.New(rand.NewPCG(5, 5))
+	for i := range 20000 {
+		tp := []int{1, 2, 4}[r.IntN(3)]
+		ep := 1 + r.IntN(4)
+		hd := 2 * (1 + r.IntN(16))
+		c := model.Config{Vocab: 1 + r.IntN(4096), Heads: tp * (1 + r.IntN(4)), Layers: 1 + r.IntN(4), SeqLen: 1 + r.IntN(96),
+			Experts: ep * (1 + r.IntN(8)), Hidden: 1 + r.IntN(128), MoEEvery: 1 + r.IntN(3), DenseHidden: 1 + r.IntN(128),
+			Shared: r.IntN(2)}
+		c.Dim = c.Heads * hd
+		c.TopK = 1 + r.IntN(min(c.Experts, 4))
+		if r.IntN(2) == 0 {
+			c.CapacityFactor = []float64{0.1, 0.75, 1, 1.25, 3, 100}[r.IntN(6)]
+		}
+		c.Defaults()
+		if c.Validate() != nil {
+			continue
+		}
+		micro := tp * (1 + r.IntN(4))
+		prec, re := []Precision{FP32, BF16}[r.IntN(2)], r.IntN(2) == 0
+		est, err := estimate(c, micro, prec, ep, tp, re)
+		if err != nil {
+			t.Fatalf("%d: %+v: %v", i, c, err)
+		}
+		if bound := c.MinGPURankBytes(micro, tp, ep, prec == BF16, re) - runconfig.GPUReserveBytes; bound > float64(est.Total) {
+			t.Fatalf("%d: %+v micro %d tp %d ep %d %s recompute %v: bound %.0f bytes above the engine's %d", i, c, micro, tp, ep, prec, re, bound, est.Total)
 		}
 	}
 }

@@ -108,3 +108,22 @@ func TestProfilePerModel(t *testing.T) {
 		t.Errorf("profile not cleared: %+v", q)
 	}
 }
+
+// TestMinRankBytesCountsTheRanksParameters: runconfig's host-memory bound
+// counts exactly the parameters a rank's layout holds (16 bytes each),
+// however tensor and expert parallelism split them.
+func TestMinRankBytesCountsTheRanksParameters(t *testing.T) {
+	for _, name := range []string{"tiny", "small", "science"} {
+		c, _ := Preset(name)
+		c.Shared, c.MoEEvery = 1, 2
+		c.Defaults()
+		for _, par := range []struct{ tp, ep int }{{1, 1}, {2, 1}, {1, 2}, {2, 4}} {
+			acts := float64(4*c.SeqLen) * float64(c.Layers*c.Dim+2*c.Vocab) * 4
+			got := c.MinRankBytes(4, par.tp, par.ep) - acts
+			want := 16 * float64(CountParams(c, 0, c.Experts/par.ep, par.tp))
+			if got != want {
+				t.Errorf("%s tp %d ep %d: the bound counts %.0f parameters, a rank holds %.0f", name, par.tp, par.ep, got/16, want/16)
+			}
+		}
+	}
+}

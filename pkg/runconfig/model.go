@@ -208,8 +208,8 @@ func (c *Model) Overlay(o Model) {
 
 // MinRankBytes is a lower bound on the memory one rank of a job needs to
 // train this model with microBatch sequences per micro-batch, split tp
-// ways by tensor and ep ways by expert parallelism: the parameters it
-// holds times 16 bytes (fp32 weights, gradients and the two Adam
+// ways by tensor (the attention projections) and ep ways by expert
+// parallelism (the routed experts): the parameters it holds times 16 bytes (fp32 weights, gradients and the two Adam
 // moments), one fp32 activation of width dim per layer and token, and
 // the logits with their gradient. What a rank really uses is more (the
 // saved activations of attention and the experts, buffers, the corpus):
@@ -219,10 +219,11 @@ func (c Model) MinRankBytes(microBatch, tp, ep int) float64 {
 	d, h, dh := float64(c.Dim), float64(c.Hidden), float64(c.DenseHidden)
 	E, L := float64(c.Experts), float64(c.Layers)
 	moe := float64(c.MoELayers())
-	replicated := 2*float64(c.Vocab)*d + d + L*(4*d*d+2*d) + // embedding, head, norms, attention
+	replicated := 2*float64(c.Vocab)*d + d + L*2*d + // embedding, head, norms
 		(L-moe)*3*d*dh + moe*(d*E+float64(c.Shared)*3*d*h) // dense FFNs, routers, shared experts
+	attention := L * 4 * d * d // the one part tensor parallelism splits
 	experts := moe * E * 3 * d * h
-	params := replicated/float64(tp) + experts/float64(tp*ep)
+	params := replicated + attention/float64(tp) + experts/float64(ep)
 	tokens := float64(microBatch) * float64(c.SeqLen)
 	acts := tokens * (L*d + 2*float64(c.Vocab)) * 4
 	return 16*params + acts

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -433,21 +434,41 @@ func TestGPUTensorParallelMatchesOneProcess(t *testing.T) {
 		})
 	}
 	// with a capacity (each TP rank's token slice has its own, as on the
-	// CPU) and a shared expert: the GPU ranks compute what the CPU
-	// engine's TP ranks compute; in bf16 the same as one process within
-	// bf16's rounding
-	t.Run("tp2-capacity-shared-vs-cpu", func(t *testing.T) {
+	// CPU), a shared expert, a dense layer and the attention recomputed:
+	// the GPU ranks compute what the CPU engine's TP ranks compute; in
+	// bf16 the same as one process within bf16's rounding
+	t.Run("tp2-capacity-shared-dense-recompute-vs-cpu", func(t *testing.T) {
 		c := withMicro(cfg, 2*micro)
 		m := *c.Model
-		m.CapacityFactor, m.Shared = 0.5, 1
-		c.Model = &m
+		m.CapacityFactor, m.Shared, m.MoEEvery, m.Layers = 0.5, 1, 2, 3
+		c.Model, c.Recompute = &m, "attention"
 		cpu := c
-		cpu.Device, cpu.Precision = "cpu", ""
+		cpu.Device, cpu.Precision, cpu.Recompute = "cpu", "", ""
 		g := curveRun(t, c, corpus, 2, 1, 1, parallel.BalanceDP, dev)
 		h := curveRun(t, cpu, corpus, 2, 1, 1, parallel.BalanceDP, nil)
 		closeCurves(t, "loss", g.loss, h.loss, 1e-4)
 		closeCurves(t, "global-batch LBL", g.lbl, h.lbl, 1e-4)
 		closeCurves(t, "gradient norm", g.gnorm, h.gnorm, 1e-4)
+	})
+	// evaluation: the expert selections each TP rank records of its
+	// token slice add up to one process's
+	t.Run("tp2-eval-stats", func(t *testing.T) {
+		c := withMicro(cfg, 2*micro)
+		var stats [2]*model.ExpertStats
+		for i, tp := range []int{1, 2} {
+			ranks, closeAll := ranksOn(t, tp, 1, 1, c, corpus, dev)
+			onAll(t, ranks, func(tr *Trainer) error {
+				ev, err := tr.Evaluate(context.Background())
+				if err == nil && tr.Dist.Rank == 0 {
+					stats[i] = ev.Stats
+				}
+				return err
+			})
+			closeAll()
+		}
+		if stats[0] == nil || !reflect.DeepEqual(stats[0].Counts, stats[1].Counts) || !reflect.DeepEqual(stats[0].Tokens, stats[1].Tokens) {
+			t.Fatalf("expert selections: one process %+v, tp 2 %+v", stats[0], stats[1])
+		}
 	})
 	t.Run("tp2-bf16", func(t *testing.T) {
 		c := withMicro(cfg, 2*micro)

@@ -20,10 +20,13 @@
 #                 <= 1e-4 relative at every step; free-running: 1e-4
 #                 through step 8, the loss within 2% after),
 #                 bf16 vs fp32 after 200 steps (<= 2%), checkpoints GPU->CPU
-#                 and CPU->GPU (validation loss to 1e-5)
-#         bench   ours (bf16, fp32, and bf16 with the experts' GEMMs one by
-#                 one) vs moe_bench.py --device cuda --dtype bf16 eager, on
-#                 medium and small
+#                 and CPU->GPU (validation loss to 1e-5), data, expert and
+#                 tensor parallelism against one process (ranks sharing the
+#                 GPU: host-staged), the attention recomputed
+#         bench   ours (bf16, fp32, bf16 with the experts' GEMMs one by
+#                 one, and bf16 with the attention recomputed) vs
+#                 moe_bench.py --device cuda --dtype bf16 eager, on medium
+#                 (small: bf16, fp32)
 #         train   switchyard train --device cuda --preset medium on the corpus
 #                 for TRAIN_SECONDS (280, --max-time), its schedule sized at
 #                 the step time the bench measured

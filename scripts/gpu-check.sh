@@ -114,7 +114,7 @@ phase_tests() {
 }
 
 phase_equiv() {
-  run_tests equiv train.test 300 -test.run 'TestGPU'
+  run_tests equiv train.test 360 -test.run 'TestGPU'
 }
 
 bench_summary() {

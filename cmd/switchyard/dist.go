@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/switchyard-ml/switchyard/pkg/cuda"
 	"github.com/switchyard-ml/switchyard/pkg/parallel"
 	"github.com/switchyard-ml/switchyard/pkg/runconfig"
 	"github.com/switchyard-ml/switchyard/pkg/security"
@@ -90,6 +91,9 @@ func (f *distFlags) connect(ctx context.Context) (*train.Dist, func(), error) {
 	}
 	opts := parallel.DefaultOptions()
 	opts.Timeout = f.commTimeout
+	// a GPU rank's NCCL calls that cannot be interrupted end the rank
+	// after a limit that follows the comm timeout (cuda.NCCLLimitFor)
+	cuda.SetNCCLLimit(cuda.NCCLLimitFor(f.commTimeout))
 	opts.DialTimeout = f.connectLimit
 	opts.DataPlane = f.dataPlane
 	if f.tls.Enabled() {

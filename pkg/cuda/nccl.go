@@ -273,6 +273,25 @@ func init() {
 	ncclDog.Store(&NCCLWatchdog{Limit: DefaultNCCLLimit, Stuck: exitStuck})
 }
 
+// NCCLLimitFor is the watchdog's limit for ranks whose collectives over
+// their transport time out after commTimeout (a peer that silent is an
+// error): the NCCL calls that block wait for the same peers, which have
+// met on the transport just before (the NCCL id travels over it), so four
+// times that, at least 2 minutes (a large communicator's set-up takes
+// time), at most DefaultNCCLLimit.
+func NCCLLimitFor(commTimeout time.Duration) time.Duration {
+	return min(max(4*commTimeout, 2*time.Minute), DefaultNCCLLimit)
+}
+
+// SetNCCLLimit sets the watchdog's limit (zero: none), keeping what it
+// does when a call is stuck, and returns a function that puts the
+// previous watchdog back.
+func SetNCCLLimit(limit time.Duration) (restore func()) {
+	w := *ncclDog.Load()
+	w.Limit = limit
+	return SetNCCLWatchdog(w)
+}
+
 // SetNCCLWatchdog replaces the watchdog (zero Limit: none) and returns a
 // function that puts the previous one back.
 func SetNCCLWatchdog(w NCCLWatchdog) (restore func()) {

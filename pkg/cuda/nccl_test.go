@@ -390,3 +390,26 @@ func TestNCCLWatchdogOnFake(t *testing.T) {
 		t.Fatalf("stuck calls %q after calls that returned", got)
 	}
 }
+
+// TestNCCLLimitFor: the watchdog's limit follows the ranks' comm timeout
+// (four times it), within [2 min, DefaultNCCLLimit]; SetNCCLLimit keeps
+// what the watchdog does and puts the previous one back.
+func TestNCCLLimitFor(t *testing.T) {
+	for _, tc := range []struct{ comm, want time.Duration }{
+		{5 * time.Second, 2 * time.Minute}, {30 * time.Second, 2 * time.Minute}, {60 * time.Second, 4 * time.Minute},
+		{2 * time.Minute, 8 * time.Minute}, {time.Hour, DefaultNCCLLimit},
+	} {
+		if got := NCCLLimitFor(tc.comm); got != tc.want {
+			t.Errorf("comm timeout %v: limit %v, want %v", tc.comm, got, tc.want)
+		}
+	}
+	before := ncclDog.Load()
+	restore := SetNCCLLimit(3 * time.Minute)
+	if w := ncclDog.Load(); w.Limit != 3*time.Minute || w.Stuck == nil {
+		t.Errorf("after SetNCCLLimit: %+v", w)
+	}
+	restore()
+	if ncclDog.Load() != before {
+		t.Error("restore did not put the previous watchdog back")
+	}
+}

@@ -45,14 +45,9 @@ func (c *cli) jobSubmit(ctx context.Context, name string, args []string) error {
 	if err != nil {
 		return err
 	}
-	path := pos[0]
-	raw, err := fsutil.ReadFile(path, jobspec.MaxSize)
+	raw, sp, err := readSpec("job submit", pos[0])
 	if err != nil {
-		return usageError{fmt.Errorf("job submit: %w", err)}
-	}
-	sp, err := jobspec.Parse(raw)
-	if err != nil {
-		return usageError{fmt.Errorf("job submit: %s is not a valid job spec:\n  %s", path, strings.ReplaceAll(err.Error(), "\n", "\n  "))}
+		return err
 	}
 	if *id == "" {
 		*id = jobspec.NewJobID(sp.Name)
@@ -83,6 +78,20 @@ func (c *cli) jobSubmit(ctx context.Context, name string, args []string) error {
 		return nil
 	}
 	return c.watch(ctx, r, cl, job.GetId())
+}
+
+// readSpec reads and validates the job spec at path; its errors are usage
+// errors that name what (the command) and the file.
+func readSpec(what, path string) ([]byte, *jobspec.Spec, error) {
+	raw, err := fsutil.ReadFile(path, jobspec.MaxSize)
+	if err != nil {
+		return nil, nil, usageError{fmt.Errorf("%s: %w", what, err)}
+	}
+	sp, err := jobspec.Parse(raw)
+	if err != nil {
+		return nil, nil, usageError{fmt.Errorf("%s: %s is not a valid job spec:\n  %s", what, path, strings.ReplaceAll(err.Error(), "\n", "\n  "))}
+	}
+	return raw, sp, nil
 }
 
 func (c *cli) jobList(ctx context.Context, name string, args []string) error {

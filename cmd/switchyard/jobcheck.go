@@ -7,9 +7,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"strings"
 
-	"github.com/switchyard-ml/switchyard/pkg/fsutil"
 	"github.com/switchyard-ml/switchyard/pkg/gpu"
 	"github.com/switchyard-ml/switchyard/pkg/jobspec"
 	"github.com/switchyard-ml/switchyard/pkg/model"
@@ -50,13 +48,9 @@ func (c *cli) jobCheck(ctx context.Context, name string, args []string) error {
 		return err
 	}
 	path := pos[0]
-	raw, err := fsutil.ReadFile(path, jobspec.MaxSize)
+	_, sp, err := readSpec("job check", path)
 	if err != nil {
-		return usageError{fmt.Errorf("job check: %w", err)}
-	}
-	sp, err := jobspec.Parse(raw)
-	if err != nil {
-		return usageError{fmt.Errorf("job check: %s is not a valid job spec:\n  %s", path, strings.ReplaceAll(err.Error(), "\n", "\n  "))}
+		return err
 	}
 	jc, err := checkSpec(path, sp)
 	if err != nil {

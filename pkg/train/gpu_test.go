@@ -91,6 +91,18 @@ func onDevice(t *testing.T, cfg Config, corpus *data.Corpus, prec string) *Train
 	return tr
 }
 
+// fp32Run is gpuRun for steps in fp32 on the GPU (seed 3 unless set),
+// with a source of devices for curveRun.
+func fp32Run(t *testing.T, steps int) (func() cuda.Device, Config, *data.Corpus) {
+	t.Helper()
+	cfg, corpus := gpuRun(t, steps)
+	cfg.Device, cfg.Precision = "cuda", "fp32"
+	if cfg.Seed == 0 {
+		cfg.Seed = 3
+	}
+	return func() cuda.Device { return gpuDevice(t) }, cfg, corpus
+}
+
 func relDiff(a, b float64) float64 { return math.Abs(a-b) / math.Max(math.Abs(b), 1e-12) }
 
 // TestGPUMatchesCPUTraining: fp32 on the GPU and the CPU engine, 30 steps
@@ -341,12 +353,7 @@ func TestGPUCheckpointInterchange(t *testing.T) {
 // ranks end with the same parameters. On a GPU both ranks share it
 // (several ranks on one GPU: the host-staged collectives).
 func TestGPUDataParallelMatchesOneProcess(t *testing.T) {
-	dev := func() cuda.Device { return gpuDevice(t) }
-	cfg, corpus := gpuRun(t, 10)
-	cfg.Device, cfg.Precision = "cuda", "fp32"
-	if cfg.Seed == 0 {
-		cfg.Seed = 3
-	}
+	dev, cfg, corpus := fp32Run(t, 10)
 	one := cfg
 	two := cfg
 	two.MicroBatch = cfg.MicroBatch / 2
@@ -407,12 +414,7 @@ func withRecompute(c Config, r string) Config {
 // tp 2 x dp 2 with ep 2, against one process of the same global batch;
 // loss, LBL and gradient norm per step; each rank holds its slices.
 func TestGPUTensorParallelMatchesOneProcess(t *testing.T) {
-	dev := func() cuda.Device { return gpuDevice(t) }
-	cfg, corpus := gpuRun(t, 5)
-	cfg.Device, cfg.Precision = "cuda", "fp32"
-	if cfg.Seed == 0 {
-		cfg.Seed = 3
-	}
+	dev, cfg, corpus := fp32Run(t, 5)
 	micro := cfg.MicroBatch
 	one := withMicro(cfg, 2*micro)
 	ref := curveRun(t, one, corpus, 1, 1, 1, parallel.BalanceDP, dev)

@@ -92,10 +92,12 @@ type Uses uint8
 
 // The kinds.
 const (
-	// UsesAllReduce: AllReduceSum (and ReduceScatterSum, AllGather).
+	// UsesAllReduce: AllReduceSum (and ReduceScatterSum).
 	UsesAllReduce Uses = 1 << iota
 	// UsesAllToAll: AllToAllV.
 	UsesAllToAll
+	// UsesAllGather: AllGather.
+	UsesAllGather
 )
 
 // Open makes this rank's Comm over group g for the device dev, with the
@@ -174,8 +176,8 @@ func open(ctx context.Context, dev cuda.Device, g *parallel.Comm, want Backend, 
 	return c, nil
 }
 
-// handshake runs, of an all-reduce and an all-to-all-v, those the group
-// uses, on a few floats, every rank with every other, and checks what
+// handshake runs, of an all-reduce, an all-gather and an all-to-all-v,
+// those the group uses, on a few floats, every rank with every other, and checks what
 // arrived. NCCL connects a pair of ranks (and allocates the connection's
 // buffers) at their first collective of a kind: made here, while every
 // rank is in Open, rather than in the first step, the small messages'
@@ -187,12 +189,16 @@ func open(ctx context.Context, dev cuda.Device, g *parallel.Comm, want Backend, 
 // NCCL, whose waits for a peer cannot be interrupted.
 func handshake(ctx context.Context, dev cuda.Device, c Comm, g *parallel.Comm, uses Uses) error {
 	p, r := c.Size(), c.Rank()
-	n := 1 + 2*p // the all-reduce's float, then p to send and p to receive
+	// the all-reduce's float; the all-to-all-v's p to send and p to
+	// receive; the all-gather's p (this rank's is its block)
+	n := 1 + 3*p
 	host := make([]float32, n)
 	host[0] = float32(r + 1)
 	for j := range p {
 		host[1+j] = float32(r*p + j) // for rank j
 	}
+	gathered := 1 + 2*p
+	host[gathered+r] = float32(10 * (r + 1))
 	buf, err := dev.Alloc(int64(4 * n))
 	if err == nil {
 		defer dev.Free(buf)
@@ -216,6 +222,11 @@ func handshake(ctx context.Context, dev cuda.Device, c Comm, g *parallel.Comm, u
 				return err
 			}
 		}
+		if uses&UsesAllGather != 0 {
+			if err := c.AllGather(ctx, buf.Add(int64(4*gathered)), 1); err != nil {
+				return err
+			}
+		}
 		if err := dev.CopyDtoH(unsafe.Pointer(&host[0]), buf, int64(4*n)); err != nil {
 			return err
 		}
@@ -225,6 +236,9 @@ func handshake(ctx context.Context, dev cuda.Device, c Comm, g *parallel.Comm, u
 		for j := range p {
 			if got, want := host[1+p+j], float32(j*p+r); uses&UsesAllToAll != 0 && got != want {
 				return fmt.Errorf("the all-to-all-v delivered %v from rank %d, want %v", got, j, want)
+			}
+			if got, want := host[gathered+j], float32(10*(j+1)); uses&UsesAllGather != 0 && got != want {
+				return fmt.Errorf("the all-gather gave %v as rank %d's block, want %v", got, j, want)
 			}
 		}
 		return nil

@@ -129,6 +129,9 @@ type fakeLib struct {
 	// misroute makes the all-to-all-v deliver rank 0's floats for rank 1
 	// to rank 1 from every rank (a broken exchange)
 	misroute bool
+	// misgather makes the all-gather give every rank rank 0's block in
+	// place of the last rank's
+	misgather bool
 }
 
 func (l *fakeLib) version() (string, error) { return "2.99.0", nil }
@@ -154,7 +157,7 @@ func (l *fakeLib) open(dev cuda.Device, id cuda.NCCLID, size, rank int) (ncclOps
 	}
 	w := l.worlds[id]
 	if w == nil {
-		w = &fakeWorld{n: size, ops: make([]fakeOp, size), misroute: l.misroute}
+		w = &fakeWorld{n: size, ops: make([]fakeOp, size), misroute: l.misroute, misgather: l.misgather}
 		w.cv = sync.NewCond(&w.mu)
 		l.worlds[id] = w
 	}
@@ -184,14 +187,15 @@ type fakeOp struct {
 }
 
 type fakeWorld struct {
-	n        int
-	misroute bool
-	ran      []string // the collectives run, in order
-	mu       sync.Mutex
-	cv       *sync.Cond
-	in       int
-	gen      int
-	ops      []fakeOp
+	n         int
+	misroute  bool
+	misgather bool
+	ran       []string // the collectives run, in order
+	mu        sync.Mutex
+	cv        *sync.Cond
+	in        int
+	gen       int
+	ops       []fakeOp
 }
 
 type fakeComm struct {
@@ -252,7 +256,10 @@ func (w *fakeWorld) run() {
 	case "allgather":
 		n := w.ops[0].n
 		all := make([]float32, 0, n*w.n)
-		for _, o := range w.ops {
+		for r, o := range w.ops {
+			if w.misgather && r == w.n-1 {
+				o = w.ops[0]
+			}
 			all = append(all, f32s(o.send, n)...)
 		}
 		for _, o := range w.ops {
@@ -635,6 +642,24 @@ func TestHandshakeUses(t *testing.T) {
 		t.Errorf("the all-reduce group's first exchange ran %v", ops)
 	}
 
+	// a tensor-parallel group sums and gathers: a broken all-gather fails
+	// its Open, and the all-to-all it does not use is not run
+	lib = &fakeLib{misroute: true, misgather: true}
+	group(t, 3, func(r int, g *parallel.Comm) error {
+		_, err := open(context.Background(), newDev(t, fmt.Sprintf("GPU-%d", r)), g, NCCL, UsesAllReduce|UsesAllGather, lib)
+		if !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "the all-gather gave 10 as rank 2's block, want 30") {
+			return fmt.Errorf("got %v", err)
+		}
+		return nil
+	})
+	ops = nil
+	for _, w := range lib.worlds {
+		ops = append(ops, w.ran...)
+	}
+	if !slices.Equal(ops, []string{"allreduce", "allgather"}) {
+		t.Errorf("the tensor-parallel group's first exchange ran %v", ops)
+	}
+
 	lib = &fakeLib{}
 	start := time.Now()
 	group(t, 3, func(r int, g *parallel.Comm) error {
@@ -683,4 +708,4 @@ func TestNCCLCollectiveTimeout(t *testing.T) {
 }
 
 // both: a group that runs every kind of collective.
-const both = UsesAllReduce | UsesAllToAll
+const both = UsesAllReduce | UsesAllToAll | UsesAllGather

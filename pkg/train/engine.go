@@ -333,8 +333,8 @@ func openCollectives(dev cuda.Device, d *Dist, backend string) (gpuCollectives, 
 	}{
 		{"data-parallel", d.dp, &c.dp, devcomm.UsesAllReduce}, // gradients
 		{"expert-data-parallel", d.expertDP, &c.expertDP, devcomm.UsesAllReduce},
-		{"expert-parallel", d.ep, &c.ep, devcomm.UsesAllToAll}, // the experts' rows
-		{"tensor-parallel", d.tp, &c.tp, devcomm.UsesAllReduce},
+		{"expert-parallel", d.ep, &c.ep, devcomm.UsesAllToAll},                          // the experts' rows
+		{"tensor-parallel", d.tp, &c.tp, devcomm.UsesAllReduce | devcomm.UsesAllGather}, // attention sums, MoE gathers
 	} {
 		if g.comm == nil || g.comm.Size() == 1 {
 			continue

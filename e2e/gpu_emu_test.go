@@ -20,10 +20,12 @@ import (
 
 // emuBuild is the switchyard binary built with the cudaemu tag (cgo and
 // a C++20 compiler): with gpu.EmulatorEnv set, `device: cuda` runs the
-// GPU engine's kernels on the CPU emulator.
+// GPU engine's kernels on the CPU emulator. It lives in TestMain's
+// binaries directory (removed when the tests end, not when one test does:
+// with -count=N every run uses it).
 var emuBuild = sync.OnceValues(func() (string, error) {
-	dir, err := os.MkdirTemp("", "switchyard-e2e-emu-")
-	if err != nil {
+	dir := filepath.Join(bins.dir, "cudaemu")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", err
 	}
 	cmd := exec.Command("go", "build", "-tags", "cudaemu", "-o", dir+"/", "./cmd/switchyard")
@@ -53,7 +55,6 @@ func TestGPUJobOnEmulator(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { os.RemoveAll(filepath.Dir(trainer)) })
 	emuEnv := []string{gpu.EmulatorEnv + "=1", "OMP_NUM_THREADS=1"}
 	c := startClusterWith(t, 1, func(c *cluster) {
 		c.gpus, c.trainer, c.workerEnv = 1, trainer, emuEnv

@@ -1,9 +1,11 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"flag"
 	"fmt"
+	"net"
 	"strings"
 	"time"
 
@@ -21,6 +23,7 @@ type distFlags struct {
 	tp, dp, ep   int
 	balance      string
 	peers        string
+	hosts        string
 	listen       string
 	commTimeout  time.Duration
 	dataPlane    string
@@ -36,6 +39,7 @@ func (f *distFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&f.ep, "ep", 1, "expert-parallel degree (divides dp)")
 	fs.StringVar(&f.balance, "balance", "dp", "LBL balance group: dp, node or none")
 	fs.StringVar(&f.peers, "peers", "", "comma-separated host:port of every rank, in rank order (set by launch)")
+	fs.StringVar(&f.hosts, "hosts", "", "comma-separated host of every rank, in rank order: the ranks of a host are a --balance node group (set by launch and the worker; default: the host part of each --peers address)")
 	fs.StringVar(&f.listen, "listen", "", "address this rank listens on (default: its entry in --peers)")
 	fs.DurationVar(&f.commTimeout, "comm-timeout", 60*time.Second, "a peer silent this long in a collective is an error")
 	fs.DurationVar(&f.connectLimit, "connect-timeout", 60*time.Second, "how long to wait for every peer at start")
@@ -68,7 +72,56 @@ func (f *distFlags) layout() (parallel.Layout, error) {
 	if dp == 0 && f.tp > 0 {
 		dp = f.world / f.tp
 	}
-	return parallel.NewLayout(f.world, f.tp, dp, f.ep, parallel.WithBalance(parallel.Balance(f.balance)))
+	opts := []parallel.LayoutOption{parallel.WithBalance(parallel.Balance(f.balance))}
+	if hosts, err := f.rankHosts(); err != nil {
+		return parallel.Layout{}, err
+	} else if hosts != nil {
+		opts = append(opts, parallel.WithHosts(hosts))
+	}
+	return parallel.NewLayout(f.world, f.tp, dp, f.ep, opts...)
+}
+
+// rankHosts is the host of every rank: --hosts, else the host part of
+// each --peers address (ranks that listen on one address share a
+// machine), else nil (one process).
+func (f *distFlags) rankHosts() ([]string, error) {
+	if f.hosts != "" {
+		hosts := strings.Split(f.hosts, ",")
+		if len(hosts) != f.world {
+			return nil, fmt.Errorf("train: --hosts has %d hosts for --world %d", len(hosts), f.world)
+		}
+		return hosts, nil
+	}
+	if f.peers == "" {
+		return nil, nil
+	}
+	peers := strings.Split(f.peers, ",")
+	hosts := make([]string, len(peers))
+	for r, p := range peers {
+		h, _, err := net.SplitHostPort(p)
+		if err != nil {
+			return nil, fmt.Errorf("train: --peers: rank %d: %w", r, err)
+		}
+		hosts[r] = cmp.Or(h, "localhost")
+	}
+	return hosts, nil
+}
+
+// check validates the layout flags of a run of one process too: a
+// parallel degree, or a balance group, that one process cannot have is
+// refused rather than ignored.
+func (f *distFlags) check() error {
+	if f.world > 1 {
+		return nil // connect checks the layout
+	}
+	if f.tp > 1 || f.dp > 1 || f.ep > 1 {
+		return fmt.Errorf("train: --tp %d --dp %d --ep %d: one process (--world 1) runs without parallelism; start several with `switchyard launch --nproc N --tp %d --ep %d -- <train flags>`", f.tp, max(f.dp, 1), f.ep, f.tp, f.ep)
+	}
+	switch parallel.Balance(f.balance) {
+	case parallel.BalanceDP, parallel.BalanceNode, parallel.BalanceNone:
+		return nil
+	}
+	return fmt.Errorf("train: --balance %q is not one of dp, node, none", f.balance)
 }
 
 // connect joins the other ranks over gRPC and returns the trainer's view of

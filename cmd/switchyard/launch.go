@@ -24,7 +24,7 @@ import (
 func cmdLaunch(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("launch", flag.ContinueOnError)
 	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "usage: switchyard launch --nproc N [--tp a] [--ep b] [--dp c] [--balance dp|node|none] -- <train flags>")
+		fmt.Fprintln(fs.Output(), "usage: switchyard launch --nproc N [--tp a] [--ep b] [--dp c] [--balance dp|node|none] [--ranks-per-node K] -- <train flags>")
 		fs.PrintDefaults()
 	}
 	nproc := fs.Int("nproc", 2, "processes to start")
@@ -32,6 +32,7 @@ func cmdLaunch(ctx context.Context, args []string) error {
 	ep := fs.Int("ep", 1, "expert-parallel degree")
 	dp := fs.Int("dp", 0, "data-parallel degree (default nproc/tp)")
 	balance := fs.String("balance", "dp", "LBL balance group: dp, node or none")
+	perNode := fs.Int("ranks-per-node", 0, "treat every K consecutive ranks as one node (the --balance node groups), as if on K-GPU machines; 0: all ranks are this one machine's")
 	commTimeout := fs.Duration("comm-timeout", 30*time.Second, "a peer silent this long in a collective is an error on every rank")
 	dataPlane := fs.String("data-plane", "tcp", "collective payload transport for every rank: tcp or grpc")
 	grace := fs.Duration("grace", 0, "after a rank fails, how long the others get to exit on their own before they are killed (default comm-timeout + 10s)")
@@ -45,7 +46,11 @@ func cmdLaunch(ctx context.Context, args []string) error {
 	if *grace == 0 {
 		*grace = *commTimeout + 10*time.Second
 	}
-	df := distFlags{world: *nproc, tp: *tp, dp: *dp, ep: *ep, balance: *balance}
+	hosts, err := launchHosts(*nproc, *perNode, *tp)
+	if err != nil {
+		return usageError{err}
+	}
+	df := distFlags{world: *nproc, tp: *tp, dp: *dp, ep: *ep, balance: *balance, hosts: strings.Join(hosts, ",")}
 	if _, err := df.layout(); err != nil {
 		return usageError{err}
 	}
@@ -76,7 +81,7 @@ func cmdLaunch(ctx context.Context, args []string) error {
 	for r := 0; r < *nproc; r++ {
 		argv := append([]string{"train"}, fs.Args()...)
 		argv = append(argv, "--rank", fmt.Sprint(r), "--world", fmt.Sprint(*nproc), "--tp", fmt.Sprint(*tp), "--ep", fmt.Sprint(*ep),
-			"--dp", fmt.Sprint(*dp), "--balance", *balance, "--peers", strings.Join(peers, ","), "--comm-timeout", commTimeout.String(), "--data-plane", *dataPlane)
+			"--dp", fmt.Sprint(*dp), "--balance", *balance, "--hosts", df.hosts, "--peers", strings.Join(peers, ","), "--comm-timeout", commTimeout.String(), "--data-plane", *dataPlane)
 		c := exec.Command(self, argv...)
 		if visible != nil {
 			c.Env = append(os.Environ(), "CUDA_VISIBLE_DEVICES="+visible[r])
@@ -213,4 +218,25 @@ func rankGPUs(nproc, gpus int, visible string, visibleSet bool) ([]string, error
 		out[r] = strings.TrimSpace(ids[r%gpus])
 	}
 	return out, nil
+}
+
+// launchHosts names the node of each of nproc ranks: every perNode
+// consecutive ranks share one ("node0", "node1", ...; all "node0" when
+// perNode is 0). A node holds whole tensor-parallel groups.
+func launchHosts(nproc, perNode, tp int) ([]string, error) {
+	switch {
+	case perNode < 0:
+		return nil, fmt.Errorf("launch: --ranks-per-node %d: must be >= 0", perNode)
+	case perNode == 0:
+		perNode = max(nproc, 1)
+	case nproc%perNode != 0:
+		return nil, fmt.Errorf("launch: --ranks-per-node %d does not divide --nproc %d", perNode, nproc)
+	case tp > 0 && perNode%tp != 0:
+		return nil, fmt.Errorf("launch: --ranks-per-node %d is not a multiple of --tp %d (a tensor-parallel group stays on one node)", perNode, tp)
+	}
+	hosts := make([]string, max(nproc, 0))
+	for r := range hosts {
+		hosts[r] = fmt.Sprintf("node%d", r/perNode)
+	}
+	return hosts, nil
 }

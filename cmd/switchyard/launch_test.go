@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -229,5 +230,126 @@ func TestRankGPUs(t *testing.T) {
 	}
 	if _, err := rankGPUs(2, -1, "", false); err == nil {
 		t.Error("--gpus -1 accepted")
+	}
+}
+
+// TestLaunchBalanceNode: --balance node balances each node's ranks
+// together (--ranks-per-node): with one node of all 4 ranks it trains the
+// global batch's losses bit for bit, with 2 nodes of 2 it trains other
+// losses (its LBL statistics cover half the ranks), as --balance none
+// (each rank alone) does.
+func TestLaunchBalanceNode(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts processes")
+	}
+	bin := buildCLI(t)
+	cfg := filepath.Join(t.TempDir(), "run.yaml")
+	if err := os.WriteFile(cfg, []byte(strings.Replace(smallRunYAML, "steps: 100000", "steps: 3", 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	loss := func(args ...string) float64 {
+		t.Helper()
+		argv := append([]string{"launch", "--nproc", "4", "--ep", "2"}, args...)
+		argv = append(argv, "--", "--config", cfg, "--json")
+		cmd := exec.Command(bin, argv...)
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("launch %v: %v\n%s", args, err, lastLines(stderr.String(), 20))
+		}
+		var js strings.Builder
+		for _, line := range strings.Split(string(out), "\n") {
+			if rest, ok := strings.CutPrefix(line, "[rank 0] "); ok {
+				js.WriteString(rest + "\n")
+			}
+		}
+		var rep struct {
+			Loss *float64 `json:"final_train_loss"`
+		}
+		if err := json.Unmarshal([]byte(js.String()), &rep); err != nil || rep.Loss == nil {
+			t.Fatalf("launch %v: rank 0's report: %v\n%s", args, err, js.String())
+		}
+		return *rep.Loss
+	}
+	dp := loss("--balance", "dp")
+	if one := loss("--balance", "node"); one != dp {
+		t.Errorf("balance node on one node: final loss %v, balance dp %v (want the same)", one, dp)
+	}
+	two := loss("--balance", "node", "--ranks-per-node", "2")
+	if two == dp {
+		t.Errorf("balance node on 2 nodes of 2 trained balance dp's loss %v", dp)
+	}
+	if none := loss("--balance", "none"); none == dp || none == two {
+		t.Errorf("balance none: %v (dp %v, node of 2 %v): want a loss of its own", none, dp, two)
+	}
+}
+
+// TestLaunchHosts: the node names launch gives its ranks.
+func TestLaunchHosts(t *testing.T) {
+	for _, tc := range []struct {
+		nproc, perNode, tp int
+		want               string
+		err                string
+	}{
+		{4, 0, 1, "node0,node0,node0,node0", ""},
+		{4, 2, 1, "node0,node0,node1,node1", ""},
+		{4, 1, 1, "node0,node1,node2,node3", ""},
+		{4, 4, 2, "node0,node0,node0,node0", ""},
+		{4, 3, 1, "", "--ranks-per-node 3 does not divide --nproc 4"},
+		{4, 2, 4, "", "--ranks-per-node 2 is not a multiple of --tp 4"},
+		{4, -1, 1, "", "--ranks-per-node -1: must be >= 0"},
+	} {
+		hosts, err := launchHosts(tc.nproc, tc.perNode, tc.tp)
+		got := strings.Join(hosts, ",")
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("launchHosts(%d, %d, %d) = %q, %v; want error %q", tc.nproc, tc.perNode, tc.tp, got, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || got != tc.want {
+			t.Errorf("launchHosts(%d, %d, %d) = %q, %v; want %q", tc.nproc, tc.perNode, tc.tp, got, err, tc.want)
+		}
+	}
+}
+
+// TestDistFlagsHosts: a rank's hosts come from --hosts, else from the
+// host part of its peers' addresses; balance node without either, or a
+// parallel degree in one process, is refused naming the flag.
+func TestDistFlagsHosts(t *testing.T) {
+	f := distFlags{world: 4, tp: 1, ep: 1, balance: "node", peers: "10.0.0.1:1,10.0.0.1:2,10.0.0.2:1,10.0.0.2:2"}
+	l, err := f.layout()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g := fmt.Sprint(l.BalanceGroup(3)); g != "[2 3]" {
+		t.Errorf("peers on two hosts: rank 3 balances with %s, want [2 3]", g)
+	}
+	f.hosts = "a,b,a,b"
+	if l, err = f.layout(); err != nil {
+		t.Fatal(err)
+	}
+	if g := fmt.Sprint(l.BalanceGroup(0)); g != "[0 2]" {
+		t.Errorf("--hosts a,b,a,b: rank 0 balances with %s, want [0 2]", g)
+	}
+	f.hosts = "a,b"
+	if _, err := f.layout(); err == nil || !strings.Contains(err.Error(), "--hosts has 2 hosts for --world 4") {
+		t.Errorf("2 hosts for 4 ranks: %v", err)
+	}
+	for _, tc := range []struct {
+		f   distFlags
+		err string
+	}{
+		{distFlags{world: 1, tp: 2, ep: 1, balance: "dp"}, "one process (--world 1) runs without parallelism"},
+		{distFlags{world: 1, tp: 1, ep: 2, balance: "dp"}, "switchyard launch --nproc N"},
+		{distFlags{world: 1, tp: 1, ep: 1, balance: "foo"}, `--balance "foo" is not one of dp, node, none`},
+		{distFlags{world: 1, tp: 1, ep: 1, balance: "none"}, ""},
+		{distFlags{world: 2, tp: 2, ep: 1, balance: "foo"}, ""}, // connect checks a run of several
+	} {
+		err := tc.f.check()
+		if (tc.err == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tc.err)) {
+			t.Errorf("check(%+v) = %v, want %q", tc.f, err, tc.err)
+		}
 	}
 }

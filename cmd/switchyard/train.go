@@ -165,6 +165,9 @@ func cmdTrain(ctx context.Context, args []string) error {
 		return usageError{errors.New("--plots needs --out DIR (or out_dir in the config): the pictures go beside metrics.jsonl")}
 	}
 	df.useConfig(cfg.Dist, fs)
+	if err := df.check(); err != nil {
+		return usageError{err}
+	}
 	dist, closeDist, err := df.connect(ctx)
 	if err != nil {
 		return err

@@ -355,6 +355,7 @@ func TestSuccessArgvMetricsAndLogs(t *testing.T) {
 	multi := newTestTask("ok-multi", 1, 2, "name: demo\nparallel: {dp: 2, balance: node}\ncheckpoint: {interval_steps: 5, keep_last: 2, path: "+shared+"}\n")
 	multi.Balance = "" // the spec's
 	multi.ResumeFromStep = 40
+	multi.Hosts = []string{"host-a", "host-b"} // the balance node groups
 	h.coord.set(newTestTask("ok-one", 0, 1, spec1), multi)
 
 	st := h.waitState("ok-one", 0, apiv1.TaskState_TASK_STATE_SUCCEEDED)
@@ -377,7 +378,7 @@ func TestSuccessArgvMetricsAndLogs(t *testing.T) {
 	}
 	dir1 := h.runDir("ok-multi", 1, 1)
 	want1 := []string{"train", "--config", filepath.Join(dir1, "run.yaml"), "--rank", "1", "--json",
-		"--peers", "127.0.0.1:7170,127.0.0.1:7171", "--listen", "127.0.0.1:7171"}
+		"--peers", "127.0.0.1:7170,127.0.0.1:7171", "--listen", "127.0.0.1:7171", "--hosts", "host-a,host-b"}
 	if got := readLines(t, filepath.Join(dir1, "args")); !reflect.DeepEqual(got, want1) {
 		t.Errorf("rank 1 argv\n got %q\nwant %q", got, want1)
 	}

@@ -294,6 +294,9 @@ func (a *Agent) prepare(t *apiv1.Task) (launch, error) {
 	if world > 1 {
 		// the slot's own port: a worker of several slots runs several ranks
 		args = append(args, "--peers", strings.Join(t.GetPeers(), ","), "--listen", membership.SlotAddress(a.o.Config.ListenAddress, int(t.GetSlot())))
+		if len(t.GetHosts()) == world {
+			args = append(args, "--hosts", strings.Join(t.GetHosts(), ","))
+		}
 	}
 	// No GOMEMLIMIT: at 90% of the demo's 1024 MiB it slowed the demo's
 	// ranks (peak 518 MiB resident) from 7974 to 5622 tokens/s.

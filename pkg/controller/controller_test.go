@@ -316,6 +316,16 @@ func TestJobLifecycle(t *testing.T) {
 	if t1.WorldSize != 2 || len(t1.Peers) != 2 || t1.Dp != 2 || t1.Ep != 2 || t1.Peers[t1.Rank] != "127.0.0.1:11000" {
 		t.Fatalf("task %v: wrong layout or peers", t1)
 	}
+	// the host of every rank, for the balance group "node"
+	want := make([]string, 2)
+	for _, a := range j.Placement {
+		want[a.Rank] = "host-" + a.WorkerId
+	}
+	for _, tk := range []*apiv1.Task{t1, t2} {
+		if !slices.Equal(tk.Hosts, want) {
+			t.Errorf("rank %d's task names the hosts %v, want %v", tk.Rank, tk.Hosts, want)
+		}
+	}
 	r0, r1 := t1, t2
 	if t1.Rank == 1 {
 		r0, r1 = t2, t1

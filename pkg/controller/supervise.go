@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -506,12 +507,14 @@ func (s *Server) SyncWorker(ctx context.Context, req *apiv1.SyncWorkerRequest) (
 		}
 		var mine []*pb.RankAssignment // a worker of several slots may hold several ranks
 		peers := make([]string, len(j.Placement))
+		hosts := make([]string, len(j.Placement))
 		for _, a := range j.Placement {
 			if a.WorkerId == w {
 				mine = append(mine, a)
 			}
 			if info, ok := live[a.WorkerId]; ok {
 				peers[a.Rank] = membership.SlotAddress(info.Address, int(a.Slot))
+				hosts[a.Rank] = cmp.Or(info.Host, a.WorkerId)
 			}
 		}
 		if len(mine) == 0 || contains(peers, "") {
@@ -535,7 +538,7 @@ func (s *Server) SyncWorker(ctx context.Context, req *apiv1.SyncWorkerRequest) (
 			resp.Tasks = append(resp.Tasks, &apiv1.Task{
 				JobId: j.Id, Attempt: j.Restarts, Rank: a.Rank, Slot: a.Slot, WorldSize: int32(len(j.Placement)),
 				Tp: int32(l.TP), Dp: int32(l.DP), Ep: int32(l.EP), Balance: l.Balance,
-				Peers: peers, Spec: j.Spec, ResumeFromStep: j.ResumeFromStep, Accumulation: int32(l.Accumulation),
+				Peers: peers, Hosts: hosts, Spec: j.Spec, ResumeFromStep: j.ResumeFromStep, Accumulation: int32(l.Accumulation),
 				NodeRank: n.node, Nodes: n.nodes, LocalRank: n.local, LocalWorldSize: n.localWorld, LocalSlots: localSlots,
 			})
 		}

@@ -28,7 +28,8 @@
 //	                  dense_hidden, capacity_factor, renormalize, norm_eps,
 //	                  rope_base, init_std
 //	parallel.tp/dp/ep 1 each; world = tp*dp ranks
-//	parallel.balance  "dp"; the LBL balance group: "dp", "node" or "none"
+//	parallel.balance  "dp"; the LBL balance group: "dp", "node" (the DP ranks
+//	                  on one worker host) or "none"
 //	lbl.mode          "global"; or "micro"
 //	lbl.window        0: the global LBL counts every micro-batch of the step; N: the
 //	                  buffer starts again every N micro-batches, so the balance

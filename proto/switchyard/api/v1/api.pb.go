@@ -2324,8 +2324,12 @@ type Task struct {
 	// catalogue could not be read): it stops a rank once its job committed
 	// a checkpoint after the drain began.
 	CheckpointStep int64 `protobuf:"varint,19,opt,name=checkpoint_step,json=checkpointStep,proto3" json:"checkpoint_step,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The host of every rank, by rank (its worker's host; the worker's id
+	// where the worker names none): the ranks of a host form the LBL
+	// balance group of balance "node".
+	Hosts         []string `protobuf:"bytes,20,rep,name=hosts,proto3" json:"hosts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Task) Reset() {
@@ -2489,6 +2493,13 @@ func (x *Task) GetCheckpointStep() int64 {
 		return x.CheckpointStep
 	}
 	return 0
+}
+
+func (x *Task) GetHosts() []string {
+	if x != nil {
+		return x.Hosts
+	}
+	return nil
 }
 
 type TaskStatus struct {
@@ -2964,7 +2975,7 @@ const file_switchyard_api_v1_api_proto_rawDesc = "" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x18\n" +
 	"\aattempt\x18\x02 \x01(\x05R\aattempt\x12\x1a\n" +
 	"\bmanifest\x18\x03 \x01(\fR\bmanifest\"\x1a\n" +
-	"\x18CommitCheckpointResponse\"\x86\x04\n" +
+	"\x18CommitCheckpointResponse\"\x9c\x04\n" +
 	"\x04Task\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x18\n" +
 	"\aattempt\x18\x02 \x01(\x05R\aattempt\x12\x12\n" +
@@ -2988,7 +2999,8 @@ const file_switchyard_api_v1_api_proto_rawDesc = "" +
 	"\x10local_world_size\x18\x11 \x01(\x05R\x0elocalWorldSize\x12\x1f\n" +
 	"\vlocal_slots\x18\x12 \x03(\x05R\n" +
 	"localSlots\x12'\n" +
-	"\x0fcheckpoint_step\x18\x13 \x01(\x03R\x0echeckpointStep\"\xfb\x02\n" +
+	"\x0fcheckpoint_step\x18\x13 \x01(\x03R\x0echeckpointStep\x12\x14\n" +
+	"\x05hosts\x18\x14 \x03(\tR\x05hosts\"\xfb\x02\n" +
 	"\n" +
 	"TaskStatus\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x18\n" +

@@ -141,3 +141,25 @@ func TestExperimentReportPlots(t *testing.T) {
 	wantCode(t, r, exitUsage)
 	wantContains(t, r.stderr, "--plots needs --storage")
 }
+
+// TestTrainRefusesBadCounts: a count given as 0 or less, a time box that
+// is not positive, a parallel degree or an unknown balance group in one
+// process are refused naming the flag (before, 0 meant "not given" and
+// the others were ignored).
+func TestTrainRefusesBadCounts(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--steps", "0"}, "--steps 0: must be >= 1"},
+		{[]string{"--accum", "0"}, "--accum 0: must be >= 1"},
+		{[]string{"--micro-batch", "-2"}, "--micro-batch -2: must be >= 1"},
+		{[]string{"--max-time", "-5m"}, "--max-time -5m0s: must be > 0"},
+		{[]string{"--tp", "2"}, "one process (--world 1) runs without parallelism"},
+		{[]string{"--balance", "foo"}, `--balance "foo" is not one of dp, node, none`},
+	} {
+		r := runCmd(t, false, append([]string{"train", "--preset", "tiny"}, tc.args...)...)
+		wantCode(t, r, exitUsage)
+		wantContains(t, r.stderr, tc.want)
+	}
+}

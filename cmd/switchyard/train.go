@@ -88,6 +88,21 @@ func cmdTrain(ctx context.Context, args []string) error {
 		}
 		cfg.Preset, cfg.MicroBatch = p.Preset, p.MicroBatch
 	}
+	// a count given as 0 (or less) is refused naming the flag, not taken
+	// for "not given" (the file's or the default)
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	for _, c := range []struct {
+		name string
+		v    int
+	}{{"steps", *steps}, {"accum", *accum}, {"micro-batch", *micro}} {
+		if given[c.name] && c.v < 1 {
+			return usageError{fmt.Errorf("train: --%s %d: must be >= 1", c.name, c.v)}
+		}
+	}
+	if given["max-time"] && *maxTime <= 0 {
+		return usageError{fmt.Errorf("train: --max-time %s: must be > 0 (e.g. 5m)", *maxTime)}
+	}
 	setInt := func(dst *int, v, unset int) {
 		if v != unset {
 			*dst = v

@@ -65,6 +65,8 @@ type checkpointer struct {
 	valLoss map[int64]float64
 	// lastSave is when the last save started (for EveryMinutes).
 	lastSave time.Time
+	// loaded is the committed step the run resumed from (0: none)
+	loaded int64
 }
 
 // tidy (rank 0, before the first step of a resumed run) finishes
@@ -396,6 +398,7 @@ func (c *checkpointer) load(ctx context.Context, t *Trainer) (bool, error) {
 	if err := t.Restore(s); err != nil {
 		return false, fmt.Errorf("train: resume from step %d: %w", m.Step, err)
 	}
+	c.loaded = m.Step
 	return true, nil
 }
 

@@ -32,12 +32,16 @@ type Specialisation struct {
 
 // Report is the final summary of a run.
 type Report struct {
-	Preset       string           `json:"preset,omitempty"`
-	LBLMode      string           `json:"lbl_mode"`
-	Steps        int              `json:"steps"`
-	Tokens       int64            `json:"tokens"`
-	Seconds      float64          `json:"seconds"`
-	TokensPerS   float64          `json:"tokens_per_s"`
+	Preset     string  `json:"preset,omitempty"`
+	LBLMode    string  `json:"lbl_mode"`
+	Steps      int     `json:"steps"`
+	Tokens     int64   `json:"tokens"`
+	Seconds    float64 `json:"seconds"`      // this run's (since a resume, if any)
+	TokensPerS float64 `json:"tokens_per_s"` // this run's steps' tokens over Seconds
+	// ResumedFrom is the checkpoint step this run resumed from (0: it
+	// began at the first step); Tokens counts every step, Seconds and
+	// TokensPerS only this run's.
+	ResumedFrom  int              `json:"resumed_from_step,omitempty"`
 	FinalLoss    float64          `json:"final_train_loss"`
 	Domains      []DomainReport   `json:"domains"`
 	Experts      []Specialisation `json:"experts"`
@@ -67,9 +71,13 @@ func entropyBits(p []float64) float64 {
 
 func (t *Trainer) report(ev *Eval, last StepMetrics, el time.Duration) *Report {
 	k := t.MCfg.TopK
-	tokens := int64(t.step) * int64(t.Cfg.Accumulation*t.Cfg.MicroBatch*t.Dist.dpSize()*t.MCfg.SeqLen)
+	perStep := int64(t.Cfg.Accumulation * t.Cfg.MicroBatch * t.Dist.dpSize() * t.MCfg.SeqLen)
+	tokens := int64(t.step) * perStep
+	// the rate of this run's own steps (a resumed run's earlier steps took
+	// another run's time)
 	r := &Report{Preset: t.Cfg.Preset, LBLMode: t.Cfg.LBL.Mode, Steps: t.step, Tokens: tokens, Seconds: el.Seconds(),
-		TokensPerS: float64(tokens) / el.Seconds(), FinalLoss: last.Loss, Device: "cpu", Precision: t.Cfg.PrecisionOrDefault()}
+		TokensPerS: float64(int64(t.step-t.startStep)*perStep) / el.Seconds(), FinalLoss: last.Loss, Device: "cpu", Precision: t.Cfg.PrecisionOrDefault(),
+		ResumedFrom: t.startStep}
 	if t.GPU != nil {
 		r.Device = t.GPU.Device().Name()
 		r.DeviceMemGiB = float64(t.GPU.DeviceBytes()) / (1 << 30)
@@ -215,8 +223,17 @@ func (r *Report) WriteJSON(path string) error {
 // layer x domain x expert selection frequencies with the specialisation
 // summary, then the global expert load.
 func (r *Report) Print(w io.Writer) {
-	fmt.Fprintf(w, "\n== report: %d steps, %d tokens, %.1f s, %.0f tokens/s, LBL mode %s, final train loss %.4f nats\n",
-		r.Steps, r.Tokens, r.Seconds, r.TokensPerS, r.LBLMode, r.FinalLoss)
+	switch {
+	case r.ResumedFrom > 0 && r.ResumedFrom >= r.Steps:
+		fmt.Fprintf(w, "\n== report: %d steps, %d tokens, LBL mode %s; resumed at step %d: nothing left to train, the model evaluated as saved\n",
+			r.Steps, r.Tokens, r.LBLMode, r.ResumedFrom)
+	default:
+		fmt.Fprintf(w, "\n== report: %d steps, %d tokens, %.1f s, %.0f tokens/s, LBL mode %s, final train loss %.4f nats\n",
+			r.Steps, r.Tokens, r.Seconds, r.TokensPerS, r.LBLMode, r.FinalLoss)
+		if r.ResumedFrom > 0 {
+			fmt.Fprintf(w, "   resumed from step %d: the time and tokens/s are of steps %d to %d\n", r.ResumedFrom, r.ResumedFrom+1, r.Steps)
+		}
+	}
 	if r.Device != "" && r.Device != "cpu" {
 		fmt.Fprintf(w, "   on %s, %s, %.1f GiB of device memory\n", r.Device, r.Precision, r.DeviceMemGiB)
 	}

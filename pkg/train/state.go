@@ -109,6 +109,6 @@ func (t *Trainer) Restore(s State) error {
 	if err := t.eng.restore(s); err != nil {
 		return fmt.Errorf("train: restore: %w", err)
 	}
-	t.step = s.Step
+	t.step, t.startStep = s.Step, s.Step
 	return nil
 }

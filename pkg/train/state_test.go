@@ -277,3 +277,66 @@ func TestResumeFallsBackPastUnusableState(t *testing.T) {
 		})
 	}
 }
+
+// TestResumeAtTheLastStep: a run resumed from the checkpoint of its last
+// step has nothing to train: it evaluates and reports (no new save, which
+// the catalogue would refuse as not newer), and a run resumed mid-way
+// reports the rate of its own steps, its tokens counting every step.
+func TestResumeAtTheLastStep(t *testing.T) {
+	cfg, corpus := smallRun(t, "global", 4)
+	cfg.Checkpoint = CheckpointConfig{Dir: t.TempDir(), Every: 2, KeepLast: 5}
+	first, err := NewWithCorpus(cfg, corpus, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := first.Run(context.Background())
+	first.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	perStep := int64(cfg.Accumulation * cfg.MicroBatch * cfg.Model.SeqLen)
+	if rep.ResumedFrom != 0 || rep.Tokens != 4*perStep || math.Abs(rep.TokensPerS*rep.Seconds-float64(rep.Tokens)) > 1e-6*float64(rep.Tokens) {
+		t.Fatalf("first run's report: resumed from %d, %d tokens, %v tokens/s over %v s", rep.ResumedFrom, rep.Tokens, rep.TokensPerS, rep.Seconds)
+	}
+
+	cfg.Resume = true
+	again, err := NewWithCorpus(cfg, corpus, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep2, err := again.Run(context.Background())
+	if err != nil {
+		t.Fatalf("a run resumed at its last step: %v", err)
+	}
+	if got := again.ckpt.Saved; len(got) != 0 {
+		t.Errorf("a run that trained nothing saved %v", got)
+	}
+	again.Close()
+	if rep2.Steps != 4 || rep2.ResumedFrom != 4 || rep2.Tokens != 4*perStep || rep2.TokensPerS != 0 {
+		t.Errorf("report of a run resumed at its last step: %d steps, resumed from %d, %d tokens, %v tokens/s", rep2.Steps, rep2.ResumedFrom, rep2.Tokens, rep2.TokensPerS)
+	}
+	if math.Abs(rep2.Domains[0].BitsPerByte-rep.Domains[0].BitsPerByte) > 1e-9 {
+		t.Errorf("the resumed model's validation bits/byte %v, the saved run's %v", rep2.Domains[0].BitsPerByte, rep.Domains[0].BitsPerByte)
+	}
+	var out bytes.Buffer
+	rep2.Print(&out)
+	if !strings.Contains(out.String(), "resumed at step 4: nothing left to train") {
+		t.Errorf("the report says:\n%s", out.String())
+	}
+
+	// from step 2 of 6: 4 steps of its own
+	cfg.Steps, cfg.Checkpoint.ResumeStep = 6, 2
+	mid, err := NewWithCorpus(cfg, corpus, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mid.Close()
+	rep3, err := mid.Run(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep3.ResumedFrom != 2 || rep3.Tokens != 6*perStep || math.Abs(rep3.TokensPerS*rep3.Seconds-float64(4*perStep)) > 1e-6*float64(rep3.Tokens) {
+		t.Errorf("run resumed from step 2 of 6: resumed from %d, %d tokens, %v tokens/s over %v s (want the rate of 4 steps' %d tokens)",
+			rep3.ResumedFrom, rep3.Tokens, rep3.TokensPerS, rep3.Seconds, 4*perStep)
+	}
+}

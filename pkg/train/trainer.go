@@ -44,6 +44,7 @@ type Trainer struct {
 	metrics     io.WriteCloser
 	global      []int // scratch: the global micro-batch's sequence indices
 	step        int
+	startStep   int // the step this run began at (a resumed run's)
 	seqIdx      []int
 	stepSeqs    []int          // the step's sequences (data.order domain_mixed)
 	optTime     time.Duration  // clipping, AdamW and zeroing, summed over steps
@@ -674,7 +675,10 @@ func (t *Trainer) checkpointAtEnd(ctx context.Context) error {
 	if err := t.ckpt.finish(ctx); err != nil {
 		return err
 	}
-	saved := inflight || t.ckpt.committingStep == int64(t.step) || (len(t.ckpt.Saved) > 0 && t.ckpt.Saved[len(t.ckpt.Saved)-1] == int64(t.step))
+	// the state of the run's resumed checkpoint is committed already (a
+	// run resumed at its last step trains nothing)
+	saved := inflight || t.ckpt.committingStep == int64(t.step) || (len(t.ckpt.Saved) > 0 && t.ckpt.Saved[len(t.ckpt.Saved)-1] == int64(t.step)) ||
+		(t.ckpt.loaded > 0 && t.ckpt.loaded == int64(t.step))
 	if !saved {
 		s, err := t.SnapshotInto(t.ckpt.spare)
 		if err != nil {

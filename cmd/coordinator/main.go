@@ -16,6 +16,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -88,19 +89,19 @@ func run(args []string) int {
 	case errors.Is(err, errReported):
 		return 2
 	case err != nil:
-		fmt.Fprintln(os.Stderr, "coordinator:", err)
+		fmt.Fprintln(os.Stderr, describe(err))
 		return 2
 	}
 	if c.check {
 		if err := c.daemon.Check(); err != nil {
-			fmt.Fprintln(os.Stderr, "coordinator:", err)
+			fmt.Fprintln(os.Stderr, describe(err))
 			return 2
 		}
 		fmt.Println(c.summary())
 		return 0
 	}
 	if err := c.daemon.Raft.Validate(); err != nil {
-		fmt.Fprintln(os.Stderr, "coordinator:", err)
+		fmt.Fprintln(os.Stderr, describe(err))
 		return 2
 	}
 	dev, log := c.daemon.Dev, c.daemon.Logger
@@ -108,7 +109,7 @@ func run(args []string) int {
 	defer stop()
 	d, err := controller.Start(ctx, c.daemon)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "coordinator:", err)
+		fmt.Fprintln(os.Stderr, describe(err))
 		if errors.Is(err, security.ErrInsecureListen) || errors.Is(err, coordinator.ErrInvalidConfig) {
 			return 2
 		}
@@ -313,4 +314,35 @@ func (p peerAddrFlag) Set(v string) error {
 	}
 	p[id] = addr
 	return nil
+}
+
+// configFlags names the flag of each coordinator.Config field a command
+// line sets (an invalid field is reported by its flag).
+var configFlags = map[string]string{
+	"ID": "--id", "DataDir": "--data-dir", "BindAddr": "--raft-addr", "AdvertiseAddr": "--raft-advertise",
+	"PeerAddrs": "--raft-peer-addr", "Servers": "--peers", "HeartbeatTimeout/ElectionTimeout": "--heartbeat-timeout/--election-timeout",
+	"LeaderLeaseTimeout": "--leader-lease-timeout",
+}
+
+// describe is the line that reports err: once prefixed "coordinator:",
+// an invalid raft setting named by its flag.
+func describe(err error) string {
+	var ce *coordinator.ConfigError
+	if errors.As(err, &ce) {
+		field, rest, _ := strings.Cut(ce.Field, "[")
+		if fl, ok := configFlags[field]; ok {
+			key := strings.TrimSuffix(rest, "]")
+			if i, err := strconv.Atoi(key); err == nil {
+				fl += fmt.Sprintf(" (entry %d)", i+1) // Servers[i]
+			} else if key != "" {
+				fl += " " + key // PeerAddrs["id"]
+			}
+			return fmt.Sprintf("coordinator: invalid config: %s: %s", fl, ce.Why)
+		}
+	}
+	msg := err.Error()
+	if strings.HasPrefix(msg, "coordinator:") {
+		return msg
+	}
+	return "coordinator: " + msg
 }

@@ -151,6 +151,12 @@ func TestRunRefuses(t *testing.T) {
 		{"missing etcd endpoints", func(dir string) []string {
 			return []string{"--id", "c1", "--data-dir", dir, "--raft-addr", "127.0.0.1:0"}
 		}, 2, "--etcd-endpoints is required"},
+		{"raft address without a port: named by its flag, prefixed once", func(dir string) []string {
+			return base(dir, "--raft-addr", "nonsense")
+		}, 2, "coordinator: invalid config: --raft-addr: address nonsense: missing port in address"},
+		{"bad peer address: named by its flag and entry", func(dir string) []string {
+			return base(dir, "--raft-addr", "127.0.0.1:0", "--bootstrap", "--peers", "c1=127.0.0.1:7401,c2=bad")
+		}, 2, "coordinator: invalid config: --peers (entry 2): raft address \"bad\""},
 		{"bad log level", func(dir string) []string {
 			return base(dir, "--log-level", "loud")
 		}, 2, "--log-level"},
@@ -176,6 +182,9 @@ func TestRunRefuses(t *testing.T) {
 			}
 			if !strings.Contains(stderr, tc.want) {
 				t.Errorf("stderr %q does not mention %q", stderr, tc.want)
+			}
+			if strings.Contains(stderr, "coordinator: coordinator:") {
+				t.Errorf("stderr %q repeats its prefix", stderr)
 			}
 			checkNothingLeft(t, before)
 			// Refused before anything was set up: no raft or dev-cluster

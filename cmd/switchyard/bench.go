@@ -20,10 +20,14 @@ func printJSON(v any) error {
 }
 
 func cmdBench(ctx context.Context, args []string) error {
+	const have = "engine, collectives, checkpoint"
 	if len(args) == 0 {
-		return usageError{errors.New("bench: say what to measure: engine")}
+		return usageError{errors.New("bench: say what to measure: " + have + " (`switchyard bench NAME --help` lists its flags)")}
 	}
 	switch args[0] {
+	case "-h", "-help", "--help", "help":
+		fmt.Println("usage: switchyard bench engine|collectives|checkpoint [flags]   (switchyard bench NAME --help lists its flags)")
+		return nil
 	case "checkpoint":
 		fs := flag.NewFlagSet("bench checkpoint", flag.ContinueOnError)
 		preset := fs.String("preset", "tiny", "model preset: tiny or small")
@@ -105,6 +109,6 @@ func cmdBench(ctx context.Context, args []string) error {
 	case "collectives":
 		return cmdBenchCollectives(ctx, args[1:])
 	default:
-		return usageError{fmt.Errorf("bench: unknown benchmark %q (have: engine, collectives, checkpoint)", args[0])}
+		return usageError{fmt.Errorf("bench: unknown benchmark %q (have: %s)", args[0], have)}
 	}
 }

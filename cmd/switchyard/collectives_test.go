@@ -79,3 +79,12 @@ func TestMedianRows(t *testing.T) {
 		t.Fatalf("median = %v", m)
 	}
 }
+
+// TestBenchUsage: bench names every benchmark it has.
+func TestBenchUsage(t *testing.T) {
+	r := runCmd(t, false, "bench")
+	wantCode(t, r, exitUsage)
+	wantContains(t, r.stderr, "say what to measure: engine, collectives, checkpoint")
+	r = runCmd(t, false, "bench", "--help") // its usage goes to the process's stdout
+	wantCode(t, r, exitOK)
+}

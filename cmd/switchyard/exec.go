@@ -26,6 +26,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/switchyard-ml/switchyard/internal/yamlcheck"
 	"github.com/switchyard-ml/switchyard/pkg/checkpoint"
 	"github.com/switchyard-ml/switchyard/pkg/fsutil"
 	"github.com/switchyard-ml/switchyard/pkg/jobspec"
@@ -100,6 +101,9 @@ func loadCommandConfig(path string) (*jobspec.CommandConfig, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(raw))
 	dec.KnownFields(true)
 	if err := dec.Decode(&c); err != nil {
+		if u := yamlcheck.UnknownKey(raw, &c); u != nil {
+			err = u // the key's path, not yaml.v3's Go type
+		}
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	if err := c.Validate(); err != nil {
@@ -208,6 +212,7 @@ func decideResume(ctx context.Context, cfg *jobspec.CommandConfig, events io.Wri
 		}
 	} else {
 		m, err = mgr.LoadLatestVerified(ctx, job, func(step int64, err error) {
+			slog.Warn("checkpoint unusable, falling back", "job-id", job, "step", step, "error", err)
 			train.Announce(events, "CheckpointUnusable", fmt.Sprintf("checkpoint of step %d unusable, falling back to an older one: %v", step, err))
 		})
 		switch {

@@ -136,8 +136,9 @@ func (g *Manager) Commit(ctx context.Context, m Manifest) error {
 
 // LoadLatestVerified returns the newest committed manifest of job whose
 // shards all verify. A checkpoint with a missing or corrupt shard is
-// skipped and reported through unusable (if not nil) with its step and the
-// verification error; the previous one is tried. It fails with
+// skipped and reported through unusable with its step and the
+// verification error (logged as a warning when unusable is nil); the
+// previous one is tried. It fails with
 // ErrNoCheckpoint if nothing is committed, ErrNoUsableCheckpoint if nothing
 // verifies, and with the storage's error, without falling back, if shards
 // cannot be read at all (an outage is not evidence against a checkpoint).
@@ -171,9 +172,10 @@ func (g *Manager) LoadLatestUsable(ctx context.Context, job string, usable func(
 		if !isEvidence(err) {
 			return Manifest{}, fmt.Errorf("checkpoint: load %s step %d: %w", job, m.Step, err)
 		}
-		g.log.Warn("checkpoint unusable", "job-id", job, "step", m.Step, "error", err)
 		if unusable != nil {
-			unusable(m.Step, err)
+			unusable(m.Step, err) // the caller reports it
+		} else {
+			g.log.Warn("checkpoint unusable", "job-id", job, "step", m.Step, "error", err)
 		}
 		bad = append(bad, fmt.Errorf("step %d: %w", m.Step, err))
 	}

@@ -173,6 +173,19 @@ func DefaultConfig() Config {
 // ErrInvalidConfig is wrapped by every Validate failure.
 var ErrInvalidConfig = errors.New("coordinator: invalid config")
 
+// ConfigError is Validate's error: the field of Config that is wrong
+// (with an index or key: "Servers[1]", "PeerAddrs[\"c2\"]") and why. It
+// is an ErrInvalidConfig; a command maps Field to its own flag.
+type ConfigError struct {
+	Field string
+	Why   string
+}
+
+func (e *ConfigError) Error() string { return fmt.Sprintf("%v: %s: %s", ErrInvalidConfig, e.Field, e.Why) }
+
+// Unwrap makes errors.Is(err, ErrInvalidConfig) hold.
+func (e *ConfigError) Unwrap() error { return ErrInvalidConfig }
+
 func (c *Config) withDefaults() Config {
 	d := DefaultConfig()
 	out := *c
@@ -244,7 +257,7 @@ func (c *Config) advertise() string {
 // Validate reports the first invalid field, after defaults are applied.
 func (c *Config) Validate() error {
 	v := c.withDefaults()
-	bad := func(field, why string) error { return fmt.Errorf("%w: %s: %s", ErrInvalidConfig, field, why) }
+	bad := func(field, why string) error { return &ConfigError{Field: field, Why: why} }
 	switch {
 	case v.ID == "":
 		return bad("ID", "required")

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"strings"
 	"unicode/utf8"
@@ -33,7 +34,7 @@ func ReadFile(path string) ([]Document, error) {
 	if st, err := f.Stat(); err != nil {
 		return nil, fmt.Errorf("data: open corpus: %w", err)
 	} else if !st.Mode().IsRegular() {
-		return nil, fmt.Errorf("%w: %s (%s)", ErrNotAFile, path, st.Mode().Type())
+		return nil, fmt.Errorf("%w: %s is %s", ErrNotAFile, path, fileKind(st.Mode()))
 	}
 	return ReadJSONL(f, path)
 }
@@ -143,4 +144,23 @@ func invalidUTF8Offset(b []byte) int {
 		i += size
 	}
 	return len(b)
+}
+
+// fileKind names what a path that is not a regular file is.
+func fileKind(m fs.FileMode) string {
+	switch {
+	case m.IsDir():
+		return "a directory"
+	case m&fs.ModeNamedPipe != 0:
+		return "a named pipe"
+	case m&fs.ModeSocket != 0:
+		return "a socket"
+	case m&fs.ModeCharDevice != 0:
+		return "a character device"
+	case m&fs.ModeDevice != 0:
+		return "a device"
+	case m&fs.ModeSymlink != 0:
+		return "a symbolic link"
+	}
+	return "not a regular file (" + m.Type().String() + ")"
 }

@@ -151,9 +151,9 @@ func FuzzReadJSONL(f *testing.F) {
 // TestReadBounded: input that never ends (a device, a line without end)
 // is refused after a bounded read, not read whole.
 func TestReadBounded(t *testing.T) {
-	for _, p := range []string{"/dev/zero", t.TempDir()} {
-		if _, err := ReadFile(p); !errors.Is(err, ErrNotAFile) {
-			t.Errorf("%s: %v, want ErrNotAFile", p, err)
+	for p, kind := range map[string]string{"/dev/zero": "is a character device", t.TempDir(): "is a directory"} {
+		if _, err := ReadFile(p); !errors.Is(err, ErrNotAFile) || !strings.HasSuffix(err.Error(), p+" "+kind) {
+			t.Errorf("%s: %v, want ErrNotAFile saying it %s", p, err, kind)
 		}
 	}
 	long := io.MultiReader(strings.NewReader(`{"domain": "a", "text": "ok"}`+"\n"+`{"domain": "a", "text": "`), zeros{})

@@ -56,13 +56,17 @@ func (p *progress) update(sm StepMetrics) {
 	}
 }
 
-func (p *progress) eval(step int, ev *Eval) {
+func (p *progress) eval(step int, ev *Eval, domains []string) {
 	if p.tty {
 		fmt.Fprintln(p.w)
 	}
 	var parts []string
 	for dom, b := range ev.BitsPerByte {
-		parts = append(parts, fmt.Sprintf("%d:%.3f", dom, b))
+		name := fmt.Sprint(dom)
+		if dom < len(domains) {
+			name = domains[dom]
+		}
+		parts = append(parts, fmt.Sprintf("%s:%.3f", name, b))
 	}
 	fmt.Fprintf(p.w, "eval at step %d: val bits/byte by domain %s\n", step, strings.Join(parts, " "))
 }

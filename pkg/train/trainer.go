@@ -565,7 +565,7 @@ func (t *Trainer) Run(ctx context.Context) (*Report, error) {
 				t.ckpt.noteEval(int64(t.step), ev)
 			}
 			if t.progress != nil {
-				t.progress.eval(t.step, ev)
+				t.progress.eval(t.step, ev, t.Corpus.Domains)
 			}
 			sm.ValBPB = t.valBPB(ev)
 		}

@@ -181,7 +181,9 @@ type ConfigError struct {
 	Why   string
 }
 
-func (e *ConfigError) Error() string { return fmt.Sprintf("%v: %s: %s", ErrInvalidConfig, e.Field, e.Why) }
+func (e *ConfigError) Error() string {
+	return fmt.Sprintf("%v: %s: %s", ErrInvalidConfig, e.Field, e.Why)
+}
 
 // Unwrap makes errors.Is(err, ErrInvalidConfig) hold.
 func (e *ConfigError) Unwrap() error { return ErrInvalidConfig }

@@ -140,3 +140,16 @@ func TestResumePointAgreed(t *testing.T) {
 		t.Fatalf("no decision: %v", err)
 	}
 }
+
+// TestLoadCommandConfigUnknownKey: a key run.yaml's type lacks is named by
+// its path and line.
+func TestLoadCommandConfigUnknownKey(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "run.yaml")
+	if err := os.WriteFile(p, []byte("command: python3\nnode: {rank: 0, nodez: 1}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err := loadCommandConfig(p)
+	if err == nil || !strings.Contains(err.Error(), p+`: node.nodez (line 2): unknown key; node has `) || !strings.HasSuffix(err.Error(), `; did you mean "nodes"?`) {
+		t.Fatalf("err = %v", err)
+	}
+}

@@ -105,6 +105,30 @@ func TestExperimentSubmitAndReport(t *testing.T) {
 	wantCode(t, r, exitUsage)
 }
 
+// TestExperimentFileErrors: a key typo in an axis names the axis and its
+// line in the file (not a line of a generated variant), and an axis that
+// lists a value twice is refused; both before anything is submitted.
+func TestExperimentFileErrors(t *testing.T) {
+	dir := t.TempDir()
+	for name, tc := range map[string]struct{ file, want string }{
+		"typo.yaml": {strings.Replace(testExperiment, "lbl.mode:", "lbl.moed:", 1),
+			`typo.yaml: experiment: axes.lbl.moed (line 8): unknown key; lbl has bias_rate, coef, layer_coef, micro_coef, mode, seq_coef, window, z_coef; did you mean "mode"?`},
+		"twice.yaml": {strings.Replace(testExperiment, "seed: [1, 2]", "seed: [1, 2, 1]", 1),
+			"twice.yaml: experiment: axes.seed (line 9): 1 is a value twice (first on line 9): its variants would be the same job"},
+	} {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(tc.file), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		r := runCmd(t, false, "experiment", "submit", p, "--dry-run")
+		wantCode(t, r, exitUsage)
+		wantContains(t, r.stderr, tc.want)
+		if strings.Contains(r.stderr, "variant 0") || strings.Contains(r.stderr, "jobspec.") {
+			t.Errorf("%s: %s", name, r.stderr)
+		}
+	}
+}
+
 // experimentSetup is a fake coordinator, a directory holding
 // testExperiment as exp.yaml, and the experiment parsed.
 func experimentSetup(t *testing.T) (f *fakeCoordinator, addr, dir, exp string, e *jobspec.Experiment) {

@@ -13,6 +13,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/switchyard-ml/switchyard/internal/yamlcheck"
 	"github.com/switchyard-ml/switchyard/pkg/runconfig"
 )
 
@@ -45,6 +46,11 @@ import (
 // fastest); a variant's job id is the experiment's name, its number and a
 // hash of its spec, so submitting the same file twice submits nothing new
 // and a changed file gives new ids.
+//
+// Keys are checked against the job spec in the file (base, each axis's
+// path, each variant), so an unknown one is named with its line there; an
+// axis listing a value twice, or two variants that are the same job, are
+// refused.
 type Experiment struct {
 	Name     string
 	Axes     []Axis
@@ -116,6 +122,9 @@ func ParseExperiment(raw []byte) (*Experiment, error) {
 		if errors.Is(err, io.EOF) {
 			return nil, errors.New("experiment: empty file")
 		}
+		if u := yamlcheck.UnknownKey(raw, &f); u != nil {
+			return nil, fmt.Errorf("experiment: %w", u)
+		}
 		return nil, fmt.Errorf("experiment: %w", err)
 	}
 	if len(f.Name) > maxExpName || !expNameRE.MatchString(f.Name) {
@@ -124,6 +133,11 @@ func ParseExperiment(raw []byte) (*Experiment, error) {
 	var base map[string]any
 	if f.Base.Kind != yaml.MappingNode {
 		return nil, errors.New("experiment: base: want a job spec (a mapping)")
+	}
+	// unknown keys are found here, in the file, not in the generated
+	// variants (whose lines are no lines of the file)
+	if u := yamlcheck.FirstUnknown(&f.Base, &Spec{}); u != nil {
+		return nil, fmt.Errorf("experiment: %w", u.Within("base"))
 	}
 	if err := f.Base.Decode(&base); err != nil {
 		return nil, fmt.Errorf("experiment: base: %w", err)
@@ -154,11 +168,22 @@ func ParseExperiment(raw []byte) (*Experiment, error) {
 			return nil, fmt.Errorf("experiment: axes: more than %d variants", MaxVariants)
 		}
 	}
+	seen := map[string]int{} // a variant's parsed spec: its index
 	for i := range n {
 		v, err := e.variant(base, i)
 		if err != nil {
 			return nil, err
 		}
+		// the same job twice: equal values the axes' checks do not see
+		// ("1" and 1 for a string field, two variants with equal fields)
+		canon, err := v.Parsed.Marshal()
+		if err != nil {
+			return nil, fmt.Errorf("experiment: variant %d: %w", i, err)
+		}
+		if j, ok := seen[string(canon)]; ok {
+			return nil, fmt.Errorf("experiment: variant %d (%s) is variant %d (%s) again: the same job spec", i, v.Label(axes), j, e.Variants[j].Label(axes))
+		}
+		seen[string(canon)] = i
 		e.Variants = append(e.Variants, v)
 	}
 	return e, nil
@@ -179,11 +204,19 @@ func parseAxes(node *yaml.Node) ([]Axis, error) {
 				return nil, fmt.Errorf("experiment: axes: %s twice", path)
 			}
 		}
+		if u := yamlcheck.UnknownInPath(&Spec{}, strings.Split(path, ".")); u != nil {
+			u.Path, u.Line = "axes."+u.Path, node.Content[i].Line
+			if u.In == "" {
+				u.In = "a job spec"
+			}
+			return nil, fmt.Errorf("experiment: %w", u)
+		}
 		vals := node.Content[i+1]
 		if vals.Kind != yaml.SequenceNode || len(vals.Content) == 0 {
 			return nil, fmt.Errorf("experiment: axes.%s: want a non-empty list of values", path)
 		}
 		a := Axis{Path: path}
+		lines := map[string]int{} // a value, as YAML writes it again: its line
 		for _, vn := range vals.Content {
 			if vn.Kind != yaml.ScalarNode {
 				return nil, fmt.Errorf("experiment: axes.%s: values must be scalars (line %d)", path, vn.Line)
@@ -192,6 +225,15 @@ func parseAxes(node *yaml.Node) ([]Axis, error) {
 			if err := vn.Decode(&v); err != nil {
 				return nil, fmt.Errorf("experiment: axes.%s: %w", path, err)
 			}
+			// 1 and 1.0 alike: two variants would be one job twice
+			canon, err := yaml.Marshal(v)
+			if err != nil {
+				return nil, fmt.Errorf("experiment: axes.%s: %w", path, err)
+			}
+			if line, ok := lines[string(canon)]; ok {
+				return nil, fmt.Errorf("experiment: axes.%s (line %d): %s is a value twice (first on line %d): its variants would be the same job", path, vn.Line, vn.Value, line)
+			}
+			lines[string(canon)] = vn.Line
 			a.Values = append(a.Values, v)
 		}
 		axes = append(axes, a)
@@ -216,6 +258,9 @@ func parseVariants(node *yaml.Node) (Axis, error) {
 		var o map[string]any
 		if node.Content[i+1].Kind != yaml.MappingNode {
 			return a, fmt.Errorf("experiment: variants.%s: want spec fields (a mapping)", name)
+		}
+		if u := yamlcheck.FirstUnknown(node.Content[i+1], &Spec{}); u != nil {
+			return a, fmt.Errorf("experiment: %w", u.Within("variants."+name))
 		}
 		if err := node.Content[i+1].Decode(&o); err != nil {
 			return a, fmt.Errorf("experiment: variants.%s: %w", name, err)

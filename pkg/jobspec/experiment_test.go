@@ -1,9 +1,12 @@
 package jobspec
 
 import (
+	"errors"
 	"os"
 	"strings"
 	"testing"
+
+	"github.com/switchyard-ml/switchyard/internal/yamlcheck"
 )
 
 const sweep = `name: lbl-sweep
@@ -59,13 +62,68 @@ func TestExperimentErrors(t *testing.T) {
 		{"name: s\nbase: {}\naxes: {\"../x\": [1]}\n", `"../x" is not a spec path`},
 		{"name: s\nbase: {model: tiny}\naxes: {model.dim: [64]}\n", "model is not a mapping"},
 		{"name: s\nbase: {}\naxes: {lbl.mode: [micro, sideways]}\n", `variant 1 (lbl.mode=sideways): jobspec: lbl.mode = "sideways"`},
-		{"name: s\nbase: {}\naxes: {seed: [1]}\nextra: 1\n", "field extra not found"},
+		{"name: s\nbase: {}\naxes: {seed: [1]}\nextra: 1\n", "experiment: extra (line 4): unknown key; the top level has axes, base, name, variants"},
+		{"nmae: s\nbase: {}\naxes: {seed: [1]}\n", `experiment: nmae (line 1): unknown key; the top level has axes, base, name, variants; did you mean "name"?`},
 		{"name: s\nbase: {}\naxes: {seed: [1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16], lbl.coef: [1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17]}\n", "more than 256 variants"},
 	} {
 		_, err := ParseExperiment([]byte(tc.file))
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%q: %v, want %q", tc.file, err, tc.want)
 		}
+	}
+}
+
+// TestExperimentUnknownKeys: an unknown key in base, an axis or a variant
+// is named by its path and its line in the file, not as a key of the
+// generated variant (whose lines are none of the file's).
+func TestExperimentUnknownKeys(t *testing.T) {
+	for _, tc := range []struct{ file, want string }{
+		{"name: s\nbase: {}\naxes:\n  seed: [1, 2]\n  lbl.moed: [micro, global]\n",
+			`experiment: axes.lbl.moed (line 5): unknown key; lbl has bias_rate, coef, layer_coef, micro_coef, mode, seq_coef, window, z_coef; did you mean "mode"?`},
+		{"name: s\nbase: {}\naxes:\n  sed: [1, 2]\n", `experiment: axes.sed (line 4): unknown key; a job spec has accumulation, `},
+		{"name: s\nbase: {}\naxes:\n  sed: [1, 2]\n", `; did you mean "seed"?`},
+		{"name: s\nbase: {}\naxes:\n  parallel.pp.x: [1, 2]\n", `experiment: axes.parallel.pp (line 4): unknown key; parallel has balance, dp, ep, tp`},
+		{"name: s\nbase:\n  steps: 3\n  lbl:\n    moed: micro\naxes: {seed: [1]}\n",
+			`experiment: base.lbl.moed (line 5): unknown key; base.lbl has bias_rate, coef, layer_coef, micro_coef, mode, seq_coef, window, z_coef; did you mean "mode"?`},
+		{"name: s\nbase:\n  stpes: 3\naxes: {seed: [1]}\n", `experiment: base.stpes (line 3): unknown key; base has accumulation, `},
+		{"name: s\nbase: {}\nvariants:\n  a: {seed: 1}\n  b: {lbl: {mode: global, widnow: 2}}\n",
+			`experiment: variants.b.lbl.widnow (line 5): unknown key; variants.b.lbl has bias_rate, coef, layer_coef, micro_coef, mode, seq_coef, window, z_coef; did you mean "window"?`},
+	} {
+		_, err := ParseExperiment([]byte(tc.file))
+		if err == nil || !strings.Contains(err.Error(), tc.want) || strings.Contains(err.Error(), "variant 0") {
+			t.Errorf("%q:\n got %v\nwant %q", tc.file, err, tc.want)
+		}
+		var u *yamlcheck.UnknownKeyError
+		if !errors.As(err, &u) {
+			t.Errorf("%q: %v is no UnknownKeyError", tc.file, err)
+		}
+	}
+	// a known path into a map takes any key
+	if _, err := ParseExperiment([]byte("name: s\nbase: {}\naxes: {placement.host_labels.rack: [a, b]}\n")); err != nil {
+		t.Errorf("an axis into a map: %v", err)
+	}
+}
+
+// TestExperimentDuplicates: an axis that lists a value twice, or two
+// variants that are the same job, are refused, naming them.
+func TestExperimentDuplicates(t *testing.T) {
+	for _, tc := range []struct{ file, want string }{
+		{"name: s\nbase: {}\naxes: {seed: [1, 1]}\n", "experiment: axes.seed (line 3): 1 is a value twice (first on line 3): its variants would be the same job"},
+		{"name: s\nbase: {}\naxes:\n  lbl.mode: [micro, global]\n  seed:\n    - 1\n    - 2\n    - 1.0\n", "experiment: axes.seed (line 8): 1.0 is a value twice (first on line 6)"},
+		{"name: s\nbase: {}\naxes: {lbl.mode: [micro, \"micro\"]}\n", "experiment: axes.lbl.mode (line 3): micro is a value twice"},
+		{"name: s\nbase: {}\naxes: {placement.host_labels.rack: [1, \"1\"]}\n", "experiment: variant 1 (placement.host_labels.rack=1) is variant 0 (placement.host_labels.rack=1) again: the same job spec"},
+		{"name: s\nbase: {}\naxes: {seed: [1, 2]}\nvariants:\n  a: {lbl: {mode: micro}}\n  b: {lbl: {mode: micro}}\n", "experiment: variant 1 (seed=1 variant=b) is variant 0 (seed=1 variant=a) again: the same job spec"},
+		{"name: s\nbase: {lbl: {mode: micro}}\nvariants:\n  a: {seed: 1}\n  b: {seed: 1}\n", "experiment: variant 1 (variant=b) is variant 0 (variant=a) again"},
+		{"name: s\nbase: {}\nvariants:\n  a: {seed: 1}\n  a: {seed: 2}\n", "experiment: variants: a twice"},
+	} {
+		_, err := ParseExperiment([]byte(tc.file))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q:\n got %v\nwant %q", tc.file, err, tc.want)
+		}
+	}
+	// values alike but for case are not the same
+	if _, err := ParseExperiment([]byte("name: s\nbase: {}\naxes: {placement.host_labels.rack: [a, A]}\n")); err != nil {
+		t.Errorf("a and A: %v", err)
 	}
 }
 

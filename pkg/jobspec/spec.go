@@ -218,7 +218,8 @@ func Load(path string) (*Spec, error) {
 }
 
 // Parse decodes a YAML spec strictly, applies the defaults and validates
-// it. Errors wrap ErrSyntax or ErrInvalid.
+// it. Errors wrap ErrSyntax or ErrInvalid; an unknown key is named by its
+// path and line (a yamlcheck.UnknownKeyError wrapping ErrSyntax).
 func Parse(raw []byte) (*Spec, error) {
 	if len(raw) > MaxSize {
 		return nil, fmt.Errorf("%w: spec is %d bytes, the limit is %d", ErrSyntax, len(raw), MaxSize)
@@ -230,6 +231,9 @@ func Parse(raw []byte) (*Spec, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(raw))
 	dec.KnownFields(true)
 	if err := dec.Decode(&s); err != nil && !errors.Is(err, io.EOF) {
+		if u := yamlcheck.UnknownKey(raw, &s); u != nil {
+			return nil, fmt.Errorf("%w: %w", ErrSyntax, u)
+		}
 		return nil, fmt.Errorf("%w: %v", ErrSyntax, err)
 	}
 	var extra yaml.Node

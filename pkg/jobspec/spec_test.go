@@ -157,8 +157,11 @@ func TestExamplesInRepoParse(t *testing.T) {
 
 func TestSyntaxErrors(t *testing.T) {
 	tests := []struct{ name, in, msg string }{
-		{"unknown field", "name: a\nparallel: {tp: 1, pp: 2}\n", "field pp not found"},
-		{"unknown top-level field", "name: a\nsteps_total: 3\n", "field steps_total not found"},
+		{"unknown field", "name: a\nparallel: {tp: 1, pp: 2}\n", "jobspec: malformed spec: parallel.pp (line 2): unknown key; parallel has balance, dp, ep, tp"},
+		{"unknown top-level field", "name: a\nsteps_total: 3\n", "steps_total (line 2): unknown key; the top level has accumulation, "},
+		{"unknown field, suggestion", "name: a\nlbl:\n  mode: micro\n  windw: 2\n", `lbl.windw (line 4): unknown key; lbl has `},
+		{"unknown field, suggestion", "name: a\nlbl:\n  mode: micro\n  windw: 2\n", `, window, z_coef; did you mean "window"?`},
+		{"unknown field after a map", "name: a\nplacement: {host_labels: {a: b}}\nstpes: 2\n", `stpes (line 3): unknown key; the top level has `},
 		{"duplicate key", "name: a\nname: b\n", `mapping key "name" already defined`},
 		{"two documents", "name: a\n---\nname: b\n", "one YAML document"},
 		{"wrong type", "name: a\nsteps: many\n", "cannot unmarshal"},

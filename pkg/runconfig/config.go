@@ -349,7 +349,9 @@ func Load(path string) (Config, error) {
 	return Parse(raw)
 }
 
-// Parse decodes a YAML run config, applies defaults and validates it.
+// Parse decodes a YAML run config, applies defaults and validates it. An
+// unknown key is named by its path and line (a yamlcheck.UnknownKeyError
+// wrapping ErrConfig).
 func Parse(raw []byte) (Config, error) {
 	// Fields whose zero is a value of its own start at their defaults, so
 	// that "lbl: {coef: 0}" stays 0 while an absent key means the default.
@@ -357,6 +359,9 @@ func Parse(raw []byte) (Config, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(raw))
 	dec.KnownFields(true)
 	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
+		if u := yamlcheck.UnknownKey(raw, &c); u != nil {
+			return Config{}, fmt.Errorf("%w: %w", ErrConfig, u)
+		}
 		return Config{}, fmt.Errorf("%w: %v", ErrConfig, err)
 	}
 	if fr := yamlcheck.Fractional(raw, &c); len(fr) > 0 {

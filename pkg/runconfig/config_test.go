@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/switchyard-ml/switchyard/internal/yamlcheck"
 )
 
 func TestConfigErrorsNameTheField(t *testing.T) {
@@ -39,6 +41,21 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 	}
 	if _, err := Parse(nil); err != nil {
 		t.Fatalf("empty config should mean defaults: %v", err)
+	}
+}
+
+// TestUnknownKeyNamesItsPath: an unknown key is named by its path and
+// line, with the keys its mapping has and the one it was likely meant to
+// be (not yaml.v3's "field cof not found in type runconfig.LBL").
+func TestUnknownKeyNamesItsPath(t *testing.T) {
+	_, err := Parse([]byte("preset: tiny\nsteps: 3\nlbl:\n  mode: micro\n  cof: 0.1\n"))
+	var u *yamlcheck.UnknownKeyError
+	if !errors.Is(err, ErrConfig) || !errors.As(err, &u) {
+		t.Fatalf("err = %v, want ErrConfig and an UnknownKeyError", err)
+	}
+	if msg := err.Error(); !strings.HasPrefix(msg, "train: invalid config: lbl.cof (line 5): unknown key; lbl has ") ||
+		!strings.Contains(msg, "coef, ") || !strings.HasSuffix(msg, `; did you mean "coef"?`) || strings.Contains(msg, "runconfig.") {
+		t.Errorf("err = %v", err)
 	}
 }
 

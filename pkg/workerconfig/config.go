@@ -146,8 +146,8 @@ func Defaults() Config {
 const MaxFileSize = 1 << 20
 
 // Parse decodes a config file strictly (unknown fields, repeated keys and
-// several documents are errors) on top of Defaults. It neither detects nor
-// validates.
+// several documents are errors; an unknown key is named by its path and
+// line) on top of Defaults. It neither detects nor validates.
 func Parse(raw []byte) (Config, error) {
 	c := Defaults()
 	if err := decodeInto(&c, raw); err != nil {
@@ -163,6 +163,9 @@ func decodeInto(c *Config, raw []byte) error {
 	dec := yaml.NewDecoder(bytes.NewReader(raw))
 	dec.KnownFields(true)
 	if err := dec.Decode(c); err != nil && !errors.Is(err, io.EOF) {
+		if u := yamlcheck.UnknownKey(raw, c); u != nil {
+			return fmt.Errorf("%w: %w", ErrSyntax, u)
+		}
 		return fmt.Errorf("%w: %v", ErrSyntax, err)
 	}
 	var extra yaml.Node

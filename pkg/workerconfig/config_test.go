@@ -170,8 +170,11 @@ func TestOverrideSyntaxErrors(t *testing.T) {
 
 func TestFileSyntaxErrors(t *testing.T) {
 	for _, tt := range []struct{ body, msg string }{
-		{minimal + "colour: blue\n", "field colour not found"},
-		{minimal + "tls: {ca: a, pem: b}\n", "field pem not found"},
+		{minimal + "colour: blue\n", "colour (line 5): unknown key; the top level has advertise_address, "},
+		{minimal + "tls: {ca: a, pem: b}\n", "tls.pem (line 5): unknown key; tls has ca, cert, key"},
+		{minimal + "tls: {ca: a, Cert: b}\n", `tls.Cert (line 5): unknown key; tls has ca, cert, key; did you mean "cert"?`},
+		{minimal + "resources:\n  gpus: 1\n  cpu-cores: 4\n", `resources.cpu-cores (line 7): unknown key; resources has `},
+		{minimal + "resources:\n  gpus: 1\n  cpu-cores: 4\n", `; did you mean "cpu_cores"?`},
 		{minimal + "---\nid: x\n", "one YAML document"},
 		{minimal + "lease_ttl_seconds: soon\n", "cannot unmarshal"},
 		{minimal + "lease_ttl_seconds: 2.5\n", "lease_ttl_seconds = 2.5: must be a whole number"},

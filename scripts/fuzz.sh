@@ -2,7 +2,8 @@
 # Runs every fuzz target for a bounded number of inputs each (about 10s of
 # fuzzing on 2 cores; FUZZTIME=1m fuzzes each for that long instead):
 # job specs, worker configs, raft commands (FSM apply), the data plane's
-# frames, checkpoint manifests and shard files, corpora, the GEMM kernel.
+# frames, checkpoint manifests and shard files, corpora, the GEMM kernel,
+# the unknown-key check of every YAML file.
 # A failure leaves its input under the package's testdata/fuzz/ (commit
 # it: it becomes a regression test of `go test`).
 #
@@ -21,8 +22,9 @@ targets=(
   ./pkg/checkpoint:FuzzReadShard:100000x
   ./pkg/data:FuzzReadJSONL:600000x
   ./pkg/kernels:FuzzSgemm:80000x
+  ./internal/yamlcheck:FuzzUnknownKey:30000x
 )
-found=$(grep -rl --include='*_test.go' '^func Fuzz' pkg cmd | xargs grep -ho '^func Fuzz[A-Za-z0-9_]*' | wc -l)
+found=$(grep -rl --include='*_test.go' '^func Fuzz' pkg cmd internal | xargs grep -ho '^func Fuzz[A-Za-z0-9_]*' | wc -l)
 if [ "$found" -ne "${#targets[@]}" ]; then
   echo "fuzz.sh: $found fuzz targets in the tree, ${#targets[@]} listed here: list the new one" >&2
   exit 1

@@ -232,7 +232,7 @@ func (c Config) ModelConfig() (Model, error) {
 	}
 	m.Defaults()
 	if err := m.Validate(); err != nil {
-		return m, fmt.Errorf("%w: model: %w", ErrConfig, err)
+		return m, fmt.Errorf("%w: %w", ErrConfig, err)
 	}
 	return m, nil
 }
@@ -321,7 +321,7 @@ func (c Config) Validate() error {
 		return err
 	}
 	if err := c.Optim.Validate(); err != nil {
-		return fmt.Errorf("%w: optim: %w", ErrConfig, err)
+		return fmt.Errorf("%w: %w", ErrConfig, err)
 	}
 	return nil
 }

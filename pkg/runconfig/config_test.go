@@ -18,9 +18,9 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 		{"preset: tiny\nlbl: {mode: sideways}", "lbl.mode"},
 		{"preset: tiny\nsteps: -3", "steps"},
 		{"preset: tiny\nmicro_batch: -1", "micro_batch"},
-		{"preset: tiny\nmodel: {heads: 3}", "heads"},
+		{"preset: tiny\nmodel: {heads: 3}", "train: invalid config: model.heads = 3: "},
 		{"preset: tiny\nstepz: 3", "stepz"},
-		{"preset: tiny\noptim: {lr: -1}", "lr"},
+		{"preset: tiny\noptim: {lr: -1}", "train: invalid config: optim.lr = -1: must be a positive number"},
 		{"preset: tiny\nlbl: {layer_coef: [1, 2]}", "lbl.layer_coef"},
 		{"preset: tiny\ndata: {val_fraction: 0.9}", "data.val_fraction"},
 		{"preset: tiny\nmax_seconds: -1", "max_seconds"},
@@ -34,6 +34,13 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 		if err == nil || !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%q: got %v, want an error naming %q", tc.yaml, err, tc.want)
 		}
+	}
+	// a section's error is its sentinel too
+	if _, err := Parse([]byte("preset: tiny\noptim: {lr: -1}")); !errors.Is(err, ErrOptim) {
+		t.Errorf("optim.lr: %v is not ErrOptim", err)
+	}
+	if _, err := Parse([]byte("preset: tiny\nmodel: {heads: 3}")); !errors.Is(err, ErrModel) {
+		t.Errorf("model.heads: %v is not ErrModel", err)
 	}
 	c, err := Parse([]byte("preset: small\nsteps: 5\nlbl: {mode: micro}"))
 	if err != nil || c.MicroBatch != 4 || c.Steps != 5 || c.LBL.Mode != "micro" {

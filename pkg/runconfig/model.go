@@ -78,7 +78,7 @@ func (c *Model) Defaults() {
 // Validate reports the first broken rule, naming the field.
 func (c Model) Validate() error {
 	bad := func(field, rule string, v any) error {
-		return fmt.Errorf("%w: %s = %v: %s", ErrModel, field, v, rule)
+		return &fieldError{sentinel: ErrModel, msg: fmt.Sprintf("model.%s = %v: %s", field, v, rule)}
 	}
 	switch {
 	case c.Vocab < 2:
@@ -290,3 +290,14 @@ func (c Model) MinGPURankBytes(microBatch, tp, ep int, bf16, recompute bool) flo
 	}
 	return perParam*params + L*layer + moe*expert + scratch + GPUReserveBytes
 }
+
+// fieldError is a section's broken rule, named by its YAML path
+// ("optim.lr = -1: ..."); it is its section's sentinel (ErrModel,
+// ErrOptim) for errors.Is without repeating the sentinel's text.
+type fieldError struct {
+	sentinel error
+	msg      string
+}
+
+func (e *fieldError) Error() string { return e.msg }
+func (e *fieldError) Unwrap() error { return e.sentinel }

@@ -46,7 +46,9 @@ func (c *Optim) Defaults() {
 
 // Validate names the first broken rule.
 func (c Optim) Validate() error {
-	bad := func(f string, v any, rule string) error { return fmt.Errorf("%w: %s = %v: %s", ErrOptim, f, v, rule) }
+	bad := func(f string, v any, rule string) error {
+		return &fieldError{sentinel: ErrOptim, msg: fmt.Sprintf("optim.%s = %v: %s", f, v, rule)}
+	}
 	switch {
 	case !(c.LR > 0) || math.IsInf(c.LR, 0):
 		return bad("lr", c.LR, "must be a positive number")

@@ -70,16 +70,16 @@ func cmdExec(ctx context.Context, args []string) error {
 		return err
 	}
 	env := rankEnv(cfg, *path, self, resume, os.Environ())
-	prog, code, err := lookProgram(cfg.Command, cfg.WorkingDir, env)
+	prog, err := fsutil.LookProgram(cfg.Command, cfg.WorkingDir, envValue(env, "PATH"))
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "switchyard exec: %v\n", err)
-		os.Exit(code)
+		os.Exit(lookExitCode(err))
 	}
 	if err := os.Chdir(cfg.WorkingDir); err != nil {
 		return fmt.Errorf("working_dir: %w", err)
 	}
 	err = syscall.Exec(prog, append([]string{cfg.Command}, cfg.Args...), env)
-	code = exitNotExecutable
+	code := exitNotExecutable
 	if errors.Is(err, os.ErrNotExist) {
 		code = exitCommandNotFound
 	}
@@ -319,7 +319,7 @@ func rankEnv(cfg *jobspec.CommandConfig, runConfig, self string, resume resumeAt
 		{envMetricsFile, filepath.Join(cfg.RunDir, "metrics.jsonl")},
 		{envBin, self},
 		// last, so that the spec's or the worker's PATH wins (a venv)
-		{"PATH", vars["PATH"] + string(os.PathListSeparator) + filepath.Dir(self)},
+		{"PATH", cfg.SearchPath(envValue(base, "PATH"), self)},
 		{"SWITCHYARD_COORDINATOR", strings.Join(cfg.Coordinators, ",")},
 		{"SWITCHYARD_TLS_CA", cfg.CoordinatorTLS.CA}, {"SWITCHYARD_TLS_CERT", cfg.CoordinatorTLS.Cert}, {"SWITCHYARD_TLS_KEY", cfg.CoordinatorTLS.Key},
 	} {
@@ -340,58 +340,24 @@ func rankEnv(cfg *jobspec.CommandConfig, runConfig, self string, resume resumeAt
 	return env
 }
 
-// lookProgram resolves the job's command as a shell would: a name through
-// the rank's PATH, a relative path from the working directory. The exit
-// status goes with the error.
-func lookProgram(command, wd string, env []string) (string, int, error) {
-	path := ""
+// envValue is the value of key in env (the last one set).
+func envValue(env []string, key string) string {
+	v := ""
 	for _, kv := range env {
-		if v, ok := strings.CutPrefix(kv, "PATH="); ok {
-			path = v
+		if s, ok := strings.CutPrefix(kv, key+"="); ok {
+			v = s
 		}
 	}
-	var candidates []string
-	switch {
-	case filepath.IsAbs(command):
-		candidates = []string{command}
-	case strings.ContainsRune(command, '/'):
-		candidates = []string{filepath.Join(wd, command)}
-	default:
-		for _, d := range filepath.SplitList(path) {
-			if d == "" {
-				d = "."
-			}
-			if !filepath.IsAbs(d) {
-				d = filepath.Join(wd, d)
-			}
-			candidates = append(candidates, filepath.Join(d, command))
-		}
-	}
-	var notExec string
-	for _, c := range candidates {
-		fi, err := os.Stat(c)
-		if err != nil || fi.IsDir() {
-			continue
-		}
-		if fi.Mode()&0o111 == 0 {
-			notExec = c
-			continue
-		}
-		return c, 0, nil
-	}
-	if notExec != "" {
-		return "", exitNotExecutable, fmt.Errorf("command %q: %s is not executable (mode %v)", command, notExec, mustMode(notExec))
-	}
-	if len(candidates) == 1 {
-		return "", exitCommandNotFound, fmt.Errorf("command %q not found: %s does not exist on worker", command, candidates[0])
-	}
-	return "", exitCommandNotFound, fmt.Errorf("command %q not found in the rank's PATH (%s)", command, path)
+	return v
 }
 
-func mustMode(p string) os.FileMode {
-	fi, err := os.Stat(p)
-	if err != nil {
-		return 0
+// lookExitCode is a shell's exit status for a command it could not find
+// (127) or run (126); the worker refuses such a rank before it starts
+// (fsutil.LookProgram there too), so these are seen when the program
+// changed in between.
+func lookExitCode(err error) int {
+	if errors.Is(err, fsutil.ErrProgramNotExecutable) {
+		return exitNotExecutable
 	}
-	return fi.Mode()
+	return exitCommandNotFound
 }

@@ -563,6 +563,42 @@ func TestPathsConfined(t *testing.T) {
 	h.waitState("ok-allowed", 0, apiv1.TaskState_TASK_STATE_SUCCEEDED)
 }
 
+// TestUnrunnableRanksRefused: a rank that would fail at its start, and
+// at every restart, is refused before anything runs: a corpus the worker
+// cannot open (missing, a directory), a command not found in the rank's
+// PATH or not executable. The message is the one the rank would give.
+func TestUnrunnableRanksRefused(t *testing.T) {
+	h := start(t, func(o *Options) { o.Config.AllowCommands = true })
+	missing := filepath.Join(h.storage, "nosuch.jsonl")
+	plain := filepath.Join(h.storage, "plain.sh")
+	if err := os.WriteFile(plain, []byte("#!/bin/sh\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := "runtime: command\ncommand: "
+	h.coord.set(
+		newTestTask("corpus-missing", 0, 1, spec1+"data: {corpus: "+missing+"}\n"),
+		newTestTask("corpus-dir", 0, 1, spec1+"data: {corpus: "+h.storage+"}\n"),
+		newTestTask("cmd-missing", 0, 1, "name: c\n"+cmd+"nosuch-trainer\n"),
+		newTestTask("cmd-plain", 0, 1, "name: c\n"+cmd+plain+"\n"),
+		newTestTask("ok-cmd", 0, 1, "name: c\n"+cmd+"sh\n"), // on PATH: it runs
+	)
+	for job, says := range map[string]string{
+		"corpus-missing": "rank 0: data: open corpus: open " + missing + ": no such file or directory",
+		"corpus-dir":     "rank 0: data: corpus is not a regular file: " + h.storage + " is a directory",
+		"cmd-missing":    `rank 0: command "nosuch-trainer" not found in the rank's PATH (` + os.Getenv("PATH") + ":",
+		"cmd-plain":      `rank 0: command "` + plain + `": ` + plain + " is not executable (mode -rw-r--r--)",
+	} {
+		st := h.waitState(job, 0, apiv1.TaskState_TASK_STATE_FAILED)
+		if !strings.HasPrefix(st.GetMessage(), says) || !st.GetRefused() {
+			t.Errorf("%s: message %q (refused %v), want it refused saying %q", job, st.GetMessage(), st.GetRefused(), says)
+		}
+		if _, err := os.Stat(filepath.Join(h.runDir(job, 1, 0), "starts")); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s: the rank was started (%v)", job, err)
+		}
+	}
+	h.waitState("ok-cmd", 0, apiv1.TaskState_TASK_STATE_SUCCEEDED)
+}
+
 func TestTrainerCannotStart(t *testing.T) {
 	h := start(t, func(o *Options) {
 		o.Config.Trainer = writeTrainer(t, "#!/nonexistent/interpreter\n")

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -10,6 +11,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/switchyard-ml/switchyard/pkg/fsutil"
 	"github.com/switchyard-ml/switchyard/pkg/jobspec"
 	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
 )
@@ -50,6 +52,15 @@ func (a *Agent) prepareCommand(t *apiv1.Task, spec *jobspec.Spec, task jobspec.T
 		cfg.CUDAVisibleDevices = strings.Join(all, ",")
 	}
 	if err := a.confine(spec, cfg.Checkpoint.Dir, ""); err != nil {
+		return launch{}, err
+	}
+	// as switchyard exec will look for it, with the rank's PATH: a
+	// program that is not there, or cannot run, is not there on a
+	// restart either (exec would exit 127 or 126)
+	if _, err := fsutil.LookProgram(cfg.Command, cfg.WorkingDir, cfg.SearchPath(os.Getenv("PATH"), a.trainer)); err != nil {
+		if errors.Is(err, fsutil.ErrProgramNotFound) || errors.Is(err, fsutil.ErrProgramNotExecutable) {
+			return launch{}, refuse(err)
+		}
 		return launch{}, err
 	}
 	runYAML, err := writeRunDir(host.RunDir, []string{host.RunDir, cfg.StagingDir()}, cfg)

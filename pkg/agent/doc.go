@@ -64,6 +64,14 @@
 // counted in the job's history. A worker runs command jobs only with
 // allow_commands in its config.
 //
+// A rank that could only fail at its start, and at every restart, is
+// refused before it starts (the job fails at once, reason Refused): a
+// path outside the worker's storage_path and allowed_paths, an engine
+// job's corpus that does not open as a regular file (data.CheckFile), a
+// command job's program that `switchyard exec` would not find in the
+// rank's PATH or could not execute (fsutil.LookProgram). An I/O error
+// meeting these checks is not a refusal: a restart may not meet it.
+//
 // The agent does not decide placement, does not touch the raft state or
 // the checkpoint catalogue, and does not talk to the other ranks: the
 // trainer processes do.

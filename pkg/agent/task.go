@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -17,6 +18,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/switchyard-ml/switchyard/pkg/data"
 	"github.com/switchyard-ml/switchyard/pkg/events"
 	"github.com/switchyard-ml/switchyard/pkg/fsutil"
 	"github.com/switchyard-ml/switchyard/pkg/jobspec"
@@ -280,6 +282,9 @@ func (a *Agent) prepare(t *apiv1.Task) (launch, error) {
 	if err := a.confine(spec, cfg.Checkpoint.Dir, cfg.Data.Corpus); err != nil {
 		return launch{}, err // a refusal, or an error reading the paths (not one)
 	}
+	if err := checkCorpus(cfg.Data.Corpus); err != nil {
+		return launch{}, err
+	}
 	dirs := []string{host.RunDir}
 	if spec.Checkpoint.Storage != jobspec.StorageS3 {
 		// s3://bucket/prefix: the rank reaches the S3 server with the
@@ -359,6 +364,28 @@ func (a *Agent) confine(spec *jobspec.Spec, ckptDir, corpus string) error {
 		return check("data.corpus", corpus)
 	}
 	return nil
+}
+
+// checkCorpus refuses a rank whose corpus ("": the demo one) it cannot
+// open as the rank would (data.CheckFile: "data: open corpus: open
+// /x.jsonl: no such file or directory", a directory, no permission): the
+// rank would fail at its start, and every restart too. Another error (an
+// I/O error of shared storage) is returned as it is: a restart may not
+// meet it.
+func checkCorpus(corpus string) error {
+	if corpus == "" {
+		return nil
+	}
+	err := data.CheckFile(corpus)
+	if err == nil {
+		return nil
+	}
+	for _, e := range []error{fs.ErrNotExist, fs.ErrPermission, data.ErrNotAFile, syscall.ENOTDIR, syscall.ELOOP} {
+		if errors.Is(err, e) {
+			return refuse(err)
+		}
+	}
+	return err
 }
 
 // taskLayout is the attempt's layout as the coordinator sent it, the

@@ -26,17 +26,43 @@ type Document struct {
 // A device, pipe or directory (/dev/zero) is refused with ErrNotAFile
 // before anything is read.
 func ReadFile(path string) ([]Document, error) {
+	f, err := openCorpus(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return ReadJSONL(f, path)
+}
+
+// CheckFile checks, reading nothing, that ReadFile can open path: its
+// errors are ReadFile's before the first line (a worker refuses a rank
+// whose corpus it cannot open, rather than start it to fail).
+func CheckFile(path string) error {
+	f, err := openCorpus(path)
+	if err != nil {
+		return err
+	}
+	return f.Close()
+}
+
+// openCorpus opens the regular file at path.
+func openCorpus(path string) (*os.File, error) {
+	// a named pipe would block Open until a writer came
+	if st, err := os.Stat(path); err == nil && !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("%w: %s is %s", ErrNotAFile, path, fileKind(st.Mode()))
+	}
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("data: open corpus: %w", err)
 	}
-	defer f.Close()
 	if st, err := f.Stat(); err != nil {
+		f.Close()
 		return nil, fmt.Errorf("data: open corpus: %w", err)
 	} else if !st.Mode().IsRegular() {
+		f.Close()
 		return nil, fmt.Errorf("%w: %s is %s", ErrNotAFile, path, fileKind(st.Mode()))
 	}
-	return ReadJSONL(f, path)
+	return f, nil
 }
 
 // MaxLineBytes is the longest line (one document) ReadJSONL accepts.

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"unicode/utf8"
 )
@@ -167,3 +168,27 @@ func TestReadBounded(t *testing.T) {
 type zeros struct{}
 
 func (zeros) Read(p []byte) (int, error) { clear(p); return len(p), nil }
+
+// CheckFile opens nothing that is not a regular file (a named pipe would
+// block) and gives ReadFile's errors; a readable corpus passes.
+func TestCheckFile(t *testing.T) {
+	dir := t.TempDir()
+	missing := filepath.Join(dir, "missing.jsonl")
+	if err := CheckFile(missing); !errors.Is(err, fs.ErrNotExist) || err.Error() != "data: open corpus: open "+missing+": no such file or directory" {
+		t.Errorf("missing: %v", err)
+	}
+	fifo := filepath.Join(dir, "pipe")
+	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for p, kind := range map[string]string{fifo: "is a named pipe", dir: "is a directory", "/dev/null": "is a character device"} {
+		if err := CheckFile(p); !errors.Is(err, ErrNotAFile) || !strings.HasSuffix(err.Error(), p+" "+kind) {
+			t.Errorf("%s: %v, want ErrNotAFile saying it %s", p, err, kind)
+		}
+	}
+	ok := filepath.Join(dir, "c.jsonl")
+	os.WriteFile(ok, []byte("not even JSON"), 0o644) // not read
+	if err := CheckFile(ok); err != nil {
+		t.Errorf("a regular file: %v", err)
+	}
+}

@@ -4,7 +4,8 @@
 // file gives an error naming the limit, not an out-of-memory crash;
 // Within tells whether a path a job names stays inside the directories a
 // worker allows, links resolved; WriteFileAtomic replaces a small file so
-// that a reader sees the old or the new content, never a part.
+// that a reader sees the old or the new content, never a part;
+// LookProgram finds the program a command job names, as a shell would.
 package fsutil
 
 import (
@@ -16,6 +17,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 )
 
 // ErrTooLarge is wrapped by ReadFile's error for a file over its limit.
@@ -130,4 +132,94 @@ func WriteFileAtomic(path string, data []byte) error {
 		return err
 	}
 	return os.Rename(tmp, path)
+}
+
+// LookProgram's errors: no file of the command's name where it is looked
+// for, or only files without an execute bit. Either is the same on the
+// next try (unlike ErrNotExist of a path on storage that fails), so the
+// error says what to fix.
+var (
+	ErrProgramNotFound      = errors.New("fsutil: command not found")
+	ErrProgramNotExecutable = errors.New("fsutil: command not executable")
+)
+
+// absent says whether err of a stat means that nothing usable is there,
+// for good: no such file, a file where a directory is expected, no
+// permission, a loop of links, a name too long.
+func absent(err error) bool {
+	for _, e := range []error{fs.ErrNotExist, fs.ErrPermission, syscall.ENOTDIR, syscall.ELOOP, syscall.ENAMETOOLONG} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
+// programError is LookProgram's error: its message names the command and
+// where it was looked for; it wraps one of the sentinels above.
+type programError struct {
+	msg  string
+	kind error
+}
+
+func (e *programError) Error() string { return e.msg }
+func (e *programError) Unwrap() error { return e.kind }
+
+// LookProgram resolves a command job's command as a shell would: a name
+// through path (the rank's PATH; an empty or relative entry is taken from
+// wd), a relative path from wd (the working directory), an absolute path
+// as it is. The first candidate that is a file with an execute bit is
+// returned. Otherwise, when a candidate could not be examined (an I/O
+// error: storage that may come back) that error is returned; else the
+// error wraps ErrProgramNotExecutable when a candidate lacks the bit, and
+// ErrProgramNotFound when none exists.
+func LookProgram(command, wd, path string) (string, error) {
+	var candidates []string
+	switch {
+	case filepath.IsAbs(command):
+		candidates = []string{command}
+	case strings.ContainsRune(command, '/'):
+		candidates = []string{filepath.Join(wd, command)}
+	default:
+		for _, d := range filepath.SplitList(path) {
+			if d == "" {
+				d = "."
+			}
+			if !filepath.IsAbs(d) {
+				d = filepath.Join(wd, d)
+			}
+			candidates = append(candidates, filepath.Join(d, command))
+		}
+	}
+	var notExec string
+	var mode os.FileMode
+	var statErr error
+	for _, c := range candidates {
+		fi, err := os.Stat(c)
+		if err != nil {
+			if !absent(err) && statErr == nil {
+				statErr = err
+			}
+			continue
+		}
+		if fi.IsDir() {
+			continue
+		}
+		if fi.Mode()&0o111 == 0 {
+			if notExec == "" {
+				notExec, mode = c, fi.Mode()
+			}
+			continue
+		}
+		return c, nil
+	}
+	switch {
+	case statErr != nil: // the program may be where it could not look
+		return "", fmt.Errorf("command %q: %w", command, statErr)
+	case notExec != "":
+		return "", &programError{fmt.Sprintf("command %q: %s is not executable (mode %v)", command, notExec, mode), ErrProgramNotExecutable}
+	case len(candidates) == 1:
+		return "", &programError{fmt.Sprintf("command %q not found: %s does not exist on worker", command, candidates[0]), ErrProgramNotFound}
+	}
+	return "", &programError{fmt.Sprintf("command %q not found in the rank's PATH (%s)", command, path), ErrProgramNotFound}
 }

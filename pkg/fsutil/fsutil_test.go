@@ -112,3 +112,45 @@ func TestWriteFileAtomic(t *testing.T) {
 		t.Fatal("no error for a missing directory")
 	}
 }
+
+// LookProgram finds a command as a shell would (a name on PATH, a relative
+// path from the working directory) and says why it cannot: not found, or
+// not executable, each a sentinel.
+func TestLookProgram(t *testing.T) {
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "bin")
+	os.MkdirAll(filepath.Join(bin, "adir"), 0o755)
+	os.WriteFile(filepath.Join(bin, "trainer"), []byte("#!/bin/sh\n"), 0o755)
+	os.WriteFile(filepath.Join(bin, "plain"), []byte("x"), 0o644)
+	os.Symlink("loop", filepath.Join(bin, "loop"))
+	path := bin + ":/nonexistent:" + filepath.Join(bin, "trainer") // a file as a PATH entry: ENOTDIR
+	for _, c := range []struct {
+		cmd, wd string
+		kind    error
+		want    string
+	}{
+		{"trainer", dir, nil, filepath.Join(bin, "trainer")},
+		{"bin/trainer", dir, nil, filepath.Join(bin, "trainer")},
+		{filepath.Join(bin, "trainer"), "/", nil, filepath.Join(bin, "trainer")},
+		{"missing", dir, ErrProgramNotFound, `command "missing" not found in the rank's PATH (` + path + ")"},
+		{"adir", dir, ErrProgramNotFound, `command "adir" not found in the rank's PATH`},
+		{"loop", dir, ErrProgramNotFound, `command "loop" not found in the rank's PATH`},
+		{"bin/missing", dir, ErrProgramNotFound, `command "bin/missing" not found: ` + filepath.Join(bin, "missing") + " does not exist on worker"},
+		{"plain", dir, ErrProgramNotExecutable, `command "plain": ` + filepath.Join(bin, "plain") + " is not executable (mode -rw-r--r--)"},
+	} {
+		got, err := LookProgram(c.cmd, c.wd, path)
+		if c.kind == nil {
+			if err != nil || got != c.want {
+				t.Errorf("%s: %q, %v; want %s", c.cmd, got, err, c.want)
+			}
+			continue
+		}
+		if !errors.Is(err, c.kind) || !strings.HasPrefix(err.Error(), c.want) {
+			t.Errorf("%s: %v; want %v saying %q", c.cmd, err, c.kind, c.want)
+		}
+	}
+	// an empty PATH entry is the working directory
+	if got, err := LookProgram("trainer", bin, ":/nonexistent"); err != nil || got != filepath.Join(bin, "trainer") {
+		t.Errorf("empty PATH entry: %q, %v", got, err)
+	}
+}

@@ -197,6 +197,18 @@ type CommandConfig struct {
 	CoordinatorTLS security.TLSFiles `yaml:"coordinator_tls"`
 }
 
+// SearchPath is the PATH the rank's program is looked up in and runs
+// with: the spec's env PATH, else the worker's (inherited), then the
+// directory of the switchyard binary bin (for the trainer's `switchyard
+// checkpoints commit`).
+func (c *CommandConfig) SearchPath(inherited, bin string) string {
+	path := inherited
+	if p, ok := c.Env["PATH"]; ok {
+		path = p
+	}
+	return path + string(filepath.ListSeparator) + filepath.Dir(bin)
+}
+
 // JobCheckpointDir is the directory of the job's checkpoints.
 func (c *CommandConfig) JobCheckpointDir() string { return filepath.Join(c.Checkpoint.Dir, c.Job) }
 

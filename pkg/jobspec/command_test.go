@@ -123,3 +123,16 @@ func TestCommandRank(t *testing.T) {
 		t.Fatal("engine job given a command config")
 	}
 }
+
+// A command rank's PATH is the spec's, else the worker's, then the
+// switchyard binary's directory.
+func TestSearchPath(t *testing.T) {
+	c := &CommandConfig{}
+	if got := c.SearchPath("/usr/bin", "/opt/sy/switchyard"); got != "/usr/bin:/opt/sy" {
+		t.Errorf("worker's PATH: %q", got)
+	}
+	c.Env = map[string]string{"PATH": "/venv/bin"}
+	if got := c.SearchPath("/usr/bin", "/opt/sy/switchyard"); got != "/venv/bin:/opt/sy" {
+		t.Errorf("spec's PATH: %q", got)
+	}
+}

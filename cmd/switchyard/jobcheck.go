@@ -7,7 +7,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
 
+	"github.com/switchyard-ml/switchyard/pkg/data"
+	"github.com/switchyard-ml/switchyard/pkg/fsutil"
 	"github.com/switchyard-ml/switchyard/pkg/gpu"
 	"github.com/switchyard-ml/switchyard/pkg/jobspec"
 	"github.com/switchyard-ml/switchyard/pkg/model"
@@ -29,9 +32,17 @@ type jobCheck struct {
 	Params           int64  `json:"params_total,omitempty"`
 	ActiveParams     int64  `json:"params_active,omitempty"`
 	RankParams       int    `json:"params_per_rank,omitempty"`
-	// HostMinBytes is runconfig's lower bound on a rank's host memory.
+	// HostMinBytes is runconfig's lower bound on a rank's host memory
+	// (what validation and placement use).
 	HostMinBytes int64 `json:"host_min_bytes,omitempty"`
 	HostLimitMiB int64 `json:"host_limit_mib,omitempty"` // resources.memory_mib
+	// HostForecastBytes is a CPU rank's forecast peak memory
+	// (runconfig.HostRankBytes, with its corpus where its size is known
+	// here: HostCorpus says which), and HostAskMiB the memory_mib that
+	// leaves it a quarter's headroom.
+	HostForecastBytes int64  `json:"host_forecast_bytes,omitempty"`
+	HostCorpus        string `json:"host_corpus,omitempty"`
+	HostAskMiB        int64  `json:"host_ask_mib,omitempty"`
 	// GPU: the engine's buffers of a rank (pkg/gpu's estimate, what it
 	// allocates), with the memory left to the libraries, and with the
 	// attention probabilities recomputed; what placement asks each GPU.
@@ -90,6 +101,23 @@ func checkSpec(path string, sp *jobspec.Spec) (jobCheck, error) {
 	kind, _, _ := runconfig.ParseDevice(tc.Device)
 	jc.Device = kind
 	if kind != "cuda" {
+		// a job's ranks always checkpoint (at least at the end)
+		fc := m.HostRankBytes(sp.MicroBatch, p.TP, p.EP, true)
+		switch corpus := sp.Data.Corpus; {
+		case corpus == jobspec.DemoCorpus || corpus == "":
+			fc += runconfig.CorpusHostBytes(int64(sp.Data.DemoBytes) * int64(len(data.DemoDomains())))
+			jc.HostCorpus = "its demo corpus included"
+		default:
+			if st, err := os.Stat(corpus); err == nil && st.Mode().IsRegular() {
+				fc += runconfig.CorpusHostBytes(st.Size())
+				jc.HostCorpus = fmt.Sprintf("its corpus of %s included", fsutil.Size(st.Size()))
+			} else {
+				jc.HostCorpus = "add about 1.5x its corpus's size: the file is not on this machine"
+			}
+		}
+		jc.HostForecastBytes = int64(fc)
+		const mib = 1 << 20
+		jc.HostAskMiB = (int64(1.25*fc) + 64*mib - 1) / (64 * mib) * 64 // headroom, in 64 MiB
 		return jc, nil
 	}
 	jc.Precision = tc.PrecisionOrDefault()
@@ -143,7 +171,16 @@ func printJobCheck(c *cli, jc jobCheck) {
 	if jc.HostLimitMiB > 0 {
 		limit = fmt.Sprintf("resources.memory_mib %d", jc.HostLimitMiB)
 	}
-	fmt.Fprintf(c.out, "  host     a rank needs at least %s (%s)\n", gib(jc.HostMinBytes), limit)
+	if jc.HostForecastBytes > 0 {
+		fmt.Fprintf(c.out, "  host     a rank uses about %s at its peak (forecast; %s); ask resources.memory_mib: %d or more (%s)\n",
+			gib(jc.HostForecastBytes), jc.HostCorpus, jc.HostAskMiB, limit)
+		if jc.HostLimitMiB > 0 && jc.HostLimitMiB<<20 < jc.HostForecastBytes {
+			fmt.Fprintf(c.out, "           warning: resources.memory_mib %d is below the forecast: the worker would likely kill the rank for its memory\n", jc.HostLimitMiB)
+		}
+		fmt.Fprintf(c.out, "           validation and placement use the lower bound %s\n", gib(jc.HostMinBytes))
+	} else {
+		fmt.Fprintf(c.out, "  host     a rank needs at least %s (%s)\n", gib(jc.HostMinBytes), limit)
+	}
 	if jc.GPUBuffers == nil {
 		return
 	}

@@ -2,9 +2,12 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/switchyard-ml/switchyard/pkg/gpu"
@@ -62,10 +65,69 @@ func TestJobCheck(t *testing.T) {
 	if !strings.Contains(r.stdout, "2 ranks") || !strings.Contains(r.stdout, "40000 MiB or more") {
 		t.Errorf("command job:\n%s", r.stdout)
 	}
+	// a CPU job: the forecast of a rank's peak, the memory_mib to ask,
+	// and a warning when the spec asks less
+	cpu := write("cpu.yaml", "name: c\nmodel: {preset: tiny}\nparallel: {dp: 2, ep: 2}\nmicro_batch: 4\nresources: {cpu_cores: 1, memory_mib: 512}\n")
+	r = runCmd(t, false, "job", "check", cpu, "-o", "json")
+	wantCode(t, r, 0)
+	jc = jobCheck{}
+	if err := json.Unmarshal([]byte(r.stdout), &jc); err != nil {
+		t.Fatalf("%v\n%s", err, r.stdout)
+	}
+	tiny, _ := runconfig.ModelPreset("tiny")
+	tiny.Defaults()
+	want := tiny.HostRankBytes(4, 1, 2, true) + runconfig.CorpusHostBytes(1<<20*4)
+	if jc.HostForecastBytes != int64(want) || jc.HostAskMiB<<20 < jc.HostForecastBytes || jc.HostForecastBytes <= jc.HostMinBytes {
+		t.Errorf("CPU job: forecast %d (want %d), ask %d MiB, lower bound %d", jc.HostForecastBytes, int64(want), jc.HostAskMiB, jc.HostMinBytes)
+	}
+	r = runCmd(t, false, "job", "check", cpu)
+	wantCode(t, r, 0)
+	wantContains(t, r.stdout, "at its peak (forecast; its demo corpus included)", "warning: resources.memory_mib 512 is below the forecast")
 	bad := write("bad.yaml", "name: b\nparallel: {ep: 3, dp: 4}\n")
 	r = runCmd(t, false, "job", "check", bad)
 	wantCode(t, r, 2)
 	if !strings.Contains(r.stderr, "parallel.ep = 3: must divide parallel.dp = 4") {
 		t.Errorf("bad spec: %s", r.stderr)
+	}
+}
+
+// TestHostRankBytesForecast: runconfig.HostRankBytes (what `job check`
+// tells a user to ask for) against the peak resident memory of real
+// `switchyard train` runs of the CPU engine: within 25% (the fit is
+// within 6% of every run it was fitted on: tiny, science and small, with
+// and without checkpoints, ep 2 and 4, tp 2, corpora to 96 MiB).
+func TestHostRankBytesForecast(t *testing.T) {
+	if testing.Short() {
+		t.Skip("trains")
+	}
+	bin := buildCLI(t)
+	for _, tc := range []struct {
+		preset string
+		micro  int
+		ckpt   bool
+	}{{"tiny", 4, true}, {"science", 8, false}} {
+		args := []string{"train", "--preset", tc.preset, "--micro-batch", fmt.Sprint(tc.micro), "--steps", "2", "--eval-seqs", "4", "--eval-every", "0"}
+		if tc.ckpt {
+			args = append(args, "--checkpoint-dir", t.TempDir(), "--checkpoint-every", "1")
+		}
+		cmd := exec.Command(bin, args...)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v\n%s", args, err, lastLines(string(out), 10))
+		}
+		ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage)
+		if !ok {
+			t.Skip("no rusage on this platform")
+		}
+		peak := float64(ru.Maxrss) * 1024 // KiB on Linux
+		m, err := runconfig.ModelPreset(tc.preset)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.Defaults()
+		fc := m.HostRankBytes(tc.micro, 1, 1, tc.ckpt) + runconfig.CorpusHostBytes(4<<20) // the demo corpus: 4 domains of 1 MiB
+		t.Logf("%s micro-batch %d checkpoints %v: peak %.0f MiB, forecast %.0f MiB (%.2fx)", tc.preset, tc.micro, tc.ckpt, peak/(1<<20), fc/(1<<20), fc/peak)
+		if r := fc / peak; r < 0.8 || r > 1.25 {
+			t.Errorf("%s micro-batch %d: forecast %.0f MiB is %.2fx the peak %.0f MiB", tc.preset, tc.micro, fc/(1<<20), r, peak/(1<<20))
+		}
 	}
 }

@@ -229,6 +229,68 @@ func (c Model) MinRankBytes(microBatch, tp, ep int) float64 {
 	return 16*params + acts
 }
 
+// HostRankBytes estimates the peak resident memory of one rank of the
+// CPU engine training this model with microBatch sequences per
+// micro-batch, split tp ways by tensor and ep ways by expert parallelism,
+// saving checkpoints or not, without its corpus (CorpusHostBytes): a
+// forecast to size resources.memory_mib by, not a bound. Its terms:
+//   - the process (runtime, code, buffers): HostBaseBytes;
+//   - the rank's parameters times 16 bytes (weights, gradients, the two
+//     AdamW moments), and 12 more when it checkpoints (the snapshot of
+//     weights and moments a background save writes from);
+//   - the activations kept for the backward and the garbage between
+//     collections: hostActFloats 4-byte floats a token and a layer for
+//     each float the layer's forward writes a token (the attention
+//     scores of its heads, the expert rows of its slots, with expert
+//     parallelism the slots' rows it sends and receives, and eight widths
+//     of the residual stream), and the logits.
+//
+// Fitted to the peak RSS of `switchyard train` on this engine (tiny at
+// micro-batch 2 to 16, science, small, checkpointing, ep 2 and 4, tp 2,
+// corpora to 96 MiB: within 6% of every one; cmd/switchyard's
+// TestHostRankBytesForecast holds it within 25% of what runs use).
+func (c Model) HostRankBytes(microBatch, tp, ep int, checkpoints bool) float64 {
+	d, h, dh := float64(c.Dim), float64(c.Hidden), float64(c.DenseHidden)
+	E, L := float64(c.Experts), float64(c.Layers)
+	moe := float64(c.MoELayers())
+	ftp, fep := float64(max(tp, 1)), float64(max(ep, 1))
+	replicated := 2*float64(c.Vocab)*d + d + L*2*d + (L-moe)*3*d*dh + moe*(d*E+float64(c.Shared)*3*d*h)
+	params := replicated + L*4*d*d/ftp + moe*E*3*d*h/fep
+	perParam := 16.0
+	if checkpoints {
+		perParam += 12
+	}
+	T := float64(microBatch) * float64(c.SeqLen)
+	S, H, k := float64(c.SeqLen), float64(c.Heads), float64(c.TopK)
+	expertRow := d + 3*h // a slot's input and its gate, up and product rows
+	perTokenLayer := H*S/ftp + 8*d
+	moeLayer := (k + float64(c.Shared)) * expertRow / ftp
+	if ep > 1 {
+		// expert parallelism: the slots' rows sent and received, forward
+		// and backward
+		moeLayer += 4 * k * d / ftp
+	}
+	denseLayer := (d + 3*dh) / ftp
+	floats := T * (L*perTokenLayer + moe*moeLayer + (L-moe)*denseLayer)
+	logits := T * float64(c.Vocab) * 4
+	return HostBaseBytes + perParam*params + 4*hostActFloats*floats + 4*logits
+}
+
+// HostBaseBytes is a rank process's memory before its model and data:
+// the Go runtime, the code, the transports' and kernels' buffers.
+const HostBaseBytes = 80 << 20
+
+// hostActFloats is the floats a rank holds at its peak for each float a
+// layer's forward writes: the activations kept for the backward, their
+// gradients and scratch, and what the garbage collector has not taken
+// back yet (fitted: 3.2 to 3.4 on the presets).
+const hostActFloats = 3.3
+
+// CorpusHostBytes is the memory a corpus of fileBytes (JSON Lines, or
+// the demo corpus's text) takes in a rank: its text and tokens (measured
+// 1.35x to 1.5x).
+func CorpusHostBytes(fileBytes int64) float64 { return 1.5 * float64(fileBytes) }
+
 // GPUReserveBytes is the device memory the GPU engine leaves free beyond
 // its own buffers (the libraries' workspaces and context) by default.
 const GPUReserveBytes = 1 << 30

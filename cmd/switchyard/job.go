@@ -374,6 +374,10 @@ type watcher struct {
 	first   *apiv1.StepMetrics // first metrics seen, and when: the fallback rate
 	firstAt time.Time
 	drawn   bool // a progress line is on screen (tty)
+	// seenSeq is the newest history event accounted for: the first
+	// record's are the past (job status shows them), later ones are
+	// printed as they arrive
+	seenSeq uint64
 }
 
 // watch streams WatchJob until the job ends, then prints the final state
@@ -409,12 +413,15 @@ func (c *cli) watch(ctx context.Context, r *remoteFlags, cl *client.Client, id s
 		if err != nil {
 			return err
 		}
-		w.job = resp.GetJob()
 		if r.json() {
-			if err := printProto(c.out, &apiv1.WatchJobResponse{Job: w.job}, true); err != nil {
+			if err := printProto(c.out, &apiv1.WatchJobResponse{Job: resp.GetJob()}, true); err != nil {
 				return err
 			}
+		} else if w.job != nil {
+			w.endLine()
+			w.printEvents(resp.GetJob(), true)
 		}
+		w.job = resp.GetJob()
 	}
 	w.endLine()
 	j := w.job
@@ -473,7 +480,20 @@ func (w *watcher) onJob(j *coordinatorv1.Job, quiet bool) {
 		w.tokStep = tokensPerStep(j)
 	}
 	why := jobstate.PendingReason(j)
-	if quiet || (prev != nil && prev.GetState() == j.GetState() && prev.GetRestarts() == j.GetRestarts() && jobstate.PendingReason(prev) == why) {
+	changed := prev == nil || prev.GetState() != j.GetState() || prev.GetRestarts() != j.GetRestarts() || jobstate.PendingReason(prev) != why
+	if quiet {
+		return
+	}
+	if prev == nil {
+		w.skipEvents(j) // the history so far: job status has it
+	} else if w.hasNewEvents(j) {
+		w.endLine()
+		w.printEvents(j, changed)
+	}
+	if !changed {
+		if w.c.tty && w.last != nil && !w.drawn {
+			w.draw()
+		}
 		return
 	}
 	w.endLine()
@@ -488,6 +508,67 @@ func (w *watcher) onJob(j *coordinatorv1.Job, quiet bool) {
 	if w.c.tty && w.last != nil {
 		w.draw() // put the progress line back under the state line
 	}
+}
+
+// quietEvents are history events a watch does not print: a committed
+// checkpoint (as often as every step) and each rank's memory peak (one
+// per rank at every attempt's end); job status shows them.
+var quietEvents = map[string]bool{"CheckpointCommitted": true, "MemoryPeak": true}
+
+// skipEvents marks j's history as seen.
+func (w *watcher) skipEvents(j *coordinatorv1.Job) {
+	if evs := j.GetEvents(); len(evs) > 0 {
+		w.seenSeq = max(w.seenSeq, evs[len(evs)-1].GetSeq())
+	}
+}
+
+func (w *watcher) hasNewEvents(j *coordinatorv1.Job) bool {
+	evs := j.GetEvents()
+	return len(evs) > 0 && evs[len(evs)-1].GetSeq() > w.seenSeq
+}
+
+// printEvents prints, one line each, j's history events newer than the
+// last update's: why the job restarted (RankFailed, WorkerLost,
+// OutOfMemory), what the new attempt resumed from (Resumed,
+// CheckpointUnusable), a state it passed through between two updates.
+// The move into j's state is left to the state line when one follows
+// (stateLine), quietEvents are left out.
+func (w *watcher) printEvents(j *coordinatorv1.Job, stateLineFollows bool) {
+	evs := j.GetEvents()
+	current := -1 // the event of j's move into its state
+	if stateLineFollows {
+		for i := len(evs) - 1; i >= 0 && evs[i].GetSeq() > w.seenSeq; i-- {
+			if evs[i].GetType() == stateEventType(j.GetState()) {
+				current = i
+				break
+			}
+		}
+	}
+	for i, e := range evs {
+		if e.GetSeq() <= w.seenSeq || i == current || quietEvents[e.GetType()] {
+			continue
+		}
+		at := w.c.now()
+		if e.GetUnixNano() > 0 {
+			at = time.Unix(0, e.GetUnixNano())
+		}
+		line := fmt.Sprintf("%s job %s %s: %s", at.Format("15:04:05"), j.GetId(), e.GetType(), e.GetMessage())
+		if wk := e.GetWorkerId(); wk != "" {
+			line += " (worker " + wk + ")"
+		}
+		fmt.Fprintln(w.c.out, line)
+	}
+	w.skipEvents(j)
+}
+
+// stateEventType is the type of the history event of a job's move into
+// state st ("Pending", "Running", ...: the coordinator's state store).
+func stateEventType(st coordinatorv1.JobState) string {
+	name := jobstate.Lower(st)
+	if name == "" {
+		return ""
+	}
+	return strings.ToUpper(name[:1]) + name[1:]
 }
 
 func (w *watcher) onMetrics(m *apiv1.StepMetrics, quiet bool) {

@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -243,6 +244,69 @@ func TestJobWatchSaysWhyPending(t *testing.T) {
 		"waiting: needs 4 workers with 2 cores, 2048 MiB; the cluster has 3", "job moe-1 RUNNING")
 	if n := strings.Count(r.stdout, "the cluster has 2"); n != 1 {
 		t.Errorf("an unchanged reason printed %d times:\n%s", n, r.stdout)
+	}
+}
+
+// TestJobWatchPrintsEvents: a watch prints the history events that are
+// new since the last update, one line each (why the job restarted, what
+// it resumed from, a state it passed through unseen), not the history
+// before it started, not the move into the state its state line shows,
+// not the per-checkpoint and per-rank noise; a reopened stream repeats
+// none.
+func TestJobWatchPrintsEvents(t *testing.T) {
+	at := time.Date(2026, 3, 1, 12, 0, 0, 0, time.Local)
+	var evs []*coordinatorv1.JobEvent
+	ev := func(typ, msg, worker string) {
+		evs = append(evs, &coordinatorv1.JobEvent{Seq: uint64(len(evs) + 1), UnixNano: at.Add(time.Duration(len(evs)) * time.Second).UnixNano(), Type: typ, Message: msg, WorkerId: worker})
+	}
+	job := func(s coordinatorv1.JobState, restarts int32, reason, msg string) *apiv1.WatchJobResponse {
+		return &apiv1.WatchJobResponse{Job: &coordinatorv1.Job{Id: "moe-1", State: s, Restarts: restarts, Reason: reason, Message: msg, WorldSize: 2,
+			Spec: []byte("name: moe-global-lbl\nsteps: 1000\n"), Progress: &coordinatorv1.Progress{TotalSteps: 1000}, Events: slices.Clone(evs)}}
+	}
+	ev("Submitted", "job submitted (world size 2)", "")
+	ev("Placed", "Placed: 2 ranks placed", "")
+	ev("RankFailed", "an attempt before the watch", "w1")
+	ev("Running", "", "")
+	script := []*apiv1.WatchJobResponse{job(coordinatorv1.JobState_JOB_STATE_RUNNING, 0, "", "")}
+	ev("CheckpointCommitted", "checkpoint of step 10 committed", "")
+	ev("RankFailed", "rank 1 killed by SIGKILL", "w2")
+	ev("Pending", "RankFailed: rank 1 killed by SIGKILL; restart 1 of 2 in 0s", "")
+	ev("Placed", "Placed: 2 ranks placed", "")
+	script = append(script, job(coordinatorv1.JobState_JOB_STATE_PLACED, 1, "Placed", "2 ranks placed"))
+	ev("Running", "", "")
+	ev("Resumed", "rank 0: resumed from the checkpoint of step 10", "w1")
+	ev("MemoryPeak", "rank 0: used at most 518 MiB", "w1")
+	script = append(script, job(coordinatorv1.JobState_JOB_STATE_RUNNING, 1, "", ""))
+	ev("Succeeded", "Completed: all 2 ranks finished", "")
+	script = append(script, job(coordinatorv1.JobState_JOB_STATE_SUCCEEDED, 1, "Completed", "all 2 ranks finished"))
+
+	f := newFakeCoordinator()
+	f.watch["moe-1"] = script
+	f.watchBreaks = 1 // the first message twice
+	addr := startFake(t, f)
+	r := runAt(t, addr, "job", "watch", "moe-1")
+	wantCode(t, r, exitOK)
+	want := []string{
+		"job moe-1 RUNNING",
+		"12:00:05 job moe-1 RankFailed: rank 1 killed by SIGKILL (worker w2)",
+		"12:00:06 job moe-1 Pending: RankFailed: rank 1 killed by SIGKILL; restart 1 of 2 in 0s",
+		"job moe-1 PLACED (Placed: 2 ranks placed), 1 restarts",
+		"12:00:09 job moe-1 Resumed: rank 0: resumed from the checkpoint of step 10 (worker w1)",
+		"job moe-1 RUNNING, 1 restarts",
+		"job moe-1 SUCCEEDED (Completed: all 2 ranks finished)",
+	}
+	rest := r.stdout
+	for _, w := range want {
+		i := strings.Index(rest, w+"\n")
+		if i < 0 {
+			t.Fatalf("want these lines in this order, %q missing:\n%s\ngot:\n%s", w, strings.Join(want, "\n"), r.stdout)
+		}
+		rest = rest[i+len(w):]
+	}
+	for _, quiet := range []string{"Submitted", "before the watch", "CheckpointCommitted", "MemoryPeak", "Running:", "Placed: Placed", "Succeeded:"} {
+		if strings.Contains(r.stdout, quiet) {
+			t.Errorf("printed %q:\n%s", quiet, r.stdout)
+		}
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -374,4 +375,53 @@ func runContract(t *testing.T, h harness) {
 			}
 		}
 	})
+}
+
+// TestMemoryWatchWhileWorkersChange: a watch opened while workers join
+// and leave always starts (its initial list is delivered, however the
+// changes interleave with it) and ends with its context. A watch that
+// sent its initial notification after registering could block for good
+// when a change filled the notification's buffer first, hanging the
+// controller tests' shutdown once in a few hundred runs.
+func TestMemoryWatchWhileWorkersChange(t *testing.T) {
+	srv := membership.NewMemoryServer()
+	m := membership.NewMemory(srv)
+	defer m.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var churn sync.WaitGroup
+	for g := range 4 {
+		churn.Go(func() {
+			for i := 0; ctx.Err() == nil; i++ {
+				reg, err := m.Register(ctx, worker(fmt.Sprintf("w-%d-%d", g, i%3), 1), time.Minute)
+				if err == nil {
+					reg.Close(context.Background()) //nolint:errcheck
+				}
+			}
+		})
+	}
+	for i := range 2000 {
+		done := make(chan error, 1)
+		go func() {
+			wctx, wcancel := context.WithCancel(ctx)
+			defer wcancel()
+			ch, err := m.Watch(wctx)
+			if err == nil {
+				wcancel()
+				for range ch { // closed once the watch ends
+				}
+			}
+			done <- err
+		}()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("watch %d never started or never ended", i)
+		}
+	}
+	cancel()
+	churn.Wait()
 }

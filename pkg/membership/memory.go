@@ -301,13 +301,17 @@ func (m *Memory) List(ctx context.Context) ([]WorkerInfo, error) {
 // Watch implements Registry.
 func (m *Memory) Watch(ctx context.Context) (<-chan Event, error) {
 	w := &memWatcher{notify: make(chan struct{}, 1)}
+	// the initial list is pending before any change can notify w (which
+	// then finds the buffer full and needs not: the reader pops the
+	// queue whole); a send after the watcher is registered could block
+	// for good, a change having filled the buffer first
+	w.notify <- struct{}{}
 	m.srv.mu.Lock()
 	for _, info := range m.srv.listLocked() {
 		w.queue = append(w.queue, Event{Join, info})
 	}
 	m.srv.watchers[w] = struct{}{}
 	m.srv.mu.Unlock()
-	w.notify <- struct{}{}
 
 	out := make(chan Event)
 	go func() {

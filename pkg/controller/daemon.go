@@ -531,7 +531,13 @@ func (e etcdCheckpoints) Delete(ctx context.Context, j *pb.Job, step int64) erro
 	if err != nil {
 		return err
 	}
-	if len(keys) == 0 {
+	deleting, err := e.cat.Deleting(ctx, j.Id)
+	if err != nil {
+		return err
+	}
+	// a deletion that was interrupted (its files may all be gone) is
+	// finished: the entry already says the checkpoint is going
+	if len(keys) == 0 && !slices.Contains(deleting, step) {
 		return fmt.Errorf("no file of it under %s in %s: is that the workers' checkpoint storage (--checkpoint-root must be their <storage_path>/checkpoints as mounted here)? nothing was deleted", prefix, e.rootOf(j))
 	}
 	return checkpoint.NewManager(st, e.cat, e.log).Delete(ctx, j.Id, step)

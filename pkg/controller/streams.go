@@ -276,7 +276,14 @@ func (s *Server) DeleteCheckpoint(ctx context.Context, req *apiv1.DeleteCheckpoi
 		return nil, apiError(err)
 	}
 	if _, err := s.committed(ctx, j, req.GetStep(), "delete checkpoint"); err != nil {
-		return nil, apiError(err)
+		// a step marked deleting (a deletion cut short: a rank that
+		// died in its retention, a coordinator that stopped) is
+		// finished: nothing else ever would for a job that does not run
+		// again
+		_, deleting, lerr := s.cfg.Checkpoints.List(ctx, j)
+		if lerr != nil || !slices.Contains(deleting, req.GetStep()) {
+			return nil, apiError(err)
+		}
 	}
 	if !jobstate.Final(j.State) && j.ResumeFromStep == req.GetStep() {
 		return nil, apiError(failure(errRefused, "delete checkpoint %d of %s: the job's attempt resumes from it (job resume --from); cancel the job first, or resume it from another step", req.GetStep(), j.Id))

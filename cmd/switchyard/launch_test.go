@@ -247,12 +247,13 @@ func TestLaunchBalanceNode(t *testing.T) {
 	if err := os.WriteFile(cfg, []byte(strings.Replace(smallRunYAML, "steps: 100000", "steps: 3", 1)), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	var stderr bytes.Buffer
 	loss := func(args ...string) float64 {
 		t.Helper()
 		argv := append([]string{"launch", "--nproc", "4", "--ep", "2"}, args...)
 		argv = append(argv, "--", "--config", cfg, "--json")
 		cmd := exec.Command(bin, argv...)
-		var stderr bytes.Buffer
+		stderr.Reset()
 		cmd.Stderr = &stderr
 		out, err := cmd.Output()
 		if err != nil {
@@ -279,6 +280,9 @@ func TestLaunchBalanceNode(t *testing.T) {
 	two := loss("--balance", "node", "--ranks-per-node", "2")
 	if two == dp {
 		t.Errorf("balance node on 2 nodes of 2 trained balance dp's loss %v", dp)
+	}
+	if !strings.Contains(stderr.String(), "LBL global coef 0.01 (balance node: 2 ranks)") {
+		t.Errorf("rank 0's header does not say its balance group:\n%s", lastLines(stderr.String(), 20))
 	}
 	if none := loss("--balance", "none"); none == dp || none == two {
 		t.Errorf("balance none: %v (dp %v, node of 2 %v): want a loss of its own", none, dp, two)

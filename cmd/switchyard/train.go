@@ -211,9 +211,14 @@ func cmdTrain(ctx context.Context, args []string) error {
 	}
 	mc := tr.MCfg
 	total, active := mc.ParamCount()
-	fmt.Fprintf(os.Stderr, "training %s: d%d L%d H%d E%d k%d h%d seq %d, %.1fM params (%.1fM active); %d steps x %d micro-batches x %d seqs; LBL %s coef %g; %d domains %v\n",
+	balance := ""
+	if dist != nil && dist.Layout.World() > 1 {
+		// the ranks whose expert counts each rank's LBL sums
+		balance = fmt.Sprintf(" (balance %s: %d ranks)", dist.Layout.Balance(), len(dist.Layout.BalanceGroup(0)))
+	}
+	fmt.Fprintf(os.Stderr, "training %s: d%d L%d H%d E%d k%d h%d seq %d, %.1fM params (%.1fM active); %d steps x %d micro-batches x %d seqs; LBL %s coef %g%s; %d domains %v\n",
 		cfg.Preset, mc.Dim, mc.Layers, mc.Heads, mc.Experts, mc.TopK, mc.Hidden, mc.SeqLen, float64(total)/1e6, float64(active)/1e6,
-		cfg.Steps, cfg.Accumulation, cfg.MicroBatch, cfg.LBL.Mode, cfg.LBL.Coef, len(tr.Corpus.Domains), tr.Corpus.Domains)
+		cfg.Steps, cfg.Accumulation, cfg.MicroBatch, cfg.LBL.Mode, cfg.LBL.Coef, balance, len(tr.Corpus.Domains), tr.Corpus.Domains)
 	rep, err := tr.Run(ctx)
 	if err != nil {
 		return err

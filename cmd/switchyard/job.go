@@ -598,7 +598,11 @@ func (w *watcher) draw() {
 		}
 		fmt.Fprintf(&b, " %s %3.0f%%", bar(m.GetStep(), total, 24), pct)
 	}
-	fmt.Fprintf(&b, "  loss %s  lbl %.4g  tok/s %s  ETA %s", fmtLoss(m.GetStep(), m.GetLoss()), m.GetLbl(), fmtRate(m.GetTokensPerSecond()), w.eta(total))
+	fmt.Fprintf(&b, "  loss %s", fmtLoss(m.GetStep(), m.GetLoss()))
+	if !m.GetNoLbl() { // a command job's trainer may report none
+		fmt.Fprintf(&b, "  lbl %.4g", m.GetLbl())
+	}
+	fmt.Fprintf(&b, "  tok/s %s  ETA %s", fmtRate(m.GetTokensPerSecond()), w.eta(total))
 	if u := m.GetGpuUtilPct(); len(u) > 0 {
 		var parts []string
 		for _, v := range u {

@@ -224,6 +224,18 @@ func TestJobWatchSucceeded(t *testing.T) {
 	}
 }
 
+// A command job whose trainer reports no LBL shows none (not "lbl 0").
+func TestJobWatchNoLBL(t *testing.T) {
+	f := newFakeCoordinator()
+	script := watchScript(coordinatorv1.JobState_JOB_STATE_SUCCEEDED, "Completed", "1000 steps")
+	script[2] = &apiv1.WatchJobResponse{Metrics: &apiv1.StepMetrics{Step: 20, Loss: 4.25, NoLbl: true, TokensPerSecond: 8192}}
+	f.watch["moe-1"] = script
+	addr := startFake(t, f)
+	r := runAt(t, addr, "job", "watch", "moe-1")
+	wantCode(t, r, exitOK)
+	wantContains(t, r.stdout, "step 10/1000  loss 4.5000  lbl 0.02  tok/s 4096", "step 20/1000  loss 4.2500  tok/s 8192  ETA")
+}
+
 // TestJobWatchSaysWhyPending: a pending job's watch prints the
 // scheduler's reason, and again each time it changes.
 func TestJobWatchSaysWhyPending(t *testing.T) {

@@ -173,7 +173,10 @@ func metricsHistory(ctx context.Context, r *remoteFlags, cl *client.Client, id s
 // stepMetrics is what the cluster's metrics stream carries of a step:
 // the LBL is the mean over MoE layers.
 func stepMetrics(m *apiv1.StepMetrics) train.StepMetrics {
-	sm := train.StepMetrics{Step: int(m.GetStep()), Loss: m.GetLoss(), LBL: []float64{m.GetLbl()}, TokensPerS: m.GetTokensPerSecond()}
+	sm := train.StepMetrics{Step: int(m.GetStep()), Loss: m.GetLoss(), TokensPerS: m.GetTokensPerSecond()}
+	if !m.GetNoLbl() {
+		sm.LBL = []float64{m.GetLbl()}
+	}
 	for _, l := range m.GetExpertLoad() {
 		sm.ExpertLoad = append(sm.ExpertLoad, l.GetShare())
 	}

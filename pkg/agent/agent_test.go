@@ -474,12 +474,16 @@ func TestMemoryLimitEnforced(t *testing.T) {
 	if want := "over the 256 MiB of its resources.memory_mib: killed by the worker"; !strings.Contains(st.GetMessage(), want) {
 		t.Errorf("message %q, want it to hold %q", st.GetMessage(), want)
 	}
+	if !strings.HasPrefix(st.GetMessage(), "rank 0 used ") {
+		t.Errorf("message %q does not name the rank", st.GetMessage())
+	}
 	var oom bool
 	for _, e := range st.GetEvents() {
-		oom = oom || e.GetType() == "OutOfMemory"
+		// the history says "rank 0: " before a rank's event: not again
+		oom = oom || e.GetType() == "OutOfMemory" && strings.HasPrefix(e.GetMessage(), "used ")
 	}
 	if !oom {
-		t.Errorf("no OutOfMemory event in %v", st.GetEvents())
+		t.Errorf("no OutOfMemory event saying \"used ...\" in %v", st.GetEvents())
 	}
 	// the whole group went: the child that held the memory too
 	child := readLines(t, filepath.Join(h.runDir("hog-a", 1, 0), "child"))[0]
@@ -496,7 +500,7 @@ func TestMemoryLimitEnforced(t *testing.T) {
 			peak = e.GetMessage()
 		}
 	}
-	if !strings.HasPrefix(peak, "rank 0 used at most ") || !strings.HasSuffix(peak, " of the 256 MiB of its resources.memory_mib") {
+	if !strings.HasPrefix(peak, "used at most ") || !strings.HasSuffix(peak, " of the 256 MiB of its resources.memory_mib") {
 		t.Errorf("MemoryPeak event %q in %v", peak, st.GetEvents())
 	}
 }

@@ -2,7 +2,9 @@ package agent
 
 import (
 	"bytes"
+	"context"
 	"errors"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -10,7 +12,9 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/switchyard-ml/switchyard/pkg/events"
 	"github.com/switchyard-ml/switchyard/pkg/jobspec"
+	"github.com/switchyard-ml/switchyard/pkg/train"
 	"github.com/switchyard-ml/switchyard/pkg/workerconfig"
 	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
 )
@@ -63,7 +67,7 @@ func TestMalformedMetricsEvents(t *testing.T) {
 	for _, e := range tk.status().Events {
 		msgs = append(msgs, e.Message)
 	}
-	want := []string{"1 malformed metrics line(s) of rank 0 skipped (bad)", "10 malformed metrics line(s) of rank 0 skipped (bad)", "112 malformed metrics line(s) of rank 0 skipped"}
+	want := []string{"1 malformed metrics line(s) skipped (bad)", "10 malformed metrics line(s) skipped (bad)", "112 malformed metrics line(s) skipped"}
 	if strings.Join(msgs, "|") != strings.Join(want, "|") {
 		t.Fatalf("events %q, want %q", msgs, want)
 	}
@@ -177,5 +181,19 @@ func TestCommandSeesLocalGPUs(t *testing.T) {
 	}
 	if c.CUDAVisibleDevices != "3,1" || c.Node != (jobspec.Node{Rank: 0, Nodes: 1, LocalRank: 1, LocalWorld: 2}) || c.MasterPort != 7073 {
 		t.Fatalf("CUDA_VISIBLE_DEVICES %q, node %+v, master port %d", c.CUDAVisibleDevices, c.Node, c.MasterPort)
+	}
+}
+
+// A command rank's metrics without an LBL are published as carrying none
+// (job watch prints no lbl then), not as an LBL of 0.
+func TestMetricsWithoutLBL(t *testing.T) {
+	bus := events.NewMemory()
+	a := &Agent{o: Options{Bus: bus}, log: slog.New(slog.DiscardHandler)}
+	tk := newTask(taskKey{jobID: "j", rank: 0}, &apiv1.Task{WorldSize: 1})
+	a.reportMetrics(tk, train.StepMetrics{Step: 1, Loss: 2.5})
+	a.reportMetrics(tk, train.StepMetrics{Step: 2, Loss: 2.25, LBL: []float64{0, 0}})
+	ms, _ := bus.History(context.Background(), events.Filter{Kind: events.KindMetrics, JobID: "j"})
+	if len(ms) != 2 || !ms[0].Metrics.NoLBL || ms[1].Metrics.NoLBL {
+		t.Fatalf("metrics %+v", ms)
 	}
 }

@@ -69,9 +69,12 @@ func (t *task) sawMemory(used, limit int64) bool {
 	if used <= limit || t.overMemory != "" {
 		return false
 	}
-	t.overMemory = fmt.Sprintf("rank %d used %s of memory, over the %s of its resources.memory_mib: killed by the worker (ask for more memory in the job spec)",
-		t.key.rank, fsutil.Size(used), fsutil.Size(limit))
-	t.appendEvent(train.Event{Type: "OutOfMemory", Message: t.overMemory})
+	// the event's message does not name the rank: the job's history
+	// says "rank N: " before every rank's event
+	what := fmt.Sprintf("used %s of memory, over the %s of its resources.memory_mib: killed by the worker (ask for more memory in the job spec)",
+		fsutil.Size(used), fsutil.Size(limit))
+	t.overMemory = fmt.Sprintf("rank %d %s", t.key.rank, what)
+	t.appendEvent(train.Event{Type: "OutOfMemory", Message: what})
 	return true
 }
 
@@ -81,8 +84,8 @@ func (t *task) sawLastMemory(limit int64) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.peakMemory > 0 && t.overMemory == "" {
-		t.appendEvent(train.Event{Type: "MemoryPeak", Message: fmt.Sprintf("rank %d used at most %s of the %s of its resources.memory_mib",
-			t.key.rank, fsutil.Size(t.peakMemory), fsutil.Size(limit))})
+		t.appendEvent(train.Event{Type: "MemoryPeak", Message: fmt.Sprintf("used at most %s of the %s of its resources.memory_mib",
+			fsutil.Size(t.peakMemory), fsutil.Size(limit))})
 	}
 }
 

@@ -197,7 +197,7 @@ func (a *Agent) reportMetrics(tk *task, m train.StepMetrics) {
 		util[g.Rank] = g.UtilPct
 	}
 	a.publish(events.Message{Kind: events.KindMetrics, JobID: tk.key.jobID, Metrics: &events.StepMetrics{
-		Step: int64(m.Step), Rank: int(tk.key.rank), Loss: m.Loss, LBL: lbl,
+		Step: int64(m.Step), Rank: int(tk.key.rank), Loss: m.Loss, LBL: lbl, NoLBL: len(m.LBL) == 0,
 		TokensPerSecond: m.TokensPerS, ExpertLoadLE: m.ExpertLoad, GPUUtilPct: util,
 	}})
 }

@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
+	"syscall"
 	"testing"
 	"unicode/utf8"
 
@@ -118,5 +120,18 @@ func TestEventLineIsNoReason(t *testing.T) {
 	only.Write([]byte(train.EventPrefix + `{"type":"NoCheckpoint"}` + "\n"))
 	if got := only.reason(); got != "" {
 		t.Errorf("a rank that printed only an event: reason %q", got)
+	}
+}
+
+// A rank killed by a signal is said to be, by the signal's number and
+// name (Go's names read "killed by signal killed").
+func TestExitMessageSignal(t *testing.T) {
+	cmd := exec.Command("sh", "-c", "kill -9 $$")
+	err := cmd.Run()
+	if got, want := exitMessage(1, err, ""), "rank 1 killed by signal 9 (SIGKILL)"; got != want {
+		t.Errorf("%q, want %q", got, want)
+	}
+	if got := signalName(syscall.Signal(34)); got != "signal 34" {
+		t.Errorf("an unnamed signal: %q", got)
 	}
 }

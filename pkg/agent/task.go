@@ -99,7 +99,7 @@ func (t *task) malformedMetrics(n int, sample ...string) {
 	t.badMetrics += n
 	for mark := 1; mark <= t.badMetrics; mark *= 10 {
 		if before < mark {
-			msg := fmt.Sprintf("%d malformed metrics line(s) of rank %d skipped", t.badMetrics, t.key.rank)
+			msg := fmt.Sprintf("%d malformed metrics line(s) skipped", t.badMetrics) // the history names the rank
 			if len(sample) > 0 && sample[0] != "" {
 				msg += " (" + sample[0] + ")"
 			}
@@ -594,14 +594,14 @@ func (o *rankOutput) close() {
 }
 
 // exitMessage says how a rank ended: "rank 1 exited with exit status 1:
-// <last stderr line>" or "rank 1 killed by signal killed".
+// <last stderr line>" or "rank 1 killed by signal 9 (SIGKILL)".
 func exitMessage(rank int32, err error, lastLine string) string {
 	var msg string
 	var ee *exec.ExitError
 	switch {
 	case errors.As(err, &ee):
 		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-			msg = fmt.Sprintf("rank %d killed by signal %v", rank, ws.Signal())
+			msg = fmt.Sprintf("rank %d killed by %s", rank, signalName(ws.Signal()))
 		} else {
 			msg = fmt.Sprintf("rank %d exited with %v", rank, ee)
 		}
@@ -612,6 +612,25 @@ func exitMessage(rank int32, err error, lastLine string) string {
 		msg += ": " + lastLine
 	}
 	return msg
+}
+
+// signalNames are the signals that end ranks, by the names kill(1) and
+// the kernel's logs use (Go's own names read "killed", "terminated").
+var signalNames = map[syscall.Signal]string{
+	syscall.SIGHUP: "SIGHUP", syscall.SIGINT: "SIGINT", syscall.SIGQUIT: "SIGQUIT", syscall.SIGILL: "SIGILL",
+	syscall.SIGTRAP: "SIGTRAP", syscall.SIGABRT: "SIGABRT", syscall.SIGBUS: "SIGBUS", syscall.SIGFPE: "SIGFPE",
+	syscall.SIGKILL: "SIGKILL", syscall.SIGUSR1: "SIGUSR1", syscall.SIGSEGV: "SIGSEGV", syscall.SIGUSR2: "SIGUSR2",
+	syscall.SIGPIPE: "SIGPIPE", syscall.SIGALRM: "SIGALRM", syscall.SIGTERM: "SIGTERM", syscall.SIGXCPU: "SIGXCPU",
+	syscall.SIGXFSZ: "SIGXFSZ", syscall.SIGSYS: "SIGSYS",
+}
+
+// signalName is "signal 9 (SIGKILL)", or "signal 34" for one without a
+// name here.
+func signalName(sig syscall.Signal) string {
+	if n, ok := signalNames[sig]; ok {
+		return fmt.Sprintf("signal %d (%s)", int(sig), n)
+	}
+	return fmt.Sprintf("signal %d", int(sig))
 }
 
 // stopOnRequest sends SIGTERM to the rank's process group when the task is

@@ -973,13 +973,31 @@ resources: {cpu_cores: 1, memory_mib: 512}
 	if j.State != pb.JobState_JOB_STATE_PENDING {
 		t.Fatalf("two: %v %q", j.State, jobstate.PendingReason(j))
 	}
+	// the cluster cannot place it as it is, whatever is free: not for
+	// its size
+	if got := scheduledReason(j); got != "Unplaceable" {
+		t.Errorf("two's Scheduled condition: reason %q, want Unplaceable", got)
+	}
 	t.Logf("two waits: %s", jobstate.PendingReason(j))
 	// a worker that says nothing of its paths (an older one) may take it:
 	// two now waits only for w2, busy with one
 	h.worker("w4")
-	waitJob(t, c, "two", "pending for a busy worker", func(j *pb.Job) bool {
+	j = waitJob(t, c, "two", "pending for a busy worker", func(j *pb.Job) bool {
 		return strings.Contains(jobstate.PendingReason(j), "allowing /data/c.jsonl (storage_path or allowed_paths), 1 free (1 busy)")
 	})
+	if got := scheduledReason(j); got != "InsufficientWorkers" {
+		t.Errorf("two's Scheduled condition: reason %q, want InsufficientWorkers", got)
+	}
+}
+
+// scheduledReason is the reason of j's Scheduled condition.
+func scheduledReason(j *pb.Job) string {
+	for _, c := range j.GetConditions() {
+		if c.GetType() == jobstate.CondScheduled {
+			return c.GetReason()
+		}
+	}
+	return ""
 }
 
 // TestGPUJobsGoWhereTheyFit: a GPU job's rank goes only to a slot whose

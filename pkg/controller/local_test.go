@@ -296,7 +296,7 @@ func TestCommitOutlivesItsCaller(t *testing.T) {
 	l.register("w2")
 	l.tick()
 	m, err := checkpoint.EncodeManifest(checkpoint.Manifest{Job: "j1", Step: 10, Layout: checkpoint.Layout{TP: 1, DP: 2, EP: 1},
-		Shards: []checkpoint.ShardInfo{{Name: "rank-0000/state.bin", SHA256: strings.Repeat("0", 64), Kind: checkpoint.KindParams}}})
+		Shards: []checkpoint.ShardInfo{{Name: "rank-0000/state.bin", Size: 4096, SHA256: strings.Repeat("0", 64), Kind: checkpoint.KindParams}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -308,7 +308,8 @@ func TestCommitOutlivesItsCaller(t *testing.T) {
 	}
 	var recorded bool
 	for _, e := range l.job("j1").Events {
-		recorded = recorded || (e.Type == "CheckpointCommitted" && strings.HasPrefix(e.Message, "checkpoint of step 10 committed"))
+		// one shard, in the unit its size reaches (was "1 shards, 0.0 MB")
+		recorded = recorded || (e.Type == "CheckpointCommitted" && e.Message == "checkpoint of step 10 committed (1 shard, 4 KiB, layout tp 1 dp 2 ep 1)")
 	}
 	if !recorded {
 		t.Fatalf("step 10 committed without its event: %v", l.job("j1").Events)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/switchyard-ml/switchyard/pkg/checkpoint"
 	"github.com/switchyard-ml/switchyard/pkg/events"
+	"github.com/switchyard-ml/switchyard/pkg/fsutil"
 	"github.com/switchyard-ml/switchyard/pkg/jobstate"
 	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
 	pb "github.com/switchyard-ml/switchyard/proto/switchyard/coordinator/v1"
@@ -195,7 +196,7 @@ func rank0Metrics(m events.Message) *apiv1.StepMetrics {
 	if m.Metrics == nil || m.Metrics.Rank != 0 {
 		return nil
 	}
-	sm := &apiv1.StepMetrics{Step: m.Metrics.Step, Loss: m.Metrics.Loss, Lbl: m.Metrics.LBL, TokensPerSecond: m.Metrics.TokensPerSecond, GpuUtilPct: m.Metrics.GPUUtilPct}
+	sm := &apiv1.StepMetrics{Step: m.Metrics.Step, Loss: m.Metrics.Loss, Lbl: m.Metrics.LBL, NoLbl: m.Metrics.NoLBL, TokensPerSecond: m.Metrics.TokensPerSecond, GpuUtilPct: m.Metrics.GPUUtilPct}
 	for _, row := range m.Metrics.ExpertLoadLE {
 		sm.ExpertLoad = append(sm.ExpertLoad, &apiv1.ExpertLoad{Share: row})
 	}
@@ -417,10 +418,20 @@ func (s *Server) CommitCheckpoint(ctx context.Context, req *apiv1.CommitCheckpoi
 		s.cfg.Metrics.CheckpointRefused("catalogue")
 		return nil, apiError(failure(errUnavailable, "commit checkpoint: %v", err))
 	}
-	msg := fmt.Sprintf("checkpoint of step %d committed (%d shards, %.1f MB, layout tp %d dp %d ep %d)",
-		m.Step, len(m.Shards), float64(m.TotalSize())/1e6, m.Layout.TP, m.Layout.DP, m.Layout.EP)
+	msg := committedMessage(m)
 	s.cfg.Metrics.CheckpointCommitted()
 	s.recordEvent(cctx, j.Id, "CheckpointCommitted", msg, "")
 	s.publish(j.Id, "CheckpointCommitted", j.State, msg, "")
 	return &apiv1.CommitCheckpointResponse{}, nil
+}
+
+// committedMessage is the history's line for a committed checkpoint:
+// "checkpoint of step 10 committed (1 shard, 4 KiB, layout tp 1 dp 2 ep 1)".
+func committedMessage(m checkpoint.Manifest) string {
+	shards := fmt.Sprintf("%d shards", len(m.Shards))
+	if len(m.Shards) == 1 {
+		shards = "1 shard"
+	}
+	return fmt.Sprintf("checkpoint of step %d committed (%s, %s, layout tp %d dp %d ep %d)",
+		m.Step, shards, fsutil.Size(m.TotalSize()), m.Layout.TP, m.Layout.DP, m.Layout.EP)
 }

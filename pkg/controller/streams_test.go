@@ -163,3 +163,18 @@ func TestWatchJobReplay(t *testing.T) {
 		t.Fatalf("j2 %v", j.State)
 	}
 }
+
+// Rank 0's metrics go on as WatchJob sends them; a step without an LBL
+// says so (no_lbl), and other ranks' metrics do not go.
+func TestRank0Metrics(t *testing.T) {
+	if rank0Metrics(events.Message{Metrics: &events.StepMetrics{Step: 3, Rank: 1}}) != nil {
+		t.Error("rank 1's metrics sent")
+	}
+	sm := rank0Metrics(events.Message{Metrics: &events.StepMetrics{Step: 3, Loss: 2.5, NoLBL: true, TokensPerSecond: 10}})
+	if sm.GetStep() != 3 || sm.GetLoss() != 2.5 || !sm.GetNoLbl() || sm.GetTokensPerSecond() != 10 {
+		t.Errorf("sent %v", sm)
+	}
+	if sm := rank0Metrics(events.Message{Metrics: &events.StepMetrics{Step: 4, LBL: 0.5}}); sm.GetNoLbl() || sm.GetLbl() != 0.5 {
+		t.Errorf("sent %v", sm)
+	}
+}

@@ -382,7 +382,10 @@ func (s held) schedule(ctx context.Context, live map[string]membership.WorkerInf
 		case errors.Is(p.Err, scheduler.ErrBlocked):
 			reason = "WaitingForHigherPriority"
 		case errors.Is(p.Err, scheduler.ErrTooLarge):
-			reason = "TooLarge"
+			// not only size: too few workers with its labels, its
+			// paths or allow_commands, too small GPUs, no host for a
+			// TP group; it waits for the cluster to change
+			reason = "Unplaceable"
 		}
 		s.setPending(ctx, j, reason, commandsWording(p.Reason))
 	}

@@ -72,7 +72,7 @@ func history() []*pb.Command {
 		placeCmd(142, "b", "w4"),
 		stateCmd(143, "b", pb.JobState_JOB_STATE_FAILED, "WorkerLost", "worker w4 lease expired",
 			&pb.Condition{Type: "WorkersHealthy", Status: false, Reason: "LeaseExpired", Message: "w4"}),
-		stateCmd(149, "c", pb.JobState_JOB_STATE_PENDING, "", "", &pb.Condition{Type: "Scheduled", Status: false, Reason: "TooLarge", Message: "needs 4 workers"}),
+		stateCmd(149, "c", pb.JobState_JOB_STATE_PENDING, "", "", &pb.Condition{Type: "Scheduled", Status: false, Reason: "Unplaceable", Message: "needs 4 workers"}),
 		cancelCmd(150, "c"),
 		submitCmd(160, "d", 1),
 	}
@@ -122,6 +122,13 @@ func TestFSMLifecycle(t *testing.T) {
 		t.Fatalf("job a events %s, want %s", got, want)
 	}
 	b, _ := f.Job("b")
+	for job, want := range map[*pb.Job]string{a: "Placed: 2 ranks placed", b: "Placed: 1 rank placed"} {
+		for _, e := range job.Events {
+			if e.Type == "Placed" && e.Message != want {
+				t.Errorf("job %s: Placed event %q, want %q", job.Id, e.Message, want)
+			}
+		}
+	}
 	if b.State != pb.JobState_JOB_STATE_FAILED || b.Restarts != 1 || b.Reason != "WorkerLost" ||
 		b.Message != "worker w4 lease expired" || len(b.Conditions) != 1 || b.Conditions[0].Status {
 		t.Fatalf("job b: %v", b)

@@ -57,10 +57,12 @@ type JobEvent struct {
 
 // StepMetrics are one rank's metrics for one optimizer step.
 type StepMetrics struct {
-	Step            int64   `json:"step"`
-	Rank            int     `json:"rank"`
-	Loss            float64 `json:"loss"`
-	LBL             float64 `json:"lbl"`
+	Step int64   `json:"step"`
+	Rank int     `json:"rank"`
+	Loss float64 `json:"loss"`
+	LBL  float64 `json:"lbl"`
+	// NoLBL: the step's metrics carry no LBL (LBL is 0 and means nothing).
+	NoLBL           bool    `json:"no_lbl,omitempty"`
 	TokensPerSecond float64 `json:"tokens_per_second"`
 	// ExpertLoadLE is the share of routed tokens per expert, per MoE layer.
 	ExpertLoadLE [][]float64 `json:"expert_load,omitempty"`

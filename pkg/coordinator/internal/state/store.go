@@ -189,8 +189,11 @@ func (s *Store) Place(now int64, c *pb.PlaceJob) (*pb.Job, error) {
 	j.Placement = placement
 	j.PlacedDp, j.PlacedEp = c.GetDp(), c.GetEp()
 	msg := fmt.Sprintf("%d ranks placed", n)
+	if n == 1 {
+		msg = "1 rank placed"
+	}
 	if elastic {
-		msg = fmt.Sprintf("%d ranks placed (elastic: dp %d, ep %d)", n, c.GetDp(), c.GetEp())
+		msg += fmt.Sprintf(" (elastic: dp %d, ep %d)", c.GetDp(), c.GetEp())
 	}
 	s.transition(j, now, pb.JobState_JOB_STATE_PLACED, "Placed", msg)
 	return clone(j), nil

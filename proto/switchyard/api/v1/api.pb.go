@@ -802,7 +802,10 @@ type StepMetrics struct {
 	ExpertLoad []*ExpertLoad `protobuf:"bytes,5,rep,name=expert_load,json=expertLoad,proto3" json:"expert_load,omitempty"`
 	// Each GPU rank's utilisation after the step, by rank (percent; -1 not
 	// known); empty for CPU runs.
-	GpuUtilPct    []float64 `protobuf:"fixed64,6,rep,packed,name=gpu_util_pct,json=gpuUtilPct,proto3" json:"gpu_util_pct,omitempty"`
+	GpuUtilPct []float64 `protobuf:"fixed64,6,rep,packed,name=gpu_util_pct,json=gpuUtilPct,proto3" json:"gpu_util_pct,omitempty"`
+	// The step's metrics carry no LBL (a command job's trainer that reports
+	// none): lbl is 0 and means nothing.
+	NoLbl         bool `protobuf:"varint,7,opt,name=no_lbl,json=noLbl,proto3" json:"no_lbl,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -877,6 +880,13 @@ func (x *StepMetrics) GetGpuUtilPct() []float64 {
 		return x.GpuUtilPct
 	}
 	return nil
+}
+
+func (x *StepMetrics) GetNoLbl() bool {
+	if x != nil {
+		return x.NoLbl
+	}
+	return false
 }
 
 type ExpertLoad struct {
@@ -2853,7 +2863,7 @@ const file_switchyard_api_v1_api_proto_rawDesc = "" +
 	"\x04line\x18\x05 \x01(\tR\x04line\"@\n" +
 	"\x0fWatchJobRequest\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x16\n" +
-	"\x06replay\x18\x02 \x01(\bR\x06replay\"\xd5\x01\n" +
+	"\x06replay\x18\x02 \x01(\bR\x06replay\"\xec\x01\n" +
 	"\vStepMetrics\x12\x12\n" +
 	"\x04step\x18\x01 \x01(\x03R\x04step\x12\x12\n" +
 	"\x04loss\x18\x02 \x01(\x01R\x04loss\x12\x10\n" +
@@ -2862,7 +2872,8 @@ const file_switchyard_api_v1_api_proto_rawDesc = "" +
 	"\vexpert_load\x18\x05 \x03(\v2\x1d.switchyard.api.v1.ExpertLoadR\n" +
 	"expertLoad\x12 \n" +
 	"\fgpu_util_pct\x18\x06 \x03(\x01R\n" +
-	"gpuUtilPct\"\"\n" +
+	"gpuUtilPct\x12\x15\n" +
+	"\x06no_lbl\x18\a \x01(\bR\x05noLbl\"\"\n" +
 	"\n" +
 	"ExpertLoad\x12\x14\n" +
 	"\x05share\x18\x01 \x03(\x01R\x05share\"\x9a\x01\n" +

@@ -518,6 +518,14 @@ func (s *Server) CancelJob(ctx context.Context, req *apiv1.CancelJobRequest) (*a
 	}
 	h := s.hold()
 	defer h.release()
+	if j, err := s.cfg.Node.Job(req.GetJobId()); err == nil && active(j) {
+		// rank 0's newest report first: progress is recorded at most
+		// every ProgressEvery, and a cancelled job would keep an older
+		// step than the checkpoints its history shows committed
+		if ts, ok := h.term.reports[taskKey{job: j.Id, attempt: j.Restarts, rank: 0}]; ok && ts.GetStep() > j.GetProgress().GetStep() {
+			h.progress(ctx, j, ts, true)
+		}
+	}
 	r, err := s.cfg.Node.Apply(ctx, &pb.Command{Op: &pb.Command_CancelJob{CancelJob: &pb.CancelJob{JobId: req.GetJobId(), Reason: "Cancelled", Message: msg}}})
 	if err != nil {
 		return nil, apiError(err)

@@ -100,7 +100,7 @@ func loadCommandConfig(path string) (*jobspec.CommandConfig, error) {
 	var c jobspec.CommandConfig
 	dec := yaml.NewDecoder(bytes.NewReader(raw))
 	dec.KnownFields(true)
-	if err := dec.Decode(&c); err != nil {
+	if err := yamlcheck.Decode(dec, &c); err != nil {
 		if u := yamlcheck.UnknownKey(raw, &c); u != nil {
 			err = u // the key's path, not yaml.v3's Go type
 		}

@@ -258,8 +258,30 @@ func FuzzUnknownKey(f *testing.F) {
 		}
 		dec := yaml.NewDecoder(bytes.NewReader(raw))
 		dec.KnownFields(true)
-		if err := dec.Decode(&doc{}); err == nil {
+		if err := Decode(dec, &doc{}); err == nil {
 			t.Fatalf("yaml.v3 accepts what UnknownKey refuses: %v", u)
 		}
 	})
+}
+
+// TestDecodeDoesNotPanic: documents on which yaml.v3 panics (a merge key
+// beside a mapping used as a key, decoded into a map) are an error.
+func TestDecodeDoesNotPanic(t *testing.T) {
+	type spec struct {
+		Env map[string]string `yaml:"env"`
+	}
+	for _, in := range []string{
+		"env: {<<: {a: 1}, ? {a: 1} : 2}\n",
+		"labels: &d {a: b}\nenv: {<<: [*d], *d: 1}\n",
+		"d: &d {a: 0}\nenv: {<<, *d}\n",
+	} {
+		dec := yaml.NewDecoder(strings.NewReader(in))
+		if err := Decode(dec, &map[string]spec{}); err == nil {
+			t.Errorf("%q decoded into a map of specs", in)
+		}
+		dec = yaml.NewDecoder(strings.NewReader(in))
+		if err := Decode(dec, &spec{}); err == nil || !strings.Contains(err.Error(), "mapping used as a key") {
+			t.Errorf("%q: %v", in, err)
+		}
+	}
 }

@@ -118,7 +118,7 @@ func ParseExperiment(raw []byte) (*Experiment, error) {
 	var f experimentFile
 	dec := yaml.NewDecoder(bytes.NewReader(raw))
 	dec.KnownFields(true)
-	if err := dec.Decode(&f); err != nil {
+	if err := yamlcheck.Decode(dec, &f); err != nil {
 		if errors.Is(err, io.EOF) {
 			return nil, errors.New("experiment: empty file")
 		}

@@ -230,14 +230,14 @@ func Parse(raw []byte) (*Spec, error) {
 	s := Spec{LBL: LBL{Coef: DefaultLBLCoef}, Optim: Optim{Beta1: DefaultBeta1, Beta2: DefaultBeta2}}
 	dec := yaml.NewDecoder(bytes.NewReader(raw))
 	dec.KnownFields(true)
-	if err := dec.Decode(&s); err != nil && !errors.Is(err, io.EOF) {
+	if err := yamlcheck.Decode(dec, &s); err != nil && !errors.Is(err, io.EOF) {
 		if u := yamlcheck.UnknownKey(raw, &s); u != nil {
 			return nil, fmt.Errorf("%w: %w", ErrSyntax, u)
 		}
 		return nil, fmt.Errorf("%w: %v", ErrSyntax, err)
 	}
 	var extra yaml.Node
-	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
+	if err := yamlcheck.Decode(dec, &extra); !errors.Is(err, io.EOF) {
 		return nil, fmt.Errorf("%w: a spec is one YAML document", ErrSyntax)
 	}
 	zeroable := [...]float64{s.LBL.Coef, s.Optim.Beta1, s.Optim.Beta2}

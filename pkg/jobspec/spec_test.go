@@ -434,3 +434,18 @@ func TestGPUMemoryForPlacement(t *testing.T) {
 		}
 	}
 }
+
+// TestParseDoesNotPanic: YAML on which yaml.v3's decoder panics (a merge
+// key beside a mapping used as a key in a map field) is a malformed spec,
+// not a crash of the CLI or the worker.
+func TestParseDoesNotPanic(t *testing.T) {
+	for _, in := range []string{
+		"name: x\nd: &d {a: 0}\nenv: {<<, *d}\n",
+		"name: x\nlabels: &d {a: b}\nenv: {<<: [*d], *d: 1}\n",
+		"name: x\nenv: {<<: {a: 1}, ? {a: 1} : 2}\n",
+	} {
+		if _, err := Parse([]byte(in)); !errors.Is(err, ErrSyntax) {
+			t.Errorf("%q: %v, want a malformed spec", in, err)
+		}
+	}
+}

@@ -358,7 +358,7 @@ func Parse(raw []byte) (Config, error) {
 	c := Config{LBL: LBL{Coef: DefaultLBLCoef}, Optim: Optim{Beta1: DefaultBeta1, Beta2: DefaultBeta2}}
 	dec := yaml.NewDecoder(bytes.NewReader(raw))
 	dec.KnownFields(true)
-	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
+	if err := yamlcheck.Decode(dec, &c); err != nil && !errors.Is(err, io.EOF) {
 		if u := yamlcheck.UnknownKey(raw, &c); u != nil {
 			return Config{}, fmt.Errorf("%w: %w", ErrConfig, u)
 		}

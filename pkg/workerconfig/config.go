@@ -162,14 +162,14 @@ func decodeInto(c *Config, raw []byte) error {
 	}
 	dec := yaml.NewDecoder(bytes.NewReader(raw))
 	dec.KnownFields(true)
-	if err := dec.Decode(c); err != nil && !errors.Is(err, io.EOF) {
+	if err := yamlcheck.Decode(dec, c); err != nil && !errors.Is(err, io.EOF) {
 		if u := yamlcheck.UnknownKey(raw, c); u != nil {
 			return fmt.Errorf("%w: %w", ErrSyntax, u)
 		}
 		return fmt.Errorf("%w: %v", ErrSyntax, err)
 	}
 	var extra yaml.Node
-	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
+	if err := yamlcheck.Decode(dec, &extra); !errors.Is(err, io.EOF) {
 		return fmt.Errorf("%w: the config is one YAML document", ErrSyntax)
 	}
 	if fr := yamlcheck.Fractional(raw, c); len(fr) > 0 {

@@ -602,3 +602,17 @@ tls: {ca: /etc/switchyard/tls/ca.crt, cert: /etc/switchyard/tls/tls.crt, key: /e
 		t.Fatalf("without tls.key: %v", err)
 	}
 }
+
+// TestParseDoesNotPanic: YAML on which yaml.v3's decoder panics (a merge
+// key beside a mapping used as a key in a map field) is an error, not a
+// crash of the worker at start.
+func TestParseDoesNotPanic(t *testing.T) {
+	for _, in := range []string{
+		"id: w1\nlabels: {<<: {a: 1}, ? {a: 1} : 2}\n",
+		"id: w1\nlabels: &d {a: b}\nenv: {<<: [*d], *d: 1}\n",
+	} {
+		if _, err := Parse([]byte(in)); err == nil {
+			t.Errorf("%q parsed", in)
+		}
+	}
+}

@@ -484,11 +484,12 @@ func (w *watcher) onJob(j *coordinatorv1.Job, quiet bool) {
 	if quiet {
 		return
 	}
+	var after []string // events newer than the state line's move
 	if prev == nil {
 		w.skipEvents(j) // the history so far: job status has it
 	} else if w.hasNewEvents(j) {
 		w.endLine()
-		w.printEvents(j, changed)
+		after = w.printEvents(j, changed)
 	}
 	if !changed {
 		if w.c.tty && w.last != nil && !w.drawn {
@@ -497,7 +498,7 @@ func (w *watcher) onJob(j *coordinatorv1.Job, quiet bool) {
 		return
 	}
 	w.endLine()
-	line := fmt.Sprintf("%s job %s %s", w.c.now().Format("15:04:05"), j.GetId(), stateLine(j))
+	line := fmt.Sprintf("%s job %s %s", stateTime(j, w.c.now()).Format("15:04:05"), j.GetId(), stateLine(j))
 	if j.GetRestarts() > 0 {
 		line += fmt.Sprintf(", %d restarts", j.GetRestarts())
 	}
@@ -505,6 +506,9 @@ func (w *watcher) onJob(j *coordinatorv1.Job, quiet bool) {
 		line += "; waiting: " + why // the scheduler's reason, as it changes
 	}
 	fmt.Fprintln(w.c.out, line)
+	for _, l := range after {
+		fmt.Fprintln(w.c.out, l)
+	}
 	if w.c.tty && w.last != nil {
 		w.draw() // put the progress line back under the state line
 	}
@@ -532,8 +536,9 @@ func (w *watcher) hasNewEvents(j *coordinatorv1.Job) bool {
 // OutOfMemory), what the new attempt resumed from (Resumed,
 // CheckpointUnusable), a state it passed through between two updates.
 // The move into j's state is left to the state line when one follows
-// (stateLine), quietEvents are left out.
-func (w *watcher) printEvents(j *coordinatorv1.Job, stateLineFollows bool) {
+// (stateLine), and the events after that move are returned to print
+// after it, in time order; quietEvents are left out.
+func (w *watcher) printEvents(j *coordinatorv1.Job, stateLineFollows bool) (after []string) {
 	evs := j.GetEvents()
 	current := -1 // the event of j's move into its state
 	if stateLineFollows {
@@ -556,9 +561,27 @@ func (w *watcher) printEvents(j *coordinatorv1.Job, stateLineFollows bool) {
 		if wk := e.GetWorkerId(); wk != "" {
 			line += " (worker " + wk + ")"
 		}
-		fmt.Fprintln(w.c.out, line)
+		if current >= 0 && i > current {
+			after = append(after, line) // after the state line, in time order
+		} else {
+			fmt.Fprintln(w.c.out, line)
+		}
 	}
 	w.skipEvents(j)
+	return after
+}
+
+// stateTime is when j moved into its state, from its history (a watch
+// of a job that ended long ago prints when it ended); now when the
+// history does not say.
+func stateTime(j *coordinatorv1.Job, now time.Time) time.Time {
+	evs, typ := j.GetEvents(), stateEventType(j.GetState())
+	for i := len(evs) - 1; i >= 0; i-- {
+		if evs[i].GetType() == typ && evs[i].GetUnixNano() > 0 {
+			return time.Unix(0, evs[i].GetUnixNano())
+		}
+	}
+	return now
 }
 
 // stateEventType is the type of the history event of a job's move into

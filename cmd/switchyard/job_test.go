@@ -298,14 +298,16 @@ func TestJobWatchPrintsEvents(t *testing.T) {
 	addr := startFake(t, f)
 	r := runAt(t, addr, "job", "watch", "moe-1")
 	wantCode(t, r, exitOK)
+	// a state line has the time of the move into its state (from the
+	// history), not the watch's clock
 	want := []string{
-		"job moe-1 RUNNING",
+		"12:00:03 job moe-1 RUNNING",
 		"12:00:05 job moe-1 RankFailed: rank 1 killed by SIGKILL (worker w2)",
 		"12:00:06 job moe-1 Pending: RankFailed: rank 1 killed by SIGKILL; restart 1 of 2 in 0s",
-		"job moe-1 PLACED (Placed: 2 ranks placed), 1 restarts",
+		"12:00:07 job moe-1 PLACED (Placed: 2 ranks placed), 1 restarts",
+		"12:00:08 job moe-1 RUNNING, 1 restarts",
 		"12:00:09 job moe-1 Resumed: rank 0: resumed from the checkpoint of step 10 (worker w1)",
-		"job moe-1 RUNNING, 1 restarts",
-		"job moe-1 SUCCEEDED (Completed: all 2 ranks finished)",
+		"12:00:11 job moe-1 SUCCEEDED (Completed: all 2 ranks finished), 1 restarts",
 	}
 	rest := r.stdout
 	for _, w := range want {

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every fuzz target for a bounded number of inputs each (about 10s of
 # fuzzing on 2 cores; FUZZTIME=1m fuzzes each for that long instead):
-# job specs, worker configs, raft commands (FSM apply), the data plane's
+# job specs, run configs, worker configs, raft commands (FSM apply), the data plane's
 # frames, checkpoint manifests and shard files, corpora, the GEMM kernel,
 # the unknown-key check of every YAML file.
 # A failure leaves its input under the package's testdata/fuzz/ (commit
@@ -23,6 +23,7 @@ targets=(
   ./pkg/data:FuzzReadJSONL:600000x
   ./pkg/kernels:FuzzSgemm:80000x
   ./internal/yamlcheck:FuzzUnknownKey:30000x
+  ./pkg/runconfig:FuzzParse:50000x
 )
 found=$(grep -rl --include='*_test.go' '^func Fuzz' pkg cmd internal | xargs grep -ho '^func Fuzz[A-Za-z0-9_]*' | wc -l)
 if [ "$found" -ne "${#targets[@]}" ]; then

@@ -449,3 +449,14 @@ func TestParseDoesNotPanic(t *testing.T) {
 		}
 	}
 }
+
+// TestLayerCoefHugeLayers: validating a spec with a layer_coef counts the
+// MoE layers without a loop over model.layers, which is checked against
+// its bound only afterwards (model.layers 2^62 hung job check and the
+// coordinator's submit until the test's timeout).
+func TestLayerCoefHugeLayers(t *testing.T) {
+	_, err := Parse([]byte("name: a\nmodel: {preset: tiny, layers: 4611686018427387904}\nlbl: {layer_coef: [1]}\n"))
+	if err == nil || !strings.Contains(err.Error(), "model.layers") {
+		t.Fatalf("got %v, want model.layers refused", err)
+	}
+}

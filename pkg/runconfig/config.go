@@ -248,16 +248,16 @@ func (c Config) Validate() error {
 	switch {
 	case c.LBL.Mode != "global" && c.LBL.Mode != "micro":
 		return bad("lbl.mode", c.LBL.Mode, `must be "global" or "micro"`)
-	case c.LBL.Coef < 0:
-		return bad("lbl.coef", c.LBL.Coef, "must be >= 0")
-	case c.LBL.MicroCoef < 0:
-		return bad("lbl.micro_coef", c.LBL.MicroCoef, "must be >= 0")
-	case c.LBL.SeqCoef < 0:
-		return bad("lbl.seq_coef", c.LBL.SeqCoef, "must be >= 0")
-	case c.LBL.ZCoef < 0:
-		return bad("lbl.z_coef", c.LBL.ZCoef, "must be >= 0")
-	case c.LBL.BiasRate < 0:
-		return bad("lbl.bias_rate", c.LBL.BiasRate, "must be >= 0")
+	case !finiteNonNeg(c.LBL.Coef):
+		return bad("lbl.coef", c.LBL.Coef, "must be a finite number >= 0")
+	case !finiteNonNeg(c.LBL.MicroCoef):
+		return bad("lbl.micro_coef", c.LBL.MicroCoef, "must be a finite number >= 0")
+	case !finiteNonNeg(c.LBL.SeqCoef):
+		return bad("lbl.seq_coef", c.LBL.SeqCoef, "must be a finite number >= 0")
+	case !finiteNonNeg(c.LBL.ZCoef):
+		return bad("lbl.z_coef", c.LBL.ZCoef, "must be a finite number >= 0")
+	case !finiteNonNeg(c.LBL.BiasRate):
+		return bad("lbl.bias_rate", c.LBL.BiasRate, "must be a finite number >= 0")
 	case c.LBL.Window < 0:
 		return bad("lbl.window", c.LBL.Window, "must be >= 0")
 	case c.LBL.Window > 0 && c.LBL.Mode != "global":
@@ -274,7 +274,7 @@ func (c Config) Validate() error {
 		return bad("eval_every", c.EvalEvery, "must be >= 0")
 	case c.Data.DemoBytes < 0:
 		return bad("data.demo_bytes", c.Data.DemoBytes, "must be >= 0")
-	case c.Data.ValFraction <= 0 || c.Data.ValFraction > 0.5:
+	case !(c.Data.ValFraction > 0 && c.Data.ValFraction <= 0.5):
 		return bad("data.val_fraction", c.Data.ValFraction, "must be in (0, 0.5]")
 	case c.Checkpoint.Every < 0:
 		return bad("checkpoint.every", c.Checkpoint.Every, "must be >= 0")
@@ -284,8 +284,8 @@ func (c Config) Validate() error {
 		return bad("checkpoint.resume_step", c.Checkpoint.ResumeStep, "needs resume")
 	case c.Checkpoint.KeepBest < 0:
 		return bad("checkpoint.keep_best", c.Checkpoint.KeepBest, "must be >= 0")
-	case c.Checkpoint.EveryMinutes < 0:
-		return bad("checkpoint.every_minutes", c.Checkpoint.EveryMinutes, "must be >= 0")
+	case !finiteNonNeg(c.Checkpoint.EveryMinutes):
+		return bad("checkpoint.every_minutes", c.Checkpoint.EveryMinutes, "must be a finite number >= 0")
 	case c.Checkpoint.KeepLast < 0:
 		return bad("checkpoint.keep_last", c.Checkpoint.KeepLast, "must be >= 0")
 	case c.Resume && c.Checkpoint.Dir == "":
@@ -317,6 +317,11 @@ func (c Config) Validate() error {
 	if n := len(c.LBL.LayerCoef); n != 0 && n != m.MoELayers() {
 		return bad("lbl.layer_coef", c.LBL.LayerCoef, fmt.Sprintf("needs one value per MoE layer (%d)", m.MoELayers()))
 	}
+	for i, v := range c.LBL.LayerCoef {
+		if !finiteNonNeg(v) {
+			return bad(fmt.Sprintf("lbl.layer_coef[%d]", i), v, "must be a finite number >= 0")
+		}
+	}
 	if err := c.Dist.validate(); err != nil {
 		return err
 	}
@@ -325,6 +330,10 @@ func (c Config) Validate() error {
 	}
 	return nil
 }
+
+// finiteNonNeg reports whether v is a finite number >= 0 (not NaN, which
+// every comparison lets through).
+func finiteNonNeg(v float64) bool { return v >= 0 && !math.IsInf(v, 0) }
 
 // PresetMicroBatch is each preset's default micro-batch (../shared/bench's).
 var PresetMicroBatch = map[string]int{"tiny": 8, "small": 4, "medium": 16, "science": 8}

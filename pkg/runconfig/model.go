@@ -3,6 +3,7 @@ package runconfig
 import (
 	"errors"
 	"fmt"
+	"math"
 )
 
 // ErrModel is wrapped by every model configuration error.
@@ -105,14 +106,14 @@ func (c Model) Validate() error {
 		return bad("moe_every", "must be >= 1", c.MoEEvery)
 	case c.DenseHidden < 1:
 		return bad("dense_hidden", "must be >= 1", c.DenseHidden)
-	case c.CapacityFactor < 0:
-		return bad("capacity_factor", "must be >= 0 (0 = dropless)", c.CapacityFactor)
-	case c.NormEps <= 0:
-		return bad("norm_eps", "must be > 0", c.NormEps)
-	case c.RopeBase <= 1:
-		return bad("rope_base", "must be > 1", c.RopeBase)
-	case c.InitStd <= 0:
-		return bad("init_std", "must be > 0", c.InitStd)
+	case !finiteNonNeg(c.CapacityFactor):
+		return bad("capacity_factor", "must be a finite number >= 0 (0 = dropless)", c.CapacityFactor)
+	case !(c.NormEps > 0) || math.IsInf(float64(c.NormEps), 0):
+		return bad("norm_eps", "must be a finite number > 0", c.NormEps)
+	case !(c.RopeBase > 1) || math.IsInf(c.RopeBase, 0):
+		return bad("rope_base", "must be a finite number > 1", c.RopeBase)
+	case !(c.InitStd > 0) || math.IsInf(c.InitStd, 0):
+		return bad("init_std", "must be a finite number > 0", c.InitStd)
 	}
 	return nil
 }
@@ -122,15 +123,15 @@ func (c Model) Validate() error {
 // layer MoE.
 func (c Model) IsMoE(l int) bool { return l%c.MoEEvery == c.MoEEvery-1 }
 
-// MoELayers is the number of MoE layers.
+// MoELayers is the number of MoE layers: the l in [0, Layers) with
+// l % MoEEvery == MoEEvery-1, Layers/MoEEvery of them. Counted, not
+// looped over: validation asks before any upper bound on Layers holds
+// (0 for a MoEEvery < 1, which validation refuses).
 func (c Model) MoELayers() int {
-	n := 0
-	for l := 0; l < c.Layers; l++ {
-		if c.IsMoE(l) {
-			n++
-		}
+	if c.Layers < 1 || c.MoEEvery < 1 {
+		return 0
 	}
-	return n
+	return c.Layers / c.MoEEvery
 }
 
 // HeadDim is d / H.
@@ -142,20 +143,15 @@ func (c Model) ParamCount() (total, active int64) {
 	emb := int64(c.Vocab) * d
 	total = 2*emb + d // embedding, head, final norm
 	active = total
-	for l := 0; l < c.Layers; l++ {
-		attn := 4*d*d + 2*d
-		total += attn
-		active += attn
-		if c.IsMoE(l) {
-			expert := 3 * d * h
-			total += d*E + (E+int64(c.Shared))*expert
-			active += d*E + (int64(c.TopK)+int64(c.Shared))*expert
-		} else {
-			dense := 3 * d * int64(c.DenseHidden)
-			total += dense
-			active += dense
-		}
-	}
+	// per layer, times the layers of each kind (no loop over Layers,
+	// which may be any int before validation)
+	L := int64(max(c.Layers, 0))
+	moe := int64(c.MoELayers())
+	attn := 4*d*d + 2*d
+	expert := 3 * d * h
+	dense := 3 * d * int64(c.DenseHidden)
+	total += L*attn + moe*(d*E+(E+int64(c.Shared))*expert) + (L-moe)*dense
+	active += L*attn + moe*(d*E+(int64(c.TopK)+int64(c.Shared))*expert) + (L-moe)*dense
 	return total, active
 }
 

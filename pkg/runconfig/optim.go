@@ -52,20 +52,20 @@ func (c Optim) Validate() error {
 	switch {
 	case !(c.LR > 0) || math.IsInf(c.LR, 0):
 		return bad("lr", c.LR, "must be a positive number")
-	case c.MinLR < 0 || c.MinLR > c.LR:
+	case !(c.MinLR >= 0 && c.MinLR <= c.LR):
 		return bad("min_lr", c.MinLR, "must be in [0, lr]")
-	case c.Beta1 < 0 || c.Beta1 >= 1:
+	case !(c.Beta1 >= 0 && c.Beta1 < 1):
 		return bad("beta1", c.Beta1, "must be in [0, 1)")
-	case c.Beta2 < 0 || c.Beta2 >= 1:
+	case !(c.Beta2 >= 0 && c.Beta2 < 1):
 		return bad("beta2", c.Beta2, "must be in [0, 1)")
-	case !(c.Eps > 0):
-		return bad("eps", c.Eps, "must be > 0")
-	case c.WeightDecay < 0:
-		return bad("weight_decay", c.WeightDecay, "must be >= 0")
+	case !(c.Eps > 0) || math.IsInf(c.Eps, 0):
+		return bad("eps", c.Eps, "must be a finite number > 0")
+	case !finiteNonNeg(c.WeightDecay):
+		return bad("weight_decay", c.WeightDecay, "must be a finite number >= 0")
 	case c.WarmupSteps < 0:
 		return bad("warmup_steps", c.WarmupSteps, "must be >= 0")
-	case c.ClipNorm < 0:
-		return bad("clip_norm", c.ClipNorm, "must be >= 0 (0 = off)")
+	case !finiteNonNeg(c.ClipNorm):
+		return bad("clip_norm", c.ClipNorm, "must be a finite number >= 0 (0 = off)")
 	}
 	return nil
 }

@@ -2,7 +2,7 @@
 # Runs every fuzz target for a bounded number of inputs each (about 10s of
 # fuzzing on 2 cores; FUZZTIME=1m fuzzes each for that long instead):
 # job specs, run configs, worker configs, raft commands (FSM apply), the data plane's
-# frames, checkpoint manifests and shard files, corpora, the GEMM kernel,
+# frames, a command job's metrics lines and stdout, checkpoint manifests and shard files, corpora, the GEMM kernel,
 # the unknown-key check of every YAML file.
 # A failure leaves its input under the package's testdata/fuzz/ (commit
 # it: it becomes a regression test of `go test`).
@@ -24,6 +24,8 @@ targets=(
   ./pkg/kernels:FuzzSgemm:80000x
   ./internal/yamlcheck:FuzzUnknownKey:30000x
   ./pkg/runconfig:FuzzParse:50000x
+  ./pkg/agent:FuzzParseMetricsLine:100000x
+  ./pkg/agent:FuzzMetricsTap:100000x
 )
 found=$(grep -rl --include='*_test.go' '^func Fuzz' pkg cmd internal | xargs grep -ho '^func Fuzz[A-Za-z0-9_]*' | wc -l)
 if [ "$found" -ne "${#targets[@]}" ]; then

@@ -26,6 +26,10 @@ const (
 	metricsPoll = 250 * time.Millisecond
 	// maxMetricsLine bounds a metrics line waiting for its newline.
 	maxMetricsLine = 4 << 20
+	// maxMetricsRead bounds what one read of metrics.jsonl takes in
+	// (beyond the partial line it carries): a command rank writes that
+	// file itself (SWITCHYARD_METRICS_FILE) as fast as it likes.
+	maxMetricsRead = 1 << 20
 )
 
 // lineWriter copies a stream to a file and splits it into lines for emit
@@ -151,11 +155,16 @@ func (a *Agent) followMetrics(tk *task, path string, exited <-chan struct{}) {
 			final = true
 		case <-t.C:
 		}
-		bad := f.bad
-		for _, m := range f.read() {
-			a.reportMetrics(tk, m)
+		for {
+			bad := f.bad
+			for _, m := range f.read() {
+				a.reportMetrics(tk, m)
+			}
+			tk.malformedMetrics(f.bad-bad, f.why)
+			if !final || !f.behind {
+				break // the rest at the next tick
+			}
 		}
-		tk.malformedMetrics(f.bad-bad, f.why)
 		if final {
 			return
 		}
@@ -198,21 +207,24 @@ func (a *Agent) reportMetrics(tk *task, m train.StepMetrics) {
 	}
 	a.publish(events.Message{Kind: events.KindMetrics, JobID: tk.key.jobID, Metrics: &events.StepMetrics{
 		Step: int64(m.Step), Rank: int(tk.key.rank), Loss: m.Loss, LBL: lbl, NoLBL: len(m.LBL) == 0,
-		TokensPerSecond: m.TokensPerS, ExpertLoadLE: m.ExpertLoad, GPUUtilPct: util,
+		TokensPerSecond: m.TokensPerS, ExpertLoadLE: metrics.BoundExpertLoad(m.ExpertLoad), GPUUtilPct: util,
 	}})
 }
 
 // metricsFollower reads the complete lines appended to a JSON Lines file
-// since the last read.
+// since the last read, at most maxMetricsRead bytes of them a read.
 type metricsFollower struct {
-	path    string
-	off     int64
-	partial []byte
-	bad     int    // lines skipped: not a JSON object with a step >= 1 and a finite loss
-	why     string // what was wrong with the last of them
+	path     string
+	off      int64
+	partial  []byte
+	skipping bool   // the line being read was longer than maxMetricsLine: drop it up to '\n'
+	behind   bool   // the last read stopped at maxMetricsRead: more is there
+	bad      int    // lines skipped: not a JSON object with a step >= 1 and a finite loss
+	why      string // what was wrong with the last of them
 }
 
 func (f *metricsFollower) read() []train.StepMetrics {
+	f.behind = false
 	file, err := os.Open(f.path)
 	if err != nil {
 		return nil
@@ -223,43 +235,78 @@ func (f *metricsFollower) read() []train.StepMetrics {
 		return nil
 	}
 	if st.Size() < f.off { // recreated
-		f.off, f.partial = 0, nil
+		f.off, f.partial, f.skipping = 0, nil, false
 	}
 	if _, err := file.Seek(f.off, io.SeekStart); err != nil {
 		return nil
 	}
-	data, err := io.ReadAll(file)
+	data, err := io.ReadAll(io.LimitReader(file, maxMetricsRead+1))
 	if err != nil && !errors.Is(err, io.EOF) {
 		return nil
 	}
+	if len(data) > maxMetricsRead {
+		data, f.behind = data[:maxMetricsRead], true
+	}
 	f.off += int64(len(data))
-	f.partial = append(f.partial, data...)
 	var out []train.StepMetrics
-	for {
-		i := bytes.IndexByte(f.partial, '\n')
+	for len(data) > 0 {
+		i := bytes.IndexByte(data, '\n')
 		if i < 0 {
+			if !f.skipping {
+				f.partial = append(f.partial, data...)
+			}
 			break
 		}
-		line := bytes.TrimSpace(f.partial[:i])
-		f.partial = f.partial[i+1:]
-		if len(line) == 0 {
+		line := data[:i]
+		data = data[i+1:]
+		if f.skipping {
+			f.skipping = false
+			continue // counted when it began
+		}
+		if len(f.partial) > 0 {
+			line = append(f.partial, line...)
+			f.partial = nil
+		}
+		if len(line) > maxMetricsLine {
+			f.bad++
+			f.why = fmt.Sprintf("a line longer than %d bytes: %.80q", maxMetricsLine, line)
 			continue
 		}
-		var m train.StepMetrics
-		err := json.Unmarshal(line, &m)
-		if err == nil && (m.Step < 1 || math.IsNaN(m.Loss) || math.IsInf(m.Loss, 0)) {
-			err = fmt.Errorf("step %d, loss %v: want a step >= 1 and a finite loss", m.Step, m.Loss)
+		m, err := parseMetricsLine(line)
+		if errors.Is(err, errBlankLine) {
+			continue
 		}
 		if err != nil {
 			f.bad++
-			f.why = fmt.Sprintf("%v: %.80q", err, line)
+			f.why = fmt.Sprintf("%v: %.80q", err, bytes.TrimSpace(line))
 			continue
 		}
 		out = append(out, m)
 	}
 	if len(f.partial) > maxMetricsLine {
-		f.partial = nil
+		f.bad++
+		f.why = fmt.Sprintf("a line longer than %d bytes: %.80q", maxMetricsLine, f.partial)
+		f.partial, f.skipping = nil, true
 	}
-	f.partial = append([]byte(nil), f.partial...) // let the read lines go
+	f.partial = append([]byte(nil), f.partial...) // let the read data go
 	return out
+}
+
+var errBlankLine = errors.New("blank line")
+
+// parseMetricsLine decodes one line of metrics.jsonl: a JSON object with
+// a step >= 1 and a finite loss (errBlankLine for a line of spaces).
+func parseMetricsLine(line []byte) (train.StepMetrics, error) {
+	var m train.StepMetrics
+	line = bytes.TrimSpace(line)
+	if len(line) == 0 {
+		return m, errBlankLine
+	}
+	if err := json.Unmarshal(line, &m); err != nil {
+		return train.StepMetrics{}, err
+	}
+	if m.Step < 1 || math.IsNaN(m.Loss) || math.IsInf(m.Loss, 0) {
+		return train.StepMetrics{}, fmt.Errorf("step %d, loss %v: want a step >= 1 and a finite loss", m.Step, m.Loss)
+	}
+	return m, nil
 }

@@ -95,6 +95,20 @@ func TestTrainingObserveAndForget(t *testing.T) {
 	if n := testutil.CollectAndCount(tr.share); n != 8+2 {
 		t.Errorf("%d share series after oversized shapes, want 10", n)
 	}
+	// within each bound but too many cells together (a 512 KiB line of
+	// zeros): no series either; nor a series per layer of a too long lbl
+	wide := make([][]float64, maxLayers)
+	for l := range wide {
+		wide[l] = make([]float64, maxExperts)
+	}
+	lbls := testutil.CollectAndCount(tr.lbl)
+	tr.Observe("job-c", Step{Step: 3, ExpertLoad: wide, LBL: make([]float64, maxLayers+1)})
+	if n := testutil.CollectAndCount(tr.share); n != 8+2 {
+		t.Errorf("%d share series after %d x %d expert load, want 10", n, maxLayers, maxExperts)
+	}
+	if n := testutil.CollectAndCount(tr.lbl); n != lbls {
+		t.Errorf("%d lbl series after %d layers' lbl, want %d", n, maxLayers+1, lbls)
+	}
 	tr.Forget("job-c")
 	tr.Forget("job-a")
 	if n := testutil.CollectAndCount(tr.share); n != 2 {

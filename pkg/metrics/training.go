@@ -70,11 +70,37 @@ func BoundGPUs(gs []GPU, world int) []GPU {
 // event carries).
 const MaxRanks = 4096
 
-// The largest expert-load shape exported per job: MoE layers, experts.
+// The largest expert-load shape exported per job: MoE layers, experts,
+// and both together (DeepSeek-V3's 58 MoE layers of 256 experts fit).
+// maxLayers also bounds the per-layer LBL series.
 const (
-	maxLayers  = 256
-	maxExperts = 1024
+	maxLayers      = 256
+	maxExperts     = 1024
+	maxExpertCells = 1 << 14
 )
+
+// BoundExpertLoad is load if its shape is within the bounds of what is
+// exported per step (MoE layers, experts per layer, and the two
+// together), else nil. A command job's own metrics lines set the shape:
+// beyond the bounds no series per layer and expert (the label sets stay
+// bounded) and no step event carrying the table (4096 of them may wait in
+// the bus's buffer).
+func BoundExpertLoad(load [][]float64) [][]float64 {
+	if len(load) > maxLayers {
+		return nil
+	}
+	cells := 0
+	for _, row := range load {
+		if len(row) > maxExperts {
+			return nil
+		}
+		cells += len(row)
+	}
+	if cells > maxExpertCells {
+		return nil
+	}
+	return load
+}
 
 // Training holds the metrics of the jobs whose rank 0 runs on this
 // worker. A nil *Training records nothing.
@@ -162,19 +188,15 @@ func (t *Training) Observe(job string, s Step) {
 	}
 	t.collective.WithLabelValues(job, "lbl_sync").Add(max(s.LBLSyncS, 0))
 	t.collective.WithLabelValues(job, "grad_sync").Add(max(s.GradSyncS, 0))
-	for l, v := range s.LBL {
-		t.lbl.WithLabelValues(job, strconv.Itoa(l)).Set(v)
-	}
-	if n := len(s.ExpertLoad); n > maxLayers || (n > 0 && len(s.ExpertLoad[0]) > maxExperts) {
-		// a command job's own metrics lines set this shape: past the
-		// bounds no series per layer and expert (the label sets stay
-		// bounded), the rest is recorded
-		s.ExpertLoad = nil
-	}
-	for l, row := range s.ExpertLoad {
-		if len(row) > maxExperts {
-			break
+	// a command job's own metrics lines set these shapes: past the bounds
+	// no series per layer (and expert), so that the label sets stay
+	// bounded; the rest is recorded
+	if len(s.LBL) <= maxLayers {
+		for l, v := range s.LBL {
+			t.lbl.WithLabelValues(job, strconv.Itoa(l)).Set(v)
 		}
+	}
+	for l, row := range BoundExpertLoad(s.ExpertLoad) {
 		layer := strconv.Itoa(l)
 		var sum, top float64
 		for e, v := range row {

@@ -26,6 +26,8 @@ targets=(
   ./pkg/runconfig:FuzzParse:50000x
   ./pkg/agent:FuzzParseMetricsLine:100000x
   ./pkg/agent:FuzzMetricsTap:100000x
+  ./pkg/jobspec:FuzzParseExperiment:20000x
+  ./pkg/jobspec:FuzzParseCommandConfig:50000x
 )
 found=$(grep -rl --include='*_test.go' '^func Fuzz' pkg cmd internal | xargs grep -ho '^func Fuzz[A-Za-z0-9_]*' | wc -l)
 if [ "$found" -ne "${#targets[@]}" ]; then

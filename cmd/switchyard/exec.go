@@ -7,7 +7,6 @@ package main
 // exit status are the program's).
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -24,9 +23,6 @@ import (
 	"syscall"
 	"time"
 
-	"gopkg.in/yaml.v3"
-
-	"github.com/switchyard-ml/switchyard/internal/yamlcheck"
 	"github.com/switchyard-ml/switchyard/pkg/checkpoint"
 	"github.com/switchyard-ml/switchyard/pkg/fsutil"
 	"github.com/switchyard-ml/switchyard/pkg/jobspec"
@@ -93,23 +89,15 @@ func loadCommandConfig(path string) (*jobspec.CommandConfig, error) {
 	if path == "" {
 		return nil, errors.New("--config is required")
 	}
-	raw, err := fsutil.ReadFile(path, jobspec.MaxSize*2)
+	raw, err := fsutil.ReadFile(path, jobspec.MaxCommandConfig)
 	if err != nil {
 		return nil, err
 	}
-	var c jobspec.CommandConfig
-	dec := yaml.NewDecoder(bytes.NewReader(raw))
-	dec.KnownFields(true)
-	if err := yamlcheck.Decode(dec, &c); err != nil {
-		if u := yamlcheck.UnknownKey(raw, &c); u != nil {
-			err = u // the key's path, not yaml.v3's Go type
-		}
+	c, err := jobspec.ParseCommandConfig(raw)
+	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	if err := c.Validate(); err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	return &c, nil
+	return c, nil
 }
 
 // resumeAt is the committed checkpoint a rank starts from (step 0: none).

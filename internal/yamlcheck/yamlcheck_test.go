@@ -3,6 +3,8 @@ package yamlcheck
 import (
 	"slices"
 	"testing"
+
+	"gopkg.in/yaml.v3"
 )
 
 type inner struct {
@@ -48,5 +50,35 @@ unknown: 1.5
 	}
 	if got := Fractional([]byte("steps: [unclosed"), outer{}); got != nil {
 		t.Errorf("a document that does not parse: %q", got)
+	}
+}
+
+// TestExpandedSize: aliases count as their anchors' nodes, the count
+// stops past the limit, and a node holding itself ends.
+func TestExpandedSize(t *testing.T) {
+	size := func(doc string, limit int) int {
+		var n yaml.Node
+		if err := yaml.Unmarshal([]byte(doc), &n); err != nil {
+			t.Fatal(err)
+		}
+		return ExpandedSize(&n, limit)
+	}
+	// document, mapping, key "a" (1 + 1), value "xy" (1 + 2)
+	if got := size("a: xy\n", 100); got != 7 {
+		t.Fatalf("a: xy: %d, want 7", got)
+	}
+	if got := size("a: &x xy\nb: *x\n", 100); got != 7+2+(1+3) {
+		t.Fatalf("one alias: %d, want 13", got)
+	}
+	laughs := "a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+	for i := 'b'; i <= 'i'; i++ {
+		p := string(i - 1)
+		laughs += string(i) + ": &" + string(i) + " [*" + p + ", *" + p + ", *" + p + ", *" + p + ", *" + p + ", *" + p + ", *" + p + ", *" + p + ", *" + p + ", *" + p + "]\n"
+	}
+	if got := size(laughs, 1<<20); got <= 1<<20 || got > 1<<20+100 {
+		t.Fatalf("a billion laughs: %d, want just past the limit", got)
+	}
+	if got := size("a: &a [*a, *a]\n", 1000); got <= 1000 {
+		t.Fatalf("a node that holds itself: %d, want past the limit", got)
 	}
 }

@@ -1,6 +1,7 @@
 package jobspec
 
 import (
+	"bytes"
 	"fmt"
 	"net"
 	"path/filepath"
@@ -10,6 +11,8 @@ import (
 	"strings"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/switchyard-ml/switchyard/internal/yamlcheck"
 
 	"github.com/switchyard-ml/switchyard/pkg/runconfig"
 	"github.com/switchyard-ml/switchyard/pkg/security"
@@ -158,6 +161,9 @@ func dropKeys(n *yaml.Node, keys []string) {
 	n.Content = kept
 }
 
+// MaxCommandConfig is the largest run.yaml of a command rank.
+const MaxCommandConfig = 2 * MaxSize
+
 // CommandConfig is one rank of a command job as its worker starts it: the
 // program, the rank's place in the job, where checkpoints go and how they
 // are committed. The worker writes it as the rank's run.yaml; `switchyard
@@ -221,6 +227,32 @@ func (c *CommandConfig) StagingDir() string {
 
 // StagingName is the directory of the job's staged checkpoints.
 const StagingName = "staging"
+
+// ParseCommandConfig decodes a rank's run.yaml strictly (an unknown key
+// is named by its path) and validates it. A worker writes it from a spec
+// with its aliases expanded (up to maxExpanded) and adds its own fields:
+// it may be up to MaxCommandConfig bytes.
+func ParseCommandConfig(raw []byte) (*CommandConfig, error) {
+	if len(raw) > MaxCommandConfig {
+		return nil, fmt.Errorf("%w: run config is %d bytes, the limit is %d", ErrSyntax, len(raw), MaxCommandConfig)
+	}
+	if err := checkExpanded(raw, "run config", 2*MaxCommandConfig); err != nil {
+		return nil, err
+	}
+	var c CommandConfig
+	dec := yaml.NewDecoder(bytes.NewReader(raw))
+	dec.KnownFields(true)
+	if err := yamlcheck.Decode(dec, &c); err != nil {
+		if u := yamlcheck.UnknownKey(raw, &c); u != nil {
+			err = u // the key's path, not yaml.v3's Go type
+		}
+		return nil, err
+	}
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
 
 // Validate checks what a worker wrote.
 func (c *CommandConfig) Validate() error {

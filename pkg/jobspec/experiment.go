@@ -14,6 +14,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/switchyard-ml/switchyard/internal/yamlcheck"
+	"github.com/switchyard-ml/switchyard/pkg/fsutil"
 	"github.com/switchyard-ml/switchyard/pkg/runconfig"
 )
 
@@ -89,10 +90,13 @@ func (v Variant) Label(axes []Axis, except ...string) string {
 	return strings.Join(parts, " ")
 }
 
-// Limits of an experiment file.
+// Limits of an experiment file: its variants, and their specs' bytes
+// together (a file of MaxSize bytes would otherwise make 256 specs of
+// nearly MaxSize each, all submitted).
 const (
-	MaxVariants = 256
-	maxExpName  = 40
+	MaxVariants        = 256
+	MaxExperimentBytes = 4 * MaxSize
+	maxExpName         = 40
 )
 
 var (
@@ -114,6 +118,9 @@ type experimentFile struct {
 func ParseExperiment(raw []byte) (*Experiment, error) {
 	if len(raw) > MaxSize {
 		return nil, fmt.Errorf("experiment: %d bytes, the limit is %d", len(raw), MaxSize)
+	}
+	if err := checkExpanded(raw, "experiment", maxExpanded); err != nil {
+		return nil, err
 	}
 	var f experimentFile
 	dec := yaml.NewDecoder(bytes.NewReader(raw))
@@ -169,10 +176,14 @@ func ParseExperiment(raw []byte) (*Experiment, error) {
 		}
 	}
 	seen := map[string]int{} // a variant's parsed spec: its index
+	total := 0
 	for i := range n {
 		v, err := e.variant(base, i)
 		if err != nil {
 			return nil, err
+		}
+		if total += len(v.Spec); total > MaxExperimentBytes {
+			return nil, fmt.Errorf("experiment: its %d variants' specs are more than %s together (the limit)", n, fsutil.Size(MaxExperimentBytes))
 		}
 		// the same job twice: equal values the axes' checks do not see
 		// ("1" and 1 for a string field, two variants with equal fields)

@@ -253,3 +253,39 @@ func TestBalanceSweepExample(t *testing.T) {
 		}
 	}
 }
+
+// TestAliasesExpandBounded: a spec or an experiment whose aliases expand
+// it past twice MaxSize is refused before it is decoded (800 KiB of
+// "args: [&a <4000 bytes>, *a, ...]" was a spec of 200000 arguments,
+// 800 MB in each rank's run.yaml; the same base in an experiment was
+// encoded whole for each variant).
+func TestAliasesExpandBounded(t *testing.T) {
+	args := "[&a " + strings.Repeat("x", 4000) + strings.Repeat(", *a", 200000) + "]"
+	_, err := Parse([]byte("name: a\nruntime: command\ncommand: t\nargs: " + args + "\n"))
+	if !errors.Is(err, ErrSyntax) || !strings.Contains(err.Error(), "aliases") {
+		t.Fatalf("spec: got %v, want refused for its aliases", err)
+	}
+	_, err = ParseExperiment([]byte("name: e\nbase: {runtime: command, command: t, args: " + args + "}\naxes: {ranks: [1, 2]}\n"))
+	if !errors.Is(err, ErrSyntax) || !strings.Contains(err.Error(), "aliases") {
+		t.Fatalf("experiment: got %v, want refused for its aliases", err)
+	}
+	// a few aliases are fine
+	if _, err := Parse([]byte("name: a\nruntime: command\ncommand: t\nargs: [&a x, *a, *a]\n")); err != nil {
+		t.Fatal(err)
+	}
+	// an anchor that holds itself ends the count
+	if _, err := Parse([]byte("name: a\nargs: &a [*a]\n")); err == nil {
+		t.Fatal("a recursive alias accepted")
+	}
+}
+
+// TestExperimentBytesBounded: a file within MaxSize cannot expand into
+// more than MaxExperimentBytes of specs (it made 256 specs of nearly
+// MaxSize each, all submitted).
+func TestExperimentBytesBounded(t *testing.T) {
+	raw := "name: e\nbase: {runtime: command, command: t, args: [" + strings.Repeat("x", MaxSize-200) + "]}\naxes: {ranks: [1, 2, 3, 4, 5]}\n"
+	_, err := ParseExperiment([]byte(raw))
+	if err == nil || !strings.Contains(err.Error(), "together") {
+		t.Fatalf("got %v, want refused for its specs' bytes together", err)
+	}
+}

@@ -224,6 +224,9 @@ func Parse(raw []byte) (*Spec, error) {
 	if len(raw) > MaxSize {
 		return nil, fmt.Errorf("%w: spec is %d bytes, the limit is %d", ErrSyntax, len(raw), MaxSize)
 	}
+	if err := checkExpanded(raw, "spec", maxExpanded); err != nil {
+		return nil, err
+	}
 	// Fields whose zero is a value of its own start at their defaults, so
 	// that "lbl.coef: 0" (no balancing loss: an aux-loss-free run with
 	// lbl.bias_rate) stays 0 while an absent key means the default.
@@ -254,6 +257,26 @@ func Parse(raw []byte) (*Spec, error) {
 		return nil, err
 	}
 	return &s, nil
+}
+
+// maxExpanded bounds a spec's or an experiment's size with its aliases
+// expanded (yamlcheck.ExpandedSize): twice MaxSize, which no document of
+// MaxSize bytes without aliases reaches. Without it 800 KiB of "args:
+// [&a <4000 bytes>, *a, *a, ...]" decoded into 200000 arguments, 800 MB
+// in the rank's run.yaml.
+const maxExpanded = 2 * MaxSize
+
+// checkExpanded refuses a document whose aliases expand it past limit
+// (maxExpanded for a spec; what names it in the error: "spec").
+func checkExpanded(raw []byte, what string, limit int) error {
+	var doc yaml.Node
+	if yaml.Unmarshal(raw, &doc) != nil {
+		return nil // the strict decode reports it
+	}
+	if yamlcheck.ExpandedSize(&doc, limit) > limit {
+		return fmt.Errorf("%w: %s: more than %s with its aliases expanded, the limit", ErrSyntax, what, fsutil.Size(int64(limit)))
+	}
+	return nil
 }
 
 // countFields must be >= 1, and an absent one takes its default: an

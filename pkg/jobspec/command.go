@@ -236,7 +236,7 @@ func ParseCommandConfig(raw []byte) (*CommandConfig, error) {
 	if len(raw) > MaxCommandConfig {
 		return nil, fmt.Errorf("%w: run config is %d bytes, the limit is %d", ErrSyntax, len(raw), MaxCommandConfig)
 	}
-	if err := checkExpanded(raw, "run config", 2*MaxCommandConfig); err != nil {
+	if _, err := checkExpanded(raw, "run config", 2*MaxCommandConfig); err != nil {
 		return nil, err
 	}
 	var c CommandConfig

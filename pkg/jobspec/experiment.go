@@ -119,7 +119,7 @@ func ParseExperiment(raw []byte) (*Experiment, error) {
 	if len(raw) > MaxSize {
 		return nil, fmt.Errorf("experiment: %d bytes, the limit is %d", len(raw), MaxSize)
 	}
-	if err := checkExpanded(raw, "experiment", maxExpanded); err != nil {
+	if _, err := checkExpanded(raw, "experiment", maxExpanded); err != nil {
 		return nil, err
 	}
 	var f experimentFile

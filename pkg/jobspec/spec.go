@@ -224,7 +224,8 @@ func Parse(raw []byte) (*Spec, error) {
 	if len(raw) > MaxSize {
 		return nil, fmt.Errorf("%w: spec is %d bytes, the limit is %d", ErrSyntax, len(raw), MaxSize)
 	}
-	if err := checkExpanded(raw, "spec", maxExpanded); err != nil {
+	doc, err := checkExpanded(raw, "spec", maxExpanded)
+	if err != nil {
 		return nil, err
 	}
 	// Fields whose zero is a value of its own start at their defaults, so
@@ -246,7 +247,7 @@ func Parse(raw []byte) (*Spec, error) {
 	zeroable := [...]float64{s.LBL.Coef, s.Optim.Beta1, s.Optim.Beta2}
 	s.Defaults()
 	s.LBL.Coef, s.Optim.Beta1, s.Optim.Beta2 = zeroable[0], zeroable[1], zeroable[2]
-	errs := append(explicitZeros(raw), s.Validate())
+	errs := append(explicitZeros(doc), s.Validate())
 	for _, f := range yamlcheck.Fractional(raw, &s) {
 		errs = append(errs, &FieldError{Path: f.Path, Value: f.Value, Rule: "must be a whole number"})
 	}
@@ -267,16 +268,18 @@ func Parse(raw []byte) (*Spec, error) {
 const maxExpanded = 2 * MaxSize
 
 // checkExpanded refuses a document whose aliases expand it past limit
-// (maxExpanded for a spec; what names it in the error: "spec").
-func checkExpanded(raw []byte, what string, limit int) error {
+// (maxExpanded for a spec; what names it in the error: "spec"). It
+// returns the parsed document (nil where it does not parse: the strict
+// decode reports that).
+func checkExpanded(raw []byte, what string, limit int) (*yaml.Node, error) {
 	var doc yaml.Node
 	if yaml.Unmarshal(raw, &doc) != nil {
-		return nil // the strict decode reports it
+		return nil, nil
 	}
 	if yamlcheck.ExpandedSize(&doc, limit) > limit {
-		return fmt.Errorf("%w: %s: more than %s with its aliases expanded, the limit", ErrSyntax, what, fsutil.Size(int64(limit)))
+		return nil, fmt.Errorf("%w: %s: more than %s with its aliases expanded, the limit", ErrSyntax, what, fsutil.Size(int64(limit)))
 	}
-	return nil
+	return &doc, nil
 }
 
 // countFields must be >= 1, and an absent one takes its default: an
@@ -286,10 +289,9 @@ var countFields = [][]string{
 	{"micro_batch"}, {"accumulation"}, {"steps"}, {"checkpoint", "keep_last"}, {"ranks"},
 }
 
-// explicitZeros reports the countFields that raw sets to 0.
-func explicitZeros(raw []byte) []error {
-	var doc yaml.Node
-	if yaml.Unmarshal(raw, &doc) != nil || len(doc.Content) == 0 {
+// explicitZeros reports the countFields that the parsed spec doc sets to 0.
+func explicitZeros(doc *yaml.Node) []error {
+	if doc == nil || len(doc.Content) == 0 {
 		return nil // the strict decode reported it
 	}
 	var errs []error

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Runs every fuzz target for a bounded number of inputs each (about 10s of
 # fuzzing on 2 cores; FUZZTIME=1m fuzzes each for that long instead):
-# job specs, run configs, worker configs, raft commands (FSM apply), the data plane's
-# frames, a command job's metrics lines and stdout, checkpoint manifests and shard files, corpora, the GEMM kernel,
-# the unknown-key check of every YAML file.
+# job specs, experiments, run configs, command ranks' run.yaml, worker
+# configs, raft commands (FSM apply), the data plane's frames, a command
+# job's metrics lines and stdout, checkpoint manifests and shard files,
+# corpora, the GEMM kernel, the unknown-key check of every YAML file.
 # A failure leaves its input under the package's testdata/fuzz/ (commit
 # it: it becomes a regression test of `go test`).
 #
@@ -23,11 +24,11 @@ targets=(
   ./pkg/data:FuzzReadJSONL:600000x
   ./pkg/kernels:FuzzSgemm:80000x
   ./internal/yamlcheck:FuzzUnknownKey:30000x
-  ./pkg/runconfig:FuzzParse:50000x
-  ./pkg/agent:FuzzParseMetricsLine:100000x
-  ./pkg/agent:FuzzMetricsTap:100000x
-  ./pkg/jobspec:FuzzParseExperiment:20000x
-  ./pkg/jobspec:FuzzParseCommandConfig:50000x
+  ./pkg/runconfig:FuzzParse:110000x
+  ./pkg/agent:FuzzParseMetricsLine:55000x
+  ./pkg/agent:FuzzMetricsTap:50000x
+  ./pkg/jobspec:FuzzParseExperiment:45000x
+  ./pkg/jobspec:FuzzParseCommandConfig:35000x
 )
 found=$(grep -rl --include='*_test.go' '^func Fuzz' pkg cmd internal | xargs grep -ho '^func Fuzz[A-Za-z0-9_]*' | wc -l)
 if [ "$found" -ne "${#targets[@]}" ]; then

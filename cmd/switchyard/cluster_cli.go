@@ -98,12 +98,18 @@ func (r *remoteFlags) validate() error {
 
 func (r *remoteFlags) json() bool { return r.output == outJSON }
 
+// refusedGrace is how long a command tries coordinators that refuse every
+// connection before it says that none listens at the address given (a
+// restart of the only coordinator takes less).
+const refusedGrace = 3 * time.Second
+
 // dial connects lazily to the coordinators; bad TLS files are a usage error.
 func (r *remoteFlags) dial() (*client.Client, error) {
 	cl, err := client.Dial(client.Options{
-		Endpoints: []string{r.coordinator},
-		Token:     r.token,
-		TLS:       r.tls,
+		Endpoints:    []string{r.coordinator},
+		Token:        r.token,
+		TLS:          r.tls,
+		RefusedGrace: refusedGrace,
 	})
 	if err != nil {
 		return nil, usageError{err}

@@ -473,6 +473,10 @@ func TestCLIUnreachableCoordinator(t *testing.T) {
 			t.Errorf("Go error dump instead of the message: %s", r.stderr)
 		}
 	}
+	// with the default --timeout (15s) a wrong address is told at once
+	r := runCmd(t, false, "job", "list", "--coordinator", addr)
+	wantCode(t, r, exitUnavailable)
+	wantContains(t, r.stderr, "nothing listens there", "is the coordinator running")
 }
 
 // A coordinator that wants a token: none or a wrong one is exit 5; the

@@ -35,6 +35,13 @@ type Options struct {
 	TLS security.TLSFiles
 	// ServerName overrides the name checked in the server certificate.
 	ServerName string
+	// RefusedGrace, when > 0, lets a client that no replica has answered
+	// yet give up a call once every replica has refused its connections
+	// (nothing listens there, or the name does not resolve) for this
+	// long, instead of trying until the call's deadline: a CLI pointed at
+	// the wrong address says so at once. A client that has had an answer
+	// keeps trying through a restart until the deadline.
+	RefusedGrace time.Duration
 }
 
 // Client is a connection to the coordinator cluster.
@@ -108,7 +115,7 @@ func Dial(o Options) (*Client, error) {
 	if o.Token != "" {
 		opts = append(opts, grpc.WithPerRPCCredentials(security.Token(o.Token)))
 	}
-	f := &failover{}
+	f := &failover{refusedGrace: o.RefusedGrace}
 	for _, e := range eps {
 		// one channel per replica: its certificate is checked against
 		// the host dialled
@@ -133,8 +140,10 @@ func (c *Client) Close() error { return c.routes.Close() }
 // maxRounds. The replica that answers is kept for the next calls, so a
 // client reads from one replica at a time.
 type failover struct {
-	conns []*grpc.ClientConn
-	pref  atomic.Int32
+	conns        []*grpc.ClientConn
+	pref         atomic.Int32
+	refusedGrace time.Duration // see Options.RefusedGrace
+	answered     atomic.Bool   // a replica has answered a call
 }
 
 // maxRounds bounds the rounds of a call without a deadline (about 10s of
@@ -225,14 +234,19 @@ func (f *failover) each(ctx context.Context, call func(*grpc.ClientConn) error) 
 		}
 		return status.Errorf(st.Code(), "%s; no replica answered, the last said: %s", st.Message(), last)
 	}
+	began := time.Now()
 	for round := 0; ; round++ {
 		start := f.pref.Load()
 		var err error
+		refused := 0 // replicas that refused the connection this round
 		for i := range n {
 			k := (start + i) % n
 			err = call(f.conns[k])
 			if status.Code(err) == codes.Unavailable {
 				last = innermost(status.Convert(err).Message())
+				if nobodyThere(last) {
+					refused++
+				}
 				continue
 			}
 			if c := status.Code(err); (c == codes.DeadlineExceeded || c == codes.Canceled) && ctx.Err() != nil {
@@ -241,10 +255,19 @@ func (f *failover) each(ctx context.Context, call func(*grpc.ClientConn) error) 
 			if k != start {
 				f.pref.CompareAndSwap(start, k)
 			}
+			f.answered.Store(true)
 			return err
 		}
 		if !bounded && round+1 >= maxRounds {
 			return err
+		}
+		if refused == int(n) && f.refusedGrace > 0 && !f.answered.Load() && time.Since(began) >= f.refusedGrace {
+			why := "nothing listens there"
+			if strings.Contains(last, "no such host") {
+				why = "the host name does not resolve"
+			}
+			return status.Errorf(codes.Unavailable, "%s (tried for %s; is the coordinator running, and is this its API address?): %s",
+				why, time.Since(began).Round(100*time.Millisecond), last)
 		}
 		t := time.NewTimer(pause)
 		select {
@@ -266,6 +289,12 @@ func innermost(msg string) string {
 		msg = strings.Trim(msg[i+len("desc = "):], `"`)
 	}
 	return msg
+}
+
+// nobodyThere says whether a replica's error means that nothing listens
+// at its address, or that the address does not resolve.
+func nobodyThere(msg string) bool {
+	return strings.Contains(msg, "connection refused") || strings.Contains(msg, "no such host")
 }
 
 func (f *failover) Close() error {

@@ -294,3 +294,54 @@ func TestSlowReplicaIsNotCut(t *testing.T) {
 		t.Errorf("the call ran %d times", calls)
 	}
 }
+
+// A client given RefusedGrace says that nothing listens instead of trying
+// until the deadline, when no replica has ever answered it.
+func TestRefusedGraceGivesUpOnNothingListening(t *testing.T) {
+	c := dial(t, client.Options{Endpoints: []string{deadAddr(t), deadAddr(t)}, RefusedGrace: 300 * time.Millisecond})
+	err := listJobs(t, c, time.Minute)
+	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "nothing listens there") {
+		t.Fatalf("got %v, want Unavailable saying that nothing listens there", err)
+	}
+	c = dial(t, client.Options{Endpoints: []string{"nosuchhost.invalid:7000"}, RefusedGrace: 300 * time.Millisecond})
+	if err := listJobs(t, c, time.Minute); !strings.Contains(err.Error(), "does not resolve") {
+		t.Fatalf("got %v, want the host name does not resolve", err)
+	}
+}
+
+// Once a replica has answered, a call waits through a restart (refused
+// connections for longer than RefusedGrace) until the replica is back.
+func TestRefusedGraceWaitsThroughARestart(t *testing.T) {
+	f := &fakeCoordinator{}
+	addr, stop := serveStop(t, f)
+	c := dial(t, client.Options{Endpoints: []string{addr}, RefusedGrace: 200 * time.Millisecond})
+	if err := listJobs(t, c, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	stop()
+	restarted := make(chan func())
+	go func() {
+		time.Sleep(time.Second) // the restart takes five times the grace
+		lis, err := net.Listen("tcp", addr)
+		if err != nil {
+			t.Error(err)
+			close(restarted)
+			return
+		}
+		srv := grpc.NewServer()
+		apiv1.RegisterCoordinatorServer(srv, f)
+		done := make(chan struct{})
+		go func() { defer close(done); srv.Serve(lis) }() //nolint:errcheck // ends with Stop
+		restarted <- func() { srv.Stop(); <-done }
+	}()
+	err := listJobs(t, c, 30*time.Second)
+	if stop, ok := <-restarted; ok {
+		defer stop()
+	}
+	if err != nil {
+		t.Fatalf("call during the restart: %v", err)
+	}
+	if n := f.calls.Load(); n != 2 {
+		t.Fatalf("the replica served %d calls, want 2", n)
+	}
+}

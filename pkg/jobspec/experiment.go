@@ -236,6 +236,9 @@ func parseAxes(node *yaml.Node) ([]Axis, error) {
 			if err := vn.Decode(&v); err != nil {
 				return nil, fmt.Errorf("experiment: axes.%s: %w", path, err)
 			}
+			if err := typeCheck(vn, strings.Split(path, ".")...); err != nil {
+				return nil, fmt.Errorf("experiment: axes.%s: %w", path, err)
+			}
 			// 1 and 1.0 alike: two variants would be one job twice
 			canon, err := yaml.Marshal(v)
 			if err != nil {
@@ -250,6 +253,22 @@ func parseAxes(node *yaml.Node) ([]Axis, error) {
 		axes = append(axes, a)
 	}
 	return axes, nil
+}
+
+// typeCheck decodes n, set at path in an otherwise empty spec, into a
+// Spec: a value of the wrong type is named on its line of the file (the
+// generated variants' lines are no lines of the file).
+func typeCheck(n *yaml.Node, path ...string) error {
+	for i := len(path) - 1; i >= 0; i-- {
+		key := &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: path[i]}
+		n = &yaml.Node{Kind: yaml.MappingNode, Tag: "!!map", Content: []*yaml.Node{key, n}}
+	}
+	var s Spec
+	err := n.Decode(&s)
+	if te, ok := err.(*yaml.TypeError); ok {
+		return errors.New(strings.Join(te.Errors, "; "))
+	}
+	return err
 }
 
 // parseVariants reads the named variants into the "variant" axis.
@@ -274,6 +293,9 @@ func parseVariants(node *yaml.Node) (Axis, error) {
 			return a, fmt.Errorf("experiment: %w", u.Within("variants."+name))
 		}
 		if err := node.Content[i+1].Decode(&o); err != nil {
+			return a, fmt.Errorf("experiment: variants.%s: %w", name, err)
+		}
+		if err := typeCheck(node.Content[i+1]); err != nil {
 			return a, fmt.Errorf("experiment: variants.%s: %w", name, err)
 		}
 		if _, ok := o["name"]; ok {

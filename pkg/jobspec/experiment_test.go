@@ -64,6 +64,9 @@ func TestExperimentErrors(t *testing.T) {
 		{"name: s\nbase: {}\naxes: {lbl.mode: [micro, sideways]}\n", `variant 1 (lbl.mode=sideways): jobspec: lbl.mode = "sideways"`},
 		{"name: s\nbase: {}\naxes: {seed: [1]}\nextra: 1\n", "experiment: extra (line 4): unknown key; the top level has axes, base, name, variants"},
 		{"nmae: s\nbase: {}\naxes: {seed: [1]}\n", `experiment: nmae (line 1): unknown key; the top level has axes, base, name, variants; did you mean "name"?`},
+		// a value of the wrong type: its line in the file, not in the variant
+		{"name: s\nbase:\n  steps: 3\naxes:\n  lbl.mode: [micro, global]\n  seed:\n    - 1\n    - two\n", "experiment: axes.seed: line 8: cannot unmarshal !!str `two` into int64"},
+		{"name: s\nbase: {steps: 3}\nvariants:\n  a: {seed: 1}\n  b:\n    lbl: {mode: global}\n    steps: many\n", "experiment: variants.b: line 7: cannot unmarshal !!str `many` into int"},
 		{"name: s\nbase: {}\naxes: {seed: [1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16], lbl.coef: [1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17]}\n", "more than 256 variants"},
 	} {
 		_, err := ParseExperiment([]byte(tc.file))

@@ -205,6 +205,7 @@ func TestValidationErrors(t *testing.T) {
 		{"data: {order: random}", `jobspec: data.order = "random": must be "shuffled", "domain" or "domain_mixed"`},
 		{"optim: {lr: -1}", "jobspec: optim.lr = -1: must be a finite number > 0"},
 		{"optim: {lr: 0.001, min_lr: 0.01}", "jobspec: optim.min_lr = 0.01: must be in [0, optim.lr = 0.001]"},
+		{"optim: {lr: -1, min_lr: -2}", "jobspec: optim.min_lr = -2: must be >= 0"},
 		{"steps: 10\noptim: {warmup_steps: 20}", "jobspec: optim.warmup_steps = 20: must be in [0, steps = 10]"},
 		{"micro_batch: -2", "jobspec: micro_batch = -2: must be >= 1"},
 		{"accumulation: -1", "jobspec: accumulation = -1: must be >= 1"},
@@ -458,5 +459,13 @@ func TestLayerCoefHugeLayers(t *testing.T) {
 	_, err := Parse([]byte("name: a\nmodel: {preset: tiny, layers: 4611686018427387904}\nlbl: {layer_coef: [1]}\n"))
 	if err == nil || !strings.Contains(err.Error(), "model.layers") {
 		t.Fatalf("got %v, want model.layers refused", err)
+	}
+}
+
+// A bad lr is one error: min_lr is not checked against it too.
+func TestBadLROneError(t *testing.T) {
+	_, err := Parse([]byte("name: job\noptim: {lr: -1}\n"))
+	if err == nil || err.Error() != "jobspec: optim.lr = -1: must be a finite number > 0" {
+		t.Fatalf("got %v, want only the lr's error", err)
 	}
 }

@@ -155,11 +155,15 @@ func (s *Spec) Validate() error {
 
 	// Optimizer.
 	o := s.Optim
-	if !(o.LR > 0) || math.IsInf(o.LR, 0) {
+	lrOK := o.LR > 0 && !math.IsInf(o.LR, 0)
+	if !lrOK {
 		bad("optim.lr", o.LR, "must be a finite number > 0")
 	}
-	if !(o.MinLR >= 0 && o.MinLR <= o.LR) {
+	switch {
+	case lrOK && !(o.MinLR >= 0 && o.MinLR <= o.LR):
 		bad("optim.min_lr", o.MinLR, "must be in [0, optim.lr = %v]", o.LR)
+	case !lrOK && !(o.MinLR >= 0): // not against a bad lr: one error, not two
+		bad("optim.min_lr", o.MinLR, "must be >= 0")
 	}
 	if o.WarmupSteps < 0 || (s.Steps >= 1 && o.WarmupSteps > s.Steps) {
 		bad("optim.warmup_steps", o.WarmupSteps, "must be in [0, steps = %d]", s.Steps)

@@ -11,6 +11,7 @@ import (
 	"io"
 	"maps"
 	"net"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -577,4 +578,24 @@ func TestCLITLSMismatchHint(t *testing.T) {
 	r := runCmd(t, false, "job", "list", "--coordinator", lis.Addr().String(), "--timeout", "2s")
 	wantCode(t, r, exitUnavailable)
 	wantContains(t, r.stderr, "do not agree on TLS")
+}
+
+// The top-level help lists every command of every group.
+func TestHelpListsEveryCommand(t *testing.T) {
+	top := runCmd(t, false, "help")
+	wantCode(t, top, exitOK)
+	re := regexp.MustCompile(`(?m)^  switchyard (\S+ \S+)`)
+	for _, group := range []string{"job", "cluster", "checkpoints", "experiment"} {
+		r := runCmd(t, false, group, "help")
+		wantCode(t, r, exitOK)
+		cmds := re.FindAllStringSubmatch(r.stdout, -1)
+		if len(cmds) == 0 {
+			t.Fatalf("%s help lists no commands:\n%s", group, r.stdout)
+		}
+		for _, m := range cmds {
+			if !strings.Contains(top.stdout, "switchyard "+m[1]+" ") && !strings.Contains(top.stdout, "switchyard "+m[1]+"\n") {
+				t.Errorf("switchyard help does not list %q", m[1])
+			}
+		}
+	}
 }

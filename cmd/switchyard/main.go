@@ -34,6 +34,7 @@ usage:
   switchyard help
 
 cluster (talks to the coordinator over gRPC):
+  switchyard job check SPEC.yaml                        validate a spec here (no cluster): its layout and what each rank needs
   switchyard job submit SPEC.yaml [--id ID] [--watch]   validate and submit a job spec
   switchyard job list [--state pending,running,...]     list jobs
   switchyard job status ID                              state, conditions, progress, placement, events

@@ -42,6 +42,13 @@ type Options struct {
 	// the wrong address says so at once. A client that has had an answer
 	// keeps trying through a restart until the deadline.
 	RefusedGrace time.Duration
+	// OneRound makes a call try each endpoint once and return the last
+	// UNAVAILABLE instead of trying again until the call's deadline: for a
+	// follower forwarding to the leader, which must ask raft again who
+	// leads (a leader that died is replaced in a second or two) rather
+	// than spend its caller's deadline on the dead one's address; its
+	// caller retries.
+	OneRound bool
 }
 
 // Client is a connection to the coordinator cluster.
@@ -115,7 +122,7 @@ func Dial(o Options) (*Client, error) {
 	if o.Token != "" {
 		opts = append(opts, grpc.WithPerRPCCredentials(security.Token(o.Token)))
 	}
-	f := &failover{refusedGrace: o.RefusedGrace}
+	f := &failover{refusedGrace: o.RefusedGrace, oneRound: o.OneRound}
 	for _, e := range eps {
 		// one channel per replica: its certificate is checked against
 		// the host dialled
@@ -143,6 +150,7 @@ type failover struct {
 	conns        []*grpc.ClientConn
 	pref         atomic.Int32
 	refusedGrace time.Duration // see Options.RefusedGrace
+	oneRound     bool          // see Options.OneRound
 	answered     atomic.Bool   // a replica has answered a call
 }
 
@@ -258,7 +266,7 @@ func (f *failover) each(ctx context.Context, call func(*grpc.ClientConn) error) 
 			f.answered.Store(true)
 			return err
 		}
-		if !bounded && round+1 >= maxRounds {
+		if f.oneRound || (!bounded && round+1 >= maxRounds) {
 			return err
 		}
 		if refused == int(n) && f.refusedGrace > 0 && !f.answered.Load() && time.Since(began) >= f.refusedGrace {

@@ -5,7 +5,10 @@ import (
 	"sync"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
 
 	"github.com/switchyard-ml/switchyard/pkg/client"
 	"github.com/switchyard-ml/switchyard/pkg/security"
@@ -51,7 +54,9 @@ func (f *forwarder) get(addr string) (apiv1.CoordinatorClient, error) {
 	if fc, ok := f.conns[addr]; ok {
 		return fc.c, nil
 	}
-	c, err := client.Dial(client.Options{Endpoints: []string{addr}, Token: f.token, TLS: f.tls})
+	// one try per call: a leader that does not answer has died or been
+	// cut off; the caller retries, and forward asks raft again who leads
+	c, err := client.Dial(client.Options{Endpoints: []string{addr}, Token: f.token, TLS: f.tls, OneRound: true})
 	if err != nil {
 		return nil, err
 	}
@@ -97,5 +102,16 @@ func forward[Req, Resp any](ctx context.Context, s *Server, req Req, call func(a
 	if id, ok := caller(ctx); ok && id.Worker != "" {
 		ctx = metadata.AppendToOutgoingContext(ctx, onBehalfKey, id.Worker)
 	}
-	return call(c, ctx, req)
+	var p peer.Peer
+	resp, err := call(c, ctx, req, grpc.Peer(&p))
+	if status.Code(err) == codes.Unavailable && p.Addr == nil {
+		// the leader was not reached (it died, or is cut off from this
+		// replica): say so, rather than pass on the dial's "connection
+		// refused", which reads as if this replica refused; raft elects
+		// another leader within a few election timeouts and the caller's
+		// retry is forwarded there
+		s.log.Warn("forwarding to the leader failed", "leader", id, "address", d.Address, "error", err)
+		return resp, apiError(failure(errUnavailable, "replica %s forwards to leader %s at %s, which does not answer (a new leader is elected within seconds if it died); retry", s.cfg.Node.ID(), id, d.Address))
+	}
+	return resp, err
 }

@@ -21,6 +21,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 
 	"github.com/switchyard-ml/switchyard/pkg/security"
 )
@@ -33,6 +35,13 @@ const (
 
 // DialTimeout bounds the first connection.
 const DialTimeout = 5 * time.Second
+
+// ReconnectMaxDelay bounds the pause between a client's tries to reach
+// an etcd that went away. gRPC's default pause grows to two minutes: a
+// coordinator or rank would still be waiting half a minute after etcd
+// came back from a one-minute restart, its checkpoint commits and lease
+// renewals failing meanwhile.
+const ReconnectMaxDelay = time.Second
 
 // Config is what Open needs beyond the endpoints.
 type Config struct {
@@ -59,6 +68,10 @@ func Open(endpoints []string, c Config) (*clientv3.Client, error) {
 		Username:    c.Username,
 		Password:    c.Password,
 		Context:     c.Context,
+		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: ReconnectMaxDelay},
+			MinConnectTimeout: DialTimeout,
+		})},
 	}
 	if (cc.Username == "") != (cc.Password == "") {
 		return nil, errors.New("etcd: give both the username and the password, or neither")

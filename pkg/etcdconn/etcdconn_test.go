@@ -4,10 +4,12 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -149,6 +151,108 @@ func TestDiagnose(t *testing.T) {
 		got := Diagnose(ctx, []string{tc.endpoint}, tc.files)
 		if !strings.HasPrefix(got, tc.endpoint+": ") || !strings.Contains(got, tc.says) {
 			t.Errorf("%s: %q, want it to say %q", tc.endpoint, got, tc.says)
+		}
+	}
+}
+
+// outage is a TCP proxy to target on a fixed loopback port that can be
+// taken down (its connections cut and nothing listening: connections are
+// refused, as while etcd restarts) and brought back on the same port.
+type outage struct {
+	t      *testing.T
+	addr   string
+	target string
+
+	mu    sync.Mutex
+	lis   net.Listener
+	conns []net.Conn
+}
+
+func newOutage(t *testing.T, target string) *outage {
+	t.Helper()
+	o := &outage{t: t, target: target}
+	o.up()
+	o.addr = o.lis.Addr().String()
+	t.Cleanup(o.down)
+	return o
+}
+
+func (o *outage) up() {
+	o.t.Helper()
+	addr := "127.0.0.1:0"
+	if o.addr != "" {
+		addr = o.addr
+	}
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		o.t.Fatal(err)
+	}
+	o.mu.Lock()
+	o.lis = lis
+	o.mu.Unlock()
+	testnet.Accept(o.t, lis, func(c net.Conn) {
+		s, err := net.Dial("tcp", o.target)
+		if err != nil {
+			c.Close()
+			return
+		}
+		o.mu.Lock()
+		o.conns = append(o.conns, c, s)
+		o.mu.Unlock()
+		go func() { io.Copy(s, c); s.Close() }() //nolint:errcheck
+		io.Copy(c, s)                            //nolint:errcheck
+		c.Close()
+	})
+}
+
+// down closes the listener and every connection through it.
+func (o *outage) down() {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.lis.Close()
+	for _, c := range o.conns {
+		c.Close()
+	}
+	o.conns = nil
+}
+
+// TestReconnectSoonAfterAnOutage: etcd is unreachable for ten seconds (a
+// restart), then back. A client that kept trying meanwhile reaches it
+// again within a few seconds, not after gRPC's default pause, which by
+// then has grown to about six seconds (and to half a minute after a
+// one-minute outage).
+func TestReconnectSoonAfterAnOutage(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	e, err := devcluster.StartEtcd(ctx, t.TempDir(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	o := newOutage(t, strings.TrimPrefix(e.Endpoints[0], "http://"))
+	c, err := Open([]string{"http://" + o.addr}, Config{Getenv: func(string) string { return "" }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Put(ctx, "/switchyard/r", "1"); err != nil {
+		t.Fatal(err)
+	}
+	o.down()
+	time.Sleep(10 * time.Second)
+	o.up()
+	back := time.Now()
+	deadline := back.Add(3 * time.Second)
+	for {
+		gctx, gcancel := context.WithTimeout(ctx, 300*time.Millisecond)
+		_, err := c.Get(gctx, "/switchyard/r")
+		gcancel()
+		if err == nil {
+			t.Logf("etcd reachable again %v after it came back", time.Since(back).Round(time.Millisecond))
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("etcd back for %v and the client still fails: %v", time.Since(back).Round(time.Millisecond), err)
 		}
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/url"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -60,7 +61,10 @@ type NATSConfig struct {
 	Replicas int
 	// Limits per stored kind; zero fields take DefaultLimits.
 	Limits map[Kind]StreamLimits
-	// TLS, when any file is given, is mutual TLS to the server.
+	// TLS, when any file is given, is mutual TLS to a server that asks
+	// for TLS (it requires it, or URL says tls://), as etcd's are used
+	// for https:// endpoints only: a nats:// server without TLS is
+	// reached without.
 	TLS security.TLSFiles
 	// CredsFile is a NATS credentials file (user JWT and NKey seed; ""
 	// none). A user and password, or a token, may also be in URL, which
@@ -169,7 +173,13 @@ func NewNATS(cfg NATSConfig) (*NATS, error) {
 		if err != nil {
 			return nil, fmt.Errorf("events: NATS TLS: %w", err)
 		}
-		opts = append(opts, nats.Secure(tc))
+		// the client certificate for a server that requires TLS (the
+		// client then upgrades), TLS insisted on only for tls:// URLs:
+		// nats.Secure would refuse a plain nats:// server for ever
+		opts = append(opts, func(o *nats.Options) error { o.TLSConfig = tc; return nil })
+		if wantsTLS(cfg.URL) {
+			opts = append(opts, nats.Secure(tc))
+		}
 	}
 	if cfg.CredsFile != "" {
 		if _, err := os.Stat(cfg.CredsFile); err != nil {
@@ -182,7 +192,10 @@ func NewNATS(cfg NATSConfig) (*NATS, error) {
 		return nil, fmt.Errorf("events: connect %s: %w", Redact(cfg.URL), err)
 	}
 	if !nc.IsConnected() {
-		b.log.Warn("nats not reachable yet; events, logs and metrics are buffered (then dropped) until it is", "url", Redact(cfg.URL))
+		// the retrying connection keeps its reason to itself: one plain
+		// try says why ("connection refused", "secure connection
+		// required", an authorization violation)
+		b.log.Warn("nats not reachable yet; events, logs and metrics are buffered (then dropped) until it is", "url", Redact(cfg.URL), "error", probe(cfg.URL, opts))
 	}
 	b.nc = nc
 	if b.js, err = jetstream.New(nc); err != nil {
@@ -191,6 +204,32 @@ func NewNATS(cfg NATSConfig) (*NATS, error) {
 	}
 	go b.sendLoop()
 	return b, nil
+}
+
+// wantsTLS says whether every URL of urls (comma separated) asks for TLS
+// by its scheme.
+func wantsTLS(urls string) bool {
+	for _, u := range strings.Split(urls, ",") {
+		if !strings.HasPrefix(strings.ToLower(strings.TrimSpace(u)), "tls://") {
+			return false
+		}
+	}
+	return true
+}
+
+// probeTimeout bounds probe's connection attempt.
+const probeTimeout = 2 * time.Second
+
+// probe connects once with opts, without retrying, and says what the
+// server answered.
+func probe(url string, opts []nats.Option) string {
+	opts = append(slices.Clone(opts), nats.RetryOnFailedConnect(false), nats.NoReconnect(), nats.Timeout(probeTimeout))
+	nc, err := nats.Connect(url, opts...)
+	if err != nil {
+		return err.Error()
+	}
+	nc.Close()
+	return "reachable now"
 }
 
 // ensureStreams creates or updates the stored kinds' streams once.

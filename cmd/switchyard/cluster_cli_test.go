@@ -578,6 +578,10 @@ func TestCLITLSMismatchHint(t *testing.T) {
 	r := runCmd(t, false, "job", "list", "--coordinator", lis.Addr().String(), "--timeout", "2s")
 	wantCode(t, r, exitUnavailable)
 	wantContains(t, r.stderr, "do not agree on TLS")
+	// with the default --timeout (15s) it is told at once
+	r = runCmd(t, false, "job", "list", "--coordinator", lis.Addr().String())
+	wantCode(t, r, exitUnavailable)
+	wantContains(t, r.stderr, "the TLS handshake fails", "do not agree on TLS")
 }
 
 // The top-level help lists every command of every group.

@@ -37,9 +37,10 @@ type Options struct {
 	ServerName string
 	// RefusedGrace, when > 0, lets a client that no replica has answered
 	// yet give up a call once every replica has refused its connections
-	// (nothing listens there, or the name does not resolve) for this
-	// long, instead of trying until the call's deadline: a CLI pointed at
-	// the wrong address says so at once. A client that has had an answer
+	// (nothing listens there, the name does not resolve, or the TLS
+	// handshake fails) for this long, instead of trying until the call's
+	// deadline: a CLI pointed at the wrong address, or without the TLS
+	// files it needs, says so at once. A client that has had an answer
 	// keeps trying through a restart until the deadline.
 	RefusedGrace time.Duration
 	// OneRound makes a call try each endpoint once and return the last
@@ -246,13 +247,13 @@ func (f *failover) each(ctx context.Context, call func(*grpc.ClientConn) error) 
 	for round := 0; ; round++ {
 		start := f.pref.Load()
 		var err error
-		refused := 0 // replicas that refused the connection this round
+		refused := 0 // replicas that cannot answer this client (hopeless)
 		for i := range n {
 			k := (start + i) % n
 			err = call(f.conns[k])
 			if status.Code(err) == codes.Unavailable {
 				last = innermost(status.Convert(err).Message())
-				if nobodyThere(last) {
+				if hopeless(last) != "" {
 					refused++
 				}
 				continue
@@ -270,10 +271,7 @@ func (f *failover) each(ctx context.Context, call func(*grpc.ClientConn) error) 
 			return err
 		}
 		if refused == int(n) && f.refusedGrace > 0 && !f.answered.Load() && time.Since(began) >= f.refusedGrace {
-			why := "nothing listens there"
-			if strings.Contains(last, "no such host") {
-				why = "the host name does not resolve"
-			}
+			why := hopeless(last)
 			return status.Errorf(codes.Unavailable, "%s (tried for %s; is the coordinator running, and is this its API address?): %s",
 				why, time.Since(began).Round(100*time.Millisecond), last)
 		}
@@ -299,10 +297,21 @@ func innermost(msg string) string {
 	return msg
 }
 
-// nobodyThere says whether a replica's error means that nothing listens
-// at its address, or that the address does not resolve.
-func nobodyThere(msg string) bool {
-	return strings.Contains(msg, "connection refused") || strings.Contains(msg, "no such host")
+// hopeless says why a replica's connection error means it will not
+// answer this client until something is changed: nothing listens at its
+// address, the address does not resolve, or the two sides do not agree
+// on TLS (plaintext to TLS: the server's preface never comes; TLS to
+// plaintext; a certificate that does not verify). "" for other errors.
+func hopeless(msg string) string {
+	switch {
+	case strings.Contains(msg, "connection refused"):
+		return "nothing listens there"
+	case strings.Contains(msg, "no such host"):
+		return "the host name does not resolve"
+	case strings.Contains(msg, "error reading server preface"), strings.Contains(msg, "first record does not look like a TLS handshake"), strings.Contains(msg, "tls: "):
+		return "the TLS handshake fails"
+	}
+	return ""
 }
 
 func (f *failover) Close() error {

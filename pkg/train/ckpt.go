@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"math"
 	"runtime"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -279,17 +280,64 @@ func (c *checkpointer) finish(ctx context.Context) error {
 	}
 	done := make(chan error, 1)
 	c.committing, c.committingStep = done, p.step
-	go func() {
-		if err := c.mgr.Commit(ctx, m); err != nil {
-			done <- fmt.Errorf("train: checkpoint step %d: %w", m.Step, err)
-			return
+	go func() { done <- c.commit(ctx, m) }()
+	return nil
+}
+
+// commitPatience is how long rank 0 retries a commit that failed for want
+// of etcd or the coordinator (checkpoint.Transient: a restart, an
+// election, an outage) while training goes on; the next save waits for
+// it. Beyond it the run fails as on any other commit error, and its
+// worker restarts it from the newest committed checkpoint.
+var commitPatience = 5 * time.Minute
+
+// commitPauses are the waits between the tries of a commit: growing to
+// the last, which repeats.
+var commitPauses = []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second, 15 * time.Second}
+
+// commit verifies and commits m (rank 0, in the background), retrying a
+// transient failure for up to commitPatience, then applies retention. A
+// retention that fails transiently is left for the next commit.
+func (c *checkpointer) commit(ctx context.Context, m checkpoint.Manifest) error {
+	began := time.Now()
+	for try := 0; ; try++ {
+		err := c.mgr.Commit(ctx, m)
+		if err != nil && try > 0 && errors.Is(err, checkpoint.ErrStale) {
+			// an earlier try's answer was lost, not its commit
+			if got, gerr := c.mgr.Catalogue().Get(ctx, m.Job, m.Step); gerr == nil && slices.Equal(got.Shards, m.Shards) {
+				err = nil
+			}
 		}
-		if _, err := c.mgr.Retain(ctx, c.cfg.Job, c.cfg.KeepLast, c.cfg.KeepBest, checkpoint.Manifest.ValLoss); err != nil {
-			done <- fmt.Errorf("train: checkpoint retention: %w", err)
-			return
+		if err == nil {
+			if try > 0 {
+				slog.Info("checkpoint committed after retrying", "job-id", m.Job, "step", m.Step, "tries", try+1, "after", time.Since(began).Round(time.Millisecond))
+				announce(c.events, "CheckpointCommitRetried", fmt.Sprintf("checkpoint of step %d committed after %d tries (%s)", m.Step, try+1, time.Since(began).Round(time.Second)))
+			}
+			break
 		}
-		done <- nil
-	}()
+		pause := commitPauses[min(try, len(commitPauses)-1)]
+		if !checkpoint.Transient(err) || ctx.Err() != nil || time.Since(began)+pause > commitPatience {
+			return fmt.Errorf("train: checkpoint step %d: %w", m.Step, err)
+		}
+		if try == 0 {
+			slog.Warn("checkpoint commit failed; retrying while training goes on", "job-id", m.Job, "step", m.Step, "for", commitPatience, "error", err)
+			announce(c.events, "CheckpointCommitRetrying", fmt.Sprintf("checkpoint of step %d: the commit failed (%v); retrying for up to %s while training goes on", m.Step, err, commitPatience))
+		}
+		t := time.NewTimer(pause)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("train: checkpoint step %d: %w", m.Step, err)
+		case <-t.C:
+		}
+	}
+	if _, err := c.mgr.Retain(ctx, c.cfg.Job, c.cfg.KeepLast, c.cfg.KeepBest, checkpoint.Manifest.ValLoss); err != nil {
+		if checkpoint.Transient(err) && ctx.Err() == nil {
+			slog.Warn("checkpoint retention failed; the next commit applies it", "job-id", m.Job, "error", err)
+			return nil
+		}
+		return fmt.Errorf("train: checkpoint retention: %w", err)
+	}
 	return nil
 }
 

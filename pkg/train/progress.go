@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -27,7 +28,20 @@ func newProgress(w io.Writer, total int) *progress {
 			tty = true
 		}
 	}
-	return &progress{w: w, tty: tty, total: total, start: time.Now()}
+	// rank 0's background commit announces its retries on w too
+	return &progress{w: &lockedWriter{w: w}, tty: tty, total: total, start: time.Now()}
+}
+
+// lockedWriter serialises the writes of several goroutines to w.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
 
 func (p *progress) update(sm StepMetrics) {

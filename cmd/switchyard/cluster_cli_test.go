@@ -436,6 +436,7 @@ func TestCLIUsageErrors(t *testing.T) {
 		{"checkpoints", "show", "moe-1", "latest"},
 		{"job", "list", "--tls-ca", "/nonexistent/ca.pem"}, // TLS needs ca, cert and key
 		{"job", "resume", "moe-1", "--from", "-1"},
+		{"checkpoints", "commit", "--step", "1", "--retry-for", "-1s", "ckpt"},
 	} {
 		r := runCmd(t, false, args...)
 		if r.code != exitUsage {

@@ -24,6 +24,7 @@ func (c *cli) checkpointsCommit(ctx context.Context, name string, args []string)
 	fs.SetOutput(c.errOut)
 	step := fs.Int64("step", 0, "the trainer's step the checkpoint was taken after, >= 1 (required)")
 	config := fs.String("config", os.Getenv(envRunConfig), "the rank's run.yaml (env "+envRunConfig+", set for every rank of a command job)")
+	retryFor := fs.Duration("retry-for", 5*time.Minute, "retry a commit that fails for want of etcd or the coordinator (a restart, an election, an outage) for this long (0: no retry)")
 	if err := fs.Parse(args); err != nil {
 		return usageError{err}
 	}
@@ -32,6 +33,8 @@ func (c *cli) checkpointsCommit(ctx context.Context, name string, args []string)
 		return usageError{fmt.Errorf("%s: want one DIR, got %d arguments", name, fs.NArg())}
 	case *step < 1:
 		return usageError{fmt.Errorf("%s: --step N (>= 1: the optimizer steps taken) is required", name)}
+	case *retryFor < 0:
+		return usageError{fmt.Errorf("%s: --retry-for %s: must be >= 0", name, *retryFor)}
 	case *config == "":
 		return usageError{fmt.Errorf("%s runs inside a rank of a command job (runtime: command): %s is not set", name, envRunConfig)}
 	}
@@ -42,7 +45,16 @@ func (c *cli) checkpointsCommit(ctx context.Context, name string, args []string)
 	if cfg.Rank != 0 {
 		return usageError{fmt.Errorf("%s: rank %d: only rank 0 commits (after every rank wrote its files)", name, cfg.Rank)}
 	}
-	m, err := commitDir(ctx, cfg, *step, fs.Arg(0))
+	retry := checkpoint.Retry{
+		For: *retryFor,
+		Failing: func(err error) {
+			fmt.Fprintf(c.errOut, "switchyard: checkpoints commit: step %d: the commit failed (%v); retrying for up to %s\n", *step, err, *retryFor)
+		},
+		Recovered: func(tries int, took time.Duration) {
+			fmt.Fprintf(c.errOut, "switchyard: checkpoints commit: step %d committed after %d tries (%s)\n", *step, tries, took.Round(time.Second))
+		},
+	}
+	m, err := commitDir(ctx, cfg, *step, fs.Arg(0), retry)
 	if err != nil {
 		return err
 	}
@@ -52,8 +64,9 @@ func (c *cli) checkpointsCommit(ctx context.Context, name string, args []string)
 
 // commitDir makes dir the job's checkpoint of step and commits it (see
 // checkpoint.AdoptDir: moved when it lies in the job's checkpoint storage,
-// copied otherwise), then applies keep_last.
-func commitDir(ctx context.Context, cfg *jobspec.CommandConfig, step int64, dir string) (checkpoint.Manifest, error) {
+// copied otherwise), then applies keep_last. A commit that fails for want
+// of etcd or the coordinator is retried as retry says.
+func commitDir(ctx context.Context, cfg *jobspec.CommandConfig, step int64, dir string, retry checkpoint.Retry) (checkpoint.Manifest, error) {
 	st, err := checkpoint.NewDirStorage(cfg.Checkpoint.Dir)
 	if err != nil {
 		return checkpoint.Manifest{}, err
@@ -96,7 +109,7 @@ func commitDir(ctx context.Context, cfg *jobspec.CommandConfig, step int64, dir 
 		Shards: shards,
 		Meta:   map[string]string{"runtime": jobspec.RuntimeCommand},
 	}
-	if err := mgr.Commit(ctx, m); err != nil {
+	if err := mgr.CommitRetrying(ctx, m, retry); err != nil {
 		// DIR goes back where the trainer wrote it, for a retry
 		return checkpoint.Manifest{}, errors.Join(err, undo())
 	}

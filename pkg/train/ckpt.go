@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"math"
 	"runtime"
-	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -299,37 +298,20 @@ var commitPauses = []time.Duration{time.Second, 2 * time.Second, 4 * time.Second
 // transient failure for up to commitPatience, then applies retention. A
 // retention that fails transiently is left for the next commit.
 func (c *checkpointer) commit(ctx context.Context, m checkpoint.Manifest) error {
-	began := time.Now()
-	for try := 0; ; try++ {
-		err := c.mgr.Commit(ctx, m)
-		if err != nil && try > 0 && errors.Is(err, checkpoint.ErrStale) {
-			// an earlier try's answer was lost, not its commit
-			if got, gerr := c.mgr.Catalogue().Get(ctx, m.Job, m.Step); gerr == nil && slices.Equal(got.Shards, m.Shards) {
-				err = nil
-			}
-		}
-		if err == nil {
-			if try > 0 {
-				slog.Info("checkpoint committed after retrying", "job-id", m.Job, "step", m.Step, "tries", try+1, "after", time.Since(began).Round(time.Millisecond))
-				announce(c.events, "CheckpointCommitRetried", fmt.Sprintf("checkpoint of step %d committed after %d tries (%s)", m.Step, try+1, time.Since(began).Round(time.Second)))
-			}
-			break
-		}
-		pause := commitPauses[min(try, len(commitPauses)-1)]
-		if !checkpoint.Transient(err) || ctx.Err() != nil || time.Since(began)+pause > commitPatience {
-			return fmt.Errorf("train: checkpoint step %d: %w", m.Step, err)
-		}
-		if try == 0 {
+	err := c.mgr.CommitRetrying(ctx, m, checkpoint.Retry{
+		For:    commitPatience,
+		Pauses: commitPauses,
+		Failing: func(err error) {
 			slog.Warn("checkpoint commit failed; retrying while training goes on", "job-id", m.Job, "step", m.Step, "for", commitPatience, "error", err)
 			announce(c.events, "CheckpointCommitRetrying", fmt.Sprintf("checkpoint of step %d: the commit failed (%v); retrying for up to %s while training goes on", m.Step, err, commitPatience))
-		}
-		t := time.NewTimer(pause)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return fmt.Errorf("train: checkpoint step %d: %w", m.Step, err)
-		case <-t.C:
-		}
+		},
+		Recovered: func(tries int, took time.Duration) {
+			slog.Info("checkpoint committed after retrying", "job-id", m.Job, "step", m.Step, "tries", tries, "after", took.Round(time.Millisecond))
+			announce(c.events, "CheckpointCommitRetried", fmt.Sprintf("checkpoint of step %d committed after %d tries (%s)", m.Step, tries, took.Round(time.Second)))
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("train: checkpoint step %d: %w", m.Step, err)
 	}
 	if _, err := c.mgr.Retain(ctx, c.cfg.Job, c.cfg.KeepLast, c.cfg.KeepBest, checkpoint.Manifest.ValLoss); err != nil {
 		if checkpoint.Transient(err) && ctx.Err() == nil {

@@ -436,14 +436,16 @@ func TestCLIUsageErrors(t *testing.T) {
 		{"checkpoints", "show", "moe-1", "latest"},
 		{"job", "list", "--tls-ca", "/nonexistent/ca.pem"}, // TLS needs ca, cert and key
 		{"job", "resume", "moe-1", "--from", "-1"},
-		{"checkpoints", "commit", "--step", "1", "--retry-for", "-1s", "ckpt"},
 	} {
 		r := runCmd(t, false, args...)
 		if r.code != exitUsage {
 			t.Errorf("%q: exit %d, want %d\n%s", args, r.code, exitUsage, r.stderr)
 		}
 	}
-	r := runCmd(t, false, "help")
+	r := runCmd(t, false, "checkpoints", "commit", "--step", "1", "--retry-for", "-1s", "ckpt")
+	wantCode(t, r, exitUsage)
+	wantContains(t, r.stderr, "--retry-for -1s: must be >= 0")
+	r = runCmd(t, false, "help")
 	wantCode(t, r, exitOK)
 	wantContains(t, r.stdout, "job submit", "cluster status", "checkpoints show", "4  coordinator unreachable")
 	r = runCmd(t, false, "job", "status", "-h")

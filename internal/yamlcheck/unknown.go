@@ -334,7 +334,11 @@ func suggest(key string, known []string) string {
 			return k
 		}
 	}
+	// up to 2 edits; 3 in a key of 10 or more letters (lease_ttl_secs)
 	best, bestD := "", 3
+	if utf8.RuneCountInString(key) >= 10 {
+		bestD = 4
+	}
 	for _, k := range known {
 		d := distance(strings.ToLower(key), strings.ToLower(k), bestD)
 		if d < bestD && 2*d < max(utf8.RuneCountInString(key), utf8.RuneCountInString(k)) {

@@ -198,7 +198,7 @@ func TestUnknownInPath(t *testing.T) {
 }
 
 func TestSuggest(t *testing.T) {
-	known := []string{"coef", "mode", "window", "z_coef", "bias_rate", "lr"}
+	known := []string{"coef", "mode", "window", "z_coef", "bias_rate", "lr", "lease_ttl_seconds", "storage_path"}
 	for key, want := range map[string]string{
 		"cof":       "coef", // a deletion
 		"moed":      "mode", // a transposition
@@ -218,6 +218,11 @@ func TestSuggest(t *testing.T) {
 		"xy":        "",
 		"colour":    "",
 		"":          "",
+		// three edits in a long key
+		"lease_ttl_secs": "lease_ttl_seconds",
+		"storage_pth":    "storage_path",
+		"storage_dir":    "", // four: not a typo of storage_path
+		"cache_window":   "", // nothing close
 	} {
 		if got := suggest(key, known); got != want {
 			t.Errorf("suggest(%q) = %q, want %q", key, got, want)

@@ -4,16 +4,12 @@ package main
 // and the small formatters they share.
 
 import (
-	"encoding/base64"
-	"encoding/json"
 	"fmt"
 	"io"
 	"math"
-	"regexp"
 	"strings"
 	"text/tabwriter"
 	"time"
-	"unicode/utf8"
 
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -23,8 +19,7 @@ import (
 )
 
 // printProto writes m as protojson with the proto field names; multiline
-// for a read, one line for each message of a stream. A job spec (the
-// bytes fields named spec) is written as its YAML text, not base64.
+// for a read, one line for each message of a stream.
 func printProto(w io.Writer, m proto.Message, oneLine bool) error {
 	o := protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: false}
 	if !oneLine {
@@ -34,30 +29,9 @@ func printProto(w io.Writer, m proto.Message, oneLine bool) error {
 	if err != nil {
 		return fmt.Errorf("encode %s: %w", m.ProtoReflect().Descriptor().FullName(), err)
 	}
-	b = append(specText(b), '\n')
+	b = append(b, '\n')
 	_, err = w.Write(b)
 	return err
-}
-
-// specField is a "spec" key with a base64 value in protojson. A key
-// inside a JSON string has its quotes escaped, so only real keys match.
-var specField = regexp.MustCompile(`"spec":(\s*)"([A-Za-z0-9+/=]*)"`)
-
-// specText rewrites protojson's base64 job specs as their text; a value
-// that is not base64 of UTF-8 text stays as it is.
-func specText(b []byte) []byte {
-	return specField.ReplaceAllFunc(b, func(f []byte) []byte {
-		sub := specField.FindSubmatch(f)
-		raw, err := base64.StdEncoding.DecodeString(string(sub[2]))
-		if err != nil || !utf8.Valid(raw) {
-			return f
-		}
-		text, err := json.Marshal(string(raw))
-		if err != nil {
-			return f
-		}
-		return append(append([]byte(`"spec":`), sub[1]...), text...)
-	})
 }
 
 // table writes tab-separated rows aligned in columns.

@@ -17,6 +17,10 @@ import (
 // included): the coordinator verifies every shard before it answers.
 const commitTimeout = 30 * time.Second
 
+// lostAnswerCheck bounds the look in the catalogue after a failed commit
+// for the step committed all the same.
+const lostAnswerCheck = 10 * time.Second
+
 // Committer returns a catalogue that reads from cat and commits through the
 // coordinator, which refuses commits of an attempt that is over (the
 // fence) and then writes to the same catalogue. A commit whose answer was
@@ -36,7 +40,11 @@ func (c *Client) Committer(cat checkpoint.Catalogue, attempt int) checkpoint.Cat
 		if err == nil {
 			return nil
 		}
-		if got, gerr := cat.Get(ctx, m.Job, m.Step); gerr == nil && slices.Equal(got.Shards, m.Shards) {
+		// bounded: with etcd down it would wait for as long as ctx lasts
+		gctx, gcancel := context.WithTimeout(ctx, lostAnswerCheck)
+		got, gerr := cat.Get(gctx, m.Job, m.Step)
+		gcancel()
+		if gerr == nil && slices.Equal(got.Shards, m.Shards) {
 			return nil // committed by an earlier try whose answer was lost
 		}
 		if st, ok := status.FromError(err); ok && st.Code() == codes.AlreadyExists {

@@ -391,3 +391,59 @@ func TestDeleteFindsNoFiles(t *testing.T) {
 		t.Errorf("files left: %v", keys)
 	}
 }
+
+// TestSyncsHeldUpBehindTheLeaderAreNoSilence: the leader's lock is held
+// for 20s (a checkpoint commit waiting on an etcd that is down) while the
+// workers of a placed job keep syncing, each sync waiting for the lock.
+// The supervision pass that follows must not take the workers for silent
+// ("has not synced for 20s while its rank waited to start"): their syncs
+// arrived, the leader was what held them up.
+func TestSyncsHeldUpBehindTheLeaderAreNoSilence(t *testing.T) {
+	l := newLocal(t)
+	l.submit("j1", fmt.Sprintf(spec2, 1))
+	l.register("w1")
+	l.register("w2")
+	l.tick()
+	if j := l.job("j1"); j.State != pb.JobState_JOB_STATE_PLACED {
+		t.Fatalf("job %v, want PLACED", j.State)
+	}
+	h := l.s.hold() // the long decision
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	released := false
+	defer func() {
+		if !released {
+			h.release()
+		}
+	}()
+	for range 20 {
+		l.clock.add(time.Second)
+		now := l.clock.now()
+		for _, w := range []string{"w1", "w2"} {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				l.s.SyncWorker(l.ctx, &apiv1.SyncWorkerRequest{WorkerId: w}) //nolint:errcheck // waits for the lock
+			}()
+			// the sync has arrived (and waits for the lock)
+			for {
+				l.s.arrivals.mu.Lock()
+				at := l.s.arrivals.at[w]
+				l.s.arrivals.mu.Unlock()
+				if at.Equal(now) {
+					break
+				}
+				time.Sleep(time.Millisecond)
+			}
+		}
+	}
+	h.tick(l.ctx) // the pass right after the decision, before the syncs run
+	h.release()
+	released = true
+	wg.Wait()
+	for _, e := range l.job("j1").Events {
+		if e.Type == "WorkerLost" {
+			t.Fatalf("a worker whose syncs waited for the leader's lock was taken for lost: %s", e.Message)
+		}
+	}
+}

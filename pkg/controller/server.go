@@ -133,6 +133,39 @@ type Server struct {
 	// etcdOK is when a membership list last succeeded (Unix nanoseconds;
 	// 0: never), for readiness.
 	etcdOK atomic.Int64
+
+	// arrivals is when each worker's sync reached the leader, recorded
+	// before the sync waits for lead: a sync held up behind a long
+	// decision (a checkpoint commit waiting on etcd) is no silence of its
+	// worker. tick moves them into lastSync.
+	arrivals syncArrivals
+}
+
+// syncArrivals is the workers' newest sync arrivals, not yet in lastSync.
+type syncArrivals struct {
+	mu sync.Mutex
+	at map[string]time.Time
+}
+
+func (a *syncArrivals) note(worker string, t time.Time) {
+	a.mu.Lock()
+	if a.at == nil {
+		a.at = map[string]time.Time{}
+	}
+	a.at[worker] = t
+	a.mu.Unlock()
+}
+
+// drain moves the arrivals into lastSync where they are newer.
+func (a *syncArrivals) drain(lastSync map[string]time.Time) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for w, t := range a.at {
+		if lastSync != nil && t.After(lastSync[w]) {
+			lastSync[w] = t
+		}
+		delete(a.at, w)
+	}
 }
 
 // leaderMemory is what the leader keeps outside raft; a new leader starts
@@ -243,6 +276,7 @@ func (s held) resetLeaderMemory() {
 		failing:      map[string]pendingFailure{},
 		eventSeq:     map[taskKey]uint32{},
 	}
+	s.arrivals.drain(nil) // the last term's
 }
 
 // Run registers this replica in the directory, follows the worker and

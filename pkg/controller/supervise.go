@@ -71,6 +71,7 @@ func (s *Server) superviseLoop(ctx context.Context) {
 func (s held) tick(ctx context.Context) {
 	live := s.liveWorkers()
 	now := s.cfg.Now()
+	s.arrivals.drain(s.term.lastSync)
 	for id := range live {
 		if _, ok := s.term.lastSync[id]; !ok {
 			s.term.lastSync[id] = now // first seen: give it time to sync
@@ -479,6 +480,7 @@ func (s *Server) SyncWorker(ctx context.Context, req *apiv1.SyncWorkerRequest) (
 	if !s.cfg.Node.IsLeader() {
 		return forward(ctx, s, req, apiv1.CoordinatorClient.SyncWorker)
 	}
+	s.arrivals.note(w, s.cfg.Now())
 	h := s.hold()
 	locked := true
 	release := func() {

@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/switchyard-ml/switchyard/pkg/checkpoint"
@@ -52,6 +53,9 @@ type checkpointer struct {
 	// committingStep (verify every shard, write the catalogue, retention)
 	committing     chan error
 	committingStep int64
+	commitTroubled chan struct{}      // closed when the commit in flight retries
+	commitCancel   context.CancelFunc // supersedes the commit in flight
+	outage         commitOutage
 	// Stall is the training time spent waiting for saves.
 	Stall time.Duration
 	// WriteMBps is the rate of the last save's writes (MB/s; 0: none yet).
@@ -232,7 +236,8 @@ func (c *checkpointer) finish(ctx context.Context) error {
 	// waiting for the write and the shard-list gather hold up training; the
 	// commit's verification runs in the background on rank 0
 	defer func() { c.Stall += time.Since(start) }()
-	if err := c.waitCommit(); err != nil {
+	if err := c.settleCommit(); err != nil {
+		<-p.done // the write must not outlive the trainer
 		return err
 	}
 	<-p.done
@@ -277,41 +282,82 @@ func (c *checkpointer) finish(ctx context.Context) error {
 		}
 		m.Shards = append(m.Shards, infos...)
 	}
-	done := make(chan error, 1)
-	c.committing, c.committingStep = done, p.step
-	go func() { done <- c.commit(ctx, m) }()
+	done, troubled := make(chan error, 1), make(chan struct{})
+	cctx, cancel := context.WithCancel(ctx)
+	c.committing, c.committingStep, c.commitTroubled, c.commitCancel = done, p.step, troubled, cancel
+	go func() { done <- c.commit(cctx, m, troubled) }()
 	return nil
 }
 
-// commitPatience is how long rank 0 retries a commit that failed for want
-// of etcd or the coordinator (checkpoint.Transient: a restart, an
-// election, an outage) while training goes on; the next save waits for
-// it. Beyond it the run fails as on any other commit error, and its
-// worker restarts it from the newest committed checkpoint.
+// commitPatience is how long rank 0 goes on while its commits fail for
+// want of etcd or the coordinator (checkpoint.Transient: a restart, an
+// election, an outage): it trains on, retrying the newest checkpoint's
+// commit (a newer save replaces one whose commit is retrying). Beyond it
+// the run fails as on any other commit error, and its worker restarts it
+// from the newest committed checkpoint.
 var commitPatience = 5 * time.Minute
 
 // commitPauses are the waits between the tries of a commit: growing to
 // the last, which repeats.
 var commitPauses = []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second, 15 * time.Second}
 
+// errSuperseded ends a commit that a newer save replaced.
+var errSuperseded = errors.New("superseded by a newer checkpoint")
+
+// commitOutage is what rank 0 knows of commits failing transiently.
+type commitOutage struct {
+	mu         sync.Mutex
+	since      time.Time // the first failure (zero: commits go through)
+	superseded []int64   // steps whose commits a newer save replaced
+}
+
 // commit verifies and commits m (rank 0, in the background), retrying a
-// transient failure for up to commitPatience, then applies retention. A
-// retention that fails transiently is left for the next commit.
-func (c *checkpointer) commit(ctx context.Context, m checkpoint.Manifest) error {
+// transient failure while the outage's patience lasts (troubled is closed
+// at the first), then applies retention; a retention that fails
+// transiently is left for the next commit. Cancelling ctx supersedes it.
+func (c *checkpointer) commit(ctx context.Context, m checkpoint.Manifest, troubled chan struct{}) error {
+	o := &c.outage
+	o.mu.Lock()
+	left := commitPatience
+	if !o.since.IsZero() {
+		left -= time.Since(o.since)
+	}
+	o.mu.Unlock()
 	err := c.mgr.CommitRetrying(ctx, m, checkpoint.Retry{
-		For:    commitPatience,
+		For:    left,
 		Pauses: commitPauses,
 		Failing: func(err error) {
-			slog.Warn("checkpoint commit failed; retrying while training goes on", "job-id", m.Job, "step", m.Step, "for", commitPatience, "error", err)
-			announce(c.events, "CheckpointCommitRetrying", fmt.Sprintf("checkpoint of step %d: the commit failed (%v); retrying for up to %s while training goes on", m.Step, err, commitPatience))
-		},
-		Recovered: func(tries int, took time.Duration) {
-			slog.Info("checkpoint committed after retrying", "job-id", m.Job, "step", m.Step, "tries", tries, "after", took.Round(time.Millisecond))
-			announce(c.events, "CheckpointCommitRetried", fmt.Sprintf("checkpoint of step %d committed after %d tries (%s)", m.Step, tries, took.Round(time.Second)))
+			o.mu.Lock()
+			if o.since.IsZero() {
+				o.since = time.Now()
+				slog.Warn("checkpoint commit failed; retrying while training goes on", "job-id", m.Job, "step", m.Step, "for", commitPatience, "error", err)
+				announce(c.events, "CheckpointCommitRetrying", fmt.Sprintf("checkpoint of step %d: the commit failed (%v); retrying for up to %s while training goes on (a newer checkpoint replaces it)", m.Step, err, commitPatience))
+			}
+			o.mu.Unlock()
+			close(troubled)
 		},
 	})
-	if err != nil {
+	o.mu.Lock()
+	since, superseded := o.since, o.superseded
+	if err == nil {
+		o.since, o.superseded = time.Time{}, nil
+	}
+	o.mu.Unlock()
+	switch {
+	case err != nil && ctx.Err() != nil:
+		return errSuperseded
+	case err != nil && !since.IsZero():
+		return fmt.Errorf("train: checkpoint step %d: commits have failed for %s: %w", m.Step, time.Since(since).Round(time.Second), err)
+	case err != nil:
 		return fmt.Errorf("train: checkpoint step %d: %w", m.Step, err)
+	case !since.IsZero():
+		took := time.Since(since)
+		msg := fmt.Sprintf("checkpoint of step %d committed after commits failed for %s", m.Step, took.Round(time.Second))
+		if len(superseded) > 0 {
+			msg += fmt.Sprintf(" (not committed: steps %s, replaced by newer ones)", joinSteps(superseded))
+		}
+		slog.Info("checkpoint committed after retrying", "job-id", m.Job, "step", m.Step, "after", took.Round(time.Millisecond), "superseded", superseded)
+		announce(c.events, "CheckpointCommitRetried", msg)
 	}
 	if _, err := c.mgr.Retain(ctx, c.cfg.Job, c.cfg.KeepLast, c.cfg.KeepBest, checkpoint.Manifest.ValLoss); err != nil {
 		if checkpoint.Transient(err) && ctx.Err() == nil {
@@ -323,16 +369,55 @@ func (c *checkpointer) commit(ctx context.Context, m checkpoint.Manifest) error 
 	return nil
 }
 
+func joinSteps(steps []int64) string {
+	s := make([]string, len(steps))
+	for i, st := range steps {
+		s[i] = strconv.FormatInt(st, 10)
+	}
+	return strings.Join(s, ", ")
+}
+
+// settleCommit (rank 0, at a save's boundary) waits for the commit in
+// flight, unless it is retrying a transient failure: then the newer save
+// replaces it (a rank that waited would hold up the others in the next
+// collective until their timeout).
+func (c *checkpointer) settleCommit() error {
+	if c.committing == nil {
+		return nil
+	}
+	select {
+	case err := <-c.committing:
+		return c.committed(err)
+	case <-c.commitTroubled:
+	}
+	c.commitCancel()
+	err := <-c.committing
+	if !errors.Is(err, errSuperseded) {
+		return c.committed(err) // it ended first, either way
+	}
+	c.outage.mu.Lock()
+	c.outage.superseded = append(c.outage.superseded, c.committingStep)
+	c.outage.mu.Unlock()
+	slog.Info("checkpoint commit superseded by a newer save", "job-id", c.cfg.Job, "step", c.committingStep)
+	c.committing, c.committingStep = nil, 0 // not saved: the end's check must not count it
+	return nil
+}
+
 // waitCommit waits for the commit in flight (rank 0) and records it.
 func (c *checkpointer) waitCommit() error {
 	if c.committing == nil {
 		return nil
 	}
-	err := <-c.committing
+	return c.committed(<-c.committing)
+}
+
+// committed records the end of the commit in flight.
+func (c *checkpointer) committed(err error) error {
 	if err == nil {
 		c.Saved = append(c.Saved, c.committingStep)
 	}
 	c.committing = nil
+	c.commitCancel()
 	return err
 }
 

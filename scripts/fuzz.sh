@@ -2,9 +2,12 @@
 # Runs every fuzz target for a bounded number of inputs each (about 10s of
 # fuzzing on 2 cores; FUZZTIME=1m fuzzes each for that long instead):
 # job specs, experiments, run configs, command ranks' run.yaml, worker
-# configs, raft commands (FSM apply), the data plane's frames, a command
-# job's metrics lines and stdout, checkpoint manifests and shard files,
-# corpora, the GEMM kernel, the unknown-key check of every YAML file.
+# configs, raft commands (FSM apply), the coordinator's API (sequences of
+# gRPC requests to its handlers: jobs, worker syncs and reports,
+# checkpoint commits, logs, membership), the data plane's frames, a
+# command job's metrics lines and stdout, checkpoint manifests and shard
+# files, corpora, the GEMM kernel, the unknown-key check of every YAML
+# file.
 # A failure leaves its input under the package's testdata/fuzz/ (commit
 # it: it becomes a regression test of `go test`).
 #
@@ -18,6 +21,7 @@ targets=(
   ./pkg/jobspec:FuzzParse:70000x
   ./pkg/workerconfig:FuzzParse:100000x
   ./pkg/coordinator:FuzzFSMApply:100000x
+  ./pkg/controller:FuzzAPI:50000x
   ./pkg/parallel:FuzzDecodeFrame:250000x
   ./pkg/checkpoint:FuzzDecodeManifest:120000x
   ./pkg/checkpoint:FuzzReadShard:100000x

@@ -134,6 +134,14 @@ type Server struct {
 	// 0: never), for readiness.
 	etcdOK atomic.Int64
 
+	// resumeFrom serialises a resume from a chosen checkpoint (its check
+	// that the step is committed, then its command) with checkpoint
+	// deletion (its check that no attempt resumes from the step, then the
+	// delete), so that neither runs between the other's check and act:
+	// interleaved, a job could be left to resume from a checkpoint just
+	// deleted. Taken before lead, never while holding it.
+	resumeFrom sync.Mutex
+
 	// arrivals is when each worker's sync reached the leader, recorded
 	// before the sync waits for lead: a sync held up behind a long
 	// decision (a checkpoint commit waiting on etcd) is no silence of its
@@ -575,7 +583,10 @@ func (s *Server) ResumeJob(ctx context.Context, req *apiv1.ResumeJobRequest) (*a
 	}
 	if step := req.GetFromStep(); step > 0 && s.cfg.Checkpoints != nil {
 		// the step must be a committed checkpoint: an attempt told to
-		// resume from one that is not fails, and costs a restart
+		// resume from one that is not fails, and costs a restart; and it
+		// must stay one until the job says it resumes from it
+		s.resumeFrom.Lock()
+		defer s.resumeFrom.Unlock()
 		j, err := s.cfg.Node.Job(req.GetJobId())
 		if err != nil {
 			return nil, apiError(err)

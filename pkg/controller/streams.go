@@ -272,6 +272,10 @@ func (s *Server) DeleteCheckpoint(ctx context.Context, req *apiv1.DeleteCheckpoi
 		// the job's current state (a resume from this step) is the leader's
 		return forward(ctx, s, req, apiv1.CoordinatorClient.DeleteCheckpoint)
 	}
+	// no resume from this step may be decided between the check below
+	// and the delete
+	s.resumeFrom.Lock()
+	defer s.resumeFrom.Unlock()
 	j, err := s.cfg.Node.Job(req.GetJobId())
 	if err != nil {
 		return nil, apiError(err)

@@ -792,6 +792,9 @@ func TestMalformedRPCs(t *testing.T) {
 	if _, err := c.DeleteCheckpoint(ctx, &apiv1.DeleteCheckpointRequest{JobId: "job-a", Step: -1}); code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "steps are >= 0") {
 		t.Errorf("delete of step -1: %v", err)
 	}
+	if _, err := c.VerifyCheckpoint(ctx, &apiv1.VerifyCheckpointRequest{JobId: "job-a", Step: -1}); code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "steps are >= 0") {
+		t.Errorf("verify of step -1: %v", err)
+	}
 	if _, err := c.DeleteCheckpoint(ctx, &apiv1.DeleteCheckpointRequest{JobId: "job-a", Step: 7}); code(err) != codes.NotFound || !strings.Contains(err.Error(), "no committed checkpoint of step 7") {
 		t.Errorf("delete of a step never committed: %v", err)
 	}

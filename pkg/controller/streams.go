@@ -344,6 +344,9 @@ func (s *Server) VerifyCheckpoint(ctx context.Context, req *apiv1.VerifyCheckpoi
 	if s.cfg.Checkpoints == nil {
 		return nil, apiError(failure(errNoCatalogue, "this coordinator has no checkpoint catalogue"))
 	}
+	if req.GetStep() < 0 {
+		return nil, apiError(failure(errBadRequest, "verify checkpoint: step %d: steps are >= 0", req.GetStep()))
+	}
 	j, err := s.localJob(ctx, req.GetJobId())
 	if err != nil {
 		return nil, apiError(err)

@@ -56,7 +56,10 @@ done
 trap 'echo terminated > "$out/terminated"; exit 143' TERM
 printf '%s\n' "$@" > "$out/args"
 printf '%s\n' "$SWITCHYARD_TOKEN" > "$out/token"
-echo $$ > "$out/pid"
+# renamed into place: a test that sees the pid file reads the whole pid
+# (a plain "echo > pid" is seen empty between its open and its write)
+echo $$ > "$out/pid.tmp"
+mv "$out/pid.tmp" "$out/pid"
 echo start >> "$out/starts"
 echo "hello from rank $rank"
 echo "loading rank $rank" >&2
@@ -301,7 +304,10 @@ func pidAlive(t *testing.T, dir string) (int, bool) {
 		t.Fatal(err)
 	}
 	var pid int
-	fmt.Sscan(string(raw), &pid)
+	if _, err := fmt.Sscan(string(raw), &pid); err != nil || pid <= 0 {
+		// kill(0, 0) would ask about the test's own process group
+		t.Fatalf("pid file holds %q", raw)
+	}
 	return pid, syscall.Kill(pid, 0) == nil
 }
 
@@ -866,6 +872,11 @@ func TestControlMessageSyncsAtOnce(t *testing.T) {
 		pid = p
 		return p > 0 && alive
 	})
+	// The rank's start asks for a sync at once (the report that says it
+	// runs): that sync must be over before the coordinator forgets the
+	// task, or it would stop the rank without any control message. With
+	// the hour-long sync period the next sync is one a message asks for.
+	h.waitState("run-c", 0, apiv1.TaskState_TASK_STATE_RUNNING)
 	h.coord.set()
 	// a control message for another job changes nothing
 	if err := h.bus.Publish(events.Message{Kind: events.KindControl, JobID: "other", Control: &events.Control{Action: "cancel"}}); err != nil {

@@ -2,7 +2,6 @@ package agent
 
 import (
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -10,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/switchyard-ml/switchyard/internal/freeport"
 	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
 )
 
@@ -107,12 +107,13 @@ func TestDrainBounded(t *testing.T) {
 
 // The worker's probes and metrics, on its metrics_address.
 func TestHealthProbesAndMetrics(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	// from below the ephemeral range: a ":0" port closed again may be
+	// taken by any outgoing connection before the worker binds it
+	addrs, err := freeport.Addrs("127.0.0.1", 1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := l.Addr().String()
-	l.Close()
+	addr := addrs[0]
 	h := start(t, func(o *Options) { o.Config.MetricsAddress = addr })
 	get := func(path string) (int, string) {
 		resp, err := http.Get("http://" + addr + path)

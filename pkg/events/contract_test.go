@@ -74,7 +74,6 @@ func runContract(t *testing.T, newBus func(t *testing.T) events.Bus) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(50 * time.Millisecond) // let core subscriptions reach the server
 		for _, job := range []string{"live-b", "live-a"} {
 			if err := pub.Publish(events.Message{Kind: events.KindEvent, JobID: job, Event: &events.JobEvent{Type: "Placed", State: "placed"}}); err != nil {
 				t.Fatal(err)
@@ -144,7 +143,6 @@ func runContract(t *testing.T, newBus func(t *testing.T) events.Bus) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(50 * time.Millisecond)
 		if err := pub.Publish(events.Message{Kind: events.KindControl, JobID: "ctl-1", Control: &events.Control{Action: "cancel", Reason: "user"}}); err != nil {
 			t.Fatal(err)
 		}

@@ -375,6 +375,13 @@ func (b *NATS) Subscribe(ctx context.Context, f Filter) (<-chan Message, error) 
 		if err != nil {
 			return nil, fmt.Errorf("events: subscribe: %w", err)
 		}
+		// A core subscription reaches the server with the connection's
+		// next flush; until the server's PONG it may miss a message
+		// published after Subscribe returned. While disconnected there is
+		// nothing to wait for: the client subscribes again on reconnect.
+		if b.nc.IsConnected() {
+			b.nc.FlushTimeout(b.cfg.PublishTimeout) //nolint:errcheck // best effort: a lost PONG leaves the subscription as it would be without it
+		}
 		go func() {
 			defer close(out)
 			defer sub.Unsubscribe()

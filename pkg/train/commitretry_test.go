@@ -40,8 +40,10 @@ func (o *outageCatalogue) Commit(ctx context.Context, m checkpoint.Manifest) err
 	return o.Catalogue.Commit(ctx, m)
 }
 
-// outageRun trains 6 steps, saving every 2, with cat's commits failing.
-func outageRun(t *testing.T, failures int, err error) (*outageCatalogue, string, error) {
+// outageTrainer is a trainer of 6 steps, saving every 2, whose commits
+// fail with err the first failures times (< 0: always), with short pauses
+// between retries; out receives its event lines.
+func outageTrainer(t *testing.T, failures int, err error) (*Trainer, *outageCatalogue, *bytes.Buffer) {
 	t.Helper()
 	t.Setenv(EventsEnv, "1")
 	pauses := commitPauses
@@ -54,11 +56,18 @@ func outageRun(t *testing.T, failures int, err error) (*outageCatalogue, string,
 		t.Fatal(serr)
 	}
 	cat := &outageCatalogue{Catalogue: checkpoint.NewStorageCatalogue(st), err: err, failures: failures, tries: map[int64]int{}}
-	var out bytes.Buffer
-	tr, nerr := NewParallel(cfg, corpus, &out, nil, WithCatalogue(cat))
+	out := &bytes.Buffer{}
+	tr, nerr := NewParallel(cfg, corpus, out, nil, WithCatalogue(cat))
 	if nerr != nil {
 		t.Fatal(nerr)
 	}
+	return tr, cat, out
+}
+
+// outageRun runs an outageTrainer to its end.
+func outageRun(t *testing.T, failures int, err error) (*outageCatalogue, string, error) {
+	t.Helper()
+	tr, cat, out := outageTrainer(t, failures, err)
 	_, rerr := tr.Run(context.Background())
 	if cerr := tr.Close(); rerr == nil {
 		rerr = cerr
@@ -77,23 +86,8 @@ func (o *outageCatalogue) set(failures int) {
 // it (rank 0 would hold up the other ranks); once the outage is over the
 // newest is committed, and the job's history says what happened.
 func TestCommitRetriedThroughAnOutage(t *testing.T) {
-	t.Setenv(EventsEnv, "1")
-	pauses := commitPauses
-	commitPauses = []time.Duration{10 * time.Millisecond, 20 * time.Millisecond}
-	t.Cleanup(func() { commitPauses = pauses })
-	cfg, corpus := smallRun(t, "global", 6)
-	cfg.Checkpoint = CheckpointConfig{Dir: t.TempDir(), Every: 2, KeepLast: 5, Job: "run"}
-	st, err := checkpoint.NewDirStorage(cfg.Checkpoint.Dir)
-	if err != nil {
-		t.Fatal(err)
-	}
 	down := status.Error(codes.Unavailable, "commit checkpoint: etcd catalogue commit run: context deadline exceeded")
-	cat := &outageCatalogue{Catalogue: checkpoint.NewStorageCatalogue(st), err: down, failures: -1, tries: map[int64]int{}}
-	var out bytes.Buffer
-	tr, err := NewParallel(cfg, corpus, &out, nil, WithCatalogue(cat))
-	if err != nil {
-		t.Fatal(err)
-	}
+	tr, cat, out := outageTrainer(t, -1, down)
 	ctx := context.Background()
 	step := func() {
 		t.Helper()

@@ -12,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/switchyard-ml/switchyard/internal/syncbuf"
 )
 
 // fakeDNS maps host names to loopback IPs; a name not (yet) in it does
@@ -81,7 +83,7 @@ func namedCluster(t *testing.T, n int, dns *fakeDNS, logs io.Writer, resolved ..
 // name resolves. The configuration keeps the names.
 func TestClusterByNames(t *testing.T) {
 	dns := &fakeDNS{hosts: map[string]string{}}
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	nodes, _ := namedCluster(t, 3, dns, &logs, 0, 1)
 	// c3 does not hear the leader, so leaderOf (all agree) would wait
 	var leader *Node

@@ -1,7 +1,6 @@
 package coordinator
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -15,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/switchyard-ml/switchyard/internal/syncbuf"
 	"github.com/switchyard-ml/switchyard/pkg/security"
 )
 
@@ -64,24 +64,6 @@ func newForwarder(t *testing.T, target string) *forwarder {
 	return f
 }
 
-// syncBuffer collects log output written from raft's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // TestPeerAddrs: the raft configuration holds an address for c3 where
 // nothing listens (c3 advertises it); c1 and c2 reach c3 only through
 // PeerAddrs, at a forwarder to its real listener. c3, started after c1
@@ -107,7 +89,7 @@ func testPeerAddrs(t *testing.T, tc *tls.Config) {
 	real3, dead3 := addrs[2], addrs[3]
 	fwd := newForwarder(t, real3)
 	servers := []Server{{"c1", addrs[0]}, {"c2", addrs[1]}, {"c3", dead3}}
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	start := func(id, bind, advertise string, peers map[string]string) *Node {
 		cfg := fastConfig(t, id)
 		cfg.BindAddr, cfg.AdvertiseAddr, cfg.PeerAddrs = bind, advertise, peers

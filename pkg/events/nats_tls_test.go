@@ -1,16 +1,15 @@
 package events_test
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/switchyard-ml/switchyard/internal/syncbuf"
 	"github.com/switchyard-ml/switchyard/pkg/events"
 	"github.com/switchyard-ml/switchyard/pkg/security"
 )
@@ -31,24 +30,6 @@ func tlsFiles(t *testing.T) security.TLSFiles {
 		}
 	}
 	return f
-}
-
-// syncBuffer is a log sink safe for the bus's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // TestNATSTLSFollowsTheURL: a coordinator or worker with TLS files (for
@@ -80,7 +61,7 @@ func TestNATSTLSFollowsTheURL(t *testing.T) {
 		t.Fatalf("got %+v", m)
 	}
 
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	secure, err := events.NewNATS(events.NATSConfig{
 		URL: strings.Replace(srv.URL, "nats://", "tls://", 1), TLS: files,
 		Logger: slog.New(slog.NewTextHandler(&logs, nil)),

@@ -283,8 +283,9 @@ func (c *checkpointer) finish(ctx context.Context) error {
 		m.Shards = append(m.Shards, infos...)
 	}
 	done, troubled := make(chan error, 1), make(chan struct{})
-	cctx, cancel := context.WithCancel(ctx)
-	c.committing, c.committingStep, c.commitTroubled, c.commitCancel = done, p.step, troubled, cancel
+	cctx, cancel := context.WithCancelCause(ctx)
+	c.committing, c.committingStep, c.commitTroubled = done, p.step, troubled
+	c.commitCancel = func() { cancel(errSuperseded) }
 	go func() { done <- c.commit(cctx, m, troubled) }()
 	return nil
 }
@@ -314,7 +315,8 @@ type commitOutage struct {
 // commit verifies and commits m (rank 0, in the background), retrying a
 // transient failure while the outage's patience lasts (troubled is closed
 // at the first), then applies retention; a retention that fails
-// transiently is left for the next commit. Cancelling ctx supersedes it.
+// transiently is left for the next commit. Cancelling ctx with the cause
+// errSuperseded supersedes it.
 func (c *checkpointer) commit(ctx context.Context, m checkpoint.Manifest, troubled chan struct{}) error {
 	o := &c.outage
 	o.mu.Lock()
@@ -344,7 +346,7 @@ func (c *checkpointer) commit(ctx context.Context, m checkpoint.Manifest, troubl
 	}
 	o.mu.Unlock()
 	switch {
-	case err != nil && ctx.Err() != nil:
+	case err != nil && errors.Is(context.Cause(ctx), errSuperseded):
 		return errSuperseded
 	case err != nil && !since.IsZero():
 		return fmt.Errorf("train: checkpoint step %d: commits have failed for %s: %w", m.Step, time.Since(since).Round(time.Second), err)

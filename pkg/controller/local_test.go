@@ -13,6 +13,7 @@ import (
 
 	"github.com/switchyard-ml/switchyard/pkg/checkpoint"
 	"github.com/switchyard-ml/switchyard/pkg/coordinator"
+	"github.com/switchyard-ml/switchyard/pkg/jobstate"
 	"github.com/switchyard-ml/switchyard/pkg/membership"
 	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
 	pb "github.com/switchyard-ml/switchyard/proto/switchyard/coordinator/v1"
@@ -313,6 +314,86 @@ func TestCommitOutlivesItsCaller(t *testing.T) {
 	}
 	if !recorded {
 		t.Fatalf("step 10 committed without its event: %v", l.job("j1").Events)
+	}
+}
+
+// stuckCommits is a Checkpoints whose commit hangs (an etcd that is down)
+// until the test lets it go on, and then waits up to a second for its job
+// to end first: a commit that lands after its attempt ended shows in the
+// history's order.
+type stuckCommits struct {
+	Checkpoints
+	started, proceed chan struct{}
+	ended            func() bool
+}
+
+func (c *stuckCommits) Commit(ctx context.Context, m checkpoint.Manifest) error {
+	close(c.started)
+	<-c.proceed
+	for deadline := time.Now().Add(time.Second); time.Now().Before(deadline) && !c.ended(); {
+		time.Sleep(5 * time.Millisecond)
+	}
+	return nil
+}
+
+// TestCommitInFlightHoldsUpOnlyItsAttemptsEnd: a commit stuck in etcd
+// keeps no sync or supervision pass waiting (it holds no lock), and a
+// cancel of its job waits for it: the checkpoint is committed, with its
+// event, before the attempt ends, never after.
+func TestCommitInFlightHoldsUpOnlyItsAttemptsEnd(t *testing.T) {
+	l := newLocal(t)
+	cps := &stuckCommits{started: make(chan struct{}), proceed: make(chan struct{}), ended: func() bool {
+		j, err := l.s.cfg.Node.Job("j1")
+		return err == nil && jobstate.Final(j.State)
+	}}
+	l.s.cfg.Checkpoints = cps
+	l.submit("j1", fmt.Sprintf(spec2, 1))
+	l.register("w1")
+	l.register("w2")
+	l.tick()
+	m, err := checkpoint.EncodeManifest(checkpoint.Manifest{Job: "j1", Step: 10, Layout: checkpoint.Layout{TP: 1, DP: 2, EP: 1},
+		Shards: []checkpoint.ShardInfo{{Name: "rank-0000/state.bin", Size: 4096, SHA256: strings.Repeat("0", 64), Kind: checkpoint.KindParams}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	committed := make(chan error, 1)
+	go func() {
+		_, err := l.s.CommitCheckpoint(l.ctx, &apiv1.CommitCheckpointRequest{JobId: "j1", Attempt: 0, Manifest: m})
+		committed <- err
+	}()
+	<-cps.started
+	// a deadlock would hang the test: the watchdog lets the commit go
+	// on and the test fails
+	watchdog := time.AfterFunc(30*time.Second, func() { close(cps.proceed) })
+	l.sync("w1")
+	l.sync("w2")
+	l.tick()
+	if !watchdog.Stop() {
+		t.Fatal("the syncs and the supervision pass waited for a commit stuck in etcd")
+	}
+	cancelled := make(chan error, 1)
+	go func() {
+		_, err := l.s.CancelJob(l.ctx, &apiv1.CancelJobRequest{JobId: "j1"})
+		cancelled <- err
+	}()
+	close(cps.proceed)
+	if err := <-committed; err != nil {
+		t.Fatalf("commit: %v", err)
+	}
+	if err := <-cancelled; err != nil {
+		t.Fatalf("cancel: %v", err)
+	}
+	commit, cancel := -1, -1
+	for i, e := range l.job("j1").Events {
+		switch e.Type {
+		case "CheckpointCommitted":
+			commit = i
+		case "Cancelled":
+			cancel = i
+		}
+	}
+	if commit < 0 || cancel < 0 || commit > cancel {
+		t.Fatalf("history %v: want step 10's CheckpointCommitted before Cancelled", l.job("j1").Events)
 	}
 }
 

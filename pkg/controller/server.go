@@ -147,6 +147,10 @@ type Server struct {
 	// decision (a checkpoint commit waiting on etcd) is no silence of its
 	// worker. tick moves them into lastSync.
 	arrivals syncArrivals
+
+	// commits is the checkpoint commits admitted under lead and in
+	// flight without it; what ends an attempt waits for its job's.
+	commits commitsInFlight
 }
 
 // syncArrivals is the workers' newest sync arrivals, not yet in lastSync.
@@ -560,6 +564,7 @@ func (s *Server) CancelJob(ctx context.Context, req *apiv1.CancelJobRequest) (*a
 	}
 	h := s.hold()
 	defer h.release()
+	s.commits.wait(ctx, req.GetJobId())
 	if j, err := s.cfg.Node.Job(req.GetJobId()); err == nil && active(j) {
 		// rank 0's newest report first: progress is recorded at most
 		// every ProgressEvery, and a cancelled job would keep an older

@@ -389,10 +389,24 @@ func (s *Server) CommitCheckpoint(ctx context.Context, req *apiv1.CommitCheckpoi
 		s.cfg.Metrics.CheckpointRefused("bad_manifest")
 		return nil, apiError(failure(errBadRequest, "manifest of job %q sent for job %q", m.Job, req.GetJobId()))
 	}
-	// Under the leader's lock: the attempt check and the commit happen
-	// with no requeue in between.
+	// The attempt check happens under the leader's lock, and the commit
+	// after it without the lock (an etcd that is slow or down must not
+	// stall every sync and supervision pass), registered as in flight
+	// before the lock is released: whatever ends the job's attempt waits
+	// for it, so no requeue comes between the check and the commit.
 	h := s.hold()
-	defer h.release()
+	j, err := h.admitCommit(ctx, req, m)
+	h.release()
+	if err != nil {
+		return nil, err
+	}
+	defer s.commits.end(j.Id)
+	return s.commitIt(ctx, j, m)
+}
+
+// admitCommit checks that the commit comes from the job's current attempt
+// (and its rank 0) and is plausible, and registers it as in flight.
+func (s held) admitCommit(ctx context.Context, req *apiv1.CommitCheckpointRequest, m checkpoint.Manifest) (*pb.Job, error) {
 	j, err := s.cfg.Node.Job(req.GetJobId())
 	if err != nil {
 		return nil, apiError(err)
@@ -415,6 +429,12 @@ func (s *Server) CommitCheckpoint(ctx context.Context, req *apiv1.CommitCheckpoi
 		s.cfg.Metrics.CheckpointRefused("implausible")
 		return nil, apiError(err)
 	}
+	s.commits.begin(j.Id)
+	return j, nil
+}
+
+// commitIt commits an admitted checkpoint in etcd and records its event.
+func (s *Server) commitIt(ctx context.Context, j *pb.Job, m checkpoint.Manifest) (*apiv1.CommitCheckpointResponse, error) {
 	// Once begun, the commit and its event happen whether or not the
 	// caller is still there: a rank killed while its commit is in flight
 	// must not leave a checkpoint committed in etcd without its event.

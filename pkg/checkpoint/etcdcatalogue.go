@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -125,6 +126,12 @@ func (c *EtcdCatalogue) parseStepKey(job string, key []byte) (int64, error) {
 	return step, nil
 }
 
+// etcdCommitTimeout bounds one commit transaction. etcd's client waits for
+// a connection for as long as its context allows: without a bound, a
+// commit begun while etcd is down would never fail, and its caller would
+// never retry it (CommitRetrying) nor give up.
+var etcdCommitTimeout = 15 * time.Second
+
 // Commit implements Catalogue in one transaction:
 //
 //	if max-step absent: put entry, put max-step
@@ -138,6 +145,8 @@ func (c *EtcdCatalogue) Commit(ctx context.Context, m Manifest) error {
 	if err != nil {
 		return err
 	}
+	ctx, cancel := context.WithTimeout(ctx, etcdCommitTimeout)
+	defer cancel()
 	maxKey, step := c.maxStepKey(m.Job), formatEtcdStep(m.Step)
 	puts := []clientv3.Op{clientv3.OpPut(c.stepKey(m.Job, m.Step), val), clientv3.OpPut(maxKey, step)}
 	resp, err := c.cli.Txn(ctx).

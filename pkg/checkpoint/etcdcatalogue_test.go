@@ -287,3 +287,41 @@ func TestEtcdCatalogue(t *testing.T) {
 		}
 	})
 }
+
+// TestEtcdCommitWithEtcdDownFails: a commit begun while etcd is down fails
+// (a transient failure its caller retries) instead of waiting for etcd
+// for as long as its context allows, which for a rank's commit is for
+// good.
+func TestEtcdCommitWithEtcdDownFails(t *testing.T) {
+	if testing.Short() {
+		t.Skip("embedded etcd in -short")
+	}
+	defer checkpoint.SetEtcdCommitTimeout(500 * time.Millisecond)()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	e, err := devcluster.StartEtcd(ctx, t.TempDir(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: e.Endpoints, DialTimeout: 5 * time.Second})
+	if err != nil {
+		e.Close()
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	c := checkpoint.NewEtcdCatalogue(cli, freshPrefix())
+	if err := c.Commit(ctx, etcdManifest("j", 10)); err != nil {
+		t.Fatal(err)
+	}
+	e.Close()
+	done := make(chan error, 1)
+	go func() { done <- c.Commit(context.Background(), etcdManifest("j", 20)) }()
+	select {
+	case err := <-done:
+		if err == nil || !checkpoint.Transient(err) {
+			t.Fatalf("commit with etcd down: %v, want a transient failure", err)
+		}
+	case <-ctx.Done():
+		t.Fatal("a commit with etcd down still waits after 30s")
+	}
+}

@@ -394,9 +394,9 @@ func (a *Agent) keepRegistered(life context.Context, reg membership.Registration
 func (a *Agent) syncLoop(ctx context.Context) {
 	t := time.NewTicker(a.o.SyncInterval)
 	defer t.Stop()
-	unreachable := false
+	var out outage
 	for {
-		a.syncOnce(ctx, &unreachable)
+		a.syncOnce(ctx, &out)
 		select {
 		case <-ctx.Done():
 			return
@@ -420,25 +420,51 @@ func (a *Agent) sync(ctx context.Context, draining bool) (*apiv1.SyncWorkerRespo
 	return resp, err
 }
 
-func (a *Agent) syncOnce(ctx context.Context, unreachable *bool) {
+// unreachableReminder is how often a worker that cannot reach its
+// coordinator says so again (at Warn) while the outage lasts.
+var unreachableReminder = time.Minute
+
+// outage is how long the coordinator has been unreachable, for the log.
+type outage struct {
+	since, warned time.Time // zero: reachable
+}
+
+// logRound rounds an outage's length for the log: to the second from
+// ten seconds on, to the millisecond before.
+func logRound(d time.Duration) time.Duration {
+	if d >= 10*time.Second {
+		return d.Round(time.Second)
+	}
+	return d.Round(time.Millisecond)
+}
+
+func (a *Agent) syncOnce(ctx context.Context, out *outage) {
 	resp, err := a.sync(ctx, false)
 	if err != nil {
 		if ctx.Err() != nil {
 			return
 		}
-		if refused(err) {
+		now := time.Now()
+		switch {
+		case refused(err):
 			a.log.Error("the coordinator refuses this worker's credentials; tasks keep running", "error", err)
-		} else if !*unreachable {
+		case out.since.IsZero():
 			a.log.Warn("coordinator unreachable; tasks keep running", "error", err)
-		} else {
+			out.warned = now
+		case now.Sub(out.warned) >= unreachableReminder:
+			a.log.Warn("coordinator still unreachable; tasks keep running", "for", logRound(now.Sub(out.since)), "error", err)
+			out.warned = now
+		default:
 			a.log.Debug("sync failed", "error", err)
 		}
-		*unreachable = true
+		if out.since.IsZero() {
+			out.since = now
+		}
 		return
 	}
-	if *unreachable {
-		a.log.Info("coordinator reachable again")
-		*unreachable = false
+	if !out.since.IsZero() {
+		a.log.Info("coordinator reachable again", "after", logRound(time.Since(out.since)))
+		*out = outage{}
 	}
 	a.reconcile(resp.GetTasks())
 }

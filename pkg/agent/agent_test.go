@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"runtime"
 	"slices"
 	"strings"
@@ -20,6 +22,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/switchyard-ml/switchyard/internal/syncbuf"
 	"github.com/switchyard-ml/switchyard/pkg/events"
 	"github.com/switchyard-ml/switchyard/pkg/membership"
 	"github.com/switchyard-ml/switchyard/pkg/runconfig"
@@ -667,7 +670,12 @@ func TestStubbornRankKilled(t *testing.T) {
 }
 
 func TestCoordinatorUnreachable(t *testing.T) {
-	h := start(t, nil)
+	defer func(d time.Duration) { unreachableReminder = d }(unreachableReminder)
+	unreachableReminder = 100 * time.Millisecond
+	var logs syncbuf.Buffer
+	h := start(t, func(o *Options) {
+		o.Logger = slog.New(slog.NewTextHandler(io.MultiWriter(testWriter{t}, &logs), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	})
 	h.coord.set(newTestTask("run-b", 0, 1, spec1))
 	h.waitState("run-b", 0, apiv1.TaskState_TASK_STATE_RUNNING)
 	dir := h.runDir("run-b", 1, 0)
@@ -688,6 +696,19 @@ func TestCoordinatorUnreachable(t *testing.T) {
 	}
 	if st := h.coord.report("run-b", 0); st.GetState() != apiv1.TaskState_TASK_STATE_RUNNING {
 		t.Fatalf("status %v", st)
+	}
+	// the outage is told once, then reminded of while it lasts (the
+	// failed syncs took at least 20 sync intervals, 400ms), and its end
+	// says how long it lasted
+	log := logs.String()
+	if n := strings.Count(log, `msg="coordinator unreachable; tasks keep running"`); n != 1 {
+		t.Errorf("outage told %d times, want once:\n%s", n, log)
+	}
+	if !regexp.MustCompile(`msg="coordinator still unreachable; tasks keep running" worker-id=\S+ for=\d`).MatchString(log) {
+		t.Errorf("no reminder of the outage with its length:\n%s", log)
+	}
+	if !regexp.MustCompile(`msg="coordinator reachable again" worker-id=\S+ after=\d`).MatchString(log) {
+		t.Errorf("the outage's end not told with its length:\n%s", log)
 	}
 }
 

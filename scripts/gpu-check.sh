@@ -32,20 +32,23 @@
 #                 the step time the bench measured
 #         compile moe_bench.py --compile on medium and small (not in the
 #                 default phases: it takes minutes per config)
-#         command the PyTorch example (examples/torch-moe, NCCL) as a
+#         command the PyTorch example (examples/torch-moe, one rank) as a
 #                 command job on `switchyard dev --gpus 1`, then directly:
-#                 tokens/s of both (not in the default phases)
+#                 tokens/s of both, each run at most COMMAND_LIMIT (240)
+#                 seconds (not in the default phases)
 #         cluster data and expert parallelism on the GPU through a dev
 #                 cluster: dp 2 ep 2 (CLUSTER_EP) on the one GPU (so the
 #                 host-staged collectives), kill -9 of a rank, resume, the
 #                 loss against one process of the same global batch
 #                 (issue 10; preset small, CLUSTER_PRESET=medium for the
-#                 issue's size; not in the default phases, about 5
-#                 minutes)
+#                 issue's size; the one process at most
+#                 CLUSTER_SINGLE_LIMIT (180) seconds; not in the default
+#                 phases, about 5 minutes)
 #         science medium, micro vs global-batch LBL for the same tokens as an
-#                 experiment on `switchyard dev --gpus 1`: the report and
-#                 plots (issue 16; not in the default phases, about 9
-#                 minutes)
+#                 experiment on `switchyard dev --gpus 1`: the report
+#                 (science-report.txt) and its plots, spec and runs'
+#                 metrics (science.tar.xz) (issue 16; not in the default
+#                 phases, about 9 minutes)
 #         overlap train and compile together: torch.compile's compiling
 #                 (minutes of CPU) overlaps our training, which is paused
 #                 (SIGSTOP) from the end of moe_bench's last warm-up step
@@ -107,7 +110,10 @@ PY
 
 phase_tests() {
   # the tests against stand-in libraries built from C run here in CI (the
-  # GPU machine may have no C compiler); the real libraries are tested here
+  # GPU machine may have no C compiler); the real libraries are tested here.
+  # NCCL_DEBUG=WARN in this phase only: NCCL's own reason for a failure in
+  # the tests' log (it writes to stdout, which other phases parse)
+  local -x NCCL_DEBUG=${NCCL_DEBUG:-WARN}
   run_tests tests-cuda cuda.test 120 -test.skip 'OnFake'
   run_tests tests-devcomm devcomm.test 60
   run_tests tests-gpu gpu.test 240
@@ -278,7 +284,8 @@ for f in sorted(glob.glob(sys.argv[1] + "/**/*.md", recursive=True)):
 PY
 }
 
-# command: the PyTorch example (examples/torch-moe: NCCL, one GPU) as a
+# command: the PyTorch example (examples/torch-moe: one rank on the GPU, so
+# no NCCL: its torch.distributed starts only for a world of several) as a
 # command job on a dev cluster whose worker declares the GPU, then the same
 # trainer run directly; tokens/s of both (issue 11's GPU check).
 phase_command() {
@@ -286,7 +293,8 @@ phase_command() {
   py=$(command -v python3)
   mkdir -p "$d"
   corpus_ready "$c"
-  local steps=${COMMAND_STEPS:-80} cfg=${COMMAND_CONFIG:-small}
+  local steps=${COMMAND_STEPS:-80} cfg=${COMMAND_CONFIG:-small} limit=${COMMAND_LIMIT:-240} mem
+  mem=$(mem_share 1 16384)
   local args=(train.py --device "${COMMAND_DEVICE:-cuda}" --config "$cfg" --steps "$steps" --corpus "$c" --threads 4 ${COMMAND_ARGS:-})
   cat > "$d/job.yaml" <<YAML
 name: torch-gpu
@@ -296,13 +304,13 @@ args: $("$py" -c 'import json, sys; print(json.dumps(sys.argv[1:]))' "${args[@]}
 working_dir: $root/examples/torch-moe
 ranks: 1
 steps: $steps
-resources: {cpu_cores: 1, memory_mib: 16384, gpus: 1}
+resources: {cpu_cores: 1, memory_mib: $mem, gpus: 1}
 YAML
-  log "command job: torch-moe $cfg on the GPU (NCCL) through a dev cluster"
-  timeout 400 "$bd/switchyard" dev --workers 1 --gpus 1 --spec "$d/job.yaml" --data-dir "$d/dev" > "$d/dev.log" 2>&1
+  log "command job: torch-moe $cfg on the GPU through a dev cluster"
+  timeout "$limit" "$bd/switchyard" dev --workers 1 --gpus 1 --spec "$d/job.yaml" --data-dir "$d/dev" > "$d/dev.log" 2>&1
   echo $? > "$d/dev.rc"
   log "command job: rc $(cat "$d/dev.rc"); direct run"
-  (cd "$root/examples/torch-moe" && timeout 400 "$py" "${args[@]}" > "$d/direct.out" 2> "$d/direct.err")
+  (cd "$root/examples/torch-moe" && timeout "$limit" "$py" "${args[@]}" > "$d/direct.out" 2> "$d/direct.err")
   echo $? > "$d/direct.rc"
   python3 - "$d" > "$work/command.json" <<'PY'
 import glob, json, sys
@@ -359,7 +367,7 @@ base:
   accumulation: $accum
   steps: $steps
   eval_every: $((steps / 4))
-  resources: {cpu_cores: 1, memory_mib: ${SCIENCE_MEMORY_MIB:-32768}, gpus: $gpus}
+  resources: {cpu_cores: 1, memory_mib: ${SCIENCE_MEMORY_MIB:-$(mem_share 1 32768)}, gpus: $gpus}
 axes:
   seed: [1]
 variants:
@@ -369,7 +377,7 @@ YAML
   local t0=$SECONDS
   dev_start "$d/dev" "$(dirname "$c")" --workers 1 --gpus 1 || { echo '{"error": "dev cluster did not start"}' > "$work/science.json"; return; }
   "$sw" experiment submit "$d/experiment.yaml" > "$d/submit.txt" 2>&1
-  log "science: submitted to $addr: $(tr '\n' ' ' < "$d/submit.txt")"
+  log "science: submitted to $SWITCHYARD_COORDINATOR: $(tr '\n' ' ' < "$d/submit.txt")"
   local done=0
   while [ $((SECONDS - t0)) -lt "$limit" ]; do
     sleep 10
@@ -381,13 +389,46 @@ print(int(all(v["state"] in ("SUCCEEDED", "FAILED", "CANCELLED") for v in r["var
   done
   log "science: all ended: $done after $((SECONDS - t0)) s"
   "$sw" experiment report "$d/experiment.yaml" --storage "$d/dev/storage" -o json > "$work/science.json" 2> "$d/report.err"
-  "$sw" experiment report "$d/experiment.yaml" --storage "$d/dev/storage" --plots "$out/science-plots" > "$out/science-report.txt" 2>> "$d/report.err"
-  cp "$d/experiment.yaml" "$out/science-experiment.yaml"
+  # the report in $out, and with it the plots, the spec and every run's
+  # metrics as one archive: the device gives back at most 8 files of $out
+  local keep="$d/keep"
+  mkdir -p "$keep/plots"
+  "$sw" experiment report "$d/experiment.yaml" --storage "$d/dev/storage" --plots "$keep/plots" > "$out/science-report.txt" 2>> "$d/report.err"
+  cp "$d/experiment.yaml" "$out/science-report.txt" "$keep/"
   for m in "$d"/dev/storage/jobs/*/attempt-*/rank-0/metrics.jsonl; do
-    [ -f "$m" ] && xz -T4 -c "$m" > "$out/science-$(basename "$(dirname "$(dirname "$(dirname "$m")")")")-metrics.jsonl.xz"
+    [ -f "$m" ] && cp "$m" "$keep/$(basename "$(dirname "$(dirname "$(dirname "$m")")")")-metrics.jsonl"
   done
+  tar -C "$keep" -cf - . | xz -T4 > "$out/science.tar.xz"
   dev_stop
   log "science: $(head -30 "$out/science-report.txt")"
+}
+
+# mem_share WORKERS MIB: MIB, or what each of WORKERS dev workers declares
+# (this machine's MemTotal over WORKERS, as switchyard dev divides it)
+# where that is less, so that a job asking for it is placed; logged when
+# it is less.
+mem_share() {
+  local kb have
+  kb=$(sed -n 's/^MemTotal: *\([0-9]*\) kB$/\1/p' /proc/meminfo 2> /dev/null)
+  have=$(( ${kb:-0} / 1024 / $1 ))
+  if [ "$have" -gt 0 ] && [ "$have" -lt "$2" ]; then
+    log "memory: $1 dev worker(s) declare $have MiB each (MemTotal $((${kb:-0} / 1024)) MiB): the ranks ask for that, not $2" >&2
+    echo "$have"
+  else
+    echo "$2"
+  fi
+}
+
+# kill9_matching TEXT: kill -9 of every process whose command line holds
+# TEXT (pkill -9 -f without procps, which the GPU machine's image may
+# lack); prints their pids.
+kill9_matching() {
+  local p cmd
+  for p in /proc/[0-9]*; do
+    [ "${p#/proc/}" = "$$" ] || [ "${p#/proc/}" = "$BASHPID" ] && continue
+    cmd=$(tr '\0' ' ' < "$p/cmdline" 2> /dev/null) || continue
+    [[ $cmd == *"$1"* ]] && kill -9 "${p#/proc/}" 2> /dev/null && echo "${p#/proc/}"
+  done
 }
 
 # dev_start DIR ALLOW ARGS...: `switchyard dev --no-job` in the background
@@ -452,7 +493,7 @@ optim: {lr: 0.0005, warmup_steps: $((steps / 10))}
 data: {corpus: $c, eval_seqs: 16}
 checkpoint: {interval_steps: $((steps / 4))}
 restart: {max_restarts: 2, backoff_seconds: 2}
-resources: {cpu_cores: 1, memory_mib: ${CLUSTER_MEMORY_MIB:-16384}, gpus: $gpus}
+resources: {cpu_cores: 1, memory_mib: ${CLUSTER_MEMORY_MIB:-$(mem_share 2 16384)}, gpus: $gpus}
 YAML
   dev_start "$d/dev" "$(dirname "$c")" --workers 2 --gpus 1 || { echo '{"error": "dev cluster did not start"}' > "$work/cluster.json"; return; }
   "$sw" job submit "$d/job.yaml" --id gpu-dp > "$d/submit.txt" 2>&1
@@ -462,7 +503,7 @@ YAML
     sleep 2
     step=$(job_field gpu-dp "j.get('progress', {}).get('step', 0)")
     if [ -z "$killed" ] && [ "${step:-0}" -gt $((steps / 2)) ]; then
-      pkill -9 -f "jobs/gpu-dp/attempt-0/rank-1/run.yaml" && killed=$step
+      [ -n "$(kill9_matching "jobs/gpu-dp/attempt-0/rank-1/run.yaml")" ] && killed=$step
       log "cluster: kill -9 of rank 1 at step $step: ${killed:-no such process}"
     fi
     case $(job_field gpu-dp "j['state']") in *SUCCEEDED|*FAILED|*CANCELLED) break ;; esac
@@ -471,7 +512,7 @@ YAML
   "$sw" job status gpu-dp -o json > "$d/status.json" 2>&1
   dev_stop
   log "cluster: the job ended after $((SECONDS - t0)) s; one process, micro-batch $((2 * micro))"
-  "$sw" train --device "$device" "${prec[@]}" --preset "$preset" --corpus "$c" --micro-batch $((2 * micro)) --accum 2 --steps "$steps" \
+  timeout "${CLUSTER_SINGLE_LIMIT:-180}" "$sw" train --device "$device" "${prec[@]}" --preset "$preset" --corpus "$c" --micro-batch $((2 * micro)) --accum 2 --steps "$steps" \
     --seed 1 --lr 5e-4 --warmup $((steps / 10)) --eval-seqs 16 --json --out "$d/single" > "$d/single.json" 2> "$d/single.log"
   python3 - "$d" "${killed:-0}" > "$work/cluster.json" <<'PY'
 import glob, json, sys
@@ -522,9 +563,10 @@ for f in sorted(glob.glob(f"{d}/*.json")):
         res[n] = {"error": str(e)}
 print(json.dumps(res, indent=1))
 PY
-  # the logs, one file each
-  for n in tests-cuda tests-devcomm tests-gpu equiv; do [ -f "$work/$n.log" ] && { echo "===== $n"; cat "$work/$n.log"; }; done > "$out/tests.log"
-  for f in "$work"/bench/*.log "$work"/bench/*.err; do [ -f "$f" ] && { echo "===== $(basename "$f")"; cat "$f"; }; done > "$out/bench.log" 2>/dev/null
+  # the logs, one file each, where there are any ($out: at most 8 files)
+  for n in tests-cuda tests-devcomm tests-gpu equiv; do [ -f "$work/$n.log" ] && { echo "===== $n"; cat "$work/$n.log"; }; done > "$work/tests.log"
+  for f in "$work"/bench/*.log "$work"/bench/*.err; do [ -f "$f" ] && { echo "===== $(basename "$f")"; cat "$f"; }; done > "$work/bench.log" 2>/dev/null
+  for n in tests bench; do [ -s "$work/$n.log" ] && cp "$work/$n.log" "$out/$n.log"; done
   [ -f "$work/train.log" ] && cp "$work/train.log" "$out/train.log"
   [ -f "$work/train-medium/metrics.jsonl" ] && xz -T4 -c "$work/train-medium/metrics.jsonl" > "$out/train-metrics.jsonl.xz"
   [ -f "$work/run.log" ] && cp "$work/run.log" "$out/run.log"

@@ -579,7 +579,8 @@ func TestPathsConfined(t *testing.T) {
 // TestUnrunnableRanksRefused: a rank that would fail at its start, and
 // at every restart, is refused before anything runs: a corpus the worker
 // cannot open (missing, a directory), a command not found in the rank's
-// PATH or not executable. The message is the one the rank would give.
+// PATH or not executable, a working_dir that is missing or not a
+// directory. The message is the one the rank would give.
 func TestUnrunnableRanksRefused(t *testing.T) {
 	h := start(t, func(o *Options) { o.Config.AllowCommands = true })
 	missing := filepath.Join(h.storage, "nosuch.jsonl")
@@ -593,6 +594,8 @@ func TestUnrunnableRanksRefused(t *testing.T) {
 		newTestTask("corpus-dir", 0, 1, spec1+"data: {corpus: "+h.storage+"}\n"),
 		newTestTask("cmd-missing", 0, 1, "name: c\n"+cmd+"nosuch-trainer\n"),
 		newTestTask("cmd-plain", 0, 1, "name: c\n"+cmd+plain+"\n"),
+		newTestTask("wd-missing", 0, 1, "name: c\n"+cmd+"sh\nworking_dir: "+missing+"\n"),
+		newTestTask("wd-file", 0, 1, "name: c\n"+cmd+"sh\nworking_dir: "+plain+"\n"),
 		newTestTask("ok-cmd", 0, 1, "name: c\n"+cmd+"sh\n"), // on PATH: it runs
 	)
 	for job, says := range map[string]string{
@@ -600,6 +603,8 @@ func TestUnrunnableRanksRefused(t *testing.T) {
 		"corpus-dir":     "rank 0: data: corpus is not a regular file: " + h.storage + " is a directory",
 		"cmd-missing":    `rank 0: command "nosuch-trainer" not found in the rank's PATH (` + os.Getenv("PATH") + ":",
 		"cmd-plain":      `rank 0: command "` + plain + `": ` + plain + " is not executable (mode -rw-r--r--)",
+		"wd-missing":     "rank 0: working_dir " + missing + " does not exist on worker",
+		"wd-file":        "rank 0: working_dir " + plain + " is not a directory",
 	} {
 		st := h.waitState(job, 0, apiv1.TaskState_TASK_STATE_FAILED)
 		if !strings.HasPrefix(st.GetMessage(), says) || !st.GetRefused() {

@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"os"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 
 	"github.com/switchyard-ml/switchyard/pkg/fsutil"
 	"github.com/switchyard-ml/switchyard/pkg/jobspec"
@@ -54,6 +56,11 @@ func (a *Agent) prepareCommand(t *apiv1.Task, spec *jobspec.Spec, task jobspec.T
 	if err := a.confine(spec, cfg.Checkpoint.Dir, ""); err != nil {
 		return launch{}, err
 	}
+	if spec.WorkingDir != "" { // the default, the run directory, is made below
+		if err := checkWorkingDir(cfg.WorkingDir); err != nil {
+			return launch{}, err
+		}
+	}
 	// as switchyard exec will look for it, with the rank's PATH: a
 	// program that is not there, or cannot run, is not there on a
 	// restart either (exec would exit 127 or 126)
@@ -68,6 +75,25 @@ func (a *Agent) prepareCommand(t *apiv1.Task, spec *jobspec.Spec, task jobspec.T
 		return launch{}, err
 	}
 	return launch{runDir: host.RunDir, args: []string{"exec", "--config", runYAML}, command: true}, nil
+}
+
+// checkWorkingDir refuses a rank whose working_dir switchyard exec could
+// not enter: missing, not a directory or not reachable, it is so on a
+// restart too. Another error (I/O: storage that may come back) is not a
+// refusal.
+func checkWorkingDir(dir string) error {
+	fi, err := os.Stat(dir)
+	switch {
+	case err == nil && !fi.IsDir():
+		return refusef("working_dir %s is not a directory", dir)
+	case err == nil:
+		return nil
+	case errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR):
+		return refusef("working_dir %s does not exist on worker", dir)
+	case errors.Is(err, fs.ErrPermission):
+		return refusef("working_dir %s: %v", dir, err)
+	}
+	return fmt.Errorf("working_dir: %w", err)
 }
 
 // masterAddress is where the job's process group meets: rank 0's worker

@@ -9,6 +9,7 @@ import (
 	"math"
 	"os"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -139,6 +140,65 @@ func (w *lineWriter) reason() string {
 		}
 	}
 	return ""
+}
+
+// logFeed publishes a rank's log lines. A line the bus drops (its buffer
+// full: the rank prints faster than the bus sends) is counted, and a note
+// of how many are missing and of where the whole output is follows, at
+// most one a noteEvery and once more when the rank ended, so that a gap
+// in `job logs` is never silent. Both of the rank's streams write to it.
+type logFeed struct {
+	publish func(stream, line string) error
+	whole   string           // where the rank's whole output is, for the note
+	now     func() time.Time // nil: time.Now
+
+	mu      sync.Mutex
+	missing int       // lines dropped since the last note
+	noted   time.Time // when the last note went out
+}
+
+// noteEvery spaces the notes of a rank that keeps the bus behind.
+const noteEvery = time.Second
+
+func (f *logFeed) line(stream, line string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.missing > 0 && f.clock().Sub(f.noted) >= noteEvery {
+		f.note()
+	}
+	if err := f.publish(stream, line); errors.Is(err, events.ErrDropped) {
+		f.missing++
+	}
+}
+
+func (f *logFeed) clock() time.Time {
+	if f.now == nil {
+		return time.Now()
+	}
+	return f.now()
+}
+
+// note publishes the count of missing lines; false when it could not.
+func (f *logFeed) note() bool {
+	msg := fmt.Sprintf("switchyard: %d line(s) of this rank's output are missing above (the worker's event bus was behind); %s has them all", f.missing, f.whole)
+	if f.publish("stderr", msg) != nil {
+		return false
+	}
+	f.missing, f.noted = 0, f.clock()
+	return true
+}
+
+// flush notes the lines still missing when the rank has ended, trying
+// for up to wait while the bus catches up; it returns how many stay
+// missing from the log without a note.
+func (f *logFeed) flush(wait time.Duration) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	deadline := time.Now().Add(wait)
+	for f.missing > 0 && !f.note() && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	return f.missing
 }
 
 // followMetrics reads rank 0's metrics.jsonl as it grows (it may appear

@@ -3,6 +3,7 @@ package agent
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,8 +11,10 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 	"unicode/utf8"
 
+	"github.com/switchyard-ml/switchyard/pkg/events"
 	"github.com/switchyard-ml/switchyard/pkg/train"
 )
 
@@ -133,5 +136,61 @@ func TestExitMessageSignal(t *testing.T) {
 	}
 	if got := signalName(syscall.Signal(34)); got != "signal 34" {
 		t.Errorf("an unnamed signal: %q", got)
+	}
+}
+
+// TestLogFeedNotesDroppedLines: lines the bus drops are not lost
+// silently: a note of how many are missing and where the whole output
+// is follows them, at most one a noteEvery while the bus stays behind,
+// and one more when the rank has ended.
+func TestLogFeedNotesDroppedLines(t *testing.T) {
+	var got []string
+	full := false
+	now := time.Unix(1000, 0)
+	f := &logFeed{
+		publish: func(stream, line string) error {
+			if full {
+				return events.ErrDropped
+			}
+			got = append(got, stream+": "+line)
+			return nil
+		},
+		whole: "/run/rank-0 (stdout.log, stderr.log) on worker w1",
+		now:   func() time.Time { return now },
+	}
+	note := func(n int) string {
+		return fmt.Sprintf("stderr: switchyard: %d line(s) of this rank's output are missing above (the worker's event bus was behind); /run/rank-0 (stdout.log, stderr.log) on worker w1 has them all", n)
+	}
+	f.line("stdout", "one")
+	full = true
+	f.line("stdout", "two")
+	f.line("stderr", "three")
+	full = false
+	f.line("stdout", "four")
+	if want := []string{"stdout: one", note(2), "stdout: four"}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("published %q, want %q", got, want)
+	}
+	// behind again within noteEvery: the lines that get through go on,
+	// the note waits
+	got = nil
+	full = true
+	f.line("stdout", "five")
+	full = false
+	f.line("stdout", "six")
+	now = now.Add(noteEvery)
+	f.line("stdout", "seven")
+	if want := []string{"stdout: six", note(1), "stdout: seven"}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("published %q, want %q", got, want)
+	}
+	// the rank ends with lines missing: the note waits for the bus
+	got = nil
+	full = true
+	f.line("stdout", "eight")
+	if n := f.flush(0); n != 1 || len(got) != 0 {
+		t.Fatalf("flush with the bus full: %d missing, published %q", n, got)
+	}
+	full = false
+	if n := f.flush(0); n != 0 || !reflect.DeepEqual(got, []string{note(1)}) {
+		t.Fatalf("flush: %d missing, published %q", n, got)
 	}
 }

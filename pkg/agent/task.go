@@ -528,6 +528,9 @@ func (a *Agent) runTask(tk *task) {
 	}
 	out.stdout.flush()
 	out.stderr.flush()
+	if n := out.feed.flush(time.Second); n > 0 {
+		log.Warn("rank log lines not published", "lines", n)
+	}
 	ended(tk, werr, out.stderr, log)
 }
 
@@ -562,6 +565,7 @@ func ended(tk *task, werr error, stderr *lineWriter, log *slog.Logger) {
 type rankOutput struct {
 	files          []*os.File
 	stdout, stderr *lineWriter
+	feed           *logFeed
 }
 
 func (a *Agent) openOutput(tk *task, runDir string) (*rankOutput, error) {
@@ -575,13 +579,17 @@ func (a *Agent) openOutput(tk *task, runDir string) (*rankOutput, error) {
 		o.files = append(o.files, f)
 	}
 	k := tk.key
-	o.stdout = newLineWriter(o.files[0], 0, func(line string) { a.publishLog(k, "stdout", line) })
+	o.feed = &logFeed{
+		publish: func(stream, line string) error { return a.publishLog(k, stream, line) },
+		whole:   fmt.Sprintf("%s (stdout.log, stderr.log) on worker %s", runDir, a.o.Config.ID),
+	}
+	o.stdout = newLineWriter(o.files[0], 0, func(line string) { o.feed.line("stdout", line) })
 	o.stderr = newLineWriter(o.files[1], stderrTail, func(line string) {
 		if ev, ok := strings.CutPrefix(line, train.EventPrefix); ok {
 			tk.addEvent(ev)
 			return
 		}
-		a.publishLog(k, "stderr", line)
+		o.feed.line("stderr", line)
 	})
 	o.stderr.aside = train.EventPrefix // an event is not why a rank failed
 	return o, nil
@@ -657,8 +665,13 @@ func (a *Agent) stopOnRequest(tk *task, pid int, exited <-chan struct{}, log *sl
 	}
 }
 
-func (a *Agent) publishLog(k taskKey, stream, line string) {
-	a.publish(events.Message{Kind: events.KindLog, JobID: k.jobID, Log: &events.LogLine{
+// publishLog publishes one log line of a rank; the error is the bus's
+// (events.ErrDropped when its buffer is full).
+func (a *Agent) publishLog(k taskKey, stream, line string) error {
+	if a.o.Bus == nil {
+		return nil
+	}
+	return a.o.Bus.Publish(events.Message{Kind: events.KindLog, JobID: k.jobID, Log: &events.LogLine{
 		Rank: int(k.rank), WorkerID: a.o.Config.ID, Stream: stream, Line: line,
 	}})
 }

@@ -12,6 +12,8 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/switchyard-ml/switchyard/pkg/checkpoint"
@@ -54,40 +56,68 @@ func (c *cli) checkpointsCommit(ctx context.Context, name string, args []string)
 			fmt.Fprintf(c.errOut, "switchyard: checkpoints commit: step %d committed after %d tries (%s)\n", *step, tries, took.Round(time.Second))
 		},
 	}
-	m, err := commitDir(ctx, cfg, *step, fs.Arg(0), retry)
+	// warnings only: the rank's stderr is where its failure is read
+	// from, and the summary below says what an info line would
+	log := slog.New(slog.NewTextHandler(c.errOut, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	m, deleted, err := commitDir(ctx, cfg, *step, fs.Arg(0), retry, log)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(c.out, "committed the checkpoint of step %d of job %s: %d files, %s\n", m.Step, m.Job, len(m.Shards), fsutil.Size(m.TotalSize()))
+	fmt.Fprintf(c.out, "committed the checkpoint of step %d of job %s: %s, %s", m.Step, m.Job, plural(len(m.Shards), "file"), fsutil.Size(m.TotalSize()))
+	if len(deleted) > 0 {
+		fmt.Fprintf(c.out, " (keep_last %d: deleted %s)", max(cfg.Checkpoint.KeepLast, 1), joinSteps(deleted))
+	}
+	fmt.Fprintln(c.out)
 	return nil
+}
+
+// plural reads "1 file" or "2 files".
+func plural(n int, unit string) string {
+	if n == 1 {
+		return "1 " + unit
+	}
+	return fmt.Sprintf("%d %ss", n, unit)
+}
+
+// joinSteps reads "step 10" or "steps 10, 20".
+func joinSteps(steps []int64) string {
+	s := make([]string, len(steps))
+	for i, st := range steps {
+		s[i] = strconv.FormatInt(st, 10)
+	}
+	if len(s) == 1 {
+		return "step " + s[0]
+	}
+	return "steps " + strings.Join(s, ", ")
 }
 
 // commitDir makes dir the job's checkpoint of step and commits it (see
 // checkpoint.AdoptDir: moved when it lies in the job's checkpoint storage,
-// copied otherwise), then applies keep_last. A commit that fails for want
-// of etcd or the coordinator is retried as retry says.
-func commitDir(ctx context.Context, cfg *jobspec.CommandConfig, step int64, dir string, retry checkpoint.Retry) (checkpoint.Manifest, error) {
+// copied otherwise), then applies keep_last and returns the steps it
+// deleted. A commit that fails for want of etcd or the coordinator is
+// retried as retry says.
+func commitDir(ctx context.Context, cfg *jobspec.CommandConfig, step int64, dir string, retry checkpoint.Retry, log *slog.Logger) (checkpoint.Manifest, []int64, error) {
 	st, err := checkpoint.NewDirStorage(cfg.Checkpoint.Dir)
 	if err != nil {
-		return checkpoint.Manifest{}, err
+		return checkpoint.Manifest{}, nil, err
 	}
 	cat, closeCat, err := openCatalogue(cfg.Checkpoint)
 	if err != nil {
-		return checkpoint.Manifest{}, err
+		return checkpoint.Manifest{}, nil, err
 	}
 	defer closeCat()
 	if cat == nil {
 		cat = checkpoint.NewStorageCatalogue(st)
 	}
-	mgr := checkpoint.NewManager(st, cat, slog.Default())
+	mgr := checkpoint.NewManager(st, cat, log)
 	job := cfg.Job
 	prefix := checkpoint.StepPrefix(job, step)
 	// only a newer step can be committed: refuse before touching DIR
 	switch latest, err := cat.Latest(ctx, job); {
 	case err == nil && latest.Step >= step:
-		return checkpoint.Manifest{}, fmt.Errorf("step %d of job %s: the newest committed checkpoint is of step %d; commit a later step", step, job, latest.Step)
+		return checkpoint.Manifest{}, nil, fmt.Errorf("step %d of job %s: the newest committed checkpoint is of step %d; commit a later step", step, job, latest.Step)
 	case err != nil && !errors.Is(err, checkpoint.ErrNoCheckpoint):
-		return checkpoint.Manifest{}, fmt.Errorf("checkpoint catalogue: %w", err)
+		return checkpoint.Manifest{}, nil, fmt.Errorf("checkpoint catalogue: %w", err)
 	}
 	end := mgr.BeginSave(job, step)
 	defer end()
@@ -101,7 +131,7 @@ func commitDir(ctx context.Context, cfg *jobspec.CommandConfig, step int64, dir 
 		}
 	}
 	if err != nil {
-		return checkpoint.Manifest{}, err
+		return checkpoint.Manifest{}, nil, err
 	}
 	m := checkpoint.Manifest{
 		Job: job, Step: step, CreatedUnixNano: time.Now().UnixNano(),
@@ -111,14 +141,13 @@ func commitDir(ctx context.Context, cfg *jobspec.CommandConfig, step int64, dir 
 	}
 	if err := mgr.CommitRetrying(ctx, m, retry); err != nil {
 		// DIR goes back where the trainer wrote it, for a retry
-		return checkpoint.Manifest{}, errors.Join(err, undo())
+		return checkpoint.Manifest{}, nil, errors.Join(err, undo())
 	}
-	if deleted, err := mgr.Retain(ctx, job, max(cfg.Checkpoint.KeepLast, 1), 0, nil); err != nil {
-		slog.Warn("checkpoint retention failed", "job-id", job, "error", err)
-	} else if len(deleted) > 0 {
-		slog.Info("checkpoints deleted by retention", "job-id", job, "steps", deleted)
+	deleted, err := mgr.Retain(ctx, job, max(cfg.Checkpoint.KeepLast, 1), 0, nil)
+	if err != nil {
+		log.Warn("checkpoint retention failed", "job-id", job, "error", err)
 	}
-	return m, nil
+	return m, deleted, nil
 }
 
 func removePrefix(ctx context.Context, st checkpoint.Storage, prefix string) error {

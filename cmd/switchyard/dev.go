@@ -228,8 +228,8 @@ func cmdDev(ctx context.Context, args []string) error {
 	if sp.Runtime == jobspec.RuntimeCommand {
 		what = "command " + sp.Command
 	}
-	fmt.Fprintf(os.Stderr, "submitted job %s (%s, %d ranks, %d steps); watching it (switchyard job watch %s --coordinator %s)\n",
-		id, what, resp.Job.WorldSize, sp.Steps, id, d.APIAddr)
+	fmt.Fprintf(os.Stderr, "submitted job %s (%s, %s, %d steps); watching it (switchyard job watch %s --coordinator %s)\n",
+		id, what, plural(int(resp.Job.WorldSize), "rank"), sp.Steps, id, d.APIAddr)
 	c := stdCLI()
 	r := &remoteFlags{coordinator: d.APIAddr, timeout: 30 * time.Second, output: outTable}
 	werr := c.watch(ctx, r, cl, id)
@@ -337,7 +337,11 @@ func printDevSummary(w io.Writer, j *pb.Job, storage string, took time.Duration,
 	raw, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
 		if sp, perr := jobspec.Parse(j.Spec); perr == nil && sp.Runtime == jobspec.RuntimeCommand {
-			fmt.Fprintf(w, "rank 0's output: %s\n", filepath.Join(filepath.Dir(path), "stdout.log"))
+			if kept {
+				fmt.Fprintf(w, "rank 0's output: %s\n", filepath.Join(filepath.Dir(path), "stdout.log"))
+			} else {
+				fmt.Fprintln(w, "(the ranks' output was in a temporary directory, now removed; --data-dir DIR keeps it)")
+			}
 			return // the command's own
 		}
 	}

@@ -500,7 +500,7 @@ func (w *watcher) onJob(j *coordinatorv1.Job, quiet bool) {
 	w.endLine()
 	line := fmt.Sprintf("%s job %s %s", stateTime(j, w.c.now()).Format("15:04:05"), j.GetId(), stateLine(j))
 	if j.GetRestarts() > 0 {
-		line += fmt.Sprintf(", %d restarts", j.GetRestarts())
+		line += ", " + plural(int(j.GetRestarts()), "restart")
 	}
 	if why != "" {
 		line += "; waiting: " + why // the scheduler's reason, as it changes

@@ -304,10 +304,10 @@ func TestJobWatchPrintsEvents(t *testing.T) {
 		"12:00:03 job moe-1 RUNNING",
 		"12:00:05 job moe-1 RankFailed: rank 1 killed by SIGKILL (worker w2)",
 		"12:00:06 job moe-1 Pending: RankFailed: rank 1 killed by SIGKILL; restart 1 of 2 in 0s",
-		"12:00:07 job moe-1 PLACED (Placed: 2 ranks placed), 1 restarts",
-		"12:00:08 job moe-1 RUNNING, 1 restarts",
+		"12:00:07 job moe-1 PLACED (Placed: 2 ranks placed), 1 restart",
+		"12:00:08 job moe-1 RUNNING, 1 restart",
 		"12:00:09 job moe-1 Resumed: rank 0: resumed from the checkpoint of step 10 (worker w1)",
-		"12:00:11 job moe-1 SUCCEEDED (Completed: all 2 ranks finished), 1 restarts",
+		"12:00:11 job moe-1 SUCCEEDED (Completed: all 2 ranks finished), 1 restart",
 	}
 	rest := r.stdout
 	for _, w := range want {

@@ -157,7 +157,7 @@ func cmpErr(a, b error) error {
 
 func printJobCheck(c *cli, jc jobCheck) {
 	gib := func(b int64) string { return fmt.Sprintf("%.1f GiB", float64(b)/(1<<30)) }
-	fmt.Fprintf(c.out, "%s: a valid job spec (runtime %s), %d ranks\n", jc.Spec, jc.Runtime, jc.World)
+	fmt.Fprintf(c.out, "%s: a valid job spec (runtime %s), %s\n", jc.Spec, jc.Runtime, plural(jc.World, "rank"))
 	if jc.Runtime == "command" {
 		if jc.GPUPlacementMiB > 0 {
 			fmt.Fprintf(c.out, "  placement asks each GPU for %d MiB or more (resources.gpu_memory_mib)\n", jc.GPUPlacementMiB)

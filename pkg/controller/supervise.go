@@ -656,7 +656,7 @@ func (s held) report(ctx context.Context, w string, ts *apiv1.TaskStatus) error 
 				j = nj
 			}
 		}
-		if nj := s.setState(ctx, j, pb.JobState_JOB_STATE_SUCCEEDED, "Completed", fmt.Sprintf("all %d ranks finished", len(j.Placement)), nil); nj != nil {
+		if nj := s.setState(ctx, j, pb.JobState_JOB_STATE_SUCCEEDED, "Completed", finishedMessage(len(j.Placement)), nil); nj != nil {
 			s.publish(j.Id, "Succeeded", nj.State, nj.Message, "")
 		}
 	}
@@ -733,4 +733,12 @@ func (s held) progress(ctx context.Context, j *pb.Job, ts *apiv1.TaskStatus, for
 		s.publish(j.Id, "Running", r.Job.State, fmt.Sprintf("first step reported (step %d)", ts.GetStep()), "")
 	}
 	return r.Job
+}
+
+// finishedMessage is why a job succeeded: "all 2 ranks finished".
+func finishedMessage(ranks int) string {
+	if ranks == 1 {
+		return "its rank finished"
+	}
+	return fmt.Sprintf("all %d ranks finished", ranks)
 }

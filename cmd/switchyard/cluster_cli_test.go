@@ -606,3 +606,22 @@ func TestHelpListsEveryCommand(t *testing.T) {
 		}
 	}
 }
+
+// The top-level help's bench line names every benchmark `switchyard
+// bench` runs (it named only engine, so collectives and checkpoint, which
+// the README uses, were not to be found from `switchyard help`).
+func TestHelpListsEveryBench(t *testing.T) {
+	top := runCmd(t, false, "help")
+	wantCode(t, top, exitOK)
+	r := runCmd(t, false, "bench")
+	m := regexp.MustCompile(`say what to measure: ([a-z, ]+)`).FindStringSubmatch(r.stderr)
+	if m == nil {
+		t.Fatalf("switchyard bench does not list what it measures:\n%s", r.stderr)
+	}
+	line := regexp.MustCompile(`(?m)^  switchyard bench .*$`).FindString(top.stdout)
+	for _, name := range strings.Split(strings.TrimSpace(m[1]), ", ") {
+		if !strings.Contains(line, name) {
+			t.Errorf("switchyard help's bench line %q does not name %q", line, name)
+		}
+	}
+}

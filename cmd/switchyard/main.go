@@ -29,7 +29,7 @@ usage:
   switchyard train [--preset tiny|small|medium|science] [--config run.yaml] [flags]
                                                                       train in this process (--out DIR --plots: and draw it)
   switchyard launch --nproc N [--tp a --ep b --dp c] -- <train flags>   train with N local processes
-  switchyard bench engine --preset tiny|small [--json]                 measure a training step
+  switchyard bench engine|collectives|checkpoint [flags]               measure a training step, the collectives, checkpoint saves
   switchyard gpus [--json]                                             the CUDA driver, GPUs and libraries the GPU engine finds here
   switchyard help
 

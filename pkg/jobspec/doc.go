@@ -49,10 +49,21 @@
 //	optim             lr 3e-4, min_lr 0, warmup_steps 0, weight_decay 0,
 //	                  clip_norm 0 (off), beta1 0.9, beta2 0.999 (an explicit
 //	                  0 is kept for both), eps 1e-8
-//	micro_batch       the preset's (tiny 8, small 4); required without a preset
+//	micro_batch       the preset's (tiny 8, small 4, medium 16, science 8);
+//	                  required without a preset
 //	accumulation      1; steps 100; seed 1 (0 means the default); eval_every 0 (only at the end)
+//	device            "cpu"; or "cuda": each rank trains on a GPU of its worker
+//	precision         on cuda "bf16" (mixed; the default) or "fp32"; the CPU
+//	                  engine is fp32
+//	collectives       "auto" (NCCL when every rank has a GPU of its own, else
+//	                  host-staged), "nccl" or "host"; only with device cuda
+//	recompute         "none"; or "attention" (the attention probabilities
+//	                  computed again in the backward); only with device cuda
 //	resources         per rank; when the section is empty: cpu_cores 1,
-//	                  memory_mib 2048, gpus 0 (0 requests none); gpu_memory_mib 0
+//	                  memory_mib 2048, gpus 0 (0 requests none; memory_mib 0:
+//	                  no memory limit); device cuda makes gpus 1 when it is 0,
+//	                  before that rule, so that a cuda job without the section
+//	                  asks cpu_cores 0 and memory_mib 0; gpu_memory_mib 0
 //	                  (the least memory each of a rank's GPUs must have, for
 //	                  placement; a device cuda engine job asks at least the
 //	                  engine's bound, runconfig.Model.MinGPURankBytes)

@@ -275,6 +275,10 @@ func (b *NATS) ensureStreams(ctx context.Context) error {
 	return nil
 }
 
+// logShare is how much of a publish buffer of n messages log lines may
+// fill: the last quarter is kept for the other kinds.
+func logShare(n int) int { return max(n-n/4, 1) }
+
 // Publish implements Bus; it never blocks.
 func (b *NATS) Publish(m Message) error {
 	if err := m.Validate(); err != nil {
@@ -286,6 +290,12 @@ func (b *NATS) Publish(m Message) error {
 	default:
 	}
 	stamp(&m, time.Now)
+	if m.Kind == KindLog && len(b.buf) >= logShare(cap(b.buf)) {
+		// a rank printing faster than NATS takes its lines must not
+		// crowd out the metrics, events and control messages
+		b.dropped.Add(1)
+		return ErrDropped
+	}
 	select {
 	case b.buf <- m:
 		b.published.Add(1)

@@ -65,6 +65,15 @@ func TestNATSOutage(t *testing.T) {
 	if s := pub.Stats(); dropped == 0 || s.Dropped != uint64(dropped) {
 		t.Fatalf("dropped %d, stats %+v", dropped, s)
 	}
+	// log lines fill at most three quarters of the buffer (one more may
+	// be in the send loop's hands): the metrics behind them still get in
+	if len(kept) > buffer-buffer/4+1 {
+		t.Fatalf("%d log lines buffered of %d: more than three quarters", len(kept), buffer)
+	}
+	step := events.Message{Kind: events.KindMetrics, JobID: "out-1", Metrics: &events.StepMetrics{Step: 7}}
+	if err := pub.Publish(step); err != nil {
+		t.Fatalf("a step's metrics behind a flood of log lines: %v", err)
+	}
 
 	restart := time.Now()
 	srv2 := startNATS(t, dir, port)

@@ -132,7 +132,7 @@ func ParseExperiment(raw []byte) (*Experiment, error) {
 		if u := yamlcheck.UnknownKey(raw, &f); u != nil {
 			return nil, fmt.Errorf("experiment: %w", u)
 		}
-		return nil, fmt.Errorf("experiment: %w", err)
+		return nil, fmt.Errorf("experiment: %w", yamlcheck.TypeErrors(raw, &f, err))
 	}
 	if len(f.Name) > maxExpName || !expNameRE.MatchString(f.Name) {
 		return nil, fmt.Errorf("experiment: name = %q: want 1-%d of [a-z0-9-], starting and ending with a letter or digit", f.Name, maxExpName)

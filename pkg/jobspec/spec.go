@@ -238,7 +238,7 @@ func Parse(raw []byte) (*Spec, error) {
 		if u := yamlcheck.UnknownKey(raw, &s); u != nil {
 			return nil, fmt.Errorf("%w: %w", ErrSyntax, u)
 		}
-		return nil, fmt.Errorf("%w: %v", ErrSyntax, err)
+		return nil, fmt.Errorf("%w: %v", ErrSyntax, yamlcheck.TypeErrors(raw, &s, err))
 	}
 	var extra yaml.Node
 	if err := yamlcheck.Decode(dec, &extra); !errors.Is(err, io.EOF) {

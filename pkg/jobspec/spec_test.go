@@ -164,7 +164,7 @@ func TestSyntaxErrors(t *testing.T) {
 		{"unknown field after a map", "name: a\nplacement: {host_labels: {a: b}}\nstpes: 2\n", `stpes (line 3): unknown key; the top level has `},
 		{"duplicate key", "name: a\nname: b\n", `mapping key "name" already defined`},
 		{"two documents", "name: a\n---\nname: b\n", "one YAML document"},
-		{"wrong type", "name: a\nsteps: many\n", "cannot unmarshal"},
+		{"wrong type", "name: a\nsteps: many\n", `steps (line 2): "many" is a string; want an integer`},
 		{"scalar document", "hello\n", "cannot unmarshal"},
 		{"too large", "name: a\n#" + strings.Repeat("x", MaxSize), "limit"},
 	}

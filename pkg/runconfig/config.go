@@ -371,7 +371,7 @@ func Parse(raw []byte) (Config, error) {
 		if u := yamlcheck.UnknownKey(raw, &c); u != nil {
 			return Config{}, fmt.Errorf("%w: %w", ErrConfig, u)
 		}
-		return Config{}, fmt.Errorf("%w: %v", ErrConfig, err)
+		return Config{}, fmt.Errorf("%w: %v", ErrConfig, yamlcheck.TypeErrors(raw, &c, err))
 	}
 	if fr := yamlcheck.Fractional(raw, &c); len(fr) > 0 {
 		return Config{}, fmt.Errorf("%w: %s = %s: must be a whole number", ErrConfig, fr[0].Path, fr[0].Value)

@@ -166,7 +166,7 @@ func decodeInto(c *Config, raw []byte) error {
 		if u := yamlcheck.UnknownKey(raw, c); u != nil {
 			return fmt.Errorf("%w: %w", ErrSyntax, u)
 		}
-		return fmt.Errorf("%w: %v", ErrSyntax, err)
+		return fmt.Errorf("%w: %v", ErrSyntax, yamlcheck.TypeErrors(raw, c, err))
 	}
 	var extra yaml.Node
 	if err := yamlcheck.Decode(dec, &extra); !errors.Is(err, io.EOF) {

@@ -176,7 +176,7 @@ func TestFileSyntaxErrors(t *testing.T) {
 		{minimal + "resources:\n  gpus: 1\n  cpu-cores: 4\n", `resources.cpu-cores (line 7): unknown key; resources has `},
 		{minimal + "resources:\n  gpus: 1\n  cpu-cores: 4\n", `; did you mean "cpu_cores"?`},
 		{minimal + "---\nid: x\n", "one YAML document"},
-		{minimal + "lease_ttl_seconds: soon\n", "cannot unmarshal"},
+		{minimal + "lease_ttl_seconds: soon\n", `lease_ttl_seconds (line 5): "soon" is a string; want an integer`},
 		{minimal + "lease_ttl_seconds: 2.5\n", "lease_ttl_seconds = 2.5: must be a whole number"},
 	} {
 		_, err := Load(writeFile(t, "w.yaml", tt.body), nil, nil, fakeDetector())

@@ -197,7 +197,9 @@ func cmdDev(ctx context.Context, args []string) error {
 			}
 		}()
 	}
-	fmt.Fprintf(os.Stderr, "%d workers started (ranks run as %s train ...)\n", *workers, self)
+	// engine ranks run as `switchyard train`, command ranks as `switchyard
+	// exec` starting the spec's program
+	fmt.Fprintf(os.Stderr, "%s started (ranks run as %s train ..., command jobs' as %s exec ...)\n", plural(*workers, "worker"), self, self)
 	if *prom {
 		path := filepath.Join(*dir, "metrics-targets.json")
 		if err := targets.write(path); err != nil {

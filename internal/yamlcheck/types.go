@@ -72,17 +72,9 @@ type located struct {
 // locate lists every node under n that decodes into a field, map value
 // or list item of t (an unknown key's node is not listed).
 func locate(n *yaml.Node, t reflect.Type, path string, out *[]located) {
-	for t != nil && t.Kind() == reflect.Pointer {
-		t = t.Elem()
-	}
-	if n == nil || t == nil {
+	n, t, ok := resolve(n, t)
+	if !ok {
 		return
-	}
-	if n.Kind == yaml.AliasNode {
-		n = n.Alias
-		if n == nil {
-			return
-		}
 	}
 	if path != "" {
 		*out = append(*out, located{n, path, t})

@@ -33,14 +33,9 @@ func Fractional(doc []byte, v any) []Scalar {
 }
 
 func walk(n *yaml.Node, t reflect.Type, path string, out *[]Scalar) {
-	for t != nil && t.Kind() == reflect.Pointer {
-		t = t.Elem()
-	}
-	if n == nil || t == nil {
+	n, t, ok := resolve(n, t)
+	if !ok {
 		return
-	}
-	if n.Kind == yaml.AliasNode {
-		n = n.Alias
 	}
 	switch t.Kind() {
 	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
@@ -74,6 +69,18 @@ func walk(n *yaml.Node, t reflect.Type, path string, out *[]Scalar) {
 			walk(c, t.Elem(), path+"["+strconv.Itoa(i)+"]", out)
 		}
 	}
+}
+
+// resolve is the node n stands for (an alias's anchor) and the type t
+// decodes into (pointers followed); false when either is missing.
+func resolve(n *yaml.Node, t reflect.Type) (*yaml.Node, reflect.Type, bool) {
+	for t != nil && t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if n != nil && n.Kind == yaml.AliasNode {
+		n = n.Alias
+	}
+	return n, t, n != nil && t != nil
 }
 
 // field is t's field that key decodes into (its yaml tag's name, else

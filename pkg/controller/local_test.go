@@ -263,6 +263,24 @@ func TestSeveralRanksPerWorker(t *testing.T) {
 	}
 }
 
+// placeWithCatalogue gives the coordinator the checkpoint catalogue cps,
+// places job j1 (dp 2) on workers w1 and w2, and returns the manifest of
+// a checkpoint of its step 10 for its rank 0 to commit.
+func (l *local) placeWithCatalogue(cps Checkpoints) []byte {
+	l.t.Helper()
+	l.s.cfg.Checkpoints = cps
+	l.submit("j1", fmt.Sprintf(spec2, 1))
+	l.register("w1")
+	l.register("w2")
+	l.tick()
+	m, err := checkpoint.EncodeManifest(checkpoint.Manifest{Job: "j1", Step: 10, Layout: checkpoint.Layout{TP: 1, DP: 2, EP: 1},
+		Shards: []checkpoint.ShardInfo{{Name: "rank-0000/state.bin", Size: 4096, SHA256: strings.Repeat("0", 64), Kind: checkpoint.KindParams}}})
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	return m
+}
+
 // slowCheckpoints commits like etcd's client does: a commit whose
 // context ends first fails (after the server may well have applied it).
 type slowCheckpoints struct {
@@ -291,16 +309,7 @@ func (c *slowCheckpoints) Commit(ctx context.Context, m checkpoint.Manifest) err
 func TestCommitOutlivesItsCaller(t *testing.T) {
 	l := newLocal(t)
 	cps := &slowCheckpoints{started: make(chan struct{})}
-	l.s.cfg.Checkpoints = cps
-	l.submit("j1", fmt.Sprintf(spec2, 1))
-	l.register("w1")
-	l.register("w2")
-	l.tick()
-	m, err := checkpoint.EncodeManifest(checkpoint.Manifest{Job: "j1", Step: 10, Layout: checkpoint.Layout{TP: 1, DP: 2, EP: 1},
-		Shards: []checkpoint.ShardInfo{{Name: "rank-0000/state.bin", Size: 4096, SHA256: strings.Repeat("0", 64), Kind: checkpoint.KindParams}}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := l.placeWithCatalogue(cps)
 	ctx, cancel := context.WithCancel(l.ctx)
 	go func() { <-cps.started; cancel() }()
 	l.s.CommitCheckpoint(ctx, &apiv1.CommitCheckpointRequest{JobId: "j1", Attempt: 0, Manifest: m}) //nolint:errcheck // the caller is gone
@@ -346,16 +355,7 @@ func TestCommitInFlightHoldsUpOnlyItsAttemptsEnd(t *testing.T) {
 		j, err := l.s.cfg.Node.Job("j1")
 		return err == nil && jobstate.Final(j.State)
 	}}
-	l.s.cfg.Checkpoints = cps
-	l.submit("j1", fmt.Sprintf(spec2, 1))
-	l.register("w1")
-	l.register("w2")
-	l.tick()
-	m, err := checkpoint.EncodeManifest(checkpoint.Manifest{Job: "j1", Step: 10, Layout: checkpoint.Layout{TP: 1, DP: 2, EP: 1},
-		Shards: []checkpoint.ShardInfo{{Name: "rank-0000/state.bin", Size: 4096, SHA256: strings.Repeat("0", 64), Kind: checkpoint.KindParams}}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := l.placeWithCatalogue(cps)
 	committed := make(chan error, 1)
 	go func() {
 		_, err := l.s.CommitCheckpoint(l.ctx, &apiv1.CommitCheckpointRequest{JobId: "j1", Attempt: 0, Manifest: m})

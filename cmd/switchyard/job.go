@@ -184,6 +184,9 @@ func (c *cli) printJob(j *coordinatorv1.Job, pendingReason string) {
 	if !jobstate.Final(j.GetState()) {
 		if d, ok := eta(p.GetStep(), p.GetTotalSteps(), tokensPerStep(j), p.GetTokensPerSecond()); ok {
 			etaText = fmtDuration(d) + " (remaining steps x tokens per step / tokens/s)"
+		} else if d, ok := stepRateETA(j); ok {
+			// a command job's tokens per step are its trainer's own
+			etaText = fmtDuration(d) + " (remaining steps at the attempt's step rate)"
 		}
 	}
 	fmt.Fprintf(w, "ETA:         %s\n", etaText)
@@ -269,6 +272,30 @@ func tokensPerStep(j *coordinatorv1.Job) float64 {
 		dp = w / s.Parallel.TP
 	}
 	return s.TokensPerStep(s.AttemptLayout(dp, int(j.GetPlacedEp())))
+}
+
+// stepRateETA is the time the remaining steps take at the rate of the
+// current attempt's steps: from its first reported step (the history's
+// "Running: FirstStep: step N reported") to the newest progress.
+func stepRateETA(j *coordinatorv1.Job) (time.Duration, bool) {
+	p := j.GetProgress()
+	evs := j.GetEvents()
+	for i := len(evs) - 1; i >= 0; i-- {
+		var first int64
+		if evs[i].GetType() != "Running" {
+			continue
+		}
+		if _, err := fmt.Sscanf(evs[i].GetMessage(), "FirstStep: step %d reported", &first); err != nil {
+			continue
+		}
+		steps, secs := p.GetStep()-first, float64(p.GetUpdatedUnixNano()-evs[i].GetUnixNano())/1e9
+		if p.GetTotalSteps() <= 0 || steps <= 0 || secs <= 0 {
+			return 0, false
+		}
+		left := float64(max(p.GetTotalSteps()-p.GetStep(), 0)) * secs / float64(steps)
+		return time.Duration(left * float64(time.Second)), true
+	}
+	return 0, false
 }
 
 // eta is the time the remaining steps take at the current rate:

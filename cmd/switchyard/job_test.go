@@ -426,3 +426,34 @@ func TestJobETA(t *testing.T) {
 		t.Fatalf("tokensPerStep after shrinking = %v, want %v", got, 8*2*2*256)
 	}
 }
+
+// TestStepRateETA: a job whose tokens per step are not known (a command
+// job's trainer) gets its ETA from the current attempt's step rate: from
+// its first reported step to the newest progress.
+func TestStepRateETA(t *testing.T) {
+	const s = int64(time.Second)
+	ev := func(at int64, typ, msg string) *coordinatorv1.JobEvent {
+		return &coordinatorv1.JobEvent{UnixNano: at * s, Type: typ, Message: msg}
+	}
+	j := &coordinatorv1.Job{
+		Events: []*coordinatorv1.JobEvent{
+			ev(0, "Running", "FirstStep: step 1 reported"),
+			ev(50, "Requeued", "RankFailed: ..."),
+			ev(60, "Running", "FirstStep: step 10 reported"), // the attempt after the restart
+			ev(61, "CheckpointCommitted", "checkpoint of step 20 committed"),
+		},
+		Progress: &coordinatorv1.Progress{Step: 110, TotalSteps: 1000, UpdatedUnixNano: 160 * s},
+	}
+	// 100 steps in 100 s since step 10; 890 steps left
+	if d, ok := stepRateETA(j); !ok || d != 890*time.Second {
+		t.Errorf("ETA %v %v, want 14m50s", d, ok)
+	}
+	j.Progress.Step = 10 // no step since the first: no rate
+	if d, ok := stepRateETA(j); ok {
+		t.Errorf("ETA %v with no step since the attempt's first", d)
+	}
+	j.Events = j.Events[1:2]
+	if d, ok := stepRateETA(j); ok {
+		t.Errorf("ETA %v without a first step in the history", d)
+	}
+}

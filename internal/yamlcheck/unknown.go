@@ -324,15 +324,32 @@ func (keys structKeys) unknown(path, key string, line int) *UnknownKeyError {
 	return &UnknownKeyError{Path: join(path, key), Key: key, Line: line, In: path, Known: known, Suggestion: suggest(key, known)}
 }
 
+// synonyms are keys of other tools (torchrun, Hugging Face, Kubernetes,
+// Compose) for what the keys they map to mean here, folded (see fold).
+var synonyms = map[string]string{
+	"workdir": "working_dir", "cwd": "working_dir", "workingdirectory": "working_dir", "chdir": "working_dir",
+	"environment": "env", "cmd": "command", "entrypoint": "command", "program": "command",
+	"arguments": "args", "argv": "args",
+	"nprocpernode": "ranks", "nproc": "ranks", "numranks": "ranks", "worldsize": "ranks", "nprocs": "ranks",
+	"maxsteps": "steps", "trainsteps": "steps", "totalsteps": "steps", "iterations": "steps",
+	"learningrate": "lr", "batchsize": "micro_batch", "microbatchsize": "micro_batch",
+	"gradientaccumulationsteps": "accumulation", "gradaccum": "accumulation",
+	"maxrestarts": "max_restarts", "restarts": "max_restarts",
+}
+
 // suggest is the key of known that key was likely meant to be: one equal
-// to it but for case, '_' and '-', else the closest within two edits (a
-// transposition counts one) that leaves most of the longer one standing
-// (not "port" for "host"); "" when none is.
+// to it but for case, '_' and '-', or another tool's name for it (see
+// synonyms), else the closest within two edits (a transposition counts
+// one) that leaves most of the longer one standing (not "port" for
+// "host"); "" when none is.
 func suggest(key string, known []string) string {
 	for _, k := range known {
 		if fold(k) == fold(key) {
 			return k
 		}
+	}
+	if s, ok := synonyms[fold(key)]; ok && slices.Contains(known, s) {
+		return s
 	}
 	// up to 2 edits; 3 in a key of 10 or more letters (lease_ttl_secs)
 	best, bestD := "", 3

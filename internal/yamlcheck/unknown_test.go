@@ -223,8 +223,17 @@ func TestSuggest(t *testing.T) {
 		"storage_pth":    "storage_path",
 		"storage_dir":    "", // four: not a typo of storage_path
 		"cache_window":   "", // nothing close
+		// another tool's name, where the key it means is known
+		"learning_rate": "lr",
+		"workdir":       "",
 	} {
 		if got := suggest(key, known); got != want {
+			t.Errorf("suggest(%q) = %q, want %q", key, got, want)
+		}
+	}
+	for key, want := range map[string]string{"workdir": "working_dir", "Working-Directory": "working_dir", "cwd": "working_dir",
+		"nproc_per_node": "ranks", "max_steps": "steps", "environment": "env"} {
+		if got := suggest(key, []string{"command", "env", "ranks", "steps", "working_dir"}); got != want {
 			t.Errorf("suggest(%q) = %q, want %q", key, got, want)
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -71,6 +72,7 @@ type Options struct {
 type Agent struct {
 	o       Options
 	trainer string // absolute path of the switchyard binary
+	owner   string // OwnerEnv's value in this worker's ranks: "ID@STORAGE"
 	log     *slog.Logger
 	kick    chan struct{} // a task changed state: sync now (buffered 1)
 	ran     atomic.Bool
@@ -133,9 +135,14 @@ func New(o Options) (*Agent, error) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
+	storage, err := filepath.Abs(o.Config.StoragePath)
+	if err != nil {
+		return nil, fmt.Errorf("%w: storage_path: %w", ErrOptions, err)
+	}
 	a := &Agent{
 		o:       o,
 		trainer: trainer,
+		owner:   o.Config.ID + "@" + storage,
 		log:     o.Logger.With("worker-id", o.Config.ID),
 		kick:    make(chan struct{}, 1),
 		tasks:   map[taskKey]*task{},
@@ -204,6 +211,12 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.registered.Store(true)
 	a.log.Info("worker registered", "address", a.o.Config.AdvertiseAddress, "trainer", a.trainer)
+	// the id is this worker's now: ranks of its earlier run (killed -9,
+	// its ranks ignoring the SIGTERM that followed) go before any starts
+	// again in their run directories and ports
+	if pids := killOrphans(a.owner); len(pids) > 0 {
+		a.log.Warn("killed ranks left running by this worker's earlier run", "pids", pids)
+	}
 	regDone := make(chan struct{})
 	go func() {
 		defer close(regDone)

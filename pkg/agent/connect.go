@@ -16,6 +16,11 @@ import (
 	"github.com/switchyard-ml/switchyard/pkg/workerconfig"
 )
 
+// OwnerEnv marks the processes of a worker's ranks (and what they start)
+// with "ID@STORAGE_PATH": the worker's next run kills those of its
+// earlier run that are still there.
+const OwnerEnv = "SWITCHYARD_RANK_OWNER"
+
 // TokenEnv is the environment variable holding the coordinator's bearer
 // token ("" or unset: none).
 const TokenEnv = "SWITCHYARD_TOKEN"

@@ -10,21 +10,13 @@ import (
 // processes in process group pgid, in bytes. Processes that end while it
 // reads are passed over.
 func groupMemory(pgid int) (int64, error) {
-	d, err := os.Open("/proc")
-	if err != nil {
-		return 0, err
-	}
-	defer d.Close()
-	names, err := d.Readdirnames(-1)
+	pids, err := procPIDs()
 	if err != nil {
 		return 0, err
 	}
 	var total int64
-	for _, name := range names {
-		pid, err := strconv.Atoi(name)
-		if err != nil || pid <= 0 {
-			continue
-		}
+	for _, pid := range pids {
+		name := strconv.Itoa(pid)
 		if pid != pgid {
 			if g, ok := processGroup(name); !ok || g != pgid {
 				continue

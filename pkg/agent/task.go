@@ -474,7 +474,8 @@ func (a *Agent) runTask(tk *task) {
 
 	cmd := exec.Command(a.trainer, l.args...)
 	cmd.Dir = l.runDir
-	cmd.Env = append(append(os.Environ(), l.env...), train.EventsEnv+"=1") // event lines for the job's history
+	cmd.Env = append(append(os.Environ(), l.env...), train.EventsEnv+"=1", // event lines for the job's history
+		OwnerEnv+"="+a.owner) // found by this worker's next run if the rank outlives it
 	if a.o.Token != "" {
 		cmd.Env = append(cmd.Env, TokenEnv+"="+a.o.Token) // the worker's own, not the cluster's
 	}

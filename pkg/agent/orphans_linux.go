@@ -1,0 +1,73 @@
+package agent
+
+import (
+	"bytes"
+	"os"
+	"strconv"
+	"syscall"
+)
+
+// killOrphans kills (SIGKILL, to their whole process groups) the
+// processes whose environment holds owner (OwnerEnv=owner): the ranks,
+// and what they started, of an earlier run of this worker that outlived
+// it. A worker killed with kill -9 sends its ranks SIGTERM only (see
+// sysProcAttr), which a rank may ignore, and reaches none of their
+// children. It returns the pids it killed. Processes it cannot read
+// (another user's) are passed over.
+func killOrphans(owner string) []int {
+	names, err := procPIDs()
+	if err != nil {
+		return nil
+	}
+	want := []byte(OwnerEnv + "=" + owner)
+	self := os.Getpid()
+	var killed []int
+	groups := map[int]bool{}
+	for _, pid := range names {
+		if pid == self {
+			continue
+		}
+		env, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/environ")
+		if err != nil || !hasEntry(env, want) {
+			continue
+		}
+		if g, ok := processGroup(strconv.Itoa(pid)); ok && g > 1 && g != syscall.Getpgrp() && !groups[g] {
+			groups[g] = true
+			syscall.Kill(-g, syscall.SIGKILL) //nolint:errcheck // gone already is fine
+		}
+		if syscall.Kill(pid, syscall.SIGKILL) == nil {
+			killed = append(killed, pid)
+		}
+	}
+	return killed
+}
+
+// procPIDs lists the processes in /proc.
+func procPIDs() ([]int, error) {
+	d, err := os.Open("/proc")
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	names, err := d.Readdirnames(-1)
+	if err != nil {
+		return nil, err
+	}
+	var pids []int
+	for _, n := range names {
+		if pid, err := strconv.Atoi(n); err == nil && pid > 0 {
+			pids = append(pids, pid)
+		}
+	}
+	return pids, nil
+}
+
+// hasEntry says whether a NUL-separated environment holds entry.
+func hasEntry(env, entry []byte) bool {
+	for e := range bytes.SplitSeq(env, []byte{0}) {
+		if bytes.Equal(e, entry) {
+			return true
+		}
+	}
+	return false
+}

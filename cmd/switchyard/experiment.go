@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strings"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -134,7 +135,8 @@ type groupSummary struct {
 	// batch (the control)
 	Balance   int                `json:"balance_batch"`
 	Random    bool               `json:"balance_random,omitempty"`
-	Runs      int                `json:"runs"`                  // with a report
+	Jobs      int                `json:"jobs"`                  // the variant's jobs, one per seed
+	Runs      int                `json:"runs"`                  // of them, those with a report
 	MI        meanSD             `json:"domain_expert_mi_bits"` // mean over layers, then over seeds
 	LayerMI   []meanSD           `json:"layer_mi_bits"`         // per MoE layer, over seeds
 	BPB       meanSD             `json:"val_bits_per_byte"`     // mean over domains, then over seeds
@@ -179,8 +181,11 @@ func summarise(xs []float64) meanSD {
 }
 
 func (m meanSD) String() string {
-	if m.N == 0 {
+	switch m.N {
+	case 0:
 		return "-"
+	case 1: // no spread to show: not "± 0"
+		return fmt.Sprintf("%.4f (n=1)", m.Mean)
 	}
 	return fmt.Sprintf("%.4f ± %.4f", m.Mean, m.SD)
 }
@@ -216,6 +221,9 @@ func (c *cli) experimentReport(ctx context.Context, name string, args []string) 
 			jobs[j.GetId()] = j
 			res.State, res.Step = jobstate.Name(j.GetState()), j.GetProgress().GetStep()
 			res.Report, res.Missing = readFinalReport(*storage, j)
+			if res.Report == nil && *storage != "" {
+				res.Missing = missingReport(j, res.Missing)
+			}
 			if res.Report != nil {
 				if ms, err := readMetrics(filepath.Join(rankDir(*storage, j), "metrics.jsonl")); err == nil {
 					res.LateLoss = lateLoss(ms)
@@ -226,7 +234,7 @@ func (c *cli) experimentReport(ctx context.Context, name string, args []string) 
 	}
 	groups := groupResults(e, results)
 	if r.json() {
-		if err := printJSONTo(c.out, map[string]any{"experiment": e.Name, "variants": results, "groups": groups}); err != nil {
+		if err := printJSONTo(c.out, map[string]any{"experiment": e.Name, "variants": results, "groups": groups, "warnings": reportWarnings(results, groups)}); err != nil {
 			return err
 		}
 	} else if err := printExperiment(c, e, results, groups); err != nil {
@@ -274,6 +282,26 @@ func readFinalReport(storage string, j *coordinatorv1.Job) (*train.Report, strin
 	return &rep, ""
 }
 
+// missingReport says why j has no report at the place readFinalReport
+// looked (why): a job that ended says how, one that succeeded points at
+// --storage (it wrote a report, elsewhere).
+func missingReport(j *coordinatorv1.Job, why string) string {
+	switch j.GetState() {
+	case coordinatorv1.JobState_JOB_STATE_SUCCEEDED:
+		return strings.Replace(why, "no report yet at", "no report at", 1) + " (the job succeeded: is --storage the workers' storage_path?)"
+	case coordinatorv1.JobState_JOB_STATE_FAILED, coordinatorv1.JobState_JOB_STATE_CANCELLED:
+		s := "no report: " + strings.ToLower(jobstate.Name(j.GetState()))
+		switch {
+		case j.GetReason() != "" && j.GetMessage() != "":
+			s += fmt.Sprintf(" (%s: %s)", j.GetReason(), j.GetMessage())
+		case j.GetReason() != "" || j.GetMessage() != "":
+			s += fmt.Sprintf(" (%s%s)", j.GetReason(), j.GetMessage())
+		}
+		return s
+	}
+	return why
+}
+
 // rankDir is where rank 0 of j's last attempt writes under the workers'
 // storage (pkg/agent's run directory).
 func rankDir(storage string, j *coordinatorv1.Job) string {
@@ -284,6 +312,7 @@ func rankDir(storage string, j *coordinatorv1.Job) string {
 // the order of their first variant.
 func groupResults(e *jobspec.Experiment, results []variantResult) []groupSummary {
 	var order []string
+	jobs := map[string]int{}
 	byLabel := map[string][]*train.Report{}
 	late := map[string][]float64{}
 	first := map[string]jobspec.Variant{}
@@ -291,6 +320,7 @@ func groupResults(e *jobspec.Experiment, results []variantResult) []groupSummary
 	seeds := map[string]bySeed{}
 	for i, v := range e.Variants {
 		l := v.Label(e.Axes, "seed")
+		jobs[l]++
 		if _, ok := byLabel[l]; !ok {
 			order = append(order, l)
 			byLabel[l] = nil
@@ -320,7 +350,7 @@ func groupResults(e *jobspec.Experiment, results []variantResult) []groupSummary
 	var out []groupSummary
 	for _, l := range order {
 		reps := byLabel[l]
-		g := groupSummary{Variant: l, Runs: len(reps), Domains: map[string]meanSD{}, DomainTop: map[string]float64{}}
+		g := groupSummary{Variant: l, Jobs: jobs[l], Runs: len(reps), Domains: map[string]meanSD{}, DomainTop: map[string]float64{}}
 		g.Balance, g.Random = first[l].Parsed.BalanceBatch()
 		var bpb, top, maxLoad, loss, mi []float64
 		var layerMI [][]float64
@@ -375,7 +405,7 @@ func groupResults(e *jobspec.Experiment, results []variantResult) []groupSummary
 func printExperiment(c *cli, e *jobspec.Experiment, results []variantResult, groups []groupSummary) error {
 	runs := fmt.Sprintf("%d jobs", len(e.Variants))
 	if len(groups) != len(e.Variants) {
-		runs += fmt.Sprintf(" (%d variants over seeds)", len(groups))
+		runs += fmt.Sprintf(" (%s over seeds)", plural(len(groups), "variant"))
 	}
 	fmt.Fprintf(c.out, "experiment %s: %s\n\n", e.Name, runs)
 	t := newTable(c.out, "", "JOB", "VARIANT", "STATE", "STEP", "VAL BPB", "TOP SHARE", "")
@@ -393,10 +423,17 @@ func printExperiment(c *cli, e *jobspec.Experiment, results []variantResult, gro
 	fmt.Fprintf(c.out, "\nover seeds (mean ± sd; balance: the sequences the LBL's statistics cover, \"random\" a random sample of the global batch; val bits/byte: the mean over domains; MI: the mutual information of domain and expert in bits, mean over layers, 0 when every domain routes alike, log2(domains) at most; top share: the most used expert's share of a domain's selections, mean over layers and domains; max load: the largest expert's share of all selections, 1/E is balanced; late loss: the mean training loss (nats/token) of the last tenth of the steps, the same batches for every variant of a seed; wall: mean seconds a run):\n")
 	t = newTable(c.out, "", "VARIANT", "BALANCE", "RUNS", "VAL BPB", "MI BITS", "TOP SHARE", "MAX LOAD", "LATE LOSS", "TOKENS", "WALL S", "TOK/S")
 	for _, g := range groups {
-		t.row(orDash(g.Variant), balanceName(g.Balance, g.Random), g.Runs, g.BPB, g.MI, g.TopShare, g.MaxLoad, g.LateLoss, fmt.Sprintf("%.3g", g.Tokens), fmt.Sprintf("%.0f", g.Seconds), fmt.Sprintf("%.0f", g.TokensPerS))
+		runs := fmt.Sprint(g.Runs)
+		if g.Runs < g.Jobs {
+			runs = fmt.Sprintf("%d of %d", g.Runs, g.Jobs)
+		}
+		t.row(orDash(g.Variant), balanceName(g.Balance, g.Random), runs, g.BPB, g.MI, g.TopShare, g.MaxLoad, g.LateLoss, fmt.Sprintf("%.3g", g.Tokens), fmt.Sprintf("%.0f", g.Seconds), fmt.Sprintf("%.0f", g.TokensPerS))
 	}
 	if err := t.flush(); err != nil {
 		return err
+	}
+	for _, w := range reportWarnings(results, groups) {
+		fmt.Fprintf(c.out, "warning: %s\n", w)
 	}
 	if len(groups) > 1 {
 		fmt.Fprintf(c.out, "\npaired by seed against %s (each seed trains every variant on the same batches; mean ± sd of the differences over the seeds both have):\n", orDash(groups[0].Variant))
@@ -465,6 +502,39 @@ func printExperiment(c *cli, e *jobspec.Experiment, results []variantResult, gro
 		t.row(row...)
 	}
 	return t.flush()
+}
+
+// reportWarnings is what makes the comparison weaker than its table
+// looks: runs without a report (the means are over the others), runs
+// that trained on different numbers of tokens, and variants of one run
+// each (no spread over seeds).
+func reportWarnings(results []variantResult, groups []groupSummary) []string {
+	var ws []string
+	missing := 0
+	minTok, maxTok := int64(math.MaxInt64), int64(0)
+	for _, res := range results {
+		if res.Report == nil {
+			missing++
+			continue
+		}
+		minTok, maxTok = min(minTok, res.Report.Tokens), max(maxTok, res.Report.Tokens)
+	}
+	if missing > 0 && missing < len(results) {
+		ws = append(ws, fmt.Sprintf("%d of %d jobs have no report (see the table above): each variant's figures are over its runs that have one", missing, len(results)))
+	}
+	if maxTok > minTok {
+		ws = append(ws, fmt.Sprintf("the runs trained on different numbers of tokens (%d to %d): their val bits/byte and losses compare training lengths too", minTok, maxTok))
+	}
+	single := 0
+	for _, g := range groups {
+		if g.Runs == 1 {
+			single++
+		}
+	}
+	if single > 0 {
+		ws = append(ws, fmt.Sprintf("%d of %d variants have one run with a report: no spread over seeds (give the experiment a seed axis, e.g. seed: [1, 2])", single, len(groups)))
+	}
+	return ws
 }
 
 // balanceName is a balance batch for the table: "32", "8 random".

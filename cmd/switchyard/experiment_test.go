@@ -75,7 +75,7 @@ func TestExperimentSubmitAndReport(t *testing.T) {
 	r = runAt(t, addr, "experiment", "report", exp, "--storage", storage)
 	wantCode(t, r, exitOK)
 	// micro: mean over domains 2.5 and 2.7 -> 2.6 ± 0.1414
-	wantContains(t, r.stdout, "lbl.mode=micro   8        2", "2.6000 ± 0.1414", "0.1500 ± 0.0707", "lbl.mode=global  32       1", "2.0000 ± 0.0000", "LAYER 0 MI", "paired by seed against lbl.mode=micro", "-0.5000 ± 0.0000",
+	wantContains(t, r.stdout, "lbl.mode=micro   8        2", "2.6000 ± 0.1414", "0.1500 ± 0.0707", "lbl.mode=global  32       1 of 2", "2.0000 (n=1)", "LAYER 0 MI", "paired by seed against lbl.mode=micro", "-0.5000 (n=1)",
 		"no report yet at "+filepath.Join(storage, "jobs", e.Variants[3].JobID), "code", "english")
 	r = runAt(t, addr, "experiment", "report", exp, "--storage", storage, "-o", "json")
 	wantCode(t, r, exitOK)
@@ -103,6 +103,53 @@ func TestExperimentSubmitAndReport(t *testing.T) {
 	wantContains(t, r.stdout, "NOT SUBMITTED", "no --storage given")
 	r = runCmd(t, false, "experiment", "submit", filepath.Join(dir, "missing.yaml"))
 	wantCode(t, r, exitUsage)
+}
+
+// TestExperimentReportHonest: a variant whose seeds have not all
+// reported says how many did, one run shows no "± 0", a job that ended
+// without a report says how it ended (a succeeded one points at
+// --storage), and runs of unequal tokens or without seeds are warned of.
+func TestExperimentReportHonest(t *testing.T) {
+	f, addr, dir, exp, e := experimentSetup(t)
+	wantCode(t, runAt(t, addr, "experiment", "submit", exp), exitOK)
+	storage := filepath.Join(dir, "storage")
+	f.mu.Lock()
+	for i, st := range []coordinatorv1.JobState{coordinatorv1.JobState_JOB_STATE_SUCCEEDED, coordinatorv1.JobState_JOB_STATE_SUCCEEDED,
+		coordinatorv1.JobState_JOB_STATE_FAILED, coordinatorv1.JobState_JOB_STATE_SUCCEEDED} {
+		f.jobs[e.Variants[i].JobID].State = st
+	}
+	f.jobs[e.Variants[2].JobID].Reason, f.jobs[e.Variants[2].JobID].Message = "OutOfMemory", "rank 0 used 3000 MiB"
+	f.mu.Unlock()
+	// reports of micro seed 1 (variant 0) and global seed 2 (variant 3), of unequal tokens
+	for i, tokens := range map[int]int64{0: 1000, 3: 2000} {
+		raw, _ := json.Marshal(train.Report{Tokens: tokens, Domains: []train.DomainReport{{Domain: "code", BitsPerByte: 2}}})
+		p := filepath.Join(storage, "jobs", e.Variants[i].JobID, "attempt-0", "rank-0", "report.json")
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, raw, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := runAt(t, addr, "experiment", "report", exp, "--storage", storage)
+	wantCode(t, r, exitOK)
+	wantContains(t, r.stdout, "lbl.mode=micro   8        1 of 2", "lbl.mode=global  32       1 of 2", "2.0000 (n=1)",
+		"no report at "+filepath.Join(storage, "jobs", e.Variants[1].JobID), "(the job succeeded: is --storage the workers' storage_path?)",
+		"no report: failed (OutOfMemory: rank 0 used 3000 MiB)",
+		"warning: 2 of 4 jobs have no report", "warning: the runs trained on different numbers of tokens (1000 to 2000)",
+		"warning: 2 of 2 variants have one run with a report")
+	if strings.Contains(r.stdout, "± 0.0000") || strings.Contains(r.stdout, "no report yet") {
+		t.Errorf("a spread of one run, or a finished job's report still to come:\n%s", r.stdout)
+	}
+	r = runAt(t, addr, "experiment", "report", exp, "--storage", storage, "-o", "json")
+	wantCode(t, r, exitOK)
+	var out struct {
+		Groups   []groupSummary `json:"groups"`
+		Warnings []string       `json:"warnings"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &out); err != nil || len(out.Warnings) != 3 || out.Groups[0].Jobs != 2 || out.Groups[0].Runs != 1 {
+		t.Fatalf("json report %v: %s", err, r.stdout)
+	}
 }
 
 // TestExperimentFileErrors: a key typo in an axis names the axis and its

@@ -37,7 +37,7 @@ import (
 //
 //	axes:
 //	  seed: [1, 2]
-//	variants:                   # name: fields merged into base (they win over axes)
+//	variants:                   # name: fields merged into base (not an axis's field)
 //	  micro-8:   {lbl: {mode: micro}}
 //	  global-32: {lbl: {mode: global, window: 4}}
 //	  random-8:  {lbl: {mode: micro}, data: {order: domain_mixed}}
@@ -50,8 +50,8 @@ import (
 //
 // Keys are checked against the job spec in the file (base, each axis's
 // path, each variant), so an unknown one is named with its line there; an
-// axis listing a value twice, or two variants that are the same job, are
-// refused.
+// axis listing a value twice, a variant setting the field of an axis of
+// several values, or two variants that are the same job, are refused.
 type Experiment struct {
 	Name     string
 	Axes     []Axis
@@ -165,15 +165,26 @@ func ParseExperiment(raw []byte) (*Experiment, error) {
 		if err != nil {
 			return nil, err
 		}
+		// a variant setting the field of an axis of several values
+		// overrides them all: its combinations would be one job again
+		for _, a := range axes {
+			for k, o := range va.Overlays {
+				if len(a.Values) > 1 && hasPath(o, strings.Split(a.Path, ".")) {
+					return nil, fmt.Errorf("experiment: variants.%s sets %s, which is an axis of %d values: the variant would override them all (set it in the axis or in the variants, not both)", va.Values[k], a.Path, len(a.Values))
+				}
+			}
+		}
 		axes = append(axes, va)
 	}
 	e := &Experiment{Name: f.Name, Axes: axes}
 	n := 1
+	var sizes []string
 	for _, a := range axes {
-		n *= len(a.Values)
-		if n > MaxVariants {
-			return nil, fmt.Errorf("experiment: axes: more than %d variants", MaxVariants)
-		}
+		n = min(n*len(a.Values), MaxSize*MaxSize) // each axis has fewer values than the file has bytes
+		sizes = append(sizes, fmt.Sprint(len(a.Values)))
+	}
+	if n > MaxVariants {
+		return nil, fmt.Errorf("experiment: axes: %d variants (%s); the limit is %d", n, strings.Join(sizes, " x "), MaxVariants)
 	}
 	seen := map[string]int{} // a variant's parsed spec: its index
 	total := 0
@@ -305,6 +316,19 @@ func parseVariants(node *yaml.Node) (Axis, error) {
 		a.Overlays = append(a.Overlays, o)
 	}
 	return a, nil
+}
+
+// hasPath says whether m sets the field at path.
+func hasPath(m map[string]any, path []string) bool {
+	for _, p := range path[:len(path)-1] {
+		child, ok := m[p].(map[string]any)
+		if !ok {
+			return false
+		}
+		m = child
+	}
+	_, ok := m[path[len(path)-1]]
+	return ok
 }
 
 // merge sets over's fields in m, merging mappings into mappings.

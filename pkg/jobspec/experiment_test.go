@@ -2,6 +2,7 @@ package jobspec
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -51,6 +52,11 @@ func TestExperimentVariants(t *testing.T) {
 }
 
 func TestExperimentErrors(t *testing.T) {
+	var vals []string
+	for i := range 100 {
+		vals = append(vals, fmt.Sprint(i+1))
+	}
+	hundred := "[" + strings.Join(vals, ", ") + "]"
 	for _, tc := range []struct{ file, want string }{
 		{"", "empty file"},
 		{"name: Sweep\nbase: {}\naxes: {seed: [1]}\n", `name = "Sweep"`},
@@ -67,7 +73,11 @@ func TestExperimentErrors(t *testing.T) {
 		// a value of the wrong type: its line in the file, not in the variant
 		{"name: s\nbase:\n  steps: 3\naxes:\n  lbl.mode: [micro, global]\n  seed:\n    - 1\n    - two\n", "experiment: axes.seed: line 8: cannot unmarshal !!str `two` into int64"},
 		{"name: s\nbase: {steps: 3}\nvariants:\n  a: {seed: 1}\n  b:\n    lbl: {mode: global}\n    steps: many\n", "experiment: variants.b: line 7: cannot unmarshal !!str `many` into int"},
-		{"name: s\nbase: {}\naxes: {seed: [1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16], lbl.coef: [1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17]}\n", "more than 256 variants"},
+		{"name: s\nbase: {}\naxes: {seed: [1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16], lbl.coef: [1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17]}\n", "axes: 272 variants (16 x 17); the limit is 256"},
+		{"name: s\nbase: {}\naxes: {seed: " + hundred + ", steps: " + hundred + "}\n", "axes: 10000 variants (100 x 100); the limit is 256"},
+		// a variant setting an axis's field overrides the axis
+		{"name: s\nbase: {}\naxes: {lbl.mode: [micro, global]}\nvariants:\n  b: {lbl: {coef: 0.1}}\n  a: {lbl: {mode: micro}}\n",
+			"experiment: variants.a sets lbl.mode, which is an axis of 2 values: the variant would override them all"},
 	} {
 		_, err := ParseExperiment([]byte(tc.file))
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

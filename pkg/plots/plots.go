@@ -6,6 +6,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"strconv"
 
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
@@ -218,9 +219,59 @@ func newPlot(title, x, y string) *plot.Plot {
 	p.Title.Text = title
 	p.X.Label.Text = x
 	p.Y.Label.Text = y
+	p.X.Tick.Marker, p.Y.Tick.Marker = exactTicks{}, exactTicks{}
 	p.Add(plotter.NewGrid())
 	p.Legend.Top = true
 	return p
+}
+
+// exactTicks is gonum's default ticks, the major ones relabelled with as
+// many decimals as their values need when gonum's labels round them: over
+// a narrow range it labels 2.05 and 2.15 "2.1" and "2.2", next to 2.1
+// and 2.2.
+type exactTicks struct{}
+
+func (exactTicks) Ticks(lo, hi float64) []plot.Tick {
+	ts := plot.DefaultTicks{}.Ticks(lo, hi)
+	var major []float64
+	for _, t := range ts {
+		if t.Label != "" {
+			major = append(major, t.Value)
+		}
+	}
+	if len(major) < 2 {
+		return ts
+	}
+	tol := math.Abs(major[1]-major[0]) * 1e-6
+	exact := func(label func(float64) string) bool {
+		for _, v := range major {
+			if x, err := strconv.ParseFloat(label(v), 64); err != nil || math.Abs(x-v) > tol {
+				return false
+			}
+		}
+		return true
+	}
+	labels := map[float64]string{}
+	for _, t := range ts {
+		if t.Label != "" {
+			labels[t.Value] = t.Label
+		}
+	}
+	if exact(func(v float64) string { return labels[v] }) {
+		return ts
+	}
+	for prec := 0; prec <= 15; prec++ {
+		label := func(v float64) string { return strconv.FormatFloat(v, 'f', prec, 64) }
+		if exact(label) {
+			for i := range ts {
+				if ts[i].Label != "" {
+					ts[i].Label = label(ts[i].Value)
+				}
+			}
+			break
+		}
+	}
+	return ts
 }
 
 // writer writes pictures in every format and remembers the first error.

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -92,6 +93,25 @@ func wantPictures(t *testing.T, dir string, paths []string, names ...string) {
 			if root != "svg" {
 				t.Fatalf("%s: root element %q", p, root)
 			}
+		}
+	}
+}
+
+// TestExactTicks: over a narrow range every major tick's label reads as
+// its value (gonum's own rounds 2.05 to "2.1", next to the tick at 2.1),
+// and labels that already do are left as they are.
+func TestExactTicks(t *testing.T) {
+	for _, r := range [][2]float64{{2.05, 2.22}, {6.235, 6.3016}, {0, 150}, {1e-4, 3e-4}, {-0.5, 0.5}} {
+		seen := map[string]bool{}
+		for _, tk := range (exactTicks{}).Ticks(r[0], r[1]) {
+			if tk.Label == "" {
+				continue
+			}
+			x, err := strconv.ParseFloat(tk.Label, 64)
+			if err != nil || math.Abs(x-tk.Value) > 1e-9 || seen[tk.Label] {
+				t.Errorf("range %v: tick %v labelled %q", r, tk.Value, tk.Label)
+			}
+			seen[tk.Label] = true
 		}
 	}
 }

@@ -290,14 +290,7 @@ func missingReport(j *coordinatorv1.Job, why string) string {
 	case coordinatorv1.JobState_JOB_STATE_SUCCEEDED:
 		return strings.Replace(why, "no report yet at", "no report at", 1) + " (the job succeeded: is --storage the workers' storage_path?)"
 	case coordinatorv1.JobState_JOB_STATE_FAILED, coordinatorv1.JobState_JOB_STATE_CANCELLED:
-		s := "no report: " + strings.ToLower(jobstate.Name(j.GetState()))
-		switch {
-		case j.GetReason() != "" && j.GetMessage() != "":
-			s += fmt.Sprintf(" (%s: %s)", j.GetReason(), j.GetMessage())
-		case j.GetReason() != "" || j.GetMessage() != "":
-			s += fmt.Sprintf(" (%s%s)", j.GetReason(), j.GetMessage())
-		}
-		return s
+		return "no report: " + strings.ToLower(jobstate.Name(j.GetState())) + stateWhy(j)
 	}
 	return why
 }

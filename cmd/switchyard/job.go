@@ -240,14 +240,19 @@ func (c *cli) printJob(j *coordinatorv1.Job, pendingReason string) {
 
 // stateLine is "FAILED (WorkerLost: worker w-3 lease expired)".
 func stateLine(j *coordinatorv1.Job) string {
-	s := jobstate.Name(j.GetState())
+	return jobstate.Name(j.GetState()) + stateWhy(j)
+}
+
+// stateWhy is " (WorkerLost: worker w-3 lease expired)", the reason and
+// message of the job's state; "" when it has neither.
+func stateWhy(j *coordinatorv1.Job) string {
 	switch {
 	case j.GetReason() != "" && j.GetMessage() != "":
-		s += fmt.Sprintf(" (%s: %s)", j.GetReason(), j.GetMessage())
+		return fmt.Sprintf(" (%s: %s)", j.GetReason(), j.GetMessage())
 	case j.GetReason() != "" || j.GetMessage() != "":
-		s += fmt.Sprintf(" (%s%s)", j.GetReason(), j.GetMessage())
+		return fmt.Sprintf(" (%s%s)", j.GetReason(), j.GetMessage())
 	}
-	return s
+	return ""
 }
 
 func fmtRate(tokPerSec float64) string {

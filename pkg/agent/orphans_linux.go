@@ -12,8 +12,8 @@ import (
 // and what they started, of an earlier run of this worker that outlived
 // it. A worker killed with kill -9 sends its ranks SIGTERM only (see
 // sysProcAttr), which a rank may ignore, and reaches none of their
-// children. It returns the pids it killed. Processes it cannot read
-// (another user's) are passed over.
+// children. It returns the pids of the processes it found marked.
+// Processes it cannot read (another user's) are passed over.
 func killOrphans(owner string) []int {
 	names, err := procPIDs()
 	if err != nil {
@@ -21,25 +21,26 @@ func killOrphans(owner string) []int {
 	}
 	want := []byte(OwnerEnv + "=" + owner)
 	self := os.Getpid()
-	var killed []int
-	groups := map[int]bool{}
+	// every marked process first: killing a group takes the members not
+	// yet looked at, whose environment is then gone
+	var marked []int
 	for _, pid := range names {
 		if pid == self {
 			continue
 		}
-		env, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/environ")
-		if err != nil || !hasEntry(env, want) {
-			continue
+		if env, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/environ"); err == nil && hasEntry(env, want) {
+			marked = append(marked, pid)
 		}
+	}
+	groups := map[int]bool{}
+	for _, pid := range marked {
 		if g, ok := processGroup(strconv.Itoa(pid)); ok && g > 1 && g != syscall.Getpgrp() && !groups[g] {
 			groups[g] = true
 			syscall.Kill(-g, syscall.SIGKILL) //nolint:errcheck // gone already is fine
 		}
-		if syscall.Kill(pid, syscall.SIGKILL) == nil {
-			killed = append(killed, pid)
-		}
+		syscall.Kill(pid, syscall.SIGKILL) //nolint:errcheck // gone already is fine
 	}
-	return killed
+	return marked
 }
 
 // procPIDs lists the processes in /proc.

@@ -184,6 +184,19 @@ restart: {max_restarts: %d, backoff_seconds: 12}
 		if _, err := os.Stat("/etc/switchyard-refused"); err == nil {
 			t.Error("/etc/switchyard-refused was made")
 		}
+		// the cancelled job, which never committed a checkpoint, is
+		// deleted; its ID is not given to another job
+		c.mustCLI("job", "delete", id)
+		if r := c.cli("job", "status", id); r.code != 3 {
+			t.Errorf("job status of a deleted job: exit %d, want 3 (not found)\n%s", r.code, r.stderr)
+		}
+		again := filepath.Join(t.TempDir(), "again.yaml")
+		if err := os.WriteFile(again, []byte("name: cmd-refused\nruntime: command\ncommand: /bin/true\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if r := c.cli("job", "submit", "--id", id, again); r.code == 0 || !strings.Contains(r.stderr, "the ID of a deleted job") {
+			t.Errorf("a job submitted under a deleted ID: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+		}
 		// a trainer that never commits: the restarted attempt says it
 		// starts from the beginning
 		id = c.submit("cmd-nocommit", torchSpec("cmd-nocommit", 400, 5, 1, "--never-commit", "--sleep-per-step", "0.05"))

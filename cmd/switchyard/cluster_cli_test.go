@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/switchyard-ml/switchyard/internal/testnet"
+	"github.com/switchyard-ml/switchyard/pkg/jobstate"
 	"github.com/switchyard-ml/switchyard/pkg/security"
 	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
 	coordinatorv1 "github.com/switchyard-ml/switchyard/proto/switchyard/coordinator/v1"
@@ -191,6 +192,20 @@ func (f *fakeCoordinator) CancelJob(_ context.Context, req *apiv1.CancelJobReque
 	f.cancelled = append(f.cancelled, req.GetJobId())
 	j.State, j.Reason, j.Message = coordinatorv1.JobState_JOB_STATE_CANCELLED, "Cancelled", req.GetMessage()
 	return &apiv1.CancelJobResponse{Job: j}, nil
+}
+
+func (f *fakeCoordinator) DeleteJob(_ context.Context, req *apiv1.DeleteJobRequest) (*apiv1.DeleteJobResponse, error) {
+	j, err := f.job(req.GetJobId())
+	if err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !jobstate.Final(j.State) {
+		return nil, status.Errorf(codes.FailedPrecondition, "job %s is %s: only a job that has ended is deleted", j.Id, jobstate.Lower(j.State))
+	}
+	delete(f.jobs, j.Id)
+	return &apiv1.DeleteJobResponse{Job: j}, nil
 }
 
 func (f *fakeCoordinator) ResumeJob(_ context.Context, req *apiv1.ResumeJobRequest) (*apiv1.ResumeJobResponse, error) {

@@ -34,6 +34,7 @@ func (c *cli) cmdJob(ctx context.Context, args []string) error {
 		{"plot", "ID --out DIR [--storage DIR]", "draw the job's pictures from rank 0's metrics so far (PNG and SVG): loss, LBL, tokens/s, expert load per layer; with --storage the domain x expert heat maps", c.jobPlot},
 		{"cancel", "ID [--message TEXT]", "cancel a job", c.jobCancel},
 		{"resume", "ID [--from STEP]", "restart a job from a committed checkpoint (default: the newest)", c.jobResume},
+		{"delete", "ID", "remove a job that has ended, and its history, once it has no checkpoint (its ID is not used again)", c.jobDelete},
 	})
 }
 
@@ -751,6 +752,26 @@ func (c *cli) jobCancel(ctx context.Context, name string, args []string) error {
 		return printProto(c.out, resp.GetJob(), false)
 	}
 	fmt.Fprintf(c.out, "job %s %s\n", id, stateLine(resp.GetJob()))
+	return nil
+}
+
+func (c *cli) jobDelete(ctx context.Context, name string, args []string) error {
+	fs, r := c.flags(name)
+	pos, err := c.parse(fs, r, args, 1, 1)
+	if err != nil {
+		return err
+	}
+	id := pos[0]
+	resp, err := unary(ctx, r, "job delete "+id, func(ctx context.Context, cl *client.Client) (*apiv1.DeleteJobResponse, error) {
+		return cl.DeleteJob(ctx, &apiv1.DeleteJobRequest{JobId: id})
+	})
+	if err != nil {
+		return err
+	}
+	if r.json() {
+		return printProto(c.out, resp.GetJob(), false)
+	}
+	fmt.Fprintf(c.out, "job %s deleted (it was %s)\n", id, stateLine(resp.GetJob()))
 	return nil
 }
 

@@ -404,6 +404,22 @@ func TestJobCancel(t *testing.T) {
 	wantCode(t, r, exitNotFound)
 }
 
+// TestJobDelete: a job that has ended is deleted, and then not found; a
+// refusal exits 1 with the coordinator's reason.
+func TestJobDelete(t *testing.T) {
+	f := newFakeCoordinator()
+	addr := startFake(t, f)
+	r := runAt(t, addr, "job", "delete", "moe-1")
+	wantCode(t, r, exitFailure)
+	wantContains(t, r.stderr, "job moe-1 is running: only a job that has ended is deleted")
+	wantCode(t, runAt(t, addr, "job", "cancel", "moe-1"), exitOK)
+	r = runAt(t, addr, "job", "delete", "moe-1")
+	wantCode(t, r, exitOK)
+	wantContains(t, r.stdout, "job moe-1 deleted (it was CANCELLED (Cancelled))")
+	wantCode(t, runAt(t, addr, "job", "status", "moe-1"), exitNotFound)
+	wantCode(t, runAt(t, addr, "job", "delete", "moe-1"), exitNotFound)
+}
+
 func TestJobETA(t *testing.T) {
 	d, ok := eta(100, 1100, 4096, 8192)
 	if !ok || d != 500*time.Second {

@@ -283,6 +283,15 @@ var apiMethods = []apiMethod{
 		}
 		return nil
 	}),
+	unary("DeleteJob", (*Server).DeleteJob, func(a *apiRun, req *apiv1.DeleteJobRequest, resp *apiv1.DeleteJobResponse) error {
+		if j := resp.GetJob(); j.GetId() != req.GetJobId() || !jobstate.Final(j.GetState()) {
+			return errors.New("not the job deleted, or one that had not ended")
+		}
+		if _, err := a.s.cfg.Node.Job(req.GetJobId()); err == nil {
+			return errors.New("the job is still there")
+		}
+		return nil
+	}),
 	stream("JobLogs", (*Server).JobLogs),
 	stream("WatchJob", (*Server).WatchJob),
 	unary("ClusterStatus", (*Server).ClusterStatus),

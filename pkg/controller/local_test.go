@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/switchyard-ml/switchyard/pkg/checkpoint"
@@ -526,5 +528,46 @@ func TestSyncsHeldUpBehindTheLeaderAreNoSilence(t *testing.T) {
 		if e.Type == "WorkerLost" {
 			t.Fatalf("a worker whose syncs waited for the leader's lock was taken for lost: %s", e.Message)
 		}
+	}
+}
+
+// TestDeleteJob: a job is deleted only once it has ended and has no
+// checkpoint (each refusal says what to do); a deleted job is gone, and
+// its ID is refused to a new one.
+func TestDeleteJob(t *testing.T) {
+	l := newLocal(t)
+	cat := &catalogue{live: []checkpoint.Manifest{{Job: "j1", Step: 20}, {Job: "j1", Step: 10}}}
+	l.s.cfg.Checkpoints = cat
+	l.submit("j1", fmt.Sprintf(spec2, 1))
+	l.register("w1")
+	l.register("w2")
+	l.tick()
+	del := func() error {
+		_, err := l.s.DeleteJob(l.ctx, &apiv1.DeleteJobRequest{JobId: "j1"})
+		return err
+	}
+	if err := del(); status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "job j1 is placed: only a job that has ended is deleted (switchyard job cancel j1 first)") {
+		t.Fatalf("delete of a placed job: %v", err)
+	}
+	if _, err := l.s.CancelJob(l.ctx, &apiv1.CancelJobRequest{JobId: "j1"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := del(); status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "job j1 has checkpoints (steps 10, 20): delete them first (switchyard checkpoints delete j1 STEP)") {
+		t.Fatalf("delete of a job with checkpoints: %v", err)
+	}
+	cat.live, cat.err = nil, errors.New("etcd down")
+	if err := del(); status.Code(err) != codes.Unavailable {
+		t.Fatalf("delete while the catalogue cannot be read: %v", err)
+	}
+	cat.err = nil
+	if err := del(); err != nil {
+		t.Fatalf("delete of a cancelled job without checkpoints: %v", err)
+	}
+	if _, err := l.s.GetJob(l.ctx, &apiv1.GetJobRequest{JobId: "j1"}); status.Code(err) != codes.NotFound {
+		t.Fatalf("get after the delete: %v", err)
+	}
+	_, err := l.s.SubmitJob(l.ctx, &apiv1.SubmitJobRequest{JobId: "j1", Spec: []byte(fmt.Sprintf(spec2, 1))})
+	if status.Code(err) != codes.AlreadyExists || !strings.Contains(err.Error(), "the ID of a deleted job") {
+		t.Fatalf("a new job under the deleted ID: %v", err)
 	}
 }

@@ -5,7 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"sort"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -615,6 +619,74 @@ func (s *Server) ResumeJob(ctx context.Context, req *apiv1.ResumeJobRequest) (*a
 	delete(h.term.notBefore, r.Job.Id)
 	s.publish(r.Job.Id, "Resumed", r.Job.State, msg, "")
 	return &apiv1.ResumeJobResponse{Job: r.Job}, nil
+}
+
+func (s *Server) DeleteJob(ctx context.Context, req *apiv1.DeleteJobRequest) (*apiv1.DeleteJobResponse, error) {
+	if !s.cfg.Node.IsLeader() {
+		return forward(ctx, s, req, apiv1.CoordinatorClient.DeleteJob)
+	}
+	// serialised with a resume from a chosen checkpoint and a checkpoint's
+	// deletion: between the check that the job has no checkpoint and the
+	// delete, none is resumed from nor half deleted
+	s.resumeFrom.Lock()
+	defer s.resumeFrom.Unlock()
+	j, err := s.cfg.Node.Job(req.GetJobId())
+	if err != nil {
+		return nil, apiError(err)
+	}
+	if !jobstate.Final(j.State) {
+		return nil, apiError(failure(errRefused, "job %s is %s: only a job that has ended is deleted (switchyard job cancel %s first)", j.Id, jobstate.Lower(j.State), j.Id))
+	}
+	if s.cfg.Checkpoints != nil {
+		// a job's checkpoints are reached through it: deleted with them
+		// left, they would be out of every command's reach
+		lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		live, deleting, err := s.cfg.Checkpoints.List(lctx, j)
+		cancel()
+		if err != nil {
+			return nil, apiError(failure(errUnavailable, "delete job %s: its checkpoints cannot be listed: %v", j.Id, err))
+		}
+		steps := slices.Clone(deleting)
+		for _, m := range live {
+			steps = append(steps, m.Step)
+		}
+		if len(steps) > 0 {
+			slices.Sort(steps)
+			return nil, apiError(failure(errRefused, "job %s has checkpoints (steps %s): delete them first (switchyard checkpoints delete %s STEP), then the job",
+				j.Id, joinSteps(steps), j.Id))
+		}
+	}
+	r, err := s.cfg.Node.Apply(ctx, &pb.Command{Op: &pb.Command_DeleteJob{DeleteJob: &pb.DeleteJob{JobId: j.Id}}})
+	if err != nil {
+		return nil, apiError(err)
+	}
+	h := s.hold()
+	h.forgetJob(j.Id)
+	h.release()
+	s.log.Info("job deleted", "job-id", j.Id)
+	s.publish(j.Id, "Deleted", r.Job.State, "deleted by the user", "")
+	return &apiv1.DeleteJobResponse{Job: r.Job}, nil
+}
+
+// joinSteps reads "10, 20, 30".
+func joinSteps(steps []int64) string {
+	s := make([]string, len(steps))
+	for i, st := range steps {
+		s[i] = strconv.FormatInt(st, 10)
+	}
+	return strings.Join(s, ", ")
+}
+
+// forgetJob drops what the leader remembers of a deleted job.
+func (s held) forgetJob(id string) {
+	delete(s.term.lastProgress, id)
+	delete(s.term.notBefore, id)
+	delete(s.term.failing, id)
+	maps.DeleteFunc(s.term.reports, func(k taskKey, _ *apiv1.TaskStatus) bool { return k.job == id })
+	maps.DeleteFunc(s.term.eventSeq, func(k taskKey, _ uint32) bool { return k.job == id })
+	s.mu.Lock()
+	delete(s.specs, id)
+	s.mu.Unlock()
 }
 
 // ---- API: cluster ----

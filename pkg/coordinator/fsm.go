@@ -92,6 +92,8 @@ func (f *FSM) ApplyCommand(cmd *pb.Command) ApplyResult {
 		r.Job, err = f.store.Requeue(now, op.RequeueJob)
 	case *pb.Command_ResumeJob:
 		r.Job, err = f.store.Resume(now, op.ResumeJob)
+	case *pb.Command_DeleteJob:
+		r.Job, err = f.store.Delete(op.DeleteJob)
 	default:
 		// A command from a newer version, or an empty envelope: every replica
 		// refuses it the same way.

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/hashicorp/raft"
@@ -274,8 +276,54 @@ func TestFSMSnapshotRoundTrip(t *testing.T) {
 
 // FuzzFSMApply feeds arbitrary log entries to the FSM: it must never panic,
 // and two replicas must stay identical.
+func deleteCmd(now int64, id string) *pb.Command {
+	return &pb.Command{UnixNano: now, Op: &pb.Command_DeleteJob{DeleteJob: &pb.DeleteJob{JobId: id}}}
+}
+
+// TestDeleteJob: a job that has ended is deleted with its history, and
+// its ID is refused to a new job, also after a snapshot's restore; one
+// that has not ended is refused and kept; an unknown one is not found.
+func TestDeleteJob(t *testing.T) {
+	f := NewFSM(0)
+	applyAll(t, f, history())
+	// a: succeeded, b: failed, c: cancelled, d: pending
+	for _, id := range []string{"a", "b", "c"} {
+		r := f.ApplyCommand(deleteCmd(200, id))
+		if r.Err != nil || r.Job.GetId() != id {
+			t.Fatalf("delete %s: %v %v", id, r.Job, r.Err)
+		}
+		if _, err := f.Job(id); !errors.Is(err, ErrJobNotFound) {
+			t.Fatalf("%s after its delete: %v", id, err)
+		}
+	}
+	if r := f.ApplyCommand(deleteCmd(201, "d")); !errors.Is(r.Err, ErrInvalidTransition) || !strings.Contains(r.Err.Error(), "cancel it first") {
+		t.Fatalf("delete of a pending job: %v", r.Err)
+	}
+	if _, err := f.Job("d"); err != nil {
+		t.Fatalf("the refused delete removed d: %v", err)
+	}
+	if r := f.ApplyCommand(deleteCmd(202, "a")); !errors.Is(r.Err, ErrJobNotFound) {
+		t.Fatalf("a second delete: %v", r.Err)
+	}
+	if len(f.Jobs()) != 1 || len(f.State().GetJobs()) != 1 {
+		t.Fatalf("after the deletes: %d jobs, a snapshot of %d", len(f.Jobs()), len(f.State().GetJobs()))
+	}
+	g := NewFSM(0)
+	if err := g.store.Restore(f.State()); err != nil {
+		t.Fatal(err)
+	}
+	for _, fsm := range []*FSM{f, g} {
+		if r := fsm.ApplyCommand(submitCmd(203, "a", 2)); !errors.Is(r.Err, ErrJobConflict) || !strings.Contains(r.Err.Error(), "a deleted job") {
+			t.Fatalf("a submitted again: %v %v", r.Job, r.Err)
+		}
+	}
+	if got := g.State().GetDeletedJobIds(); !slices.Equal(got, []string{"a", "b", "c"}) {
+		t.Fatalf("deleted ids in the snapshot: %v", got)
+	}
+}
+
 func FuzzFSMApply(f *testing.F) {
-	for _, c := range history() {
+	for _, c := range append(history(), deleteCmd(200, "a"), deleteCmd(200, "d")) {
 		data, _ := proto.Marshal(c)
 		f.Add(data)
 	}

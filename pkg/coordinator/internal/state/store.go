@@ -9,6 +9,7 @@ package state
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sort"
 	"strings"
@@ -44,6 +45,7 @@ var (
 type Store struct {
 	mu        sync.RWMutex
 	jobs      map[string]*pb.Job
+	deleted   map[string]bool // IDs of deleted jobs, refused to new ones
 	submitSeq uint64
 	maxEvents int
 }
@@ -57,7 +59,7 @@ func New(maxEvents int) *Store {
 	if maxEvents <= 0 {
 		maxEvents = DefaultMaxEvents
 	}
-	return &Store{jobs: map[string]*pb.Job{}, maxEvents: maxEvents}
+	return &Store{jobs: map[string]*pb.Job{}, deleted: map[string]bool{}, maxEvents: maxEvents}
 }
 
 func invalid(format string, args ...any) error {
@@ -75,6 +77,9 @@ func (s *Store) Submit(now int64, c *pb.SubmitJob) (job *pb.Job, created bool, e
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.deleted[c.JobId] {
+		return nil, false, fmt.Errorf("%w: %s is the ID of a deleted job; give the new one another", ErrJobConflict, c.JobId)
+	}
 	if j, ok := s.jobs[c.JobId]; ok {
 		same := string(j.Spec) == string(c.Spec) && j.Name == c.Name && j.Priority == c.Priority &&
 			j.WorldSize == c.WorldSize && j.GetProgress().GetTotalSteps() == c.TotalSteps
@@ -344,6 +349,24 @@ func (s *Store) Resume(now int64, c *pb.ResumeJob) (*pb.Job, error) {
 	return clone(j), nil
 }
 
+// Delete removes a job that has ended, and returns it as it was. A job
+// that has not ended is refused (ErrInvalidTransition): it would leave
+// ranks running that nothing supervises.
+func (s *Store) Delete(c *pb.DeleteJob) (*pb.Job, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	j, err := s.get(c.GetJobId())
+	if err != nil {
+		return nil, err
+	}
+	if !jobstate.Final(j.State) {
+		return nil, fmt.Errorf("%w: %s: delete while %s (only a job that has ended is deleted: cancel it first)", ErrInvalidTransition, j.Id, jobstate.Lower(j.State))
+	}
+	delete(s.jobs, j.Id)
+	s.deleted[j.Id] = true
+	return j, nil
+}
+
 // Job returns a copy of one job.
 func (s *Store) Job(id string) (*pb.Job, error) {
 	s.mu.RLock()
@@ -399,6 +422,7 @@ func (s *Store) Snapshot() *pb.Snapshot {
 		snap.Jobs = append(snap.Jobs, clone(j))
 	}
 	sort.Slice(snap.Jobs, func(a, b int) bool { return snap.Jobs[a].Id < snap.Jobs[b].Id })
+	snap.DeletedJobIds = slices.Sorted(maps.Keys(s.deleted))
 	return snap
 }
 
@@ -414,9 +438,16 @@ func (s *Store) Restore(snap *pb.Snapshot) error {
 		}
 		jobs[j.Id] = clone(j)
 	}
+	deleted := make(map[string]bool, len(snap.DeletedJobIds))
+	for _, id := range snap.DeletedJobIds {
+		if id == "" || deleted[id] || jobs[id] != nil {
+			return invalid("snapshot: deleted job id %q empty, repeated or a job's", id)
+		}
+		deleted[id] = true
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.jobs, s.submitSeq = jobs, snap.SubmitSeq
+	s.jobs, s.deleted, s.submitSeq = jobs, deleted, snap.SubmitSeq
 	return nil
 }
 

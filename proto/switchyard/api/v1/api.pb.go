@@ -607,6 +607,95 @@ func (x *ResumeJobResponse) GetJob() *v1.Job {
 	return nil
 }
 
+type DeleteJobRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	JobId         string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteJobRequest) Reset() {
+	*x = DeleteJobRequest{}
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteJobRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteJobRequest) ProtoMessage() {}
+
+func (x *DeleteJobRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteJobRequest.ProtoReflect.Descriptor instead.
+func (*DeleteJobRequest) Descriptor() ([]byte, []int) {
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *DeleteJobRequest) GetJobId() string {
+	if x != nil {
+		return x.JobId
+	}
+	return ""
+}
+
+type DeleteJobResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The job as it was when deleted.
+	Job           *v1.Job `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteJobResponse) Reset() {
+	*x = DeleteJobResponse{}
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteJobResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteJobResponse) ProtoMessage() {}
+
+func (x *DeleteJobResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteJobResponse.ProtoReflect.Descriptor instead.
+func (*DeleteJobResponse) Descriptor() ([]byte, []int) {
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *DeleteJobResponse) GetJob() *v1.Job {
+	if x != nil {
+		return x.Job
+	}
+	return nil
+}
+
 type JobLogsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	JobId         string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
@@ -617,7 +706,7 @@ type JobLogsRequest struct {
 
 func (x *JobLogsRequest) Reset() {
 	*x = JobLogsRequest{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[10]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -629,7 +718,7 @@ func (x *JobLogsRequest) String() string {
 func (*JobLogsRequest) ProtoMessage() {}
 
 func (x *JobLogsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[10]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -642,7 +731,7 @@ func (x *JobLogsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobLogsRequest.ProtoReflect.Descriptor instead.
 func (*JobLogsRequest) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{10}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *JobLogsRequest) GetJobId() string {
@@ -672,7 +761,7 @@ type LogEntry struct {
 
 func (x *LogEntry) Reset() {
 	*x = LogEntry{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[11]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -684,7 +773,7 @@ func (x *LogEntry) String() string {
 func (*LogEntry) ProtoMessage() {}
 
 func (x *LogEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[11]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -697,7 +786,7 @@ func (x *LogEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogEntry.ProtoReflect.Descriptor instead.
 func (*LogEntry) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{11}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *LogEntry) GetUnixNano() int64 {
@@ -750,7 +839,7 @@ type WatchJobRequest struct {
 
 func (x *WatchJobRequest) Reset() {
 	*x = WatchJobRequest{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[12]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -762,7 +851,7 @@ func (x *WatchJobRequest) String() string {
 func (*WatchJobRequest) ProtoMessage() {}
 
 func (x *WatchJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[12]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -775,7 +864,7 @@ func (x *WatchJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchJobRequest.ProtoReflect.Descriptor instead.
 func (*WatchJobRequest) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{12}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *WatchJobRequest) GetJobId() string {
@@ -812,7 +901,7 @@ type StepMetrics struct {
 
 func (x *StepMetrics) Reset() {
 	*x = StepMetrics{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[13]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -824,7 +913,7 @@ func (x *StepMetrics) String() string {
 func (*StepMetrics) ProtoMessage() {}
 
 func (x *StepMetrics) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[13]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -837,7 +926,7 @@ func (x *StepMetrics) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StepMetrics.ProtoReflect.Descriptor instead.
 func (*StepMetrics) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{13}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *StepMetrics) GetStep() int64 {
@@ -898,7 +987,7 @@ type ExpertLoad struct {
 
 func (x *ExpertLoad) Reset() {
 	*x = ExpertLoad{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[14]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -910,7 +999,7 @@ func (x *ExpertLoad) String() string {
 func (*ExpertLoad) ProtoMessage() {}
 
 func (x *ExpertLoad) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[14]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -923,7 +1012,7 @@ func (x *ExpertLoad) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExpertLoad.ProtoReflect.Descriptor instead.
 func (*ExpertLoad) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{14}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ExpertLoad) GetShare() []float64 {
@@ -948,7 +1037,7 @@ type WatchJobResponse struct {
 
 func (x *WatchJobResponse) Reset() {
 	*x = WatchJobResponse{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[15]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -960,7 +1049,7 @@ func (x *WatchJobResponse) String() string {
 func (*WatchJobResponse) ProtoMessage() {}
 
 func (x *WatchJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[15]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -973,7 +1062,7 @@ func (x *WatchJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchJobResponse.ProtoReflect.Descriptor instead.
 func (*WatchJobResponse) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{15}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *WatchJobResponse) GetJob() *v1.Job {
@@ -1005,7 +1094,7 @@ type ClusterStatusRequest struct {
 
 func (x *ClusterStatusRequest) Reset() {
 	*x = ClusterStatusRequest{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[16]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1017,7 +1106,7 @@ func (x *ClusterStatusRequest) String() string {
 func (*ClusterStatusRequest) ProtoMessage() {}
 
 func (x *ClusterStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[16]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1030,7 +1119,7 @@ func (x *ClusterStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterStatusRequest.ProtoReflect.Descriptor instead.
 func (*ClusterStatusRequest) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{16}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{18}
 }
 
 type Replica struct {
@@ -1051,7 +1140,7 @@ type Replica struct {
 
 func (x *Replica) Reset() {
 	*x = Replica{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[17]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1063,7 +1152,7 @@ func (x *Replica) String() string {
 func (*Replica) ProtoMessage() {}
 
 func (x *Replica) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[17]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1076,7 +1165,7 @@ func (x *Replica) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Replica.ProtoReflect.Descriptor instead.
 func (*Replica) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{17}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Replica) GetId() string {
@@ -1139,7 +1228,7 @@ type Resources struct {
 
 func (x *Resources) Reset() {
 	*x = Resources{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[18]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1151,7 +1240,7 @@ func (x *Resources) String() string {
 func (*Resources) ProtoMessage() {}
 
 func (x *Resources) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[18]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1164,7 +1253,7 @@ func (x *Resources) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Resources.ProtoReflect.Descriptor instead.
 func (*Resources) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{18}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Resources) GetCpuCores() int32 {
@@ -1216,7 +1305,7 @@ type Worker struct {
 
 func (x *Worker) Reset() {
 	*x = Worker{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[19]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1228,7 +1317,7 @@ func (x *Worker) String() string {
 func (*Worker) ProtoMessage() {}
 
 func (x *Worker) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[19]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1241,7 +1330,7 @@ func (x *Worker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Worker.ProtoReflect.Descriptor instead.
 func (*Worker) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{19}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Worker) GetId() string {
@@ -1358,7 +1447,7 @@ type GPUDevice struct {
 
 func (x *GPUDevice) Reset() {
 	*x = GPUDevice{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[20]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1370,7 +1459,7 @@ func (x *GPUDevice) String() string {
 func (*GPUDevice) ProtoMessage() {}
 
 func (x *GPUDevice) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[20]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1383,7 +1472,7 @@ func (x *GPUDevice) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GPUDevice.ProtoReflect.Descriptor instead.
 func (*GPUDevice) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{20}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *GPUDevice) GetIndex() int32 {
@@ -1436,7 +1525,7 @@ type ClusterStatusResponse struct {
 
 func (x *ClusterStatusResponse) Reset() {
 	*x = ClusterStatusResponse{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[21]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1448,7 +1537,7 @@ func (x *ClusterStatusResponse) String() string {
 func (*ClusterStatusResponse) ProtoMessage() {}
 
 func (x *ClusterStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[21]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1461,7 +1550,7 @@ func (x *ClusterStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterStatusResponse.ProtoReflect.Descriptor instead.
 func (*ClusterStatusResponse) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{21}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ClusterStatusResponse) GetAnsweredBy() string {
@@ -1509,7 +1598,7 @@ type AddReplicaRequest struct {
 
 func (x *AddReplicaRequest) Reset() {
 	*x = AddReplicaRequest{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[22]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1521,7 +1610,7 @@ func (x *AddReplicaRequest) String() string {
 func (*AddReplicaRequest) ProtoMessage() {}
 
 func (x *AddReplicaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[22]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1534,7 +1623,7 @@ func (x *AddReplicaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddReplicaRequest.ProtoReflect.Descriptor instead.
 func (*AddReplicaRequest) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{22}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *AddReplicaRequest) GetId() string {
@@ -1560,7 +1649,7 @@ type AddReplicaResponse struct {
 
 func (x *AddReplicaResponse) Reset() {
 	*x = AddReplicaResponse{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[23]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1572,7 +1661,7 @@ func (x *AddReplicaResponse) String() string {
 func (*AddReplicaResponse) ProtoMessage() {}
 
 func (x *AddReplicaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[23]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1585,7 +1674,7 @@ func (x *AddReplicaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddReplicaResponse.ProtoReflect.Descriptor instead.
 func (*AddReplicaResponse) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{23}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *AddReplicaResponse) GetReplicas() []*Replica {
@@ -1604,7 +1693,7 @@ type RemoveReplicaRequest struct {
 
 func (x *RemoveReplicaRequest) Reset() {
 	*x = RemoveReplicaRequest{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[24]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1616,7 +1705,7 @@ func (x *RemoveReplicaRequest) String() string {
 func (*RemoveReplicaRequest) ProtoMessage() {}
 
 func (x *RemoveReplicaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[24]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1629,7 +1718,7 @@ func (x *RemoveReplicaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveReplicaRequest.ProtoReflect.Descriptor instead.
 func (*RemoveReplicaRequest) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{24}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *RemoveReplicaRequest) GetId() string {
@@ -1648,7 +1737,7 @@ type RemoveReplicaResponse struct {
 
 func (x *RemoveReplicaResponse) Reset() {
 	*x = RemoveReplicaResponse{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[25]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1660,7 +1749,7 @@ func (x *RemoveReplicaResponse) String() string {
 func (*RemoveReplicaResponse) ProtoMessage() {}
 
 func (x *RemoveReplicaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[25]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1673,7 +1762,7 @@ func (x *RemoveReplicaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveReplicaResponse.ProtoReflect.Descriptor instead.
 func (*RemoveReplicaResponse) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{25}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *RemoveReplicaResponse) GetReplicas() []*Replica {
@@ -1692,7 +1781,7 @@ type ListCheckpointsRequest struct {
 
 func (x *ListCheckpointsRequest) Reset() {
 	*x = ListCheckpointsRequest{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[26]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1704,7 +1793,7 @@ func (x *ListCheckpointsRequest) String() string {
 func (*ListCheckpointsRequest) ProtoMessage() {}
 
 func (x *ListCheckpointsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[26]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1717,7 +1806,7 @@ func (x *ListCheckpointsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCheckpointsRequest.ProtoReflect.Descriptor instead.
 func (*ListCheckpointsRequest) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{26}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ListCheckpointsRequest) GetJobId() string {
@@ -1738,7 +1827,7 @@ type Shard struct {
 
 func (x *Shard) Reset() {
 	*x = Shard{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[27]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1750,7 +1839,7 @@ func (x *Shard) String() string {
 func (*Shard) ProtoMessage() {}
 
 func (x *Shard) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[27]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1763,7 +1852,7 @@ func (x *Shard) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Shard.ProtoReflect.Descriptor instead.
 func (*Shard) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{27}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *Shard) GetName() string {
@@ -1807,7 +1896,7 @@ type Checkpoint struct {
 
 func (x *Checkpoint) Reset() {
 	*x = Checkpoint{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[28]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1819,7 +1908,7 @@ func (x *Checkpoint) String() string {
 func (*Checkpoint) ProtoMessage() {}
 
 func (x *Checkpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[28]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1832,7 +1921,7 @@ func (x *Checkpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Checkpoint.ProtoReflect.Descriptor instead.
 func (*Checkpoint) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{28}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *Checkpoint) GetJobId() string {
@@ -1914,7 +2003,7 @@ type ListCheckpointsResponse struct {
 
 func (x *ListCheckpointsResponse) Reset() {
 	*x = ListCheckpointsResponse{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[29]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1926,7 +2015,7 @@ func (x *ListCheckpointsResponse) String() string {
 func (*ListCheckpointsResponse) ProtoMessage() {}
 
 func (x *ListCheckpointsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[29]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1939,7 +2028,7 @@ func (x *ListCheckpointsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCheckpointsResponse.ProtoReflect.Descriptor instead.
 func (*ListCheckpointsResponse) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{29}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ListCheckpointsResponse) GetCheckpoints() []*Checkpoint {
@@ -1959,7 +2048,7 @@ type DeleteCheckpointRequest struct {
 
 func (x *DeleteCheckpointRequest) Reset() {
 	*x = DeleteCheckpointRequest{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[30]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1971,7 +2060,7 @@ func (x *DeleteCheckpointRequest) String() string {
 func (*DeleteCheckpointRequest) ProtoMessage() {}
 
 func (x *DeleteCheckpointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[30]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1984,7 +2073,7 @@ func (x *DeleteCheckpointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteCheckpointRequest.ProtoReflect.Descriptor instead.
 func (*DeleteCheckpointRequest) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{30}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *DeleteCheckpointRequest) GetJobId() string {
@@ -2009,7 +2098,7 @@ type DeleteCheckpointResponse struct {
 
 func (x *DeleteCheckpointResponse) Reset() {
 	*x = DeleteCheckpointResponse{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[31]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2021,7 +2110,7 @@ func (x *DeleteCheckpointResponse) String() string {
 func (*DeleteCheckpointResponse) ProtoMessage() {}
 
 func (x *DeleteCheckpointResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[31]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2034,7 +2123,7 @@ func (x *DeleteCheckpointResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteCheckpointResponse.ProtoReflect.Descriptor instead.
 func (*DeleteCheckpointResponse) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{31}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{33}
 }
 
 type VerifyCheckpointRequest struct {
@@ -2047,7 +2136,7 @@ type VerifyCheckpointRequest struct {
 
 func (x *VerifyCheckpointRequest) Reset() {
 	*x = VerifyCheckpointRequest{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[32]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2059,7 +2148,7 @@ func (x *VerifyCheckpointRequest) String() string {
 func (*VerifyCheckpointRequest) ProtoMessage() {}
 
 func (x *VerifyCheckpointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[32]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2072,7 +2161,7 @@ func (x *VerifyCheckpointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyCheckpointRequest.ProtoReflect.Descriptor instead.
 func (*VerifyCheckpointRequest) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{32}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *VerifyCheckpointRequest) GetJobId() string {
@@ -2101,7 +2190,7 @@ type VerifyCheckpointResponse struct {
 
 func (x *VerifyCheckpointResponse) Reset() {
 	*x = VerifyCheckpointResponse{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[33]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2113,7 +2202,7 @@ func (x *VerifyCheckpointResponse) String() string {
 func (*VerifyCheckpointResponse) ProtoMessage() {}
 
 func (x *VerifyCheckpointResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[33]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2126,7 +2215,7 @@ func (x *VerifyCheckpointResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyCheckpointResponse.ProtoReflect.Descriptor instead.
 func (*VerifyCheckpointResponse) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{33}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *VerifyCheckpointResponse) GetOk() bool {
@@ -2154,7 +2243,7 @@ type ShardCheck struct {
 
 func (x *ShardCheck) Reset() {
 	*x = ShardCheck{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[34]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2166,7 +2255,7 @@ func (x *ShardCheck) String() string {
 func (*ShardCheck) ProtoMessage() {}
 
 func (x *ShardCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[34]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2179,7 +2268,7 @@ func (x *ShardCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShardCheck.ProtoReflect.Descriptor instead.
 func (*ShardCheck) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{34}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ShardCheck) GetName() string {
@@ -2208,7 +2297,7 @@ type CommitCheckpointRequest struct {
 
 func (x *CommitCheckpointRequest) Reset() {
 	*x = CommitCheckpointRequest{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[35]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2220,7 +2309,7 @@ func (x *CommitCheckpointRequest) String() string {
 func (*CommitCheckpointRequest) ProtoMessage() {}
 
 func (x *CommitCheckpointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[35]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2233,7 +2322,7 @@ func (x *CommitCheckpointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommitCheckpointRequest.ProtoReflect.Descriptor instead.
 func (*CommitCheckpointRequest) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{35}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *CommitCheckpointRequest) GetJobId() string {
@@ -2265,7 +2354,7 @@ type CommitCheckpointResponse struct {
 
 func (x *CommitCheckpointResponse) Reset() {
 	*x = CommitCheckpointResponse{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[36]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2277,7 +2366,7 @@ func (x *CommitCheckpointResponse) String() string {
 func (*CommitCheckpointResponse) ProtoMessage() {}
 
 func (x *CommitCheckpointResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[36]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2290,7 +2379,7 @@ func (x *CommitCheckpointResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommitCheckpointResponse.ProtoReflect.Descriptor instead.
 func (*CommitCheckpointResponse) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{36}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{38}
 }
 
 // A rank of a job that a worker runs.
@@ -2344,7 +2433,7 @@ type Task struct {
 
 func (x *Task) Reset() {
 	*x = Task{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[37]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2356,7 +2445,7 @@ func (x *Task) String() string {
 func (*Task) ProtoMessage() {}
 
 func (x *Task) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[37]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2369,7 +2458,7 @@ func (x *Task) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Task.ProtoReflect.Descriptor instead.
 func (*Task) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{37}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *Task) GetJobId() string {
@@ -2539,7 +2628,7 @@ type TaskStatus struct {
 
 func (x *TaskStatus) Reset() {
 	*x = TaskStatus{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[38]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2551,7 +2640,7 @@ func (x *TaskStatus) String() string {
 func (*TaskStatus) ProtoMessage() {}
 
 func (x *TaskStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[38]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2564,7 +2653,7 @@ func (x *TaskStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskStatus.ProtoReflect.Descriptor instead.
 func (*TaskStatus) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{38}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *TaskStatus) GetJobId() string {
@@ -2656,7 +2745,7 @@ type TaskEvent struct {
 
 func (x *TaskEvent) Reset() {
 	*x = TaskEvent{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[39]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2668,7 +2757,7 @@ func (x *TaskEvent) String() string {
 func (*TaskEvent) ProtoMessage() {}
 
 func (x *TaskEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[39]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2681,7 +2770,7 @@ func (x *TaskEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskEvent.ProtoReflect.Descriptor instead.
 func (*TaskEvent) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{39}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *TaskEvent) GetSeq() uint32 {
@@ -2725,7 +2814,7 @@ type SyncWorkerRequest struct {
 
 func (x *SyncWorkerRequest) Reset() {
 	*x = SyncWorkerRequest{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[40]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2737,7 +2826,7 @@ func (x *SyncWorkerRequest) String() string {
 func (*SyncWorkerRequest) ProtoMessage() {}
 
 func (x *SyncWorkerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[40]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2750,7 +2839,7 @@ func (x *SyncWorkerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncWorkerRequest.ProtoReflect.Descriptor instead.
 func (*SyncWorkerRequest) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{40}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *SyncWorkerRequest) GetWorkerId() string {
@@ -2783,7 +2872,7 @@ type SyncWorkerResponse struct {
 
 func (x *SyncWorkerResponse) Reset() {
 	*x = SyncWorkerResponse{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[41]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2795,7 +2884,7 @@ func (x *SyncWorkerResponse) String() string {
 func (*SyncWorkerResponse) ProtoMessage() {}
 
 func (x *SyncWorkerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[41]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2808,7 +2897,7 @@ func (x *SyncWorkerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncWorkerResponse.ProtoReflect.Descriptor instead.
 func (*SyncWorkerResponse) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{41}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *SyncWorkerResponse) GetTasks() []*Task {
@@ -2851,6 +2940,10 @@ const file_switchyard_api_v1_api_proto_rawDesc = "" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x1b\n" +
 	"\tfrom_step\x18\x02 \x01(\x03R\bfromStep\"E\n" +
 	"\x11ResumeJobResponse\x120\n" +
+	"\x03job\x18\x01 \x01(\v2\x1e.switchyard.coordinator.v1.JobR\x03job\")\n" +
+	"\x10DeleteJobRequest\x12\x15\n" +
+	"\x06job_id\x18\x01 \x01(\tR\x05jobId\"E\n" +
+	"\x11DeleteJobResponse\x120\n" +
 	"\x03job\x18\x01 \x01(\v2\x1e.switchyard.coordinator.v1.JobR\x03job\"?\n" +
 	"\x0eJobLogsRequest\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x16\n" +
@@ -3042,13 +3135,14 @@ const file_switchyard_api_v1_api_proto_rawDesc = "" +
 	"\x13TASK_STATE_STARTING\x10\x01\x12\x16\n" +
 	"\x12TASK_STATE_RUNNING\x10\x02\x12\x18\n" +
 	"\x14TASK_STATE_SUCCEEDED\x10\x03\x12\x15\n" +
-	"\x11TASK_STATE_FAILED\x10\x042\x8c\v\n" +
+	"\x11TASK_STATE_FAILED\x10\x042\xe4\v\n" +
 	"\vCoordinator\x12V\n" +
 	"\tSubmitJob\x12#.switchyard.api.v1.SubmitJobRequest\x1a$.switchyard.api.v1.SubmitJobResponse\x12M\n" +
 	"\x06GetJob\x12 .switchyard.api.v1.GetJobRequest\x1a!.switchyard.api.v1.GetJobResponse\x12S\n" +
 	"\bListJobs\x12\".switchyard.api.v1.ListJobsRequest\x1a#.switchyard.api.v1.ListJobsResponse\x12V\n" +
 	"\tCancelJob\x12#.switchyard.api.v1.CancelJobRequest\x1a$.switchyard.api.v1.CancelJobResponse\x12V\n" +
-	"\tResumeJob\x12#.switchyard.api.v1.ResumeJobRequest\x1a$.switchyard.api.v1.ResumeJobResponse\x12K\n" +
+	"\tResumeJob\x12#.switchyard.api.v1.ResumeJobRequest\x1a$.switchyard.api.v1.ResumeJobResponse\x12V\n" +
+	"\tDeleteJob\x12#.switchyard.api.v1.DeleteJobRequest\x1a$.switchyard.api.v1.DeleteJobResponse\x12K\n" +
 	"\aJobLogs\x12!.switchyard.api.v1.JobLogsRequest\x1a\x1b.switchyard.api.v1.LogEntry0\x01\x12U\n" +
 	"\bWatchJob\x12\".switchyard.api.v1.WatchJobRequest\x1a#.switchyard.api.v1.WatchJobResponse0\x01\x12b\n" +
 	"\rClusterStatus\x12'.switchyard.api.v1.ClusterStatusRequest\x1a(.switchyard.api.v1.ClusterStatusResponse\x12Y\n" +
@@ -3075,7 +3169,7 @@ func file_switchyard_api_v1_api_proto_rawDescGZIP() []byte {
 }
 
 var file_switchyard_api_v1_api_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_switchyard_api_v1_api_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
+var file_switchyard_api_v1_api_proto_msgTypes = make([]protoimpl.MessageInfo, 47)
 var file_switchyard_api_v1_api_proto_goTypes = []any{
 	(TaskState)(0),                   // 0: switchyard.api.v1.TaskState
 	(*SubmitJobRequest)(nil),         // 1: switchyard.api.v1.SubmitJobRequest
@@ -3088,107 +3182,112 @@ var file_switchyard_api_v1_api_proto_goTypes = []any{
 	(*CancelJobResponse)(nil),        // 8: switchyard.api.v1.CancelJobResponse
 	(*ResumeJobRequest)(nil),         // 9: switchyard.api.v1.ResumeJobRequest
 	(*ResumeJobResponse)(nil),        // 10: switchyard.api.v1.ResumeJobResponse
-	(*JobLogsRequest)(nil),           // 11: switchyard.api.v1.JobLogsRequest
-	(*LogEntry)(nil),                 // 12: switchyard.api.v1.LogEntry
-	(*WatchJobRequest)(nil),          // 13: switchyard.api.v1.WatchJobRequest
-	(*StepMetrics)(nil),              // 14: switchyard.api.v1.StepMetrics
-	(*ExpertLoad)(nil),               // 15: switchyard.api.v1.ExpertLoad
-	(*WatchJobResponse)(nil),         // 16: switchyard.api.v1.WatchJobResponse
-	(*ClusterStatusRequest)(nil),     // 17: switchyard.api.v1.ClusterStatusRequest
-	(*Replica)(nil),                  // 18: switchyard.api.v1.Replica
-	(*Resources)(nil),                // 19: switchyard.api.v1.Resources
-	(*Worker)(nil),                   // 20: switchyard.api.v1.Worker
-	(*GPUDevice)(nil),                // 21: switchyard.api.v1.GPUDevice
-	(*ClusterStatusResponse)(nil),    // 22: switchyard.api.v1.ClusterStatusResponse
-	(*AddReplicaRequest)(nil),        // 23: switchyard.api.v1.AddReplicaRequest
-	(*AddReplicaResponse)(nil),       // 24: switchyard.api.v1.AddReplicaResponse
-	(*RemoveReplicaRequest)(nil),     // 25: switchyard.api.v1.RemoveReplicaRequest
-	(*RemoveReplicaResponse)(nil),    // 26: switchyard.api.v1.RemoveReplicaResponse
-	(*ListCheckpointsRequest)(nil),   // 27: switchyard.api.v1.ListCheckpointsRequest
-	(*Shard)(nil),                    // 28: switchyard.api.v1.Shard
-	(*Checkpoint)(nil),               // 29: switchyard.api.v1.Checkpoint
-	(*ListCheckpointsResponse)(nil),  // 30: switchyard.api.v1.ListCheckpointsResponse
-	(*DeleteCheckpointRequest)(nil),  // 31: switchyard.api.v1.DeleteCheckpointRequest
-	(*DeleteCheckpointResponse)(nil), // 32: switchyard.api.v1.DeleteCheckpointResponse
-	(*VerifyCheckpointRequest)(nil),  // 33: switchyard.api.v1.VerifyCheckpointRequest
-	(*VerifyCheckpointResponse)(nil), // 34: switchyard.api.v1.VerifyCheckpointResponse
-	(*ShardCheck)(nil),               // 35: switchyard.api.v1.ShardCheck
-	(*CommitCheckpointRequest)(nil),  // 36: switchyard.api.v1.CommitCheckpointRequest
-	(*CommitCheckpointResponse)(nil), // 37: switchyard.api.v1.CommitCheckpointResponse
-	(*Task)(nil),                     // 38: switchyard.api.v1.Task
-	(*TaskStatus)(nil),               // 39: switchyard.api.v1.TaskStatus
-	(*TaskEvent)(nil),                // 40: switchyard.api.v1.TaskEvent
-	(*SyncWorkerRequest)(nil),        // 41: switchyard.api.v1.SyncWorkerRequest
-	(*SyncWorkerResponse)(nil),       // 42: switchyard.api.v1.SyncWorkerResponse
-	nil,                              // 43: switchyard.api.v1.Worker.LabelsEntry
-	nil,                              // 44: switchyard.api.v1.GPUDevice.LinksEntry
-	nil,                              // 45: switchyard.api.v1.ClusterStatusResponse.RaftEntry
-	(*v1.Job)(nil),                   // 46: switchyard.coordinator.v1.Job
-	(v1.JobState)(0),                 // 47: switchyard.coordinator.v1.JobState
-	(*v1.GPUStat)(nil),               // 48: switchyard.coordinator.v1.GPUStat
+	(*DeleteJobRequest)(nil),         // 11: switchyard.api.v1.DeleteJobRequest
+	(*DeleteJobResponse)(nil),        // 12: switchyard.api.v1.DeleteJobResponse
+	(*JobLogsRequest)(nil),           // 13: switchyard.api.v1.JobLogsRequest
+	(*LogEntry)(nil),                 // 14: switchyard.api.v1.LogEntry
+	(*WatchJobRequest)(nil),          // 15: switchyard.api.v1.WatchJobRequest
+	(*StepMetrics)(nil),              // 16: switchyard.api.v1.StepMetrics
+	(*ExpertLoad)(nil),               // 17: switchyard.api.v1.ExpertLoad
+	(*WatchJobResponse)(nil),         // 18: switchyard.api.v1.WatchJobResponse
+	(*ClusterStatusRequest)(nil),     // 19: switchyard.api.v1.ClusterStatusRequest
+	(*Replica)(nil),                  // 20: switchyard.api.v1.Replica
+	(*Resources)(nil),                // 21: switchyard.api.v1.Resources
+	(*Worker)(nil),                   // 22: switchyard.api.v1.Worker
+	(*GPUDevice)(nil),                // 23: switchyard.api.v1.GPUDevice
+	(*ClusterStatusResponse)(nil),    // 24: switchyard.api.v1.ClusterStatusResponse
+	(*AddReplicaRequest)(nil),        // 25: switchyard.api.v1.AddReplicaRequest
+	(*AddReplicaResponse)(nil),       // 26: switchyard.api.v1.AddReplicaResponse
+	(*RemoveReplicaRequest)(nil),     // 27: switchyard.api.v1.RemoveReplicaRequest
+	(*RemoveReplicaResponse)(nil),    // 28: switchyard.api.v1.RemoveReplicaResponse
+	(*ListCheckpointsRequest)(nil),   // 29: switchyard.api.v1.ListCheckpointsRequest
+	(*Shard)(nil),                    // 30: switchyard.api.v1.Shard
+	(*Checkpoint)(nil),               // 31: switchyard.api.v1.Checkpoint
+	(*ListCheckpointsResponse)(nil),  // 32: switchyard.api.v1.ListCheckpointsResponse
+	(*DeleteCheckpointRequest)(nil),  // 33: switchyard.api.v1.DeleteCheckpointRequest
+	(*DeleteCheckpointResponse)(nil), // 34: switchyard.api.v1.DeleteCheckpointResponse
+	(*VerifyCheckpointRequest)(nil),  // 35: switchyard.api.v1.VerifyCheckpointRequest
+	(*VerifyCheckpointResponse)(nil), // 36: switchyard.api.v1.VerifyCheckpointResponse
+	(*ShardCheck)(nil),               // 37: switchyard.api.v1.ShardCheck
+	(*CommitCheckpointRequest)(nil),  // 38: switchyard.api.v1.CommitCheckpointRequest
+	(*CommitCheckpointResponse)(nil), // 39: switchyard.api.v1.CommitCheckpointResponse
+	(*Task)(nil),                     // 40: switchyard.api.v1.Task
+	(*TaskStatus)(nil),               // 41: switchyard.api.v1.TaskStatus
+	(*TaskEvent)(nil),                // 42: switchyard.api.v1.TaskEvent
+	(*SyncWorkerRequest)(nil),        // 43: switchyard.api.v1.SyncWorkerRequest
+	(*SyncWorkerResponse)(nil),       // 44: switchyard.api.v1.SyncWorkerResponse
+	nil,                              // 45: switchyard.api.v1.Worker.LabelsEntry
+	nil,                              // 46: switchyard.api.v1.GPUDevice.LinksEntry
+	nil,                              // 47: switchyard.api.v1.ClusterStatusResponse.RaftEntry
+	(*v1.Job)(nil),                   // 48: switchyard.coordinator.v1.Job
+	(v1.JobState)(0),                 // 49: switchyard.coordinator.v1.JobState
+	(*v1.GPUStat)(nil),               // 50: switchyard.coordinator.v1.GPUStat
 }
 var file_switchyard_api_v1_api_proto_depIdxs = []int32{
-	46, // 0: switchyard.api.v1.SubmitJobResponse.job:type_name -> switchyard.coordinator.v1.Job
-	46, // 1: switchyard.api.v1.GetJobResponse.job:type_name -> switchyard.coordinator.v1.Job
-	47, // 2: switchyard.api.v1.ListJobsRequest.states:type_name -> switchyard.coordinator.v1.JobState
-	46, // 3: switchyard.api.v1.ListJobsResponse.jobs:type_name -> switchyard.coordinator.v1.Job
-	46, // 4: switchyard.api.v1.CancelJobResponse.job:type_name -> switchyard.coordinator.v1.Job
-	46, // 5: switchyard.api.v1.ResumeJobResponse.job:type_name -> switchyard.coordinator.v1.Job
-	15, // 6: switchyard.api.v1.StepMetrics.expert_load:type_name -> switchyard.api.v1.ExpertLoad
-	46, // 7: switchyard.api.v1.WatchJobResponse.job:type_name -> switchyard.coordinator.v1.Job
-	14, // 8: switchyard.api.v1.WatchJobResponse.metrics:type_name -> switchyard.api.v1.StepMetrics
-	19, // 9: switchyard.api.v1.Worker.resources:type_name -> switchyard.api.v1.Resources
-	43, // 10: switchyard.api.v1.Worker.labels:type_name -> switchyard.api.v1.Worker.LabelsEntry
-	21, // 11: switchyard.api.v1.Worker.gpu_devices:type_name -> switchyard.api.v1.GPUDevice
-	44, // 12: switchyard.api.v1.GPUDevice.links:type_name -> switchyard.api.v1.GPUDevice.LinksEntry
-	18, // 13: switchyard.api.v1.ClusterStatusResponse.replicas:type_name -> switchyard.api.v1.Replica
-	20, // 14: switchyard.api.v1.ClusterStatusResponse.workers:type_name -> switchyard.api.v1.Worker
-	45, // 15: switchyard.api.v1.ClusterStatusResponse.raft:type_name -> switchyard.api.v1.ClusterStatusResponse.RaftEntry
-	18, // 16: switchyard.api.v1.AddReplicaResponse.replicas:type_name -> switchyard.api.v1.Replica
-	18, // 17: switchyard.api.v1.RemoveReplicaResponse.replicas:type_name -> switchyard.api.v1.Replica
-	28, // 18: switchyard.api.v1.Checkpoint.shards:type_name -> switchyard.api.v1.Shard
-	29, // 19: switchyard.api.v1.ListCheckpointsResponse.checkpoints:type_name -> switchyard.api.v1.Checkpoint
-	35, // 20: switchyard.api.v1.VerifyCheckpointResponse.shards:type_name -> switchyard.api.v1.ShardCheck
-	0,  // 21: switchyard.api.v1.TaskStatus.state:type_name -> switchyard.api.v1.TaskState
-	40, // 22: switchyard.api.v1.TaskStatus.events:type_name -> switchyard.api.v1.TaskEvent
-	48, // 23: switchyard.api.v1.TaskStatus.gpus:type_name -> switchyard.coordinator.v1.GPUStat
-	39, // 24: switchyard.api.v1.SyncWorkerRequest.tasks:type_name -> switchyard.api.v1.TaskStatus
-	38, // 25: switchyard.api.v1.SyncWorkerResponse.tasks:type_name -> switchyard.api.v1.Task
-	1,  // 26: switchyard.api.v1.Coordinator.SubmitJob:input_type -> switchyard.api.v1.SubmitJobRequest
-	3,  // 27: switchyard.api.v1.Coordinator.GetJob:input_type -> switchyard.api.v1.GetJobRequest
-	5,  // 28: switchyard.api.v1.Coordinator.ListJobs:input_type -> switchyard.api.v1.ListJobsRequest
-	7,  // 29: switchyard.api.v1.Coordinator.CancelJob:input_type -> switchyard.api.v1.CancelJobRequest
-	9,  // 30: switchyard.api.v1.Coordinator.ResumeJob:input_type -> switchyard.api.v1.ResumeJobRequest
-	11, // 31: switchyard.api.v1.Coordinator.JobLogs:input_type -> switchyard.api.v1.JobLogsRequest
-	13, // 32: switchyard.api.v1.Coordinator.WatchJob:input_type -> switchyard.api.v1.WatchJobRequest
-	17, // 33: switchyard.api.v1.Coordinator.ClusterStatus:input_type -> switchyard.api.v1.ClusterStatusRequest
-	23, // 34: switchyard.api.v1.Coordinator.AddReplica:input_type -> switchyard.api.v1.AddReplicaRequest
-	25, // 35: switchyard.api.v1.Coordinator.RemoveReplica:input_type -> switchyard.api.v1.RemoveReplicaRequest
-	27, // 36: switchyard.api.v1.Coordinator.ListCheckpoints:input_type -> switchyard.api.v1.ListCheckpointsRequest
-	31, // 37: switchyard.api.v1.Coordinator.DeleteCheckpoint:input_type -> switchyard.api.v1.DeleteCheckpointRequest
-	33, // 38: switchyard.api.v1.Coordinator.VerifyCheckpoint:input_type -> switchyard.api.v1.VerifyCheckpointRequest
-	36, // 39: switchyard.api.v1.Coordinator.CommitCheckpoint:input_type -> switchyard.api.v1.CommitCheckpointRequest
-	41, // 40: switchyard.api.v1.Coordinator.SyncWorker:input_type -> switchyard.api.v1.SyncWorkerRequest
-	2,  // 41: switchyard.api.v1.Coordinator.SubmitJob:output_type -> switchyard.api.v1.SubmitJobResponse
-	4,  // 42: switchyard.api.v1.Coordinator.GetJob:output_type -> switchyard.api.v1.GetJobResponse
-	6,  // 43: switchyard.api.v1.Coordinator.ListJobs:output_type -> switchyard.api.v1.ListJobsResponse
-	8,  // 44: switchyard.api.v1.Coordinator.CancelJob:output_type -> switchyard.api.v1.CancelJobResponse
-	10, // 45: switchyard.api.v1.Coordinator.ResumeJob:output_type -> switchyard.api.v1.ResumeJobResponse
-	12, // 46: switchyard.api.v1.Coordinator.JobLogs:output_type -> switchyard.api.v1.LogEntry
-	16, // 47: switchyard.api.v1.Coordinator.WatchJob:output_type -> switchyard.api.v1.WatchJobResponse
-	22, // 48: switchyard.api.v1.Coordinator.ClusterStatus:output_type -> switchyard.api.v1.ClusterStatusResponse
-	24, // 49: switchyard.api.v1.Coordinator.AddReplica:output_type -> switchyard.api.v1.AddReplicaResponse
-	26, // 50: switchyard.api.v1.Coordinator.RemoveReplica:output_type -> switchyard.api.v1.RemoveReplicaResponse
-	30, // 51: switchyard.api.v1.Coordinator.ListCheckpoints:output_type -> switchyard.api.v1.ListCheckpointsResponse
-	32, // 52: switchyard.api.v1.Coordinator.DeleteCheckpoint:output_type -> switchyard.api.v1.DeleteCheckpointResponse
-	34, // 53: switchyard.api.v1.Coordinator.VerifyCheckpoint:output_type -> switchyard.api.v1.VerifyCheckpointResponse
-	37, // 54: switchyard.api.v1.Coordinator.CommitCheckpoint:output_type -> switchyard.api.v1.CommitCheckpointResponse
-	42, // 55: switchyard.api.v1.Coordinator.SyncWorker:output_type -> switchyard.api.v1.SyncWorkerResponse
-	41, // [41:56] is the sub-list for method output_type
-	26, // [26:41] is the sub-list for method input_type
-	26, // [26:26] is the sub-list for extension type_name
-	26, // [26:26] is the sub-list for extension extendee
-	0,  // [0:26] is the sub-list for field type_name
+	48, // 0: switchyard.api.v1.SubmitJobResponse.job:type_name -> switchyard.coordinator.v1.Job
+	48, // 1: switchyard.api.v1.GetJobResponse.job:type_name -> switchyard.coordinator.v1.Job
+	49, // 2: switchyard.api.v1.ListJobsRequest.states:type_name -> switchyard.coordinator.v1.JobState
+	48, // 3: switchyard.api.v1.ListJobsResponse.jobs:type_name -> switchyard.coordinator.v1.Job
+	48, // 4: switchyard.api.v1.CancelJobResponse.job:type_name -> switchyard.coordinator.v1.Job
+	48, // 5: switchyard.api.v1.ResumeJobResponse.job:type_name -> switchyard.coordinator.v1.Job
+	48, // 6: switchyard.api.v1.DeleteJobResponse.job:type_name -> switchyard.coordinator.v1.Job
+	17, // 7: switchyard.api.v1.StepMetrics.expert_load:type_name -> switchyard.api.v1.ExpertLoad
+	48, // 8: switchyard.api.v1.WatchJobResponse.job:type_name -> switchyard.coordinator.v1.Job
+	16, // 9: switchyard.api.v1.WatchJobResponse.metrics:type_name -> switchyard.api.v1.StepMetrics
+	21, // 10: switchyard.api.v1.Worker.resources:type_name -> switchyard.api.v1.Resources
+	45, // 11: switchyard.api.v1.Worker.labels:type_name -> switchyard.api.v1.Worker.LabelsEntry
+	23, // 12: switchyard.api.v1.Worker.gpu_devices:type_name -> switchyard.api.v1.GPUDevice
+	46, // 13: switchyard.api.v1.GPUDevice.links:type_name -> switchyard.api.v1.GPUDevice.LinksEntry
+	20, // 14: switchyard.api.v1.ClusterStatusResponse.replicas:type_name -> switchyard.api.v1.Replica
+	22, // 15: switchyard.api.v1.ClusterStatusResponse.workers:type_name -> switchyard.api.v1.Worker
+	47, // 16: switchyard.api.v1.ClusterStatusResponse.raft:type_name -> switchyard.api.v1.ClusterStatusResponse.RaftEntry
+	20, // 17: switchyard.api.v1.AddReplicaResponse.replicas:type_name -> switchyard.api.v1.Replica
+	20, // 18: switchyard.api.v1.RemoveReplicaResponse.replicas:type_name -> switchyard.api.v1.Replica
+	30, // 19: switchyard.api.v1.Checkpoint.shards:type_name -> switchyard.api.v1.Shard
+	31, // 20: switchyard.api.v1.ListCheckpointsResponse.checkpoints:type_name -> switchyard.api.v1.Checkpoint
+	37, // 21: switchyard.api.v1.VerifyCheckpointResponse.shards:type_name -> switchyard.api.v1.ShardCheck
+	0,  // 22: switchyard.api.v1.TaskStatus.state:type_name -> switchyard.api.v1.TaskState
+	42, // 23: switchyard.api.v1.TaskStatus.events:type_name -> switchyard.api.v1.TaskEvent
+	50, // 24: switchyard.api.v1.TaskStatus.gpus:type_name -> switchyard.coordinator.v1.GPUStat
+	41, // 25: switchyard.api.v1.SyncWorkerRequest.tasks:type_name -> switchyard.api.v1.TaskStatus
+	40, // 26: switchyard.api.v1.SyncWorkerResponse.tasks:type_name -> switchyard.api.v1.Task
+	1,  // 27: switchyard.api.v1.Coordinator.SubmitJob:input_type -> switchyard.api.v1.SubmitJobRequest
+	3,  // 28: switchyard.api.v1.Coordinator.GetJob:input_type -> switchyard.api.v1.GetJobRequest
+	5,  // 29: switchyard.api.v1.Coordinator.ListJobs:input_type -> switchyard.api.v1.ListJobsRequest
+	7,  // 30: switchyard.api.v1.Coordinator.CancelJob:input_type -> switchyard.api.v1.CancelJobRequest
+	9,  // 31: switchyard.api.v1.Coordinator.ResumeJob:input_type -> switchyard.api.v1.ResumeJobRequest
+	11, // 32: switchyard.api.v1.Coordinator.DeleteJob:input_type -> switchyard.api.v1.DeleteJobRequest
+	13, // 33: switchyard.api.v1.Coordinator.JobLogs:input_type -> switchyard.api.v1.JobLogsRequest
+	15, // 34: switchyard.api.v1.Coordinator.WatchJob:input_type -> switchyard.api.v1.WatchJobRequest
+	19, // 35: switchyard.api.v1.Coordinator.ClusterStatus:input_type -> switchyard.api.v1.ClusterStatusRequest
+	25, // 36: switchyard.api.v1.Coordinator.AddReplica:input_type -> switchyard.api.v1.AddReplicaRequest
+	27, // 37: switchyard.api.v1.Coordinator.RemoveReplica:input_type -> switchyard.api.v1.RemoveReplicaRequest
+	29, // 38: switchyard.api.v1.Coordinator.ListCheckpoints:input_type -> switchyard.api.v1.ListCheckpointsRequest
+	33, // 39: switchyard.api.v1.Coordinator.DeleteCheckpoint:input_type -> switchyard.api.v1.DeleteCheckpointRequest
+	35, // 40: switchyard.api.v1.Coordinator.VerifyCheckpoint:input_type -> switchyard.api.v1.VerifyCheckpointRequest
+	38, // 41: switchyard.api.v1.Coordinator.CommitCheckpoint:input_type -> switchyard.api.v1.CommitCheckpointRequest
+	43, // 42: switchyard.api.v1.Coordinator.SyncWorker:input_type -> switchyard.api.v1.SyncWorkerRequest
+	2,  // 43: switchyard.api.v1.Coordinator.SubmitJob:output_type -> switchyard.api.v1.SubmitJobResponse
+	4,  // 44: switchyard.api.v1.Coordinator.GetJob:output_type -> switchyard.api.v1.GetJobResponse
+	6,  // 45: switchyard.api.v1.Coordinator.ListJobs:output_type -> switchyard.api.v1.ListJobsResponse
+	8,  // 46: switchyard.api.v1.Coordinator.CancelJob:output_type -> switchyard.api.v1.CancelJobResponse
+	10, // 47: switchyard.api.v1.Coordinator.ResumeJob:output_type -> switchyard.api.v1.ResumeJobResponse
+	12, // 48: switchyard.api.v1.Coordinator.DeleteJob:output_type -> switchyard.api.v1.DeleteJobResponse
+	14, // 49: switchyard.api.v1.Coordinator.JobLogs:output_type -> switchyard.api.v1.LogEntry
+	18, // 50: switchyard.api.v1.Coordinator.WatchJob:output_type -> switchyard.api.v1.WatchJobResponse
+	24, // 51: switchyard.api.v1.Coordinator.ClusterStatus:output_type -> switchyard.api.v1.ClusterStatusResponse
+	26, // 52: switchyard.api.v1.Coordinator.AddReplica:output_type -> switchyard.api.v1.AddReplicaResponse
+	28, // 53: switchyard.api.v1.Coordinator.RemoveReplica:output_type -> switchyard.api.v1.RemoveReplicaResponse
+	32, // 54: switchyard.api.v1.Coordinator.ListCheckpoints:output_type -> switchyard.api.v1.ListCheckpointsResponse
+	34, // 55: switchyard.api.v1.Coordinator.DeleteCheckpoint:output_type -> switchyard.api.v1.DeleteCheckpointResponse
+	36, // 56: switchyard.api.v1.Coordinator.VerifyCheckpoint:output_type -> switchyard.api.v1.VerifyCheckpointResponse
+	39, // 57: switchyard.api.v1.Coordinator.CommitCheckpoint:output_type -> switchyard.api.v1.CommitCheckpointResponse
+	44, // 58: switchyard.api.v1.Coordinator.SyncWorker:output_type -> switchyard.api.v1.SyncWorkerResponse
+	43, // [43:59] is the sub-list for method output_type
+	27, // [27:43] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_switchyard_api_v1_api_proto_init() }
@@ -3202,7 +3301,7 @@ func file_switchyard_api_v1_api_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_switchyard_api_v1_api_proto_rawDesc), len(file_switchyard_api_v1_api_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   45,
+			NumMessages:   47,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

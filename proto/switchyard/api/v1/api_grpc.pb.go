@@ -37,6 +37,7 @@ const (
 	Coordinator_ListJobs_FullMethodName         = "/switchyard.api.v1.Coordinator/ListJobs"
 	Coordinator_CancelJob_FullMethodName        = "/switchyard.api.v1.Coordinator/CancelJob"
 	Coordinator_ResumeJob_FullMethodName        = "/switchyard.api.v1.Coordinator/ResumeJob"
+	Coordinator_DeleteJob_FullMethodName        = "/switchyard.api.v1.Coordinator/DeleteJob"
 	Coordinator_JobLogs_FullMethodName          = "/switchyard.api.v1.Coordinator/JobLogs"
 	Coordinator_WatchJob_FullMethodName         = "/switchyard.api.v1.Coordinator/WatchJob"
 	Coordinator_ClusterStatus_FullMethodName    = "/switchyard.api.v1.Coordinator/ClusterStatus"
@@ -59,6 +60,9 @@ type CoordinatorClient interface {
 	ListJobs(ctx context.Context, in *ListJobsRequest, opts ...grpc.CallOption) (*ListJobsResponse, error)
 	CancelJob(ctx context.Context, in *CancelJobRequest, opts ...grpc.CallOption) (*CancelJobResponse, error)
 	ResumeJob(ctx context.Context, in *ResumeJobRequest, opts ...grpc.CallOption) (*ResumeJobResponse, error)
+	// DeleteJob removes a job that has ended, with its history, once it has
+	// no committed checkpoint; its ID is not used again.
+	DeleteJob(ctx context.Context, in *DeleteJobRequest, opts ...grpc.CallOption) (*DeleteJobResponse, error)
 	// JobLogs streams the job's log lines (history first); with follow it
 	// goes on until the job ends and its workers stopped logging.
 	JobLogs(ctx context.Context, in *JobLogsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[LogEntry], error)
@@ -142,6 +146,16 @@ func (c *coordinatorClient) ResumeJob(ctx context.Context, in *ResumeJobRequest,
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ResumeJobResponse)
 	err := c.cc.Invoke(ctx, Coordinator_ResumeJob_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *coordinatorClient) DeleteJob(ctx context.Context, in *DeleteJobRequest, opts ...grpc.CallOption) (*DeleteJobResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteJobResponse)
+	err := c.cc.Invoke(ctx, Coordinator_DeleteJob_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -276,6 +290,9 @@ type CoordinatorServer interface {
 	ListJobs(context.Context, *ListJobsRequest) (*ListJobsResponse, error)
 	CancelJob(context.Context, *CancelJobRequest) (*CancelJobResponse, error)
 	ResumeJob(context.Context, *ResumeJobRequest) (*ResumeJobResponse, error)
+	// DeleteJob removes a job that has ended, with its history, once it has
+	// no committed checkpoint; its ID is not used again.
+	DeleteJob(context.Context, *DeleteJobRequest) (*DeleteJobResponse, error)
 	// JobLogs streams the job's log lines (history first); with follow it
 	// goes on until the job ends and its workers stopped logging.
 	JobLogs(*JobLogsRequest, grpc.ServerStreamingServer[LogEntry]) error
@@ -329,6 +346,9 @@ func (UnimplementedCoordinatorServer) CancelJob(context.Context, *CancelJobReque
 }
 func (UnimplementedCoordinatorServer) ResumeJob(context.Context, *ResumeJobRequest) (*ResumeJobResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ResumeJob not implemented")
+}
+func (UnimplementedCoordinatorServer) DeleteJob(context.Context, *DeleteJobRequest) (*DeleteJobResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteJob not implemented")
 }
 func (UnimplementedCoordinatorServer) JobLogs(*JobLogsRequest, grpc.ServerStreamingServer[LogEntry]) error {
 	return status.Error(codes.Unimplemented, "method JobLogs not implemented")
@@ -467,6 +487,24 @@ func _Coordinator_ResumeJob_Handler(srv interface{}, ctx context.Context, dec fu
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(CoordinatorServer).ResumeJob(ctx, req.(*ResumeJobRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Coordinator_DeleteJob_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteJobRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CoordinatorServer).DeleteJob(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Coordinator_DeleteJob_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CoordinatorServer).DeleteJob(ctx, req.(*DeleteJobRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -663,6 +701,10 @@ var Coordinator_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ResumeJob",
 			Handler:    _Coordinator_ResumeJob_Handler,
+		},
+		{
+			MethodName: "DeleteJob",
+			Handler:    _Coordinator_DeleteJob_Handler,
 		},
 		{
 			MethodName: "ClusterStatus",

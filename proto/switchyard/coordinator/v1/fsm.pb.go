@@ -114,6 +114,7 @@ type Command struct {
 	//	*Command_CancelJob
 	//	*Command_RequeueJob
 	//	*Command_ResumeJob
+	//	*Command_DeleteJob
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -242,6 +243,15 @@ func (x *Command) GetResumeJob() *ResumeJob {
 	return nil
 }
 
+func (x *Command) GetDeleteJob() *DeleteJob {
+	if x != nil {
+		if x, ok := x.Op.(*Command_DeleteJob); ok {
+			return x.DeleteJob
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -278,6 +288,10 @@ type Command_ResumeJob struct {
 	ResumeJob *ResumeJob `protobuf:"bytes,17,opt,name=resume_job,json=resumeJob,proto3,oneof"`
 }
 
+type Command_DeleteJob struct {
+	DeleteJob *DeleteJob `protobuf:"bytes,18,opt,name=delete_job,json=deleteJob,proto3,oneof"`
+}
+
 func (*Command_SubmitJob) isCommand_Op() {}
 
 func (*Command_SetJobState) isCommand_Op() {}
@@ -293,6 +307,8 @@ func (*Command_CancelJob) isCommand_Op() {}
 func (*Command_RequeueJob) isCommand_Op() {}
 
 func (*Command_ResumeJob) isCommand_Op() {}
+
+func (*Command_DeleteJob) isCommand_Op() {}
 
 // SubmitJob adds a job in state PENDING. Submitting is idempotent on
 // job_id: a second submit with the same ID and the same spec is a no-op that
@@ -950,6 +966,54 @@ func (x *ResumeJob) GetMessage() string {
 	return ""
 }
 
+// DeleteJob removes a job that has ended (SUCCEEDED, FAILED or
+// CANCELLED) and its history from the state. Its ID is kept, and refused
+// to a new job: the workers' run directories and the job's event streams
+// are named by it.
+type DeleteJob struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	JobId         string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteJob) Reset() {
+	*x = DeleteJob{}
+	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteJob) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteJob) ProtoMessage() {}
+
+func (x *DeleteJob) ProtoReflect() protoreflect.Message {
+	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteJob.ProtoReflect.Descriptor instead.
+func (*DeleteJob) Descriptor() ([]byte, []int) {
+	return file_switchyard_coordinator_v1_fsm_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *DeleteJob) GetJobId() string {
+	if x != nil {
+		return x.JobId
+	}
+	return ""
+}
+
 // Condition is one observed aspect of a job (e.g. "Scheduled",
 // "WorkersHealthy"), upserted by type.
 type Condition struct {
@@ -965,7 +1029,7 @@ type Condition struct {
 
 func (x *Condition) Reset() {
 	*x = Condition{}
-	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[10]
+	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -977,7 +1041,7 @@ func (x *Condition) String() string {
 func (*Condition) ProtoMessage() {}
 
 func (x *Condition) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[10]
+	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -990,7 +1054,7 @@ func (x *Condition) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Condition.ProtoReflect.Descriptor instead.
 func (*Condition) Descriptor() ([]byte, []int) {
-	return file_switchyard_coordinator_v1_fsm_proto_rawDescGZIP(), []int{10}
+	return file_switchyard_coordinator_v1_fsm_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Condition) GetType() string {
@@ -1042,7 +1106,7 @@ type RankAssignment struct {
 
 func (x *RankAssignment) Reset() {
 	*x = RankAssignment{}
-	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[11]
+	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1054,7 +1118,7 @@ func (x *RankAssignment) String() string {
 func (*RankAssignment) ProtoMessage() {}
 
 func (x *RankAssignment) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[11]
+	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1067,7 +1131,7 @@ func (x *RankAssignment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RankAssignment.ProtoReflect.Descriptor instead.
 func (*RankAssignment) Descriptor() ([]byte, []int) {
-	return file_switchyard_coordinator_v1_fsm_proto_rawDescGZIP(), []int{11}
+	return file_switchyard_coordinator_v1_fsm_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *RankAssignment) GetRank() int32 {
@@ -1108,7 +1172,7 @@ type JobEvent struct {
 
 func (x *JobEvent) Reset() {
 	*x = JobEvent{}
-	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[12]
+	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1120,7 +1184,7 @@ func (x *JobEvent) String() string {
 func (*JobEvent) ProtoMessage() {}
 
 func (x *JobEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[12]
+	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1133,7 +1197,7 @@ func (x *JobEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobEvent.ProtoReflect.Descriptor instead.
 func (*JobEvent) Descriptor() ([]byte, []int) {
-	return file_switchyard_coordinator_v1_fsm_proto_rawDescGZIP(), []int{12}
+	return file_switchyard_coordinator_v1_fsm_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *JobEvent) GetSeq() uint64 {
@@ -1186,7 +1250,7 @@ type Progress struct {
 
 func (x *Progress) Reset() {
 	*x = Progress{}
-	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[13]
+	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1198,7 +1262,7 @@ func (x *Progress) String() string {
 func (*Progress) ProtoMessage() {}
 
 func (x *Progress) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[13]
+	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1211,7 +1275,7 @@ func (x *Progress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Progress.ProtoReflect.Descriptor instead.
 func (*Progress) Descriptor() ([]byte, []int) {
-	return file_switchyard_coordinator_v1_fsm_proto_rawDescGZIP(), []int{13}
+	return file_switchyard_coordinator_v1_fsm_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Progress) GetStep() int64 {
@@ -1300,7 +1364,7 @@ type Job struct {
 
 func (x *Job) Reset() {
 	*x = Job{}
-	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[14]
+	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1312,7 +1376,7 @@ func (x *Job) String() string {
 func (*Job) ProtoMessage() {}
 
 func (x *Job) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[14]
+	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1325,7 +1389,7 @@ func (x *Job) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Job.ProtoReflect.Descriptor instead.
 func (*Job) Descriptor() ([]byte, []int) {
-	return file_switchyard_coordinator_v1_fsm_proto_rawDescGZIP(), []int{14}
+	return file_switchyard_coordinator_v1_fsm_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Job) GetId() string {
@@ -1490,14 +1554,16 @@ type Snapshot struct {
 	// Last submit sequence number handed out.
 	SubmitSeq uint64 `protobuf:"varint,2,opt,name=submit_seq,json=submitSeq,proto3" json:"submit_seq,omitempty"`
 	// All jobs, sorted by ID.
-	Jobs          []*Job `protobuf:"bytes,3,rep,name=jobs,proto3" json:"jobs,omitempty"`
+	Jobs []*Job `protobuf:"bytes,3,rep,name=jobs,proto3" json:"jobs,omitempty"`
+	// The IDs of the jobs deleted (DeleteJob), sorted: never used again.
+	DeletedJobIds []string `protobuf:"bytes,4,rep,name=deleted_job_ids,json=deletedJobIds,proto3" json:"deleted_job_ids,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Snapshot) Reset() {
 	*x = Snapshot{}
-	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[15]
+	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1509,7 +1575,7 @@ func (x *Snapshot) String() string {
 func (*Snapshot) ProtoMessage() {}
 
 func (x *Snapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[15]
+	mi := &file_switchyard_coordinator_v1_fsm_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1522,7 +1588,7 @@ func (x *Snapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Snapshot.ProtoReflect.Descriptor instead.
 func (*Snapshot) Descriptor() ([]byte, []int) {
-	return file_switchyard_coordinator_v1_fsm_proto_rawDescGZIP(), []int{15}
+	return file_switchyard_coordinator_v1_fsm_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Snapshot) GetFormatVersion() uint32 {
@@ -1546,11 +1612,18 @@ func (x *Snapshot) GetJobs() []*Job {
 	return nil
 }
 
+func (x *Snapshot) GetDeletedJobIds() []string {
+	if x != nil {
+		return x.DeletedJobIds
+	}
+	return nil
+}
+
 var File_switchyard_coordinator_v1_fsm_proto protoreflect.FileDescriptor
 
 const file_switchyard_coordinator_v1_fsm_proto_rawDesc = "" +
 	"\n" +
-	"#switchyard/coordinator/v1/fsm.proto\x12\x19switchyard.coordinator.v1\"\x96\x05\n" +
+	"#switchyard/coordinator/v1/fsm.proto\x12\x19switchyard.coordinator.v1\"\xdd\x05\n" +
 	"\aCommand\x12\x1b\n" +
 	"\tunix_nano\x18\x01 \x01(\x03R\bunixNano\x12\x1d\n" +
 	"\n" +
@@ -1567,7 +1640,9 @@ const file_switchyard_coordinator_v1_fsm_proto_rawDesc = "" +
 	"\vrequeue_job\x18\x10 \x01(\v2%.switchyard.coordinator.v1.RequeueJobH\x00R\n" +
 	"requeueJob\x12E\n" +
 	"\n" +
-	"resume_job\x18\x11 \x01(\v2$.switchyard.coordinator.v1.ResumeJobH\x00R\tresumeJobB\x04\n" +
+	"resume_job\x18\x11 \x01(\v2$.switchyard.coordinator.v1.ResumeJobH\x00R\tresumeJob\x12E\n" +
+	"\n" +
+	"delete_job\x18\x12 \x01(\v2$.switchyard.coordinator.v1.DeleteJobH\x00R\tdeleteJobB\x04\n" +
 	"\x02op\"\xa6\x01\n" +
 	"\tSubmitJob\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x12\n" +
@@ -1617,7 +1692,9 @@ const file_switchyard_coordinator_v1_fsm_proto_rawDesc = "" +
 	"\tResumeJob\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x1b\n" +
 	"\tfrom_step\x18\x02 \x01(\x03R\bfromStep\x12\x18\n" +
-	"\amessage\x18\x03 \x01(\tR\amessage\"\xa4\x01\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\"\"\n" +
+	"\tDeleteJob\x12\x15\n" +
+	"\x06job_id\x18\x01 \x01(\tR\x05jobId\"\xa4\x01\n" +
 	"\tCondition\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12\x16\n" +
 	"\x06status\x18\x02 \x01(\bR\x06status\x12\x16\n" +
@@ -1669,12 +1746,13 @@ const file_switchyard_coordinator_v1_fsm_proto_rawDesc = "" +
 	"\x10resume_from_step\x18\x13 \x01(\x03R\x0eresumeFromStep\x12\x1b\n" +
 	"\tplaced_dp\x18\x14 \x01(\x05R\bplacedDp\x12\x1b\n" +
 	"\tplaced_ep\x18\x15 \x01(\x05R\bplacedEp\x12#\n" +
-	"\rfree_restarts\x18\x16 \x01(\x05R\ffreeRestarts\"\x84\x01\n" +
+	"\rfree_restarts\x18\x16 \x01(\x05R\ffreeRestarts\"\xac\x01\n" +
 	"\bSnapshot\x12%\n" +
 	"\x0eformat_version\x18\x01 \x01(\rR\rformatVersion\x12\x1d\n" +
 	"\n" +
 	"submit_seq\x18\x02 \x01(\x04R\tsubmitSeq\x122\n" +
-	"\x04jobs\x18\x03 \x03(\v2\x1e.switchyard.coordinator.v1.JobR\x04jobs*\xb1\x01\n" +
+	"\x04jobs\x18\x03 \x03(\v2\x1e.switchyard.coordinator.v1.JobR\x04jobs\x12&\n" +
+	"\x0fdeleted_job_ids\x18\x04 \x03(\tR\rdeletedJobIds*\xb1\x01\n" +
 	"\bJobState\x12\x19\n" +
 	"\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11JOB_STATE_PENDING\x10\x01\x12\x14\n" +
@@ -1697,7 +1775,7 @@ func file_switchyard_coordinator_v1_fsm_proto_rawDescGZIP() []byte {
 }
 
 var file_switchyard_coordinator_v1_fsm_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_switchyard_coordinator_v1_fsm_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_switchyard_coordinator_v1_fsm_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_switchyard_coordinator_v1_fsm_proto_goTypes = []any{
 	(JobState)(0),          // 0: switchyard.coordinator.v1.JobState
 	(*Command)(nil),        // 1: switchyard.coordinator.v1.Command
@@ -1710,12 +1788,13 @@ var file_switchyard_coordinator_v1_fsm_proto_goTypes = []any{
 	(*CancelJob)(nil),      // 8: switchyard.coordinator.v1.CancelJob
 	(*RequeueJob)(nil),     // 9: switchyard.coordinator.v1.RequeueJob
 	(*ResumeJob)(nil),      // 10: switchyard.coordinator.v1.ResumeJob
-	(*Condition)(nil),      // 11: switchyard.coordinator.v1.Condition
-	(*RankAssignment)(nil), // 12: switchyard.coordinator.v1.RankAssignment
-	(*JobEvent)(nil),       // 13: switchyard.coordinator.v1.JobEvent
-	(*Progress)(nil),       // 14: switchyard.coordinator.v1.Progress
-	(*Job)(nil),            // 15: switchyard.coordinator.v1.Job
-	(*Snapshot)(nil),       // 16: switchyard.coordinator.v1.Snapshot
+	(*DeleteJob)(nil),      // 11: switchyard.coordinator.v1.DeleteJob
+	(*Condition)(nil),      // 12: switchyard.coordinator.v1.Condition
+	(*RankAssignment)(nil), // 13: switchyard.coordinator.v1.RankAssignment
+	(*JobEvent)(nil),       // 14: switchyard.coordinator.v1.JobEvent
+	(*Progress)(nil),       // 15: switchyard.coordinator.v1.Progress
+	(*Job)(nil),            // 16: switchyard.coordinator.v1.Job
+	(*Snapshot)(nil),       // 17: switchyard.coordinator.v1.Snapshot
 }
 var file_switchyard_coordinator_v1_fsm_proto_depIdxs = []int32{
 	2,  // 0: switchyard.coordinator.v1.Command.submit_job:type_name -> switchyard.coordinator.v1.SubmitJob
@@ -1726,23 +1805,24 @@ var file_switchyard_coordinator_v1_fsm_proto_depIdxs = []int32{
 	8,  // 5: switchyard.coordinator.v1.Command.cancel_job:type_name -> switchyard.coordinator.v1.CancelJob
 	9,  // 6: switchyard.coordinator.v1.Command.requeue_job:type_name -> switchyard.coordinator.v1.RequeueJob
 	10, // 7: switchyard.coordinator.v1.Command.resume_job:type_name -> switchyard.coordinator.v1.ResumeJob
-	0,  // 8: switchyard.coordinator.v1.SetJobState.state:type_name -> switchyard.coordinator.v1.JobState
-	11, // 9: switchyard.coordinator.v1.SetJobState.condition:type_name -> switchyard.coordinator.v1.Condition
-	12, // 10: switchyard.coordinator.v1.PlaceJob.placement:type_name -> switchyard.coordinator.v1.RankAssignment
-	13, // 11: switchyard.coordinator.v1.RecordEvent.event:type_name -> switchyard.coordinator.v1.JobEvent
-	7,  // 12: switchyard.coordinator.v1.JobProgress.gpus:type_name -> switchyard.coordinator.v1.GPUStat
-	7,  // 13: switchyard.coordinator.v1.Progress.gpus:type_name -> switchyard.coordinator.v1.GPUStat
-	0,  // 14: switchyard.coordinator.v1.Job.state:type_name -> switchyard.coordinator.v1.JobState
-	11, // 15: switchyard.coordinator.v1.Job.conditions:type_name -> switchyard.coordinator.v1.Condition
-	12, // 16: switchyard.coordinator.v1.Job.placement:type_name -> switchyard.coordinator.v1.RankAssignment
-	14, // 17: switchyard.coordinator.v1.Job.progress:type_name -> switchyard.coordinator.v1.Progress
-	13, // 18: switchyard.coordinator.v1.Job.events:type_name -> switchyard.coordinator.v1.JobEvent
-	15, // 19: switchyard.coordinator.v1.Snapshot.jobs:type_name -> switchyard.coordinator.v1.Job
-	20, // [20:20] is the sub-list for method output_type
-	20, // [20:20] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	11, // 8: switchyard.coordinator.v1.Command.delete_job:type_name -> switchyard.coordinator.v1.DeleteJob
+	0,  // 9: switchyard.coordinator.v1.SetJobState.state:type_name -> switchyard.coordinator.v1.JobState
+	12, // 10: switchyard.coordinator.v1.SetJobState.condition:type_name -> switchyard.coordinator.v1.Condition
+	13, // 11: switchyard.coordinator.v1.PlaceJob.placement:type_name -> switchyard.coordinator.v1.RankAssignment
+	14, // 12: switchyard.coordinator.v1.RecordEvent.event:type_name -> switchyard.coordinator.v1.JobEvent
+	7,  // 13: switchyard.coordinator.v1.JobProgress.gpus:type_name -> switchyard.coordinator.v1.GPUStat
+	7,  // 14: switchyard.coordinator.v1.Progress.gpus:type_name -> switchyard.coordinator.v1.GPUStat
+	0,  // 15: switchyard.coordinator.v1.Job.state:type_name -> switchyard.coordinator.v1.JobState
+	12, // 16: switchyard.coordinator.v1.Job.conditions:type_name -> switchyard.coordinator.v1.Condition
+	13, // 17: switchyard.coordinator.v1.Job.placement:type_name -> switchyard.coordinator.v1.RankAssignment
+	15, // 18: switchyard.coordinator.v1.Job.progress:type_name -> switchyard.coordinator.v1.Progress
+	14, // 19: switchyard.coordinator.v1.Job.events:type_name -> switchyard.coordinator.v1.JobEvent
+	16, // 20: switchyard.coordinator.v1.Snapshot.jobs:type_name -> switchyard.coordinator.v1.Job
+	21, // [21:21] is the sub-list for method output_type
+	21, // [21:21] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_switchyard_coordinator_v1_fsm_proto_init() }
@@ -1759,6 +1839,7 @@ func file_switchyard_coordinator_v1_fsm_proto_init() {
 		(*Command_CancelJob)(nil),
 		(*Command_RequeueJob)(nil),
 		(*Command_ResumeJob)(nil),
+		(*Command_DeleteJob)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1766,7 +1847,7 @@ func file_switchyard_coordinator_v1_fsm_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_switchyard_coordinator_v1_fsm_proto_rawDesc), len(file_switchyard_coordinator_v1_fsm_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   16,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -48,17 +48,21 @@ func (c *commitsInFlight) end(job string) {
 	}
 }
 
-// wait returns when the job has no commit in flight (none can begin
-// meanwhile: the caller holds the leader's lock) or when ctx ends.
-func (c *commitsInFlight) wait(ctx context.Context, job string) {
+// wait returns true when the job has no commit in flight (none can
+// begin meanwhile: the caller holds the leader's lock), false when ctx
+// ended first: the caller must not end the attempt then, or the commit
+// would land after it.
+func (c *commitsInFlight) wait(ctx context.Context, job string) bool {
 	c.mu.Lock()
 	jc := c.jobs[job]
 	c.mu.Unlock()
 	if jc == nil {
-		return
+		return true
 	}
 	select {
 	case <-jc.done:
+		return true
 	case <-ctx.Done():
+		return false
 	}
 }

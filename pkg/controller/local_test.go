@@ -571,3 +571,88 @@ func TestDeleteJob(t *testing.T) {
 		t.Fatalf("a new job under the deleted ID: %v", err)
 	}
 }
+
+// TestAttemptNotEndedPastItsCallersWait: a cancel, or the success of the
+// job's last rank, whose caller's deadline passes while the job's
+// checkpoint commit is still in flight does not end the attempt (the
+// commit would land after it ended): the cancel answers Unavailable and
+// the job runs on; once the commit is in, the cancel goes through.
+func TestAttemptNotEndedPastItsCallersWait(t *testing.T) {
+	l := newLocal(t)
+	cps := &stuckCommits{started: make(chan struct{}), proceed: make(chan struct{}), ended: func() bool { return true }}
+	m := l.placeWithCatalogue(cps)
+	committed := make(chan error, 1)
+	go func() {
+		_, err := l.s.CommitCheckpoint(l.ctx, &apiv1.CommitCheckpointRequest{JobId: "j1", Attempt: 0, Manifest: m})
+		committed <- err
+	}()
+	<-cps.started
+	ctx, cancel := context.WithTimeout(l.ctx, 50*time.Millisecond)
+	defer cancel()
+	if _, err := l.s.CancelJob(ctx, &apiv1.CancelJobRequest{JobId: "j1"}); status.Code(err) != codes.Unavailable {
+		t.Fatalf("cancel whose caller gave up with a commit in flight: %v", err)
+	}
+	done := func(r int32) *apiv1.TaskStatus {
+		return &apiv1.TaskStatus{JobId: "j1", Attempt: 0, Rank: r, State: apiv1.TaskState_TASK_STATE_SUCCEEDED}
+	}
+	l.sync("w2", done(1))
+	sctx, scancel := context.WithTimeout(l.ctx, 50*time.Millisecond)
+	defer scancel()
+	l.s.SyncWorker(sctx, &apiv1.SyncWorkerRequest{WorkerId: "w1", Tasks: []*apiv1.TaskStatus{done(0)}}) //nolint:errcheck // its answer does not matter
+	if j := l.job("j1"); !active(j) {
+		t.Fatalf("job %s with its commit still in flight; history %v", jobstate.Lower(j.State), j.Events)
+	}
+	close(cps.proceed)
+	if err := <-committed; err != nil {
+		t.Fatalf("commit: %v", err)
+	}
+	if _, err := l.s.CancelJob(l.ctx, &apiv1.CancelJobRequest{JobId: "j1"}); err != nil {
+		t.Fatalf("cancel once the commit is in: %v", err)
+	}
+}
+
+// listHook is a catalogue that runs during its List what the test says
+// happens meanwhile.
+type listHook struct {
+	catalogue
+	during func()
+}
+
+func (c *listHook) List(ctx context.Context, j *pb.Job) ([]checkpoint.Manifest, []int64, error) {
+	live, deleting, err := c.catalogue.List(ctx, j)
+	if c.during != nil {
+		c.during()
+		c.during = nil
+	}
+	return live, deleting, err
+}
+
+// TestDeleteJobResumedMeanwhile: a job resumed (and ended again) while
+// its deletion lists its checkpoints is not deleted: the list may have
+// missed its new attempt's checkpoints, left out of every command's reach.
+func TestDeleteJobResumedMeanwhile(t *testing.T) {
+	l := newLocal(t)
+	cat := &listHook{}
+	l.s.cfg.Checkpoints = cat
+	l.submit("j1", fmt.Sprintf(spec2, 1))
+	if _, err := l.s.CancelJob(l.ctx, &apiv1.CancelJobRequest{JobId: "j1"}); err != nil {
+		t.Fatal(err)
+	}
+	cat.during = func() {
+		if _, err := l.s.ResumeJob(l.ctx, &apiv1.ResumeJobRequest{JobId: "j1"}); err != nil {
+			t.Error(err)
+		}
+		// its new attempt commits a checkpoint, then ends
+		cat.live = []checkpoint.Manifest{{Job: "j1", Step: 10}}
+		if _, err := l.s.CancelJob(l.ctx, &apiv1.CancelJobRequest{JobId: "j1"}); err != nil {
+			t.Error(err)
+		}
+	}
+	if _, err := l.s.DeleteJob(l.ctx, &apiv1.DeleteJobRequest{JobId: "j1"}); status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("delete of a job resumed while its checkpoints were listed: %v", err)
+	}
+	if _, err := l.s.DeleteJob(l.ctx, &apiv1.DeleteJobRequest{JobId: "j1"}); status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "steps 10") {
+		t.Fatalf("delete again: %v", err)
+	}
+	l.job("j1")
+}

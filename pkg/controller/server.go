@@ -568,7 +568,9 @@ func (s *Server) CancelJob(ctx context.Context, req *apiv1.CancelJobRequest) (*a
 	}
 	h := s.hold()
 	defer h.release()
-	s.commits.wait(ctx, req.GetJobId())
+	if !s.commits.wait(ctx, req.GetJobId()) {
+		return nil, apiError(failure(errUnavailable, "cancel %s: a checkpoint commit of the job is still in flight; cancel again", req.GetJobId()))
+	}
 	if j, err := s.cfg.Node.Job(req.GetJobId()); err == nil && active(j) {
 		// rank 0's newest report first: progress is recorded at most
 		// every ProgressEvery, and a cancelled job would keep an older
@@ -656,13 +658,22 @@ func (s *Server) DeleteJob(ctx context.Context, req *apiv1.DeleteJobRequest) (*a
 				j.Id, joinSteps(steps), j.Id))
 		}
 	}
+	// a resume without a chosen step takes lead only: one since the
+	// first look started an attempt whose checkpoints the list missed
+	h := s.hold()
+	defer h.release()
+	again, err := s.cfg.Node.Job(j.Id)
+	if err != nil {
+		return nil, apiError(err)
+	}
+	if again.Restarts != j.Restarts {
+		return nil, apiError(failure(errRefused, "job %s was resumed while its deletion was checked: delete it again once it has ended", j.Id))
+	}
 	r, err := s.cfg.Node.Apply(ctx, &pb.Command{Op: &pb.Command_DeleteJob{DeleteJob: &pb.DeleteJob{JobId: j.Id}}})
 	if err != nil {
 		return nil, apiError(err)
 	}
-	h := s.hold()
 	h.forgetJob(j.Id)
-	h.release()
 	s.log.Info("job deleted", "job-id", j.Id)
 	s.publish(j.Id, "Deleted", r.Job.State, "deleted by the user", "")
 	return &apiv1.DeleteJobResponse{Job: r.Job}, nil

@@ -140,7 +140,9 @@ func (s held) prune(live map[string]membership.WorkerInfo, jobs []*pb.Job) {
 // failAttempt ends the job's current attempt: a requeue when its restart
 // policy allows another try, else the job fails.
 func (s held) failAttempt(ctx context.Context, j *pb.Job, reason, msg, worker string) {
-	s.commits.wait(ctx, j.Id)
+	if !s.commits.wait(ctx, j.Id) {
+		return // acted on in the next pass
+	}
 	maxRestarts, backoff := 0, 0
 	if sp, err := s.spec(j); err == nil {
 		maxRestarts, backoff = *sp.Restart.MaxRestarts, *sp.Restart.BackoffSeconds
@@ -455,8 +457,9 @@ func (s *Server) setPending(ctx context.Context, j *pb.Job, reason, msg string) 
 }
 
 func (s *Server) setState(ctx context.Context, j *pb.Job, st pb.JobState, reason, msg string, cond *pb.Condition) *pb.Job {
-	if jobstate.Final(st) {
-		s.commits.wait(ctx, j.Id)
+	if jobstate.Final(st) && !s.commits.wait(ctx, j.Id) {
+		s.log.Warn("job not ended: its checkpoint commit is still in flight", "job-id", j.Id, "state", jobstate.Lower(st))
+		return nil
 	}
 	r, err := s.cfg.Node.Apply(ctx, &pb.Command{Op: &pb.Command_SetJobState{SetJobState: &pb.SetJobState{
 		JobId: j.Id, State: st, Reason: reason, Message: msg, Condition: cond,

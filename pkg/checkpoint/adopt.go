@@ -30,14 +30,13 @@ var ErrStepExists = errors.New("checkpoint: files already stored for the step")
 // into place (one rename, no copy; ErrStepExists if the prefix has
 // files) and the files are synced as they are hashed; otherwise every file
 // is copied in with Put and dir is left as it was (a committed checkpoint
-// named as dir is never moved). undo puts a moved dir back (a no-op after
-// a copy): the caller calls it when the commit that follows fails, so
-// that the trainer can retry. Anything under dir that is not a regular
+// named as dir is never moved). undo puts a moved dir back, or removes
+// the copies: the caller calls it when the commit that follows fails, so
+// that the trainer can retry and the storage keeps nothing uncommitted. Anything under dir that is not a regular
 // file or a directory (a symbolic link, a socket) is refused, naming it,
 // and so are names the storage cannot hold (a segment starting with
 // ".tmp-"); dot-names such as DCP's ".metadata" are kept.
 func AdoptDir(ctx context.Context, st Storage, prefix, dir, movable string) (shards []ShardInfo, undo func() error, err error) {
-	nothing := func() error { return nil }
 	names, err := regularFiles(dir)
 	if err != nil {
 		return nil, nil, err
@@ -45,20 +44,34 @@ func AdoptDir(ctx context.Context, st Storage, prefix, dir, movable string) (sha
 	if ds, ok := st.(*DirStorage); ok && movable != "" && within(movable, dir) && within(ds.root, movable) {
 		return ds.adopt(ctx, prefix, dir, names)
 	}
+	// copied: undoing removes the copies (dir is as it was), so that a
+	// commit refused or failed leaves nothing of it in the storage
+	var copied []string
+	undo = func() error {
+		var errs []error
+		for _, name := range copied {
+			// not the caller's context: it may be why the commit failed
+			if err := st.Delete(context.WithoutCancel(ctx), prefix+name); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		return errors.Join(errs...)
+	}
 	infos := make([]ShardInfo, 0, len(names))
 	for _, name := range names {
 		f, err := os.Open(filepath.Join(dir, filepath.FromSlash(name)))
 		if err != nil {
-			return nil, nil, fmt.Errorf("checkpoint: adopt %s: %w", dir, err)
+			return nil, nil, errors.Join(fmt.Errorf("checkpoint: adopt %s: %w", dir, err), undo())
 		}
 		size, sum, err := st.Put(ctx, prefix+name, f)
 		f.Close()
 		if err != nil {
-			return nil, nil, fmt.Errorf("checkpoint: adopt %s: %s: %w", dir, name, err)
+			return nil, nil, errors.Join(fmt.Errorf("checkpoint: adopt %s: %s: %w", dir, name, err), undo())
 		}
+		copied = append(copied, name)
 		infos = append(infos, ShardInfo{Name: name, Size: size, SHA256: sum, Kind: KindFile})
 	}
-	return infos, nothing, nil
+	return infos, undo, nil
 }
 
 // adopt moves dir to prefix's directory and hashes (and syncs) its files;

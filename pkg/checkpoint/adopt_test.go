@@ -86,6 +86,24 @@ func TestAdoptDir(t *testing.T) {
 	if raw, err := os.ReadFile(filepath.Join(inside, "optim", "state.pt")); err != nil || string(raw) != "moments" {
 		t.Fatalf("after undo: %q %v", raw, err)
 	}
+	// and removes the copies of one copied in: the storage keeps nothing
+	// of a commit that failed, the directory is as it was
+	_, undo, err = AdoptDir(ctx, st, StepPrefix("job-1", 9), outside, staging)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := undo(); err != nil {
+		t.Fatal(err)
+	}
+	if keys, err := st.List(ctx, StepPrefix("job-1", 9)); err != nil || len(keys) != 0 {
+		t.Fatalf("step 9 after undoing a copy: %v %v", keys, err)
+	}
+	if _, err := os.Stat(filepath.Join(root, "job-1", "step-000000000009")); !os.IsNotExist(err) {
+		t.Fatalf("the copy's directory is left: %v", err)
+	}
+	if raw, err := os.ReadFile(filepath.Join(outside, "optim", "state.pt")); err != nil || string(raw) != "moments" {
+		t.Fatalf("the copied directory after undo: %q %v", raw, err)
+	}
 	// a changed file fails verification (resume falls back)
 	os.WriteFile(filepath.Join(root, "job-1", "step-000000000006", "model.pt"), []byte("changed"), 0o644)
 	m, err := mgr.LoadLatestVerified(ctx, "job-1", nil)

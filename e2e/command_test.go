@@ -147,6 +147,17 @@ restart: {max_restarts: %d, backoff_seconds: 12}
 		if r.code == 0 || !strings.Contains(r.stderr, "attempt 0 is over") {
 			t.Errorf("commit from attempt 0 after the job ended: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 		}
+		// the job is deleted only with its checkpoints, whose files go too
+		if r := c.cli("job", "delete", id); r.code == 0 || !strings.Contains(r.stderr, "delete them first") {
+			t.Errorf("job delete of a job with checkpoints: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+		}
+		c.mustCLI("job", "delete", id, "--checkpoints")
+		if r := c.cli("checkpoints", "list", id); r.code != 3 {
+			t.Errorf("checkpoints list of the deleted job: exit %d, want 3 (not found)\n%s", r.code, r.stderr)
+		}
+		if left, _ := filepath.Glob(filepath.Join(c.storage, "checkpoints", id, "step-*")); len(left) != 0 {
+			t.Errorf("checkpoint files left after job delete --checkpoints: %v", left)
+		}
 		c.startWorker(victim)
 	})
 

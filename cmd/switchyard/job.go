@@ -34,7 +34,7 @@ func (c *cli) cmdJob(ctx context.Context, args []string) error {
 		{"plot", "ID --out DIR [--storage DIR]", "draw the job's pictures from rank 0's metrics so far (PNG and SVG): loss, LBL, tokens/s, expert load per layer; with --storage the domain x expert heat maps", c.jobPlot},
 		{"cancel", "ID [--message TEXT]", "cancel a job", c.jobCancel},
 		{"resume", "ID [--from STEP]", "restart a job from a committed checkpoint (default: the newest)", c.jobResume},
-		{"delete", "ID", "remove a job that has ended, and its history, once it has no checkpoint (its ID is not used again)", c.jobDelete},
+		{"delete", "ID [--checkpoints]", "remove a job that has ended, and its history, once it has no checkpoint (--checkpoints: delete them first); its ID is not used again", c.jobDelete},
 	})
 }
 
@@ -757,13 +757,14 @@ func (c *cli) jobCancel(ctx context.Context, name string, args []string) error {
 
 func (c *cli) jobDelete(ctx context.Context, name string, args []string) error {
 	fs, r := c.flags(name)
+	withCheckpoints := fs.Bool("checkpoints", false, "delete the job's checkpoints first (without it the job is kept while it has any)")
 	pos, err := c.parse(fs, r, args, 1, 1)
 	if err != nil {
 		return err
 	}
 	id := pos[0]
 	resp, err := unary(ctx, r, "job delete "+id, func(ctx context.Context, cl *client.Client) (*apiv1.DeleteJobResponse, error) {
-		return cl.DeleteJob(ctx, &apiv1.DeleteJobRequest{JobId: id})
+		return cl.DeleteJob(ctx, &apiv1.DeleteJobRequest{JobId: id, WithCheckpoints: *withCheckpoints})
 	})
 	if err != nil {
 		return err

@@ -43,7 +43,7 @@ cluster (talks to the coordinator over gRPC):
   switchyard job plot ID --out DIR [--storage DIR]      PNG and SVG pictures of rank 0's metrics so far (with --storage: domain x expert heat maps)
   switchyard job cancel ID
   switchyard job resume ID [--from STEP]                restart from a committed checkpoint
-  switchyard job delete ID                              remove a job that has ended (no checkpoint left)
+  switchyard job delete ID [--checkpoints]              remove a job that has ended (--checkpoints: and its checkpoints)
   switchyard cluster status                             coordinator replicas and workers
   switchyard cluster add-replica ID RAFT_ADDR
   switchyard cluster remove-replica ID

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -410,6 +411,11 @@ func (c *catalogue) List(context.Context, *pb.Job) ([]checkpoint.Manifest, []int
 	return c.live, nil, c.err
 }
 
+func (c *catalogue) Delete(_ context.Context, _ *pb.Job, step int64) error {
+	c.live = slices.DeleteFunc(c.live, func(m checkpoint.Manifest) bool { return m.Step == step })
+	return nil
+}
+
 // TestNewestCheckpointUnknown: a draining worker is told 0 only when the
 // job has no checkpoint; a catalogue that cannot be read gives -1 (not
 // known), which the worker does not take for "none".
@@ -542,8 +548,9 @@ func TestDeleteJob(t *testing.T) {
 	l.register("w1")
 	l.register("w2")
 	l.tick()
+	withCheckpoints := false
 	del := func() error {
-		_, err := l.s.DeleteJob(l.ctx, &apiv1.DeleteJobRequest{JobId: "j1"})
+		_, err := l.s.DeleteJob(l.ctx, &apiv1.DeleteJobRequest{JobId: "j1", WithCheckpoints: withCheckpoints})
 		return err
 	}
 	if err := del(); status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "job j1 is placed: only a job that has ended is deleted (switchyard job cancel j1 first)") {
@@ -552,16 +559,16 @@ func TestDeleteJob(t *testing.T) {
 	if _, err := l.s.CancelJob(l.ctx, &apiv1.CancelJobRequest{JobId: "j1"}); err != nil {
 		t.Fatal(err)
 	}
-	if err := del(); status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "job j1 has checkpoints (steps 10, 20): delete them first (switchyard checkpoints delete j1 STEP)") {
+	if err := del(); status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "job j1 has checkpoints (steps 10, 20): delete them first (switchyard checkpoints delete j1 STEP, or job delete --checkpoints)") {
 		t.Fatalf("delete of a job with checkpoints: %v", err)
 	}
-	cat.live, cat.err = nil, errors.New("etcd down")
+	cat.err = errors.New("etcd down")
 	if err := del(); status.Code(err) != codes.Unavailable {
 		t.Fatalf("delete while the catalogue cannot be read: %v", err)
 	}
-	cat.err = nil
-	if err := del(); err != nil {
-		t.Fatalf("delete of a cancelled job without checkpoints: %v", err)
+	cat.err, withCheckpoints = nil, true
+	if err := del(); err != nil || len(cat.live) != 0 {
+		t.Fatalf("delete of a cancelled job with its checkpoints: %v, %d left", err, len(cat.live))
 	}
 	if _, err := l.s.GetJob(l.ctx, &apiv1.GetJobRequest{JobId: "j1"}); status.Code(err) != codes.NotFound {
 		t.Fatalf("get after the delete: %v", err)

@@ -652,10 +652,18 @@ func (s *Server) DeleteJob(ctx context.Context, req *apiv1.DeleteJobRequest) (*a
 		for _, m := range live {
 			steps = append(steps, m.Step)
 		}
-		if len(steps) > 0 {
-			slices.Sort(steps)
-			return nil, apiError(failure(errRefused, "job %s has checkpoints (steps %s): delete them first (switchyard checkpoints delete %s STEP), then the job",
+		slices.Sort(steps)
+		if len(steps) > 0 && !req.GetWithCheckpoints() {
+			return nil, apiError(failure(errRefused, "job %s has checkpoints (steps %s): delete them first (switchyard checkpoints delete %s STEP, or job delete --checkpoints), then the job",
 				j.Id, joinSteps(steps), j.Id))
+		}
+		for i, step := range steps {
+			// the job has ended and resumeFrom is held: no commit, no
+			// resume from a chosen step and no other deletion meanwhile
+			if err := s.cfg.Checkpoints.Delete(ctx, j, step); err != nil {
+				return nil, apiError(failure(errRefused, "delete job %s: its checkpoint of step %d: %v (%d of its %d checkpoints deleted; the job is kept)", j.Id, step, err, i, len(steps)))
+			}
+			s.publish(j.Id, "CheckpointDeleted", j.State, fmt.Sprintf("checkpoint of step %d deleted with the job", step), "")
 		}
 	}
 	// a resume without a chosen step takes lead only: one since the

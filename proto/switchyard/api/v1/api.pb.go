@@ -608,10 +608,13 @@ func (x *ResumeJobResponse) GetJob() *v1.Job {
 }
 
 type DeleteJobRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	JobId         string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state protoimpl.MessageState `protogen:"open.v1"`
+	JobId string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	// Delete the job's checkpoints first (refused without it while any is
+	// left).
+	WithCheckpoints bool `protobuf:"varint,2,opt,name=with_checkpoints,json=withCheckpoints,proto3" json:"with_checkpoints,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *DeleteJobRequest) Reset() {
@@ -649,6 +652,13 @@ func (x *DeleteJobRequest) GetJobId() string {
 		return x.JobId
 	}
 	return ""
+}
+
+func (x *DeleteJobRequest) GetWithCheckpoints() bool {
+	if x != nil {
+		return x.WithCheckpoints
+	}
+	return false
 }
 
 type DeleteJobResponse struct {
@@ -2940,9 +2950,10 @@ const file_switchyard_api_v1_api_proto_rawDesc = "" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x1b\n" +
 	"\tfrom_step\x18\x02 \x01(\x03R\bfromStep\"E\n" +
 	"\x11ResumeJobResponse\x120\n" +
-	"\x03job\x18\x01 \x01(\v2\x1e.switchyard.coordinator.v1.JobR\x03job\")\n" +
+	"\x03job\x18\x01 \x01(\v2\x1e.switchyard.coordinator.v1.JobR\x03job\"T\n" +
 	"\x10DeleteJobRequest\x12\x15\n" +
-	"\x06job_id\x18\x01 \x01(\tR\x05jobId\"E\n" +
+	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12)\n" +
+	"\x10with_checkpoints\x18\x02 \x01(\bR\x0fwithCheckpoints\"E\n" +
 	"\x11DeleteJobResponse\x120\n" +
 	"\x03job\x18\x01 \x01(\v2\x1e.switchyard.coordinator.v1.JobR\x03job\"?\n" +
 	"\x0eJobLogsRequest\x12\x15\n" +

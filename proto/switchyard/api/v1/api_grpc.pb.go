@@ -61,7 +61,7 @@ type CoordinatorClient interface {
 	CancelJob(ctx context.Context, in *CancelJobRequest, opts ...grpc.CallOption) (*CancelJobResponse, error)
 	ResumeJob(ctx context.Context, in *ResumeJobRequest, opts ...grpc.CallOption) (*ResumeJobResponse, error)
 	// DeleteJob removes a job that has ended, with its history, once it has
-	// no committed checkpoint; its ID is not used again.
+	// no committed checkpoint (or with them); its ID is not used again.
 	DeleteJob(ctx context.Context, in *DeleteJobRequest, opts ...grpc.CallOption) (*DeleteJobResponse, error)
 	// JobLogs streams the job's log lines (history first); with follow it
 	// goes on until the job ends and its workers stopped logging.
@@ -291,7 +291,7 @@ type CoordinatorServer interface {
 	CancelJob(context.Context, *CancelJobRequest) (*CancelJobResponse, error)
 	ResumeJob(context.Context, *ResumeJobRequest) (*ResumeJobResponse, error)
 	// DeleteJob removes a job that has ended, with its history, once it has
-	// no committed checkpoint; its ID is not used again.
+	// no committed checkpoint (or with them); its ID is not used again.
 	DeleteJob(context.Context, *DeleteJobRequest) (*DeleteJobResponse, error)
 	// JobLogs streams the job's log lines (history first); with follow it
 	// goes on until the job ends and its workers stopped logging.

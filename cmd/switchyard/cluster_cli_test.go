@@ -45,6 +45,7 @@ type fakeCoordinator struct {
 	cancelled []string
 	resumed   []*apiv1.ResumeJobRequest
 	deleted   []*apiv1.DeleteCheckpointRequest
+	gone      map[string]bool // deleted jobs' IDs
 	logs      map[string][]*apiv1.LogEntry
 	logFollow []bool
 	watch     map[string][]*apiv1.WatchJobResponse
@@ -128,6 +129,9 @@ func (f *fakeCoordinator) SubmitJob(_ context.Context, req *apiv1.SubmitJobReque
 	defer f.mu.Unlock()
 	f.submitted = append(f.submitted, req)
 	id := req.GetJobId()
+	if f.gone[id] {
+		return nil, status.Errorf(codes.AlreadyExists, "coordinator: job conflict: %s is the ID of a deleted job; give the new one another", id)
+	}
 	if id == "" {
 		id = fmt.Sprintf("job-%d", len(f.submitted))
 	}
@@ -205,6 +209,10 @@ func (f *fakeCoordinator) DeleteJob(_ context.Context, req *apiv1.DeleteJobReque
 		return nil, status.Errorf(codes.FailedPrecondition, "job %s is %s: only a job that has ended is deleted", j.Id, jobstate.Lower(j.State))
 	}
 	delete(f.jobs, j.Id)
+	if f.gone == nil {
+		f.gone = map[string]bool{}
+	}
+	f.gone[j.Id] = true
 	return &apiv1.DeleteJobResponse{Job: j}, nil
 }
 

@@ -79,6 +79,11 @@ func (c *cli) experimentSubmit(ctx context.Context, name string, args []string) 
 		})
 		if err != nil {
 			t.flush() //nolint:errcheck // the error below matters more
+			if strings.Contains(err.Error(), "the ID of a deleted job") {
+				// a variant's job ID is the experiment's name, its index
+				// and its spec's hash: the same again after job delete
+				err = fmt.Errorf("%w (a variant's job ID comes from the experiment's name and the variant: name the experiment anew to run it again)", err)
+			}
 			return fmt.Errorf("variant %d (%s): %w", v.Index, v.Label(e.Axes), err)
 		}
 		note := "submitted"

@@ -27,6 +27,23 @@ axes:
 
 // TestExperimentSubmitAndReport: the axes become four jobs with ids from
 // the file; the report reads rank 0's reports and summarises over seeds.
+// TestExperimentSubmitAfterDelete: a variant whose job was deleted cannot
+// be submitted again under its ID, and the error says how to run the
+// experiment again.
+func TestExperimentSubmitAfterDelete(t *testing.T) {
+	f, addr, _, exp, e := experimentSetup(t)
+	wantCode(t, runAt(t, addr, "experiment", "submit", exp), exitOK)
+	f.mu.Lock()
+	f.jobs[e.Variants[0].JobID].State = coordinatorv1.JobState_JOB_STATE_CANCELLED
+	f.mu.Unlock()
+	wantCode(t, runAt(t, addr, "job", "delete", e.Variants[0].JobID), exitOK)
+	r := runAt(t, addr, "experiment", "submit", exp)
+	if r.code == exitOK {
+		t.Fatal("submitted a variant whose job was deleted")
+	}
+	wantContains(t, r.stderr, "is the ID of a deleted job", "name the experiment anew to run it again")
+}
+
 func TestExperimentSubmitAndReport(t *testing.T) {
 	f, addr, dir, exp, e := experimentSetup(t)
 	r := runCmd(t, false, "experiment", "submit", exp, "--dry-run")

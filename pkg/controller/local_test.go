@@ -348,6 +348,18 @@ func (c *stuckCommits) Commit(ctx context.Context, m checkpoint.Manifest) error 
 	return nil
 }
 
+// commitStuck has rank 0 of j1 commit m in the background and returns
+// once the commit is in cps's hands; its answer comes on the channel.
+func (l *local) commitStuck(cps *stuckCommits, m []byte) <-chan error {
+	committed := make(chan error, 1)
+	go func() {
+		_, err := l.s.CommitCheckpoint(l.ctx, &apiv1.CommitCheckpointRequest{JobId: "j1", Attempt: 0, Manifest: m})
+		committed <- err
+	}()
+	<-cps.started
+	return committed
+}
+
 // TestCommitInFlightHoldsUpOnlyItsAttemptsEnd: a commit stuck in etcd
 // keeps no sync or supervision pass waiting (it holds no lock), and a
 // cancel of its job waits for it: the checkpoint is committed, with its
@@ -359,12 +371,7 @@ func TestCommitInFlightHoldsUpOnlyItsAttemptsEnd(t *testing.T) {
 		return err == nil && jobstate.Final(j.State)
 	}}
 	m := l.placeWithCatalogue(cps)
-	committed := make(chan error, 1)
-	go func() {
-		_, err := l.s.CommitCheckpoint(l.ctx, &apiv1.CommitCheckpointRequest{JobId: "j1", Attempt: 0, Manifest: m})
-		committed <- err
-	}()
-	<-cps.started
+	committed := l.commitStuck(cps, m)
 	// a deadlock would hang the test: the watchdog lets the commit go
 	// on and the test fails
 	watchdog := time.AfterFunc(30*time.Second, func() { close(cps.proceed) })
@@ -588,12 +595,7 @@ func TestAttemptNotEndedPastItsCallersWait(t *testing.T) {
 	l := newLocal(t)
 	cps := &stuckCommits{started: make(chan struct{}), proceed: make(chan struct{}), ended: func() bool { return true }}
 	m := l.placeWithCatalogue(cps)
-	committed := make(chan error, 1)
-	go func() {
-		_, err := l.s.CommitCheckpoint(l.ctx, &apiv1.CommitCheckpointRequest{JobId: "j1", Attempt: 0, Manifest: m})
-		committed <- err
-	}()
-	<-cps.started
+	committed := l.commitStuck(cps, m)
 	ctx, cancel := context.WithTimeout(l.ctx, 50*time.Millisecond)
 	defer cancel()
 	if _, err := l.s.CancelJob(ctx, &apiv1.CancelJobRequest{JobId: "j1"}); status.Code(err) != codes.Unavailable {

@@ -17,7 +17,7 @@ func (c *cli) cmdCheckpoints(ctx context.Context, args []string) error {
 		{"list", "JOB", "list a job's checkpoints", c.checkpointsList},
 		{"show", "JOB STEP [--verify]", "show one checkpoint and its shards (size, sha256); --verify: the coordinator reads every shard and checks it", c.checkpointsShow},
 		{"delete", "JOB STEP", "delete a checkpoint", c.checkpointsDelete},
-		{"commit", "--step N DIR", "in a command job's rank 0: commit the checkpoint of step N that the trainer wrote to DIR (any files; hashed, moved into the job's checkpoints, committed through the coordinator)", c.checkpointsCommit},
+		{"commit", "--step N [--val-loss X] DIR", "in a command job's rank 0: commit the checkpoint of step N that the trainer wrote to DIR (any files; hashed, moved into the job's checkpoints, committed through the coordinator; X: its validation loss, for keep_best)", c.checkpointsCommit},
 	})
 }
 
@@ -74,7 +74,7 @@ func (c *cli) checkpointsList(ctx context.Context, name string, args []string) e
 	if r.json() {
 		return printProto(c.out, &apiv1.ListCheckpointsResponse{Checkpoints: cks}, false)
 	}
-	t := newTable(c.out, "", "STEP", "STATUS", "COMMITTED", "SIZE", "LAYOUT", "VAL BPB", "SHARDS")
+	t := newTable(c.out, "", "STEP", "STATUS", "COMMITTED", "SIZE", "LAYOUT", "VAL LOSS", "SHARDS")
 	for _, ck := range cks {
 		t.row(ck.GetStep(), orDash(ck.GetStatus()), fmtTime(ck.GetCommittedUnixNano()), fmtBytes(ck.GetBytes()),
 			layout(ck), valLoss(ck.GetValLoss()), len(ck.GetShards()))

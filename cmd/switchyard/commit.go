@@ -11,6 +11,8 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"maps"
+	"math"
 	"os"
 	"strconv"
 	"strings"
@@ -26,6 +28,7 @@ func (c *cli) checkpointsCommit(ctx context.Context, name string, args []string)
 	fs.SetOutput(c.errOut)
 	step := fs.Int64("step", 0, "the trainer's step the checkpoint was taken after, >= 1 (required)")
 	config := fs.String("config", os.Getenv(envRunConfig), "the rank's run.yaml (env "+envRunConfig+", set for every rank of a command job)")
+	valLoss := fs.String("val-loss", "", "the trainer's validation loss at this step (lower is better): recorded in the manifest, shown by checkpoints list, and what checkpoint.keep_best keeps by")
 	retryFor := fs.Duration("retry-for", 5*time.Minute, "retry a commit that fails for want of etcd or the coordinator (a restart, an election, an outage) for this long (0: no retry)")
 	if err := fs.Parse(args); err != nil {
 		return usageError{err}
@@ -39,6 +42,14 @@ func (c *cli) checkpointsCommit(ctx context.Context, name string, args []string)
 		return usageError{fmt.Errorf("%s: --retry-for %s: must be >= 0", name, *retryFor)}
 	case *config == "":
 		return usageError{fmt.Errorf("%s runs inside a rank of a command job (runtime: command): %s is not set", name, envRunConfig)}
+	}
+	var meta map[string]string
+	if *valLoss != "" {
+		v, err := strconv.ParseFloat(*valLoss, 64)
+		if err != nil || math.IsNaN(v) || math.IsInf(v, 0) {
+			return usageError{fmt.Errorf("%s: --val-loss %q: want a finite number", name, *valLoss)}
+		}
+		meta = map[string]string{checkpoint.MetaValLoss: strconv.FormatFloat(v, 'g', -1, 64)}
 	}
 	cfg, err := loadCommandConfig(*config)
 	if err != nil {
@@ -59,13 +70,17 @@ func (c *cli) checkpointsCommit(ctx context.Context, name string, args []string)
 	// warnings only: the rank's stderr is where its failure is read
 	// from, and the summary below says what an info line would
 	log := slog.New(slog.NewTextHandler(c.errOut, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	m, deleted, err := commitDir(ctx, cfg, *step, fs.Arg(0), retry, log)
+	m, deleted, err := commitDir(ctx, cfg, *step, fs.Arg(0), meta, retry, log)
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(c.out, "committed the checkpoint of step %d of job %s: %s, %s", m.Step, m.Job, plural(len(m.Shards), "file"), fsutil.Size(m.TotalSize()))
 	if len(deleted) > 0 {
-		fmt.Fprintf(c.out, " (keep_last %d: deleted %s)", max(cfg.Checkpoint.KeepLast, 1), joinSteps(deleted))
+		kept := fmt.Sprintf("keep_last %d", max(cfg.Checkpoint.KeepLast, 1))
+		if cfg.Checkpoint.KeepBest > 0 {
+			kept += fmt.Sprintf(", keep_best %d", cfg.Checkpoint.KeepBest)
+		}
+		fmt.Fprintf(c.out, " (%s: deleted %s)", kept, joinSteps(deleted))
 	}
 	fmt.Fprintln(c.out)
 	return nil
@@ -93,10 +108,11 @@ func joinSteps(steps []int64) string {
 
 // commitDir makes dir the job's checkpoint of step and commits it (see
 // checkpoint.AdoptDir: moved when it lies in the job's checkpoint storage,
-// copied otherwise), then applies keep_last and returns the steps it
-// deleted. A commit that fails for want of etcd or the coordinator is
-// retried as retry says.
-func commitDir(ctx context.Context, cfg *jobspec.CommandConfig, step int64, dir string, retry checkpoint.Retry, log *slog.Logger) (checkpoint.Manifest, []int64, error) {
+// copied otherwise) with meta in its manifest (the validation loss), then
+// applies keep_last and keep_best and returns the steps it deleted. A
+// commit that fails for want of etcd or the coordinator is retried as
+// retry says.
+func commitDir(ctx context.Context, cfg *jobspec.CommandConfig, step int64, dir string, meta map[string]string, retry checkpoint.Retry, log *slog.Logger) (checkpoint.Manifest, []int64, error) {
 	st, err := checkpoint.NewDirStorage(cfg.Checkpoint.Dir)
 	if err != nil {
 		return checkpoint.Manifest{}, nil, err
@@ -139,11 +155,12 @@ func commitDir(ctx context.Context, cfg *jobspec.CommandConfig, step int64, dir 
 		Shards: shards,
 		Meta:   map[string]string{"runtime": jobspec.RuntimeCommand},
 	}
+	maps.Copy(m.Meta, meta)
 	if err := mgr.CommitRetrying(ctx, m, retry); err != nil {
 		// DIR goes back where the trainer wrote it, for a retry
 		return checkpoint.Manifest{}, nil, errors.Join(err, undo())
 	}
-	deleted, err := mgr.Retain(ctx, job, max(cfg.Checkpoint.KeepLast, 1), 0, nil)
+	deleted, err := mgr.Retain(ctx, job, max(cfg.Checkpoint.KeepLast, 1), cfg.Checkpoint.KeepBest, checkpoint.Manifest.ValLoss)
 	if err != nil {
 		log.Warn("checkpoint retention failed", "job-id", job, "error", err)
 	}

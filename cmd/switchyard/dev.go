@@ -147,9 +147,10 @@ func cmdDev(ctx context.Context, args []string) error {
 		return err
 	}
 	defer d.Close()
-	// The workers below, and their ranks (child processes inheriting this
-	// environment), read the etcd user from the environment by design,
-	// never from config files: give them the dev etcd's.
+	// The workers below read the etcd user from the environment by
+	// design, never from config files: give them the dev etcd's (their
+	// ranks do not inherit it: they reach the catalogue through the
+	// coordinator).
 	for k, v := range map[string]string{etcdconn.UsernameEnv: d.Dev.EtcdUsername(), etcdconn.PasswordEnv: d.Dev.EtcdPassword()} {
 		if err := os.Setenv(k, v); err != nil {
 			return fmt.Errorf("dev: %w", err)

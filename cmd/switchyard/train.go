@@ -46,7 +46,7 @@ func cmdTrain(ctx context.Context, args []string) error {
 		resStep = fs.Int64("resume-step", 0, "with --resume: continue from exactly this committed step (newer checkpoints are deleted)")
 		ckJob   = fs.String("checkpoint-job", "", "catalogue name of the run's checkpoints (default \"run\"; the coordinator passes the job id)")
 		ckEtcd  = fs.String("checkpoint-etcd", "", "comma-separated etcd endpoints: keep the checkpoint catalogue in etcd")
-		via     = fs.String("commit-via", "", "comma-separated coordinator API addresses: commit checkpoints through the coordinator (token from $SWITCHYARD_TOKEN; set by the worker)")
+		via     = fs.String("commit-via", "", "comma-separated coordinator API addresses: read, commit and retire checkpoints through the coordinator, not etcd (token from $SWITCHYARD_TOKEN; set by the worker)")
 		attempt = fs.Int("attempt", 0, "the job's attempt this run is (set by the worker; the coordinator refuses commits of an attempt that is over)")
 		viaCA   = fs.String("commit-tls-ca", "", "CA (PEM) for --commit-via")
 		viaCert = fs.String("commit-tls-cert", "", "client certificate (PEM) for --commit-via")

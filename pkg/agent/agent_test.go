@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/switchyard-ml/switchyard/internal/syncbuf"
+	"github.com/switchyard-ml/switchyard/pkg/etcdconn"
 	"github.com/switchyard-ml/switchyard/pkg/events"
 	"github.com/switchyard-ml/switchyard/pkg/membership"
 	"github.com/switchyard-ml/switchyard/pkg/runconfig"
@@ -59,6 +60,7 @@ done
 trap 'echo terminated > "$out/terminated"; exit 143' TERM
 printf '%s\n' "$@" > "$out/args"
 printf '%s\n' "$SWITCHYARD_TOKEN" > "$out/token"
+printf '%s\n' "${SWITCHYARD_ETCD_USERNAME-unset}" "${SWITCHYARD_ETCD_PASSWORD-unset}" > "$out/etcd-user"
 # renamed into place: a test that sees the pid file reads the whole pid
 # (a plain "echo > pid" is seen empty between its open and its write)
 echo $$ > "$out/pid.tmp"
@@ -398,7 +400,7 @@ func TestSuccessArgvMetricsAndLogs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	wantCk := runconfig.Checkpoint{Dir: ckpt, Job: "ok-one", KeepLast: 3, Etcd: []string{"127.0.0.1:2379"}, CommitVia: []string{"127.0.0.1:7000"}, Attempt: 1}
+	wantCk := runconfig.Checkpoint{Dir: ckpt, Job: "ok-one", KeepLast: 3, Etcd: []string{}, CommitVia: []string{"127.0.0.1:7000"}, Attempt: 1}
 	if tc.OutDir != dir || !tc.Resume || !reflect.DeepEqual(tc.Checkpoint, wantCk) ||
 		tc.Dist != (runconfig.Dist{World: 1, TP: 1, DP: 1, EP: 1, Balance: "dp"}) {
 		t.Errorf("rank 0 run.yaml: %+v\nwant checkpoint %+v", tc, wantCk)
@@ -407,7 +409,7 @@ func TestSuccessArgvMetricsAndLogs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	wantCk = runconfig.Checkpoint{Dir: shared, Job: "ok-multi", Every: 5, KeepLast: 2, Etcd: []string{"127.0.0.1:2379"},
+	wantCk = runconfig.Checkpoint{Dir: shared, Job: "ok-multi", Every: 5, KeepLast: 2, Etcd: []string{},
 		CommitVia: []string{"127.0.0.1:7000"}, Attempt: 1, ResumeStep: 40}
 	if tc.OutDir != dir1 || !tc.Resume || tc.Steps != 100 || !reflect.DeepEqual(tc.Checkpoint, wantCk) ||
 		tc.Dist != (runconfig.Dist{World: 2, TP: 1, DP: 2, EP: 1, Balance: "node"}) {
@@ -985,15 +987,32 @@ func TestOwnToken(t *testing.T) {
 
 // TestRanksGetTheWorkersToken: a rank (rank 0 commits checkpoints) calls
 // the coordinator with its worker's own token, not the cluster token the
-// worker was started with.
+// worker was started with, and gets no way into etcd: neither the
+// worker's etcd user nor an etcd endpoint (it reads the checkpoint
+// catalogue through the coordinator).
 func TestRanksGetTheWorkersToken(t *testing.T) {
 	t.Setenv(TokenEnv, "s3cret")
-	h := start(t, func(o *Options) { o.Token = security.WorkerToken("s3cret", o.Config.ID) })
+	t.Setenv(etcdconn.UsernameEnv, "worker")
+	t.Setenv(etcdconn.PasswordEnv, "etcd-s3cret")
+	h := start(t, func(o *Options) {
+		o.Token = security.WorkerToken("s3cret", o.Config.ID)
+	})
 	h.coord.set(newTestTask("ok-token", 0, 1, spec1))
 	h.waitState("ok-token", 0, apiv1.TaskState_TASK_STATE_SUCCEEDED)
-	env := readLines(t, filepath.Join(h.runDir("ok-token", 1, 0), "token"))
+	dir := h.runDir("ok-token", 1, 0)
+	env := readLines(t, filepath.Join(dir, "token"))
 	if len(env) != 1 || env[0] != security.WorkerToken("s3cret", "w1") {
 		t.Fatalf("the rank's %s: %q", TokenEnv, env)
+	}
+	if got := readLines(t, filepath.Join(dir, "etcd-user")); !slices.Equal(got, []string{"unset", "unset"}) {
+		t.Fatalf("the rank's %s and %s: %q, want both unset", etcdconn.UsernameEnv, etcdconn.PasswordEnv, got)
+	}
+	tc, err := train.Load(filepath.Join(dir, "run.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(tc.Checkpoint.Etcd) != 0 || !slices.Equal(tc.Checkpoint.CommitVia, h.cfg.Coordinators) {
+		t.Fatalf("run.yaml checkpoint etcd %v, commit_via %v: want no etcd, the catalogue through the coordinators %v", tc.Checkpoint.Etcd, tc.Checkpoint.CommitVia, h.cfg.Coordinators)
 	}
 }
 

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/switchyard-ml/switchyard/pkg/client"
@@ -98,4 +100,16 @@ func OwnToken(given, id string) (string, error) {
 		return given, nil
 	}
 	return security.WorkerToken(given, id), nil
+}
+
+// rankEnviron is the environment a rank inherits from the worker's: all of
+// it but the worker's etcd user (a rank reaches the checkpoint catalogue
+// through the coordinator, and the program a command job runs must not be
+// able to write the cluster's state) and its coordinator token (the rank
+// gets the worker's own, added after).
+func rankEnviron(env []string) []string {
+	return slices.DeleteFunc(slices.Clone(env), func(kv string) bool {
+		k, _, _ := strings.Cut(kv, "=")
+		return k == etcdconn.UsernameEnv || k == etcdconn.PasswordEnv || k == TokenEnv
+	})
 }

@@ -31,20 +31,22 @@
 //
 // Checkpoints go to <root>/<job-id>, where root is the job spec's
 // checkpoint.path or by default <storage_path>/checkpoints: the rank gets
-// --checkpoint-dir <root> --checkpoint-job <job-id>, and the checkpoint
-// catalogue is kept in etcd (--checkpoint-etcd with the worker's etcd
-// endpoints), where the coordinator reads it. Every rank is started with
+// --checkpoint-dir <root> --checkpoint-job <job-id>. The checkpoint
+// catalogue is kept in etcd, but a rank reaches it only through the
+// coordinator (--commit-via, below): ranks get no etcd endpoint, and the
+// worker's etcd credentials are taken out of their environment, so the
+// program a command job runs cannot write the cluster's state. Every rank is started with
 // --resume, so a restarted rank continues from the newest committed
 // checkpoint, or from the task's resume_from_step (--resume-step) when the
 // coordinator names one. For jobs whose ranks span several workers the
 // root must be shared storage (the same path on every worker and, as
 // --checkpoint-root, on the coordinators), or s3://bucket/prefix reached
 // with the worker's SWITCHYARD_S3_* and AWS_* environment, since rank 0
-// verifies and commits what every rank wrote. Rank 0 commits through the
-// coordinator (--commit-via with the worker's coordinator endpoints,
-// --attempt with the task's attempt, the token from SWITCHYARD_TOKEN in
-// the inherited environment), which refuses commits of an attempt that
-// is over.
+// verifies and commits what every rank wrote. Ranks read the catalogue,
+// and rank 0 commits and retires checkpoints, through the coordinator
+// (--commit-via with the worker's coordinator endpoints, --attempt with
+// the task's attempt, the worker's token in SWITCHYARD_TOKEN), which
+// refuses the commits and deletions of an attempt that is over.
 //
 // A rank announces job events (resumed from a step, checkpoint unusable)
 // on lines starting with train.EventPrefix (the agent sets

@@ -256,9 +256,9 @@ func (a *Agent) prepare(t *apiv1.Task) (launch, error) {
 	host := jobspec.Host{
 		RunDir:         filepath.Join(storage, "jobs", k.jobID, fmt.Sprintf("attempt-%d", k.attempt), fmt.Sprintf("rank-%d", k.rank)),
 		CheckpointRoot: filepath.Join(storage, "checkpoints"),
-		Etcd:           a.o.Config.EtcdEndpoints,
-		// commits go through the coordinator, which refuses those of an
-		// attempt that is over (the token travels in the environment)
+		// the catalogue is read and written through the coordinator, which
+		// refuses the commits of an attempt that is over (the token travels
+		// in the environment); a rank gets no etcd endpoint
 		CommitVia: a.o.Config.Coordinators,
 		CommitTLS: a.o.Config.TLS,
 	}
@@ -474,7 +474,7 @@ func (a *Agent) runTask(tk *task) {
 
 	cmd := exec.Command(a.trainer, l.args...)
 	cmd.Dir = l.runDir
-	cmd.Env = append(append(os.Environ(), l.env...), train.EventsEnv+"=1", // event lines for the job's history
+	cmd.Env = append(append(rankEnviron(os.Environ()), l.env...), train.EventsEnv+"=1", // event lines for the job's history
 		OwnerEnv+"="+a.owner) // found by this worker's next run if the rank outlives it
 	if a.o.Token != "" {
 		cmd.Env = append(cmd.Env, TokenEnv+"="+a.o.Token) // the worker's own, not the cluster's

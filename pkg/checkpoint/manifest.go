@@ -64,8 +64,8 @@ type Manifest struct {
 // MetaValLoss is the Meta key of the validation loss at the checkpoint's
 // step, when the run evaluated there (what keep_best ranks by): the
 // engine's is the mean over domains of the validation bits per byte
-// (`checkpoints list` shows it as VAL BPB); a command job's trainer may
-// give its own.
+// (`checkpoints list` shows it as VAL LOSS); a command job's trainer
+// gives its own (`checkpoints commit --val-loss`).
 const MetaValLoss = "val_loss"
 
 // ValLoss is the validation loss recorded in Meta, if any.

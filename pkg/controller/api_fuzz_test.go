@@ -302,6 +302,12 @@ var apiMethods = []apiMethod{
 			if c.JobId != req.GetJobId() {
 				return fmt.Errorf("a checkpoint of job %s", c.JobId)
 			}
+			if !req.GetManifests() {
+				continue
+			}
+			if m, err := checkpoint.DecodeManifest(c.Manifest); err != nil || m.Job != c.JobId || m.Step != c.Step {
+				return fmt.Errorf("checkpoint %d (%s) of job %s: its manifest %s/%d: %v", c.Step, c.Status, c.JobId, m.Job, m.Step, err)
+			}
 		}
 		return nil
 	}),
@@ -320,6 +326,12 @@ var apiMethods = []apiMethod{
 		a.mu.Lock()
 		defer a.mu.Unlock()
 		a.committed[apiStep{m.Job, m.Step}] = true
+		return nil
+	}),
+	unary("RetireCheckpoint", (*Server).RetireCheckpoint, func(a *apiRun, req *apiv1.RetireCheckpointRequest, _ *apiv1.RetireCheckpointResponse) error {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		a.deleted = append(a.deleted, apiStep{req.GetJobId(), req.GetStep()})
 		return nil
 	}),
 	unary("SyncWorker", (*Server).SyncWorker, func(a *apiRun, req *apiv1.SyncWorkerRequest, resp *apiv1.SyncWorkerResponse) error {
@@ -971,6 +983,17 @@ func apiSeeds(f *testing.F, b *apiBase) [][]byte {
 			{method: "CommitCheckpoint", req: &apiv1.CommitCheckpointRequest{JobId: apiRunning, Manifest: oddBytes}},
 			{method: "CommitCheckpoint", req: &apiv1.CommitCheckpointRequest{JobId: apiFailed, Manifest: manifest(apiFailed, 6)}},
 			{method: "CommitCheckpoint", req: &apiv1.CommitCheckpointRequest{JobId: apiFailed, Manifest: manifest(apiRunning, 6)}},
+		},
+		{ // a rank's catalogue: read by its worker and a stranger, retired by rank 0, another worker, an attempt that is over
+			{method: "ListCheckpoints", who: "w2", req: &apiv1.ListCheckpointsRequest{JobId: apiRunning, Manifests: true}},
+			{method: "ListCheckpoints", who: "w-stranger", req: &apiv1.ListCheckpointsRequest{JobId: apiRunning, Manifests: true}},
+			{method: "RetireCheckpoint", who: "w2", req: &apiv1.RetireCheckpointRequest{JobId: apiRunning, Step: 2}},
+			{method: "RetireCheckpoint", who: "w1", req: &apiv1.RetireCheckpointRequest{JobId: apiRunning, Attempt: 1, Step: 2}},
+			{method: "RetireCheckpoint", who: "w1", req: &apiv1.RetireCheckpointRequest{JobId: apiRunning, Step: 2, Remove: true}},
+			{method: "RetireCheckpoint", who: "w1", req: &apiv1.RetireCheckpointRequest{JobId: apiRunning, Step: 2}},
+			{method: "ListCheckpoints", who: "w1", req: &apiv1.ListCheckpointsRequest{JobId: apiRunning, Manifests: true}},
+			{method: "RetireCheckpoint", who: "w1", req: &apiv1.RetireCheckpointRequest{JobId: apiRunning, Step: 2, Remove: true}},
+			{method: "RetireCheckpoint", req: &apiv1.RetireCheckpointRequest{JobId: apiFailed, Step: 4}},
 		},
 		{ // long strings from a worker and a user
 			{method: "SyncWorker", who: "w2", req: &apiv1.SyncWorkerRequest{WorkerId: "w2", Tasks: []*apiv1.TaskStatus{{JobId: apiRunning, Rank: 1, State: apiv1.TaskState_TASK_STATE_FAILED, Refused: true, Message: long,

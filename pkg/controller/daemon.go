@@ -543,6 +543,17 @@ func (e etcdCheckpoints) Delete(ctx context.Context, j *pb.Job, step int64) erro
 	return checkpoint.NewManager(st, e.cat, e.log).Delete(ctx, j.Id, step)
 }
 
+func (e etcdCheckpoints) Manifest(ctx context.Context, j *pb.Job, step int64) (checkpoint.Manifest, error) {
+	return e.cat.Get(ctx, j.Id, step)
+}
+
+func (e etcdCheckpoints) Retire(ctx context.Context, j *pb.Job, step int64, remove bool) error {
+	if remove {
+		return e.cat.Remove(ctx, j.Id, step)
+	}
+	return e.cat.MarkDeleting(ctx, j.Id, step)
+}
+
 func (e etcdCheckpoints) Verify(ctx context.Context, j *pb.Job, m checkpoint.Manifest) ([]error, error) {
 	st, err := e.storage(j)
 	if err != nil {

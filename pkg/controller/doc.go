@@ -51,6 +51,10 @@
 // job's latest — only if the caller's attempt is still the job's current
 // one, so a rank of an abandoned attempt can never commit. Listing and
 // deleting (catalogued deletion, then files) go through the same catalogue.
+// Ranks have no access to etcd: they read their job's manifests with
+// ListCheckpoints (manifests: true; a worker only its own jobs'), and rank
+// 0's retention marks and removes entries with RetireCheckpoint, fenced
+// and registered in flight like a commit (the rank deletes the files).
 //
 // Workers call SyncWorker every half second with the state of their tasks
 // and get back the tasks they must run: one per rank placed on them, with

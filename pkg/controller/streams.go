@@ -2,6 +2,7 @@ package controller
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -29,6 +30,14 @@ type Checkpoints interface {
 	// Verify reads every shard of m and checks it against the manifest:
 	// one error (nil: verified) per shard, in m's order.
 	Verify(ctx context.Context, job *pb.Job, m checkpoint.Manifest) ([]error, error)
+	// Manifest is the entry of step, live or deleting (wraps
+	// checkpoint.ErrNotFound when there is none).
+	Manifest(ctx context.Context, job *pb.Job, step int64) (checkpoint.Manifest, error)
+	// Retire is a step of a rank's retention, which deletes the files:
+	// mark step deleting (remove false; checkpoint.ErrNotFound when it
+	// is not there), or remove its entry (remove true; marked deleting
+	// before, else checkpoint.ErrNotDeleting).
+	Retire(ctx context.Context, job *pb.Job, step int64, remove bool) error
 }
 
 // pollEvery is how often streams look at the job record.
@@ -237,6 +246,10 @@ func (s *Server) ListCheckpoints(ctx context.Context, req *apiv1.ListCheckpoints
 	if err != nil {
 		return nil, apiError(err)
 	}
+	// a worker's ranks read their own job's catalogue, no other
+	if id, ok := caller(ctx); ok && id.Worker != "" && !slices.ContainsFunc(j.Placement, func(p *pb.RankAssignment) bool { return p.WorkerId == id.Worker }) {
+		return nil, apiError(failure(errPermission, "worker %s holds no rank of job %s's attempt %d: a worker reads the checkpoints of its own jobs only", id.Worker, j.Id, j.Restarts))
+	}
 	live, deleting, err := s.cfg.Checkpoints.List(ctx, j)
 	if err != nil {
 		return nil, apiError(failure(errUnavailable, "checkpoint catalogue: %v", err))
@@ -253,10 +266,28 @@ func (s *Server) ListCheckpoints(ctx context.Context, req *apiv1.ListCheckpoints
 		for _, sh := range m.Shards {
 			c.Shards = append(c.Shards, &apiv1.Shard{Name: sh.Name, Size: sh.Size, Sha256: sh.SHA256})
 		}
+		if req.GetManifests() {
+			if c.Manifest, err = checkpoint.EncodeManifest(m); err != nil {
+				return nil, apiError(failure(errRefused, "checkpoint %d of %s: %v", m.Step, j.Id, err))
+			}
+		}
 		resp.Checkpoints = append(resp.Checkpoints, c)
 	}
 	for _, step := range deleting {
-		resp.Checkpoints = append(resp.Checkpoints, &apiv1.Checkpoint{JobId: j.Id, Step: step, Status: "deleting"})
+		c := &apiv1.Checkpoint{JobId: j.Id, Step: step, Status: "deleting"}
+		if req.GetManifests() {
+			m, err := s.cfg.Checkpoints.Manifest(ctx, j, step)
+			switch {
+			case errors.Is(err, checkpoint.ErrNotFound):
+				continue // removed since the list: gone
+			case err != nil:
+				return nil, apiError(failure(errUnavailable, "checkpoint catalogue: %v", err))
+			}
+			if c.Manifest, err = checkpoint.EncodeManifest(m); err != nil {
+				return nil, apiError(failure(errRefused, "checkpoint %d of %s: %v", m.Step, j.Id, err))
+			}
+		}
+		resp.Checkpoints = append(resp.Checkpoints, c)
 	}
 	return resp, nil
 }
@@ -407,22 +438,9 @@ func (s *Server) CommitCheckpoint(ctx context.Context, req *apiv1.CommitCheckpoi
 // admitCommit checks that the commit comes from the job's current attempt
 // (and its rank 0) and is plausible, and registers it as in flight.
 func (s held) admitCommit(ctx context.Context, req *apiv1.CommitCheckpointRequest, m checkpoint.Manifest) (*pb.Job, error) {
-	j, err := s.cfg.Node.Job(req.GetJobId())
+	j, err := s.fenced(ctx, req.GetJobId(), req.GetAttempt(), fmt.Sprintf("its checkpoint of step %d is not committed", m.Step))
 	if err != nil {
-		return nil, apiError(err)
-	}
-	if !active(j) || j.Restarts != req.GetAttempt() {
-		msg := fmt.Sprintf("job %s: attempt %d is over (the job is %s at attempt %d); its checkpoint of step %d is not committed",
-			j.Id, req.GetAttempt(), jobstate.Name(j.State), j.Restarts, m.Step)
-		if !jobstate.Final(j.State) {
-			s.recordEvent(ctx, j.Id, "CommitRefused", msg, "")
-		}
-		s.cfg.Metrics.CheckpointRefused("attempt_over")
-		return nil, apiError(failure(errAttemptOver, "%s", msg))
-	}
-	if id, ok := caller(ctx); ok && id.Worker != "" && (len(j.Placement) == 0 || j.Placement[0].WorkerId != id.Worker) {
-		s.cfg.Metrics.CheckpointRefused("not_rank_0")
-		return nil, apiError(failure(errPermission, "worker %s does not hold rank 0 of job %s's attempt %d: only that rank commits its checkpoints", id.Worker, j.Id, j.Restarts))
+		return nil, err
 	}
 	if err := s.plausible(j, m); err != nil {
 		s.recordEvent(ctx, j.Id, "CommitRefused", err.Error(), "")
@@ -431,6 +449,74 @@ func (s held) admitCommit(ctx context.Context, req *apiv1.CommitCheckpointReques
 	}
 	s.commits.begin(j.Id)
 	return j, nil
+}
+
+// fenced is job id's record when attempt is its current attempt and the
+// caller (a worker) holds its rank 0: what a commit or a retention step
+// must come from. A refusal is an API error, recorded; refused says what
+// it leaves undone ("its checkpoint of step 10 is not committed").
+func (s held) fenced(ctx context.Context, id string, attempt int32, refused string) (*pb.Job, error) {
+	j, err := s.cfg.Node.Job(id)
+	if err != nil {
+		return nil, apiError(err)
+	}
+	if !active(j) || j.Restarts != attempt {
+		msg := fmt.Sprintf("job %s: attempt %d is over (the job is %s at attempt %d); %s",
+			j.Id, attempt, jobstate.Name(j.State), j.Restarts, refused)
+		if !jobstate.Final(j.State) {
+			s.recordEvent(ctx, j.Id, "CommitRefused", msg, "")
+		}
+		s.cfg.Metrics.CheckpointRefused("attempt_over")
+		return nil, apiError(failure(errAttemptOver, "%s", msg))
+	}
+	if id, ok := caller(ctx); ok && id.Worker != "" && (len(j.Placement) == 0 || j.Placement[0].WorkerId != id.Worker) {
+		s.cfg.Metrics.CheckpointRefused("not_rank_0")
+		return nil, apiError(failure(errPermission, "worker %s does not hold rank 0 of job %s's attempt %d: only that rank commits and retires its checkpoints", id.Worker, j.Id, j.Restarts))
+	}
+	return j, nil
+}
+
+// RetireCheckpoint is one step of a rank 0's retention, under its
+// attempt's fence: the entry marked deleting before the rank deletes the
+// files, removed after. Registered as in flight like a commit, so no
+// retention step of an attempt lands after the attempt ended.
+func (s *Server) RetireCheckpoint(ctx context.Context, req *apiv1.RetireCheckpointRequest) (*apiv1.RetireCheckpointResponse, error) {
+	if s.cfg.Checkpoints == nil {
+		return nil, apiError(failure(errNoCatalogue, "this coordinator has no checkpoint catalogue"))
+	}
+	if req.GetStep() < 0 {
+		return nil, apiError(failure(errBadRequest, "retire checkpoint: step %d: steps are >= 0", req.GetStep()))
+	}
+	if !s.cfg.Node.IsLeader() {
+		return forward(ctx, s, req, apiv1.CoordinatorClient.RetireCheckpoint)
+	}
+	what := fmt.Sprintf("its checkpoint of step %d is not marked deleting", req.GetStep())
+	if req.GetRemove() {
+		what = fmt.Sprintf("the entry of its checkpoint of step %d is not removed", req.GetStep())
+	}
+	h := s.hold()
+	j, err := h.fenced(ctx, req.GetJobId(), req.GetAttempt(), what)
+	if err == nil {
+		s.commits.begin(j.Id)
+	}
+	h.release()
+	if err != nil {
+		return nil, err
+	}
+	defer s.commits.end(j.Id)
+	// like a commit, it happens once begun, whether or not the caller waits
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), commitTimeout)
+	defer cancel()
+	switch err := s.cfg.Checkpoints.Retire(cctx, j, req.GetStep(), req.GetRemove()); {
+	case err == nil:
+		return &apiv1.RetireCheckpointResponse{}, nil
+	case errors.Is(err, checkpoint.ErrNotFound):
+		return nil, apiError(failure(errNotFound, "retire checkpoint: %v", err))
+	case errors.Is(err, checkpoint.ErrNotDeleting):
+		return nil, apiError(failure(errRefused, "retire checkpoint: %v", err))
+	default:
+		return nil, apiError(failure(errUnavailable, "retire checkpoint: %v", err))
+	}
 }
 
 // commitIt commits an admitted checkpoint in etcd and records its event.

@@ -1,11 +1,12 @@
-// Package etcdconn opens the etcd clients of coordinators, workers and
-// ranks one way: mutual TLS from the process's TLS files when it has them,
-// and the etcd user from the environment (SWITCHYARD_ETCD_USERNAME and
+// Package etcdconn opens the etcd clients of coordinators and workers
+// (and of `switchyard train --checkpoint-etcd` run by hand) one way:
+// mutual TLS from the process's TLS files when it has them, and the etcd
+// user from the environment (SWITCHYARD_ETCD_USERNAME and
 // SWITCHYARD_ETCD_PASSWORD; never from flags or config files, which end up
 // in process lists and logs), unless the caller gives one (the dev
 // coordinator, whose embedded etcd's password it generated). A worker's
-// ranks inherit its environment and its TLS files, so they reach etcd as
-// it does.
+// ranks do not inherit that user: they reach the checkpoint catalogue
+// through the coordinator.
 package etcdconn
 
 import (

@@ -111,9 +111,6 @@ func (s *Spec) validateCommand(bad func(path string, v any, rule string, args ..
 	if s.Checkpoint.Storage != StorageDir {
 		bad("checkpoint.storage", s.Checkpoint.Storage, `must be "dir" with runtime: command (the trainer reads and writes files; a shared filesystem for several workers)`)
 	}
-	if s.Checkpoint.KeepBest > 0 {
-		bad("checkpoint.keep_best", s.Checkpoint.KeepBest, "needs the engine's validation loss; command jobs keep the newest (keep_last)")
-	}
 }
 
 // engineKeys reports the engine's top-level keys that raw (a command job)
@@ -193,8 +190,9 @@ type CommandConfig struct {
 	MaxRestarts        int    `yaml:"max_restarts"`
 
 	// Checkpoint: Dir is the storage root (the job's files are under
-	// Dir/Job), the catalogue in Etcd, commits through CommitVia with
-	// Attempt's fence, KeepLast, and ResumeStep when the coordinator
+	// Dir/Job), the catalogue read and committed to through CommitVia
+	// with Attempt's fence, KeepLast and KeepBest (by the validation loss
+	// the trainer gives `checkpoints commit --val-loss`), and ResumeStep when the coordinator
 	// names one.
 	Checkpoint runconfig.Checkpoint `yaml:"checkpoint"`
 	// Coordinators and CoordinatorTLS reach the cluster's API (for the
@@ -300,8 +298,8 @@ func (s *Spec) CommandRank(t Task, rank int, master string, h Host) (CommandConf
 		Job: t.JobID, Attempt: t.Attempt, Rank: rank, World: t.Layout.World(), Steps: s.Steps, Node: t.Node,
 		MasterAddr: host, MasterPort: port, MaxRestarts: *s.Restart.MaxRestarts,
 		Checkpoint: runconfig.Checkpoint{
-			Dir: s.CheckpointRoot(h.CheckpointRoot), Job: t.JobID, KeepLast: s.Checkpoint.KeepLast,
-			Etcd: h.Etcd, ResumeStep: t.ResumeStep, CommitVia: h.CommitVia, Attempt: t.Attempt, CommitTLS: h.CommitTLS,
+			Dir: s.CheckpointRoot(h.CheckpointRoot), Job: t.JobID, KeepLast: s.Checkpoint.KeepLast, KeepBest: s.Checkpoint.KeepBest,
+			ResumeStep: t.ResumeStep, CommitVia: h.CommitVia, Attempt: t.Attempt, CommitTLS: h.CommitTLS,
 		},
 		Coordinators: h.CommitVia, CoordinatorTLS: h.CommitTLS,
 	}

@@ -15,7 +15,7 @@ env: {OMP_NUM_THREADS: "1"}
 working_dir: /opt/torch-moe
 ranks: 2
 steps: 20
-checkpoint: {keep_last: 2}
+checkpoint: {keep_last: 2, keep_best: 1}
 `
 
 func TestParseCommand(t *testing.T) {
@@ -30,7 +30,8 @@ func TestParseCommand(t *testing.T) {
 	if s.Parallel != (Parallel{TP: 1, DP: 2, EP: 1, Balance: "none"}) || s.World() != 2 {
 		t.Fatalf("layout %+v, world %d: want dp = ranks", s.Parallel, s.World())
 	}
-	if s.Elastic != (Elastic{MinDP: 2, MaxDP: 2}) || s.Checkpoint.KeepLast != 2 {
+	// keep_best without eval_every: the trainer gives its validation loss
+	if s.Elastic != (Elastic{MinDP: 2, MaxDP: 2}) || s.Checkpoint.KeepLast != 2 || s.Checkpoint.KeepBest != 1 {
 		t.Fatalf("elastic %+v checkpoint %+v", s.Elastic, s.Checkpoint)
 	}
 	if _, err := s.TrainConfig(); err == nil {
@@ -71,6 +72,7 @@ func TestCommandSpecErrors(t *testing.T) {
 		{"runtime: command\ncommand: x\nenv: {'1A': x}\n", "env"},
 		{"runtime: command\ncommand: x\nargs: [\"a\\0b\"]\n", "args[0]"},
 		{"runtime: command\ncommand: x\nsteps: -2\n", "steps"},
+		{"runtime: command\ncommand: x\ncheckpoint: {keep_best: -1}\n", "checkpoint.keep_best"},
 		{"runtime: command\ncommand: x\ncheckpoint: {storage: s3, path: s3://bucket}\n", "checkpoint.storage"},
 		{"runtime: command\ncommand: x\nmodel: {preset: small}\n", "model"},
 		{"runtime: command\ncommand: x\nparallel: {dp: 2}\n", "parallel"},
@@ -98,7 +100,7 @@ func TestCommandRank(t *testing.T) {
 		t.Fatal(err)
 	}
 	task := Task{JobID: "torch-1", Attempt: 2, Layout: s.AttemptLayout(0, 0), ResumeStep: 7}
-	h := Host{RunDir: "/var/sy/jobs/torch-1/attempt-2/rank-1", CheckpointRoot: "/var/sy/checkpoints", Etcd: []string{"e:2379"}, CommitVia: []string{"c:7000"}}
+	h := Host{RunDir: "/var/sy/jobs/torch-1/attempt-2/rank-1", CheckpointRoot: "/var/sy/checkpoints", CommitVia: []string{"c:7000"}}
 	c, err := s.CommandRank(task, 1, "10.0.0.1:7070", h)
 	if err != nil {
 		t.Fatal(err)
@@ -106,7 +108,7 @@ func TestCommandRank(t *testing.T) {
 	if c.Rank != 1 || c.World != 2 || c.MasterAddr != "10.0.0.1" || c.MasterPort != 7070 || c.Attempt != 2 || c.MaxRestarts != 3 {
 		t.Fatalf("%+v", c)
 	}
-	if c.Checkpoint.Dir != "/var/sy/checkpoints" || c.Checkpoint.ResumeStep != 7 || c.Checkpoint.Attempt != 2 || c.Checkpoint.KeepLast != 2 {
+	if c.Checkpoint.Dir != "/var/sy/checkpoints" || c.Checkpoint.ResumeStep != 7 || c.Checkpoint.Attempt != 2 || c.Checkpoint.KeepLast != 2 || c.Checkpoint.KeepBest != 1 {
 		t.Fatalf("checkpoint %+v", c.Checkpoint)
 	}
 	if got := c.StagingDir(); got != "/var/sy/checkpoints/torch-1/staging/attempt-2" {

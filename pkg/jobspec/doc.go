@@ -92,7 +92,9 @@
 //	ranks             1; processes, one per worker slot; the layout is dp = ranks
 //	steps             0 (not known); when given, commits past it are refused
 //	checkpoint        storage "dir" only; keep_last as for the engine;
-//	                  keep_best and the intervals are the trainer's business
+//	                  keep_best by the validation loss the trainer gives
+//	                  `checkpoints commit --val-loss`; the intervals are the
+//	                  trainer's business
 //
 // resources, placement, restart, elastic (on ranks), priority and name are
 // as for the engine. The engine's keys (model, parallel, lbl, data, optim,

@@ -93,9 +93,11 @@ type Host struct {
 	// CheckpointRoot is the storage root of the job's checkpoints when the
 	// spec names none (checkpoint.path).
 	CheckpointRoot string
-	Etcd           []string // the checkpoint catalogue's etcd endpoints
-	CommitVia      []string // coordinator API addresses that commit checkpoints
-	CommitTLS      security.TLSFiles
+	// CommitVia are the coordinator API addresses through which the rank
+	// reads the checkpoint catalogue and commits (a rank gets no etcd
+	// endpoint).
+	CommitVia []string
+	CommitTLS security.TLSFiles
 	// DataPlaneTLS, when its files are given, encrypts the connections
 	// between the ranks.
 	DataPlaneTLS security.TLSFiles
@@ -146,7 +148,6 @@ func (s *Spec) RankConfig(t Task, h Host) (runconfig.Config, error) {
 		KeepLast:     s.Checkpoint.KeepLast,
 		KeepBest:     s.Checkpoint.KeepBest,
 		EveryMinutes: float64(s.Checkpoint.IntervalMinutes),
-		Etcd:         h.Etcd,
 		ResumeStep:   t.ResumeStep,
 		CommitVia:    h.CommitVia,
 		Attempt:      t.Attempt,

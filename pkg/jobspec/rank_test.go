@@ -79,14 +79,14 @@ checkpoint: {interval_steps: 5, interval_minutes: 3, keep_last: 2, keep_best: 1}
 elastic: {min_dp: 2}
 `)
 	tlsFiles := security.TLSFiles{CA: "/ca.pem", Cert: "/w.pem", Key: "/w.key"}
-	host := Host{RunDir: "/s/jobs/big-1/attempt-2/rank-1", CheckpointRoot: "/s/checkpoints", Etcd: []string{"e:2379"}, CommitVia: []string{"c1:7000", "c2:7000"}, CommitTLS: tlsFiles}
+	host := Host{RunDir: "/s/jobs/big-1/attempt-2/rank-1", CheckpointRoot: "/s/checkpoints", CommitVia: []string{"c1:7000", "c2:7000"}, CommitTLS: tlsFiles}
 	task := Task{JobID: "big-1", Attempt: 2, Layout: s.AttemptLayout(2, 2), ResumeStep: 40}
 	c, err := s.RankConfig(task, host)
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := runconfig.Checkpoint{Dir: "/s/checkpoints", Job: "big-1", Every: 5, KeepLast: 2, KeepBest: 1, EveryMinutes: 3,
-		Etcd: []string{"e:2379"}, ResumeStep: 40, CommitVia: []string{"c1:7000", "c2:7000"}, Attempt: 2, CommitTLS: tlsFiles}
+		ResumeStep: 40, CommitVia: []string{"c1:7000", "c2:7000"}, Attempt: 2, CommitTLS: tlsFiles}
 	if !reflect.DeepEqual(c.Checkpoint, want) {
 		t.Errorf("checkpoint %+v\nwant %+v", c.Checkpoint, want)
 	}

@@ -191,7 +191,7 @@ type Checkpoint struct {
 	IntervalSteps   int    `yaml:"interval_steps" json:"interval_steps"`     // 0: not by steps
 	IntervalMinutes int    `yaml:"interval_minutes" json:"interval_minutes"` // 0: not by time
 	KeepLast        int    `yaml:"keep_last" json:"keep_last"`
-	KeepBest        int    `yaml:"keep_best" json:"keep_best"` // by validation loss; needs eval_every > 0
+	KeepBest        int    `yaml:"keep_best" json:"keep_best"` // by validation loss; needs eval_every > 0 (a command job: checkpoints commit --val-loss)
 	Storage         string `yaml:"storage" json:"storage"`     // "dir" or "s3"
 	Path            string `yaml:"path" json:"path"`           // dir: "" or absolute; s3: s3://bucket[/prefix]
 }

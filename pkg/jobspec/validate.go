@@ -280,7 +280,7 @@ func (s *Spec) Validate() error {
 	}
 	if c.KeepBest < 0 {
 		bad("checkpoint.keep_best", c.KeepBest, "must be >= 0")
-	} else if c.KeepBest > 0 && s.EvalEvery < 1 {
+	} else if c.KeepBest > 0 && s.EvalEvery < 1 && s.Runtime != RuntimeCommand { // a command's trainer gives its loss to checkpoints commit
 		bad("checkpoint.keep_best", c.KeepBest, "needs eval_every > 0 (the best checkpoints are chosen by validation loss)")
 	}
 	switch c.Storage {

@@ -411,10 +411,11 @@ type Checkpoint struct {
 	// ResumeStep resumes from exactly this committed step (0: the newest
 	// that verifies). Newer checkpoints are deleted first: the run branches.
 	ResumeStep int64 `yaml:"resume_step" json:"resume_step"`
-	// CommitVia lists coordinator API addresses: commits go through the
-	// coordinator (CommitCheckpoint), which refuses them once Attempt is
-	// no longer the job's current attempt. Needs Etcd (reads stay direct).
-	// The bearer token comes from $SWITCHYARD_TOKEN.
+	// CommitVia lists coordinator API addresses: the catalogue is read
+	// and written through the coordinator (ListCheckpoints,
+	// CommitCheckpoint, RetireCheckpoint), which refuses commits and
+	// deletions once Attempt is no longer the job's current attempt; Etcd
+	// is then not used. The bearer token comes from $SWITCHYARD_TOKEN.
 	CommitVia []string          `yaml:"commit_via" json:"commit_via"`
 	Attempt   int               `yaml:"attempt" json:"attempt"`
 	CommitTLS security.TLSFiles `yaml:"commit_tls" json:"commit_tls"`

@@ -252,10 +252,13 @@ func Check(ctx context.Context, want string) error {
 }
 
 // WorkerMethods are the only calls a worker token may make (full gRPC
-// method names): a worker syncs, its rank 0 commits checkpoints.
+// method names): a worker syncs; its ranks read their job's checkpoint
+// catalogue, and its rank 0 commits checkpoints and retires old ones.
 var WorkerMethods = map[string]bool{
 	"/switchyard.api.v1.Coordinator/SyncWorker":       true,
+	"/switchyard.api.v1.Coordinator/ListCheckpoints":  true,
 	"/switchyard.api.v1.Coordinator/CommitCheckpoint": true,
+	"/switchyard.api.v1.Coordinator/RetireCheckpoint": true,
 }
 
 // authorize identifies the caller of method and refuses a worker (by
@@ -269,7 +272,7 @@ func authorize(ctx context.Context, token, method string) (context.Context, erro
 		return ctx, nil
 	}
 	if id.Worker != "" && !WorkerMethods[method] {
-		return nil, status.Errorf(codes.PermissionDenied, "worker %s may only sync and commit checkpoints, not call %s", id.Worker, method)
+		return nil, status.Errorf(codes.PermissionDenied, "worker %s may only sync and read, commit and retire its jobs' checkpoints, not call %s", id.Worker, method)
 	}
 	return WithIdentity(ctx, id), nil
 }

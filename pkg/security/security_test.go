@@ -509,7 +509,7 @@ func TestIsLoopbackAndCheckListen(t *testing.T) {
 }
 
 // TestWorkerTokens: a worker token made from the cluster token identifies
-// its worker, may only sync and commit, and cannot be forged from the
+// its worker, may only sync and reach its jobs' checkpoints, and cannot be forged from the
 // format alone; the cluster token identifies an operator.
 func TestWorkerTokens(t *testing.T) {
 	addr, _ := serve(t, security.ServerOptions("s3cret", false)...)
@@ -542,9 +542,16 @@ func TestWorkerTokens(t *testing.T) {
 			t.Errorf("%s: list %v, want %v", tc.name, err, tc.list)
 		}
 	}
-	for _, m := range []string{apiv1.Coordinator_SyncWorker_FullMethodName, apiv1.Coordinator_CommitCheckpoint_FullMethodName} {
+	// a worker and its ranks: syncs, and the catalogue of the jobs it
+	// runs (the handlers check which)
+	want := []string{apiv1.Coordinator_SyncWorker_FullMethodName, apiv1.Coordinator_ListCheckpoints_FullMethodName,
+		apiv1.Coordinator_CommitCheckpoint_FullMethodName, apiv1.Coordinator_RetireCheckpoint_FullMethodName}
+	for _, m := range want {
 		if !security.WorkerMethods[m] {
 			t.Errorf("%s is not among the worker methods", m)
 		}
+	}
+	if len(security.WorkerMethods) != len(want) {
+		t.Errorf("worker methods %v, want only %v", security.WorkerMethods, want)
 	}
 }

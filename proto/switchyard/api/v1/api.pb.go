@@ -1783,8 +1783,11 @@ func (x *RemoveReplicaResponse) GetReplicas() []*Replica {
 }
 
 type ListCheckpointsRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	JobId         string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	JobId string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	// Each checkpoint's whole manifest too (Checkpoint.manifest), deleting
+	// ones included: how a rank reads its job's catalogue without etcd.
+	Manifests     bool `protobuf:"varint,2,opt,name=manifests,proto3" json:"manifests,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1824,6 +1827,13 @@ func (x *ListCheckpointsRequest) GetJobId() string {
 		return x.JobId
 	}
 	return ""
+}
+
+func (x *ListCheckpointsRequest) GetManifests() bool {
+	if x != nil {
+		return x.Manifests
+	}
+	return false
 }
 
 type Shard struct {
@@ -1895,11 +1905,13 @@ type Checkpoint struct {
 	CommittedUnixNano int64  `protobuf:"varint,4,opt,name=committed_unix_nano,json=committedUnixNano,proto3" json:"committed_unix_nano,omitempty"`
 	Bytes             int64  `protobuf:"varint,5,opt,name=bytes,proto3" json:"bytes,omitempty"`
 	// Layout it was saved under.
-	Tp            int32    `protobuf:"varint,6,opt,name=tp,proto3" json:"tp,omitempty"`
-	Dp            int32    `protobuf:"varint,7,opt,name=dp,proto3" json:"dp,omitempty"`
-	Ep            int32    `protobuf:"varint,8,opt,name=ep,proto3" json:"ep,omitempty"`
-	ValLoss       float64  `protobuf:"fixed64,9,opt,name=val_loss,json=valLoss,proto3" json:"val_loss,omitempty"`
-	Shards        []*Shard `protobuf:"bytes,10,rep,name=shards,proto3" json:"shards,omitempty"`
+	Tp      int32    `protobuf:"varint,6,opt,name=tp,proto3" json:"tp,omitempty"`
+	Dp      int32    `protobuf:"varint,7,opt,name=dp,proto3" json:"dp,omitempty"`
+	Ep      int32    `protobuf:"varint,8,opt,name=ep,proto3" json:"ep,omitempty"`
+	ValLoss float64  `protobuf:"fixed64,9,opt,name=val_loss,json=valLoss,proto3" json:"val_loss,omitempty"`
+	Shards  []*Shard `protobuf:"bytes,10,rep,name=shards,proto3" json:"shards,omitempty"`
+	// The encoded manifest, when ListCheckpointsRequest.manifests asked.
+	Manifest      []byte `protobuf:"bytes,11,opt,name=manifest,proto3" json:"manifest,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2004,6 +2016,13 @@ func (x *Checkpoint) GetShards() []*Shard {
 	return nil
 }
 
+func (x *Checkpoint) GetManifest() []byte {
+	if x != nil {
+		return x.Manifest
+	}
+	return nil
+}
+
 type ListCheckpointsResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Checkpoints   []*Checkpoint          `protobuf:"bytes,1,rep,name=checkpoints,proto3" json:"checkpoints,omitempty"`
@@ -2048,6 +2067,113 @@ func (x *ListCheckpointsResponse) GetCheckpoints() []*Checkpoint {
 	return nil
 }
 
+type RetireCheckpointRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	JobId string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	// The caller's attempt (job restarts), as in CommitCheckpointRequest.
+	Attempt int32 `protobuf:"varint,2,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	Step    int64 `protobuf:"varint,3,opt,name=step,proto3" json:"step,omitempty"`
+	// false: mark the checkpoint deleting; true: remove its entry (marked
+	// deleting before, its files gone).
+	Remove        bool `protobuf:"varint,4,opt,name=remove,proto3" json:"remove,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetireCheckpointRequest) Reset() {
+	*x = RetireCheckpointRequest{}
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetireCheckpointRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetireCheckpointRequest) ProtoMessage() {}
+
+func (x *RetireCheckpointRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetireCheckpointRequest.ProtoReflect.Descriptor instead.
+func (*RetireCheckpointRequest) Descriptor() ([]byte, []int) {
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *RetireCheckpointRequest) GetJobId() string {
+	if x != nil {
+		return x.JobId
+	}
+	return ""
+}
+
+func (x *RetireCheckpointRequest) GetAttempt() int32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
+func (x *RetireCheckpointRequest) GetStep() int64 {
+	if x != nil {
+		return x.Step
+	}
+	return 0
+}
+
+func (x *RetireCheckpointRequest) GetRemove() bool {
+	if x != nil {
+		return x.Remove
+	}
+	return false
+}
+
+type RetireCheckpointResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetireCheckpointResponse) Reset() {
+	*x = RetireCheckpointResponse{}
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetireCheckpointResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetireCheckpointResponse) ProtoMessage() {}
+
+func (x *RetireCheckpointResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetireCheckpointResponse.ProtoReflect.Descriptor instead.
+func (*RetireCheckpointResponse) Descriptor() ([]byte, []int) {
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{33}
+}
+
 type DeleteCheckpointRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	JobId         string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
@@ -2058,7 +2184,7 @@ type DeleteCheckpointRequest struct {
 
 func (x *DeleteCheckpointRequest) Reset() {
 	*x = DeleteCheckpointRequest{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[32]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2070,7 +2196,7 @@ func (x *DeleteCheckpointRequest) String() string {
 func (*DeleteCheckpointRequest) ProtoMessage() {}
 
 func (x *DeleteCheckpointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[32]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2083,7 +2209,7 @@ func (x *DeleteCheckpointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteCheckpointRequest.ProtoReflect.Descriptor instead.
 func (*DeleteCheckpointRequest) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{32}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *DeleteCheckpointRequest) GetJobId() string {
@@ -2108,7 +2234,7 @@ type DeleteCheckpointResponse struct {
 
 func (x *DeleteCheckpointResponse) Reset() {
 	*x = DeleteCheckpointResponse{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[33]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2120,7 +2246,7 @@ func (x *DeleteCheckpointResponse) String() string {
 func (*DeleteCheckpointResponse) ProtoMessage() {}
 
 func (x *DeleteCheckpointResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[33]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2133,7 +2259,7 @@ func (x *DeleteCheckpointResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteCheckpointResponse.ProtoReflect.Descriptor instead.
 func (*DeleteCheckpointResponse) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{33}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{35}
 }
 
 type VerifyCheckpointRequest struct {
@@ -2146,7 +2272,7 @@ type VerifyCheckpointRequest struct {
 
 func (x *VerifyCheckpointRequest) Reset() {
 	*x = VerifyCheckpointRequest{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[34]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2158,7 +2284,7 @@ func (x *VerifyCheckpointRequest) String() string {
 func (*VerifyCheckpointRequest) ProtoMessage() {}
 
 func (x *VerifyCheckpointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[34]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2171,7 +2297,7 @@ func (x *VerifyCheckpointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyCheckpointRequest.ProtoReflect.Descriptor instead.
 func (*VerifyCheckpointRequest) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{34}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *VerifyCheckpointRequest) GetJobId() string {
@@ -2200,7 +2326,7 @@ type VerifyCheckpointResponse struct {
 
 func (x *VerifyCheckpointResponse) Reset() {
 	*x = VerifyCheckpointResponse{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[35]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2212,7 +2338,7 @@ func (x *VerifyCheckpointResponse) String() string {
 func (*VerifyCheckpointResponse) ProtoMessage() {}
 
 func (x *VerifyCheckpointResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[35]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2225,7 +2351,7 @@ func (x *VerifyCheckpointResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyCheckpointResponse.ProtoReflect.Descriptor instead.
 func (*VerifyCheckpointResponse) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{35}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *VerifyCheckpointResponse) GetOk() bool {
@@ -2253,7 +2379,7 @@ type ShardCheck struct {
 
 func (x *ShardCheck) Reset() {
 	*x = ShardCheck{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[36]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2265,7 +2391,7 @@ func (x *ShardCheck) String() string {
 func (*ShardCheck) ProtoMessage() {}
 
 func (x *ShardCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[36]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2278,7 +2404,7 @@ func (x *ShardCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShardCheck.ProtoReflect.Descriptor instead.
 func (*ShardCheck) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{36}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ShardCheck) GetName() string {
@@ -2307,7 +2433,7 @@ type CommitCheckpointRequest struct {
 
 func (x *CommitCheckpointRequest) Reset() {
 	*x = CommitCheckpointRequest{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[37]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2319,7 +2445,7 @@ func (x *CommitCheckpointRequest) String() string {
 func (*CommitCheckpointRequest) ProtoMessage() {}
 
 func (x *CommitCheckpointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[37]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2332,7 +2458,7 @@ func (x *CommitCheckpointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommitCheckpointRequest.ProtoReflect.Descriptor instead.
 func (*CommitCheckpointRequest) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{37}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *CommitCheckpointRequest) GetJobId() string {
@@ -2364,7 +2490,7 @@ type CommitCheckpointResponse struct {
 
 func (x *CommitCheckpointResponse) Reset() {
 	*x = CommitCheckpointResponse{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[38]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2376,7 +2502,7 @@ func (x *CommitCheckpointResponse) String() string {
 func (*CommitCheckpointResponse) ProtoMessage() {}
 
 func (x *CommitCheckpointResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[38]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2389,7 +2515,7 @@ func (x *CommitCheckpointResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommitCheckpointResponse.ProtoReflect.Descriptor instead.
 func (*CommitCheckpointResponse) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{38}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{40}
 }
 
 // A rank of a job that a worker runs.
@@ -2443,7 +2569,7 @@ type Task struct {
 
 func (x *Task) Reset() {
 	*x = Task{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[39]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2455,7 +2581,7 @@ func (x *Task) String() string {
 func (*Task) ProtoMessage() {}
 
 func (x *Task) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[39]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2468,7 +2594,7 @@ func (x *Task) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Task.ProtoReflect.Descriptor instead.
 func (*Task) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{39}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *Task) GetJobId() string {
@@ -2638,7 +2764,7 @@ type TaskStatus struct {
 
 func (x *TaskStatus) Reset() {
 	*x = TaskStatus{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[40]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2650,7 +2776,7 @@ func (x *TaskStatus) String() string {
 func (*TaskStatus) ProtoMessage() {}
 
 func (x *TaskStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[40]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2663,7 +2789,7 @@ func (x *TaskStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskStatus.ProtoReflect.Descriptor instead.
 func (*TaskStatus) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{40}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *TaskStatus) GetJobId() string {
@@ -2755,7 +2881,7 @@ type TaskEvent struct {
 
 func (x *TaskEvent) Reset() {
 	*x = TaskEvent{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[41]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2767,7 +2893,7 @@ func (x *TaskEvent) String() string {
 func (*TaskEvent) ProtoMessage() {}
 
 func (x *TaskEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[41]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2780,7 +2906,7 @@ func (x *TaskEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskEvent.ProtoReflect.Descriptor instead.
 func (*TaskEvent) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{41}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *TaskEvent) GetSeq() uint32 {
@@ -2824,7 +2950,7 @@ type SyncWorkerRequest struct {
 
 func (x *SyncWorkerRequest) Reset() {
 	*x = SyncWorkerRequest{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[42]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2836,7 +2962,7 @@ func (x *SyncWorkerRequest) String() string {
 func (*SyncWorkerRequest) ProtoMessage() {}
 
 func (x *SyncWorkerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[42]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2849,7 +2975,7 @@ func (x *SyncWorkerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncWorkerRequest.ProtoReflect.Descriptor instead.
 func (*SyncWorkerRequest) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{42}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *SyncWorkerRequest) GetWorkerId() string {
@@ -2882,7 +3008,7 @@ type SyncWorkerResponse struct {
 
 func (x *SyncWorkerResponse) Reset() {
 	*x = SyncWorkerResponse{}
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[43]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2894,7 +3020,7 @@ func (x *SyncWorkerResponse) String() string {
 func (*SyncWorkerResponse) ProtoMessage() {}
 
 func (x *SyncWorkerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_api_v1_api_proto_msgTypes[43]
+	mi := &file_switchyard_api_v1_api_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2907,7 +3033,7 @@ func (x *SyncWorkerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncWorkerResponse.ProtoReflect.Descriptor instead.
 func (*SyncWorkerResponse) Descriptor() ([]byte, []int) {
-	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{43}
+	return file_switchyard_api_v1_api_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *SyncWorkerResponse) GetTasks() []*Task {
@@ -3050,13 +3176,14 @@ const file_switchyard_api_v1_api_proto_rawDesc = "" +
 	"\x14RemoveReplicaRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"O\n" +
 	"\x15RemoveReplicaResponse\x126\n" +
-	"\breplicas\x18\x01 \x03(\v2\x1a.switchyard.api.v1.ReplicaR\breplicas\"/\n" +
+	"\breplicas\x18\x01 \x03(\v2\x1a.switchyard.api.v1.ReplicaR\breplicas\"M\n" +
 	"\x16ListCheckpointsRequest\x12\x15\n" +
-	"\x06job_id\x18\x01 \x01(\tR\x05jobId\"G\n" +
+	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x1c\n" +
+	"\tmanifests\x18\x02 \x01(\bR\tmanifests\"G\n" +
 	"\x05Shard\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04size\x18\x02 \x01(\x03R\x04size\x12\x16\n" +
-	"\x06sha256\x18\x03 \x01(\tR\x06sha256\"\x92\x02\n" +
+	"\x06sha256\x18\x03 \x01(\tR\x06sha256\"\xae\x02\n" +
 	"\n" +
 	"Checkpoint\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x12\n" +
@@ -3069,9 +3196,16 @@ const file_switchyard_api_v1_api_proto_rawDesc = "" +
 	"\x02ep\x18\b \x01(\x05R\x02ep\x12\x19\n" +
 	"\bval_loss\x18\t \x01(\x01R\avalLoss\x120\n" +
 	"\x06shards\x18\n" +
-	" \x03(\v2\x18.switchyard.api.v1.ShardR\x06shards\"Z\n" +
+	" \x03(\v2\x18.switchyard.api.v1.ShardR\x06shards\x12\x1a\n" +
+	"\bmanifest\x18\v \x01(\fR\bmanifest\"Z\n" +
 	"\x17ListCheckpointsResponse\x12?\n" +
-	"\vcheckpoints\x18\x01 \x03(\v2\x1d.switchyard.api.v1.CheckpointR\vcheckpoints\"D\n" +
+	"\vcheckpoints\x18\x01 \x03(\v2\x1d.switchyard.api.v1.CheckpointR\vcheckpoints\"v\n" +
+	"\x17RetireCheckpointRequest\x12\x15\n" +
+	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x18\n" +
+	"\aattempt\x18\x02 \x01(\x05R\aattempt\x12\x12\n" +
+	"\x04step\x18\x03 \x01(\x03R\x04step\x12\x16\n" +
+	"\x06remove\x18\x04 \x01(\bR\x06remove\"\x1a\n" +
+	"\x18RetireCheckpointResponse\"D\n" +
 	"\x17DeleteCheckpointRequest\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x12\n" +
 	"\x04step\x18\x02 \x01(\x03R\x04step\"\x1a\n" +
@@ -3146,7 +3280,7 @@ const file_switchyard_api_v1_api_proto_rawDesc = "" +
 	"\x13TASK_STATE_STARTING\x10\x01\x12\x16\n" +
 	"\x12TASK_STATE_RUNNING\x10\x02\x12\x18\n" +
 	"\x14TASK_STATE_SUCCEEDED\x10\x03\x12\x15\n" +
-	"\x11TASK_STATE_FAILED\x10\x042\xe4\v\n" +
+	"\x11TASK_STATE_FAILED\x10\x042\xd1\f\n" +
 	"\vCoordinator\x12V\n" +
 	"\tSubmitJob\x12#.switchyard.api.v1.SubmitJobRequest\x1a$.switchyard.api.v1.SubmitJobResponse\x12M\n" +
 	"\x06GetJob\x12 .switchyard.api.v1.GetJobRequest\x1a!.switchyard.api.v1.GetJobResponse\x12S\n" +
@@ -3163,7 +3297,8 @@ const file_switchyard_api_v1_api_proto_rawDesc = "" +
 	"\x0fListCheckpoints\x12).switchyard.api.v1.ListCheckpointsRequest\x1a*.switchyard.api.v1.ListCheckpointsResponse\x12k\n" +
 	"\x10DeleteCheckpoint\x12*.switchyard.api.v1.DeleteCheckpointRequest\x1a+.switchyard.api.v1.DeleteCheckpointResponse\x12k\n" +
 	"\x10VerifyCheckpoint\x12*.switchyard.api.v1.VerifyCheckpointRequest\x1a+.switchyard.api.v1.VerifyCheckpointResponse\x12k\n" +
-	"\x10CommitCheckpoint\x12*.switchyard.api.v1.CommitCheckpointRequest\x1a+.switchyard.api.v1.CommitCheckpointResponse\x12Y\n" +
+	"\x10CommitCheckpoint\x12*.switchyard.api.v1.CommitCheckpointRequest\x1a+.switchyard.api.v1.CommitCheckpointResponse\x12k\n" +
+	"\x10RetireCheckpoint\x12*.switchyard.api.v1.RetireCheckpointRequest\x1a+.switchyard.api.v1.RetireCheckpointResponse\x12Y\n" +
 	"\n" +
 	"SyncWorker\x12$.switchyard.api.v1.SyncWorkerRequest\x1a%.switchyard.api.v1.SyncWorkerResponseBCZAgithub.com/switchyard-ml/switchyard/proto/switchyard/api/v1;apiv1b\x06proto3"
 
@@ -3180,7 +3315,7 @@ func file_switchyard_api_v1_api_proto_rawDescGZIP() []byte {
 }
 
 var file_switchyard_api_v1_api_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_switchyard_api_v1_api_proto_msgTypes = make([]protoimpl.MessageInfo, 47)
+var file_switchyard_api_v1_api_proto_msgTypes = make([]protoimpl.MessageInfo, 49)
 var file_switchyard_api_v1_api_proto_goTypes = []any{
 	(TaskState)(0),                   // 0: switchyard.api.v1.TaskState
 	(*SubmitJobRequest)(nil),         // 1: switchyard.api.v1.SubmitJobRequest
@@ -3215,53 +3350,55 @@ var file_switchyard_api_v1_api_proto_goTypes = []any{
 	(*Shard)(nil),                    // 30: switchyard.api.v1.Shard
 	(*Checkpoint)(nil),               // 31: switchyard.api.v1.Checkpoint
 	(*ListCheckpointsResponse)(nil),  // 32: switchyard.api.v1.ListCheckpointsResponse
-	(*DeleteCheckpointRequest)(nil),  // 33: switchyard.api.v1.DeleteCheckpointRequest
-	(*DeleteCheckpointResponse)(nil), // 34: switchyard.api.v1.DeleteCheckpointResponse
-	(*VerifyCheckpointRequest)(nil),  // 35: switchyard.api.v1.VerifyCheckpointRequest
-	(*VerifyCheckpointResponse)(nil), // 36: switchyard.api.v1.VerifyCheckpointResponse
-	(*ShardCheck)(nil),               // 37: switchyard.api.v1.ShardCheck
-	(*CommitCheckpointRequest)(nil),  // 38: switchyard.api.v1.CommitCheckpointRequest
-	(*CommitCheckpointResponse)(nil), // 39: switchyard.api.v1.CommitCheckpointResponse
-	(*Task)(nil),                     // 40: switchyard.api.v1.Task
-	(*TaskStatus)(nil),               // 41: switchyard.api.v1.TaskStatus
-	(*TaskEvent)(nil),                // 42: switchyard.api.v1.TaskEvent
-	(*SyncWorkerRequest)(nil),        // 43: switchyard.api.v1.SyncWorkerRequest
-	(*SyncWorkerResponse)(nil),       // 44: switchyard.api.v1.SyncWorkerResponse
-	nil,                              // 45: switchyard.api.v1.Worker.LabelsEntry
-	nil,                              // 46: switchyard.api.v1.GPUDevice.LinksEntry
-	nil,                              // 47: switchyard.api.v1.ClusterStatusResponse.RaftEntry
-	(*v1.Job)(nil),                   // 48: switchyard.coordinator.v1.Job
-	(v1.JobState)(0),                 // 49: switchyard.coordinator.v1.JobState
-	(*v1.GPUStat)(nil),               // 50: switchyard.coordinator.v1.GPUStat
+	(*RetireCheckpointRequest)(nil),  // 33: switchyard.api.v1.RetireCheckpointRequest
+	(*RetireCheckpointResponse)(nil), // 34: switchyard.api.v1.RetireCheckpointResponse
+	(*DeleteCheckpointRequest)(nil),  // 35: switchyard.api.v1.DeleteCheckpointRequest
+	(*DeleteCheckpointResponse)(nil), // 36: switchyard.api.v1.DeleteCheckpointResponse
+	(*VerifyCheckpointRequest)(nil),  // 37: switchyard.api.v1.VerifyCheckpointRequest
+	(*VerifyCheckpointResponse)(nil), // 38: switchyard.api.v1.VerifyCheckpointResponse
+	(*ShardCheck)(nil),               // 39: switchyard.api.v1.ShardCheck
+	(*CommitCheckpointRequest)(nil),  // 40: switchyard.api.v1.CommitCheckpointRequest
+	(*CommitCheckpointResponse)(nil), // 41: switchyard.api.v1.CommitCheckpointResponse
+	(*Task)(nil),                     // 42: switchyard.api.v1.Task
+	(*TaskStatus)(nil),               // 43: switchyard.api.v1.TaskStatus
+	(*TaskEvent)(nil),                // 44: switchyard.api.v1.TaskEvent
+	(*SyncWorkerRequest)(nil),        // 45: switchyard.api.v1.SyncWorkerRequest
+	(*SyncWorkerResponse)(nil),       // 46: switchyard.api.v1.SyncWorkerResponse
+	nil,                              // 47: switchyard.api.v1.Worker.LabelsEntry
+	nil,                              // 48: switchyard.api.v1.GPUDevice.LinksEntry
+	nil,                              // 49: switchyard.api.v1.ClusterStatusResponse.RaftEntry
+	(*v1.Job)(nil),                   // 50: switchyard.coordinator.v1.Job
+	(v1.JobState)(0),                 // 51: switchyard.coordinator.v1.JobState
+	(*v1.GPUStat)(nil),               // 52: switchyard.coordinator.v1.GPUStat
 }
 var file_switchyard_api_v1_api_proto_depIdxs = []int32{
-	48, // 0: switchyard.api.v1.SubmitJobResponse.job:type_name -> switchyard.coordinator.v1.Job
-	48, // 1: switchyard.api.v1.GetJobResponse.job:type_name -> switchyard.coordinator.v1.Job
-	49, // 2: switchyard.api.v1.ListJobsRequest.states:type_name -> switchyard.coordinator.v1.JobState
-	48, // 3: switchyard.api.v1.ListJobsResponse.jobs:type_name -> switchyard.coordinator.v1.Job
-	48, // 4: switchyard.api.v1.CancelJobResponse.job:type_name -> switchyard.coordinator.v1.Job
-	48, // 5: switchyard.api.v1.ResumeJobResponse.job:type_name -> switchyard.coordinator.v1.Job
-	48, // 6: switchyard.api.v1.DeleteJobResponse.job:type_name -> switchyard.coordinator.v1.Job
+	50, // 0: switchyard.api.v1.SubmitJobResponse.job:type_name -> switchyard.coordinator.v1.Job
+	50, // 1: switchyard.api.v1.GetJobResponse.job:type_name -> switchyard.coordinator.v1.Job
+	51, // 2: switchyard.api.v1.ListJobsRequest.states:type_name -> switchyard.coordinator.v1.JobState
+	50, // 3: switchyard.api.v1.ListJobsResponse.jobs:type_name -> switchyard.coordinator.v1.Job
+	50, // 4: switchyard.api.v1.CancelJobResponse.job:type_name -> switchyard.coordinator.v1.Job
+	50, // 5: switchyard.api.v1.ResumeJobResponse.job:type_name -> switchyard.coordinator.v1.Job
+	50, // 6: switchyard.api.v1.DeleteJobResponse.job:type_name -> switchyard.coordinator.v1.Job
 	17, // 7: switchyard.api.v1.StepMetrics.expert_load:type_name -> switchyard.api.v1.ExpertLoad
-	48, // 8: switchyard.api.v1.WatchJobResponse.job:type_name -> switchyard.coordinator.v1.Job
+	50, // 8: switchyard.api.v1.WatchJobResponse.job:type_name -> switchyard.coordinator.v1.Job
 	16, // 9: switchyard.api.v1.WatchJobResponse.metrics:type_name -> switchyard.api.v1.StepMetrics
 	21, // 10: switchyard.api.v1.Worker.resources:type_name -> switchyard.api.v1.Resources
-	45, // 11: switchyard.api.v1.Worker.labels:type_name -> switchyard.api.v1.Worker.LabelsEntry
+	47, // 11: switchyard.api.v1.Worker.labels:type_name -> switchyard.api.v1.Worker.LabelsEntry
 	23, // 12: switchyard.api.v1.Worker.gpu_devices:type_name -> switchyard.api.v1.GPUDevice
-	46, // 13: switchyard.api.v1.GPUDevice.links:type_name -> switchyard.api.v1.GPUDevice.LinksEntry
+	48, // 13: switchyard.api.v1.GPUDevice.links:type_name -> switchyard.api.v1.GPUDevice.LinksEntry
 	20, // 14: switchyard.api.v1.ClusterStatusResponse.replicas:type_name -> switchyard.api.v1.Replica
 	22, // 15: switchyard.api.v1.ClusterStatusResponse.workers:type_name -> switchyard.api.v1.Worker
-	47, // 16: switchyard.api.v1.ClusterStatusResponse.raft:type_name -> switchyard.api.v1.ClusterStatusResponse.RaftEntry
+	49, // 16: switchyard.api.v1.ClusterStatusResponse.raft:type_name -> switchyard.api.v1.ClusterStatusResponse.RaftEntry
 	20, // 17: switchyard.api.v1.AddReplicaResponse.replicas:type_name -> switchyard.api.v1.Replica
 	20, // 18: switchyard.api.v1.RemoveReplicaResponse.replicas:type_name -> switchyard.api.v1.Replica
 	30, // 19: switchyard.api.v1.Checkpoint.shards:type_name -> switchyard.api.v1.Shard
 	31, // 20: switchyard.api.v1.ListCheckpointsResponse.checkpoints:type_name -> switchyard.api.v1.Checkpoint
-	37, // 21: switchyard.api.v1.VerifyCheckpointResponse.shards:type_name -> switchyard.api.v1.ShardCheck
+	39, // 21: switchyard.api.v1.VerifyCheckpointResponse.shards:type_name -> switchyard.api.v1.ShardCheck
 	0,  // 22: switchyard.api.v1.TaskStatus.state:type_name -> switchyard.api.v1.TaskState
-	42, // 23: switchyard.api.v1.TaskStatus.events:type_name -> switchyard.api.v1.TaskEvent
-	50, // 24: switchyard.api.v1.TaskStatus.gpus:type_name -> switchyard.coordinator.v1.GPUStat
-	41, // 25: switchyard.api.v1.SyncWorkerRequest.tasks:type_name -> switchyard.api.v1.TaskStatus
-	40, // 26: switchyard.api.v1.SyncWorkerResponse.tasks:type_name -> switchyard.api.v1.Task
+	44, // 23: switchyard.api.v1.TaskStatus.events:type_name -> switchyard.api.v1.TaskEvent
+	52, // 24: switchyard.api.v1.TaskStatus.gpus:type_name -> switchyard.coordinator.v1.GPUStat
+	43, // 25: switchyard.api.v1.SyncWorkerRequest.tasks:type_name -> switchyard.api.v1.TaskStatus
+	42, // 26: switchyard.api.v1.SyncWorkerResponse.tasks:type_name -> switchyard.api.v1.Task
 	1,  // 27: switchyard.api.v1.Coordinator.SubmitJob:input_type -> switchyard.api.v1.SubmitJobRequest
 	3,  // 28: switchyard.api.v1.Coordinator.GetJob:input_type -> switchyard.api.v1.GetJobRequest
 	5,  // 29: switchyard.api.v1.Coordinator.ListJobs:input_type -> switchyard.api.v1.ListJobsRequest
@@ -3274,28 +3411,30 @@ var file_switchyard_api_v1_api_proto_depIdxs = []int32{
 	25, // 36: switchyard.api.v1.Coordinator.AddReplica:input_type -> switchyard.api.v1.AddReplicaRequest
 	27, // 37: switchyard.api.v1.Coordinator.RemoveReplica:input_type -> switchyard.api.v1.RemoveReplicaRequest
 	29, // 38: switchyard.api.v1.Coordinator.ListCheckpoints:input_type -> switchyard.api.v1.ListCheckpointsRequest
-	33, // 39: switchyard.api.v1.Coordinator.DeleteCheckpoint:input_type -> switchyard.api.v1.DeleteCheckpointRequest
-	35, // 40: switchyard.api.v1.Coordinator.VerifyCheckpoint:input_type -> switchyard.api.v1.VerifyCheckpointRequest
-	38, // 41: switchyard.api.v1.Coordinator.CommitCheckpoint:input_type -> switchyard.api.v1.CommitCheckpointRequest
-	43, // 42: switchyard.api.v1.Coordinator.SyncWorker:input_type -> switchyard.api.v1.SyncWorkerRequest
-	2,  // 43: switchyard.api.v1.Coordinator.SubmitJob:output_type -> switchyard.api.v1.SubmitJobResponse
-	4,  // 44: switchyard.api.v1.Coordinator.GetJob:output_type -> switchyard.api.v1.GetJobResponse
-	6,  // 45: switchyard.api.v1.Coordinator.ListJobs:output_type -> switchyard.api.v1.ListJobsResponse
-	8,  // 46: switchyard.api.v1.Coordinator.CancelJob:output_type -> switchyard.api.v1.CancelJobResponse
-	10, // 47: switchyard.api.v1.Coordinator.ResumeJob:output_type -> switchyard.api.v1.ResumeJobResponse
-	12, // 48: switchyard.api.v1.Coordinator.DeleteJob:output_type -> switchyard.api.v1.DeleteJobResponse
-	14, // 49: switchyard.api.v1.Coordinator.JobLogs:output_type -> switchyard.api.v1.LogEntry
-	18, // 50: switchyard.api.v1.Coordinator.WatchJob:output_type -> switchyard.api.v1.WatchJobResponse
-	24, // 51: switchyard.api.v1.Coordinator.ClusterStatus:output_type -> switchyard.api.v1.ClusterStatusResponse
-	26, // 52: switchyard.api.v1.Coordinator.AddReplica:output_type -> switchyard.api.v1.AddReplicaResponse
-	28, // 53: switchyard.api.v1.Coordinator.RemoveReplica:output_type -> switchyard.api.v1.RemoveReplicaResponse
-	32, // 54: switchyard.api.v1.Coordinator.ListCheckpoints:output_type -> switchyard.api.v1.ListCheckpointsResponse
-	34, // 55: switchyard.api.v1.Coordinator.DeleteCheckpoint:output_type -> switchyard.api.v1.DeleteCheckpointResponse
-	36, // 56: switchyard.api.v1.Coordinator.VerifyCheckpoint:output_type -> switchyard.api.v1.VerifyCheckpointResponse
-	39, // 57: switchyard.api.v1.Coordinator.CommitCheckpoint:output_type -> switchyard.api.v1.CommitCheckpointResponse
-	44, // 58: switchyard.api.v1.Coordinator.SyncWorker:output_type -> switchyard.api.v1.SyncWorkerResponse
-	43, // [43:59] is the sub-list for method output_type
-	27, // [27:43] is the sub-list for method input_type
+	35, // 39: switchyard.api.v1.Coordinator.DeleteCheckpoint:input_type -> switchyard.api.v1.DeleteCheckpointRequest
+	37, // 40: switchyard.api.v1.Coordinator.VerifyCheckpoint:input_type -> switchyard.api.v1.VerifyCheckpointRequest
+	40, // 41: switchyard.api.v1.Coordinator.CommitCheckpoint:input_type -> switchyard.api.v1.CommitCheckpointRequest
+	33, // 42: switchyard.api.v1.Coordinator.RetireCheckpoint:input_type -> switchyard.api.v1.RetireCheckpointRequest
+	45, // 43: switchyard.api.v1.Coordinator.SyncWorker:input_type -> switchyard.api.v1.SyncWorkerRequest
+	2,  // 44: switchyard.api.v1.Coordinator.SubmitJob:output_type -> switchyard.api.v1.SubmitJobResponse
+	4,  // 45: switchyard.api.v1.Coordinator.GetJob:output_type -> switchyard.api.v1.GetJobResponse
+	6,  // 46: switchyard.api.v1.Coordinator.ListJobs:output_type -> switchyard.api.v1.ListJobsResponse
+	8,  // 47: switchyard.api.v1.Coordinator.CancelJob:output_type -> switchyard.api.v1.CancelJobResponse
+	10, // 48: switchyard.api.v1.Coordinator.ResumeJob:output_type -> switchyard.api.v1.ResumeJobResponse
+	12, // 49: switchyard.api.v1.Coordinator.DeleteJob:output_type -> switchyard.api.v1.DeleteJobResponse
+	14, // 50: switchyard.api.v1.Coordinator.JobLogs:output_type -> switchyard.api.v1.LogEntry
+	18, // 51: switchyard.api.v1.Coordinator.WatchJob:output_type -> switchyard.api.v1.WatchJobResponse
+	24, // 52: switchyard.api.v1.Coordinator.ClusterStatus:output_type -> switchyard.api.v1.ClusterStatusResponse
+	26, // 53: switchyard.api.v1.Coordinator.AddReplica:output_type -> switchyard.api.v1.AddReplicaResponse
+	28, // 54: switchyard.api.v1.Coordinator.RemoveReplica:output_type -> switchyard.api.v1.RemoveReplicaResponse
+	32, // 55: switchyard.api.v1.Coordinator.ListCheckpoints:output_type -> switchyard.api.v1.ListCheckpointsResponse
+	36, // 56: switchyard.api.v1.Coordinator.DeleteCheckpoint:output_type -> switchyard.api.v1.DeleteCheckpointResponse
+	38, // 57: switchyard.api.v1.Coordinator.VerifyCheckpoint:output_type -> switchyard.api.v1.VerifyCheckpointResponse
+	41, // 58: switchyard.api.v1.Coordinator.CommitCheckpoint:output_type -> switchyard.api.v1.CommitCheckpointResponse
+	34, // 59: switchyard.api.v1.Coordinator.RetireCheckpoint:output_type -> switchyard.api.v1.RetireCheckpointResponse
+	46, // 60: switchyard.api.v1.Coordinator.SyncWorker:output_type -> switchyard.api.v1.SyncWorkerResponse
+	44, // [44:61] is the sub-list for method output_type
+	27, // [27:44] is the sub-list for method input_type
 	27, // [27:27] is the sub-list for extension type_name
 	27, // [27:27] is the sub-list for extension extendee
 	0,  // [0:27] is the sub-list for field type_name
@@ -3312,7 +3451,7 @@ func file_switchyard_api_v1_api_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_switchyard_api_v1_api_proto_rawDesc), len(file_switchyard_api_v1_api_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   47,
+			NumMessages:   49,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

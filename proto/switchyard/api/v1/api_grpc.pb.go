@@ -47,6 +47,7 @@ const (
 	Coordinator_DeleteCheckpoint_FullMethodName = "/switchyard.api.v1.Coordinator/DeleteCheckpoint"
 	Coordinator_VerifyCheckpoint_FullMethodName = "/switchyard.api.v1.Coordinator/VerifyCheckpoint"
 	Coordinator_CommitCheckpoint_FullMethodName = "/switchyard.api.v1.Coordinator/CommitCheckpoint"
+	Coordinator_RetireCheckpoint_FullMethodName = "/switchyard.api.v1.Coordinator/RetireCheckpoint"
 	Coordinator_SyncWorker_FullMethodName       = "/switchyard.api.v1.Coordinator/SyncWorker"
 )
 
@@ -73,7 +74,7 @@ type CoordinatorClient interface {
 	ClusterStatus(ctx context.Context, in *ClusterStatusRequest, opts ...grpc.CallOption) (*ClusterStatusResponse, error)
 	AddReplica(ctx context.Context, in *AddReplicaRequest, opts ...grpc.CallOption) (*AddReplicaResponse, error)
 	RemoveReplica(ctx context.Context, in *RemoveReplicaRequest, opts ...grpc.CallOption) (*RemoveReplicaResponse, error)
-	// Checkpoints (CLI).
+	// Checkpoints (the CLI; ranks read their job's with manifests).
 	ListCheckpoints(ctx context.Context, in *ListCheckpointsRequest, opts ...grpc.CallOption) (*ListCheckpointsResponse, error)
 	DeleteCheckpoint(ctx context.Context, in *DeleteCheckpointRequest, opts ...grpc.CallOption) (*DeleteCheckpointResponse, error)
 	// VerifyCheckpoint reads every shard of one committed checkpoint from the
@@ -88,6 +89,14 @@ type CoordinatorClient interface {
 	// ALREADY_EXISTS for a step not newer than the latest committed one,
 	// FAILED_PRECONDITION for an attempt that is over.
 	CommitCheckpoint(ctx context.Context, in *CommitCheckpointRequest, opts ...grpc.CallOption) (*CommitCheckpointResponse, error)
+	// RetireCheckpoint is a step of the retention a job's rank 0 runs (keep
+	// last, keep best, deletions a crash interrupted), fenced like
+	// CommitCheckpoint: mark one committed checkpoint deleting (before its
+	// files go), or remove the entry of one marked deleting (after). The rank
+	// deletes the files, which the coordinator may not reach. Errors:
+	// NOT_FOUND for a step the catalogue does not hold (mark), FAILED_PRECONDITION
+	// for an attempt that is over or an entry not marked deleting (remove).
+	RetireCheckpoint(ctx context.Context, in *RetireCheckpointRequest, opts ...grpc.CallOption) (*RetireCheckpointResponse, error)
 	// SyncWorker is a worker's periodic report of its tasks; the answer is
 	// the set of tasks it must run now (tasks it runs that are not in the
 	// answer must be stopped).
@@ -270,6 +279,16 @@ func (c *coordinatorClient) CommitCheckpoint(ctx context.Context, in *CommitChec
 	return out, nil
 }
 
+func (c *coordinatorClient) RetireCheckpoint(ctx context.Context, in *RetireCheckpointRequest, opts ...grpc.CallOption) (*RetireCheckpointResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RetireCheckpointResponse)
+	err := c.cc.Invoke(ctx, Coordinator_RetireCheckpoint_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *coordinatorClient) SyncWorker(ctx context.Context, in *SyncWorkerRequest, opts ...grpc.CallOption) (*SyncWorkerResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(SyncWorkerResponse)
@@ -303,7 +322,7 @@ type CoordinatorServer interface {
 	ClusterStatus(context.Context, *ClusterStatusRequest) (*ClusterStatusResponse, error)
 	AddReplica(context.Context, *AddReplicaRequest) (*AddReplicaResponse, error)
 	RemoveReplica(context.Context, *RemoveReplicaRequest) (*RemoveReplicaResponse, error)
-	// Checkpoints (CLI).
+	// Checkpoints (the CLI; ranks read their job's with manifests).
 	ListCheckpoints(context.Context, *ListCheckpointsRequest) (*ListCheckpointsResponse, error)
 	DeleteCheckpoint(context.Context, *DeleteCheckpointRequest) (*DeleteCheckpointResponse, error)
 	// VerifyCheckpoint reads every shard of one committed checkpoint from the
@@ -318,6 +337,14 @@ type CoordinatorServer interface {
 	// ALREADY_EXISTS for a step not newer than the latest committed one,
 	// FAILED_PRECONDITION for an attempt that is over.
 	CommitCheckpoint(context.Context, *CommitCheckpointRequest) (*CommitCheckpointResponse, error)
+	// RetireCheckpoint is a step of the retention a job's rank 0 runs (keep
+	// last, keep best, deletions a crash interrupted), fenced like
+	// CommitCheckpoint: mark one committed checkpoint deleting (before its
+	// files go), or remove the entry of one marked deleting (after). The rank
+	// deletes the files, which the coordinator may not reach. Errors:
+	// NOT_FOUND for a step the catalogue does not hold (mark), FAILED_PRECONDITION
+	// for an attempt that is over or an entry not marked deleting (remove).
+	RetireCheckpoint(context.Context, *RetireCheckpointRequest) (*RetireCheckpointResponse, error)
 	// SyncWorker is a worker's periodic report of its tasks; the answer is
 	// the set of tasks it must run now (tasks it runs that are not in the
 	// answer must be stopped).
@@ -376,6 +403,9 @@ func (UnimplementedCoordinatorServer) VerifyCheckpoint(context.Context, *VerifyC
 }
 func (UnimplementedCoordinatorServer) CommitCheckpoint(context.Context, *CommitCheckpointRequest) (*CommitCheckpointResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CommitCheckpoint not implemented")
+}
+func (UnimplementedCoordinatorServer) RetireCheckpoint(context.Context, *RetireCheckpointRequest) (*RetireCheckpointResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RetireCheckpoint not implemented")
 }
 func (UnimplementedCoordinatorServer) SyncWorker(context.Context, *SyncWorkerRequest) (*SyncWorkerResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method SyncWorker not implemented")
@@ -657,6 +687,24 @@ func _Coordinator_CommitCheckpoint_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Coordinator_RetireCheckpoint_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RetireCheckpointRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CoordinatorServer).RetireCheckpoint(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Coordinator_RetireCheckpoint_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CoordinatorServer).RetireCheckpoint(ctx, req.(*RetireCheckpointRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Coordinator_SyncWorker_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(SyncWorkerRequest)
 	if err := dec(in); err != nil {
@@ -733,6 +781,10 @@ var Coordinator_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CommitCheckpoint",
 			Handler:    _Coordinator_CommitCheckpoint_Handler,
+		},
+		{
+			MethodName: "RetireCheckpoint",
+			Handler:    _Coordinator_RetireCheckpoint_Handler,
 		},
 		{
 			MethodName: "SyncWorker",

@@ -1,0 +1,94 @@
+package controller
+
+import (
+	"context"
+	"reflect"
+	"strings"
+	"testing"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/switchyard-ml/switchyard/pkg/checkpoint"
+	"github.com/switchyard-ml/switchyard/pkg/security"
+	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
+)
+
+// TestRanksReachTheCatalogueThroughTheCoordinator: a worker's ranks read
+// their own job's manifests (and no other job's), and only the current
+// attempt's rank 0 retires checkpoints, in the catalogue's order (marked
+// deleting, then removed).
+func TestRanksReachTheCatalogueThroughTheCoordinator(t *testing.T) {
+	l := newLocal(t)
+	cat := checkpoint.NewMemCatalogue()
+	enc := l.placeWithCatalogue(etcdCheckpoints{cat: cat, log: quietLogger(t)})
+	j := l.job("j1")
+	rank0, rank1 := j.Placement[0].WorkerId, j.Placement[1].WorkerId
+	as := func(w string) context.Context { return security.WithIdentity(l.ctx, security.Identity{Worker: w}) }
+	if _, err := l.s.CommitCheckpoint(as(rank0), &apiv1.CommitCheckpointRequest{JobId: "j1", Attempt: 0, Manifest: enc}); err != nil {
+		t.Fatal(err)
+	}
+	want, err := checkpoint.DecodeManifest(enc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	list := func(ctx context.Context) (map[string][]checkpoint.Manifest, error) {
+		resp, err := l.s.ListCheckpoints(ctx, &apiv1.ListCheckpointsRequest{JobId: "j1", Manifests: true})
+		if err != nil {
+			return nil, err
+		}
+		got := map[string][]checkpoint.Manifest{}
+		for _, c := range resp.Checkpoints {
+			m, err := checkpoint.DecodeManifest(c.Manifest)
+			if err != nil {
+				t.Fatalf("checkpoint %d (%s): %v", c.Step, c.Status, err)
+			}
+			got[c.Status] = append(got[c.Status], m)
+		}
+		return got, nil
+	}
+	for _, ctx := range []context.Context{as(rank1), l.ctx} { // a rank's worker, an operator
+		got, err := list(ctx)
+		if err != nil || !reflect.DeepEqual(got, map[string][]checkpoint.Manifest{"committed": {want}}) {
+			t.Fatalf("the manifests of j1: %v, %v; want step 10's as committed", got, err)
+		}
+	}
+	if _, err := list(as("w9")); status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "holds no rank of job j1") {
+		t.Fatalf("a worker without a rank of j1 read its catalogue: %v", err)
+	}
+
+	retire := func(ctx context.Context, attempt int32, step int64, remove bool) error {
+		_, err := l.s.RetireCheckpoint(ctx, &apiv1.RetireCheckpointRequest{JobId: "j1", Attempt: attempt, Step: step, Remove: remove})
+		return err
+	}
+	for _, tc := range []struct {
+		name    string
+		err     error
+		code    codes.Code
+		message string
+	}{
+		{"rank 1's worker", retire(as(rank1), 0, 10, false), codes.PermissionDenied, "does not hold rank 0"},
+		{"an attempt that is over", retire(as(rank0), 1, 10, false), codes.FailedPrecondition, "attempt 1 is over"},
+		{"a step not committed", retire(as(rank0), 0, 20, false), codes.NotFound, "step 20"},
+		{"the removal of a live entry", retire(as(rank0), 0, 10, true), codes.FailedPrecondition, checkpoint.ErrNotDeleting.Error()},
+	} {
+		if status.Code(tc.err) != tc.code || !strings.Contains(tc.err.Error(), tc.message) {
+			t.Errorf("%s: %v, want %s naming %q", tc.name, tc.err, tc.code, tc.message)
+		}
+	}
+	if got, _ := list(l.ctx); len(got["committed"]) != 1 {
+		t.Fatalf("refused retention steps changed the catalogue: %v", got)
+	}
+	if err := retire(as(rank0), 0, 10, false); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := list(as(rank0)); err != nil || !reflect.DeepEqual(got, map[string][]checkpoint.Manifest{"deleting": {want}}) {
+		t.Fatalf("after the mark: %v, %v; want step 10's manifest as deleting", got, err)
+	}
+	if err := retire(as(rank0), 0, 10, true); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := list(as(rank0)); err != nil || len(got) != 0 {
+		t.Fatalf("after the removal: %v, %v; want nothing", got, err)
+	}
+}

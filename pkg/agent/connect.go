@@ -104,9 +104,10 @@ func OwnToken(given, id string) (string, error) {
 
 // rankEnviron is the environment a rank inherits from the worker's: all of
 // it but the worker's etcd user (a rank reaches the checkpoint catalogue
-// through the coordinator, and the program a command job runs must not be
-// able to write the cluster's state) and its coordinator token (the rank
-// gets the worker's own, added after).
+// through the coordinator, and a trainer should not find a way to change
+// the cluster's state at hand; the rank runs as the worker's user, so this
+// is no barrier to a hostile one) and its coordinator token (the rank gets
+// the worker's own, added after).
 func rankEnviron(env []string) []string {
 	return slices.DeleteFunc(slices.Clone(env), func(kv string) bool {
 		k, _, _ := strings.Cut(kv, "=")

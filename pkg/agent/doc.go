@@ -34,8 +34,9 @@
 // --checkpoint-dir <root> --checkpoint-job <job-id>. The checkpoint
 // catalogue is kept in etcd, but a rank reaches it only through the
 // coordinator (--commit-via, below): ranks get no etcd endpoint, and the
-// worker's etcd credentials are taken out of their environment, so the
-// program a command job runs cannot write the cluster's state. Every rank is started with
+// worker's etcd credentials are taken out of their environment (a
+// trainer finds no etcd access at hand; it runs as the worker's user, so
+// this does not stop a hostile one). Every rank is started with
 // --resume, so a restarted rank continues from the newest committed
 // checkpoint, or from the task's resume_from_step (--resume-step) when the
 // coordinator names one. For jobs whose ranks span several workers the

@@ -60,7 +60,7 @@ done
 trap 'echo terminated > "$out/terminated"; exit 143' TERM
 printf '%s\n' "$@" > "$out/args"
 printf '%s\n' "$SWITCHYARD_TOKEN" > "$out/token"
-printf '%s\n' "${SWITCHYARD_ETCD_USERNAME-unset}" "${SWITCHYARD_ETCD_PASSWORD-unset}" > "$out/etcd-user"
+printf '%s\n' "${SWITCHYARD_ETCD_USERNAME-unset}" "${SWITCHYARD_ETCD_PASSWORD-unset}" "${SWITCHYARD_NATS_CREDS-unset}" > "$out/etcd-user"
 # renamed into place: a test that sees the pid file reads the whole pid
 # (a plain "echo > pid" is seen empty between its open and its write)
 echo $$ > "$out/pid.tmp"
@@ -987,13 +987,14 @@ func TestOwnToken(t *testing.T) {
 
 // TestRanksGetTheWorkersToken: a rank (rank 0 commits checkpoints) calls
 // the coordinator with its worker's own token, not the cluster token the
-// worker was started with, and gets no way into etcd: neither the
-// worker's etcd user nor an etcd endpoint (it reads the checkpoint
-// catalogue through the coordinator).
+// worker was started with, and gets no way into etcd or NATS at hand:
+// neither the worker's etcd user nor an etcd endpoint (it reads the
+// checkpoint catalogue through the coordinator), nor its NATS credentials.
 func TestRanksGetTheWorkersToken(t *testing.T) {
 	t.Setenv(TokenEnv, "s3cret")
 	t.Setenv(etcdconn.UsernameEnv, "worker")
 	t.Setenv(etcdconn.PasswordEnv, "etcd-s3cret")
+	t.Setenv(events.CredsEnv, "/etc/switchyard/worker.creds")
 	h := start(t, func(o *Options) {
 		o.Token = security.WorkerToken("s3cret", o.Config.ID)
 	})
@@ -1004,8 +1005,8 @@ func TestRanksGetTheWorkersToken(t *testing.T) {
 	if len(env) != 1 || env[0] != security.WorkerToken("s3cret", "w1") {
 		t.Fatalf("the rank's %s: %q", TokenEnv, env)
 	}
-	if got := readLines(t, filepath.Join(dir, "etcd-user")); !slices.Equal(got, []string{"unset", "unset"}) {
-		t.Fatalf("the rank's %s and %s: %q, want both unset", etcdconn.UsernameEnv, etcdconn.PasswordEnv, got)
+	if got := readLines(t, filepath.Join(dir, "etcd-user")); !slices.Equal(got, []string{"unset", "unset", "unset"}) {
+		t.Fatalf("the rank's %s, %s and %s: %q, want all unset", etcdconn.UsernameEnv, etcdconn.PasswordEnv, events.CredsEnv, got)
 	}
 	tc, err := train.Load(filepath.Join(dir, "run.yaml"))
 	if err != nil {

@@ -103,14 +103,15 @@ func OwnToken(given, id string) (string, error) {
 }
 
 // rankEnviron is the environment a rank inherits from the worker's: all of
-// it but the worker's etcd user (a rank reaches the checkpoint catalogue
-// through the coordinator, and a trainer should not find a way to change
-// the cluster's state at hand; the rank runs as the worker's user, so this
-// is no barrier to a hostile one) and its coordinator token (the rank gets
-// the worker's own, added after).
+// it but the worker's etcd user and NATS credentials (a rank reaches the
+// checkpoint catalogue through the coordinator and the bus through the
+// worker, and a trainer should not find a way to change the cluster's
+// state at hand; the rank runs as the worker's user, so this is no
+// barrier to a hostile one) and its coordinator token (the rank gets the
+// worker's own, added after).
 func rankEnviron(env []string) []string {
 	return slices.DeleteFunc(slices.Clone(env), func(kv string) bool {
 		k, _, _ := strings.Cut(kv, "=")
-		return k == etcdconn.UsernameEnv || k == etcdconn.PasswordEnv || k == TokenEnv
+		return k == etcdconn.UsernameEnv || k == etcdconn.PasswordEnv || k == events.CredsEnv || k == TokenEnv
 	})
 }

@@ -30,7 +30,10 @@ var (
 // checkpointtest check them):
 //   - Commit stores a valid manifest only if its step is greater than the
 //     step of every entry of the job, live or deleting; otherwise it
-//     returns an error wrapping ErrStale and changes nothing.
+//     returns an error wrapping ErrStale and changes nothing. (It may
+//     instead succeed when the catalogue holds that very step with m's
+//     shards: a commit retried after its answer was lost, as the
+//     catalogue through the coordinator does.)
 //   - Latest and List see live entries only. Latest of a job without one
 //     wraps ErrNoCheckpoint. List is newest first.
 //   - Get returns an entry in either state; a missing one wraps ErrNotFound.

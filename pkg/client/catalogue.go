@@ -59,14 +59,16 @@ func (k catalogue) Commit(ctx context.Context, m checkpoint.Manifest) error {
 	if err == nil {
 		return nil
 	}
+	// The call itself may have been sent twice (a retry on UNAVAILABLE, a
+	// fail-over to another replica) after a first one that committed and
+	// lost its answer; its second then finds the step committed.
+	if got, gerr := k.Get(ctx, m.Job, m.Step); gerr == nil && slices.Equal(got.Shards, m.Shards) {
+		return nil
+	}
 	if st, ok := status.FromError(err); ok && st.Code() == codes.AlreadyExists {
-		// CommitRetrying looks for its own earlier try's commit
 		return fmt.Errorf("%w (via the coordinator): %s", checkpoint.ErrStale, st.Message())
 	}
-	if got, gerr := k.Get(ctx, m.Job, m.Step); gerr == nil && slices.Equal(got.Shards, m.Shards) {
-		return nil // committed by an earlier try whose answer was lost
-	}
-	return fmt.Errorf("client: commit step %d of job %s through the coordinator: %w", m.Step, m.Job, err)
+	return fmt.Errorf("client: commit step %d of job %s through the coordinator: %w", m.Step, m.Job, olderCoordinator(err, "CommitCheckpoint"))
 }
 
 // entries reads the job's catalogue: live manifests newest first, and
@@ -80,9 +82,14 @@ func (k catalogue) entries(ctx context.Context, job string) (live, deleting []ch
 	}
 	live = []checkpoint.Manifest{}
 	for _, ck := range resp.GetCheckpoints() {
+		if len(ck.GetManifest()) == 0 {
+			// a replica older than this worker (a rolling upgrade): another may answer
+			return nil, nil, fmt.Errorf("client: checkpoint %d of job %s: %w", ck.GetStep(), job,
+				status.Error(codes.Unavailable, "the coordinator sent no manifest: it is older than this worker (upgrade every coordinator before the workers)"))
+		}
 		m, err := checkpoint.DecodeManifest(ck.GetManifest())
 		if err != nil {
-			return nil, nil, fmt.Errorf("client: checkpoint %d of job %s: the coordinator sent no manifest (is it older than this worker?): %w", ck.GetStep(), job, err)
+			return nil, nil, fmt.Errorf("client: checkpoint %d of job %s: %w", ck.GetStep(), job, err)
 		}
 		if ck.GetStatus() == "deleting" {
 			deleting = append(deleting, m)
@@ -156,12 +163,24 @@ func (k catalogue) retire(ctx context.Context, job string, step int64, remove bo
 	switch {
 	case st.Code() == codes.NotFound && !remove:
 		return fmt.Errorf("%w (via the coordinator): %s", checkpoint.ErrNotFound, st.Message())
-	case st.Code() == codes.FailedPrecondition && remove && strings.Contains(st.Message(), checkpoint.ErrNotDeleting.Error()):
+	case st.Code() == codes.Aborted && remove:
 		return fmt.Errorf("%w (via the coordinator): %s", checkpoint.ErrNotDeleting, st.Message())
 	}
 	op := "mark step %d of job %s deleting"
 	if remove {
 		op = "remove the entry of step %d of job %s"
 	}
-	return fmt.Errorf("client: "+op+" through the coordinator: %w", step, job, err)
+	return fmt.Errorf("client: "+op+" through the coordinator: %w", step, job, olderCoordinator(err, "RetireCheckpoint"))
+}
+
+// olderCoordinator is err, or for a method the coordinator does not know
+// (a replica older than this worker, in a rolling upgrade) an UNAVAILABLE
+// that says so: a transient failure, retried, not the end of the rank.
+func olderCoordinator(err error, method string) error {
+	// gRPC's own answer for a method the server's binary lacks, not a
+	// coordinator without a catalogue
+	if st, _ := status.FromError(err); st.Code() != codes.Unimplemented || !strings.Contains(st.Message(), "unknown method") {
+		return err
+	}
+	return status.Errorf(codes.Unavailable, "the coordinator does not know %s: it is older than this worker (upgrade every coordinator before the workers): %v", method, err)
 }

@@ -5,10 +5,13 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"net"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -110,7 +113,7 @@ func (f *catalogueCoordinator) RetireCheckpoint(ctx context.Context, req *apiv1.
 	case errors.Is(err, checkpoint.ErrNotFound):
 		return nil, status.Error(codes.NotFound, err.Error())
 	case errors.Is(err, checkpoint.ErrNotDeleting):
-		return nil, status.Error(codes.FailedPrecondition, "retire checkpoint: "+err.Error())
+		return nil, status.Error(codes.Aborted, "retire checkpoint: "+err.Error())
 	case err != nil:
 		return nil, status.Error(codes.Unavailable, err.Error())
 	}
@@ -142,6 +145,8 @@ func TestCatalogueCommit(t *testing.T) {
 	}{
 		{name: "committed"},
 		{name: "answer lost after the commit", refuse: status.Error(codes.Internal, "leader lost")},
+		// the call was sent again after a first that committed lost its answer
+		{name: "answer lost, the resend refused as not newer", refuse: status.Error(codes.AlreadyExists, "step 5 is not newer than 5")},
 		{name: "step not newer", dropCommit: true, refuse: status.Error(codes.AlreadyExists, "step 5 is not newer than 7"), wantErr: "not newer than 7", stale: true},
 		{name: "attempt over", dropCommit: true, refuse: status.Error(codes.FailedPrecondition, "attempt 1 of job j1 is over"), wantErr: "attempt 1 of job j1 is over"},
 	} {
@@ -205,4 +210,45 @@ type fencedCoordinator struct{ fakeCoordinator }
 
 func (*fencedCoordinator) RetireCheckpoint(_ context.Context, req *apiv1.RetireCheckpointRequest) (*apiv1.RetireCheckpointResponse, error) {
 	return nil, status.Errorf(codes.FailedPrecondition, "job %s: attempt %d is over", req.JobId, req.Attempt)
+}
+
+// TestCatalogueAgainstAnOlderCoordinator: in a rolling upgrade a rank may
+// reach a coordinator that predates RetireCheckpoint or sends no
+// manifests; what it gets is a transient failure that says so (retried,
+// and retention waits for the next commit), not the end of the rank.
+func TestCatalogueAgainstAnOlderCoordinator(t *testing.T) {
+	ctx := context.Background()
+	f := &olderCoordinator{catalogueCoordinator{cat: checkpoint.NewMemCatalogue()}}
+	// an older binary's service: RetireCheckpoint is not in it
+	desc := apiv1.Coordinator_ServiceDesc
+	desc.Methods = slices.DeleteFunc(slices.Clone(desc.Methods), func(m grpc.MethodDesc) bool { return m.MethodName == "RetireCheckpoint" })
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	srv.RegisterService(&desc, f)
+	go srv.Serve(lis) //nolint:errcheck // ends with Stop
+	t.Cleanup(srv.Stop)
+	cat := dial(t, client.Options{Endpoints: []string{lis.Addr().String()}}).Catalogue(0)
+	if err := cat.Commit(ctx, manifest(5)); err != nil {
+		t.Fatal(err)
+	}
+	for name, err := range map[string]error{
+		"mark deleting": cat.MarkDeleting(ctx, "j1", 5),
+		"latest":        func() error { _, err := cat.Latest(ctx, "j1"); return err }(),
+	} {
+		if !checkpoint.Transient(err) || !strings.Contains(err.Error(), "older than this worker") {
+			t.Errorf("%s: %v (transient %v), want a transient failure naming an older coordinator", name, err, checkpoint.Transient(err))
+		}
+	}
+}
+
+// olderCoordinator lists checkpoints without their manifests, as a
+// coordinator older than the field does.
+type olderCoordinator struct{ catalogueCoordinator }
+
+func (f *olderCoordinator) ListCheckpoints(ctx context.Context, req *apiv1.ListCheckpointsRequest) (*apiv1.ListCheckpointsResponse, error) {
+	req.Manifests = false
+	return f.catalogueCoordinator.ListCheckpoints(ctx, req)
 }

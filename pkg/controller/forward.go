@@ -24,14 +24,18 @@ const forwardedKey = "x-switchyard-forwarded"
 const onBehalfKey = "x-switchyard-on-behalf-of-worker"
 
 // caller is who a call comes from (ok false when the API checks no
-// token): the interceptor's identity, or, on a call a follower forwarded
-// with the cluster token, the worker it checked.
+// token): the interceptor's identity, or, on a call a follower forwarded,
+// the worker it checked. The follower's own call carries the cluster
+// token, or with mutual TLS and no token no identity at all (a replica's
+// certificate is not a worker's): either way the worker it names is the
+// caller, or a worker would pass every per-worker check by calling a
+// follower. A direct caller that is a worker cannot name another.
 func caller(ctx context.Context) (security.Identity, bool) {
 	id, ok := security.IdentityFrom(ctx)
-	if ok && id.Worker == "" && forwarded(ctx) {
+	if id.Worker == "" && forwarded(ctx) {
 		md, _ := metadata.FromIncomingContext(ctx)
 		if w := md.Get(onBehalfKey); len(w) == 1 {
-			id.Worker = w[0]
+			id.Worker, ok = w[0], true
 		}
 	}
 	return id, ok

@@ -7,11 +7,13 @@ import (
 	"testing"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/switchyard-ml/switchyard/pkg/checkpoint"
 	"github.com/switchyard-ml/switchyard/pkg/security"
 	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
+	pb "github.com/switchyard-ml/switchyard/proto/switchyard/coordinator/v1"
 )
 
 // TestRanksReachTheCatalogueThroughTheCoordinator: a worker's ranks read
@@ -70,7 +72,11 @@ func TestRanksReachTheCatalogueThroughTheCoordinator(t *testing.T) {
 		{"rank 1's worker", retire(as(rank1), 0, 10, false), codes.PermissionDenied, "does not hold rank 0"},
 		{"an attempt that is over", retire(as(rank0), 1, 10, false), codes.FailedPrecondition, "attempt 1 is over"},
 		{"a step not committed", retire(as(rank0), 0, 20, false), codes.NotFound, "step 20"},
-		{"the removal of a live entry", retire(as(rank0), 0, 10, true), codes.FailedPrecondition, checkpoint.ErrNotDeleting.Error()},
+		{"the removal of a live entry", retire(as(rank0), 0, 10, true), codes.Aborted, checkpoint.ErrNotDeleting.Error()},
+		{"a job that is not there", func() error {
+			_, err := l.s.RetireCheckpoint(as(rank0), &apiv1.RetireCheckpointRequest{JobId: "gone", Step: 10})
+			return err
+		}(), codes.FailedPrecondition, "attempt 0 is over"},
 	} {
 		if status.Code(tc.err) != tc.code || !strings.Contains(tc.err.Error(), tc.message) {
 			t.Errorf("%s: %v, want %s naming %q", tc.name, tc.err, tc.code, tc.message)
@@ -90,5 +96,59 @@ func TestRanksReachTheCatalogueThroughTheCoordinator(t *testing.T) {
 	}
 	if got, err := list(as(rank0)); err != nil || len(got) != 0 {
 		t.Fatalf("after the removal: %v, %v; want nothing", got, err)
+	}
+}
+
+// TestCallerOnAForwardedCall: on a call a follower forwarded, the worker
+// it names is the caller whether the follower's own call carried the
+// cluster token (an operator's identity) or, with mutual TLS and no
+// token, no identity at all; a worker calling directly cannot name
+// another.
+func TestCallerOnAForwardedCall(t *testing.T) {
+	fwd := func(ctx context.Context, kv ...string) context.Context {
+		return metadata.NewIncomingContext(ctx, metadata.Pairs(append([]string{forwardedKey, "c2"}, kv...)...))
+	}
+	for _, tc := range []struct {
+		name   string
+		ctx    context.Context
+		worker string
+		ok     bool
+	}{
+		{"a follower with the cluster token", fwd(security.WithIdentity(context.Background(), security.Identity{}), onBehalfKey, "w9"), "w9", true},
+		{"a follower over mutual TLS, no token", fwd(context.Background(), onBehalfKey, "w9"), "w9", true},
+		{"a follower forwarding an operator's call", fwd(context.Background()), "", false},
+		{"a worker naming another", fwd(security.WithIdentity(context.Background(), security.Identity{Worker: "w1"}), onBehalfKey, "w9"), "w1", true},
+		{"no security, no forwarding", context.Background(), "", false},
+	} {
+		id, ok := caller(tc.ctx)
+		if id.Worker != tc.worker || ok != tc.ok {
+			t.Errorf("%s: caller %q (%v), want %q (%v)", tc.name, id.Worker, ok, tc.worker, tc.ok)
+		}
+	}
+}
+
+// TestWorkerReadsCatalogueThroughAFollower: a rank reads its job's
+// catalogue through any replica with its worker's token. A follower that
+// does not find the worker in its copy of the placement (it may be
+// behind the leader) asks the leader, which refuses a worker holding no
+// rank of the job by that worker's name.
+func TestWorkerReadsCatalogueThroughAFollower(t *testing.T) {
+	h := newHarness(t, 3, "s3cret")
+	lead, follower := h.leader(), h.follower()
+	op := h.client(lead, "s3cret")
+	h.worker("w1")
+	h.worker("w2")
+	submit(t, op, "job-c", 0)
+	waitJob(t, op, "job-c", "placed", func(j *pb.Job) bool { return len(j.Placement) == 2 })
+	for _, w := range []string{"w1", "w2"} {
+		c := h.client(follower, security.WorkerToken("s3cret", w))
+		if _, err := c.ListCheckpoints(ctxT(t), &apiv1.ListCheckpointsRequest{JobId: "job-c", Manifests: true}); err != nil {
+			t.Fatalf("%s, which runs a rank of job-c, through a follower: %v", w, err)
+		}
+	}
+	c := h.client(follower, security.WorkerToken("s3cret", "w9"))
+	_, err := c.ListCheckpoints(ctxT(t), &apiv1.ListCheckpointsRequest{JobId: "job-c", Manifests: true})
+	if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "worker w9 holds no rank of job job-c") {
+		t.Fatalf("w9, which runs no rank of job-c, through a follower: %v", err)
 	}
 }

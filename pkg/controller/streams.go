@@ -9,9 +9,12 @@ import (
 	"strings"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/switchyard-ml/switchyard/pkg/checkpoint"
+	"github.com/switchyard-ml/switchyard/pkg/coordinator"
 	"github.com/switchyard-ml/switchyard/pkg/events"
 	"github.com/switchyard-ml/switchyard/pkg/fsutil"
 	"github.com/switchyard-ml/switchyard/pkg/jobstate"
@@ -248,6 +251,10 @@ func (s *Server) ListCheckpoints(ctx context.Context, req *apiv1.ListCheckpoints
 	}
 	// a worker's ranks read their own job's catalogue, no other
 	if id, ok := caller(ctx); ok && id.Worker != "" && !slices.ContainsFunc(j.Placement, func(p *pb.RankAssignment) bool { return p.WorkerId == id.Worker }) {
+		if !s.cfg.Node.IsLeader() && !forwarded(ctx) {
+			// this replica may not have seen the attempt yet: the leader has
+			return forward(ctx, s, req, apiv1.CoordinatorClient.ListCheckpoints)
+		}
 		return nil, apiError(failure(errPermission, "worker %s holds no rank of job %s's attempt %d: a worker reads the checkpoints of its own jobs only", id.Worker, j.Id, j.Restarts))
 	}
 	live, deleting, err := s.cfg.Checkpoints.List(ctx, j)
@@ -438,7 +445,7 @@ func (s *Server) CommitCheckpoint(ctx context.Context, req *apiv1.CommitCheckpoi
 // admitCommit checks that the commit comes from the job's current attempt
 // (and its rank 0) and is plausible, and registers it as in flight.
 func (s held) admitCommit(ctx context.Context, req *apiv1.CommitCheckpointRequest, m checkpoint.Manifest) (*pb.Job, error) {
-	j, err := s.fenced(ctx, req.GetJobId(), req.GetAttempt(), fmt.Sprintf("its checkpoint of step %d is not committed", m.Step))
+	j, err := s.fenced(ctx, req.GetJobId(), req.GetAttempt(), "CommitRefused", fmt.Sprintf("its checkpoint of step %d is not committed", m.Step))
 	if err != nil {
 		return nil, err
 	}
@@ -453,10 +460,16 @@ func (s held) admitCommit(ctx context.Context, req *apiv1.CommitCheckpointReques
 
 // fenced is job id's record when attempt is its current attempt and the
 // caller (a worker) holds its rank 0: what a commit or a retention step
-// must come from. A refusal is an API error, recorded; refused says what
-// it leaves undone ("its checkpoint of step 10 is not committed").
-func (s held) fenced(ctx context.Context, id string, attempt int32, refused string) (*pb.Job, error) {
+// must come from. A refusal is an API error, recorded as an event of
+// type event; refused says what it leaves undone ("its checkpoint of
+// step 10 is not committed"). A job that is gone (deleted) has no
+// current attempt: the caller's is over.
+func (s held) fenced(ctx context.Context, id string, attempt int32, event, refused string) (*pb.Job, error) {
 	j, err := s.cfg.Node.Job(id)
+	if errors.Is(err, coordinator.ErrJobNotFound) {
+		s.cfg.Metrics.CheckpointRefused("attempt_over")
+		return nil, apiError(failure(errAttemptOver, "job %s is not there (deleted?): attempt %d is over; %s", id, attempt, refused))
+	}
 	if err != nil {
 		return nil, apiError(err)
 	}
@@ -464,7 +477,7 @@ func (s held) fenced(ctx context.Context, id string, attempt int32, refused stri
 		msg := fmt.Sprintf("job %s: attempt %d is over (the job is %s at attempt %d); %s",
 			j.Id, attempt, jobstate.Name(j.State), j.Restarts, refused)
 		if !jobstate.Final(j.State) {
-			s.recordEvent(ctx, j.Id, "CommitRefused", msg, "")
+			s.recordEvent(ctx, j.Id, event, msg, "")
 		}
 		s.cfg.Metrics.CheckpointRefused("attempt_over")
 		return nil, apiError(failure(errAttemptOver, "%s", msg))
@@ -495,7 +508,7 @@ func (s *Server) RetireCheckpoint(ctx context.Context, req *apiv1.RetireCheckpoi
 		what = fmt.Sprintf("the entry of its checkpoint of step %d is not removed", req.GetStep())
 	}
 	h := s.hold()
-	j, err := h.fenced(ctx, req.GetJobId(), req.GetAttempt(), what)
+	j, err := h.fenced(ctx, req.GetJobId(), req.GetAttempt(), "RetireRefused", what)
 	if err == nil {
 		s.commits.begin(j.Id)
 	}
@@ -513,7 +526,8 @@ func (s *Server) RetireCheckpoint(ctx context.Context, req *apiv1.RetireCheckpoi
 	case errors.Is(err, checkpoint.ErrNotFound):
 		return nil, apiError(failure(errNotFound, "retire checkpoint: %v", err))
 	case errors.Is(err, checkpoint.ErrNotDeleting):
-		return nil, apiError(failure(errRefused, "retire checkpoint: %v", err))
+		// its own code: an attempt that is over is FAILED_PRECONDITION
+		return nil, status.Errorf(codes.Aborted, "retire checkpoint: %v (mark it deleting first)", err)
 	default:
 		return nil, apiError(failure(errUnavailable, "retire checkpoint: %v", err))
 	}

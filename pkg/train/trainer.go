@@ -102,8 +102,8 @@ type options struct {
 
 // WithCatalogue keeps the run's checkpoint manifests in cat instead of
 // beside the shards in the checkpoint storage: the cluster's etcd
-// catalogue, or one whose commits pass through the coordinator
-// (client.Committer). The caller closes what cat holds, after the trainer.
+// catalogue, or the cluster's reached through the coordinator
+// (client.Catalogue). The caller closes what cat holds, after the trainer.
 func WithCatalogue(cat checkpoint.Catalogue) Option {
 	return func(o *options) { o.catalogue = cat }
 }

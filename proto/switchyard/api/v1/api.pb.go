@@ -1786,7 +1786,8 @@ type ListCheckpointsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	JobId string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
 	// Each checkpoint's whole manifest too (Checkpoint.manifest), deleting
-	// ones included: how a rank reads its job's catalogue without etcd.
+	// ones included: how a rank reads its job's catalogue without etcd. A
+	// worker may list only the jobs it holds a rank of (PERMISSION_DENIED).
 	Manifests     bool `protobuf:"varint,2,opt,name=manifests,proto3" json:"manifests,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

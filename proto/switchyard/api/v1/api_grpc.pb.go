@@ -94,8 +94,10 @@ type CoordinatorClient interface {
 	// CommitCheckpoint: mark one committed checkpoint deleting (before its
 	// files go), or remove the entry of one marked deleting (after). The rank
 	// deletes the files, which the coordinator may not reach. Errors:
-	// NOT_FOUND for a step the catalogue does not hold (mark), FAILED_PRECONDITION
-	// for an attempt that is over or an entry not marked deleting (remove).
+	// NOT_FOUND for a step the catalogue does not hold (mark),
+	// FAILED_PRECONDITION for an attempt that is over (or a job that is
+	// gone), ABORTED for the removal of an entry not marked deleting,
+	// PERMISSION_DENIED for a worker that does not hold rank 0.
 	RetireCheckpoint(ctx context.Context, in *RetireCheckpointRequest, opts ...grpc.CallOption) (*RetireCheckpointResponse, error)
 	// SyncWorker is a worker's periodic report of its tasks; the answer is
 	// the set of tasks it must run now (tasks it runs that are not in the
@@ -342,8 +344,10 @@ type CoordinatorServer interface {
 	// CommitCheckpoint: mark one committed checkpoint deleting (before its
 	// files go), or remove the entry of one marked deleting (after). The rank
 	// deletes the files, which the coordinator may not reach. Errors:
-	// NOT_FOUND for a step the catalogue does not hold (mark), FAILED_PRECONDITION
-	// for an attempt that is over or an entry not marked deleting (remove).
+	// NOT_FOUND for a step the catalogue does not hold (mark),
+	// FAILED_PRECONDITION for an attempt that is over (or a job that is
+	// gone), ABORTED for the removal of an entry not marked deleting,
+	// PERMISSION_DENIED for a worker that does not hold rank 0.
 	RetireCheckpoint(context.Context, *RetireCheckpointRequest) (*RetireCheckpointResponse, error)
 	// SyncWorker is a worker's periodic report of its tasks; the answer is
 	// the set of tasks it must run now (tasks it runs that are not in the

@@ -244,11 +244,14 @@ func (a *Agent) Run(ctx context.Context) error {
 // registers. A token or certificate the coordinator refuses would make a
 // worker that shows in etcd, and in cluster status, but can never take
 // work: it stops here, saying why. A coordinator that does not answer is
-// no reason to stop: the worker registers and waits for it.
+// no reason to stop: the worker registers and waits for it. The call is
+// a probe, not a sync: until this worker registers, its id in etcd may
+// still be its killed predecessor's, and a sync would have the
+// coordinator place work on it that the old lease's end then takes away.
 func (a *Agent) checkCredentials(ctx context.Context) error {
 	cctx, cancel := context.WithTimeout(ctx, syncTimeout)
 	defer cancel()
-	_, err := a.o.Client.SyncWorker(cctx, &apiv1.SyncWorkerRequest{WorkerId: a.o.Config.ID})
+	_, err := a.o.Client.SyncWorker(cctx, &apiv1.SyncWorkerRequest{WorkerId: a.o.Config.ID, Probe: true})
 	if refused(err) {
 		return fmt.Errorf("agent: the coordinator refuses this worker's credentials (%s): check $SWITCHYARD_TOKEN (the cluster token, or this worker's from switchyard cluster worker-token) and the TLS files", status.Convert(err).Message())
 	}

@@ -109,6 +109,7 @@ type fakeCoordinator struct {
 	reports []*apiv1.TaskStatus
 	worker  string
 	refuse  codes.Code // nonzero: every call is refused with it (credentials)
+	probes  []bool     // each call's probe flag, in order
 	drains  int        // calls that said the worker is draining
 }
 
@@ -116,6 +117,7 @@ func (f *fakeCoordinator) SyncWorker(ctx context.Context, req *apiv1.SyncWorkerR
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.calls++
+	f.probes = append(f.probes, req.GetProbe())
 	if f.refuse != codes.OK {
 		return nil, status.Error(f.refuse, "bad bearer token")
 	}
@@ -331,9 +333,18 @@ func TestRegisters(t *testing.T) {
 	if !reflect.DeepEqual(got[0], want) {
 		t.Fatalf("registered %+v\nwant %+v", got[0], want)
 	}
-	eventually(t, "a sync", func() bool { c, _ := h.coord.counts(); return c > 0 })
+	eventually(t, "a sync", func() bool { c, _ := h.coord.counts(); return c > 1 })
 	if h.coord.worker != "w1" {
 		t.Fatalf("synced as %q", h.coord.worker)
+	}
+	// the call before registering only checks the credentials: a sync then
+	// would make a restarted worker look alive under its predecessor's
+	// registration, whose lease may be about to end
+	h.coord.mu.Lock()
+	probes := slices.Clone(h.coord.probes)
+	h.coord.mu.Unlock()
+	if !probes[0] || slices.Contains(probes[1:], true) {
+		t.Fatalf("probe flags of the calls %v: want only the first, before registering", probes)
 	}
 }
 

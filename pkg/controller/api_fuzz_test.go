@@ -335,6 +335,9 @@ var apiMethods = []apiMethod{
 		return nil
 	}),
 	unary("SyncWorker", (*Server).SyncWorker, func(a *apiRun, req *apiv1.SyncWorkerRequest, resp *apiv1.SyncWorkerResponse) error {
+		if req.GetProbe() && len(resp.Tasks) > 0 {
+			return errors.New("a credential probe answered with tasks")
+		}
 		// a task is a rank of the current attempt of an active job that
 		// the placement gives this worker, with every peer's address
 		for _, tk := range resp.Tasks {
@@ -915,6 +918,7 @@ func apiSeeds(f *testing.F, b *apiBase) [][]byte {
 			tick(1),
 			{method: "GetJob", req: &apiv1.GetJobRequest{JobId: "gpu-1"}},
 			{method: "SyncWorker", who: "g1", req: &apiv1.SyncWorkerRequest{WorkerId: "g1"}},
+			{method: "SyncWorker", who: "w1", req: &apiv1.SyncWorkerRequest{WorkerId: "w1", Probe: true}},
 			{method: "ListJobs", req: &apiv1.ListJobsRequest{States: []pb.JobState{pb.JobState_JOB_STATE_PENDING}, PageSize: 2}},
 		},
 		{

@@ -2,9 +2,11 @@ package controller
 
 import (
 	"context"
+	"fmt"
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -150,5 +152,33 @@ func TestWorkerReadsCatalogueThroughAFollower(t *testing.T) {
 	_, err := c.ListCheckpoints(ctxT(t), &apiv1.ListCheckpointsRequest{JobId: "job-c", Manifests: true})
 	if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "worker w9 holds no rank of job job-c") {
 		t.Fatalf("w9, which runs no rank of job-c, through a follower: %v", err)
+	}
+}
+
+// TestProbeIsNotASync: a worker's credential probe (a restarted worker's
+// first call, before it can register while its killed predecessor's
+// lease still runs) does not make the silent worker look alive: no new
+// work goes to it until it syncs.
+func TestProbeIsNotASync(t *testing.T) {
+	l := newLocal(t)
+	l.register("w1")
+	l.register("w2")
+	l.sync("w1")
+	l.sync("w2")
+	l.tick()
+	l.clock.add(l.s.cfg.Silence + time.Second)
+	l.sync("w1")
+	if _, err := l.s.SyncWorker(l.ctx, &apiv1.SyncWorkerRequest{WorkerId: "w2", Probe: true}); err != nil {
+		t.Fatal(err)
+	}
+	l.submit("j1", fmt.Sprintf(spec2, 0))
+	l.tick()
+	if j := l.job("j1"); len(j.Placement) != 0 {
+		t.Fatalf("placed on %v though w2 only probed since it went silent", j.Placement)
+	}
+	l.sync("w2")
+	l.tick()
+	if j := l.job("j1"); len(j.Placement) != 2 {
+		t.Fatalf("not placed once w2 synced again: %s, %v", j.State, j.Placement)
 	}
 }

@@ -484,6 +484,9 @@ func (s *Server) SyncWorker(ctx context.Context, req *apiv1.SyncWorkerRequest) (
 		}
 		return nil, apiError(failure(errPermission, "worker %s's token cannot sync as worker %s", id.Worker, w))
 	}
+	if req.GetProbe() {
+		return &apiv1.SyncWorkerResponse{}, nil // the credentials passed; any replica says so
+	}
 	if !s.cfg.Node.IsLeader() {
 		return forward(ctx, s, req, apiv1.CoordinatorClient.SyncWorker)
 	}

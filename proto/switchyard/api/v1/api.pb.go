@@ -2944,7 +2944,13 @@ type SyncWorkerRequest struct {
 	Tasks    []*TaskStatus          `protobuf:"bytes,2,rep,name=tasks,proto3" json:"tasks,omitempty"`
 	// The worker is shutting down: place nothing new on it, and tell it
 	// its jobs' newest checkpoint (Task.checkpoint_step).
-	Draining      bool `protobuf:"varint,3,opt,name=draining,proto3" json:"draining,omitempty"`
+	Draining bool `protobuf:"varint,3,opt,name=draining,proto3" json:"draining,omitempty"`
+	// Only check the caller's credentials: nothing is recorded and no task
+	// is answered. A worker's first call, before it registers: counted as a
+	// sync, it would make the worker look alive while the registration in
+	// etcd may still be its killed predecessor's, whose lease is about to
+	// run out, and work placed on it would be lost with that lease.
+	Probe         bool `protobuf:"varint,4,opt,name=probe,proto3" json:"probe,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2996,6 +3002,13 @@ func (x *SyncWorkerRequest) GetTasks() []*TaskStatus {
 func (x *SyncWorkerRequest) GetDraining() bool {
 	if x != nil {
 		return x.Draining
+	}
+	return false
+}
+
+func (x *SyncWorkerRequest) GetProbe() bool {
+	if x != nil {
+		return x.Probe
 	}
 	return false
 }
@@ -3269,11 +3282,12 @@ const file_switchyard_api_v1_api_proto_rawDesc = "" +
 	"\x03seq\x18\x01 \x01(\rR\x03seq\x12\x12\n" +
 	"\x04type\x18\x02 \x01(\tR\x04type\x12\x18\n" +
 	"\amessage\x18\x03 \x01(\tR\amessage\x12\x1b\n" +
-	"\tunix_nano\x18\x04 \x01(\x03R\bunixNano\"\x81\x01\n" +
+	"\tunix_nano\x18\x04 \x01(\x03R\bunixNano\"\x97\x01\n" +
 	"\x11SyncWorkerRequest\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x123\n" +
 	"\x05tasks\x18\x02 \x03(\v2\x1d.switchyard.api.v1.TaskStatusR\x05tasks\x12\x1a\n" +
-	"\bdraining\x18\x03 \x01(\bR\bdraining\"C\n" +
+	"\bdraining\x18\x03 \x01(\bR\bdraining\x12\x14\n" +
+	"\x05probe\x18\x04 \x01(\bR\x05probe\"C\n" +
 	"\x12SyncWorkerResponse\x12-\n" +
 	"\x05tasks\x18\x01 \x03(\v2\x17.switchyard.api.v1.TaskR\x05tasks*\x89\x01\n" +
 	"\tTaskState\x12\x1a\n" +

@@ -251,8 +251,10 @@ func (s *Server) ListCheckpoints(ctx context.Context, req *apiv1.ListCheckpoints
 	}
 	// a worker's ranks read their own job's catalogue, no other
 	if id, ok := caller(ctx); ok && id.Worker != "" && !slices.ContainsFunc(j.Placement, func(p *pb.RankAssignment) bool { return p.WorkerId == id.Worker }) {
-		if !s.cfg.Node.IsLeader() && !forwarded(ctx) {
-			// this replica may not have seen the attempt yet: the leader has
+		if !s.cfg.Node.IsLeader() {
+			// this replica may not have seen the attempt yet: the leader
+			// has (a call forwarded here gets UNAVAILABLE: leadership is
+			// changing, retry)
 			return forward(ctx, s, req, apiv1.CoordinatorClient.ListCheckpoints)
 		}
 		return nil, apiError(failure(errPermission, "worker %s holds no rank of job %s's attempt %d: a worker reads the checkpoints of its own jobs only", id.Worker, j.Id, j.Restarts))

@@ -63,10 +63,10 @@ func newAttentionOp(base opBase, B, S, H, d int, ropeBase float64) *attentionOp 
 	hd := d / H
 	o := &attentionOp{opBase: base.shaped([]int{2}, tensor.Shape{T, d}), B: B, S: S, H: H, hd: hd, d: d}
 	o.cos, o.sin = ropeTables(S, hd, ropeBase)
-	o.qrTD = make([]float32, T*d)
-	o.krTD = make([]float32, T*d)
-	o.probBHSS = make([]float32, B*H*S*S)
-	o.outTD = make([]float32, T*d)
+	o.qrTD = o.fwdBuf("attention.q", T*d)
+	o.krTD = o.fwdBuf("attention.k", T*d)
+	o.probBHSS = o.fwdBuf("attention.probs", B*H*S*S)
+	o.outTD = o.fwdBuf("attention.out", T*d)
 	o.outVal = dense(o.outTD, T, d)
 	return o
 }

@@ -89,7 +89,7 @@ type rmsNormOp struct {
 
 func newRMSNormOp(base opBase, T, d int, eps float32) *rmsNormOp {
 	o := &rmsNormOp{opBase: base.shaped([]int{2, 1}, tensor.Shape{T, d}), T: T, d: d, eps: eps}
-	o.yTD = make([]float32, T*d)
+	o.yTD = o.fwdBuf("rmsnorm.y", T*d)
 	o.rstdT = make([]float32, T)
 	o.yVal = dense(o.yTD, T, d)
 	return o

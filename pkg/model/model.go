@@ -133,7 +133,9 @@ type builder struct {
 	moeIdx int
 }
 
-func (b *builder) base(what string) opBase { return opBase{tag: b.kind + "/" + what, env: b.m.env} }
+func (b *builder) base(what string) opBase {
+	return opBase{tag: b.kind + "/" + what, env: b.m.env, forwardOnly: b.kind == "eval"}
+}
 
 // param makes the gorgonia node of parameter name over its live weights.
 func (b *builder) param(name string, shape ...int) *G.Node {

@@ -71,7 +71,8 @@ func newMoEOp(base opBase, l, moeIdx int, cfg Config, b *Batch, p *Params, w moe
 	o := &moeOp{opBase: base.shaped([]int{2}, tensor.Shape{s.tFull, s.d}), moeIdx: moeIdx, s: s, batch: b, wiring: w,
 		r: newRouterState(s, p.W(pname(l, "router")), p.G(pname(l, "router")), cfg.Renormalize)}
 	S, d, h := s.T*s.k, s.d, s.h
-	o.slots = slotBufs{xeSD: make([]float32, S*d), yeSD: make([]float32, S*d), act: newFFNAct(S, h)}
+	o.slots = slotBufs{xeSD: o.fwdBuf("moe.xe", S*d), yeSD: o.fwdBuf("moe.ye", S*d),
+		act: ffnAct{a: o.fwdBuf("moe.a", S*h), b: o.fwdBuf("moe.b", S*h), hh: o.fwdBuf("moe.hh", S*h)}}
 	routed := ffnParamsOf(p, l, "")
 	o.experts = ffnGroup{d: d, h: h, blocks: make([]ffnBlock, routed.blocks(d, h))}
 	for e := range o.experts.blocks {
@@ -88,7 +89,7 @@ func newMoEOp(base opBase, l, moeIdx int, cfg Config, b *Batch, p *Params, w moe
 	if w.ex != nil {
 		o.ep = newEPState(w.ex, s.T, s.E, s.k, d, h)
 	}
-	o.outTD = make([]float32, s.tFull*d)
+	o.outTD = o.fwdBuf("moe.out", s.tFull*d)
 	o.outVal = dense(o.outTD, s.tFull, d)
 	return o
 }
@@ -202,9 +203,11 @@ func (o *moeOp) SymDiff(in G.Nodes, out, grad *G.Node) (G.Nodes, error) {
 	S, d, h := s.T*s.k, s.d, s.h
 	o.dxTD = make([]float32, s.tFull*d)
 	o.dVal = dense(o.dxTD, s.tFull, d)
-	o.slots.dyeSD = make([]float32, S*d)
-	o.slots.dxeSD = make([]float32, S*d)
-	o.slots.scratch = newFFNAct(S, h)
+	// used only while the layer's backward runs (moeGradOp.Do, its
+	// all-to-alls included): one set for all the layers
+	o.slots.dyeSD = o.env.shared("moe.backward.dye", S*d)
+	o.slots.dxeSD = o.env.shared("moe.backward.dxe", S*d)
+	o.slots.scratch = ffnAct{a: o.env.shared("moe.backward.da", S*h), b: o.env.shared("moe.backward.db", S*h), hh: o.env.shared("moe.backward.dhh", S*h)}
 	o.r.allocBackward(s)
 	if o.ep != nil {
 		o.ep.allocBackward(s.T, s.k, d, h)

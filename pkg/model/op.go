@@ -21,6 +21,19 @@ type opBase struct {
 	env    *runEnv
 	inDims []int
 	out    tensor.Shape // nil: scalar
+	// forwardOnly: the op is in a program without a backward (evaluation),
+	// whose layers share their forward buffers (fwdBuf).
+	forwardOnly bool
+}
+
+// fwdBuf is a buffer of n floats that the op's forward writes and the
+// ops after it read: its own in a program with a backward (which reads it
+// again), the one every layer shares in a forward-only program.
+func (o opBase) fwdBuf(name string, n int) []float32 {
+	if o.forwardOnly {
+		return o.env.shared("forward."+name, n)
+	}
+	return make([]float32, n)
 }
 
 // shaped returns o with its input ranks and output shape set.

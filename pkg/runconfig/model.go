@@ -243,8 +243,11 @@ func (c Model) MinRankBytes(microBatch, tp, ep int) float64 {
 //
 // Fitted to the peak RSS of `switchyard train` on this engine (tiny at
 // micro-batch 2 to 16, science, small, checkpointing, ep 2 and 4, tp 2,
-// corpora to 96 MiB: within 8% of every one, 0.92-1.02x; cmd/switchyard's
-// TestHostRankBytesForecast holds it within 25% of what runs use).
+// corpora to 96 MiB: within 8% of every one), and refitted once the layers
+// came to share the MoE backward's scratch and the evaluation's forward
+// buffers (tiny at micro-batch 2, 4 checkpointing and 16, science, small:
+// 0.97-1.04x; ep and tp were not measured again); cmd/switchyard's
+// TestHostRankBytesForecast holds it within 25% of what runs use.
 func (c Model) HostRankBytes(microBatch, tp, ep int, checkpoints bool) float64 {
 	d, h, dh := float64(c.Dim), float64(c.Hidden), float64(c.DenseHidden)
 	E, L := float64(c.Experts), float64(c.Layers)
@@ -279,8 +282,9 @@ const HostBaseBytes = 80 << 20
 // hostActFloats is the floats a rank holds at its peak for each float a
 // layer's forward writes: the activations kept for the backward, their
 // gradients and scratch, and what the garbage collector has not taken
-// back yet (fitted: 3.2 to 3.4 on the presets).
-const hostActFloats = 3.3
+// back yet (fitted: 1.9 to 2.2 on the presets; 3.3 while every layer kept
+// its own backward scratch and evaluation buffers).
+const hostActFloats = 2.1
 
 // CorpusHostBytes is the memory a corpus of fileBytes (JSON Lines, or
 // the demo corpus's text) takes in a rank: its text and tokens (measured

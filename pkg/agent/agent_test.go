@@ -97,9 +97,12 @@ while :; do sleep 0.05; done
 `
 
 // fakeCoordinator hands out a list of tasks and records what the worker
-// reports. Only SyncWorker is implemented.
+// reports. Only SyncWorker and ListCheckpoints are implemented.
 type fakeCoordinator struct {
 	apiv1.CoordinatorClient
+
+	// committed: the steps ListCheckpoints lists as committed, by job
+	committed map[string][]int64
 
 	mu      sync.Mutex
 	tasks   []*apiv1.Task
@@ -131,6 +134,16 @@ func (f *fakeCoordinator) SyncWorker(ctx context.Context, req *apiv1.SyncWorkerR
 		f.drains++
 	}
 	return &apiv1.SyncWorkerResponse{Tasks: f.tasks}, nil
+}
+
+func (f *fakeCoordinator) ListCheckpoints(ctx context.Context, req *apiv1.ListCheckpointsRequest, _ ...grpc.CallOption) (*apiv1.ListCheckpointsResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	resp := &apiv1.ListCheckpointsResponse{}
+	for _, step := range f.committed[req.GetJobId()] {
+		resp.Checkpoints = append(resp.Checkpoints, &apiv1.Checkpoint{JobId: req.GetJobId(), Step: step, Status: "committed"})
+	}
+	return resp, nil
 }
 
 func (f *fakeCoordinator) set(tasks ...*apiv1.Task) {

@@ -197,3 +197,32 @@ func TestMetricsWithoutLBL(t *testing.T) {
 		t.Fatalf("metrics %+v", ms)
 	}
 }
+
+// A command job whose trainer finishes without ever committing a
+// checkpoint says so in its history (a NoCheckpoint event with rank 0's
+// success); one that committed does not, nor do the other ranks.
+func TestCommandWithoutCheckpointSaysSo(t *testing.T) {
+	h := start(t, func(o *Options) { o.Config.AllowCommands = true })
+	h.coord.mu.Lock()
+	h.coord.committed = map[string][]int64{"ok-committed": {5}}
+	h.coord.mu.Unlock()
+	spec := "name: c\nruntime: command\ncommand: true\n"
+	h.coord.set(newTestTask("ok-uncommitted", 0, 1, spec), newTestTask("ok-committed", 0, 1, spec), newTestTask("ok-uncommitted-2", 1, 2, spec))
+	noCheckpoint := func(st *apiv1.TaskStatus) bool {
+		for _, ev := range st.GetEvents() {
+			if ev.GetType() == "NoCheckpoint" && strings.Contains(ev.GetMessage(), "without committing a checkpoint") {
+				return true
+			}
+		}
+		return false
+	}
+	if st := h.waitState("ok-uncommitted", 0, apiv1.TaskState_TASK_STATE_SUCCEEDED); !noCheckpoint(st) {
+		t.Errorf("a trainer that never committed: events %v", st.GetEvents())
+	}
+	if st := h.waitState("ok-committed", 0, apiv1.TaskState_TASK_STATE_SUCCEEDED); noCheckpoint(st) {
+		t.Errorf("a trainer that committed step 5: events %v", st.GetEvents())
+	}
+	if st := h.waitState("ok-uncommitted-2", 1, apiv1.TaskState_TASK_STATE_SUCCEEDED); noCheckpoint(st) {
+		t.Errorf("rank 1: events %v", st.GetEvents())
+	}
+}

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -532,7 +533,33 @@ func (a *Agent) runTask(tk *task) {
 	if n := out.feed.flush(time.Second); n > 0 {
 		log.Warn("rank log lines not published", "lines", n)
 	}
+	if over, _ := tk.memoryVerdict(); l.command && k.rank == 0 && werr == nil && over == "" {
+		a.noteUncommitted(tk, log)
+	}
 	ended(tk, werr, out.stderr, log)
+}
+
+// noteUncommitted gives the job's history a NoCheckpoint event when a
+// command job's rank 0 finished and the job has no committed checkpoint:
+// a trainer that never ran `switchyard checkpoints commit` would
+// otherwise succeed without a word, its output left in staging. Asked
+// before the rank's success is reported, so the event comes with it.
+func (a *Agent) noteUncommitted(tk *task, log *slog.Logger) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	resp, err := a.o.Client.ListCheckpoints(ctx, &apiv1.ListCheckpointsRequest{JobId: tk.key.jobID})
+	if err != nil {
+		log.Warn("could not ask whether the job committed a checkpoint", "error", err)
+		return
+	}
+	for _, c := range resp.GetCheckpoints() {
+		if c.GetStatus() == "committed" { // not "deleting"
+			return
+		}
+	}
+	tk.mu.Lock()
+	defer tk.mu.Unlock()
+	tk.appendEvent(train.Event{Type: "NoCheckpoint", Message: "the trainer finished without committing a checkpoint (`switchyard checkpoints commit --step N DIR`): what it wrote is not in the catalogue, and a later resume or delete cannot see it"})
 }
 
 // ended records how the rank's process ended (werr from Wait).

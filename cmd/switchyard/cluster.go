@@ -15,6 +15,7 @@ import (
 
 	"github.com/switchyard-ml/switchyard/pkg/client"
 	"github.com/switchyard-ml/switchyard/pkg/jobspec"
+	"github.com/switchyard-ml/switchyard/pkg/jobstate"
 	"github.com/switchyard-ml/switchyard/pkg/security"
 	"github.com/switchyard-ml/switchyard/pkg/workerconfig"
 	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
@@ -85,7 +86,7 @@ func (c *cli) clusterStatus(ctx context.Context, name string, args []string) err
 		fmt.Fprintln(w, "  (none)")
 		return nil
 	}
-	t := newTable(w, "  ", "ID", "HOST", "ADDRESS", "CORES", "MEMORY", "GPUS", "SLOTS", "LABELS", "HEALTHY", "JOB/RANK")
+	t := newTable(w, "  ", "ID", "HOST", "ADDRESS", "CORES", "MEMORY", "GPUS", "SLOTS", "LABELS", "HEALTH", "JOB/RANK")
 	for _, wk := range resp.GetWorkers() {
 		res := wk.GetResources()
 		// the labels placement sees: allow_commands=true is the
@@ -111,7 +112,7 @@ func (c *cli) clusterStatus(ctx context.Context, name string, args []string) err
 		}
 		t.row(wk.GetId(), orDash(wk.GetHost()), orDash(wk.GetAddress()), res.GetCpuCores(),
 			fmtBytes(res.GetMemoryMib()<<20), res.GetGpus(), fmt.Sprintf("%d/%d", wk.GetBusySlots(), max(wk.GetSlots(), 1)),
-			orDash(strings.Join(labels, ",")), yesNo(wk.GetHealthy()), job)
+			orDash(strings.Join(labels, ",")), jobstate.WorkerHealth(wk), job)
 	}
 	if err := t.flush(); err != nil {
 		return err

@@ -107,7 +107,7 @@ func newFakeCoordinator() *fakeCoordinator {
 					Labels: map[string]string{"zone": "eu-1", "gpu": "h100"}, Healthy: true, JobId: "moe-1", Rank: 0, Slots: 8, BusySlots: 3, Commands: true, Roots: []string{"/var/lib/switchyard", "/data/corpora"},
 					GpuDevices: []*apiv1.GPUDevice{{Index: 0, Uuid: "GPU-5d1c0a7e", Name: "NVIDIA H100 80GB HBM3", MemoryMib: 81559,
 						Links: map[int32]string{1: "NV18", 2: "NV18", 3: "NV18", 5: "NV18", 4: "SYS", 7: "SYS"}}}},
-				{Id: "w-idle", Host: "cpu-07", Address: "10.0.1.7:7500", Resources: &apiv1.Resources{CpuCores: 16, MemoryMib: 65536}, Healthy: false, Slots: 1,
+				{Id: "w-idle", Host: "cpu-07", Address: "10.0.1.7:7500", Resources: &apiv1.Resources{CpuCores: 16, MemoryMib: 65536}, Healthy: false, Health: "silent", SecondsSinceSync: 4.2, Slots: 1,
 					Labels: map[string]string{"allow_commands": "true"}}, // a label, not the setting: not shown
 			},
 			Raft: map[string]string{"term": "7", "commit_index": "1234"},

@@ -12,17 +12,19 @@ func TestClusterStatus(t *testing.T) {
 	wantContains(t, r.stdout,
 		"Answered by: c2", "Leader:      c1", "term=7 commit_index=1234",
 		"RAFT ADDRESS", "10.0.0.2:7401", "10.0.0.3:7400", "Follower",
-		"HOST", "gpu-01", "10.0.1.1:7500", "256.0 GiB", "allow_commands=true,gpu=h100,zone=eu-1", "moe-1/0 +2", "3/8", "cpu-07",
+		"HOST", "HEALTH", "gpu-01", "10.0.1.1:7500", "256.0 GiB", "allow_commands=true,gpu=h100,zone=eu-1", "moe-1/0 +2", "3/8", "cpu-07",
 		"GPUs:", "NVIDIA H100 80GB HBM3", "GPU-5d1c0a7e", "79.6 GiB", "NV18 to 1-3,5; SYS to 4,7",
 		"Paths jobs may use (storage_path, allowed_paths):", "/var/lib/switchyard, /data/corpora",
 	)
-	var c1, c3, wIdle string
+	var c1, c3, wA, wIdle string
 	for _, l := range strings.Split(r.stdout, "\n") {
 		switch f := strings.Fields(l); {
 		case len(f) > 0 && f[0] == "c1":
 			c1 = strings.Join(f, " ")
 		case len(f) > 0 && f[0] == "c3":
 			c3 = strings.Join(f, " ")
+		case len(f) > 0 && f[0] == "w-a" && wA == "": // the workers' table, not the paths
+			wA = strings.Join(f, " ")
 		case len(f) > 0 && f[0] == "w-idle":
 			wIdle = strings.Join(f, " ")
 		}
@@ -33,7 +35,11 @@ func TestClusterStatus(t *testing.T) {
 	if c3 != "c3 10.0.0.3:7401 10.0.0.3:7400 yes no -" {
 		t.Errorf("dead replica row %q", c3)
 	}
-	if wIdle != "w-idle cpu-07 10.0.1.7:7500 16 64.0 GiB 0 0/1 - no -" {
+	// w-a's answer has no health (an older coordinator): its healthy flag
+	if wA != "w-a gpu-01 10.0.1.1:7500 32 256.0 GiB 8 3/8 allow_commands=true,gpu=h100,zone=eu-1 healthy moe-1/0 +2" {
+		t.Errorf("busy worker row %q", wA)
+	}
+	if wIdle != "w-idle cpu-07 10.0.1.7:7500 16 64.0 GiB 0 0/1 - silent 4.2s -" {
 		t.Errorf("idle worker row %q", wIdle)
 	}
 

@@ -17,7 +17,32 @@ var (
 	// ErrNotDeleting is wrapped by Catalogue.Remove when the checkpoint
 	// was not marked deleting first.
 	ErrNotDeleting = errors.New("checkpoint: checkpoint not marked deleting")
+	// ErrFenced is wrapped by the writes of a Fencing catalogue's view
+	// (As) when a newer attempt of the job fenced it: the writer's
+	// attempt is over.
+	ErrFenced = errors.New("checkpoint: a newer attempt of the job fenced the catalogue")
 )
+
+// Fencing is a catalogue that tells a job's attempts apart, so that a
+// write in flight from an attempt that has ended (a coordinator that lost
+// its leadership while its commit waited on the catalogue) cannot land
+// after the next attempt started:
+//   - Fence raises the job's fence to attempt, before anything of that
+//     attempt runs; it never lowers it (a fence above attempt wraps
+//     ErrFenced; the same attempt again is no error).
+//   - As(attempt) is the catalogue as that attempt writes it: Commit,
+//     MarkDeleting and Remove wrap ErrFenced and change nothing when the
+//     job's fence is above attempt, atomically with the write. A job
+//     never fenced takes writes from any attempt. Reads are the
+//     catalogue's.
+//
+// The contract tests in package checkpointtest check these rules
+// (checkpointtest.Fencing).
+type Fencing interface {
+	Catalogue
+	Fence(ctx context.Context, job string, attempt int64) error
+	As(attempt int64) Catalogue
+}
 
 // Catalogue records which checkpoints are committed. A checkpoint is
 // committed once its manifest is in the catalogue; it is then either live
@@ -133,24 +158,63 @@ func (s *catalogueState) deleting() []int64 {
 	return out
 }
 
-// MemCatalogue is a Catalogue in memory.
+// MemCatalogue is a Catalogue in memory, with fences (Fencing).
 type MemCatalogue struct {
-	mu   sync.Mutex
-	jobs map[string]*catalogueState
+	*memCatalogue
+	as int64 // the attempt this view writes as (As); -1: unfenced
 }
 
-var _ Catalogue = (*MemCatalogue)(nil)
+type memCatalogue struct {
+	mu     sync.Mutex
+	jobs   map[string]*catalogueState
+	fences map[string]int64
+}
+
+var _ Fencing = (*MemCatalogue)(nil)
 
 // NewMemCatalogue returns an empty MemCatalogue.
-func NewMemCatalogue() *MemCatalogue { return &MemCatalogue{jobs: map[string]*catalogueState{}} }
+func NewMemCatalogue() *MemCatalogue {
+	return &MemCatalogue{memCatalogue: &memCatalogue{jobs: map[string]*catalogueState{}, fences: map[string]int64{}}, as: -1}
+}
 
-func (c *MemCatalogue) job(job string) *catalogueState {
+func (c *memCatalogue) job(job string) *catalogueState {
 	s, ok := c.jobs[job]
 	if !ok {
 		s = newCatalogueState()
 		c.jobs[job] = s
 	}
 	return s
+}
+
+// As implements Fencing: the same catalogue, writing as attempt.
+func (c *MemCatalogue) As(attempt int64) Catalogue {
+	return &MemCatalogue{memCatalogue: c.memCatalogue, as: max(attempt, 0)}
+}
+
+// Fence implements Fencing.
+func (c *MemCatalogue) Fence(ctx context.Context, job string, attempt int64) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if attempt < 0 {
+		return fmt.Errorf("checkpoint: fence %s: attempt %d: attempts are >= 0", job, attempt)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if f, ok := c.fences[job]; ok && f > attempt {
+		return fmt.Errorf("%w: job %s is fenced at attempt %d, above %d", ErrFenced, job, f, attempt)
+	}
+	c.fences[job] = attempt
+	return nil
+}
+
+// writable is nil when this view may write job's entries; called with
+// mu held.
+func (c *MemCatalogue) writable(job string) error {
+	if f, ok := c.fences[job]; ok && c.as >= 0 && f > c.as {
+		return fmt.Errorf("%w: job %s is fenced at attempt %d, this write is attempt %d's", ErrFenced, job, f, c.as)
+	}
+	return nil
 }
 
 // Commit implements Catalogue.
@@ -160,6 +224,9 @@ func (c *MemCatalogue) Commit(ctx context.Context, m Manifest) error {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if err := c.writable(m.Job); err != nil {
+		return err
+	}
 	return c.job(m.Job).commit(m)
 }
 
@@ -195,6 +262,12 @@ func (c *MemCatalogue) MarkDeleting(ctx context.Context, job string, step int64)
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if e, ok := c.job(job).Entries[step]; ok && !e.Deleting {
+		// as etcd's: a missing entry, or one already deleting, is no write
+		if err := c.writable(job); err != nil {
+			return err
+		}
+	}
 	return c.job(job).markDeleting(job, step)
 }
 
@@ -205,6 +278,12 @@ func (c *MemCatalogue) Remove(ctx context.Context, job string, step int64) error
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if e, ok := c.job(job).Entries[step]; ok && e.Deleting {
+		// as etcd's: a missing entry, or a live one, is no write
+		if err := c.writable(job); err != nil {
+			return err
+		}
+	}
 	return c.job(job).remove(job, step)
 }
 

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -17,6 +18,7 @@ import (
 //
 //	P/J/<step, 20 digits zero-padded>  {"state":"live"|"deleting","manifest":{...}}
 //	P/J/max-step                       the greatest step of J's entries, 20 digits
+//	P/J/fence                          the newest attempt of J (Fence), 20 digits
 //
 // Every change is one etcd transaction. The max-step key is present exactly
 // when the job has an entry and then holds the greatest entry step, live or
@@ -24,16 +26,20 @@ import (
 // than the new step, so of concurrent commits of the same or older steps
 // one at most succeeds and the rest get ErrStale. Remove of the greatest
 // entry lowers (or deletes) max-step in the same transaction that deletes
-// the entry. Reads are single linearizable range reads.
+// the entry. Reads are single linearizable range reads. The writes of a
+// catalogue returned by As(attempt) are each wrapped in a transaction that
+// requires the fence absent or not above attempt (see Fencing).
 //
 // An entry is one etcd value, so a manifest must fit etcd's request size
 // limit (1.5 MiB by default), well under MaxManifestSize.
 type EtcdCatalogue struct {
 	cli    *clientv3.Client
 	prefix string
+	// as is the attempt this view writes as (As); -1: unfenced
+	as int64
 }
 
-var _ Catalogue = (*EtcdCatalogue)(nil)
+var _ Fencing = (*EtcdCatalogue)(nil)
 
 // CataloguePrefix is where the cluster's etcd catalogue keeps manifests
 // (the trainers write there, the coordinator reads and deletes).
@@ -43,13 +49,118 @@ const CataloguePrefix = "/switchyard/checkpoints"
 // "/switchyard/checkpoints"; a trailing slash is ignored) in cli's etcd.
 // The caller owns cli.
 func NewEtcdCatalogue(cli *clientv3.Client, prefix string) *EtcdCatalogue {
-	return &EtcdCatalogue{cli: cli, prefix: strings.TrimRight(prefix, "/")}
+	return &EtcdCatalogue{cli: cli, prefix: strings.TrimRight(prefix, "/"), as: -1}
+}
+
+// As implements Fencing: the same catalogue, writing as attempt.
+func (c *EtcdCatalogue) As(attempt int64) Catalogue {
+	return &EtcdCatalogue{cli: c.cli, prefix: c.prefix, as: max(attempt, 0)}
+}
+
+// Fence implements Fencing in one transaction:
+//
+//	if fence absent or fence < attempt: put fence
+//	else: get fence (ErrFenced when above attempt)
+func (c *EtcdCatalogue) Fence(ctx context.Context, job string, attempt int64) error {
+	if err := checkJob(job); err != nil {
+		return err
+	}
+	if attempt < 0 {
+		return fmt.Errorf("checkpoint: fence %s: attempt %d: attempts are >= 0", job, attempt)
+	}
+	ctx, cancel := context.WithTimeout(ctx, etcdCommitTimeout)
+	defer cancel()
+	key, val := c.fenceKey(job), formatEtcdStep(attempt)
+	resp, err := c.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+		Then(clientv3.OpPut(key, val)).
+		Else(clientv3.OpTxn(
+			[]clientv3.Cmp{clientv3.Compare(clientv3.Value(key), "<", val)},
+			[]clientv3.Op{clientv3.OpPut(key, val)},
+			[]clientv3.Op{clientv3.OpGet(key)},
+		)).
+		Commit()
+	if err != nil {
+		return fmt.Errorf("checkpoint: etcd catalogue fence %s at attempt %d: %w", job, attempt, err)
+	}
+	if resp.Succeeded {
+		return nil
+	}
+	inner := resp.Responses[0].GetResponseTxn()
+	if inner == nil {
+		return fmt.Errorf("checkpoint: etcd catalogue fence %s: malformed transaction response", job)
+	}
+	if inner.Succeeded {
+		return nil
+	}
+	if held := heldStep(inner.Responses[0]); held != val {
+		return fmt.Errorf("%w: job %s is fenced at attempt %s, above %d", ErrFenced, job, trimStep(held), attempt)
+	}
+	return nil
+}
+
+func (c *EtcdCatalogue) fenceKey(job string) string { return c.jobPrefix(job) + etcdFenceKey }
+
+// write runs op, a transaction (clientv3.OpTxn), as this view's attempt:
+// for an unfenced view, alone; else inside a transaction that runs it only
+// if the job's fence is absent or not above the attempt, and otherwise
+// answers ErrFenced. It returns op's own response.
+func (c *EtcdCatalogue) write(ctx context.Context, job string, op clientv3.Op) (*etcdserverpb.TxnResponse, error) {
+	txn := c.cli.Txn(ctx)
+	var orElse []clientv3.Op
+	if c.as >= 0 {
+		key := c.fenceKey(job)
+		txn = txn.If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0))
+		orElse = []clientv3.Op{clientv3.OpTxn(
+			[]clientv3.Cmp{clientv3.Compare(clientv3.Value(key), "<", formatEtcdStep(c.as+1))},
+			[]clientv3.Op{op},
+			[]clientv3.Op{clientv3.OpGet(key)},
+		)}
+	}
+	resp, err := txn.Then(op).Else(orElse...).Commit()
+	if err != nil {
+		return nil, err
+	}
+	r := resp.Responses[0]
+	if !resp.Succeeded {
+		fenced := r.GetResponseTxn()
+		if fenced == nil {
+			return nil, fmt.Errorf("checkpoint: etcd catalogue %s: malformed transaction response", job)
+		}
+		if !fenced.Succeeded {
+			return nil, fmt.Errorf("%w: job %s is fenced at attempt %s, this write is attempt %d's", ErrFenced, job, trimStep(heldStep(fenced.Responses[0])), c.as)
+		}
+		r = fenced.Responses[0]
+	}
+	tr := r.GetResponseTxn()
+	if tr == nil {
+		return nil, fmt.Errorf("checkpoint: etcd catalogue %s: malformed transaction response", job)
+	}
+	return tr, nil
+}
+
+// heldStep is the value a range response read (a 20-digit step or
+// attempt), "?" when it read none.
+func heldStep(r *etcdserverpb.ResponseOp) string {
+	if rr := r.GetResponseRange(); rr != nil && len(rr.Kvs) == 1 {
+		return string(rr.Kvs[0].Value)
+	}
+	return "?"
+}
+
+// trimStep is a 20-digit step without its leading zeros.
+func trimStep(s string) string {
+	if t := strings.TrimLeft(s, "0"); t != "" {
+		return t
+	}
+	return "0"
 }
 
 const (
 	etcdStateLive     = "live"
 	etcdStateDeleting = "deleting"
 	etcdMaxStepKey    = "max-step"
+	etcdFenceKey      = "fence"
 	// etcdMaxAttempts bounds the read-compare-retry loops of MarkDeleting
 	// and Remove, which retry only when another writer changed the keys
 	// they read in between.
@@ -149,15 +260,15 @@ func (c *EtcdCatalogue) Commit(ctx context.Context, m Manifest) error {
 	defer cancel()
 	maxKey, step := c.maxStepKey(m.Job), formatEtcdStep(m.Step)
 	puts := []clientv3.Op{clientv3.OpPut(c.stepKey(m.Job, m.Step), val), clientv3.OpPut(maxKey, step)}
-	resp, err := c.cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(maxKey), "=", 0)).
-		Then(puts...).
-		Else(clientv3.OpTxn(
+	resp, err := c.write(ctx, m.Job, clientv3.OpTxn(
+		[]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(maxKey), "=", 0)},
+		puts,
+		[]clientv3.Op{clientv3.OpTxn(
 			[]clientv3.Cmp{clientv3.Compare(clientv3.Value(maxKey), "<", step)},
 			puts,
 			[]clientv3.Op{clientv3.OpGet(maxKey)},
-		)).
-		Commit()
+		)},
+	))
 	if err != nil {
 		return fmt.Errorf("checkpoint: etcd catalogue commit %s step %d: %w", m.Job, m.Step, err)
 	}
@@ -171,12 +282,9 @@ func (c *EtcdCatalogue) Commit(ctx context.Context, m Manifest) error {
 	if inner.Succeeded {
 		return nil
 	}
-	held := "?"
-	if r := inner.Responses[0].GetResponseRange(); r != nil && len(r.Kvs) == 1 {
-		held = strings.TrimLeft(string(r.Kvs[0].Value), "0")
-		if held == "" {
-			held = "0"
-		}
+	held := heldStep(inner.Responses[0])
+	if held != "?" {
+		held = trimStep(held)
 	}
 	return fmt.Errorf("%w: job %s step %d, catalogue holds step %s", ErrStale, m.Job, m.Step, held)
 }
@@ -302,10 +410,11 @@ func (c *EtcdCatalogue) MarkDeleting(ctx context.Context, job string, step int64
 			return err
 		}
 		key := c.stepKey(job, step)
-		resp, err := c.cli.Txn(ctx).
-			If(clientv3.Compare(clientv3.ModRevision(key), "=", rev)).
-			Then(clientv3.OpPut(key, val)).
-			Commit()
+		resp, err := c.write(ctx, job, clientv3.OpTxn(
+			[]clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(key), "=", rev)},
+			[]clientv3.Op{clientv3.OpPut(key, val)},
+			nil,
+		))
 		if err != nil {
 			return fmt.Errorf("checkpoint: etcd catalogue mark deleting %s step %d: %w", job, step, err)
 		}
@@ -375,7 +484,7 @@ func (c *EtcdCatalogue) Remove(ctx context.Context, job string, step int64) erro
 			// No entry can appear below this one in between: a commit
 			// needs a step above max-step, which the compares pin.
 		}
-		tr, err := c.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
+		tr, err := c.write(ctx, job, clientv3.OpTxn(cmps, ops, nil))
 		if err != nil {
 			return fmt.Errorf("checkpoint: etcd catalogue remove %s step %d: %w", job, step, err)
 		}

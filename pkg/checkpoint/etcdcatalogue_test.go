@@ -70,6 +70,12 @@ func TestEtcdCatalogue(t *testing.T) {
 		})
 	})
 
+	t.Run("Fencing", func(t *testing.T) {
+		checkpointtest.Fencing(t, func(t *testing.T) checkpoint.Fencing {
+			return checkpoint.NewEtcdCatalogue(cli, freshPrefix())
+		})
+	})
+
 	t.Run("Keys", func(t *testing.T) {
 		p := freshPrefix()
 		c := checkpoint.NewEtcdCatalogue(cli, p+"/") // trailing slash ignored

@@ -29,6 +29,7 @@ func TestMemStorageContract(t *testing.T) {
 
 func TestMemCatalogueContract(t *testing.T) {
 	checkpointtest.Catalogue(t, func(t *testing.T) checkpoint.Catalogue { return checkpoint.NewMemCatalogue() })
+	checkpointtest.Fencing(t, func(t *testing.T) checkpoint.Fencing { return checkpoint.NewMemCatalogue() })
 }
 
 func TestStorageCatalogueContract(t *testing.T) {

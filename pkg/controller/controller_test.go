@@ -1094,3 +1094,53 @@ resources: {cpu_cores: 1, memory_mib: 512}
 		}
 	}
 }
+
+// TestClusterStatusSaysWhoIsSilent: cluster status tells a worker that
+// syncs (healthy) from one registered but silent (a worker killed -9,
+// whose lease still runs) and one shutting down, whichever replica
+// answers: a follower asks the leader, which alone sees the syncs.
+func TestClusterStatusSaysWhoIsSilent(t *testing.T) {
+	h := newHarness(t, 3, "")
+	h.worker("w1")
+	h.workerWith("w3", func(w *membership.WorkerInfo) { w.Draining = true })
+	reg, err := membership.NewMemory(h.members).Register(ctxT(t), membership.WorkerInfo{
+		ID: "w2", Address: "127.0.0.1:12000", Resources: membership.Resources{CPUCores: 2, MemoryBytes: 4 << 30},
+	}, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reg.Close(ctxT(t))
+	want := map[string]string{"w1": "healthy", "w2": "silent", "w3": "draining"}
+	for _, r := range []*replica{h.leader(), h.follower()} {
+		c := h.client(r, "")
+		var got map[string]string
+		deadline := time.Now().Add(15 * time.Second)
+		for {
+			cs, err := c.ClusterStatus(ctxT(t), &apiv1.ClusterStatusRequest{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			got = map[string]string{}
+			var silentFor float64
+			for _, w := range cs.Workers {
+				got[w.Id] = w.Health
+				if w.Healthy != (w.Health == "healthy") {
+					t.Errorf("%s: healthy %v with health %q", w.Id, w.Healthy, w.Health)
+				}
+				if w.Id == "w2" {
+					silentFor = w.SecondsSinceSync
+				}
+			}
+			if maps.Equal(got, want) {
+				if silentFor < 1.2 {
+					t.Errorf("w2 silent for %.1fs, less than the silence limit", silentFor)
+				}
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("answered by %s: health %v, want %v", cs.AnsweredBy, got, want)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+}

@@ -502,8 +502,24 @@ type etcdCheckpoints struct {
 	log  *slog.Logger
 }
 
-func (e etcdCheckpoints) Commit(ctx context.Context, m checkpoint.Manifest) error {
-	return e.cat.Commit(ctx, m)
+func (e etcdCheckpoints) Commit(ctx context.Context, j *pb.Job, m checkpoint.Manifest) error {
+	return e.as(j).Commit(ctx, m)
+}
+
+func (e etcdCheckpoints) Fence(ctx context.Context, j *pb.Job, attempt int32) error {
+	if f, ok := e.cat.(checkpoint.Fencing); ok {
+		return f.Fence(ctx, j.Id, int64(attempt))
+	}
+	return nil
+}
+
+// as is the catalogue as job j's current attempt writes it: fenced, where
+// the catalogue fences.
+func (e etcdCheckpoints) as(j *pb.Job) checkpoint.Catalogue {
+	if f, ok := e.cat.(checkpoint.Fencing); ok {
+		return f.As(int64(j.Restarts))
+	}
+	return e.cat
 }
 
 func (e etcdCheckpoints) List(ctx context.Context, j *pb.Job) ([]checkpoint.Manifest, []int64, error) {
@@ -549,9 +565,9 @@ func (e etcdCheckpoints) Manifest(ctx context.Context, j *pb.Job, step int64) (c
 
 func (e etcdCheckpoints) Retire(ctx context.Context, j *pb.Job, step int64, remove bool) error {
 	if remove {
-		return e.cat.Remove(ctx, j.Id, step)
+		return e.as(j).Remove(ctx, j.Id, step)
 	}
-	return e.cat.MarkDeleting(ctx, j.Id, step)
+	return e.as(j).MarkDeleting(ctx, j.Id, step)
 }
 
 func (e etcdCheckpoints) Verify(ctx context.Context, j *pb.Job, m checkpoint.Manifest) ([]error, error) {

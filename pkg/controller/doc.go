@@ -49,7 +49,12 @@
 // leader to commit the manifest (CommitCheckpoint). The leader commits it
 // to the etcd catalogue — one transaction, only for a step newer than the
 // job's latest — only if the caller's attempt is still the job's current
-// one, so a rank of an abandoned attempt can never commit. Listing and
+// one, so a rank of an abandoned attempt can never commit. That check is
+// the leader's; across leaders the catalogue fences: before an attempt is
+// placed (and before a job is deleted) the leader raises the job's fence
+// in etcd to that attempt, and every commit or retention step carries its
+// attempt into the same transaction, so one that a deposed leader admitted
+// and sends late is refused (checkpoint.Fencing). Listing and
 // deleting (catalogued deletion, then files) go through the same catalogue.
 // Ranks have no access to etcd: they read their job's manifests with
 // ListCheckpoints (manifests: true; a worker only its own jobs'), and rank

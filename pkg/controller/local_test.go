@@ -293,7 +293,7 @@ type slowCheckpoints struct {
 	steps   []int64
 }
 
-func (c *slowCheckpoints) Commit(ctx context.Context, m checkpoint.Manifest) error {
+func (c *slowCheckpoints) Commit(ctx context.Context, _ *pb.Job, m checkpoint.Manifest) error {
 	close(c.started)
 	select {
 	case <-time.After(100 * time.Millisecond):
@@ -311,7 +311,7 @@ func (c *slowCheckpoints) Commit(ctx context.Context, m checkpoint.Manifest) err
 // so that the history tells what the catalogue holds.
 func TestCommitOutlivesItsCaller(t *testing.T) {
 	l := newLocal(t)
-	cps := &slowCheckpoints{started: make(chan struct{})}
+	cps := &slowCheckpoints{Checkpoints: memCheckpoints(), started: make(chan struct{})}
 	m := l.placeWithCatalogue(cps)
 	ctx, cancel := context.WithCancel(l.ctx)
 	go func() { <-cps.started; cancel() }()
@@ -339,7 +339,7 @@ type stuckCommits struct {
 	ended            func() bool
 }
 
-func (c *stuckCommits) Commit(ctx context.Context, m checkpoint.Manifest) error {
+func (c *stuckCommits) Commit(ctx context.Context, _ *pb.Job, m checkpoint.Manifest) error {
 	close(c.started)
 	<-c.proceed
 	for deadline := time.Now().Add(time.Second); time.Now().Before(deadline) && !c.ended(); {
@@ -366,7 +366,7 @@ func (l *local) commitStuck(cps *stuckCommits, m []byte) <-chan error {
 // event, before the attempt ends, never after.
 func TestCommitInFlightHoldsUpOnlyItsAttemptsEnd(t *testing.T) {
 	l := newLocal(t)
-	cps := &stuckCommits{started: make(chan struct{}), proceed: make(chan struct{}), ended: func() bool {
+	cps := &stuckCommits{Checkpoints: memCheckpoints(), started: make(chan struct{}), proceed: make(chan struct{}), ended: func() bool {
 		j, err := l.s.cfg.Node.Job("j1")
 		return err == nil && jobstate.Final(j.State)
 	}}
@@ -428,7 +428,7 @@ func (c *catalogue) Delete(_ context.Context, _ *pb.Job, step int64) error {
 // known), which the worker does not take for "none".
 func TestNewestCheckpointUnknown(t *testing.T) {
 	l := newLocal(t)
-	cat := &catalogue{}
+	cat := &catalogue{Checkpoints: memCheckpoints()}
 	l.s.cfg.Checkpoints = cat
 	j := &pb.Job{Id: "j"}
 	for _, tc := range []struct {
@@ -549,7 +549,7 @@ func TestSyncsHeldUpBehindTheLeaderAreNoSilence(t *testing.T) {
 // its ID is refused to a new one.
 func TestDeleteJob(t *testing.T) {
 	l := newLocal(t)
-	cat := &catalogue{live: []checkpoint.Manifest{{Job: "j1", Step: 20}, {Job: "j1", Step: 10}}}
+	cat := &catalogue{Checkpoints: memCheckpoints(), live: []checkpoint.Manifest{{Job: "j1", Step: 20}, {Job: "j1", Step: 10}}}
 	l.s.cfg.Checkpoints = cat
 	l.submit("j1", fmt.Sprintf(spec2, 1))
 	l.register("w1")
@@ -593,7 +593,7 @@ func TestDeleteJob(t *testing.T) {
 // the job runs on; once the commit is in, the cancel goes through.
 func TestAttemptNotEndedPastItsCallersWait(t *testing.T) {
 	l := newLocal(t)
-	cps := &stuckCommits{started: make(chan struct{}), proceed: make(chan struct{}), ended: func() bool { return true }}
+	cps := &stuckCommits{Checkpoints: memCheckpoints(), started: make(chan struct{}), proceed: make(chan struct{}), ended: func() bool { return true }}
 	m := l.placeWithCatalogue(cps)
 	committed := l.commitStuck(cps, m)
 	ctx, cancel := context.WithTimeout(l.ctx, 50*time.Millisecond)
@@ -641,7 +641,7 @@ func (c *listHook) List(ctx context.Context, j *pb.Job) ([]checkpoint.Manifest, 
 // missed its new attempt's checkpoints, left out of every command's reach.
 func TestDeleteJobResumedMeanwhile(t *testing.T) {
 	l := newLocal(t)
-	cat := &listHook{}
+	cat := &listHook{catalogue: catalogue{Checkpoints: memCheckpoints()}}
 	l.s.cfg.Checkpoints = cat
 	l.submit("j1", fmt.Sprintf(spec2, 1))
 	if _, err := l.s.CancelJob(l.ctx, &apiv1.CancelJobRequest{JobId: "j1"}); err != nil {
@@ -664,4 +664,10 @@ func TestDeleteJobResumedMeanwhile(t *testing.T) {
 		t.Fatalf("delete again: %v", err)
 	}
 	l.job("j1")
+}
+
+// memCheckpoints is the catalogue the fakes above stand in front of: in
+// memory, with fences.
+func memCheckpoints() Checkpoints {
+	return etcdCheckpoints{cat: checkpoint.NewMemCatalogue()}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"math"
 	"slices"
 	"sort"
 	"strconv"
@@ -187,6 +188,10 @@ func (a *syncArrivals) drain(lastSync map[string]time.Time) {
 // leaderMemory is what the leader keeps outside raft; a new leader starts
 // it empty and rebuilds it from the workers' repeated reports.
 type leaderMemory struct {
+	// leading: this memory is the current term's (set once supervision
+	// took over after the election's barrier, cleared when it lost
+	// leadership).
+	leading      bool
 	reports      map[taskKey]*apiv1.TaskStatus
 	lastProgress map[string]time.Time
 	notBefore    map[string]time.Time
@@ -640,9 +645,18 @@ func (s *Server) DeleteJob(ctx context.Context, req *apiv1.DeleteJobRequest) (*a
 		return nil, apiError(failure(errRefused, "job %s is %s: only a job that has ended is deleted (switchyard job cancel %s first)", j.Id, jobstate.Lower(j.State), j.Id))
 	}
 	if s.cfg.Checkpoints != nil {
+		// a write of its attempts still in flight from a deposed leader
+		// would leave an entry of a deleted job: fenced out first (at the
+		// next attempt, which a resume would place if the deletion fails)
+		lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := s.cfg.Checkpoints.Fence(lctx, j, j.Restarts+1)
+		cancel()
+		if err != nil {
+			return nil, apiError(failure(errUnavailable, "delete job %s: its checkpoint catalogue cannot be fenced: %v", j.Id, err))
+		}
 		// a job's checkpoints are reached through it: deleted with them
 		// left, they would be out of every command's reach
-		lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		lctx, cancel = context.WithTimeout(ctx, 10*time.Second)
 		live, deleting, err := s.cfg.Checkpoints.List(lctx, j)
 		cancel()
 		if err != nil {
@@ -740,7 +754,7 @@ func (s *Server) ClusterStatus(ctx context.Context, _ *apiv1.ClusterStatusReques
 	workers := make(map[string]*apiv1.Worker, len(s.workers))
 	for id, w := range s.workers {
 		workers[id] = &apiv1.Worker{
-			Id: id, Address: w.Address, Host: w.Host, Healthy: true, Version: w.Version, Labels: w.Labels, Rank: -1, Slots: int32(w.SlotCount()), Commands: w.Commands, Roots: w.Roots,
+			Id: id, Address: w.Address, Host: w.Host, Version: w.Version, Labels: w.Labels, Rank: -1, Slots: int32(w.SlotCount()), Commands: w.Commands, Roots: w.Roots,
 			Resources: &apiv1.Resources{CpuCores: int32(w.Resources.CPUCores), MemoryMib: w.Resources.MemoryBytes >> 20, Gpus: int32(w.Resources.GPUs)},
 		}
 		for _, g := range w.GPUDevices {
@@ -755,6 +769,17 @@ func (s *Server) ClusterStatus(ctx context.Context, _ *apiv1.ClusterStatusReques
 		}
 	}
 	s.mu.Unlock()
+	for id, h := range s.workerHealth(ctx) {
+		if w, ok := workers[id]; ok {
+			w.Health, w.SecondsSinceSync = h.Health, h.SecondsSinceSync
+		}
+	}
+	for _, w := range workers {
+		if w.Health == "" {
+			w.Health = healthUnknown
+		}
+		w.Healthy = w.Health == healthHealthy
+	}
 	for _, j := range s.cfg.Node.Unfinished() {
 		if !active(j) {
 			continue
@@ -776,6 +801,43 @@ func (s *Server) ClusterStatus(ctx context.Context, _ *apiv1.ClusterStatusReques
 	}
 	sort.Slice(resp.Workers, func(a, b int) bool { return resp.Workers[a].Id < resp.Workers[b].Id })
 	return resp, nil
+}
+
+// workerHealth is the registered workers' health (only Health and
+// SecondsSinceSync set): the leader's own view, or a follower's copy of
+// the leader's answer, which alone sees the workers' syncs. Missing
+// where the leader did not answer within two seconds.
+func (s *Server) workerHealth(ctx context.Context) map[string]*apiv1.Worker {
+	out := map[string]*apiv1.Worker{}
+	if !s.cfg.Node.IsLeader() {
+		fctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		resp, err := forward(fctx, s, &apiv1.ClusterStatusRequest{}, apiv1.CoordinatorClient.ClusterStatus)
+		if err != nil {
+			s.log.Debug("cluster status: the leader did not say the workers' health", "error", err)
+			return out
+		}
+		for _, w := range resp.GetWorkers() {
+			if w.GetHealth() != "" {
+				out[w.GetId()] = &apiv1.Worker{Health: w.GetHealth(), SecondsSinceSync: w.GetSecondsSinceSync()}
+			}
+		}
+		return out
+	}
+	h := s.hold()
+	defer h.release()
+	if !h.term.leading {
+		return out // leadership just changed: the memory is not this term's yet
+	}
+	s.arrivals.drain(h.term.lastSync)
+	now := s.cfg.Now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for id, w := range s.workers {
+		health, since := h.term.health(id, w, now, s.cfg.Silence)
+		out[id] = &apiv1.Worker{Health: health, SecondsSinceSync: math.Round(since.Seconds()*10) / 10}
+	}
+	return out
 }
 
 func (s *Server) AddReplica(ctx context.Context, req *apiv1.AddReplicaRequest) (*apiv1.AddReplicaResponse, error) {

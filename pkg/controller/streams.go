@@ -24,8 +24,15 @@ import (
 
 // Checkpoints is the coordinator's view of committed checkpoints.
 type Checkpoints interface {
-	// Commit records a manifest whose shards are durable and verified.
-	Commit(ctx context.Context, m checkpoint.Manifest) error
+	// Commit records a manifest whose shards are durable and verified, as
+	// job j's current attempt (j.Restarts): refused (wrapping
+	// checkpoint.ErrFenced) once a later attempt was fenced.
+	Commit(ctx context.Context, j *pb.Job, m checkpoint.Manifest) error
+	// Fence raises the job's fence to attempt: from then on, commits and
+	// retention steps of earlier attempts are refused, whichever
+	// coordinator admitted them. Called before an attempt's ranks are
+	// handed out, and before a job's deletion (with its next attempt).
+	Fence(ctx context.Context, j *pb.Job, attempt int32) error
 	// List returns the job's checkpoints, newest first, live and deleting.
 	List(ctx context.Context, job *pb.Job) (live []checkpoint.Manifest, deleting []int64, err error)
 	// Delete removes one checkpoint (catalogued deletion, then files).
@@ -39,7 +46,7 @@ type Checkpoints interface {
 	// Retire is a step of a rank's retention, which deletes the files:
 	// mark step deleting (remove false; checkpoint.ErrNotFound when it
 	// is not there), or remove its entry (remove true; marked deleting
-	// before, else checkpoint.ErrNotDeleting).
+	// before, else checkpoint.ErrNotDeleting). Fenced as Commit.
 	Retire(ctx context.Context, job *pb.Job, step int64, remove bool) error
 }
 
@@ -525,6 +532,8 @@ func (s *Server) RetireCheckpoint(ctx context.Context, req *apiv1.RetireCheckpoi
 	switch err := s.cfg.Checkpoints.Retire(cctx, j, req.GetStep(), req.GetRemove()); {
 	case err == nil:
 		return &apiv1.RetireCheckpointResponse{}, nil
+	case errors.Is(err, checkpoint.ErrFenced):
+		return nil, s.fencedOut(cctx, j, "RetireRefused", what, err)
 	case errors.Is(err, checkpoint.ErrNotFound):
 		return nil, apiError(failure(errNotFound, "retire checkpoint: %v", err))
 	case errors.Is(err, checkpoint.ErrNotDeleting):
@@ -535,6 +544,17 @@ func (s *Server) RetireCheckpoint(ctx context.Context, req *apiv1.RetireCheckpoi
 	}
 }
 
+// fencedOut is the refusal of a commit or retention step that this
+// replica admitted (its attempt was current here) but the catalogue
+// refused: a later attempt was fenced meanwhile, by a newer leader. The
+// attempt is over, as fenced says; recorded as an event of type event.
+func (s *Server) fencedOut(ctx context.Context, j *pb.Job, event, refused string, err error) error {
+	msg := fmt.Sprintf("job %s: attempt %d is over (the catalogue is fenced for a later attempt: %v); %s", j.Id, j.Restarts, err, refused)
+	s.recordEvent(ctx, j.Id, event, msg, "")
+	s.cfg.Metrics.CheckpointRefused("attempt_over")
+	return apiError(failure(errAttemptOver, "%s", msg))
+}
+
 // commitIt commits an admitted checkpoint in etcd and records its event.
 func (s *Server) commitIt(ctx context.Context, j *pb.Job, m checkpoint.Manifest) (*apiv1.CommitCheckpointResponse, error) {
 	// Once begun, the commit and its event happen whether or not the
@@ -542,7 +562,10 @@ func (s *Server) commitIt(ctx context.Context, j *pb.Job, m checkpoint.Manifest)
 	// must not leave a checkpoint committed in etcd without its event.
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), commitTimeout)
 	defer cancel()
-	if err := s.cfg.Checkpoints.Commit(cctx, m); err != nil {
+	if err := s.cfg.Checkpoints.Commit(cctx, j, m); err != nil {
+		if errors.Is(err, checkpoint.ErrFenced) {
+			return nil, s.fencedOut(cctx, j, "CommitRefused", fmt.Sprintf("its checkpoint of step %d is not committed", m.Step), err)
+		}
 		// a stale step (checkpoint.ErrStale) answers AlreadyExists
 		s.cfg.Metrics.CheckpointRefused("catalogue")
 		return nil, apiError(failure(errUnavailable, "commit checkpoint: %v", err))

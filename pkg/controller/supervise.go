@@ -36,6 +36,9 @@ func (s *Server) superviseLoop(ctx context.Context) {
 		if !s.cfg.Node.IsLeader() {
 			if leading {
 				s.log.Info("lost leadership")
+				h := s.hold()
+				h.term.leading = false
+				h.release()
 			}
 			leading = false
 			continue
@@ -56,6 +59,7 @@ func (s *Server) superviseLoop(ctx context.Context) {
 			}
 			h := s.hold()
 			h.resetLeaderMemory()
+			h.term.leading = true
 			h.release()
 			leading = true
 			s.log.Info("leading: supervising jobs", "jobs", len(s.cfg.Node.Unfinished()))
@@ -203,6 +207,34 @@ func (s *Server) recordEvent(ctx context.Context, jobID, typ, msg, worker string
 	}
 }
 
+// The health of a registered worker, as the leader knows it
+// (apiv1.Worker.health).
+const (
+	healthHealthy  = "healthy"
+	healthSilent   = "silent"
+	healthDraining = "draining"
+	healthUnknown  = "unknown"
+)
+
+// health is what the leader knows of a registered worker: silent when
+// no SyncWorker reached it for longer than silence (a worker killed -9
+// stays registered until its lease runs out), else draining when it said
+// it is shutting down, else healthy; and the time since its last sync
+// (or since the leader first saw it).
+func (m leaderMemory) health(id string, w membership.WorkerInfo, now time.Time, silence time.Duration) (string, time.Duration) {
+	var since time.Duration
+	if t, ok := m.lastSync[id]; ok {
+		since = now.Sub(t)
+	}
+	switch {
+	case since > silence:
+		return healthSilent, since
+	case w.Draining || m.draining[id]:
+		return healthDraining, since
+	}
+	return healthHealthy, since
+}
+
 // snapshot is the scheduler's view: every slot of the live workers (a
 // worker of several slots is that many scheduler workers, "id/k", each
 // with an equal share of its resources, on one host), busy when placed.
@@ -218,14 +250,9 @@ func (s held) snapshot(live map[string]membership.WorkerInfo, jobs []*pb.Job) sc
 	var snap scheduler.Snapshot
 	now := s.cfg.Now()
 	for id, w := range live {
-		// registered but not responding: no new work
-		healthy := true
-		if t, ok := s.term.lastSync[id]; ok && now.Sub(t) > s.cfg.Silence {
-			healthy = false
-		}
-		if w.Draining || s.term.draining[id] {
-			healthy = false // shutting down
-		}
+		// registered but not responding, or shutting down: no new work
+		health, _ := s.term.health(id, w, now, s.cfg.Silence)
+		healthy := health == healthHealthy
 		n := w.SlotCount()
 		if n > 1 {
 			snap.Unit = "slot" // reasons count slots
@@ -402,6 +429,10 @@ func commandsWording(reason string) string {
 	return strings.ReplaceAll(reason, "labelled "+jobspec.CommandsLabel+"=true", "allowing command jobs (allow_commands: true in the worker's config)")
 }
 
+// fenceTimeout bounds the catalogue's fence before a placement (one etcd
+// transaction, under the leader's lock).
+const fenceTimeout = 5 * time.Second
+
 // place commits plan p of job j: its placement and, when the scheduler
 // shrank it (an elastic job that lost workers), its smaller layout.
 func (s held) place(ctx context.Context, j *pb.Job, p scheduler.Plan) {
@@ -413,6 +444,19 @@ func (s held) place(ctx context.Context, j *pb.Job, p scheduler.Plan) {
 	for r, id := range p.Workers {
 		ws := splitSlotID(id)
 		placement[r] = &pb.RankAssignment{Rank: int32(r), WorkerId: ws.worker, Slot: int32(ws.slot)}
+	}
+	// the catalogue first refuses every write of the earlier attempts,
+	// even one a deposed leader admitted and has not yet sent: what the
+	// new attempt resumes from is then all it will ever be
+	if s.cfg.Checkpoints != nil {
+		fctx, cancel := context.WithTimeout(ctx, fenceTimeout)
+		err := s.cfg.Checkpoints.Fence(fctx, j, j.Restarts)
+		cancel()
+		if err != nil {
+			s.log.Warn("fencing the checkpoint catalogue failed; not placed", "job-id", j.Id, "attempt", j.Restarts, "error", err)
+			s.setPending(ctx, j, "CatalogueUnavailable", fmt.Sprintf("the checkpoint catalogue could not be fenced for attempt %d (placed when it can): %v", j.Restarts, err))
+			return
+		}
 	}
 	cmd := &pb.PlaceJob{JobId: j.Id, Placement: placement}
 	shrunk := p.Job.Layout.DP != sp.Parallel.DP

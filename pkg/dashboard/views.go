@@ -37,6 +37,7 @@ type workerView struct {
 	Host      string   `json:"host"`
 	Address   string   `json:"address"`
 	Healthy   bool     `json:"healthy"`
+	Health    string   `json:"health"` // healthy, silent 4.2s, draining, unknown
 	CPUCores  int32    `json:"cpu_cores"`
 	MemoryMiB int64    `json:"memory_mib"`
 	GPUs      int32    `json:"gpus"`
@@ -54,7 +55,7 @@ func clusterView(cs *apiv1.ClusterStatusResponse) clusterStatus {
 			Leader: r.GetLeader(), Voter: r.GetVoter(), Alive: r.GetAlive(), State: r.GetState(), Current: r.GetId() == cs.GetAnsweredBy()})
 	}
 	for _, w := range cs.GetWorkers() {
-		v := workerView{ID: w.GetId(), Host: w.GetHost(), Address: w.GetAddress(), Healthy: w.GetHealthy(),
+		v := workerView{ID: w.GetId(), Host: w.GetHost(), Address: w.GetAddress(), Healthy: w.GetHealthy(), Health: jobstate.WorkerHealth(w),
 			CPUCores: w.GetResources().GetCpuCores(), MemoryMiB: w.GetResources().GetMemoryMib(), GPUs: w.GetResources().GetGpus(),
 			GPUNames: []string{}, Slots: w.GetSlots(), BusySlots: w.GetBusySlots(), JobID: w.GetJobId(), Version: w.GetVersion()}
 		for _, g := range w.GetGpuDevices() {

@@ -1,11 +1,14 @@
 // Package jobstate is the one table of a job's states: their names and
 // which of them are final. The coordinator's store, the controller, the CLI
-// and the tests all read it.
+// and the tests all read it. It also words a worker's health for the CLI
+// and the dashboard.
 package jobstate
 
 import (
+	"fmt"
 	"strings"
 
+	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
 	pb "github.com/switchyard-ml/switchyard/proto/switchyard/coordinator/v1"
 )
 
@@ -56,4 +59,22 @@ func PendingReason(j *pb.Job) string {
 		}
 	}
 	return ""
+}
+
+// WorkerHealth is what the leader knows of a worker, in words: "healthy",
+// "silent 4.2s" (no sync for that long; a worker killed -9 shows so until
+// its lease runs out), "draining" or "unknown"; from an older
+// coordinator, which only says healthy or not, "healthy" or "unhealthy".
+func WorkerHealth(w *apiv1.Worker) string {
+	switch h := w.GetHealth(); h {
+	case "":
+		if w.GetHealthy() {
+			return "healthy"
+		}
+		return "unhealthy"
+	case "silent":
+		return fmt.Sprintf("silent %.1fs", w.GetSecondsSinceSync())
+	default:
+		return h
+	}
 }

@@ -3,6 +3,7 @@ package jobstate
 import (
 	"testing"
 
+	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
 	pb "github.com/switchyard-ml/switchyard/proto/switchyard/coordinator/v1"
 )
 
@@ -33,5 +34,23 @@ func TestTable(t *testing.T) {
 	}
 	if n := Name(pb.JobState(99)); n != "99" {
 		t.Errorf("Name(99) = %q", n)
+	}
+}
+
+func TestWorkerHealth(t *testing.T) {
+	for _, tc := range []struct {
+		w    *apiv1.Worker
+		want string
+	}{
+		{&apiv1.Worker{Healthy: true, Health: "healthy"}, "healthy"},
+		{&apiv1.Worker{Health: "silent", SecondsSinceSync: 4.25}, "silent 4.2s"},
+		{&apiv1.Worker{Health: "draining"}, "draining"},
+		{&apiv1.Worker{Health: "unknown"}, "unknown"},
+		{&apiv1.Worker{Healthy: true}, "healthy"}, // an older coordinator
+		{&apiv1.Worker{}, "unhealthy"},
+	} {
+		if got := WorkerHealth(tc.w); got != tc.want {
+			t.Errorf("%v: %q, want %q", tc.w, got, tc.want)
+		}
 	}
 }

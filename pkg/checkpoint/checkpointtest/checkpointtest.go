@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"io"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -471,6 +472,155 @@ func Catalogue(t *testing.T, newCat func(t *testing.T) checkpoint.Catalogue) {
 		wg.Wait()
 		if ok != 1 {
 			t.Fatalf("%d concurrent commits of the same step succeeded, want 1", ok)
+		}
+	})
+}
+
+// Fencing runs the Fencing contract against fresh catalogues made by
+// newCat, and the Catalogue contract against a view of one (As).
+func Fencing(t *testing.T, newCat func(t *testing.T) checkpoint.Fencing) {
+	ctx := context.Background()
+
+	t.Run("ViewIsACatalogue", func(t *testing.T) {
+		Catalogue(t, func(t *testing.T) checkpoint.Catalogue {
+			c := newCat(t)
+			if err := c.Fence(ctx, "j", 3); err != nil {
+				t.Fatal(err)
+			}
+			return c.As(3)
+		})
+	})
+
+	t.Run("NeverFenced", func(t *testing.T) {
+		c := newCat(t)
+		for i, a := range []int64{5, 0, 2} {
+			if err := c.As(a).Commit(ctx, manifest("j", int64(10*(i+1)))); err != nil {
+				t.Fatalf("commit as attempt %d of a job never fenced: %v", a, err)
+			}
+		}
+	})
+
+	t.Run("OldAttemptRefused", func(t *testing.T) {
+		c := newCat(t)
+		old, cur := c.As(1), c.As(2)
+		for _, step := range []int64{10, 20} {
+			if err := old.Commit(ctx, manifest("j", step)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := c.Fence(ctx, "j", 1); err != nil {
+			t.Fatal(err)
+		}
+		if err := old.MarkDeleting(ctx, "j", 10); err != nil {
+			t.Fatalf("mark deleting as the fenced attempt itself: %v", err)
+		}
+		if err := c.Fence(ctx, "j", 2); err != nil {
+			t.Fatal(err)
+		}
+		// every write of attempt 1 now fails and changes nothing
+		if err := old.Commit(ctx, manifest("j", 30)); !errors.Is(err, checkpoint.ErrFenced) {
+			t.Fatalf("commit as attempt 1 after the fence at 2: %v", err)
+		}
+		if err := old.MarkDeleting(ctx, "j", 20); !errors.Is(err, checkpoint.ErrFenced) {
+			t.Fatalf("mark deleting as attempt 1 after the fence at 2: %v", err)
+		}
+		if err := old.Remove(ctx, "j", 10); !errors.Is(err, checkpoint.ErrFenced) {
+			t.Fatalf("remove as attempt 1 after the fence at 2: %v", err)
+		}
+		if ms, err := c.List(ctx, "j"); err != nil || !slices.Equal(steps(ms), []int64{20}) {
+			t.Fatalf("after the refused writes List = %v, %v; want [20]", steps(ms), err)
+		}
+		if d, err := c.Deleting(ctx, "j"); err != nil || !slices.Equal(d, []int64{10}) {
+			t.Fatalf("after the refused writes Deleting = %v, %v; want [10]", d, err)
+		}
+		// a write that would change nothing is no error, as unfenced
+		if err := old.Remove(ctx, "j", 99); err != nil {
+			t.Fatalf("remove of a missing entry as attempt 1: %v", err)
+		}
+		// reads of the old view, and writes of the current attempt, go on
+		if m, err := old.Latest(ctx, "j"); err != nil || m.Step != 20 {
+			t.Fatalf("Latest through the old view: %v, %v", m.Step, err)
+		}
+		if err := cur.Commit(ctx, manifest("j", 30)); err != nil {
+			t.Fatal(err)
+		}
+		if err := cur.Remove(ctx, "j", 10); err != nil {
+			t.Fatal(err)
+		}
+		if err := cur.MarkDeleting(ctx, "j", 20); err != nil {
+			t.Fatal(err)
+		}
+		// the unfenced catalogue is not an attempt's: it writes anyway
+		if err := c.Commit(ctx, manifest("j", 40)); err != nil {
+			t.Fatalf("unfenced commit: %v", err)
+		}
+		// other jobs are not fenced by j's fence
+		if err := old.Commit(ctx, manifest("k", 10)); err != nil {
+			t.Fatalf("commit of another job: %v", err)
+		}
+	})
+
+	t.Run("FenceNeverLowers", func(t *testing.T) {
+		c := newCat(t)
+		if err := c.Fence(ctx, "j", 4); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Fence(ctx, "j", 4); err != nil {
+			t.Fatalf("the same fence again: %v", err)
+		}
+		if err := c.Fence(ctx, "j", 3); !errors.Is(err, checkpoint.ErrFenced) {
+			t.Fatalf("a lower fence: %v", err)
+		}
+		if err := c.As(3).Commit(ctx, manifest("j", 10)); !errors.Is(err, checkpoint.ErrFenced) {
+			t.Fatalf("commit as attempt 3 after the refused lower fence: %v", err)
+		}
+		if err := c.Fence(ctx, "j", -1); err == nil {
+			t.Fatal("a negative attempt was fenced")
+		}
+	})
+
+	// Concurrent commits of an old attempt and a fence of the next: each
+	// commit is either refused or visible once the fence returned.
+	t.Run("FenceRacesCommits", func(t *testing.T) {
+		c := newCat(t)
+		old := c.As(0)
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		landed := map[int64]bool{}
+		for i := range 8 {
+			wg.Go(func() {
+				step := int64(10 * (i + 1))
+				err := old.Commit(ctx, manifest("j", step))
+				switch {
+				case err == nil:
+					mu.Lock()
+					landed[step] = true
+					mu.Unlock()
+				case errors.Is(err, checkpoint.ErrFenced), errors.Is(err, checkpoint.ErrStale):
+				default:
+					t.Errorf("commit of step %d: %v", step, err)
+				}
+			})
+		}
+		if err := c.Fence(ctx, "j", 1); err != nil {
+			t.Fatal(err)
+		}
+		ms, err := c.List(ctx, "j")
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Wait()
+		after, err := c.List(ctx, "j")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(steps(ms), steps(after)) {
+			t.Fatalf("commits landed after the fence returned: %v then %v", steps(ms), steps(after))
+		}
+		for _, m := range after {
+			if !landed[m.Step] {
+				t.Errorf("step %d is listed but its commit failed", m.Step)
+			}
 		}
 	})
 }

@@ -206,7 +206,7 @@ async function loadCluster() {
   $('#workers-count').textContent = `(${c.workers.filter((w) => w.healthy).length} healthy of ${c.workers.length})`;
   $('#workers-table tbody').replaceChildren(...c.workers.map((w) => el('tr', { class: 'worker-row' },
     el('td', { text: w.id }),
-    el('td', { class: w.healthy ? 'good' : 'bad', text: w.healthy ? 'healthy' : 'gone' }),
+    el('td', { class: w.healthy ? 'good' : 'bad', text: w.health }),
     el('td', { text: w.host || '–' }),
     el('td', { text: w.address || '–' }),
     el('td', { class: 'num', text: w.cpu_cores }),

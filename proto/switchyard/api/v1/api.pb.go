@@ -1308,9 +1308,19 @@ type Worker struct {
 	Commands bool `protobuf:"varint,13,opt,name=commands,proto3" json:"commands,omitempty"`
 	// The directories jobs may read or write on it: its storage_path, then
 	// its allowed_paths (empty: it does not say).
-	Roots         []string `protobuf:"bytes,14,rep,name=roots,proto3" json:"roots,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Roots []string `protobuf:"bytes,14,rep,name=roots,proto3" json:"roots,omitempty"`
+	// What the leader knows of it: "healthy" (calling SyncWorker),
+	// "silent" (no SyncWorker for longer than the leader's silence limit: a
+	// worker killed or cut off shows so until its lease runs out and it is
+	// dropped; it gets no new work), "draining" (shutting down; no new
+	// work), or "unknown" (answered by a follower that could not ask the
+	// leader). healthy is health == "healthy".
+	Health string `protobuf:"bytes,15,opt,name=health,proto3" json:"health,omitempty"`
+	// Seconds since its last SyncWorker reached the leader (0 when unknown
+	// or just registered).
+	SecondsSinceSync float64 `protobuf:"fixed64,16,opt,name=seconds_since_sync,json=secondsSinceSync,proto3" json:"seconds_since_sync,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Worker) Reset() {
@@ -1439,6 +1449,20 @@ func (x *Worker) GetRoots() []string {
 		return x.Roots
 	}
 	return nil
+}
+
+func (x *Worker) GetHealth() string {
+	if x != nil {
+		return x.Health
+	}
+	return ""
+}
+
+func (x *Worker) GetSecondsSinceSync() float64 {
+	if x != nil {
+		return x.SecondsSinceSync
+	}
+	return 0
 }
 
 type GPUDevice struct {
@@ -3139,7 +3163,7 @@ const file_switchyard_api_v1_api_proto_rawDesc = "" +
 	"\tcpu_cores\x18\x01 \x01(\x05R\bcpuCores\x12\x1d\n" +
 	"\n" +
 	"memory_mib\x18\x02 \x01(\x03R\tmemoryMib\x12\x12\n" +
-	"\x04gpus\x18\x03 \x01(\x05R\x04gpus\"\x81\x04\n" +
+	"\x04gpus\x18\x03 \x01(\x05R\x04gpus\"\xc7\x04\n" +
 	"\x06Worker\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x12\n" +
@@ -3157,7 +3181,9 @@ const file_switchyard_api_v1_api_proto_rawDesc = "" +
 	"\vgpu_devices\x18\f \x03(\v2\x1c.switchyard.api.v1.GPUDeviceR\n" +
 	"gpuDevices\x12\x1a\n" +
 	"\bcommands\x18\r \x01(\bR\bcommands\x12\x14\n" +
-	"\x05roots\x18\x0e \x03(\tR\x05roots\x1a9\n" +
+	"\x05roots\x18\x0e \x03(\tR\x05roots\x12\x16\n" +
+	"\x06health\x18\x0f \x01(\tR\x06health\x12,\n" +
+	"\x12seconds_since_sync\x18\x10 \x01(\x01R\x10secondsSinceSync\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xe1\x01\n" +

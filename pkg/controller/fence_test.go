@@ -1,0 +1,131 @@
+package controller
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/switchyard-ml/switchyard/pkg/checkpoint"
+	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
+	pb "github.com/switchyard-ml/switchyard/proto/switchyard/coordinator/v1"
+)
+
+// TestLateCommitOfAnEndedAttemptFenced: a leader admitted attempt 0's
+// commit of step 8 and lost its leadership before the commit reached
+// the catalogue; the next leader ended attempt 0 and placed attempt 1,
+// which resumes from step 4. The late commit then arrives. The
+// catalogue's fence, raised when attempt 1 was placed, refuses it (and a
+// retention step of attempt 0 alike), so attempt 1's own later commits
+// are not stale behind a step it never saw. Without the fence, attempt
+// 1's commit of step 6 would be refused until it restarted.
+func TestLateCommitOfAnEndedAttemptFenced(t *testing.T) {
+	l := newLocal(t)
+	cat := checkpoint.NewMemCatalogue()
+	cps := etcdCheckpoints{cat: cat, log: quietLogger(t)}
+	l.placeWithCatalogue(cps)
+	if _, err := l.s.CommitCheckpoint(l.ctx, &apiv1.CommitCheckpointRequest{JobId: "j1", Attempt: 0, Manifest: encodeStep(t, 4)}); err != nil {
+		t.Fatal(err)
+	}
+	// what the deposed leader holds: attempt 0's record, admitted
+	attempt0 := l.job("j1")
+	// the new leader ends attempt 0 and places attempt 1
+	t1, t2 := l.sync("w1"), l.sync("w2")
+	l.sync("w1", status_(t1[0], apiv1.TaskState_TASK_STATE_RUNNING, 1))
+	l.sync("w2", status_(t2[0], apiv1.TaskState_TASK_STATE_FAILED, 1))
+	l.clock.add(l.s.cfg.FailureGrace)
+	l.sync("w1", status_(t1[0], apiv1.TaskState_TASK_STATE_RUNNING, 2))
+	l.sync("w2", status_(t2[0], apiv1.TaskState_TASK_STATE_FAILED, 1))
+	l.tick()
+	l.tick()
+	if j := l.job("j1"); j.Restarts != 1 || j.State != pb.JobState_JOB_STATE_PLACED {
+		t.Fatalf("job %v at attempt %d, want attempt 1 placed", j.State, j.Restarts)
+	}
+	// the late commit, and a late retention step, of attempt 0
+	m8, err := checkpoint.DecodeManifest(encodeStep(t, 8))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = l.s.commitIt(l.ctx, attempt0, m8)
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "attempt 0 is over") {
+		t.Fatalf("attempt 0's late commit: %v, want FAILED_PRECONDITION attempt over", err)
+	}
+	if err := cps.Retire(l.ctx, attempt0, 4, false); !errors.Is(err, checkpoint.ErrFenced) {
+		t.Fatalf("attempt 0's late retention step: %v, want fenced", err)
+	}
+	if m, err := cat.Latest(l.ctx, "j1"); err != nil || m.Step != 4 {
+		t.Fatalf("the catalogue's latest: step %d, %v; want 4", m.Step, err)
+	}
+	refused := false
+	for _, e := range l.job("j1").Events {
+		refused = refused || (e.Type == "CommitRefused" && strings.Contains(e.Message, "fenced for a later attempt"))
+	}
+	if !refused {
+		t.Errorf("no CommitRefused event for the late commit: %v", l.job("j1").Events)
+	}
+	// attempt 1 commits past its resume point
+	if _, err := l.s.CommitCheckpoint(l.ctx, &apiv1.CommitCheckpointRequest{JobId: "j1", Attempt: 1, Manifest: encodeStep(t, 6)}); err != nil {
+		t.Fatalf("attempt 1's commit of step 6: %v", err)
+	}
+}
+
+// A placement waits while the catalogue cannot be fenced, saying why.
+func TestPlacementWaitsForTheFence(t *testing.T) {
+	l := newLocal(t)
+	l.s.cfg.Checkpoints = unfenceable{memCheckpoints()}
+	l.submit("j1", "name: j1\nparallel: {dp: 2, ep: 1}\nsteps: 10\nresources: {cpu_cores: 1, memory_mib: 512}\n")
+	l.register("w1")
+	l.register("w2")
+	l.tick()
+	j := l.job("j1")
+	if j.State != pb.JobState_JOB_STATE_PENDING || !strings.Contains(pendingReason(j), "could not be fenced for attempt 0") {
+		t.Fatalf("job %v, pending reason %q", j.State, pendingReason(j))
+	}
+}
+
+type unfenceable struct{ Checkpoints }
+
+func (unfenceable) Fence(context.Context, *pb.Job, int32) error {
+	return errors.New("etcd: context deadline exceeded")
+}
+
+// encodeStep is the manifest placeWithCatalogue commits, at step.
+func encodeStep(t *testing.T, step int64) []byte {
+	t.Helper()
+	b, err := checkpoint.EncodeManifest(checkpoint.Manifest{Job: "j1", Step: step, Layout: checkpoint.Layout{TP: 1, DP: 2, EP: 1},
+		Shards: []checkpoint.ShardInfo{{Name: "rank-0000/state.bin", Size: 4096, SHA256: strings.Repeat("0", 64), Kind: checkpoint.KindParams}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// A job's deletion fences its catalogue first: a commit of its last
+// attempt still in flight from a deposed leader cannot leave an entry of
+// a deleted job behind.
+func TestDeleteFencesOutLateWrites(t *testing.T) {
+	l := newLocal(t)
+	cat := checkpoint.NewMemCatalogue()
+	cps := etcdCheckpoints{cat: cat, log: quietLogger(t)}
+	l.placeWithCatalogue(cps)
+	if _, err := l.s.CancelJob(l.ctx, &apiv1.CancelJobRequest{JobId: "j1"}); err != nil {
+		t.Fatal(err)
+	}
+	last := l.job("j1")
+	if _, err := l.s.DeleteJob(l.ctx, &apiv1.DeleteJobRequest{JobId: "j1"}); err != nil {
+		t.Fatal(err)
+	}
+	m, err := checkpoint.DecodeManifest(encodeStep(t, 4))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cps.Commit(l.ctx, last, m); !errors.Is(err, checkpoint.ErrFenced) {
+		t.Fatalf("a late commit of the deleted job's last attempt: %v, want fenced", err)
+	}
+	if ms, err := cat.List(l.ctx, "j1"); err != nil || len(ms) != 0 {
+		t.Fatalf("the deleted job's catalogue: %v, %v", ms, err)
+	}
+}

@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"gopkg.in/yaml.v3"
 
 	"github.com/switchyard-ml/switchyard/pkg/data"
@@ -533,7 +535,7 @@ func (a *Agent) runTask(tk *task) {
 	if n := out.feed.flush(time.Second); n > 0 {
 		log.Warn("rank log lines not published", "lines", n)
 	}
-	if over, _ := tk.memoryVerdict(); l.command && k.rank == 0 && werr == nil && over == "" {
+	if over, _ := tk.memoryVerdict(); l.command && k.rank == 0 && werr == nil && over == "" && !tk.stopRequested() {
 		a.noteUncommitted(tk, log)
 	}
 	ended(tk, werr, out.stderr, log)
@@ -549,7 +551,9 @@ func (a *Agent) noteUncommitted(tk *task, log *slog.Logger) {
 	defer cancel()
 	resp, err := a.o.Client.ListCheckpoints(ctx, &apiv1.ListCheckpointsRequest{JobId: tk.key.jobID})
 	if err != nil {
-		log.Warn("could not ask whether the job committed a checkpoint", "error", err)
+		if status.Code(err) != codes.Unimplemented { // a coordinator without a catalogue
+			log.Warn("could not ask whether the job committed a checkpoint", "error", err)
+		}
 		return
 	}
 	for _, c := range resp.GetCheckpoints() {

@@ -28,7 +28,10 @@ import (
 // entry lowers (or deletes) max-step in the same transaction that deletes
 // the entry. Reads are single linearizable range reads. The writes of a
 // catalogue returned by As(attempt) are each wrapped in a transaction that
-// requires the fence absent or not above attempt (see Fencing).
+// requires the fence absent or not above attempt (see Fencing). The fence
+// key outlives the job's entries: a job deleted keeps it, so that a late
+// write of its attempts stays refused (one small key per job ever
+// placed).
 //
 // An entry is one etcd value, so a manifest must fit etcd's request size
 // limit (1.5 MiB by default), well under MaxManifestSize.

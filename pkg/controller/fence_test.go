@@ -26,7 +26,7 @@ func TestLateCommitOfAnEndedAttemptFenced(t *testing.T) {
 	l := newLocal(t)
 	cat := checkpoint.NewMemCatalogue()
 	cps := etcdCheckpoints{cat: cat, log: quietLogger(t)}
-	l.placeWithCatalogue(cps)
+	l.placeWithCatalogue(offTheLock{cps, l.s, t})
 	if _, err := l.s.CommitCheckpoint(l.ctx, &apiv1.CommitCheckpointRequest{JobId: "j1", Attempt: 0, Manifest: encodeStep(t, 4)}); err != nil {
 		t.Fatal(err)
 	}
@@ -87,6 +87,43 @@ func TestPlacementWaitsForTheFence(t *testing.T) {
 }
 
 type unfenceable struct{ Checkpoints }
+
+// offTheLock fails the test when a fence is written under the leader's
+// lock: a slow etcd would hold up every sync and supervision pass.
+type offTheLock struct {
+	Checkpoints
+	s *Server
+	t *testing.T
+}
+
+func (c offTheLock) Fence(ctx context.Context, j *pb.Job, attempt int32) error {
+	if !c.s.lead.TryLock() {
+		c.t.Errorf("job %s's attempt %d fenced under the leader's lock", j.Id, attempt)
+	} else {
+		c.s.lead.Unlock()
+	}
+	return c.Checkpoints.Fence(ctx, j, attempt)
+}
+
+// A job whose catalogue is fenced above its attempt (the coordinators'
+// state restored from a backup older than etcd's) fails, saying so,
+// rather than waiting for good.
+func TestPlacementFencedAbove(t *testing.T) {
+	l := newLocal(t)
+	cat := checkpoint.NewMemCatalogue()
+	if err := cat.Fence(l.ctx, "j1", 3); err != nil {
+		t.Fatal(err)
+	}
+	l.s.cfg.Checkpoints = etcdCheckpoints{cat: cat}
+	l.submit("j1", "name: j1\nparallel: {dp: 2, ep: 1}\nsteps: 10\nresources: {cpu_cores: 1, memory_mib: 512}\n")
+	l.register("w1")
+	l.register("w2")
+	l.tick()
+	j := l.job("j1")
+	if j.State != pb.JobState_JOB_STATE_FAILED || j.Reason != "CatalogueFenced" || !strings.Contains(j.Message, "fenced for a later attempt") {
+		t.Fatalf("job %v (%s: %s), want FAILED CatalogueFenced", j.State, j.Reason, j.Message)
+	}
+}
 
 func (unfenceable) Fence(context.Context, *pb.Job, int32) error {
 	return errors.New("etcd: context deadline exceeded")

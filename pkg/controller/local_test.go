@@ -92,6 +92,16 @@ func (l *local) tick() {
 	if err := l.s.refresh(l.ctx); err != nil {
 		l.t.Fatal(err)
 	}
+	// what Run's fencing goroutine does between two ticks: the pending
+	// jobs' attempts fenced, so that this tick places them
+	if cps := l.s.cfg.Checkpoints; cps != nil {
+		for _, j := range l.s.cfg.Node.Unfinished() {
+			if j.State == pb.JobState_JOB_STATE_PENDING {
+				l.s.fences.ready(j)
+			}
+		}
+		l.s.fences.flush(l.ctx, cps, l.s.log)
+	}
 	h := l.s.hold()
 	h.tick(l.ctx)
 	h.release()

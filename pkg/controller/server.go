@@ -153,24 +153,79 @@ type Server struct {
 	// worker. tick moves them into lastSync.
 	arrivals syncArrivals
 
+	// health is the leader's view of the workers' syncs, published by
+	// every supervision pass.
+	health healthView
+
 	// commits is the checkpoint commits admitted under lead and in
 	// flight without it; what ends an attempt waits for its job's.
 	commits commitsInFlight
+
+	// fences is the catalogue fences of the attempts to place, written
+	// off the lead lock by a goroutine of Run.
+	fences *fences
 }
 
-// syncArrivals is the workers' newest sync arrivals, not yet in lastSync.
+// syncArrivals is the workers' newest sync arrivals, not yet in lastSync
+// (at), and the newest of each worker this term (last).
 type syncArrivals struct {
-	mu sync.Mutex
-	at map[string]time.Time
+	mu   sync.Mutex
+	at   map[string]time.Time
+	last map[string]time.Time
 }
 
 func (a *syncArrivals) note(worker string, t time.Time) {
 	a.mu.Lock()
 	if a.at == nil {
-		a.at = map[string]time.Time{}
+		a.at, a.last = map[string]time.Time{}, map[string]time.Time{}
 	}
-	a.at[worker] = t
+	a.at[worker], a.last[worker] = t, t
 	a.mu.Unlock()
+}
+
+// latest is a copy of last.
+func (a *syncArrivals) latest() map[string]time.Time {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return maps.Clone(a.last)
+}
+
+// forget drops the workers no longer registered from last.
+func (a *syncArrivals) forget(live map[string]membership.WorkerInfo) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for w := range a.last {
+		if _, ok := live[w]; !ok {
+			delete(a.last, w)
+		}
+	}
+}
+
+// healthView is what the leader knew of the workers' syncs at its last
+// supervision pass, for cluster status, which reads it without the lead
+// lock: a pass held up (on etcd, say) must not hold up the answer.
+type healthView struct {
+	mu sync.Mutex
+	m  leaderMemory // leading, lastSync and draining only
+}
+
+// publish copies what health reads from m; called under the lead lock.
+func (v *healthView) publish(m leaderMemory) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.m = leaderMemory{leading: m.leading, lastSync: maps.Clone(m.lastSync), draining: maps.Clone(m.draining)}
+}
+
+// read is a copy of the last one published, its maps the caller's.
+func (v *healthView) read() leaderMemory {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	m := v.m
+	m.lastSync, m.draining = maps.Clone(m.lastSync), maps.Clone(m.draining)
+	if m.lastSync == nil {
+		m.lastSync = map[string]time.Time{}
+	}
+	return m
 }
 
 // drain moves the arrivals into lastSync where they are newer.
@@ -182,6 +237,9 @@ func (a *syncArrivals) drain(lastSync map[string]time.Time) {
 			lastSync[w] = t
 		}
 		delete(a.at, w)
+	}
+	if lastSync == nil {
+		clear(a.last) // a new term
 	}
 }
 
@@ -270,6 +328,7 @@ func New(cfg Config) (*Server, error) {
 		workers:  map[string]membership.WorkerInfo{},
 		replicas: map[string]membership.WorkerInfo{},
 		specs:    map[string]*jobspec.Spec{},
+		fences:   newFences(),
 	}
 	s.fwd = forwarder{token: cfg.Token, tls: cfg.TLS, conns: map[string]*forwardConn{}}
 	held{s}.resetLeaderMemory() // not shared yet: no lock needed
@@ -309,6 +368,9 @@ func (s *Server) Run(ctx context.Context) error {
 		s.log.Warn("initial membership list failed", "error", err)
 	}
 	var wg sync.WaitGroup
+	if s.cfg.Checkpoints != nil {
+		wg.Go(func() { s.fences.run(ctx, s.cfg.Checkpoints, s.log) })
+	}
 	wg.Add(3)
 	go func() { defer wg.Done(); s.registerLoop(ctx) }()
 	go func() { defer wg.Done(); s.follow(ctx, s.cfg.Workers, s.workersMap) }()
@@ -733,10 +795,12 @@ func (s *Server) ClusterStatus(ctx context.Context, _ *apiv1.ClusterStatusReques
 	if err != nil {
 		return nil, apiError(failure(errUnavailable, "raft configuration: %v", err))
 	}
-	lctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-	defer cancel()
-	if err := s.refresh(lctx); err != nil {
-		s.log.Warn("cluster status: membership list failed; answering from the cache", "error", err)
+	if !forwarded(ctx) { // a follower asking for the workers' health wants it now
+		lctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		defer cancel()
+		if err := s.refresh(lctx); err != nil {
+			s.log.Warn("cluster status: membership list failed; answering from the cache", "error", err)
+		}
 	}
 	leaderID, _ := s.cfg.Node.Leader()
 	resp := &apiv1.ClusterStatusResponse{AnsweredBy: s.cfg.Node.ID(), LeaderId: leaderID, Raft: rs.Stats()}
@@ -804,9 +868,11 @@ func (s *Server) ClusterStatus(ctx context.Context, _ *apiv1.ClusterStatusReques
 }
 
 // workerHealth is the registered workers' health (only Health and
-// SecondsSinceSync set): the leader's own view, or a follower's copy of
-// the leader's answer, which alone sees the workers' syncs. Missing
-// where the leader did not answer within two seconds.
+// SecondsSinceSync set): the leader's own view (its last supervision
+// pass, with the syncs that arrived since; not waiting for the lead
+// lock), or a follower's copy of the leader's answer, which alone sees
+// the workers' syncs. Missing where the leader did not answer within two
+// seconds.
 func (s *Server) workerHealth(ctx context.Context) map[string]*apiv1.Worker {
 	out := map[string]*apiv1.Worker{}
 	if !s.cfg.Node.IsLeader() {
@@ -818,23 +884,29 @@ func (s *Server) workerHealth(ctx context.Context) map[string]*apiv1.Worker {
 			return out
 		}
 		for _, w := range resp.GetWorkers() {
-			if w.GetHealth() != "" {
+			switch {
+			case w.GetHealth() != "":
 				out[w.GetId()] = &apiv1.Worker{Health: w.GetHealth(), SecondsSinceSync: w.GetSecondsSinceSync()}
+			case w.GetHealthy(): // a leader older than this replica says only that
+				out[w.GetId()] = &apiv1.Worker{Health: healthHealthy}
 			}
 		}
 		return out
 	}
-	h := s.hold()
-	defer h.release()
-	if !h.term.leading {
+	m := s.health.read()
+	if !m.leading {
 		return out // leadership just changed: the memory is not this term's yet
 	}
-	s.arrivals.drain(h.term.lastSync)
+	for w, t := range s.arrivals.latest() {
+		if t.After(m.lastSync[w]) {
+			m.lastSync[w] = t
+		}
+	}
 	now := s.cfg.Now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for id, w := range s.workers {
-		health, since := h.term.health(id, w, now, s.cfg.Silence)
+		health, since := m.health(id, w, now, s.cfg.Silence)
 		out[id] = &apiv1.Worker{Health: health, SecondsSinceSync: math.Round(since.Seconds()*10) / 10}
 	}
 	return out

@@ -550,7 +550,9 @@ func (s *Server) RetireCheckpoint(ctx context.Context, req *apiv1.RetireCheckpoi
 // attempt is over, as fenced says; recorded as an event of type event.
 func (s *Server) fencedOut(ctx context.Context, j *pb.Job, event, refused string, err error) error {
 	msg := fmt.Sprintf("job %s: attempt %d is over (the catalogue is fenced for a later attempt: %v); %s", j.Id, j.Restarts, err, refused)
-	s.recordEvent(ctx, j.Id, event, msg, "")
+	if now, err := s.cfg.Node.Job(j.Id); err == nil && !jobstate.Final(now.State) {
+		s.recordEvent(ctx, j.Id, event, msg, "")
+	}
 	s.cfg.Metrics.CheckpointRefused("attempt_over")
 	return apiError(failure(errAttemptOver, "%s", msg))
 }

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/switchyard-ml/switchyard/pkg/checkpoint"
 	"github.com/switchyard-ml/switchyard/pkg/coordinator"
 	"github.com/switchyard-ml/switchyard/pkg/jobspec"
 	"github.com/switchyard-ml/switchyard/pkg/jobstate"
@@ -38,6 +39,7 @@ func (s *Server) superviseLoop(ctx context.Context) {
 				s.log.Info("lost leadership")
 				h := s.hold()
 				h.term.leading = false
+				s.health.publish(h.term)
 				h.release()
 			}
 			leading = false
@@ -60,6 +62,7 @@ func (s *Server) superviseLoop(ctx context.Context) {
 			h := s.hold()
 			h.resetLeaderMemory()
 			h.term.leading = true
+			s.health.publish(h.term)
 			h.release()
 			leading = true
 			s.log.Info("leading: supervising jobs", "jobs", len(s.cfg.Node.Unfinished()))
@@ -81,6 +84,7 @@ func (s held) tick(ctx context.Context) {
 			s.term.lastSync[id] = now // first seen: give it time to sync
 		}
 	}
+	s.health.publish(s.term) // before anything that may wait
 	jobs := s.cfg.Node.Unfinished()
 	for _, j := range jobs {
 		if !active(j) {
@@ -102,6 +106,8 @@ func (s held) prune(live map[string]membership.WorkerInfo, jobs []*pb.Job) {
 	for _, j := range jobs {
 		open[j.Id] = j.Restarts
 	}
+	s.fences.retain(open)
+	s.arrivals.forget(live)
 	for w := range s.term.lastSync {
 		if _, ok := live[w]; !ok {
 			delete(s.term.lastSync, w)
@@ -377,6 +383,9 @@ func (s held) schedule(ctx context.Context, live map[string]membership.WorkerInf
 			continue
 		}
 		byID[j.Id] = j
+		if s.cfg.Checkpoints != nil {
+			s.fences.ready(j) // fenced while it waits, placed at once when it fits
+		}
 		if t, ok := s.term.notBefore[j.Id]; ok && now.Before(t) {
 			s.setPending(ctx, j, "Backoff", fmt.Sprintf("restart backoff: placed again at %s", t.UTC().Format(time.TimeOnly)))
 			continue
@@ -399,7 +408,9 @@ func (s held) schedule(ctx context.Context, live map[string]membership.WorkerInf
 			s.log.Warn("plan went stale", "job-id", p.Job.ID, "error", err)
 			continue
 		}
-		s.place(ctx, byID[p.Job.ID], p)
+		if s.catalogueFenced(ctx, byID[p.Job.ID]) {
+			s.place(ctx, byID[p.Job.ID], p)
+		}
 	}
 	for _, p := range pending {
 		j := byID[p.JobID]
@@ -422,16 +433,35 @@ func (s held) schedule(ctx context.Context, live map[string]membership.WorkerInf
 	}
 }
 
+// catalogueFenced reports whether pending job j may be placed: its attempt is
+// fenced in the checkpoint catalogue, which then refuses every write of
+// the earlier attempts, even one a deposed leader admitted and has not
+// yet sent, so what the new attempt resumes from is all it will ever be.
+// Otherwise the fence is asked for (placed by a later tick); a catalogue
+// fenced above the attempt fails the job.
+func (s held) catalogueFenced(ctx context.Context, j *pb.Job) bool {
+	if s.cfg.Checkpoints == nil {
+		return true
+	}
+	ok, err := s.fences.ready(j)
+	switch {
+	case ok:
+		return true
+	case errors.Is(err, checkpoint.ErrFenced):
+		s.setState(ctx, j, pb.JobState_JOB_STATE_FAILED, "CatalogueFenced", fmt.Sprintf(
+			"the checkpoint catalogue of job %s is fenced for a later attempt than this one (%d): the coordinators' state is older than etcd's (restored from a backup?), and a commit of this attempt would be refused: %v", j.Id, j.Restarts, err), nil)
+	case err != nil:
+		s.setPending(ctx, j, "CatalogueUnavailable", fmt.Sprintf("the checkpoint catalogue could not be fenced for attempt %d (placed once it is): %v", j.Restarts, err))
+	}
+	return false
+}
+
 // commandsWording says in the scheduler's reasons what the label the
 // controller gives command jobs stands for: the workers' allow_commands
 // setting, which a label of the worker's own cannot stand in for.
 func commandsWording(reason string) string {
 	return strings.ReplaceAll(reason, "labelled "+jobspec.CommandsLabel+"=true", "allowing command jobs (allow_commands: true in the worker's config)")
 }
-
-// fenceTimeout bounds the catalogue's fence before a placement (one etcd
-// transaction, under the leader's lock).
-const fenceTimeout = 5 * time.Second
 
 // place commits plan p of job j: its placement and, when the scheduler
 // shrank it (an elastic job that lost workers), its smaller layout.
@@ -444,19 +474,6 @@ func (s held) place(ctx context.Context, j *pb.Job, p scheduler.Plan) {
 	for r, id := range p.Workers {
 		ws := splitSlotID(id)
 		placement[r] = &pb.RankAssignment{Rank: int32(r), WorkerId: ws.worker, Slot: int32(ws.slot)}
-	}
-	// the catalogue first refuses every write of the earlier attempts,
-	// even one a deposed leader admitted and has not yet sent: what the
-	// new attempt resumes from is then all it will ever be
-	if s.cfg.Checkpoints != nil {
-		fctx, cancel := context.WithTimeout(ctx, fenceTimeout)
-		err := s.cfg.Checkpoints.Fence(fctx, j, j.Restarts)
-		cancel()
-		if err != nil {
-			s.log.Warn("fencing the checkpoint catalogue failed; not placed", "job-id", j.Id, "attempt", j.Restarts, "error", err)
-			s.setPending(ctx, j, "CatalogueUnavailable", fmt.Sprintf("the checkpoint catalogue could not be fenced for attempt %d (placed when it can): %v", j.Restarts, err))
-			return
-		}
 	}
 	cmd := &pb.PlaceJob{JobId: j.Id, Placement: placement}
 	shrunk := p.Job.Layout.DP != sp.Parallel.DP

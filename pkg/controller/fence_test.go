@@ -4,12 +4,16 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/switchyard-ml/switchyard/pkg/checkpoint"
+	"github.com/switchyard-ml/switchyard/pkg/coordinator"
+	"github.com/switchyard-ml/switchyard/pkg/membership"
 	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
 	pb "github.com/switchyard-ml/switchyard/proto/switchyard/coordinator/v1"
 )
@@ -165,4 +169,59 @@ func TestDeleteFencesOutLateWrites(t *testing.T) {
 	if ms, err := cat.List(l.ctx, "j1"); err != nil || len(ms) != 0 {
 		t.Fatalf("the deleted job's catalogue: %v, %v", ms, err)
 	}
+}
+
+// termedReplica is a local replica whose raft term the test sets.
+type termedReplica struct {
+	*localReplica
+	term atomic.Uint64
+}
+
+func (r *termedReplica) Term() uint64 { return r.term.Load() }
+
+// A replica that lost its leadership and won it again between two
+// supervision passes takes over anew (barrier, fresh memory), as after
+// any election: another leader may have changed the state meanwhile.
+func TestLeadingAgainInALaterTermTakesOverAnew(t *testing.T) {
+	members := membership.NewMemoryServer()
+	t.Cleanup(members.Stop)
+	r := &termedReplica{localReplica: &localReplica{fsm: coordinator.NewFSM(0), now: time.Now}}
+	r.term.Store(1)
+	s, err := New(Config{Node: r, APIAddr: "local:0", Workers: membership.NewMemory(members), Replicas: membership.NewMemory(membership.NewMemoryServer()),
+		Tick: 10 * time.Millisecond, Logger: quietLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := membership.NewMemory(members).Register(ctxT(t), membership.WorkerInfo{ID: "w1", Address: "w1:9000",
+		Resources: membership.Resources{CPUCores: 2, MemoryBytes: 4 << 30}}, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); s.superviseLoop(ctx) }()
+	defer func() { cancel(); <-done }()
+	memory := func(f func(m *leaderMemory) bool) bool {
+		h := s.hold()
+		defer h.release()
+		return f(&h.term)
+	}
+	waitFor := func(what string, cond func(m *leaderMemory) bool) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for !memory(cond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("never %s", what)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	waitFor("leading", func(m *leaderMemory) bool { return m.leading })
+	// something this term's memory holds (w1 said it drains)
+	memory(func(m *leaderMemory) bool { m.draining["w1"] = true; return true })
+	time.Sleep(50 * time.Millisecond) // passes of the same term keep it
+	if !memory(func(m *leaderMemory) bool { return m.draining["w1"] }) {
+		t.Fatal("the memory was reset within one term")
+	}
+	r.term.Store(3)
+	waitFor("a fresh memory in term 3", func(m *leaderMemory) bool { return m.leading && !m.draining["w1"] })
 }

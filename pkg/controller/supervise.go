@@ -23,26 +23,44 @@ import (
 
 const condScheduled = jobstate.CondScheduled
 
+// raftTerm is the replica's raft term, where it has one (0 otherwise).
+func (s *Server) raftTerm() uint64 {
+	if t, ok := s.cfg.Node.(interface{ Term() uint64 }); ok {
+		return t.Term()
+	}
+	return 0
+}
+
 // superviseLoop runs tick every cfg.Tick while this replica leads.
 func (s *Server) superviseLoop(ctx context.Context) {
 	t := time.NewTicker(s.cfg.Tick)
 	defer t.Stop()
 	leading := false
+	var ledTerm uint64
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
-		if !s.cfg.Node.IsLeader() {
-			if leading {
+		term := s.raftTerm()
+		isLeader := s.cfg.Node.IsLeader()
+		if leading && (!isLeader || term != ledTerm) {
+			// lost leadership, or lost and won it again between two
+			// passes (another leader may have changed the state
+			// meanwhile): this memory is stale
+			if isLeader {
+				s.log.Info("led again in a later term: taking over anew", "term", term)
+			} else {
 				s.log.Info("lost leadership")
-				h := s.hold()
-				h.term.leading = false
-				s.health.publish(h.term)
-				h.release()
 			}
+			h := s.hold()
+			h.term.leading = false
+			s.health.publish(h.term)
+			h.release()
 			leading = false
+		}
+		if !isLeader {
 			continue
 		}
 		if !leading {
@@ -64,7 +82,7 @@ func (s *Server) superviseLoop(ctx context.Context) {
 			h.term.leading = true
 			s.health.publish(h.term)
 			h.release()
-			leading = true
+			leading, ledTerm = true, term
 			s.log.Info("leading: supervising jobs", "jobs", len(s.cfg.Node.Unfinished()))
 		}
 		h := s.hold()

@@ -193,6 +193,10 @@ func (n *Node) State() string { return n.raft.State().String() }
 // IsLeader reports whether this replica is the leader now.
 func (n *Node) IsLeader() bool { return n.raft.State() == raft.Leader }
 
+// Term is raft's current term: a replica that leads again after another
+// led meanwhile leads in a later term.
+func (n *Node) Term() uint64 { return n.raft.CurrentTerm() }
+
 // Leader returns the current leader's ID and raft address as this replica
 // knows them; both are empty when no leader is known.
 func (n *Node) Leader() (id, addr string) {

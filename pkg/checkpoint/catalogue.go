@@ -208,6 +208,15 @@ func (c *MemCatalogue) Fence(ctx context.Context, job string, attempt int64) err
 	return nil
 }
 
+// FenceOf is job's fence: the attempt it was last raised to, false when
+// it never was.
+func (c *MemCatalogue) FenceOf(job string) (int64, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	f, ok := c.fences[job]
+	return f, ok
+}
+
 // writable is nil when this view may write job's entries; called with
 // mu held.
 func (c *MemCatalogue) writable(job string) error {

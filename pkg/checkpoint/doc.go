@@ -16,7 +16,10 @@
 //     it was saved under and the job spec. A Catalogue commits manifests:
 //     only newer steps, deletion marked before files go. MemCatalogue,
 //     StorageCatalogue and EtcdCatalogue (production: one etcd transaction
-//     per change, safe across processes) implement it.
+//     per change, safe across processes) implement it. A Fencing
+//     catalogue (MemCatalogue, EtcdCatalogue) also tells a job's attempts
+//     apart: once the next attempt is fenced, a write of an earlier one
+//     still in flight is refused (ErrFenced).
 //   - Manager runs the lifecycle over a Storage and a Catalogue: Save and
 //     Commit (commit only after every shard verifies), LoadLatestVerified
 //     (newest checkpoint that verifies; corrupt ones are reported and

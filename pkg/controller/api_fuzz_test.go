@@ -290,6 +290,17 @@ var apiMethods = []apiMethod{
 		if _, err := a.s.cfg.Node.Job(req.GetJobId()); err == nil {
 			return errors.New("the job is still there")
 		}
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		for cp := range a.committed {
+			if cp.job != req.GetJobId() || slices.Contains(a.deleted, cp) {
+				continue
+			}
+			if !req.GetWithCheckpoints() {
+				return fmt.Errorf("deleted without --checkpoints, its checkpoint of step %d left", cp.step)
+			}
+			a.deleted = append(a.deleted, cp) // deleted with the job
+		}
 		return nil
 	}),
 	stream("JobLogs", (*Server).JobLogs),
@@ -347,6 +358,8 @@ var apiMethods = []apiMethod{
 				return fmt.Errorf("a task of job %s: %v", tk.JobId, err)
 			case !active(j) || j.Restarts != tk.Attempt || int(tk.Rank) >= len(j.Placement) || tk.Rank < 0:
 				return fmt.Errorf("rank %d of attempt %d of job %s, which is %v at attempt %d with %d ranks", tk.Rank, tk.Attempt, j.Id, j.State, j.Restarts, len(j.Placement))
+			case !fencedAt(a.cat, j.Id, tk.Attempt):
+				return fmt.Errorf("rank %d of attempt %d of job %s handed out before the catalogue was fenced for that attempt", tk.Rank, tk.Attempt, j.Id)
 			case j.Placement[tk.Rank].WorkerId != req.GetWorkerId():
 				return fmt.Errorf("rank %d of job %s, placed on %s", tk.Rank, j.Id, j.Placement[tk.Rank].WorkerId)
 			case int(tk.WorldSize) != len(j.Placement) || len(tk.Peers) != len(j.Placement) || slices.Contains(tk.Peers, "") || !bytes.Equal(tk.Spec, j.Spec):
@@ -363,6 +376,7 @@ var apiMethods = []apiMethod{
 		if err := a.s.refresh(ctx); err != nil {
 			a.fail(fmt.Errorf("tick: %v", err))
 		}
+		flushFences(ctx, a.s)
 		h := a.s.hold()
 		h.tick(ctx)
 		h.release()
@@ -619,6 +633,13 @@ func (b *apiBase) newRun(t testing.TB) *apiRun {
 			t.Fatal(err)
 		}
 		a.committed[apiStep{m.Job, m.Step}] = true
+	}
+	for _, j := range fsm.Unfinished() {
+		if active(j) { // placed by this version, which fenced the attempt first
+			if err := a.cat.Fence(ctx, j.Id, int64(j.Restarts)); err != nil {
+				t.Fatal(err)
+			}
+		}
 	}
 	for rank := range 2 {
 		err := a.bus.Publish(events.Message{Kind: events.KindLog, JobID: apiRunning, Log: &events.LogLine{Rank: rank, WorkerID: fmt.Sprintf("w%d", rank+1), Stream: "stdout", Line: "step 3 loss 2.5"}})
@@ -1013,4 +1034,10 @@ func apiSeeds(f *testing.F, b *apiBase) [][]byte {
 		out = append(out, encodeAPICalls(f, s...))
 	}
 	return out
+}
+
+// fencedAt reports whether cat's fence of job is at attempt or above.
+func fencedAt(cat *checkpoint.MemCatalogue, job string, attempt int32) bool {
+	f, ok := cat.FenceOf(job)
+	return ok && f >= int64(attempt)
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/switchyard-ml/switchyard/pkg/checkpoint"
 	"github.com/switchyard-ml/switchyard/pkg/coordinator"
 	"github.com/switchyard-ml/switchyard/pkg/membership"
+	"github.com/switchyard-ml/switchyard/pkg/scheduler"
 	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
 	pb "github.com/switchyard-ml/switchyard/proto/switchyard/coordinator/v1"
 )
@@ -224,4 +225,73 @@ func TestLeadingAgainInALaterTermTakesOverAnew(t *testing.T) {
 	}
 	r.term.Store(3)
 	waitFor("a fresh memory in term 3", func(m *leaderMemory) bool { return m.leading && !m.draining["w1"] })
+}
+
+// A fence refused for an earlier attempt (another leader fenced further
+// meanwhile) is that attempt's: the job's next attempt is fenced and
+// placed as usual, not failed.
+func TestFenceFailureOfAnEarlierAttempt(t *testing.T) {
+	l := newLocal(t)
+	cat := checkpoint.NewMemCatalogue()
+	l.s.cfg.Checkpoints = etcdCheckpoints{cat: cat}
+	l.submit("j1", "name: j1\nparallel: {dp: 2, ep: 1}\nsteps: 10\nresources: {cpu_cores: 1, memory_mib: 512}\n")
+	l.s.fences.ready(l.job("j1"))
+	if err := cat.Fence(l.ctx, "j1", 1); err != nil { // another leader
+		t.Fatal(err)
+	}
+	l.s.fences.flush(l.ctx, l.s.cfg.Checkpoints, l.s.log)
+	if ok, err := l.s.fences.ready(l.job("j1")); ok || !errors.Is(err, checkpoint.ErrFenced) {
+		t.Fatalf("attempt 0 after the refused fence: ready %v, %v", ok, err)
+	}
+	if _, err := l.s.CancelJob(l.ctx, &apiv1.CancelJobRequest{JobId: "j1"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.s.ResumeJob(l.ctx, &apiv1.ResumeJobRequest{JobId: "j1"}); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := l.s.fences.ready(l.job("j1")); ok || err != nil {
+		t.Fatalf("attempt 1 before its fence: ready %v, %v; want asked, no failure", ok, err)
+	}
+	l.register("w1")
+	l.register("w2")
+	l.tick()
+	if j := l.job("j1"); j.State != pb.JobState_JOB_STATE_PLACED || j.Restarts != 1 {
+		t.Fatalf("job %v at attempt %d (%s: %s), want attempt 1 placed", j.State, j.Restarts, j.Reason, j.Message)
+	}
+}
+
+// A placement that finds the job at a later attempt than the one the
+// pass read (another leader ended it meanwhile), not yet fenced, is
+// undone before any rank is handed out: the job waits again, at no cost
+// to its restart policy.
+func TestPlacementAtAnUnfencedLaterAttemptUndone(t *testing.T) {
+	l := newLocal(t)
+	l.s.cfg.Checkpoints = etcdCheckpoints{cat: checkpoint.NewMemCatalogue()}
+	l.submit("j1", "name: j1\nparallel: {dp: 2, ep: 1}\nsteps: 10\nresources: {cpu_cores: 1, memory_mib: 512}\n")
+	l.register("w1")
+	l.register("w2")
+	if err := l.s.refresh(l.ctx); err != nil {
+		t.Fatal(err)
+	}
+	read := l.job("j1") // what the pass read: attempt 0
+	if _, err := l.s.CancelJob(l.ctx, &apiv1.CancelJobRequest{JobId: "j1"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.s.ResumeJob(l.ctx, &apiv1.ResumeJobRequest{JobId: "j1"}); err != nil {
+		t.Fatal(err)
+	}
+	h := l.s.hold()
+	h.place(l.ctx, read, scheduler.Plan{Job: scheduler.Job{ID: "j1", Layout: scheduler.Layout{TP: 1, DP: 2, EP: 1}}, Workers: []string{"w1", "w2"}})
+	h.release()
+	j := l.job("j1")
+	if j.State != pb.JobState_JOB_STATE_PENDING || j.Restarts != 2 || j.Restarts != j.FreeRestarts || !strings.Contains(j.Message, "fence was not yet raised") {
+		t.Fatalf("job %v at attempt %d (%d free): %s", j.State, j.Restarts, j.FreeRestarts, j.Message)
+	}
+	if tasks := l.sync("w1"); len(tasks) != 0 {
+		t.Fatalf("tasks handed out: %v", tasks)
+	}
+	l.tick()
+	if j := l.job("j1"); j.State != pb.JobState_JOB_STATE_PLACED || j.Restarts != 2 {
+		t.Fatalf("job %v at attempt %d, want placed at 2 once fenced", j.State, j.Restarts)
+	}
 }

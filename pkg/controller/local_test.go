@@ -92,16 +92,7 @@ func (l *local) tick() {
 	if err := l.s.refresh(l.ctx); err != nil {
 		l.t.Fatal(err)
 	}
-	// what Run's fencing goroutine does between two ticks: the pending
-	// jobs' attempts fenced, so that this tick places them
-	if cps := l.s.cfg.Checkpoints; cps != nil {
-		for _, j := range l.s.cfg.Node.Unfinished() {
-			if j.State == pb.JobState_JOB_STATE_PENDING {
-				l.s.fences.ready(j)
-			}
-		}
-		l.s.fences.flush(l.ctx, cps, l.s.log)
-	}
+	flushFences(l.ctx, l.s)
 	h := l.s.hold()
 	h.tick(l.ctx)
 	h.release()
@@ -680,4 +671,16 @@ func TestDeleteJobResumedMeanwhile(t *testing.T) {
 // memory, with fences.
 func memCheckpoints() Checkpoints {
 	return etcdCheckpoints{cat: checkpoint.NewMemCatalogue()}
+}
+
+// flushFences is what Run's fencing goroutine does between two ticks:
+// the unfinished jobs' attempts fenced, so that the next tick places the
+// pending ones.
+func flushFences(ctx context.Context, s *Server) {
+	if cps := s.cfg.Checkpoints; cps != nil {
+		for _, j := range s.cfg.Node.Unfinished() {
+			s.fences.ready(j)
+		}
+		s.fences.flush(ctx, cps, s.log)
+	}
 }

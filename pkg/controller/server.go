@@ -369,7 +369,7 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	var wg sync.WaitGroup
 	if s.cfg.Checkpoints != nil {
-		wg.Go(func() { s.fences.run(ctx, s.cfg.Checkpoints, s.log) })
+		wg.Go(func() { s.fences.run(ctx, s.cfg.Checkpoints, s.log, s.cfg.Node.IsLeader) })
 	}
 	wg.Add(3)
 	go func() { defer wg.Done(); s.registerLoop(ctx) }()

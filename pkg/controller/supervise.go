@@ -43,8 +43,8 @@ func (s *Server) superviseLoop(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		term := s.raftTerm()
 		isLeader := s.cfg.Node.IsLeader()
+		term := s.raftTerm() // after: a term read first could predate a loss and win
 		if leading && (!isLeader || term != ledTerm) {
 			// lost leadership, or lost and won it again between two
 			// passes (another leader may have changed the state
@@ -57,6 +57,7 @@ func (s *Server) superviseLoop(ctx context.Context) {
 			h := s.hold()
 			h.term.leading = false
 			s.health.publish(h.term)
+			s.fences.reset()
 			h.release()
 			leading = false
 		}
@@ -79,6 +80,7 @@ func (s *Server) superviseLoop(ctx context.Context) {
 			}
 			h := s.hold()
 			h.resetLeaderMemory()
+			s.fences.reset()
 			h.term.leading = true
 			s.health.publish(h.term)
 			h.release()
@@ -107,6 +109,10 @@ func (s held) tick(ctx context.Context) {
 	for _, j := range jobs {
 		if !active(j) {
 			delete(s.term.failing, j.Id)
+		} else if s.cfg.Checkpoints != nil {
+			// placed by a coordinator that did not fence (an older
+			// version): its attempt is fenced now
+			s.fences.ready(j)
 		}
 	}
 	for _, v := range decide(observed{now: now, jobs: jobs, live: live, lastSync: s.term.lastSync, failing: s.term.failing, draining: s.term.draining,
@@ -502,6 +508,21 @@ func (s held) place(ctx context.Context, j *pb.Job, p scheduler.Plan) {
 	if err != nil {
 		s.log.Warn("place failed", "job-id", j.Id, "error", err)
 		return
+	}
+	if res.Job.Restarts != j.Restarts && s.cfg.Checkpoints != nil {
+		// the job moved to a later attempt while this pass ran (this
+		// replica lost and won leadership meanwhile, and another leader
+		// ended the attempt it read): that attempt may not be fenced, and
+		// its ranks must not start before it is. No sync hands out its
+		// tasks meanwhile (this holds the lead lock): it waits again, at
+		// no cost to its restart policy.
+		if ok, _ := s.fences.ready(res.Job); !ok {
+			msg := fmt.Sprintf("placed at attempt %d, whose checkpoint catalogue fence was not yet raised (a change of leader during the placement); placed again once it is", res.Job.Restarts)
+			if _, err := s.cfg.Node.Apply(ctx, &pb.Command{Op: &pb.Command_RequeueJob{RequeueJob: &pb.RequeueJob{JobId: j.Id, Reason: "Requeued", Message: msg, Free: true}}}); err != nil {
+				s.log.Warn("requeue of a placement at an unfenced attempt failed", "job-id", j.Id, "error", err)
+			}
+			return
+		}
 	}
 	workers := strings.Join(p.Workers, ",")
 	reason, msg := "Placed", fmt.Sprintf("attempt %d: ranks -> workers %s", res.Job.Restarts, workers)

@@ -188,6 +188,19 @@ func (h *harness) worker(id string) membership.Registration {
 	return h.workerWith(id, func(*membership.WorkerInfo) {})
 }
 
+// silentWorker registers a worker with a long lease that never syncs: a
+// worker that just died.
+func (h *harness) silentWorker(id string) {
+	h.t.Helper()
+	reg, err := membership.NewMemory(h.members).Register(ctxT(h.t), membership.WorkerInfo{
+		ID: id, Address: "127.0.0.1:12000", Resources: membership.Resources{CPUCores: 2, MemoryBytes: 4 << 30},
+	}, time.Minute)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.t.Cleanup(func() { reg.Close(context.Background()) })
+}
+
 // workerWith is worker with its registration changed by edit.
 func (h *harness) workerWith(id string, edit func(*membership.WorkerInfo)) membership.Registration {
 	h.t.Helper()
@@ -614,14 +627,7 @@ func TestRankFailureBlamesSilentWorker(t *testing.T) {
 	h := newHarness(t, 1, "")
 	c := h.client(h.leader(), "")
 	h.worker("w1")
-	// w2 registers with a long lease but never syncs: a worker that just died
-	reg, err := membership.NewMemory(h.members).Register(ctxT(t), membership.WorkerInfo{
-		ID: "w2", Address: "127.0.0.1:12000", Resources: membership.Resources{CPUCores: 2, MemoryBytes: 4 << 30},
-	}, time.Minute)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer reg.Close(ctxT(t))
+	h.silentWorker("w2")
 	submit(t, c, "job-a", 0)
 	j := waitJob(t, c, "job-a", "placed on w1 and w2", func(j *pb.Job) bool { return j.State == pb.JobState_JOB_STATE_PLACED })
 	if ws := fmt.Sprint(j.Placement); !strings.Contains(ws, "w2") {
@@ -1103,13 +1109,7 @@ func TestClusterStatusSaysWhoIsSilent(t *testing.T) {
 	h := newHarness(t, 3, "")
 	h.worker("w1")
 	h.workerWith("w3", func(w *membership.WorkerInfo) { w.Draining = true })
-	reg, err := membership.NewMemory(h.members).Register(ctxT(t), membership.WorkerInfo{
-		ID: "w2", Address: "127.0.0.1:12000", Resources: membership.Resources{CPUCores: 2, MemoryBytes: 4 << 30},
-	}, time.Minute)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer reg.Close(ctxT(t))
+	h.silentWorker("w2")
 	want := map[string]string{"w1": "healthy", "w2": "silent", "w3": "draining"}
 	for _, r := range []*replica{h.leader(), h.follower()} {
 		c := h.client(r, "")

@@ -27,6 +27,9 @@ type fences struct {
 	failed map[string]fenceFailure // job -> its last failure, for the attempt it names
 	now    func() time.Time
 	kick   chan struct{}
+	// fenced is signalled when a fence was raised: supervision places the
+	// job at once rather than at its next tick
+	fenced chan struct{}
 }
 
 // fenceFailure is why an attempt's fence failed, and when to try again.
@@ -38,7 +41,7 @@ type fenceFailure struct {
 }
 
 func newFences() *fences {
-	return &fences{done: map[string]int32{}, want: map[string]*pb.Job{}, failed: map[string]fenceFailure{}, now: time.Now, kick: make(chan struct{}, 1)}
+	return &fences{done: map[string]int32{}, want: map[string]*pb.Job{}, failed: map[string]fenceFailure{}, now: time.Now, kick: make(chan struct{}, 1), fenced: make(chan struct{}, 1)}
 }
 
 // ready reports whether j's current attempt is fenced; if it is not, it
@@ -172,6 +175,10 @@ func (f *fences) flush(ctx context.Context, cps Checkpoints, log *slog.Logger) {
 			f.done[j.Id] = j.Restarts
 		}
 		f.mu.Unlock()
+		select {
+		case f.fenced <- struct{}{}:
+		default:
+		}
 	}
 }
 

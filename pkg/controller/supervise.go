@@ -42,6 +42,7 @@ func (s *Server) superviseLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-s.fences.fenced: // a job waiting for its fence is placed now
 		}
 		isLeader := s.cfg.Node.IsLeader()
 		term := s.raftTerm() // after: a term read first could predate a loss and win

@@ -308,12 +308,22 @@ func (s *Server) ListCheckpoints(ctx context.Context, req *apiv1.ListCheckpoints
 	return resp, nil
 }
 
-func (s *Server) DeleteCheckpoint(ctx context.Context, req *apiv1.DeleteCheckpointRequest) (*apiv1.DeleteCheckpointResponse, error) {
+// stepCall is the checks a call on one checkpoint (what: "delete
+// checkpoint") starts with: this coordinator has a catalogue, and the
+// step is one.
+func (s *Server) stepCall(what string, step int64) error {
 	if s.cfg.Checkpoints == nil {
-		return nil, apiError(failure(errNoCatalogue, "this coordinator has no checkpoint catalogue"))
+		return apiError(failure(errNoCatalogue, "this coordinator has no checkpoint catalogue"))
 	}
-	if req.GetStep() < 0 {
-		return nil, apiError(failure(errBadRequest, "delete checkpoint: step %d: steps are >= 0", req.GetStep()))
+	if step < 0 {
+		return apiError(failure(errBadRequest, "%s: step %d: steps are >= 0", what, step))
+	}
+	return nil
+}
+
+func (s *Server) DeleteCheckpoint(ctx context.Context, req *apiv1.DeleteCheckpointRequest) (*apiv1.DeleteCheckpointResponse, error) {
+	if err := s.stepCall("delete checkpoint", req.GetStep()); err != nil {
+		return nil, err
 	}
 	if !s.cfg.Node.IsLeader() {
 		// the job's current state (a resume from this step) is the leader's
@@ -503,11 +513,8 @@ func (s held) fenced(ctx context.Context, id string, attempt int32, event, refus
 // files, removed after. Registered as in flight like a commit, so no
 // retention step of an attempt lands after the attempt ended.
 func (s *Server) RetireCheckpoint(ctx context.Context, req *apiv1.RetireCheckpointRequest) (*apiv1.RetireCheckpointResponse, error) {
-	if s.cfg.Checkpoints == nil {
-		return nil, apiError(failure(errNoCatalogue, "this coordinator has no checkpoint catalogue"))
-	}
-	if req.GetStep() < 0 {
-		return nil, apiError(failure(errBadRequest, "retire checkpoint: step %d: steps are >= 0", req.GetStep()))
+	if err := s.stepCall("retire checkpoint", req.GetStep()); err != nil {
+		return nil, err
 	}
 	if !s.cfg.Node.IsLeader() {
 		return forward(ctx, s, req, apiv1.CoordinatorClient.RetireCheckpoint)

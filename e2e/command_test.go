@@ -223,7 +223,61 @@ restart: {max_restarts: %d, backoff_seconds: 12}
 		})
 		c.mustCLI("job", "cancel", id)
 	})
+
+	t.Run("RankTokens", func(t *testing.T) {
+		c.t = t
+		c.waitIdleWorkers(3)
+		script := filepath.Join(c.dir, "rank-token.sh")
+		if err := os.WriteFile(script, []byte(rankTokenScript), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		id := c.submit("cmd-tokens", fmt.Sprintf("name: cmd-tokens\nruntime: command\ncommand: %s\nranks: 2\nrestart: {max_restarts: 0}\n", script))
+		j := c.waitJob(id, 90*time.Second, "ended", func(j *pb.Job) bool { return jobstate.Final(j.State) })
+		logs := c.mustCLI("job", "logs", id).stdout
+		if j.State != pb.JobState_JOB_STATE_SUCCEEDED {
+			t.Fatalf("the ranks' token checks: %s (%s)\n%s", j.State, j.Message, tail(logs, 3000))
+		}
+		var cps apiv1.ListCheckpointsResponse
+		decode(t, c.mustCLI("checkpoints", "list", id, "-o", "json"), &cps)
+		if len(cps.Checkpoints) != 1 || cps.Checkpoints[0].Step != 1 {
+			t.Errorf("checkpoints %v: want rank 0's step 1 only", cps.Checkpoints)
+		}
+		for _, want := range []string{"rank 1: commit refused: ", "rank 0: job list refused: ", "rank 0: committed step 1"} {
+			if !strings.Contains(logs, want) {
+				t.Errorf("the logs do not say %q:\n%s", want, tail(logs, 3000))
+			}
+		}
+		t.Logf("FIGURE rank tokens: %s", regexp.MustCompile(`rank 1: commit refused: [^\n]*`).FindString(logs))
+		c.mustCLI("job", "delete", id, "--checkpoints")
+	})
 }
+
+// rankTokenScript is a command job's rank that checks what its token
+// lets it do: it is a rank token, not the worker's; it cannot list the
+// cluster's jobs; rank 1 cannot commit even with a run.yaml that says
+// rank 0 (the CLI's own check bypassed: the coordinator refuses by the
+// token); rank 0 commits.
+const rankTokenScript = `#!/bin/sh
+set -u
+fail() { echo "rank $RANK: $*" >&2; exit 1; }
+case "$SWITCHYARD_TOKEN" in sy-rank.*) ;; *) fail "SWITCHYARD_TOKEN is not a rank token" ;; esac
+out=$(mktemp)
+if switchyard job list > "$out" 2>&1; then fail "listed the cluster's jobs: $(cat "$out")"; fi
+grep -q "may only read, commit and retire its job's checkpoints" "$out" || fail "job list: $(cat "$out")"
+echo "rank $RANK: job list refused: $(tail -n 1 "$out")"
+dir=$(mktemp -d)
+echo "weights of rank $RANK" > "$dir/model.bin"
+if [ "$RANK" = 1 ]; then
+	sed 's/^rank: 1$/rank: 0/' "$SWITCHYARD_RUN_CONFIG" > "$dir.yaml"
+	grep -q '^rank: 0$' "$dir.yaml" || fail "no rank line in $SWITCHYARD_RUN_CONFIG"
+	if switchyard checkpoints commit --config "$dir.yaml" --retry-for 0 --step 100 "$dir" > "$out" 2>&1; then fail "committed as rank 0: $(cat "$out")"; fi
+	grep -q "cannot act for rank 0" "$out" || fail "commit: $(cat "$out")"
+	echo "rank 1: commit refused: $(tail -n 1 "$out")"
+	exit 0
+fi
+switchyard checkpoints commit --step 1 "$dir" || fail "commit failed"
+echo "rank 0: committed step 1"
+`
 
 // writeCorpus writes a small multi-domain corpus (Go source of this
 // repository, its Markdown, and generated arithmetic) as the trainer's

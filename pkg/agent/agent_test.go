@@ -1009,12 +1009,13 @@ func TestOwnToken(t *testing.T) {
 	}
 }
 
-// TestRanksGetTheWorkersToken: a rank (rank 0 commits checkpoints) calls
-// the coordinator with its worker's own token, not the cluster token the
-// worker was started with, and gets no way into etcd or NATS at hand:
+// TestRanksGetTheirOwnToken: a rank (rank 0 commits checkpoints) calls
+// the coordinator with a token of its own, made from its worker's (good
+// for its job and attempt only), not the worker's nor the cluster token
+// the worker was started with, and gets no way into etcd or NATS at hand:
 // neither the worker's etcd user nor an etcd endpoint (it reads the
 // checkpoint catalogue through the coordinator), nor its NATS credentials.
-func TestRanksGetTheWorkersToken(t *testing.T) {
+func TestRanksGetTheirOwnToken(t *testing.T) {
 	t.Setenv(TokenEnv, "s3cret")
 	t.Setenv(etcdconn.UsernameEnv, "worker")
 	t.Setenv(etcdconn.PasswordEnv, "etcd-s3cret")
@@ -1026,7 +1027,7 @@ func TestRanksGetTheWorkersToken(t *testing.T) {
 	h.waitState("ok-token", 0, apiv1.TaskState_TASK_STATE_SUCCEEDED)
 	dir := h.runDir("ok-token", 1, 0)
 	env := readLines(t, filepath.Join(dir, "token"))
-	if len(env) != 1 || env[0] != security.WorkerToken("s3cret", "w1") {
+	if want := security.RankToken(security.WorkerToken("s3cret", "w1"), security.RankScope{Job: "ok-token", Attempt: 1, Rank: 0}); len(env) != 1 || want == "" || env[0] != want {
 		t.Fatalf("the rank's %s: %q", TokenEnv, env)
 	}
 	if got := readLines(t, filepath.Join(dir, "etcd-user")); !slices.Equal(got, []string{"unset", "unset", "unset"}) {

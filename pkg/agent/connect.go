@@ -107,8 +107,8 @@ func OwnToken(given, id string) (string, error) {
 // checkpoint catalogue through the coordinator and the bus through the
 // worker, and a trainer should not find a way to change the cluster's
 // state at hand; the rank runs as the worker's user, so this is no
-// barrier to a hostile one) and its coordinator token (the rank gets the
-// worker's own, added after).
+// barrier to a hostile one) and its coordinator token (the rank gets a
+// token of its own, security.RankToken, added after).
 func rankEnviron(env []string) []string {
 	return slices.DeleteFunc(slices.Clone(env), func(kv string) bool {
 		k, _, _ := strings.Cut(kv, "=")

@@ -46,8 +46,11 @@
 // verifies and commits what every rank wrote. Ranks read the catalogue,
 // and rank 0 commits and retires checkpoints, through the coordinator
 // (--commit-via with the worker's coordinator endpoints, --attempt with
-// the task's attempt, the worker's token in SWITCHYARD_TOKEN), which
-// refuses the commits and deletions of an attempt that is over.
+// the task's attempt, and in SWITCHYARD_TOKEN a rank token made from the
+// worker's: security.RankToken, good for that job's catalogue only, for
+// commits and retention only as rank 0 of that attempt, never for a sync),
+// and the coordinator refuses the commits and deletions of an attempt
+// that is over.
 //
 // A rank announces job events (resumed from a step, checkpoint unusable)
 // on lines starting with train.EventPrefix (the agent sets

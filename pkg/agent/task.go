@@ -27,6 +27,7 @@ import (
 	"github.com/switchyard-ml/switchyard/pkg/jobspec"
 	"github.com/switchyard-ml/switchyard/pkg/membership"
 	"github.com/switchyard-ml/switchyard/pkg/metrics"
+	"github.com/switchyard-ml/switchyard/pkg/security"
 	"github.com/switchyard-ml/switchyard/pkg/train"
 	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
 	pb "github.com/switchyard-ml/switchyard/proto/switchyard/coordinator/v1"
@@ -479,8 +480,8 @@ func (a *Agent) runTask(tk *task) {
 	cmd.Dir = l.runDir
 	cmd.Env = append(append(rankEnviron(os.Environ()), l.env...), train.EventsEnv+"=1", // event lines for the job's history
 		OwnerEnv+"="+a.owner) // found by this worker's next run if the rank outlives it
-	if a.o.Token != "" {
-		cmd.Env = append(cmd.Env, TokenEnv+"="+a.o.Token) // the worker's own, not the cluster's
+	if tok := security.RankToken(a.o.Token, security.RankScope{Job: k.jobID, Attempt: k.attempt, Rank: k.rank}); tok != "" {
+		cmd.Env = append(cmd.Env, TokenEnv+"="+tok) // this rank's, not the worker's
 	}
 	cmd.Stdout, cmd.Stderr = out.stdout, out.stderr
 	metricsPath := filepath.Join(l.runDir, "metrics.jsonl")

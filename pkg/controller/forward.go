@@ -2,6 +2,8 @@ package controller
 
 import (
 	"context"
+	"fmt"
+	"strings"
 	"sync"
 
 	"google.golang.org/grpc"
@@ -23,22 +25,50 @@ const forwardedKey = "x-switchyard-forwarded"
 // follower checked: the leader sees the follower's cluster token.
 const onBehalfKey = "x-switchyard-on-behalf-of-worker"
 
+// onBehalfRankKey is, on a forwarded call of a rank's token, its scope
+// ("JOB.ATTEMPT.RANK"), beside onBehalfKey's worker.
+const onBehalfRankKey = "x-switchyard-on-behalf-of-rank"
+
 // caller is who a call comes from (ok false when the API checks no
 // token): the interceptor's identity, or, on a call a follower forwarded,
-// the worker it checked. The follower's own call carries the cluster
-// token, or with mutual TLS and no token no identity at all (a replica's
-// certificate is not a worker's): either way the worker it names is the
-// caller, or a worker would pass every per-worker check by calling a
-// follower. A direct caller that is a worker cannot name another.
+// the worker (and rank) it checked. The follower's own call carries the
+// cluster token, or with mutual TLS and no token no identity at all (a
+// replica's certificate is not a worker's): either way the worker it
+// names is the caller, or a worker would pass every per-worker check by
+// calling a follower. A direct caller that is a worker cannot name
+// another. A forwarded rank scope that does not parse is a rank of no
+// job, which every per-job check refuses.
 func caller(ctx context.Context) (security.Identity, bool) {
 	id, ok := security.IdentityFrom(ctx)
 	if id.Worker == "" && forwarded(ctx) {
 		md, _ := metadata.FromIncomingContext(ctx)
 		if w := md.Get(onBehalfKey); len(w) == 1 {
 			id.Worker, ok = w[0], true
+			if r := md.Get(onBehalfRankKey); len(r) > 0 {
+				id.Scope = parseScope(r)
+			}
 		}
 	}
 	return id, ok
+}
+
+// formatScope and parseScope carry a rank's scope on a forwarded call.
+func formatScope(r security.RankScope) string {
+	return fmt.Sprintf("%s.%d.%d", r.Job, r.Attempt, r.Rank)
+}
+
+func parseScope(vals []string) security.RankScope {
+	nowhere := security.RankScope{Job: "-", Attempt: -1, Rank: -1}
+	if len(vals) != 1 {
+		return nowhere
+	}
+	var r security.RankScope
+	job, rest, ok := strings.Cut(vals[0], ".")
+	if _, err := fmt.Sscanf(rest, "%d.%d", &r.Attempt, &r.Rank); !ok || job == "" || err != nil || formatScope(security.RankScope{Job: job, Attempt: r.Attempt, Rank: r.Rank}) != vals[0] {
+		return nowhere
+	}
+	r.Job = job
+	return r
 }
 
 // forwarder holds one connection per leader API address.
@@ -105,6 +135,9 @@ func forward[Req, Resp any](ctx context.Context, s *Server, req Req, call func(a
 	ctx = metadata.AppendToOutgoingContext(ctx, forwardedKey, s.cfg.Node.ID())
 	if id, ok := caller(ctx); ok && id.Worker != "" {
 		ctx = metadata.AppendToOutgoingContext(ctx, onBehalfKey, id.Worker)
+		if id.Ranked() {
+			ctx = metadata.AppendToOutgoingContext(ctx, onBehalfRankKey, formatScope(id.Scope))
+		}
 	}
 	var p peer.Peer
 	resp, err := call(c, ctx, req, grpc.Peer(&p))

@@ -123,9 +123,30 @@ func TestCallerOnAForwardedCall(t *testing.T) {
 		{"no security, no forwarding", context.Background(), "", false},
 	} {
 		id, ok := caller(tc.ctx)
-		if id.Worker != tc.worker || ok != tc.ok {
-			t.Errorf("%s: caller %q (%v), want %q (%v)", tc.name, id.Worker, ok, tc.worker, tc.ok)
+		if id.Worker != tc.worker || ok != tc.ok || id.Ranked() {
+			t.Errorf("%s: caller %+v (%v), want %q (%v)", tc.name, id, ok, tc.worker, tc.ok)
 		}
+	}
+	// a rank's scope travels beside its worker; one that does not parse is
+	// a rank of no job
+	nowhere := security.RankScope{Job: "-", Attempt: -1, Rank: -1}
+	for _, tc := range []struct {
+		name  string
+		ctx   context.Context
+		scope security.RankScope
+	}{
+		{"a rank's scope", fwd(context.Background(), onBehalfKey, "w9", onBehalfRankKey, "job-c.2.1"), security.RankScope{Job: "job-c", Attempt: 2, Rank: 1}},
+		{"a scope without a job", fwd(context.Background(), onBehalfKey, "w9", onBehalfRankKey, ".2.1"), nowhere},
+		{"a scope with extra", fwd(context.Background(), onBehalfKey, "w9", onBehalfRankKey, "job-c.2.1x"), nowhere},
+		{"a scope written otherwise", fwd(context.Background(), onBehalfKey, "w9", onBehalfRankKey, "job-c.02.1"), nowhere},
+		{"two scopes", fwd(context.Background(), onBehalfKey, "w9", onBehalfRankKey, "job-c.2.1", onBehalfRankKey, "job-d.2.1"), nowhere},
+	} {
+		if id, ok := caller(tc.ctx); !ok || id.Worker != "w9" || id.Scope != tc.scope {
+			t.Errorf("%s: caller %+v (%v), want w9 as %+v", tc.name, id, ok, tc.scope)
+		}
+	}
+	if id, _ := caller(fwd(security.WithIdentity(context.Background(), security.Identity{Worker: "w1", Scope: security.RankScope{Job: "a"}}), onBehalfKey, "w9", onBehalfRankKey, "job-c.2.1")); id.Worker != "w1" || id.Scope.Job != "a" {
+		t.Errorf("a rank calling directly named another: %+v", id)
 	}
 }
 
@@ -180,5 +201,96 @@ func TestProbeIsNotASync(t *testing.T) {
 	l.tick()
 	if j := l.job("j1"); len(j.Placement) != 2 {
 		t.Fatalf("not placed once w2 synced again: %s, %v", j.State, j.Placement)
+	}
+}
+
+// TestRankScopes: a rank token (security.RankToken) reaches its own job's
+// catalogue only; it commits and retires only as rank 0 of the attempt it
+// was made for; it never syncs, even as its own worker.
+func TestRankScopes(t *testing.T) {
+	l := newLocal(t)
+	cat := checkpoint.NewMemCatalogue()
+	enc := l.placeWithCatalogue(etcdCheckpoints{cat: cat, log: quietLogger(t)})
+	j := l.job("j1")
+	rank0 := j.Placement[0].WorkerId
+	as := func(job string, attempt, rank int32) context.Context {
+		return security.WithIdentity(l.ctx, security.Identity{Worker: rank0, Scope: security.RankScope{Job: job, Attempt: attempt, Rank: rank}})
+	}
+	commit := func(ctx context.Context) error {
+		_, err := l.s.CommitCheckpoint(ctx, &apiv1.CommitCheckpointRequest{JobId: "j1", Attempt: 0, Manifest: enc})
+		return err
+	}
+	list := func(ctx context.Context) error {
+		_, err := l.s.ListCheckpoints(ctx, &apiv1.ListCheckpointsRequest{JobId: "j1", Manifests: true})
+		return err
+	}
+	for _, tc := range []struct {
+		name    string
+		err     error
+		message string
+	}{
+		{"rank 1 commits", commit(as("j1", 0, 1)), "rank 1 of job j1's attempt 0 cannot act for rank 0"},
+		{"another job's rank 0 commits", commit(as("j2", 0, 0)), "rank 0 of job j2's attempt 0 cannot act"},
+		{"a later attempt's rank 0 commits", commit(as("j1", 1, 0)), "job j1's attempt 1 cannot act for rank 0 of job j1's attempt 0"},
+		{"rank 1 retires", func() error {
+			_, err := l.s.RetireCheckpoint(as("j1", 0, 1), &apiv1.RetireCheckpointRequest{JobId: "j1", Attempt: 0, Step: 10})
+			return err
+		}(), "rank 1 of job j1's attempt 0 cannot act"},
+		{"another job's rank lists", list(as("j2", 0, 0)), "reads that job's checkpoints only, not job j1's"},
+		{"a rank syncs as its worker", func() error {
+			_, err := l.s.SyncWorker(as("j1", 0, 0), &apiv1.SyncWorkerRequest{WorkerId: rank0})
+			return err
+		}(), "cannot sync as worker " + rank0},
+	} {
+		if status.Code(tc.err) != codes.PermissionDenied || !strings.Contains(tc.err.Error(), tc.message) {
+			t.Errorf("%s: %v, want PermissionDenied naming %q", tc.name, tc.err, tc.message)
+		}
+	}
+	if ms, err := cat.List(l.ctx, "j1"); err != nil || len(ms) != 0 {
+		t.Fatalf("refused commits changed the catalogue: %v, %v", ms, err)
+	}
+	for _, rank := range []int32{1, 0} { // any rank of the job reads
+		if err := list(as("j1", 0, rank)); err != nil {
+			t.Fatalf("rank %d lists its job's checkpoints: %v", rank, err)
+		}
+	}
+	if err := commit(as("j1", 0, 0)); err != nil {
+		t.Fatalf("rank 0 of the current attempt commits: %v", err)
+	}
+	if _, err := l.s.RetireCheckpoint(as("j1", 0, 0), &apiv1.RetireCheckpointRequest{JobId: "j1", Attempt: 0, Step: 10}); err != nil {
+		t.Fatalf("rank 0 of the current attempt retires: %v", err)
+	}
+}
+
+// TestRankTokenThroughAFollower: a rank's scope travels with the call a
+// follower forwards, so the leader refuses what the rank token may not do
+// and allows what it may.
+func TestRankTokenThroughAFollower(t *testing.T) {
+	h := newHarness(t, 3, "s3cret")
+	lead, follower := h.leader(), h.follower()
+	op := h.client(lead, "s3cret")
+	h.worker("w1")
+	h.worker("w2")
+	submit(t, op, "job-c", 0)
+	j := waitJob(t, op, "job-c", "placed", func(j *pb.Job) bool { return len(j.Placement) == 2 })
+	w0 := j.Placement[0].WorkerId
+	token := func(rank int32) string {
+		return security.RankToken(security.WorkerToken("s3cret", w0), security.RankScope{Job: "job-c", Attempt: j.Restarts, Rank: rank})
+	}
+	retire := func(rank int32) error {
+		_, err := h.client(follower, token(rank)).RetireCheckpoint(ctxT(t), &apiv1.RetireCheckpointRequest{JobId: "job-c", Attempt: j.Restarts, Step: 99})
+		return err
+	}
+	if err := retire(1); status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "rank 1 of job job-c") {
+		t.Fatalf("rank 1's token retires through a follower: %v, want PermissionDenied", err)
+	}
+	if err := retire(0); status.Code(err) != codes.NotFound || !strings.Contains(err.Error(), "99") {
+		t.Fatalf("rank 0's token retires a step not there through a follower: %v, want NotFound", err)
+	}
+	if _, err := h.client(follower, token(0)).ListCheckpoints(ctxT(t), &apiv1.ListCheckpointsRequest{JobId: "job-c"}); err != nil {
+		t.Fatalf("rank 0's token lists its job's checkpoints through a follower: %v", err)
+	}
+	if _, err := h.client(follower, token(0)).SyncWorker(ctxT(t), &apiv1.SyncWorkerRequest{WorkerId: w0}); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("rank 0's token syncs as its worker: %v, want PermissionDenied", err)
 	}
 }

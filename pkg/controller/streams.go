@@ -257,6 +257,9 @@ func (s *Server) ListCheckpoints(ctx context.Context, req *apiv1.ListCheckpoints
 		return nil, apiError(err)
 	}
 	// a worker's ranks read their own job's catalogue, no other
+	if id, ok := caller(ctx); ok && id.Ranked() && id.Scope.Job != j.Id {
+		return nil, apiError(failure(errPermission, "the token of rank %d of job %s reads that job's checkpoints only, not job %s's", id.Scope.Rank, id.Scope.Job, j.Id))
+	}
 	if id, ok := caller(ctx); ok && id.Worker != "" && !slices.ContainsFunc(j.Placement, func(p *pb.RankAssignment) bool { return p.WorkerId == id.Worker }) {
 		if !s.cfg.Node.IsLeader() {
 			// this replica may not have seen the attempt yet: the leader
@@ -500,6 +503,11 @@ func (s held) fenced(ctx context.Context, id string, attempt int32, event, refus
 		}
 		s.cfg.Metrics.CheckpointRefused("attempt_over")
 		return nil, apiError(failure(errAttemptOver, "%s", msg))
+	}
+	if id, ok := caller(ctx); ok && id.Ranked() && (id.Scope.Job != j.Id || id.Scope.Attempt != attempt || id.Scope.Rank != 0) {
+		s.cfg.Metrics.CheckpointRefused("not_rank_0")
+		return nil, apiError(failure(errPermission, "the token of rank %d of job %s's attempt %d cannot act for rank 0 of job %s's attempt %d: only that rank commits and retires its checkpoints",
+			id.Scope.Rank, id.Scope.Job, id.Scope.Attempt, j.Id, attempt))
 	}
 	if id, ok := caller(ctx); ok && id.Worker != "" && (len(j.Placement) == 0 || j.Placement[0].WorkerId != id.Worker) {
 		s.cfg.Metrics.CheckpointRefused("not_rank_0")

@@ -585,6 +585,9 @@ func (s *Server) SyncWorker(ctx context.Context, req *apiv1.SyncWorkerRequest) (
 		}
 		return nil, apiError(failure(errPermission, "worker %s's token cannot sync as worker %s", id.Worker, w))
 	}
+	if id, ok := caller(ctx); ok && id.Ranked() {
+		return nil, apiError(failure(errPermission, "the token of rank %d of job %s cannot sync as worker %s: only the worker's own token syncs", id.Scope.Rank, id.Scope.Job, w))
+	}
 	if req.GetProbe() {
 		return &apiv1.SyncWorkerResponse{}, nil // the credentials passed; any replica says so
 	}

@@ -122,10 +122,15 @@ func (t Token) RequireTransportSecurity() bool { return false }
 var _ credentials.PerRPCCredentials = Token("")
 
 // Identity is who a call comes from: an operator (the cluster token:
-// Worker is "") or one worker (its worker token).
+// Worker is ""), one worker (its worker token), or one rank that a
+// worker runs (a rank token: Worker and Scope set).
 type Identity struct {
 	Worker string
+	Scope  RankScope // Job "": not a rank's
 }
+
+// Ranked reports whether the caller is a rank (a rank token).
+func (id Identity) Ranked() bool { return id.Scope.Job != "" }
 
 type identityKey struct{}
 
@@ -218,12 +223,14 @@ func identify(ctx context.Context, secret string) (id Identity, ok bool, err err
 	case id.Worker != "" && id.Worker != cw:
 		return Identity{}, false, status.Errorf(codes.PermissionDenied, "the certificate names worker %s but the token worker %s", cw, id.Worker)
 	}
-	return Identity{Worker: cw}, true, nil
+	id.Worker = cw // a rank's scope stays
+	return id, true, nil
 }
 
 // tokenIdentity checks the bearer token in ctx's incoming metadata against
 // the cluster token secret: the secret itself is an operator, a worker
-// token made from it is that worker.
+// token made from it is that worker, a rank token made from that is the
+// worker narrowed to the rank.
 func tokenIdentity(ctx context.Context, secret string) (Identity, error) {
 	md, _ := metadata.FromIncomingContext(ctx)
 	for _, v := range md.Get("authorization") {
@@ -237,12 +244,15 @@ func tokenIdentity(ctx context.Context, secret string) (Identity, error) {
 		if w, ok := WorkerOf(got); ok && subtle.ConstantTimeCompare([]byte(got), []byte(WorkerToken(secret, w))) == 1 {
 			return Identity{Worker: w}, nil
 		}
+		if w, r, ok := rankOf(got); ok && subtle.ConstantTimeCompare([]byte(got), []byte(rankToken(WorkerToken(secret, w), w, r))) == 1 {
+			return Identity{Worker: w, Scope: r}, nil
+		}
 	}
 	return Identity{}, status.Error(codes.Unauthenticated, "missing or wrong bearer token")
 }
 
 // Check verifies the bearer token in ctx's incoming metadata: the cluster
-// token want, or a worker token made from it.
+// token want, or a worker (or rank) token made from it.
 func Check(ctx context.Context, want string) error {
 	if want == "" {
 		return nil
@@ -271,7 +281,11 @@ func authorize(ctx context.Context, token, method string) (context.Context, erro
 	if !ok {
 		return ctx, nil
 	}
-	if id.Worker != "" && !WorkerMethods[method] {
+	switch {
+	case id.Ranked() && !RankMethods[method]:
+		return nil, status.Errorf(codes.PermissionDenied, "rank %d of job %s (attempt %d, on worker %s) may only read, commit and retire its job's checkpoints, not call %s",
+			id.Scope.Rank, id.Scope.Job, id.Scope.Attempt, id.Worker, method)
+	case id.Worker != "" && !WorkerMethods[method]:
 		return nil, status.Errorf(codes.PermissionDenied, "worker %s may only sync and read, commit and retire its jobs' checkpoints, not call %s", id.Worker, method)
 	}
 	return WithIdentity(ctx, id), nil

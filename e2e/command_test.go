@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -250,7 +251,87 @@ restart: {max_restarts: %d, backoff_seconds: 12}
 		t.Logf("FIGURE rank tokens: %s", regexp.MustCompile(`rank 1: commit refused: [^\n]*`).FindString(logs))
 		c.mustCLI("job", "delete", id, "--checkpoints")
 	})
+
+	t.Run("RankUser", func(t *testing.T) {
+		c.t = t
+		if os.Geteuid() != 0 {
+			t.Fatalf("a worker with rank_user runs as root; this test runs as uid %d", os.Geteuid())
+		}
+		// the test's directories are its user's alone (0700): the rank
+		// user must reach the storage, the binaries and the script
+		for _, d := range []string{c.storage, bins.dir} {
+			for p := d; p != os.TempDir() && p != "/"; p = filepath.Dir(p) {
+				if err := os.Chmod(p, 0o755); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		script := filepath.Join(c.dir, "rank-user.sh")
+		if err := os.WriteFile(script, []byte(rankUserScript), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		c.workerLabels = map[string]string{"w4": "{rack: r2}"}
+		c.workerConfig = map[string]string{"w4": "rank_user: \"65534:65534\"\n"}
+		c.workerPorts["w4"] = freePortRun(t, 1)
+		c.startWorker("w4")
+		defer c.workers["w4"].stop()
+		id := c.submit("cmd-user", fmt.Sprintf("name: cmd-user\nruntime: command\ncommand: %s\nplacement: {host_labels: {rack: r2}}\nrestart: {max_restarts: 0}\n", script))
+		j := c.waitJob(id, 90*time.Second, "ended", func(j *pb.Job) bool { return jobstate.Final(j.State) })
+		logs := c.mustCLI("job", "logs", id).stdout
+		if j.State != pb.JobState_JOB_STATE_SUCCEEDED || j.Placement[0].WorkerId != "w4" {
+			t.Fatalf("the rank user's checks on %s: %s (%s)\n%s", j.Placement[0].WorkerId, j.State, j.Message, tail(logs, 3000))
+		}
+		var cps apiv1.ListCheckpointsResponse
+		decode(t, c.mustCLI("checkpoints", "list", id, "-o", "json"), &cps)
+		if len(cps.Checkpoints) != 1 {
+			t.Fatalf("checkpoints %v: want the rank's step 1", cps.Checkpoints)
+		}
+		files, _ := filepath.Glob(filepath.Join(c.storage, "checkpoints", id, "step-*", "*"))
+		for _, f := range files {
+			if st, err := os.Stat(f); err != nil || st.Sys().(*syscall.Stat_t).Uid != 65534 {
+				t.Errorf("checkpoint file %s: %v, want the rank user's", f, err)
+			}
+		}
+		if len(files) == 0 {
+			t.Errorf("no checkpoint files under %s", filepath.Join(c.storage, "checkpoints", id))
+		}
+		t.Logf("FIGURE rank user: %s", regexp.MustCompile(`rank user: [^\n]*`).FindString(logs))
+		c.mustCLI("job", "delete", id, "--checkpoints")
+
+		// an engine job too: its rank writes and commits its checkpoints
+		// as the rank user
+		spec := strings.Replace(jobSpec("engine-user", 6, 0, 3), "parallel: {dp: 2, ep: 2}", "parallel: {dp: 1, ep: 1}\nplacement: {host_labels: {rack: r2}}", 1)
+		id = c.submit("engine-user", spec)
+		j = c.waitJob(id, 120*time.Second, "ended", func(j *pb.Job) bool { return jobstate.Final(j.State) })
+		if j.State != pb.JobState_JOB_STATE_SUCCEEDED {
+			t.Fatalf("an engine job as the rank user: %s (%s)\n%s", j.State, j.Message, tail(c.mustCLI("job", "logs", id).stdout, 3000))
+		}
+		files, _ = filepath.Glob(filepath.Join(c.storage, "checkpoints", id, "step-*", "*"))
+		if len(files) == 0 {
+			t.Errorf("the engine job left no checkpoint files")
+		}
+		for _, f := range files {
+			if st, err := os.Stat(f); err != nil || st.Sys().(*syscall.Stat_t).Uid != 65534 {
+				t.Errorf("checkpoint file %s: %v, want the rank user's", f, err)
+			}
+		}
+		c.mustCLI("job", "delete", id, "--checkpoints")
+	})
 }
+
+// rankUserScript is a command job's rank on a worker with rank_user: it
+// runs as that user, cannot read its worker's environment (where the
+// worker's token is), and commits a checkpoint it wrote.
+const rankUserScript = `#!/bin/sh
+set -u
+fail() { echo "rank user: $*" >&2; exit 1; }
+[ "$(id -u)" = 65534 ] || fail "runs as uid $(id -u)"
+[ "$(cat /proc/$PPID/comm)" = worker ] || fail "the parent is $(cat /proc/$PPID/comm), not the worker"
+if cat /proc/$PPID/environ > /dev/null 2>&1; then fail "read the worker's environment"; fi
+echo "weights" > "$SWITCHYARD_CHECKPOINT_DIR/model.bin" || fail "cannot write $SWITCHYARD_CHECKPOINT_DIR"
+switchyard checkpoints commit --step 1 "$SWITCHYARD_CHECKPOINT_DIR" || fail "commit failed"
+echo "rank user: uid $(id -u) in $HOME, the worker's environment unreadable, committed step 1"
+`
 
 // rankTokenScript is a command job's rank that checks what its token
 // lets it do: it is a rank token, not the worker's; it cannot list the

@@ -71,8 +71,9 @@ type Options struct {
 // Agent is a running worker. Create it with New and call Run once.
 type Agent struct {
 	o       Options
-	trainer string // absolute path of the switchyard binary
-	owner   string // OwnerEnv's value in this worker's ranks: "ID@STORAGE"
+	trainer string    // absolute path of the switchyard binary
+	ranks   *rankUser // the OS user ranks run as (nil: the worker's)
+	owner   string    // OwnerEnv's value in this worker's ranks: "ID@STORAGE"
 	log     *slog.Logger
 	kick    chan struct{} // a task changed state: sync now (buffered 1)
 	ran     atomic.Bool
@@ -126,6 +127,10 @@ func New(o Options) (*Agent, error) {
 		// refused here, not by every rank placed on it later
 		return nil, fmt.Errorf("%w: storage_path %s cannot be used: %w", ErrOptions, o.Config.StoragePath, err)
 	}
+	ranks, err := checkRankUser(o, trainer)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrOptions, err)
+	}
 	if o.SyncInterval <= 0 {
 		o.SyncInterval = DefaultSyncInterval
 	}
@@ -142,6 +147,7 @@ func New(o Options) (*Agent, error) {
 	a := &Agent{
 		o:       o,
 		trainer: trainer,
+		ranks:   ranks,
 		owner:   o.Config.ID + "@" + storage,
 		log:     o.Logger.With("worker-id", o.Config.ID),
 		kick:    make(chan struct{}, 1),

@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -72,6 +73,10 @@ func (a *Agent) prepareCommand(t *apiv1.Task, spec *jobspec.Spec, task jobspec.T
 	}
 	runYAML, err := writeRunDir(host.RunDir, []string{host.RunDir, cfg.StagingDir()}, cfg)
 	if err != nil {
+		return launch{}, err
+	}
+	staging := filepath.Dir(cfg.StagingDir())
+	if err := a.giveRank(host.RunDir, runYAML, filepath.Dir(staging), staging, cfg.StagingDir()); err != nil {
 		return launch{}, err
 	}
 	return launch{runDir: host.RunDir, args: []string{"exec", "--config", runYAML}, command: true}, nil

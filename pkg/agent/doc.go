@@ -59,6 +59,14 @@
 // are not log lines. A NATS control message about a job the worker runs
 // (cancel, an ended attempt) makes it sync at once.
 //
+// With rank_user in the worker's config, every rank runs as that OS user
+// (the worker runs as root; New checks that it may, and that the user
+// reaches the storage path and the trainer): the worker gives the user
+// the rank's run directory, its run.yaml and its job's checkpoint
+// directory (for a command job, the staging directories too), sets HOME
+// (the run directory for a user without one), USER and LOGNAME, and the
+// rank cannot read the worker's environment.
+//
 // A command job (runtime: command) runs each rank as `switchyard exec
 // --config run.yaml`, run.yaml being the rank's jobspec.CommandConfig:
 // it resumes from the newest committed checkpoint that verifies and then

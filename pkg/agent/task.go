@@ -290,13 +290,23 @@ func (a *Agent) prepare(t *apiv1.Task) (launch, error) {
 		return launch{}, err
 	}
 	dirs := []string{host.RunDir}
+	owned := []string{host.RunDir}
 	if spec.Checkpoint.Storage != jobspec.StorageS3 {
 		// s3://bucket/prefix: the rank reaches the S3 server with the
 		// worker's SWITCHYARD_S3_* and AWS_* environment
 		dirs = append(dirs, cfg.Checkpoint.Dir)
+		if a.ranks != nil {
+			// the job's own directory (checkpoint.StepPrefix), not the
+			// root other jobs share
+			jobDir := filepath.Join(cfg.Checkpoint.Dir, k.jobID)
+			dirs, owned = append(dirs, jobDir), append(owned, jobDir)
+		}
 	}
 	runYAML, err := writeRunDir(host.RunDir, dirs, cfg)
 	if err != nil {
+		return launch{}, err
+	}
+	if err := a.giveRank(append(owned, runYAML)...); err != nil {
 		return launch{}, err
 	}
 	args := []string{"train", "--config", runYAML, "--rank", strconv.Itoa(int(k.rank)), "--json"}
@@ -494,6 +504,10 @@ func (a *Agent) runTask(tk *task) {
 		cmd.Stdout = tap
 	}
 	cmd.SysProcAttr = sysProcAttr()
+	if a.ranks != nil {
+		cmd.SysProcAttr.Credential = a.ranks.credential()
+		cmd.Env = append(cmd.Env, a.ranks.environ(l.runDir)...)
+	}
 	cmd.WaitDelay = waitDelay
 	if err := cmd.Start(); err != nil {
 		if tap != nil {

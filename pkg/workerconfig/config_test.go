@@ -129,6 +129,7 @@ func TestSettingsNames(t *testing.T) {
 		"lease_ttl_seconds":   {"lease-ttl-seconds", "SWITCHYARD_WORKER_LEASE_TTL_SECONDS"},
 		"trainer":             {"trainer", "SWITCHYARD_WORKER_TRAINER"},
 		"metrics_address":     {"metrics-addr", "SWITCHYARD_WORKER_METRICS_ADDR"},
+		"rank_user":           {"rank-user", "SWITCHYARD_WORKER_RANK_USER"},
 	}
 	seen := map[string]bool{}
 	for _, s := range Settings() {
@@ -143,7 +144,7 @@ func TestSettingsNames(t *testing.T) {
 			t.Errorf("%s: no help", s.Key)
 		}
 	}
-	if len(Settings()) != 25 {
+	if len(Settings()) != 26 {
 		t.Fatalf("%d settings", len(Settings()))
 	}
 }
@@ -268,6 +269,11 @@ func TestValidateRules(t *testing.T) {
 		{func(c *Config) { c.StoragePath = "" }, `workerconfig: storage_path = "": required (the directory for checkpoint shards)`},
 		{func(c *Config) { c.StoragePath = "data" }, `workerconfig: storage_path = "data": must be an absolute path`},
 		{func(c *Config) { c.LeaseTTLSeconds = 1 }, `workerconfig: lease_ttl_seconds = 1: must be in [2, 3600]`},
+		{func(c *Config) { c.RankUser = "trainer" }, ""},
+		{func(c *Config) { c.RankUser = "65534:65534" }, ""},
+		{func(c *Config) { c.RankUser = "1001" }, ""},
+		{func(c *Config) { c.RankUser = "a b" }, `workerconfig: rank_user = "a b": want a user name, a uid, or uid:gid`},
+		{func(c *Config) { c.RankUser = "65534:" }, `workerconfig: rank_user = "65534:": want a user name, a uid, or uid:gid`},
 		{func(c *Config) { c.Resources.CPUCores, c.Resources.GPUs = 8, 8 }, ""}, // 8 slots, one per GPU
 		{func(c *Config) { c.Resources.CPUCores, c.Resources.GPUs, c.Slots = 8, 8, 4 }, ""},
 		{func(c *Config) { c.Slots = -1 }, `workerconfig: slots = -1: must be in [0, 256]`},

@@ -44,6 +44,7 @@ func ValidID(id string) error {
 
 var (
 	idRE         = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
+	rankUserRE   = regexp.MustCompile(`^([A-Za-z_][A-Za-z0-9_.-]{0,31}\$?|[0-9]{1,10}(:[0-9]{1,10})?)$`)
 	labelKeyRE   = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9._/-]{0,62})$`)
 	labelValueRE = regexp.MustCompile(`^[A-Za-z0-9._/-]{0,63}$`)
 )
@@ -196,6 +197,10 @@ func (c Config) validate(statFiles bool) error {
 		if !filepath.IsAbs(p) || filepath.Clean(p) != p {
 			bad(fmt.Sprintf("allowed_paths[%d]", i), p, "must be a clean absolute path")
 		}
+	}
+
+	if u := c.RankUser; u != "" && !rankUserRE.MatchString(u) {
+		bad("rank_user", u, "want a user name, a uid, or uid:gid")
 	}
 
 	if c.DataPlaneTLS && !c.TLS.Enabled() {

@@ -1,0 +1,238 @@
+package agent
+
+import (
+	"fmt"
+	"io/fs"
+	"os"
+	"os/user"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+)
+
+// rankUser is the OS user that ranks run as (workerconfig.Config.RankUser).
+type rankUser struct {
+	spec     string // as the config gives it
+	name     string // "" for a uid without a passwd entry
+	uid, gid uint32
+	groups   []uint32 // supplementary, the primary group included
+	home     string   // "" when unknown or not a directory
+}
+
+// lookupRankUser resolves rank_user: a user name or a uid (from the
+// passwd and group databases), or uid:gid as given (no entry needed).
+func lookupRankUser(spec string) (*rankUser, error) {
+	u := &rankUser{spec: spec}
+	if uidText, gidText, pair := strings.Cut(spec, ":"); pair {
+		uid, uerr := strconv.ParseUint(uidText, 10, 32)
+		gid, gerr := strconv.ParseUint(gidText, 10, 32)
+		if uerr != nil || gerr != nil {
+			return nil, fmt.Errorf("rank_user %q: want uid:gid, both numbers", spec)
+		}
+		u.uid, u.gid, u.groups = uint32(uid), uint32(gid), []uint32{uint32(gid)}
+		if pw, err := user.LookupId(uidText); err == nil {
+			u.name, u.home = pw.Username, pw.HomeDir
+		}
+		return u.checkHome(), nil
+	}
+	var pw *user.User
+	var err error
+	if _, numeric := strconv.ParseUint(spec, 10, 32); numeric == nil {
+		pw, err = user.LookupId(spec)
+	} else {
+		pw, err = user.Lookup(spec)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("rank_user %q: %w (give uid:gid for a user without a passwd entry)", spec, err)
+	}
+	uid, uerr := strconv.ParseUint(pw.Uid, 10, 32)
+	gid, gerr := strconv.ParseUint(pw.Gid, 10, 32)
+	if uerr != nil || gerr != nil {
+		return nil, fmt.Errorf("rank_user %q: uid %q, gid %q: not numbers", spec, pw.Uid, pw.Gid)
+	}
+	u.name, u.home, u.uid, u.gid = pw.Username, pw.HomeDir, uint32(uid), uint32(gid)
+	u.groups = []uint32{u.gid}
+	if ids, err := pw.GroupIds(); err == nil {
+		for _, id := range ids {
+			if g, err := strconv.ParseUint(id, 10, 32); err == nil && !slices.Contains(u.groups, uint32(g)) {
+				u.groups = append(u.groups, uint32(g))
+			}
+		}
+	}
+	return u.checkHome(), nil
+}
+
+func (u *rankUser) checkHome() *rankUser {
+	if st, err := os.Stat(u.home); u.home != "" && (err != nil || !st.IsDir()) {
+		u.home = "" // /nonexistent, as nobody's
+	}
+	return u
+}
+
+func (u *rankUser) String() string {
+	if u.name != "" {
+		return fmt.Sprintf("%s (uid %d, gid %d)", u.name, u.uid, u.gid)
+	}
+	return fmt.Sprintf("uid %d, gid %d", u.uid, u.gid)
+}
+
+// mayStart checks that a worker running as euid can start processes as u:
+// root can, any user can as itself.
+func (u *rankUser) mayStart(euid int) error {
+	if euid != 0 && uint32(euid) != u.uid {
+		return fmt.Errorf("rank_user %q: this worker runs as uid %d; only root starts processes as another user (run the worker as root, or leave rank_user out)", u.spec, euid)
+	}
+	return nil
+}
+
+// credential is what a rank's process runs as.
+func (u *rankUser) credential() *syscall.Credential {
+	return &syscall.Credential{Uid: u.uid, Gid: u.gid, Groups: slices.Clone(u.groups)}
+}
+
+// environ names the user to the rank: HOME (its home, or the rank's run
+// directory when it has none), USER and LOGNAME; they come after the
+// worker's, which they replace.
+func (u *rankUser) environ(runDir string) []string {
+	home := u.home
+	if home == "" {
+		home = runDir
+	}
+	env := []string{"HOME=" + home}
+	if u.name != "" {
+		env = append(env, "USER="+u.name, "LOGNAME="+u.name)
+	}
+	return env
+}
+
+// own gives the rank the directories (and files) it writes to.
+func (u *rankUser) own(paths ...string) error {
+	for _, p := range paths {
+		if err := os.Lchown(p, int(u.uid), int(u.gid)); err != nil {
+			return fmt.Errorf("give %s to rank_user %s: %w", p, u, err)
+		}
+	}
+	return nil
+}
+
+// may reports whether u has permission bits want (of 0o7: r=4, w=2, x=1)
+// on a file of mode m owned by uid:gid, as the kernel's owner, group,
+// other rule decides (no ACLs).
+func (u *rankUser) may(m fs.FileMode, uid, gid uint32, want fs.FileMode) bool {
+	perm := m.Perm()
+	switch {
+	case uid == u.uid:
+		perm >>= 6
+	case gid == u.gid || slices.Contains(u.groups, gid):
+		perm >>= 3
+	}
+	return perm&want == want
+}
+
+// reach checks that u can get to path (search permission on every
+// directory above it) and has want on path itself, naming what stops it.
+func (u *rankUser) reach(path string, want fs.FileMode, what string) error {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return err
+	}
+	check := func(p string, bits fs.FileMode) error {
+		st, err := os.Stat(p)
+		if err != nil {
+			return fmt.Errorf("rank_user %s cannot reach %s %s: %w", u, what, path, err)
+		}
+		sys, ok := st.Sys().(*syscall.Stat_t)
+		if !ok {
+			return nil // not a unix stat: leave it to the kernel
+		}
+		if !u.may(st.Mode(), uint32(sys.Uid), uint32(sys.Gid), bits) {
+			return fmt.Errorf("rank_user %s cannot %s %s %s: %s is mode %04o, owner uid %d, group gid %d",
+				u, verb(bits), what, path, p, st.Mode().Perm(), sys.Uid, sys.Gid)
+		}
+		return nil
+	}
+	var above []string
+	for p := filepath.Dir(abs); ; p = filepath.Dir(p) {
+		above = append(above, p)
+		if p == filepath.Dir(p) {
+			break
+		}
+	}
+	for _, p := range slices.Backward(above) {
+		if err := check(p, 1); err != nil {
+			return err
+		}
+	}
+	return check(abs, want)
+}
+
+func verb(bits fs.FileMode) string {
+	var vs []string
+	for _, b := range []struct {
+		bit  fs.FileMode
+		verb string
+	}{{4, "read"}, {2, "write"}, {1, "search or run"}} {
+		if bits&b.bit != 0 {
+			vs = append(vs, b.verb)
+		}
+	}
+	if len(vs) == 0 {
+		return "reach"
+	}
+	return strings.Join(vs, " and ")
+}
+
+// giveRank hands the paths a rank writes to (made already) to the rank
+// user, when there is one, and checks that it reaches them (an umask or
+// a storage_path mode may keep it out of a directory above).
+func (a *Agent) giveRank(paths ...string) error {
+	u := a.ranks
+	if u == nil {
+		return nil
+	}
+	if err := u.own(paths...); err != nil {
+		return err
+	}
+	for _, p := range paths {
+		if err := u.reach(p, 2, "its directory"); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkRankUser is New's check of rank_user: the worker may start
+// processes as that user, who reaches the storage path and runs the
+// trainer. A TLS key the user could read is logged.
+func checkRankUser(o Options, trainer string) (*rankUser, error) {
+	if o.Config.RankUser == "" {
+		return nil, nil
+	}
+	u, err := lookupRankUser(o.Config.RankUser)
+	if err != nil {
+		return nil, err
+	}
+	if err := u.mayStart(os.Geteuid()); err != nil {
+		return nil, err
+	}
+	if err := u.reach(o.Config.StoragePath, 1, "storage_path"); err != nil {
+		return nil, err
+	}
+	if err := u.reach(trainer, 1, "the trainer"); err != nil {
+		return nil, err
+	}
+	if key := o.Config.TLS.Key; key != "" && u.reach(key, 4, "tls.key") == nil && o.Logger != nil {
+		o.Logger.Warn("rank_user can read the worker's TLS key: keep it from other users (chmod 600)", "rank-user", u.String(), "tls-key", key)
+	}
+	return u, nil
+}
+
+// statUID is the owner of a file stat gave (-1 when not a unix stat).
+func statUID(st fs.FileInfo) int {
+	if sys, ok := st.Sys().(*syscall.Stat_t); ok {
+		return int(sys.Uid)
+	}
+	return -1
+}

@@ -1,0 +1,145 @@
+package agent
+
+import (
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"testing"
+
+	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
+)
+
+// rankUserTrainer records who it runs as and what it can reach: the
+// worker's environment (its parent's), its own run directory, its job's
+// checkpoint directory and the checkpoint root other jobs share.
+const rankUserTrainer = `#!/bin/sh
+prev=
+for a in "$@"; do
+  case "$prev" in --config) out=$(dirname "$a") ;; esac
+  prev=$a
+done
+job=$(basename "$(dirname "$(dirname "$out")")")
+storage=$(dirname "$(dirname "$(dirname "$(dirname "$out")")")")
+try() { if "$@" > /dev/null 2>&1; then echo yes; else echo no; fi; }
+{
+  id -u; id -g
+  echo "$HOME"; echo "$USER"
+  try cat /proc/$PPID/environ
+  try touch "$out/probe"
+  try touch "$storage/checkpoints/$job/probe"
+  try touch "$storage/checkpoints/probe"
+  try cat "$out/run.yaml"
+} > "$out/who"
+`
+
+// TestRanksRunAsTheRankUser: with rank_user, a rank runs as that user
+// (uid:gid here, a user without a home: HOME is its run directory), owns
+// its run directory and its job's checkpoint directory, and can read
+// neither the worker's environment (where its token is) nor write the
+// checkpoint root other jobs share. A storage path the user cannot reach
+// is refused when the worker starts, naming the directory. As a user
+// other than root, a worker refuses rank_user (only root starts
+// processes as another user).
+func TestRanksRunAsTheRankUser(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("/proc and setuid as on Linux")
+	}
+	const nobody = "65534:65534"
+	if os.Geteuid() != 0 {
+		cfg := testConfig(t, writeTrainer(t, rankUserTrainer))
+		cfg.RankUser = nobody
+		_, err := New(Options{Config: cfg, Client: &fakeCoordinator{}, Registry: nil})
+		if err == nil || !strings.Contains(err.Error(), "only root starts processes as another user") {
+			t.Fatalf("New with rank_user as uid %d: %v, want the refusal", os.Geteuid(), err)
+		}
+		return
+	}
+	t.Setenv(TokenEnv, "the-cluster-secret")
+	h := start(t, func(o *Options) {
+		o.Config.Trainer = writeTrainer(t, rankUserTrainer)
+		o.Config.RankUser = nobody
+		// t.TempDir's directories are the test user's alone (0700)
+		_, err := New(*o)
+		if !errors.Is(err, ErrOptions) || !strings.Contains(err.Error(), "cannot search or run storage_path "+o.Config.StoragePath) {
+			t.Fatalf("New with a storage path the rank user cannot reach: %v", err)
+		}
+		for _, d := range []string{o.Config.StoragePath, filepath.Dir(o.Config.Trainer)} {
+			for p := d; p != os.TempDir() && p != "/"; p = filepath.Dir(p) {
+				if err := os.Chmod(p, 0o755); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	})
+	h.coord.set(newTestTask("ok-user", 0, 1, spec1))
+	h.waitState("ok-user", 0, apiv1.TaskState_TASK_STATE_SUCCEEDED)
+	dir := h.runDir("ok-user", 1, 0)
+	got := readLines(t, filepath.Join(dir, "who"))
+	want := []string{"65534", "65534", dir, "nobody", "no", "yes", "yes", "no", "yes"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("the rank: uid, gid, HOME, USER, read the worker's environ, write its run dir, its job's checkpoint dir, the shared root, read run.yaml:\n got %q\nwant %q", got, want)
+	}
+	for _, p := range []string{dir, filepath.Join(h.storage, "checkpoints", "ok-user")} {
+		if u := ownerOf(t, p); u != 65534 {
+			t.Errorf("%s is uid %d's, want the rank user's", p, u)
+		}
+	}
+	if u := ownerOf(t, filepath.Join(h.storage, "checkpoints")); u != 0 {
+		t.Errorf("the shared checkpoint root is uid %d's, want the worker's", u)
+	}
+}
+
+func ownerOf(t *testing.T, path string) int {
+	t.Helper()
+	st, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return statUID(st)
+}
+
+// TestRankUserParsing: uid:gid needs no passwd entry, a name or uid does;
+// permission bits are read as the kernel reads them.
+func TestRankUserParsing(t *testing.T) {
+	u, err := lookupRankUser("4242:4343")
+	if err != nil || u.uid != 4242 || u.gid != 4343 || !slices.Equal(u.groups, []uint32{4343}) {
+		t.Fatalf("4242:4343: %+v, %v", u, err)
+	}
+	for _, bad := range []string{"no-such-user-here", "4242:x", "987654"} {
+		if _, err := lookupRankUser(bad); err == nil || !strings.Contains(err.Error(), `rank_user "`+bad+`"`) {
+			t.Errorf("%s: %v, want an error naming it", bad, err)
+		}
+	}
+	if root, err := lookupRankUser("root"); err != nil || root.uid != 0 || root.name != "root" {
+		t.Fatalf("root: %+v, %v", root, err)
+	}
+	if err := u.mayStart(1000); err == nil {
+		t.Error("uid 1000 may start processes as uid 4242")
+	}
+	if u.mayStart(0) != nil || u.mayStart(4242) != nil {
+		t.Error("root, or the user itself, may not start its processes")
+	}
+	u.groups = append(u.groups, 7)
+	for _, tc := range []struct {
+		mode     fs.FileMode
+		uid, gid uint32
+		want     fs.FileMode
+		ok       bool
+	}{
+		{0o700, 4242, 0, 7, true},
+		{0o070, 4242, 0, 1, false}, // the owner's bits, not the group's
+		{0o750, 0, 4343, 5, true},
+		{0o750, 0, 7, 1, true}, // a supplementary group
+		{0o750, 0, 8, 1, false},
+		{0o751, 0, 8, 1, true},
+		{0o755, 0, 0, 2, false},
+	} {
+		if got := u.may(tc.mode, tc.uid, tc.gid, tc.want); got != tc.ok {
+			t.Errorf("mode %04o owned %d:%d, want %o: %v", tc.mode, tc.uid, tc.gid, tc.want, got)
+		}
+	}
+}

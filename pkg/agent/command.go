@@ -71,12 +71,19 @@ func (a *Agent) prepareCommand(t *apiv1.Task, spec *jobspec.Spec, task jobspec.T
 		}
 		return launch{}, err
 	}
-	runYAML, err := writeRunDir(host.RunDir, []string{host.RunDir, cfg.StagingDir()}, cfg)
+	runYAML, err := writeRunDir(host.RunDir, []string{host.RunDir, cfg.Checkpoint.Dir}, cfg)
 	if err != nil {
 		return launch{}, err
 	}
-	staging := filepath.Dir(cfg.StagingDir())
-	if err := a.giveRank(host.RunDir, runYAML, filepath.Dir(staging), staging, cfg.StagingDir()); err != nil {
+	if err := a.giveRank(host.RunDir, runYAML); err != nil {
+		return launch{}, err
+	}
+	staging, err := filepath.Rel(cfg.Checkpoint.Dir, cfg.StagingDir())
+	if err != nil {
+		return launch{}, err
+	}
+	// the job's directory, its staging directory, the attempt's
+	if err := a.checkpointDirs(cfg.Checkpoint.Dir, cfg.Job, filepath.Dir(staging), staging); err != nil {
 		return launch{}, err
 	}
 	return launch{runDir: host.RunDir, args: []string{"exec", "--config", runYAML}, command: true}, nil
@@ -152,7 +159,7 @@ type metricsTap struct {
 }
 
 func newMetricsTap(next io.Writer, path string) (*metricsTap, error) {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	f, err := openNoFollow(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND)
 	if err != nil {
 		return nil, err
 	}

@@ -285,7 +285,7 @@ type metricsFollower struct {
 
 func (f *metricsFollower) read() []train.StepMetrics {
 	f.behind = false
-	file, err := os.Open(f.path)
+	file, err := openNoFollow(f.path, os.O_RDONLY)
 	if err != nil {
 		return nil
 	}

@@ -184,9 +184,10 @@ func verb(bits fs.FileMode) string {
 	return strings.Join(vs, " and ")
 }
 
-// giveRank hands the paths a rank writes to (made already) to the rank
-// user, when there is one, and checks that it reaches them (an umask or
-// a storage_path mode may keep it out of a directory above).
+// giveRank hands what the worker made for a rank in directories of its
+// own (the run directory, its run.yaml) to the rank user, when there is
+// one, and checks that the user reaches them (an umask or a storage_path
+// mode may keep it out of a directory above).
 func (a *Agent) giveRank(paths ...string) error {
 	u := a.ranks
 	if u == nil {
@@ -197,6 +198,34 @@ func (a *Agent) giveRank(paths ...string) error {
 	}
 	for _, p := range paths {
 		if err := u.reach(p, 2, "its directory"); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkpointDirs makes the directories rels (slash-separated) under the
+// checkpoint root: the job's own directory and, for a command job, its
+// staging directories, and gives them to the rank user when there is
+// one. Through an os.Root: the job's directory is the rank user's, and a
+// link a rank made there cannot lead the worker out of the root.
+func (a *Agent) checkpointDirs(root string, rels ...string) error {
+	r, err := os.OpenRoot(root)
+	if err != nil {
+		return fmt.Errorf("checkpoint root: %w", err)
+	}
+	defer r.Close()
+	for _, rel := range rels {
+		if err := r.MkdirAll(rel, 0o755); err != nil {
+			return fmt.Errorf("checkpoint directory %s: %w", filepath.Join(root, rel), err)
+		}
+		if a.ranks == nil {
+			continue
+		}
+		if err := r.Lchown(rel, int(a.ranks.uid), int(a.ranks.gid)); err != nil {
+			return fmt.Errorf("give checkpoint directory %s to rank_user %s: %w", filepath.Join(root, rel), a.ranks, err)
+		}
+		if err := a.ranks.reach(filepath.Join(root, rel), 3, "its checkpoint directory"); err != nil {
 			return err
 		}
 	}
@@ -235,4 +264,12 @@ func statUID(st fs.FileInfo) int {
 		return int(sys.Uid)
 	}
 	return -1
+}
+
+// openNoFollow opens a file of a rank's run directory as the worker: a
+// symbolic link there (a rank of an earlier run of the same attempt, as
+// another user, may have made one) is an error, not followed. Only the
+// last element needs it: the directories above are the worker's.
+func openNoFollow(path string, flag int) (*os.File, error) {
+	return os.OpenFile(path, flag|syscall.O_NOFOLLOW, 0o644)
 }

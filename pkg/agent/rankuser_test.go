@@ -48,10 +48,9 @@ func TestRanksRunAsTheRankUser(t *testing.T) {
 	if runtime.GOOS != "linux" {
 		t.Skip("/proc and setuid as on Linux")
 	}
-	const nobody = "65534:65534"
 	if os.Geteuid() != 0 {
 		cfg := testConfig(t, writeTrainer(t, rankUserTrainer))
-		cfg.RankUser = nobody
+		cfg.RankUser = "65534:65534"
 		_, err := New(Options{Config: cfg, Client: &fakeCoordinator{}, Registry: nil})
 		if err == nil || !strings.Contains(err.Error(), "only root starts processes as another user") {
 			t.Fatalf("New with rank_user as uid %d: %v, want the refusal", os.Geteuid(), err)
@@ -59,20 +58,11 @@ func TestRanksRunAsTheRankUser(t *testing.T) {
 		return
 	}
 	t.Setenv(TokenEnv, "the-cluster-secret")
-	h := start(t, func(o *Options) {
-		o.Config.Trainer = writeTrainer(t, rankUserTrainer)
-		o.Config.RankUser = nobody
+	h := startAsNobody(t, func(o *Options) {
 		// t.TempDir's directories are the test user's alone (0700)
 		_, err := New(*o)
 		if !errors.Is(err, ErrOptions) || !strings.Contains(err.Error(), "cannot search or run storage_path "+o.Config.StoragePath) {
 			t.Fatalf("New with a storage path the rank user cannot reach: %v", err)
-		}
-		for _, d := range []string{o.Config.StoragePath, filepath.Dir(o.Config.Trainer)} {
-			for p := d; p != os.TempDir() && p != "/"; p = filepath.Dir(p) {
-				if err := os.Chmod(p, 0o755); err != nil {
-					t.Fatal(err)
-				}
-			}
 		}
 	})
 	h.coord.set(newTestTask("ok-user", 0, 1, spec1))
@@ -90,6 +80,75 @@ func TestRanksRunAsTheRankUser(t *testing.T) {
 	}
 	if u := ownerOf(t, filepath.Join(h.storage, "checkpoints")); u != 0 {
 		t.Errorf("the shared checkpoint root is uid %d's, want the worker's", u)
+	}
+}
+
+// startAsNobody runs an agent whose ranks run as uid 65534 (the test
+// runs as root), with rankUserTrainer; before is called with the options
+// before the test's directories are opened to that user.
+func startAsNobody(t *testing.T, before func(*Options)) *harness {
+	return start(t, func(o *Options) {
+		o.Config.Trainer = writeTrainer(t, rankUserTrainer)
+		o.Config.RankUser = "65534:65534"
+		o.Config.AllowCommands = true
+		if before != nil {
+			before(o)
+		}
+		for _, d := range []string{o.Config.StoragePath, filepath.Dir(o.Config.Trainer)} {
+			for p := d; p != os.TempDir() && p != "/"; p = filepath.Dir(p) {
+				if err := os.Chmod(p, 0o755); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	})
+}
+
+// TestRankUserLinksNotFollowed: what a rank (as the rank user) leaves in
+// the directories it owns cannot lead the worker, as root, to write
+// elsewhere when the same rank runs again: a link in place of its output
+// file, or in place of its job's staging directory, fails the rank,
+// naming it, and changes nothing where it points.
+func TestRankUserLinksNotFollowed(t *testing.T) {
+	if runtime.GOOS != "linux" || os.Geteuid() != 0 {
+		t.Skip("needs root on Linux (TestRanksRunAsTheRankUser checks the refusal otherwise)")
+	}
+	h := startAsNobody(t, nil)
+	outside := t.TempDir()
+	victim := filepath.Join(outside, "victim")
+	if err := os.WriteFile(victim, []byte("keep"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// what a rank of an earlier run left: its run directory with a link
+	// for stdout.log; a command job's directory with a link for staging
+	dir := h.runDir("links-out", 1, 0)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	jobDir := filepath.Join(h.storage, "checkpoints", "links-stage")
+	if err := os.MkdirAll(jobDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for link, to := range map[string]string{filepath.Join(dir, "stdout.log"): victim, filepath.Join(jobDir, "staging"): outside} {
+		if err := os.Symlink(to, link); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h.coord.set(newTestTask("links-out", 0, 1, spec1), newTestTask("links-stage", 0, 1, "name: c\nruntime: command\ncommand: sh\n"))
+	for job, says := range map[string]string{
+		"links-out":   filepath.Join(dir, "stdout.log") + ": too many levels of symbolic links",
+		"links-stage": "checkpoint directory " + filepath.Join(jobDir, "staging") + ": ",
+	} {
+		st := h.waitState(job, 0, apiv1.TaskState_TASK_STATE_FAILED)
+		if !strings.Contains(st.GetMessage(), says) {
+			t.Errorf("%s: %q, want it to say %q", job, st.GetMessage(), says)
+		}
+	}
+	if raw, err := os.ReadFile(victim); err != nil || string(raw) != "keep" {
+		t.Errorf("the file the link named: %q, %v", raw, err)
+	}
+	if left, _ := os.ReadDir(outside); len(left) != 1 {
+		t.Errorf("the directory the staging link named holds %v, want only the victim", left)
 	}
 }
 

@@ -290,24 +290,24 @@ func (a *Agent) prepare(t *apiv1.Task) (launch, error) {
 		return launch{}, err
 	}
 	dirs := []string{host.RunDir}
-	owned := []string{host.RunDir}
 	if spec.Checkpoint.Storage != jobspec.StorageS3 {
 		// s3://bucket/prefix: the rank reaches the S3 server with the
 		// worker's SWITCHYARD_S3_* and AWS_* environment
 		dirs = append(dirs, cfg.Checkpoint.Dir)
-		if a.ranks != nil {
-			// the job's own directory (checkpoint.StepPrefix), not the
-			// root other jobs share
-			jobDir := filepath.Join(cfg.Checkpoint.Dir, k.jobID)
-			dirs, owned = append(dirs, jobDir), append(owned, jobDir)
-		}
 	}
 	runYAML, err := writeRunDir(host.RunDir, dirs, cfg)
 	if err != nil {
 		return launch{}, err
 	}
-	if err := a.giveRank(append(owned, runYAML)...); err != nil {
+	if err := a.giveRank(host.RunDir, runYAML); err != nil {
 		return launch{}, err
+	}
+	if a.ranks != nil && spec.Checkpoint.Storage != jobspec.StorageS3 {
+		// the job's own directory (checkpoint.StepPrefix), not the root
+		// other jobs share
+		if err := a.checkpointDirs(cfg.Checkpoint.Dir, k.jobID); err != nil {
+			return launch{}, err
+		}
 	}
 	args := []string{"train", "--config", runYAML, "--rank", strconv.Itoa(int(k.rank)), "--json"}
 	if world > 1 {
@@ -618,7 +618,7 @@ type rankOutput struct {
 func (a *Agent) openOutput(tk *task, runDir string) (*rankOutput, error) {
 	o := &rankOutput{}
 	for _, name := range []string{"stdout.log", "stderr.log"} {
-		f, err := os.Create(filepath.Join(runDir, name))
+		f, err := openNoFollow(filepath.Join(runDir, name), os.O_CREATE|os.O_WRONLY|os.O_TRUNC)
 		if err != nil {
 			o.close()
 			return nil, err

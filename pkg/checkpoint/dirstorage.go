@@ -201,7 +201,11 @@ func (d *DirStorage) Get(ctx context.Context, key string) (io.ReadCloser, error)
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	f, err := os.Open(d.path(key))
+	var f *os.File
+	err := d.rooted(func(r *os.Root) (err error) {
+		f, err = r.Open(filepath.FromSlash(key))
+		return err
+	})
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, fmt.Errorf("%w: %s", ErrNotFound, key)
@@ -224,24 +228,48 @@ func (d *DirStorage) Delete(ctx context.Context, key string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	p := d.path(key)
-	if fi, err := os.Lstat(p); err == nil && fi.IsDir() {
-		return nil // a directory is not a blob
-	}
-	if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("checkpoint: delete %s: %w", key, err)
-	}
-	dir := filepath.Dir(p)
-	if err := syncDir(dir); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("checkpoint: delete %s: fsync dir: %w", key, err)
-	}
-	for dir != d.root && strings.HasPrefix(dir, d.root) {
-		if os.Remove(dir) != nil { // not empty (or gone): stop
-			break
+	rel := filepath.FromSlash(key)
+	return d.rooted(func(r *os.Root) error {
+		if fi, err := r.Lstat(rel); err == nil && fi.IsDir() {
+			return nil // a directory is not a blob
 		}
-		dir = filepath.Dir(dir)
+		if err := r.Remove(rel); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("checkpoint: delete %s: %w", key, err)
+		}
+		dir := filepath.Dir(rel)
+		if err := syncRootedDir(r, dir); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("checkpoint: delete %s: fsync dir: %w", key, err)
+		}
+		for ; dir != "."; dir = filepath.Dir(dir) {
+			if r.Remove(dir) != nil { // not empty (or gone): stop
+				break
+			}
+		}
+		return nil
+	})
+}
+
+// rooted runs op on an os.Root of the storage's directory, so that a key
+// whose path passes through a link out of it is an error, not followed:
+// what one rank (perhaps as another OS user, rank_user) leaves in its
+// job's directory is read, verified and deleted by coordinators and
+// workers that may run as root.
+func (d *DirStorage) rooted(op func(*os.Root) error) error {
+	r, err := os.OpenRoot(d.root)
+	if err != nil {
+		return err
 	}
-	return nil
+	defer r.Close()
+	return op(r)
+}
+
+func syncRootedDir(r *os.Root, dir string) error {
+	f, err := r.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Sync()
 }
 
 // List implements Storage.
@@ -306,7 +334,11 @@ func (d *DirStorage) Stat(ctx context.Context, key string) (ObjectInfo, error) {
 	if err := ctx.Err(); err != nil {
 		return ObjectInfo{}, err
 	}
-	fi, err := os.Stat(d.path(key))
+	var fi fs.FileInfo
+	err := d.rooted(func(r *os.Root) (err error) {
+		fi, err = r.Stat(filepath.FromSlash(key))
+		return err
+	})
 	if err != nil || !fi.Mode().IsRegular() {
 		if err == nil || errors.Is(err, fs.ErrNotExist) {
 			return ObjectInfo{}, fmt.Errorf("%w: %s", ErrNotFound, key)

@@ -87,6 +87,58 @@ func TestDirStorageLayoutAndTemp(t *testing.T) {
 	}
 }
 
+// TestDirStorageStaysInItsRoot: a link in a job's directory (a rank may
+// have made it, as another OS user) that leads out of the root is not
+// followed by Get, Stat or Delete, which say so and change nothing there;
+// a link that stays inside the root is followed.
+func TestDirStorageStaysInItsRoot(t *testing.T) {
+	ctx := context.Background()
+	root, outside := t.TempDir(), t.TempDir()
+	st, err := checkpoint.NewDirStorage(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(outside, "p.bin"), []byte("keep"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := st.Put(ctx, "j/step-000000000001/p.bin", strings.NewReader("inside")); err != nil {
+		t.Fatal(err)
+	}
+	for link, to := range map[string]string{
+		"j/step-000000000002": outside,                                           // absolute, out
+		"j/step-000000000003": filepath.Join("..", "..", filepath.Base(outside)), // relative, out
+		"j/step-000000000004": "step-000000000001",                               // inside
+	} {
+		if err := os.Symlink(to, filepath.Join(root, filepath.FromSlash(link))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, step := range []string{"2", "3"} {
+		key := "j/step-00000000000" + step + "/p.bin"
+		if rc, err := st.Get(ctx, key); err == nil {
+			rc.Close()
+			t.Errorf("Get %s read through a link out of the root", key)
+		}
+		if _, err := st.Stat(ctx, key); err == nil {
+			t.Errorf("Stat %s went through a link out of the root", key)
+		}
+		if err := st.Delete(ctx, key); err == nil || !strings.Contains(err.Error(), key) {
+			t.Errorf("Delete %s: %v, want an error naming it", key, err)
+		}
+	}
+	if raw, err := os.ReadFile(filepath.Join(outside, "p.bin")); err != nil || string(raw) != "keep" {
+		t.Fatalf("the file out of the root: %q, %v", raw, err)
+	}
+	rc, err := st.Get(ctx, "j/step-000000000004/p.bin")
+	if err != nil {
+		t.Fatalf("Get through a link inside the root: %v", err)
+	}
+	rc.Close()
+	if info, err := st.Stat(ctx, "j/step-000000000004/p.bin"); err != nil || info.Size != int64(len("inside")) {
+		t.Fatalf("Stat through a link inside the root: %+v, %v", info, err)
+	}
+}
+
 func BenchmarkDirStoragePut(b *testing.B) {
 	st, err := checkpoint.NewDirStorage(b.TempDir())
 	if err != nil {

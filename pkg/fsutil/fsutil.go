@@ -124,14 +124,32 @@ func resolve(path string) (string, error) {
 	}
 }
 
-// WriteFileAtomic writes data to path through a temporary file beside it
-// and a rename: a concurrent reader sees the old file or the new one.
+// WriteFileAtomic writes data to path (mode 0644, whatever the umask) through a temporary
+// file beside it and a rename: a concurrent reader sees the old file or
+// the new one. The temporary file is new (O_EXCL, a random name) and the
+// rename replaces a link at path rather than following it, so a
+// directory another user can write to cannot send the write elsewhere.
 func WriteFileAtomic(path string, data []byte) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o644); err != nil {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
 		return err
 	}
-	return os.Rename(tmp, path)
+	tmp := f.Name()
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Chmod(0o644)
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
 }
 
 // LookProgram's errors: no file of the command's name where it is looked

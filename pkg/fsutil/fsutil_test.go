@@ -105,8 +105,31 @@ func TestWriteFileAtomic(t *testing.T) {
 			t.Fatalf("%q, %v: want %q", raw, err, body)
 		}
 	}
-	if _, err := os.Stat(p + ".tmp"); !os.IsNotExist(err) {
-		t.Fatalf("temporary file left: %v", err)
+	if left, _ := filepath.Glob(filepath.Join(filepath.Dir(p), ".*")); len(left) != 0 {
+		t.Fatalf("temporary files left: %v", left)
+	}
+	if st, err := os.Stat(p); err != nil || st.Mode().Perm() != 0o644 {
+		t.Fatalf("mode %v, %v: want 0644", st.Mode(), err)
+	}
+	// a link where the file goes is replaced, not followed
+	target := filepath.Join(t.TempDir(), "elsewhere")
+	if err := os.WriteFile(target, []byte("keep"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(p); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(target, p); err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteFileAtomic(p, []byte("third")); err != nil {
+		t.Fatal(err)
+	}
+	if raw, _ := os.ReadFile(target); string(raw) != "keep" {
+		t.Fatalf("the write followed the link: %q", raw)
+	}
+	if st, err := os.Lstat(p); err != nil || !st.Mode().IsRegular() {
+		t.Fatalf("%s is not a file: %v", p, err)
 	}
 	if err := WriteFileAtomic(filepath.Join(t.TempDir(), "missing", "f"), nil); err == nil {
 		t.Fatal("no error for a missing directory")

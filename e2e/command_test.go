@@ -214,7 +214,8 @@ restart: {max_restarts: %d, backoff_seconds: 12}
 		id = c.submit("cmd-nocommit", torchSpec("cmd-nocommit", 400, 5, 1, "--never-commit", "--sleep-per-step", "0.05"))
 		j = c.waitJob(id, 120*time.Second, "past step 5", pastStep(5))
 		c.mustBeRunning(j, "the kill")
-		c.workers[j.Placement[0].WorkerId].kill9()
+		killed := j.Placement[0].WorkerId
+		c.workers[killed].kill9()
 		c.waitJob(id, 120*time.Second, "running again", func(j *pb.Job) bool { return j.Restarts == 1 && ranAttempts(j) >= 2 })
 		eventually(t, 60*time.Second, "the NoCheckpoint event", func() error {
 			if st := c.mustCLI("job", "status", id).stdout; !strings.Contains(st, "no checkpoint committed") {
@@ -223,6 +224,7 @@ restart: {max_restarts: %d, backoff_seconds: 12}
 			return nil
 		})
 		c.mustCLI("job", "cancel", id)
+		c.startWorker(killed)
 	})
 
 	t.Run("RankTokens", func(t *testing.T) {

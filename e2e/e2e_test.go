@@ -336,10 +336,12 @@ func TestCluster(t *testing.T) {
 		if now := placedOn(j); strings.Contains(strings.Join(now, ","), old[0]) || strings.Contains(strings.Join(now, ","), old[1]) {
 			t.Errorf("attempt 1 placed on a paused worker: %v", now)
 		}
-		// the old attempt reaches its next checkpoint and is refused
-		j = c.waitJob(id, 60*time.Second, "refusing the old attempt's commit", func(j *pb.Job) bool {
+		// the old attempt reaches its next checkpoint and is refused: its
+		// commit, or, when the attempt ended between a commit and the
+		// retention step after it, that step (the rank then stops)
+		j = c.waitJob(id, 60*time.Second, "refusing the old attempt's commit or retention", func(j *pb.Job) bool {
 			for _, e := range j.Events {
-				if e.Type == "CommitRefused" && strings.Contains(e.Message, "attempt 0 is over") {
+				if (e.Type == "CommitRefused" || e.Type == "RetireRefused") && strings.Contains(e.Message, "attempt 0 is over") {
 					return true
 				}
 			}

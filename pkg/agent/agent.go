@@ -63,17 +63,23 @@ type Options struct {
 	Logger    *slog.Logger
 	// Version of the worker, registered for `cluster status`.
 	Version string
-	// Token is the worker's own coordinator token (OwnToken), given to its
-	// ranks, whose rank 0 commits checkpoints with it ("": none).
+	// Token is the worker's own coordinator token (OwnToken): its ranks
+	// get rank tokens made from it (security.RankToken) ("": none).
 	Token string
+	// Relay reaches the coordinator as the worker's connections do (its
+	// TLS certificate) but without its token: with rank_user the ranks'
+	// calls go through the worker, each with the rank's own token.
+	// Required with rank_user; Connect sets it.
+	Relay apiv1.CoordinatorClient
 }
 
 // Agent is a running worker. Create it with New and call Run once.
 type Agent struct {
 	o       Options
-	trainer string    // absolute path of the switchyard binary
-	ranks   *rankUser // the OS user ranks run as (nil: the worker's)
-	owner   string    // OwnerEnv's value in this worker's ranks: "ID@STORAGE"
+	trainer string     // absolute path of the switchyard binary
+	ranks   *rankUser  // the OS user ranks run as (nil: the worker's)
+	proxy   *rankProxy // their way to the coordinator (with ranks; set by Run)
+	owner   string     // OwnerEnv's value in this worker's ranks: "ID@STORAGE"
 	log     *slog.Logger
 	kick    chan struct{} // a task changed state: sync now (buffered 1)
 	ran     atomic.Bool
@@ -130,6 +136,9 @@ func New(o Options) (*Agent, error) {
 	ranks, err := checkRankUser(o, trainer)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrOptions, err)
+	}
+	if ranks != nil && o.Relay == nil {
+		return nil, fmt.Errorf("%w: Relay is required with rank_user", ErrOptions)
 	}
 	if o.SyncInterval <= 0 {
 		o.SyncInterval = DefaultSyncInterval
@@ -206,6 +215,15 @@ func (a *Agent) Run(ctx context.Context) error {
 		defer ms.Close()
 		a.log.Info("metrics", "url", "http://"+ms.Addr()+"/metrics")
 	}
+	if a.ranks != nil {
+		p, err := startRankProxy(a.o.Relay, a.ranks)
+		if err != nil {
+			return fmt.Errorf("agent: %w", err)
+		}
+		defer p.close() // after every rank stopped
+		a.proxy = p
+		a.log.Info("ranks run as rank_user, reaching the coordinator through the worker", "rank-user", a.ranks.String(), "socket", p.endpoint())
+	}
 	life, endLife := context.WithCancel(context.WithoutCancel(ctx))
 	defer endLife()
 	reg, release, err := a.registerRetry(ctx, life)
@@ -217,6 +235,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.registered.Store(true)
 	a.log.Info("worker registered", "address", a.o.Config.AdvertiseAddress, "trainer", a.trainer)
+
 	// the id is this worker's now: ranks of its earlier run (killed -9,
 	// its ranks ignoring the SIGTERM that followed) go before any starts
 	// again in their run directories and ports

@@ -71,11 +71,11 @@ func (a *Agent) prepareCommand(t *apiv1.Task, spec *jobspec.Spec, task jobspec.T
 		}
 		return launch{}, err
 	}
-	runYAML, err := writeRunDir(host.RunDir, []string{host.RunDir, cfg.Checkpoint.Dir}, cfg)
+	runYAML, err := writeRunDir(host.RunDir, []string{host.RunDir}, cfg)
 	if err != nil {
 		return launch{}, err
 	}
-	if err := a.giveRank(host.RunDir, runYAML); err != nil {
+	if err := a.giveRank(host.RunDir); err != nil {
 		return launch{}, err
 	}
 	staging, err := filepath.Rel(cfg.Checkpoint.Dir, cfg.StagingDir())
@@ -159,7 +159,7 @@ type metricsTap struct {
 }
 
 func newMetricsTap(next io.Writer, path string) (*metricsTap, error) {
-	f, err := openNoFollow(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND)
+	f, err := createFresh(path)
 	if err != nil {
 		return nil, err
 	}

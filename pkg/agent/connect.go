@@ -80,8 +80,18 @@ func Connect(ctx context.Context, cfg workerconfig.Config, log *slog.Logger) (Op
 		return Options{}, nil, fmt.Errorf("agent: %w", err)
 	}
 	closers = append(closers, cc.Close)
-
-	return Options{Config: cfg, Client: cc, Registry: reg, Bus: bus, Logger: log, Token: token}, closeAll, nil
+	o := Options{Config: cfg, Client: cc, Registry: reg, Bus: bus, Logger: log, Token: token}
+	if cfg.RankUser != "" {
+		// the ranks' calls, each with its rank's token, not the worker's
+		rc, err := client.Dial(client.Options{Endpoints: cfg.Coordinators, TLS: files})
+		if err != nil {
+			closeAll()
+			return Options{}, nil, fmt.Errorf("agent: %w", err)
+		}
+		closers = append(closers, rc.Close)
+		o.Relay = rc
+	}
+	return o, closeAll, nil
 }
 
 // OwnToken is the token worker id calls the coordinator with, from the one

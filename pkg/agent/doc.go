@@ -60,12 +60,18 @@
 // (cancel, an ended attempt) makes it sync at once.
 //
 // With rank_user in the worker's config, every rank runs as that OS user
-// (the worker runs as root; New checks that it may, and that the user
-// reaches the storage path and the trainer): the worker gives the user
-// the rank's run directory, its run.yaml and its job's checkpoint
-// directory (for a command job, the staging directories too), sets HOME
-// (the run directory for a user without one), USER and LOGNAME, and the
-// rank cannot read the worker's environment.
+// (the worker runs as root; New checks that it may, that the user reaches
+// the storage path and the trainer, and cannot change the way to the
+// storage path): the worker gives the user the rank's run directory and
+// its job's checkpoint directory (for a command job, the staging
+// directories too, made through an os.Root on the checkpoint path's
+// steady, resolved form), sets HOME (the run directory for a user without
+// one), USER and LOGNAME, and the rank cannot read the worker's
+// environment. The rank reaches the coordinator through the worker: Run
+// serves a unix socket (rankProxy) that relays its catalogue calls with
+// its rank token over Options.Relay, the worker's connections without its
+// token. The worker opens the files it keeps in a rank's run directory
+// anew, without following links, and refuses anything but a regular file.
 //
 // A command job (runtime: command) runs each rank as `switchyard exec
 // --config run.yaml`, run.yaml being the rank's jobspec.CommandConfig:

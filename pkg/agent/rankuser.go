@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"errors"
 	"fmt"
 	"io/fs"
 	"os"
@@ -35,7 +36,7 @@ func lookupRankUser(spec string) (*rankUser, error) {
 		if pw, err := user.LookupId(uidText); err == nil {
 			u.name, u.home = pw.Username, pw.HomeDir
 		}
-		return u.checkHome(), nil
+		return u.checkHome().notRoot()
 	}
 	var pw *user.User
 	var err error
@@ -61,7 +62,15 @@ func lookupRankUser(spec string) (*rankUser, error) {
 			}
 		}
 	}
-	return u.checkHome(), nil
+	return u.checkHome().notRoot()
+}
+
+// notRoot refuses root as the rank user: it would be the worker's own.
+func (u *rankUser) notRoot() (*rankUser, error) {
+	if u.uid == 0 {
+		return nil, fmt.Errorf("rank_user %q is root (uid 0): name an unprivileged user, or leave rank_user out", u.spec)
+	}
+	return u, nil
 }
 
 func (u *rankUser) checkHome() *rankUser {
@@ -184,10 +193,60 @@ func verb(bits fs.FileMode) string {
 	return strings.Join(vs, " and ")
 }
 
+// steady resolves path (links in the part that exists) and checks that
+// no rank could replace any directory on the way with a link after the
+// check: the rank user can write none of them, but for a sticky one (as
+// /tmp) whose next directory is not its own. The worker then makes and
+// opens what is below through the resolved path.
+func (u *rankUser) steady(path, what string) (string, error) {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return "", err
+	}
+	existing, rest := abs, ""
+	for {
+		if _, err := os.Lstat(existing); err == nil || filepath.Dir(existing) == existing {
+			break
+		}
+		rest = filepath.Join(filepath.Base(existing), rest)
+		existing = filepath.Dir(existing)
+	}
+	resolved, err := filepath.EvalSymlinks(existing)
+	if err != nil {
+		return "", fmt.Errorf("%s %s: %w", what, path, err)
+	}
+	var chain []string
+	for p := resolved; ; p = filepath.Dir(p) {
+		chain = append(chain, p)
+		if filepath.Dir(p) == p {
+			break
+		}
+	}
+	slices.Reverse(chain) // "/" first
+	for i, p := range chain {
+		st, err := os.Lstat(p)
+		if err != nil {
+			return "", fmt.Errorf("%s %s: %w", what, path, err)
+		}
+		sys, ok := st.Sys().(*syscall.Stat_t)
+		if !ok || !u.may(st.Mode(), uint32(sys.Uid), uint32(sys.Gid), 2) {
+			continue
+		}
+		if st.Mode()&fs.ModeSticky != 0 && sys.Uid != u.uid && i+1 < len(chain) {
+			if next, err := os.Lstat(chain[i+1]); err == nil && statUID(next) != int(u.uid) {
+				continue // only its owner may move what is there
+			}
+		}
+		return "", fmt.Errorf("rank_user %s can write %s, on the way to %s %s: a rank could put a link there for the worker (root) to follow; use a directory only the worker can write", u, p, what, path)
+	}
+	return filepath.Join(resolved, rest), nil
+}
+
 // giveRank hands what the worker made for a rank in directories of its
-// own (the run directory, its run.yaml) to the rank user, when there is
-// one, and checks that the user reaches them (an umask or a storage_path
-// mode may keep it out of a directory above).
+// own (the run directory) to the rank user, when there is one, and checks
+// that the user reaches them (an umask or a storage_path mode may keep it
+// out of a directory above). The run.yaml in it stays the worker's (mode
+// 0644: the rank reads it).
 func (a *Agent) giveRank(paths ...string) error {
 	u := a.ranks
 	if u == nil {
@@ -204,12 +263,28 @@ func (a *Agent) giveRank(paths ...string) error {
 	return nil
 }
 
-// checkpointDirs makes the directories rels (slash-separated) under the
-// checkpoint root: the job's own directory and, for a command job, its
-// staging directories, and gives them to the rank user when there is
-// one. Through an os.Root: the job's directory is the rank user's, and a
-// link a rank made there cannot lead the worker out of the root.
+// checkpointDirs makes the directories rels under the checkpoint root:
+// the job's own directory and, for a command job, its staging
+// directories, and gives them to the rank user when there is one: then
+// through the root's steady path and an os.Root, since the job's
+// directory is the rank user's, and a link a rank made there cannot lead
+// the worker out of the root.
 func (a *Agent) checkpointDirs(root string, rels ...string) error {
+	if a.ranks == nil { // the rank is the worker's user: as it always was
+		for _, rel := range rels {
+			if err := os.MkdirAll(filepath.Join(root, rel), 0o755); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	root, err := a.ranks.steady(root, "checkpoint.path")
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(root, 0o755); err != nil {
+		return err
+	}
 	r, err := os.OpenRoot(root)
 	if err != nil {
 		return fmt.Errorf("checkpoint root: %w", err)
@@ -218,9 +293,6 @@ func (a *Agent) checkpointDirs(root string, rels ...string) error {
 	for _, rel := range rels {
 		if err := r.MkdirAll(rel, 0o755); err != nil {
 			return fmt.Errorf("checkpoint directory %s: %w", filepath.Join(root, rel), err)
-		}
-		if a.ranks == nil {
-			continue
 		}
 		if err := r.Lchown(rel, int(a.ranks.uid), int(a.ranks.gid)); err != nil {
 			return fmt.Errorf("give checkpoint directory %s to rank_user %s: %w", filepath.Join(root, rel), a.ranks, err)
@@ -249,6 +321,15 @@ func checkRankUser(o Options, trainer string) (*rankUser, error) {
 	if err := u.reach(o.Config.StoragePath, 1, "storage_path"); err != nil {
 		return nil, err
 	}
+	if _, err := u.steady(o.Config.StoragePath, "storage_path"); err != nil {
+		return nil, err
+	}
+	if o.Config.DataPlaneTLS {
+		return nil, fmt.Errorf("rank_user %q with data_plane_tls: the ranks would need the worker's TLS key for their connections; turn one off", u.spec)
+	}
+	if o.Config.TLS.Enabled() && o.Token == "" {
+		return nil, fmt.Errorf("rank_user %q with TLS needs the cluster's token ($%s): ranks reach the coordinator through the worker with rank tokens made from the worker's", u.spec, TokenEnv)
+	}
 	if err := u.reach(trainer, 1, "the trainer"); err != nil {
 		return nil, err
 	}
@@ -266,10 +347,33 @@ func statUID(st fs.FileInfo) int {
 	return -1
 }
 
-// openNoFollow opens a file of a rank's run directory as the worker: a
-// symbolic link there (a rank of an earlier run of the same attempt, as
-// another user, may have made one) is an error, not followed. Only the
-// last element needs it: the directories above are the worker's.
+// openNoFollow opens a regular file of a rank's run directory as the
+// worker: a symbolic link there (a rank of an earlier run of the same
+// attempt, perhaps as another user, may have made one) is an error, not
+// followed, and so is anything but a regular file (a FIFO would block the
+// open, or every write). Only the last element needs it: the directories
+// above are the worker's. O_NONBLOCK does nothing to a regular file.
 func openNoFollow(path string, flag int) (*os.File, error) {
-	return os.OpenFile(path, flag|syscall.O_NOFOLLOW, 0o644)
+	f, err := os.OpenFile(path, flag|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() {
+		f.Close()
+		if err == nil {
+			err = fmt.Errorf("open %s: not a regular file (%s)", path, st.Mode().Type())
+		}
+		return nil, err
+	}
+	return f, nil
+}
+
+// createFresh makes path a new, empty file of the worker's: whatever was
+// there (a file of an earlier run, or a link or hard link a rank left) is
+// removed, not written through.
+func createFresh(path string) (*os.File, error) {
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
+	return openNoFollow(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY)
 }

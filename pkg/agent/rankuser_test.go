@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/switchyard-ml/switchyard/pkg/security"
+	"github.com/switchyard-ml/switchyard/pkg/workerconfig"
 	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
 )
 
@@ -34,6 +36,7 @@ try() { if "$@" > /dev/null 2>&1; then echo yes; else echo no; fi; }
   try touch "$storage/checkpoints/probe"
   try cat "$out/run.yaml"
 } > "$out/who"
+case "$job" in fifo-*) mkfifo "$out/metrics.jsonl" ;; esac
 `
 
 // TestRanksRunAsTheRankUser: with rank_user, a rank runs as that user
@@ -91,6 +94,7 @@ func startAsNobody(t *testing.T, before func(*Options)) *harness {
 		o.Config.Trainer = writeTrainer(t, rankUserTrainer)
 		o.Config.RankUser = "65534:65534"
 		o.Config.AllowCommands = true
+		o.Relay = o.Client
 		if before != nil {
 			before(o)
 		}
@@ -106,9 +110,10 @@ func startAsNobody(t *testing.T, before func(*Options)) *harness {
 
 // TestRankUserLinksNotFollowed: what a rank (as the rank user) leaves in
 // the directories it owns cannot lead the worker, as root, to write
-// elsewhere when the same rank runs again: a link in place of its output
-// file, or in place of its job's staging directory, fails the rank,
-// naming it, and changes nothing where it points.
+// elsewhere, nor block it: a link in place of its output file is
+// replaced, not written through; a link in place of its job's staging
+// directory fails the rank, naming it; a FIFO in place of its metrics
+// file does not hang the worker. Nothing changes where the links point.
 func TestRankUserLinksNotFollowed(t *testing.T) {
 	if runtime.GOOS != "linux" || os.Geteuid() != 0 {
 		t.Skip("needs root on Linux (TestRanksRunAsTheRankUser checks the refusal otherwise)")
@@ -134,21 +139,69 @@ func TestRankUserLinksNotFollowed(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	h.coord.set(newTestTask("links-out", 0, 1, spec1), newTestTask("links-stage", 0, 1, "name: c\nruntime: command\ncommand: sh\n"))
-	for job, says := range map[string]string{
-		"links-out":   filepath.Join(dir, "stdout.log") + ": too many levels of symbolic links",
-		"links-stage": "checkpoint directory " + filepath.Join(jobDir, "staging") + ": ",
-	} {
-		st := h.waitState(job, 0, apiv1.TaskState_TASK_STATE_FAILED)
-		if !strings.Contains(st.GetMessage(), says) {
-			t.Errorf("%s: %q, want it to say %q", job, st.GetMessage(), says)
-		}
+	h.coord.set(newTestTask("links-out", 0, 1, spec1), newTestTask("links-stage", 0, 1, "name: c\nruntime: command\ncommand: sh\n"),
+		newTestTask("fifo-metrics", 0, 1, spec1))
+	st := h.waitState("links-stage", 0, apiv1.TaskState_TASK_STATE_FAILED)
+	if says := "checkpoint directory " + filepath.Join(jobDir, "staging") + ": "; !strings.Contains(st.GetMessage(), says) {
+		t.Errorf("links-stage: %q, want it to say %q", st.GetMessage(), says)
+	}
+	h.waitState("links-out", 0, apiv1.TaskState_TASK_STATE_SUCCEEDED)
+	h.waitState("fifo-metrics", 0, apiv1.TaskState_TASK_STATE_SUCCEEDED)
+	if fi, err := os.Lstat(filepath.Join(dir, "stdout.log")); err != nil || !fi.Mode().IsRegular() {
+		t.Errorf("stdout.log: %v, %v; want a file of the worker's", fi, err)
 	}
 	if raw, err := os.ReadFile(victim); err != nil || string(raw) != "keep" {
 		t.Errorf("the file the link named: %q, %v", raw, err)
 	}
 	if left, _ := os.ReadDir(outside); len(left) != 1 {
 		t.Errorf("the directory the staging link named holds %v, want only the victim", left)
+	}
+}
+
+// TestRankUserSteadyPaths: a storage path or checkpoint path that the
+// rank user could change on the way (a directory it can write) is
+// refused, naming the directory; a sticky one (as /tmp) is not, when
+// what follows is not the rank user's.
+func TestRankUserSteadyPaths(t *testing.T) {
+	u := &rankUser{spec: "4242:4242", uid: 4242, gid: 4242, groups: []uint32{4242}}
+	base := t.TempDir()
+	open := filepath.Join(base, "open")
+	if err := os.Mkdir(open, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(open, 0o777); err != nil { // past the umask
+		t.Fatal(err)
+	}
+	sticky := filepath.Join(base, "sticky")
+	if err := os.Mkdir(sticky, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(sticky, 0o777|fs.ModeSticky); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(filepath.Join(sticky, "owned"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(filepath.Join(sticky, "owned"), filepath.Join(base, "link")); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		path, want, refused string
+	}{
+		{filepath.Join(base, "a", "b"), filepath.Join(base, "a", "b"), ""},
+		{filepath.Join(open, "ckpt"), "", open},
+		{open, "", open},
+		{filepath.Join(sticky, "owned", "ckpt"), filepath.Join(sticky, "owned", "ckpt"), ""},
+		{filepath.Join(sticky, "not-yet"), "", sticky},
+		{filepath.Join(base, "link", "ckpt"), filepath.Join(sticky, "owned", "ckpt"), ""},
+	} {
+		got, err := u.steady(tc.path, "checkpoint.path")
+		switch {
+		case tc.refused == "" && (err != nil || got != tc.want):
+			t.Errorf("%s: %q, %v; want %q", tc.path, got, err, tc.want)
+		case tc.refused != "" && (err == nil || !strings.Contains(err.Error(), "can write "+tc.refused+", on the way to checkpoint.path "+tc.path)):
+			t.Errorf("%s: %q, %v; want it refused naming %s", tc.path, got, err, tc.refused)
+		}
 	}
 }
 
@@ -173,8 +226,13 @@ func TestRankUserParsing(t *testing.T) {
 			t.Errorf("%s: %v, want an error naming it", bad, err)
 		}
 	}
-	if root, err := lookupRankUser("root"); err != nil || root.uid != 0 || root.name != "root" {
-		t.Fatalf("root: %+v, %v", root, err)
+	for _, root := range []string{"root", "0", "0:0"} {
+		if _, err := lookupRankUser(root); err == nil || !strings.Contains(err.Error(), "is root (uid 0)") {
+			t.Errorf("%s: %v, want root refused", root, err)
+		}
+	}
+	if daemon, err := lookupRankUser("daemon"); err != nil || daemon.uid == 0 || daemon.name != "daemon" {
+		t.Fatalf("daemon: %+v, %v", daemon, err)
 	}
 	if err := u.mayStart(1000); err == nil {
 		t.Error("uid 1000 may start processes as uid 4242")
@@ -199,6 +257,53 @@ func TestRankUserParsing(t *testing.T) {
 	} {
 		if got := u.may(tc.mode, tc.uid, tc.gid, tc.want); got != tc.ok {
 			t.Errorf("mode %04o owned %d:%d, want %o: %v", tc.mode, tc.uid, tc.gid, tc.want, got)
+		}
+	}
+}
+
+// TestRankUserRefusals: what checkRankUser refuses when the worker
+// starts, each naming why: data-plane TLS (the ranks would need the
+// worker's key), TLS without a token (nothing would scope the ranks'
+// relayed calls), a storage path the user could change on the way.
+func TestRankUserRefusals(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (TestRanksRunAsTheRankUser checks the refusal otherwise)")
+	}
+	const spec = "65534:65534"
+	base := t.TempDir()
+	for _, p := range []string{base, filepath.Dir(base)} {
+		if err := os.Chmod(p, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	trainer := filepath.Join(base, "switchyard")
+	if err := os.WriteFile(trainer, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	open := filepath.Join(base, "open")
+	if err := os.Mkdir(open, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(open, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	tls := security.TLSFiles{CA: "/ca.pem", Cert: "/cert.pem", Key: "/key.pem"}
+	for _, tc := range []struct {
+		name   string
+		change func(*Options)
+		says   string
+	}{
+		{"fine", func(*Options) {}, ""},
+		{"data-plane TLS", func(o *Options) { o.Config.DataPlaneTLS, o.Config.TLS, o.Token = true, tls, "t" }, "with data_plane_tls"},
+		{"TLS without a token", func(o *Options) { o.Config.TLS = tls }, "with TLS needs the cluster's token"},
+		{"TLS with a token", func(o *Options) { o.Config.TLS, o.Token = tls, "t" }, ""},
+		{"a storage path it can write", func(o *Options) { o.Config.StoragePath = open }, "can write " + open + ", on the way to storage_path"},
+	} {
+		o := Options{Config: workerconfig.Config{RankUser: spec, StoragePath: base}}
+		tc.change(&o)
+		_, err := checkRankUser(o, trainer)
+		if (tc.says == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tc.says)) {
+			t.Errorf("%s: %v, want %q", tc.name, err, tc.says)
 		}
 	}
 }

@@ -266,6 +266,11 @@ func (a *Agent) prepare(t *apiv1.Task) (launch, error) {
 		CommitVia: a.o.Config.Coordinators,
 		CommitTLS: a.o.Config.TLS,
 	}
+	if a.proxy != nil {
+		// the rank user cannot read the worker's TLS key: through the
+		// worker, with the rank's token
+		host.CommitVia, host.CommitTLS = []string{a.proxy.endpoint()}, security.TLSFiles{}
+	}
 	if a.o.Config.DataPlaneTLS {
 		host.DataPlaneTLS = a.o.Config.TLS
 	}
@@ -290,7 +295,7 @@ func (a *Agent) prepare(t *apiv1.Task) (launch, error) {
 		return launch{}, err
 	}
 	dirs := []string{host.RunDir}
-	if spec.Checkpoint.Storage != jobspec.StorageS3 {
+	if spec.Checkpoint.Storage != jobspec.StorageS3 && a.ranks == nil {
 		// s3://bucket/prefix: the rank reaches the S3 server with the
 		// worker's SWITCHYARD_S3_* and AWS_* environment
 		dirs = append(dirs, cfg.Checkpoint.Dir)
@@ -299,12 +304,12 @@ func (a *Agent) prepare(t *apiv1.Task) (launch, error) {
 	if err != nil {
 		return launch{}, err
 	}
-	if err := a.giveRank(host.RunDir, runYAML); err != nil {
+	if err := a.giveRank(host.RunDir); err != nil {
 		return launch{}, err
 	}
 	if a.ranks != nil && spec.Checkpoint.Storage != jobspec.StorageS3 {
-		// the job's own directory (checkpoint.StepPrefix), not the root
-		// other jobs share
+		// the job's own directory (checkpoint.StepPrefix) is the rank
+		// user's, not the root other jobs share
 		if err := a.checkpointDirs(cfg.Checkpoint.Dir, k.jobID); err != nil {
 			return launch{}, err
 		}
@@ -618,7 +623,7 @@ type rankOutput struct {
 func (a *Agent) openOutput(tk *task, runDir string) (*rankOutput, error) {
 	o := &rankOutput{}
 	for _, name := range []string{"stdout.log", "stderr.log"} {
-		f, err := openNoFollow(filepath.Join(runDir, name), os.O_CREATE|os.O_WRONLY|os.O_TRUNC)
+		f, err := createFresh(filepath.Join(runDir, name))
 		if err != nil {
 			o.close()
 			return nil, err

@@ -71,3 +71,10 @@ var RankMethods = map[string]bool{
 	"/switchyard.api.v1.Coordinator/CommitCheckpoint": true,
 	"/switchyard.api.v1.Coordinator/RetireCheckpoint": true,
 }
+
+// IsRankToken reports whether token has a rank token's form (it does not
+// verify it).
+func IsRankToken(token string) bool {
+	_, _, ok := rankOf(token)
+	return ok
+}

@@ -64,11 +64,13 @@ type Config struct {
 	// may submit jobs may run code here.
 	AllowCommands bool `yaml:"allow_commands" json:"allow_commands,omitempty"`
 	// RankUser runs every rank (engine and command jobs) as this OS user,
-	// not the worker's: a user name, a uid, or uid:gid. The worker must
-	// run as root; the user gets the rank's run directory and its job's
-	// checkpoint directory, and cannot read the worker's environment (its
-	// token) nor, if they are kept from other users, its config and TLS
-	// key. "": ranks run as the worker's user.
+	// not the worker's: a user name, a uid, or uid:gid, not root. The
+	// worker must run as root; the user gets the rank's run directory and
+	// its job's checkpoint directory, reaches the coordinator through the
+	// worker, and cannot read the worker's environment (its token) nor, if
+	// they are kept from other users, its config and TLS key. With TLS it
+	// needs the cluster's token, and excludes DataPlaneTLS. "": ranks run
+	// as the worker's user.
 	RankUser string `yaml:"rank_user" json:"rank_user,omitempty"`
 	// EnforceMemory kills a rank whose processes use more resident
 	// private memory than its job's resources.memory_mib (on by default;

@@ -1,0 +1,121 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/switchyard-ml/switchyard/pkg/client"
+	"github.com/switchyard-ml/switchyard/pkg/security"
+	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
+)
+
+// rankProxy serves a worker's ranks, when they run as rank_user, the
+// three coordinator calls they make (their job's checkpoint catalogue) on
+// a unix socket only root and the rank user can open. The ranks then need
+// neither the worker's TLS key (the rank user cannot read it) nor a route
+// to the coordinators. Each call is relayed with the rank's own bearer
+// token, which must be a rank token, over the worker's connections (its
+// TLS certificate, no token of its own): the coordinator checks the rank
+// as if it had called, and a call without a rank token is not made as
+// the worker.
+type rankProxy struct {
+	apiv1.UnimplementedCoordinatorServer
+	up   apiv1.CoordinatorClient
+	srv  *grpc.Server
+	dir  string
+	done chan struct{}
+}
+
+// rankProxySocket is the socket's name in its directory.
+const rankProxySocket = "coordinator.sock"
+
+// startRankProxy listens in a new directory under the system's temporary
+// one (a socket path must be short), searchable by all, the socket the
+// rank user's alone, and relays to up.
+func startRankProxy(up apiv1.CoordinatorClient, u *rankUser) (*rankProxy, error) {
+	dir, err := os.MkdirTemp("", "switchyard-ranks-")
+	if err != nil {
+		return nil, fmt.Errorf("rank proxy: %w", err)
+	}
+	fail := func(err error) (*rankProxy, error) {
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("rank proxy: %w", err)
+	}
+	if err := os.Chmod(dir, 0o711); err != nil {
+		return fail(err)
+	}
+	path := filepath.Join(dir, rankProxySocket)
+	lis, err := net.Listen("unix", path)
+	if err != nil {
+		return fail(err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		lis.Close()
+		return fail(err)
+	}
+	if err := os.Chown(path, int(u.uid), int(u.gid)); err != nil {
+		lis.Close()
+		return fail(err)
+	}
+	p := &rankProxy{up: up, srv: grpc.NewServer(client.KeepaliveServerOptions()...), dir: dir, done: make(chan struct{})}
+	apiv1.RegisterCoordinatorServer(p.srv, p)
+	go func() {
+		defer close(p.done)
+		p.srv.Serve(lis) //nolint:errcheck // ends with close
+	}()
+	return p, nil
+}
+
+// endpoint is the address a rank dials (client.Dial's form).
+func (p *rankProxy) endpoint() string { return "unix://" + filepath.Join(p.dir, rankProxySocket) }
+
+// close stops serving (calls in flight end) and removes the socket.
+func (p *rankProxy) close() {
+	p.srv.Stop()
+	<-p.done
+	os.RemoveAll(p.dir)
+}
+
+// relay is the context of the call to the coordinator: the rank's token
+// and nothing else of what it sent.
+func relay(ctx context.Context) (context.Context, error) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	auth := md.Get("authorization")
+	if len(auth) != 1 || !security.IsRankToken(strings.TrimPrefix(auth[0], "Bearer ")) {
+		return nil, status.Errorf(codes.Unauthenticated, "the worker relays a rank's calls with its rank token ($%s) only", TokenEnv)
+	}
+	return metadata.NewOutgoingContext(ctx, metadata.Pairs("authorization", auth[0])), nil
+}
+
+func (p *rankProxy) ListCheckpoints(ctx context.Context, req *apiv1.ListCheckpointsRequest) (*apiv1.ListCheckpointsResponse, error) {
+	ctx, err := relay(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return p.up.ListCheckpoints(ctx, req)
+}
+
+func (p *rankProxy) CommitCheckpoint(ctx context.Context, req *apiv1.CommitCheckpointRequest) (*apiv1.CommitCheckpointResponse, error) {
+	ctx, err := relay(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return p.up.CommitCheckpoint(ctx, req)
+}
+
+func (p *rankProxy) RetireCheckpoint(ctx context.Context, req *apiv1.RetireCheckpointRequest) (*apiv1.RetireCheckpointResponse, error) {
+	ctx, err := relay(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return p.up.RetireCheckpoint(ctx, req)
+}

@@ -1,0 +1,115 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
+
+	"github.com/switchyard-ml/switchyard/pkg/client"
+	"github.com/switchyard-ml/switchyard/pkg/security"
+	apiv1 "github.com/switchyard-ml/switchyard/proto/switchyard/api/v1"
+)
+
+// echoCoordinator answers ListCheckpoints with the caller's identity as
+// its interceptors found it: "worker/job/attempt/rank".
+type echoCoordinator struct {
+	apiv1.UnimplementedCoordinatorServer
+}
+
+func (echoCoordinator) ListCheckpoints(ctx context.Context, _ *apiv1.ListCheckpointsRequest) (*apiv1.ListCheckpointsResponse, error) {
+	id, ok := security.IdentityFrom(ctx)
+	who := fmt.Sprintf("%s/%s/%d/%d", id.Worker, id.Scope.Job, id.Scope.Attempt, id.Scope.Rank)
+	if !ok {
+		who = "nobody"
+	}
+	return &apiv1.ListCheckpointsResponse{Checkpoints: []*apiv1.Checkpoint{{JobId: who}}}, nil
+}
+
+// TestRankProxy: a rank's call through its worker's socket reaches a
+// coordinator that wants mutual TLS and a token as the rank (its scope),
+// though the rank holds no TLS file; a call without a rank token is not
+// relayed (it would go as the worker's certificate), nor is any call but
+// the catalogue's.
+func TestRankProxy(t *testing.T) {
+	pem, err := security.EphemeralPEM("127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	files := security.TLSFiles{CA: filepath.Join(dir, "ca.pem"), Cert: filepath.Join(dir, "cert.pem"), Key: filepath.Join(dir, "key.pem")}
+	for path, b := range map[string][]byte{files.CA: pem.CA, files.Cert: pem.Cert, files.Key: pem.Key} {
+		if err := os.WriteFile(path, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tc, err := security.ServerTLS(files)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer(append(security.ServerOptions("s3cret", true), grpc.Creds(credentials.NewTLS(tc)))...)
+	apiv1.RegisterCoordinatorServer(srv, echoCoordinator{})
+	served := make(chan struct{})
+	go func() { defer close(served); srv.Serve(lis) }() //nolint:errcheck // ends with Stop
+	t.Cleanup(func() { srv.Stop(); <-served })
+
+	up, err := client.Dial(client.Options{Endpoints: []string{lis.Addr().String()}, TLS: files})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { up.Close() })
+	me := &rankUser{spec: "me", uid: uint32(os.Getuid()), gid: uint32(os.Getgid())}
+	p, err := startRankProxy(up, me)
+	if err != nil {
+		t.Fatal(err)
+	}
+	socket := strings.TrimPrefix(p.endpoint(), "unix://")
+	if st, err := os.Stat(socket); err != nil || st.Mode().Perm() != 0o600 || statUID(st) != os.Getuid() {
+		t.Fatalf("the socket: %v, %v; want mode 0600, the rank user's", st, err)
+	}
+
+	worker := security.WorkerToken("s3cret", "w1")
+	rank := security.RankToken(worker, security.RankScope{Job: "job-7", Attempt: 2, Rank: 0})
+	call := func(token string) (string, error) {
+		c, err := client.Dial(client.Options{Endpoints: []string{p.endpoint()}, Token: token})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		resp, err := c.ListCheckpoints(ctx, &apiv1.ListCheckpointsRequest{JobId: "job-7"})
+		if err != nil {
+			return "", err
+		}
+		if _, err := c.ListJobs(ctx, &apiv1.ListJobsRequest{}); status.Code(err) != codes.Unimplemented {
+			t.Errorf("ListJobs through the worker: %v, want Unimplemented", err)
+		}
+		return resp.Checkpoints[0].JobId, nil
+	}
+	if who, err := call(rank); err != nil || who != "w1/job-7/2/0" {
+		t.Fatalf("the rank's call: %q, %v; want it made as w1's rank 0 of job-7's attempt 2", who, err)
+	}
+	for name, token := range map[string]string{"no token": "", "the worker's token": worker, "the cluster token": "s3cret"} {
+		if who, err := call(token); status.Code(err) != codes.Unauthenticated || !strings.Contains(err.Error(), "rank token") {
+			t.Errorf("%s: %q, %v; want it not relayed", name, who, err)
+		}
+	}
+	p.close()
+	if _, err := os.Stat(filepath.Dir(socket)); !os.IsNotExist(err) {
+		t.Errorf("the socket's directory is left: %v", err)
+	}
+}

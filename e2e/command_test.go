@@ -323,13 +323,17 @@ restart: {max_restarts: %d, backoff_seconds: 12}
 
 // rankUserScript is a command job's rank on a worker with rank_user: it
 // runs as that user, cannot read its worker's environment (where the
-// worker's token is), and commits a checkpoint it wrote.
+// worker's token is), reaches the coordinator through its worker (which
+// relays nothing but the catalogue's calls), and commits a checkpoint it
+// wrote.
 const rankUserScript = `#!/bin/sh
 set -u
 fail() { echo "rank user: $*" >&2; exit 1; }
 [ "$(id -u)" = 65534 ] || fail "runs as uid $(id -u)"
 [ "$(cat /proc/$PPID/comm)" = worker ] || fail "the parent is $(cat /proc/$PPID/comm), not the worker"
 if cat /proc/$PPID/environ > /dev/null 2>&1; then fail "read the worker's environment"; fi
+case "$SWITCHYARD_COORDINATOR" in unix://*) ;; *) fail "reaches the coordinator at $SWITCHYARD_COORDINATOR, not through the worker" ;; esac
+if switchyard job list > /dev/null 2>&1; then fail "listed the cluster's jobs through the worker"; fi
 echo "weights" > "$SWITCHYARD_CHECKPOINT_DIR/model.bin" || fail "cannot write $SWITCHYARD_CHECKPOINT_DIR"
 switchyard checkpoints commit --step 1 "$SWITCHYARD_CHECKPOINT_DIR" || fail "commit failed"
 echo "rank user: uid $(id -u) in $HOME, the worker's environment unreadable, committed step 1"

@@ -216,7 +216,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.log.Info("metrics", "url", "http://"+ms.Addr()+"/metrics")
 	}
 	if a.ranks != nil {
-		p, err := startRankProxy(a.o.Relay, a.ranks)
+		p, err := startRankProxy(a.o.Relay, a.o.Token, a.ranks)
 		if err != nil {
 			return fmt.Errorf("agent: %w", err)
 		}

@@ -25,14 +25,18 @@ import (
 // to the coordinators. Each call is relayed with the rank's own bearer
 // token, which must be a rank token, over the worker's connections (its
 // TLS certificate, no token of its own): the coordinator checks the rank
-// as if it had called, and a call without a rank token is not made as
-// the worker.
+// as if it had called. The worker verifies the token first (one it made
+// for one of its ranks), so no call goes as the worker's certificate
+// alone. Without a worker token (a coordinator that checks none, and no
+// TLS: checkRankUser refuses TLS without one) calls are relayed as they
+// are.
 type rankProxy struct {
 	apiv1.UnimplementedCoordinatorServer
-	up   apiv1.CoordinatorClient
-	srv  *grpc.Server
-	dir  string
-	done chan struct{}
+	up          apiv1.CoordinatorClient
+	workerToken string
+	srv         *grpc.Server
+	dir         string
+	done        chan struct{}
 }
 
 // rankProxySocket is the socket's name in its directory.
@@ -41,7 +45,7 @@ const rankProxySocket = "coordinator.sock"
 // startRankProxy listens in a new directory under the system's temporary
 // one (a socket path must be short), searchable by all, the socket the
 // rank user's alone, and relays to up.
-func startRankProxy(up apiv1.CoordinatorClient, u *rankUser) (*rankProxy, error) {
+func startRankProxy(up apiv1.CoordinatorClient, workerToken string, u *rankUser) (*rankProxy, error) {
 	dir, err := os.MkdirTemp("", "switchyard-ranks-")
 	if err != nil {
 		return nil, fmt.Errorf("rank proxy: %w", err)
@@ -52,6 +56,9 @@ func startRankProxy(up apiv1.CoordinatorClient, u *rankUser) (*rankProxy, error)
 	}
 	if err := os.Chmod(dir, 0o711); err != nil {
 		return fail(err)
+	}
+	if err := u.reach(dir, 1, "the worker's socket directory"); err != nil {
+		return fail(fmt.Errorf("%w (set TMPDIR to a directory it can reach)", err))
 	}
 	path := filepath.Join(dir, rankProxySocket)
 	lis, err := net.Listen("unix", path)
@@ -66,7 +73,7 @@ func startRankProxy(up apiv1.CoordinatorClient, u *rankUser) (*rankProxy, error)
 		lis.Close()
 		return fail(err)
 	}
-	p := &rankProxy{up: up, srv: grpc.NewServer(client.KeepaliveServerOptions()...), dir: dir, done: make(chan struct{})}
+	p := &rankProxy{up: up, workerToken: workerToken, srv: grpc.NewServer(client.KeepaliveServerOptions()...), dir: dir, done: make(chan struct{})}
 	apiv1.RegisterCoordinatorServer(p.srv, p)
 	go func() {
 		defer close(p.done)
@@ -85,19 +92,26 @@ func (p *rankProxy) close() {
 	os.RemoveAll(p.dir)
 }
 
-// relay is the context of the call to the coordinator: the rank's token
-// and nothing else of what it sent.
-func relay(ctx context.Context) (context.Context, error) {
+// relay is the context of the call to the coordinator: the rank's token,
+// verified, and nothing else of what it sent.
+func (p *rankProxy) relay(ctx context.Context) (context.Context, error) {
+	if p.workerToken == "" {
+		return metadata.NewOutgoingContext(ctx, metadata.MD{}), nil
+	}
 	md, _ := metadata.FromIncomingContext(ctx)
 	auth := md.Get("authorization")
-	if len(auth) != 1 || !security.IsRankToken(strings.TrimPrefix(auth[0], "Bearer ")) {
-		return nil, status.Errorf(codes.Unauthenticated, "the worker relays a rank's calls with its rank token ($%s) only", TokenEnv)
+	if len(auth) == 1 {
+		if tok, ok := strings.CutPrefix(auth[0], "Bearer "); ok {
+			if _, ok := security.VerifyRankToken(p.workerToken, tok); ok {
+				return metadata.NewOutgoingContext(ctx, metadata.Pairs("authorization", auth[0])), nil
+			}
+		}
 	}
-	return metadata.NewOutgoingContext(ctx, metadata.Pairs("authorization", auth[0])), nil
+	return nil, status.Errorf(codes.Unauthenticated, "the worker relays a rank's calls with the rank token it gave the rank ($%s) only", TokenEnv)
 }
 
 func (p *rankProxy) ListCheckpoints(ctx context.Context, req *apiv1.ListCheckpointsRequest) (*apiv1.ListCheckpointsResponse, error) {
-	ctx, err := relay(ctx)
+	ctx, err := p.relay(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -105,7 +119,7 @@ func (p *rankProxy) ListCheckpoints(ctx context.Context, req *apiv1.ListCheckpoi
 }
 
 func (p *rankProxy) CommitCheckpoint(ctx context.Context, req *apiv1.CommitCheckpointRequest) (*apiv1.CommitCheckpointResponse, error) {
-	ctx, err := relay(ctx)
+	ctx, err := p.relay(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -113,7 +127,7 @@ func (p *rankProxy) CommitCheckpoint(ctx context.Context, req *apiv1.CommitCheck
 }
 
 func (p *rankProxy) RetireCheckpoint(ctx context.Context, req *apiv1.RetireCheckpointRequest) (*apiv1.RetireCheckpointResponse, error) {
-	ctx, err := relay(ctx)
+	ctx, err := p.relay(ctx)
 	if err != nil {
 		return nil, err
 	}

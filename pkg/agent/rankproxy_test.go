@@ -72,7 +72,8 @@ func TestRankProxy(t *testing.T) {
 	}
 	t.Cleanup(func() { up.Close() })
 	me := &rankUser{spec: "me", uid: uint32(os.Getuid()), gid: uint32(os.Getgid())}
-	p, err := startRankProxy(up, me)
+	worker := security.WorkerToken("s3cret", "w1")
+	p, err := startRankProxy(up, worker, me)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,9 +82,8 @@ func TestRankProxy(t *testing.T) {
 		t.Fatalf("the socket: %v, %v; want mode 0600, the rank user's", st, err)
 	}
 
-	worker := security.WorkerToken("s3cret", "w1")
 	rank := security.RankToken(worker, security.RankScope{Job: "job-7", Attempt: 2, Rank: 0})
-	call := func(token string) (string, error) {
+	call := func(p *rankProxy, token string) (string, error) {
 		c, err := client.Dial(client.Options{Endpoints: []string{p.endpoint()}, Token: token})
 		if err != nil {
 			t.Fatal(err)
@@ -100,16 +100,34 @@ func TestRankProxy(t *testing.T) {
 		}
 		return resp.Checkpoints[0].JobId, nil
 	}
-	if who, err := call(rank); err != nil || who != "w1/job-7/2/0" {
+	if who, err := call(p, rank); err != nil || who != "w1/job-7/2/0" {
 		t.Fatalf("the rank's call: %q, %v; want it made as w1's rank 0 of job-7's attempt 2", who, err)
 	}
-	for name, token := range map[string]string{"no token": "", "the worker's token": worker, "the cluster token": "s3cret"} {
-		if who, err := call(token); status.Code(err) != codes.Unauthenticated || !strings.Contains(err.Error(), "rank token") {
+	for name, token := range map[string]string{
+		"no token":                      "",
+		"the worker's token":            worker,
+		"the cluster token":             "s3cret",
+		"a forged rank token":           "sy-rank.job-7.2.0.w1.AAAA",
+		"another worker's rank token":   security.RankToken(security.WorkerToken("s3cret", "w2"), security.RankScope{Job: "job-7", Attempt: 2}),
+		"a rank token, its claim moved": strings.Replace(rank, ".2.0.", ".3.0.", 1),
+	} {
+		if who, err := call(p, token); status.Code(err) != codes.Unauthenticated || !strings.Contains(err.Error(), "rank token") {
 			t.Errorf("%s: %q, %v; want it not relayed", name, who, err)
 		}
 	}
 	p.close()
 	if _, err := os.Stat(filepath.Dir(socket)); !os.IsNotExist(err) {
 		t.Errorf("the socket's directory is left: %v", err)
+	}
+
+	// a worker without a token (its coordinator checks none): calls go
+	// as they are, with nothing of the caller's
+	open, err := startRankProxy(up, "", me)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer open.close()
+	if who, err := call(open, ""); status.Code(err) != codes.Unauthenticated || !strings.Contains(err.Error(), "missing or wrong bearer token") {
+		t.Errorf("relayed without a token to a coordinator that wants one: %q, %v; want the coordinator's refusal", who, err)
 	}
 }

@@ -162,14 +162,8 @@ func (u *rankUser) reach(path string, want fs.FileMode, what string) error {
 		}
 		return nil
 	}
-	var above []string
-	for p := filepath.Dir(abs); ; p = filepath.Dir(p) {
-		above = append(above, p)
-		if p == filepath.Dir(p) {
-			break
-		}
-	}
-	for _, p := range slices.Backward(above) {
+	chain := pathChain(abs)
+	for _, p := range chain[:len(chain)-1] {
 		if err := check(p, 1); err != nil {
 			return err
 		}
@@ -194,10 +188,12 @@ func verb(bits fs.FileMode) string {
 }
 
 // steady resolves path (links in the part that exists) and checks that
-// no rank could replace any directory on the way with a link after the
-// check: the rank user can write none of them, but for a sticky one (as
-// /tmp) whose next directory is not its own. The worker then makes and
-// opens what is below through the resolved path.
+// no rank could change the way to it after the check, through the path as
+// written or where any part of it leads: for every element, the rank user
+// owns none of the directories on the way to it and can write none, but a
+// sticky one (as /tmp) whose next element is not its own. The worker then
+// makes and opens what is below through the path returned, the resolved
+// one.
 func (u *rankUser) steady(path, what string) (string, error) {
 	abs, err := filepath.Abs(path)
 	if err != nil {
@@ -211,35 +207,101 @@ func (u *rankUser) steady(path, what string) (string, error) {
 		rest = filepath.Join(filepath.Base(existing), rest)
 		existing = filepath.Dir(existing)
 	}
+	refuse := func(bad string, err error) (string, error) {
+		if err == nil {
+			err = fmt.Errorf("rank_user %s can change %s (it owns or can write it), on the way to %s %s: a rank could put a link there for the worker (root) to follow; use a directory only the worker can write", u, bad, what, path)
+		}
+		return "", err
+	}
+	// each element as written, in the directory it is in (resolved)
+	for _, p := range pathChain(existing)[1:] {
+		dir, err := filepath.EvalSymlinks(filepath.Dir(p))
+		if err != nil {
+			return refuse("", err)
+		}
+		if bad, err := u.unsteady(dir, filepath.Join(dir, filepath.Base(p))); err != nil || bad != "" {
+			return refuse(bad, err)
+		}
+	}
+	// where it leads, and what is to be made there
 	resolved, err := filepath.EvalSymlinks(existing)
 	if err != nil {
-		return "", fmt.Errorf("%s %s: %w", what, path, err)
+		return refuse("", err)
 	}
+	next := ""
+	if rest != "" {
+		next = filepath.Join(resolved, strings.Split(rest, string(filepath.Separator))[0])
+	}
+	if bad, err := u.unsteady(resolved, next); err != nil || bad != "" {
+		return refuse(bad, err)
+	}
+	return filepath.Join(resolved, rest), nil
+}
+
+// unsteady is the first directory on the way to dir (no links in it),
+// dir included, that u could change, given that next (in dir; "" for
+// none) is what the way leads on to: "" when none.
+func (u *rankUser) unsteady(dir, next string) (string, error) {
+	chain := append(pathChain(dir), next)
+	for i, p := range chain[:len(chain)-1] {
+		st, err := os.Lstat(p)
+		if err != nil {
+			return "", err
+		}
+		sys, ok := st.Sys().(*syscall.Stat_t)
+		switch {
+		case !ok:
+			continue // not a unix stat: leave it to the kernel
+		case sys.Uid == u.uid: // its owner may chmod it
+			return p, nil
+		case !u.may(st.Mode(), uint32(sys.Uid), uint32(sys.Gid), 2):
+			continue
+		case st.Mode()&fs.ModeSticky != 0 && chain[i+1] != "":
+			if n, err := os.Lstat(chain[i+1]); err == nil && statUID(n) != int(u.uid) {
+				continue // only its owner may move what is there
+			}
+		}
+		return p, nil
+	}
+	return "", nil
+}
+
+// mkdirNoLinks makes rel and its missing parents in r, each a directory
+// of its own: a link on the way, even one that stays in r (a rank's
+// directory leading to another job's), is an error, not followed.
+func mkdirNoLinks(r *os.Root, rel string) error {
+	parts := strings.Split(filepath.ToSlash(rel), "/")
+	for i := range parts {
+		p := filepath.Join(parts[:i+1]...)
+		fi, err := r.Lstat(p)
+		if errors.Is(err, fs.ErrNotExist) {
+			if err := r.Mkdir(p, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+				return err
+			}
+			fi, err = r.Lstat(p)
+		}
+		if err != nil {
+			return err
+		}
+		if !fi.IsDir() {
+			return fmt.Errorf("%s is not a directory (%v): a link there is not followed", p, fi.Mode().Type())
+		}
+	}
+	return nil
+}
+
+// pathChain is "/" and every directory down to the absolute path p, p
+// last.
+func pathChain(p string) []string {
 	var chain []string
-	for p := resolved; ; p = filepath.Dir(p) {
+	for ; ; p = filepath.Dir(p) {
 		chain = append(chain, p)
 		if filepath.Dir(p) == p {
 			break
 		}
 	}
-	slices.Reverse(chain) // "/" first
-	for i, p := range chain {
-		st, err := os.Lstat(p)
-		if err != nil {
-			return "", fmt.Errorf("%s %s: %w", what, path, err)
-		}
-		sys, ok := st.Sys().(*syscall.Stat_t)
-		if !ok || !u.may(st.Mode(), uint32(sys.Uid), uint32(sys.Gid), 2) {
-			continue
-		}
-		if st.Mode()&fs.ModeSticky != 0 && sys.Uid != u.uid && i+1 < len(chain) {
-			if next, err := os.Lstat(chain[i+1]); err == nil && statUID(next) != int(u.uid) {
-				continue // only its owner may move what is there
-			}
-		}
-		return "", fmt.Errorf("rank_user %s can write %s, on the way to %s %s: a rank could put a link there for the worker (root) to follow; use a directory only the worker can write", u, p, what, path)
-	}
-	return filepath.Join(resolved, rest), nil
+	slices.Reverse(chain)
+	return chain
 }
 
 // giveRank hands what the worker made for a rank in directories of its
@@ -266,9 +328,9 @@ func (a *Agent) giveRank(paths ...string) error {
 // checkpointDirs makes the directories rels under the checkpoint root:
 // the job's own directory and, for a command job, its staging
 // directories, and gives them to the rank user when there is one: then
-// through the root's steady path and an os.Root, since the job's
-// directory is the rank user's, and a link a rank made there cannot lead
-// the worker out of the root.
+// through the root's steady path and an os.Root, and none of them may be
+// a link, since the job's directory is the rank user's: a link a rank
+// made there cannot lead the worker elsewhere.
 func (a *Agent) checkpointDirs(root string, rels ...string) error {
 	if a.ranks == nil { // the rank is the worker's user: as it always was
 		for _, rel := range rels {
@@ -291,7 +353,7 @@ func (a *Agent) checkpointDirs(root string, rels ...string) error {
 	}
 	defer r.Close()
 	for _, rel := range rels {
-		if err := r.MkdirAll(rel, 0o755); err != nil {
+		if err := mkdirNoLinks(r, rel); err != nil {
 			return fmt.Errorf("checkpoint directory %s: %w", filepath.Join(root, rel), err)
 		}
 		if err := r.Lchown(rel, int(a.ranks.uid), int(a.ranks.gid)); err != nil {

@@ -134,16 +134,34 @@ func TestRankUserLinksNotFollowed(t *testing.T) {
 	if err := os.MkdirAll(jobDir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	for link, to := range map[string]string{filepath.Join(dir, "stdout.log"): victim, filepath.Join(jobDir, "staging"): outside} {
+	// and one whose staging link stays in the checkpoint root, leading
+	// to another job's directory
+	innerDir, other := filepath.Join(h.storage, "checkpoints", "links-inner"), filepath.Join(h.storage, "checkpoints", "links-other")
+	for _, d := range []string{innerDir, other} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for link, to := range map[string]string{
+		filepath.Join(dir, "stdout.log"):   victim,
+		filepath.Join(jobDir, "staging"):   outside,
+		filepath.Join(innerDir, "staging"): filepath.Join("..", "links-other"),
+	} {
 		if err := os.Symlink(to, link); err != nil {
 			t.Fatal(err)
 		}
 	}
-	h.coord.set(newTestTask("links-out", 0, 1, spec1), newTestTask("links-stage", 0, 1, "name: c\nruntime: command\ncommand: sh\n"),
-		newTestTask("fifo-metrics", 0, 1, spec1))
-	st := h.waitState("links-stage", 0, apiv1.TaskState_TASK_STATE_FAILED)
-	if says := "checkpoint directory " + filepath.Join(jobDir, "staging") + ": "; !strings.Contains(st.GetMessage(), says) {
-		t.Errorf("links-stage: %q, want it to say %q", st.GetMessage(), says)
+	command := "name: c\nruntime: command\ncommand: sh\n"
+	h.coord.set(newTestTask("links-out", 0, 1, spec1), newTestTask("links-stage", 0, 1, command),
+		newTestTask("links-inner", 0, 1, command), newTestTask("fifo-metrics", 0, 1, spec1))
+	for job, d := range map[string]string{"links-stage": jobDir, "links-inner": innerDir} {
+		st := h.waitState(job, 0, apiv1.TaskState_TASK_STATE_FAILED)
+		if says := "checkpoint directory " + filepath.Join(d, "staging") + ": "; !strings.Contains(st.GetMessage(), says) {
+			t.Errorf("%s: %q, want it to say %q", job, st.GetMessage(), says)
+		}
+	}
+	if left, _ := os.ReadDir(other); len(left) != 0 || ownerOf(t, other) != 0 {
+		t.Errorf("the other job's directory: %v, owner %d; want it empty and the worker's", left, ownerOf(t, other))
 	}
 	h.waitState("links-out", 0, apiv1.TaskState_TASK_STATE_SUCCEEDED)
 	h.waitState("fifo-metrics", 0, apiv1.TaskState_TASK_STATE_SUCCEEDED)
@@ -163,6 +181,9 @@ func TestRankUserLinksNotFollowed(t *testing.T) {
 // refused, naming the directory; a sticky one (as /tmp) is not, when
 // what follows is not the rank user's.
 func TestRankUserSteadyPaths(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("a Linux /tmp (sticky, no links above it)")
+	}
 	u := &rankUser{spec: "4242:4242", uid: 4242, gid: 4242, groups: []uint32{4242}}
 	base := t.TempDir()
 	open := filepath.Join(base, "open")
@@ -185,6 +206,16 @@ func TestRankUserSteadyPaths(t *testing.T) {
 	if err := os.Symlink(filepath.Join(sticky, "owned"), filepath.Join(base, "link")); err != nil {
 		t.Fatal(err)
 	}
+	// a link, itself fine, in a directory the rank user can write
+	if err := os.Symlink(filepath.Join(sticky, "owned"), filepath.Join(open, "link")); err != nil {
+		t.Fatal(err)
+	}
+	// a directory it owns, though it cannot write it now (it may chmod it)
+	its := filepath.Join(base, "its")
+	if err := os.Mkdir(its, 0o555); err != nil {
+		t.Fatal(err)
+	}
+	owned := os.Chown(its, 4242, 4242) == nil // as root
 	for _, tc := range []struct {
 		path, want, refused string
 	}{
@@ -194,12 +225,17 @@ func TestRankUserSteadyPaths(t *testing.T) {
 		{filepath.Join(sticky, "owned", "ckpt"), filepath.Join(sticky, "owned", "ckpt"), ""},
 		{filepath.Join(sticky, "not-yet"), "", sticky},
 		{filepath.Join(base, "link", "ckpt"), filepath.Join(sticky, "owned", "ckpt"), ""},
+		{filepath.Join(open, "link", "ckpt"), "", open},
+		{filepath.Join(its, "ckpt"), "", its},
 	} {
+		if tc.refused == its && !owned {
+			continue // not root: the directory could not be given to uid 4242
+		}
 		got, err := u.steady(tc.path, "checkpoint.path")
 		switch {
 		case tc.refused == "" && (err != nil || got != tc.want):
 			t.Errorf("%s: %q, %v; want %q", tc.path, got, err, tc.want)
-		case tc.refused != "" && (err == nil || !strings.Contains(err.Error(), "can write "+tc.refused+", on the way to checkpoint.path "+tc.path)):
+		case tc.refused != "" && (err == nil || !strings.Contains(err.Error(), "can change "+tc.refused+" (it owns or can write it), on the way to checkpoint.path "+tc.path)):
 			t.Errorf("%s: %q, %v; want it refused naming %s", tc.path, got, err, tc.refused)
 		}
 	}
@@ -297,7 +333,7 @@ func TestRankUserRefusals(t *testing.T) {
 		{"data-plane TLS", func(o *Options) { o.Config.DataPlaneTLS, o.Config.TLS, o.Token = true, tls, "t" }, "with data_plane_tls"},
 		{"TLS without a token", func(o *Options) { o.Config.TLS = tls }, "with TLS needs the cluster's token"},
 		{"TLS with a token", func(o *Options) { o.Config.TLS, o.Token = tls, "t" }, ""},
-		{"a storage path it can write", func(o *Options) { o.Config.StoragePath = open }, "can write " + open + ", on the way to storage_path"},
+		{"a storage path it can write", func(o *Options) { o.Config.StoragePath = open }, "can change " + open + " (it owns or can write it), on the way to storage_path"},
 	} {
 		o := Options{Config: workerconfig.Config{RankUser: spec, StoragePath: base}}
 		tc.change(&o)

@@ -156,13 +156,7 @@ func TestCallerOnAForwardedCall(t *testing.T) {
 // behind the leader) asks the leader, which refuses a worker holding no
 // rank of the job by that worker's name.
 func TestWorkerReadsCatalogueThroughAFollower(t *testing.T) {
-	h := newHarness(t, 3, "s3cret")
-	lead, follower := h.leader(), h.follower()
-	op := h.client(lead, "s3cret")
-	h.worker("w1")
-	h.worker("w2")
-	submit(t, op, "job-c", 0)
-	waitJob(t, op, "job-c", "placed", func(j *pb.Job) bool { return len(j.Placement) == 2 })
+	h, follower, _ := securedOnTwo(t)
 	for _, w := range []string{"w1", "w2"} {
 		c := h.client(follower, security.WorkerToken("s3cret", w))
 		if _, err := c.ListCheckpoints(ctxT(t), &apiv1.ListCheckpointsRequest{JobId: "job-c", Manifests: true}); err != nil {
@@ -266,13 +260,7 @@ func TestRankScopes(t *testing.T) {
 // follower forwards, so the leader refuses what the rank token may not do
 // and allows what it may.
 func TestRankTokenThroughAFollower(t *testing.T) {
-	h := newHarness(t, 3, "s3cret")
-	lead, follower := h.leader(), h.follower()
-	op := h.client(lead, "s3cret")
-	h.worker("w1")
-	h.worker("w2")
-	submit(t, op, "job-c", 0)
-	j := waitJob(t, op, "job-c", "placed", func(j *pb.Job) bool { return len(j.Placement) == 2 })
+	h, follower, j := securedOnTwo(t)
 	w0 := j.Placement[0].WorkerId
 	token := func(rank int32) string {
 		return security.RankToken(security.WorkerToken("s3cret", w0), security.RankScope{Job: "job-c", Attempt: j.Restarts, Rank: rank})
@@ -293,4 +281,17 @@ func TestRankTokenThroughAFollower(t *testing.T) {
 	if _, err := h.client(follower, token(0)).SyncWorker(ctxT(t), &apiv1.SyncWorkerRequest{WorkerId: w0}); status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("rank 0's token syncs as its worker: %v, want PermissionDenied", err)
 	}
+}
+
+// securedOnTwo is a three-replica cluster with token "s3cret", workers w1
+// and w2, and job-c placed on both: the harness, a follower, the job.
+func securedOnTwo(t *testing.T) (*harness, *replica, *pb.Job) {
+	t.Helper()
+	h := newHarness(t, 3, "s3cret")
+	lead, follower := h.leader(), h.follower()
+	op := h.client(lead, "s3cret")
+	h.worker("w1")
+	h.worker("w2")
+	submit(t, op, "job-c", 0)
+	return h, follower, waitJob(t, op, "job-c", "placed", func(j *pb.Job) bool { return len(j.Placement) == 2 })
 }

@@ -3,6 +3,7 @@ package security
 import (
 	"crypto/hmac"
 	"crypto/sha256"
+	"crypto/subtle"
 	"encoding/base64"
 	"strconv"
 	"strings"
@@ -72,9 +73,16 @@ var RankMethods = map[string]bool{
 	"/switchyard.api.v1.Coordinator/RetireCheckpoint": true,
 }
 
-// IsRankToken reports whether token has a rank token's form (it does not
-// verify it).
-func IsRankToken(token string) bool {
-	_, _, ok := rankOf(token)
-	return ok
+// VerifyRankToken reports whether token is a rank token that workerToken
+// made (RankToken), and for which rank: what a worker checks before it
+// relays a rank's call.
+func VerifyRankToken(workerToken, token string) (RankScope, bool) {
+	w, r, ok := rankOf(token)
+	if own, isWorker := WorkerOf(workerToken); !ok || !isWorker || own != w {
+		return RankScope{}, false
+	}
+	if subtle.ConstantTimeCompare([]byte(token), []byte(rankToken(workerToken, w, r))) != 1 {
+		return RankScope{}, false
+	}
+	return r, true
 }

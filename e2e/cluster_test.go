@@ -55,9 +55,8 @@ type cluster struct {
 	// via, when set for a worker, is where it (and its ranks) reach the
 	// coordinators' APIs and etcd instead: proxies the chaos suite cuts.
 	via map[string]workerRoutes
-	// workerLabels replaces a worker's labels ("{rack: r1}") and
-	// workerConfig adds lines to its config
-	workerLabels, workerConfig map[string]string
+	// workerConfig adds lines to a worker's config
+	workerConfig map[string]string
 	// coordVia, when set, is where each coordinator (by index) reaches
 	// the other replicas' raft and etcd instead: proxies the chaos suite
 	// cuts. The raft configuration keeps the real addresses.
@@ -189,10 +188,6 @@ func (c *cluster) startWorker(id string) {
 	if r, ok := c.via[id]; ok {
 		coords, etcd = r.coordinators, r.etcd
 	}
-	labels := "{rack: r1}"
-	if l, ok := c.workerLabels[id]; ok {
-		labels = l
-	}
 	yaml := fmt.Sprintf(`id: %s
 host: host-%s
 coordinators: [%s]
@@ -200,12 +195,12 @@ etcd_endpoints: [%s]
 nats_url: nats://127.0.0.1:%d
 listen_address: 127.0.0.1:%d
 resources: %s
-labels: %s
+labels: {rack: r1}
 storage_path: %s
 lease_ttl_seconds: 2
 drain_seconds: 3
 allow_commands: true
-`, id, id, strings.Join(coords, ", "), etcd, c.natsPort, c.workerPorts[id], c.resources(), labels, c.storage) + c.workerConfig[id]
+`, id, id, strings.Join(coords, ", "), etcd, c.natsPort, c.workerPorts[id], c.resources(), c.storage) + c.workerConfig[id]
 	if c.trainer != "" {
 		yaml += "trainer: " + c.trainer + "\n"
 	}

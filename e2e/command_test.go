@@ -272,12 +272,11 @@ restart: {max_restarts: %d, backoff_seconds: 12}
 		if err := os.WriteFile(script, []byte(rankUserScript), 0o755); err != nil {
 			t.Fatal(err)
 		}
-		c.workerLabels = map[string]string{"w4": "{rack: r2}"}
 		c.workerConfig = map[string]string{"w4": "rank_user: \"65534:65534\"\n"}
 		c.workerPorts["w4"] = freePortRun(t, 1)
 		c.startWorker("w4")
 		defer c.workers["w4"].stop()
-		id := c.submit("cmd-user", fmt.Sprintf("name: cmd-user\nruntime: command\ncommand: %s\nplacement: {host_labels: {rack: r2}}\nrestart: {max_restarts: 0}\n", script))
+		id := c.submit("cmd-user", fmt.Sprintf("name: cmd-user\nruntime: command\ncommand: %s\nplacement: {host_labels: {rank_user: \"true\"}}\nrestart: {max_restarts: 0}\n", script))
 		j := c.waitJob(id, 90*time.Second, "ended", func(j *pb.Job) bool { return jobstate.Final(j.State) })
 		logs := c.mustCLI("job", "logs", id).stdout
 		if j.State != pb.JobState_JOB_STATE_SUCCEEDED || j.Placement[0].WorkerId != "w4" {
@@ -302,7 +301,7 @@ restart: {max_restarts: %d, backoff_seconds: 12}
 
 		// an engine job too: its rank writes and commits its checkpoints
 		// as the rank user
-		spec := strings.Replace(jobSpec("engine-user", 6, 0, 3), "parallel: {dp: 2, ep: 2}", "parallel: {dp: 1, ep: 1}\nplacement: {host_labels: {rack: r2}}", 1)
+		spec := strings.Replace(jobSpec("engine-user", 6, 0, 3), "parallel: {dp: 2, ep: 2}", "parallel: {dp: 1, ep: 1}\nplacement: {host_labels: {rank_user: \"true\"}}", 1)
 		id = c.submit("engine-user", spec)
 		j = c.waitJob(id, 120*time.Second, "ended", func(j *pb.Job) bool { return jobstate.Final(j.State) })
 		if j.State != pb.JobState_JOB_STATE_SUCCEEDED {

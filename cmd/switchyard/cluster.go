@@ -89,16 +89,10 @@ func (c *cli) clusterStatus(ctx context.Context, name string, args []string) err
 	t := newTable(w, "  ", "ID", "HOST", "ADDRESS", "CORES", "MEMORY", "GPUS", "SLOTS", "LABELS", "HEALTH", "JOB/RANK")
 	for _, wk := range resp.GetWorkers() {
 		res := wk.GetResources()
-		// the labels placement sees: allow_commands=true is the
-		// worker's setting, not a label it may claim
-		shown := maps.Clone(wk.GetLabels())
-		delete(shown, jobspec.CommandsLabel)
-		if wk.GetCommands() {
-			if shown == nil {
-				shown = map[string]string{}
-			}
-			shown[jobspec.CommandsLabel] = "true"
-		}
+		// the labels placement sees: allow_commands=true and
+		// rank_user=true are the worker's settings, not labels it may
+		// claim
+		shown := jobspec.SettingLabels(wk.GetLabels(), wk.GetCommands(), wk.GetRankUser())
 		var labels []string
 		for _, k := range slices.Sorted(maps.Keys(shown)) {
 			labels = append(labels, k+"="+shown[k])

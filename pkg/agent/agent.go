@@ -305,6 +305,7 @@ func (a *Agent) info() membership.WorkerInfo {
 		Host:     c.Host,
 		Version:  a.o.Version,
 		Commands: c.AllowCommands,
+		RankUser: c.RankUser,
 		Roots:    fsutil.RootForms(append([]string{c.StoragePath}, c.AllowedPaths...)),
 		Slots:    c.SlotCount(),
 		GPUDevices: func() []membership.GPU {

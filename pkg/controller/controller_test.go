@@ -1101,6 +1101,41 @@ resources: {cpu_cores: 1, memory_mib: 512}
 	}
 }
 
+// TestJobsAskForRankUserWorkers: a job whose placement asks for
+// rank_user=true runs only on a worker whose config sets rank_user, not
+// on one that merely claims the label; cluster status says which user.
+func TestJobsAskForRankUserWorkers(t *testing.T) {
+	h := newHarness(t, 1, "")
+	c := h.client(h.leader(), "")
+	h.workerWith("w1", func(w *membership.WorkerInfo) { w.Labels = map[string]string{"rank_user": "true"} }) // a label is not the setting
+	h.workerWith("w2", func(w *membership.WorkerInfo) { w.RankUser = "trainer" })
+	h.worker("w3")
+	spec := "name: iso\nsteps: 5\nplacement: {host_labels: {rank_user: \"true\"}}\nresources: {cpu_cores: 1, memory_mib: 512}\n"
+	if _, err := c.SubmitJob(ctxT(t), &apiv1.SubmitJobRequest{JobId: "iso", Spec: []byte(spec)}); err != nil {
+		t.Fatal(err)
+	}
+	j := waitJob(t, c, "iso", "placed", func(j *pb.Job) bool { return j.State == pb.JobState_JOB_STATE_PLACED })
+	if len(j.Placement) != 1 || j.Placement[0].WorkerId != "w2" {
+		t.Fatalf("placement %v, want w2 (the one worker whose ranks run as rank_user)", j.Placement)
+	}
+	two := strings.Replace(spec, "name: iso", "name: iso\nparallel: {dp: 2}", 1)
+	if _, err := c.SubmitJob(ctxT(t), &apiv1.SubmitJobRequest{JobId: "iso-2", Spec: []byte(two)}); err != nil {
+		t.Fatal(err)
+	}
+	waitJob(t, c, "iso-2", "pending with a reason", func(j *pb.Job) bool {
+		return strings.Contains(jobstate.PendingReason(j), "running ranks as another OS user (rank_user in the worker's config)")
+	})
+	cs, err := c.ClusterStatus(ctxT(t), &apiv1.ClusterStatusRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range cs.Workers {
+		if want := map[string]string{"w2": "trainer"}[w.Id]; w.GetRankUser() != want {
+			t.Errorf("%s: rank user %q, want %q", w.Id, w.GetRankUser(), want)
+		}
+	}
+}
+
 // TestClusterStatusSaysWhoIsSilent: cluster status tells a worker that
 // syncs (healthy) from one registered but silent (a worker killed -9,
 // whose lease still runs) and one shutting down, whichever replica

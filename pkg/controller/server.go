@@ -818,7 +818,7 @@ func (s *Server) ClusterStatus(ctx context.Context, _ *apiv1.ClusterStatusReques
 	workers := make(map[string]*apiv1.Worker, len(s.workers))
 	for id, w := range s.workers {
 		workers[id] = &apiv1.Worker{
-			Id: id, Address: w.Address, Host: w.Host, Version: w.Version, Labels: w.Labels, Rank: -1, Slots: int32(w.SlotCount()), Commands: w.Commands, Roots: w.Roots,
+			Id: id, Address: w.Address, Host: w.Host, Version: w.Version, Labels: w.Labels, Rank: -1, Slots: int32(w.SlotCount()), Commands: w.Commands, RankUser: w.RankUser, Roots: w.Roots,
 			Resources: &apiv1.Resources{CpuCores: int32(w.Resources.CPUCores), MemoryMib: w.Resources.MemoryBytes >> 20, Gpus: int32(w.Resources.GPUs)},
 		}
 		for _, g := range w.GPUDevices {

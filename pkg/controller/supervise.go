@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
 	"strconv"
 	"strings"
 	"time"
@@ -293,17 +292,7 @@ func (s held) snapshot(live map[string]membership.WorkerInfo, jobs []*pb.Job) sc
 		if host == "" && n > 1 {
 			host = id // its slots share the machine
 		}
-		labels := w.Labels
-		if w.Commands || labels[jobspec.CommandsLabel] != "" {
-			labels = maps.Clone(labels)
-			delete(labels, jobspec.CommandsLabel) // its config says, not its labels
-			if w.Commands {
-				if labels == nil {
-					labels = map[string]string{}
-				}
-				labels[jobspec.CommandsLabel] = "true"
-			}
-		}
+		labels := jobspec.SettingLabels(w.Labels, w.Commands, w.RankUser) // its config says, not its labels
 		for k := range n {
 			job := busy[workerSlot{id, k}]
 			free := share
@@ -454,7 +443,7 @@ func (s held) schedule(ctx context.Context, live map[string]membership.WorkerInf
 			// TP group; it waits for the cluster to change
 			reason = "Unplaceable"
 		}
-		s.setPending(ctx, j, reason, commandsWording(p.Reason))
+		s.setPending(ctx, j, reason, settingsWording(p.Reason))
 	}
 }
 
@@ -481,11 +470,14 @@ func (s held) catalogueFenced(ctx context.Context, j *pb.Job) bool {
 	return false
 }
 
-// commandsWording says in the scheduler's reasons what the label the
-// controller gives command jobs stands for: the workers' allow_commands
-// setting, which a label of the worker's own cannot stand in for.
-func commandsWording(reason string) string {
-	return strings.ReplaceAll(reason, "labelled "+jobspec.CommandsLabel+"=true", "allowing command jobs (allow_commands: true in the worker's config)")
+// settingsWording says in the scheduler's reasons what the labels the
+// controller gives workers for their settings stand for (allow_commands,
+// rank_user), which a label of the worker's own cannot stand in for.
+func settingsWording(reason string) string {
+	return strings.NewReplacer(
+		"labelled "+jobspec.CommandsLabel+"=true", "allowing command jobs (allow_commands: true in the worker's config)",
+		"labelled "+jobspec.RankUserLabel+"=true", "running ranks as another OS user (rank_user in the worker's config)",
+	).Replace(reason)
 }
 
 // place commits plan p of job j: its placement and, when the scheduler

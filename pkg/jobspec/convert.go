@@ -2,6 +2,7 @@ package jobspec
 
 import (
 	"fmt"
+	"maps"
 	"math"
 
 	"github.com/switchyard-ml/switchyard/pkg/runconfig"
@@ -78,6 +79,43 @@ func (s *Spec) TrainConfig() (runconfig.Config, error) {
 // workers that run command jobs (allow_commands: true in their config;
 // whatever their own labels say): a command job needs it on every worker.
 const CommandsLabel = "allow_commands"
+
+// RankUserLabel is the label the coordinator gives, for placement, the
+// workers that run their ranks as another OS user (rank_user in their
+// config; whatever their own labels say): a job that asks for it in
+// placement.host_labels runs only where its ranks cannot reach the
+// worker's credentials.
+const RankUserLabel = "rank_user"
+
+// SettingLabels is labels (a worker's own) as placement sees them: the
+// labels its settings give (CommandsLabel, RankUserLabel, "true" when
+// set) replace any it claims. labels is not changed.
+func SettingLabels(labels map[string]string, commands bool, rankUser string) map[string]string {
+	settings := []struct {
+		key string
+		on  bool
+	}{{CommandsLabel, commands}, {RankUserLabel, rankUser != ""}}
+	changed := false
+	for _, st := range settings {
+		if _, claimed := labels[st.key]; claimed || st.on {
+			changed = true
+		}
+	}
+	if !changed {
+		return labels
+	}
+	out := maps.Clone(labels)
+	if out == nil {
+		out = map[string]string{}
+	}
+	for _, st := range settings {
+		delete(out, st.key)
+		if st.on {
+			out[st.key] = "true"
+		}
+	}
+	return out
+}
 
 // SchedulerJob is the scheduler's view of the spec: the layout, per-rank
 // resources and label constraints, under the coordinator's job id and

@@ -62,6 +62,9 @@ type WorkerInfo struct {
 	// Commands: the worker runs jobs with runtime: command (its config's
 	// allow_commands); the scheduler places command jobs only there.
 	Commands bool `json:"commands,omitempty"`
+	// RankUser is the OS user its ranks run as (its config's rank_user;
+	// "": the worker's own).
+	RankUser string `json:"rank_user,omitempty"`
 	// Roots are the directories jobs may read or write on it (its
 	// storage_path, then its allowed_paths); the scheduler places a job
 	// whose corpus or checkpoint path lies elsewhere on other workers.

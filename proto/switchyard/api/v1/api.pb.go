@@ -1319,8 +1319,11 @@ type Worker struct {
 	// Seconds since its last SyncWorker reached the leader (0 when unknown
 	// or just registered).
 	SecondsSinceSync float64 `protobuf:"fixed64,16,opt,name=seconds_since_sync,json=secondsSinceSync,proto3" json:"seconds_since_sync,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// The OS user its ranks run as (rank_user in its config; empty: the
+	// worker's own). Placement sees such a worker labelled rank_user=true.
+	RankUser      string `protobuf:"bytes,17,opt,name=rank_user,json=rankUser,proto3" json:"rank_user,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Worker) Reset() {
@@ -1463,6 +1466,13 @@ func (x *Worker) GetSecondsSinceSync() float64 {
 		return x.SecondsSinceSync
 	}
 	return 0
+}
+
+func (x *Worker) GetRankUser() string {
+	if x != nil {
+		return x.RankUser
+	}
+	return ""
 }
 
 type GPUDevice struct {
@@ -3163,7 +3173,7 @@ const file_switchyard_api_v1_api_proto_rawDesc = "" +
 	"\tcpu_cores\x18\x01 \x01(\x05R\bcpuCores\x12\x1d\n" +
 	"\n" +
 	"memory_mib\x18\x02 \x01(\x03R\tmemoryMib\x12\x12\n" +
-	"\x04gpus\x18\x03 \x01(\x05R\x04gpus\"\xc7\x04\n" +
+	"\x04gpus\x18\x03 \x01(\x05R\x04gpus\"\xe4\x04\n" +
 	"\x06Worker\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x12\n" +
@@ -3183,7 +3193,8 @@ const file_switchyard_api_v1_api_proto_rawDesc = "" +
 	"\bcommands\x18\r \x01(\bR\bcommands\x12\x14\n" +
 	"\x05roots\x18\x0e \x03(\tR\x05roots\x12\x16\n" +
 	"\x06health\x18\x0f \x01(\tR\x06health\x12,\n" +
-	"\x12seconds_since_sync\x18\x10 \x01(\x01R\x10secondsSinceSync\x1a9\n" +
+	"\x12seconds_since_sync\x18\x10 \x01(\x01R\x10secondsSinceSync\x12\x1b\n" +
+	"\trank_user\x18\x11 \x01(\tR\brankUser\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xe1\x01\n" +

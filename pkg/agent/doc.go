@@ -70,7 +70,8 @@
 // environment. The rank reaches the coordinator through the worker: Run
 // serves a unix socket (rankProxy) that relays its catalogue calls with
 // its rank token over Options.Relay, the worker's connections without its
-// token. The worker opens the files it keeps in a rank's run directory
+// token (a worker starting removes the socket directories of workers
+// killed -9: nobody listens on their sockets). The worker opens the files it keeps in a rank's run directory
 // anew, without following links, and refuses anything but a regular file.
 //
 // A command job (runtime: command) runs each rank as `switchyard exec

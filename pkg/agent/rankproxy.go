@@ -2,11 +2,15 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -39,14 +43,65 @@ type rankProxy struct {
 	done        chan struct{}
 }
 
-// rankProxySocket is the socket's name in its directory.
-const rankProxySocket = "coordinator.sock"
+// rankProxySocket is the socket's name in its directory, made by
+// MkdirTemp with rankProxyPrefix.
+const (
+	rankProxySocket = "coordinator.sock"
+	rankProxyPrefix = "switchyard-ranks-"
+)
+
+// sweepRankProxyDirs removes the socket directories under tmp that
+// workers killed -9 left behind: this user's, whose socket refuses a
+// connection (nobody listens on it any more), or which have no socket a
+// minute after they were made (a worker that died before it listened;
+// a younger one may be a worker starting beside this one). A live
+// worker's socket accepts, so its directory stays. It returns what it
+// removed.
+func sweepRankProxyDirs(tmp string, now time.Time) []string {
+	matches, _ := filepath.Glob(filepath.Join(tmp, rankProxyPrefix+"*"))
+	var removed []string
+	for _, dir := range matches {
+		fi, err := os.Lstat(dir)
+		if err != nil || !fi.IsDir() {
+			continue
+		}
+		if st, ok := fi.Sys().(*syscall.Stat_t); !ok || int(st.Uid) != os.Getuid() {
+			continue // another user's: not ours to judge
+		}
+		if !rankProxyDirStale(filepath.Join(dir, rankProxySocket), fi.ModTime(), now) {
+			continue
+		}
+		if os.RemoveAll(dir) == nil {
+			removed = append(removed, dir)
+		}
+	}
+	return removed
+}
+
+// rankProxyDirStale reports whether the socket at path, in a directory
+// made at made, belongs to no live worker.
+func rankProxyDirStale(path string, made, now time.Time) bool {
+	fi, err := os.Lstat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return now.Sub(made) > time.Minute
+	}
+	if err != nil || fi.Mode().Type() != fs.ModeSocket {
+		return false // not what a worker makes: left alone
+	}
+	c, err := net.DialTimeout("unix", path, time.Second)
+	if err == nil {
+		c.Close()
+		return false
+	}
+	return errors.Is(err, syscall.ECONNREFUSED)
+}
 
 // startRankProxy listens in a new directory under the system's temporary
 // one (a socket path must be short), searchable by all, the socket the
 // rank user's alone, and relays to up.
 func startRankProxy(up apiv1.CoordinatorClient, workerToken string, u *rankUser) (*rankProxy, error) {
-	dir, err := os.MkdirTemp("", "switchyard-ranks-")
+	sweepRankProxyDirs(os.TempDir(), time.Now())
+	dir, err := os.MkdirTemp("", rankProxyPrefix)
 	if err != nil {
 		return nil, fmt.Errorf("rank proxy: %w", err)
 	}

@@ -2,10 +2,13 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -129,5 +132,68 @@ func TestRankProxy(t *testing.T) {
 	defer open.close()
 	if who, err := call(open, ""); status.Code(err) != codes.Unauthenticated || !strings.Contains(err.Error(), "missing or wrong bearer token") {
 		t.Errorf("relayed without a token to a coordinator that wants one: %q, %v; want the coordinator's refusal", who, err)
+	}
+}
+
+// TestSweepRankProxyDirs: a worker starting removes the socket
+// directories of workers killed -9 (a socket nobody listens on, or none a
+// minute on) and keeps a live worker's, a young one's and what is not a
+// worker's.
+func TestSweepRankProxyDirs(t *testing.T) {
+	tmp := t.TempDir()
+	mk := func(name string, age time.Duration) string {
+		dir := filepath.Join(tmp, rankProxyPrefix+name)
+		if err := os.Mkdir(dir, 0o711); err != nil {
+			t.Fatal(err)
+		}
+		old := time.Now().Add(-age)
+		if err := os.Chtimes(dir, old, old); err != nil {
+			t.Fatal(err)
+		}
+		return dir
+	}
+	listen := func(dir string) *net.UnixListener {
+		lis, err := net.ListenUnix("unix", &net.UnixAddr{Name: filepath.Join(dir, rankProxySocket), Net: "unix"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return lis
+	}
+	live := mk("live", time.Hour)
+	l := listen(live)
+	defer l.Close()
+	dead := mk("dead", 0)
+	d := listen(dead)
+	d.SetUnlinkOnClose(false) // as after kill -9: the file stays, nobody listens
+	d.Close()
+	young := mk("young", 10*time.Second)
+	empty := mk("empty", time.Hour)
+	odd := mk("odd", time.Hour)
+	if err := os.WriteFile(filepath.Join(odd, rankProxySocket), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(tmp, rankProxyPrefix+"file")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	removed := sweepRankProxyDirs(tmp, time.Now())
+	slices.Sort(removed)
+	if want := []string{dead, empty}; !slices.Equal(removed, want) {
+		t.Fatalf("removed %q, want %q", removed, want)
+	}
+	for _, keep := range []string{live, young, odd, file} {
+		if _, err := os.Lstat(keep); err != nil {
+			t.Errorf("%s: %v (should stay)", keep, err)
+		}
+	}
+	for _, gone := range []string{dead, empty} {
+		if _, err := os.Lstat(gone); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("%s: %v (should be gone)", gone, err)
+		}
+	}
+	if c, err := net.Dial("unix", filepath.Join(live, rankProxySocket)); err != nil {
+		t.Errorf("the live socket: %v", err)
+	} else {
+		c.Close()
 	}
 }

@@ -128,6 +128,14 @@ func TestPlacementFencedAbove(t *testing.T) {
 	if j.State != pb.JobState_JOB_STATE_FAILED || j.Reason != "CatalogueFenced" || !strings.Contains(j.Message, "fenced for a later attempt") {
 		t.Fatalf("job %v (%s: %s), want FAILED CatalogueFenced", j.State, j.Reason, j.Message)
 	}
+	// its fence, above the attempt a deletion fences, keeps late writes
+	// out already: the job is deleted as any other
+	if _, err := l.s.DeleteJob(l.ctx, &apiv1.DeleteJobRequest{JobId: "j1"}); err != nil {
+		t.Fatalf("deleting the job that failed CatalogueFenced: %v", err)
+	}
+	if _, err := l.s.cfg.Node.Job("j1"); err == nil {
+		t.Fatal("the job is still there")
+	}
 }
 
 func (unfenceable) Fence(context.Context, *pb.Job, int32) error {

@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/switchyard-ml/switchyard/pkg/checkpoint"
 	"github.com/switchyard-ml/switchyard/pkg/coordinator"
 	"github.com/switchyard-ml/switchyard/pkg/events"
 	"github.com/switchyard-ml/switchyard/pkg/jobspec"
@@ -709,11 +710,13 @@ func (s *Server) DeleteJob(ctx context.Context, req *apiv1.DeleteJobRequest) (*a
 	if s.cfg.Checkpoints != nil {
 		// a write of its attempts still in flight from a deposed leader
 		// would leave an entry of a deleted job: fenced out first (at the
-		// next attempt, which a resume would place if the deletion fails)
+		// next attempt, which a resume would place if the deletion fails;
+		// a fence above it already keeps them out: a job that failed
+		// CatalogueFenced is deleted as any other)
 		lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		err := s.cfg.Checkpoints.Fence(lctx, j, j.Restarts+1)
 		cancel()
-		if err != nil {
+		if err != nil && !errors.Is(err, checkpoint.ErrFenced) {
 			return nil, apiError(failure(errUnavailable, "delete job %s: its checkpoint catalogue cannot be fenced: %v", j.Id, err))
 		}
 		// a job's checkpoints are reached through it: deleted with them

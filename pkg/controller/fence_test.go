@@ -93,6 +93,47 @@ func TestPlacementWaitsForTheFence(t *testing.T) {
 
 type unfenceable struct{ Checkpoints }
 
+// A job that fits and waits for its fence longer than a tick or two (a
+// slow catalogue) says so, rather than keep the reason of before.
+func TestPendingReasonWhileFencing(t *testing.T) {
+	l := newLocal(t)
+	l.s.cfg.Checkpoints = memCheckpoints()
+	l.s.fences.now = l.clock.now
+	l.submit("j1", "name: j1\nparallel: {dp: 2, ep: 1}\nsteps: 10\nresources: {cpu_cores: 1, memory_mib: 512}\n")
+	l.register("w1")
+	tickUnfenced := func() { // a tick while the fence is still being written
+		t.Helper()
+		if err := l.s.refresh(l.ctx); err != nil {
+			t.Fatal(err)
+		}
+		h := l.s.hold()
+		h.tick(l.ctx)
+		h.release()
+	}
+	tickUnfenced()
+	before := pendingReason(l.job("j1"))
+	if !strings.Contains(before, "only 1 such worker") {
+		t.Fatalf("pending reason %q, want too few workers", before)
+	}
+	l.register("w2")
+	tickUnfenced()
+	if r := pendingReason(l.job("j1")); r != before {
+		t.Fatalf("pending reason %q a tick after it fits, want the one of before", r)
+	}
+	l.clock.add(fenceWaitShown)
+	l.sync("w1")
+	l.sync("w2")
+	tickUnfenced()
+	j := l.job("j1")
+	if r := pendingReason(j); j.State != pb.JobState_JOB_STATE_PENDING || !strings.Contains(r, "waiting for the checkpoint catalogue to be fenced for attempt 0") {
+		t.Fatalf("job %v, pending reason %q, want the wait for its fence", j.State, r)
+	}
+	l.tick() // fenced, then placed
+	if j := l.job("j1"); j.State == pb.JobState_JOB_STATE_PENDING {
+		t.Fatalf("job still pending (%q) once fenced", pendingReason(j))
+	}
+}
+
 // offTheLock fails the test when a fence is written under the leader's
 // lock: a slow etcd would hold up every sync and supervision pass.
 type offTheLock struct {

@@ -25,6 +25,7 @@ type fences struct {
 	done   map[string]int32        // job -> the attempt its fence is known to be at (fences never lower)
 	want   map[string]*pb.Job      // job -> the record whose attempt to fence
 	failed map[string]fenceFailure // job -> its last failure, for the attempt it names
+	asked  map[string]time.Time    // job -> when its attempt in want was first asked for
 	now    func() time.Time
 	kick   chan struct{}
 	// fenced is signalled when a fence was raised: supervision places the
@@ -41,7 +42,7 @@ type fenceFailure struct {
 }
 
 func newFences() *fences {
-	return &fences{done: map[string]int32{}, want: map[string]*pb.Job{}, failed: map[string]fenceFailure{}, now: time.Now, kick: make(chan struct{}, 1), fenced: make(chan struct{}, 1)}
+	return &fences{done: map[string]int32{}, want: map[string]*pb.Job{}, failed: map[string]fenceFailure{}, asked: map[string]time.Time{}, now: time.Now, kick: make(chan struct{}, 1), fenced: make(chan struct{}, 1)}
 }
 
 // ready reports whether j's current attempt is fenced; if it is not, it
@@ -63,6 +64,7 @@ func (f *fences) ready(j *pb.Job) (bool, error) {
 	}
 	if w, ok := f.want[j.Id]; !ok || w.Restarts < j.Restarts {
 		f.want[j.Id] = proto.CloneOf(j)
+		f.asked[j.Id] = f.now()
 		select {
 		case f.kick <- struct{}{}:
 		default:
@@ -74,6 +76,18 @@ func (f *fences) ready(j *pb.Job) (bool, error) {
 	return false, nil
 }
 
+// waited is how long j's current attempt has been asked for and not yet
+// fenced (0 when it is fenced or was not asked for).
+func (f *fences) waited(j *pb.Job) time.Duration {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	w, ok := f.want[j.Id]
+	if !ok || w.Restarts != j.Restarts {
+		return 0
+	}
+	return f.now().Sub(f.asked[j.Id])
+}
+
 // reset forgets what was asked and what failed (a change of leader:
 // the next one asks again); what is known fenced stays so.
 func (f *fences) reset() {
@@ -81,6 +95,7 @@ func (f *fences) reset() {
 	defer f.mu.Unlock()
 	clear(f.want)
 	clear(f.failed)
+	clear(f.asked)
 }
 
 // retain forgets the jobs not in open (finished or deleted).
@@ -95,6 +110,7 @@ func (f *fences) retain(open map[string]int32) {
 	for id := range f.want {
 		if _, ok := open[id]; !ok {
 			delete(f.want, id)
+			delete(f.asked, id)
 		}
 	}
 	for id := range f.failed {
@@ -160,6 +176,7 @@ func (f *fences) flush(ctx context.Context, cps Checkpoints, log *slog.Logger) {
 			f.failed[j.Id] = fail
 			if errors.Is(err, checkpoint.ErrFenced) {
 				delete(f.want, j.Id) // a verdict, not an outage
+				delete(f.asked, j.Id)
 			}
 			f.mu.Unlock()
 			if changed && ctx.Err() == nil {
@@ -170,6 +187,7 @@ func (f *fences) flush(ctx context.Context, cps Checkpoints, log *slog.Logger) {
 		delete(f.failed, j.Id)
 		if w, ok := f.want[j.Id]; ok && w.Restarts <= j.Restarts {
 			delete(f.want, j.Id)
+			delete(f.asked, j.Id)
 		}
 		if a, ok := f.done[j.Id]; !ok || a < j.Restarts {
 			f.done[j.Id] = j.Restarts

@@ -466,9 +466,18 @@ func (s held) catalogueFenced(ctx context.Context, j *pb.Job) bool {
 			"the checkpoint catalogue of job %s is fenced for a later attempt than this one (%d): the coordinators' state is older than etcd's (restored from a backup?), and a commit of this attempt would be refused: %v", j.Id, j.Restarts, err), nil)
 	case err != nil:
 		s.setPending(ctx, j, "CatalogueUnavailable", fmt.Sprintf("the checkpoint catalogue could not be fenced for attempt %d (placed once it is): %v", j.Restarts, err))
+	case s.fences.waited(j) >= fenceWaitShown:
+		// usually fenced by the next tick; a slow catalogue's first try
+		// (up to fenceTimeout) would otherwise leave the reason of
+		// before, as if the job still waited for workers
+		s.setPending(ctx, j, "FencingCatalogue", fmt.Sprintf("fits; waiting for the checkpoint catalogue to be fenced for attempt %d (placed once it is)", j.Restarts))
 	}
 	return false
 }
+
+// fenceWaitShown is how long a job that fits waits for its fence before
+// its pending reason says so.
+const fenceWaitShown = 2 * time.Second
 
 // settingsWording says in the scheduler's reasons what the labels the
 // controller gives workers for their settings stand for (allow_commands,

@@ -76,6 +76,11 @@ func (c *cli) checkpointsList(ctx context.Context, name string, args []string) e
 	}
 	t := newTable(c.out, "", "STEP", "STATUS", "COMMITTED", "SIZE", "LAYOUT", "VAL LOSS", "SHARDS")
 	for _, ck := range cks {
+		if ck.GetStatus() == "deleting" {
+			// its files are going: the coordinator lists its step only
+			t.row(ck.GetStep(), ck.GetStatus(), "-", "-", "-", "-", "-")
+			continue
+		}
 		t.row(ck.GetStep(), orDash(ck.GetStatus()), fmtTime(ck.GetCommittedUnixNano()), fmtBytes(ck.GetBytes()),
 			layout(ck), valLoss(ck.GetValLoss()), len(ck.GetShards()))
 	}

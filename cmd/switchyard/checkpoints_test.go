@@ -1,6 +1,7 @@
 package main
 
 import (
+	"slices"
 	"strings"
 	"testing"
 
@@ -30,6 +31,16 @@ func TestCheckpointsList(t *testing.T) {
 
 	r = runAt(t, addr, "checkpoints", "list", "nope")
 	wantCode(t, r, exitNotFound)
+
+	// one being deleted: its step and status, no zeros that read as data
+	f := newFakeCoordinator()
+	f.checkpoints["moe-1"] = append(f.checkpoints["moe-1"], &apiv1.Checkpoint{JobId: "moe-1", Step: 30, Status: "deleting"})
+	r = runAt(t, startFake(t, f), "checkpoints", "list", "moe-1")
+	wantCode(t, r, exitOK)
+	lines = strings.Split(strings.TrimSpace(r.stdout), "\n")
+	if got := strings.Fields(lines[len(lines)-1]); !slices.Equal(got, []string{"30", "deleting", "-", "-", "-", "-", "-"}) {
+		t.Fatalf("the deleting checkpoint's row: %q", got)
+	}
 }
 
 func TestCheckpointsShow(t *testing.T) {

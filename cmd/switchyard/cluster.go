@@ -38,16 +38,17 @@ func (c *cli) clusterWorkerToken(_ context.Context, name string, args []string) 
 	if err != nil {
 		return err
 	}
-	if r.token == "" {
+	token := r.bearer()
+	if token == "" {
 		return usageError{errors.New("cluster worker-token: needs the cluster token (--token or SWITCHYARD_TOKEN)")}
 	}
-	if _, ok := security.WorkerOf(r.token); ok {
+	if _, ok := security.WorkerOf(token); ok {
 		return usageError{errors.New("cluster worker-token: --token is a worker's token; give the cluster token")}
 	}
 	if err := workerconfig.ValidID(pos[0]); err != nil {
 		return usageError{fmt.Errorf("cluster worker-token: %w", err)}
 	}
-	fmt.Fprintln(c.out, security.WorkerToken(r.token, pos[0]))
+	fmt.Fprintln(c.out, security.WorkerToken(token, pos[0]))
 	return nil
 }
 

@@ -52,7 +52,7 @@ func isTerminal(f *os.File) bool {
 // remoteFlags are the flags of every command that calls the coordinator.
 type remoteFlags struct {
 	coordinator string
-	token       string
+	token       secretFlag
 	tls         security.TLSFiles
 	timeout     time.Duration
 	output      string
@@ -75,7 +75,9 @@ func envOr(key, def string) string {
 // (flag beats environment beats built-in default).
 func (r *remoteFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&r.coordinator, "coordinator", envOr("SWITCHYARD_COORDINATOR", defaultCoordinator), "comma-separated coordinator API addresses (env SWITCHYARD_COORDINATOR)")
-	fs.StringVar(&r.token, "token", os.Getenv("SWITCHYARD_TOKEN"), "bearer token (env SWITCHYARD_TOKEN)")
+	// the token's default is read when it is used, not given here: the
+	// flag package prints a default in every usage message
+	fs.Var(&r.token, "token", "bearer token (default $SWITCHYARD_TOKEN)")
 	fs.StringVar(&r.tls.CA, "tls-ca", os.Getenv("SWITCHYARD_TLS_CA"), "CA certificate (PEM) that signs the coordinators' certificates (env SWITCHYARD_TLS_CA)")
 	fs.StringVar(&r.tls.Cert, "tls-cert", os.Getenv("SWITCHYARD_TLS_CERT"), "client certificate (PEM) (env SWITCHYARD_TLS_CERT)")
 	fs.StringVar(&r.tls.Key, "tls-key", os.Getenv("SWITCHYARD_TLS_KEY"), "client private key (PEM) (env SWITCHYARD_TLS_KEY)")
@@ -98,6 +100,27 @@ func (r *remoteFlags) validate() error {
 
 func (r *remoteFlags) json() bool { return r.output == outJSON }
 
+// bearer is the token: --token (even empty), else $SWITCHYARD_TOKEN.
+func (r *remoteFlags) bearer() string {
+	if r.token.set {
+		return r.token.value
+	}
+	return os.Getenv("SWITCHYARD_TOKEN")
+}
+
+// secretFlag is a string flag whose value no usage message prints.
+type secretFlag struct {
+	value string
+	set   bool
+}
+
+func (f *secretFlag) String() string { return "" }
+
+func (f *secretFlag) Set(v string) error {
+	f.value, f.set = v, true
+	return nil
+}
+
 // refusedGrace is how long a command tries coordinators that refuse every
 // connection before it says that none listens at the address given (a
 // restart of the only coordinator takes less).
@@ -107,7 +130,7 @@ const refusedGrace = 3 * time.Second
 func (r *remoteFlags) dial() (*client.Client, error) {
 	cl, err := client.Dial(client.Options{
 		Endpoints:    []string{r.coordinator},
-		Token:        r.token,
+		Token:        r.bearer(),
 		TLS:          r.tls,
 		RefusedGrace: refusedGrace,
 	})

@@ -444,7 +444,7 @@ func TestCLIFlagsAfterPositionalArgs(t *testing.T) {
 	if len(resumed) != 1 || resumed[0].GetFromStep() != 100 {
 		t.Fatalf("resumed: %v", resumed)
 	}
-	wantContains(t, r.stdout, "checkpoint step 100")
+	wantContains(t, r.stdout, "job moe-1: PENDING") // what the coordinator says of it
 }
 
 func TestCLIUsageErrors(t *testing.T) {
@@ -561,6 +561,26 @@ func TestCLICoordinatorFromEnv(t *testing.T) {
 	r := runCmd(t, false, "job", "status", "moe-1", "--timeout", "10s")
 	wantCode(t, r, exitOK)
 	wantContains(t, r.stdout, "moe-1")
+}
+
+// No usage message prints the token $SWITCHYARD_TOKEN holds (they end up
+// in terminals and CI logs), which still serves as --token's default.
+func TestUsageHidesTheToken(t *testing.T) {
+	t.Setenv("SWITCHYARD_TOKEN", "s3cret-in-env")
+	for _, args := range [][]string{{"job", "list", "--help"}, {"job", "list", "--bogus"}, {"job", "status", "a", "b"}, {"cluster", "status", "-h"}} {
+		r := runCmd(t, false, args...)
+		if strings.Contains(r.stdout+r.stderr, "s3cret-in-env") {
+			t.Errorf("%v printed the token:\n%s%s", args, r.stdout, r.stderr)
+		}
+		if !strings.Contains(r.stdout+r.stderr, "$SWITCHYARD_TOKEN") {
+			t.Errorf("%v: usage does not name $SWITCHYARD_TOKEN:\n%s%s", args, r.stdout, r.stderr)
+		}
+	}
+	r := runCmd(t, false, "cluster", "worker-token", "w-1") // the default still applies
+	wantCode(t, r, exitOK)
+	if got := strings.TrimSpace(r.stdout); got != security.WorkerToken("s3cret-in-env", "w-1") {
+		t.Fatalf("printed %q", got)
+	}
 }
 
 // `cluster worker-token` prints the token the coordinator accepts from that

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io/fs"
 	"math"
 	"os"
 	"path/filepath"
@@ -206,6 +207,9 @@ func (c *cli) experimentReport(ctx context.Context, name string, args []string) 
 	if *plotDir != "" && *storage == "" {
 		return usageError{errors.New("experiment report: --plots needs --storage DIR: the runs' metrics and reports are there")}
 	}
+	if err := checkStorage("experiment report", *storage); err != nil {
+		return err
+	}
 	cl, err := r.dial()
 	if err != nil {
 		return err
@@ -264,6 +268,31 @@ func (c *cli) experimentReport(ctx context.Context, name string, args []string) 
 		fmt.Fprintln(w, "\nplots:")
 	}
 	return experimentPlots(w, *plotDir, *storage, e.Name, results, labels, balance, random, seeds, jobs)
+}
+
+// checkStorage refuses a --storage that is given and is no directory
+// here (a typo would read as "no report yet" for every job).
+func checkStorage(cmd, dir string) error {
+	if dir == "" {
+		return nil
+	}
+	fi, err := os.Stat(dir)
+	switch {
+	case err != nil:
+		return usageError{fmt.Errorf("%s: --storage %s: %w (the workers' storage_path, as this machine sees it)", cmd, dir, unwrapPath(err))}
+	case !fi.IsDir():
+		return usageError{fmt.Errorf("%s: --storage %s: not a directory (the workers' storage_path, as this machine sees it)", cmd, dir)}
+	}
+	return nil
+}
+
+// unwrapPath is a path error's own error, without the path it names.
+func unwrapPath(err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
 }
 
 // readFinalReport reads rank 0's report.json of j's last attempt under

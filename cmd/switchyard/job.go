@@ -41,7 +41,7 @@ func (c *cli) cmdJob(ctx context.Context, args []string) error {
 func (c *cli) jobSubmit(ctx context.Context, name string, args []string) error {
 	fs, r := c.flags(name)
 	id := fs.String("id", "", "job ID (idempotency key; default: the spec's name plus a random suffix, chosen here so that retries cannot submit twice)")
-	watch := fs.Bool("watch", false, "watch the job after submitting it (exit status as `job watch`)")
+	watch := fs.Bool("watch", false, "watch the job after submitting it (the exit status is job watch's)")
 	pos, err := c.parse(fs, r, args, 1, 1)
 	if err != nil {
 		return err
@@ -796,11 +796,9 @@ func (c *cli) jobResume(ctx context.Context, name string, args []string) error {
 	if r.json() {
 		return printProto(c.out, resp.GetJob(), false)
 	}
-	src := "the newest checkpoint"
-	if *from > 0 {
-		src = fmt.Sprintf("checkpoint step %d", *from)
-	}
-	fmt.Fprintf(c.out, "job %s resuming from %s: %s\n", id, src, stateLine(resp.GetJob()))
+	// the coordinator's message says what it resumes from (no
+	// checkpoint: step 0)
+	fmt.Fprintf(c.out, "job %s: %s\n", id, stateLine(resp.GetJob()))
 	return nil
 }
 

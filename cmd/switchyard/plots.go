@@ -96,6 +96,9 @@ func (c *cli) jobPlot(ctx context.Context, name string, args []string) error {
 	if *out == "" {
 		return usageError{errors.New("job plot: --out DIR is required: the pictures go there")}
 	}
+	if err := checkStorage("job plot", *storage); err != nil {
+		return err
+	}
 	id := pos[0]
 	cl, err := r.dial()
 	if err != nil {
@@ -116,7 +119,7 @@ func (c *cli) jobPlot(ctx context.Context, name string, args []string) error {
 	} else {
 		var missing string
 		if run.Report, missing = readFinalReport(*storage, job); run.Report == nil {
-			note = "no domain x expert heat maps: " + missing
+			note = "no domain x expert heat maps: " + missingReport(job, missing)
 		}
 	}
 	paths, err := run.Write(*out)

@@ -71,6 +71,11 @@ func TestJobPlot(t *testing.T) {
 		t.Fatalf("WatchJob replay flags %v, want [true]", rep)
 	}
 
+	// a --storage that is not there is named, not read as "no report yet"
+	r = runAt(t, addr, "job", "plot", "moe-1", "--out", out, "--storage", filepath.Join(dir, "nowhere"))
+	wantCode(t, r, exitUsage)
+	wantContains(t, r.stderr, "--storage "+filepath.Join(dir, "nowhere")+": no such file or directory")
+
 	// With the workers' storage: rank 0's report gives the heat maps of
 	// domain x expert.
 	storage := filepath.Join(dir, "storage")

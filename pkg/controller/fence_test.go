@@ -344,3 +344,32 @@ func TestPlacementAtAnUnfencedLaterAttemptUndone(t *testing.T) {
 		t.Fatalf("job %v at attempt %d, want placed at 2 once fenced", j.State, j.Restarts)
 	}
 }
+
+// A resume from the newest checkpoint says which one, or that there is
+// none and the job starts from step 0.
+func TestResumeSaysWhatItStartsFrom(t *testing.T) {
+	l := newLocal(t)
+	m := l.placeWithCatalogue(memCheckpoints())
+	resume := func() string {
+		t.Helper()
+		if _, err := l.s.CancelJob(l.ctx, &apiv1.CancelJobRequest{JobId: "j1"}); err != nil {
+			t.Fatal(err)
+		}
+		r, err := l.s.ResumeJob(l.ctx, &apiv1.ResumeJobRequest{JobId: "j1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.Job.Message
+	}
+	if msg := resume(); !strings.Contains(msg, "no committed checkpoint: it starts from step 0") {
+		t.Fatalf("resumed without a checkpoint: %q", msg)
+	}
+	l.tick() // placed again, attempt 1
+	j := l.job("j1")
+	if _, err := l.s.CommitCheckpoint(l.ctx, &apiv1.CommitCheckpointRequest{JobId: "j1", Attempt: j.Restarts, Manifest: m}); err != nil {
+		t.Fatal(err)
+	}
+	if msg := resume(); !strings.Contains(msg, "from the newest committed checkpoint (step 10;") {
+		t.Fatalf("resumed with the checkpoint of step 10: %q", msg)
+	}
+}

@@ -676,12 +676,14 @@ func (s *Server) ResumeJob(ctx context.Context, req *apiv1.ResumeJobRequest) (*a
 			return nil, apiError(err)
 		}
 	}
-	h := s.hold()
-	defer h.release()
 	msg := "resumed by the user from the newest committed checkpoint"
 	if req.GetFromStep() > 0 {
 		msg = fmt.Sprintf("resumed by the user from the checkpoint of step %d", req.GetFromStep())
+	} else if newest, ok := s.resumeWording(ctx, req.GetJobId()); ok {
+		msg = newest
 	}
+	h := s.hold()
+	defer h.release()
 	r, err := s.cfg.Node.Apply(ctx, &pb.Command{Op: &pb.Command_ResumeJob{ResumeJob: &pb.ResumeJob{JobId: req.GetJobId(), FromStep: req.GetFromStep(), Message: msg}}})
 	if err != nil {
 		return nil, apiError(err)
@@ -689,6 +691,25 @@ func (s *Server) ResumeJob(ctx context.Context, req *apiv1.ResumeJobRequest) (*a
 	delete(h.term.notBefore, r.Job.Id)
 	s.publish(r.Job.Id, "Resumed", r.Job.State, msg, "")
 	return &apiv1.ResumeJobResponse{Job: r.Job}, nil
+}
+
+// resumeWording says what a resume of job id from the newest checkpoint
+// starts from, as the catalogue holds it now: the newest committed step
+// (the attempt takes the newest that verifies), or step 0 when there is
+// none. ok is false when it cannot tell (no catalogue, or no answer).
+func (s *Server) resumeWording(ctx context.Context, id string) (string, bool) {
+	j, err := s.cfg.Node.Job(id)
+	if err != nil || s.cfg.Checkpoints == nil {
+		return "", false
+	}
+	switch step := s.newestCheckpoint(ctx, j); {
+	case step < 0:
+		return "", false
+	case step == 0:
+		return "resumed by the user; the job has no committed checkpoint: it starts from step 0", true
+	default:
+		return fmt.Sprintf("resumed by the user from the newest committed checkpoint (step %d; an older one if it does not verify)", step), true
+	}
 }
 
 func (s *Server) DeleteJob(ctx context.Context, req *apiv1.DeleteJobRequest) (*apiv1.DeleteJobResponse, error) {

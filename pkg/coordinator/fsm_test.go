@@ -313,7 +313,7 @@ func TestDeleteJob(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, fsm := range []*FSM{f, g} {
-		if r := fsm.ApplyCommand(submitCmd(203, "a", 2)); !errors.Is(r.Err, ErrJobConflict) || !strings.Contains(r.Err.Error(), "a deleted job") {
+		if r := fsm.ApplyCommand(submitCmd(203, "a", 2)); !errors.Is(r.Err, ErrJobConflict) || !strings.Contains(r.Err.Error(), "a deleted job") || strings.Contains(r.Err.Error(), "different spec") {
 			t.Fatalf("a submitted again: %v %v", r.Job, r.Err)
 		}
 	}

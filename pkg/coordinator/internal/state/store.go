@@ -30,8 +30,9 @@ const DefaultMaxEvents = 256
 var (
 	// ErrJobNotFound: the command names a job the state does not hold.
 	ErrJobNotFound = errors.New("coordinator: job not found")
-	// ErrJobConflict: a submit reuses a job ID with a different spec.
-	ErrJobConflict = errors.New("coordinator: job id already used with a different spec")
+	// ErrJobConflict: a submit reuses a job ID with a different spec, or
+	// a deleted job's.
+	ErrJobConflict = errors.New("coordinator: job id already used")
 	// ErrJobFinished: the job is succeeded, failed or cancelled.
 	ErrJobFinished = errors.New("coordinator: job already finished")
 	// ErrInvalidTransition: the job's state does not allow the command.
@@ -84,7 +85,7 @@ func (s *Store) Submit(now int64, c *pb.SubmitJob) (job *pb.Job, created bool, e
 		same := string(j.Spec) == string(c.Spec) && j.Name == c.Name && j.Priority == c.Priority &&
 			j.WorldSize == c.WorldSize && j.GetProgress().GetTotalSteps() == c.TotalSteps
 		if !same {
-			return nil, false, fmt.Errorf("%w: %s", ErrJobConflict, c.JobId)
+			return nil, false, fmt.Errorf("%w: job %s was submitted with a different spec (the same one again is no error)", ErrJobConflict, c.JobId)
 		}
 		return clone(j), false, nil
 	}

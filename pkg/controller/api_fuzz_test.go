@@ -402,6 +402,7 @@ func (r *apiReplica) Servers() ([]coordinator.ServerStatus, error) {
 	defer r.mu.Unlock()
 	return slices.Clone(r.servers), nil
 }
+func (r *apiReplica) ProbeReplica(string, string) error { return nil }
 func (r *apiReplica) AddVoter(_ context.Context, id, addr string) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()

@@ -22,9 +22,10 @@ var reachTimeout = 10 * time.Second
 // (replicas as ClusterStatus reports them, Alive meaning registered).
 type addChange struct {
 	id, addr string
-	// reach dials addr from the leader (nil when it answered); called
-	// only for a change that is otherwise acceptable.
-	reach func() error
+	// reach dials addr from the leader (nil when it answered), then probe
+	// asks what answers whether it is raft replica id; called only for a
+	// change that is otherwise acceptable.
+	reach, probe func() error
 }
 
 // planAdd decides an AddReplica: noop when the replica is already a voter
@@ -42,6 +43,9 @@ func planAdd(replicas []*apiv1.Replica, c addChange) (noop bool, err error) {
 	}
 	if err := c.reach(); err != nil {
 		return false, failure(errRefused, "replica %s: nothing answers at raft address %s from the leader (%v); start the replica (without --bootstrap) before adding it: an unreachable voter can cost the cluster its quorum", c.id, c.addr, err)
+	}
+	if err := c.probe(); err != nil {
+		return false, failure(errRefused, "replica %s: %v; give the replica's raft address (its --raft-addr, not its API or any other port) and its --id: a voter that is not that replica can cost the cluster its quorum", c.id, err)
 	}
 	voters, alive := 1, 1 // the new one, reachable
 	for _, r := range replicas {

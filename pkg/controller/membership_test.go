@@ -2,6 +2,8 @@ package controller
 
 import (
 	"errors"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -29,13 +31,14 @@ func TestPlanMembership(t *testing.T) {
 		noop     bool
 		refuse   string
 	}{
-		{"one alone, a reachable second", three[:1], addChange{"c9", "h9:1", up}, false, ""},
-		{"unreachable", three[:1], addChange{"c9", "h9:1", down}, false, "nothing answers"},
-		{"same id and address", three, addChange{"c2", "h2:1", up}, true, ""},
-		{"live replica moved", three, addChange{"c1", "h7:1", up}, false, "already a member at h1:1"},
-		{"address of another", three, addChange{"c9", "h2:1", up}, false, "is replica c2's"},
-		{"two of three alive, a fourth", three, addChange{"c4", "h4:1", up}, false, ""},
-		{"one of three alive", []*apiv1.Replica{three[0], r("c2", "h2:1", false), three[2]}, addChange{"c4", "h4:1", up}, false, "short of the quorum of 3"},
+		{"one alone, a reachable second", three[:1], addChange{"c9", "h9:1", up, up}, false, ""},
+		{"unreachable", three[:1], addChange{"c9", "h9:1", down, up}, false, "nothing answers"},
+		{"no raft replica there", three[:1], addChange{"c9", "h9:1", up, func() error { return errors.New("the raft replica at h9:1 is \"c8\", not \"c9\"") }}, false, "is \"c8\", not \"c9\"; give the replica's raft address"},
+		{"same id and address", three, addChange{"c2", "h2:1", up, up}, true, ""},
+		{"live replica moved", three, addChange{"c1", "h7:1", up, up}, false, "already a member at h1:1"},
+		{"address of another", three, addChange{"c9", "h2:1", up, up}, false, "is replica c2's"},
+		{"two of three alive, a fourth", three, addChange{"c4", "h4:1", up, up}, false, ""},
+		{"one of three alive", []*apiv1.Replica{three[0], r("c2", "h2:1", false), three[2]}, addChange{"c4", "h4:1", up, up}, false, "short of the quorum of 3"},
 	} {
 		noop, err := planAdd(tc.replicas, tc.add)
 		if noop != tc.noop || (err == nil) != (tc.refuse == "") || (err != nil && !strings.Contains(err.Error(), tc.refuse)) {
@@ -75,7 +78,9 @@ func TestMembershipChangesRefused(t *testing.T) {
 	lead := h.leader()
 	c := h.client(lead, "")
 	ctx := ctxT(t)
-	closed := freePorts(t, 1)[0] // nothing listens there
+	closed := freePorts(t, 1)[0]                      // nothing listens there
+	web := httptest.NewServer(http.NotFoundHandler()) // something that is no raft replica
+	defer web.Close()
 	for _, tc := range []struct {
 		id, addr string
 		code     codes.Code
@@ -87,6 +92,7 @@ func TestMembershipChangesRefused(t *testing.T) {
 		{"c9", "bad_host!:7000", codes.InvalidArgument, "neither an IP address nor a DNS name"},
 		{"c1", "127.0.0.1:1", codes.FailedPrecondition, "already a member"},
 		{"c9", closed, codes.FailedPrecondition, "nothing answers"},
+		{"c9", strings.TrimPrefix(web.URL, "http://"), codes.FailedPrecondition, "no raft replica answers at"},
 	} {
 		_, err := c.AddReplica(ctx, &apiv1.AddReplicaRequest{Id: tc.id, RaftAddress: tc.addr})
 		if status.Code(err) != tc.code || !strings.Contains(err.Error(), tc.says) {

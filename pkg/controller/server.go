@@ -63,6 +63,8 @@ type ReplicaSet interface {
 	State() string
 	Stats() map[string]string
 	Servers() ([]coordinator.ServerStatus, error)
+	// ProbeReplica checks that raft replica id answers at addr.
+	ProbeReplica(id, addr string) error
 	AddVoter(ctx context.Context, id, addr string) error
 	RemoveServer(ctx context.Context, id string) error
 }
@@ -952,7 +954,9 @@ func (s *Server) AddReplica(ctx context.Context, req *apiv1.AddReplicaRequest) (
 	if err != nil {
 		return nil, err
 	}
-	noop, err := planAdd(cs.Replicas, addChange{id: sv.ID, addr: sv.Address, reach: func() error { return reach(ctx, sv.Address) }})
+	noop, err := planAdd(cs.Replicas, addChange{id: sv.ID, addr: sv.Address,
+		reach: func() error { return reach(ctx, sv.Address) },
+		probe: func() error { return rs.ProbeReplica(sv.ID, sv.Address) }})
 	if err != nil {
 		return nil, apiError(err)
 	}

@@ -5,10 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	"google.golang.org/protobuf/proto"
@@ -60,13 +63,15 @@ func (e *NotLeaderError) Is(target error) bool {
 // over TCP, with its log and stable store in DataDir/raft.db and snapshots
 // in DataDir/snapshots.
 type Node struct {
-	cfg   Config
-	log   *slog.Logger
-	fsm   *FSM
-	raft  *raft.Raft
-	trans *raft.NetworkTransport
-	store *raftboltdb.BoltStore
-	addr  string
+	cfg    Config
+	log    *slog.Logger
+	fsm    *FSM
+	raft   *raft.Raft
+	trans  *raft.NetworkTransport
+	stream *stream // trans's
+	hlog   hclog.Logger
+	store  *raftboltdb.BoltStore
+	addr   string
 }
 
 // NewNode opens (or creates) the replica's data directory, starts raft and,
@@ -113,7 +118,7 @@ func NewNode(cfg Config) (*Node, error) {
 		return fail(fmt.Errorf("coordinator: raft transport on %s: %w", cfg.BindAddr, err))
 	}
 	tc.Stream = stream
-	n.trans = raft.NewNetworkTransportWithConfig(tc)
+	n.trans, n.stream, n.hlog = raft.NewNetworkTransportWithConfig(tc), stream, hlog
 	n.addr = string(n.trans.LocalAddr())
 
 	rc := raft.DefaultConfig()
@@ -310,6 +315,54 @@ func (n *Node) ReadBarrier(ctx context.Context) error {
 	if n.fsm.AppliedIndex() < n.raft.LastIndex() {
 		return n.Barrier(ctx)
 	}
+	return nil
+}
+
+// ProbeReplica checks that a raft server of this protocol answers at addr
+// and that it is replica id, before it is made a voter: a voter at an
+// address where something else listens (a replica's API port typed for
+// its raft one) or under another replica's name costs a small cluster its
+// quorum for good. The probe is an empty AppendEntries of term 0, which
+// any server rejects below its own term and which sets nothing but its
+// leader hint on a fresh one: what being added would do. It goes over a
+// transport of its own (dialling as raft's does, TLS included), which
+// gives up after probeTimeout: something that is no raft server may never
+// answer.
+func (n *Node) ProbeReplica(id, addr string) error {
+	d := &dialOnly{stream: n.stream, closed: make(chan struct{})}
+	t := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{Stream: d, MaxPool: 1, Timeout: probeTimeout, Logger: n.hlog})
+	defer t.Close()
+	req := &raft.AppendEntriesRequest{
+		RPCHeader: raft.RPCHeader{ProtocolVersion: raft.ProtocolVersionMax, ID: []byte(n.cfg.ID), Addr: t.EncodePeer(raft.ServerID(n.cfg.ID), raft.ServerAddress(n.addr))},
+	}
+	var resp raft.AppendEntriesResponse
+	if err := t.AppendEntries(raft.ServerID(id), raft.ServerAddress(addr), req, &resp); err != nil {
+		return fmt.Errorf("no raft replica answers at %s: %w", addr, err)
+	}
+	if got := string(resp.ID); got != "" && got != id {
+		return fmt.Errorf("the raft replica at %s is %q, not %q", addr, got, id)
+	}
+	return nil
+}
+
+// probeTimeout bounds ProbeReplica's dial and its answer.
+const probeTimeout = 3 * time.Second
+
+// dialOnly is a stream layer that dials as stream does and accepts
+// nothing (until it is closed): a transport for calls out only.
+type dialOnly struct {
+	*stream
+	closed chan struct{}
+	once   sync.Once
+}
+
+func (d *dialOnly) Accept() (net.Conn, error) {
+	<-d.closed
+	return nil, net.ErrClosed
+}
+
+func (d *dialOnly) Close() error {
+	d.once.Do(func() { close(d.closed) })
 	return nil
 }
 

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -408,5 +410,47 @@ func TestClusterOverTLS(t *testing.T) {
 	checkFor(t, 20*time.Second, func() error { return sameState(nodes[0], nodes[1]) })
 	if len(nodes[2].Jobs()) != 0 {
 		t.Fatal("the replica of another CA got the log")
+	}
+}
+
+// TestProbeReplica: a replica about to be added is asked who it is: a
+// fresh one and a member answer with their own ID (a member's term stays
+// as it was), another replica's address names that replica, and what is
+// no raft server (an HTTP port) is refused.
+func TestProbeReplica(t *testing.T) {
+	ctx := context.Background()
+	c1 := fastConfig(t, "c1")
+	c1.Bootstrap = true
+	n1 := startNode(t, c1)
+	if _, _, err := n1.WaitForLeader(ctxTimeout(t, 10*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	n2, n3 := startNode(t, fastConfig(t, "c2")), startNode(t, fastConfig(t, "c3"))
+	if err := n1.ProbeReplica("c2", n2.Addr()); err != nil {
+		t.Fatalf("a fresh replica: %v", err)
+	}
+	if err := n1.ProbeReplica("c9", n3.Addr()); err == nil || !strings.Contains(err.Error(), `is "c3", not "c9"`) {
+		t.Fatalf("c3's address given for c9: %v", err)
+	}
+	web := httptest.NewServer(http.NotFoundHandler())
+	defer web.Close()
+	if err := n1.ProbeReplica("c9", strings.TrimPrefix(web.URL, "http://")); err == nil || !strings.Contains(err.Error(), "no raft replica answers") {
+		t.Fatalf("an HTTP port: %v", err)
+	}
+	if err := n1.AddVoter(ctx, "c2", n2.Addr()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n1.Apply(ctx, submitCmd(0, "j1", 1)); err != nil {
+		t.Fatal(err)
+	}
+	term := n1.Stats()["term"]
+	if err := n1.ProbeReplica("c2", n2.Addr()); err != nil {
+		t.Fatalf("a member: %v", err)
+	}
+	if _, err := n1.Apply(ctx, submitCmd(0, "j2", 1)); err != nil {
+		t.Fatalf("after the probe of a member: %v", err)
+	}
+	if got := n1.Stats()["term"]; got != term || !n1.IsLeader() {
+		t.Fatalf("the probe disturbed the cluster: term %s -> %s, c1 leads %v", term, got, n1.IsLeader())
 	}
 }

@@ -23,6 +23,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/switchyard-ml/switchyard/pkg/agent"
 	"github.com/switchyard-ml/switchyard/pkg/checkpoint"
 	"github.com/switchyard-ml/switchyard/pkg/fsutil"
 	"github.com/switchyard-ml/switchyard/pkg/jobspec"
@@ -53,6 +54,9 @@ func cmdExec(ctx context.Context, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return usageError{err}
 	}
+	// what it logs before it becomes the program is marked: the worker
+	// does not take it for the program's last words when the rank fails
+	slog.SetDefault(slog.New(slog.NewTextHandler(prefixedLog{agent.ExecLogPrefix, os.Stderr}, nil)))
 	cfg, err := loadCommandConfig(*path)
 	if err != nil {
 		return usageError{err}
@@ -79,9 +83,51 @@ func cmdExec(ctx context.Context, args []string) error {
 	if errors.Is(err, os.ErrNotExist) {
 		code = exitCommandNotFound
 	}
-	fmt.Fprintf(os.Stderr, "switchyard exec: start %s: %v\n", prog, err)
+	fmt.Fprintf(os.Stderr, "switchyard exec: start %s: %v%s\n", prog, err, missingInterpreter(prog, err))
 	os.Exit(code)
 	return nil
+}
+
+// prefixedLog writes each write (a log record, one line) after prefix.
+type prefixedLog struct {
+	prefix string
+	w      io.Writer
+}
+
+func (p prefixedLog) Write(b []byte) (int, error) {
+	if _, err := p.w.Write(append([]byte(p.prefix), b...)); err != nil {
+		return 0, err
+	}
+	return len(b), nil
+}
+
+// missingInterpreter explains an ENOENT from execve of a program that is
+// there: the interpreter its #! line names is not (", its interpreter
+// ... does not exist on this worker"); else "".
+func missingInterpreter(prog string, err error) string {
+	if !errors.Is(err, os.ErrNotExist) {
+		return ""
+	}
+	f, oerr := os.Open(prog)
+	if oerr != nil {
+		return ""
+	}
+	defer f.Close()
+	head := make([]byte, 256)
+	n, _ := io.ReadFull(f, head)
+	line, _, _ := strings.Cut(string(head[:n]), "\n")
+	interp, ok := strings.CutPrefix(line, "#!")
+	if !ok {
+		return ""
+	}
+	fields := strings.Fields(interp)
+	if len(fields) == 0 {
+		return " (its #! line names no interpreter)"
+	}
+	if _, serr := os.Stat(fields[0]); serr == nil {
+		return ""
+	}
+	return fmt.Sprintf(" (the program is there; its interpreter %s, named by its #! line, does not exist on this worker)", fields[0])
 }
 
 // loadCommandConfig reads a command rank's run.yaml strictly.

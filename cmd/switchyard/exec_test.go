@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -131,5 +132,25 @@ func TestLoadCommandConfigUnknownKey(t *testing.T) {
 	_, err := loadCommandConfig(p)
 	if err == nil || !strings.Contains(err.Error(), p+`: node.nodez (line 2): unknown key; node has `) || !strings.HasSuffix(err.Error(), `; did you mean "nodes"?`) {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+// A program whose #! interpreter is missing is named as such, not as a
+// program that does not exist.
+func TestMissingInterpreter(t *testing.T) {
+	dir := t.TempDir()
+	for name, body := range map[string]string{"bad": "#!/nonexistent/python3 -u\nprint(1)\n", "good": "#!/bin/sh\n", "plain": "echo\n"} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	err := syscall.Exec(filepath.Join(dir, "bad"), nil, nil) // fails: ENOENT, nothing replaced
+	if got := missingInterpreter(filepath.Join(dir, "bad"), err); !strings.Contains(got, "its interpreter /nonexistent/python3, named by its #! line, does not exist on this worker") {
+		t.Fatalf("%v: %q", err, got)
+	}
+	for _, name := range []string{"good", "plain", "absent"} {
+		if got := missingInterpreter(filepath.Join(dir, name), os.ErrNotExist); got != "" {
+			t.Errorf("%s: %q", name, got)
+		}
 	}
 }

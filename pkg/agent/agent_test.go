@@ -12,6 +12,7 @@ import (
 	"regexp"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -1084,4 +1085,87 @@ func TestLaterRankZeroKeepsSeries(t *testing.T) {
 	if a.laterRankZero(old) {
 		t.Fatal("attempt 1's rank 0 ended: attempt 0's end must drop the series")
 	}
+}
+
+// leftoverTrainer leaves a process behind, by the job id in its run
+// directory <out> (the child's pid in <out>/child):
+//
+//	bg-*      a child in its group holding its stdout, then exits 0
+//	escape-*  a child out of its group (setsid) that ignores SIGTERM,
+//	          then exits 1
+//	hold-*    a child that ignores SIGTERM, and waits for its own
+const leftoverTrainer = `#!/bin/sh
+prev=
+for a in "$@"; do
+  [ "$prev" = --config ] && out=$(dirname "$a")
+  prev=$a
+done
+case "$out" in
+*/bg-*)
+  sleep 300 &
+  echo $! > "$out/child.tmp"; mv "$out/child.tmp" "$out/child"
+  exit 0 ;;
+*/escape-*)
+  setsid sh -c 'trap "" TERM; echo $$ > "$1/child.tmp"; mv "$1/child.tmp" "$1/child"; exec sleep 300' sh "$out" </dev/null >/dev/null 2>&1 &
+  while [ ! -e "$out/child" ]; do sleep 0.05; done
+  exit 1 ;;
+*)
+  sh -c 'trap "" TERM; exec sleep 300' </dev/null >/dev/null 2>&1 &
+  echo $! > "$out/child.tmp"; mv "$out/child.tmp" "$out/child"
+  trap 'exit 143' TERM
+  while :; do sleep 0.05; done ;;
+esac
+`
+
+// TestLeftoverProcessesStopped: what a rank leaves running when it ends
+// (exits 0 with a child holding its output, fails with a child out of
+// its process group, is stopped with a child that ignores SIGTERM) is
+// stopped, said in the history, and a rank that exited 0 succeeds.
+func TestLeftoverProcessesStopped(t *testing.T) {
+	h := start(t, func(o *Options) {
+		o.Config.Trainer = writeTrainer(t, leftoverTrainer)
+		o.StopGrace = 300 * time.Millisecond
+	})
+	childGone := func(job string) {
+		t.Helper()
+		raw, err := os.ReadFile(filepath.Join(h.runDir(job, 1, 0), "child"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		pid, err := strconv.Atoi(strings.TrimSpace(string(raw)))
+		if err != nil || pid <= 0 {
+			t.Fatalf("child file %q", raw)
+		}
+		eventually(t, job+"'s child gone", func() bool { return syscall.Kill(pid, 0) != nil || zombie(pid) })
+	}
+	leftEvent := func(st *apiv1.TaskStatus) bool {
+		return slices.ContainsFunc(st.GetEvents(), func(e *apiv1.TaskEvent) bool {
+			return e.Type == "LeftoverProcesses" && strings.Contains(e.Message, "left 1 process(es) running")
+		})
+	}
+	h.coord.set(newTestTask("bg-a", 0, 1, spec1), newTestTask("escape-a", 0, 1, spec1), newTestTask("hold-a", 0, 1, spec1))
+	if st := h.waitState("bg-a", 0, apiv1.TaskState_TASK_STATE_SUCCEEDED); !leftEvent(st) {
+		t.Errorf("bg-a: %v, no LeftoverProcesses event", st)
+	}
+	childGone("bg-a")
+	st := h.waitState("escape-a", 0, apiv1.TaskState_TASK_STATE_FAILED)
+	if !strings.Contains(st.GetMessage(), "exit status 1") || !leftEvent(st) {
+		t.Errorf("escape-a: %v", st)
+	}
+	childGone("escape-a")
+	h.waitState("hold-a", 0, apiv1.TaskState_TASK_STATE_RUNNING)
+	eventually(t, "hold-a's child", func() bool {
+		_, err := os.Stat(filepath.Join(h.runDir("hold-a", 1, 0), "child"))
+		return err == nil
+	})
+	h.coord.set(newTestTask("bg-a", 0, 1, spec1), newTestTask("escape-a", 0, 1, spec1)) // hold-a stopped
+	eventually(t, "hold-a forgotten", func() bool { return h.coord.report("hold-a", 0) == nil })
+	childGone("hold-a")
+}
+
+// zombie reports whether pid is a zombie (ended, not yet reaped by its
+// new parent).
+func zombie(pid int) bool {
+	_, state, ok := groupAndState(strconv.Itoa(pid))
+	return ok && state == 'Z'
 }

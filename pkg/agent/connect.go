@@ -23,6 +23,16 @@ import (
 // earlier run that are still there.
 const OwnerEnv = "SWITCHYARD_RANK_OWNER"
 
+// InstanceEnv marks the processes of one rank (and what they start, in
+// its process group or not): OWNER#JOB/ATTEMPT/RANK. What is left of
+// them when the rank ends is stopped (leftovers).
+const InstanceEnv = "SWITCHYARD_RANK_INSTANCE"
+
+// ExecLogPrefix begins the log lines `switchyard exec` writes to a
+// command rank's stderr before it becomes the program: never taken for
+// the reason the rank failed.
+const ExecLogPrefix = "[switchyard exec] "
+
 // TokenEnv is the environment variable holding the coordinator's bearer
 // token ("" or unset: none).
 const TokenEnv = "SWITCHYARD_TOKEN"

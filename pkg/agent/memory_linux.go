@@ -27,23 +27,10 @@ func groupMemory(pgid int) (int64, error) {
 	return total, nil
 }
 
-// processGroup reads the fifth field of /proc/PID/stat (after the command
-// name in parentheses, which may itself hold spaces and parentheses).
+// processGroup reads a process's group from /proc/PID/stat.
 func processGroup(pid string) (int, bool) {
-	raw, err := os.ReadFile("/proc/" + pid + "/stat")
-	if err != nil {
-		return 0, false
-	}
-	i := bytes.LastIndexByte(raw, ')')
-	if i < 0 {
-		return 0, false
-	}
-	f := bytes.Fields(raw[i+1:]) // state ppid pgrp ...
-	if len(f) < 3 {
-		return 0, false
-	}
-	g, err := strconv.Atoi(string(f[2]))
-	return g, err == nil
+	g, _, ok := groupAndState(pid)
+	return g, ok
 }
 
 // privateResident is RssAnon + RssShmem of /proc/PID/status, in bytes (0

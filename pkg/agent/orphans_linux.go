@@ -72,3 +72,55 @@ func hasEntry(env, entry []byte) bool {
 	}
 	return false
 }
+
+// leftovers lists the live processes (zombies not counted) that a rank
+// which ended left behind: those still in its process group pgid, and
+// those whose environment holds entry (InstanceEnv=...), which is how
+// what left the group (setsid, a daemon's double fork) is found.
+func leftovers(pgid int, entry string) []int {
+	pids, err := procPIDs()
+	if err != nil {
+		return nil
+	}
+	want := []byte(entry)
+	self := os.Getpid()
+	var out []int
+	for _, pid := range pids {
+		if pid == self {
+			continue
+		}
+		p := strconv.Itoa(pid)
+		g, state, ok := groupAndState(p)
+		if !ok || state == 'Z' || state == 'X' {
+			continue
+		}
+		if g == pgid {
+			out = append(out, pid)
+			continue
+		}
+		if env, err := os.ReadFile("/proc/" + p + "/environ"); err == nil && hasEntry(env, want) {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+// groupAndState reads a process's group and state letter from
+// /proc/PID/stat (after the command name in parentheses, which may itself
+// hold spaces and parentheses).
+func groupAndState(pid string) (int, byte, bool) {
+	raw, err := os.ReadFile("/proc/" + pid + "/stat")
+	if err != nil {
+		return 0, 0, false
+	}
+	i := bytes.LastIndexByte(raw, ')')
+	if i < 0 {
+		return 0, 0, false
+	}
+	f := bytes.Fields(raw[i+1:]) // state ppid pgrp ...
+	if len(f) < 3 || len(f[0]) != 1 {
+		return 0, 0, false
+	}
+	g, err := strconv.Atoi(string(f[2]))
+	return g, f[0][0], err == nil
+}

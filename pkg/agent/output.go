@@ -135,7 +135,7 @@ func (w *lineWriter) reason() string {
 		return w.fatal
 	}
 	for i := len(w.tail) - 1; i >= 0; i-- {
-		if s := strings.TrimSpace(w.tail[i]); s != "" {
+		if s := strings.TrimSpace(w.tail[i]); s != "" && !strings.HasPrefix(w.tail[i], ExecLogPrefix) {
 			return s
 		}
 	}

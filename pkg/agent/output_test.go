@@ -194,3 +194,19 @@ func TestLogFeedNotesDroppedLines(t *testing.T) {
 		t.Fatalf("flush: %d missing, published %q", n, got)
 	}
 }
+
+// TestExecLogNotTheReason: what `switchyard exec` logged before the
+// program started is not taken for why the program failed; with nothing
+// else on stderr there is no reason.
+func TestExecLogNotTheReason(t *testing.T) {
+	w := newLineWriter(nil, 5, func(string) {})
+	w.Write([]byte("out of cheese\n" + ExecLogPrefix + "time=2026-12-08T03:02:54Z level=INFO msg=\"checkpoint deleted\" step=20\n"))
+	if got := w.reason(); got != "out of cheese" {
+		t.Fatalf("reason %q", got)
+	}
+	w = newLineWriter(nil, 5, func(string) {})
+	w.Write([]byte(ExecLogPrefix + "level=WARN msg=\"checkpoint unusable, falling back\"\n"))
+	if got := w.reason(); got != "" {
+		t.Fatalf("reason %q, want none", got)
+	}
+}

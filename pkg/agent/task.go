@@ -491,10 +491,12 @@ func (a *Agent) runTask(tk *task) {
 	}
 	defer out.close()
 
+	instance := fmt.Sprintf("%s=%s#%s/%d/%d", InstanceEnv, a.owner, k.jobID, k.attempt, k.rank)
 	cmd := exec.Command(a.trainer, l.args...)
 	cmd.Dir = l.runDir
 	cmd.Env = append(append(rankEnviron(os.Environ()), l.env...), train.EventsEnv+"=1", // event lines for the job's history
-		OwnerEnv+"="+a.owner) // found by this worker's next run if the rank outlives it
+		OwnerEnv+"="+a.owner, // found by this worker's next run if the rank outlives it
+		instance)
 	if tok := security.RankToken(a.o.Token, security.RankScope{Job: k.jobID, Attempt: k.attempt, Rank: k.rank}); tok != "" {
 		cmd.Env = append(cmd.Env, TokenEnv+"="+tok) // this rank's, not the worker's
 	}
@@ -537,6 +539,16 @@ func (a *Agent) runTask(tk *task) {
 		side.Go(func() { g.watch(tk, pid, exited, log) })
 	}
 	werr := cmd.Wait()
+	if errors.Is(werr, exec.ErrWaitDelay) {
+		// it exited 0 (Wait says so only then), and a process it left
+		// kept its output open: stopped below, not the rank's failure
+		werr = nil
+	}
+	if n := endLeftovers(pid, instance, a.o.StopGrace, log); n > 0 {
+		tk.mu.Lock()
+		tk.appendEvent(train.Event{Type: "LeftoverProcesses", Message: fmt.Sprintf("rank %d ended and left %d process(es) running (started by it, in its process group or marked by its environment): stopped (SIGTERM, SIGKILL after %s)", k.rank, n, a.o.StopGrace)})
+		tk.mu.Unlock()
+	}
 	a.wm.RankExited(cmd.ProcessState.ExitCode())
 	if tap != nil {
 		tap.close() // its last line, before the metrics are read a last time
@@ -715,6 +727,38 @@ func (a *Agent) stopOnRequest(tk *task, pid int, exited <-chan struct{}, log *sl
 			log.Debug("sigkill", "error", err)
 		}
 	}
+}
+
+// endLeftovers stops what a rank that ended left running (leftovers: its
+// process group pgid, and the processes marked with instance, which a
+// setsid or a daemon's double fork takes out of the group): SIGTERM, then
+// SIGKILL to what is left after grace. A trainer's helpers would
+// otherwise outlive a cancelled, failed or finished rank and hold its
+// ports, GPUs and files when the next attempt starts. It returns how many
+// processes it found.
+func endLeftovers(pgid int, instance string, grace time.Duration, log *slog.Logger) int {
+	left := leftovers(pgid, instance)
+	if len(left) == 0 {
+		return 0
+	}
+	signal := func(sig syscall.Signal, pids []int) {
+		syscall.Kill(-pgid, sig) //nolint:errcheck // an empty group is fine
+		for _, p := range pids {
+			syscall.Kill(p, sig) //nolint:errcheck // gone already is fine
+		}
+	}
+	log.Warn("the rank ended and left processes running: stopping them", "pids", left, "grace", grace)
+	signal(syscall.SIGTERM, left)
+	for deadline := time.Now().Add(grace); time.Now().Before(deadline); {
+		time.Sleep(50 * time.Millisecond)
+		if len(leftovers(pgid, instance)) == 0 {
+			return len(left)
+		}
+	}
+	rest := leftovers(pgid, instance)
+	log.Warn("processes the rank left did not stop within the grace period; killing them", "pids", rest)
+	signal(syscall.SIGKILL, rest)
+	return len(left)
 }
 
 // publishLog publishes one log line of a rank; the error is the bus's

@@ -189,8 +189,9 @@ func (e *programError) Unwrap() error { return e.kind }
 // as it is. The first candidate that is a file with an execute bit is
 // returned. Otherwise, when a candidate could not be examined (an I/O
 // error: storage that may come back) that error is returned; else the
-// error wraps ErrProgramNotExecutable when a candidate lacks the bit, and
-// ErrProgramNotFound when none exists.
+// error wraps ErrProgramNotExecutable when a candidate lacks the bit (or
+// the one path given is a directory), and ErrProgramNotFound when none
+// exists.
 func LookProgram(command, wd, path string) (string, error) {
 	var candidates []string
 	switch {
@@ -209,7 +210,7 @@ func LookProgram(command, wd, path string) (string, error) {
 			candidates = append(candidates, filepath.Join(d, command))
 		}
 	}
-	var notExec string
+	var notExec, dir string
 	var mode os.FileMode
 	var statErr error
 	for _, c := range candidates {
@@ -221,6 +222,9 @@ func LookProgram(command, wd, path string) (string, error) {
 			continue
 		}
 		if fi.IsDir() {
+			if dir == "" {
+				dir = c
+			}
 			continue
 		}
 		if fi.Mode()&0o111 == 0 {
@@ -236,6 +240,8 @@ func LookProgram(command, wd, path string) (string, error) {
 		return "", fmt.Errorf("command %q: %w", command, statErr)
 	case notExec != "":
 		return "", &programError{fmt.Sprintf("command %q: %s is not executable (mode %v)", command, notExec, mode), ErrProgramNotExecutable}
+	case len(candidates) == 1 && dir != "":
+		return "", &programError{fmt.Sprintf("command %q: %s is a directory on worker, not a program", command, dir), ErrProgramNotExecutable}
 	case len(candidates) == 1:
 		return "", &programError{fmt.Sprintf("command %q not found: %s does not exist on worker", command, candidates[0]), ErrProgramNotFound}
 	}

@@ -159,6 +159,7 @@ func TestLookProgram(t *testing.T) {
 		{"adir", dir, ErrProgramNotFound, `command "adir" not found in the rank's PATH`},
 		{"loop", dir, ErrProgramNotFound, `command "loop" not found in the rank's PATH`},
 		{"bin/missing", dir, ErrProgramNotFound, `command "bin/missing" not found: ` + filepath.Join(bin, "missing") + " does not exist on worker"},
+		{"bin/adir", dir, ErrProgramNotExecutable, `command "bin/adir": ` + filepath.Join(bin, "adir") + " is a directory on worker, not a program"},
 		{"plain", dir, ErrProgramNotExecutable, `command "plain": ` + filepath.Join(bin, "plain") + " is not executable (mode -rw-r--r--)"},
 	} {
 		got, err := LookProgram(c.cmd, c.wd, path)

@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -63,11 +65,15 @@ func TestMalformedMetricsEvents(t *testing.T) {
 		tk.malformedMetrics(1, "bad")
 	}
 	tk.malformedMetrics(100)
+	tk.finalMalformed() // told already: nothing more
+	tk.malformedMetrics(3)
+	tk.finalMalformed() // the whole count, which no mark told
 	var msgs []string
 	for _, e := range tk.status().Events {
 		msgs = append(msgs, e.Message)
 	}
-	want := []string{"1 malformed metrics line(s) skipped (bad)", "10 malformed metrics line(s) skipped (bad)", "112 malformed metrics line(s) skipped"}
+	want := []string{"1 malformed metrics line(s) skipped (bad)", "10 malformed metrics line(s) skipped (bad)", "112 malformed metrics line(s) skipped",
+		"115 malformed metrics line(s) skipped in all"}
 	if strings.Join(msgs, "|") != strings.Join(want, "|") {
 		t.Fatalf("events %q, want %q", msgs, want)
 	}
@@ -224,5 +230,31 @@ func TestCommandWithoutCheckpointSaysSo(t *testing.T) {
 	}
 	if st := h.waitState("ok-uncommitted-2", 1, apiv1.TaskState_TASK_STATE_SUCCEEDED); noCheckpoint(st) {
 		t.Errorf("rank 1: events %v", st.GetEvents())
+	}
+}
+
+// A metrics line whose step is past the job's steps is skipped as
+// malformed (taken, it would have hidden every later step).
+func TestMetricsStepPastTheJob(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "metrics.jsonl")
+	var lines []string
+	for _, step := range []int64{1, 2, 3, 1_000_000, 4, 9223372036854775807, 5, 6, 7} {
+		lines = append(lines, fmt.Sprintf(`{"step": %d, "loss": 2.5}`, step))
+	}
+	if err := os.WriteFile(path, []byte(strings.Join(lines, "\n")+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	a := &Agent{o: Options{Bus: events.NewMemory()}, log: slog.New(slog.DiscardHandler)}
+	tk := newTask(taskKey{jobID: "j", rank: 0}, &apiv1.Task{WorldSize: 1})
+	exited := make(chan struct{})
+	close(exited) // one final read
+	a.followMetrics(tk, path, 7, exited)
+	st := tk.status()
+	var msgs []string
+	for _, e := range st.Events {
+		msgs = append(msgs, e.Message)
+	}
+	if st.GetStep() != 7 || !slices.Contains(msgs, "2 malformed metrics line(s) skipped (step 9223372036854775807 is past the job's 7 steps)") {
+		t.Fatalf("step %d, events %q", st.GetStep(), msgs)
 	}
 }

@@ -203,8 +203,9 @@ func (f *logFeed) flush(wait time.Duration) int {
 
 // followMetrics reads rank 0's metrics.jsonl as it grows (it may appear
 // late, end in a partial line, or be recreated) and publishes each step,
-// until the rank exited; then it reads once more.
-func (a *Agent) followMetrics(tk *task, path string, exited <-chan struct{}) {
+// until the rank exited; then it reads once more. A step past steps (when
+// not 0: the job's) is malformed: taken, it would hide every later step.
+func (a *Agent) followMetrics(tk *task, path string, steps int64, exited <-chan struct{}) {
 	f := metricsFollower{path: path}
 	t := time.NewTicker(metricsPoll)
 	defer t.Stop()
@@ -218,6 +219,11 @@ func (a *Agent) followMetrics(tk *task, path string, exited <-chan struct{}) {
 		for {
 			bad := f.bad
 			for _, m := range f.read() {
+				if steps > 0 && int64(m.Step) > steps {
+					f.bad++
+					f.why = fmt.Sprintf("step %d is past the job's %d steps", m.Step, steps)
+					continue
+				}
 				a.reportMetrics(tk, m)
 			}
 			tk.malformedMetrics(f.bad-bad, f.why)
@@ -226,6 +232,7 @@ func (a *Agent) followMetrics(tk *task, path string, exited <-chan struct{}) {
 			}
 		}
 		if final {
+			tk.finalMalformed()
 			return
 		}
 	}

@@ -66,6 +66,8 @@ type task struct {
 	events    []*apiv1.TaskEvent
 	// badMetrics counts the metrics lines skipped as malformed
 	badMetrics int
+	// toldBad is badMetrics when the history last heard of it
+	toldBad int
 	// peakMemory is the most memory the rank was seen to use (bytes);
 	// overMemory why it was killed for using more than it asked for
 	peakMemory int64
@@ -108,8 +110,20 @@ func (t *task) malformedMetrics(n int, sample ...string) {
 				msg += " (" + sample[0] + ")"
 			}
 			t.appendEvent(train.Event{Type: "MetricsMalformed", Message: msg})
+			t.toldBad = t.badMetrics
 			break
 		}
+	}
+}
+
+// finalMalformed tells the history the whole count of malformed metrics
+// lines once the rank ended, when the last tenfold mark did not.
+func (t *task) finalMalformed() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.badMetrics > t.toldBad {
+		t.appendEvent(train.Event{Type: "MetricsMalformed", Message: fmt.Sprintf("%d malformed metrics line(s) skipped in all", t.badMetrics)})
+		t.toldBad = t.badMetrics
 	}
 }
 
@@ -227,6 +241,7 @@ type launch struct {
 	command bool     // a command job's rank (switchyard exec): its stdout carries the metrics
 	env     []string // added to the rank's environment
 	memory  int64    // bytes the rank may use (0: no limit): resources.memory_mib
+	steps   int64    // a command job's steps: a metrics line past them is malformed (0: none declared)
 }
 
 // prepare checks the task, writes its run directory and run.yaml (the
@@ -281,7 +296,7 @@ func (a *Agent) prepare(t *apiv1.Task) (launch, error) {
 	}
 	if spec.Runtime == jobspec.RuntimeCommand {
 		ln, err := a.prepareCommand(t, spec, jt, host)
-		ln.memory = a.memoryLimit(spec)
+		ln.memory, ln.steps = a.memoryLimit(spec), int64(spec.Steps)
 		return ln, err
 	}
 	cfg, err := spec.RankConfig(jt, host)
@@ -532,7 +547,7 @@ func (a *Agent) runTask(tk *task) {
 	var side sync.WaitGroup
 	side.Go(func() { a.stopOnRequest(tk, pid, exited, log) })
 	if k.rank == 0 {
-		side.Go(func() { a.followMetrics(tk, metricsPath, exited) })
+		side.Go(func() { a.followMetrics(tk, metricsPath, l.steps, exited) })
 	}
 	if l.memory > 0 {
 		g := memoryGuard{limit: l.memory, interval: memoryInterval, measure: groupMemory}
@@ -552,7 +567,7 @@ func (a *Agent) runTask(tk *task) {
 	a.wm.RankExited(cmd.ProcessState.ExitCode())
 	if tap != nil {
 		tap.close() // its last line, before the metrics are read a last time
-		tk.malformedMetrics(tap.dropped)
+		tk.malformedMetrics(tap.dropped, fmt.Sprintf("a metrics line on stdout longer than %d bytes", maxMetricsLine))
 	}
 	close(exited)
 	side.Wait()

@@ -145,7 +145,7 @@ func (c *cli) checkpointsShow(ctx context.Context, name string, args []string) (
 	fmt.Fprintf(w, "Committed:  %s\n", fmtTime(ck.GetCommittedUnixNano()))
 	fmt.Fprintf(w, "Size:       %s (%d bytes)\n", fmtBytes(ck.GetBytes()), ck.GetBytes())
 	fmt.Fprintf(w, "Layout:     %s\n", layout(ck))
-	fmt.Fprintf(w, "Val BPB:    %s (mean validation bits/byte over the domains)\n", valLoss(ck.GetValLoss()))
+	fmt.Fprintf(w, "Val loss:   %s (engine jobs: mean validation bits/byte over the domains; command jobs: the trainer's --val-loss)\n", valLoss(ck.GetValLoss()))
 	fmt.Fprintf(w, "\nShards (%d):\n", len(ck.GetShards()))
 	if len(ck.GetShards()) == 0 {
 		fmt.Fprintln(w, "  (none)")

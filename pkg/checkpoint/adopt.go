@@ -37,6 +37,14 @@ var ErrStepExists = errors.New("checkpoint: files already stored for the step")
 // and so are names the storage cannot hold (a segment starting with
 // ".tmp-"); dot-names such as DCP's ".metadata" are kept.
 func AdoptDir(ctx context.Context, st Storage, prefix, dir, movable string) (shards []ShardInfo, undo func() error, err error) {
+	// a checkpoint is one directory the trainer wrote: not the staging
+	// area of all of them, nor one that holds the storage's checkpoints
+	if movable != "" && holds(dir, movable) {
+		return nil, nil, fmt.Errorf("checkpoint: adopt %s: it holds the staging directory %s, where every checkpoint of the attempt is written: write this one to a directory inside it and commit that", dir, movable)
+	}
+	if ds, ok := st.(*DirStorage); ok && holds(dir, ds.root) {
+		return nil, nil, fmt.Errorf("checkpoint: adopt %s: it holds the checkpoint storage %s itself: commit the directory the trainer wrote this checkpoint to", dir, ds.root)
+	}
 	names, err := regularFiles(dir)
 	if err != nil {
 		return nil, nil, err
@@ -173,6 +181,22 @@ func regularFiles(dir string) ([]string, error) {
 // within reports whether path lies under root (both absolute, cleaned;
 // links are not resolved: a rename needs the same filesystem, which a
 // failing rename reports).
+// holds reports whether inner is dir or lies inside it, as written or
+// where their links lead.
+func holds(dir, inner string) bool {
+	a, errA := filepath.Abs(dir)
+	b, errB := filepath.Abs(inner)
+	if errA != nil || errB != nil {
+		return false
+	}
+	if a == b || within(a, b) {
+		return true
+	}
+	ra, errA := filepath.EvalSymlinks(a)
+	rb, errB := filepath.EvalSymlinks(b)
+	return errA == nil && errB == nil && (ra == rb || within(ra, rb))
+}
+
 func within(root, path string) bool {
 	abs, err := filepath.Abs(path)
 	if err != nil {

@@ -128,6 +128,31 @@ func TestAdoptDirRefuses(t *testing.T) {
 	if _, _, err := AdoptDir(ctx, st, StepPrefix("j", 1), link, ""); err == nil || !strings.Contains(err.Error(), "b.pt is not a regular file") {
 		t.Errorf("symlink: %v", err)
 	}
+	// the staging area itself, or what holds it or the storage: refused
+	// before anything moves
+	base := t.TempDir()
+	root := filepath.Join(base, "checkpoints")
+	staging := filepath.Join(root, "staging", "j", "attempt-0")
+	writeTree(t, staging, map[string]string{"step-10/model.pt": "w", "resume.json": "{}"})
+	st2, _ := NewDirStorage(root)
+	for dir, says := range map[string]string{
+		staging: "it holds the staging directory", filepath.Dir(staging): "it holds the staging directory",
+		root: "it holds the staging directory", base: "it holds the staging directory",
+	} {
+		if _, _, err := AdoptDir(ctx, st2, StepPrefix("j", 20), dir, staging); err == nil || !strings.Contains(err.Error(), says) {
+			t.Errorf("%s: %v, want %q", dir, err, says)
+		}
+	}
+	if _, _, err := AdoptDir(ctx, st2, StepPrefix("j", 20), base, ""); err == nil || !strings.Contains(err.Error(), "it holds the checkpoint storage") {
+		t.Errorf("what holds the storage: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(staging, "step-10", "model.pt")); err != nil {
+		t.Fatalf("a refused commit moved the staging area: %v", err)
+	}
+	// a directory inside the staging area is what a commit takes
+	if _, _, err := AdoptDir(ctx, st2, StepPrefix("j", 10), filepath.Join(staging, "step-10"), staging); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // A DCP-style checkpoint (".metadata" beside "__0_0.distcp") is committed

@@ -630,9 +630,9 @@ type listHook struct {
 
 func (c *listHook) List(ctx context.Context, j *pb.Job) ([]checkpoint.Manifest, []int64, error) {
 	live, deleting, err := c.catalogue.List(ctx, j)
-	if c.during != nil {
-		c.during()
-		c.during = nil
+	if during := c.during; during != nil {
+		c.during = nil // once: what it does may list again
+		during()
 	}
 	return live, deleting, err
 }
@@ -682,5 +682,35 @@ func flushFences(ctx context.Context, s *Server) {
 			s.fences.ready(j)
 		}
 		s.fences.flush(ctx, cps, s.log)
+	}
+}
+
+// A command job is RUNNING once all its ranks run, whether or not its
+// trainer reports steps; an engine job is by its first step.
+func TestCommandJobRunningWhenItsRanksRun(t *testing.T) {
+	l := newLocal(t)
+	for _, w := range []string{"w1", "w2"} {
+		_, err := membership.NewMemory(l.members).Register(l.ctx, membership.WorkerInfo{ID: w, Address: w + ":9000", Host: "host-" + w, Commands: true,
+			Resources: membership.Resources{CPUCores: 2, MemoryBytes: 4 << 30}}, time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	l.submit("c1", "name: c1\nruntime: command\ncommand: /bin/true\nranks: 2\nresources: {cpu_cores: 1, memory_mib: 512}\n")
+	l.tick()
+	j := l.job("c1")
+	if j.State != pb.JobState_JOB_STATE_PLACED {
+		t.Fatalf("c1 %v, want placed", j.State)
+	}
+	running := func(rank int32) *apiv1.TaskStatus {
+		return &apiv1.TaskStatus{JobId: "c1", Attempt: j.Restarts, Rank: rank, State: apiv1.TaskState_TASK_STATE_RUNNING}
+	}
+	l.sync(j.Placement[0].WorkerId, running(0))
+	if got := l.job("c1").State; got != pb.JobState_JOB_STATE_PLACED {
+		t.Fatalf("one of two ranks running: %v", got)
+	}
+	l.sync(j.Placement[1].WorkerId, running(1))
+	if got := l.job("c1"); got.State != pb.JobState_JOB_STATE_RUNNING || got.Reason != "Started" || got.Message != "all 2 ranks started" {
+		t.Fatalf("both ranks running: %v (%s: %s)", got.State, got.Reason, got.Message)
 	}
 }

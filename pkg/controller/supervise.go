@@ -754,6 +754,8 @@ func (s held) report(ctx context.Context, w string, ts *apiv1.TaskStatus) error 
 	case apiv1.TaskState_TASK_STATE_RUNNING:
 		if ts.GetRank() == 0 && ts.GetStep() > 0 {
 			s.progress(ctx, j, ts, false)
+		} else if j.State == pb.JobState_JOB_STATE_PLACED {
+			s.commandStarted(ctx, j)
 		}
 	case apiv1.TaskState_TASK_STATE_SUCCEEDED:
 		for r := range j.Placement {
@@ -772,6 +774,24 @@ func (s held) report(ctx context.Context, w string, ts *apiv1.TaskStatus) error 
 		}
 	}
 	return nil
+}
+
+// commandStarted moves placed command job j to RUNNING once every rank
+// of its attempt runs: its trainer may print no metrics, and its first
+// step (which moves an engine job) would never come.
+func (s held) commandStarted(ctx context.Context, j *pb.Job) {
+	if sp, err := s.spec(j); err != nil || sp.Runtime != jobspec.RuntimeCommand {
+		return
+	}
+	for r := range j.Placement {
+		if s.term.reports[taskKey{job: j.Id, attempt: j.Restarts, rank: int32(r)}].GetState() != apiv1.TaskState_TASK_STATE_RUNNING {
+			return
+		}
+	}
+	msg := fmt.Sprintf("all %d ranks started", len(j.Placement))
+	if nj := s.setState(ctx, j, pb.JobState_JOB_STATE_RUNNING, "Started", msg, nil); nj != nil {
+		s.publish(j.Id, "Running", nj.State, msg, "")
+	}
 }
 
 // recordRankEvents adds the events a rank announced to the job's history,

@@ -283,6 +283,15 @@ func TestValidationErrors(t *testing.T) {
 	}
 }
 
+// Rules of fields the spec does not write (elastic's, defaulting to dp)
+// do not repeat what is wrong with the one it does.
+func TestValidateBlamesWhatTheSpecWrites(t *testing.T) {
+	_, err := Parse([]byte("name: x\nsteps: 5\nparallel: {dp: 2, ep: 3}\n"))
+	if err == nil || !strings.Contains(err.Error(), "parallel.ep = 3: must divide parallel.dp = 2") || strings.Contains(err.Error(), "elastic") {
+		t.Fatalf("err = %v", err)
+	}
+}
+
 func TestValidateReportsEveryRule(t *testing.T) {
 	_, err := Parse([]byte("name: x\nsteps: -1\nmicro_batch: -1\nresources: {gpus: -1}\n"))
 	if got := strings.Count(err.Error(), "\n") + 1; got != 3 {

@@ -309,19 +309,20 @@ func (s *Spec) Validate() error {
 		bad("restart.backoff_seconds", b, "must be in [0, %d]", maxBackoff)
 	}
 
-	// Elasticity.
+	// Elasticity (at parallel.dp, which they default to, what is wrong
+	// with dp was said of it already)
 	e := s.Elastic
 	if degreesOK {
 		switch {
 		case e.MinDP < 1 || e.MinDP > p.DP:
 			bad("elastic.min_dp", e.MinDP, "must be in [1, parallel.dp = %d]", p.DP)
-		case e.MinDP%p.EP != 0:
+		case e.MinDP%p.EP != 0 && e.MinDP != p.DP:
 			bad("elastic.min_dp", e.MinDP, "must be a multiple of parallel.ep = %d", p.EP)
 		}
 		switch {
 		case e.MaxDP < p.DP || e.MaxDP > maxWorld/p.TP:
 			bad("elastic.max_dp", e.MaxDP, "must be in [parallel.dp = %d, %d]", p.DP, maxWorld/p.TP)
-		case e.MaxDP%p.EP != 0:
+		case e.MaxDP%p.EP != 0 && e.MaxDP != p.DP:
 			bad("elastic.max_dp", e.MaxDP, "must be a multiple of parallel.ep = %d", p.EP)
 		}
 	}

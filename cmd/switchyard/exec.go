@@ -343,7 +343,7 @@ func rankEnv(cfg *jobspec.CommandConfig, runConfig, self string, resume resumeAt
 		{"GROUP_RANK", itoa(cfg.Node.Rank)}, {"NODE_RANK", itoa(cfg.Node.Rank)}, {"GROUP_WORLD_SIZE", itoa(max(cfg.Node.Nodes, 1))},
 		{"ROLE_RANK", rank}, {"ROLE_WORLD_SIZE", itoa(cfg.World)},
 		{"MASTER_ADDR", cfg.MasterAddr}, {"MASTER_PORT", itoa(cfg.MasterPort)},
-		{"TORCHELASTIC_RESTART_COUNT", itoa(cfg.Attempt)}, {"TORCHELASTIC_MAX_RESTARTS", itoa(cfg.MaxRestarts)},
+		{"TORCHELASTIC_RESTART_COUNT", itoa(cfg.Attempt)}, {"TORCHELASTIC_MAX_RESTARTS", itoa(max(cfg.MaxRestarts, cfg.Attempt))}, // attempts a user resumed count too
 		{"TORCHELASTIC_RUN_ID", cfg.Job},
 		{"CUDA_VISIBLE_DEVICES", cfg.CUDAVisibleDevices},
 		{"CUDA_DEVICE_ORDER", "PCI_BUS_ID"}, // nvidia-smi's numbering, which the worker's indices are in

@@ -54,6 +54,13 @@ func TestRankEnv(t *testing.T) {
 			t.Errorf("%s set without a checkpoint to resume from", k)
 		}
 	}
+	// an attempt a user resumed past the spec's restarts: the count stays
+	// within the maximum, as under torchrun
+	resumed := *cfg
+	resumed.Attempt = 5
+	if env := rankEnv(&resumed, "/r", "/s", resumeAt{}, base); !slices.Contains(env, "TORCHELASTIC_RESTART_COUNT=5") || !slices.Contains(env, "TORCHELASTIC_MAX_RESTARTS=5") {
+		t.Errorf("attempt 5 of a job of 3 restarts: %v", env)
+	}
 	env = rankEnv(cfg, "/r", "/s", resumeAt{step: 40, dir: "/ck/j-1/step-000000000040/"}, base)
 	if !slices.Contains(env, "SWITCHYARD_RESUME_STEP=40") || !slices.Contains(env, "SWITCHYARD_RESUME_DIR=/ck/j-1/step-000000000040/") {
 		t.Errorf("resume variables missing: %v", env)

@@ -200,17 +200,25 @@ func fastConfig(t *testing.T, id string) Config {
 	return c
 }
 
+// startLeader starts replica id bootstrapped alone and waits until it
+// leads.
+func startLeader(t *testing.T, id string) *Node {
+	t.Helper()
+	c := fastConfig(t, id)
+	c.Bootstrap = true
+	n := startNode(t, c)
+	if _, _, err := n.WaitForLeader(ctxTimeout(t, 10*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
 // TestJoinLeaveCatchUp grows a one-node cluster to three by AddVoter,
 // restarts a replica that missed compacted log entries (it restores its own
 // snapshot, then installs the leader's), and removes a replica.
 func TestJoinLeaveCatchUp(t *testing.T) {
 	ctx := context.Background()
-	c1 := fastConfig(t, "c1")
-	c1.Bootstrap = true
-	n1 := startNode(t, c1)
-	if _, _, err := n1.WaitForLeader(ctxTimeout(t, 10*time.Second)); err != nil {
-		t.Fatal(err)
-	}
+	n1 := startLeader(t, "c1")
 	c2, c3 := fastConfig(t, "c2"), fastConfig(t, "c3")
 	n2, n3 := startNode(t, c2), startNode(t, c3)
 	for _, n := range []*Node{n2, n3} {
@@ -419,12 +427,7 @@ func TestClusterOverTLS(t *testing.T) {
 // no raft server (an HTTP port) is refused.
 func TestProbeReplica(t *testing.T) {
 	ctx := context.Background()
-	c1 := fastConfig(t, "c1")
-	c1.Bootstrap = true
-	n1 := startNode(t, c1)
-	if _, _, err := n1.WaitForLeader(ctxTimeout(t, 10*time.Second)); err != nil {
-		t.Fatal(err)
-	}
+	n1 := startLeader(t, "c1")
 	n2, n3 := startNode(t, fastConfig(t, "c2")), startNode(t, fastConfig(t, "c3"))
 	if err := n1.ProbeReplica("c2", n2.Addr()); err != nil {
 		t.Fatalf("a fresh replica: %v", err)

@@ -333,8 +333,9 @@ fail() { echo "rank user: $*" >&2; exit 1; }
 if cat /proc/$PPID/environ > /dev/null 2>&1; then fail "read the worker's environment"; fi
 case "$SWITCHYARD_COORDINATOR" in unix://*) ;; *) fail "reaches the coordinator at $SWITCHYARD_COORDINATOR, not through the worker" ;; esac
 if switchyard job list > /dev/null 2>&1; then fail "listed the cluster's jobs through the worker"; fi
-echo "weights" > "$SWITCHYARD_CHECKPOINT_DIR/model.bin" || fail "cannot write $SWITCHYARD_CHECKPOINT_DIR"
-switchyard checkpoints commit --step 1 "$SWITCHYARD_CHECKPOINT_DIR" || fail "commit failed"
+if switchyard checkpoints commit --step 1 "$SWITCHYARD_CHECKPOINT_DIR" > /dev/null 2>&1; then fail "committed the staging directory itself"; fi
+mkdir "$SWITCHYARD_CHECKPOINT_DIR/step-1" && echo "weights" > "$SWITCHYARD_CHECKPOINT_DIR/step-1/model.bin" || fail "cannot write in $SWITCHYARD_CHECKPOINT_DIR"
+switchyard checkpoints commit --step 1 "$SWITCHYARD_CHECKPOINT_DIR/step-1" || fail "commit failed"
 echo "rank user: uid $(id -u) in $HOME, the worker's environment unreadable, committed step 1"
 `
 

@@ -15,23 +15,10 @@ import (
 // children. It returns the pids of the processes it found marked.
 // Processes it cannot read (another user's) are passed over.
 func killOrphans(owner string) []int {
-	names, err := procPIDs()
-	if err != nil {
-		return nil
-	}
 	want := []byte(OwnerEnv + "=" + owner)
-	self := os.Getpid()
 	// every marked process first: killing a group takes the members not
 	// yet looked at, whose environment is then gone
-	var marked []int
-	for _, pid := range names {
-		if pid == self {
-			continue
-		}
-		if env, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/environ"); err == nil && hasEntry(env, want) {
-			marked = append(marked, pid)
-		}
-	}
+	marked := procsWhere(func(pid string) bool { return environHas(pid, want) })
 	groups := map[int]bool{}
 	for _, pid := range marked {
 		if g, ok := processGroup(strconv.Itoa(pid)); ok && g > 1 && g != syscall.Getpgrp() && !groups[g] {
@@ -78,31 +65,35 @@ func hasEntry(env, entry []byte) bool {
 // those whose environment holds entry (InstanceEnv=...), which is how
 // what left the group (setsid, a daemon's double fork) is found.
 func leftovers(pgid int, entry string) []int {
+	want := []byte(entry)
+	return procsWhere(func(pid string) bool {
+		g, state, ok := groupAndState(pid)
+		return ok && state != 'Z' && state != 'X' && (g == pgid || environHas(pid, want))
+	})
+}
+
+// procsWhere lists the processes in /proc but this one for which keep
+// (given the pid) holds.
+func procsWhere(keep func(pid string) bool) []int {
 	pids, err := procPIDs()
 	if err != nil {
 		return nil
 	}
-	want := []byte(entry)
 	self := os.Getpid()
 	var out []int
 	for _, pid := range pids {
-		if pid == self {
-			continue
-		}
-		p := strconv.Itoa(pid)
-		g, state, ok := groupAndState(p)
-		if !ok || state == 'Z' || state == 'X' {
-			continue
-		}
-		if g == pgid {
-			out = append(out, pid)
-			continue
-		}
-		if env, err := os.ReadFile("/proc/" + p + "/environ"); err == nil && hasEntry(env, want) {
+		if pid != self && keep(strconv.Itoa(pid)) {
 			out = append(out, pid)
 		}
 	}
 	return out
+}
+
+// environHas says whether process pid's environment (readable: this
+// user's, or any as root) holds entry.
+func environHas(pid string, entry []byte) bool {
+	env, err := os.ReadFile("/proc/" + pid + "/environ")
+	return err == nil && hasEntry(env, entry)
 }
 
 // groupAndState reads a process's group and state letter from
